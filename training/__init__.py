@@ -1,0 +1,1 @@
+"""Training side of Monologue: the nanochat-style GPT, its data and its train loop."""
