@@ -47,12 +47,11 @@ def run_command(command: click.Command, args=None):
         sys.exit(130)
 
 
-
-
-
 def compile_main():
     """`monologue-compile CHECKPOINT -o DIR`: the compiler on its own, same as `monologue compile`."""
     from .driver import compile_cmd
 
     run_command(compile_cmd)
+
+
 # --- subcommands: each stage registers its command with one line below ---
