@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Monologue's two commands (and one for scripts):
+#   ./run.sh          set up, then the demo on the built-in model
+#   ./run.sh build    the same without the interactive/serving end, for scripts
+#   ./run.sh test     set up, then the whole test suite
+# Set-up is idempotent and fast when already done: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+PYTHON=${PYTHON:-python3}
+STAMP_DIR=.monologue
+mkdir -p "$STAMP_DIR"
+
+# --- system packages -------------------------------------------------------------------------
+# lavapipe (CPU Vulkan) runs the WGSL kernels, Chromium runs the page, and a Rust toolchain with the
+# wasm32 target builds runtime.wasm. rustup cannot download wasm32 here, so when the active
+# toolchain lacks it we use Debian's Rust 1.63, which ships the target as a package.
+rust_has_wasm32() {
+    command -v rustc >/dev/null 2>&1 || return 1
+    [ -d "$(rustc --print sysroot 2>/dev/null)/lib/rustlib/wasm32-unknown-unknown" ] && return 0
+    [ -d /usr/lib/rustlib/wasm32-unknown-unknown ] && command -v /usr/bin/cargo >/dev/null 2>&1
+}
+
+missing_debian_packages() {
+    local wanted=(mesa-vulkan-drivers chromium)
+    command -v cargo >/dev/null 2>&1 || wanted+=(rustc cargo)
+    rust_has_wasm32 || wanted+=(rustc cargo libstd-rust-dev-wasm32 lld)
+    local p
+    for p in "${wanted[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+    done | sort -u
+}
+
+install_debian_packages() {
+    local missing
+    missing=$(missing_debian_packages | tr '\n' ' ')
+    [ -z "${missing// /}" ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        die "missing system packages: ${missing}. Install them (Debian/Ubuntu: sudo apt-get install ${missing}) and run again."
+    fi
+    say "installing Debian packages: ${missing}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends ${missing} >/dev/null
+}
+
+# --- Python package --------------------------------------------------------------------------
+# The editable install builds the Rust extension (maturin). Re-run it only when the build inputs
+# change: a stamp holds a hash of pyproject.toml and the Rust sources.
+python_inputs_hash() {
+    { cat pyproject.toml; find runtime_rs -type f \( -name '*.rs' -o -name 'Cargo.toml' \) -print0 | sort -z | xargs -0 cat; } \
+        | sha256sum | cut -d' ' -f1
+}
+
+install_python_package() {
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "Python >= 3.10 is required ($("$PYTHON" --version 2>&1))"
+    local want have
+    want=$(python_inputs_hash)
+    have=$(cat "$STAMP_DIR/python-install" 2>/dev/null || true)
+    if [ "$want" = "$have" ] && "$PYTHON" -c 'import monologue_compile._runtime, training' 2>/dev/null; then
+        return 0
+    fi
+    say "installing the Python package (pip install -e '.[dev]'; builds the Rust extension)"
+    # torch is pinned to 2.13.0 in pyproject.toml, so a CPU-only machine gets the CPU build.
+    "$PYTHON" -m pip install --disable-pip-version-check -q -e '.[dev]'
+    echo "$want" >"$STAMP_DIR/python-install"
+}
+
+setup() {
+    install_debian_packages
+    install_python_package
+}
+
+# --- entry points ----------------------------------------------------------------------------
+demo() {
+    say "tokenizer: train a byte-level BPE on the built-in corpus"
+    "$PYTHON" -m monologue_compile.tokenizer demo
+}
+
+case "${1:-demo}" in
+    test)
+        setup
+        shift || true
+        say "running the test suite"
+        exec "$PYTHON" -m pytest -q "$@"
+        ;;
+    build)
+        setup
+        demo
+        ;;
+    demo | "")
+        setup
+        demo
+        ;;
+    *)
+        die "unknown command '$1' (use: ./run.sh, ./run.sh build, ./run.sh test)"
+        ;;
+esac
