@@ -1,0 +1,241 @@
+"""Load a checkpoint into (architecture, config, fp32 state dict, tokenizer) and build its nn.Module.
+
+Three inputs are understood:
+
+1. this project's `checkpoint.pt`: `{"model_config", "model", "tokenizer", "meta"}`;
+2. a nanochat checkpoint directory: `model_NNNNNN.pt` (a bare state dict) + `meta_NNNNNN.json`, and
+   `tokenizer.pkl` beside it (or in `../tokenizer/`, or given with `--tokenizer`);
+3. a bare state dict `.pt` plus `--config` JSON (a GPTConfig dict, or a nanochat meta.json).
+
+Every `torch.load` is `weights_only=True`: a checkpoint is a pickle, and a pickle from a stranger can
+run code. One that needs more than tensors and plain containers is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import MonologueError
+
+# Keys torch.compile and DDP put in front of parameter names.
+_PREFIXES = ("_orig_mod.", "module.")
+
+
+@dataclass
+class LoadedModel:
+    arch: str  # "gpt" (training/gpt.py; nanochat Oct 2025 is this with its defaults)
+    config: dict  # GPTConfig.to_dict()
+    state_dict: dict[str, torch.Tensor]  # fp32, prefixes stripped
+    tokenizer_json: str  # monologue-tokenizer JSON text
+    source: dict = field(default_factory=dict)  # {"name": file name, "sha256": ..., "kind": ...}
+
+    def build_module(self, state_dict: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+        """The PyTorch model of this architecture with `state_dict` (default: the checkpoint's) loaded."""
+        return build_module(self.arch, self.config, self.state_dict if state_dict is None else state_dict)
+
+
+def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    if arch != "gpt":
+        raise MonologueError(f"unknown architecture {arch!r}")
+    from training.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig.from_dict(config))
+    sd = dict(state_dict)
+    if model.config.tie_embeddings:
+        sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise MonologueError(f"state dict does not fit the {arch} model with this config: {what}")
+    return model.eval()
+
+
+def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Path | None = None) -> LoadedModel:
+    path = Path(path)
+    if not path.exists():
+        raise MonologueError(f"{path}: no such file or directory")
+    if path.is_dir():
+        return _load_nanochat_dir(path, tokenizer)
+    obj = _torch_load(path)
+    source = {"name": path.name, "sha256": _sha256(path)}
+    if isinstance(obj, dict) and "model_config" in obj and "model" in obj:
+        if not isinstance(obj["model"], dict):
+            raise MonologueError(f"{path}: 'model' is not a state dict")
+        tok = _read_tokenizer(Path(tokenizer)) if tokenizer else obj.get("tokenizer")
+        if not tok:
+            raise MonologueError(f"{path}: no tokenizer in the checkpoint; give one with --tokenizer")
+        cfg = _gpt_config(obj["model_config"], path)
+        sd = _clean_state_dict(obj["model"], path)
+        return _checked(LoadedModel("gpt", cfg, sd, _check_tokenizer_json(tok, path), {**source, "kind": "monologue"}))
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if config is None:
+            raise MonologueError(f"{path}: a bare state dict needs --config (a model config JSON)")
+        cfg_obj = _read_json(Path(config))
+        cfg_obj = cfg_obj.get("model_config", cfg_obj)
+        sd = _clean_state_dict(obj, path)
+        if tokenizer is None:
+            raise MonologueError(f"{path}: a bare state dict needs --tokenizer (tokenizer.json or tokenizer.pkl)")
+        cfg = _gpt_config(_nanochat_defaults(cfg_obj, sd), Path(config))
+        return _checked(LoadedModel("gpt", cfg, sd, _read_tokenizer(Path(tokenizer)), {**source, "kind": "state_dict"}))
+    raise MonologueError(f"{path}: not a Monologue checkpoint (no 'model_config' and 'model') nor a state dict")
+
+
+def _load_nanochat_dir(d: Path, tokenizer) -> LoadedModel:
+    models = sorted(d.glob("model_*.pt"))
+    if not models:
+        raise MonologueError(f"{d}: no model_NNNNNN.pt in this directory")
+    model_path = models[-1]  # the latest step: zero-padded numbers sort as strings
+    step = re.sub(r"^model_|\.pt$", "", model_path.name)
+    meta_path = d / f"meta_{step}.json"
+    if not meta_path.exists():
+        raise MonologueError(f"{d}: {model_path.name} has no {meta_path.name} beside it")
+    meta = _read_json(meta_path)
+    if "model_config" not in meta:
+        raise MonologueError(f"{meta_path}: no 'model_config'")
+    if tokenizer is None:
+        for cand in (d / "tokenizer.pkl", d / "tokenizer.json", d.parent / "tokenizer" / "tokenizer.pkl"):
+            if cand.exists():
+                tokenizer = cand
+                break
+        else:
+            raise MonologueError(f"{d}: no tokenizer.pkl beside the checkpoint; give one with --tokenizer")
+    obj = _torch_load(model_path)
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise MonologueError(f"{model_path}: expected a state dict of tensors")
+    sd = _clean_state_dict(obj, model_path)
+    cfg = _gpt_config(_nanochat_defaults(meta["model_config"], sd), meta_path)
+    source = {"name": f"{d.name}/{model_path.name}", "sha256": _sha256(model_path), "kind": "nanochat",
+              "step": meta.get("step")}
+    return _checked(LoadedModel("gpt", cfg, sd, _read_tokenizer(Path(tokenizer)), source))
+
+
+def _nanochat_defaults(cfg: dict, sd: dict) -> dict:
+    """A nanochat model_config names only the sizes; the rest is the Oct 2025 architecture."""
+    later = [k for k in sd if k.startswith(("resid_lambdas", "x0_lambdas", "value_embeds", "smear", "backout"))
+             or ".ve_gate." in k]
+    if later or cfg.get("window_pattern", "L").strip("L"):
+        what = later[0] if later else f"window_pattern={cfg['window_pattern']}"
+        raise MonologueError(f"nanochat checkpoint of a later architecture ({what}) is not supported yet")
+    out = {"activation": "relu2", "softcap": 15.0, "rope_theta": 10000.0, "qk_norm": True,
+           "tie_embeddings": "lm_head.weight" not in sd}
+    out.update({k: v for k, v in cfg.items() if k != "window_pattern"})
+    return out
+
+
+def _gpt_config(d: dict, where: Path) -> dict:
+    from training.gpt import GPTConfig
+
+    if not isinstance(d, dict):
+        raise MonologueError(f"{where}: model_config is not a dict")
+    try:
+        return GPTConfig.from_dict(d).to_dict()
+    except (TypeError, ValueError) as e:
+        raise MonologueError(f"{where}: bad model_config: {e}") from None
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        reason = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        raise MonologueError(
+            f"{path}: refused: loading it needs more than weights_only=True allows (it could run code): "
+            f"{reason.strip()[:200]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MonologueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {msg[:200]}") from None
+
+
+def _clean_state_dict(sd: dict, where: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise MonologueError(f"{where}: state dict entry {k!r} is not a tensor")
+        for p in _PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+        out[k] = v.detach().to(torch.float32) if v.is_floating_point() else v.detach()
+    return out
+
+
+def _checked(m: LoadedModel) -> LoadedModel:
+    for k, v in m.state_dict.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            bad = "NaN" if torch.isnan(v).any() else "Inf"
+            raise MonologueError(f"weight {k} contains {bad} values; refusing to compile a broken checkpoint")
+    expect = _expected_shapes(m.config)
+    for k, shape in expect.items():
+        if k not in m.state_dict:
+            if k == "lm_head.weight" and m.config["tie_embeddings"]:
+                continue
+            raise MonologueError(f"state dict has no {k} (the config says n_layer={m.config['n_layer']})")
+        if tuple(m.state_dict[k].shape) != shape:
+            raise MonologueError(f"{k} has shape {tuple(m.state_dict[k].shape)}, the config implies {shape}")
+    return m
+
+
+def _expected_shapes(c: dict) -> dict[str, tuple]:
+    C, D = c["n_embd"], c["n_embd"] // c["n_head"]
+    H = int(c["mlp_ratio"] * C)
+    out = {"transformer.wte.weight": (c["vocab_size"], C), "lm_head.weight": (c["vocab_size"], C)}
+    for i in range(c["n_layer"]):
+        p = f"transformer.h.{i}."
+        out.update({p + "attn.c_q.weight": (C, C), p + "attn.c_k.weight": (c["n_kv_head"] * D, C),
+                    p + "attn.c_v.weight": (c["n_kv_head"] * D, C), p + "attn.c_proj.weight": (C, C),
+                    p + "mlp.c_fc.weight": (H, C), p + "mlp.c_proj.weight": (C, H)})
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MonologueError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MonologueError(f"{path}: not valid JSON: {e}") from None
+
+
+def _read_tokenizer(path: Path) -> str:
+    if not path.exists():
+        raise MonologueError(f"{path}: tokenizer file not found")
+    if path.suffix == ".json":
+        return _check_tokenizer_json(path.read_text(), path)
+    try:
+        from ..tokenizer import Tokenizer
+    except ImportError:
+        raise MonologueError(f"{path}: reading a tokenizer.pkl needs monologue_compile.tokenizer") from None
+    try:
+        return Tokenizer.load(str(path)).to_json()
+    except MonologueError:
+        raise
+    except Exception as e:  # the tokenizer's own loader names what is wrong with the file
+        raise MonologueError(f"{path}: cannot read tokenizer: {e}") from None
+
+
+def _check_tokenizer_json(text: str, where: Path) -> str:
+    try:
+        d = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise MonologueError(f"{where}: tokenizer is not valid JSON: {e}") from None
+    if not isinstance(d, dict) or d.get("format") != "monologue-tokenizer" or "ranks" not in d:
+        raise MonologueError(f"{where}: tokenizer is not a monologue-tokenizer JSON")
+    return text
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+

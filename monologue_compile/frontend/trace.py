@@ -1,0 +1,24 @@
+"""Trace the plain full-sequence forward into an fx graph of ATen ops, with a symbolic length T.
+
+torch.export (non-strict) with `idx` of shape (1, T), T dynamic in [1, sequence_len]: every
+shape that depends on the length stays symbolic, so the one graph serves prefill of any length
+and decode (T = 1). No cache code is needed in the model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import MonologueError
+
+
+def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedProgram:
+    # An example length of 1 would be specialized (0/1 specialization); any other length is not.
+    example = torch.zeros(1, min(8, max(2, sequence_len)), dtype=torch.long)
+    T = torch.export.Dim("T", min=1, max=max(2, sequence_len))
+    try:
+        with torch.no_grad():
+            return torch.export.export(module, (example,), dynamic_shapes=({1: T},), strict=False)
+    except Exception as e:  # export's own message names the construct it could not trace
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise MonologueError(f"torch.export could not trace the model: {first.strip()[:300]}") from None

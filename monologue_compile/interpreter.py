@@ -1,0 +1,250 @@
+"""The numpy reference: runs an IR graph with exactly the kernels' semantics.
+
+f32 activations and accumulation everywhere; q8 weights are used as int8 values times f32 scales
+(per output row, or per group of K), never as a pre-dequantized f32 copy, so this is what a kernel
+computes. A `Session` keeps the position, the KV cache of every attention node and the carried
+state of every token shift: `forward(ids)` with several ids is (chunked) prefill, with one id it is
+a decode step; both run the same graph, because every op is T-generic (see ir.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .ir import OPS, Graph, Node
+
+_F = np.float32
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): numpy has no erf, and a WGSL kernel needs the
+    # same closed form, so the reference uses it too.
+    s = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * np.exp(-a * a)
+    return (s * y).astype(_F)
+
+
+UNARY_FNS = {
+    "neg": lambda x: -x,
+    "relu": lambda x: np.maximum(x, _F(0)),
+    "square": lambda x: x * x,
+    "tanh": np.tanh,
+    "sigmoid": lambda x: (_F(1) / (_F(1) + np.exp(-x))).astype(_F),
+    "silu": lambda x: (x / (_F(1) + np.exp(-x))).astype(_F),
+    "gelu": lambda x: (_F(0.5) * x * (_F(1) + _erf(x / _F(np.sqrt(2.0))))).astype(_F),
+    "gelu_tanh": lambda x: (_F(0.5) * x * (_F(1) + np.tanh(_F(np.sqrt(2 / np.pi)) * (x + _F(0.044715) * x ** 3)))).astype(_F),
+    "exp": np.exp,
+    "rsqrt": lambda x: (_F(1) / np.sqrt(x)).astype(_F),
+    "sqrt": np.sqrt,
+    "abs": np.abs,
+}
+BINARY_FNS = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+    "pow": np.power,
+}
+
+
+def rms_norm(x: np.ndarray, eps: float, weight: np.ndarray | None = None) -> np.ndarray:
+    ms = np.mean(np.square(x, dtype=_F), axis=-1, keepdims=True, dtype=_F)
+    y = x * (_F(1) / np.sqrt(ms + _F(eps)))
+    return (y * weight if weight is not None else y).astype(_F)
+
+
+def apply_step(v: np.ndarray, step: dict, operands: list[np.ndarray]) -> np.ndarray:
+    """One epilogue / elementwise step: {"fn": unary} | {"fn": binary, "scalar"|"operand", "reverse"}
+    | {"fn": "rms_norm", "eps", ["operand"]}."""
+    fn = step["fn"]
+    if fn in UNARY_FNS:
+        return UNARY_FNS[fn](v).astype(_F, copy=False)
+    if fn == "rms_norm":
+        w = operands[step["operand"]] if "operand" in step else None
+        return rms_norm(v, step["eps"], w)
+    other = _F(step["scalar"]) if "scalar" in step else operands[step["operand"]]
+    a, b = (other, v) if step.get("reverse") else (v, other)
+    return BINARY_FNS[fn](a, b).astype(_F, copy=False)
+
+
+def dense_weight(w) -> np.ndarray:
+    """The f32 value a q8 weight stands for (tests and R_q); kernels never materialize this."""
+    if w.dtype != "q8":
+        return np.asarray(w.data, dtype=_F)
+    q, scale = w.data["q"], w.data["scale"]
+    n, k = w.shape
+    g = w.quant["group"]
+    deq = q[:, : scale.shape[1] * g].astype(_F).reshape(n, scale.shape[1], g) * scale[:, :, None]
+    return deq.reshape(n, -1)[:, :k]
+
+
+def matvec(x: np.ndarray, w) -> np.ndarray:
+    """x (..., K) @ W.T with W f32 (N, K) or q8: int8 values, f32 accumulation per group, then scale."""
+    if w.dtype != "q8":
+        return (x @ np.asarray(w.data, dtype=_F).T).astype(_F)
+    q, scale = w.data["q"], w.data["scale"]
+    n, k = w.shape
+    g = w.quant["group"]
+    groups = scale.shape[1]
+    kp = groups * g
+    xp = np.zeros(x.shape[:-1] + (kp,), _F)
+    xp[..., :k] = x
+    qf = q[:, :kp].astype(_F)
+    if groups == 1:
+        return ((xp @ qf.T) * scale[:, 0]).astype(_F)
+    partial = np.einsum("...gk,ngk->...ng", xp.reshape(x.shape[:-1] + (groups, g)), qf.reshape(n, groups, g))
+    return np.einsum("...ng,ng->...n", partial.astype(_F), scale).astype(_F)
+
+
+def embedding_rows(w, ids: np.ndarray) -> np.ndarray:
+    if w.dtype != "q8":
+        return np.asarray(w.data, dtype=_F)[ids]
+    q, scale = w.data["q"], w.data["scale"]
+    g = w.quant["group"]
+    rows = q[ids][..., : scale.shape[1] * g].astype(_F)
+    rows = rows.reshape(ids.shape + (scale.shape[1], g)) * scale[ids][..., None]
+    return rows.reshape(ids.shape + (-1,))[..., : w.shape[1]].astype(_F)
+
+
+class Session:
+    """One conversation's state: position, KV caches, carried token-shift state."""
+
+    def __init__(self, graph: Graph, max_len: int | None = None):
+        self.g = graph
+        self.max_len = max_len or int(graph.meta.get("config", {}).get("sequence_len", 1 << 30))
+        self.reset()
+
+    def reset(self):
+        self.pos = 0
+        self.kv: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.shift: dict[str, np.ndarray] = {}
+
+    def forward(self, ids, probe: dict | None = None) -> np.ndarray:
+        """Logits (T, V) for the next len(ids) tokens; `probe` (name -> array) receives every node's value."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        T = self.T = ids.shape[1]
+        if self.pos + T > self.max_len:
+            raise ValueError(f"sequence of {self.pos + T} tokens exceeds sequence_len={self.max_len}")
+        env: dict[str, np.ndarray] = {"ids": ids}
+        for n in self.g.nodes:
+            args = [env[i] if i in env else self._weight(i) for i in n.inputs]
+            env[n.name] = _run(self, n, args)
+            if probe is not None:
+                probe[n.name] = env[n.name]
+        self.pos += T
+        return env[self.g.outputs[0]][0]
+
+    def _weight(self, name):
+        return self.g.weights[name]
+
+
+def _val(a) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else np.asarray(a.data, dtype=_F)
+
+
+def _run(s: Session, n: Node, args: list) -> np.ndarray:
+    op, at = n.op, n.attrs
+    if op == "embedding":
+        return embedding_rows(args[0], args[1])
+    if op == "linear":
+        return matvec(args[0], args[1])
+    if op == "matmul":
+        x = args[0]
+        pro = at.get("prologue")
+        if pro:
+            x = rms_norm(x, pro["eps"])
+        y = matvec(x, args[1])
+        return _epilogue(y, at.get("epilogue", []), args[2:])
+    if op == "rms_norm":
+        return rms_norm(args[0], at["eps"], _val(args[1]) if len(args) > 1 else None)
+    if op == "unary":
+        return UNARY_FNS[at["fn"]](args[0]).astype(_F, copy=False)
+    if op == "binary":
+        step = dict(at)
+        if "scalar" not in step:
+            step["operand"] = 0
+        return apply_step(_val(args[0]), step, [_val(a) for a in args[1:]])
+    if op == "elementwise":
+        return _epilogue(_val(args[0]), at["steps"], [_val(a) for a in args[1:]])
+    if op == "mean":
+        return np.mean(args[0], axis=at["axis"], keepdims=True, dtype=_F)
+    if op == "softmax":
+        x = args[0] - np.max(args[0], axis=at["axis"], keepdims=True)
+        e = np.exp(x)
+        return (e / np.sum(e, axis=at["axis"], keepdims=True)).astype(_F)
+    if op == "cast":
+        return args[0].astype(_F if at["dtype"] == "f32" else np.int64)
+    if op == "positions":
+        table = _val(args[0])
+        idx = [slice(None)] * table.ndim
+        idx[at["axis"]] = slice(s.pos, s.pos + s.T)
+        return table[tuple(idx)]
+    if op == "reshape":
+        return args[0].reshape(_shape(at["shape"], s))
+    if op == "permute":
+        return np.transpose(args[0], at["perm"])
+    if op == "slice":
+        idx = [slice(None)] * args[0].ndim
+        idx[at["axis"]] = slice(at["start"], at["end"])
+        return args[0][tuple(idx)]
+    if op == "concat":
+        return np.concatenate([_val(a) for a in args], axis=at["axis"])
+    if op == "expand":
+        return np.broadcast_to(args[0], _shape(at["shape"], s))
+    if op == "rope":
+        x, cos, sin = args
+        d = x.shape[-1] // 2
+        x1, x2 = x[..., :d], x[..., d:]
+        y = np.concatenate([x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos], axis=-1).astype(_F)
+        return _epilogue(y, at.get("epilogue", []), args[3:])
+    if op == "attention":
+        return _attention(s, n, args)
+    if op == "token_shift":
+        x = args[0]
+        prev = s.shift.get(n.name)
+        if prev is None:
+            prev = np.zeros_like(x[:, :1])
+        out = np.concatenate([prev, x[:, :-1]], axis=1)
+        s.shift[n.name] = x[:, -1:].copy()
+        return out
+    raise NotImplementedError(f"interpreter has no kernel for op {op} ({OPS.get(op)})")
+
+
+def _epilogue(y, steps, operands):
+    for st in steps:
+        y = apply_step(y, st, operands)
+    return y
+
+
+def _shape(shape, s: Session) -> tuple:
+    return tuple(s.T if d == "T" else d for d in shape)
+
+
+def _attention(s: Session, n: Node, args) -> np.ndarray:
+    q, k, v = args
+    at = n.attrs
+    if at["layout"] == "BHTD":  # (1, H, T, D) -> (T, H, D)
+        q, k, v = (a[0].transpose(1, 0, 2) for a in (q, k, v))
+    else:  # BTHD
+        q, k, v = q[0], k[0], v[0]
+    ck, cv = s.kv.get(n.name, (np.zeros((0,) + k.shape[1:], _F), np.zeros((0,) + v.shape[1:], _F)))
+    ck, cv = np.concatenate([ck, k]), np.concatenate([cv, v])
+    s.kv[n.name] = (ck, cv)
+    T, P = q.shape[0], ck.shape[0]
+    groups = at["n_head"] // at["n_kv_head"]
+    kh = np.repeat(ck, groups, axis=1)  # (P, Hq, D): query head h reads KV head h // groups
+    vh = np.repeat(cv, groups, axis=1)
+    scores = np.einsum("thd,phd->htp", q, kh).astype(_F) * _F(at["scale"])
+    qpos = np.arange(P - T, P)[:, None]
+    kpos = np.arange(P)[None, :]
+    mask = kpos <= qpos
+    if at.get("window"):
+        mask &= kpos > qpos - at["window"]
+    scores = np.where(mask[None], scores, _F(-np.inf))
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    p = np.exp(scores)
+    p = (p / p.sum(axis=-1, keepdims=True)).astype(_F)
+    y = np.einsum("htp,phd->thd", p, vh).astype(_F)
+    return y[None] if at["layout"] == "BTHD" else y.transpose(1, 0, 2)[None]

@@ -1,0 +1,273 @@
+"""The Monologue IR: a flat list of typed ops over tensors with one symbolic sequence dimension.
+
+A `Graph` is what every stage after lowering passes around:
+
+- `inputs`: the token ids, type `(1, T) i32`; `T` is the symbolic sequence length.
+- `weights`: name -> `Weight` (shape, dtype, data, and how it is quantized, if it is).
+- `nodes`: in topological order; each `Node` has an op from `OPS`, input names (nodes, inputs or
+  weights), attributes, a result `TensorType`, and where it came from (fx node + model source line).
+- `outputs`: the logits, `(1, T, V) f32`.
+
+Dimensions are ints or the string "T". Every op is T-generic: prefill runs the graph with T = the
+chunk length, decode with T = 1; the only ops that look across positions are those whose
+`OPS[op].seq` is "mixing" (they own a cache or carried state) or "position" (a table indexed by
+absolute position). `verify` checks all of that and runs after every pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SEQ = "T"
+Dim = "int | str"
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple
+    dtype: str = "f32"  # f32 | i32
+
+    def __str__(self):
+        return f"({', '.join(str(d) for d in self.shape)}) {self.dtype}"
+
+    def concrete(self, t: int) -> tuple[int, ...]:
+        return tuple(t if d == SEQ else d for d in self.shape)
+
+    @property
+    def seq_axis(self) -> int | None:
+        return self.shape.index(SEQ) if SEQ in self.shape else None
+
+
+@dataclass
+class Weight:
+    """A named constant. `quant` is None (stored as `dtype`) or a dict describing the int8 packing."""
+
+    shape: tuple[int, ...]
+    dtype: str  # f32 | q8
+    data: Any = None  # np.ndarray (f32), or for q8 a dict {"q": int8 (N, Kpad), "scale": f32 (N, G)}
+    quant: dict | None = None  # {"scheme": "int8"|"int8-g64"|..., "group": K or 64/128, "k_pad": int}
+    role: str = "param"  # param | table (position-indexed buffer) | derived (made by a pass)
+
+    def nbytes(self) -> int:
+        if self.dtype == "q8":
+            return int(self.data["q"].nbytes + self.data["scale"].nbytes)
+        return int(np.asarray(self.data).nbytes)
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    inputs: list[str]
+    attrs: dict
+    type: TensorType
+    source: str = ""  # "fx:<node> @ file.py:123 <code>" — kept through passes for error messages and kernels
+
+    def __str__(self):
+        attrs = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(self.attrs.items()))
+        body = f"%{self.name}: {self.type} = {self.op}({', '.join('%' + i for i in self.inputs)})"
+        return body + (f" {{{attrs}}}" if attrs else "")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    seq: str  # token: per position | position: reads a table by absolute position | mixing: across positions
+    kernel: bool  # False for views (no data movement in a backend: a layout change or alias)
+    doc: str
+
+
+# The op table: every op the IR can hold. Lowering emits the "primitive" ops; passes rewrite
+# them into the kernel ops (`matmul`, `rope`, `attention`, `elementwise`, ...). A backend
+# implements the ops that survive `passes.pipeline` (the `kernel=True` ones) and the views.
+OPS: dict[str, OpInfo] = {
+    # primitives (from lowering)
+    "embedding": OpInfo("token", True, "rows of table[weight] at ids (weight: (V, C))"),
+    "linear": OpInfo("token", True, "y = x @ W.T  (W: (N, K)), f32 accumulation"),
+    "rms_norm": OpInfo("token", True, "x / sqrt(mean(x^2, last axis) + eps) [* weight]"),
+    "unary": OpInfo("token", True, "attrs.fn in UNARY"),
+    "binary": OpInfo("token", True, "attrs.fn in BINARY; second operand a tensor (broadcast) or attrs.scalar"),
+    "mean": OpInfo("token", True, "mean over attrs.axis (never the sequence axis), keepdim"),
+    "softmax": OpInfo("token", True, "softmax over attrs.axis (never the sequence axis)"),
+    "cast": OpInfo("token", True, "to attrs.dtype"),
+    "positions": OpInfo("position", True, "rows [pos, pos+T) of a table along attrs.axis"),
+    "attention": OpInfo("mixing", True, "causal SDPA over a KV cache; attrs: layout, gqa groups, scale, window"),
+    "token_shift": OpInfo("mixing", True, "y[t] = x[t-1], y[0] = 0: carried state of one position"),
+    # views: no kernel, only a layout
+    "reshape": OpInfo("token", False, "same data, new shape (the sequence dim kept whole)"),
+    "permute": OpInfo("token", False, "axis permutation attrs.perm"),
+    "slice": OpInfo("token", False, "x[start:end] along attrs.axis (never the sequence axis)"),
+    "concat": OpInfo("token", True, "concatenate inputs along attrs.axis (never the sequence axis)"),
+    "expand": OpInfo("token", False, "broadcast to attrs.shape"),
+    # fused kernels (from passes)
+    "matmul": OpInfo(
+        "token",
+        True,
+        "y = epilogue(prologue(x) @ W.T); attrs.prologue: null | {rms_norm: eps}; attrs.epilogue: steps",
+    ),
+    "rope": OpInfo("token", True, "half-split rotary: y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; then epilogue"),
+    "elementwise": OpInfo("token", True, "a chain of elementwise steps on input 0 (extra inputs are operands)"),
+}
+
+UNARY = ("neg", "relu", "square", "tanh", "sigmoid", "silu", "gelu", "gelu_tanh", "exp", "rsqrt", "sqrt", "abs")
+BINARY = ("add", "sub", "mul", "div", "pow")
+
+
+@dataclass
+class Graph:
+    inputs: dict[str, TensorType]
+    weights: dict[str, Weight]
+    nodes: list[Node]
+    outputs: list[str]
+    meta: dict = field(default_factory=dict)  # model config, arch, notes from passes
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def type_of(self, name: str) -> TensorType:
+        if name in self.inputs:
+            return self.inputs[name]
+        if name in self.weights:
+            w = self.weights[name]
+            return TensorType(tuple(w.shape), "f32")
+        return self.node(name).type
+
+    def users(self) -> dict[str, list[Node]]:
+        out: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                out.setdefault(i, []).append(n)
+        for o in self.outputs:
+            out.setdefault(o, [])
+        return out
+
+    def fresh(self, base: str) -> str:
+        taken = {n.name for n in self.nodes} | set(self.weights) | set(self.inputs)
+        if base not in taken:
+            return base
+        i = 1
+        while f"{base}_{i}" in taken:
+            i += 1
+        return f"{base}_{i}"
+
+    def copy(self) -> "Graph":
+        nodes = [Node(n.name, n.op, list(n.inputs), _deep(n.attrs), n.type, n.source) for n in self.nodes]
+        return Graph(dict(self.inputs), dict(self.weights), nodes, list(self.outputs), _deep(self.meta))
+
+    def kernel_count(self) -> int:
+        return sum(1 for n in self.nodes if OPS[n.op].kernel)
+
+    def weight_bytes(self) -> int:
+        used = {i for n in self.nodes for i in n.inputs}
+        return sum(w.nbytes() for k, w in self.weights.items() if k in used)
+
+    # --- printing and serialization -------------------------------------------------------
+    def dump(self) -> str:
+        lines = [f"graph({', '.join(f'%{k}: {t}' for k, t in self.inputs.items())}) {{"]
+        for k in sorted(self.weights):
+            w = self.weights[k]
+            q = f" quant={w.quant['scheme']}" if w.quant else ""
+            lines.append(f"  weight {k}: ({', '.join(map(str, w.shape))}) {w.dtype}{q} role={w.role}")
+        for n in self.nodes:
+            lines.append(f"  {n}")
+        lines.append(f"  return {', '.join('%' + o for o in self.outputs)}")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict:
+        """The IR without weight data (the manifest says where each weight's bytes are)."""
+        return {
+            "format": "monologue-ir",
+            "version": 1,
+            "inputs": {k: _type_json(t) for k, t in self.inputs.items()},
+            "weights": {
+                k: {"shape": list(w.shape), "dtype": w.dtype, "quant": w.quant, "role": w.role}
+                for k, w in sorted(self.weights.items())
+            },
+            "nodes": [
+                {"name": n.name, "op": n.op, "inputs": n.inputs, "attrs": n.attrs, "type": _type_json(n.type),
+                 "source": n.source}
+                for n in self.nodes
+            ],
+            "outputs": self.outputs,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, weight_data: dict | None = None) -> "Graph":
+        weight_data = weight_data or {}
+        weights = {
+            k: Weight(tuple(w["shape"]), w["dtype"], weight_data.get(k), w["quant"], w["role"])
+            for k, w in d["weights"].items()
+        }
+        nodes = [Node(n["name"], n["op"], list(n["inputs"]), n["attrs"], _type_from(n["type"]), n["source"])
+                 for n in d["nodes"]]
+        return cls({k: _type_from(t) for k, t in d["inputs"].items()}, weights, nodes, list(d["outputs"]), d["meta"])
+
+
+def _type_json(t: TensorType) -> dict:
+    return {"shape": list(t.shape), "dtype": t.dtype}
+
+
+def _type_from(d: dict) -> TensorType:
+    return TensorType(tuple(d["shape"]), d["dtype"])
+
+
+def _deep(x):
+    return json.loads(json.dumps(x))
+
+
+class IRError(Exception):
+    """The IR broke an invariant: a compiler bug, not a user mistake (so not a MonologueError)."""
+
+
+def verify(g: Graph, stage: str = "") -> Graph:
+    """Check names, op table membership, sequence-dim rules and attribute JSON-ness; return g."""
+    where = f" after {stage}" if stage else ""
+    defined = set(g.inputs) | set(g.weights)
+    for n in g.nodes:
+        if n.op not in OPS:
+            raise IRError(f"%{n.name}: op {n.op!r} is not in the IR op table{where}")
+        if n.name in defined:
+            raise IRError(f"%{n.name} is defined twice{where}")
+        for i in n.inputs:
+            if i not in defined:
+                raise IRError(f"%{n.name} uses %{i} before it is defined{where}")
+        if sum(1 for d in n.type.shape if d == SEQ) > 1:
+            raise IRError(f"%{n.name} has more than one sequence dimension{where}")
+        for d in n.type.shape:
+            if not (d == SEQ or (isinstance(d, int) and d >= 0)):
+                raise IRError(f"%{n.name} has a bad dimension {d!r}{where}")
+        axis = n.attrs.get("axis")
+        if OPS[n.op].seq == "token" and axis is not None and n.inputs:
+            t = g.type_of(n.inputs[0])
+            if t.seq_axis is not None and axis == t.seq_axis:
+                raise IRError(f"%{n.name} ({n.op}) works along the sequence axis but is marked per-token{where}")
+        try:
+            json.dumps(n.attrs)
+        except TypeError as e:
+            raise IRError(f"%{n.name} has attributes that are not JSON: {e}{where}") from None
+        defined.add(n.name)
+    for o in g.outputs:
+        if o not in defined:
+            raise IRError(f"output %{o} is not defined{where}")
+    for k, w in g.weights.items():
+        if w.dtype == "q8" and not w.quant:
+            raise IRError(f"weight {k} is q8 without quantization parameters{where}")
+    return g

@@ -1,0 +1,404 @@
+"""Lower an exported fx graph of ATen ops to the IR, through one explicit table (`CONVERTERS`).
+
+The table is the compiler's op coverage: an ATen op without an entry fails the compile with one
+line naming the op, the fx node and the model source line. Converters also enforce the sequence
+rules of DESIGN.md: an op that works along the sequence axis is either one the compiler understands
+(causal attention, a position-table slice, a one-step token shift) or an error, never a guess.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.fx
+
+from .errors import MonologueError
+from .ir import SEQ, Graph, Node, TensorType, Weight, verify
+
+aten = torch.ops.aten
+F32_EPS = float(np.finfo(np.float32).eps)
+IDS = "ids"
+
+
+def _source(n: torch.fx.Node) -> str:
+    """'file.py:123 code' for the innermost frame of the user's model (not torch's own)."""
+    st = n.meta.get("stack_trace") or ""
+    lines = st.strip().splitlines()
+    best = ""
+    for i, ln in enumerate(lines):
+        ln = ln.strip()
+        if ln.startswith("File ") and "/torch/" not in ln:
+            parts = ln.split('"')
+            fname = parts[1].rsplit("/", 1)[-1] if len(parts) > 1 else "?"
+            lineno = ln.split("line ")[-1].split(",")[0]
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            best = f"{fname}:{lineno} {code}"
+    return best
+
+
+class _Ctx:
+    def __init__(self, ep: torch.export.ExportedProgram):
+        self.ep = ep
+        self.g = Graph({IDS: TensorType((1, SEQ), "i32")}, {}, [], [])
+        self.env: dict[torch.fx.Node, object] = {}  # fx node -> IR name (tensor) or "T"/int (symbolic size)
+        self.seq_symbol = None
+        self.fx: torch.fx.Node | None = None
+
+    # --- helpers for converters ------------------------------------------------------------
+    def where(self) -> str:
+        src = _source(self.fx) if self.fx is not None else ""
+        return f"fx node %{self.fx.name}" + (f" ({src})" if src else "")
+
+    def fail(self, msg: str):
+        raise MonologueError(f"{msg} at {self.where()}")
+
+    def dim(self, d):
+        """An fx size (int, SymInt or sym node) as an IR dimension: int, "T", or an error."""
+        if isinstance(d, torch.fx.Node):
+            d = self.env[d]
+            return d
+        if isinstance(d, torch.SymInt):
+            expr = d.node.expr
+            if self.seq_symbol is not None and expr == self.seq_symbol:
+                return SEQ
+            if expr.is_number:
+                return int(expr)
+            self.fail(f"a shape depends on the sequence length as {expr} (sequence-mixing the compiler does "
+                      "not understand)")
+        return int(d)
+
+    def out_type(self) -> TensorType:
+        val = self.fx.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            self.fail(f"{self.fx.target} does not produce a tensor")
+        dtype = "f32" if val.dtype.is_floating_point else "i32"
+        return TensorType(tuple(self.dim(d) for d in val.shape), dtype)
+
+    def t(self, a) -> str:
+        """The IR name of a tensor argument."""
+        if not isinstance(a, torch.fx.Node) or not isinstance(self.env.get(a), str) or self.env[a] == SEQ:
+            self.fail(f"{self.fx.target}: expected a tensor argument, got {a!r}")
+        return self.env[a]
+
+    def emit(self, op: str, inputs: list[str], attrs: dict | None = None, type: TensorType | None = None) -> str:
+        name = self.g.fresh(self.fx.name)
+        src = f"fx:{self.fx.name}" + (f" @ {_source(self.fx)}" if _source(self.fx) else "")
+        self.g.nodes.append(Node(name, op, inputs, attrs or {}, type or self.out_type(), src))
+        return name
+
+    def type(self, name: str) -> TensorType:
+        return self.g.type_of(name)
+
+    def is_table(self, name: str) -> bool:
+        w = self.g.weights.get(name)
+        return w is not None and w.role == "table"
+
+
+def _axis(d: int, rank: int) -> int:
+    return d + rank if d < 0 else d
+
+
+# --- converters: (ctx, *fx args, **fx kwargs) -> IR name | symbolic value | None ---------------
+
+def _embedding(c, weight, indices, *rest, **kw):
+    w = c.t(weight)
+    if w not in c.g.weights:
+        c.fail("embedding of a computed table is not supported")
+    return c.emit("embedding", [w, c.t(indices)])
+
+
+def _linear(c, x, weight, bias=None):
+    w = c.t(weight)
+    if w not in c.g.weights:
+        c.fail("linear with a computed (not a parameter) weight is not supported")
+    y = c.emit("linear", [c.t(x), w])
+    if bias is not None:
+        y = c.emit("binary", [y, c.t(bias)], {"fn": "add"})
+    return y
+
+
+def _rms_norm(c, x, normalized_shape, weight=None, eps=None):
+    if len(normalized_shape) != 1:
+        c.fail("rms_norm over more than the last axis is not supported")
+    inputs = [c.t(x)] + ([c.t(weight)] if weight is not None else [])
+    return c.emit("rms_norm", inputs, {"eps": F32_EPS if eps is None else float(eps)})
+
+
+def _reshape(c, x, shape):
+    src = c.type(c.t(x))
+    out = c.out_type()
+    if src.seq_axis is not None:
+        # Per-token only if the sequence dim survives whole with the same (batch) dims in front.
+        if out.seq_axis is None or np.prod(src.shape[: src.seq_axis]) != np.prod(out.shape[: out.seq_axis]):
+            c.fail("a reshape that merges or splits the sequence dimension mixes positions")
+    return c.emit("reshape", [c.t(x)], {"shape": list(out.shape)})
+
+
+def _permute(c, x, perm):
+    rank = len(c.type(c.t(x)).shape)
+    return c.emit("permute", [c.t(x)], {"perm": [_axis(p, rank) for p in perm]})
+
+
+def _transpose(c, x, d0, d1):
+    rank = len(c.type(c.t(x)).shape)
+    perm = list(range(rank))
+    a, b = _axis(d0, rank), _axis(d1, rank)
+    perm[a], perm[b] = perm[b], perm[a]
+    return c.emit("permute", [c.t(x)], {"perm": perm})
+
+
+def _unsqueeze(c, x, dim):
+    return c.emit("reshape", [c.t(x)], {"shape": list(c.out_type().shape)})
+
+
+def _slice(c, x, dim=0, start=None, end=None, step=1):
+    name = c.t(x)
+    t = c.type(name)
+    dim = _axis(dim, len(t.shape))
+    start = 0 if start is None else start
+    out = c.out_type()
+    if step != 1:
+        c.fail("strided slices are not supported")
+    if c.is_table(name) and out.shape[dim] == SEQ:
+        if start != 0:
+            c.fail("a position table sliced from a non-zero start")
+        # x[:, :T] of a buffer: position-indexed, rows [pos, pos + T) at run time.
+        return c.emit("positions", [name], {"axis": dim})
+    if t.shape[dim] == SEQ:
+        if start == 0 and out.shape[dim] == SEQ:
+            return name  # the whole sequence: an alias
+        c.fail("a slice along the sequence axis (sequence-mixing the compiler does not understand)")
+    size = t.shape[dim]
+    end = size if end is None else min(int(c.dim(end)), size)
+    return c.emit("slice", [name], {"axis": dim, "start": int(start), "end": int(end)})
+
+
+def _cat(c, tensors, dim=0):
+    names = [c.t(a) for a in tensors]
+    out = c.out_type()
+    dim = _axis(dim, len(out.shape))
+    if out.shape[dim] != SEQ and any(c.type(n).shape[dim] == SEQ for n in names):
+        c.fail("a concatenation along the sequence axis (sequence-mixing the compiler does not understand)")
+    if out.shape[dim] == SEQ:
+        c.fail("a concatenation along the sequence axis (sequence-mixing the compiler does not understand)")
+    return c.emit("concat", names, {"axis": dim})
+
+
+def _expand(c, x, size, *rest, **kw):
+    return c.emit("expand", [c.t(x)], {"shape": list(c.out_type().shape)})
+
+
+def _binary(fn):
+    def conv(c, a, b, *, alpha=1):
+        if alpha != 1:
+            c.fail(f"{fn} with alpha={alpha} is not supported")
+        if isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node):
+            return c.emit("binary", [c.t(a), c.t(b)], {"fn": fn})
+        if isinstance(a, torch.fx.Node):
+            return c.emit("binary", [c.t(a)], {"fn": fn, "scalar": float(b)})
+        # scalar OP tensor: rewrite the commutative ones, reverse the rest
+        if fn in ("add", "mul"):
+            return c.emit("binary", [c.t(b)], {"fn": fn, "scalar": float(a)})
+        return c.emit("binary", [c.t(b)], {"fn": fn, "scalar": float(a), "reverse": True})
+
+    return conv
+
+
+def _rsub(c, a, b, *, alpha=1):
+    if alpha != 1 or isinstance(b, torch.fx.Node):
+        c.fail("rsub form not supported")
+    return c.emit("binary", [c.t(a)], {"fn": "sub", "scalar": float(b), "reverse": True})
+
+
+def _unary(fn):
+    return lambda c, x: c.emit("unary", [c.t(x)], {"fn": fn})
+
+
+def _gelu(c, x, *, approximate="none"):
+    return c.emit("unary", [c.t(x)], {"fn": "gelu" if approximate == "none" else "gelu_tanh"})
+
+
+def _pow(c, x, exponent):
+    if isinstance(exponent, torch.fx.Node):
+        c.fail("pow with a tensor exponent is not supported")
+    if float(exponent) == 2.0:
+        return c.emit("unary", [c.t(x)], {"fn": "square"})
+    return c.emit("binary", [c.t(x)], {"fn": "pow", "scalar": float(exponent)})
+
+
+def _to(c, x, *args, **kw):
+    name = c.t(x)
+    out = c.out_type()
+    if out.dtype == c.type(name).dtype:
+        return name
+    return c.emit("cast", [name], {"dtype": out.dtype})
+
+
+def _alias(c, x, *args, **kw):
+    return c.t(x)
+
+
+def _mean(c, x, dims, keepdim=False, *, dtype=None):
+    t = c.type(c.t(x))
+    dims = [_axis(d, len(t.shape)) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    if len(dims) != 1 or not keepdim:
+        c.fail("mean over several axes or without keepdim is not supported")
+    if dims[0] == t.seq_axis:
+        c.fail("a mean along the sequence axis (sequence-mixing the compiler does not understand)")
+    return c.emit("mean", [c.t(x)], {"axis": dims[0]})
+
+
+def _softmax(c, x, dim, *rest, **kw):
+    t = c.type(c.t(x))
+    dim = _axis(dim, len(t.shape))
+    if dim == t.seq_axis:
+        c.fail("a softmax along the sequence axis (sequence-mixing the compiler does not understand)")
+    return c.emit("softmax", [c.t(x)], {"axis": dim})
+
+
+def _sdpa(c, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, *, enable_gqa=False):
+    if attn_mask is not None:
+        c.fail("attention with an explicit mask is not supported (use is_causal=True)")
+    if not is_causal:
+        c.fail("non-causal attention mixes future positions (sequence-mixing the compiler does not understand)")
+    if dropout_p:
+        c.fail("attention dropout is not supported")
+    qt, kt = c.type(c.t(q)), c.type(c.t(k))
+    if qt.seq_axis != 2 or kt.seq_axis != 2 or len(qt.shape) != 4:
+        c.fail("attention expects (B, H, T, D) operands")
+    hq, hkv, d = qt.shape[1], kt.shape[1], qt.shape[3]
+    if hq % hkv:
+        c.fail(f"attention with {hq} query heads and {hkv} KV heads")
+    return c.emit("attention", [c.t(q), c.t(k), c.t(v)], {
+        "layout": "BHTD", "n_head": hq, "n_kv_head": hkv, "head_dim": d,
+        "scale": float(scale) if scale is not None else float(1.0 / np.sqrt(d)), "window": 0,
+    })
+
+
+def _sym_size(c, x, dim):
+    return c.type(c.t(x)).shape[dim]
+
+
+def _skip(c, *args, **kw):
+    return None
+
+
+# ATen op -> converter. This table is the op coverage of the compiler.
+CONVERTERS: dict[object, Callable] = {
+    aten.embedding.default: _embedding,
+    aten.linear.default: _linear,
+    aten.rms_norm.default: _rms_norm,
+    aten.view.default: _reshape,
+    aten.reshape.default: _reshape,
+    aten._unsafe_view.default: _reshape,
+    aten.unsqueeze.default: _unsqueeze,
+    aten.squeeze.dim: _unsqueeze,
+    aten.flatten.using_ints: _reshape,
+    aten.transpose.int: _transpose,
+    aten.permute.default: _permute,
+    aten.slice.Tensor: _slice,
+    aten.cat.default: _cat,
+    aten.expand.default: _expand,
+    aten.add.Tensor: _binary("add"),
+    aten.add.Scalar: _binary("add"),
+    aten.sub.Tensor: _binary("sub"),
+    aten.sub.Scalar: _binary("sub"),
+    aten.rsub.Scalar: _rsub,
+    aten.mul.Tensor: _binary("mul"),
+    aten.mul.Scalar: _binary("mul"),
+    aten.div.Tensor: _binary("div"),
+    aten.div.Scalar: _binary("div"),
+    aten.pow.Tensor_Scalar: _pow,
+    aten.neg.default: _unary("neg"),
+    aten.relu.default: _unary("relu"),
+    aten.square.default: _unary("square"),
+    aten.tanh.default: _unary("tanh"),
+    aten.sigmoid.default: _unary("sigmoid"),
+    aten.silu.default: _unary("silu"),
+    aten.exp.default: _unary("exp"),
+    aten.rsqrt.default: _unary("rsqrt"),
+    aten.sqrt.default: _unary("sqrt"),
+    aten.abs.default: _unary("abs"),
+    aten.gelu.default: _gelu,
+    aten.mean.dim: _mean,
+    aten.softmax.int: _softmax,
+    aten._softmax.default: _softmax,
+    aten.scaled_dot_product_attention.default: _sdpa,
+    aten.to.dtype: _to,
+    aten._to_copy.default: _to,
+    aten.type_as.default: _to,
+    aten.clone.default: _alias,
+    aten.contiguous.default: _alias,
+    aten.alias.default: _alias,
+    aten.detach.default: _alias,
+    aten.dropout.default: _alias,
+    aten.sym_size.int: _sym_size,
+    aten._assert_tensor_metadata.default: _skip,
+    aten._assert_scalar.default: _skip,
+    aten.sym_constrain_range_for_size.default: _skip,
+    operator.getitem: None,  # only ever reached for multi-output ops, none of which are supported
+}
+
+
+def supported_ops() -> list[str]:
+    return sorted(str(k) for k, v in CONVERTERS.items() if v is not None)
+
+
+def lower(ep: torch.export.ExportedProgram) -> Graph:
+    """fx graph (from trace) -> IR graph with weights (f32 numpy) attached."""
+    c = _Ctx(ep)
+    sig = ep.graph_signature
+    kinds = {s.arg.name: s for s in sig.input_specs}
+    data = {**ep.state_dict, **ep.constants}
+    seen_storage: dict[int, str] = {}
+    user_inputs = []
+    for n in ep.graph.nodes:
+        if n.op != "placeholder":
+            continue
+        spec = kinds[n.name]
+        if spec.target is None:  # the user input: token ids
+            user_inputs.append(n)
+            val = n.meta["val"]
+            if val.dim() != 2 or val.dtype not in (torch.int64, torch.int32):
+                raise MonologueError("the model's forward must take one (B, T) tensor of token ids")
+            c.seq_symbol = val.shape[1].node.expr if isinstance(val.shape[1], torch.SymInt) else None
+            c.env[n] = IDS
+            continue
+        tensor = data[spec.target]
+        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
+        if key in seen_storage:  # tied parameters: one weight, two uses
+            c.env[n] = seen_storage[key]
+            continue
+        role = "param" if spec.kind.name == "PARAMETER" else "table"
+        if not tensor.is_floating_point():
+            raise MonologueError(f"buffer {spec.target} is not floating point ({tensor.dtype})")
+        c.g.weights[spec.target] = Weight(tuple(tensor.shape), "f32",
+                                          tensor.detach().to(torch.float32).numpy().copy(), None, role)
+        seen_storage[key] = spec.target
+        c.env[n] = spec.target
+    if len(user_inputs) != 1 or c.seq_symbol is None:
+        raise MonologueError("the model's forward must take exactly one (B, T) tensor with a dynamic length T")
+
+    for n in ep.graph.nodes:
+        if n.op != "call_function":
+            continue
+        c.fx = n
+        conv = CONVERTERS.get(n.target)
+        if conv is None:
+            c.fail(f"unsupported op {n.target}")
+        c.env[n] = conv(c, *n.args, **n.kwargs)
+
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    outs = out_node.args[0]
+    if len(outs) != 1:
+        raise MonologueError(f"the model returns {len(outs)} values; expected only logits")
+    c.fx = None
+    name = c.env[outs[0]]
+    t = c.g.type_of(name)
+    if len(t.shape) != 3 or t.shape[:2] != (1, SEQ):
+        raise MonologueError(f"the model's output has shape {t}; expected logits (B, T, V)")
+    c.g.outputs = [name]
+    return verify(c.g, "lowering")
