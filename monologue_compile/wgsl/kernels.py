@@ -1,0 +1,128 @@
+"""The kernel families: for each, its template, render parameters, binding layout and dispatch size.
+
+A family function validates its parameters, derives the constants the template needs, renders the
+WGSL and returns a `Kernel`. Bindings are all in group 0, numbered in list order. Kernels are
+shape-specialized, so the dispatch size is fixed at render time (for the largest step the kernel
+serves); per-step values (position, token count) come from the shared `Step` uniform, and
+workgroups beyond the step's work exit early.
+
+Buffer layouts (all f32 unless said):
+- activations: row-major [tokens, features]; q/k/v rows are [tokens, heads, head_dim].
+- int8 weight [N, K]: [N, KV4] vec4<u32>, KV4 = ceil(K / 16), byte i of u32 j = q[k = 4j + i];
+  scales [N] (per output channel) or [N, ceil(K / group)] (group 64 or 128 along K).
+- KV cache (one K and one V buffer per layer): [max_seq, n_kv_head, head_dim], token-major, so one
+  token's keys (or values) for all heads are one contiguous row of n_kv_head * head_dim and a matvec
+  or matmul writes its output row straight into the cache at row `pos`.
+- Step uniform: struct { pos, n_tokens, 0, 0 } of u32 (16 bytes), see `_step.wgsl.j2`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .render import render
+
+STEP_BYTES = 16
+MAX_WG_PER_DIM = 65535
+WG_MEM_LIMIT = 16384
+MAX_INVOCATIONS = 256
+MAX_STORAGE_BUFFERS = 8
+RMS_EPS = 1.1920929e-07  # float32 epsilon, nanochat's F.rms_norm default
+ACTIVATIONS = ("none", "relu2", "gelu", "gelu_tanh", "silu")
+SUBGROUP_MODES = ("off", "naga", "tint")  # naga: builtins without the directive; tint: `enable subgroups;`
+
+
+@dataclass(frozen=True)
+class Binding:
+    name: str
+    kind: str  # "read" | "read_write" | "uniform"
+
+
+@dataclass
+class Kernel:
+    name: str
+    family: str
+    template: str
+    params: dict
+    bindings: list[Binding]
+    workgroup_size: int
+    workgroups: tuple[int, int, int]
+    wgsl: str
+    features: tuple[str, ...] = ()  # device features the kernel needs ("subgroup")
+    workgroup_bytes: int = 0
+    entry_point: str = "main"
+    info: dict = field(default_factory=dict)  # derived shapes the caller needs (buffer sizes)
+
+
+def grid(n: int, y: int = 1) -> tuple[int, int, int]:
+    """Dispatch n workgroups along x (times y); past 65535 spread over x*y' with a flat-id guard."""
+    if n <= MAX_WG_PER_DIM:
+        return (n, y, 1)
+    if y != 1:
+        raise ValueError(f"{n} x {y} workgroups exceed the per-dimension limit")
+    ny = -(-n // MAX_WG_PER_DIM)
+    return (-(-n // ny), ny, 1)
+
+
+def _check(cond: bool, msg: str):
+    if not cond:
+        raise ValueError(msg)
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _finish(name, family, template, params, bindings, wg, workgroups, wg_bytes, features=(), info=None):
+    _check(wg <= MAX_INVOCATIONS, f"{name}: {wg} invocations > {MAX_INVOCATIONS}")
+    _check(wg_bytes <= WG_MEM_LIMIT, f"{name}: {wg_bytes} B workgroup memory > {WG_MEM_LIMIT}")
+    n_storage = sum(b.kind != "uniform" for b in bindings)
+    _check(n_storage <= MAX_STORAGE_BUFFERS, f"{name}: {n_storage} storage buffers > {MAX_STORAGE_BUFFERS}")
+    wgsl = render(template, name=name, **params)
+    return Kernel(name, family, template, params, bindings, wg, workgroups, wgsl, tuple(features), wg_bytes,
+                  info=info or {})
+
+
+def _common(covers, subgroups="off", unpack="shift"):
+    _check(subgroups in SUBGROUP_MODES, f"subgroups={subgroups!r} not in {SUBGROUP_MODES}")
+    _check(unpack in ("shift", "builtin"), f"unpack={unpack!r} not in ('shift', 'builtin')")
+    return list(covers or [])
+
+
+def _epilogue_params(act, bias, softcap, residual):
+    _check(act in ACTIVATIONS, f"act={act!r} not in {ACTIVATIONS}")
+    _check(softcap is None or softcap >= 0, "softcap must be >= 0")
+    return dict(act=act, bias=bool(bias), softcap=float(softcap or 0.0), residual=bool(residual))
+
+
+def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: bool = False, act: str = "none",
+                softcap: float = 0.0, residual: bool = False, out_offset: int = 0, out_at_pos: bool = False,
+                out_pos_stride: int | None = None, out_len: int | None = None, rows: int = 4, wg: int = 64,
+                subgroups: str = "off", unpack: str = "shift", eps: float = RMS_EPS, covers=(),
+                name: str = "matvec_int8") -> Kernel:
+    """y[n] (+)= epilogue(sum_k W[n,k] x'[k]) for one token; x' = rmsnorm(x) when `norm`.
+
+    Bindings: w, scale, x, [bias], y, [step (when out_at_pos)]. Output element n goes to
+    y[out_offset + (step.pos * out_pos_stride if out_at_pos) + n]; `residual` adds into y there.
+    One workgroup per `rows` output rows.
+    """
+    covers = _common(covers, subgroups, unpack)
+    _check(K % 4 == 0, f"K={K} must be a multiple of 4 (x is read as vec4<f32>)")
+    _check(group in (0, 64, 128), f"group={group} must be 0 (per channel), 64 or 128")
+    _check(_pow2(wg), f"wg={wg} must be a power of two")
+    nred = rows + bool(norm)
+    wg_bytes = 4 * nred * (wg + 1) + (4 * ((wg + 31) // 32) if subgroups != "off" else 0)
+    pos_stride = N if out_pos_stride is None else out_pos_stride
+    out_len = out_len or out_offset + N
+    params = dict(N=N, K=K, KV4=-(-K // 16), K4=K // 4, rows=rows, wg=wg, group=group,
+                  n_groups=-(-K // group) if group else 0, norm=bool(norm), eps=eps,
+                  out_offset=out_offset, out_at_pos=bool(out_at_pos), out_pos_stride=pos_stride,
+                  out_len=out_len, subgroups=subgroups, unpack=unpack, covers=covers,
+                  **_epilogue_params(act, bias, softcap, residual))
+    b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
+    b += [Binding("bias", "read")] if bias else []
+    b += [Binding("y", "read_write")]
+    b += [Binding("step", "uniform")] if out_at_pos else []
+    feats = ("subgroup",) if subgroups != "off" else ()
+    return _finish(name, "matvec_int8", "matvec_int8.wgsl.j2", params, b, wg, grid(-(-N // rows)), wg_bytes, feats)

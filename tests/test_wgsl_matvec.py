@@ -1,0 +1,69 @@
+"""int8 matrix-vector (decode) kernel against the numpy reference, over shapes and every fusion."""
+
+import numpy as np
+import pytest
+
+from monologue_compile.wgsl import kernels
+from wgsl_harness import run
+from wgsl_harness import reference as ref
+from wgsl_harness.tolerances import ELEMENTWISE, MATRIX
+
+CASES = [
+    # N, K, options
+    (1, 16, {}),
+    (37, 52, {"norm": True}),  # odd N, K not a multiple of 16
+    (64, 256, {"group": 64, "act": "relu2"}),
+    (33, 320, {"group": 128, "norm": True, "bias": True, "act": "gelu", "residual": True}),
+    (50, 128, {"act": "silu", "rows": 1, "wg": 32}),
+    (70, 96, {"act": "gelu_tanh", "softcap": 15.0, "rows": 8, "wg": 128}),
+    (40, 64, {"softcap": 2.0, "norm": True, "rows": 3}),  # softcap saturates: clamp before tanh
+]
+
+
+def _data(N, K, group, seed):
+    rng = np.random.default_rng(seed)
+    q, scale = ref.quantize(rng.standard_normal((N, K)), group)
+    return q, scale, rng.standard_normal(K).astype(np.float32) * 3
+
+
+@pytest.mark.parametrize("N,K,opts", CASES)
+@pytest.mark.parametrize("subgroups", ["off", "naga"])
+def test_matvec(N, K, opts, subgroups):
+    opts = dict(opts)
+    group = opts.get("group", 0)
+    q, scale, x = _data(N, K, group, N * 1000 + K)
+    rng = np.random.default_rng(1)
+    bias = rng.standard_normal(N).astype(np.float32) if opts.get("bias") else None
+    res = rng.standard_normal(N).astype(np.float32) if opts.get("residual") else None
+    k = kernels.matvec_int8(N, K, subgroups=subgroups, covers=["test"], **opts)
+    inputs = {"w": ref.pack_int8(q), "scale": scale, "x": x}
+    if bias is not None:
+        inputs["bias"] = bias
+    if res is not None:
+        inputs["y"] = res
+    got = run(k, inputs, {"y": ((N,), np.float32)})["y"]
+    want = ref.linear(x, q, scale, group, opts.get("norm", False), bias, opts.get("act", "none"),
+                      opts.get("softcap", 0.0), res)
+    tol = ELEMENTWISE if opts.get("act", "none") != "none" or opts.get("softcap") else MATRIX
+    np.testing.assert_allclose(got, want, **tol)
+
+
+def test_matvec_output_at_position():
+    """Writing into row `pos` of a [rows, N] buffer (a KV-cache row), leaving other rows alone."""
+    N, K, pos, rows = 24, 64, 5, 8
+    q, scale, x = _data(N, K, 0, 7)
+    k = kernels.matvec_int8(N, K, out_at_pos=True, out_len=rows * N, covers=["test"])
+    init = np.full((rows, N), -7.0, np.float32)
+    got = run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x, "y": init},
+              {"y": ((rows, N), np.float32)}, pos=pos)["y"]
+    want = init.astype(np.float64)
+    want[pos] = ref.linear(x, q, scale)
+    np.testing.assert_allclose(got, want, **MATRIX)
+
+
+def test_matvec_builtin_unpack():
+    N, K = 20, 64
+    q, scale, x = _data(N, K, 0, 3)
+    k = kernels.matvec_int8(N, K, unpack="builtin", covers=["test"])
+    got = run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
+    np.testing.assert_allclose(got, ref.linear(x, q, scale), **MATRIX)
