@@ -126,3 +126,33 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
     b += [Binding("step", "uniform")] if out_at_pos else []
     feats = ("subgroup",) if subgroups != "off" else ()
     return _finish(name, "matvec_int8", "matvec_int8.wgsl.j2", params, b, wg, grid(-(-N // rows)), wg_bytes, feats)
+
+
+def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, bias: bool = False,
+                act: str = "none", softcap: float = 0.0, residual: bool = False, out_offset: int = 0,
+                out_at_pos: bool = False, out_row_stride: int | None = None, tile_t: int = 32, tile_n: int = 64,
+                mt: int = 2, mn: int = 4, unpack: str = "shift", eps: float = RMS_EPS, covers=(),
+                name: str = "matmul_int8") -> Kernel:
+    """Y[t, n] (+)= epilogue(sum_k X'[t, k] W[n, k]) for t < step.n_tokens <= T; X' = rmsnorm(X) rows.
+
+    Bindings: w, scale, x, [bias], y, step. Row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride]
+    (out_row_stride defaults to N), so `out_at_pos` writes a chunk straight into KV-cache rows.
+    Workgroups: (ceil(N / tile_n), ceil(T / tile_t)).
+    """
+    covers = _common(covers, "off", unpack)
+    _check(K % 4 == 0, f"K={K} must be a multiple of 4 (X rows are read as vec4<f32>)")
+    _check(group in (0, 64, 128), f"group={group} must be 0 (per channel), 64 or 128")
+    _check(tile_t % mt == 0 and tile_n % mn == 0, "tile_t / tile_n must be multiples of mt / mn")
+    wg = (tile_t // mt) * (tile_n // mn)
+    _check(tile_t * 4 <= wg and tile_n <= wg, "each tile load must take at most one vec4 per thread")
+    wg_bytes = 64 * (tile_t + tile_n) + (16 * tile_t if norm else 0)
+    params = dict(T=T, N=N, K=K, KV4=-(-K // 16), K4=K // 4, TT=tile_t, TN=tile_n, MT=mt, MN=mn, wg=wg,
+                  group=group, n_groups=-(-K // group) if group else 0, norm=bool(norm), eps=eps,
+                  out_offset=out_offset, out_at_pos=bool(out_at_pos),
+                  out_row_stride=N if out_row_stride is None else out_row_stride, unpack=unpack, covers=covers,
+                  **_epilogue_params(act, bias, softcap, residual))
+    b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
+    b += [Binding("bias", "read")] if bias else []
+    b += [Binding("y", "read_write"), Binding("step", "uniform")]
+    return _finish(name, "matmul_int8", "matmul_int8.wgsl.j2", params, b, wg,
+                   grid(-(-N // tile_n), -(-T // tile_t)), wg_bytes)
