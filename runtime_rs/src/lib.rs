@@ -1,0 +1,14 @@
+//! Monologue's runtime library. For now: the byte-level BPE tokenizer (training, encoding,
+//! tokenizer.json) and the chat template, behind a C ABI shared by Python (cffi) and wasm.
+//! Zero crate dependencies; builds with Rust 1.63 (Debian's wasm32 toolchain).
+
+pub mod base64;
+pub mod bpe;
+pub mod chat;
+pub mod ffi;
+pub mod fxhash;
+pub mod json;
+pub mod pretokenize;
+pub mod tokenizer_file;
+pub mod train;
+pub mod unicode_tables;

@@ -1,0 +1,285 @@
+//! The split pattern nanochat (and GPT-4) use, hand-written instead of a regex engine:
+//!
+//! ```text
+//! '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,K}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+
+//! ```
+//!
+//! with K = 2 (nanochat) or 3 (GPT-4 cl100k). Alternatives are tried in order at each position
+//! and the first that matches wins (leftmost-first, as in the `regex`/`fancy-regex` crates that
+//! tiktoken uses). `\s`, `\p{L}` and `\p{N}` come from the generated `unicode_tables`.
+
+use crate::unicode_tables::{CharClass, CLASS_RANGES};
+
+pub const NANOCHAT_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+
+const PATTERN_HEAD: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,";
+const PATTERN_TAIL: &str = r"}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+
+/// The character class of `c` for the split pattern.
+#[inline]
+pub fn class_of(c: char) -> CharClass {
+    let cp = c as u32;
+    if cp < 0x80 {
+        return match c {
+            'a'..='z' | 'A'..='Z' => CharClass::Letter,
+            '0'..='9' => CharClass::Number,
+            '\t' | '\n' | '\x0B' | '\x0C' | '\r' | ' ' => CharClass::Whitespace,
+            _ => CharClass::Other,
+        };
+    }
+    let ranges = CLASS_RANGES;
+    let (mut lo, mut hi) = (0usize, ranges.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let (first, last, class) = ranges[mid];
+        if cp < first {
+            hi = mid;
+        } else if cp > last {
+            lo = mid + 1;
+        } else {
+            return class;
+        }
+    }
+    CharClass::Other
+}
+
+/// The pattern family this crate implements, identified by the longest digit group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitPattern {
+    max_digits: usize,
+}
+
+impl Default for SplitPattern {
+    fn default() -> Self {
+        SplitPattern { max_digits: 2 }
+    }
+}
+
+/// The first char of `text[at..]` and its UTF-8 length.
+#[inline]
+fn char_at(text: &str, at: usize) -> Option<(char, usize)> {
+    text[at..].chars().next().map(|c| (c, c.len_utf8()))
+}
+
+/// End of the run of chars of `class` starting at `at`.
+#[inline]
+fn run_end(text: &str, mut at: usize, class: CharClass) -> usize {
+    for c in text[at..].chars() {
+        if class_of(c) != class {
+            break;
+        }
+        at += c.len_utf8();
+    }
+    at
+}
+
+/// `c` compared case-insensitively (Unicode simple case folding) with an ASCII lowercase letter
+/// of the contractions; U+017F LATIN SMALL LETTER LONG S folds to `s`.
+#[inline]
+fn folds_to(c: char, lower: char) -> bool {
+    c == lower || c == lower.to_ascii_uppercase() || (lower == 's' && c == '\u{17F}')
+}
+
+impl SplitPattern {
+    /// Recognise a pattern string; only this family is implemented, anything else is refused.
+    pub fn parse(pattern: &str) -> Result<SplitPattern, String> {
+        if let Some(rest) = pattern.strip_prefix(PATTERN_HEAD) {
+            if let Some(digits) = rest.strip_suffix(PATTERN_TAIL) {
+                if let Ok(max_digits) = digits.parse::<usize>() {
+                    if (1..=9).contains(&max_digits) {
+                        return Ok(SplitPattern { max_digits });
+                    }
+                }
+            }
+        }
+        Err(format!(
+            "unsupported split pattern {:?}: only the GPT-4/nanochat pattern family is implemented",
+            pattern
+        ))
+    }
+
+    pub fn pattern_string(&self) -> String {
+        format!("{}{}{}", PATTERN_HEAD, self.max_digits, PATTERN_TAIL)
+    }
+
+    /// Byte offset where the piece starting at `start` (< text.len()) ends.
+    pub fn piece_end(&self, text: &str, start: usize) -> usize {
+        let (c0, len0) = match char_at(text, start) {
+            Some(x) => x,
+            None => return start,
+        };
+        let after0 = start + len0;
+        let next = char_at(text, after0);
+
+        // '(?i:[sdmt]|ll|ve|re)
+        if c0 == '\'' {
+            if let Some((c1, len1)) = next {
+                if folds_to(c1, 's') || folds_to(c1, 'd') || folds_to(c1, 'm') || folds_to(c1, 't') {
+                    return after0 + len1;
+                }
+                let second = if folds_to(c1, 'l') {
+                    Some('l')
+                } else if folds_to(c1, 'v') || folds_to(c1, 'r') {
+                    Some('e')
+                } else {
+                    None
+                };
+                if let Some(want) = second {
+                    if let Some((c2, len2)) = char_at(text, after0 + len1) {
+                        if folds_to(c2, want) {
+                            return after0 + len1 + len2;
+                        }
+                    }
+                }
+            }
+        }
+
+        let class0 = class_of(c0);
+        // [^\r\n\p{L}\p{N}]?+\p{L}+  (the optional char is possessive: taken whenever it can be)
+        if class0 == CharClass::Letter {
+            return run_end(text, after0, CharClass::Letter);
+        }
+        if class0 != CharClass::Number && c0 != '\r' && c0 != '\n' {
+            if let Some((c1, _)) = next {
+                if class_of(c1) == CharClass::Letter {
+                    return run_end(text, after0, CharClass::Letter);
+                }
+            }
+        }
+        // \p{N}{1,K}
+        if class0 == CharClass::Number {
+            let mut end = after0;
+            let mut taken = 1;
+            for c in text[after0..].chars() {
+                if taken == self.max_digits || class_of(c) != CharClass::Number {
+                    break;
+                }
+                end += c.len_utf8();
+                taken += 1;
+            }
+            return end;
+        }
+        //  ?[^\s\p{L}\p{N}]++[\r\n]*
+        let symbols_from = if c0 == ' ' {
+            match next {
+                Some((c1, _)) if class_of(c1) == CharClass::Other => Some(after0),
+                _ => None,
+            }
+        } else if class0 == CharClass::Other {
+            Some(start)
+        } else {
+            None
+        };
+        if let Some(from) = symbols_from {
+            let mut end = run_end(text, from, CharClass::Other);
+            while let Some(b) = text.as_bytes().get(end) {
+                if *b != b'\r' && *b != b'\n' {
+                    break;
+                }
+                end += 1;
+            }
+            return end;
+        }
+        // c0 is whitespace. \s*[\r\n] ends at the last line break of the whitespace run;
+        // \s+(?!\S) leaves the run's last char for the next piece when a non-space follows;
+        // \s+ takes a lone whitespace char.
+        let mut end = start;
+        let mut last_break_end = None;
+        let mut last_char_start = start;
+        for c in text[start..].chars() {
+            if class_of(c) != CharClass::Whitespace {
+                break;
+            }
+            last_char_start = end;
+            end += c.len_utf8();
+            if c == '\r' || c == '\n' {
+                last_break_end = Some(end);
+            }
+        }
+        if let Some(e) = last_break_end {
+            return e;
+        }
+        if end == text.len() || last_char_start == start {
+            return end;
+        }
+        last_char_start
+    }
+
+    /// The pieces of `text`, in order; they concatenate back to `text`.
+    pub fn pieces<'p, 't>(&'p self, text: &'t str) -> Pieces<'p, 't> {
+        Pieces { pattern: self, text, at: 0 }
+    }
+}
+
+pub struct Pieces<'p, 't> {
+    pattern: &'p SplitPattern,
+    text: &'t str,
+    at: usize,
+}
+
+impl<'p, 't> Iterator for Pieces<'p, 't> {
+    type Item = &'t str;
+    #[inline]
+    fn next(&mut self) -> Option<&'t str> {
+        if self.at >= self.text.len() {
+            return None;
+        }
+        let end = self.pattern.piece_end(self.text, self.at);
+        let piece = &self.text[self.at..end];
+        self.at = end;
+        Some(piece)
+    }
+}
+
+/// Byte offsets at which `text` can be cut into independently pre-tokenized segments: right
+/// after a '\n' that is followed by a non-whitespace char no piece spans the cut (the pieces
+/// that contain a line break end at it, and none that starts after it can take the '\n').
+pub fn safe_cuts(text: &str, target_segment: usize) -> Vec<usize> {
+    let bytes = text.as_bytes();
+    let mut cuts = Vec::new();
+    let mut at = target_segment;
+    while at < bytes.len() {
+        let mut i = at;
+        while i + 1 < bytes.len() {
+            if bytes[i] == b'\n' && text.is_char_boundary(i + 1) {
+                let c = text[i + 1..].chars().next().unwrap();
+                if class_of(c) != CharClass::Whitespace {
+                    break;
+                }
+            }
+            i += 1;
+        }
+        if i + 1 >= bytes.len() {
+            break;
+        }
+        cuts.push(i + 1);
+        at = i + 1 + target_segment;
+    }
+    cuts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(text: &str) -> Vec<&str> {
+        SplitPattern::default().pieces(text).collect()
+    }
+
+    #[test]
+    fn splits_like_the_regex() {
+        assert_eq!(split("Hello world"), vec!["Hello", " world"]);
+        assert_eq!(split("I'm 12345"), vec!["I", "'m", " ", "12", "34", "5"]);
+        assert_eq!(split("a  \n  b"), vec!["a", "  \n", " ", " b"]);
+        assert_eq!(split("x   "), vec!["x", "   "]);
+        assert_eq!(split(" !!\n\nx"), vec![" !!\n\n", "x"]);
+        assert_eq!(split("WE'LL"), vec!["WE", "'LL"]);
+    }
+
+    #[test]
+    fn pattern_round_trips() {
+        let p = SplitPattern::parse(NANOCHAT_PATTERN).unwrap();
+        assert_eq!(p.pattern_string(), NANOCHAT_PATTERN);
+        assert!(SplitPattern::parse("\\w+").is_err());
+    }
+}
