@@ -1,0 +1,97 @@
+"""Helpers for browser tests: headless Debian Chromium via playwright, and a served site.
+
+Use the `browser` fixture by importing it into a test module (`from web_helpers import browser`);
+tests that use it are skipped, with the reason, where Chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from monologue_compile.serve import make_server, server_url
+from monologue_compile.site import copy_web_shell
+
+CHROMIUM = "/usr/bin/chromium"
+# WebGPU on (SwiftShader here), and nothing that phones home: the network log must only show the page.
+CHROMIUM_ARGS = [
+    "--enable-unsafe-webgpu",
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def launch_chromium(playwright):
+    """A headless Chromium from playwright's sync API; skips the test when it cannot run here."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+def file_entry(path: str, data: bytes) -> dict:
+    return {"path": path, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def make_site(dist: Path, files: dict[str, bytes], **manifest_fields) -> Path:
+    """A compiled-site stand-in: the real web shell plus `files` (paths relative to dist) and a
+    model/manifest.json that lists them with their true sizes and hashes."""
+    copy_web_shell(dist)
+    for path, data in files.items():
+        (dist / path).parent.mkdir(parents=True, exist_ok=True)
+        (dist / path).write_bytes(data)
+    manifest = {"files": [file_entry(p, d) for p, d in files.items()], **manifest_fields}
+    (dist / "model").mkdir(parents=True, exist_ok=True)
+    (dist / "model" / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return dist
+
+
+def pseudo_random_bytes(n: int, seed: int) -> bytes:
+    out = bytearray()
+    block = seed.to_bytes(8, "little")
+    while len(out) < n:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:n])
+
+
+@contextlib.contextmanager
+def serving(root: Path):
+    """Serves `root` (with `monologue serve`'s server) on a free port; yields the base URL."""
+    server = make_server(root, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server_url(server)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def save_screenshot(page, name: str) -> Path:
+    """Saves a full-page screenshot for people to look at: under $MONOLOGUE_ARTIFACTS, else tmp/artifacts/
+    at the repository root."""
+    out = Path(os.environ.get("MONOLOGUE_ARTIFACTS", Path(__file__).resolve().parent.parent / "tmp" / "artifacts"))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+

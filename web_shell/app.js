@@ -1,0 +1,370 @@
+// The chat page. All loading and inference happen in worker.js; this module only draws what the
+// worker reports and sends it what the visitor does. Model output is only ever set as text
+// (textContent / Text nodes), never parsed as HTML.
+
+import { BACKEND_LABELS } from "./engine.js";
+import { formatBytes } from "./loader.js";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $("status"),
+  statusTitle: $("status-title"),
+  statusDetail: $("status-detail"),
+  statusNotes: $("status-notes"),
+  progress: $("progress"),
+  intro: $("intro"),
+  chat: $("chat"),
+  messages: $("messages"),
+  composer: $("composer"),
+  prompt: $("prompt"),
+  send: $("send"),
+  stop: $("stop"),
+  speed: $("speed"),
+  backend: $("backend"),
+  newChat: $("new-chat"),
+  settingsDialog: $("settings"),
+  settingsForm: $("settings-form"),
+};
+
+const SETTINGS_KEY = "monologue.settings";
+const BACKEND_KEY = "monologue.backend";
+const DEFAULT_SETTINGS = { temperature: 0.6, topK: 50, topP: 0.95, maxNewTokens: 512, seed: "" };
+
+const PLACEHOLDERS = {
+  loading: "The chat starts once the model is ready",
+  ready: "Ask something…",
+  generating: "Ask something…",
+  "no-backend": "The chat is off: nothing in this build can run the model",
+  error: "The chat is off: the model could not be loaded",
+};
+
+const ERROR_TITLES = {
+  corrupt: "A model file is corrupt",
+  network: "The model could not be downloaded",
+  manifest: "This site's model manifest is unusable",
+  insecure: "This page cannot verify the model here",
+  internal: "Something went wrong",
+};
+
+let conversation = []; // [{role, content}] sent to the worker with each question
+let current = null; // the assistant message being written
+let activeBackend = null;
+let fileStats = null;
+let switchingFrom = null; // the backend to return to if a switch fails
+
+const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+
+// --- status card -----------------------------------------------------------------------------
+
+function setState(state) {
+  document.body.dataset.state = state;
+  const canChat = state === "ready";
+  ui.prompt.disabled = !(canChat || state === "generating");
+  ui.send.disabled = !canChat;
+  ui.send.hidden = state === "generating";
+  ui.stop.hidden = state !== "generating";
+  ui.backend.disabled = !canChat || ui.backend.options.length < 2;
+  ui.prompt.placeholder = PLACEHOLDERS[state];
+}
+
+function showStatus(tone, title, detail = "", notes = [], progress = null) {
+  ui.status.hidden = false;
+  ui.status.dataset.tone = tone;
+  ui.statusTitle.textContent = title;
+  ui.statusDetail.textContent = detail;
+  ui.statusNotes.replaceChildren(...notes.map((note) => Object.assign(document.createElement("li"), { textContent: note })));
+  ui.progress.hidden = progress === null;
+  if (progress !== null) ui.progress.value = progress;
+}
+
+function showProgress({ stage, file, loaded, total, fromCache }) {
+  const fraction = total ? loaded / total : 0;
+  const where = file ? ` · ${file}` : "";
+  if (stage === "download") {
+    const title = fromCache ? "Loading the model from this device" : "Downloading the model";
+    showStatus("busy", title, `${formatBytes(loaded)} of ${formatBytes(total)}${where}`, [], fraction);
+  } else if (stage === "verify") {
+    showStatus("busy", "Verifying the model files", `${formatBytes(loaded)} of ${formatBytes(total)}${where}`, [], fraction);
+  } else {
+    showStatus("busy", "Compiling shaders", total ? `${loaded} of ${total}` : "", [], fraction);
+  }
+}
+
+function filesSummary() {
+  if (!fileStats) return "";
+  const cached = fileStats.fromCache === fileStats.count ? ", all from this device's cache" : fileStats.fromCache ? `, ${fileStats.fromCache} from this device's cache` : "";
+  return `${fileStats.count} files, ${formatBytes(fileStats.bytes)}, checked against their sha256${cached}`;
+}
+
+// --- backends --------------------------------------------------------------------------------
+
+function showBackends(backends) {
+  ui.backend.replaceChildren(
+    ...backends.map(({ kind, label, ok, reason }) => {
+      const option = new Option(ok ? label : `${label}: unavailable`, kind);
+      option.disabled = !ok;
+      option.title = reason;
+      return option;
+    }),
+  );
+  const firstUsable = backends.find((b) => b.ok);
+  if (!firstUsable) ui.backend.prepend(new Option("nothing available", "", true, true));
+}
+
+function setActiveBackend(kind) {
+  activeBackend = kind;
+  ui.backend.value = kind;
+}
+
+ui.backend.addEventListener("change", () => {
+  const kind = ui.backend.value;
+  if (!kind || kind === activeBackend) return;
+  switchingFrom = activeBackend;
+  setState("loading");
+  worker.postMessage({ type: "switch", backend: kind });
+});
+
+// --- settings --------------------------------------------------------------------------------
+
+function loadSettings() {
+  let saved = {};
+  try {
+    saved = JSON.parse(localStorage.getItem(SETTINGS_KEY)) ?? {};
+  } catch {
+    // unreadable settings: start from the defaults
+  }
+  writeSettingsForm({ ...DEFAULT_SETTINGS, ...saved });
+}
+
+function writeSettingsForm(settings) {
+  for (const [name, value] of Object.entries(settings)) {
+    if (ui.settingsForm.elements[name]) ui.settingsForm.elements[name].value = value;
+  }
+}
+
+function numberField(name, min, max, integer) {
+  const input = ui.settingsForm.elements[name];
+  let value = Number(input.value);
+  if (input.value === "" || !Number.isFinite(value)) value = DEFAULT_SETTINGS[name];
+  value = Math.min(max, Math.max(min, integer ? Math.round(value) : value));
+  input.value = value;
+  return value;
+}
+
+function readSettings() {
+  const seedText = ui.settingsForm.elements.seed.value.trim();
+  const settings = {
+    temperature: numberField("temperature", 0, 2, false),
+    topK: numberField("topK", 0, 1000, true),
+    topP: numberField("topP", 0.01, 1, false),
+    maxNewTokens: numberField("maxNewTokens", 1, 8192, true),
+    seed: seedText === "" ? "" : numberField("seed", 0, 2 ** 32 - 1, true),
+  };
+  localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
+  return settings;
+}
+
+$("open-settings").addEventListener("click", () => ui.settingsDialog.showModal());
+$("reset-settings").addEventListener("click", () => writeSettingsForm(DEFAULT_SETTINGS));
+ui.settingsDialog.addEventListener("close", readSettings);
+
+// --- messages --------------------------------------------------------------------------------
+
+function nearBottom() {
+  return ui.chat.scrollHeight - ui.chat.scrollTop - ui.chat.clientHeight < 80;
+}
+
+function keepScrolled(wasNearBottom) {
+  if (wasNearBottom) ui.chat.scrollTop = ui.chat.scrollHeight;
+}
+
+function addUserMessage(text) {
+  const item = document.createElement("li");
+  item.className = "message user";
+  item.append(Object.assign(document.createElement("p"), { textContent: text }));
+  ui.messages.append(item);
+}
+
+// Draws one reply as it streams: the thought panel is open while the model thinks and folds away
+// when the answer starts, keeping how long the thinking took.
+function createAssistantMessage() {
+  const item = document.getElementById("assistant-message").content.firstElementChild.cloneNode(true);
+  const thought = item.querySelector(".thought");
+  const label = item.querySelector(".thought-label");
+  const thoughtText = item.querySelector(".thought-text").appendChild(new Text(""));
+  const answer = item.querySelector(".answer");
+  const answerText = answer.appendChild(new Text(""));
+  const meta = item.querySelector(".reply-meta");
+  item.setAttribute("aria-busy", "true");
+  ui.messages.append(item);
+
+  let thinkingSince = 0;
+  let thoughtSeconds = null;
+  let ticker = 0;
+  const elapsed = () => (performance.now() - thinkingSince) / 1000;
+  const endThought = () => {
+    if (!thinkingSince || thoughtSeconds !== null) return;
+    thoughtSeconds = elapsed();
+    clearInterval(ticker);
+    label.textContent = `Thought for ${thoughtSeconds.toFixed(1)} s`;
+  };
+
+  return {
+    get answer() {
+      return answerText.data;
+    },
+    apply({ thought: thoughtDelta, answer: answerDelta, opened, closed }) {
+      const follow = nearBottom();
+      if (opened) {
+        thought.hidden = false;
+        thought.open = true;
+        thinkingSince = performance.now();
+        ticker = setInterval(() => (label.textContent = `Thinking… ${Math.floor(elapsed())} s`), 1000);
+      }
+      if (thoughtDelta) thoughtText.appendData(thoughtDelta);
+      if (closed) {
+        endThought();
+        thought.open = false;
+      }
+      if (answerDelta) answerText.appendData(answerDelta);
+      keepScrolled(follow);
+    },
+    finish(text) {
+      endThought();
+      if (thoughtSeconds !== null && !thoughtText.data) thought.hidden = true;
+      item.removeAttribute("aria-busy");
+      meta.textContent = text;
+      if (!answerText.data) answer.hidden = true;
+    },
+  };
+}
+
+function speedText(tokensPerSecond, backend) {
+  return tokensPerSecond > 0 ? `${tokensPerSecond.toFixed(1)} tokens/s on ${BACKEND_LABELS[backend] ?? backend}` : "";
+}
+
+// --- sending ---------------------------------------------------------------------------------
+
+function send() {
+  const text = ui.prompt.value.trim();
+  if (!text || document.body.dataset.state !== "ready") return;
+  const settings = readSettings();
+  if (settings.seed === "") settings.seed = crypto.getRandomValues(new Uint32Array(1))[0];
+  ui.prompt.value = "";
+  fitPrompt();
+  ui.intro.hidden = true;
+  ui.status.hidden = true;
+  addUserMessage(text);
+  conversation.push({ role: "user", content: text });
+  current = createAssistantMessage();
+  ui.chat.scrollTop = ui.chat.scrollHeight;
+  setState("generating");
+  worker.postMessage({ type: "generate", messages: conversation, settings });
+}
+
+function fitPrompt() {
+  ui.prompt.style.height = "auto";
+  ui.prompt.style.height = `${Math.min(ui.prompt.scrollHeight, 200)}px`;
+}
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  send();
+});
+ui.prompt.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    send();
+  }
+});
+ui.prompt.addEventListener("input", fitPrompt);
+ui.stop.addEventListener("click", () => worker.postMessage({ type: "stop" }));
+ui.newChat.addEventListener("click", () => {
+  if (current) worker.postMessage({ type: "stop" });
+  conversation = [];
+  ui.messages.replaceChildren();
+  ui.intro.hidden = document.body.dataset.state !== "ready" && document.body.dataset.state !== "generating";
+  ui.prompt.focus();
+});
+
+// --- worker messages -------------------------------------------------------------------------
+
+const FINISH_NOTES = { stopped: "Stopped", length: "Reached the token limit", end: "" };
+
+const onMessage = {
+  progress: showProgress,
+  verified({ stats }) {
+    fileStats = stats;
+  },
+  backends({ backends }) {
+    showBackends(backends);
+  },
+  "no-backend"({ message, backends }) {
+    showStatus(
+      "warn",
+      message,
+      `The model files were downloaded and verified (${filesSummary()}), but this build has nothing to run them on yet, so the chat is off.`,
+      [...backends.map((b) => `${b.label}: ${b.reason}`), ...fileStats.warnings],
+    );
+    setState("no-backend");
+  },
+  ready({ backend }) {
+    switchingFrom = null;
+    setActiveBackend(backend);
+    localStorage.setItem(BACKEND_KEY, backend);
+    if (fileStats?.warnings.length) showStatus("warn", "The model is ready", filesSummary(), fileStats.warnings);
+    else ui.status.hidden = true;
+    ui.intro.hidden = ui.messages.children.length > 0;
+    setState("ready");
+    ui.prompt.focus();
+  },
+  delta(message) {
+    current?.apply(message);
+    ui.speed.textContent = speedText(message.tokensPerSecond, activeBackend);
+  },
+  switched({ backend, message }) {
+    setActiveBackend(backend);
+    showStatus("warn", message);
+  },
+  done({ reason, tokens, tokensPerSecond, backend }) {
+    const speed = speedText(tokensPerSecond, backend);
+    ui.speed.textContent = speed;
+    const note = [FINISH_NOTES[reason], `${tokens} tokens`, speed].filter(Boolean).join(" · ");
+    conversation.push({ role: "assistant", content: current.answer });
+    current.finish(note);
+    current = null;
+    setState("ready");
+    ui.prompt.focus();
+  },
+  error({ kind, message, file }) {
+    if (current) {
+      // A failed reply is dropped from the conversation along with its question.
+      current.finish(`The reply failed: ${message}`);
+      current = null;
+      conversation.pop();
+      setState("ready");
+      return;
+    }
+    if (switchingFrom) {
+      // The worker keeps the engine it had when another fails to start.
+      setActiveBackend(switchingFrom);
+      switchingFrom = null;
+      showStatus("error", "Could not switch backends", message);
+      setState("ready");
+      return;
+    }
+    showStatus("error", ERROR_TITLES[kind] ?? ERROR_TITLES.internal, message, file ? [`File: ${file}`] : []);
+    setState("error");
+  },
+};
+
+worker.addEventListener("message", ({ data }) => onMessage[data.type](data));
+worker.addEventListener("error", (event) => {
+  event.preventDefault();
+  showStatus("error", "The page's worker could not start", event.message || "This browser may not support module workers.");
+  setState("error");
+});
+
+loadSettings();
+setState("loading");
+worker.postMessage({ type: "load", prefer: localStorage.getItem(BACKEND_KEY) });

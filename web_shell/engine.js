@@ -1,0 +1,93 @@
+// The interface every inference backend implements, and the choice between backends.
+//
+// A backend module (the WebGPU plan executor, the wasm runtime) exports
+//   probe(manifest) -> Promise<{ok: boolean, reason?: string}>   its own checks (files present, ...)
+//   create({manifest, files, onProgress}) -> Promise<Engine>
+// where files is a Map(manifest path -> verified Uint8Array) and onProgress({stage: "compile",
+// loaded, total}) reports shader/module compilation. An Engine is
+//   backend: "webgpu" | "wasm"
+//   tokenizer: {
+//     encodeChat(messages: [{role: "user" | "assistant", content}]) -> number[]  the prompt, ending
+//                                                         where the assistant's reply begins
+//     tokenBytes(id) -> Uint8Array    the token's bytes (a token may end inside a UTF-8 character)
+//     isStop(id) -> boolean           the token ends the reply
+//   }
+//   reset(sampling)              empties the context; sampling = {temperature, topK, topP, seed}
+//                                (temperature 0: greedy; seed: the sampler's RNG seed)
+//   prefill(ids) -> Promise      appends ids to the context
+//   step() -> Promise<{id}>      samples the next token from the context and appends it
+//   dispose()
+// An engine whose GPU device is lost rejects with DeviceLostError; generate.js then moves the
+// context to the wasm engine and the reply continues there.
+
+export const BACKEND_KINDS = ["webgpu", "wasm"]; // in order of preference
+export const BACKEND_LABELS = { webgpu: "GPU (WebGPU)", wasm: "CPU (wasm)" };
+
+// kind -> () => import(module). The backends add themselves here as they are written; this build
+// has none.
+const BACKEND_MODULES = {};
+
+export class DeviceLostError extends Error {
+  constructor(message = "the GPU device was lost") {
+    super(message);
+    this.name = "DeviceLostError";
+  }
+}
+
+// What the plan needs from a WebGPU device: manifest.webgpu.{requiredLimits, requiredFeatures},
+// named as in GPUDeviceDescriptor so the executor can pass them to requestDevice as they are.
+export function webgpuRequirements(manifest) {
+  const webgpu = manifest?.webgpu ?? {};
+  return { limits: webgpu.requiredLimits ?? {}, features: webgpu.requiredFeatures ?? [] };
+}
+
+// Whether this browser's WebGPU adapter can run the plan: {ok, reason}.
+export async function checkWebGPU(manifest) {
+  if (!globalThis.navigator?.gpu) return { ok: false, reason: "this browser has no WebGPU" };
+  let adapter = null;
+  try {
+    adapter = await navigator.gpu.requestAdapter();
+  } catch {
+    // a refused request means the same as no adapter
+  }
+  if (!adapter) return { ok: false, reason: "no WebGPU adapter (GPU blocked or absent)" };
+  const { limits, features } = webgpuRequirements(manifest);
+  const missing = features.filter((f) => !adapter.features.has(f));
+  for (const [name, need] of Object.entries(limits)) {
+    const have = adapter.limits[name];
+    // min* limits are alignments: smaller is better.
+    const enough = name.startsWith("min") ? have <= need : have >= need;
+    if (have === undefined || !enough) missing.push(`${name} ${name.startsWith("min") ? "≤" : "≥"} ${need} (adapter: ${have ?? "none"})`);
+  }
+  if (missing.length) return { ok: false, reason: `the WebGPU adapter lacks ${missing.join(", ")}` };
+  return { ok: true, reason: "the WebGPU adapter has what the model needs" };
+}
+
+function checkWasm() {
+  return typeof globalThis.WebAssembly?.instantiate === "function"
+    ? { ok: true, reason: "WebAssembly is available" }
+    : { ok: false, reason: "this browser has no WebAssembly" };
+}
+
+// For each kind, in order of preference: {kind, label, ok, reason}. A backend is usable when the
+// browser can run it, this build contains it, and its module's own probe agrees.
+export async function probeBackends(manifest) {
+  const results = [];
+  for (const kind of BACKEND_KINDS) {
+    const browser = kind === "webgpu" ? await checkWebGPU(manifest) : checkWasm();
+    let verdict = browser;
+    if (browser.ok && !BACKEND_MODULES[kind]) {
+      verdict = { ok: false, reason: `not in this build (${browser.reason})` };
+    } else if (browser.ok) {
+      verdict = await (await BACKEND_MODULES[kind]()).probe(manifest);
+    }
+    results.push({ kind, label: BACKEND_LABELS[kind], ok: verdict.ok, reason: verdict.reason ?? "" });
+  }
+  return results;
+}
+
+export async function createEngine(kind, { manifest, files }, onProgress) {
+  if (!BACKEND_MODULES[kind]) throw new Error(`the ${BACKEND_LABELS[kind] ?? kind} backend is not in this build`);
+  const backend = await BACKEND_MODULES[kind]();
+  return backend.create({ manifest, files, onProgress });
+}

@@ -1,0 +1,216 @@
+// Downloads the model files a site's manifest lists, checks each against its sha256, and keeps them
+// in the Cache API so the next visit starts without downloading.
+//
+// Cache entries are keyed by the file's sha256 (not only its URL), so a recompiled model whose file
+// changed is fetched again, and entries of files no longer in the manifest are deleted. Downloads
+// bypass the HTTP cache: the Cache API copy is the one kept, and a stale HTTP copy of a changed file
+// could only fail its hash check.
+
+const CACHE_NAME = "monologue-model";
+const PARALLEL_DOWNLOADS = 4;
+const PROGRESS_INTERVAL_MS = 100;
+
+// kind: "insecure" | "manifest" | "network" | "corrupt"; file: the manifest path at fault, if any.
+export class LoadError extends Error {
+  constructor(kind, message, file = null) {
+    super(message);
+    this.name = "LoadError";
+    this.kind = kind;
+    this.file = file;
+  }
+}
+
+// siteURL: the URL of the folder holding index.html and model/ (ends with "/").
+// onProgress({stage: "download" | "verify", file, loaded, total, fromCache}): loaded/total are bytes
+// over all files, so one bar covers the whole download.
+// Returns {manifest, files: Map(path -> Uint8Array), stats: {count, bytes, fromCache, warnings}}.
+export async function loadModel(siteURL, onProgress) {
+  if (!globalThis.crypto?.subtle) {
+    throw new LoadError(
+      "insecure",
+      "This page must be opened over https:// or from localhost: only there can the browser verify the model files.",
+    );
+  }
+  const manifest = await fetchManifest(new URL("model/manifest.json", siteURL));
+  const entries = manifestFiles(manifest, siteURL);
+  const total = entries.reduce((sum, e) => sum + e.bytes, 0);
+  const cache = await openCache();
+  const stats = { count: entries.length, bytes: total, fromCache: 0, warnings: [] };
+  if (!cache) stats.warnings.push("This browser keeps no cache for this page, so the model will be downloaded again on the next visit.");
+
+  let loaded = 0;
+  let lastReport = 0;
+  const report = (stage, entry, force, fromCache = false) => {
+    const now = performance.now();
+    if (!force && now - lastReport < PROGRESS_INTERVAL_MS) return;
+    lastReport = now;
+    onProgress({ stage, file: entry.path, loaded, total, fromCache });
+  };
+
+  let caching = Boolean(cache);
+  const files = new Map();
+  const loadOne = async (entry) => {
+    let data = cache ? await readCached(cache, entry) : null;
+    const fromCache = data !== null;
+    if (fromCache) {
+      loaded += entry.bytes;
+      report("download", entry, false, true);
+    } else {
+      data = await download(entry, (n) => {
+        loaded += n;
+        report("download", entry, false);
+      });
+    }
+    report("verify", entry, true, fromCache);
+    if ((await sha256Hex(data)) !== entry.sha256) {
+      if (fromCache) {
+        // The stored copy went bad; the server's copy may still be good.
+        await cache.delete(entry.cacheKey);
+        loaded -= entry.bytes;
+        return loadOne({ ...entry, skipCache: true });
+      }
+      throw new LoadError(
+        "corrupt",
+        `${entry.path} is corrupt: its sha256 does not match the manifest. Nothing was run.`,
+        entry.path,
+      );
+    }
+    if (fromCache) stats.fromCache += 1;
+    else if (caching) {
+      try {
+        await cache.put(entry.cacheKey, new Response(data, { headers: { "Content-Type": "application/octet-stream" } }));
+      } catch (e) {
+        if (e.name !== "QuotaExceededError") throw e;
+        caching = false;
+        stats.warnings.push(
+          `Storage is full: the model (${formatBytes(total)}) does not fit in this browser's storage for this site, ` +
+            "so it will be downloaded again on the next visit. Free some space to keep it.",
+        );
+      }
+    }
+    files.set(entry.path, data);
+  };
+
+  await runPool(entries, PARALLEL_DOWNLOADS, loadOne);
+  if (cache) await pruneCache(cache, siteURL, entries);
+  onProgress({ stage: "verify", file: null, loaded: total, total, fromCache: false });
+  return { manifest, files, stats };
+}
+
+async function fetchManifest(url) {
+  let response;
+  try {
+    response = await fetch(url, { cache: "no-cache" });
+  } catch {
+    throw new LoadError("network", "Could not download model/manifest.json: the connection failed.", "model/manifest.json");
+  }
+  if (!response.ok) {
+    throw new LoadError(
+      "manifest",
+      `Could not download model/manifest.json (HTTP ${response.status}): is this a compiled Monologue site?`,
+      "model/manifest.json",
+    );
+  }
+  try {
+    return await response.json();
+  } catch {
+    throw new LoadError("manifest", "model/manifest.json is not valid JSON.", "model/manifest.json");
+  }
+}
+
+// Checks each entry, and that it names a file inside the site: a manifest must not be able to make
+// the page fetch from anywhere else.
+function manifestFiles(manifest, siteURL) {
+  if (!Array.isArray(manifest?.files)) {
+    throw new LoadError("manifest", 'model/manifest.json has no "files" list.', "model/manifest.json");
+  }
+  return manifest.files.map((file, i) => {
+    const { path, bytes, sha256 } = file ?? {};
+    const bad = (what) => new LoadError("manifest", `model/manifest.json: files[${i}] ${what}.`, "model/manifest.json");
+    if (typeof path !== "string" || !path || path.startsWith("/") || path.split("/").includes("..") || /^[a-z][a-z0-9+.-]*:/i.test(path)) {
+      throw bad(`has an invalid "path" (${JSON.stringify(path)}): it must be relative to the site`);
+    }
+    if (!Number.isSafeInteger(bytes) || bytes < 0) throw bad(`(${path}) has an invalid "bytes"`);
+    if (typeof sha256 !== "string" || !/^[0-9a-f]{64}$/.test(sha256)) throw bad(`(${path}) has an invalid "sha256"`);
+    const url = new URL(path, siteURL);
+    return { path, bytes, sha256, url, cacheKey: `${url.href}?sha256=${sha256}` };
+  });
+}
+
+async function openCache() {
+  try {
+    return globalThis.caches ? await caches.open(CACHE_NAME) : null;
+  } catch {
+    return null; // e.g. storage disabled by the browser's privacy settings
+  }
+}
+
+async function readCached(cache, entry) {
+  if (entry.skipCache) return null;
+  const hit = await cache.match(entry.cacheKey);
+  return hit ? new Uint8Array(await hit.arrayBuffer()) : null;
+}
+
+async function download(entry, onBytes) {
+  let response;
+  try {
+    response = await fetch(entry.url, { cache: "no-store" });
+  } catch {
+    throw new LoadError("network", `Could not download ${entry.path}: the connection failed.`, entry.path);
+  }
+  if (!response.ok) {
+    throw new LoadError("network", `Could not download ${entry.path} (HTTP ${response.status}).`, entry.path);
+  }
+  // Read into a buffer of the size the manifest promises, reporting progress per chunk.
+  const data = new Uint8Array(entry.bytes);
+  let at = 0;
+  const reader = response.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (at + value.length > data.length) {
+      await reader.cancel();
+      throw new LoadError("corrupt", `${entry.path} is corrupt: it is larger than the ${entry.bytes} bytes the manifest says. Nothing was run.`, entry.path);
+    }
+    data.set(value, at);
+    at += value.length;
+    onBytes(value.length);
+  }
+  if (at !== data.length) {
+    throw new LoadError("corrupt", `${entry.path} is corrupt: it has ${at} bytes, the manifest says ${entry.bytes}. Nothing was run.`, entry.path);
+  }
+  return data;
+}
+
+async function sha256Hex(data) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// Deletes this site's cached files that the current manifest no longer lists.
+async function pruneCache(cache, siteURL, entries) {
+  const keep = new Set(entries.map((e) => e.cacheKey));
+  for (const request of await cache.keys()) {
+    if (request.url.startsWith(siteURL) && !keep.has(request.url)) await cache.delete(request);
+  }
+}
+
+async function runPool(items, width, work) {
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) await work(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, lane));
+}
+
+export function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  const units = ["KB", "MB", "GB"];
+  let value = n / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}

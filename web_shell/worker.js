@@ -1,0 +1,124 @@
+// The module Web Worker that loads the model and runs inference, so the page never freezes.
+//
+// Messages from the page:
+//   {type: "load", prefer}                      load and verify the files, then start a backend
+//                                               (prefer: a backend kind, or null for the best one)
+//   {type: "switch", backend}                   move to another backend (between replies)
+//   {type: "generate", messages, settings}      reply to the conversation (settings: temperature,
+//                                               topK, topP, maxNewTokens, seed)
+//   {type: "stop"}                              end the current reply early
+// Messages to the page:
+//   {type: "progress", stage, file, loaded, total, fromCache}   stage: download | verify | compile
+//   {type: "verified", stats}                   all files are present and match the manifest
+//   {type: "backends", backends}                [{kind, label, ok, reason}] (see engine.js)
+//   {type: "no-backend", message, backends}     nothing can run the model; the chat stays off
+//   {type: "ready", backend}                    the chat can start
+//   {type: "delta", thought, answer, opened, closed, tokens, tokensPerSecond}
+//   {type: "switched", backend, message}        the reply moved to another backend (device lost)
+//   {type: "done", reason, tokens, tokensPerSecond, backend}
+//   {type: "error", kind, message, file}        loading or inference failed; kind as in LoadError,
+//                                               or "internal"
+
+import { createEngine, probeBackends, BACKEND_LABELS } from "./engine.js";
+import { generateReply } from "./generate.js";
+import { loadModel } from "./loader.js";
+import { ThinkParser } from "./think.js";
+
+const SITE = new URL("./", self.location.href).href;
+
+let model = null; // {manifest, files, stats}
+let backends = [];
+let engine = null;
+let reply = null; // the AbortController of the reply in progress
+
+const post = (type, data = {}) => self.postMessage({ type, ...data });
+
+const handlers = {
+  async load({ prefer }) {
+    model = await loadModel(SITE, (p) => post("progress", p));
+    post("verified", { stats: model.stats });
+    backends = await probeBackends(model.manifest);
+    post("backends", { backends });
+    const usable = backends.filter((b) => b.ok);
+    if (!usable.length) {
+      post("no-backend", { message: "No inference backend is available in this build", backends });
+      return;
+    }
+    await startBackend((usable.find((b) => b.kind === prefer) ?? usable[0]).kind);
+  },
+
+  async switch({ backend }) {
+    if (reply) throw new Error("cannot switch backends while a reply is being written");
+    if (!backends.some((b) => b.kind === backend && b.ok)) throw new Error(`${BACKEND_LABELS[backend] ?? backend} is not available`);
+    await startBackend(backend);
+  },
+
+  async generate({ messages, settings }) {
+    if (!engine) throw new Error("no backend is running");
+    if (reply) throw new Error("a reply is already being written");
+    reply = new AbortController();
+    try {
+      await writeReply(messages, settings, reply.signal);
+    } finally {
+      reply = null;
+    }
+  },
+
+  stop() {
+    reply?.abort();
+  },
+};
+
+async function startBackend(kind) {
+  const next = await createEngine(kind, model, (p) => post("progress", { ...p, stage: "compile" }));
+  engine?.dispose();
+  engine = next;
+  post("ready", { backend: kind });
+}
+
+async function writeReply(messages, settings, signal) {
+  const parser = new ThinkParser();
+  const decoder = new TextDecoder();
+  let count = 0;
+  let firstAt = 0;
+  // Decode speed: tokens after the first over the time since the first, so prefill is not counted.
+  const speed = () => (count > 1 ? ((count - 1) * 1000) / (performance.now() - firstAt) : 0);
+  const show = (out) => post("delta", { ...out, tokens: count, tokensPerSecond: speed() });
+
+  const wasm = backends.find((b) => b.kind === "wasm" && b.ok);
+  const result = await generateReply({
+    engine,
+    promptIds: engine.tokenizer.encodeChat(messages),
+    sampling: { temperature: settings.temperature, topK: settings.topK, topP: settings.topP, seed: settings.seed },
+    maxNewTokens: settings.maxNewTokens,
+    signal,
+    fallback: engine.backend !== "wasm" && wasm ? () => createEngine("wasm", model, () => {}) : null,
+    onSwitch(next) {
+      engine = next;
+      post("switched", { backend: next.backend, message: "The GPU stopped responding; the reply continues on the CPU." });
+    },
+    onToken(id) {
+      count += 1;
+      if (count === 1) firstAt = performance.now();
+      show(parser.push(decoder.decode(engine.tokenizer.tokenBytes(id), { stream: true })));
+    },
+  });
+  engine = result.engine;
+  const tail = parser.push(decoder.decode());
+  const end = parser.end();
+  show({ thought: tail.thought + end.thought, answer: tail.answer + end.answer, opened: tail.opened, closed: tail.closed });
+  post("done", { reason: result.reason, tokens: count, tokensPerSecond: speed(), backend: engine.backend });
+}
+
+function describe(error) {
+  if (error.name === "LoadError") return { kind: error.kind, message: error.message, file: error.file };
+  return { kind: "internal", message: error.message || String(error), file: null };
+}
+
+self.onmessage = async ({ data }) => {
+  try {
+    await handlers[data.type](data);
+  } catch (error) {
+    post("error", describe(error));
+  }
+};
