@@ -55,3 +55,4 @@ def compile_main():
 
 
 # --- subcommands: each stage registers its command with one line below ---
+from .serve import serve_cmd; main.add_command(serve_cmd, "serve")  # noqa: E402,E702
