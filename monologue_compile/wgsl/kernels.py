@@ -156,3 +156,72 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
     b += [Binding("y", "read_write"), Binding("step", "uniform")]
     return _finish(name, "matmul_int8", "matmul_int8.wgsl.j2", params, b, wg,
                    grid(-(-N // tile_n), -(-T // tile_t)), wg_bytes)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def embed_int8(T: int, V: int, C: int, *, norm: bool = False, wg: int = 64, eps: float = RMS_EPS, covers=(),
+               name: str = "embed_int8") -> Kernel:
+    """y[t] = (rmsnorm of) the dequantized row ids[t] of an int8 table, for t < step.n_tokens.
+
+    Bindings: ids (u32 [T]), table, scale ([V]), y ([T, C]), step. One workgroup per token.
+    """
+    covers = _common(covers)
+    _check(C % 4 == 0, f"C={C} must be a multiple of 4")
+    _check(_pow2(wg), f"wg={wg} must be a power of two")
+    params = dict(T=T, V=V, C=C, KV4=-(-C // 16), norm=bool(norm), wg=wg, eps=eps, unpack="shift", covers=covers)
+    b = [Binding("ids", "read"), Binding("table", "read"), Binding("scale", "read"), Binding("y", "read_write"),
+         Binding("step", "uniform")]
+    return _finish(name, "embed_int8", "embed_int8.wgsl.j2", params, b, wg, grid(T), 4 * wg if norm else 0)
+
+
+def norm(T: int, C: int, *, kind: str = "rms", weight: bool = False, bias: bool = False, eps: float | None = None,
+         wg: int = 64, covers=(), name: str = "norm") -> Kernel:
+    """y[t] = rmsnorm or layernorm of x[t] (optional weight, bias) for t < step.n_tokens.
+
+    Bindings: x, [weight], [bias], y, step. One workgroup per row. eps defaults to f32 epsilon for
+    rms (nanochat) and 1e-5 for layer (torch's LayerNorm default).
+    """
+    covers = _common(covers)
+    _check(kind in ("rms", "layer"), f"kind={kind!r} not in ('rms', 'layer')")
+    _check(C % 4 == 0, f"C={C} must be a multiple of 4")
+    _check(_pow2(wg), f"wg={wg} must be a power of two")
+    eps = (RMS_EPS if kind == "rms" else 1e-5) if eps is None else eps
+    params = dict(T=T, C=C, kind=kind, weight=bool(weight), bias=bool(bias), eps=eps, wg=wg, covers=covers)
+    b = [Binding("x", "read")] + [Binding("weight", "read")] * bool(weight) + [Binding("bias", "read")] * bool(bias)
+    b += [Binding("y", "read_write"), Binding("step", "uniform")]
+    return _finish(name, "norm", "norm.wgsl.j2", params, b, wg, grid(T), 4 * wg)
+
+
+def rope_qknorm(T: int, H: int, D: int, *, qk_norm: bool = True, post_scale: float = 0.0, inplace: bool = True,
+                out_offset: int = 0, out_at_pos: bool = False, out_row_stride: int | None = None,
+                eps: float = RMS_EPS, covers=(), name: str = "rope_qknorm") -> Kernel:
+    """RoPE (host cos/sin tables, position step.pos + t), then optional per-head RMSNorm and scale.
+
+    Bindings: x ([T, H, D]), cos, sin ([max_seq, D/2]), [y], step. `inplace` rotates x itself (q);
+    otherwise row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride] (k into the cache).
+    Workgroups: (H, T).
+    """
+    covers = _common(covers)
+    _check(D % 2 == 0 and D // 2 <= MAX_INVOCATIONS, f"head_dim={D} must be even and <= 512")
+    wg = _next_pow2(D // 2)
+    params = dict(T=T, H=H, D=D, qk_norm=bool(qk_norm), post_scale=float(post_scale or 0.0), inplace=bool(inplace),
+                  out_offset=out_offset, out_at_pos=bool(out_at_pos),
+                  out_row_stride=H * D if out_row_stride is None else out_row_stride, eps=eps, wg=wg, covers=covers)
+    b = [Binding("x", "read_write" if inplace else "read"), Binding("cos", "read"), Binding("sin", "read")]
+    b += [] if inplace else [Binding("y", "read_write")]
+    b += [Binding("step", "uniform")]
+    return _finish(name, "rope_qknorm", "rope_qknorm.wgsl.j2", params, b, wg, grid(H, T), 4 * wg if qk_norm else 0)
+
+
+def kv_write(T: int, W: int, *, wg: int = 256, covers=(), name: str = "kv_write") -> Kernel:
+    """cache[step.pos + t, :] = src[t, :] for t < step.n_tokens; W = n_kv_head * head_dim.
+
+    Bindings: src ([T, W]), cache ([max_seq, W]), step.
+    """
+    covers = _common(covers)
+    params = dict(T=T, W=W, wg=wg, covers=covers)
+    b = [Binding("src", "read"), Binding("cache", "read_write"), Binding("step", "uniform")]
+    return _finish(name, "kv_write", "kv_write.wgsl.j2", params, b, wg, grid(-(-T * W // wg)), 0)
