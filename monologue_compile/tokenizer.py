@@ -1,0 +1,462 @@
+"""The byte-level BPE tokenizer: a thin Python face on the Rust implementation in `runtime_rs`
+(reached through the cffi extension `monologue_compile._runtime`), so Python, native Rust and the
+browser's wasm all tokenize with the same code.
+
+    tok = Tokenizer.train(texts, vocab_size=4096)
+    ids = tok.encode("hello <|bos|>")                      # special tokens recognised
+    ids, mask = tok.render_conversation([{"role": "user", "content": "2+2?"},
+                                         {"role": "assistant", "thought": "2+2=4", "content": "4"}])
+    tok.save("tokenizer.json"); Tokenizer.load("tokenizer.json")  # or a nanochat tokenizer.pkl
+
+`python -m monologue_compile.tokenizer demo` trains on a small built-in corpus and shows a
+tokenized conversation.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import io
+import json
+import os
+import pickle
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import accumulate
+from pathlib import Path
+
+from .errors import MonologueError
+
+# The split pattern nanochat uses (GPT-4's with digit groups of at most two).
+NANOCHAT_PATTERN = (
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"
+    r"|\s*[\r\n]|\s+(?!\S)|\s+"
+)
+
+# Monologue's special tokens, in id order (they take the ids right after the last rank).
+SPECIAL_TOKENS = (
+    "<|bos|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<think>",
+    "</think>",
+    "<|python_start|>",
+    "<|python_end|>",
+    "<|output_start|>",
+    "<|output_end|>",
+)
+
+# Texts are handed to the Rust trainer in batches of about this many bytes.
+_TRAIN_BATCH_BYTES = 16 << 20
+
+_STATUS_ERROR = 1
+
+
+def _runtime():
+    try:
+        from ._runtime import ffi, lib
+    except ImportError as e:  # the extension is built by `pip install -e .` (maturin)
+        raise MonologueError(
+            "the Rust extension monologue_compile._runtime is not built; run: pip install -e '.[dev]'"
+        ) from e
+    return ffi, lib
+
+
+def _check(status: int, context: str = "") -> None:
+    """Raise the Rust side's error message: bad input as MonologueError, a panic as RuntimeError."""
+    if status == 0:
+        return
+    ffi, lib = _runtime()
+    message = ffi.string(lib.mono_last_error()).decode("utf-8", "replace")
+    if context:
+        message = f"{context}: {message}"
+    if status == _STATUS_ERROR:
+        raise MonologueError(message)
+    raise RuntimeError(message)
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 of `text`; lone surrogates become U+FFFD, as tiktoken does."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
+def _take_u32s(ptr, n) -> list[int]:
+    ffi, lib = _runtime()
+    try:
+        return ffi.unpack(ptr[0], n[0])
+    finally:
+        lib.mono_free_u32s(ptr[0], n[0])
+
+
+def _take_bytes(ptr, n) -> bytes:
+    ffi, lib = _runtime()
+    try:
+        return ffi.unpack(ffi.cast("char *", ptr[0]), n[0])
+    finally:
+        lib.mono_free_bytes(ptr[0], n[0])
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer with special tokens and the chat template (see module doc)."""
+
+    def __init__(self, handle):
+        """Wrap a Rust tokenizer handle; use `train`, `load` or `from_json` instead."""
+        ffi, lib = _runtime()
+        self._handle = ffi.gc(handle, lib.mono_tokenizer_free)
+        self._doc: dict | None = None
+
+    # --- construction ---
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str | os.PathLike],
+        vocab_size: int,
+        special_tokens: Sequence[str] | None = None,
+        pattern: str = NANOCHAT_PATTERN,
+    ) -> Tokenizer:
+        """Train on `texts` (strings, or paths of UTF-8 text files) to `vocab_size` ids in all:
+        256 byte tokens + learned merges + `special_tokens` (default: SPECIAL_TOKENS)."""
+        specials = list(SPECIAL_TOKENS if special_tokens is None else special_tokens)
+        if len(set(specials)) != len(specials):
+            raise MonologueError(f"special tokens repeat a name: {specials}")
+        if vocab_size < 256 + len(specials):
+            raise MonologueError(
+                f"vocab size {vocab_size} is smaller than 256 byte tokens + "
+                f"{len(specials)} special tokens = {256 + len(specials)}"
+            )
+        if isinstance(texts, (str, os.PathLike)):
+            texts = [texts]
+        ffi, lib = _runtime()
+        pattern_bytes = pattern.encode("utf-8")
+        trainer_out = ffi.new("struct MonoTrainer **")
+        _check(lib.mono_trainer_new(pattern_bytes, len(pattern_bytes), trainer_out))
+        trainer = ffi.gc(trainer_out[0], lib.mono_trainer_free)
+
+        def feed(batch: list[bytes]) -> None:
+            offsets = ffi.new("uintptr_t[]", [0, *accumulate(len(b) for b in batch)])
+            _check(lib.mono_trainer_feed(trainer, b"".join(batch), offsets, len(batch)))
+
+        batch: list[bytes] = []
+        batch_bytes = 0
+        for item in texts:
+            if isinstance(item, os.PathLike):
+                item = _read_text(Path(item), "training text file")
+            elif not isinstance(item, str):
+                raise MonologueError(f"training texts must be strings or paths, got {type(item).__name__}")
+            data = _utf8(item)
+            batch.append(data)
+            batch_bytes += len(data)
+            if batch_bytes >= _TRAIN_BATCH_BYTES:
+                feed(batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            feed(batch)
+
+        specials_json = json.dumps(specials).encode("utf-8")
+        out = ffi.new("struct MonoTokenizer **")
+        _check(lib.mono_trainer_train(trainer, vocab_size, specials_json, len(specials_json), out))
+        return cls(out[0])
+
+    @classmethod
+    def from_json(cls, text: str) -> Tokenizer:
+        """A tokenizer from the text of a tokenizer.json."""
+        ffi, lib = _runtime()
+        data = _utf8(text)
+        out = ffi.new("struct MonoTokenizer **")
+        _check(lib.mono_tokenizer_from_json(data, len(data), out))
+        return cls(out[0])
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        """Load a tokenizer.json, or import a nanochat tokenizer.pkl (a pickled tiktoken
+        Encoding) without executing it."""
+        path = Path(path)
+        if not path.is_file():
+            raise MonologueError(f"tokenizer file not found: {path}")
+        data = path.read_bytes()
+        if data[:1] == b"\x80":  # pickle protocol 2 and later
+            return cls.from_json(_tiktoken_pickle_to_json(data, path))
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MonologueError(f"{path}: not a tokenizer.json (not UTF-8) nor a tokenizer.pkl") from None
+        try:
+            return cls.from_json(text)
+        except MonologueError as e:
+            raise MonologueError(f"{path}: {e}") from None
+
+    # --- persistence ---
+
+    def to_json(self) -> str:
+        ffi, lib = _runtime()
+        ptr, n = ffi.new("uint8_t **"), ffi.new("uintptr_t *")
+        _check(lib.mono_tokenizer_to_json(self._handle, ptr, n))
+        return _take_bytes(ptr, n).decode("utf-8")
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    # --- encoding ---
+
+    def encode(self, text: str, allowed_special: str | Iterable[str] = "all") -> list[int]:
+        """Token ids of `text`; the special tokens in `allowed_special` ("all", "none" or a set
+        of names) are recognised, any other special-token text is encoded as ordinary text."""
+        if isinstance(allowed_special, str):
+            if allowed_special not in ("all", "none"):
+                raise MonologueError(
+                    f'allowed_special must be "all", "none" or a set of names, not {allowed_special!r}'
+                )
+            allowed = allowed_special
+        else:
+            allowed = sorted(allowed_special)
+            unknown = [name for name in allowed if name not in self.special_tokens]
+            if unknown:
+                raise MonologueError(f"allowed_special names unknown special tokens: {unknown}")
+        ffi, lib = _runtime()
+        data = _utf8(text)
+        allowed_json = json.dumps(allowed).encode("utf-8")
+        ptr, n = ffi.new("uint32_t **"), ffi.new("uintptr_t *")
+        _check(lib.mono_tokenizer_encode(self._handle, data, len(data), allowed_json, len(allowed_json), ptr, n))
+        return _take_u32s(ptr, n)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text`, never recognising special tokens."""
+        ffi, lib = _runtime()
+        data = _utf8(text)
+        ptr, n = ffi.new("uint32_t **"), ffi.new("uintptr_t *")
+        _check(lib.mono_tokenizer_encode_ordinary(self._handle, data, len(data), ptr, n))
+        return _take_u32s(ptr, n)
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        ffi, lib = _runtime()
+        try:
+            ids_array = ffi.new("uint32_t[]", list(ids))
+        except OverflowError:
+            raise MonologueError(f"token ids must be in 0..{self.vocab_size - 1}") from None
+        ptr, n = ffi.new("uint8_t **"), ffi.new("uintptr_t *")
+        _check(lib.mono_tokenizer_decode(self._handle, ids_array, len(ids_array), ptr, n))
+        return _take_bytes(ptr, n)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`; bytes that are not valid UTF-8 become U+FFFD (as in tiktoken)."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    # --- vocabulary ---
+
+    def _document(self) -> dict:
+        if self._doc is None:
+            self._doc = json.loads(self.to_json())
+        return self._doc
+
+    @property
+    def pattern(self) -> str:
+        return self._document()["pattern"]
+
+    def ranks(self) -> dict[bytes, int]:
+        """Token bytes -> rank (tiktoken's `mergeable_ranks` form)."""
+        return {base64.b64decode(b): rank for rank, b in enumerate(self._document()["ranks"])}
+
+    @property
+    def vocab_size(self) -> int:
+        """One more than the largest token id (ranks and special tokens)."""
+        _, lib = _runtime()
+        return int(lib.mono_tokenizer_vocab_size(self._handle))
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._document()["special_tokens"])
+
+    def token_id(self, name: str) -> int:
+        """The id of special token `name`."""
+        try:
+            return self._document()["special_tokens"][name]
+        except KeyError:
+            raise MonologueError(f"the tokenizer has no special token {name}") from None
+
+    # --- chat template ---
+
+    def render_conversation(self, messages: Sequence[Mapping]) -> tuple[list[int], list[int]]:
+        """(ids, mask) of a conversation: `<|bos|>`, then `<|user_start|> text <|user_end|>` and
+        `<|assistant_start|> <think> thought </think> answer <|assistant_end|>` per turn. mask is 1
+        on what the assistant produces (from `<think>` to `<|assistant_end|>`), 0 elsewhere.
+        Messages are `{"role": "system"|"user"|"assistant", "content": str, "thought": str}`;
+        a missing thought renders no think block, a system message is prefixed to the first
+        user message with a blank line."""
+        ffi, lib = _runtime()
+        data = _messages_json(messages)
+        ids, mask, n = ffi.new("uint32_t **"), ffi.new("uint8_t **"), ffi.new("uintptr_t *")
+        _check(lib.mono_render_conversation(self._handle, data, len(data), ids, mask, n), "conversation")
+        mask_values = list(_take_bytes(mask, n))
+        return _take_u32s(ids, n), mask_values
+
+    def render_for_completion(self, messages: Sequence[Mapping]) -> list[int]:
+        """The prompt for the assistant's next turn: the conversation, which must end with a user
+        message, followed by `<|assistant_start|>`."""
+        ffi, lib = _runtime()
+        data = _messages_json(messages)
+        ids, n = ffi.new("uint32_t **"), ffi.new("uintptr_t *")
+        _check(lib.mono_render_for_completion(self._handle, data, len(data), ids, n), "conversation")
+        return _take_u32s(ids, n)
+
+
+def _messages_json(messages: Sequence[Mapping]) -> bytes:
+    try:
+        return json.dumps([dict(m) for m in messages], ensure_ascii=False).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError) as e:
+        raise MonologueError(f"conversation: messages must be dicts of strings ({e})") from None
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MonologueError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MonologueError(f"cannot read {what} {path}: {e}") from None
+
+
+# --- nanochat tokenizer.pkl import ---
+
+
+class _PickledEncoding:
+    """Stands in for tiktoken.core.Encoding while unpickling: keeps the state, runs nothing."""
+
+    state: object = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _EncodingUnpickler(pickle.Unpickler):
+    """Resolves only the globals a pickled tiktoken Encoding refers to; refuses the rest."""
+
+    _ALLOWED = {
+        ("tiktoken.core", "Encoding"): _PickledEncoding,
+        ("_codecs", "encode"): codecs.encode,  # how protocol 2 spells bytes
+    }
+
+    def __init__(self, data: bytes, path: Path):
+        super().__init__(io.BytesIO(data))
+        self._path = path
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise MonologueError(
+                f"{self._path}: refused to unpickle global {module}.{name} "
+                "(a tokenizer.pkl may only hold a tiktoken Encoding)"
+            ) from None
+
+    def persistent_load(self, pid):
+        raise MonologueError(f"{self._path}: refused a persistent reference in the pickle")
+
+
+def _tiktoken_pickle_to_json(data: bytes, path: Path) -> str:
+    """tokenizer.json text for a pickled tiktoken Encoding (nanochat's tokenizer.pkl)."""
+    try:
+        obj = _EncodingUnpickler(data, path).load()
+    except MonologueError:
+        raise
+    except Exception as e:  # any malformed pickle
+        raise MonologueError(f"{path}: not a readable tokenizer.pkl ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, _PickledEncoding):
+        raise MonologueError(f"{path}: the pickle does not hold a tiktoken Encoding")
+    state = obj.state
+    if isinstance(state, str):
+        raise MonologueError(
+            f"{path}: the pickle names tiktoken's built-in encoding {state!r} instead of holding its ranks"
+        )
+    if not isinstance(state, dict):
+        raise MonologueError(f"{path}: the pickled Encoding has no state dict")
+    pattern = state.get("pat_str")
+    ranks = state.get("mergeable_ranks")
+    specials = state.get("special_tokens", {})
+    if not isinstance(pattern, str):
+        raise MonologueError(f"{path}: the pickled Encoding has no pat_str string")
+    if not isinstance(ranks, dict) or not all(
+        isinstance(k, bytes) and type(v) is int for k, v in ranks.items()
+    ):
+        raise MonologueError(f"{path}: mergeable_ranks must map bytes to int")
+    if not isinstance(specials, dict) or not all(
+        isinstance(k, str) and type(v) is int for k, v in specials.items()
+    ):
+        raise MonologueError(f"{path}: special_tokens must map str to int")
+    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
+    if [rank for _, rank in by_rank] != list(range(len(by_rank))):
+        raise MonologueError(f"{path}: mergeable_ranks must be the ranks 0..{len(by_rank) - 1}, each once")
+    return json.dumps(
+        {
+            "format": "monologue-tokenizer",
+            "version": 1,
+            "pattern": pattern,
+            "ranks": [base64.b64encode(token).decode("ascii") for token, _ in by_rank],
+            "special_tokens": dict(sorted(specials.items(), key=lambda kv: kv[1])),
+        }
+    )
+
+
+# --- demo: `python -m monologue_compile.tokenizer demo` ---
+
+
+def _demo_corpus(n_lines: int = 20000) -> list[str]:
+    """A small deterministic corpus of reasoning-flavoured text (no downloads)."""
+    import random
+
+    rng = random.Random(0)
+    names = ["Ada", "Bo", "Chen", "Dana", "Émile", "Farah", "Gus", "Hana"]
+    things = ["apples", "books", "coins", "marbles", "pencils", "stamps"]
+    lines = []
+    for _ in range(n_lines):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        who, what = rng.choice(names), rng.choice(things)
+        lines.append(
+            rng.choice(
+                [
+                    f"{who} has {a} {what} and buys {b} more. Now {who} has {a + b} {what}.",
+                    f"If {who} gives away {min(a, b)} of {max(a, b)} {what}, {max(a, b) - min(a, b)} are left.",
+                    f"Let's think step by step: {a} times {b} is {a * b}, so the answer is {a * b}.",
+                    f"{who}'s {what} don't fit; they're {a}% too many, aren't they?",
+                ]
+            )
+        )
+    return lines
+
+
+def _demo() -> None:
+    import time
+
+    corpus = _demo_corpus()
+    started = time.perf_counter()
+    tok = Tokenizer.train(corpus, vocab_size=400)
+    trained = time.perf_counter() - started
+    size = sum(len(line.encode("utf-8")) for line in corpus)
+    print(f"trained a {tok.vocab_size}-token BPE on {len(corpus)} lines ({size / 1e6:.1f} MB) in {trained * 1e3:.0f} ms")
+
+    started = time.perf_counter()
+    ids = [tok.encode_ordinary(line) for line in corpus]
+    encoded = time.perf_counter() - started
+    n_tokens = sum(len(x) for x in ids)
+    print(f"encoded it back to {n_tokens} tokens ({size / n_tokens:.2f} bytes/token) at {size / encoded / 1e6:.1f} MB/s")
+
+    conversation = [
+        {"role": "user", "content": "Ada has 12 apples and buys 30 more. How many now?"},
+        {"role": "assistant", "thought": "12 plus 30 is 42.", "content": "Ada has 42 apples."},
+    ]
+    ids, mask = tok.render_conversation(conversation)
+    print("\nconversation as tokens (trained-on tokens marked with *):")
+    print(" ".join(("*" if m else "") + repr(tok.decode([i]))[1:-1] for i, m in zip(ids, mask)))
+    assert tok.decode(ids).count("<think>") == 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["demo"]:
+        sys.exit("usage: python -m monologue_compile.tokenizer demo")
+    _demo()
