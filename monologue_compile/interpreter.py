@@ -147,7 +147,7 @@ def _val(a) -> np.ndarray:
 def _run(s: Session, n: Node, args: list) -> np.ndarray:
     op, at = n.op, n.attrs
     if op == "embedding":
-        return embedding_rows(args[0], args[1])
+        return _epilogue(embedding_rows(args[0], args[1]), at.get("epilogue", []), [_val(a) for a in args[2:]])
     if op == "linear":
         return matvec(args[0], args[1])
     if op == "matmul":
@@ -156,7 +156,7 @@ def _run(s: Session, n: Node, args: list) -> np.ndarray:
         if pro:
             x = rms_norm(x, pro["eps"])
         y = matvec(x, args[1])
-        return _epilogue(y, at.get("epilogue", []), args[2:])
+        return _epilogue(y, at.get("epilogue", []), [_val(a) for a in args[2:]])
     if op == "rms_norm":
         return rms_norm(args[0], at["eps"], _val(args[1]) if len(args) > 1 else None)
     if op == "unary":
@@ -198,7 +198,7 @@ def _run(s: Session, n: Node, args: list) -> np.ndarray:
         d = x.shape[-1] // 2
         x1, x2 = x[..., :d], x[..., d:]
         y = np.concatenate([x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos], axis=-1).astype(_F)
-        return _epilogue(y, at.get("epilogue", []), args[3:])
+        return _epilogue(y, at.get("epilogue", []), [_val(a) for a in args[3:]])
     if op == "attention":
         return _attention(s, n, args)
     if op == "token_shift":

@@ -86,6 +86,9 @@ class _Ctx:
     def emit(self, op: str, inputs: list[str], attrs: dict | None = None, type: TensorType | None = None) -> str:
         name = self.g.fresh(self.fx.name)
         src = f"fx:{self.fx.name}" + (f" @ {_source(self.fx)}" if _source(self.fx) else "")
+        stack = self.fx.meta.get("nn_module_stack") or {}
+        if stack:  # the innermost module, e.g. "transformer.h.3.attn": which layer a kernel belongs to
+            src += f" in {list(stack.values())[-1][0]}"
         self.g.nodes.append(Node(name, op, inputs, attrs or {}, type or self.out_type(), src))
         return name
 

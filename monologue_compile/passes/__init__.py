@@ -1,0 +1,57 @@
+"""The pass pipeline: IR in, IR out, the verifier after every pass, a record of what each did."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from ..ir import OPS, Graph, verify
+from .canonicalize import canonicalize
+from .fuse import fuse
+from .plan import memory_plan, schedule
+from .quantize import quantize
+
+
+@dataclass
+class PassRecord:
+    name: str
+    ops_before: int
+    ops_after: int
+    kernels_before: int
+    kernels_after: int
+    weight_bytes: int
+    ops: dict
+
+    def line(self) -> str:
+        return (f"{self.name:<13} ops {self.ops_before:>5} -> {self.ops_after:<5} kernels {self.kernels_before:>5} -> "
+                f"{self.kernels_after:<5} weights {self.weight_bytes / 2**20:9.2f} MiB")
+
+
+def run_pipeline(g: Graph, quant: str = "int8") -> tuple[Graph, list[PassRecord]]:
+    passes = [
+        ("canonicalize", canonicalize),
+        ("fuse", fuse),
+        ("quantize", lambda x: quantize(x, quant)),
+        ("memory_plan", memory_plan),
+        ("schedule", schedule),
+    ]
+    records = []
+    verify(g, "lowering")
+    for name, fn in passes:
+        before, kb = len(g.nodes), g.kernel_count()
+        g = verify(fn(g), name)
+        records.append(PassRecord(name, before, len(g.nodes), kb, g.kernel_count(), g.weight_bytes(),
+                                   dict(Counter(n.op for n in g.nodes))))
+    return g, records
+
+
+def kernels_per_layer(g: Graph) -> dict[str, int]:
+    """Kernel count by the transformer layer its source names (`h.{i}.`), plus 'other'."""
+    import re
+
+    out: Counter = Counter()
+    for n in g.nodes:
+        if OPS[n.op].kernel:
+            m = re.search(r"\bh\.(\d+)\b", n.source)
+            out[f"layer {m.group(1)}" if m else "outside layers"] += 1
+    return dict(out)

@@ -1,0 +1,271 @@
+"""Fusion: turn the primitive ops from lowering into the kernels a backend runs.
+
+Rules, applied in this order (each is a small function, each keeps the graph verifiable):
+
+1. `rope`: the half-split rotary pattern (two slices, four products with the position tables,
+   two sums, a concat) becomes one op.
+2. `linear` -> `matmul` (a prologue, the product, an epilogue of elementwise steps).
+3. A weightless RMSNorm whose every user is a matmul becomes those matmuls' prologue.
+4. Matmuls that read the same input with the same prologue (q/k/v, gate/up) merge into one
+   matmul over concatenated weight rows; the parts are slices of its output (views).
+5. Elementwise ops (activations, the residual add, the softcap) join their producer's epilogue
+   when they are its only user; a row norm joins the epilogue of producers that write whole rows
+   (embedding, rope, elementwise): the QK-norm after RoPE, the norm after the embedding.
+6. What is left of elementwise chains becomes `elementwise` kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Node, TensorType, Weight
+from .canonicalize import dead_code, rename_uses
+
+_ELEMENTWISE = ("unary", "binary")
+_ROW_PRODUCERS = ("embedding", "rope", "elementwise")
+_EPILOGUE_PRODUCERS = ("matmul", "rope", "embedding", "elementwise")
+
+
+def _by_name(g: Graph) -> dict[str, Node]:
+    return {n.name: n for n in g.nodes}
+
+
+# --- 1. rope --------------------------------------------------------------------------------
+
+def _rope(g: Graph) -> Graph:
+    nodes = _by_name(g)
+
+    def get(name):
+        return nodes.get(name)
+
+    def operands_of_mul(name):
+        n = get(name)
+        if n is None or n.op != "binary" or n.attrs.get("fn") != "mul" or len(n.inputs) != 2:
+            return None
+        return n.inputs
+
+    def table_kind(name):
+        """('cos'|'sin', table_node_name, negated) for positions(...) or neg(positions(...))."""
+        n = get(name)
+        neg = False
+        if n is not None and n.op == "unary" and n.attrs["fn"] == "neg":
+            neg, n = True, get(n.inputs[0])
+        if n is None or n.op != "positions":
+            return None
+        return n.name, neg
+
+    def half(name):
+        """(x, 0|1) when name is the first/second half slice of x along its last axis."""
+        n = get(name)
+        if n is None or n.op != "slice":
+            return None
+        t = g.type_of(n.inputs[0])
+        last = len(t.shape) - 1
+        d = t.shape[last]
+        if n.attrs["axis"] != last or d % 2:
+            return None
+        if (n.attrs["start"], n.attrs["end"]) == (0, d // 2):
+            return n.inputs[0], 0
+        if (n.attrs["start"], n.attrs["end"]) == (d // 2, d):
+            return n.inputs[0], 1
+        return None
+
+    def term(name):
+        """A product slice*table as (x, half, table, negated)."""
+        ops = operands_of_mul(name)
+        if ops is None:
+            return None
+        for a, b in (ops, ops[::-1]):
+            h, t = half(a), table_kind(b)
+            if h and t:
+                return h[0], h[1], t[0], t[1]
+        return None
+
+    for n in g.nodes:
+        if n.op != "concat" or len(n.inputs) != 2 or n.attrs["axis"] != len(n.type.shape) - 1:
+            continue
+        parts = []
+        for s in n.inputs:
+            a = get(s)
+            if a is None or a.op != "binary" or a.attrs.get("fn") != "add" or len(a.inputs) != 2:
+                break
+            terms = [term(i) for i in a.inputs]
+            if None in terms:
+                break
+            parts.append(sorted(terms, key=lambda t: t[1]))  # (half 0 term, half 1 term)
+        if len(parts) != 2:
+            continue
+        (x0, _, c1, n1), (x1, _, s1, n2) = parts[0]
+        (x2, _, s2, n3), (x3, _, c2, n4) = parts[1]
+        # y1 = x1 cos + x2 sin ; y2 = x1 (-sin) + x2 cos  (nanochat's rotation by -theta)
+        if len({x0, x1, x2, x3}) == 1 and c1 == c2 and s1 == s2 and (n1, n2, n3, n4) == (False, False, True, False):
+            n.op, n.inputs, n.attrs = "rope", [x0, c1, s1], {"epilogue": []}
+    return dead_code(g)
+
+
+# --- 2-3. matmul and norm prologue -------------------------------------------------------------
+
+def _matmuls(g: Graph) -> Graph:
+    for n in g.nodes:
+        if n.op == "linear":
+            n.op, n.attrs = "matmul", {"prologue": None, "epilogue": []}
+    return g
+
+
+def _norm_prologue(g: Graph) -> Graph:
+    users = g.users()
+    for n in g.nodes:
+        if n.op != "rms_norm" or len(n.inputs) != 1 or n.name in g.outputs:
+            continue
+        us = users.get(n.name, [])
+        if us and all(u.op == "matmul" and u.inputs[0] == n.name and u.attrs["prologue"] is None for u in us):
+            for u in us:
+                u.inputs[0] = n.inputs[0]
+                u.attrs["prologue"] = {"rms_norm": True, "eps": n.attrs["eps"]}
+    return dead_code(g)
+
+
+# --- 4. merge projections sharing an input ---------------------------------------------------
+
+def _merge_projections(g: Graph) -> Graph:
+    groups: dict[tuple, list[Node]] = {}
+    for n in g.nodes:
+        if n.op == "matmul" and not n.attrs["epilogue"] and g.weights[n.inputs[1]].dtype == "f32":
+            key = (n.inputs[0], str(n.attrs["prologue"]))
+            groups.setdefault(key, []).append(n)
+    merged = g.meta.setdefault("merged_weights", {})
+    for key, ms in groups.items():
+        if len(ms) < 2:
+            continue
+        names = [m.inputs[1] for m in ms]
+        prefix = _common_prefix(names)
+        wname = prefix + "+".join(nm[len(prefix):].split(".")[0] for nm in names) + ".weight"
+        rows = [g.weights[nm].shape[0] for nm in names]
+        g.weights[wname] = Weight((sum(rows), g.weights[names[0]].shape[1]), "f32",
+                                  np.concatenate([g.weights[nm].data for nm in names]), None, "param")
+        merged[wname] = [[nm, r] for nm, r in zip(names, rows)]
+        first = ms[0]
+        shape = list(first.type.shape)
+        shape[-1] = sum(rows)
+        out = g.fresh(first.name + "_merged")
+        mm = Node(out, "matmul", [first.inputs[0], wname], dict(first.attrs),
+                  TensorType(tuple(shape), "f32"), " + ".join(m.source for m in ms))
+        g.nodes.insert(g.nodes.index(first), mm)
+        start = 0
+        for m, r in zip(ms, rows):
+            m.op, m.inputs = "slice", [out]
+            m.attrs = {"axis": len(shape) - 1, "start": start, "end": start + r}
+            start += r
+        # the slices must come after the merged matmul: move them right behind it
+        for m in ms:
+            g.nodes.remove(m)
+        at = g.nodes.index(mm) + 1
+        g.nodes[at:at] = ms
+    return dead_code(g)
+
+
+def _common_prefix(names: list[str]) -> str:
+    p = names[0]
+    for nm in names[1:]:
+        while not nm.startswith(p):
+            p = p[:-1]
+    return p[: p.rfind(".") + 1]
+
+
+# --- 5-6. epilogues and elementwise chains -------------------------------------------------------
+
+def _as_step(n: Node, producer: str, operands: list[str]) -> dict | None:
+    """The node as one epilogue step applied to `producer`'s value, adding tensor operands."""
+    if n.op == "unary":
+        return {"fn": n.attrs["fn"]}
+    if n.op == "rms_norm":
+        step = {"fn": "rms_norm", "eps": n.attrs["eps"]}
+        if len(n.inputs) > 1:
+            step["operand"] = len(operands)
+            operands.append(n.inputs[1])
+        return step
+    if n.op != "binary":
+        return None
+    fn = n.attrs["fn"]
+    if "scalar" in n.attrs:
+        return {"fn": fn, "scalar": n.attrs["scalar"], **({"reverse": True} if n.attrs.get("reverse") else {})}
+    a, b = n.inputs
+    other, reverse = (b, False) if a == producer else (a, True)
+    if a == b:
+        return None
+    step = {"fn": fn, "operand": len(operands)}
+    if reverse and fn not in ("add", "mul"):
+        step["reverse"] = True
+    operands.append(other)
+    return step
+
+
+def _epilogues(g: Graph) -> Graph:
+    changed = True
+    while changed:
+        changed = False
+        users = g.users()
+        for n in g.nodes:
+            if n.op not in _EPILOGUE_PRODUCERS or n.name in g.outputs:
+                continue
+            us = users.get(n.name, [])
+            if len(us) != 1:
+                continue
+            u = us[0]
+            if u.op == "rms_norm" and n.op not in _ROW_PRODUCERS:
+                continue
+            if u.op not in _ELEMENTWISE + ("rms_norm",) or u.inputs[0] != n.name and u.op == "rms_norm":
+                continue
+            if u.type.shape != n.type.shape:
+                continue  # a broadcast that grows the output is not an epilogue
+            operands = _operands(n)
+            before = len(operands)
+            step = _as_step(u, n.name, operands)
+            if step is None:
+                continue
+            # an operand must be ready before the producer runs
+            order = {m.name: i for i, m in enumerate(g.nodes)}
+            if any(order.get(o, -1) > order[n.name] for o in operands[before:]):
+                continue
+            key = "steps" if n.op == "elementwise" else "epilogue"
+            n.attrs[key] = n.attrs.get(key, []) + [step]
+            _set_operands(n, operands)
+            n.type = u.type
+            g.nodes.remove(u)
+            n.name = u.name  # n's only user was u: everything downstream already names u
+            changed = True
+            break
+    return g
+
+
+def _fixed_inputs(n: Node) -> int:
+    return {"matmul": 2, "rope": 3, "embedding": 2, "elementwise": 1}[n.op]
+
+
+def _operands(n: Node) -> list[str]:
+    return list(n.inputs[_fixed_inputs(n):])
+
+
+def _set_operands(n: Node, operands: list[str]) -> None:
+    n.inputs = n.inputs[: _fixed_inputs(n)] + operands
+
+
+def _elementwise_kernels(g: Graph) -> Graph:
+    for n in g.nodes:
+        if n.op in _ELEMENTWISE:
+            operands: list[str] = []
+            step = _as_step(n, n.inputs[0], operands)
+            if step is None:  # x op x
+                step = {"fn": n.attrs["fn"], "operand": 0}
+                operands = [n.inputs[0]]
+            n.op, n.inputs, n.attrs = "elementwise", [n.inputs[0]] + operands, {"steps": [step]}
+    return _epilogues(g)
+
+
+def fuse(g: Graph) -> Graph:
+    g = _rope(g)
+    g = _matmuls(g)
+    g = _norm_prologue(g)
+    g = _merge_projections(g)
+    g = _epilogues(g)
+    return _elementwise_kernels(g)
