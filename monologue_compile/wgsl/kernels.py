@@ -225,3 +225,63 @@ def kv_write(T: int, W: int, *, wg: int = 256, covers=(), name: str = "kv_write"
     params = dict(T=T, W=W, wg=wg, covers=covers)
     b = [Binding("src", "read"), Binding("cache", "read_write"), Binding("step", "uniform")]
     return _finish(name, "kv_write", "kv_write.wgsl.j2", params, b, wg, grid(-(-T * W // wg)), 0)
+
+
+def _attn_common(H, Hkv, D, scale):
+    _check(Hkv >= 1 and H % Hkv == 0, f"n_kv_head={Hkv} must divide n_head={H}")
+    return 1.0 / math.sqrt(D) if scale is None else float(scale)
+
+
+def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 256, window_left: int | None = None,
+                scale: float | None = None, wg: int = 64, covers=(), name: str = "attn_decode") -> list[Kernel]:
+    """Attention for one query token at step.pos over a [S, Hkv, D] cache: [partials, combine].
+
+    A query at p sees keys j with j <= p and, with a window, j >= p - window_left (flash-attn's
+    left window). Partials bindings: q ([H, D]), k, v (caches), ml, o (scratch), step; workgroups
+    (splits, H). Combine bindings: ml, o, out ([H, D]), step; workgroups (H). Scratch sizes are in
+    `info` of the partial kernel (f32 counts).
+    """
+    covers = _common(covers)
+    scale = _attn_common(H, Hkv, D, scale)
+    _check(D % 4 == 0, f"head_dim={D} must be a multiple of 4")
+    _check(_pow2(wg), f"wg={wg} must be a power of two")
+    span = S if window_left is None else min(S, window_left + 1)
+    ns = -(-span // chunk)
+    params = dict(H=H, Hkv=Hkv, D=D, S=S, chunk=chunk, NS=ns, window_left=window_left, scale=scale, wg=wg,
+                  covers=covers)
+    info = {"ml": H * ns * 2, "o": H * ns * D}
+    b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("ml", "read_write"),
+         Binding("o", "read_write"), Binding("step", "uniform")]
+    part = _finish(name, "attn_decode", "attn_decode.wgsl.j2", params, b, wg, grid(ns, H),
+                   4 * (D + chunk + wg), info=info)
+    cwg = min(_next_pow2(D), 64)
+    cb = [Binding("ml", "read"), Binding("o", "read"), Binding("out", "read_write"), Binding("step", "uniform")]
+    comb = _finish(name + "_combine", "attn_decode_combine", "attn_decode_combine.wgsl.j2", dict(params, wg=cwg),
+                   cb, cwg, grid(H), 0, info=info)
+    return [part, comb]
+
+
+def attn_prefill(T: int, H: int, Hkv: int, D: int, S: int, *, window_left: int | None = None,
+                 scale: float | None = None, block: int | None = None, wg: int = 64, covers=(),
+                 name: str = "attn_prefill") -> Kernel:
+    """Causal attention for a chunk of T queries (t < step.n_tokens, positions step.pos + t) over the cache.
+
+    Bindings: q ([T, H, D]), k, v ([S, Hkv, D], holding positions < step.pos + n_tokens), out ([T, H, D]),
+    step. Query and key tiles of `block` rows (the largest of 16, 8, 4 that fits 16 KiB unless given).
+    Workgroups: (ceil(T / block), H).
+    """
+    covers = _common(covers)
+    scale = _attn_common(H, Hkv, D, scale)
+
+    def mem(b):
+        return 4 * (3 * b * D + b * b + 3 * b)
+
+    if block is None:
+        block = next((b for b in (16, 8, 4, 2, 1) if mem(b) <= WG_MEM_LIMIT and wg % b == 0), 1)
+    _check(wg % block == 0, f"wg={wg} must be a multiple of block={block}")
+    tpq = wg // block
+    params = dict(T=T, H=H, Hkv=Hkv, D=D, S=S, BQ=block, BK=block, TPQ=tpq, ND=-(-D // tpq),
+                  window_left=window_left, scale=scale, wg=wg, covers=covers)
+    b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("out", "read_write"),
+         Binding("step", "uniform")]
+    return _finish(name, "attn_prefill", "attn_prefill.wgsl.j2", params, b, wg, grid(-(-T // block), H), mem(block))
