@@ -285,3 +285,53 @@ def attn_prefill(T: int, H: int, Hkv: int, D: int, S: int, *, window_left: int |
     b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("out", "read_write"),
          Binding("step", "uniform")]
     return _finish(name, "attn_prefill", "attn_prefill.wgsl.j2", params, b, wg, grid(-(-T // block), H), mem(block))
+
+
+def softcap(N: int, cap: float, *, wg: int = 256, covers=(), name: str = "softcap") -> Kernel:
+    """x = cap * tanh(clamp(x / cap, -15, 15)) in place over N values. Bindings: x."""
+    covers = _common(covers)
+    _check(cap > 0, "softcap must be > 0")
+    params = dict(N=N, cap=float(cap), wg=wg, covers=covers)
+    return _finish(name, "softcap", "softcap.wgsl.j2", params, [Binding("x", "read_write")], wg,
+                   grid(-(-N // wg)), 0)
+
+
+def argmax(N: int, *, wg: int = 256, per_thread: int = 16, covers=(), name: str = "argmax") -> list[Kernel]:
+    """Greedy argmax over N logits in two dispatches, so a decode step reads back 8 bytes.
+
+    Stage 1 bindings: x ([N]), pairs (scratch, info["pairs"] u32); workgroups ceil(N / (wg * per_thread)).
+    Stage 2 bindings: pairs, out (u32 [2]: index, f32 bits of the max); one workgroup.
+    """
+    covers = _common(covers)
+    _check(_pow2(wg), f"wg={wg} must be a power of two")
+    chunk = wg * per_thread
+    nc = -(-N // chunk)
+    info = {"pairs": 2 * nc}
+    s1 = _finish(name + "_1", "argmax", "argmax.wgsl.j2", dict(stage=1, M=N, NC=nc, chunk=chunk, wg=wg, covers=covers),
+                 [Binding("x", "read"), Binding("pairs", "read_write")], wg, grid(nc), 8 * wg, info=info)
+    s2 = _finish(name + "_2", "argmax", "argmax.wgsl.j2", dict(stage=2, M=nc, NC=1, chunk=nc, wg=wg, covers=covers),
+                 [Binding("pairs", "read"), Binding("out", "read_write")], wg, (1, 1, 1), 8 * wg, info=info)
+    return [s1, s2]
+
+
+def topk(N: int, k: int, *, chunk: int = 2048, wg: int = 256, covers=(), name: str = "topk") -> list[Kernel]:
+    """Top-k (k <= 64) values and ids of N logits, descending, for sampling on the host.
+
+    Stage 1 bindings: vals ([N]), vals_out, ids_out; later stages: vals, ids, vals_out, ids_out, each
+    stage reducing chunks of `chunk` candidates to k until one chunk is left; the last stage writes k
+    values and ids. info["sizes"] lists each stage's output length (entries).
+    """
+    covers = _common(covers)
+    _check(1 <= k <= 64, f"k={k} must be in 1..64")
+    _check(_pow2(wg) and chunk % wg == 0 and chunk >= k, "chunk must be a multiple of wg and >= k")
+    stages, m, stage = [], N, 1
+    while True:
+        nc = -(-m // chunk)
+        params = dict(stage=stage, M=m, NC=nc, k=k, chunk=chunk, wg=wg, covers=covers)
+        b = [Binding("vals", "read")] + ([Binding("ids", "read")] if stage > 1 else [])
+        b += [Binding("vals_out", "read_write"), Binding("ids_out", "read_write")]
+        stages.append(_finish(f"{name}_{stage}", "topk", "topk.wgsl.j2", params, b, wg, grid(nc), 4 * chunk + 8 * wg,
+                              info={"out": nc * k}))
+        if nc == 1:
+            return stages
+        m, stage = nc * k, stage + 1
