@@ -74,7 +74,9 @@ def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Pa
             raise MonologueError(f"{path}: no tokenizer in the checkpoint; give one with --tokenizer")
         cfg = _gpt_config(obj["model_config"], path)
         sd = _clean_state_dict(obj["model"], path)
-        return _checked(LoadedModel("gpt", cfg, sd, _check_tokenizer_json(tok, path), {**source, "kind": "monologue"}))
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+        source.update(kind="monologue", trained=bool(meta.get("trained") or meta.get("step")))
+        return _checked(LoadedModel("gpt", cfg, sd, _check_tokenizer_json(tok, path), source))
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if config is None:
             raise MonologueError(f"{path}: a bare state dict needs --config (a model config JSON)")
@@ -113,7 +115,7 @@ def _load_nanochat_dir(d: Path, tokenizer) -> LoadedModel:
     sd = _clean_state_dict(obj, model_path)
     cfg = _gpt_config(_nanochat_defaults(meta["model_config"], sd), meta_path)
     source = {"name": f"{d.name}/{model_path.name}", "sha256": _sha256(model_path), "kind": "nanochat",
-              "step": meta.get("step")}
+              "step": meta.get("step"), "trained": bool(meta.get("step"))}
     return _checked(LoadedModel("gpt", cfg, sd, _read_tokenizer(Path(tokenizer)), source))
 
 

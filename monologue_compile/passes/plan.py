@@ -51,7 +51,7 @@ def memory_plan(g: Graph) -> Graph:
             buffers[pick]["fixed"] = max(buffers[pick]["fixed"], fixed)
             assign[n.name] = pick
         # free what died at this node (after its outputs were placed: no in-place aliasing)
-        for inp in set(n.inputs):
+        for inp in dict.fromkeys(n.inputs):  # ordered: the plan must not depend on hash seeds
             r = root.get(inp)
             if r in assign and last_use.get(r) == i and assign[r] not in free:
                 free.append(assign[r])

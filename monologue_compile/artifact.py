@@ -1,0 +1,159 @@
+"""The compiled model on disk: `model/manifest.json`, `model/weights-NN.bin`, `model/ir.json`, ...
+
+docs/formats.md is the specification; this module writes it (`write_model`) and reads it back
+(`load_model`), checking every file's size and sha256 first. Everything written is a pure function
+of the graph: sorted keys, no timestamps, no absolute paths, so the same input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MonologueError
+from .ir import Graph, verify
+
+MAGIC = b"MONOLOGW"  # 8 bytes, then u32 version, u32 shard index (little-endian): 16-byte header
+VERSION = 1
+HEADER = 16
+ALIGN = 256  # WebGPU's minStorageBufferOffsetAlignment: every array starts bindable in place
+SHARD_MAX = 64 * 2**20  # small enough for phone memory and HTTP caches
+
+
+def _arrays(g: Graph) -> list[tuple[str, str, np.ndarray]]:
+    """(tensor, part, array) for every stored array, in a fixed order."""
+    used = {i for n in g.nodes for i in n.inputs}
+    out = []
+    for name in sorted(g.weights):
+        if name not in used:
+            continue
+        w = g.weights[name]
+        if w.dtype == "q8":
+            q = np.ascontiguousarray(w.data["q"], dtype=np.int8)
+            # 4 int8 per u32 along K, byte i of u32 j is q[4j + i]: exactly the int8 row bytes (LE).
+            out.append((name, "q", q.view("<u4")))
+            out.append((name, "scale", np.ascontiguousarray(w.data["scale"], dtype="<f4")))
+        else:
+            out.append((name, "data", np.ascontiguousarray(w.data, dtype="<f4")))
+    return out
+
+
+def write_model(g: Graph, model_dir: Path, tokenizer_json: str, extra: dict, shard_max: int = SHARD_MAX) -> dict:
+    """Write weights, IR, tokenizer and manifest into model_dir; return the manifest."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, dict] = {}
+    shards: list[bytearray] = []
+
+    def new_shard():
+        buf = bytearray(MAGIC + np.array([VERSION, len(shards)], "<u4").tobytes())
+        shards.append(buf)
+        return buf
+
+    cur = new_shard()
+    largest = 0
+    for name, part, arr in _arrays(g):
+        rows = arr.shape[0] if arr.ndim else 1
+        row_bytes = arr.nbytes // max(rows, 1)
+        if row_bytes > shard_max - ALIGN - HEADER:
+            raise MonologueError(f"weight {name}: one row of {row_bytes} bytes exceeds the shard size")
+        chunks = []
+        r = 0
+        while r < rows:
+            pad = (-len(cur)) % ALIGN
+            room = (shard_max - len(cur) - pad) // row_bytes if row_bytes else rows
+            if room <= 0:
+                cur = new_shard()
+                continue
+            take = min(room, rows - r)
+            cur.extend(b"\0" * pad)
+            off = len(cur)
+            data = arr.reshape(rows, -1)[r:r + take].tobytes() if arr.ndim else arr.tobytes()
+            cur.extend(data)
+            chunks.append({"shard": len(shards) - 1, "offset": off, "nbytes": len(data), "rows": [r, r + take]})
+            largest = max(largest, len(data))
+            r += take
+        w = g.weights[name]
+        entry = tensors.setdefault(name, {"dtype": w.dtype, "shape": list(w.shape), "quant": w.quant,
+                                          "role": w.role, "arrays": {}})
+        entry["arrays"][part] = {"dtype": "u32" if arr.dtype == np.dtype("<u4") else "f32",
+                                 "shape": list(arr.shape), "chunks": chunks}
+    files = []
+    for i, buf in enumerate(shards):
+        fname = f"weights-{i:02d}.bin"
+        (model_dir / fname).write_bytes(bytes(buf))
+        files.append(fname)
+    (model_dir / "tokenizer.json").write_text(tokenizer_json)
+    (model_dir / "ir.json").write_text(json.dumps(g.to_json(), indent=1, sort_keys=True) + "\n")
+    (model_dir / "ir.txt").write_text(g.dump())
+    files += ["tokenizer.json", "ir.json", "ir.txt"]
+    manifest = {
+        "format": "monologue-model",
+        "version": VERSION,
+        **extra,
+        "ir": "ir.json",
+        "tokenizer": "tokenizer.json",
+        "weights": {"magic": MAGIC.decode(), "header_bytes": HEADER, "alignment": ALIGN, "shard_max_bytes": shard_max,
+                    "shards": [f for f in files if f.startswith("weights-")], "tensors": tensors},
+        "files": [{"path": f, "bytes": (model_dir / f).stat().st_size, "sha256": _sha256(model_dir / f)}
+                  for f in files],
+        "webgpu": {"features": [], "required_limits": {
+            # The largest weight array is bound whole; state what it needs beyond the WebGPU defaults.
+            "maxStorageBufferBindingSize": max(largest, 128 * 2**20),
+            "maxBufferSize": max(largest, 256 * 2**20)}},
+    }
+    (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(dist: Path) -> tuple[Graph, dict, str]:
+    """(graph with weights, manifest, tokenizer JSON) from a dist dir (or its model/ dir)."""
+    dist = Path(dist)
+    model_dir = dist / "model" if (dist / "model" / "manifest.json").exists() else dist
+    mpath = model_dir / "manifest.json"
+    if not mpath.exists():
+        raise MonologueError(f"{dist}: no model/manifest.json (not a compiled Monologue model)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise MonologueError(f"{mpath}: not valid JSON: {e}") from None
+    if manifest.get("format") != "monologue-model" or manifest.get("version") != VERSION:
+        raise MonologueError(f"{mpath}: not a version-{VERSION} monologue-model manifest")
+    for f in manifest["files"]:
+        p = model_dir / f["path"]
+        if not p.exists():
+            raise MonologueError(f"{p}: missing (listed in the manifest)")
+        if p.stat().st_size != f["bytes"] or _sha256(p) != f["sha256"]:
+            raise MonologueError(f"{p}: size or sha256 differs from the manifest (corrupt or modified)")
+    wm = manifest["weights"]
+    shards = {}
+    for s in wm["shards"]:
+        raw = (model_dir / s).read_bytes()
+        if raw[:8] != MAGIC:
+            raise MonologueError(f"{model_dir / s}: bad magic")
+        shards[wm["shards"].index(s)] = raw
+    data = {}
+    for name, t in wm["tensors"].items():
+        arrays = {}
+        for part, a in t["arrays"].items():
+            dt = "<u4" if a["dtype"] == "u32" else "<f4"
+            buf = b"".join(shards[c["shard"]][c["offset"]:c["offset"] + c["nbytes"]] for c in a["chunks"])
+            arrays[part] = np.frombuffer(buf, dtype=dt).reshape(a["shape"])
+        if t["dtype"] == "q8":
+            q = arrays["q"].view(np.int8).reshape(t["shape"][0], -1)
+            data[name] = {"q": q, "scale": arrays["scale"].astype(np.float32)}
+        else:
+            data[name] = arrays["data"].astype(np.float32)
+    g = Graph.from_json(json.loads((model_dir / manifest["ir"]).read_text()), data)
+    tok = (model_dir / manifest["tokenizer"]).read_text()
+    return verify(g, "loading"), manifest, tok

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny GPTs with non-trivial random weights, and checkpoints of them on disk.
+
+`tiny_model(**overrides)` builds a seeded training.gpt.GPT small enough to trace in about a second;
+`write_checkpoint(path, model)` writes this project's checkpoint.pt format around it with a minimal
+valid tokenizer.json (256 byte tokens + nanochat's specials).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from training.gpt import GPT, GPTConfig  # noqa: E402
+
+SPECIALS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
+            "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
+PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+
+TINY = dict(sequence_len=96, vocab_size=288, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+
+
+def byte_tokenizer_json(vocab_size: int = 288) -> str:
+    """A valid monologue-tokenizer: ids 0..255 are bytes, the specials take the last ids."""
+    ranks = [base64.b64encode(bytes([i])).decode() for i in range(256)]
+    first_special = vocab_size - len(SPECIALS)
+    # ids between the bytes and the specials: two-byte tokens, so every id decodes to something
+    ranks += [base64.b64encode(bytes([97 + i % 26, 97 + i // 26 % 26])).decode() for i in range(first_special - 256)]
+    return json.dumps({"format": "monologue-tokenizer", "version": 1, "pattern": PATTERN, "ranks": ranks,
+                       "special_tokens": {s: first_special + i for i, s in enumerate(SPECIALS)}})
+
+
+def tiny_config(**overrides) -> GPTConfig:
+    return GPTConfig(**{**TINY, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(tiny_config(**overrides)).init_weights(zero_init_outputs=False).eval()
+
+
+def write_checkpoint(path: Path, model: GPT, tokenizer: str | None = None, meta: dict | None = None) -> Path:
+    sd = {k: v for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    torch.save({"model_config": model.config.to_dict(), "model": sd,
+                "tokenizer": byte_tokenizer_json(model.config.vocab_size) if tokenizer is None else tokenizer,
+                "meta": meta or {}}, path)
+    return path
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    return write_checkpoint(tmp_path / "checkpoint.pt", tiny_model())
