@@ -30,12 +30,13 @@ const SETTINGS_KEY = "monologue.settings";
 const BACKEND_KEY = "monologue.backend";
 const DEFAULT_SETTINGS = { temperature: 0.6, topK: 50, topP: 0.95, maxNewTokens: 512, seed: "" };
 
+// Short enough for one line at phone width; the status card says why the chat is off.
 const PLACEHOLDERS = {
-  loading: "The chat starts once the model is ready",
+  loading: "Loading the model…",
   ready: "Ask something…",
   generating: "Ask something…",
-  "no-backend": "The chat is off: nothing in this build can run the model",
-  error: "The chat is off: the model could not be loaded",
+  "no-backend": "The chat is off",
+  error: "The chat is off",
 };
 
 const ERROR_TITLES = {
@@ -77,23 +78,24 @@ function showStatus(tone, title, detail = "", notes = [], progress = null) {
   if (progress !== null) ui.progress.value = progress;
 }
 
+// Files download in parallel and each is verified as it arrives, so the title follows the whole
+// load (downloading until every byte is in), not the stage of whichever file reported last.
 function showProgress({ stage, file, loaded, total, fromCache }) {
-  const fraction = total ? loaded / total : 0;
-  const where = file ? ` · ${file}` : "";
-  if (stage === "download") {
-    const title = fromCache ? "Loading the model from this device" : "Downloading the model";
-    showStatus("busy", title, `${formatBytes(loaded)} of ${formatBytes(total)}${where}`, [], fraction);
-  } else if (stage === "verify") {
-    showStatus("busy", "Verifying the model files", `${formatBytes(loaded)} of ${formatBytes(total)}${where}`, [], fraction);
-  } else {
-    showStatus("busy", "Compiling shaders", total ? `${loaded} of ${total}` : "", [], fraction);
+  if (stage === "compile") {
+    showStatus("busy", "Compiling shaders", total ? `${loaded} of ${total}` : "", [], total ? loaded / total : 0);
+    return;
   }
+  let title = "Verifying the model files";
+  if (loaded < total) title = fromCache ? "Loading the model from this device" : "Downloading the model";
+  const where = file ? ` · ${file}` : "";
+  showStatus("busy", title, `${formatBytes(loaded)} of ${formatBytes(total)}${where}`, [], total ? loaded / total : 1);
 }
 
 function filesSummary() {
   if (!fileStats) return "";
   const cached = fileStats.fromCache === fileStats.count ? ", all from this device's cache" : fileStats.fromCache ? `, ${fileStats.fromCache} from this device's cache` : "";
-  return `${fileStats.count} files, ${formatBytes(fileStats.bytes)}, checked against their sha256${cached}`;
+  const files = fileStats.count === 1 ? "1 file" : `${fileStats.count} files`;
+  return `${files}, ${formatBytes(fileStats.bytes)}, checked against their sha256${cached}`;
 }
 
 // --- backends --------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ function showBackends(backends) {
     }),
   );
   const firstUsable = backends.find((b) => b.ok);
-  if (!firstUsable) ui.backend.prepend(new Option("nothing available", "", true, true));
+  if (!firstUsable) ui.backend.prepend(new Option("no backend", "", true, true));
 }
 
 function setActiveBackend(kind) {
