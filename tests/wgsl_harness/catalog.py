@@ -1,0 +1,55 @@
+"""One rendering per kernel family and per template switch, for the compile tests.
+
+`target` picks the subgroup spelling: naga (wgpu-py) takes the builtins without a directive,
+Tint (Chromium) requires `enable subgroups;` and refuses them without it.
+"""
+
+from __future__ import annotations
+
+from monologue_compile.wgsl import kernels as K
+
+
+def catalog(target: str) -> dict[str, K.Kernel]:
+    sg = target  # "naga" | "tint"
+    cv = ["catalog"]
+    ks: dict[str, K.Kernel] = {
+        "matvec": K.matvec_int8(96, 64, covers=cv),
+        "matvec_fused": K.matvec_int8(100, 200, group=64, norm=True, bias=True, act="gelu", softcap=15.0,
+                                      residual=True, covers=cv),
+        "matvec_relu2_at_pos": K.matvec_int8(64, 128, group=128, act="relu2", out_at_pos=True, out_len=640, covers=cv),
+        "matvec_silu_gelu_tanh": K.matvec_int8(32, 64, act="silu", covers=cv),
+        "matvec_gelu_tanh": K.matvec_int8(32, 64, act="gelu_tanh", rows=8, wg=256, covers=cv),
+        "matvec_unpack_builtin": K.matvec_int8(32, 64, unpack="builtin", covers=cv),
+        "matvec_subgroups": K.matvec_int8(100, 200, norm=True, subgroups=sg, covers=cv),
+        "matmul": K.matmul_int8(32, 64, 64, covers=cv),
+        "matmul_fused": K.matmul_int8(40, 70, 200, group=64, norm=True, bias=True, act="relu2", softcap=3.0,
+                                      residual=True, out_at_pos=True, out_row_stride=70, covers=cv),
+        "matmul_gelu_unpack_builtin": K.matmul_int8(16, 32, 64, act="gelu", unpack="builtin", tile_t=16, mt=1,
+                                                    covers=cv),
+        "embed": K.embed_int8(8, 100, 64, covers=cv),
+        "embed_norm": K.embed_int8(8, 100, 52, norm=True, covers=cv),
+        "rmsnorm": K.norm(8, 64, covers=cv),
+        "layernorm_affine": K.norm(8, 64, kind="layer", weight=True, bias=True, covers=cv),
+        "rope_qknorm_inplace": K.rope_qknorm(8, 4, 64, post_scale=1.2, covers=cv),
+        "rope_into_cache": K.rope_qknorm(8, 2, 64, qk_norm=False, inplace=False, out_at_pos=True, covers=cv),
+        "kv_write": K.kv_write(8, 128, covers=cv),
+        "softcap": K.softcap(1000, 15.0, covers=cv),
+    }
+    for tag, window in (("", None), ("_window", 64)):
+        part, comb = K.attn_decode(8, 2, 64, 512, window_left=window, covers=cv)
+        ks["attn_decode" + tag] = part
+        ks["attn_decode_combine" + tag] = comb
+        ks["attn_prefill" + tag] = K.attn_prefill(32, 8, 2, 64, 512, window_left=window, covers=cv)
+    for i, st in enumerate(K.argmax(70000, covers=cv), 1):
+        ks[f"argmax_{i}"] = st
+    for i, st in enumerate(K.topk(70000, 64, covers=cv), 1):
+        ks[f"topk_{i}"] = st
+    return ks
+
+
+def needs(kernel: K.Kernel) -> list[str]:
+    """What a kernel needs beyond core WebGPU: device features and WGSL language extensions."""
+    out = list(kernel.features)
+    if "requires packed_4x8_integer_dot_product;" in kernel.wgsl:
+        out.append("wgsl:packed_4x8_integer_dot_product")
+    return out
