@@ -439,9 +439,8 @@ def _demo() -> None:
     print(f"trained a {tok.vocab_size}-token BPE on {len(corpus)} lines ({size / 1e6:.1f} MB) in {trained * 1e3:.0f} ms")
 
     started = time.perf_counter()
-    ids = [tok.encode_ordinary(line) for line in corpus]
+    n_tokens = sum(len(tok.encode_ordinary(line)) for line in corpus)
     encoded = time.perf_counter() - started
-    n_tokens = sum(len(x) for x in ids)
     print(f"encoded it back to {n_tokens} tokens ({size / n_tokens:.2f} bytes/token) at {size / encoded / 1e6:.1f} MB/s")
 
     conversation = [
@@ -449,14 +448,41 @@ def _demo() -> None:
         {"role": "assistant", "thought": "12 plus 30 is 42.", "content": "Ada has 42 apples."},
     ]
     ids, mask = tok.render_conversation(conversation)
-    print("\nconversation as tokens (trained-on tokens marked with *):")
+    print("\nthe conversation as tokens (* = what the model is trained to produce):")
     print(" ".join(("*" if m else "") + repr(tok.decode([i]))[1:-1] for i, m in zip(ids, mask)))
-    assert tok.decode(ids).count("<think>") == 1
+
+
+def _cli():
+    import click
+
+    @click.group()
+    def tokenizer_cli():
+        """Train, inspect and demo Monologue's BPE tokenizer."""
+
+    @tokenizer_cli.command()
+    def demo():
+        """Train on a small built-in corpus and show a tokenized conversation."""
+        _demo()
+
+    @tokenizer_cli.command()
+    @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+    @click.option("--vocab-size", type=int, required=True, help="ids in all: 256 bytes + merges + special tokens")
+    @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="tokenizer.json to write")
+    def train(files, vocab_size, output):
+        """Train a tokenizer on UTF-8 text FILES."""
+        Tokenizer.train(files, vocab_size).save(output)
+
+    @tokenizer_cli.command()
+    @click.option("--tokenizer", "tokenizer_path", type=click.Path(path_type=Path), required=True)
+    @click.argument("text")
+    def encode(tokenizer_path, text):
+        """Print the token ids of TEXT (special tokens recognised) as JSON."""
+        click.echo(json.dumps(Tokenizer.load(tokenizer_path).encode(text)))
+
+    return tokenizer_cli
 
 
 if __name__ == "__main__":
-    import sys
+    from .cli import run_command
 
-    if sys.argv[1:] != ["demo"]:
-        sys.exit("usage: python -m monologue_compile.tokenizer demo")
-    _demo()
+    run_command(_cli())

@@ -7,10 +7,16 @@ tiktoken) defines them:
   \\s     the Unicode White_Space property = Zs, Zl, Zp, U+0009..U+000D and U+0085
           (not Python's str.isspace(), which also counts U+001C..U+001F)
 The table is a sorted list of disjoint ranges, each tagged with its class; anything not listed
-is "other". Run with the Python whose `unicodedata` version you want (or with `unicodedata2`
-installed, which is preferred because it tracks newer Unicode versions):
+is "other".
 
-    python runtime_rs/scripts/gen_unicode_tables.py > runtime_rs/src/unicode_tables.rs
+The Unicode version must be the one of tiktoken's regex engine, or the tokenizers disagree on
+newly assigned characters. tiktoken 0.14 uses Unicode 16.0 (checked over every code point by
+tests/test_tokenizer_unicode.py); Python 3.11's own `unicodedata` is 14.0, which misses 9,392 code
+points assigned since (9,272 letters, 120 numbers). So generate with the `unicodedata2` backport
+pinned to the engine's version; it is used in preference to `unicodedata` when importable:
+
+    pip install --target /tmp/ud2 unicodedata2==16.0.0
+    PYTHONPATH=/tmp/ud2 python runtime_rs/scripts/gen_unicode_tables.py > runtime_rs/src/unicode_tables.rs
 """
 
 from __future__ import annotations
