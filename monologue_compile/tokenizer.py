@@ -306,7 +306,7 @@ class Tokenizer:
 
 def _messages_json(messages: Sequence[Mapping]) -> bytes:
     try:
-        return json.dumps([dict(m) for m in messages], ensure_ascii=False).encode("utf-8", "surrogatepass")
+        return _utf8(json.dumps([dict(m) for m in messages], ensure_ascii=False))
     except (TypeError, ValueError) as e:
         raise MonologueError(f"conversation: messages must be dicts of strings ({e})") from None
 

@@ -86,9 +86,9 @@ fn normalize(messages: &[Message]) -> Result<Vec<Message>, String> {
         let expected = if out.len() % 2 == 0 { Role::User } else { Role::Assistant };
         if message.role != expected {
             return Err(format!(
-                "message {}: expected a {} message (roles alternate user, assistant, ...)",
+                "message {}: expected {} message (roles alternate user, assistant, ...)",
                 i,
-                if expected == Role::User { "user" } else { "assistant" }
+                if expected == Role::User { "a user" } else { "an assistant" }
             ));
         }
         let mut message = message.clone();
