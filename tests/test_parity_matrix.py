@@ -1,0 +1,38 @@
+"""Every GPTConfig knob through the whole pipeline: interpreter vs R_q logits, 64 greedy tokens, cache == recompute."""
+
+import pytest
+
+from conftest import tiny_model
+from monologue_compile.frontend.trace import trace
+from monologue_compile.lower import lower
+from monologue_compile.parity import TOLERANCES, run_parity
+from monologue_compile.passes import run_pipeline
+
+MATRIX = [
+    # (config overrides, quantization)
+    (dict(), "int8"),  # nanochat defaults: relu2, softcap 15, qk_norm, untied, GQA 4:2
+    (dict(tie_embeddings=True, n_kv_head=1, activation="gelu", softcap=0.0), "int8"),  # tied, MQA, gelu, no cap
+    (dict(activation="silu", qk_norm=False, rope_theta=100000.0, n_kv_head=4, mlp_ratio=2.5), "int8"),  # MHA, K=80
+    (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=3), "int8-g64"),
+    (dict(n_embd=64, n_head=4, n_kv_head=2, tie_embeddings=True), "int8-g128"),
+    (dict(activation="gelu", n_kv_head=2), "none"),
+]
+
+
+@pytest.mark.parametrize("overrides,quant", MATRIX, ids=[f"{q}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}"
+                                                         for o, q in MATRIX])
+def test_interpreter_matches_rq(overrides, quant):
+    model = tiny_model(seed=len(overrides), **overrides)
+    g = lower(trace(model, model.config.sequence_len))
+    g.meta.update(arch="gpt", config=model.config.to_dict())
+    g, _ = run_pipeline(g, quant)
+    report = run_parity(g, fp32_model=model)
+    c = report["checks"]
+    assert c["logits_vs_rq"]["ok"], c["logits_vs_rq"]
+    assert c["decode_vs_prefill"]["ok"], c["decode_vs_prefill"]
+    assert c["greedy_vs_rq"]["steps"] == TOLERANCES["greedy_steps"]
+    assert c["greedy_vs_rq"]["mismatches"] == 0, c["greedy_vs_rq"]
+    assert c["layers_vs_rq"]["ok"] and c["layers_vs_rq"]["compared"] >= 4 * model.config.n_layer, c["layers_vs_rq"]
+    if quant == "none":  # no quantization: R_q is the fp32 model itself
+        assert c["vs_fp32"]["top1_agreement"] == 1.0
+    assert report["ok"]
