@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..ir import OPS, Graph, Node
+from ..ir import OPS, Graph
 
 
 def dead_code(g: Graph) -> Graph:

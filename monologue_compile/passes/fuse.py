@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Node, TensorType, Weight
-from .canonicalize import dead_code, rename_uses
+from .canonicalize import dead_code
 
 _ELEMENTWISE = ("unary", "binary")
 _ROW_PRODUCERS = ("embedding", "rope", "elementwise")
