@@ -39,6 +39,15 @@ const PLACEHOLDERS = {
   error: "The chat is off",
 };
 
+// What a visitor can do about each kind of failure.
+const ERROR_ADVICE = {
+  corrupt: "Reload the page to download it again. If this keeps happening, the site's files are damaged: tell whoever hosts it.",
+  network: "Check the connection and reload the page.",
+  manifest: "The site was not compiled completely; whoever hosts it needs to compile and upload it again.",
+  insecure: "",
+  internal: "Reloading the page may help.",
+};
+
 const ERROR_TITLES = {
   corrupt: "A model file is corrupt",
   network: "The model could not be downloaded",
@@ -76,6 +85,13 @@ function showStatus(tone, title, detail = "", notes = [], progress = null) {
   ui.statusNotes.replaceChildren(...notes.map((note) => Object.assign(document.createElement("li"), { textContent: note })));
   ui.progress.hidden = progress === null;
   if (progress !== null) ui.progress.value = progress;
+}
+
+// The chat cannot start: say why, and that no backend is running.
+function showFailure(title, message, notes = []) {
+  showStatus("error", title, message, notes);
+  ui.backend.replaceChildren(new Option("not started", ""));
+  setState("error");
 }
 
 // Files download in parallel and each is verified as it arrives, so the title follows the whole
@@ -338,7 +354,7 @@ const onMessage = {
     setState("ready");
     ui.prompt.focus();
   },
-  error({ kind, message, file }) {
+  error({ kind, message }) {
     if (current) {
       // A failed reply is dropped from the conversation along with its question.
       current.finish(`The reply failed: ${message}`);
@@ -355,16 +371,15 @@ const onMessage = {
       setState("ready");
       return;
     }
-    showStatus("error", ERROR_TITLES[kind] ?? ERROR_TITLES.internal, message, file ? [`File: ${file}`] : []);
-    setState("error");
+    const advice = ERROR_ADVICE[kind] ?? ERROR_ADVICE.internal;
+    showFailure(ERROR_TITLES[kind] ?? ERROR_TITLES.internal, message, advice ? [advice] : []);
   },
 };
 
 worker.addEventListener("message", ({ data }) => onMessage[data.type](data));
 worker.addEventListener("error", (event) => {
   event.preventDefault();
-  showStatus("error", "The page's worker could not start", event.message || "This browser may not support module workers.");
-  setState("error");
+  showFailure("The page's worker could not start", event.message || "This browser may not support module workers.");
 });
 
 loadSettings();

@@ -1,0 +1,36 @@
+"""A model file that does not match its manifest entry is named in the page, not kept, not run."""
+
+import pytest
+
+from web_helpers import browser, make_site, pseudo_random_bytes, save_screenshot, serving  # noqa: F401
+
+CACHED_URLS = "async () => (await (await caches.open('monologue-model')).keys()).map((r) => r.url)"
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda data: data[:1000] + bytes([data[1000] ^ 1]) + data[1001:], "its sha256 does not match the manifest"),
+        (lambda data: data[:-10], "it has 99990 bytes, the manifest says 100000"),
+    ],
+    ids=["flipped-bit", "truncated"],
+)
+def test_corrupt_file_is_named_and_not_used(browser, tmp_path, damage, reason):
+    good = pseudo_random_bytes(100_000, 2)
+    site = make_site(tmp_path / "dist", {"model/weights-00.bin": pseudo_random_bytes(50_000, 1), "model/weights-01.bin": good})
+    (site / "model" / "weights-01.bin").write_bytes(damage(good))
+    with serving(site) as url:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("body[data-state='error']", timeout=30_000)
+        status = page.inner_text("#status")
+        assert "A model file is corrupt" in status
+        assert f"model/weights-01.bin is corrupt: {reason}. Nothing was run." in status
+        assert "Reload the page to download it again" in status
+        assert page.inner_text("#backend") == "not started"
+        assert page.is_disabled("#prompt") and page.is_disabled("#send")
+        assert not any("weights-01.bin" in key for key in page.evaluate(CACHED_URLS))
+        if reason.startswith("its sha256"):
+            save_screenshot(page, "corrupt-file-desktop.png")
+        context.close()
