@@ -67,3 +67,13 @@ def test_matvec_builtin_unpack():
     k = kernels.matvec_int8(N, K, unpack="builtin", covers=["test"])
     got = run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
     np.testing.assert_allclose(got, ref.linear(x, q, scale), **MATRIX)
+
+
+def test_matvec_more_rows_than_one_grid_dimension():
+    """N / rows > 65535 workgroups: the dispatch spreads over x*y and the kernel flattens the id."""
+    N, K = 70001, 16
+    q, scale, x = _data(N, K, 0, 11)
+    k = kernels.matvec_int8(N, K, rows=1, wg=16, covers=["test"])
+    assert k.workgroups[1] > 1
+    got = run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
+    np.testing.assert_allclose(got, ref.linear(x, q, scale), **MATRIX)

@@ -112,10 +112,11 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
     _check(group in (0, 64, 128), f"group={group} must be 0 (per channel), 64 or 128")
     _check(_pow2(wg), f"wg={wg} must be a power of two")
     nred = rows + bool(norm)
-    wg_bytes = 4 * nred * (wg + 1) + (4 * ((wg + 31) // 32) if subgroups != "off" else 0)
+    seg = 1 << ((wg.bit_length() - 1 + 1) // 2)  # ~sqrt(wg) segments of ~sqrt(wg) partial sums
+    wg_bytes = 4 * nred * (wg + 1) + (4 * ((wg + 31) // 32) if subgroups != "off" else 4 * nred * seg)
     pos_stride = N if out_pos_stride is None else out_pos_stride
     out_len = out_len or out_offset + N
-    params = dict(N=N, K=K, KV4=-(-K // 16), K4=K // 4, rows=rows, wg=wg, group=group,
+    params = dict(N=N, K=K, KV4=-(-K // 16), K4=K // 4, rows=rows, wg=wg, seg=seg, group=group,
                   n_groups=-(-K // group) if group else 0, norm=bool(norm), eps=eps,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos), out_pos_stride=pos_stride,
                   out_len=out_len, subgroups=subgroups, unpack=unpack, covers=covers,

@@ -1,0 +1,138 @@
+"""Time the int8 matvec kernel against an f32 matvec of the same shape, on whatever adapter wgpu-py
+finds (lavapipe on CPU machines: those are correctness-device timings and do not rank kernels the way
+a GPU does; run it on a GPU machine for GPU figures).
+
+    python benchmarks/bench_wgsl_kernels.py [--reps 50] [--shapes 1280x1280,5120x1280]
+
+Prints per-dispatch time (dispatches batched in one compute pass, one submit), the weight bytes each
+kernel streams, the GB/s that implies, and the f32 / int8 time ratio. Shapes are N x K (out x in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from monologue_compile.wgsl import device as wdev  # noqa: E402
+from monologue_compile.wgsl import kernels  # noqa: E402
+
+# Baseline only (not a project kernel): f32 weights read as vec4<f32>, same row-blocking and
+# two-level reduction as the int8 kernel's portable path, so the comparison isolates the weight format.
+F32_MATVEC = """
+const N: u32 = {N}u;
+const K4: u32 = {K4}u;
+const ROWS: u32 = {rows}u;
+const WG: u32 = {wg}u;
+@group(0) @binding(0) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+const SEG: u32 = {seg}u;
+var<workgroup> red: array<array<f32, WG>, ROWS>;
+var<workgroup> seg: array<array<f32, SEG>, ROWS>;
+@compute @workgroup_size({wg})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+    let row0 = (wid.x + wid.y * nwg.x) * ROWS;
+    var acc: array<f32, ROWS>;
+    for (var v = lid; v < K4; v += WG) {{
+        let xv = x[v];
+        for (var r = 0u; r < ROWS; r++) {{
+            acc[r] += dot(w[min(row0 + r, N - 1u) * K4 + v], xv);
+        }}
+    }}
+    for (var r = 0u; r < ROWS; r++) {{ red[r][lid] = acc[r]; }}
+    workgroupBarrier();
+    for (var i = lid; i < ROWS * SEG; i += WG) {{
+        var t = 0.0;
+        for (var j = 0u; j < WG / SEG; j++) {{ t += red[i / SEG][(i % SEG) * (WG / SEG) + j]; }}
+        seg[i / SEG][i % SEG] = t;
+    }}
+    workgroupBarrier();
+    if (lid < ROWS && row0 + lid < N) {{
+        var t = 0.0;
+        for (var j = 0u; j < SEG; j++) {{ t += seg[lid][j]; }}
+        y[row0 + lid] = t;
+    }}
+}}
+"""
+
+
+def time_dispatches(dev, pipeline, bind_group, workgroups, reps, out):
+    def once(n):
+        enc = dev.create_command_encoder()
+        p = enc.begin_compute_pass()
+        p.set_pipeline(pipeline)
+        p.set_bind_group(0, bind_group)
+        for _ in range(n):
+            p.dispatch_workgroups(*workgroups)
+        p.end()
+        dev.queue.submit([enc.finish()])
+        dev.queue.read_buffer(out, 0, 16)  # waits for the submit (the output is small)
+
+    once(2)  # warm-up: first submit pays pipeline and memory setup
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        once(reps)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return best
+
+
+def bench_shape(N, K, reps, rows, wg, subgroups):
+    rng = np.random.default_rng(0)
+    feats = frozenset(["subgroup"]) if subgroups != "off" else frozenset()
+    dev = wdev.get_device(feats)
+    # int8 kernel
+    k = kernels.matvec_int8(N, K, rows=rows, wg=wg, subgroups=subgroups, covers=["bench"])
+    prog = wdev.Program(k, dev)
+    kv4 = -(-K // 16)
+    w8 = rng.integers(0, 2**32, (N, kv4 * 4), dtype=np.uint32)
+    bufs = {"w": wdev.make_buffer(dev, w8), "scale": wdev.make_buffer(dev, np.ones(N, np.float32)),
+            "x": wdev.make_buffer(dev, rng.standard_normal(K).astype(np.float32)),
+            "y": wdev.make_buffer(dev, nbytes=4 * N)}
+    t8 = time_dispatches(dev, prog.pipeline, prog.bind(bufs), k.workgroups, reps, bufs["y"])
+    bytes8 = w8.nbytes + 4 * N + 4 * K
+    # f32 baseline
+    w32 = rng.standard_normal((N, K)).astype(np.float32)
+    src = F32_MATVEC.format(N=N, K4=K // 4, rows=rows, wg=wg, seg=k.params["seg"])
+    mod = dev.create_shader_module(code=src)
+    pipe = dev.create_compute_pipeline(layout="auto", compute={"module": mod, "entry_point": "main"})
+    b32 = [wdev.make_buffer(dev, w32), bufs["x"], wdev.make_buffer(dev, nbytes=4 * N)]
+    bg = dev.create_bind_group(layout=pipe.get_bind_group_layout(0),
+                               entries=[{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
+                                        for i, b in enumerate(b32)])
+    t32 = time_dispatches(dev, pipe, bg, kernels.grid(-(-N // rows)), reps, b32[2])
+    bytes32 = w32.nbytes + 4 * K
+    return t8, bytes8, t32, bytes32
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="1280x1280,5120x1280,1280x5120,16384x1280",
+                    help="comma-separated NxK (d20: 1280 wide, MLP 5120)")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--wg", type=int, default=64)
+    ap.add_argument("--subgroups", choices=["off", "naga"], default="off")
+    a = ap.parse_args(argv)
+    info = wdev.adapter().info
+    print(f"adapter: {info.get('device', '?')} ({info.get('adapter_type', '?')}, {info.get('backend_type', '?')})")
+    if info.get("adapter_type") == "CPU":
+        print("NOTE: CPU adapter (lavapipe): correctness-device timings, not GPU rankings.")
+    print(f"matvec rows/workgroup={a.rows} wg={a.wg} subgroups={a.subgroups} reps={a.reps}")
+    print(f"{'N x K':>13} | {'int8 ms':>8} {'MB':>7} {'GB/s':>6} | {'f32 ms':>8} {'MB':>7} {'GB/s':>6} | f32/int8")
+    for shape in a.shapes.split(","):
+        N, K = (int(v) for v in shape.lower().split("x"))
+        t8, b8, t32, b32 = bench_shape(N, K, a.reps, a.rows, a.wg, a.subgroups)
+        print(f"{N:>6} x {K:<5} | {t8 * 1e3:8.3f} {b8 / 1e6:7.2f} {b8 / t8 / 1e9:6.2f} | "
+              f"{t32 * 1e3:8.3f} {b32 / 1e6:7.2f} {b32 / t32 / 1e9:6.2f} | {t32 / t8:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
