@@ -130,31 +130,27 @@ def per_layer(g: Graph, model, ids: list[int]) -> list[dict]:
     return rows
 
 
-def held_out_sequences(tokenizer_json: str | None, vocab: int, seq_len: int, n: int = 4) -> list[list[int]]:
-    """Held-out token sequences: real text through the tokenizer when one is available, else seeded ids."""
-    texts = _held_out_texts()
-    if tokenizer_json and texts:
+def held_out_sequences(tokenizer_json: str | None, vocab: int, seq_len: int, n: int = 8) -> list[list[int]]:
+    """Held-out conversations through the model's tokenizer when both are available, else seeded ids."""
+    seqs: list[list[int]] = []
+    if tokenizer_json:
         try:
+            from training.data.reasoning import heldout_conversations
+
             from .tokenizer import Tokenizer
 
             tok = Tokenizer.from_json(tokenizer_json)
-            seqs = [tok.encode(t)[:seq_len] for t in texts]
-            seqs = [s for s in seqs if len(s) >= 2 and max(s) < vocab]
-            if seqs:
-                return seqs[:n]
-        except Exception:  # no tokenizer module yet: fall through to seeded ids
-            pass
+            convs = heldout_conversations(max(1, n // 4))
+            think = "<think>" in tok.special_tokens  # a nanochat tokenizer has no think tokens
+            seqs = [tok.render_conversation([{k: v for k, v in m.items() if think or k != "thought"}
+                                             for m in c.messages()])[0][:seq_len] for c in convs]
+            seqs = [s for s in seqs if len(s) >= 8 and max(s) < vocab][:n]
+        except Exception:  # no tokenizer extension or corpus in this install: seeded ids still test parity
+            seqs = []
+    if seqs:
+        return seqs
     rng = np.random.default_rng(1234)
-    length = min(seq_len, 48)
-    return [rng.integers(0, vocab, size=length).tolist() for _ in range(n)]
-
-
-def _held_out_texts() -> list[str]:
-    try:
-        from training import data  # the training engineer's held-out split, when present
-        return list(data.held_out_texts())[:8]
-    except Exception:
-        return []
+    return [rng.integers(0, vocab, size=min(seq_len, 48)).tolist() for _ in range(4)]
 
 
 def run_parity(g: Graph, fp32_model=None, rq_model=None, tokenizer_json: str | None = None,

@@ -2,7 +2,7 @@
 
 `tiny_model(**overrides)` builds a seeded training.gpt.GPT small enough to trace in about a second;
 `write_checkpoint(path, model)` writes this project's checkpoint.pt format around it with a minimal
-valid tokenizer.json (256 byte tokens + nanochat's specials).
+valid tokenizer.json (256 byte tokens, some two-byte tokens, and Monologue's specials).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from monologue_compile.tokenizer import SPECIAL_TOKENS  # noqa: E402
 from training.gpt import GPT, GPTConfig  # noqa: E402
 
-SPECIALS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
-            "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
+SPECIALS = list(SPECIAL_TOKENS)  # Monologue's: nanochat's nine plus <think> and </think>
 PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 
 TINY = dict(sequence_len=96, vocab_size=288, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)

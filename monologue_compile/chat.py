@@ -1,0 +1,175 @@
+"""`monologue chat DIR --backend numpy`: chat in the terminal with a compiled model.
+
+The thought (between `<think>` and `</think>`) is shown dimmed, apart from the answer. Greedy by
+default; --temperature, --top-k, --top-p and --seed sample instead. The conversation is rendered
+with the model's own chat template each turn and only the tokens the session has not seen yet are
+fed, so the KV cache carries over between turns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def _numpy_session(graph):
+    from .interpreter import Session
+
+    return Session(graph)
+
+
+# backend name -> factory(graph) of an object with .forward(ids) -> logits (T, V), .reset(), .pos
+BACKENDS = {"numpy": _numpy_session}
+
+
+def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
+           rng: np.random.Generator) -> int:
+    """Greedy at temperature 0, else top-k / top-p (nucleus) sampling, as training.gpt.sample_next."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    x = logits.astype(np.float64) / temperature
+    if top_k:
+        kth = np.sort(x)[-min(top_k, x.size)]
+        x = np.where(x < kth, -np.inf, x)
+    if top_p is not None and 0 < top_p < 1:
+        order = np.argsort(-x, kind="stable")
+        p = np.exp(x[order] - x[order[0]])
+        p /= p.sum()
+        drop = np.cumsum(p) - p >= top_p  # a token goes when those before it already cover top_p
+        x[order[drop]] = -np.inf
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    return int(rng.choice(x.size, p=p))
+
+
+class ThoughtSplitter:
+    """Feeds on decoded text; says which part (thought or answer) each new piece belongs to."""
+
+    def __init__(self):
+        self.text = ""
+        self.shown = 0
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        """Pieces ("thought"|"answer", text) not shown yet; holds back a possible partial tag."""
+        self.text = text
+        upto = len(text)
+        for tag in (THINK_OPEN, THINK_CLOSE):  # a tag may be arriving piece by piece
+            for k in range(len(tag) - 1, 0, -1):
+                if text.endswith(tag[:k]):
+                    upto = min(upto, len(text) - k)
+                    break
+        out = []
+        for part, start, end in self._segments(text, upto):
+            start = max(start, self.shown)
+            if end > start:
+                out.append((part, text[start:end]))
+        self.shown = max(self.shown, upto)
+        return out
+
+    @staticmethod
+    def _segments(text: str, upto: int) -> list[tuple[str, int, int]]:
+        o = text.find(THINK_OPEN, 0, upto)
+        if o == -1:
+            return [("answer", 0, upto)]
+        c = text.find(THINK_CLOSE, o, upto)
+        segs = [("answer", 0, o), ("thought", o + len(THINK_OPEN), c if c != -1 else upto)]
+        if c != -1:
+            segs.append(("answer", c + len(THINK_CLOSE), upto))
+        return segs
+
+    def parts(self) -> tuple[str, str]:
+        """(thought, answer) of everything fed so far."""
+        t = self.text
+        o, c = t.find(THINK_OPEN), t.find(THINK_CLOSE)
+        if o == -1:
+            return "", t.strip()
+        thought = t[o + len(THINK_OPEN):(c if c != -1 else len(t))]
+        answer = t[:o] + (t[c + len(THINK_CLOSE):] if c != -1 else "")
+        return thought.strip(), answer.strip()
+
+
+def reply(session, tok, prompt: list[int], fed: list[int], max_tokens: int, temperature: float,
+          top_k, top_p, rng, on_text=None) -> tuple[list[int], list[int]]:
+    """Generate the assistant's turn; returns (generated ids, all ids the session has now seen)."""
+    if prompt[: len(fed)] != fed or len(fed) == 0:
+        session.reset()
+        fed = []
+    logits = session.forward(prompt[len(fed):])[-1]
+    fed = list(prompt)
+    stops = {tok.special_tokens[s] for s in ("<|assistant_end|>", "<|bos|>") if s in tok.special_tokens}
+    out: list[int] = []
+    limit = session.max_len
+    while len(out) < max_tokens and len(fed) < limit:
+        t = sample(logits, temperature, top_k, top_p, rng)
+        if t in stops:
+            break
+        out.append(t)
+        if on_text is not None:
+            on_text(tok.decode(out))
+        fed.append(t)
+        if len(fed) >= limit:
+            break
+        logits = session.forward([t])[-1]
+    return out, fed[: session.pos]  # exactly what the cache holds
+
+
+@click.command("chat")
+@click.argument("dist", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="numpy", show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy")
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-tokens", type=int, default=512, show_default=True)
+@click.option("--prompt", "prompts", multiple=True, help="say this instead of reading stdin (repeatable)")
+def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts):
+    """Chat with the compiled model in DIST (the thought is shown dimmed, apart from the answer)."""
+    from .artifact import load_model
+    from .tokenizer import Tokenizer
+
+    graph, manifest, tok_json = load_model(dist)
+    tok = Tokenizer.from_json(tok_json)
+    session = BACKENDS[backend](graph)
+    console = Console(highlight=False)
+    rng = np.random.default_rng(seed)
+    messages: list[dict] = []
+    fed: list[int] = []
+    inputs = iter(prompts) if prompts else None
+    while True:
+        if inputs is not None:
+            user = next(inputs, None)
+        else:
+            try:
+                user = console.input("[bold]you>[/bold] ")
+            except (EOFError, KeyboardInterrupt):
+                user = None
+        if user is None or user.strip() in ("/quit", "/exit"):
+            break
+        if not user.strip():
+            continue
+        messages.append({"role": "user", "content": user})
+        prompt = tok.render_for_completion(messages)
+        splitter = ThoughtSplitter()
+        state = {"part": None}
+
+        def show(text):
+            for part, piece in splitter.feed(text):
+                if part != state["part"]:
+                    console.print("\n[dim italic]thinking:[/dim italic] " if part == "thought" else
+                                  "\n[bold]answer:[/bold] ", end="")
+                    state["part"] = part
+                console.print(piece, style="dim italic" if part == "thought" else None, end="", markup=False)
+
+        out, fed = reply(session, tok, prompt, fed, max_tokens, temperature, top_k, top_p, rng, show)
+        console.print()
+        thought, answer = splitter.parts()
+        turn = {"role": "assistant", "content": answer}
+        if thought and THINK_OPEN in tok.special_tokens:  # a nanochat tokenizer has no think tokens
+            turn["thought"] = thought
+        messages.append(turn)

@@ -1,0 +1,60 @@
+"""`monologue chat --backend numpy`: sampling, the thought/answer split, and cache reuse across turns."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from monologue_compile.chat import ThoughtSplitter, reply, sample
+from monologue_compile.cli import main
+
+
+def test_sample_greedy_top_k_top_p():
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, 3.0, 2.9, -1.0, 1.0], np.float32)
+    assert sample(logits, 0.0, None, None, rng) == 1
+    draws = {sample(logits, 1.0, 2, None, rng) for _ in range(200)}
+    assert draws == {1, 2}
+    # top_p small enough that only the most likely token stays
+    assert {sample(logits, 1.0, None, 0.3, rng) for _ in range(50)} == {1}
+    assert len({sample(logits, 5.0, None, None, rng) for _ in range(300)}) == 5
+
+
+@pytest.mark.parametrize("step", [1, 2, 5, 100])
+def test_thought_splitter_streams_pieces_in_order(step):
+    text = "<think>carry the 1</think>The answer is 42."
+    s = ThoughtSplitter()
+    got = {"thought": "", "answer": ""}
+    for end in list(range(step, len(text), step)) + [len(text)]:
+        for part, piece in s.feed(text[:end]):
+            got[part] += piece
+    assert got == {"thought": "carry the 1", "answer": "The answer is 42."}
+    assert s.parts() == ("carry the 1", "The answer is 42.")
+
+
+def test_chat_command_runs_turns(tmp_path, tiny_checkpoint):
+    assert CliRunner().invoke(main, ["compile", str(tiny_checkpoint), "-o", str(tmp_path / "d")]).exit_code == 0
+    r = CliRunner().invoke(main, ["chat", str(tmp_path / "d"), "--prompt", "hi", "--prompt", "2+2?",
+                                  "--max-tokens", "8"])
+    assert r.exit_code == 0, r.stderr
+    assert r.output.count("answer:") + r.output.count("thinking:") >= 2
+
+
+def test_second_turn_reuses_cache_and_matches_fresh_prefill(tmp_path, tiny_checkpoint):
+    from monologue_compile.artifact import load_model
+    from monologue_compile.interpreter import Session
+    from monologue_compile.tokenizer import Tokenizer
+
+    assert CliRunner().invoke(main, ["compile", str(tiny_checkpoint), "-o", str(tmp_path / "d")]).exit_code == 0
+    g, _, tj = load_model(tmp_path / "d")
+    tok = Tokenizer.from_json(tj)
+    rng = np.random.default_rng(0)
+    s = Session(g)
+    msgs = [{"role": "user", "content": "hi"}]
+    out1, fed = reply(s, tok, tok.render_for_completion(msgs), [], 6, 0.0, None, None, rng)
+    # the next turn extends what the session has seen: only the new tokens are fed
+    prompt2 = fed + tok.encode("<|user_start|>more<|user_end|><|assistant_start|>")
+    pos_before = s.pos
+    out2, _ = reply(s, tok, prompt2, fed, 6, 0.0, None, None, rng)
+    assert pos_before == len(fed) > 0
+    fresh, _ = reply(Session(g), tok, prompt2, [], 6, 0.0, None, None, rng)
+    assert out2 == fresh
