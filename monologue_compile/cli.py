@@ -57,3 +57,4 @@ def compile_main():
 # --- subcommands: each stage registers its command with one line below ---
 from .serve import serve_cmd; main.add_command(serve_cmd, "serve")  # noqa: E402,E702
 from .driver import compile_cmd, verify_cmd; main.add_command(compile_cmd, "compile"); main.add_command(verify_cmd, "verify")  # noqa: E402,E702
+from .chat import chat_cmd; main.add_command(chat_cmd, "chat")  # noqa: E402,E702
