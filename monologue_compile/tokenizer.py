@@ -84,6 +84,12 @@ def _utf8(text: str) -> bytes:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
+def _pack(texts: list[bytes]):
+    """One buffer and the n + 1 offsets of its texts, as the C ABI takes a batch."""
+    ffi, _ = _runtime()
+    return b"".join(texts), ffi.new("uintptr_t[]", [0, *accumulate(len(t) for t in texts)])
+
+
 def _take_u32s(ptr, n) -> list[int]:
     ffi, lib = _runtime()
     try:
@@ -138,8 +144,8 @@ class Tokenizer:
         trainer = ffi.gc(trainer_out[0], lib.mono_trainer_free)
 
         def feed(batch: list[bytes]) -> None:
-            offsets = ffi.new("uintptr_t[]", [0, *accumulate(len(b) for b in batch)])
-            _check(lib.mono_trainer_feed(trainer, b"".join(batch), offsets, len(batch)))
+            buf, offsets = _pack(batch)
+            _check(lib.mono_trainer_feed(trainer, buf, offsets, len(batch)))
 
         batch: list[bytes] = []
         batch_bytes = 0
@@ -190,6 +196,10 @@ class Tokenizer:
         except MonologueError as e:
             raise MonologueError(f"{path}: {e}") from None
 
+    def __reduce__(self):
+        # pickled as its tokenizer.json, so data-loader worker processes can receive it
+        return (Tokenizer.from_json, (self.to_json(),))
+
     # --- persistence ---
 
     def to_json(self) -> str:
@@ -232,12 +242,23 @@ class Tokenizer:
         _check(lib.mono_tokenizer_encode_ordinary(self._handle, data, len(data), ptr, n))
         return _take_u32s(ptr, n)
 
+    def encode_ordinary_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode_ordinary` of each text, computed on all cores."""
+        ffi, lib = _runtime()
+        buf, offsets = _pack([_utf8(t) for t in texts])
+        ids, n, counts = ffi.new("uint32_t **"), ffi.new("uintptr_t *"), ffi.new("uint32_t **")
+        _check(lib.mono_tokenizer_encode_ordinary_batch(self._handle, buf, offsets, len(texts), ids, n, counts))
+        n_texts = ffi.new("uintptr_t *", len(texts))
+        flat, lengths = _take_u32s(ids, n), _take_u32s(counts, n_texts)
+        ends = list(accumulate(lengths))
+        return [flat[end - length : end] for end, length in zip(ends, lengths)]
+
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         ffi, lib = _runtime()
         try:
             ids_array = ffi.new("uint32_t[]", list(ids))
-        except OverflowError:
-            raise MonologueError(f"token ids must be in 0..{self.vocab_size - 1}") from None
+        except (OverflowError, TypeError):
+            raise MonologueError(f"token ids must be integers in 0..{self.vocab_size - 1}") from None
         ptr, n = ffi.new("uint8_t **"), ffi.new("uintptr_t *")
         _check(lib.mono_tokenizer_decode(self._handle, ids_array, len(ids_array), ptr, n))
         return _take_bytes(ptr, n)

@@ -194,3 +194,11 @@ def test_cli_train_and_encode(tmp_path):
         text=True,
     )
     assert json.loads(result.stdout) == tok.encode("the fox")
+
+
+def test_batch_encoding_and_pickling(tok):
+    texts = TEXTS[:7] + ["", "<|bos|>", "é" * 50]
+    assert tok.encode_ordinary_batch(texts) == [tok.encode_ordinary(t) for t in texts]
+    assert tok.encode_ordinary_batch([]) == []
+    clone = pickle.loads(pickle.dumps(tok))
+    assert clone.to_json() == tok.to_json()

@@ -1,8 +1,9 @@
 //! Byte-level BPE encoding and decoding with tiktoken's exact merge rule, plus special tokens.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
 
 use crate::fxhash::FxHashMap;
+use crate::parallel::{parallel_map, worker_count};
 use crate::pretokenize::SplitPattern;
 
 pub type Rank = u32;
@@ -27,8 +28,10 @@ pub struct Tokenizer {
     /// Special tokens in their declared order.
     specials: Vec<(String, Rank)>,
     /// BPE results of recent pieces that are not whole tokens.
-    cache: Mutex<FxHashMap<Vec<u8>, Vec<Rank>>>,
+    cache: Mutex<PieceCache>,
 }
+
+type PieceCache = FxHashMap<Vec<u8>, Vec<Rank>>;
 
 impl Tokenizer {
     /// Build from ranks (index == rank) and special tokens; checks the table is usable.
@@ -109,16 +112,48 @@ impl Tokenizer {
     /// Encode without recognising any special token.
     pub fn encode_ordinary(&self, text: &str) -> Vec<Rank> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        self.encode_ordinary_into(text, &mut out, &mut cache);
+        self.with_cache(|cache| self.encode_ordinary_into(text, &mut out, cache));
         out
+    }
+
+    /// Run `f` with the shared piece cache, or with a fresh one while another thread holds it
+    /// (so concurrent callers never wait on each other).
+    fn with_cache<R, F: FnOnce(&mut PieceCache) -> R>(&self, f: F) -> R {
+        match self.cache.try_lock() {
+            Ok(mut cache) => f(&mut cache),
+            Err(TryLockError::Poisoned(poisoned)) => f(&mut poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => f(&mut PieceCache::default()),
+        }
+    }
+
+    /// `encode_ordinary` of each text, spread over threads.
+    pub fn encode_ordinary_batch(&self, texts: &[&str]) -> Vec<Vec<Rank>> {
+        let workers = worker_count().min(texts.len()).max(1);
+        if workers == 1 {
+            return texts.iter().map(|t| self.encode_ordinary(t)).collect();
+        }
+        let per_worker = (texts.len() + workers - 1) / workers;
+        parallel_map(texts.chunks(per_worker).collect(), |chunk: &[&str]| {
+            let mut cache = PieceCache::default();
+            chunk
+                .iter()
+                .map(|text| {
+                    let mut out = Vec::with_capacity(text.len() / 3 + 1);
+                    self.encode_ordinary_into(text, &mut out, &mut cache);
+                    out
+                })
+                .collect::<Vec<Vec<Rank>>>()
+        })
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     fn encode_ordinary_into(
         &self,
         text: &str,
         out: &mut Vec<Rank>,
-        cache: &mut FxHashMap<Vec<u8>, Vec<Rank>>,
+        cache: &mut PieceCache,
     ) {
         for piece in self.pattern.pieces(text) {
             let piece = piece.as_bytes();
@@ -157,7 +192,11 @@ impl Tokenizer {
                 .collect(),
         };
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        self.with_cache(|cache| self.encode_with_specials(text, &active, &mut out, cache));
+        out
+    }
+
+    fn encode_with_specials(&self, text: &str, active: &[(&str, Rank)], out: &mut Vec<Rank>, cache: &mut PieceCache) {
         // next occurrence of each active special at or after `at`
         let mut next: Vec<Option<usize>> = active.iter().map(|(n, _)| text.find(n)).collect();
         let mut at = 0;
@@ -179,7 +218,7 @@ impl Tokenizer {
                 Some(b) => b,
                 None => break,
             };
-            self.encode_ordinary_into(&text[at..pos], &mut out, &mut cache);
+            self.encode_ordinary_into(&text[at..pos], out, cache);
             out.push(active[which].1);
             at = pos + active[which].0.len();
             for (i, slot) in next.iter_mut().enumerate() {
@@ -190,8 +229,7 @@ impl Tokenizer {
                 }
             }
         }
-        self.encode_ordinary_into(&text[at..], &mut out, &mut cache);
-        out
+        self.encode_ordinary_into(&text[at..], out, cache);
     }
 
     /// The bytes of `ids` concatenated (special tokens give their text).

@@ -75,6 +75,20 @@ unsafe fn str_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str,
     std::str::from_utf8(bytes_arg(ptr, len)).map_err(|e| format!("{} is not valid UTF-8: {}", what, e))
 }
 
+/// Texts packed in one buffer: text i is `buf[offsets[i]..offsets[i + 1]]`.
+unsafe fn texts_arg<'a>(buf: *const u8, offsets: *const usize, n_texts: usize) -> Result<Vec<&'a str>, String> {
+    let offsets = std::slice::from_raw_parts(offsets, n_texts + 1);
+    let buf = str_arg(buf, offsets[n_texts], "text")?;
+    let mut texts = Vec::with_capacity(n_texts);
+    for w in offsets.windows(2) {
+        if w[0] > w[1] || w[1] > buf.len() || !buf.is_char_boundary(w[0]) || !buf.is_char_boundary(w[1]) {
+            return Err("bad text offsets".to_string());
+        }
+        texts.push(&buf[w[0]..w[1]]);
+    }
+    Ok(texts)
+}
+
 /// Hand a vector to the caller as pointer + length.
 unsafe fn give<T>(v: Vec<T>, out_ptr: *mut *mut T, out_len: *mut usize) {
     let boxed = v.into_boxed_slice();
@@ -219,6 +233,35 @@ pub unsafe extern "C" fn mono_tokenizer_encode_ordinary(
     })
 }
 
+/// `mono_tokenizer_encode_ordinary` of many texts at once, spread over threads: text i is
+/// `buf[offsets[i]..offsets[i + 1]]` (`n_texts + 1` offsets). The ids of all texts come back
+/// concatenated in `out_ids`, with each text's count in `out_counts` (`n_texts` values).
+///
+/// # Safety
+/// `buf` must hold `offsets[n_texts]` bytes; `offsets` must hold `n_texts + 1` values;
+/// out-pointers writable.
+#[no_mangle]
+pub unsafe extern "C" fn mono_tokenizer_encode_ordinary_batch(
+    handle: *const MonoTokenizer,
+    buf: *const u8,
+    offsets: *const usize,
+    n_texts: usize,
+    out_ids: *mut *mut u32,
+    out_len: *mut usize,
+    out_counts: *mut *mut u32,
+) -> i32 {
+    guarded(|| {
+        let tok = tokenizer(handle)?;
+        let texts = texts_arg(buf, offsets, n_texts)?;
+        let encoded = tok.encode_ordinary_batch(&texts);
+        let counts: Vec<u32> = encoded.iter().map(|ids| ids.len() as u32).collect();
+        let mut counts_len = 0;
+        give(counts, out_counts, &mut counts_len);
+        give(encoded.concat(), out_ids, out_len);
+        Ok(())
+    })
+}
+
 /// The bytes of a token id sequence (may be invalid UTF-8 when it ends mid-character).
 ///
 /// # Safety
@@ -315,16 +358,7 @@ pub unsafe extern "C" fn mono_trainer_free(handle: *mut MonoTrainer) {
 pub unsafe extern "C" fn mono_trainer_feed(handle: *mut MonoTrainer, buf: *const u8, offsets: *const usize, n_texts: usize) -> i32 {
     guarded(|| {
         let trainer = handle.as_mut().ok_or("null trainer handle")?;
-        let offsets = std::slice::from_raw_parts(offsets, n_texts + 1);
-        let buf = str_arg(buf, offsets[n_texts], "training text")?;
-        let mut texts = Vec::with_capacity(n_texts);
-        for w in offsets.windows(2) {
-            if w[0] > w[1] || w[1] > buf.len() || !buf.is_char_boundary(w[0]) || !buf.is_char_boundary(w[1]) {
-                return Err("bad text offsets".to_string());
-            }
-            texts.push(&buf[w[0]..w[1]]);
-        }
-        trainer.inner.feed(&texts);
+        trainer.inner.feed(&texts_arg(buf, offsets, n_texts)?);
         Ok(())
     })
 }

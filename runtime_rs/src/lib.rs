@@ -8,6 +8,7 @@ pub mod chat;
 pub mod ffi;
 pub mod fxhash;
 pub mod json;
+pub mod parallel;
 pub mod pretokenize;
 pub mod tokenizer_file;
 pub mod train;

@@ -7,6 +7,7 @@ use std::collections::BinaryHeap;
 
 use crate::bpe::{Rank, Tokenizer};
 use crate::fxhash::FxHashMap;
+use crate::parallel::{parallel_map, worker_count};
 use crate::pretokenize::{safe_cuts, SplitPattern};
 
 /// Texts longer than this are cut (at safe points) so threads share the work.
@@ -50,16 +51,6 @@ fn count_pieces<'t>(pattern: &SplitPattern, segments: &[&'t str]) -> FxHashMap<&
     counts
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-fn worker_count() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-#[cfg(target_arch = "wasm32")]
-fn worker_count() -> usize {
-    1
-}
-
 /// Split `segments` into `n` groups of about equal byte size.
 fn balance<'t>(segments: Vec<&'t str>, n: usize) -> Vec<Vec<&'t str>> {
     let total: usize = segments.iter().map(|s| s.len()).sum();
@@ -98,7 +89,7 @@ impl Trainer {
         let partials: Vec<FxHashMap<&str, u64>> = if workers == 1 || segments.len() == 1 {
             vec![count_pieces(&pattern, &segments)]
         } else {
-            count_in_threads(&pattern, balance(segments, workers))
+            parallel_map(balance(segments, workers), |group| count_pieces(&pattern, &group))
         };
         for partial in partials {
             for (piece, n) in partial {
@@ -134,22 +125,6 @@ impl Trainer {
             .collect();
         Tokenizer::new(self.pattern, ranks, specials)
     }
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-fn count_in_threads<'t>(pattern: &SplitPattern, groups: Vec<Vec<&'t str>>) -> Vec<FxHashMap<&'t str, u64>> {
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = groups
-            .iter()
-            .map(|group| scope.spawn(move || count_pieces(pattern, group)))
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("counting thread panicked")).collect()
-    })
-}
-
-#[cfg(target_arch = "wasm32")]
-fn count_in_threads<'t>(pattern: &SplitPattern, groups: Vec<Vec<&'t str>>) -> Vec<FxHashMap<&'t str, u64>> {
-    groups.iter().map(|group| count_pieces(pattern, group)).collect()
 }
 
 /// Merge `pair` wherever it occurs in `word`, left to right, into `new_id`.
