@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from monologue_compile.wgsl import kernels
-from wgsl_harness import run
+from wgsl_harness import chromium_session, gpu  # noqa: F401 (fixtures)
 from wgsl_harness import reference as ref
 from wgsl_harness.tolerances import ATTENTION
 
@@ -25,13 +25,13 @@ def _cache(S, Hkv, D, seed):
     (4, 2, 8, 100, 8, 50, 19),      # window: 20 keys from 31, splits counted from the window start
     (2, 1, 12, 40, 64, 5, 3),       # window, a single split larger than the context
 ])
-def test_attn_decode(H, Hkv, D, S, chunk, pos, window):
+def test_attn_decode(H, Hkv, D, S, chunk, pos, window, gpu):
     kc, vc = _cache(S, Hkv, D, H + D + pos)
     q = np.random.default_rng(pos).standard_normal((1, H, D)).astype(np.float32)
     part, comb = kernels.attn_decode(H, Hkv, D, S, chunk=chunk, window_left=window, covers=["test"])
-    scratch = run(part, {"q": q, "k": kc, "v": vc},
+    scratch = gpu.run(part, {"q": q, "k": kc, "v": vc},
                   {"ml": ((part.info["ml"],), np.float32), "o": ((part.info["o"],), np.float32)}, pos=pos)
-    got = run(comb, scratch, {"out": ((H, D), np.float32)}, pos=pos)["out"]
+    got = gpu.run(comb, scratch, {"out": ((H, D), np.float32)}, pos=pos)["out"]
     want = ref.attention(q, kc, vc, pos, Hkv, window)[0]
     np.testing.assert_allclose(got, want, **ATTENTION)
 
@@ -43,11 +43,11 @@ def test_attn_decode(H, Hkv, D, S, chunk, pos, window):
     (10, 10, 4, 4, 8, 48, 30, 5, 4),         # window smaller than a tile
     (7, 6, 2, 1, 6, 20, 3, 2, None),         # head_dim 6 (threads own uneven dims), window
 ])
-def test_attn_prefill(T, n, H, Hkv, D, S, pos, window, block):
+def test_attn_prefill(T, n, H, Hkv, D, S, pos, window, block, gpu):
     kc, vc = _cache(S, Hkv, D, T + H + pos)
     q = np.random.default_rng(T).standard_normal((T, H, D)).astype(np.float32)
     k = kernels.attn_prefill(T, H, Hkv, D, S, window_left=window, block=block, covers=["test"])
-    got = run(k, {"q": q, "k": kc, "v": vc}, {"out": ((T, H, D), np.float32)}, pos=pos, n_tokens=n)["out"]
+    got = gpu.run(k, {"q": q, "k": kc, "v": vc}, {"out": ((T, H, D), np.float32)}, pos=pos, n_tokens=n)["out"]
     want = np.zeros((T, H, D))
     want[:n] = ref.attention(q[:n], kc, vc, pos, Hkv, window)
     np.testing.assert_allclose(got, want, **ATTENTION)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from monologue_compile.wgsl import kernels
-from wgsl_harness import run
+from wgsl_harness import chromium_session, gpu  # noqa: F401 (fixtures)
 from wgsl_harness import reference as ref
 from wgsl_harness.tolerances import ELEMENTWISE, MATRIX
 
@@ -19,7 +19,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("T,n_tokens,N,K,opts", CASES)
-def test_matmul(T, n_tokens, N, K, opts):
+def test_matmul(T, n_tokens, N, K, opts, gpu):
     opts = dict(opts)
     group = opts.get("group", 0)
     rng = np.random.default_rng(T * 7 + N)
@@ -31,7 +31,7 @@ def test_matmul(T, n_tokens, N, K, opts):
     inputs = {"w": ref.pack_int8(q), "scale": scale, "x": x, "y": init}
     if bias is not None:
         inputs["bias"] = bias
-    got = run(k, inputs, {"y": ((T, N), np.float32)}, n_tokens=n_tokens)["y"]
+    got = gpu.run(k, inputs, {"y": ((T, N), np.float32)}, n_tokens=n_tokens)["y"]
     want = init.astype(np.float64)
     want[:n_tokens] = ref.linear(x[:n_tokens], q, scale, group, opts.get("norm", False), bias,
                                  opts.get("act", "none"), opts.get("softcap", 0.0),
@@ -40,7 +40,7 @@ def test_matmul(T, n_tokens, N, K, opts):
     np.testing.assert_allclose(got, want, **tol)
 
 
-def test_matmul_into_cache_rows():
+def test_matmul_into_cache_rows(gpu):
     """A prefill chunk at pos > 0 written into rows pos..pos+n-1 of a [S, N] cache."""
     T, n, N, K, S, pos = 16, 9, 24, 64, 40, 13
     rng = np.random.default_rng(5)
@@ -48,7 +48,7 @@ def test_matmul_into_cache_rows():
     x = rng.standard_normal((T, K)).astype(np.float32)
     cache = np.full((S, N), 9.0, np.float32)
     k = kernels.matmul_int8(T, N, K, out_at_pos=True, covers=["test"])
-    got = run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x, "y": cache}, {"y": ((S, N), np.float32)},
+    got = gpu.run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x, "y": cache}, {"y": ((S, N), np.float32)},
               pos=pos, n_tokens=n)["y"]
     want = cache.astype(np.float64)
     want[pos : pos + n] = ref.linear(x[:n], q, scale)

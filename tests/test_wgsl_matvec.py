@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from monologue_compile.wgsl import kernels
-from wgsl_harness import run
+from wgsl_harness import chromium_session, gpu  # noqa: F401 (fixtures)
 from wgsl_harness import reference as ref
 from wgsl_harness.tolerances import ELEMENTWISE, MATRIX
 
@@ -28,7 +28,7 @@ def _data(N, K, group, seed):
 
 @pytest.mark.parametrize("N,K,opts", CASES)
 @pytest.mark.parametrize("subgroups", ["off", "naga"])
-def test_matvec(N, K, opts, subgroups):
+def test_matvec(N, K, opts, subgroups, gpu):
     opts = dict(opts)
     group = opts.get("group", 0)
     q, scale, x = _data(N, K, group, N * 1000 + K)
@@ -41,39 +41,39 @@ def test_matvec(N, K, opts, subgroups):
         inputs["bias"] = bias
     if res is not None:
         inputs["y"] = res
-    got = run(k, inputs, {"y": ((N,), np.float32)})["y"]
+    got = gpu.run(k, inputs, {"y": ((N,), np.float32)})["y"]
     want = ref.linear(x, q, scale, group, opts.get("norm", False), bias, opts.get("act", "none"),
                       opts.get("softcap", 0.0), res)
     tol = ELEMENTWISE if opts.get("act", "none") != "none" or opts.get("softcap") else MATRIX
     np.testing.assert_allclose(got, want, **tol)
 
 
-def test_matvec_output_at_position():
+def test_matvec_output_at_position(gpu):
     """Writing into row `pos` of a [rows, N] buffer (a KV-cache row), leaving other rows alone."""
     N, K, pos, rows = 24, 64, 5, 8
     q, scale, x = _data(N, K, 0, 7)
     k = kernels.matvec_int8(N, K, out_at_pos=True, out_len=rows * N, covers=["test"])
     init = np.full((rows, N), -7.0, np.float32)
-    got = run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x, "y": init},
+    got = gpu.run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x, "y": init},
               {"y": ((rows, N), np.float32)}, pos=pos)["y"]
     want = init.astype(np.float64)
     want[pos] = ref.linear(x, q, scale)
     np.testing.assert_allclose(got, want, **MATRIX)
 
 
-def test_matvec_builtin_unpack():
+def test_matvec_builtin_unpack(gpu):
     N, K = 20, 64
     q, scale, x = _data(N, K, 0, 3)
     k = kernels.matvec_int8(N, K, unpack="builtin", covers=["test"])
-    got = run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
+    got = gpu.run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
     np.testing.assert_allclose(got, ref.linear(x, q, scale), **MATRIX)
 
 
-def test_matvec_more_rows_than_one_grid_dimension():
+def test_matvec_more_rows_than_one_grid_dimension(gpu):
     """N / rows > 65535 workgroups: the dispatch spreads over x*y and the kernel flattens the id."""
     N, K = 70001, 16
     q, scale, x = _data(N, K, 0, 11)
     k = kernels.matvec_int8(N, K, rows=1, wg=16, covers=["test"])
     assert k.workgroups[1] > 1
-    got = run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
+    got = gpu.run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
     np.testing.assert_allclose(got, ref.linear(x, q, scale), **MATRIX)

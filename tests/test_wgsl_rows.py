@@ -4,18 +4,18 @@ import numpy as np
 import pytest
 
 from monologue_compile.wgsl import kernels
-from wgsl_harness import run
+from wgsl_harness import chromium_session, gpu  # noqa: F401 (fixtures)
 from wgsl_harness import reference as ref
 from wgsl_harness.tolerances import MATRIX
 
 
 @pytest.mark.parametrize("T,n,V,C,norm", [(4, 4, 50, 64, False), (9, 7, 33, 52, True), (3, 1, 10, 16, True)])
-def test_embed(T, n, V, C, norm):
+def test_embed(T, n, V, C, norm, gpu):
     rng = np.random.default_rng(V + C)
     q, scale = ref.quantize(rng.standard_normal((V, C)))
     ids = rng.integers(0, V, T).astype(np.uint32)
     k = kernels.embed_int8(T, V, C, norm=norm, covers=["test"])
-    got = run(k, {"ids": ids, "table": ref.pack_int8(q), "scale": scale}, {"y": ((T, C), np.float32)},
+    got = gpu.run(k, {"ids": ids, "table": ref.pack_int8(q), "scale": scale}, {"y": ((T, C), np.float32)},
               n_tokens=n)["y"]
     want = np.zeros((T, C))
     want[:n] = ref.dequantize(q, scale)[ids[:n]]
@@ -26,7 +26,7 @@ def test_embed(T, n, V, C, norm):
 
 @pytest.mark.parametrize("kind,weight,bias,C,wg", [("rms", False, False, 64, 64), ("rms", True, False, 20, 32),
                                                    ("layer", True, True, 100, 64), ("layer", False, False, 256, 128)])
-def test_norm(kind, weight, bias, C, wg):
+def test_norm(kind, weight, bias, C, wg, gpu):
     T, n = 6, 5
     rng = np.random.default_rng(C)
     x = (rng.standard_normal((T, C)) * 3 + 1).astype(np.float32)
@@ -34,7 +34,7 @@ def test_norm(kind, weight, bias, C, wg):
     b = rng.standard_normal(C).astype(np.float32)
     k = kernels.norm(T, C, kind=kind, weight=weight, bias=bias, wg=wg, covers=["test"])
     inputs = {"x": x} | ({"weight": w} if weight else {}) | ({"bias": b} if bias else {})
-    got = run(k, inputs, {"y": ((T, C), np.float32)}, n_tokens=n)["y"]
+    got = gpu.run(k, inputs, {"y": ((T, C), np.float32)}, n_tokens=n)["y"]
     want = np.zeros((T, C))
     if kind == "rms":
         want[:n] = ref.rmsnorm(x[:n]) * (w if weight else 1)
@@ -48,12 +48,12 @@ def test_norm(kind, weight, bias, C, wg):
     (5, 5, 3, 32, 17, True, 1.15),  # positions > 0, odd head count, later-nanochat q/k scale
     (8, 6, 2, 6, 3000, False, 0.0),  # head_dim 6: half not a power of two; far position
 ])
-def test_rope_inplace(T, n, H, D, pos, qk_norm, post_scale):
+def test_rope_inplace(T, n, H, D, pos, qk_norm, post_scale, gpu):
     rng = np.random.default_rng(D)
     cos, sin = ref.rope_tables(pos + T + 1, D)
     x = rng.standard_normal((T, H, D)).astype(np.float32)
     k = kernels.rope_qknorm(T, H, D, qk_norm=qk_norm, post_scale=post_scale, covers=["test"])
-    got = run(k, {"x": x, "cos": cos, "sin": sin}, {"x": ((T, H, D), np.float32)}, pos=pos, n_tokens=n)["x"]
+    got = gpu.run(k, {"x": x, "cos": cos, "sin": sin}, {"x": ((T, H, D), np.float32)}, pos=pos, n_tokens=n)["x"]
     want = x.astype(np.float64)
     want[:n] = ref.rope(x[:n], cos, sin, pos)
     if qk_norm:
@@ -63,7 +63,7 @@ def test_rope_inplace(T, n, H, D, pos, qk_norm, post_scale):
     np.testing.assert_allclose(got, want, **MATRIX)
 
 
-def test_rope_into_cache():
+def test_rope_into_cache(gpu):
     """k of a chunk at pos 11: rotated, normed, written to cache rows 11.. without touching others."""
     T, n, Hkv, D, S, pos = 4, 3, 2, 16, 20, 11
     rng = np.random.default_rng(0)
@@ -71,20 +71,20 @@ def test_rope_into_cache():
     x = rng.standard_normal((T, Hkv, D)).astype(np.float32)
     cache = np.full((S, Hkv, D), 5.0, np.float32)
     k = kernels.rope_qknorm(T, Hkv, D, inplace=False, out_at_pos=True, covers=["test"])
-    got = run(k, {"x": x, "cos": cos, "sin": sin, "y": cache}, {"y": ((S, Hkv, D), np.float32)},
+    got = gpu.run(k, {"x": x, "cos": cos, "sin": sin, "y": cache}, {"y": ((S, Hkv, D), np.float32)},
               pos=pos, n_tokens=n)["y"]
     want = cache.astype(np.float64)
     want[pos : pos + n] = ref.rmsnorm(ref.rope(x[:n], cos, sin, pos))
     np.testing.assert_allclose(got, want, **MATRIX)
 
 
-def test_kv_write():
+def test_kv_write(gpu):
     T, n, W, S, pos = 5, 4, 24, 12, 6
     rng = np.random.default_rng(1)
     src = rng.standard_normal((T, W)).astype(np.float32)
     cache = rng.standard_normal((S, W)).astype(np.float32)
     k = kernels.kv_write(T, W, wg=32, covers=["test"])
-    got = run(k, {"src": src, "cache": cache}, {"cache": ((S, W), np.float32)}, pos=pos, n_tokens=n)["cache"]
+    got = gpu.run(k, {"src": src, "cache": cache}, {"cache": ((S, W), np.float32)}, pos=pos, n_tokens=n)["cache"]
     want = cache.copy()
     want[pos : pos + n] = src[:n]
     np.testing.assert_array_equal(got, want)
