@@ -1,0 +1,155 @@
+"""The chat UI end to end, on a scripted backend injected by this test only.
+
+No inference backend exists in this build, so engine.js is served with its backend table pointing
+at tests/test_web_chat_backend.js (a test double implementing the Engine interface). Everything
+else is the real page and worker: streaming, the thought panel, text-only rendering, settings,
+stop, new chat, the backend switch and the device-loss fallback.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from web_helpers import browser, make_site, pseudo_random_bytes, save_screenshot, serving  # noqa: F401
+
+DOUBLE = Path(__file__).with_name("test_web_chat_backend.js").read_text()
+EMPTY_TABLE = "const BACKEND_MODULES = {};"
+TEST_TABLE = (
+    'const BACKEND_MODULES = { webgpu: () => import("./test-backend.js?kind=webgpu"),'
+    ' wasm: () => import("./test-backend.js?kind=wasm") };'
+)
+ANSWER = "The answer is <b>4</b> — ça fait 4 🎉. <img src=x onerror=\"document.title='pwned'\"> "
+
+
+def inject_backend(context):
+    def engine(route):
+        body = route.fetch().text()
+        assert EMPTY_TABLE in body, "engine.js changed: update this test's injection"
+        route.fulfill(body=body.replace(EMPTY_TABLE, TEST_TABLE), content_type="text/javascript")
+
+    context.route("**/engine.js", engine)
+    context.route("**/test-backend.js*", lambda route: route.fulfill(body=DOUBLE, content_type="text/javascript"))
+
+
+@pytest.fixture
+def chat(browser, tmp_path):
+    site = make_site(tmp_path / "dist", {"model/weights-00.bin": pseudo_random_bytes(10_000, 1)})
+    with serving(site) as url:
+        context = browser.new_context(viewport={"width": 1024, "height": 800})
+        inject_backend(context)
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda error: errors.append(error))
+        page.goto(url)
+        page.wait_for_selector("body[data-state='ready']", timeout=30_000)
+        yield page
+        assert not errors, errors
+        context.close()
+
+
+def last_reply(page):
+    return page.locator(".message.assistant").last
+
+
+def ask(page, text):
+    page.fill("#prompt", text)
+    page.press("#prompt", "Enter")
+
+
+def wait_done(page):
+    page.wait_for_selector("body[data-state='ready']", timeout=30_000)
+
+
+def test_reply_streams_with_thought_panel(chat):
+    page = chat
+    backend = page.input_value("#backend")
+    label = {"webgpu": "GPU (WebGPU)", "wasm": "CPU (wasm)"}[backend]
+    page.click("#open-settings")
+    page.fill("input[name=temperature]", "0")
+    page.fill("input[name=seed]", "123")
+    page.click("#settings button[type=submit]")
+
+    ask(page, "What is 2+2?")
+    reply = last_reply(page)
+    # While thinking: the panel is open and live, and no answer is shown yet.
+    page.wait_for_selector(".message.assistant .thought[open] .thought-text:not(:empty)")
+    assert "Thinking" in reply.locator(".thought-label").inner_text()
+    assert reply.locator(".answer").inner_text() == ""
+    assert page.is_visible("#stop") and not page.is_visible("#send")
+    save_screenshot(page, "reply-thinking-desktop.png")
+
+    # At the answer the panel folds away and says how long the model thought.
+    page.wait_for_selector(".message.assistant .thought:not([open])")
+    wait_done(page)
+    assert reply.locator(".thought-label").inner_text().startswith("Thought for ")
+    assert reply.locator(".thought-text").text_content() == (
+        "The user asked: What is 2+2?. Two plus two is four, so I will say so."
+    )
+    # Model output is text: the markup in it is shown, never run or rendered.
+    assert reply.locator(".answer").inner_text() == ANSWER + "[temperature=0 topK=50 topP=0.95 seed=123]"
+    assert page.locator(".messages img, .messages b").count() == 0
+    assert page.title() == "Monologue"
+    assert "tokens · " in reply.locator(".reply-meta").inner_text()
+    assert f"tokens/s on {label}" in page.inner_text("#speed")
+    assert page.evaluate("() => document.activeElement.id") == "prompt"
+    save_screenshot(page, "reply-collapsed-desktop.png")
+
+    # The visitor can reopen the thought.
+    reply.locator(".thought summary").click()
+    assert reply.locator(".thought").get_attribute("open") is not None
+
+    page.set_viewport_size({"width": 375, "height": 740})
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
+    save_screenshot(page, "reply-375px.png")
+
+
+def test_keyboard_stop_limit_and_new_chat(chat):
+    page = chat
+    page.fill("#prompt", "first line")
+    page.press("#prompt", "Shift+Enter")
+    page.keyboard.type("second line")
+    assert page.input_value("#prompt") == "first line\nsecond line"
+
+    page.click("#open-settings")
+    save_screenshot(page, "settings-dialog-desktop.png")
+    page.fill("input[name=maxNewTokens]", "12")
+    page.press("input[name=maxNewTokens]", "Enter")  # submits the dialog form
+    page.press("#prompt", "Enter")
+    wait_done(page)
+    assert page.locator(".message.user").last.inner_text() == "first line\nsecond line"
+    assert last_reply(page).locator(".reply-meta").inner_text().startswith("Reached the token limit · 12 tokens")
+
+    page.click("#open-settings")
+    page.fill("input[name=maxNewTokens]", "4000")
+    page.click("#settings button[type=submit]")
+    ask(page, "a long one")
+    last_reply(page).locator(".thought[open] .thought-text:not(:empty)").wait_for()
+    page.click("#stop")
+    wait_done(page)
+    meta = last_reply(page).locator(".reply-meta").inner_text()
+    assert meta.startswith("Stopped · "), meta
+    assert last_reply(page).locator(".thought-label").inner_text().startswith("Thought for ")
+
+    page.click("#new-chat")
+    assert page.locator(".message").count() == 0
+    assert page.is_visible("#intro")
+
+
+def test_switch_backend_and_device_loss_fallback(chat):
+    page = chat
+    if page.input_value("#backend") != "webgpu":
+        pytest.skip("this Chromium has no WebGPU adapter")
+    ask(page, "lose-gpu: what is 2+2?")
+    page.wait_for_selector("#status:has-text('The GPU stopped responding; the reply continues on the CPU.')")
+    wait_done(page)
+    assert page.input_value("#backend") == "wasm"
+    # The reply is whole: what the GPU wrote and what the CPU continued make one answer.
+    assert last_reply(page).locator(".answer").inner_text().startswith(ANSWER)
+    assert "on CPU (wasm)" in last_reply(page).locator(".reply-meta").inner_text()
+
+    page.select_option("#backend", "webgpu")
+    wait_done(page)
+    assert page.input_value("#backend") == "webgpu"
+    ask(page, "again")
+    wait_done(page)
+    assert "on GPU (WebGPU)" in last_reply(page).locator(".reply-meta").inner_text()
