@@ -40,13 +40,31 @@ def adapter_features() -> frozenset[str]:
     return frozenset(adapter().features)
 
 
+# WebGPU's defaults for the limits kernels press on. wgpu-native hands out the adapter's limits when
+# none are asked for (lavapipe: 1024 invocations, 32 KiB workgroup memory), so they are requested
+# explicitly: a kernel over a browser's default then fails here too.
+WEBGPU_DEFAULT_LIMITS = {
+    "max-compute-invocations-per-workgroup": 256,
+    "max-compute-workgroup-storage-size": 16384,
+    "max-storage-buffers-per-shader-stage": 8,
+    "max-storage-buffer-binding-size": 128 << 20,
+}
+
+
 @functools.lru_cache(maxsize=None)
-def get_device(features: frozenset[str] = frozenset()):
-    """A device with exactly `features` (e.g. {"subgroup"}) and default limits; cached per feature set."""
+def get_device(features: frozenset[str] = frozenset(), limits: frozenset[tuple[str, int]] = frozenset()):
+    """A device with exactly `features` (e.g. {"subgroup"}) and WebGPU default limits except `limits`
+    (e.g. {("max-storage-buffer-binding-size", 1 << 30)}), which a plan must state it needs.
+    Cached per (features, limits)."""
     missing = set(features) - adapter_features()
     if missing:
         raise NoAdapter(f"adapter lacks features {sorted(missing)}")
-    return adapter().request_device_sync(required_features=sorted(features))
+    have = adapter().limits
+    too_big = {k: v for k, v in limits if v > have[k]}
+    if too_big:
+        raise NoAdapter(f"adapter limits too small for {too_big}")
+    return adapter().request_device_sync(required_features=sorted(features),
+                                         required_limits=WEBGPU_DEFAULT_LIMITS | dict(limits))
 
 
 class Program:

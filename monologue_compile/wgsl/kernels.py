@@ -336,3 +336,21 @@ def topk(N: int, k: int, *, chunk: int = 2048, wg: int = 256, covers=(), name: s
         if nc == 1:
             return stages
         m, stage = nc * k, stage + 1
+
+
+# family name -> constructor. Each returns a Kernel, or the list of Kernels dispatched in order
+# (attn_decode: partials, combine; argmax: 2 stages; topk: 1+ stages). A constructor's docstring
+# states its bindings (group 0, in order) and its workgroup count rule.
+FAMILIES = {
+    "matvec_int8": matvec_int8,
+    "matmul_int8": matmul_int8,
+    "embed_int8": embed_int8,
+    "norm": norm,
+    "rope_qknorm": rope_qknorm,
+    "kv_write": kv_write,
+    "attn_decode": attn_decode,
+    "attn_prefill": attn_prefill,
+    "softcap": softcap,
+    "argmax": argmax,
+    "topk": topk,
+}
