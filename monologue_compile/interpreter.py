@@ -182,17 +182,18 @@ def _run(s: Session, n: Node, args: list) -> np.ndarray:
         idx[at["axis"]] = slice(s.pos, s.pos + s.T)
         return table[tuple(idx)]
     if op == "reshape":
-        return args[0].reshape(_shape(at["shape"], s))
+        return _val(args[0]).reshape(_shape(at["shape"], s))
     if op == "permute":
-        return np.transpose(args[0], at["perm"])
+        return np.transpose(_val(args[0]), at["perm"])
     if op == "slice":
-        idx = [slice(None)] * args[0].ndim
+        x = _val(args[0])
+        idx = [slice(None)] * x.ndim
         idx[at["axis"]] = slice(at["start"], at["end"])
-        return args[0][tuple(idx)]
+        return x[tuple(idx)]
     if op == "concat":
         return np.concatenate([_val(a) for a in args], axis=at["axis"])
     if op == "expand":
-        return np.broadcast_to(args[0], _shape(at["shape"], s))
+        return np.broadcast_to(_val(args[0]), _shape(at["shape"], s))
     if op == "rope":
         x, cos, sin = args
         d = x.shape[-1] // 2

@@ -16,6 +16,7 @@ import torch
 import torch.fx
 
 from .errors import MonologueError
+from .frontend import ops  # noqa: F401  (registers monologue::causal_attention before the table below)
 from .ir import SEQ, Graph, Node, TensorType, Weight, verify
 
 aten = torch.ops.aten
@@ -37,6 +38,14 @@ def _source(n: torch.fx.Node) -> str:
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
             best = f"{fname}:{lineno} {code}"
     return best
+
+
+class _Pending:
+    """A value that is only meaningful as part of a pattern: `x[:, :-1]` or a zero row, which
+    together with a concat along the sequence become a one-step token shift."""
+
+    def __init__(self, kind: str, name: str | None = None, shape=None):
+        self.kind, self.name, self.shape = kind, name, shape
 
 
 class _Ctx:
@@ -79,6 +88,9 @@ class _Ctx:
 
     def t(self, a) -> str:
         """The IR name of a tensor argument."""
+        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending):
+            self.fail(f"{self.fx.target} uses a shifted part of the sequence other than in a one-step token shift "
+                      "(sequence-mixing the compiler does not understand)")
         if not isinstance(a, torch.fx.Node) or not isinstance(self.env.get(a), str) or self.env[a] == SEQ:
             self.fail(f"{self.fx.target}: expected a tensor argument, got {a!r}")
         return self.env[a]
@@ -162,9 +174,11 @@ def _slice(c, x, dim=0, start=None, end=None, step=1):
     t = c.type(name)
     dim = _axis(dim, len(t.shape))
     start = 0 if start is None else start
-    out = c.out_type()
     if step != 1:
         c.fail("strided slices are not supported")
+    if t.shape[dim] == SEQ and start == 0 and end == -1:
+        return _Pending("prefix", name)  # x[:, :-1]: all but the last position
+    out = c.out_type()
     if c.is_table(name) and out.shape[dim] == SEQ:
         if start != 0:
             c.fail("a position table sliced from a non-zero start")
@@ -180,6 +194,14 @@ def _slice(c, x, dim=0, start=None, end=None, step=1):
 
 
 def _cat(c, tensors, dim=0):
+    vals = [c.env.get(a) for a in tensors]
+    if len(vals) == 2 and isinstance(vals[0], _Pending) and isinstance(vals[1], _Pending):
+        zeros, prefix = vals
+        if zeros.kind == "zeros" and prefix.kind == "prefix":
+            t = c.type(prefix.name)
+            if _axis(dim, len(t.shape)) == t.seq_axis and zeros.shape[t.seq_axis] == 1:
+                # cat([0, x[:, :-1]]): y[t] = x[t - 1], y[0] = 0 — one position of carried state
+                return c.emit("token_shift", [prefix.name], {"axis": t.seq_axis})
     names = [c.t(a) for a in tensors]
     out = c.out_type()
     dim = _axis(dim, len(out.shape))
@@ -281,6 +303,32 @@ def _sdpa(c, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None
     })
 
 
+def _new_zeros(c, x, size, *rest, **kw):
+    return _Pending("zeros", shape=[int(c.dim(d)) for d in size])
+
+
+def _select(c, x, dim, index):
+    name = c.t(x)
+    t = c.type(name)
+    dim = _axis(dim, len(t.shape))
+    if t.shape[dim] == SEQ:
+        c.fail("selecting one position of the sequence (sequence-mixing the compiler does not understand)")
+    index = index + t.shape[dim] if index < 0 else index
+    part = c.emit("slice", [name], {"axis": dim, "start": int(index), "end": int(index) + 1},
+                  TensorType(tuple(1 if i == dim else d for i, d in enumerate(t.shape)), t.dtype))
+    return c.emit("reshape", [part], {"shape": list(c.out_type().shape)})
+
+
+def _window_attention(c, q, k, v, window):
+    qt, kt = c.type(c.t(q)), c.type(c.t(k))
+    if qt.seq_axis != 1 or kt.seq_axis != 1 or len(qt.shape) != 4:
+        c.fail("monologue::causal_attention expects (B, T, H, D) operands")
+    return c.emit("attention", [c.t(q), c.t(k), c.t(v)], {
+        "layout": "BTHD", "n_head": qt.shape[2], "n_kv_head": kt.shape[2], "head_dim": qt.shape[3],
+        "scale": float(1.0 / np.sqrt(qt.shape[3])), "window": int(window),
+    })
+
+
 def _sym_size(c, x, dim):
     return c.type(c.t(x)).shape[dim]
 
@@ -330,6 +378,9 @@ CONVERTERS: dict[object, Callable] = {
     aten.softmax.int: _softmax,
     aten._softmax.default: _softmax,
     aten.scaled_dot_product_attention.default: _sdpa,
+    torch.ops.monologue.causal_attention.default: _window_attention,
+    aten.select.int: _select,
+    aten.new_zeros.default: _new_zeros,
     aten.to.dtype: _to,
     aten._to_copy.default: _to,
     aten.type_as.default: _to,

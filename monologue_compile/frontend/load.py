@@ -43,15 +43,24 @@ class LoadedModel:
 
 
 def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    if arch != "gpt":
-        raise MonologueError(f"unknown architecture {arch!r}")
-    from training.gpt import GPT, GPTConfig
-
-    model = GPT(GPTConfig.from_dict(config))
     sd = dict(state_dict)
-    if model.config.tie_embeddings:
-        sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if arch == "gpt":
+        from training.gpt import GPT, GPTConfig
+
+        model = GPT(GPTConfig.from_dict(config))
+        if model.config.tie_embeddings:
+            sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))
+    elif arch == "nanochat":
+        from .nanochat import NanochatConfig, NanochatGPT
+
+        model = NanochatGPT(NanochatConfig(**config))
+    else:
+        raise MonologueError(f"unknown architecture {arch!r}")
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # a shape mismatch: name the first tensor
+        line = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise MonologueError(f"state dict does not fit the {arch} model: {line[:200]}") from None
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise MonologueError(f"state dict does not fit the {arch} model with this config: {what}")
@@ -85,8 +94,8 @@ def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Pa
         sd = _clean_state_dict(obj, path)
         if tokenizer is None:
             raise MonologueError(f"{path}: a bare state dict needs --tokenizer (tokenizer.json or tokenizer.pkl)")
-        cfg = _gpt_config(_nanochat_defaults(cfg_obj, sd), Path(config))
-        return _checked(LoadedModel("gpt", cfg, sd, _read_tokenizer(Path(tokenizer)), {**source, "kind": "state_dict"}))
+        arch, cfg = _arch_and_config(cfg_obj, sd, Path(config))
+        return _checked(LoadedModel(arch, cfg, sd, _read_tokenizer(Path(tokenizer)), {**source, "kind": "state_dict"}))
     raise MonologueError(f"{path}: not a Monologue checkpoint (no 'model_config' and 'model') nor a state dict")
 
 
@@ -113,23 +122,29 @@ def _load_nanochat_dir(d: Path, tokenizer) -> LoadedModel:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise MonologueError(f"{model_path}: expected a state dict of tensors")
     sd = _clean_state_dict(obj, model_path)
-    cfg = _gpt_config(_nanochat_defaults(meta["model_config"], sd), meta_path)
+    arch, cfg = _arch_and_config(meta["model_config"], sd, meta_path)
     source = {"name": f"{d.name}/{model_path.name}", "sha256": _sha256(model_path), "kind": "nanochat",
               "step": meta.get("step"), "trained": bool(meta.get("step"))}
-    return _checked(LoadedModel("gpt", cfg, sd, _read_tokenizer(Path(tokenizer)), source))
+    return _checked(LoadedModel(arch, cfg, sd, _read_tokenizer(Path(tokenizer)), source))
 
 
-def _nanochat_defaults(cfg: dict, sd: dict) -> dict:
-    """A nanochat model_config names only the sizes; the rest is the Oct 2025 architecture."""
-    later = [k for k in sd if k.startswith(("resid_lambdas", "x0_lambdas", "value_embeds", "smear", "backout"))
-             or ".ve_gate." in k]
-    if later or cfg.get("window_pattern", "L").strip("L"):
-        what = later[0] if later else f"window_pattern={cfg['window_pattern']}"
-        raise MonologueError(f"nanochat checkpoint of a later architecture ({what}) is not supported yet")
+def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict]:
+    """A training/ config as is; a nanochat model_config (sizes only) by the version its keys show."""
+    if not isinstance(cfg, dict):
+        raise MonologueError(f"{where}: model_config is not a dict")
+    if "activation" in cfg or "tie_embeddings" in cfg:  # written by training/: a full GPTConfig
+        return "gpt", _gpt_config(cfg, where)
+    from .nanochat import detect, is_later
+
+    if "transformer.wte.weight" not in sd:
+        raise MonologueError(f"{where}: state dict has no transformer.wte.weight (not a nanochat GPT)")
+    if is_later(sd, cfg):
+        return "nanochat", detect(sd, cfg).to_dict()
+    # Oct 2025: training/gpt.py with nanochat's defaults
     out = {"activation": "relu2", "softcap": 15.0, "rope_theta": 10000.0, "qk_norm": True,
            "tie_embeddings": "lm_head.weight" not in sd}
     out.update({k: v for k, v in cfg.items() if k != "window_pattern"})
-    return out
+    return "gpt", _gpt_config(out, where)
 
 
 def _gpt_config(d: dict, where: Path) -> dict:
@@ -175,6 +190,8 @@ def _checked(m: LoadedModel) -> LoadedModel:
         if v.is_floating_point() and not torch.isfinite(v).all():
             bad = "NaN" if torch.isnan(v).any() else "Inf"
             raise MonologueError(f"weight {k} contains {bad} values; refusing to compile a broken checkpoint")
+    if m.arch != "gpt":
+        return m  # build_module checks every shape against the module
     expect = _expected_shapes(m.config)
     for k, shape in expect.items():
         if k not in m.state_dict:

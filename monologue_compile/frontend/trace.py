@@ -13,9 +13,11 @@ from ..errors import MonologueError
 
 
 def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedProgram:
-    # An example length of 1 would be specialized (0/1 specialization); any other length is not.
-    example = torch.zeros(1, min(8, max(2, sequence_len)), dtype=torch.long)
-    T = torch.export.Dim("T", min=1, max=max(2, sequence_len))
+    # Lengths 0 and 1 get specialized (and a token shift's T - 1 would for T = 2), so the traced
+    # range starts at 3; the IR is T-generic, and decode runs the same graph with T = 1.
+    hi = max(4, sequence_len)
+    example = torch.zeros(1, min(8, hi), dtype=torch.long)
+    T = torch.export.Dim("T", min=3, max=hi)
     try:
         with torch.no_grad():
             return torch.export.export(module, (example,), dynamic_shapes=({1: T},), strict=False)
