@@ -5,11 +5,17 @@
 pub mod base64;
 pub mod bpe;
 pub mod chat;
+pub mod engine;
 pub mod ffi;
 pub mod fxhash;
 pub mod json;
+pub mod kernels;
 pub mod parallel;
 pub mod pretokenize;
+pub mod sampler;
+pub mod sha256;
+pub mod think;
 pub mod tokenizer_file;
 pub mod train;
+pub mod weights;
 pub mod unicode_tables;

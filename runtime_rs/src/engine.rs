@@ -1,0 +1,288 @@
+//! The engine: a compiled model (generated code + its constants) with its weights, KV caches,
+//! tokenizer, sampler and thought/answer parser. IR-independent; the generated `model_gen.rs`
+//! supplies a `ModelInfo` and a `run` function (the schedule as straight-line kernel calls).
+//!
+//! Context management: the cache holds at most `seq_len` positions. A forward that would pass it
+//! is refused before anything runs (the cache stays as it was); a chat turn that reaches it ends
+//! with the reason "context".
+
+use crate::bpe::Tokenizer;
+use crate::json::{self, Json};
+use crate::kernels::{KvCache, View};
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::think::{Part, ThinkParser};
+use crate::weights::{Loader, Tensor, TensorSpec};
+
+/// What the generated code says about the compiled model.
+pub struct ModelInfo {
+    pub vocab: usize,
+    pub seq_len: usize,
+    /// most tokens one `run` call takes (prefill is done in chunks of this)
+    pub chunk: usize,
+    /// f32 elements of each planned activation buffer (for T = chunk)
+    pub buffers: &'static [usize],
+    /// (n_kv_head, head_dim) of each attention node's cache
+    pub kv: &'static [(usize, usize)],
+    pub specs: &'static [TensorSpec],
+    /// where the logits are: buffer and per-token view
+    pub logits: (usize, View),
+}
+
+/// Activation buffers and KV caches of one conversation.
+pub struct State {
+    pub bufs: Vec<Vec<f32>>,
+    pub kv: Vec<KvCache>,
+}
+
+/// The generated schedule: run `ids` (at most `chunk`) at positions `pos..`.
+pub type RunFn = fn(&[Tensor], &mut State, &[u32], usize);
+
+/// Why a chat turn ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Done {
+    Stop,
+    MaxTokens,
+    Context,
+}
+
+impl Done {
+    pub fn name(self) -> &'static str {
+        match self {
+            Done::Stop => "stop",
+            Done::MaxTokens => "max_tokens",
+            Done::Context => "context",
+        }
+    }
+}
+
+/// One generated token's effect.
+pub struct StepOut {
+    pub token: Option<u32>,
+    pub pieces: Vec<(Part, String)>,
+    pub done: Option<Done>,
+}
+
+pub struct Engine {
+    pub info: &'static ModelInfo,
+    run: RunFn,
+    loader: Option<Loader>,
+    weights: Vec<Tensor>,
+    state: Option<State>,
+    pub tokenizer: Option<Tokenizer>,
+    special_tokens: Vec<(String, u32)>,
+    /// the tokens the cache holds, in order (its length is the position)
+    pub history: Vec<u32>,
+    last_logits: Vec<f32>,
+    pub sampler: Sampler,
+    think: ThinkParser,
+    turn_tokens: usize,
+    max_tokens: usize,
+    turn_done: Option<Done>,
+}
+
+impl Engine {
+    pub fn new(info: &'static ModelInfo, run: RunFn) -> Engine {
+        Engine {
+            info,
+            run,
+            loader: None,
+            weights: Vec::new(),
+            state: None,
+            tokenizer: None,
+            special_tokens: Vec::new(),
+            history: Vec::new(),
+            last_logits: Vec::new(),
+            sampler: Sampler::new(SamplerConfig::default()),
+            think: ThinkParser::new(),
+            turn_tokens: 0,
+            max_tokens: 0,
+            turn_done: None,
+        }
+    }
+
+    // --- loading -----------------------------------------------------------------------------
+
+    pub fn load_manifest(&mut self, bytes: &[u8]) -> Result<usize, String> {
+        let loader = Loader::new(bytes, self.info.specs)?;
+        let n = loader.shard_count();
+        self.loader = Some(loader);
+        self.state = None;
+        Ok(n)
+    }
+
+    fn loader(&mut self) -> Result<&mut Loader, String> {
+        self.loader.as_mut().ok_or_else(|| "load the manifest first".to_string())
+    }
+
+    pub fn add_shard(&mut self, index: usize, bytes: &[u8]) -> Result<(), String> {
+        self.loader()?.add_shard(index, bytes)
+    }
+
+    pub fn load_tokenizer(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.loader()?.check_tokenizer(bytes)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| "tokenizer.json is not UTF-8".to_string())?;
+        let tok = crate::tokenizer_file::from_json(text)?;
+        if tok.vocab_size() > self.info.vocab {
+            return Err(format!("tokenizer has {} ids, the model {}", tok.vocab_size(), self.info.vocab));
+        }
+        self.tokenizer = Some(tok);
+        Ok(())
+    }
+
+    /// All shards in: move the weights out of the loader and allocate the state.
+    pub fn finish(&mut self) -> Result<(), String> {
+        let loader = self.loader.take().ok_or_else(|| "load the manifest first".to_string())?;
+        let (weights, config, specials) = match loader.finish() {
+            Ok(x) => x,
+            Err(e) => return Err(e),
+        };
+        let cfg_num = |k: &str| config.get(k).and_then(Json::as_u32).map(|v| v as usize);
+        if cfg_num("vocab_size") != Some(self.info.vocab) || cfg_num("sequence_len") != Some(self.info.seq_len) {
+            return Err("manifest: model config does not match the compiled model (vocab_size / sequence_len)".to_string());
+        }
+        self.weights = weights;
+        self.special_tokens = specials;
+        self.state = Some(State {
+            bufs: self.info.buffers.iter().map(|&n| vec![0.0; n]).collect(),
+            kv: self.info.kv.iter().map(|&(h, d)| KvCache::new(self.info.seq_len, h, d)).collect(),
+        });
+        self.reset();
+        Ok(())
+    }
+
+    pub fn ready(&self) -> bool {
+        self.state.is_some()
+    }
+
+    pub fn reset(&mut self) {
+        self.history.clear();
+        self.last_logits.clear();
+        self.turn_done = None;
+    }
+
+    /// The logits after the last token run, if any.
+    pub fn last_logits(&self) -> Option<&[f32]> {
+        if self.last_logits.is_empty() { None } else { Some(&self.last_logits) }
+    }
+
+    pub fn pos(&self) -> usize {
+        self.history.len()
+    }
+
+    fn special(&self, name: &str) -> Option<u32> {
+        self.special_tokens.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+    }
+
+    // --- the model -----------------------------------------------------------------------------
+
+    /// Run `ids` through the model; returns the logits of every position (T x vocab) when `all`,
+    /// else of the last. Refused, with the cache untouched, when it would pass sequence_len.
+    pub fn forward(&mut self, ids: &[u32], all: bool) -> Result<Vec<f32>, String> {
+        let info = self.info;
+        let state = self.state.as_mut().ok_or_else(|| "the model is not loaded".to_string())?;
+        if ids.is_empty() {
+            return Err("no tokens to run".to_string());
+        }
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= info.vocab) {
+            return Err(format!("token id {} is outside the vocabulary ({})", bad, info.vocab));
+        }
+        let pos = self.history.len();
+        if pos + ids.len() > info.seq_len {
+            return Err(format!("context full: {} + {} tokens exceed sequence_len {}", pos, ids.len(), info.seq_len));
+        }
+        let (lb, lv) = info.logits;
+        let mut out = Vec::with_capacity(if all { ids.len() * info.vocab } else { info.vocab });
+        let mut at = pos;
+        for chunk in ids.chunks(info.chunk) {
+            (self.run)(&self.weights, state, chunk, at);
+            let logits = &state.bufs[lb];
+            let rows = if all { 0..chunk.len() } else { chunk.len() - 1..chunk.len() };
+            if !all {
+                out.clear();
+            }
+            for t in rows {
+                out.extend_from_slice(lv.row(logits, t));
+            }
+            at += chunk.len();
+        }
+        self.history.extend_from_slice(ids);
+        self.last_logits = out[out.len() - info.vocab..].to_vec();
+        Ok(out)
+    }
+
+    // --- chat ------------------------------------------------------------------------------------
+
+    /// Start the assistant's turn after `prompt` (the whole conversation so far, ending with
+    /// `<|assistant_start|>`). Tokens the cache already holds are not run again.
+    pub fn chat_start(&mut self, prompt: &[u32], max_tokens: usize) -> Result<(), String> {
+        if prompt.is_empty() {
+            return Err("empty prompt".to_string());
+        }
+        if prompt.len() >= self.info.seq_len {
+            return Err(format!("context full: the prompt has {} tokens, sequence_len is {}", prompt.len(), self.info.seq_len));
+        }
+        let reuse = !self.history.is_empty() && prompt.len() > self.history.len() && prompt.starts_with(&self.history);
+        if !reuse {
+            self.reset();
+        }
+        let fresh = prompt[self.history.len()..].to_vec();
+        self.forward(&fresh, false)?;
+        self.think = ThinkParser::new();
+        self.turn_tokens = 0;
+        self.max_tokens = max_tokens;
+        self.turn_done = None;
+        Ok(())
+    }
+
+    /// Generate one token of the turn: its text split into thought/answer, or why the turn ended.
+    pub fn chat_step(&mut self) -> Result<StepOut, String> {
+        if let Some(done) = self.turn_done {
+            return Ok(StepOut { token: None, pieces: Vec::new(), done: Some(done) });
+        }
+        if self.last_logits.is_empty() {
+            return Err("start a turn first".to_string());
+        }
+        let end = |s: &mut Engine, done: Done, token: Option<u32>, mut pieces: Vec<(Part, String)>| {
+            pieces.extend(s.think.finish());
+            s.turn_done = Some(done);
+            StepOut { token, pieces, done: Some(done) }
+        };
+        if self.turn_tokens >= self.max_tokens {
+            return Ok(end(self, Done::MaxTokens, None, Vec::new()));
+        }
+        let t = self.sampler.sample(&self.last_logits, &self.history) as u32;
+        if Some(t) == self.special("<|assistant_end|>") || Some(t) == self.special("<|bos|>") {
+            return Ok(end(self, Done::Stop, Some(t), Vec::new()));
+        }
+        let pieces = if Some(t) == self.special("<think>") {
+            self.think.tag(true)
+        } else if Some(t) == self.special("</think>") {
+            self.think.tag(false)
+        } else {
+            let tok = self.tokenizer.as_ref().ok_or_else(|| "load the tokenizer first".to_string())?;
+            let bytes = tok.decode_bytes(&[t]).unwrap_or_default();
+            self.think.bytes(&bytes)
+        };
+        self.turn_tokens += 1;
+        if self.history.len() >= self.info.seq_len {
+            return Ok(end(self, Done::Context, Some(t), pieces));
+        }
+        self.forward(&[t], false)?;
+        Ok(StepOut { token: Some(t), pieces, done: None })
+    }
+}
+
+/// A step as JSON: {"token": id|null, "pieces": [["thought"|"answer", text], ...], "done": null|reason}.
+pub fn step_json(s: &StepOut) -> String {
+    let pieces: Vec<String> = s
+        .pieces
+        .iter()
+        .map(|(p, text)| format!("[\"{}\",{}]", if *p == Part::Thought { "thought" } else { "answer" }, json::quote(text)))
+        .collect();
+    format!(
+        "{{\"token\":{},\"pieces\":[{}],\"done\":{}}}",
+        s.token.map(|t| t.to_string()).unwrap_or_else(|| "null".to_string()),
+        pieces.join(","),
+        s.done.map(|d| json::quote(d.name())).unwrap_or_else(|| "null".to_string())
+    )
+}

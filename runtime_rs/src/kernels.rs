@@ -1,0 +1,635 @@
+//! CPU kernels of the compiled model, with exactly the numpy interpreter's semantics
+//! (monologue_compile/interpreter.py): f32 activations and accumulation, int8 weights used as
+//! int8 values times f32 scales (per output row, or per group of K), never dequantized up front.
+//!
+//! Activations are (1, T, ...) tensors. A kernel sees each one as a `View`: token t's elements are
+//! `data[t * stride + off ..][..len]`, so a slice of a merged q/k/v projection is read in place.
+//!
+//! SIMD: x86_64 AVX2+FMA (detected at run time) natively, SIMD128 on wasm32 when the crate is
+//! built with `-C target-feature=+simd128`, plain Rust otherwise. Natively, large matmuls are
+//! split over the cores with scoped threads.
+
+/// Token t's elements of a tensor: `data[t * stride + off..][..len]` (stride 0: the same for every t).
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    pub off: usize,
+    pub stride: usize,
+    pub len: usize,
+}
+
+impl View {
+    #[inline]
+    pub fn row<'a>(&self, data: &'a [f32], t: usize) -> &'a [f32] {
+        let s = t * self.stride + self.off;
+        &data[s..s + self.len]
+    }
+    #[inline]
+    pub fn row_mut<'a>(&self, data: &'a mut [f32], t: usize) -> &'a mut [f32] {
+        let s = t * self.stride + self.off;
+        &mut data[s..s + self.len]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unary {
+    Neg,
+    Relu,
+    Square,
+    Tanh,
+    Sigmoid,
+    Silu,
+    Gelu,
+    GeluTanh,
+    Exp,
+    Rsqrt,
+    Sqrt,
+    Abs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+}
+
+/// A tensor operand of an epilogue step. Element j of token t's row reads
+/// `view.row(data, t)[j % view.len]`: a same-shape tensor, or a weight broadcast over T (stride 0).
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    pub data: &'a [f32],
+    pub view: View,
+}
+
+/// One elementwise step of an epilogue (interpreter.apply_step).
+#[derive(Clone, Copy)]
+pub enum Step<'a> {
+    Unary(Unary),
+    /// v op scalar, or scalar op v when reversed
+    Scalar(Binary, f32, bool),
+    /// v op operand, or operand op v when reversed
+    Tensor(Binary, Operand<'a>, bool),
+    /// RMSNorm over each run of `width` elements (the last axis), times an optional weight
+    RmsNorm { eps: f32, width: usize, weight: Option<&'a [f32]> },
+}
+
+// Abramowitz & Stegun 7.1.26, as the interpreter (and the WGSL kernels) compute erf.
+fn erf(x: f32) -> f32 {
+    let s = if x < 0.0 { -1.0 } else if x > 0.0 { 1.0 } else { 0.0 };
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * (-a * a).exp();
+    s * y
+}
+
+#[inline]
+pub fn unary(f: Unary, x: f32) -> f32 {
+    match f {
+        Unary::Neg => -x,
+        Unary::Relu => x.max(0.0),
+        Unary::Square => x * x,
+        Unary::Tanh => x.tanh(),
+        Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Unary::Silu => x / (1.0 + (-x).exp()),
+        Unary::Gelu => 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2)),
+        Unary::GeluTanh => 0.5 * x * (1.0 + ((2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
+        Unary::Exp => x.exp(),
+        Unary::Rsqrt => 1.0 / x.sqrt(),
+        Unary::Sqrt => x.sqrt(),
+        Unary::Abs => x.abs(),
+    }
+}
+
+#[inline]
+pub fn binary(f: Binary, a: f32, b: f32) -> f32 {
+    match f {
+        Binary::Add => a + b,
+        Binary::Sub => a - b,
+        Binary::Mul => a * b,
+        Binary::Div => a / b,
+        Binary::Pow => a.powf(b),
+    }
+}
+
+/// x / sqrt(mean(x^2) + eps) [* w], in place.
+pub fn rms_norm_in_place(x: &mut [f32], eps: f32, weight: Option<&[f32]>) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    match weight {
+        Some(w) => x.iter_mut().zip(w).for_each(|(v, w)| *v = *v * r * w),
+        None => x.iter_mut().for_each(|v| *v *= r),
+    }
+}
+
+/// Apply the epilogue steps to token t's output row.
+pub fn apply_steps(row: &mut [f32], t: usize, steps: &[Step]) {
+    for step in steps {
+        match *step {
+            Step::Unary(f) => row.iter_mut().for_each(|v| *v = unary(f, *v)),
+            Step::Scalar(f, s, rev) => row.iter_mut().for_each(|v| *v = if rev { binary(f, s, *v) } else { binary(f, *v, s) }),
+            Step::Tensor(f, op, rev) => {
+                let o = op.view.row(op.data, t);
+                for (j, v) in row.iter_mut().enumerate() {
+                    let b = o[j % o.len()];
+                    *v = if rev { binary(f, b, *v) } else { binary(f, *v, b) };
+                }
+            }
+            Step::RmsNorm { eps, width, weight } => {
+                for part in row.chunks_mut(width) {
+                    rms_norm_in_place(part, eps, weight);
+                }
+            }
+        }
+    }
+}
+
+// --- dot products -------------------------------------------------------------------------------
+
+/// sum x[i] * q[i] in f32 (x and q of the same length).
+#[inline]
+pub fn dot_q8(x: &[f32], q: &[i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return unsafe { dot_q8_avx2(x, q) };
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        return dot_q8_simd128(x, q);
+    }
+    #[allow(unreachable_code)]
+    dot_q8_scalar(x, q)
+}
+
+pub fn dot_q8_scalar(x: &[f32], q: &[i8]) -> f32 {
+    // four partial sums, as the SIMD versions: summation order is not part of the contract
+    let mut acc = [0f32; 4];
+    let n = x.len().min(q.len());
+    let mut i = 0;
+    while i + 4 <= n {
+        for l in 0..4 {
+            acc[l] += x[i + l] * q[i + l] as f32;
+        }
+        i += 4;
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    while i < n {
+        s += x[i] * q[i] as f32;
+        i += 1;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q8_avx2(x: &[f32], q: &[i8]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len().min(q.len());
+    let (xp, qp) = (x.as_ptr(), q.as_ptr());
+    let mut a0 = _mm256_setzero_ps();
+    let mut a1 = _mm256_setzero_ps();
+    let mut a2 = _mm256_setzero_ps();
+    let mut a3 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 32 <= n {
+        let q0 = _mm_loadu_si128(qp.add(i) as *const __m128i);
+        let q1 = _mm_loadu_si128(qp.add(i + 16) as *const __m128i);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 16)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 24)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))), a3);
+        i += 32;
+    }
+    while i + 8 <= n {
+        let qv = _mm_loadl_epi64(qp.add(i) as *const __m128i);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qv)), a0);
+        i += 8;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    while i < n {
+        total += *xp.add(i) * *qp.add(i) as f32;
+        i += 1;
+    }
+    total
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn dot_q8_simd128(x: &[f32], q: &[i8]) -> f32 {
+    use core::arch::wasm32::*;
+    let n = x.len().min(q.len());
+    let (xp, qp) = (x.as_ptr(), q.as_ptr());
+    let mut a = [f32x4_splat(0.0); 4];
+    let mut i = 0;
+    // SAFETY: every load reads 16 bytes at i < n - 15 of q, or 16 bytes at i..i+16 of x.
+    unsafe {
+        while i + 16 <= n {
+            let qv = v128_load(qp.add(i) as *const v128);
+            let lo = i16x8_extend_low_i8x16(qv);
+            let hi = i16x8_extend_high_i8x16(qv);
+            let parts = [i32x4_extend_low_i16x8(lo), i32x4_extend_high_i16x8(lo), i32x4_extend_low_i16x8(hi), i32x4_extend_high_i16x8(hi)];
+            for l in 0..4 {
+                let xv = v128_load(xp.add(i + 4 * l) as *const v128);
+                a[l] = f32x4_add(a[l], f32x4_mul(xv, f32x4_convert_i32x4(parts[l])));
+            }
+            i += 16;
+        }
+    }
+    let s = f32x4_add(f32x4_add(a[0], a[1]), f32x4_add(a[2], a[3]));
+    let mut total = (f32x4_extract_lane::<0>(s) + f32x4_extract_lane::<1>(s)) + (f32x4_extract_lane::<2>(s) + f32x4_extract_lane::<3>(s));
+    while i < n {
+        total += x[i] * q[i] as f32;
+        i += 1;
+    }
+    total
+}
+
+/// sum x[i] * w[i] in f32.
+#[inline]
+pub fn dot_f32(x: &[f32], w: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return unsafe { dot_f32_avx2(x, w) };
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        return dot_f32_simd128(x, w);
+    }
+    #[allow(unreachable_code)]
+    {
+        let mut acc = [0f32; 4];
+        let n = x.len().min(w.len());
+        let mut i = 0;
+        while i + 4 <= n {
+            for l in 0..4 {
+                acc[l] += x[i + l] * w[i + l];
+            }
+            i += 4;
+        }
+        let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        while i < n {
+            s += x[i] * w[i];
+            i += 1;
+        }
+        s
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_avx2(x: &[f32], w: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len().min(w.len());
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    let mut a0 = _mm256_setzero_ps();
+    let mut a1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(wp.add(i)), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), _mm256_loadu_ps(wp.add(i + 8)), a1);
+        i += 16;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1));
+    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    while i < n {
+        total += *xp.add(i) * *wp.add(i);
+        i += 1;
+    }
+    total
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn dot_f32_simd128(x: &[f32], w: &[f32]) -> f32 {
+    use core::arch::wasm32::*;
+    let n = x.len().min(w.len());
+    let mut a0 = f32x4_splat(0.0);
+    let mut a1 = f32x4_splat(0.0);
+    let mut i = 0;
+    // SAFETY: loads stay inside x[..n] and w[..n].
+    unsafe {
+        while i + 8 <= n {
+            a0 = f32x4_add(a0, f32x4_mul(v128_load(x.as_ptr().add(i) as *const v128), v128_load(w.as_ptr().add(i) as *const v128)));
+            a1 = f32x4_add(a1, f32x4_mul(v128_load(x.as_ptr().add(i + 4) as *const v128), v128_load(w.as_ptr().add(i + 4) as *const v128)));
+            i += 8;
+        }
+    }
+    let s = f32x4_add(a0, a1);
+    let mut total = (f32x4_extract_lane::<0>(s) + f32x4_extract_lane::<1>(s)) + (f32x4_extract_lane::<2>(s) + f32x4_extract_lane::<3>(s));
+    while i < n {
+        total += x[i] * w[i];
+        i += 1;
+    }
+    total
+}
+
+// --- matmul -------------------------------------------------------------------------------------
+
+/// Weights of a matmul: int8 rows with scales, or f32 rows.
+#[derive(Clone, Copy)]
+pub enum Mat<'a> {
+    Q8 { n: usize, k_pad: usize, group: usize, q: &'a [i8], scale: &'a [f32] },
+    F32 { n: usize, k: usize, w: &'a [f32] },
+}
+
+impl<'a> Mat<'a> {
+    pub fn of(t: &'a crate::weights::Tensor, rows: usize, cols: usize) -> Mat<'a> {
+        match t {
+            crate::weights::Tensor::Q8 { n, k_pad, group, q, scale, .. } => Mat::Q8 { n: *n, k_pad: *k_pad, group: *group, q, scale },
+            crate::weights::Tensor::F32 { data } => Mat::F32 { n: rows, k: cols, w: data },
+        }
+    }
+    fn rows(&self) -> usize {
+        match self {
+            Mat::Q8 { n, .. } | Mat::F32 { n, .. } => *n,
+        }
+    }
+    fn width(&self) -> usize {
+        match self {
+            Mat::Q8 { k_pad, .. } => *k_pad,
+            Mat::F32 { k, .. } => *k,
+        }
+    }
+    /// Row r times each of the T input rows (xs: T rows of `width()`), into out[t].
+    #[inline]
+    fn row_times(&self, r: usize, xs: &[f32], out: &mut [f32]) {
+        let w = self.width();
+        match *self {
+            Mat::Q8 { k_pad, group, q, scale, .. } => {
+                let groups = k_pad / group;
+                let qr = &q[r * k_pad..(r + 1) * k_pad];
+                let sr = &scale[r * groups..(r + 1) * groups];
+                for (t, o) in out.iter_mut().enumerate() {
+                    let x = &xs[t * w..(t + 1) * w];
+                    *o = if groups == 1 {
+                        dot_q8(x, qr) * sr[0]
+                    } else {
+                        let mut acc = 0f32;
+                        for g in 0..groups {
+                            acc += dot_q8(&x[g * group..(g + 1) * group], &qr[g * group..(g + 1) * group]) * sr[g];
+                        }
+                        acc
+                    };
+                }
+            }
+            Mat::F32 { k, w: wt, .. } => {
+                let wr = &wt[r * k..(r + 1) * k];
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = dot_f32(&xs[t * w..(t + 1) * w], wr);
+                }
+            }
+        }
+    }
+}
+
+/// Work (multiply-adds) below which a matmul stays on one thread: spawning costs ~20 us.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// y = epilogue(prologue(x) @ W.T) for T tokens. `prologue`: the eps of a weightless RMSNorm.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out: &mut [f32], ov: View, steps: &[Step]) {
+    let width = w.width();
+    let n = w.rows();
+    // the T input rows, normalized and zero-padded to the packed width
+    let mut xs = vec![0f32; t * width];
+    for i in 0..t {
+        let dst = &mut xs[i * width..i * width + xv.len.min(width)];
+        dst.copy_from_slice(&xv.row(x, i)[..dst.len()]);
+        if let Some(eps) = prologue {
+            rms_norm_in_place(&mut xs[i * width..i * width + xv.len], eps, None);
+        }
+    }
+    // results as [row][token], rows split over threads when it pays
+    let mut ys = vec![0f32; n * t];
+    let workers = crate::parallel::worker_count().min(8);
+    if workers > 1 && n * width * t >= PARALLEL_MIN_WORK && n >= 2 * workers {
+        let per = (n + workers - 1) / workers;
+        let xs = &xs;
+        run_split(&mut ys, per * t, |block, part| {
+            for (j, o) in part.chunks_mut(t).enumerate() {
+                w.row_times(block * per + j, xs, o);
+            }
+        });
+    } else {
+        for (r, o) in ys.chunks_mut(t).enumerate() {
+            w.row_times(r, &xs, o);
+        }
+    }
+    for i in 0..t {
+        let row = ov.row_mut(out, i);
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = ys[r * t + i];
+        }
+        apply_steps(row, i, steps);
+    }
+}
+
+/// f(index, part) for each `size`-element part of `data`, on scoped threads natively.
+#[cfg(not(target_arch = "wasm32"))]
+fn run_split<F: Fn(usize, &mut [f32]) + Sync>(data: &mut [f32], size: usize, f: F) {
+    let f = &f;
+    std::thread::scope(|s| {
+        let mut parts = data.chunks_mut(size).enumerate();
+        let first = parts.next();
+        for (i, part) in parts {
+            s.spawn(move || f(i, part));
+        }
+        if let Some((i, part)) = first {
+            f(i, part); // this thread does a share too
+        }
+    });
+}
+
+#[cfg(target_arch = "wasm32")]
+fn run_split<F: Fn(usize, &mut [f32])>(data: &mut [f32], size: usize, f: F) {
+    for (i, part) in data.chunks_mut(size).enumerate() {
+        f(i, part);
+    }
+}
+
+// --- the other kernels ----------------------------------------------------------------------------
+
+/// Rows of an embedding table at `ids` (int8 rows times their scales, or f32 rows), then epilogue.
+pub fn embedding(table: &crate::weights::Tensor, ids: &[u32], out: &mut [f32], ov: View, steps: &[Step]) {
+    for (t, &id) in ids.iter().enumerate() {
+        let id = id as usize;
+        let row = ov.row_mut(out, t);
+        match table {
+            crate::weights::Tensor::Q8 { k_pad, group, q, scale, .. } => {
+                let groups = k_pad / group;
+                let qr = &q[id * k_pad..id * k_pad + row.len()];
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = qr[j] as f32 * scale[id * groups + j / group];
+                }
+            }
+            crate::weights::Tensor::F32 { data } => row.copy_from_slice(&data[id * row.len()..(id + 1) * row.len()]),
+        }
+        apply_steps(row, t, steps);
+    }
+}
+
+/// Rows [pos, pos + T) of a position table with `row` elements per position.
+pub fn positions(table: &[f32], row: usize, pos: usize, t: usize, out: &mut [f32], ov: View) {
+    for i in 0..t {
+        ov.row_mut(out, i).copy_from_slice(&table[(pos + i) * row..(pos + i + 1) * row]);
+    }
+}
+
+/// Half-split rotary embedding of (T, H, D) by per-token cos/sin rows of D/2, then epilogue.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(x: &[f32], xv: View, t: usize, head_dim: usize, cos: &[f32], cv: View, sin: &[f32], sv: View, out: &mut [f32], ov: View, steps: &[Step]) {
+    let d = head_dim / 2;
+    for i in 0..t {
+        let (xr, c, s) = (xv.row(x, i), cv.row(cos, i), sv.row(sin, i));
+        let yr = ov.row_mut(out, i);
+        for (xh, yh) in xr.chunks(head_dim).zip(yr.chunks_mut(head_dim)) {
+            for j in 0..d {
+                let (x1, x2) = (xh[j], xh[j + d]);
+                yh[j] = x1 * c[j] + x2 * s[j];
+                yh[j + d] = x1 * (-s[j]) + x2 * c[j];
+            }
+        }
+        apply_steps(yr, i, steps);
+    }
+}
+
+/// Apply steps to a copy of x (the `elementwise` kernel; also a standalone norm).
+pub fn elementwise(x: &[f32], xv: View, t: usize, out: &mut [f32], ov: View, steps: &[Step]) {
+    for i in 0..t {
+        let row = ov.row_mut(out, i);
+        row.copy_from_slice(xv.row(x, i));
+        apply_steps(row, i, steps);
+    }
+}
+
+/// One attention node's cache: `positions` rows of (n_kv_head, head_dim) keys and values.
+pub struct KvCache {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub row: usize,
+}
+
+impl KvCache {
+    pub fn new(positions: usize, n_kv_head: usize, head_dim: usize) -> KvCache {
+        let row = n_kv_head * head_dim;
+        KvCache { k: vec![0.0; positions * row], v: vec![0.0; positions * row], row }
+    }
+}
+
+/// Attention shape constants.
+#[derive(Clone, Copy)]
+pub struct AttnShape {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    /// 0: full causal; w > 0: a query at p sees keys (p - w, p]
+    pub window: usize,
+}
+
+/// Causal attention of T new tokens at positions pos.. over the cache (written here first).
+/// The caller guarantees pos + T <= the cache's positions.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(q: &[f32], qv: View, k: &[f32], kv: View, v: &[f32], vv: View, t: usize, pos: usize, cache: &mut KvCache, a: AttnShape, out: &mut [f32], ov: View) {
+    let row = cache.row;
+    for i in 0..t {
+        cache.k[(pos + i) * row..(pos + i + 1) * row].copy_from_slice(kv.row(k, i));
+        cache.v[(pos + i) * row..(pos + i + 1) * row].copy_from_slice(vv.row(v, i));
+    }
+    let d = a.head_dim;
+    let groups = a.n_head / a.n_kv_head;
+    let mut scores = vec![0f32; pos + t];
+    for i in 0..t {
+        let p = pos + i;
+        let lo = if a.window > 0 && p + 1 > a.window { p + 1 - a.window } else { 0 };
+        let qr = qv.row(q, i);
+        let yr = ov.row_mut(out, i);
+        for h in 0..a.n_head {
+            let kh = h / groups;
+            let qh = &qr[h * d..(h + 1) * d];
+            let mut max = f32::NEG_INFINITY;
+            for j in lo..=p {
+                let s = dot_f32(qh, &cache.k[j * row + kh * d..j * row + (kh + 1) * d]) * a.scale;
+                scores[j] = s;
+                max = max.max(s);
+            }
+            let mut sum = 0f32;
+            for s in &mut scores[lo..=p] {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let yh = &mut yr[h * d..(h + 1) * d];
+            yh.iter_mut().for_each(|y| *y = 0.0);
+            for j in lo..=p {
+                let pj = scores[j] / sum;
+                let vr = &cache.v[j * row + kh * d..j * row + (kh + 1) * d];
+                for (y, vv) in yh.iter_mut().zip(vr) {
+                    *y += pj * vv;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn simd_dots_match_scalar() {
+        let mut s = 1u64;
+        for n in [0usize, 3, 16, 31, 32, 33, 200, 1280] {
+            let x: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+            let q: Vec<i8> = (0..n).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
+            let w: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+            let exact: f64 = x.iter().zip(&q).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((dot_q8(&x, &q) as f64 - exact).abs() < 1e-3 * (1.0 + exact.abs()), "n={}", n);
+            assert!((dot_q8_scalar(&x, &q) as f64 - exact).abs() < 1e-3 * (1.0 + exact.abs()));
+            let exact: f64 = x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((dot_f32(&x, &w) as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()));
+        }
+    }
+
+    #[test]
+    fn grouped_matmul_matches_dequantized() {
+        let mut s = 7u64;
+        let (n, k, group, t) = (40, 128, 64, 3);
+        let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
+        let scale: Vec<f32> = (0..n * 2).map(|_| lcg(&mut s).abs() * 0.01).collect();
+        let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+        let mut out = vec![0f32; t * n];
+        let v = View { off: 0, stride: k, len: k };
+        matmul(&x, v, t, None, Mat::Q8 { n, k_pad: k, group, q: &q, scale: &scale }, &mut out, View { off: 0, stride: n, len: n }, &[]);
+        for i in 0..t {
+            for r in 0..n {
+                let want: f64 = (0..k).map(|c| x[i * k + c] as f64 * q[r * k + c] as f64 * scale[r * 2 + c / group] as f64).sum();
+                assert!((out[i * n + r] as f64 - want).abs() < 1e-4, "{} {}", out[i * n + r], want);
+            }
+        }
+    }
+
+    #[test]
+    fn attention_single_key_returns_value() {
+        let a = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 4, scale: 0.5, window: 0 };
+        let mut cache = KvCache::new(8, 1, 4);
+        let q = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+        let k = [0.3, 0.1, 0.2, 0.0];
+        let v = [1.0, 2.0, 3.0, 4.0];
+        let mut out = [0f32; 8];
+        let (v8, v4) = (View { off: 0, stride: 8, len: 8 }, View { off: 0, stride: 4, len: 4 });
+        attention(&q, v8, &k, v4, &v, v4, 1, 0, &mut cache, a, &mut out, v8);
+        assert_eq!(out, [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0]);
+    }
+}

@@ -1,0 +1,313 @@
+//! The weights container: `manifest.json` + `weights-NN.bin` shards (docs/formats.md), parsed and
+//! checked before use.
+//!
+//! The compiled model says which tensors it needs (`TensorSpec`: name, shape, int8 packing); the
+//! manifest must describe exactly those, every chunk must lie inside its shard, and every shard
+//! must have the manifest's size, SHA-256, magic, version and index. Storage is allocated from the
+//! *compiled* shapes, never from numbers in the input, so a hostile manifest cannot make us
+//! allocate or index anything out of range. Every problem is an `Err(message)`, never a panic.
+//!
+//! Shards are added one at a time (`add_shard`) so a browser holds at most one shard beside the
+//! weights.
+
+use crate::json::{self, Json};
+use crate::sha256;
+
+pub const MAGIC: &[u8; 8] = b"MONOLOGW";
+pub const VERSION: u32 = 1;
+pub const HEADER: usize = 16;
+/// A manifest larger than this is refused before parsing (a real one is a few hundred KiB).
+const MAX_MANIFEST: usize = 64 << 20;
+
+/// What the compiled code expects of one weight.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorSpec {
+    pub name: &'static str,
+    pub shape: &'static [usize],
+    /// `Some((k_pad, group))` for int8 weights (`groups = k_pad / group`), None for f32.
+    pub q8: Option<(usize, usize)>,
+}
+
+/// A loaded weight.
+#[derive(Debug, Clone)]
+pub enum Tensor {
+    /// int8 (N, k_pad) row-major, scales (N, groups): value = q * scale[row][col / group].
+    Q8 { n: usize, k: usize, k_pad: usize, group: usize, q: Vec<i8>, scale: Vec<f32> },
+    F32 { data: Vec<f32> },
+}
+
+impl Tensor {
+    pub fn f32(&self) -> &[f32] {
+        match self {
+            Tensor::F32 { data } => data,
+            Tensor::Q8 { .. } => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Chunk {
+    tensor: usize,
+    part: Part,
+    shard: usize,
+    offset: usize,
+    nbytes: usize,
+    /// element offset of the chunk's first element inside the destination array
+    dst: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Part {
+    Q,
+    Scale,
+    Data,
+}
+
+#[derive(Debug, Clone)]
+struct FileEntry {
+    path: String,
+    bytes: usize,
+    sha256: String,
+}
+
+/// A manifest that passed every check, with storage allocated and shards still to add.
+pub struct Loader {
+    pub tensors: Vec<Tensor>,
+    shards: Vec<FileEntry>,
+    loaded: Vec<bool>,
+    chunks: Vec<Chunk>,
+    tokenizer: FileEntry,
+    pub config: Json,
+    pub special_tokens: Vec<(String, u32)>,
+}
+
+fn get<'a>(j: &'a Json, key: &str, what: &str) -> Result<&'a Json, String> {
+    j.get(key).ok_or_else(|| format!("manifest: {} has no \"{}\"", what, key))
+}
+
+fn as_usize(j: &Json, what: &str) -> Result<usize, String> {
+    j.as_u32().map(|v| v as usize).ok_or_else(|| format!("manifest: {} must be a non-negative integer", what))
+}
+
+fn as_str<'a>(j: &'a Json, what: &str) -> Result<&'a str, String> {
+    j.as_str().ok_or_else(|| format!("manifest: {} must be a string", what))
+}
+
+fn as_list<'a>(j: &'a Json, what: &str) -> Result<&'a [Json], String> {
+    match j {
+        Json::Array(items) => Ok(items),
+        _ => Err(format!("manifest: {} must be a list", what)),
+    }
+}
+
+fn usize_list(j: &Json, what: &str) -> Result<Vec<usize>, String> {
+    as_list(j, what)?.iter().map(|v| as_usize(v, what)).collect()
+}
+
+impl Loader {
+    /// Parse and check the manifest against what the compiled model needs.
+    pub fn new(manifest: &[u8], specs: &[TensorSpec]) -> Result<Loader, String> {
+        if manifest.len() > MAX_MANIFEST {
+            return Err("manifest: larger than 64 MiB".to_string());
+        }
+        let text = std::str::from_utf8(manifest).map_err(|_| "manifest: not UTF-8".to_string())?;
+        let doc = json::parse(text).map_err(|e| format!("manifest: {}", e))?;
+        if doc.get("format").and_then(Json::as_str) != Some("monologue-model") {
+            return Err("manifest: format is not \"monologue-model\"".to_string());
+        }
+        if doc.get("version").and_then(Json::as_u32) != Some(VERSION) {
+            return Err(format!("manifest: version is not {}", VERSION));
+        }
+        let mut files = Vec::new();
+        for f in as_list(get(&doc, "files", "the manifest")?, "files")? {
+            files.push(FileEntry {
+                path: as_str(get(f, "path", "a file")?, "file path")?.to_string(),
+                bytes: as_usize(get(f, "bytes", "a file")?, "file bytes")?,
+                sha256: as_str(get(f, "sha256", "a file")?, "file sha256")?.to_string(),
+            });
+        }
+        let file = |path: &str| -> Result<FileEntry, String> {
+            files.iter().find(|f| f.path == path).cloned().ok_or_else(|| format!("manifest: {} is not in files", path))
+        };
+        let tokenizer = file(as_str(get(&doc, "tokenizer", "the manifest")?, "tokenizer")?)?;
+        let w = get(&doc, "weights", "the manifest")?;
+        if w.get("magic").and_then(Json::as_str) != Some("MONOLOGW") {
+            return Err("manifest: weights.magic is not MONOLOGW".to_string());
+        }
+        if w.get("header_bytes").and_then(Json::as_u32) != Some(HEADER as u32) {
+            return Err("manifest: weights.header_bytes is not 16".to_string());
+        }
+        let mut shards = Vec::new();
+        for s in as_list(get(w, "shards", "weights")?, "weights.shards")? {
+            let entry = file(as_str(s, "shard name")?)?;
+            if entry.bytes < HEADER {
+                return Err(format!("manifest: shard {} is shorter than its header", entry.path));
+            }
+            shards.push(entry);
+        }
+        let tensors_json = get(w, "tensors", "weights")?;
+        let mut tensors = Vec::with_capacity(specs.len());
+        let mut chunks = Vec::new();
+        for (ti, spec) in specs.iter().enumerate() {
+            let t = tensors_json.get(spec.name).ok_or_else(|| format!("manifest: tensor {} is missing", spec.name))?;
+            let what = format!("tensor {}", spec.name);
+            if usize_list(get(t, "shape", &what)?, "shape")? != spec.shape {
+                return Err(format!("manifest: {} has a different shape than the compiled model", what));
+            }
+            let dtype = as_str(get(t, "dtype", &what)?, "dtype")?;
+            let arrays = get(t, "arrays", &what)?;
+            let tensor = match spec.q8 {
+                Some((k_pad, group)) => {
+                    if dtype != "q8" {
+                        return Err(format!("manifest: {} should be q8", what));
+                    }
+                    let quant = get(t, "quant", &what)?;
+                    if quant.get("k_pad").and_then(Json::as_u32) != Some(k_pad as u32)
+                        || quant.get("group").and_then(Json::as_u32) != Some(group as u32)
+                    {
+                        return Err(format!("manifest: {} has a different int8 packing than the compiled model", what));
+                    }
+                    let (n, k) = (spec.shape[0], spec.shape[1]);
+                    let groups = k_pad / group;
+                    let q_words = k_pad / 4;
+                    // u32 words of 4 int8 each: 4 bytes per word, q_words words per row
+                    check_array(arrays, "q", "u32", &[n, q_words], ti, Part::Q, shards.len(), &shards, &mut chunks, &what)?;
+                    check_array(arrays, "scale", "f32", &[n, groups], ti, Part::Scale, shards.len(), &shards, &mut chunks, &what)?;
+                    Tensor::Q8 { n, k, k_pad, group, q: vec![0; n * k_pad], scale: vec![0.0; n * groups] }
+                }
+                None => {
+                    if dtype != "f32" {
+                        return Err(format!("manifest: {} should be f32", what));
+                    }
+                    check_array(arrays, "data", "f32", spec.shape, ti, Part::Data, shards.len(), &shards, &mut chunks, &what)?;
+                    Tensor::F32 { data: vec![0.0; spec.shape.iter().product()] }
+                }
+            };
+            tensors.push(tensor);
+        }
+        let model = get(&doc, "model", "the manifest")?;
+        let config = get(model, "config", "model")?.clone();
+        let mut special_tokens = Vec::new();
+        if let Some(Json::Object(members)) = doc.get("special_tokens") {
+            for (name, id) in members {
+                special_tokens.push((name.clone(), id.as_u32().ok_or("manifest: special token ids must be integers")?));
+            }
+        }
+        let loaded = vec![false; shards.len()];
+        Ok(Loader { tensors, shards, loaded, chunks, tokenizer, config, special_tokens })
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Check one shard (size, SHA-256, header) and copy its chunks into the tensors.
+    pub fn add_shard(&mut self, index: usize, bytes: &[u8]) -> Result<(), String> {
+        let entry = self.shards.get(index).ok_or_else(|| format!("shard {} is not in the manifest", index))?;
+        if bytes.len() != entry.bytes {
+            return Err(format!("{}: {} bytes, the manifest says {}", entry.path, bytes.len(), entry.bytes));
+        }
+        if sha256::hex(&sha256::sha256(bytes)) != entry.sha256 {
+            return Err(format!("{}: sha256 differs from the manifest (corrupt or modified)", entry.path));
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(format!("{}: bad magic", entry.path));
+        }
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        let shard_index = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        if version != VERSION || shard_index as usize != index {
+            return Err(format!("{}: header says version {} shard {}, expected {} and {}", entry.path, version, shard_index, VERSION, index));
+        }
+        for c in self.chunks.iter().filter(|c| c.shard == index) {
+            // bounds were checked against the manifest's shard size, which equals bytes.len()
+            let src = bytes.get(c.offset..c.offset + c.nbytes).ok_or("chunk outside its shard")?;
+            match (&mut self.tensors[c.tensor], c.part) {
+                (Tensor::Q8 { q, .. }, Part::Q) => {
+                    let dst = q.get_mut(c.dst..c.dst + c.nbytes).ok_or("chunk outside its tensor")?;
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d = *s as i8;
+                    }
+                }
+                (Tensor::Q8 { scale: out, .. }, Part::Scale) | (Tensor::F32 { data: out }, Part::Data) => {
+                    let dst = out.get_mut(c.dst..c.dst + c.nbytes / 4).ok_or("chunk outside its tensor")?;
+                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                        *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                    }
+                }
+                _ => return Err("chunk of the wrong kind".to_string()),
+            }
+        }
+        self.loaded[index] = true;
+        Ok(())
+    }
+
+    /// Check the tokenizer.json bytes against the manifest (size and SHA-256).
+    pub fn check_tokenizer(&self, bytes: &[u8]) -> Result<(), String> {
+        if bytes.len() != self.tokenizer.bytes || sha256::hex(&sha256::sha256(bytes)) != self.tokenizer.sha256 {
+            return Err(format!("{}: size or sha256 differs from the manifest", self.tokenizer.path));
+        }
+        Ok(())
+    }
+
+    /// The tensors, once every shard is in.
+    pub fn finish(self) -> Result<(Vec<Tensor>, Json, Vec<(String, u32)>), String> {
+        if let Some(i) = self.loaded.iter().position(|l| !l) {
+            return Err(format!("shard {} ({}) was not loaded", i, self.shards[i].path));
+        }
+        Ok((self.tensors, self.config, self.special_tokens))
+    }
+}
+
+/// Check one array's description and record its chunks. The chunks must cover the rows
+/// `[0, rows)` in order, each of exactly `(r1 - r0) * row_bytes` bytes, inside its shard.
+#[allow(clippy::too_many_arguments)]
+fn check_array(
+    arrays: &Json,
+    part_name: &str,
+    dtype: &str,
+    shape: &[usize],
+    tensor: usize,
+    part: Part,
+    n_shards: usize,
+    shards: &[FileEntry],
+    chunks: &mut Vec<Chunk>,
+    what: &str,
+) -> Result<(), String> {
+    let a = arrays.get(part_name).ok_or_else(|| format!("manifest: {} has no array {}", what, part_name))?;
+    if a.get("dtype").and_then(Json::as_str) != Some(dtype) {
+        return Err(format!("manifest: {} array {} should be {}", what, part_name, dtype));
+    }
+    if usize_list(get(a, "shape", what)?, "shape")? != shape {
+        return Err(format!("manifest: {} array {} has the wrong shape", what, part_name));
+    }
+    let rows = if shape.is_empty() { 1 } else { shape[0] };
+    let row_elems: usize = shape.iter().skip(1).product();
+    let row_bytes = row_elems * 4;
+    let mut next_row = 0usize;
+    for c in as_list(get(a, "chunks", what)?, "chunks")? {
+        let shard = as_usize(get(c, "shard", what)?, "chunk shard")?;
+        let offset = as_usize(get(c, "offset", what)?, "chunk offset")?;
+        let nbytes = as_usize(get(c, "nbytes", what)?, "chunk nbytes")?;
+        let r = usize_list(get(c, "rows", what)?, "chunk rows")?;
+        if shard >= n_shards {
+            return Err(format!("manifest: {} chunk names shard {} of {}", what, shard, n_shards));
+        }
+        if r.len() != 2 || r[0] != next_row || r[1] <= r[0] || r[1] > rows {
+            return Err(format!("manifest: {} chunk rows do not tile the array", what));
+        }
+        if nbytes != (r[1] - r[0]) * row_bytes {
+            return Err(format!("manifest: {} chunk has {} bytes for {} rows", what, nbytes, r[1] - r[0]));
+        }
+        if offset < HEADER || offset.checked_add(nbytes).map_or(true, |end| end > shards[shard].bytes) {
+            return Err(format!("manifest: {} chunk lies outside shard {}", what, shard));
+        }
+        // destination in elements: int8 for q (4 per u32 word), f32 otherwise
+        let dst = if part == Part::Q { r[0] * row_bytes } else { r[0] * row_elems };
+        chunks.push(Chunk { tensor, part, shard, offset, nbytes, dst });
+        next_row = r[1];
+    }
+    if next_row != rows {
+        return Err(format!("manifest: {} array {} chunks cover {} of {} rows", what, part_name, next_row, rows));
+    }
+    Ok(())
+}
