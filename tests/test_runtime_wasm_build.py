@@ -1,6 +1,8 @@
-"""runtime_rs builds for wasm32-unknown-unknown with Debian's Rust 1.63 toolchain, offline, and
-the module exports the C ABI the browser glue calls; its Rust unit tests pass on that toolchain."""
+"""runtime_rs builds for wasm32-unknown-unknown with Debian's Rust 1.63 toolchain, offline; the
+module needs no imports and, driven through its C ABI (as the browser glue does), tokenizes and
+renders chats exactly like the Python extension. The Rust unit tests pass on that toolchain."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -8,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from monologue_compile.resources import runtime_rs_dir
+from monologue_compile.tokenizer import Tokenizer
 
 DEBIAN_CARGO = Path("/usr/bin/cargo")
 DEBIAN_RUSTC = Path("/usr/bin/rustc")
@@ -19,28 +22,87 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def debian_cargo(tmp_path, *args):
-    """Run Debian's cargo on a fresh copy of the crate; returns (crate dir, completed process)."""
-    crate = tmp_path / "runtime_rs"
+def debian_cargo(workdir: Path, *args):
+    """Run Debian's cargo (offline) on a copy of the crate in `workdir`; returns (crate, process)."""
+    crate = workdir / "runtime_rs"
     if not crate.exists():
         shutil.copytree(runtime_rs_dir(), crate, ignore=shutil.ignore_patterns("target"))
     env = {
         "PATH": "/usr/bin:/bin",  # Debian's toolchain, not rustup's
         "RUSTC": str(DEBIAN_RUSTC),
-        "CARGO_HOME": str(tmp_path / "cargo_home"),
-        "HOME": str(tmp_path),
+        "CARGO_HOME": str(workdir / "cargo_home"),
+        "HOME": str(workdir),
     }
-    result = subprocess.run([str(DEBIAN_CARGO), *args, "--offline", "--locked"], cwd=crate, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(DEBIAN_CARGO), *args, "--offline", "--locked"], cwd=crate, env=env, capture_output=True, text=True
+    )
     return crate, result
 
 
-def test_builds_for_wasm32_with_rust_1_63(tmp_path):
-    crate, result = debian_cargo(tmp_path, "build", "--release", "--target", "wasm32-unknown-unknown")
+@pytest.fixture(scope="module")
+def wasm_path(tmp_path_factory):
+    crate, result = debian_cargo(tmp_path_factory.mktemp("wasm"), "build", "--release", "--target", "wasm32-unknown-unknown")
     assert result.returncode == 0, result.stderr[-3000:]
-    wasm = (crate / "target/wasm32-unknown-unknown/release/runtime_rs.wasm").read_bytes()
+    return crate / "target/wasm32-unknown-unknown/release/runtime_rs.wasm"
+
+
+def test_builds_for_wasm32_with_rust_1_63(wasm_path):
+    wasm = wasm_path.read_bytes()
     assert wasm[:4] == b"\0asm"
     for export in (b"mono_tokenizer_from_json", b"mono_tokenizer_encode", b"mono_render_for_completion", b"mono_alloc"):
         assert export in wasm
+
+
+# Loads the module with no imports, then tokenizes and renders through the C ABI, as the page does.
+NODE_DRIVER = r"""
+import fs from 'fs';
+const [wasmPath, tokenizerPath, text, conversation] = process.argv.slice(2);
+const mod = await WebAssembly.compile(fs.readFileSync(wasmPath));
+const { exports: w } = await WebAssembly.instantiate(mod, {});
+const put = (bytes) => {
+  const p = w.mono_alloc(bytes.length);
+  new Uint8Array(w.memory.buffer, p, bytes.length).set(bytes);
+  return [p, bytes.length];
+};
+const utf8 = (s) => new TextEncoder().encode(s);
+const out = w.mono_alloc(8);  // two out-pointers of 4 bytes
+const ids = () => {
+  const [p, n] = new Uint32Array(w.memory.buffer, out, 2);
+  return Array.from(new Uint32Array(w.memory.buffer, p, n));
+};
+const check = (rc) => { if (rc !== 0) throw new Error('status ' + rc); };
+check(w.mono_tokenizer_from_json(...put(utf8(fs.readFileSync(tokenizerPath, 'utf8'))), out));
+const tok = new Uint32Array(w.memory.buffer, out, 1)[0];
+const all = put(utf8('"all"'));
+check(w.mono_tokenizer_encode(tok, ...put(utf8(text)), ...all, out, out + 4));
+const encoded = ids();
+check(w.mono_render_for_completion(tok, ...put(utf8(conversation)), out, out + 4));
+console.log(JSON.stringify({ imports: WebAssembly.Module.imports(mod).length, encoded, prompt: ids() }));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_wasm_tokenizes_like_the_python_extension(wasm_path, tmp_path):
+    tok = Tokenizer.train(["Hello world, how are you? Ça va très bien, 谢谢! 12345 "] * 30, vocab_size=320)
+    tokenizer_path = tmp_path / "tokenizer.json"
+    tok.save(tokenizer_path)
+    driver = tmp_path / "driver.mjs"
+    driver.write_text(NODE_DRIVER, encoding="utf-8")
+    text = "Hello <|bos|> world 🙂, ça va? 2024"
+    conversation = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "thought": "greet back", "content": "Hi, how are you?"},
+        {"role": "user", "content": "très bien"},
+    ]
+    result = subprocess.run(
+        ["node", str(driver), str(wasm_path), str(tokenizer_path), text, json.dumps(conversation)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    from_wasm = json.loads(result.stdout)
+    assert from_wasm == {"imports": 0, "encoded": tok.encode(text), "prompt": tok.render_for_completion(conversation)}
 
 
 def test_unit_tests_pass_with_rust_1_63(tmp_path):
