@@ -5,13 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .resources import web_shell_dir
+
 # web_shell/ holds only what a visitor's browser loads; anything else there is not part of the site.
 SITE_SUFFIXES = {".html", ".css", ".js", ".svg", ".png", ".ico"}
-
-
-def web_shell_dir() -> Path:
-    """The web_shell/ folder: beside the package in a source checkout."""
-    return Path(__file__).resolve().parent.parent / "web_shell"
 
 
 def copy_web_shell(dist_dir: Path) -> list[Path]:
@@ -21,8 +18,6 @@ def copy_web_shell(dist_dir: Path) -> list[Path]:
     byte-identical dist/.
     """
     source = web_shell_dir()
-    if not (source / "index.html").is_file():
-        raise FileNotFoundError(f"web shell not found at {source} (is the package installed whole?)")
     dist_dir = Path(dist_dir)
     written = []
     for path in sorted(source.rglob("*")):

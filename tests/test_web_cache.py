@@ -48,11 +48,11 @@ def test_second_visit_uses_cache_and_changed_file_is_refetched(browser, tmp_path
         new_shard = pseudo_random_bytes(100_000, 3)
         (site / "model" / "weights-01.bin").write_bytes(new_shard)
         manifest = json.loads((site / "model" / "manifest.json").read_text())
-        manifest["files"][1] = file_entry("model/weights-01.bin", new_shard)
+        manifest["files"][1] = file_entry("weights-01.bin", new_shard)
         (site / "model" / "manifest.json").write_text(json.dumps(manifest))
 
         third, status, cached = visit(context, url)
         assert third == [url + "model/weights-01.bin"]
         assert "1 from this device's cache" in status
-        assert sorted(cached) == sorted(f"{url}{f['path']}?sha256={f['sha256']}" for f in manifest["files"])
+        assert sorted(cached) == sorted(f"{url}model/{f['path']}?sha256={f['sha256']}" for f in manifest["files"])
         context.close()

@@ -12,6 +12,7 @@ FILES = {
     "model/weights-00.bin": pseudo_random_bytes(3_000_000, 1),
     "model/weights-01.bin": pseudo_random_bytes(1_000_000, 2),
     "model/tokenizer.json": b'{"version": 1}',
+    "runtime.wasm": b"\0asm\1\0\0\0",  # listed as ../runtime.wasm: outside model/, inside the site
 }
 
 
@@ -39,7 +40,7 @@ def test_page_loads_verifies_and_reports_missing_backend(browser, tmp_path):
         page.wait_for_selector("body[data-state='no-backend']", timeout=30_000)
         status = page.inner_text("#status")
         assert "No inference backend is available in this build" in status
-        assert "3 files, 3.8 MB, checked against their sha256" in status
+        assert "4 files, 3.8 MB, checked against their sha256" in status
         # Each backend says why it is off, and the chat stays off.
         assert "GPU (WebGPU): " in status and "CPU (wasm): not in this build" in status
         assert page.is_disabled("#prompt") and page.is_disabled("#send")
@@ -62,7 +63,7 @@ def test_webgpu_requirements_from_manifest_are_checked(browser, tmp_path):
     site = make_site(
         tmp_path / "dist",
         FILES,
-        webgpu={"requiredLimits": {"maxBufferSize": 2**40}, "requiredFeatures": ["no-such-feature"]},
+        webgpu={"required_limits": {"maxBufferSize": 2**40}, "features": ["no-such-feature"]},
     )
     with serving(site) as url:
         context = browser.new_context()

@@ -1,5 +1,6 @@
 """Privacy: the page talks to its own origin only, and its Content-Security-Policy enforces that."""
 
+import json
 from urllib.parse import urlsplit
 
 from web_helpers import browser, make_site, pseudo_random_bytes, serving  # noqa: F401
@@ -48,3 +49,23 @@ def test_no_request_leaves_the_origin(browser, tmp_path):
         outside = {u for u in requests if not u.startswith(origin + "/")}
         assert outside <= {u for u, failure in blocked if failure == "csp"}, (outside, blocked)
         context.close()
+
+
+def test_manifest_cannot_point_outside_the_site(browser, tmp_path):
+    site = make_site(tmp_path / "www" / "app", {"model/weights-00.bin": b"1234"})
+    (tmp_path / "www" / "weights.bin").write_bytes(b"1234")  # same origin, but not this site's
+    manifest = json.loads((site / "model" / "manifest.json").read_text())
+    with serving(tmp_path / "www") as root_url:
+        url = root_url + "app/"
+        for path in ("http://127.0.0.2:9/weights.bin", "//127.0.0.2:9/weights.bin", "../../weights.bin"):
+            manifest["files"][0]["path"] = path
+            (site / "model" / "manifest.json").write_text(json.dumps(manifest))
+            context = browser.new_context()
+            requests = []
+            context.on("request", lambda request: requests.append(request.url))
+            page = context.new_page()
+            page.goto(url)
+            page.wait_for_selector("body[data-state='error']", timeout=30_000)
+            assert "it must name a file of this site" in page.inner_text("#status"), path
+            assert [u for u in requests if not u.startswith(url)] == [], path
+            context.close()

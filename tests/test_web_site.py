@@ -2,7 +2,8 @@
 
 import re
 
-from monologue_compile.site import copy_web_shell, web_shell_dir
+from monologue_compile.resources import web_shell_dir
+from monologue_compile.site import copy_web_shell
 
 
 def test_copy_web_shell(tmp_path):

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import threading
 from pathlib import Path
 
@@ -52,12 +53,14 @@ def file_entry(path: str, data: bytes) -> dict:
 
 def make_site(dist: Path, files: dict[str, bytes], **manifest_fields) -> Path:
     """A compiled-site stand-in: the real web shell plus `files` (paths relative to dist) and a
-    model/manifest.json that lists them with their true sizes and hashes."""
+    model/manifest.json that lists them with their true sizes and hashes, in the compiler's format."""
     copy_web_shell(dist)
     for path, data in files.items():
         (dist / path).parent.mkdir(parents=True, exist_ok=True)
         (dist / path).write_bytes(data)
-    manifest = {"files": [file_entry(p, d) for p, d in files.items()], **manifest_fields}
+    # As the compiler writes them (monologue_compile/artifact.py), paths are relative to model/.
+    listed = [file_entry(posixpath.relpath(p, "model"), d) for p, d in files.items()]
+    manifest = {"format": "monologue-model", "version": 1, "files": listed, **manifest_fields}
     (dist / "model").mkdir(parents=True, exist_ok=True)
     (dist / "model" / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return dist

@@ -34,11 +34,12 @@ export class DeviceLostError extends Error {
   }
 }
 
-// What the plan needs from a WebGPU device: manifest.webgpu.{requiredLimits, requiredFeatures},
-// named as in GPUDeviceDescriptor so the executor can pass them to requestDevice as they are.
+// What the plan needs from a WebGPU device, as the compiler writes it (artifact.py):
+// manifest.webgpu = {features: [...], required_limits: {limitName: value}}, the limits named as in
+// GPUSupportedLimits so they can go to requestDevice as they are.
 export function webgpuRequirements(manifest) {
   const webgpu = manifest?.webgpu ?? {};
-  return { limits: webgpu.requiredLimits ?? {}, features: webgpu.requiredFeatures ?? [] };
+  return { limits: webgpu.required_limits ?? {}, features: webgpu.features ?? [] };
 }
 
 // Whether this browser's WebGPU adapter can run the plan: {ok, reason}.

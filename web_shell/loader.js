@@ -23,7 +23,8 @@ export class LoadError extends Error {
 // siteURL: the URL of the folder holding index.html and model/ (ends with "/").
 // onProgress({stage: "download" | "verify", file, loaded, total, fromCache}): loaded/total are bytes
 // over all files, so one bar covers the whole download.
-// Returns {manifest, files: Map(path -> Uint8Array), stats: {count, bytes, fromCache, warnings}}.
+// Returns {manifest, files: Map(manifest path -> Uint8Array), stats: {count, bytes, fromCache,
+// warnings}}; the map's keys are the manifest's own paths, relative to model/.
 export async function loadModel(siteURL, onProgress) {
   if (!globalThis.crypto?.subtle) {
     throw new LoadError(
@@ -31,8 +32,9 @@ export async function loadModel(siteURL, onProgress) {
       "This page must be opened over https:// or from localhost: only there can the browser verify the model files.",
     );
   }
-  const manifest = await fetchManifest(new URL("model/manifest.json", siteURL));
-  const entries = manifestFiles(manifest, siteURL);
+  const manifestURL = new URL("model/manifest.json", siteURL);
+  const manifest = await fetchManifest(manifestURL);
+  const entries = manifestFiles(manifest, manifestURL, siteURL);
   const total = entries.reduce((sum, e) => sum + e.bytes, 0);
   const cache = await openCache();
   const stats = { count: entries.length, bytes: total, fromCache: 0, warnings: [] };
@@ -44,7 +46,7 @@ export async function loadModel(siteURL, onProgress) {
     const now = performance.now();
     if (!force && now - lastReport < PROGRESS_INTERVAL_MS) return;
     lastReport = now;
-    onProgress({ stage, file: entry.path, loaded, total, fromCache });
+    onProgress({ stage, file: entry.name, loaded, total, fromCache });
   };
 
   let caching = Boolean(cache);
@@ -71,8 +73,8 @@ export async function loadModel(siteURL, onProgress) {
       }
       throw new LoadError(
         "corrupt",
-        `${entry.path} is corrupt: its sha256 does not match the manifest. Nothing was run.`,
-        entry.path,
+        `${entry.name} is corrupt: its sha256 does not match the manifest. Nothing was run.`,
+        entry.name,
       );
     }
     if (fromCache) stats.fromCache += 1;
@@ -118,22 +120,24 @@ async function fetchManifest(url) {
   }
 }
 
-// Checks each entry, and that it names a file inside the site: a manifest must not be able to make
-// the page fetch from anywhere else.
-function manifestFiles(manifest, siteURL) {
+// Checks each entry. Paths are relative to model/ (where manifest.json is) and must stay inside the
+// site: a manifest must not be able to make the page fetch from anywhere else. Files are named by
+// their path from the site's root ("model/weights-00.bin") in progress and errors.
+function manifestFiles(manifest, manifestURL, siteURL) {
   if (!Array.isArray(manifest?.files)) {
     throw new LoadError("manifest", 'model/manifest.json has no "files" list.', "model/manifest.json");
   }
   return manifest.files.map((file, i) => {
     const { path, bytes, sha256 } = file ?? {};
     const bad = (what) => new LoadError("manifest", `model/manifest.json: files[${i}] ${what}.`, "model/manifest.json");
-    if (typeof path !== "string" || !path || path.startsWith("/") || path.split("/").includes("..") || /^[a-z][a-z0-9+.-]*:/i.test(path)) {
-      throw bad(`has an invalid "path" (${JSON.stringify(path)}): it must be relative to the site`);
+    const url = typeof path === "string" && path && !/^([a-z][a-z0-9+.-]*:|[/\\])/i.test(path) ? new URL(path, manifestURL) : null;
+    if (!url || !url.href.startsWith(siteURL) || url.search || url.hash) {
+      throw bad(`has an invalid "path" (${JSON.stringify(path)}): it must name a file of this site, relative to model/`);
     }
-    if (!Number.isSafeInteger(bytes) || bytes < 0) throw bad(`(${path}) has an invalid "bytes"`);
-    if (typeof sha256 !== "string" || !/^[0-9a-f]{64}$/.test(sha256)) throw bad(`(${path}) has an invalid "sha256"`);
-    const url = new URL(path, siteURL);
-    return { path, bytes, sha256, url, cacheKey: `${url.href}?sha256=${sha256}` };
+    const name = url.href.slice(siteURL.length);
+    if (!Number.isSafeInteger(bytes) || bytes < 0) throw bad(`(${name}) has an invalid "bytes"`);
+    if (typeof sha256 !== "string" || !/^[0-9a-f]{64}$/.test(sha256)) throw bad(`(${name}) has an invalid "sha256"`);
+    return { path, name, bytes, sha256, url, cacheKey: `${url.href}?sha256=${sha256}` };
   });
 }
 
@@ -156,10 +160,10 @@ async function download(entry, onBytes) {
   try {
     response = await fetch(entry.url, { cache: "no-store" });
   } catch {
-    throw new LoadError("network", `Could not download ${entry.path}: the connection failed.`, entry.path);
+    throw new LoadError("network", `Could not download ${entry.name}: the connection failed.`, entry.name);
   }
   if (!response.ok) {
-    throw new LoadError("network", `Could not download ${entry.path} (HTTP ${response.status}).`, entry.path);
+    throw new LoadError("network", `Could not download ${entry.name} (HTTP ${response.status}).`, entry.name);
   }
   // Read into a buffer of the size the manifest promises, reporting progress per chunk.
   const data = new Uint8Array(entry.bytes);
@@ -170,14 +174,14 @@ async function download(entry, onBytes) {
     if (done) break;
     if (at + value.length > data.length) {
       await reader.cancel();
-      throw new LoadError("corrupt", `${entry.path} is corrupt: it is larger than the ${entry.bytes} bytes the manifest says. Nothing was run.`, entry.path);
+      throw new LoadError("corrupt", `${entry.name} is corrupt: it is larger than the ${entry.bytes} bytes the manifest says. Nothing was run.`, entry.name);
     }
     data.set(value, at);
     at += value.length;
     onBytes(value.length);
   }
   if (at !== data.length) {
-    throw new LoadError("corrupt", `${entry.path} is corrupt: it has ${at} bytes, the manifest says ${entry.bytes}. Nothing was run.`, entry.path);
+    throw new LoadError("corrupt", `${entry.name} is corrupt: it has ${at} bytes, the manifest says ${entry.bytes}. Nothing was run.`, entry.name);
   }
   return data;
 }
