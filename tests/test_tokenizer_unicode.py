@@ -12,6 +12,7 @@ tiktoken = pytest.importorskip("tiktoken")
 
 import base64
 import json
+import unicodedata
 
 from monologue_compile.tokenizer import NANOCHAT_PATTERN, Tokenizer
 
@@ -25,7 +26,8 @@ def pair_ranks():
     return ranks
 
 
-def test_every_code_point_splits_like_tiktoken(pair_ranks):
+@pytest.fixture(scope="module")
+def tokenizers(pair_ranks):
     tok = Tokenizer.from_json(
         json.dumps(
             {
@@ -40,16 +42,27 @@ def test_every_code_point_splits_like_tiktoken(pair_ranks):
     oracle = tiktoken.Encoding(
         "pairs", pat_str=NANOCHAT_PATTERN, mergeable_ranks={r: i for i, r in enumerate(pair_ranks)}, special_tokens={}
     )
-    code_points = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    return tok, oracle
+
+
+def assert_probes_split_alike(tokenizers, code_points, probe):
+    """`probe(c)` for every code point, many at a time; after "\n" a non-space always starts a
+    new piece, so probes joined by "\n" cannot interact."""
+    tok, oracle = tokenizers
     for start in range(0, len(code_points), CHUNK):
         chunk = code_points[start : start + CHUNK]
-        # after "\n", a non-space always starts a new piece, so the probes cannot interact
-        text = "".join(f"a{chr(c)}\n1{chr(c)}\n!{chr(c)}\n" for c in chunk)
+        text = "\n".join(probe(chr(c)) for c in chunk) + "\n"
         if tok.encode_ordinary(text) != oracle.encode_ordinary(text):
-            wrong = [
-                hex(c)
-                for c in chunk
-                if tok.encode_ordinary(f"a{chr(c)}\n1{chr(c)}\n!{chr(c)}\n")
-                != oracle.encode_ordinary(f"a{chr(c)}\n1{chr(c)}\n!{chr(c)}\n")
-            ]
+            wrong = [hex(c) for c in chunk if tok.encode_ordinary(probe(chr(c))) != oracle.encode_ordinary(probe(chr(c)))]
             pytest.fail(f"{len(wrong)} code points split unlike tiktoken, e.g. {wrong[:20]}")
+
+
+def test_every_code_point_has_tiktokens_class(tokenizers):
+    code_points = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    assert_probes_split_alike(tokenizers, code_points, lambda c: f"a{c}\n1{c}\n!{c}")
+
+
+def test_contractions_fold_case_like_tiktoken(tokenizers):
+    # only letters can fold to the ASCII letters of 's 'd 'm 't 'll 've 're (e.g. U+017F)
+    letters = [c for c in range(0x110000) if unicodedata.category(chr(c)).startswith("L")]
+    assert_probes_split_alike(tokenizers, letters, lambda c: f"'{c}\n'{c}l\n'l{c}\n'{c}e\n'v{c}")
