@@ -15,7 +15,7 @@ function replyFor(messages, sampling) {
     : `The user asked: ${question}. Two plus two is four, so I will say so.`;
   const answer =
     `The answer is <b>4</b> — ça fait 4 🎉. <img src=x onerror="document.title='pwned'"> ` +
-    `[temperature=${sampling.temperature} topK=${sampling.topK} topP=${sampling.topP} seed=${sampling.seed}]`;
+    `[turns=${messages.length} temperature=${sampling.temperature} topK=${sampling.topK} topP=${sampling.topP} seed=${sampling.seed}]`;
   return new TextEncoder().encode(`<think>\n${thought}\n</think>\n\n${answer}`);
 }
 

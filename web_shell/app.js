@@ -205,7 +205,9 @@ function addUserMessage(text) {
 
 // Draws one reply as it streams: the thought panel is open while the model thinks and folds away
 // when the answer starts, keeping how long the thinking took.
-function createAssistantMessage() {
+// history: the conversation the reply belongs to; its answer joins it when done (a reply stopped by
+// "New chat" then finishes into the discarded conversation, not the new one).
+function createAssistantMessage(history) {
   const item = document.getElementById("assistant-message").content.firstElementChild.cloneNode(true);
   const thought = item.querySelector(".thought");
   const label = item.querySelector(".thought-label");
@@ -228,6 +230,7 @@ function createAssistantMessage() {
   };
 
   return {
+    history,
     get answer() {
       return answerText.data;
     },
@@ -274,7 +277,7 @@ function send() {
   ui.status.hidden = true;
   addUserMessage(text);
   conversation.push({ role: "user", content: text });
-  current = createAssistantMessage();
+  current = createAssistantMessage(conversation);
   ui.chat.scrollTop = ui.chat.scrollHeight;
   setState("generating");
   worker.postMessage({ type: "generate", messages: conversation, settings });
@@ -348,7 +351,7 @@ const onMessage = {
     const speed = speedText(tokensPerSecond, backend);
     ui.speed.textContent = speed;
     const note = [FINISH_NOTES[reason], `${tokens} tokens`, speed].filter(Boolean).join(" · ");
-    conversation.push({ role: "assistant", content: current.answer });
+    current.history.push({ role: "assistant", content: current.answer });
     current.finish(note);
     current = null;
     setState("ready");
@@ -358,8 +361,8 @@ const onMessage = {
     if (current) {
       // A failed reply is dropped from the conversation along with its question.
       current.finish(`The reply failed: ${message}`);
+      current.history.pop();
       current = null;
-      conversation.pop();
       setState("ready");
       return;
     }

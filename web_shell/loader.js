@@ -82,11 +82,13 @@ export async function loadModel(siteURL, onProgress) {
       try {
         await cache.put(entry.cacheKey, new Response(data, { headers: { "Content-Type": "application/octet-stream" } }));
       } catch (e) {
-        if (e.name !== "QuotaExceededError") throw e;
+        // Keeping a copy is a convenience: failing to is worth a note, not worth stopping for.
         caching = false;
         stats.warnings.push(
-          `Storage is full: the model (${formatBytes(total)}) does not fit in this browser's storage for this site, ` +
-            "so it will be downloaded again on the next visit. Free some space to keep it.",
+          e.name === "QuotaExceededError"
+            ? `Storage is full: the model (${formatBytes(total)}) does not fit in this browser's storage for this site, ` +
+                "so it will be downloaded again on the next visit. Free some space to keep it."
+            : `The model could not be kept on this device (${e.message || e.name}), so it will be downloaded again on the next visit.`,
         );
       }
     }
