@@ -1,0 +1,195 @@
+"""Run a compiled model on the Rust runtime: the native library through cffi (ABI mode,
+`ffi.dlopen`), or runtime.wasm under Node; both with the numpy interpreter's interface
+(`forward(ids) -> logits (T, V)`, `reset()`, `pos`, `max_len`), so parity and chat use them alike.
+
+    m = NativeModel.from_dist("dist")          # builds dist/runtime_rs natively (cached) and loads
+    m.forward([1, 2, 3])                        # prefill: logits (3, V)
+    m.forward([4])                              # decode step
+    m.chat_start(prompt_ids); m.chat_step()     # {"token", "pieces": [[part, text]], "done"}
+
+Status codes of the C ABI (runtime_rs/src/model_abi.rs): 0 ok, 1 bad input, 2 internal error
+(a caught panic), 3 context full; anything but 0 raises `RuntimeCallError` with the code.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MonologueError
+
+CDEF = """
+typedef struct MonoModel MonoModel;
+const char *mono_model_last_error(void);
+int mono_model_new(MonoModel **out);
+void mono_model_free(MonoModel *h);
+int mono_model_load_manifest(MonoModel *h, const uint8_t *p, size_t n, uint32_t *out_shards);
+int mono_model_add_shard(MonoModel *h, uint32_t index, const uint8_t *p, size_t n);
+int mono_model_load_tokenizer(MonoModel *h, const uint8_t *p, size_t n);
+int mono_model_finish(MonoModel *h);
+int mono_model_info(MonoModel *h, const uint8_t **out, size_t *out_len);
+int mono_model_reset(MonoModel *h);
+int mono_model_forward(MonoModel *h, const uint8_t *ids, size_t n, int all, const float **out, size_t *out_len);
+int mono_model_set_sampler(MonoModel *h, float temperature, uint32_t top_k, float top_p, float repetition_penalty, uint32_t seed);
+int mono_model_next_token(MonoModel *h, uint32_t *out_id);
+int mono_chat_start(MonoModel *h, const uint8_t *ids, size_t n, uint32_t max_tokens);
+int mono_chat_start_messages(MonoModel *h, const uint8_t *p, size_t n, uint32_t max_tokens);
+int mono_chat_step(MonoModel *h, const uint8_t **out, size_t *out_len);
+"""
+
+OK, ERROR, PANIC, CONTEXT_FULL = 0, 1, 2, 3
+
+_LIBS: dict[str, tuple] = {}
+
+
+class RuntimeCallError(ValueError):
+    """A C ABI call returned a non-zero status (`code`): 1 bad input, 2 internal error, 3 context full."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+
+
+def load_library(path) -> tuple:
+    """(ffi, lib) for a built native runtime (cached per path)."""
+    path = str(path)
+    if path not in _LIBS:
+        from cffi import FFI
+
+        ffi = FFI()
+        ffi.cdef(CDEF)
+        _LIBS[path] = (ffi, ffi.dlopen(path))
+    return _LIBS[path]
+
+
+def model_files(dist) -> tuple[bytes, list[bytes], bytes]:
+    """(manifest, shards in order, tokenizer) bytes of a compiled model dir (dist or dist/model)."""
+    dist = Path(dist)
+    model_dir = dist / "model" if (dist / "model" / "manifest.json").exists() else dist
+    manifest = (model_dir / "manifest.json").read_bytes()
+    doc = json.loads(manifest)
+    shards = [(model_dir / s).read_bytes() for s in doc["weights"]["shards"]]
+    return manifest, shards, (model_dir / doc["tokenizer"]).read_bytes()
+
+
+class NativeModel:
+    """One loaded model in the native runtime (its own KV cache)."""
+
+    def __init__(self, lib_path, manifest: bytes, shards: list[bytes], tokenizer: bytes | None):
+        self.ffi, self.lib = load_library(lib_path)
+        out = self.ffi.new("MonoModel **")
+        self._check(self.lib.mono_model_new(out))
+        self.h = out[0]
+        n = self.ffi.new("uint32_t *")
+        self._check(self.lib.mono_model_load_manifest(self.h, manifest, len(manifest), n))
+        if n[0] != len(shards):
+            raise RuntimeCallError(ERROR, f"the manifest lists {n[0]} shards, {len(shards)} given")
+        for i, s in enumerate(shards):
+            self._check(self.lib.mono_model_add_shard(self.h, i, s, len(s)))
+        if tokenizer is not None:
+            self._check(self.lib.mono_model_load_tokenizer(self.h, tokenizer, len(tokenizer)))
+        self._check(self.lib.mono_model_finish(self.h))
+        info = self.info()
+        self.vocab, self.max_len, self.chunk = info["vocab"], info["seq_len"], info["chunk"]
+
+    @classmethod
+    def from_dist(cls, dist, fast: bool = False, lib_path=None) -> "NativeModel":
+        """Build DIST/runtime_rs natively (emitting it from the IR first if absent) and load DIST's model."""
+        from .rust_crate import build_native
+
+        dist = Path(dist)
+        crate = dist / "runtime_rs"
+        if lib_path is None:
+            if not (crate / "src" / "model_gen.rs").exists():
+                from ..artifact import load_model
+                from .rust_crate import emit_crate
+
+                g, _, _ = load_model(dist)
+                crate = emit_crate(g, Path(tempfile.mkdtemp(prefix="monologue-crate-")) / "runtime_rs")
+            lib_path = build_native(crate, fast=fast)
+        manifest, shards, tok = model_files(dist)
+        return cls(lib_path, manifest, shards, tok)
+
+    def __del__(self):
+        h = getattr(self, "h", None)
+        if h is not None and h != self.ffi.NULL:
+            self.lib.mono_model_free(h)
+            self.h = None
+
+    def _check(self, status: int) -> None:
+        if status != OK:
+            msg = self.ffi.string(self.lib.mono_model_last_error()).decode("utf-8", "replace")
+            raise RuntimeCallError(status, msg)
+
+    def _bytes_out(self, call) -> bytes:
+        p = self.ffi.new("const uint8_t **")
+        n = self.ffi.new("size_t *")
+        self._check(call(p, n))
+        return bytes(self.ffi.buffer(p[0], n[0]))
+
+    # --- the interpreter's interface ---------------------------------------------------------
+    def info(self) -> dict:
+        return json.loads(self._bytes_out(lambda p, n: self.lib.mono_model_info(self.h, p, n)))
+
+    @property
+    def pos(self) -> int:
+        return self.info()["pos"]
+
+    def reset(self) -> None:
+        self._check(self.lib.mono_model_reset(self.h))
+
+    def forward(self, ids, all_rows: bool = True) -> np.ndarray:
+        """Logits (T, V) of the next len(ids) tokens (only the last row when all_rows is False)."""
+        ids = np.asarray(ids, dtype="<u4").reshape(-1)
+        raw = ids.tobytes()
+        p = self.ffi.new("const float **")
+        n = self.ffi.new("size_t *")
+        self._check(self.lib.mono_model_forward(self.h, raw, len(ids), 1 if all_rows else 0, p, n))
+        out = np.frombuffer(self.ffi.buffer(p[0], n[0] * 4), dtype=np.float32).copy()
+        return out.reshape(-1, self.vocab)
+
+    # --- sampling and chat -------------------------------------------------------------------------
+    def set_sampler(self, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0) -> None:
+        self._check(self.lib.mono_model_set_sampler(self.h, float(temperature), int(top_k or 0),
+                                                    float(top_p if top_p is not None else 1.0),
+                                                    float(repetition_penalty), int(seed) & 0xFFFFFFFF))
+
+    def next_token(self) -> int:
+        out = self.ffi.new("uint32_t *")
+        self._check(self.lib.mono_model_next_token(self.h, out))
+        return int(out[0])
+
+    def chat_start(self, prompt, max_tokens: int = 512) -> None:
+        if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict):
+            raw = json.dumps(list(prompt)).encode()
+            self._check(self.lib.mono_chat_start_messages(self.h, raw, len(raw), max_tokens))
+        else:
+            raw = np.asarray(prompt, dtype="<u4").tobytes()
+            self._check(self.lib.mono_chat_start(self.h, raw, len(raw) // 4, max_tokens))
+
+    def chat_step(self) -> dict:
+        return json.loads(self._bytes_out(lambda p, n: self.lib.mono_chat_step(self.h, p, n)))
+
+
+def session_for_graph(graph, fast: bool = False) -> NativeModel:
+    """A native session for a graph with weights (for `monologue chat --backend native`): the
+    model is written to a temporary dir in the compiled format and its crate emitted and built."""
+    from ..artifact import write_model
+    from .rust_crate import build_native, emit_crate
+
+    tmp = Path(tempfile.mkdtemp(prefix="monologue-native-"))
+    write_model(graph, tmp / "model", json.dumps({}), {"model": {"config": graph.meta.get("config", {})}})
+    lib = build_native(emit_crate(graph, tmp / "runtime_rs"), fast=fast)
+    manifest, shards, _ = model_files(tmp)
+    return NativeModel(lib, manifest, shards, None)
+
+
+def require_built(dist) -> Path:
+    dist = Path(dist)
+    if not (dist / "runtime_rs" / "src" / "model_gen.rs").exists():
+        raise MonologueError(f"{dist}: no runtime_rs/ crate; compile with the Rust backend first")
+    return dist / "runtime_rs"

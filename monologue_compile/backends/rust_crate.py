@@ -1,0 +1,514 @@
+"""The Rust backend: emit the runtime crate for a compiled model and build it.
+
+    emit_crate(graph, DIR/runtime_rs)     copy of runtime_rs/ + src/model_gen.rs from the final IR
+    build_native(crate)                   the cdylib Python drives (backends/native.py)
+    build_wasm(crate, DIR/runtime.wasm)   the module the web page loads (web_shell/wasm_runtime.js)
+
+`model_gen.rs` is the schedule written out: one block per kernel of the final, scheduled IR, in
+schedule order, each a call into `kernels.rs` with constant shapes, buffer numbers and offsets
+taken from the memory plan. Views (reshape, slice, permute) cost nothing: they become offsets and
+strides of the tensor they alias. An op or layout the runtime has no kernel for is an error that
+names the node, never a silent fallback.
+
+Toolchains: the native build uses any cargo (rustup's first). The wasm build needs a Rust with the
+wasm32-unknown-unknown standard library: rustup's if it has the target, else Debian's
+/usr/bin/cargo + libstd-rust-dev-wasm32 (Rust 1.63, hence the crate's 1.63 compatibility).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MonologueError
+from ..ir import OPS, SEQ, Graph, Node
+from ..resources import runtime_rs_dir
+
+GENERATED = "model_gen.rs"
+WASM_TARGET = "wasm32-unknown-unknown"
+LIB_NAME = {"linux": "libruntime_rs.so", "darwin": "libruntime_rs.dylib", "win32": "runtime_rs.dll"}
+
+INSTALL_HINT = (
+    "no Rust toolchain that can build wasm32 was found. Install one of:\n"
+    "  Debian/Ubuntu: apt-get install rustc cargo libstd-rust-dev-wasm32 lld\n"
+    "  rustup:        rustup target add wasm32-unknown-unknown\n"
+    "or pass --no-wasm to skip the browser's CPU runtime"
+)
+
+
+class CodegenError(MonologueError):
+    """The IR holds something the Rust runtime cannot run (names the node)."""
+
+
+# --- tensor locations -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Loc:
+    """Where a value lives: token t's elements are `bufs[index][t * stride + off..][..len]`
+    (kind "buf"), a weight (kind "weight": index into the spec table), or the token ids."""
+
+    kind: str
+    index: int
+    off: int
+    stride: int
+    len: int
+    shape: tuple
+
+    def view(self) -> str:
+        return f"v({self.off}, {self.stride}, {self.len})"
+
+
+def _prod(xs) -> int:
+    return math.prod(xs) if xs else 1
+
+
+def _block(shape: tuple, name: str) -> tuple[int, int]:
+    """(per-token elements, stride multiplier): activations are (1, T, ...); fixed tensors have no T."""
+    if SEQ in shape:
+        if shape.index(SEQ) != 1 or shape[0] != 1:
+            raise CodegenError(f"%{name}: shape {shape}: the runtime needs activations laid out as (1, T, ...)")
+        return _prod(shape[2:]), 1
+    return _prod(shape), 0
+
+
+class Emitter:
+    def __init__(self, g: Graph):
+        self.g = g
+        cfg = g.meta.get("config", {})
+        self.seq_len = int(cfg["sequence_len"])
+        sched = g.meta.get("schedule")
+        plan = g.meta.get("memory_plan")
+        if not sched or not plan:
+            raise CodegenError("the IR has no memory plan / schedule: run the whole pass pipeline first")
+        self.chunk = int(sched["prefill"]["chunk"])
+        self.plan = plan
+        used = {i for n in g.nodes for i in n.inputs}
+        self.weight_names = sorted(k for k in g.weights if k in used)
+        self.widx = {k: i for i, k in enumerate(self.weight_names)}
+        self.locs: dict[str, Loc] = {}
+        self.kv_nodes: list[Node] = []
+        self.lines: list[str] = []
+
+    # --- locations -----------------------------------------------------------------------------
+    def loc(self, name: str, user: Node) -> Loc:
+        if name in self.locs:
+            return self.locs[name]
+        if name in self.widx:
+            w = self.g.weights[name]
+            return Loc("weight", self.widx[name], 0, 0, _prod(w.shape), tuple(w.shape))
+        if name in self.g.inputs:
+            return Loc("ids", 0, 0, 1, 1, tuple(self.g.inputs[name].shape))
+        raise CodegenError(f"%{user.name} reads %{name}, which has no value yet")
+
+    def define(self, n: Node) -> None:
+        shape = tuple(n.type.shape)
+        if OPS[n.op].kernel:
+            buf = self.plan["assign"].get(n.name)
+            if buf is None:
+                raise CodegenError(f"%{n.name}: the memory plan gives it no buffer")
+            per, mult = _block(shape, n.name)
+            self.locs[n.name] = Loc("buf", buf, 0, per * mult, per, shape)
+            return
+        src = self.loc(n.inputs[0], n)
+        if src.kind != "buf":
+            raise CodegenError(f"%{n.name}: a {n.op} of a weight or of the ids is not supported by the Rust runtime")
+        if n.op == "reshape":
+            per, _ = _block(shape, n.name)
+            if per != src.len:
+                raise CodegenError(f"%{n.name}: reshape changes the per-token size ({src.len} -> {per})")
+            self.locs[n.name] = Loc("buf", src.index, src.off, src.stride, src.len, shape)
+        elif n.op == "slice":
+            a, start, end = n.attrs["axis"], n.attrs["start"], n.attrs["end"]
+            first = 2 if SEQ in src.shape else 0
+            if a < first or any(d != 1 for d in src.shape[first:a]):
+                raise CodegenError(f"%{n.name}: slice along axis {a} of {src.shape} is not a contiguous block per token")
+            inner = _prod(src.shape[a + 1:])
+            self.locs[n.name] = Loc("buf", src.index, src.off + start * inner, src.stride, (end - start) * inner, shape)
+        elif n.op == "permute":
+            kept = [src.shape[p] for p in n.attrs["perm"] if src.shape[p] != 1]
+            if kept != [d for d in src.shape if d != 1]:
+                raise CodegenError(f"%{n.name}: permute {n.attrs['perm']} of {src.shape} moves data; the Rust runtime has no transpose kernel")
+            self.locs[n.name] = Loc("buf", src.index, src.off, src.stride, src.len, shape)
+        elif n.op == "expand" and tuple(src.shape) == shape:
+            self.locs[n.name] = src
+        else:
+            raise CodegenError(f"%{n.name}: view op {n.op} {n.attrs} is not supported by the Rust runtime ({n.source})")
+
+    # --- code pieces -----------------------------------------------------------------------------
+    def data(self, loc: Loc) -> str:
+        if loc.kind == "buf":
+            return f"&s.bufs[{loc.index}]"
+        if loc.kind == "weight":
+            return f"w[{loc.index}].f32()"
+        raise CodegenError("token ids used as a tensor operand")
+
+    def act(self, name: str, n: Node) -> Loc:
+        loc = self.loc(name, n)
+        if loc.kind != "buf":
+            raise CodegenError(f"%{n.name} ({n.op}): input %{name} must be an activation")
+        return loc
+
+    def steps(self, n: Node, steps: list[dict], operands: list[str], out: Loc) -> str:
+        parts = []
+        for st in steps:
+            fn = st["fn"]
+            if fn == "rms_norm":
+                weight = "None"
+                if "operand" in st:
+                    wl = self.loc(operands[st["operand"]], n)
+                    if wl.kind != "weight" or wl.len != out.shape[-1]:
+                        raise CodegenError(f"%{n.name}: rms_norm weight must be a weight of {out.shape[-1]} values")
+                    weight = f"Some({self.data(wl)})"
+                parts.append(f"Step::RmsNorm {{ eps: {_f32(st['eps'])}, width: {out.shape[-1]}, weight: {weight} }}")
+            elif fn in _UNARY:
+                parts.append(f"Step::Unary(Unary::{_UNARY[fn]})")
+            elif fn in _BINARY:
+                rev = "true" if st.get("reverse") else "false"
+                if "scalar" in st:
+                    parts.append(f"Step::Scalar(Binary::{_BINARY[fn]}, {_f32(st['scalar'])}, {rev})")
+                else:
+                    ol = self.loc(operands[st["operand"]], n)
+                    self.check_broadcast(n, ol, out)
+                    if ol.kind == "buf" and ol.index == out.index:
+                        raise CodegenError(f"%{n.name}: an epilogue operand shares the output buffer")
+                    view = ol.view() if ol.kind == "buf" else f"v(0, 0, {ol.len})"
+                    parts.append(f"Step::Tensor(Binary::{_BINARY[fn]}, Operand {{ data: {self.data(ol)}, view: {view} }}, {rev})")
+            else:
+                raise CodegenError(f"%{n.name}: epilogue step {fn!r} has no Rust kernel")
+        return "&[" + ", ".join(parts) + "]"
+
+    @staticmethod
+    def check_broadcast(n: Node, op: Loc, out: Loc) -> None:
+        if SEQ in op.shape:
+            if tuple(op.shape) != tuple(out.shape):
+                raise CodegenError(f"%{n.name}: operand shape {op.shape} differs from {out.shape}")
+            return
+        core = list(op.shape)
+        while core and core[0] == 1:
+            core.pop(0)
+        if core and tuple(core) != tuple(out.shape[-len(core):]):
+            raise CodegenError(f"%{n.name}: operand shape {op.shape} does not broadcast over the last axes of {out.shape}")
+
+    # --- kernels ---------------------------------------------------------------------------------
+    def kernel(self, n: Node) -> list[str]:
+        at = n.attrs
+        out = self.locs[n.name]
+        o = f"&mut o, {out.view()}"
+        if n.op == "matmul":
+            x = self.act(n.inputs[0], n)
+            wname = n.inputs[1]
+            w = self.g.weights[wname]
+            rows, cols = w.shape
+            if x.len != cols or out.len != rows:
+                raise CodegenError(f"%{n.name}: matmul of {x.len} inputs by {tuple(w.shape)} into {out.len}")
+            pro = at.get("prologue")
+            pro_s = f"Some({_f32(pro['eps'])})" if pro else "None"
+            st = self.steps(n, at.get("epilogue", []), n.inputs[2:], out)
+            return [f"k::matmul({self.data(x)}, {x.view()}, t, {pro_s}, Mat::of(&w[{self.widx[wname]}], {rows}, {cols}), {o}, {st});"]
+        if n.op == "embedding":
+            table = self.g.weights[n.inputs[0]]
+            if out.len != table.shape[1]:
+                raise CodegenError(f"%{n.name}: embedding rows of {table.shape[1]} into {out.len}")
+            st = self.steps(n, at.get("epilogue", []), n.inputs[2:], out)
+            return [f"k::embedding(&w[{self.widx[n.inputs[0]]}], ids, {o}, {st});"]
+        if n.op == "positions":
+            w = self.g.weights[n.inputs[0]]
+            a = at["axis"]
+            if any(d != 1 for d in w.shape[:a]) or w.shape[a] < self.seq_len:
+                raise CodegenError(f"%{n.name}: position table {w.shape} along axis {a} does not cover sequence_len")
+            row = _prod(w.shape[a + 1:])
+            if row != out.len:
+                raise CodegenError(f"%{n.name}: position rows of {row} into {out.len}")
+            return [f"k::positions(w[{self.widx[n.inputs[0]]}].f32(), {row}, pos, t, {o});"]
+        if n.op == "rope":
+            x, c, s_ = (self.act(i, n) for i in n.inputs[:3])
+            hd = x.shape[-1]
+            if c.len != hd // 2 or s_.len != hd // 2 or out.len != x.len:
+                raise CodegenError(f"%{n.name}: rope tables of {c.len} for head_dim {hd}")
+            st = self.steps(n, at.get("epilogue", []), n.inputs[3:], out)
+            return [f"k::rope({self.data(x)}, {x.view()}, t, {hd}, {self.data(c)}, {c.view()}, {self.data(s_)}, {s_.view()}, {o}, {st});"]
+        if n.op == "attention":
+            if at["layout"] != "BTHD":
+                raise CodegenError(f"%{n.name}: attention layout {at['layout']} (the runtime reads (1, T, H, D))")
+            q, k_, v_ = (self.act(i, n) for i in n.inputs)
+            h, hkv, d = at["n_head"], at["n_kv_head"], at["head_dim"]
+            if q.len != h * d or k_.len != hkv * d or v_.len != hkv * d or out.len != h * d:
+                raise CodegenError(f"%{n.name}: attention shapes do not match n_head/n_kv_head/head_dim")
+            i = len(self.kv_nodes)
+            self.kv_nodes.append(n)
+            shape = (f"AttnShape {{ n_head: {h}, n_kv_head: {hkv}, head_dim: {d}, scale: {_f32(at['scale'])}, "
+                     f"window: {int(at.get('window') or 0)} }}")
+            return [f"k::attention({self.data(q)}, {q.view()}, {self.data(k_)}, {k_.view()}, {self.data(v_)}, {v_.view()}, "
+                    f"t, pos, &mut s.kv[{i}], {shape}, {o});"]
+        if n.op in ("elementwise", "rms_norm"):
+            x = self.act(n.inputs[0], n)
+            if n.op == "rms_norm":
+                steps = [{"fn": "rms_norm", "eps": at["eps"], **({"operand": 0} if len(n.inputs) > 1 else {})}]
+            else:
+                steps = at["steps"]
+            if x.len != out.len:
+                raise CodegenError(f"%{n.name}: {n.op} that changes the shape is not supported")
+            st = self.steps(n, steps, n.inputs[1:], out)
+            return [f"k::elementwise({self.data(x)}, {x.view()}, t, {o}, {st});"]
+        raise CodegenError(f"%{n.name}: op {n.op!r} has no kernel in the Rust runtime ({n.source or 'no source'})")
+
+    def emit(self) -> str:
+        body = []
+        for n in self.g.nodes:
+            self.define(n)
+            if not OPS[n.op].kernel:
+                continue
+            out = self.locs[n.name]
+            for i in n.inputs:
+                src = self.locs.get(i)
+                if src is not None and src.kind == "buf" and src.index == out.index:
+                    raise CodegenError(f"%{n.name}: the memory plan puts an input and the output in buffer {out.index}")
+            body.append(f"    // %{n.name}: {n.type} = {n.op}({', '.join('%' + i for i in n.inputs)})")
+            if n.source:
+                body.append(f"    //   {n.source.splitlines()[0][:150]}")
+            body.append("    {")
+            body.append(f"        let mut o = take(&mut s.bufs[{out.index}]);")
+            body += ["        " + line for line in self.kernel(n)]
+            body.append(f"        s.bufs[{out.index}] = o;")
+            body.append("    }")
+        logits = self.locs[self.g.outputs[0]]
+        if logits.kind != "buf" or SEQ not in logits.shape:
+            raise CodegenError("the output is not a (1, T, vocab) activation")
+        bufs = [b["per_token"] * self.chunk + b["fixed"] for b in self.plan["f32_buffers"]]
+        specs = []
+        for name in self.weight_names:
+            w = self.g.weights[name]
+            if w.dtype == "q8":
+                kp, grp = int(w.quant["k_pad"]), int(w.quant["group"])
+                if len(w.shape) != 2 or kp % grp or kp % 4:
+                    raise CodegenError(f"weight {name}: int8 packing {w.quant} is not supported")
+                q8 = f"Some(({kp}, {grp}))"
+            elif w.dtype == "f32":
+                q8 = "None"
+            else:
+                raise CodegenError(f"weight {name}: dtype {w.dtype} is not supported")
+            specs.append(f"    TensorSpec {{ name: {_rust_str(name)}, shape: &[{', '.join(map(str, w.shape))}], q8: {q8} }},")
+        kv = ", ".join(f"({n.attrs['n_kv_head']}, {n.attrs['head_dim']})" for n in self.kv_nodes)
+        cfg = self.g.meta.get("config", {})
+        header = [
+            "// Generated by monologue_compile/backends/rust_crate.py from the compiled model's final IR",
+            f"// ({self.g.meta.get('arch', '?')}, quant {self.g.meta.get('quant', '?')}, {len(self.g.nodes)} IR nodes,"
+            f" {len(body and [n for n in self.g.nodes if OPS[n.op].kernel])} kernels). Do not edit: recompile instead.",
+            f"// config: {', '.join(f'{k}={v}' for k, v in sorted(cfg.items()))}",
+            "//",
+            "// `run` is the schedule: one block per kernel, in order, with constant shapes, buffer numbers",
+            "// (the memory plan's) and offsets. T = ids.len() (1 in decode, up to CHUNK in prefill).",
+            "#![allow(clippy::all)]",
+            "",
+            "use std::mem::take;",
+            "",
+            "use crate::engine::{ModelInfo, State};",
+            "use crate::kernels::{self as k, AttnShape, Binary, Mat, Operand, Step, Unary, View};",
+            "use crate::weights::{Tensor, TensorSpec};",
+            "",
+            "const fn v(off: usize, stride: usize, len: usize) -> View {",
+            "    View { off, stride, len }",
+            "}",
+            "",
+            f"pub const CHUNK: usize = {self.chunk};",
+            "",
+            f"static SPECS: [TensorSpec; {len(specs)}] = [",
+            *specs,
+            "];",
+            "",
+            "pub static INFO: ModelInfo = ModelInfo {",
+            f"    vocab: {logits.len},",
+            f"    seq_len: {self.seq_len},",
+            "    chunk: CHUNK,",
+            f"    buffers: &[{', '.join(map(str, bufs))}],",
+            f"    kv: &[{kv}],",
+            "    specs: &SPECS,",
+            f"    logits: ({logits.index}, {logits.view()}),",
+            "};",
+            "",
+            "#[allow(unused_variables)]",
+            "pub fn run(w: &[Tensor], s: &mut State, ids: &[u32], pos: usize) {",
+            "    let t = ids.len();",
+        ]
+        unused = {"Binary", "Operand", "Unary", "Mat", "AttnShape"}
+        code = "\n".join(body)
+        for name in list(unused):
+            if f"{name}::" in code or f"{name} {{" in code or f"{name}::of" in code:
+                unused.discard(name)
+        imports = [x for x in ("AttnShape", "Binary", "Mat", "Operand", "Step", "Unary", "View") if x not in unused]
+        header = [line if not line.startswith("use crate::kernels::") else
+                  f"use crate::kernels::{{self as k, {', '.join(imports)}}};" for line in header]
+        return "\n".join(header + body + ["}", ""])
+
+
+_UNARY = {"neg": "Neg", "relu": "Relu", "square": "Square", "tanh": "Tanh", "sigmoid": "Sigmoid", "silu": "Silu",
+          "gelu": "Gelu", "gelu_tanh": "GeluTanh", "exp": "Exp", "rsqrt": "Rsqrt", "sqrt": "Sqrt", "abs": "Abs"}
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow"}
+
+
+def _f32(x) -> str:
+    x = float(x)
+    if not math.isfinite(x):
+        raise CodegenError(f"constant {x} is not finite")
+    return f"{x!r}_f32"
+
+
+def _rust_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def generate(g: Graph) -> str:
+    """The text of model_gen.rs for the final, scheduled IR."""
+    return Emitter(g).emit()
+
+
+# --- the crate ---------------------------------------------------------------------------------------
+
+def emit_crate(g: Graph, crate_dir: Path) -> Path:
+    """Write the runtime crate for `g` into crate_dir (a copy of runtime_rs/ plus model_gen.rs)."""
+    code = generate(g)  # first: a model the runtime cannot run fails before anything is written
+    crate_dir = Path(crate_dir)
+    src = runtime_rs_dir()
+    crate_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("Cargo.toml", "Cargo.lock"):
+        if (src / name).exists():
+            shutil.copy2(src / name, crate_dir / name)
+    if (crate_dir / "src").exists():
+        shutil.rmtree(crate_dir / "src")
+    shutil.copytree(src / "src", crate_dir / "src")
+    (crate_dir / "src" / GENERATED).write_text(code)
+    lib = crate_dir / "src" / "lib.rs"
+    lib.write_text(lib.read_text() + "\n// the compiled model (emitted by monologue-compile)\npub mod model_abi;\npub mod model_gen;\n")
+    return crate_dir
+
+
+# --- toolchains and builds ---------------------------------------------------------------------------
+
+@dataclass
+class Toolchain:
+    cargo: str
+    rustc: str | None
+    label: str
+
+    def env(self, extra: dict | None = None) -> dict:
+        env = dict(os.environ)
+        if self.rustc:
+            env["RUSTC"] = self.rustc
+            env["PATH"] = str(Path(self.rustc).parent) + os.pathsep + env.get("PATH", "")
+        env.update(extra or {})
+        return env
+
+
+def _has_wasm_std(rustc: str) -> bool:
+    try:
+        sysroot = subprocess.run([rustc, "--print", "sysroot"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(sysroot) and (Path(sysroot) / "lib" / "rustlib" / WASM_TARGET / "lib").is_dir()
+
+
+def find_toolchain(wasm: bool) -> Toolchain:
+    """A cargo that can build natively, or (wasm=True) for wasm32; MonologueError saying what to install."""
+    candidates = []
+    cargo = shutil.which("cargo")
+    if cargo:
+        rustc = shutil.which("rustc") or str(Path(cargo).with_name("rustc"))
+        candidates.append(Toolchain(cargo, rustc, "cargo on PATH"))
+    if Path("/usr/bin/cargo").exists() and Path("/usr/bin/rustc").exists():
+        candidates.append(Toolchain("/usr/bin/cargo", "/usr/bin/rustc", "Debian's cargo"))
+    if not wasm:
+        if candidates:
+            return candidates[0]
+        raise MonologueError("no Rust toolchain (cargo) was found; install Rust (apt-get install rustc cargo, or rustup) "
+                             "to build the native runtime")
+    for tc in candidates:
+        if tc.rustc and _has_wasm_std(tc.rustc):
+            return tc
+    raise MonologueError(INSTALL_HINT.replace("\n", " "))
+
+
+def _cargo(tc: Toolchain, crate: Path, args: list[str], env: dict, what: str) -> None:
+    # A copy of Debian's cargo (1.63) cannot read a newer Cargo.lock: the crate has no
+    # dependencies, so build without one rather than fail.
+    if tc.cargo == "/usr/bin/cargo" and (crate / "Cargo.lock").exists():
+        head = (crate / "Cargo.lock").read_text()[:200]
+        if "version = 4" in head:
+            (crate / "Cargo.lock").unlink()
+    r = subprocess.run([tc.cargo, "build", "--offline", "--release", *args], cwd=crate, env=tc.env(env),
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise MonologueError(f"building the {what} runtime with {tc.label} failed:\n{r.stderr[-4000:]}")
+
+
+def cache_dir() -> Path:
+    """Where build output lives (outside dist/, which is a static site): $MONOLOGUE_CACHE or ~/.cache/monologue."""
+    base = os.environ.get("MONOLOGUE_CACHE") or str(Path.home() / ".cache" / "monologue")
+    return Path(base) / "rust"
+
+
+def crate_hash(crate: Path, extra: str = "") -> str:
+    """SHA-256 of the crate's sources: the same crate text reuses its build."""
+    h = hashlib.sha256(extra.encode())
+    for p in sorted([crate / "Cargo.toml", *(crate / "src").rglob("*.rs")]):
+        h.update(str(p.relative_to(crate)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def build_native(crate: Path, fast: bool = False, target_dir: Path | None = None) -> Path:
+    """Build the cdylib for this machine and return its path (cached by the crate's sources).
+
+    `fast`: no LTO, parallel incremental codegen: a quicker compile of a slightly slower library
+    (tests); the default is the release profile (LTO, one codegen unit) benchmarks measure."""
+    import sys
+
+    crate = Path(crate)
+    name = LIB_NAME.get(sys.platform, "libruntime_rs.so")
+    cached = cache_dir() / "native" / crate_hash(crate, f"fast={fast}") / name
+    if cached.exists():
+        return cached
+    tc = find_toolchain(wasm=False)
+    env = {}
+    if fast:
+        env.update(CARGO_PROFILE_RELEASE_LTO="false", CARGO_PROFILE_RELEASE_CODEGEN_UNITS="16",
+                   CARGO_PROFILE_RELEASE_INCREMENTAL="true")
+    target = Path(target_dir) if target_dir else cache_dir() / ("target-native-fast" if fast else "target-native")
+    _cargo(tc, crate, ["--target-dir", str(target)], env, "native")
+    lib = target / "release" / name
+    if not lib.exists():
+        raise MonologueError(f"the native build did not produce {lib}")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    shutil.copy2(lib, tmp)
+    os.replace(tmp, cached)  # atomic: a concurrent reader never sees half a library
+    return cached
+
+
+def build_wasm(crate: Path, out: Path, target_dir: Path | None = None) -> Path:
+    """Build runtime.wasm (release, SIMD128) and copy it to `out`."""
+    crate = Path(crate)
+    tc = find_toolchain(wasm=True)
+    target = Path(target_dir) if target_dir else cache_dir() / "target-wasm"
+    # SIMD128 is in every browser that has WebAssembly SIMD (all current ones); the glue checks.
+    env = {"RUSTFLAGS": "-C target-feature=+simd128"}
+    _cargo(tc, crate, ["--target", WASM_TARGET, "--target-dir", str(target)], env, "wasm")
+    built = target / WASM_TARGET / "release" / "runtime_rs.wasm"
+    out = Path(out)
+    shutil.copy2(built, out)
+    return out
+
+
+def emit_and_build(g: Graph, dist: Path, wasm: bool = True, native: bool = False, fast: bool = False) -> dict:
+    """Emit DIST/runtime_rs and build DIST/runtime.wasm (and the native library when asked)."""
+    dist = Path(dist)
+    crate = emit_crate(g, dist / "runtime_rs")
+    out: dict = {"crate": crate}
+    if wasm:
+        out["wasm"] = build_wasm(crate, dist / "runtime.wasm")
+    if native:
+        out["native"] = build_native(crate, fast=fast)
+    return out
