@@ -200,6 +200,26 @@ def _as_step(n: Node, producer: str, operands: list[str]) -> dict | None:
     return step
 
 
+def _primitive(u: Node) -> Node | None:
+    """An `elementwise` kernel of one step seen as the unary/binary op it came from (None if more)."""
+    if u.op != "elementwise":
+        return u
+    if len(u.attrs["steps"]) != 1:
+        return None
+    st = u.attrs["steps"][0]
+    if st["fn"] == "rms_norm":
+        return Node(u.name, "rms_norm", u.inputs, {"eps": st["eps"]}, u.type, u.source)
+    if "operand" not in st:
+        if st["fn"] in ("neg", "relu", "square", "tanh", "sigmoid", "silu", "gelu", "gelu_tanh", "exp", "rsqrt",
+                        "sqrt", "abs"):
+            return Node(u.name, "unary", u.inputs[:1], {"fn": st["fn"]}, u.type, u.source)
+        return Node(u.name, "binary", u.inputs[:1], {k: v for k, v in st.items()}, u.type, u.source)
+    a, b = u.inputs[0], u.inputs[1 + st["operand"]]
+    if st.get("reverse"):
+        a, b = b, a
+    return Node(u.name, "binary", [a, b], {"fn": st["fn"]}, u.type, u.source)
+
+
 def _epilogues(g: Graph) -> Graph:
     changed = True
     while changed:
@@ -211,10 +231,10 @@ def _epilogues(g: Graph) -> Graph:
             us = users.get(n.name, [])
             if len(us) != 1:
                 continue
-            u = us[0]
-            if u.op == "rms_norm" and n.op not in _ROW_PRODUCERS:
+            u = _primitive(us[0])
+            if u is None or u.op not in _ELEMENTWISE + ("rms_norm",):
                 continue
-            if u.op not in _ELEMENTWISE + ("rms_norm",) or u.inputs[0] != n.name and u.op == "rms_norm":
+            if u.op == "rms_norm" and (n.op not in _ROW_PRODUCERS or u.inputs[0] != n.name):
                 continue
             if u.type.shape != n.type.shape:
                 continue  # a broadcast that grows the output is not an epilogue
@@ -231,7 +251,7 @@ def _epilogues(g: Graph) -> Graph:
             n.attrs[key] = n.attrs.get(key, []) + [step]
             _set_operands(n, operands)
             n.type = u.type
-            g.nodes.remove(u)
+            g.nodes.remove(us[0])
             n.name = u.name  # n's only user was u: everything downstream already names u
             changed = True
             break
@@ -262,10 +282,20 @@ def _elementwise_kernels(g: Graph) -> Graph:
     return _epilogues(g)
 
 
+def _full_shape_first(g: Graph) -> Graph:
+    """add/mul with the broadcast (smaller) operand first: swap, so input 0 has the output's shape."""
+    for n in g.nodes:
+        if n.op == "binary" and len(n.inputs) == 2 and n.attrs["fn"] in ("add", "mul"):
+            a, b = (g.type_of(i).shape for i in n.inputs)
+            if a != n.type.shape and b == n.type.shape:
+                n.inputs.reverse()
+    return g
+
+
 def fuse(g: Graph) -> Graph:
     g = _rope(g)
     g = _matmuls(g)
     g = _norm_prologue(g)
     g = _merge_projections(g)
-    g = _epilogues(g)
+    g = _epilogues(_full_shape_first(g))
     return _elementwise_kernels(g)
