@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import functools
 import io
 import json
 import os
@@ -53,7 +54,9 @@ _TRAIN_BATCH_BYTES = 16 << 20
 _STATUS_ERROR = 1
 
 
+@functools.cache
 def _runtime():
+    """(ffi, lib) of the Rust extension, imported on first use."""
     try:
         from ._runtime import ffi, lib
     except ImportError as e:  # the extension is built by `pip install -e .` (maturin)
@@ -221,15 +224,15 @@ class Tokenizer:
                 raise MonologueError(
                     f'allowed_special must be "all", "none" or a set of names, not {allowed_special!r}'
                 )
-            allowed = allowed_special
+            allowed_json = b'"all"' if allowed_special == "all" else b'"none"'
         else:
             allowed = sorted(allowed_special)
             unknown = [name for name in allowed if name not in self.special_tokens]
             if unknown:
                 raise MonologueError(f"allowed_special names unknown special tokens: {unknown}")
+            allowed_json = json.dumps(allowed).encode("utf-8")
         ffi, lib = _runtime()
         data = _utf8(text)
-        allowed_json = json.dumps(allowed).encode("utf-8")
         ptr, n = ffi.new("uint32_t **"), ffi.new("uintptr_t *")
         _check(lib.mono_tokenizer_encode(self._handle, data, len(data), allowed_json, len(allowed_json), ptr, n))
         return _take_u32s(ptr, n)

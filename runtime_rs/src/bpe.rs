@@ -57,9 +57,12 @@ impl Tokenizer {
             }
         }
         let mut decoder: Vec<Option<Vec<u8>>> = ranks.into_iter().map(Some).collect();
-        for (name, id) in &specials {
+        for (i, (name, id)) in specials.iter().enumerate() {
             if name.is_empty() {
                 return Err("a special token has an empty name".to_string());
+            }
+            if specials[..i].iter().any(|(earlier, _)| earlier == name) {
+                return Err(format!("special token {} is declared twice", name));
             }
             let id = *id as usize;
             if id < num_ranks {
