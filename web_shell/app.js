@@ -39,21 +39,19 @@ const PLACEHOLDERS = {
   error: "The chat is off",
 };
 
-// What a visitor can do about each kind of failure.
-const ERROR_ADVICE = {
-  corrupt: "Reload the page to download it again. If this keeps happening, the site's files are damaged: tell whoever hosts it.",
-  network: "Check the connection and reload the page.",
-  manifest: "The site was not compiled completely; whoever hosts it needs to compile and upload it again.",
-  insecure: "",
-  internal: "Reloading the page may help.",
-};
-
-const ERROR_TITLES = {
-  corrupt: "A model file is corrupt",
-  network: "The model could not be downloaded",
-  manifest: "This site's model manifest is unusable",
-  insecure: "This page cannot verify the model here",
-  internal: "Something went wrong",
+// Each kind of load failure (LoadError.kind in loader.js): a title, and what a visitor can do.
+const FAILURES = {
+  corrupt: {
+    title: "A model file is corrupt",
+    advice: "Reload the page to download it again. If this keeps happening, the site's files are damaged: tell whoever hosts it.",
+  },
+  network: { title: "The model could not be downloaded", advice: "Check the connection and reload the page." },
+  manifest: {
+    title: "This site's model manifest is unusable",
+    advice: "The site was not compiled completely; whoever hosts it needs to compile and upload it again.",
+  },
+  insecure: { title: "This page cannot verify the model here", advice: "" },
+  internal: { title: "Something went wrong", advice: "Reloading the page may help." },
 };
 
 let conversation = []; // [{role, content}] sent to the worker with each question
@@ -96,9 +94,10 @@ function showFailure(title, message, notes = []) {
 
 // Files download in parallel and each is verified as it arrives, so the title follows the whole
 // load (downloading until every byte is in), not the stage of whichever file reported last.
-function showProgress({ stage, file, loaded, total, fromCache }) {
+function showProgress({ stage, file, loaded, total, fromCache, backend }) {
   if (stage === "compile") {
-    showStatus("busy", "Compiling shaders", total ? `${loaded} of ${total}` : "", [], total ? loaded / total : 0);
+    const title = backend === "webgpu" ? "Compiling shaders" : "Preparing the CPU runtime";
+    showStatus("busy", title, total ? `${loaded} of ${total}` : "", [], total ? loaded / total : 0);
     return;
   }
   let title = "Verifying the model files";
@@ -374,8 +373,8 @@ const onMessage = {
       setState("ready");
       return;
     }
-    const advice = ERROR_ADVICE[kind] ?? ERROR_ADVICE.internal;
-    showFailure(ERROR_TITLES[kind] ?? ERROR_TITLES.internal, message, advice ? [advice] : []);
+    const { title, advice } = FAILURES[kind] ?? FAILURES.internal;
+    showFailure(title, message, advice ? [advice] : []);
   },
 };
 

@@ -8,7 +8,9 @@
 //                                               topK, topP, maxNewTokens, seed)
 //   {type: "stop"}                              end the current reply early
 // Messages to the page:
-//   {type: "progress", stage, file, loaded, total, fromCache}   stage: download | verify | compile
+//   {type: "progress", stage, file, loaded, total, fromCache, backend}
+//                                               stage: download | verify | compile (backend: the
+//                                               one compiling)
 //   {type: "verified", stats}                   all files are present and match the manifest
 //   {type: "backends", backends}                [{kind, label, ok, reason}] (see engine.js)
 //   {type: "no-backend", message, backends}     nothing can run the model; the chat stays off
@@ -70,7 +72,7 @@ const handlers = {
 };
 
 async function startBackend(kind) {
-  const next = await createEngine(kind, model, (p) => post("progress", { ...p, stage: "compile" }));
+  const next = await createEngine(kind, model, (p) => post("progress", { ...p, stage: "compile", backend: kind }));
   engine?.dispose();
   engine = next;
   post("ready", { backend: kind });
