@@ -129,7 +129,8 @@ class Tokenizer:
         pattern: str = NANOCHAT_PATTERN,
     ) -> Tokenizer:
         """Train on `texts` (strings, or paths of UTF-8 text files) to `vocab_size` ids in all:
-        256 byte tokens + learned merges + `special_tokens` (default: SPECIAL_TOKENS)."""
+        256 byte tokens + learned merges + `special_tokens` (default: SPECIAL_TOKENS). Texts too
+        small to yield that many merges give a smaller vocabulary: size models by `.vocab_size`."""
         specials = list(SPECIAL_TOKENS if special_tokens is None else special_tokens)
         if len(set(specials)) != len(specials):
             raise MonologueError(f"special tokens repeat a name: {specials}")
@@ -189,11 +190,12 @@ class Tokenizer:
             raise MonologueError(f"tokenizer file not found: {path}")
         data = path.read_bytes()
         if data[:1] == b"\x80":  # pickle protocol 2 and later
-            return cls.from_json(_tiktoken_pickle_to_json(data, path))
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MonologueError(f"{path}: not a tokenizer.json (not UTF-8) nor a tokenizer.pkl") from None
+            text = _tiktoken_pickle_to_json(data, path)
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MonologueError(f"{path}: not a tokenizer.json (not UTF-8) nor a tokenizer.pkl") from None
         try:
             return cls.from_json(text)
         except MonologueError as e:

@@ -202,3 +202,11 @@ def test_batch_encoding_and_pickling(tok):
     assert tok.encode_ordinary_batch([]) == []
     clone = pickle.loads(pickle.dumps(tok))
     assert clone.to_json() == tok.to_json()
+
+
+def test_pkl_with_an_unsupported_pattern_names_the_file(tok, tmp_path):
+    encoding = tiktoken.Encoding("gpt2ish", pat_str=r"\w+|\s+|[^\w\s]+", mergeable_ranks=tok.ranks(), special_tokens={})
+    path = tmp_path / "tokenizer.pkl"
+    path.write_bytes(pickle.dumps(encoding))
+    with pytest.raises(MonologueError, match=r"tokenizer\.pkl: unsupported split pattern"):
+        Tokenizer.load(path)
