@@ -37,7 +37,7 @@ def for_tint(kernel):
     return dataclasses.replace(kernel, params=params, wgsl=render(kernel.template, name=kernel.name, **params))
 
 
-class _Wgpu:
+class WgpuRunner:
     name = "wgpu"
 
     def run(self, kernel, inputs, outputs, pos=0, n_tokens=1):
@@ -83,7 +83,7 @@ def chromium_session():
 @pytest.fixture(params=BACKENDS)
 def gpu(request):
     if request.param == "wgpu":
-        return _Wgpu()
+        return WgpuRunner()
     browser, why = request.getfixturevalue("chromium_session")
     if browser is None:
         pytest.skip(f"Chromium/Tint run unavailable: {why}")

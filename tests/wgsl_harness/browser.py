@@ -48,7 +48,8 @@ async () => {
     if (err) errors.push(err.message);
     return {pipeline, bgl, errors};
   };
-  const b64 = (s) => Uint8Array.from(atob(s), c => c.charCodeAt(0));
+  const b64 = async (s) => new Uint8Array(
+      await (await fetch('data:application/octet-stream;base64,' + s)).arrayBuffer());
   window.runKernel = async (k) => {
     const miss = lacking(k.needs);
     if (miss.length) return {skip: 'Chromium lacks ' + miss.join(', ')};
@@ -56,7 +57,7 @@ async () => {
     if (errors.length) return {errors};
     const bufs = {};
     for (const b of k.bindings) {
-      const data = k.inputs[b.name] !== undefined ? b64(k.inputs[b.name]) : null;
+      const data = k.inputs[b.name] !== undefined ? await b64(k.inputs[b.name]) : null;
       const size = Math.max(16, Math.ceil((data ? data.length : k.outputs[b.name]) / 16) * 16);
       const usage = (b.kind === 'uniform' ? GPUBufferUsage.UNIFORM : GPUBufferUsage.STORAGE)
                     | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;

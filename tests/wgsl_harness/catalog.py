@@ -44,6 +44,15 @@ def catalog(target: str) -> dict[str, K.Kernel]:
         ks[f"argmax_{i}"] = st
     for i, st in enumerate(K.topk(70000, 64, covers=cv), 1):
         ks[f"topk_{i}"] = st
+    # nanochat d20 shapes (C 1280, 10 heads of 128, MLP 5120, vocab 65536, context 2048): the
+    # constructors' limit checks pass and both compilers take them.
+    ks["d20_lm_head"] = K.matvec_int8(65536, 1280, norm=True, softcap=15.0, subgroups=sg, covers=cv)
+    ks["d20_mlp_fc"] = K.matvec_int8(5120, 1280, norm=True, act="relu2", covers=cv)
+    ks["d20_mlp_proj"] = K.matvec_int8(1280, 5120, residual=True, covers=cv)
+    ks["d20_prefill_fc"] = K.matmul_int8(512, 5120, 1280, norm=True, act="relu2", covers=cv)
+    ks["d20_attn_prefill"] = K.attn_prefill(512, 10, 10, 128, 2048, covers=cv)  # block 8: 16 no longer fits
+    ks["d20_attn_decode"] = K.attn_decode(10, 10, 128, 2048, covers=cv)[0]
+    ks["d20_embed"] = K.embed_int8(512, 65536, 1280, norm=True, covers=cv)
     return ks
 
 
