@@ -86,7 +86,7 @@ def test_reply_streams_with_thought_panel(chat):
         "The user asked: What is 2+2?. Two plus two is four, so I will say so."
     )
     # Model output is text: the markup in it is shown, never run or rendered.
-    assert reply.locator(".answer").inner_text() == ANSWER + "[turns=1 temperature=0 topK=50 topP=0.95 seed=123]"
+    assert reply.locator(".answer").inner_text() == ANSWER + "[turns=1 thoughts=0 temperature=0 topK=50 topP=0.95 seed=123]"
     assert page.locator(".messages img, .messages b").count() == 0
     assert page.title() == "Monologue"
     assert "tokens · " in reply.locator(".reply-meta").inner_text()
@@ -130,10 +130,10 @@ def test_keyboard_stop_limit_and_new_chat(chat):
     assert meta.startswith("Stopped · "), meta
     assert last_reply(page).locator(".thought-label").inner_text().startswith("Thought for ")
 
-    # The conversation so far goes with each question: question, answer, question.
+    # The conversation so far goes with each question, the model's earlier thoughts included.
     ask(page, "and then?")
     wait_done(page)
-    assert "[turns=5 " in last_reply(page).locator(".answer").inner_text()
+    assert "[turns=5 thoughts=2 " in last_reply(page).locator(".answer").inner_text()
 
     # New chat in the middle of a reply: the reply stops and is not part of the next conversation.
     ask(page, "a long one")
@@ -144,7 +144,7 @@ def test_keyboard_stop_limit_and_new_chat(chat):
     assert page.is_visible("#intro")
     ask(page, "fresh start")
     wait_done(page)
-    assert "[turns=1 " in last_reply(page).locator(".answer").inner_text()
+    assert "[turns=1 thoughts=0 " in last_reply(page).locator(".answer").inner_text()
 
 
 def test_switch_backend_and_device_loss_fallback(chat):

@@ -15,7 +15,7 @@ function replyFor(messages, sampling) {
     : `The user asked: ${question}. Two plus two is four, so I will say so.`;
   const answer =
     `The answer is <b>4</b> — ça fait 4 🎉. <img src=x onerror="document.title='pwned'"> ` +
-    `[turns=${messages.length} temperature=${sampling.temperature} topK=${sampling.topK} topP=${sampling.topP} seed=${sampling.seed}]`;
+    `[turns=${messages.length} thoughts=${messages.filter((m) => m.thought).length} temperature=${sampling.temperature} topK=${sampling.topK} topP=${sampling.topP} seed=${sampling.seed}]`;
   return new TextEncoder().encode(`<think>\n${thought}\n</think>\n\n${answer}`);
 }
 
@@ -53,7 +53,7 @@ export async function create({ onProgress }) {
       const at = context.length - context.lastIndexOf(REPLY_START) - 1;
       const id = at < reply.length ? reply[at] : STOP;
       // Slow while thinking, so the test can watch the open thought panel.
-      await new Promise((done) => setTimeout(done, new TextDecoder().decode(reply.slice(0, at)).includes("</think>") ? 4 : 25));
+      await new Promise((done) => setTimeout(done, new TextDecoder().decode(reply.slice(0, at)).includes("</think>") ? 4 : 35));
       context.push(id);
       return { id };
     },

@@ -54,7 +54,7 @@ const FAILURES = {
   internal: { title: "Something went wrong", advice: "Reloading the page may help." },
 };
 
-let conversation = []; // [{role, content}] sent to the worker with each question
+let conversation = []; // [{role, content, thought?}] sent to the worker with each question
 let current = null; // the assistant message being written
 let activeBackend = null;
 let fileStats = null;
@@ -230,8 +230,12 @@ function createAssistantMessage(history) {
 
   return {
     history,
-    get answer() {
-      return answerText.data;
+    // The turn as the chat template takes it back (runtime_rs chat.rs): the thought is kept so
+    // that later turns see the same context the model wrote.
+    get turn() {
+      return thoughtText.data
+        ? { role: "assistant", content: answerText.data, thought: thoughtText.data }
+        : { role: "assistant", content: answerText.data };
     },
     apply({ thought: thoughtDelta, answer: answerDelta, opened, closed }) {
       const follow = nearBottom();
@@ -350,7 +354,7 @@ const onMessage = {
     const speed = speedText(tokensPerSecond, backend);
     ui.speed.textContent = speed;
     const note = [FINISH_NOTES[reason], `${tokens} tokens`, speed].filter(Boolean).join(" · ");
-    current.history.push({ role: "assistant", content: current.answer });
+    current.history.push(current.turn);
     current.finish(note);
     current = null;
     setState("ready");

@@ -7,9 +7,11 @@
 // loaded, total}) reports shader/module compilation. An Engine is
 //   backend: "webgpu" | "wasm"
 //   tokenizer: {
-//     encodeChat(messages: [{role: "user" | "assistant", content}]) -> number[]  the prompt, ending
-//                                                         where the assistant's reply begins
-//     tokenBytes(id) -> Uint8Array    the token's bytes (a token may end inside a UTF-8 character)
+//     encodeChat(messages: [{role: "user" | "assistant", content, thought?}]) -> number[]
+//                                     the prompt in the chat template of runtime_rs/src/chat.rs,
+//                                     ending where the assistant's reply begins
+//     tokenBytes(id) -> Uint8Array    the token's bytes (a token may end inside a UTF-8 character;
+//                                     the <think> and </think> special tokens give their text)
 //     isStop(id) -> boolean           the token ends the reply
 //   }
 //   reset(sampling)              empties the context; sampling = {temperature, topK, topP, seed}
