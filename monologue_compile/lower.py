@@ -430,7 +430,7 @@ def lower(ep: torch.export.ExportedProgram) -> Graph:
         if not tensor.is_floating_point():
             raise MonologueError(f"buffer {spec.target} is not floating point ({tensor.dtype})")
         c.g.weights[spec.target] = Weight(tuple(tensor.shape), "f32",
-                                          tensor.detach().to(torch.float32).numpy().copy(), None, role)
+                                          tensor.detach().to(torch.float32).numpy(), None, role)
         seen_storage[key] = spec.target
         c.env[n] = spec.target
     if len(user_inputs) != 1 or c.seq_symbol is None:
