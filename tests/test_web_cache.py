@@ -1,5 +1,5 @@
-"""A second visit starts from the Cache API: no model file is downloaded again, and a file whose
-sha256 changed is fetched anew while the stale copy is dropped."""
+"""A second visit starts from the Cache API: no model file is downloaded again; a file whose sha256
+changed is fetched anew while the stale copy is dropped; a stored copy gone bad is fetched again."""
 
 import json
 
@@ -55,4 +55,18 @@ def test_second_visit_uses_cache_and_changed_file_is_refetched(browser, tmp_path
         assert third == [url + "model/weights-01.bin"]
         assert "1 from this device's cache" in status
         assert sorted(cached) == sorted(f"{url}model/{f['path']}?sha256={f['sha256']}" for f in manifest["files"])
+
+        # A stored copy that went bad on disk is dropped and fetched again, not used.
+        spoil = next(key for key in cached if "weights-00.bin" in key)
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("body:not([data-state='loading'])", timeout=30_000)  # its own load is over
+        page.evaluate(
+            "async (key) => (await caches.open('monologue-model')).put(key, new Response('garbage'))", spoil
+        )
+        page.close()
+        fourth, status, cached = visit(context, url)
+        assert fourth == [url + "model/weights-00.bin"]
+        assert "checked against their sha256, 1 from this device's cache" in status
+        assert spoil in cached
         context.close()
