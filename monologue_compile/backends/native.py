@@ -193,3 +193,136 @@ def require_built(dist) -> Path:
     if not (dist / "runtime_rs" / "src" / "model_gen.rs").exists():
         raise MonologueError(f"{dist}: no runtime_rs/ crate; compile with the Rust backend first")
     return dist / "runtime_rs"
+
+
+# --- runtime.wasm under Node ------------------------------------------------------------------------
+
+# A line-oriented host: one JSON request per stdin line, one JSON answer per stdout line. It
+# drives web_shell/wasm_runtime.js, the same glue the browser uses.
+_NODE_HOST = r"""
+import { readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
+const { instantiate } = await import(process.env.MONO_GLUE);
+const dir = process.env.MONO_MODEL_DIR;
+const manifestBytes = readFileSync(dir + "/manifest.json");
+const manifest = JSON.parse(manifestBytes.toString("utf8"));
+const rt = await instantiate(readFileSync(process.env.MONO_WASM));
+const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+let model;
+try {
+  model = rt.createModel({ manifest: manifestBytes, shards: manifest.weights.shards.map((s) => readFileSync(dir + "/" + s)),
+                           tokenizer: readFileSync(dir + "/" + manifest.tokenizer) });
+  say({ ok: true, info: model.info() });
+} catch (e) {
+  say({ ok: false, code: e.code ?? 2, message: String(e.message) });
+  process.exit(0);
+}
+for await (const line of createInterface({ input: process.stdin })) {
+  const r = JSON.parse(line);
+  try {
+    let out = {};
+    if (r.op === "forward") {
+      const l = model.forward(r.ids, r.all);
+      out.logits = Buffer.from(l.buffer, l.byteOffset, l.byteLength).toString("base64");
+    } else if (r.op === "reset") model.reset();
+    else if (r.op === "info") out.info = model.info();
+    else if (r.op === "sampler") model.setSampler(r.config);
+    else if (r.op === "next") out.id = model.nextToken();
+    else if (r.op === "chat_start") model.chatStart(r.prompt, r.max_tokens);
+    else if (r.op === "chat_step") out.step = model.chatStep();
+    else if (r.op === "quit") break;
+    say({ ok: true, ...out });
+  } catch (e) {
+    say({ ok: false, code: e.code ?? 2, message: String(e.message) });
+  }
+}
+"""
+
+
+class WasmModel:
+    """runtime.wasm run by Node through web_shell/wasm_runtime.js; NativeModel's interface."""
+
+    def __init__(self, wasm_path, model_dir, node: str = "node"):
+        import os
+        import subprocess
+
+        from ..resources import web_shell_dir
+
+        env = dict(os.environ, MONO_GLUE=(web_shell_dir() / "wasm_runtime.js").resolve().as_uri(),
+                   MONO_MODEL_DIR=str(Path(model_dir).resolve()), MONO_WASM=str(Path(wasm_path).resolve()))
+        try:
+            self.proc = subprocess.Popen([node, "--input-type=module", "-e", _NODE_HOST], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+        except FileNotFoundError:
+            raise MonologueError("Node.js (node) is needed to run runtime.wasm outside a browser") from None
+        first = self._read()
+        info = first["info"]
+        self.vocab, self.max_len, self.chunk = info["vocab"], info["seq_len"], info["chunk"]
+
+    @classmethod
+    def from_dist(cls, dist) -> "WasmModel":
+        dist = Path(dist)
+        model_dir = dist / "model" if (dist / "model" / "manifest.json").exists() else dist
+        wasm = dist / "runtime.wasm"
+        if not wasm.exists():
+            raise MonologueError(f"{wasm}: missing; compile with the wasm build")
+        return cls(wasm, model_dir)
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeCallError(PANIC, "the Node runtime host exited")
+        r = json.loads(line)
+        if not r["ok"]:
+            raise RuntimeCallError(r["code"], r["message"])
+        return r
+
+    def _call(self, **req) -> dict:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.proc.wait(timeout=10)
+
+    def __del__(self):
+        if getattr(self, "proc", None) is not None:
+            try:
+                self.close()
+            except Exception:
+                self.proc.kill()
+
+    def info(self) -> dict:
+        return self._call(op="info")["info"]
+
+    @property
+    def pos(self) -> int:
+        return self.info()["pos"]
+
+    def reset(self) -> None:
+        self._call(op="reset")
+
+    def forward(self, ids, all_rows: bool = True) -> np.ndarray:
+        import base64
+
+        r = self._call(op="forward", ids=[int(i) for i in ids], all=bool(all_rows))
+        return np.frombuffer(base64.b64decode(r["logits"]), dtype=np.float32).reshape(-1, self.vocab)
+
+    def set_sampler(self, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0) -> None:
+        self._call(op="sampler", config={"temperature": temperature, "topK": top_k or 0,
+                                         "topP": 1.0 if top_p is None else top_p,
+                                         "repetitionPenalty": repetition_penalty, "seed": seed})
+
+    def next_token(self) -> int:
+        return self._call(op="next")["id"]
+
+    def chat_start(self, prompt, max_tokens: int = 512) -> None:
+        self._call(op="chat_start", prompt=list(prompt), max_tokens=max_tokens)
+
+    def chat_step(self) -> dict:
+        return self._call(op="chat_step")["step"]

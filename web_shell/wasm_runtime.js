@@ -1,0 +1,307 @@
+// Hand-written glue for runtime.wasm: the Rust runtime (runtime_rs + the compiled model's generated
+// code) behind a plain C ABI (runtime_rs/src/model_abi.rs, ffi.rs). No wasm-bindgen: arguments go
+// in through buffers from mono_alloc, results come back through out-pointers. An ES module that
+// works the same in a browser worker and in Node.
+//
+//   const rt = await instantiate(wasmBytes);              // BufferSource | Response | Module
+//   const m = rt.createModel({ manifest, shards, tokenizer }); // Uint8Arrays: checked (sha256) in Rust
+//   m.forward([1, 2, 3]);      // Float32Array of 3 x vocab logits (prefill); forward([id]) decodes
+//   m.chatStart(messages, 256); m.chatStep(); // {token, pieces: [["thought"|"answer", text]], done}
+//
+// createEngine() adapts a model to web_shell/engine.js's Engine interface (backend "wasm").
+// Status codes: 0 ok, 1 bad input, 2 internal error, 3 context full; anything else than 0 throws a
+// RuntimeError carrying `code`.
+
+export class RuntimeError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "RuntimeError";
+    this.code = code;
+  }
+}
+
+export const CONTEXT_FULL = 3;
+
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder();
+
+// Whether this engine runs WebAssembly SIMD (runtime.wasm is built with +simd128): a tiny module
+// using one v128 instruction must validate.
+export function hasWasmSimd() {
+  const probe = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0,
+    65, 0, 253, 15, 253, 98, 11]);
+  return WebAssembly.validate(probe);
+}
+
+export async function instantiate(source) {
+  let module;
+  if (source instanceof WebAssembly.Module) module = source;
+  else if (typeof Response !== "undefined" && source instanceof Response) module = await WebAssembly.compileStreaming(source);
+  else module = await WebAssembly.compile(source);
+  // The runtime imports nothing; an import would mean a build that needs glue this file lacks.
+  const imports = {};
+  for (const imp of WebAssembly.Module.imports(module)) {
+    imports[imp.module] ??= {};
+    imports[imp.module][imp.name] = () => {
+      throw new Error(`runtime.wasm called the unexpected import ${imp.module}.${imp.name}`);
+    };
+  }
+  const instance = await WebAssembly.instantiate(module, imports);
+  return new Runtime(instance.exports);
+}
+
+class Runtime {
+  constructor(exports) {
+    this.x = exports;
+  }
+
+  // Views must be made after every call: memory.grow detaches the old ArrayBuffer.
+  u8(ptr, len) {
+    return new Uint8Array(this.x.memory.buffer, ptr, len);
+  }
+
+  // Copy bytes into wasm memory; returns [ptr, len] to free with free().
+  put(bytes) {
+    const len = bytes.length;
+    const ptr = len ? this.x.mono_alloc(len) : 0;
+    if (len) this.u8(ptr, len).set(bytes);
+    return [ptr, len];
+  }
+
+  free([ptr, len]) {
+    if (ptr) this.x.mono_free_bytes(ptr, len);
+  }
+
+  // 4-aligned scratch for out-pointers (wasm32: pointers and usize are u32).
+  scratch(words) {
+    const raw = this.x.mono_alloc(words * 4 + 4);
+    return { raw, len: words * 4 + 4, at: (raw + 3) & ~3 };
+  }
+
+  word(at, i) {
+    return new DataView(this.x.memory.buffer).getUint32(at + 4 * i, true);
+  }
+
+  check(status, lastError = "mono_model_last_error") {
+    if (status === 0) return;
+    const p = this.x[lastError]();
+    const mem = new Uint8Array(this.x.memory.buffer);
+    let end = p;
+    while (mem[end] !== 0) end++;
+    throw new RuntimeError(status, fromUtf8.decode(mem.slice(p, end)));
+  }
+
+  // Call f(...args, outPtrA, outPtrB) whose outs are (pointer, length); return a copy of the bytes.
+  callBytes(f, args, elementBytes = 1) {
+    const s = this.scratch(2);
+    try {
+      this.check(f(...args, s.at, s.at + 4));
+      const ptr = this.word(s.at, 0);
+      const len = this.word(s.at, 1);
+      return new Uint8Array(this.x.memory.buffer, ptr, len * elementBytes).slice();
+    } finally {
+      this.x.mono_free_bytes(s.raw, s.len);
+    }
+  }
+
+  createModel({ manifest, shards, tokenizer }) {
+    return new WasmModel(this, manifest, shards, tokenizer);
+  }
+}
+
+function idBytes(ids) {
+  const a = new Uint32Array(ids.length);
+  for (let i = 0; i < ids.length; i++) a[i] = ids[i];
+  return new Uint8Array(a.buffer);
+}
+
+export class WasmModel {
+  constructor(rt, manifest, shards, tokenizer) {
+    this.rt = rt;
+    const x = rt.x;
+    const s = rt.scratch(1);
+    try {
+      rt.check(x.mono_model_new(s.at));
+      this.h = rt.word(s.at, 0);
+      const m = rt.put(manifest);
+      try {
+        rt.check(x.mono_model_load_manifest(this.h, m[0], m[1], s.at));
+      } finally {
+        rt.free(m);
+      }
+      const n = rt.word(s.at, 0);
+      if (n !== shards.length) throw new RuntimeError(1, `the manifest lists ${n} shards, ${shards.length} given`);
+      shards.forEach((bytes, i) => {
+        const b = rt.put(bytes); // one shard at a time beside the weights: peak memory stays low
+        try {
+          rt.check(x.mono_model_add_shard(this.h, i, b[0], b[1]));
+        } finally {
+          rt.free(b);
+        }
+      });
+      if (tokenizer) {
+        const t = rt.put(tokenizer);
+        try {
+          rt.check(x.mono_model_load_tokenizer(this.h, t[0], t[1]));
+        } finally {
+          rt.free(t);
+        }
+      }
+      rt.check(x.mono_model_finish(this.h));
+    } catch (e) {
+      this.free();
+      throw e;
+    } finally {
+      x.mono_free_bytes(s.raw, s.len);
+    }
+    Object.assign(this, this.info());
+  }
+
+  info() {
+    return JSON.parse(fromUtf8.decode(this.rt.callBytes(this.rt.x.mono_model_info, [this.h])));
+  }
+
+  reset() {
+    this.rt.check(this.rt.x.mono_model_reset(this.h));
+  }
+
+  // Logits of every new position (all) or of the last one, as a Float32Array copy.
+  forward(ids, all = true) {
+    const b = this.rt.put(idBytes(ids));
+    try {
+      const bytes = this.rt.callBytes(this.rt.x.mono_model_forward, [this.h, b[0], ids.length, all ? 1 : 0], 4);
+      return new Float32Array(bytes.buffer);
+    } finally {
+      this.rt.free(b);
+    }
+  }
+
+  setSampler({ temperature = 0, topK = 0, topP = 1, repetitionPenalty = 1, seed = 0 } = {}) {
+    this.rt.check(this.rt.x.mono_model_set_sampler(this.h, temperature, topK >>> 0, topP ?? 1, repetitionPenalty, seed >>> 0));
+  }
+
+  // Sample the next token from the last logits and append it to the context.
+  nextToken() {
+    const s = this.rt.scratch(1);
+    try {
+      this.rt.check(this.rt.x.mono_model_next_token(this.h, s.at));
+      return this.rt.word(s.at, 0);
+    } finally {
+      this.rt.x.mono_free_bytes(s.raw, s.len);
+    }
+  }
+
+  // Start the assistant's turn: prompt ids, or messages [{role, content}] rendered in Rust.
+  chatStart(prompt, maxTokens = 512) {
+    const isMessages = prompt.length && typeof prompt[0] === "object";
+    const bytes = isMessages ? utf8.encode(JSON.stringify(prompt)) : idBytes(prompt);
+    const b = this.rt.put(bytes);
+    try {
+      if (isMessages) this.rt.check(this.rt.x.mono_chat_start_messages(this.h, b[0], b[1], maxTokens));
+      else this.rt.check(this.rt.x.mono_chat_start(this.h, b[0], prompt.length, maxTokens));
+    } finally {
+      this.rt.free(b);
+    }
+  }
+
+  chatStep() {
+    return JSON.parse(fromUtf8.decode(this.rt.callBytes(this.rt.x.mono_chat_step, [this.h])));
+  }
+
+  free() {
+    if (this.h) this.rt.x.mono_model_free(this.h);
+    this.h = 0;
+  }
+}
+
+// The tokenizer side of runtime.wasm (runtime_rs/src/ffi.rs), for the Engine interface.
+class WasmTokenizer {
+  constructor(rt, tokenizerBytes, specials) {
+    this.rt = rt;
+    const s = rt.scratch(1);
+    const t = rt.put(tokenizerBytes);
+    try {
+      rt.check(rt.x.mono_tokenizer_from_json(t[0], t[1], s.at), "mono_last_error");
+      this.h = rt.word(s.at, 0);
+    } finally {
+      rt.free(t);
+      rt.x.mono_free_bytes(s.raw, s.len);
+    }
+    this.stops = new Set(["<|assistant_end|>", "<|bos|>"].map((n) => specials[n]).filter((v) => v !== undefined));
+  }
+
+  encodeChat(messages) {
+    const b = this.rt.put(utf8.encode(JSON.stringify(messages)));
+    const s = this.rt.scratch(2);
+    try {
+      this.rt.check(this.rt.x.mono_render_for_completion(this.h, b[0], b[1], s.at, s.at + 4), "mono_last_error");
+      const ptr = this.rt.word(s.at, 0);
+      const n = this.rt.word(s.at, 1);
+      const ids = Array.from(new Uint32Array(this.rt.x.memory.buffer, ptr, n));
+      this.rt.x.mono_free_u32s(ptr, n);
+      return ids;
+    } finally {
+      this.rt.free(b);
+      this.rt.x.mono_free_bytes(s.raw, s.len);
+    }
+  }
+
+  tokenBytes(id) {
+    const b = this.rt.put(idBytes([id]));
+    const s = this.rt.scratch(2);
+    try {
+      this.rt.check(this.rt.x.mono_tokenizer_decode(this.h, b[0], 1, s.at, s.at + 4), "mono_last_error");
+      const ptr = this.rt.word(s.at, 0);
+      const n = this.rt.word(s.at, 1);
+      const out = this.rt.u8(ptr, n).slice();
+      this.rt.x.mono_free_bytes(ptr, n);
+      return out;
+    } finally {
+      this.rt.free(b);
+      this.rt.x.mono_free_bytes(s.raw, s.len);
+    }
+  }
+
+  isStop(id) {
+    return this.stops.has(id);
+  }
+
+  free() {
+    if (this.h) this.rt.x.mono_tokenizer_free(this.h);
+    this.h = 0;
+  }
+}
+
+// web_shell/engine.js's Engine over runtime.wasm. files: Map(manifest path -> verified Uint8Array),
+// including "runtime.wasm" (or pass wasm: bytes/Module/Response).
+export async function createEngine({ manifest, files, wasm, onProgress = () => {} }) {
+  const source = wasm ?? files.get("runtime.wasm") ?? files.get("../runtime.wasm");
+  if (!source) throw new Error("runtime.wasm was not loaded");
+  onProgress({ stage: "compile", loaded: 0, total: 1 });
+  const rt = await instantiate(source);
+  onProgress({ stage: "compile", loaded: 1, total: 1 });
+  const manifestBytes = files.get("manifest.json") ?? utf8.encode(JSON.stringify(manifest));
+  const shards = manifest.weights.shards.map((name) => files.get(name));
+  const tokenizerBytes = files.get(manifest.tokenizer);
+  const model = rt.createModel({ manifest: manifestBytes, shards, tokenizer: tokenizerBytes });
+  const tokenizer = new WasmTokenizer(rt, tokenizerBytes, manifest.special_tokens ?? {});
+  return {
+    backend: "wasm",
+    tokenizer,
+    model,
+    reset(sampling = {}) {
+      model.reset();
+      model.setSampler(sampling);
+    },
+    async prefill(ids) {
+      for (let i = 0; i < ids.length; i += model.chunk) model.forward(ids.slice(i, i + model.chunk), false);
+    },
+    async step() {
+      return { id: model.nextToken() };
+    },
+    dispose() {
+      tokenizer.free();
+      model.free();
+    },
+  };
+}
