@@ -14,3 +14,8 @@ MATRIX = dict(rtol=2e-5, atol=2e-5)
 ELEMENTWISE = dict(rtol=5e-5, atol=5e-5)
 # attention: softmax exp() and an online-softmax rescale chain per key tile add a few ulp each.
 ATTENTION = dict(rtol=5e-5, atol=5e-5)
+# whole model vs PyTorch on R_q weights: torch's own f32 rounding (different accumulation order, its
+# tanh/exp) adds to ours through 2 layers and a softcap. Logits are O(1..15); measured max abs error
+# on lavapipe 2.2e-6 for the 2-layer test model, so 2e-5 leaves room for other implementations'
+# transcendentals while still catching any real semantic slip (those are >= 1e-3).
+MODEL = dict(rtol=2e-5, atol=2e-5)
