@@ -6,6 +6,7 @@ else is the real page and worker: streaming, the thought panel, text-only render
 stop, new chat, the backend switch and the device-loss fallback.
 """
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,9 @@ def inject_backend(context):
     context.route("**/test-backend.js*", lambda route: route.fulfill(body=DOUBLE, content_type="text/javascript"))
 
 
-@pytest.fixture
-def chat(browser, tmp_path):
-    site = make_site(tmp_path / "dist", {"model/weights-00.bin": pseudo_random_bytes(10_000, 1)})
+@contextlib.contextmanager
+def open_chat(browser, site_dir, **manifest_fields):
+    site = make_site(site_dir, {"model/weights-00.bin": pseudo_random_bytes(10_000, 1)}, **manifest_fields)
     with serving(site) as url:
         context = browser.new_context(viewport={"width": 1024, "height": 800})
         inject_backend(context)
@@ -45,6 +46,12 @@ def chat(browser, tmp_path):
         yield page
         assert not errors, errors
         context.close()
+
+
+@pytest.fixture
+def chat(browser, tmp_path):
+    with open_chat(browser, tmp_path / "dist") as page:
+        yield page
 
 
 def last_reply(page):
@@ -165,3 +172,22 @@ def test_switch_backend_and_device_loss_fallback(chat):
     ask(page, "again")
     wait_done(page)
     assert "on GPU (WebGPU)" in last_reply(page).locator(".reply-meta").inner_text()
+
+
+def test_replies_fit_the_models_context(browser, tmp_path):
+    with open_chat(browser, tmp_path / "dist", model={"config": {"sequence_len": 150}}) as page:
+        ask(page, "a long one")
+        wait_done(page)
+        # The stub's prompt is the conversation's JSON bytes plus one token.
+        prompt_tokens = len('[{"role":"user","content":"a long one"}]') + 1
+        meta = last_reply(page).locator(".reply-meta").inner_text()
+        assert meta.startswith(f"Reached the token limit · {150 - prompt_tokens} tokens"), meta
+
+        page.click("#new-chat")
+        ask(page, "x" * 400)
+        wait_done(page)
+        meta = last_reply(page).locator(".reply-meta").inner_text()
+        assert meta == "The reply failed: the conversation is longer than the model can read (150 tokens); start a new chat"
+        ask(page, "short again")
+        wait_done(page)
+        assert "The user asked: short again." in last_reply(page).locator(".thought-text").text_content()

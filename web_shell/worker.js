@@ -87,12 +87,18 @@ async function writeReply(messages, settings, signal) {
   const speed = () => (count > 1 ? ((count - 1) * 1000) / (performance.now() - firstAt) : 0);
   const show = (out) => post("delta", { ...out, tokens: count, tokensPerSecond: speed() });
 
+  // The model reads at most sequence_len tokens: the reply gets what the conversation leaves.
+  const contextLimit = model.manifest.model?.config?.sequence_len ?? Infinity;
+  const promptIds = engine.tokenizer.encodeChat(messages);
+  if (promptIds.length >= contextLimit) {
+    throw new Error(`the conversation is longer than the model can read (${contextLimit} tokens); start a new chat`);
+  }
   const wasm = backends.find((b) => b.kind === "wasm" && b.ok);
   const result = await generateReply({
     engine,
-    promptIds: engine.tokenizer.encodeChat(messages),
+    promptIds,
     sampling: { temperature: settings.temperature, topK: settings.topK, topP: settings.topP, seed: settings.seed },
-    maxNewTokens: settings.maxNewTokens,
+    maxNewTokens: Math.min(settings.maxNewTokens, contextLimit - promptIds.length),
     signal,
     fallback: engine.backend !== "wasm" && wasm ? () => createEngine("wasm", model, () => {}) : null,
     onSwitch(next) {
