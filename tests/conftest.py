@@ -60,3 +60,21 @@ def write_checkpoint(path: Path, model: GPT, tokenizer: str | None = None, meta:
 @pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     return write_checkpoint(tmp_path / "checkpoint.pt", tiny_model())
+
+
+@pytest.fixture(scope="session")
+def tiny_export():
+    """(model, ExportedProgram) of the default tiny model, traced once per test session."""
+    from monologue_compile.frontend.trace import trace
+
+    model = tiny_model()
+    return model, trace(model, model.config.sequence_len)
+
+
+def lowered(model, ep):
+    """A fresh IR graph (lowering is cheap; passes mutate it) with the meta the driver sets."""
+    from monologue_compile.lower import lower
+
+    g = lower(ep)
+    g.meta.update(arch="gpt", config=model.config.to_dict())
+    return g

@@ -22,5 +22,10 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
         with torch.no_grad():
             return torch.export.export(module, (example,), dynamic_shapes=({1: T},), strict=False)
     except Exception as e:  # export's own message names the construct it could not trace
-        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise MonologueError(f"torch.export could not trace the model: {first.strip()[:300]}") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        if lines and lines[0].startswith("Constraints violated"):
+            guard = next((ln for ln in lines if "guard" in ln), lines[0])
+            raise MonologueError("the model treats some sequence lengths specially, so no single graph serves every "
+                                 f"length (sequence-mixing the compiler does not understand): {guard[:300]}") from None
+        first = lines[0] if lines else type(e).__name__
+        raise MonologueError(f"torch.export could not trace the model: {first[:300]}") from None
