@@ -488,13 +488,16 @@ def build_native(crate: Path, fast: bool = False, target_dir: Path | None = None
     return cached
 
 
-def build_wasm(crate: Path, out: Path, target_dir: Path | None = None) -> Path:
-    """Build runtime.wasm (release, SIMD128) and copy it to `out`."""
+def build_wasm(crate: Path, out: Path, target_dir: Path | None = None, fast: bool = False) -> Path:
+    """Build runtime.wasm (release, SIMD128) and copy it to `out` (`fast`: as build_native)."""
     crate = Path(crate)
     tc = find_toolchain(wasm=True)
-    target = Path(target_dir) if target_dir else cache_dir() / "target-wasm"
+    target = Path(target_dir) if target_dir else cache_dir() / ("target-wasm-fast" if fast else "target-wasm")
     # SIMD128 is in every browser that has WebAssembly SIMD (all current ones); the glue checks.
     env = {"RUSTFLAGS": "-C target-feature=+simd128"}
+    if fast:
+        env.update(CARGO_PROFILE_RELEASE_LTO="false", CARGO_PROFILE_RELEASE_CODEGEN_UNITS="16",
+                   CARGO_PROFILE_RELEASE_INCREMENTAL="true")
     _cargo(tc, crate, ["--target", WASM_TARGET, "--target-dir", str(target)], env, "wasm")
     built = target / WASM_TARGET / "release" / "runtime_rs.wasm"
     out = Path(out)
@@ -508,7 +511,7 @@ def emit_and_build(g: Graph, dist: Path, wasm: bool = True, native: bool = False
     crate = emit_crate(g, dist / "runtime_rs")
     out: dict = {"crate": crate}
     if wasm:
-        out["wasm"] = build_wasm(crate, dist / "runtime.wasm")
+        out["wasm"] = build_wasm(crate, dist / "runtime.wasm", fast=fast)
     if native:
         out["native"] = build_native(crate, fast=fast)
     return out

@@ -1,0 +1,89 @@
+"""runtime.wasm (built with Debian's Rust 1.63 for wasm32 + SIMD128) run under Node through
+web_shell/wasm_runtime.js: logits within tolerance of R_q, cache == prefill, 64 greedy tokens
+identical to R_q's; the Engine adapter (createEngine) renders prompts like the Python tokenizer
+and decodes greedily like the native build."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import tiny_model
+from monologue_compile.artifact import load_model
+from monologue_compile.backends.native import NativeModel, WasmModel
+from monologue_compile.backends.rust_crate import build_native, build_wasm, emit_crate, find_toolchain
+from monologue_compile.errors import MonologueError
+from monologue_compile.parity import TOLERANCES, metrics
+from monologue_compile.tokenizer import Tokenizer
+from test_runtime_native_parity import compile_model, greedy, rq_model, torch_logits
+
+try:
+    find_toolchain(wasm=True)
+    HAVE_WASM = shutil.which("node") is not None
+except MonologueError:
+    HAVE_WASM = False
+
+pytestmark = pytest.mark.skipif(not HAVE_WASM, reason="no wasm32 Rust toolchain or no Node")
+
+CASES = [(dict(), "int8"), (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=3, activation="gelu"), "int8-g64")]
+
+
+@pytest.fixture(scope="module")
+def crate_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("wasm_crate") / "runtime_rs"
+
+
+def build(dist: Path, crate_dir: Path) -> Path:
+    g, _, _ = load_model(dist)
+    emit_crate(g, crate_dir)
+    return build_wasm(crate_dir, dist / "runtime.wasm", fast=True)
+
+
+@pytest.mark.parametrize("overrides,quant", CASES, ids=["default-int8", "gelu-g64"])
+def test_wasm_matches_rq(tmp_path, crate_dir, overrides, quant):
+    dist = compile_model(tmp_path, tiny_model(seed=3, **overrides), quant)
+    wasm = build(dist, crate_dir)
+    assert wasm.read_bytes()[:4] == b"\0asm"
+    g, rq = rq_model(dist)
+    m = WasmModel.from_dist(dist)
+    try:
+        rng = np.random.default_rng(5)
+        ids = rng.integers(0, g.meta["config"]["vocab_size"], size=80).tolist()  # two prefill chunks
+        whole = m.forward(ids)
+        r = metrics(whole, torch_logits(rq, ids))
+        assert r["rel"] <= TOLERANCES["logits_rel_vs_rq"] and r["cosine"] >= TOLERANCES["logits_cosine_vs_rq"], r
+        m.reset()
+        parts = [m.forward(ids[:30])] + [m.forward([t]) for t in ids[30:40]]
+        r = metrics(np.concatenate(parts), whole[:40])
+        assert r["rel"] <= TOLERANCES["decode_vs_prefill_rel"], r
+        m.reset()
+        prompt = ids[:8]
+        ours = greedy(m, prompt, TOLERANCES["greedy_steps"])
+        assert ours == rq.generate(prompt, TOLERANCES["greedy_steps"], temperature=0.0)
+    finally:
+        m.close()
+
+
+def test_engine_adapter_under_node(tmp_path, crate_dir):
+    dist = compile_model(tmp_path, tiny_model(seed=4))
+    build(dist, crate_dir)
+    messages = [{"role": "user", "content": "what is 2+2?"}]
+    script = Path(__file__).parent / "runtime_node" / "engine.mjs"
+    r = subprocess.run(["node", str(script), str(dist), json.dumps(messages), "12"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    g, manifest, tok_json = load_model(dist)
+    tok = Tokenizer.from_json(tok_json)
+    prompt = tok.render_for_completion(messages)
+    assert out["backend"] == "wasm" and out["prompt"] == prompt
+    native = NativeModel.from_dist(dist, lib_path=build_native(crate_dir, fast=True))
+    assert out["ids"] == greedy(native, prompt, 12)  # wasm engine.step() == native greedy
+    assert [bytes(b) for b in out["bytes"]] == [tok.decode_bytes([i]) for i in out["ids"]]
+    stops = {manifest["special_tokens"][s] for s in ("<|assistant_end|>", "<|bos|>")}
+    assert out["stops"] == [i in stops for i in out["ids"]]
