@@ -106,6 +106,6 @@ def test_wasm_tokenizes_like_the_python_extension(wasm_path, tmp_path):
 
 
 def test_unit_tests_pass_with_rust_1_63(tmp_path):
-    _, result = debian_cargo(tmp_path, "test")
+    _, result = debian_cargo(tmp_path, "test", "--lib")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "test result: ok" in result.stdout
