@@ -36,6 +36,9 @@ TOLERANCES = {
     # per-layer values vs R_q (cosine): loose enough for rounding in deep stacks, tight enough to catch
     # a wrong kernel (a wrong kernel gives a cosine far below 0.999).
     "layer_cosine_vs_rq": 0.999,
+    # held-out task accuracy (training/evaluate.py) of the compiled model may drop this much below
+    # fp32's (fraction): the issue's "within 1 point"; trained models only, greedy replies.
+    "eval_accuracy_drop": 0.01,
     # int8 vs the fp32 original on held-out text: the design's bar for the default quantization.
     # Only enforced for trained models (meta "trained": true) with real text; random weights have
     # near-flat logits where int8 noise flips the argmax, so for them it is reported, not enforced.
@@ -154,7 +157,7 @@ def held_out_sequences(tokenizer_json: str | None, vocab: int, seq_len: int, n: 
 
 
 def run_parity(g: Graph, fp32_model=None, rq_model=None, tokenizer_json: str | None = None,
-               trained: bool = False, layers: bool = True) -> dict:
+               trained: bool = False, layers: bool = True, eval_per_family: int = 50) -> dict:
     """The full report (a JSON-able dict with "ok"); fp32_model is optional (needs the original weights)."""
     from .frontend.load import build_module
 
@@ -220,8 +223,44 @@ def run_parity(g: Graph, fp32_model=None, rq_model=None, tokenizer_json: str | N
             "ppl_change_pct": 100 * (ppl_q / ppl_fp - 1), "positions": total, "enforced": trained,
             "ok": (top1 >= TOLERANCES["top1_agreement_vs_fp32"]) or not trained,
         }
+    if fp32_model is not None and trained and tokenizer_json and eval_per_family:
+        checks["eval_vs_fp32"] = _eval_accuracy(g, fp32_model, tokenizer_json, eval_per_family)
     report["ok"] = all(c["ok"] for c in checks.values())
     return report
+
+
+def _interp_generate_fn(g: Graph):
+    def generate(prompt, max_new_tokens, stop_tokens):
+        s = Session(g)
+        logits = s.forward(prompt)[-1]
+        out = []
+        while len(out) < max_new_tokens:
+            t = int(np.argmax(logits))
+            out.append(t)
+            if t in stop_tokens or s.pos >= s.max_len:
+                break
+            logits = s.forward([t])[-1]
+        return out
+
+    return generate
+
+
+def _eval_accuracy(g: Graph, fp32_model, tokenizer_json: str, n_per_family: int) -> dict:
+    """Held-out task accuracy of fp32 (PyTorch) and of the compiled model (interpreter), same problems."""
+    from training.evaluate import evaluate
+
+    from .tokenizer import Tokenizer
+
+    tok = Tokenizer.from_json(tokenizer_json)
+    ref = evaluate(fp32_model, tok, n_per_family=n_per_family, with_loss=False)
+    ours = evaluate(None, tok, n_per_family=n_per_family, generate_fn=_interp_generate_fn(g),
+                    sequence_len=g.meta["config"]["sequence_len"], with_loss=False)
+    drop = ref["accuracy"] - ours["accuracy"]
+    same = sum((a["thought"], a["answer"]) == (b["thought"], b["answer"]) for a, b in zip(ref["examples"], ours["examples"]))
+    return {"fp32_accuracy": ref["accuracy"], "compiled_accuracy": ours["accuracy"], "problems": len(ours["examples"]),
+            "same_replies": same / max(len(ours["examples"]), 1),
+            "well_formed_fp32": ref["well_formed"], "well_formed_compiled": ours["well_formed"],
+            "ok": drop <= TOLERANCES["eval_accuracy_drop"] + 1e-9}
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -36,3 +36,17 @@ def test_interpreter_matches_rq(overrides, quant):
     if quant == "none":  # no quantization: R_q is the fp32 model itself
         assert c["vs_fp32"]["top1_agreement"] == 1.0
     assert report["ok"]
+
+
+def test_eval_accuracy_check_runs_both_models_on_the_same_problems(tiny_export):
+    from conftest import byte_tokenizer_json, lowered
+    from monologue_compile.parity import _eval_accuracy
+
+    model, ep = tiny_export
+    g, _ = run_pipeline(lowered(model, ep), "none")
+    r = _eval_accuracy(g, model, byte_tokenizer_json(model.config.vocab_size), n_per_family=1)
+    assert r["problems"] >= 4
+    # quant none: the interpreter is fp32 itself, so every reply (right or wrong) is the same
+    assert r["same_replies"] == 1.0
+    assert r["compiled_accuracy"] == r["fp32_accuracy"] and r["well_formed_fp32"] == r["well_formed_compiled"]
+    assert r["ok"]
