@@ -28,7 +28,7 @@ def test_matmul(T, n_tokens, N, K, opts, gpu):
     bias = rng.standard_normal(N).astype(np.float32) if opts.get("bias") else None
     init = rng.standard_normal((T, N)).astype(np.float32)
     k = kernels.matmul_int8(T, N, K, covers=["test"], **opts)
-    inputs = {"w": ref.pack_int8(q), "scale": scale, "x": x, "y": init}
+    inputs = {"w": ref.pack_int8(q, group), "scale": scale, "x": x, "y": init}
     if bias is not None:
         inputs["bias"] = bias
     got = gpu.run(k, inputs, {"y": ((T, N), np.float32)}, n_tokens=n_tokens)["y"]

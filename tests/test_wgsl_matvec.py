@@ -36,7 +36,7 @@ def test_matvec(N, K, opts, subgroups, gpu):
     bias = rng.standard_normal(N).astype(np.float32) if opts.get("bias") else None
     res = rng.standard_normal(N).astype(np.float32) if opts.get("residual") else None
     k = kernels.matvec_int8(N, K, subgroups=subgroups, covers=["test"], **opts)
-    inputs = {"w": ref.pack_int8(q), "scale": scale, "x": x}
+    inputs = {"w": ref.pack_int8(q, group), "scale": scale, "x": x}
     if bias is not None:
         inputs["bias"] = bias
     if res is not None:
@@ -77,3 +77,20 @@ def test_matvec_more_rows_than_one_grid_dimension(gpu):
     assert k.workgroups[1] > 1
     got = gpu.run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
     np.testing.assert_allclose(got, ref.linear(x, q, scale), **MATRIX)
+
+
+@pytest.mark.parametrize("group", [0, 64, 128])
+def test_matvec_reads_the_compilers_quantized_weights(group, gpu):
+    """The packed layout contract (docs/formats.md) end to end: arrays from the compiler's quantizer,
+    viewed as u32 the way they are stored, give the dequantized product."""
+    quantize = pytest.importorskip("monologue_compile.passes.quantize")
+    N, K = 24, 200
+    rng = np.random.default_rng(group)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    q, scale, g = quantize.quantize_array(w, group)
+    x = rng.standard_normal(K).astype(np.float32)
+    k = kernels.matvec_int8(N, K, group=group, covers=["test"])
+    assert q.shape[1] == kernels.k_pad(K, group)
+    got = gpu.run(k, {"w": q.view("<u4"), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
+    deq = q[:, :K].astype(np.float64) * np.repeat(scale.astype(np.float64), g, axis=1)[:, :K]
+    np.testing.assert_allclose(got, deq @ x, **MATRIX)

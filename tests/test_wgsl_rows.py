@@ -64,27 +64,34 @@ def test_rope_inplace(T, n, H, D, pos, qk_norm, post_scale, gpu):
 
 
 def test_rope_into_cache(gpu):
-    """k of a chunk at pos 11: rotated, normed, written to cache rows 11.. without touching others."""
-    T, n, Hkv, D, S, pos = 4, 3, 2, 16, 20, 11
+    """k of a chunk at pos 11, read from merged q|k|v rows (H 4, Hkv 2): rotated, normed, written to
+    cache rows 11.. without touching others."""
+    T, n, H, Hkv, D, S, pos = 4, 3, 4, 2, 16, 20, 11
     rng = np.random.default_rng(0)
     cos, sin = ref.rope_tables(S, D)
-    x = rng.standard_normal((T, Hkv, D)).astype(np.float32)
+    qkv = rng.standard_normal((T, (H + 2 * Hkv) * D)).astype(np.float32)
+    x = qkv[:, H * D : (H + Hkv) * D].reshape(T, Hkv, D)
     cache = np.full((S, Hkv, D), 5.0, np.float32)
-    k = kernels.rope_qknorm(T, Hkv, D, inplace=False, out_at_pos=True, covers=["test"])
-    got = gpu.run(k, {"x": x, "cos": cos, "sin": sin, "y": cache}, {"y": ((S, Hkv, D), np.float32)},
+    k = kernels.rope_qknorm(T, Hkv, D, inplace=False, in_offset=H * D, in_row_stride=(H + 2 * Hkv) * D,
+                            out_at_pos=True, covers=["test"])
+    got = gpu.run(k, {"x": qkv, "cos": cos, "sin": sin, "y": cache}, {"y": ((S, Hkv, D), np.float32)},
               pos=pos, n_tokens=n)["y"]
     want = cache.astype(np.float64)
     want[pos : pos + n] = ref.rmsnorm(ref.rope(x[:n], cos, sin, pos))
     np.testing.assert_allclose(got, want, **MATRIX)
 
 
-def test_kv_write(gpu):
+@pytest.mark.parametrize("merged", [False, True])
+def test_kv_write(merged, gpu):
+    """Rows pos..pos+n-1 of the cache from a packed [T, W] source or from the v part of merged q|k|v rows."""
     T, n, W, S, pos = 5, 4, 24, 12, 6
     rng = np.random.default_rng(1)
-    src = rng.standard_normal((T, W)).astype(np.float32)
+    rows = rng.standard_normal((T, 3 * W if merged else W)).astype(np.float32)
+    src = rows[:, 2 * W :] if merged else rows
     cache = rng.standard_normal((S, W)).astype(np.float32)
-    k = kernels.kv_write(T, W, wg=32, covers=["test"])
-    got = gpu.run(k, {"src": src, "cache": cache}, {"cache": ((S, W), np.float32)}, pos=pos, n_tokens=n)["cache"]
+    opts = {"src_offset": 2 * W, "src_row_stride": 3 * W} if merged else {}
+    k = kernels.kv_write(T, W, wg=32, covers=["test"], **opts)
+    got = gpu.run(k, {"src": rows, "cache": cache}, {"cache": ((S, W), np.float32)}, pos=pos, n_tokens=n)["cache"]
     want = cache.copy()
     want[pos : pos + n] = src[:n]
     np.testing.assert_array_equal(got, want)

@@ -8,8 +8,9 @@ workgroups beyond the step's work exit early.
 
 Buffer layouts (all f32 unless said):
 - activations: row-major [tokens, features]; q/k/v rows are [tokens, heads, head_dim].
-- int8 weight [N, K]: [N, KV4] vec4<u32>, KV4 = ceil(K / 16), byte i of u32 j = q[k = 4j + i];
-  scales [N] (per output channel) or [N, ceil(K / group)] (group 64 or 128 along K).
+- int8 weight [N, K] (docs/formats.md): [N, k_pad / 16] vec4<u32>, k_pad = K rounded up to 16 and
+  to the group, byte i of u32 j = q[k = 4j + i]; scales [N] (per output channel) or
+  [N, k_pad / group] (group 64 or 128 along K).
 - KV cache (one K and one V buffer per layer): [max_seq, n_kv_head, head_dim], token-major, so one
   token's keys (or values) for all heads are one contiguous row of n_kv_head * head_dim and a matvec
   or matmul writes its output row straight into the cache at row `pos`.
@@ -90,6 +91,12 @@ def _common(covers, subgroups="off", unpack="shift"):
     return list(covers or [])
 
 
+def k_pad(K: int, group: int = 0) -> int:
+    """Stored row length of an int8 weight: K rounded up to a multiple of 16 and of the group."""
+    align = math.lcm(16, group) if group else 16
+    return -(-K // align) * align
+
+
 def _epilogue_params(act, bias, softcap, residual):
     _check(act in ACTIVATIONS, f"act={act!r} not in {ACTIVATIONS}")
     _check(softcap is None or softcap >= 0, "softcap must be >= 0")
@@ -116,8 +123,8 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
     wg_bytes = 4 * nred * (wg + 1) + (4 * ((wg + 31) // 32) if subgroups != "off" else 4 * nred * seg)
     pos_stride = N if out_pos_stride is None else out_pos_stride
     out_len = out_len or out_offset + N
-    params = dict(N=N, K=K, KV4=-(-K // 16), K4=K // 4, rows=rows, wg=wg, seg=seg, group=group,
-                  n_groups=-(-K // group) if group else 0, norm=bool(norm), eps=eps,
+    params = dict(N=N, K=K, KV4=-(-K // 16), KS=k_pad(K, group) // 16, K4=K // 4, rows=rows, wg=wg, seg=seg,
+                  group=group, n_groups=k_pad(K, group) // group if group else 0, norm=bool(norm), eps=eps,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos), out_pos_stride=pos_stride,
                   out_len=out_len, subgroups=subgroups, unpack=unpack, covers=covers,
                   **_epilogue_params(act, bias, softcap, residual))
@@ -147,8 +154,8 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
     wg = (tile_t // mt) * (tile_n // mn)
     _check(tile_t * 4 <= wg and tile_n <= wg, "each tile load must take at most one vec4 per thread")
     wg_bytes = 64 * (tile_t + tile_n) + (16 * tile_t if norm else 0)
-    params = dict(T=T, N=N, K=K, KV4=-(-K // 16), K4=K // 4, TT=tile_t, TN=tile_n, MT=mt, MN=mn, wg=wg,
-                  group=group, n_groups=-(-K // group) if group else 0, norm=bool(norm), eps=eps,
+    params = dict(T=T, N=N, K=K, KV4=-(-K // 16), KS=k_pad(K, group) // 16, K4=K // 4, TT=tile_t, TN=tile_n,
+                  MT=mt, MN=mn, wg=wg, group=group, n_groups=k_pad(K, group) // group if group else 0, norm=bool(norm), eps=eps,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos),
                   out_row_stride=N if out_row_stride is None else out_row_stride, unpack=unpack, covers=covers,
                   **_epilogue_params(act, bias, softcap, residual))
@@ -197,11 +204,12 @@ def norm(T: int, C: int, *, kind: str = "rms", weight: bool = False, bias: bool 
 
 
 def rope_qknorm(T: int, H: int, D: int, *, qk_norm: bool = True, post_scale: float = 0.0, inplace: bool = True,
-                out_offset: int = 0, out_at_pos: bool = False, out_row_stride: int | None = None,
+                in_offset: int = 0, in_row_stride: int | None = None, out_offset: int = 0, out_at_pos: bool = False, out_row_stride: int | None = None,
                 eps: float = RMS_EPS, covers=(), name: str = "rope_qknorm") -> Kernel:
     """RoPE (host cos/sin tables, position step.pos + t), then optional per-head RMSNorm and scale.
 
-    Bindings: x ([T, H, D]), cos, sin ([max_seq, D/2]), [y], step. `inplace` rotates x itself (q);
+    Bindings: x, cos, sin ([max_seq, D/2]), [y], step. Row t of x is read at in_offset + t * in_row_stride
+    (default a packed [T, H, D]; a merged q|k|v row works too). `inplace` writes back there (q);
     otherwise row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride] (k into the cache).
     Workgroups: (H, T).
     """
@@ -209,6 +217,7 @@ def rope_qknorm(T: int, H: int, D: int, *, qk_norm: bool = True, post_scale: flo
     _check(D % 2 == 0 and D // 2 <= MAX_INVOCATIONS, f"head_dim={D} must be even and <= 512")
     wg = _next_pow2(D // 2)
     params = dict(T=T, H=H, D=D, qk_norm=bool(qk_norm), post_scale=float(post_scale or 0.0), inplace=bool(inplace),
+                  in_offset=in_offset, in_row_stride=H * D if in_row_stride is None else in_row_stride,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos),
                   out_row_stride=H * D if out_row_stride is None else out_row_stride, eps=eps, wg=wg, covers=covers)
     b = [Binding("x", "read_write" if inplace else "read"), Binding("cos", "read"), Binding("sin", "read")]
@@ -217,13 +226,15 @@ def rope_qknorm(T: int, H: int, D: int, *, qk_norm: bool = True, post_scale: flo
     return _finish(name, "rope_qknorm", "rope_qknorm.wgsl.j2", params, b, wg, grid(H, T), 4 * wg if qk_norm else 0)
 
 
-def kv_write(T: int, W: int, *, wg: int = 256, covers=(), name: str = "kv_write") -> Kernel:
-    """cache[step.pos + t, :] = src[t, :] for t < step.n_tokens; W = n_kv_head * head_dim.
+def kv_write(T: int, W: int, *, src_offset: int = 0, src_row_stride: int | None = None, wg: int = 256, covers=(),
+             name: str = "kv_write") -> Kernel:
+    """cache[step.pos + t, :] = src row t for t < step.n_tokens; W = n_kv_head * head_dim.
 
-    Bindings: src ([T, W]), cache ([max_seq, W]), step.
+    Bindings: src (row t at src_offset + t * src_row_stride, default packed [T, W]), cache ([max_seq, W]), step.
     """
     covers = _common(covers)
-    params = dict(T=T, W=W, wg=wg, covers=covers)
+    params = dict(T=T, W=W, src_offset=src_offset, src_row_stride=W if src_row_stride is None else src_row_stride,
+                  wg=wg, covers=covers)
     b = [Binding("src", "read"), Binding("cache", "read_write"), Binding("step", "uniform")]
     return _finish(name, "kv_write", "kv_write.wgsl.j2", params, b, wg, grid(-(-T * W // wg)), 0)
 

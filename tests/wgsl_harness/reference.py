@@ -17,7 +17,7 @@ def quantize(w: np.ndarray, group: int = 0):
     """Symmetric int8: per row (group=0) or per `group`-wide slice of K. Returns q (int8 [N, K]), scale."""
     N, K = w.shape
     if group:
-        g = -(-K // group)
+        g = -(-K // group)  # = k_pad / group: the padded tail of the last group is zero
         wp = np.zeros((N, g * group), np.float64)
         wp[:, :K] = w
         amax = np.abs(wp.reshape(N, g, group)).max(axis=2)
@@ -38,10 +38,12 @@ def dequantize(q: np.ndarray, scale: np.ndarray, group: int = 0) -> np.ndarray:
     return q * scale.astype(np.float64)[:, idx]
 
 
-def pack_int8(q: np.ndarray) -> np.ndarray:
-    """[N, K] int8 -> [N, KV4 * 4] u32: K zero-padded to a multiple of 16, byte i of word j = q[4j + i]."""
+def pack_int8(q: np.ndarray, group: int = 0) -> np.ndarray:
+    """[N, K] int8 -> [N, k_pad / 4] u32 (docs/formats.md): K zero-padded to a multiple of 16 and of
+    the group, byte i of word j = q[4j + i]."""
     N, K = q.shape
-    Kp = -(-K // 16) * 16
+    align = math.lcm(16, group) if group else 16
+    Kp = -(-K // align) * align
     qp = np.zeros((N, Kp), np.int8)
     qp[:, :K] = q
     return qp.view(np.uint8).reshape(N, Kp // 4, 4).copy().view("<u4").reshape(N, Kp // 4)

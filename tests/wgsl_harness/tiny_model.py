@@ -33,7 +33,7 @@ def quantize_model(model, group: int = 0):
         q, scale = ref.quantize(w.double().numpy(), g)
         with torch.no_grad():
             w.copy_(torch.from_numpy(ref.dequantize(q, scale, g)))
-        packed[key] = (ref.pack_int8(q), scale, g)
+        packed[key] = (ref.pack_int8(q, g), scale, g)
     return packed
 
 
