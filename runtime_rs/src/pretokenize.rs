@@ -277,6 +277,20 @@ mod tests {
     }
 
     #[test]
+    fn safe_cuts_do_not_change_the_pieces() {
+        let text = "one two\n\nthree!!\n  four\r\n5 six\n\t seven \n'll\n😀 end\n\n\n x";
+        let cuts = safe_cuts(text, 3);
+        assert!(cuts.len() > 3);
+        let mut from = 0;
+        let mut pieces = Vec::new();
+        for cut in cuts.into_iter().chain(std::iter::once(text.len())) {
+            pieces.extend(split(&text[from..cut]));
+            from = cut;
+        }
+        assert_eq!(pieces, split(text));
+    }
+
+    #[test]
     fn pattern_round_trips() {
         let p = SplitPattern::parse(NANOCHAT_PATTERN).unwrap();
         assert_eq!(p.pattern_string(), NANOCHAT_PATTERN);
