@@ -30,12 +30,20 @@ except MonologueError:
 
 pytestmark = pytest.mark.skipif(not HAVE_WASM, reason="no wasm32 Rust toolchain or no Node")
 
+# the first case is the native matrix's first model (same seed): its native build is reused
 CASES = [(dict(), "int8"), (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=3, activation="gelu"), "int8-g64")]
 
 
 @pytest.fixture(scope="module")
 def crate_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("wasm_crate") / "runtime_rs"
+
+
+@pytest.fixture(scope="module")
+def default_dist(tmp_path_factory, crate_dir):
+    dist = compile_model(tmp_path_factory.mktemp("default"), tiny_model(seed=0), "int8")
+    build(dist, crate_dir)
+    return dist
 
 
 def build(dist: Path, crate_dir: Path) -> Path:
@@ -45,9 +53,13 @@ def build(dist: Path, crate_dir: Path) -> Path:
 
 
 @pytest.mark.parametrize("overrides,quant", CASES, ids=["default-int8", "gelu-g64"])
-def test_wasm_matches_rq(tmp_path, crate_dir, overrides, quant):
-    dist = compile_model(tmp_path, tiny_model(seed=3, **overrides), quant)
-    wasm = build(dist, crate_dir)
+def test_wasm_matches_rq(tmp_path, crate_dir, default_dist, overrides, quant):
+    if overrides:
+        dist = compile_model(tmp_path, tiny_model(seed=3, **overrides), quant)
+        wasm = build(dist, crate_dir)
+    else:
+        dist = default_dist
+        wasm = dist / "runtime.wasm"
     assert wasm.read_bytes()[:4] == b"\0asm"
     g, rq = rq_model(dist)
     m = WasmModel.from_dist(dist)
@@ -69,9 +81,8 @@ def test_wasm_matches_rq(tmp_path, crate_dir, overrides, quant):
         m.close()
 
 
-def test_engine_adapter_under_node(tmp_path, crate_dir):
-    dist = compile_model(tmp_path, tiny_model(seed=4))
-    build(dist, crate_dir)
+def test_engine_adapter_under_node(default_dist, tmp_path):
+    dist = default_dist
     messages = [{"role": "user", "content": "what is 2+2?"}]
     script = Path(__file__).parent / "runtime_node" / "engine.mjs"
     r = subprocess.run(["node", str(script), str(dist), json.dumps(messages), "12"], capture_output=True, text=True,
@@ -82,7 +93,8 @@ def test_engine_adapter_under_node(tmp_path, crate_dir):
     tok = Tokenizer.from_json(tok_json)
     prompt = tok.render_for_completion(messages)
     assert out["backend"] == "wasm" and out["prompt"] == prompt
-    native = NativeModel.from_dist(dist, lib_path=build_native(crate_dir, fast=True))
+    g, _, _ = load_model(dist)
+    native = NativeModel.from_dist(dist, lib_path=build_native(emit_crate(g, tmp_path / "runtime_rs"), fast=True))
     assert out["ids"] == greedy(native, prompt, 12)  # wasm engine.step() == native greedy
     assert [bytes(b) for b in out["bytes"]] == [tok.decode_bytes([i]) for i in out["ids"]]
     stops = {manifest["special_tokens"][s] for s in ("<|assistant_end|>", "<|bos|>")}

@@ -489,19 +489,25 @@ def build_native(crate: Path, fast: bool = False, target_dir: Path | None = None
 
 
 def build_wasm(crate: Path, out: Path, target_dir: Path | None = None, fast: bool = False) -> Path:
-    """Build runtime.wasm (release, SIMD128) and copy it to `out` (`fast`: as build_native)."""
+    """Build runtime.wasm (release, SIMD128; cached by the crate's sources) and copy it to `out`.
+    `fast`: as build_native."""
     crate = Path(crate)
-    tc = find_toolchain(wasm=True)
-    target = Path(target_dir) if target_dir else cache_dir() / ("target-wasm-fast" if fast else "target-wasm")
-    # SIMD128 is in every browser that has WebAssembly SIMD (all current ones); the glue checks.
-    env = {"RUSTFLAGS": "-C target-feature=+simd128"}
-    if fast:
-        env.update(CARGO_PROFILE_RELEASE_LTO="false", CARGO_PROFILE_RELEASE_CODEGEN_UNITS="16",
-                   CARGO_PROFILE_RELEASE_INCREMENTAL="true")
-    _cargo(tc, crate, ["--target", WASM_TARGET, "--target-dir", str(target)], env, "wasm")
-    built = target / WASM_TARGET / "release" / "runtime_rs.wasm"
+    cached = cache_dir() / "wasm" / crate_hash(crate, f"fast={fast}") / "runtime_rs.wasm"
+    if not cached.exists():
+        tc = find_toolchain(wasm=True)
+        target = Path(target_dir) if target_dir else cache_dir() / ("target-wasm-fast" if fast else "target-wasm")
+        # SIMD128 is in every browser that has WebAssembly SIMD (all current ones); the glue checks.
+        env = {"RUSTFLAGS": "-C target-feature=+simd128"}
+        if fast:
+            env.update(CARGO_PROFILE_RELEASE_LTO="false", CARGO_PROFILE_RELEASE_CODEGEN_UNITS="16",
+                       CARGO_PROFILE_RELEASE_INCREMENTAL="true")
+        _cargo(tc, crate, ["--target", WASM_TARGET, "--target-dir", str(target)], env, "wasm")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        shutil.copy2(target / WASM_TARGET / "release" / "runtime_rs.wasm", tmp)
+        os.replace(tmp, cached)
     out = Path(out)
-    shutil.copy2(built, out)
+    shutil.copy2(cached, out)
     return out
 
 
