@@ -6,6 +6,7 @@ a GPU does; run it on a GPU machine for GPU figures).
 
 Prints per-dispatch time (dispatches batched in one compute pass, one submit), the weight bytes each
 kernel streams, the GB/s that implies, and the f32 / int8 time ratio. Shapes are N x K (out x in).
+Then the int8 prefill matmul at the same shapes for --tokens tokens (GFLOP/s, 2*T*N*K flops).
 """
 
 from __future__ import annotations
@@ -112,6 +113,19 @@ def bench_shape(N, K, reps, rows, wg, subgroups):
     return t8, bytes8, t32, bytes32
 
 
+def bench_matmul(N, K, T, reps):
+    rng = np.random.default_rng(0)
+    dev = wdev.get_device()
+    k = kernels.matmul_int8(T, N, K, covers=["bench"])
+    prog = wdev.Program(k, dev)
+    bufs = {"w": wdev.make_buffer(dev, rng.integers(0, 2**32, (N, kernels.k_pad(K) // 4), dtype=np.uint32)),
+            "scale": wdev.make_buffer(dev, np.ones(N, np.float32)),
+            "x": wdev.make_buffer(dev, rng.standard_normal((T, K)).astype(np.float32)),
+            "y": wdev.make_buffer(dev, nbytes=4 * T * N),
+            "step": wdev.make_buffer(dev, np.frombuffer(wdev.step_bytes(0, T), np.uint32), uniform=True)}
+    return time_dispatches(dev, prog.pipeline, prog.bind(bufs), k.workgroups, reps, bufs["y"])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1280x1280,5120x1280,1280x5120,16384x1280",
@@ -120,6 +134,7 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=4)
     ap.add_argument("--wg", type=int, default=64)
     ap.add_argument("--subgroups", choices=["off", "naga"], default="off")
+    ap.add_argument("--tokens", type=int, default=64, help="prefill matmul tokens (0 skips the matmul table)")
     a = ap.parse_args(argv)
     info = wdev.adapter().info
     print(f"adapter: {info.get('device', '?')} ({info.get('adapter_type', '?')}, {info.get('backend_type', '?')})")
@@ -132,6 +147,13 @@ def main(argv=None):
         t8, b8, t32, b32 = bench_shape(N, K, a.reps, a.rows, a.wg, a.subgroups)
         print(f"{N:>6} x {K:<5} | {t8 * 1e3:8.3f} {b8 / 1e6:7.2f} {b8 / t8 / 1e9:6.2f} | "
               f"{t32 * 1e3:8.3f} {b32 / 1e6:7.2f} {b32 / t32 / 1e9:6.2f} | {t32 / t8:6.2f}x")
+    if a.tokens:
+        print(f"\nint8 matmul (prefill), T={a.tokens}, tiles 32 tokens x 64 outputs")
+        print(f"{'N x K':>13} | {'ms':>8} {'GFLOP/s':>8} {'us/token':>9}")
+        for shape in a.shapes.split(","):
+            N, K = (int(v) for v in shape.lower().split("x"))
+            t = bench_matmul(N, K, a.tokens, max(2, a.reps // 4))
+            print(f"{N:>6} x {K:<5} | {t * 1e3:8.3f} {2 * a.tokens * N * K / t / 1e9:8.2f} {t / a.tokens * 1e6:9.1f}")
 
 
 if __name__ == "__main__":
