@@ -43,19 +43,25 @@ class LoadedModel:
 
 
 def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    from training.gpt import rotary_tables
+
     sd = dict(state_dict)
-    if arch == "gpt":
-        from training.gpt import GPT, GPTConfig
+    # Built on the meta device: random-initializing 560M parameters only to overwrite them took minutes.
+    with torch.device("meta"):
+        if arch == "gpt":
+            from training.gpt import GPT, GPTConfig
 
-        model = GPT(GPTConfig.from_dict(config))
-        if model.config.tie_embeddings:
-            sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))
-    elif arch == "nanochat":
-        from .nanochat import NanochatConfig, NanochatGPT
+            model = GPT(GPTConfig.from_dict(config))
+            if model.config.tie_embeddings:
+                sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))
+        elif arch == "nanochat":
+            from .nanochat import NanochatConfig, NanochatGPT
 
-        model = NanochatGPT(NanochatConfig(**config))
-    else:
-        raise MonologueError(f"unknown architecture {arch!r}")
+            model = NanochatGPT(NanochatConfig(**config))
+        else:
+            raise MonologueError(f"unknown architecture {arch!r}")
+    c = model.config
+    model.cos, model.sin = rotary_tables(c.sequence_len, c.head_dim, c.rope_theta)  # buffers, never saved
     try:
         # assign: the module's parameters are the checkpoint's tensors, not a second copy (d20 is 2.2 GB)
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
