@@ -316,7 +316,9 @@ ui.newChat.addEventListener("click", () => {
 const FINISH_NOTES = { stopped: "Stopped", length: "Reached the token limit", end: "" };
 
 const onMessage = {
-  progress: showProgress,
+  progress(message) {
+    if (document.body.dataset.state === "loading") showProgress(message);
+  },
   verified({ stats }) {
     fileStats = stats;
   },

@@ -40,9 +40,13 @@ export async function loadModel(siteURL, onProgress) {
   const stats = { count: entries.length, bytes: total, fromCache: 0, warnings: [] };
   if (!cache) stats.warnings.push("This browser keeps no cache for this page, so the model will be downloaded again on the next visit.");
 
+  // The first failure ends the whole load: other downloads are cancelled and fall silent, so no
+  // progress report can follow the error.
+  const stop = new AbortController();
   let loaded = 0;
   let lastReport = 0;
   const report = (stage, entry, force, fromCache = false) => {
+    if (stop.signal.aborted) return;
     const now = performance.now();
     if (!force && now - lastReport < PROGRESS_INTERVAL_MS) return;
     lastReport = now;
@@ -58,7 +62,7 @@ export async function loadModel(siteURL, onProgress) {
       loaded += entry.bytes;
       report("download", entry, false, true);
     } else {
-      data = await download(entry, (n) => {
+      data = await download(entry, stop.signal, (n) => {
         loaded += n;
         report("download", entry, false);
       });
@@ -95,7 +99,12 @@ export async function loadModel(siteURL, onProgress) {
     files.set(entry.path, data);
   };
 
-  await runPool(entries, PARALLEL_DOWNLOADS, loadOne);
+  try {
+    await runPool(entries, PARALLEL_DOWNLOADS, stop.signal, loadOne);
+  } catch (error) {
+    stop.abort();
+    throw error;
+  }
   if (cache) await pruneCache(cache, siteURL, entries);
   onProgress({ stage: "verify", file: null, loaded: total, total, fromCache: false });
   return { manifest, files, stats };
@@ -157,10 +166,10 @@ async function readCached(cache, entry) {
   return hit ? new Uint8Array(await hit.arrayBuffer()) : null;
 }
 
-async function download(entry, onBytes) {
+async function download(entry, signal, onBytes) {
   let response;
   try {
-    response = await fetch(entry.url, { cache: "no-store" });
+    response = await fetch(entry.url, { cache: "no-store", signal });
   } catch {
     throw new LoadError("network", `Could not download ${entry.name}: the connection failed.`, entry.name);
   }
@@ -201,10 +210,11 @@ async function pruneCache(cache, siteURL, entries) {
   }
 }
 
-async function runPool(items, width, work) {
+// Runs work(item) for every item, `width` at a time, until done or the signal aborts.
+async function runPool(items, width, signal, work) {
   let next = 0;
   const lane = async () => {
-    while (next < items.length) await work(items[next++]);
+    while (next < items.length && !signal.aborted) await work(items[next++]);
   };
   await Promise.all(Array.from({ length: Math.min(width, items.length) }, lane));
 }
