@@ -30,6 +30,10 @@ from .passes.quantize import SCHEMES
 
 console = Console(stderr=True)
 
+# Later backends (WGSL kernels + plan, the Rust crate, the web shell) add their output to the same
+# temporary directory before it is renamed into place: each is fn(compiled: Compiled, dist: Path).
+EMITTERS: list = []
+
 
 def compiler_version() -> str:
     try:
@@ -123,6 +127,9 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
             from .artifact import write_model
 
             manifest = write_model(c.graph, tmp / "model", c.loaded.tokenizer_json, _manifest_extra(c))
+        for emit in EMITTERS:
+            with _step(getattr(emit, "__name__", "emit"), c.timings):
+                emit(c, tmp)
         if verify:
             from .parity import run_parity, write_report
 
