@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 SEQ = "T"
-Dim = "int | str"
 
 
 @dataclass(frozen=True)
