@@ -38,6 +38,7 @@ int mono_model_next_token(MonoModel *h, uint32_t *out_id);
 int mono_chat_start(MonoModel *h, const uint8_t *ids, size_t n, uint32_t max_tokens);
 int mono_chat_start_messages(MonoModel *h, const uint8_t *p, size_t n, uint32_t max_tokens);
 int mono_chat_step(MonoModel *h, const uint8_t **out, size_t *out_len);
+int mono_sha256(const uint8_t *p, size_t n, uint8_t *out);
 """
 
 OK, ERROR, PANIC, CONTEXT_FULL = 0, 1, 2, 3
@@ -64,6 +65,15 @@ def load_library(path) -> tuple:
         ffi.cdef(CDEF)
         _LIBS[path] = (ffi, ffi.dlopen(path))
     return _LIBS[path]
+
+
+def sha256(lib_path, data: bytes) -> str:
+    """The runtime's own SHA-256 of data (hex), as its loader computes it."""
+    ffi, lib = load_library(lib_path)
+    out = ffi.new("uint8_t[32]")
+    if lib.mono_sha256(data, len(data), out) != OK:
+        raise RuntimeCallError(ERROR, ffi.string(lib.mono_model_last_error()).decode())
+    return bytes(ffi.buffer(out, 32)).hex()
 
 
 def model_files(dist) -> tuple[bytes, list[bytes], bytes]:

@@ -276,3 +276,17 @@ pub unsafe extern "C" fn mono_chat_step(h: *mut MonoModel, out: *mut *const u8, 
         Ok(())
     })
 }
+
+/// SHA-256 of `len` bytes into `out` (32 bytes): the digest the loader checks files with,
+/// exported so tests can hold it against another implementation.
+///
+/// # Safety
+/// `ptr` valid for `len` bytes; `out` writable for 32.
+#[no_mangle]
+pub unsafe extern "C" fn mono_sha256(ptr: *const u8, len: usize, out: *mut u8) -> i32 {
+    guarded(|| {
+        let digest = crate::sha256::sha256(bytes(ptr, len)?);
+        std::ptr::copy_nonoverlapping(digest.as_ptr(), out, 32);
+        Ok(())
+    })
+}

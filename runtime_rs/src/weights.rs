@@ -185,6 +185,20 @@ impl Loader {
             };
             tensors.push(tensor);
         }
+        // Arrays start aligned and never overlap: together with the bounds checks this makes the
+        // layout a one-to-one map, so a shifted offset cannot silently read the wrong bytes.
+        let align = w.get("alignment").and_then(Json::as_u32).unwrap_or(0) as usize;
+        if align < 4 || !align.is_power_of_two() {
+            return Err("manifest: weights.alignment must be a power of two >= 4".to_string());
+        }
+        let mut spans: Vec<(usize, usize, usize)> = chunks.iter().map(|c| (c.shard, c.offset, c.offset + c.nbytes)).collect();
+        if chunks.iter().any(|c| c.offset % align != 0) {
+            return Err(format!("manifest: a chunk offset is not a multiple of the alignment {}", align));
+        }
+        spans.sort_unstable();
+        if spans.windows(2).any(|p| p[0].0 == p[1].0 && p[1].1 < p[0].2) {
+            return Err("manifest: two weight chunks overlap".to_string());
+        }
         let model = get(&doc, "model", "the manifest")?;
         let config = get(model, "config", "model")?.clone();
         let mut special_tokens = Vec::new();
