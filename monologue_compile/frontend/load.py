@@ -13,6 +13,7 @@ run code. One that needs more than tensors and plain containers is refused with 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
@@ -46,8 +47,10 @@ def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -
     from training.gpt import rotary_tables
 
     sd = dict(state_dict)
-    # Built on the meta device: random-initializing 560M parameters only to overwrite them took minutes.
-    with torch.device("meta"):
+    # A big model is built on the meta device: random-initializing 560M parameters only to overwrite
+    # them took minutes. A small one is not: the meta device's first use costs ~3 s of set-up.
+    big = sum(v.numel() for v in sd.values()) > 50_000_000
+    with torch.device("meta") if big else contextlib.nullcontext():
         if arch == "gpt":
             from training.gpt import GPT, GPTConfig
 
