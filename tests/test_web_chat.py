@@ -95,6 +95,7 @@ def test_reply_streams_with_thought_panel(chat):
     # Model output is text: the markup in it is shown, never run or rendered.
     assert reply.locator(".answer").inner_text() == ANSWER + "[turns=1 thoughts=0 temperature=0 topK=50 topP=0.95 seed=123]"
     assert page.locator(".messages img, .messages b").count() == 0
+    assert page.text_content("#announce") == reply.locator(".answer").inner_text()  # read out once, when done
     assert page.title() == "Monologue"
     assert "tokens · " in reply.locator(".reply-meta").inner_text()
     assert f"tokens/s on {label}" in page.inner_text("#speed")

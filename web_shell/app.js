@@ -15,6 +15,7 @@ const ui = {
   intro: $("intro"),
   chat: $("chat"),
   messages: $("messages"),
+  announce: $("announce"),
   composer: $("composer"),
   prompt: $("prompt"),
   send: $("send"),
@@ -358,6 +359,7 @@ const onMessage = {
     const note = [FINISH_NOTES[reason], `${tokens} tokens`, speed].filter(Boolean).join(" · ");
     current.history.push(current.turn);
     current.finish(note);
+    ui.announce.textContent = current.turn.content || note;
     current = null;
     setState("ready");
     ui.prompt.focus();
