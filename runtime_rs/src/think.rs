@@ -1,9 +1,11 @@
 //! Streaming split of the model's output into thought and answer, as tokens arrive.
 //!
-//! The thought is whatever comes between `<think>` and `</think>`; everything else is answer.
-//! A tag may arrive as a special token (its id) or as ordinary text spelled out over several
-//! tokens, so text that could be the start of a tag is held back until it is decided. Bytes are
-//! held back too until they form whole UTF-8 characters, so every delta is valid text.
+//! The thought is whatever comes between the first `<think>` and the first `</think>` after it;
+//! everything else is answer, and tags after that are literal text (as the Python chat's
+//! `ThoughtSplitter`). A tag may arrive as a special token (its id) or as ordinary text spelled
+//! out over several tokens, so text that could be the start of the awaited tag is held back until
+//! it is decided. Bytes are held back too until they form whole UTF-8 characters, so every delta
+//! is valid text.
 
 pub const OPEN: &str = "<think>";
 pub const CLOSE: &str = "</think>";
@@ -14,9 +16,19 @@ pub enum Part {
     Answer,
 }
 
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum State {
+    /// no `<think>` yet: answer text, waiting for the tag
+    #[default]
+    Before,
+    Thought,
+    /// after `</think>`: answer only
+    After,
+}
+
 #[derive(Debug, Default)]
 pub struct ThinkParser {
-    in_thought: bool,
+    state: State,
     /// undecided text: a possible partial tag
     pending: String,
     /// bytes of an unfinished UTF-8 character
@@ -29,30 +41,44 @@ impl ThinkParser {
     }
 
     pub fn in_thought(&self) -> bool {
-        self.in_thought
+        self.state == State::Thought
     }
 
-    /// A `<think>` / `</think>` special token arrived.
+    /// A `<think>` / `</think>` special token arrived: the same as its text (after any
+    /// unfinished character, which it ends).
     pub fn tag(&mut self, open: bool) -> Vec<(Part, String)> {
-        let mut out = self.flush_text();
-        self.in_thought = open;
-        out.retain(|(_, s)| !s.is_empty());
-        out
+        self.bytes(if open { OPEN } else { CLOSE }.as_bytes())
     }
 
     /// Bytes of an ordinary token arrived; returns the pieces now decided, in order.
     pub fn bytes(&mut self, b: &[u8]) -> Vec<(Part, String)> {
         self.bytes.extend_from_slice(b);
-        let valid = match std::str::from_utf8(&self.bytes) {
-            Ok(_) => self.bytes.len(),
-            Err(e) => match e.error_len() {
-                // an invalid sequence (not just unfinished): replace it, as a lossy decode would
-                Some(_) => self.bytes.len(),
-                None => e.valid_up_to(),
-            },
-        };
-        let text = String::from_utf8_lossy(&self.bytes[..valid]).into_owned();
-        self.bytes.drain(..valid);
+        // whole characters only; an invalid sequence becomes one U+FFFD (as a lossy decode does),
+        // an unfinished one at the end waits for the next token
+        let mut text = String::new();
+        loop {
+            match std::str::from_utf8(&self.bytes) {
+                Ok(s) => {
+                    text.push_str(s);
+                    self.bytes.clear();
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    text.push_str(std::str::from_utf8(&self.bytes[..valid]).unwrap_or(""));
+                    match e.error_len() {
+                        Some(n) => {
+                            text.push('\u{FFFD}');
+                            self.bytes.drain(..valid + n);
+                        }
+                        None => {
+                            self.bytes.drain(..valid);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
         self.text(&text)
     }
 
@@ -70,7 +96,7 @@ impl ThinkParser {
     }
 
     fn part(&self) -> Part {
-        if self.in_thought {
+        if self.state == State::Thought {
             Part::Thought
         } else {
             Part::Answer
@@ -86,12 +112,20 @@ impl ThinkParser {
         self.pending.push_str(s);
         let mut out: Vec<(Part, String)> = Vec::new();
         loop {
-            let tag = if self.in_thought { CLOSE } else { OPEN };
+            let tag = match self.state {
+                State::Before => OPEN,
+                State::Thought => CLOSE,
+                State::After => {
+                    let rest = std::mem::take(&mut self.pending);
+                    push(&mut out, Part::Answer, rest);
+                    return out;
+                }
+            };
             if let Some(at) = self.pending.find(tag) {
                 let before = self.pending[..at].to_string();
                 push(&mut out, self.part(), before);
                 self.pending.drain(..at + tag.len());
-                self.in_thought = !self.in_thought;
+                self.state = if self.state == State::Before { State::Thought } else { State::After };
                 continue;
             }
             // hold back the longest suffix that is a proper prefix of the tag
@@ -162,7 +196,12 @@ mod tests {
         assert!(p.tag(true).is_empty());
         assert_eq!(p.bytes(b"hm"), vec![(Part::Thought, "hm".to_string())]);
         assert!(p.tag(false).is_empty());
-        assert_eq!(p.bytes(b"ok <"), vec![(Part::Answer, "ok ".to_string())]);
-        assert_eq!(p.finish(), vec![(Part::Answer, "<".to_string())]);
+        assert_eq!(p.bytes(b"ok <"), vec![(Part::Answer, "ok <".to_string())]);
+        assert_eq!(p.tag(true), vec![(Part::Answer, "<think>".to_string())]); // after the thought: literal
+    }
+
+    #[test]
+    fn stray_close_before_open_is_answer_text() {
+        assert_eq!(run(&[b"a</think>b<think>c</think>d"]), ("c".to_string(), "a</think>bd".to_string()));
     }
 }
