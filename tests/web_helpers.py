@@ -76,9 +76,9 @@ def pseudo_random_bytes(n: int, seed: int) -> bytes:
 
 
 @contextlib.contextmanager
-def serving(root: Path):
+def serving(root: Path, host: str = "127.0.0.1"):
     """Serves `root` (with `monologue serve`'s server) on a free port; yields the base URL."""
-    server = make_server(root, "127.0.0.1", 0)
+    server = make_server(root, host, 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
