@@ -34,3 +34,17 @@ def test_corrupt_file_is_named_and_not_used(browser, tmp_path, damage, reason):
         if reason.startswith("its sha256"):
             save_screenshot(page, "corrupt-file-desktop.png")
         context.close()
+
+
+def test_missing_file_is_named(browser, tmp_path):
+    site = make_site(tmp_path / "dist", {"model/weights-00.bin": pseudo_random_bytes(1000, 1)})
+    (site / "model" / "weights-00.bin").unlink()
+    with serving(site) as url:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("body[data-state='error']", timeout=30_000)
+        status = page.inner_text("#status")
+        assert "The model could not be downloaded" in status
+        assert "Could not download model/weights-00.bin (HTTP 404)." in status
+        context.close()
