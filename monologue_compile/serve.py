@@ -128,7 +128,9 @@ def server_url(server: ThreadingHTTPServer) -> str:
 
 @click.command("serve")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--port", default=8000, show_default=True, help="Port to listen on (0: any free port).")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on (0: any free port)."
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 def serve_cmd(directory: Path, port: int, host: str):
     """Serve a compiled site DIRECTORY (the compiler's dist/) on this machine."""
