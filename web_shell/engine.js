@@ -3,8 +3,8 @@
 // A backend module (the WebGPU plan executor, the wasm runtime) exports
 //   probe(manifest) -> Promise<{ok: boolean, reason?: string}>   its own checks (files present, ...)
 //   create({manifest, files, onProgress}) -> Promise<Engine>
-// where files is a Map(manifest path -> verified Uint8Array) and onProgress({stage: "compile",
-// loaded, total}) reports shader/module compilation. An Engine is
+// where files is a Map(path as in manifest.files, relative to model/ -> verified Uint8Array) and
+// onProgress({loaded, total}) reports shader/module compilation. An Engine is
 //   backend: "webgpu" | "wasm"
 //   tokenizer: {
 //     encodeChat(messages: [{role: "user" | "assistant", content, thought?}]) -> number[]
@@ -15,7 +15,8 @@
 //     isStop(id) -> boolean           the token ends the reply
 //   }
 //   reset(sampling)              empties the context; sampling = {temperature, topK, topP, seed}
-//                                (temperature 0: greedy; seed: the sampler's RNG seed)
+//                                (temperature 0: greedy; topK 0: no top-k cut; topP 1: no top-p
+//                                cut; seed: a u32 for the sampler's RNG)
 //   prefill(ids) -> Promise      appends ids to the context
 //   step() -> Promise<{id}>      samples the next token from the context and appends it
 //   dispose()
