@@ -11,11 +11,14 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
+from monologue_compile.resources import web_shell_dir
 from monologue_compile.serve import make_server, server_url
 from monologue_compile.site import copy_web_shell
 
@@ -98,3 +101,17 @@ def save_screenshot(page, name: str) -> Path:
     page.screenshot(path=str(path), full_page=True)
     return path
 
+
+def run_node_tests(test_file: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Runs a `node --test` file that imports ../web_shell/*.js, in a copy beside a package.json
+    that marks .js files as ES modules (any Node from 18 on, whatever its module detection)."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    (tmp_path / "package.json").write_text('{"type": "module"}\n')
+    shutil.copytree(web_shell_dir(), tmp_path / "web_shell")
+    (tmp_path / "tests").mkdir()
+    shutil.copy(test_file, tmp_path / "tests" / test_file.name)
+    return subprocess.run(
+        ["node", "--test", "--test-timeout=30000", f"tests/{test_file.name}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
