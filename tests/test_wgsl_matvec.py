@@ -94,3 +94,17 @@ def test_matvec_reads_the_compilers_quantized_weights(group, gpu):
     got = gpu.run(k, {"w": q.view("<u4"), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
     deq = q[:, :K].astype(np.float64) * np.repeat(scale.astype(np.float64), g, axis=1)[:, :K]
     np.testing.assert_allclose(got, deq @ x, **MATRIX)
+
+
+def test_matvec_split_rows_into_one_output(gpu):
+    """An lm_head over the binding limit is split by rows: each part writes at its out_offset of one
+    logits buffer (with the norm prologue and softcap in every part)."""
+    N, K, cut = 90, 64, 48
+    q, scale, x = _data(N, K, 0, 5)
+    packed = ref.pack_int8(q)
+    y = np.full(N, np.nan, np.float32)
+    for start, rows in ((0, cut), (cut, N - cut)):
+        k = kernels.matvec_int8(rows, K, norm=True, softcap=15.0, out_offset=start, out_len=N, covers=["test"])
+        y = gpu.run(k, {"w": packed[start : start + rows], "scale": scale[start : start + rows], "x": x, "y": y},
+                    {"y": ((N,), np.float32)})["y"]
+    np.testing.assert_allclose(y, ref.linear(x, q, scale, norm=True, cap=15.0), **ELEMENTWISE)

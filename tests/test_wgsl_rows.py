@@ -95,3 +95,22 @@ def test_kv_write(merged, gpu):
     want = cache.copy()
     want[pos : pos + n] = src[:n]
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_embed_split_table(norm, gpu):
+    """A table split by rows over two bindings (as past the 128 MiB binding limit): one dispatch per
+    part into the same output gives the whole gather."""
+    T, V, C, cut = 12, 40, 32, 17
+    rng = np.random.default_rng(3)
+    q, scale = ref.quantize(rng.standard_normal((V, C)))
+    ids = rng.integers(0, V, T).astype(np.uint32)
+    ids[:2] = [cut - 1, cut]  # both sides of the cut
+    packed = ref.pack_int8(q)
+    y = np.full((T, C), np.nan, np.float32)
+    for start, rows in ((0, cut), (cut, V - cut)):
+        k = kernels.embed_int8(T, V, C, norm=norm, row_start=start, n_rows=rows, covers=["test"])
+        y = gpu.run(k, {"ids": ids, "table": packed[start : start + rows], "scale": scale[start : start + rows],
+                        "y": y}, {"y": ((T, C), np.float32)}, n_tokens=T)["y"]
+    want = ref.dequantize(q, scale)[ids]
+    np.testing.assert_allclose(y, ref.rmsnorm(want) if norm else want, **MATRIX)

@@ -170,16 +170,21 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def embed_int8(T: int, V: int, C: int, *, norm: bool = False, wg: int = 64, eps: float = RMS_EPS, covers=(),
-               name: str = "embed_int8") -> Kernel:
+def embed_int8(T: int, V: int, C: int, *, norm: bool = False, row_start: int = 0, n_rows: int | None = None,
+               wg: int = 64, eps: float = RMS_EPS, covers=(), name: str = "embed_int8") -> Kernel:
     """y[t] = (rmsnorm of) the dequantized row ids[t] of an int8 table, for t < step.n_tokens.
 
-    Bindings: ids (u32 [T]), table, scale ([V]), y ([T, C]), step. One workgroup per token.
+    Bindings: ids (u32 [T]), table, scale, y ([T, C]), step. One workgroup per token. A table over the
+    binding limit is split by rows: one kernel per part (`row_start`, `n_rows`, its own table and
+    scale bindings), each writing only the tokens whose ids it holds.
     """
     covers = _common(covers)
     _check(C % 4 == 0, f"C={C} must be a multiple of 4")
     _check(_pow2(wg), f"wg={wg} must be a power of two")
-    params = dict(T=T, V=V, C=C, KV4=-(-C // 16), norm=bool(norm), wg=wg, eps=eps, unpack="shift", covers=covers)
+    n_rows = V - row_start if n_rows is None else n_rows
+    _check(0 <= row_start and n_rows >= 1 and row_start + n_rows <= V, "rows must lie within the vocabulary")
+    params = dict(T=T, V=V, C=C, KV4=-(-C // 16), norm=bool(norm), row_start=row_start, n_rows=n_rows, wg=wg,
+                  eps=eps, unpack="shift", covers=covers)
     b = [Binding("ids", "read"), Binding("table", "read"), Binding("scale", "read"), Binding("y", "read_write"),
          Binding("step", "uniform")]
     return _finish(name, "embed_int8", "embed_int8.wgsl.j2", params, b, wg, grid(T), 4 * wg if norm else 0)

@@ -28,6 +28,7 @@ def catalog(target: str) -> dict[str, K.Kernel]:
                                                     covers=cv),
         "embed": K.embed_int8(8, 100, 64, covers=cv),
         "embed_norm": K.embed_int8(8, 100, 52, norm=True, covers=cv),
+        "embed_norm_split_part": K.embed_int8(8, 100, 52, norm=True, row_start=60, n_rows=40, covers=cv),
         "rmsnorm": K.norm(8, 64, covers=cv),
         "layernorm_affine": K.norm(8, 64, kind="layer", weight=True, bias=True, covers=cv),
         "rope_qknorm_inplace": K.rope_qknorm(8, 4, 64, post_scale=1.2, covers=cv),
