@@ -143,6 +143,13 @@ def test_keyboard_stop_limit_and_new_chat(chat):
     wait_done(page)
     assert "[turns=5 thoughts=2 " in last_reply(page).locator(".answer").inner_text()
 
+    ask(page, "a long one")
+    last_reply(page).locator(".thought[open] .thought-text:not(:empty)").wait_for()
+    assert page.inner_text("#hint") == "Esc to stop"
+    page.keyboard.press("Escape")
+    wait_done(page)
+    assert last_reply(page).locator(".reply-meta").inner_text().startswith("Stopped · ")
+
     # New chat in the middle of a reply: the reply stops and is not part of the next conversation.
     ask(page, "a long one")
     last_reply(page).locator(".thought[open] .thought-text:not(:empty)").wait_for()

@@ -21,6 +21,7 @@ const ui = {
   send: $("send"),
   stop: $("stop"),
   speed: $("speed"),
+  hint: $("hint"),
   backend: $("backend"),
   newChat: $("new-chat"),
   settingsDialog: $("settings"),
@@ -74,6 +75,7 @@ function setState(state) {
   ui.stop.hidden = state !== "generating";
   ui.backend.disabled = !canChat || ui.backend.options.length < 2;
   ui.prompt.placeholder = PLACEHOLDERS[state];
+  ui.hint.textContent = state === "generating" ? "Esc to stop" : "Enter to send · Shift+Enter for a new line";
 }
 
 function showStatus(tone, title, detail = "", notes = [], progress = null) {
@@ -304,6 +306,12 @@ ui.prompt.addEventListener("keydown", (event) => {
 });
 ui.prompt.addEventListener("input", fitPrompt);
 ui.stop.addEventListener("click", () => worker.postMessage({ type: "stop" }));
+document.addEventListener("keydown", (event) => {
+  // The settings dialog uses Escape to close itself.
+  if (event.key === "Escape" && document.body.dataset.state === "generating" && !ui.settingsDialog.open) {
+    worker.postMessage({ type: "stop" });
+  }
+});
 ui.newChat.addEventListener("click", () => {
   if (current) worker.postMessage({ type: "stop" });
   conversation = [];
