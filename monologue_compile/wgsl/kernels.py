@@ -75,6 +75,17 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _row_wg(items: int) -> int:
+    """Default threads for a kernel whose threads stride over `items` vectors of one row: up to 64,
+    but no more than the row needs (idle threads still pay for every barrier; 5x on lavapipe for
+    128-wide rows), and at least 16."""
+    return min(64, max(16, _next_pow2(items)))
+
+
 def _finish(name, family, template, params, bindings, wg, workgroups, wg_bytes, features=(), info=None):
     _check(wg <= MAX_INVOCATIONS, f"{name}: {wg} invocations > {MAX_INVOCATIONS}")
     _check(wg_bytes <= WG_MEM_LIMIT, f"{name}: {wg_bytes} B workgroup memory > {WG_MEM_LIMIT}")
@@ -105,16 +116,17 @@ def _epilogue_params(act, bias, softcap, residual):
 
 def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: bool = False, act: str = "none",
                 softcap: float = 0.0, residual: bool = False, out_offset: int = 0, out_at_pos: bool = False,
-                out_pos_stride: int | None = None, out_len: int | None = None, rows: int = 4, wg: int = 64,
+                out_pos_stride: int | None = None, out_len: int | None = None, rows: int = 4, wg: int | None = None,
                 subgroups: str = "off", unpack: str = "shift", eps: float = RMS_EPS, covers=(),
                 name: str = "matvec_int8") -> Kernel:
     """y[n] (+)= epilogue(sum_k W[n,k] x'[k]) for one token; x' = rmsnorm(x) when `norm`.
 
     Bindings: w, scale, x, [bias], y, [step (when out_at_pos)]. Output element n goes to
     y[out_offset + (step.pos * out_pos_stride if out_at_pos) + n]; `residual` adds into y there.
-    One workgroup per `rows` output rows.
+    One workgroup per `rows` output rows; wg defaults to what K needs, up to 64.
     """
     covers = _common(covers, subgroups, unpack)
+    wg = wg or _row_wg(-(-K // 16))
     _check(K % 4 == 0, f"K={K} must be a multiple of 4 (x is read as vec4<f32>)")
     _check(group in (0, 64, 128), f"group={group} must be 0 (per channel), 64 or 128")
     _check(_pow2(wg), f"wg={wg} must be a power of two")
@@ -166,12 +178,8 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
                    grid(-(-N // tile_n), -(-T // tile_t)), wg_bytes)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def embed_int8(T: int, V: int, C: int, *, norm: bool = False, row_start: int = 0, n_rows: int | None = None,
-               wg: int = 64, eps: float = RMS_EPS, covers=(), name: str = "embed_int8") -> Kernel:
+               wg: int | None = None, eps: float = RMS_EPS, covers=(), name: str = "embed_int8") -> Kernel:
     """y[t] = (rmsnorm of) the dequantized row ids[t] of an int8 table, for t < step.n_tokens.
 
     Bindings: ids (u32 [T]), table, scale, y ([T, C]), step. One workgroup per token. A table over the
@@ -180,6 +188,7 @@ def embed_int8(T: int, V: int, C: int, *, norm: bool = False, row_start: int = 0
     """
     covers = _common(covers)
     _check(C % 4 == 0, f"C={C} must be a multiple of 4")
+    wg = wg or _row_wg(-(-C // 16))
     _check(_pow2(wg), f"wg={wg} must be a power of two")
     n_rows = V - row_start if n_rows is None else n_rows
     _check(0 <= row_start and n_rows >= 1 and row_start + n_rows <= V, "rows must lie within the vocabulary")
@@ -191,7 +200,7 @@ def embed_int8(T: int, V: int, C: int, *, norm: bool = False, row_start: int = 0
 
 
 def norm(T: int, C: int, *, kind: str = "rms", weight: bool = False, bias: bool = False, eps: float | None = None,
-         wg: int = 64, covers=(), name: str = "norm") -> Kernel:
+         wg: int | None = None, covers=(), name: str = "norm") -> Kernel:
     """y[t] = rmsnorm or layernorm of x[t] (optional weight, bias) for t < step.n_tokens.
 
     Bindings: x, [weight], [bias], y, step. One workgroup per row. eps defaults to f32 epsilon for
@@ -200,6 +209,7 @@ def norm(T: int, C: int, *, kind: str = "rms", weight: bool = False, bias: bool 
     covers = _common(covers)
     _check(kind in ("rms", "layer"), f"kind={kind!r} not in ('rms', 'layer')")
     _check(C % 4 == 0, f"C={C} must be a multiple of 4")
+    wg = wg or _row_wg(C // 4)
     _check(_pow2(wg), f"wg={wg} must be a power of two")
     eps = (RMS_EPS if kind == "rms" else 1e-5) if eps is None else eps
     params = dict(T=T, C=C, kind=kind, weight=bool(weight), bias=bool(bias), eps=eps, wg=wg, covers=covers)
