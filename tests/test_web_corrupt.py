@@ -1,4 +1,4 @@
-"""A model file that does not match its manifest entry is named in the page, not kept, not run."""
+"""Bad model files (corrupt, truncated, missing) and unreadable manifests are named in the page; nothing runs."""
 
 import pytest
 
@@ -47,4 +47,17 @@ def test_missing_file_is_named(browser, tmp_path):
         status = page.inner_text("#status")
         assert "The model could not be downloaded" in status
         assert "Could not download model/weights-00.bin (HTTP 404)." in status
+        context.close()
+
+
+def test_manifest_of_another_version_is_refused(browser, tmp_path):
+    site = make_site(tmp_path / "dist", {"model/weights-00.bin": b"1234"}, version=2)
+    with serving(site) as url:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("body[data-state='error']", timeout=30_000)
+        status = page.inner_text("#status")
+        assert "This site's model manifest is unusable" in status
+        assert "model/manifest.json is not a version-1 monologue-model manifest" in status
         context.close()

@@ -7,6 +7,8 @@
 // could only fail its hash check.
 
 const CACHE_NAME = "monologue-model";
+const MANIFEST_FORMAT = "monologue-model";
+const MANIFEST_VERSION = 1;
 const PARALLEL_DOWNLOADS = 4;
 const PROGRESS_INTERVAL_MS = 100;
 
@@ -135,7 +137,14 @@ async function fetchManifest(url) {
 // site: a manifest must not be able to make the page fetch from anywhere else. Files are named by
 // their path from the site's root ("model/weights-00.bin") in progress and errors.
 function manifestFiles(manifest, manifestURL, siteURL) {
-  if (!Array.isArray(manifest?.files)) {
+  if (manifest?.format !== MANIFEST_FORMAT || manifest.version !== MANIFEST_VERSION) {
+    throw new LoadError(
+      "manifest",
+      `model/manifest.json is not a version-${MANIFEST_VERSION} ${MANIFEST_FORMAT} manifest (docs/formats.md), which is what this page reads.`,
+      "model/manifest.json",
+    );
+  }
+  if (!Array.isArray(manifest.files)) {
     throw new LoadError("manifest", 'model/manifest.json has no "files" list.', "model/manifest.json");
   }
   return manifest.files.map((file, i) => {
