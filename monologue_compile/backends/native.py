@@ -240,7 +240,18 @@ for await (const line of createInterface({ input: process.stdin })) {
     else if (r.op === "next") out.id = model.nextToken();
     else if (r.op === "chat_start") model.chatStart(r.prompt, r.max_tokens);
     else if (r.op === "chat_step") out.step = model.chatStep();
-    else if (r.op === "quit") break;
+    else if (r.op === "bench") {
+      // decode speed inside Node, without the pipe: prefill, then greedy next-token steps
+      model.reset();
+      model.setSampler({ temperature: 0 });
+      model.forward(r.prompt, false);
+      const t0 = performance.now();
+      const c0 = process.cpuUsage();
+      for (let i = 0; i < r.steps; i++) model.nextToken();
+      out.seconds = (performance.now() - t0) / 1000;
+      const c = process.cpuUsage(c0);
+      out.cpu_seconds = (c.user + c.system) / 1e6;
+    } else if (r.op === "quit") break;
     say({ ok: true, ...out });
   } catch (e) {
     say({ ok: false, code: e.code ?? 2, message: String(e.message) });
@@ -336,3 +347,8 @@ class WasmModel:
 
     def chat_step(self) -> dict:
         return self._call(op="chat_step")["step"]
+
+    def bench_decode(self, prompt, steps: int) -> tuple[float, float]:
+        """(wall, CPU) seconds of `steps` greedy decode steps after `prompt`, timed inside Node."""
+        r = self._call(op="bench", prompt=[int(i) for i in prompt], steps=steps)
+        return r["seconds"], r["cpu_seconds"]

@@ -185,6 +185,7 @@ pub fn dot_q8_scalar(x: &[f32], q: &[i8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 unsafe fn dot_q8_avx2(x: &[f32], q: &[i8]) -> f32 {
     use std::arch::x86_64::*;
     let n = x.len().min(q.len());
@@ -193,30 +194,63 @@ unsafe fn dot_q8_avx2(x: &[f32], q: &[i8]) -> f32 {
     let mut a1 = _mm256_setzero_ps();
     let mut a2 = _mm256_setzero_ps();
     let mut a3 = _mm256_setzero_ps();
+    // 8 int8 per 64-bit load, sign-extended straight from memory (vpmovsxbd ymm, m64): no shuffles
+    let w8 = |i: usize| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(qp.add(i) as *const __m128i)));
     let mut i = 0;
     while i + 32 <= n {
-        let q0 = _mm_loadu_si128(qp.add(i) as *const __m128i);
-        let q1 = _mm_loadu_si128(qp.add(i + 16) as *const __m128i);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 16)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 24)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))), a3);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), w8(i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), w8(i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 16)), w8(i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 24)), w8(i + 24), a3);
         i += 32;
     }
     while i + 8 <= n {
-        let qv = _mm_loadl_epi64(qp.add(i) as *const __m128i);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qv)), a0);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), w8(i), a0);
         i += 8;
     }
     let s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    let mut total = _mm_cvtss_f32(h);
     while i < n {
         total += *xp.add(i) * *qp.add(i) as f32;
         i += 1;
     }
     total
+}
+
+/// out[r] = sum over groups g of dot(x[g], q[r][g]) * scale[r][g], for the rows of q (k_pad int8
+/// each, groups of `group`): the decode matvec, one call for a block of rows.
+pub fn q8_matvec(x: &[f32], q: &[i8], scale: &[f32], k_pad: usize, group: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return unsafe { q8_matvec_avx2(x, q, scale, k_pad, group, out) };
+        }
+    }
+    q8_matvec_with(x, q, scale, k_pad, group, out, dot_q8)
+}
+
+#[inline(always)]
+fn q8_matvec_with(x: &[f32], q: &[i8], scale: &[f32], k_pad: usize, group: usize, out: &mut [f32], dot: impl Fn(&[f32], &[i8]) -> f32) {
+    let groups = k_pad / group;
+    for (r, o) in out.iter_mut().enumerate() {
+        let qr = &q[r * k_pad..(r + 1) * k_pad];
+        let sr = &scale[r * groups..(r + 1) * groups];
+        let mut acc = 0f32;
+        for g in 0..groups {
+            acc += dot(&x[g * group..(g + 1) * group], &qr[g * group..(g + 1) * group]) * sr[g];
+        }
+        *o = acc;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q8_matvec_avx2(x: &[f32], q: &[i8], scale: &[f32], k_pad: usize, group: usize, out: &mut [f32]) {
+    // one target_feature function around the row loop: the dot product inlines into it
+    q8_matvec_with(x, q, scale, k_pad, group, out, |a, b| dot_q8_avx2(a, b))
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -409,18 +443,24 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     // results as [row][token], rows split over threads when it pays
     let mut ys = vec![0f32; n * t];
     let workers = crate::parallel::worker_count().min(8);
+    let rows = |first: usize, part: &mut [f32]| match w {
+        // decode: one call per block of rows (T = 1, so ys[r] is row r)
+        Mat::Q8 { k_pad, group, q, scale, .. } if t == 1 => {
+            let groups = k_pad / group;
+            let nr = part.len();
+            q8_matvec(&xs, &q[first * k_pad..(first + nr) * k_pad], &scale[first * groups..(first + nr) * groups], k_pad, group, part)
+        }
+        _ => {
+            for (j, o) in part.chunks_mut(t).enumerate() {
+                w.row_times(first + j, &xs, o);
+            }
+        }
+    };
     if workers > 1 && n * width * t >= PARALLEL_MIN_WORK && n >= 2 * workers {
         let per = (n + workers - 1) / workers;
-        let xs = &xs;
-        run_split(&mut ys, per * t, |block, part| {
-            for (j, o) in part.chunks_mut(t).enumerate() {
-                w.row_times(block * per + j, xs, o);
-            }
-        });
+        run_split(&mut ys, per * t, |block, part| rows(block * per, part));
     } else {
-        for (r, o) in ys.chunks_mut(t).enumerate() {
-            w.row_times(r, &xs, o);
-        }
+        rows(0, &mut ys);
     }
     for i in 0..t {
         let row = ov.row_mut(out, i);
@@ -605,7 +645,8 @@ mod tests {
     #[test]
     fn grouped_matmul_matches_dequantized() {
         let mut s = 7u64;
-        let (n, k, group, t) = (40, 128, 64, 3);
+        for t in [1usize, 3] {
+        let (n, k, group) = (40, 128, 64);
         let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
         let scale: Vec<f32> = (0..n * 2).map(|_| lcg(&mut s).abs() * 0.01).collect();
         let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
@@ -617,6 +658,7 @@ mod tests {
                 let want: f64 = (0..k).map(|c| x[i * k + c] as f64 * q[r * k + c] as f64 * scale[r * 2 + c / group] as f64).sum();
                 assert!((out[i * n + r] as f64 - want).abs() < 1e-4, "{} {}", out[i * n + r], want);
             }
+        }
         }
     }
 
