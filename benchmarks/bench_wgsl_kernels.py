@@ -149,7 +149,7 @@ def main(argv=None):
         print(f"{N:>6} x {K:<5} | {t8 * 1e3:8.3f} {b8 / 1e6:7.2f} {b8 / t8 / 1e9:6.2f} | "
               f"{t32 * 1e3:8.3f} {b32 / 1e6:7.2f} {b32 / t32 / 1e9:6.2f} | {t32 / t8:6.2f}x")
     if a.tokens:
-        print(f"\nint8 matmul (prefill), T={a.tokens}, tiles 32 tokens x 64 outputs")
+        print(f"\nint8 matmul (prefill), T={a.tokens}, tiles 32 tokens x 64 outputs, 4 x 4 per thread")
         print(f"{'N x K':>13} | {'ms':>8} {'GFLOP/s':>8} {'us/token':>9}")
         for shape in a.shapes.split(","):
             N, K = (int(v) for v in shape.lower().split("x"))

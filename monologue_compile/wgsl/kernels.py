@@ -151,13 +151,14 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
 def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, bias: bool = False,
                 act: str = "none", softcap: float = 0.0, residual: bool = False, out_offset: int = 0,
                 out_at_pos: bool = False, out_row_stride: int | None = None, tile_t: int = 32, tile_n: int = 64,
-                mt: int = 2, mn: int = 4, unpack: str = "shift", eps: float = RMS_EPS, covers=(),
+                mt: int = 4, mn: int = 4, unpack: str = "shift", eps: float = RMS_EPS, covers=(),
                 name: str = "matmul_int8") -> Kernel:
     """Y[t, n] (+)= epilogue(sum_k X'[t, k] W[n, k]) for t < step.n_tokens <= T; X' = rmsnorm(X) rows.
 
     Bindings: w, scale, x, [bias], y, step. Row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride]
     (out_row_stride defaults to N), so `out_at_pos` writes a chunk straight into KV-cache rows.
-    Workgroups: (ceil(N / tile_n), ceil(T / tile_t)).
+    Workgroups: (ceil(N / tile_n), ceil(T / tile_t)); threads (tile_t / mt) * (tile_n / mn), each
+    computing an mt x mn micro-tile (4 x 4: 128 threads, 2x faster than 2 x 4 on lavapipe).
     """
     covers = _common(covers, "off", unpack)
     _check(K % 4 == 0, f"K={K} must be a multiple of 4 (X rows are read as vec4<f32>)")

@@ -72,7 +72,7 @@ class TinyWgslModel:
         if T == 1:
             k = kern.matvec_int8(N, K, group=g, covers=[key], out_at_pos=opts.pop("out_at_pos", False), **opts)
         else:
-            k = kern.matmul_int8(T, N, K, group=g, covers=[key], tile_t=16, mt=1, **opts)
+            k = kern.matmul_int8(T, N, K, group=g, covers=[key], **opts)
         self._add(plan, k, w=key + ".w", scale=key + ".s", x=x, y=y)
 
     def _plan(self, packed, T):
