@@ -36,6 +36,8 @@ TOLERANCES = {
     # per-layer values vs R_q (cosine): loose enough for rounding in deep stacks, tight enough to catch
     # a wrong kernel (a wrong kernel gives a cosine far below 0.999).
     "layer_cosine_vs_rq": 0.999,
+    # per-layer max error relative to the layer's largest |value|: same reasoning as logits_rel_vs_rq.
+    "layer_rel_vs_rq": 1e-3,
     # held-out task accuracy (training/evaluate.py) of the compiled model may drop this much below
     # fp32's (fraction): the issue's "within 1 point"; trained models only, greedy replies.
     "eval_accuracy_drop": 0.01,
@@ -129,7 +131,7 @@ def per_layer(g: Graph, model, ids: list[int]) -> list[dict]:
             continue
         m = metrics(a, r)
         rows.append({"node": n.name, "op": n.op, "source": n.source, **m,
-                     "ok": m["cosine"] >= TOLERANCES["layer_cosine_vs_rq"]})
+                     "ok": m["cosine"] >= TOLERANCES["layer_cosine_vs_rq"] and m["rel"] <= TOLERANCES["layer_rel_vs_rq"]})
     return rows
 
 

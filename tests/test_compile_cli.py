@@ -105,3 +105,44 @@ def test_weights_split_into_shards(tmp_path):
     assert len(wte) > 1 and wte[0]["rows"][0] == 0 and wte[-1]["rows"][1] == 2048
     g, _, _ = load_model(tmp_path / "m")
     assert np.array_equal(g.weights["transformer.wte.weight"].data, c.graph.weights["transformer.wte.weight"].data)
+
+
+def test_bare_state_dict_with_config_and_dump_ir(tmp_path):
+    import torch
+
+    from conftest import byte_tokenizer_json
+
+    model = tiny_model(activation="silu")
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
+    (tmp_path / "tokenizer.json").write_text(byte_tokenizer_json(model.config.vocab_size))
+    r = _compile(tmp_path / "sd.pt", "-o", tmp_path / "d", "--config", tmp_path / "config.json",
+                 "--tokenizer", tmp_path / "tokenizer.json", "--dump-ir")
+    assert r.exit_code == 0, r.stderr
+    assert r.output.startswith("graph(%ids: (1, T) i32)") and "epilogue=[{fn: silu}]" in r.output
+    m = json.loads((tmp_path / "d" / "model" / "manifest.json").read_text())
+    assert m["model"]["source"]["kind"] == "state_dict" and m["model"]["config"]["activation"] == "silu"
+    r = _compile(tmp_path / "sd.pt", "-o", tmp_path / "e", "--tokenizer", tmp_path / "tokenizer.json")
+    assert r.exit_code == 2 and "--config" in r.stderr
+
+
+def test_verify_exits_1_when_a_kernel_is_wrong(tmp_path, tiny_checkpoint):
+    """Break the IR (the softcap constant) consistently with the manifest: files check out, parity does not."""
+    assert _compile(tiny_checkpoint, "-o", tmp_path / "d").exit_code == 0
+    mdir = tmp_path / "d" / "model"
+    ir = json.loads((mdir / "ir.json").read_text())
+    head = next(n for n in ir["nodes"] if n["name"] == ir["outputs"][0])
+    assert head["attrs"]["epilogue"][0] == {"fn": "div", "scalar": 15.0}
+    head["attrs"]["epilogue"][0]["scalar"] = 14.0
+    (mdir / "ir.json").write_text(json.dumps(ir))
+    m = json.loads((mdir / "manifest.json").read_text())
+    for f in m["files"]:
+        if f["path"] == "ir.json":
+            data = (mdir / "ir.json").read_bytes()
+            f["bytes"], f["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    (mdir / "manifest.json").write_text(json.dumps(m))
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "d")])
+    assert r.exit_code == 1
+    report = json.loads((tmp_path / "d" / "parity.json").read_text())
+    assert not report["checks"]["logits_vs_rq"]["ok"]
+    assert [row["node"] for row in report["layers"] if not row["ok"]] == [head["name"]]  # found by name
