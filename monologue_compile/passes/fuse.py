@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Node, TensorType, Weight
+from ..ir import UNARY, Graph, Node, TensorType, Weight
 from .canonicalize import dead_code
 
 _ELEMENTWISE = ("unary", "binary")
@@ -210,8 +210,7 @@ def _primitive(u: Node) -> Node | None:
     if st["fn"] == "rms_norm":
         return Node(u.name, "rms_norm", u.inputs, {"eps": st["eps"]}, u.type, u.source)
     if "operand" not in st:
-        if st["fn"] in ("neg", "relu", "square", "tanh", "sigmoid", "silu", "gelu", "gelu_tanh", "exp", "rsqrt",
-                        "sqrt", "abs"):
+        if st["fn"] in UNARY:
             return Node(u.name, "unary", u.inputs[:1], {"fn": st["fn"]}, u.type, u.source)
         return Node(u.name, "binary", u.inputs[:1], {k: v for k, v in st.items()}, u.type, u.source)
     a, b = u.inputs[0], u.inputs[1 + st["operand"]]
