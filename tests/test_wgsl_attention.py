@@ -41,7 +41,7 @@ def test_attn_decode(H, Hkv, D, S, chunk, pos, window, gpu):
     (12, 11, 4, 2, 16, 40, 9, None, None),   # chunk at pos 9 over earlier cached keys, partial tile
     (16, 16, 3, 1, 32, 64, 20, None, 8),     # MQA, several key tiles per query tile
     (10, 10, 4, 4, 8, 48, 30, 5, 4),         # window smaller than a tile
-    (7, 6, 2, 1, 6, 20, 3, 2, None),         # head_dim 6 (threads own uneven dims), window
+    (7, 6, 2, 1, 20, 20, 3, 2, 8),           # head_dim 20: 5 vec4 over 8 threads per query; window
 ])
 def test_attn_prefill(T, n, H, Hkv, D, S, pos, window, block, gpu):
     kc, vc = _cache(S, Hkv, D, T + H + pos)

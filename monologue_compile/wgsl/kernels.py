@@ -300,6 +300,7 @@ def attn_prefill(T: int, H: int, Hkv: int, D: int, S: int, *, window_left: int |
     """
     covers = _common(covers)
     scale = _attn_common(H, Hkv, D, scale)
+    _check(D % 4 == 0, f"head_dim={D} must be a multiple of 4")
 
     def mem(b):
         return 4 * (3 * b * D + b * b + 3 * b)
@@ -308,7 +309,7 @@ def attn_prefill(T: int, H: int, Hkv: int, D: int, S: int, *, window_left: int |
         block = next((b for b in (16, 8, 4, 2, 1) if mem(b) <= WG_MEM_LIMIT and wg % b == 0), 1)
     _check(wg % block == 0, f"wg={wg} must be a multiple of block={block}")
     tpq = wg // block
-    params = dict(T=T, H=H, Hkv=Hkv, D=D, S=S, BQ=block, BK=block, TPQ=tpq, ND=-(-D // tpq),
+    params = dict(T=T, H=H, Hkv=Hkv, D=D, S=S, BQ=block, BK=block, TPQ=tpq, ND4=-(-D // 4 // tpq),
                   window_left=window_left, scale=scale, wg=wg, covers=covers)
     b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("out", "read_write"),
          Binding("step", "uniform")]
