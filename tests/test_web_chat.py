@@ -1,12 +1,13 @@
 """The chat UI end to end, on a scripted backend injected by this test only.
 
-No inference backend exists in this build, so engine.js is served with its backend table pointing
-at tests/test_web_chat_backend.js (a test double implementing the Engine interface). Everything
+engine.js is served with its backend table pointing at tests/test_web_chat_backend.js (a test
+double implementing the Engine interface), so the UI can be driven without a model. Everything
 else is the real page and worker: streaming, the thought panel, text-only rendering, settings,
 stop, new chat, the backend switch and the device-loss fallback.
 """
 
 import contextlib
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from web_helpers import browser, make_site, pseudo_random_bytes, save_screenshot, serving  # noqa: F401
 
 DOUBLE = Path(__file__).with_name("test_web_chat_backend.js").read_text()
-EMPTY_TABLE = "const BACKEND_MODULES = {};"
+BACKEND_TABLE = re.compile(r"const BACKEND_MODULES = \{.*?\n\};", re.S)
 TEST_TABLE = (
     'const BACKEND_MODULES = { webgpu: () => import("./test-backend.js?kind=webgpu"),'
     ' wasm: () => import("./test-backend.js?kind=wasm") };'
@@ -24,9 +25,9 @@ ANSWER = "The answer is <b>4</b> — ça fait 4 🎉. <img src=x onerror=\"docum
 
 def inject_backend(context):
     def engine(route):
-        body = route.fetch().text()
-        assert EMPTY_TABLE in body, "engine.js changed: update this test's injection"
-        route.fulfill(body=body.replace(EMPTY_TABLE, TEST_TABLE), content_type="text/javascript")
+        body, replaced = BACKEND_TABLE.subn(TEST_TABLE, route.fetch().text())
+        assert replaced == 1, "engine.js changed: update this test's injection"
+        route.fulfill(body=body, content_type="text/javascript")
 
     context.route("**/engine.js", engine)
     context.route("**/test-backend.js*", lambda route: route.fulfill(body=DOUBLE, content_type="text/javascript"))

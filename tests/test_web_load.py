@@ -1,7 +1,7 @@
 """The web shell loads a site in headless Chromium: progress, verified files, the missing backend.
 
-The site is the real web shell with a manifest of small random files (no model exists here), served
-by `monologue serve`'s server. This build has no inference backend, and the page must say so.
+The site is the real web shell with a manifest of small random files (no model, no runtime.wasm),
+served by `monologue serve`'s server. Nothing can run it, and the page must say so.
 """
 
 import pytest
@@ -12,7 +12,7 @@ FILES = {
     "model/weights-00.bin": pseudo_random_bytes(3_000_000, 1),
     "model/weights-01.bin": pseudo_random_bytes(1_000_000, 2),
     "model/tokenizer.json": b'{"version": 1}',
-    "runtime.wasm": b"\0asm\1\0\0\0",  # listed as ../runtime.wasm: outside model/, inside the site
+    "parity.json": b"{}",  # listed as ../parity.json: outside model/, inside the site
 }
 
 
@@ -42,7 +42,8 @@ def test_page_loads_verifies_and_reports_missing_backend(browser, tmp_path):
         assert "No inference backend is available in this build" in status
         assert "4 files, 3.8 MB, checked against their sha256" in status
         # Each backend says why it is off, and the chat stays off.
-        assert "GPU (WebGPU): " in status and "CPU (wasm): not in this build" in status
+        assert "GPU (WebGPU): not in this build" in status
+        assert "CPU (wasm): this site has no runtime.wasm listed in its manifest" in status
         assert page.is_disabled("#prompt") and page.is_disabled("#send")
         assert page.get_attribute("#prompt", "placeholder") == "The chat is off"
         assert page.inner_text("#backend") == "no backend\nGPU (WebGPU): unavailable\nCPU (wasm): unavailable"

@@ -1,7 +1,7 @@
 // The interface every inference backend implements, and the choice between backends.
 //
 // A backend module (the WebGPU plan executor, the wasm runtime) exports
-//   probe(manifest) -> Promise<{ok: boolean, reason?: string}>   its own checks (files present, ...)
+//   probe(manifest, files) -> {ok: boolean, reason?: string} (or a Promise of it): its own checks
 //   create({manifest, files, onProgress}) -> Promise<Engine>
 // where files is a Map(path as in manifest.files, relative to model/ -> verified Uint8Array) and
 // onProgress({loaded, total}) reports shader/module compilation. An Engine is
@@ -26,9 +26,26 @@
 export const BACKEND_KINDS = ["webgpu", "wasm"]; // in order of preference
 export const BACKEND_LABELS = { webgpu: "GPU (WebGPU)", wasm: "CPU (wasm)" };
 
-// kind -> () => import(module). The backends add themselves here as they are written; this build
-// has none.
-const BACKEND_MODULES = {};
+// kind -> () => Promise<backend module>. The WebGPU executor adds itself here once it is written.
+const BACKEND_MODULES = {
+  wasm: () => import("./wasm_runtime.js").then(wasmBackend),
+};
+
+// runtime.wasm sits at the site's root, beside index.html; the page only runs it once verified, so
+// the manifest must list it (as "../runtime.wasm", its path from model/).
+const RUNTIME_WASM = "../runtime.wasm";
+
+function wasmBackend(runtime) {
+  return {
+    probe(_manifest, files) {
+      if (!files.has(RUNTIME_WASM)) return { ok: false, reason: "this site has no runtime.wasm listed in its manifest" };
+      if (!runtime.hasWasmSimd()) return { ok: false, reason: "this browser's WebAssembly lacks SIMD" };
+      return { ok: true, reason: "runtime.wasm verified" };
+    },
+    create: ({ manifest, files, onProgress }) =>
+      runtime.createEngine({ manifest, files, wasm: files.get(RUNTIME_WASM), onProgress }),
+  };
+}
 
 export class DeviceLostError extends Error {
   constructor(message = "the GPU device was lost") {
@@ -75,7 +92,7 @@ function checkWasm() {
 
 // For each kind, in order of preference: {kind, label, ok, reason}. A backend is usable when the
 // browser can run it, this build contains it, and its module's own probe agrees.
-export async function probeBackends(manifest) {
+export async function probeBackends(manifest, files) {
   const results = [];
   for (const kind of BACKEND_KINDS) {
     const browser = kind === "webgpu" ? await checkWebGPU(manifest) : checkWasm();
@@ -83,7 +100,7 @@ export async function probeBackends(manifest) {
     if (browser.ok && !BACKEND_MODULES[kind]) {
       verdict = { ok: false, reason: `not in this build (${browser.reason})` };
     } else if (browser.ok) {
-      verdict = await (await BACKEND_MODULES[kind]()).probe(manifest);
+      verdict = await (await BACKEND_MODULES[kind]()).probe(manifest, files);
     }
     results.push({ kind, label: BACKEND_LABELS[kind], ok: verdict.ok, reason: verdict.reason ?? "" });
   }

@@ -39,7 +39,7 @@ const handlers = {
   async load({ prefer }) {
     model = await loadModel(SITE, (p) => post("progress", p));
     post("verified", { stats: model.stats });
-    backends = await probeBackends(model.manifest);
+    backends = await probeBackends(model.manifest, model.files);
     post("backends", { backends });
     const usable = backends.filter((b) => b.ok);
     if (!usable.length) {
