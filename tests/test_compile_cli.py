@@ -146,3 +146,16 @@ def test_verify_exits_1_when_a_kernel_is_wrong(tmp_path, tiny_checkpoint):
     report = json.loads((tmp_path / "d" / "parity.json").read_text())
     assert not report["checks"]["logits_vs_rq"]["ok"]
     assert [row["node"] for row in report["layers"] if not row["ok"]] == [head["name"]]  # found by name
+
+
+def test_failed_verify_keeps_output_and_exits_1(tmp_path, monkeypatch):
+    from monologue_compile import parity
+
+    ck = write_checkpoint(tmp_path / "trained.pt", tiny_model(), meta={"step": 100})  # trained: the fp32 bar applies
+    monkeypatch.setitem(parity.TOLERANCES, "top1_agreement_vs_fp32", 1.01)  # a bar no model can meet
+    monkeypatch.setitem(parity.TOLERANCES, "eval_accuracy_drop", 1.0)
+    monkeypatch.setattr(parity, "_eval_accuracy", lambda *a: {"skipped": True, "ok": True})
+    r = _compile(ck, "-o", tmp_path / "d", "--verify")
+    assert r.exit_code == 1 and "vs_fp32" in r.stderr
+    assert (tmp_path / "d" / "model" / "manifest.json").exists()
+    assert (tmp_path / "d" / "parity.md").read_text().startswith("# Parity report (FAIL)")
