@@ -35,6 +35,7 @@ def inject_backend(context):
 
 @contextlib.contextmanager
 def open_chat(browser, site_dir, **manifest_fields):
+    """The page on a site whose manifest has `manifest_fields`, ready to chat on the test backend."""
     site = make_site(site_dir, {"model/weights-00.bin": pseudo_random_bytes(10_000, 1)}, **manifest_fields)
     with serving(site) as url:
         context = browser.new_context(viewport={"width": 1024, "height": 800})
@@ -200,3 +201,14 @@ def test_replies_fit_the_models_context(browser, tmp_path):
         ask(page, "short again")
         wait_done(page)
         assert "The user asked: short again." in last_reply(page).locator(".thought-text").text_content()
+
+
+def test_a_backend_that_fails_to_start_hands_over(browser, tmp_path):
+    with open_chat(browser, tmp_path / "dist", test_refuse=["webgpu"]) as page:
+        assert page.input_value("#backend") == "wasm"
+        webgpu = page.locator("#backend option[value=webgpu]")
+        assert webgpu.is_disabled()
+        title = webgpu.get_attribute("title")
+        if "no WebGPU" in title:
+            pytest.skip("this Chromium has no WebGPU adapter")
+        assert title == "failed to start: the device refused the plan's limits"

@@ -23,7 +23,8 @@ export async function probe() {
   return { ok: true };
 }
 
-export async function create({ onProgress }) {
+export async function create({ manifest, onProgress }) {
+  if (manifest.test_refuse?.includes(kind)) throw new Error("the device refused the plan's limits");
   for (let i = 1; i <= 3; i++) onProgress({ loaded: i, total: 3 });
   let context = [];
   let sampling = null;

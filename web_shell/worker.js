@@ -46,7 +46,20 @@ const handlers = {
       post("no-backend", { message: "No inference backend is available in this build", backends });
       return;
     }
-    await startBackend((usable.find((b) => b.kind === prefer) ?? usable[0]).kind);
+    // The preferred backend first; one that fails to start (say, a GPU that refuses the device the
+    // plan needs) hands over to the next.
+    const order = [...usable.filter((b) => b.kind === prefer), ...usable.filter((b) => b.kind !== prefer)];
+    for (const [i, { kind }] of order.entries()) {
+      try {
+        await startBackend(kind);
+        return;
+      } catch (error) {
+        if (i === order.length - 1) throw error;
+        const entry = backends.find((b) => b.kind === kind);
+        Object.assign(entry, { ok: false, reason: `failed to start: ${error.message || error}` });
+        post("backends", { backends });
+      }
+    }
   },
 
   async switch({ backend }) {
