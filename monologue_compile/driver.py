@@ -114,7 +114,7 @@ def _manifest_extra(c: Compiled) -> dict:
 
 
 def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verify=False, dump_ir=False,
-               show_explain=False) -> dict:
+               show_explain=False, eval_per_family: int = 20) -> dict:
     """The whole compile; returns the manifest. Writes `out` atomically."""
     out = Path(out)
     c = build(checkpoint, quant, tokenizer, config)
@@ -136,7 +136,7 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
             with _step("verify", c.timings):
                 fp32 = c.loaded.build_module()
                 report = run_parity(c.graph, fp32_model=fp32, tokenizer_json=c.loaded.tokenizer_json,
-                                    trained=bool(c.loaded.source.get("trained")))
+                                    trained=bool(c.loaded.source.get("trained")), eval_per_family=eval_per_family)
                 write_report(report, tmp)
         _replace_dir(tmp, out)
     except BaseException:
@@ -172,9 +172,11 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.option("--dump-ir", is_flag=True, help="print the final IR")
 @click.option("--explain", is_flag=True, help="print what each pass did")
 @click.option("--verify", is_flag=True, help="run the parity harness and write parity.json / parity.md")
-def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify):
+@click.option("--eval-per-family", type=int, default=20, show_default=True,
+              help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
+def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family):
     """Compile CHECKPOINT (checkpoint.pt, a nanochat dir, or a state dict) into OUTPUT."""
-    manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain)
+    manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family)
     total = sum(f["bytes"] for f in manifest["files"])
     console.print(f"wrote {output}/model ({total / 2**20:.1f} MiB, quant {quant})")
 
@@ -185,7 +187,9 @@ def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, 
               help="the original checkpoint, to compare with fp32 too (top-1 agreement, KL, perplexity)")
 @click.option("--tokenizer", type=click.Path(path_type=Path))
 @click.option("--config", type=click.Path(path_type=Path))
-def verify_cmd(dist, checkpoint, tokenizer, config):
+@click.option("--eval-per-family", type=int, default=20, show_default=True,
+              help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
+def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
     """Re-run the parity harness on a compiled DIST; exit 1 when a bound is broken."""
     from .artifact import load_model
     from .parity import markdown, run_parity, write_report
@@ -198,7 +202,7 @@ def verify_cmd(dist, checkpoint, tokenizer, config):
         fp32 = loaded.build_module()
         trained = bool(loaded.source.get("trained"))
     with console.status("verifying..."):
-        report = run_parity(g, fp32_model=fp32, tokenizer_json=tok, trained=trained)
+        report = run_parity(g, fp32_model=fp32, tokenizer_json=tok, trained=trained, eval_per_family=eval_per_family)
     write_report(report, Path(dist))
     click.echo(markdown(report).split("\n## Per layer")[0])
     if not report["ok"]:

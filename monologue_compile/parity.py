@@ -159,7 +159,7 @@ def held_out_sequences(tokenizer_json: str | None, vocab: int, seq_len: int, n: 
 
 
 def run_parity(g: Graph, fp32_model=None, rq_model=None, tokenizer_json: str | None = None,
-               trained: bool = False, layers: bool = True, eval_per_family: int = 50) -> dict:
+               trained: bool = False, layers: bool = True, eval_per_family: int = 20) -> dict:
     """The full report (a JSON-able dict with "ok"); fp32_model is optional (needs the original weights)."""
     from .frontend.load import build_module
 
