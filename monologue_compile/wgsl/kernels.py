@@ -131,7 +131,7 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
     _check(group in (0, 64, 128), f"group={group} must be 0 (per channel), 64 or 128")
     _check(_pow2(wg), f"wg={wg} must be a power of two")
     nred = rows + bool(norm)
-    seg = 1 << ((wg.bit_length() - 1 + 1) // 2)  # ~sqrt(wg) segments of ~sqrt(wg) partial sums
+    seg = 1 << -(-(wg.bit_length() - 1) // 2)  # 2^ceil(log2(wg) / 2): ~sqrt(wg) segments of ~sqrt(wg) sums
     wg_bytes = 4 * nred * (wg + 1) + (4 * ((wg + 31) // 32) if subgroups != "off" else 4 * nred * seg)
     pos_stride = N if out_pos_stride is None else out_pos_stride
     out_len = out_len or out_offset + N
