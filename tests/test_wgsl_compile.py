@@ -35,6 +35,7 @@ def test_compiles_under_naga(name):
     from monologue_compile.wgsl.device import Program, adapter_features
 
     k = catalog("naga")[name]
+    device_or_skip()  # skips when there is no wgpu-py or no adapter at all
     missing = [f for f in k.features if f not in adapter_features()]
     if missing:
         pytest.skip(f"{name}: wgpu-py adapter lacks {missing}")
