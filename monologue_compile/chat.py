@@ -25,7 +25,19 @@ def _numpy_session(graph):
 
 
 # backend name -> factory(graph) of an object with .forward(ids) -> logits (T, V), .reset(), .pos
-BACKENDS = {"numpy": _numpy_session}
+def _native_session(graph):
+    from .backends.native import session_for_graph
+
+    return session_for_graph(graph)
+
+
+def _wasm_session(graph):
+    from .backends.native import wasm_session_for_graph
+
+    return wasm_session_for_graph(graph)
+
+
+BACKENDS = {"numpy": _numpy_session, "native": _native_session, "wasm": _wasm_session}
 
 
 def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,

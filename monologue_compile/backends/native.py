@@ -185,17 +185,35 @@ class NativeModel:
         return json.loads(self._bytes_out(lambda p, n: self.lib.mono_chat_step(self.h, p, n)))
 
 
-def session_for_graph(graph, fast: bool = False) -> NativeModel:
-    """A native session for a graph with weights (for `monologue chat --backend native`): the
-    model is written to a temporary dir in the compiled format and its crate emitted and built."""
+def _graph_dir(graph) -> Path:
+    """The graph written in the compiled format (weights, manifest) with its crate, in a temp dir."""
     from ..artifact import write_model
-    from .rust_crate import build_native, emit_crate
+    from .rust_crate import emit_crate
 
-    tmp = Path(tempfile.mkdtemp(prefix="monologue-native-"))
+    tmp = Path(tempfile.mkdtemp(prefix="monologue-rt-"))
     write_model(graph, tmp / "model", json.dumps({}), {"model": {"config": graph.meta.get("config", {})}})
-    lib = build_native(emit_crate(graph, tmp / "runtime_rs"), fast=fast)
+    emit_crate(graph, tmp / "runtime_rs")
+    return tmp
+
+
+def session_for_graph(graph, fast: bool = False) -> NativeModel:
+    """A native session for a graph with weights (`monologue chat --backend native`); the build
+    is cached by the crate's sources, so only the first chat with a model compiles Rust."""
+    from .rust_crate import build_native
+
+    tmp = _graph_dir(graph)
+    lib = build_native(tmp / "runtime_rs", fast=fast)
     manifest, shards, _ = model_files(tmp)
     return NativeModel(lib, manifest, shards, None)
+
+
+def wasm_session_for_graph(graph) -> "WasmModel":
+    """runtime.wasm for a graph with weights, run by Node (`monologue chat --backend wasm`)."""
+    from .rust_crate import build_wasm
+
+    tmp = _graph_dir(graph)
+    build_wasm(tmp / "runtime_rs", tmp / "runtime.wasm")
+    return WasmModel(tmp / "runtime.wasm", tmp / "model", tokenizer=False)
 
 
 def require_built(dist) -> Path:
@@ -221,7 +239,7 @@ const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 let model;
 try {
   model = rt.createModel({ manifest: manifestBytes, shards: manifest.weights.shards.map((s) => readFileSync(dir + "/" + s)),
-                           tokenizer: readFileSync(dir + "/" + manifest.tokenizer) });
+                           tokenizer: process.env.MONO_TOKENIZER ? readFileSync(dir + "/" + manifest.tokenizer) : null });
   say({ ok: true, info: model.info() });
 } catch (e) {
   say({ ok: false, code: e.code ?? 2, message: String(e.message) });
@@ -263,14 +281,15 @@ for await (const line of createInterface({ input: process.stdin })) {
 class WasmModel:
     """runtime.wasm run by Node through web_shell/wasm_runtime.js; NativeModel's interface."""
 
-    def __init__(self, wasm_path, model_dir, node: str = "node"):
+    def __init__(self, wasm_path, model_dir, node: str = "node", tokenizer: bool = True):
         import os
         import subprocess
 
         from ..resources import web_shell_dir
 
         env = dict(os.environ, MONO_GLUE=(web_shell_dir() / "wasm_runtime.js").resolve().as_uri(),
-                   MONO_MODEL_DIR=str(Path(model_dir).resolve()), MONO_WASM=str(Path(wasm_path).resolve()))
+                   MONO_MODEL_DIR=str(Path(model_dir).resolve()), MONO_WASM=str(Path(wasm_path).resolve()),
+                   MONO_TOKENIZER="1" if tokenizer else "")
         try:
             self.proc = subprocess.Popen([node, "--input-type=module", "-e", _NODE_HOST], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, env=env, text=True, bufsize=1)

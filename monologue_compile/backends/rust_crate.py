@@ -445,6 +445,11 @@ def _cargo(tc: Toolchain, crate: Path, args: list[str], env: dict, what: str) ->
         raise MonologueError(f"building the {what} runtime with {tc.label} failed:\n{r.stderr[-4000:]}")
 
 
+def _fast_env() -> bool:
+    """MONOLOGUE_RUST_FAST=1: every build is a fast one (tests)."""
+    return os.environ.get("MONOLOGUE_RUST_FAST") == "1"
+
+
 def cache_dir() -> Path:
     """Where build output lives (outside dist/, which is a static site): $MONOLOGUE_CACHE or ~/.cache/monologue."""
     base = os.environ.get("MONOLOGUE_CACHE") or str(Path.home() / ".cache" / "monologue")
@@ -466,6 +471,7 @@ def build_native(crate: Path, fast: bool = False, target_dir: Path | None = None
     (tests); the default is the release profile (LTO, one codegen unit) benchmarks measure."""
     import sys
 
+    fast = fast or _fast_env()
     crate = Path(crate)
     name = LIB_NAME.get(sys.platform, "libruntime_rs.so")
     cached = cache_dir() / "native" / crate_hash(crate, f"fast={fast}") / name
@@ -491,6 +497,7 @@ def build_native(crate: Path, fast: bool = False, target_dir: Path | None = None
 def build_wasm(crate: Path, out: Path, target_dir: Path | None = None, fast: bool = False) -> Path:
     """Build runtime.wasm (release, SIMD128; cached by the crate's sources) and copy it to `out`.
     `fast`: as build_native."""
+    fast = fast or _fast_env()
     crate = Path(crate)
     cached = cache_dir() / "wasm" / crate_hash(crate, f"fast={fast}") / "runtime_rs.wasm"
     if not cached.exists():
