@@ -48,11 +48,16 @@ def test_oct_2025_dir_compiles_and_verifies(tmp_path):
     assert json.loads((tmp_path / "dist" / "parity.json").read_text())["ok"]
 
 
-def test_missing_tokenizer_pkl(tmp_path):
+def test_tokenizer_pkl_missing_or_given(tmp_path):
     d = write_nanochat_dir(tmp_path / "ck", tiny_model(**SIZES).state_dict(), SIZES)
-    (d / "tokenizer.pkl").unlink()
+    (d / "tokenizer.pkl").rename(tmp_path / "elsewhere.pkl")
     r = CliRunner().invoke(main, ["compile", str(d), "-o", str(tmp_path / "dist")])
     assert r.exit_code == 2 and "tokenizer" in r.stderr and not (tmp_path / "dist").exists()
+    r = CliRunner().invoke(main, ["compile", str(d), "-o", str(tmp_path / "dist"), "--tokenizer",
+                                  str(tmp_path / "elsewhere.pkl")])
+    assert r.exit_code == 0, r.stderr
+    tok = json.loads((tmp_path / "dist" / "model" / "tokenizer.json").read_text())
+    assert tok["special_tokens"]["<|bos|>"] == 256
 
 
 LATER = {
