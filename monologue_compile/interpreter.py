@@ -80,8 +80,11 @@ def dense_weight(w) -> np.ndarray:
     return deq.reshape(n, -1)[:, :k]
 
 
-def matvec(x: np.ndarray, w) -> np.ndarray:
-    """x (..., K) @ W.T with W f32 (N, K) or q8: int8 values, f32 accumulation per group, then scale."""
+def matvec(x: np.ndarray, w, cache: dict | None = None) -> np.ndarray:
+    """x (..., K) @ W.T with W f32 (N, K) or q8: int8 values, f32 accumulation per group, then scale.
+
+    `cache` keeps each int8 matrix's values as f32 (exact: int8 fits f32) between calls.
+    """
     if w.dtype != "q8":
         return (x @ np.asarray(w.data, dtype=_F).T).astype(_F)
     q, scale = w.data["q"], w.data["scale"]
@@ -91,7 +94,11 @@ def matvec(x: np.ndarray, w) -> np.ndarray:
     kp = groups * g
     xp = np.zeros(x.shape[:-1] + (kp,), _F)
     xp[..., :k] = x
-    qf = q[:, :kp].astype(_F)
+    qf = cache.get(id(q)) if cache is not None else None
+    if qf is None:
+        qf = q[:, :kp].astype(_F)
+        if cache is not None:
+            cache[id(q)] = qf
     if groups == 1:
         return ((xp @ qf.T) * scale[:, 0]).astype(_F)
     partial = np.einsum("...gk,ngk->...ng", xp.reshape(x.shape[:-1] + (groups, g)), qf.reshape(n, groups, g))
@@ -113,6 +120,7 @@ class Session:
 
     def __init__(self, graph: Graph, max_len: int | None = None):
         self.g = graph
+        self.qf: dict = {}  # int8 weights as f32 values, made on first use
         self.max_len = max_len or int(graph.meta.get("config", {}).get("sequence_len", 1 << 30))
         self.reset()
 
@@ -149,13 +157,13 @@ def _run(s: Session, n: Node, args: list) -> np.ndarray:
     if op == "embedding":
         return _epilogue(embedding_rows(args[0], args[1]), at.get("epilogue", []), [_val(a) for a in args[2:]])
     if op == "linear":
-        return matvec(args[0], args[1])
+        return matvec(args[0], args[1], s.qf)
     if op == "matmul":
         x = args[0]
         pro = at.get("prologue")
         if pro:
             x = rms_norm(x, pro["eps"])
-        y = matvec(x, args[1])
+        y = matvec(x, args[1], s.qf)
         return _epilogue(y, at.get("epilogue", []), [_val(a) for a in args[2:]])
     if op == "rms_norm":
         return rms_norm(args[0], at["eps"], _val(args[1]) if len(args) > 1 else None)
