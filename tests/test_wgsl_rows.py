@@ -47,6 +47,7 @@ def test_norm(kind, weight, bias, C, wg, gpu):
     (1, 1, 4, 16, 0, True, 0.0),
     (5, 5, 3, 32, 17, True, 1.15),  # positions > 0, odd head count, later-nanochat q/k scale
     (8, 6, 2, 6, 3000, False, 0.0),  # head_dim 6: half not a power of two; far position
+    (4, 4, 2, 8, 5, False, 1.2),  # scale without the norm
 ])
 def test_rope_inplace(T, n, H, D, pos, qk_norm, post_scale, gpu):
     rng = np.random.default_rng(D)
