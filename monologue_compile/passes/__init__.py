@@ -21,10 +21,29 @@ class PassRecord:
     kernels_after: int
     weight_bytes: int
     ops: dict
+    detail: str = ""
 
     def line(self) -> str:
         return (f"{self.name:<13} ops {self.ops_before:>5} -> {self.ops_after:<5} kernels {self.kernels_before:>5} -> "
-                f"{self.kernels_after:<5} weights {self.weight_bytes / 2**20:9.2f} MiB")
+                f"{self.kernels_after:<5} weights {self.weight_bytes / 2**20:9.2f} MiB" +
+                (f"  ({self.detail})" if self.detail else ""))
+
+
+def _detail(name: str, g: Graph) -> str:
+    """What a pass did, in the terms of its own rules."""
+    mm = [n for n in g.nodes if n.op == "matmul"]
+    if name == "canonicalize":
+        return f"attention layouts {sorted({n.attrs['layout'] for n in g.nodes if n.op == 'attention'})}"
+    if name == "fuse":
+        return (f"{sum(1 for n in mm if n.attrs['prologue'])} norm prologues, "
+                f"{sum(1 for n in mm if n.attrs['epilogue'])} epilogues, "
+                f"{len(g.meta.get('merged_weights', {}))} merged projections, "
+                f"{sum(1 for n in g.nodes if n.op == 'rope')} rope, "
+                f"{sum(1 for n in g.nodes if n.op == 'elementwise')} elementwise")
+    if name == "quantize":
+        q = [w for w in g.weights.values() if w.dtype == "q8"]
+        return f"{len(q)} int8 tensors, {len(g.weights) - len(q)} f32"
+    return ""
 
 
 def run_pipeline(g: Graph, quant: str = "int8") -> tuple[Graph, list[PassRecord]]:
@@ -41,7 +60,7 @@ def run_pipeline(g: Graph, quant: str = "int8") -> tuple[Graph, list[PassRecord]
         before, kb = len(g.nodes), g.kernel_count()
         g = verify(fn(g), name)
         records.append(PassRecord(name, before, len(g.nodes), kb, g.kernel_count(), g.weight_bytes(),
-                                   dict(Counter(n.op for n in g.nodes))))
+                                   dict(Counter(n.op for n in g.nodes)), _detail(name, g)))
     return g, records
 
 
