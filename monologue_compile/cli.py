@@ -58,3 +58,4 @@ def compile_main():
 from .serve import serve_cmd; main.add_command(serve_cmd, "serve")  # noqa: E402,E702
 from .driver import compile_cmd, verify_cmd; main.add_command(compile_cmd, "compile"); main.add_command(verify_cmd, "verify")  # noqa: E402,E702
 from .chat import chat_cmd; main.add_command(chat_cmd, "chat")  # noqa: E402,E702
+from .backends.rust_crate import build_runtime_cmd; main.add_command(build_runtime_cmd, "build-runtime")  # noqa: E402,E702

@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -432,6 +433,22 @@ def find_toolchain(wasm: bool) -> Toolchain:
     raise MonologueError(INSTALL_HINT.replace("\n", " "))
 
 
+@contextmanager
+def _target_lock(target: Path):
+    """Hold the target dir while building and copying the result: every emitted crate is named
+    runtime_rs, so two builds sharing a target dir write the same output path, and cargo's own
+    lock ends before we copy."""
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".monologue-build.lock", "w") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except ImportError:  # not POSIX: no concurrent builds expected
+            pass
+        yield
+
+
 def _cargo(tc: Toolchain, crate: Path, args: list[str], env: dict, what: str) -> None:
     # A copy of Debian's cargo (1.63) cannot read a newer Cargo.lock: the crate has no
     # dependencies, so build without one rather than fail.
@@ -483,14 +500,15 @@ def build_native(crate: Path, fast: bool = False, target_dir: Path | None = None
         env.update(CARGO_PROFILE_RELEASE_LTO="false", CARGO_PROFILE_RELEASE_CODEGEN_UNITS="16",
                    CARGO_PROFILE_RELEASE_INCREMENTAL="true")
     target = Path(target_dir) if target_dir else cache_dir() / ("target-native-fast" if fast else "target-native")
-    _cargo(tc, crate, ["--target-dir", str(target)], env, "native")
-    lib = target / "release" / name
-    if not lib.exists():
-        raise MonologueError(f"the native build did not produce {lib}")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    shutil.copy2(lib, tmp)
-    os.replace(tmp, cached)  # atomic: a concurrent reader never sees half a library
+    with _target_lock(target):
+        _cargo(tc, crate, ["--target-dir", str(target)], env, "native")
+        lib = target / "release" / name
+        if not lib.exists():
+            raise MonologueError(f"the native build did not produce {lib}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        shutil.copy2(lib, tmp)
+        os.replace(tmp, cached)  # atomic: a concurrent reader never sees half a library
     return cached
 
 
@@ -508,11 +526,12 @@ def build_wasm(crate: Path, out: Path, target_dir: Path | None = None, fast: boo
         if fast:
             env.update(CARGO_PROFILE_RELEASE_LTO="false", CARGO_PROFILE_RELEASE_CODEGEN_UNITS="16",
                        CARGO_PROFILE_RELEASE_INCREMENTAL="true")
-        _cargo(tc, crate, ["--target", WASM_TARGET, "--target-dir", str(target)], env, "wasm")
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        shutil.copy2(target / WASM_TARGET / "release" / "runtime_rs.wasm", tmp)
-        os.replace(tmp, cached)
+        with _target_lock(target):
+            _cargo(tc, crate, ["--target", WASM_TARGET, "--target-dir", str(target)], env, "wasm")
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".tmp{os.getpid()}")
+            shutil.copy2(target / WASM_TARGET / "release" / "runtime_rs.wasm", tmp)
+            os.replace(tmp, cached)
     out = Path(out)
     shutil.copy2(cached, out)
     return out
@@ -528,3 +547,28 @@ def emit_and_build(g: Graph, dist: Path, wasm: bool = True, native: bool = False
     if native:
         out["native"] = build_native(crate, fast=fast)
     return out
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+def _build_cmd():
+    import click
+
+    @click.command("build-runtime")
+    @click.argument("dist", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.option("--no-wasm", is_flag=True, help="skip runtime.wasm (no wasm32 toolchain needed)")
+    @click.option("--native", is_flag=True, help="also build the native library (for parity and `chat --backend native`)")
+    def build_runtime_cmd(dist, no_wasm, native):
+        """Emit DIST/runtime_rs (the runtime crate with the model's generated code) and build DIST/runtime.wasm."""
+        from ..artifact import load_model
+
+        g, _, _ = load_model(dist)
+        out = emit_and_build(g, dist, wasm=not no_wasm, native=native)
+        for k, v in out.items():
+            size = f" ({v.stat().st_size / 1e6:.2f} MB)" if v.is_file() else ""
+            click.echo(f"{k}: {v}{size}", err=True)
+
+    return build_runtime_cmd
+
+
+build_runtime_cmd = _build_cmd()
