@@ -97,13 +97,13 @@ def multiplication_thought(a: int, m: int) -> str:
 
 
 def _add(rng: random.Random) -> Conversation:
-    a, b = _number(rng, 1, 4), _number(rng, 1, 4)
+    a, b = _number(rng, 1, 3), _number(rng, 1, 3)
     user = rng.choice(["What is {a} + {b}?", "Compute {a} + {b}.", "{a} + {b} = ?", "Add {a} and {b}.", "What do you get when you add {a} and {b}?"])
     return Conversation("add", f"add:{a}:{b}", user.format(a=a, b=b), addition_thought(a, b), f"{a} + {b} = {a + b}.")
 
 
 def _sub(rng: random.Random) -> Conversation:
-    a, b = sorted((_number(rng, 1, 4), _number(rng, 1, 4)), reverse=True)
+    a, b = sorted((_number(rng, 1, 3), _number(rng, 1, 3)), reverse=True)
     user = rng.choice(["What is {a} - {b}?", "Compute {a} - {b}.", "{a} - {b} = ?", "Subtract {b} from {a}.", "What is {a} minus {b}?"])
     return Conversation("sub", f"sub:{a}:{b}", user.format(a=a, b=b), subtraction_thought(a, b), f"{a} - {b} = {a - b}.")
 
