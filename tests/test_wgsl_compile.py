@@ -24,8 +24,7 @@ def test_catalog_uses_every_template():
 def test_headers_name_shapes_and_covers():
     for name, k in catalog("naga").items():
         body = k.wgsl.split("\n")
-        first = next(i for i, line in enumerate(body) if line.startswith("// "))
-        assert body[first].startswith(f"// {k.name}:"), name
+        assert body[0].startswith(f"// {k.name}:"), name
         assert any(line.startswith("// covers: catalog") for line in body[:12]), name
         assert any(line.startswith("// shapes: ") for line in body[:12]), name
 
