@@ -63,3 +63,36 @@ def eval_cmd(checkpoint, n_per_family, seed, as_json, show):
     for example in result["examples"][:show]:
         mark = "ok " if example["correct"] else "BAD"
         click.echo(f"{mark} {example['user']}\n    think: {example['thought']}\n    answer: {example['answer']}")
+
+
+@click.group()
+def data_cmd():
+    """Real training data: download parquet shards (only when asked) and tokenize a mix of them."""
+
+
+@data_cmd.command("download")
+@click.option("--dataset", type=click.Choice(["fineweb-edu", "openr1"]), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--shards", type=int, default=1, show_default=True, help="how many parquet files to fetch")
+def download_cmd(dataset, out_dir, shards):
+    """Fetch parquet shards from the Hugging Face hub (needs internet; skips files already there)."""
+    from .data.realdata import download
+
+    for path in download(dataset, out_dir, shards):
+        click.echo(str(path))
+
+
+@data_cmd.command("prepare")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="shard directory for `train --data`")
+@click.option("--fineweb", default=None, help="FineWeb-Edu parquet: a directory or a glob")
+@click.option("--openr1", default=None, help="OpenR1 parquet: a directory or a glob")
+@click.option("--mix", default=None, help="ratios, e.g. fineweb=0.6,openr1=0.3,builtin=0.1 (default: equal)")
+@click.option("--vocab-size", type=int, default=65536, show_default=True)
+@click.option("--max-documents", type=int, default=None, help="stop after this many documents")
+@click.option("--seed", type=int, default=0, show_default=True)
+def prepare_cmd(out_dir, fineweb, openr1, mix, vocab_size, max_documents, seed):
+    """Train a tokenizer on the sources and write token shards of the mix."""
+    from .data.realdata import parse_mix, prepare
+
+    index = prepare(out_dir, fineweb, openr1, parse_mix(mix) if mix else None, vocab_size, max_documents=max_documents, seed=seed)
+    click.echo(f"{out_dir}: {index['documents']} documents, {index['num_tokens']} tokens, mix {index['mix']}")
