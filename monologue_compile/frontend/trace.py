@@ -3,6 +3,10 @@
 torch.export (non-strict) with `idx` of shape (1, T), T dynamic in [1, sequence_len]: every
 shape that depends on the length stays symbolic, so the one graph serves prefill of any length
 and decode (T = 1). No cache code is needed in the model.
+
+There is no torch.fx `symbolic_trace` fallback: non-strict export runs the model's Python as is
+(with fake tensors), so every model symbolic_trace can trace, export can too, and what stops export
+(branches on tensor values, int() of a length) stops symbolic_trace as well.
 """
 
 from __future__ import annotations
