@@ -4,9 +4,10 @@ torch.export (non-strict) with `idx` of shape (1, T), T dynamic in [1, sequence_
 shape that depends on the length stays symbolic, so the one graph serves prefill of any length
 and decode (T = 1). No cache code is needed in the model.
 
-There is no torch.fx `symbolic_trace` fallback: non-strict export runs the model's Python as is
-(with fake tensors), so every model symbolic_trace can trace, export can too, and what stops export
-(branches on tensor values, int() of a length) stops symbolic_trace as well.
+There is no torch.fx `symbolic_trace` fallback (yet): non-strict export runs the model's Python as
+is, with fake tensors, so what stops it (branches on tensor values, int() of a length) stops
+symbolic_trace too; what remains (a custom op without a fake-tensor kernel) would have no entry in
+the ATen table either.
 """
 
 from __future__ import annotations
