@@ -76,9 +76,26 @@ def greedy(m, prompt, steps) -> list[int]:
     return out
 
 
+_SHARED: list[Path] = []
+
+
+def shared_crate_dir() -> Path:
+    """One crate dir for every native build of the test session: each model's crate is emitted
+    over the previous one, so cargo's incremental build only recompiles the generated code."""
+    if not _SHARED:
+        import atexit
+        import shutil
+        import tempfile
+
+        d = Path(tempfile.mkdtemp(prefix="monologue-test-crate-"))
+        atexit.register(shutil.rmtree, d, True)
+        _SHARED.append(d / "runtime_rs")
+    return _SHARED[0]
+
+
 @pytest.fixture(scope="module")
-def crate_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("crate") / "runtime_rs"
+def crate_dir():
+    return shared_crate_dir()
 
 
 @needs_cargo

@@ -93,6 +93,7 @@ class Emitter:
         self.widx = {k: i for i, k in enumerate(self.weight_names)}
         self.locs: dict[str, Loc] = {}
         self.kv_nodes: list[Node] = []
+        self.shift_nodes: list[int] = []  # per-token size of each token_shift's carried row
         self.lines: list[str] = []
 
     # --- locations -----------------------------------------------------------------------------
@@ -116,25 +117,26 @@ class Emitter:
             self.locs[n.name] = Loc("buf", buf, 0, per * mult, per, shape)
             return
         src = self.loc(n.inputs[0], n)
-        if src.kind != "buf":
-            raise CodegenError(f"%{n.name}: a {n.op} of a weight or of the ids is not supported by the Rust runtime")
+        if src.kind == "ids" or (src.kind == "weight" and self.g.weights.get(n.inputs[0], None) is not None
+                                 and self.g.weights[n.inputs[0]].dtype != "f32"):
+            raise CodegenError(f"%{n.name}: a {n.op} of an int8 weight or of the ids is not supported by the Rust runtime")
         if n.op == "reshape":
             per, _ = _block(shape, n.name)
             if per != src.len:
                 raise CodegenError(f"%{n.name}: reshape changes the per-token size ({src.len} -> {per})")
-            self.locs[n.name] = Loc("buf", src.index, src.off, src.stride, src.len, shape)
+            self.locs[n.name] = Loc(src.kind, src.index, src.off, src.stride, src.len, shape)
         elif n.op == "slice":
             a, start, end = n.attrs["axis"], n.attrs["start"], n.attrs["end"]
             first = 2 if SEQ in src.shape else 0
             if a < first or any(d != 1 for d in src.shape[first:a]):
                 raise CodegenError(f"%{n.name}: slice along axis {a} of {src.shape} is not a contiguous block per token")
             inner = _prod(src.shape[a + 1:])
-            self.locs[n.name] = Loc("buf", src.index, src.off + start * inner, src.stride, (end - start) * inner, shape)
+            self.locs[n.name] = Loc(src.kind, src.index, src.off + start * inner, src.stride, (end - start) * inner, shape)
         elif n.op == "permute":
             kept = [src.shape[p] for p in n.attrs["perm"] if src.shape[p] != 1]
             if kept != [d for d in src.shape if d != 1]:
                 raise CodegenError(f"%{n.name}: permute {n.attrs['perm']} of {src.shape} moves data; the Rust runtime has no transpose kernel")
-            self.locs[n.name] = Loc("buf", src.index, src.off, src.stride, src.len, shape)
+            self.locs[n.name] = Loc(src.kind, src.index, src.off, src.stride, src.len, shape)
         elif n.op == "expand" and tuple(src.shape) == shape:
             self.locs[n.name] = src
         else:
@@ -145,6 +147,8 @@ class Emitter:
         if loc.kind == "buf":
             return f"&s.bufs[{loc.index}]"
         if loc.kind == "weight":
+            if self.g.weights[self.weight_names[loc.index]].dtype != "f32":
+                raise CodegenError(f"weight {self.weight_names[loc.index]} is int8 where f32 values are needed")
             return f"w[{loc.index}].f32()"
         raise CodegenError("token ids used as a tensor operand")
 
@@ -164,7 +168,7 @@ class Emitter:
                     wl = self.loc(operands[st["operand"]], n)
                     if wl.kind != "weight" or wl.len != out.shape[-1]:
                         raise CodegenError(f"%{n.name}: rms_norm weight must be a weight of {out.shape[-1]} values")
-                    weight = f"Some({self.data(wl)})"
+                    weight = f"Some(&{self.data(wl)}[{wl.off}..{wl.off + wl.len}])"
                 parts.append(f"Step::RmsNorm {{ eps: {_f32(st['eps'])}, width: {out.shape[-1]}, weight: {weight} }}")
             elif fn in _UNARY:
                 parts.append(f"Step::Unary(Unary::{_UNARY[fn]})")
@@ -174,26 +178,34 @@ class Emitter:
                     parts.append(f"Step::Scalar(Binary::{_BINARY[fn]}, {_f32(st['scalar'])}, {rev})")
                 else:
                     ol = self.loc(operands[st["operand"]], n)
-                    self.check_broadcast(n, ol, out)
+                    repeat = self.check_broadcast(n, ol, out)
                     if ol.kind == "buf" and ol.index == out.index:
                         raise CodegenError(f"%{n.name}: an epilogue operand shares the output buffer")
-                    view = ol.view() if ol.kind == "buf" else f"v(0, 0, {ol.len})"
-                    parts.append(f"Step::Tensor(Binary::{_BINARY[fn]}, Operand {{ data: {self.data(ol)}, view: {view} }}, {rev})")
+                    view = ol.view() if ol.kind == "buf" else f"v({ol.off}, 0, {ol.len})"
+                    parts.append(f"Step::Tensor(Binary::{_BINARY[fn]}, Operand {{ data: {self.data(ol)}, view: {view}, repeat: {repeat} }}, {rev})")
             else:
                 raise CodegenError(f"%{n.name}: epilogue step {fn!r} has no Rust kernel")
         return "&[" + ", ".join(parts) + "]"
 
     @staticmethod
-    def check_broadcast(n: Node, op: Loc, out: Loc) -> None:
-        if SEQ in op.shape:
-            if tuple(op.shape) != tuple(out.shape):
-                raise CodegenError(f"%{n.name}: operand shape {op.shape} differs from {out.shape}")
-            return
-        core = list(op.shape)
-        while core and core[0] == 1:
-            core.pop(0)
-        if core and tuple(core) != tuple(out.shape[-len(core):]):
-            raise CodegenError(f"%{n.name}: operand shape {op.shape} does not broadcast over the last axes of {out.shape}")
+    def check_broadcast(n: Node, op: Loc, out: Loc) -> int:
+        """How an operand repeats over the output row: element j reads `row[(j / repeat) % len]`.
+        Right when the operand's own dims (per token, or all of a fixed tensor), aligned to the
+        right, are ones, then a run equal to the output's dims, then ones (a scalar, a trailing
+        vector, a per-head gate (H, 1) over (H, D)); returns `repeat`."""
+        if SEQ in op.shape and tuple(op.shape[:2]) != (1, SEQ):
+            raise CodegenError(f"%{n.name}: operand shape {op.shape} is not (1, T, ...)")
+        own = list(op.shape[2:]) if SEQ in op.shape else list(op.shape)
+        target = list(out.shape[2:]) if SEQ in out.shape else list(out.shape)
+        if len(own) > len(target):
+            if any(d != 1 for d in own[: len(own) - len(target)]):
+                raise CodegenError(f"%{n.name}: operand shape {op.shape} is larger than {out.shape}")
+            own = own[len(own) - len(target):]
+        own = [1] * (len(target) - len(own)) + own
+        core = [i for i, d in enumerate(own) if d != 1]
+        if core and (core != list(range(core[0], core[-1] + 1)) or any(own[i] != target[i] for i in core)):
+            raise CodegenError(f"%{n.name}: operand shape {op.shape} does not broadcast as a block over {out.shape}")
+        return _prod(target[core[-1] + 1:]) if core else 1
 
     # --- kernels ---------------------------------------------------------------------------------
     def kernel(self, n: Node) -> list[str]:
@@ -256,6 +268,13 @@ class Emitter:
                 raise CodegenError(f"%{n.name}: {n.op} that changes the shape is not supported")
             st = self.steps(n, steps, n.inputs[1:], out)
             return [f"k::elementwise({self.data(x)}, {x.view()}, t, {o}, {st});"]
+        if n.op == "token_shift":
+            x = self.act(n.inputs[0], n)
+            if at.get("axis", 1) != 1 or x.len != out.len:
+                raise CodegenError(f"%{n.name}: token_shift along axis {at.get('axis')} (the runtime shifts along T)")
+            i = len(self.shift_nodes)
+            self.shift_nodes.append(out.len)
+            return [f"k::token_shift({self.data(x)}, {x.view()}, t, pos, &mut s.shift[{i}], {o});"]
         raise CodegenError(f"%{n.name}: op {n.op!r} has no kernel in the Rust runtime ({n.source or 'no source'})")
 
     def emit(self) -> str:
@@ -328,6 +347,7 @@ class Emitter:
             "    chunk: CHUNK,",
             f"    buffers: &[{', '.join(map(str, bufs))}],",
             f"    kv: &[{kv}],",
+            f"    shifts: &[{', '.join(map(str, self.shift_nodes))}],",
             "    specs: &SPECS,",
             f"    logits: ({logits.index}, {logits.view()}),",
             "};",

@@ -23,6 +23,8 @@ pub struct ModelInfo {
     pub buffers: &'static [usize],
     /// (n_kv_head, head_dim) of each attention node's cache
     pub kv: &'static [(usize, usize)],
+    /// per-token size of each token_shift's carried row
+    pub shifts: &'static [usize],
     pub specs: &'static [TensorSpec],
     /// where the logits are: buffer and per-token view
     pub logits: (usize, View),
@@ -32,6 +34,8 @@ pub struct ModelInfo {
 pub struct State {
     pub bufs: Vec<Vec<f32>>,
     pub kv: Vec<KvCache>,
+    /// the last row each token_shift saw (its state across calls)
+    pub shift: Vec<Vec<f32>>,
 }
 
 /// The generated schedule: run `ids` (at most `chunk`) at positions `pos..`.
@@ -145,6 +149,7 @@ impl Engine {
         self.state = Some(State {
             bufs: self.info.buffers.iter().map(|&n| vec![0.0; n]).collect(),
             kv: self.info.kv.iter().map(|&(h, d)| KvCache::new(self.info.seq_len, h, d)).collect(),
+            shift: self.info.shifts.iter().map(|&n| vec![0.0; n]).collect(),
         });
         self.reset();
         Ok(())

@@ -56,11 +56,13 @@ pub enum Binary {
 }
 
 /// A tensor operand of an epilogue step. Element j of token t's row reads
-/// `view.row(data, t)[j % view.len]`: a same-shape tensor, or a weight broadcast over T (stride 0).
+/// `view.row(data, t)[(j / repeat) % view.len]`: a same-shape tensor (repeat 1), a weight
+/// broadcast over T (stride 0), a scalar (len 1), or a per-head value over each head's row.
 #[derive(Clone, Copy)]
 pub struct Operand<'a> {
     pub data: &'a [f32],
     pub view: View,
+    pub repeat: usize,
 }
 
 /// One elementwise step of an epilogue (interpreter.apply_step).
@@ -131,8 +133,9 @@ pub fn apply_steps(row: &mut [f32], t: usize, steps: &[Step]) {
             Step::Scalar(f, s, rev) => row.iter_mut().for_each(|v| *v = if rev { binary(f, s, *v) } else { binary(f, *v, s) }),
             Step::Tensor(f, op, rev) => {
                 let o = op.view.row(op.data, t);
+                let rep = op.repeat.max(1);
                 for (j, v) in row.iter_mut().enumerate() {
-                    let b = o[j % o.len()];
+                    let b = o[(j / rep) % o.len()];
                     *v = if rev { binary(f, b, *v) } else { binary(f, *v, b) };
                 }
             }
@@ -546,6 +549,21 @@ pub fn elementwise(x: &[f32], xv: View, t: usize, out: &mut [f32], ov: View, ste
         let row = ov.row_mut(out, i);
         row.copy_from_slice(xv.row(x, i));
         apply_steps(row, i, steps);
+    }
+}
+
+/// y[t] = x[t - 1]: the row before position pos is `carried` (zeros at position 0, so a reset
+/// context starts clean); the last row of x becomes the new carried row.
+pub fn token_shift(x: &[f32], xv: View, t: usize, pos: usize, carried: &mut [f32], out: &mut [f32], ov: View) {
+    if pos == 0 {
+        carried.iter_mut().for_each(|v| *v = 0.0);
+    }
+    for i in 0..t {
+        let prev: &[f32] = if i == 0 { carried } else { xv.row(x, i - 1) };
+        ov.row_mut(out, i).copy_from_slice(prev);
+    }
+    if t > 0 {
+        carried.copy_from_slice(xv.row(x, t - 1));
     }
 }
 
