@@ -18,17 +18,20 @@ def _cache(S, Hkv, D, seed):
     return (rng.standard_normal((S, Hkv, D)).astype(np.float32) * 2, rng.standard_normal((S, Hkv, D)).astype(np.float32))
 
 
-@pytest.mark.parametrize("H,Hkv,D,S,chunk,pos,window", [
-    (4, 4, 16, 64, 16, 0, None),    # first token, one key
-    (4, 2, 16, 64, 16, 37, None),   # GQA, 3 splits, last one partial
-    (6, 1, 32, 80, 32, 79, None),   # MQA, cache full
-    (4, 2, 8, 100, 8, 50, 19),      # window: 20 keys from 31, splits counted from the window start
-    (2, 1, 12, 40, 64, 5, 3),       # window, a single split larger than the context
+@pytest.mark.parametrize("H,Hkv,D,S,chunk,pos,window,hb", [
+    (4, 4, 16, 64, 16, 0, None, None),    # first token, one key
+    (4, 2, 16, 64, 16, 37, None, None),   # GQA (2 heads share loads), 3 splits, last one partial
+    (6, 1, 32, 80, 32, 79, None, 3),      # MQA, 2 workgroups of 3 heads per kv head, cache full
+    (6, 1, 32, 80, 32, 60, None, 1),      # MQA, one head per workgroup
+    (4, 2, 8, 100, 8, 50, 19, None),      # window: 20 keys from 31, splits counted from the window start
+    (2, 1, 12, 40, 64, 5, 3, None),       # window, a single split larger than the context
+    (4, 2, 80, 300, 128, 250, None, None),  # threads loop over several keys and several dims
 ])
-def test_attn_decode(H, Hkv, D, S, chunk, pos, window, gpu):
+def test_attn_decode(H, Hkv, D, S, chunk, pos, window, hb, gpu):
     kc, vc = _cache(S, Hkv, D, H + D + pos)
     q = np.random.default_rng(pos).standard_normal((1, H, D)).astype(np.float32)
-    part, comb = kernels.attn_decode(H, Hkv, D, S, chunk=chunk, window_left=window, covers=["test"])
+    part, comb = kernels.attn_decode(H, Hkv, D, S, chunk=chunk, window_left=window, heads_per_wg=hb,
+                                     covers=["test"])
     scratch = gpu.run(part, {"q": q, "k": kc, "v": vc},
                   {"ml": ((part.info["ml"],), np.float32), "o": ((part.info["o"],), np.float32)}, pos=pos)
     got = gpu.run(comb, scratch, {"out": ((H, D), np.float32)}, pos=pos)["out"]

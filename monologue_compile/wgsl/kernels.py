@@ -261,27 +261,38 @@ def _attn_common(H, Hkv, D, scale):
 
 
 def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 256, window_left: int | None = None,
-                scale: float | None = None, wg: int = 64, covers=(), name: str = "attn_decode") -> list[Kernel]:
+                scale: float | None = None, heads_per_wg: int | None = None, wg: int = 64, covers=(),
+                name: str = "attn_decode") -> list[Kernel]:
     """Attention for one query token at step.pos over a [S, Hkv, D] cache: [partials, combine].
 
     A query at p sees keys j with j <= p and, with a window, j >= p - window_left (flash-attn's
     left window). Partials bindings: q ([H, D]), k, v (caches), ml, o (scratch), step; workgroups
-    (splits, H). Combine bindings: ml, o, out ([H, D]), step; workgroups (H). Scratch sizes are in
-    `info` of the partial kernel (f32 counts).
+    (splits, H / heads_per_wg): the query heads of one kv head share each K/V load (heads_per_wg
+    defaults to the largest divisor of H / Hkv, up to 8, that fits workgroup memory). Combine
+    bindings: ml, o, out ([H, D]), step; workgroups (H). Scratch sizes are in `info` (f32 counts).
     """
     covers = _common(covers)
     scale = _attn_common(H, Hkv, D, scale)
     _check(D % 4 == 0, f"head_dim={D} must be a multiple of 4")
     _check(_pow2(wg), f"wg={wg} must be a power of two")
+    group = H // Hkv
+
+    def mem(hb):
+        return 4 * hb * (D + chunk + wg + 2)
+
+    if heads_per_wg is None:
+        heads_per_wg = max([hb for hb in range(1, min(group, 8) + 1) if group % hb == 0 and mem(hb) <= WG_MEM_LIMIT],
+                           default=1)
+    _check(group % heads_per_wg == 0, f"heads_per_wg={heads_per_wg} must divide H / Hkv = {group}")
     span = S if window_left is None else min(S, window_left + 1)
     ns = -(-span // chunk)
-    params = dict(H=H, Hkv=Hkv, D=D, S=S, chunk=chunk, NS=ns, window_left=window_left, scale=scale, wg=wg,
-                  covers=covers)
+    params = dict(H=H, Hkv=Hkv, D=D, S=S, chunk=chunk, NS=ns, HB=heads_per_wg, window_left=window_left, scale=scale,
+                  wg=wg, covers=covers)
     info = {"ml": H * ns * 2, "o": H * ns * D}
     b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("ml", "read_write"),
          Binding("o", "read_write"), Binding("step", "uniform")]
-    part = _finish(name, "attn_decode", "attn_decode.wgsl.j2", params, b, wg, grid(ns, H),
-                   4 * (D + chunk + wg), info=info)
+    part = _finish(name, "attn_decode", "attn_decode.wgsl.j2", params, b, wg, grid(ns, H // heads_per_wg),
+                   mem(heads_per_wg), info=info)
     cwg = min(_next_pow2(D), 64)
     cb = [Binding("ml", "read"), Binding("o", "read"), Binding("out", "read_write"), Binding("step", "uniform")]
     comb = _finish(name + "_combine", "attn_decode_combine", "attn_decode_combine.wgsl.j2", dict(params, wg=cwg),
