@@ -136,10 +136,7 @@ impl Engine {
     /// All shards in: move the weights out of the loader and allocate the state.
     pub fn finish(&mut self) -> Result<(), String> {
         let loader = self.loader.take().ok_or_else(|| "load the manifest first".to_string())?;
-        let (weights, config, specials) = match loader.finish() {
-            Ok(x) => x,
-            Err(e) => return Err(e),
-        };
+        let (weights, config, specials) = loader.finish()?;
         let cfg_num = |k: &str| config.get(k).and_then(Json::as_u32).map(|v| v as usize);
         if cfg_num("vocab_size") != Some(self.info.vocab) || cfg_num("sequence_len") != Some(self.info.seq_len) {
             return Err("manifest: model config does not match the compiled model (vocab_size / sequence_len)".to_string());
