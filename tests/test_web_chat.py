@@ -69,8 +69,12 @@ def wait_done(page):
     page.wait_for_selector("body[data-state='ready']", timeout=30_000)
 
 
-def test_reply_streams_with_thought_panel(chat):
-    page = chat
+def test_reply_streams_with_thought_panel(browser, tmp_path):
+    with open_chat(browser, tmp_path / "dist", test_think_ms=35) as page:
+        check_reply_streams_with_thought_panel(page)
+
+
+def check_reply_streams_with_thought_panel(page):
     backend = page.input_value("#backend")
     label = {"webgpu": "GPU (WebGPU)", "wasm": "CPU (wasm)"}[backend]
     page.click("#open-settings")

@@ -26,6 +26,7 @@ export async function probe() {
 export async function create({ manifest, onProgress }) {
   if (manifest.test_refuse?.includes(kind)) throw new Error("the device refused the plan's limits");
   for (let i = 1; i <= 3; i++) onProgress({ loaded: i, total: 3 });
+  const thinkMs = manifest.test_think_ms ?? 8;
   let context = [];
   let sampling = null;
   let steps = 0;
@@ -53,8 +54,8 @@ export async function create({ manifest, onProgress }) {
       const reply = replyFor(messages, sampling);
       const at = context.length - context.lastIndexOf(REPLY_START) - 1;
       const id = at < reply.length ? reply[at] : STOP;
-      // Slow while thinking, so the test can watch the open thought panel.
-      await new Promise((done) => setTimeout(done, new TextDecoder().decode(reply.slice(0, at)).includes("</think>") ? 4 : 35));
+      // Slower while thinking, so a test can watch the open thought panel.
+      await new Promise((done) => setTimeout(done, new TextDecoder().decode(reply.slice(0, at)).includes("</think>") ? 2 : thinkMs));
       context.push(id);
       return { id };
     },
