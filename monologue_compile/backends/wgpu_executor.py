@@ -1,0 +1,210 @@
+"""Runs a plan.json on wgpu-py (lavapipe on CPU machines, Vulkan on GPUs): the Python twin of the
+browser's WebGPU executor, and the `wgpu` backend of chat, verify and bench.
+
+Pipelines and bind groups are built once; a step writes the token ids and the 16-byte `step`
+uniform, encodes the step's whole dispatch list in one compute pass, submits one command buffer and
+reads back the logits (or, for greedy decoding, one id from the GPU argmax; for sampling, the top-k).
+Same interface as the numpy interpreter's Session: `forward(ids) -> logits (T, V)`, `reset()`,
+`pos`, `max_len`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MonologueError
+from ..ir import Graph
+from ..wgsl import device as wdev
+
+# WebGPU limit names (plan.json, manifest) -> wgpu-py's
+_LIMIT_NAMES = {"maxStorageBufferBindingSize": "max-storage-buffer-binding-size", "maxBufferSize": "max-buffer-size"}
+
+
+def _graph_source(g: Graph):
+    """Initial contents of a plan buffer from the graph's weights (a plan built in memory)."""
+
+    def read(init: dict) -> bytes:
+        w = g.weights[init["tensor"]]
+        arr = w.data[init["part"]] if init["part"] in ("q", "scale") else w.data
+        if init["part"] == "q":
+            arr = np.ascontiguousarray(arr, np.int8)
+        r0, r1 = init["rows"]
+        return np.ascontiguousarray(np.asarray(arr)[r0:r1], dtype=np.int8 if init["part"] == "q" else "<f4").tobytes()
+
+    return read
+
+
+def _dist_source(model_dir: Path):
+    """Initial contents from the weight shards, by the byte ranges the plan names (as the browser does)."""
+    shards: dict[str, bytes] = {}
+
+    def read(init: dict) -> bytes:
+        out = bytearray()
+        for c in init["chunks"]:
+            raw = shards.setdefault(c["shard"], (model_dir / c["shard"]).read_bytes())
+            out += raw[c["offset"]:c["offset"] + c["nbytes"]]
+        return bytes(out)
+
+    return read
+
+
+class WgpuSession:
+    def __init__(self, plan: dict, kernels: dict[str, str], weights, device=None):
+        import wgpu
+
+        self.plan = plan
+        limits = frozenset((_LIMIT_NAMES[k], v) for k, v in plan.get("required_limits", {}).items())
+        self.dev = device or wdev.get_device(frozenset(plan.get("required_features", [])), limits)
+        self.max_len = plan["max_seq"]
+        self.chunk = plan["chunk"]
+        self.V = plan["vocab_size"]
+        self.bufs = {}
+        for b in plan["buffers"]:
+            usage = 0
+            for u in b["usage"]:
+                usage |= getattr(wgpu.BufferUsage, u)
+            if b["init"] is not None:
+                data = weights(b["init"])
+                data += b"\0" * (b["bytes"] - len(data))
+                self.bufs[b["name"]] = self.dev.create_buffer_with_data(data=data, usage=usage)
+            else:
+                self.bufs[b["name"]] = self.dev.create_buffer(size=b["bytes"], usage=usage)
+        self.pipelines = []
+        for p in plan["pipelines"]:
+            src = kernels[p["kernel"]]
+            module = self.dev.create_shader_module(code=src, label=p["name"])
+            entries = [{"binding": bb["binding"], "visibility": wgpu.ShaderStage.COMPUTE,
+                        "buffer": {"type": bb["type"]}} for bb in p["bindings"]]
+            bgl = self.dev.create_bind_group_layout(entries=entries)
+            pipe = self.dev.create_compute_pipeline(
+                layout=self.dev.create_pipeline_layout(bind_group_layouts=[bgl]),
+                compute={"module": module, "entry_point": p["entry_point"]})
+            self.pipelines.append((pipe, bgl))
+        self.bind_groups = []
+        for bg in plan["bind_groups"]:
+            bgl = self.pipelines[bg["pipeline"]][1]
+            self.bind_groups.append(self.dev.create_bind_group(layout=bgl, entries=[
+                {"binding": i, "resource": {"buffer": self.bufs[name], "offset": 0, "size": self.bufs[name].size}}
+                for i, name in enumerate(bg["entries"])]))
+        self.dispatches = {name: [(self.pipelines[d["pipeline"]][0], self.bind_groups[d["bind_group"]],
+                                   tuple(d["workgroups"])) for d in lst] for name, lst in plan["dispatch"].items()}
+        self.step_buf = self.bufs[plan["uniforms"]["step"]["buffer"]]
+        self.submits = 0
+        self.reset()
+
+    @classmethod
+    def from_dist(cls, dist, device=None) -> "WgpuSession":
+        dist = Path(dist)
+        model_dir = dist / "model" if (dist / "model").is_dir() else dist
+        if not (model_dir / "plan.json").exists():
+            raise MonologueError(f"{model_dir}: no plan.json (compiled without the WGSL backend, or --quant none)")
+        plan = json.loads((model_dir / "plan.json").read_text())
+        kernels = {p["kernel"]: (model_dir / p["kernel"]).read_text() for p in plan["pipelines"]}
+        return cls(plan, kernels, _dist_source(model_dir), device)
+
+    @classmethod
+    def from_graph(cls, g: Graph, device=None, **plan_kw) -> "WgpuSession":
+        from .wgsl_plan import build_plan
+
+        p = build_plan(g, **plan_kw)
+        return cls(p.plan, {f"kernels/{k}": v for k, v in p.kernels.items()}, _graph_source(g), device)
+
+    # --- steps -----------------------------------------------------------------------------
+    def reset(self):
+        self.pos = 0  # caches need no clearing: attention reads only positions < pos + n_tokens
+
+    def _encode(self, pass_, lists):
+        for name in lists:
+            for pipe, bg, wg in self.dispatches[name]:
+                pass_.set_pipeline(pipe)
+                pass_.set_bind_group(0, bg)
+                pass_.dispatch_workgroups(*wg)
+
+    def _step(self, ids, lists):
+        n = len(ids)
+        if self.pos + n > self.max_len:
+            raise ValueError(f"sequence of {self.pos + n} tokens exceeds sequence_len={self.max_len}")
+        q = self.dev.queue
+        q.write_buffer(self.bufs[self.plan["io"]["ids"]], 0, np.asarray(ids, np.uint32).tobytes())
+        q.write_buffer(self.step_buf, 0, wdev.step_bytes(self.pos, n))
+        enc = self.dev.create_command_encoder()
+        p = enc.begin_compute_pass()
+        self._encode(p, lists)
+        p.end()
+        q.submit([enc.finish()])
+        self.submits += 1
+        self.pos += n
+
+    def _read(self, buffer: str, nbytes: int, dtype) -> np.ndarray:
+        return np.frombuffer(self.dev.queue.read_buffer(self.bufs[buffer], 0, nbytes), dtype).copy()
+
+    def _logits(self, n: int) -> np.ndarray:
+        return self._read(self.plan["io"]["logits"]["buffer"], 4 * n * self.V, np.float32).reshape(n, self.V)
+
+    def forward(self, ids) -> np.ndarray:
+        """Logits (T, V) for the next tokens: one decode step, or prefill in chunks of plan.chunk."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        if len(ids) == 1:
+            self._step(ids, ["decode"])
+            return self._logits(1)
+        rows = []
+        for i in range(0, len(ids), self.chunk):
+            part = ids[i:i + self.chunk]
+            self._step(part, ["prefill"])
+            rows.append(self._logits(len(part)))
+        return np.concatenate(rows)
+
+    def decode_greedy(self, token: int) -> int:
+        """One decode step whose next token is picked on the GPU: reads back 4 bytes, not the logits."""
+        self._step([int(token)], ["decode", "argmax"])
+        return int(self._read(self.plan["io"]["argmax"]["buffer"], 4, np.uint32)[0])
+
+    def decode_topk(self, token: int) -> tuple[np.ndarray, np.ndarray]:
+        """One decode step returning the top-k logits (descending) and their ids, for sampling on the host."""
+        self._step([int(token)], ["decode", "topk"])
+        io = self.plan["io"]["topk"]
+        k = io["k"]
+        return self._read(io["values"], 4 * k, np.float32), self._read(io["ids"], 4 * k, np.uint32).astype(np.int64)
+
+    def probe(self, ids) -> dict[str, np.ndarray]:
+        """Every IR value a prefill (or, for one id, decode) step computes, read back after the last
+        dispatch that writes it: one submit per dispatch, for per-kernel checks against the interpreter."""
+        ids = [int(i) for i in ids]
+        lst = "decode" if len(ids) == 1 else "prefill"
+        n, pos0 = len(ids), self.pos
+        if n > self.chunk or pos0 + n > self.max_len:
+            raise ValueError("probe takes one chunk that fits the cache")
+        q = self.dev.queue
+        q.write_buffer(self.bufs[self.plan["io"]["ids"]], 0, np.asarray(ids, np.uint32).tobytes())
+        q.write_buffer(self.step_buf, 0, wdev.step_bytes(pos0, n))
+        plan_list = self.plan["dispatch"][lst]
+        out = {}
+        for i, (d, (pipe, bg, wg)) in enumerate(zip(plan_list, self.dispatches[lst])):
+            enc = self.dev.create_command_encoder()
+            p = enc.begin_compute_pass()
+            p.set_pipeline(pipe)
+            p.set_bind_group(0, bg)
+            p.dispatch_workgroups(*wg)
+            p.end()
+            q.submit([enc.finish()])
+            last = i + 1 == len(plan_list) or plan_list[i + 1]["node"] != d["node"]
+            loc = self.plan["values"].get(d["node"])
+            if last and loc is not None:
+                row0 = pos0 if loc["at_pos"] else 0
+                nfl = loc["offset"] + (row0 + n) * loc["row_stride"]
+                raw = self._read(loc["buffer"], 4 * nfl, np.float32)
+                rows = [raw[loc["offset"] + (row0 + t) * loc["row_stride"]:][:loc["row_floats"]] for t in range(n)]
+                out[d["node"]] = np.stack(rows)
+        self.pos += n
+        return out
+
+
+def graph_session(graph: Graph) -> WgpuSession:
+    """chat's factory: a session for a loaded graph (the plan rebuilt in memory, as the compiler wrote it)."""
+    try:
+        return WgpuSession.from_graph(graph)
+    except wdev.NoAdapter as e:
+        raise MonologueError(f"--backend wgpu: {e}") from None

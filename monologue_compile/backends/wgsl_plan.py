@@ -1,0 +1,565 @@
+"""The GPU program: final scheduled IR -> rendered WGSL kernels + a dispatch plan (`model/plan.json`).
+
+Every kernel-op node of the IR maps onto one or more kernels of `monologue_compile.wgsl.kernels`
+(matmul -> matvec_int8 for decode / matmul_int8 for prefill, embedding -> embed_int8, rope ->
+rope_qknorm, attention -> kv_write + attn_decode / attn_prefill); views become offsets and row
+strides; `positions` binds the host cos/sin table whole (the kernels index it by step.pos).
+The plan is JSON (docs/plan.md) so the browser's WebGPU executor and the wgpu-py executor
+(`wgpu_executor.py`) read the same file: buffers with their initial contents (which weight shard and
+byte range), pipelines, bind groups, the dispatch lists for decode and chunked prefill, and the one
+16-byte `step` uniform {pos, n_tokens, 0, 0} a step rewrites.
+
+Kernels are shape-specialized; the same rendered source serves every layer with those shapes, so a
+kernel file is rendered once per distinct parameter set and its header's `covers:` names every IR
+node (with its fx node and model source line) it runs for.
+
+Buffers: activations are reused by liveness (sized for a prefill chunk; decode uses the first row);
+a residual add writes in place into the residual stream's buffer (the kernels' `residual` epilogue);
+q is roped into its own buffer, k straight into the KV cache row at step.pos, v copied there by
+kv_write. Weight arrays larger than `max_binding` (128 MiB, WebGPU's default
+maxStorageBufferBindingSize) are split by rows into several buffers: a matmul then runs one
+dispatch per part (`out_offset`), an embedding one gather per part (`row_start`/`n_rows`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import MonologueError
+from ..ir import OPS, SEQ, Graph, Node
+from ..wgsl import kernels as kern
+
+PLAN_FORMAT = "monologue-plan"
+PLAN_VERSION = 1
+STEP_BUFFER = "step"
+
+# WebGPU's default limits (what a page gets without asking) for the limits a plan presses on.
+DEFAULT_LIMITS = {
+    "maxStorageBufferBindingSize": 128 << 20,
+    "maxBufferSize": 256 << 20,
+    "maxStorageBuffersPerShaderStage": 8,
+    "maxComputeInvocationsPerWorkgroup": 256,
+    "maxComputeWorkgroupStorageSize": 16384,
+    "maxComputeWorkgroupsPerDimension": 65535,
+}
+TOPK = 64  # the top-k list a sampling step reads back (kernels.topk supports k <= 64)
+VIEWS = {"reshape", "slice"}
+BINDING_TYPES = {"read": "read-only-storage", "read_write": "storage", "uniform": "uniform"}
+
+
+@dataclass
+class Loc:
+    """Where a value lives: rows of `row_floats` f32 at buffer[offset + t * row_stride] (t: token)."""
+
+    buffer: str
+    offset: int
+    row_stride: int
+    row_floats: int
+    at_pos: bool = False  # rows are at step.pos + t (a KV cache)
+
+    def json(self):
+        return {"buffer": self.buffer, "offset": self.offset, "row_stride": self.row_stride,
+                "row_floats": self.row_floats, "at_pos": self.at_pos}
+
+
+@dataclass
+class _Pending:
+    """One dispatch before rendering: kernel family call (without covers) and its buffers."""
+
+    family: str
+    args: tuple
+    kwargs: dict
+    buffers: dict  # binding name -> buffer name
+    node: str
+    index: int = 0  # which of a family's kernels (attn_decode: 0 partials, 1 combine)
+
+
+@dataclass
+class Plan:
+    plan: dict
+    kernels: dict[str, str]  # file name (under kernels/) -> WGSL source
+    required: dict = field(default_factory=dict)  # limits above the WebGPU defaults
+
+
+def _fail(n: Node, msg: str):
+    raise MonologueError(f"wgsl plan: node %{n.name} ({n.op}, {n.source or 'no source'}): {msg}")
+
+
+def _per_token(shape) -> int:
+    return math.prod(d for d in shape if d != SEQ)
+
+
+def _row_parts(nrows: int, row_bytes: int, max_binding: int) -> list[tuple[int, int]]:
+    per = max(1, max_binding // max(row_bytes, 1))
+    return [(r, min(r + per, nrows)) for r in range(0, nrows, per)]
+
+
+class _Builder:
+    def __init__(self, g: Graph, chunk: int, max_binding: int, manifest: dict | None):
+        self.g, self.chunk, self.max_binding, self.manifest = g, chunk, max_binding, manifest
+        cfg = g.meta.get("config", {})
+        self.S = int(cfg.get("sequence_len") or 0)
+        self.buffers: dict[str, dict] = {}
+        self.loc: dict[str, Loc] = {}
+        self.weight_parts: dict[str, list[tuple[int, int]]] = {}
+        self.kv: dict[str, tuple[str, str]] = {}
+        self.producer: dict[str, Node] = {}
+
+    # --- buffers -----------------------------------------------------------------------------
+    def _buffer(self, name, nbytes, usage=("STORAGE", "COPY_DST", "COPY_SRC"), init=None, role="activation"):
+        nbytes = max(16, -(-int(nbytes) // 16) * 16)
+        b = self.buffers.get(name)
+        if b is None:
+            self.buffers[name] = {"name": name, "bytes": nbytes, "usage": list(usage), "init": init, "role": role}
+        else:
+            b["bytes"] = max(b["bytes"], nbytes)
+        return name
+
+    def _weight(self, name: str) -> list[tuple[str, str, int, int]]:
+        """[(q buffer, scale buffer, row0, row1)] of a q8 weight, split by rows past max_binding."""
+        w = self.g.weights[name]
+        if name not in self.weight_parts:
+            q, scale = w.data["q"], w.data["scale"]
+            n = q.shape[0]
+            self.weight_parts[name] = _row_parts(n, q.shape[1], self.max_binding)
+            for i, (r0, r1) in enumerate(self.weight_parts[name]):
+                sfx = f"#{i}" if len(self.weight_parts[name]) > 1 else ""
+                self._buffer(f"w:{name}{sfx}", (r1 - r0) * q.shape[1], init=self._init(name, "q", r0, r1), role="weight")
+                self._buffer(f"s:{name}{sfx}", (r1 - r0) * scale.shape[1] * 4, init=self._init(name, "scale", r0, r1),
+                             role="weight")
+        parts = self.weight_parts[name]
+        return [(f"w:{name}{f'#{i}' if len(parts) > 1 else ''}", f"s:{name}{f'#{i}' if len(parts) > 1 else ''}", r0, r1)
+                for i, (r0, r1) in enumerate(parts)]
+
+    def _table(self, name: str) -> str:
+        w = self.g.weights[name]
+        return self._buffer(f"t:{name}", 4 * math.prod(w.shape), init=self._init(name, "data", 0, w.shape[0]),
+                            role="weight")
+
+    def _init(self, tensor, part, r0, r1) -> dict:
+        """Initial contents: rows [r0, r1) of a stored array, with the shard byte ranges holding them."""
+        init = {"tensor": tensor, "part": part, "rows": [r0, r1]}
+        if self.manifest is None:
+            return init
+        arr = self.manifest["weights"]["tensors"][tensor]["arrays"][part]
+        row_bytes = math.prod(arr["shape"][1:]) * 4 if len(arr["shape"]) > 1 else 4
+        pieces, dst = [], 0
+        for c in arr["chunks"]:
+            a, b = max(r0, c["rows"][0]), min(r1, c["rows"][1])
+            if a >= b:
+                continue
+            off = c["offset"] + (a - c["rows"][0]) * row_bytes
+            pieces.append({"shard": self.manifest["weights"]["shards"][c["shard"]], "offset": off,
+                           "nbytes": (b - a) * row_bytes, "dst_offset": dst})
+            dst += (b - a) * row_bytes
+        init["chunks"] = pieces
+        return init
+
+    # --- allocation: every value's location, decided once for decode and prefill --------------
+    def allocate(self):
+        g = self.g
+        users = g.users()
+        root = {}
+        for n in g.nodes:
+            root[n.name] = root.get(n.inputs[0], n.inputs[0]) if n.op in VIEWS else n.name
+        last = {}
+        for i, n in enumerate(g.nodes):
+            for x in n.inputs:
+                last[root.get(x, x)] = i
+        for o in g.outputs:
+            last[root[o]] = len(g.nodes)
+        free: list[str] = []
+        owner: dict[str, str] = {}  # buffer -> root value living there
+        count = 0
+        for n in g.nodes:
+            self.producer[n.name] = n
+            if n.op == "attention":
+                self._kv_cache(n)
+        for i, n in enumerate(g.nodes):
+            if n.op not in OPS:
+                _fail(n, "unknown op")
+            rows = _per_token(n.type.shape)
+            if n.op in VIEWS:
+                src = self.loc.get(n.inputs[0])
+                if src is None:
+                    _fail(n, "a view of something that is not an activation")
+                if n.op == "slice":
+                    if n.attrs["axis"] != len(n.type.shape) - 1:
+                        _fail(n, "only slices of the last axis (merged projections) are supported")
+                    src = Loc(src.buffer, src.offset + n.attrs["start"], src.row_stride, rows, src.at_pos)
+                else:
+                    src = Loc(src.buffer, src.offset, src.row_stride, rows, src.at_pos)
+                self.loc[n.name] = src
+                continue
+            if n.op == "positions":
+                continue  # the table is bound whole, see _emit rope
+            buf = None
+            if n.name in g.outputs:
+                buf = self._buffer("logits", 4 * self.chunk * rows)
+            elif n.op == "rope" and any(u.op == "attention" and u.inputs[1] == n.name for u in users[n.name]):
+                att = next(u for u in users[n.name] if u.op == "attention")
+                self.loc[n.name] = Loc(self.kv[att.name][0], 0, rows, rows, at_pos=True)
+            elif n.op == "matmul" and self._residual(n) is not None:
+                r = self._residual(n)
+                rloc = self.loc[r]
+                if last[root.get(r, r)] != i or rloc.offset or rloc.row_stride != rows:
+                    _fail(n, "the residual operand is used later or not a whole buffer (needs an in-place add)")
+                buf = rloc.buffer
+            else:
+                need = 4 * self.chunk * rows
+                pick = next((b for b in free if self.buffers[b]["bytes"] >= need), None) or (free[0] if free else None)
+                if pick is None:
+                    pick = f"act{count}"
+                    count += 1
+                else:
+                    free.remove(pick)
+                buf = self._buffer(pick, need)
+            if buf is not None:
+                self.loc[n.name] = Loc(buf, 0, rows, rows)
+                owner[buf] = n.name
+            # free buffers whose value died here (after this node's output was placed)
+            for x in dict.fromkeys(n.inputs):
+                r = root.get(x, x)
+                lr = self.loc.get(r)
+                if lr is None or last.get(r) != i or not lr.buffer.startswith("act"):
+                    continue
+                if owner.get(lr.buffer) == r and lr.buffer not in free:
+                    free.append(lr.buffer)
+            if buf and buf.startswith("act") and last.get(n.name, -1) < i and buf not in free:
+                free.append(buf)
+
+    def _kv_cache(self, n: Node):
+        at = n.attrs
+        if at.get("layout") != "BTHD":
+            _fail(n, f"attention layout {at.get('layout')} (only BTHD)")
+        width = at["n_kv_head"] * at["head_dim"]
+        i = len(self.kv)
+        k = self._buffer(f"kcache{i}", 4 * self.S * width, role="kv_cache")
+        v = self._buffer(f"vcache{i}", 4 * self.S * width, role="kv_cache")
+        self.kv[n.name] = (k, v)
+
+    def _residual(self, n: Node) -> str | None:
+        ep = n.attrs.get("epilogue") or []
+        if ep and ep[-1].get("fn") == "add" and "operand" in ep[-1] and not ep[-1].get("reverse"):
+            x = n.inputs[2 + ep[-1]["operand"]]
+            if x not in self.g.weights:
+                return x
+        return None
+
+    # --- dispatches -----------------------------------------------------------------------
+    def emit(self, T: int) -> list[_Pending]:
+        out: list[_Pending] = []
+        for n in self.g.nodes:
+            try:
+                getattr(self, f"_emit_{n.op}", self._unsupported)(n, T, out)
+            except ValueError as e:  # a kernel constructor refused the shapes
+                _fail(n, str(e))
+        return out
+
+    def _unsupported(self, n, T, out):
+        if n.op in VIEWS or n.op == "positions":
+            return
+        _fail(n, f"op {n.op} has no WGSL kernel mapping")
+
+    def _q8(self, n: Node, name: str):
+        w = self.g.weights.get(name)
+        if w is None or w.dtype != "q8":
+            _fail(n, f"{name} is not an int8 weight (the WGSL backend runs int8 weights; compile with --quant int8*)")
+        return w
+
+    def _group(self, n: Node, w, K: int) -> int:
+        grp = w.quant["group"] if w.quant["group"] in (64, 128) else 0
+        if kern.k_pad(K, grp) != w.quant["k_pad"]:
+            _fail(n, f"stored row length {w.quant['k_pad']} != the kernel's {kern.k_pad(K, grp)}")
+        return grp
+
+    def _emit_embedding(self, n, T, out):
+        table, ids = n.inputs[0], n.inputs[1]
+        w = self._q8(n, table)
+        V, C = w.shape
+        if w.data["scale"].shape[1] != 1 or w.quant["k_pad"] != kern.k_pad(C):
+            _fail(n, "embed_int8 reads per-row scales and rows of k_pad(C); this table is group-quantized "
+                     f"({w.quant['scheme']}, k_pad {w.quant['k_pad']})")
+        ep = n.attrs.get("epilogue") or []
+        norm = bool(ep) and ep[0]["fn"] == "rms_norm" and "operand" not in ep[0]
+        if ep[int(norm):]:
+            _fail(n, f"embedding epilogue {ep} (only rms_norm)")
+        kw = dict(norm=norm, eps=ep[0]["eps"]) if norm else {}
+        y = self.loc[n.name]
+        ids_buf = self._buffer("ids", 4 * self.chunk, role="input")
+        for qb, sb, r0, r1 in self._weight(table):
+            out.append(_Pending("embed_int8", (T, V, C), dict(kw, row_start=r0, n_rows=r1 - r0),
+                                {"ids": ids_buf, "table": qb, "scale": sb, "y": y.buffer, "step": STEP_BUFFER}, n.name))
+
+    def _epilogue(self, n: Node) -> dict:
+        """The kernels' fixed epilogue `y (+)= softcap(act(acc + bias))` from the node's steps."""
+        steps = list(n.attrs.get("epilogue") or [])
+        ops = n.inputs[2:]
+        kw: dict = {}
+        if self._residual(n) is not None:
+            steps.pop()
+            kw["residual"] = True
+        if steps and steps[0].get("fn") == "add" and "operand" in steps[0] and ops[steps[0]["operand"]] in self.g.weights:
+            kw["bias"] = ops[steps.pop(0)["operand"]]
+        acts = {("relu", "square"): "relu2", ("gelu",): "gelu", ("gelu_tanh",): "gelu_tanh", ("silu",): "silu"}
+        for pat, act in acts.items():
+            if tuple(s.get("fn") for s in steps[:len(pat)]) == pat and all(len(s) == 1 for s in steps[:len(pat)]):
+                kw["act"] = act
+                steps = steps[len(pat):]
+                break
+        if (len(steps) == 3 and steps[0].get("fn") == "div" and steps[1] == {"fn": "tanh"}
+                and steps[2].get("fn") == "mul" and steps[0].get("scalar") == steps[2].get("scalar") is not None):
+            kw["softcap"] = float(steps[0]["scalar"])
+            steps = []
+        if steps:
+            _fail(n, f"epilogue steps {steps} do not fit the kernels' bias/activation/softcap/residual epilogue")
+        return kw
+
+    def _emit_matmul(self, n, T, out):
+        x, wname = self.loc[n.inputs[0]], n.inputs[1]
+        w = self._q8(n, wname)
+        N, K = w.shape
+        if x.row_floats != K or x.at_pos:
+            _fail(n, "input rows are not K contiguous floats")
+        if x.offset or x.row_stride != K:
+            _fail(n, "input is a strided view (the matmul kernels read packed rows)")
+        ep = self._epilogue(n)
+        bias = ep.pop("bias", None)
+        pro = n.attrs.get("prologue")
+        kw = dict(group=self._group(n, w, K), norm=bool(pro), **ep)
+        if pro:
+            kw["eps"] = pro["eps"]
+        y = self.loc[n.name]
+        for qb, sb, r0, r1 in self._weight(wname):
+            bufs = {"w": qb, "scale": sb, "x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}
+            if bias:
+                if len(self.weight_parts[wname]) > 1:
+                    _fail(n, "a bias on a weight split across bindings")
+                bufs["bias"] = self._table(bias)
+            if T == 1:
+                out.append(_Pending("matvec_int8", (r1 - r0, K), dict(kw, bias=bool(bias), out_offset=r0, out_len=N),
+                                    bufs, n.name))
+            else:
+                out.append(_Pending("matmul_int8", (T, r1 - r0, K), dict(kw, bias=bool(bias), out_offset=r0,
+                                                                          out_row_stride=N), bufs, n.name))
+
+    def _emit_rope(self, n, T, out):
+        x = self.loc[n.inputs[0]]
+        _, _, H, D = n.type.shape
+        if x.row_floats != H * D:
+            _fail(n, "rope input rows are not heads * head_dim")
+        tables = []
+        for t in n.inputs[1:3]:
+            p = self.producer.get(t)
+            if p is None or p.op != "positions" or p.attrs.get("axis") != 1:
+                _fail(n, f"cos/sin %{t} is not a positions() lookup of a host table")
+            tab = self.g.weights[p.inputs[0]]
+            if tab.shape[-1] != D // 2 or tab.shape[1] < self.S:
+                _fail(n, f"table {p.inputs[0]} {tab.shape} does not fit head_dim {D}")
+            tables.append(self._table(p.inputs[0]))
+        steps = list(n.attrs.get("epilogue") or [])
+        kw = {}
+        if steps and steps[0].get("fn") == "rms_norm" and "operand" not in steps[0]:
+            kw.update(qk_norm=True, eps=steps.pop(0)["eps"])
+        else:
+            kw["qk_norm"] = False
+        if steps and steps[0].get("fn") == "mul" and "scalar" in steps[0]:
+            kw["post_scale"] = float(steps.pop(0)["scalar"])
+        if steps:
+            _fail(n, f"rope epilogue {steps} (only rms_norm, then a scalar multiply)")
+        y = self.loc[n.name]
+        out.append(_Pending("rope_qknorm", (T, H, D), dict(kw, inplace=False, in_offset=x.offset, in_row_stride=x.row_stride,
+                                                            out_offset=0, out_at_pos=y.at_pos, out_row_stride=y.row_stride),
+                            {"x": x.buffer, "cos": tables[0], "sin": tables[1], "y": y.buffer, "step": STEP_BUFFER}, n.name))
+
+    def _emit_attention(self, n, T, out):
+        at = n.attrs
+        H, Hkv, D = at["n_head"], at["n_kv_head"], at["head_dim"]
+        kc, vc = self.kv[n.name]
+        q, k, v = (self.loc[i] for i in n.inputs)
+        if q.at_pos or q.offset or q.row_stride != H * D:
+            _fail(n, "q is not a packed [T, H, D] buffer")
+        for src, cache in ((k, kc), (v, vc)):
+            if src.at_pos:
+                if src.buffer != cache:
+                    _fail(n, "k/v written into another cache")
+                continue
+            out.append(_Pending("kv_write", (T, Hkv * D), dict(src_offset=src.offset, src_row_stride=src.row_stride),
+                                {"src": src.buffer, "cache": cache, "step": STEP_BUFFER}, n.name))
+        kw = dict(window_left=at["window"] - 1 if at.get("window") else None, scale=at["scale"])
+        y = self.loc[n.name]
+        if T == 1:
+            bufs = {"q": q.buffer, "k": kc, "v": vc, "ml": "attn_ml", "o": "attn_o", "out": y.buffer, "step": STEP_BUFFER}
+            parts = kern.attn_decode(H, Hkv, D, self.S, **kw)
+            self._buffer("attn_ml", 4 * parts[0].info["ml"], role="scratch")
+            self._buffer("attn_o", 4 * parts[0].info["o"], role="scratch")
+            for i in range(2):
+                out.append(_Pending("attn_decode", (H, Hkv, D, self.S), kw, bufs, n.name, index=i))
+        else:
+            out.append(_Pending("attn_prefill", (T, H, Hkv, D, self.S), kw,
+                                {"q": q.buffer, "k": kc, "v": vc, "out": y.buffer, "step": STEP_BUFFER}, n.name))
+
+    def sampling(self) -> tuple[list[_Pending], list[_Pending]]:
+        """GPU argmax and top-k over the decode logits (row 0 of the logits buffer)."""
+        V = self.g.type_of(self.g.outputs[0]).shape[-1]
+        am, tk = [], []
+        stages = kern.argmax(V)
+        self._buffer("argmax_pairs", 4 * stages[0].info["pairs"], role="scratch")
+        self._buffer("argmax_out", 8, role="output")
+        am.append(_Pending("argmax", (V,), {}, {"x": "logits", "pairs": "argmax_pairs"}, "argmax", 0))
+        am.append(_Pending("argmax", (V,), {}, {"pairs": "argmax_pairs", "out": "argmax_out"}, "argmax", 1))
+        k = min(TOPK, V)
+        stages = kern.topk(V, k)
+        prev = ("logits", None)
+        for i, s in enumerate(stages):
+            vb, ib = f"topk_vals{i % 2}", f"topk_ids{i % 2}"
+            self._buffer(vb, 4 * s.info["out"], role="scratch")
+            self._buffer(ib, 4 * s.info["out"], role="scratch")
+            bufs = {"vals": prev[0], "vals_out": vb, "ids_out": ib}
+            if prev[1]:
+                bufs["ids"] = prev[1]
+            tk.append(_Pending("topk", (V, k), {}, bufs, "topk", i))
+            prev = (vb, ib)
+        self.topk_out = prev
+        self.topk_k = k
+        return am, tk
+
+
+def _covers(g: Graph, names: list[str]) -> list[str]:
+    out = []
+    for name in dict.fromkeys(names):
+        try:
+            src = g.node(name).source
+        except KeyError:
+            src = ""
+        fx = src.split(" @ ")[0] if src else ""
+        line = src.split(" @ ")[1].split(" ")[0] if " @ " in src else ""
+        out.append(f"%{name}" + (f" ({fx} @ {line})" if fx else ""))
+    return out
+
+
+def build_plan(g: Graph, *, chunk: int | None = None, max_binding: int = DEFAULT_LIMITS["maxStorageBufferBindingSize"],
+               manifest: dict | None = None) -> Plan:
+    """The plan and kernel sources for a final IR graph. `manifest` (the artifact's) resolves each
+    weight buffer's initial contents to shard byte ranges; without it they name tensor rows only."""
+    chunk = int(chunk or g.meta.get("schedule", {}).get("prefill", {}).get("chunk", 64))
+    b = _Builder(g, chunk, max_binding, manifest)
+    if b.S <= 0:
+        raise MonologueError("wgsl plan: the graph's config has no sequence_len")
+    b._buffer(STEP_BUFFER, kern.STEP_BYTES, usage=("UNIFORM", "COPY_DST"), role="uniform")
+    b.allocate()
+    lists = {"prefill": b.emit(chunk), "decode": b.emit(1)}
+    lists["argmax"], lists["topk"] = b.sampling()
+
+    # render each distinct kernel once; its header names every node it serves
+    groups: dict[str, list] = {}
+    for pend in (p for lst in lists.values() for p in lst):
+        key = json.dumps([pend.family, pend.args, pend.kwargs, pend.index], sort_keys=True)
+        groups.setdefault(key, []).append(pend.node)
+    rendered: dict[str, kern.Kernel] = {}
+    for key, nodes in groups.items():
+        family, args, kwargs, index = json.loads(key)
+        k = kern.FAMILIES[family](*args, covers=_covers(g, nodes), **kwargs)
+        rendered[key] = k[index] if isinstance(k, list) else k
+    pipelines, pipe_index, kernels = [], {}, {}
+    bind_groups, bg_index = [], {}
+    dispatch = {}
+    for lname, lst in lists.items():
+        dispatch[lname] = []
+        for pend in lst:
+            key = json.dumps([pend.family, pend.args, pend.kwargs, pend.index], sort_keys=True)
+            k = rendered[key]
+            if key not in pipe_index:
+                fname = f"{len(pipelines):03d}_{k.name}.wgsl"
+                kernels[fname] = k.wgsl
+                pipe_index[key] = len(pipelines)
+                pipelines.append({"name": k.name, "kernel": f"kernels/{fname}", "entry_point": k.entry_point,
+                                  "workgroup_size": [k.workgroup_size, 1, 1], "workgroup_bytes": k.workgroup_bytes,
+                                  "features": list(k.features),
+                                  "bindings": [{"binding": i, "name": bb.name, "type": BINDING_TYPES[bb.kind]}
+                                               for i, bb in enumerate(k.bindings)]})
+            pi = pipe_index[key]
+            entries = [pend.buffers[bb.name] for bb in k.bindings]
+            bkey = json.dumps([pi, entries])
+            if bkey not in bg_index:
+                bg_index[bkey] = len(bind_groups)
+                bind_groups.append({"pipeline": pi, "entries": entries})
+            dispatch[lname].append({"pipeline": pi, "bind_group": bg_index[bkey], "workgroups": list(k.workgroups),
+                                    "node": pend.node})
+    V = g.type_of(g.outputs[0]).shape[-1]
+    plan = {
+        "format": PLAN_FORMAT, "version": PLAN_VERSION,
+        "chunk": chunk, "max_seq": b.S, "vocab_size": V,
+        "uniforms": {"step": {"buffer": STEP_BUFFER, "bytes": kern.STEP_BYTES, "fields": {"pos": 0, "n_tokens": 4}}},
+        "io": {"ids": "ids", "logits": {"buffer": "logits", "row_floats": V},
+               "argmax": {"buffer": "argmax_out"},
+               "topk": {"k": b.topk_k, "values": b.topk_out[0], "ids": b.topk_out[1]}},
+        "buffers": sorted(b.buffers.values(), key=lambda x: x["name"]),
+        "pipelines": pipelines,
+        "bind_groups": bind_groups,
+        "dispatch": dispatch,
+        "values": {name: loc.json() for name, loc in b.loc.items()},
+    }
+    required = check_limits(plan)
+    plan["required_limits"] = required
+    plan["required_features"] = sorted({f for p in pipelines for f in p["features"]})
+    return Plan(plan, kernels, required)
+
+
+def check_limits(plan: dict) -> dict:
+    """The limits above WebGPU's defaults this plan needs (empty when the defaults do)."""
+    need = {"maxStorageBufferBindingSize": 0, "maxBufferSize": 0}
+    sizes = {b["name"]: b["bytes"] for b in plan["buffers"]}
+    for bg in plan["bind_groups"]:
+        p = plan["pipelines"][bg["pipeline"]]
+        for ent, bnd in zip(bg["entries"], p["bindings"]):
+            if bnd["type"] != "uniform":
+                need["maxStorageBufferBindingSize"] = max(need["maxStorageBufferBindingSize"], sizes[ent])
+    need["maxBufferSize"] = max(sizes.values())
+    for p in plan["pipelines"]:
+        n_storage = sum(bb["type"] != "uniform" for bb in p["bindings"])
+        for lim, v in (("maxStorageBuffersPerShaderStage", n_storage),
+                       ("maxComputeInvocationsPerWorkgroup", p["workgroup_size"][0]),
+                       ("maxComputeWorkgroupStorageSize", p["workgroup_bytes"])):
+            if v > DEFAULT_LIMITS[lim]:  # the kernel constructors refuse these: a compiler bug if reached
+                raise MonologueError(f"wgsl plan: pipeline {p['name']} needs {lim} = {v} > {DEFAULT_LIMITS[lim]}")
+    for lst in plan["dispatch"].values():
+        for d in lst:
+            if max(d["workgroups"]) > DEFAULT_LIMITS["maxComputeWorkgroupsPerDimension"]:
+                raise MonologueError(f"wgsl plan: dispatch for %{d['node']} has {d['workgroups']} workgroups")
+    return {k: v for k, v in need.items() if v > DEFAULT_LIMITS[k]}
+
+
+def write_plan(g: Graph, model_dir: Path, **kw) -> dict:
+    """Write model/plan.json and model/kernels/*.wgsl and list them in manifest.json (sizes, sha256),
+    with the WebGPU limits and features the plan needs in the manifest's `webgpu` section."""
+    from ..artifact import _sha256
+
+    model_dir = Path(model_dir)
+    mpath = model_dir / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    p = build_plan(g, manifest=manifest, **kw)
+    kdir = model_dir / "kernels"
+    kdir.mkdir(exist_ok=True)
+    for fname, src in sorted(p.kernels.items()):
+        (kdir / fname).write_text(src)
+    (model_dir / "plan.json").write_text(json.dumps(p.plan, indent=1, sort_keys=True) + "\n")
+    added = ["plan.json"] + [f"kernels/{f}" for f in sorted(p.kernels)]
+    files = [f for f in manifest["files"] if f["path"] not in added]
+    files += [{"path": f, "bytes": (model_dir / f).stat().st_size, "sha256": _sha256(model_dir / f)} for f in added]
+    manifest["files"] = files
+    manifest["webgpu"] = {"plan": "plan.json", "features": p.plan["required_features"],
+                          "required_limits": dict(sorted(p.required.items()))}
+    mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return p.plan
+
+
+def emit_wgsl(compiled, dist: Path) -> None:
+    """Driver emitter: the WGSL program for an int8 model (a float model has no int8 kernels to run)."""
+    g = compiled.graph
+    if not any(w.dtype == "q8" for w in g.weights.values()):
+        return
+    write_plan(g, Path(dist) / "model")
