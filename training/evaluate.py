@@ -39,7 +39,8 @@ def load_checkpoint(path, device: str = "cpu"):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which file, not a traceback
-        raise MonologueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MonologueError(f"{path}: not a readable checkpoint ({first_line})") from None
     missing = {"model_config", "model", "tokenizer"} - set(checkpoint) if isinstance(checkpoint, dict) else {"model_config"}
     if missing:
         raise MonologueError(f"{path}: not a Monologue checkpoint (missing {', '.join(sorted(missing))})")
