@@ -180,9 +180,13 @@ def test_switch_backend_and_device_loss_fallback(chat):
     assert last_reply(page).locator(".answer").inner_text().startswith(ANSWER)
     assert "on CPU (wasm)" in last_reply(page).locator(".reply-meta").inner_text()
 
+    # A switch re-reads the files from the Cache API: nothing is downloaded again.
+    downloads = []
+    page.context.on("request", lambda request: downloads.append(request.url) if request.url.endswith(".bin") else None)
     page.select_option("#backend", "webgpu")
     wait_done(page)
     assert page.input_value("#backend") == "webgpu"
+    assert downloads == []
     ask(page, "again")
     wait_done(page)
     assert "on GPU (WebGPU)" in last_reply(page).locator(".reply-meta").inner_text()

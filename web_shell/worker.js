@@ -28,7 +28,7 @@ import { ThinkParser } from "./think.js";
 
 const SITE = new URL("./", self.location.href).href;
 
-let model = null; // {manifest, files, stats}
+let model = null; // {manifest, files, stats}; files is null while an engine holds its own copy
 let backends = [];
 let engine = null;
 let reply = null; // the AbortController of the reply in progress
@@ -85,10 +85,19 @@ const handlers = {
 };
 
 async function startBackend(kind) {
-  const next = await createEngine(kind, model, (p) => post("progress", { ...p, stage: "compile", backend: kind }));
+  const next = await createEngine(kind, await modelFiles(), (p) => post("progress", { ...p, stage: "compile", backend: kind }));
   engine?.dispose();
   engine = next;
+  // The engine has its own copy (wasm memory, GPU buffers): holding a second one would double the
+  // page's memory, and the Cache API can give the files back for a switch.
+  model.files = null;
   post("ready", { backend: kind });
+}
+
+// The verified files, read again (from the Cache API, hashes checked) once they have been let go.
+async function modelFiles() {
+  if (!model.files) model = await loadModel(SITE, (p) => post("progress", p));
+  return model;
 }
 
 async function writeReply(messages, settings, signal) {
@@ -113,7 +122,7 @@ async function writeReply(messages, settings, signal) {
     sampling: { temperature: settings.temperature, topK: settings.topK, topP: settings.topP, seed: settings.seed },
     maxNewTokens: Math.min(settings.maxNewTokens, contextLimit - promptIds.length),
     signal,
-    fallback: engine.backend !== "wasm" && wasm ? () => createEngine("wasm", model, () => {}) : null,
+    fallback: engine.backend !== "wasm" && wasm ? async () => createEngine("wasm", await modelFiles(), () => {}) : null,
     onSwitch(next) {
       engine = next;
       post("switched", { backend: next.backend, message: "The GPU stopped responding; the reply continues on the CPU." });
