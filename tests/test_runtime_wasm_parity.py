@@ -99,3 +99,13 @@ def test_engine_adapter_under_node(default_dist, tmp_path):
     assert [bytes(b) for b in out["bytes"]] == [tok.decode_bytes([i]) for i in out["ids"]]
     stops = {manifest["special_tokens"][s] for s in ("<|assistant_end|>", "<|bos|>")}
     assert out["stops"] == [i in stops for i in out["ids"]]
+
+
+def test_trap_is_reported_and_fatal(default_dist):
+    r = subprocess.run(["node", str(Path(__file__).parent / "runtime_node" / "trap.mjs"), str(default_dist)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] == 3 * 288
+    assert out["first"]["isRuntimeError"] and out["first"]["code"] == 2 and "trapped" in out["first"]["message"]
+    assert out["later"]["code"] == 2 and "stopped" in out["later"]["message"]

@@ -52,7 +52,24 @@ export async function instantiate(source) {
 
 class Runtime {
   constructor(exports) {
-    this.x = exports;
+    // On wasm32 a Rust panic cannot unwind: it traps (WebAssembly.RuntimeError) and may leave the
+    // module's state half-updated, so after a trap every further call is refused.
+    this.x = {};
+    this.dead = null;
+    for (const [name, value] of Object.entries(exports)) {
+      this.x[name] = typeof value !== "function" ? value : (...args) => {
+        if (this.dead) throw new RuntimeError(2, `runtime.wasm stopped after an internal error: ${this.dead}`);
+        try {
+          return value(...args);
+        } catch (e) {
+          if (e instanceof WebAssembly.RuntimeError) {
+            this.dead = e.message;
+            throw new RuntimeError(2, `runtime.wasm trapped in ${name}: ${e.message}`);
+          }
+          throw e;
+        }
+      };
+    }
   }
 
   // Views must be made after every call: memory.grow detaches the old ArrayBuffer.
