@@ -37,7 +37,13 @@ def _wasm_session(graph):
     return wasm_session_for_graph(graph)
 
 
-BACKENDS = {"numpy": _numpy_session, "native": _native_session, "wasm": _wasm_session}
+def _wgpu_session(graph):
+    from .backends.wgpu_executor import graph_session
+
+    return graph_session(graph)
+
+
+BACKENDS = {"numpy": _numpy_session, "native": _native_session, "wasm": _wasm_session, "wgpu": _wgpu_session}
 
 
 def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,

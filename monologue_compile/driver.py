@@ -33,6 +33,8 @@ console = Console(stderr=True)
 # Later backends (WGSL kernels + plan, the Rust crate, the web shell) add their output to the same
 # temporary directory before it is renamed into place: each is fn(compiled: Compiled, dist: Path).
 EMITTERS: list = []
+from .backends.wgsl_plan import emit_wgsl  # noqa: E402  (model/plan.json + model/kernels/*.wgsl)
+EMITTERS.append(emit_wgsl)
 
 
 def compiler_version() -> str:
@@ -202,7 +204,8 @@ def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
         fp32 = loaded.build_module()
         trained = bool(loaded.source.get("trained"))
     with console.status("verifying..."):
-        report = run_parity(g, fp32_model=fp32, tokenizer_json=tok, trained=trained, eval_per_family=eval_per_family)
+        report = run_parity(g, fp32_model=fp32, tokenizer_json=tok, trained=trained, eval_per_family=eval_per_family,
+                            backends=("wgpu",) if (Path(dist) / "model" / "plan.json").exists() else (), dist=dist)
     write_report(report, Path(dist))
     click.echo(markdown(report).split("\n## Per layer")[0])
     if not report["ok"]:

@@ -159,8 +159,9 @@ def held_out_sequences(tokenizer_json: str | None, vocab: int, seq_len: int, n: 
 
 
 def run_parity(g: Graph, fp32_model=None, rq_model=None, tokenizer_json: str | None = None,
-               trained: bool = False, layers: bool = True, eval_per_family: int = 20) -> dict:
-    """The full report (a JSON-able dict with "ok"); fp32_model is optional (needs the original weights)."""
+               trained: bool = False, layers: bool = True, eval_per_family: int = 20, backends=(), dist=None) -> dict:
+    """The full report (a JSON-able dict with "ok"); fp32_model is optional (needs the original weights).
+    `backends` adds those backends' checks (BACKEND_CHECKS) to the same report, run on DIST's files when given."""
     from .frontend.load import build_module
 
     cfg = g.meta["config"]
@@ -227,8 +228,20 @@ def run_parity(g: Graph, fp32_model=None, rq_model=None, tokenizer_json: str | N
         }
     if fp32_model is not None and trained and tokenizer_json and eval_per_family:
         checks["eval_vs_fp32"] = _eval_accuracy(g, fp32_model, tokenizer_json, eval_per_family)
+    for name in backends:
+        checks.update(BACKEND_CHECKS[name](g, rq_model, fp32_model, seqs, dist))
     report["ok"] = all(c["ok"] for c in checks.values())
     return report
+
+
+def _wgpu_checks(*args):
+    from .backends.wgpu_executor import parity_checks
+
+    return parity_checks(*args)
+
+
+# backend -> fn(graph, rq_model, fp32_model, sequences, dist) -> {check name: {..., "ok"}}
+BACKEND_CHECKS = {"wgpu": _wgpu_checks}
 
 
 def _interp_generate_fn(g: Graph):

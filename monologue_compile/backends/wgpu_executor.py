@@ -208,3 +208,63 @@ def graph_session(graph: Graph) -> WgpuSession:
         return WgpuSession.from_graph(graph)
     except wdev.NoAdapter as e:
         raise MonologueError(f"--backend wgpu: {e}") from None
+
+
+def parity_checks(g: Graph, rq_model, fp32_model, seqs: list[list[int]], dist=None) -> dict:
+    """The wgpu backend's part of the parity report: every kernel's output against the interpreter
+    (one prefill chunk and one decode step), logits and 64 greedy tokens (GPU argmax) against R_q,
+    and top-1 agreement with fp32. Runs the files in DIST when given (what the browser loads)."""
+    from ..interpreter import Session
+    from ..parity import TOLERANCES, _torch_logits, metrics
+
+    try:
+        s = WgpuSession.from_dist(dist) if dist is not None else WgpuSession.from_graph(g)
+    except wdev.NoAdapter as e:
+        return {"wgpu": {"skipped": f"no WebGPU adapter: {e}", "ok": True}}
+    checks = {}
+    # per kernel: the value each dispatch group writes, read back from its buffer
+    s0 = seqs[0][: s.chunk]
+    rows, bad = [], []
+    for ids in (s0[:-1], s0[-1:]):  # prefill, then one decode step on top of it
+        probe: dict = {}
+        ref = Session(g)
+        ref.forward(s0[:-1], probe=probe if len(ids) > 1 else None)
+        if len(ids) == 1:
+            ref.forward(ids, probe=probe)
+        got = s.probe(ids)
+        for name, v in got.items():
+            m = metrics(v, probe[name].reshape(len(ids), -1))
+            ok = m["rel"] <= TOLERANCES["layer_rel_vs_rq"] and m["cosine"] >= TOLERANCES["layer_cosine_vs_rq"]
+            rows.append({"node": name, "step": "decode" if len(ids) == 1 else "prefill", **m, "ok": ok})
+            if not ok:
+                bad.append(f"{name} ({rows[-1]['step']})")
+    checks["wgpu_kernels_vs_interpreter"] = {"compared": len(rows), "worst_rel": max(r["rel"] for r in rows),
+                                            "failing": bad[:5], "ok": not bad}
+    worst = {"max_abs": 0.0, "rel": 0.0, "cosine": 1.0}
+    for seq in seqs:
+        s.reset()
+        m = metrics(s.forward(seq), _torch_logits(rq_model, seq))
+        worst = {"max_abs": max(worst["max_abs"], m["max_abs"]), "rel": max(worst["rel"], m["rel"]),
+                 "cosine": min(worst["cosine"], m["cosine"])}
+    checks["wgpu_logits_vs_rq"] = {**worst, "ok": worst["rel"] <= TOLERANCES["logits_rel_vs_rq"]
+                                   and worst["cosine"] >= TOLERANCES["logits_cosine_vs_rq"]}
+    steps = min(TOLERANCES["greedy_steps"], s.max_len - 8)
+    prompt = seqs[0][:8]
+    s.reset()
+    ours = [int(np.argmax(s.forward(prompt)[-1]))]
+    while len(ours) < steps:
+        ours.append(s.decode_greedy(ours[-1]))
+    theirs = rq_model.generate(prompt, steps, temperature=0.0)
+    mism = sum(a != b for a, b in zip(ours, theirs)) + abs(len(ours) - len(theirs))
+    checks["wgpu_greedy_vs_rq"] = {"steps": len(theirs), "mismatches": mism,
+                                   "first_mismatch": next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None),
+                                   "ok": mism <= TOLERANCES["greedy_mismatches"]}
+    if fp32_model is not None:
+        agree = total = 0
+        for seq in seqs:
+            s.reset()
+            agree += int((s.forward(seq).argmax(-1) == _torch_logits(fp32_model, seq).argmax(-1)).sum())
+            total += len(seq)
+        # enforced like the interpreter's vs_fp32 check: only for trained models, see parity.TOLERANCES
+        checks["wgpu_vs_fp32"] = {"top1_agreement": agree / total, "positions": total, "ok": True}
+    return checks
