@@ -371,3 +371,87 @@ class WasmModel:
         """(wall, CPU) seconds of `steps` greedy decode steps after `prompt`, timed inside Node."""
         r = self._call(op="bench", prompt=[int(i) for i in prompt], steps=steps)
         return r["seconds"], r["cpu_seconds"]
+
+
+# --- decode speed (`monologue bench DIR`) -----------------------------------------------------------
+
+def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
+    """Greedy decode tokens/s of PyTorch CPU eager fp32 (the model rebuilt from DIST with its
+    dequantized weights: the same fp32 compute as the original), the native runtime and
+    runtime.wasm under Node, measured in the same run after a 16-token prompt."""
+    import shutil
+    import time
+
+    import torch
+
+    from ..artifact import load_model
+    from ..frontend.load import build_module
+    from ..parity import rq_state_dict
+    from .rust_crate import build_native, build_wasm, emit_crate
+
+    dist = Path(dist)
+    g, _, _ = load_model(dist)
+    cfg = g.meta["config"]
+    steps = max(2, min(steps, cfg["sequence_len"] - 17))
+    prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], 16).tolist()
+    out: dict = {"steps": steps, "torch_threads": torch.get_num_threads()}
+
+    model = build_module(g.meta.get("arch", "gpt"), cfg, rq_state_dict(g)).eval()
+    with torch.no_grad():
+        model.generate(prompt, 2)  # warm-up
+        t0 = time.perf_counter()
+        model.generate(prompt, 1)
+        t1 = time.perf_counter()
+        model.generate(prompt, steps + 1)
+        t2 = time.perf_counter()
+    out["torch_fp32_tok_s"] = steps / max((t2 - t1) - (t1 - t0), 1e-9)
+    del model
+
+    crate = dist / "runtime_rs"
+    if not (crate / "src" / "model_gen.rs").exists():
+        crate = emit_crate(g, crate)
+    m = NativeModel.from_dist(dist, lib_path=build_native(crate))
+    m.forward(prompt, all_rows=False)
+    m.next_token()
+    m.reset()
+    m.forward(prompt, all_rows=False)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        m.next_token()
+    out["native_tok_s"] = steps / (time.perf_counter() - t0)
+    del m
+    if wasm and shutil.which("node"):
+        if not (dist / "runtime.wasm").exists():
+            build_wasm(crate, dist / "runtime.wasm")
+        w = WasmModel.from_dist(dist)
+        try:
+            w.bench_decode(prompt, 2)
+            out["wasm_tok_s"] = steps / w.bench_decode(prompt, steps)[0]
+        finally:
+            w.close()
+        out["wasm_bytes"] = (dist / "runtime.wasm").stat().st_size
+    return out
+
+
+def _bench_cmd():
+    import click
+
+    @click.command("bench")
+    @click.argument("dist", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.option("--steps", type=int, default=32, show_default=True, help="decode steps to time")
+    @click.option("--no-wasm", is_flag=True, help="skip runtime.wasm")
+    def bench_cmd(dist, steps, no_wasm):
+        """Decode tokens/s of the compiled model in DIST: PyTorch CPU eager fp32, native runtime, runtime.wasm."""
+        r = decode_speeds(dist, steps, wasm=not no_wasm)
+        t = r["torch_fp32_tok_s"]
+        click.echo(f"decode, {r['steps']} steps after a 16-token prompt (tokens/s):")
+        click.echo(f"  pytorch cpu eager fp32 {t:10.1f}   ({r['torch_threads']} threads)")
+        click.echo(f"  native int8            {r['native_tok_s']:10.1f}   {r['native_tok_s'] / t:.1f}x pytorch")
+        if "wasm_tok_s" in r:
+            click.echo(f"  wasm int8 (node)       {r['wasm_tok_s']:10.1f}   {r['wasm_tok_s'] / t:.1f}x pytorch, "
+                       f"{r['wasm_tok_s'] / r['native_tok_s']:.2f}x native; runtime.wasm {r['wasm_bytes'] / 1e6:.2f} MB")
+
+    return bench_cmd
+
+
+bench_cmd = _bench_cmd()

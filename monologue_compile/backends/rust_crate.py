@@ -501,6 +501,20 @@ def crate_hash(crate: Path, extra: str = "") -> str:
     return h.hexdigest()[:20]
 
 
+def _target_for(crate: Path, kind: str) -> Path:
+    """A cargo target dir per crate location: every emitted crate is a package named runtime_rs,
+    and cargo does not copy a fresh package's library back over another's at target/release/."""
+    where = hashlib.sha256(str(Path(crate).resolve()).encode()).hexdigest()[:16]
+    root = cache_dir() / "targets"
+    target = root / f"{kind}-{where}"
+    if not target.exists() and root.exists():
+        # keep the cache bounded: the oldest target dirs of this kind go (built libraries stay cached)
+        old = sorted(root.glob(f"{kind}-*"), key=lambda p: p.stat().st_mtime)
+        for p in old[: max(0, len(old) - 5)]:
+            shutil.rmtree(p, ignore_errors=True)
+    return target
+
+
 def build_native(crate: Path, fast: bool = False, target_dir: Path | None = None) -> Path:
     """Build the cdylib for this machine and return its path (cached by the crate's sources).
 
@@ -519,7 +533,7 @@ def build_native(crate: Path, fast: bool = False, target_dir: Path | None = None
     if fast:
         env.update(CARGO_PROFILE_RELEASE_LTO="false", CARGO_PROFILE_RELEASE_CODEGEN_UNITS="16",
                    CARGO_PROFILE_RELEASE_INCREMENTAL="true")
-    target = Path(target_dir) if target_dir else cache_dir() / ("target-native-fast" if fast else "target-native")
+    target = Path(target_dir) if target_dir else _target_for(crate, "native-fast" if fast else "native")
     with _target_lock(target):
         _cargo(tc, crate, ["--target-dir", str(target)], env, "native")
         lib = target / "release" / name
@@ -540,7 +554,7 @@ def build_wasm(crate: Path, out: Path, target_dir: Path | None = None, fast: boo
     cached = cache_dir() / "wasm" / crate_hash(crate, f"fast={fast}") / "runtime_rs.wasm"
     if not cached.exists():
         tc = find_toolchain(wasm=True)
-        target = Path(target_dir) if target_dir else cache_dir() / ("target-wasm-fast" if fast else "target-wasm")
+        target = Path(target_dir) if target_dir else _target_for(crate, "wasm-fast" if fast else "wasm")
         # SIMD128 is in every browser that has WebAssembly SIMD (all current ones); the glue checks.
         env = {"RUSTFLAGS": "-C target-feature=+simd128"}
         if fast:

@@ -558,8 +558,20 @@ def write_plan(g: Graph, model_dir: Path, **kw) -> dict:
 
 
 def emit_wgsl(compiled, dist: Path) -> None:
-    """Driver emitter: the WGSL program for an int8 model (a float model has no int8 kernels to run)."""
+    """Driver emitter. A model the kernels cannot express (float weights, an op or epilogue without a
+    kernel) still compiles for the other backends: the manifest says why there is no plan, the web
+    shell then uses wasm, and a warning names the node."""
+    import click
+
     g = compiled.graph
-    if not any(w.dtype == "q8" for w in g.weights.values()):
-        return
-    write_plan(g, Path(dist) / "model")
+    model_dir = Path(dist) / "model"
+    try:
+        if not any(w.dtype == "q8" for w in g.weights.values()):
+            raise MonologueError("no int8 weights (--quant none): the WGSL kernels run int8 weights")
+        write_plan(g, model_dir)
+    except MonologueError as e:
+        mpath = model_dir / "manifest.json"
+        manifest = json.loads(mpath.read_text())
+        manifest["webgpu"] = {"plan": None, "reason": str(e), "features": [], "required_limits": {}}
+        mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        click.echo(f"warning: no WebGPU program: {e}", err=True)
