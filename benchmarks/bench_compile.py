@@ -33,7 +33,13 @@ manifest = d.compile_to({ckpt!r}, {out!r}, quant={quant!r}, verify={verify})
 total = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 size = sum(f["bytes"] for f in manifest["files"])
-print(json.dumps({{"total_s": total, "steps": built[0].timings, "peak_rss_gib": peak, "output_mib": size / 2**20,
+parity = {{}}
+if {verify}:
+    import pathlib
+    r = json.loads((pathlib.Path({out!r}) / "parity.json").read_text())["checks"]
+    parity = {{k: {{m: v for m, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+              for k, c in r.items()}}
+print(json.dumps({{"parity": parity, "total_s": total, "steps": built[0].timings, "peak_rss_gib": peak, "output_mib": size / 2**20,
                   "shards": len(manifest["weights"]["shards"])}}))
 """
 
@@ -79,6 +85,8 @@ def main():
             print(f"  compile ({args.quant}{', verify' if args.verify else ''}): {res['total_s']:.2f}s total "
                   f"[{steps}], peak RSS {res['peak_rss_gib']:.2f} GiB, "
                   f"output {res['output_mib']:.1f} MiB in {res['shards']} shard(s)")
+            for check, figures in res["parity"].items():
+                print(f"  {check}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
 
 
 if __name__ == "__main__":
