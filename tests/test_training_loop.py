@@ -11,7 +11,7 @@ from training import train as train_module
 from training.data.shards import ShardDataset
 from training.gpt import GPT, GPTConfig
 from training.presets import get_preset
-from training.train import atomic_save, lr_multiplier, train
+from training.train import atomic_save, lr_multiplier, make_optimizer, train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -130,3 +130,34 @@ def test_same_seed_same_weights(tmp_path):
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_muon_option_trains(tmp_path):
+    cfg = get_preset("tiny", optimizer="muon", steps=16)
+    train(cfg, tmp_path / "straight", seed=0, quiet=True)
+    state = torch.load(tmp_path / "straight" / "train_state.pt", weights_only=True)
+    assert len(state["optimizer"]["optimizers"]) == 2  # AdamW for embeddings, Muon for matrices
+    model = GPT(cfg.model)
+    model.load_state_dict(torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"])
+    torch.manual_seed(0)
+    assert fixed_batch_loss(model, tmp_path / "straight") < 0.8 * fixed_batch_loss(GPT(cfg.model).init_weights(), tmp_path / "straight")
+
+
+def test_unknown_optimizer_is_a_user_error():
+    with pytest.raises(MonologueError, match="optimizer"):
+        get_preset("tiny", optimizer="sgd")
+
+
+def test_muon_state_round_trips():
+    cfg = get_preset("tiny", optimizer="muon")
+    torch.manual_seed(0)
+    model = GPT(cfg.model).init_weights(zero_init_outputs=False)
+    optimizer = make_optimizer(model, cfg)
+    model(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))).backward()
+    optimizer.step()
+    restored = make_optimizer(model, cfg)
+    restored.load_state_dict(optimizer.state_dict())
+    for a, b in zip(optimizer.optimizers, restored.optimizers):
+        for p in model.parameters():
+            if p in a.state:
+                assert all(torch.equal(a.state[p][k], b.state[p][k]) for k in a.state[p] if torch.is_tensor(a.state[p][k]))

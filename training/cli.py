@@ -20,15 +20,16 @@ from .presets import PRESETS
 @click.option("--steps", type=int, default=None, help="override the preset's number of steps")
 @click.option("--batch-size", type=int, default=None, help="override rows per step per process")
 @click.option("--lr", type=float, default=None, help="override the peak learning rate of the matrices")
+@click.option("--optimizer", type=click.Choice(["adamw", "muon"]), default=None, help="override the preset's optimizer for the block matrices")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available)")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="token shards from `monologue data` (default: the built-in reasoning corpus)")
-def train_cmd(preset, out_dir, seed, resume, steps, batch_size, lr, device, data_dir):
+def train_cmd(preset, out_dir, seed, resume, steps, batch_size, lr, optimizer, device, data_dir):
     """Train a GPT into OUT/checkpoint.pt (the compiler's input). Works under torchrun too."""
     from .presets import get_preset
     from .train import train
 
-    cfg = get_preset(preset, steps=steps, batch_size=batch_size, lr=lr)
+    cfg = get_preset(preset, steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer)
     tokenizer = None
     if data_dir is not None:
         from monologue_compile.tokenizer import Tokenizer

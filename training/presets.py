@@ -21,6 +21,8 @@ class TrainConfig:
     batch_size: int  # rows per step per process
     lr: float  # peak AdamW learning rate for matrices
     embedding_lr: float  # embeddings and lm_head
+    optimizer: str = "adamw"  # adamw | muon (Muon for the block matrices, AdamW for the rest)
+    muon_lr: float = 0.02
     warmup_steps: int = 50
     min_lr_frac: float = 0.05  # cosine decays to lr * min_lr_frac
     weight_decay: float = 0.0
@@ -67,6 +69,8 @@ PRESETS = {
 
 def get_preset(name: str, **overrides) -> TrainConfig:
     """A copy of preset `name`, with non-None `overrides` applied to the TrainConfig fields."""
+    if overrides.get("optimizer") not in (None, "adamw", "muon"):
+        raise MonologueError(f"unknown optimizer {overrides['optimizer']!r}; choose adamw or muon")
     if name not in PRESETS:
         raise MonologueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -30,6 +30,7 @@ from .data.reasoning import heldout_conversations, training_conversations
 from .data.shards import ShardDataset, has_shards, write_shards
 from .evaluate import evaluate, format_report, validation_loss
 from .gpt import GPT, GPTConfig
+from .muon import Muon, Optimizers
 from .presets import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -112,16 +113,20 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
-    """Embeddings and lm_head get their own (higher) learning rate and no weight decay."""
+def make_optimizer(model: GPT, cfg: TrainConfig, fused: bool = False) -> Optimizers:
+    """AdamW for embeddings and lm_head (own, higher learning rate, no weight decay); the block
+    matrices get AdamW too, or Muon with `cfg.optimizer == "muon"`."""
     embedding_ids = {id(model.transformer.wte.weight), id(model.lm_head.weight)}
     embeddings = [p for p in model.parameters() if id(p) in embedding_ids]
     matrices = [p for p in model.parameters() if id(p) not in embedding_ids]
-    groups = [
-        {"params": matrices, "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        {"params": embeddings, "lr": cfg.embedding_lr, "base_lr": cfg.embedding_lr, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, betas=cfg.betas, eps=1e-8, fused=fused)
+    embedding_group = {"params": embeddings, "lr": cfg.embedding_lr, "base_lr": cfg.embedding_lr, "weight_decay": 0.0}
+    if cfg.optimizer == "muon":
+        return Optimizers(
+            torch.optim.AdamW([embedding_group], betas=cfg.betas, eps=1e-8, fused=fused),
+            Muon([{"params": matrices, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr}]),
+        )
+    matrix_group = {"params": matrices, "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    return Optimizers(torch.optim.AdamW([matrix_group, embedding_group], betas=cfg.betas, eps=1e-8, fused=fused))
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------
