@@ -1,0 +1,180 @@
+"""`monologue bench DIR`: prefill and decode tokens/s of every backend present on a compiled model,
+beside PyTorch CPU eager fp32 on the same model in the same run, with dispatches and bytes moved per
+token for the WebGPU plan.
+
+    monologue bench DIST [--prompt 64] [--steps 32] [--json out.json]
+    python benchmarks/bench_backends.py DIST ...
+
+Backends: numpy (the reference interpreter), wgpu (plan.json on wgpu-py: lavapipe on a CPU machine,
+Vulkan on a GPU), native and wasm (the Rust runtime, when `monologue build-runtime` has built it).
+torch: R_q rebuilt from DIST (the dequantized weights; the same shapes and fp32 eager math as the
+original checkpoint), prefill = one forward over the prompt, decode = single-token forwards with its
+KV cache. Lavapipe (and SwiftShader) timings are correctness-device timings: a CPU emulating a GPU,
+not a ranking of GPU kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _time(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def _session_rates(s, prompt: list[int], steps: int, greedy=None) -> dict:
+    """Prefill tokens/s (one forward over the prompt) and decode tokens/s (greedy steps after it)."""
+    s.reset()
+    t_pre = [None]
+
+    def pre():
+        t_pre[0] = int(np.argmax(s.forward(prompt)[-1]))
+
+    tp = _time(pre)
+    tok = t_pre[0]
+
+    def dec():
+        nonlocal tok
+        for _ in range(steps):
+            tok = greedy(tok) if greedy else int(np.argmax(s.forward([tok])[-1]))
+
+    td = _time(dec)
+    return {"prefill_tok_s": len(prompt) / tp, "decode_tok_s": steps / td}
+
+
+def _torch_rates(g, prompt: list[int], steps: int) -> dict:
+    import torch
+
+    from monologue_compile.frontend.load import build_module
+    from monologue_compile.parity import rq_state_dict
+
+    if g.meta.get("arch") != "gpt":
+        return {"error": f"torch timing supports arch gpt (this is {g.meta.get('arch')})"}
+    from training.gpt import KVCache
+
+    model = build_module("gpt", g.meta["config"], rq_state_dict(g)).eval()
+    with torch.no_grad():
+        cache = KVCache(model.config, 1, len(prompt) + steps + 1)
+        out = {}
+        tp = _time(lambda: out.setdefault("l", model(torch.tensor([prompt]), kv_cache=cache)[0, -1]))
+        tok = int(torch.argmax(out["l"]))
+
+        def dec():
+            nonlocal tok
+            for _ in range(steps):
+                tok = int(torch.argmax(model(torch.tensor([[tok]]), kv_cache=cache)[0, -1]))
+
+        td = _time(dec)
+    return {"prefill_tok_s": len(prompt) / tp, "decode_tok_s": steps / td, "threads": torch.get_num_threads()}
+
+
+def plan_traffic(plan: dict, mean_pos: float) -> dict:
+    """Dispatches per token and bytes a decode token moves: every weight buffer a decode dispatch
+    binds (an embedding table: one row), the KV cache rows attention reads at the mean position,
+    and the logits row; prefill dispatches are per chunk, so per token they are divided by the chunk."""
+    sizes = {b["name"]: b for b in plan["buffers"]}
+    weight = kv = 0
+    seen = set()
+    for d in plan["dispatch"]["decode"]:
+        p = plan["pipelines"][d["pipeline"]]
+        for name in plan["bind_groups"][d["bind_group"]]["entries"]:
+            b = sizes[name]
+            if name in seen:
+                continue
+            seen.add(name)
+            if b["role"] == "weight" and p["name"].startswith("embed"):
+                weight += b["bytes"] // max(1, b["init"]["rows"][1] - b["init"]["rows"][0])
+            elif b["role"] == "weight":
+                weight += b["bytes"]
+            elif b["role"] == "kv_cache":
+                kv += int(b["bytes"] / plan["max_seq"] * mean_pos)
+    return {"decode_dispatches_per_token": len(plan["dispatch"]["decode"]) + len(plan["dispatch"]["argmax"]),
+            "prefill_dispatches_per_token": len(plan["dispatch"]["prefill"]) / plan["chunk"],
+            "decode_bytes_per_token": weight + kv + 4 * plan["vocab_size"],
+            "decode_weight_bytes_per_token": weight, "decode_kv_bytes_per_token": kv}
+
+
+def bench(dist, prompt_len: int = 64, steps: int = 32) -> dict:
+    from monologue_compile.artifact import load_model
+    from monologue_compile.interpreter import Session
+
+    dist = Path(dist)
+    g, manifest, _ = load_model(dist)
+    cfg = g.meta["config"]
+    prompt_len = min(prompt_len, cfg["sequence_len"] - steps - 1)
+    prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], prompt_len).tolist()
+    res: dict = {"model": {k: cfg.get(k) for k in ("n_layer", "n_embd", "n_head", "n_kv_head", "vocab_size")},
+                 "quant": g.meta.get("quant"), "prompt": prompt_len, "steps": steps, "backends": {}}
+    rows = res["backends"]
+    rows["torch (fp32 eager, CPU)"] = _torch_rates(g, prompt, steps)
+    rows["numpy"] = _session_rates(Session(g), prompt, steps)
+    try:
+        from monologue_compile.backends.wgpu_executor import WgpuSession
+        from monologue_compile.wgsl import device as wdev
+
+        s = WgpuSession.from_dist(dist)
+        s.forward(prompt[:2]), s.decode_greedy(1)  # first use compiles the pipelines on some drivers
+        info = wdev.adapter().info
+        rows["wgpu"] = {**_session_rates(s, prompt, steps, greedy=s.decode_greedy),
+                        "adapter": f"{info.get('device', '?')} ({info.get('backend_type', '?')})",
+                        **plan_traffic(s.plan, prompt_len + steps / 2)}
+    except Exception as e:  # no adapter, no plan (quant none): say so and go on
+        rows["wgpu"] = {"error": str(e).splitlines()[0]}
+    try:
+        from monologue_compile.backends.native import NativeModel, WasmModel, require_built
+
+        require_built(dist)
+        rows["native"] = _session_rates(NativeModel.from_dist(dist), prompt, steps)
+        rows["wasm"] = _session_rates(WasmModel.from_dist(dist), prompt, steps)
+    except Exception as e:  # the Rust runtime is not built for this dist (or not importable)
+        rows.setdefault("native", {"error": str(e).splitlines()[0] if str(e) else type(e).__name__})
+    return res
+
+
+def table(res: dict) -> str:
+    lines = [f"model {res['model']}, quant {res['quant']}, prompt {res['prompt']} tokens, {res['steps']} decode steps",
+             f"{'backend':<26} {'prefill tok/s':>14} {'decode tok/s':>13}  notes"]
+    for name, r in res["backends"].items():
+        if "error" in r:
+            lines.append(f"{name:<26} {'-':>14} {'-':>13}  {r['error']}")
+            continue
+        notes = []
+        if "decode_dispatches_per_token" in r:
+            notes.append(f"{r['decode_dispatches_per_token']} dispatches/decode token, "
+                         f"{r['prefill_dispatches_per_token']:.2f}/prefill token, "
+                         f"{r['decode_bytes_per_token'] / 1e6:.2f} MB moved/decode token; {r['adapter']}")
+        if "threads" in r:
+            notes.append(f"{r['threads']} threads")
+        lines.append(f"{name:<26} {r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.1f}  {'; '.join(notes)}")
+    lines.append("wgpu on lavapipe/SwiftShader is a correctness device (a CPU emulating a GPU): its timings do "
+                 "not rank GPU kernels.")
+    return "\n".join(lines)
+
+
+@click.command("bench")
+@click.argument("dist", type=click.Path(exists=True, path_type=Path))
+@click.option("--prompt", "prompt_len", type=int, default=64, show_default=True, help="prefill tokens")
+@click.option("--steps", type=int, default=32, show_default=True, help="greedy decode steps")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="also write the numbers here")
+def bench_cmd(dist, prompt_len, steps, json_out):
+    """Prefill and decode tokens/s of each backend on DIST, beside PyTorch CPU eager fp32."""
+    res = bench(dist, prompt_len, steps)
+    click.echo(table(res))
+    if json_out:
+        Path(json_out).write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    bench_cmd()
