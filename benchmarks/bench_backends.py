@@ -6,7 +6,8 @@ token for the WebGPU plan.
     python benchmarks/bench_backends.py DIST ...
 
 Backends: numpy (the reference interpreter), wgpu (plan.json on wgpu-py: lavapipe on a CPU machine,
-Vulkan on a GPU), native and wasm (the Rust runtime, when `monologue build-runtime` has built it).
+Vulkan on a GPU), native and wasm (the Rust runtime's own decode measurement,
+`monologue_compile.backends.native.decode_speeds`, which builds them when missing; --no-rust skips).
 torch: R_q rebuilt from DIST (the dequantized weights; the same shapes and fp32 eager math as the
 original checkpoint), prefill = one forward over the prompt, decode = single-token forwards with its
 KV cache. Lavapipe (and SwiftShader) timings are correctness-device timings: a CPU emulating a GPU,
@@ -66,6 +67,7 @@ def _torch_rates(g, prompt: list[int], steps: int) -> dict:
 
     model = build_module("gpt", g.meta["config"], rq_state_dict(g)).eval()
     with torch.no_grad():
+        model(torch.tensor([prompt[:2]]), kv_cache=KVCache(model.config, 1, 4))  # warm-up (first-call costs)
         cache = KVCache(model.config, 1, len(prompt) + steps + 1)
         out = {}
         tp = _time(lambda: out.setdefault("l", model(torch.tensor([prompt]), kv_cache=cache)[0, -1]))
@@ -106,7 +108,7 @@ def plan_traffic(plan: dict, mean_pos: float) -> dict:
             "decode_weight_bytes_per_token": weight, "decode_kv_bytes_per_token": kv}
 
 
-def bench(dist, prompt_len: int = 64, steps: int = 32) -> dict:
+def bench(dist, prompt_len: int = 64, steps: int = 32, rust: bool = True, wasm: bool = True) -> dict:
     from monologue_compile.artifact import load_model
     from monologue_compile.interpreter import Session
 
@@ -132,14 +134,16 @@ def bench(dist, prompt_len: int = 64, steps: int = 32) -> dict:
                         **plan_traffic(s.plan, prompt_len + steps / 2)}
     except Exception as e:  # no adapter, no plan (quant none): say so and go on
         rows["wgpu"] = {"error": str(e).splitlines()[0]}
-    try:
-        from monologue_compile.backends.native import NativeModel, WasmModel, require_built
+    if rust:
+        try:  # the Rust runtime's own measurement (it builds the native library / runtime.wasm if missing)
+            from monologue_compile.backends.native import decode_speeds
 
-        require_built(dist)
-        rows["native"] = _session_rates(NativeModel.from_dist(dist), prompt, steps)
-        rows["wasm"] = _session_rates(WasmModel.from_dist(dist), prompt, steps)
-    except Exception as e:  # the Rust runtime is not built for this dist (or not importable)
-        rows.setdefault("native", {"error": str(e).splitlines()[0] if str(e) else type(e).__name__})
+            r = decode_speeds(dist, steps, wasm=wasm)
+            rows["native"] = {"decode_tok_s": r["native_tok_s"], "note": "decode only, after a 16-token prompt"}
+            if "wasm_tok_s" in r:
+                rows["wasm (node)"] = {"decode_tok_s": r["wasm_tok_s"], "note": "decode only, after a 16-token prompt"}
+        except Exception as e:  # no Rust toolchain, or the backend is not importable
+            rows["native"] = {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
     return res
 
 
@@ -150,14 +154,15 @@ def table(res: dict) -> str:
         if "error" in r:
             lines.append(f"{name:<26} {'-':>14} {'-':>13}  {r['error']}")
             continue
-        notes = []
+        notes = [r["note"]] if "note" in r else []
         if "decode_dispatches_per_token" in r:
             notes.append(f"{r['decode_dispatches_per_token']} dispatches/decode token, "
                          f"{r['prefill_dispatches_per_token']:.2f}/prefill token, "
                          f"{r['decode_bytes_per_token'] / 1e6:.2f} MB moved/decode token; {r['adapter']}")
         if "threads" in r:
             notes.append(f"{r['threads']} threads")
-        lines.append(f"{name:<26} {r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.1f}  {'; '.join(notes)}")
+        pre = f"{r['prefill_tok_s']:>14.1f}" if "prefill_tok_s" in r else f"{'-':>14}"
+        lines.append(f"{name:<26} {pre} {r['decode_tok_s']:>13.1f}  {'; '.join(notes)}")
     lines.append("wgpu on lavapipe/SwiftShader is a correctness device (a CPU emulating a GPU): its timings do "
                  "not rank GPU kernels.")
     return "\n".join(lines)
@@ -167,10 +172,12 @@ def table(res: dict) -> str:
 @click.argument("dist", type=click.Path(exists=True, path_type=Path))
 @click.option("--prompt", "prompt_len", type=int, default=64, show_default=True, help="prefill tokens")
 @click.option("--steps", type=int, default=32, show_default=True, help="greedy decode steps")
+@click.option("--no-rust", is_flag=True, help="skip the native and wasm runtimes (building them takes minutes)")
+@click.option("--no-wasm", is_flag=True, help="skip runtime.wasm")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="also write the numbers here")
-def bench_cmd(dist, prompt_len, steps, json_out):
+def bench_cmd(dist, prompt_len, steps, no_rust, no_wasm, json_out):
     """Prefill and decode tokens/s of each backend on DIST, beside PyTorch CPU eager fp32."""
-    res = bench(dist, prompt_len, steps)
+    res = bench(dist, prompt_len, steps, rust=not no_rust, wasm=not no_wasm)
     click.echo(table(res))
     if json_out:
         Path(json_out).write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
