@@ -152,3 +152,31 @@ def test_group_quantized_tied_table_is_refused_by_name(tmp_path):
     m = json.loads((tmp_path / "dist" / "model" / "manifest.json").read_text())
     assert m["webgpu"]["plan"] is None and "%rms_norm (embedding" in m["webgpu"]["reason"]
     assert not (tmp_path / "dist" / "model" / "plan.json").exists()
+
+
+DEMO = Path(__file__).resolve().parent.parent / "runs" / "demo" / "checkpoint.pt"
+
+
+@pytest.mark.skipif(not DEMO.exists(), reason="runs/demo/checkpoint.pt not trained yet (monologue train --preset demo)")
+def test_demo_model_matches_rq(tmp_path):
+    device_or_skip()
+    from monologue_compile.artifact import load_model
+    from monologue_compile.backends.wgpu_executor import WgpuSession
+    from monologue_compile.parity import held_out_sequences
+
+    compile_to(DEMO, tmp_path / "dist")
+    g, _, tok = load_model(tmp_path / "dist")
+    rq = _rq(tmp_path / "dist")
+    s = WgpuSession.from_dist(tmp_path / "dist")
+    cfg = g.meta["config"]
+    text = [t for seq in held_out_sequences(tok, cfg["vocab_size"], cfg["sequence_len"]) for t in seq]
+    prompt = text[: s.chunk + 8]  # real text, longer than one prefill chunk
+    steps = min(TOLERANCES["greedy_steps"], cfg["sequence_len"] - len(prompt))
+    ours = [int(np.argmax(s.forward(prompt)[-1]))]
+    while len(ours) < steps:
+        ours.append(s.decode_greedy(ours[-1]))
+    assert ours == rq.generate(prompt, steps, temperature=0.0)
+    s.reset()
+    rows = np.concatenate([s.forward(prompt)] + [s.forward([t]) for t in ours[:8]])
+    m = metrics(rows, _torch_logits(rq, prompt + ours[:8]))
+    assert m["rel"] <= TOLERANCES["logits_rel_vs_rq"] and m["cosine"] >= TOLERANCES["logits_cosine_vs_rq"], m
