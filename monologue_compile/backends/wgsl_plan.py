@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MonologueError
-from ..ir import OPS, SEQ, Graph, Node
+from ..ir import SEQ, Graph, Node
 from ..wgsl import kernels as kern
 
 PLAN_FORMAT = "monologue-plan"
@@ -179,8 +179,6 @@ class _Builder:
             if n.op == "attention":
                 self._kv_cache(n)
         for i, n in enumerate(g.nodes):
-            if n.op not in OPS:
-                _fail(n, "unknown op")
             rows = _per_token(n.type.shape)
             if n.op in VIEWS:
                 src = self.loc.get(n.inputs[0])
@@ -277,7 +275,9 @@ class _Builder:
         return grp
 
     def _emit_embedding(self, n, T, out):
-        table, ids = n.inputs[0], n.inputs[1]
+        table = n.inputs[0]
+        if n.inputs[1] not in self.g.inputs:
+            _fail(n, "the gathered ids are not the model's input ids")
         w = self._q8(n, table)
         V, C = w.shape
         if w.data["scale"].shape[1] != 1 or w.quant["k_pad"] != kern.k_pad(C):
