@@ -426,6 +426,21 @@ impl<'a> Mat<'a> {
     }
 }
 
+/// Threads a large matmul is split over, looked up once: `available_parallelism` reads cgroup
+/// files on every call, which cost more than a small model's whole decode step.
+fn workers() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static WORKERS: AtomicUsize = AtomicUsize::new(0);
+    match WORKERS.load(Ordering::Relaxed) {
+        0 => {
+            let n = crate::parallel::worker_count().clamp(1, 8);
+            WORKERS.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
+    }
+}
+
 /// Work (multiply-adds) below which a matmul stays on one thread: spawning costs ~20 us.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
@@ -445,7 +460,7 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     }
     // results as [row][token], rows split over threads when it pays
     let mut ys = vec![0f32; n * t];
-    let workers = crate::parallel::worker_count().min(8);
+    let workers = workers();
     let rows = |first: usize, part: &mut [f32]| match w {
         // decode: one call per block of rows (T = 1, so ys[r] is row r)
         Mat::Q8 { k_pad, group, q, scale, .. } if t == 1 => {
