@@ -50,8 +50,8 @@ PRESETS = {
     ),
     "demo": TrainConfig(
         model=GPTConfig(sequence_len=256, vocab_size=1024, n_layer=4, n_head=4, n_kv_head=4, n_embd=192),
-        steps=1500, batch_size=32, lr=3e-3, embedding_lr=1e-2, warmup_steps=50,
-        train_conversations=120_000, tokenizer_vocab=1024, eval_every=250, eval_per_family=8, checkpoint_every=250,
+        steps=1500, batch_size=12, lr=3e-3, embedding_lr=1e-2, warmup_steps=50,
+        train_conversations=60_000, tokenizer_vocab=1024, eval_every=500, eval_per_family=4, checkpoint_every=250,
     ),
     # between demo and d20: a 1-GPU-hour model for real data
     "d12": TrainConfig(
