@@ -32,8 +32,11 @@ def byte_tokenizer_json(vocab_size: int = 288) -> str:
     """A valid monologue-tokenizer: ids 0..255 are bytes, the specials take the last ids."""
     ranks = [base64.b64encode(bytes([i])).decode() for i in range(256)]
     first_special = vocab_size - len(SPECIALS)
-    # ids between the bytes and the specials: two-byte tokens, so every id decodes to something
-    ranks += [base64.b64encode(bytes([97 + i % 26, 97 + i // 26 % 26])).decode() for i in range(first_special - 256)]
+    # ids between the bytes and the specials: distinct letter pairs, then "t<number>", so every id is unique
+    # and decodes to something
+    extra = [bytes([97 + i % 26, 97 + i // 26]) for i in range(min(first_special - 256, 26 * 26))]
+    extra += [f"t{i}".encode() for i in range(first_special - 256 - len(extra))]
+    ranks += [base64.b64encode(b).decode() for b in extra]
     return json.dumps({"format": "monologue-tokenizer", "version": 1, "pattern": PATTERN, "ranks": ranks,
                        "special_tokens": {s: first_special + i for i, s in enumerate(SPECIALS)}})
 
