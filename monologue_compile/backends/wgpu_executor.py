@@ -141,7 +141,8 @@ class WgpuSession:
     def _read(self, buffer: str, nbytes: int, dtype) -> np.ndarray:
         return np.frombuffer(self.dev.queue.read_buffer(self.bufs[buffer], 0, nbytes), dtype).copy()
 
-    def _logits(self, n: int) -> np.ndarray:
+    def logits(self, n: int = 1) -> np.ndarray:
+        """The logits rows of the last step (after decode_greedy too: the decode list writes them)."""
         return self._read(self.plan["io"]["logits"]["buffer"], 4 * n * self.V, np.float32).reshape(n, self.V)
 
     def forward(self, ids) -> np.ndarray:
@@ -149,12 +150,12 @@ class WgpuSession:
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
         if len(ids) == 1:
             self._step(ids, ["decode"])
-            return self._logits(1)
+            return self.logits(1)
         rows = []
         for i in range(0, len(ids), self.chunk):
             part = ids[i:i + self.chunk]
             self._step(part, ["prefill"])
-            rows.append(self._logits(len(part)))
+            rows.append(self.logits(len(part)))
         return np.concatenate(rows)
 
     def decode_greedy(self, token: int) -> int:
