@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -39,8 +40,9 @@ def train_cmd(preset, out_dir, seed, resume, steps, batch_size, lr, optimizer, d
             raise MonologueError(f"{tokenizer_path}: missing (shards and their tokenizer travel together)")
         tokenizer = Tokenizer.load(str(tokenizer_path))
     meta = train(cfg, out_dir, seed=seed, resume=resume, preset=preset, device=device, data_dir=data_dir, tokenizer=tokenizer)
-    click.echo(f"saved {Path(out_dir) / 'checkpoint.pt'} (step {meta['step']}, val_loss {meta['val_loss']:.4f}, "
-               f"{meta.get('wall_seconds', 0):.0f}s)")
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"saved {Path(out_dir) / 'checkpoint.pt'} (step {meta['step']}, val_loss {meta['val_loss']:.4f}, "
+                   f"{meta.get('wall_seconds', 0):.0f}s)")
 
 
 @click.command()

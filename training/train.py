@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from monologue_compile.errors import MonologueError
 
@@ -243,8 +244,15 @@ def train(
                 x, y = dataset.batch(step, cfg.batch_size, seed, ddp.rank, ddp.world_size)
                 x, y = x.to(ddp.device, non_blocking=True), y.to(ddp.device, non_blocking=True)
                 with autocast():
-                    loss = train_model(x, y)
-                loss.backward()
+                    logits = train_model(x)
+                # Mean over the trained tokens of all ranks (DDP averages gradients over ranks), so
+                # N processes take exactly the step one process would take on their N batches.
+                targets = torch.tensor(float((y >= 0).sum()), device=ddp.device)
+                if ddp.world_size > 1:
+                    dist.all_reduce(targets)
+                loss_sum = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1, reduction="sum")
+                (loss_sum * ddp.world_size / targets.clamp(min=1)).backward()
+                loss = loss_sum.detach() / max(1, int((y >= 0).sum()))
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
