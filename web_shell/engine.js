@@ -26,14 +26,16 @@
 export const BACKEND_KINDS = ["webgpu", "wasm"]; // in order of preference
 export const BACKEND_LABELS = { webgpu: "GPU (WebGPU)", wasm: "CPU (wasm)" };
 
-// kind -> () => Promise<backend module>. The WebGPU executor adds itself here once it is written.
+// kind -> () => Promise<backend module>, loaded only when the kind is probed or started.
 const BACKEND_MODULES = {
+  webgpu: () => import("./webgpu_executor.js"),
   wasm: () => import("./wasm_runtime.js").then(wasmBackend),
 };
 
 // runtime.wasm sits at the site's root, beside index.html; the page only runs it once verified, so
-// the manifest must list it (as "../runtime.wasm", its path from model/).
-const RUNTIME_WASM = "../runtime.wasm";
+// the manifest must list it (as "../runtime.wasm", its path from model/). Both backends need it:
+// the WebGPU one for its tokenizer.
+export const RUNTIME_WASM = "../runtime.wasm";
 
 function wasmBackend(runtime) {
   return {

@@ -232,7 +232,7 @@ export class WasmModel {
 }
 
 // The tokenizer side of runtime.wasm (runtime_rs/src/ffi.rs), for the Engine interface.
-class WasmTokenizer {
+export class WasmTokenizer {
   constructor(rt, tokenizerBytes, specials) {
     this.rt = rt;
     const s = rt.scratch(1);

@@ -1,0 +1,113 @@
+"""The WebGPU backend in the page (web_shell/webgpu_executor.js running plan.json on Chromium's
+SwiftShader adapter): a tiny model compiled for real and served; a greedy reply equals R_q's greedy
+reply from PyTorch, token for token, on WebGPU and then on the wasm fallback; a device lost mid-reply
+hands the reply to the CPU, which completes it; the session never leaves the page's origin.
+
+The site is test_web_wasm's: the compiler does not build runtime.wasm or list it in the manifest
+yet, so that fixture does (the WebGPU backend needs it too, for the tokenizer).
+"""
+
+from urllib.parse import urlsplit
+
+import pytest
+
+from test_web_wasm import MAX_NEW_TOKENS, QUESTION, have_wasm_toolchain, reference_reply, site  # noqa: F401
+from web_helpers import browser, save_screenshot, serving  # noqa: F401
+
+pytestmark = pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolchain for wasm32")
+
+# Prepended to worker.js by the device-loss test only: destroys the GPU device at its Nth queue
+# submit (one submit per token), as a driver reset or a lost GPU would mid-reply.
+LOSE_DEVICE = """
+const __loseAt = %d;
+let __submits = 0;
+const __requestDevice = GPUAdapter.prototype.requestDevice;
+GPUAdapter.prototype.requestDevice = async function (...args) {
+  const device = await __requestDevice.apply(this, args);
+  const submit = device.queue.submit;
+  device.queue.submit = function (...buffers) {
+    if (++__submits === __loseAt) device.destroy();
+    return submit.apply(this, buffers);
+  };
+  return device;
+};
+"""
+
+
+def open_page(browser, url, requests, worker_prefix=""):
+    context = browser.new_context(viewport={"width": 1024, "height": 800})
+    context.on("request", lambda request: requests.append(request.url))
+    if worker_prefix:
+        context.route("**/worker.js", lambda route: route.fulfill(
+            body=worker_prefix + route.fetch().text(), content_type="text/javascript"))
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(error))
+    page.goto(url)
+    page.wait_for_selector("body:not([data-state='loading'])", timeout=120_000)
+    if page.input_value("#backend") != "webgpu":
+        title = page.locator("#backend option[value=webgpu]").get_attribute("title")
+        if "no WebGPU" in title:
+            pytest.skip(f"this Chromium has no WebGPU adapter: {title}")
+        raise AssertionError(f"WebGPU was not chosen: {title}; status: {page.inner_text('#status')}")
+    assert page.get_attribute("body", "data-state") == "ready", page.inner_text("#status")
+    page.click("#open-settings")
+    page.fill("input[name=temperature]", "0")
+    page.fill("input[name=maxNewTokens]", str(MAX_NEW_TOKENS))
+    page.click("#settings button[type=submit]")
+    return context, page, errors
+
+
+def ask_and_wait(page):
+    page.fill("#prompt", QUESTION)
+    page.press("#prompt", "Enter")
+    page.wait_for_selector("body[data-state='ready']", timeout=180_000)
+    return page.locator(".message.assistant").last
+
+
+def check_reply(reply, reference, backend_label):
+    tokens, thought, answer = reference
+    assert reply.locator(".answer").text_content() == answer
+    assert reply.locator(".thought-text").text_content() == thought
+    meta = reply.locator(".reply-meta").inner_text()
+    assert f"{len(tokens)} tokens" in meta and f"tokens/s on {backend_label}" in meta, meta
+
+
+def test_greedy_reply_on_webgpu_then_wasm_is_r_q(browser, site):  # noqa: F811
+    reference = reference_reply(site)
+    requests = []
+    with serving(site) as url:
+        context, page, errors = open_page(browser, url, requests)
+        save_screenshot(page, "webgpu-loaded.png")
+        check_reply(ask_and_wait(page), reference, "GPU (WebGPU)")
+        save_screenshot(page, "webgpu-reply.png")
+
+        # The visitor switches to the CPU; the same question gives the same tokens there.
+        page.select_option("#backend", "wasm")
+        page.wait_for_selector("body[data-state='ready']", timeout=60_000)
+        assert page.input_value("#backend") == "wasm"
+        page.click("#new-chat")
+        check_reply(ask_and_wait(page), reference, "CPU (wasm)")
+        assert not errors, errors
+        context.close()
+
+        # The whole session (page, worker, model files, both backends) stayed on the page's origin.
+        origin = "{0.scheme}://{0.netloc}/".format(urlsplit(url))
+        assert url + "model/plan.json" in requests and url + "runtime.wasm" in requests
+        assert [u for u in requests if not u.startswith(origin)] == []
+
+
+def test_device_loss_mid_reply_continues_on_cpu(browser, site):  # noqa: F811
+    reference = reference_reply(site)
+    assert len(reference[0]) > 6, "the reference reply is too short to lose the GPU in the middle of it"
+    requests = []
+    with serving(site) as url:
+        # Submit 1 is the prompt's prefill, then one per token: 5 tokens come from the GPU.
+        context, page, errors = open_page(browser, url, requests, LOSE_DEVICE % 6)
+        reply = ask_and_wait(page)
+        assert page.inner_text("#status-title") == "The GPU stopped responding; the reply continues on the CPU."
+        assert page.input_value("#backend") == "wasm"
+        # What the GPU wrote and what the CPU continued make R_q's reply, whole.
+        check_reply(reply, reference, "CPU (wasm)")
+        assert not errors, errors
+        context.close()
