@@ -51,11 +51,22 @@ def open_page(browser, url, requests, worker_prefix=""):
             pytest.skip(f"this Chromium has no WebGPU adapter: {title}")
         raise AssertionError(f"WebGPU was not chosen: {title}; status: {page.inner_text('#status')}")
     assert page.get_attribute("body", "data-state") == "ready", page.inner_text("#status")
-    page.click("#open-settings")
-    page.fill("input[name=temperature]", "0")
-    page.fill("input[name=maxNewTokens]", str(MAX_NEW_TOKENS))
-    page.click("#settings button[type=submit]")
+    settings(page, temperature=0, maxNewTokens=MAX_NEW_TOKENS)
     return context, page, errors
+
+
+def settings(page, **values):
+    page.click("#open-settings")
+    for name, value in values.items():
+        page.fill(f"input[name={name}]", str(value))
+    page.click("#settings button[type=submit]")
+
+
+def switch(page, backend):
+    page.select_option("#backend", backend)
+    page.wait_for_selector("body[data-state='ready']", timeout=60_000)
+    assert page.input_value("#backend") == backend
+    page.click("#new-chat")
 
 
 def ask_and_wait(page):
@@ -83,11 +94,25 @@ def test_greedy_reply_on_webgpu_then_wasm_is_r_q(browser, site):  # noqa: F811
         save_screenshot(page, "webgpu-reply.png")
 
         # The visitor switches to the CPU; the same question gives the same tokens there.
-        page.select_option("#backend", "wasm")
-        page.wait_for_selector("body[data-state='ready']", timeout=60_000)
-        assert page.input_value("#backend") == "wasm"
-        page.click("#new-chat")
+        switch(page, "wasm")
         check_reply(ask_and_wait(page), reference, "CPU (wasm)")
+
+        # Sampling with a seed picks the same tokens on both: the GPU's top-k readback (top-k within
+        # the plan's k) or its logits row (top-k off) go through a port of the wasm runtime's sampler.
+        sampled = {}
+        for backend in ("wasm", "webgpu"):
+            if backend == "webgpu":
+                switch(page, "webgpu")
+            for top_k in (20, 0):
+                page.click("#new-chat")
+                settings(page, temperature=1.5, topK=top_k, topP=0.95 if top_k else 0.9, seed=7 + top_k)
+                reply = ask_and_wait(page)
+                sampled[backend, top_k] = (reply.locator(".thought-text").text_content(),
+                                           reply.locator(".answer").text_content(),
+                                           reply.locator(".reply-meta").inner_text().split(" · ")[0])
+        for top_k in (20, 0):
+            assert sampled["webgpu", top_k] == sampled["wasm", top_k]
+        assert sampled["wasm", 0] != sampled["wasm", 20] and sampled["wasm", 0][1] != reference[2]
         assert not errors, errors
         context.close()
 
