@@ -257,27 +257,32 @@ unsafe fn q8_matvec_avx2(x: &[f32], q: &[i8], scale: &[f32], k_pad: usize, group
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline]
 fn dot_q8_simd128(x: &[f32], q: &[i8]) -> f32 {
     use core::arch::wasm32::*;
     let n = x.len().min(q.len());
     let (xp, qp) = (x.as_ptr(), q.as_ptr());
-    let mut a = [f32x4_splat(0.0); 4];
+    // named accumulators, no arrays: keeps every v128 in a register through V8's compiler
+    let (mut a0, mut a1, mut a2, mut a3) = (f32x4_splat(0.0), f32x4_splat(0.0), f32x4_splat(0.0), f32x4_splat(0.0));
     let mut i = 0;
-    // SAFETY: every load reads 16 bytes at i < n - 15 of q, or 16 bytes at i..i+16 of x.
+    // SAFETY: every load reads 16 bytes inside q[..n] or x[..n] (i + 16 <= n).
     unsafe {
         while i + 16 <= n {
             let qv = v128_load(qp.add(i) as *const v128);
             let lo = i16x8_extend_low_i8x16(qv);
             let hi = i16x8_extend_high_i8x16(qv);
-            let parts = [i32x4_extend_low_i16x8(lo), i32x4_extend_high_i16x8(lo), i32x4_extend_low_i16x8(hi), i32x4_extend_high_i16x8(hi)];
-            for l in 0..4 {
-                let xv = v128_load(xp.add(i + 4 * l) as *const v128);
-                a[l] = f32x4_add(a[l], f32x4_mul(xv, f32x4_convert_i32x4(parts[l])));
-            }
+            let w0 = f32x4_convert_i32x4(i32x4_extend_low_i16x8(lo));
+            let w1 = f32x4_convert_i32x4(i32x4_extend_high_i16x8(lo));
+            let w2 = f32x4_convert_i32x4(i32x4_extend_low_i16x8(hi));
+            let w3 = f32x4_convert_i32x4(i32x4_extend_high_i16x8(hi));
+            a0 = f32x4_add(a0, f32x4_mul(v128_load(xp.add(i) as *const v128), w0));
+            a1 = f32x4_add(a1, f32x4_mul(v128_load(xp.add(i + 4) as *const v128), w1));
+            a2 = f32x4_add(a2, f32x4_mul(v128_load(xp.add(i + 8) as *const v128), w2));
+            a3 = f32x4_add(a3, f32x4_mul(v128_load(xp.add(i + 12) as *const v128), w3));
             i += 16;
         }
     }
-    let s = f32x4_add(f32x4_add(a[0], a[1]), f32x4_add(a[2], a[3]));
+    let s = f32x4_add(f32x4_add(a0, a1), f32x4_add(a2, a3));
     let mut total = (f32x4_extract_lane::<0>(s) + f32x4_extract_lane::<1>(s)) + (f32x4_extract_lane::<2>(s) + f32x4_extract_lane::<3>(s));
     while i < n {
         total += x[i] * q[i] as f32;
