@@ -1,0 +1,150 @@
+"""End to end on the demo model (runs/demo/checkpoint.pt, trained by `./run.sh`; skipped until it
+exists): compiled into a fresh dist with runtime.wasm, served, asked a question in headless Chromium.
+On WebGPU and then on wasm, greedy decoding writes exactly R_q's tokens; the thought panel is open
+and live while the model thinks and folds away when the answer starts; the answer shown is the
+decoded tokens'; nothing leaves the origin. Saves screenshots of the loaded page and of the reply
+with its thought collapsed and opened.
+
+About a minute on 2 cores (a 2M-parameter model), so it runs whenever the checkpoint is there.
+"""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import torch
+
+from monologue_compile.artifact import load_model
+from monologue_compile.backends.rust_crate import build_wasm, emit_crate
+from monologue_compile.driver import compile_to
+from monologue_compile.site import copy_web_shell
+from monologue_compile.tokenizer import Tokenizer
+from test_runtime_native_parity import rq_model
+from test_web_wasm import have_wasm_toolchain
+from web_helpers import browser, save_screenshot, serving  # noqa: F401
+
+DEMO = Path(__file__).resolve().parent.parent / "runs" / "demo" / "checkpoint.pt"
+QUESTION = "What is 37 + 48?"
+MAX_NEW_TOKENS = 160
+
+pytestmark = [
+    pytest.mark.skipif(not DEMO.exists(), reason="no runs/demo/checkpoint.pt (train it with ./run.sh)"),
+    pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolchain for wasm32"),
+]
+
+# Records the reply's thought panel at every change, to check what a visitor saw while it streamed.
+WATCH = """() => {
+  window.panelStates = [];
+  new MutationObserver(() => {
+    const reply = document.querySelector(".message.assistant:last-child");
+    if (!reply) return;
+    window.panelStates.push({
+      open: reply.querySelector(".thought").open,
+      thought: reply.querySelector(".thought-text").textContent.length,
+      answer: reply.querySelector(".answer").textContent.length,
+    });
+  }).observe(document.getElementById("messages"), { subtree: true, childList: true, characterData: true, attributes: true });
+}"""
+
+
+@pytest.fixture(scope="module")
+def demo_site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo_site")
+    checkpoint = shutil.copy(DEMO, tmp / "checkpoint.pt")  # training may rewrite it meanwhile
+    dist = tmp / "dist"
+    compile_to(checkpoint, dist)
+    graph, _, _ = load_model(dist)
+    build_wasm(emit_crate(graph, tmp / "crate" / "runtime_rs"), dist / "runtime.wasm", fast=True)
+    copy_web_shell(dist)
+    # The compiler does not list runtime.wasm yet: add it, as test_web_wasm does.
+    manifest = json.loads((dist / "model" / "manifest.json").read_text())
+    wasm = (dist / "runtime.wasm").read_bytes()
+    manifest["files"].append({"path": "../runtime.wasm", "bytes": len(wasm), "sha256": hashlib.sha256(wasm).hexdigest()})
+    (dist / "model" / "manifest.json").write_text(json.dumps(manifest))
+    return dist
+
+
+def reference_reply(dist):
+    """R_q's greedy tokens in PyTorch, and their text split as the page splits it."""
+    _, model = rq_model(dist)
+    manifest = json.loads((dist / "model" / "manifest.json").read_text())
+    tok = Tokenizer.from_json((dist / "model" / "tokenizer.json").read_text())
+    stops = {tok.token_id("<|assistant_end|>"), tok.token_id("<|bos|>")}
+    ids = tok.render_for_completion([{"role": "user", "content": QUESTION}])
+    budget = min(MAX_NEW_TOKENS, manifest["model"]["config"]["sequence_len"] - len(ids))
+    out = []
+    with torch.no_grad():
+        while len(out) < budget:
+            nxt = int(np.argmax(model(torch.tensor([ids + out]))[0, -1].numpy()))
+            if nxt in stops:
+                break
+            out.append(nxt)
+    text = tok.decode_bytes(out).decode("utf-8", errors="replace").strip()
+    thought, answer = "", text
+    if text.startswith("<think>"):
+        thought, _, answer = text[len("<think>"):].partition("</think>")
+    return out, thought.strip(), answer.strip()
+
+
+def ask(page):
+    page.evaluate(WATCH)
+    page.fill("#prompt", QUESTION)
+    page.press("#prompt", "Enter")
+    page.wait_for_selector("body[data-state='ready']", timeout=180_000)
+    return page.locator(".message.assistant").last, page.evaluate("window.panelStates")
+
+
+def test_demo_reply_in_the_browser(browser, demo_site):
+    tokens, thought, answer = reference_reply(demo_site)
+    assert thought and answer, f"the demo model does not think then answer: {(thought, answer)}"
+    requests = []
+    with serving(demo_site) as url:
+        context = browser.new_context(viewport={"width": 1024, "height": 800})
+        context.on("request", lambda request: requests.append(request.url))
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda error: errors.append(error))
+        page.goto(url)
+        page.wait_for_selector("body:not([data-state='loading'])", timeout=120_000)
+        save_screenshot(page, "demo-loaded.png")
+        backends = ["webgpu", "wasm"]
+        if page.input_value("#backend") != "webgpu":
+            title = page.locator("#backend option[value=webgpu]").get_attribute("title")
+            assert "no WebGPU" in title, title  # only a Chromium without an adapter may skip it
+            backends = ["wasm"]
+        page.click("#open-settings")
+        page.fill("input[name=temperature]", "0")
+        page.fill("input[name=maxNewTokens]", str(MAX_NEW_TOKENS))
+        page.click("#settings button[type=submit]")
+
+        for backend in backends:
+            if page.input_value("#backend") != backend:
+                page.select_option("#backend", backend)
+                page.wait_for_selector("body[data-state='ready']", timeout=60_000)
+                page.click("#new-chat")
+            reply, states = ask(page)
+            label = {"webgpu": "GPU (WebGPU)", "wasm": "CPU (wasm)"}[backend]
+            meta = reply.locator(".reply-meta").inner_text()
+            assert f"{len(tokens)} tokens" in meta and f"tokens/s on {label}" in meta, meta
+            assert reply.locator(".thought-text").text_content() == thought
+            assert reply.locator(".answer").text_content() == answer
+            # Open and live while thinking (text growing, no answer yet); folded once the thought
+            # ends, before the answer, and stays so; it says how long the model thought.
+            folded = next(i for i, s in enumerate(states) if s["thought"] and not s["open"])
+            thinking = [s for s in states[:folded] if s["thought"]]
+            assert all(s["open"] and not s["answer"] for s in thinking), states
+            assert len({s["thought"] for s in thinking}) > 1, "the thought did not stream"
+            assert not any(s["open"] for s in states[folded:]), states
+            assert reply.locator(".thought-label").inner_text().startswith("Thought for ")
+            if backend == backends[0]:
+                save_screenshot(page, "demo-reply-collapsed.png")
+                reply.locator(".thought summary").click()
+                save_screenshot(page, "demo-reply-thought-open.png")
+        assert not errors, errors
+        context.close()
+    origin = "{0.scheme}://{0.netloc}/".format(urlsplit(url))
+    assert [u for u in requests if not u.startswith(origin)] == []
