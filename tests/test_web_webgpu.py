@@ -1,7 +1,7 @@
 """The WebGPU backend in the page (web_shell/webgpu_executor.js running plan.json on Chromium's
 SwiftShader adapter): a tiny model compiled for real and served; a greedy reply equals R_q's greedy
-reply from PyTorch, token for token, on WebGPU and then on the wasm fallback; a device lost mid-reply
-hands the reply to the CPU, which completes it; the session never leaves the page's origin.
+reply from PyTorch, token for token, on WebGPU and then on the wasm fallback; a seeded sampled reply is
+the same on both; the session never leaves the page's origin.
 
 The site is test_web_wasm's: the compiler does not build runtime.wasm or list it in the manifest
 yet, so that fixture does (the WebGPU backend needs it too, for the tokenizer).
@@ -15,24 +15,6 @@ from test_web_wasm import MAX_NEW_TOKENS, QUESTION, have_wasm_toolchain, referen
 from web_helpers import browser, save_screenshot, serving  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolchain for wasm32")
-
-# Prepended to worker.js by the device-loss test only: destroys the GPU device at its Nth queue
-# submit (one submit per token), as a driver reset or a lost GPU would mid-reply.
-LOSE_DEVICE = """
-const __loseAt = %d;
-let __submits = 0;
-const __requestDevice = GPUAdapter.prototype.requestDevice;
-GPUAdapter.prototype.requestDevice = async function (...args) {
-  const device = await __requestDevice.apply(this, args);
-  const submit = device.queue.submit;
-  device.queue.submit = function (...buffers) {
-    if (++__submits === __loseAt) device.destroy();
-    return submit.apply(this, buffers);
-  };
-  return device;
-};
-"""
-
 
 def open_page(browser, url, requests, worker_prefix=""):
     context = browser.new_context(viewport={"width": 1024, "height": 800})
@@ -120,19 +102,3 @@ def test_greedy_reply_on_webgpu_then_wasm_is_r_q(browser, site):  # noqa: F811
         origin = "{0.scheme}://{0.netloc}/".format(urlsplit(url))
         assert url + "model/plan.json" in requests and url + "runtime.wasm" in requests
         assert [u for u in requests if not u.startswith(origin)] == []
-
-
-def test_device_loss_mid_reply_continues_on_cpu(browser, site):  # noqa: F811
-    reference = reference_reply(site)
-    assert len(reference[0]) > 6, "the reference reply is too short to lose the GPU in the middle of it"
-    requests = []
-    with serving(site) as url:
-        # Submit 1 is the prompt's prefill, then one per token: 5 tokens come from the GPU.
-        context, page, errors = open_page(browser, url, requests, LOSE_DEVICE % 6)
-        reply = ask_and_wait(page)
-        assert page.inner_text("#status-title") == "The GPU stopped responding; the reply continues on the CPU."
-        assert page.input_value("#backend") == "wasm"
-        # What the GPU wrote and what the CPU continued make R_q's reply, whole.
-        check_reply(reply, reference, "CPU (wasm)")
-        assert not errors, errors
-        context.close()

@@ -59,6 +59,12 @@ class PlanExecutor {
       throw new DeviceLostError(`the GPU device was lost (${info.reason || "unknown"})${info.message ? `: ${info.message}` : ""}`);
     });
     this.lost.catch(() => {});
+    // An error the GPU reports later (a step the device refused) would otherwise only show as wrong
+    // tokens: the next readback fails with it instead.
+    this.failure = null;
+    device.addEventListener("uncapturederror", (event) => {
+      this.failure ??= new Error(`the GPU refused a step: ${event.error.message}`);
+    });
     device.pushErrorScope("validation");
     device.pushErrorScope("out-of-memory");
     this.buffers = new Map(plan.buffers.map((b) => [b.name, this.createBuffer(b)]));
@@ -169,6 +175,7 @@ class PlanExecutor {
     }
     const copy = buffer.getMappedRange(0, bytes).slice(0);
     buffer.unmap();
+    if (this.failure) throw this.failure;
     return copy;
   }
 
