@@ -14,17 +14,14 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
-import torch
 
 from monologue_compile.artifact import load_model
 from monologue_compile.backends.rust_crate import build_wasm, emit_crate
 from monologue_compile.driver import compile_to
 from monologue_compile.site import copy_web_shell
-from monologue_compile.tokenizer import Tokenizer
-from test_runtime_native_parity import rq_model
 from test_web_wasm import have_wasm_toolchain
+from test_web_webgpu import greedy_reference
 from web_helpers import browser, save_screenshot, serving  # noqa: F401
 
 DEMO = Path(__file__).resolve().parent.parent / "runs" / "demo" / "checkpoint.pt"
@@ -68,28 +65,6 @@ def demo_site(tmp_path_factory):
     return dist
 
 
-def reference_reply(dist):
-    """R_q's greedy tokens in PyTorch, and their text split as the page splits it."""
-    _, model = rq_model(dist)
-    manifest = json.loads((dist / "model" / "manifest.json").read_text())
-    tok = Tokenizer.from_json((dist / "model" / "tokenizer.json").read_text())
-    stops = {tok.token_id("<|assistant_end|>"), tok.token_id("<|bos|>")}
-    ids = tok.render_for_completion([{"role": "user", "content": QUESTION}])
-    budget = min(MAX_NEW_TOKENS, manifest["model"]["config"]["sequence_len"] - len(ids))
-    out = []
-    with torch.no_grad():
-        while len(out) < budget:
-            nxt = int(np.argmax(model(torch.tensor([ids + out]))[0, -1].numpy()))
-            if nxt in stops:
-                break
-            out.append(nxt)
-    text = tok.decode_bytes(out).decode("utf-8", errors="replace").strip()
-    thought, answer = "", text
-    if text.startswith("<think>"):
-        thought, _, answer = text[len("<think>"):].partition("</think>")
-    return out, thought.strip(), answer.strip()
-
-
 def ask(page):
     page.evaluate(WATCH)
     page.fill("#prompt", QUESTION)
@@ -99,7 +74,7 @@ def ask(page):
 
 
 def test_demo_reply_in_the_browser(browser, demo_site):
-    tokens, thought, answer = reference_reply(demo_site)
+    tokens, thought, answer = greedy_reference(demo_site, QUESTION, MAX_NEW_TOKENS)
     assert thought and answer, f"the demo model does not think then answer: {(thought, answer)}"
     requests = []
     with serving(demo_site) as url:

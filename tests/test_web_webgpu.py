@@ -7,14 +7,44 @@ The site is test_web_wasm's: the compiler does not build runtime.wasm or list it
 yet, so that fixture does (the WebGPU backend needs it too, for the tokenizer).
 """
 
+import json
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
+import torch
 
-from test_web_wasm import MAX_NEW_TOKENS, QUESTION, have_wasm_toolchain, reference_reply, site  # noqa: F401
+from monologue_compile.tokenizer import Tokenizer
+from test_runtime_native_parity import rq_model
+from test_web_wasm import MAX_NEW_TOKENS, QUESTION, have_wasm_toolchain, site  # noqa: F401
 from web_helpers import browser, save_screenshot, serving  # noqa: F401
 
+# Longer than the plan's 64-token prefill chunk once in the chat template (1 token per byte here).
+LONG_QUESTION = "Please tell me, in as few words as you can manage, what two plus two makes?"
+
 pytestmark = pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolchain for wasm32")
+
+def greedy_reference(dist, question=QUESTION, max_new_tokens=MAX_NEW_TOKENS):
+    """R_q's greedy reply in PyTorch: (token ids, thought, answer), the text split as the page splits it."""
+    _, model = rq_model(dist)
+    manifest = json.loads((dist / "model" / "manifest.json").read_text())
+    tok = Tokenizer.from_json((dist / "model" / "tokenizer.json").read_text())
+    stops = {tok.token_id("<|assistant_end|>"), tok.token_id("<|bos|>")}
+    ids = tok.render_for_completion([{"role": "user", "content": question}])
+    budget = min(max_new_tokens, manifest["model"]["config"]["sequence_len"] - len(ids))
+    out = []
+    with torch.no_grad():
+        while len(out) < budget:
+            nxt = int(np.argmax(model(torch.tensor([ids + out]))[0, -1].numpy()))
+            if nxt in stops:
+                break
+            out.append(nxt)
+    text = tok.decode_bytes(out).decode("utf-8", errors="replace").strip()
+    thought, answer = "", text
+    if text.startswith("<think>"):
+        thought, _, answer = text[len("<think>"):].partition("</think>")
+    return out, thought.strip(), answer.strip()
+
 
 def open_page(browser, url, requests, worker_prefix=""):
     context = browser.new_context(viewport={"width": 1024, "height": 800})
@@ -51,8 +81,8 @@ def switch(page, backend):
     page.click("#new-chat")
 
 
-def ask_and_wait(page):
-    page.fill("#prompt", QUESTION)
+def ask_and_wait(page, question=QUESTION):
+    page.fill("#prompt", question)
     page.press("#prompt", "Enter")
     page.wait_for_selector("body[data-state='ready']", timeout=180_000)
     return page.locator(".message.assistant").last
@@ -67,13 +97,16 @@ def check_reply(reply, reference, backend_label):
 
 
 def test_greedy_reply_on_webgpu_then_wasm_is_r_q(browser, site):  # noqa: F811
-    reference = reference_reply(site)
+    reference = greedy_reference(site)
     requests = []
     with serving(site) as url:
         context, page, errors = open_page(browser, url, requests)
         save_screenshot(page, "webgpu-loaded.png")
         check_reply(ask_and_wait(page), reference, "GPU (WebGPU)")
         save_screenshot(page, "webgpu-reply.png")
+        # A prompt longer than a chunk: prefill in two steps.
+        page.click("#new-chat")
+        check_reply(ask_and_wait(page, LONG_QUESTION), greedy_reference(site, LONG_QUESTION), "GPU (WebGPU)")
 
         # The visitor switches to the CPU; the same question gives the same tokens there.
         switch(page, "wasm")

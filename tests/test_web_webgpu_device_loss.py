@@ -4,8 +4,8 @@ greedy reply, and the page says what happened."""
 
 import pytest
 
-from test_web_wasm import have_wasm_toolchain, reference_reply, site  # noqa: F401
-from test_web_webgpu import ask_and_wait, check_reply, open_page
+from test_web_wasm import have_wasm_toolchain, site  # noqa: F401
+from test_web_webgpu import ask_and_wait, check_reply, greedy_reference, open_page
 from web_helpers import browser, serving  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolchain for wasm32")
@@ -29,7 +29,7 @@ GPUAdapter.prototype.requestDevice = async function (...args) {
 
 
 def test_device_loss_mid_reply_continues_on_cpu(browser, site):  # noqa: F811
-    reference = reference_reply(site)
+    reference = greedy_reference(site)
     assert len(reference[0]) > 6, "the reference reply is too short to lose the GPU in the middle of it"
     requests = []
     with serving(site) as url:
