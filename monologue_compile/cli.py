@@ -60,5 +60,4 @@ from .driver import compile_cmd, verify_cmd; main.add_command(compile_cmd, "comp
 from .chat import chat_cmd; main.add_command(chat_cmd, "chat")  # noqa: E402,E702
 from .backends.rust_crate import build_runtime_cmd; main.add_command(build_runtime_cmd, "build-runtime")  # noqa: E402,E702
 from training.cli import train_cmd, eval_cmd, data_cmd; main.add_command(train_cmd, "train"); main.add_command(eval_cmd, "eval"); main.add_command(data_cmd, "data")  # noqa: E402,E702
-from .backends.native import bench_cmd; main.add_command(bench_cmd, "bench")  # noqa: E402,E702
 from benchmarks.bench_backends import bench_cmd; main.add_command(bench_cmd, "bench")  # noqa: E402,E702

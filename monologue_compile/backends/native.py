@@ -373,7 +373,7 @@ class WasmModel:
         return r["seconds"], r["cpu_seconds"]
 
 
-# --- decode speed (`monologue bench DIR`) -----------------------------------------------------------
+# --- decode speed (used by `monologue bench DIR`, benchmarks/bench_backends.py) -----------------------------------------------------------
 
 def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
     """Greedy decode tokens/s of PyTorch CPU eager fp32 (the model rebuilt from DIST with its
@@ -440,27 +440,3 @@ def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
             w.close()
         out["wasm_bytes"] = (dist / "runtime.wasm").stat().st_size
     return out
-
-
-def _bench_cmd():
-    import click
-
-    @click.command("bench")
-    @click.argument("dist", type=click.Path(path_type=Path, exists=True, file_okay=False))
-    @click.option("--steps", type=int, default=32, show_default=True, help="decode steps to time")
-    @click.option("--no-wasm", is_flag=True, help="skip runtime.wasm")
-    def bench_cmd(dist, steps, no_wasm):
-        """Decode tokens/s of the compiled model in DIST: PyTorch CPU eager fp32, native runtime, runtime.wasm."""
-        r = decode_speeds(dist, steps, wasm=not no_wasm)
-        t = r["torch_fp32_tok_s"]
-        click.echo(f"decode, {r['steps']} steps after a 16-token prompt (tokens/s):")
-        click.echo(f"  pytorch cpu eager fp32 {t:10.1f}   (best with {r['torch_threads']} thread(s))")
-        click.echo(f"  native int8            {r['native_tok_s']:10.1f}   {r['native_tok_s'] / t:.1f}x pytorch")
-        if "wasm_tok_s" in r:
-            click.echo(f"  wasm int8 (node)       {r['wasm_tok_s']:10.1f}   {r['wasm_tok_s'] / t:.1f}x pytorch, "
-                       f"{r['wasm_tok_s'] / r['native_tok_s']:.2f}x native; runtime.wasm {r['wasm_bytes'] / 1e6:.2f} MB")
-
-    return bench_cmd
-
-
-bench_cmd = _bench_cmd()
