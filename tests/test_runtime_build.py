@@ -58,4 +58,3 @@ def test_build_runtime_command(tmp_path, monkeypatch):
     for export in (b"mono_model_new", b"mono_model_forward", b"mono_chat_step", b"mono_tokenizer_from_json",
                    b"mono_alloc", b"memory"):
         assert export in wasm
-
