@@ -92,3 +92,20 @@ def test_download_rejects_bad_requests_before_touching_the_network(tmp_path):
         download("c4", tmp_path)
     with pytest.raises(MonologueError, match="--shards"):
         download("openr1", tmp_path, shards=0)
+
+
+def test_train_streams_prepared_shards(tmp_path, fineweb_dir, openr1_file, monkeypatch):
+    from click.testing import CliRunner
+
+    import torch
+
+    from monologue_compile.cli import main
+
+    monkeypatch.setenv("MONOLOGUE_THREADS", "1")
+    prepare(tmp_path / "shards", fineweb=fineweb_dir, openr1=openr1_file, vocab_size=400, tokenizer_texts=60)
+    result = CliRunner().invoke(main, ["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--steps", "3",
+                                       "--data", str(tmp_path / "shards")])
+    assert result.exit_code == 0, result.output
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["tokenizer"] == (tmp_path / "shards" / "tokenizer.json").read_text()
+    assert not (tmp_path / "run" / "data").exists()  # the built-in corpus was not tokenized

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from monologue_compile.cli import main
 from monologue_compile.tokenizer import Tokenizer
 from training.data.reasoning import REASONING_FAMILIES, heldout_conversations
-from training.evaluate import evaluate, load_checkpoint, parse_reply
+from training.evaluate import evaluate, greedy_replies, load_checkpoint, parse_reply
 from training.gpt import GPT, GPTConfig
 from training.train import save_checkpoint, train_tokenizer
 
@@ -90,3 +90,15 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, content):
     result = CliRunner().invoke(main, ["eval", str(path)])
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
+
+
+def test_batched_greedy_decoding_matches_generate():
+    torch.manual_seed(0)
+    cfg = GPTConfig(sequence_len=64, vocab_size=50, n_layer=2, n_head=2, n_kv_head=1, n_embd=32)
+    model = GPT(cfg).init_weights(zero_init_outputs=False).eval()
+    prompts = [[1, 2, 3], [4, 5, 6], [7, 8], [9, 10, 11], [3, 3], [12, 13, 14]]
+    limits = [10, 5, 12, 20, 1, 15]
+    stop = (model.generate(prompts[0], 10)[3],)  # a token that really occurs, so stopping is exercised
+    expected = [model.generate(p, n, stop_tokens=stop) for p, n in zip(prompts, limits)]
+    assert any(r[-1] in stop for r in expected)
+    assert greedy_replies(model, prompts, limits, stop, batch_size=2) == expected

@@ -1,7 +1,8 @@
 """Evaluation: held-out accuracy per task family, well-formed replies, and validation loss.
 
 `evaluate(model, tokenizer, ...)` is the Python entry point (the compiler's parity report calls it
-on a quantized model, or passes its own `generate_fn` to drive another backend); `monologue eval
+on a quantized model, or passes its own `generate_fn` to drive another backend; without one, the
+model decodes greedily, prompts of equal length batched together); `monologue eval
 CHECKPOINT` prints the same figures.
 
 A reply is well-formed when it is `<think>` thought `</think>` answer `<|assistant_end|>` with a
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from monologue_compile.errors import MonologueError
 
 from .data.reasoning import REASONING_FAMILIES, Conversation, heldout_conversations
-from .gpt import GPT, GPTConfig
+from .gpt import GPT, GPTConfig, KVCache
 
 # (prompt ids, max_new_tokens, stop token ids) -> generated ids, stop token included when emitted
 GenerateFn = Callable[[list[int], int, tuple[int, ...]], list[int]]
@@ -63,11 +64,31 @@ def parse_reply(tokenizer, ids: list[int]) -> tuple[bool, str, str]:
     return not stray and bool(answer.strip()), thought, answer.strip()
 
 
-def model_generate_fn(model: GPT) -> GenerateFn:
-    def generate(prompt, max_new_tokens, stop_tokens):
-        return model.generate(prompt, max_new_tokens, temperature=0.0, stop_tokens=stop_tokens)
-
-    return generate
+@torch.no_grad()
+def greedy_replies(model: GPT, prompts: list[list[int]], limits: list[int], stop: tuple[int, ...], batch_size: int = 64) -> list[list[int]]:
+    """Greedy replies, the same as model.generate(prompt, limit, stop_tokens=stop) for each prompt,
+    but decoding prompts of equal length together in one batch (one KV cache, shared positions)."""
+    device = next(model.parameters()).device
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    replies: list[list[int]] = [[] for _ in prompts]
+    groups = [g[k : k + batch_size] for g in by_length.values() for k in range(0, len(g), batch_size)]
+    for group in groups:
+        steps = max(limits[i] for i in group)
+        cache = KVCache(model.config, len(group), len(prompts[group[0]]) + steps, device=device)
+        inputs = torch.tensor([prompts[i] for i in group], device=device)
+        done = [False] * len(group)
+        for _ in range(steps):
+            tokens = model(inputs, kv_cache=cache)[:, -1].argmax(-1).tolist()
+            for row, (i, token) in enumerate(zip(group, tokens)):
+                if not done[row]:
+                    replies[i].append(token)
+                    done[row] = token in stop or len(replies[i]) >= limits[i]
+            if all(done):
+                break
+            inputs = torch.tensor(tokens, device=device)[:, None]
+    return replies
 
 
 @torch.no_grad()
@@ -83,16 +104,22 @@ def evaluate(
 ) -> dict:
     """Greedy replies to held-out problems: accuracy per family, well-formed fraction, val loss."""
     conversations = heldout_conversations(n_per_family, seed, families)
-    generate_fn = generate_fn or model_generate_fn(model)
     sequence_len = sequence_len or model.config.sequence_len
     stop = (tokenizer.token_id("<|assistant_end|>"), tokenizer.token_id("<|bos|>"))
-    per_family: dict[str, dict] = {}
-    examples = []
+    prompts, limits = [], []
     for conversation in conversations:
         prompt = tokenizer.render_for_completion(conversation.messages()[:1])
         expected_len = len(tokenizer.render_conversation(conversation.messages())[0]) - len(prompt)
+        prompts.append(prompt)
         # A reply far longer than the reference one is wrong anyway; the cap keeps eval fast.
-        ids = generate_fn(prompt, min(sequence_len - len(prompt), 2 * expected_len + 16), stop)
+        limits.append(min(sequence_len - len(prompt), 2 * expected_len + 16))
+    if generate_fn is None:
+        replies = greedy_replies(model, prompts, limits, stop)
+    else:
+        replies = [generate_fn(prompt, limit, stop) for prompt, limit in zip(prompts, limits)]
+    per_family: dict[str, dict] = {}
+    examples = []
+    for conversation, ids in zip(conversations, replies):
         well_formed, thought, answer = parse_reply(tokenizer, ids)
         correct = well_formed and answer == conversation.answer
         stats = per_family.setdefault(conversation.family, {"n": 0, "correct": 0, "well_formed": 0})

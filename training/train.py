@@ -190,13 +190,15 @@ def train(
     if ddp.device.type == "cpu":
         set_cpu_threads()
     console = Console(quiet=quiet or not ddp.is_main, stderr=True)
+    if (tokenizer is None) != (data_dir is None):
+        raise ValueError("give both tokenizer and data_dir (from `monologue data prepare`), or neither")
     if ddp.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if tokenizer is None or data_dir is None:
+        if data_dir is None:
             tokenizer, data_dir = prepare_builtin_data(cfg, out_dir, seed)
     ddp.barrier()
-    if not ddp.is_main and (tokenizer is None or data_dir is None):
-        tokenizer, data_dir = prepare_builtin_data(cfg, out_dir, seed)  # reuses rank 0's files
+    if data_dir is None:
+        tokenizer, data_dir = prepare_builtin_data(cfg, out_dir, seed)  # other ranks reuse rank 0's files
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise MonologueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.model.vocab_size}")
     dataset = ShardDataset(data_dir, cfg.model.sequence_len)
