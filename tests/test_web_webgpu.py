@@ -88,6 +88,12 @@ def ask_and_wait(page, question=QUESTION):
     return page.locator(".message.assistant").last
 
 
+def reply_of(reply):
+    """What a visitor sees of a reply: thought, answer, and its token count."""
+    meta = reply.locator(".reply-meta").inner_text()
+    return reply.locator(".thought-text").text_content(), reply.locator(".answer").text_content(), meta.split(" tokens")[0]
+
+
 def check_reply(reply, reference, backend_label):
     tokens, thought, answer = reference
     assert reply.locator(".answer").text_content() == answer
@@ -121,10 +127,7 @@ def test_greedy_reply_on_webgpu_then_wasm_is_r_q(browser, site):  # noqa: F811
             for top_k in (20, 0):
                 page.click("#new-chat")
                 settings(page, temperature=1.5, topK=top_k, topP=0.95 if top_k else 0.9, seed=7 + top_k)
-                reply = ask_and_wait(page)
-                sampled[backend, top_k] = (reply.locator(".thought-text").text_content(),
-                                           reply.locator(".answer").text_content(),
-                                           reply.locator(".reply-meta").inner_text().split(" · ")[0])
+                sampled[backend, top_k] = reply_of(ask_and_wait(page))
         for top_k in (20, 0):
             assert sampled["webgpu", top_k] == sampled["wasm", top_k]
         assert sampled["wasm", 0] != sampled["wasm", 20] and sampled["wasm", 0][1] != reference[2]
@@ -135,3 +138,32 @@ def test_greedy_reply_on_webgpu_then_wasm_is_r_q(browser, site):  # noqa: F811
         origin = "{0.scheme}://{0.netloc}/".format(urlsplit(url))
         assert url + "model/plan.json" in requests and url + "runtime.wasm" in requests
         assert [u for u in requests if not u.startswith(origin)] == []
+
+
+# The engine directly, in the page: a reply that stops leaves its next decode step in flight (step()
+# submits it before returning); the next reply must wait for it, since its prefill reads back into
+# the same buffer (top-k off: the logits row).
+BACK_TO_BACK = """async () => {
+  const { loadModel } = await import("./loader.js");
+  const { createEngine } = await import("./engine.js");
+  const engine = await createEngine("webgpu", await loadModel(new URL("./", location.href).href, () => {}), () => {});
+  const replies = [];
+  for (let round = 0; round < 2; round++) {
+    engine.reset({ temperature: 1, topK: 0, topP: 1, seed: 3 });
+    await engine.prefill([1, 2, 3, 4, 5]);
+    const ids = [];
+    for (let i = 0; i < 5; i++) ids.push((await engine.step()).id);
+    replies.push(ids);
+  }
+  engine.dispose();
+  return replies;
+}"""
+
+
+def test_a_reply_can_start_while_the_last_decode_is_in_flight(browser, site):  # noqa: F811
+    with serving(site) as url:
+        context, page, errors = open_page(browser, url, [])
+        first, second = page.evaluate(BACK_TO_BACK)
+        assert first == second and len(first) == 5
+        assert not errors, errors
+        context.close()

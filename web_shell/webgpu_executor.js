@@ -231,6 +231,7 @@ class WebGPUEngine {
     // and submits that token's decode step before returning, so the GPU computes the next
     // distribution while the page shows this token.
     this.pending = null;
+    this.inFlight = null;
   }
 
   get device() {
@@ -241,10 +242,13 @@ class WebGPUEngine {
     this.sampling = { temperature: 0, topK: 0, topP: 1, seed: 0, ...sampling };
     this.rng = new SplitMix64(this.sampling.seed >>> 0);
     this.executor.pos = 0; // the caches need no clearing: attention reads only positions below pos
+    // The decode step a stopped (or finished) reply left in flight still owns a readback buffer.
+    this.inFlight = this.pending?.catch(() => {});
     this.pending = null;
   }
 
   async prefill(ids) {
+    await this.inFlight;
     if (this.pending) await this.pending; // a readback still in flight shares the buffers
     const row = this.executor.prefill(ids).then((r) => ({ row: r }));
     this.pending = row;
