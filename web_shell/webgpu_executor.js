@@ -108,6 +108,7 @@ class PlanExecutor {
         modules.set(p.kernel, device.createShaderModule({ code: utf8.decode(source), label: p.kernel }));
       }
     }
+    this.files = null; // the buffers hold the weights now: let the shard bytes go
     let done = 0;
     onProgress({ loaded: 0, total: plan.pipelines.length });
     this.pipelines = await Promise.all(plan.pipelines.map(async (p) => {
