@@ -120,6 +120,9 @@ def build_site(dist: Path) -> Path:
             click.echo(f"compiled in {time.perf_counter() - t0:.0f} s", err=True)
     manifest_path = dist / "model" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
+    # Listed again below with the hash of what is there then (a --keep dist may have lost it).
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "../runtime.wasm"]
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     if not (dist / "runtime.wasm").exists():
         graph, _, _ = load_model(dist)
         t0 = time.perf_counter()
@@ -127,7 +130,6 @@ def build_site(dist: Path) -> Path:
         click.echo(f"runtime.wasm built in {time.perf_counter() - t0:.0f} s", err=True)
     copy_web_shell(dist)
     wasm = (dist / "runtime.wasm").read_bytes()
-    manifest["files"] = [f for f in manifest["files"] if f["path"] != "../runtime.wasm"]
     manifest["files"].append({"path": "../runtime.wasm", "bytes": len(wasm), "sha256": hashlib.sha256(wasm).hexdigest()})
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     (dist / "bench.html").write_text(BENCH_HTML)
