@@ -46,8 +46,20 @@ def greedy_reference(dist, question=QUESTION, max_new_tokens=MAX_NEW_TOKENS):
     return out, thought.strip(), answer.strip()
 
 
+# Every loading stage the status card shows, with its detail ("3 of 24"), as the page goes.
+RECORD_STAGES = """document.addEventListener("DOMContentLoaded", () => {
+  window.stages = [];
+  const card = document.getElementById("status");
+  new MutationObserver(() => {
+    const stage = `${document.getElementById("status-title").textContent} | ${document.getElementById("status-detail").textContent}`;
+    if (stage !== window.stages.at(-1)) window.stages.push(stage);
+  }).observe(card, { subtree: true, childList: true, characterData: true });
+});"""
+
+
 def open_page(browser, url, requests, worker_prefix=""):
     context = browser.new_context(viewport={"width": 1024, "height": 800})
+    context.add_init_script(RECORD_STAGES)
     context.on("request", lambda request: requests.append(request.url))
     if worker_prefix:
         context.route("**/worker.js", lambda route: route.fulfill(
@@ -108,6 +120,12 @@ def test_greedy_reply_on_webgpu_then_wasm_is_r_q(browser, site):  # noqa: F811
     with serving(site) as url:
         context, page, errors = open_page(browser, url, requests)
         save_screenshot(page, "webgpu-loaded.png")
+        # The shaders compile after the download, and the page counts the pipelines as they do.
+        stages = page.evaluate("window.stages")
+        n = len(json.loads((site / "model" / "plan.json").read_text())["pipelines"])
+        assert f"Compiling shaders | {n} of {n}" in stages, stages
+        assert stages.index(f"Compiling shaders | 0 of {n}") > max(
+            i for i, s in enumerate(stages) if s.startswith(("Downloading", "Verifying"))), stages
         check_reply(ask_and_wait(page), reference, "GPU (WebGPU)")
         save_screenshot(page, "webgpu-reply.png")
         # A prompt longer than a chunk: prefill in two steps.
