@@ -104,8 +104,28 @@ def write_model(g: Graph, model_dir: Path, tokenizer_json: str, extra: dict, sha
             "maxStorageBufferBindingSize": max(largest, 128 * 2**20),
             "maxBufferSize": max(largest, 256 * 2**20)}},
     }
-    (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_manifest(model_dir, manifest)
     return manifest
+
+
+def add_files_to_manifest(model_dir: Path, paths: list[str]) -> dict:
+    """List files written after the manifest (paths relative to model/, e.g. "plan.json" or
+    "../runtime.wasm") with their size and sha256, replacing earlier entries of the same path."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    files = [f for f in manifest["files"] if f["path"] not in paths]
+    files += [{"path": f, "bytes": (model_dir / f).stat().st_size, "sha256": _sha256(model_dir / f)} for f in paths]
+    manifest["files"] = files
+    write_manifest(model_dir, manifest)
+    return manifest
+
+
+def read_manifest(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / "manifest.json").read_text())
+
+
+def write_manifest(model_dir: Path, manifest: dict) -> None:
+    (Path(model_dir) / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def _sha256(p: Path) -> str:

@@ -18,28 +18,33 @@ from rich.console import Console
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
-def _numpy_session(graph):
+# backend name -> factory(graph, dist) of an object with .forward(ids) -> logits (T, V), .reset(), .pos
+def _numpy_session(graph, dist):
     from .interpreter import Session
 
     return Session(graph)
 
 
-# backend name -> factory(graph) of an object with .forward(ids) -> logits (T, V), .reset(), .pos
-def _native_session(graph):
-    from .backends.native import session_for_graph
+def _native_session(graph, dist):
+    from .backends.native import NativeModel
 
-    return session_for_graph(graph)
-
-
-def _wasm_session(graph):
-    from .backends.native import wasm_session_for_graph
-
-    return wasm_session_for_graph(graph)
+    return NativeModel.from_dist(dist)  # builds DIST/runtime_rs natively (cached by its sources)
 
 
-def _wgpu_session(graph):
-    from .backends.wgpu_executor import graph_session
+def _wasm_session(graph, dist):
+    from .backends import native
 
+    if (Path(dist) / "runtime.wasm").exists():
+        return native.WasmModel.from_dist(dist)
+    return native.wasm_session_for_graph(graph)
+
+
+def _wgpu_session(graph, dist):
+    from .backends.wgpu_executor import WgpuSession, graph_session
+
+    # run DIST's own plan.json and kernels, as the browser does, when the compiler wrote them
+    if (Path(dist) / "model" / "plan.json").exists():
+        return WgpuSession.from_dist(dist)
     return graph_session(graph)
 
 
@@ -153,7 +158,7 @@ def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts
 
     graph, manifest, tok_json = load_model(dist)
     tok = Tokenizer.from_json(tok_json)
-    session = BACKENDS[backend](graph)
+    session = BACKENDS[backend](graph, dist)
     console = Console(highlight=False)
     rng = np.random.default_rng(seed)
     messages: list[dict] = []

@@ -1,6 +1,7 @@
 """`monologue-compile CHECKPOINT -o DIR` and `monologue verify DIR`: the pipeline end to end.
 
-    load -> trace -> lower -> passes -> write model/ (+ parity report with --verify)
+    load -> trace -> lower -> passes -> write model/ -> WGSL plan -> Rust crate (+ runtime.wasm)
+         -> web page (+ parity report with --verify)
 
 The output is written into a temporary sibling directory and renamed into place only when every
 step succeeded, so a failed compile leaves nothing behind (and an existing DIR untouched).
@@ -27,15 +28,9 @@ from .ir import Graph
 from .lower import lower
 from .passes import PassRecord, kernels_per_layer, run_pipeline
 from .passes.quantize import SCHEMES
+from .site import copy_web_shell
 
 console = Console(stderr=True)
-
-# Later backends (WGSL kernels + plan, the Rust crate, the web shell) add their output to the same
-# temporary directory before it is renamed into place: each is fn(compiled: Compiled, dist: Path).
-EMITTERS: list = []
-from .backends.wgsl_plan import emit_wgsl  # noqa: E402  (model/plan.json + model/kernels/*.wgsl)
-EMITTERS.append(emit_wgsl)
-
 
 def compiler_version() -> str:
     try:
@@ -116,8 +111,11 @@ def _manifest_extra(c: Compiled) -> dict:
 
 
 def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verify=False, dump_ir=False,
-               show_explain=False, eval_per_family: int = 20) -> dict:
-    """The whole compile; returns the manifest. Writes `out` atomically."""
+               show_explain=False, eval_per_family: int = 20, wasm: bool = False) -> dict:
+    """The whole compile; returns the manifest. Writes `out` atomically.
+
+    `wasm` builds runtime.wasm with cargo (the CLI's default; off here because a release wasm build
+    takes a while and most callers, tests above all, do not need it)."""
     out = Path(out)
     c = build(checkpoint, quant, tokenizer, config)
     if dump_ir:
@@ -129,9 +127,16 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
             from .artifact import write_model
 
             manifest = write_model(c.graph, tmp / "model", c.loaded.tokenizer_json, _manifest_extra(c))
-        for emit in EMITTERS:
-            with _step(getattr(emit, "__name__", "emit"), c.timings):
-                emit(c, tmp)
+        with _step("wgsl", c.timings):
+            from .backends.wgsl_plan import emit_wgsl
+
+            emit_wgsl(c, tmp)
+        with _step("runtime" + (" (cargo, wasm32)" if wasm else ""), c.timings):
+            _emit_runtime(c, tmp, wasm)
+        copy_web_shell(tmp)
+        from .artifact import read_manifest
+
+        manifest = read_manifest(tmp / "model")
         if verify:
             from .parity import run_parity, write_report
 
@@ -151,6 +156,23 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
     if show_explain:
         click.echo(explain(c))
     return manifest
+
+
+def _emit_runtime(c: Compiled, dist: Path, wasm: bool) -> None:
+    """DIST/runtime_rs (the runtime crate with the model's generated code) and, with `wasm`,
+    DIST/runtime.wasm listed in the manifest so the page verifies it like every other file."""
+    from .artifact import add_files_to_manifest
+    from .backends.rust_crate import emit_and_build
+
+    try:
+        emit_and_build(c.graph, dist, wasm=wasm)
+    except MonologueError as e:
+        if wasm:
+            raise MonologueError(f"{e} (--no-wasm skips the CPU runtime)") from None
+        click.echo(f"warning: no Rust runtime crate: {e}", err=True)
+        return
+    if wasm:
+        add_files_to_manifest(dist / "model", ["../runtime.wasm"])
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -176,11 +198,13 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.option("--verify", is_flag=True, help="run the parity harness and write parity.json / parity.md")
 @click.option("--eval-per-family", type=int, default=20, show_default=True,
               help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
-def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family):
-    """Compile CHECKPOINT (checkpoint.pt, a nanochat dir, or a state dict) into OUTPUT."""
-    manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family)
+@click.option("--no-wasm", is_flag=True, help="skip building runtime.wasm (the browser's CPU fallback; needs cargo + wasm32)")
+def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family, no_wasm):
+    """Compile CHECKPOINT (checkpoint.pt, a nanochat dir, or a state dict) into the static site OUTPUT."""
+    manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family,
+                          wasm=not no_wasm)
     total = sum(f["bytes"] for f in manifest["files"])
-    console.print(f"wrote {output}/model ({total / 2**20:.1f} MiB, quant {quant})")
+    console.print(f"wrote {output} (model {total / 2**20:.1f} MiB, quant {quant}); `monologue serve {output}` serves it")
 
 
 @click.command("verify")

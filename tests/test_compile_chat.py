@@ -32,7 +32,7 @@ def test_thought_splitter_streams_pieces_in_order(step):
 
 
 def test_chat_command_runs_turns(tmp_path, tiny_checkpoint):
-    assert CliRunner().invoke(main, ["compile", str(tiny_checkpoint), "-o", str(tmp_path / "d")]).exit_code == 0
+    assert CliRunner().invoke(main, ["compile", "--no-wasm", str(tiny_checkpoint), "-o", str(tmp_path / "d")]).exit_code == 0
     r = CliRunner().invoke(main, ["chat", str(tmp_path / "d"), "--prompt", "hi", "--prompt", "2+2?",
                                   "--max-tokens", "8"])
     assert r.exit_code == 0, r.stderr
@@ -44,7 +44,7 @@ def test_second_turn_reuses_cache_and_matches_fresh_prefill(tmp_path, tiny_check
     from monologue_compile.interpreter import Session
     from monologue_compile.tokenizer import Tokenizer
 
-    assert CliRunner().invoke(main, ["compile", str(tiny_checkpoint), "-o", str(tmp_path / "d")]).exit_code == 0
+    assert CliRunner().invoke(main, ["compile", "--no-wasm", str(tiny_checkpoint), "-o", str(tmp_path / "d")]).exit_code == 0
     g, _, tj = load_model(tmp_path / "d")
     tok = Tokenizer.from_json(tj)
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from monologue_compile.interpreter import Session, dense_weight
 
 
 def _compile(*args):
-    return CliRunner().invoke(main, ["compile", *map(str, args)])
+    return CliRunner().invoke(main, ["compile", "--no-wasm", *map(str, args)])
 
 
 def test_compile_writes_model_dir_deterministically(tmp_path, tiny_checkpoint):

@@ -40,7 +40,7 @@ def test_oct_2025_dir_compiles_and_verifies(tmp_path):
     sd = model.state_dict()
     sd["transformer.wte.weight"] = sd["transformer.wte.weight"].to(torch.bfloat16)  # GPU checkpoints mix bf16
     d = write_nanochat_dir(tmp_path / "base_checkpoints" / "d2", sd, SIZES)
-    r = CliRunner().invoke(main, ["compile", str(d), "-o", str(tmp_path / "dist"), "--verify"])
+    r = CliRunner().invoke(main, ["compile", "--no-wasm", str(d), "-o", str(tmp_path / "dist"), "--verify"])
     assert r.exit_code == 0, r.stderr
     manifest = json.loads((tmp_path / "dist" / "model" / "manifest.json").read_text())
     assert manifest["model"]["arch"] == "gpt" and manifest["model"]["source"]["kind"] == "nanochat"
@@ -51,9 +51,9 @@ def test_oct_2025_dir_compiles_and_verifies(tmp_path):
 def test_tokenizer_pkl_missing_or_given(tmp_path):
     d = write_nanochat_dir(tmp_path / "ck", tiny_model(**SIZES).state_dict(), SIZES)
     (d / "tokenizer.pkl").rename(tmp_path / "elsewhere.pkl")
-    r = CliRunner().invoke(main, ["compile", str(d), "-o", str(tmp_path / "dist")])
+    r = CliRunner().invoke(main, ["compile", "--no-wasm", str(d), "-o", str(tmp_path / "dist")])
     assert r.exit_code == 2 and "tokenizer" in r.stderr and not (tmp_path / "dist").exists()
-    r = CliRunner().invoke(main, ["compile", str(d), "-o", str(tmp_path / "dist"), "--tokenizer",
+    r = CliRunner().invoke(main, ["compile", "--no-wasm", str(d), "-o", str(tmp_path / "dist"), "--tokenizer",
                                   str(tmp_path / "elsewhere.pkl")])
     assert r.exit_code == 0, r.stderr
     tok = json.loads((tmp_path / "dist" / "model" / "tokenizer.json").read_text())

@@ -196,17 +196,6 @@ def _graph_dir(graph) -> Path:
     return tmp
 
 
-def session_for_graph(graph, fast: bool = False) -> NativeModel:
-    """A native session for a graph with weights (`monologue chat --backend native`); the build
-    is cached by the crate's sources, so only the first chat with a model compiles Rust."""
-    from .rust_crate import build_native
-
-    tmp = _graph_dir(graph)
-    lib = build_native(tmp / "runtime_rs", fast=fast)
-    manifest, shards, _ = model_files(tmp)
-    return NativeModel(lib, manifest, shards, None)
-
-
 def wasm_session_for_graph(graph) -> "WasmModel":
     """runtime.wasm for a graph with weights, run by Node (`monologue chat --backend wasm`)."""
     from .rust_crate import build_wasm

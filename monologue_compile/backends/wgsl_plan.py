@@ -536,24 +536,19 @@ def check_limits(plan: dict) -> dict:
 def write_plan(g: Graph, model_dir: Path, **kw) -> dict:
     """Write model/plan.json and model/kernels/*.wgsl and list them in manifest.json (sizes, sha256),
     with the WebGPU limits and features the plan needs in the manifest's `webgpu` section."""
-    from ..artifact import _sha256
+    from ..artifact import add_files_to_manifest, read_manifest, write_manifest
 
     model_dir = Path(model_dir)
-    mpath = model_dir / "manifest.json"
-    manifest = json.loads(mpath.read_text())
-    p = build_plan(g, manifest=manifest, **kw)
+    p = build_plan(g, manifest=read_manifest(model_dir), **kw)
     kdir = model_dir / "kernels"
     kdir.mkdir(exist_ok=True)
     for fname, src in sorted(p.kernels.items()):
         (kdir / fname).write_text(src)
     (model_dir / "plan.json").write_text(json.dumps(p.plan, indent=1, sort_keys=True) + "\n")
-    added = ["plan.json"] + [f"kernels/{f}" for f in sorted(p.kernels)]
-    files = [f for f in manifest["files"] if f["path"] not in added]
-    files += [{"path": f, "bytes": (model_dir / f).stat().st_size, "sha256": _sha256(model_dir / f)} for f in added]
-    manifest["files"] = files
+    manifest = add_files_to_manifest(model_dir, ["plan.json"] + [f"kernels/{f}" for f in sorted(p.kernels)])
     manifest["webgpu"] = {"plan": "plan.json", "features": p.plan["required_features"],
                           "required_limits": dict(sorted(p.required.items()))}
-    mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_manifest(model_dir, manifest)
     return p.plan
 
 
@@ -570,8 +565,9 @@ def emit_wgsl(compiled, dist: Path) -> None:
             raise MonologueError("no int8 weights (--quant none): the WGSL kernels run int8 weights")
         write_plan(g, model_dir)
     except MonologueError as e:
-        mpath = model_dir / "manifest.json"
-        manifest = json.loads(mpath.read_text())
+        from ..artifact import read_manifest, write_manifest
+
+        manifest = read_manifest(model_dir)
         manifest["webgpu"] = {"plan": None, "reason": str(e), "features": [], "required_limits": {}}
-        mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        write_manifest(model_dir, manifest)
         click.echo(f"warning: no WebGPU program: {e}", err=True)
