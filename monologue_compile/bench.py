@@ -3,7 +3,6 @@ beside PyTorch CPU eager fp32 on the same model in the same run, with dispatches
 token for the WebGPU plan.
 
     monologue bench DIST [--prompt 64] [--steps 32] [--json out.json]
-    python benchmarks/bench_backends.py DIST ...
 
 Backends: numpy (the reference interpreter), wgpu (plan.json on wgpu-py: lavapipe on a CPU machine,
 Vulkan on a GPU), native and wasm (the Rust runtime's own decode measurement,
@@ -17,17 +16,11 @@ not a ranking of GPU kernels.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import click
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 
 def _time(f) -> float:
     t0 = time.perf_counter()
@@ -58,8 +51,8 @@ def _session_rates(s, prompt: list[int], steps: int, greedy=None) -> dict:
 def _torch_rates(g, prompt: list[int], steps: int) -> dict:
     import torch
 
-    from monologue_compile.frontend.load import build_module
-    from monologue_compile.parity import rq_state_dict
+    from .frontend.load import build_module
+    from .parity import rq_state_dict
 
     if g.meta.get("arch") != "gpt":
         return {"error": f"torch timing supports arch gpt (this is {g.meta.get('arch')})"}
@@ -109,8 +102,8 @@ def plan_traffic(plan: dict, mean_pos: float) -> dict:
 
 
 def bench(dist, prompt_len: int = 64, steps: int = 32, rust: bool = True, wasm: bool = True) -> dict:
-    from monologue_compile.artifact import load_model
-    from monologue_compile.interpreter import Session
+    from .artifact import load_model
+    from .interpreter import Session
 
     dist = Path(dist)
     g, manifest, _ = load_model(dist)
@@ -123,8 +116,8 @@ def bench(dist, prompt_len: int = 64, steps: int = 32, rust: bool = True, wasm: 
     rows["torch (fp32 eager, CPU)"] = _torch_rates(g, prompt, steps)
     rows["numpy"] = _session_rates(Session(g), prompt, steps)
     try:
-        from monologue_compile.backends.wgpu_executor import WgpuSession
-        from monologue_compile.wgsl import device as wdev
+        from .backends.wgpu_executor import WgpuSession
+        from .wgsl import device as wdev
 
         s = WgpuSession.from_dist(dist)
         s.forward(prompt[:2]), s.decode_greedy(1)  # first use compiles the pipelines on some drivers
@@ -136,7 +129,7 @@ def bench(dist, prompt_len: int = 64, steps: int = 32, rust: bool = True, wasm: 
         rows["wgpu"] = {"error": str(e).splitlines()[0]}
     if rust:
         try:  # the Rust runtime's own measurement (it builds the native library / runtime.wasm if missing)
-            from monologue_compile.backends.native import decode_speeds
+            from .backends.native import decode_speeds
 
             r = decode_speeds(dist, steps, wasm=wasm)
             rows["native"] = {"decode_tok_s": r["native_tok_s"], "note": "decode only, after a 16-token prompt"}
@@ -181,7 +174,3 @@ def bench_cmd(dist, prompt_len, steps, no_rust, no_wasm, json_out):
     click.echo(table(res))
     if json_out:
         Path(json_out).write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
-
-
-if __name__ == "__main__":
-    bench_cmd()

@@ -54,10 +54,19 @@ def compile_main():
     run_command(compile_cmd)
 
 
-# --- subcommands: each stage registers its command with one line below ---
-from .serve import serve_cmd; main.add_command(serve_cmd, "serve")  # noqa: E402,E702
-from .driver import compile_cmd, verify_cmd; main.add_command(compile_cmd, "compile"); main.add_command(verify_cmd, "verify")  # noqa: E402,E702
-from .chat import chat_cmd; main.add_command(chat_cmd, "chat")  # noqa: E402,E702
-from .backends.rust_crate import build_runtime_cmd; main.add_command(build_runtime_cmd, "build-runtime")  # noqa: E402,E702
-from training.cli import train_cmd, eval_cmd, data_cmd; main.add_command(train_cmd, "train"); main.add_command(eval_cmd, "eval"); main.add_command(data_cmd, "data")  # noqa: E402,E702
-from benchmarks.bench_backends import bench_cmd; main.add_command(bench_cmd, "bench")  # noqa: E402,E702
+# --- subcommands, in pipeline order: train -> compile -> verify -> chat / bench / serve ---
+# Imported here rather than lazily: each module is cheap to import next to torch, which they share.
+from training.cli import data_cmd, eval_cmd, train_cmd  # noqa: E402
+
+from .backends.rust_crate import build_runtime_cmd  # noqa: E402
+from .bench import bench_cmd  # noqa: E402
+from .chat import chat_cmd  # noqa: E402
+from .driver import compile_cmd, verify_cmd  # noqa: E402
+from .serve import serve_cmd  # noqa: E402
+
+for _name, _command in [
+    ("train", train_cmd), ("eval", eval_cmd), ("data", data_cmd),
+    ("compile", compile_cmd), ("build-runtime", build_runtime_cmd), ("verify", verify_cmd),
+    ("chat", chat_cmd), ("bench", bench_cmd), ("serve", serve_cmd),
+]:
+    main.add_command(_command, _name)

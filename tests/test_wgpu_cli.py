@@ -79,7 +79,7 @@ def test_verify_names_a_broken_kernel(dist, tmp_path):
 
 def test_bench_times_every_backend_beside_torch(dist):
     device_or_skip()
-    from benchmarks.bench_backends import bench, table
+    from monologue_compile.bench import bench, table
 
     res = bench(dist, prompt_len=20, steps=4, rust=False)
     rows = res["backends"]

@@ -362,7 +362,7 @@ class WasmModel:
         return r["seconds"], r["cpu_seconds"]
 
 
-# --- decode speed (used by `monologue bench DIR`, benchmarks/bench_backends.py) -----------------------------------------------------------
+# --- decode speed (used by `monologue bench DIR`) ----------------------------------
 
 def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
     """Greedy decode tokens/s of PyTorch CPU eager fp32 (the model rebuilt from DIST with its
