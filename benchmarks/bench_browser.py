@@ -4,8 +4,8 @@
 
     python benchmarks/bench_browser.py [--steps 64] [--prompt 32] [--keep DIR] [--json out.json]
 
-The model is compiled into a temporary dist/ (or DIR with --keep, reused when present), runtime.wasm
-is built in release mode, and a small bench page beside the web shell runs each engine through
+The model is compiled (with a release runtime.wasm) into a temporary dist/, or into DIR with --keep
+(reused when it is there), and a small bench page beside the web shell runs each engine through
 engine.js's interface, in the page's main thread: reset (greedy), prefill the prompt, one warm-up
 step, then `steps` timed steps (each: the GPU argmax of a decode step, or the wasm decode); then,
 for WebGPU, the GPU time of one decode step per kernel family.
@@ -16,7 +16,6 @@ SwiftShader is a CPU emulating a GPU: its figures are correctness-device figures
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -99,39 +98,22 @@ def params(config: dict) -> int:
 
 
 def build_site(dist: Path) -> Path:
-    """The bench model compiled to dist/ with the web shell, a release runtime.wasm listed in the
-    manifest, and the bench page."""
+    """The bench model compiled to dist/ as `monologue compile` writes it (web shell, plan, release
+    runtime.wasm, all in the manifest), plus the bench page."""
     import torch
 
     from conftest import write_checkpoint
-    from monologue_compile.artifact import load_model
-    from monologue_compile.backends.rust_crate import build_wasm, emit_crate
     from monologue_compile.driver import compile_to
-    from monologue_compile.site import copy_web_shell
     from training.gpt import GPT, GPTConfig
 
-    if not (dist / "model" / "manifest.json").exists():
+    if not (dist / "runtime.wasm").exists():
         torch.manual_seed(0)
         model = GPT(GPTConfig(**CONFIG)).init_weights(zero_init_outputs=False).eval()
         with tempfile.TemporaryDirectory() as tmp:
             ck = write_checkpoint(Path(tmp) / "checkpoint.pt", model)
             t0 = time.perf_counter()
-            compile_to(ck, dist)
-            click.echo(f"compiled in {time.perf_counter() - t0:.0f} s", err=True)
-    manifest_path = dist / "model" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    # Listed again below with the hash of what is there then (a --keep dist may have lost it).
-    manifest["files"] = [f for f in manifest["files"] if f["path"] != "../runtime.wasm"]
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    if not (dist / "runtime.wasm").exists():
-        graph, _, _ = load_model(dist)
-        t0 = time.perf_counter()
-        build_wasm(emit_crate(graph, dist.parent / (dist.name + "-crate")), dist / "runtime.wasm")
-        click.echo(f"runtime.wasm built in {time.perf_counter() - t0:.0f} s", err=True)
-    copy_web_shell(dist)
-    wasm = (dist / "runtime.wasm").read_bytes()
-    manifest["files"].append({"path": "../runtime.wasm", "bytes": len(wasm), "sha256": hashlib.sha256(wasm).hexdigest()})
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            compile_to(ck, dist, wasm=True)
+            click.echo(f"compiled (with runtime.wasm) in {time.perf_counter() - t0:.0f} s", err=True)
     (dist / "bench.html").write_text(BENCH_HTML)
     (dist / "bench.js").write_text(BENCH_JS)
     return dist
