@@ -1,5 +1,5 @@
 """End to end on the demo model (runs/demo/checkpoint.pt, trained by `./run.sh`; skipped until it
-exists): compiled into a fresh dist with runtime.wasm, served, asked a question in headless Chromium.
+exists): compiled into a fresh dist (with runtime.wasm), served, asked a question in headless Chromium.
 On WebGPU and then on wasm, greedy decoding writes exactly R_q's tokens; the thought panel is open
 and live while the model thinks and folds away when the answer starts; the answer shown is the
 decoded tokens'; nothing leaves the origin. Saves screenshots of the loaded page and of the reply
@@ -8,18 +8,13 @@ with its thought collapsed and opened.
 About a minute on 2 cores (a 2M-parameter model), so it runs whenever the checkpoint is there.
 """
 
-import hashlib
-import json
 import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from monologue_compile.artifact import load_model
-from monologue_compile.backends.rust_crate import build_wasm, emit_crate
 from monologue_compile.driver import compile_to
-from monologue_compile.site import copy_web_shell
 from test_web_wasm import have_wasm_toolchain
 from test_web_webgpu import greedy_reference
 from web_helpers import browser, save_screenshot, serving  # noqa: F401
@@ -50,19 +45,11 @@ WATCH = """() => {
 
 @pytest.fixture(scope="module")
 def demo_site(tmp_path_factory):
+    """The site as `monologue compile` writes it: web shell, plan, runtime.wasm, all in the manifest."""
     tmp = tmp_path_factory.mktemp("demo_site")
     checkpoint = shutil.copy(DEMO, tmp / "checkpoint.pt")  # training may rewrite it meanwhile
-    dist = tmp / "dist"
-    compile_to(checkpoint, dist)
-    graph, _, _ = load_model(dist)
-    build_wasm(emit_crate(graph, tmp / "crate" / "runtime_rs"), dist / "runtime.wasm", fast=True)
-    copy_web_shell(dist)
-    # The compiler does not list runtime.wasm yet: add it, as test_web_wasm does.
-    manifest = json.loads((dist / "model" / "manifest.json").read_text())
-    wasm = (dist / "runtime.wasm").read_bytes()
-    manifest["files"].append({"path": "../runtime.wasm", "bytes": len(wasm), "sha256": hashlib.sha256(wasm).hexdigest()})
-    (dist / "model" / "manifest.json").write_text(json.dumps(manifest))
-    return dist
+    compile_to(checkpoint, tmp / "dist", wasm=True)
+    return tmp / "dist"
 
 
 def ask(page):

@@ -3,8 +3,8 @@ SwiftShader adapter): a tiny model compiled for real and served; a greedy reply 
 reply from PyTorch, token for token, on WebGPU and then on the wasm fallback; a seeded sampled reply is
 the same on both; the session never leaves the page's origin.
 
-The site is test_web_wasm's: the compiler does not build runtime.wasm or list it in the manifest
-yet, so that fixture does (the WebGPU backend needs it too, for the tokenizer).
+The site is test_web_wasm's (a fast runtime.wasm build, listed in the manifest): the WebGPU backend
+needs runtime.wasm too, for the tokenizer.
 """
 
 import json
