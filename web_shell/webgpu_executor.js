@@ -235,10 +235,6 @@ class WebGPUEngine {
     this.inFlight = null;
   }
 
-  get device() {
-    return this.executor.device;
-  }
-
   reset(sampling = {}) {
     this.sampling = { temperature: 0, topK: 0, topP: 1, seed: 0, ...sampling };
     this.rng = new SplitMix64(this.sampling.seed >>> 0);
@@ -292,7 +288,7 @@ class WebGPUEngine {
 // --- sampling: runtime_rs/src/sampler.rs in JS ---------------------------------------------------
 
 // SplitMix64, as the Rust sampler's Rng: the same seed gives the same draws on either backend.
-export class SplitMix64 {
+class SplitMix64 {
   constructor(seed) {
     this.state = BigInt(seed);
   }
@@ -313,7 +309,7 @@ export class SplitMix64 {
 // k-th), top-p (a token is dropped once those ranked before it cover top_p), one uniform draw.
 // Given the top-k rather than the whole row, the choice is the same whenever the visitor's top-k
 // is at most the plan's k.
-export function sample(values, ids, sampling, rng) {
+function sample(values, ids, sampling, rng) {
   // The Rust sampler holds temperature and top_p as f32.
   const temperature = Math.fround(sampling.temperature);
   const topP = Math.fround(sampling.topP);
