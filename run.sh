@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Monologue's two commands (and one for scripts):
-#   ./run.sh          set up, then the demo on the built-in model
-#   ./run.sh build    the same without the interactive/serving end, for scripts
+#   ./run.sh          set up, then the demo: train the built-in model (once), compile, verify, serve
+#   ./run.sh build    the same without serving, for scripts
 #   ./run.sh test     set up, then the whole test suite
 # Set-up is idempotent and fast when already done: it installs only what is missing.
 set -euo pipefail
@@ -76,9 +76,25 @@ setup() {
 }
 
 # --- entry points ----------------------------------------------------------------------------
-demo() {
+DEMO_RUN=runs/demo
+DIST=dist
+
+# Everything but serving: tokenizer demo, the demo model (trained once, then reused), a compile
+# into dist/ with the parity report, and one question answered in the terminal.
+build_demo() {
     say "tokenizer: train a byte-level BPE on the built-in corpus"
     "$PYTHON" -m monologue_compile.tokenizer demo
+    if [ -f "$DEMO_RUN/checkpoint.pt" ]; then
+        say "demo model: reusing $DEMO_RUN/checkpoint.pt (delete it to train again)"
+    else
+        say "demo model: training into $DEMO_RUN (about 10 minutes on 2 CPU cores)"
+        "$PYTHON" -m monologue_compile train --preset demo --out "$DEMO_RUN"
+    fi
+    say "compile: $DEMO_RUN/checkpoint.pt -> $DIST/ (int8, WGSL plan, runtime.wasm, web page) with parity checks"
+    "$PYTHON" -m monologue_compile compile "$DEMO_RUN/checkpoint.pt" -o "$DIST" --verify
+    sed -n '1,12p' "$DIST/parity.md"
+    say "ask the compiled model (native Rust runtime, greedy)"
+    "$PYTHON" -m monologue_compile chat "$DIST" --backend native --prompt "What is 47 + 38?"
 }
 
 case "${1:-demo}" in
@@ -90,11 +106,13 @@ case "${1:-demo}" in
         ;;
     build)
         setup
-        demo
+        build_demo
         ;;
     demo | "")
         setup
-        demo
+        build_demo
+        say "serving $DIST/ — open the address below in a browser with WebGPU (or any browser: wasm)"
+        exec "$PYTHON" -m monologue_compile serve "$DIST"
         ;;
     *)
         die "unknown command '$1' (use: ./run.sh, ./run.sh build, ./run.sh test)"
