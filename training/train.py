@@ -69,9 +69,10 @@ def setup_distributed(device: str | None = None) -> Distributed:
 
 
 def set_cpu_threads():
-    """One thread per core, or MONOLOGUE_THREADS: on a shared machine fewer threads than cores is
-    much faster, because torch's threads spin waiting for each other when a core is taken."""
-    torch.set_num_threads(int(os.environ.get("MONOLOGUE_THREADS", 0)) or max(1, min(os.cpu_count() or 1, 16)))
+    """All cores but one, or MONOLOGUE_THREADS. Leaving a core free matters on small shared
+    machines: when another process takes a core, torch's threads spin waiting for each other (on
+    2 busy cores, 2 threads measured 5x slower than 1)."""
+    torch.set_num_threads(int(os.environ.get("MONOLOGUE_THREADS", 0)) or max(1, min((os.cpu_count() or 1) - 1, 16)))
 
 
 # --- data ------------------------------------------------------------------------------------------
