@@ -1,6 +1,6 @@
 """The seeds' 560M "d20" preset: its size always, one CPU training step when memory allows."""
 
-import os
+import math
 
 import pytest
 import torch
@@ -27,18 +27,18 @@ def _available_gib() -> float:
         return 0.0
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(_available_gib() < 14 or not os.environ.get("MONOLOGUE_SLOW_TESTS"),
-                    reason="needs ~12 GiB free and MONOLOGUE_SLOW_TESTS=1 (takes minutes on a small CPU)")
+# About 10 GiB at peak (weights, gradients, two AdamW moments); 15-25 s on 2 cores.
+@pytest.mark.skipif(_available_gib() < 14, reason="needs ~14 GiB of free memory")
 def test_d20_trains_one_step_on_cpu():
     cfg = get_preset("d20")
     torch.manual_seed(0)
     model = GPT(cfg.model).init_weights()
     optimizer = make_optimizer(model, cfg)
     x = torch.randint(0, cfg.model.vocab_size, (1, 64))
-    before = model.transformer.h[0].attn.c_q.weight.clone()
+    # nanochat's init zeroes lm_head and the residual projections, so the first step moves lm_head only
+    before = model.lm_head.weight.clone()
     loss = model(x, x)
     loss.backward()
     optimizer.step()
-    assert torch.isfinite(loss)
-    assert not torch.equal(before, model.transformer.h[0].attn.c_q.weight)
+    assert loss.item() == pytest.approx(math.log(cfg.model.vocab_size), rel=1e-4)
+    assert not torch.equal(before, model.lm_head.weight)
