@@ -42,7 +42,7 @@ def test_page_loads_verifies_and_reports_missing_backend(browser, tmp_path):
         assert "No inference backend is available in this build" in status
         assert "4 files, 3.8 MB, checked against their sha256" in status
         # Each backend says why it is off, and the chat stays off.
-        assert "GPU (WebGPU): not in this build" in status
+        assert "GPU (WebGPU): the compiler made no GPU program for this model" in status
         assert "CPU (wasm): this site has no runtime.wasm listed in its manifest" in status
         assert page.is_disabled("#prompt") and page.is_disabled("#send")
         assert page.get_attribute("#prompt", "placeholder") == "The chat is off"
