@@ -60,6 +60,15 @@ def write_checkpoint(path: Path, model: GPT, tokenizer: str | None = None, meta:
     return path
 
 
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """torch on one thread for a module of tiny-model tests (use with pytest.mark.usefixtures)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     return write_checkpoint(tmp_path / "checkpoint.pt", tiny_model())

@@ -10,13 +10,8 @@ from training.gpt import GPT, GPTConfig
 EPS = torch.finfo(torch.float32).eps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run fastest on one thread, and much faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread, and much faster when other jobs share the cores.
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:

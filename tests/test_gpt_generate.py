@@ -6,13 +6,8 @@ import torch
 from training.gpt import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run fastest on one thread, and much faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread, and much faster when other jobs share the cores.
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def make_model(**overrides):

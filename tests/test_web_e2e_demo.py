@@ -16,7 +16,7 @@ import pytest
 
 from monologue_compile.driver import compile_to
 from test_web_wasm import have_wasm_toolchain
-from test_web_webgpu import greedy_reference
+from test_web_wasm import greedy_reference
 from web_helpers import browser, save_screenshot, serving  # noqa: F401
 
 DEMO = Path(__file__).resolve().parent.parent / "runs" / "demo" / "checkpoint.pt"

@@ -50,14 +50,14 @@ def site(tmp_path_factory):
     return dist
 
 
-def reference_reply(dist):
-    """R_q's greedy reply in PyTorch, split as the page splits it (think.js on the whole text)."""
+def greedy_reference(dist, question=QUESTION, max_new_tokens=MAX_NEW_TOKENS):
+    """R_q's greedy reply in PyTorch: (token ids, thought, answer), the text split as the page splits it."""
     _, model = rq_model(dist)
     manifest = json.loads((dist / "model" / "manifest.json").read_text())
     tok = Tokenizer.from_json((dist / "model" / "tokenizer.json").read_text())
     stops = {tok.token_id("<|assistant_end|>"), tok.token_id("<|bos|>")}
-    ids = tok.render_for_completion([{"role": "user", "content": QUESTION}])
-    budget = min(MAX_NEW_TOKENS, manifest["model"]["config"]["sequence_len"] - len(ids))
+    ids = tok.render_for_completion([{"role": "user", "content": question}])
+    budget = min(max_new_tokens, manifest["model"]["config"]["sequence_len"] - len(ids))
     out = []
     with torch.no_grad():
         while len(out) < budget:
@@ -73,7 +73,7 @@ def reference_reply(dist):
 
 
 def test_greedy_reply_on_wasm_is_r_q(browser, site):
-    tokens, thought, answer = reference_reply(site)
+    tokens, thought, answer = greedy_reference(site)
     with serving(site) as url:
         context = browser.new_context()
         page = context.new_page()

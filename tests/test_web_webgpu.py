@@ -10,41 +10,15 @@ needs runtime.wasm too, for the tokenizer.
 import json
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
-import torch
 
-from monologue_compile.tokenizer import Tokenizer
-from test_runtime_native_parity import rq_model
-from test_web_wasm import MAX_NEW_TOKENS, QUESTION, have_wasm_toolchain, site  # noqa: F401
+from test_web_wasm import MAX_NEW_TOKENS, QUESTION, greedy_reference, have_wasm_toolchain, site  # noqa: F401
 from web_helpers import browser, save_screenshot, serving  # noqa: F401
 
 # Longer than the plan's 64-token prefill chunk once in the chat template (1 token per byte here).
 LONG_QUESTION = "Please tell me, in as few words as you can manage, what two plus two makes?"
 
 pytestmark = pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolchain for wasm32")
-
-def greedy_reference(dist, question=QUESTION, max_new_tokens=MAX_NEW_TOKENS):
-    """R_q's greedy reply in PyTorch: (token ids, thought, answer), the text split as the page splits it."""
-    _, model = rq_model(dist)
-    manifest = json.loads((dist / "model" / "manifest.json").read_text())
-    tok = Tokenizer.from_json((dist / "model" / "tokenizer.json").read_text())
-    stops = {tok.token_id("<|assistant_end|>"), tok.token_id("<|bos|>")}
-    ids = tok.render_for_completion([{"role": "user", "content": question}])
-    budget = min(max_new_tokens, manifest["model"]["config"]["sequence_len"] - len(ids))
-    out = []
-    with torch.no_grad():
-        while len(out) < budget:
-            nxt = int(np.argmax(model(torch.tensor([ids + out]))[0, -1].numpy()))
-            if nxt in stops:
-                break
-            out.append(nxt)
-    text = tok.decode_bytes(out).decode("utf-8", errors="replace").strip()
-    thought, answer = "", text
-    if text.startswith("<think>"):
-        thought, _, answer = text[len("<think>"):].partition("</think>")
-    return out, thought.strip(), answer.strip()
-
 
 # Every loading stage the status card shows, with its detail ("3 of 24"), as the page goes.
 RECORD_STAGES = """document.addEventListener("DOMContentLoaded", () => {

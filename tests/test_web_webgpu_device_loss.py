@@ -5,7 +5,8 @@ greedy reply, and the page says what happened."""
 import pytest
 
 from test_web_wasm import have_wasm_toolchain, site  # noqa: F401
-from test_web_webgpu import ask_and_wait, check_reply, greedy_reference, open_page
+from test_web_wasm import greedy_reference
+from test_web_webgpu import ask_and_wait, check_reply, open_page
 from web_helpers import browser, serving  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolchain for wasm32")
