@@ -7,13 +7,13 @@ of the graph: sorted keys, no timestamps, no absolute paths, so the same input g
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import MonologueError
+from .files import sha256_file
 from .ir import Graph, verify
 
 MAGIC = b"MONOLOGW"  # 8 bytes, then u32 version, u32 shard index (little-endian): 16-byte header
@@ -97,7 +97,7 @@ def write_model(g: Graph, model_dir: Path, tokenizer_json: str, extra: dict, sha
         "tokenizer": "tokenizer.json",
         "weights": {"magic": MAGIC.decode(), "header_bytes": HEADER, "alignment": ALIGN, "shard_max_bytes": shard_max,
                     "shards": [f for f in files if f.startswith("weights-")], "tensors": tensors},
-        "files": [{"path": f, "bytes": (model_dir / f).stat().st_size, "sha256": _sha256(model_dir / f)}
+        "files": [{"path": f, "bytes": (model_dir / f).stat().st_size, "sha256": sha256_file(model_dir / f)}
                   for f in files],
         "webgpu": {"features": [], "required_limits": {
             # The largest weight array is bound whole; state what it needs beyond the WebGPU defaults.
@@ -114,7 +114,7 @@ def add_files_to_manifest(model_dir: Path, paths: list[str]) -> dict:
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     files = [f for f in manifest["files"] if f["path"] not in paths]
-    files += [{"path": f, "bytes": (model_dir / f).stat().st_size, "sha256": _sha256(model_dir / f)} for f in paths]
+    files += [{"path": f, "bytes": (model_dir / f).stat().st_size, "sha256": sha256_file(model_dir / f)} for f in paths]
     manifest["files"] = files
     write_manifest(model_dir, manifest)
     return manifest
@@ -126,14 +126,6 @@ def read_manifest(model_dir: Path) -> dict:
 
 def write_manifest(model_dir: Path, manifest: dict) -> None:
     (Path(model_dir) / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_model(dist: Path) -> tuple[Graph, dict, str]:
@@ -153,7 +145,7 @@ def load_model(dist: Path) -> tuple[Graph, dict, str]:
         p = model_dir / f["path"]
         if not p.exists():
             raise MonologueError(f"{p}: missing (listed in the manifest)")
-        if p.stat().st_size != f["bytes"] or _sha256(p) != f["sha256"]:
+        if p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
             raise MonologueError(f"{p}: size or sha256 differs from the manifest (corrupt or modified)")
     wm = manifest["weights"]
     shards = {}

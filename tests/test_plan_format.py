@@ -72,15 +72,15 @@ def test_weight_buffers_come_from_the_shards(dist):
     assert n == 2 * sum(w.dtype == "q8" for w in g.weights.values()) + 2  # q + scale each, cos, sin
 
 
-def test_manifest_lists_plan_and_kernels_with_sha256(dist):
-    from monologue_compile.artifact import _sha256
+def test_manifest_lists_plan_and_kernels_withsha256_file(dist):
+    from monologue_compile.files import sha256_file
 
     _, manifest, plan = _load(dist)
     files = {f["path"]: f for f in manifest["files"]}
     wanted = {"plan.json"} | {p["kernel"] for p in plan["pipelines"]}
     assert wanted <= set(files)
     for f in wanted:
-        assert files[f]["sha256"] == _sha256(dist / "model" / f)
+        assert files[f]["sha256"] == sha256_file(dist / "model" / f)
 
 
 def test_same_checkpoint_gives_identical_plan_and_kernels(dist, tmp_path):

@@ -20,11 +20,7 @@ def test_corrupt_file_is_named_and_not_used(browser, tmp_path, damage, reason):
     site = make_site(tmp_path / "dist", {"model/weights-00.bin": pseudo_random_bytes(50_000, 1), "model/weights-01.bin": good})
     (site / "model" / "weights-01.bin").write_bytes(damage(good))
     with serving(site) as url:
-        context = browser.new_context()
-        page = context.new_page()
-        page.goto(url)
-        page.wait_for_selector("body[data-state='error']", timeout=30_000)
-        status = page.inner_text("#status")
+        context, page, status = open_until_error(browser, url)
         assert "A model file is corrupt" in status
         assert f"model/weights-01.bin is corrupt: {reason}. Nothing was run." in status
         assert "Reload the page to download it again" in status
@@ -36,15 +32,20 @@ def test_corrupt_file_is_named_and_not_used(browser, tmp_path, damage, reason):
         context.close()
 
 
+def open_until_error(browser, url):
+    """Load the page in a fresh context and wait for it to give up; (context, page, status text)."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("body[data-state='error']", timeout=30_000)
+    return context, page, page.inner_text("#status")
+
+
 def test_missing_file_is_named(browser, tmp_path):
     site = make_site(tmp_path / "dist", {"model/weights-00.bin": pseudo_random_bytes(1000, 1)})
     (site / "model" / "weights-00.bin").unlink()
     with serving(site) as url:
-        context = browser.new_context()
-        page = context.new_page()
-        page.goto(url)
-        page.wait_for_selector("body[data-state='error']", timeout=30_000)
-        status = page.inner_text("#status")
+        context, page, status = open_until_error(browser, url)
         assert "The model could not be downloaded" in status
         assert "Could not download model/weights-00.bin (HTTP 404)." in status
         context.close()
@@ -53,11 +54,7 @@ def test_missing_file_is_named(browser, tmp_path):
 def test_manifest_of_another_version_is_refused(browser, tmp_path):
     site = make_site(tmp_path / "dist", {"model/weights-00.bin": b"1234"}, version=2)
     with serving(site) as url:
-        context = browser.new_context()
-        page = context.new_page()
-        page.goto(url)
-        page.wait_for_selector("body[data-state='error']", timeout=30_000)
-        status = page.inner_text("#status")
+        context, page, status = open_until_error(browser, url)
         assert "This site's model manifest is unusable" in status
         assert "model/manifest.json is not a version-1 monologue-model manifest" in status
         context.close()

@@ -14,7 +14,6 @@ run code. One that needs more than tensors and plain containers is refused with 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import pickle
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MonologueError
+from ..files import sha256_file
 
 # Keys torch.compile and DDP put in front of parameter names.
 _PREFIXES = ("_orig_mod.", "module.")
@@ -84,7 +84,7 @@ def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Pa
     if path.is_dir():
         return _load_nanochat_dir(path, tokenizer)
     obj = _torch_load(path)
-    source = {"name": path.name, "sha256": _sha256(path)}
+    source = {"name": path.name, "sha256": sha256_file(path)}
     if isinstance(obj, dict) and "model_config" in obj and "model" in obj:
         if not isinstance(obj["model"], dict):
             raise MonologueError(f"{path}: 'model' is not a state dict")
@@ -133,7 +133,7 @@ def _load_nanochat_dir(d: Path, tokenizer) -> LoadedModel:
         raise MonologueError(f"{model_path}: expected a state dict of tensors")
     sd = _clean_state_dict(obj, model_path)
     arch, cfg = _arch_and_config(meta["model_config"], sd, meta_path)
-    source = {"name": f"{d.name}/{model_path.name}", "sha256": _sha256(model_path), "kind": "nanochat",
+    source = {"name": f"{d.name}/{model_path.name}", "sha256": sha256_file(model_path), "kind": "nanochat",
               "step": meta.get("step"), "trained": bool(meta.get("step"))}
     return _checked(LoadedModel(arch, cfg, sd, _read_tokenizer(Path(tokenizer)), source))
 
@@ -261,12 +261,3 @@ def _check_tokenizer_json(text: str, where: Path) -> str:
     if not isinstance(d, dict) or d.get("format") != "monologue-tokenizer" or "ranks" not in d:
         raise MonologueError(f"{where}: tokenizer is not a monologue-tokenizer JSON")
     return text
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
