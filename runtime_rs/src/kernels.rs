@@ -90,7 +90,7 @@ fn erf(x: f32) -> f32 {
 pub fn unary(f: Unary, x: f32) -> f32 {
     match f {
         Unary::Neg => -x,
-        Unary::Relu => x.max(0.0),
+        Unary::Relu => if x > 0.0 { x } else { 0.0 }, // not f32::max: a libm call on wasm
         Unary::Square => x * x,
         Unary::Tanh => x.tanh(),
         Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
@@ -134,6 +134,13 @@ pub fn apply_steps(row: &mut [f32], t: usize, steps: &[Step]) {
             Step::Tensor(f, op, rev) => {
                 let o = op.view.row(op.data, t);
                 let rep = op.repeat.max(1);
+                if rep == 1 && o.len() == row.len() {
+                    // a same-shape operand (residual adds, gates): no index arithmetic per element
+                    for (v, &b) in row.iter_mut().zip(o) {
+                        *v = if rev { binary(f, b, *v) } else { binary(f, *v, b) };
+                    }
+                    continue;
+                }
                 for (j, v) in row.iter_mut().enumerate() {
                     let b = o[(j / rep) % o.len()];
                     *v = if rev { binary(f, b, *v) } else { binary(f, *v, b) };
@@ -158,10 +165,6 @@ pub fn dot_q8(x: &[f32], q: &[i8]) -> f32 {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             return unsafe { dot_q8_avx2(x, q) };
         }
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        return dot_q8_simd128(x, q);
     }
     #[allow(unreachable_code)]
     dot_q8_scalar(x, q)
@@ -256,40 +259,191 @@ unsafe fn q8_matvec_avx2(x: &[f32], q: &[i8], scale: &[f32], k_pad: usize, group
     q8_matvec_with(x, q, scale, k_pad, group, out, |a, b| dot_q8_avx2(a, b))
 }
 
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline]
-fn dot_q8_simd128(x: &[f32], q: &[i8]) -> f32 {
-    use core::arch::wasm32::*;
-    let n = x.len().min(q.len());
-    let (xp, qp) = (x.as_ptr(), q.as_ptr());
-    // named accumulators, no arrays: keeps every v128 in a register through V8's compiler
-    let (mut a0, mut a1, mut a2, mut a3) = (f32x4_splat(0.0), f32x4_splat(0.0), f32x4_splat(0.0), f32x4_splat(0.0));
-    let mut i = 0;
-    // SAFETY: every load reads 16 bytes inside q[..n] or x[..n] (i + 16 <= n).
-    unsafe {
-        while i + 16 <= n {
-            // v128.load8x8_s: 8 int8 sign-extended to i16 by the load itself (faster in V8 than
-            // one 16-byte load and two extends)
-            let lo = i16x8_load_extend_i8x8(qp.add(i));
-            let hi = i16x8_load_extend_i8x8(qp.add(i + 8));
-            let w0 = f32x4_convert_i32x4(i32x4_extend_low_i16x8(lo));
-            let w1 = f32x4_convert_i32x4(i32x4_extend_high_i16x8(lo));
-            let w2 = f32x4_convert_i32x4(i32x4_extend_low_i16x8(hi));
-            let w3 = f32x4_convert_i32x4(i32x4_extend_high_i16x8(hi));
-            a0 = f32x4_add(a0, f32x4_mul(v128_load(xp.add(i) as *const v128), w0));
-            a1 = f32x4_add(a1, f32x4_mul(v128_load(xp.add(i + 4) as *const v128), w1));
-            a2 = f32x4_add(a2, f32x4_mul(v128_load(xp.add(i + 8) as *const v128), w2));
-            a3 = f32x4_add(a3, f32x4_mul(v128_load(xp.add(i + 12) as *const v128), w3));
-            i += 16;
+// --- the wasm int8 dot: fixed-point activations ----------------------------------------------------
+
+/// 24-bit fixed-point activations for the int8 dot products on wasm (see `Q8Input`). V8 widens
+/// int8 to f32 slowly (1.8 G multiply-adds/s on these machines); i32x4.dot_i16x8_s on i16 halves
+/// of a fixed-point value runs at 12.7, and its integer sums are exact.
+#[cfg_attr(not(all(target_arch = "wasm32", target_feature = "simd128")), allow(dead_code))]
+mod fixed {
+    /// Each run of `group` values as v = hi * 4096 + lo (|v| <= 2^23), in units of
+    /// `unit[run]` = max |x| of the run / 2^23: exact to 2^-24 of the run's largest value, as f32
+    /// is for that value.
+    pub struct Fixed {
+        pub hi: Vec<i16>,
+        pub lo: Vec<i16>,
+        pub unit: Vec<f32>,
+    }
+
+    pub fn split(xs: &[f32], group: usize) -> Fixed {
+        let mut hi = vec![0i16; xs.len()];
+        let mut lo = vec![0i16; xs.len()];
+        let mut unit = Vec::with_capacity(xs.len() / group.max(1) + 1);
+        for (g, run) in xs.chunks(group.max(1)).enumerate() {
+            let m = max_abs(run);
+            if !m.is_finite() {
+                unit.push(f32::NAN); // inf or NaN in, NaN out, as the f32 products would give
+            } else if m < 1e-30 {
+                unit.push(0.0); // (2^23 / m would overflow; such a run adds nothing to a dot)
+            } else {
+                unit.push(m / 8388608.0);
+                let (a, b) = (g * group, g * group + run.len());
+                to_fixed(run, 8388608.0 / m, &mut hi[a..b], &mut lo[a..b]);
+            }
+        }
+        Fixed { hi, lo, unit }
+    }
+
+    /// max |x|; NaN when x holds a NaN.
+    fn max_abs(x: &[f32]) -> f32 {
+        let mut m = 0f32;
+        for &v in x {
+            // not f32::max: a libm call on wasm, and it would skip a NaN
+            let a = v.abs();
+            if a > m {
+                m = a;
+            } else if a.is_nan() {
+                return a;
+            }
+        }
+        m
+    }
+
+    /// v = round(x * s) as hi * 4096 + lo.
+    fn to_fixed(x: &[f32], s: f32, hi: &mut [i16], lo: &mut [i16]) {
+        let mut i = 0;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        {
+            use core::arch::wasm32::*;
+            let sv = f32x4_splat(s);
+            let half = |v: v128| {
+                let v = i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(v, sv)));
+                let h = i32x4_shr(i32x4_add(v, i32x4_splat(2048)), 12);
+                (h, i32x4_sub(v, i32x4_shl(h, 12)))
+            };
+            // SAFETY: loads and stores stay inside x, hi and lo (i + 8 <= n, all of length n).
+            unsafe {
+                while i + 8 <= x.len() {
+                    let (h0, l0) = half(v128_load(x.as_ptr().add(i) as *const v128));
+                    let (h1, l1) = half(v128_load(x.as_ptr().add(i + 4) as *const v128));
+                    v128_store(hi.as_mut_ptr().add(i) as *mut v128, i16x8_narrow_i32x4(h0, h1));
+                    v128_store(lo.as_mut_ptr().add(i) as *mut v128, i16x8_narrow_i32x4(l0, l1));
+                    i += 8;
+                }
+            }
+        }
+        for j in i..x.len() {
+            let v = (x[j] * s + 0.5f32.copysign(x[j])) as i32;
+            let h = (v + 2048) >> 12;
+            hi[j] = h as i16;
+            lo[j] = (v - (h << 12)) as i16;
         }
     }
-    let s = f32x4_add(f32x4_add(a0, a1), f32x4_add(a2, a3));
-    let mut total = (f32x4_extract_lane::<0>(s) + f32x4_extract_lane::<1>(s)) + (f32x4_extract_lane::<2>(s) + f32x4_extract_lane::<3>(s));
-    while i < n {
-        total += x[i] * q[i] as f32;
-        i += 1;
+
+    /// sum over i of (hi[i] * 4096 + lo[i]) * q[i], summed exactly in integers.
+    #[inline(always)]
+    pub fn dot(hi: &[i16], lo: &[i16], q: &[i8]) -> f32 {
+        let n = q.len().min(hi.len()).min(lo.len());
+        let (mut a, mut b) = (0f32, 0f32);
+        // an i32 sum of 4096 products of |hi|, |lo| <= 2048 and |q| <= 128 stays below 2^30:
+        // flush to f32 every 4096 values, so any width is safe
+        let mut start = 0;
+        while start < n {
+            let end = (start + 4096).min(n);
+            let (sa, sb) = dot_i32(&hi[start..end], &lo[start..end], &q[start..end]);
+            a += sa as f32;
+            b += sb as f32;
+            start = end;
+        }
+        a * 4096.0 + b
     }
-    total
+
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    #[inline(always)]
+    fn dot_i32(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+        use core::arch::wasm32::*;
+        let n = q.len();
+        let (hp, lp, qp) = (hi.as_ptr(), lo.as_ptr(), q.as_ptr());
+        let (mut a0, mut a1, mut b0, mut b1) = (i32x4_splat(0), i32x4_splat(0), i32x4_splat(0), i32x4_splat(0));
+        let mut i = 0;
+        // SAFETY: every load reads inside q[..n], hi[..n] and lo[..n] (i + 16 <= n).
+        unsafe {
+            while i + 16 <= n {
+                let w = v128_load(qp.add(i) as *const v128);
+                let (w_lo, w_hi) = (i16x8_extend_low_i8x16(w), i16x8_extend_high_i8x16(w));
+                a0 = i32x4_add(a0, i32x4_dot_i16x8(w_lo, v128_load(hp.add(i) as *const v128)));
+                a1 = i32x4_add(a1, i32x4_dot_i16x8(w_hi, v128_load(hp.add(i + 8) as *const v128)));
+                b0 = i32x4_add(b0, i32x4_dot_i16x8(w_lo, v128_load(lp.add(i) as *const v128)));
+                b1 = i32x4_add(b1, i32x4_dot_i16x8(w_hi, v128_load(lp.add(i + 8) as *const v128)));
+                i += 16;
+            }
+        }
+        let (a, b) = (i32x4_add(a0, a1), i32x4_add(b0, b1));
+        let mut sa = i32x4_extract_lane::<0>(a) + i32x4_extract_lane::<1>(a) + i32x4_extract_lane::<2>(a) + i32x4_extract_lane::<3>(a);
+        let mut sb = i32x4_extract_lane::<0>(b) + i32x4_extract_lane::<1>(b) + i32x4_extract_lane::<2>(b) + i32x4_extract_lane::<3>(b);
+        while i < n {
+            sa += hi[i] as i32 * q[i] as i32;
+            sb += lo[i] as i32 * q[i] as i32;
+            i += 1;
+        }
+        (sa, sb)
+    }
+
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    fn dot_i32(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+        let sa = hi.iter().zip(q).map(|(h, w)| *h as i32 * *w as i32).sum();
+        let sb = lo.iter().zip(q).map(|(l, w)| *l as i32 * *w as i32).sum();
+        (sa, sb)
+    }
+}
+
+/// The T input rows of an int8 matmul (T rows of the packed width, zero-padded), in the form its
+/// dot products read: f32 natively, fixed point (`fixed`) on wasm SIMD128.
+pub struct Q8Input {
+    width: usize,
+    group: usize,
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    x: Vec<f32>,
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    x: fixed::Fixed,
+}
+
+impl Q8Input {
+    pub fn new(xs: Vec<f32>, width: usize, group: usize) -> Q8Input {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        let xs = fixed::split(&xs, group);
+        Q8Input { width, group, x: xs }
+    }
+
+    /// Token t's row times one weight row (int8 values `qr`, one scale per group in `sr`).
+    #[inline]
+    fn dot_row(&self, t: usize, qr: &[i8], sr: &[f32]) -> f32 {
+        let (w, group) = (self.width, self.group);
+        let mut acc = 0f32;
+        for (g, s) in sr.iter().enumerate() {
+            let (a, b) = (t * w + g * group, t * w + (g + 1) * group);
+            let q = &qr[g * group..(g + 1) * group];
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            let d = fixed::dot(&self.x.hi[a..b], &self.x.lo[a..b], q) * self.x.unit[t * (w / group) + g];
+            #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+            let d = dot_q8(&self.x[a..b], q);
+            acc += d * s;
+        }
+        acc
+    }
+
+    /// out[r] = token 0's row times weight row r, for the rows of `q` (the decode matvec).
+    fn matvec(&self, q: &[i8], scale: &[f32], out: &mut [f32]) {
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+        return q8_matvec(&self.x[..self.width], q, scale, self.width, self.group, out);
+        #[allow(unreachable_code)]
+        {
+            let groups = self.width / self.group;
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = self.dot_row(0, &q[r * self.width..(r + 1) * self.width], &scale[r * groups..(r + 1) * groups]);
+            }
+        }
+    }
 }
 
 /// sum x[i] * w[i] in f32.
@@ -400,36 +554,6 @@ impl<'a> Mat<'a> {
             Mat::F32 { k, .. } => *k,
         }
     }
-    /// Row r times each of the T input rows (xs: T rows of `width()`), into out[t].
-    #[inline]
-    fn row_times(&self, r: usize, xs: &[f32], out: &mut [f32]) {
-        let w = self.width();
-        match *self {
-            Mat::Q8 { k_pad, group, q, scale, .. } => {
-                let groups = k_pad / group;
-                let qr = &q[r * k_pad..(r + 1) * k_pad];
-                let sr = &scale[r * groups..(r + 1) * groups];
-                for (t, o) in out.iter_mut().enumerate() {
-                    let x = &xs[t * w..(t + 1) * w];
-                    *o = if groups == 1 {
-                        dot_q8(x, qr) * sr[0]
-                    } else {
-                        let mut acc = 0f32;
-                        for g in 0..groups {
-                            acc += dot_q8(&x[g * group..(g + 1) * group], &qr[g * group..(g + 1) * group]) * sr[g];
-                        }
-                        acc
-                    };
-                }
-            }
-            Mat::F32 { k, w: wt, .. } => {
-                let wr = &wt[r * k..(r + 1) * k];
-                for (t, o) in out.iter_mut().enumerate() {
-                    *o = dot_f32(&xs[t * w..(t + 1) * w], wr);
-                }
-            }
-        }
-    }
 }
 
 /// Threads a large matmul is split over, looked up once: `available_parallelism` reads cgroup
@@ -464,21 +588,39 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
             rms_norm_in_place(&mut xs[i * width..i * width + xv.len], eps, None);
         }
     }
+    // int8 weights read the rows in their dot products' form; f32 weights read xs
+    let (q8, xs) = match w {
+        Mat::Q8 { group, .. } => (Some(Q8Input::new(xs, width, group)), Vec::new()),
+        Mat::F32 { .. } => (None, xs),
+    };
     // results as [row][token], rows split over threads when it pays
     let mut ys = vec![0f32; n * t];
     let workers = workers();
-    let rows = |first: usize, part: &mut [f32]| match w {
-        // decode: one call per block of rows (T = 1, so ys[r] is row r)
-        Mat::Q8 { k_pad, group, q, scale, .. } if t == 1 => {
+    let rows = |first: usize, part: &mut [f32]| match (w, &q8) {
+        (Mat::Q8 { k_pad, group, q, scale, .. }, Some(input)) => {
             let groups = k_pad / group;
-            let nr = part.len();
-            q8_matvec(&xs, &q[first * k_pad..(first + nr) * k_pad], &scale[first * groups..(first + nr) * groups], k_pad, group, part)
-        }
-        _ => {
-            for (j, o) in part.chunks_mut(t).enumerate() {
-                w.row_times(first + j, &xs, o);
+            let nr = part.len() / t;
+            let (q, scale) = (&q[first * k_pad..(first + nr) * k_pad], &scale[first * groups..(first + nr) * groups]);
+            if t == 1 {
+                input.matvec(q, scale, part) // decode: one call for the block (ys[r] is row r)
+            } else {
+                for (j, o) in part.chunks_mut(t).enumerate() {
+                    let (qr, sr) = (&q[j * k_pad..(j + 1) * k_pad], &scale[j * groups..(j + 1) * groups]);
+                    for (i, y) in o.iter_mut().enumerate() {
+                        *y = input.dot_row(i, qr, sr);
+                    }
+                }
             }
         }
+        (Mat::F32 { k, w: wt, .. }, _) => {
+            for (j, o) in part.chunks_mut(t).enumerate() {
+                let wr = &wt[(first + j) * k..(first + j + 1) * k];
+                for (i, y) in o.iter_mut().enumerate() {
+                    *y = dot_f32(&xs[i * width..(i + 1) * width], wr);
+                }
+            }
+        }
+        (Mat::Q8 { .. }, None) => unreachable!("int8 weights always get a Q8Input"),
     };
     if workers > 1 && n * width * t >= PARALLEL_MIN_WORK && n >= 2 * workers {
         let per = (n + workers - 1) / workers;
@@ -743,6 +885,29 @@ mod tests {
             let exact: f64 = x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
             assert!((dot_f32(&x, &w) as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()));
         }
+    }
+
+    #[test]
+    fn fixed_point_dot_is_as_precise_as_f32() {
+        // the wasm int8 dot: error within 2^-22 of max|x| * sum|q| (f32's own rounding of the
+        // largest value is 2^-24 of it), in groups, across the 4096-value flush, with a tail
+        let mut s = 7u64;
+        for (n, group) in [(16usize, 16usize), (200, 200), (256, 128), (10000, 10000), (35, 35)] {
+            let x: Vec<f32> = (0..n).map(|i| lcg(&mut s) * if i % 7 == 0 { 30.0 } else { 1.0 }).collect();
+            let q: Vec<i8> = (0..n).map(|_| (lcg(&mut s) * 254.0) as i8).collect();
+            let f = fixed::split(&x, group);
+            for (g, run) in x.chunks(group).enumerate() {
+                let (a, b) = (g * group, g * group + run.len());
+                let got = fixed::dot(&f.hi[a..b], &f.lo[a..b], &q[a..b]) as f64 * f.unit[g] as f64;
+                let exact: f64 = run.iter().zip(&q[a..b]).map(|(x, q)| *x as f64 * *q as f64).sum();
+                let m = run.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                let bound = m * q[a..b].iter().map(|v| (*v as f64).abs()).sum::<f64>() / 4194304.0;
+                assert!((got - exact).abs() <= bound, "n={} got {} exact {}", n, got, exact);
+            }
+        }
+        let f = fixed::split(&[0.0, 0.0, f32::NAN, 1.0], 2);
+        assert_eq!(f.unit[0], 0.0);
+        assert!(f.unit[1].is_nan());
     }
 
     #[test]
