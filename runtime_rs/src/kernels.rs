@@ -125,25 +125,46 @@ pub fn rms_norm_in_place(x: &mut [f32], eps: f32, weight: Option<&[f32]>) {
     }
 }
 
+/// f of every element, with the match on f outside the loop (so each loop is a tight one).
+fn unary_row(f: Unary, row: &mut [f32]) {
+    macro_rules! each {
+        ($($u:ident),*) => {
+            match f {
+                $(Unary::$u => row.iter_mut().for_each(|v| *v = unary(Unary::$u, *v)),)*
+            }
+        };
+    }
+    each!(Neg, Relu, Square, Tanh, Sigmoid, Silu, Gelu, GeluTanh, Exp, Rsqrt, Sqrt, Abs)
+}
+
+/// v op b(j) (or b(j) op v when reversed) for every element v = row[j], the match outside the loop.
+#[inline(always)]
+fn binary_row(f: Binary, rev: bool, row: &mut [f32], b: impl Fn(usize) -> f32) {
+    macro_rules! each {
+        ($($op:ident),*) => {
+            match (f, rev) {
+                $((Binary::$op, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = binary(Binary::$op, *v, b(j))),
+                  (Binary::$op, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = binary(Binary::$op, b(j), *v)),)*
+            }
+        };
+    }
+    each!(Add, Sub, Mul, Div, Pow)
+}
+
 /// Apply the epilogue steps to token t's output row.
 pub fn apply_steps(row: &mut [f32], t: usize, steps: &[Step]) {
     for step in steps {
         match *step {
-            Step::Unary(f) => row.iter_mut().for_each(|v| *v = unary(f, *v)),
-            Step::Scalar(f, s, rev) => row.iter_mut().for_each(|v| *v = if rev { binary(f, s, *v) } else { binary(f, *v, s) }),
+            Step::Unary(f) => unary_row(f, row),
+            Step::Scalar(f, s, rev) => binary_row(f, rev, row, |_| s),
             Step::Tensor(f, op, rev) => {
                 let o = op.view.row(op.data, t);
                 let rep = op.repeat.max(1);
                 if rep == 1 && o.len() == row.len() {
                     // a same-shape operand (residual adds, gates): no index arithmetic per element
-                    for (v, &b) in row.iter_mut().zip(o) {
-                        *v = if rev { binary(f, b, *v) } else { binary(f, *v, b) };
-                    }
-                    continue;
-                }
-                for (j, v) in row.iter_mut().enumerate() {
-                    let b = o[(j / rep) % o.len()];
-                    *v = if rev { binary(f, b, *v) } else { binary(f, *v, b) };
+                    binary_row(f, rev, row, |j| o[j]);
+                } else {
+                    binary_row(f, rev, row, |j| o[(j / rep) % o.len()]);
                 }
             }
             Step::RmsNorm { eps, width, weight } => {
@@ -263,7 +284,7 @@ unsafe fn q8_matvec_avx2(x: &[f32], q: &[i8], scale: &[f32], k_pad: usize, group
 
 /// 24-bit fixed-point activations for the int8 dot products on wasm (see `Q8Input`). V8 widens
 /// int8 to f32 slowly (1.8 G multiply-adds/s on these machines); i32x4.dot_i16x8_s on i16 halves
-/// of a fixed-point value runs at 12.7, and its integer sums are exact.
+/// of a fixed-point value runs at 12.7 (16-17 four rows at a time), and its integer sums are exact.
 #[cfg_attr(not(all(target_arch = "wasm32", target_feature = "simd128")), allow(dead_code))]
 mod fixed {
     /// Each run of `group` values as v = hi * 4096 + lo (|v| <= 2^23), in units of
@@ -311,6 +332,7 @@ mod fixed {
 
     /// v = round(x * s) as hi * 4096 + lo.
     fn to_fixed(x: &[f32], s: f32, hi: &mut [i16], lo: &mut [i16]) {
+        #[allow(unused_mut)] // advanced by the SIMD128 loop only
         let mut i = 0;
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         {
@@ -358,6 +380,75 @@ mod fixed {
         a * 4096.0 + b
     }
 
+    /// `dot` for four weight rows at once: each activation load serves four rows (1.3x faster).
+    #[inline(always)]
+    pub fn dot4(hi: &[i16], lo: &[i16], q: [&[i8]; 4]) -> [f32; 4] {
+        let n = q.iter().map(|r| r.len()).min().unwrap_or(0).min(hi.len()).min(lo.len());
+        let mut acc = [(0f32, 0f32); 4];
+        let mut start = 0;
+        while start < n {
+            let end = (start + 4096).min(n);
+            let part = |r: usize| &q[r][start..end];
+            let sums = dot4_i32(&hi[start..end], &lo[start..end], [part(0), part(1), part(2), part(3)]);
+            for (a, (sa, sb)) in acc.iter_mut().zip(sums) {
+                a.0 += sa as f32;
+                a.1 += sb as f32;
+            }
+            start = end;
+        }
+        acc.map(|(a, b)| a * 4096.0 + b)
+    }
+
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    #[inline(always)]
+    fn dot4_i32(hi: &[i16], lo: &[i16], q: [&[i8]; 4]) -> [(i32, i32); 4] {
+        use core::arch::wasm32::*;
+        let n = hi.len();
+        let (hp, lp) = (hi.as_ptr(), lo.as_ptr());
+        let z = i32x4_splat(0);
+        let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
+        let mut i = 0;
+        // SAFETY: every load reads inside hi[..n], lo[..n] and q[r][..n] (i + 8 <= n; all of length n).
+        unsafe {
+            while i + 8 <= n {
+                let (h, l) = (v128_load(hp.add(i) as *const v128), v128_load(lp.add(i) as *const v128));
+                // v128.load8x8_s: 8 int8 sign-extended to i16 by the load itself
+                let w = i16x8_load_extend_i8x8(q[0].as_ptr().add(i));
+                a0 = i32x4_add(a0, i32x4_dot_i16x8(w, h));
+                b0 = i32x4_add(b0, i32x4_dot_i16x8(w, l));
+                let w = i16x8_load_extend_i8x8(q[1].as_ptr().add(i));
+                a1 = i32x4_add(a1, i32x4_dot_i16x8(w, h));
+                b1 = i32x4_add(b1, i32x4_dot_i16x8(w, l));
+                let w = i16x8_load_extend_i8x8(q[2].as_ptr().add(i));
+                a2 = i32x4_add(a2, i32x4_dot_i16x8(w, h));
+                b2 = i32x4_add(b2, i32x4_dot_i16x8(w, l));
+                let w = i16x8_load_extend_i8x8(q[3].as_ptr().add(i));
+                a3 = i32x4_add(a3, i32x4_dot_i16x8(w, h));
+                b3 = i32x4_add(b3, i32x4_dot_i16x8(w, l));
+                i += 8;
+            }
+        }
+        let sum = |v: v128| i32x4_extract_lane::<0>(v) + i32x4_extract_lane::<1>(v) + i32x4_extract_lane::<2>(v) + i32x4_extract_lane::<3>(v);
+        let mut out = [(sum(a0), sum(b0)), (sum(a1), sum(b1)), (sum(a2), sum(b2)), (sum(a3), sum(b3))];
+        for (r, o) in out.iter_mut().enumerate() {
+            let (sa, sb) = dot_i32_scalar(&hi[i..], &lo[i..], &q[r][i..n]);
+            o.0 += sa;
+            o.1 += sb;
+        }
+        out
+    }
+
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    fn dot4_i32(hi: &[i16], lo: &[i16], q: [&[i8]; 4]) -> [(i32, i32); 4] {
+        q.map(|r| dot_i32_scalar(hi, lo, r))
+    }
+
+    fn dot_i32_scalar(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+        let sa = hi.iter().zip(q).map(|(h, w)| *h as i32 * *w as i32).sum();
+        let sb = lo.iter().zip(q).map(|(l, w)| *l as i32 * *w as i32).sum();
+        (sa, sb)
+    }
+
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[inline(always)]
     fn dot_i32(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
@@ -379,21 +470,15 @@ mod fixed {
             }
         }
         let (a, b) = (i32x4_add(a0, a1), i32x4_add(b0, b1));
-        let mut sa = i32x4_extract_lane::<0>(a) + i32x4_extract_lane::<1>(a) + i32x4_extract_lane::<2>(a) + i32x4_extract_lane::<3>(a);
-        let mut sb = i32x4_extract_lane::<0>(b) + i32x4_extract_lane::<1>(b) + i32x4_extract_lane::<2>(b) + i32x4_extract_lane::<3>(b);
-        while i < n {
-            sa += hi[i] as i32 * q[i] as i32;
-            sb += lo[i] as i32 * q[i] as i32;
-            i += 1;
-        }
-        (sa, sb)
+        let (ta, tb) = dot_i32_scalar(&hi[i..n], &lo[i..n], &q[i..n]);
+        let sa = i32x4_extract_lane::<0>(a) + i32x4_extract_lane::<1>(a) + i32x4_extract_lane::<2>(a) + i32x4_extract_lane::<3>(a);
+        let sb = i32x4_extract_lane::<0>(b) + i32x4_extract_lane::<1>(b) + i32x4_extract_lane::<2>(b) + i32x4_extract_lane::<3>(b);
+        (sa + ta, sb + tb)
     }
 
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     fn dot_i32(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
-        let sa = hi.iter().zip(q).map(|(h, w)| *h as i32 * *w as i32).sum();
-        let sb = lo.iter().zip(q).map(|(l, w)| *l as i32 * *w as i32).sum();
-        (sa, sb)
+        dot_i32_scalar(hi, lo, q)
     }
 }
 
@@ -433,15 +518,30 @@ impl Q8Input {
     }
 
     /// out[r] = token 0's row times weight row r, for the rows of `q` (the decode matvec).
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     fn matvec(&self, q: &[i8], scale: &[f32], out: &mut [f32]) {
-        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-        return q8_matvec(&self.x[..self.width], q, scale, self.width, self.group, out);
-        #[allow(unreachable_code)]
-        {
-            let groups = self.width / self.group;
-            for (r, o) in out.iter_mut().enumerate() {
-                *o = self.dot_row(0, &q[r * self.width..(r + 1) * self.width], &scale[r * groups..(r + 1) * groups]);
+        q8_matvec(&self.x[..self.width], q, scale, self.width, self.group, out)
+    }
+
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    fn matvec(&self, q: &[i8], scale: &[f32], out: &mut [f32]) {
+        let (w, group) = (self.width, self.group);
+        let groups = w / group;
+        let blocks = out.len() / 4 * 4;
+        for r in (0..blocks).step_by(4) {
+            let mut acc = [0f32; 4];
+            for g in 0..groups {
+                let (a, b) = (g * group, (g + 1) * group);
+                let row = |i: usize| &q[(r + i) * w + a..(r + i) * w + b];
+                let d = fixed::dot4(&self.x.hi[a..b], &self.x.lo[a..b], [row(0), row(1), row(2), row(3)]);
+                for i in 0..4 {
+                    acc[i] += d[i] * self.x.unit[g] * scale[(r + i) * groups + g];
+                }
             }
+            out[r..r + 4].copy_from_slice(&acc);
+        }
+        for r in blocks..out.len() {
+            out[r] = self.dot_row(0, &q[r * w..(r + 1) * w], &scale[r * groups..(r + 1) * groups]);
         }
     }
 }
@@ -843,7 +943,9 @@ pub fn attention(q: &[f32], qv: View, k: &[f32], kv: View, v: &[f32], vv: View, 
             for j in lo..=p {
                 let s = dot_f32(qh, &cache.k[j * row + kh * d..j * row + (kh + 1) * d]) * a.scale;
                 scores[j] = s;
-                max = max.max(s);
+                if s > max {
+                    max = s; // not f32::max: a libm call on wasm
+                }
             }
             let mut sum = 0f32;
             for s in &mut scores[lo..=p] {
@@ -904,6 +1006,13 @@ mod tests {
                 let bound = m * q[a..b].iter().map(|v| (*v as f64).abs()).sum::<f64>() / 4194304.0;
                 assert!((got - exact).abs() <= bound, "n={} got {} exact {}", n, got, exact);
             }
+        }
+        let x: Vec<f32> = (0..300).map(|_| lcg(&mut s)).collect();
+        let q: Vec<i8> = (0..1200).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
+        let f = fixed::split(&x, 300);
+        let four = fixed::dot4(&f.hi, &f.lo, [&q[..300], &q[300..600], &q[600..900], &q[900..]]);
+        for (r, d) in four.iter().enumerate() {
+            assert_eq!(*d, fixed::dot(&f.hi, &f.lo, &q[r * 300..(r + 1) * 300]));
         }
         let f = fixed::split(&[0.0, 0.0, f32::NAN, 1.0], 2);
         assert_eq!(f.unit[0], 0.0);
