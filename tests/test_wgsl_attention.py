@@ -39,6 +39,24 @@ def test_attn_decode(H, Hkv, D, S, chunk, pos, window, hb, gpu):
     np.testing.assert_allclose(got, want, **ATTENTION)
 
 
+@pytest.mark.parametrize("H,Hkv,D,S,pos,window,wg", [
+    (4, 4, 16, 64, 0, None, 4),     # first token, one key
+    (4, 2, 16, 64, 37, None, 4),    # GQA
+    (6, 1, 32, 80, 79, None, 4),    # MQA, cache full, last workgroup partial
+    (4, 2, 8, 100, 50, 19, 1),      # window: 20 keys from 31
+    (2, 1, 12, 40, 5, 3, 8),        # window wider than the context so far
+    (4, 2, 80, 300, 250, None, 2),  # long context, head_dim 80
+])
+def test_attn_decode_per_head(H, Hkv, D, S, pos, window, wg, gpu):
+    """The `cpu` profile's attention: one invocation per head, one dispatch, no scratch."""
+    kc, vc = _cache(S, Hkv, D, H + D + pos)
+    q = np.random.default_rng(pos).standard_normal((1, H, D)).astype(np.float32)
+    (k,) = kernels.attn_decode(H, Hkv, D, S, window_left=window, cooperative=False, wg=wg, covers=["test"])
+    assert k.workgroup_bytes == 0
+    got = gpu.run(k, {"q": q, "k": kc, "v": vc}, {"out": ((H, D), np.float32)}, pos=pos)["out"]
+    np.testing.assert_allclose(got, ref.attention(q, kc, vc, pos, Hkv, window)[0], **ATTENTION)
+
+
 @pytest.mark.parametrize("T,n,H,Hkv,D,S,pos,window,block", [
     (8, 8, 2, 2, 16, 16, 0, None, None),     # whole prompt from position 0
     (12, 11, 4, 2, 16, 40, 9, None, None),   # chunk at pos 9 over earlier cached keys, partial tile

@@ -26,16 +26,26 @@ def _data(N, K, group, seed):
     return q, scale, rng.standard_normal(K).astype(np.float32) * 3
 
 
+# The barrier-free kernel (each invocation computes `rows` whole rows; the plan's `cpu` profile) at
+# the same shapes, with its own rows / wg: row counts that leave the last invocation partial.
+VARIANTS = {"cooperative": {"subgroups": "off"}, "cooperative_subgroups": {"subgroups": "naga"},
+            "per_invocation": {"cooperative": False, "rows": 8, "wg": 16}, "per_invocation_3x8": {"cooperative": False, "rows": 3, "wg": 8}}
+
+
 @pytest.mark.parametrize("N,K,opts", CASES)
-@pytest.mark.parametrize("subgroups", ["off", "naga"])
-def test_matvec(N, K, opts, subgroups, gpu):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_matvec(N, K, opts, variant, gpu):
     opts = dict(opts)
+    if not VARIANTS[variant].get("cooperative", True):
+        opts.pop("rows", None)
+        opts.pop("wg", None)
+    opts.update(VARIANTS[variant])
     group = opts.get("group", 0)
     q, scale, x = _data(N, K, group, N * 1000 + K)
     rng = np.random.default_rng(1)
     bias = rng.standard_normal(N).astype(np.float32) if opts.get("bias") else None
     res = rng.standard_normal(N).astype(np.float32) if opts.get("residual") else None
-    k = kernels.matvec_int8(N, K, subgroups=subgroups, covers=["test"], **opts)
+    k = kernels.matvec_int8(N, K, covers=["test"], **opts)
     inputs = {"w": ref.pack_int8(q, group), "scale": scale, "x": x}
     if bias is not None:
         inputs["bias"] = bias
@@ -48,11 +58,12 @@ def test_matvec(N, K, opts, subgroups, gpu):
     np.testing.assert_allclose(got, want, **tol)
 
 
-def test_matvec_output_at_position(gpu):
+@pytest.mark.parametrize("cooperative", [True, False])
+def test_matvec_output_at_position(cooperative, gpu):
     """Writing into row `pos` of a [rows, N] buffer (a KV-cache row), leaving other rows alone."""
     N, K, pos, rows = 24, 64, 5, 8
     q, scale, x = _data(N, K, 0, 7)
-    k = kernels.matvec_int8(N, K, out_at_pos=True, out_len=rows * N, covers=["test"])
+    k = kernels.matvec_int8(N, K, out_at_pos=True, out_len=rows * N, cooperative=cooperative, covers=["test"])
     init = np.full((rows, N), -7.0, np.float32)
     got = gpu.run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x, "y": init},
               {"y": ((rows, N), np.float32)}, pos=pos)["y"]
@@ -69,18 +80,20 @@ def test_matvec_builtin_unpack(gpu):
     np.testing.assert_allclose(got, ref.linear(x, q, scale), **MATRIX)
 
 
-def test_matvec_more_rows_than_one_grid_dimension(gpu):
-    """N / rows > 65535 workgroups: the dispatch spreads over x*y and the kernel flattens the id."""
+@pytest.mark.parametrize("cooperative", [True, False])
+def test_matvec_more_rows_than_one_grid_dimension(cooperative, gpu):
+    """Over 65535 workgroups: the dispatch spreads over x*y and the kernel flattens the id."""
     N, K = 70001, 16
     q, scale, x = _data(N, K, 0, 11)
-    k = kernels.matvec_int8(N, K, rows=1, wg=16, covers=["test"])
+    k = kernels.matvec_int8(N, K, rows=1, wg=16 if cooperative else 1, cooperative=cooperative, covers=["test"])
     assert k.workgroups[1] > 1
     got = gpu.run(k, {"w": ref.pack_int8(q), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
     np.testing.assert_allclose(got, ref.linear(x, q, scale), **MATRIX)
 
 
+@pytest.mark.parametrize("cooperative", [True, False])
 @pytest.mark.parametrize("group", [0, 64, 128])
-def test_matvec_reads_the_compilers_quantized_weights(group, gpu):
+def test_matvec_reads_the_compilers_quantized_weights(group, cooperative, gpu):
     """The packed layout contract (docs/formats.md) end to end: arrays from the compiler's quantizer,
     viewed as u32 the way they are stored, give the dequantized product."""
     quantize = pytest.importorskip("monologue_compile.passes.quantize")
@@ -89,7 +102,7 @@ def test_matvec_reads_the_compilers_quantized_weights(group, gpu):
     w = rng.standard_normal((N, K)).astype(np.float32)
     q, scale, g = quantize.quantize_array(w, group)
     x = rng.standard_normal(K).astype(np.float32)
-    k = kernels.matvec_int8(N, K, group=group, covers=["test"])
+    k = kernels.matvec_int8(N, K, group=group, cooperative=cooperative, covers=["test"])
     assert q.shape[1] == kernels.k_pad(K, group)
     got = gpu.run(k, {"w": q.view("<u4"), "scale": scale, "x": x}, {"y": ((N,), np.float32)})["y"]
     deq = q[:, :K].astype(np.float64) * np.repeat(scale.astype(np.float64), g, axis=1)[:, :K]

@@ -23,17 +23,20 @@ def _argmax(gpu, x, **kw):
     return int(out[0]), float(out[1:].view(np.float32)[0])
 
 
-@pytest.mark.parametrize("N,wg,per_thread", [(1, 64, 1), (1000, 64, 4), (70001, 256, 16)])
-def test_argmax(N, wg, per_thread, gpu):
+@pytest.mark.parametrize("cooperative", [True, False])
+@pytest.mark.parametrize("N,wg,per_thread", [(1, 64, 1), (1000, 64, 4), (70001, 256, 16), (32768, 32, 256)])
+def test_argmax(N, wg, per_thread, cooperative, gpu):
     x = np.random.default_rng(N).standard_normal(N).astype(np.float32)
-    i, v = _argmax(gpu, x, wg=wg, per_thread=per_thread)
+    i, v = _argmax(gpu, x, wg=wg, per_thread=per_thread, cooperative=cooperative)
     assert i == int(np.argmax(x)) and v == x.max()
 
 
-def test_argmax_ties_go_to_lowest_index(gpu):
+@pytest.mark.parametrize("cooperative", [True, False])
+def test_argmax_ties_go_to_lowest_index_and_nan_never_wins(cooperative, gpu):
     x = np.zeros(5000, np.float32)
     x[[4321, 777, 3000]] = 2.5
-    assert _argmax(gpu, x, wg=64, per_thread=4)[0] == 777
+    x[[5, 776, 4999]] = np.nan
+    assert _argmax(gpu, x, wg=64, per_thread=4, cooperative=cooperative)[0] == 777
 
 
 def _topk(gpu, x, k, **kw):

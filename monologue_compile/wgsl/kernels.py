@@ -117,33 +117,41 @@ def _epilogue_params(act, bias, softcap, residual):
 def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: bool = False, act: str = "none",
                 softcap: float = 0.0, residual: bool = False, out_offset: int = 0, out_at_pos: bool = False,
                 out_pos_stride: int | None = None, out_len: int | None = None, rows: int = 4, wg: int | None = None,
-                subgroups: str = "off", unpack: str = "shift", eps: float = RMS_EPS, covers=(),
+                cooperative: bool = True, subgroups: str = "off", unpack: str = "shift", eps: float = RMS_EPS, covers=(),
                 name: str = "matvec_int8") -> Kernel:
     """y[n] (+)= epilogue(sum_k W[n,k] x'[k]) for one token; x' = rmsnorm(x) when `norm`.
 
     Bindings: w, scale, x, [bias], y, [step (when out_at_pos)]. Output element n goes to
     y[out_offset + (step.pos * out_pos_stride if out_at_pos) + n]; `residual` adds into y there.
-    One workgroup per `rows` output rows; wg defaults to what K needs, up to 64.
+    cooperative (GPUs): one workgroup per `rows` output rows, its wg threads (default: what K needs,
+    up to 64) splitting K and summing through workgroup memory. cooperative=False (CPU adapters): each
+    invocation computes `rows` whole rows, wg (default 32) per workgroup, no workgroup memory or
+    barriers, ceil(N / (rows * wg)) workgroups.
     """
     covers = _common(covers, subgroups, unpack)
-    wg = wg or _row_wg(-(-K // 16))
     _check(K % 4 == 0, f"K={K} must be a multiple of 4 (x is read as vec4<f32>)")
     _check(group in (0, 64, 128), f"group={group} must be 0 (per channel), 64 or 128")
-    _check(_pow2(wg), f"wg={wg} must be a power of two")
-    nred = rows + bool(norm)
-    seg = 1 << -(-(wg.bit_length() - 1) // 2)  # 2^ceil(log2(wg) / 2): ~sqrt(wg) segments of ~sqrt(wg) sums
-    wg_bytes = 4 * nred * (wg + 1) + (4 * ((wg + 31) // 32) if subgroups != "off" else 4 * nred * seg)
     pos_stride = N if out_pos_stride is None else out_pos_stride
     out_len = out_len or out_offset + N
-    params = dict(N=N, K=K, KV4=-(-K // 16), KS=k_pad(K, group) // 16, K4=K // 4, rows=rows, wg=wg, seg=seg,
+    common = dict(N=N, K=K, KV4=-(-K // 16), KS=k_pad(K, group) // 16, K4=K // 4, rows=rows,
                   group=group, n_groups=k_pad(K, group) // group if group else 0, norm=bool(norm), eps=eps,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos), out_pos_stride=pos_stride,
-                  out_len=out_len, subgroups=subgroups, unpack=unpack, covers=covers,
-                  **_epilogue_params(act, bias, softcap, residual))
+                  out_len=out_len, unpack=unpack, covers=covers, **_epilogue_params(act, bias, softcap, residual))
     b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
     b += [Binding("bias", "read")] if bias else []
     b += [Binding("y", "read_write")]
     b += [Binding("step", "uniform")] if out_at_pos else []
+    if not cooperative:
+        _check(subgroups == "off" and unpack == "shift", "cooperative=False takes neither subgroups nor the builtin unpack")
+        wg = wg or 32
+        params = dict(common, wg=wg)
+        return _finish(name, "matvec_int8", "matvec_int8_rows.wgsl.j2", params, b, wg, grid(-(-N // (rows * wg))), 0)
+    wg = wg or _row_wg(-(-K // 16))
+    _check(_pow2(wg), f"wg={wg} must be a power of two")
+    nred = rows + bool(norm)
+    seg = 1 << -(-(wg.bit_length() - 1) // 2)  # 2^ceil(log2(wg) / 2): ~sqrt(wg) segments of ~sqrt(wg) sums
+    wg_bytes = 4 * nred * (wg + 1) + (4 * ((wg + 31) // 32) if subgroups != "off" else 4 * nred * seg)
+    params = dict(common, wg=wg, seg=seg, subgroups=subgroups)
     feats = ("subgroup",) if subgroups != "off" else ()
     return _finish(name, "matvec_int8", "matvec_int8.wgsl.j2", params, b, wg, grid(-(-N // rows)), wg_bytes, feats)
 
@@ -261,19 +269,29 @@ def _attn_common(H, Hkv, D, scale):
 
 
 def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 256, window_left: int | None = None,
-                scale: float | None = None, heads_per_wg: int | None = None, wg: int = 64, covers=(),
-                name: str = "attn_decode") -> list[Kernel]:
-    """Attention for one query token at step.pos over a [S, Hkv, D] cache: [partials, combine].
+                scale: float | None = None, heads_per_wg: int | None = None, wg: int | None = None,
+                cooperative: bool = True, covers=(), name: str = "attn_decode") -> list[Kernel]:
+    """Attention for one query token at step.pos over a [S, Hkv, D] cache.
 
     A query at p sees keys j with j <= p and, with a window, j >= p - window_left (flash-attn's
-    left window). Partials bindings: q ([H, D]), k, v (caches), ml, o (scratch), step; workgroups
-    (splits, H / heads_per_wg): the query heads of one kv head share each K/V load (heads_per_wg
-    defaults to the largest divisor of H / Hkv, up to 8, that fits workgroup memory). Combine
-    bindings: ml, o, out ([H, D]), step; workgroups (H). Scratch sizes are in `info` (f32 counts).
+    left window). cooperative (GPUs): [partials, combine]. Partials bindings: q ([H, D]), k, v
+    (caches), ml, o (scratch), step; workgroups (splits of `chunk` keys, H / heads_per_wg): the query
+    heads of one kv head share each K/V load (heads_per_wg defaults to the largest divisor of
+    H / Hkv, up to 8, that fits workgroup memory); wg threads (default 64). Combine bindings: ml, o,
+    out ([H, D]), step; workgroups (H). Scratch sizes are in `info` (f32 counts).
+    cooperative=False (CPU adapters): one kernel, [heads]: bindings q, k, v, out, step; one invocation
+    per query head over all its keys, wg (default 4) per workgroup, no workgroup memory or barriers.
     """
     covers = _common(covers)
     scale = _attn_common(H, Hkv, D, scale)
     _check(D % 4 == 0, f"head_dim={D} must be a multiple of 4")
+    if not cooperative:
+        wg = wg or 4
+        params = dict(H=H, Hkv=Hkv, D=D, S=S, window_left=window_left, scale=scale, wg=wg, covers=covers)
+        b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("out", "read_write"),
+             Binding("step", "uniform")]
+        return [_finish(name, "attn_decode", "attn_decode_head.wgsl.j2", params, b, wg, grid(-(-H // wg)), 0)]
+    wg = wg or 64
     _check(_pow2(wg), f"wg={wg} must be a power of two")
     group = H // Hkv
 
@@ -336,14 +354,26 @@ def softcap(N: int, cap: float, *, wg: int = 256, covers=(), name: str = "softca
                    grid(-(-N // wg)), 0)
 
 
-def argmax(N: int, *, wg: int = 256, per_thread: int = 16, covers=(), name: str = "argmax") -> list[Kernel]:
+def argmax(N: int, *, wg: int = 256, per_thread: int = 16, cooperative: bool = True, covers=(),
+           name: str = "argmax") -> list[Kernel]:
     """Greedy argmax over N logits in two dispatches, so a decode step reads back 8 bytes.
 
     Stage 1 bindings: x ([N]), pairs (scratch, info["pairs"] u32); workgroups ceil(N / (wg * per_thread)).
     Stage 2 bindings: pairs, out (u32 [2]: index, f32 bits of the max); one workgroup.
+    cooperative=False (CPU adapters): no workgroup reduction; stage 1 invocation c scans logits
+    [c * per_thread, (c + 1) * per_thread), wg per workgroup, and stage 2 is one invocation.
     """
     covers = _common(covers)
     _check(_pow2(wg), f"wg={wg} must be a power of two")
+    if not cooperative:
+        nc = -(-N // per_thread)
+        info = {"pairs": 2 * nc}
+        s1 = _finish(name + "_1", "argmax", "argmax_scan.wgsl.j2",
+                     dict(stage=1, M=N, NC=nc, chunk=per_thread, wg=wg, covers=covers),
+                     [Binding("x", "read"), Binding("pairs", "read_write")], wg, grid(-(-nc // wg)), 0, info=info)
+        s2 = _finish(name + "_2", "argmax", "argmax_scan.wgsl.j2", dict(stage=2, M=nc, NC=1, chunk=nc, wg=1, covers=covers),
+                     [Binding("pairs", "read"), Binding("out", "read_write")], 1, (1, 1, 1), 0, info=info)
+        return [s1, s2]
     chunk = wg * per_thread
     nc = -(-N // chunk)
     info = {"pairs": 2 * nc}

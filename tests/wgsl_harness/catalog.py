@@ -20,6 +20,8 @@ def catalog(target: str) -> dict[str, K.Kernel]:
         "matvec_silu": K.matvec_int8(32, 64, act="silu", covers=cv),
         "matvec_gelu_tanh": K.matvec_int8(32, 64, act="gelu_tanh", rows=8, wg=256, covers=cv),
         "matvec_unpack_builtin": K.matvec_int8(32, 64, unpack="builtin", covers=cv),
+        "matvec_rows_fused": K.matvec_int8(100, 200, group=64, norm=True, bias=True, act="gelu", softcap=15.0,
+                                           residual=True, out_at_pos=True, out_len=400, cooperative=False, covers=cv),
         "matvec_subgroups": K.matvec_int8(100, 200, norm=True, subgroups=sg, covers=cv),
         "matmul": K.matmul_int8(32, 64, 64, covers=cv),
         "matmul_fused": K.matmul_int8(40, 70, 200, group=64, norm=True, bias=True, act="relu2", softcap=3.0,
@@ -45,8 +47,12 @@ def catalog(target: str) -> dict[str, K.Kernel]:
         ks["attn_decode" + tag] = part
         ks["attn_decode_combine" + tag] = comb
         ks["attn_prefill" + tag] = K.attn_prefill(32, 8, 2, 64, 512, window_left=window, covers=cv)
+        ks["attn_decode_per_head" + tag] = K.attn_decode(8, 2, 64, 512, window_left=window, cooperative=False,
+                                                         covers=cv)[0]
     for i, st in enumerate(K.argmax(70000, covers=cv), 1):
         ks[f"argmax_{i}"] = st
+    for i, st in enumerate(K.argmax(70000, cooperative=False, covers=cv), 1):
+        ks[f"argmax_scan_{i}"] = st
     for i, st in enumerate(K.topk(70000, 64, covers=cv), 1):
         ks[f"topk_{i}"] = st
     # nanochat d20 shapes (C 1280, 10 heads of 128, MLP 5120, vocab 65536, context 2048): the
@@ -54,6 +60,9 @@ def catalog(target: str) -> dict[str, K.Kernel]:
     ks["d20_lm_head"] = K.matvec_int8(65536, 1280, norm=True, softcap=15.0, subgroups=sg, covers=cv)
     ks["d20_mlp_fc"] = K.matvec_int8(5120, 1280, norm=True, act="relu2", covers=cv)
     ks["d20_mlp_proj"] = K.matvec_int8(1280, 5120, residual=True, covers=cv)
+    ks["d20_lm_head_per_invocation"] = K.matvec_int8(65536, 1280, norm=True, softcap=15.0, cooperative=False, rows=8,
+                                                     wg=16, covers=cv)
+    ks["d20_attn_decode_per_head"] = K.attn_decode(10, 10, 128, 2048, cooperative=False, covers=cv)[0]
     ks["d20_prefill_fc"] = K.matmul_int8(512, 5120, 1280, norm=True, act="relu2", covers=cv)
     ks["d20_attn_prefill"] = K.attn_prefill(512, 10, 10, 128, 2048, covers=cv)  # block 8: 16 no longer fits
     ks["d20_attn_decode"] = K.attn_decode(10, 10, 128, 2048, covers=cv)[0]
