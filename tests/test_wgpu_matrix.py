@@ -58,14 +58,17 @@ def _rq(dist: Path):
     return build_module(g.meta["arch"], g.meta["config"], rq_state_dict(g))
 
 
+@pytest.mark.parametrize("profile", [None, "cpu"], ids=["default", "cpu_profile"])
 @pytest.mark.parametrize("i", range(len(MATRIX)), ids=IDS)
-def test_wgsl_matches_rq(compiled, i):
+def test_wgsl_matches_rq(compiled, i, profile):
+    """Both the default dispatch lists (GPUs) and the `cpu` profile's (barrier-free kernels)."""
     device_or_skip()
     from monologue_compile.backends.wgpu_executor import WgpuSession
 
     dist, model = compiled(i)
     rq = _rq(dist)
-    s = WgpuSession.from_dist(dist)
+    s = WgpuSession.from_dist(dist, profile=profile)
+    assert profile is None or s.lists["decode"] != s.plan["dispatch"]["decode"]
     assert s.chunk < PROMPT
     prompt = np.random.default_rng(i).integers(0, model.config.vocab_size, PROMPT).tolist()
 

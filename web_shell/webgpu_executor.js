@@ -32,11 +32,12 @@ export async function create({ manifest, files, onProgress = () => {} }) {
   const { limits, features } = webgpuRequirements(manifest);
   // Only what the plan needs: asking for more could fail on a device that runs the plan fine.
   const device = await adapter.requestDevice({ requiredLimits: limits, requiredFeatures: features });
+  const profile = cpuAdapter(adapter.info) ? "cpu" : null;
   const rt = await instantiate(files.get(RUNTIME_WASM));
   let tokenizer = null;
   try {
     tokenizer = new WasmTokenizer(rt, files.get(manifest.tokenizer), manifest.special_tokens ?? {});
-    const executor = new PlanExecutor(device, plan, files);
+    const executor = new PlanExecutor(device, plan, files, profile);
     await executor.compile(onProgress);
     return new WebGPUEngine(executor, tokenizer);
   } catch (error) {
@@ -46,11 +47,20 @@ export async function create({ manifest, files, onProgress = () => {} }) {
   }
 }
 
+// A CPU implementation of WebGPU (SwiftShader; lavapipe/llvmpipe under other browsers) runs the plan's
+// `cpu` profile: kernels without workgroup barriers, which such adapters run slowly.
+function cpuAdapter(info) {
+  return Boolean(info?.isFallbackAdapter) || /swiftshader|llvmpipe|lavapipe/i.test(`${info?.vendor} ${info?.architecture} ${info?.device} ${info?.description}`);
+}
+
 class PlanExecutor {
-  constructor(device, plan, files) {
+  constructor(device, plan, files, profile = null) {
     this.device = device;
     this.plan = plan;
     this.files = files;
+    // The dispatch lists this adapter runs: the profile's lists replace the plan's default ones.
+    this.profile = profile;
+    this.lists = { ...plan.dispatch, ...(plan.profiles?.[profile]?.dispatch ?? {}) };
     this.vocab = plan.vocab_size;
     this.pos = 0;
     // Rejects with DeviceLostError once the device is gone; every readback races it, so a step never
@@ -97,11 +107,13 @@ class PlanExecutor {
   }
 
   // Shader modules and pipelines (compiled concurrently; onProgress counts the pipelines ready),
-  // then bind groups and the dispatch lists.
+  // then bind groups and the dispatch lists; only those the profile's lists use.
   async compile(onProgress) {
     const { device, plan } = this;
+    const usedGroups = [...new Set(Object.values(this.lists).flat().map((d) => d.bind_group))];
+    const used = [...new Set(usedGroups.map((i) => plan.bind_groups[i].pipeline))];
     const modules = new Map();
-    for (const p of plan.pipelines) {
+    for (const p of used.map((i) => plan.pipelines[i])) {
       if (!modules.has(p.kernel)) {
         const source = this.files.get(p.kernel);
         if (!source) throw new Error(`plan.json names ${p.kernel}, which the manifest does not list`);
@@ -110,8 +122,10 @@ class PlanExecutor {
     }
     this.files = null; // the buffers hold the weights now: let the shard bytes go
     let done = 0;
-    onProgress({ loaded: 0, total: plan.pipelines.length });
-    this.pipelines = await Promise.all(plan.pipelines.map(async (p) => {
+    onProgress({ loaded: 0, total: used.length });
+    this.pipelines = [];
+    await Promise.all(used.map(async (i) => {
+      const p = plan.pipelines[i];
       const layout = device.createBindGroupLayout({
         entries: p.bindings.map((b) => ({ binding: b.binding, visibility: GPUShaderStage.COMPUTE, buffer: { type: b.type } })),
       });
@@ -125,15 +139,19 @@ class PlanExecutor {
       } catch (error) {
         throw new Error(`${p.kernel} did not compile: ${await compilerMessages(modules.get(p.kernel), error)}`);
       }
-      onProgress({ loaded: ++done, total: plan.pipelines.length });
-      return { pipeline, layout };
+      onProgress({ loaded: ++done, total: used.length });
+      this.pipelines[i] = { pipeline, layout };
     }));
-    const bindGroups = plan.bind_groups.map((bg) => device.createBindGroup({
-      layout: this.pipelines[bg.pipeline].layout,
-      entries: bg.entries.map((name, i) => ({ binding: i, resource: { buffer: this.buffers.get(name) } })),
-    }));
+    const bindGroups = [];
+    for (const i of usedGroups) {
+      const bg = plan.bind_groups[i];
+      bindGroups[i] = device.createBindGroup({
+        layout: this.pipelines[bg.pipeline].layout,
+        entries: bg.entries.map((name, j) => ({ binding: j, resource: { buffer: this.buffers.get(name) } })),
+      });
+    }
     this.dispatch = {};
-    for (const [name, list] of Object.entries(plan.dispatch)) {
+    for (const [name, list] of Object.entries(this.lists)) {
       this.dispatch[name] = list.map((d) => ({ pipeline: this.pipelines[d.pipeline].pipeline, bindGroup: bindGroups[d.bind_group], workgroups: d.workgroups }));
     }
     // Anything invalid above (a limit the plan exceeds, a bad binding) shows here, once, rather

@@ -1,7 +1,8 @@
 """Runs a plan.json on wgpu-py (lavapipe on CPU machines, Vulkan on GPUs): the Python twin of the
 browser's WebGPU executor, and the `wgpu` backend of chat, verify and bench.
 
-Pipelines and bind groups are built once; a step writes the token ids and the 16-byte `step`
+It runs the plan's default dispatch lists, or on a CPU adapter (lavapipe) the `cpu` profile's
+(docs/plan.md); pipelines and bind groups are built once, for those lists only. A step writes the token ids and the 16-byte `step`
 uniform, encodes the step's whole dispatch list in one compute pass, submits one command buffer and
 reads back the logits (or, for greedy decoding, one id from the GPU argmax; for sampling, the top-k).
 Same interface as the numpy interpreter's Session: `forward(ids) -> logits (T, V)`, `reset()`,
@@ -51,13 +52,26 @@ def _dist_source(model_dir: Path):
     return read
 
 
+def adapter_profile() -> str | None:
+    """The plan profile for wgpu-py's adapter: `cpu` on a CPU implementation (lavapipe), else none."""
+    return "cpu" if wdev.adapter().info.get("adapter_type") == "CPU" else None
+
+
+def profile_lists(plan: dict, profile: str | None) -> dict[str, list]:
+    """The dispatch lists an executor runs: `dispatch`, with the profile's lists in place of those."""
+    return plan["dispatch"] | (plan["profiles"].get(profile, {}).get("dispatch", {}) if profile else {})
+
+
 class WgpuSession:
-    def __init__(self, plan: dict, kernels: dict[str, str], weights, device=None):
+    def __init__(self, plan: dict, kernels: dict[str, str], weights, device=None, profile: str | None = "auto"):
+        """`profile`: which of plan["profiles"] to run ("auto": by the adapter, None: the default lists)."""
         import wgpu
 
         self.plan = plan
         limits = frozenset((_LIMIT_NAMES[k], v) for k, v in plan.get("required_limits", {}).items())
         self.dev = device or wdev.get_device(frozenset(plan.get("required_features", [])), limits)
+        self.profile = adapter_profile() if profile == "auto" else profile
+        self.lists = profile_lists(plan, self.profile)
         self.max_len = plan["max_seq"]
         self.chunk = plan["chunk"]
         self.V = plan["vocab_size"]
@@ -72,8 +86,13 @@ class WgpuSession:
                 self.bufs[b["name"]] = self.dev.create_buffer_with_data(data=data, usage=usage)
             else:
                 self.bufs[b["name"]] = self.dev.create_buffer(size=b["bytes"], usage=usage)
-        self.pipelines = []
-        for p in plan["pipelines"]:
+        # only what this profile's lists use: the other profile's kernels are never compiled
+        used_bg = {d["bind_group"] for lst in self.lists.values() for d in lst}
+        used = {plan["bind_groups"][i]["pipeline"] for i in used_bg}
+        self.pipelines = {}
+        for i, p in enumerate(plan["pipelines"]):
+            if i not in used:
+                continue
             src = kernels[p["kernel"]]
             module = self.dev.create_shader_module(code=src, label=p["name"])
             entries = [{"binding": bb["binding"], "visibility": wgpu.ShaderStage.COMPUTE,
@@ -82,35 +101,36 @@ class WgpuSession:
             pipe = self.dev.create_compute_pipeline(
                 layout=self.dev.create_pipeline_layout(bind_group_layouts=[bgl]),
                 compute={"module": module, "entry_point": p["entry_point"]})
-            self.pipelines.append((pipe, bgl))
-        self.bind_groups = []
-        for bg in plan["bind_groups"]:
+            self.pipelines[i] = (pipe, bgl)
+        self.bind_groups = {}
+        for i in sorted(used_bg):
+            bg = plan["bind_groups"][i]
             bgl = self.pipelines[bg["pipeline"]][1]
-            self.bind_groups.append(self.dev.create_bind_group(layout=bgl, entries=[
-                {"binding": i, "resource": {"buffer": self.bufs[name], "offset": 0, "size": self.bufs[name].size}}
-                for i, name in enumerate(bg["entries"])]))
+            self.bind_groups[i] = self.dev.create_bind_group(layout=bgl, entries=[
+                {"binding": j, "resource": {"buffer": self.bufs[name], "offset": 0, "size": self.bufs[name].size}}
+                for j, name in enumerate(bg["entries"])])
         self.dispatches = {name: [(self.pipelines[d["pipeline"]][0], self.bind_groups[d["bind_group"]],
-                                   tuple(d["workgroups"])) for d in lst] for name, lst in plan["dispatch"].items()}
+                                   tuple(d["workgroups"])) for d in lst] for name, lst in self.lists.items()}
         self.step_buf = self.bufs[plan["uniforms"]["step"]["buffer"]]
         self.submits = 0
         self.reset()
 
     @classmethod
-    def from_dist(cls, dist, device=None) -> "WgpuSession":
+    def from_dist(cls, dist, device=None, profile: str | None = "auto") -> "WgpuSession":
         dist = Path(dist)
         model_dir = dist / "model" if (dist / "model").is_dir() else dist
         if not (model_dir / "plan.json").exists():
             raise MonologueError(f"{model_dir}: no plan.json (compiled without the WGSL backend, or --quant none)")
         plan = json.loads((model_dir / "plan.json").read_text())
         kernels = {p["kernel"]: (model_dir / p["kernel"]).read_text() for p in plan["pipelines"]}
-        return cls(plan, kernels, _dist_source(model_dir), device)
+        return cls(plan, kernels, _dist_source(model_dir), device, profile)
 
     @classmethod
-    def from_graph(cls, g: Graph, device=None, **plan_kw) -> "WgpuSession":
+    def from_graph(cls, g: Graph, device=None, profile: str | None = "auto", **plan_kw) -> "WgpuSession":
         from .wgsl_plan import build_plan
 
         p = build_plan(g, **plan_kw)
-        return cls(p.plan, {f"kernels/{k}": v for k, v in p.kernels.items()}, _graph_source(g), device)
+        return cls(p.plan, {f"kernels/{k}": v for k, v in p.kernels.items()}, _graph_source(g), device, profile)
 
     # --- steps -----------------------------------------------------------------------------
     def reset(self):
@@ -181,7 +201,7 @@ class WgpuSession:
         q = self.dev.queue
         q.write_buffer(self.bufs[self.plan["io"]["ids"]], 0, np.asarray(ids, np.uint32).tobytes())
         q.write_buffer(self.step_buf, 0, wdev.step_bytes(pos0, n))
-        plan_list = self.plan["dispatch"][lst]
+        plan_list = self.lists[lst]
         out = {}
         for i, (d, (pipe, bg, wg)) in enumerate(zip(plan_list, self.dispatches[lst])):
             enc = self.dev.create_command_encoder()
@@ -213,32 +233,41 @@ def graph_session(graph: Graph) -> WgpuSession:
 
 def parity_checks(g: Graph, rq_model, fp32_model, seqs: list[list[int]], dist=None) -> dict:
     """The wgpu backend's part of the parity report: every kernel's output against the interpreter
-    (one prefill chunk and one decode step), logits and 64 greedy tokens (GPU argmax) against R_q,
-    and top-1 agreement with fp32. Runs the files in DIST when given (what the browser loads)."""
+    (one prefill chunk and one decode step, under the default lists and each profile's), logits and
+    64 greedy tokens (GPU argmax, the adapter's profile) against R_q, and top-1 agreement with fp32.
+    Runs the files in DIST when given (what the browser loads)."""
     from ..interpreter import Session
     from ..parity import TOLERANCES, _torch_logits, metrics
 
+    def session(profile):
+        return WgpuSession.from_dist(dist, profile=profile) if dist is not None else WgpuSession.from_graph(g, profile=profile)
+
     try:
-        s = WgpuSession.from_dist(dist) if dist is not None else WgpuSession.from_graph(g)
+        s = session("auto")
     except wdev.NoAdapter as e:
         return {"wgpu": {"skipped": f"no WebGPU adapter: {e}", "ok": True}}
     checks = {}
-    # per kernel: the value each dispatch group writes, read back from its buffer
+    # per kernel, under the default lists and every profile's: the value each dispatch group
+    # writes, read back from its buffer
     s0 = seqs[0][: s.chunk]
     rows, bad = [], []
-    for ids in (s0[:-1], s0[-1:]):  # prefill, then one decode step on top of it
-        probe: dict = {}
-        ref = Session(g)
-        ref.forward(s0[:-1], probe=probe if len(ids) > 1 else None)
-        if len(ids) == 1:
-            ref.forward(ids, probe=probe)
-        got = s.probe(ids)
-        for name, v in got.items():
-            m = metrics(v, probe[name].reshape(len(ids), -1))
-            ok = m["rel"] <= TOLERANCES["layer_rel_vs_rq"] and m["cosine"] >= TOLERANCES["layer_cosine_vs_rq"]
-            rows.append({"node": name, "step": "decode" if len(ids) == 1 else "prefill", **m, "ok": ok})
-            if not ok:
-                bad.append(f"{name} ({rows[-1]['step']})")
+    for profile in [None, *s.plan["profiles"]]:
+        ps = s if profile == s.profile else session(profile)
+        for ids in (s0[:-1], s0[-1:]):  # prefill, then one decode step on top of it
+            probe: dict = {}
+            ref = Session(g)
+            ref.forward(s0[:-1], probe=probe if len(ids) > 1 else None)
+            if len(ids) == 1:
+                ref.forward(ids, probe=probe)
+            got = ps.probe(ids)
+            step = ("decode" if len(ids) == 1 else "prefill") + (f", {profile} profile" if profile else "")
+            for name, v in got.items():
+                m = metrics(v, probe[name].reshape(len(ids), -1))
+                ok = m["rel"] <= TOLERANCES["layer_rel_vs_rq"] and m["cosine"] >= TOLERANCES["layer_cosine_vs_rq"]
+                rows.append({"node": name, "step": step, **m, "ok": ok})
+                if not ok:
+                    bad.append(f"{name} ({step})")
+        ps.reset()
     checks["wgpu_kernels_vs_interpreter"] = {"compared": len(rows), "worst_rel": max(r["rel"] for r in rows),
                                             "failing": bad[:5], "ok": not bad}
     worst = {"max_abs": 0.0, "rel": 0.0, "cosine": 1.0}

@@ -46,6 +46,17 @@ DEFAULT_LIMITS = {
     "maxComputeWorkgroupsPerDimension": 65535,
 }
 TOPK = 64  # the top-k list a sampling step reads back (kernels.topk supports k <= 64)
+# The `cpu` profile (docs/plan.md): render parameters of its decode kernels, which have no workgroup
+# memory or barriers (SwiftShader runs barriers through coroutines) and use few invocations, each
+# owning whole outputs (enough to keep a CPU's cores busy, far too few for a GPU: the matvec of 512
+# rows runs 64 invocations). SwiftShader, 2 cores, vs the default kernels: matvec 6-15x faster at
+# every shape of a 512-wide model (lm_head 32768 x 512: 274 -> 22 ms), attention 3.5-5.6x (one
+# dispatch, not two), argmax 7x (monologue_compile/wgsl/README.md).
+CPU_KERNELS = {
+    "matvec_int8": {"cooperative": False, "rows": 8, "wg": 16},
+    "attn_decode": {"cooperative": False},
+    "argmax": {"cooperative": False, "wg": 32, "per_thread": 256},
+}
 VIEWS = {"reshape", "slice"}
 BINDING_TYPES = {"read": "read-only-storage", "read_write": "storage", "uniform": "uniform"}
 
@@ -100,6 +111,7 @@ def _row_parts(nrows: int, row_bytes: int, max_binding: int) -> list[tuple[int, 
 class _Builder:
     def __init__(self, g: Graph, chunk: int, max_binding: int, manifest: dict | None):
         self.g, self.chunk, self.max_binding, self.manifest = g, chunk, max_binding, manifest
+        self.cpu = False  # emitting the `cpu` profile's lists (see CPU_KERNELS)
         cfg = g.meta.get("config", {})
         self.S = int(cfg.get("sequence_len") or 0)
         self.buffers: dict[str, dict] = {}
@@ -257,6 +269,10 @@ class _Builder:
                 _fail(n, str(e))
         return out
 
+    def _kw(self, family: str, kw: dict) -> dict:
+        """A kernel's render parameters, with the `cpu` profile's when emitting that."""
+        return kw | CPU_KERNELS.get(family, {}) if self.cpu else kw
+
     def _unsupported(self, n, T, out):
         if n.op in VIEWS or n.op == "positions":
             return
@@ -340,8 +356,8 @@ class _Builder:
                     _fail(n, "a bias on a weight split across bindings")
                 bufs["bias"] = self._table(bias)
             if T == 1:
-                out.append(_Pending("matvec_int8", (r1 - r0, K), dict(kw, bias=bool(bias), out_offset=r0, out_len=N),
-                                    bufs, n.name))
+                out.append(_Pending("matvec_int8", (r1 - r0, K),
+                                    self._kw("matvec_int8", dict(kw, bias=bool(bias), out_offset=r0, out_len=N)), bufs, n.name))
             else:
                 out.append(_Pending("matmul_int8", (T, r1 - r0, K), dict(kw, bias=bool(bias), out_offset=r0,
                                                                           out_row_stride=N), bufs, n.name))
@@ -392,11 +408,14 @@ class _Builder:
         kw = dict(window_left=at["window"] - 1 if at.get("window") else None, scale=at["scale"])
         y = self.loc[n.name]
         if T == 1:
-            bufs = {"q": q.buffer, "k": kc, "v": vc, "ml": "attn_ml", "o": "attn_o", "out": y.buffer, "step": STEP_BUFFER}
+            kw = self._kw("attn_decode", kw)
+            bufs = {"q": q.buffer, "k": kc, "v": vc, "out": y.buffer, "step": STEP_BUFFER}
             parts = kern.attn_decode(H, Hkv, D, self.S, **kw)
-            self._buffer("attn_ml", 4 * parts[0].info["ml"], role="scratch")
-            self._buffer("attn_o", 4 * parts[0].info["o"], role="scratch")
-            for i in range(2):
+            if len(parts) == 2:  # partials and combine, through scratch
+                bufs.update(ml="attn_ml", o="attn_o")
+                self._buffer("attn_ml", 4 * parts[0].info["ml"], role="scratch")
+                self._buffer("attn_o", 4 * parts[0].info["o"], role="scratch")
+            for i in range(len(parts)):
                 out.append(_Pending("attn_decode", (H, Hkv, D, self.S), kw, bufs, n.name, index=i))
         else:
             out.append(_Pending("attn_prefill", (T, H, Hkv, D, self.S), kw,
@@ -406,11 +425,12 @@ class _Builder:
         """GPU argmax and top-k over the decode logits (row 0 of the logits buffer)."""
         V = self.g.type_of(self.g.outputs[0]).shape[-1]
         am, tk = [], []
-        stages = kern.argmax(V)
+        kw = self._kw("argmax", {})
+        stages = kern.argmax(V, **kw)
         self._buffer("argmax_pairs", 4 * stages[0].info["pairs"], role="scratch")
         self._buffer("argmax_out", 8, role="output")
-        am.append(_Pending("argmax", (V,), {}, {"x": "logits", "pairs": "argmax_pairs"}, "argmax", 0))
-        am.append(_Pending("argmax", (V,), {}, {"pairs": "argmax_pairs", "out": "argmax_out"}, "argmax", 1))
+        am.append(_Pending("argmax", (V,), kw, {"x": "logits", "pairs": "argmax_pairs"}, "argmax", 0))
+        am.append(_Pending("argmax", (V,), kw, {"pairs": "argmax_pairs", "out": "argmax_out"}, "argmax", 1))
         k = min(TOPK, V)
         stages = kern.topk(V, k)
         prev = ("logits", None)
@@ -453,42 +473,53 @@ def build_plan(g: Graph, *, chunk: int | None = None, max_binding: int = DEFAULT
     b.allocate()
     lists = {"prefill": b.emit(chunk), "decode": b.emit(1)}
     lists["argmax"], lists["topk"] = b.sampling()
+    # The `cpu` profile: the lists whose kernels differ on CPU adapters (docs/plan.md).
+    b.cpu = True
+    cpu_lists = {"decode": b.emit(1)}
+    cpu_lists["argmax"], cpu_lists["topk"] = b.sampling()
+
+    def key(pend):
+        return json.dumps([pend.family, pend.args, pend.kwargs, pend.index], sort_keys=True)
+
+    cpu_lists = {name: lst for name, lst in cpu_lists.items() if [key(p) for p in lst] != [key(p) for p in lists[name]]}
+    every = [*lists.values(), *cpu_lists.values()]
 
     # render each distinct kernel once; its header names every node it serves
     groups: dict[str, list] = {}
-    for pend in (p for lst in lists.values() for p in lst):
-        key = json.dumps([pend.family, pend.args, pend.kwargs, pend.index], sort_keys=True)
-        groups.setdefault(key, []).append(pend.node)
+    for pend in (p for lst in every for p in lst):
+        groups.setdefault(key(pend), []).append(pend.node)
     rendered: dict[str, kern.Kernel] = {}
-    for key, nodes in groups.items():
-        family, args, kwargs, index = json.loads(key)
+    for k_, nodes in groups.items():
+        family, args, kwargs, index = json.loads(k_)
         k = kern.FAMILIES[family](*args, covers=_covers(g, nodes), **kwargs)
-        rendered[key] = k[index] if isinstance(k, list) else k
+        rendered[k_] = k[index] if isinstance(k, list) else k
     pipelines, pipe_index, kernels = [], {}, {}
     bind_groups, bg_index = [], {}
-    dispatch = {}
-    for lname, lst in lists.items():
-        dispatch[lname] = []
+
+    def dispatches(lst):
+        out = []
         for pend in lst:
-            key = json.dumps([pend.family, pend.args, pend.kwargs, pend.index], sort_keys=True)
-            k = rendered[key]
-            if key not in pipe_index:
+            k = rendered[key(pend)]
+            if key(pend) not in pipe_index:
                 fname = f"{len(pipelines):03d}_{k.name}.wgsl"
                 kernels[fname] = k.wgsl
-                pipe_index[key] = len(pipelines)
+                pipe_index[key(pend)] = len(pipelines)
                 pipelines.append({"name": k.name, "kernel": f"kernels/{fname}", "entry_point": k.entry_point,
                                   "workgroup_size": [k.workgroup_size, 1, 1], "workgroup_bytes": k.workgroup_bytes,
                                   "features": list(k.features),
                                   "bindings": [{"binding": i, "name": bb.name, "type": BINDING_TYPES[bb.kind]}
                                                for i, bb in enumerate(k.bindings)]})
-            pi = pipe_index[key]
+            pi = pipe_index[key(pend)]
             entries = [pend.buffers[bb.name] for bb in k.bindings]
             bkey = json.dumps([pi, entries])
             if bkey not in bg_index:
                 bg_index[bkey] = len(bind_groups)
                 bind_groups.append({"pipeline": pi, "entries": entries})
-            dispatch[lname].append({"pipeline": pi, "bind_group": bg_index[bkey], "workgroups": list(k.workgroups),
-                                    "node": pend.node})
+            out.append({"pipeline": pi, "bind_group": bg_index[bkey], "workgroups": list(k.workgroups), "node": pend.node})
+        return out
+
+    dispatch = {name: dispatches(lst) for name, lst in lists.items()}
+    profiles = {"cpu": {"dispatch": {name: dispatches(lst) for name, lst in cpu_lists.items()}}}
     V = g.type_of(g.outputs[0]).shape[-1]
     plan = {
         "format": PLAN_FORMAT, "version": PLAN_VERSION,
@@ -501,6 +532,7 @@ def build_plan(g: Graph, *, chunk: int | None = None, max_binding: int = DEFAULT
         "pipelines": pipelines,
         "bind_groups": bind_groups,
         "dispatch": dispatch,
+        "profiles": profiles,
         "values": {name: loc.json() for name, loc in b.loc.items()},
     }
     required = check_limits(plan)
@@ -526,7 +558,7 @@ def check_limits(plan: dict) -> dict:
                        ("maxComputeWorkgroupStorageSize", p["workgroup_bytes"])):
             if v > DEFAULT_LIMITS[lim]:  # the kernel constructors refuse these: a compiler bug if reached
                 raise MonologueError(f"wgsl plan: pipeline {p['name']} needs {lim} = {v} > {DEFAULT_LIMITS[lim]}")
-    for lst in plan["dispatch"].values():
+    for lst in [*plan["dispatch"].values(), *(l for p in plan["profiles"].values() for l in p["dispatch"].values())]:
         for d in lst:
             if max(d["workgroups"]) > DEFAULT_LIMITS["maxComputeWorkgroupsPerDimension"]:
                 raise MonologueError(f"wgsl plan: dispatch for %{d['node']} has {d['workgroups']} workgroups")
