@@ -3,10 +3,16 @@ finds (lavapipe on CPU machines: those are correctness-device timings and do not
 a GPU does; run it on a GPU machine for GPU figures).
 
     python benchmarks/bench_wgsl_kernels.py [--reps 50] [--shapes 1280x1280,5120x1280]
+    python benchmarks/bench_wgsl_kernels.py --browser [--rounds 3]
 
 Prints per-dispatch time (dispatches batched in one compute pass, one submit), the weight bytes each
 kernel streams, the GB/s that implies, and the f32 / int8 time ratio. Shapes are N x K (out x in).
 Then the int8 prefill matmul at the same shapes for --tokens tokens (GFLOP/s, 2*T*N*K flops).
+
+--browser: headless Chromium's adapter instead (SwiftShader without a GPU): the decode kernels of
+benchmarks/bench_browser.py's model in both forms (cooperative, the plan's default lists; and
+per-invocation, its `cpu` profile), 4 dispatches per submit, best of --rounds rounds taken in turn
+so that load on a shared machine hits both forms alike.
 """
 
 from __future__ import annotations
@@ -126,6 +132,98 @@ def bench_matmul(N, K, T, reps):
     return time_dispatches(dev, prog.pipeline, prog.bind(bufs), k.workgroups, reps, bufs["y"])
 
 
+# One kernel, `reps` dispatches in one pass and one submit, on buffers of the given sizes (weights
+# filled with arbitrary bytes, floats with small values, the step uniform with pos).
+BROWSER_TIME_JS = """async (k) => {
+  const {pipeline, bgl, errors} = await makePipeline(k);
+  if (errors.length) return {errors};
+  const bufs = {};
+  for (const b of k.bindings) {
+    const size = Math.max(16, Math.ceil(k.sizes[b.name] / 16) * 16);
+    const usage = (b.kind === 'uniform' ? GPUBufferUsage.UNIFORM : GPUBufferUsage.STORAGE) | GPUBufferUsage.COPY_DST;
+    bufs[b.name] = dev.createBuffer({size, usage});
+    const data = new Uint8Array(size);
+    if (b.kind === 'uniform') new Uint32Array(data.buffer).set([k.pos, 1, 0, 0]);
+    else if (b.name === 'w') for (let i = 0; i < size; i++) data[i] = (i * 2654435761) >>> 24;
+    else { const f = new Float32Array(data.buffer); for (let i = 0; i < f.length; i++) f[i] = ((i * 7919) % 100) / 100; }
+    dev.queue.writeBuffer(bufs[b.name], 0, data);
+  }
+  const bg = dev.createBindGroup({layout: bgl, entries: k.bindings.map((b, i) => ({binding: i, resource: {buffer: bufs[b.name]}}))});
+  const once = async (n) => {
+    const enc = dev.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bg);
+    for (let i = 0; i < n; i++) pass.dispatchWorkgroups(...k.workgroups);
+    pass.end();
+    dev.queue.submit([enc.finish()]);
+    await dev.queue.onSubmittedWorkDone();
+  };
+  await once(1);
+  const t = performance.now();
+  await once(k.reps);
+  for (const b of Object.values(bufs)) b.destroy();
+  return {ms: (performance.now() - t) / k.reps};
+}"""
+
+
+def browser_cases():
+    """(label, [cooperative kernels], [per-invocation kernels], buffer sizes, pos) for the decode step
+    of bench_browser's model (C 512, 8 heads of 64, MLP 2048, vocab 32768, context 512)."""
+    from monologue_compile.backends.wgsl_plan import CPU_KERNELS
+
+    def both(fn, *args, **kw):
+        k0, k1 = fn(*args, covers=["bench"], **kw), fn(*args, covers=["bench"], **kw, **CPU_KERNELS[fn.__name__])
+        return [k0] if not isinstance(k0, list) else k0, [k1] if not isinstance(k1, list) else k1
+
+    mv = {"step": 16}
+    cases = []
+    for label, N, K, kw in (("lm_head matvec 32768x512 +norm +softcap", 32768, 512, dict(norm=True, softcap=15.0)),
+                            ("qkv matvec 1536x512 +norm", 1536, 512, dict(norm=True)),
+                            ("fc matvec 2048x512 +norm +relu2", 2048, 512, dict(norm=True, act="relu2")),
+                            ("proj matvec 512x2048 +residual", 512, 2048, dict(residual=True))):
+        cases.append((label, *both(kernels.matvec_int8, N, K, **kw), dict(mv, w=N * K, scale=4 * N, x=4 * K, y=4 * N), 0))
+    att = kernels.attn_decode(8, 8, 64, 512)[0].info
+    for pos in (100, 500):
+        cases.append((f"attn_decode at position {pos}", *both(kernels.attn_decode, 8, 8, 64, 512, scale=0.125),
+                      dict(q=2048, k=4 << 18, v=4 << 18, ml=4 * att["ml"], o=4 * att["o"], out=2048, step=16), pos))
+    cases.append(("argmax over 32768 logits (both stages)", *both(kernels.argmax, 32768),
+                  dict(x=4 * 32768, pairs=4 * 32768, out=16), 0))
+    return cases
+
+
+def browser_main(rounds: int):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from wgsl_harness.browser import Browser
+    from wgsl_harness.catalog import needs
+
+    browser, why = Browser.open()
+    if browser is None:
+        sys.exit(f"no Chromium WebGPU: {why}")
+    adapter = browser.page.evaluate("async () => { const a = (await navigator.gpu.requestAdapter()).info; "
+                                    "return `${a.vendor} ${a.architecture}`; }")
+    print(f"adapter: {adapter} (Chromium); ms per dispatch, best of {rounds} rounds, 4 dispatches per submit")
+
+    def time(k, sizes, pos):
+        spec = {"wgsl": k.wgsl, "bindings": [{"name": b.name, "kind": b.kind} for b in k.bindings], "needs": needs(k),
+                "workgroups": list(k.workgroups), "sizes": sizes, "reps": 4, "pos": pos}
+        res = browser.page.evaluate(BROWSER_TIME_JS, spec)
+        if "errors" in res:
+            raise RuntimeError(f"{k.name}: {res['errors']}")
+        return res["ms"]
+
+    try:
+        print(f"{'decode kernel':<46} | {'cooperative':>11} | {'per-invocation':>14} | speed-up")
+        for label, coop, per, sizes, pos in browser_cases():
+            best = [float("inf"), float("inf")]
+            for _ in range(rounds):
+                for i, ks in enumerate((coop, per)):
+                    best[i] = min(best[i], sum(time(k, sizes, pos) for k in ks))
+            print(f"{label:<46} | {best[0]:11.2f} | {best[1]:14.2f} | {best[0] / best[1]:6.1f}x", flush=True)
+    finally:
+        browser.close()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1280x1280,5120x1280,1280x5120,16384x1280",
@@ -135,7 +233,11 @@ def main(argv=None):
     ap.add_argument("--wg", type=int, default=64)
     ap.add_argument("--subgroups", choices=["off", "naga"], default="off")
     ap.add_argument("--tokens", type=int, default=64, help="prefill matmul tokens (0 skips the matmul table)")
+    ap.add_argument("--browser", action="store_true", help="time both kernel forms on Chromium's WebGPU adapter")
+    ap.add_argument("--rounds", type=int, default=3, help="--browser: rounds, the best kept")
     a = ap.parse_args(argv)
+    if a.browser:
+        return browser_main(a.rounds)
     info = wdev.adapter().info
     print(f"adapter: {info.get('device', '?')} ({info.get('adapter_type', '?')}, {info.get('backend_type', '?')})")
     if info.get("adapter_type") == "CPU":
