@@ -176,120 +176,18 @@ pub fn apply_steps(row: &mut [f32], t: usize, steps: &[Step]) {
     }
 }
 
-// --- dot products -------------------------------------------------------------------------------
+// --- int8 dot products: fixed-point activations ---------------------------------------------------
 
-/// sum x[i] * q[i] in f32 (x and q of the same length).
-#[inline]
-pub fn dot_q8(x: &[f32], q: &[i8]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return unsafe { dot_q8_avx2(x, q) };
-        }
-    }
-    #[allow(unreachable_code)]
-    dot_q8_scalar(x, q)
-}
-
-pub fn dot_q8_scalar(x: &[f32], q: &[i8]) -> f32 {
-    // four partial sums, as the SIMD versions: summation order is not part of the contract
-    let mut acc = [0f32; 4];
-    let n = x.len().min(q.len());
-    let mut i = 0;
-    while i + 4 <= n {
-        for l in 0..4 {
-            acc[l] += x[i + l] * q[i + l] as f32;
-        }
-        i += 4;
-    }
-    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    while i < n {
-        s += x[i] * q[i] as f32;
-        i += 1;
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn dot_q8_avx2(x: &[f32], q: &[i8]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = x.len().min(q.len());
-    let (xp, qp) = (x.as_ptr(), q.as_ptr());
-    let mut a0 = _mm256_setzero_ps();
-    let mut a1 = _mm256_setzero_ps();
-    let mut a2 = _mm256_setzero_ps();
-    let mut a3 = _mm256_setzero_ps();
-    // 8 int8 per 64-bit load, sign-extended straight from memory (vpmovsxbd ymm, m64): no shuffles
-    let w8 = |i: usize| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(qp.add(i) as *const __m128i)));
-    let mut i = 0;
-    while i + 32 <= n {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), w8(i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), w8(i + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 16)), w8(i + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 24)), w8(i + 24), a3);
-        i += 32;
-    }
-    while i + 8 <= n {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), w8(i), a0);
-        i += 8;
-    }
-    let s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    let mut total = _mm_cvtss_f32(h);
-    while i < n {
-        total += *xp.add(i) * *qp.add(i) as f32;
-        i += 1;
-    }
-    total
-}
-
-/// out[r] = sum over groups g of dot(x[g], q[r][g]) * scale[r][g], for the rows of q (k_pad int8
-/// each, groups of `group`): the decode matvec, one call for a block of rows.
-pub fn q8_matvec(x: &[f32], q: &[i8], scale: &[f32], k_pad: usize, group: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return unsafe { q8_matvec_avx2(x, q, scale, k_pad, group, out) };
-        }
-    }
-    q8_matvec_with(x, q, scale, k_pad, group, out, dot_q8)
-}
-
-#[inline(always)]
-fn q8_matvec_with(x: &[f32], q: &[i8], scale: &[f32], k_pad: usize, group: usize, out: &mut [f32], dot: impl Fn(&[f32], &[i8]) -> f32) {
-    let groups = k_pad / group;
-    for (r, o) in out.iter_mut().enumerate() {
-        let qr = &q[r * k_pad..(r + 1) * k_pad];
-        let sr = &scale[r * groups..(r + 1) * groups];
-        let mut acc = 0f32;
-        for g in 0..groups {
-            acc += dot(&x[g * group..(g + 1) * group], &qr[g * group..(g + 1) * group]) * sr[g];
-        }
-        *o = acc;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn q8_matvec_avx2(x: &[f32], q: &[i8], scale: &[f32], k_pad: usize, group: usize, out: &mut [f32]) {
-    // one target_feature function around the row loop: the dot product inlines into it
-    q8_matvec_with(x, q, scale, k_pad, group, out, |a, b| dot_q8_avx2(a, b))
-}
-
-// --- the wasm int8 dot: fixed-point activations ----------------------------------------------------
-
-/// 24-bit fixed-point activations for the int8 dot products on wasm (see `Q8Input`). V8 widens
-/// int8 to f32 slowly (1.8 G multiply-adds/s on these machines); i32x4.dot_i16x8_s on i16 halves
-/// of a fixed-point value runs at 12.7 (16-17 four rows at a time), and its integer sums are exact.
-#[cfg_attr(not(all(target_arch = "wasm32", target_feature = "simd128")), allow(dead_code))]
+/// The int8 matmul's arithmetic, the same on every target: the activations of each quantization
+/// group become 24-bit fixed point (the group's max |x| at 2^23), split into two i16 halves
+/// v = hi * 4096 + lo, and the dot products run on 16-bit multiplies with exact i32 sums
+/// (i32x4.dot_i16x8_s on wasm SIMD128, vpmaddwd on AVX2). Integer sums make native and wasm agree
+/// bit for bit, and the error is f32's own (2^-24 of the group's largest value). Measured per
+/// core against f32 products: V8 1.8 -> 16 G multiply-adds/s (it widens int8 to f32 slowly),
+/// AVX2 20 -> 28-35 in cache.
 mod fixed {
     /// Each run of `group` values as v = hi * 4096 + lo (|v| <= 2^23), in units of
-    /// `unit[run]` = max |x| of the run / 2^23: exact to 2^-24 of the run's largest value, as f32
-    /// is for that value.
+    /// `unit[run]` = max |x| of the run / 2^23.
     pub struct Fixed {
         pub hi: Vec<i16>,
         pub lo: Vec<i16>,
@@ -303,7 +201,7 @@ mod fixed {
         for (g, run) in xs.chunks(group.max(1)).enumerate() {
             let m = max_abs(run);
             if !m.is_finite() {
-                unit.push(f32::NAN); // inf or NaN in, NaN out, as the f32 products would give
+                unit.push(f32::NAN); // inf or NaN in, NaN out, as f32 products would give
             } else if m < 1e-30 {
                 unit.push(0.0); // (2^23 / m would overflow; such a run adds nothing to a dot)
             } else {
@@ -332,7 +230,7 @@ mod fixed {
 
     /// v = round(x * s) as hi * 4096 + lo.
     fn to_fixed(x: &[f32], s: f32, hi: &mut [i16], lo: &mut [i16]) {
-        #[allow(unused_mut)] // advanced by the SIMD128 loop only
+        #[allow(unused_mut)] // advanced by the SIMD loops only
         let mut i = 0;
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         {
@@ -354,6 +252,26 @@ mod fixed {
                 }
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::*; // SSE2, in every x86_64
+            // SAFETY: loads and stores stay inside x, hi and lo (i + 8 <= n, all of length n).
+            unsafe {
+                let sv = _mm_set1_ps(s);
+                let half = |v: __m128| {
+                    let v = _mm_cvtps_epi32(_mm_mul_ps(v, sv)); // rounds to nearest
+                    let h = _mm_srai_epi32(_mm_add_epi32(v, _mm_set1_epi32(2048)), 12);
+                    (h, _mm_sub_epi32(v, _mm_slli_epi32(h, 12)))
+                };
+                while i + 8 <= x.len() {
+                    let (h0, l0) = half(_mm_loadu_ps(x.as_ptr().add(i)));
+                    let (h1, l1) = half(_mm_loadu_ps(x.as_ptr().add(i + 4)));
+                    _mm_storeu_si128(hi.as_mut_ptr().add(i) as *mut __m128i, _mm_packs_epi32(h0, h1));
+                    _mm_storeu_si128(lo.as_mut_ptr().add(i) as *mut __m128i, _mm_packs_epi32(l0, l1));
+                    i += 8;
+                }
+            }
+        }
         for j in i..x.len() {
             let v = (x[j] * s + 0.5f32.copysign(x[j])) as i32;
             let h = (v + 2048) >> 12;
@@ -362,187 +280,335 @@ mod fixed {
         }
     }
 
-    /// sum over i of (hi[i] * 4096 + lo[i]) * q[i], summed exactly in integers.
+    /// An i32 sum of 4096 products of |hi|, |lo| <= 2048 and |q| <= 128 stays below 2^30: the
+    /// sums go to f32 every CHUNK values, so any width is safe.
+    const CHUNK: usize = 4096;
+
+    /// The integer kernels of one target: (sum hi*q, sum lo*q) for one weight row, and for four
+    /// rows that lie `stride` bytes apart.
+    pub trait Kernels {
+        fn dot(&self, hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32);
+        fn dot4(&self, hi: &[i16], lo: &[i16], q: [&[i8]; 4], stride: usize) -> [(i32, i32); 4];
+    }
+
+    /// Plain Rust: no SIMD.
+    pub struct Scalar;
+
+    impl Kernels for Scalar {
+        fn dot(&self, hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+            dot_i32_scalar(hi, lo, q)
+        }
+        fn dot4(&self, hi: &[i16], lo: &[i16], q: [&[i8]; 4], _stride: usize) -> [(i32, i32); 4] {
+            q.map(|r| dot_i32_scalar(hi, lo, r))
+        }
+    }
+
+    /// sum over i of (hi[i] * 4096 + lo[i]) * q[i].
     #[inline(always)]
-    pub fn dot(hi: &[i16], lo: &[i16], q: &[i8]) -> f32 {
+    pub fn dot(k: &impl Kernels, hi: &[i16], lo: &[i16], q: &[i8]) -> f32 {
         let n = q.len().min(hi.len()).min(lo.len());
         let (mut a, mut b) = (0f32, 0f32);
-        // an i32 sum of 4096 products of |hi|, |lo| <= 2048 and |q| <= 128 stays below 2^30:
-        // flush to f32 every 4096 values, so any width is safe
-        let mut start = 0;
-        while start < n {
-            let end = (start + 4096).min(n);
-            let (sa, sb) = dot_i32(&hi[start..end], &lo[start..end], &q[start..end]);
+        for start in (0..n).step_by(CHUNK) {
+            let end = (start + CHUNK).min(n);
+            let (sa, sb) = k.dot(&hi[start..end], &lo[start..end], &q[start..end]);
             a += sa as f32;
             b += sb as f32;
-            start = end;
         }
         a * 4096.0 + b
     }
 
-    /// `dot` for four weight rows at once: each activation load serves four rows (1.3x faster).
+    /// `dot` for four weight rows that lie `stride` bytes apart.
     #[inline(always)]
-    pub fn dot4(hi: &[i16], lo: &[i16], q: [&[i8]; 4]) -> [f32; 4] {
+    pub fn dot4(k: &impl Kernels, hi: &[i16], lo: &[i16], q: [&[i8]; 4], stride: usize) -> [f32; 4] {
         let n = q.iter().map(|r| r.len()).min().unwrap_or(0).min(hi.len()).min(lo.len());
         let mut acc = [(0f32, 0f32); 4];
-        let mut start = 0;
-        while start < n {
-            let end = (start + 4096).min(n);
+        for start in (0..n).step_by(CHUNK) {
+            let end = (start + CHUNK).min(n);
             let part = |r: usize| &q[r][start..end];
-            let sums = dot4_i32(&hi[start..end], &lo[start..end], [part(0), part(1), part(2), part(3)]);
+            let sums = k.dot4(&hi[start..end], &lo[start..end], [part(0), part(1), part(2), part(3)], stride);
             for (a, (sa, sb)) in acc.iter_mut().zip(sums) {
                 a.0 += sa as f32;
                 a.1 += sb as f32;
             }
-            start = end;
         }
         acc.map(|(a, b)| a * 4096.0 + b)
     }
 
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    /// Token t's row of `x` (rows of `width`) times one weight row (`qr`, one scale per group in `sr`).
     #[inline(always)]
-    fn dot4_i32(hi: &[i16], lo: &[i16], q: [&[i8]; 4]) -> [(i32, i32); 4] {
-        use core::arch::wasm32::*;
-        let n = hi.len();
-        let (hp, lp) = (hi.as_ptr(), lo.as_ptr());
-        let z = i32x4_splat(0);
-        let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
-        let mut i = 0;
-        // SAFETY: every load reads inside hi[..n], lo[..n] and q[r][..n] (i + 8 <= n; all of length n).
-        unsafe {
-            while i + 8 <= n {
-                let (h, l) = (v128_load(hp.add(i) as *const v128), v128_load(lp.add(i) as *const v128));
-                // v128.load8x8_s: 8 int8 sign-extended to i16 by the load itself
-                let w = i16x8_load_extend_i8x8(q[0].as_ptr().add(i));
-                a0 = i32x4_add(a0, i32x4_dot_i16x8(w, h));
-                b0 = i32x4_add(b0, i32x4_dot_i16x8(w, l));
-                let w = i16x8_load_extend_i8x8(q[1].as_ptr().add(i));
-                a1 = i32x4_add(a1, i32x4_dot_i16x8(w, h));
-                b1 = i32x4_add(b1, i32x4_dot_i16x8(w, l));
-                let w = i16x8_load_extend_i8x8(q[2].as_ptr().add(i));
-                a2 = i32x4_add(a2, i32x4_dot_i16x8(w, h));
-                b2 = i32x4_add(b2, i32x4_dot_i16x8(w, l));
-                let w = i16x8_load_extend_i8x8(q[3].as_ptr().add(i));
-                a3 = i32x4_add(a3, i32x4_dot_i16x8(w, h));
-                b3 = i32x4_add(b3, i32x4_dot_i16x8(w, l));
-                i += 8;
+    pub fn dot_row(k: &impl Kernels, x: &Fixed, width: usize, group: usize, t: usize, qr: &[i8], sr: &[f32]) -> f32 {
+        let mut acc = 0f32;
+        for (g, s) in sr.iter().enumerate() {
+            let (a, b) = (t * width + g * group, t * width + (g + 1) * group);
+            acc += dot(k, &x.hi[a..b], &x.lo[a..b], &qr[g * group..(g + 1) * group]) * x.unit[t * (width / group) + g] * s;
+        }
+        acc
+    }
+
+    /// out[r] = row 0 of `x` times weight row r, for the rows of `q`: the decode matvec, four
+    /// rows at a time (each activation load serves four rows).
+    #[inline(always)]
+    pub fn matvec(k: &impl Kernels, x: &Fixed, width: usize, group: usize, q: &[i8], scale: &[f32], out: &mut [f32]) {
+        let groups = width / group;
+        let blocks = out.len() / 4 * 4;
+        for r in (0..blocks).step_by(4) {
+            let mut acc = [0f32; 4];
+            for g in 0..groups {
+                let (a, b) = (g * group, (g + 1) * group);
+                let row = |i: usize| &q[(r + i) * width + a..(r + i) * width + b];
+                let d = dot4(k, &x.hi[a..b], &x.lo[a..b], [row(0), row(1), row(2), row(3)], width);
+                for i in 0..4 {
+                    acc[i] += d[i] * x.unit[g] * scale[(r + i) * groups + g];
+                }
             }
+            out[r..r + 4].copy_from_slice(&acc);
         }
-        let sum = |v: v128| i32x4_extract_lane::<0>(v) + i32x4_extract_lane::<1>(v) + i32x4_extract_lane::<2>(v) + i32x4_extract_lane::<3>(v);
-        let mut out = [(sum(a0), sum(b0)), (sum(a1), sum(b1)), (sum(a2), sum(b2)), (sum(a3), sum(b3))];
-        for (r, o) in out.iter_mut().enumerate() {
-            let (sa, sb) = dot_i32_scalar(&hi[i..], &lo[i..], &q[r][i..n]);
-            o.0 += sa;
-            o.1 += sb;
+        for r in blocks..out.len() {
+            out[r] = dot_row(k, x, width, group, 0, &q[r * width..(r + 1) * width], &scale[r * groups..(r + 1) * groups]);
         }
-        out
     }
 
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    fn dot4_i32(hi: &[i16], lo: &[i16], q: [&[i8]; 4]) -> [(i32, i32); 4] {
-        q.map(|r| dot_i32_scalar(hi, lo, r))
-    }
-
-    fn dot_i32_scalar(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+    pub fn dot_i32_scalar(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
         let sa = hi.iter().zip(q).map(|(h, w)| *h as i32 * *w as i32).sum();
         let sb = lo.iter().zip(q).map(|(l, w)| *l as i32 * *w as i32).sum();
         (sa, sb)
     }
 
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    #[inline(always)]
-    fn dot_i32(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+    pub mod simd128 {
+        use super::dot_i32_scalar;
         use core::arch::wasm32::*;
-        let n = q.len();
-        let (hp, lp, qp) = (hi.as_ptr(), lo.as_ptr(), q.as_ptr());
-        let (mut a0, mut a1, mut b0, mut b1) = (i32x4_splat(0), i32x4_splat(0), i32x4_splat(0), i32x4_splat(0));
-        let mut i = 0;
-        // SAFETY: every load reads inside q[..n], hi[..n] and lo[..n] (i + 16 <= n).
-        unsafe {
-            while i + 16 <= n {
-                let w = v128_load(qp.add(i) as *const v128);
-                let (w_lo, w_hi) = (i16x8_extend_low_i8x16(w), i16x8_extend_high_i8x16(w));
-                a0 = i32x4_add(a0, i32x4_dot_i16x8(w_lo, v128_load(hp.add(i) as *const v128)));
-                a1 = i32x4_add(a1, i32x4_dot_i16x8(w_hi, v128_load(hp.add(i + 8) as *const v128)));
-                b0 = i32x4_add(b0, i32x4_dot_i16x8(w_lo, v128_load(lp.add(i) as *const v128)));
-                b1 = i32x4_add(b1, i32x4_dot_i16x8(w_hi, v128_load(lp.add(i + 8) as *const v128)));
-                i += 16;
+
+        fn sum(v: v128) -> i32 {
+            i32x4_extract_lane::<0>(v) + i32x4_extract_lane::<1>(v) + i32x4_extract_lane::<2>(v) + i32x4_extract_lane::<3>(v)
+        }
+
+        pub struct Simd128;
+
+        impl super::Kernels for Simd128 {
+            #[inline(always)]
+            fn dot(&self, hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+                dot_i32(hi, lo, q)
+            }
+            #[inline(always)]
+            fn dot4(&self, hi: &[i16], lo: &[i16], q: [&[i8]; 4], _stride: usize) -> [(i32, i32); 4] {
+                dot4_i32(hi, lo, q) // (wasm has no prefetch)
             }
         }
-        let (a, b) = (i32x4_add(a0, a1), i32x4_add(b0, b1));
-        let (ta, tb) = dot_i32_scalar(&hi[i..n], &lo[i..n], &q[i..n]);
-        let sa = i32x4_extract_lane::<0>(a) + i32x4_extract_lane::<1>(a) + i32x4_extract_lane::<2>(a) + i32x4_extract_lane::<3>(a);
-        let sb = i32x4_extract_lane::<0>(b) + i32x4_extract_lane::<1>(b) + i32x4_extract_lane::<2>(b) + i32x4_extract_lane::<3>(b);
-        (sa + ta, sb + tb)
+
+        // named accumulators, no arrays: keeps every v128 in a register through V8's compiler
+        #[inline(always)]
+        fn dot_i32(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+            let n = q.len().min(hi.len()).min(lo.len());
+            let (hp, lp) = (hi.as_ptr(), lo.as_ptr());
+            let (mut a, mut b) = (i32x4_splat(0), i32x4_splat(0));
+            let mut i = 0;
+            // SAFETY: every load reads inside hi[..n], lo[..n] and q[..n] (i + 8 <= n).
+            unsafe {
+                while i + 8 <= n {
+                    // v128.load8x8_s: 8 int8 sign-extended to i16 by the load itself
+                    let w = i16x8_load_extend_i8x8(q.as_ptr().add(i));
+                    a = i32x4_add(a, i32x4_dot_i16x8(w, v128_load(hp.add(i) as *const v128)));
+                    b = i32x4_add(b, i32x4_dot_i16x8(w, v128_load(lp.add(i) as *const v128)));
+                    i += 8;
+                }
+            }
+            let (ta, tb) = dot_i32_scalar(&hi[i..n], &lo[i..n], &q[i..n]);
+            (sum(a) + ta, sum(b) + tb)
+        }
+
+        #[inline(always)]
+        fn dot4_i32(hi: &[i16], lo: &[i16], q: [&[i8]; 4]) -> [(i32, i32); 4] {
+            let n = hi.len();
+            let (hp, lp) = (hi.as_ptr(), lo.as_ptr());
+            let z = i32x4_splat(0);
+            let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
+            let mut i = 0;
+            // SAFETY: every load reads inside hi[..n], lo[..n] and q[r][..n] (i + 8 <= n; all of length n).
+            unsafe {
+                while i + 8 <= n {
+                    let (h, l) = (v128_load(hp.add(i) as *const v128), v128_load(lp.add(i) as *const v128));
+                    let w = i16x8_load_extend_i8x8(q[0].as_ptr().add(i));
+                    a0 = i32x4_add(a0, i32x4_dot_i16x8(w, h));
+                    b0 = i32x4_add(b0, i32x4_dot_i16x8(w, l));
+                    let w = i16x8_load_extend_i8x8(q[1].as_ptr().add(i));
+                    a1 = i32x4_add(a1, i32x4_dot_i16x8(w, h));
+                    b1 = i32x4_add(b1, i32x4_dot_i16x8(w, l));
+                    let w = i16x8_load_extend_i8x8(q[2].as_ptr().add(i));
+                    a2 = i32x4_add(a2, i32x4_dot_i16x8(w, h));
+                    b2 = i32x4_add(b2, i32x4_dot_i16x8(w, l));
+                    let w = i16x8_load_extend_i8x8(q[3].as_ptr().add(i));
+                    a3 = i32x4_add(a3, i32x4_dot_i16x8(w, h));
+                    b3 = i32x4_add(b3, i32x4_dot_i16x8(w, l));
+                    i += 8;
+                }
+            }
+            let mut out = [(sum(a0), sum(b0)), (sum(a1), sum(b1)), (sum(a2), sum(b2)), (sum(a3), sum(b3))];
+            for (r, o) in out.iter_mut().enumerate() {
+                let (ta, tb) = dot_i32_scalar(&hi[i..], &lo[i..], &q[r][i..n]);
+                o.0 += ta;
+                o.1 += tb;
+            }
+            out
+        }
     }
 
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    fn dot_i32(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
-        dot_i32_scalar(hi, lo, q)
+    #[cfg(target_arch = "x86_64")]
+    pub mod avx2 {
+        use super::dot_i32_scalar;
+        use std::arch::x86_64::*;
+
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn sum(v: __m256i) -> i32 {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
+        }
+
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn load16(p: *const i16) -> __m256i {
+            _mm256_loadu_si256(p as *const __m256i)
+        }
+
+        /// 16 int8 sign-extended to i16 (vpmovsxbw ymm, m128).
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn load_q(p: *const i8) -> __m256i {
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i))
+        }
+
+        /// Only made where the CPU has AVX2 (see `Q8Input`).
+        pub struct Avx2(());
+
+        impl Avx2 {
+            pub fn detect() -> Option<Avx2> {
+                if is_x86_feature_detected!("avx2") { Some(Avx2(())) } else { None }
+            }
+
+            /// super::matvec compiled for AVX2 as a whole, so the kernels inline into its loops.
+            #[target_feature(enable = "avx2")]
+            pub unsafe fn matvec(&self, x: &super::Fixed, width: usize, group: usize, q: &[i8], scale: &[f32], out: &mut [f32]) {
+                super::matvec(self, x, width, group, q, scale, out)
+            }
+
+            #[target_feature(enable = "avx2")]
+            pub unsafe fn dot_row(&self, x: &super::Fixed, width: usize, group: usize, t: usize, qr: &[i8], sr: &[f32]) -> f32 {
+                super::dot_row(self, x, width, group, t, qr, sr)
+            }
+        }
+
+        impl super::Kernels for Avx2 {
+            #[inline(always)]
+            fn dot(&self, hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+                // SAFETY: an Avx2 exists only where the CPU has AVX2
+                unsafe { dot_i32(hi, lo, q) }
+            }
+            #[inline(always)]
+            fn dot4(&self, hi: &[i16], lo: &[i16], q: [&[i8]; 4], stride: usize) -> [(i32, i32); 4] {
+                unsafe { dot4_i32(hi, lo, q, stride) }
+            }
+        }
+
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn dot_i32(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+
+            let n = q.len().min(hi.len()).min(lo.len());
+            let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            let mut i = 0;
+            while i + 16 <= n {
+                let w = load_q(q.as_ptr().add(i));
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(w, load16(hi.as_ptr().add(i))));
+                b = _mm256_add_epi32(b, _mm256_madd_epi16(w, load16(lo.as_ptr().add(i))));
+                i += 16;
+            }
+            let (ta, tb) = dot_i32_scalar(&hi[i..n], &lo[i..n], &q[i..n]);
+            (sum(a) + ta, sum(b) + tb)
+        }
+
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn dot4_i32(hi: &[i16], lo: &[i16], q: [&[i8]; 4], stride: usize) -> [(i32, i32); 4] {
+            let n = hi.len();
+            let z = _mm256_setzero_si256();
+            let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
+            let next = q[0].as_ptr().wrapping_add(4 * stride);
+            let mut i = 0;
+            while i + 16 <= n {
+                // four interleaved row streams defeat the hardware prefetcher (half the speed from
+                // DRAM without this): fetch the next four rows, one 64-byte line per step
+                _mm_prefetch(next.wrapping_add(4 * i) as *const i8, _MM_HINT_T0);
+                let (h, l) = (load16(hi.as_ptr().add(i)), load16(lo.as_ptr().add(i)));
+                let w = load_q(q[0].as_ptr().add(i));
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w, h));
+                b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(w, l));
+                let w = load_q(q[1].as_ptr().add(i));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(w, h));
+                b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(w, l));
+                let w = load_q(q[2].as_ptr().add(i));
+                a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(w, h));
+                b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(w, l));
+                let w = load_q(q[3].as_ptr().add(i));
+                a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(w, h));
+                b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(w, l));
+                i += 16;
+            }
+            let mut out = [(sum(a0), sum(b0)), (sum(a1), sum(b1)), (sum(a2), sum(b2)), (sum(a3), sum(b3))];
+            for (r, o) in out.iter_mut().enumerate() {
+                let (ta, tb) = dot_i32_scalar(&hi[i..], &lo[i..], &q[r][i..n]);
+                o.0 += ta;
+                o.1 += tb;
+            }
+            out
+        }
     }
 }
 
-/// The T input rows of an int8 matmul (T rows of the packed width, zero-padded), in the form its
-/// dot products read: f32 natively, fixed point (`fixed`) on wasm SIMD128.
+/// The T input rows of an int8 matmul (T rows of the packed width, zero-padded), as fixed point,
+/// with the fastest kernels this machine has.
 pub struct Q8Input {
     width: usize,
     group: usize,
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    x: Vec<f32>,
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     x: fixed::Fixed,
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<fixed::avx2::Avx2>,
 }
 
 impl Q8Input {
-    pub fn new(xs: Vec<f32>, width: usize, group: usize) -> Q8Input {
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        let xs = fixed::split(&xs, group);
-        Q8Input { width, group, x: xs }
+    pub fn new(xs: &[f32], width: usize, group: usize) -> Q8Input {
+        Q8Input {
+            width,
+            group,
+            x: fixed::split(xs, group),
+            #[cfg(target_arch = "x86_64")]
+            avx2: fixed::avx2::Avx2::detect(),
+        }
     }
 
     /// Token t's row times one weight row (int8 values `qr`, one scale per group in `sr`).
-    #[inline]
-    fn dot_row(&self, t: usize, qr: &[i8], sr: &[f32]) -> f32 {
-        let (w, group) = (self.width, self.group);
-        let mut acc = 0f32;
-        for (g, s) in sr.iter().enumerate() {
-            let (a, b) = (t * w + g * group, t * w + (g + 1) * group);
-            let q = &qr[g * group..(g + 1) * group];
-            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            let d = fixed::dot(&self.x.hi[a..b], &self.x.lo[a..b], q) * self.x.unit[t * (w / group) + g];
-            #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-            let d = dot_q8(&self.x[a..b], q);
-            acc += d * s;
+    pub fn dot_row(&self, t: usize, qr: &[i8], sr: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = &self.avx2 {
+            return unsafe { k.dot_row(&self.x, self.width, self.group, t, qr, sr) };
         }
-        acc
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return fixed::dot_row(&fixed::simd128::Simd128, &self.x, self.width, self.group, t, qr, sr);
+        #[allow(unreachable_code)]
+        fixed::dot_row(&fixed::Scalar, &self.x, self.width, self.group, t, qr, sr)
     }
 
     /// out[r] = token 0's row times weight row r, for the rows of `q` (the decode matvec).
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    fn matvec(&self, q: &[i8], scale: &[f32], out: &mut [f32]) {
-        q8_matvec(&self.x[..self.width], q, scale, self.width, self.group, out)
-    }
-
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    fn matvec(&self, q: &[i8], scale: &[f32], out: &mut [f32]) {
-        let (w, group) = (self.width, self.group);
-        let groups = w / group;
-        let blocks = out.len() / 4 * 4;
-        for r in (0..blocks).step_by(4) {
-            let mut acc = [0f32; 4];
-            for g in 0..groups {
-                let (a, b) = (g * group, (g + 1) * group);
-                let row = |i: usize| &q[(r + i) * w + a..(r + i) * w + b];
-                let d = fixed::dot4(&self.x.hi[a..b], &self.x.lo[a..b], [row(0), row(1), row(2), row(3)]);
-                for i in 0..4 {
-                    acc[i] += d[i] * self.x.unit[g] * scale[(r + i) * groups + g];
-                }
-            }
-            out[r..r + 4].copy_from_slice(&acc);
+    pub fn matvec(&self, q: &[i8], scale: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = &self.avx2 {
+            return unsafe { k.matvec(&self.x, self.width, self.group, q, scale, out) };
         }
-        for r in blocks..out.len() {
-            out[r] = self.dot_row(0, &q[r * w..(r + 1) * w], &scale[r * groups..(r + 1) * groups]);
-        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return fixed::matvec(&fixed::simd128::Simd128, &self.x, self.width, self.group, q, scale, out);
+        #[allow(unreachable_code)]
+        fixed::matvec(&fixed::Scalar, &self.x, self.width, self.group, q, scale, out)
     }
 }
 
@@ -690,7 +756,7 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     }
     // int8 weights read the rows in their dot products' form; f32 weights read xs
     let (q8, xs) = match w {
-        Mat::Q8 { group, .. } => (Some(Q8Input::new(xs, width, group)), Vec::new()),
+        Mat::Q8 { group, .. } => (Some(Q8Input::new(&xs, width, group)), Vec::new()),
         Mat::F32 { .. } => (None, xs),
     };
     // results as [row][token], rows split over threads when it pays
@@ -749,7 +815,8 @@ fn run_split<F: Fn(usize, &mut [f32]) + Sync>(data: &mut [f32], size: usize, f: 
 mod pool {
     use std::cell::RefCell;
     use std::panic::{catch_unwind, AssertUnwindSafe};
-    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+    use std::time::{Duration, Instant};
 
     type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -770,7 +837,7 @@ mod pool {
                 let done_tx = done_tx.clone();
                 std::thread::spawn(move || {
                     // ends when the pool (the Sender) is dropped with its thread
-                    for job in rx {
+                    while let Some(job) = next(&rx) {
                         let ok = catch_unwind(AssertUnwindSafe(job)).is_ok();
                         if done_tx.send(ok).is_err() {
                             break;
@@ -781,6 +848,25 @@ mod pool {
             })
             .collect();
         Pool { jobs, done }
+    }
+
+    /// How long a thread polls for its next message before it sleeps. A decode step sends work
+    /// every few hundred microseconds; waking a sleeping thread takes tens of them on a VM, which
+    /// a 20-layer model paid 160 times per token (one side of every split idle meanwhile).
+    const SPIN: Duration = Duration::from_micros(300);
+
+    /// The next message, polled for SPIN, then waited for; None once the sender is gone.
+    fn next<T>(rx: &Receiver<T>) -> Option<T> {
+        let start = Instant::now();
+        loop {
+            match rx.try_recv() {
+                Ok(v) => return Some(v),
+                Err(TryRecvError::Disconnected) => return None,
+                // yield, not spin: on a busy machine the thread we wait for may need this core
+                Err(TryRecvError::Empty) if start.elapsed() < SPIN => std::thread::yield_now(),
+                Err(TryRecvError::Empty) => return rx.recv().ok(),
+            }
+        }
     }
 
     pub fn run_split(data: &mut [f32], size: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
@@ -808,7 +894,7 @@ mod pool {
             let mine = first.map(|(i, part)| catch_unwind(AssertUnwindSafe(|| f(i, part))).is_ok()).unwrap_or(true);
             let mut all_ok = mine;
             for _ in 0..sent {
-                all_ok &= pool.done.recv().unwrap_or(false);
+                all_ok &= next(&pool.done).unwrap_or(false);
             }
             if !all_ok {
                 panic!("a matmul worker panicked");
@@ -977,21 +1063,33 @@ mod tests {
     #[test]
     fn simd_dots_match_scalar() {
         let mut s = 1u64;
-        for n in [0usize, 3, 16, 31, 32, 33, 200, 1280] {
+        for n in [0usize, 3, 7, 16, 31, 32, 33, 200, 1280] {
             let x: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
-            let q: Vec<i8> = (0..n).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
             let w: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
-            let exact: f64 = x.iter().zip(&q).map(|(a, b)| *a as f64 * *b as f64).sum();
-            assert!((dot_q8(&x, &q) as f64 - exact).abs() < 1e-3 * (1.0 + exact.abs()), "n={}", n);
-            assert!((dot_q8_scalar(&x, &q) as f64 - exact).abs() < 1e-3 * (1.0 + exact.abs()));
             let exact: f64 = x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
             assert!((dot_f32(&x, &w) as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()));
+            // the fixed-point int8 dots: AVX2 (where the CPU has it) equals the scalar sums exactly
+            let hi: Vec<i16> = (0..n).map(|_| (lcg(&mut s) * 2048.0) as i16).collect();
+            let lo: Vec<i16> = (0..n).map(|_| (lcg(&mut s) * 2048.0) as i16).collect();
+            let q: Vec<i8> = (0..4 * n).map(|_| (lcg(&mut s) * 128.0) as i8).collect();
+            let want = |r: usize| {
+                let (a, b) = fixed::dot_i32_scalar(&hi, &lo, &q[r * n..(r + 1) * n]);
+                a as f32 * 4096.0 + b as f32
+            };
+            let rows = [&q[..n], &q[n..2 * n], &q[2 * n..3 * n], &q[3 * n..]];
+            assert_eq!(fixed::dot(&fixed::Scalar, &hi, &lo, &q[..n]), want(0), "n={}", n);
+            assert_eq!(fixed::dot4(&fixed::Scalar, &hi, &lo, rows, n), [want(0), want(1), want(2), want(3)]);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(k) = fixed::avx2::Avx2::detect() {
+                assert_eq!(fixed::dot(&k, &hi, &lo, &q[..n]), want(0), "n={}", n);
+                assert_eq!(fixed::dot4(&k, &hi, &lo, rows, n), [want(0), want(1), want(2), want(3)], "n={}", n);
+            }
         }
     }
 
     #[test]
     fn fixed_point_dot_is_as_precise_as_f32() {
-        // the wasm int8 dot: error within 2^-22 of max|x| * sum|q| (f32's own rounding of the
+        // the int8 dot: error within 2^-22 of max|x| * sum|q| (f32's own rounding of the
         // largest value is 2^-24 of it), in groups, across the 4096-value flush, with a tail
         let mut s = 7u64;
         for (n, group) in [(16usize, 16usize), (200, 200), (256, 128), (10000, 10000), (35, 35)] {
@@ -1000,7 +1098,7 @@ mod tests {
             let f = fixed::split(&x, group);
             for (g, run) in x.chunks(group).enumerate() {
                 let (a, b) = (g * group, g * group + run.len());
-                let got = fixed::dot(&f.hi[a..b], &f.lo[a..b], &q[a..b]) as f64 * f.unit[g] as f64;
+                let got = fixed::dot(&fixed::Scalar, &f.hi[a..b], &f.lo[a..b], &q[a..b]) as f64 * f.unit[g] as f64;
                 let exact: f64 = run.iter().zip(&q[a..b]).map(|(x, q)| *x as f64 * *q as f64).sum();
                 let m = run.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
                 let bound = m * q[a..b].iter().map(|v| (*v as f64).abs()).sum::<f64>() / 4194304.0;
@@ -1010,9 +1108,9 @@ mod tests {
         let x: Vec<f32> = (0..300).map(|_| lcg(&mut s)).collect();
         let q: Vec<i8> = (0..1200).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
         let f = fixed::split(&x, 300);
-        let four = fixed::dot4(&f.hi, &f.lo, [&q[..300], &q[300..600], &q[600..900], &q[900..]]);
+        let four = fixed::dot4(&fixed::Scalar, &f.hi, &f.lo, [&q[..300], &q[300..600], &q[600..900], &q[900..]], 300);
         for (r, d) in four.iter().enumerate() {
-            assert_eq!(*d, fixed::dot(&f.hi, &f.lo, &q[r * 300..(r + 1) * 300]));
+            assert_eq!(*d, fixed::dot(&fixed::Scalar, &f.hi, &f.lo, &q[r * 300..(r + 1) * 300]));
         }
         let f = fixed::split(&[0.0, 0.0, f32::NAN, 1.0], 2);
         assert_eq!(f.unit[0], 0.0);
@@ -1053,8 +1151,8 @@ mod tests {
             matmul(&x, View { off: 0, stride: k, len: k }, t, None, w, &mut out, View { off: 0, stride: n, len: n }, &[]);
             for i in 0..t {
                 for r in 0..n {
-                    let want = dot_q8_scalar(&x[i * k..(i + 1) * k], &q[r * k..(r + 1) * k]) * scale[r];
-                    assert!((out[i * n + r] - want).abs() < 1e-3, "{} {}", out[i * n + r], want);
+                    let want = Q8Input::new(&x[i * k..(i + 1) * k], k, k).dot_row(0, &q[r * k..(r + 1) * k], &scale[r..r + 1]);
+                    assert_eq!(out[i * n + r], want);
                 }
             }
         }
