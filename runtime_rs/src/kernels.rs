@@ -285,11 +285,11 @@ mod fixed {
     /// sums go to f32 every CHUNK values, so any width is safe.
     const CHUNK: usize = 4096;
 
-    /// The integer kernels of one target: (sum hi*q, sum lo*q) for one weight row, and for four
-    /// rows that lie `stride` bytes apart.
+    /// The integer kernels of one target: (sum hi*q, sum lo*q) for one weight row, and for the
+    /// four rows of a block in the blocked layout (`block_rows`; hi.len() a multiple of 16).
     pub trait Kernels {
         fn dot(&self, hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32);
-        fn dot4(&self, hi: &[i16], lo: &[i16], q: [&[i8]; 4], stride: usize) -> [(i32, i32); 4];
+        fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4];
     }
 
     /// Plain Rust: no SIMD.
@@ -299,8 +299,16 @@ mod fixed {
         fn dot(&self, hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
             dot_i32_scalar(hi, lo, q)
         }
-        fn dot4(&self, hi: &[i16], lo: &[i16], q: [&[i8]; 4], _stride: usize) -> [(i32, i32); 4] {
-            q.map(|r| dot_i32_scalar(hi, lo, r))
+        fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+            let mut out = [(0, 0); 4];
+            for (i, (h, l)) in hi.iter().zip(lo).enumerate() {
+                for (r, o) in out.iter_mut().enumerate() {
+                    let q = block[i / 16 * 64 + r * 16 + i % 16] as i32;
+                    o.0 += *h as i32 * q;
+                    o.1 += *l as i32 * q;
+                }
+            }
+            out
         }
     }
 
@@ -318,15 +326,14 @@ mod fixed {
         a * 4096.0 + b
     }
 
-    /// `dot` for four weight rows that lie `stride` bytes apart.
+    /// `dot` for the four rows of a block (`block`: 4 * hi.len() bytes in the blocked layout).
     #[inline(always)]
-    pub fn dot4(k: &impl Kernels, hi: &[i16], lo: &[i16], q: [&[i8]; 4], stride: usize) -> [f32; 4] {
-        let n = q.iter().map(|r| r.len()).min().unwrap_or(0).min(hi.len()).min(lo.len());
+    pub fn dot4(k: &impl Kernels, hi: &[i16], lo: &[i16], block: &[i8]) -> [f32; 4] {
+        let n = hi.len().min(lo.len()).min(block.len() / 4);
         let mut acc = [(0f32, 0f32); 4];
         for start in (0..n).step_by(CHUNK) {
             let end = (start + CHUNK).min(n);
-            let part = |r: usize| &q[r][start..end];
-            let sums = k.dot4(&hi[start..end], &lo[start..end], [part(0), part(1), part(2), part(3)], stride);
+            let sums = k.dot4(&hi[start..end], &lo[start..end], &block[4 * start..4 * end]);
             for (a, (sa, sb)) in acc.iter_mut().zip(sums) {
                 a.0 += sa as f32;
                 a.1 += sb as f32;
@@ -346,26 +353,35 @@ mod fixed {
         acc
     }
 
-    /// out[r] = row 0 of `x` times weight row r, for the rows of `q`: the decode matvec, four
-    /// rows at a time (each activation load serves four rows).
+    /// ys[r * t + i] = token i's row of `x` times weight row r, for the rows of `q` (rows of `width`
+    /// int8, scales per group; whole blocks of four in the blocked layout when `blocked`, as
+    /// `block_rows` leaves them, the rest row by row).
     #[inline(always)]
-    pub fn matvec(k: &impl Kernels, x: &Fixed, width: usize, group: usize, q: &[i8], scale: &[f32], out: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, blocked: bool, q: &[i8], scale: &[f32], ys: &mut [f32]) {
         let groups = width / group;
-        let blocks = out.len() / 4 * 4;
+        let n = ys.len() / t;
+        let blocks = if blocked { n / 4 * 4 } else { 0 };
         for r in (0..blocks).step_by(4) {
-            let mut acc = [0f32; 4];
-            for g in 0..groups {
-                let (a, b) = (g * group, (g + 1) * group);
-                let row = |i: usize| &q[(r + i) * width + a..(r + i) * width + b];
-                let d = dot4(k, &x.hi[a..b], &x.lo[a..b], [row(0), row(1), row(2), row(3)], width);
-                for i in 0..4 {
-                    acc[i] += d[i] * x.unit[g] * scale[(r + i) * groups + g];
+            let block = &q[r * width..(r + 4) * width];
+            for i in 0..t {
+                let mut acc = [0f32; 4];
+                for g in 0..groups {
+                    let (a, b) = (i * width + g * group, i * width + (g + 1) * group);
+                    let d = dot4(k, &x.hi[a..b], &x.lo[a..b], &block[4 * g * group..4 * (g + 1) * group]);
+                    for j in 0..4 {
+                        acc[j] += d[j] * x.unit[i * groups + g] * scale[(r + j) * groups + g];
+                    }
+                }
+                for j in 0..4 {
+                    ys[(r + j) * t + i] = acc[j];
                 }
             }
-            out[r..r + 4].copy_from_slice(&acc);
         }
-        for r in blocks..out.len() {
-            out[r] = dot_row(k, x, width, group, 0, &q[r * width..(r + 1) * width], &scale[r * groups..(r + 1) * groups]);
+        for r in blocks..n {
+            for i in 0..t {
+                ys[r * t + i] = dot_row(k, x, width, group, i, &q[r * width..(r + 1) * width], &scale[r * groups..(r + 1) * groups]);
+            }
         }
     }
 
@@ -392,8 +408,8 @@ mod fixed {
                 dot_i32(hi, lo, q)
             }
             #[inline(always)]
-            fn dot4(&self, hi: &[i16], lo: &[i16], q: [&[i8]; 4], _stride: usize) -> [(i32, i32); 4] {
-                dot4_i32(hi, lo, q) // (wasm has no prefetch)
+            fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+                dot4_i32(hi, lo, block)
             }
         }
 
@@ -418,39 +434,38 @@ mod fixed {
             (sum(a) + ta, sum(b) + tb)
         }
 
+        /// Four rows of a block: one sequential stream of weights (four separate row streams ran
+        /// at a third of the speed from DRAM: wasm has no prefetch).
         #[inline(always)]
-        fn dot4_i32(hi: &[i16], lo: &[i16], q: [&[i8]; 4]) -> [(i32, i32); 4] {
-            let n = hi.len();
-            let (hp, lp) = (hi.as_ptr(), lo.as_ptr());
+        fn dot4_i32(hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+            let n = hi.len().min(lo.len()).min(block.len() / 4) / 16 * 16;
+            let (hp, lp, qp) = (hi.as_ptr(), lo.as_ptr(), block.as_ptr());
             let z = i32x4_splat(0);
             let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
             let mut i = 0;
-            // SAFETY: every load reads inside hi[..n], lo[..n] and q[r][..n] (i + 8 <= n; all of length n).
+            // SAFETY: every load reads inside hi[..n], lo[..n] and block[..4n] (i + 8 <= n).
             unsafe {
                 while i + 8 <= n {
+                    // values i..i+8 of the four rows: the first or second half of their 16-byte units
+                    let p = qp.add(4 * (i / 16 * 16) + i % 16);
                     let (h, l) = (v128_load(hp.add(i) as *const v128), v128_load(lp.add(i) as *const v128));
-                    let w = i16x8_load_extend_i8x8(q[0].as_ptr().add(i));
+                    // v128.load8x8_s: 8 int8 sign-extended to i16 by the load itself
+                    let w = i16x8_load_extend_i8x8(p);
                     a0 = i32x4_add(a0, i32x4_dot_i16x8(w, h));
                     b0 = i32x4_add(b0, i32x4_dot_i16x8(w, l));
-                    let w = i16x8_load_extend_i8x8(q[1].as_ptr().add(i));
+                    let w = i16x8_load_extend_i8x8(p.add(16));
                     a1 = i32x4_add(a1, i32x4_dot_i16x8(w, h));
                     b1 = i32x4_add(b1, i32x4_dot_i16x8(w, l));
-                    let w = i16x8_load_extend_i8x8(q[2].as_ptr().add(i));
+                    let w = i16x8_load_extend_i8x8(p.add(32));
                     a2 = i32x4_add(a2, i32x4_dot_i16x8(w, h));
                     b2 = i32x4_add(b2, i32x4_dot_i16x8(w, l));
-                    let w = i16x8_load_extend_i8x8(q[3].as_ptr().add(i));
+                    let w = i16x8_load_extend_i8x8(p.add(48));
                     a3 = i32x4_add(a3, i32x4_dot_i16x8(w, h));
                     b3 = i32x4_add(b3, i32x4_dot_i16x8(w, l));
                     i += 8;
                 }
             }
-            let mut out = [(sum(a0), sum(b0)), (sum(a1), sum(b1)), (sum(a2), sum(b2)), (sum(a3), sum(b3))];
-            for (r, o) in out.iter_mut().enumerate() {
-                let (ta, tb) = dot_i32_scalar(&hi[i..], &lo[i..], &q[r][i..n]);
-                o.0 += ta;
-                o.1 += tb;
-            }
-            out
+            [(sum(a0), sum(b0)), (sum(a1), sum(b1)), (sum(a2), sum(b2)), (sum(a3), sum(b3))]
         }
     }
 
@@ -488,15 +503,11 @@ mod fixed {
                 if is_x86_feature_detected!("avx2") { Some(Avx2(())) } else { None }
             }
 
-            /// super::matvec compiled for AVX2 as a whole, so the kernels inline into its loops.
+            /// super::rows compiled for AVX2 as a whole, so the kernels inline into its loops.
             #[target_feature(enable = "avx2")]
-            pub unsafe fn matvec(&self, x: &super::Fixed, width: usize, group: usize, q: &[i8], scale: &[f32], out: &mut [f32]) {
-                super::matvec(self, x, width, group, q, scale, out)
-            }
-
-            #[target_feature(enable = "avx2")]
-            pub unsafe fn dot_row(&self, x: &super::Fixed, width: usize, group: usize, t: usize, qr: &[i8], sr: &[f32]) -> f32 {
-                super::dot_row(self, x, width, group, t, qr, sr)
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, blocked: bool, q: &[i8], scale: &[f32], ys: &mut [f32]) {
+                super::rows(self, x, t, width, group, blocked, q, scale, ys)
             }
         }
 
@@ -507,8 +518,8 @@ mod fixed {
                 unsafe { dot_i32(hi, lo, q) }
             }
             #[inline(always)]
-            fn dot4(&self, hi: &[i16], lo: &[i16], q: [&[i8]; 4], stride: usize) -> [(i32, i32); 4] {
-                unsafe { dot4_i32(hi, lo, q, stride) }
+            fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+                unsafe { dot4_i32(hi, lo, block) }
             }
         }
 
@@ -529,41 +540,65 @@ mod fixed {
             (sum(a) + ta, sum(b) + tb)
         }
 
+        /// Four rows of a block: one sequential stream of weights.
         #[target_feature(enable = "avx2")]
         #[inline]
-        unsafe fn dot4_i32(hi: &[i16], lo: &[i16], q: [&[i8]; 4], stride: usize) -> [(i32, i32); 4] {
-            let n = hi.len();
+        unsafe fn dot4_i32(hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+            let n = hi.len().min(lo.len()).min(block.len() / 4) / 16 * 16;
             let z = _mm256_setzero_si256();
             let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
-            let next = q[0].as_ptr().wrapping_add(4 * stride);
             let mut i = 0;
             while i + 16 <= n {
-                // four interleaved row streams defeat the hardware prefetcher (half the speed from
-                // DRAM without this): fetch the next four rows, one 64-byte line per step
-                _mm_prefetch(next.wrapping_add(4 * i) as *const i8, _MM_HINT_T0);
                 let (h, l) = (load16(hi.as_ptr().add(i)), load16(lo.as_ptr().add(i)));
-                let w = load_q(q[0].as_ptr().add(i));
+                let p = block.as_ptr().add(4 * i);
+                let w = load_q(p);
                 a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w, h));
                 b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(w, l));
-                let w = load_q(q[1].as_ptr().add(i));
+                let w = load_q(p.add(16));
                 a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(w, h));
                 b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(w, l));
-                let w = load_q(q[2].as_ptr().add(i));
+                let w = load_q(p.add(32));
                 a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(w, h));
                 b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(w, l));
-                let w = load_q(q[3].as_ptr().add(i));
+                let w = load_q(p.add(48));
                 a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(w, h));
                 b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(w, l));
                 i += 16;
             }
-            let mut out = [(sum(a0), sum(b0)), (sum(a1), sum(b1)), (sum(a2), sum(b2)), (sum(a3), sum(b3))];
-            for (r, o) in out.iter_mut().enumerate() {
-                let (ta, tb) = dot_i32_scalar(&hi[i..], &lo[i..], &q[r][i..n]);
-                o.0 += ta;
-                o.1 += tb;
-            }
-            out
+            [(sum(a0), sum(b0)), (sum(a1), sum(b1)), (sum(a2), sum(b2)), (sum(a3), sum(b3))]
         }
+    }
+}
+
+/// Whether a (N, k_pad) int8 matrix with quantization groups of `group` is kept in the blocked
+/// layout: whole 16-value units per row and group.
+pub fn blocked_layout(k_pad: usize, group: usize) -> bool {
+    k_pad % 16 == 0 && group % 16 == 0
+}
+
+/// The blocked layout of row-major int8 rows (n rows of k_pad): each whole block of four rows
+/// interleaved in 16-byte units (row 0's values 0-15, row 1's 0-15, .., row 3's, then row 0's
+/// 16-31, ..), so the four-row kernels read one sequential stream; leftover rows stay as they are.
+pub fn block_rows(q: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
+    let mut out = q.to_vec();
+    for b in 0..n / 4 {
+        let (src, dst) = (&q[4 * b * k_pad..4 * (b + 1) * k_pad], &mut out[4 * b * k_pad..4 * (b + 1) * k_pad]);
+        for (u, unit) in dst.chunks_exact_mut(64).enumerate() {
+            for r in 0..4 {
+                unit[16 * r..16 * (r + 1)].copy_from_slice(&src[r * k_pad + 16 * u..r * k_pad + 16 * (u + 1)]);
+            }
+        }
+    }
+    out
+}
+
+/// Where row r's value j is in `q` (blocked as `block_rows` leaves it, or row-major).
+#[inline]
+pub fn q8_index(r: usize, j: usize, n: usize, k_pad: usize, blocked: bool) -> usize {
+    if blocked && r < n / 4 * 4 {
+        (r / 4) * 4 * k_pad + (j / 16) * 64 + (r % 4) * 16 + j % 16
+    } else {
+        r * k_pad + j
     }
 }
 
@@ -588,28 +623,16 @@ impl Q8Input {
         }
     }
 
-    /// Token t's row times one weight row (int8 values `qr`, one scale per group in `sr`).
-    pub fn dot_row(&self, t: usize, qr: &[i8], sr: &[f32]) -> f32 {
+    /// ys[r * t + i] = token i's row times weight row r, for the rows of `q` (see `fixed::rows`).
+    pub fn rows(&self, t: usize, blocked: bool, q: &[i8], scale: &[f32], ys: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if let Some(k) = &self.avx2 {
-            return unsafe { k.dot_row(&self.x, self.width, self.group, t, qr, sr) };
+            return unsafe { k.rows(&self.x, t, self.width, self.group, blocked, q, scale, ys) };
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return fixed::dot_row(&fixed::simd128::Simd128, &self.x, self.width, self.group, t, qr, sr);
+        return fixed::rows(&fixed::simd128::Simd128, &self.x, t, self.width, self.group, blocked, q, scale, ys);
         #[allow(unreachable_code)]
-        fixed::dot_row(&fixed::Scalar, &self.x, self.width, self.group, t, qr, sr)
-    }
-
-    /// out[r] = token 0's row times weight row r, for the rows of `q` (the decode matvec).
-    pub fn matvec(&self, q: &[i8], scale: &[f32], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(k) = &self.avx2 {
-            return unsafe { k.matvec(&self.x, self.width, self.group, q, scale, out) };
-        }
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return fixed::matvec(&fixed::simd128::Simd128, &self.x, self.width, self.group, q, scale, out);
-        #[allow(unreachable_code)]
-        fixed::matvec(&fixed::Scalar, &self.x, self.width, self.group, q, scale, out)
+        fixed::rows(&fixed::Scalar, &self.x, t, self.width, self.group, blocked, q, scale, ys)
     }
 }
 
@@ -699,14 +722,16 @@ fn dot_f32_simd128(x: &[f32], w: &[f32]) -> f32 {
 /// Weights of a matmul: int8 rows with scales, or f32 rows.
 #[derive(Clone, Copy)]
 pub enum Mat<'a> {
-    Q8 { n: usize, k_pad: usize, group: usize, q: &'a [i8], scale: &'a [f32] },
+    Q8 { n: usize, k_pad: usize, group: usize, blocked: bool, q: &'a [i8], scale: &'a [f32] },
     F32 { n: usize, k: usize, w: &'a [f32] },
 }
 
 impl<'a> Mat<'a> {
     pub fn of(t: &'a crate::weights::Tensor, rows: usize, cols: usize) -> Mat<'a> {
         match t {
-            crate::weights::Tensor::Q8 { n, k_pad, group, q, scale, .. } => Mat::Q8 { n: *n, k_pad: *k_pad, group: *group, q, scale },
+            crate::weights::Tensor::Q8 { n, k_pad, group, blocked, q, scale, .. } => {
+                Mat::Q8 { n: *n, k_pad: *k_pad, group: *group, blocked: *blocked, q, scale }
+            }
             crate::weights::Tensor::F32 { data } => Mat::F32 { n: rows, k: cols, w: data },
         }
     }
@@ -764,20 +789,10 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     let mut ys = vec![0f32; n * t];
     let workers = workers();
     let rows = |first: usize, part: &mut [f32]| match (w, &q8) {
-        (Mat::Q8 { k_pad, group, q, scale, .. }, Some(input)) => {
-            let groups = k_pad / group;
-            let nr = part.len() / t;
-            let (q, scale) = (&q[first * k_pad..(first + nr) * k_pad], &scale[first * groups..(first + nr) * groups]);
-            if t == 1 {
-                input.matvec(q, scale, part) // decode: one call for the block (ys[r] is row r)
-            } else {
-                for (j, o) in part.chunks_mut(t).enumerate() {
-                    let (qr, sr) = (&q[j * k_pad..(j + 1) * k_pad], &scale[j * groups..(j + 1) * groups]);
-                    for (i, y) in o.iter_mut().enumerate() {
-                        *y = input.dot_row(i, qr, sr);
-                    }
-                }
-            }
+        (Mat::Q8 { k_pad, group, blocked, q, scale, .. }, Some(input)) => {
+            // threads split at multiples of four rows, so every part starts on a block
+            let (groups, nr) = (k_pad / group, part.len() / t);
+            input.rows(t, blocked, &q[first * k_pad..(first + nr) * k_pad], &scale[first * groups..(first + nr) * groups], part)
         }
         (Mat::F32 { k, w: wt, .. }, _) => {
             for (j, o) in part.chunks_mut(t).enumerate() {
@@ -790,7 +805,7 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
         (Mat::Q8 { .. }, None) => unreachable!("int8 weights always get a Q8Input"),
     };
     if workers > 1 && n * width * t >= PARALLEL_MIN_WORK && n >= 2 * workers {
-        let per = (n + workers - 1) / workers;
+        let per = ((n + workers - 1) / workers + 3) / 4 * 4;
         run_split(&mut ys, per * t, |block, part| rows(block * per, part));
     } else {
         rows(0, &mut ys);
@@ -919,11 +934,10 @@ pub fn embedding(table: &crate::weights::Tensor, ids: &[u32], out: &mut [f32], o
         let id = id as usize;
         let row = ov.row_mut(out, t);
         match table {
-            crate::weights::Tensor::Q8 { k_pad, group, q, scale, .. } => {
+            crate::weights::Tensor::Q8 { n, k_pad, group, blocked, q, scale, .. } => {
                 let groups = k_pad / group;
-                let qr = &q[id * k_pad..id * k_pad + row.len()];
                 for (j, v) in row.iter_mut().enumerate() {
-                    *v = qr[j] as f32 * scale[id * groups + j / group];
+                    *v = q[q8_index(id, j, *n, *k_pad, *blocked)] as f32 * scale[id * groups + j / group];
                 }
             }
             crate::weights::Tensor::F32 { data } => row.copy_from_slice(&data[id * row.len()..(id + 1) * row.len()]),
@@ -1077,13 +1091,18 @@ mod tests {
                 let (a, b) = fixed::dot_i32_scalar(&hi, &lo, &q[r * n..(r + 1) * n]);
                 a as f32 * 4096.0 + b as f32
             };
-            let rows = [&q[..n], &q[n..2 * n], &q[2 * n..3 * n], &q[3 * n..]];
+            let block = block_rows(&q, 4, n); // (blocked only when n is a multiple of 16)
+            let four = [want(0), want(1), want(2), want(3)];
             assert_eq!(fixed::dot(&fixed::Scalar, &hi, &lo, &q[..n]), want(0), "n={}", n);
-            assert_eq!(fixed::dot4(&fixed::Scalar, &hi, &lo, rows, n), [want(0), want(1), want(2), want(3)]);
+            if n % 16 == 0 {
+                assert_eq!(fixed::dot4(&fixed::Scalar, &hi, &lo, &block), four);
+            }
             #[cfg(target_arch = "x86_64")]
             if let Some(k) = fixed::avx2::Avx2::detect() {
                 assert_eq!(fixed::dot(&k, &hi, &lo, &q[..n]), want(0), "n={}", n);
-                assert_eq!(fixed::dot4(&k, &hi, &lo, rows, n), [want(0), want(1), want(2), want(3)], "n={}", n);
+                if n % 16 == 0 {
+                    assert_eq!(fixed::dot4(&k, &hi, &lo, &block), four, "n={}", n);
+                }
             }
         }
     }
@@ -1106,12 +1125,12 @@ mod tests {
                 assert!((got - exact).abs() <= bound, "n={} got {} exact {}", n, got, exact);
             }
         }
-        let x: Vec<f32> = (0..300).map(|_| lcg(&mut s)).collect();
-        let q: Vec<i8> = (0..1200).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
-        let f = fixed::split(&x, 300);
-        let four = fixed::dot4(&fixed::Scalar, &f.hi, &f.lo, [&q[..300], &q[300..600], &q[600..900], &q[900..]], 300);
+        let x: Vec<f32> = (0..304).map(|_| lcg(&mut s)).collect();
+        let q: Vec<i8> = (0..4 * 304).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
+        let f = fixed::split(&x, 304);
+        let four = fixed::dot4(&fixed::Scalar, &f.hi, &f.lo, &block_rows(&q, 4, 304));
         for (r, d) in four.iter().enumerate() {
-            assert_eq!(*d, fixed::dot(&fixed::Scalar, &f.hi, &f.lo, &q[r * 300..(r + 1) * 300]));
+            assert_eq!(*d, fixed::dot(&fixed::Scalar, &f.hi, &f.lo, &q[r * 304..(r + 1) * 304]));
         }
         let f = fixed::split(&[0.0, 0.0, f32::NAN, 1.0], 2);
         assert_eq!(f.unit[0], 0.0);
@@ -1128,7 +1147,7 @@ mod tests {
         let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
         let mut out = vec![0f32; t * n];
         let v = View { off: 0, stride: k, len: k };
-        matmul(&x, v, t, None, Mat::Q8 { n, k_pad: k, group, q: &q, scale: &scale }, &mut out, View { off: 0, stride: n, len: n }, &[]);
+        matmul(&x, v, t, None, Mat::Q8 { n, k_pad: k, group, blocked: false, q: &q, scale: &scale }, &mut out, View { off: 0, stride: n, len: n }, &[]);
         for i in 0..t {
             for r in 0..n {
                 let want: f64 = (0..k).map(|c| x[i * k + c] as f64 * q[r * k + c] as f64 * scale[r * 2 + c / group] as f64).sum();
@@ -1140,22 +1159,53 @@ mod tests {
 
     #[test]
     fn threaded_matmul_matches_row_by_row() {
-        // large enough for the thread pool (PARALLEL_MIN_WORK), decode and prefill shapes, twice
+        // large enough for the thread pool (PARALLEL_MIN_WORK), decode and prefill shapes, twice;
+        // 602 rows: the split rounds to whole blocks of four
         let mut s = 3u64;
-        let (n, k) = (600, 512);
+        let (n, k) = (602, 512);
         let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
         let scale: Vec<f32> = (0..n).map(|_| lcg(&mut s).abs() * 0.01).collect();
-        let w = Mat::Q8 { n, k_pad: k, group: k, q: &q, scale: &scale };
+        let blocked = block_rows(&q, n, k);
         for t in [1usize, 2, 1] {
             let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+            let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
             let mut out = vec![0f32; t * n];
-            matmul(&x, View { off: 0, stride: k, len: k }, t, None, w, &mut out, View { off: 0, stride: n, len: n }, &[]);
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group: k, blocked: false, q: &q, scale: &scale }, &mut out, ov, &[]);
             for i in 0..t {
+                let input = fixed::split(&x[i * k..(i + 1) * k], k);
                 for r in 0..n {
-                    let want = Q8Input::new(&x[i * k..(i + 1) * k], k, k).dot_row(0, &q[r * k..(r + 1) * k], &scale[r..r + 1]);
+                    let want = fixed::dot_row(&fixed::Scalar, &input, k, k, 0, &q[r * k..(r + 1) * k], &scale[r..r + 1]);
                     assert_eq!(out[i * n + r], want);
                 }
             }
+            let mut fast = vec![0f32; t * n];
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group: k, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
+            assert_eq!(out, fast);
+        }
+    }
+
+    #[test]
+    fn blocked_layout_gives_the_same_bits() {
+        // 42 rows: ten blocks of four and two rows left row-major; groups of 32 in rows of 96
+        let mut s = 11u64;
+        let (n, k, group) = (42, 96, 32);
+        let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
+        let scale: Vec<f32> = (0..n * 3).map(|_| lcg(&mut s).abs() * 0.01).collect();
+        let blocked = block_rows(&q, n, k);
+        assert!(blocked_layout(k, group));
+        for r in [0, 5, 39, 40, 41] {
+            for j in [0, 15, 16, 95] {
+                assert_eq!(blocked[q8_index(r, j, n, k, true)], q[r * k + j]);
+            }
+        }
+        for t in [1usize, 3] {
+            let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+            let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
+            let mut plain = vec![0f32; t * n];
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, blocked: false, q: &q, scale: &scale }, &mut plain, ov, &[]);
+            let mut fast = vec![0f32; t * n];
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
+            assert_eq!(plain, fast);
         }
     }
 

@@ -31,8 +31,10 @@ pub struct TensorSpec {
 /// A loaded weight.
 #[derive(Debug, Clone)]
 pub enum Tensor {
-    /// int8 (N, k_pad) row-major, scales (N, groups): value = q * scale[row][col / group].
-    Q8 { n: usize, k: usize, k_pad: usize, group: usize, q: Vec<i8>, scale: Vec<f32> },
+    /// int8 (N, k_pad), scales (N, groups): value = q * scale[row][col / group]. Row-major as
+    /// loaded; `blocked` once `finish` has put the rows in the kernels' blocked layout
+    /// (kernels::block_rows; kernels::q8_index finds a value).
+    Q8 { n: usize, k: usize, k_pad: usize, group: usize, blocked: bool, q: Vec<i8>, scale: Vec<f32> },
     F32 { data: Vec<f32> },
 }
 
@@ -173,7 +175,7 @@ impl Loader {
                     // u32 words of 4 int8 each: 4 bytes per word, q_words words per row
                     check_array(arrays, "q", "u32", &[n, q_words], ti, Part::Q, shards.len(), &shards, &mut chunks, &what)?;
                     check_array(arrays, "scale", "f32", &[n, groups], ti, Part::Scale, shards.len(), &shards, &mut chunks, &what)?;
-                    Tensor::Q8 { n, k, k_pad, group, q: vec![0; n * k_pad], scale: vec![0.0; n * groups] }
+                    Tensor::Q8 { n, k, k_pad, group, blocked: false, q: vec![0; n * k_pad], scale: vec![0.0; n * groups] }
                 }
                 None => {
                     if dtype != "f32" {
@@ -268,7 +270,16 @@ impl Loader {
         if let Some(i) = self.loaded.iter().position(|l| !l) {
             return Err(format!("shard {} ({}) was not loaded", i, self.shards[i].path));
         }
-        Ok((self.tensors, self.config, self.special_tokens))
+        let mut tensors = self.tensors;
+        for t in &mut tensors {
+            if let Tensor::Q8 { n, k_pad, group, blocked, q, .. } = t {
+                if !*blocked && crate::kernels::blocked_layout(*k_pad, *group) {
+                    *q = crate::kernels::block_rows(q, *n, *k_pad);
+                    *blocked = true;
+                }
+            }
+        }
+        Ok((tensors, self.config, self.special_tokens))
     }
 }
 
