@@ -540,6 +540,11 @@ mod fixed {
             (sum(a) + ta, sum(b) + tb)
         }
 
+        /// How far ahead of the four-row kernel weights are prefetched, non-temporally: a decode
+        /// step streams every weight once, and without this the stream evicted the activations
+        /// (20 KB at K = 5120) from L1 (d20, one thread: 30 -> 41 tok/s; two: +7%).
+        const PREFETCH: usize = 2048;
+
         /// Four rows of a block: one sequential stream of weights.
         #[target_feature(enable = "avx2")]
         #[inline]
@@ -551,6 +556,7 @@ mod fixed {
             while i + 16 <= n {
                 let (h, l) = (load16(hi.as_ptr().add(i)), load16(lo.as_ptr().add(i)));
                 let p = block.as_ptr().add(4 * i);
+                _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
                 let w = load_q(p);
                 a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w, h));
                 b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(w, l));
