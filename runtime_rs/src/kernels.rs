@@ -1216,6 +1216,26 @@ mod tests {
     }
 
     #[test]
+    fn wide_rows_give_the_same_bits() {
+        // groups wider than CHUNK: the i32 sums go to f32 chunk by chunk, the same in both layouts
+        let mut s = 13u64;
+        for (n, k, group) in [(10usize, 4608usize, 4608usize), (8, 8192, 4096)] {
+            let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
+            let scale: Vec<f32> = (0..n * k / group).map(|_| lcg(&mut s).abs() * 0.01).collect();
+            let blocked = block_rows(&q, n, k);
+            for t in [1usize, 2] {
+                let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+                let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
+                let mut plain = vec![0f32; t * n];
+                matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, blocked: false, q: &q, scale: &scale }, &mut plain, ov, &[]);
+                let mut fast = vec![0f32; t * n];
+                matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
+                assert_eq!(plain, fast, "n={} k={} t={}", n, k, t);
+            }
+        }
+    }
+
+    #[test]
     fn attention_single_key_returns_value() {
         let a = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 4, scale: 0.5, window: 0 };
         let mut cache = KvCache::new(8, 1, 4);
