@@ -582,20 +582,23 @@ pub fn blocked_layout(k_pad: usize, group: usize) -> bool {
     k_pad % 16 == 0 && group % 16 == 0
 }
 
-/// The blocked layout of row-major int8 rows (n rows of k_pad): each whole block of four rows
+/// Puts row-major int8 rows (n rows of k_pad) in the blocked layout, in place: each whole block of four rows
 /// interleaved in 16-byte units (row 0's values 0-15, row 1's 0-15, .., row 3's, then row 0's
 /// 16-31, ..), so the four-row kernels read one sequential stream; leftover rows stay as they are.
-pub fn block_rows(q: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
-    let mut out = q.to_vec();
-    for b in 0..n / 4 {
-        let (src, dst) = (&q[4 * b * k_pad..4 * (b + 1) * k_pad], &mut out[4 * b * k_pad..4 * (b + 1) * k_pad]);
-        for (u, unit) in dst.chunks_exact_mut(64).enumerate() {
+pub fn block_rows(q: &mut [i8], n: usize, k_pad: usize) {
+    // in place, one block at a time: a copy of the whole table would double the load's peak memory
+    if k_pad == 0 {
+        return;
+    }
+    let mut rows = vec![0i8; 4 * k_pad];
+    for block in q[..n / 4 * 4 * k_pad].chunks_exact_mut(4 * k_pad) {
+        rows.copy_from_slice(block);
+        for (u, unit) in block.chunks_exact_mut(64).enumerate() {
             for r in 0..4 {
-                unit[16 * r..16 * (r + 1)].copy_from_slice(&src[r * k_pad + 16 * u..r * k_pad + 16 * (u + 1)]);
+                unit[16 * r..16 * (r + 1)].copy_from_slice(&rows[r * k_pad + 16 * u..r * k_pad + 16 * (u + 1)]);
             }
         }
     }
-    out
 }
 
 /// Where row r's value j is in `q` (blocked as `block_rows` leaves it, or row-major).
@@ -787,9 +790,9 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
         }
     }
     // int8 weights read the rows in their dot products' form; f32 weights read xs
-    let (q8, xs) = match w {
-        Mat::Q8 { group, .. } => (Some(Q8Input::new(&xs, width, group)), Vec::new()),
-        Mat::F32 { .. } => (None, xs),
+    let q8 = match w {
+        Mat::Q8 { group, .. } => Some(Q8Input::new(&xs, width, group)),
+        Mat::F32 { .. } => None,
     };
     // results as [row][token], rows split over threads when it pays
     let mut ys = vec![0f32; n * t];
@@ -1076,6 +1079,12 @@ pub fn attention(q: &[f32], qv: View, k: &[f32], kv: View, v: &[f32], vv: View, 
 mod tests {
     use super::*;
 
+    fn blocked(q: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
+        let mut b = q.to_vec();
+        block_rows(&mut b, n, k_pad);
+        b
+    }
+
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
@@ -1097,7 +1106,7 @@ mod tests {
                 let (a, b) = fixed::dot_i32_scalar(&hi, &lo, &q[r * n..(r + 1) * n]);
                 a as f32 * 4096.0 + b as f32
             };
-            let block = block_rows(&q, 4, n); // (blocked only when n is a multiple of 16)
+            let block = blocked(&q, 4, n); // (blocked only when n is a multiple of 16)
             let four = [want(0), want(1), want(2), want(3)];
             assert_eq!(fixed::dot(&fixed::Scalar, &hi, &lo, &q[..n]), want(0), "n={}", n);
             if n % 16 == 0 {
@@ -1134,7 +1143,7 @@ mod tests {
         let x: Vec<f32> = (0..304).map(|_| lcg(&mut s)).collect();
         let q: Vec<i8> = (0..4 * 304).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
         let f = fixed::split(&x, 304);
-        let four = fixed::dot4(&fixed::Scalar, &f.hi, &f.lo, &block_rows(&q, 4, 304));
+        let four = fixed::dot4(&fixed::Scalar, &f.hi, &f.lo, &blocked(&q, 4, 304));
         for (r, d) in four.iter().enumerate() {
             assert_eq!(*d, fixed::dot(&fixed::Scalar, &f.hi, &f.lo, &q[r * 304..(r + 1) * 304]));
         }
@@ -1171,7 +1180,7 @@ mod tests {
         let (n, k) = (602, 512);
         let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
         let scale: Vec<f32> = (0..n).map(|_| lcg(&mut s).abs() * 0.01).collect();
-        let blocked = block_rows(&q, n, k);
+        let blocked = blocked(&q, n, k);
         for t in [1usize, 2, 1] {
             let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
             let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
@@ -1197,7 +1206,7 @@ mod tests {
         let (n, k, group) = (42, 96, 32);
         let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
         let scale: Vec<f32> = (0..n * 3).map(|_| lcg(&mut s).abs() * 0.01).collect();
-        let blocked = block_rows(&q, n, k);
+        let blocked = blocked(&q, n, k);
         assert!(blocked_layout(k, group));
         for r in [0, 5, 39, 40, 41] {
             for j in [0, 15, 16, 95] {
@@ -1222,7 +1231,7 @@ mod tests {
         for (n, k, group) in [(10usize, 4608usize, 4608usize), (8, 8192, 4096)] {
             let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
             let scale: Vec<f32> = (0..n * k / group).map(|_| lcg(&mut s).abs() * 0.01).collect();
-            let blocked = block_rows(&q, n, k);
+            let blocked = blocked(&q, n, k);
             for t in [1usize, 2] {
                 let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
                 let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });

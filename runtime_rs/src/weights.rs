@@ -274,7 +274,7 @@ impl Loader {
         for t in &mut tensors {
             if let Tensor::Q8 { n, k_pad, group, blocked, q, .. } = t {
                 if !*blocked && crate::kernels::blocked_layout(*k_pad, *group) {
-                    *q = crate::kernels::block_rows(q, *n, *k_pad);
+                    crate::kernels::block_rows(q, *n, *k_pad);
                     *blocked = true;
                 }
             }
