@@ -115,7 +115,9 @@ export async function loadModel(siteURL, onProgress) {
 async function fetchManifest(url) {
   let response;
   try {
-    response = await fetch(url, { cache: "no-cache" });
+    // no-store, not no-cache: a revalidation by If-Modified-Since (one-second granularity) gets a
+    // 304 for a manifest rewritten within the second, and the page would run the old hashes
+    response = await fetch(url, { cache: "no-store" });
   } catch {
     throw new LoadError("network", "Could not download model/manifest.json: the connection failed.", "model/manifest.json");
   }
