@@ -281,9 +281,22 @@ mod fixed {
         }
     }
 
-    /// An i32 sum of 4096 products of |hi|, |lo| <= 2048 and |q| <= 128 stays below 2^30: the
-    /// sums go to f32 every CHUNK values, so any width is safe.
-    const CHUNK: usize = 4096;
+    /// i32 sums run over at most TILE values, cut at multiples of TILE (an i32 sum of 2048
+    /// products of |hi|, |lo| <= 2048 and |q| <= 128 stays below 2^29), then go to f32: any width
+    /// is safe, and the cuts are the same for every layout and target. TILE is also the width of
+    /// the column tiles the four-row kernels walk (see `rows`).
+    pub const TILE: usize = 2048;
+
+    /// The pieces of columns [a, b) cut at multiples of TILE.
+    fn runs(a: usize, b: usize) -> impl Iterator<Item = (usize, usize)> {
+        let mut s = a;
+        core::iter::from_fn(move || {
+            let e = b.min((s / TILE + 1) * TILE);
+            let piece = (s, e);
+            s = e;
+            if piece.0 < b { Some(piece) } else { None }
+        })
+    }
 
     /// The integer kernels of one target: (sum hi*q, sum lo*q) for one weight row, and for the
     /// four rows of a block in the blocked layout (`block_rows`; hi.len() a multiple of 16).
@@ -303,7 +316,7 @@ mod fixed {
             let mut out = [(0, 0); 4];
             for (i, (h, l)) in hi.iter().zip(lo).enumerate() {
                 for (r, o) in out.iter_mut().enumerate() {
-                    let q = block[i / 16 * 64 + r * 16 + i % 16] as i32;
+                    let q = block[i / 8 * 32 + r * 8 + i % 8] as i32;
                     o.0 += *h as i32 * q;
                     o.1 += *l as i32 * q;
                 }
@@ -312,75 +325,72 @@ mod fixed {
         }
     }
 
-    /// sum over i of (hi[i] * 4096 + lo[i]) * q[i].
-    #[inline(always)]
-    pub fn dot(k: &impl Kernels, hi: &[i16], lo: &[i16], q: &[i8]) -> f32 {
-        let n = q.len().min(hi.len()).min(lo.len());
-        let (mut a, mut b) = (0f32, 0f32);
-        for start in (0..n).step_by(CHUNK) {
-            let end = (start + CHUNK).min(n);
-            let (sa, sb) = k.dot(&hi[start..end], &lo[start..end], &q[start..end]);
-            a += sa as f32;
-            b += sb as f32;
-        }
-        a * 4096.0 + b
-    }
-
-    /// `dot` for the four rows of a block (`block`: 4 * hi.len() bytes in the blocked layout).
-    #[inline(always)]
-    pub fn dot4(k: &impl Kernels, hi: &[i16], lo: &[i16], block: &[i8]) -> [f32; 4] {
-        let n = hi.len().min(lo.len()).min(block.len() / 4);
-        let mut acc = [(0f32, 0f32); 4];
-        for start in (0..n).step_by(CHUNK) {
-            let end = (start + CHUNK).min(n);
-            let sums = k.dot4(&hi[start..end], &lo[start..end], &block[4 * start..4 * end]);
-            for (a, (sa, sb)) in acc.iter_mut().zip(sums) {
-                a.0 += sa as f32;
-                a.1 += sb as f32;
-            }
-        }
-        acc.map(|(a, b)| a * 4096.0 + b)
-    }
-
     /// Token t's row of `x` (rows of `width`) times one weight row (`qr`, one scale per group in `sr`).
     #[inline(always)]
     pub fn dot_row(k: &impl Kernels, x: &Fixed, width: usize, group: usize, t: usize, qr: &[i8], sr: &[f32]) -> f32 {
+        let row = t * width;
         let mut acc = 0f32;
         for (g, s) in sr.iter().enumerate() {
-            let (a, b) = (t * width + g * group, t * width + (g + 1) * group);
-            acc += dot(k, &x.hi[a..b], &x.lo[a..b], &qr[g * group..(g + 1) * group]) * x.unit[t * (width / group) + g] * s;
+            let (mut a, mut b) = (0f32, 0f32);
+            for (c0, c1) in runs(g * group, (g + 1) * group) {
+                let (sa, sb) = k.dot(&x.hi[row + c0..row + c1], &x.lo[row + c0..row + c1], &qr[c0..c1]);
+                a += sa as f32;
+                b += sb as f32;
+            }
+            acc += (a * 4096.0 + b) * x.unit[t * (width / group) + g] * s;
         }
         acc
     }
 
-    /// ys[r * t + i] = token i's row of `x` times weight row r, for the rows of `q` (rows of `width`
-    /// int8, scales per group; whole blocks of four in the blocked layout when `blocked`, as
-    /// `block_rows` leaves them, the rest row by row).
+    /// ys[(r - first) * t + i] = token i's row of `x` times weight row r, for the rows
+    /// first..first + ys.len() / t of the n rows in `q` (rows of `width` int8, scales per group;
+    /// whole blocks of four in the blocked layout when `blocked`, as `block_rows` leaves them, the
+    /// rest row by row). `first` is a multiple of four.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub fn rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, blocked: bool, q: &[i8], scale: &[f32], ys: &mut [f32]) {
+    pub fn rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, blocked: bool, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
         let groups = width / group;
-        let n = ys.len() / t;
-        let blocks = if blocked { n / 4 * 4 } else { 0 };
-        for r in (0..blocks).step_by(4) {
-            let block = &q[r * width..(r + 4) * width];
-            for i in 0..t {
-                let mut acc = [0f32; 4];
-                for g in 0..groups {
-                    let (a, b) = (i * width + g * group, i * width + (g + 1) * group);
-                    let d = dot4(k, &x.hi[a..b], &x.lo[a..b], &block[4 * g * group..4 * (g + 1) * group]);
-                    for j in 0..4 {
-                        acc[j] += d[j] * x.unit[i * groups + g] * scale[(r + j) * groups + g];
+        let end = first + ys.len() / t;
+        let nb = if blocked { n / 4 * 4 } else { 0 };
+        let blocks_end = end.min(nb).max(first);
+        // Column tile by column tile, as `block_rows` stores them: the tile's activations (TILE * 4
+        // bytes per token) stay in L1 while the weights stream past in one sequential run, where a
+        // whole wide row's would not (1280x5120 ran at half speed on wasm). Each (row, token)
+        // keeps its group's running (a, b) sums from one tile to the next.
+        let mut sums = vec![(0f32, 0f32); blocks_end.saturating_sub(first) * t];
+        for y in &mut ys[..sums.len()] {
+            *y = 0.0;
+        }
+        for c0 in (0..width).step_by(TILE) {
+            let c1 = (c0 + TILE).min(width);
+            for r in (first..blocks_end).step_by(4) {
+                let tile = &q[c0 * nb + r * (c1 - c0)..c0 * nb + (r + 4) * (c1 - c0)];
+                for i in 0..t {
+                    let mut s = c0;
+                    while s < c1 {
+                        // the part of the tile in group g
+                        let g = s / group;
+                        let e = c1.min((g + 1) * group);
+                        let (a, b) = (i * width + s, i * width + e);
+                        let d = k.dot4(&x.hi[a..b], &x.lo[a..b], &tile[4 * (s - c0)..4 * (e - c0)]);
+                        for (j, (da, db)) in d.iter().enumerate() {
+                            let at = (r - first + j) * t + i;
+                            let st = &mut sums[at];
+                            st.0 += *da as f32;
+                            st.1 += *db as f32;
+                            if e == (g + 1) * group {
+                                ys[at] += (st.0 * 4096.0 + st.1) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
+                                *st = (0.0, 0.0);
+                            }
+                        }
+                        s = e;
                     }
-                }
-                for j in 0..4 {
-                    ys[(r + j) * t + i] = acc[j];
                 }
             }
         }
-        for r in blocks..n {
+        for r in blocks_end..end {
             for i in 0..t {
-                ys[r * t + i] = dot_row(k, x, width, group, i, &q[r * width..(r + 1) * width], &scale[r * groups..(r + 1) * groups]);
+                ys[(r - first) * t + i] = dot_row(k, x, width, group, i, &q[r * width..(r + 1) * width], &scale[r * groups..(r + 1) * groups]);
             }
         }
     }
@@ -435,7 +445,7 @@ mod fixed {
         }
 
         /// Four rows of a block: one sequential stream of weights (four separate row streams ran
-        /// at a third of the speed from DRAM: wasm has no prefetch).
+        /// at a third of the speed from DRAM: wasm has no prefetch), 32 bytes per 8 values.
         #[inline(always)]
         fn dot4_i32(hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
             let n = hi.len().min(lo.len()).min(block.len() / 4) / 16 * 16;
@@ -446,20 +456,20 @@ mod fixed {
             // SAFETY: every load reads inside hi[..n], lo[..n] and block[..4n] (i + 8 <= n).
             unsafe {
                 while i + 8 <= n {
-                    // values i..i+8 of the four rows: the first or second half of their 16-byte units
-                    let p = qp.add(4 * (i / 16 * 16) + i % 16);
+                    // values i..i+8 of the four rows, 8 bytes each
+                    let p = qp.add(4 * i);
                     let (h, l) = (v128_load(hp.add(i) as *const v128), v128_load(lp.add(i) as *const v128));
                     // v128.load8x8_s: 8 int8 sign-extended to i16 by the load itself
                     let w = i16x8_load_extend_i8x8(p);
                     a0 = i32x4_add(a0, i32x4_dot_i16x8(w, h));
                     b0 = i32x4_add(b0, i32x4_dot_i16x8(w, l));
-                    let w = i16x8_load_extend_i8x8(p.add(16));
+                    let w = i16x8_load_extend_i8x8(p.add(8));
                     a1 = i32x4_add(a1, i32x4_dot_i16x8(w, h));
                     b1 = i32x4_add(b1, i32x4_dot_i16x8(w, l));
-                    let w = i16x8_load_extend_i8x8(p.add(32));
+                    let w = i16x8_load_extend_i8x8(p.add(16));
                     a2 = i32x4_add(a2, i32x4_dot_i16x8(w, h));
                     b2 = i32x4_add(b2, i32x4_dot_i16x8(w, l));
-                    let w = i16x8_load_extend_i8x8(p.add(48));
+                    let w = i16x8_load_extend_i8x8(p.add(24));
                     a3 = i32x4_add(a3, i32x4_dot_i16x8(w, h));
                     b3 = i32x4_add(b3, i32x4_dot_i16x8(w, l));
                     i += 8;
@@ -477,9 +487,33 @@ mod fixed {
         #[target_feature(enable = "avx2")]
         #[inline]
         unsafe fn sum(v: __m256i) -> i32 {
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            sum4(_mm_add_epi32(low(v), high(v)))
+        }
+
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn sum4(s: __m128i) -> i32 {
             let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
             _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
+        }
+
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn low(v: __m256i) -> __m128i {
+            _mm256_castsi256_si128(v)
+        }
+
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn high(v: __m256i) -> __m128i {
+            _mm256_extracti128_si256(v, 1)
+        }
+
+        /// 8 i16 in both halves (vbroadcasti128).
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn load8_twice(p: *const i16) -> __m256i {
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i))
         }
 
         #[target_feature(enable = "avx2")]
@@ -506,8 +540,8 @@ mod fixed {
             /// super::rows compiled for AVX2 as a whole, so the kernels inline into its loops.
             #[target_feature(enable = "avx2")]
             #[allow(clippy::too_many_arguments)]
-            pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, blocked: bool, q: &[i8], scale: &[f32], ys: &mut [f32]) {
-                super::rows(self, x, t, width, group, blocked, q, scale, ys)
+            pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, blocked: bool, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
+                super::rows(self, x, t, width, group, blocked, q, n, first, scale, ys)
             }
         }
 
@@ -545,57 +579,76 @@ mod fixed {
         /// (20 KB at K = 5120) from L1 (d20, one thread: 30 -> 41 tok/s; two: +7%).
         const PREFETCH: usize = 2048;
 
-        /// Four rows of a block: one sequential stream of weights.
+        /// Four rows of a block: one sequential stream of weights. 16 bytes of it are 8 values of
+        /// two rows, so rows 0 and 1 sum in the low and high halves of a01/b01, rows 2 and 3 in
+        /// a23/b23, against the activations loaded into both halves.
         #[target_feature(enable = "avx2")]
         #[inline]
         unsafe fn dot4_i32(hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
             let n = hi.len().min(lo.len()).min(block.len() / 4) / 16 * 16;
             let z = _mm256_setzero_si256();
-            let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
+            let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
             let mut i = 0;
             while i + 16 <= n {
-                let (h, l) = (load16(hi.as_ptr().add(i)), load16(lo.as_ptr().add(i)));
                 let p = block.as_ptr().add(4 * i);
                 _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
-                let w = load_q(p);
-                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w, h));
-                b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(w, l));
-                let w = load_q(p.add(16));
-                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(w, h));
-                b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(w, l));
-                let w = load_q(p.add(32));
-                a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(w, h));
-                b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(w, l));
-                let w = load_q(p.add(48));
-                a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(w, h));
-                b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(w, l));
+                for half in 0..2 {
+                    let (h, l) = (load8_twice(hi.as_ptr().add(i + 8 * half)), load8_twice(lo.as_ptr().add(i + 8 * half)));
+                    let w = load_q(p.add(32 * half));
+                    a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(w, h));
+                    b01 = _mm256_add_epi32(b01, _mm256_madd_epi16(w, l));
+                    let w = load_q(p.add(32 * half + 16));
+                    a23 = _mm256_add_epi32(a23, _mm256_madd_epi16(w, h));
+                    b23 = _mm256_add_epi32(b23, _mm256_madd_epi16(w, l));
+                }
                 i += 16;
             }
-            [(sum(a0), sum(b0)), (sum(a1), sum(b1)), (sum(a2), sum(b2)), (sum(a3), sum(b3))]
+            [
+                (sum4(low(a01)), sum4(low(b01))),
+                (sum4(high(a01)), sum4(high(b01))),
+                (sum4(low(a23)), sum4(low(b23))),
+                (sum4(high(a23)), sum4(high(b23))),
+            ]
         }
     }
 }
 
 /// Whether a (N, k_pad) int8 matrix with quantization groups of `group` is kept in the blocked
-/// layout: whole 16-value units per row and group.
+/// layout: the four-row kernels step 16 values at a time, so rows and groups hold whole steps.
 pub fn blocked_layout(k_pad: usize, group: usize) -> bool {
     k_pad % 16 == 0 && group % 16 == 0
 }
 
-/// Puts row-major int8 rows (n rows of k_pad) in the blocked layout, in place: each whole block of four rows
-/// interleaved in 16-byte units (row 0's values 0-15, row 1's 0-15, .., row 3's, then row 0's
-/// 16-31, ..), so the four-row kernels read one sequential stream; leftover rows stay as they are.
+/// Puts row-major int8 rows (n rows of k_pad) in the blocked layout, in place. Each whole block of
+/// four rows is interleaved in 8-byte units (row 0's values 0-7, row 1's 0-7, .., row 3's, then
+/// row 0's 8-15, ..), so the four-row kernels read one sequential stream; rows wider than
+/// `fixed::TILE` are cut into column tiles stored tile after tile (every block's first TILE
+/// columns, then every block's next ..), in the order `fixed::rows` reads them. Leftover rows
+/// (n % 4) stay row-major at the end.
 pub fn block_rows(q: &mut [i8], n: usize, k_pad: usize) {
-    // in place, one block at a time: a copy of the whole table would double the load's peak memory
     if k_pad == 0 {
         return;
     }
+    let blocked = n / 4 * 4 * k_pad;
+    // one block at a time: a copy of the whole table would double the load's peak memory
     let mut rows = vec![0i8; 4 * k_pad];
-    for block in q[..n / 4 * 4 * k_pad].chunks_exact_mut(4 * k_pad) {
+    for block in q[..blocked].chunks_exact_mut(4 * k_pad) {
         rows.copy_from_slice(block);
-        for (u, unit) in block.chunks_exact_mut(64).enumerate() {
+        for (u, unit) in block.chunks_exact_mut(32).enumerate() {
             for r in 0..4 {
-                unit[16 * r..16 * (r + 1)].copy_from_slice(&rows[r * k_pad + 16 * u..r * k_pad + 16 * (u + 1)]);
+                unit[8 * r..8 * (r + 1)].copy_from_slice(&rows[r * k_pad + 8 * u..r * k_pad + 8 * (u + 1)]);
+            }
+        }
+    }
+    if k_pad > fixed::TILE {
+        // a block's tile (columns c0..c0 + w) is 4 * w bytes at 4 * c0 in it; tile c0 of every
+        // block goes to c0 * (blocked rows) on. (Wide tables only are copied for this.)
+        let src = q[..blocked].to_vec();
+        let nb = n / 4 * 4;
+        for (b, block) in src.chunks_exact(4 * k_pad).enumerate() {
+            for c0 in (0..k_pad).step_by(fixed::TILE) {
+                let w = fixed::TILE.min(k_pad - c0);
+                q[c0 * nb + 4 * b * w..c0 * nb + 4 * (b + 1) * w].copy_from_slice(&block[4 * c0..4 * (c0 + w)]);
             }
         }
     }
@@ -604,8 +657,11 @@ pub fn block_rows(q: &mut [i8], n: usize, k_pad: usize) {
 /// Where row r's value j is in `q` (blocked as `block_rows` leaves it, or row-major).
 #[inline]
 pub fn q8_index(r: usize, j: usize, n: usize, k_pad: usize, blocked: bool) -> usize {
-    if blocked && r < n / 4 * 4 {
-        (r / 4) * 4 * k_pad + (j / 16) * 64 + (r % 4) * 16 + j % 16
+    let nb = n / 4 * 4;
+    if blocked && r < nb {
+        let c0 = j / fixed::TILE * fixed::TILE;
+        let (w, jl) = (fixed::TILE.min(k_pad - c0), j - c0);
+        c0 * nb + (r / 4) * 4 * w + (jl / 8) * 32 + (r % 4) * 8 + jl % 8
     } else {
         r * k_pad + j
     }
@@ -632,16 +688,17 @@ impl Q8Input {
         }
     }
 
-    /// ys[r * t + i] = token i's row times weight row r, for the rows of `q` (see `fixed::rows`).
-    pub fn rows(&self, t: usize, blocked: bool, q: &[i8], scale: &[f32], ys: &mut [f32]) {
+    /// ys[(r - first) * t + i] = token i's row times weight row r, for the rows first.. of the n
+    /// rows in `q` that ys holds (see `fixed::rows`).
+    pub fn rows(&self, t: usize, blocked: bool, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if let Some(k) = &self.avx2 {
-            return unsafe { k.rows(&self.x, t, self.width, self.group, blocked, q, scale, ys) };
+            return unsafe { k.rows(&self.x, t, self.width, self.group, blocked, q, n, first, scale, ys) };
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return fixed::rows(&fixed::simd128::Simd128, &self.x, t, self.width, self.group, blocked, q, scale, ys);
+        return fixed::rows(&fixed::simd128::Simd128, &self.x, t, self.width, self.group, blocked, q, n, first, scale, ys);
         #[allow(unreachable_code)]
-        fixed::rows(&fixed::Scalar, &self.x, t, self.width, self.group, blocked, q, scale, ys)
+        fixed::rows(&fixed::Scalar, &self.x, t, self.width, self.group, blocked, q, n, first, scale, ys)
     }
 }
 
@@ -798,11 +855,8 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     let mut ys = vec![0f32; n * t];
     let workers = workers();
     let rows = |first: usize, part: &mut [f32]| match (w, &q8) {
-        (Mat::Q8 { k_pad, group, blocked, q, scale, .. }, Some(input)) => {
-            // threads split at multiples of four rows, so every part starts on a block
-            let (groups, nr) = (k_pad / group, part.len() / t);
-            input.rows(t, blocked, &q[first * k_pad..(first + nr) * k_pad], &scale[first * groups..(first + nr) * groups], part)
-        }
+        // threads split at multiples of four rows, so every part starts on a block
+        (Mat::Q8 { n, blocked, q, scale, .. }, Some(input)) => input.rows(t, blocked, q, n, first, scale, part),
         (Mat::F32 { k, w: wt, .. }, _) => {
             for (j, o) in part.chunks_mut(t).enumerate() {
                 let wr = &wt[(first + j) * k..(first + j + 1) * k];
@@ -1078,6 +1132,7 @@ pub fn attention(q: &[f32], qv: View, k: &[f32], kv: View, v: &[f32], vv: View, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fixed::Kernels;
 
     fn blocked(q: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
         let mut b = q.to_vec();
@@ -1102,21 +1157,20 @@ mod tests {
             let hi: Vec<i16> = (0..n).map(|_| (lcg(&mut s) * 2048.0) as i16).collect();
             let lo: Vec<i16> = (0..n).map(|_| (lcg(&mut s) * 2048.0) as i16).collect();
             let q: Vec<i8> = (0..4 * n).map(|_| (lcg(&mut s) * 128.0) as i8).collect();
-            let want = |r: usize| {
-                let (a, b) = fixed::dot_i32_scalar(&hi, &lo, &q[r * n..(r + 1) * n]);
-                a as f32 * 4096.0 + b as f32
-            };
+            let want = |r: usize| fixed::dot_i32_scalar(&hi, &lo, &q[r * n..(r + 1) * n]);
             let block = blocked(&q, 4, n); // (blocked only when n is a multiple of 16)
             let four = [want(0), want(1), want(2), want(3)];
-            assert_eq!(fixed::dot(&fixed::Scalar, &hi, &lo, &q[..n]), want(0), "n={}", n);
-            if n % 16 == 0 {
-                assert_eq!(fixed::dot4(&fixed::Scalar, &hi, &lo, &block), four);
-            }
             #[cfg(target_arch = "x86_64")]
-            if let Some(k) = fixed::avx2::Avx2::detect() {
-                assert_eq!(fixed::dot(&k, &hi, &lo, &q[..n]), want(0), "n={}", n);
+            let k = fixed::avx2::Avx2::detect();
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            let k = Some(fixed::simd128::Simd128);
+            #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
+            let k = Some(fixed::Scalar);
+            if let Some(k) = k {
+                assert_eq!(k.dot(&hi, &lo, &q[..n]), want(0), "n={}", n);
                 if n % 16 == 0 {
-                    assert_eq!(fixed::dot4(&k, &hi, &lo, &block), four, "n={}", n);
+                    assert_eq!(k.dot4(&hi, &lo, &block), four, "n={}", n);
+                    assert_eq!(fixed::Scalar.dot4(&hi, &lo, &block), four, "n={}", n);
                 }
             }
         }
@@ -1125,15 +1179,15 @@ mod tests {
     #[test]
     fn fixed_point_dot_is_as_precise_as_f32() {
         // the int8 dot: error within 2^-22 of max|x| * sum|q| (f32's own rounding of the
-        // largest value is 2^-24 of it), in groups, across the 4096-value flush, with a tail
+        // largest value is 2^-24 of it), in groups, across the TILE-value flush, with a tail
         let mut s = 7u64;
         for (n, group) in [(16usize, 16usize), (200, 200), (256, 128), (10000, 10000), (35, 35)] {
             let x: Vec<f32> = (0..n).map(|i| lcg(&mut s) * if i % 7 == 0 { 30.0 } else { 1.0 }).collect();
             let q: Vec<i8> = (0..n).map(|_| (lcg(&mut s) * 254.0) as i8).collect();
-            let f = fixed::split(&x, group);
             for (g, run) in x.chunks(group).enumerate() {
                 let (a, b) = (g * group, g * group + run.len());
-                let got = fixed::dot(&fixed::Scalar, &f.hi[a..b], &f.lo[a..b], &q[a..b]) as f64 * f.unit[g] as f64;
+                let f = fixed::split(run, run.len());
+                let got = fixed::dot_row(&fixed::Scalar, &f, run.len(), run.len(), 0, &q[a..b], &[1.0]) as f64;
                 let exact: f64 = run.iter().zip(&q[a..b]).map(|(x, q)| *x as f64 * *q as f64).sum();
                 let m = run.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
                 let bound = m * q[a..b].iter().map(|v| (*v as f64).abs()).sum::<f64>() / 4194304.0;
@@ -1143,9 +1197,9 @@ mod tests {
         let x: Vec<f32> = (0..304).map(|_| lcg(&mut s)).collect();
         let q: Vec<i8> = (0..4 * 304).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
         let f = fixed::split(&x, 304);
-        let four = fixed::dot4(&fixed::Scalar, &f.hi, &f.lo, &blocked(&q, 4, 304));
+        let four = fixed::Scalar.dot4(&f.hi, &f.lo, &blocked(&q, 4, 304));
         for (r, d) in four.iter().enumerate() {
-            assert_eq!(*d, fixed::dot(&fixed::Scalar, &f.hi, &f.lo, &q[r * 304..(r + 1) * 304]));
+            assert_eq!(*d, fixed::Scalar.dot(&f.hi, &f.lo, &q[r * 304..(r + 1) * 304]));
         }
         let f = fixed::split(&[0.0, 0.0, f32::NAN, 1.0], 2);
         assert_eq!(f.unit[0], 0.0);
@@ -1226,12 +1280,17 @@ mod tests {
 
     #[test]
     fn wide_rows_give_the_same_bits() {
-        // groups wider than CHUNK: the i32 sums go to f32 chunk by chunk, the same in both layouts
+        // groups wider than TILE: the i32 sums go to f32 run by run, the same in both layouts
         let mut s = 13u64;
-        for (n, k, group) in [(10usize, 4608usize, 4608usize), (8, 8192, 4096)] {
+        for (n, k, group) in [(10usize, 4608usize, 4608usize), (8, 8192, 4096), (9, 4800, 2400)] {
             let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
             let scale: Vec<f32> = (0..n * k / group).map(|_| lcg(&mut s).abs() * 0.01).collect();
             let blocked = blocked(&q, n, k);
+            for r in 0..n {
+                for j in [0, 15, 2047, 2048, 2063, 4095, 4096, k - 1] {
+                    assert_eq!(blocked[q8_index(r, j, n, k, true)], q[r * k + j], "n={} k={} r={} j={}", n, k, r, j);
+                }
+            }
             for t in [1usize, 2] {
                 let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
                 let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
