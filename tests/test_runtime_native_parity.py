@@ -34,6 +34,8 @@ MATRIX = [
     (dict(tie_embeddings=True, n_kv_head=1, activation="gelu", softcap=0.0), "int8"),
     (dict(activation="silu", qk_norm=False, rope_theta=100000.0, n_kv_head=4, mlp_ratio=2.5), "int8"),
     (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=3), "int8-g64"),
+    # an MLP 2560 wide: its projection's rows span two column tiles of the blocked layout
+    (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=2, mlp_ratio=40.0), "int8"),
     (dict(n_embd=64, n_head=4, n_kv_head=2, tie_embeddings=True), "int8-g128"),
     (dict(activation="gelu", n_kv_head=2), "none"),
 ]
