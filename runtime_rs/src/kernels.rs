@@ -287,11 +287,11 @@ mod fixed {
     /// the column tiles the four-row kernels walk (see `rows`).
     pub const TILE: usize = 2048;
 
-    /// The pieces of columns [a, b) cut at multiples of TILE.
-    fn runs(a: usize, b: usize) -> impl Iterator<Item = (usize, usize)> {
+    /// The pieces of columns [a, b) cut at multiples of `step`.
+    fn pieces(a: usize, b: usize, step: usize) -> impl Iterator<Item = (usize, usize)> {
         let mut s = a;
         core::iter::from_fn(move || {
-            let e = b.min((s / TILE + 1) * TILE);
+            let e = b.min((s / step + 1) * step);
             let piece = (s, e);
             s = e;
             if piece.0 < b { Some(piece) } else { None }
@@ -332,7 +332,7 @@ mod fixed {
         let mut acc = 0f32;
         for (g, s) in sr.iter().enumerate() {
             let (mut a, mut b) = (0f32, 0f32);
-            for (c0, c1) in runs(g * group, (g + 1) * group) {
+            for (c0, c1) in pieces(g * group, (g + 1) * group, TILE) {
                 let (sa, sb) = k.dot(&x.hi[row + c0..row + c1], &x.lo[row + c0..row + c1], &qr[c0..c1]);
                 a += sa as f32;
                 b += sb as f32;
@@ -365,12 +365,10 @@ mod fixed {
             let c1 = (c0 + TILE).min(width);
             for r in (first..blocks_end).step_by(4) {
                 let tile = &q[c0 * nb + r * (c1 - c0)..c0 * nb + (r + 4) * (c1 - c0)];
-                for i in 0..t {
-                    let mut s = c0;
-                    while s < c1 {
-                        // the part of the tile in group g
-                        let g = s / group;
-                        let e = c1.min((g + 1) * group);
+                // each part of the tile in one group g, for each token
+                for (s, e) in pieces(c0, c1, group) {
+                    let g = s / group;
+                    for i in 0..t {
                         let (a, b) = (i * width + s, i * width + e);
                         let d = k.dot4(&x.hi[a..b], &x.lo[a..b], &tile[4 * (s - c0)..4 * (e - c0)]);
                         for (j, (da, db)) in d.iter().enumerate() {
@@ -383,7 +381,6 @@ mod fixed {
                                 *st = (0.0, 0.0);
                             }
                         }
-                        s = e;
                     }
                 }
             }
@@ -1253,53 +1250,43 @@ mod tests {
         }
     }
 
-    #[test]
-    fn blocked_layout_gives_the_same_bits() {
-        // 42 rows: ten blocks of four and two rows left row-major; groups of 32 in rows of 96
-        let mut s = 11u64;
-        let (n, k, group) = (42, 96, 32);
-        let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
-        let scale: Vec<f32> = (0..n * 3).map(|_| lcg(&mut s).abs() * 0.01).collect();
+    /// A random (n, k) int8 matrix with groups of `group`: blocked, its values sit where q8_index
+    /// says (rows 0..n, columns `cols`), and matmul of T tokens (each of `ts`) gives the same bits
+    /// as row-major.
+    fn check_blocked_layout(s: &mut u64, n: usize, k: usize, group: usize, cols: &[usize], ts: &[usize]) {
+        let q: Vec<i8> = (0..n * k).map(|_| (lcg(s) * 127.0) as i8).collect();
+        let scale: Vec<f32> = (0..n * k / group).map(|_| lcg(s).abs() * 0.01).collect();
         let blocked = blocked(&q, n, k);
         assert!(blocked_layout(k, group));
-        for r in [0, 5, 39, 40, 41] {
-            for j in [0, 15, 16, 95] {
-                assert_eq!(blocked[q8_index(r, j, n, k, true)], q[r * k + j]);
+        for r in 0..n {
+            for &j in cols {
+                assert_eq!(blocked[q8_index(r, j, n, k, true)], q[r * k + j], "n={} k={} r={} j={}", n, k, r, j);
             }
         }
-        for t in [1usize, 3] {
-            let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+        for &t in ts {
+            let x: Vec<f32> = (0..t * k).map(|_| lcg(s)).collect();
             let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
             let mut plain = vec![0f32; t * n];
             matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, blocked: false, q: &q, scale: &scale }, &mut plain, ov, &[]);
             let mut fast = vec![0f32; t * n];
             matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
-            assert_eq!(plain, fast);
+            assert_eq!(plain, fast, "n={} k={} t={}", n, k, t);
         }
     }
 
     #[test]
+    fn blocked_layout_gives_the_same_bits() {
+        // 42 rows: ten blocks of four and two rows left row-major; groups of 32 in rows of 96
+        check_blocked_layout(&mut 11, 42, 96, 32, &[0, 15, 16, 95], &[1, 3]);
+    }
+
+    #[test]
     fn wide_rows_give_the_same_bits() {
-        // groups wider than TILE: the i32 sums go to f32 run by run, the same in both layouts
+        // rows wider than TILE, in column tiles: groups wider than a tile, and groups that
+        // straddle tiles; the i32 sums go to f32 run by run, the same in both layouts
         let mut s = 13u64;
         for (n, k, group) in [(10usize, 4608usize, 4608usize), (8, 8192, 4096), (9, 4800, 2400)] {
-            let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
-            let scale: Vec<f32> = (0..n * k / group).map(|_| lcg(&mut s).abs() * 0.01).collect();
-            let blocked = blocked(&q, n, k);
-            for r in 0..n {
-                for j in [0, 15, 2047, 2048, 2063, 4095, 4096, k - 1] {
-                    assert_eq!(blocked[q8_index(r, j, n, k, true)], q[r * k + j], "n={} k={} r={} j={}", n, k, r, j);
-                }
-            }
-            for t in [1usize, 2] {
-                let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
-                let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
-                let mut plain = vec![0f32; t * n];
-                matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, blocked: false, q: &q, scale: &scale }, &mut plain, ov, &[]);
-                let mut fast = vec![0f32; t * n];
-                matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
-                assert_eq!(plain, fast, "n={} k={} t={}", n, k, t);
-            }
+            check_blocked_layout(&mut s, n, k, group, &[0, 15, 2047, 2048, 2063, 4095, 4096, k - 1], &[1, 2]);
         }
     }
 
