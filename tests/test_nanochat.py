@@ -70,9 +70,9 @@ LATER = {
 }
 
 
-def _random_later(features: dict, pattern: str) -> NanochatGPT:
+def _random_later(features: dict, pattern: str, sizes: dict = SIZES) -> NanochatGPT:
     torch.manual_seed(7)
-    m = NanochatGPT(NanochatConfig(**SIZES, window_pattern=pattern, **features))
+    m = NanochatGPT(NanochatConfig(**sizes, window_pattern=pattern, **features))
     with torch.no_grad():  # move every scalar off its neutral value so each feature shows in the logits
         for name, p in m.named_parameters():
             if p.ndim <= 1 or name.endswith(("smear_gate.weight", "ve_gate.weight")):
