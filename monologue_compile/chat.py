@@ -128,18 +128,46 @@ def reply(session, tok, prompt: list[int], fed: list[int], max_tokens: int, temp
     stops = {tok.special_tokens[s] for s in ("<|assistant_end|>", "<|bos|>") if s in tok.special_tokens}
     out: list[int] = []
     limit = session.max_len
+    stream = TextStream(tok)
     while len(out) < max_tokens and len(fed) < limit:
         t = sample(logits, temperature, top_k, top_p, rng)
         if t in stops:
             break
         out.append(t)
-        if on_text is not None:
-            on_text(tok.decode(out))
+        if on_text is not None and stream.add(t):
+            on_text(stream.text)
         fed.append(t)
         if len(fed) >= limit:
             break
         logits = session.forward([t])[-1]
+    if on_text is not None and stream.finish():
+        on_text(stream.text)
     return out, fed[: session.pos]  # exactly what the cache holds
+
+
+class TextStream:
+    """Text of tokens as they arrive, whole characters only: a character whose UTF-8 bytes are split
+    across tokens is held back until its last byte comes (decoding each prefix of the tokens on its
+    own would show U+FFFD for the split character, and the replacement would stay on screen)."""
+
+    def __init__(self, tok):
+        import codecs
+
+        self.tok = tok
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""
+
+    def add(self, token: int) -> bool:
+        """Take one token; True when the text grew."""
+        piece = self.decoder.decode(self.tok.decode_bytes([token]))
+        self.text += piece
+        return bool(piece)
+
+    def finish(self) -> bool:
+        """End of the reply: bytes of a character that never completed become U+FFFD."""
+        piece = self.decoder.decode(b"", final=True)
+        self.text += piece
+        return bool(piece)
 
 
 @click.command("chat")

@@ -22,7 +22,7 @@ import click
 from rich.console import Console
 
 from .errors import MonologueError
-from .frontend.load import LoadedModel, load
+from .frontend.load import LoadedModel, build_module, load
 from .frontend.trace import trace
 from .ir import Graph
 from .lower import lower
@@ -58,13 +58,14 @@ def _step(name: str, timings: dict):
     timings[name] = time.perf_counter() - t0
 
 
-def build(checkpoint, quant: str = "int8", tokenizer=None, config=None) -> Compiled:
-    """Checkpoint -> final IR with quantized weights (nothing written)."""
+def build(checkpoint, quant: str = "int8", tokenizer=None, config=None, overrides: dict | None = None) -> Compiled:
+    """Checkpoint -> final IR with quantized weights (nothing written). `overrides`: config values
+    that replace the loaded or detected ones."""
     if quant not in SCHEMES:
         raise MonologueError(f"--quant {quant}: unknown scheme; choose one of {', '.join(SCHEMES)}")
     timings: dict = {}
     with _step("load", timings):
-        loaded = load(checkpoint, tokenizer=tokenizer, config=config)
+        loaded = load(checkpoint, tokenizer=tokenizer, config=config, overrides=overrides)
         module = loaded.build_module()
     with _step("trace", timings):
         ep = trace(module, loaded.config["sequence_len"])
@@ -105,19 +106,43 @@ def _manifest_extra(c: Compiled) -> dict:
     return {
         "compiler": {"name": "monologue-compile", "version": compiler_version()},
         "model": {"arch": c.loaded.arch, "config": c.loaded.config, "quant": c.graph.meta["quant"],
-                  "source": c.loaded.source},
+                  "source": c.loaded.source, "attention_windows": attention_windows(c.graph),
+                  "assumed": c.loaded.assumed},
         "special_tokens": tok.get("special_tokens", {}),
     }
 
 
+def attention_windows(g: Graph) -> list[int]:
+    """Keys each attention layer's query sees, its own included, in layer order (0: all)."""
+    return [int(n.attrs.get("window") or 0) for n in g.nodes if n.op == "attention"]
+
+
+def model_summary(c: Compiled) -> list[str]:
+    """What the compiled model computes that a checkpoint may not say: windows, softcap, assumptions."""
+    cfg = c.loaded.config
+    windows = attention_windows(c.graph)
+    short = sorted({w for w in windows if w})
+    what = f"{c.loaded.arch}" + (f" ({cfg['version']})" if cfg.get("version") else "")
+    win = (f"windows: {sum(1 for w in windows if w)} of {len(windows)} layers see {'/'.join(map(str, short))} keys, "
+           f"the rest all" if short else f"attention: all {len(windows)} layers see every earlier key")
+    lines = [f"model: {what}; {win}; softcap {cfg.get('softcap')}; rotary tables "
+             f"{'bf16-rounded' if cfg.get('rope_bf16') else 'fp32'}"]
+    lines += [f"assumed {k} = {v}" for k, v in c.loaded.assumed.items()]
+    if c.loaded.source.get("overrides"):
+        lines.append("overridden: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in c.loaded.source["overrides"].items()))
+    return lines
+
+
 def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verify=False, dump_ir=False,
-               show_explain=False, eval_per_family: int = 20, wasm: bool = False) -> dict:
+               show_explain=False, eval_per_family: int = 20, wasm: bool = False, overrides: dict | None = None) -> dict:
     """The whole compile; returns the manifest. Writes `out` atomically.
 
     `wasm` builds runtime.wasm with cargo (the CLI's default; off here because a release wasm build
     takes a while and most callers, tests above all, do not need it)."""
     out = Path(out)
-    c = build(checkpoint, quant, tokenizer, config)
+    c = build(checkpoint, quant, tokenizer, config, overrides)
+    for line in model_summary(c):
+        click.echo(line, err=True)
     if dump_ir:
         click.echo(c.graph.dump(), nl=False)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +168,8 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
             with _step("verify", c.timings):
                 fp32 = c.loaded.build_module()
                 report = run_parity(c.graph, fp32_model=fp32, tokenizer_json=c.loaded.tokenizer_json,
-                                    trained=bool(c.loaded.source.get("trained")), eval_per_family=eval_per_family)
+                                    trained=bool(c.loaded.source.get("trained")), eval_per_family=eval_per_family,
+                                    dist=tmp)
                 write_report(report, tmp)
         _replace_dir(tmp, out)
     except BaseException:
@@ -199,12 +225,34 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.option("--eval-per-family", type=int, default=20, show_default=True,
               help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
 @click.option("--no-wasm", is_flag=True, help="skip building runtime.wasm (the browser's CPU fallback; needs cargo + wasm32)")
-def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family, no_wasm):
-    """Compile CHECKPOINT (checkpoint.pt, a nanochat dir, or a state dict) into the static site OUTPUT."""
+@click.option("--softcap", type=float, help="logit softcap (a checkpoint cannot show it; nanochat used 20 in Mar 2-9 2026)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a loaded or detected model config value (JSON value), e.g. --set short_window=512")
+def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family, no_wasm,
+                softcap, sets):
+    """Compile CHECKPOINT (checkpoint.pt, a nanochat checkpoint folder or model_<step>.pt, or a state dict)
+    into the static site OUTPUT."""
+    overrides = parse_sets(sets)
+    if softcap is not None:
+        overrides["softcap"] = softcap
     manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family,
-                          wasm=not no_wasm)
+                          wasm=not no_wasm, overrides=overrides)
     total = sum(f["bytes"] for f in manifest["files"])
     console.print(f"wrote {output} (model {total / 2**20:.1f} MiB, quant {quant}); `monologue serve {output}` serves it")
+
+
+def parse_sets(sets) -> dict:
+    """`--set KEY=VALUE` options -> {key: value}; VALUE is JSON (512, false, 20.0, "SSL") or else a string."""
+    out = {}
+    for item in sets:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise MonologueError(f"--set {item}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text
+    return out
 
 
 @click.command("verify")
@@ -216,7 +264,8 @@ def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, 
 @click.option("--eval-per-family", type=int, default=20, show_default=True,
               help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
 def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
-    """Re-run the parity harness on a compiled DIST; exit 1 when a bound is broken."""
+    """Re-run the parity harness on a compiled DIST, on every backend whose files it holds; exit 1
+    when a bound is broken."""
     from .artifact import load_model
     from .parity import markdown, run_parity, write_report
 
@@ -225,11 +274,12 @@ def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
     trained = False
     if checkpoint is not None:
         loaded = load(checkpoint, tokenizer=tokenizer, config=config)
-        fp32 = loaded.build_module()
+        # the config the dist was compiled with: detected constants and the user's overrides
+        fp32 = build_module(g.meta.get("arch", "gpt"), g.meta["config"], loaded.state_dict)
         trained = bool(loaded.source.get("trained"))
     with console.status("verifying..."):
         report = run_parity(g, fp32_model=fp32, tokenizer_json=tok, trained=trained, eval_per_family=eval_per_family,
-                            backends=("wgpu",) if (Path(dist) / "model" / "plan.json").exists() else (), dist=dist)
+                            dist=dist)
     write_report(report, Path(dist))
     click.echo(markdown(report).split("\n## Per layer")[0])
     if not report["ok"]:

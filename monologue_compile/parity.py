@@ -3,8 +3,13 @@
 Per layer: the R_q model is traced again and run through an fx interpreter that records every
 node's value; each IR kernel is named after the fx node whose value it produces (lowering names
 nodes after fx nodes and fusion keeps the last one), so the two are compared by name.
-End to end: logits on prompts, 64 greedy tokens, decode-with-cache against full recompute, and
-against the fp32 model top-1 agreement, KL and perplexity change on held-out text.
+End to end, on every backend the dist ships (numpy interpreter; wgpu running plan.json under each
+dispatch profile; the emitted crate built natively; runtime.wasm under Node): logits on prompts, one
+sequence reaching sequence_len whose last tokens are decoded one step at a time (past the shortest
+attention window), 64 greedy tokens from a prompt longer than that window; and for the interpreter
+decode-with-cache against full recompute, and against the fp32 model top-1 agreement, KL and
+perplexity change on held-out text. Each check names its backend; a backend this machine cannot run
+is listed as skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ TOLERANCES = {
     "decode_vs_prefill_rel": 1e-4,
     # greedy tokens vs R_q: the contract is identical tokens.
     "greedy_steps": 64,
+    # the long-context check: one sequence reaching sequence_len (capped here, in tokens), its last
+    # tokens fed one decode step at a time, so windows and caches are checked past the shortest window.
+    "long_context_cap": 2048,
+    "long_context_decode_steps": 16,
     "greedy_mismatches": 0,
     # per-layer values vs R_q (cosine): loose enough for rounding in deep stacks, tight enough to catch
     # a wrong kernel (a wrong kernel gives a cosine far below 0.999).
@@ -82,19 +91,6 @@ def _torch_logits(model, ids: list[int]) -> np.ndarray:
 
 def _interp_logits(g: Graph, ids: list[int]) -> np.ndarray:
     return Session(g).forward(ids)
-
-
-def _greedy_interp(g: Graph, prompt: list[int], steps: int) -> list[int]:
-    s = Session(g)
-    logits = s.forward(prompt)[-1]
-    out = []
-    for _ in range(steps):
-        tok = int(np.argmax(logits))
-        out.append(tok)
-        if len(prompt) + len(out) >= s.max_len:
-            break
-        logits = s.forward([tok])[-1]
-    return out
 
 
 def _layer_values(model, ids: list[int]) -> dict[str, np.ndarray]:
@@ -158,27 +154,93 @@ def held_out_sequences(tokenizer_json: str | None, vocab: int, seq_len: int, n: 
     return [rng.integers(0, vocab, size=min(seq_len, 48)).tolist() for _ in range(4)]
 
 
+def shortest_window(g: Graph) -> int:
+    """Keys the most restricted attention layer sees (0: every layer sees all)."""
+    return min((int(n.attrs["window"]) for n in g.nodes if n.op == "attention" and n.attrs.get("window")), default=0)
+
+
+def long_sequence(cfg: dict) -> list[int]:
+    """Seeded ids reaching sequence_len (capped): past every window the model has."""
+    n = min(cfg["sequence_len"], TOLERANCES["long_context_cap"])
+    return np.random.default_rng(4321).integers(0, cfg["vocab_size"], size=n).tolist()
+
+
+class Reference:
+    """R_q's answers, computed once and shared by every backend's checks: logits of the held-out
+    sequences and of the long one, and greedy tokens from a prompt longer than the shortest window."""
+
+    def __init__(self, g: Graph, rq_model, seqs: list[list[int]]):
+        cfg = g.meta["config"]
+        self.seqs, self.long = seqs, long_sequence(cfg)
+        self.window = shortest_window(g)
+        self.logits = [_torch_logits(rq_model, s) for s in seqs]
+        self.long_logits = _torch_logits(rq_model, self.long)
+        steps = min(TOLERANCES["greedy_steps"], cfg["sequence_len"] - 8)
+        # past the window when there is one (and room for the steps), else the start of real text
+        self.prompt = self.long[: min(self.window + 8, cfg["sequence_len"] - steps)] if self.window else seqs[0][:8]
+        self.greedy = rq_model.generate(self.prompt, steps, temperature=0.0)
+
+
+def session_checks(backend: str, s, ref: Reference) -> dict:
+    """One backend's rows: logits vs R_q on the held-out sequences, the long sequence prefilled and
+    then decoded token by token past the window, and greedy tokens from past the window. `s` has the
+    interpreter's interface (forward(ids) -> logits (T, V), reset())."""
+    prefix = "" if backend == "numpy" else backend.replace("-", "_") + "_"
+    worst = {"max_abs": 0.0, "rel": 0.0, "cosine": 1.0}
+    for seq, want in zip(ref.seqs, ref.logits):
+        s.reset()
+        m = metrics(s.forward(seq), want)
+        worst = {"max_abs": max(worst["max_abs"], m["max_abs"]), "rel": max(worst["rel"], m["rel"]),
+                 "cosine": min(worst["cosine"], m["cosine"])}
+    out = {prefix + "logits_vs_rq": {"backend": backend, **worst, "ok": _logits_ok(worst)}}
+
+    long = ref.long
+    split = max(1, len(long) - TOLERANCES["long_context_decode_steps"])
+    s.reset()
+    got = np.concatenate([s.forward(long[:split])] + [s.forward([t]) for t in long[split:]])
+    m = metrics(got, ref.long_logits)
+    last = metrics(got[-1], ref.long_logits[-1])  # the longest position alone
+    out[prefix + "long_context_vs_rq"] = {
+        "backend": backend, "tokens": len(long), "longest_position": len(long) - 1, "decode_steps": len(long) - split,
+        "shortest_window": ref.window, **m, "max_abs_at_longest": last["max_abs"], "ok": _logits_ok(m)}
+
+    s.reset()
+    logits = s.forward(ref.prompt)[-1]
+    ours: list[int] = []
+    while len(ours) < len(ref.greedy):
+        ours.append(int(np.argmax(logits)))
+        if len(ours) < len(ref.greedy):
+            logits = s.forward([ours[-1]])[-1]
+    mism = sum(a != b for a, b in zip(ours, ref.greedy))
+    out[prefix + "greedy_vs_rq"] = {
+        "backend": backend, "prompt_tokens": len(ref.prompt), "steps": len(ref.greedy), "mismatches": mism,
+        "first_mismatch": next((i for i, (a, b) in enumerate(zip(ours, ref.greedy)) if a != b), None),
+        "ok": mism <= TOLERANCES["greedy_mismatches"]}
+    return out
+
+
+def _logits_ok(m: dict) -> bool:
+    return m["rel"] <= TOLERANCES["logits_rel_vs_rq"] and m["cosine"] >= TOLERANCES["logits_cosine_vs_rq"]
+
+
 def run_parity(g: Graph, fp32_model=None, rq_model=None, tokenizer_json: str | None = None,
-               trained: bool = False, layers: bool = True, eval_per_family: int = 20, backends=(), dist=None) -> dict:
+               trained: bool = False, layers: bool = True, eval_per_family: int = 20, dist=None,
+               backends: tuple | None = None) -> dict:
     """The full report (a JSON-able dict with "ok"); fp32_model is optional (needs the original weights).
-    `backends` adds those backends' checks (BACKEND_CHECKS) to the same report, run on DIST's files when given."""
+    The interpreter is always checked; with DIST, so is every backend whose files DIST holds
+    (`backends` narrows that to the names given; see available_backends)."""
     from .frontend.load import build_module
 
     cfg = g.meta["config"]
     if rq_model is None:
         rq_model = build_module(g.meta.get("arch", "gpt"), cfg, rq_state_dict(g))
     seqs = held_out_sequences(tokenizer_json, cfg["vocab_size"], cfg["sequence_len"])
-    report: dict = {"quant": g.meta.get("quant"), "tolerances": TOLERANCES, "checks": {}}
+    ref = Reference(g, rq_model, seqs)
+    report: dict = {"quant": g.meta.get("quant"), "tolerances": TOLERANCES, "checks": {}, "backends": {}}
     checks = report["checks"]
 
-    # logits vs R_q
-    worst = {"max_abs": 0.0, "rel": 0.0, "cosine": 1.0}
-    for s in seqs:
-        m = metrics(_interp_logits(g, s), _torch_logits(rq_model, s))
-        worst = {"max_abs": max(worst["max_abs"], m["max_abs"]), "rel": max(worst["rel"], m["rel"]),
-                 "cosine": min(worst["cosine"], m["cosine"])}
-    checks["logits_vs_rq"] = {**worst, "ok": worst["rel"] <= TOLERANCES["logits_rel_vs_rq"]
-                              and worst["cosine"] >= TOLERANCES["logits_cosine_vs_rq"]}
+    checks.update(session_checks("numpy", Session(g), ref))
+    report["backends"]["numpy"] = {"status": "ran"}
 
     # decode with the cache vs full recompute (interpreter)
     s0 = seqs[0]
@@ -186,23 +248,14 @@ def run_parity(g: Graph, fp32_model=None, rq_model=None, tokenizer_json: str | N
     sess = Session(g)
     parts = [sess.forward(s0[:split])] + [sess.forward([t]) for t in s0[split:]]
     m = metrics(np.concatenate(parts), _interp_logits(g, s0))
-    checks["decode_vs_prefill"] = {**m, "ok": m["rel"] <= TOLERANCES["decode_vs_prefill_rel"]}
-
-    # greedy tokens vs R_q (reference generate, with its own KV cache)
-    steps = min(TOLERANCES["greedy_steps"], cfg["sequence_len"] - 8)
-    prompt = s0[:8]
-    ours = _greedy_interp(g, prompt, steps)
-    theirs = rq_model.generate(prompt, steps, temperature=0.0)
-    mism = sum(a != b for a, b in zip(ours, theirs)) + abs(len(ours) - len(theirs))
-    first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
-    checks["greedy_vs_rq"] = {"steps": len(theirs), "mismatches": mism, "first_mismatch": first,
-                              "ok": mism <= TOLERANCES["greedy_mismatches"]}
+    checks["decode_vs_prefill"] = {"backend": "numpy", **m, "ok": m["rel"] <= TOLERANCES["decode_vs_prefill_rel"]}
 
     if layers:
         rows = per_layer(g, rq_model, s0)
         report["layers"] = rows
         bad = [r["node"] for r in rows if not r["ok"]]
-        checks["layers_vs_rq"] = {"compared": len(rows), "worst_cosine": min((r["cosine"] for r in rows), default=1.0),
+        checks["layers_vs_rq"] = {"backend": "numpy", "compared": len(rows),
+                                  "worst_cosine": min((r["cosine"] for r in rows), default=1.0),
                                   "failing": bad[:5], "ok": not bad}
 
     if fp32_model is not None:
@@ -222,26 +275,103 @@ def run_parity(g: Graph, fp32_model=None, rq_model=None, tokenizer_json: str | N
         ppl_fp, ppl_q = math.exp(nll_fp / n_pred), math.exp(nll_q / n_pred)
         top1 = agree / total
         checks["vs_fp32"] = {
-            "top1_agreement": top1, "kl_mean": kl_sum / total, "ppl_fp32": ppl_fp, "ppl_quant": ppl_q,
-            "ppl_change_pct": 100 * (ppl_q / ppl_fp - 1), "positions": total, "enforced": trained,
+            "backend": "numpy", "top1_agreement": top1, "kl_mean": kl_sum / total, "ppl_fp32": ppl_fp,
+            "ppl_quant": ppl_q, "ppl_change_pct": 100 * (ppl_q / ppl_fp - 1), "positions": total, "enforced": trained,
             "ok": (top1 >= TOLERANCES["top1_agreement_vs_fp32"]) or not trained,
         }
     if fp32_model is not None and trained and tokenizer_json and eval_per_family:
-        checks["eval_vs_fp32"] = _eval_accuracy(g, fp32_model, tokenizer_json, eval_per_family)
-    for name in backends:
-        checks.update(BACKEND_CHECKS[name](g, rq_model, fp32_model, seqs, dist))
+        checks["eval_vs_fp32"] = {"backend": "numpy", **_eval_accuracy(g, fp32_model, tokenizer_json, eval_per_family)}
+
+    if dist is not None:
+        for name, open_session in available_backends(dist).items():
+            if backends is not None and name not in backends:
+                continue
+            report["backends"][name] = _backend_checks(name, open_session, ref, checks, g, fp32_model, seqs, dist)
+    for name, b in report["backends"].items():
+        if b["status"] == "ran":
+            mine = [c for c in checks.values() if c.get("backend") == name]
+            b["status"] = "pass" if all(c["ok"] for c in mine) else "fail"
+            b["longest_position"] = max((c.get("longest_position", -1) for c in mine), default=-1)
+    report["longest_position"] = max((b.get("longest_position", -1) for b in report["backends"].values()), default=-1)
     report["ok"] = all(c["ok"] for c in checks.values())
     return report
 
 
-def _wgpu_checks(*args):
-    from .backends.wgpu_executor import parity_checks
+def _backend_checks(name, open_session, ref, checks, g, fp32_model, seqs, dist) -> dict:
+    """Run one backend's checks into `checks`; its row of report["backends"]."""
+    try:
+        s = open_session()
+    except SkipBackend as e:
+        return {"status": "skipped", "reason": str(e)}
+    except Exception as e:  # a backend that should run and cannot is a failure, named in the report
+        checks[name.replace("-", "_") + "_runs"] = {"backend": name, "error": str(e).strip()[:300], "ok": False}
+        return {"status": "ran"}
+    try:
+        checks.update(session_checks(name, s, ref))
+        if name == "wgpu":
+            from .backends.wgpu_executor import parity_checks
 
-    return parity_checks(*args)
+            checks.update({k: {"backend": name, **v} for k, v in parity_checks(g, fp32_model, seqs, dist).items()})
+    finally:
+        close = getattr(s, "close", None)
+        if close is not None:
+            close()
+    return {"status": "ran"}
 
 
-# backend -> fn(graph, rq_model, fp32_model, sequences, dist) -> {check name: {..., "ok"}}
-BACKEND_CHECKS = {"wgpu": _wgpu_checks}
+class SkipBackend(Exception):
+    """This machine cannot run the backend (no adapter, toolchain or Node); the report says why."""
+
+
+def available_backends(dist) -> dict:
+    """Backend name -> a function opening a session on DIST's own files (or raising SkipBackend):
+    plan.json under each dispatch profile (wgpu: the default lists, wgpu-<profile>: that profile's),
+    the emitted crate built natively, runtime.wasm under Node."""
+    dist = Path(dist)
+    out: dict = {}
+    if (dist / "model" / "plan.json").exists():
+        plan = json.loads((dist / "model" / "plan.json").read_text())
+        for profile in [None, *plan.get("profiles", {})]:
+            out["wgpu" + (f"-{profile}" if profile else "")] = lambda profile=profile: _wgpu_session(dist, profile)
+    out["native"] = lambda: _native_session(dist)
+    out["wasm"] = lambda: _wasm_session(dist)
+    return out
+
+
+def _wgpu_session(dist, profile):
+    from .backends.wgpu_executor import WgpuSession
+    from .wgsl.device import NoAdapter
+
+    try:
+        return WgpuSession.from_dist(dist, profile=profile)
+    except NoAdapter as e:
+        raise SkipBackend(f"no WebGPU adapter: {e}") from None
+
+
+def _native_session(dist):
+    from .backends.native import NativeModel
+    from .backends.rust_crate import find_toolchain
+    from .errors import MonologueError
+
+    if not (Path(dist) / "runtime_rs" / "src" / "model_gen.rs").exists():
+        raise SkipBackend("the dist has no runtime_rs/ crate")
+    try:
+        find_toolchain(wasm=False)
+    except MonologueError as e:
+        raise SkipBackend(f"no Rust toolchain to build the native runtime: {e}") from None
+    return NativeModel.from_dist(dist)
+
+
+def _wasm_session(dist):
+    import shutil
+
+    from .backends.native import WasmModel
+
+    if not (Path(dist) / "runtime.wasm").exists():
+        raise SkipBackend("the dist has no runtime.wasm (compiled with --no-wasm)")
+    if not shutil.which("node"):
+        raise SkipBackend("no Node.js (node) to run runtime.wasm")
+    return WasmModel.from_dist(dist)
 
 
 def _interp_generate_fn(g: Graph):
@@ -290,11 +420,18 @@ def write_report(report: dict, out_dir: Path) -> None:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# Parity report ({'PASS' if r['ok'] else 'FAIL'})", "", f"Quantization: `{r['quant']}`", "",
-             "| check | result | ok |", "| --- | --- | --- |"]
+    lines = [f"# Parity report ({'PASS' if r['ok'] else 'FAIL'})", "", f"Quantization: `{r['quant']}`", ""]
+    if r.get("backends"):
+        lines += [f"Longest position checked: {r.get('longest_position')}", "",
+                  "| backend | status | longest position |", "| --- | --- | --- |"]
+        for name, b in r["backends"].items():
+            status = f"skipped: {b['reason']}" if b["status"] == "skipped" else b["status"].upper()
+            lines.append(f"| {name} | {status} | {b.get('longest_position', '-')} |")
+        lines.append("")
+    lines += ["| backend | check | result | ok |", "| --- | --- | --- | --- |"]
     for name, c in r["checks"].items():
-        vals = ", ".join(f"{k}={_short(v)}" for k, v in c.items() if k != "ok")
-        lines.append(f"| {name} | {vals} | {'yes' if c['ok'] else '**NO**'} |")
+        vals = ", ".join(f"{k}={_short(v)}" for k, v in c.items() if k not in ("ok", "backend"))
+        lines.append(f"| {c.get('backend', '')} | {name} | {vals} | {'yes' if c['ok'] else '**NO**'} |")
     if r.get("layers"):
         lines += ["", "## Per layer (interpreter vs R_q)", "", "| node | op | max_abs | rel | cosine | ok |",
                   "| --- | --- | --- | --- | --- | --- |"]

@@ -58,3 +58,40 @@ def test_second_turn_reuses_cache_and_matches_fresh_prefill(tmp_path, tiny_check
     assert pos_before == len(fed) > 0
     fresh, _ = reply(Session(g), tok, prompt2, [], 6, 0.0, None, None, rng)
     assert out2 == fresh
+
+
+class _Scripted:
+    """A session whose next token is the next of `script` (one-hot logits)."""
+
+    def __init__(self, script, vocab):
+        self.script, self.vocab, self.pos, self.max_len = list(script), vocab, 0, 1000
+
+    def reset(self):
+        self.pos = 0
+
+    def forward(self, ids):
+        self.pos += len(ids)
+        row = np.zeros((len(ids), self.vocab), np.float32)
+        row[-1, self.script.pop(0)] = 1.0
+        return row
+
+
+def test_streamed_text_never_splits_a_character():
+    from conftest import byte_tokenizer_json
+
+    from monologue_compile.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_json(byte_tokenizer_json())
+    end = tok.special_tokens["<|assistant_end|>"]
+    # byte tokens: "é" is C3 A9 and "€" is E2 82 AC, each arriving one byte per token
+    script = [0xC3, 0xA9, ord("!"), 0xE2, 0x82, 0xAC, end]
+    shown: list[str] = []
+    out, _ = reply(_Scripted(script, tok.vocab_size), tok, [1, 2], [], 20, 0.0, None, None,
+                   np.random.default_rng(0), shown.append)
+    assert len(out) == 6
+    assert shown == ["é", "é!", "é!€"]  # each call shows more whole characters, never U+FFFD
+    # a character cut off by the token limit still ends as U+FFFD, as a lossy decode shows it
+    shown.clear()
+    reply(_Scripted([ord("a"), 0xE2, 0x82, end], tok.vocab_size), tok, [1], [], 3, 0.0, None, None,
+          np.random.default_rng(0), shown.append)
+    assert shown == ["a", "a\ufffd"]

@@ -41,6 +41,7 @@ class GPTConfig:
     activation: str = "relu2"  # relu2 | gelu | silu
     softcap: float = 15.0  # tanh logit softcap; 0 turns it off
     rope_theta: float = 10000.0
+    rope_bf16: bool = False  # cos/sin rounded to bf16, as nanochat's own forward before Mar 4 2026
     qk_norm: bool = True
     tie_embeddings: bool = False
 
@@ -88,13 +89,18 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return torch.cat([y1, y2], 3)
 
 
-def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of shape (1, seq_len, 1, head_dim/2), float32."""
+def rotary_tables(seq_len: int, head_dim: int, base: float, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (1, seq_len, 1, head_dim/2), float32; `bf16`: their values rounded to
+    bf16 (nanochat kept the buffers in bf16 until Mar 2026; an fp32 activation times a bf16 table
+    computes in fp32, so rounded fp32 tables give the same numbers)."""
     channel_range = torch.arange(0, head_dim, 2, dtype=torch.float32)
     inv_freq = 1.0 / (base ** (channel_range / head_dim))
     t = torch.arange(seq_len, dtype=torch.float32)
     freqs = torch.outer(t, inv_freq)
-    return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]
+    cos, sin = freqs.cos(), freqs.sin()
+    if bf16:
+        cos, sin = cos.bfloat16().float(), sin.bfloat16().float()
+    return cos[None, :, None, :], sin[None, :, None, :]
 
 
 class KVCache:
@@ -198,7 +204,7 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         # Rotary tables are buffers, not parameters: they are rebuilt, never saved (as in nanochat).
-        cos, sin = rotary_tables(config.sequence_len, config.head_dim, config.rope_theta)
+        cos, sin = rotary_tables(config.sequence_len, config.head_dim, config.rope_theta, config.rope_bf16)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 

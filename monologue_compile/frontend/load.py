@@ -3,8 +3,9 @@
 Three inputs are understood:
 
 1. this project's `checkpoint.pt`: `{"model_config", "model", "tokenizer", "meta"}`;
-2. a nanochat checkpoint directory: `model_NNNNNN.pt` (a bare state dict) + `meta_NNNNNN.json`, and
-   `tokenizer.pkl` beside it (or in `../tokenizer/`, or given with `--tokenizer`);
+2. a nanochat checkpoint: its folder (`*_checkpoints/<tag>/`, the latest step) or one `model_NNNNNN.pt`
+   (a bare state dict) with `meta_NNNNNN.json` beside it, and `tokenizer.pkl` beside it, in
+   `../tokenizer/`, or where nanochat keeps it, `../../tokenizer/` (or given with `--tokenizer`);
 3. a bare state dict `.pt` plus `--config` JSON (a GPTConfig dict, or a nanochat meta.json).
 
 Every `torch.load` is `weights_only=True`: a checkpoint is a pickle, and a pickle from a stranger can
@@ -37,6 +38,8 @@ class LoadedModel:
     state_dict: dict[str, torch.Tensor]  # fp32, prefixes stripped
     tokenizer_json: str  # monologue-tokenizer JSON text
     source: dict = field(default_factory=dict)  # {"name": file name, "sha256": ..., "kind": ...}
+    # config keys the checkpoint cannot show -> what was assumed (and how to say otherwise)
+    assumed: dict[str, str] = field(default_factory=dict)
 
     def build_module(self, state_dict: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
         """The PyTorch model of this architecture with `state_dict` (default: the checkpoint's) loaded."""
@@ -64,7 +67,7 @@ def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -
         else:
             raise MonologueError(f"unknown architecture {arch!r}")
     c = model.config
-    model.cos, model.sin = rotary_tables(c.sequence_len, c.head_dim, c.rope_theta)  # buffers, never saved
+    model.cos, model.sin = rotary_tables(c.sequence_len, c.head_dim, c.rope_theta, c.rope_bf16)  # buffers, never saved
     try:
         # assign: the module's parameters are the checkpoint's tensors, not a second copy (d20 is 2.2 GB)
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
@@ -77,12 +80,20 @@ def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -
     return model.eval()
 
 
-def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Path | None = None) -> LoadedModel:
-    path = Path(path)
+def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Path | None = None,
+         overrides: dict | None = None) -> LoadedModel:
+    """`overrides`: config values that replace the loaded or detected ones (`--softcap`, `--set`)."""
+    m = _load(Path(path), tokenizer, config)
+    return _overridden(m, overrides) if overrides else m
+
+
+def _load(path: Path, tokenizer, config) -> LoadedModel:
     if not path.exists():
         raise MonologueError(f"{path}: no such file or directory")
     if path.is_dir():
-        return _load_nanochat_dir(path, tokenizer)
+        return _load_nanochat(_latest_model(path), tokenizer)
+    if re.fullmatch(r"model_\d+\.pt", path.name) and (path.parent / _meta_name(path)).exists():
+        return _load_nanochat(path, tokenizer)
     obj = _torch_load(path)
     source = {"name": path.name, "sha256": sha256_file(path)}
     if isinstance(obj, dict) and "model_config" in obj and "model" in obj:
@@ -104,57 +115,99 @@ def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Pa
         sd = _clean_state_dict(obj, path)
         if tokenizer is None:
             raise MonologueError(f"{path}: a bare state dict needs --tokenizer (tokenizer.json or tokenizer.pkl)")
-        arch, cfg = _arch_and_config(cfg_obj, sd, Path(config))
-        return _checked(LoadedModel(arch, cfg, sd, _read_tokenizer(Path(tokenizer)), {**source, "kind": "state_dict"}))
+        arch, cfg, assumed = _arch_and_config(cfg_obj, sd, Path(config))
+        return _checked(LoadedModel(arch, cfg, sd, _read_tokenizer(Path(tokenizer)), {**source, "kind": "state_dict"},
+                                    assumed))
     raise MonologueError(f"{path}: not a Monologue checkpoint (no 'model_config' and 'model') nor a state dict")
 
 
-def _load_nanochat_dir(d: Path, tokenizer) -> LoadedModel:
-    models = sorted(d.glob("model_*.pt"))
+def _meta_name(model_path: Path) -> str:
+    return re.sub(r"^model_(\d+)\.pt$", r"meta_\1.json", model_path.name)
+
+
+def _latest_model(d: Path) -> Path:
+    models = [p for p in d.glob("model_*.pt") if re.fullmatch(r"model_\d+\.pt", p.name)]
     if not models:
-        raise MonologueError(f"{d}: no model_NNNNNN.pt in this directory")
-    model_path = models[-1]  # the latest step: zero-padded numbers sort as strings
-    step = re.sub(r"^model_|\.pt$", "", model_path.name)
-    meta_path = d / f"meta_{step}.json"
+        tags = sorted(p.parent.name for p in d.glob("*/model_*.pt"))
+        hint = f"; its checkpoint folders: {', '.join(tags)}" if tags else ""
+        raise MonologueError(f"{d}: no model_NNNNNN.pt in this directory{hint}")
+    return max(models, key=lambda p: int(p.name[6:-3]))  # the latest step
+
+
+def _load_nanochat(model_path: Path, tokenizer) -> LoadedModel:
+    d = model_path.parent
+    meta_path = d / _meta_name(model_path)
     if not meta_path.exists():
         raise MonologueError(f"{d}: {model_path.name} has no {meta_path.name} beside it")
     meta = _read_json(meta_path)
-    if "model_config" not in meta:
+    if not isinstance(meta, dict) or "model_config" not in meta:
         raise MonologueError(f"{meta_path}: no 'model_config'")
     if tokenizer is None:
-        for cand in (d / "tokenizer.pkl", d / "tokenizer.json", d.parent / "tokenizer" / "tokenizer.pkl"):
-            if cand.exists():
-                tokenizer = cand
-                break
-        else:
-            raise MonologueError(f"{d}: no tokenizer.pkl beside the checkpoint; give one with --tokenizer")
+        # beside it, then nanochat's $NANOCHAT_BASE_DIR/tokenizer/ seen from {base,mid,...}_checkpoints/<tag>/
+        places = (d / "tokenizer.pkl", d / "tokenizer.json", d.parent / "tokenizer" / "tokenizer.pkl",
+                  d.parent.parent / "tokenizer" / "tokenizer.pkl")
+        tokenizer = next((p for p in places if p.exists()), None)
+        if tokenizer is None:
+            raise MonologueError(f"{d}: no tokenizer.pkl beside the checkpoint, in ../tokenizer/ or ../../tokenizer/; "
+                                 f"give one with --tokenizer")
     obj = _torch_load(model_path)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise MonologueError(f"{model_path}: expected a state dict of tensors")
     sd = _clean_state_dict(obj, model_path)
-    arch, cfg = _arch_and_config(meta["model_config"], sd, meta_path)
+    arch, cfg, assumed = _arch_and_config(meta["model_config"], sd, meta_path)
     source = {"name": f"{d.name}/{model_path.name}", "sha256": sha256_file(model_path), "kind": "nanochat",
               "step": meta.get("step"), "trained": bool(meta.get("step"))}
-    return _checked(LoadedModel(arch, cfg, sd, _read_tokenizer(Path(tokenizer)), source))
+    return _checked(LoadedModel(arch, cfg, sd, _read_tokenizer(Path(tokenizer)), source, assumed))
 
 
-def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict]:
-    """A training/ config as is; a nanochat model_config (sizes only) by the version its keys show."""
+def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict, dict]:
+    """A training/ config as is; a nanochat model_config (sizes only) by the version its keys show.
+    Also returns what detection had to assume (see nanochat.detect)."""
     if not isinstance(cfg, dict):
         raise MonologueError(f"{where}: model_config is not a dict")
     if "activation" in cfg or "tie_embeddings" in cfg:  # written by training/: a full GPTConfig
-        return "gpt", _gpt_config(cfg, where)
-    from .nanochat import detect, is_later
+        return "gpt", _gpt_config(cfg, where), {}
+    from .nanochat import check_keys, detect, is_later
 
     if "transformer.wte.weight" not in sd:
         raise MonologueError(f"{where}: state dict has no transformer.wte.weight (not a nanochat GPT)")
     if is_later(sd, cfg):
-        return "nanochat", detect(sd, cfg).to_dict()
-    # Oct 2025: training/gpt.py with nanochat's defaults
-    out = {"activation": "relu2", "softcap": 15.0, "rope_theta": 10000.0, "qk_norm": True,
+        c, assumed = detect(sd, cfg)
+        return "nanochat", c.to_dict(), assumed
+    check_keys(sd)
+    # Oct 2025: training/gpt.py with nanochat's defaults (and its bf16 rotary tables)
+    out = {"activation": "relu2", "softcap": 15.0, "rope_theta": 10000.0, "rope_bf16": True, "qk_norm": True,
            "tie_embeddings": "lm_head.weight" not in sd}
     out.update({k: v for k, v in cfg.items() if k != "window_pattern"})
-    return "gpt", _gpt_config(out, where)
+    return "gpt", _gpt_config(out, where), {}
+
+
+def _overridden(m: LoadedModel, overrides: dict) -> LoadedModel:
+    """m with config values replaced; an unknown key or a value the config refuses is a one-line error."""
+    from dataclasses import fields
+
+    from training.gpt import GPTConfig
+
+    from .nanochat import NanochatConfig
+
+    cls = NanochatConfig if m.arch == "nanochat" else GPTConfig
+    known = {f.name: f.type for f in fields(cls)}
+    cfg = dict(m.config)
+    for k, v in overrides.items():
+        if k not in known:
+            raise MonologueError(f"--set {k}: not a {m.arch} config key; known: {', '.join(sorted(known))}")
+        old = cfg.get(k)
+        if isinstance(old, bool) and not isinstance(v, bool) or isinstance(old, (int, float)) and not isinstance(
+                v, (int, float)) or isinstance(old, str) and not isinstance(v, str):
+            raise MonologueError(f"--set {k}={json.dumps(v)}: expected a value like {json.dumps(old)}")
+        cfg[k] = float(v) if isinstance(old, float) else v
+    try:
+        cfg = cls(**cfg).to_dict()
+    except (TypeError, ValueError) as e:
+        raise MonologueError(f"--set: {e}") from None
+    assumed = {k: v for k, v in m.assumed.items() if k not in overrides}
+    source = {**m.source, "overrides": dict(overrides)}
+    return LoadedModel(m.arch, cfg, m.state_dict, m.tokenizer_json, source, assumed)
 
 
 def _gpt_config(d: dict, where: Path) -> dict:

@@ -14,6 +14,8 @@ sliding windows through `monologue::causal_attention`, the smear as a one-step t
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -25,6 +27,20 @@ from . import ops  # noqa: F401  (registers monologue::causal_attention)
 from training.gpt import apply_rotary_emb, norm, rotary_tables
 
 
+# S layers' left window (keys before the query's own) by version, from sequence_len
+SHORT_WINDOW = {
+    "half": lambda n: n // 2,  # Jan 2026, when windows came
+    "third": lambda n: math.ceil(n / 3 / 128) * 128,  # Mar 9 2026
+    "quarter": lambda n: math.ceil(n / 4 / 128) * 128,  # Mar 14 2026 and since
+}
+
+# Every key a nanochat state dict of a known version may hold; anything else is a variant this
+# compiler does not know (the Jan 2026 "engram" bigram_lambdas, say) and is refused by name.
+KNOWN_KEYS = re.compile(r"transformer\.wte\.weight|lm_head\.weight|resid_lambdas|x0_lambdas|smear_gate\.weight"
+                        r"|smear_lambda|backout_lambda|value_embeds\.\d+\.weight"
+                        r"|transformer\.h\.\d+\.(attn\.(c_q|c_k|c_v|c_proj|ve_gate)|mlp\.(c_fc|c_proj))\.weight")
+
+
 @dataclass
 class NanochatConfig:
     sequence_len: int
@@ -34,26 +50,32 @@ class NanochatConfig:
     n_kv_head: int
     n_embd: int
     padded_vocab: int = 0  # rows of wte / lm_head (Dec 2025 pads to a multiple of 64)
-    window_pattern: str = "L"  # tiled over layers, the last layer always L; S sees sequence_len // 2 keys
+    window_pattern: str = "L"  # tiled over layers, the last layer always L
+    short_window: int = 0  # keys an S layer sees before the query's own (0: sequence_len // 2)
     lambdas: bool = False  # resid_lambdas / x0_lambdas
     ve_layers: list = field(default_factory=list)  # layers with value embeddings
     ve_gate_channels: int = 32
     ve_gate_scale: float = 2.0
     qk_scale: float = 1.0
     rope_theta: float = 10000.0
+    rope_bf16: bool = False  # cos/sin rounded to bf16 (nanochat before Mar 4 2026)
     smear_channels: int = 0
     backout: bool = False
     softcap: float = 15.0
+    version: str = ""  # the nanochat version the keys show (NANOCHAT.md), for the reports
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
     def windows(self) -> list[int]:
+        """Keys each layer's query sees, its own included (0: all)."""
         pat = self.window_pattern.upper()
-        w = [self.sequence_len // 2 + 1 if pat[i % len(pat)] == "S" else 0 for i in range(self.n_layer)]
+        left = self.short_window or self.sequence_len // 2
+        w = [left + 1 if pat[i % len(pat)] == "S" and left + 1 < self.sequence_len else 0
+             for i in range(self.n_layer)]
         w[-1] = 0
-        return w  # keys visible including the query's own (flash-attn's left = sequence_len // 2)
+        return w
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,16 +88,35 @@ def is_later(sd: dict, cfg: dict) -> bool:
             or bool(cfg.get("window_pattern", "L").upper().strip("L")))
 
 
-def detect(sd: dict, cfg: dict) -> NanochatConfig:
-    """The version's constants from the state dict's keys and shapes plus meta's model_config."""
+def check_keys(sd: dict) -> None:
+    """Refuse, by name, a key no known nanochat version has, and the gateless value-embedding variant."""
+    for k in sd:
+        if not KNOWN_KEYS.fullmatch(k):
+            raise MonologueError(f"state dict key {k!r} belongs to no nanochat version this compiler knows "
+                                 f"(a short-lived variant?); refusing to guess its meaning")
+    for k in sd:
+        if k.startswith("value_embeds."):
+            gate = f"transformer.h.{k.split('.')[1]}.attn.ve_gate.weight"
+            if gate not in sd:
+                raise MonologueError(f"{k} has no {gate}: value embeddings without a gate (a Jan 2026 variant) "
+                                     f"are not supported")
+    for k in ("smear_gate.weight", *(k for k in sd if k.endswith("ve_gate.weight"))):
+        if k in sd and sd[k].ndim != 2:
+            raise MonologueError(f"{k} has shape {tuple(sd[k].shape)}; a gate is a 2-D weight")
+
+
+def detect(sd: dict, cfg: dict) -> tuple[NanochatConfig, dict[str, str]]:
+    """The version's constants from the state dict's keys and shapes plus meta's model_config, and
+    the constants the checkpoint cannot show: {config key: what was assumed and how to say otherwise}."""
     try:
         c = NanochatConfig(**{k: cfg[k] for k in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head",
                                                   "n_embd")})
     except KeyError as e:
         raise MonologueError(f"nanochat model_config lacks {e.args[0]}") from None
     c.window_pattern = cfg.get("window_pattern", "L")
-    if not set(c.window_pattern.upper()) <= {"S", "L"}:
+    if not isinstance(c.window_pattern, str) or not set(c.window_pattern.upper()) <= {"S", "L"}:
         raise MonologueError(f"window_pattern={c.window_pattern!r}: only S and L are known")
+    check_keys(sd)
     c.padded_vocab = sd["transformer.wte.weight"].shape[0]
     c.lambdas = "resid_lambdas" in sd
     c.ve_layers = sorted(int(k.split(".")[1]) for k in sd if k.startswith("value_embeds."))
@@ -83,11 +124,22 @@ def detect(sd: dict, cfg: dict) -> NanochatConfig:
         c.ve_gate_channels = sd[f"transformer.h.{c.ve_layers[0]}.attn.ve_gate.weight"].shape[1]
     c.smear_channels = sd["smear_gate.weight"].shape[1] if "smear_gate.weight" in sd else 0
     c.backout = "backout_lambda" in sd
-    if c.smear_channels:  # Mar 2026 (b)
+    assumed = {}
+    if c.smear_channels:
+        c.version, window = "mar2026b", "quarter"
         c.ve_gate_scale, c.qk_scale, c.rope_theta = 3.0, 1.2, 100000.0
-    elif c.ve_layers and c.ve_gate_channels == 12:  # Mar 2026 (a)
+    elif c.ve_layers and c.ve_gate_channels == 12:
+        c.version, window = "mar2026a", "third"
         c.ve_gate_scale, c.qk_scale, c.rope_theta = 3.0, 1.15, 100000.0
-    return c
+    else:
+        c.version = "jan2026b" if c.ve_layers else "jan2026a" if c.lambdas else "dec2025"
+        window, c.rope_bf16 = "half", True
+        if c.ve_layers:  # the shape nanochat saved from Jan to Mar 9 2026: two constants changed inside it
+            assumed["softcap"] = "15 (this shape had softcap 20 from Mar 2 to Mar 9 2026: --softcap 20)"
+            assumed["rope_bf16"] = ("true (bf16 rotary tables until Mar 4 2026; a checkpoint from Mar 4-9: "
+                                    "--set rope_bf16=false)")
+    c.short_window = SHORT_WINDOW[window](c.sequence_len)
+    return c, assumed
 
 
 class Attention(nn.Module):
@@ -159,7 +211,7 @@ class NanochatGPT(nn.Module):
             self.smear_lambda = nn.Parameter(torch.zeros(1))
         if c.backout:
             self.backout_lambda = nn.Parameter(torch.zeros(1))
-        cos, sin = rotary_tables(c.sequence_len, c.head_dim, c.rope_theta)
+        cos, sin = rotary_tables(c.sequence_len, c.head_dim, c.rope_theta, c.rope_bf16)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
