@@ -120,6 +120,24 @@ def add_files_to_manifest(model_dir: Path, paths: list[str]) -> dict:
     return manifest
 
 
+# Files of a site its "site" list cannot cover: the manifest itself, and the parity report `verify`
+# writes later.
+SITE_EXTRAS = ("model/manifest.json", "parity.json", "parity.md")
+
+
+def list_site(dist: Path) -> dict:
+    """Record every file of the site (web page, crate, runtime.wasm, model; paths relative to dist)
+    with its size and sha256 in the manifest's "site" list, so a folder can be recognised as wholly
+    the compiler's and a changed file found. `files` stays what the page downloads."""
+    dist = Path(dist)
+    manifest = read_manifest(dist / "model")
+    paths = sorted(p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file())
+    manifest["site"] = [{"path": f, "bytes": (dist / f).stat().st_size, "sha256": sha256_file(dist / f)}
+                        for f in paths if f not in SITE_EXTRAS]
+    write_manifest(dist / "model", manifest)
+    return manifest
+
+
 def read_manifest(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / "manifest.json").read_text())
 
