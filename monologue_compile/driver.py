@@ -245,7 +245,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.option("--dump-ir", is_flag=True, help="print the final IR")
 @click.option("--explain", is_flag=True, help="print what each pass did")
 @click.option("--verify", is_flag=True, help="run the parity harness and write parity.json / parity.md")
-@click.option("--eval-per-family", type=int, default=20, show_default=True,
+@click.option("--eval-per-family", type=click.IntRange(min=0), default=20, show_default=True,
               help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
 @click.option("--no-wasm", is_flag=True, help="skip building runtime.wasm (the browser's CPU fallback; needs cargo + wasm32)")
 @click.option("--force", is_flag=True, help="replace OUTPUT even if it holds files the compiler did not write")
@@ -264,7 +264,7 @@ def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, 
               help="the original checkpoint, to compare with fp32 too (top-1 agreement, KL, perplexity)")
 @click.option("--tokenizer", type=click.Path(path_type=Path))
 @click.option("--config", type=click.Path(path_type=Path))
-@click.option("--eval-per-family", type=int, default=20, show_default=True,
+@click.option("--eval-per-family", type=click.IntRange(min=0), default=20, show_default=True,
               help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
 def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
     """Re-run the parity harness on a compiled DIST; exit 1 when a bound is broken."""
