@@ -7,7 +7,10 @@ of the graph: sorted keys, no timestamps, no absolute paths, so the same input g
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -120,40 +123,135 @@ def add_files_to_manifest(model_dir: Path, paths: list[str]) -> dict:
     return manifest
 
 
+# Files of a site its "site" list cannot cover: the manifest itself, and the parity report `verify`
+# writes later.
+SITE_EXTRAS = ("model/manifest.json", "parity.json", "parity.md")
+
+
+def list_site(dist: Path) -> dict:
+    """Record every file of the site (web page, crate, runtime.wasm, model; paths relative to dist)
+    with its size and sha256 in the manifest's "site" list, so a folder can be recognised as wholly
+    the compiler's and a changed file found. `files` stays what the page downloads."""
+    dist = Path(dist)
+    manifest = read_manifest(dist / "model")
+    paths = sorted(p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file())
+    manifest["site"] = [{"path": f, "bytes": (dist / f).stat().st_size, "sha256": sha256_file(dist / f)}
+                        for f in paths if f not in SITE_EXTRAS]
+    write_manifest(dist / "model", manifest)
+    return manifest
+
+
 def read_manifest(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / "manifest.json").read_text())
 
 
 def write_manifest(model_dir: Path, manifest: dict) -> None:
-    (Path(model_dir) / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    # allow_nan=False: bare NaN is not JSON, and no reader of a site should have to accept it
+    text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False)
+    (Path(model_dir) / "manifest.json").write_text(text + "\n")
+
+
+MANIFEST_MAX = 64 * 2**20  # a d20 manifest is ~100 kB; anything near this is not one
+
+
+def model_dir_of(dist) -> Path:
+    """DIST/model when DIST is a site, else DIST itself (a model/ folder given directly)."""
+    dist = Path(dist)
+    return dist / "model" if (dist / "model" / "manifest.json").exists() else dist
+
+
+def site_file(model_dir: Path, rel, size: int | None = None) -> Path:
+    """The path of a file a manifest names (relative to model/), refused unless it is a regular file
+    inside the site (model/'s parent) reached without symlinks, of `size` bytes when given: a tampered
+    manifest must not make the host read /dev/zero, wait on a FIFO or leave the folder."""
+    model_dir = Path(model_dir)
+    if not isinstance(rel, str) or not rel or "\0" in rel or Path(rel).is_absolute():
+        raise MonologueError(f"{model_dir / 'manifest.json'}: file path {rel!r:.80} is not a relative path")
+    root = model_dir.resolve().parent
+    target = Path(os.path.normpath(model_dir.resolve() / rel))
+    if root not in target.parents:
+        raise MonologueError(f"{model_dir / 'manifest.json'}: file path {rel!r:.80} leaves the site's folder")
+    try:
+        st = os.lstat(target)
+        linked = target.resolve() != target
+    except OSError:
+        raise MonologueError(f"{model_dir / rel}: missing (listed in the manifest)") from None
+    if linked or not stat.S_ISREG(st.st_mode):
+        raise MonologueError(f"{model_dir / rel}: not a regular file inside the site (a link, device or pipe)")
+    if size is not None and st.st_size != size:
+        raise MonologueError(f"{model_dir / rel}: {st.st_size} bytes, the manifest says {size} (corrupt or modified)")
+    return target
+
+
+def _manifest_problem(m) -> str | None:
+    """Why m is not a version-VERSION manifest this reader can follow, or None."""
+    if not isinstance(m, dict) or m.get("format") != "monologue-model" or m.get("version") != VERSION:
+        return f"not a version-{VERSION} monologue-model manifest"
+    files = m.get("files")
+    if not isinstance(files, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
+            and isinstance(f.get("bytes"), int) and not isinstance(f["bytes"], bool) and 0 <= f["bytes"] < 2**40
+            for f in files):
+        return '"files" is not a list of {path, bytes, sha256}'
+    listed = {f["path"] for f in files}
+    w = m.get("weights")
+    if not isinstance(w, dict) or not isinstance(w.get("shards"), list) or not isinstance(w.get("tensors"), dict):
+        return '"weights" has no shards list and tensors table'
+    for key, path in [("tokenizer", m.get("tokenizer")), ("ir", m.get("ir"))] + [("shard", s) for s in w["shards"]]:
+        if path not in listed:
+            return f"{key} {path!r:.80} is not among the listed files"
+    return None
+
+
+def read_site(dist, verify_sha: bool = True) -> tuple[Path, bytes, dict, dict[str, bytes]]:
+    """(model dir, manifest bytes, manifest, {path: bytes} of every file it lists) of a compiled
+    model, each read only after site_file allowed it, and checked against its sha256 unless the
+    reader (the Rust loader) checks that itself."""
+    model_dir = model_dir_of(dist)
+    mpath = model_dir / "manifest.json"
+    if not mpath.exists():
+        raise MonologueError(f"{dist}: no model/manifest.json (not a compiled Monologue model)")
+    mpath = site_file(model_dir, "manifest.json")
+    if mpath.stat().st_size > MANIFEST_MAX:
+        raise MonologueError(f"{mpath}: {mpath.stat().st_size} bytes is too large for a manifest")
+    raw = mpath.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MonologueError(f"{mpath}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise MonologueError(f"{mpath}: not valid JSON: nested too deeply") from None
+    why = _manifest_problem(manifest)
+    if why:
+        raise MonologueError(f"{mpath}: {why}")
+    files = {}
+    for f in manifest["files"]:
+        data = site_file(model_dir, f["path"], f["bytes"]).read_bytes()
+        if verify_sha and hashlib.sha256(data).hexdigest() != f["sha256"]:
+            raise MonologueError(f"{model_dir / f['path']}: sha256 differs from the manifest (corrupt or modified)")
+        files[f["path"]] = data
+    return model_dir, raw, manifest, files
 
 
 def load_model(dist: Path) -> tuple[Graph, dict, str]:
     """(graph with weights, manifest, tokenizer JSON) from a dist dir (or its model/ dir)."""
-    dist = Path(dist)
-    model_dir = dist / "model" if (dist / "model" / "manifest.json").exists() else dist
-    mpath = model_dir / "manifest.json"
-    if not mpath.exists():
-        raise MonologueError(f"{dist}: no model/manifest.json (not a compiled Monologue model)")
+    model_dir, _, manifest, files = read_site(dist)
     try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise MonologueError(f"{mpath}: not valid JSON: {e}") from None
-    if manifest.get("format") != "monologue-model" or manifest.get("version") != VERSION:
-        raise MonologueError(f"{mpath}: not a version-{VERSION} monologue-model manifest")
-    for f in manifest["files"]:
-        p = model_dir / f["path"]
-        if not p.exists():
-            raise MonologueError(f"{p}: missing (listed in the manifest)")
-        if p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
-            raise MonologueError(f"{p}: size or sha256 differs from the manifest (corrupt or modified)")
+        return _graph_of(manifest, files), manifest, files[manifest["tokenizer"]].decode("utf-8")
+    except MonologueError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as e:
+        # the hashes matched, so the manifest itself describes something impossible
+        raise MonologueError(f"{model_dir / 'manifest.json'}: malformed ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _graph_of(manifest: dict, files: dict[str, bytes]) -> Graph:
     wm = manifest["weights"]
-    shards = {}
+    shards = []
     for s in wm["shards"]:
-        raw = (model_dir / s).read_bytes()
-        if raw[:8] != MAGIC:
-            raise MonologueError(f"{model_dir / s}: bad magic")
-        shards[wm["shards"].index(s)] = raw
+        if files[s][:8] != MAGIC:
+            raise MonologueError(f"{s}: bad magic")
+        shards.append(files[s])
     data = {}
     for name, t in wm["tensors"].items():
         arrays = {}
@@ -166,6 +264,5 @@ def load_model(dist: Path) -> tuple[Graph, dict, str]:
             data[name] = {"q": q, "scale": arrays["scale"].astype(np.float32)}
         else:
             data[name] = arrays["data"].astype(np.float32)
-    g = Graph.from_json(json.loads((model_dir / manifest["ir"]).read_text()), data)
-    tok = (model_dir / manifest["tokenizer"]).read_text()
-    return verify(g, "loading"), manifest, tok
+    g = Graph.from_json(json.loads(files[manifest["ir"]]), data)
+    return verify(g, "loading")

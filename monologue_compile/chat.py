@@ -14,6 +14,8 @@ import click
 import numpy as np
 from rich.console import Console
 
+from .schema import FiniteFloat
+
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -173,11 +175,11 @@ class TextStream:
 @click.command("chat")
 @click.argument("dist", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="numpy", show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy")
-@click.option("--top-k", type=int, default=None)
-@click.option("--top-p", type=float, default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-tokens", type=int, default=512, show_default=True)
+@click.option("--temperature", type=FiniteFloat(0, 100), default=0.0, show_default=True, help="0 is greedy")
+@click.option("--top-k", type=click.IntRange(min=0), default=None)
+@click.option("--top-p", type=FiniteFloat(0, 1), default=None)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=0), default=512, show_default=True)
 @click.option("--prompt", "prompts", multiple=True, help="say this instead of reading stdin (repeatable)")
 def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts):
     """Chat with the compiled model in DIST (the thought is shown dimmed, apart from the answer)."""

@@ -1,27 +1,60 @@
 """Command-line entry points: `monologue` (a click group) and `monologue-compile`.
 
 Each subcommand lives beside the stage it drives and is registered here, so this file is the
-table of contents of the CLI. User mistakes surface as `MonologueError`: one line, exit code 2.
+table of contents of the CLI. User mistakes surface as `MonologueError`: one line, exit code 2; a bug, as one line, exit code 70.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+from pathlib import Path
 
 import click
 
 from .errors import MonologueError
 
 
-class _Group(click.Group):
-    """A click group that turns MonologueError into one line on stderr and a non-zero exit."""
+REPORT = "please report it, with this line and the command you ran, on the Monologue issue tracker"
 
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except MonologueError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
+
+def _one_line(call):
+    """Run `call`, turning every way it can fail into one line on stderr and an exit code: a
+    MonologueError or a bad option is the user's (its own code, 2), anything else is a bug in
+    Monologue (70), never a traceback. MONOLOGUE_DEBUG=1 lets a bug's traceback through."""
+    try:
+        return call()
+    except MonologueError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 -- the catch-all at the CLI boundary
+        if os.environ.get("MONOLOGUE_DEBUG") == "1":
+            raise
+        tb = traceback.extract_tb(e.__traceback__)[-1]
+        where = f"{Path(tb.filename).name}:{tb.lineno}"
+        msg = " ".join(str(e).split())[:200]
+        click.echo(f"error: internal error ({type(e).__name__} at {where}: {msg}); {REPORT}", err=True)
+        sys.exit(70)
+
+
+class _Group(click.Group):
+    """A click group whose every failure is one line on stderr (see `_one_line`)."""
+
+    def main(self, args=None, **kwargs):
+        kwargs["standalone_mode"] = False
+        return _one_line(lambda: super(_Group, self).main(args=args, **kwargs))
 
 
 @click.group(cls=_Group)
@@ -32,19 +65,7 @@ def main():
 
 def run_command(command: click.Command, args=None):
     """Run a single click command with the same error handling as the group (used by monologue-compile)."""
-    try:
-        command.main(args=args, standalone_mode=False)
-    except MonologueError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    _one_line(lambda: command.main(args=args, standalone_mode=False))
 
 
 def compile_main():

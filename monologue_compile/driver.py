@@ -4,7 +4,9 @@
          -> web page (+ parity report with --verify)
 
 The output is written into a temporary sibling directory and renamed into place only when every
-step succeeded, so a failed compile leaves nothing behind (and an existing DIR untouched).
+step succeeded, so a failed compile leaves nothing behind (and an existing DIR untouched). DIR is
+only ever replaced when it is a previous Monologue output holding nothing but what the compiler
+wrote (every file is listed in its manifest), or with `--force`; never when it is, or holds, an input.
 """
 
 from __future__ import annotations
@@ -134,19 +136,24 @@ def model_summary(c: Compiled) -> list[str]:
 
 
 def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verify=False, dump_ir=False,
-               show_explain=False, eval_per_family: int = 20, wasm: bool = False, overrides: dict | None = None) -> dict:
+               show_explain=False, eval_per_family: int = 20, wasm: bool = False, overrides: dict | None = None,
+               force: bool = False) -> dict:
     """The whole compile; returns the manifest. Writes `out` atomically.
 
     `wasm` builds runtime.wasm with cargo (the CLI's default; off here because a release wasm build
-    takes a while and most callers, tests above all, do not need it)."""
-    out = Path(out)
+    takes a while and most callers, tests above all, do not need it). `force` replaces an existing
+    `out` that is not a previous Monologue output."""
+    out = check_output(out, [p for p in (checkpoint, tokenizer, config) if p is not None], force)
     c = build(checkpoint, quant, tokenizer, config, overrides)
     for line in model_summary(c):
         click.echo(line, err=True)
     if dump_ir:
         click.echo(c.graph.dump(), nl=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise MonologueError(f"-o {out}: cannot write there: {e.strerror or e}") from None
     try:
         with _step("write", c.timings):
             from .artifact import write_model
@@ -159,9 +166,9 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
         with _step("runtime" + (" (cargo, wasm32)" if wasm else ""), c.timings):
             _emit_runtime(c, tmp, wasm)
         copy_web_shell(tmp)
-        from .artifact import read_manifest
+        from .artifact import list_site
 
-        manifest = read_manifest(tmp / "model")
+        manifest = list_site(tmp)
         if verify:
             from .parity import run_parity, write_report
 
@@ -201,16 +208,59 @@ def _emit_runtime(c: Compiled, dist: Path, wasm: bool) -> None:
         add_files_to_manifest(dist / "model", ["../runtime.wasm"])
 
 
+def check_output(out, inputs: list, force: bool = False) -> Path:
+    """The absolute output folder, after refusing what compiling into it would destroy: a file, the
+    folder we run in (or one above it), an input or a folder holding one, and (unless `force`) a
+    non-empty folder that is not wholly a previous Monologue output."""
+    out = Path(os.path.abspath(out))
+    for p in inputs:
+        p = Path(p).resolve()
+        if p == out.resolve() or out.resolve() in p.parents:
+            raise MonologueError(f"-o {out}: is or contains the input {p}; give a different output folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise MonologueError(f"-o {out}: is a file or link, not a folder; give a folder to write the site into")
+    cwd = Path.cwd().resolve()
+    if out.resolve() == cwd or out.resolve() in cwd.parents:
+        raise MonologueError(f"-o {out}: is the current folder or one above it; give a new folder such as dist/")
+    if out.is_dir() and not force:
+        stray = _not_from_monologue(out)
+        if stray is not None:
+            raise MonologueError(f"-o {out}: not empty and not a previous Monologue output ({stray}); "
+                                 f"give a new folder, or --force to replace it")
+    return out
+
+
+def _not_from_monologue(out: Path) -> str | None:
+    """None when every file under `out` is one a previous compile wrote (listed in its manifest's
+    site list, or a parity report), else why not."""
+    from .artifact import SITE_EXTRAS, read_manifest
+
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir() or p.is_symlink())
+    if not files:
+        return None
+    try:
+        manifest = read_manifest(out / "model")
+        listed = {f["path"] for f in manifest["site"]} | set(SITE_EXTRAS)
+    except Exception:  # noqa: BLE001 -- any unreadable or foreign manifest means "not ours"
+        return "no Monologue model/manifest.json listing its files"
+    unlisted = [f for f in files if f not in listed]
+    return f"{unlisted[0]} is not a file the compiler wrote" if unlisted else None
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename tmp to out; an existing out is swapped away first and removed only after."""
-    os.chmod(tmp, 0o755)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
+    """Rename tmp to out; an existing out (checked by check_output) is swapped away first and
+    removed only after."""
+    try:
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except OSError as e:
+        raise MonologueError(f"-o {out}: cannot move the compiled site into place: {e.strerror or e}") from None
 
 
 @click.command("compile")
@@ -222,21 +272,22 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.option("--dump-ir", is_flag=True, help="print the final IR")
 @click.option("--explain", is_flag=True, help="print what each pass did")
 @click.option("--verify", is_flag=True, help="run the parity harness and write parity.json / parity.md")
-@click.option("--eval-per-family", type=int, default=20, show_default=True,
+@click.option("--eval-per-family", type=click.IntRange(min=0), default=20, show_default=True,
               help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
 @click.option("--no-wasm", is_flag=True, help="skip building runtime.wasm (the browser's CPU fallback; needs cargo + wasm32)")
 @click.option("--softcap", type=float, help="logit softcap (a checkpoint cannot show it; nanochat used 20 in Mar 2-9 2026)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a loaded or detected model config value (JSON value), e.g. --set short_window=512")
+@click.option("--force", is_flag=True, help="replace OUTPUT even if it holds files the compiler did not write")
 def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family, no_wasm,
-                softcap, sets):
+                softcap, sets, force):
     """Compile CHECKPOINT (checkpoint.pt, a nanochat checkpoint folder or model_<step>.pt, or a state dict)
     into the static site OUTPUT."""
     overrides = parse_sets(sets)
     if softcap is not None:
         overrides["softcap"] = softcap
     manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family,
-                          wasm=not no_wasm, overrides=overrides)
+                          wasm=not no_wasm, overrides=overrides, force=force)
     total = sum(f["bytes"] for f in manifest["files"])
     console.print(f"wrote {output} (model {total / 2**20:.1f} MiB, quant {quant}); `monologue serve {output}` serves it")
 
@@ -261,7 +312,7 @@ def parse_sets(sets) -> dict:
               help="the original checkpoint, to compare with fp32 too (top-1 agreement, KL, perplexity)")
 @click.option("--tokenizer", type=click.Path(path_type=Path))
 @click.option("--config", type=click.Path(path_type=Path))
-@click.option("--eval-per-family", type=int, default=20, show_default=True,
+@click.option("--eval-per-family", type=click.IntRange(min=0), default=20, show_default=True,
               help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
 def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
     """Re-run the parity harness on a compiled DIST, on every backend whose files it holds; exit 1

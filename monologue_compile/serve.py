@@ -73,6 +73,8 @@ class SiteHandler(SimpleHTTPRequestHandler):
     """Serves files under `directory` only, with the site's MIME types and no listings."""
 
     csp: str | None = None
+    # seconds a connection may sit without sending: a half-sent request must not hold a thread forever
+    timeout = 30
 
     def guess_type(self, path):
         return MIME_TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream")
@@ -84,8 +86,15 @@ class SiteHandler(SimpleHTTPRequestHandler):
     def send_head(self):
         # translate_path already drops "..", but a symlink inside DIR may still point out of it.
         root = os.path.realpath(self.directory)
-        real = os.path.realpath(self.translate_path(self.path))
+        try:
+            real = os.path.realpath(self.translate_path(self.path))
+        except ValueError:  # a NUL byte (%00) or the like: no file has such a name
+            self.send_error(400, "Bad request path")
+            return None
         if real != root and not real.startswith(root + os.sep):
+            self.send_error(404, "Not found")
+            return None
+        if not os.path.isdir(real) and not os.path.isfile(real):  # a FIFO or device would block or never end
             self.send_error(404, "Not found")
             return None
         return super().send_head()

@@ -121,7 +121,7 @@ def test_bare_state_dict_with_config_and_dump_ir(tmp_path):
     r = _compile(tmp_path / "sd.pt", "-o", tmp_path / "d", "--config", tmp_path / "config.json",
                  "--tokenizer", tmp_path / "tokenizer.json", "--dump-ir")
     assert r.exit_code == 0, r.stderr
-    assert r.output.startswith("graph(%ids: (1, T) i32)") and "epilogue=[{fn: silu}]" in r.output
+    assert r.stdout.startswith("graph(%ids: (1, T) i32)") and "epilogue=[{fn: silu}]" in r.stdout
     m = json.loads((tmp_path / "d" / "model" / "manifest.json").read_text())
     assert m["model"]["source"]["kind"] == "state_dict" and m["model"]["config"]["activation"] == "silu"
     r = _compile(tmp_path / "sd.pt", "-o", tmp_path / "e", "--tokenizer", tmp_path / "tokenizer.json")

@@ -129,3 +129,30 @@ def test_serve_prints_url_and_serves(site):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_nul_in_path_is_a_clean_400_and_the_server_lives_on(site):
+    with serving(site) as url:
+        host, port = url.removeprefix("http://").rstrip("/").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/model/%00plan.json")
+        assert conn.getresponse().status == 400
+        conn.close()
+        assert status_of(url + "model/plan.json") == 200
+
+
+def test_fifo_in_the_site_is_not_waited_on(site):
+    os.mkfifo(site / "model" / "pipe.json")
+    with serving(site) as url:
+        assert status_of(url + "model/pipe.json") == 404
+
+
+def test_half_sent_request_is_dropped_after_the_timeout(site, monkeypatch):
+    from monologue_compile.serve import SiteHandler
+
+    monkeypatch.setattr(SiteHandler, "timeout", 1)
+    with serving(site) as url:
+        host, port = url.removeprefix("http://").rstrip("/").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\n")  # never finished
+            assert s.recv(1024) == b""  # the server closed it (recv would time out at 10 s otherwise)

@@ -2,7 +2,7 @@
 `ffi.dlopen`), or runtime.wasm under Node; both with the numpy interpreter's interface
 (`forward(ids) -> logits (T, V)`, `reset()`, `pos`, `max_len`), so parity and chat use them alike.
 
-    m = NativeModel.from_dist("dist")          # builds dist/runtime_rs natively (cached) and loads
+    m = NativeModel.from_dist("dist")          # builds the installed crate + dist's model (cached) and loads
     m.forward([1, 2, 3])                        # prefill: logits (3, V)
     m.forward([4])                              # decode step
     m.chat_start(prompt_ids); m.chat_step()     # {"token", "pieces": [[part, text]], "done"}
@@ -78,12 +78,11 @@ def sha256(lib_path, data: bytes) -> str:
 
 def model_files(dist) -> tuple[bytes, list[bytes], bytes]:
     """(manifest, shards in order, tokenizer) bytes of a compiled model dir (dist or dist/model)."""
-    dist = Path(dist)
-    model_dir = dist / "model" if (dist / "model" / "manifest.json").exists() else dist
-    manifest = (model_dir / "manifest.json").read_bytes()
-    doc = json.loads(manifest)
-    shards = [(model_dir / s).read_bytes() for s in doc["weights"]["shards"]]
-    return manifest, shards, (model_dir / doc["tokenizer"]).read_bytes()
+    from ..artifact import read_site
+
+    # the runtime's loader checks every sha256 itself; read_site confines and sizes the reads
+    _, manifest, doc, files = read_site(dist, verify_sha=False)
+    return manifest, [files[s] for s in doc["weights"]["shards"]], files[doc["tokenizer"]]
 
 
 class NativeModel:
@@ -108,19 +107,16 @@ class NativeModel:
 
     @classmethod
     def from_dist(cls, dist, fast: bool = False, lib_path=None) -> "NativeModel":
-        """Build DIST/runtime_rs natively (emitting it from the IR first if absent) and load DIST's model."""
-        from .rust_crate import build_native
+        """Build the runtime for DIST's model natively (rust_crate.trusted_crate: never DIST's own
+        crate) and load DIST's model."""
+        from .rust_crate import build_native, trusted_crate
 
         dist = Path(dist)
-        crate = dist / "runtime_rs"
         if lib_path is None:
-            if not (crate / "src" / "model_gen.rs").exists():
-                from ..artifact import load_model
-                from .rust_crate import emit_crate
+            from ..artifact import load_model
 
-                g, _, _ = load_model(dist)
-                crate = emit_crate(g, Path(tempfile.mkdtemp(prefix="monologue-crate-")) / "runtime_rs")
-            lib_path = build_native(crate, fast=fast)
+            g, _, _ = load_model(dist)
+            lib_path = build_native(trusted_crate(g), fast=fast)
         manifest, shards, tok = model_files(dist)
         return cls(lib_path, manifest, shards, tok)
 
@@ -396,7 +392,7 @@ def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
     from ..artifact import load_model
     from ..frontend.load import build_module
     from ..parity import rq_state_dict
-    from .rust_crate import build_native, build_wasm, emit_crate
+    from .rust_crate import build_native, build_wasm, trusted_crate
 
     dist = Path(dist)
     g, _, _ = load_model(dist)
@@ -425,9 +421,7 @@ def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
     out["torch_fp32_tok_s"] = best
     del model
 
-    crate = dist / "runtime_rs"
-    if not (crate / "src" / "model_gen.rs").exists():
-        crate = emit_crate(g, crate)
+    crate = trusted_crate(g)
     m = NativeModel.from_dist(dist, lib_path=build_native(crate))
     out["native_tok_s"] = steps / time_decode(m, prompt, steps)[0]
     del m

@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import subprocess
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -390,9 +391,10 @@ def generate(g: Graph) -> str:
 
 # --- the crate ---------------------------------------------------------------------------------------
 
-def emit_crate(g: Graph, crate_dir: Path) -> Path:
+def emit_crate(g: Graph, crate_dir: Path, code: str | None = None) -> Path:
     """Write the runtime crate for `g` into crate_dir (a copy of runtime_rs/ plus model_gen.rs)."""
-    code = generate(g)  # first: a model the runtime cannot run fails before anything is written
+    if code is None:
+        code = generate(g)  # first: a model the runtime cannot run fails before anything is written
     crate_dir = Path(crate_dir)
     src = runtime_rs_dir()
     crate_dir.mkdir(parents=True, exist_ok=True)
@@ -406,6 +408,29 @@ def emit_crate(g: Graph, crate_dir: Path) -> Path:
     lib = crate_dir / "src" / "lib.rs"
     lib.write_text(lib.read_text() + "\n// the compiled model (emitted by monologue-compile)\npub mod model_abi;\npub mod model_gen;\n")
     return crate_dir
+
+
+def trusted_crate(g: Graph) -> Path:
+    """The crate to build for running a compiled model on this machine: the installed package's
+    runtime_rs with model_gen.rs generated here from the graph (whose IR and weights load_model
+    checked against the manifest), kept in the cache. A dist's own runtime_rs/ is never built: a
+    build.rs or changed source in a downloaded site would run as the user."""
+    code = generate(g)
+    key = hashlib.sha256(code.encode() + crate_hash(runtime_rs_dir()).encode()).hexdigest()[:20]
+    crate = cache_dir() / "crates" / key / "runtime_rs"
+    if not (crate / "src" / GENERATED).exists():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=_mkdir(cache_dir() / "crates")))
+        emit_crate(g, tmp / "runtime_rs", code)
+        try:
+            os.rename(tmp, crate.parent)
+        except OSError:  # a concurrent caller emitted the same crate first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return crate
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
 
 
 # --- toolchains and builds ---------------------------------------------------------------------------

@@ -12,7 +12,6 @@ Same interface as the numpy interpreter's Session: `forward(ids) -> logits (T, V
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -38,18 +37,22 @@ def _graph_source(g: Graph):
     return read
 
 
-def _dist_source(model_dir: Path):
+def _dist_source(files: dict[str, bytes]):
     """Initial contents from the weight shards, by the byte ranges the plan names (as the browser does)."""
-    shards: dict[str, bytes] = {}
 
     def read(init: dict) -> bytes:
         out = bytearray()
         for c in init["chunks"]:
-            raw = shards.setdefault(c["shard"], (model_dir / c["shard"]).read_bytes())
-            out += raw[c["offset"]:c["offset"] + c["nbytes"]]
+            out += _listed(files, c["shard"])[c["offset"]:c["offset"] + c["nbytes"]]
         return bytes(out)
 
     return read
+
+
+def _listed(files: dict[str, bytes], path) -> bytes:
+    if path not in files:
+        raise MonologueError(f"plan.json names {path!r:.80}, which the manifest does not list")
+    return files[path]
 
 
 def adapter_profile() -> str | None:
@@ -117,13 +120,15 @@ class WgpuSession:
 
     @classmethod
     def from_dist(cls, dist, device=None, profile: str | None = "auto") -> "WgpuSession":
-        dist = Path(dist)
-        model_dir = dist / "model" if (dist / "model").is_dir() else dist
-        if not (model_dir / "plan.json").exists():
+        from ..artifact import read_site
+
+        # only files the manifest lists, each checked (confined, sized, sha256) before use
+        model_dir, _, _, files = read_site(dist)
+        if "plan.json" not in files:
             raise MonologueError(f"{model_dir}: no plan.json (compiled without the WGSL backend, or --quant none)")
-        plan = json.loads((model_dir / "plan.json").read_text())
-        kernels = {p["kernel"]: (model_dir / p["kernel"]).read_text() for p in plan["pipelines"]}
-        return cls(plan, kernels, _dist_source(model_dir), device, profile)
+        plan = json.loads(files["plan.json"])
+        kernels = {p["kernel"]: _listed(files, p["kernel"]).decode("utf-8") for p in plan["pipelines"]}
+        return cls(plan, kernels, _dist_source(files), device, profile)
 
     @classmethod
     def from_graph(cls, g: Graph, device=None, profile: str | None = "auto", **plan_kw) -> "WgpuSession":

@@ -18,7 +18,6 @@ import contextlib
 import json
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from ..errors import MonologueError
 from ..files import sha256_file
+from ..schema import check_model_config
 
 # Keys torch.compile and DDP put in front of parameter names.
 _PREFIXES = ("_orig_mod.", "module.")
@@ -165,6 +165,7 @@ def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict, dict]
     Also returns what detection had to assume (see nanochat.detect)."""
     if not isinstance(cfg, dict):
         raise MonologueError(f"{where}: model_config is not a dict")
+    check_model_config(cfg, where)
     if "activation" in cfg or "tie_embeddings" in cfg:  # written by training/: a full GPTConfig
         return "gpt", _gpt_config(cfg, where), {}
     from .nanochat import check_keys, detect, is_later
@@ -215,8 +216,9 @@ def _gpt_config(d: dict, where: Path) -> dict:
 
     if not isinstance(d, dict):
         raise MonologueError(f"{where}: model_config is not a dict")
+    check_model_config(d, where)
     try:
-        return GPTConfig.from_dict(d).to_dict()
+        return check_model_config(GPTConfig.from_dict(d).to_dict(), where)
     except (TypeError, ValueError) as e:
         raise MonologueError(f"{where}: bad model_config: {e}") from None
 
@@ -231,20 +233,31 @@ def _torch_load(path: Path):
             f"{path}: refused: loading it needs more than weights_only=True allows (it could run code): "
             f"{reason.strip()[:200]}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 -- whatever a malformed pickle or zip raises
+        # (IndexError, KeyError, struct.error, ...): the file is at fault, not the loader
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MonologueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {msg[:200]}") from None
 
 
 def _clean_state_dict(sd: dict, where: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
+    out: dict[str, torch.Tensor] = {}
+    original: dict[str, str] = {}
+    for key, v in sd.items():
+        if not isinstance(key, str):
+            raise MonologueError(f"{where}: state dict key {key!r:.60} is not a string")
         if not isinstance(v, torch.Tensor):
-            raise MonologueError(f"{where}: state dict entry {k!r} is not a tensor")
+            raise MonologueError(f"{where}: state dict entry {key!r:.80} is not a tensor")
+        if not v.is_floating_point():
+            raise MonologueError(f"{where}: weight {key:.80} has dtype {str(v.dtype).replace('torch.', '')}; "
+                                 "only floating-point weights can be compiled")
+        k = key
         for p in _PREFIXES:
             if k.startswith(p):
                 k = k[len(p):]
-        out[k] = v.detach().to(torch.float32) if v.is_floating_point() else v.detach()
+        if k in out:  # e.g. both "lm_head.weight" and "_orig_mod.lm_head.weight": which one is meant?
+            raise MonologueError(f"{where}: state dict keys {original[k]!r:.80} and {key!r:.80} are the same "
+                                 "weight once the torch.compile / DDP prefix is stripped")
+        out[k], original[k] = v.detach().to(torch.float32), key
     return out
 
 
@@ -282,18 +295,28 @@ def _expected_shapes(c: dict) -> dict[str, tuple]:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MonologueError(f"{path}: no such file") from None
+    except OSError as e:
+        raise MonologueError(f"{path}: cannot read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MonologueError(f"{path}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise MonologueError(f"{path}: not valid JSON: nested too deeply") from None
+    if not isinstance(d, dict):
+        raise MonologueError(f"{path}: expected a JSON object, not {type(d).__name__}")
+    return d
 
 
 def _read_tokenizer(path: Path) -> str:
     if not path.exists():
         raise MonologueError(f"{path}: tokenizer file not found")
     if path.suffix == ".json":
-        return _check_tokenizer_json(path.read_text(), path)
+        try:
+            return _check_tokenizer_json(path.read_text(encoding="utf-8"), path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise MonologueError(f"{path}: cannot read the tokenizer: {e}") from None
     try:
         from ..tokenizer import Tokenizer
     except ImportError:
@@ -311,6 +334,8 @@ def _check_tokenizer_json(text: str, where: Path) -> str:
         d = json.loads(text)
     except (json.JSONDecodeError, TypeError) as e:
         raise MonologueError(f"{where}: tokenizer is not valid JSON: {e}") from None
+    except RecursionError:
+        raise MonologueError(f"{where}: tokenizer is not valid JSON: nested too deeply") from None
     if not isinstance(d, dict) or d.get("format") != "monologue-tokenizer" or "ranks" not in d:
         raise MonologueError(f"{where}: tokenizer is not a monologue-tokenizer JSON")
     return text
