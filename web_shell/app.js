@@ -21,6 +21,8 @@ const ui = {
   send: $("send"),
   stop: $("stop"),
   speed: $("speed"),
+  contextUse: $("context-use"),
+  composerNote: $("composer-note"),
   hint: $("hint"),
   backend: $("backend"),
   newChat: $("new-chat"),
@@ -203,6 +205,26 @@ function addUserMessage(text) {
   item.className = "message user";
   item.append(Object.assign(document.createElement("p"), { textContent: text }));
   ui.messages.append(item);
+  return item;
+}
+
+// A line in the conversation from the page itself (what the model no longer reads), before `item`.
+function addNote(text, item) {
+  const note = Object.assign(document.createElement("li"), { className: "message note", textContent: text });
+  ui.messages.insertBefore(note, item);
+}
+
+// What fitConversation (context.js) left out to make room, said in the conversation.
+function contextNote({ droppedTurns, droppedThoughts, limit }) {
+  const parts = [];
+  if (droppedTurns) parts.push(droppedTurns === 1 ? "the oldest turn" : `the ${droppedTurns} oldest turns`);
+  if (droppedThoughts) parts.push(droppedThoughts === 1 ? "its thought in an earlier reply" : `its thoughts in ${droppedThoughts} earlier replies`);
+  if (!parts.length) return "";
+  return `The conversation outgrew what the model reads at a time (${limit} tokens): from here on it no longer sees ${parts.join(" or ")}.`;
+}
+
+function showContextUse(used, limit) {
+  ui.contextUse.textContent = Number.isFinite(limit) ? `Context ${used} of ${limit} tokens` : "";
 }
 
 // Draws one reply as it streams: the thought panel is open while the model thinks and folds away
@@ -233,6 +255,7 @@ function createAssistantMessage(history) {
 
   return {
     history,
+    item,
     // The turn as the chat template takes it back (runtime_rs chat.rs): the thought is kept so
     // that later turns see the same context the model wrote.
     get turn() {
@@ -281,9 +304,11 @@ function send() {
   fitPrompt();
   ui.intro.hidden = true;
   ui.status.hidden = true;
-  addUserMessage(text);
+  ui.composerNote.textContent = "";
+  const question = addUserMessage(text);
   conversation.push({ role: "user", content: text });
   current = createAssistantMessage(conversation);
+  current.question = { text, item: question };
   ui.chat.scrollTop = ui.chat.scrollHeight;
   setState("generating");
   worker.postMessage({ type: "generate", messages: conversation, settings });
@@ -316,13 +341,20 @@ ui.newChat.addEventListener("click", () => {
   if (current) worker.postMessage({ type: "stop" });
   conversation = [];
   ui.messages.replaceChildren();
+  ui.composerNote.textContent = "";
+  ui.contextUse.textContent = "";
   ui.intro.hidden = document.body.dataset.state !== "ready" && document.body.dataset.state !== "generating";
   ui.prompt.focus();
 });
 
 // --- worker messages -------------------------------------------------------------------------
 
-const FINISH_NOTES = { stopped: "Stopped", length: "Reached the token limit", end: "" };
+function finishNote(reason, limit, maxNewTokens) {
+  if (reason === "stopped") return "Stopped";
+  if (reason === "length") return `Reached the max new tokens setting (${maxNewTokens})`;
+  if (reason === "context") return `Cut short: the model's context (${limit} tokens) is full`;
+  return "";
+}
 
 const onMessage = {
   progress(message) {
@@ -361,10 +393,19 @@ const onMessage = {
     setActiveBackend(backend);
     showStatus("warn", message);
   },
-  done({ reason, tokens, tokensPerSecond, backend }) {
+  context({ messages, droppedTurns, droppedThoughts, used, limit }) {
+    if (!current) return;
+    // What the model left out stays left out: later turns are fitted from here.
+    current.history.splice(0, current.history.length, ...messages);
+    const note = contextNote({ droppedTurns, droppedThoughts, limit });
+    if (note) addNote(note, current.question.item);
+    showContextUse(used, limit);
+  },
+  done({ reason, tokens, tokensPerSecond, backend, used, limit, maxNewTokens }) {
     const speed = speedText(tokensPerSecond, backend);
     ui.speed.textContent = speed;
-    const note = [FINISH_NOTES[reason], `${tokens} tokens`, speed].filter(Boolean).join(" · ");
+    showContextUse(used, limit);
+    const note = [finishNote(reason, limit, maxNewTokens), `${tokens} tokens`, speed].filter(Boolean).join(" · ");
     current.history.push(current.turn);
     current.finish(note);
     ui.announce.textContent = current.turn.content || note;
@@ -373,6 +414,20 @@ const onMessage = {
     ui.prompt.focus();
   },
   error({ kind, message }) {
+    if (current && kind === "too-long") {
+      // Not sent: the message goes back to the composer to be shortened, and off the conversation.
+      current.question.item.remove();
+      current.item.remove();
+      current.history.pop();
+      ui.prompt.value = current.question.text;
+      fitPrompt();
+      ui.composerNote.textContent = message;
+      ui.intro.hidden = ui.messages.children.length > 0;
+      current = null;
+      setState("ready");
+      ui.prompt.focus();
+      return;
+    }
     if (current) {
       // A failed reply is dropped from the conversation along with its question.
       current.finish(`The reply failed: ${message}`);

@@ -17,10 +17,17 @@
 //   {type: "ready", backend}                    the chat can start
 //   {type: "delta", thought, answer, opened, closed, tokens, tokensPerSecond}
 //   {type: "switched", backend, message}        the reply moved to another backend (device lost)
-//   {type: "done", reason, tokens, tokensPerSecond, backend}
+//   {type: "context", messages, droppedTurns, droppedThoughts, used, limit}
+//                                               the conversation as the model will read it (see
+//                                               context.js), and the prompt's tokens of limit
+//   {type: "done", reason, tokens, tokensPerSecond, backend, used, limit, maxNewTokens}
+//                                               reason: end | stopped | length (max new tokens) |
+//                                               context (the model's context is full)
 //   {type: "error", kind, message, file}        loading or inference failed; kind as in LoadError,
-//                                               or "internal"
+//                                               "too-long" (a message the model cannot read), or
+//                                               "internal"
 
+import { fitConversation, replyRoom } from "./context.js";
 import { createEngine, probeBackends, BACKEND_LABELS } from "./engine.js";
 import { generateReply } from "./generate.js";
 import { loadModel } from "./loader.js";
@@ -109,18 +116,20 @@ async function writeReply(messages, settings, signal) {
   const speed = () => (count > 1 ? ((count - 1) * 1000) / (performance.now() - firstAt) : 0);
   const show = (out) => post("delta", { ...out, tokens: count, tokensPerSecond: speed() });
 
-  // The model reads at most sequence_len tokens: the reply gets what the conversation leaves.
+  // The model reads at most sequence_len tokens, prompt and reply together: the conversation is
+  // fitted to leave the reply room (context.js), and the reply gets what the prompt leaves.
   const contextLimit = model.manifest.model?.config?.sequence_len ?? Infinity;
-  const promptIds = engine.tokenizer.encodeChat(messages);
-  if (promptIds.length >= contextLimit) {
-    throw new Error(`the conversation is longer than the model can read (${contextLimit} tokens); start a new chat`);
-  }
+  const fitted = fitConversation(messages, (m) => engine.tokenizer.encodeChat(m), contextLimit, replyRoom(contextLimit, settings.maxNewTokens));
+  const promptIds = fitted.promptIds;
+  const { droppedTurns, droppedThoughts } = fitted;
+  post("context", { messages: fitted.messages, droppedTurns, droppedThoughts, used: promptIds.length, limit: contextLimit });
+  const budget = Math.min(settings.maxNewTokens, contextLimit - promptIds.length);
   const wasm = backends.find((b) => b.kind === "wasm" && b.ok);
   const result = await generateReply({
     engine,
     promptIds,
     sampling: { temperature: settings.temperature, topK: settings.topK, topP: settings.topP, seed: settings.seed },
-    maxNewTokens: Math.min(settings.maxNewTokens, contextLimit - promptIds.length),
+    maxNewTokens: budget,
     signal,
     fallback: engine.backend !== "wasm" && wasm ? async () => createEngine("wasm", await modelFiles(), () => {}) : null,
     onSwitch(next) {
@@ -137,10 +146,13 @@ async function writeReply(messages, settings, signal) {
   const tail = parser.push(decoder.decode());
   const end = parser.end();
   show({ thought: tail.thought + end.thought, answer: tail.answer + end.answer, opened: tail.opened, closed: tail.closed });
-  post("done", { reason: result.reason, tokens: count, tokensPerSecond: speed(), backend: engine.backend });
+  // A reply cut because the context is full, not by the visitor's max-new-tokens, says so.
+  const reason = result.reason === "length" && budget < settings.maxNewTokens ? "context" : result.reason;
+  post("done", { reason, tokens: count, tokensPerSecond: speed(), backend: engine.backend, used: promptIds.length + count, limit: contextLimit, maxNewTokens: settings.maxNewTokens });
 }
 
 function describe(error) {
+  if (error.name === "MessageTooLong") return { kind: "too-long", message: error.message, file: null };
   if (error.name === "LoadError") return { kind: error.kind, message: error.message, file: error.file };
   return { kind: "internal", message: error.message || String(error), file: null };
 }
