@@ -163,3 +163,32 @@ def test_a_reply_can_start_while_the_last_decode_is_in_flight(browser, site):  #
         assert first == second and len(first) == 5
         assert not errors, errors
         context.close()
+
+
+def test_fifty_turns_on_webgpu_then_wasm_stay_within_the_context(browser, site):  # noqa: F811
+    # The tiny model reads 96 tokens, about 90 bytes of conversation: from the third turn on, every
+    # question makes the page leave older turns out, and the chat goes on.
+    limit = json.loads((site / "model" / "manifest.json").read_text())["model"]["config"]["sequence_len"]
+    with serving(site) as url:
+        context, page, errors = open_page(browser, url, [])
+        settings(page, maxNewTokens=8)
+        replies = {}
+        for backend in ("webgpu", "wasm"):
+            if backend == "wasm":
+                switch(page, "wasm")
+            else:
+                page.click("#new-chat")
+            replies[backend] = []
+            for turn in range(50):
+                reply = ask_and_wait(page, f"Question {turn}?")
+                meta = reply.locator(".reply-meta").inner_text()
+                assert not meta.startswith("The reply failed"), (backend, turn, meta)
+                used, shown_limit = page.inner_text("#context-use").removeprefix("Context ").split(" of ")
+                assert int(used) <= limit and shown_limit == f"{limit} tokens", (backend, turn)
+                replies[backend].append(reply_of(reply))
+            assert page.locator(".message.assistant").count() == 50
+            assert page.locator(".message.note").count() >= 40
+        # The same greedy conversation, fitted the same way, on both backends.
+        assert replies["webgpu"] == replies["wasm"]
+        assert not errors, errors
+        context.close()
