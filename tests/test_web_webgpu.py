@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from test_web_wasm import MAX_NEW_TOKENS, QUESTION, greedy_reference, have_wasm_toolchain, site  # noqa: F401
-from web_helpers import browser, save_screenshot, serving  # noqa: F401
+from web_helpers import browser, outside, save_screenshot, serving  # noqa: F401
 
 # Longer than the plan's 64-token prefill chunk once in the chat template (1 token per byte here).
 LONG_QUESTION = "Please tell me, in as few words as you can manage, what two plus two makes?"
@@ -133,7 +133,7 @@ def test_greedy_reply_on_webgpu_then_wasm_is_r_q(browser, site):  # noqa: F811
         # The whole session (page, worker, model files, both backends) stayed on the page's origin.
         origin = "{0.scheme}://{0.netloc}/".format(urlsplit(url))
         assert url + "model/plan.json" in requests and url + "runtime.wasm" in requests
-        assert [u for u in requests if not u.startswith(origin)] == []
+        assert outside(requests, origin) == []
 
 
 # The engine directly, in the page: a reply that stops leaves its next decode step in flight (step()

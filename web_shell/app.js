@@ -64,7 +64,19 @@ let activeBackend = null;
 let fileStats = null;
 let switchingFrom = null; // the backend to return to if a switch fails
 
-const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+// The privacy promise must not depend on the host's headers: a Web Worker loaded from a URL of the
+// site runs under the policy of its own HTTP response (none, on a plain static host), not under this
+// page's CSP meta tag. A worker created from a blob: URL inherits the document's policy (CSP3, and
+// Chromium verifiably), so the worker is a one-line blob that imports worker.js, and everything it
+// runs is under connect-src/script-src 'self'. (worker-src needs 'self' too: a module worker's
+// imports are fetched as worker scripts.)
+function startWorker() {
+  const entry = `import ${JSON.stringify(new URL("./worker.js", import.meta.url).href)};`;
+  const url = URL.createObjectURL(new Blob([entry], { type: "text/javascript" }));
+  return new Worker(url, { type: "module" });
+}
+
+const worker = startWorker();
 
 // --- status card -----------------------------------------------------------------------------
 

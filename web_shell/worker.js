@@ -33,7 +33,8 @@ import { generateReply } from "./generate.js";
 import { loadModel } from "./loader.js";
 import { ThinkParser } from "./think.js";
 
-const SITE = new URL("./", self.location.href).href;
+// The worker runs from a blob: URL (see app.js): the site is where this module came from.
+const SITE = new URL("./", import.meta.url).href;
 
 let model = null; // {manifest, files, stats}; files is null while an engine holds its own copy
 let backends = [];
