@@ -260,6 +260,33 @@ def test_fifty_turns_drop_thoughts_then_turns(browser, tmp_path):
         assert "its thought in an earlier reply" in notes[0] and "oldest turn" in notes[0], notes
 
 
+def test_the_backend_menu_switches_on_enter_not_at_each_arrow(chat):
+    page = chat
+    if page.locator("#backend option[value=webgpu]").is_disabled():
+        pytest.skip("this Chromium has no WebGPU adapter: one backend, nothing to switch")
+    assert page.input_value("#backend") == "webgpu"
+    page.focus("#backend")
+    page.keyboard.press("ArrowDown")
+    assert page.input_value("#backend") == "wasm"
+    assert page.inner_text("#hint") == "Enter to switch backend"
+    assert page.get_attribute("body", "data-state") == "ready"  # nothing started
+    # Moving on without Enter leaves the running backend as it was.
+    page.keyboard.press("Tab")
+    assert page.input_value("#backend") == "webgpu"
+    ask(page, "which one?")
+    wait_done(page)
+    assert "on GPU (WebGPU)" in last_reply(page).locator(".reply-meta").inner_text()
+
+    page.focus("#backend")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    wait_done(page)
+    assert page.input_value("#backend") == "wasm"
+    ask(page, "and now?")
+    wait_done(page)
+    assert "on CPU (wasm)" in last_reply(page).locator(".reply-meta").inner_text()
+
+
 def test_a_backend_that_fails_to_start_hands_over(browser, tmp_path):
     with open_chat(browser, tmp_path / "dist", test_refuse=["webgpu"]) as page:
         assert page.input_value("#backend") == "wasm"
@@ -269,3 +296,5 @@ def test_a_backend_that_fails_to_start_hands_over(browser, tmp_path):
         if "no WebGPU" in title:
             pytest.skip("this Chromium has no WebGPU adapter")
         assert title == "failed to start: the device refused the plan's limits"
+        assert page.inner_text("#status-notes") == (
+            "Running on the CPU: GPU (WebGPU) is unavailable (failed to start: the device refused the plan's limits).")

@@ -50,6 +50,10 @@ const FAILURES = {
     advice: "Reload the page to download it again. If this keeps happening, the site's files are damaged: tell whoever hosts it.",
   },
   network: { title: "The model could not be downloaded", advice: "Check the connection and reload the page." },
+  missing: {
+    title: "This site is incomplete",
+    advice: "A file the page needs was not uploaded: whoever hosts the site needs to upload all of the compiled site (dist/) again.",
+  },
   manifest: {
     title: "This site's model manifest is unusable",
     advice: "The site was not compiled completely; whoever hosts it needs to compile and upload it again.",
@@ -63,6 +67,7 @@ let current = null; // the assistant message being written
 let activeBackend = null;
 let fileStats = null;
 let switchingFrom = null; // the backend to return to if a switch fails
+let backendList = []; // [{kind, label, ok, reason}] as the worker last reported them
 
 // The privacy promise must not depend on the host's headers: a Web Worker loaded from a URL of the
 // site runs under the policy of its own HTTP response (none, on a plain static host), not under this
@@ -133,6 +138,7 @@ function filesSummary() {
 // --- backends --------------------------------------------------------------------------------
 
 function showBackends(backends) {
+  backendList = backends;
   ui.backend.replaceChildren(
     ...backends.map(({ kind, label, ok, reason }) => {
       const option = new Option(ok ? label : `${label}: unavailable`, kind);
@@ -150,12 +156,36 @@ function setActiveBackend(kind) {
   ui.backend.value = kind;
 }
 
-ui.backend.addEventListener("change", () => {
+function switchBackend() {
   const kind = ui.backend.value;
   if (!kind || kind === activeBackend) return;
   switchingFrom = activeBackend;
   setState("loading");
   worker.postMessage({ type: "switch", backend: kind });
+}
+
+// A closed <select> changes its value at each arrow key: a keyboard pick switches only on Enter (and
+// is undone when focus moves on without it), so arrowing past a backend does not start it. A pointer
+// pick in the open list is a confirmation in itself.
+const PICK_KEYS = new Set(["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown"]);
+let keyboardPick = false;
+ui.backend.addEventListener("keydown", (event) => {
+  if (PICK_KEYS.has(event.key)) keyboardPick = true;
+  if (event.key === "Enter" && ui.backend.value !== activeBackend) {
+    event.preventDefault();
+    keyboardPick = false;
+    switchBackend();
+  }
+});
+ui.backend.addEventListener("pointerdown", () => (keyboardPick = false));
+ui.backend.addEventListener("change", () => {
+  if (!keyboardPick) switchBackend();
+  else ui.hint.textContent = ui.backend.value === activeBackend ? "" : "Enter to switch backend";
+});
+ui.backend.addEventListener("blur", () => {
+  if (document.body.dataset.state === "ready" && activeBackend) ui.backend.value = activeBackend;
+  keyboardPick = false;
+  setState(document.body.dataset.state);
 });
 
 // --- settings --------------------------------------------------------------------------------
@@ -391,7 +421,12 @@ const onMessage = {
     switchingFrom = null;
     setActiveBackend(backend);
     localStorage.setItem(BACKEND_KEY, backend);
-    if (fileStats?.warnings.length) showStatus("warn", "The model is ready", filesSummary(), fileStats.warnings);
+    // Falling back to the CPU is worth a word: replies are slower there, and the visitor may be
+    // able to do something about the reason.
+    const gpu = backendList.find((b) => b.kind === "webgpu");
+    const fallback = backend === "wasm" && gpu && !gpu.ok ? [`Running on the CPU: ${gpu.label} is unavailable (${gpu.reason}).`] : [];
+    const notes = [...fallback, ...(fileStats?.warnings ?? [])];
+    if (notes.length) showStatus("warn", "The model is ready", filesSummary(), notes);
     else ui.status.hidden = true;
     ui.intro.hidden = ui.messages.children.length > 0;
     setState("ready");
