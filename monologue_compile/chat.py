@@ -7,7 +7,7 @@ fed, so the KV cache carries over between turns.
 
 The conversation is kept within the model's context as the web page keeps it (web_shell/context.js):
 when a prompt would leave the reply too little room, the oldest thoughts go first, then the oldest
-turns, each with a note; a message too long on its own is refused and the chat goes on.
+turns, each with a note; a message the model cannot read at all, its reply included, is refused and the chat goes on.
 """
 
 from __future__ import annotations
@@ -83,11 +83,10 @@ def reply_room(context_limit: int, max_new_tokens: int) -> int:
 
 
 class MessageTooLong(Exception):
-    def __init__(self, tokens: int, context_limit: int, room: int):
-        most = context_limit - room
+    def __init__(self, tokens: int, context_limit: int):
         super().__init__(
-            f"This message is {tokens} tokens long; the model reads {context_limit} tokens at a time and keeps "
-            f"{room} for its reply, so a message can be at most {most} tokens. Shorten it and send it again.")
+            f"This message is {tokens} tokens long, but the model reads at most {context_limit} tokens at a time, "
+            "its reply included. Shorten it and send it again.")
 
 
 @dataclass
@@ -114,7 +113,8 @@ def fit_conversation(messages: list[dict], encode: Callable[[list[dict]], list[i
                      room: int) -> Fitted:
     """The conversation (ending with the new user message) with its oldest thoughts, then its oldest
     turns (a user message and the replies up to the next one) left out until its prompt leaves `room`
-    tokens of `context_limit`; MessageTooLong when the last message alone does not fit."""
+    tokens of `context_limit`. The last message alone may leave less (its reply is cut by the context);
+    MessageTooLong when it leaves no room at all."""
     budget = context_limit - room
     kept = list(messages)
     prompt = encode(kept)
@@ -135,8 +135,8 @@ def fit_conversation(messages: list[dict], encode: Callable[[list[dict]], list[i
         kept = kept[end:]
         dropped_turns += 1
         prompt = encode(kept)
-    if len(prompt) > budget:
-        raise MessageTooLong(len(prompt), context_limit, room)
+    if len(prompt) >= context_limit:
+        raise MessageTooLong(len(prompt), context_limit)
     return Fitted(kept, prompt, dropped_turns, sum(id(m) in stripped for m in kept))
 
 

@@ -91,11 +91,15 @@ def test_fit_drops_oldest_thoughts_first_then_oldest_turns():
     assert "the oldest turn or its thought in an earlier reply" in fitted.note(22)
 
 
-def test_a_message_too_long_alone_is_refused_with_its_length_and_the_limit():
+def test_a_message_alone_may_use_more_than_its_share_but_not_all_of_the_context():
+    history = turn("q", "a", "t")
+    # 70 tokens alone: more than the 50 kept for a reply, so the history goes, but it is read.
+    fitted = fit_conversation(history + [{"role": "user", "content": "x" * 69}], char_encode, 100, reply_room(100, 512))
+    assert (len(fitted.prompt), fitted.dropped_turns) == (70, 1)
     with pytest.raises(MessageTooLong) as e:
-        fit_conversation(turn("q", "a", "t") + [{"role": "user", "content": "x" * 99}], char_encode, 100, reply_room(100, 512))
-    assert str(e.value) == ("This message is 100 tokens long; the model reads 100 tokens at a time and keeps 50 for its "
-                            "reply, so a message can be at most 50 tokens. Shorten it and send it again.")
+        fit_conversation(history + [{"role": "user", "content": "x" * 99}], char_encode, 100, reply_room(100, 512))
+    assert str(e.value) == ("This message is 100 tokens long, but the model reads at most 100 tokens at a time, its "
+                            "reply included. Shorten it and send it again.")
     assert reply_room(100, 8) == 8
 
 
@@ -109,5 +113,5 @@ def test_chat_command_goes_on_for_fifty_turns(tmp_path, tiny_checkpoint):
     assert out.count("context: ") == 50
     assert all(int(used) <= 96 for used in re.findall(r"context: (\d+) of 96 tokens", out))
     assert out.count("The conversation outgrew what the model reads at a time (96 tokens)") >= 20
-    assert re.search(r"This message is \d+ tokens long; the model reads 96 tokens at a time and keeps 8 for its reply, so a "
-                     r"message can be at most 88 tokens\.", out)
+    assert re.search(r"This message is \d+ tokens long, but the model reads at most 96 tokens at a time, its reply "
+                     r"included\.", out)

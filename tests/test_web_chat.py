@@ -45,7 +45,8 @@ def open_chat(browser, site_dir, **manifest_fields):
         errors = []
         page.on("pageerror", lambda error: errors.append(error))
         page.goto(url)
-        page.wait_for_selector("body[data-state='ready']", timeout=30_000)
+        # Ready on the CPU first, then on the GPU once its shaders are compiled.
+        page.wait_for_selector("body[data-state='ready']:not([data-upgrading])", timeout=30_000)
         yield page
         assert not errors, errors
         context.close()
@@ -224,13 +225,13 @@ def test_a_message_too_long_for_the_model_is_refused_and_kept_for_editing(browse
     with open_chat(browser, tmp_path / "dist", model={"config": {"sequence_len": 600}}) as page:
         ask(page, "short")
         wait_done(page)
-        long_text = "x" * 400
+        long_text = "x" * 700
         ask(page, long_text)
         wait_done(page)
         tokens = stub_prompt_tokens([{"role": "user", "content": long_text}])
         assert page.inner_text("#composer-note") == (
-            f"This message is {tokens} tokens long; the model reads 600 tokens at a time and keeps 300 for its reply, "
-            "so a message can be at most 300 tokens. Shorten it and send it again."
+            f"This message is {tokens} tokens long, but the model reads at most 600 tokens at a time, its reply "
+            "included. Shorten it and send it again."
         )
         # Not sent: gone from the conversation, back in the composer.
         assert page.locator(".message.user").all_inner_texts() == ["short"]

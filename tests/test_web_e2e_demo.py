@@ -71,7 +71,7 @@ def test_demo_reply_in_the_browser(browser, demo_site):
         errors = []
         page.on("pageerror", lambda error: errors.append(error))
         page.goto(url)
-        page.wait_for_selector("body:not([data-state='loading'])", timeout=120_000)
+        page.wait_for_selector("body:not([data-state='loading']):not([data-upgrading])", timeout=120_000)
         save_screenshot(page, "demo-loaded.png")
         backends = ["webgpu", "wasm"]
         if page.input_value("#backend") != "webgpu":

@@ -20,14 +20,14 @@ LONG_QUESTION = "Please tell me, in as few words as you can manage, what two plu
 
 pytestmark = pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolchain for wasm32")
 
-# Every loading stage the status card shows, with its detail ("3 of 24"), as the page goes.
+# Every loading stage the status card shows, with its detail ("3 of 24"), as the page goes, and the
+# note beside the composer while the GPU is prepared in the background.
 RECORD_STAGES = """document.addEventListener("DOMContentLoaded", () => {
   window.stages = [];
-  const card = document.getElementById("status");
-  new MutationObserver(() => {
-    const stage = `${document.getElementById("status-title").textContent} | ${document.getElementById("status-detail").textContent}`;
-    if (stage !== window.stages.at(-1)) window.stages.push(stage);
-  }).observe(card, { subtree: true, childList: true, characterData: true });
+  const record = (stage) => { if (stage && stage !== window.stages.at(-1)) window.stages.push(stage); };
+  const observe = (node, stage) => new MutationObserver(() => record(stage())).observe(node, { subtree: true, childList: true, characterData: true });
+  observe(document.getElementById("status"), () => `${document.getElementById("status-title").textContent} | ${document.getElementById("status-detail").textContent}`);
+  observe(document.getElementById("backend-note"), () => document.getElementById("backend-note").textContent);
 });"""
 
 
@@ -42,7 +42,8 @@ def open_page(browser, url, requests, worker_prefix=""):
     errors = []
     page.on("pageerror", lambda error: errors.append(error))
     page.goto(url)
-    page.wait_for_selector("body:not([data-state='loading'])", timeout=120_000)
+    # Ready on the CPU first, then on the GPU once its shaders are compiled.
+    page.wait_for_selector("body:not([data-state='loading']):not([data-upgrading])", timeout=120_000)
     if page.input_value("#backend") != "webgpu":
         title = page.locator("#backend option[value=webgpu]").get_attribute("title")
         if "no WebGPU" in title:
@@ -101,8 +102,9 @@ def test_greedy_reply_on_webgpu_then_wasm_is_r_q(browser, site):  # noqa: F811
         lists = plan["dispatch"] | plan["profiles"]["cpu"]["dispatch"]
         n = len({d["pipeline"] for lst in lists.values() for d in lst})
         assert n < len(plan["pipelines"])
-        assert f"Compiling shaders | {n} of {n}" in stages, stages
-        assert stages.index(f"Compiling shaders | 0 of {n}") > max(
+        preparing = "Preparing the GPU (WebGPU): shaders {} of %d compiled; the CPU answers meanwhile" % n
+        assert preparing.format(n) in stages, stages
+        assert stages.index(preparing.format(0)) > max(
             i for i, s in enumerate(stages) if s.startswith(("Downloading", "Verifying"))), stages
         check_reply(ask_and_wait(page), reference, "GPU (WebGPU)")
         save_screenshot(page, "webgpu-reply.png")
@@ -190,5 +192,52 @@ def test_fifty_turns_on_webgpu_then_wasm_stay_within_the_context(browser, site):
             assert page.locator(".message.note").count() >= 40
         # The same greedy conversation, fitted the same way, on both backends.
         assert replies["webgpu"] == replies["wasm"]
+        assert not errors, errors
+        context.close()
+
+
+# Prepended to worker.js: the GPU's pipelines wait until the test lets them compile.
+HOLD_SHADERS = """
+let __releaseShaders;
+const __shadersReleased = new Promise((resolve) => (__releaseShaders = resolve));
+self.releaseShaders = () => __releaseShaders();
+const __createPipeline = GPUDevice.prototype.createComputePipelineAsync;
+GPUDevice.prototype.createComputePipelineAsync = async function (...args) {
+  await __shadersReleased;
+  return __createPipeline.apply(this, args);
+};
+"""
+
+
+def test_the_chat_starts_on_the_cpu_while_the_gpu_compiles_then_moves(browser, site):  # noqa: F811
+    reference = greedy_reference(site)
+    with serving(site) as url:
+        context = browser.new_context()
+        context.route("**/worker.js", lambda route: route.fulfill(
+            body=HOLD_SHADERS + route.fetch().text(), content_type="text/javascript"))
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda error: errors.append(error))
+        with page.expect_worker() as worker_info:
+            page.goto(url)
+        page.wait_for_selector("body[data-state='ready']", timeout=120_000)
+        if page.get_attribute("body", "data-upgrading") is None:
+            title = page.locator("#backend option[value=webgpu]").get_attribute("title")
+            pytest.skip(f"this Chromium has no WebGPU adapter: {title}")
+        # The CPU answers while no shader has compiled yet; the menu waits.
+        assert page.input_value("#backend") == "wasm" and page.is_disabled("#backend")
+        assert page.inner_text("#backend-note").startswith("Preparing the GPU (WebGPU): shaders 0 of ")
+        settings(page, temperature=0, maxNewTokens=MAX_NEW_TOKENS)
+        check_reply(ask_and_wait(page), reference, "CPU (wasm)")
+        assert page.get_attribute("body", "data-upgrading") == "webgpu"
+
+        # Shaders done: the chat moves to the GPU between replies, and the same question gets the
+        # same greedy tokens there.
+        worker_info.value.evaluate("self.releaseShaders()")
+        page.wait_for_selector("body:not([data-upgrading])", timeout=120_000)
+        assert page.input_value("#backend") == "webgpu" and not page.is_disabled("#backend")
+        assert page.inner_text("#backend-note") == ""
+        page.click("#new-chat")
+        check_reply(ask_and_wait(page), reference, "GPU (WebGPU)")
         assert not errors, errors
         context.close()

@@ -31,7 +31,7 @@ def test_a_kernel_that_does_not_compile_hands_over_to_wasm(browser, site, tmp_pa
         errors = []
         page.on("pageerror", lambda error: errors.append(error))
         page.goto(url)
-        page.wait_for_selector("body:not([data-state='loading'])", timeout=120_000)
+        page.wait_for_selector("body:not([data-state='loading']):not([data-upgrading])", timeout=120_000)
         title = page.locator("#backend option[value=webgpu]").get_attribute("title")
         if "no WebGPU" in title:
             pytest.skip(f"this Chromium has no WebGPU adapter: {title}")

@@ -22,6 +22,7 @@ const ui = {
   stop: $("stop"),
   speed: $("speed"),
   contextUse: $("context-use"),
+  backendNote: $("backend-note"),
   composerNote: $("composer-note"),
   hint: $("hint"),
   backend: $("backend"),
@@ -68,6 +69,7 @@ let activeBackend = null;
 let fileStats = null;
 let switchingFrom = null; // the backend to return to if a switch fails
 let backendList = []; // [{kind, label, ok, reason}] as the worker last reported them
+let upgrading = null; // the backend the worker prepares while the chat runs on the CPU
 
 // The privacy promise must not depend on the host's headers: a Web Worker loaded from a URL of the
 // site runs under the policy of its own HTTP response (none, on a plain static host), not under this
@@ -92,7 +94,9 @@ function setState(state) {
   ui.send.disabled = !canChat;
   ui.send.hidden = state === "generating";
   ui.stop.hidden = state !== "generating";
-  ui.backend.disabled = !canChat || ui.backend.options.length < 2;
+  ui.backend.disabled = !canChat || ui.backend.options.length < 2 || upgrading !== null;
+  if (upgrading) document.body.dataset.upgrading = upgrading;
+  else delete document.body.dataset.upgrading;
   ui.prompt.placeholder = PLACEHOLDERS[state];
   ui.hint.textContent = state === "generating" ? "Esc to stop" : "Enter to send · Shift+Enter for a new line";
 }
@@ -116,7 +120,11 @@ function showFailure(title, message, notes = []) {
 
 // Files download in parallel and each is verified as it arrives, so the title follows the whole
 // load (downloading until every byte is in), not the stage of whichever file reported last.
-function showProgress({ stage, file, loaded, total, fromCache, backend }) {
+function showProgress({ stage, file, loaded, total, fromCache, backend, background }) {
+  if (background) {
+    ui.backendNote.textContent = `Preparing the ${BACKEND_LABELS[backend] ?? backend}: shaders ${loaded} of ${total} compiled; the CPU answers meanwhile`;
+    return;
+  }
   if (stage === "compile") {
     const title = backend === "webgpu" ? "Compiling shaders" : "Preparing the CPU runtime";
     showStatus("busy", title, total ? `${loaded} of ${total}` : "", [], total ? loaded / total : 0);
@@ -149,6 +157,16 @@ function showBackends(backends) {
   );
   const firstUsable = backends.find((b) => b.ok);
   if (!firstUsable) ui.backend.prepend(new Option("no backend", "", true, true));
+}
+
+// Falling back to the CPU is worth a word: replies are slower there, and the visitor may be able to
+// do something about the reason.
+function showReadyNotes(backend) {
+  const gpu = backendList.find((b) => b.kind === "webgpu");
+  const fallback = backend === "wasm" && gpu && !gpu.ok ? [`Running on the CPU: ${gpu.label} is unavailable (${gpu.reason}).`] : [];
+  const notes = [...fallback, ...(fileStats?.warnings ?? [])];
+  if (notes.length) showStatus("warn", "The model is ready", filesSummary(), notes);
+  else ui.status.hidden = true;
 }
 
 function setActiveBackend(kind) {
@@ -400,7 +418,7 @@ function finishNote(reason, limit, maxNewTokens) {
 
 const onMessage = {
   progress(message) {
-    if (document.body.dataset.state === "loading") showProgress(message);
+    if (document.body.dataset.state === "loading" || message.background) showProgress(message);
   },
   verified({ stats }) {
     fileStats = stats;
@@ -417,17 +435,14 @@ const onMessage = {
     );
     setState("no-backend");
   },
-  ready({ backend }) {
+  ready({ backend, upgrading: next }) {
+    // Only the visitor's own choice is remembered: the CPU that answers while the GPU is being
+    // prepared is not a preference.
+    if (switchingFrom) localStorage.setItem(BACKEND_KEY, backend);
     switchingFrom = null;
+    upgrading = next;
     setActiveBackend(backend);
-    localStorage.setItem(BACKEND_KEY, backend);
-    // Falling back to the CPU is worth a word: replies are slower there, and the visitor may be
-    // able to do something about the reason.
-    const gpu = backendList.find((b) => b.kind === "webgpu");
-    const fallback = backend === "wasm" && gpu && !gpu.ok ? [`Running on the CPU: ${gpu.label} is unavailable (${gpu.reason}).`] : [];
-    const notes = [...fallback, ...(fileStats?.warnings ?? [])];
-    if (notes.length) showStatus("warn", "The model is ready", filesSummary(), notes);
-    else ui.status.hidden = true;
+    showReadyNotes(backend);
     ui.intro.hidden = ui.messages.children.length > 0;
     setState("ready");
     ui.prompt.focus();
@@ -435,6 +450,19 @@ const onMessage = {
   delta(message) {
     current?.apply(message);
     ui.speed.textContent = speedText(message.tokensPerSecond, activeBackend);
+  },
+  upgraded({ backend }) {
+    upgrading = null;
+    setActiveBackend(backend);
+    ui.backendNote.textContent = "";
+    ui.announce.textContent = `Now running on ${BACKEND_LABELS[backend] ?? backend}`;
+    setState(document.body.dataset.state);
+  },
+  "upgrade-failed"() {
+    upgrading = null;
+    ui.backendNote.textContent = "";
+    showReadyNotes(activeBackend);
+    setState(document.body.dataset.state);
   },
   switched({ backend, message }) {
     setActiveBackend(backend);

@@ -2,9 +2,9 @@
 //
 // When the next prompt would leave the reply too little room, the oldest assistant thoughts go
 // first (the answers they led to stay, so later turns still see what was said), then the oldest
-// turns, a question together with its reply. A conversation that is only one message too long for
-// the model is refused: dropping anything else could not make it fit. monologue_compile/chat.py
-// applies the same policy in the terminal.
+// turns, a question together with its reply. A message alone may take more than its share (its reply
+// is then cut by the context, and says so); one the model cannot read at all, its reply included, is
+// refused. monologue_compile/chat.py applies the same policy in the terminal.
 
 // Tokens kept free for the reply: what the visitor asked for, but never more than half the context,
 // so that a large max-new-tokens setting does not leave almost no room for the conversation.
@@ -13,14 +13,13 @@ export function replyRoom(contextLimit, maxNewTokens) {
 }
 
 export class MessageTooLong extends Error {
-  constructor(tokens, contextLimit, room) {
-    const most = contextLimit - room;
+  constructor(tokens, contextLimit) {
     super(
-      `This message is ${tokens} tokens long; the model reads ${contextLimit} tokens at a time and keeps ${room} ` +
-        `for its reply, so a message can be at most ${most} tokens. Shorten it and send it again.`,
+      `This message is ${tokens} tokens long, but the model reads at most ${contextLimit} tokens at a time, ` +
+        "its reply included. Shorten it and send it again.",
     );
     this.name = "MessageTooLong";
-    Object.assign(this, { tokens, contextLimit, most });
+    Object.assign(this, { tokens, contextLimit });
   }
 }
 
@@ -49,7 +48,7 @@ export function fitConversation(messages, encode, contextLimit, room) {
     droppedTurns += 1;
     promptIds = encode(kept);
   }
-  if (promptIds.length > budget) throw new MessageTooLong(promptIds.length, contextLimit, room);
+  if (promptIds.length >= contextLimit) throw new MessageTooLong(promptIds.length, contextLimit);
   const droppedThoughts = kept.filter((m) => stripped.has(m)).length;
   return { messages: kept, promptIds, droppedTurns, droppedThoughts };
 }
