@@ -75,6 +75,17 @@ setup() {
     install_python_package
 }
 
+# The browser tests' JavaScript (axe-core for the accessibility scan), pinned in tests/package-lock.json.
+install_test_js() {
+    [ -f tests/node_modules/axe-core/axe.min.js ] && return 0
+    if ! command -v npm >/dev/null 2>&1; then
+        say "npm not found: the accessibility test (axe-core) will be skipped"
+        return 0
+    fi
+    say "installing the browser tests' JavaScript (npm ci in tests/)"
+    npm ci --prefix tests --no-audit --no-fund --silent
+}
+
 # --- entry points ----------------------------------------------------------------------------
 DEMO_RUN=runs/demo
 DIST=dist
@@ -100,6 +111,7 @@ build_demo() {
 case "${1:-demo}" in
     test)
         setup
+        install_test_js
         shift || true
         say "running the test suite"
         exec "$PYTHON" -m pytest -q "$@"

@@ -21,6 +21,7 @@ from .ir import Graph, verify
 
 MAGIC = b"MONOLOGW"  # 8 bytes, then u32 version, u32 shard index (little-endian): 16-byte header
 VERSION = 1
+TOOL_FILES = ("ir.json", "ir.txt")  # listed with "page": false: verified by the tools, never fetched by the page
 HEADER = 16
 ALIGN = 256  # WebGPU's minStorageBufferOffsetAlignment: every array starts bindable in place
 SHARD_MAX = 64 * 2**20  # small enough for phone memory and HTTP caches
@@ -91,7 +92,7 @@ def write_model(g: Graph, model_dir: Path, tokenizer_json: str, extra: dict, sha
     (model_dir / "tokenizer.json").write_text(tokenizer_json)
     (model_dir / "ir.json").write_text(json.dumps(g.to_json(), indent=1, sort_keys=True) + "\n")
     (model_dir / "ir.txt").write_text(g.dump())
-    files += ["tokenizer.json", "ir.json", "ir.txt"]
+    files += ["tokenizer.json", *TOOL_FILES]
     manifest = {
         "format": "monologue-model",
         "version": VERSION,
@@ -100,8 +101,9 @@ def write_model(g: Graph, model_dir: Path, tokenizer_json: str, extra: dict, sha
         "tokenizer": "tokenizer.json",
         "weights": {"magic": MAGIC.decode(), "header_bytes": HEADER, "alignment": ALIGN, "shard_max_bytes": shard_max,
                     "shards": [f for f in files if f.startswith("weights-")], "tensors": tensors},
-        "files": [{"path": f, "bytes": (model_dir / f).stat().st_size, "sha256": sha256_file(model_dir / f)}
-                  for f in files],
+        # The IR is for the tools (verify, chat, bench); the page does not download what it never reads.
+        "files": [{"path": f, "bytes": (model_dir / f).stat().st_size, "sha256": sha256_file(model_dir / f),
+                   **({"page": False} if f in TOOL_FILES else {})} for f in files],
         "webgpu": {"features": [], "required_limits": {
             # The largest weight array is bound whole; state what it needs beyond the WebGPU defaults.
             "maxStorageBufferBindingSize": max(largest, 128 * 2**20),

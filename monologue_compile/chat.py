@@ -4,11 +4,17 @@ The thought (between `<think>` and `</think>`) is shown dimmed, apart from the a
 default; --temperature, --top-k, --top-p and --seed sample instead. The conversation is rendered
 with the model's own chat template each turn and only the tokens the session has not seen yet are
 fed, so the KV cache carries over between turns.
+
+The conversation is kept within the model's context as the web page keeps it (web_shell/context.js):
+when a prompt would leave the reply too little room, the oldest thoughts go first, then the oldest
+turns, each with a note; a message the model cannot read at all, its reply included, is refused and the chat goes on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import click
 import numpy as np
@@ -71,6 +77,69 @@ def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: flo
     p = np.exp(x - x.max())
     p /= p.sum()
     return int(rng.choice(x.size, p=p))
+
+
+def reply_room(context_limit: int, max_new_tokens: int) -> int:
+    """Tokens kept free for the reply: what was asked for, but at most half the context."""
+    return max(1, min(max_new_tokens, context_limit // 2))
+
+
+class MessageTooLong(Exception):
+    def __init__(self, tokens: int, context_limit: int):
+        super().__init__(
+            f"This message is {tokens} tokens long, but the model reads at most {context_limit} tokens at a time, "
+            "its reply included. Shorten it and send it again.")
+
+
+@dataclass
+class Fitted:
+    messages: list[dict]  # the conversation as the model reads it
+    prompt: list[int]
+    dropped_turns: int  # left out, oldest first
+    dropped_thoughts: int  # taken out of the turns that stay
+
+    def note(self, context_limit: int) -> str:
+        parts = []
+        if self.dropped_turns:
+            parts.append("the oldest turn" if self.dropped_turns == 1 else f"the {self.dropped_turns} oldest turns")
+        if self.dropped_thoughts:
+            parts.append("its thought in an earlier reply" if self.dropped_thoughts == 1
+                         else f"its thoughts in {self.dropped_thoughts} earlier replies")
+        if not parts:
+            return ""
+        return (f"The conversation outgrew what the model reads at a time ({context_limit} tokens): "
+                f"from here on it no longer sees {' or '.join(parts)}.")
+
+
+def fit_conversation(messages: list[dict], encode: Callable[[list[dict]], list[int]], context_limit: int,
+                     room: int) -> Fitted:
+    """The conversation (ending with the new user message) with its oldest thoughts, then its oldest
+    turns (a user message and the replies up to the next one) left out until its prompt leaves `room`
+    tokens of `context_limit`. The last message alone may leave less (its reply is cut by the context);
+    MessageTooLong when it leaves no room at all."""
+    budget = context_limit - room
+    kept = list(messages)
+    prompt = encode(kept)
+    stripped = set()
+    for i in range(len(kept) - 1):
+        if len(prompt) <= budget:
+            break
+        if kept[i]["role"] != "assistant" or "thought" not in kept[i]:
+            continue
+        kept[i] = {k: v for k, v in kept[i].items() if k != "thought"}
+        stripped.add(id(kept[i]))
+        prompt = encode(kept)
+    dropped_turns = 0
+    while len(prompt) > budget and len(kept) > 1:
+        end = 1
+        while end < len(kept) - 1 and kept[end]["role"] != "user":
+            end += 1
+        kept = kept[end:]
+        dropped_turns += 1
+        prompt = encode(kept)
+    if len(prompt) >= context_limit:
+        raise MessageTooLong(len(prompt), context_limit)
+    return Fitted(kept, prompt, dropped_turns, sum(id(m) in stripped for m in kept))
 
 
 class ThoughtSplitter:
@@ -206,8 +275,18 @@ def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts
             break
         if not user.strip():
             continue
-        messages.append({"role": "user", "content": user})
-        prompt = tok.render_for_completion(messages)
+        limit = session.max_len
+        try:
+            fitted = fit_conversation(messages + [{"role": "user", "content": user}], tok.render_for_completion,
+                                      limit, reply_room(limit, max_tokens))
+        except MessageTooLong as e:
+            console.print(str(e), style="red", markup=False)
+            continue
+        messages = fitted.messages
+        if fitted.note(limit):
+            console.print(fitted.note(limit), style="dim", markup=False)
+        prompt = fitted.prompt
+        budget = min(max_tokens, limit - len(prompt))
         splitter = ThoughtSplitter()
         state = {"part": None}
 
@@ -219,8 +298,12 @@ def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts
                     state["part"] = part
                 console.print(piece, style="dim italic" if part == "thought" else None, end="", markup=False)
 
-        out, fed = reply(session, tok, prompt, fed, max_tokens, temperature, top_k, top_p, rng, show)
+        out, fed = reply(session, tok, prompt, fed, budget, temperature, top_k, top_p, rng, show)
         console.print()
+        if len(out) >= budget:
+            console.print(f"(cut short: the model's context, {limit} tokens, is full)" if budget < max_tokens
+                          else f"(reached --max-tokens {max_tokens})", style="dim", markup=False)
+        console.print(f"context: {len(prompt) + len(out)} of {limit} tokens", style="dim", markup=False)
         thought, answer = splitter.parts()
         turn = {"role": "assistant", "content": answer}
         if thought and THINK_OPEN in tok.special_tokens:  # a nanochat tokenizer has no think tokens

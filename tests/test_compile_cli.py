@@ -40,6 +40,8 @@ def test_manifest_describes_the_weight_bytes(tmp_path, tiny_checkpoint):
     for f in m["files"]:
         data = (mdir / f["path"]).read_bytes()
         assert len(data) == f["bytes"] and hashlib.sha256(data).hexdigest() == f["sha256"]
+    # the page skips what only the tools read
+    assert sorted(f["path"] for f in m["files"] if f.get("page") is False) == ["ir.json", "ir.txt"]
     shard = (mdir / "weights-00.bin").read_bytes()
     assert shard[:8] == MAGIC
     # the q/k/v projections of a layer are one merged int8 tensor; check its packing against the model

@@ -7,6 +7,7 @@ stop, new chat, the backend switch and the device-loss fallback.
 """
 
 import contextlib
+import json
 import re
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def open_chat(browser, site_dir, **manifest_fields):
         errors = []
         page.on("pageerror", lambda error: errors.append(error))
         page.goto(url)
-        page.wait_for_selector("body[data-state='ready']", timeout=30_000)
+        # Ready on the CPU first, then on the GPU once its shaders are compiled.
+        page.wait_for_selector("body[data-state='ready']:not([data-upgrading])", timeout=30_000)
         yield page
         assert not errors, errors
         context.close()
@@ -131,7 +133,7 @@ def test_keyboard_stop_limit_and_new_chat(chat):
     page.press("#prompt", "Enter")
     wait_done(page)
     assert page.locator(".message.user").last.inner_text() == "first line\nsecond line"
-    assert last_reply(page).locator(".reply-meta").inner_text().startswith("Reached the token limit · 12 tokens")
+    assert last_reply(page).locator(".reply-meta").inner_text().startswith("Reached the max new tokens setting (12) · 12 tokens")
 
     page.click("#open-settings")
     page.fill("input[name=maxNewTokens]", "4000")
@@ -192,23 +194,98 @@ def test_switch_backend_and_device_loss_fallback(chat):
     assert "on GPU (WebGPU)" in last_reply(page).locator(".reply-meta").inner_text()
 
 
-def test_replies_fit_the_models_context(browser, tmp_path):
+def stub_prompt_tokens(messages):
+    """The test backend's prompt length: the conversation's JSON bytes plus one token."""
+    return len(json.dumps(messages, separators=(",", ":"), ensure_ascii=False).encode()) + 1
+
+
+def test_a_reply_cut_by_the_context_is_told_apart_from_max_new_tokens(browser, tmp_path):
     with open_chat(browser, tmp_path / "dist", model={"config": {"sequence_len": 150}}) as page:
         ask(page, "a long one")
         wait_done(page)
-        # The stub's prompt is the conversation's JSON bytes plus one token.
-        prompt_tokens = len('[{"role":"user","content":"a long one"}]') + 1
+        prompt_tokens = stub_prompt_tokens([{"role": "user", "content": "a long one"}])
         meta = last_reply(page).locator(".reply-meta").inner_text()
-        assert meta.startswith(f"Reached the token limit · {150 - prompt_tokens} tokens"), meta
+        assert meta.startswith(f"Cut short: the model's context (150 tokens) is full · {150 - prompt_tokens} tokens"), meta
+        assert page.inner_text("#context-use") == "Context 150 of 150 tokens"
 
-        page.click("#new-chat")
-        ask(page, "x" * 400)
+        # The next question does not fit beside the cut reply: that turn goes, and the page says so.
+        ask(page, "hi")
         wait_done(page)
-        meta = last_reply(page).locator(".reply-meta").inner_text()
-        assert meta == "The reply failed: the conversation is longer than the model can read (150 tokens); start a new chat"
-        ask(page, "short again")
+        notes = page.locator(".message.note")
+        assert notes.count() == 1
+        assert notes.first.inner_text() == (
+            "The conversation outgrew what the model reads at a time (150 tokens): from here on it no longer sees the oldest turn."
+        )
+        # The note stands just before the question that needed the room.
+        assert page.locator(".message.note + .message.user").inner_text() == "hi"
+        assert "The user asked: hi." in last_reply(page).locator(".thought-text").text_content()
+
+
+def test_a_message_too_long_for_the_model_is_refused_and_kept_for_editing(browser, tmp_path):
+    with open_chat(browser, tmp_path / "dist", model={"config": {"sequence_len": 600}}) as page:
+        ask(page, "short")
         wait_done(page)
-        assert "The user asked: short again." in last_reply(page).locator(".thought-text").text_content()
+        long_text = "x" * 700
+        ask(page, long_text)
+        wait_done(page)
+        tokens = stub_prompt_tokens([{"role": "user", "content": long_text}])
+        assert page.inner_text("#composer-note") == (
+            f"This message is {tokens} tokens long, but the model reads at most 600 tokens at a time, its reply "
+            "included. Shorten it and send it again."
+        )
+        # Not sent: gone from the conversation, back in the composer.
+        assert page.locator(".message.user").all_inner_texts() == ["short"]
+        assert page.locator(".message.assistant").count() == 1
+        assert page.input_value("#prompt") == long_text
+        page.fill("#prompt", "short again")
+        page.press("#prompt", "Enter")
+        wait_done(page)
+        assert page.inner_text("#composer-note") == ""
+        assert "[turns=3 " in last_reply(page).locator(".answer").inner_text()
+
+
+def test_fifty_turns_drop_thoughts_then_turns(browser, tmp_path):
+    # The real backends run 50 turns in test_web_webgpu.py; this checks what the page says meanwhile.
+    with open_chat(browser, tmp_path / "dist", model={"config": {"sequence_len": 900}}, test_think_ms=0, test_answer_ms=0) as page:
+        for turn in range(50):
+            ask(page, f"q{turn}")
+            wait_done(page)
+            answer = last_reply(page).locator(".answer").inner_text()
+            assert answer.startswith("The answer is"), (turn, answer)
+            used, limit = re.fullmatch(r"Context (\d+) of (\d+) tokens", page.inner_text("#context-use")).groups()
+            assert int(used) <= int(limit) == 900
+        assert page.locator(".message.assistant").count() == 50
+        notes = page.locator(".message.note").all_inner_texts()
+        assert all(note.startswith("The conversation outgrew what the model reads at a time (900 tokens)") for note in notes)
+        # Thoughts go first, then whole turns, oldest first.
+        assert "its thought in an earlier reply" in notes[0] and "oldest turn" in notes[0], notes
+
+
+def test_the_backend_menu_switches_on_enter_not_at_each_arrow(chat):
+    page = chat
+    if page.locator("#backend option[value=webgpu]").is_disabled():
+        pytest.skip("this Chromium has no WebGPU adapter: one backend, nothing to switch")
+    assert page.input_value("#backend") == "webgpu"
+    page.focus("#backend")
+    page.keyboard.press("ArrowDown")
+    assert page.input_value("#backend") == "wasm"
+    assert page.inner_text("#hint") == "Enter to switch backend"
+    assert page.get_attribute("body", "data-state") == "ready"  # nothing started
+    # Moving on without Enter leaves the running backend as it was.
+    page.keyboard.press("Tab")
+    assert page.input_value("#backend") == "webgpu"
+    ask(page, "which one?")
+    wait_done(page)
+    assert "on GPU (WebGPU)" in last_reply(page).locator(".reply-meta").inner_text()
+
+    page.focus("#backend")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    wait_done(page)
+    assert page.input_value("#backend") == "wasm"
+    ask(page, "and now?")
+    wait_done(page)
+    assert "on CPU (wasm)" in last_reply(page).locator(".reply-meta").inner_text()
 
 
 def test_a_backend_that_fails_to_start_hands_over(browser, tmp_path):
@@ -220,3 +297,5 @@ def test_a_backend_that_fails_to_start_hands_over(browser, tmp_path):
         if "no WebGPU" in title:
             pytest.skip("this Chromium has no WebGPU adapter")
         assert title == "failed to start: the device refused the plan's limits"
+        assert page.inner_text("#status-notes") == (
+            "Running on the CPU: GPU (WebGPU) is unavailable (failed to start: the device refused the plan's limits).")

@@ -27,6 +27,7 @@ export async function create({ manifest, onProgress }) {
   if (manifest.test_refuse?.includes(kind)) throw new Error("the device refused the plan's limits");
   for (let i = 1; i <= 3; i++) onProgress({ loaded: i, total: 3 });
   const thinkMs = manifest.test_think_ms ?? 8;
+  const answerMs = manifest.test_answer_ms ?? 2;
   let context = [];
   let sampling = null;
   let steps = 0;
@@ -55,7 +56,8 @@ export async function create({ manifest, onProgress }) {
       const at = context.length - context.lastIndexOf(REPLY_START) - 1;
       const id = at < reply.length ? reply[at] : STOP;
       // Slower while thinking, so a test can watch the open thought panel.
-      await new Promise((done) => setTimeout(done, new TextDecoder().decode(reply.slice(0, at)).includes("</think>") ? 2 : thinkMs));
+      const delay = new TextDecoder().decode(reply.slice(0, at)).includes("</think>") ? answerMs : thinkMs;
+      if (delay) await new Promise((done) => setTimeout(done, delay));
       context.push(id);
       return { id };
     },

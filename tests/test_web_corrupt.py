@@ -46,8 +46,10 @@ def test_missing_file_is_named(browser, tmp_path):
     (site / "model" / "weights-00.bin").unlink()
     with serving(site) as url:
         context, page, status = open_until_error(browser, url)
-        assert "The model could not be downloaded" in status
-        assert "Could not download model/weights-00.bin (HTTP 404)." in status
+        # A 404 is not the visitor's connection: the site is incomplete, and the file is named.
+        assert "This site is incomplete" in status
+        assert "model/weights-00.bin is missing from this site (HTTP 404), although its manifest lists it." in status
+        assert "upload all of the compiled site" in status and "connection" not in status
         context.close()
 
 

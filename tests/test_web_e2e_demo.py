@@ -17,7 +17,7 @@ import pytest
 from monologue_compile.driver import compile_to
 from test_web_wasm import have_wasm_toolchain
 from test_web_wasm import greedy_reference
-from web_helpers import browser, save_screenshot, serving  # noqa: F401
+from web_helpers import browser, outside, save_screenshot, serving  # noqa: F401
 
 DEMO = Path(__file__).resolve().parent.parent / "runs" / "demo" / "checkpoint.pt"
 QUESTION = "What is 37 + 48?"
@@ -71,7 +71,7 @@ def test_demo_reply_in_the_browser(browser, demo_site):
         errors = []
         page.on("pageerror", lambda error: errors.append(error))
         page.goto(url)
-        page.wait_for_selector("body:not([data-state='loading'])", timeout=120_000)
+        page.wait_for_selector("body:not([data-state='loading']):not([data-upgrading])", timeout=120_000)
         save_screenshot(page, "demo-loaded.png")
         backends = ["webgpu", "wasm"]
         if page.input_value("#backend") != "webgpu":
@@ -109,4 +109,4 @@ def test_demo_reply_in_the_browser(browser, demo_site):
         assert not errors, errors
         context.close()
     origin = "{0.scheme}://{0.netloc}/".format(urlsplit(url))
-    assert [u for u in requests if not u.startswith(origin)] == []
+    assert outside(requests, origin) == []

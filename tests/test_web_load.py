@@ -4,6 +4,8 @@ The site is the real web shell with a manifest of small random files (no model, 
 served by `monologue serve`'s server. Nothing can run it, and the page must say so.
 """
 
+import json
+
 import pytest
 
 from web_helpers import browser, make_site, pseudo_random_bytes, save_screenshot, serving  # noqa: F401
@@ -76,4 +78,23 @@ def test_webgpu_requirements_from_manifest_are_checked(browser, tmp_path):
             context.close()
             pytest.skip("this Chromium has no WebGPU adapter to check against")
         assert "the WebGPU adapter lacks no-such-feature, maxBufferSize ≥ 1099511627776" in status
+        context.close()
+
+
+def test_tool_only_files_are_verified_by_the_tools_not_fetched_by_the_page(browser, tmp_path):
+    site = make_site(tmp_path / "dist", {**FILES, "model/ir.json": b"{}"})
+    manifest = json.loads((site / "model" / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "ir.json":
+            entry["page"] = False  # as the compiler lists it (artifact.py)
+    (site / "model" / "manifest.json").write_text(json.dumps(manifest))
+    with serving(site) as url:
+        context = browser.new_context()
+        requests = []
+        context.on("request", lambda request: requests.append(request.url))
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("body[data-state='no-backend']", timeout=30_000)
+        assert "4 files, 3.8 MB, checked against their sha256" in page.inner_text("#status")
+        assert url + "model/weights-00.bin" in requests and url + "model/ir.json" not in requests
         context.close()

@@ -3,7 +3,7 @@
 import json
 from urllib.parse import urlsplit
 
-from web_helpers import browser, make_site, pseudo_random_bytes, serving  # noqa: F401
+from web_helpers import browser, make_site, outside, pseudo_random_bytes, serving  # noqa: F401
 
 # Tries to send data elsewhere in the ways a page can. Each attempt would fail anyway (nothing
 # listens there), so the evidence is the policy violations and the empty request log.
@@ -38,16 +38,15 @@ def test_no_request_leaves_the_origin(browser, tmp_path):
 
         # The log covers the page and its worker (the model file is fetched by the worker).
         assert url + "model/weights-00.bin" in requests
-        outside = [u for u in requests if not u.startswith(origin + "/")]
-        assert outside == [], outside
+        assert outside(requests, origin + "/") == []
 
         # The CSP refuses what a compromised script might try.
         blocked = []
         context.on("requestfailed", lambda request: blocked.append((request.url, request.failure)))
         assert page.evaluate(EXFILTRATION) == ["connect-src", "img-src"]
         # Chromium logs the image request it then refuses; it must never have left.
-        outside = {u for u in requests if not u.startswith(origin + "/")}
-        assert outside <= {u for u, failure in blocked if failure == "csp"}, (outside, blocked)
+        elsewhere = set(outside(requests, origin + "/"))
+        assert elsewhere <= {u for u, failure in blocked if failure == "csp"}, (elsewhere, blocked)
         context.close()
 
 
@@ -67,5 +66,5 @@ def test_manifest_cannot_point_outside_the_site(browser, tmp_path):
             page.goto(url)
             page.wait_for_selector("body[data-state='error']", timeout=30_000)
             assert "it must name a file of this site" in page.inner_text("#status"), path
-            assert [u for u in requests if not u.startswith(url)] == [], path
+            assert outside(requests, url) == [], path
             context.close()

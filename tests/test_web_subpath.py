@@ -1,6 +1,6 @@
 """The site works from a sub-path of its host (all its URLs are relative), with no special headers."""
 
-from web_helpers import browser, make_site, pseudo_random_bytes, serving  # noqa: F401
+from web_helpers import browser, make_site, outside, pseudo_random_bytes, serving  # noqa: F401
 
 
 def test_site_under_a_sub_path(browser, tmp_path):
@@ -17,6 +17,6 @@ def test_site_under_a_sub_path(browser, tmp_path):
         page.wait_for_selector("body[data-state='no-backend']", timeout=30_000)
         assert "1 file, 49 KB, checked against their sha256" in page.inner_text("#status")
         assert url + "model/weights-00.bin" in requests and url + "worker.js" in requests
-        assert [u for u in requests if not u.startswith(url)] == []
+        assert outside(requests, url) == []
         assert page.evaluate("() => self.crossOriginIsolated") is False
         context.close()

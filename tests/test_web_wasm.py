@@ -80,7 +80,7 @@ def test_greedy_reply_on_wasm_is_r_q(browser, site):
         errors = []
         page.on("pageerror", lambda error: errors.append(error))
         page.goto(url)
-        page.wait_for_selector("body:not([data-state='loading'])", timeout=60_000)
+        page.wait_for_selector("body:not([data-state='loading']):not([data-upgrading])", timeout=120_000)
         if page.input_value("#backend") != "wasm":
             # WebGPU would be preferred once it exists; this test is about the CPU path.
             page.select_option("#backend", "wasm")

@@ -1,5 +1,5 @@
 """A GPU program the browser refuses (here: a kernel that does not compile) is not run: the page
-names the kernel, marks WebGPU as failed to start, and chats on the CPU instead."""
+names the kernel, marks WebGPU as failed to start, says so, and chats on the CPU instead."""
 
 import hashlib
 import json
@@ -31,7 +31,7 @@ def test_a_kernel_that_does_not_compile_hands_over_to_wasm(browser, site, tmp_pa
         errors = []
         page.on("pageerror", lambda error: errors.append(error))
         page.goto(url)
-        page.wait_for_selector("body:not([data-state='loading'])", timeout=120_000)
+        page.wait_for_selector("body:not([data-state='loading']):not([data-upgrading])", timeout=120_000)
         title = page.locator("#backend option[value=webgpu]").get_attribute("title")
         if "no WebGPU" in title:
             pytest.skip(f"this Chromium has no WebGPU adapter: {title}")
@@ -40,5 +40,8 @@ def test_a_kernel_that_does_not_compile_hands_over_to_wasm(browser, site, tmp_pa
         assert page.locator("#backend option[value=webgpu]").is_disabled()
         assert title.startswith(f"failed to start: {kernel} did not compile: "), title
         assert "undefined_name" in title, title
+        # The fall-back is said on the page, with why, not only in the menu's tooltip.
+        assert page.is_visible("#status")
+        assert f"Running on the CPU: GPU (WebGPU) is unavailable ({title})." in page.inner_text("#status-notes")
         assert not errors, errors
         context.close()

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -90,6 +91,13 @@ def serving(root: Path, host: str = "127.0.0.1"):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def outside(requests: list[str], prefix: str) -> list[str]:
+    """The request URLs not under `prefix`. The page's worker starts from a blob: URL the page made
+    itself (app.js); one of the page's own origin is local, not a request to anywhere."""
+    blob = "blob:{0.scheme}://{0.netloc}/".format(urlsplit(prefix))
+    return [u for u in requests if not u.startswith((prefix, blob))]
 
 
 def save_screenshot(page, name: str) -> Path:

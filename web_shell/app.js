@@ -21,6 +21,9 @@ const ui = {
   send: $("send"),
   stop: $("stop"),
   speed: $("speed"),
+  contextUse: $("context-use"),
+  backendNote: $("backend-note"),
+  composerNote: $("composer-note"),
   hint: $("hint"),
   backend: $("backend"),
   newChat: $("new-chat"),
@@ -48,6 +51,10 @@ const FAILURES = {
     advice: "Reload the page to download it again. If this keeps happening, the site's files are damaged: tell whoever hosts it.",
   },
   network: { title: "The model could not be downloaded", advice: "Check the connection and reload the page." },
+  missing: {
+    title: "This site is incomplete",
+    advice: "A file the page needs was not uploaded: whoever hosts the site needs to upload all of the compiled site (dist/) again.",
+  },
   manifest: {
     title: "This site's model manifest is unusable",
     advice: "The site was not compiled completely; whoever hosts it needs to compile and upload it again.",
@@ -61,8 +68,22 @@ let current = null; // the assistant message being written
 let activeBackend = null;
 let fileStats = null;
 let switchingFrom = null; // the backend to return to if a switch fails
+let backendList = []; // [{kind, label, ok, reason}] as the worker last reported them
+let upgrading = null; // the backend the worker prepares while the chat runs on the CPU
 
-const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+// The privacy promise must not depend on the host's headers: a Web Worker loaded from a URL of the
+// site runs under the policy of its own HTTP response (none, on a plain static host), not under this
+// page's CSP meta tag. A worker created from a blob: URL inherits the document's policy (CSP3, and
+// Chromium verifiably), so the worker is a one-line blob that imports worker.js, and everything it
+// runs is under connect-src/script-src 'self'. (worker-src needs 'self' too: a module worker's
+// imports are fetched as worker scripts.)
+function startWorker() {
+  const entry = `import ${JSON.stringify(new URL("./worker.js", import.meta.url).href)};`;
+  const url = URL.createObjectURL(new Blob([entry], { type: "text/javascript" }));
+  return new Worker(url, { type: "module" });
+}
+
+const worker = startWorker();
 
 // --- status card -----------------------------------------------------------------------------
 
@@ -73,7 +94,9 @@ function setState(state) {
   ui.send.disabled = !canChat;
   ui.send.hidden = state === "generating";
   ui.stop.hidden = state !== "generating";
-  ui.backend.disabled = !canChat || ui.backend.options.length < 2;
+  ui.backend.disabled = !canChat || ui.backend.options.length < 2 || upgrading !== null;
+  if (upgrading) document.body.dataset.upgrading = upgrading;
+  else delete document.body.dataset.upgrading;
   ui.prompt.placeholder = PLACEHOLDERS[state];
   ui.hint.textContent = state === "generating" ? "Esc to stop" : "Enter to send · Shift+Enter for a new line";
 }
@@ -97,7 +120,11 @@ function showFailure(title, message, notes = []) {
 
 // Files download in parallel and each is verified as it arrives, so the title follows the whole
 // load (downloading until every byte is in), not the stage of whichever file reported last.
-function showProgress({ stage, file, loaded, total, fromCache, backend }) {
+function showProgress({ stage, file, loaded, total, fromCache, backend, background }) {
+  if (background) {
+    ui.backendNote.textContent = `Preparing the ${BACKEND_LABELS[backend] ?? backend}: shaders ${loaded} of ${total} compiled; the CPU answers meanwhile`;
+    return;
+  }
   if (stage === "compile") {
     const title = backend === "webgpu" ? "Compiling shaders" : "Preparing the CPU runtime";
     showStatus("busy", title, total ? `${loaded} of ${total}` : "", [], total ? loaded / total : 0);
@@ -119,6 +146,7 @@ function filesSummary() {
 // --- backends --------------------------------------------------------------------------------
 
 function showBackends(backends) {
+  backendList = backends;
   ui.backend.replaceChildren(
     ...backends.map(({ kind, label, ok, reason }) => {
       const option = new Option(ok ? label : `${label}: unavailable`, kind);
@@ -131,17 +159,51 @@ function showBackends(backends) {
   if (!firstUsable) ui.backend.prepend(new Option("no backend", "", true, true));
 }
 
+// Falling back to the CPU is worth a word: replies are slower there, and the visitor may be able to
+// do something about the reason.
+function showReadyNotes(backend) {
+  const gpu = backendList.find((b) => b.kind === "webgpu");
+  const fallback = backend === "wasm" && gpu && !gpu.ok ? [`Running on the CPU: ${gpu.label} is unavailable (${gpu.reason}).`] : [];
+  const notes = [...fallback, ...(fileStats?.warnings ?? [])];
+  if (notes.length) showStatus("warn", "The model is ready", filesSummary(), notes);
+  else ui.status.hidden = true;
+}
+
 function setActiveBackend(kind) {
   activeBackend = kind;
   ui.backend.value = kind;
 }
 
-ui.backend.addEventListener("change", () => {
+function switchBackend() {
   const kind = ui.backend.value;
   if (!kind || kind === activeBackend) return;
   switchingFrom = activeBackend;
   setState("loading");
   worker.postMessage({ type: "switch", backend: kind });
+}
+
+// A closed <select> changes its value at each arrow key: a keyboard pick switches only on Enter (and
+// is undone when focus moves on without it), so arrowing past a backend does not start it. A pointer
+// pick in the open list is a confirmation in itself.
+const PICK_KEYS = new Set(["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown"]);
+let keyboardPick = false;
+ui.backend.addEventListener("keydown", (event) => {
+  if (PICK_KEYS.has(event.key)) keyboardPick = true;
+  if (event.key === "Enter" && ui.backend.value !== activeBackend) {
+    event.preventDefault();
+    keyboardPick = false;
+    switchBackend();
+  }
+});
+ui.backend.addEventListener("pointerdown", () => (keyboardPick = false));
+ui.backend.addEventListener("change", () => {
+  if (!keyboardPick) switchBackend();
+  else ui.hint.textContent = ui.backend.value === activeBackend ? "" : "Enter to switch backend";
+});
+ui.backend.addEventListener("blur", () => {
+  if (document.body.dataset.state === "ready" && activeBackend) ui.backend.value = activeBackend;
+  keyboardPick = false;
+  setState(document.body.dataset.state);
 });
 
 // --- settings --------------------------------------------------------------------------------
@@ -203,6 +265,26 @@ function addUserMessage(text) {
   item.className = "message user";
   item.append(Object.assign(document.createElement("p"), { textContent: text }));
   ui.messages.append(item);
+  return item;
+}
+
+// A line in the conversation from the page itself (what the model no longer reads), before `item`.
+function addNote(text, item) {
+  const note = Object.assign(document.createElement("li"), { className: "message note", textContent: text });
+  ui.messages.insertBefore(note, item);
+}
+
+// What fitConversation (context.js) left out to make room, said in the conversation.
+function contextNote({ droppedTurns, droppedThoughts, limit }) {
+  const parts = [];
+  if (droppedTurns) parts.push(droppedTurns === 1 ? "the oldest turn" : `the ${droppedTurns} oldest turns`);
+  if (droppedThoughts) parts.push(droppedThoughts === 1 ? "its thought in an earlier reply" : `its thoughts in ${droppedThoughts} earlier replies`);
+  if (!parts.length) return "";
+  return `The conversation outgrew what the model reads at a time (${limit} tokens): from here on it no longer sees ${parts.join(" or ")}.`;
+}
+
+function showContextUse(used, limit) {
+  ui.contextUse.textContent = Number.isFinite(limit) ? `Context ${used} of ${limit} tokens` : "";
 }
 
 // Draws one reply as it streams: the thought panel is open while the model thinks and folds away
@@ -233,6 +315,7 @@ function createAssistantMessage(history) {
 
   return {
     history,
+    item,
     // The turn as the chat template takes it back (runtime_rs chat.rs): the thought is kept so
     // that later turns see the same context the model wrote.
     get turn() {
@@ -281,9 +364,11 @@ function send() {
   fitPrompt();
   ui.intro.hidden = true;
   ui.status.hidden = true;
-  addUserMessage(text);
+  ui.composerNote.textContent = "";
+  const question = addUserMessage(text);
   conversation.push({ role: "user", content: text });
   current = createAssistantMessage(conversation);
+  current.question = { text, item: question };
   ui.chat.scrollTop = ui.chat.scrollHeight;
   setState("generating");
   worker.postMessage({ type: "generate", messages: conversation, settings });
@@ -316,17 +401,24 @@ ui.newChat.addEventListener("click", () => {
   if (current) worker.postMessage({ type: "stop" });
   conversation = [];
   ui.messages.replaceChildren();
+  ui.composerNote.textContent = "";
+  ui.contextUse.textContent = "";
   ui.intro.hidden = document.body.dataset.state !== "ready" && document.body.dataset.state !== "generating";
   ui.prompt.focus();
 });
 
 // --- worker messages -------------------------------------------------------------------------
 
-const FINISH_NOTES = { stopped: "Stopped", length: "Reached the token limit", end: "" };
+function finishNote(reason, limit, maxNewTokens) {
+  if (reason === "stopped") return "Stopped";
+  if (reason === "length") return `Reached the max new tokens setting (${maxNewTokens})`;
+  if (reason === "context") return `Cut short: the model's context (${limit} tokens) is full`;
+  return "";
+}
 
 const onMessage = {
   progress(message) {
-    if (document.body.dataset.state === "loading") showProgress(message);
+    if (document.body.dataset.state === "loading" || message.background) showProgress(message);
   },
   verified({ stats }) {
     fileStats = stats;
@@ -343,12 +435,14 @@ const onMessage = {
     );
     setState("no-backend");
   },
-  ready({ backend }) {
+  ready({ backend, upgrading: next }) {
+    // Only the visitor's own choice is remembered: the CPU that answers while the GPU is being
+    // prepared is not a preference.
+    if (switchingFrom) localStorage.setItem(BACKEND_KEY, backend);
     switchingFrom = null;
+    upgrading = next;
     setActiveBackend(backend);
-    localStorage.setItem(BACKEND_KEY, backend);
-    if (fileStats?.warnings.length) showStatus("warn", "The model is ready", filesSummary(), fileStats.warnings);
-    else ui.status.hidden = true;
+    showReadyNotes(backend);
     ui.intro.hidden = ui.messages.children.length > 0;
     setState("ready");
     ui.prompt.focus();
@@ -357,14 +451,36 @@ const onMessage = {
     current?.apply(message);
     ui.speed.textContent = speedText(message.tokensPerSecond, activeBackend);
   },
+  upgraded({ backend }) {
+    upgrading = null;
+    setActiveBackend(backend);
+    ui.backendNote.textContent = "";
+    ui.announce.textContent = `Now running on ${BACKEND_LABELS[backend] ?? backend}`;
+    setState(document.body.dataset.state);
+  },
+  "upgrade-failed"() {
+    upgrading = null;
+    ui.backendNote.textContent = "";
+    showReadyNotes(activeBackend);
+    setState(document.body.dataset.state);
+  },
   switched({ backend, message }) {
     setActiveBackend(backend);
     showStatus("warn", message);
   },
-  done({ reason, tokens, tokensPerSecond, backend }) {
+  context({ messages, droppedTurns, droppedThoughts, used, limit }) {
+    if (!current) return;
+    // What the model left out stays left out: later turns are fitted from here.
+    current.history.splice(0, current.history.length, ...messages);
+    const note = contextNote({ droppedTurns, droppedThoughts, limit });
+    if (note) addNote(note, current.question.item);
+    showContextUse(used, limit);
+  },
+  done({ reason, tokens, tokensPerSecond, backend, used, limit, maxNewTokens }) {
     const speed = speedText(tokensPerSecond, backend);
     ui.speed.textContent = speed;
-    const note = [FINISH_NOTES[reason], `${tokens} tokens`, speed].filter(Boolean).join(" · ");
+    showContextUse(used, limit);
+    const note = [finishNote(reason, limit, maxNewTokens), `${tokens} tokens`, speed].filter(Boolean).join(" · ");
     current.history.push(current.turn);
     current.finish(note);
     ui.announce.textContent = current.turn.content || note;
@@ -373,6 +489,20 @@ const onMessage = {
     ui.prompt.focus();
   },
   error({ kind, message }) {
+    if (current && kind === "too-long") {
+      // Not sent: the message goes back to the composer to be shortened, and off the conversation.
+      current.question.item.remove();
+      current.item.remove();
+      current.history.pop();
+      ui.prompt.value = current.question.text;
+      fitPrompt();
+      ui.composerNote.textContent = message;
+      ui.intro.hidden = ui.messages.children.length > 0;
+      current = null;
+      setState("ready");
+      ui.prompt.focus();
+      return;
+    }
     if (current) {
       // A failed reply is dropped from the conversation along with its question.
       current.finish(`The reply failed: ${message}`);

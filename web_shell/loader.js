@@ -12,7 +12,8 @@ const MANIFEST_VERSION = 1;
 const PARALLEL_DOWNLOADS = 4;
 const PROGRESS_INTERVAL_MS = 100;
 
-// kind: "insecure" | "manifest" | "network" | "corrupt"; file: the manifest path at fault, if any.
+// kind: "insecure" | "manifest" | "missing" (the server has no such file: the site is incomplete) |
+// "network" | "corrupt"; file: the manifest path at fault, if any.
 export class LoadError extends Error {
   constructor(kind, message, file = null) {
     super(message);
@@ -135,7 +136,7 @@ async function fetchManifest(url) {
   }
 }
 
-// Checks each entry. Paths are relative to model/ (where manifest.json is) and must stay inside the
+// Checks each entry and returns those the page needs. Paths are relative to model/ (where manifest.json is) and must stay inside the
 // site: a manifest must not be able to make the page fetch from anywhere else. Files are named by
 // their path from the site's root ("model/weights-00.bin") in progress and errors.
 function manifestFiles(manifest, manifestURL, siteURL) {
@@ -149,7 +150,7 @@ function manifestFiles(manifest, manifestURL, siteURL) {
   if (!Array.isArray(manifest.files)) {
     throw new LoadError("manifest", 'model/manifest.json has no "files" list.', "model/manifest.json");
   }
-  return manifest.files.map((file, i) => {
+  const entries = manifest.files.map((file, i) => {
     const { path, bytes, sha256 } = file ?? {};
     const bad = (what) => new LoadError("manifest", `model/manifest.json: files[${i}] ${what}.`, "model/manifest.json");
     const url = typeof path === "string" && path && !/^([a-z][a-z0-9+.-]*:|[/\\])/i.test(path) ? new URL(path, manifestURL) : null;
@@ -159,8 +160,10 @@ function manifestFiles(manifest, manifestURL, siteURL) {
     const name = url.href.slice(siteURL.length);
     if (!Number.isSafeInteger(bytes) || bytes < 0) throw bad(`(${name}) has an invalid "bytes"`);
     if (typeof sha256 !== "string" || !/^[0-9a-f]{64}$/.test(sha256)) throw bad(`(${name}) has an invalid "sha256"`);
-    return { path, name, bytes, sha256, url, cacheKey: `${url.href}?sha256=${sha256}` };
+    return { path, name, bytes, sha256, url, cacheKey: `${url.href}?sha256=${sha256}`, page: file.page !== false };
   });
+  // Files for the tools only (the IR: "page": false) are checked like the others but not downloaded.
+  return entries.filter((entry) => entry.page);
 }
 
 async function openCache() {
@@ -183,6 +186,9 @@ async function download(entry, signal, onBytes) {
     response = await fetch(entry.url, { cache: "no-store", signal });
   } catch {
     throw new LoadError("network", `Could not download ${entry.name}: the connection failed.`, entry.name);
+  }
+  if (response.status === 404 || response.status === 410) {
+    throw new LoadError("missing", `${entry.name} is missing from this site (HTTP ${response.status}), although its manifest lists it.`, entry.name);
   }
   if (!response.ok) {
     throw new LoadError("network", `Could not download ${entry.name} (HTTP ${response.status}).`, entry.name);
