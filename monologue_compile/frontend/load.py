@@ -17,6 +17,7 @@ import contextlib
 import json
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,8 +172,12 @@ def _gpt_config(d: dict, where: Path) -> dict:
 
 
 def _torch_load(path: Path):
+    if not path.is_file():  # a FIFO would block the read forever, a device never end
+        raise MonologueError(f"{path}: not a regular file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        with warnings.catch_warnings():  # torch's notes on odd pickles are not the user's business:
+            warnings.simplefilter("ignore")  # the file loads or is refused below, in one line
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
         reason = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
@@ -241,6 +246,8 @@ def _expected_shapes(c: dict) -> dict[str, tuple]:
 
 
 def _read_json(path: Path) -> dict:
+    if path.exists() and not path.is_file():
+        raise MonologueError(f"{path}: not a regular file")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -259,6 +266,8 @@ def _read_json(path: Path) -> dict:
 def _read_tokenizer(path: Path) -> str:
     if not path.exists():
         raise MonologueError(f"{path}: tokenizer file not found")
+    if not path.is_file():
+        raise MonologueError(f"{path}: the tokenizer is not a regular file")
     if path.suffix == ".json":
         try:
             return _check_tokenizer_json(path.read_text(encoding="utf-8"), path)
