@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_fuzzed_compiler_inputs_compile_or_are_refused_in_one_line():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz_compiler.py"), "--count", "14", "--seed", "5",
-                        "--no-warm", "--timeout", "120"], capture_output=True, text=True, timeout=900)
+                        "--timeout", "120"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     stats = json.loads(r.stdout.strip().splitlines()[-1])
     assert stats["cases"] == 14 and stats["rejected"] >= 7, stats

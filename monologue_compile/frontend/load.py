@@ -80,8 +80,11 @@ def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -
 
 def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Path | None = None) -> LoadedModel:
     path = Path(path)
-    if not path.exists():
-        raise MonologueError(f"{path}: no such file or directory")
+    try:
+        if not path.exists():
+            raise MonologueError(f"{path}: no such file or directory")
+    except OSError as e:  # a name too long, a loop of links
+        raise MonologueError(f"{path}: {e.strerror or e}") from None
     if path.is_dir():
         return _load_nanochat_dir(path, tokenizer)
     obj = _torch_load(path)
