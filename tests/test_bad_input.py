@@ -107,3 +107,12 @@ def test_internal_error_is_one_line_with_where_to_report(tmp_path, tiny_checkpoi
     monkeypatch.setattr(driver, "build", broken)
     line = _one_line(["compile", str(tiny_checkpoint), "-o", str(tmp_path / "dist")], code=70)
     assert "internal error" in line and "KeyError" in line and "report" in line
+
+
+@pytest.mark.parametrize("tok", [5, b"{}", ["x"]])
+def test_checkpoint_tokenizer_that_is_not_text(tmp_path, tok):
+    path = write_checkpoint(tmp_path / "c.pt", tiny_model())
+    obj = torch.load(path, weights_only=True)
+    obj["tokenizer"] = tok
+    torch.save(obj, path)
+    assert "tokenizer" in _compile_fails(tmp_path, path)

@@ -95,6 +95,8 @@ def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Pa
         tok = _read_tokenizer(Path(tokenizer)) if tokenizer else obj.get("tokenizer")
         if not tok:
             raise MonologueError(f"{path}: no tokenizer in the checkpoint; give one with --tokenizer")
+        if not isinstance(tok, str):
+            raise MonologueError(f"{path}: the checkpoint's tokenizer is a {type(tok).__name__}, not JSON text")
         cfg = _gpt_config(obj["model_config"], path)
         sd = _clean_state_dict(obj["model"], path)
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
