@@ -18,6 +18,7 @@ import numpy as np
 from .errors import MonologueError
 from .files import sha256_file
 from .ir import Graph, verify
+from .schema import json_loads
 
 MAGIC = b"MONOLOGW"  # 8 bytes, then u32 version, u32 shard index (little-endian): 16-byte header
 VERSION = 1
@@ -214,8 +215,8 @@ def checked_manifest(dist) -> tuple[Path, bytes, dict]:
         raise MonologueError(f"{mpath}: {mpath.stat().st_size} bytes is too large for a manifest")
     raw = mpath.read_bytes()
     try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        manifest = json_loads(raw)
+    except ValueError as e:  # not JSON, not UTF-8, NaN or Infinity
         raise MonologueError(f"{mpath}: not valid JSON: {e}") from None
     except RecursionError:
         raise MonologueError(f"{mpath}: not valid JSON: nested too deeply") from None

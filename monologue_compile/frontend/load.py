@@ -14,7 +14,6 @@ run code. One that needs more than tensors and plain containers is refused with 
 from __future__ import annotations
 
 import contextlib
-import json
 import pickle
 import re
 import warnings
@@ -25,7 +24,7 @@ import torch
 
 from ..errors import MonologueError
 from ..files import sha256_file
-from ..schema import check_model_config
+from ..schema import check_model_config, json_loads
 
 # Keys torch.compile and DDP put in front of parameter names.
 _PREFIXES = ("_orig_mod.", "module.")
@@ -254,12 +253,12 @@ def _read_json(path: Path) -> dict:
     if path.exists() and not path.is_file():
         raise MonologueError(f"{path}: not a regular file")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = json_loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MonologueError(f"{path}: no such file") from None
     except OSError as e:
         raise MonologueError(f"{path}: cannot read: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # not JSON, not UTF-8, NaN or Infinity
         raise MonologueError(f"{path}: not valid JSON: {e}") from None
     except RecursionError:
         raise MonologueError(f"{path}: not valid JSON: nested too deeply") from None
@@ -292,8 +291,8 @@ def _read_tokenizer(path: Path) -> str:
 
 def _check_tokenizer_json(text: str, where: Path) -> str:
     try:
-        d = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
+        d = json_loads(text)
+    except (ValueError, TypeError) as e:
         raise MonologueError(f"{where}: tokenizer is not valid JSON: {e}") from None
     except RecursionError:
         raise MonologueError(f"{where}: tokenizer is not valid JSON: nested too deeply") from None
