@@ -18,6 +18,7 @@ import numpy as np
 from .errors import MonologueError
 from .files import sha256_file
 from .ir import Graph, verify
+from .schema import json_loads
 
 MAGIC = b"MONOLOGW"  # 8 bytes, then u32 version, u32 shard index (little-endian): 16-byte header
 VERSION = 1
@@ -205,27 +206,34 @@ def _manifest_problem(m) -> str | None:
     return None
 
 
-def read_site(dist, verify_sha: bool = True) -> tuple[Path, bytes, dict, dict[str, bytes]]:
-    """(model dir, manifest bytes, manifest, {path: bytes} of every file it lists) of a compiled
-    model, each read only after site_file allowed it, and checked against its sha256 unless the
-    reader (the Rust loader) checks that itself."""
+def checked_manifest(dist) -> tuple[Path, bytes, dict]:
+    """(model dir, manifest bytes, manifest) of a compiled model, after checking the manifest's
+    shape and that every file it lists passes site_file (nothing is read but the manifest)."""
     model_dir = model_dir_of(dist)
-    mpath = model_dir / "manifest.json"
-    if not mpath.exists():
+    if not (model_dir / "manifest.json").exists():
         raise MonologueError(f"{dist}: no model/manifest.json (not a compiled Monologue model)")
     mpath = site_file(model_dir, "manifest.json")
     if mpath.stat().st_size > MANIFEST_MAX:
         raise MonologueError(f"{mpath}: {mpath.stat().st_size} bytes is too large for a manifest")
     raw = mpath.read_bytes()
     try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        manifest = json_loads(raw)
+    except ValueError as e:  # not JSON, not UTF-8, NaN or Infinity
         raise MonologueError(f"{mpath}: not valid JSON: {e}") from None
     except RecursionError:
         raise MonologueError(f"{mpath}: not valid JSON: nested too deeply") from None
     why = _manifest_problem(manifest)
     if why:
         raise MonologueError(f"{mpath}: {why}")
+    for f in manifest["files"]:
+        site_file(model_dir, f["path"], f["bytes"])
+    return model_dir, raw, manifest
+
+
+def read_site(dist, verify_sha: bool = True) -> tuple[Path, bytes, dict, dict[str, bytes]]:
+    """checked_manifest and {path: bytes} of every file it lists, checked against its sha256 unless
+    the reader (the Rust loader) checks that itself."""
+    model_dir, raw, manifest = checked_manifest(dist)
     files = {}
     for f in manifest["files"]:
         data = site_file(model_dir, f["path"], f["bytes"]).read_bytes()

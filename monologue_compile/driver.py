@@ -213,6 +213,13 @@ def check_output(out, inputs: list, force: bool = False) -> Path:
     folder we run in (or one above it), an input or a folder holding one, and (unless `force`) a
     non-empty folder that is not wholly a previous Monologue output."""
     out = Path(os.path.abspath(out))
+    try:
+        return _checked_output(out, inputs, force)
+    except OSError as e:  # a name too long, a loop of links, a folder we may not read
+        raise MonologueError(f"-o {out}: {e.strerror or e}") from None
+
+
+def _checked_output(out: Path, inputs: list, force: bool) -> Path:
     for p in inputs:
         p = Path(p).resolve()
         if p == out.resolve() or out.resolve() in p.parents:

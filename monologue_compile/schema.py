@@ -8,6 +8,7 @@ compute NaN (a RoPE base of 0 or 1 has no decaying frequencies; its tables overf
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ class Num:
 # Bounds well past every model this project targets (d20: 20 layers, 1280 wide, 65536 tokens) and
 # far below what would exhaust memory before the state dict is even compared with the config.
 MODEL_CONFIG = {
-    "sequence_len": Num(int, 1, 1 << 20),
+    "sequence_len": Num(int, 4, 1 << 20),  # frontend/trace.py traces lengths 3..max(4, sequence_len)
     "vocab_size": Num(int, 1, 1 << 24),
     "n_layer": Num(int, 1, 1024),
     "n_head": Num(int, 1, 1024),
@@ -66,6 +67,17 @@ def check_model_config(cfg: dict, where) -> dict:
         if key in cfg and not isinstance(cfg[key], str):
             raise MonologueError(f"{where}: model_config {key}={_show(cfg[key])} must be a string")
     return cfg
+
+
+def json_loads(text):
+    """json.loads without NaN and Infinity, which Python accepts but JSON has not (a config or
+    tokenizer carrying them would be written on into the manifest, which then no reader parses).
+    Raises ValueError (json.JSONDecodeError is one) and RecursionError (nested too deeply)."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _show(v) -> str:

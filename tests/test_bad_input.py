@@ -107,3 +107,30 @@ def test_internal_error_is_one_line_with_where_to_report(tmp_path, tiny_checkpoi
     monkeypatch.setattr(driver, "build", broken)
     line = _one_line(["compile", str(tiny_checkpoint), "-o", str(tmp_path / "dist")], code=70)
     assert "internal error" in line and "KeyError" in line and "report" in line
+
+
+@pytest.mark.parametrize("tok", [5, b"{}", ["x"]])
+def test_checkpoint_tokenizer_that_is_not_text(tmp_path, tok):
+    path = write_checkpoint(tmp_path / "c.pt", tiny_model())
+    obj = torch.load(path, weights_only=True)
+    obj["tokenizer"] = tok
+    torch.save(obj, path)
+    assert "tokenizer" in _compile_fails(tmp_path, path)
+
+
+def test_nan_or_infinity_in_config_or_tokenizer_json(tmp_path):
+    model = tiny_model()
+    sd = tmp_path / "sd.pt"
+    torch.save(model.state_dict(), sd)
+    good_tok = json.loads(json.dumps(torch.load(write_checkpoint(tmp_path / "c.pt", model))["tokenizer"]))
+    cfg, tok = tmp_path / "cfg.json", tmp_path / "tok.json"
+    tok.write_text(good_tok)
+    cfg.write_text(json.dumps(model.config.to_dict()).replace('"softcap": 15.0', '"softcap": NaN'))
+    assert "NaN" in _compile_fails(tmp_path, sd, "--config", str(cfg), "--tokenizer", str(tok))
+    cfg.write_text(json.dumps(model.config.to_dict()))
+    tok.write_text(good_tok.replace('"version": 1', '"version": Infinity'))
+    assert "Infinity" in _compile_fails(tmp_path, sd, "--config", str(cfg), "--tokenizer", str(tok))
+
+
+def test_sequence_len_too_short_to_trace(tmp_path):
+    assert "sequence_len" in _compile_fails(tmp_path, _checkpoint(tmp_path, config={"sequence_len": 3}))

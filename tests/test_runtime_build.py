@@ -51,8 +51,17 @@ def test_build_runtime_command(tmp_path, monkeypatch):
         find_toolchain(wasm=True)
     except MonologueError:
         pytest.skip("no wasm32 toolchain")
+    # a downloaded site's build script and cargo config (a rustc wrapper) must not run
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.sh"
+    evil.write_text(f'#!/bin/sh\ntouch {marker}\nexec "$@"\n')
+    evil.chmod(0o755)
+    (dist / ".cargo").mkdir()
+    (dist / ".cargo" / "config.toml").write_text(f'[build]\nrustc-wrapper = "{evil}"\n')
+    (dist / "runtime_rs" / "build.rs").write_text(f'fn main() {{ std::fs::write("{marker}", "").unwrap(); }}\n')
     r = CliRunner().invoke(main, ["build-runtime", str(dist)])
     assert r.exit_code == 0, r.output
+    assert not marker.exists() and not (dist / "runtime_rs" / "build.rs").exists()
     wasm = (dist / "runtime.wasm").read_bytes()
     assert wasm[:4] == b"\0asm" and len(wasm) <= 1_000_000  # the goal: at most 1 MB without weights
     for export in (b"mono_model_new", b"mono_model_forward", b"mono_chat_step", b"mono_tokenizer_from_json",

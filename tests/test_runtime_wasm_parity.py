@@ -111,3 +111,22 @@ def test_trap_is_reported_and_fatal(default_dist):
     assert out["ok"] == 3 * 288
     assert out["first"]["isRuntimeError"] and out["first"]["code"] == 2 and "trapped" in out["first"]["message"]
     assert out["later"]["code"] == 2 and "stopped" in out["later"]["message"]
+
+
+def test_node_host_answers_bad_requests_and_lives_on(default_dist):
+    from monologue_compile.backends.native import RuntimeCallError
+
+    m = WasmModel.from_dist(default_dist)
+    try:
+        with pytest.raises(RuntimeCallError, match="finite"):
+            m.set_sampler(temperature=float("nan"))
+        m.proc.stdin.write("NaN, not JSON\n")  # what a Python json.dumps(nan) used to send
+        m.proc.stdin.flush()
+        with pytest.raises(RuntimeCallError):
+            m._read()
+        for ids in (["7"], [2**32 + 5], [1.5]):
+            with pytest.raises(RuntimeCallError, match="token id"):
+                m._call(op="forward", ids=ids, all=True)
+        assert m.forward([1, 2, 3]).shape == (3, m.vocab)
+    finally:
+        m.close()

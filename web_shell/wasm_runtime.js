@@ -126,10 +126,29 @@ class Runtime {
   }
 }
 
+// A Uint32Array store wraps 2**32+5 to 5 and turns NaN or "7" into 0 or 7: every id is checked
+// first, so a bad one is an error instead of a different, valid token.
 function idBytes(ids) {
+  if (!Array.isArray(ids) && !ArrayBuffer.isView(ids)) throw new RuntimeError(1, "token ids must be an array");
   const a = new Uint32Array(ids.length);
-  for (let i = 0; i < ids.length; i++) a[i] = ids[i];
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i];
+    if (!Number.isInteger(id) || id < 0 || id > 0xffffffff) {
+      throw new RuntimeError(1, `token id ${String(id).slice(0, 40)} at ${i} is not an integer in 0..2^32-1`);
+    }
+    a[i] = id;
+  }
   return new Uint8Array(a.buffer);
+}
+
+function finite(name, v) {
+  if (typeof v !== "number" || !Number.isFinite(v)) throw new RuntimeError(1, `${name} must be a finite number`);
+  return v;
+}
+
+function count(name, v) {
+  if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new RuntimeError(1, `${name} must be an integer in 0..2^32-1`);
+  return v;
 }
 
 export class WasmModel {
@@ -194,7 +213,8 @@ export class WasmModel {
   }
 
   setSampler({ temperature = 0, topK = 0, topP = 1, repetitionPenalty = 1, seed = 0 } = {}) {
-    this.rt.check(this.rt.x.mono_model_set_sampler(this.h, temperature, topK >>> 0, topP ?? 1, repetitionPenalty, seed >>> 0));
+    this.rt.check(this.rt.x.mono_model_set_sampler(this.h, finite("temperature", temperature), count("topK", topK),
+      finite("topP", topP ?? 1), finite("repetitionPenalty", repetitionPenalty), count("seed", seed)));
   }
 
   // Sample the next token from the last logits and append it to the context.
@@ -210,6 +230,7 @@ export class WasmModel {
 
   // Start the assistant's turn: prompt ids, or messages [{role, content}] rendered in Rust.
   chatStart(prompt, maxTokens = 512) {
+    count("maxTokens", maxTokens);
     const isMessages = prompt.length && typeof prompt[0] === "object";
     const bytes = isMessages ? utf8.encode(JSON.stringify(prompt)) : idBytes(prompt);
     const b = this.rt.put(bytes);

@@ -231,8 +231,9 @@ try {
   process.exit(0);
 }
 for await (const line of createInterface({ input: process.stdin })) {
-  const r = JSON.parse(line);
+  let r;
   try {
+    r = JSON.parse(line); // inside the try: a malformed request is answered, not the host's end
     let out = {};
     if (r.op === "forward") {
       const l = model.forward(r.ids, r.all);
@@ -255,6 +256,7 @@ for await (const line of createInterface({ input: process.stdin })) {
       const c = process.cpuUsage(c0);
       out.cpu_seconds = (c.user + c.system) / 1e6;
     } else if (r.op === "quit") break;
+    else throw Object.assign(new Error(`unknown op ${JSON.stringify(r.op)}`), { code: 1 });
     say({ ok: true, ...out });
   } catch (e) {
     say({ ok: false, code: e.code ?? 2, message: String(e.message) });
@@ -286,8 +288,10 @@ class WasmModel:
 
     @classmethod
     def from_dist(cls, dist) -> "WasmModel":
+        from ..artifact import checked_manifest
+
         dist = Path(dist)
-        model_dir = dist / "model" if (dist / "model" / "manifest.json").exists() else dist
+        model_dir, _, _ = checked_manifest(dist)  # the Node host reads only confined, listed files
         wasm = dist / "runtime.wasm"
         if not wasm.exists():
             raise MonologueError(f"{wasm}: missing; compile with the wasm build")
@@ -303,7 +307,11 @@ class WasmModel:
         return r
 
     def _call(self, **req) -> dict:
-        self.proc.stdin.write(json.dumps(req) + "\n")
+        try:
+            line = json.dumps(req, allow_nan=False)
+        except ValueError:  # NaN or an infinity: JSON has no such number, and the glue would refuse it
+            raise RuntimeCallError(ERROR, f"{req.get('op')}: arguments must be finite numbers") from None
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         return self._read()
 

@@ -397,12 +397,12 @@ def emit_crate(g: Graph, crate_dir: Path, code: str | None = None) -> Path:
         code = generate(g)  # first: a model the runtime cannot run fails before anything is written
     crate_dir = Path(crate_dir)
     src = runtime_rs_dir()
+    if crate_dir.exists():  # whole: a build.rs or .cargo/ left in an old crate must not survive
+        shutil.rmtree(crate_dir)
     crate_dir.mkdir(parents=True, exist_ok=True)
     for name in ("Cargo.toml", "Cargo.lock"):
         if (src / name).exists():
             shutil.copy2(src / name, crate_dir / name)
-    if (crate_dir / "src").exists():
-        shutil.rmtree(crate_dir / "src")
     shutil.copytree(src / "src", crate_dir / "src")
     (crate_dir / "src" / GENERATED).write_text(code)
     lib = crate_dir / "src" / "lib.rs"
@@ -410,12 +410,12 @@ def emit_crate(g: Graph, crate_dir: Path, code: str | None = None) -> Path:
     return crate_dir
 
 
-def trusted_crate(g: Graph) -> Path:
+def trusted_crate(g: Graph, code: str | None = None) -> Path:
     """The crate to build for running a compiled model on this machine: the installed package's
     runtime_rs with model_gen.rs generated here from the graph (whose IR and weights load_model
     checked against the manifest), kept in the cache. A dist's own runtime_rs/ is never built: a
     build.rs or changed source in a downloaded site would run as the user."""
-    code = generate(g)
+    code = generate(g) if code is None else code
     key = hashlib.sha256(code.encode() + crate_hash(runtime_rs_dir()).encode()).hexdigest()[:20]
     crate = cache_dir() / "crates" / key / "runtime_rs"
     if not (crate / "src" / GENERATED).exists():
@@ -597,14 +597,18 @@ def build_wasm(crate: Path, out: Path, target_dir: Path | None = None, fast: boo
 
 
 def emit_and_build(g: Graph, dist: Path, wasm: bool = True, native: bool = False, fast: bool = False) -> dict:
-    """Emit DIST/runtime_rs and build DIST/runtime.wasm (and the native library when asked)."""
+    """Emit DIST/runtime_rs and build DIST/runtime.wasm (and the native library when asked).
+    The build is of trusted_crate(g), the same sources outside DIST: cargo reads .cargo/config
+    files in the folders above a crate, and a downloaded DIST may hold one."""
     dist = Path(dist)
-    crate = emit_crate(g, dist / "runtime_rs")
-    out: dict = {"crate": crate}
-    if wasm:
-        out["wasm"] = build_wasm(crate, dist / "runtime.wasm", fast=fast)
-    if native:
-        out["native"] = build_native(crate, fast=fast)
+    code = generate(g)
+    out: dict = {"crate": emit_crate(g, dist / "runtime_rs", code)}
+    if wasm or native:
+        crate = trusted_crate(g, code)
+        if wasm:
+            out["wasm"] = build_wasm(crate, dist / "runtime.wasm", fast=fast)
+        if native:
+            out["native"] = build_native(crate, fast=fast)
     return out
 
 

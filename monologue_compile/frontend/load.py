@@ -15,9 +15,9 @@ run code. One that needs more than tensors and plain containers is refused with 
 from __future__ import annotations
 
 import contextlib
-import json
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import torch
 
 from ..errors import MonologueError
 from ..files import sha256_file
-from ..schema import check_model_config
+from ..schema import check_model_config, json_loads
 
 # Keys torch.compile and DDP put in front of parameter names.
 _PREFIXES = ("_orig_mod.", "module.")
@@ -88,8 +88,11 @@ def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Pa
 
 
 def _load(path: Path, tokenizer, config) -> LoadedModel:
-    if not path.exists():
-        raise MonologueError(f"{path}: no such file or directory")
+    try:
+        if not path.exists():
+            raise MonologueError(f"{path}: no such file or directory")
+    except OSError as e:  # a name too long, a loop of links
+        raise MonologueError(f"{path}: {e.strerror or e}") from None
     if path.is_dir():
         return _load_nanochat(_latest_model(path), tokenizer)
     if re.fullmatch(r"model_\d+\.pt", path.name) and (path.parent / _meta_name(path)).exists():
@@ -102,6 +105,8 @@ def _load(path: Path, tokenizer, config) -> LoadedModel:
         tok = _read_tokenizer(Path(tokenizer)) if tokenizer else obj.get("tokenizer")
         if not tok:
             raise MonologueError(f"{path}: no tokenizer in the checkpoint; give one with --tokenizer")
+        if not isinstance(tok, str):
+            raise MonologueError(f"{path}: the checkpoint's tokenizer is a {type(tok).__name__}, not JSON text")
         cfg = _gpt_config(obj["model_config"], path)
         sd = _clean_state_dict(obj["model"], path)
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
@@ -224,8 +229,12 @@ def _gpt_config(d: dict, where: Path) -> dict:
 
 
 def _torch_load(path: Path):
+    if not path.is_file():  # a FIFO would block the read forever, a device never end
+        raise MonologueError(f"{path}: not a regular file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        with warnings.catch_warnings():  # torch's notes on odd pickles are not the user's business:
+            warnings.simplefilter("ignore")  # the file loads or is refused below, in one line
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
         reason = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
@@ -294,13 +303,15 @@ def _expected_shapes(c: dict) -> dict[str, tuple]:
 
 
 def _read_json(path: Path) -> dict:
+    if path.exists() and not path.is_file():
+        raise MonologueError(f"{path}: not a regular file")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = json_loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MonologueError(f"{path}: no such file") from None
     except OSError as e:
         raise MonologueError(f"{path}: cannot read: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # not JSON, not UTF-8, NaN or Infinity
         raise MonologueError(f"{path}: not valid JSON: {e}") from None
     except RecursionError:
         raise MonologueError(f"{path}: not valid JSON: nested too deeply") from None
@@ -312,6 +323,8 @@ def _read_json(path: Path) -> dict:
 def _read_tokenizer(path: Path) -> str:
     if not path.exists():
         raise MonologueError(f"{path}: tokenizer file not found")
+    if not path.is_file():
+        raise MonologueError(f"{path}: the tokenizer is not a regular file")
     if path.suffix == ".json":
         try:
             return _check_tokenizer_json(path.read_text(encoding="utf-8"), path)
@@ -331,8 +344,8 @@ def _read_tokenizer(path: Path) -> str:
 
 def _check_tokenizer_json(text: str, where: Path) -> str:
     try:
-        d = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
+        d = json_loads(text)
+    except (ValueError, TypeError) as e:
         raise MonologueError(f"{where}: tokenizer is not valid JSON: {e}") from None
     except RecursionError:
         raise MonologueError(f"{where}: tokenizer is not valid JSON: nested too deeply") from None

@@ -12,6 +12,8 @@ the ATen table either.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..errors import MonologueError
@@ -23,6 +25,11 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
     hi = max(4, sequence_len)
     example = torch.zeros(1, min(8, hi), dtype=torch.long)
     T = torch.export.Dim("T", min=3, max=hi)
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    # export logs what it could not trace, traceback and all, besides raising it: the one-line
+    # error below says it, and the user's terminal gets nothing else
+    torch_log.setLevel(logging.CRITICAL)
     try:
         with torch.no_grad():
             return torch.export.export(module, (example,), dynamic_shapes=({1: T},), strict=False)
@@ -34,3 +41,5 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
                                  f"length (sequence-mixing the compiler does not understand): {guard[:300]}") from None
         first = lines[0] if lines else type(e).__name__
         raise MonologueError(f"torch.export could not trace the model: {first[:300]}") from None
+    finally:
+        torch_log.setLevel(level)

@@ -10,6 +10,7 @@
 //! Shards are added one at a time (`add_shard`) so a browser holds at most one shard beside the
 //! weights.
 
+use std::collections::HashMap;
 use crate::json::{self, Json};
 use crate::sha256;
 
@@ -77,7 +78,9 @@ pub struct Loader {
     pub tensors: Vec<Tensor>,
     shards: Vec<FileEntry>,
     loaded: Vec<bool>,
+    /// sorted by shard; `by_shard[i]` is the range of shard i's chunks
     chunks: Vec<Chunk>,
+    by_shard: Vec<std::ops::Range<usize>>,
     tokenizer: FileEntry,
     pub config: Json,
     pub special_tokens: Vec<(String, u32)>,
@@ -120,16 +123,19 @@ impl Loader {
         if doc.get("version").and_then(Json::as_u32) != Some(VERSION) {
             return Err(format!("manifest: version is not {}", VERSION));
         }
-        let mut files = Vec::new();
+        // Maps, not searches: a manifest of many files, shards and tensors loads in time linear in its size.
+        let mut files = HashMap::new();
         for f in as_list(get(&doc, "files", "the manifest")?, "files")? {
-            files.push(FileEntry {
-                path: as_str(get(f, "path", "a file")?, "file path")?.to_string(),
+            let path = as_str(get(f, "path", "a file")?, "file path")?.to_string();
+            let entry = FileEntry {
+                path: path.clone(),
                 bytes: as_usize(get(f, "bytes", "a file")?, "file bytes")?,
                 sha256: as_str(get(f, "sha256", "a file")?, "file sha256")?.to_string(),
-            });
+            };
+            files.insert(path, entry);
         }
         let file = |path: &str| -> Result<FileEntry, String> {
-            files.iter().find(|f| f.path == path).cloned().ok_or_else(|| format!("manifest: {} is not in files", path))
+            files.get(path).cloned().ok_or_else(|| format!("manifest: {} is not in files", path))
         };
         let tokenizer = file(as_str(get(&doc, "tokenizer", "the manifest")?, "tokenizer")?)?;
         let w = get(&doc, "weights", "the manifest")?;
@@ -147,11 +153,14 @@ impl Loader {
             }
             shards.push(entry);
         }
-        let tensors_json = get(w, "tensors", "weights")?;
+        let tensors_json: HashMap<&str, &Json> = match get(w, "tensors", "weights")? {
+            Json::Object(members) => members.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+            _ => return Err("manifest: weights.tensors is not an object".to_string()),
+        };
         let mut tensors = Vec::with_capacity(specs.len());
         let mut chunks = Vec::new();
         for (ti, spec) in specs.iter().enumerate() {
-            let t = tensors_json.get(spec.name).ok_or_else(|| format!("manifest: tensor {} is missing", spec.name))?;
+            let t = *tensors_json.get(spec.name).ok_or_else(|| format!("manifest: tensor {} is missing", spec.name))?;
             let what = format!("tensor {}", spec.name);
             if usize_list(get(t, "shape", &what)?, "shape")? != spec.shape {
                 return Err(format!("manifest: {} has a different shape than the compiled model", what));
@@ -210,7 +219,15 @@ impl Loader {
             }
         }
         let loaded = vec![false; shards.len()];
-        Ok(Loader { tensors, shards, loaded, chunks, tokenizer, config, special_tokens })
+        chunks.sort_by_key(|c| c.shard);
+        let mut by_shard = Vec::with_capacity(shards.len());
+        let mut start = 0;
+        for i in 0..shards.len() {
+            let end = start + chunks[start..].iter().take_while(|c| c.shard == i).count();
+            by_shard.push(start..end);
+            start = end;
+        }
+        Ok(Loader { tensors, shards, loaded, chunks, by_shard, tokenizer, config, special_tokens })
     }
 
     pub fn shard_count(&self) -> usize {
@@ -234,7 +251,7 @@ impl Loader {
         if version != VERSION || shard_index as usize != index {
             return Err(format!("{}: header says version {} shard {}, expected {} and {}", entry.path, version, shard_index, VERSION, index));
         }
-        for c in self.chunks.iter().filter(|c| c.shard == index) {
+        for c in &self.chunks[self.by_shard[index].clone()] {
             // bounds were checked against the manifest's shard size, which equals bytes.len()
             let src = bytes.get(c.offset..c.offset + c.nbytes).ok_or("chunk outside its shard")?;
             match (&mut self.tensors[c.tensor], c.part) {
