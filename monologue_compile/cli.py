@@ -6,11 +6,17 @@ table of contents of the CLI. User mistakes surface as `MonologueError`: one lin
 
 from __future__ import annotations
 
+import os
 import sys
 
-import click
+# Set before anything loads torch (OpenMP reads it once): torch's idle threads then sleep rather than
+# spin. On a machine where other work holds a core, spinning threads cost training several times
+# its throughput (benchmarks/bench_train_threads.py); on an idle one sleeping costs little.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .errors import MonologueError
+import click  # noqa: E402
+
+from .errors import MonologueError  # noqa: E402
 
 
 class _Group(click.Group):
