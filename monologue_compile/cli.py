@@ -11,9 +11,14 @@ import sys
 import traceback
 from pathlib import Path
 
-import click
+# Set before anything loads torch (OpenMP reads it once): torch's idle threads then sleep rather than
+# spin. On a machine where other work holds a core, spinning threads cost training several times
+# its throughput (benchmarks/bench_train_threads.py); on an idle one sleeping costs little.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .errors import MonologueError
+import click  # noqa: E402
+
+from .errors import MonologueError  # noqa: E402
 
 
 REPORT = "please report it, with this line and the command you ran, on the Monologue issue tracker"

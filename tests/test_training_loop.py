@@ -161,3 +161,16 @@ def test_muon_state_round_trips():
         for p in model.parameters():
             if p in a.state:
                 assert all(torch.equal(a.state[p][k], b.state[p][k]) for k in a.state[p] if torch.is_tensor(a.state[p][k]))
+
+
+def test_cpu_threads_leave_the_cores_other_work_keeps_busy(monkeypatch):
+    monkeypatch.delenv("MONOLOGUE_THREADS", raising=False)
+    monkeypatch.setattr(train_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(train_module.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert train_module.cpu_threads() == 4
+    monkeypatch.setattr(train_module.os, "getloadavg", lambda: (1.1, 0.0, 0.0))  # one busy process
+    assert train_module.cpu_threads() == 3
+    monkeypatch.setattr(train_module.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert train_module.cpu_threads() == 1
+    monkeypatch.setenv("MONOLOGUE_THREADS", "2")
+    assert train_module.cpu_threads() == 2

@@ -68,11 +68,22 @@ def setup_distributed(device: str | None = None) -> Distributed:
     return Distributed(device=torch.device(device or ("cuda" if cuda else "cpu")))
 
 
+def cpu_threads() -> int:
+    """MONOLOGUE_THREADS, or the cores this process may use (up to 16) less those other work keeps
+    busy (the 1-minute load average, rounded), at least 1. On an idle 2-core machine 2 threads train
+    the demo at ~8.4k tok/s against ~4.9k for 1; on a loaded one a thread waiting for a taken core
+    stalls the others at every parallel region, and fewer threads go faster
+    (benchmarks/bench_train_threads.py). The CLI also sets OMP_WAIT_POLICY=PASSIVE before torch
+    loads, so idle threads sleep instead of spinning on a core another process needs."""
+    if os.environ.get("MONOLOGUE_THREADS"):
+        return max(1, int(os.environ["MONOLOGUE_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(cores, 16) - busy)
+
+
 def set_cpu_threads():
-    """Every core (up to 16), or MONOLOGUE_THREADS. On an idle 2-core machine 2 threads train the
-    demo at ~8.4k tok/s against ~4.9k for 1; on a machine busy with other work set
-    MONOLOGUE_THREADS=1, since torch's threads spin waiting for a taken core (5x slower seen)."""
-    torch.set_num_threads(int(os.environ.get("MONOLOGUE_THREADS", 0)) or max(1, min(os.cpu_count() or 1, 16)))
+    torch.set_num_threads(cpu_threads())
 
 
 # --- data ------------------------------------------------------------------------------------------

@@ -472,6 +472,8 @@ const onMessage = {
     if (!current) return;
     // What the model left out stays left out: later turns are fitted from here.
     current.history.splice(0, current.history.length, ...messages);
+    // A reply that "New chat" discarded finishes out of sight: its notes would belong to nothing.
+    if (current.history !== conversation) return;
     const note = contextNote({ droppedTurns, droppedThoughts, limit });
     if (note) addNote(note, current.question.item);
     showContextUse(used, limit);
@@ -479,7 +481,7 @@ const onMessage = {
   done({ reason, tokens, tokensPerSecond, backend, used, limit, maxNewTokens }) {
     const speed = speedText(tokensPerSecond, backend);
     ui.speed.textContent = speed;
-    showContextUse(used, limit);
+    if (current.history === conversation) showContextUse(used, limit);
     const note = [finishNote(reason, limit, maxNewTokens), `${tokens} tokens`, speed].filter(Boolean).join(" · ");
     current.history.push(current.turn);
     current.finish(note);
