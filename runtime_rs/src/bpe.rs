@@ -12,6 +12,9 @@ pub type Rank = u32;
 const CACHE_MAX_PIECE: usize = 64;
 const CACHE_MAX_ENTRIES: usize = 1 << 18;
 
+/// The most token ids a tokenizer may have (the largest real vocabularies hold about 260k).
+pub(crate) const MAX_VOCAB: usize = 1 << 22;
+
 /// Which special tokens `encode` recognises in the text.
 pub enum AllowedSpecial<'a> {
     None,
@@ -41,6 +44,14 @@ impl Tokenizer {
         specials: Vec<(String, Rank)>,
     ) -> Result<Tokenizer, String> {
         let num_ranks = ranks.len();
+        // Sizes and ids are checked before the tables are built: an id of 4294967295 must be
+        // refused, not become a 100 GB decoder table.
+        if num_ranks + specials.len() > MAX_VOCAB {
+            return Err(format!(
+                "{} ranks and {} special tokens are more ids than this runtime allows ({})",
+                num_ranks, specials.len(), MAX_VOCAB
+            ));
+        }
         let mut encoder: FxHashMap<Vec<u8>, Rank> = FxHashMap::default();
         encoder.reserve(num_ranks);
         for (rank, bytes) in ranks.iter().enumerate() {
@@ -56,12 +67,22 @@ impl Tokenizer {
                 return Err(format!("the single byte {} has no rank (every byte needs one)", byte));
             }
         }
+        let vocab_size = num_ranks + specials.len();
+        for (name, id) in &specials {
+            if *id as usize >= vocab_size {
+                return Err(format!(
+                    "special token {} has id {}, outside 0..{} (ids must be dense: {} ranks then {} special tokens)",
+                    name, id, vocab_size, num_ranks, specials.len()
+                ));
+            }
+        }
         let mut decoder: Vec<Option<Vec<u8>>> = ranks.into_iter().map(Some).collect();
-        for (i, (name, id)) in specials.iter().enumerate() {
+        let mut names: FxHashMap<&str, ()> = FxHashMap::default();
+        for (name, id) in specials.iter() {
             if name.is_empty() {
                 return Err("a special token has an empty name".to_string());
             }
-            if specials[..i].iter().any(|(earlier, _)| earlier == name) {
+            if names.insert(name.as_str(), ()).is_some() {
                 return Err(format!("special token {} is declared twice", name));
             }
             let id = *id as usize;
@@ -248,48 +269,133 @@ impl Tokenizer {
     }
 }
 
-/// tiktoken's byte_pair_merge: repeatedly merge the adjacent pair whose concatenation has the
-/// lowest rank (leftmost on ties) until no adjacent pair is a token.
+/// tiktoken's byte_pair_merge rule (repeatedly merge the adjacent pair whose concatenation has
+/// the lowest rank, leftmost on ties) in O(n log n): the parts are a linked list and candidate
+/// pairs sit in a min-heap, stale entries skipped when popped. tiktoken's own loop rescans every
+/// pair after each merge, which is quadratic in a long word without spaces.
 fn byte_pair_encode(piece: &[u8], ranks: &FxHashMap<Vec<u8>, Rank>, out: &mut Vec<Rank>) {
     if piece.len() == 1 {
         out.push(ranks[piece]);
         return;
     }
-    // parts[i] = (start of part i, rank of merging part i with part i+1)
-    let mut parts: Vec<(usize, Rank)> = Vec::with_capacity(piece.len() + 1);
-    let mut min_rank = (Rank::MAX, usize::MAX);
-    for i in 0..piece.len() - 1 {
-        let rank = *ranks.get(&piece[i..i + 2]).unwrap_or(&Rank::MAX);
-        if rank < min_rank.0 {
-            min_rank = (rank, i);
-        }
-        parts.push((i, rank));
-    }
-    parts.push((piece.len() - 1, Rank::MAX));
-    parts.push((piece.len(), Rank::MAX));
+    merge_parts(piece, |bytes| ranks.get(bytes).copied(), |start, end| out.push(ranks[&piece[start..end]]));
+}
 
-    let rank_of = |parts: &Vec<(usize, Rank)>, i: usize| -> Rank {
-        if i + 3 < parts.len() {
-            *ranks.get(&piece[parts[i].0..parts[i + 3].0]).unwrap_or(&Rank::MAX)
-        } else {
-            Rank::MAX
+/// Merge the byte parts of `piece` by `rank_of(concatenation)` (lowest first, leftmost on ties)
+/// and call `emit(start, end)` for each final part in order. Every entry of the heap is a pair
+/// (rank, left start, right end); it is current while its left part still starts there and its
+/// right part still ends there, since a part's bytes fix its rank.
+pub(crate) fn merge_parts<R, E>(piece: &[u8], rank_of: R, mut emit: E)
+where
+    R: Fn(&[u8]) -> Option<Rank>,
+    E: FnMut(usize, usize),
+{
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    // u32 offsets keep the arrays and heap entries small (a 4 GiB piece is not a message).
+    assert!(piece.len() < GONE as usize, "BPE piece of {} bytes", piece.len());
+    let n = piece.len() as u32;
+    let at = |from: u32, to: u32| &piece[from as usize..to as usize];
+    // next[i]: start of the part after the part starting at i (n at the end), GONE once the part
+    // at i was merged into its left neighbour; prev[i]: start of the part before (GONE at 0).
+    let mut next: Vec<u32> = (1..=n).collect();
+    let mut prev: Vec<u32> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+    let pairs: Vec<Reverse<(Rank, u32, u32)>> =
+        (0..n - 1).filter_map(|i| rank_of(at(i, i + 2)).map(|rank| Reverse((rank, i, i + 2)))).collect();
+    let mut heap = BinaryHeap::from(pairs);
+    while let Some(Reverse((_, left, end))) = heap.pop() {
+        let right = next[left as usize];
+        if right == GONE || right >= n || next[right as usize] != end {
+            continue;
         }
-    };
-    while min_rank.0 != Rank::MAX {
-        let i = min_rank.1;
-        if i > 0 {
-            parts[i - 1].1 = rank_of(&parts, i - 1);
+        next[left as usize] = end;
+        next[right as usize] = GONE;
+        if end < n {
+            prev[end as usize] = left;
+            let after = next[end as usize];
+            if let Some(rank) = rank_of(at(left, after)) {
+                heap.push(Reverse((rank, left, after)));
+            }
         }
-        parts[i].1 = rank_of(&parts, i);
-        parts.remove(i + 1);
-        min_rank = (Rank::MAX, usize::MAX);
-        for (j, &(_, rank)) in parts[..parts.len() - 1].iter().enumerate() {
-            if rank < min_rank.0 {
-                min_rank = (rank, j);
+        let before = prev[left as usize];
+        if before != GONE {
+            if let Some(rank) = rank_of(at(before, end)) {
+                heap.push(Reverse((rank, before, end)));
             }
         }
     }
-    for w in parts.windows(2) {
-        out.push(ranks[&piece[w[0].0..w[1].0]]);
+    let mut start = 0;
+    while start < n {
+        emit(start as usize, next[start as usize] as usize);
+        start = next[start as usize];
+    }
+}
+
+const GONE: u32 = u32::MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tiktoken's quadratic loop, kept here as the reference for `merge_parts`.
+    fn rescan_merge(piece: &[u8], ranks: &FxHashMap<Vec<u8>, Rank>) -> Vec<Vec<u8>> {
+        let mut parts: Vec<Vec<u8>> = piece.iter().map(|b| vec![*b]).collect();
+        loop {
+            let mut best: Option<(Rank, usize)> = None;
+            for i in 0..parts.len().saturating_sub(1) {
+                let joined = [&parts[i][..], &parts[i + 1][..]].concat();
+                if let Some(&r) = ranks.get(&joined) {
+                    if best.map_or(true, |(b, _)| r < b) {
+                        best = Some((r, i));
+                    }
+                }
+            }
+            match best {
+                None => return parts,
+                Some((_, i)) => {
+                    let right = parts.remove(i + 1);
+                    parts[i].extend(right);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn heap_merging_equals_the_rescanning_loop() {
+        let mut ranks: FxHashMap<Vec<u8>, Rank> = FxHashMap::default();
+        for b in 0..=255u8 {
+            ranks.insert(vec![b], b as Rank);
+        }
+        // tokens over a 3-letter alphabet, with ranks that disagree with their lengths
+        let mut seed = 12345u64;
+        let mut rand = move |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut next_rank = 256;
+        for _ in 0..60 {
+            let len = 2 + rand(4) as usize;
+            let token: Vec<u8> = (0..len).map(|_| b'a' + rand(3) as u8).collect();
+            ranks.entry(token).or_insert_with(|| {
+                next_rank += 1;
+                next_rank
+            });
+        }
+        for _ in 0..500 {
+            let len = 1 + rand(40) as usize;
+            let piece: Vec<u8> = (0..len).map(|_| b'a' + rand(3) as u8).collect();
+            let mut got = Vec::new();
+            merge_parts(&piece, |bytes| ranks.get(bytes).copied(), |s, e| got.push(piece[s..e].to_vec()));
+            assert_eq!(got, rescan_merge(&piece, &ranks), "piece {:?}", String::from_utf8_lossy(&piece));
+        }
+    }
+
+    #[test]
+    fn a_huge_special_id_is_refused_before_allocating() {
+        let ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let err = Tokenizer::new(SplitPattern::default(), ranks, vec![("<|x|>".to_string(), u32::MAX)])
+            .err()
+            .expect("refused");
+        assert!(err.contains("4294967295"), "{}", err);
     }
 }
