@@ -32,6 +32,24 @@ pub struct Tokenizer {
     specials: Vec<(String, Rank)>,
     /// BPE results of recent pieces that are not whole tokens.
     cache: Mutex<PieceCache>,
+    /// Hugging Face BPE merges, for a tokenizer read from a Hugging Face tokenizer.json; `None`
+    /// for tiktoken-style ranks (merge the pair whose concatenation has the lowest rank).
+    hf: Option<HfModel>,
+}
+
+/// What a Hugging Face byte-level BPE adds to the tables: merges by pair (their rank is their
+/// index in the file), and how pieces are prepared.
+pub struct HfModel {
+    /// (left id, right id) -> (merge rank, merged id)
+    pub merges: FxHashMap<(Rank, Rank), (Rank, Rank)>,
+    /// The id of each byte's token.
+    pub byte_ids: Vec<Rank>,
+    /// A piece that is a whole token is that token, without merging (Llama-3's `ignore_merges`).
+    pub ignore_merges: bool,
+    /// ByteLevel's `add_prefix_space`: a space before text that does not start with one.
+    pub add_prefix_space: bool,
+    /// The tokenizer.json text, written back unchanged.
+    pub source: String,
 }
 
 type PieceCache = FxHashMap<Vec<u8>, Vec<Rank>>;
@@ -104,7 +122,97 @@ impl Tokenizer {
             num_ranks,
             specials,
             cache: Mutex::new(FxHashMap::default()),
+            hf: None,
         })
+    }
+
+    /// A Hugging Face byte-level BPE: `vocab` maps token bytes to ids anywhere in 0..MAX_VOCAB,
+    /// `added` tokens (recognised in text as special tokens are) take ids of their own.
+    pub fn from_hf(
+        pattern: SplitPattern,
+        vocab: Vec<(Vec<u8>, Rank)>,
+        merges: &[(Vec<u8>, Vec<u8>)],
+        added: Vec<(String, Rank)>,
+        ignore_merges: bool,
+        add_prefix_space: bool,
+        source: String,
+    ) -> Result<Tokenizer, String> {
+        let mut size = 0usize;
+        for (bytes, id) in &vocab {
+            if *id as usize >= MAX_VOCAB {
+                return Err(format!("token {:?} has id {}, more than this runtime allows ({})", String::from_utf8_lossy(bytes), id, MAX_VOCAB));
+            }
+            size = size.max(*id as usize + 1);
+        }
+        for (name, id) in &added {
+            if *id as usize >= MAX_VOCAB {
+                return Err(format!("added token {} has id {}, more than this runtime allows ({})", name, id, MAX_VOCAB));
+            }
+            size = size.max(*id as usize + 1);
+        }
+        let mut decoder: Vec<Option<Vec<u8>>> = vec![None; size];
+        let mut encoder: FxHashMap<Vec<u8>, Rank> = FxHashMap::default();
+        encoder.reserve(vocab.len());
+        for (bytes, id) in vocab {
+            if decoder[id as usize].is_some() {
+                return Err(format!("vocabulary id {} is used twice", id));
+            }
+            decoder[id as usize] = Some(bytes.clone());
+            if encoder.insert(bytes, id).is_some() {
+                return Err(format!("vocabulary token of id {} is listed twice", id));
+            }
+        }
+        let mut byte_ids = Vec::with_capacity(256);
+        for byte in 0..=255u8 {
+            match encoder.get(&[byte][..]) {
+                Some(&id) => byte_ids.push(id),
+                None => return Err(format!("the single byte {} has no token (every byte needs one)", byte)),
+            }
+        }
+        let mut pairs: FxHashMap<(Rank, Rank), (Rank, Rank)> = FxHashMap::default();
+        pairs.reserve(merges.len());
+        for (rank, (left, right)) in merges.iter().enumerate() {
+            let id_of = |part: &[u8]| encoder.get(part).copied();
+            let joined = [&left[..], &right[..]].concat();
+            match (id_of(left), id_of(right), id_of(&joined)) {
+                (Some(l), Some(r), Some(m)) => {
+                    // a repeated merge keeps its first rank, as in `tokenizers`
+                    pairs.entry((l, r)).or_insert((rank as Rank, m));
+                }
+                _ => return Err(format!("merge {} joins or makes a token that is not in the vocabulary", rank)),
+            }
+        }
+        let mut names: FxHashMap<&str, ()> = FxHashMap::default();
+        for (name, id) in &added {
+            if name.is_empty() {
+                return Err("an added token has empty content".to_string());
+            }
+            if names.insert(name.as_str(), ()).is_some() {
+                return Err(format!("added token {} is declared twice", name));
+            }
+            match &decoder[*id as usize] {
+                // `tokenizers` lets an added token name a vocabulary entry with its own text
+                Some(bytes) if bytes != name.as_bytes() => {
+                    return Err(format!("added token {} reuses id {} of another token", name, id))
+                }
+                _ => decoder[*id as usize] = Some(name.as_bytes().to_vec()),
+            }
+        }
+        let num_ranks = decoder.len();
+        Ok(Tokenizer {
+            pattern,
+            encoder,
+            decoder,
+            num_ranks,
+            specials: added,
+            cache: Mutex::new(FxHashMap::default()),
+            hf: Some(HfModel { merges: pairs, byte_ids, ignore_merges, add_prefix_space, source }),
+        })
+    }
+
+    /// The tokenizer.json text a Hugging Face tokenizer was read from.
+    pub fn hf_source(&self) -> Option<&str> {
+        self.hf.as_ref().map(|hf| hf.source.as_str())
     }
 
     pub fn pattern(&self) -> SplitPattern {
@@ -179,14 +287,25 @@ impl Tokenizer {
         out: &mut Vec<Rank>,
         cache: &mut PieceCache,
     ) {
+        let prefixed;
+        let text = match &self.hf {
+            Some(hf) if hf.add_prefix_space && !text.is_empty() && !text.starts_with(' ') => {
+                prefixed = format!(" {}", text);
+                &prefixed
+            }
+            _ => text,
+        };
+        let whole_tokens = self.hf.as_ref().map_or(true, |hf| hf.ignore_merges);
         for piece in self.pattern.pieces(text) {
             let piece = piece.as_bytes();
-            if let Some(rank) = self.encoder.get(piece) {
-                out.push(*rank);
-                continue;
+            if whole_tokens {
+                if let Some(rank) = self.encoder.get(piece) {
+                    out.push(*rank);
+                    continue;
+                }
             }
             if piece.len() > CACHE_MAX_PIECE {
-                byte_pair_encode(piece, &self.encoder, out);
+                self.merge(piece, out);
                 continue;
             }
             if let Some(tokens) = cache.get(piece) {
@@ -194,11 +313,23 @@ impl Tokenizer {
                 continue;
             }
             let from = out.len();
-            byte_pair_encode(piece, &self.encoder, out);
+            self.merge(piece, out);
             if cache.len() >= CACHE_MAX_ENTRIES {
                 cache.clear();
             }
             cache.insert(piece.to_vec(), out[from..].to_vec());
+        }
+    }
+
+    fn merge(&self, piece: &[u8], out: &mut Vec<Rank>) {
+        match &self.hf {
+            None => byte_pair_encode(piece, &self.encoder, out),
+            Some(hf) => merge_parts(
+                piece,
+                |byte| hf.byte_ids[byte as usize],
+                |_, left, right| hf.merges.get(&(left, right)).copied(),
+                out,
+            ),
         }
     }
 
@@ -270,25 +401,27 @@ impl Tokenizer {
 }
 
 /// tiktoken's byte_pair_merge rule (repeatedly merge the adjacent pair whose concatenation has
-/// the lowest rank, leftmost on ties) in O(n log n): the parts are a linked list and candidate
-/// pairs sit in a min-heap, stale entries skipped when popped. tiktoken's own loop rescans every
-/// pair after each merge, which is quadratic in a long word without spaces.
+/// the lowest rank, leftmost on ties), with ids == ranks.
 fn byte_pair_encode(piece: &[u8], ranks: &FxHashMap<Vec<u8>, Rank>, out: &mut Vec<Rank>) {
-    if piece.len() == 1 {
-        out.push(ranks[piece]);
-        return;
-    }
-    merge_parts(piece, |bytes| ranks.get(bytes).copied(), |start, end| out.push(ranks[&piece[start..end]]));
+    merge_parts(
+        piece,
+        |byte| ranks[&[byte][..]],
+        |joined, _, _| ranks.get(joined).map(|&rank| (rank, rank)),
+        out,
+    );
 }
 
-/// Merge the byte parts of `piece` by `rank_of(concatenation)` (lowest first, leftmost on ties)
-/// and call `emit(start, end)` for each final part in order. Every entry of the heap is a pair
-/// (rank, left start, right end); it is current while its left part still starts there and its
-/// right part still ends there, since a part's bytes fix its rank.
-pub(crate) fn merge_parts<R, E>(piece: &[u8], rank_of: R, mut emit: E)
+/// Merge the byte parts of `piece` (ids `byte_id(b)`) while `pair(joined bytes, left id, right
+/// id)` gives (priority, merged id) for some adjacent pair, lowest priority first, leftmost on
+/// ties; push the final ids to `out`. O(n log n): the parts are a linked list and candidate pairs
+/// sit in a min-heap, stale entries skipped when popped (tiktoken's own loop rescans every pair
+/// after each merge, quadratic in a long word without spaces). A heap entry (priority, left
+/// start, right end) is current while its left part still starts there and its right part still
+/// ends there: part boundaries only ever disappear, so the split between them is the one it had.
+pub(crate) fn merge_parts<B, P>(piece: &[u8], byte_id: B, pair: P, out: &mut Vec<Rank>)
 where
-    R: Fn(&[u8]) -> Option<Rank>,
-    E: FnMut(usize, usize),
+    B: Fn(u8) -> Rank,
+    P: Fn(&[u8], Rank, Rank) -> Option<(Rank, Rank)>,
 {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
@@ -297,36 +430,44 @@ where
     let n = piece.len() as u32;
     let at = |from: u32, to: u32| &piece[from as usize..to as usize];
     // next[i]: start of the part after the part starting at i (n at the end), GONE once the part
-    // at i was merged into its left neighbour; prev[i]: start of the part before (GONE at 0).
+    // at i was merged into its left neighbour; prev[i]: start of the part before (GONE at 0);
+    // id[i]: the id of the part starting at i.
     let mut next: Vec<u32> = (1..=n).collect();
     let mut prev: Vec<u32> = (0..n).map(|i| i.wrapping_sub(1)).collect();
-    let pairs: Vec<Reverse<(Rank, u32, u32)>> =
-        (0..n - 1).filter_map(|i| rank_of(at(i, i + 2)).map(|rank| Reverse((rank, i, i + 2)))).collect();
+    let mut id: Vec<Rank> = piece.iter().map(|&b| byte_id(b)).collect();
+    let pairs: Vec<Reverse<(Rank, u32, u32)>> = (0..n.saturating_sub(1))
+        .filter_map(|i| pair(at(i, i + 2), id[i as usize], id[i as usize + 1]).map(|(p, _)| Reverse((p, i, i + 2))))
+        .collect();
     let mut heap = BinaryHeap::from(pairs);
     while let Some(Reverse((_, left, end))) = heap.pop() {
         let right = next[left as usize];
         if right == GONE || right >= n || next[right as usize] != end {
             continue;
         }
+        let merged = match pair(at(left, end), id[left as usize], id[right as usize]) {
+            Some((_, merged)) => merged,
+            None => continue,
+        };
+        id[left as usize] = merged;
         next[left as usize] = end;
         next[right as usize] = GONE;
         if end < n {
             prev[end as usize] = left;
             let after = next[end as usize];
-            if let Some(rank) = rank_of(at(left, after)) {
-                heap.push(Reverse((rank, left, after)));
+            if let Some((p, _)) = pair(at(left, after), merged, id[end as usize]) {
+                heap.push(Reverse((p, left, after)));
             }
         }
         let before = prev[left as usize];
         if before != GONE {
-            if let Some(rank) = rank_of(at(before, end)) {
-                heap.push(Reverse((rank, before, end)));
+            if let Some((p, _)) = pair(at(before, end), id[before as usize], merged) {
+                heap.push(Reverse((p, before, end)));
             }
         }
     }
     let mut start = 0;
     while start < n {
-        emit(start as usize, next[start as usize] as usize);
+        out.push(id[start as usize]);
         start = next[start as usize];
     }
 }
@@ -385,8 +526,9 @@ mod tests {
             let len = 1 + rand(40) as usize;
             let piece: Vec<u8> = (0..len).map(|_| b'a' + rand(3) as u8).collect();
             let mut got = Vec::new();
-            merge_parts(&piece, |bytes| ranks.get(bytes).copied(), |s, e| got.push(piece[s..e].to_vec()));
-            assert_eq!(got, rescan_merge(&piece, &ranks), "piece {:?}", String::from_utf8_lossy(&piece));
+            byte_pair_encode(&piece, &ranks, &mut got);
+            let want: Vec<Rank> = rescan_merge(&piece, &ranks).iter().map(|part| ranks[part]).collect();
+            assert_eq!(got, want, "piece {:?}", String::from_utf8_lossy(&piece));
         }
     }
 
