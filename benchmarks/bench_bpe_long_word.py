@@ -24,7 +24,7 @@ from monologue_compile.tokenizer import Tokenizer
 NODE_TIMER = r"""
 import fs from 'fs';
 const [wasmPath, tokenizerPath, ...sizes] = process.argv.slice(2);
-const { exports: w } = await WebAssembly.instantiate(fs.readFileSync(wasmPath), {});
+const { instance: { exports: w } } = await WebAssembly.instantiate(fs.readFileSync(wasmPath), {});
 const put = (bytes) => {
   const p = w.mono_alloc(bytes.length);
   new Uint8Array(w.memory.buffer, p, bytes.length).set(bytes);
@@ -84,7 +84,9 @@ def main() -> None:
             wasm_path = build_wasm(args.crate, work)
             (work / "timer.mjs").write_text(NODE_TIMER)
             run = subprocess.run(["node", str(work / "timer.mjs"), str(wasm_path), str(tok_path), *map(str, sizes)],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True)
+            if run.returncode != 0:
+                raise SystemExit(f"node failed: {run.stderr[-2000:]}")
             wasm = {int(k): v for k, v in json.loads(run.stdout).items()}
     print(f"{'chars':>9} {'native s':>10} {'wasm s':>10}   (native: thread CPU time; wasm: Node wall time)")
     for size in sizes:
