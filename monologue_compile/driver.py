@@ -9,7 +9,6 @@ step succeeded, so a failed compile leaves nothing behind (and an existing DIR u
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -101,12 +100,13 @@ def explain(c: Compiled) -> str:
 
 
 def _manifest_extra(c: Compiled) -> dict:
-    tok = json.loads(c.loaded.tokenizer_json)
+    from .tokenizer import Tokenizer
+
     return {
         "compiler": {"name": "monologue-compile", "version": compiler_version()},
         "model": {"arch": c.loaded.arch, "config": c.loaded.config, "quant": c.graph.meta["quant"],
                   "source": c.loaded.source},
-        "special_tokens": tok.get("special_tokens", {}),
+        "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens,
     }
 
 
@@ -191,7 +191,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="output directory")
 @click.option("--quant", default="int8", show_default=True, help="int8 | int8-g64 | int8-g128 | none")
-@click.option("--tokenizer", type=click.Path(path_type=Path), help="tokenizer.json or tokenizer.pkl")
+@click.option("--tokenizer", type=click.Path(path_type=Path), help="tokenizer.json (Monologue or Hugging Face) or tokenizer.pkl")
 @click.option("--config", type=click.Path(path_type=Path), help="model config JSON (for a bare state dict)")
 @click.option("--dump-ir", is_flag=True, help="print the final IR")
 @click.option("--explain", is_flag=True, help="print what each pass did")
