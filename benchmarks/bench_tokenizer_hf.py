@@ -35,7 +35,7 @@ def main() -> None:
     docs = make_corpus(int(args.mb * 1e6))
     size = sum(len(d.encode("utf-8")) for d in docs)
     print(f"{'style':<18} {'strings':>8} {'mismatches':>10} {'ours MB/s':>10} {'tokenizers MB/s':>16} {'ratio':>6}")
-    for style in ("gpt2", "gpt2_prefix_space", "llama3"):
+    for style in ("gpt2", "gpt2_prefix_space", "llama3", "sentencepiece"):
         hf = train_hf(style, strings[:2000] + docs[:200])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "tokenizer.json"

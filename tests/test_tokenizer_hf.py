@@ -1,7 +1,8 @@
-"""Hugging Face tokenizer.json files (byte-level BPE) read by the one Rust tokenizer give the
-`tokenizers` library's ids on generated hard strings, for each family's pre-tokenizer: GPT-2
-(also NeoX/SmolLM; with and without add_prefix_space) and Llama-3 (Split regex + ByteLevel,
-ignore_merges). The files are trained here with `tokenizers`; nothing is downloaded. What the
+"""Hugging Face tokenizer.json files read by the one Rust tokenizer give the `tokenizers`
+library's ids on generated hard strings, for each family's configuration: byte-level GPT-2 (also
+NeoX/SmolLM; with and without add_prefix_space) and Llama-3 (Split regex + ByteLevel,
+ignore_merges), and SentencePiece-style BPE (Llama-2/Mistral: Prepend + Replace normalizer, byte
+fallback, Replace/ByteFallback/Fuse/Strip decoder). The files are trained here with `tokenizers`; nothing is downloaded. What the
 reader does not implement is refused by name."""
 
 import json
@@ -40,8 +41,18 @@ def hard_strings(n: int, seed: int) -> list[str]:
 
 
 def train_hf(style: str, corpus: list[str]):
-    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
+    if style == "sentencepiece":
+        hf = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+        hf.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                        decoders.Strip(" ", 1, 0)])
+        byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+        trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=SPECIALS + ["<unk>"] + byte_tokens,
+                                      show_progress=False)
+        hf.train_from_iterator(corpus, trainer=trainer)
+        return hf
     hf = tokenizers.Tokenizer(models.BPE(ignore_merges=style == "llama3"))
     if style == "llama3":
         hf.pre_tokenizer = pre_tokenizers.Sequence([
@@ -62,7 +73,7 @@ def corpus():
     return hard_strings(N_STRINGS, seed=7)
 
 
-@pytest.fixture(scope="module", params=["gpt2", "gpt2_prefix_space", "llama3"])
+@pytest.fixture(scope="module", params=["gpt2", "gpt2_prefix_space", "llama3", "sentencepiece"])
 def pair(request, corpus, tmp_path_factory):
     hf = train_hf(request.param, corpus[: N_STRINGS // 2])
     path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
@@ -85,7 +96,7 @@ def test_decode_equals_the_tokenizers_library(pair, corpus):
 
 def test_added_tokens_sit_at_their_ids_and_encode_ordinary_ignores_them(pair):
     hf, tok = pair
-    assert tok.special_tokens == {name: hf.token_to_id(name) for name in SPECIALS}
+    assert {name: tok.special_tokens[name] for name in SPECIALS} == {name: hf.token_to_id(name) for name in SPECIALS}
     assert tok.special_tokens["<|endoftext|>"] == 0  # the trainer puts them first, as GPT-2 does
     assert tok.special_tokens["<think>"] in tok.encode("x <think> y")
     assert tok.special_tokens["<think>"] not in tok.encode_ordinary("x <think> y")

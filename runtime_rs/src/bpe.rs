@@ -48,6 +48,10 @@ pub struct HfModel {
     pub ignore_merges: bool,
     /// ByteLevel's `add_prefix_space`: a space before text that does not start with one.
     pub add_prefix_space: bool,
+    /// SentencePiece style (Llama-2, Mistral): text is `▁` + text with spaces as `▁`, one piece,
+    /// starting from chars, a char without a token as its `<0xNN>` byte tokens; decoding turns
+    /// `▁` back into spaces and drops the first space.
+    pub metaspace: bool,
     /// The tokenizer.json text, written back unchanged.
     pub source: String,
 }
@@ -135,6 +139,7 @@ impl Tokenizer {
         added: Vec<(String, Rank)>,
         ignore_merges: bool,
         add_prefix_space: bool,
+        metaspace: bool,
         source: String,
     ) -> Result<Tokenizer, String> {
         let mut size = 0usize;
@@ -164,9 +169,10 @@ impl Tokenizer {
         }
         let mut byte_ids = Vec::with_capacity(256);
         for byte in 0..=255u8 {
-            match encoder.get(&[byte][..]) {
+            let token = if metaspace { format!("<0x{:02X}>", byte).into_bytes() } else { vec![byte] };
+            match encoder.get(&token) {
                 Some(&id) => byte_ids.push(id),
-                None => return Err(format!("the single byte {} has no token (every byte needs one)", byte)),
+                None => return Err(format!("byte {} has no token {} (every byte needs one)", byte, String::from_utf8_lossy(&token))),
             }
         }
         let mut pairs: FxHashMap<(Rank, Rank), (Rank, Rank)> = FxHashMap::default();
@@ -198,6 +204,18 @@ impl Tokenizer {
                 _ => decoder[*id as usize] = Some(name.as_bytes().to_vec()),
             }
         }
+        if metaspace {
+            for (byte, &id) in byte_ids.iter().enumerate() {
+                decoder[id as usize] = Some(vec![byte as u8]);
+            }
+            // byte tokens decode to their byte (added or not), others with ▁ as a space
+            for (bytes, &id) in encoder.iter() {
+                if decoder[id as usize].as_deref() == Some(&bytes[..]) {
+                    let text = String::from_utf8_lossy(bytes).replace('\u{2581}', " ");
+                    decoder[id as usize] = Some(text.into_bytes());
+                }
+            }
+        }
         let num_ranks = decoder.len();
         Ok(Tokenizer {
             pattern,
@@ -206,7 +224,7 @@ impl Tokenizer {
             num_ranks,
             specials: added,
             cache: Mutex::new(FxHashMap::default()),
-            hf: Some(HfModel { merges: pairs, byte_ids, ignore_merges, add_prefix_space, source }),
+            hf: Some(HfModel { merges: pairs, byte_ids, ignore_merges, add_prefix_space, metaspace, source }),
         })
     }
 
@@ -296,6 +314,17 @@ impl Tokenizer {
             _ => text,
         };
         let whole_tokens = self.hf.as_ref().map_or(true, |hf| hf.ignore_merges);
+        if let Some(hf) = self.hf.as_ref().filter(|hf| hf.metaspace) {
+            if text.is_empty() {
+                return;
+            }
+            let normalized = format!("\u{2581}{}", text.replace(' ', "\u{2581}"));
+            match self.encoder.get(normalized.as_bytes()) {
+                Some(&id) if whole_tokens => out.push(id),
+                _ => self.merge_chars(hf, normalized.as_bytes(), out),
+            }
+            return;
+        }
         for piece in self.pattern.pieces(text) {
             let piece = piece.as_bytes();
             if whole_tokens {
@@ -326,11 +355,27 @@ impl Tokenizer {
             None => byte_pair_encode(piece, &self.encoder, out),
             Some(hf) => merge_parts(
                 piece,
-                |byte| hf.byte_ids[byte as usize],
+                piece.iter().enumerate().map(|(i, &byte)| (i, hf.byte_ids[byte as usize])),
                 |_, left, right| hf.merges.get(&(left, right)).copied(),
                 out,
             ),
         }
+    }
+
+    /// SentencePiece-style BPE of a normalized text: parts start as chars, or as the byte tokens
+    /// of a char that has no token.
+    fn merge_chars(&self, hf: &HfModel, text: &[u8], out: &mut Vec<Rank>) {
+        let mut parts = Vec::with_capacity(text.len());
+        let mut at = 0;
+        while at < text.len() {
+            let len = utf8_len(text[at]);
+            match self.encoder.get(&text[at..at + len]) {
+                Some(&id) => parts.push((at, id)),
+                None => parts.extend((at..at + len).map(|i| (i, hf.byte_ids[text[i] as usize]))),
+            }
+            at += len;
+        }
+        merge_parts(text, parts.into_iter(), |_, left, right| hf.merges.get(&(left, right)).copied(), out);
     }
 
     /// Encode, recognising the allowed special tokens (tiktoken's `encode(allowed_special=...)`);
@@ -396,6 +441,9 @@ impl Tokenizer {
                 _ => return Err(format!("token id {} is not in the vocabulary (size {})", id, self.vocab_size())),
             }
         }
+        if self.hf.as_ref().map_or(false, |hf| hf.metaspace) && out.first() == Some(&b' ') {
+            out.remove(0);
+        }
         Ok(out)
     }
 }
@@ -405,22 +453,23 @@ impl Tokenizer {
 fn byte_pair_encode(piece: &[u8], ranks: &FxHashMap<Vec<u8>, Rank>, out: &mut Vec<Rank>) {
     merge_parts(
         piece,
-        |byte| ranks[&[byte][..]],
+        piece.iter().enumerate().map(|(i, &byte)| (i, ranks[&[byte][..]])),
         |joined, _, _| ranks.get(joined).map(|&rank| (rank, rank)),
         out,
     );
 }
 
-/// Merge the byte parts of `piece` (ids `byte_id(b)`) while `pair(joined bytes, left id, right
-/// id)` gives (priority, merged id) for some adjacent pair, lowest priority first, leftmost on
-/// ties; push the final ids to `out`. O(n log n): the parts are a linked list and candidate pairs
-/// sit in a min-heap, stale entries skipped when popped (tiktoken's own loop rescans every pair
-/// after each merge, quadratic in a long word without spaces). A heap entry (priority, left
-/// start, right end) is current while its left part still starts there and its right part still
-/// ends there: part boundaries only ever disappear, so the split between them is the one it had.
-pub(crate) fn merge_parts<B, P>(piece: &[u8], byte_id: B, pair: P, out: &mut Vec<Rank>)
+/// Merge the parts of `piece` (given in order as (start, id), covering it) while `pair(joined
+/// bytes, left id, right id)` gives (priority, merged id) for some adjacent pair, lowest priority
+/// first, leftmost on ties; push the final ids to `out`. O(n log n): the parts are a linked list
+/// and candidate pairs sit in a min-heap, stale entries skipped when popped (tiktoken's own loop
+/// rescans every pair after each merge, quadratic in a long word without spaces). A heap entry
+/// (priority, left start, right end) is current while its left part still starts there and its
+/// right part still ends there: part boundaries only ever disappear, so the split between them
+/// is the one it had.
+pub(crate) fn merge_parts<I, P>(piece: &[u8], parts: I, pair: P, out: &mut Vec<Rank>)
 where
-    B: Fn(u8) -> Rank,
+    I: Iterator<Item = (usize, Rank)>,
     P: Fn(&[u8], Rank, Rank) -> Option<(Rank, Rank)>,
 {
     use std::cmp::Reverse;
@@ -431,13 +480,33 @@ where
     let at = |from: u32, to: u32| &piece[from as usize..to as usize];
     // next[i]: start of the part after the part starting at i (n at the end), GONE once the part
     // at i was merged into its left neighbour; prev[i]: start of the part before (GONE at 0);
-    // id[i]: the id of the part starting at i.
-    let mut next: Vec<u32> = (1..=n).collect();
-    let mut prev: Vec<u32> = (0..n).map(|i| i.wrapping_sub(1)).collect();
-    let mut id: Vec<Rank> = piece.iter().map(|&b| byte_id(b)).collect();
-    let pairs: Vec<Reverse<(Rank, u32, u32)>> = (0..n.saturating_sub(1))
-        .filter_map(|i| pair(at(i, i + 2), id[i as usize], id[i as usize + 1]).map(|(p, _)| Reverse((p, i, i + 2))))
-        .collect();
+    // id[i]: the id of the part starting at i. Entries at offsets inside a part are unused.
+    let mut next: Vec<u32> = vec![GONE; piece.len()];
+    let mut prev: Vec<u32> = vec![GONE; piece.len()];
+    let mut id: Vec<Rank> = vec![0; piece.len()];
+    let mut pairs: Vec<Reverse<(Rank, u32, u32)>> = Vec::with_capacity(piece.len());
+    let mut last = GONE;
+    for (start, part_id) in parts {
+        let start = start as u32;
+        id[start as usize] = part_id;
+        prev[start as usize] = last;
+        if last != GONE {
+            next[last as usize] = start;
+        }
+        last = start;
+    }
+    if last != GONE {
+        next[last as usize] = n;
+    }
+    let mut left = 0;
+    while left < n && next[left as usize] < n {
+        let right = next[left as usize];
+        let end = next[right as usize];
+        if let Some((p, _)) = pair(at(left, end), id[left as usize], id[right as usize]) {
+            pairs.push(Reverse((p, left, end)));
+        }
+        left = right;
+    }
     let mut heap = BinaryHeap::from(pairs);
     while let Some(Reverse((_, left, end))) = heap.pop() {
         let right = next[left as usize];
@@ -473,6 +542,16 @@ where
 }
 
 const GONE: u32 = u32::MAX;
+
+/// The length of the UTF-8 sequence that starts with `first`.
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xF0..=0xFF => 4,
+        0xE0..=0xEF => 3,
+        0xC0..=0xDF => 2,
+        _ => 1,
+    }
+}
 
 #[cfg(test)]
 mod tests {
