@@ -11,7 +11,6 @@ wrote (every file is listed in its manifest), or with `--force`; never when it i
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -104,13 +103,14 @@ def explain(c: Compiled) -> str:
 
 
 def _manifest_extra(c: Compiled) -> dict:
-    tok = json.loads(c.loaded.tokenizer_json)
+    from .tokenizer import Tokenizer
+
     return {
         "compiler": {"name": "monologue-compile", "version": compiler_version()},
         "model": {"arch": c.loaded.arch, "config": c.loaded.config, "quant": c.graph.meta["quant"],
                   "source": c.loaded.source, "attention_windows": attention_windows(c.graph),
                   "assumed": c.loaded.assumed},
-        "special_tokens": tok.get("special_tokens", {}),
+        "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens,
     }
 
 
@@ -274,7 +274,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="output directory")
 @click.option("--quant", default="int8", show_default=True, help="int8 | int8-g64 | int8-g128 | none")
-@click.option("--tokenizer", type=click.Path(path_type=Path), help="tokenizer.json or tokenizer.pkl")
+@click.option("--tokenizer", type=click.Path(path_type=Path), help="tokenizer.json (Monologue or Hugging Face) or tokenizer.pkl")
 @click.option("--config", type=click.Path(path_type=Path), help="model config JSON (for a bare state dict)")
 @click.option("--dump-ir", is_flag=True, help="print the final IR")
 @click.option("--explain", is_flag=True, help="print what each pass did")

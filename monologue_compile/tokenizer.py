@@ -6,7 +6,8 @@ browser's wasm all tokenize with the same code.
     ids = tok.encode("hello <|bos|>")                      # special tokens recognised
     ids, mask = tok.render_conversation([{"role": "user", "content": "2+2?"},
                                          {"role": "assistant", "thought": "2+2=4", "content": "4"}])
-    tok.save("tokenizer.json"); Tokenizer.load("tokenizer.json")  # or a nanochat tokenizer.pkl
+    tok.save("tokenizer.json"); Tokenizer.load("tokenizer.json")  # or a nanochat tokenizer.pkl,
+                                                           # or a Hugging Face tokenizer.json
 
 `python -m monologue_compile.tokenizer demo` trains on a small built-in corpus and shows a
 tokenized conversation.
@@ -183,8 +184,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load a tokenizer.json, or import a nanochat tokenizer.pkl (a pickled tiktoken
-        Encoding) without executing it."""
+        """Load a tokenizer.json (this project's or a Hugging Face byte-level BPE one), or import
+        a nanochat tokenizer.pkl (a pickled tiktoken Encoding) without executing it."""
         path = Path(path)
         if not path.is_file():
             raise MonologueError(f"tokenizer file not found: {path}")
@@ -279,13 +280,19 @@ class Tokenizer:
             self._doc = json.loads(self.to_json())
         return self._doc
 
+    def _own_format(self, what: str) -> dict:
+        doc = self._document()
+        if "format" not in doc:
+            raise MonologueError(f"{what} exists only for a monologue-tokenizer, not a Hugging Face tokenizer.json")
+        return doc
+
     @property
     def pattern(self) -> str:
-        return self._document()["pattern"]
+        return self._own_format("pattern")["pattern"]
 
     def ranks(self) -> dict[bytes, int]:
         """Token bytes -> rank (tiktoken's `mergeable_ranks` form)."""
-        return {base64.b64decode(b): rank for rank, b in enumerate(self._document()["ranks"])}
+        return {base64.b64decode(b): rank for rank, b in enumerate(self._own_format("ranks")["ranks"])}
 
     @property
     def vocab_size(self) -> int:
@@ -295,12 +302,17 @@ class Tokenizer:
 
     @property
     def special_tokens(self) -> dict[str, int]:
-        return dict(self._document()["special_tokens"])
+        """Name -> id of the tokens `encode` recognises in text (a Hugging Face tokenizer's
+        added tokens)."""
+        doc = self._document()
+        if "format" in doc:
+            return dict(doc["special_tokens"])
+        return {t["content"]: t["id"] for t in doc.get("added_tokens") or []}
 
     def token_id(self, name: str) -> int:
         """The id of special token `name`."""
         try:
-            return self._document()["special_tokens"][name]
+            return self.special_tokens[name]
         except KeyError:
             raise MonologueError(f"the tokenizer has no special token {name}") from None
 

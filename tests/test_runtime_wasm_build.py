@@ -105,6 +105,36 @@ def test_wasm_tokenizes_like_the_python_extension(wasm_path, tmp_path):
     assert from_wasm == {"imports": 0, "encoded": tok.encode(text), "prompt": tok.render_for_completion(conversation)}
 
 
+ENCODE_DRIVER = NODE_DRIVER.split("const all = ")[0] + r"""
+const texts = JSON.parse(fs.readFileSync(text, 'utf8'));
+const all = put(utf8('"all"'));
+const result = texts.map((t) => {
+  check(w.mono_tokenizer_encode(tok, ...put(utf8(t)), ...all, out, out + 4));
+  return ids();
+});
+console.log(JSON.stringify(result));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_wasm_reads_a_hugging_face_tokenizer_json_like_the_tokenizers_library(wasm_path, tmp_path):
+    pytest.importorskip("tokenizers")
+    from test_tokenizer_hf import hard_strings, train_hf
+
+    texts = hard_strings(300, seed=3)
+    hf = train_hf("llama3", texts)
+    tokenizer_path = tmp_path / "tokenizer.json"
+    hf.save(str(tokenizer_path))
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    driver = tmp_path / "driver.mjs"
+    driver.write_text(ENCODE_DRIVER, encoding="utf-8")
+    result = subprocess.run(
+        ["node", str(driver), str(wasm_path), str(tokenizer_path), str(tmp_path / "texts.json")],
+        capture_output=True, text=True, check=True,
+    )
+    assert json.loads(result.stdout) == [hf.encode(t, add_special_tokens=False).ids for t in texts]
+
+
 def test_unit_tests_pass_with_rust_1_63(tmp_path):
     _, result = debian_cargo(tmp_path, "test", "--lib")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

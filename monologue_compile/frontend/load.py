@@ -321,34 +321,24 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_tokenizer(path: Path) -> str:
+    """The tokenizer at `path` (any name, any supported format), fully validated by the one Rust
+    reader, as the tokenizer.json the dist carries."""
+    from ..tokenizer import Tokenizer
+
     if not path.exists():
         raise MonologueError(f"{path}: tokenizer file not found")
     if not path.is_file():
         raise MonologueError(f"{path}: the tokenizer is not a regular file")
-    if path.suffix == ".json":
-        try:
-            return _check_tokenizer_json(path.read_text(encoding="utf-8"), path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise MonologueError(f"{path}: cannot read the tokenizer: {e}") from None
-    try:
-        from ..tokenizer import Tokenizer
-    except ImportError:
-        raise MonologueError(f"{path}: reading a tokenizer.pkl needs monologue_compile.tokenizer") from None
-    try:
-        return Tokenizer.load(str(path)).to_json()
-    except MonologueError:
-        raise
-    except Exception as e:  # the tokenizer's own loader names what is wrong with the file
-        raise MonologueError(f"{path}: cannot read tokenizer: {e}") from None
+    return Tokenizer.load(path).to_json()
 
 
-def _check_tokenizer_json(text: str, where: Path) -> str:
+def _check_tokenizer_json(text, where: Path) -> str:
+    """A checkpoint's embedded tokenizer gets the same checks as a tokenizer file."""
+    from ..tokenizer import Tokenizer
+
+    if not isinstance(text, str):
+        raise MonologueError(f"{where}: the checkpoint's tokenizer is not a JSON string")
     try:
-        d = json_loads(text)
-    except (ValueError, TypeError) as e:
-        raise MonologueError(f"{where}: tokenizer is not valid JSON: {e}") from None
-    except RecursionError:
-        raise MonologueError(f"{where}: tokenizer is not valid JSON: nested too deeply") from None
-    if not isinstance(d, dict) or d.get("format") != "monologue-tokenizer" or "ranks" not in d:
-        raise MonologueError(f"{where}: tokenizer is not a monologue-tokenizer JSON")
-    return text
+        return Tokenizer.from_json(text).to_json()
+    except MonologueError as e:
+        raise MonologueError(f"{where}: tokenizer: {e}") from None

@@ -12,6 +12,9 @@ pub type Rank = u32;
 const CACHE_MAX_PIECE: usize = 64;
 const CACHE_MAX_ENTRIES: usize = 1 << 18;
 
+/// The most token ids a tokenizer may have (the largest real vocabularies hold about 260k).
+pub(crate) const MAX_VOCAB: usize = 1 << 22;
+
 /// Which special tokens `encode` recognises in the text.
 pub enum AllowedSpecial<'a> {
     None,
@@ -29,6 +32,28 @@ pub struct Tokenizer {
     specials: Vec<(String, Rank)>,
     /// BPE results of recent pieces that are not whole tokens.
     cache: Mutex<PieceCache>,
+    /// Hugging Face BPE merges, for a tokenizer read from a Hugging Face tokenizer.json; `None`
+    /// for tiktoken-style ranks (merge the pair whose concatenation has the lowest rank).
+    hf: Option<HfModel>,
+}
+
+/// What a Hugging Face byte-level BPE adds to the tables: merges by pair (their rank is their
+/// index in the file), and how pieces are prepared.
+pub struct HfModel {
+    /// (left id, right id) -> (merge rank, merged id)
+    pub merges: FxHashMap<(Rank, Rank), (Rank, Rank)>,
+    /// The id of each byte's token.
+    pub byte_ids: Vec<Rank>,
+    /// A piece that is a whole token is that token, without merging (Llama-3's `ignore_merges`).
+    pub ignore_merges: bool,
+    /// ByteLevel's `add_prefix_space`: a space before text that does not start with one.
+    pub add_prefix_space: bool,
+    /// SentencePiece style (Llama-2, Mistral): text is `▁` + text with spaces as `▁`, one piece,
+    /// starting from chars, a char without a token as its `<0xNN>` byte tokens; decoding turns
+    /// `▁` back into spaces and drops the first space.
+    pub metaspace: bool,
+    /// The tokenizer.json text, written back unchanged.
+    pub source: String,
 }
 
 type PieceCache = FxHashMap<Vec<u8>, Vec<Rank>>;
@@ -41,6 +66,14 @@ impl Tokenizer {
         specials: Vec<(String, Rank)>,
     ) -> Result<Tokenizer, String> {
         let num_ranks = ranks.len();
+        // Sizes and ids are checked before the tables are built: an id of 4294967295 must be
+        // refused, not become a 100 GB decoder table.
+        if num_ranks + specials.len() > MAX_VOCAB {
+            return Err(format!(
+                "{} ranks and {} special tokens are more ids than this runtime allows ({})",
+                num_ranks, specials.len(), MAX_VOCAB
+            ));
+        }
         let mut encoder: FxHashMap<Vec<u8>, Rank> = FxHashMap::default();
         encoder.reserve(num_ranks);
         for (rank, bytes) in ranks.iter().enumerate() {
@@ -56,12 +89,22 @@ impl Tokenizer {
                 return Err(format!("the single byte {} has no rank (every byte needs one)", byte));
             }
         }
+        let vocab_size = num_ranks + specials.len();
+        for (name, id) in &specials {
+            if *id as usize >= vocab_size {
+                return Err(format!(
+                    "special token {} has id {}, outside 0..{} (ids must be dense: {} ranks then {} special tokens)",
+                    name, id, vocab_size, num_ranks, specials.len()
+                ));
+            }
+        }
         let mut decoder: Vec<Option<Vec<u8>>> = ranks.into_iter().map(Some).collect();
-        for (i, (name, id)) in specials.iter().enumerate() {
+        let mut names: FxHashMap<&str, ()> = FxHashMap::default();
+        for (name, id) in specials.iter() {
             if name.is_empty() {
                 return Err("a special token has an empty name".to_string());
             }
-            if specials[..i].iter().any(|(earlier, _)| earlier == name) {
+            if names.insert(name.as_str(), ()).is_some() {
                 return Err(format!("special token {} is declared twice", name));
             }
             let id = *id as usize;
@@ -83,7 +126,111 @@ impl Tokenizer {
             num_ranks,
             specials,
             cache: Mutex::new(FxHashMap::default()),
+            hf: None,
         })
+    }
+
+    /// A Hugging Face byte-level BPE: `vocab` maps token bytes to ids anywhere in 0..MAX_VOCAB,
+    /// `added` tokens (recognised in text as special tokens are) take ids of their own.
+    pub fn from_hf(
+        pattern: SplitPattern,
+        vocab: Vec<(Vec<u8>, Rank)>,
+        merges: &[(Vec<u8>, Vec<u8>)],
+        added: Vec<(String, Rank)>,
+        ignore_merges: bool,
+        add_prefix_space: bool,
+        metaspace: bool,
+        source: String,
+    ) -> Result<Tokenizer, String> {
+        let mut size = 0usize;
+        for (bytes, id) in &vocab {
+            if *id as usize >= MAX_VOCAB {
+                return Err(format!("token {:?} has id {}, more than this runtime allows ({})", String::from_utf8_lossy(bytes), id, MAX_VOCAB));
+            }
+            size = size.max(*id as usize + 1);
+        }
+        for (name, id) in &added {
+            if *id as usize >= MAX_VOCAB {
+                return Err(format!("added token {} has id {}, more than this runtime allows ({})", name, id, MAX_VOCAB));
+            }
+            size = size.max(*id as usize + 1);
+        }
+        let mut decoder: Vec<Option<Vec<u8>>> = vec![None; size];
+        let mut encoder: FxHashMap<Vec<u8>, Rank> = FxHashMap::default();
+        encoder.reserve(vocab.len());
+        for (bytes, id) in vocab {
+            if decoder[id as usize].is_some() {
+                return Err(format!("vocabulary id {} is used twice", id));
+            }
+            decoder[id as usize] = Some(bytes.clone());
+            if encoder.insert(bytes, id).is_some() {
+                return Err(format!("vocabulary token of id {} is listed twice", id));
+            }
+        }
+        let mut byte_ids = Vec::with_capacity(256);
+        for byte in 0..=255u8 {
+            let token = if metaspace { format!("<0x{:02X}>", byte).into_bytes() } else { vec![byte] };
+            match encoder.get(&token) {
+                Some(&id) => byte_ids.push(id),
+                None => return Err(format!("byte {} has no token {} (every byte needs one)", byte, String::from_utf8_lossy(&token))),
+            }
+        }
+        let mut pairs: FxHashMap<(Rank, Rank), (Rank, Rank)> = FxHashMap::default();
+        pairs.reserve(merges.len());
+        for (rank, (left, right)) in merges.iter().enumerate() {
+            let id_of = |part: &[u8]| encoder.get(part).copied();
+            let joined = [&left[..], &right[..]].concat();
+            match (id_of(left), id_of(right), id_of(&joined)) {
+                (Some(l), Some(r), Some(m)) => {
+                    // a repeated merge keeps its first rank, as in `tokenizers`
+                    pairs.entry((l, r)).or_insert((rank as Rank, m));
+                }
+                _ => return Err(format!("merge {} joins or makes a token that is not in the vocabulary", rank)),
+            }
+        }
+        let mut names: FxHashMap<&str, ()> = FxHashMap::default();
+        for (name, id) in &added {
+            if name.is_empty() {
+                return Err("an added token has empty content".to_string());
+            }
+            if names.insert(name.as_str(), ()).is_some() {
+                return Err(format!("added token {} is declared twice", name));
+            }
+            match &decoder[*id as usize] {
+                // `tokenizers` lets an added token name a vocabulary entry with its own text
+                Some(bytes) if bytes != name.as_bytes() => {
+                    return Err(format!("added token {} reuses id {} of another token", name, id))
+                }
+                _ => decoder[*id as usize] = Some(name.as_bytes().to_vec()),
+            }
+        }
+        if metaspace {
+            for (byte, &id) in byte_ids.iter().enumerate() {
+                decoder[id as usize] = Some(vec![byte as u8]);
+            }
+            // byte tokens decode to their byte (added or not), others with ▁ as a space
+            for (bytes, &id) in encoder.iter() {
+                if decoder[id as usize].as_deref() == Some(&bytes[..]) {
+                    let text = String::from_utf8_lossy(bytes).replace('\u{2581}', " ");
+                    decoder[id as usize] = Some(text.into_bytes());
+                }
+            }
+        }
+        let num_ranks = decoder.len();
+        Ok(Tokenizer {
+            pattern,
+            encoder,
+            decoder,
+            num_ranks,
+            specials: added,
+            cache: Mutex::new(FxHashMap::default()),
+            hf: Some(HfModel { merges: pairs, byte_ids, ignore_merges, add_prefix_space, metaspace, source }),
+        })
+    }
+
+    /// The tokenizer.json text a Hugging Face tokenizer was read from.
+    pub fn hf_source(&self) -> Option<&str> {
+        self.hf.as_ref().map(|hf| hf.source.as_str())
     }
 
     pub fn pattern(&self) -> SplitPattern {
@@ -158,14 +305,36 @@ impl Tokenizer {
         out: &mut Vec<Rank>,
         cache: &mut PieceCache,
     ) {
+        let prefixed;
+        let text = match &self.hf {
+            Some(hf) if hf.add_prefix_space && !text.is_empty() && !text.starts_with(' ') => {
+                prefixed = format!(" {}", text);
+                &prefixed
+            }
+            _ => text,
+        };
+        let whole_tokens = self.hf.as_ref().map_or(true, |hf| hf.ignore_merges);
+        if let Some(hf) = self.hf.as_ref().filter(|hf| hf.metaspace) {
+            if text.is_empty() {
+                return;
+            }
+            let normalized = format!("\u{2581}{}", text.replace(' ', "\u{2581}"));
+            match self.encoder.get(normalized.as_bytes()) {
+                Some(&id) if whole_tokens => out.push(id),
+                _ => self.merge_chars(hf, normalized.as_bytes(), out),
+            }
+            return;
+        }
         for piece in self.pattern.pieces(text) {
             let piece = piece.as_bytes();
-            if let Some(rank) = self.encoder.get(piece) {
-                out.push(*rank);
-                continue;
+            if whole_tokens {
+                if let Some(rank) = self.encoder.get(piece) {
+                    out.push(*rank);
+                    continue;
+                }
             }
             if piece.len() > CACHE_MAX_PIECE {
-                byte_pair_encode(piece, &self.encoder, out);
+                self.merge(piece, out);
                 continue;
             }
             if let Some(tokens) = cache.get(piece) {
@@ -173,12 +342,40 @@ impl Tokenizer {
                 continue;
             }
             let from = out.len();
-            byte_pair_encode(piece, &self.encoder, out);
+            self.merge(piece, out);
             if cache.len() >= CACHE_MAX_ENTRIES {
                 cache.clear();
             }
             cache.insert(piece.to_vec(), out[from..].to_vec());
         }
+    }
+
+    fn merge(&self, piece: &[u8], out: &mut Vec<Rank>) {
+        match &self.hf {
+            None => byte_pair_encode(piece, &self.encoder, out),
+            Some(hf) => merge_parts(
+                piece,
+                piece.iter().enumerate().map(|(i, &byte)| (i, hf.byte_ids[byte as usize])),
+                |_, left, right| hf.merges.get(&(left, right)).copied(),
+                out,
+            ),
+        }
+    }
+
+    /// SentencePiece-style BPE of a normalized text: parts start as chars, or as the byte tokens
+    /// of a char that has no token.
+    fn merge_chars(&self, hf: &HfModel, text: &[u8], out: &mut Vec<Rank>) {
+        let mut parts = Vec::with_capacity(text.len());
+        let mut at = 0;
+        while at < text.len() {
+            let len = utf8_len(text[at]);
+            match self.encoder.get(&text[at..at + len]) {
+                Some(&id) => parts.push((at, id)),
+                None => parts.extend((at..at + len).map(|i| (i, hf.byte_ids[text[i] as usize]))),
+            }
+            at += len;
+        }
+        merge_parts(text, parts.into_iter(), |_, left, right| hf.merges.get(&(left, right)).copied(), out);
     }
 
     /// Encode, recognising the allowed special tokens (tiktoken's `encode(allowed_special=...)`);
@@ -244,52 +441,182 @@ impl Tokenizer {
                 _ => return Err(format!("token id {} is not in the vocabulary (size {})", id, self.vocab_size())),
             }
         }
+        if self.hf.as_ref().map_or(false, |hf| hf.metaspace) && out.first() == Some(&b' ') {
+            out.remove(0);
+        }
         Ok(out)
     }
 }
 
-/// tiktoken's byte_pair_merge: repeatedly merge the adjacent pair whose concatenation has the
-/// lowest rank (leftmost on ties) until no adjacent pair is a token.
+/// tiktoken's byte_pair_merge rule (repeatedly merge the adjacent pair whose concatenation has
+/// the lowest rank, leftmost on ties), with ids == ranks.
 fn byte_pair_encode(piece: &[u8], ranks: &FxHashMap<Vec<u8>, Rank>, out: &mut Vec<Rank>) {
-    if piece.len() == 1 {
-        out.push(ranks[piece]);
-        return;
-    }
-    // parts[i] = (start of part i, rank of merging part i with part i+1)
-    let mut parts: Vec<(usize, Rank)> = Vec::with_capacity(piece.len() + 1);
-    let mut min_rank = (Rank::MAX, usize::MAX);
-    for i in 0..piece.len() - 1 {
-        let rank = *ranks.get(&piece[i..i + 2]).unwrap_or(&Rank::MAX);
-        if rank < min_rank.0 {
-            min_rank = (rank, i);
-        }
-        parts.push((i, rank));
-    }
-    parts.push((piece.len() - 1, Rank::MAX));
-    parts.push((piece.len(), Rank::MAX));
+    merge_parts(
+        piece,
+        piece.iter().enumerate().map(|(i, &byte)| (i, ranks[&[byte][..]])),
+        |joined, _, _| ranks.get(joined).map(|&rank| (rank, rank)),
+        out,
+    );
+}
 
-    let rank_of = |parts: &Vec<(usize, Rank)>, i: usize| -> Rank {
-        if i + 3 < parts.len() {
-            *ranks.get(&piece[parts[i].0..parts[i + 3].0]).unwrap_or(&Rank::MAX)
-        } else {
-            Rank::MAX
+/// Merge the parts of `piece` (given in order as (start, id), covering it) while `pair(joined
+/// bytes, left id, right id)` gives (priority, merged id) for some adjacent pair, lowest priority
+/// first, leftmost on ties; push the final ids to `out`. O(n log n): the parts are a linked list
+/// and candidate pairs sit in a min-heap, stale entries skipped when popped (tiktoken's own loop
+/// rescans every pair after each merge, quadratic in a long word without spaces). A heap entry
+/// (priority, left start, right end) is current while its left part still starts there and its
+/// right part still ends there: part boundaries only ever disappear, so the split between them
+/// is the one it had.
+pub(crate) fn merge_parts<I, P>(piece: &[u8], parts: I, pair: P, out: &mut Vec<Rank>)
+where
+    I: Iterator<Item = (usize, Rank)>,
+    P: Fn(&[u8], Rank, Rank) -> Option<(Rank, Rank)>,
+{
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    // u32 offsets keep the arrays and heap entries small (a 4 GiB piece is not a message).
+    assert!(piece.len() < GONE as usize, "BPE piece of {} bytes", piece.len());
+    let n = piece.len() as u32;
+    let at = |from: u32, to: u32| &piece[from as usize..to as usize];
+    // next[i]: start of the part after the part starting at i (n at the end), GONE once the part
+    // at i was merged into its left neighbour; prev[i]: start of the part before (GONE at 0);
+    // id[i]: the id of the part starting at i. Entries at offsets inside a part are unused.
+    let mut next: Vec<u32> = vec![GONE; piece.len()];
+    let mut prev: Vec<u32> = vec![GONE; piece.len()];
+    let mut id: Vec<Rank> = vec![0; piece.len()];
+    let mut pairs: Vec<Reverse<(Rank, u32, u32)>> = Vec::with_capacity(piece.len());
+    let mut last = GONE;
+    for (start, part_id) in parts {
+        let start = start as u32;
+        id[start as usize] = part_id;
+        prev[start as usize] = last;
+        if last != GONE {
+            next[last as usize] = start;
         }
-    };
-    while min_rank.0 != Rank::MAX {
-        let i = min_rank.1;
-        if i > 0 {
-            parts[i - 1].1 = rank_of(&parts, i - 1);
+        last = start;
+    }
+    if last != GONE {
+        next[last as usize] = n;
+    }
+    let mut left = 0;
+    while left < n && next[left as usize] < n {
+        let right = next[left as usize];
+        let end = next[right as usize];
+        if let Some((p, _)) = pair(at(left, end), id[left as usize], id[right as usize]) {
+            pairs.push(Reverse((p, left, end)));
         }
-        parts[i].1 = rank_of(&parts, i);
-        parts.remove(i + 1);
-        min_rank = (Rank::MAX, usize::MAX);
-        for (j, &(_, rank)) in parts[..parts.len() - 1].iter().enumerate() {
-            if rank < min_rank.0 {
-                min_rank = (rank, j);
+        left = right;
+    }
+    let mut heap = BinaryHeap::from(pairs);
+    while let Some(Reverse((_, left, end))) = heap.pop() {
+        let right = next[left as usize];
+        if right == GONE || right >= n || next[right as usize] != end {
+            continue;
+        }
+        let merged = match pair(at(left, end), id[left as usize], id[right as usize]) {
+            Some((_, merged)) => merged,
+            None => continue,
+        };
+        id[left as usize] = merged;
+        next[left as usize] = end;
+        next[right as usize] = GONE;
+        if end < n {
+            prev[end as usize] = left;
+            let after = next[end as usize];
+            if let Some((p, _)) = pair(at(left, after), merged, id[end as usize]) {
+                heap.push(Reverse((p, left, after)));
+            }
+        }
+        let before = prev[left as usize];
+        if before != GONE {
+            if let Some((p, _)) = pair(at(before, end), id[before as usize], merged) {
+                heap.push(Reverse((p, before, end)));
             }
         }
     }
-    for w in parts.windows(2) {
-        out.push(ranks[&piece[w[0].0..w[1].0]]);
+    let mut start = 0;
+    while start < n {
+        out.push(id[start as usize]);
+        start = next[start as usize];
+    }
+}
+
+const GONE: u32 = u32::MAX;
+
+/// The length of the UTF-8 sequence that starts with `first`.
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xF0..=0xFF => 4,
+        0xE0..=0xEF => 3,
+        0xC0..=0xDF => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tiktoken's quadratic loop, kept here as the reference for `merge_parts`.
+    fn rescan_merge(piece: &[u8], ranks: &FxHashMap<Vec<u8>, Rank>) -> Vec<Vec<u8>> {
+        let mut parts: Vec<Vec<u8>> = piece.iter().map(|b| vec![*b]).collect();
+        loop {
+            let mut best: Option<(Rank, usize)> = None;
+            for i in 0..parts.len().saturating_sub(1) {
+                let joined = [&parts[i][..], &parts[i + 1][..]].concat();
+                if let Some(&r) = ranks.get(&joined) {
+                    if best.map_or(true, |(b, _)| r < b) {
+                        best = Some((r, i));
+                    }
+                }
+            }
+            match best {
+                None => return parts,
+                Some((_, i)) => {
+                    let right = parts.remove(i + 1);
+                    parts[i].extend(right);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn heap_merging_equals_the_rescanning_loop() {
+        let mut ranks: FxHashMap<Vec<u8>, Rank> = FxHashMap::default();
+        for b in 0..=255u8 {
+            ranks.insert(vec![b], b as Rank);
+        }
+        // tokens over a 3-letter alphabet, with ranks that disagree with their lengths
+        let mut seed = 12345u64;
+        let mut rand = move |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut next_rank = 256;
+        for _ in 0..60 {
+            let len = 2 + rand(4) as usize;
+            let token: Vec<u8> = (0..len).map(|_| b'a' + rand(3) as u8).collect();
+            ranks.entry(token).or_insert_with(|| {
+                next_rank += 1;
+                next_rank
+            });
+        }
+        for _ in 0..500 {
+            let len = 1 + rand(40) as usize;
+            let piece: Vec<u8> = (0..len).map(|_| b'a' + rand(3) as u8).collect();
+            let mut got = Vec::new();
+            byte_pair_encode(&piece, &ranks, &mut got);
+            let want: Vec<Rank> = rescan_merge(&piece, &ranks).iter().map(|part| ranks[part]).collect();
+            assert_eq!(got, want, "piece {:?}", String::from_utf8_lossy(&piece));
+        }
+    }
+
+    #[test]
+    fn a_huge_special_id_is_refused_before_allocating() {
+        let ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let err = Tokenizer::new(SplitPattern::default(), ranks, vec![("<|x|>".to_string(), u32::MAX)])
+            .err()
+            .expect("refused");
+        assert!(err.contains("4294967295"), "{}", err);
     }
 }

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod engine;
 pub mod ffi;
 pub mod fxhash;
+pub mod hf_tokenizer;
 pub mod json;
 pub mod kernels;
 pub mod parallel;

@@ -43,15 +43,28 @@ pub fn class_of(c: char) -> CharClass {
     CharClass::Other
 }
 
-/// The pattern family this crate implements, identified by the longest digit group.
+/// GPT-2's split pattern (also GPT-NeoX's and SmolLM's): case-sensitive contractions, no
+/// digit cap, no line-break rules.
+pub const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// The pattern strings Hugging Face tokenizer.json files spell differently from ours but that
+/// split identically: Llama-3's (the GPT-4 family with `\p{N}{1,3}`) and Qwen2's (`\p{N}`).
+const HF_SPELLINGS: [(&str, usize); 2] = [
+    (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+", 3),
+    (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+", 1),
+];
+
+/// The pattern families this crate implements: the GPT-4/nanochat family, identified by its
+/// longest digit group, and GPT-2's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SplitPattern {
     max_digits: usize,
+    gpt2: bool,
 }
 
 impl Default for SplitPattern {
     fn default() -> Self {
-        SplitPattern { max_digits: 2 }
+        SplitPattern { max_digits: 2, gpt2: false }
     }
 }
 
@@ -83,22 +96,35 @@ fn folds_to(c: char, lower: char) -> bool {
 impl SplitPattern {
     /// Recognise a pattern string; only this family is implemented, anything else is refused.
     pub fn parse(pattern: &str) -> Result<SplitPattern, String> {
+        if pattern == GPT2_PATTERN {
+            return Ok(SplitPattern::gpt2());
+        }
+        if let Some((_, max_digits)) = HF_SPELLINGS.iter().find(|(spelling, _)| *spelling == pattern) {
+            return Ok(SplitPattern { max_digits: *max_digits, gpt2: false });
+        }
         if let Some(rest) = pattern.strip_prefix(PATTERN_HEAD) {
             if let Some(digits) = rest.strip_suffix(PATTERN_TAIL) {
                 if let Ok(max_digits) = digits.parse::<usize>() {
                     if (1..=9).contains(&max_digits) {
-                        return Ok(SplitPattern { max_digits });
+                        return Ok(SplitPattern { max_digits, gpt2: false });
                     }
                 }
             }
         }
         Err(format!(
-            "unsupported split pattern {:?}: only the GPT-4/nanochat pattern family is implemented",
+            "unsupported split pattern {:?}: only the GPT-4/nanochat, Llama-3, Qwen2 and GPT-2 patterns are implemented",
             pattern
         ))
     }
 
+    pub fn gpt2() -> SplitPattern {
+        SplitPattern { max_digits: 0, gpt2: true }
+    }
+
     pub fn pattern_string(&self) -> String {
+        if self.gpt2 {
+            return GPT2_PATTERN.to_string();
+        }
         format!("{}{}{}", PATTERN_HEAD, self.max_digits, PATTERN_TAIL)
     }
 
@@ -108,6 +134,9 @@ impl SplitPattern {
             Some(x) => x,
             None => return start,
         };
+        if self.gpt2 {
+            return gpt2_piece_end(text, start, c0, len0);
+        }
         let after0 = start + len0;
         let next = char_at(text, after0);
 
@@ -180,29 +209,8 @@ impl SplitPattern {
             }
             return end;
         }
-        // c0 is whitespace. \s*[\r\n] ends at the last line break of the whitespace run;
-        // \s+(?!\S) leaves the run's last char for the next piece when a non-space follows;
-        // \s+ takes a lone whitespace char.
-        let mut end = start;
-        let mut last_break_end = None;
-        let mut last_char_start = start;
-        for c in text[start..].chars() {
-            if class_of(c) != CharClass::Whitespace {
-                break;
-            }
-            last_char_start = end;
-            end += c.len_utf8();
-            if c == '\r' || c == '\n' {
-                last_break_end = Some(end);
-            }
-        }
-        if let Some(e) = last_break_end {
-            return e;
-        }
-        if end == text.len() || last_char_start == start {
-            return end;
-        }
-        last_char_start
+        // c0 is whitespace. \s*[\r\n] ends at the last line break of the whitespace run.
+        whitespace_piece_end(text, start, true)
     }
 
     /// The pieces of `text`, in order; they concatenate back to `text`.
@@ -229,6 +237,55 @@ impl<'p, 't> Iterator for Pieces<'p, 't> {
         self.at = end;
         Some(piece)
     }
+}
+
+/// End of the piece of the whitespace run at `start`: with `line_breaks` (`\s*[\r\n]`) at its
+/// last line break if it has one; else \s+(?!\S) leaves the run's last char for the next piece
+/// when a non-space follows, and \s+ takes a lone whitespace char.
+fn whitespace_piece_end(text: &str, start: usize, line_breaks: bool) -> usize {
+    let mut end = start;
+    let mut last_break_end = None;
+    let mut last_char_start = start;
+    for c in text[start..].chars() {
+        if class_of(c) != CharClass::Whitespace {
+            break;
+        }
+        last_char_start = end;
+        end += c.len_utf8();
+        if line_breaks && (c == '\r' || c == '\n') {
+            last_break_end = Some(end);
+        }
+    }
+    if let Some(e) = last_break_end {
+        return e;
+    }
+    if end == text.len() || last_char_start == start {
+        return end;
+    }
+    last_char_start
+}
+
+/// `piece_end` for GPT2_PATTERN.
+fn gpt2_piece_end(text: &str, start: usize, c0: char, len0: usize) -> usize {
+    let after0 = start + len0;
+    let next = char_at(text, after0);
+    if c0 == '\'' {
+        let rest = &text.as_bytes()[after0..];
+        for suffix in [&b"re"[..], b"ve", b"ll", b"s", b"t", b"m", b"d"] {
+            if rest.starts_with(suffix) {
+                return after0 + suffix.len();
+            }
+        }
+    }
+    // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`: an optional space, then a run of one class
+    let (run_from, class) = match (c0, next) {
+        (' ', Some((c1, _))) if class_of(c1) != CharClass::Whitespace => (after0, class_of(c1)),
+        _ => (start, class_of(c0)),
+    };
+    if class != CharClass::Whitespace {
+        return run_end(text, run_from, class);
+    }
+    whitespace_piece_end(text, start, false)
 }
 
 /// Byte offsets at which `text` can be cut into independently pre-tokenized segments: right
@@ -288,6 +345,14 @@ mod tests {
             from = cut;
         }
         assert_eq!(pieces, split(text));
+    }
+
+    #[test]
+    fn gpt2_pattern_splits_like_the_regex() {
+        let split = |text| SplitPattern::gpt2().pieces(text).collect::<Vec<&str>>();
+        assert_eq!(split("I'm 12345 it's"), vec!["I", "'m", " 12345", " it", "'s"]);
+        assert_eq!(split("WE'LL a  \n  b"), vec!["WE", "'", "LL", " a", "  \n ", " b"]);
+        assert_eq!(split(" !!\n\nx  "), vec![" !!", "\n", "\n", "x", "  "]);
     }
 
     #[test]

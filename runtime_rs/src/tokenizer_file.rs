@@ -4,6 +4,7 @@
 
 use crate::base64;
 use crate::bpe::{Rank, Tokenizer};
+use crate::hf_tokenizer;
 use crate::json::{self, Json};
 use crate::pretokenize::SplitPattern;
 
@@ -25,8 +26,12 @@ pub const SPECIAL_TOKENS: [&str; 11] = [
     "<|output_end|>",
 ];
 
+/// A tokenizer.json of this project's format or of Hugging Face's (recognised by its "model").
 pub fn from_json(text: &str) -> Result<Tokenizer, String> {
     let doc = json::parse(text)?;
+    if doc.get("format").is_none() && doc.get("model").is_some() {
+        return hf_tokenizer::from_doc(&doc, text);
+    }
     if doc.get("format").and_then(Json::as_str) != Some(FORMAT) {
         return Err(format!("not a tokenizer.json: \"format\" must be \"{}\"", FORMAT));
     }
@@ -64,6 +69,9 @@ pub fn from_json(text: &str) -> Result<Tokenizer, String> {
 }
 
 pub fn to_json(tok: &Tokenizer) -> String {
+    if let Some(source) = tok.hf_source() {
+        return source.to_string();
+    }
     let mut out = String::with_capacity(tok.num_ranks() * 12 + 1024);
     out.push_str(&format!("{{\"format\": {}, \"version\": {}, \"pattern\": {},\n", json::quote(FORMAT), VERSION, json::quote(&tok.pattern().pattern_string())));
     out.push_str(" \"ranks\": [");

@@ -1,0 +1,143 @@
+"""Hugging Face tokenizer.json files read by the one Rust tokenizer give the `tokenizers`
+library's ids on generated hard strings, for each family's configuration: byte-level GPT-2 (also
+NeoX/SmolLM; with and without add_prefix_space) and Llama-3 (Split regex + ByteLevel,
+ignore_merges), and SentencePiece-style BPE (Llama-2/Mistral: Prepend + Replace normalizer, byte
+fallback, Replace/ByteFallback/Fuse/Strip decoder). The files are trained here with `tokenizers`; nothing is downloaded. What the
+reader does not implement is refused by name."""
+
+import json
+import random
+
+import pytest
+
+tokenizers = pytest.importorskip("tokenizers")
+
+from test_tokenizer_exact import random_string  # noqa: E402
+
+from monologue_compile.errors import MonologueError  # noqa: E402
+from monologue_compile.tokenizer import Tokenizer  # noqa: E402
+
+N_STRINGS = 2_000  # per style here; benchmarks/bench_tokenizer_hf.py runs 20,000
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def hard_strings(n: int, seed: int) -> list[str]:
+    """Generated hard strings (as test_tokenizer_exact's), with special-token text inside some;
+    lone surrogates replaced, since neither side can be given one."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        s = random_string(rng)
+        if rng.random() < 0.2:
+            cut = rng.randint(0, len(s))
+            s = s[:cut] + rng.choice(SPECIALS) + s[cut:]
+        out.append(s.encode("utf-8", "replace").decode("utf-8"))
+    return out
+
+
+def train_hf(style: str, corpus: list[str]):
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+
+    if style == "sentencepiece":
+        hf = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+        hf.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                        decoders.Strip(" ", 1, 0)])
+        byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+        trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=SPECIALS + ["<unk>"] + byte_tokens,
+                                      show_progress=False)
+        hf.train_from_iterator(corpus, trainer=trainer)
+        return hf
+    hf = tokenizers.Tokenizer(models.BPE(ignore_merges=style == "llama3"))
+    if style == "llama3":
+        hf.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=style == "gpt2_prefix_space")
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(corpus, trainer=trainer)
+    return hf
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return hard_strings(N_STRINGS, seed=7)
+
+
+@pytest.fixture(scope="module", params=["gpt2", "gpt2_prefix_space", "llama3", "sentencepiece"])
+def pair(request, corpus, tmp_path_factory):
+    hf = train_hf(request.param, corpus[: N_STRINGS // 2])
+    path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
+    hf.save(str(path))
+    return hf, Tokenizer.load(path)
+
+
+def test_ids_equal_the_tokenizers_library_on_hard_strings(pair, corpus):
+    hf, tok = pair
+    mismatches = [s for s in corpus if tok.encode(s) != hf.encode(s, add_special_tokens=False).ids]
+    assert not mismatches, f"{len(mismatches)} of {len(corpus)} differ, first: {mismatches[0]!r}"
+
+
+def test_decode_equals_the_tokenizers_library(pair, corpus):
+    hf, tok = pair
+    for s in corpus[:300]:
+        ids = hf.encode(s, add_special_tokens=False).ids
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False)
+
+
+def test_added_tokens_sit_at_their_ids_and_encode_ordinary_ignores_them(pair):
+    hf, tok = pair
+    assert {name: tok.special_tokens[name] for name in SPECIALS} == {name: hf.token_to_id(name) for name in SPECIALS}
+    assert tok.special_tokens["<|endoftext|>"] == 0  # the trainer puts them first, as GPT-2 does
+    assert tok.special_tokens["<think>"] in tok.encode("x <think> y")
+    assert tok.special_tokens["<think>"] not in tok.encode_ordinary("x <think> y")
+    assert tok.decode(tok.encode_ordinary("x <think> y")).strip() == "x <think> y"
+
+
+def test_saved_text_is_the_file(pair, tmp_path):
+    hf, tok = pair
+    tok.save(tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text()) == json.loads(hf.to_str())
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer NFC"),
+        (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
+        (lambda d: d.update(decoder={"type": "Metaspace"}), "decoder Metaspace"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\w+"), "unsupported split pattern"),
+        (lambda d: d["added_tokens"][1].update(lstrip=True), "lstrip"),
+        (lambda d: d["added_tokens"][1].update(id=4294967295), "4294967295"),
+        (lambda d: d["model"]["merges"].append(["zz", "qq"]), "merge"),
+    ],
+)
+def test_what_the_reader_does_not_implement_is_refused_by_name(corpus, tmp_path, change, says):
+    hf = train_hf("llama3", corpus[:200])
+    doc = json.loads(hf.to_str())
+    change(doc)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(MonologueError, match=says):
+        Tokenizer.load(path)
+
+
+def test_qwen2_pattern_is_recognised(corpus, tmp_path):
+    hf = train_hf("llama3", corpus[:200])
+    doc = json.loads(hf.to_str())
+    doc["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = QWEN2_PATTERN
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(doc))
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    tok = Tokenizer.load(path)
+    for s in corpus[:300]:
+        assert tok.encode(s) == hf.encode(s, add_special_tokens=False).ids
