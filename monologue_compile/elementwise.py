@@ -146,8 +146,9 @@ BINARY: dict[str, Callable] = {
 
 FUNCTIONS: dict[str, Callable] = {**HELPERS, **UNARY, **BINARY}
 
-# Functions whose (first) argument must be positive for a real result: tests draw inputs accordingly.
-POSITIVE_DOMAIN = ("rsqrt", "sqrt", "pow")
+# Functions defined (real, finite) for positive arguments only (pow: base; div: divisor nonzero):
+# tests draw their inputs accordingly.
+POSITIVE_DOMAIN = ("rsqrt", "sqrt", "pow", "div")
 
 
 def arity(name: str) -> int:
