@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from . import elementwise
-from .ir import OPS, Graph, Node
+from .ir import OPS, Graph, Node, layer_norm_step
 
 _F = np.float32
 
@@ -29,15 +29,32 @@ def rms_norm(x: np.ndarray, eps: float, weight: np.ndarray | None = None) -> np.
     return (y * weight if weight is not None else y).astype(_F)
 
 
+def layer_norm(x: np.ndarray, eps: float, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+    # two passes (the mean, then squared deviations), as every backend computes it
+    mean = np.mean(x, axis=-1, keepdims=True, dtype=_F)
+    d = (x - mean).astype(_F)
+    var = np.mean(np.square(d, dtype=_F), axis=-1, keepdims=True, dtype=_F)
+    y = d * (_F(1) / np.sqrt(var + _F(eps)))
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y.astype(_F)
+
+
 def apply_step(v: np.ndarray, step: dict, operands: list[np.ndarray]) -> np.ndarray:
     """One epilogue / elementwise step: {"fn": unary} | {"fn": binary, "scalar"|"operand", "reverse"}
-    | {"fn": "rms_norm", "eps", ["operand"]}."""
+    | {"fn": "rms_norm", "eps", ["operand"]} | {"fn": "layer_norm", "eps", ["operand"], ["bias_operand"]}."""
     fn = step["fn"]
     if fn in UNARY_FNS:
         return UNARY_FNS[fn](v).astype(_F, copy=False)
     if fn == "rms_norm":
         w = operands[step["operand"]] if "operand" in step else None
         return rms_norm(v, step["eps"], w)
+    if fn == "layer_norm":
+        w = operands[step["operand"]] if "operand" in step else None
+        b = operands[step["bias_operand"]] if "bias_operand" in step else None
+        return layer_norm(v, step["eps"], w, b)
     other = _F(step["scalar"]) if "scalar" in step else operands[step["operand"]]
     a, b = (other, v) if step.get("reverse") else (v, other)
     return BINARY_FNS[fn](a, b).astype(_F, copy=False)
@@ -147,6 +164,10 @@ def _rms_norm(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
     return rms_norm(args[0], at["eps"], _val(args[1]) if len(args) > 1 else None)
 
 
+def _layer_norm(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return apply_step(_val(args[0]), layer_norm_step(n), [_val(a) for a in args[1:]])
+
+
 def _unary(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
     return UNARY_FNS[at["fn"]](args[0]).astype(_F, copy=False)
 
@@ -230,6 +251,7 @@ KERNELS = {
     "linear": _linear,
     "matmul": _matmul,
     "rms_norm": _rms_norm,
+    "layer_norm": _layer_norm,
     "unary": _unary,
     "binary": _binary,
     "elementwise": _elementwise,

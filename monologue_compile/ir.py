@@ -104,6 +104,8 @@ OPS: dict[str, OpInfo] = {
     "embedding": OpInfo("token", True, "rows of table[weight] at ids (weight: (V, C)); then epilogue", ("[epilogue]",)),
     "linear": OpInfo("token", True, "y = x @ W.T  (W: (N, K)), f32 accumulation", (), "matmul"),
     "rms_norm": OpInfo("token", True, "x / sqrt(mean(x^2, last axis) + eps) [* weight]", ("eps",)),
+    "layer_norm": OpInfo("token", True, "(x - mean) / sqrt(var + eps) over the last axis [* weight] [+ bias] "
+                         "(inputs x, then the weight and the bias the attrs name)", ("eps", "weight", "bias")),
     "unary": OpInfo("token", True, "attrs.fn in UNARY", ("fn",), "elementwise"),
     "binary": OpInfo("token", True, "attrs.fn in BINARY; second operand a tensor (broadcast) or attrs.scalar",
                      ("fn", "[scalar]", "[reverse]"), "elementwise"),
@@ -161,6 +163,17 @@ def row_broadcast(op_shape: tuple, out_shape: tuple) -> tuple[int, int]:
     for d in target[core[-1] + 1:] if core else []:
         repeat *= d
     return length, repeat
+
+
+def layer_norm_step(n: Node) -> dict:
+    """A layer_norm node as the elementwise step over its own inputs 1.. (weight, then bias)."""
+    step = {"fn": "layer_norm", "eps": n.attrs["eps"]}
+    k = 0
+    for key, present in (("operand", n.attrs.get("weight")), ("bias_operand", n.attrs.get("bias"))):
+        if present:
+            step[key] = k
+            k += 1
+    return step
 
 
 @dataclass

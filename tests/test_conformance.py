@@ -37,7 +37,7 @@ def conformance_graph() -> tuple[Graph, dict[str, tuple[int, int]]]:
         "table_pos": rng.uniform(0.2, 3.0, (V, C)),  # positive rows, for functions with a positive domain
         "table_pos_b": rng.uniform(0.2, 3.0, (V, C)),
         "vec": rng.uniform(0.5, 1.5, (C,)), "scalar": np.array([0.7]), "pos_table": rng.normal(0, 1, (1, S, C)),
-        "proj": rng.normal(0, 0.3, (N, C)), "bias": rng.normal(0, 0.5, (N,)), "gate": rng.normal(0, 1, (H,)),
+        "proj": rng.normal(0, 0.3, (N, C)), "gate_bias": rng.normal(0, 1, (C,)), "bias": rng.normal(0, 0.5, (N,)), "gate": rng.normal(0, 1, (H,)),
     }
     weights = {k: Weight(v.shape, "f32", v.astype(np.float32)) for k, v in w.items()}
     nodes: list[Node] = []
@@ -68,6 +68,8 @@ def conformance_graph() -> tuple[Graph, dict[str, tuple[int, int]]]:
     add("add_positions", "elementwise", ["x", "pos"], {"steps": [{"fn": "add", "operand": 0}]}, _act(C))
     add("rms_norm", "rms_norm", ["x"], {"eps": 1e-5}, _act(C))
     add("rms_norm_weight", "rms_norm", ["x", "vec"], {"eps": 1e-6}, _act(C))
+    add("layer_norm", "layer_norm", ["x"], {"eps": 1e-5, "weight": False, "bias": False}, _act(C))
+    add("layer_norm_affine", "layer_norm", ["x", "vec", "gate_bias"], {"eps": 1e-5, "weight": True, "bias": True}, _act(C))
     add("chain_with_norm", "elementwise", ["x", "b", "vec"],
         {"steps": [{"fn": "silu"}, {"fn": "mul", "operand": 0}, {"fn": "rms_norm", "eps": 1e-5, "operand": 1},
                    {"fn": "sub", "scalar": 0.5, "reverse": True}]}, _act(C))

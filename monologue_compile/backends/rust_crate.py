@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import OPS, SEQ, Graph, Node, row_broadcast
+from ..ir import OPS, SEQ, Graph, Node, layer_norm_step, row_broadcast
 from ..resources import runtime_rs_dir
 
 GENERATED = "model_gen.rs"
@@ -164,14 +164,21 @@ class Emitter:
         parts = []
         for st in steps:
             fn = st["fn"]
-            if fn == "rms_norm":
-                weight = "None"
-                if "operand" in st:
-                    wl = self.loc(operands[st["operand"]], n)
+            if fn in ("rms_norm", "layer_norm"):
+                vecs = []
+                for key in ("operand", "bias_operand"):
+                    if key not in st:
+                        vecs.append("None")
+                        continue
+                    wl = self.loc(operands[st[key]], n)
                     if wl.kind != "weight" or wl.len != out.shape[-1]:
-                        raise CodegenError(f"%{n.name}: rms_norm weight must be a weight of {out.shape[-1]} values")
-                    weight = f"Some(&{self.data(wl)}[{wl.off}..{wl.off + wl.len}])"
-                parts.append(f"Step::RmsNorm {{ eps: {_f32(st['eps'])}, width: {out.shape[-1]}, weight: {weight} }}")
+                        raise CodegenError(f"%{n.name}: {fn} weight/bias must be a weight of {out.shape[-1]} values")
+                    vecs.append(f"Some(&{self.data(wl)}[{wl.off}..{wl.off + wl.len}])")
+                if fn == "rms_norm":
+                    parts.append(f"Step::RmsNorm {{ eps: {_f32(st['eps'])}, width: {out.shape[-1]}, weight: {vecs[0]} }}")
+                else:
+                    parts.append(f"Step::LayerNorm {{ eps: {_f32(st['eps'])}, width: {out.shape[-1]}, weight: {vecs[0]}, "
+                                 f"bias: {vecs[1]} }}")
             elif fn in _UNARY:
                 parts.append(f"Step::Unary(Unary::{_UNARY[fn]})")
             elif fn in _BINARY:
@@ -261,6 +268,8 @@ class Emitter:
         x = self.act(n.inputs[0], n)
         if n.op == "rms_norm":
             steps = [{"fn": "rms_norm", "eps": at["eps"], **({"operand": 0} if len(n.inputs) > 1 else {})}]
+        elif n.op == "layer_norm":
+            steps = [layer_norm_step(n)]
         else:
             steps = at["steps"]
         if x.len != out.len:
@@ -385,6 +394,7 @@ KERNELS = {
     "attention": Emitter._k_attention,
     "elementwise": Emitter._k_elementwise,
     "rms_norm": Emitter._k_elementwise,
+    "layer_norm": Emitter._k_elementwise,
     "token_shift": Emitter._k_token_shift,
     "concat": Emitter._k_concat,
 }

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import SEQ, Graph, Node, row_broadcast
+from ..ir import SEQ, Graph, Node, layer_norm_step, row_broadcast
 from ..wgsl import kernels as kern
 
 PLAN_FORMAT = "monologue-plan"
@@ -391,6 +391,12 @@ class _Builder:
                                 {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
             start += x.row_floats
 
+    def _emit_layer_norm(self, n, T, out):
+        x = self.loc.get(n.inputs[0])
+        if x is None or x.row_floats != _per_token(n.type.shape):
+            _fail(n, "input 0 is not an activation of the output's shape")
+        self._steps(n, T, out, [layer_norm_step(n)], n.inputs[1:], x)
+
     def _emit_token_shift(self, n, T, out):
         x, y = self.loc.get(n.inputs[0]), self.loc[n.name]
         L = _per_token(n.type.shape)
@@ -497,8 +503,10 @@ class _Builder:
         H, Hkv, D = at["n_head"], at["n_kv_head"], at["head_dim"]
         kc, vc = self.kv[n.name]
         q, k, v = (self.loc[i] for i in n.inputs)
-        if q.at_pos or q.offset or q.row_stride != H * D:
-            _fail(n, "q is not a packed [T, H, D] buffer")
+        if q.at_pos:
+            _fail(n, "q is written into a KV cache")
+        if q.offset or q.row_stride != H * D:  # a strided view (q inside merged q|k|v rows): pack it
+            q = self._pack(n, T, out, q)
         for src, cache in ((k, kc), (v, vc)):
             if src.at_pos:
                 if src.buffer != cache:
@@ -558,6 +566,7 @@ EMITTERS = {
     "attention": _Builder._emit_attention,
     "elementwise": _Builder._emit_elementwise,
     "rms_norm": _Builder._emit_rms_norm,
+    "layer_norm": _Builder._emit_layer_norm,
     "token_shift": _Builder._emit_token_shift,
     "concat": _Builder._emit_concat,
 }

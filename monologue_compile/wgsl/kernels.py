@@ -249,7 +249,8 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
                 inplace: bool = False, x_offset: int = 0, x_row_stride: int | None = None, y_offset: int = 0,
                 y_row_stride: int | None = None, wg: int | None = None, covers=(), name: str = "elementwise") -> Kernel:
     """y[t] = steps(x[t]) over rows of L floats, for t < step.n_tokens: any chain of the IR's elementwise
-    steps (elementwise.py renders each function), tensor operands broadcast, RMSNorm over runs of `width`.
+    steps (elementwise.py renders each function), tensor operands broadcast, RMSNorm and LayerNorm over
+    runs of `width`.
 
     Each operand is {len, repeat, offset, row_stride, at_pos}: element j of row t reads
     op[offset + (t [+ step.pos]) * row_stride + (j / repeat) % len] (row_stride 0: a weight, the same
@@ -276,9 +277,11 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
     segments: list[dict] = []
     for st in steps:
         fn = st["fn"]
-        if fn == "rms_norm":
+        if fn in ("rms_norm", "layer_norm"):
             weight = read(st["operand"]) if "operand" in st else ""
-            segments.append(dict(kind="rms", width=width, eps=float(st["eps"]), weight=weight))
+            bias = read(st["bias_operand"]) if "bias_operand" in st else ""
+            segments.append(dict(kind="rms" if fn == "rms_norm" else "layer", width=width, eps=float(st["eps"]),
+                                 weight=weight, bias=bias))
             continue
         if "operand" in st:
             a, b = "v", read(st["operand"])
@@ -302,8 +305,9 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
     src = "y[yrow + j]" if inplace else f"x[{x_offset}u + tr * {L if x_row_stride is None else x_row_stride}u + j]"
     desc = " -> ".join(elementwise_fns.describe(st) for st in steps) or "x"
     params = dict(T=T, L=L, wg=wg, segments=segments, bindings=bindings, src=src, y_offset=y_offset, y_stride=y_stride,
-                  reduce=any(s["kind"] == "rms" for s in segments), desc=desc, covers=covers,
-                  functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps if st["fn"] != "rms_norm"]),
+                  reduce=any(s["kind"] != "map" for s in segments), desc=desc, covers=covers,
+                  functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps
+                                                            if st["fn"] not in ("rms_norm", "layer_norm")]),
                   operands=[dict(desc=f"{o['len']} floats, repeat {o.get('repeat', 1)}, row stride {o.get('row_stride', 0)}"
                                       + (" at step.pos" if o.get("at_pos") else "")) for o in operands])
     b = [Binding(bb["name"], "uniform" if bb["name"] == "step" else ("read_write" if bb["name"] == "y" else "read"))

@@ -53,6 +53,8 @@ pub enum Step<'a> {
     Tensor(Binary, Operand<'a>, bool),
     /// RMSNorm over each run of `width` elements (the last axis), times an optional weight
     RmsNorm { eps: f32, width: usize, weight: Option<&'a [f32]> },
+    /// LayerNorm over each run of `width` elements, times an optional weight, plus an optional bias
+    LayerNorm { eps: f32, width: usize, weight: Option<&'a [f32]>, bias: Option<&'a [f32]> },
 }
 
 /// x / sqrt(mean(x^2) + eps) [* w], in place.
@@ -62,6 +64,22 @@ pub fn rms_norm_in_place(x: &mut [f32], eps: f32, weight: Option<&[f32]>) {
     match weight {
         Some(w) => x.iter_mut().zip(w).for_each(|(v, w)| *v = *v * r * w),
         None => x.iter_mut().for_each(|v| *v *= r),
+    }
+}
+
+/// (x - mean) / sqrt(var + eps) [* w] [+ b], in place; two passes, as interpreter.layer_norm.
+pub fn layer_norm_in_place(x: &mut [f32], eps: f32, weight: Option<&[f32]>, bias: Option<&[f32]>) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    x.iter_mut().for_each(|v| *v -= mean);
+    let var = x.iter().map(|v| v * v).sum::<f32>() / n;
+    let r = 1.0 / (var + eps).sqrt();
+    x.iter_mut().for_each(|v| *v *= r);
+    if let Some(w) = weight {
+        x.iter_mut().zip(w).for_each(|(v, w)| *v *= w);
+    }
+    if let Some(b) = bias {
+        x.iter_mut().zip(b).for_each(|(v, b)| *v += b);
     }
 }
 
@@ -84,6 +102,11 @@ pub fn apply_steps(row: &mut [f32], t: usize, steps: &[Step]) {
             Step::RmsNorm { eps, width, weight } => {
                 for part in row.chunks_mut(width) {
                     rms_norm_in_place(part, eps, weight);
+                }
+            }
+            Step::LayerNorm { eps, width, weight, bias } => {
+                for part in row.chunks_mut(width) {
+                    layer_norm_in_place(part, eps, weight, bias);
                 }
             }
         }
