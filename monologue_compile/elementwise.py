@@ -199,10 +199,24 @@ def calls(name: str) -> list[str]:
     return out + [name]
 
 
+# --- rendering: one walk of the tree, each target language's spelling of leaves and primitives ---------
+
+def _render(e: Expr, lit, call, prim) -> str:
+    if e.kind == "var":
+        return e.name
+    if e.kind == "lit":
+        return lit(e.value)
+    args = [_render(a, lit, call, prim) for a in e.args]
+    if e.kind == "op":
+        return f"({args[0]} {e.name} {args[1]})"
+    if e.kind == "neg":
+        return f"(-{args[0]})"
+    if e.kind == "call":
+        return f"{call(e.name)}({', '.join(args)})"
+    return prim(e.name, args)
+
+
 # --- WGSL -------------------------------------------------------------------------------------------
-
-_WGSL_PRIMS = {"exp": "exp", "tanh": "tanh", "sqrt": "sqrt", "abs": "abs", "max": "max", "pow": "pow", "clamp": "clamp"}
-
 
 def _wgsl_float(v: float) -> str:
     from .wgsl.render import wgsl_float
@@ -210,21 +224,17 @@ def _wgsl_float(v: float) -> str:
     return wgsl_float(v)
 
 
-def wgsl_expr(e: Expr) -> str:
-    if e.kind == "var":
-        return e.name
-    if e.kind == "lit":
-        return _wgsl_float(e.value)
-    args = [wgsl_expr(a) for a in e.args]
-    if e.kind == "op":
-        return f"({args[0]} {e.name} {args[1]})"
-    if e.kind == "neg":
-        return f"(-{args[0]})"
-    if e.kind == "call":
-        return f"ew_{e.name}({', '.join(args)})"
-    if e.name == "copysign":
+def _wgsl_prim(name: str, args: list[str]) -> str:
+    if name == "copysign":
         return f"select(-abs({args[0]}), abs({args[0]}), {args[1]} >= 0.0)"
-    return f"{_WGSL_PRIMS[e.name]}({', '.join(args)})"
+    return f"{WGSL_PRIMS[name]}({', '.join(args)})"
+
+
+WGSL_PRIMS = {"exp": "exp", "tanh": "tanh", "sqrt": "sqrt", "abs": "abs", "max": "max", "pow": "pow", "clamp": "clamp"}
+
+
+def wgsl_expr(e: Expr) -> str:
+    return _render(e, _wgsl_float, lambda name: f"ew_{name}", _wgsl_prim)
 
 
 def wgsl_function(name: str) -> str:
@@ -273,26 +283,19 @@ def _rust_float(v: float) -> str:
     return f"{v!r}_f32"
 
 
-def rust_expr(e: Expr) -> str:
-    if e.kind == "var":
-        return e.name
-    if e.kind == "lit":
-        return _rust_float(e.value)
-    args = [rust_expr(a) for a in e.args]
-    if e.kind == "op":
-        return f"({args[0]} {e.name} {args[1]})"
-    if e.kind == "neg":
-        return f"(-{args[0]})"
-    if e.kind == "call":
-        return f"{e.name}({', '.join(args)})"
+def _rust_prim(name: str, args: list[str]) -> str:
     # f32::max / clamp lower to libm calls on wasm32: compare and select instead
-    if e.name == "max":
+    if name == "max":
         return f"pmax({args[0]}, {args[1]})"
-    if e.name == "clamp":
+    if name == "clamp":
         return f"pmin(pmax({args[0]}, {args[1]}), {args[2]})"
-    if e.name == "pow":
+    if name == "pow":
         return f"{args[0]}.powf({args[1]})"
-    return f"{args[0]}.{e.name}({', '.join(args[1:])})"
+    return f"{args[0]}.{name}({', '.join(args[1:])})"
+
+
+def rust_expr(e: Expr) -> str:
+    return _render(e, _rust_float, lambda name: name, _rust_prim)
 
 
 def _camel(name: str) -> str:

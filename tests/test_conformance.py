@@ -125,6 +125,18 @@ def test_every_backend_op_and_function_has_a_cell():
     assert all(f"binary_{fn}_tensor" in columns for fn in elementwise.BINARY)
 
 
+def test_ops_table_prints_every_op():
+    from click.testing import CliRunner
+
+    from monologue_compile.coverage import ops_cmd
+
+    table = CliRunner().invoke(ops_cmd).output.split("\n\n")[0]
+    rows = {line.split()[0]: line.split()[2:] for line in table.splitlines()[2:]}
+    assert set(rows) == set(OPS)
+    assert all(r[0] == "kernel" for r in rows.values())  # the interpreter runs every op
+    assert rows["elementwise"] == ["kernel", "kernel", "kernel"] and rows["unary"][1:] == ["->", "elementwise", "->", "elementwise"]
+
+
 def run_steps(forward, reset=None) -> np.ndarray:
     """Logits rows for IDS: one prefill of PREFILL tokens (two chunks), then one token at a time."""
     if reset:
@@ -165,7 +177,8 @@ def test_wgsl_cells_match_the_interpreter(reference, profile):
     assert check_cells(columns, got, want) == []
 
 
-def test_rust_native_cells_match_the_interpreter(reference, tmp_path):
+def native_model(g: Graph, tmp_path):
+    """The graph in the Rust runtime, built natively (the test session's shared crate dir), or a skip."""
     from test_runtime_native_parity import HAVE_CARGO, shared_crate_dir
 
     from monologue_compile.artifact import write_model
@@ -174,17 +187,13 @@ def test_rust_native_cells_match_the_interpreter(reference, tmp_path):
 
     if not HAVE_CARGO:
         pytest.skip("no Rust toolchain (cargo)")
-    g, columns, want = reference
     write_model(g, tmp_path / "model", "{}", {"model": {"config": g.meta["config"]}})
-    crate = emit_crate(g, shared_crate_dir())
     manifest, shards, _ = model_files(tmp_path)
-    m = NativeModel(build_native(crate, fast=True), manifest, shards, None)
-    got = run_steps(m.forward, m.reset)
-    assert check_cells(columns, got, want) == []
+    return NativeModel(build_native(emit_crate(g, shared_crate_dir()), fast=True), manifest, shards, None)
 
 
-def test_wasm_cells_match_the_interpreter(reference, tmp_path):
-    """runtime.wasm (Rust 1.63 for wasm32 + SIMD128) under Node, through web_shell/wasm_runtime.js."""
+def wasm_model(g: Graph, tmp_path):
+    """The graph in runtime.wasm (Rust 1.63 for wasm32 + SIMD128) under Node, or a skip."""
     from test_runtime_wasm_parity import HAVE_WASM
 
     from monologue_compile.artifact import write_model
@@ -193,9 +202,19 @@ def test_wasm_cells_match_the_interpreter(reference, tmp_path):
 
     if not HAVE_WASM:
         pytest.skip("no wasm32 Rust toolchain or no Node")
-    g, columns, want = reference
     write_model(g, tmp_path / "model", "{}", {"model": {"config": g.meta["config"]}})
     crate = emit_crate(g, tmp_path / "runtime_rs")
-    m = WasmModel(build_wasm(crate, tmp_path / "runtime.wasm", fast=True), tmp_path / "model", tokenizer=False)
-    got = run_steps(m.forward, m.reset)
-    assert check_cells(columns, got, want) == []
+    return WasmModel(build_wasm(crate, tmp_path / "runtime.wasm", fast=True), tmp_path / "model", tokenizer=False)
+
+
+def test_rust_native_cells_match_the_interpreter(reference, tmp_path):
+    g, columns, want = reference
+    m = native_model(g, tmp_path)
+    assert check_cells(columns, run_steps(m.forward, m.reset), want) == []
+
+
+def test_wasm_cells_match_the_interpreter(reference, tmp_path):
+    """runtime.wasm under Node, through web_shell/wasm_runtime.js."""
+    g, columns, want = reference
+    m = wasm_model(g, tmp_path)
+    assert check_cells(columns, run_steps(m.forward, m.reset), want) == []

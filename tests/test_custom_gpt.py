@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from monologue_compile.frontend.trace import trace
+from test_conformance import native_model, wasm_model
 from monologue_compile.interpreter import Session
 from monologue_compile.lower import lower
 from monologue_compile.parity import TOLERANCES, _torch_logits, metrics, rq_state_dict
@@ -142,32 +143,12 @@ def test_wgpu_matches_rq(compiled, profile):
 
 
 def test_rust_native_matches_rq(compiled, tmp_path):
-    from test_runtime_native_parity import HAVE_CARGO, shared_crate_dir
-
-    from monologue_compile.artifact import write_model
-    from monologue_compile.backends.native import NativeModel, model_files
-    from monologue_compile.backends.rust_crate import build_native, emit_crate
-
-    if not HAVE_CARGO:
-        pytest.skip("no Rust toolchain (cargo)")
     g, rq = compiled
-    write_model(g, tmp_path / "model", "{}", {"model": {"config": g.meta["config"]}})
-    manifest, shards, _ = model_files(tmp_path)
-    m = NativeModel(build_native(emit_crate(g, shared_crate_dir()), fast=True), manifest, shards, None)
+    m = native_model(g, tmp_path)
     check(m.forward, m.reset, rq)
 
 
 def test_wasm_matches_rq(compiled, tmp_path):
-    from test_runtime_wasm_parity import HAVE_WASM
-
-    from monologue_compile.artifact import write_model
-    from monologue_compile.backends.native import WasmModel
-    from monologue_compile.backends.rust_crate import build_wasm, emit_crate
-
-    if not HAVE_WASM:
-        pytest.skip("no wasm32 Rust toolchain or no Node")
     g, rq = compiled
-    write_model(g, tmp_path / "model", "{}", {"model": {"config": g.meta["config"]}})
-    crate = emit_crate(g, tmp_path / "runtime_rs")
-    m = WasmModel(build_wasm(crate, tmp_path / "runtime.wasm", fast=True), tmp_path / "model", tokenizer=False)
+    m = wasm_model(g, tmp_path)
     check(m.forward, m.reset, rq)
