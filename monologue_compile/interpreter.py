@@ -44,13 +44,15 @@ def layer_norm(x: np.ndarray, eps: float, weight: np.ndarray | None = None, bias
 
 def apply_step(v: np.ndarray, step: dict, operands: list[np.ndarray]) -> np.ndarray:
     """One epilogue / elementwise step: {"fn": unary} | {"fn": binary, "scalar"|"operand", "reverse"}
-    | {"fn": "rms_norm", "eps", ["operand"]} | {"fn": "layer_norm", "eps", ["operand"], ["bias_operand"]}."""
+    | {"fn": "rms_norm", "eps", ["operand"]} | {"fn": "layer_norm", "eps", ["operand"], ["bias_operand"]} | {"fn": "softmax"} (over the last axis)."""
     fn = step["fn"]
     if fn in UNARY_FNS:
         return UNARY_FNS[fn](v).astype(_F, copy=False)
     if fn == "rms_norm":
         w = operands[step["operand"]] if "operand" in step else None
         return rms_norm(v, step["eps"], w)
+    if fn == "softmax":
+        return softmax(v)
     if fn == "layer_norm":
         w = operands[step["operand"]] if "operand" in step else None
         b = operands[step["bias_operand"]] if "bias_operand" in step else None
@@ -187,10 +189,13 @@ def _mean(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
     return np.mean(args[0], axis=at["axis"], keepdims=True, dtype=_F)
 
 
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return (e / np.sum(e, axis=axis, keepdims=True, dtype=_F)).astype(_F)
+
+
 def _softmax(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
-    x = args[0] - np.max(args[0], axis=at["axis"], keepdims=True)
-    e = np.exp(x)
-    return (e / np.sum(e, axis=at["axis"], keepdims=True)).astype(_F)
+    return softmax(args[0], at["axis"])
 
 
 def _cast(s: Session, n: Node, at: dict, args: list) -> np.ndarray:

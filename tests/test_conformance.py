@@ -70,6 +70,10 @@ def conformance_graph() -> tuple[Graph, dict[str, tuple[int, int]]]:
     add("rms_norm_weight", "rms_norm", ["x", "vec"], {"eps": 1e-6}, _act(C))
     add("layer_norm", "layer_norm", ["x"], {"eps": 1e-5, "weight": False, "bias": False}, _act(C))
     add("layer_norm_affine", "layer_norm", ["x", "vec", "gate_bias"], {"eps": 1e-5, "weight": True, "bias": True}, _act(C))
+    add("softmax", "softmax", ["x"], {"axis": 2}, _act(C))
+    add("softmax_per_head", "softmax", ["heads"], {"axis": 3}, _act(H, C // H))
+    add("mean", "mean", ["x"], {"axis": 2}, _act(1))
+    add("mean_per_head", "mean", ["heads"], {"axis": 3}, _act(H, 1))
     add("chain_with_norm", "elementwise", ["x", "b", "vec"],
         {"steps": [{"fn": "silu"}, {"fn": "mul", "operand": 0}, {"fn": "rms_norm", "eps": 1e-5, "operand": 1},
                    {"fn": "sub", "scalar": 0.5, "reverse": True}]}, _act(C))
@@ -119,7 +123,7 @@ def test_every_backend_op_and_function_has_a_cell():
     """The graph covers every op a backend runs (all but those the passes always rewrite) and every function."""
     g, columns = conformance_graph()
     backend_ops = {op for op, info in OPS.items() if not info.becomes}
-    missing = backend_ops - covered_ops(g) - {"mean", "softmax", "cast", "attention", "rope", "permute", "expand"}
+    missing = backend_ops - covered_ops(g) - {"cast", "attention", "rope", "permute", "expand"}
     assert not missing, f"ops without a conformance cell: {missing}"
     assert all(f"unary_{fn}" in columns for fn in elementwise.UNARY)
     assert all(f"binary_{fn}_tensor" in columns for fn in elementwise.BINARY)
@@ -218,3 +222,28 @@ def test_wasm_cells_match_the_interpreter(reference, tmp_path):
     g, columns, want = reference
     m = wasm_model(g, tmp_path)
     assert check_cells(columns, run_steps(m.forward, m.reset), want) == []
+
+
+def test_every_conformance_kernel_compiles_under_tint(reference):
+    """The browser's compiler (Tint, headless Chromium) accepts every kernel of the conformance plan."""
+    import types
+
+    from wgsl_harness.browser import Browser
+
+    from monologue_compile.backends.wgsl_plan import build_plan
+
+    g, _, _ = reference
+    p = build_plan(g)
+    browser, why = Browser.open()
+    if browser is None:
+        pytest.skip(f"Chromium/Tint unavailable: {why}")
+    kinds = {"read-only-storage": "read", "storage": "read_write", "uniform": "uniform"}
+    try:
+        for pipe in p.plan["pipelines"]:
+            k = types.SimpleNamespace(name=pipe["name"], wgsl=p.kernels[pipe["kernel"].split("/", 1)[1]],
+                                      bindings=[types.SimpleNamespace(name=b["name"], kind=kinds[b["type"]])
+                                                for b in pipe["bindings"]])
+            res = browser.compile(k, pipe["features"])
+            assert res.get("errors") == [], (pipe["kernel"], res)
+    finally:
+        browser.close()

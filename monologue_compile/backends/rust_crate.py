@@ -179,6 +179,8 @@ class Emitter:
                 else:
                     parts.append(f"Step::LayerNorm {{ eps: {_f32(st['eps'])}, width: {out.shape[-1]}, weight: {vecs[0]}, "
                                  f"bias: {vecs[1]} }}")
+            elif fn == "softmax":
+                parts.append(f"Step::Softmax {{ width: {out.shape[-1]} }}")
             elif fn in _UNARY:
                 parts.append(f"Step::Unary(Unary::{_UNARY[fn]})")
             elif fn in _BINARY:
@@ -270,12 +272,23 @@ class Emitter:
             steps = [{"fn": "rms_norm", "eps": at["eps"], **({"operand": 0} if len(n.inputs) > 1 else {})}]
         elif n.op == "layer_norm":
             steps = [layer_norm_step(n)]
+        elif n.op == "softmax":
+            if at["axis"] != len(n.type.shape) - 1:
+                raise CodegenError(f"%{n.name}: softmax along axis {at['axis']} (the runtime's runs the last axis)")
+            steps = [{"fn": "softmax"}]
         else:
             steps = at["steps"]
         if x.len != out.len:
             raise CodegenError(f"%{n.name}: {n.op} that changes the shape is not supported")
         st = self.steps(n, steps, n.inputs[1:], out)
         return [f"k::elementwise({self.data(x)}, {x.view()}, t, {o}, {st});"]
+
+    def _k_mean(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        x = self.act(n.inputs[0], n)
+        if at["axis"] != len(n.type.shape) - 1:
+            raise CodegenError(f"%{n.name}: mean along axis {at['axis']} (the runtime averages the last axis)")
+        width = self.g.type_of(n.inputs[0]).shape[-1]
+        return [f"k::row_mean({self.data(x)}, {x.view()}, t, {width}, {o});"]
 
     def _k_concat(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
         if at["axis"] != len(n.type.shape) - 1:
@@ -395,6 +408,8 @@ KERNELS = {
     "elementwise": Emitter._k_elementwise,
     "rms_norm": Emitter._k_elementwise,
     "layer_norm": Emitter._k_elementwise,
+    "softmax": Emitter._k_elementwise,
+    "mean": Emitter._k_mean,
     "token_shift": Emitter._k_token_shift,
     "concat": Emitter._k_concat,
 }

@@ -397,6 +397,21 @@ class _Builder:
             _fail(n, "input 0 is not an activation of the output's shape")
         self._steps(n, T, out, [layer_norm_step(n)], n.inputs[1:], x)
 
+    def _emit_softmax(self, n, T, out):
+        x = self.loc.get(n.inputs[0])
+        if x is None or x.row_floats != _per_token(n.type.shape) or n.attrs["axis"] != len(n.type.shape) - 1:
+            _fail(n, "softmax of something that is not an activation, or not along the last axis")
+        self._steps(n, T, out, [{"fn": "softmax"}], [], x)
+
+    def _emit_mean(self, n, T, out):
+        x, y = self.loc.get(n.inputs[0]), self.loc[n.name]
+        width = self.g.type_of(n.inputs[0]).shape[-1]
+        if x is None or x.at_pos or n.attrs["axis"] != len(n.type.shape) - 1:
+            _fail(n, "mean of something that is not an activation, or not along the last axis")
+        out.append(_Pending("row_mean", (T, x.row_floats, width),
+                            dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset, y_row_stride=y.row_stride),
+                            {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
+
     def _emit_token_shift(self, n, T, out):
         x, y = self.loc.get(n.inputs[0]), self.loc[n.name]
         L = _per_token(n.type.shape)
@@ -569,6 +584,8 @@ EMITTERS = {
     "layer_norm": _Builder._emit_layer_norm,
     "token_shift": _Builder._emit_token_shift,
     "concat": _Builder._emit_concat,
+    "softmax": _Builder._emit_softmax,
+    "mean": _Builder._emit_mean,
 }
 BOUND = ("positions",)
 

@@ -249,8 +249,8 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
                 inplace: bool = False, x_offset: int = 0, x_row_stride: int | None = None, y_offset: int = 0,
                 y_row_stride: int | None = None, wg: int | None = None, covers=(), name: str = "elementwise") -> Kernel:
     """y[t] = steps(x[t]) over rows of L floats, for t < step.n_tokens: any chain of the IR's elementwise
-    steps (elementwise.py renders each function), tensor operands broadcast, RMSNorm and LayerNorm over
-    runs of `width`.
+    steps (elementwise.py renders each function), tensor operands broadcast, RMSNorm, LayerNorm and
+    softmax over runs of `width`.
 
     Each operand is {len, repeat, offset, row_stride, at_pos}: element j of row t reads
     op[offset + (t [+ step.pos]) * row_stride + (j / repeat) % len] (row_stride 0: a weight, the same
@@ -277,6 +277,9 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
     segments: list[dict] = []
     for st in steps:
         fn = st["fn"]
+        if fn == "softmax":
+            segments.append(dict(kind="softmax", width=width))
+            continue
         if fn in ("rms_norm", "layer_norm"):
             weight = read(st["operand"]) if "operand" in st else ""
             bias = read(st["bias_operand"]) if "bias_operand" in st else ""
@@ -305,15 +308,27 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
     src = "y[yrow + j]" if inplace else f"x[{x_offset}u + tr * {L if x_row_stride is None else x_row_stride}u + j]"
     desc = " -> ".join(elementwise_fns.describe(st) for st in steps) or "x"
     params = dict(T=T, L=L, wg=wg, segments=segments, bindings=bindings, src=src, y_offset=y_offset, y_stride=y_stride,
-                  reduce=any(s["kind"] != "map" for s in segments), desc=desc, covers=covers,
-                  functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps
-                                                            if st["fn"] not in ("rms_norm", "layer_norm")]),
+                  reduce=any(s["kind"] != "map" for s in segments), softmax=any(s["kind"] == "softmax" for s in segments),
+                  desc=desc, covers=covers,
+                  functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps if st["fn"] in elementwise_fns.FUNCTIONS]),
                   operands=[dict(desc=f"{o['len']} floats, repeat {o.get('repeat', 1)}, row stride {o.get('row_stride', 0)}"
                                       + (" at step.pos" if o.get("at_pos") else "")) for o in operands])
     b = [Binding(bb["name"], "uniform" if bb["name"] == "step" else ("read_write" if bb["name"] == "y" else "read"))
          for bb in bindings]
     return _finish(name, "elementwise", "elementwise.wgsl.j2", params, b, wg, grid(T),
                    4 * wg if params["reduce"] else 0)
+
+
+def row_mean(T: int, L: int, width: int, *, x_offset: int = 0, x_row_stride: int | None = None, y_offset: int = 0,
+             y_row_stride: int | None = None, wg: int = 64, covers=(), name: str = "row_mean") -> Kernel:
+    """y[t, j] = mean(x[t, j * width .. (j + 1) * width]) for j < L / width, t < step.n_tokens (a mean
+    over the last axis, keepdim). Bindings: x, y, step. One workgroup per row, a thread per output."""
+    covers = _common(covers)
+    _check(L % width == 0, f"width {width} does not divide the row of {L}")
+    params = dict(T=T, L=L, W=width, G=L // width, x_offset=x_offset, x_stride=L if x_row_stride is None else x_row_stride,
+                  y_offset=y_offset, y_stride=L // width if y_row_stride is None else y_row_stride, wg=wg, covers=covers)
+    b = [Binding("x", "read"), Binding("y", "read_write"), Binding("step", "uniform")]
+    return _finish(name, "row_mean", "row_mean.wgsl.j2", params, b, wg, grid(T), 0)
 
 
 def token_shift(T: int, L: int, *, x_offset: int = 0, x_row_stride: int | None = None, y_offset: int = 0,
@@ -526,6 +541,7 @@ FAMILIES = {
     "norm": norm,
     "elementwise": elementwise,
     "token_shift": token_shift,
+    "row_mean": row_mean,
     "rope_qknorm": rope_qknorm,
     "kv_write": kv_write,
     "attn_decode": attn_decode,

@@ -55,6 +55,8 @@ pub enum Step<'a> {
     RmsNorm { eps: f32, width: usize, weight: Option<&'a [f32]> },
     /// LayerNorm over each run of `width` elements, times an optional weight, plus an optional bias
     LayerNorm { eps: f32, width: usize, weight: Option<&'a [f32]>, bias: Option<&'a [f32]> },
+    /// softmax over each run of `width` elements
+    Softmax { width: usize },
 }
 
 /// x / sqrt(mean(x^2) + eps) [* w], in place.
@@ -107,6 +109,14 @@ pub fn apply_steps(row: &mut [f32], t: usize, steps: &[Step]) {
             Step::LayerNorm { eps, width, weight, bias } => {
                 for part in row.chunks_mut(width) {
                     layer_norm_in_place(part, eps, weight, bias);
+                }
+            }
+            Step::Softmax { width } => {
+                for part in row.chunks_mut(width) {
+                    let m = part.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+                    part.iter_mut().for_each(|v| *v = (*v - m).exp());
+                    let s = part.iter().sum::<f32>();
+                    part.iter_mut().for_each(|v| *v /= s);
                 }
             }
         }
@@ -969,6 +979,16 @@ pub fn rope(x: &[f32], xv: View, t: usize, head_dim: usize, cos: &[f32], cv: Vie
 }
 
 /// Apply steps to a copy of x (the `elementwise` kernel; also a standalone norm).
+/// The mean of each run of `width` elements of token t's row: out row j = mean(x row[j*width..][..width]).
+pub fn row_mean(x: &[f32], xv: View, t: usize, width: usize, out: &mut [f32], ov: View) {
+    for i in 0..t {
+        let (src, dst) = (xv.row(x, i), ov.row_mut(out, i));
+        for (j, d) in dst.iter_mut().enumerate() {
+            *d = src[j * width..(j + 1) * width].iter().sum::<f32>() / width as f32;
+        }
+    }
+}
+
 pub fn elementwise(x: &[f32], xv: View, t: usize, out: &mut [f32], ov: View, steps: &[Step]) {
     for i in 0..t {
         let row = ov.row_mut(out, i);
