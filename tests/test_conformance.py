@@ -198,6 +198,7 @@ def native_model(g: Graph, tmp_path):
 
 def wasm_model(g: Graph, tmp_path):
     """The graph in runtime.wasm (Rust 1.63 for wasm32 + SIMD128) under Node, or a skip."""
+    from test_runtime_native_parity import shared_crate_dir
     from test_runtime_wasm_parity import HAVE_WASM
 
     from monologue_compile.artifact import write_model
@@ -207,7 +208,8 @@ def wasm_model(g: Graph, tmp_path):
     if not HAVE_WASM:
         pytest.skip("no wasm32 Rust toolchain or no Node")
     write_model(g, tmp_path / "model", "{}", {"model": {"config": g.meta["config"]}})
-    crate = emit_crate(g, tmp_path / "runtime_rs")
+    # one crate dir for the session's wasm builds: cargo then recompiles only the generated code
+    crate = emit_crate(g, shared_crate_dir().parent / "wasm" / "runtime_rs")
     return WasmModel(build_wasm(crate, tmp_path / "runtime.wasm", fast=True), tmp_path / "model", tokenizer=False)
 
 
