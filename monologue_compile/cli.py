@@ -87,12 +87,13 @@ from training.cli import data_cmd, eval_cmd, train_cmd  # noqa: E402
 from .backends.rust_crate import build_runtime_cmd  # noqa: E402
 from .bench import bench_cmd  # noqa: E402
 from .chat import chat_cmd  # noqa: E402
+from .coverage import ops_cmd  # noqa: E402
 from .driver import compile_cmd, verify_cmd  # noqa: E402
 from .serve import serve_cmd  # noqa: E402
 
 for _name, _command in [
     ("train", train_cmd), ("eval", eval_cmd), ("data", data_cmd),
-    ("compile", compile_cmd), ("build-runtime", build_runtime_cmd), ("verify", verify_cmd),
+    ("compile", compile_cmd), ("build-runtime", build_runtime_cmd), ("verify", verify_cmd), ("ops", ops_cmd),
     ("chat", chat_cmd), ("bench", bench_cmd), ("serve", serve_cmd),
 ]:
     main.add_command(_command, _name)

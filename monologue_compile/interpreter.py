@@ -9,44 +9,18 @@ a decode step; both run the same graph, because every op is T-generic (see ir.py
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from .ir import OPS, Graph, Node
+from . import elementwise
+from .ir import OPS, Graph, Node, layer_norm_step
 
 _F = np.float32
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
-    # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): numpy has no erf, and a WGSL kernel needs the
-    # same closed form, so the reference uses it too.
-    s = np.sign(x)
-    a = np.abs(x)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * np.exp(-a * a)
-    return (s * y).astype(_F)
-
-
-UNARY_FNS = {
-    "neg": lambda x: -x,
-    "relu": lambda x: np.maximum(x, _F(0)),
-    "square": lambda x: x * x,
-    "tanh": np.tanh,
-    "sigmoid": lambda x: (_F(1) / (_F(1) + np.exp(-x))).astype(_F),
-    "silu": lambda x: (x / (_F(1) + np.exp(-x))).astype(_F),
-    "gelu": lambda x: (_F(0.5) * x * (_F(1) + _erf(x / _F(np.sqrt(2.0))))).astype(_F),
-    "gelu_tanh": lambda x: (_F(0.5) * x * (_F(1) + np.tanh(_F(np.sqrt(2 / np.pi)) * (x + _F(0.044715) * x ** 3)))).astype(_F),
-    "exp": np.exp,
-    "rsqrt": lambda x: (_F(1) / np.sqrt(x)).astype(_F),
-    "sqrt": np.sqrt,
-    "abs": np.abs,
-}
-BINARY_FNS = {
-    "add": np.add,
-    "sub": np.subtract,
-    "mul": np.multiply,
-    "div": np.divide,
-    "pow": np.power,
-}
+UNARY_FNS = {name: functools.partial(elementwise.unary, name) for name in elementwise.UNARY}
+BINARY_FNS = {name: functools.partial(elementwise.binary, name) for name in elementwise.BINARY}
 
 
 def rms_norm(x: np.ndarray, eps: float, weight: np.ndarray | None = None) -> np.ndarray:
@@ -55,15 +29,34 @@ def rms_norm(x: np.ndarray, eps: float, weight: np.ndarray | None = None) -> np.
     return (y * weight if weight is not None else y).astype(_F)
 
 
+def layer_norm(x: np.ndarray, eps: float, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+    # two passes (the mean, then squared deviations), as every backend computes it
+    mean = np.mean(x, axis=-1, keepdims=True, dtype=_F)
+    d = (x - mean).astype(_F)
+    var = np.mean(np.square(d, dtype=_F), axis=-1, keepdims=True, dtype=_F)
+    y = d * (_F(1) / np.sqrt(var + _F(eps)))
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y.astype(_F)
+
+
 def apply_step(v: np.ndarray, step: dict, operands: list[np.ndarray]) -> np.ndarray:
     """One epilogue / elementwise step: {"fn": unary} | {"fn": binary, "scalar"|"operand", "reverse"}
-    | {"fn": "rms_norm", "eps", ["operand"]}."""
+    | {"fn": "rms_norm", "eps", ["operand"]} | {"fn": "layer_norm", "eps", ["operand"], ["bias_operand"]} | {"fn": "softmax"} (over the last axis)."""
     fn = step["fn"]
     if fn in UNARY_FNS:
         return UNARY_FNS[fn](v).astype(_F, copy=False)
     if fn == "rms_norm":
         w = operands[step["operand"]] if "operand" in step else None
         return rms_norm(v, step["eps"], w)
+    if fn == "softmax":
+        return softmax(v)
+    if fn == "layer_norm":
+        w = operands[step["operand"]] if "operand" in step else None
+        b = operands[step["bias_operand"]] if "bias_operand" in step else None
+        return layer_norm(v, step["eps"], w, b)
     other = _F(step["scalar"]) if "scalar" in step else operands[step["operand"]]
     a, b = (other, v) if step.get("reverse") else (v, other)
     return BINARY_FNS[fn](a, b).astype(_F, copy=False)
@@ -152,73 +145,141 @@ def _val(a) -> np.ndarray:
     return a if isinstance(a, np.ndarray) else np.asarray(a.data, dtype=_F)
 
 
+def _embedding(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return _epilogue(embedding_rows(args[0], args[1]), at.get("epilogue", []), [_val(a) for a in args[2:]])
+
+
+def _linear(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return matvec(args[0], args[1], s.qf)
+
+
+def _matmul(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    x = args[0]
+    pro = at.get("prologue")
+    if pro:
+        x = rms_norm(x, pro["eps"])
+    y = matvec(x, args[1], s.qf)
+    return _epilogue(y, at.get("epilogue", []), [_val(a) for a in args[2:]])
+
+
+def _rms_norm(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return rms_norm(args[0], at["eps"], _val(args[1]) if len(args) > 1 else None)
+
+
+def _layer_norm(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return apply_step(_val(args[0]), layer_norm_step(n), [_val(a) for a in args[1:]])
+
+
+def _unary(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return UNARY_FNS[at["fn"]](args[0]).astype(_F, copy=False)
+
+
+def _binary(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    step = dict(at)
+    if "scalar" not in step:
+        step["operand"] = 0
+    return apply_step(_val(args[0]), step, [_val(a) for a in args[1:]])
+
+
+def _elementwise(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return _epilogue(_val(args[0]), at["steps"], [_val(a) for a in args[1:]])
+
+
+def _mean(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return np.mean(args[0], axis=at["axis"], keepdims=True, dtype=_F)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return (e / np.sum(e, axis=axis, keepdims=True, dtype=_F)).astype(_F)
+
+
+def _softmax(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return softmax(args[0], at["axis"])
+
+
+def _cast(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return args[0].astype(_F if at["dtype"] == "f32" else np.int64)
+
+
+def _positions(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    table = _val(args[0])
+    idx = [slice(None)] * table.ndim
+    idx[at["axis"]] = slice(s.pos, s.pos + s.T)
+    return table[tuple(idx)]
+
+
+def _reshape(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return _val(args[0]).reshape(_shape(at["shape"], s))
+
+
+def _permute(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return np.transpose(_val(args[0]), at["perm"])
+
+
+def _slice(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    x = _val(args[0])
+    idx = [slice(None)] * x.ndim
+    idx[at["axis"]] = slice(at["start"], at["end"])
+    return x[tuple(idx)]
+
+
+def _concat(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return np.concatenate([_val(a) for a in args], axis=at["axis"])
+
+
+def _expand(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return np.broadcast_to(_val(args[0]), _shape(at["shape"], s))
+
+
+def _rope(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    x, cos, sin = args
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    y = np.concatenate([x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos], axis=-1).astype(_F)
+    return _epilogue(y, at.get("epilogue", []), [_val(a) for a in args[3:]])
+
+
+def _token_shift(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    x = args[0]
+    prev = s.shift.get(n.name)
+    if prev is None:
+        prev = np.zeros_like(x[:, :1])
+    out = np.concatenate([prev, x[:, :-1]], axis=1)
+    s.shift[n.name] = x[:, -1:].copy()
+    return out
+
+
+# op -> its numpy semantics (the reference every backend is compared with)
+KERNELS = {
+    "embedding": _embedding,
+    "linear": _linear,
+    "matmul": _matmul,
+    "rms_norm": _rms_norm,
+    "layer_norm": _layer_norm,
+    "unary": _unary,
+    "binary": _binary,
+    "elementwise": _elementwise,
+    "mean": _mean,
+    "softmax": _softmax,
+    "cast": _cast,
+    "positions": _positions,
+    "reshape": _reshape,
+    "permute": _permute,
+    "slice": _slice,
+    "concat": _concat,
+    "expand": _expand,
+    "rope": _rope,
+    "attention": lambda s, n, at, args: _attention(s, n, args),
+    "token_shift": _token_shift,
+}
+
+
 def _run(s: Session, n: Node, args: list) -> np.ndarray:
-    op, at = n.op, n.attrs
-    if op == "embedding":
-        return _epilogue(embedding_rows(args[0], args[1]), at.get("epilogue", []), [_val(a) for a in args[2:]])
-    if op == "linear":
-        return matvec(args[0], args[1], s.qf)
-    if op == "matmul":
-        x = args[0]
-        pro = at.get("prologue")
-        if pro:
-            x = rms_norm(x, pro["eps"])
-        y = matvec(x, args[1], s.qf)
-        return _epilogue(y, at.get("epilogue", []), [_val(a) for a in args[2:]])
-    if op == "rms_norm":
-        return rms_norm(args[0], at["eps"], _val(args[1]) if len(args) > 1 else None)
-    if op == "unary":
-        return UNARY_FNS[at["fn"]](args[0]).astype(_F, copy=False)
-    if op == "binary":
-        step = dict(at)
-        if "scalar" not in step:
-            step["operand"] = 0
-        return apply_step(_val(args[0]), step, [_val(a) for a in args[1:]])
-    if op == "elementwise":
-        return _epilogue(_val(args[0]), at["steps"], [_val(a) for a in args[1:]])
-    if op == "mean":
-        return np.mean(args[0], axis=at["axis"], keepdims=True, dtype=_F)
-    if op == "softmax":
-        x = args[0] - np.max(args[0], axis=at["axis"], keepdims=True)
-        e = np.exp(x)
-        return (e / np.sum(e, axis=at["axis"], keepdims=True)).astype(_F)
-    if op == "cast":
-        return args[0].astype(_F if at["dtype"] == "f32" else np.int64)
-    if op == "positions":
-        table = _val(args[0])
-        idx = [slice(None)] * table.ndim
-        idx[at["axis"]] = slice(s.pos, s.pos + s.T)
-        return table[tuple(idx)]
-    if op == "reshape":
-        return _val(args[0]).reshape(_shape(at["shape"], s))
-    if op == "permute":
-        return np.transpose(_val(args[0]), at["perm"])
-    if op == "slice":
-        x = _val(args[0])
-        idx = [slice(None)] * x.ndim
-        idx[at["axis"]] = slice(at["start"], at["end"])
-        return x[tuple(idx)]
-    if op == "concat":
-        return np.concatenate([_val(a) for a in args], axis=at["axis"])
-    if op == "expand":
-        return np.broadcast_to(_val(args[0]), _shape(at["shape"], s))
-    if op == "rope":
-        x, cos, sin = args
-        d = x.shape[-1] // 2
-        x1, x2 = x[..., :d], x[..., d:]
-        y = np.concatenate([x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos], axis=-1).astype(_F)
-        return _epilogue(y, at.get("epilogue", []), [_val(a) for a in args[3:]])
-    if op == "attention":
-        return _attention(s, n, args)
-    if op == "token_shift":
-        x = args[0]
-        prev = s.shift.get(n.name)
-        if prev is None:
-            prev = np.zeros_like(x[:, :1])
-        out = np.concatenate([prev, x[:, :-1]], axis=1)
-        s.shift[n.name] = x[:, -1:].copy()
-        return out
-    raise NotImplementedError(f"interpreter has no kernel for op {op} ({OPS.get(op)})")
+    fn = KERNELS.get(n.op)
+    if fn is None:
+        raise NotImplementedError(f"interpreter has no kernel for op {n.op} ({OPS.get(n.op)})")
+    return fn(s, n, n.attrs, args)
 
 
 def _epilogue(y, steps, operands):

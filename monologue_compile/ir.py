@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from . import elementwise
+
 SEQ = "T"
 
 
@@ -87,42 +89,91 @@ class OpInfo:
     seq: str  # token: per position | position: reads a table by absolute position | mixing: across positions
     kernel: bool  # False for views (no data movement in a backend: a layout change or alias)
     doc: str
+    attrs: tuple = ()  # attribute names (optional ones in brackets)
+    becomes: str = ""  # the op the pass pipeline always rewrites this one into (backends never see it)
 
 
 # The op table: every op the IR can hold. Lowering emits the "primitive" ops; passes rewrite
 # them into the kernel ops (`matmul`, `rope`, `attention`, `elementwise`, ...). A backend
-# implements the ops that survive `passes.pipeline` (the `kernel=True` ones) and the views.
+# implements the ops that survive `passes.pipeline` (the `kernel=True` ones) and the views; its
+# table (interpreter.KERNELS, backends/rust_crate.KERNELS, backends/wgsl_plan.EMITTERS) is looked up
+# by op name, and `monologue ops` prints which backend covers which op. Elementwise functions
+# (attrs.fn, epilogue steps) are defined once in elementwise.py.
 OPS: dict[str, OpInfo] = {
     # primitives (from lowering)
-    "embedding": OpInfo("token", True, "rows of table[weight] at ids (weight: (V, C))"),
-    "linear": OpInfo("token", True, "y = x @ W.T  (W: (N, K)), f32 accumulation"),
-    "rms_norm": OpInfo("token", True, "x / sqrt(mean(x^2, last axis) + eps) [* weight]"),
-    "unary": OpInfo("token", True, "attrs.fn in UNARY"),
-    "binary": OpInfo("token", True, "attrs.fn in BINARY; second operand a tensor (broadcast) or attrs.scalar"),
-    "mean": OpInfo("token", True, "mean over attrs.axis (never the sequence axis), keepdim"),
-    "softmax": OpInfo("token", True, "softmax over attrs.axis (never the sequence axis)"),
-    "cast": OpInfo("token", True, "to attrs.dtype"),
-    "positions": OpInfo("position", True, "rows [pos, pos+T) of a table along attrs.axis"),
-    "attention": OpInfo("mixing", True, "causal SDPA over a KV cache; attrs: layout, gqa groups, scale, window"),
-    "token_shift": OpInfo("mixing", True, "y[t] = x[t-1], y[0] = 0: carried state of one position"),
+    "embedding": OpInfo("token", True, "rows of table[weight] at ids (weight: (V, C)); then epilogue", ("[epilogue]",)),
+    "linear": OpInfo("token", True, "y = x @ W.T  (W: (N, K)), f32 accumulation", (), "matmul"),
+    "rms_norm": OpInfo("token", True, "x / sqrt(mean(x^2, last axis) + eps) [* weight]", ("eps",)),
+    "layer_norm": OpInfo("token", True, "(x - mean) / sqrt(var + eps) over the last axis [* weight] [+ bias] "
+                         "(inputs x, then the weight and the bias the attrs name)", ("eps", "weight", "bias")),
+    "unary": OpInfo("token", True, "attrs.fn in UNARY", ("fn",), "elementwise"),
+    "binary": OpInfo("token", True, "attrs.fn in BINARY; second operand a tensor (broadcast) or attrs.scalar",
+                     ("fn", "[scalar]", "[reverse]"), "elementwise"),
+    "mean": OpInfo("token", True, "mean over attrs.axis (never the sequence axis), keepdim", ("axis",)),
+    "softmax": OpInfo("token", True, "softmax over attrs.axis (never the sequence axis)", ("axis",)),
+    "cast": OpInfo("token", True, "to attrs.dtype", ("dtype",)),
+    "positions": OpInfo("position", True, "rows [pos, pos+T) of a table along attrs.axis", ("axis",)),
+    "attention": OpInfo("mixing", True, "causal SDPA over a KV cache; attrs: layout, gqa groups, scale, window",
+                        ("layout", "n_head", "n_kv_head", "head_dim", "scale", "[window]")),
+    "token_shift": OpInfo("mixing", True, "y[t] = x[t-1], y[0] = 0: carried state of one position", ("[axis]",)),
     # views: no kernel, only a layout
-    "reshape": OpInfo("token", False, "same data, new shape (the sequence dim kept whole)"),
-    "permute": OpInfo("token", False, "axis permutation attrs.perm"),
-    "slice": OpInfo("token", False, "x[start:end] along attrs.axis (never the sequence axis)"),
-    "concat": OpInfo("token", True, "concatenate inputs along attrs.axis (never the sequence axis)"),
-    "expand": OpInfo("token", False, "broadcast to attrs.shape"),
+    "reshape": OpInfo("token", False, "same data, new shape (the sequence dim kept whole)", ("shape",)),
+    "permute": OpInfo("token", False, "axis permutation attrs.perm", ("perm",)),
+    "slice": OpInfo("token", False, "x[start:end] along attrs.axis (never the sequence axis)", ("axis", "start", "end")),
+    "concat": OpInfo("token", True, "concatenate inputs along attrs.axis (never the sequence axis)", ("axis",)),
+    "expand": OpInfo("token", False, "broadcast to attrs.shape", ("shape",)),
     # fused kernels (from passes)
     "matmul": OpInfo(
         "token",
         True,
         "y = epilogue(prologue(x) @ W.T); attrs.prologue: null | {rms_norm: eps}; attrs.epilogue: steps",
+        ("prologue", "epilogue"),
     ),
-    "rope": OpInfo("token", True, "half-split rotary: y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; then epilogue"),
-    "elementwise": OpInfo("token", True, "a chain of elementwise steps on input 0 (extra inputs are operands)"),
+    "rope": OpInfo("token", True, "half-split rotary: y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; then epilogue",
+                   ("epilogue",)),
+    "elementwise": OpInfo("token", True, "a chain of elementwise steps on input 0 (extra inputs are operands)", ("steps",)),
 }
 
-UNARY = ("neg", "relu", "square", "tanh", "sigmoid", "silu", "gelu", "gelu_tanh", "exp", "rsqrt", "sqrt", "abs")
-BINARY = ("add", "sub", "mul", "div", "pow")
+UNARY = tuple(elementwise.UNARY)
+BINARY = tuple(elementwise.BINARY)
+
+
+def row_broadcast(op_shape: tuple, out_shape: tuple) -> tuple[int, int]:
+    """How an operand repeats over one token's output row, as (len, repeat): element j reads the
+    operand's row at `(j / repeat) % len`. Right when the operand's own dims (per token for a
+    (1, T, ...) tensor, all of a fixed one), aligned to the right, are ones, then a run equal to the
+    output's dims, then ones: a scalar, a trailing vector, a per-head gate (H, 1) over (H, D).
+    ValueError otherwise. Every backend's tensor operands follow this one rule."""
+    if SEQ in op_shape and tuple(op_shape[:2]) != (1, SEQ):
+        raise ValueError(f"operand shape {op_shape} is not (1, T, ...)")
+    own = list(op_shape[2:]) if SEQ in op_shape else list(op_shape)
+    target = list(out_shape[2:]) if SEQ in out_shape else list(out_shape)
+    if len(own) > len(target):
+        if any(d != 1 for d in own[: len(own) - len(target)]):
+            raise ValueError(f"operand shape {op_shape} is larger than {out_shape}")
+        own = own[len(own) - len(target):]
+    own = [1] * (len(target) - len(own)) + own
+    core = [i for i, d in enumerate(own) if d != 1]
+    if core and (core != list(range(core[0], core[-1] + 1)) or any(own[i] != target[i] for i in core)):
+        raise ValueError(f"operand shape {op_shape} does not broadcast as a block over {out_shape}")
+    length = 1
+    for i in core:
+        length *= own[i]
+    repeat = 1
+    for d in target[core[-1] + 1:] if core else []:
+        repeat *= d
+    return length, repeat
+
+
+def layer_norm_step(n: Node) -> dict:
+    """A layer_norm node as the elementwise step over its own inputs 1.. (weight, then bias)."""
+    step = {"fn": "layer_norm", "eps": n.attrs["eps"]}
+    k = 0
+    for key, present in (("operand", n.attrs.get("weight")), ("bias_operand", n.attrs.get("bias"))):
+        if present:
+            step[key] = k
+            k += 1
+    return step
 
 
 @dataclass

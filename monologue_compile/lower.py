@@ -142,6 +142,13 @@ def _rms_norm(c, x, normalized_shape, weight=None, eps=None):
     return c.emit("rms_norm", inputs, {"eps": F32_EPS if eps is None else float(eps)})
 
 
+def _layer_norm(c, x, normalized_shape, weight=None, bias=None, eps=1e-5, *rest):
+    if len(normalized_shape) != 1:
+        c.fail("layer_norm over more than the last axis is not supported")
+    inputs = [c.t(x)] + [c.t(a) for a in (weight, bias) if a is not None]
+    return c.emit("layer_norm", inputs, {"eps": float(eps), "weight": weight is not None, "bias": bias is not None})
+
+
 def _reshape(c, x, shape):
     src = c.type(c.t(x))
     out = c.out_type()
@@ -342,6 +349,7 @@ CONVERTERS: dict[object, Callable] = {
     aten.embedding.default: _embedding,
     aten.linear.default: _linear,
     aten.rms_norm.default: _rms_norm,
+    aten.layer_norm.default: _layer_norm,
     aten.view.default: _reshape,
     aten.reshape.default: _reshape,
     aten._unsafe_view.default: _reshape,

@@ -27,11 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import elementwise
 from ..errors import MonologueError
-from ..ir import OPS, SEQ, Graph, Node
+from ..ir import OPS, SEQ, Graph, Node, layer_norm_step, row_broadcast
 from ..resources import runtime_rs_dir
 
 GENERATED = "model_gen.rs"
+ELEMENTWISE = "elementwise.rs"
 WASM_TARGET = "wasm32-unknown-unknown"
 LIB_NAME = {"linux": "libruntime_rs.so", "darwin": "libruntime_rs.dylib", "win32": "runtime_rs.dll"}
 
@@ -163,14 +165,23 @@ class Emitter:
         parts = []
         for st in steps:
             fn = st["fn"]
-            if fn == "rms_norm":
-                weight = "None"
-                if "operand" in st:
-                    wl = self.loc(operands[st["operand"]], n)
+            if fn in ("rms_norm", "layer_norm"):
+                vecs = []
+                for key in ("operand", "bias_operand"):
+                    if key not in st:
+                        vecs.append("None")
+                        continue
+                    wl = self.loc(operands[st[key]], n)
                     if wl.kind != "weight" or wl.len != out.shape[-1]:
-                        raise CodegenError(f"%{n.name}: rms_norm weight must be a weight of {out.shape[-1]} values")
-                    weight = f"Some(&{self.data(wl)}[{wl.off}..{wl.off + wl.len}])"
-                parts.append(f"Step::RmsNorm {{ eps: {_f32(st['eps'])}, width: {out.shape[-1]}, weight: {weight} }}")
+                        raise CodegenError(f"%{n.name}: {fn} weight/bias must be a weight of {out.shape[-1]} values")
+                    vecs.append(f"Some(&{self.data(wl)}[{wl.off}..{wl.off + wl.len}])")
+                if fn == "rms_norm":
+                    parts.append(f"Step::RmsNorm {{ eps: {_f32(st['eps'])}, width: {out.shape[-1]}, weight: {vecs[0]} }}")
+                else:
+                    parts.append(f"Step::LayerNorm {{ eps: {_f32(st['eps'])}, width: {out.shape[-1]}, weight: {vecs[0]}, "
+                                 f"bias: {vecs[1]} }}")
+            elif fn == "softmax":
+                parts.append(f"Step::Softmax {{ width: {out.shape[-1]} }}")
             elif fn in _UNARY:
                 parts.append(f"Step::Unary(Unary::{_UNARY[fn]})")
             elif fn in _BINARY:
@@ -190,93 +201,113 @@ class Emitter:
 
     @staticmethod
     def check_broadcast(n: Node, op: Loc, out: Loc) -> int:
-        """How an operand repeats over the output row: element j reads `row[(j / repeat) % len]`.
-        Right when the operand's own dims (per token, or all of a fixed tensor), aligned to the
-        right, are ones, then a run equal to the output's dims, then ones (a scalar, a trailing
-        vector, a per-head gate (H, 1) over (H, D)); returns `repeat`."""
-        if SEQ in op.shape and tuple(op.shape[:2]) != (1, SEQ):
-            raise CodegenError(f"%{n.name}: operand shape {op.shape} is not (1, T, ...)")
-        own = list(op.shape[2:]) if SEQ in op.shape else list(op.shape)
-        target = list(out.shape[2:]) if SEQ in out.shape else list(out.shape)
-        if len(own) > len(target):
-            if any(d != 1 for d in own[: len(own) - len(target)]):
-                raise CodegenError(f"%{n.name}: operand shape {op.shape} is larger than {out.shape}")
-            own = own[len(own) - len(target):]
-        own = [1] * (len(target) - len(own)) + own
-        core = [i for i, d in enumerate(own) if d != 1]
-        if core and (core != list(range(core[0], core[-1] + 1)) or any(own[i] != target[i] for i in core)):
-            raise CodegenError(f"%{n.name}: operand shape {op.shape} does not broadcast as a block over {out.shape}")
-        return _prod(target[core[-1] + 1:]) if core else 1
+        """The operand's `repeat` over the output row (ir.row_broadcast)."""
+        try:
+            return row_broadcast(op.shape, out.shape)[1]
+        except ValueError as e:
+            raise CodegenError(f"%{n.name}: {e}") from None
 
     # --- kernels ---------------------------------------------------------------------------------
     def kernel(self, n: Node) -> list[str]:
+        emit = KERNELS.get(n.op)
+        if emit is None:
+            raise CodegenError(f"%{n.name}: op {n.op!r} has no kernel in the Rust runtime ({n.source or 'no source'})")
         at = n.attrs
         out = self.locs[n.name]
-        o = f"&mut o, {out.view()}"
-        if n.op == "matmul":
-            x = self.act(n.inputs[0], n)
-            wname = n.inputs[1]
-            w = self.g.weights[wname]
-            rows, cols = w.shape
-            if x.len != cols or out.len != rows:
-                raise CodegenError(f"%{n.name}: matmul of {x.len} inputs by {tuple(w.shape)} into {out.len}")
-            pro = at.get("prologue")
-            pro_s = f"Some({_f32(pro['eps'])})" if pro else "None"
-            st = self.steps(n, at.get("epilogue", []), n.inputs[2:], out)
-            return [f"k::matmul({self.data(x)}, {x.view()}, t, {pro_s}, Mat::of(&w[{self.widx[wname]}], {rows}, {cols}), {o}, {st});"]
-        if n.op == "embedding":
-            table = self.g.weights[n.inputs[0]]
-            if out.len != table.shape[1]:
-                raise CodegenError(f"%{n.name}: embedding rows of {table.shape[1]} into {out.len}")
-            st = self.steps(n, at.get("epilogue", []), n.inputs[2:], out)
-            return [f"k::embedding(&w[{self.widx[n.inputs[0]]}], ids, {o}, {st});"]
-        if n.op == "positions":
-            w = self.g.weights[n.inputs[0]]
-            a = at["axis"]
-            if any(d != 1 for d in w.shape[:a]) or w.shape[a] < self.seq_len:
-                raise CodegenError(f"%{n.name}: position table {w.shape} along axis {a} does not cover sequence_len")
-            row = _prod(w.shape[a + 1:])
-            if row != out.len:
-                raise CodegenError(f"%{n.name}: position rows of {row} into {out.len}")
-            return [f"k::positions(w[{self.widx[n.inputs[0]]}].f32(), {row}, pos, t, {o});"]
-        if n.op == "rope":
-            x, c, s_ = (self.act(i, n) for i in n.inputs[:3])
-            hd = x.shape[-1]
-            if c.len != hd // 2 or s_.len != hd // 2 or out.len != x.len:
-                raise CodegenError(f"%{n.name}: rope tables of {c.len} for head_dim {hd}")
-            st = self.steps(n, at.get("epilogue", []), n.inputs[3:], out)
-            return [f"k::rope({self.data(x)}, {x.view()}, t, {hd}, {self.data(c)}, {c.view()}, {self.data(s_)}, {s_.view()}, {o}, {st});"]
-        if n.op == "attention":
-            if at["layout"] != "BTHD":
-                raise CodegenError(f"%{n.name}: attention layout {at['layout']} (the runtime reads (1, T, H, D))")
-            q, k_, v_ = (self.act(i, n) for i in n.inputs)
-            h, hkv, d = at["n_head"], at["n_kv_head"], at["head_dim"]
-            if q.len != h * d or k_.len != hkv * d or v_.len != hkv * d or out.len != h * d:
-                raise CodegenError(f"%{n.name}: attention shapes do not match n_head/n_kv_head/head_dim")
-            i = len(self.kv_nodes)
-            self.kv_nodes.append(n)
-            shape = (f"AttnShape {{ n_head: {h}, n_kv_head: {hkv}, head_dim: {d}, scale: {_f32(at['scale'])}, "
-                     f"window: {int(at.get('window') or 0)} }}")
-            return [f"k::attention({self.data(q)}, {q.view()}, {self.data(k_)}, {k_.view()}, {self.data(v_)}, {v_.view()}, "
-                    f"t, pos, &mut s.kv[{i}], {shape}, {o});"]
-        if n.op in ("elementwise", "rms_norm"):
-            x = self.act(n.inputs[0], n)
-            if n.op == "rms_norm":
-                steps = [{"fn": "rms_norm", "eps": at["eps"], **({"operand": 0} if len(n.inputs) > 1 else {})}]
-            else:
-                steps = at["steps"]
-            if x.len != out.len:
-                raise CodegenError(f"%{n.name}: {n.op} that changes the shape is not supported")
-            st = self.steps(n, steps, n.inputs[1:], out)
-            return [f"k::elementwise({self.data(x)}, {x.view()}, t, {o}, {st});"]
-        if n.op == "token_shift":
-            x = self.act(n.inputs[0], n)
-            if at.get("axis", 1) != 1 or x.len != out.len:
-                raise CodegenError(f"%{n.name}: token_shift along axis {at.get('axis')} (the runtime shifts along T)")
-            i = len(self.shift_nodes)
-            self.shift_nodes.append(out.len)
-            return [f"k::token_shift({self.data(x)}, {x.view()}, t, pos, &mut s.shift[{i}], {o});"]
-        raise CodegenError(f"%{n.name}: op {n.op!r} has no kernel in the Rust runtime ({n.source or 'no source'})")
+        return emit(self, n, at, out, f"&mut o, {out.view()}")
+
+    def _k_matmul(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        x = self.act(n.inputs[0], n)
+        wname = n.inputs[1]
+        w = self.g.weights[wname]
+        rows, cols = w.shape
+        if x.len != cols or out.len != rows:
+            raise CodegenError(f"%{n.name}: matmul of {x.len} inputs by {tuple(w.shape)} into {out.len}")
+        pro = at.get("prologue")
+        pro_s = f"Some({_f32(pro['eps'])})" if pro else "None"
+        st = self.steps(n, at.get("epilogue", []), n.inputs[2:], out)
+        return [f"k::matmul({self.data(x)}, {x.view()}, t, {pro_s}, Mat::of(&w[{self.widx[wname]}], {rows}, {cols}), {o}, {st});"]
+
+    def _k_embedding(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        table = self.g.weights[n.inputs[0]]
+        if out.len != table.shape[1]:
+            raise CodegenError(f"%{n.name}: embedding rows of {table.shape[1]} into {out.len}")
+        st = self.steps(n, at.get("epilogue", []), n.inputs[2:], out)
+        return [f"k::embedding(&w[{self.widx[n.inputs[0]]}], ids, {o}, {st});"]
+
+    def _k_positions(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        w = self.g.weights[n.inputs[0]]
+        a = at["axis"]
+        if any(d != 1 for d in w.shape[:a]) or w.shape[a] < self.seq_len:
+            raise CodegenError(f"%{n.name}: position table {w.shape} along axis {a} does not cover sequence_len")
+        row = _prod(w.shape[a + 1:])
+        if row != out.len:
+            raise CodegenError(f"%{n.name}: position rows of {row} into {out.len}")
+        return [f"k::positions(w[{self.widx[n.inputs[0]]}].f32(), {row}, pos, t, {o});"]
+
+    def _k_rope(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        x, c, s_ = (self.act(i, n) for i in n.inputs[:3])
+        hd = x.shape[-1]
+        if c.len != hd // 2 or s_.len != hd // 2 or out.len != x.len:
+            raise CodegenError(f"%{n.name}: rope tables of {c.len} for head_dim {hd}")
+        st = self.steps(n, at.get("epilogue", []), n.inputs[3:], out)
+        return [f"k::rope({self.data(x)}, {x.view()}, t, {hd}, {self.data(c)}, {c.view()}, {self.data(s_)}, {s_.view()}, {o}, {st});"]
+
+    def _k_attention(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        if at["layout"] != "BTHD":
+            raise CodegenError(f"%{n.name}: attention layout {at['layout']} (the runtime reads (1, T, H, D))")
+        q, k_, v_ = (self.act(i, n) for i in n.inputs)
+        h, hkv, d = at["n_head"], at["n_kv_head"], at["head_dim"]
+        if q.len != h * d or k_.len != hkv * d or v_.len != hkv * d or out.len != h * d:
+            raise CodegenError(f"%{n.name}: attention shapes do not match n_head/n_kv_head/head_dim")
+        i = len(self.kv_nodes)
+        self.kv_nodes.append(n)
+        shape = (f"AttnShape {{ n_head: {h}, n_kv_head: {hkv}, head_dim: {d}, scale: {_f32(at['scale'])}, "
+                 f"window: {int(at.get('window') or 0)} }}")
+        return [f"k::attention({self.data(q)}, {q.view()}, {self.data(k_)}, {k_.view()}, {self.data(v_)}, {v_.view()}, "
+                f"t, pos, &mut s.kv[{i}], {shape}, {o});"]
+
+    def _k_elementwise(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        x = self.act(n.inputs[0], n)
+        if n.op == "rms_norm":
+            steps = [{"fn": "rms_norm", "eps": at["eps"], **({"operand": 0} if len(n.inputs) > 1 else {})}]
+        elif n.op == "layer_norm":
+            steps = [layer_norm_step(n)]
+        elif n.op == "softmax":
+            if at["axis"] != len(n.type.shape) - 1:
+                raise CodegenError(f"%{n.name}: softmax along axis {at['axis']} (the runtime's runs the last axis)")
+            steps = [{"fn": "softmax"}]
+        else:
+            steps = at["steps"]
+        if x.len != out.len:
+            raise CodegenError(f"%{n.name}: {n.op} that changes the shape is not supported")
+        st = self.steps(n, steps, n.inputs[1:], out)
+        return [f"k::elementwise({self.data(x)}, {x.view()}, t, {o}, {st});"]
+
+    def _k_mean(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        x = self.act(n.inputs[0], n)
+        if at["axis"] != len(n.type.shape) - 1:
+            raise CodegenError(f"%{n.name}: mean along axis {at['axis']} (the runtime averages the last axis)")
+        width = self.g.type_of(n.inputs[0]).shape[-1]
+        return [f"k::row_mean({self.data(x)}, {x.view()}, t, {width}, {o});"]
+
+    def _k_concat(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        if at["axis"] != len(n.type.shape) - 1:
+            raise CodegenError(f"%{n.name}: concat along axis {at['axis']} (the runtime concatenates the last axis)")
+        lines, start = [], 0
+        for name in n.inputs:
+            x = self.act(name, n)
+            lines.append(f"k::elementwise({self.data(x)}, {x.view()}, t, &mut o, v({out.off + start}, {out.stride}, {x.len}), &[]);")
+            start += x.len
+        return lines
+
+    def _k_token_shift(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        x = self.act(n.inputs[0], n)
+        if at.get("axis", 1) != 1 or x.len != out.len:
+            raise CodegenError(f"%{n.name}: token_shift along axis {at.get('axis')} (the runtime shifts along T)")
+        i = len(self.shift_nodes)
+        self.shift_nodes.append(out.len)
+        return [f"k::token_shift({self.data(x)}, {x.view()}, t, pos, &mut s.shift[{i}], {o});"]
 
     def emit(self) -> str:
         body = []
@@ -368,9 +399,26 @@ class Emitter:
         return "\n".join(header + body + ["}", ""])
 
 
-_UNARY = {"neg": "Neg", "relu": "Relu", "square": "Square", "tanh": "Tanh", "sigmoid": "Sigmoid", "silu": "Silu",
-          "gelu": "Gelu", "gelu_tanh": "GeluTanh", "exp": "Exp", "rsqrt": "Rsqrt", "sqrt": "Sqrt", "abs": "Abs"}
-_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow"}
+# op -> the Emitter method that writes its kernel call (views are placed by Emitter.define)
+KERNELS = {
+    "matmul": Emitter._k_matmul,
+    "embedding": Emitter._k_embedding,
+    "positions": Emitter._k_positions,
+    "rope": Emitter._k_rope,
+    "attention": Emitter._k_attention,
+    "elementwise": Emitter._k_elementwise,
+    "rms_norm": Emitter._k_elementwise,
+    "layer_norm": Emitter._k_elementwise,
+    "softmax": Emitter._k_elementwise,
+    "mean": Emitter._k_mean,
+    "token_shift": Emitter._k_token_shift,
+    "concat": Emitter._k_concat,
+}
+VIEWS = ("reshape", "slice", "permute", "expand")
+
+
+_UNARY = {name: elementwise.rust_variant(name) for name in elementwise.UNARY}
+_BINARY = {name: elementwise.rust_variant(name) for name in elementwise.BINARY}
 
 
 def _f32(x) -> str:
@@ -405,6 +453,8 @@ def emit_crate(g: Graph, crate_dir: Path, code: str | None = None) -> Path:
             shutil.copy2(src / name, crate_dir / name)
     shutil.copytree(src / "src", crate_dir / "src")
     (crate_dir / "src" / GENERATED).write_text(code)
+    # the checked-in copy is what the library builds without a model; the registry is what counts
+    (crate_dir / "src" / ELEMENTWISE).write_text(elementwise.rust_source())
     lib = crate_dir / "src" / "lib.rs"
     lib.write_text(lib.read_text() + "\n// the compiled model (emitted by monologue-compile)\npub mod model_abi;\npub mod model_gen;\n")
     return crate_dir

@@ -28,8 +28,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import elementwise
 from ..errors import MonologueError
-from ..ir import SEQ, Graph, Node
+from ..ir import SEQ, Graph, Node, layer_norm_step, row_broadcast
 from ..wgsl import kernels as kern
 
 PLAN_FORMAT = "monologue-plan"
@@ -194,18 +195,26 @@ class _Builder:
             rows = _per_token(n.type.shape)
             if n.op in VIEWS:
                 src = self.loc.get(n.inputs[0])
+                if src is None and n.inputs[0] in g.weights and g.weights[n.inputs[0]].dtype == "f32":
+                    # a view of an f32 weight (a per-layer scalar of a lambda vector): the same for every token
+                    w = g.weights[n.inputs[0]]
+                    src = Loc(self._table(n.inputs[0]), 0, 0, math.prod(w.shape))
                 if src is None:
-                    _fail(n, "a view of something that is not an activation")
+                    _fail(n, "a view of something that is neither an activation nor an f32 weight")
                 if n.op == "slice":
-                    if n.attrs["axis"] != len(n.type.shape) - 1:
-                        _fail(n, "only slices of the last axis (merged projections) are supported")
-                    src = Loc(src.buffer, src.offset + n.attrs["start"], src.row_stride, rows, src.at_pos)
+                    shape = g.type_of(n.inputs[0]).shape
+                    a = n.attrs["axis"]
+                    first = 2 if SEQ in shape else 0
+                    if a < first or any(d != 1 for d in shape[first:a]):
+                        _fail(n, f"slice along axis {a} of {shape} is not one block per token (needs a copy)")
+                    inner = math.prod(shape[a + 1:])
+                    src = Loc(src.buffer, src.offset + n.attrs["start"] * inner, src.row_stride, rows, src.at_pos)
                 else:
                     src = Loc(src.buffer, src.offset, src.row_stride, rows, src.at_pos)
                 self.loc[n.name] = src
                 continue
-            if n.op == "positions":
-                continue  # the table is bound whole, see _emit rope
+            if n.op in BOUND:
+                continue  # the table is bound whole, see _emit_rope
             buf = None
             if n.name in g.outputs:
                 buf = self._buffer("logits", 4 * self.chunk * rows)
@@ -264,7 +273,7 @@ class _Builder:
         out: list[_Pending] = []
         for n in self.g.nodes:
             try:
-                getattr(self, f"_emit_{n.op}", self._unsupported)(n, T, out)
+                EMITTERS.get(n.op, _Builder._unsupported)(self, n, T, out)
             except ValueError as e:  # a kernel constructor refused the shapes
                 _fail(n, str(e))
         return out
@@ -274,7 +283,7 @@ class _Builder:
         return kw | CPU_KERNELS.get(family, {}) if self.cpu else kw
 
     def _unsupported(self, n, T, out):
-        if n.op in VIEWS or n.op == "positions":
+        if n.op in VIEWS or n.op in BOUND:
             return
         _fail(n, f"op {n.op} has no WGSL kernel mapping")
 
@@ -301,17 +310,130 @@ class _Builder:
                      f"({w.quant['scheme']}, k_pad {w.quant['k_pad']})")
         ep = n.attrs.get("epilogue") or []
         norm = bool(ep) and ep[0]["fn"] == "rms_norm" and "operand" not in ep[0]
-        if ep[int(norm):]:
-            _fail(n, f"embedding epilogue {ep} (only rms_norm)")
         kw = dict(norm=norm, eps=ep[0]["eps"]) if norm else {}
         y = self.loc[n.name]
         ids_buf = self._buffer("ids", 4 * self.chunk, role="input")
         for qb, sb, r0, r1 in self._weight(table):
             out.append(_Pending("embed_int8", (T, V, C), dict(kw, row_start=r0, n_rows=r1 - r0),
                                 {"ids": ids_buf, "table": qb, "scale": sb, "y": y.buffer, "step": STEP_BUFFER}, n.name))
+        if ep[int(norm):]:  # the rest of the epilogue runs over the gathered rows in place
+            self._steps(n, T, out, ep[int(norm):], n.inputs[2:], None, inplace=True)
+
+    def _steps(self, n: Node, T: int, out: list, steps: list, operands: list[str], x: Loc | None, inplace=False):
+        """One `elementwise` dispatch: `steps` over the rows of x (or of n's output, in place)."""
+        y = self.loc[n.name]
+        if y.at_pos:
+            _fail(n, "elementwise steps on rows written into a KV cache")
+        bufs = {} if inplace else {"x": x.buffer}
+        ops = []
+        for k, name in enumerate(operands):
+            loc, desc = self._operand(n, name)
+            bufs[f"op{k}"] = loc.buffer
+            ops.append(desc)
+        for b in bufs.values():
+            if b == y.buffer and not inplace:
+                _fail(n, "an operand shares the output buffer")
+        bufs.update(y=y.buffer, step=STEP_BUFFER)
+        kw = dict(width=n.type.shape[-1], inplace=inplace, y_offset=y.offset, y_row_stride=y.row_stride)
+        if not inplace:
+            kw.update(x_offset=x.offset, x_row_stride=x.row_stride)
+        out.append(_Pending("elementwise", (T, y.row_floats, steps, ops), kw, bufs, n.name))
+
+    def _pack(self, n: Node, T: int, out: list, x: Loc) -> Loc:
+        """A copy of the strided rows x into a packed scratch buffer (for kernels that read packed rows)."""
+        buf = self._buffer(f"pack:{n.name}", 4 * self.chunk * x.row_floats, role="scratch")
+        out.append(_Pending("elementwise", (T, x.row_floats, [], []),
+                            dict(x_offset=x.offset, x_row_stride=x.row_stride), {"x": x.buffer, "y": buf, "step": STEP_BUFFER},
+                            n.name))
+        return Loc(buf, 0, x.row_floats, x.row_floats)
+
+    def _operand(self, n: Node, name: str) -> tuple[Loc, dict]:
+        """Where a tensor operand lives and how element j of row t reads it (kernels.elementwise)."""
+        try:
+            length, repeat = row_broadcast(self.g.type_of(name).shape, n.type.shape)
+        except ValueError as e:
+            _fail(n, str(e))
+        p = self.producer.get(name)
+        if p is not None and p.op in BOUND:
+            table = self.g.weights[p.inputs[0]]
+            if p.attrs.get("axis") != 1 or table.shape[0] != 1 or table.shape[1] < self.S:
+                _fail(n, f"position table {p.inputs[0]} {table.shape} is not (1, >= sequence_len, ...)")
+            row = math.prod(table.shape[2:])
+            return Loc(self._table(p.inputs[0]), 0, row, row), dict(len=length, repeat=repeat, row_stride=row, at_pos=True)
+        if name in self.g.weights:
+            if self.g.weights[name].dtype != "f32":
+                _fail(n, f"operand {name} is an int8 weight")
+            loc = Loc(self._table(name), 0, 0, math.prod(self.g.weights[name].shape))
+        else:
+            loc = self.loc.get(name)
+            if loc is None:
+                _fail(n, f"operand %{name} is not an activation")
+        return loc, dict(len=length, repeat=repeat, offset=loc.offset, row_stride=loc.row_stride, at_pos=loc.at_pos)
+
+    def _emit_elementwise(self, n, T, out):
+        x = self.loc.get(n.inputs[0])
+        if x is None or x.row_floats != _per_token(n.type.shape):
+            _fail(n, "input 0 is not an activation of the output's shape")
+        self._steps(n, T, out, n.attrs["steps"], n.inputs[1:], x)
+
+    def _emit_concat(self, n, T, out):
+        y = self.loc[n.name]
+        if n.attrs["axis"] != len(n.type.shape) - 1 or y.at_pos:
+            _fail(n, "concat along an axis other than the last (needs a transposing copy)")
+        start = 0
+        for name in n.inputs:
+            x = self.loc.get(name)
+            if x is None:
+                _fail(n, f"concat input %{name} is not an activation")
+            out.append(_Pending("elementwise", (T, x.row_floats, [], []),
+                                dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset + start,
+                                     y_row_stride=y.row_stride),
+                                {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
+            start += x.row_floats
+
+    def _emit_layer_norm(self, n, T, out):
+        x = self.loc.get(n.inputs[0])
+        if x is None or x.row_floats != _per_token(n.type.shape):
+            _fail(n, "input 0 is not an activation of the output's shape")
+        self._steps(n, T, out, [layer_norm_step(n)], n.inputs[1:], x)
+
+    def _emit_softmax(self, n, T, out):
+        x = self.loc.get(n.inputs[0])
+        if x is None or x.row_floats != _per_token(n.type.shape) or n.attrs["axis"] != len(n.type.shape) - 1:
+            _fail(n, "softmax of something that is not an activation, or not along the last axis")
+        self._steps(n, T, out, [{"fn": "softmax"}], [], x)
+
+    def _emit_mean(self, n, T, out):
+        x, y = self.loc.get(n.inputs[0]), self.loc[n.name]
+        width = self.g.type_of(n.inputs[0]).shape[-1]
+        if x is None or x.at_pos or n.attrs["axis"] != len(n.type.shape) - 1:
+            _fail(n, "mean of something that is not an activation, or not along the last axis")
+        out.append(_Pending("row_mean", (T, x.row_floats, width),
+                            dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset, y_row_stride=y.row_stride),
+                            {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
+
+    def _emit_token_shift(self, n, T, out):
+        x, y = self.loc.get(n.inputs[0]), self.loc[n.name]
+        L = _per_token(n.type.shape)
+        if x is None or x.at_pos or x.row_floats != L or n.attrs.get("axis", 1) != 1:
+            _fail(n, "token_shift of something that is not an activation row, or not along T")
+        carried = self._buffer(f"shift:{n.name}", 4 * L, role="state")
+        kw = dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset, y_row_stride=y.row_stride)
+        bufs = {"x": x.buffer, "carried": carried, "y": y.buffer, "step": STEP_BUFFER}
+        for i in range(2):
+            out.append(_Pending("token_shift", (T, L), kw, bufs, n.name, index=i))
+
+    def _emit_rms_norm(self, n, T, out):
+        x = self.loc.get(n.inputs[0])
+        if x is None or x.row_floats != _per_token(n.type.shape):
+            _fail(n, "input 0 is not an activation of the output's shape")
+        step = {"fn": "rms_norm", "eps": n.attrs["eps"], **({"operand": 0} if len(n.inputs) > 1 else {})}
+        self._steps(n, T, out, [step], n.inputs[1:], x)
 
     def _epilogue(self, n: Node) -> dict:
-        """The kernels' fixed epilogue `y (+)= softcap(act(acc + bias))` from the node's steps."""
+        """The matrix kernels' epilogue `y (+)= steps(acc + bias)`: a leading add of a weight is the bias
+        binding, a trailing add of the dying residual stream is done in place, and the steps between
+        are rendered from their elementwise definitions (any chain of unary and scalar steps)."""
         steps = list(n.attrs.get("epilogue") or [])
         ops = n.inputs[2:]
         kw: dict = {}
@@ -320,18 +442,15 @@ class _Builder:
             kw["residual"] = True
         if steps and steps[0].get("fn") == "add" and "operand" in steps[0] and ops[steps[0]["operand"]] in self.g.weights:
             kw["bias"] = ops[steps.pop(0)["operand"]]
-        acts = {("relu", "square"): "relu2", ("gelu",): "gelu", ("gelu_tanh",): "gelu_tanh", ("silu",): "silu"}
-        for pat, act in acts.items():
-            if tuple(s.get("fn") for s in steps[:len(pat)]) == pat and all(len(s) == 1 for s in steps[:len(pat)]):
-                kw["act"] = act
-                steps = steps[len(pat):]
-                break
-        if (len(steps) == 3 and steps[0].get("fn") == "div" and steps[1] == {"fn": "tanh"}
-                and steps[2].get("fn") == "mul" and steps[0].get("scalar") == steps[2].get("scalar") is not None):
-            kw["softcap"] = float(steps[0]["scalar"])
-            steps = []
-        if steps:
-            _fail(n, f"epilogue steps {steps} do not fit the kernels' bias/activation/softcap/residual epilogue")
+        # from the first step that reads a tensor (or norms a row) on, the steps run as an in-place
+        # elementwise dispatch after the matrix kernel
+        cut = next((i for i, st in enumerate(steps) if "operand" in st or st["fn"] not in elementwise.FUNCTIONS), len(steps))
+        if steps[:cut]:
+            kw["steps"] = steps[:cut]
+        if steps[cut:]:
+            if kw.get("residual"):
+                _fail(n, f"epilogue steps {steps[cut:]} before an in-place residual add")
+            kw["rest"] = steps[cut:]
         return kw
 
     def _emit_matmul(self, n, T, out):
@@ -340,10 +459,11 @@ class _Builder:
         N, K = w.shape
         if x.row_floats != K or x.at_pos:
             _fail(n, "input rows are not K contiguous floats")
-        if x.offset or x.row_stride != K:
-            _fail(n, "input is a strided view (the matmul kernels read packed rows)")
+        if x.offset or x.row_stride != K:  # a strided view: the matmul kernels read packed rows
+            x = self._pack(n, T, out, x)
         ep = self._epilogue(n)
         bias = ep.pop("bias", None)
+        rest = ep.pop("rest", None)
         pro = n.attrs.get("prologue")
         kw = dict(group=self._group(n, w, K), norm=bool(pro), **ep)
         if pro:
@@ -361,6 +481,8 @@ class _Builder:
             else:
                 out.append(_Pending("matmul_int8", (T, r1 - r0, K), dict(kw, bias=bool(bias), out_offset=r0,
                                                                           out_row_stride=N), bufs, n.name))
+        if rest:
+            self._steps(n, T, out, rest, n.inputs[2:], None, inplace=True)
 
     def _emit_rope(self, n, T, out):
         x = self.loc[n.inputs[0]]
@@ -396,8 +518,10 @@ class _Builder:
         H, Hkv, D = at["n_head"], at["n_kv_head"], at["head_dim"]
         kc, vc = self.kv[n.name]
         q, k, v = (self.loc[i] for i in n.inputs)
-        if q.at_pos or q.offset or q.row_stride != H * D:
-            _fail(n, "q is not a packed [T, H, D] buffer")
+        if q.at_pos:
+            _fail(n, "q is written into a KV cache")
+        if q.offset or q.row_stride != H * D:  # a strided view (q inside merged q|k|v rows): pack it
+            q = self._pack(n, T, out, q)
         for src, cache in ((k, kc), (v, vc)):
             if src.at_pos:
                 if src.buffer != cache:
@@ -446,6 +570,24 @@ class _Builder:
         self.topk_out = prev
         self.topk_k = k
         return am, tk
+
+
+# op -> the method that appends its dispatches; views become offsets (allocate), and BOUND ops
+# are read by their users' kernels straight from the weight they index.
+EMITTERS = {
+    "embedding": _Builder._emit_embedding,
+    "matmul": _Builder._emit_matmul,
+    "rope": _Builder._emit_rope,
+    "attention": _Builder._emit_attention,
+    "elementwise": _Builder._emit_elementwise,
+    "rms_norm": _Builder._emit_rms_norm,
+    "layer_norm": _Builder._emit_layer_norm,
+    "token_shift": _Builder._emit_token_shift,
+    "concat": _Builder._emit_concat,
+    "softmax": _Builder._emit_softmax,
+    "mean": _Builder._emit_mean,
+}
+BOUND = ("positions",)
 
 
 def _covers(g: Graph, names: list[str]) -> list[str]:

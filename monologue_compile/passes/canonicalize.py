@@ -1,10 +1,13 @@
-"""Canonicalize: drop dead code and duplicates, fold views, and fold attention's transposes into its layout."""
+"""Canonicalize: drop dead code and duplicates, fold views, fold attention's transposes into its layout,
+fold subgraphs of weights alone into derived weights, and turn the written-out RMSNorm into `rms_norm`."""
 
 from __future__ import annotations
 
 import json
 
-from ..ir import OPS, Graph
+import numpy as np
+
+from ..ir import OPS, SEQ, Graph, Weight
 
 
 def dead_code(g: Graph) -> Graph:
@@ -65,6 +68,83 @@ def fold_views(g: Graph) -> Graph:
     return dead_code(g)
 
 
+def fold_constants(g: Graph) -> Graph:
+    """A node computed from f32 weights alone (a `1 + w` norm weight, a product of two parameters)
+    becomes a derived weight holding its value, evaluated once by the interpreter's kernels."""
+    from ..interpreter import KERNELS, Session
+
+    s = Session(Graph({}, {}, [], [], {}), max_len=1)
+    for n in list(g.nodes):
+        ins = [g.weights.get(i) for i in n.inputs]
+        # views stay views (they cost nothing); position tables are read per step
+        if (not n.inputs or not OPS[n.op].kernel or OPS[n.op].seq != "token" or SEQ in n.type.shape
+                or any(w is None or w.dtype != "f32" for w in ins)):
+            continue
+        value = KERNELS[n.op](s, n, n.attrs, ins)
+        value = np.ascontiguousarray(value, dtype=np.float32)
+        g.weights[n.name] = Weight(tuple(value.shape), "f32", value, None, "derived")
+        g.nodes.remove(n)
+    return dead_code(g)
+
+
+def _is_scalar(n, fn: str, value: float | None = None) -> bool:
+    return (n is not None and n.op == "binary" and n.attrs.get("fn") == fn and "scalar" in n.attrs
+            and not n.attrs.get("reverse") and (value is None or float(n.attrs["scalar"]) == value))
+
+
+def rms_norm_idiom(g: Graph) -> Graph:
+    """The written-out RMSNorm `x * rsqrt(mean(x * x, -1) + eps)` (square, x*x or pow 2; either operand
+    order) becomes `rms_norm(x)`; a following multiply by a weight vector over the last axis becomes
+    its weight (after fold_constants, `(1 + w)` is such a weight too)."""
+    by_name = {n.name: n for n in g.nodes}
+    last = {n.name: len(n.type.shape) - 1 for n in g.nodes}
+
+    def squared(name):
+        q = by_name.get(name)
+        if q is None:
+            return None
+        if q.op == "unary" and q.attrs["fn"] == "square":
+            return q.inputs[0]
+        if q.op == "binary" and q.attrs.get("fn") == "mul" and len(q.inputs) == 2 and q.inputs[0] == q.inputs[1]:
+            return q.inputs[0]
+        return None
+
+    def inv_rms(name):
+        """(x, eps) when name is rsqrt(mean(x^2, last axis) + eps)."""
+        r = by_name.get(name)
+        if r is None or r.op != "unary" or r.attrs["fn"] != "rsqrt":
+            return None
+        a = by_name.get(r.inputs[0])
+        if not _is_scalar(a, "add"):
+            return None
+        m = by_name.get(a.inputs[0])
+        if m is None or m.op != "mean" or m.attrs["axis"] != last[m.name]:
+            return None
+        x = squared(m.inputs[0])
+        return (x, float(a.attrs["scalar"])) if x is not None else None
+
+    for n in g.nodes:
+        if n.op != "binary" or n.attrs.get("fn") != "mul" or len(n.inputs) != 2:
+            continue
+        for x, r in (n.inputs, n.inputs[::-1]):
+            found = inv_rms(r)
+            if found and found[0] == x and g.type_of(x).shape == n.type.shape:
+                n.op, n.inputs, n.attrs = "rms_norm", [x], {"eps": found[1]}
+                break
+    users = g.users()
+    for n in g.nodes:
+        if n.op != "binary" or n.attrs.get("fn") != "mul" or len(n.inputs) != 2:
+            continue
+        for a, w in (n.inputs, n.inputs[::-1]):
+            src = by_name.get(a)
+            wt = g.weights.get(w)
+            if (src is not None and src.op == "rms_norm" and len(src.inputs) == 1 and len(users.get(a, [])) == 1
+                    and wt is not None and wt.dtype == "f32" and tuple(wt.shape) == (n.type.shape[-1],)):
+                n.op, n.inputs, n.attrs = "rms_norm", [src.inputs[0], w], dict(src.attrs)
+                break
+    return dead_code(g)
+
+
 _SWAP_HT = [0, 2, 1, 3]
 
 
@@ -94,4 +174,4 @@ def attention_layout(g: Graph) -> Graph:
 
 
 def canonicalize(g: Graph) -> Graph:
-    return attention_layout(fold_views(cse(dead_code(g))))
+    return rms_norm_idiom(fold_constants(attention_layout(fold_views(cse(dead_code(g))))))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .. import elementwise as elementwise_fns
 from .render import render
 
 STEP_BYTES = 16
@@ -30,7 +31,6 @@ WG_MEM_LIMIT = 16384
 MAX_INVOCATIONS = 256
 MAX_STORAGE_BUFFERS = 8
 RMS_EPS = 1.1920929e-07  # float32 epsilon, nanochat's F.rms_norm default
-ACTIVATIONS = ("none", "relu2", "gelu", "gelu_tanh", "silu")
 SUBGROUP_MODES = ("off", "naga", "tint")  # naga: builtins without the directive; tint: `enable subgroups;`
 
 
@@ -108,14 +108,32 @@ def k_pad(K: int, group: int = 0) -> int:
     return -(-K // align) * align
 
 
-def _epilogue_params(act, bias, softcap, residual):
+# `act` and `softcap` are shorthands for these epilogue steps (the IR's own, see elementwise.py).
+ACTIVATION_STEPS = {"none": [], "relu2": [{"fn": "relu"}, {"fn": "square"}], "gelu": [{"fn": "gelu"}],
+                    "gelu_tanh": [{"fn": "gelu_tanh"}], "silu": [{"fn": "silu"}]}
+ACTIVATIONS = tuple(ACTIVATION_STEPS)
+
+
+def softcap_steps(cap: float) -> list[dict]:
+    return [{"fn": "div", "scalar": cap}, {"fn": "tanh"}, {"fn": "mul", "scalar": cap}]
+
+
+def _epilogue_params(act, bias, softcap, residual, steps):
+    """Render parameters of `_epilogue.wgsl.j2`: v = bias add, then each step (unary or scalar)."""
     _check(act in ACTIVATIONS, f"act={act!r} not in {ACTIVATIONS}")
     _check(softcap is None or softcap >= 0, "softcap must be >= 0")
-    return dict(act=act, bias=bool(bias), softcap=float(softcap or 0.0), residual=bool(residual))
+    steps = ACTIVATION_STEPS[act] + softcap_steps(float(softcap)) * bool(softcap) + list(steps or [])
+    try:
+        exprs = [elementwise_fns.wgsl_step(st) for st in steps]
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"epilogue: {e}") from None
+    return dict(bias=bool(bias), residual=bool(residual), ep_steps=exprs,
+                ep_functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps]),
+                ep_desc=" -> ".join(elementwise_fns.describe(st) for st in steps))
 
 
 def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: bool = False, act: str = "none",
-                softcap: float = 0.0, residual: bool = False, out_offset: int = 0, out_at_pos: bool = False,
+                softcap: float = 0.0, steps: list | None = None, residual: bool = False, out_offset: int = 0, out_at_pos: bool = False,
                 out_pos_stride: int | None = None, out_len: int | None = None, rows: int = 4, wg: int | None = None,
                 cooperative: bool = True, subgroups: str = "off", unpack: str = "shift", eps: float = RMS_EPS, covers=(),
                 name: str = "matvec_int8") -> Kernel:
@@ -136,7 +154,7 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
     common = dict(N=N, K=K, KV4=-(-K // 16), KS=k_pad(K, group) // 16, K4=K // 4, rows=rows,
                   group=group, n_groups=k_pad(K, group) // group if group else 0, norm=bool(norm), eps=eps,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos), out_pos_stride=pos_stride,
-                  out_len=out_len, unpack=unpack, covers=covers, **_epilogue_params(act, bias, softcap, residual))
+                  out_len=out_len, unpack=unpack, covers=covers, **_epilogue_params(act, bias, softcap, residual, steps))
     b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
     b += [Binding("bias", "read")] if bias else []
     b += [Binding("y", "read_write")]
@@ -157,8 +175,8 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
 
 
 def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, bias: bool = False,
-                act: str = "none", softcap: float = 0.0, residual: bool = False, out_offset: int = 0,
-                out_at_pos: bool = False, out_row_stride: int | None = None, tile_t: int = 32, tile_n: int = 64,
+                act: str = "none", softcap: float = 0.0, steps: list | None = None, residual: bool = False,
+                out_offset: int = 0, out_at_pos: bool = False, out_row_stride: int | None = None, tile_t: int = 32, tile_n: int = 64,
                 mt: int = 4, mn: int = 4, unpack: str = "shift", eps: float = RMS_EPS, covers=(),
                 name: str = "matmul_int8") -> Kernel:
     """Y[t, n] (+)= epilogue(sum_k X'[t, k] W[n, k]) for t < step.n_tokens <= T; X' = rmsnorm(X) rows.
@@ -179,7 +197,7 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
                   MT=mt, MN=mn, wg=wg, group=group, n_groups=k_pad(K, group) // group if group else 0, norm=bool(norm), eps=eps,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos),
                   out_row_stride=N if out_row_stride is None else out_row_stride, unpack=unpack, covers=covers,
-                  **_epilogue_params(act, bias, softcap, residual))
+                  **_epilogue_params(act, bias, softcap, residual, steps))
     b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
     b += [Binding("bias", "read")] if bias else []
     b += [Binding("y", "read_write"), Binding("step", "uniform")]
@@ -225,6 +243,109 @@ def norm(T: int, C: int, *, kind: str = "rms", weight: bool = False, bias: bool 
     b = [Binding("x", "read")] + [Binding("weight", "read")] * bool(weight) + [Binding("bias", "read")] * bool(bias)
     b += [Binding("y", "read_write"), Binding("step", "uniform")]
     return _finish(name, "norm", "norm.wgsl.j2", params, b, wg, grid(T), 4 * wg)
+
+
+def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *, width: int | None = None,
+                inplace: bool = False, x_offset: int = 0, x_row_stride: int | None = None, y_offset: int = 0,
+                y_row_stride: int | None = None, wg: int | None = None, covers=(), name: str = "elementwise") -> Kernel:
+    """y[t] = steps(x[t]) over rows of L floats, for t < step.n_tokens: any chain of the IR's elementwise
+    steps (elementwise.py renders each function), tensor operands broadcast, RMSNorm, LayerNorm and
+    softmax over runs of `width`.
+
+    Each operand is {len, repeat, offset, row_stride, at_pos}: element j of row t reads
+    op[offset + (t [+ step.pos]) * row_stride + (j / repeat) % len] (row_stride 0: a weight, the same
+    for every token; at_pos: a position table). Bindings: [x], op0.., y, step; `inplace` has no x and
+    runs the steps on y's rows (after a kernel that wrote them). One workgroup per row.
+    """
+    covers = _common(covers)
+    width = width or L
+    _check(L % width == 0, f"norm width {width} does not divide the row of {L}")
+    wg = wg or _row_wg(-(-L // 4))
+    _check(_pow2(wg), f"wg={wg} must be a power of two")
+    n_storage = len(operands) + 1 + (not inplace)
+    _check(n_storage <= MAX_STORAGE_BUFFERS, f"{len(operands)} tensor operands need {n_storage} storage buffers "
+                                             f"> the device limit {MAX_STORAGE_BUFFERS}")
+
+    def read(k: int) -> str:
+        o = operands[k]
+        row = "(tr + step.pos)" if o.get("at_pos") else "tr"
+        idx = f"{o.get('offset', 0)}u + {row} * {o.get('row_stride', 0)}u"
+        rep, ln = o.get("repeat", 1), o["len"]
+        lane = "j" if rep == 1 else f"j / {rep}u"
+        return f"op{k}[{idx} + ({lane}) % {ln}u]" if ln != L or rep != 1 else f"op{k}[{idx} + j]"
+
+    segments: list[dict] = []
+    for st in steps:
+        fn = st["fn"]
+        if fn == "softmax":
+            segments.append(dict(kind="softmax", width=width))
+            continue
+        if fn in ("rms_norm", "layer_norm"):
+            weight = read(st["operand"]) if "operand" in st else ""
+            bias = read(st["bias_operand"]) if "bias_operand" in st else ""
+            segments.append(dict(kind="rms" if fn == "rms_norm" else "layer", width=width, eps=float(st["eps"]),
+                                 weight=weight, bias=bias))
+            continue
+        if "operand" in st:
+            a, b = "v", read(st["operand"])
+            e = f"ew_{fn}({b}, {a})" if st.get("reverse") else f"ew_{fn}({a}, {b})"
+        else:
+            try:
+                e = elementwise_fns.wgsl_step(st)
+            except (ValueError, KeyError) as err:
+                raise ValueError(f"elementwise: {err}") from None
+        if not segments or segments[-1]["kind"] != "map":
+            segments.append(dict(kind="map", exprs=[]))
+        segments[-1]["exprs"].append(e)
+    if not segments:
+        segments.append(dict(kind="map", exprs=[]))  # a copy
+    for i, seg in enumerate(segments):
+        seg["first"] = i == 0
+    bindings = [] if inplace else [dict(name="x", space="storage, read", type="array<f32>")]
+    bindings += [dict(name=f"op{k}", space="storage, read", type="array<f32>") for k in range(len(operands))]
+    bindings += [dict(name="y", space="storage, read_write", type="array<f32>"), dict(name="step", space="uniform", type="Step")]
+    y_stride = L if y_row_stride is None else y_row_stride
+    src = "y[yrow + j]" if inplace else f"x[{x_offset}u + tr * {L if x_row_stride is None else x_row_stride}u + j]"
+    desc = " -> ".join(elementwise_fns.describe(st) for st in steps) or "x"
+    params = dict(T=T, L=L, wg=wg, segments=segments, bindings=bindings, src=src, y_offset=y_offset, y_stride=y_stride,
+                  reduce=any(s["kind"] != "map" for s in segments), softmax=any(s["kind"] == "softmax" for s in segments),
+                  desc=desc, covers=covers,
+                  functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps if st["fn"] in elementwise_fns.FUNCTIONS]),
+                  operands=[dict(desc=f"{o['len']} floats, repeat {o.get('repeat', 1)}, row stride {o.get('row_stride', 0)}"
+                                      + (" at step.pos" if o.get("at_pos") else "")) for o in operands])
+    b = [Binding(bb["name"], "uniform" if bb["name"] == "step" else ("read_write" if bb["name"] == "y" else "read"))
+         for bb in bindings]
+    return _finish(name, "elementwise", "elementwise.wgsl.j2", params, b, wg, grid(T),
+                   4 * wg if params["reduce"] else 0)
+
+
+def row_mean(T: int, L: int, width: int, *, x_offset: int = 0, x_row_stride: int | None = None, y_offset: int = 0,
+             y_row_stride: int | None = None, wg: int = 64, covers=(), name: str = "row_mean") -> Kernel:
+    """y[t, j] = mean(x[t, j * width .. (j + 1) * width]) for j < L / width, t < step.n_tokens (a mean
+    over the last axis, keepdim). Bindings: x, y, step. One workgroup per row, a thread per output."""
+    covers = _common(covers)
+    _check(L % width == 0, f"width {width} does not divide the row of {L}")
+    params = dict(T=T, L=L, W=width, G=L // width, x_offset=x_offset, x_stride=L if x_row_stride is None else x_row_stride,
+                  y_offset=y_offset, y_stride=L // width if y_row_stride is None else y_row_stride, wg=wg, covers=covers)
+    b = [Binding("x", "read"), Binding("y", "read_write"), Binding("step", "uniform")]
+    return _finish(name, "row_mean", "row_mean.wgsl.j2", params, b, wg, grid(T), 0)
+
+
+def token_shift(T: int, L: int, *, x_offset: int = 0, x_row_stride: int | None = None, y_offset: int = 0,
+                y_row_stride: int | None = None, wg: int = 256, covers=(), name: str = "token_shift") -> list[Kernel]:
+    """y[t] = x[t - 1], y[0] = the last row of the previous step (zero at position 0), for
+    t < step.n_tokens; two dispatches: [shift, keep]. Shift bindings: x, carried ([L]), y, step;
+    keep bindings: x, carried, step (it overwrites carried, so it runs after every read of it)."""
+    covers = _common(covers)
+    params = dict(T=T, L=L, x_offset=x_offset, x_stride=L if x_row_stride is None else x_row_stride, y_offset=y_offset,
+                  y_stride=L if y_row_stride is None else y_row_stride, wg=wg, covers=covers)
+    shift = _finish(name + "_1", "token_shift", "token_shift.wgsl.j2", dict(params, stage=1),
+                    [Binding("x", "read"), Binding("carried", "read"), Binding("y", "read_write"), Binding("step", "uniform")],
+                    wg, grid(-(-T * L // wg)), 0)
+    keep = _finish(name + "_2", "token_shift", "token_shift.wgsl.j2", dict(params, stage=2),
+                   [Binding("x", "read"), Binding("carried", "read_write"), Binding("step", "uniform")],
+                   wg, grid(-(-L // wg)), 0)
+    return [shift, keep]
 
 
 def rope_qknorm(T: int, H: int, D: int, *, qk_norm: bool = True, post_scale: float = 0.0, inplace: bool = True,
@@ -346,10 +467,13 @@ def attn_prefill(T: int, H: int, Hkv: int, D: int, S: int, *, window_left: int |
 
 
 def softcap(N: int, cap: float, *, wg: int = 256, covers=(), name: str = "softcap") -> Kernel:
-    """x = cap * tanh(clamp(x / cap, -15, 15)) in place over N values. Bindings: x."""
+    """x = cap * tanh(x / cap) in place over N values (tanh as elementwise.py defines it). Bindings: x."""
     covers = _common(covers)
     _check(cap > 0, "softcap must be > 0")
-    params = dict(N=N, cap=float(cap), wg=wg, covers=covers)
+    params = dict(N=N, cap=float(cap), wg=wg, covers=covers, functions=elementwise_fns.wgsl_functions(["div", "tanh", "mul"]),
+                  expr=elementwise_fns.wgsl_step({"fn": "mul", "scalar": cap},
+                                             elementwise_fns.wgsl_step({"fn": "tanh"},
+                                                                   elementwise_fns.wgsl_step({"fn": "div", "scalar": cap}, "x[i]"))))
     return _finish(name, "softcap", "softcap.wgsl.j2", params, [Binding("x", "read_write")], wg,
                    grid(-(-N // wg)), 0)
 
@@ -415,6 +539,9 @@ FAMILIES = {
     "matmul_int8": matmul_int8,
     "embed_int8": embed_int8,
     "norm": norm,
+    "elementwise": elementwise,
+    "token_shift": token_shift,
+    "row_mean": row_mean,
     "rope_qknorm": rope_qknorm,
     "kv_write": kv_write,
     "attn_decode": attn_decode,

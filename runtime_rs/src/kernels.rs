@@ -30,30 +30,8 @@ impl View {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Unary {
-    Neg,
-    Relu,
-    Square,
-    Tanh,
-    Sigmoid,
-    Silu,
-    Gelu,
-    GeluTanh,
-    Exp,
-    Rsqrt,
-    Sqrt,
-    Abs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Binary {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Pow,
-}
+pub use crate::elementwise::{binary, unary, Binary, Unary};
+use crate::elementwise::{binary_row, unary_row};
 
 /// A tensor operand of an epilogue step. Element j of token t's row reads
 /// `view.row(data, t)[(j / repeat) % view.len]`: a same-shape tensor (repeat 1), a weight
@@ -75,44 +53,10 @@ pub enum Step<'a> {
     Tensor(Binary, Operand<'a>, bool),
     /// RMSNorm over each run of `width` elements (the last axis), times an optional weight
     RmsNorm { eps: f32, width: usize, weight: Option<&'a [f32]> },
-}
-
-// Abramowitz & Stegun 7.1.26, as the interpreter (and the WGSL kernels) compute erf.
-fn erf(x: f32) -> f32 {
-    let s = if x < 0.0 { -1.0 } else if x > 0.0 { 1.0 } else { 0.0 };
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * (-a * a).exp();
-    s * y
-}
-
-#[inline]
-pub fn unary(f: Unary, x: f32) -> f32 {
-    match f {
-        Unary::Neg => -x,
-        Unary::Relu => if x > 0.0 { x } else { 0.0 }, // not f32::max: a libm call on wasm
-        Unary::Square => x * x,
-        Unary::Tanh => x.tanh(),
-        Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        Unary::Silu => x / (1.0 + (-x).exp()),
-        Unary::Gelu => 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2)),
-        Unary::GeluTanh => 0.5 * x * (1.0 + ((2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
-        Unary::Exp => x.exp(),
-        Unary::Rsqrt => 1.0 / x.sqrt(),
-        Unary::Sqrt => x.sqrt(),
-        Unary::Abs => x.abs(),
-    }
-}
-
-#[inline]
-pub fn binary(f: Binary, a: f32, b: f32) -> f32 {
-    match f {
-        Binary::Add => a + b,
-        Binary::Sub => a - b,
-        Binary::Mul => a * b,
-        Binary::Div => a / b,
-        Binary::Pow => a.powf(b),
-    }
+    /// LayerNorm over each run of `width` elements, times an optional weight, plus an optional bias
+    LayerNorm { eps: f32, width: usize, weight: Option<&'a [f32]>, bias: Option<&'a [f32]> },
+    /// softmax over each run of `width` elements
+    Softmax { width: usize },
 }
 
 /// x / sqrt(mean(x^2) + eps) [* w], in place.
@@ -125,30 +69,20 @@ pub fn rms_norm_in_place(x: &mut [f32], eps: f32, weight: Option<&[f32]>) {
     }
 }
 
-/// f of every element, with the match on f outside the loop (so each loop is a tight one).
-fn unary_row(f: Unary, row: &mut [f32]) {
-    macro_rules! each {
-        ($($u:ident),*) => {
-            match f {
-                $(Unary::$u => row.iter_mut().for_each(|v| *v = unary(Unary::$u, *v)),)*
-            }
-        };
+/// (x - mean) / sqrt(var + eps) [* w] [+ b], in place; two passes, as interpreter.layer_norm.
+pub fn layer_norm_in_place(x: &mut [f32], eps: f32, weight: Option<&[f32]>, bias: Option<&[f32]>) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    x.iter_mut().for_each(|v| *v -= mean);
+    let var = x.iter().map(|v| v * v).sum::<f32>() / n;
+    let r = 1.0 / (var + eps).sqrt();
+    x.iter_mut().for_each(|v| *v *= r);
+    if let Some(w) = weight {
+        x.iter_mut().zip(w).for_each(|(v, w)| *v *= w);
     }
-    each!(Neg, Relu, Square, Tanh, Sigmoid, Silu, Gelu, GeluTanh, Exp, Rsqrt, Sqrt, Abs)
-}
-
-/// v op b(j) (or b(j) op v when reversed) for every element v = row[j], the match outside the loop.
-#[inline(always)]
-fn binary_row(f: Binary, rev: bool, row: &mut [f32], b: impl Fn(usize) -> f32) {
-    macro_rules! each {
-        ($($op:ident),*) => {
-            match (f, rev) {
-                $((Binary::$op, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = binary(Binary::$op, *v, b(j))),
-                  (Binary::$op, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = binary(Binary::$op, b(j), *v)),)*
-            }
-        };
+    if let Some(b) = bias {
+        x.iter_mut().zip(b).for_each(|(v, b)| *v += b);
     }
-    each!(Add, Sub, Mul, Div, Pow)
 }
 
 /// Apply the epilogue steps to token t's output row.
@@ -170,6 +104,19 @@ pub fn apply_steps(row: &mut [f32], t: usize, steps: &[Step]) {
             Step::RmsNorm { eps, width, weight } => {
                 for part in row.chunks_mut(width) {
                     rms_norm_in_place(part, eps, weight);
+                }
+            }
+            Step::LayerNorm { eps, width, weight, bias } => {
+                for part in row.chunks_mut(width) {
+                    layer_norm_in_place(part, eps, weight, bias);
+                }
+            }
+            Step::Softmax { width } => {
+                for part in row.chunks_mut(width) {
+                    let m = part.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+                    part.iter_mut().for_each(|v| *v = (*v - m).exp());
+                    let s = part.iter().sum::<f32>();
+                    part.iter_mut().for_each(|v| *v /= s);
                 }
             }
         }
@@ -1032,6 +979,16 @@ pub fn rope(x: &[f32], xv: View, t: usize, head_dim: usize, cos: &[f32], cv: Vie
 }
 
 /// Apply steps to a copy of x (the `elementwise` kernel; also a standalone norm).
+/// The mean of each run of `width` elements of token t's row: out row j = mean(x row[j*width..][..width]).
+pub fn row_mean(x: &[f32], xv: View, t: usize, width: usize, out: &mut [f32], ov: View) {
+    for i in 0..t {
+        let (src, dst) = (xv.row(x, i), ov.row_mut(out, i));
+        for (j, d) in dst.iter_mut().enumerate() {
+            *d = src[j * width..(j + 1) * width].iter().sum::<f32>() / width as f32;
+        }
+    }
+}
+
 pub fn elementwise(x: &[f32], xv: View, t: usize, out: &mut [f32], ov: View, steps: &[Step]) {
     for i in 0..t {
         let row = ov.row_mut(out, i);

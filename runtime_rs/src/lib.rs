@@ -5,6 +5,7 @@
 pub mod base64;
 pub mod bpe;
 pub mod chat;
+pub mod elementwise;
 pub mod engine;
 pub mod ffi;
 pub mod fxhash;

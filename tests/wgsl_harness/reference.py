@@ -1,7 +1,7 @@
 """Numpy references with the exact semantics of each kernel family, and the int8 packer.
 
-Computed in float64 from the same f32 inputs and int8 weights the kernels get, so a mismatch is a
-kernel bug or f32 rounding (see tolerances.py).
+Sums and products in float64 from the same f32 inputs and int8 weights the kernels get, so a mismatch
+is a kernel bug or f32 rounding (see tolerances.py); elementwise functions are the IR's own.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from monologue_compile.interpreter import apply_step
+from monologue_compile.wgsl.kernels import ACTIVATION_STEPS, softcap_steps
 
 EPS = 1.1920929e-07
 
@@ -65,23 +68,21 @@ def layernorm(x, weight=None, bias=None, eps: float = 1e-5):
     return y
 
 
-_erf = np.vectorize(math.erf)
-
-
-def activation(v: np.ndarray, act: str) -> np.ndarray:
-    if act == "relu2":
-        return np.maximum(v, 0) ** 2
-    if act == "gelu":
-        return 0.5 * v * (1 + _erf(v / math.sqrt(2)))
-    if act == "gelu_tanh":
-        return 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))
-    if act == "silu":
-        return v / (1 + np.exp(-v))
+def _steps(v, steps):
+    # The epilogue functions come from their one definition (monologue_compile/elementwise.py), in
+    # f32 as the kernels compute them; the rest of this file states the kernels' data movement.
+    v = np.asarray(v, np.float32)
+    for st in steps:
+        v = apply_step(v, st, [])
     return v
 
 
+def activation(v: np.ndarray, act: str) -> np.ndarray:
+    return _steps(v, ACTIVATION_STEPS[act])
+
+
 def softcap(v, cap):
-    return cap * np.tanh(v / cap) if cap else v
+    return _steps(v, softcap_steps(cap)) if cap else v
 
 
 def linear(x, q, scale, group=0, norm=False, bias=None, act="none", cap=0.0, residual=None):
