@@ -333,9 +333,16 @@ def available_backends(dist) -> dict:
         plan = json.loads((dist / "model" / "plan.json").read_text())
         for profile in [None, *plan.get("profiles", {})]:
             out["wgpu" + (f"-{profile}" if profile else "")] = lambda profile=profile: _wgpu_session(dist, profile)
+    else:
+        out["wgpu"] = lambda: _skip("the dist has no plan.json (the compile's warning says why the WGSL backend "
+                                    "could not express this model)")
     out["native"] = lambda: _native_session(dist)
     out["wasm"] = lambda: _wasm_session(dist)
     return out
+
+
+def _skip(reason: str):
+    raise SkipBackend(reason)
 
 
 def _wgpu_session(dist, profile):
