@@ -169,6 +169,7 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
                 report = run_parity(c.graph, fp32_model=fp32, tokenizer_json=c.loaded.tokenizer_json,
                                     trained=bool(c.loaded.source.get("trained")), eval_per_family=eval_per_family,
                                     dist=tmp)
+                report["model"] = model_summary(manifest["model"])
                 write_report(report, tmp)
         _replace_dir(tmp, out)
     except BaseException:
@@ -281,6 +282,7 @@ def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
     with console.status("verifying..."):
         report = run_parity(g, fp32_model=fp32, tokenizer_json=tok, trained=trained, eval_per_family=eval_per_family,
                             dist=dist)
+    report["model"] = model_summary(manifest["model"])
     write_report(report, Path(dist))
     click.echo(markdown(report).split("\n## Per layer")[0])
     if not report["ok"]:

@@ -428,6 +428,7 @@ def write_report(report: dict, out_dir: Path) -> None:
 
 def markdown(r: dict) -> str:
     lines = [f"# Parity report ({'PASS' if r['ok'] else 'FAIL'})", "", f"Quantization: `{r['quant']}`", ""]
+    lines += [f"- {line}" for line in r.get("model", [])] + ([""] if r.get("model") else [])
     if r.get("backends"):
         lines += [f"Longest position checked: {r.get('longest_position')}", "",
                   "| backend | status | longest position |", "| --- | --- | --- |"]

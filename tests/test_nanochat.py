@@ -188,6 +188,8 @@ def test_softcap_and_config_overrides_and_the_named_assumption(tmp_path):
     r = CliRunner().invoke(main, ["compile", "--no-wasm", str(d), "-o", str(tmp_path / "a")])
     assert r.exit_code == 0, r.stderr
     assert "assumed softcap = 15" in r.stderr and "--softcap 20" in r.stderr and "assumed rope_bf16" in r.stderr
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "a")])
+    assert r.exit_code == 0 and "assumed softcap = 15" in (tmp_path / "a" / "parity.md").read_text(), r.output
     model = json.loads((tmp_path / "a" / "model" / "manifest.json").read_text())["model"]
     assert model["config"]["softcap"] == 15.0 and set(model["assumed"]) == {"softcap", "rope_bf16"}
     assert model["attention_windows"] == [49, 49, 0]  # "SSL", sequence_len 96: half, the last layer full
