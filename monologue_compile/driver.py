@@ -119,19 +119,20 @@ def attention_windows(g: Graph) -> list[int]:
     return [int(n.attrs.get("window") or 0) for n in g.nodes if n.op == "attention"]
 
 
-def model_summary(c: Compiled) -> list[str]:
-    """What the compiled model computes that a checkpoint may not say: windows, softcap, assumptions."""
-    cfg = c.loaded.config
-    windows = attention_windows(c.graph)
+def model_summary(model: dict) -> list[str]:
+    """What the compiled model computes that a checkpoint may not say (the manifest's "model"):
+    attention windows, softcap, rotary tables, and what was assumed or overridden."""
+    cfg = model["config"]
+    windows = model.get("attention_windows", [])
     short = sorted({w for w in windows if w})
-    what = f"{c.loaded.arch}" + (f" ({cfg['version']})" if cfg.get("version") else "")
+    what = model["arch"] + (f" ({cfg['version']})" if cfg.get("version") else "")
     win = (f"windows: {sum(1 for w in windows if w)} of {len(windows)} layers see {'/'.join(map(str, short))} keys, "
            f"the rest all" if short else f"attention: all {len(windows)} layers see every earlier key")
     lines = [f"model: {what}; {win}; softcap {cfg.get('softcap')}; rotary tables "
              f"{'bf16-rounded' if cfg.get('rope_bf16') else 'fp32'}"]
-    lines += [f"assumed {k} = {v}" for k, v in c.loaded.assumed.items()]
-    if c.loaded.source.get("overrides"):
-        lines.append("overridden: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in c.loaded.source["overrides"].items()))
+    lines += [f"assumed {k} = {v}" for k, v in model.get("assumed", {}).items()]
+    if model["source"].get("overrides"):
+        lines.append("overridden: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in model["source"]["overrides"].items()))
     return lines
 
 
@@ -145,8 +146,6 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
     `out` that is not a previous Monologue output."""
     out = check_output(out, [p for p in (checkpoint, tokenizer, config) if p is not None], force)
     c = build(checkpoint, quant, tokenizer, config, overrides)
-    for line in model_summary(c):
-        click.echo(line, err=True)
     if dump_ir:
         click.echo(c.graph.dump(), nl=False)
     try:
@@ -177,6 +176,7 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
                 report = run_parity(c.graph, fp32_model=fp32, tokenizer_json=c.loaded.tokenizer_json,
                                     trained=bool(c.loaded.source.get("trained")), eval_per_family=eval_per_family,
                                     dist=tmp)
+                report["model"] = model_summary(manifest["model"])
                 write_report(report, tmp)
         _replace_dir(tmp, out)
     except BaseException:
@@ -295,6 +295,8 @@ def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, 
         overrides["softcap"] = softcap
     manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family,
                           wasm=not no_wasm, overrides=overrides, force=force)
+    for line in model_summary(manifest["model"]):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     total = sum(f["bytes"] for f in manifest["files"])
     console.print(f"wrote {output} (model {total / 2**20:.1f} MiB, quant {quant}); `monologue serve {output}` serves it")
 
@@ -338,6 +340,7 @@ def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
     with console.status("verifying..."):
         report = run_parity(g, fp32_model=fp32, tokenizer_json=tok, trained=trained, eval_per_family=eval_per_family,
                             dist=dist)
+    report["model"] = model_summary(manifest["model"])
     write_report(report, Path(dist))
     click.echo(markdown(report).split("\n## Per layer")[0])
     if not report["ok"]:

@@ -333,9 +333,16 @@ def available_backends(dist) -> dict:
         plan = json.loads((dist / "model" / "plan.json").read_text())
         for profile in [None, *plan.get("profiles", {})]:
             out["wgpu" + (f"-{profile}" if profile else "")] = lambda profile=profile: _wgpu_session(dist, profile)
+    else:
+        out["wgpu"] = lambda: _skip("the dist has no plan.json (the compile's warning says why the WGSL backend "
+                                    "could not express this model)")
     out["native"] = lambda: _native_session(dist)
     out["wasm"] = lambda: _wasm_session(dist)
     return out
+
+
+def _skip(reason: str):
+    raise SkipBackend(reason)
 
 
 def _wgpu_session(dist, profile):
@@ -421,6 +428,7 @@ def write_report(report: dict, out_dir: Path) -> None:
 
 def markdown(r: dict) -> str:
     lines = [f"# Parity report ({'PASS' if r['ok'] else 'FAIL'})", "", f"Quantization: `{r['quant']}`", ""]
+    lines += [f"- {line}" for line in r.get("model", [])] + ([""] if r.get("model") else [])
     if r.get("backends"):
         lines += [f"Longest position checked: {r.get('longest_position')}", "",
                   "| backend | status | longest position |", "| --- | --- | --- |"]

@@ -75,10 +75,30 @@ def test_load_model_round_trip_gives_same_logits(tmp_path, tiny_checkpoint):
 
 
 def test_verify_flag_and_command(tmp_path, tiny_checkpoint):
-    r = _compile(tiny_checkpoint, "-o", tmp_path / "d", "--verify")
+    """--verify runs every backend the dist ships, each row naming its backend, and says which could not run."""
+    import shutil
+
+    from monologue_compile.backends.rust_crate import find_toolchain
+    from monologue_compile.errors import MonologueError
+
+    try:
+        find_toolchain(wasm=True)
+        wasm = shutil.which("node") is not None
+    except MonologueError:
+        wasm = False
+    args = ["compile", str(tiny_checkpoint), "-o", str(tmp_path / "d"), "--verify"] + ([] if wasm else ["--no-wasm"])
+    r = CliRunner().invoke(main, args, env={"MONOLOGUE_RUST_FAST": "1"})
     assert r.exit_code == 0, r.stderr
     report = json.loads((tmp_path / "d" / "parity.json").read_text())
     assert report["ok"] and report["checks"]["greedy_vs_rq"]["mismatches"] == 0
+    backends = report["backends"]
+    assert set(backends) == {"numpy", "wgpu", "wgpu-cpu", "native", "wasm"}
+    for name, b in backends.items():
+        assert b["status"] == "pass" or b["status"] == "skipped" and b["reason"], (name, b)
+        if b["status"] == "pass":
+            assert b["longest_position"] == report["longest_position"] == 95  # sequence_len 96: reached
+    assert backends["numpy"]["status"] == "pass" and (backends["wasm"]["status"] == "pass") == wasm
+    assert all(c["backend"] in backends for c in report["checks"].values())
     assert "Per layer" in (tmp_path / "d" / "parity.md").read_text()
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "d")])
     assert r.exit_code == 0, r.stderr

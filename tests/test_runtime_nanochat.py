@@ -22,8 +22,9 @@ from test_nanochat import LATER, SIZES, _random_later, write_nanochat_dir  # noq
 @pytest.mark.parametrize("version", ["mar2026b-smear-backout"])
 def test_native_matches_rq_on_later_nanochat(tmp_path, version):
     features, pattern = LATER[version]
-    model = _random_later(features, pattern)
-    d = write_nanochat_dir(tmp_path / version, model.state_dict(), {**SIZES, "window_pattern": pattern}, prefix="")
+    sizes = {**SIZES, "sequence_len": 512}  # nanochat's quarter window at 512: 128 keys before the query
+    model = _random_later(features, pattern, sizes)
+    d = write_nanochat_dir(tmp_path / version, model.state_dict(), {**sizes, "window_pattern": pattern}, prefix="")
     compile_to(d, tmp_path / "dist")
     g, _, _ = load_model(tmp_path / "dist")
     ops = {n.op for n in g.nodes}
@@ -32,12 +33,12 @@ def test_native_matches_rq_on_later_nanochat(tmp_path, version):
     crate = emit_crate(g, shared_crate_dir())
     assert "k::token_shift(" in (crate / "src" / "model_gen.rs").read_text()
     m = NativeModel.from_dist(tmp_path / "dist", lib_path=build_native(crate, fast=True))
-    ids = np.random.default_rng(0).integers(0, SIZES["vocab_size"], 80).tolist()  # windows of 49 are passed
+    ids = np.random.default_rng(0).integers(0, SIZES["vocab_size"], 200).tolist()  # windows of 129 are passed
     whole = m.forward(ids)
     r = metrics(whole, torch_logits(rq, ids)[:, : whole.shape[1]])
     assert r["rel"] <= TOLERANCES["logits_rel_vs_rq"] and r["cosine"] >= TOLERANCES["logits_cosine_vs_rq"], r
     m.reset()
-    parts = [m.forward(ids[:50])] + [m.forward([t]) for t in ids[50:]]
+    parts = [m.forward(ids[:150])] + [m.forward([t]) for t in ids[150:]]
     r = metrics(np.concatenate(parts), whole)
     assert r["rel"] <= TOLERANCES["decode_vs_prefill_rel"], r
     m.reset()
