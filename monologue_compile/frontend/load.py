@@ -46,6 +46,10 @@ class LoadedModel:
 def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
     from training.gpt import rotary_tables
 
+    if arch == "hf":
+        from .hf import build
+
+        return build(config, state_dict)
     sd = dict(state_dict)
     # A big model is built on the meta device: random-initializing 560M parameters only to overwrite
     # them took minutes. A small one is not: the meta device's first use costs ~3 s of set-up.
@@ -82,6 +86,10 @@ def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Pa
     if not path.exists():
         raise MonologueError(f"{path}: no such file or directory")
     if path.is_dir():
+        from .hf import is_hf_folder, load_folder
+
+        if is_hf_folder(path):
+            return _checked(LoadedModel("hf", *load_folder(path, _hf_tokenizer(path, tokenizer))))
         return _load_nanochat_dir(path, tokenizer)
     obj = _torch_load(path)
     source = {"name": path.name, "sha256": sha256_file(path)}
@@ -136,6 +144,25 @@ def _load_nanochat_dir(d: Path, tokenizer) -> LoadedModel:
     source = {"name": f"{d.name}/{model_path.name}", "sha256": sha256_file(model_path), "kind": "nanochat",
               "step": meta.get("step"), "trained": bool(meta.get("step"))}
     return _checked(LoadedModel(arch, cfg, sd, _read_tokenizer(Path(tokenizer)), source))
+
+
+def _hf_tokenizer(folder: Path, tokenizer) -> str:
+    """--tokenizer, or the folder's tokenizer.json when it is in this project's format. transformers'
+    tokenizer.json is not read yet (issue 16): without one the model compiles with no tokenizer
+    (an empty one in the manifest), which runs from token ids (verify, the runtimes' ABI)."""
+    if tokenizer is not None:
+        return _read_tokenizer(Path(tokenizer))
+    own = folder / "tokenizer.json"
+    if own.exists():
+        try:
+            return _check_tokenizer_json(own.read_text(), own)
+        except MonologueError:
+            pass
+    import click
+
+    click.echo(f"warning: {folder}: no monologue tokenizer (transformers' tokenizer.json is not read yet); "
+               "compiling with no tokenizer: the model runs from token ids only", err=True)
+    return "{}"
 
 
 def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict]:
