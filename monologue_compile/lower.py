@@ -454,9 +454,14 @@ def _masked_fill(c, x, mask, value):
 
 
 def _matmul(c, a, b):
-    if _probs(c, a):
-        p = c.env[a]
-        q, k, v = p.attrs["q"], p.attrs["k"], c.t(b)
+    if isinstance(a, _Pending) or _probs(c, a):
+        p = a if isinstance(a, _Pending) else c.env[a]
+        q, k, v = p.attrs["q"], p.attrs["k"], b if isinstance(b, str) else c.t(b)
+        if len(c.type(q).shape) == 3:  # one head written as (B, T, hs): a (B, 1, T, hs) attention
+            q, k, v = (c.emit("reshape", [n], {"shape": [1, 1, SEQ, c.type(n).shape[2]]},
+                              TensorType((1, 1, SEQ, c.type(n).shape[2]), "f32")) for n in (q, k, v))
+            y = _matmul(c, _Pending("probs", p.name, **{**p.attrs, "q": q, "k": k}), v)
+            return c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
         qt, kt, vt = (c.type(n) for n in (q, k, v))
         if not (len(qt.shape) == len(kt.shape) == len(vt.shape) == 4 and qt.seq_axis == kt.seq_axis == vt.seq_axis == 2):
             c.fail("attention expects (B, H, T, D) operands")
@@ -464,13 +469,17 @@ def _matmul(c, a, b):
         if hq % hkv or vt.shape[1] != hkv:
             c.fail(f"attention with {hq} query heads and {hkv} KV heads")
         return c.emit("attention", [q, k, v], {"layout": "BHTD", "n_head": hq, "n_kv_head": hkv, "head_dim": qt.shape[3],
-                                               "scale": float(p.attrs["scale"]), "window": p.attrs["window"] or 0})
-    an, bn = c.t(a), c.t(b)
+                                               "scale": float(p.attrs["scale"]), "window": p.attrs["window"] or 0},
+                      TensorType(qt.shape[:3] + vt.shape[3:], "f32"))
+    an = c.t(a)
+    bn = b if isinstance(b, str) else c.t(b)
     at, bt = c.type(an), c.type(bn)
     if bt.shape and bt.shape[-1] == SEQ:
-        # q @ k.T: k.T must be the transpose of a (B, H, T, D) tensor, q's sequence axis the row axis
+        # q @ k.T: k.T the transpose of a (B, H, T, D) or (B, T, D) tensor, q's sequence axis its row axis
         kn = c.g.node(bn) if bn not in c.g.weights else None
-        if kn is None or kn.op != "permute" or kn.attrs["perm"] != [0, 1, 3, 2] or at.seq_axis != 2:
+        r = len(at.shape)
+        swap = list(range(r - 2)) + [r - 1, r - 2]
+        if kn is None or kn.op != "permute" or kn.attrs["perm"] != swap or at.seq_axis != r - 2 or r not in (3, 4):
             c.fail("a product over the sequence axis other than attention's q @ k.transpose(-2, -1)")
         return _Pending("scores", an, q=an, k=kn.inputs[0], scale=1.0, window=None)
     if bn in c.g.weights and len(bt.shape) == 2:
