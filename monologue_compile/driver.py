@@ -64,7 +64,7 @@ def build(checkpoint, quant: str = "int8", tokenizer=None, config=None) -> Compi
         raise MonologueError(f"--quant {quant}: unknown scheme; choose one of {', '.join(SCHEMES)}")
     timings: dict = {}
     with _step("load", timings):
-        loaded = load(checkpoint, tokenizer=tokenizer, config=config)
+        loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, tokenizer=tokenizer, config=config)
         module = loaded.build_module()
     with _step("trace", timings):
         ep = trace(module, loaded.config["sequence_len"])
@@ -111,12 +111,16 @@ def _manifest_extra(c: Compiled) -> dict:
 
 
 def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verify=False, dump_ir=False,
-               show_explain=False, eval_per_family: int = 20, wasm: bool = False) -> dict:
+               show_explain=False, eval_per_family: int = 20, wasm: bool = False, model_code: str | None = None) -> dict:
     """The whole compile; returns the manifest. Writes `out` atomically.
 
     `wasm` builds runtime.wasm with cargo (the CLI's default; off here because a release wasm build
     takes a while and most callers, tests above all, do not need it)."""
     out = Path(out)
+    if model_code:
+        from .frontend.module import from_model_code
+
+        checkpoint = from_model_code(model_code, checkpoint, config, tokenizer)
     c = build(checkpoint, quant, tokenizer, config)
     if dump_ir:
         click.echo(c.graph.dump(), nl=False)
@@ -138,11 +142,12 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
 
         manifest = read_manifest(tmp / "model")
         if verify:
-            from .parity import run_parity, write_report
+            from .parity import rq_state_dict, run_parity, write_report
 
             with _step("verify", c.timings):
                 fp32 = c.loaded.build_module()
-                report = run_parity(c.graph, fp32_model=fp32, tokenizer_json=c.loaded.tokenizer_json,
+                rq = c.loaded.build_module(rq_state_dict(c.graph)).eval()
+                report = run_parity(c.graph, fp32_model=fp32, rq_model=rq, tokenizer_json=c.loaded.tokenizer_json,
                                     trained=bool(c.loaded.source.get("trained")), eval_per_family=eval_per_family)
                 write_report(report, tmp)
         _replace_dir(tmp, out)
@@ -199,10 +204,14 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.option("--eval-per-family", type=int, default=20, show_default=True,
               help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
 @click.option("--no-wasm", is_flag=True, help="skip building runtime.wasm (the browser's CPU fallback; needs cargo + wasm32)")
-def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family, no_wasm):
-    """Compile CHECKPOINT (checkpoint.pt, a nanochat dir, or a state dict) into the static site OUTPUT."""
+@click.option("--model-code", help="path.py:Name: build the model with your own code, Name(**config) "
+              "(config: --config JSON or the checkpoint's model_args); verify uses it as the reference")
+def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family, no_wasm,
+                model_code):
+    """Compile CHECKPOINT (checkpoint.pt, a nanochat dir, a Hugging Face model folder, or a state dict) into the
+    static site OUTPUT."""
     manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family,
-                          wasm=not no_wasm)
+                          wasm=not no_wasm, model_code=model_code)
     total = sum(f["bytes"] for f in manifest["files"])
     console.print(f"wrote {output} (model {total / 2**20:.1f} MiB, quant {quant}); `monologue serve {output}` serves it")
 

@@ -151,6 +151,7 @@ def build(config: dict, state_dict: dict[str, torch.Tensor]) -> CausalLMLogits:
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     except ValueError as e:  # transformers names the model type it has no causal LM class for
         raise MonologueError(f"config.json: {str(e).splitlines()[0][:200]}") from None
+    state_dict = _checkpoint_names(state_dict, {k for k, _ in model.named_parameters(remove_duplicate=False)})
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     except RuntimeError as e:
@@ -166,6 +167,21 @@ def build(config: dict, state_dict: dict[str, torch.Tensor]) -> CausalLMLogits:
     if unexpected:
         raise MonologueError(f"the weights have {unexpected[0]}, which the {cfg.model_type} model of config.json lacks")
     return CausalLMLogits(model.eval(), config["sequence_len"])
+
+
+def _checkpoint_names(sd: dict[str, torch.Tensor], params: set[str]) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict as is; the IR's weights (R_q for verify) renamed back: the wrapper's
+    `model.` prefix dropped, a `W.T` made for x @ W transposed back, constants made by lowering
+    (position tables, `1 + w`) left out, since the model computes them itself."""
+    if any(k in params for k in sd):
+        return sd
+    out = {}
+    for k, v in sd.items():
+        name, t = (k[:-2], True) if k.endswith(".T") else (k, False)
+        name = name[len("model."):] if name.startswith("model.") else name
+        if name in params:
+            out[name] = v.T.contiguous() if t else v
+    return out
 
 
 def load_folder(folder: Path, tokenizer_json: str | None):

@@ -20,6 +20,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -37,9 +38,12 @@ class LoadedModel:
     state_dict: dict[str, torch.Tensor]  # fp32, prefixes stripped
     tokenizer_json: str  # monologue-tokenizer JSON text
     source: dict = field(default_factory=dict)  # {"name": file name, "sha256": ..., "kind": ...}
+    factory: Callable | None = None  # state dict -> module, for a module given to the Python API
 
     def build_module(self, state_dict: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
         """The PyTorch model of this architecture with `state_dict` (default: the checkpoint's) loaded."""
+        if self.factory is not None:
+            return self.factory(self.state_dict if state_dict is None else state_dict)
         return build_module(self.arch, self.config, self.state_dict if state_dict is None else state_dict)
 
 
