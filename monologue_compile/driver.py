@@ -68,6 +68,9 @@ def build(checkpoint, quant: str = "int8", tokenizer=None, config=None) -> Compi
         module = loaded.build_module()
     with _step("trace", timings):
         ep = trace(module, loaded.config["sequence_len"])
+        # the traced range can end one short of sequence_len (trace.py): the tables and caches follow it
+        loaded.config["sequence_len"] = min(loaded.config["sequence_len"],
+                                            max(int(r.upper) for r in ep.range_constraints.values()))
     with _step("lower", timings):
         g = lower(ep)
         g.meta.update({"arch": loaded.arch, "config": loaded.config})

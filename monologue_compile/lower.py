@@ -114,8 +114,11 @@ class _Ctx:
             self.fail(f"{self.fx.target}: expected a tensor argument, got {a!r}")
         return self.env[a]
 
-    def emit(self, op: str, inputs: list[str], attrs: dict | None = None, type: TensorType | None = None) -> str:
-        name = self.g.fresh(self.fx.name)
+    def emit(self, op: str, inputs: list[str], attrs: dict | None = None, type: TensorType | None = None,
+             part: str = "") -> str:
+        """A node named after the fx node; `part` names a step of a several-op lowering, so that the fx
+        node's own name stays on its value (parity compares values by name)."""
+        name = self.g.fresh(self.fx.name + (f"__{part}" if part else ""))
         src = f"fx:{self.fx.name}" + (f" @ {_source(self.fx)}" if _source(self.fx) else "")
         stack = self.fx.meta.get("nn_module_stack") or {}
         if stack:  # the innermost module, e.g. "transformer.h.3.attn": which layer a kernel belongs to
@@ -202,7 +205,7 @@ def _linear(c, x, weight, bias=None):
     w = c.t(weight)
     if w not in c.g.weights:
         c.fail("linear with a computed (not a parameter) weight is not supported")
-    y = c.emit("linear", [c.t(x), w])
+    y = c.emit("linear", [c.t(x), w], part="" if bias is None else "mm")
     if bias is not None:
         y = c.emit("binary", [y, c.t(bias)], {"fn": "add"})
     return y
@@ -453,14 +456,15 @@ def _masked_fill(c, x, mask, value):
     return _Pending("scores", p.name, **{**p.attrs, "window": c.mask_window(mask, additive=False, invert=True)})
 
 
-def _matmul(c, a, b):
+def _matmul(c, a, b, part=""):
     if isinstance(a, _Pending) or _probs(c, a):
         p = a if isinstance(a, _Pending) else c.env[a]
         q, k, v = p.attrs["q"], p.attrs["k"], b if isinstance(b, str) else c.t(b)
         if len(c.type(q).shape) == 3:  # one head written as (B, T, hs): a (B, 1, T, hs) attention
             q, k, v = (c.emit("reshape", [n], {"shape": [1, 1, SEQ, c.type(n).shape[2]]},
-                              TensorType((1, 1, SEQ, c.type(n).shape[2]), "f32")) for n in (q, k, v))
-            y = _matmul(c, _Pending("probs", p.name, **{**p.attrs, "q": q, "k": k}), v)
+                              TensorType((1, 1, SEQ, c.type(n).shape[2]), "f32"), part) for n, part in
+                       ((q, "q"), (k, "k"), (v, "v")))
+            y = _matmul(c, _Pending("probs", p.name, **{**p.attrs, "q": q, "k": k}), v, "heads")
             return c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
         qt, kt, vt = (c.type(n) for n in (q, k, v))
         if not (len(qt.shape) == len(kt.shape) == len(vt.shape) == 4 and qt.seq_axis == kt.seq_axis == vt.seq_axis == 2):
@@ -470,7 +474,7 @@ def _matmul(c, a, b):
             c.fail(f"attention with {hq} query heads and {hkv} KV heads")
         return c.emit("attention", [q, k, v], {"layout": "BHTD", "n_head": hq, "n_kv_head": hkv, "head_dim": qt.shape[3],
                                                "scale": float(p.attrs["scale"]), "window": p.attrs["window"] or 0},
-                      TensorType(qt.shape[:3] + vt.shape[3:], "f32"))
+                      TensorType(qt.shape[:3] + vt.shape[3:], "f32"), part)
     an = c.t(a)
     bn = b if isinstance(b, str) else c.t(b)
     at, bt = c.type(an), c.type(bn)
@@ -483,7 +487,7 @@ def _matmul(c, a, b):
             c.fail("a product over the sequence axis other than attention's q @ k.transpose(-2, -1)")
         return _Pending("scores", an, q=an, k=kn.inputs[0], scale=1.0, window=None)
     if bn in c.g.weights and len(bt.shape) == 2:
-        return c.emit("linear", [an, _transposed(c, bn)])
+        return c.emit("linear", [an, _transposed(c, bn)], part=part)
     c.fail("a matrix product of two activations (only attention's q @ k.T and probs @ v are understood)")
 
 
@@ -500,7 +504,7 @@ def _transposed(c, w: str) -> str:
 def _addmm(c, bias, x, w, *, beta=1, alpha=1):
     if beta != 1 or alpha != 1:
         c.fail("addmm with alpha or beta other than 1")
-    y = _matmul(c, x, w)
+    y = _matmul(c, x, w, "mm")
     return c.emit("binary", [y, c.t(bias)], {"fn": "add"})
 
 
@@ -541,15 +545,15 @@ def _layer_norm(c, x, normalized_shape, weight=None, bias=None, eps=1e-5, *rest)
     t = c.type(xn)
     axis = len(t.shape) - 1
     row = TensorType(t.shape[:-1] + (1,), "f32")
-    mu = c.emit("mean", [xn], {"axis": axis}, row)
-    d = c.emit("binary", [xn, mu], {"fn": "sub"}, t)
-    var = c.emit("mean", [c.emit("unary", [d], {"fn": "square"}, t)], {"axis": axis}, row)
-    r = c.emit("unary", [c.emit("binary", [var], {"fn": "add", "scalar": float(eps)}, row)], {"fn": "rsqrt"}, row)
-    y = c.emit("binary", [d, r], {"fn": "mul"}, t)
-    if weight is not None:
-        y = c.emit("binary", [y, c.t(weight)], {"fn": "mul"}, t)
-    if bias is not None:
-        y = c.emit("binary", [y, c.t(bias)], {"fn": "add"}, t)
+    mu = c.emit("mean", [xn], {"axis": axis}, row, "mean")
+    d = c.emit("binary", [xn, mu], {"fn": "sub"}, t, "centered")
+    var = c.emit("mean", [c.emit("unary", [d], {"fn": "square"}, t, "square")], {"axis": axis}, row, "var")
+    r = c.emit("unary", [c.emit("binary", [var], {"fn": "add", "scalar": float(eps)}, row, "var_eps")],
+               {"fn": "rsqrt"}, row, "rsqrt")
+    steps = [("mul", [r])] + [(fn, [c.t(a)]) for fn, a in (("mul", weight), ("add", bias)) if a is not None]
+    y = d
+    for i, (fn, operand) in enumerate(steps):
+        y = c.emit("binary", [y] + operand, {"fn": fn}, t, "" if i == len(steps) - 1 else f"step{i}")
     return y
 
 

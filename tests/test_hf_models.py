@@ -70,7 +70,7 @@ class NanoGPT(nn.Module):
 
     def __init__(self, n_embd=32, n_head=4, n_layer=2, block_size=S):
         super().__init__()
-        self.n_head = n_head
+        self.n_head, self.block_size = n_head, block_size
         self.wte, self.wpe = nn.Embedding(V, n_embd), nn.Embedding(block_size, n_embd)
         self.blocks = nn.ModuleList(NanoBlock(n_embd, n_head, block_size) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd)

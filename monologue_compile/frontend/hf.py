@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import types
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ class CausalLMLogits(nn.Module):
         super().__init__()
         self.model = model
         self.sequence_len = sequence_len
+        self.config = types.SimpleNamespace(sequence_len=sequence_len)  # what parity's per-layer trace reads
 
     def forward(self, idx):
         out = self.model(input_ids=idx, use_cache=False) if _takes_input_ids(self.model) else self.model(idx)
