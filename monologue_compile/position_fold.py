@@ -29,16 +29,31 @@ def constant_nodes(ep: torch.export.ExportedProgram, ids: torch.fx.Node) -> set[
     """call_function nodes whose value follows from the sequence length and the constants alone."""
     out: set[torch.fx.Node] = set()
     known = {n for n in ep.graph.nodes if n.op == "placeholder" and n is not ids}
+    params = {n for n in known if getattr(_spec(ep, n), "kind", None) == torch.export.graph_signature.InputKind.PARAMETER}
+    positional: set[torch.fx.Node] = set()  # depends on T
     for n in ep.graph.nodes:
         if n.op != "call_function":
             continue
         val = n.meta.get("val")
         if isinstance(val, _SCALARS) and not isinstance(val, torch.Tensor):
             out.add(n)  # a size, e.g. sym_size(ids, 1): a function of T
+            positional.add(n)
             continue
-        if all(a in known or a in out for a in n.all_input_nodes):
+        ins = n.all_input_nodes
+        if not all(a in known or a in out for a in ins):
+            continue
+        if any(a in positional for a in ins):
             out.add(n)
+            positional.add(n)
+        elif not any(a in params for a in ins):
+            out.add(n)  # buffers and literals only
+        # else: parameters only (`resid_lambdas[i]`, `1 + w`): lowered as ops on the weight, which
+        # stays a weight of its own name (R_q is rebuilt from the IR's weights)
     return out
+
+
+def _spec(ep, n):
+    return next((s for s in ep.graph_signature.input_specs if s.arg.name == n.name), None)
 
 
 class Evaluator:
