@@ -11,6 +11,8 @@ wrote (every file is listed in its manifest), or with `--force`; never when it i
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -23,7 +25,7 @@ import click
 from rich.console import Console
 
 from .errors import MonologueError
-from .frontend.load import LoadedModel, build_module, load
+from .frontend.load import LoadedModel, load, overridden
 from .frontend.trace import trace
 from .ir import Graph
 from .lower import lower
@@ -66,10 +68,16 @@ def build(checkpoint, quant: str = "int8", tokenizer=None, config=None, override
         raise MonologueError(f"--quant {quant}: unknown scheme; choose one of {', '.join(SCHEMES)}")
     timings: dict = {}
     with _step("load", timings):
-        loaded = load(checkpoint, tokenizer=tokenizer, config=config, overrides=overrides)
+        if isinstance(checkpoint, LoadedModel):
+            loaded = overridden(checkpoint, overrides) if overrides else checkpoint
+        else:
+            loaded = load(checkpoint, tokenizer=tokenizer, config=config, overrides=overrides)
         module = loaded.build_module()
     with _step("trace", timings):
         ep = trace(module, loaded.config["sequence_len"])
+        # the traced range can end one short of sequence_len (trace.py): the tables and caches follow it
+        loaded.config["sequence_len"] = min(loaded.config["sequence_len"],
+                                            max(int(r.upper) for r in ep.range_constraints.values()))
     with _step("lower", timings):
         g = lower(ep)
         g.meta.update({"arch": loaded.arch, "config": loaded.config})
@@ -110,7 +118,8 @@ def _manifest_extra(c: Compiled) -> dict:
         "model": {"arch": c.loaded.arch, "config": c.loaded.config, "quant": c.graph.meta["quant"],
                   "source": c.loaded.source, "attention_windows": attention_windows(c.graph),
                   "assumed": c.loaded.assumed},
-        "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens,
+        "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens
+        if c.loaded.tokenizer_json != "{}" else {},  # "{}": compiled without a tokenizer
     }
 
 
@@ -138,13 +147,18 @@ def model_summary(model: dict) -> list[str]:
 
 def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verify=False, dump_ir=False,
                show_explain=False, eval_per_family: int = 20, wasm: bool = False, overrides: dict | None = None,
-               force: bool = False) -> dict:
+               force: bool = False, model_code: str | None = None) -> dict:
     """The whole compile; returns the manifest. Writes `out` atomically.
 
     `wasm` builds runtime.wasm with cargo (the CLI's default; off here because a release wasm build
     takes a while and most callers, tests above all, do not need it). `force` replaces an existing
-    `out` that is not a previous Monologue output."""
-    out = check_output(out, [p for p in (checkpoint, tokenizer, config) if p is not None], force)
+    `out` that is not a previous Monologue output. `checkpoint` may be a LoadedModel (the Python API)."""
+    inputs = [p for p in (checkpoint, tokenizer, config) if isinstance(p, (str, Path))]
+    out = check_output(out, inputs, force)
+    if model_code:
+        from .frontend.module import from_model_code
+
+        checkpoint = from_model_code(model_code, checkpoint, config, tokenizer)
     c = build(checkpoint, quant, tokenizer, config, overrides)
     if dump_ir:
         click.echo(c.graph.dump(), nl=False)
@@ -169,11 +183,12 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
 
         manifest = list_site(tmp)
         if verify:
-            from .parity import run_parity, write_report
+            from .parity import rq_state_dict, run_parity, write_report
 
             with _step("verify", c.timings):
                 fp32 = c.loaded.build_module()
-                report = run_parity(c.graph, fp32_model=fp32, tokenizer_json=c.loaded.tokenizer_json,
+                rq = c.loaded.build_module(rq_state_dict(c.graph)).eval()
+                report = run_parity(c.graph, fp32_model=fp32, rq_model=rq, tokenizer_json=c.loaded.tokenizer_json,
                                     trained=bool(c.loaded.source.get("trained")), eval_per_family=eval_per_family,
                                     dist=tmp)
                 report["model"] = model_summary(manifest["model"])
@@ -286,15 +301,18 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a loaded or detected model config value (JSON value), e.g. --set short_window=512")
 @click.option("--force", is_flag=True, help="replace OUTPUT even if it holds files the compiler did not write")
+@click.option("--model-code", help="path.py:Name: build the model with your own code, Name(**config) "
+              "(config: --config JSON or the checkpoint's model_args); verify uses it as the reference")
 def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family, no_wasm,
-                softcap, sets, force):
-    """Compile CHECKPOINT (checkpoint.pt, a nanochat checkpoint folder or model_<step>.pt, or a state dict)
-    into the static site OUTPUT."""
+                softcap, sets, force, model_code):
+    """Compile CHECKPOINT (checkpoint.pt, a nanochat checkpoint folder or model_<step>.pt, a Hugging Face
+    model folder, or a state dict) into the static site OUTPUT."""
     overrides = parse_sets(sets)
     if softcap is not None:
         overrides["softcap"] = softcap
     manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family,
-                          wasm=not no_wasm, overrides=overrides, force=force)
+                          wasm=not no_wasm, overrides=overrides, force=force,
+                          model_code=model_code)
     for line in model_summary(manifest["model"]):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     total = sum(f["bytes"] for f in manifest["files"])
@@ -327,19 +345,21 @@ def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
     """Re-run the parity harness on a compiled DIST, on every backend whose files it holds; exit 1
     when a bound is broken."""
     from .artifact import load_model
-    from .parity import markdown, run_parity, write_report
+    from .parity import markdown, rq_state_dict, run_parity, write_report
 
     g, manifest, tok = load_model(dist)
-    fp32 = None
+    fp32 = rq = None
     trained = False
     if checkpoint is not None:
         loaded = load(checkpoint, tokenizer=tokenizer, config=config)
         # the config the dist was compiled with: detected constants and the user's overrides
-        fp32 = build_module(g.meta.get("arch", "gpt"), g.meta["config"], loaded.state_dict)
+        loaded = dataclasses.replace(loaded, config=g.meta["config"])
+        fp32 = loaded.build_module()
+        rq = loaded.build_module(rq_state_dict(g)).eval()
         trained = bool(loaded.source.get("trained"))
     with console.status("verifying..."):
-        report = run_parity(g, fp32_model=fp32, tokenizer_json=tok, trained=trained, eval_per_family=eval_per_family,
-                            dist=dist)
+        report = run_parity(g, fp32_model=fp32, rq_model=rq, tokenizer_json=tok, trained=trained,
+                            eval_per_family=eval_per_family, dist=dist)
     report["model"] = model_summary(manifest["model"])
     write_report(report, Path(dist))
     click.echo(markdown(report).split("\n## Per layer")[0])

@@ -18,6 +18,7 @@ import torch.fx
 from .errors import MonologueError
 from .frontend import ops  # noqa: F401  (registers monologue::causal_attention before the table below)
 from .ir import SEQ, Graph, Node, TensorType, Weight, verify
+from .position_fold import Evaluator, causal_window, constant_nodes, is_prefix_table
 
 aten = torch.ops.aten
 F32_EPS = float(np.finfo(np.float32).eps)
@@ -44,8 +45,17 @@ class _Pending:
     """A value that is only meaningful as part of a pattern: `x[:, :-1]` or a zero row, which
     together with a concat along the sequence become a one-step token shift."""
 
-    def __init__(self, kind: str, name: str | None = None, shape=None):
+    def __init__(self, kind: str, name: str | None = None, shape=None, **attrs):
         self.kind, self.name, self.shape = kind, name, shape
+        self.attrs = attrs
+
+
+class _Const:
+    """An fx node computed from positions and constants only (position_fold.py): turned into a
+    weight, a position table or a proven attention mask where an id-dependent op uses it."""
+
+    def __init__(self, fx: torch.fx.Node):
+        self.fx = fx
 
 
 class _Ctx:
@@ -55,6 +65,10 @@ class _Ctx:
         self.env: dict[torch.fx.Node, object] = {}  # fx node -> IR name (tensor) or "T"/int (symbolic size)
         self.seq_symbol = None
         self.fx: torch.fx.Node | None = None
+        self.tmax = 0  # the longest traced length: position tables get this many rows
+        self.evaluator: Evaluator | None = None
+        self.materialized: dict[torch.fx.Node, str] = {}
+        self.storage: dict[int, str] = {}  # data_ptr of a parameter/buffer -> its weight name
 
     # --- helpers for converters ------------------------------------------------------------
     def where(self) -> str:
@@ -68,7 +82,7 @@ class _Ctx:
         """An fx size (int, SymInt or sym node) as an IR dimension: int, "T", or an error."""
         if isinstance(d, torch.fx.Node):
             d = self.env[d]
-            return d
+            return self.dim(d.fx.meta["val"]) if isinstance(d, _Const) else d
         if isinstance(d, torch.SymInt):
             expr = d.node.expr
             if self.seq_symbol is not None and expr == self.seq_symbol:
@@ -88,6 +102,11 @@ class _Ctx:
 
     def t(self, a) -> str:
         """The IR name of a tensor argument."""
+        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Const):
+            return self.materialize(a)
+        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and \
+                self.env[a].kind in ("scores", "probs"):
+            self.fail(f"{self.fx.target} uses attention scores other than in softmax(q @ k.T * scale + causal mask) @ v")
         if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending):
             self.fail(f"{self.fx.target} uses a shifted part of the sequence other than in a one-step token shift "
                       "(sequence-mixing the compiler does not understand)")
@@ -95,14 +114,71 @@ class _Ctx:
             self.fail(f"{self.fx.target}: expected a tensor argument, got {a!r}")
         return self.env[a]
 
-    def emit(self, op: str, inputs: list[str], attrs: dict | None = None, type: TensorType | None = None) -> str:
-        name = self.g.fresh(self.fx.name)
+    def emit(self, op: str, inputs: list[str], attrs: dict | None = None, type: TensorType | None = None,
+             part: str = "") -> str:
+        """A node named after the fx node; `part` names a step of a several-op lowering, so that the fx
+        node's own name stays on its value (parity compares values by name)."""
+        name = self.g.fresh(self.fx.name + (f"__{part}" if part else ""))
         src = f"fx:{self.fx.name}" + (f" @ {_source(self.fx)}" if _source(self.fx) else "")
         stack = self.fx.meta.get("nn_module_stack") or {}
         if stack:  # the innermost module, e.g. "transformer.h.3.attn": which layer a kernel belongs to
             src += f" in {list(stack.values())[-1][0]}"
         self.g.nodes.append(Node(name, op, inputs, attrs or {}, type or self.out_type(), src))
         return name
+
+    def materialize(self, a: torch.fx.Node) -> str:
+        """A constant fx node as a weight (no sequence axis) or a position table read by `positions`."""
+        if a in self.materialized:
+            return self.materialized[a]
+        src = a.args[0] if a.target == aten.neg.default else None
+        if isinstance(src, torch.fx.Node) and isinstance(self.env.get(src), _Const):
+            # -table stays a neg of the table: the rotary matcher knows sin and -sin as one table
+            x = self.materialize(src)
+            name = self.g.fresh(a.name)
+            self.g.nodes.append(Node(name, "unary", [x], {"fn": "neg"}, self.type(x), f"fx:{a.name}"))
+            self.materialized[a] = name
+            return name
+        val = a.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            self.fail(f"{self.fx.target}: expected a tensor argument, got the constant %{a.name}")
+        shape = [self.dim(d) for d in val.shape]
+        seq_axes = [i for i, d in enumerate(shape) if d == SEQ]
+        ev = self.evaluator
+        value = ev.value(a, self.tmax)
+        if not value.is_floating_point():
+            self.fail(f"the {value.dtype} value of %{a.name}, computed from positions only, is used by an op on "
+                      "activations (only float tables and attention masks are understood)")
+        if len(seq_axes) > 1:
+            self.fail(f"%{a.name} depends on two positions (a (T, T) value) and is used other than as a causal "
+                      "attention mask")
+        key = value.untyped_storage().data_ptr()
+        if not seq_axes and key in self.storage and tuple(value.shape) == tuple(self.g.weights[self.storage[key]].shape):
+            name = self.storage[key]  # a no-op view or cast of a parameter: the parameter itself
+        else:
+            name = self.g.fresh(a.name)
+            role = "derived"
+            if seq_axes:
+                if not is_prefix_table(ev, a, seq_axes[0], self.tmax):
+                    self.fail(f"%{a.name} depends on the sequence length, not only on the position (row t changes "
+                              "with T)")
+                role = "table"
+            data = value.detach().to(torch.float32).contiguous().numpy()
+            self.g.weights[name] = Weight(tuple(data.shape), "f32", data, None, role)
+            if seq_axes:
+                table = name
+                name = self.g.fresh(a.name + "_pos")
+                self.g.nodes.append(Node(name, "positions", [table], {"axis": seq_axes[0]},
+                                         TensorType(tuple(shape), "f32"), f"fx:{a.name}"
+                                         + (f" @ {_source(a)}" if _source(a) else "")))
+        self.materialized[a] = name
+        return name
+
+    def mask_window(self, a, *, additive: bool, invert: bool = False) -> int:
+        """The proven window of an attention mask argument (see position_fold.causal_window)."""
+        if not (isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Const)):
+            self.fail("attention with a mask computed from the tokens (only causal and sliding-window masks are "
+                      "understood)")
+        return causal_window(self.evaluator, a, self.tmax, additive=additive, invert=invert)
 
     def type(self, name: str) -> TensorType:
         return self.g.type_of(name)
@@ -129,7 +205,7 @@ def _linear(c, x, weight, bias=None):
     w = c.t(weight)
     if w not in c.g.weights:
         c.fail("linear with a computed (not a parameter) weight is not supported")
-    y = c.emit("linear", [c.t(x), w])
+    y = c.emit("linear", [c.t(x), w], part="" if bias is None else "mm")
     if bias is not None:
         y = c.emit("binary", [y, c.t(bias)], {"fn": "add"})
     return y
@@ -227,6 +303,8 @@ def _binary(fn):
     def conv(c, a, b, *, alpha=1):
         if alpha != 1:
             c.fail(f"{fn} with alpha={alpha} is not supported")
+        if _scores(c, a) or _scores(c, b):
+            return _scores_op(c, fn, a, b)
         if isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node):
             return c.emit("binary", [c.t(a), c.t(b)], {"fn": fn})
         if isinstance(a, torch.fx.Node):
@@ -262,6 +340,8 @@ def _pow(c, x, exponent):
 
 
 def _to(c, x, *args, **kw):
+    if _scores(c, x) or _probs(c, x):
+        return c.env[x]
     name = c.t(x)
     out = c.out_type()
     if out.dtype == c.type(name).dtype:
@@ -270,6 +350,8 @@ def _to(c, x, *args, **kw):
 
 
 def _alias(c, x, *args, **kw):
+    if _scores(c, x) or _probs(c, x):
+        return c.env[x]
     return c.t(x)
 
 
@@ -284,6 +366,14 @@ def _mean(c, x, dims, keepdim=False, *, dtype=None):
 
 
 def _softmax(c, x, dim, *rest, **kw):
+    if _scores(c, x):
+        p = c.env[x]
+        if _axis(dim, 4) != 3:
+            c.fail("a softmax of attention scores over the query axis")
+        if p.attrs["window"] is None:
+            c.fail("attention without a causal mask mixes future positions (sequence-mixing the compiler does not "
+                   "understand)")
+        return _Pending("probs", p.name, **p.attrs)
     t = c.type(c.t(x))
     dim = _axis(dim, len(t.shape))
     if dim == t.seq_axis:
@@ -292,9 +382,12 @@ def _softmax(c, x, dim, *rest, **kw):
 
 
 def _sdpa(c, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, *, enable_gqa=False):
+    window = 0
     if attn_mask is not None:
-        c.fail("attention with an explicit mask is not supported (use is_causal=True)")
-    if not is_causal:
+        if is_causal:
+            c.fail("attention with both a mask and is_causal")
+        window = c.mask_window(attn_mask, additive=attn_mask.meta["val"].is_floating_point())
+    elif not is_causal:
         c.fail("non-causal attention mixes future positions (sequence-mixing the compiler does not understand)")
     if dropout_p:
         c.fail("attention dropout is not supported")
@@ -306,7 +399,7 @@ def _sdpa(c, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None
         c.fail(f"attention with {hq} query heads and {hkv} KV heads")
     return c.emit("attention", [c.t(q), c.t(k), c.t(v)], {
         "layout": "BHTD", "n_head": hq, "n_kv_head": hkv, "head_dim": d,
-        "scale": float(scale) if scale is not None else float(1.0 / np.sqrt(d)), "window": 0,
+        "scale": float(scale) if scale is not None else float(1.0 / np.sqrt(d)), "window": window,
     })
 
 
@@ -334,6 +427,141 @@ def _window_attention(c, q, k, v, window):
         "layout": "BTHD", "n_head": qt.shape[2], "n_kv_head": kt.shape[2], "head_dim": qt.shape[3],
         "scale": float(1.0 / np.sqrt(qt.shape[3])), "window": int(window),
     })
+
+
+# --- attention written out: softmax(q @ k.transpose(-2, -1) * scale + mask) @ v --------------------
+# The scores are never an IR value (they would be (T, T) per head): they stay pending through the
+# scale, the mask and the softmax, and the product with v becomes one `attention` op.
+
+def _scores(c, a) -> bool:
+    return isinstance(a, torch.fx.Node) and isinstance(c.env.get(a), _Pending) and c.env[a].kind == "scores"
+
+
+def _probs(c, a) -> bool:
+    return isinstance(a, torch.fx.Node) and isinstance(c.env.get(a), _Pending) and c.env[a].kind == "probs"
+
+
+def _scores_op(c, fn, a, b):
+    p, other = (c.env[a], b) if _scores(c, a) else (c.env[b], a)
+    attrs = dict(p.attrs)
+    if fn in ("mul", "div") and isinstance(other, (int, float)) and (fn == "mul" or _scores(c, a)):
+        attrs["scale"] = attrs["scale"] * other if fn == "mul" else attrs["scale"] / other
+    elif fn == "add" and attrs["window"] is None:
+        attrs["window"] = c.mask_window(other, additive=True)
+    else:
+        c.fail(f"attention scores {fn} {other!r} (only a scale and one causal mask are understood; logit softcapping "
+               "is not supported)")
+    return _Pending("scores", p.name, **attrs)
+
+
+def _masked_fill(c, x, mask, value):
+    if not _scores(c, x):
+        c.fail("masked_fill of activations (only a causal mask of attention scores is understood)")
+    p = c.env[x]
+    if p.attrs["window"] is not None or float(value) != float("-inf"):
+        c.fail("masked_fill of attention scores other than one causal mask with -inf")
+    return _Pending("scores", p.name, **{**p.attrs, "window": c.mask_window(mask, additive=False, invert=True)})
+
+
+def _matmul(c, a, b, part=""):
+    if isinstance(a, _Pending) or _probs(c, a):
+        p = a if isinstance(a, _Pending) else c.env[a]
+        q, k, v = p.attrs["q"], p.attrs["k"], b if isinstance(b, str) else c.t(b)
+        if len(c.type(q).shape) == 3:  # one head written as (B, T, hs): a (B, 1, T, hs) attention
+            q, k, v = (c.emit("reshape", [n], {"shape": [1, 1, SEQ, c.type(n).shape[2]]},
+                              TensorType((1, 1, SEQ, c.type(n).shape[2]), "f32"), part) for n, part in
+                       ((q, "q"), (k, "k"), (v, "v")))
+            y = _matmul(c, _Pending("probs", p.name, **{**p.attrs, "q": q, "k": k}), v, "heads")
+            return c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
+        qt, kt, vt = (c.type(n) for n in (q, k, v))
+        if not (len(qt.shape) == len(kt.shape) == len(vt.shape) == 4 and qt.seq_axis == kt.seq_axis == vt.seq_axis == 2):
+            c.fail("attention expects (B, H, T, D) operands")
+        hq, hkv = qt.shape[1], kt.shape[1]
+        if hq % hkv or vt.shape[1] != hkv:
+            c.fail(f"attention with {hq} query heads and {hkv} KV heads")
+        return c.emit("attention", [q, k, v], {"layout": "BHTD", "n_head": hq, "n_kv_head": hkv, "head_dim": qt.shape[3],
+                                               "scale": float(p.attrs["scale"]), "window": p.attrs["window"] or 0},
+                      TensorType(qt.shape[:3] + vt.shape[3:], "f32"), part)
+    an = c.t(a)
+    bn = b if isinstance(b, str) else c.t(b)
+    at, bt = c.type(an), c.type(bn)
+    if bt.shape and bt.shape[-1] == SEQ:
+        # q @ k.T: k.T the transpose of a (B, H, T, D) or (B, T, D) tensor, q's sequence axis its row axis
+        kn = c.g.node(bn) if bn not in c.g.weights else None
+        r = len(at.shape)
+        swap = list(range(r - 2)) + [r - 1, r - 2]
+        if kn is None or kn.op != "permute" or kn.attrs["perm"] != swap or at.seq_axis != r - 2 or r not in (3, 4):
+            c.fail("a product over the sequence axis other than attention's q @ k.transpose(-2, -1)")
+        return _Pending("scores", an, q=an, k=kn.inputs[0], scale=1.0, window=None)
+    if bn in c.g.weights and len(bt.shape) == 2:
+        return c.emit("linear", [an, _transposed(c, bn)], part=part)
+    c.fail("a matrix product of two activations (only attention's q @ k.T and probs @ v are understood)")
+
+
+def _transposed(c, w: str) -> str:
+    """W.T of a (K, N) parameter used as x @ W (GPT-2's Conv1D): the (N, K) weight `linear` reads."""
+    name = w + ".T"
+    if name not in c.g.weights:
+        src = c.g.weights[w]
+        c.g.weights[name] = Weight(tuple(src.shape[::-1]), "f32", np.ascontiguousarray(np.asarray(src.data).T), None,
+                                   src.role)
+    return name
+
+
+def _addmm(c, bias, x, w, *, beta=1, alpha=1):
+    if beta != 1 or alpha != 1:
+        c.fail("addmm with alpha or beta other than 1")
+    y = _matmul(c, x, w, "mm")
+    return c.emit("binary", [y, c.t(bias)], {"fn": "add"})
+
+
+def _split(c, x, size, dim=0):
+    name = c.t(x)
+    t = c.type(name)
+    dim = _axis(dim, len(t.shape))
+    if t.shape[dim] == SEQ:
+        c.fail("a split along the sequence axis (sequence-mixing the compiler does not understand)")
+    sizes = [size] * -(-t.shape[dim] // size) if isinstance(size, int) else list(size)
+    out, start = [], 0
+    for s in sizes:
+        end = min(start + s, t.shape[dim])
+        shape = tuple(end - start if i == dim else d for i, d in enumerate(t.shape))
+        out.append(c.emit("slice", [name], {"axis": dim, "start": start, "end": end}, TensorType(shape, t.dtype)))
+        start = end
+    return out
+
+
+def _chunk(c, x, chunks, dim=0):
+    t = c.type(c.t(x))
+    return _split(c, x, -(-t.shape[_axis(dim, len(t.shape))] // chunks), dim)
+
+
+def _getitem(c, parts, i):
+    vals = c.env.get(parts)
+    if not isinstance(vals, list):
+        c.fail("getitem of a value that is not a list of tensors")
+    return vals[i]
+
+
+def _layer_norm(c, x, normalized_shape, weight=None, bias=None, eps=1e-5, *rest):
+    """LayerNorm as the IR's mean / sub / square / rsqrt / mul / add (an fx node of the model,
+    several IR ops; a fused kernel is the backends' business)."""
+    if len(normalized_shape) != 1:
+        c.fail("layer_norm over more than the last axis is not supported")
+    xn = c.t(x)
+    t = c.type(xn)
+    axis = len(t.shape) - 1
+    row = TensorType(t.shape[:-1] + (1,), "f32")
+    mu = c.emit("mean", [xn], {"axis": axis}, row, "mean")
+    d = c.emit("binary", [xn, mu], {"fn": "sub"}, t, "centered")
+    var = c.emit("mean", [c.emit("unary", [d], {"fn": "square"}, t, "square")], {"axis": axis}, row, "var")
+    r = c.emit("unary", [c.emit("binary", [var], {"fn": "add", "scalar": float(eps)}, row, "var_eps")],
+               {"fn": "rsqrt"}, row, "rsqrt")
+    steps = [("mul", [r])] + [(fn, [c.t(a)]) for fn, a in (("mul", weight), ("add", bias)) if a is not None]
+    y = d
+    for i, (fn, operand) in enumerate(steps):
+        y = c.emit("binary", [y] + operand, {"fn": fn}, t, "" if i == len(steps) - 1 else f"step{i}")
+    return y
 
 
 def _sym_size(c, x, dim):
@@ -401,8 +629,24 @@ CONVERTERS: dict[object, Callable] = {
     aten._assert_tensor_metadata.default: _skip,
     aten._assert_scalar.default: _skip,
     aten.sym_constrain_range_for_size.default: _skip,
-    operator.getitem: None,  # only ever reached for multi-output ops, none of which are supported
+    operator.getitem: _getitem,  # parts of split / chunk
 }
+
+# Ops that transformers' and hand-written GPTs' code meets (HF.md). `setdefault`: where another
+# converter for the same op is in the table above, it is the one definition.
+for _op, _conv in {
+    aten.matmul.default: _matmul,
+    aten.mm.default: _matmul,
+    aten.addmm.default: _addmm,
+    aten.masked_fill.Scalar: _masked_fill,
+    aten.split.Tensor: _split,
+    aten.split_with_sizes.default: _split,
+    aten.chunk.default: _chunk,
+    aten.layer_norm.default: _layer_norm,
+    aten.to.dtype_layout: _to,
+    aten.to.device: _to,
+}.items():
+    CONVERTERS.setdefault(_op, _conv)
 
 
 def supported_ops() -> list[str]:
@@ -415,7 +659,7 @@ def lower(ep: torch.export.ExportedProgram) -> Graph:
     sig = ep.graph_signature
     kinds = {s.arg.name: s for s in sig.input_specs}
     data = {**ep.state_dict, **ep.constants}
-    seen_storage: dict[int, str] = {}
+    seen_storage = c.storage
     user_inputs = []
     for n in ep.graph.nodes:
         if n.op != "placeholder":
@@ -443,11 +687,22 @@ def lower(ep: torch.export.ExportedProgram) -> Graph:
         c.env[n] = spec.target
     if len(user_inputs) != 1 or c.seq_symbol is None:
         raise MonologueError("the model's forward must take exactly one (B, T) tensor with a dynamic length T")
+    c.tmax = int(ep.range_constraints[c.seq_symbol].upper)
+    c.evaluator = Evaluator(ep, c.seq_symbol)
+    consts = constant_nodes(ep, user_inputs[0])
 
     for n in ep.graph.nodes:
         if n.op != "call_function":
             continue
         c.fx = n
+        if n in consts:
+            val = n.meta.get("val")
+            if isinstance(val, int) and not isinstance(val, bool) or \
+                    isinstance(val, torch.SymInt) and (val.node.expr == c.seq_symbol or val.node.expr.is_number):
+                c.env[n] = c.dim(val)  # a size: T or a number, what shapes are made of
+            else:
+                c.env[n] = _Const(n)
+            continue
         conv = CONVERTERS.get(n.target)
         if conv is None:
             c.fail(f"unsupported op {n.target}")

@@ -15,11 +15,13 @@ run code. One that needs more than tensors and plain containers is refused with 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pickle
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -40,15 +42,22 @@ class LoadedModel:
     source: dict = field(default_factory=dict)  # {"name": file name, "sha256": ..., "kind": ...}
     # config keys the checkpoint cannot show -> what was assumed (and how to say otherwise)
     assumed: dict[str, str] = field(default_factory=dict)
+    factory: Callable | None = None  # state dict -> module, for a module given to the Python API
 
     def build_module(self, state_dict: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
         """The PyTorch model of this architecture with `state_dict` (default: the checkpoint's) loaded."""
+        if self.factory is not None:
+            return self.factory(self.state_dict if state_dict is None else state_dict)
         return build_module(self.arch, self.config, self.state_dict if state_dict is None else state_dict)
 
 
 def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
     from training.gpt import rotary_tables
 
+    if arch == "hf":
+        from .hf import build
+
+        return build(config, state_dict)
     sd = dict(state_dict)
     # A big model is built on the meta device: random-initializing 560M parameters only to overwrite
     # them took minutes. A small one is not: the meta device's first use costs ~3 s of set-up.
@@ -84,7 +93,7 @@ def load(path: str | Path, tokenizer: str | Path | None = None, config: str | Pa
          overrides: dict | None = None) -> LoadedModel:
     """`overrides`: config values that replace the loaded or detected ones (`--softcap`, `--set`)."""
     m = _load(Path(path), tokenizer, config)
-    return _overridden(m, overrides) if overrides else m
+    return overridden(m, overrides) if overrides else m
 
 
 def _load(path: Path, tokenizer, config) -> LoadedModel:
@@ -94,6 +103,10 @@ def _load(path: Path, tokenizer, config) -> LoadedModel:
     except OSError as e:  # a name too long, a loop of links
         raise MonologueError(f"{path}: {e.strerror or e}") from None
     if path.is_dir():
+        from .hf import is_hf_folder, load_folder
+
+        if is_hf_folder(path):
+            return _checked(LoadedModel("hf", *load_folder(path, _hf_tokenizer(path, tokenizer))))
         return _load_nanochat(_latest_model(path), tokenizer)
     if re.fullmatch(r"model_\d+\.pt", path.name) and (path.parent / _meta_name(path)).exists():
         return _load_nanochat(path, tokenizer)
@@ -165,6 +178,22 @@ def _load_nanochat(model_path: Path, tokenizer) -> LoadedModel:
     return _checked(LoadedModel(arch, cfg, sd, _read_tokenizer(Path(tokenizer)), source, assumed))
 
 
+def _hf_tokenizer(folder: Path, tokenizer) -> str:
+    """--tokenizer, else the folder's own tokenizer.json (Hugging Face's format or this project's).
+    A folder without one compiles with no tokenizer (an empty one in the manifest): the model then
+    runs from token ids only (verify, the runtimes' ABI), which the warning says."""
+    if tokenizer is not None:
+        return _read_tokenizer(Path(tokenizer))
+    own = folder / "tokenizer.json"
+    if own.exists():
+        return _read_tokenizer(own)
+    import click
+
+    click.echo(f"warning: {folder}: no tokenizer.json and no --tokenizer; compiling with no tokenizer: "
+               "the model runs from token ids only", err=True)
+    return "{}"
+
+
 def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict, dict]:
     """A training/ config as is; a nanochat model_config (sizes only) by the version its keys show.
     Also returns what detection had to assume (see nanochat.detect)."""
@@ -188,7 +217,7 @@ def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict, dict]
     return "gpt", _gpt_config(out, where), {}
 
 
-def _overridden(m: LoadedModel, overrides: dict) -> LoadedModel:
+def overridden(m: LoadedModel, overrides: dict) -> LoadedModel:
     """m with config values replaced; an unknown key or a value the config refuses is a one-line error."""
     from dataclasses import fields
 
@@ -213,7 +242,7 @@ def _overridden(m: LoadedModel, overrides: dict) -> LoadedModel:
         raise MonologueError(f"--set: {e}") from None
     assumed = {k: v for k, v in m.assumed.items() if k not in overrides}
     source = {**m.source, "overrides": dict(overrides)}
-    return LoadedModel(m.arch, cfg, m.state_dict, m.tokenizer_json, source, assumed)
+    return dataclasses.replace(m, config=cfg, source=source, assumed=assumed)
 
 
 def _gpt_config(d: dict, where: Path) -> dict:

@@ -24,7 +24,6 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
     # range starts at 3; the IR is T-generic, and decode runs the same graph with T = 1.
     hi = max(4, sequence_len)
     example = torch.zeros(1, min(8, hi), dtype=torch.long)
-    T = torch.export.Dim("T", min=3, max=hi)
     torch_log = logging.getLogger("torch")
     level = torch_log.level
     # export logs what it could not trace, traceback and all, besides raising it: the one-line
@@ -32,7 +31,7 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
     torch_log.setLevel(logging.CRITICAL)
     try:
         with torch.no_grad():
-            return torch.export.export(module, (example,), dynamic_shapes=({1: T},), strict=False)
+            return _export(module, example, hi)
     except Exception as e:  # export's own message names the construct it could not trace
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         if lines and lines[0].startswith("Constraints violated"):
@@ -43,3 +42,16 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
         raise MonologueError(f"torch.export could not trace the model: {first[:300]}") from None
     finally:
         torch_log.setLevel(level)
+
+
+def _export(module, example, hi: int):
+    T = torch.export.Dim("T", min=3, max=hi)
+    try:
+        return torch.export.export(module, (example,), dynamic_shapes=({1: T},), strict=False)
+    except Exception as e:
+        # `buffer[:T]` of a buffer with exactly `hi` rows: export specializes T == hi (a slice that
+        # ends at the size is another case), so the graph serves every length but the last
+        if f"!= {hi}" not in str(e):
+            raise
+    T = torch.export.Dim("T", min=3, max=hi - 1)
+    return torch.export.export(module, (example,), dynamic_shapes=({1: T},), strict=False)

@@ -1,0 +1,197 @@
+"""A Hugging Face model folder: the module from transformers' own modeling code, weights from safetensors.
+
+    config.json                      -> transformers config (no remote code: `trust_remote_code` stays off)
+    model.safetensors                -> weights, read tensor by tensor (never a pickle), bf16/f16 -> f32
+    model.safetensors.index.json     -> or the shards it lists
+    tokenizer.json                   -> the tokenizer (Hugging Face's format, read by the Rust runtime), or
+                                        --tokenizer; a folder without one compiles to a model run from ids
+
+The module is built with its parameters on the meta device (buffers such as RoPE's `inv_freq` are
+computed for real) and the checkpoint's tensors are assigned to it, so a model is in memory once.
+The traced forward is `model(input_ids=idx, use_cache=False).logits`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import types
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..errors import MonologueError
+from ..files import sha256_file
+
+# A model longer than this compiles with this many positions (tables, KV cache); the config's own
+# max_position_embeddings (131072 for Llama 3.2) would make every table and cache that long.
+MAX_SEQUENCE_LEN = 4096
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists()
+
+
+class CausalLMLogits(nn.Module):
+    """`model(ids) -> logits` for a module whose forward takes `input_ids` and returns `.logits`, or
+    takes the ids and returns the logits (a hand-written GPT), and greedy decoding for parity."""
+
+    def __init__(self, model: nn.Module, sequence_len: int):
+        super().__init__()
+        self.model = model
+        self.sequence_len = sequence_len
+        self.config = types.SimpleNamespace(sequence_len=sequence_len)  # what parity's per-layer trace reads
+
+    def forward(self, idx):
+        out = self.model(input_ids=idx, use_cache=False) if _takes_input_ids(self.model) else self.model(idx)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return getattr(out, "logits", out)
+
+    @torch.no_grad()
+    def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, **_) -> list[int]:
+        """Greedy decoding by full recompute (no cache code of the model is involved)."""
+        tokens, out = list(prompt), []
+        for _ in range(min(max_new_tokens, self.sequence_len - len(prompt))):
+            t = int(self(torch.tensor([tokens]))[0, -1].argmax())
+            out.append(t)
+            tokens.append(t)
+        return out
+
+
+def _takes_input_ids(model: nn.Module) -> bool:
+    import inspect
+
+    try:
+        return "input_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def read_config(folder: Path):
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MonologueError(f"{folder / 'config.json'}: not a usable transformers config: {first[:200]}") from None
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise MonologueError(f"{folder / 'config.json'}: {cfg.model_type} is an encoder-decoder model; only causal "
+                             "(decoder-only) language models compile")
+    return cfg
+
+
+def weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+            raise MonologueError(f"{index}: not a safetensors index ({e})") from None
+        files = [folder / s for s in shards]
+    elif (folder / "model.safetensors").exists():
+        files = [folder / "model.safetensors"]
+    else:
+        raise MonologueError(f"{folder}: no model.safetensors or model.safetensors.index.json (only safetensors "
+                             "weights are read: a pickle can run code)")
+    for f in files:
+        if not f.exists():
+            raise MonologueError(f"{f}: weight shard listed in the index is missing")
+    return files
+
+
+def read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor as f32 (floating) or as stored (integer), one at a time."""
+    from safetensors import SafetensorError, safe_open
+
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    t = st.get_tensor(k)
+                    sd[k] = t.to(torch.float32) if t.is_floating_point() else t
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MonologueError(f"{f}: not a readable safetensors file (truncated or corrupt?): {first[:200]}") from None
+    return sd
+
+
+def sequence_len(cfg) -> int:
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or MAX_SEQUENCE_LEN
+    return int(min(n, MAX_SEQUENCE_LEN))
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Parameters are made on the meta device (the checkpoint's tensors replace them), buffers for real:
+    RoPE's inv_freq is computed in __init__ and never saved."""
+    register = nn.Module.register_parameter
+
+    def on_meta(self, name, param):
+        register(self, name, param)
+        if param is not None and param.device.type != "meta":
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def build(config: dict, state_dict: dict[str, torch.Tensor]) -> CausalLMLogits:
+    """The transformers model of `config` ({"hf": config.json's dict, "sequence_len"}) with these weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf = dict(config["hf"])
+    cfg = AutoConfig.for_model(hf.pop("model_type"), **hf)
+    try:
+        with parameters_on_meta():
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    except ValueError as e:  # transformers names the model type it has no causal LM class for
+        raise MonologueError(f"config.json: {str(e).splitlines()[0][:200]}") from None
+    state_dict = _checkpoint_names(state_dict, {k for k, _ in model.named_parameters(remove_duplicate=False)})
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    except RuntimeError as e:
+        line = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise MonologueError(f"weights do not fit the {cfg.model_type} model of config.json: {line[:200]}") from None
+    if getattr(cfg, "tie_word_embeddings", False):
+        out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+        if out is not None and inp is not None and out.weight.device.type == "meta":
+            out.weight = inp.weight
+    missing = [k for k, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise MonologueError(f"the weights have no {missing[0]} (the {cfg.model_type} model of config.json needs it)")
+    if unexpected:
+        raise MonologueError(f"the weights have {unexpected[0]}, which the {cfg.model_type} model of config.json lacks")
+    return CausalLMLogits(model.eval(), config["sequence_len"])
+
+
+def _checkpoint_names(sd: dict[str, torch.Tensor], params: set[str]) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict as is; the IR's weights (R_q for verify) renamed back: the wrapper's
+    `model.` prefix dropped, a `W.T` made for x @ W transposed back, constants made by lowering
+    (position tables, `1 + w`) left out, since the model computes them itself."""
+    if any(k in params for k in sd):
+        return sd
+    out = {}
+    for k, v in sd.items():
+        name, t = (k[:-2], True) if k.endswith(".T") else (k, False)
+        name = name[len("model."):] if name.startswith("model.") else name
+        if name in params:
+            out[name] = v.T.contiguous() if t else v
+    return out
+
+
+def load_folder(folder: Path, tokenizer_json: str | None):
+    """(config dict, fp32 state dict, tokenizer JSON, source) of a save_pretrained folder."""
+    cfg = read_config(folder)
+    files = weight_files(folder)
+    sd = read_weights(files)
+    config = {"hf": cfg.to_dict(), "sequence_len": sequence_len(cfg), "vocab_size": int(cfg.vocab_size)}
+    source = {"name": folder.name, "sha256": sha256_file(files[0]), "kind": "huggingface",
+              "model_type": cfg.model_type, "files": [f.name for f in files]}
+    return config, sd, tokenizer_json, source

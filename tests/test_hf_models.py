@@ -1,0 +1,373 @@
+"""Hugging Face causal LMs and hand-written GPTs compile unmodified: the numpy interpreter against the
+model's own fp32 forward, for transformers' classes with tiny random configs (both attention
+implementations) and two GPTs written here in the styles people write them.
+
+Each cell: logits <= 1e-4 relative, chunked prefill and decode = one shot (past every sliding
+window), 64 greedy tokens identical to the model's own (at --quant none the model is R_q).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+transformers = pytest.importorskip("transformers")
+
+from monologue_compile.errors import MonologueError  # noqa: E402
+from monologue_compile.frontend.hf import CausalLMLogits  # noqa: E402
+from monologue_compile.frontend.trace import trace  # noqa: E402
+from monologue_compile.interpreter import Session  # noqa: E402
+from monologue_compile.lower import lower  # noqa: E402
+from monologue_compile.passes import run_pipeline  # noqa: E402
+
+V, S = 97, 80  # vocabulary, positions: 8 prompt tokens + 64 greedy ones fit
+SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=S, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def hf_configs() -> dict:
+    from transformers import (Gemma3TextConfig, GPT2Config, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config,
+                              SmolLM3Config)
+
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 16, "rope_theta": 500000.0}
+    return {
+        "gpt2": GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=S, bos_token_id=1, eos_token_id=2),
+        "llama-llama3-tied": LlamaConfig(**SMALL, rope_parameters=llama3, tie_word_embeddings=True),
+        "llama-untied": LlamaConfig(**SMALL, tie_word_embeddings=False),
+        "qwen2": Qwen2Config(**SMALL),
+        "qwen3": Qwen3Config(**SMALL, head_dim=8),
+        "gemma3": Gemma3TextConfig(**SMALL, head_dim=8, sliding_window=5,
+                                   layer_types=["sliding_attention", "full_attention"]),
+        "phi3": Phi3Config(**SMALL, partial_rotary_factor=0.5),
+        "smollm3": SmolLM3Config(**SMALL, no_rope_layers=[1, 0]),
+    }
+
+
+def randomized(model: nn.Module, seed: int) -> nn.Module:
+    """Norm weights and biases moved off their 1 and 0, so a dropped weight or `1 + w` shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+# --- GPTs as people write them -------------------------------------------------------------------
+
+class NanoGPT(nn.Module):
+    """nanoGPT's model.py in miniature: fused c_attn split in three, a registered tril buffer with
+    masked_fill, learned positions, LayerNorm with biases, GELU, tied embeddings."""
+
+    def __init__(self, n_embd=32, n_head=4, n_layer=2, block_size=S):
+        super().__init__()
+        self.n_head, self.block_size = n_head, block_size
+        self.wte, self.wpe = nn.Embedding(V, n_embd), nn.Embedding(block_size, n_embd)
+        self.blocks = nn.ModuleList(NanoBlock(n_embd, n_head, block_size) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, V, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx):
+        B, T = idx.size()
+        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for b in self.blocks:
+            x = b(x)
+        return self.lm_head(self.ln_f(x))
+
+
+class NanoBlock(nn.Module):
+    def __init__(self, C, n_head, block_size):
+        super().__init__()
+        self.n_head = n_head
+        self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+        self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+        self.register_buffer("bias", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size))
+
+    def attn(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class CharGPT(nn.Module):
+    """The character-level GPT of the seeds: LayerNorm, learned positions, heads as separate
+    modules over (B, T, hs) with a tril buffer, ReLU MLP, SDPA nowhere."""
+
+    def __init__(self, n_embd=24, n_head=3, n_layer=2, block_size=S):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(V, n_embd), nn.Embedding(block_size, n_embd)
+        self.blocks = nn.Sequential(*[CharBlock(n_embd, n_head, block_size) for _ in range(n_layer)])
+        self.ln_f, self.head = nn.LayerNorm(n_embd), nn.Linear(n_embd, V)
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.tok(idx) + self.pos(torch.arange(T, device=idx.device))
+        return self.head(self.ln_f(self.blocks(x)))
+
+
+class CharHead(nn.Module):
+    def __init__(self, C, hs, block_size):
+        super().__init__()
+        self.key, self.query, self.value = (nn.Linear(C, hs, bias=False) for _ in range(3))
+        self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)))
+
+    def forward(self, x):
+        T = x.shape[1]
+        k, q = self.key(x), self.query(x)
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
+        return F.softmax(wei, dim=-1) @ self.value(x)
+
+
+class CharBlock(nn.Module):
+    def __init__(self, C, n_head, block_size):
+        super().__init__()
+        self.heads = nn.ModuleList(CharHead(C, C // n_head, block_size) for _ in range(n_head))
+        self.proj = nn.Linear(C, C)
+        self.ffwd = nn.Sequential(nn.Linear(C, 4 * C), nn.ReLU(), nn.Linear(4 * C, C))
+        self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
+
+    def forward(self, x):
+        x = x + self.proj(torch.cat([h(self.ln1(x)) for h in self.heads], dim=-1))
+        return x + self.ffwd(self.ln2(x))
+
+
+# --- the matrix ----------------------------------------------------------------------------------
+
+CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma3", "phi3",
+                             "smollm3"] for impl in ("eager", "sdpa")] + [("nanogpt", "-"), ("chargpt", "-")]
+
+
+def build_model(family: str, impl: str) -> CausalLMLogits:
+    torch.manual_seed(1)
+    if family == "nanogpt":
+        return CausalLMLogits(randomized(NanoGPT(), 2), S)
+    if family == "chargpt":
+        return CausalLMLogits(randomized(CharGPT(), 3), S)
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_config(hf_configs()[family], attn_implementation=impl, dtype=torch.float32)
+    return CausalLMLogits(randomized(m, 4), S)
+
+
+def compiled(model: nn.Module, quant: str = "none"):
+    ep = trace(model, S)
+    g = lower(ep)
+    g.meta["config"] = {"sequence_len": int(ep.range_constraints[next(iter(ep.range_constraints))].upper),
+                        "vocab_size": V}
+    return run_pipeline(g, quant)[0]
+
+
+@pytest.fixture(scope="module", params=CELLS, ids=[f"{f}-{i}" for f, i in CELLS])
+def cell(request):
+    model = build_model(*request.param)
+    return request.param, model, compiled(model)
+
+
+def ids(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(3, V, n)
+
+
+def test_logits_match_the_models_own_forward(cell):
+    _, model, g = cell
+    x = ids(24)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    out = Session(g).forward(x)
+    assert np.abs(out - ref).max() / np.abs(ref).max() <= 1e-4
+
+
+def test_chunked_prefill_and_decode_equal_one_shot_past_the_window(cell):
+    (family, _), _, g = cell
+    if family == "gemma3":
+        assert sorted(n.attrs["window"] for n in g.nodes if n.op == "attention") == [0, 5]
+    x = ids(24, 1)
+    whole = Session(g).forward(x)
+    s = Session(g)
+    parts = [s.forward(x[:7]), s.forward(x[7:8]), s.forward(x[8:15])] + [s.forward(x[i:i + 1]) for i in range(15, 24)]
+    assert np.abs(np.concatenate(parts) - whole).max() <= 1e-5 * np.abs(whole).max()
+
+
+def test_64_greedy_tokens_identical_to_the_model(cell):
+    (_, impl), model, g = cell
+    if impl == "eager":
+        pytest.skip("eager and sdpa differ in attention only, which the logits and chunked checks cover; the "
+                    "64-step reference decode (full recompute) is the slowest check, so it runs once per family")
+    prompt = [int(t) for t in ids(8, 2)]
+    want = model.generate(prompt, 64)
+    s = Session(g)
+    logits, got = s.forward(prompt)[-1], []
+    for _ in range(64):
+        got.append(int(np.argmax(logits)))
+        logits = s.forward([got[-1]])[-1]
+    assert got == want
+
+
+def test_hf_position_tables_and_masks_are_evaluated_not_lowered():
+    """RoPE cos/sin become `positions` tables and the masks are gone into the attention ops."""
+    g = compiled(build_model("llama-llama3-tied", "sdpa"))
+    tables = [g.weights[n.inputs[0]] for n in g.nodes if n.op == "positions"]
+    assert tables and all(t.role == "table" and S in t.shape for t in tables)
+    assert all(w.shape.count(S) < 2 for w in g.weights.values())  # no (T, T) mask survives as a weight
+
+
+# --- folders and the CLI -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qwen3_folder(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    d = tmp_path_factory.mktemp("hf") / "qwen3"
+    torch.manual_seed(5)
+    m = randomized(AutoModelForCausalLM.from_config(hf_configs()["qwen3"], dtype=torch.float32), 6)
+    m.save_pretrained(d, max_shard_size="40KB")  # sharded, with model.safetensors.index.json
+    return d, m
+
+
+def test_cli_compiles_a_sharded_save_pretrained_folder(qwen3_folder, tmp_path):
+    d, m = qwen3_folder
+    assert (d / "model.safetensors.index.json").exists()
+    out = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(d), "-o", str(out), "--quant",
+                        "none", "--no-wasm"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["model"]["source"]["kind"] == "huggingface"
+    from monologue_compile.artifact import load_model
+
+    g, _, _ = load_model(out)
+    x = ids(12)
+    with torch.no_grad():
+        ref = m(input_ids=torch.from_numpy(x)[None]).logits[0].numpy()
+    assert np.abs(Session(g).forward(x) - ref).max() / np.abs(ref).max() <= 1e-4
+
+
+def test_folder_builds_with_bf16_weights_in_f32(qwen3_folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from monologue_compile.frontend.load import load
+
+    d, m = qwen3_folder
+    bf = tmp_path / "bf16"
+    bf.mkdir()
+    (bf / "config.json").write_text((d / "config.json").read_text())
+    sd = {}
+    for f in d.glob("*.safetensors"):
+        sd.update(load_file(f))
+    save_file({k: v.to(torch.bfloat16) for k, v in sd.items()}, bf / "model.safetensors")
+    loaded = load(bf)
+    assert all(v.dtype == torch.float32 for v in loaded.state_dict.values())
+    model = loaded.build_module()
+    x = torch.from_numpy(ids(10))[None]
+    with torch.no_grad():
+        want = m(input_ids=x).logits
+    assert torch.allclose(model(x), want, atol=0.05 * want.abs().max().item())  # bf16 rounding of the weights
+
+
+def test_missing_and_corrupt_shards_are_named(qwen3_folder, tmp_path):
+    import shutil
+
+    from monologue_compile.frontend.load import load
+
+    d, _ = qwen3_folder
+    broken = tmp_path / "broken"
+    shutil.copytree(d, broken)
+    shards = sorted(broken.glob("model-*.safetensors"))
+    shards[1].write_bytes(shards[1].read_bytes()[:100])
+    with pytest.raises(MonologueError, match=shards[1].name + ".*not a readable safetensors"):
+        load(broken)
+    shards[1].unlink()
+    with pytest.raises(MonologueError, match=shards[1].name + ".*missing"):
+        load(broken)
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(broken), "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and shards[1].name in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+def test_moe_routing_is_refused_by_name():
+    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
+
+    cfg = Qwen2MoeConfig(**{**SMALL, "intermediate_size": 32}, moe_intermediate_size=16, num_experts=4,
+                         num_experts_per_tok=2, shared_expert_intermediate_size=16)
+    model = CausalLMLogits(AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval(), S)
+    with pytest.raises(MonologueError, match=r"fx node %\w+ \(.*\.py:\d+"):
+        lower(trace(model, S))
+
+
+class NotCausal(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, 8)
+
+    def forward(self, idx):
+        x = self.emb(idx)[:, None]
+        T = idx.shape[1]
+        band = torch.ones(T, T).tril(1).bool()  # sees one future token
+        return F.scaled_dot_product_attention(x, x, x, attn_mask=band)[:, 0]
+
+
+def test_a_mask_that_is_not_causal_is_refused_with_its_node():
+    with pytest.raises(MonologueError, match=r"attention mask at fx node %\w+ is not causal"):
+        lower(trace(NotCausal(), S))
+
+
+# --- the Python API ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["nanogpt", "qwen3"])
+def test_python_api_compiles_a_module_at_int8_within_parity_of_r_q(family, tmp_path):
+    """`monologue_compile.compile(model, tokenizer, out_dir)` with --verify's checks: int8 logits and
+    greedy tokens vs R_q (the model with the dequantized weights), decode vs prefill."""
+    import monologue_compile
+
+    model = build_model(family, "sdpa").model
+    out = tmp_path / "dist"
+    manifest = monologue_compile.compile(model, None, out, verify=True)
+    report = json.loads((out / "parity.json").read_text())
+    assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
+    assert manifest["model"]["quant"] == "int8" and manifest["model"]["source"]["kind"] == "module"
+
+
+def test_cli_model_code_builds_the_users_class_and_verifies_against_it(tmp_path):
+    """`--model-code file.py:Name`: nanoGPT's ckpt.pt layout ({"model", "model_args"}) with the user's
+    class; --verify compares the compiled model with that class's forward."""
+    from pathlib import Path
+
+    code = tmp_path / "mymodel.py"
+    code.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                    "from test_hf_models import NanoGPT\n")
+    model = randomized(NanoGPT(n_embd=16, n_head=2, n_layer=1), 7)
+    torch.save({"model": model.state_dict(), "model_args": {"n_embd": 16, "n_head": 2, "n_layer": 1}},
+               tmp_path / "ckpt.pt")
+    out = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tmp_path / "ckpt.pt"), "-o", str(out),
+                        "--model-code", f"{code}:NanoGPT", "--verify", "--no-wasm"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((out / "parity.json").read_text())
+    assert report["ok"] and report["checks"]["vs_fp32"]["top1_agreement"] >= 0.9
