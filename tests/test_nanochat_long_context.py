@@ -2,9 +2,9 @@
 on every backend the dist ships: a tiny model with sequence_len 1024 (where the half, third and
 quarter windows differ: 512, 384, 256 keys before the query), logits against R_q on a sequence
 reaching sequence_len whose last 16 tokens are decode steps, and 64 greedy tokens from a prompt
-longer than the window, on the interpreter, native and runtime.wasm (wgpu is listed as skipped: the
-WGSL backend does not express these versions yet, and the compile warns so). A window planted wrong
-in one backend's generated code makes verify fail."""
+longer than the window, on the interpreter, native, runtime.wasm and wgpu (both plan profiles; skipped
+only where the machine has no adapter). A window planted wrong in one backend's generated code makes
+verify fail."""
 
 import json
 import shutil
@@ -61,10 +61,8 @@ def test_every_backend_matches_rq_past_the_window(dists, tmp_path_factory, versi
         mp.setenv("MONOLOGUE_RUST_FAST", "1")
         report = run_parity(g, fp32_model=model, tokenizer_json=tok, layers=False, dist=dist)
     ran = {k for k, b in report["backends"].items() if b["status"] != "skipped"}
-    # the WGSL backend does not express these versions yet (resid/x0 lambdas, gates, smear): it is
-    # listed as skipped with the reason, never silently left out
-    assert {"numpy", "native", "wasm" if shutil.which("node") else "numpy"} <= ran
-    assert "wgpu" in report["backends"]
+    no_adapter = {k for k, b in report["backends"].items() if "adapter" in b.get("reason", "")}
+    assert {"numpy", "native", "wgpu", "wgpu-cpu", "wasm" if shutil.which("node") else "numpy"} <= ran | no_adapter
     failing = {k: v for k, v in report["checks"].items() if not v["ok"]}
     assert not failing, failing
     for name in ran:
@@ -81,17 +79,24 @@ def test_every_backend_matches_rq_past_the_window(dists, tmp_path_factory, versi
 
 
 @needs_cargo
-def test_verify_fails_on_a_window_planted_wrong_in_one_backend(dists, tmp_path_factory, tmp_path):
+def test_verify_fails_on_a_window_planted_wrong_in_one_backend(dists, tmp_path_factory, tmp_path, monkeypatch):
+    """The native backend's generated code gets nanochat's old half window; verify must say so (and
+    only for native). The plant goes into the code generator: a dist's own crate is never built."""
+    from monologue_compile.backends import rust_crate
+
     _, dist = _dist(dists, tmp_path_factory, "mar2026b-smear-backout")
-    bad = tmp_path / "bad"
-    shutil.copytree(dist, bad)
-    gen = bad / "runtime_rs" / "src" / "model_gen.rs"
-    src = gen.read_text()
-    assert src.count("window: 257 }") == 2  # the two S layers see 257 keys (a left window of 256)
-    gen.write_text(src.replace("window: 257 }", "window: 513 }"))  # nanochat's old half window
-    r = CliRunner().invoke(main, ["verify", str(bad)], env={"MONOLOGUE_RUST_FAST": "1"})
+    dist = shutil.copytree(dist, tmp_path / "dist")
+    honest = rust_crate.generate
+
+    def planted(g):
+        src = honest(g)
+        assert src.count("window: 257 }") == 2  # the two S layers see 257 keys (a left window of 256)
+        return src.replace("window: 257 }", "window: 513 }")
+
+    monkeypatch.setattr(rust_crate, "generate", planted)
+    r = CliRunner().invoke(main, ["verify", str(dist)], env={"MONOLOGUE_RUST_FAST": "1"})
     assert r.exit_code == 1, r.output
-    report = json.loads((bad / "parity.json").read_text())
+    report = json.loads((dist / "parity.json").read_text())
     failing = {k for k, v in report["checks"].items() if not v["ok"]}
     assert "native_long_context_vs_rq" in failing and all(k.startswith("native") for k in failing), failing
     assert report["backends"]["native"]["status"] == "fail" and report["backends"]["numpy"]["status"] == "pass"
