@@ -1,4 +1,4 @@
-"""Canonicalize: drop dead code and duplicates, fold views, fold attention's transposes into its layout,
+"""Canonicalize: drop dead code and duplicates, fold views,
 fold subgraphs of weights alone into derived weights, and turn the written-out RMSNorm into `rms_norm`."""
 
 from __future__ import annotations
@@ -145,33 +145,5 @@ def rms_norm_idiom(g: Graph) -> Graph:
     return dead_code(g)
 
 
-_SWAP_HT = [0, 2, 1, 3]
-
-
-def attention_layout(g: Graph) -> Graph:
-    """Attention reads q, k, v and writes y as (1, T, H, D), the layout projections produce.
-
-    The model transposes to (B, H, T, D) for SDPA and back; folding those transposes into the
-    attention op's layout removes two copies per layer.
-    """
-    by_name = {n.name: n for n in g.nodes}
-    users = g.users()
-    for n in g.nodes:
-        if n.op != "attention" or n.attrs["layout"] != "BHTD":
-            continue
-        srcs = [by_name.get(i) for i in n.inputs]
-        if not all(s is not None and s.op == "permute" and s.attrs["perm"] == _SWAP_HT for s in srcs):
-            continue
-        outs = users.get(n.name, [])
-        if not outs or not all(u.op == "permute" and u.attrs["perm"] == _SWAP_HT for u in outs):
-            continue
-        n.inputs = [s.inputs[0] for s in srcs]
-        n.attrs["layout"] = "BTHD"
-        n.type = outs[0].type
-        for u in outs:
-            rename_uses(g, u.name, n.name)
-    return dead_code(g)
-
-
 def canonicalize(g: Graph) -> Graph:
-    return rms_norm_idiom(fold_constants(attention_layout(fold_views(cse(dead_code(g))))))
+    return rms_norm_idiom(fold_constants(fold_views(cse(dead_code(g)))))
