@@ -75,14 +75,13 @@ def _backend(name: str):
 def test_rust_runtime_matches_rq(int8, backend, tmp_path):
     g, rq = int8
     if backend == "native":
-        import json
-
         from monologue_compile.artifact import write_model
+        from monologue_compile.backends.native import model_files
 
-        write_model(g, tmp_path / "model", json.dumps({}), {"model": {"config": g.meta["config"]}})
-        crate = shared_crate_dir()
-        emit_crate(g, crate)
-        make = lambda: NativeModel.from_dist(tmp_path, lib_path=build_native(crate, fast=True))  # noqa: E731
+        write_model(g, tmp_path / "model", "{}", {"model": {"config": g.meta["config"]}})
+        manifest, shards, _ = model_files(tmp_path)  # no tokenizer: the test drives token ids
+        lib = build_native(emit_crate(g, shared_crate_dir()), fast=True)
+        make = lambda: NativeModel(lib, manifest, shards, None)  # noqa: E731
     else:
         make = lambda: wasm_session_for_graph(g)  # noqa: E731
     model = make()

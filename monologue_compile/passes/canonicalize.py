@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from ..ir import OPS, SEQ, Graph, Weight
+from ..ir import OPS, SEQ, Graph, Node, Weight
 
 
 def dead_code(g: Graph) -> Graph:
@@ -145,5 +145,43 @@ def rms_norm_idiom(g: Graph) -> Graph:
     return dead_code(g)
 
 
+def integer_powers(g: Graph) -> Graph:
+    """`x ** n` for a small integer n (GELU-tanh's `pow(x, 3)`) becomes products: WGSL's `pow` is
+    undefined for a negative base, while x ** 3 of a negative x is well defined."""
+    for n in list(g.nodes):
+        k = n.attrs.get("scalar")
+        if not (_is_scalar(n, "pow") and float(k).is_integer() and 2 <= k <= 8):
+            continue
+        x = n.inputs[0]
+        at = g.nodes.index(n)
+        acc = Node(g.fresh(n.name + "_sq"), "unary", [x], {"fn": "square"}, n.type, n.source)
+        g.nodes.insert(at, acc)
+        for _ in range(int(k) - 2):
+            at += 1
+            acc = Node(g.fresh(n.name + "_mul"), "binary", [acc.name, x], {"fn": "mul"}, n.type, n.source)
+            g.nodes.insert(at, acc)
+        rename_uses(g, n.name, acc.name)
+    return dead_code(g)
+
+
+def scalar_weights(g: Graph) -> Graph:
+    """A binary op whose tensor operand is a one-element f32 weight (Gemma's `embed_scale`, a 0-d
+    parameter) takes it as its scalar: no backend needs a 0-d tensor."""
+    for n in g.nodes:
+        if n.op != "binary" or len(n.inputs) != 2 or n.inputs[0] == n.inputs[1]:
+            continue
+        for k, name in enumerate(n.inputs):
+            w = g.weights.get(name)
+            other = n.inputs[1 - k]
+            if (w is None or w.dtype != "f32" or int(np.prod(w.shape)) != 1
+                    or g.type_of(other).shape != n.type.shape):
+                continue
+            n.inputs = [other]
+            n.attrs = {"fn": n.attrs["fn"], "scalar": float(np.asarray(w.data).reshape(-1)[0]),
+                       **({"reverse": True} if k == 0 else {})}
+            break
+    return dead_code(g)
+
+
 def canonicalize(g: Graph) -> Graph:
-    return rms_norm_idiom(fold_constants(fold_views(cse(dead_code(g)))))
+    return rms_norm_idiom(scalar_weights(fold_constants(integer_powers(fold_views(cse(dead_code(g)))))))
