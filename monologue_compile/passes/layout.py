@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import SEQ, Graph, Node, TensorType, Weight
+from ..ir import SEQ, Graph, Node, TensorType, Weight, permute_is_view
 from .canonicalize import dead_code, fold_views, rename_uses, cse
 
 _SWAP_HT = [0, 2, 1, 3]
@@ -219,11 +219,6 @@ class _Sinker:
         return True
 
 
-def _kept_order(src: tuple, perm: list[int]) -> bool:
-    """The permute moves only axes of size 1: the data keep their order (a reshape)."""
-    return [p for p in perm if src[p] != 1] == [i for i, d in enumerate(src) if d != 1]
-
-
 def split_unit_reshapes(g: Graph) -> Graph:
     """A reshape that moves T off axis 1 by inserting axes of size 1 in front of it ((1, T, D) ->
     (1, 1, T, D), one head in BHTD) is a reshape to (1, T, 1, D) and a permute, which can then sink."""
@@ -245,7 +240,7 @@ def split_unit_reshapes(g: Graph) -> Graph:
 
 def unit_permutes_as_reshapes(g: Graph) -> Graph:
     for n in g.nodes:
-        if n.op == "permute" and _kept_order(g.type_of(n.inputs[0]).shape, n.attrs["perm"]):
+        if n.op == "permute" and permute_is_view(g.type_of(n.inputs[0]).shape, n.attrs["perm"]):
             n.op, n.attrs = "reshape", {"shape": list(n.type.shape)}
     return fold_views(g)
 
@@ -265,7 +260,13 @@ def sink_permutes(g: Graph) -> Graph:
                     changed = True
             if changed:
                 break
-    return dead_code(cse(g))
+    g = dead_code(cse(g))
+    users = g.users()
+    stuck = {p.name: "T leaves axis 1; the layout pass cannot move it past " +
+             ", ".join(f"%{u.name} ({u.op})" for u in users.get(p.name, [])) for p in g.nodes if _moves_seq(g, p)}
+    if stuck:
+        g.meta["unsunk_permutes"] = stuck
+    return g
 
 
 def layout(g: Graph) -> Graph:
