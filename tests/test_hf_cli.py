@@ -29,7 +29,7 @@ def test_compile_cli_builds_a_save_pretrained_folder_for_every_backend(family, t
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     plan = json.loads((out / "model" / "plan.json").read_text())
-    assert plan["decode"] and plan["prefill"]
+    assert plan["dispatch"]["decode"] and plan["dispatch"]["prefill"]
     gen = (out / "runtime_rs" / "src" / "model_gen.rs").read_text()
     assert gen.count("k::attention(") == 2  # one per layer, in the (1, T, H, D) layout the runtime reads
     ir = json.loads((out / "model" / "ir.json").read_text())
