@@ -176,8 +176,11 @@ def scalar_weights(g: Graph) -> Graph:
             if (w is None or w.dtype != "f32" or int(np.prod(w.shape)) != 1
                     or g.type_of(other).shape != n.type.shape):
                 continue
+            value = float(np.asarray(w.data).reshape(-1)[0])
+            # R_q (parity.rq_state_dict) still needs the parameter
+            g.meta.setdefault("scalar_weights", {})[name] = {"shape": list(w.shape), "value": value}
             n.inputs = [other]
-            n.attrs = {"fn": n.attrs["fn"], "scalar": float(np.asarray(w.data).reshape(-1)[0]),
+            n.attrs = {"fn": n.attrs["fn"], "scalar": value,
                        **({"reverse": True} if k == 0 else {})}
             break
     return dead_code(g)
