@@ -3,6 +3,7 @@ fold subgraphs of weights alone into derived weights, and turn the written-out R
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -47,6 +48,22 @@ def cse(g: Graph) -> Graph:
     g.nodes = out
     g.outputs = [replace.get(o, o) for o in g.outputs]
     return g
+
+
+def same_tables(g: Graph) -> Graph:
+    """Position tables with equal contents (every layer's RoPE cos/sin, evaluated per layer) become one."""
+    first: dict[tuple, str] = {}
+    for name in sorted(g.weights):
+        w = g.weights[name]
+        if w.role != "table" or w.dtype != "f32":
+            continue
+        data = np.ascontiguousarray(w.data, dtype=np.float32)
+        key = (tuple(w.shape), hashlib.sha256(data.tobytes()).hexdigest())
+        if key in first:
+            rename_uses(g, name, first[key])
+        else:
+            first[key] = name
+    return dead_code(g)
 
 
 def fold_views(g: Graph) -> Graph:
@@ -187,4 +204,4 @@ def scalar_weights(g: Graph) -> Graph:
 
 
 def canonicalize(g: Graph) -> Graph:
-    return rms_norm_idiom(scalar_weights(fold_constants(integer_powers(fold_views(cse(dead_code(g)))))))
+    return rms_norm_idiom(scalar_weights(fold_constants(integer_powers(fold_views(cse(same_tables(dead_code(g))))))))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import UNARY, Graph, Node, TensorType, Weight
-from .canonicalize import dead_code
+from .canonicalize import cse, dead_code, same_tables
 
 _ELEMENTWISE = ("unary", "binary")
 _ROW_PRODUCERS = ("embedding", "rope", "elementwise")
@@ -100,7 +100,7 @@ def _rope(g: Graph) -> Graph:
         # y1 = x1 cos + x2 sin ; y2 = x1 (-sin) + x2 cos  (nanochat's rotation by -theta)
         if len({x0, x1, x2, x3}) == 1 and c1 == c2 and s1 == s2 and (n1, n2, n3, n4) == (False, False, True, False):
             n.op, n.inputs, n.attrs = "rope", [x0, c1, s1], {"epilogue": []}
-    return dead_code(_rotate_half(g))
+    return cse(same_tables(dead_code(_rotate_half(g))))
 
 
 def _rotate_half(g: Graph) -> Graph:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import SEQ, Graph, Node, TensorType, Weight, permute_is_view
-from .canonicalize import dead_code, fold_views, rename_uses, cse
+from .canonicalize import cse, dead_code, fold_views, rename_uses, same_tables
 
 _SWAP_HT = [0, 2, 1, 3]
 
@@ -260,7 +260,7 @@ def sink_permutes(g: Graph) -> Graph:
                     changed = True
             if changed:
                 break
-    g = dead_code(cse(g))
+    g = dead_code(cse(same_tables(g)))
     users = g.users()
     stuck = {p.name: "T leaves axis 1; the layout pass cannot move it past " +
              ", ".join(f"%{u.name} ({u.op})" for u in users.get(p.name, [])) for p in g.nodes if _moves_seq(g, p)}
