@@ -156,7 +156,8 @@ def _rotate_half(g: Graph) -> Graph:
         g.weights[name] = Weight(w[..., :d].shape, "f32", np.ascontiguousarray(sign * w[..., :d]), None, "table")
         out = g.fresh(t.name + "_half")
         shape = t.type.shape[:-1] + (d,)
-        g.nodes.insert(g.nodes.index(t) + 1, Node(out, "positions", [name], dict(t.attrs), TensorType(shape, "f32"), t.source))
+        lookup = Node(out, "positions", [name], dict(t.attrs), TensorType(shape, "f32"), t.source)
+        g.nodes.insert(g.nodes.index(t) + 1, lookup)
         halves[t.name, sign] = out
         return out
 

@@ -178,8 +178,9 @@ class _Sinker:
             g.weights[table] = Weight(_permuted(w.shape, inv), "f32",
                                       np.ascontiguousarray(np.transpose(np.asarray(w.data), inv)), None, "table")
             out = g.fresh(name + "_t")
-            g.nodes.insert(g.nodes.index(src) + 1, Node(out, "positions", [table], {"axis": inv.index(src.attrs["axis"])},
-                                                        TensorType(new_shape, "f32"), src.source))
+            lookup = Node(out, "positions", [table], {"axis": inv.index(src.attrs["axis"])}, TensorType(new_shape, "f32"),
+                          src.source)
+            g.nodes.insert(g.nodes.index(src) + 1, lookup)
         else:
             return None
         self.done[key] = out
