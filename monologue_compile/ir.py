@@ -165,6 +165,18 @@ def row_broadcast(op_shape: tuple, out_shape: tuple) -> tuple[int, int]:
     return length, repeat
 
 
+def permute_is_view(shape: tuple, perm: list[int]) -> bool:
+    """The permute moves only axes of size 1, so the data keep their order: a reshape, not a copy."""
+    return [p for p in perm if shape[p] != 1] == [i for i, d in enumerate(shape) if d != 1]
+
+
+def permute_refusal(g: "Graph", n: Node) -> str:
+    """Why a backend cannot run permute n: it moves data, and where the layout pass stopped it."""
+    why = g.meta.get("unsunk_permutes", {}).get(n.name)
+    return (f"permute {n.attrs['perm']} of {g.type_of(n.inputs[0]).shape} moves data"
+            + (f" ({why})" if why else "") + f" at {n.source or 'no source'}")
+
+
 def layer_norm_step(n: Node) -> dict:
     """A layer_norm node as the elementwise step over its own inputs 1.. (weight, then bias)."""
     step = {"fn": "layer_norm", "eps": n.attrs["eps"]}

@@ -67,7 +67,8 @@ def metrics(a: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def rq_state_dict(g: Graph) -> dict[str, torch.Tensor]:
-    """State dict of R_q: every quantized weight replaced by its dequantized value (merged ones split)."""
+    """State dict of R_q: every quantized weight replaced by its dequantized value (merged ones split,
+    scalars folded into ops restored)."""
     merged = g.meta.get("merged_weights", {})
     sd: dict[str, torch.Tensor] = {}
     for name, w in g.weights.items():
@@ -81,6 +82,8 @@ def rq_state_dict(g: Graph) -> dict[str, torch.Tensor]:
                 start += rows
         else:
             sd[name] = torch.from_numpy(dense.copy())
+    for name, w in g.meta.get("scalar_weights", {}).items():  # one-element weights the passes made scalars
+        sd.setdefault(name, torch.full(tuple(w["shape"]), w["value"], dtype=torch.float32))
     return sd
 
 

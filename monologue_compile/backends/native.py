@@ -76,13 +76,15 @@ def sha256(lib_path, data: bytes) -> str:
     return bytes(ffi.buffer(out, 32)).hex()
 
 
-def model_files(dist) -> tuple[bytes, list[bytes], bytes]:
-    """(manifest, shards in order, tokenizer) bytes of a compiled model dir (dist or dist/model)."""
+def model_files(dist) -> tuple[bytes, list[bytes], bytes | None]:
+    """(manifest, shards in order, tokenizer) bytes of a compiled model dir (dist or dist/model); the
+    tokenizer is None for a model compiled without one (its tokenizer.json is `{}`)."""
     from ..artifact import read_site
 
     # the runtime's loader checks every sha256 itself; read_site confines and sizes the reads
     _, manifest, doc, files = read_site(dist, verify_sha=False)
-    return manifest, [files[s] for s in doc["weights"]["shards"]], files[doc["tokenizer"]]
+    tok = files[doc["tokenizer"]]
+    return manifest, [files[s] for s in doc["weights"]["shards"]], None if tok.strip() == b"{}" else tok
 
 
 class NativeModel:
@@ -288,14 +290,16 @@ class WasmModel:
 
     @classmethod
     def from_dist(cls, dist) -> "WasmModel":
-        from ..artifact import checked_manifest
+        from ..artifact import checked_manifest, site_file
 
         dist = Path(dist)
-        model_dir, _, _ = checked_manifest(dist)  # the Node host reads only confined, listed files
+        model_dir, _, doc = checked_manifest(dist)  # the Node host reads only confined, listed files
         wasm = dist / "runtime.wasm"
         if not wasm.exists():
             raise MonologueError(f"{wasm}: missing; compile with the wasm build")
-        return cls(wasm, model_dir)
+        # a model compiled without a tokenizer has `{}` there
+        tok = site_file(model_dir, doc["tokenizer"])
+        return cls(wasm, model_dir, tokenizer=tok.stat().st_size > 16 or tok.read_bytes().strip() != b"{}")
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()

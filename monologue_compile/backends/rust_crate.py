@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import OPS, SEQ, Graph, Node, layer_norm_step, row_broadcast
+from ..ir import OPS, SEQ, Graph, Node, layer_norm_step, permute_is_view, permute_refusal, row_broadcast
 from ..resources import runtime_rs_dir
 
 GENERATED = "model_gen.rs"
@@ -136,9 +136,8 @@ class Emitter:
             inner = _prod(src.shape[a + 1:])
             self.locs[n.name] = Loc(src.kind, src.index, src.off + start * inner, src.stride, (end - start) * inner, shape)
         elif n.op == "permute":
-            kept = [src.shape[p] for p in n.attrs["perm"] if src.shape[p] != 1]
-            if kept != [d for d in src.shape if d != 1]:
-                raise CodegenError(f"%{n.name}: permute {n.attrs['perm']} of {src.shape} moves data; the Rust runtime has no transpose kernel")
+            if not permute_is_view(src.shape, n.attrs["perm"]):
+                raise CodegenError(f"%{n.name}: {permute_refusal(self.g, n)}; the Rust runtime has no transpose kernel")
             self.locs[n.name] = Loc(src.kind, src.index, src.off, src.stride, src.len, shape)
         elif n.op == "expand" and tuple(src.shape) == shape:
             self.locs[n.name] = src

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import SEQ, Graph, Node, layer_norm_step, row_broadcast
+from ..ir import SEQ, Graph, Node, layer_norm_step, permute_refusal, row_broadcast
 from ..wgsl import kernels as kern
 
 PLAN_FORMAT = "monologue-plan"
@@ -285,6 +285,8 @@ class _Builder:
     def _unsupported(self, n, T, out):
         if n.op in VIEWS or n.op in BOUND:
             return
+        if n.op == "permute":
+            _fail(n, permute_refusal(self.g, n) + "; WGSL has no transpose kernel")
         _fail(n, f"op {n.op} has no WGSL kernel mapping")
 
     def _q8(self, n: Node, name: str):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..ir import OPS, Graph, verify
 from .canonicalize import canonicalize
 from .fuse import fuse
+from .layout import layout
 from .plan import memory_plan, schedule
 from .quantize import quantize
 
@@ -32,7 +33,7 @@ class PassRecord:
 def _detail(name: str, g: Graph) -> str:
     """What a pass did, in the terms of its own rules."""
     mm = [n for n in g.nodes if n.op == "matmul"]
-    if name == "canonicalize":
+    if name == "layout":
         return f"attention layouts {sorted({n.attrs['layout'] for n in g.nodes if n.op == 'attention'})}"
     if name == "fuse":
         return (f"{sum(1 for n in mm if n.attrs['prologue'])} norm prologues, "
@@ -49,6 +50,7 @@ def _detail(name: str, g: Graph) -> str:
 def run_pipeline(g: Graph, quant: str = "int8") -> tuple[Graph, list[PassRecord]]:
     passes = [
         ("canonicalize", canonicalize),
+        ("layout", layout),
         ("fuse", fuse),
         ("quantize", lambda x: quantize(x, quant)),
         ("memory_plan", memory_plan),

@@ -1,13 +1,14 @@
-"""Canonicalize: drop dead code and duplicates, fold views, fold attention's transposes into its layout,
+"""Canonicalize: drop dead code and duplicates, fold views,
 fold subgraphs of weights alone into derived weights, and turn the written-out RMSNorm into `rms_norm`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 
-from ..ir import OPS, SEQ, Graph, Weight
+from ..ir import OPS, SEQ, Graph, Node, Weight
 
 
 def dead_code(g: Graph) -> Graph:
@@ -47,6 +48,22 @@ def cse(g: Graph) -> Graph:
     g.nodes = out
     g.outputs = [replace.get(o, o) for o in g.outputs]
     return g
+
+
+def same_tables(g: Graph) -> Graph:
+    """Position tables with equal contents (every layer's RoPE cos/sin, evaluated per layer) become one."""
+    first: dict[tuple, str] = {}
+    for name in sorted(g.weights):
+        w = g.weights[name]
+        if w.role != "table" or w.dtype != "f32":
+            continue
+        data = np.ascontiguousarray(w.data, dtype=np.float32)
+        key = (tuple(w.shape), hashlib.sha256(data.tobytes()).hexdigest())
+        if key in first:
+            rename_uses(g, name, first[key])
+        else:
+            first[key] = name
+    return dead_code(g)
 
 
 def fold_views(g: Graph) -> Graph:
@@ -145,33 +162,46 @@ def rms_norm_idiom(g: Graph) -> Graph:
     return dead_code(g)
 
 
-_SWAP_HT = [0, 2, 1, 3]
+def integer_powers(g: Graph) -> Graph:
+    """`x ** n` for a small integer n (GELU-tanh's `pow(x, 3)`) becomes products: WGSL's `pow` is
+    undefined for a negative base, while x ** 3 of a negative x is well defined."""
+    for n in list(g.nodes):
+        k = n.attrs.get("scalar")
+        if not (_is_scalar(n, "pow") and float(k).is_integer() and 2 <= k <= 8):
+            continue
+        x = n.inputs[0]
+        at = g.nodes.index(n)
+        acc = Node(g.fresh(n.name + "_sq"), "unary", [x], {"fn": "square"}, n.type, n.source)
+        g.nodes.insert(at, acc)
+        for _ in range(int(k) - 2):
+            at += 1
+            acc = Node(g.fresh(n.name + "_mul"), "binary", [acc.name, x], {"fn": "mul"}, n.type, n.source)
+            g.nodes.insert(at, acc)
+        rename_uses(g, n.name, acc.name)
+    return dead_code(g)
 
 
-def attention_layout(g: Graph) -> Graph:
-    """Attention reads q, k, v and writes y as (1, T, H, D), the layout projections produce.
-
-    The model transposes to (B, H, T, D) for SDPA and back; folding those transposes into the
-    attention op's layout removes two copies per layer.
-    """
-    by_name = {n.name: n for n in g.nodes}
-    users = g.users()
+def scalar_weights(g: Graph) -> Graph:
+    """A binary op whose tensor operand is a one-element f32 weight (Gemma's `embed_scale`, a 0-d
+    parameter) takes it as its scalar: no backend needs a 0-d tensor."""
     for n in g.nodes:
-        if n.op != "attention" or n.attrs["layout"] != "BHTD":
+        if n.op != "binary" or len(n.inputs) != 2 or n.inputs[0] == n.inputs[1]:
             continue
-        srcs = [by_name.get(i) for i in n.inputs]
-        if not all(s is not None and s.op == "permute" and s.attrs["perm"] == _SWAP_HT for s in srcs):
-            continue
-        outs = users.get(n.name, [])
-        if not outs or not all(u.op == "permute" and u.attrs["perm"] == _SWAP_HT for u in outs):
-            continue
-        n.inputs = [s.inputs[0] for s in srcs]
-        n.attrs["layout"] = "BTHD"
-        n.type = outs[0].type
-        for u in outs:
-            rename_uses(g, u.name, n.name)
+        for k, name in enumerate(n.inputs):
+            w = g.weights.get(name)
+            other = n.inputs[1 - k]
+            if (w is None or w.dtype != "f32" or int(np.prod(w.shape)) != 1
+                    or g.type_of(other).shape != n.type.shape):
+                continue
+            value = float(np.asarray(w.data).reshape(-1)[0])
+            # R_q (parity.rq_state_dict) still needs the parameter
+            g.meta.setdefault("scalar_weights", {})[name] = {"shape": list(w.shape), "value": value}
+            n.inputs = [other]
+            n.attrs = {"fn": n.attrs["fn"], "scalar": value,
+                       **({"reverse": True} if k == 0 else {})}
+            break
     return dead_code(g)
 
 
 def canonicalize(g: Graph) -> Graph:
-    return rms_norm_idiom(fold_constants(attention_layout(fold_views(cse(dead_code(g))))))
+    return rms_norm_idiom(scalar_weights(fold_constants(integer_powers(fold_views(cse(same_tables(dead_code(g))))))))

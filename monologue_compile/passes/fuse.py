@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import UNARY, Graph, Node, TensorType, Weight
-from .canonicalize import dead_code
+from .canonicalize import cse, dead_code, same_tables
 
 _ELEMENTWISE = ("unary", "binary")
 _ROW_PRODUCERS = ("embedding", "rope", "elementwise")
@@ -100,7 +100,81 @@ def _rope(g: Graph) -> Graph:
         # y1 = x1 cos + x2 sin ; y2 = x1 (-sin) + x2 cos  (nanochat's rotation by -theta)
         if len({x0, x1, x2, x3}) == 1 and c1 == c2 and s1 == s2 and (n1, n2, n3, n4) == (False, False, True, False):
             n.op, n.inputs, n.attrs = "rope", [x0, c1, s1], {"epilogue": []}
-    return dead_code(g)
+    return cse(same_tables(dead_code(_rotate_half(g))))
+
+
+def _rotate_half(g: Graph) -> Graph:
+    """Hugging Face's form `x * cos + cat(-x2, x1) * sin` with duplicated half tables (cos = cat(f, f)) is
+    the rotation above by +θ: rope(x, cos[:d], -sin[:d]); the tables' halves are checked equal."""
+    nodes = _by_name(g)
+    halves: dict[tuple, str] = {}
+
+    def table(name):
+        n = nodes.get(name)
+        if n is None or n.op != "positions" or n.inputs[0] not in g.weights or g.weights[n.inputs[0]].dtype != "f32":
+            return None
+        return n
+
+    def rotated(name):
+        """x when name is concat(neg(x[..., d:]), x[..., :d]) along the last axis."""
+        c = nodes.get(name)
+        if c is None or c.op != "concat" or len(c.inputs) != 2 or c.attrs["axis"] != len(c.type.shape) - 1:
+            return None
+        neg, lo = nodes.get(c.inputs[0]), nodes.get(c.inputs[1])
+        if neg is None or neg.op != "unary" or neg.attrs["fn"] != "neg":
+            return None
+        hi = nodes.get(neg.inputs[0])
+        if hi is None or lo is None or hi.op != "slice" or lo.op != "slice" or hi.inputs != lo.inputs:
+            return None
+        d = c.type.shape[-1] // 2
+        last = len(c.type.shape) - 1
+        if (c.type.shape[-1] % 2 or (hi.attrs["axis"], hi.attrs["start"], hi.attrs["end"]) != (last, d, 2 * d)
+                or (lo.attrs["axis"], lo.attrs["start"], lo.attrs["end"]) != (last, 0, d)
+                or g.type_of(hi.inputs[0]).shape != c.type.shape):
+            return None
+        return hi.inputs[0]
+
+    def product(name, want):
+        """(x, positions node) for mul(want(x), table) in either order."""
+        m = nodes.get(name)
+        if m is None or m.op != "binary" or m.attrs.get("fn") != "mul" or len(m.inputs) != 2:
+            return None
+        for a, b in (m.inputs, m.inputs[::-1]):
+            x, t = want(a), table(b)
+            if x is not None and t is not None:
+                return x, t
+        return None
+
+    def half_table(t: Node, sign: float) -> str | None:
+        if (t.name, sign) in halves:
+            return halves[t.name, sign]
+        w = np.asarray(g.weights[t.inputs[0]].data)
+        d = w.shape[-1] // 2
+        if w.shape[-1] % 2 or t.attrs["axis"] == w.ndim - 1 or not np.array_equal(w[..., :d], w[..., d:]):
+            return None
+        name = g.fresh(t.inputs[0] + (".half" if sign > 0 else ".neghalf"))
+        g.weights[name] = Weight(w[..., :d].shape, "f32", np.ascontiguousarray(sign * w[..., :d]), None, "table")
+        out = g.fresh(t.name + "_half")
+        shape = t.type.shape[:-1] + (d,)
+        lookup = Node(out, "positions", [name], dict(t.attrs), TensorType(shape, "f32"), t.source)
+        g.nodes.insert(g.nodes.index(t) + 1, lookup)
+        halves[t.name, sign] = out
+        return out
+
+    for n in list(g.nodes):
+        if n.op != "binary" or n.attrs.get("fn") != "add" or len(n.inputs) != 2:
+            continue
+        for a, b in (n.inputs, n.inputs[::-1]):
+            direct, rot = product(a, lambda x: x), product(b, rotated)
+            if not direct or not rot or direct[0] != rot[0] or direct[1].name == rot[1].name:
+                continue
+            if g.type_of(direct[0]).shape != n.type.shape:
+                continue
+            cos, sin = half_table(direct[1], 1.0), half_table(rot[1], -1.0)
+            if cos and sin:
+                n.op, n.inputs, n.attrs = "rope", [direct[0], cos, sin], {"epilogue": []}
+                break
+    return g
 
 
 # --- 2-3. matmul and norm prologue -------------------------------------------------------------

@@ -1,0 +1,274 @@
+"""Layout: make the batch-one, sequence-second layout canonical, so the backends' per-token rows hold.
+
+Every activation becomes `(1, T, ...)`:
+
+1. `batch_one`: a `(T, ...)` value (a Conv1D's `view(-1, C)`, a learned position table looked up as
+   `(T, C)`) gets the leading 1 of the batch, which is always one; the reshapes between `(T, C)` and
+   `(1, T, C)` then change nothing and fold away, and broadcasts line up.
+2. `fold_repeat_kv`: GQA written as `repeat_kv` (insert an axis after the heads, expand it, merge it
+   back) before attention becomes the attention op's own `n_kv_head`: query head h reads KV head
+   h // groups, which is that repeat.
+3. `sink_permutes`: a permute that moves T off axis 1 (HF's `view(1, T, H, D).transpose(1, 2)`) is
+   pushed down through every op that commutes with it (one rule table, `SINK`), the op rewritten to
+   work on the unpermuted value, until it reaches attention (which takes the permute into its
+   layout), cancels against its inverse, or meets an op it cannot pass; there it stays, and a backend
+   that cannot run it names it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import SEQ, Graph, Node, TensorType, Weight, permute_is_view
+from .canonicalize import cse, dead_code, fold_views, rename_uses, same_tables
+
+_SWAP_HT = [0, 2, 1, 3]
+
+
+def _permuted(shape, perm) -> tuple:
+    return tuple(shape[p] for p in perm)
+
+
+def _inverse(perm) -> list[int]:
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return inv
+
+
+# --- 1. batch one -----------------------------------------------------------------------------------
+
+def batch_one(g: Graph) -> Graph:
+    """(T, ...) -> (1, T, ...) for every value; axis attributes move with the new leading axis."""
+    grown: set[str] = set()
+    for n in g.nodes:
+        t = n.type.shape
+        from_grown = bool(n.inputs) and n.inputs[0] in grown
+        if n.op == "permute" and (from_grown or (t and t[0] == SEQ)):
+            if not from_grown:
+                continue  # (1, T, ...) -> (T, ...) by a permute: left for the backend to name
+            n.attrs["perm"] = [0] + [p + 1 for p in n.attrs["perm"]]
+        elif not (t and t[0] == SEQ):
+            continue
+        grown.add(n.name)
+        n.type = TensorType((1,) + tuple(t), n.type.dtype)
+        if n.op in ("reshape", "expand"):
+            n.attrs["shape"] = [1] + list(n.attrs["shape"])
+        elif n.op == "positions":
+            name = n.inputs[0]
+            w = g.weights[name]
+            n.inputs[0] = g.fresh(name + ".b1")
+            g.weights[n.inputs[0]] = Weight((1,) + tuple(w.shape), w.dtype, np.asarray(w.data)[None], w.quant, w.role)
+            n.attrs["axis"] += 1
+        elif "axis" in n.attrs and from_grown:
+            n.attrs["axis"] += 1
+    return dead_code(fold_views(g))
+
+
+# --- 2. repeat_kv into the attention op ---------------------------------------------------------------
+
+def _repeat_source(g: Graph, by_name: dict, name: str, head: int) -> tuple[str, int] | None:
+    """(x, groups) when `name` is reshape(expand(reshape(x))) repeating each of x's heads (axis `head`)
+    `groups` times in a row; None otherwise."""
+    merge = by_name.get(name)
+    if merge is None or merge.op != "reshape":
+        return None
+    rep = by_name.get(merge.inputs[0])
+    if rep is None or rep.op != "expand":
+        return None
+    split = by_name.get(rep.inputs[0])
+    if split is None or split.op != "reshape":
+        return None
+    x = list(g.type_of(split.inputs[0]).shape)
+    groups = rep.type.shape[head + 1] if len(rep.type.shape) == len(x) + 1 else None
+    if (not isinstance(groups, int) or list(split.type.shape) != x[:head + 1] + [1] + x[head + 1:]
+            or list(rep.type.shape) != x[:head + 1] + [groups] + x[head + 1:]
+            or list(merge.type.shape) != x[:head] + [x[head] * groups] + x[head + 1:]):
+        return None
+    return split.inputs[0], groups
+
+
+def fold_repeat_kv(g: Graph) -> Graph:
+    by_name = {n.name: n for n in g.nodes}
+    for n in g.nodes:
+        if n.op != "attention":
+            continue
+        head = 1 if n.attrs["layout"] == "BHTD" else 2
+        found = [_repeat_source(g, by_name, i, head) for i in n.inputs[1:]]
+        if None in found or found[0][1] != found[1][1]:
+            continue
+        n.inputs[1:] = [x for x, _ in found]
+        n.attrs["n_kv_head"] = n.attrs["n_kv_head"] // found[0][1]
+    return dead_code(g)
+
+
+# --- 3. permutes sink to attention -----------------------------------------------------------------
+
+def _moves_seq(g: Graph, n: Node) -> bool:
+    """A permute that takes a (1, T, ...) value to a layout with T elsewhere."""
+    if n.op != "permute":
+        return False
+    src = g.type_of(n.inputs[0]).shape
+    return n.op == "permute" and len(src) > 1 and src[:2] == (1, SEQ) and n.type.shape[1] != SEQ
+
+
+def _axis_rule(check_last: bool = False):
+    def rule(g: Graph, n: Node, perm: list[int]) -> dict | None:
+        last = len(n.type.shape) - 1
+        if check_last and perm[last] != last:
+            return None  # a norm over the last axis needs the last axis to stay last
+        return {**n.attrs, "axis": perm[n.attrs["axis"]]} if "axis" in n.attrs else dict(n.attrs)
+    return rule
+
+
+def _attention_rule(g: Graph, n: Node, perm: list[int]) -> dict | None:
+    if perm != _SWAP_HT or n.attrs["layout"] != "BHTD":
+        return None
+    return {**n.attrs, "layout": "BTHD"}
+
+
+# op -> how it works on the unpermuted value (its new attrs), or None when it does not commute with perm;
+# every tensor input must then be the same permute (or a table/weight the pass permutes back)
+SINK = {
+    "unary": _axis_rule(),
+    "binary": _axis_rule(),
+    "cast": _axis_rule(),
+    "slice": _axis_rule(),
+    "concat": _axis_rule(),
+    "mean": _axis_rule(),
+    "softmax": _axis_rule(),
+    "rms_norm": _axis_rule(check_last=True),
+    "layer_norm": _axis_rule(check_last=True),
+    "attention": _attention_rule,
+}
+# inputs that are per-channel vectors of the last axis, not tensors in the permuted layout
+_VECTOR_INPUTS = {"rms_norm": 1, "layer_norm": 1}
+
+
+class _Sinker:
+    def __init__(self, g: Graph):
+        self.g = g
+        self.done: dict[tuple, str] = {}  # (operand, perm) -> its unpermuted twin
+
+    def operand(self, name: str, rank: int, inv: list[int]) -> str | None:
+        """`name` (broadcast against a permuted value of rank `rank`) in the unpermuted layout."""
+        g = self.g
+        key = (name, tuple(inv))
+        if key in self.done:
+            return self.done[key]
+        by_name = {n.name: n for n in g.nodes}
+        src = by_name.get(name)
+        shape = tuple(g.type_of(name).shape)
+        if len(shape) > rank:
+            return None
+        full = (1,) * (rank - len(shape)) + shape
+        new_shape = _permuted(full, inv)
+        if src is not None and src.op == "permute" and src.attrs["perm"] == _inverse(inv):
+            out = src.inputs[0]
+        elif name in g.weights and g.weights[name].dtype == "f32":
+            w = g.weights[name]
+            out = g.fresh(name + ".t")
+            g.weights[out] = Weight(new_shape, "f32", np.ascontiguousarray(np.transpose(
+                np.asarray(w.data).reshape(full), inv)), None, w.role if w.role == "table" else "derived")
+        elif src is not None and src.op == "positions" and src.inputs[0] in g.weights:
+            w = g.weights[src.inputs[0]]
+            if len(w.shape) != rank:
+                return None
+            table = g.fresh(src.inputs[0] + ".t")
+            g.weights[table] = Weight(_permuted(w.shape, inv), "f32",
+                                      np.ascontiguousarray(np.transpose(np.asarray(w.data), inv)), None, "table")
+            out = g.fresh(name + "_t")
+            lookup = Node(out, "positions", [table], {"axis": inv.index(src.attrs["axis"])}, TensorType(new_shape, "f32"),
+                          src.source)
+            g.nodes.insert(g.nodes.index(src) + 1, lookup)
+        else:
+            return None
+        self.done[key] = out
+        return out
+
+    def sink(self, p: Node, u: Node) -> bool:
+        """Rewrite user u of the permute p to run before it; True when it did."""
+        g = self.g
+        perm = p.attrs["perm"]
+        inv = _inverse(perm)
+        rule = SINK.get(u.op)
+        attrs = rule(g, u, perm) if rule else None
+        if attrs is None:
+            return False
+        rank = len(p.type.shape)
+        by_name = {n.name: n for n in g.nodes}
+        tensors = u.inputs[:_VECTOR_INPUTS.get(u.op, len(u.inputs))]
+        new_inputs = list(u.inputs)
+        for i, name in enumerate(tensors):
+            src = by_name.get(name)
+            if src is not None and src.op == "permute" and src.attrs["perm"] == perm:
+                new_inputs[i] = src.inputs[0]
+                continue
+            if src is not None and src.type.seq_axis is not None and src.op != "positions":
+                return False  # another activation in another layout
+            twin = self.operand(name, rank, inv)
+            if twin is None:
+                return False
+            new_inputs[i] = twin
+        old_type = u.type
+        u.inputs, u.attrs = new_inputs, attrs
+        u.type = TensorType(_permuted(old_type.shape, inv), old_type.dtype)
+        after = Node(g.fresh(u.name + "_perm"), "permute", [u.name], {"perm": list(perm)}, old_type, p.source)
+        rename_uses(g, u.name, after.name)
+        after.inputs = [u.name]
+        g.nodes.insert(g.nodes.index(u) + 1, after)
+        return True
+
+
+def split_unit_reshapes(g: Graph) -> Graph:
+    """A reshape that moves T off axis 1 by inserting axes of size 1 in front of it ((1, T, D) ->
+    (1, 1, T, D), one head in BHTD) is a reshape to (1, T, 1, D) and a permute, which can then sink."""
+    for n in list(g.nodes):
+        src, out = g.type_of(n.inputs[0]).shape if n.inputs else (), n.type.shape
+        if n.op != "reshape" or src[:2] != (1, SEQ) or SEQ not in out or out.index(SEQ) < 2:
+            continue
+        k = out.index(SEQ)
+        if any(d != 1 for d in out[:k]):
+            continue
+        canon = (1, SEQ) + tuple(out[1:k]) + tuple(out[k + 1:])
+        perm = [0] + list(range(2, k + 1)) + [1] + list(range(k + 1, len(out)))
+        view = Node(g.fresh(n.name + "_rows"), "reshape", list(n.inputs), {"shape": list(canon)},
+                    TensorType(canon, n.type.dtype), n.source)
+        g.nodes.insert(g.nodes.index(n), view)
+        n.op, n.inputs, n.attrs = "permute", [view.name], {"perm": perm}
+    return g
+
+
+def unit_permutes_as_reshapes(g: Graph) -> Graph:
+    for n in g.nodes:
+        if n.op == "permute" and permute_is_view(g.type_of(n.inputs[0]).shape, n.attrs["perm"]):
+            n.op, n.attrs = "reshape", {"shape": list(n.type.shape)}
+    return fold_views(g)
+
+
+def sink_permutes(g: Graph) -> Graph:
+    sinker = _Sinker(g)
+    changed = True
+    while changed:
+        changed = False
+        g = fold_views(g)
+        users = g.users()
+        for p in list(g.nodes):
+            if not _moves_seq(g, p):
+                continue
+            for u in users.get(p.name, []):
+                if sinker.sink(p, u):
+                    changed = True
+            if changed:
+                break
+    g = dead_code(cse(same_tables(g)))
+    users = g.users()
+    stuck = {p.name: "T leaves axis 1; the layout pass cannot move it past " +
+             ", ".join(f"%{u.name} ({u.op})" for u in users.get(p.name, [])) for p in g.nodes if _moves_seq(g, p)}
+    if stuck:
+        g.meta["unsunk_permutes"] = stuck
+    return g
+
+
+def layout(g: Graph) -> Graph:
+    return unit_permutes_as_reshapes(sink_permutes(fold_repeat_kv(split_unit_reshapes(batch_one(g)))))

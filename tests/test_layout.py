@@ -1,0 +1,120 @@
+"""The layout pass: every activation (1, T, ...), GQA repeats folded into attention, head transposes
+sunk into attention's layout, and a permute that cannot be sunk refused by name in the backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from monologue_compile.backends.rust_crate import CodegenError, generate
+from monologue_compile.frontend.trace import trace
+from monologue_compile.interpreter import Session
+from monologue_compile.lower import lower
+from monologue_compile.passes import run_pipeline
+
+V, S, C, H, HKV = 50, 16, 16, 4, 2
+D = C // H
+
+
+def compiled(model: nn.Module, quant: str = "none"):
+    g = lower(trace(model.eval(), S))
+    g.meta["config"] = {"sequence_len": S, "vocab_size": V}
+    return run_pipeline(g, quant)[0]
+
+
+def logits_match(model, g):
+    x = np.random.default_rng(0).integers(0, V, 11)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)[None])[0].numpy()
+    got = Session(g).forward(x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+class HeadsFirst(nn.Module):
+    """Attention the way Hugging Face writes it: heads transposed in front of T, an elementwise op
+    with a (1, 1, T, D) position table, a norm over the head dim, repeat_kv, transposed back."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(V, C)
+        self.q, self.k, self.v = nn.Linear(C, C), nn.Linear(C, HKV * D), nn.Linear(C, HKV * D)
+        self.norm = nn.LayerNorm(D)
+        self.pos = nn.Parameter(torch.randn(S, D))
+        self.out = nn.Linear(C, V)
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.emb(idx)
+        table = self.pos[:T][None, None]  # (1, 1, T, D)
+        q = self.norm(self.q(x).view(1, T, H, D).transpose(1, 2)) * table
+        k = self.k(x).view(1, T, HKV, D).transpose(1, 2) + table
+        v = self.v(x).view(1, T, HKV, D).transpose(1, 2)
+        k = k[:, :, None].expand(1, HKV, H // HKV, T, D).reshape(1, H, T, D)
+        v = v[:, :, None].expand(1, HKV, H // HKV, T, D).reshape(1, H, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(1, T, C))
+
+
+def test_head_transposes_sink_into_attention_and_repeat_kv_becomes_gqa():
+    model = HeadsFirst()
+    g = compiled(model)
+    att = [n for n in g.nodes if n.op == "attention"]
+    assert [(n.attrs["layout"], n.attrs["n_kv_head"]) for n in att] == [("BTHD", HKV)]
+    assert not [n for n in g.nodes if n.op in ("permute", "expand")]
+    assert all(n.type.shape[:2] == (1, "T") for n in g.nodes if "T" in n.type.shape)
+    logits_match(model, g)
+
+
+class FlatRows(nn.Module):
+    """GPT-2's Conv1D: view(-1, C), addmm, view back; learned positions looked up as (T, C)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.emb, self.wpe = nn.Embedding(V, C), nn.Embedding(S, C)
+        self.w, self.b = nn.Parameter(torch.randn(C, 3 * C) / 4), nn.Parameter(torch.randn(3 * C))
+        self.out = nn.Linear(3 * C, V)
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.emb(idx) + self.wpe(torch.arange(T))
+        h = torch.addmm(self.b, x.view(-1, C), self.w).view(1, T, 3 * C)
+        return self.out(torch.tanh(h))
+
+
+def test_sequence_first_values_get_the_batch_axis():
+    model = FlatRows()
+    g = compiled(model)
+    assert all(n.type.shape[:2] == (1, "T") for n in g.nodes if "T" in n.type.shape)
+    assert not [n for n in g.nodes if n.op == "reshape"]  # (T, C) <-> (1, T, C) were free views
+    logits_match(model, g)
+
+
+class PairsAfterTranspose(nn.Module):
+    """An interleaved-pairs view of the heads after the transpose: a reshape the layout pass cannot
+    move a permute through."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.emb, self.out = nn.Embedding(V, C), nn.Linear(C, V)
+        self.pair = nn.Parameter(torch.tensor([0.5, -2.0]))
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        q = self.emb(idx).view(1, T, H, D).transpose(1, 2)
+        pairs = q.reshape(1, H, T, D // 2, 2) * self.pair
+        return self.out(pairs.reshape(1, H, T, D).transpose(1, 2).reshape(1, T, C))
+
+
+def test_a_permute_that_cannot_sink_is_refused_by_name():
+    model = PairsAfterTranspose()
+    logits_match(model, compiled(model))  # the interpreter runs any layout
+    g = compiled(model, "int8")
+    with pytest.raises(CodegenError, match=r"%\w+: permute \[0, 2, 1, 3\] .* moves data \(T leaves axis 1; the "
+                                           r"layout pass cannot move it past %\w+ \(reshape\)\) at fx:"):
+        generate(g)
