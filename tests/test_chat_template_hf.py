@@ -1,0 +1,232 @@
+"""Hugging Face chat templates reduced to the runtime's form (monologue_compile/chat_template.py):
+prompt ids from the Rust renderer equal transformers' `apply_chat_template(..., tokenize=True)` for
+multi-turn conversations (system, thoughts in the history, thinking on and off), with Qwen3's and
+Llama-2's templates over tokenizers trained here (byte-level and SentencePiece style; nothing is
+downloaded); a compiled Qwen3 folder chats with greedy replies equal to R_q on the interpreter
+and the native runtime; hostile templates fail in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from test_tokenizer_hf import QWEN2_PATTERN  # noqa: E402
+
+from monologue_compile.chat_template import chat_section, proof_conversations, reduce_template  # noqa: E402
+from monologue_compile.errors import MonologueError  # noqa: E402
+from monologue_compile.tokenizer import Tokenizer  # noqa: E402
+
+# The shape of Qwen3's template: system block, earlier thoughts dropped (split on </think> or
+# reasoning_content), enable_thinking=False closes an empty thought in the generation prompt.
+QWEN3_TEMPLATE = """{%- if messages[0].role == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\\n' + content }}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}"""
+
+# Llama-2's template: BOS per turn, the system message merged into the first user message, content
+# stripped, roles checked to alternate.
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+
+CORPUS = ["What is 2+2? It is 4. And times 3? That gives 12. Thanks! You're welcome. 🙂 " * 3,
+          "You are a terse assistant. <think> polite 2+2 makes 4 </think> Hello there, how are you?\n\n"] * 30
+
+
+def train_tokenizer(style: str):
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+
+    if style == "llama2":
+        hf = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+        hf.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                        decoders.Strip(" ", 1, 0)])
+        specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+        hf.train_from_iterator(CORPUS, trainer=trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                                   show_progress=False))
+        return hf
+    hf = tokenizers.Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    hf.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    hf.train_from_iterator(CORPUS, trainer=trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return hf
+
+
+STYLES = {
+    "qwen3": (QWEN3_TEMPLATE, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
+    "llama2": (LLAMA2_TEMPLATE, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
+}
+
+
+def tokenizer_folder(style: str, d):
+    """tokenizer.json + tokenizer_config.json (with the chat template), as save_pretrained writes them."""
+    from transformers import PreTrainedTokenizerFast
+
+    template, specials = STYLES[style]
+    fast = PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(style), chat_template=template, **specials)
+    fast.save_pretrained(d)
+    return fast
+
+
+@pytest.fixture(scope="module", params=sorted(STYLES))
+def folder(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(request.param)
+    tokenizer_folder(request.param, d)
+    return request.param, d
+
+
+def hf_prompt(auto, messages, **kw):
+    hf_messages = [{"role": m["role"], "content": m["content"],
+                    **({"reasoning_content": m["thought"]} if m.get("thought") is not None else {})} for m in messages]
+    ids = auto.apply_chat_template(hf_messages, tokenize=True, add_generation_prompt=True, **kw)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def section(d):
+    from monologue_compile.chat_template import eos_ids, find_template, special_token_strings
+
+    tok = Tokenizer.load(d / "tokenizer.json")
+    return tok, chat_section(tok, find_template(d, None), special_token_strings(d), eos_ids(d))
+
+
+def test_prompt_ids_equal_apply_chat_template(folder):
+    style, d = folder
+    from transformers import AutoTokenizer
+
+    auto = AutoTokenizer.from_pretrained(str(d))
+    tok, chat = section(d)
+    t = chat["template"]
+    extra = [("spaces around", [{"role": "user", "content": "  padded  \n"}])]
+    compared = 0
+    for name, msgs in proof_conversations() + extra:
+        for thinking in ([None, False, True] if style == "qwen3" else [None]):
+            kw = {} if thinking is None else {"enable_thinking": thinking}
+            assert tok.render_for_completion(msgs, template=t, enable_thinking=thinking) == hf_prompt(auto, msgs, **kw), \
+                (name, thinking)
+            compared += 1
+    assert compared >= 11
+    # the compiler proved every conversation, thinking on and off where the template switches it
+    assert chat["proved"] == len(proof_conversations()) * (2 if style == "qwen3" else 1)
+
+
+def test_reduced_forms_read_off_the_templates(folder):
+    style, d = folder
+    tok, chat = section(d)
+    t = chat["template"]
+    names = tok.special_tokens
+    if style == "qwen3":
+        assert t["system"] == {"placement": "block", "before": "<|im_start|>system\n", "after": "<|im_end|>\n",
+                               "strip": "none"}
+        assert (t["user"]["prefix"], t["user"]["suffix"]) == ("<|im_start|>user\n", "<|im_end|>\n")
+        assert t["generation"] == "<|im_start|>assistant\n"
+        assert t["generation_no_thinking"] == "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        assert t["thought"]["history"] is None  # earlier thoughts dropped, as the template drops them
+        assert chat["thought"] == {"open": "<think>", "close": "</think>"}
+        assert chat["end_of_turn"] == "<|im_end|>" and chat["stop"] == [names["<|im_end|>"]]
+    else:
+        assert t["system"] == {"placement": "merged", "before": "<<SYS>>\n", "between": "\n<</SYS>>\n\n"}
+        assert t["opening"] == "" and t["user"]["prefix"] == "<s>[INST] " and t["user"]["strip"] == "both"
+        assert t["generation"] == "" and t["generation_no_thinking"] is None and chat["thought"] is None
+        assert chat["end_of_turn"] == "</s>" and chat["stop"] == [names["</s>"]]
+
+
+def test_default_system_prompt_is_found():
+    template = QWEN3_TEMPLATE.replace(
+        "{%- if messages[0].role == 'system' %}",
+        "{%- if messages[0].role != 'system' %}{{- '<|im_start|>system\\nYou are helpful.<|im_end|>\\n' }}{%- endif %}"
+        "{%- if messages[0].role == 'system' %}")
+    t = reduce_template(template, "test", {})
+    assert t["default_system"] == "You are helpful."
+    assert t["opening"] == "<|im_start|>system\nYou are helpful.<|im_end|>\n"
+
+
+def test_kept_thoughts_are_read_off_the_template():
+    template = ("{% for m in messages %}<|{{ m.role }}|>{% if m.reasoning_content %}<think>{{ m.reasoning_content }}"
+                "</think>{% endif %}{{ m.content }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    t = reduce_template(template, "test", {})
+    assert t["thought"]["history"] == {"before": "<think>", "after": "</think>"}
+    assert t["system"]["placement"] == "block"
+
+
+@pytest.mark.parametrize("template, says", [
+    ("{{ ''.__class__.__mro__ }}", "unsafe template refused"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% for k in range(100000) %}{% endfor %}"
+     "{% endfor %}{% endfor %}", "did not finish"),
+    ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "renders more than"),
+    ("{{ 'x' * 100000000 }}", "unsafe template refused"),
+    ("{% for m in messages %}{{ m.content }}", "not a Jinja template"),
+    ("{% for m in messages %}{% if m.role == 'user' %}{{ m.content | upper }}{% endif %}{% endfor %}",
+     "cannot reduce the template"),
+])
+def test_hostile_or_irreducible_templates_fail_in_one_line(template, says, monkeypatch):
+    import monologue_compile.chat_template as ct
+
+    monkeypatch.setattr(ct, "TIMEOUT_S", 3)
+    with pytest.raises(MonologueError, match=says) as e:
+        ct.reduce_template(template, "chat_template.jinja", {})
+    assert "\n" not in str(e.value)
