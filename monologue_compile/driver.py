@@ -110,7 +110,7 @@ def explain(c: Compiled) -> str:
     return "\n".join(lines)
 
 
-def _manifest_extra(c: Compiled) -> dict:
+def _manifest_extra(c: Compiled, chat_template=None) -> dict:
     from .tokenizer import Tokenizer
 
     return {
@@ -120,7 +120,23 @@ def _manifest_extra(c: Compiled) -> dict:
                   "assumed": c.loaded.assumed},
         "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens
         if c.loaded.tokenizer_json != "{}" else {},  # "{}": compiled without a tokenizer
+        "chat": _chat(c, chat_template),
     }
+
+
+def _chat(c: Compiled, chat_template) -> dict | None:
+    """The manifest's "chat" (chat_template.chat_section); None without a tokenizer."""
+    from .chat_template import chat_section, find_template
+    from .tokenizer import Tokenizer
+
+    if c.loaded.tokenizer_json == "{}":
+        if chat_template is not None:
+            raise MonologueError(f"--chat-template {chat_template}: the model has no tokenizer to apply it with")
+        return None
+    inputs = c.loaded.chat
+    template = find_template(None, chat_template) if chat_template is not None else inputs.get("template")
+    return chat_section(Tokenizer.from_json(c.loaded.tokenizer_json), template, inputs.get("specials", {}),
+                        inputs.get("eos", []))
 
 
 def attention_windows(g: Graph) -> list[int]:
@@ -147,13 +163,14 @@ def model_summary(model: dict) -> list[str]:
 
 def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verify=False, dump_ir=False,
                show_explain=False, eval_per_family: int = 20, wasm: bool = False, overrides: dict | None = None,
-               force: bool = False, model_code: str | None = None) -> dict:
+               force: bool = False, model_code: str | None = None, chat_template=None) -> dict:
     """The whole compile; returns the manifest. Writes `out` atomically.
 
     `wasm` builds runtime.wasm with cargo (the CLI's default; off here because a release wasm build
     takes a while and most callers, tests above all, do not need it). `force` replaces an existing
-    `out` that is not a previous Monologue output. `checkpoint` may be a LoadedModel (the Python API)."""
-    inputs = [p for p in (checkpoint, tokenizer, config) if isinstance(p, (str, Path))]
+    `out` that is not a previous Monologue output. `checkpoint` may be a LoadedModel (the Python API).
+    `chat_template`: a Jinja file that replaces the model's own chat template."""
+    inputs = [p for p in (checkpoint, tokenizer, config, chat_template) if isinstance(p, (str, Path))]
     out = check_output(out, inputs, force)
     if model_code:
         from .frontend.module import from_model_code
@@ -171,7 +188,7 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
         with _step("write", c.timings):
             from .artifact import write_model
 
-            manifest = write_model(c.graph, tmp / "model", c.loaded.tokenizer_json, _manifest_extra(c))
+            manifest = write_model(c.graph, tmp / "model", c.loaded.tokenizer_json, _manifest_extra(c, chat_template))
         with _step("wgsl", c.timings):
             from .backends.wgsl_plan import emit_wgsl
 
@@ -303,8 +320,10 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.option("--force", is_flag=True, help="replace OUTPUT even if it holds files the compiler did not write")
 @click.option("--model-code", help="path.py:Name: build the model with your own code, Name(**config) "
               "(config: --config JSON or the checkpoint's model_args); verify uses it as the reference")
+@click.option("--chat-template", type=click.Path(path_type=Path),
+              help="a Jinja chat template to use instead of the model's own (tokenizer_config.json / chat_template.jinja)")
 def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family, no_wasm,
-                softcap, sets, force, model_code):
+                softcap, sets, force, model_code, chat_template):
     """Compile CHECKPOINT (checkpoint.pt, a nanochat checkpoint folder or model_<step>.pt, a Hugging Face
     model folder, or a state dict) into the static site OUTPUT."""
     overrides = parse_sets(sets)
@@ -312,7 +331,7 @@ def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, 
         overrides["softcap"] = softcap
     manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family,
                           wasm=not no_wasm, overrides=overrides, force=force,
-                          model_code=model_code)
+                          model_code=model_code, chat_template=chat_template)
     for line in model_summary(manifest["model"]):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     total = sum(f["bytes"] for f in manifest["files"])

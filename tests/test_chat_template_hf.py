@@ -230,3 +230,85 @@ def test_hostile_or_irreducible_templates_fail_in_one_line(template, says, monke
     with pytest.raises(MonologueError, match=says) as e:
         ct.reduce_template(template, "chat_template.jinja", {})
     assert "\n" not in str(e.value)
+
+
+# --- a compiled folder chats as transformers prompts it ------------------------------------------------
+
+def model_folder(style: str, d):
+    """A tiny random Qwen3 / Llama model saved with save_pretrained beside its tokenizer files and a
+    generation_config.json whose eos_token_id is a list."""
+    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen3Config
+
+    fast = tokenizer_folder(style, d)
+    vocab = len(fast)
+    small = dict(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=160)
+    cfg = Qwen3Config(**small, head_dim=8) if style == "qwen3" else LlamaConfig(**small)
+    torch.manual_seed(3)
+    m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(40)  # random logits spread enough that greedy replies are not all ties
+    m.save_pretrained(d)
+    eos = [fast.convert_tokens_to_ids(t) for t in ((fast.eos_token, "<|endoftext|>") if style == "qwen3" else (fast.eos_token,))]
+    GenerationConfig(eos_token_id=eos).save_pretrained(d)
+    return m, eos
+
+
+@pytest.fixture(scope="module", params=sorted(STYLES))
+def compiled_folder(request, tmp_path_factory):
+    from monologue_compile.driver import compile_to
+
+    d = tmp_path_factory.mktemp(f"{request.param}-model")
+    m, eos = model_folder(request.param, d)
+    out = tmp_path_factory.mktemp(f"{request.param}-dist") / "dist"
+    manifest = compile_to(d, out, quant="none")
+    return request.param, d, out, m, manifest, eos
+
+
+def greedy_reply(model, prompt: list[int], stops: set[int], n: int) -> list[int]:
+    out = []
+    for t in model.generate(prompt, n):
+        if t in stops:
+            break
+        out.append(t)
+    return out
+
+
+def test_compiled_folder_records_the_chat_and_replies_as_r_q(compiled_folder):
+    from transformers import AutoTokenizer
+
+    from monologue_compile.artifact import load_model
+    from monologue_compile.chat import reply
+    from monologue_compile.frontend.hf import CausalLMLogits
+    from monologue_compile.interpreter import Session
+
+    style, d, out, m, manifest, eos = compiled_folder
+    chat = manifest["chat"]
+    assert chat["source"].endswith("chat_template.jinja") or "tokenizer_config.json" in chat["source"]
+    assert set(eos) <= set(chat["stop"])
+    g, _, tj = load_model(out)
+    tok = Tokenizer.from_json(tj)
+    auto = AutoTokenizer.from_pretrained(str(d))
+    rq = CausalLMLogits(m.eval(), 160)
+    rng = np.random.default_rng(0)
+    s, fed, messages, lengths = Session(g), [], [], []
+    for question in ("What is 2+2?", "And times 3?"):
+        messages.append({"role": "user", "content": question})
+        prompt = tok.render_for_completion(messages, template=chat["template"])
+        assert prompt == hf_prompt(auto, messages)
+        got, fed = reply(s, tok, prompt, fed, 12, 0.0, None, None, rng, stops=set(chat["stop"]))
+        assert got == greedy_reply(rq, prompt, set(chat["stop"]), 12)
+        messages.append({"role": "assistant", "content": tok.decode(got)})
+        lengths.append(len(got))
+    assert sum(lengths) > 0, "every reply stopped at once: the check compared nothing"
+
+
+def test_chat_cli_no_thinking_only_where_the_template_can(compiled_folder):
+    style, _, out, *_ = compiled_folder
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "chat", str(out), "--no-thinking", "--prompt", "hi",
+                        "--max-tokens", "4"], capture_output=True, text=True, timeout=300)
+    if style == "qwen3":
+        assert r.returncode == 0, r.stderr
+        assert "context:" in r.stdout
+    else:
+        assert r.returncode == 2 and "cannot switch thinking off" in r.stderr and "Traceback" not in r.stderr
