@@ -312,3 +312,59 @@ def test_chat_cli_no_thinking_only_where_the_template_can(compiled_folder):
         assert "context:" in r.stdout
     else:
         assert r.returncode == 2 and "cannot switch thinking off" in r.stderr and "Traceback" not in r.stderr
+
+
+# A template over this project's own special tokens, unlike its built-in layout: the system message in
+# its own block, thoughts dropped from the history, a thinking switch. The native runtime compiles this
+# project's GPT (Hugging Face models on the native and wasm runtimes are another issue's work).
+OWN_TEMPLATE = (
+    "<|bos|>{% for m in messages %}{% if m.role == 'system' %}<|user_start|>system: {{ m.content }}<|user_end|>"
+    "{% elif m.role == 'user' %}<|user_start|>{{ m.content }}<|user_end|>"
+    "{% else %}<|assistant_start|>{{ m.content }}<|assistant_end|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant_start|>{% if enable_thinking is defined and not enable_thinking %}"
+    "<think></think>{% endif %}{% endif %}"
+)
+
+
+def test_native_runtime_applies_a_chat_template_given_with_the_flag(tmp_path, tiny_checkpoint):
+    """`--chat-template FILE`: the compiled runtime (mono_chat_start_messages: the manifest's
+    template, rendered in Rust) starts from the template's own prompt and writes the interpreter's
+    greedy reply, thinking on and off."""
+    from monologue_compile.artifact import load_model
+    from monologue_compile.backends.native import NativeModel
+    from monologue_compile.chat import reply
+    from monologue_compile.chat_template import render
+    from monologue_compile.interpreter import Session
+
+    (tmp_path / "own.jinja").write_text(OWN_TEMPLATE)
+    out = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tiny_checkpoint), "-o", str(out),
+                        "--no-wasm", "--chat-template", str(tmp_path / "own.jinja")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    g, manifest, tj = load_model(out)
+    tok, chat = Tokenizer.from_json(tj), manifest["chat"]
+    assert chat["template"]["system"]["placement"] == "block" and chat["template"]["thought"]["history"] is None
+    native = NativeModel.from_dist(out)
+    native.set_sampler(temperature=0.0)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4", "thought": "2+2=4"}, {"role": "user", "content": "and 3+3?"}]
+    for thinking in (None, False):
+        kw = {} if thinking is None else {"enable_thinking": thinking}
+        text = render(OWN_TEMPLATE, "own.jinja", {}, [{"messages": [{k: v for k, v in m.items() if k != "thought"}
+                                                                   for m in messages],
+                                                      "add_generation_prompt": True, "kwargs": kw}])[0]
+        prompt = tok.render_for_completion(messages, template=chat["template"], enable_thinking=thinking)
+        assert prompt == tok.encode(text)
+        want, _ = reply(Session(g), tok, prompt, [], 10, 0.0, None, None, np.random.default_rng(0),
+                        stops=set(chat["stop"]))
+        native.chat_start({"messages": messages, "enable_thinking": thinking is not False}, 10)
+        assert native.pos == len(prompt)
+        got, done = [], None
+        while done is None:
+            step = native.chat_step()
+            done = step["done"]
+            if step["token"] is not None and done != "stop":
+                got.append(step["token"])
+        assert got == want and want, "compared no tokens"
+        native.reset()
