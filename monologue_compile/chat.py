@@ -191,6 +191,17 @@ class ThoughtSplitter:
         return thought.strip(), answer.strip()
 
 
+def opens_thought(template: dict | None, thinking: bool | None) -> bool:
+    """Whether the generation prompt opens the thought itself (DeepSeek-R1's ends with `<think>`),
+    so the reply starts inside it."""
+    if template is None:
+        return False
+    g = template["generation"]
+    if thinking is False and template.get("generation_no_thinking") is not None:
+        g = template["generation_no_thinking"]
+    return g.rfind(THINK_OPEN) > g.rfind(THINK_CLOSE)
+
+
 def default_stops(tok) -> set[int]:
     """This project's end-of-turn tokens (a manifest from before chat.stop)."""
     return {tok.special_tokens[s] for s in ("<|assistant_end|>", "<|bos|>") if s in tok.special_tokens}
@@ -278,6 +289,8 @@ def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts
     def encode(msgs):
         return tok.render_for_completion(msgs, template=template, enable_thinking=thinking)
 
+    lead = THINK_OPEN if opens_thought(template, thinking) else ""  # the reply starts inside the thought
+
     session = BACKENDS[backend](graph, dist)
     console = Console(highlight=False)
     rng = np.random.default_rng(seed)
@@ -312,7 +325,7 @@ def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts
         state = {"part": None}
 
         def show(text):
-            for part, piece in splitter.feed(text):
+            for part, piece in splitter.feed(lead + text):
                 if part != state["part"]:
                     console.print("\n[dim italic]thinking:[/dim italic] " if part == "thought" else
                                   "\n[bold]answer:[/bold] ", end="")

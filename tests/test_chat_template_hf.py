@@ -368,3 +368,42 @@ def test_native_runtime_applies_a_chat_template_given_with_the_flag(tmp_path, ti
                 got.append(step["token"])
         assert got == want and want, "compared no tokens"
         native.reset()
+
+
+def test_a_generation_prompt_that_opens_the_thought():
+    from monologue_compile.chat import opens_thought
+
+    template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")
+    t = reduce_template(template, "test", {})
+    assert t["generation"] == "<|assistant|><think>\n" and opens_thought(t, None)
+    qwen3 = reduce_template(QWEN3_TEMPLATE, "test", {})
+    assert not opens_thought(qwen3, None) and not opens_thought(qwen3, False) and not opens_thought(None, None)
+
+
+def test_template_sources(tmp_path):
+    from monologue_compile.chat_template import find_template
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
+    assert find_template(tmp_path, None)[0] == "D"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "rag", "template": "R"}]}))
+    with pytest.raises(MonologueError, match="without one named \"default\".*--chat-template"):
+        find_template(tmp_path, None)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": 3}))
+    with pytest.raises(MonologueError, match="must be a string"):
+        find_template(tmp_path, None)
+    (tmp_path / "chat_template.jinja").write_text("J")
+    assert find_template(tmp_path, None)[0] == "J"  # the file wins
+    (tmp_path / "given.jinja").write_text("G")
+    assert find_template(tmp_path, tmp_path / "given.jinja") == ("G", f"--chat-template {tmp_path / 'given.jinja'}")
+
+
+def test_cli_refuses_a_hostile_template_in_one_line_and_writes_nothing(tmp_path, tiny_checkpoint):
+    (tmp_path / "evil.jinja").write_text("{{ messages.__class__.__base__.__subclasses__() }}")
+    out = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tiny_checkpoint), "-o", str(out),
+                        "--no-wasm", "--chat-template", str(tmp_path / "evil.jinja")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2 and "unsafe template refused" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()

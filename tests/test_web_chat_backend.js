@@ -38,6 +38,8 @@ export async function create({ manifest, onProgress }) {
       encodeChat: (messages) => [...new TextEncoder().encode(JSON.stringify(messages)), REPLY_START],
       tokenBytes: (id) => new Uint8Array(id < 256 ? [id] : []),
       isStop: (id) => id === STOP,
+      canSwitchThinking: false,
+      opensThought: () => false,
     },
     reset(options) {
       sampling = options;

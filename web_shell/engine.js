@@ -12,6 +12,7 @@
 //                                     applied by runtime_rs/src/chat.rs), ending where the
 //                                     assistant's reply begins; thinking false switches it off
 //     canSwitchThinking: boolean      whether the template can (Qwen3's enable_thinking)
+//     opensThought(thinking) -> boolean  the generation prompt ends inside a thought
 //     tokenBytes(id) -> Uint8Array    the token's bytes (a token may end inside a UTF-8 character;
 //                                     the <think> and </think> special tokens give their text)
 //     isStop(id) -> boolean           the token ends the reply (manifest.chat.stop)

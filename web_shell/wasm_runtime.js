@@ -277,6 +277,13 @@ export class WasmTokenizer {
     return typeof this.template?.generation_no_thinking === "string";
   }
 
+  // Whether the generation prompt opens the thought itself (DeepSeek-R1's ends with <think>), so the
+  // reply starts inside it.
+  opensThought(thinking = true) {
+    const g = (thinking === false && this.canSwitchThinking ? this.template.generation_no_thinking : this.template?.generation) ?? "";
+    return g.lastIndexOf("<think>") > g.lastIndexOf("</think>");
+  }
+
   encodeChat(messages, thinking = true) {
     const request = { messages, template: this.template, enable_thinking: thinking !== false };
     const b = this.rt.put(utf8.encode(JSON.stringify(request)));

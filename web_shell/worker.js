@@ -162,7 +162,8 @@ async function modelFiles() {
 }
 
 async function writeReply(messages, settings, signal) {
-  const parser = new ThinkParser();
+  const thinking = settings.thinking !== false || !engine.tokenizer.canSwitchThinking;
+  const parser = new ThinkParser({ inThought: engine.tokenizer.opensThought(thinking) });
   const decoder = new TextDecoder();
   let count = 0;
   let firstAt = 0;
@@ -173,7 +174,6 @@ async function writeReply(messages, settings, signal) {
   // The model reads at most sequence_len tokens, prompt and reply together: the conversation is
   // fitted to leave the reply room (context.js), and the reply gets what the prompt leaves.
   const contextLimit = model.manifest.model?.config?.sequence_len ?? Infinity;
-  const thinking = settings.thinking !== false || !engine.tokenizer.canSwitchThinking;
   const fitted = fitConversation(messages, (m) => engine.tokenizer.encodeChat(m, thinking), contextLimit, replyRoom(contextLimit, settings.maxNewTokens));
   const promptIds = fitted.promptIds;
   const { droppedTurns, droppedThoughts } = fitted;

@@ -247,7 +247,14 @@ impl Engine {
         }
         let fresh = prompt[self.history.len()..].to_vec();
         self.forward(&fresh, false)?;
-        self.think = ThinkParser::new();
+        // a generation prompt may open the thought itself: the reply then starts inside it
+        let tail = &prompt[prompt.len().saturating_sub(16)..];
+        let tail = self.tokenizer.as_ref().and_then(|t| t.decode_bytes(tail).ok()).unwrap_or_default();
+        self.think = if ThinkParser::opens_thought(&String::from_utf8_lossy(&tail)) {
+            ThinkParser::inside_thought()
+        } else {
+            ThinkParser::new()
+        };
         self.turn_tokens = 0;
         self.max_tokens = max_tokens;
         self.turn_done = None;
