@@ -50,20 +50,22 @@ def read_json(path: Path) -> dict:
     return doc
 
 
-def find_template(folder: Path | None, given: Path | None) -> tuple[str, str] | None:
-    """(template text, where it came from): `--chat-template FILE`, else the folder's
-    chat_template.jinja, else tokenizer_config.json's "chat_template" (a string, or a list of named
-    templates of which "default" is taken); None when there is none."""
+def find_template(folder: Path | None, given: Path | None) -> tuple[str, str, str] | None:
+    """(template text, where it came from, the same without folders for the manifest):
+    `--chat-template FILE`, else the folder's chat_template.jinja, else tokenizer_config.json's
+    "chat_template" (a string, or a list of named templates of which "default" is taken); None
+    when there is none."""
     if given is not None:
         try:
-            return Path(given).read_text(encoding="utf-8"), f"--chat-template {given}"
+            text = Path(given).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise MonologueError(f"--chat-template {given}: cannot read it ({e})") from None
+        return text, f"--chat-template {given}", f"--chat-template {Path(given).name}"
     if folder is None:
         return None
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
-        return find_template(None, jinja)[0], str(jinja)
+        return find_template(None, jinja)[0], str(jinja), jinja.name
     config = folder / "tokenizer_config.json"
     if not config.is_file():
         return None
@@ -71,15 +73,16 @@ def find_template(folder: Path | None, given: Path | None) -> tuple[str, str] | 
     where = f"{config}: chat_template"
     if template is None:
         return None
+    name = ""
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         if "default" not in named:
             raise MonologueError(f"{where}: a list of templates without one named \"default\" "
                                  f"({', '.join(map(str, named))}); give one with --chat-template FILE")
-        template, where = named["default"], where + "[default]"
+        template, name = named["default"], "[default]"
     if not isinstance(template, str):
-        raise MonologueError(f"{where}: must be a string or a list of named templates")
-    return template, where
+        raise MonologueError(f"{where}{name}: must be a string or a list of named templates")
+    return template, where + name, f"{config.name}: chat_template{name}"
 
 
 def special_token_strings(folder: Path | None) -> dict[str, str]:
@@ -122,8 +125,7 @@ def render(template: str, where: str, context: dict, calls: list[dict]) -> list[
     request = json.dumps({"template": template, "context": context, "calls": calls})
     try:
         done = subprocess.run([sys.executable, "-c", "from monologue_compile.chat_template import _child; _child()"],
-                              input=request, capture_output=True, text=True, timeout=TIMEOUT_S,
-                              preexec_fn=_limits, encoding="utf-8")
+                              input=request, capture_output=True, text=True, timeout=TIMEOUT_S, encoding="utf-8")
     except subprocess.TimeoutExpired:
         raise MonologueError(f"{where}: rendering did not finish in {TIMEOUT_S} s (a loop that never ends?)") from None
     try:
@@ -180,6 +182,7 @@ def _child() -> None:
     """The renderer process: a request on stdin, {"results": [...]} or {"fatal": why} on stdout."""
     from jinja2.exceptions import SecurityError, TemplateSyntaxError
 
+    _limits()
     request = json.loads(sys.stdin.read())
     try:
         answer = {"results": [_render_one(request, call) for call in request["calls"]]}
@@ -442,17 +445,24 @@ def prove(reduced: dict, template: str, where: str, context: dict, tok) -> int:
 
 # --- the manifest's chat section ---------------------------------------------------------------------
 
-def chat_section(tok, template: tuple[str, str] | None, specials: dict[str, str], eos: list[int]) -> dict:
+def chat_section(tok, template: tuple[str, str, str] | None, specials: dict[str, str], eos: list[int]) -> dict:
     """The manifest's "chat": the reduced template (null: this project's own layout), where it came
     from, the tokens that end the assistant's turn, and the thought markers of a model that thinks."""
     names = tok.special_tokens
     thinks = THINK_OPEN in names and THINK_CLOSE in names
     if template is None:
+        missing = [n for n in ("<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>")
+                   if n not in names]
+        if missing:
+            import click
+
+            click.echo(f"warning: no chat template and the tokenizer has no {missing[0]} for this project's own "
+                       "layout: the chat will refuse to start; give one with --chat-template FILE", err=True)
         stop = [names[n] for n in ("<|assistant_end|>", "<|bos|>") if n in names]
         return {"template": None, "source": "built-in", "stop": stop,
                 "thought": {"open": THINK_OPEN, "close": THINK_CLOSE} if thinks else None,
                 "end_of_turn": "<|assistant_end|>" if "<|assistant_end|>" in names else None, "proved": 0}
-    text, where = template
+    text, where, label = template
     reduced = reduce_template(text, where, specials)
     proved = prove(reduced, text, where, specials, tok)
     thinks = thinks or (THINK_OPEN in text and THINK_CLOSE in text)
@@ -463,6 +473,6 @@ def chat_section(tok, template: tuple[str, str] | None, specials: dict[str, str]
     if not stop:
         raise MonologueError(f"{where}: no token ends the assistant's turn (no special token in its suffix "
                              f"{suffix!r}, no eos_token_id in generation_config.json or config.json)")
-    return {"template": reduced, "source": where, "stop": stop,
+    return {"template": reduced, "source": label, "stop": stop,
             "thought": {"open": THINK_OPEN, "close": THINK_CLOSE} if thinks else None,
             "end_of_turn": end_of_turn, "proved": proved}

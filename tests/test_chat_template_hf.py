@@ -8,8 +8,10 @@ and the native runtime; hostile templates fail in one line."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,7 +286,7 @@ def test_compiled_folder_records_the_chat_and_replies_as_r_q(compiled_folder):
 
     style, d, out, m, manifest, eos = compiled_folder
     chat = manifest["chat"]
-    assert chat["source"].endswith("chat_template.jinja") or "tokenizer_config.json" in chat["source"]
+    assert chat["source"] in ("chat_template.jinja", "tokenizer_config.json: chat_template")  # no local paths
     assert set(eos) <= set(chat["stop"])
     g, _, tj = load_model(out)
     tok = Tokenizer.from_json(tj)
@@ -326,7 +328,26 @@ OWN_TEMPLATE = (
 )
 
 
-def test_native_runtime_applies_a_chat_template_given_with_the_flag(tmp_path, tiny_checkpoint):
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4", "thought": "2+2=4"}, {"role": "user", "content": "and 3+3?"}]
+
+
+@pytest.fixture(scope="module")
+def own_dist(tmp_path_factory):
+    """This project's tiny GPT compiled with `--chat-template` OWN_TEMPLATE."""
+    from conftest import tiny_model, write_checkpoint
+
+    d = tmp_path_factory.mktemp("own")
+    (d / "own.jinja").write_text(OWN_TEMPLATE)
+    checkpoint = write_checkpoint(d / "checkpoint.pt", tiny_model())
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(checkpoint), "-o", str(d / "dist"),
+                        "--no-wasm", "--chat-template", str(d / "own.jinja")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    return d / "dist"
+
+
+def test_native_runtime_applies_a_chat_template_given_with_the_flag(own_dist):
     """`--chat-template FILE`: the compiled runtime (mono_chat_start_messages: the manifest's
     template, rendered in Rust) starts from the template's own prompt and writes the interpreter's
     greedy reply, thinking on and off."""
@@ -336,29 +357,21 @@ def test_native_runtime_applies_a_chat_template_given_with_the_flag(tmp_path, ti
     from monologue_compile.chat_template import render
     from monologue_compile.interpreter import Session
 
-    (tmp_path / "own.jinja").write_text(OWN_TEMPLATE)
-    out = tmp_path / "dist"
-    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tiny_checkpoint), "-o", str(out),
-                        "--no-wasm", "--chat-template", str(tmp_path / "own.jinja")], capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr
-    g, manifest, tj = load_model(out)
+    g, manifest, tj = load_model(own_dist)
     tok, chat = Tokenizer.from_json(tj), manifest["chat"]
     assert chat["template"]["system"]["placement"] == "block" and chat["template"]["thought"]["history"] is None
-    native = NativeModel.from_dist(out)
+    native = NativeModel.from_dist(own_dist)
     native.set_sampler(temperature=0.0)
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-                {"role": "assistant", "content": "4", "thought": "2+2=4"}, {"role": "user", "content": "and 3+3?"}]
     for thinking in (None, False):
         kw = {} if thinking is None else {"enable_thinking": thinking}
         text = render(OWN_TEMPLATE, "own.jinja", {}, [{"messages": [{k: v for k, v in m.items() if k != "thought"}
-                                                                   for m in messages],
+                                                                   for m in MESSAGES],
                                                       "add_generation_prompt": True, "kwargs": kw}])[0]
-        prompt = tok.render_for_completion(messages, template=chat["template"], enable_thinking=thinking)
+        prompt = tok.render_for_completion(MESSAGES, template=chat["template"], enable_thinking=thinking)
         assert prompt == tok.encode(text)
         want, _ = reply(Session(g), tok, prompt, [], 10, 0.0, None, None, np.random.default_rng(0),
                         stops=set(chat["stop"]))
-        native.chat_start({"messages": messages, "enable_thinking": thinking is not False}, 10)
+        native.chat_start({"messages": MESSAGES, "enable_thinking": thinking is not False}, 10)
         assert native.pos == len(prompt)
         got, done = [], None
         while done is None:
@@ -368,6 +381,33 @@ def test_native_runtime_applies_a_chat_template_given_with_the_flag(tmp_path, ti
                 got.append(step["token"])
         assert got == want and want, "compared no tokens"
         native.reset()
+
+
+def test_page_engine_renders_with_the_manifests_template(own_dist, tmp_path):
+    """web_shell/wasm_runtime.js's Engine (runtime.wasm under Node) encodes the chat with the
+    manifest's template and stops on chat.stop."""
+    from monologue_compile.artifact import load_model
+    from monologue_compile.backends.rust_crate import build_wasm, emit_crate, find_toolchain
+
+    try:
+        find_toolchain(wasm=True)
+    except MonologueError:
+        pytest.skip("no wasm32 Rust toolchain")
+    if shutil.which("node") is None:
+        pytest.skip("no Node")
+    g, manifest, tj = load_model(own_dist)
+    dist = tmp_path / "dist"
+    shutil.copytree(own_dist, dist)
+    build_wasm(emit_crate(g, tmp_path / "runtime_rs"), dist / "runtime.wasm", fast=True)
+    script = Path(__file__).parent / "runtime_node" / "engine.mjs"
+    r = subprocess.run(["node", str(script), str(dist), json.dumps(MESSAGES), "12"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    tok = Tokenizer.from_json(tj)
+    assert out["prompt"] == tok.render_for_completion(MESSAGES, template=manifest["chat"]["template"])
+    assert out["prompt"] != tok.render_for_completion(MESSAGES)  # not this project's built-in layout
+    assert out["stops"] == [i in manifest["chat"]["stop"] for i in out["ids"]]
 
 
 def test_a_generation_prompt_that_opens_the_thought():
@@ -396,7 +436,8 @@ def test_template_sources(tmp_path):
     (tmp_path / "chat_template.jinja").write_text("J")
     assert find_template(tmp_path, None)[0] == "J"  # the file wins
     (tmp_path / "given.jinja").write_text("G")
-    assert find_template(tmp_path, tmp_path / "given.jinja") == ("G", f"--chat-template {tmp_path / 'given.jinja'}")
+    assert find_template(tmp_path, tmp_path / "given.jinja") == ("G", f"--chat-template {tmp_path / 'given.jinja'}",
+                                                                 "--chat-template given.jinja")
 
 
 def test_cli_refuses_a_hostile_template_in_one_line_and_writes_nothing(tmp_path, tiny_checkpoint):

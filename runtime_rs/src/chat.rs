@@ -263,11 +263,13 @@ impl Pieces {
     }
 
     /// Strip whitespace off the pieces from `from` on, as the template strips the content they
-    /// make up together.
+    /// make up together (Python's `str.strip()`: Unicode White_Space and the separators
+    /// U+001C..U+001F).
     fn strip(&mut self, from: usize, strip: Strip) {
+        let space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
         if matches!(strip, Strip::Both | Strip::Left) {
             for p in self.0[from..].iter_mut() {
-                p.text = p.text.trim_start().to_string();
+                p.text = p.text.trim_start_matches(space).to_string();
                 if !p.text.is_empty() {
                     break;
                 }
@@ -275,7 +277,7 @@ impl Pieces {
         }
         if matches!(strip, Strip::Both | Strip::Right) {
             for p in self.0[from..].iter_mut().rev() {
-                p.text = p.text.trim_end().to_string();
+                p.text = p.text.trim_end_matches(space).to_string();
                 if !p.text.is_empty() {
                     break;
                 }
