@@ -51,6 +51,7 @@ class Compiled:
     lowered_ops: int
     records: list[PassRecord]
     timings: dict
+    chat: dict | None = None  # the manifest's "chat"
 
 
 @contextmanager
@@ -61,9 +62,11 @@ def _step(name: str, timings: dict):
     timings[name] = time.perf_counter() - t0
 
 
-def build(checkpoint, quant: str = "int8", tokenizer=None, config=None, overrides: dict | None = None) -> Compiled:
+def build(checkpoint, quant: str = "int8", tokenizer=None, config=None, overrides: dict | None = None,
+          chat_template=None) -> Compiled:
     """Checkpoint -> final IR with quantized weights (nothing written). `overrides`: config values
-    that replace the loaded or detected ones."""
+    that replace the loaded or detected ones. The chat template (`chat_template` or the model's own)
+    is reduced right after loading, so a bad one fails before the long steps."""
     if quant not in SCHEMES:
         raise MonologueError(f"--quant {quant}: unknown scheme; choose one of {', '.join(SCHEMES)}")
     timings: dict = {}
@@ -73,6 +76,8 @@ def build(checkpoint, quant: str = "int8", tokenizer=None, config=None, override
         else:
             loaded = load(checkpoint, tokenizer=tokenizer, config=config, overrides=overrides)
         module = loaded.build_module()
+    with _step("chat template", timings):
+        chat = _chat(loaded, chat_template)
     with _step("trace", timings):
         ep = trace(module, loaded.config["sequence_len"])
         # the traced range can end one short of sequence_len (trace.py): the tables and caches follow it
@@ -85,7 +90,7 @@ def build(checkpoint, quant: str = "int8", tokenizer=None, config=None, override
     del ep, module
     with _step("passes", timings):
         g, records = run_pipeline(g, quant)
-    return Compiled(loaded, g, lowered_ops, records, timings)
+    return Compiled(loaded, g, lowered_ops, records, timings, chat)
 
 
 def explain(c: Compiled) -> str:
@@ -110,7 +115,7 @@ def explain(c: Compiled) -> str:
     return "\n".join(lines)
 
 
-def _manifest_extra(c: Compiled, chat_template=None) -> dict:
+def _manifest_extra(c: Compiled) -> dict:
     from .tokenizer import Tokenizer
 
     return {
@@ -120,22 +125,22 @@ def _manifest_extra(c: Compiled, chat_template=None) -> dict:
                   "assumed": c.loaded.assumed},
         "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens
         if c.loaded.tokenizer_json != "{}" else {},  # "{}": compiled without a tokenizer
-        "chat": _chat(c, chat_template),
+        "chat": c.chat,
     }
 
 
-def _chat(c: Compiled, chat_template) -> dict | None:
+def _chat(loaded: LoadedModel, chat_template) -> dict | None:
     """The manifest's "chat" (chat_template.chat_section); None without a tokenizer."""
     from .chat_template import chat_section, find_template
     from .tokenizer import Tokenizer
 
-    if c.loaded.tokenizer_json == "{}":
+    if loaded.tokenizer_json == "{}":
         if chat_template is not None:
             raise MonologueError(f"--chat-template {chat_template}: the model has no tokenizer to apply it with")
         return None
-    inputs = c.loaded.chat
+    inputs = loaded.chat
     template = find_template(None, chat_template) if chat_template is not None else inputs.get("template")
-    return chat_section(Tokenizer.from_json(c.loaded.tokenizer_json), template, inputs.get("specials", {}),
+    return chat_section(Tokenizer.from_json(loaded.tokenizer_json), template, inputs.get("specials", {}),
                         inputs.get("eos", []))
 
 
@@ -176,7 +181,7 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
         from .frontend.module import from_model_code
 
         checkpoint = from_model_code(model_code, checkpoint, config, tokenizer)
-    c = build(checkpoint, quant, tokenizer, config, overrides)
+    c = build(checkpoint, quant, tokenizer, config, overrides, chat_template)
     if dump_ir:
         click.echo(c.graph.dump(), nl=False)
     try:
@@ -188,7 +193,7 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
         with _step("write", c.timings):
             from .artifact import write_model
 
-            manifest = write_model(c.graph, tmp / "model", c.loaded.tokenizer_json, _manifest_extra(c, chat_template))
+            manifest = write_model(c.graph, tmp / "model", c.loaded.tokenizer_json, _manifest_extra(c))
         with _step("wgsl", c.timings):
             from .backends.wgsl_plan import emit_wgsl
 
