@@ -207,6 +207,34 @@ def test_default_system_prompt_is_found():
     assert t["opening"] == "<|im_start|>system\nYou are helpful.<|im_end|>\n"
 
 
+# the shapes of Llama-3's (content trimmed, BOS on the first message), Mistral's (no system role)
+# and Qwen2.5's (a default system prompt) templates
+LLAMA3_TEMPLATE = (
+    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+
+
+def test_other_families_reduce():
+    t = reduce_template(LLAMA3_TEMPLATE, "test", {"bos_token": "<|begin_of_text|>"})
+    assert t["opening"] == "<|begin_of_text|>" and t["user"]["strip"] == "both"
+    assert t["system"]["before"] == "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+    assert t["assistant"]["suffix"] == "<|eot_id|>"
+    t = reduce_template(MISTRAL_TEMPLATE, "test", {"bos_token": "<s>", "eos_token": "</s>"})
+    assert t["system"] == {"placement": "refused"} and t["assistant"] == {"prefix": "", "suffix": "</s>", "strip": "none"}
+    tok = Tokenizer.train(["[INST] hello [/INST]"] * 20, vocab_size=300)
+    with pytest.raises(MonologueError, match="takes no system message"):
+        tok.render_for_completion([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}], template=t)
+    assert tok.decode(tok.render_for_completion([{"role": "user", "content": "y"}], template=t)) == "<s>[INST] y [/INST]"
+
+
 def test_kept_thoughts_are_read_off_the_template():
     template = ("{% for m in messages %}<|{{ m.role }}|>{% if m.reasoning_content %}<think>{{ m.reasoning_content }}"
                 "</think>{% endif %}{{ m.content }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
