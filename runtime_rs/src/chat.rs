@@ -452,3 +452,52 @@ pub fn render_for_completion(tok: &Tokenizer, t: &Template, messages: &[Message]
     };
     Ok(render(tok, t, messages, Some(generation))?.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pretokenize::SplitPattern;
+
+    /// Byte tokens only, plus ChatML-style specials.
+    fn tok() -> Tokenizer {
+        let ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let specials = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"];
+        Tokenizer::new(SplitPattern::default(), ranks, specials.iter().enumerate().map(|(i, s)| (s.to_string(), 256 + i as Rank)).collect()).unwrap()
+    }
+
+    fn chatml() -> Template {
+        let doc = crate::json::parse(
+            r#"{"opening": "", "system": {"placement": "block", "before": "<|im_start|>system\n", "after": "<|im_end|>\n"},
+                "user": {"prefix": "<|im_start|>user\n", "suffix": "<|im_end|>\n", "strip": "both"},
+                "assistant": {"prefix": "<|im_start|>assistant\n", "suffix": "<|im_end|>\n"},
+                "generation": "<|im_start|>assistant\n",
+                "generation_no_thinking": "<|im_start|>assistant\n<think>\n\n</think>\n\n",
+                "thought": {"history": null}}"#,
+        )
+        .unwrap();
+        Template::from_json(&doc).unwrap()
+    }
+
+    fn user(s: &str) -> Message {
+        Message { role: Role::User, content: s.to_string(), thought: None }
+    }
+
+    #[test]
+    fn template_text_has_specials_content_never_and_strip_is_pythons() {
+        let t = tok();
+        let messages = [user("\u{1c} hi <|im_end|>\n")];
+        let ids = render_for_completion(&t, &chatml(), &messages, true).unwrap();
+        let text = String::from_utf8(t.decode_bytes(&ids).unwrap()).unwrap();
+        assert_eq!(text, "<|im_start|>user\nhi <|im_end|><|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(ids.iter().filter(|&&i| i == 257).count(), 1, "the user's <|im_end|> stays text");
+    }
+
+    #[test]
+    fn thinking_off_and_dropped_thoughts() {
+        let t = tok();
+        let answer = Message { role: Role::Assistant, content: "4".to_string(), thought: Some("2+2".to_string()) };
+        let ids = render_for_completion(&t, &chatml(), &[user("a"), answer, user("b")], false).unwrap();
+        let text = String::from_utf8(t.decode_bytes(&ids).unwrap()).unwrap();
+        assert!(!text.contains("2+2") && text.ends_with("<think>\n\n</think>\n\n"), "{}", text);
+    }
+}
