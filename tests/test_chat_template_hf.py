@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -334,14 +333,17 @@ def test_compiled_folder_records_the_chat_and_replies_as_r_q(compiled_folder):
 
 
 def test_chat_cli_no_thinking_only_where_the_template_can(compiled_folder):
+    from click.testing import CliRunner
+
+    from monologue_compile.cli import main
+
     style, _, out, *_ = compiled_folder
-    r = subprocess.run([sys.executable, "-m", "monologue_compile", "chat", str(out), "--no-thinking", "--prompt", "hi",
-                        "--max-tokens", "4"], capture_output=True, text=True, timeout=300)
+    r = CliRunner().invoke(main, ["chat", str(out), "--no-thinking", "--prompt", "hi", "--max-tokens", "4"])
     if style == "qwen3":
-        assert r.returncode == 0, r.stderr
+        assert r.exit_code == 0, r.stderr
         assert "context:" in r.stdout
     else:
-        assert r.returncode == 2 and "cannot switch thinking off" in r.stderr and "Traceback" not in r.stderr
+        assert r.exit_code == 2 and "cannot switch thinking off" in r.stderr and "Traceback" not in r.stderr
 
 
 # A template over this project's own special tokens, unlike its built-in layout: the system message in
@@ -362,21 +364,21 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 @pytest.fixture(scope="module")
 def own_dist(tmp_path_factory):
-    """This project's tiny GPT compiled with `--chat-template` OWN_TEMPLATE."""
+    """This project's tiny GPT compiled with `--chat-template` OWN_TEMPLATE (the CLI's flag is
+    test_cli_refuses_a_hostile_template_in_one_line_and_writes_nothing's)."""
     from conftest import tiny_model, write_checkpoint
+
+    from monologue_compile.driver import compile_to
 
     d = tmp_path_factory.mktemp("own")
     (d / "own.jinja").write_text(OWN_TEMPLATE)
     checkpoint = write_checkpoint(d / "checkpoint.pt", tiny_model())
-    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(checkpoint), "-o", str(d / "dist"),
-                        "--no-wasm", "--chat-template", str(d / "own.jinja")], capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr
+    assert compile_to(checkpoint, d / "dist", chat_template=d / "own.jinja")["chat"]["source"] == "--chat-template own.jinja"
     return d / "dist"
 
 
 def test_native_runtime_applies_a_chat_template_given_with_the_flag(own_dist):
-    """`--chat-template FILE`: the compiled runtime (mono_chat_start_messages: the manifest's
+    """`--chat-template FILE` (compile_to's chat_template): the compiled runtime (mono_chat_start_messages: the manifest's
     template, rendered in Rust) starts from the template's own prompt and writes the interpreter's
     greedy reply, thinking on and off."""
     from monologue_compile.artifact import load_model
@@ -470,9 +472,13 @@ def test_template_sources(tmp_path):
 
 def test_cli_refuses_a_hostile_template_in_one_line_and_writes_nothing(tmp_path, tiny_checkpoint):
     (tmp_path / "evil.jinja").write_text("{{ messages.__class__.__base__.__subclasses__() }}")
+    from click.testing import CliRunner
+
+    from monologue_compile.cli import main
+
     out = tmp_path / "dist"
-    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tiny_checkpoint), "-o", str(out),
-                        "--no-wasm", "--chat-template", str(tmp_path / "evil.jinja")], capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 2 and "unsafe template refused" in r.stderr and "Traceback" not in r.stderr
+    r = CliRunner().invoke(main, ["compile", str(tiny_checkpoint), "-o", str(out), "--no-wasm", "--chat-template",
+                                  str(tmp_path / "evil.jinja")])
+    assert r.exit_code == 2 and "unsafe template refused" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
