@@ -337,10 +337,21 @@ def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, 
     manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family,
                           wasm=not no_wasm, overrides=overrides, force=force,
                           model_code=model_code, chat_template=chat_template)
-    for line in model_summary(manifest["model"]):
+    for line in model_summary(manifest["model"]) + chat_summary(manifest.get("chat")):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     total = sum(f["bytes"] for f in manifest["files"])
     console.print(f"wrote {output} (model {total / 2**20:.1f} MiB, quant {quant}); `monologue serve {output}` serves it")
+
+
+def chat_summary(chat: dict | None) -> list[str]:
+    """The manifest's chat in a line: where the template came from, what proved it, how a reply ends."""
+    if chat is None:
+        return []
+    t = chat["template"]
+    proved = f", proved token for token on {chat['proved']} conversations" if chat["proved"] else ""
+    switch = "; thinking can be switched off" if t and t.get("generation_no_thinking") is not None else ""
+    return [f"chat template: {chat['source']}{proved}; a reply ends at {chat['end_of_turn'] or 'eos'} "
+            f"(ids {chat['stop']}){'; the model thinks' if chat['thought'] else ''}{switch}"]
 
 
 def parse_sets(sets) -> dict:

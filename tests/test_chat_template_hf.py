@@ -315,6 +315,11 @@ def test_compiled_folder_records_the_chat_and_replies_as_r_q(compiled_folder):
     chat = manifest["chat"]
     assert chat["source"] in ("chat_template.jinja", "tokenizer_config.json: chat_template")  # no local paths
     assert set(eos) <= set(chat["stop"])
+    from monologue_compile.driver import chat_summary
+
+    line, = chat_summary(chat)  # what the compile prints
+    assert f"proved token for token on {chat['proved']} conversations" in line
+    assert ("thinking can be switched off" in line) == (style == "qwen3")
     g, _, tj = load_model(out)
     tok = Tokenizer.from_json(tj)
     auto = AutoTokenizer.from_pretrained(str(d))
