@@ -2,8 +2,11 @@
 
 The thought (between `<think>` and `</think>`) is shown dimmed, apart from the answer. Greedy by
 default; --temperature, --top-k, --top-p and --seed sample instead. The conversation is rendered
-with the model's own chat template each turn and only the tokens the session has not seen yet are
-fed, so the KV cache carries over between turns.
+with the model's own chat template (the manifest's reduced "chat" template, applied by the Rust
+renderer) each turn and only the tokens the session has not seen yet are fed, so the KV cache
+carries over between turns. A reply ends at any of the manifest's stop tokens. For a model that
+thinks, the thought is kept in the history and the template renders or drops it as it does;
+--no-thinking switches thinking off where the template can (Qwen3's enable_thinking).
 
 The conversation is kept within the model's context as the web page keeps it (web_shell/context.js):
 when a prompt would leave the reply too little room, the oldest thoughts go first, then the oldest
@@ -188,15 +191,32 @@ class ThoughtSplitter:
         return thought.strip(), answer.strip()
 
 
+def opens_thought(template: dict | None, thinking: bool | None) -> bool:
+    """Whether the generation prompt opens the thought itself (DeepSeek-R1's ends with `<think>`),
+    so the reply starts inside it."""
+    if template is None:
+        return False
+    g = template["generation"]
+    if thinking is False and template.get("generation_no_thinking") is not None:
+        g = template["generation_no_thinking"]
+    return g.rfind(THINK_OPEN) > g.rfind(THINK_CLOSE)
+
+
+def default_stops(tok) -> set[int]:
+    """This project's end-of-turn tokens (a manifest from before chat.stop)."""
+    return {tok.special_tokens[s] for s in ("<|assistant_end|>", "<|bos|>") if s in tok.special_tokens}
+
+
 def reply(session, tok, prompt: list[int], fed: list[int], max_tokens: int, temperature: float,
-          top_k, top_p, rng, on_text=None) -> tuple[list[int], list[int]]:
-    """Generate the assistant's turn; returns (generated ids, all ids the session has now seen)."""
+          top_k, top_p, rng, on_text=None, stops: set[int] | None = None) -> tuple[list[int], list[int]]:
+    """Generate the assistant's turn, up to a stop token (default: this project's); returns
+    (generated ids, all ids the session has now seen)."""
     if prompt[: len(fed)] != fed or len(fed) == 0:
         session.reset()
         fed = []
     logits = session.forward(prompt[len(fed):])[-1]
     fed = list(prompt)
-    stops = {tok.special_tokens[s] for s in ("<|assistant_end|>", "<|bos|>") if s in tok.special_tokens}
+    stops = default_stops(tok) if stops is None else stops
     out: list[int] = []
     limit = session.max_len
     stream = TextStream(tok)
@@ -250,13 +270,27 @@ class TextStream:
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--max-tokens", type=click.IntRange(min=0), default=512, show_default=True)
 @click.option("--prompt", "prompts", multiple=True, help="say this instead of reading stdin (repeatable)")
-def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts):
+@click.option("--no-thinking", is_flag=True, help="switch the model's thinking off (where its chat template can)")
+def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts, no_thinking):
     """Chat with the compiled model in DIST (the thought is shown dimmed, apart from the answer)."""
     from .artifact import load_model
+    from .errors import MonologueError
     from .tokenizer import Tokenizer
 
     graph, manifest, tok_json = load_model(dist)
     tok = Tokenizer.from_json(tok_json)
+    chat = manifest.get("chat") or {"template": None, "stop": sorted(default_stops(tok)),
+                                    "thought": {} if THINK_OPEN in tok.special_tokens else None}
+    template = chat["template"]
+    if no_thinking and (template is None or template.get("generation_no_thinking") is None):
+        raise MonologueError(f"--no-thinking: the chat template of {dist} cannot switch thinking off")
+    thinking = False if no_thinking else None
+
+    def encode(msgs):
+        return tok.render_for_completion(msgs, template=template, enable_thinking=thinking)
+
+    lead = THINK_OPEN if opens_thought(template, thinking) else ""  # the reply starts inside the thought
+
     session = BACKENDS[backend](graph, dist)
     console = Console(highlight=False)
     rng = np.random.default_rng(seed)
@@ -277,7 +311,7 @@ def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts
             continue
         limit = session.max_len
         try:
-            fitted = fit_conversation(messages + [{"role": "user", "content": user}], tok.render_for_completion,
+            fitted = fit_conversation(messages + [{"role": "user", "content": user}], encode,
                                       limit, reply_room(limit, max_tokens))
         except MessageTooLong as e:
             console.print(str(e), style="red", markup=False)
@@ -291,14 +325,14 @@ def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts
         state = {"part": None}
 
         def show(text):
-            for part, piece in splitter.feed(text):
+            for part, piece in splitter.feed(lead + text):
                 if part != state["part"]:
                     console.print("\n[dim italic]thinking:[/dim italic] " if part == "thought" else
                                   "\n[bold]answer:[/bold] ", end="")
                     state["part"] = part
                 console.print(piece, style="dim italic" if part == "thought" else None, end="", markup=False)
 
-        out, fed = reply(session, tok, prompt, fed, budget, temperature, top_k, top_p, rng, show)
+        out, fed = reply(session, tok, prompt, fed, budget, temperature, top_k, top_p, rng, show, set(chat["stop"]))
         console.print()
         if len(out) >= budget:
             console.print(f"(cut short: the model's context, {limit} tokens, is full)" if budget < max_tokens
@@ -306,6 +340,6 @@ def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts
         console.print(f"context: {len(prompt) + len(out)} of {limit} tokens", style="dim", markup=False)
         thought, answer = splitter.parts()
         turn = {"role": "assistant", "content": answer}
-        if thought and THINK_OPEN in tok.special_tokens:  # a nanochat tokenizer has no think tokens
-            turn["thought"] = thought
+        if thought and chat["thought"] is not None:
+            turn["thought"] = thought  # the template keeps or drops it in the history, as the model's own does
         messages.append(turn)

@@ -51,6 +51,7 @@ class Compiled:
     lowered_ops: int
     records: list[PassRecord]
     timings: dict
+    chat: dict | None = None  # the manifest's "chat"
 
 
 @contextmanager
@@ -61,9 +62,11 @@ def _step(name: str, timings: dict):
     timings[name] = time.perf_counter() - t0
 
 
-def build(checkpoint, quant: str = "int8", tokenizer=None, config=None, overrides: dict | None = None) -> Compiled:
+def build(checkpoint, quant: str = "int8", tokenizer=None, config=None, overrides: dict | None = None,
+          chat_template=None) -> Compiled:
     """Checkpoint -> final IR with quantized weights (nothing written). `overrides`: config values
-    that replace the loaded or detected ones."""
+    that replace the loaded or detected ones. The chat template (`chat_template` or the model's own)
+    is reduced right after loading, so a bad one fails before the long steps."""
     if quant not in SCHEMES:
         raise MonologueError(f"--quant {quant}: unknown scheme; choose one of {', '.join(SCHEMES)}")
     timings: dict = {}
@@ -73,6 +76,8 @@ def build(checkpoint, quant: str = "int8", tokenizer=None, config=None, override
         else:
             loaded = load(checkpoint, tokenizer=tokenizer, config=config, overrides=overrides)
         module = loaded.build_module()
+    with _step("chat template", timings):
+        chat = _chat(loaded, chat_template)
     with _step("trace", timings):
         ep = trace(module, loaded.config["sequence_len"])
         # the traced range can end one short of sequence_len (trace.py): the tables and caches follow it
@@ -85,7 +90,7 @@ def build(checkpoint, quant: str = "int8", tokenizer=None, config=None, override
     del ep, module
     with _step("passes", timings):
         g, records = run_pipeline(g, quant)
-    return Compiled(loaded, g, lowered_ops, records, timings)
+    return Compiled(loaded, g, lowered_ops, records, timings, chat)
 
 
 def explain(c: Compiled) -> str:
@@ -120,7 +125,23 @@ def _manifest_extra(c: Compiled) -> dict:
                   "assumed": c.loaded.assumed},
         "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens
         if c.loaded.tokenizer_json != "{}" else {},  # "{}": compiled without a tokenizer
+        "chat": c.chat,
     }
+
+
+def _chat(loaded: LoadedModel, chat_template) -> dict | None:
+    """The manifest's "chat" (chat_template.chat_section); None without a tokenizer."""
+    from .chat_template import chat_section, find_template
+    from .tokenizer import Tokenizer
+
+    if loaded.tokenizer_json == "{}":
+        if chat_template is not None:
+            raise MonologueError(f"--chat-template {chat_template}: the model has no tokenizer to apply it with")
+        return None
+    inputs = loaded.chat
+    template = find_template(None, chat_template) if chat_template is not None else inputs.get("template")
+    return chat_section(Tokenizer.from_json(loaded.tokenizer_json), template, inputs.get("specials", {}),
+                        inputs.get("eos", []))
 
 
 def attention_windows(g: Graph) -> list[int]:
@@ -147,19 +168,20 @@ def model_summary(model: dict) -> list[str]:
 
 def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verify=False, dump_ir=False,
                show_explain=False, eval_per_family: int = 20, wasm: bool = False, overrides: dict | None = None,
-               force: bool = False, model_code: str | None = None) -> dict:
+               force: bool = False, model_code: str | None = None, chat_template=None) -> dict:
     """The whole compile; returns the manifest. Writes `out` atomically.
 
     `wasm` builds runtime.wasm with cargo (the CLI's default; off here because a release wasm build
     takes a while and most callers, tests above all, do not need it). `force` replaces an existing
-    `out` that is not a previous Monologue output. `checkpoint` may be a LoadedModel (the Python API)."""
-    inputs = [p for p in (checkpoint, tokenizer, config) if isinstance(p, (str, Path))]
+    `out` that is not a previous Monologue output. `checkpoint` may be a LoadedModel (the Python API).
+    `chat_template`: a Jinja file that replaces the model's own chat template."""
+    inputs = [p for p in (checkpoint, tokenizer, config, chat_template) if isinstance(p, (str, Path))]
     out = check_output(out, inputs, force)
     if model_code:
         from .frontend.module import from_model_code
 
         checkpoint = from_model_code(model_code, checkpoint, config, tokenizer)
-    c = build(checkpoint, quant, tokenizer, config, overrides)
+    c = build(checkpoint, quant, tokenizer, config, overrides, chat_template)
     if dump_ir:
         click.echo(c.graph.dump(), nl=False)
     try:
@@ -303,8 +325,10 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.option("--force", is_flag=True, help="replace OUTPUT even if it holds files the compiler did not write")
 @click.option("--model-code", help="path.py:Name: build the model with your own code, Name(**config) "
               "(config: --config JSON or the checkpoint's model_args); verify uses it as the reference")
+@click.option("--chat-template", type=click.Path(path_type=Path),
+              help="a Jinja chat template to use instead of the model's own (tokenizer_config.json / chat_template.jinja)")
 def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family, no_wasm,
-                softcap, sets, force, model_code):
+                softcap, sets, force, model_code, chat_template):
     """Compile CHECKPOINT (checkpoint.pt, a nanochat checkpoint folder or model_<step>.pt, a Hugging Face
     model folder, or a state dict) into the static site OUTPUT."""
     overrides = parse_sets(sets)
@@ -312,11 +336,22 @@ def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, 
         overrides["softcap"] = softcap
     manifest = compile_to(checkpoint, output, quant, tokenizer, config, verify, dump_ir, explain, eval_per_family,
                           wasm=not no_wasm, overrides=overrides, force=force,
-                          model_code=model_code)
-    for line in model_summary(manifest["model"]):
+                          model_code=model_code, chat_template=chat_template)
+    for line in model_summary(manifest["model"]) + chat_summary(manifest.get("chat")):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     total = sum(f["bytes"] for f in manifest["files"])
     console.print(f"wrote {output} (model {total / 2**20:.1f} MiB, quant {quant}); `monologue serve {output}` serves it")
+
+
+def chat_summary(chat: dict | None) -> list[str]:
+    """The manifest's chat in a line: where the template came from, what proved it, how a reply ends."""
+    if chat is None:
+        return []
+    t = chat["template"]
+    proved = f", proved token for token on {chat['proved']} conversations" if chat["proved"] else ""
+    switch = "; thinking can be switched off" if t and t.get("generation_no_thinking") is not None else ""
+    return [f"chat template: {chat['source']}{proved}; a reply ends at {chat['end_of_turn'] or 'eos'} "
+            f"(ids {chat['stop']}){'; the model thinks' if chat['thought'] else ''}{switch}"]
 
 
 def parse_sets(sets) -> dict:

@@ -318,33 +318,40 @@ class Tokenizer:
 
     # --- chat template ---
 
-    def render_conversation(self, messages: Sequence[Mapping]) -> tuple[list[int], list[int]]:
-        """(ids, mask) of a conversation: `<|bos|>`, then `<|user_start|> text <|user_end|>` and
-        `<|assistant_start|> <think> thought </think> answer <|assistant_end|>` per turn. mask is 1
-        on what the assistant produces (from `<think>` to `<|assistant_end|>`), 0 elsewhere.
+    def render_conversation(self, messages: Sequence[Mapping], template: Mapping | None = None) -> tuple[list[int], list[int]]:
+        """(ids, mask) of a conversation in `template` (a manifest's reduced chat template; None:
+        this project's layout, `<|bos|>`, then `<|user_start|> text <|user_end|>` and
+        `<|assistant_start|> <think> thought </think> answer <|assistant_end|>` per turn). mask is 1
+        on what the assistant produces (its thought, answer and end), 0 elsewhere.
         Messages are `{"role": "system"|"user"|"assistant", "content": str, "thought": str}`;
         a missing thought renders no think block, a system message is prefixed to the first
-        user message with a blank line."""
+        user message with a blank line (runtime_rs/src/chat.rs)."""
         ffi, lib = _runtime()
-        data = _messages_json(messages)
+        data = _messages_json(messages, template)
         ids, mask, n = ffi.new("uint32_t **"), ffi.new("uint8_t **"), ffi.new("uintptr_t *")
         _check(lib.mono_render_conversation(self._handle, data, len(data), ids, mask, n), "conversation")
         mask_values = list(_take_bytes(mask, n))
         return _take_u32s(ids, n), mask_values
 
-    def render_for_completion(self, messages: Sequence[Mapping]) -> list[int]:
+    def render_for_completion(self, messages: Sequence[Mapping], template: Mapping | None = None,
+                              enable_thinking: bool | None = None) -> list[int]:
         """The prompt for the assistant's next turn: the conversation, which must end with a user
-        message, followed by `<|assistant_start|>`."""
+        message, followed by the template's generation prompt (`<|assistant_start|>` in this
+        project's layout); `enable_thinking=False` switches thinking off where the template can."""
         ffi, lib = _runtime()
-        data = _messages_json(messages)
+        data = _messages_json(messages, template, enable_thinking)
         ids, n = ffi.new("uint32_t **"), ffi.new("uintptr_t *")
         _check(lib.mono_render_for_completion(self._handle, data, len(data), ids, n), "conversation")
         return _take_u32s(ids, n)
 
 
-def _messages_json(messages: Sequence[Mapping]) -> bytes:
+def _messages_json(messages: Sequence[Mapping], template: Mapping | None = None,
+                   enable_thinking: bool | None = None) -> bytes:
     try:
-        return _utf8(json.dumps([dict(m) for m in messages], ensure_ascii=False))
+        doc = [dict(m) for m in messages]
+        if template is not None or enable_thinking is not None:
+            doc = {"messages": doc, "template": template, "enable_thinking": enable_thinking}
+        return _utf8(json.dumps(doc, ensure_ascii=False))
     except (TypeError, ValueError) as e:
         raise MonologueError(f"conversation: messages must be dicts of strings ({e})") from None
 

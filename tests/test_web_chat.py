@@ -170,6 +170,30 @@ def test_keyboard_stop_limit_and_new_chat(chat):
     assert "[turns=1 thoughts=0 " in last_reply(page).locator(".answer").inner_text()
 
 
+def test_thinking_setting_only_where_the_template_can_switch_it_off(browser, tmp_path):
+    with open_chat(browser, tmp_path / "plain") as page:
+        page.click("#open-settings")
+        assert page.is_hidden("#thinking-setting")
+    chat = {"template": {"generation": "<|im_start|>assistant\n",
+                         "generation_no_thinking": "<|im_start|>assistant\n<think>\n\n</think>\n\n"}, "stop": []}
+    with open_chat(browser, tmp_path / "switch", chat=chat) as page:
+        page.click("#open-settings")
+        assert page.is_visible("#thinking-setting")
+        page.uncheck("input[name=thinking]")
+        page.click("#settings button[type=submit]")
+        ask(page, "What is 2+2?")
+        wait_done(page)
+        assert last_reply(page).locator(".answer").inner_text().startswith(ANSWER)
+        assert last_reply(page).locator(".thought-text").count() == 0 or \
+            last_reply(page).locator(".thought-text").text_content() == ""
+        page.click("#open-settings")
+        page.check("input[name=thinking]")
+        page.click("#settings button[type=submit]")
+        ask(page, "and now?")
+        page.wait_for_selector(".message.assistant >> nth=1 >> .thought .thought-text:not(:empty)")
+        wait_done(page)
+
+
 def test_switch_backend_and_device_loss_fallback(chat):
     page = chat
     if page.input_value("#backend") != "webgpu":

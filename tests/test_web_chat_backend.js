@@ -8,7 +8,9 @@ const STOP = 256;
 const REPLY_START = 257; // ends every prompt, like the assistant-start token of a chat template
 const kind = new URL(import.meta.url).searchParams.get("kind");
 
-function replyFor(messages, sampling) {
+// thinking false (the page's Thinking setting, where the manifest's template can switch it off): the
+// answer alone, as a model whose generation prompt closed an empty thought.
+function replyFor(messages, sampling, thinking = true) {
   const question = messages.at(-1).content;
   const thought = question.includes("long")
     ? "step ".repeat(400)
@@ -16,7 +18,7 @@ function replyFor(messages, sampling) {
   const answer =
     `The answer is <b>4</b> — ça fait 4 🎉. <img src=x onerror="document.title='pwned'"> ` +
     `[turns=${messages.length} thoughts=${messages.filter((m) => m.thought).length} temperature=${sampling.temperature} topK=${sampling.topK} topP=${sampling.topP} seed=${sampling.seed}]`;
-  return new TextEncoder().encode(`<think>\n${thought}\n</think>\n\n${answer}`);
+  return new TextEncoder().encode(thinking ? `<think>\n${thought}\n</think>\n\n${answer}` : answer);
 }
 
 export async function probe() {
@@ -31,13 +33,19 @@ export async function create({ manifest, onProgress }) {
   let context = [];
   let sampling = null;
   let steps = 0;
+  let thinking = true;
   const decodePrompt = () => JSON.parse(new TextDecoder().decode(new Uint8Array(context.slice(0, context.lastIndexOf(REPLY_START)))));
   return {
     backend: kind,
     tokenizer: {
-      encodeChat: (messages) => [...new TextEncoder().encode(JSON.stringify(messages)), REPLY_START],
+      encodeChat: (messages, on = true) => {
+        thinking = on;
+        return [...new TextEncoder().encode(JSON.stringify(messages)), REPLY_START];
+      },
       tokenBytes: (id) => new Uint8Array(id < 256 ? [id] : []),
       isStop: (id) => id === STOP,
+      canSwitchThinking: typeof manifest.chat?.template?.generation_no_thinking === "string",
+      opensThought: () => false,
     },
     reset(options) {
       sampling = options;
@@ -52,7 +60,7 @@ export async function create({ manifest, onProgress }) {
       if (kind === "webgpu" && messages.at(-1).content.includes("lose-gpu") && steps === 30) {
         throw new DeviceLostError();
       }
-      const reply = replyFor(messages, sampling);
+      const reply = replyFor(messages, sampling, thinking);
       const at = context.length - context.lastIndexOf(REPLY_START) - 1;
       const id = at < reply.length ? reply[at] : STOP;
       // Slower while thinking, so a test can watch the open thought panel.

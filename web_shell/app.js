@@ -33,7 +33,7 @@ const ui = {
 
 const SETTINGS_KEY = "monologue.settings";
 const BACKEND_KEY = "monologue.backend";
-const DEFAULT_SETTINGS = { temperature: 0.6, topK: 50, topP: 0.95, maxNewTokens: 512, seed: "" };
+const DEFAULT_SETTINGS = { temperature: 0.6, topK: 50, topP: 0.95, maxNewTokens: 512, seed: "", thinking: true };
 
 // Short enough for one line at phone width; the status card says why the chat is off.
 const PLACEHOLDERS = {
@@ -220,7 +220,9 @@ function loadSettings() {
 
 function writeSettingsForm(settings) {
   for (const [name, value] of Object.entries(settings)) {
-    if (ui.settingsForm.elements[name]) ui.settingsForm.elements[name].value = value;
+    const input = ui.settingsForm.elements[name];
+    if (input?.type === "checkbox") input.checked = value !== false;
+    else if (input) input.value = value;
   }
 }
 
@@ -241,6 +243,7 @@ function readSettings() {
     topP: numberField("topP", 0.01, 1, false),
     maxNewTokens: numberField("maxNewTokens", 1, 8192, true),
     seed: seedText === "" ? "" : numberField("seed", 0, 2 ** 32 - 1, true),
+    thinking: ui.settingsForm.elements.thinking.checked,
   };
   localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
   return settings;
@@ -420,8 +423,9 @@ const onMessage = {
   progress(message) {
     if (document.body.dataset.state === "loading" || message.background) showProgress(message);
   },
-  verified({ stats }) {
+  verified({ stats, canSwitchThinking }) {
     fileStats = stats;
+    $("thinking-setting").hidden = !canSwitchThinking;
   },
   backends({ backends }) {
     showBackends(backends);

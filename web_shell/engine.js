@@ -7,12 +7,15 @@
 // onProgress({loaded, total}) reports shader/module compilation. An Engine is
 //   backend: "webgpu" | "wasm"
 //   tokenizer: {
-//     encodeChat(messages: [{role: "user" | "assistant", content, thought?}]) -> number[]
-//                                     the prompt in the chat template of runtime_rs/src/chat.rs,
-//                                     ending where the assistant's reply begins
+//     encodeChat(messages: [{role: "user" | "assistant", content, thought?}], thinking = true) -> number[]
+//                                     the prompt in the model's chat template (manifest.chat,
+//                                     applied by runtime_rs/src/chat.rs), ending where the
+//                                     assistant's reply begins; thinking false switches it off
+//     canSwitchThinking: boolean      whether the template can (Qwen3's enable_thinking)
+//     opensThought(thinking) -> boolean  the generation prompt ends inside a thought
 //     tokenBytes(id) -> Uint8Array    the token's bytes (a token may end inside a UTF-8 character;
 //                                     the <think> and </think> special tokens give their text)
-//     isStop(id) -> boolean           the token ends the reply
+//     isStop(id) -> boolean           the token ends the reply (manifest.chat.stop)
 //   }
 //   reset(sampling)              empties the context; sampling = {temperature, topK, topP, seed}
 //                                (temperature 0: greedy; topK 0: no top-k cut; topP 1: no top-p

@@ -252,9 +252,11 @@ export class WasmModel {
   }
 }
 
-// The tokenizer side of runtime.wasm (runtime_rs/src/ffi.rs), for the Engine interface.
+// The tokenizer side of runtime.wasm (runtime_rs/src/ffi.rs), for the Engine interface. manifest.chat
+// (docs/formats.md) gives the chat template the Rust renderer applies and the tokens that end a reply;
+// a manifest from before it, this project's layout and end tokens.
 export class WasmTokenizer {
-  constructor(rt, tokenizerBytes, specials) {
+  constructor(rt, tokenizerBytes, manifest) {
     this.rt = rt;
     const s = rt.scratch(1);
     const t = rt.put(tokenizerBytes);
@@ -265,11 +267,26 @@ export class WasmTokenizer {
       rt.free(t);
       rt.x.mono_free_bytes(s.raw, s.len);
     }
-    this.stops = new Set(["<|assistant_end|>", "<|bos|>"].map((n) => specials[n]).filter((v) => v !== undefined));
+    const specials = manifest.special_tokens ?? {};
+    this.template = manifest.chat?.template ?? null;
+    this.stops = new Set(manifest.chat?.stop ?? ["<|assistant_end|>", "<|bos|>"].map((n) => specials[n]).filter((v) => v !== undefined));
   }
 
-  encodeChat(messages) {
-    const b = this.rt.put(utf8.encode(JSON.stringify(messages)));
+  // thinking: false switches the model's thinking off where its template can (canSwitchThinking).
+  get canSwitchThinking() {
+    return typeof this.template?.generation_no_thinking === "string";
+  }
+
+  // Whether the generation prompt opens the thought itself (DeepSeek-R1's ends with <think>), so the
+  // reply starts inside it.
+  opensThought(thinking = true) {
+    const g = (thinking === false && this.canSwitchThinking ? this.template.generation_no_thinking : this.template?.generation) ?? "";
+    return g.lastIndexOf("<think>") > g.lastIndexOf("</think>");
+  }
+
+  encodeChat(messages, thinking = true) {
+    const request = { messages, template: this.template, enable_thinking: thinking !== false };
+    const b = this.rt.put(utf8.encode(JSON.stringify(request)));
     const s = this.rt.scratch(2);
     try {
       this.rt.check(this.rt.x.mono_render_for_completion(this.h, b[0], b[1], s.at, s.at + 4), "mono_last_error");
@@ -322,7 +339,7 @@ export async function createEngine({ manifest, files, wasm, onProgress = () => {
   const shards = manifest.weights.shards.map((name) => files.get(name));
   const tokenizerBytes = files.get(manifest.tokenizer);
   const model = rt.createModel({ manifest: manifestBytes, shards, tokenizer: tokenizerBytes });
-  const tokenizer = new WasmTokenizer(rt, tokenizerBytes, manifest.special_tokens ?? {});
+  const tokenizer = new WasmTokenizer(rt, tokenizerBytes, manifest);
   return {
     backend: "wasm",
     tokenizer,

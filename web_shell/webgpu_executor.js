@@ -36,7 +36,7 @@ export async function create({ manifest, files, onProgress = () => {} }) {
   const rt = await instantiate(files.get(RUNTIME_WASM));
   let tokenizer = null;
   try {
-    tokenizer = new WasmTokenizer(rt, files.get(manifest.tokenizer), manifest.special_tokens ?? {});
+    tokenizer = new WasmTokenizer(rt, files.get(manifest.tokenizer), manifest);
     const executor = new PlanExecutor(device, plan, files, profile);
     await executor.compile(onProgress);
     return new WebGPUEngine(executor, tokenizer);

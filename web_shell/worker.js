@@ -52,7 +52,8 @@ const post = (type, data = {}) => self.postMessage({ type, ...data });
 const handlers = {
   async load({ prefer }) {
     model = await loadModel(SITE, (p) => post("progress", p));
-    post("verified", { stats: model.stats });
+    // the page offers the thinking switch only where the model's chat template has one
+    post("verified", { stats: model.stats, canSwitchThinking: typeof model.manifest.chat?.template?.generation_no_thinking === "string" });
     backends = await probeBackends(model.manifest, model.files);
     post("backends", { backends });
     const usable = backends.filter((b) => b.ok);
@@ -161,7 +162,8 @@ async function modelFiles() {
 }
 
 async function writeReply(messages, settings, signal) {
-  const parser = new ThinkParser();
+  const thinking = settings.thinking !== false || !engine.tokenizer.canSwitchThinking;
+  const parser = new ThinkParser({ inThought: engine.tokenizer.opensThought(thinking) });
   const decoder = new TextDecoder();
   let count = 0;
   let firstAt = 0;
@@ -172,7 +174,7 @@ async function writeReply(messages, settings, signal) {
   // The model reads at most sequence_len tokens, prompt and reply together: the conversation is
   // fitted to leave the reply room (context.js), and the reply gets what the prompt leaves.
   const contextLimit = model.manifest.model?.config?.sequence_len ?? Infinity;
-  const fitted = fitConversation(messages, (m) => engine.tokenizer.encodeChat(m), contextLimit, replyRoom(contextLimit, settings.maxNewTokens));
+  const fitted = fitConversation(messages, (m) => engine.tokenizer.encodeChat(m, thinking), contextLimit, replyRoom(contextLimit, settings.maxNewTokens));
   const promptIds = fitted.promptIds;
   const { droppedTurns, droppedThoughts } = fitted;
   post("context", { messages: fitted.messages, droppedTurns, droppedThoughts, used: promptIds.length, limit: contextLimit });

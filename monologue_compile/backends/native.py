@@ -172,8 +172,10 @@ class NativeModel:
         return int(out[0])
 
     def chat_start(self, prompt, max_tokens: int = 512) -> None:
-        if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict):
-            raw = json.dumps(list(prompt)).encode()
+        """prompt: token ids, messages, or {"messages", "enable_thinking"} (rendered in Rust with the
+        manifest's chat template)."""
+        if isinstance(prompt, dict) or (isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict)):
+            raw = json.dumps(prompt if isinstance(prompt, dict) else list(prompt)).encode()
             self._check(self.lib.mono_chat_start_messages(self.h, raw, len(raw), max_tokens))
         else:
             raw = np.asarray(prompt, dtype="<u4").tobytes()

@@ -5,6 +5,9 @@
     model.safetensors.index.json     -> or the shards it lists
     tokenizer.json                   -> the tokenizer (Hugging Face's format, read by the Rust runtime), or
                                         --tokenizer; a folder without one compiles to a model run from ids
+    tokenizer_config.json            -> the Jinja chat_template (or chat_template.jinja) and the special-token
+                                        strings it reads (bos_token, ...), for chat_template.py
+    generation_config.json           -> eos_token_id (one id or a list): the tokens that end a reply
 
 The module is built with its parameters on the meta device (buffers such as RoPE's `inv_freq` are
 computed for real) and the checkpoint's tensors are assigned to it, so a model is in memory once.
@@ -195,3 +198,10 @@ def load_folder(folder: Path, tokenizer_json: str | None):
     source = {"name": folder.name, "sha256": sha256_file(files[0]), "kind": "huggingface",
               "model_type": cfg.model_type, "files": [f.name for f in files]}
     return config, sd, tokenizer_json, source
+
+
+def chat_inputs(folder: Path) -> dict:
+    """What the chat needs from the folder besides tokenizer.json (see chat_template.chat_section)."""
+    from ..chat_template import eos_ids, find_template, special_token_strings
+
+    return {"template": find_template(folder, None), "specials": special_token_strings(folder), "eos": eos_ids(folder)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import pickle
 import re
 import warnings
@@ -43,6 +44,8 @@ class LoadedModel:
     # config keys the checkpoint cannot show -> what was assumed (and how to say otherwise)
     assumed: dict[str, str] = field(default_factory=dict)
     factory: Callable | None = None  # state dict -> module, for a module given to the Python API
+    # a Hugging Face folder's chat side: its chat template, special-token strings and eos ids
+    chat: dict = field(default_factory=dict)
 
     def build_module(self, state_dict: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
         """The PyTorch model of this architecture with `state_dict` (default: the checkpoint's) loaded."""
@@ -103,10 +106,10 @@ def _load(path: Path, tokenizer, config) -> LoadedModel:
     except OSError as e:  # a name too long, a loop of links
         raise MonologueError(f"{path}: {e.strerror or e}") from None
     if path.is_dir():
-        from .hf import is_hf_folder, load_folder
+        from .hf import chat_inputs, is_hf_folder, load_folder
 
         if is_hf_folder(path):
-            return _checked(LoadedModel("hf", *load_folder(path, _hf_tokenizer(path, tokenizer))))
+            return _checked(LoadedModel("hf", *load_folder(path, _hf_tokenizer(path, tokenizer)), chat=chat_inputs(path)))
         return _load_nanochat(_latest_model(path), tokenizer)
     if re.fullmatch(r"model_\d+\.pt", path.name) and (path.parent / _meta_name(path)).exists():
         return _load_nanochat(path, tokenizer)

@@ -7,6 +7,7 @@
 //! with the reason "context".
 
 use crate::bpe::Tokenizer;
+use crate::chat::Template;
 use crate::json::{self, Json};
 use crate::kernels::{KvCache, View};
 use crate::sampler::{Sampler, SamplerConfig};
@@ -74,6 +75,9 @@ pub struct Engine {
     state: Option<State>,
     pub tokenizer: Option<Tokenizer>,
     special_tokens: Vec<(String, u32)>,
+    /// the manifest's chat template and the tokens that end the assistant's turn
+    pub template: Template,
+    stops: Vec<u32>,
     /// the tokens the cache holds, in order (its length is the position)
     pub history: Vec<u32>,
     last_logits: Vec<f32>,
@@ -94,6 +98,8 @@ impl Engine {
             state: None,
             tokenizer: None,
             special_tokens: Vec::new(),
+            template: Template::nanochat(),
+            stops: Vec::new(),
             history: Vec::new(),
             last_logits: Vec::new(),
             sampler: Sampler::new(SamplerConfig::default()),
@@ -109,6 +115,14 @@ impl Engine {
     pub fn load_manifest(&mut self, bytes: &[u8]) -> Result<usize, String> {
         let loader = Loader::new(bytes, self.info.specs)?;
         let n = loader.shard_count();
+        // Loader::new checked the bytes are one JSON document
+        let doc = std::str::from_utf8(bytes).ok().and_then(|t| json::parse(t).ok()).unwrap_or(Json::Null);
+        let chat = doc.get("chat").unwrap_or(&Json::Null);
+        self.template = Template::from_json(chat.get("template").unwrap_or(&Json::Null))?;
+        self.stops = match chat.get("stop") {
+            Some(Json::Array(ids)) => ids.iter().map(|v| v.as_u32().ok_or("manifest: chat.stop must list token ids")).collect::<Result<_, _>>()?,
+            _ => Vec::new(),
+        };
         self.loader = Some(loader);
         self.state = None;
         Ok(n)
@@ -143,6 +157,10 @@ impl Engine {
         }
         self.weights = weights;
         self.special_tokens = specials;
+        if self.stops.is_empty() {
+            // a manifest from before chat.stop: this project's end-of-turn tokens
+            self.stops = ["<|assistant_end|>", "<|bos|>"].iter().filter_map(|n| self.special(n)).collect();
+        }
         self.state = Some(State {
             bufs: self.info.buffers.iter().map(|&n| vec![0.0; n]).collect(),
             kv: self.info.kv.iter().map(|&(h, d)| KvCache::new(self.info.seq_len, h, d)).collect(),
@@ -215,7 +233,7 @@ impl Engine {
     // --- chat ------------------------------------------------------------------------------------
 
     /// Start the assistant's turn after `prompt` (the whole conversation so far, ending with
-    /// `<|assistant_start|>`). Tokens the cache already holds are not run again.
+    /// the template's generation prompt). Tokens the cache already holds are not run again.
     pub fn chat_start(&mut self, prompt: &[u32], max_tokens: usize) -> Result<(), String> {
         if prompt.is_empty() {
             return Err("empty prompt".to_string());
@@ -229,7 +247,14 @@ impl Engine {
         }
         let fresh = prompt[self.history.len()..].to_vec();
         self.forward(&fresh, false)?;
-        self.think = ThinkParser::new();
+        // a generation prompt may open the thought itself: the reply then starts inside it
+        let tail = &prompt[prompt.len().saturating_sub(16)..];
+        let tail = self.tokenizer.as_ref().and_then(|t| t.decode_bytes(tail).ok()).unwrap_or_default();
+        self.think = if ThinkParser::opens_thought(&String::from_utf8_lossy(&tail)) {
+            ThinkParser::inside_thought()
+        } else {
+            ThinkParser::new()
+        };
         self.turn_tokens = 0;
         self.max_tokens = max_tokens;
         self.turn_done = None;
@@ -253,7 +278,7 @@ impl Engine {
             return Ok(end(self, Done::MaxTokens, None, Vec::new()));
         }
         let t = self.sampler.sample(&self.last_logits, &self.history) as u32;
-        if Some(t) == self.special("<|assistant_end|>") || Some(t) == self.special("<|bos|>") {
+        if self.stops.contains(&t) {
             return Ok(end(self, Done::Stop, Some(t), Vec::new()));
         }
         let pieces = if Some(t) == self.special("<think>") {

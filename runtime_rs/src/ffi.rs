@@ -282,7 +282,8 @@ pub unsafe extern "C" fn mono_tokenizer_decode(
     })
 }
 
-/// Render a conversation (JSON list of messages) to ids and the training mask (same length).
+/// Render a conversation to ids and the training mask (same length). The JSON is a list of
+/// messages (this project's layout) or `{"messages", "template", "enable_thinking"}` (chat.rs).
 ///
 /// # Safety
 /// Pointers must be valid for the given lengths; out-pointers writable.
@@ -297,8 +298,9 @@ pub unsafe extern "C" fn mono_render_conversation(
 ) -> i32 {
     guarded(|| {
         let tok = tokenizer(handle)?;
-        let messages = chat::messages_from_json(&json::parse(str_arg(messages_json, len, "conversation")?)?)?;
-        let (ids, mask) = chat::render_conversation(tok, &messages)?;
+        let request = chat::request_from_json(&json::parse(str_arg(messages_json, len, "conversation")?)?)?;
+        let template = request.template.unwrap_or_else(chat::Template::nanochat);
+        let (ids, mask) = chat::render_conversation(tok, &template, &request.messages)?;
         let mut mask_len = 0;
         give(mask, out_mask, &mut mask_len);
         give(ids, out_ids, out_len);
@@ -306,7 +308,8 @@ pub unsafe extern "C" fn mono_render_conversation(
     })
 }
 
-/// Render a prompt for the assistant's next turn (ends with `<|assistant_start|>`).
+/// Render a prompt for the assistant's next turn (ends with the template's generation prompt);
+/// the JSON as for `mono_render_conversation`.
 ///
 /// # Safety
 /// Pointers must be valid for the given lengths; out-pointers writable.
@@ -320,8 +323,9 @@ pub unsafe extern "C" fn mono_render_for_completion(
 ) -> i32 {
     guarded(|| {
         let tok = tokenizer(handle)?;
-        let messages = chat::messages_from_json(&json::parse(str_arg(messages_json, len, "conversation")?)?)?;
-        give(chat::render_for_completion(tok, &messages)?, out_ids, out_len);
+        let request = chat::request_from_json(&json::parse(str_arg(messages_json, len, "conversation")?)?)?;
+        let template = request.template.unwrap_or_else(chat::Template::nanochat);
+        give(chat::render_for_completion(tok, &template, &request.messages, request.thinking)?, out_ids, out_len);
         Ok(())
     })
 }

@@ -244,7 +244,8 @@ pub unsafe extern "C" fn mono_chat_start(h: *mut MonoModel, ids_le: *const u8, n
 }
 
 /// Start the assistant's turn after a conversation given as JSON messages
-/// (`[{"role": "user", "content": "..."}, ...]`), rendered with the model's chat template.
+/// (`[{"role": "user", "content": "..."}, ...]`, or `{"messages", "enable_thinking"}`), rendered
+/// with the model's chat template (the manifest's).
 ///
 /// # Safety
 /// Pointers valid for their lengths.
@@ -253,9 +254,10 @@ pub unsafe extern "C" fn mono_chat_start_messages(h: *mut MonoModel, ptr: *const
     guarded(|| {
         let m = model(h)?;
         let text = std::str::from_utf8(bytes(ptr, len)?).map_err(|_| "messages are not UTF-8".to_string())?;
-        let messages = crate::chat::messages_from_json(&crate::json::parse(text)?)?;
+        let request = crate::chat::request_from_json(&crate::json::parse(text)?)?;
         let tok = m.engine.tokenizer.as_ref().ok_or("load the tokenizer first")?;
-        let prompt = crate::chat::render_for_completion(tok, &messages)?;
+        let template = request.template.as_ref().unwrap_or(&m.engine.template);
+        let prompt = crate::chat::render_for_completion(tok, template, &request.messages, request.thinking)?;
         m.engine.chat_start(&prompt, max_tokens as usize)
     })
 }

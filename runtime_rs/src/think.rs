@@ -40,6 +40,17 @@ impl ThinkParser {
         ThinkParser::default()
     }
 
+    /// A parser for a reply whose prompt already opened the thought (a generation prompt that
+    /// ends with `<think>`, as DeepSeek-R1's does).
+    pub fn inside_thought() -> ThinkParser {
+        ThinkParser { state: State::Thought, ..ThinkParser::default() }
+    }
+
+    /// Whether `prompt`'s last tag opens a thought.
+    pub fn opens_thought(prompt: &str) -> bool {
+        prompt.rfind(OPEN).map_or(false, |o| prompt.rfind(CLOSE).map_or(true, |c| o > c))
+    }
+
     pub fn in_thought(&self) -> bool {
         self.state == State::Thought
     }
@@ -198,6 +209,17 @@ mod tests {
         assert!(p.tag(false).is_empty());
         assert_eq!(p.bytes(b"ok <"), vec![(Part::Answer, "ok <".to_string())]);
         assert_eq!(p.tag(true), vec![(Part::Answer, "<think>".to_string())]); // after the thought: literal
+    }
+
+    #[test]
+    fn a_prompt_that_opened_the_thought() {
+        assert!(ThinkParser::opens_thought("<|im_start|>assistant\n<think>\n"));
+        assert!(!ThinkParser::opens_thought("<|im_start|>assistant\n<think>\n\n</think>\n\n"));
+        assert!(!ThinkParser::opens_thought("<|assistant_start|>"));
+        let mut p = ThinkParser::inside_thought();
+        let mut all = p.bytes(b"hm</think>ok");
+        all.extend(p.finish());
+        assert_eq!(all, vec![(Part::Thought, "hm".to_string()), (Part::Answer, "ok".to_string())]);
     }
 
     #[test]
