@@ -543,27 +543,6 @@ def _getitem(c, parts, i):
     return vals[i]
 
 
-def _layer_norm(c, x, normalized_shape, weight=None, bias=None, eps=1e-5, *rest):
-    """LayerNorm as the IR's mean / sub / square / rsqrt / mul / add (an fx node of the model,
-    several IR ops; a fused kernel is the backends' business)."""
-    if len(normalized_shape) != 1:
-        c.fail("layer_norm over more than the last axis is not supported")
-    xn = c.t(x)
-    t = c.type(xn)
-    axis = len(t.shape) - 1
-    row = TensorType(t.shape[:-1] + (1,), "f32")
-    mu = c.emit("mean", [xn], {"axis": axis}, row, "mean")
-    d = c.emit("binary", [xn, mu], {"fn": "sub"}, t, "centered")
-    var = c.emit("mean", [c.emit("unary", [d], {"fn": "square"}, t, "square")], {"axis": axis}, row, "var")
-    r = c.emit("unary", [c.emit("binary", [var], {"fn": "add", "scalar": float(eps)}, row, "var_eps")],
-               {"fn": "rsqrt"}, row, "rsqrt")
-    steps = [("mul", [r])] + [(fn, [c.t(a)]) for fn, a in (("mul", weight), ("add", bias)) if a is not None]
-    y = d
-    for i, (fn, operand) in enumerate(steps):
-        y = c.emit("binary", [y] + operand, {"fn": fn}, t, "" if i == len(steps) - 1 else f"step{i}")
-    return y
-
-
 def _sym_size(c, x, dim):
     return c.type(c.t(x)).shape[dim]
 
@@ -642,7 +621,6 @@ for _op, _conv in {
     aten.split.Tensor: _split,
     aten.split_with_sizes.default: _split,
     aten.chunk.default: _chunk,
-    aten.layer_norm.default: _layer_norm,
     aten.to.dtype_layout: _to,
     aten.to.device: _to,
 }.items():

@@ -5,6 +5,7 @@ A variant whose feature an implementation lacks is skipped with the reason."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -16,9 +17,17 @@ NAMES = sorted(catalog("naga"))
 
 
 def test_catalog_uses_every_template():
+    """Every template is compiled by a test: the catalog's here, the generic ones (elementwise, row
+    mean, token shift) through the conformance plan (test_conformance.py, under naga and Tint)."""
+    from test_conformance import conformance_graph
+
+    from monologue_compile.backends.wgsl_plan import build_plan
+
     used = {k.template for k in catalog("naga").values()}
     used |= {"_step.wgsl.j2", "_int8.wgsl.j2", "_epilogue.wgsl.j2"}  # included by the kernels above
-    assert {p.name for p in template_dir().glob("*.wgsl.j2")} == used
+    # a plan's kernel files are named NNN_<template stem>[_<variant>].wgsl
+    used |= {re.sub(r"^\d+_(.*?)(_\d+)?\.wgsl$", r"\1.wgsl.j2", name) for name in build_plan(conformance_graph()[0]).kernels}
+    assert {p.name for p in template_dir().glob("*.wgsl.j2")} <= used
 
 
 def test_headers_name_shapes_and_covers():
