@@ -38,6 +38,9 @@ MATRIX = [
     (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=2, mlp_ratio=40.0), "int8"),
     (dict(n_embd=64, n_head=4, n_kv_head=2, tie_embeddings=True), "int8-g128"),
     (dict(activation="gelu", n_kv_head=2), "none"),
+    (dict(), "int4-g32"),
+    # int4 rows over two column tiles, a tied table kept int8
+    (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=2, mlp_ratio=40.0, tie_embeddings=True), "int4-g64"),
 ]
 
 

@@ -336,10 +336,10 @@ class Emitter:
         for name in self.weight_names:
             w = self.g.weights[name]
             if w.dtype == "q8":
-                kp, grp = int(w.quant["k_pad"]), int(w.quant["group"])
-                if len(w.shape) != 2 or kp % grp or kp % 4:
-                    raise CodegenError(f"weight {name}: int8 packing {w.quant} is not supported")
-                q8 = f"Some(({kp}, {grp}))"
+                kp, grp, bits = int(w.quant["k_pad"]), int(w.quant["group"]), int(w.quant.get("bits", 8))
+                if len(w.shape) != 2 or kp % grp or kp % 4 or bits not in (4, 8) or (bits == 4 and grp % 16):
+                    raise CodegenError(f"weight {name}: quantized packing {w.quant} is not supported")
+                q8 = f"Some(({kp}, {grp}, {bits}))"
             elif w.dtype == "f32":
                 q8 = "None"
             else:
