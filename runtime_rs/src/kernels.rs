@@ -252,7 +252,21 @@ mod fixed {
         fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4];
         /// dot4 over the int4 form of a block (`block_rows_q4`): half the bytes, the same sums.
         fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4];
+        /// dot4 (int4: dot4_q4) of two tokens' activations `x[0]`, `x[1]` (each hi, lo) against
+        /// one block: the same sums, with each weight loaded once for both (prefill).
+        fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
+            if int4 {
+                [self.dot4_q4(x[0].0, x[0].1, block), self.dot4_q4(x[1].0, x[1].1, block)]
+            } else {
+                [self.dot4(x[0].0, x[0].1, block), self.dot4(x[1].0, x[1].1, block)]
+            }
+        }
     }
+
+    /// Activation bytes (hi and lo, per token) of one column tile that a chunk of prefill tokens
+    /// may hold: the chunk's activations stay in L2 while every weight block of the tile passes
+    /// (all 128 tokens of a 2048-wide tile are 1 MiB, past L2, and each block re-read them).
+    const CHUNK_BYTES: usize = 128 << 10;
 
     /// Value j (of a run of 16) of row r in a 32-byte int4 packet: low nibbles hold values 0-7,
     /// high nibbles 8-15, rows 8 bytes apart.
@@ -333,26 +347,43 @@ mod fixed {
         for y in &mut ys[..sums.len()] {
             *y = 0.0;
         }
-        for c0 in (0..width).step_by(TILE) {
-            let c1 = (c0 + TILE).min(width);
-            for r in (first..blocks_end).step_by(4) {
-                let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
-                // each part of the tile in one group g, for each token
-                for (s, e) in pieces(c0, c1, group) {
-                    let g = s / group;
-                    for i in 0..t {
-                        let (a, b) = (i * width + s, i * width + e);
-                        let w = &tile[bytes(4 * (s - c0))..bytes(4 * (e - c0))];
-                        let d = if int4 { k.dot4_q4(&x.hi[a..b], &x.lo[a..b], w) } else { k.dot4(&x.hi[a..b], &x.lo[a..b], w) };
-                        for (j, (da, db)) in d.iter().enumerate() {
-                            let at = (r - first + j) * t + i;
-                            let st = &mut sums[at];
-                            st.0 += *da as f32;
-                            st.1 += *db as f32;
-                            if e == (g + 1) * group {
-                                ys[at] += (st.0 * 4096.0 + st.1) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
-                                *st = (0.0, 0.0);
-                            }
+        // Tokens in chunks whose tile activations fit CHUNK_BYTES, two at a time against each
+        // block (dot4x2). Every (row, token) still adds its pieces in column order: the same bits
+        // whatever the chunking.
+        let chunk = (CHUNK_BYTES / (4 * TILE.min(width).max(1))).max(2);
+        let mut add = |r: usize, i: usize, g: usize, end: bool, d: &[(i32, i32); 4]| {
+            for (j, (da, db)) in d.iter().enumerate() {
+                let at = (r - first + j) * t + i;
+                let st = &mut sums[at];
+                st.0 += *da as f32;
+                st.1 += *db as f32;
+                if end {
+                    ys[at] += (st.0 * 4096.0 + st.1) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
+                    *st = (0.0, 0.0);
+                }
+            }
+        };
+        for t0 in (0..t).step_by(chunk) {
+            let t1 = (t0 + chunk).min(t);
+            for c0 in (0..width).step_by(TILE) {
+                let c1 = (c0 + TILE).min(width);
+                for r in (first..blocks_end).step_by(4) {
+                    let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
+                    // each part of the tile in one group g, for each token
+                    for (s, e) in pieces(c0, c1, group) {
+                        let (g, w) = (s / group, &tile[bytes(4 * (s - c0))..bytes(4 * (e - c0))]);
+                        let end = e == (g + 1) * group;
+                        let xs = |i: usize| (&x.hi[i * width + s..i * width + e], &x.lo[i * width + s..i * width + e]);
+                        let mut i = t0;
+                        while i + 2 <= t1 {
+                            let [d0, d1] = k.dot4x2([xs(i), xs(i + 1)], w, int4);
+                            add(r, i, g, end, &d0);
+                            add(r, i + 1, g, end, &d1);
+                            i += 2;
+                        }
+                        if i < t1 {
+                            let (h, l) = xs(i);
+                            add(r, i, g, end, &if int4 { k.dot4_q4(h, l, w) } else { k.dot4(h, l, w) });
                         }
                     }
                 }
@@ -397,6 +428,58 @@ mod fixed {
             fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
                 dot4_q4_i32(hi, lo, block)
             }
+            #[inline(always)]
+            fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
+                // rows 0-1, then rows 2-3: two tokens of four rows would need more than the 16
+                // registers V8 has on x64
+                let (a, b) = (dot2x2_i32(x, block, 0, int4), dot2x2_i32(x, block, 1, int4));
+                [[a[0][0], a[0][1], b[0][0], b[0][1]], [a[1][0], a[1][1], b[1][0], b[1][1]]]
+            }
+        }
+
+        /// Rows 2 * pair and 2 * pair + 1 of a block (int8 or int4) times two tokens.
+        #[inline(always)]
+        fn dot2x2_i32(x: [(&[i16], &[i16]); 2], block: &[i8], pair: usize, int4: bool) -> [[(i32, i32); 2]; 2] {
+            let n = x[0].0.len().min(x[0].1.len()).min(x[1].0.len()).min(x[1].1.len());
+            let n = n.min(if int4 { block.len() * 2 / 4 } else { block.len() / 4 }) / 16 * 16;
+            let (h0, l0, h1, l1) = (x[0].0.as_ptr(), x[0].1.as_ptr(), x[1].0.as_ptr(), x[1].1.as_ptr());
+            let qp = block.as_ptr();
+            let z = i32x4_splat(0);
+            let (mut a00, mut b00, mut a01, mut b01, mut a10, mut b10, mut a11, mut b11) = (z, z, z, z, z, z, z, z);
+            let mut i = 0;
+            // SAFETY: every load reads inside the activations [..n] and block[..4n] (int4: [..2n]).
+            unsafe {
+                while i + 16 <= n {
+                    for half in 0..2 {
+                        // the two rows' 8 values of this half, as i16
+                        let (w0, w1) = if int4 {
+                            let p = qp.add(2 * i + 16 * pair);
+                            let (r0, r1) = (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)));
+                            if half == 0 {
+                                (i16x8_shr(i16x8_shl(r0, 12), 12), i16x8_shr(i16x8_shl(r1, 12), 12))
+                            } else {
+                                (i16x8_shr(r0, 4), i16x8_shr(r1, 4))
+                            }
+                        } else {
+                            let p = qp.add(4 * i + 32 * half + 16 * pair);
+                            (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)))
+                        };
+                        let j = i + 8 * half;
+                        let (h, l) = (v128_load(h0.add(j) as *const v128), v128_load(l0.add(j) as *const v128));
+                        a00 = i32x4_add(a00, i32x4_dot_i16x8(w0, h));
+                        b00 = i32x4_add(b00, i32x4_dot_i16x8(w0, l));
+                        a01 = i32x4_add(a01, i32x4_dot_i16x8(w1, h));
+                        b01 = i32x4_add(b01, i32x4_dot_i16x8(w1, l));
+                        let (h, l) = (v128_load(h1.add(j) as *const v128), v128_load(l1.add(j) as *const v128));
+                        a10 = i32x4_add(a10, i32x4_dot_i16x8(w0, h));
+                        b10 = i32x4_add(b10, i32x4_dot_i16x8(w0, l));
+                        a11 = i32x4_add(a11, i32x4_dot_i16x8(w1, h));
+                        b11 = i32x4_add(b11, i32x4_dot_i16x8(w1, l));
+                    }
+                    i += 16;
+                }
+            }
+            [[(sum(a00), sum(b00)), (sum(a01), sum(b01))], [(sum(a10), sum(b10)), (sum(a11), sum(b11))]]
         }
 
         /// dot4 over int4 packets: 32 bytes per 16 values, row r's 8 bytes at 8r hold values 0-7
@@ -569,6 +652,57 @@ mod fixed {
             fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
                 unsafe { dot4_q4_i32(hi, lo, block) }
             }
+            #[inline(always)]
+            fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
+                unsafe { dot4x2_i32(x, block, int4) }
+            }
+        }
+
+        /// Two tokens against one block, int8 or int4: each 16 weights of two rows are loaded (and
+        /// unpacked) once and multiplied by both tokens' activations.
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn dot4x2_i32(x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
+            let n = x[0].0.len().min(x[0].1.len()).min(x[1].0.len()).min(x[1].1.len());
+            let n = n.min(if int4 { block.len() * 2 / 4 } else { block.len() / 4 }) / 16 * 16;
+            let (h0, l0, h1, l1) = (x[0].0.as_ptr(), x[0].1.as_ptr(), x[1].0.as_ptr(), x[1].1.as_ptr());
+            let z = _mm256_setzero_si256();
+            let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
+            let (mut c01, mut d01, mut c23, mut d23) = (z, z, z, z);
+            let mut i = 0;
+            while i + 16 <= n {
+                for half in 0..2 {
+                    // rows 0-1 and 2-3 of this half's 8 values
+                    let (w01, w23) = if int4 {
+                        let p = block.as_ptr().add(2 * i);
+                        let (u, v) = (load_q(p), load_q(p.add(16)));
+                        if half == 0 {
+                            (_mm256_srai_epi16(_mm256_slli_epi16(u, 12), 12), _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12))
+                        } else {
+                            (_mm256_srai_epi16(u, 4), _mm256_srai_epi16(v, 4))
+                        }
+                    } else {
+                        let p = block.as_ptr().add(4 * i + 32 * half);
+                        (load_q(p), load_q(p.add(16)))
+                    };
+                    let j = i + 8 * half;
+                    let (h, l) = (load8_twice(h0.add(j)), load8_twice(l0.add(j)));
+                    a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(w01, h));
+                    b01 = _mm256_add_epi32(b01, _mm256_madd_epi16(w01, l));
+                    a23 = _mm256_add_epi32(a23, _mm256_madd_epi16(w23, h));
+                    b23 = _mm256_add_epi32(b23, _mm256_madd_epi16(w23, l));
+                    let (h, l) = (load8_twice(h1.add(j)), load8_twice(l1.add(j)));
+                    c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(w01, h));
+                    d01 = _mm256_add_epi32(d01, _mm256_madd_epi16(w01, l));
+                    c23 = _mm256_add_epi32(c23, _mm256_madd_epi16(w23, h));
+                    d23 = _mm256_add_epi32(d23, _mm256_madd_epi16(w23, l));
+                }
+                i += 16;
+            }
+            let four = |a: __m256i, b: __m256i, c: __m256i, d: __m256i| {
+                [(sum4(low(a)), sum4(low(b))), (sum4(high(a)), sum4(high(b))), (sum4(low(c)), sum4(low(d))), (sum4(high(c)), sum4(high(d)))]
+            };
+            [four(a01, b01, a23, b23), four(c01, d01, c23, d23)]
         }
 
         /// dot4 over int4 packets (`block_rows_q4`): 16 bytes are 8 values of rows r, r + 1 in
@@ -1416,6 +1550,31 @@ mod tests {
                 fixed::rows(&fixed::Scalar, &input.x, t, k, group, true, 4, &q4, n, 0, &scale, &mut scalar);
                 let by_row: Vec<f32> = (0..t * n).map(|at| scalar[(at % n) * t + at / n]).collect();
                 assert_eq!(want, by_row, "scalar n={} k={} t={}", n, k, t);
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_gives_the_per_token_bits() {
+        // T tokens at once (token chunks, two tokens per block pass, an odd one left) equal T
+        // one-token matmuls (decode's path) bit for bit, int8 and int4, one and several tiles
+        let mut s = 23u64;
+        for (n, k, group, t) in [(12usize, 4160usize, 64usize, 37usize), (8, 256, 256, 5), (20, 96, 32, 130)] {
+            let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 7.99) as i8).collect();
+            let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
+            let scale: Vec<f32> = (0..n * k / group).map(|_| lcg(&mut s).abs() * 0.01).collect();
+            let (q8, q4) = (blocked(&q, n, k), block_rows_q4(&packed, n, k));
+            let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+            let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
+            for (bits, w) in [(8u32, &q8), (4, &q4)] {
+                let mat = Mat::Q8 { n, k_pad: k, group, bits, blocked: true, q: w, scale: &scale };
+                let mut all = vec![0f32; t * n];
+                matmul(&x, xv, t, None, mat, &mut all, ov, &[]);
+                for i in 0..t {
+                    let mut one = vec![0f32; n];
+                    matmul(&x[i * k..(i + 1) * k], xv, 1, None, mat, &mut one, ov, &[]);
+                    assert_eq!(&all[i * n..(i + 1) * n], &one[..], "bits={} n={} k={} token {}", bits, n, k, i);
+                }
             }
         }
     }
