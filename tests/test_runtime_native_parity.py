@@ -123,6 +123,10 @@ def test_native_matches_rq(tmp_path, crate_dir, overrides, quant):
         assert m["rel"] <= TOLERANCES["logits_rel_vs_rq"] and m["cosine"] >= TOLERANCES["logits_cosine_vs_rq"], m
         mi = metrics(ours, Session(g).forward(ids))
         assert mi["rel"] <= TOLERANCES["decode_vs_prefill_rel"], mi
+        # the last row alone (prefill runs the output tail for that token only): the same bits
+        native.reset()
+        last = native.forward(ids, all_rows=False)
+        assert last.shape == (1, vocab) and np.array_equal(last[0], ours[-1])
 
     # decode step by step with the cache == prefill of the whole sequence
     ids = rng.integers(0, vocab, size=40).tolist()
