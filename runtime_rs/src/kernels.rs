@@ -252,6 +252,15 @@ mod fixed {
         fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4];
         /// dot4 over the int4 form of a block (`block_rows_q4`): half the bytes, the same sums.
         fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4];
+        /// dot4 (int4: dot4_q4) of each `group`-wide run of the activations against the block:
+        /// `out[g]` = the four rows' sums over run g (hi.len() = out.len() * group).
+        fn dot4_groups(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, out: &mut [[(i32, i32); 4]]) {
+            let per = if int4 { 2 * group } else { 4 * group };
+            for (g, o) in out.iter_mut().enumerate() {
+                let (h, l, w) = (&hi[g * group..(g + 1) * group], &lo[g * group..(g + 1) * group], &block[g * per..(g + 1) * per]);
+                *o = if int4 { self.dot4_q4(h, l, w) } else { self.dot4(h, l, w) };
+            }
+        }
         /// dot4 (int4: dot4_q4) of two tokens' activations `x[0]`, `x[1]` (each hi, lo) against
         /// one block: the same sums, with each weight loaded once for both (prefill).
         fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
@@ -262,6 +271,10 @@ mod fixed {
             }
         }
     }
+
+    /// Groups this small (and dividing TILE) go through `dot4_groups`: the per-piece work around a
+    /// dot4 call cost more than its 32 or 64 values (int4-g32 decode ran at half int8's speed).
+    pub const SMALL_GROUP: usize = 128;
 
     /// Activation bytes (hi and lo, per token) of one column tile that a chunk of prefill tokens
     /// may hold: the chunk's activations stay in L2 while every weight block of the tile passes
@@ -351,7 +364,9 @@ mod fixed {
         // block (dot4x2). Every (row, token) still adds its pieces in column order: the same bits
         // whatever the chunking.
         let chunk = (CHUNK_BYTES / (4 * TILE.min(width).max(1))).max(2);
-        let mut add = |r: usize, i: usize, g: usize, end: bool, d: &[(i32, i32); 4]| {
+        let small = group <= SMALL_GROUP && TILE % group == 0;
+        let mut per_group = vec![[(0i32, 0i32); 4]; if small { TILE.min(width) / group } else { 0 }];
+        let add = |ys: &mut [f32], sums: &mut [(f32, f32)], r: usize, i: usize, g: usize, end: bool, d: &[(i32, i32); 4]| {
             for (j, (da, db)) in d.iter().enumerate() {
                 let at = (r - first + j) * t + i;
                 let st = &mut sums[at];
@@ -369,6 +384,23 @@ mod fixed {
                 let c1 = (c0 + TILE).min(width);
                 for r in (first..blocks_end).step_by(4) {
                     let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
+                    if small {
+                        // whole groups, each (row, token)'s sums start and end in this call: the
+                        // f32 arithmetic below is `add`'s from zero sums (0 + x is x)
+                        let gs = &mut per_group[..(c1 - c0) / group];
+                        for i in t0..t1 {
+                            let (a, b) = (i * width + c0, i * width + c1);
+                            k.dot4_groups(&x.hi[a..b], &x.lo[a..b], tile, group, int4, gs);
+                            for (gi, d) in gs.iter().enumerate() {
+                                let g = c0 / group + gi;
+                                for (j, (da, db)) in d.iter().enumerate() {
+                                    let at = (r - first + j) * t + i;
+                                    ys[at] += (*da as f32 * 4096.0 + *db as f32) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     // each part of the tile in one group g, for each token
                     for (s, e) in pieces(c0, c1, group) {
                         let (g, w) = (s / group, &tile[bytes(4 * (s - c0))..bytes(4 * (e - c0))]);
@@ -377,13 +409,13 @@ mod fixed {
                         let mut i = t0;
                         while i + 2 <= t1 {
                             let [d0, d1] = k.dot4x2([xs(i), xs(i + 1)], w, int4);
-                            add(r, i, g, end, &d0);
-                            add(r, i + 1, g, end, &d1);
+                            add(ys, &mut sums, r, i, g, end, &d0);
+                            add(ys, &mut sums, r, i + 1, g, end, &d1);
                             i += 2;
                         }
                         if i < t1 {
                             let (h, l) = xs(i);
-                            add(r, i, g, end, &if int4 { k.dot4_q4(h, l, w) } else { k.dot4(h, l, w) });
+                            add(ys, &mut sums, r, i, g, end, &if int4 { k.dot4_q4(h, l, w) } else { k.dot4(h, l, w) });
                         }
                     }
                 }
@@ -655,6 +687,51 @@ mod fixed {
             #[inline(always)]
             fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
                 unsafe { dot4x2_i32(x, block, int4) }
+            }
+            #[inline(always)]
+            fn dot4_groups(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, out: &mut [[(i32, i32); 4]]) {
+                unsafe { dot4_groups_i32(hi, lo, block, group, int4, out) }
+            }
+        }
+
+        /// dot4 / dot4_q4 group by group in one pass over the block, each group's eight sums
+        /// reduced by three horizontal adds.
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn dot4_groups_i32(hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, out: &mut [[(i32, i32); 4]]) {
+            let steps = group / 16;
+            let n = out.len() * steps * 16;
+            assert!(hi.len() >= n && lo.len() >= n && block.len() >= if int4 { 2 * n } else { 4 * n } && group % 16 == 0);
+            let (hp, lp) = (hi.as_ptr(), lo.as_ptr());
+            let mut i = 0;
+            for o in out.iter_mut() {
+                let z = _mm256_setzero_si256();
+                let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
+                for _ in 0..steps {
+                    let (h0, l0) = (load8_twice(hp.add(i)), load8_twice(lp.add(i)));
+                    let (h1, l1) = (load8_twice(hp.add(i + 8)), load8_twice(lp.add(i + 8)));
+                    let (w01, x01, w23, x23) = if int4 {
+                        let p = block.as_ptr().add(2 * i);
+                        _mm_prefetch(p.wrapping_add(PREFETCH / 2) as *const i8, _MM_HINT_NTA);
+                        let (u, v) = (load_q(p), load_q(p.add(16)));
+                        (_mm256_srai_epi16(_mm256_slli_epi16(u, 12), 12), _mm256_srai_epi16(u, 4),
+                         _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12), _mm256_srai_epi16(v, 4))
+                    } else {
+                        let p = block.as_ptr().add(4 * i);
+                        _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
+                        (load_q(p), load_q(p.add(32)), load_q(p.add(16)), load_q(p.add(48)))
+                    };
+                    a01 = _mm256_add_epi32(a01, _mm256_add_epi32(_mm256_madd_epi16(w01, h0), _mm256_madd_epi16(x01, h1)));
+                    b01 = _mm256_add_epi32(b01, _mm256_add_epi32(_mm256_madd_epi16(w01, l0), _mm256_madd_epi16(x01, l1)));
+                    a23 = _mm256_add_epi32(a23, _mm256_add_epi32(_mm256_madd_epi16(w23, h0), _mm256_madd_epi16(x23, h1)));
+                    b23 = _mm256_add_epi32(b23, _mm256_add_epi32(_mm256_madd_epi16(w23, l0), _mm256_madd_epi16(x23, l1)));
+                    i += 16;
+                }
+                // lanes: row 0 (a, b), row 2 (a, b) | row 1 (a, b), row 3 (a, b)
+                let t = _mm256_hadd_epi32(_mm256_hadd_epi32(a01, b01), _mm256_hadd_epi32(a23, b23));
+                let mut l = [0i32; 8];
+                _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, t);
+                *o = [(l[0], l[1]), (l[4], l[5]), (l[2], l[3]), (l[6], l[7])];
             }
         }
 
