@@ -12,6 +12,7 @@ int8), `int4-g32 (all)` quantizes the output projection to int4 too: the numbers
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from monologue_compile.driver import build  # noqa: E402
 from monologue_compile.frontend.load import load  # noqa: E402
 from monologue_compile.parity import rq_state_dict, run_parity  # noqa: E402
-from monologue_compile.passes import quantize as quantize_pass  # noqa: E402
+quantize_pass = importlib.import_module("monologue_compile.passes.quantize")  # the module (passes exports a function of that name)
 
 
 def figures(ckpt: Path, scheme: str, all_int4: bool, eval_per_family: int) -> dict:
@@ -36,14 +37,12 @@ def figures(ckpt: Path, scheme: str, all_int4: bool, eval_per_family: int) -> di
     rq = c.loaded.build_module(rq_state_dict(c.graph)).eval()
     r = run_parity(c.graph, fp32_model=fp32, rq_model=rq, tokenizer_json=c.loaded.tokenizer_json, trained=True,
                    layers=False, eval_per_family=eval_per_family)["checks"]
-    bits = {}
-    for w in c.graph.weights.values():
-        if w.quant:
-            bits[w.quant["bits"]] = bits.get(w.quant["bits"], 0) + int(w.nbytes())
+    # stored bytes (the IR keeps int4 values one per byte)
+    stored = sum(w.data["q"].size * w.quant["bits"] // 8 + w.data["scale"].nbytes for w in c.graph.weights.values() if w.quant)
     v, e = r["vs_fp32"], r.get("eval_vs_fp32", {})
     return {"top1": v["top1_agreement"], "kl": v["kl_mean"], "ppl_pct": v["ppl_change_pct"],
             "acc": e.get("compiled_accuracy"), "acc_fp32": e.get("fp32_accuracy"),
-            "greedy_ok": r["greedy_vs_rq"]["mismatches"] == 0, "mib": sum(bits.values()) / 2**20}
+            "greedy_ok": r["greedy_vs_rq"]["mismatches"] == 0, "mib": stored / 2**20}
 
 
 def main():

@@ -68,7 +68,9 @@ def prepare(ckpt: Path, dist: Path, quant: str, wasm: bool) -> dict:
 
 
 def measure(lib: str, dist: Path, prompt_len: int, steps: int, reps: int, wasm: bool) -> dict:
-    """(run inside the tree, pinned) best-of-reps prefill and decode tok/s."""
+    """(run inside the tree, pinned) best-of-reps prefill and decode tok/s, per wall second and
+    (native) per CPU second of this process: on a shared machine the CPU time says what the code
+    costs when other jobs take the cores."""
     import numpy as np
 
     from monologue_compile.backends.native import NativeModel, WasmModel
@@ -77,17 +79,22 @@ def measure(lib: str, dist: Path, prompt_len: int, steps: int, reps: int, wasm: 
     try:
         prompt = np.random.default_rng(0).integers(0, m.vocab if not wasm else m.info()["vocab"], prompt_len).tolist()
         m.set_sampler(temperature=0.0)
-        pre, dec = [], []
+        clocks = {"prefill": [], "decode": []}
         for _ in range(reps + 1):  # the first round warms up (and compiles, in V8)
             m.reset()
-            t0 = time.perf_counter()
+            w, c = time.perf_counter(), time.process_time()
             m.forward(prompt, all_rows=False)
-            pre.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+            clocks["prefill"].append((time.perf_counter() - w, time.process_time() - c))
+            w, c = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 m.next_token()
-            dec.append(time.perf_counter() - t0)
-        return {"prefill_tok_s": prompt_len / min(pre[1:]), "decode_tok_s": steps / min(dec[1:])}
+            clocks["decode"].append((time.perf_counter() - w, time.process_time() - c))
+        out = {}
+        for what, n in (("prefill", prompt_len), ("decode", steps)):
+            out[f"{what}_tok_s"] = n / min(w for w, _ in clocks[what][1:])
+            if not wasm:  # Node's CPU time is not this process's
+                out[f"{what}_tok_cpu_s"] = n / min(c for _, c in clocks[what][1:])
+        return out
     finally:
         if wasm:
             m.close()
@@ -179,22 +186,23 @@ def main():
     print(f"\nmodel {a.config}; prompt {a.prompt}, decode {a.steps}; best of {a.rounds} interleaved rounds "
           f"x {a.reps}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     engines = [f"native-{t}t" for t in threads] + (["wasm"] if a.wasm else [])
-    print(f"{'quant':10}{'engine':11}{'metric':9}{'base':>9}{'this':>9}{'this/base':>11}")
+    metrics = ("prefill_tok_s", "decode_tok_s", "prefill_tok_cpu_s", "decode_tok_cpu_s")
+    print(f"{'quant':10}{'engine':11}{'metric':18}{'base':>9}{'this':>9}{'this/base':>11}")
     for quant in a.quants.split(","):
         for eng in engines:
-            for metric in ("prefill_tok_s", "decode_tok_s"):
+            for metric in metrics:
                 b, t = best.get(("base", quant, eng, metric)), best.get(("this", quant, eng, metric))
                 if t is None:
                     continue
                 ratio = f"{t / b:11.2f}" if b else f"{'-':>11}"
-                print(f"{quant:10}{eng:11}{metric.split('_')[0]:9}{b or float('nan'):9.1f}{t:9.1f}{ratio}")
+                print(f"{quant:10}{eng:11}{metric:18}{b or float('nan'):9.1f}{t:9.1f}{ratio}")
     quants = a.quants.split(",")
     for q4 in [q for q in quants if q.startswith("int4")]:
         for eng in engines:
-            for metric in ("prefill_tok_s", "decode_tok_s"):
+            for metric in metrics:
                 n8, n4 = best.get(("this", "int8", eng, metric)), best.get(("this", q4, eng, metric))
                 if n8 and n4:
-                    print(f"{q4}/int8 {eng} {metric.split('_')[0]}: {n4 / n8:.2f}")
+                    print(f"{q4}/int8 {eng} {metric}: {n4 / n8:.2f}")
     if a.json:
         a.json.write_text(json.dumps([{"tree": k[0], "quant": k[1], "engine": k[2], "metric": k[3], "value": v}
                                       for k, v in sorted(best.items())], indent=1) + "\n")
