@@ -28,6 +28,22 @@ ALIGN = 256  # WebGPU's minStorageBufferOffsetAlignment: every array starts bind
 SHARD_MAX = 64 * 2**20  # small enough for phone memory and HTTP caches
 
 
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """(N, K) int8 in [-8, 7] -> (N, K/2) bytes: byte j holds q[2j] (low nibble) and q[2j+1]
+    (high nibble), two's complement."""
+    u = (q.astype(np.uint8) & 0xF)
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8).view(np.int8)
+
+
+def unpack_int4(b: np.ndarray) -> np.ndarray:
+    """The inverse of pack_int4."""
+    b = b.view(np.uint8)
+    q = np.empty((b.shape[0], 2 * b.shape[1]), np.int8)
+    q[:, 0::2] = ((b << 4).view(np.int8) >> 4)
+    q[:, 1::2] = (b.view(np.int8) >> 4)
+    return q
+
+
 def _arrays(g: Graph) -> list[tuple[str, str, np.ndarray]]:
     """(tensor, part, array) for every stored array, in a fixed order."""
     used = {i for n in g.nodes for i in n.inputs}
@@ -38,7 +54,9 @@ def _arrays(g: Graph) -> list[tuple[str, str, np.ndarray]]:
         w = g.weights[name]
         if w.dtype == "q8":
             q = np.ascontiguousarray(w.data["q"], dtype=np.int8)
-            # 4 int8 per u32 along K, byte i of u32 j is q[4j + i]: exactly the int8 row bytes (LE).
+            if w.quant.get("bits", 8) == 4:
+                q = pack_int4(q)
+            # 4 int8 (or 8 int4) per u32 along K: exactly the row bytes, little-endian.
             out.append((name, "q", q.view("<u4")))
             out.append((name, "scale", np.ascontiguousarray(w.data["scale"], dtype="<f4")))
         else:
@@ -271,6 +289,8 @@ def _graph_of(manifest: dict, files: dict[str, bytes]) -> Graph:
             arrays[part] = np.frombuffer(buf, dtype=dt).reshape(a["shape"])
         if t["dtype"] == "q8":
             q = arrays["q"].view(np.int8).reshape(t["shape"][0], -1)
+            if (t.get("quant") or {}).get("bits", 8) == 4:
+                q = unpack_int4(q)
             data[name] = {"q": q, "scale": arrays["scale"].astype(np.float32)}
         else:
             data[name] = arrays["data"].astype(np.float32)

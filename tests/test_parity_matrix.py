@@ -16,6 +16,8 @@ MATRIX = [
     (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=3), "int8-g64"),
     (dict(n_embd=64, n_head=4, n_kv_head=2, tie_embeddings=True), "int8-g128"),
     (dict(activation="gelu", n_kv_head=2), "none"),
+    (dict(), "int4-g32"),  # 4-bit matmuls, int8 lm_head and tables
+    (dict(tie_embeddings=True, n_kv_head=1, mlp_ratio=2.5), "int4-g64"),  # tied table stays int8; K=160
 ]
 
 

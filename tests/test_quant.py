@@ -1,4 +1,4 @@
-"""int8 quantization: the scale/rounding contract, padding, groups, packing, and the kernels' arithmetic."""
+"""int8 and int4 quantization: the scale/rounding contract, padding, groups, packing, and the kernels' arithmetic."""
 
 import numpy as np
 import pytest
@@ -81,3 +81,42 @@ def test_unknown_scheme_is_a_user_error():
 
     with pytest.raises(MonologueError, match="int4"):
         quantize(_graph(np.ones((2, 16), np.float32), np.ones((2, 16), np.float32)), "int4")
+
+
+def test_int4_contract_and_nibble_packing():
+    """int4: |q| <= 7, scale = max|w| / 7 per group, error at most half a step; stored two per
+    byte along K (low nibble first), 8 per little-endian u32, and read back to the same values."""
+    from monologue_compile.artifact import unpack_int4
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((6, 100)).astype(np.float32)
+    q, s, g = quantize_array(w, 32, bits=4)
+    assert g == 32 and q.shape == (6, 128) and s.shape == (6, 4) and np.abs(q).max() == 7
+    blocks = np.pad(w, ((0, 0), (0, 28))).reshape(6, 4, 32)
+    assert np.allclose(s, np.abs(blocks).max(axis=2) / 7)
+    assert np.abs(q.reshape(6, 4, 32) * s[:, :, None] - blocks).max() <= s.max() / 2 + 1e-6
+    hidden = Node("h", "matmul", ["x", "W"], {"prologue": None, "epilogue": []}, TensorType((1, "T", 6)))
+    out = Node("y", "matmul", ["h", "O"], {"prologue": None, "epilogue": []}, TensorType((1, "T", 4)))
+    g = Graph({"x": TensorType((1, "T", 100))}, {"W": Weight(w.shape, "f32", w),
+              "O": Weight((4, 6), "f32", rng.standard_normal((4, 6)).astype(np.float32))}, [hidden, out], ["y"])
+    g = quantize(g, "int4-g32")
+    W = g.weights["W"]
+    assert W.quant["bits"] == 4 and W.quant["scheme"] == "int4-g32" and np.abs(W.data["q"]).max() <= 7
+    arrays = {(t, p): a for t, p, a in _arrays(g)}
+    packed = arrays[("W", "q")]
+    assert packed.dtype == np.dtype("<u4") and packed.shape == (6, 16)
+    for j in (0, 5, 15):
+        for i in range(8):
+            nib = (int(packed[3, j]) >> (4 * i)) & 0xF
+            assert nib - 16 * (nib >= 8) == W.data["q"][3, 8 * j + i]
+    assert np.array_equal(unpack_int4(packed.view(np.int8)), W.data["q"])
+
+
+def test_int4_keeps_the_output_projection_and_tables_int8():
+    """The matmul the logits come from and every table stay int8 per row under an int4 scheme;
+    the other matmuls are int4 with the scheme's group."""
+    rng = np.random.default_rng(3)
+    w, table = rng.standard_normal((24, 200)).astype(np.float32), rng.standard_normal((50, 40)).astype(np.float32)
+    g = quantize(_graph(w, table), "int4-g64")
+    assert g.weights["W"].quant["scheme"] == "int8" and g.weights["W"].quant["bits"] == 8  # y is an output
+    assert g.weights["E"].quant == {"scheme": "int8", "bits": 8, "group": 48, "k_pad": 48, "groups": 1}

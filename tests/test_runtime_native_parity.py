@@ -38,6 +38,9 @@ MATRIX = [
     (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=2, mlp_ratio=40.0), "int8"),
     (dict(n_embd=64, n_head=4, n_kv_head=2, tie_embeddings=True), "int8-g128"),
     (dict(activation="gelu", n_kv_head=2), "none"),
+    (dict(), "int4-g32"),
+    # int4 rows over two column tiles, a tied table kept int8
+    (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=2, mlp_ratio=40.0, tie_embeddings=True), "int4-g64"),
 ]
 
 
@@ -120,6 +123,10 @@ def test_native_matches_rq(tmp_path, crate_dir, overrides, quant):
         assert m["rel"] <= TOLERANCES["logits_rel_vs_rq"] and m["cosine"] >= TOLERANCES["logits_cosine_vs_rq"], m
         mi = metrics(ours, Session(g).forward(ids))
         assert mi["rel"] <= TOLERANCES["decode_vs_prefill_rel"], mi
+        # the last row alone (prefill runs the output tail for that token only): the same bits
+        native.reset()
+        last = native.forward(ids, all_rows=False)
+        assert last.shape == (1, vocab) and np.array_equal(last[0], ours[-1])
 
     # decode step by step with the cache == prefill of the whole sequence
     ids = rng.integers(0, vocab, size=40).tolist()

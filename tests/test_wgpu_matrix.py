@@ -26,6 +26,7 @@ MATRIX = [
     (dict(activation="silu", qk_norm=False, rope_theta=100000.0, n_kv_head=4, mlp_ratio=2.5), "int8"),  # MHA, K=80
     (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=3), "int8-g64"),
     (dict(n_embd=64, n_head=4, n_kv_head=2), "int8-g128"),
+    (dict(tie_embeddings=True, n_kv_head=1, mlp_ratio=2.5), "int4-g32"),  # int4 matmuls, K=160, int8 tied table
 ]
 IDS = [f"{q}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for o, q in MATRIX]
 SEQ = 160

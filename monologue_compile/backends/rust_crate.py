@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import elementwise
@@ -62,8 +62,11 @@ class Loc:
     stride: int
     len: int
     shape: tuple
+    shifted: bool = False  # read by the output tail: its rows start at token t0 (see Emitter.tail)
 
     def view(self) -> str:
+        if self.shifted and self.stride:
+            return f"v({self.off} + t0 * {self.stride}, {self.stride}, {self.len})"
         return f"v({self.off}, {self.stride}, {self.len})"
 
 
@@ -98,11 +101,36 @@ class Emitter:
         self.kv_nodes: list[Node] = []
         self.shift_nodes: list[int] = []  # per-token size of each token_shift's carried row
         self.lines: list[str] = []
+        self.tail = self.output_tail()
+        self.compact: set[str] = set()  # values the tail computed: `rows` rows from row 0
+        self.in_tail = False
+
+    def output_tail(self) -> list[str]:
+        """The nodes at the end of the schedule that only lead to the logits, one token at a time
+        (matmuls, norms, elementwise: lm_head and its softcap). They run for the last `rows` tokens
+        only: prefill needs the logits of one token, and the lm_head of a large vocabulary was up
+        to half of its work."""
+        per_token = {"matmul", "elementwise", "rms_norm", "layer_norm", "softmax", "mean", "concat", *VIEWS}
+        users: dict[str, list[str]] = {}
+        for n in self.g.nodes:
+            for i in n.inputs:
+                users.setdefault(i, []).append(n.name)
+        tail: list[str] = []
+        for n in reversed(self.g.nodes):
+            us = users.get(n.name, [])
+            leads_out = all(u in tail for u in us) and (us or n.name in self.g.outputs)
+            if n.op not in per_token or not leads_out:
+                break
+            tail.append(n.name)
+        return tail[::-1]
 
     # --- locations -----------------------------------------------------------------------------
     def loc(self, name: str, user: Node) -> Loc:
         if name in self.locs:
-            return self.locs[name]
+            loc = self.locs[name]
+            if self.in_tail and loc.kind == "buf" and name not in self.compact:
+                return replace(loc, shifted=True)
+            return loc
         if name in self.widx:
             w = self.g.weights[name]
             return Loc("weight", self.widx[name], 0, 0, _prod(w.shape), tuple(w.shape))
@@ -118,6 +146,8 @@ class Emitter:
                 raise CodegenError(f"%{n.name}: the memory plan gives it no buffer")
             per, mult = _block(shape, n.name)
             self.locs[n.name] = Loc("buf", buf, 0, per * mult, per, shape)
+            if self.in_tail:
+                self.compact.add(n.name)
             return
         src = self.loc(n.inputs[0], n)
         if src.kind == "ids" or (src.kind == "weight" and self.g.weights.get(n.inputs[0], None) is not None
@@ -127,18 +157,19 @@ class Emitter:
             per, _ = _block(shape, n.name)
             if per != src.len:
                 raise CodegenError(f"%{n.name}: reshape changes the per-token size ({src.len} -> {per})")
-            self.locs[n.name] = Loc(src.kind, src.index, src.off, src.stride, src.len, shape)
+            self.locs[n.name] = Loc(src.kind, src.index, src.off, src.stride, src.len, shape, src.shifted)
         elif n.op == "slice":
             a, start, end = n.attrs["axis"], n.attrs["start"], n.attrs["end"]
             first = 2 if SEQ in src.shape else 0
             if a < first or any(d != 1 for d in src.shape[first:a]):
                 raise CodegenError(f"%{n.name}: slice along axis {a} of {src.shape} is not a contiguous block per token")
             inner = _prod(src.shape[a + 1:])
-            self.locs[n.name] = Loc(src.kind, src.index, src.off + start * inner, src.stride, (end - start) * inner, shape)
+            self.locs[n.name] = Loc(src.kind, src.index, src.off + start * inner, src.stride, (end - start) * inner, shape,
+                                    src.shifted)
         elif n.op == "permute":
             if not permute_is_view(src.shape, n.attrs["perm"]):
                 raise CodegenError(f"%{n.name}: {permute_refusal(self.g, n)}; the Rust runtime has no transpose kernel")
-            self.locs[n.name] = Loc(src.kind, src.index, src.off, src.stride, src.len, shape)
+            self.locs[n.name] = Loc(src.kind, src.index, src.off, src.stride, src.len, shape, src.shifted)
         elif n.op == "expand" and tuple(src.shape) == shape:
             self.locs[n.name] = src
         else:
@@ -311,7 +342,13 @@ class Emitter:
     def emit(self) -> str:
         body = []
         for n in self.g.nodes:
+            if self.tail and n.name == self.tail[0]:
+                body += ["    // the output tail: only the last `rows` tokens (none in a chunk whose logits no one reads)",
+                         "    if rows == 0 {", "        return;", "    }", "    let t0 = t - rows;", "    let t = rows;"]
+                self.in_tail = True
             self.define(n)
+            if self.in_tail and not OPS[n.op].kernel and not self.loc(n.inputs[0], n).shifted:
+                self.compact.add(n.name)
             if not OPS[n.op].kernel:
                 continue
             out = self.locs[n.name]
@@ -335,10 +372,10 @@ class Emitter:
         for name in self.weight_names:
             w = self.g.weights[name]
             if w.dtype == "q8":
-                kp, grp = int(w.quant["k_pad"]), int(w.quant["group"])
-                if len(w.shape) != 2 or kp % grp or kp % 4:
-                    raise CodegenError(f"weight {name}: int8 packing {w.quant} is not supported")
-                q8 = f"Some(({kp}, {grp}))"
+                kp, grp, bits = int(w.quant["k_pad"]), int(w.quant["group"]), int(w.quant.get("bits", 8))
+                if len(w.shape) != 2 or kp % grp or kp % 4 or bits not in (4, 8) or (bits == 4 and grp % 16):
+                    raise CodegenError(f"weight {name}: quantized packing {w.quant} is not supported")
+                q8 = f"Some(({kp}, {grp}, {bits}))"
             elif w.dtype == "f32":
                 q8 = "None"
             else:
@@ -380,11 +417,12 @@ class Emitter:
             f"    kv: &[{kv}],",
             f"    shifts: &[{', '.join(map(str, self.shift_nodes))}],",
             "    specs: &SPECS,",
-            f"    logits: ({logits.index}, {logits.view()}),",
+            f"    logits: ({logits.index}, {replace(logits, shifted=False).view()}),",
+            f"    tail: {'true' if self.g.outputs[0] in self.compact else 'false'},",
             "};",
             "",
             "#[allow(unused_variables)]",
-            "pub fn run(w: &[Tensor], s: &mut State, ids: &[u32], pos: usize) {",
+            "pub fn run(w: &[Tensor], s: &mut State, ids: &[u32], pos: usize, rows: usize) {",
             "    let t = ids.len();",
         ]
         unused = {"Binary", "Operand", "Unary", "Mat", "AttnShape"}

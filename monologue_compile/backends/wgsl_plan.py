@@ -136,11 +136,11 @@ class _Builder:
         w = self.g.weights[name]
         if name not in self.weight_parts:
             q, scale = w.data["q"], w.data["scale"]
-            n = q.shape[0]
-            self.weight_parts[name] = _row_parts(n, q.shape[1], self.max_binding)
+            n, row_bytes = q.shape[0], q.shape[1] * w.quant.get("bits", 8) // 8
+            self.weight_parts[name] = _row_parts(n, row_bytes, self.max_binding)
             for i, (r0, r1) in enumerate(self.weight_parts[name]):
                 sfx = f"#{i}" if len(self.weight_parts[name]) > 1 else ""
-                self._buffer(f"w:{name}{sfx}", (r1 - r0) * q.shape[1], init=self._init(name, "q", r0, r1), role="weight")
+                self._buffer(f"w:{name}{sfx}", (r1 - r0) * row_bytes, init=self._init(name, "q", r0, r1), role="weight")
                 self._buffer(f"s:{name}{sfx}", (r1 - r0) * scale.shape[1] * 4, init=self._init(name, "scale", r0, r1),
                              role="weight")
         parts = self.weight_parts[name]
@@ -292,11 +292,11 @@ class _Builder:
     def _q8(self, n: Node, name: str):
         w = self.g.weights.get(name)
         if w is None or w.dtype != "q8":
-            _fail(n, f"{name} is not an int8 weight (the WGSL backend runs int8 weights; compile with --quant int8*)")
+            _fail(n, f"{name} is not an int8/int4 weight (the WGSL backend runs quantized weights; compile with --quant int8* or int4*)")
         return w
 
     def _group(self, n: Node, w, K: int) -> int:
-        grp = w.quant["group"] if w.quant["group"] in (64, 128) else 0
+        grp = w.quant["group"] if w.quant["group"] in (32, 64, 128) else 0
         if kern.k_pad(K, grp) != w.quant["k_pad"]:
             _fail(n, f"stored row length {w.quant['k_pad']} != the kernel's {kern.k_pad(K, grp)}")
         return grp
@@ -307,7 +307,7 @@ class _Builder:
             _fail(n, "the gathered ids are not the model's input ids")
         w = self._q8(n, table)
         V, C = w.shape
-        if w.data["scale"].shape[1] != 1 or w.quant["k_pad"] != kern.k_pad(C):
+        if w.data["scale"].shape[1] != 1 or w.quant["k_pad"] != kern.k_pad(C) or w.quant.get("bits", 8) != 8:
             _fail(n, "embed_int8 reads per-row scales and rows of k_pad(C); this table is group-quantized "
                      f"({w.quant['scheme']}, k_pad {w.quant['k_pad']})")
         ep = n.attrs.get("epilogue") or []
@@ -467,7 +467,7 @@ class _Builder:
         bias = ep.pop("bias", None)
         rest = ep.pop("rest", None)
         pro = n.attrs.get("prologue")
-        kw = dict(group=self._group(n, w, K), norm=bool(pro), **ep)
+        kw = dict(group=self._group(n, w, K), bits=w.quant.get("bits", 8), norm=bool(pro), **ep)
         if pro:
             kw["eps"] = pro["eps"]
         y = self.loc[n.name]

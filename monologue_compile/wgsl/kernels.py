@@ -10,7 +10,8 @@ Buffer layouts (all f32 unless said):
 - activations: row-major [tokens, features]; q/k/v rows are [tokens, heads, head_dim].
 - int8 weight [N, K] (docs/formats.md): [N, k_pad / 16] vec4<u32>, k_pad = K rounded up to 16 and
   to the group, byte i of u32 j = q[k = 4j + i]; scales [N] (per output channel) or
-  [N, k_pad / group] (group 64 or 128 along K).
+  [N, k_pad / group] (group 32, 64 or 128 along K). int4 (`bits=4`): [N, k_pad / 16] vec2<u32>,
+  nibble i of u32 j = q[k = 8j + i].
 - KV cache (one K and one V buffer per layer): [max_seq, n_kv_head, head_dim], token-major, so one
   token's keys (or values) for all heads are one contiguous row of n_kv_head * head_dim and a matvec
   or matmul writes its output row straight into the cache at row `pos`.
@@ -102,6 +103,14 @@ def _common(covers, subgroups="off", unpack="shift"):
     return list(covers or [])
 
 
+def _weight_params(group: int, bits: int, unpack: str) -> dict:
+    """Render parameters of the weight format (`_int8.wgsl.j2`)."""
+    _check(group in (0, 32, 64, 128), f"group={group} must be 0 (per channel), 32, 64 or 128")
+    _check(bits in (4, 8), f"bits={bits} must be 8 or 4")
+    _check(bits == 8 or (group and unpack == "shift"), "int4 weights are group-quantized and unpacked by shifts")
+    return dict(bits=bits, wvec="vec2<u32>" if bits == 4 else "vec4<u32>")
+
+
 def k_pad(K: int, group: int = 0) -> int:
     """Stored row length of an int8 weight: K rounded up to a multiple of 16 and of the group."""
     align = math.lcm(16, group) if group else 16
@@ -136,7 +145,7 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
                 softcap: float = 0.0, steps: list | None = None, residual: bool = False, out_offset: int = 0, out_at_pos: bool = False,
                 out_pos_stride: int | None = None, out_len: int | None = None, rows: int = 4, wg: int | None = None,
                 cooperative: bool = True, subgroups: str = "off", unpack: str = "shift", eps: float = RMS_EPS, covers=(),
-                name: str = "matvec_int8") -> Kernel:
+                bits: int = 8, name: str = "matvec_int8") -> Kernel:
     """y[n] (+)= epilogue(sum_k W[n,k] x'[k]) for one token; x' = rmsnorm(x) when `norm`.
 
     Bindings: w, scale, x, [bias], y, [step (when out_at_pos)]. Output element n goes to
@@ -148,13 +157,13 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
     """
     covers = _common(covers, subgroups, unpack)
     _check(K % 4 == 0, f"K={K} must be a multiple of 4 (x is read as vec4<f32>)")
-    _check(group in (0, 64, 128), f"group={group} must be 0 (per channel), 64 or 128")
+    wparams = _weight_params(group, bits, unpack)
     pos_stride = N if out_pos_stride is None else out_pos_stride
     out_len = out_len or out_offset + N
     common = dict(N=N, K=K, KV4=-(-K // 16), KS=k_pad(K, group) // 16, K4=K // 4, rows=rows,
                   group=group, n_groups=k_pad(K, group) // group if group else 0, norm=bool(norm), eps=eps,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos), out_pos_stride=pos_stride,
-                  out_len=out_len, unpack=unpack, covers=covers, **_epilogue_params(act, bias, softcap, residual, steps))
+                  out_len=out_len, unpack=unpack, covers=covers, **wparams, **_epilogue_params(act, bias, softcap, residual, steps))
     b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
     b += [Binding("bias", "read")] if bias else []
     b += [Binding("y", "read_write")]
@@ -178,7 +187,7 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
                 act: str = "none", softcap: float = 0.0, steps: list | None = None, residual: bool = False,
                 out_offset: int = 0, out_at_pos: bool = False, out_row_stride: int | None = None, tile_t: int = 32, tile_n: int = 64,
                 mt: int = 4, mn: int = 4, unpack: str = "shift", eps: float = RMS_EPS, covers=(),
-                name: str = "matmul_int8") -> Kernel:
+                bits: int = 8, name: str = "matmul_int8") -> Kernel:
     """Y[t, n] (+)= epilogue(sum_k X'[t, k] W[n, k]) for t < step.n_tokens <= T; X' = rmsnorm(X) rows.
 
     Bindings: w, scale, x, [bias], y, step. Row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride]
@@ -188,7 +197,7 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
     """
     covers = _common(covers, "off", unpack)
     _check(K % 4 == 0, f"K={K} must be a multiple of 4 (X rows are read as vec4<f32>)")
-    _check(group in (0, 64, 128), f"group={group} must be 0 (per channel), 64 or 128")
+    wparams = _weight_params(group, bits, unpack)
     _check(tile_t % mt == 0 and tile_n % mn == 0, "tile_t / tile_n must be multiples of mt / mn")
     wg = (tile_t // mt) * (tile_n // mn)
     _check(tile_t * 4 <= wg and tile_n <= wg, "each tile load must take at most one vec4 per thread")
@@ -197,7 +206,7 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
                   MT=mt, MN=mn, wg=wg, group=group, n_groups=k_pad(K, group) // group if group else 0, norm=bool(norm), eps=eps,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos),
                   out_row_stride=N if out_row_stride is None else out_row_stride, unpack=unpack, covers=covers,
-                  **_epilogue_params(act, bias, softcap, residual, steps))
+                  **wparams, **_epilogue_params(act, bias, softcap, residual, steps))
     b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
     b += [Binding("bias", "read")] if bias else []
     b += [Binding("y", "read_write"), Binding("step", "uniform")]
@@ -220,7 +229,7 @@ def embed_int8(T: int, V: int, C: int, *, norm: bool = False, row_start: int = 0
     n_rows = V - row_start if n_rows is None else n_rows
     _check(0 <= row_start and n_rows >= 1 and row_start + n_rows <= V, "rows must lie within the vocabulary")
     params = dict(T=T, V=V, C=C, KV4=-(-C // 16), norm=bool(norm), row_start=row_start, n_rows=n_rows, wg=wg,
-                  eps=eps, unpack="shift", covers=covers)
+                  eps=eps, unpack="shift", bits=8, covers=covers)
     b = [Binding("ids", "read"), Binding("table", "read"), Binding("scale", "read"), Binding("y", "read_write"),
          Binding("step", "uniform")]
     return _finish(name, "embed_int8", "embed_int8.wgsl.j2", params, b, wg, grid(T), 4 * wg if norm else 0)

@@ -29,6 +29,9 @@ pub struct ModelInfo {
     pub specs: &'static [TensorSpec],
     /// where the logits are: buffer and per-token view
     pub logits: (usize, View),
+    /// the logits hold only the `rows` tokens `run` was asked for, from row 0 (the output tail
+    /// ran for those alone); otherwise every token's
+    pub tail: bool,
 }
 
 /// Activation buffers and KV caches of one conversation.
@@ -39,8 +42,9 @@ pub struct State {
     pub shift: Vec<Vec<f32>>,
 }
 
-/// The generated schedule: run `ids` (at most `chunk`) at positions `pos..`.
-pub type RunFn = fn(&[Tensor], &mut State, &[u32], usize);
+/// The generated schedule: run `ids` (at most `chunk`) at positions `pos..`, with the logits of
+/// the last `rows` of them.
+pub type RunFn = fn(&[Tensor], &mut State, &[u32], usize, usize);
 
 /// Why a chat turn ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -213,14 +217,13 @@ impl Engine {
         let (lb, lv) = info.logits;
         let mut out = Vec::with_capacity(if all { ids.len() * info.vocab } else { info.vocab });
         let mut at = pos;
-        for chunk in ids.chunks(info.chunk) {
-            (self.run)(&self.weights, state, chunk, at);
+        let chunks = (ids.len() + info.chunk - 1) / info.chunk;
+        for (i, chunk) in ids.chunks(info.chunk).enumerate() {
+            let rows = if all { chunk.len() } else if i + 1 == chunks { 1 } else { 0 };
+            (self.run)(&self.weights, state, chunk, at, rows);
             let logits = &state.bufs[lb];
-            let rows = if all { 0..chunk.len() } else { chunk.len() - 1..chunk.len() };
-            if !all {
-                out.clear();
-            }
-            for t in rows {
+            let first = if info.tail { 0 } else { chunk.len() - rows };
+            for t in first..first + rows {
                 out.extend_from_slice(lv.row(logits, t));
             }
             at += chunk.len();

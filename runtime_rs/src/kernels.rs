@@ -250,6 +250,43 @@ mod fixed {
     pub trait Kernels {
         fn dot(&self, hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32);
         fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4];
+        /// dot4 over the int4 form of a block (`block_rows_q4`): half the bytes, the same sums.
+        fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4];
+        /// dot4 (int4: dot4_q4) of each `group`-wide run of the activations against the block:
+        /// `out[g]` = the four rows' sums over run g (hi.len() = out.len() * group).
+        fn dot4_groups(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, out: &mut [[(i32, i32); 4]]) {
+            let per = if int4 { 2 * group } else { 4 * group };
+            for (g, o) in out.iter_mut().enumerate() {
+                let (h, l, w) = (&hi[g * group..(g + 1) * group], &lo[g * group..(g + 1) * group], &block[g * per..(g + 1) * per]);
+                *o = if int4 { self.dot4_q4(h, l, w) } else { self.dot4(h, l, w) };
+            }
+        }
+        /// dot4 (int4: dot4_q4) of two tokens' activations `x[0]`, `x[1]` (each hi, lo) against
+        /// one block: the same sums, with each weight loaded once for both (prefill).
+        fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
+            if int4 {
+                [self.dot4_q4(x[0].0, x[0].1, block), self.dot4_q4(x[1].0, x[1].1, block)]
+            } else {
+                [self.dot4(x[0].0, x[0].1, block), self.dot4(x[1].0, x[1].1, block)]
+            }
+        }
+    }
+
+    /// Groups this small (and dividing TILE) go through `dot4_groups`: the per-piece work around a
+    /// dot4 call cost more than its 32 or 64 values (int4-g32 decode ran at half int8's speed).
+    pub const SMALL_GROUP: usize = 128;
+
+    /// Activation bytes (hi and lo, per token) of one column tile that a chunk of prefill tokens
+    /// may hold: the chunk's activations stay in L2 while every weight block of the tile passes
+    /// (all 128 tokens of a 2048-wide tile are 1 MiB, past L2, and each block re-read them).
+    const CHUNK_BYTES: usize = 128 << 10;
+
+    /// Value j (of a run of 16) of row r in a 32-byte int4 packet: low nibbles hold values 0-7,
+    /// high nibbles 8-15, rows 8 bytes apart.
+    #[inline(always)]
+    pub fn q4_at(packet: &[i8], r: usize, j: usize) -> i32 {
+        let b = packet[r * 8 + j % 8] as i32;
+        if j < 8 { (b << 28) >> 28 } else { b >> 4 }
     }
 
     /// Plain Rust: no SIMD.
@@ -264,6 +301,18 @@ mod fixed {
             for (i, (h, l)) in hi.iter().zip(lo).enumerate() {
                 for (r, o) in out.iter_mut().enumerate() {
                     let q = block[i / 8 * 32 + r * 8 + i % 8] as i32;
+                    o.0 += *h as i32 * q;
+                    o.1 += *l as i32 * q;
+                }
+            }
+            out
+        }
+        fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+            let mut out = [(0, 0); 4];
+            for (i, (h, l)) in hi.iter().zip(lo).enumerate() {
+                let packet = &block[i / 16 * 32..];
+                for (r, o) in out.iter_mut().enumerate() {
+                    let q = q4_at(packet, r, i % 16);
                     o.0 += *h as i32 * q;
                     o.1 += *l as i32 * q;
                 }
@@ -295,8 +344,11 @@ mod fixed {
     /// rest row by row). `first` is a multiple of four.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub fn rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, blocked: bool, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
+    pub fn rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, blocked: bool, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
         let groups = width / group;
+        // bytes of the blocked part holding `v` values (int4: two per byte)
+        let int4 = bits == 4;
+        let bytes = |v: usize| if int4 { v / 2 } else { v };
         let end = first + ys.len() / t;
         let nb = if blocked { n / 4 * 4 } else { 0 };
         let blocks_end = end.min(nb).max(first);
@@ -308,33 +360,72 @@ mod fixed {
         for y in &mut ys[..sums.len()] {
             *y = 0.0;
         }
-        for c0 in (0..width).step_by(TILE) {
-            let c1 = (c0 + TILE).min(width);
-            for r in (first..blocks_end).step_by(4) {
-                let tile = &q[c0 * nb + r * (c1 - c0)..c0 * nb + (r + 4) * (c1 - c0)];
-                // each part of the tile in one group g, for each token
-                for (s, e) in pieces(c0, c1, group) {
-                    let g = s / group;
-                    for i in 0..t {
-                        let (a, b) = (i * width + s, i * width + e);
-                        let d = k.dot4(&x.hi[a..b], &x.lo[a..b], &tile[4 * (s - c0)..4 * (e - c0)]);
-                        for (j, (da, db)) in d.iter().enumerate() {
-                            let at = (r - first + j) * t + i;
-                            let st = &mut sums[at];
-                            st.0 += *da as f32;
-                            st.1 += *db as f32;
-                            if e == (g + 1) * group {
-                                ys[at] += (st.0 * 4096.0 + st.1) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
-                                *st = (0.0, 0.0);
+        // Tokens in chunks whose tile activations fit CHUNK_BYTES, two at a time against each
+        // block (dot4x2). Every (row, token) still adds its pieces in column order: the same bits
+        // whatever the chunking.
+        let chunk = (CHUNK_BYTES / (4 * TILE.min(width).max(1))).max(2);
+        let small = group <= SMALL_GROUP && TILE % group == 0;
+        let mut per_group = vec![[(0i32, 0i32); 4]; if small { TILE.min(width) / group } else { 0 }];
+        let add = |ys: &mut [f32], sums: &mut [(f32, f32)], r: usize, i: usize, g: usize, end: bool, d: &[(i32, i32); 4]| {
+            for (j, (da, db)) in d.iter().enumerate() {
+                let at = (r - first + j) * t + i;
+                let st = &mut sums[at];
+                st.0 += *da as f32;
+                st.1 += *db as f32;
+                if end {
+                    ys[at] += (st.0 * 4096.0 + st.1) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
+                    *st = (0.0, 0.0);
+                }
+            }
+        };
+        for t0 in (0..t).step_by(chunk) {
+            let t1 = (t0 + chunk).min(t);
+            for c0 in (0..width).step_by(TILE) {
+                let c1 = (c0 + TILE).min(width);
+                for r in (first..blocks_end).step_by(4) {
+                    let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
+                    if small {
+                        // whole groups, each (row, token)'s sums start and end in this call: the
+                        // f32 arithmetic below is `add`'s from zero sums (0 + x is x)
+                        let gs = &mut per_group[..(c1 - c0) / group];
+                        for i in t0..t1 {
+                            let (a, b) = (i * width + c0, i * width + c1);
+                            k.dot4_groups(&x.hi[a..b], &x.lo[a..b], tile, group, int4, gs);
+                            for (gi, d) in gs.iter().enumerate() {
+                                let g = c0 / group + gi;
+                                for (j, (da, db)) in d.iter().enumerate() {
+                                    let at = (r - first + j) * t + i;
+                                    ys[at] += (*da as f32 * 4096.0 + *db as f32) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
+                                }
                             }
+                        }
+                        continue;
+                    }
+                    // each part of the tile in one group g, for each token
+                    for (s, e) in pieces(c0, c1, group) {
+                        let (g, w) = (s / group, &tile[bytes(4 * (s - c0))..bytes(4 * (e - c0))]);
+                        let end = e == (g + 1) * group;
+                        let xs = |i: usize| (&x.hi[i * width + s..i * width + e], &x.lo[i * width + s..i * width + e]);
+                        let mut i = t0;
+                        while i + 2 <= t1 {
+                            let [d0, d1] = k.dot4x2([xs(i), xs(i + 1)], w, int4);
+                            add(ys, &mut sums, r, i, g, end, &d0);
+                            add(ys, &mut sums, r, i + 1, g, end, &d1);
+                            i += 2;
+                        }
+                        if i < t1 {
+                            let (h, l) = xs(i);
+                            add(ys, &mut sums, r, i, g, end, &if int4 { k.dot4_q4(h, l, w) } else { k.dot4(h, l, w) });
                         }
                     }
                 }
             }
         }
+        // rows left over from the blocks (or all, unblocked) are int8, row-major, after the blocks
         for r in blocks_end..end {
+            let at = bytes(nb * width) + (r - nb) * width;
             for i in 0..t {
-                ys[(r - first) * t + i] = dot_row(k, x, width, group, i, &q[r * width..(r + 1) * width], &scale[r * groups..(r + 1) * groups]);
+                ys[(r - first) * t + i] = dot_row(k, x, width, group, i, &q[at..at + width], &scale[r * groups..(r + 1) * groups]);
             }
         }
     }
@@ -365,6 +456,96 @@ mod fixed {
             fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
                 dot4_i32(hi, lo, block)
             }
+            #[inline(always)]
+            fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+                dot4_q4_i32(hi, lo, block)
+            }
+            #[inline(always)]
+            fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
+                // rows 0-1, then rows 2-3: two tokens of four rows would need more than the 16
+                // registers V8 has on x64
+                let (a, b) = (dot2x2_i32(x, block, 0, int4), dot2x2_i32(x, block, 1, int4));
+                [[a[0][0], a[0][1], b[0][0], b[0][1]], [a[1][0], a[1][1], b[1][0], b[1][1]]]
+            }
+        }
+
+        /// Rows 2 * pair and 2 * pair + 1 of a block (int8 or int4) times two tokens.
+        #[inline(always)]
+        fn dot2x2_i32(x: [(&[i16], &[i16]); 2], block: &[i8], pair: usize, int4: bool) -> [[(i32, i32); 2]; 2] {
+            let n = x[0].0.len().min(x[0].1.len()).min(x[1].0.len()).min(x[1].1.len());
+            let n = n.min(if int4 { block.len() * 2 / 4 } else { block.len() / 4 }) / 16 * 16;
+            let (h0, l0, h1, l1) = (x[0].0.as_ptr(), x[0].1.as_ptr(), x[1].0.as_ptr(), x[1].1.as_ptr());
+            let qp = block.as_ptr();
+            let z = i32x4_splat(0);
+            let (mut a00, mut b00, mut a01, mut b01, mut a10, mut b10, mut a11, mut b11) = (z, z, z, z, z, z, z, z);
+            let mut i = 0;
+            // SAFETY: every load reads inside the activations [..n] and block[..4n] (int4: [..2n]).
+            unsafe {
+                while i + 16 <= n {
+                    for half in 0..2 {
+                        // the two rows' 8 values of this half, as i16
+                        let (w0, w1) = if int4 {
+                            let p = qp.add(2 * i + 16 * pair);
+                            let (r0, r1) = (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)));
+                            if half == 0 {
+                                (i16x8_shr(i16x8_shl(r0, 12), 12), i16x8_shr(i16x8_shl(r1, 12), 12))
+                            } else {
+                                (i16x8_shr(r0, 4), i16x8_shr(r1, 4))
+                            }
+                        } else {
+                            let p = qp.add(4 * i + 32 * half + 16 * pair);
+                            (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)))
+                        };
+                        let j = i + 8 * half;
+                        let (h, l) = (v128_load(h0.add(j) as *const v128), v128_load(l0.add(j) as *const v128));
+                        a00 = i32x4_add(a00, i32x4_dot_i16x8(w0, h));
+                        b00 = i32x4_add(b00, i32x4_dot_i16x8(w0, l));
+                        a01 = i32x4_add(a01, i32x4_dot_i16x8(w1, h));
+                        b01 = i32x4_add(b01, i32x4_dot_i16x8(w1, l));
+                        let (h, l) = (v128_load(h1.add(j) as *const v128), v128_load(l1.add(j) as *const v128));
+                        a10 = i32x4_add(a10, i32x4_dot_i16x8(w0, h));
+                        b10 = i32x4_add(b10, i32x4_dot_i16x8(w0, l));
+                        a11 = i32x4_add(a11, i32x4_dot_i16x8(w1, h));
+                        b11 = i32x4_add(b11, i32x4_dot_i16x8(w1, l));
+                    }
+                    i += 16;
+                }
+            }
+            [[(sum(a00), sum(b00)), (sum(a01), sum(b01))], [(sum(a10), sum(b10)), (sum(a11), sum(b11))]]
+        }
+
+        /// dot4 over int4 packets: 32 bytes per 16 values, row r's 8 bytes at 8r hold values 0-7
+        /// in their low nibbles and 8-15 in their high ones, sign-extended by shifts.
+        #[inline(always)]
+        fn dot4_q4_i32(hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+            let n = hi.len().min(lo.len()).min(block.len() * 2 / 4) / 16 * 16;
+            let (hp, lp, qp) = (hi.as_ptr(), lo.as_ptr(), block.as_ptr());
+            let z = i32x4_splat(0);
+            let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
+            let mut i = 0;
+            // SAFETY: every load reads inside hi[..n], lo[..n] and block[..2n] (i + 16 <= n).
+            unsafe {
+                while i + 16 <= n {
+                    let p = qp.add(2 * i);
+                    let (h0, l0) = (v128_load(hp.add(i) as *const v128), v128_load(lp.add(i) as *const v128));
+                    let (h1, l1) = (v128_load(hp.add(i + 8) as *const v128), v128_load(lp.add(i + 8) as *const v128));
+                    macro_rules! row {
+                        ($a:ident, $b:ident, $off:expr) => {
+                            let w = i16x8_load_extend_i8x8(p.add($off));
+                            let w0 = i16x8_shr(i16x8_shl(w, 12), 12);
+                            let w1 = i16x8_shr(w, 4);
+                            $a = i32x4_add($a, i32x4_add(i32x4_dot_i16x8(w0, h0), i32x4_dot_i16x8(w1, h1)));
+                            $b = i32x4_add($b, i32x4_add(i32x4_dot_i16x8(w0, l0), i32x4_dot_i16x8(w1, l1)));
+                        };
+                    }
+                    row!(a0, b0, 0);
+                    row!(a1, b1, 8);
+                    row!(a2, b2, 16);
+                    row!(a3, b3, 24);
+                    i += 16;
+                }
+            }
+            [(sum(a0), sum(b0)), (sum(a1), sum(b1)), (sum(a2), sum(b2)), (sum(a3), sum(b3))]
         }
 
         // named accumulators, no arrays: keeps every v128 in a register through V8's compiler
@@ -484,8 +665,8 @@ mod fixed {
             /// super::rows compiled for AVX2 as a whole, so the kernels inline into its loops.
             #[target_feature(enable = "avx2")]
             #[allow(clippy::too_many_arguments)]
-            pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, blocked: bool, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
-                super::rows(self, x, t, width, group, blocked, q, n, first, scale, ys)
+            pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, blocked: bool, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
+                super::rows(self, x, t, width, group, blocked, bits, q, n, first, scale, ys)
             }
         }
 
@@ -499,6 +680,139 @@ mod fixed {
             fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
                 unsafe { dot4_i32(hi, lo, block) }
             }
+            #[inline(always)]
+            fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+                unsafe { dot4_q4_i32(hi, lo, block) }
+            }
+            #[inline(always)]
+            fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
+                unsafe { dot4x2_i32(x, block, int4) }
+            }
+            #[inline(always)]
+            fn dot4_groups(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, out: &mut [[(i32, i32); 4]]) {
+                unsafe { dot4_groups_i32(hi, lo, block, group, int4, out) }
+            }
+        }
+
+        /// dot4 / dot4_q4 group by group in one pass over the block, each group's eight sums
+        /// reduced by three horizontal adds.
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn dot4_groups_i32(hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, out: &mut [[(i32, i32); 4]]) {
+            let steps = group / 16;
+            let n = out.len() * steps * 16;
+            assert!(hi.len() >= n && lo.len() >= n && block.len() >= if int4 { 2 * n } else { 4 * n } && group % 16 == 0);
+            let (hp, lp) = (hi.as_ptr(), lo.as_ptr());
+            let mut i = 0;
+            for o in out.iter_mut() {
+                let z = _mm256_setzero_si256();
+                let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
+                for _ in 0..steps {
+                    let (h0, l0) = (load8_twice(hp.add(i)), load8_twice(lp.add(i)));
+                    let (h1, l1) = (load8_twice(hp.add(i + 8)), load8_twice(lp.add(i + 8)));
+                    let (w01, x01, w23, x23) = if int4 {
+                        let p = block.as_ptr().add(2 * i);
+                        _mm_prefetch(p.wrapping_add(PREFETCH / 2) as *const i8, _MM_HINT_NTA);
+                        let (u, v) = (load_q(p), load_q(p.add(16)));
+                        (_mm256_srai_epi16(_mm256_slli_epi16(u, 12), 12), _mm256_srai_epi16(u, 4),
+                         _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12), _mm256_srai_epi16(v, 4))
+                    } else {
+                        let p = block.as_ptr().add(4 * i);
+                        _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
+                        (load_q(p), load_q(p.add(32)), load_q(p.add(16)), load_q(p.add(48)))
+                    };
+                    a01 = _mm256_add_epi32(a01, _mm256_add_epi32(_mm256_madd_epi16(w01, h0), _mm256_madd_epi16(x01, h1)));
+                    b01 = _mm256_add_epi32(b01, _mm256_add_epi32(_mm256_madd_epi16(w01, l0), _mm256_madd_epi16(x01, l1)));
+                    a23 = _mm256_add_epi32(a23, _mm256_add_epi32(_mm256_madd_epi16(w23, h0), _mm256_madd_epi16(x23, h1)));
+                    b23 = _mm256_add_epi32(b23, _mm256_add_epi32(_mm256_madd_epi16(w23, l0), _mm256_madd_epi16(x23, l1)));
+                    i += 16;
+                }
+                // lanes: row 0 (a, b), row 2 (a, b) | row 1 (a, b), row 3 (a, b)
+                let t = _mm256_hadd_epi32(_mm256_hadd_epi32(a01, b01), _mm256_hadd_epi32(a23, b23));
+                let mut l = [0i32; 8];
+                _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, t);
+                *o = [(l[0], l[1]), (l[4], l[5]), (l[2], l[3]), (l[6], l[7])];
+            }
+        }
+
+        /// Two tokens against one block, int8 or int4: each 16 weights of two rows are loaded (and
+        /// unpacked) once and multiplied by both tokens' activations.
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn dot4x2_i32(x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
+            let n = x[0].0.len().min(x[0].1.len()).min(x[1].0.len()).min(x[1].1.len());
+            let n = n.min(if int4 { block.len() * 2 / 4 } else { block.len() / 4 }) / 16 * 16;
+            let (h0, l0, h1, l1) = (x[0].0.as_ptr(), x[0].1.as_ptr(), x[1].0.as_ptr(), x[1].1.as_ptr());
+            let z = _mm256_setzero_si256();
+            let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
+            let (mut c01, mut d01, mut c23, mut d23) = (z, z, z, z);
+            let mut i = 0;
+            while i + 16 <= n {
+                for half in 0..2 {
+                    // rows 0-1 and 2-3 of this half's 8 values
+                    let (w01, w23) = if int4 {
+                        let p = block.as_ptr().add(2 * i);
+                        let (u, v) = (load_q(p), load_q(p.add(16)));
+                        if half == 0 {
+                            (_mm256_srai_epi16(_mm256_slli_epi16(u, 12), 12), _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12))
+                        } else {
+                            (_mm256_srai_epi16(u, 4), _mm256_srai_epi16(v, 4))
+                        }
+                    } else {
+                        let p = block.as_ptr().add(4 * i + 32 * half);
+                        (load_q(p), load_q(p.add(16)))
+                    };
+                    let j = i + 8 * half;
+                    let (h, l) = (load8_twice(h0.add(j)), load8_twice(l0.add(j)));
+                    a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(w01, h));
+                    b01 = _mm256_add_epi32(b01, _mm256_madd_epi16(w01, l));
+                    a23 = _mm256_add_epi32(a23, _mm256_madd_epi16(w23, h));
+                    b23 = _mm256_add_epi32(b23, _mm256_madd_epi16(w23, l));
+                    let (h, l) = (load8_twice(h1.add(j)), load8_twice(l1.add(j)));
+                    c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(w01, h));
+                    d01 = _mm256_add_epi32(d01, _mm256_madd_epi16(w01, l));
+                    c23 = _mm256_add_epi32(c23, _mm256_madd_epi16(w23, h));
+                    d23 = _mm256_add_epi32(d23, _mm256_madd_epi16(w23, l));
+                }
+                i += 16;
+            }
+            let four = |a: __m256i, b: __m256i, c: __m256i, d: __m256i| {
+                [(sum4(low(a)), sum4(low(b))), (sum4(high(a)), sum4(high(b))), (sum4(low(c)), sum4(low(d))), (sum4(high(c)), sum4(high(d)))]
+            };
+            [four(a01, b01, a23, b23), four(c01, d01, c23, d23)]
+        }
+
+        /// dot4 over int4 packets (`block_rows_q4`): 16 bytes are 8 values of rows r, r + 1 in
+        /// their low nibbles and the next 8 in their high ones, so one load and three shifts give
+        /// what dot4 loads twice.
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn dot4_q4_i32(hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+            let n = hi.len().min(lo.len()).min(block.len() * 2 / 4) / 16 * 16;
+            let z = _mm256_setzero_si256();
+            let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
+            let mut i = 0;
+            while i + 16 <= n {
+                let p = block.as_ptr().add(2 * i);
+                _mm_prefetch(p.wrapping_add(PREFETCH / 2) as *const i8, _MM_HINT_NTA);
+                let (h0, l0) = (load8_twice(hi.as_ptr().add(i)), load8_twice(lo.as_ptr().add(i)));
+                let (h1, l1) = (load8_twice(hi.as_ptr().add(i + 8)), load8_twice(lo.as_ptr().add(i + 8)));
+                let w = load_q(p);
+                let (w0, w1) = (_mm256_srai_epi16(_mm256_slli_epi16(w, 12), 12), _mm256_srai_epi16(w, 4));
+                a01 = _mm256_add_epi32(a01, _mm256_add_epi32(_mm256_madd_epi16(w0, h0), _mm256_madd_epi16(w1, h1)));
+                b01 = _mm256_add_epi32(b01, _mm256_add_epi32(_mm256_madd_epi16(w0, l0), _mm256_madd_epi16(w1, l1)));
+                let w = load_q(p.add(16));
+                let (w0, w1) = (_mm256_srai_epi16(_mm256_slli_epi16(w, 12), 12), _mm256_srai_epi16(w, 4));
+                a23 = _mm256_add_epi32(a23, _mm256_add_epi32(_mm256_madd_epi16(w0, h0), _mm256_madd_epi16(w1, h1)));
+                b23 = _mm256_add_epi32(b23, _mm256_add_epi32(_mm256_madd_epi16(w0, l0), _mm256_madd_epi16(w1, l1)));
+                i += 16;
+            }
+            [
+                (sum4(low(a01)), sum4(low(b01))),
+                (sum4(high(a01)), sum4(high(b01))),
+                (sum4(low(a23)), sum4(low(b23))),
+                (sum4(high(a23)), sum4(high(b23))),
+            ]
         }
 
         #[target_feature(enable = "avx2")]
@@ -598,6 +912,38 @@ pub fn block_rows(q: &mut [i8], n: usize, k_pad: usize) {
     }
 }
 
+/// Puts row-major int4 rows (n rows of k_pad values, two per byte: docs/formats.md) in the int4
+/// blocked layout the kernels read: the int8 blocked layout (`block_rows`) with each 64-byte run
+/// of it (16 values of a block's four rows) folded to 32 bytes, byte i holding run byte i in its
+/// low nibble and run byte i + 32 in its high one. Leftover rows (n % 4) follow as int8 rows.
+pub fn block_rows_q4(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
+    let mut q: Vec<i8> = packed.iter().flat_map(|&b| [(b << 4) >> 4, b >> 4]).collect();
+    block_rows(&mut q, n, k_pad);
+    let nb = n / 4 * 4;
+    let mut out: Vec<i8> = q[..nb * k_pad].chunks_exact(64).flat_map(|run| (0..32).map(move |i| (run[i] & 0x0f) | (run[i + 32] << 4))).collect();
+    out.extend_from_slice(&q[nb * k_pad..]);
+    out
+}
+
+/// Row r's value j of a loaded int8 or int4 matrix (`Tensor::Q8`, blocked or row-major).
+pub fn q_value(q: &[i8], r: usize, j: usize, n: usize, k_pad: usize, bits: u32, blocked: bool) -> i8 {
+    let nb = n / 4 * 4;
+    if bits != 4 {
+        return q[q8_index(r, j, n, k_pad, blocked)];
+    }
+    if !blocked {
+        let b = q[(r * k_pad + j) / 2];
+        return if j % 2 == 0 { (b << 4) >> 4 } else { b >> 4 };
+    }
+    if r >= nb {
+        return q[nb * k_pad / 2 + (r - nb) * k_pad + j];
+    }
+    // the int8 blocked position, then its place in the folded 32-byte run
+    let at = q8_index(r, j, n, k_pad, true);
+    let b = q[at / 64 * 32 + at % 32];
+    if at % 64 < 32 { (b << 4) >> 4 } else { b >> 4 }
+}
+
 /// Where row r's value j is in `q` (blocked as `block_rows` leaves it, or row-major).
 #[inline]
 pub fn q8_index(r: usize, j: usize, n: usize, k_pad: usize, blocked: bool) -> usize {
@@ -634,15 +980,16 @@ impl Q8Input {
 
     /// ys[(r - first) * t + i] = token i's row times weight row r, for the rows first.. of the n
     /// rows in `q` that ys holds (see `fixed::rows`).
-    pub fn rows(&self, t: usize, blocked: bool, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn rows(&self, t: usize, blocked: bool, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if let Some(k) = &self.avx2 {
-            return unsafe { k.rows(&self.x, t, self.width, self.group, blocked, q, n, first, scale, ys) };
+            return unsafe { k.rows(&self.x, t, self.width, self.group, blocked, bits, q, n, first, scale, ys) };
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return fixed::rows(&fixed::simd128::Simd128, &self.x, t, self.width, self.group, blocked, q, n, first, scale, ys);
+        return fixed::rows(&fixed::simd128::Simd128, &self.x, t, self.width, self.group, blocked, bits, q, n, first, scale, ys);
         #[allow(unreachable_code)]
-        fixed::rows(&fixed::Scalar, &self.x, t, self.width, self.group, blocked, q, n, first, scale, ys)
+        fixed::rows(&fixed::Scalar, &self.x, t, self.width, self.group, blocked, bits, q, n, first, scale, ys)
     }
 }
 
@@ -732,15 +1079,16 @@ fn dot_f32_simd128(x: &[f32], w: &[f32]) -> f32 {
 /// Weights of a matmul: int8 rows with scales, or f32 rows.
 #[derive(Clone, Copy)]
 pub enum Mat<'a> {
-    Q8 { n: usize, k_pad: usize, group: usize, blocked: bool, q: &'a [i8], scale: &'a [f32] },
+    /// `bits` 8 or 4: how `q` holds the values (`Tensor::Q8`)
+    Q8 { n: usize, k_pad: usize, group: usize, bits: u32, blocked: bool, q: &'a [i8], scale: &'a [f32] },
     F32 { n: usize, k: usize, w: &'a [f32] },
 }
 
 impl<'a> Mat<'a> {
     pub fn of(t: &'a crate::weights::Tensor, rows: usize, cols: usize) -> Mat<'a> {
         match t {
-            crate::weights::Tensor::Q8 { n, k_pad, group, blocked, q, scale, .. } => {
-                Mat::Q8 { n: *n, k_pad: *k_pad, group: *group, blocked: *blocked, q, scale }
+            crate::weights::Tensor::Q8 { n, k_pad, group, bits, blocked, q, scale, .. } => {
+                Mat::Q8 { n: *n, k_pad: *k_pad, group: *group, bits: *bits, blocked: *blocked, q, scale }
             }
             crate::weights::Tensor::F32 { data } => Mat::F32 { n: rows, k: cols, w: data },
         }
@@ -800,7 +1148,7 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     let workers = workers();
     let rows = |first: usize, part: &mut [f32]| match (w, &q8) {
         // threads split at multiples of four rows, so every part starts on a block
-        (Mat::Q8 { n, blocked, q, scale, .. }, Some(input)) => input.rows(t, blocked, q, n, first, scale, part),
+        (Mat::Q8 { n, bits, blocked, q, scale, .. }, Some(input)) => input.rows(t, blocked, bits, q, n, first, scale, part),
         (Mat::F32 { k, w: wt, .. }, _) => {
             for (j, o) in part.chunks_mut(t).enumerate() {
                 let wr = &wt[(first + j) * k..(first + j + 1) * k];
@@ -941,10 +1289,10 @@ pub fn embedding(table: &crate::weights::Tensor, ids: &[u32], out: &mut [f32], o
         let id = id as usize;
         let row = ov.row_mut(out, t);
         match table {
-            crate::weights::Tensor::Q8 { n, k_pad, group, blocked, q, scale, .. } => {
+            crate::weights::Tensor::Q8 { n, k_pad, group, bits, blocked, q, scale, .. } => {
                 let groups = k_pad / group;
                 for (j, v) in row.iter_mut().enumerate() {
-                    *v = q[q8_index(id, j, *n, *k_pad, *blocked)] as f32 * scale[id * groups + j / group];
+                    *v = q_value(q, id, j, *n, *k_pad, *bits, *blocked) as f32 * scale[id * groups + j / group];
                 }
             }
             crate::weights::Tensor::F32 { data } => row.copy_from_slice(&data[id * row.len()..(id + 1) * row.len()]),
@@ -1170,7 +1518,7 @@ mod tests {
         let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
         let mut out = vec![0f32; t * n];
         let v = View { off: 0, stride: k, len: k };
-        matmul(&x, v, t, None, Mat::Q8 { n, k_pad: k, group, blocked: false, q: &q, scale: &scale }, &mut out, View { off: 0, stride: n, len: n }, &[]);
+        matmul(&x, v, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, blocked: false, q: &q, scale: &scale }, &mut out, View { off: 0, stride: n, len: n }, &[]);
         for i in 0..t {
             for r in 0..n {
                 let want: f64 = (0..k).map(|c| x[i * k + c] as f64 * q[r * k + c] as f64 * scale[r * 2 + c / group] as f64).sum();
@@ -1193,7 +1541,7 @@ mod tests {
             let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
             let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
             let mut out = vec![0f32; t * n];
-            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group: k, blocked: false, q: &q, scale: &scale }, &mut out, ov, &[]);
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group: k, bits: 8, blocked: false, q: &q, scale: &scale }, &mut out, ov, &[]);
             for i in 0..t {
                 let input = fixed::split(&x[i * k..(i + 1) * k], k);
                 for r in 0..n {
@@ -1202,7 +1550,7 @@ mod tests {
                 }
             }
             let mut fast = vec![0f32; t * n];
-            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group: k, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group: k, bits: 8, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
             assert_eq!(out, fast);
         }
     }
@@ -1224,9 +1572,9 @@ mod tests {
             let x: Vec<f32> = (0..t * k).map(|_| lcg(s)).collect();
             let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
             let mut plain = vec![0f32; t * n];
-            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, blocked: false, q: &q, scale: &scale }, &mut plain, ov, &[]);
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, blocked: false, q: &q, scale: &scale }, &mut plain, ov, &[]);
             let mut fast = vec![0f32; t * n];
-            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
             assert_eq!(plain, fast, "n={} k={} t={}", n, k, t);
         }
     }
@@ -1244,6 +1592,67 @@ mod tests {
         let mut s = 13u64;
         for (n, k, group) in [(10usize, 4608usize, 4608usize), (8, 8192, 4096), (9, 4800, 2400)] {
             check_blocked_layout(&mut s, n, k, group, &[0, 15, 2047, 2048, 2063, 4095, 4096, k - 1], &[1, 2]);
+        }
+    }
+
+    #[test]
+    fn int4_blocks_give_the_int8_bits() {
+        // int4 values in the int4 blocked layout: every value where q_value says, and the same
+        // matmul bits as those values stored as int8, through the SIMD kernels and the scalar ones;
+        // 4102 columns: a tile boundary, 1030 rows: blocks of four and two rows left over
+        let mut s = 17u64;
+        for (n, k, group) in [(1030usize, 64usize, 32usize), (6, 4160, 64), (9, 128, 128)] {
+            let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 7.99) as i8).collect();
+            let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
+            let scale: Vec<f32> = (0..n * k / group).map(|_| lcg(&mut s).abs() * 0.01).collect();
+            let q4 = block_rows_q4(&packed, n, k);
+            assert_eq!(q4.len(), n / 4 * 4 * k / 2 + n % 4 * k);
+            for r in [0, 1, 3, n / 2, n - 1] {
+                for j in [0, 7, 8, 15, 16, 31, k / 2, k - 1] {
+                    assert_eq!(q_value(&q4, r, j, n, k, 4, true), q[r * k + j], "r={} j={}", r, j);
+                    assert_eq!(q_value(&packed, r, j, n, k, 4, false), q[r * k + j]);
+                }
+            }
+            let q8 = blocked(&q, n, k);
+            for t in [1usize, 3] {
+                let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+                let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
+                let mut want = vec![0f32; t * n];
+                matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, blocked: true, q: &q8, scale: &scale }, &mut want, ov, &[]);
+                let mut got = vec![0f32; t * n];
+                matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, blocked: true, q: &q4, scale: &scale }, &mut got, ov, &[]);
+                assert_eq!(want, got, "n={} k={} t={}", n, k, t);
+                let input = Q8Input::new(&x, k, group);
+                let mut scalar = vec![0f32; t * n];
+                fixed::rows(&fixed::Scalar, &input.x, t, k, group, true, 4, &q4, n, 0, &scale, &mut scalar);
+                let by_row: Vec<f32> = (0..t * n).map(|at| scalar[(at % n) * t + at / n]).collect();
+                assert_eq!(want, by_row, "scalar n={} k={} t={}", n, k, t);
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_gives_the_per_token_bits() {
+        // T tokens at once (token chunks, two tokens per block pass, an odd one left) equal T
+        // one-token matmuls (decode's path) bit for bit, int8 and int4, one and several tiles
+        let mut s = 23u64;
+        for (n, k, group, t) in [(12usize, 4160usize, 64usize, 37usize), (8, 256, 256, 5), (20, 96, 32, 130)] {
+            let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 7.99) as i8).collect();
+            let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
+            let scale: Vec<f32> = (0..n * k / group).map(|_| lcg(&mut s).abs() * 0.01).collect();
+            let (q8, q4) = (blocked(&q, n, k), block_rows_q4(&packed, n, k));
+            let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+            let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
+            for (bits, w) in [(8u32, &q8), (4, &q4)] {
+                let mat = Mat::Q8 { n, k_pad: k, group, bits, blocked: true, q: w, scale: &scale };
+                let mut all = vec![0f32; t * n];
+                matmul(&x, xv, t, None, mat, &mut all, ov, &[]);
+                for i in 0..t {
+                    let mut one = vec![0f32; n];
+                    matmul(&x[i * k..(i + 1) * k], xv, 1, None, mat, &mut one, ov, &[]);
+                    assert_eq!(&all[i * n..(i + 1) * n], &one[..], "bits={} n={} k={} token {}", bits, n, k, i);
+                }
+            }
         }
     }
 

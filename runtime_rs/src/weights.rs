@@ -25,17 +25,19 @@ const MAX_MANIFEST: usize = 64 << 20;
 pub struct TensorSpec {
     pub name: &'static str,
     pub shape: &'static [usize],
-    /// `Some((k_pad, group))` for int8 weights (`groups = k_pad / group`), None for f32.
-    pub q8: Option<(usize, usize)>,
+    /// `Some((k_pad, group, bits))` for int8 (bits 8) and int4 (bits 4) weights
+    /// (`groups = k_pad / group`), None for f32.
+    pub q8: Option<(usize, usize, u32)>,
 }
 
 /// A loaded weight.
 #[derive(Debug, Clone)]
 pub enum Tensor {
-    /// int8 (N, k_pad), scales (N, groups): value = q * scale[row][col / group]. Row-major as
-    /// loaded; `blocked` once `finish` has put the rows in the kernels' blocked layout
-    /// (kernels::block_rows; kernels::q8_index finds a value).
-    Q8 { n: usize, k: usize, k_pad: usize, group: usize, blocked: bool, q: Vec<i8>, scale: Vec<f32> },
+    /// int8 or int4 (`bits`) (N, k_pad), scales (N, groups): value = q * scale[row][col / group].
+    /// Row-major as loaded (int4: two values per byte, docs/formats.md); `blocked` once `finish`
+    /// has put the rows in the kernels' blocked layout (kernels::block_rows, kernels::block_rows_q4;
+    /// kernels::q_value finds a value).
+    Q8 { n: usize, k: usize, k_pad: usize, group: usize, bits: u32, blocked: bool, q: Vec<i8>, scale: Vec<f32> },
     F32 { data: Vec<f32> },
 }
 
@@ -168,23 +170,29 @@ impl Loader {
             let dtype = as_str(get(t, "dtype", &what)?, "dtype")?;
             let arrays = get(t, "arrays", &what)?;
             let tensor = match spec.q8 {
-                Some((k_pad, group)) => {
+                Some((k_pad, group, bits)) => {
                     if dtype != "q8" {
                         return Err(format!("manifest: {} should be q8", what));
                     }
                     let quant = get(t, "quant", &what)?;
+                    // manifests from before int4 have no "bits": they are int8
+                    let stored_bits = match quant.get("bits") {
+                        None => Some(8),
+                        Some(b) => b.as_u32(),
+                    };
                     if quant.get("k_pad").and_then(Json::as_u32) != Some(k_pad as u32)
                         || quant.get("group").and_then(Json::as_u32) != Some(group as u32)
+                        || stored_bits != Some(bits)
                     {
                         return Err(format!("manifest: {} has a different int8 packing than the compiled model", what));
                     }
                     let (n, k) = (spec.shape[0], spec.shape[1]);
                     let groups = k_pad / group;
-                    let q_words = k_pad / 4;
-                    // u32 words of 4 int8 each: 4 bytes per word, q_words words per row
+                    let q_words = k_pad * bits as usize / 32;
+                    // u32 words of 4 int8 (8 int4) each: 4 bytes per word, q_words words per row
                     check_array(arrays, "q", "u32", &[n, q_words], ti, Part::Q, shards.len(), &shards, &mut chunks, &what)?;
                     check_array(arrays, "scale", "f32", &[n, groups], ti, Part::Scale, shards.len(), &shards, &mut chunks, &what)?;
-                    Tensor::Q8 { n, k, k_pad, group, blocked: false, q: vec![0; n * k_pad], scale: vec![0.0; n * groups] }
+                    Tensor::Q8 { n, k, k_pad, group, bits, blocked: false, q: vec![0; n * q_words * 4], scale: vec![0.0; n * groups] }
                 }
                 None => {
                     if dtype != "f32" {
@@ -289,8 +297,15 @@ impl Loader {
         }
         let mut tensors = self.tensors;
         for t in &mut tensors {
-            if let Tensor::Q8 { n, k_pad, group, blocked, q, .. } = t {
-                if !*blocked && crate::kernels::blocked_layout(*k_pad, *group) {
+            if let Tensor::Q8 { n, k_pad, group, bits, blocked, q, .. } = t {
+                if !*blocked && *bits == 4 {
+                    // the compiler packs int4 only in groups of 16 values or more
+                    if !crate::kernels::blocked_layout(*k_pad, *group) {
+                        return Err(format!("an int4 weight has groups of {} (not a multiple of 16)", group));
+                    }
+                    *q = crate::kernels::block_rows_q4(q, *n, *k_pad);
+                    *blocked = true;
+                } else if !*blocked && crate::kernels::blocked_layout(*k_pad, *group) {
                     crate::kernels::block_rows(q, *n, *k_pad);
                     *blocked = true;
                 }
