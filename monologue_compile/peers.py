@@ -187,16 +187,15 @@ class Wasm(Engine):
 class Wgsl(Engine):
     def __init__(self, dist: Path, g, label: str):
         from .backends.wgpu_executor import WgpuSession
-        from .bench import _session_rates, plan_traffic
+        from .bench import _session_rates
         from .wgsl import device as wdev
 
         self.s = WgpuSession.from_dist(dist)
-        info = wdev.adapter().info
-        device = f"{info.get('device', '?')}"
+        device = wdev.adapter().info.get("device", "?").split(" (")[0]
         emulated = any(k in device.lower() for k in ("llvmpipe", "lavapipe", "swiftshader"))
         self.name = f"{label} WGSL int8 ({device}{', CPU-emulated' if emulated else ''})"
         self.threads = len(os.sched_getaffinity(0))  # lavapipe runs its own threads
-        self.bytes_per_token = plan_traffic(self.s.plan, PROMPT + STEPS / 2)["decode_weight_bytes_per_token"]
+        self.bytes_per_token = graph_bytes_per_token(g)
         self.prompt = prompt_ids(self.s.plan["vocab_size"])
         self._rates = _session_rates
         self.s.forward(self.prompt[:2]), self.s.decode_greedy(1)  # first use compiles the pipelines
@@ -579,15 +578,16 @@ def table(rows: list[dict], bandwidth: float, failed: list[str], title: str = ""
     lines = [title] if title else []
     lines.append(f"prompt {PROMPT}, generate {STEPS}, greedy, batch 1; best/median of interleaved rounds; "
                  f"memcpy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), load average {os.getloadavg()[0]:.1f}")
-    lines.append(f"{'engine':<44} {'thr':>3} {'MB/tok':>7} {'prefill tok/s':>15} {'decode tok/s':>15} "
+    w = max([len(r["engine"]) for r in rows] + [6])
+    lines.append(f"{'engine':<{w}} {'thr':>3} {'MB/tok':>7} {'prefill tok/s':>15} {'decode tok/s':>15} "
                  f"{'pre/Q8':>6} {'dec/Q8':>6} {'dec/Q4':>6} {'roofline':>8}")
     for r in rows:
         mb = f"{r['bytes_per_token'] / 1e6:7.1f}" if r["bytes_per_token"] else f"{'-':>7}"
         if "decode_best" not in r:
-            lines.append(f"{r['engine']:<44} {r['threads']:>3} {mb} failed: {r.get('error', '?')}")
+            lines.append(f"{r['engine']:<{w}} {r['threads']:>3} {mb} failed: {r.get('error', '?')}")
             continue
         roof = f"{100 * r['decode_best'] * r['bytes_per_token'] / bandwidth:7.0f}%" if r["bytes_per_token"] else f"{'-':>8}"
-        lines.append(f"{r['engine']:<44} {r['threads']:>3} {mb} "
+        lines.append(f"{r['engine']:<{w}} {r['threads']:>3} {mb} "
                      f"{r['prefill_best']:>7.0f}/{r['prefill_median']:<7.0f} {r['decode_best']:>7.1f}/{r['decode_median']:<7.1f} "
                      f"{ratio(r, 'Q8_0', 'prefill_best'):>6} {ratio(r, 'Q8_0', 'decode_best'):>6} "
                      f"{ratio(r, 'Q4_0', 'decode_best'):>6} {roof}")
