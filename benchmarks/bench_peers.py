@@ -119,7 +119,6 @@ def hf_folder(name: str) -> tuple[Path, int]:
 
 def gpt_twin(name: str) -> tuple[Path, dict]:
     """Checkpoint of this project's GPT with the folder's matmul shapes (random weights)."""
-    from bench_runtime import tokenizer_json
     from conftest import write_checkpoint
 
     from training.gpt import GPT, GPTConfig
@@ -134,7 +133,7 @@ def gpt_twin(name: str) -> tuple[Path, dict]:
     if not path.exists():
         torch.manual_seed(0)
         model = GPT(cfg).init_weights(zero_init_outputs=False).eval()
-        write_checkpoint(path, model, tokenizer=tokenizer_json(cfg.vocab_size))
+        write_checkpoint(path, model)  # conftest's byte tokenizer: any vocabulary size
     return path, cfg.to_dict()
 
 

@@ -45,6 +45,7 @@ def test_peers_with_a_folder_but_no_llama_cpp_names_what_is_missing(dist, tmp_pa
     from monologue_compile import peers
 
     monkeypatch.setenv("MONOLOGUE_LLAMA_CPP_BIN", str(tmp_path / "no-llama-cpp"))
+    monkeypatch.setattr(peers, "CACHE", tmp_path / "cache")  # converted forms of this folder stay in the test's dir
     folder = tmp_path / "hf"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
