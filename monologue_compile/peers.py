@@ -209,7 +209,8 @@ class Wgsl(Engine):
         self.s.decode_greedy(2)
         projected = (time.perf_counter() - t0) * (PROMPT + STEPS) / 10
         if projected > WGSL_BUDGET_S:
-            raise CannotRun(f"{self.name}: a run would take ~{projected:.0f} s here (budget {WGSL_BUDGET_S} s)")
+            raise CannotRun(f"{device}{' (CPU-emulated)' if emulated else ''}: a run would take ~{projected:.0f} s here "
+                            f"(budget {WGSL_BUDGET_S} s)")
 
     def measure(self):
         r = self._rates(self.s, self.prompt, STEPS, greedy=self.s.decode_greedy)
