@@ -32,6 +32,7 @@ from monologue_compile.artifact import load_model  # noqa: E402
 from monologue_compile.backends.native import NativeModel, WasmModel, time_decode  # noqa: E402
 from monologue_compile.backends.rust_crate import build_native, build_wasm, emit_crate  # noqa: E402
 from monologue_compile.driver import compile_to  # noqa: E402
+from monologue_compile.peers import graph_bytes_per_token  # noqa: E402
 from training.gpt import GPT, KVCache  # noqa: E402
 from training.presets import get_preset  # noqa: E402
 
@@ -109,18 +110,6 @@ def torch_decode(model: GPT, prompt: list[int], steps: int) -> Clock:
         return c
 
 
-def weight_bytes_per_token(g) -> int:
-    """int8 (+ scale) bytes every decode step reads: every matmul weight, plus one embedding row."""
-    total = 0
-    for n in g.nodes:
-        if n.op == "matmul":
-            total += g.weights[n.inputs[1]].nbytes()
-        elif n.op == "embedding":
-            w = g.weights[n.inputs[0]]
-            total += w.nbytes() // w.shape[0]
-    return total
-
-
 def bench_model(name: str, work: Path, steps: int, wasm: bool) -> dict:
     ckpt, what = checkpoint_for(name, work)
     dist = work / name / "dist"
@@ -135,7 +124,7 @@ def bench_model(name: str, work: Path, steps: int, wasm: bool) -> dict:
     lib = build_native(crate)
     native_build_s = time.perf_counter() - t0
     row = {"model": name, "source": what, "params": None, "compile_s": compile_s, "native_build_s": native_build_s,
-           "weight_bytes_per_token": weight_bytes_per_token(g), "steps": steps}
+           "weight_bytes_per_token": graph_bytes_per_token(g), "steps": steps}
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, cfg["vocab_size"], 16).tolist()
 

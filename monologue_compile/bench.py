@@ -3,6 +3,7 @@ beside PyTorch CPU eager fp32 on the same model in the same run, with dispatches
 token for the WebGPU plan.
 
     monologue bench DIST [--prompt 64] [--steps 32] [--json out.json]
+    monologue bench DIST --peers [--hf-folder F] [--rounds 5]   (monologue_compile/peers.py)
 
 Backends: numpy (the reference interpreter), wgpu (plan.json on wgpu-py: lavapipe on a CPU machine,
 Vulkan on a GPU), native and wasm (the Rust runtime's own decode measurement,
@@ -168,9 +169,20 @@ def table(res: dict) -> str:
 @click.option("--no-rust", is_flag=True, help="skip the native and wasm runtimes (building them takes minutes)")
 @click.option("--no-wasm", is_flag=True, help="skip runtime.wasm")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="also write the numbers here")
-def bench_cmd(dist, prompt_len, steps, no_rust, no_wasm, json_out):
+@click.option("--peers", is_flag=True,
+              help="beside llama.cpp, ONNX Runtime and PyTorch (prompt 128, generate 64, interleaved rounds)")
+@click.option("--hf-folder", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="with --peers: the Hugging Face folder DIST was compiled from (the peers run it)")
+@click.option("--rounds", type=click.IntRange(1, 100), default=5, show_default=True, help="with --peers: interleaved rounds")
+def bench_cmd(dist, prompt_len, steps, no_rust, no_wasm, json_out, peers, hf_folder, rounds):
     """Prefill and decode tokens/s of each backend on DIST, beside PyTorch CPU eager fp32."""
-    res = bench(dist, prompt_len, steps, rust=not no_rust, wasm=not no_wasm)
-    click.echo(table(res))
+    if peers:
+        from .peers import bench_peers
+
+        text, res = bench_peers(dist, hf_folder, rounds, not no_rust, not no_wasm, log=lambda m: click.echo(m, err=True))
+        click.echo(text)
+    else:
+        res = bench(dist, prompt_len, steps, rust=not no_rust, wasm=not no_wasm)
+        click.echo(table(res))
     if json_out:
         Path(json_out).write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
