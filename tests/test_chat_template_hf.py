@@ -20,6 +20,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
+from test_runtime_native_parity import shared_crate_dir  # noqa: E402
 from test_tokenizer_hf import QWEN2_PATTERN  # noqa: E402
 
 from monologue_compile.chat_template import chat_section, proof_conversations, reduce_template  # noqa: E402
@@ -364,6 +365,7 @@ def test_native_runtime_applies_the_folders_chat_template(compiled_folder):
 
     from monologue_compile.artifact import load_model
     from monologue_compile.backends.native import NativeModel
+    from monologue_compile.backends.rust_crate import build_native, emit_crate
     from monologue_compile.chat import reply
     from monologue_compile.interpreter import Session
 
@@ -371,7 +373,7 @@ def test_native_runtime_applies_the_folders_chat_template(compiled_folder):
     g, manifest, tj = load_model(out)
     tok, chat = Tokenizer.from_json(tj), manifest["chat"]
     auto = AutoTokenizer.from_pretrained(str(d))
-    native = NativeModel.from_dist(out, fast=True)
+    native = NativeModel.from_dist(out, lib_path=build_native(emit_crate(g, shared_crate_dir()), fast=True))
     native.set_sampler(temperature=0.0)
     compared = 0
     for thinking in ((None, False) if style == "qwen3" else (None,)):
@@ -400,7 +402,7 @@ def test_page_engine_renders_with_the_manifests_template(compiled_folder, tmp_pa
     from transformers import AutoTokenizer
 
     from monologue_compile.artifact import load_model
-    from monologue_compile.backends.rust_crate import build_wasm, find_toolchain
+    from monologue_compile.backends.rust_crate import build_wasm, emit_crate, find_toolchain
     from monologue_compile.frontend.hf import CausalLMLogits
 
     try:
@@ -410,10 +412,10 @@ def test_page_engine_renders_with_the_manifests_template(compiled_folder, tmp_pa
     if shutil.which("node") is None:
         pytest.skip("no Node")
     style, d, out, m, *_ = compiled_folder
-    manifest = load_model(out)[1]
+    g, manifest, _ = load_model(out)
     dist = tmp_path / "dist"
     shutil.copytree(out, dist)
-    build_wasm(dist / "runtime_rs", dist / "runtime.wasm", fast=True)
+    build_wasm(emit_crate(g, shared_crate_dir()), dist / "runtime.wasm", fast=True)
     script = Path(__file__).parent / "runtime_node" / "engine.mjs"
     r = subprocess.run(["node", str(script), str(dist), json.dumps(MESSAGES), "12"], capture_output=True, text=True,
                        timeout=120)

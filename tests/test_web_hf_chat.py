@@ -30,6 +30,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from test_chat_template_hf import QWEN3_TEMPLATE, STYLES, hf_prompt, model_folder  # noqa: E402
+from test_runtime_native_parity import shared_crate_dir  # noqa: E402
 from test_web_wasm import have_wasm_toolchain  # noqa: E402
 
 from monologue_compile.tokenizer import Tokenizer  # noqa: E402
@@ -81,8 +82,8 @@ def hf_site(request, tmp_path_factory):
     """(style, dist, AutoTokenizer, the compiled Tokenizer, R_q module, stop ids) for a compiled HF folder with runtime.wasm."""
     from transformers import AutoTokenizer
 
-    from monologue_compile.artifact import add_files_to_manifest
-    from monologue_compile.backends.rust_crate import build_wasm
+    from monologue_compile.artifact import add_files_to_manifest, load_model
+    from monologue_compile.backends.rust_crate import build_wasm, emit_crate
     from monologue_compile.driver import build, compile_to
     from monologue_compile.parity import rq_state_dict
 
@@ -96,7 +97,8 @@ def hf_site(request, tmp_path_factory):
         (d / "chat_template.jinja").unlink(missing_ok=True)
     dist = tmp_path_factory.mktemp(f"{style}-web") / "dist"
     manifest = compile_to(d, dist, quant="int8")
-    build_wasm(dist / "runtime_rs", dist / "runtime.wasm", fast=True)
+    # one crate folder for both styles: cargo's incremental build recompiles only the generated code
+    build_wasm(emit_crate(load_model(dist)[0], shared_crate_dir()), dist / "runtime.wasm", fast=True)
     add_files_to_manifest(dist / "model", ["../runtime.wasm"])
     c = build(d, "int8")
     rq = c.loaded.build_module(rq_state_dict(c.graph)).eval()
