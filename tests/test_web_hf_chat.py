@@ -40,10 +40,9 @@ pytestmark = pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolc
 
 QUESTIONS = ["What is 2+2?", "And times 3?", "Thanks!"]
 MAX_NEW_TOKENS = 10
-# Qwen3's thinking releases: the generation prompt opens the thought.
-QWEN3_THINKING_TEMPLATE = QWEN3_TEMPLATE.replace(
-    "{{- '<|im_start|>assistant\\n' }}\n    {%- if enable_thinking",
-    "{{- '<|im_start|>assistant\\n<think>\\n' }}\n    {%- if enable_thinking")
+# Qwen3's thinking releases: the generation prompt opens the thought, and there is no switch.
+QWEN3_THINKING_TEMPLATE = QWEN3_TEMPLATE[:QWEN3_TEMPLATE.index("{%- if add_generation_prompt %}")] + (
+    "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n<think>\\n' }}\n{%- endif %}")
 assert QWEN3_THINKING_TEMPLATE != QWEN3_TEMPLATE
 
 # generate.js as served to the worker: it also posts the prompt it prefills and each token it keeps.
