@@ -2,8 +2,9 @@
 prompt ids from the Rust renderer equal transformers' `apply_chat_template(..., tokenize=True)` for
 multi-turn conversations (system, thoughts in the history, thinking on and off), with Qwen3's and
 Llama-2's templates over tokenizers trained here (byte-level and SentencePiece style; nothing is
-downloaded); a compiled Qwen3 folder chats with greedy replies equal to R_q on the interpreter
-and the native runtime; hostile templates fail in one line."""
+downloaded); compiled Qwen3 and Llama folders chat with greedy replies equal to R_q on the
+interpreter, the native runtime and the page's wasm Engine (under Node); hostile templates fail in
+one line."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
+from test_runtime_native_parity import shared_crate_dir  # noqa: E402
 from test_tokenizer_hf import QWEN2_PATTERN  # noqa: E402
 
 from monologue_compile.chat_template import chat_section, proof_conversations, reduce_template  # noqa: E402
@@ -351,59 +353,33 @@ def test_chat_cli_no_thinking_only_where_the_template_can(compiled_folder):
         assert r.exit_code == 2 and "cannot switch thinking off" in r.stderr and "Traceback" not in r.stderr
 
 
-# A template over this project's own special tokens, unlike its built-in layout: the system message in
-# its own block, thoughts dropped from the history, a thinking switch. The native runtime compiles this
-# project's GPT (Hugging Face models on the native and wasm runtimes are another issue's work).
-OWN_TEMPLATE = (
-    "<|bos|>{% for m in messages %}{% if m.role == 'system' %}<|user_start|>system: {{ m.content }}<|user_end|>"
-    "{% elif m.role == 'user' %}<|user_start|>{{ m.content }}<|user_end|>"
-    "{% else %}<|assistant_start|>{{ m.content }}<|assistant_end|>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant_start|>{% if enable_thinking is defined and not enable_thinking %}"
-    "<think></think>{% endif %}{% endif %}"
-)
-
-
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
             {"role": "assistant", "content": "4", "thought": "2+2=4"}, {"role": "user", "content": "and 3+3?"}]
 
 
-@pytest.fixture(scope="module")
-def own_dist(tmp_path_factory):
-    """This project's tiny GPT compiled with `--chat-template` OWN_TEMPLATE (the CLI's flag is
-    test_cli_refuses_a_hostile_template_in_one_line_and_writes_nothing's)."""
-    from conftest import tiny_model, write_checkpoint
+def test_native_runtime_applies_the_folders_chat_template(compiled_folder):
+    """The compiled runtime (mono_chat_start_messages: the manifest's template, rendered in Rust)
+    starts from transformers' prompt for a conversation with a system message and a thought in its
+    history, and writes the interpreter's greedy reply; thinking on and off where the template can."""
+    from transformers import AutoTokenizer
 
-    from monologue_compile.driver import compile_to
-
-    d = tmp_path_factory.mktemp("own")
-    (d / "own.jinja").write_text(OWN_TEMPLATE)
-    checkpoint = write_checkpoint(d / "checkpoint.pt", tiny_model())
-    assert compile_to(checkpoint, d / "dist", chat_template=d / "own.jinja")["chat"]["source"] == "--chat-template own.jinja"
-    return d / "dist"
-
-
-def test_native_runtime_applies_a_chat_template_given_with_the_flag(own_dist):
-    """`--chat-template FILE` (compile_to's chat_template): the compiled runtime (mono_chat_start_messages: the manifest's
-    template, rendered in Rust) starts from the template's own prompt and writes the interpreter's
-    greedy reply, thinking on and off."""
     from monologue_compile.artifact import load_model
     from monologue_compile.backends.native import NativeModel
+    from monologue_compile.backends.rust_crate import build_native, emit_crate
     from monologue_compile.chat import reply
-    from monologue_compile.chat_template import render
     from monologue_compile.interpreter import Session
 
-    g, manifest, tj = load_model(own_dist)
+    style, d, out, *_ = compiled_folder
+    g, manifest, tj = load_model(out)
     tok, chat = Tokenizer.from_json(tj), manifest["chat"]
-    assert chat["template"]["system"]["placement"] == "block" and chat["template"]["thought"]["history"] is None
-    native = NativeModel.from_dist(own_dist)
+    auto = AutoTokenizer.from_pretrained(str(d))
+    native = NativeModel.from_dist(out, lib_path=build_native(emit_crate(g, shared_crate_dir()), fast=True))
     native.set_sampler(temperature=0.0)
-    for thinking in (None, False):
+    compared = 0
+    for thinking in ((None, False) if style == "qwen3" else (None,)):
         kw = {} if thinking is None else {"enable_thinking": thinking}
-        text = render(OWN_TEMPLATE, "own.jinja", {}, [{"messages": [{k: v for k, v in m.items() if k != "thought"}
-                                                                   for m in MESSAGES],
-                                                      "add_generation_prompt": True, "kwargs": kw}])[0]
         prompt = tok.render_for_completion(MESSAGES, template=chat["template"], enable_thinking=thinking)
-        assert prompt == tok.encode(text)
+        assert prompt == hf_prompt(auto, MESSAGES, **kw)
         want, _ = reply(Session(g), tok, prompt, [], 10, 0.0, None, None, np.random.default_rng(0),
                         stops=set(chat["stop"]))
         native.chat_start({"messages": MESSAGES, "enable_thinking": thinking is not False}, 10)
@@ -414,15 +390,20 @@ def test_native_runtime_applies_a_chat_template_given_with_the_flag(own_dist):
             done = step["done"]
             if step["token"] is not None and done != "stop":
                 got.append(step["token"])
-        assert got == want and want, "compared no tokens"
+        assert got == want
+        compared += len(want)
         native.reset()
+    assert compared, "every reply stopped at once: the check compared nothing"
 
 
-def test_page_engine_renders_with_the_manifests_template(own_dist, tmp_path):
-    """web_shell/wasm_runtime.js's Engine (runtime.wasm under Node) encodes the chat with the
-    manifest's template and stops on chat.stop."""
+def test_page_engine_renders_with_the_manifests_template(compiled_folder, tmp_path):
+    """web_shell/wasm_runtime.js's Engine (runtime.wasm under Node) encodes the conversation as
+    transformers does, continues it as R_q does, and stops on chat.stop."""
+    from transformers import AutoTokenizer
+
     from monologue_compile.artifact import load_model
     from monologue_compile.backends.rust_crate import build_wasm, emit_crate, find_toolchain
+    from monologue_compile.frontend.hf import CausalLMLogits
 
     try:
         find_toolchain(wasm=True)
@@ -430,19 +411,56 @@ def test_page_engine_renders_with_the_manifests_template(own_dist, tmp_path):
         pytest.skip("no wasm32 Rust toolchain")
     if shutil.which("node") is None:
         pytest.skip("no Node")
-    g, manifest, tj = load_model(own_dist)
+    style, d, out, m, *_ = compiled_folder
+    g, manifest, _ = load_model(out)
     dist = tmp_path / "dist"
-    shutil.copytree(own_dist, dist)
-    build_wasm(emit_crate(g, tmp_path / "runtime_rs"), dist / "runtime.wasm", fast=True)
+    shutil.copytree(out, dist)
+    build_wasm(emit_crate(g, shared_crate_dir()), dist / "runtime.wasm", fast=True)
     script = Path(__file__).parent / "runtime_node" / "engine.mjs"
     r = subprocess.run(["node", str(script), str(dist), json.dumps(MESSAGES), "12"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    tok = Tokenizer.from_json(tj)
-    assert out["prompt"] == tok.render_for_completion(MESSAGES, template=manifest["chat"]["template"])
-    assert out["prompt"] != tok.render_for_completion(MESSAGES)  # not this project's built-in layout
-    assert out["stops"] == [i in manifest["chat"]["stop"] for i in out["ids"]]
+    got = json.loads(r.stdout)
+    assert got["prompt"] == hf_prompt(AutoTokenizer.from_pretrained(str(d)), MESSAGES)
+    assert got["ids"] == greedy_reply(CausalLMLogits(m.eval(), 160), got["prompt"], set(), 12)  # R_q: quant none
+    assert got["stops"] == [i in manifest["chat"]["stop"] for i in got["ids"]]
+
+
+# A template over this project's own special tokens, unlike its built-in layout: the system message in
+# its own block, thoughts dropped from the history, a thinking switch.
+OWN_TEMPLATE = (
+    "<|bos|>{% for m in messages %}{% if m.role == 'system' %}<|user_start|>system: {{ m.content }}<|user_end|>"
+    "{% elif m.role == 'user' %}<|user_start|>{{ m.content }}<|user_end|>"
+    "{% else %}<|assistant_start|>{{ m.content }}<|assistant_end|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant_start|>{% if enable_thinking is defined and not enable_thinking %}"
+    "<think></think>{% endif %}{% endif %}"
+)
+
+
+def test_chat_template_flag_replaces_the_checkpoints_layout(tmp_path):
+    """`--chat-template FILE` (compile_to's chat_template) on this project's GPT: the manifest holds
+    the file's template, reduced, and the runtime's renderer gives the Jinja render's tokens, thinking
+    on and off (the CLI's flag is test_cli_refuses_a_hostile_template_in_one_line_and_writes_nothing's)."""
+    from conftest import tiny_model, write_checkpoint
+
+    from monologue_compile.artifact import load_model
+    from monologue_compile.chat_template import render
+    from monologue_compile.driver import compile_to
+
+    (tmp_path / "own.jinja").write_text(OWN_TEMPLATE)
+    checkpoint = write_checkpoint(tmp_path / "checkpoint.pt", tiny_model())
+    chat = compile_to(checkpoint, tmp_path / "dist", chat_template=tmp_path / "own.jinja")["chat"]
+    assert chat["source"] == "--chat-template own.jinja"
+    assert chat["template"]["system"]["placement"] == "block" and chat["template"]["thought"]["history"] is None
+    tok = Tokenizer.from_json(load_model(tmp_path / "dist")[2])
+    for thinking in (None, False):
+        kw = {} if thinking is None else {"enable_thinking": thinking}
+        text = render(OWN_TEMPLATE, "own.jinja", {}, [{"messages": [{k: v for k, v in m.items() if k != "thought"}
+                                                                   for m in MESSAGES],
+                                                      "add_generation_prompt": True, "kwargs": kw}])[0]
+        prompt = tok.render_for_completion(MESSAGES, template=chat["template"], enable_thinking=thinking)
+        assert prompt == tok.encode(text)
+        assert prompt != tok.render_for_completion(MESSAGES)  # not this project's built-in layout
 
 
 def test_a_generation_prompt_that_opens_the_thought():
