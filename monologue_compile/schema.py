@@ -66,7 +66,20 @@ def check_model_config(cfg: dict, where) -> dict:
     for key in MODEL_NAMES:
         if key in cfg and not isinstance(cfg[key], str):
             raise MonologueError(f"{where}: model_config {key}={_show(cfg[key])} must be a string")
+    for key, v in cfg.items():  # fields the schema does not know still reach the manifest (JSON)
+        if not _finite(v):
+            raise MonologueError(f"{where}: model_config {key}={_show(v)} must be finite")
     return cfg
+
+
+def _finite(v) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, (list, tuple)):
+        return all(_finite(x) for x in v)
+    if isinstance(v, dict):
+        return all(_finite(x) for x in v.values())
+    return True
 
 
 def json_loads(text):

@@ -135,3 +135,9 @@ def test_nan_or_infinity_in_config_or_tokenizer_json(tmp_path):
 
 def test_sequence_len_too_short_to_trace(tmp_path):
     assert "sequence_len" in _compile_fails(tmp_path, _checkpoint(tmp_path, config={"sequence_len": 3}))
+
+
+def test_an_infinity_in_any_config_field_is_refused(tmp_path):
+    """Fields the schema does not type (here a training-only one) still reach the manifest's JSON."""
+    out = _compile_fails(tmp_path, _checkpoint(tmp_path, config={"dropout": float("inf")}))
+    assert "dropout=inf must be finite" in out
