@@ -6,7 +6,7 @@ import json
 from click.testing import CliRunner
 
 from monologue_compile.cli import main
-from web_helpers import browser, outside, serving  # noqa: F401
+from web_helpers import browser, outside, recorded_page, serving  # noqa: F401
 
 
 def test_compiled_dist_is_a_site_the_page_runs(browser, tmp_path, tiny_checkpoint):
@@ -19,11 +19,7 @@ def test_compiled_dist_is_a_site_the_page_runs(browser, tmp_path, tiny_checkpoin
     paths = {f["path"] for f in manifest["files"]}
     assert {"../runtime.wasm", "plan.json", "weights-00.bin"} <= paths
     with serving(dist) as url:
-        context = browser.new_context()
-        requests = []
-        context.on("request", lambda request: requests.append(request.url))
-        page = context.new_page()
-        page.goto(url)
+        context, page, requests = recorded_page(browser, url)
         page.wait_for_selector("body:not([data-state='loading'])", timeout=120_000)
         status = page.inner_text("#status")
         assert page.get_attribute("body", "data-state") == "ready", status

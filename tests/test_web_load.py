@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from web_helpers import browser, make_site, pseudo_random_bytes, save_screenshot, serving  # noqa: F401
+from web_helpers import browser, make_site, pseudo_random_bytes, recorded_page, save_screenshot, serving  # noqa: F401
 
 FILES = {
     "model/weights-00.bin": pseudo_random_bytes(3_000_000, 1),
@@ -89,11 +89,7 @@ def test_tool_only_files_are_verified_by_the_tools_not_fetched_by_the_page(brows
             entry["page"] = False  # as the compiler lists it (artifact.py)
     (site / "model" / "manifest.json").write_text(json.dumps(manifest))
     with serving(site) as url:
-        context = browser.new_context()
-        requests = []
-        context.on("request", lambda request: requests.append(request.url))
-        page = context.new_page()
-        page.goto(url)
+        context, page, requests = recorded_page(browser, url)
         page.wait_for_selector("body[data-state='no-backend']", timeout=30_000)
         assert "4 files, 3.8 MB, checked against their sha256" in page.inner_text("#status")
         assert url + "model/weights-00.bin" in requests and url + "model/ir.json" not in requests

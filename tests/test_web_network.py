@@ -3,7 +3,7 @@
 import json
 from urllib.parse import urlsplit
 
-from web_helpers import browser, make_site, outside, pseudo_random_bytes, serving  # noqa: F401
+from web_helpers import browser, make_site, outside, pseudo_random_bytes, recorded_page, serving  # noqa: F401
 
 # Tries to send data elsewhere in the ways a page can. Each attempt would fail anyway (nothing
 # listens there), so the evidence is the policy violations and the empty request log.
@@ -26,11 +26,7 @@ def test_no_request_leaves_the_origin(browser, tmp_path):
     site = make_site(tmp_path / "dist", {"model/weights-00.bin": pseudo_random_bytes(100_000, 1)})
     with serving(site) as url:
         origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
-        context = browser.new_context()
-        requests = []
-        context.on("request", lambda request: requests.append(request.url))
-        page = context.new_page()
-        page.goto(url)
+        context, page, requests = recorded_page(browser, url)
         page.wait_for_selector("body[data-state='no-backend']", timeout=30_000)
         page.click("#open-settings")
         page.click("#settings button[type=submit]")
@@ -59,11 +55,7 @@ def test_manifest_cannot_point_outside_the_site(browser, tmp_path):
         for path in ("http://127.0.0.2:9/weights.bin", "//127.0.0.2:9/weights.bin", "../../weights.bin"):
             manifest["files"][0]["path"] = path
             (site / "model" / "manifest.json").write_text(json.dumps(manifest))
-            context = browser.new_context()
-            requests = []
-            context.on("request", lambda request: requests.append(request.url))
-            page = context.new_page()
-            page.goto(url)
+            context, page, requests = recorded_page(browser, url)
             page.wait_for_selector("body[data-state='error']", timeout=30_000)
             assert "it must name a file of this site" in page.inner_text("#status"), path
             assert outside(requests, url) == [], path

@@ -93,6 +93,17 @@ def serving(root: Path, host: str = "127.0.0.1"):
         thread.join(timeout=5)
 
 
+def recorded_page(browser, url: str, **context_options):
+    """(context, page, requests): a new browser context whose every request URL goes into
+    `requests`, its page opened at `url`."""
+    context = browser.new_context(**context_options)
+    requests: list[str] = []
+    context.on("request", lambda request: requests.append(request.url))
+    page = context.new_page()
+    page.goto(url)
+    return context, page, requests
+
+
 def outside(requests: list[str], prefix: str) -> list[str]:
     """The request URLs not under `prefix`. The page's worker starts from a blob: URL the page made
     itself (app.js); one of the page's own origin is local, not a request to anywhere."""
