@@ -123,8 +123,7 @@ def _manifest_extra(c: Compiled) -> dict:
         "model": {"arch": c.loaded.arch, "config": c.loaded.config, "quant": c.graph.meta["quant"],
                   "source": c.loaded.source, "attention_windows": attention_windows(c.graph),
                   "assumed": c.loaded.assumed},
-        "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens
-        if c.loaded.tokenizer_json != "{}" else {},  # "{}": compiled without a tokenizer
+        "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens if c.loaded.has_tokenizer else {},
         "chat": c.chat,
     }
 
@@ -134,7 +133,7 @@ def _chat(loaded: LoadedModel, chat_template) -> dict | None:
     from .chat_template import chat_section, find_template
     from .tokenizer import Tokenizer
 
-    if loaded.tokenizer_json == "{}":
+    if not loaded.has_tokenizer:
         if chat_template is not None:
             raise MonologueError(f"--chat-template {chat_template}: the model has no tokenizer to apply it with")
         return None

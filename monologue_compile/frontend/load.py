@@ -34,6 +34,10 @@ from ..schema import check_model_config, json_loads
 _PREFIXES = ("_orig_mod.", "module.")
 
 
+# The tokenizer JSON of a model compiled without one: it runs from token ids only (verify, the ABI).
+NO_TOKENIZER = "{}"
+
+
 @dataclass
 class LoadedModel:
     arch: str  # "gpt" (training/gpt.py; nanochat Oct 2025 is this with its defaults)
@@ -44,6 +48,10 @@ class LoadedModel:
     # config keys the checkpoint cannot show -> what was assumed (and how to say otherwise)
     assumed: dict[str, str] = field(default_factory=dict)
     factory: Callable | None = None  # state dict -> module, for a module given to the Python API
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.tokenizer_json != NO_TOKENIZER
     # a Hugging Face folder's chat side: its chat template, special-token strings and eos ids
     chat: dict = field(default_factory=dict)
 
@@ -194,7 +202,7 @@ def _hf_tokenizer(folder: Path, tokenizer) -> str:
 
     click.echo(f"warning: {folder}: no tokenizer.json and no --tokenizer; compiling with no tokenizer: "
                "the model runs from token ids only", err=True)
-    return "{}"
+    return NO_TOKENIZER
 
 
 def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict, dict]:

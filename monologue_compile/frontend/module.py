@@ -26,10 +26,10 @@ def _sequence_len(model: nn.Module) -> int | None:
 
 
 def _tokenizer_json(tokenizer) -> str:
-    from .load import _check_tokenizer_json, _read_tokenizer
+    from .load import NO_TOKENIZER, _check_tokenizer_json, _read_tokenizer
 
     if tokenizer is None:
-        return "{}"  # no tokenizer: the compiled model runs from token ids
+        return NO_TOKENIZER
     if hasattr(tokenizer, "to_json"):  # monologue_compile.tokenizer.Tokenizer
         return tokenizer.to_json()
     if isinstance(tokenizer, str) and tokenizer.lstrip().startswith("{"):
