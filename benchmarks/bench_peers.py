@@ -25,6 +25,7 @@ own convert_hf_to_gguf.py (needs `sentencepiece`) and llama-quantize. ONNX Runti
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -138,14 +139,29 @@ def gpt_twin(name: str) -> tuple[Path, dict]:
 
 
 def compile_dist(source: Path, dist: Path) -> str | None:
-    """`monologue-compile SOURCE -o DIST` in a child (cached); None, or the reason it failed."""
-    if (dist / "model" / "manifest.json").exists():
+    """`monologue-compile SOURCE -o DIST` in a child (cached while the compiler's sources are the
+    same: a dist from an older compiler would time, or refuse, what that compiler made); None, or
+    the reason it failed."""
+    stamp = dist.parent / f"{dist.name}.compiler"
+    if (dist / "model" / "manifest.json").exists() and stamp.exists() and stamp.read_text() == _compiler_sources():
         return None
     r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(source), "-o", str(dist), "--no-wasm"],
                        capture_output=True, text=True)
     if r.returncode:
         return ([line for line in r.stderr.splitlines() if line.startswith("error")] or r.stderr.splitlines() or ["?"])[-1]
+    stamp.write_text(_compiler_sources())
     return None
+
+
+def _compiler_sources() -> str:
+    """A hash of the compiler's Python sources and templates."""
+    import monologue_compile
+
+    h = hashlib.sha256()
+    root = Path(monologue_compile.__file__).parent
+    for p in sorted([*root.rglob("*.py"), *(root.parent / "templates").rglob("*.j2")]):
+        h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def bench_model(name: str, rounds: int) -> tuple[str, dict]:
