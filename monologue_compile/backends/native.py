@@ -394,31 +394,15 @@ def time_decode(model, prompt, steps: int, repeats: int = 3) -> tuple[float, flo
     return min(runs)
 
 
-def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
-    """Greedy decode tokens/s of PyTorch CPU eager fp32 (the model rebuilt from DIST with its
-    dequantized weights: the same fp32 compute as the original), the native runtime and
-    runtime.wasm under Node, measured in the same run after a 16-token prompt."""
-    import shutil
+def _torch_decode_speed(model, prompt: list[int], steps: int) -> dict:
+    """PyTorch eager greedy decode tokens/s at its best thread count: on a busy machine all-cores
+    OpenMP can be 10x slower than one thread."""
     import time
 
     import torch
 
-    from ..artifact import load_model
-    from ..frontend.load import build_module
-    from ..parity import rq_state_dict
-    from .rust_crate import build_native, build_wasm, trusted_crate
-
-    dist = Path(dist)
-    g, _, _ = load_model(dist)
-    cfg = g.meta["config"]
-    steps = max(2, min(steps, cfg["sequence_len"] - 17))
-    prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], 16).tolist()
-    out: dict = {"steps": steps}
-
-    model = build_module(g.meta.get("arch", "gpt"), cfg, rq_state_dict(g)).eval()
     default_threads = torch.get_num_threads()
-    best = 0.0
-    # PyTorch at its best thread count: on a busy machine all-cores OpenMP can be 10x slower
+    best, out = 0.0, {}
     for threads in sorted({1, default_threads}):
         torch.set_num_threads(threads)
         with torch.no_grad():
@@ -433,7 +417,37 @@ def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
             best, out["torch_threads"] = rate, threads
     torch.set_num_threads(default_threads)
     out["torch_fp32_tok_s"] = best
-    del model
+    return out
+
+
+def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
+    """Greedy decode tokens/s of PyTorch CPU eager fp32 (the model rebuilt from DIST with its
+    dequantized weights: the same fp32 compute as the original), the native runtime and
+    runtime.wasm under Node, measured in the same run after a 16-token prompt."""
+    import shutil
+
+    from ..artifact import load_model
+    from ..frontend.load import build_module
+    from ..parity import rq_state_dict
+    from .rust_crate import build_native, build_wasm, trusted_crate
+
+    dist = Path(dist)
+    g, _, _ = load_model(dist)
+    cfg = g.meta["config"]
+    steps = max(2, min(steps, cfg["sequence_len"] - 17))
+    prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], 16).tolist()
+    out: dict = {"steps": steps}
+
+    try:
+        model = build_module(g.meta.get("arch", "gpt"), cfg, rq_state_dict(g)).eval()
+    except MonologueError as e:
+        # a weight folded into a position table at compile time (GPT-2's wpe) is not in R_q's state
+        # dict, so PyTorch cannot be rebuilt from the dist alone; the runtimes are still measured
+        out["torch_skipped"] = str(e)
+        model = None
+    if model is not None:
+        out.update(_torch_decode_speed(model, prompt, steps))
+        del model
 
     crate = trusted_crate(g)
     m = NativeModel.from_dist(dist, lib_path=build_native(crate))
