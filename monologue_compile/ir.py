@@ -243,6 +243,17 @@ def permute_refusal(g: "Graph", n: Node) -> str:
             + (f" ({why})" if why else "") + f" at {n.source or 'no source'}")
 
 
+def view_refusal(g: "Graph", n: Node) -> str:
+    """Why a backend cannot place view n as an offset (view_block said None) after the passes."""
+    src = g.type_of(n.inputs[0])
+    where = f"at {n.source or 'no source'}"
+    if n.op == "permute":
+        return permute_refusal(g, n)
+    if n.op == "cast":
+        return f"cast {src.dtype} -> {n.attrs['dtype']} {where}: the runtimes hold activations as f32 (a cast that keeps the dtype is a view)"
+    return f"{n.op} {n.attrs} of {src.shape} is not one block per token and was not made a copy {where}"
+
+
 def layer_norm_step(n: Node) -> dict:
     """A layer_norm node as the elementwise step over its own inputs 1.. (weight, then bias)."""
     step = {"fn": "layer_norm", "eps": n.attrs["eps"]}

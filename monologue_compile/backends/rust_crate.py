@@ -31,8 +31,8 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import (OPS, SEQ, Graph, Node, dense_strides, layer_norm_step, merge_dims, permute_refusal, row_broadcast,
-                  row_dims, view_block)
+from ..ir import (OPS, SEQ, Graph, Node, dense_strides, layer_norm_step, merge_dims, row_broadcast, row_dims,
+                  view_block, view_refusal)
 from ..resources import runtime_rs_dir
 
 GENERATED = "model_gen.rs"
@@ -158,9 +158,7 @@ class Emitter:
             raise CodegenError(f"%{n.name}: a {n.op} of an int8 weight or of the ids is not supported by the Rust runtime")
         block = view_block(self.g.type_of(n.inputs[0]), n)
         if block is None:
-            why = permute_refusal(self.g, n) if n.op == "permute" else f"{n.op} {n.attrs} of {src.shape} at {n.source or 'no source'}"
-            raise CodegenError(f"%{n.name}: {why}: not one block per token (a data-moving view is a copy after the "
-                               "pass pipeline; a cast must keep the dtype, the runtime holds activations as f32)")
+            raise CodegenError(f"%{n.name}: {view_refusal(self.g, n)}")
         start, per = block
         _block(shape, n.name)
         self.locs[n.name] = Loc(src.kind, src.index, src.off + start, src.stride, per, shape, src.shifted)

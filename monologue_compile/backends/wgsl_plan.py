@@ -30,8 +30,8 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import (SEQ, Graph, Node, dense_strides, layer_norm_step, merge_dims, permute_refusal, row_broadcast,
-                  row_dims, view_block)
+from ..ir import (SEQ, Graph, Node, dense_strides, layer_norm_step, merge_dims, row_broadcast, row_dims,
+                  view_block, view_refusal)
 from ..wgsl import kernels as kern
 
 PLAN_FORMAT = "monologue-plan"
@@ -204,9 +204,7 @@ class _Builder:
                     _fail(n, "a view of something that is neither an activation nor an f32 weight")
                 block = view_block(g.type_of(n.inputs[0]), n)
                 if block is None:
-                    why = permute_refusal(g, n) if n.op == "permute" else f"{n.op} {n.attrs}"
-                    _fail(n, f"{why}: not one block per token (a data-moving view is a copy after the pass pipeline; "
-                             "a cast must keep the dtype, activations are f32)")
+                    _fail(n, view_refusal(g, n))
                 src = Loc(src.buffer, src.offset + block[0], src.row_stride, block[1], src.at_pos)
                 self.loc[n.name] = src
                 continue
