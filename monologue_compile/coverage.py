@@ -9,11 +9,13 @@ BACKENDS = ("interpreter", "wgsl", "rust")
 
 
 def coverage() -> dict[str, dict[str, str]]:
-    """op -> backend -> "kernel" | "view" | "bound" (read by its users' kernels) | "-> op" (always
-    rewritten by the passes first) | "" (not covered)."""
+    """op -> backend -> "kernel" | "view" | "view/copy" (a view where it moves no data, else made a
+    `copy` by the passes) | "bound" (read by its users' kernels) | "-> op" (always rewritten by the
+    passes first) | "" (not covered)."""
     from .backends import rust_crate, wgsl_plan
     from .interpreter import KERNELS
     from .ir import OPS
+    from .passes.views import COPIED
 
     tables = {
         "interpreter": (KERNELS, ()),
@@ -29,7 +31,7 @@ def coverage() -> dict[str, dict[str, str]]:
             elif op in kernels:
                 row[b] = "kernel"
             elif op in views:
-                row[b] = "view"
+                row[b] = "view/copy" if op in COPIED and "copy" in kernels else "view"
             elif b == "wgsl" and op in wgsl_plan.BOUND:
                 row[b] = "bound"
             else:

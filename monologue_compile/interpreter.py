@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from . import elementwise
-from .ir import OPS, Graph, Node, layer_norm_step
+from .ir import OPS, SEQ, Graph, Node, layer_norm_step, row_dims
 
 _F = np.float32
 
@@ -232,6 +232,27 @@ def _expand(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
     return np.broadcast_to(_val(args[0]), _shape(at["shape"], s))
 
 
+def copy_index(out_shape: tuple, strides: list[int], offset: int) -> np.ndarray:
+    """The per-token source index of every element of a copy's output block, in order."""
+    dims = row_dims(out_shape)
+    idx = np.full(dims, offset, dtype=np.int64)
+    for k, s in enumerate(strides):
+        shape = [1] * len(dims)
+        shape[k] = dims[k]
+        idx = idx + np.arange(dims[k], dtype=np.int64).reshape(shape) * s
+    return idx.reshape(-1)
+
+
+def _copy(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    x = _val(args[0])
+    # one row per token; a fixed input is the same row for every token
+    rows = x.reshape(s.T, -1) if SEQ in s.g.type_of(n.inputs[0]).shape else x.reshape(1, -1)
+    out = rows[:, copy_index(n.type.shape, at["strides"], at["offset"])]
+    if SEQ not in n.type.shape:
+        return out.reshape(n.type.shape)
+    return np.broadcast_to(out, (s.T, out.shape[1])).reshape(_shape(n.type.shape, s)).copy()
+
+
 def _rope(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
     x, cos, sin = args
     d = x.shape[-1] // 2
@@ -269,6 +290,7 @@ KERNELS = {
     "slice": _slice,
     "concat": _concat,
     "expand": _expand,
+    "copy": _copy,
     "rope": _rope,
     "attention": lambda s, n, at, args: _attention(s, n, args),
     "token_shift": _token_shift,

@@ -17,6 +17,7 @@ absolute position). `verify` checks all of that and runs after every pass.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,17 +112,21 @@ OPS: dict[str, OpInfo] = {
                      ("fn", "[scalar]", "[reverse]"), "elementwise"),
     "mean": OpInfo("token", True, "mean over attrs.axis (never the sequence axis), keepdim", ("axis",)),
     "softmax": OpInfo("token", True, "softmax over attrs.axis (never the sequence axis)", ("axis",)),
-    "cast": OpInfo("token", True, "to attrs.dtype", ("dtype",)),
     "positions": OpInfo("position", True, "rows [pos, pos+T) of a table along attrs.axis", ("axis",)),
     "attention": OpInfo("mixing", True, "causal SDPA over a KV cache; attrs: layout, gqa groups, scale, window",
                         ("layout", "n_head", "n_kv_head", "head_dim", "scale", "[window]")),
     "token_shift": OpInfo("mixing", True, "y[t] = x[t-1], y[0] = 0: carried state of one position", ("[axis]",)),
-    # views: no kernel, only a layout
+    # views: no kernel, only a layout. One that moves data (view_block says None) becomes a `copy`
+    # (passes/views.py); one that moves T off axis 1 is left for the backend to name.
     "reshape": OpInfo("token", False, "same data, new shape (the sequence dim kept whole)", ("shape",)),
     "permute": OpInfo("token", False, "axis permutation attrs.perm", ("perm",)),
     "slice": OpInfo("token", False, "x[start:end] along attrs.axis (never the sequence axis)", ("axis", "start", "end")),
     "concat": OpInfo("token", True, "concatenate inputs along attrs.axis (never the sequence axis)", ("axis",)),
     "expand": OpInfo("token", False, "broadcast to attrs.shape", ("shape",)),
+    "cast": OpInfo("token", False, "to attrs.dtype (f32 | i32); the runtimes hold activations as f32, so only a cast "
+                   "that keeps the dtype is a view there", ("dtype",)),
+    "copy": OpInfo("token", True, "a view that moves data, materialized: output element i (dense, per token) is input "
+                   "element attrs.offset + sum_k i_k * attrs.strides[k] of input 0's per-token block", ("strides", "offset")),
     # fused kernels (from passes)
     "matmul": OpInfo(
         "token",
@@ -170,11 +175,83 @@ def permute_is_view(shape: tuple, perm: list[int]) -> bool:
     return [p for p in perm if shape[p] != 1] == [i for i, d in enumerate(shape) if d != 1]
 
 
+def row_dims(shape: tuple) -> tuple:
+    """The dims of one token's block: those after (1, T) of an activation, all of a fixed tensor."""
+    return tuple(shape[2:]) if SEQ in shape else tuple(shape)
+
+
+def dense_strides(dims) -> list[int]:
+    out, s = [], 1
+    for d in reversed(list(dims)):
+        out.append(s)
+        s *= d
+    return out[::-1]
+
+
+def view_block(src: TensorType, n: Node) -> tuple[int, int] | None:
+    """Where view node n's per-token elements lie in its input's per-token block, when they are one
+    run of it in order: (start, length), so the view costs nothing (an offset). None when the view
+    moves data (passes/views.py makes it a `copy`), moves T off axis 1, or changes the dtype."""
+    per_src = math.prod(row_dims(src.shape))
+    per = math.prod(row_dims(n.type.shape))
+    seq_ok = n.type.seq_axis in (None, 1) and src.seq_axis in (None, 1) and not (src.seq_axis and n.type.seq_axis is None)
+    if not seq_ok:
+        return None
+    if n.op in ("reshape", "expand"):  # an expand that keeps the count only adds size-1 dims (or T to a fixed tensor)
+        return (0, per) if per == per_src else None
+    if n.op == "cast":
+        return (0, per) if n.attrs["dtype"] == src.dtype else None
+    if n.op == "permute":
+        return (0, per) if permute_is_view(src.shape, n.attrs["perm"]) else None
+    if n.op == "slice":
+        a, start, end = n.attrs["axis"], n.attrs["start"], n.attrs["end"]
+        shape = src.shape
+        if start == 0 and end == shape[a]:
+            return 0, per
+        first = 2 if SEQ in shape else 0
+        if a < first or any(d != 1 for d in shape[first:a]):
+            return None
+        inner = math.prod(shape[a + 1:])
+        return start * inner, (end - start) * inner
+    return None
+
+
+def merge_dims(shape, *strides) -> tuple[list[int], list[list[int]]]:
+    """The fewest dims that walk the same elements: size-1 dims dropped, neighbours merged where every
+    stride list steps over the inner one as one run. A scalar is ([1], [[0], ...])."""
+    keep = [k for k, d in enumerate(shape) if d != 1]
+    dims = [shape[k] for k in keep]
+    ss = [[s[k] for k in keep] for s in strides]
+    k = len(dims) - 1
+    while k > 0:
+        if all(s[k - 1] == s[k] * dims[k] for s in ss):
+            dims[k - 1] *= dims[k]
+            for s in ss:
+                s[k - 1] = s[k]
+                del s[k]
+            del dims[k]
+        k -= 1
+    if not dims:
+        return [1], [[0] for _ in strides]
+    return dims, ss
+
+
 def permute_refusal(g: "Graph", n: Node) -> str:
     """Why a backend cannot run permute n: it moves data, and where the layout pass stopped it."""
     why = g.meta.get("unsunk_permutes", {}).get(n.name)
     return (f"permute {n.attrs['perm']} of {g.type_of(n.inputs[0]).shape} moves data"
             + (f" ({why})" if why else "") + f" at {n.source or 'no source'}")
+
+
+def view_refusal(g: "Graph", n: Node) -> str:
+    """Why a backend cannot place view n as an offset (view_block said None) after the passes."""
+    src = g.type_of(n.inputs[0])
+    where = f"at {n.source or 'no source'}"
+    if n.op == "permute":
+        return permute_refusal(g, n)
+    if n.op == "cast":
+        return f"cast {src.dtype} -> {n.attrs['dtype']} {where}: the runtimes hold activations as f32 (a cast that keeps the dtype is a view)"
+    return f"{n.op} {n.attrs} of {src.shape} is not one block per token and was not made a copy {where}"
 
 
 def layer_norm_step(n: Node) -> dict:

@@ -4,8 +4,6 @@ logits within parity.py's tolerances, chunked prefill and decode equal to one sh
 identical to R_q's.
 
 eager and sdpa lower to the same IR (the attention op), so one attention implementation per family.
-A family that a backend cannot run yet is marked xfail(strict) with the reason, measured: a cell that
-starts passing says so.
 """
 
 from __future__ import annotations
@@ -22,25 +20,11 @@ from test_runtime_native_parity import HAVE_CARGO, greedy, shared_crate_dir  # n
 from monologue_compile.backends.native import NativeModel, wasm_session_for_graph  # noqa: E402
 from monologue_compile.backends.rust_crate import build_native, emit_crate  # noqa: E402
 from monologue_compile.driver import build  # noqa: E402
-from monologue_compile.errors import MonologueError  # noqa: E402
 from monologue_compile.frontend.module import from_module  # noqa: E402
 from monologue_compile.parity import TOLERANCES, metrics, rq_state_dict  # noqa: E402
 
 FAMILIES = ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma3", "phi3", "smollm3", "nanogpt",
             "chargpt"]
-# why a family fails on every Rust/WGSL backend (strict: a cell that starts passing says so)
-NOT_YET = {
-    "phi3": "partial rotary: RoPE on x[..., :rotary_dim] of every head reads a slice that is not one block per "
-            "token, and neither runtime has a strided copy kernel yet",
-}
-
-
-def expect(request) -> None:
-    family = request.node.callspec.params["int8"]
-    if family in NOT_YET:
-        request.applymarker(pytest.mark.xfail(strict=True, raises=MonologueError, reason=NOT_YET[family]))
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def int8(request):
     """(graph at int8, R_q module) of a family, compiled once for every backend."""
@@ -72,8 +56,7 @@ def check(session_forward, g, rq, max_len: int) -> None:
 
 @pytest.mark.skipif(not HAVE_CARGO, reason="no Rust toolchain (cargo)")
 @pytest.mark.parametrize("backend", ["native", "wasm"])
-def test_rust_runtime_matches_rq(int8, backend, tmp_path, request):
-    expect(request)
+def test_rust_runtime_matches_rq(int8, backend, tmp_path):
     g, rq = int8
     if backend == "native":
         from monologue_compile.artifact import write_model
@@ -97,10 +80,9 @@ def test_rust_runtime_matches_rq(int8, backend, tmp_path, request):
     check(fwd, g, rq, g.meta["config"]["sequence_len"])
 
 
-def test_wgsl_on_wgpu_matches_rq(int8, request):
+def test_wgsl_on_wgpu_matches_rq(int8):
     from monologue_compile.backends.wgpu_executor import WgpuSession
 
-    expect(request)
     g, rq = int8
     s = WgpuSession.from_graph(g)
 

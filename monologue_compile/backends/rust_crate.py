@@ -6,9 +6,11 @@
 
 `model_gen.rs` is the schedule written out: one block per kernel of the final, scheduled IR, in
 schedule order, each a call into `kernels.rs` with constant shapes, buffer numbers and offsets
-taken from the memory plan. Views (reshape, slice, permute) cost nothing: they become offsets and
-strides of the tensor they alias. An op or layout the runtime has no kernel for is an error that
-names the node, never a silent fallback.
+taken from the memory plan. Views (reshape, slice, permute, expand, cast) whose elements are one
+block per token (`ir.view_block`) cost nothing: they become offsets and strides of the tensor they
+alias; the passes made every other view a `copy`, which runs `kernels::strided_copy` (as does each
+input of a concat). An op or layout the runtime has no kernel for is an error that names the node,
+never a silent fallback.
 
 Toolchains: the native build uses any cargo (rustup's first). The wasm build needs a Rust with the
 wasm32-unknown-unknown standard library: rustup's if it has the target, else Debian's
@@ -29,7 +31,8 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import OPS, SEQ, Graph, Node, layer_norm_step, permute_is_view, permute_refusal, row_broadcast
+from ..ir import (OPS, SEQ, Graph, Node, dense_strides, layer_norm_step, merge_dims, row_broadcast, row_dims,
+                  view_block, view_refusal)
 from ..resources import runtime_rs_dir
 
 GENERATED = "model_gen.rs"
@@ -110,7 +113,7 @@ class Emitter:
         (matmuls, norms, elementwise: lm_head and its softcap). They run for the last `rows` tokens
         only: prefill needs the logits of one token, and the lm_head of a large vocabulary was up
         to half of its work."""
-        per_token = {"matmul", "elementwise", "rms_norm", "layer_norm", "softmax", "mean", "concat", *VIEWS}
+        per_token = {"matmul", "elementwise", "rms_norm", "layer_norm", "softmax", "mean", "concat", "copy", *VIEWS}
         users: dict[str, list[str]] = {}
         for n in self.g.nodes:
             for i in n.inputs:
@@ -153,27 +156,12 @@ class Emitter:
         if src.kind == "ids" or (src.kind == "weight" and self.g.weights.get(n.inputs[0], None) is not None
                                  and self.g.weights[n.inputs[0]].dtype != "f32"):
             raise CodegenError(f"%{n.name}: a {n.op} of an int8 weight or of the ids is not supported by the Rust runtime")
-        if n.op == "reshape":
-            per, _ = _block(shape, n.name)
-            if per != src.len:
-                raise CodegenError(f"%{n.name}: reshape changes the per-token size ({src.len} -> {per})")
-            self.locs[n.name] = Loc(src.kind, src.index, src.off, src.stride, src.len, shape, src.shifted)
-        elif n.op == "slice":
-            a, start, end = n.attrs["axis"], n.attrs["start"], n.attrs["end"]
-            first = 2 if SEQ in src.shape else 0
-            if a < first or any(d != 1 for d in src.shape[first:a]):
-                raise CodegenError(f"%{n.name}: slice along axis {a} of {src.shape} is not a contiguous block per token")
-            inner = _prod(src.shape[a + 1:])
-            self.locs[n.name] = Loc(src.kind, src.index, src.off + start * inner, src.stride, (end - start) * inner, shape,
-                                    src.shifted)
-        elif n.op == "permute":
-            if not permute_is_view(src.shape, n.attrs["perm"]):
-                raise CodegenError(f"%{n.name}: {permute_refusal(self.g, n)}; the Rust runtime has no transpose kernel")
-            self.locs[n.name] = Loc(src.kind, src.index, src.off, src.stride, src.len, shape, src.shifted)
-        elif n.op == "expand" and tuple(src.shape) == shape:
-            self.locs[n.name] = src
-        else:
-            raise CodegenError(f"%{n.name}: view op {n.op} {n.attrs} is not supported by the Rust runtime ({n.source})")
+        block = view_block(self.g.type_of(n.inputs[0]), n)
+        if block is None:
+            raise CodegenError(f"%{n.name}: {view_refusal(self.g, n)}")
+        start, per = block
+        _block(shape, n.name)
+        self.locs[n.name] = Loc(src.kind, src.index, src.off + start, src.stride, per, shape, src.shifted)
 
     # --- code pieces -----------------------------------------------------------------------------
     def data(self, loc: Loc) -> str:
@@ -321,14 +309,30 @@ class Emitter:
         width = self.g.type_of(n.inputs[0]).shape[-1]
         return [f"k::row_mean({self.data(x)}, {x.view()}, t, {width}, {o});"]
 
+    def strided_copy(self, n: Node, x: Loc, offset: int, shape, src, dst, out: Loc, out_off: int) -> str:
+        """One k::strided_copy call: element i of `shape` from x's block at offset + i.src into out's at out_off + i.dst."""
+        dims, (src, dst) = merge_dims(shape, src, dst)
+        if len(dims) > MAX_COPY_RANK:
+            raise CodegenError(f"%{n.name}: a copy over {len(dims)} dims (the runtime's strided copy takes {MAX_COPY_RANK})")
+        xv = replace(x, off=x.off + offset, len=_span(dims, src))
+        ov = replace(out, off=out.off + out_off, len=_span(dims, dst)).view()
+        return (f"k::strided_copy({self.data(x)}, {xv.view()}, t, &{_usizes(dims)}, &{_usizes(src)}, &{_usizes(dst)}, "
+                f"&mut o, {ov});")
+
+    def _k_copy(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        x = self.loc(n.inputs[0], n)
+        dims = row_dims(n.type.shape)
+        return [self.strided_copy(n, x, at["offset"], dims, at["strides"], dense_strides(dims), out, 0)]
+
     def _k_concat(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
-        if at["axis"] != len(n.type.shape) - 1:
-            raise CodegenError(f"%{n.name}: concat along axis {at['axis']} (the runtime concatenates the last axis)")
         lines, start = [], 0
+        axis = at["axis"] - (len(n.type.shape) - len(row_dims(n.type.shape)))
+        out_strides = dense_strides(row_dims(n.type.shape))
         for name in n.inputs:
-            x = self.act(name, n)
-            lines.append(f"k::elementwise({self.data(x)}, {x.view()}, t, &mut o, v({out.off + start}, {out.stride}, {x.len}), &[]);")
-            start += x.len
+            x = self.loc(name, n)
+            dims = row_dims(self.g.type_of(name).shape)
+            lines.append(self.strided_copy(n, x, 0, dims, dense_strides(dims), out_strides, out, start * out_strides[axis]))
+            start += dims[axis]
         return lines
 
     def _k_token_shift(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
@@ -450,8 +454,19 @@ KERNELS = {
     "mean": Emitter._k_mean,
     "token_shift": Emitter._k_token_shift,
     "concat": Emitter._k_concat,
+    "copy": Emitter._k_copy,
 }
-VIEWS = ("reshape", "slice", "permute", "expand")
+VIEWS = ("reshape", "slice", "permute", "expand", "cast")
+MAX_COPY_RANK = 8  # kernels.rs: strided_copy's index array
+
+
+def _span(dims, strides) -> int:
+    """Elements from the first to one past the last that a strided walk touches."""
+    return 1 + sum((d - 1) * s for d, s in zip(dims, strides))
+
+
+def _usizes(xs) -> str:
+    return "[" + ", ".join(str(int(x)) for x in xs) + "]"
 
 
 _UNARY = {name: elementwise.rust_variant(name) for name in elementwise.UNARY}

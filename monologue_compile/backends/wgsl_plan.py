@@ -30,7 +30,8 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import SEQ, Graph, Node, layer_norm_step, permute_refusal, row_broadcast
+from ..ir import (SEQ, Graph, Node, dense_strides, layer_norm_step, merge_dims, row_broadcast, row_dims,
+                  view_block, view_refusal)
 from ..wgsl import kernels as kern
 
 PLAN_FORMAT = "monologue-plan"
@@ -58,7 +59,7 @@ CPU_KERNELS = {
     "attn_decode": {"cooperative": False},
     "argmax": {"cooperative": False, "wg": 32, "per_thread": 256},
 }
-VIEWS = {"reshape", "slice"}
+VIEWS = {"reshape", "slice", "permute", "expand", "cast"}
 BINDING_TYPES = {"read": "read-only-storage", "read_write": "storage", "uniform": "uniform"}
 
 
@@ -201,16 +202,10 @@ class _Builder:
                     src = Loc(self._table(n.inputs[0]), 0, 0, math.prod(w.shape))
                 if src is None:
                     _fail(n, "a view of something that is neither an activation nor an f32 weight")
-                if n.op == "slice":
-                    shape = g.type_of(n.inputs[0]).shape
-                    a = n.attrs["axis"]
-                    first = 2 if SEQ in shape else 0
-                    if a < first or any(d != 1 for d in shape[first:a]):
-                        _fail(n, f"slice along axis {a} of {shape} is not one block per token (needs a copy)")
-                    inner = math.prod(shape[a + 1:])
-                    src = Loc(src.buffer, src.offset + n.attrs["start"] * inner, src.row_stride, rows, src.at_pos)
-                else:
-                    src = Loc(src.buffer, src.offset, src.row_stride, rows, src.at_pos)
+                block = view_block(g.type_of(n.inputs[0]), n)
+                if block is None:
+                    _fail(n, view_refusal(g, n))
+                src = Loc(src.buffer, src.offset + block[0], src.row_stride, block[1], src.at_pos)
                 self.loc[n.name] = src
                 continue
             if n.op in BOUND:
@@ -285,8 +280,6 @@ class _Builder:
     def _unsupported(self, n, T, out):
         if n.op in VIEWS or n.op in BOUND:
             return
-        if n.op == "permute":
-            _fail(n, permute_refusal(self.g, n) + "; WGSL has no transpose kernel")
         _fail(n, f"op {n.op} has no WGSL kernel mapping")
 
     def _q8(self, n: Node, name: str):
@@ -349,27 +342,32 @@ class _Builder:
                             n.name))
         return Loc(buf, 0, x.row_floats, x.row_floats)
 
-    def _operand(self, n: Node, name: str) -> tuple[Loc, dict]:
-        """Where a tensor operand lives and how element j of row t reads it (kernels.elementwise)."""
-        try:
-            length, repeat = row_broadcast(self.g.type_of(name).shape, n.type.shape)
-        except ValueError as e:
-            _fail(n, str(e))
+    def _source(self, n: Node, name: str) -> Loc:
+        """Where a copy reads: an activation, an f32 weight (the same row for every token) or a
+        position table (rows from step.pos)."""
         p = self.producer.get(name)
         if p is not None and p.op in BOUND:
             table = self.g.weights[p.inputs[0]]
             if p.attrs.get("axis") != 1 or table.shape[0] != 1 or table.shape[1] < self.S:
                 _fail(n, f"position table {p.inputs[0]} {table.shape} is not (1, >= sequence_len, ...)")
             row = math.prod(table.shape[2:])
-            return Loc(self._table(p.inputs[0]), 0, row, row), dict(len=length, repeat=repeat, row_stride=row, at_pos=True)
+            return Loc(self._table(p.inputs[0]), 0, row, row, at_pos=True)
         if name in self.g.weights:
             if self.g.weights[name].dtype != "f32":
                 _fail(n, f"operand {name} is an int8 weight")
-            loc = Loc(self._table(name), 0, 0, math.prod(self.g.weights[name].shape))
-        else:
-            loc = self.loc.get(name)
-            if loc is None:
-                _fail(n, f"operand %{name} is not an activation")
+            return Loc(self._table(name), 0, 0, math.prod(self.g.weights[name].shape))
+        loc = self.loc.get(name)
+        if loc is None:
+            _fail(n, f"operand %{name} is not an activation")
+        return loc
+
+    def _operand(self, n: Node, name: str) -> tuple[Loc, dict]:
+        """Where a tensor operand lives and how element j of row t reads it (kernels.elementwise)."""
+        try:
+            length, repeat = row_broadcast(self.g.type_of(name).shape, n.type.shape)
+        except ValueError as e:
+            _fail(n, str(e))
+        loc = self._source(n, name)
         return loc, dict(len=length, repeat=repeat, offset=loc.offset, row_stride=loc.row_stride, at_pos=loc.at_pos)
 
     def _emit_elementwise(self, n, T, out):
@@ -378,20 +376,31 @@ class _Builder:
             _fail(n, "input 0 is not an activation of the output's shape")
         self._steps(n, T, out, n.attrs["steps"], n.inputs[1:], x)
 
+    def _strided_copy(self, n: Node, T: int, out: list, x: Loc, offset: int, shape, src, dst, y: Loc, y_offset: int):
+        """One strided_copy dispatch: element i of `shape` from x's rows at offset + i.src into y's at y_offset + i.dst."""
+        if y.at_pos:
+            _fail(n, "a copy into rows of a KV cache")
+        dims, (src, dst) = merge_dims(shape, src, dst)
+        out.append(_Pending("strided_copy", (T, dims, src, dst),
+                            dict(x_offset=x.offset + offset, x_row_stride=x.row_stride, x_at_pos=x.at_pos,
+                                 y_offset=y.offset + y_offset, y_row_stride=y.row_stride),
+                            {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
+
+    def _emit_copy(self, n, T, out):
+        x = self._source(n, n.inputs[0])
+        dims = row_dims(n.type.shape)
+        self._strided_copy(n, T, out, x, n.attrs["offset"], dims, n.attrs["strides"], dense_strides(dims), self.loc[n.name], 0)
+
     def _emit_concat(self, n, T, out):
-        y = self.loc[n.name]
-        if n.attrs["axis"] != len(n.type.shape) - 1 or y.at_pos:
-            _fail(n, "concat along an axis other than the last (needs a transposing copy)")
+        axis = n.attrs["axis"] - (len(n.type.shape) - len(row_dims(n.type.shape)))
+        out_strides = dense_strides(row_dims(n.type.shape))
         start = 0
         for name in n.inputs:
-            x = self.loc.get(name)
-            if x is None:
-                _fail(n, f"concat input %{name} is not an activation")
-            out.append(_Pending("elementwise", (T, x.row_floats, [], []),
-                                dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset + start,
-                                     y_row_stride=y.row_stride),
-                                {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
-            start += x.row_floats
+            x = self._source(n, name)
+            dims = row_dims(self.g.type_of(name).shape)
+            self._strided_copy(n, T, out, x, 0, dims, dense_strides(dims), out_strides, self.loc[n.name],
+                               start * out_strides[axis])
+            start += dims[axis]
 
     def _emit_layer_norm(self, n, T, out):
         x = self.loc.get(n.inputs[0])
@@ -586,6 +595,7 @@ EMITTERS = {
     "layer_norm": _Builder._emit_layer_norm,
     "token_shift": _Builder._emit_token_shift,
     "concat": _Builder._emit_concat,
+    "copy": _Builder._emit_copy,
     "softmax": _Builder._emit_softmax,
     "mean": _Builder._emit_mean,
 }

@@ -11,6 +11,7 @@ from .fuse import fuse
 from .layout import layout
 from .plan import memory_plan, schedule
 from .quantize import quantize
+from .views import materialize_views
 
 
 @dataclass
@@ -41,6 +42,8 @@ def _detail(name: str, g: Graph) -> str:
                 f"{len(g.meta.get('merged_weights', {}))} merged projections, "
                 f"{sum(1 for n in g.nodes if n.op == 'rope')} rope, "
                 f"{sum(1 for n in g.nodes if n.op == 'elementwise')} elementwise")
+    if name == "views":
+        return f"{sum(1 for n in g.nodes if n.op == 'copy')} copies"
     if name == "quantize":
         q = [w for w in g.weights.values() if w.dtype == "q8"]
         return f"{len(q)} int8 tensors, {len(g.weights) - len(q)} f32"
@@ -52,6 +55,7 @@ def run_pipeline(g: Graph, quant: str = "int8") -> tuple[Graph, list[PassRecord]
         ("canonicalize", canonicalize),
         ("layout", layout),
         ("fuse", fuse),
+        ("views", materialize_views),
         ("quantize", lambda x: quantize(x, quant)),
         ("memory_plan", memory_plan),
         ("schedule", schedule),

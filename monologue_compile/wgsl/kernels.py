@@ -340,6 +340,23 @@ def row_mean(T: int, L: int, width: int, *, x_offset: int = 0, x_row_stride: int
     return _finish(name, "row_mean", "row_mean.wgsl.j2", params, b, wg, grid(T), 0)
 
 
+def strided_copy(T: int, shape: list[int], src: list[int], dst: list[int], *, x_offset: int = 0, x_row_stride: int = 0,
+                 x_at_pos: bool = False, y_offset: int = 0, y_row_stride: int = 0, wg: int = 64, covers=(),
+                 name: str = "strided_copy") -> Kernel:
+    """y[y_offset + t * y_row_stride + i.dst] = x[x_offset + t' * x_row_stride + i.src] for every index i
+    of `shape` and t < step.n_tokens (t' = t, or step.pos + t for a position table): the one kernel
+    for a view that moves data and for each input of a concat. Bindings: x, y, step; one invocation
+    per element."""
+    covers = _common(covers)
+    _check(len(shape) == len(src) == len(dst) and shape, "shape, src and dst strides must have one entry per dim")
+    N = math.prod(shape)
+    dims = [dict(size=d, src=s, dst=t) for d, s, t in zip(shape, src, dst)]
+    params = dict(T=T, N=N, dims=dims, x_offset=x_offset, x_stride=x_row_stride, x_at_pos=x_at_pos, y_offset=y_offset,
+                  y_stride=y_row_stride, wg=wg, covers=covers)
+    b = [Binding("x", "read"), Binding("y", "read_write"), Binding("step", "uniform")]
+    return _finish(name, "strided_copy", "strided_copy.wgsl.j2", params, b, wg, grid(-(-T * N // wg)), 0)
+
+
 def token_shift(T: int, L: int, *, x_offset: int = 0, x_row_stride: int | None = None, y_offset: int = 0,
                 y_row_stride: int | None = None, wg: int = 256, covers=(), name: str = "token_shift") -> list[Kernel]:
     """y[t] = x[t - 1], y[0] = the last row of the previous step (zero at position 0), for
@@ -550,6 +567,7 @@ FAMILIES = {
     "norm": norm,
     "elementwise": elementwise,
     "token_shift": token_shift,
+    "strided_copy": strided_copy,
     "row_mean": row_mean,
     "rope_qknorm": rope_qknorm,
     "kv_write": kv_write,

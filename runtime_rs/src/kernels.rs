@@ -1345,6 +1345,45 @@ pub fn elementwise(x: &[f32], xv: View, t: usize, out: &mut [f32], ov: View, ste
     }
 }
 
+/// The one data-moving copy (a permute, broadcast or inner slice that is not one block per token,
+/// and each input of a concat): for every index i of `shape`, token t's
+/// out[ov.off + t * ov.stride + i . dst] = x[xv.off + t * xv.stride + i . src].
+/// The views' `len` is the span the walk touches (bounds-checked once per row); at most 8 dims.
+pub fn strided_copy(x: &[f32], xv: View, t: usize, shape: &[usize], src: &[usize], dst: &[usize], out: &mut [f32], ov: View) {
+    let rank = shape.len();
+    let inner = shape[rank - 1];
+    let (si, di) = (src[rank - 1], dst[rank - 1]);
+    let outer: usize = shape[..rank - 1].iter().product();
+    for i in 0..t {
+        let (s, d) = (xv.row(x, i), ov.row_mut(out, i));
+        let mut idx = [0usize; 8];
+        let (mut so, mut dof) = (0usize, 0usize);
+        for _ in 0..outer {
+            if si == 1 && di == 1 {
+                d[dof..dof + inner].copy_from_slice(&s[so..so + inner]);
+            } else {
+                for k in 0..inner {
+                    d[dof + k * di] = s[so + k * si];
+                }
+            }
+            // the next index of the outer dims, last fastest
+            let mut a = rank - 1;
+            while a > 0 {
+                a -= 1;
+                idx[a] += 1;
+                so += src[a];
+                dof += dst[a];
+                if idx[a] < shape[a] {
+                    break;
+                }
+                so -= src[a] * shape[a];
+                dof -= dst[a] * shape[a];
+                idx[a] = 0;
+            }
+        }
+    }
+}
+
 /// y[t] = x[t - 1]: the row before position pos is `carried` (zeros at position 0, so a reset
 /// context starts clean); the last row of x becomes the new carried row.
 pub fn token_shift(x: &[f32], xv: View, t: usize, pos: usize, carried: &mut [f32], out: &mut [f32], ov: View) {
