@@ -94,7 +94,7 @@ window.benchReady = true;
 
 
 def params(config: dict) -> int:
-    from training.gpt import GPT, GPTConfig
+    from monologue_compile.models.gpt import GPT, GPTConfig
 
     return sum(p.numel() for n, p in GPT(GPTConfig(**config)).named_parameters())
 
@@ -106,7 +106,7 @@ def build_site(dist: Path) -> Path:
 
     from conftest import write_checkpoint
     from monologue_compile.driver import compile_to
-    from training.gpt import GPT, GPTConfig
+    from monologue_compile.models.gpt import GPT, GPTConfig
 
     if not (dist / "runtime.wasm").exists():
         torch.manual_seed(0)

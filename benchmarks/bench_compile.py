@@ -48,7 +48,7 @@ def make_checkpoint(preset: str, path: Path) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from training.gpt import GPT
+    from monologue_compile.models.gpt import GPT
     from training.presets import PRESETS
 
     sys.path.insert(0, str(ROOT / "tests"))

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from training.gpt import GPT
+from monologue_compile.models.gpt import GPT
 from training.presets import get_preset
 
 

@@ -122,7 +122,7 @@ def gpt_twin(name: str) -> tuple[Path, dict]:
     """Checkpoint of this project's GPT with the folder's matmul shapes (random weights)."""
     from conftest import write_checkpoint
 
-    from training.gpt import GPT, GPTConfig
+    from monologue_compile.models.gpt import GPT, GPTConfig
 
     _, kw = MODELS[name]
     cfg = GPTConfig(sequence_len=peers.PROMPT + peers.STEPS + 64, vocab_size=kw["vocab_size"],

@@ -44,7 +44,7 @@ def make_checkpoint(path: Path, config: dict) -> None:
 
     from bench_runtime import tokenizer_json
     from conftest import write_checkpoint
-    from training.gpt import GPT, GPTConfig
+    from monologue_compile.models.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(**config)).init_weights(zero_init_outputs=False).eval()

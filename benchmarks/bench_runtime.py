@@ -33,7 +33,7 @@ from monologue_compile.backends.native import NativeModel, WasmModel, time_decod
 from monologue_compile.backends.rust_crate import build_native, build_wasm, emit_crate  # noqa: E402
 from monologue_compile.driver import compile_to  # noqa: E402
 from monologue_compile.peers import graph_bytes_per_token  # noqa: E402
-from training.gpt import GPT, KVCache  # noqa: E402
+from monologue_compile.models.gpt import GPT, KVCache  # noqa: E402
 from training.presets import get_preset  # noqa: E402
 
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = """
 import sys, time, torch
 from training.presets import PRESETS
-from training.gpt import GPT
+from monologue_compile.models.gpt import GPT
 from training.train import make_optimizer
 cfg = PRESETS["demo"]
 torch.set_num_threads(int(sys.argv[1]))

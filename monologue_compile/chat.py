@@ -64,7 +64,7 @@ BACKENDS = {"numpy": _numpy_session, "native": _native_session, "wasm": _wasm_se
 
 def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
            rng: np.random.Generator) -> int:
-    """Greedy at temperature 0, else top-k / top-p (nucleus) sampling, as training.gpt.sample_next."""
+    """Greedy at temperature 0, else top-k / top-p (nucleus) sampling, as monologue_compile.models.gpt.sample_next."""
     if temperature <= 0:
         return int(np.argmax(logits))
     x = logits.astype(np.float64) / temperature

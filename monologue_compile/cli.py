@@ -80,9 +80,25 @@ def compile_main():
     run_command(compile_cmd)
 
 
+def _needs_checkout(name: str, why: MonologueError) -> click.Command:
+    """`monologue NAME` where the training/ package is absent (an installed wheel): one line saying so."""
+    def fail(args):
+        raise why
+
+    return click.Command(name, callback=fail, help=f"(needs the repository checkout) {why}",
+                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+                         context_settings={"ignore_unknown_options": True, "help_option_names": []})
+
+
 # --- subcommands, in pipeline order: train -> compile -> verify -> chat / bench / serve ---
 # Imported here rather than lazily: each module is cheap to import next to torch, which they share.
-from training.cli import data_cmd, eval_cmd, train_cmd  # noqa: E402
+from .resources import training_module  # noqa: E402
+
+try:
+    _training = training_module("cli")
+    train_cmd, eval_cmd, data_cmd = _training.train_cmd, _training.eval_cmd, _training.data_cmd
+except MonologueError as _why:
+    train_cmd, eval_cmd, data_cmd = (_needs_checkout(n, _why) for n in ("train", "eval", "data"))
 
 from .backends.rust_crate import build_runtime_cmd  # noqa: E402
 from .bench import bench_cmd  # noqa: E402

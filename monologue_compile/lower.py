@@ -16,7 +16,7 @@ import torch
 import torch.fx
 
 from .errors import MonologueError
-from .frontend import ops  # noqa: F401  (registers monologue::causal_attention before the table below)
+from .models import ops  # noqa: F401  (registers monologue::causal_attention before the table below)
 from .ir import SEQ, Graph, Node, TensorType, Weight, verify
 from .position_fold import Evaluator, causal_window, constant_nodes, is_prefix_table
 

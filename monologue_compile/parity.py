@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import MonologueError
 from .interpreter import Session, dense_weight
 from .ir import OPS, Graph
 
@@ -361,7 +362,6 @@ def _wgpu_session(dist, profile):
 def _native_session(dist):
     from .backends.native import NativeModel
     from .backends.rust_crate import find_toolchain
-    from .errors import MonologueError
 
     if not (Path(dist) / "runtime_rs" / "src" / "model_gen.rs").exists():
         raise SkipBackend("the dist has no runtime_rs/ crate")
@@ -401,10 +401,15 @@ def _interp_generate_fn(g: Graph):
 
 
 def _eval_accuracy(g: Graph, fp32_model, tokenizer_json: str, n_per_family: int) -> dict:
-    """Held-out task accuracy of fp32 (PyTorch) and of the compiled model (interpreter), same problems."""
-    from training.evaluate import evaluate
-
+    """Held-out task accuracy of fp32 (PyTorch) and of the compiled model (interpreter), same problems;
+    skipped, and saying why, where the eval code (training/) is not installed."""
+    from .resources import training_module
     from .tokenizer import Tokenizer
+
+    try:
+        evaluate = training_module("evaluate").evaluate
+    except MonologueError as e:
+        return {"skipped": str(e), "ok": True}
 
     tok = Tokenizer.from_json(tokenizer_json)
     ref = evaluate(fp32_model, tok, n_per_family=n_per_family, with_loss=False)

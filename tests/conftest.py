@@ -1,8 +1,8 @@
 """Shared fixtures: tiny GPTs with non-trivial random weights, and checkpoints of them on disk.
 
-`tiny_model(**overrides)` builds a seeded training.gpt.GPT small enough to trace in about a second;
-`write_checkpoint(path, model)` writes this project's checkpoint.pt format around it with a minimal
-valid tokenizer.json (256 byte tokens, some two-byte tokens, and Monologue's specials).
+`tiny_model(**overrides)` builds a seeded monologue_compile.models.gpt.GPT small enough to trace in
+about a second; `write_checkpoint(path, model)` writes this project's checkpoint.pt format around it
+with a minimal valid tokenizer.json (256 byte tokens, some two-byte tokens, and Monologue's specials).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from monologue_compile.models.gpt import GPT, GPTConfig  # noqa: E402
 from monologue_compile.tokenizer import SPECIAL_TOKENS  # noqa: E402
-from training.gpt import GPT, GPTConfig  # noqa: E402
 
 SPECIALS = list(SPECIAL_TOKENS)  # Monologue's: nanochat's nine plus <think> and </think>
 PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""

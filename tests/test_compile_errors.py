@@ -3,7 +3,7 @@
 import torch
 from click.testing import CliRunner
 
-import training.gpt as gpt
+import monologue_compile.models.gpt as gpt
 from conftest import tiny_model, write_checkpoint
 from monologue_compile.cli import main
 

@@ -10,7 +10,7 @@ from monologue_compile.cli import main
 from monologue_compile.tokenizer import Tokenizer
 from training.data.reasoning import REASONING_FAMILIES, heldout_conversations
 from training.evaluate import evaluate, greedy_replies, load_checkpoint, parse_reply
-from training.gpt import GPT, GPTConfig
+from monologue_compile.models.gpt import GPT, GPTConfig
 from training.train import save_checkpoint, train_tokenizer
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from training.gpt import GPT, GPTConfig
+from monologue_compile.models.gpt import GPT, GPTConfig
 
 EPS = torch.finfo(torch.float32).eps
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from training.gpt import GPT
+from monologue_compile.models.gpt import GPT
 from training.presets import get_preset
 from training.train import make_optimizer
 

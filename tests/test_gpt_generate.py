@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.gpt import GPT, GPTConfig
+from monologue_compile.models.gpt import GPT, GPTConfig
 
 
 # Tiny models run fastest on one thread, and much faster when other jobs share the cores.

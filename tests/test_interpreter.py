@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import lowered
-from monologue_compile.frontend import ops  # noqa: F401
+from monologue_compile.models import ops  # noqa: F401
 from monologue_compile.interpreter import Session, _attention
 from monologue_compile.ir import Node, TensorType
 from monologue_compile.passes import run_pipeline

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from conftest import PATTERN, tiny_model
 from monologue_compile.cli import main
 from monologue_compile.driver import build
-from monologue_compile.frontend.nanochat import SHORT_WINDOW, NanochatConfig, NanochatGPT
+from monologue_compile.frontend.nanochat import SHORT_WINDOW
+from monologue_compile.models.nanochat import NanochatConfig, NanochatGPT
 from monologue_compile.parity import run_parity
 
 NANOCHAT_SPECIALS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
@@ -36,7 +37,7 @@ def write_nanochat_dir(d, state_dict, model_config, step=0, prefix="_orig_mod.")
 
 
 def test_oct_2025_dir_compiles_and_verifies(tmp_path):
-    model = tiny_model(**SIZES)  # training/gpt.py defaults are nanochat's Oct 2025 architecture
+    model = tiny_model(**SIZES)  # models/gpt.py defaults are nanochat's Oct 2025 architecture
     sd = model.state_dict()
     sd["transformer.wte.weight"] = sd["transformer.wte.weight"].to(torch.bfloat16)  # GPU checkpoints mix bf16
     d = write_nanochat_dir(tmp_path / "base_checkpoints" / "d2", sd, SIZES)
@@ -212,7 +213,7 @@ def test_rotary_tables_as_that_version_computes_them(tmp_path, version):
     from monologue_compile.frontend.load import build_module
     from monologue_compile.interpreter import Session
     from monologue_compile.parity import metrics
-    from training.gpt import rotary_tables
+    from monologue_compile.models.gpt import rotary_tables
 
     if version == "oct2025":
         own, cfg = tiny_model(**SIZES), SIZES

@@ -9,7 +9,7 @@ from monologue_compile.errors import MonologueError
 from monologue_compile.tokenizer import Tokenizer
 from training import train as train_module
 from training.data.shards import ShardDataset
-from training.gpt import GPT, GPTConfig
+from monologue_compile.models.gpt import GPT, GPTConfig
 from training.presets import get_preset
 from training.train import atomic_save, lr_multiplier, make_optimizer, train
 

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.mark.parametrize("group", [0, 64])
 def test_tiny_model_prefill_then_decode(group):
-    from training.gpt import GPT, GPTConfig
+    from monologue_compile.models.gpt import GPT, GPTConfig
     from wgsl_harness.tiny_model import TinyWgslModel, quantize_model
 
     dev = device_or_skip()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from monologue_compile.errors import MonologueError
 
 from .data.reasoning import REASONING_FAMILIES, Conversation, heldout_conversations
-from .gpt import GPT, GPTConfig, KVCache
+from monologue_compile.models.gpt import GPT, GPTConfig, KVCache
 
 # (prompt ids, max_new_tokens, stop token ids) -> generated ids, stop token included when emitted
 GenerateFn = Callable[[list[int], int, tuple[int, ...]], list[int]]

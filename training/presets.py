@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from monologue_compile.errors import MonologueError
 
-from .gpt import GPTConfig
+from monologue_compile.models.gpt import GPTConfig
 
 
 @dataclass

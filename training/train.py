@@ -30,7 +30,7 @@ from monologue_compile.errors import MonologueError
 from .data.reasoning import heldout_conversations, training_conversations
 from .data.shards import ShardDataset, has_shards, write_shards
 from .evaluate import evaluate, format_report, validation_loss
-from .gpt import GPT, GPTConfig
+from monologue_compile.models.gpt import GPT, GPTConfig
 from .muon import Muon, Optimizers
 from .presets import TrainConfig
 

@@ -28,6 +28,8 @@ import torch
 
 from ..errors import MonologueError
 from ..files import sha256_file
+from ..models.gpt import GPT, GPTConfig, rotary_tables
+from ..models.nanochat import NanochatConfig, NanochatGPT
 from ..schema import check_model_config, json_loads
 
 # Keys torch.compile and DDP put in front of parameter names.
@@ -40,7 +42,7 @@ NO_TOKENIZER = "{}"
 
 @dataclass
 class LoadedModel:
-    arch: str  # "gpt" (training/gpt.py; nanochat Oct 2025 is this with its defaults)
+    arch: str  # "gpt" (models/gpt.py; nanochat Oct 2025 is this with its defaults)
     config: dict  # GPTConfig.to_dict()
     state_dict: dict[str, torch.Tensor]  # fp32, prefixes stripped
     tokenizer_json: str  # monologue-tokenizer JSON text
@@ -63,8 +65,6 @@ class LoadedModel:
 
 
 def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    from training.gpt import rotary_tables
-
     if arch == "hf":
         from .hf import build
 
@@ -75,14 +75,10 @@ def build_module(arch: str, config: dict, state_dict: dict[str, torch.Tensor]) -
     big = sum(v.numel() for v in sd.values()) > 50_000_000
     with torch.device("meta") if big else contextlib.nullcontext():
         if arch == "gpt":
-            from training.gpt import GPT, GPTConfig
-
             model = GPT(GPTConfig.from_dict(config))
             if model.config.tie_embeddings:
                 sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))
         elif arch == "nanochat":
-            from .nanochat import NanochatConfig, NanochatGPT
-
             model = NanochatGPT(NanochatConfig(**config))
         else:
             raise MonologueError(f"unknown architecture {arch!r}")
@@ -221,7 +217,7 @@ def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict, dict]
         c, assumed = detect(sd, cfg)
         return "nanochat", c.to_dict(), assumed
     check_keys(sd)
-    # Oct 2025: training/gpt.py with nanochat's defaults (and its bf16 rotary tables)
+    # Oct 2025: models/gpt.py with nanochat's defaults (and its bf16 rotary tables)
     out = {"activation": "relu2", "softcap": 15.0, "rope_theta": 10000.0, "rope_bf16": True, "qk_norm": True,
            "tie_embeddings": "lm_head.weight" not in sd}
     out.update({k: v for k, v in cfg.items() if k != "window_pattern"})
@@ -231,10 +227,6 @@ def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict, dict]
 def overridden(m: LoadedModel, overrides: dict) -> LoadedModel:
     """m with config values replaced; an unknown key or a value the config refuses is a one-line error."""
     from dataclasses import fields
-
-    from training.gpt import GPTConfig
-
-    from .nanochat import NanochatConfig
 
     cls = NanochatConfig if m.arch == "nanochat" else GPTConfig
     known = {f.name: f.type for f in fields(cls)}
@@ -257,8 +249,6 @@ def overridden(m: LoadedModel, overrides: dict) -> LoadedModel:
 
 
 def _gpt_config(d: dict, where: Path) -> dict:
-    from training.gpt import GPTConfig
-
     if not isinstance(d, dict):
         raise MonologueError(f"{where}: model_config is not a dict")
     check_model_config(d, where)

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import jinja2
 
+from ..resources import templates_dir
+
 
 def template_dir() -> Path:
-    """The folder holding the `*.wgsl.j2` templates (repo checkout or installed package data)."""
-    here = Path(__file__).resolve()
-    for cand in (here.parents[2] / "templates" / "wgsl", here.parents[1] / "templates" / "wgsl"):
-        if cand.is_dir():
-            return cand
-    raise FileNotFoundError("templates/wgsl not found beside monologue_compile")
+    """The folder holding the `*.wgsl.j2` templates."""
+    return templates_dir() / "wgsl"
 
 
 def wgsl_float(x: float) -> str:

@@ -1,5 +1,5 @@
 """A tiny nanochat GPT run end to end with the WGSL kernels: the kernels compose (layouts, KV cache,
-fusions) into the model that training/gpt.py defines.
+fusions) into the model that monologue_compile/models/gpt.py defines.
 
 This is a test fixture, not the plan executor: it hand-wires the dispatch list the compiler will
 emit, in the same style (pipelines and bind groups built once, one command buffer and one submit per
@@ -18,7 +18,7 @@ LINEARS = ("attn.c_q", "attn.c_k", "attn.c_v", "attn.c_proj", "mlp.c_fc", "mlp.c
 
 
 def quantize_model(model, group: int = 0):
-    """Quantize every matrix of a training.gpt.GPT in place to its dequantized int8 value (R_q).
+    """Quantize every matrix of a monologue_compile.models.gpt.GPT in place to its dequantized int8 value (R_q).
 
     Returns {state-dict key: (packed u32, scale, group)} for the GPU.
     """
