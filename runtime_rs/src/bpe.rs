@@ -233,8 +233,8 @@ impl Tokenizer {
         self.hf.as_ref().map(|hf| hf.source.as_str())
     }
 
-    pub fn pattern(&self) -> SplitPattern {
-        self.pattern
+    pub fn pattern(&self) -> &SplitPattern {
+        &self.pattern
     }
 
     /// One more than the largest id (ranks and special tokens).

@@ -61,7 +61,7 @@ fn pre_tokenizer(part: Option<&Json>) -> Result<(SplitPattern, bool), String> {
         Ok(flag(p, "add_prefix_space"))
     };
     match part {
-        Some(p) if type_of(p) == "ByteLevel" => Ok((SplitPattern::gpt2(), byte_level(p, true)?)),
+        Some(p) if type_of(p) == "ByteLevel" => Ok((SplitPattern::Gpt2, byte_level(p, true)?)),
         Some(p) if type_of(p) == "Sequence" => {
             let steps = match p.get("pretokenizers") {
                 Some(Json::Array(steps)) => steps,

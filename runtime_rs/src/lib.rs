@@ -14,6 +14,7 @@ pub mod json;
 pub mod kernels;
 pub mod parallel;
 pub mod pretokenize;
+pub mod regex;
 pub mod sampler;
 pub mod sha256;
 pub mod think;
