@@ -1,10 +1,13 @@
 """Hugging Face tokenizer.json files read by the one Rust tokenizer give the `tokenizers`
-library's ids on generated hard strings, for each family's configuration: byte-level GPT-2 (also
-NeoX/SmolLM; with and without add_prefix_space), Llama-3 (Split regex + ByteLevel,
+library's ids on generated hard strings, for each family's configuration. Byte-level: GPT-2
+(also NeoX/SmolLM; with and without add_prefix_space), Llama-3 (Split regex + ByteLevel,
 ignore_merges; also spelled so that the Rust regex engine runs it instead of the fast path),
-GPT-4o's o200k pattern (the regex engine), and SentencePiece-style BPE (Llama-2/Mistral: Prepend + Replace normalizer, byte
-fallback, Replace/ByteFallback/Fuse/Strip decoder). The files are trained here with `tokenizers`; nothing is downloaded. What the
-reader does not implement is refused by name."""
+GPT-4o's o200k pattern (the regex engine), Digits (StarCoder's individual digits; digit runs
+after a Split). SentencePiece-style BPE with byte fallback: Llama-2's Prepend + Replace
+normalizer, Gemma's Replace alone, newer Llama/Mistral's Metaspace pre-tokenizer (prepend_scheme
+first/always/never, split or not) with the Fuse or the Metaspace decoder. The files are trained
+here with `tokenizers`; nothing is downloaded. What the reader does not implement is refused by
+name."""
 
 import json
 import random
@@ -59,27 +62,63 @@ def hard_strings(n: int, seed: int) -> list[str]:
     return out
 
 
-def train_hf(style: str, corpus: list[str]):
-    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+def sentencepiece_parts(style: str):
+    """(normalizer, pre-tokenizer, decoder) of a SentencePiece-style family: Llama-2's legacy
+    normalizer, Llama/Mistral's newer Metaspace pre-tokenizer (prepend_scheme first/always/never,
+    split or not, Metaspace decoder), Gemma's Replace-only normalizer without Strip."""
+    from tokenizers import decoders, normalizers, pre_tokenizers
 
+    fuse = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    strip = decoders.Sequence(fuse + [decoders.Strip(" ", 1, 0)])
     if style == "sentencepiece":
+        return normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]), None, strip
+    if style == "gemma":
+        return normalizers.Replace(" ", "\u2581"), None, decoders.Sequence(fuse)
+    scheme, split = {"metaspace_first": ("first", False), "metaspace_always_split": ("always", True),
+                     "metaspace_never_split": ("never", True)}[style]
+    metaspace = pre_tokenizers.Metaspace(prepend_scheme=scheme, split=split)
+    if style == "metaspace_first":
+        return None, metaspace, strip
+    return None, metaspace, decoders.Metaspace(prepend_scheme=scheme, split=split)
+
+
+def byte_level_pre_tokenizer(style: str):
+    from tokenizers import Regex, pre_tokenizers
+
+    if style in SPLIT_PATTERNS:
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(SPLIT_PATTERNS[style]), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    if style == "digits":  # StarCoder's
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    if style == "digit_runs":
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.Digits(individual_digits=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
+        ])
+    return pre_tokenizers.ByteLevel(add_prefix_space=style == "gpt2_prefix_space")
+
+
+def train_hf(style: str, corpus: list[str]):
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    if style in SENTENCEPIECE_STYLES:
         hf = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
-        hf.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-        hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                        decoders.Strip(" ", 1, 0)])
+        normalizer, pre_tokenizer, hf.decoder = sentencepiece_parts(style)
+        if normalizer is not None:
+            hf.normalizer = normalizer
+        if pre_tokenizer is not None:
+            hf.pre_tokenizer = pre_tokenizer
         byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
         trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=SPECIALS + ["<unk>"] + byte_tokens,
                                       show_progress=False)
         hf.train_from_iterator(corpus, trainer=trainer)
         return hf
     hf = tokenizers.Tokenizer(models.BPE(ignore_merges=style in SPLIT_PATTERNS))
-    if style in SPLIT_PATTERNS:
-        hf.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(SPLIT_PATTERNS[style]), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
-    else:
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=style == "gpt2_prefix_space")
+    hf.pre_tokenizer = byte_level_pre_tokenizer(style)
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -87,12 +126,16 @@ def train_hf(style: str, corpus: list[str]):
     return hf
 
 
+SENTENCEPIECE_STYLES = ["sentencepiece", "gemma", "metaspace_first", "metaspace_always_split", "metaspace_never_split"]
+BYTE_LEVEL_STYLES = ["gpt2", "gpt2_prefix_space", "llama3", "o200k", "llama3_engine", "digits", "digit_runs"]
+
+
 @pytest.fixture(scope="module")
 def corpus():
     return hard_strings(N_STRINGS, seed=7)
 
 
-@pytest.fixture(scope="module", params=["gpt2", "gpt2_prefix_space", "llama3", "o200k", "llama3_engine", "sentencepiece"])
+@pytest.fixture(scope="module", params=BYTE_LEVEL_STYLES + SENTENCEPIECE_STYLES)
 def pair(request, corpus, tmp_path_factory):
     hf = train_hf(request.param, corpus[: N_STRINGS // 2])
     path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
@@ -119,7 +162,8 @@ def test_added_tokens_sit_at_their_ids_and_encode_ordinary_ignores_them(pair):
     assert tok.special_tokens["<|endoftext|>"] == 0  # the trainer puts them first, as GPT-2 does
     assert tok.special_tokens["<think>"] in tok.encode("x <think> y")
     assert tok.special_tokens["<think>"] not in tok.encode_ordinary("x <think> y")
-    assert tok.decode(tok.encode_ordinary("x <think> y")).strip() == "x <think> y"
+    ordinary = tok.encode_ordinary("x <think> y")
+    assert tok.decode(ordinary) == hf.decode(ordinary, skip_special_tokens=False)
 
 
 def test_saved_text_is_the_file(pair, tmp_path):
@@ -133,7 +177,9 @@ def test_saved_text_is_the_file(pair, tmp_path):
     [
         (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer NFC"),
         (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
-        (lambda d: d.update(decoder={"type": "Metaspace"}), "decoder Metaspace"),
+        (lambda d: d.update(decoder={"type": "Metaspace"}), "byte_fallback without a SentencePiece-style decoder"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"].append({"type": "Digits"}), "pre-tokenizer Digits after ByteLevel"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "Punctuation"}), "pre-tokenizer Punctuation"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\w+"), r"the escape \\w"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"(?<=a)b"), "lookbehind"),
         (lambda d: d["added_tokens"][1].update(lstrip=True), "lstrip"),

@@ -354,6 +354,109 @@ fn gpt2_piece_end(text: &str, start: usize, c0: char, len0: usize) -> usize {
     whitespace_piece_end(text, start, false)
 }
 
+/// When Metaspace puts `▁` before a piece (after its spaces became `▁`): `Normalizer` is the
+/// SentencePiece normalizer's Prepend (before any non-empty text), the others are Metaspace's
+/// prepend_scheme (not before a piece that starts with `▁`; `First`: only at the input's start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prepend {
+    Normalizer,
+    Always,
+    First,
+    Never,
+}
+
+pub(crate) const METASPACE: char = '\u{2581}';
+
+/// One step of a Hugging Face pre-tokenizer (or of a normalizer that acts like one): each step
+/// splits or rewrites every piece the steps before it made, as `tokenizers` applies a Sequence.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Split(Regex, Isolated); also the regex of ByteLevel(use_regex=true).
+    Split(SplitPattern),
+    /// Digits: every numeric (\p{N}) char a piece of its own, or each run of them one piece.
+    Digits { individual: bool },
+    /// ByteLevel's add_prefix_space: a space before a piece that does not start with one.
+    PrefixSpace,
+    /// Spaces become `▁`, `▁` is prepended as `prepend` says; `split`: each `▁` starts a piece.
+    Metaspace { prepend: Prepend, split: bool },
+}
+
+/// Push the parts of `piece` cut at `cuts` (increasing byte offsets) to `out`.
+fn push_cuts(piece: &str, at_start: bool, cuts: &mut dyn Iterator<Item = usize>, out: &mut Vec<(String, bool)>) {
+    let mut from = 0;
+    for cut in cuts.chain(std::iter::once(piece.len())) {
+        if cut > from {
+            out.push((piece[from..cut].to_string(), at_start && from == 0));
+            from = cut;
+        }
+    }
+}
+
+impl Step {
+    /// Push the pieces `piece` becomes to `out`, each with whether it starts the input.
+    fn apply(&self, piece: String, at_start: bool, out: &mut Vec<(String, bool)>) {
+        match self {
+            Step::Split(pattern) => {
+                let mut at = 0;
+                let mut cuts = pattern.pieces(&piece).map(|p| {
+                    at += p.len();
+                    at
+                });
+                push_cuts(&piece, at_start, &mut cuts, out);
+            }
+            Step::Digits { individual } => {
+                let mut prev: Option<bool> = None;
+                let mut cuts = piece.char_indices().filter_map(|(i, c)| {
+                    let numeric = class_of(c) == CharClass::Number;
+                    let cut = prev.map_or(false, |was| was != numeric || (numeric && *individual));
+                    prev = Some(numeric);
+                    if cut {
+                        Some(i)
+                    } else {
+                        None
+                    }
+                });
+                push_cuts(&piece, at_start, &mut cuts, out);
+            }
+            Step::PrefixSpace => {
+                out.push((if piece.starts_with(' ') { piece } else { format!(" {}", piece) }, at_start));
+            }
+            Step::Metaspace { prepend, split } => {
+                let replaced = piece.replace(' ', "\u{2581}");
+                let starts = replaced.starts_with(METASPACE);
+                let add = match prepend {
+                    Prepend::Normalizer => true,
+                    Prepend::Always => !starts,
+                    Prepend::First => !starts && at_start,
+                    Prepend::Never => false,
+                };
+                let text = if add { format!("\u{2581}{}", replaced) } else { replaced };
+                if *split {
+                    let mut cuts = text.match_indices(METASPACE).map(|(i, _)| i);
+                    push_cuts(&text, at_start, &mut cuts, out);
+                } else {
+                    out.push((text, at_start));
+                }
+            }
+        }
+    }
+}
+
+/// The pieces of `text` after `steps`; `at_start`: whether `text` starts the input.
+pub fn apply_steps(steps: &[Step], text: &str, at_start: bool) -> Vec<String> {
+    let mut pieces = vec![(text.to_string(), at_start)];
+    for step in steps {
+        let mut next = Vec::with_capacity(pieces.len());
+        for (piece, first) in pieces {
+            if !piece.is_empty() {
+                step.apply(piece, first, &mut next);
+            }
+        }
+        pieces = next;
+    }
+    pieces.into_iter().map(|(piece, _)| piece).filter(|p| !p.is_empty()).collect()
+}
+
 /// Byte offsets at which `text` can be cut into independently pre-tokenized segments: right
 /// after a '\n' that is followed by a non-whitespace char no piece spans the cut (the pieces
 /// that contain a line break end at it, and none that starts after it can take the '\n').

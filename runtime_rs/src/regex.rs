@@ -117,7 +117,7 @@ type Parsed<T> = Result<T, String>;
 
 impl<'p> Parser<'p> {
     fn error(&self, what: &str) -> String {
-        format!("split pattern {:?}: {} (at char {}) is not supported", self.pattern, what, self.at)
+        format!("unsupported split pattern {:?}: {} (at char {}) is not supported", self.pattern, what, self.at)
     }
 
     fn peek(&self) -> Option<char> {
@@ -532,7 +532,7 @@ impl Regex {
             return Err(parser.error("an unmatched ')'"));
         }
         let mut compiler = Compiler { sets: Vec::new(), progs: Vec::new() };
-        compiler.program(&node).map_err(|e| format!("split pattern {:?}: {}", pattern, e))?;
+        compiler.program(&node).map_err(|e| format!("unsupported split pattern {:?}: {}", pattern, e))?;
         Ok(Regex { source: pattern.to_string(), sets: compiler.sets, progs: compiler.progs })
     }
 
