@@ -40,9 +40,14 @@ O200K_PATTERN = "|".join([
 ])
 # Llama-3's pattern spelled so that no fast path recognises it: the engine against `tokenizers`.
 LLAMA3_ENGINE_PATTERN = "(?:" + LLAMA3_PATTERN + ")"
-SPLIT_PATTERNS = {"llama3": LLAMA3_PATTERN, "o200k": O200K_PATTERN, "llama3_engine": LLAMA3_ENGINE_PATTERN}
-# What o200k's letter classes and "/" rule split differently from the other patterns.
-CASED = ["HTMLParser", "iPhone", "McDONALD'S", "DON'T", "ǅungla", "ÀÉÎ'll", "path/to/x\n", "a//\r\n", "Ǆ'S"]
+SPLIT_PATTERNS = {"llama3": LLAMA3_PATTERN, "o200k": O200K_PATTERN, "llama3_engine": LLAMA3_ENGINE_PATTERN,
+                  "qwen2": QWEN2_PATTERN, "nfkc": LLAMA3_PATTERN}
+# What o200k's letter classes and "/" rule split differently from the other patterns, and what
+# NFC/NFKC change: decomposed letters and Hangul, marks out of order, singletons, composition
+# exclusions, compatibility chars.
+EXTRA = ["HTMLParser", "iPhone", "McDONALD'S", "DON'T", "ǅungla", "ÀÉÎ'll", "path/to/x\n", "a//\r\n", "Ǆ'S",
+         "\u1100\u1161\u11a8", "\uac00\u11a8", "a\u0323\u0302", "a\u0302\u0323", "\u212b", "\u0958", "A\u030a",
+         "\u0344", "\ufb03", "\u338f", "\uff76\uff9e", "\u2460", "x\u00b2", "\u1e9b\u0323", "\u0f73", "\u00a0"]
 
 
 def hard_strings(n: int, seed: int) -> list[str]:
@@ -54,7 +59,7 @@ def hard_strings(n: int, seed: int) -> list[str]:
         s = random_string(rng)
         if rng.random() < 0.3:
             cut = rng.randint(0, len(s))
-            s = s[:cut] + rng.choice(CASED) + s[cut:]
+            s = s[:cut] + rng.choice(EXTRA) + s[cut:]
         if rng.random() < 0.2:
             cut = rng.randint(0, len(s))
             s = s[:cut] + rng.choice(SPECIALS) + s[cut:]
@@ -103,7 +108,7 @@ def byte_level_pre_tokenizer(style: str):
 
 
 def train_hf(style: str, corpus: list[str]):
-    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
     if style in SENTENCEPIECE_STYLES:
         hf = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
@@ -119,6 +124,8 @@ def train_hf(style: str, corpus: list[str]):
         return hf
     hf = tokenizers.Tokenizer(models.BPE(ignore_merges=style in SPLIT_PATTERNS))
     hf.pre_tokenizer = byte_level_pre_tokenizer(style)
+    if style in ("qwen2", "nfkc"):
+        hf.normalizer = normalizers.NFC() if style == "qwen2" else normalizers.NFKC()
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -127,7 +134,8 @@ def train_hf(style: str, corpus: list[str]):
 
 
 SENTENCEPIECE_STYLES = ["sentencepiece", "gemma", "metaspace_first", "metaspace_always_split", "metaspace_never_split"]
-BYTE_LEVEL_STYLES = ["gpt2", "gpt2_prefix_space", "llama3", "o200k", "llama3_engine", "digits", "digit_runs"]
+BYTE_LEVEL_STYLES = ["gpt2", "gpt2_prefix_space", "llama3", "o200k", "llama3_engine", "digits", "digit_runs", "qwen2",
+                     "nfkc"]
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +183,7 @@ def test_saved_text_is_the_file(pair, tmp_path):
 @pytest.mark.parametrize(
     "change, says",
     [
-        (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer NFC"),
+        (lambda d: d.update(normalizer={"type": "NFD"}), "normalizer NFD"),
         (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
         (lambda d: d.update(decoder={"type": "Metaspace"}), "byte_fallback without a SentencePiece-style decoder"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"].append({"type": "Digits"}), "pre-tokenizer Digits after ByteLevel"),
@@ -207,3 +215,46 @@ def test_qwen2_pattern_is_recognised(corpus, tmp_path):
     tok = Tokenizer.load(path)
     for s in corpus[:300]:
         assert tok.encode(s) == hf.encode(s, add_special_tokens=False).ids
+
+
+
+def normalizer_pair(form: str, folder):
+    """(`tokenizers`, ours) for a byte-level tokenizer without merges, normalizer `form`,
+    pieces the lines: ids show the normalized text."""
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    hf.normalizer = getattr(normalizers, form)()
+    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.decoder = decoders.ByteLevel()
+    hf.save(str(folder / "tokenizer.json"))
+    return hf, Tokenizer.load(folder / "tokenizer.json")
+
+
+def normalizer_mismatches(hf, tok, code_points) -> list[str]:
+    """Code points whose normalization differs, alone or after "a" with marks of two classes
+    around it (what reordering and composition act on)."""
+    chars = [chr(c) for c in code_points if not 0xD800 <= c <= 0xDFFF]
+    wrong = []
+    for probe in (lambda c: c, lambda c: f"a\u0323{c}\u0301"):
+        for at in range(0, len(chars), 4096):
+            chunk = [probe(c) for c in chars[at : at + 4096]]
+            text = "\n".join(chunk)
+            if tok.encode_ordinary(text) != hf.encode(text, add_special_tokens=False).ids:
+                wrong += [hex(ord(c)) for c, p in zip(chars[at : at + 4096], chunk)
+                          if tok.encode_ordinary(p) != hf.encode(p, add_special_tokens=False).ids]
+    return wrong
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFKC"])
+def test_normalizers_equal_the_tokenizers_library(form, tmp_path):
+    """Every code point that decomposes or is a mark (by Python's Unicode data), the conjoining
+    jamo, and every 64th other; benchmarks/bench_tokenizer_hf.py checks all of them."""
+    import unicodedata
+
+    hf, tok = normalizer_pair(form, tmp_path)
+    active = [c for c in range(0x110000) if unicodedata.decomposition(chr(c)) or unicodedata.combining(chr(c))]
+    code_points = sorted({*active, *range(0x1100, 0x1200), *range(0, 0x110000, 64)})
+    assert not normalizer_mismatches(hf, tok, code_points)

@@ -3,6 +3,7 @@
 use std::sync::{Mutex, TryLockError};
 
 use crate::fxhash::FxHashMap;
+use crate::normalize::{normalize, Form};
 use crate::parallel::{parallel_map, worker_count};
 use crate::pretokenize::{apply_steps, SplitPattern, Step, METASPACE};
 
@@ -53,6 +54,8 @@ pub struct HfModel {
 
 /// How a Hugging Face tokenizer.json prepares text and reads tokens back.
 pub struct HfOptions {
+    /// NFC or NFKC, applied to each stretch of text between added tokens before the steps.
+    pub normalizer: Option<Form>,
     /// The normalizer's and pre-tokenizer's steps, in order.
     pub steps: Vec<Step>,
     /// SentencePiece style (Llama-2, Mistral, Gemma): pieces start as chars, a char without a
@@ -332,6 +335,11 @@ impl Tokenizer {
         if text.is_empty() {
             return;
         }
+        let normalized = match self.hf.as_ref().and_then(|hf| hf.options.normalizer) {
+            Some(form) => normalize(text, form),
+            None => std::borrow::Cow::Borrowed(text),
+        };
+        let text = normalized.as_ref();
         let hf = match &self.hf {
             Some(hf) if !hf.fast => {
                 for piece in apply_steps(&hf.options.steps, text, at_start) {

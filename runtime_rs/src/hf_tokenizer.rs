@@ -4,13 +4,15 @@
 //! Llama-3, Qwen2, GPT-4o-style and StarCoder files. SentencePiece (byte fallback to `<0xNN>`):
 //! the normalizer Prepend `▁` + Replace ` `→`▁` (Llama-2, Mistral v0.1, TinyLlama) or the Replace
 //! alone (Gemma), or a Metaspace pre-tokenizer (newer Llama/Mistral files), maybe with Split and
-//! Digits; decoder Replace/ByteFallback/Fuse[/Strip] or Metaspace. The normalizer and
+//! Digits; decoder Replace/ByteFallback/Fuse[/Strip] or Metaspace. Either may normalize with NFC
+//! (Qwen2/3) or NFKC first. The normalizer and
 //! pre-tokenizer become `Step`s applied in order. Anything else in the file (another model,
 //! normalizer, pre-tokenizer, decoder or flag) is refused by name rather than tokenized
 //! differently.
 
 use crate::bpe::{Decoder, HfOptions, Rank, Tokenizer};
 use crate::json::Json;
+use crate::normalize::Form;
 use crate::pretokenize::{Prepend, SplitPattern, Step};
 
 /// GPT-2's map from bytes to the printable chars byte-level vocabularies are written in.
@@ -71,17 +73,25 @@ fn replace_of(part: &Json) -> (Option<&str>, Option<&str>) {
     (part.get("pattern").and_then(|p| p.get("String")).and_then(Json::as_str), text_of(part, "content"))
 }
 
-/// The steps of the normalizer: SentencePiece's Prepend("▁") + Replace(" ", "▁"), or the
-/// Replace alone (Gemma).
-fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<(), String> {
+/// The normalizer: NFC or NFKC (Qwen2/3), then SentencePiece's Prepend("▁") + Replace(" ",
+/// "▁") or the Replace alone (Gemma), which become a step.
+fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<Option<Form>, String> {
     let part = match part {
-        None | Some(Json::Null) => return Ok(()),
+        None | Some(Json::Null) => return Ok(None),
         Some(p) => p,
     };
-    let list: Vec<&Json> = match type_of(part) {
+    let mut list: Vec<&Json> = match type_of(part) {
         "Sequence" => items(part, "normalizers")?.iter().collect(),
         _ => vec![part],
     };
+    let form = match list.first().map(|p| type_of(p)) {
+        Some("NFC") => Some(Form::Nfc),
+        Some("NFKC") => Some(Form::Nfkc),
+        _ => None,
+    };
+    if form.is_some() {
+        list.remove(0);
+    }
     let names: Vec<&str> = list.iter().map(|p| type_of(p)).collect();
     let space_to_meta = |p: &Json| replace_of(p) == (Some(" "), Some("\u{2581}"));
     match names.as_slice() {
@@ -94,10 +104,11 @@ fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<(), St
             require(space_to_meta(list[0]), "a Replace other than ' ' -> ▁")?;
             steps.push(Step::Metaspace { prepend: Prepend::Never, split: false });
         }
+        [] => {}
         [one] => return Err(format!("tokenizer.json: normalizer {} is not supported", one)),
         _ => return Err(format!("tokenizer.json: normalizer Sequence {:?} is not supported", names)),
     }
-    Ok(())
+    Ok(form)
 }
 
 /// Metaspace's prepend_scheme (older files: add_prefix_space).
@@ -211,7 +222,7 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
     }
     require(flag(model, "byte_fallback") == char_level, "byte_fallback without a SentencePiece-style decoder, or the reverse")?;
     let mut steps = Vec::new();
-    normalizer_steps(doc.get("normalizer"), &mut steps)?;
+    let normalizer = normalizer_steps(doc.get("normalizer"), &mut steps)?;
     require(!byte_level || steps.is_empty(), "a SentencePiece normalizer in a byte-level tokenizer")?;
     let mut ended = false;
     match doc.get("pre_tokenizer") {
@@ -229,7 +240,7 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
         }
         vocab_and_merges(model, |token| token_bytes(token, &map))?
     };
-    let options = HfOptions { steps, char_level, ignore_merges: flag(model, "ignore_merges"), decoder, source: text.to_string() };
+    let options = HfOptions { normalizer, steps, char_level, ignore_merges: flag(model, "ignore_merges"), decoder, source: text.to_string() };
     Tokenizer::from_hf(vocab, &merges, added_tokens(doc)?, options)
 }
 

@@ -11,6 +11,8 @@ pub mod ffi;
 pub mod fxhash;
 pub mod hf_tokenizer;
 pub mod json;
+pub mod normalize;
+pub mod normalize_tables;
 pub mod kernels;
 pub mod parallel;
 pub mod pretokenize;
