@@ -1,9 +1,13 @@
 """Hugging Face tokenizer.json files read by the one Rust tokenizer give the `tokenizers`
-library's ids on generated hard strings, for each family's configuration: byte-level GPT-2 (also
-NeoX/SmolLM; with and without add_prefix_space) and Llama-3 (Split regex + ByteLevel,
-ignore_merges), and SentencePiece-style BPE (Llama-2/Mistral: Prepend + Replace normalizer, byte
-fallback, Replace/ByteFallback/Fuse/Strip decoder). The files are trained here with `tokenizers`; nothing is downloaded. What the
-reader does not implement is refused by name."""
+library's ids on generated hard strings, for each family's configuration. Byte-level: GPT-2
+(also NeoX/SmolLM; with and without add_prefix_space), Llama-3 (Split regex + ByteLevel,
+ignore_merges; also spelled so that the Rust regex engine runs it instead of the fast path),
+GPT-4o's o200k pattern (the regex engine), Digits (StarCoder's individual digits; digit runs
+after a Split). SentencePiece-style BPE with byte fallback: Llama-2's Prepend + Replace
+normalizer, Gemma's Replace alone, newer Llama/Mistral's Metaspace pre-tokenizer (prepend_scheme
+first/always/never, split or not) with the Fuse or the Metaspace decoder. The files are trained
+here with `tokenizers`; nothing is downloaded. What the reader does not implement is refused by
+name."""
 
 import json
 import random
@@ -24,6 +28,26 @@ LLAMA3_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+# GPT-4o's (o200k): no fast path recognises it, so it runs on the Rust regex engine.
+O200K_PATTERN = "|".join([
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"\p{N}{1,3}",
+    r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
+    r"\s*[\r\n]+",
+    r"\s+(?!\S)",
+    r"\s+",
+])
+# Llama-3's pattern spelled so that no fast path recognises it: the engine against `tokenizers`.
+LLAMA3_ENGINE_PATTERN = "(?:" + LLAMA3_PATTERN + ")"
+SPLIT_PATTERNS = {"llama3": LLAMA3_PATTERN, "o200k": O200K_PATTERN, "llama3_engine": LLAMA3_ENGINE_PATTERN,
+                  "qwen2": QWEN2_PATTERN, "nfkc": LLAMA3_PATTERN}
+# What o200k's letter classes and "/" rule split differently from the other patterns, and what
+# NFC/NFKC change: decomposed letters and Hangul, marks out of order, singletons, composition
+# exclusions, compatibility chars.
+EXTRA = ["HTMLParser", "iPhone", "McDONALD'S", "DON'T", "ǅungla", "ÀÉÎ'll", "path/to/x\n", "a//\r\n", "Ǆ'S",
+         "\u1100\u1161\u11a8", "\uac00\u11a8", "a\u0323\u0302", "a\u0302\u0323", "\u212b", "\u0958", "A\u030a",
+         "\u0344", "\ufb03", "\u338f", "\uff76\uff9e", "\u2460", "x\u00b2", "\u1e9b\u0323", "\u0f73", "\u00a0"]
 
 
 def hard_strings(n: int, seed: int) -> list[str]:
@@ -33,6 +57,9 @@ def hard_strings(n: int, seed: int) -> list[str]:
     out = []
     for _ in range(n):
         s = random_string(rng)
+        if rng.random() < 0.3:
+            cut = rng.randint(0, len(s))
+            s = s[:cut] + rng.choice(EXTRA) + s[cut:]
         if rng.random() < 0.2:
             cut = rng.randint(0, len(s))
             s = s[:cut] + rng.choice(SPECIALS) + s[cut:]
@@ -40,27 +67,65 @@ def hard_strings(n: int, seed: int) -> list[str]:
     return out
 
 
-def train_hf(style: str, corpus: list[str]):
-    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+def sentencepiece_parts(style: str):
+    """(normalizer, pre-tokenizer, decoder) of a SentencePiece-style family: Llama-2's legacy
+    normalizer, Llama/Mistral's newer Metaspace pre-tokenizer (prepend_scheme first/always/never,
+    split or not, Metaspace decoder), Gemma's Replace-only normalizer without Strip."""
+    from tokenizers import decoders, normalizers, pre_tokenizers
 
+    fuse = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    strip = decoders.Sequence(fuse + [decoders.Strip(" ", 1, 0)])
     if style == "sentencepiece":
+        return normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]), None, strip
+    if style == "gemma":
+        return normalizers.Replace(" ", "\u2581"), None, decoders.Sequence(fuse)
+    scheme, split = {"metaspace_first": ("first", False), "metaspace_always_split": ("always", True),
+                     "metaspace_never_split": ("never", True)}[style]
+    metaspace = pre_tokenizers.Metaspace(prepend_scheme=scheme, split=split)
+    if style == "metaspace_first":
+        return None, metaspace, strip
+    return None, metaspace, decoders.Metaspace(prepend_scheme=scheme, split=split)
+
+
+def byte_level_pre_tokenizer(style: str):
+    from tokenizers import Regex, pre_tokenizers
+
+    if style in SPLIT_PATTERNS:
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(SPLIT_PATTERNS[style]), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    if style == "digits":  # StarCoder's
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    if style == "digit_runs":
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.Digits(individual_digits=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
+        ])
+    return pre_tokenizers.ByteLevel(add_prefix_space=style == "gpt2_prefix_space")
+
+
+def train_hf(style: str, corpus: list[str]):
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    if style in SENTENCEPIECE_STYLES:
         hf = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
-        hf.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-        hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                        decoders.Strip(" ", 1, 0)])
+        normalizer, pre_tokenizer, hf.decoder = sentencepiece_parts(style)
+        if normalizer is not None:
+            hf.normalizer = normalizer
+        if pre_tokenizer is not None:
+            hf.pre_tokenizer = pre_tokenizer
         byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
         trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=SPECIALS + ["<unk>"] + byte_tokens,
                                       show_progress=False)
         hf.train_from_iterator(corpus, trainer=trainer)
         return hf
-    hf = tokenizers.Tokenizer(models.BPE(ignore_merges=style == "llama3"))
-    if style == "llama3":
-        hf.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
-    else:
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=style == "gpt2_prefix_space")
+    hf = tokenizers.Tokenizer(models.BPE(ignore_merges=style in SPLIT_PATTERNS))
+    hf.pre_tokenizer = byte_level_pre_tokenizer(style)
+    if style in ("qwen2", "nfkc"):
+        hf.normalizer = normalizers.NFC() if style == "qwen2" else normalizers.NFKC()
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -68,12 +133,17 @@ def train_hf(style: str, corpus: list[str]):
     return hf
 
 
+SENTENCEPIECE_STYLES = ["sentencepiece", "gemma", "metaspace_first", "metaspace_always_split", "metaspace_never_split"]
+BYTE_LEVEL_STYLES = ["gpt2", "gpt2_prefix_space", "llama3", "o200k", "llama3_engine", "digits", "digit_runs", "qwen2",
+                     "nfkc"]
+
+
 @pytest.fixture(scope="module")
 def corpus():
     return hard_strings(N_STRINGS, seed=7)
 
 
-@pytest.fixture(scope="module", params=["gpt2", "gpt2_prefix_space", "llama3", "sentencepiece"])
+@pytest.fixture(scope="module", params=BYTE_LEVEL_STYLES + SENTENCEPIECE_STYLES)
 def pair(request, corpus, tmp_path_factory):
     hf = train_hf(request.param, corpus[: N_STRINGS // 2])
     path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
@@ -100,7 +170,8 @@ def test_added_tokens_sit_at_their_ids_and_encode_ordinary_ignores_them(pair):
     assert tok.special_tokens["<|endoftext|>"] == 0  # the trainer puts them first, as GPT-2 does
     assert tok.special_tokens["<think>"] in tok.encode("x <think> y")
     assert tok.special_tokens["<think>"] not in tok.encode_ordinary("x <think> y")
-    assert tok.decode(tok.encode_ordinary("x <think> y")).strip() == "x <think> y"
+    ordinary = tok.encode_ordinary("x <think> y")
+    assert tok.decode(ordinary) == hf.decode(ordinary, skip_special_tokens=False)
 
 
 def test_saved_text_is_the_file(pair, tmp_path):
@@ -112,10 +183,13 @@ def test_saved_text_is_the_file(pair, tmp_path):
 @pytest.mark.parametrize(
     "change, says",
     [
-        (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer NFC"),
+        (lambda d: d.update(normalizer={"type": "NFD"}), "normalizer NFD"),
         (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
-        (lambda d: d.update(decoder={"type": "Metaspace"}), "decoder Metaspace"),
-        (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\w+"), "unsupported split pattern"),
+        (lambda d: d.update(decoder={"type": "Metaspace"}), "byte_fallback without a SentencePiece-style decoder"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"].append({"type": "Digits"}), "pre-tokenizer Digits after ByteLevel"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "Punctuation"}), "pre-tokenizer Punctuation"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\w+"), r"the escape \\w"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"(?<=a)b"), "lookbehind"),
         (lambda d: d["added_tokens"][1].update(lstrip=True), "lstrip"),
         (lambda d: d["added_tokens"][1].update(id=4294967295), "4294967295"),
         (lambda d: d["model"]["merges"].append(["zz", "qq"]), "merge"),
@@ -141,3 +215,46 @@ def test_qwen2_pattern_is_recognised(corpus, tmp_path):
     tok = Tokenizer.load(path)
     for s in corpus[:300]:
         assert tok.encode(s) == hf.encode(s, add_special_tokens=False).ids
+
+
+
+def normalizer_pair(form: str, folder):
+    """(`tokenizers`, ours) for a byte-level tokenizer without merges, normalizer `form`,
+    pieces the lines: ids show the normalized text."""
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    hf.normalizer = getattr(normalizers, form)()
+    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.decoder = decoders.ByteLevel()
+    hf.save(str(folder / "tokenizer.json"))
+    return hf, Tokenizer.load(folder / "tokenizer.json")
+
+
+def normalizer_mismatches(hf, tok, code_points) -> list[str]:
+    """Code points whose normalization differs, alone or after "a" with marks of two classes
+    around it (what reordering and composition act on)."""
+    chars = [chr(c) for c in code_points if not 0xD800 <= c <= 0xDFFF]
+    wrong = []
+    for probe in (lambda c: c, lambda c: f"a\u0323{c}\u0301"):
+        for at in range(0, len(chars), 4096):
+            chunk = [probe(c) for c in chars[at : at + 4096]]
+            text = "\n".join(chunk)
+            if tok.encode_ordinary(text) != hf.encode(text, add_special_tokens=False).ids:
+                wrong += [hex(ord(c)) for c, p in zip(chars[at : at + 4096], chunk)
+                          if tok.encode_ordinary(p) != hf.encode(p, add_special_tokens=False).ids]
+    return wrong
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFKC"])
+def test_normalizers_equal_the_tokenizers_library(form, tmp_path):
+    """Every code point that decomposes or is a mark (by Python's Unicode data), the conjoining
+    jamo, and every 64th other; benchmarks/bench_tokenizer_hf.py checks all of them."""
+    import unicodedata
+
+    hf, tok = normalizer_pair(form, tmp_path)
+    active = [c for c in range(0x110000) if unicodedata.decomposition(chr(c)) or unicodedata.combining(chr(c))]
+    code_points = sorted({*active, *range(0x1100, 0x1200), *range(0, 0x110000, 64)})
+    assert not normalizer_mismatches(hf, tok, code_points)

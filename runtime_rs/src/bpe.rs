@@ -3,8 +3,9 @@
 use std::sync::{Mutex, TryLockError};
 
 use crate::fxhash::FxHashMap;
+use crate::normalize::{normalize, Form};
 use crate::parallel::{parallel_map, worker_count};
-use crate::pretokenize::SplitPattern;
+use crate::pretokenize::{apply_steps, SplitPattern, Step, METASPACE};
 
 pub type Rank = u32;
 
@@ -37,23 +38,45 @@ pub struct Tokenizer {
     hf: Option<HfModel>,
 }
 
-/// What a Hugging Face byte-level BPE adds to the tables: merges by pair (their rank is their
-/// index in the file), and how pieces are prepared.
+/// What a Hugging Face BPE adds to the tables: merges by pair (their rank is their index in the
+/// file), and how pieces are prepared and decoded.
 pub struct HfModel {
     /// (left id, right id) -> (merge rank, merged id)
     pub merges: FxHashMap<(Rank, Rank), (Rank, Rank)>,
-    /// The id of each byte's token.
+    /// The id of each byte's token (`<0xNN>` in SentencePiece style).
     pub byte_ids: Vec<Rank>,
+    pub options: HfOptions,
+    /// Whether the steps are the split pattern alone (after ByteLevel's prefix space when
+    /// `add_prefix_space`), which `Tokenizer::pattern` runs without copying pieces.
+    fast: bool,
+    add_prefix_space: bool,
+}
+
+/// How a Hugging Face tokenizer.json prepares text and reads tokens back.
+pub struct HfOptions {
+    /// NFC or NFKC, applied to each stretch of text between added tokens before the steps.
+    pub normalizer: Option<Form>,
+    /// The normalizer's and pre-tokenizer's steps, in order.
+    pub steps: Vec<Step>,
+    /// SentencePiece style (Llama-2, Mistral, Gemma): pieces start as chars, a char without a
+    /// token as its `<0xNN>` byte tokens; else byte-level (pieces start as bytes).
+    pub char_level: bool,
     /// A piece that is a whole token is that token, without merging (Llama-3's `ignore_merges`).
     pub ignore_merges: bool,
-    /// ByteLevel's `add_prefix_space`: a space before text that does not start with one.
-    pub add_prefix_space: bool,
-    /// SentencePiece style (Llama-2, Mistral): text is `▁` + text with spaces as `▁`, one piece,
-    /// starting from chars, a char without a token as its `<0xNN>` byte tokens; decoding turns
-    /// `▁` back into spaces and drops the first space.
-    pub metaspace: bool,
+    pub decoder: Decoder,
     /// The tokenizer.json text, written back unchanged.
     pub source: String,
+}
+
+/// The decoders this runtime implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoder {
+    ByteLevel,
+    /// Sequence[Replace("▁", " "), ByteFallback, Fuse], then Strip(" ", 1, 0) if `strip_first_space`.
+    Fuse { strip_first_space: bool },
+    /// Metaspace: `▁` becomes a space, except in the first token, where (unless the
+    /// prepend_scheme is "never", `drop_first`) it is dropped; byte tokens stay as their text.
+    Metaspace { drop_first: bool },
 }
 
 type PieceCache = FxHashMap<Vec<u8>, Vec<Rank>>;
@@ -130,17 +153,13 @@ impl Tokenizer {
         })
     }
 
-    /// A Hugging Face byte-level BPE: `vocab` maps token bytes to ids anywhere in 0..MAX_VOCAB,
-    /// `added` tokens (recognised in text as special tokens are) take ids of their own.
+    /// A Hugging Face BPE: `vocab` maps token bytes to ids anywhere in 0..MAX_VOCAB, `added`
+    /// tokens (recognised in text as special tokens are) take ids of their own.
     pub fn from_hf(
-        pattern: SplitPattern,
         vocab: Vec<(Vec<u8>, Rank)>,
         merges: &[(Vec<u8>, Vec<u8>)],
         added: Vec<(String, Rank)>,
-        ignore_merges: bool,
-        add_prefix_space: bool,
-        metaspace: bool,
-        source: String,
+        options: HfOptions,
     ) -> Result<Tokenizer, String> {
         let mut size = 0usize;
         for (bytes, id) in &vocab {
@@ -169,7 +188,7 @@ impl Tokenizer {
         }
         let mut byte_ids = Vec::with_capacity(256);
         for byte in 0..=255u8 {
-            let token = if metaspace { format!("<0x{:02X}>", byte).into_bytes() } else { vec![byte] };
+            let token = if options.char_level { format!("<0x{:02X}>", byte).into_bytes() } else { vec![byte] };
             match encoder.get(&token) {
                 Some(&id) => byte_ids.push(id),
                 None => return Err(format!("byte {} has no token {} (every byte needs one)", byte, String::from_utf8_lossy(&token))),
@@ -204,18 +223,24 @@ impl Tokenizer {
                 _ => decoder[*id as usize] = Some(name.as_bytes().to_vec()),
             }
         }
-        if metaspace {
+        if let Decoder::Fuse { .. } = options.decoder {
+            // every token (added ones too) with ▁ as a space, byte tokens as their byte
+            for entry in decoder.iter_mut().flatten() {
+                if entry.windows(3).any(|w| w == "\u{2581}".as_bytes()) {
+                    *entry = String::from_utf8_lossy(entry).replace(METASPACE, " ").into_bytes();
+                }
+            }
             for (byte, &id) in byte_ids.iter().enumerate() {
                 decoder[id as usize] = Some(vec![byte as u8]);
             }
-            // byte tokens decode to their byte (added or not), others with ▁ as a space
-            for (bytes, &id) in encoder.iter() {
-                if decoder[id as usize].as_deref() == Some(&bytes[..]) {
-                    let text = String::from_utf8_lossy(bytes).replace('\u{2581}', " ");
-                    decoder[id as usize] = Some(text.into_bytes());
-                }
-            }
         }
+        // the fast path: the split pattern alone, maybe after ByteLevel's prefix space
+        let fast = match options.steps.as_slice() {
+            [Step::Split(p)] if !options.char_level => Some((p.clone(), false)),
+            [Step::PrefixSpace, Step::Split(p)] if !options.char_level => Some((p.clone(), true)),
+            _ => None,
+        };
+        let (pattern, add_prefix_space) = fast.clone().unwrap_or((SplitPattern::default(), false));
         let num_ranks = decoder.len();
         Ok(Tokenizer {
             pattern,
@@ -224,17 +249,17 @@ impl Tokenizer {
             num_ranks,
             specials: added,
             cache: Mutex::new(FxHashMap::default()),
-            hf: Some(HfModel { merges: pairs, byte_ids, ignore_merges, add_prefix_space, metaspace, source }),
+            hf: Some(HfModel { merges: pairs, byte_ids, options, fast: fast.is_some(), add_prefix_space }),
         })
     }
 
     /// The tokenizer.json text a Hugging Face tokenizer was read from.
     pub fn hf_source(&self) -> Option<&str> {
-        self.hf.as_ref().map(|hf| hf.source.as_str())
+        self.hf.as_ref().map(|hf| hf.options.source.as_str())
     }
 
-    pub fn pattern(&self) -> SplitPattern {
-        self.pattern
+    pub fn pattern(&self) -> &SplitPattern {
+        &self.pattern
     }
 
     /// One more than the largest id (ranks and special tokens).
@@ -262,7 +287,7 @@ impl Tokenizer {
     /// Encode without recognising any special token.
     pub fn encode_ordinary(&self, text: &str) -> Vec<Rank> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        self.with_cache(|cache| self.encode_ordinary_into(text, &mut out, cache));
+        self.with_cache(|cache| self.encode_ordinary_into(text, true, &mut out, cache));
         out
     }
 
@@ -289,7 +314,7 @@ impl Tokenizer {
                 .iter()
                 .map(|text| {
                     let mut out = Vec::with_capacity(text.len() / 3 + 1);
-                    self.encode_ordinary_into(text, &mut out, &mut cache);
+                    self.encode_ordinary_into(text, true, &mut out, &mut cache);
                     out
                 })
                 .collect::<Vec<Vec<Rank>>>()
@@ -299,60 +324,71 @@ impl Tokenizer {
         .collect()
     }
 
+    /// Encode `text`, a stretch without special tokens; `at_start`: whether it starts the input.
     fn encode_ordinary_into(
         &self,
         text: &str,
+        at_start: bool,
         out: &mut Vec<Rank>,
         cache: &mut PieceCache,
     ) {
+        if text.is_empty() {
+            return;
+        }
+        let normalized = match self.hf.as_ref().and_then(|hf| hf.options.normalizer) {
+            Some(form) => normalize(text, form),
+            None => std::borrow::Cow::Borrowed(text),
+        };
+        let text = normalized.as_ref();
+        let hf = match &self.hf {
+            Some(hf) if !hf.fast => {
+                for piece in apply_steps(&hf.options.steps, text, at_start) {
+                    self.encode_piece(piece.as_bytes(), out, cache);
+                }
+                return;
+            }
+            hf => hf,
+        };
         let prefixed;
-        let text = match &self.hf {
-            Some(hf) if hf.add_prefix_space && !text.is_empty() && !text.starts_with(' ') => {
+        let text = match hf {
+            Some(hf) if hf.add_prefix_space && !text.starts_with(' ') => {
                 prefixed = format!(" {}", text);
                 &prefixed
             }
             _ => text,
         };
-        let whole_tokens = self.hf.as_ref().map_or(true, |hf| hf.ignore_merges);
-        if let Some(hf) = self.hf.as_ref().filter(|hf| hf.metaspace) {
-            if text.is_empty() {
+        for piece in self.pattern.pieces(text) {
+            self.encode_piece(piece.as_bytes(), out, cache);
+        }
+    }
+
+    fn encode_piece(&self, piece: &[u8], out: &mut Vec<Rank>, cache: &mut PieceCache) {
+        if self.hf.as_ref().map_or(true, |hf| hf.options.ignore_merges) {
+            if let Some(rank) = self.encoder.get(piece) {
+                out.push(*rank);
                 return;
             }
-            let normalized = format!("\u{2581}{}", text.replace(' ', "\u{2581}"));
-            match self.encoder.get(normalized.as_bytes()) {
-                Some(&id) if whole_tokens => out.push(id),
-                _ => self.merge_chars(hf, normalized.as_bytes(), out),
-            }
+        }
+        if piece.len() > CACHE_MAX_PIECE {
+            self.merge(piece, out);
             return;
         }
-        for piece in self.pattern.pieces(text) {
-            let piece = piece.as_bytes();
-            if whole_tokens {
-                if let Some(rank) = self.encoder.get(piece) {
-                    out.push(*rank);
-                    continue;
-                }
-            }
-            if piece.len() > CACHE_MAX_PIECE {
-                self.merge(piece, out);
-                continue;
-            }
-            if let Some(tokens) = cache.get(piece) {
-                out.extend_from_slice(tokens);
-                continue;
-            }
-            let from = out.len();
-            self.merge(piece, out);
-            if cache.len() >= CACHE_MAX_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(piece.to_vec(), out[from..].to_vec());
+        if let Some(tokens) = cache.get(piece) {
+            out.extend_from_slice(tokens);
+            return;
         }
+        let from = out.len();
+        self.merge(piece, out);
+        if cache.len() >= CACHE_MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(piece.to_vec(), out[from..].to_vec());
     }
 
     fn merge(&self, piece: &[u8], out: &mut Vec<Rank>) {
         match &self.hf {
             None => byte_pair_encode(piece, &self.encoder, out),
+            Some(hf) if hf.options.char_level => self.merge_chars(hf, piece, out),
             Some(hf) => merge_parts(
                 piece,
                 piece.iter().enumerate().map(|(i, &byte)| (i, hf.byte_ids[byte as usize])),
@@ -418,7 +454,7 @@ impl Tokenizer {
                 Some(b) => b,
                 None => break,
             };
-            self.encode_ordinary_into(&text[at..pos], out, cache);
+            self.encode_ordinary_into(&text[at..pos], at == 0, out, cache);
             out.push(active[which].1);
             at = pos + active[which].0.len();
             for (i, slot) in next.iter_mut().enumerate() {
@@ -429,19 +465,27 @@ impl Tokenizer {
                 }
             }
         }
-        self.encode_ordinary_into(&text[at..], out, cache);
+        self.encode_ordinary_into(&text[at..], at == 0, out, cache);
     }
 
-    /// The bytes of `ids` concatenated (special tokens give their text).
+    /// The text of `ids` (special tokens give their text), as the tokenizer's decoder makes it.
     pub fn decode_bytes(&self, ids: &[Rank]) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(ids.len() * 4);
-        for &id in ids {
-            match self.decoder.get(id as usize) {
-                Some(Some(bytes)) => out.extend_from_slice(bytes),
+        let decoder = self.hf.as_ref().map_or(Decoder::ByteLevel, |hf| hf.options.decoder);
+        for (i, &id) in ids.iter().enumerate() {
+            let bytes = match self.decoder.get(id as usize) {
+                Some(Some(bytes)) => bytes,
                 _ => return Err(format!("token id {} is not in the vocabulary (size {})", id, self.vocab_size())),
+            };
+            match decoder {
+                Decoder::Metaspace { drop_first } => {
+                    let space = if i == 0 && drop_first { "" } else { " " };
+                    out.extend_from_slice(String::from_utf8_lossy(bytes).replace(METASPACE, space).as_bytes());
+                }
+                _ => out.extend_from_slice(bytes),
             }
         }
-        if self.hf.as_ref().map_or(false, |hf| hf.metaspace) && out.first() == Some(&b' ') {
+        if decoder == (Decoder::Fuse { strip_first_space: true }) && out.first() == Some(&b' ') {
             out.remove(0);
         }
         Ok(out)

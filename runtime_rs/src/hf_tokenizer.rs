@@ -1,14 +1,19 @@
-//! Hugging Face `tokenizer.json` (the `tokenizers` library's format), BPE with merges in file
-//! order and added tokens at any id, in two styles: byte-level (the ByteLevel pre-tokenizer alone
-//! as in GPT-2, GPT-NeoX, SmolLM, or after a Split regex as in Llama-3, Qwen2) and SentencePiece
-//! (Llama-2, Mistral, TinyLlama: normalizer Prepend `▁` + Replace ` `→`▁`, byte fallback to
-//! `<0xNN>`, decoder Replace/ByteFallback/Fuse/Strip). Anything else in the file (another
-//! model, normalizer, pre-tokenizer, decoder or flag) is refused by name rather than tokenized
+//! Hugging Face `tokenizer.json` (the `tokenizers` library's format): BPE with merges in file
+//! order and added tokens at any id, in two styles. Byte-level (decoder ByteLevel): a
+//! pre-tokenizer of Split regexes and Digits ending in ByteLevel, as in GPT-2, GPT-NeoX, SmolLM,
+//! Llama-3, Qwen2, GPT-4o-style and StarCoder files. SentencePiece (byte fallback to `<0xNN>`):
+//! the normalizer Prepend `▁` + Replace ` `→`▁` (Llama-2, Mistral v0.1, TinyLlama) or the Replace
+//! alone (Gemma), or a Metaspace pre-tokenizer (newer Llama/Mistral files), maybe with Split and
+//! Digits; decoder Replace/ByteFallback/Fuse[/Strip] or Metaspace. Either may normalize with NFC
+//! (Qwen2/3) or NFKC first. The normalizer and
+//! pre-tokenizer become `Step`s applied in order. Anything else in the file (another model,
+//! normalizer, pre-tokenizer, decoder or flag) is refused by name rather than tokenized
 //! differently.
 
-use crate::bpe::{Rank, Tokenizer};
+use crate::bpe::{Decoder, HfOptions, Rank, Tokenizer};
 use crate::json::Json;
-use crate::pretokenize::SplitPattern;
+use crate::normalize::Form;
+use crate::pretokenize::{Prepend, SplitPattern, Step};
 
 /// GPT-2's map from bytes to the printable chars byte-level vocabularies are written in.
 fn byte_of_char() -> Vec<(char, u8)> {
@@ -52,121 +57,191 @@ fn require(ok: bool, what: &str) -> Result<(), String> {
     }
 }
 
-/// (split pattern, add_prefix_space) of the pre-tokenizer.
-fn pre_tokenizer(part: Option<&Json>) -> Result<(SplitPattern, bool), String> {
-    let byte_level = |p: &Json, regex: bool| -> Result<bool, String> {
-        require(type_of(p) == "ByteLevel", &format!("pre-tokenizer {}", type_of(p)))?;
-        let use_regex = !matches!(p.get("use_regex"), Some(Json::Bool(false)));
-        require(use_regex == regex, "a ByteLevel pre-tokenizer's use_regex with this pattern")?;
-        Ok(flag(p, "add_prefix_space"))
-    };
-    match part {
-        Some(p) if type_of(p) == "ByteLevel" => Ok((SplitPattern::gpt2(), byte_level(p, true)?)),
-        Some(p) if type_of(p) == "Sequence" => {
-            let steps = match p.get("pretokenizers") {
-                Some(Json::Array(steps)) => steps,
-                _ => return Err("tokenizer.json: a Sequence pre-tokenizer without its list".to_string()),
-            };
-            require(steps.len() == 2 && type_of(&steps[0]) == "Split", "a pre-tokenizer Sequence other than [Split, ByteLevel]")?;
-            let split = &steps[0];
-            require(split.get("behavior").and_then(Json::as_str) == Some("Isolated"), "a Split behavior other than Isolated")?;
-            require(!flag(split, "invert"), "an inverted Split")?;
-            let regex = split
-                .get("pattern")
-                .and_then(|p| p.get("Regex"))
-                .and_then(Json::as_str)
-                .ok_or("tokenizer.json: a Split pre-tokenizer without a Regex pattern")?;
-            let pattern = SplitPattern::parse(regex)?;
-            require(!byte_level(&steps[1], false)?, "add_prefix_space after a Split")?;
-            Ok((pattern, false))
-        }
-        Some(p) => Err(format!("tokenizer.json: pre-tokenizer {} is not supported", type_of(p))),
-        None => Err("tokenizer.json: a byte-level BPE needs a ByteLevel pre-tokenizer".to_string()),
+fn items<'j>(part: &'j Json, key: &str) -> Result<&'j [Json], String> {
+    match part.get(key) {
+        Some(Json::Array(items)) => Ok(items),
+        _ => Err(format!("tokenizer.json: a {} {} without its \"{}\" list", type_of(part), "Sequence", key)),
     }
 }
 
-/// Whether the normalizer and decoder are SentencePiece's (Prepend + Replace; Replace,
-/// ByteFallback, Fuse, Strip), with no pre-tokenizer.
-fn is_sentencepiece(doc: &Json) -> Result<bool, String> {
-    let steps = |part: Option<&Json>, key: &str| -> Vec<String> {
-        match part.and_then(|p| p.get(key)) {
-            Some(Json::Array(items)) => items.iter().map(|i| type_of(i).to_string()).collect(),
-            _ => Vec::new(),
-        }
+fn text_of<'j>(part: &'j Json, key: &str) -> Option<&'j str> {
+    part.get(key).and_then(Json::as_str)
+}
+
+/// A Replace's (pattern string, content).
+fn replace_of(part: &Json) -> (Option<&str>, Option<&str>) {
+    (part.get("pattern").and_then(|p| p.get("String")).and_then(Json::as_str), text_of(part, "content"))
+}
+
+/// The normalizer: NFC or NFKC (Qwen2/3), then SentencePiece's Prepend("▁") + Replace(" ",
+/// "▁") or the Replace alone (Gemma), which become a step.
+fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<Option<Form>, String> {
+    let part = match part {
+        None | Some(Json::Null) => return Ok(None),
+        Some(p) => p,
     };
-    let normalizer = doc.get("normalizer").filter(|n| **n != Json::Null);
-    if normalizer.map(type_of) != Some("Sequence") {
-        return Ok(false);
-    }
-    let names = steps(normalizer, "normalizers");
-    require(names == ["Prepend", "Replace"], &format!("normalizer Sequence {:?}", names))?;
-    let step = |i: usize| match normalizer.and_then(|n| n.get("normalizers")) {
-        Some(Json::Array(items)) => items.get(i),
+    let mut list: Vec<&Json> = match type_of(part) {
+        "Sequence" => items(part, "normalizers")?.iter().collect(),
+        _ => vec![part],
+    };
+    let form = match list.first().map(|p| type_of(p)) {
+        Some("NFC") => Some(Form::Nfc),
+        Some("NFKC") => Some(Form::Nfkc),
         _ => None,
     };
-    require(step(0).and_then(|p| p.get("prepend")).and_then(Json::as_str) == Some("\u{2581}"), "a Prepend other than ▁")?;
-    let replace = step(1);
-    let replace_ok = |r: Option<&Json>, from: &str, to: &str| {
-        r.and_then(|r| r.get("pattern")).and_then(|p| p.get("String")).and_then(Json::as_str) == Some(from)
-            && r.and_then(|r| r.get("content")).and_then(Json::as_str) == Some(to)
-    };
-    require(replace_ok(replace, " ", "\u{2581}"), "a Replace other than ' ' -> ▁")?;
-    match doc.get("pre_tokenizer") {
-        None | Some(Json::Null) => {}
-        Some(p) => return Err(format!("tokenizer.json: pre-tokenizer {} after a SentencePiece normalizer is not supported", type_of(p))),
+    if form.is_some() {
+        list.remove(0);
     }
-    let decoder = doc.get("decoder");
-    let dec = steps(decoder, "decoders");
-    require(dec == ["Replace", "ByteFallback", "Fuse", "Strip"], &format!("decoder Sequence {:?}", dec))?;
-    let items = match decoder.and_then(|d| d.get("decoders")) {
-        Some(Json::Array(items)) => items,
-        _ => unreachable!(),
+    let names: Vec<&str> = list.iter().map(|p| type_of(p)).collect();
+    let space_to_meta = |p: &Json| replace_of(p) == (Some(" "), Some("\u{2581}"));
+    match names.as_slice() {
+        ["Prepend", "Replace"] => {
+            require(text_of(list[0], "prepend") == Some("\u{2581}"), "a Prepend other than ▁")?;
+            require(space_to_meta(list[1]), "a Replace other than ' ' -> ▁")?;
+            steps.push(Step::Metaspace { prepend: Prepend::Normalizer, split: false });
+        }
+        ["Replace"] => {
+            require(space_to_meta(list[0]), "a Replace other than ' ' -> ▁")?;
+            steps.push(Step::Metaspace { prepend: Prepend::Never, split: false });
+        }
+        [] => {}
+        [one] => return Err(format!("tokenizer.json: normalizer {} is not supported", one)),
+        _ => return Err(format!("tokenizer.json: normalizer Sequence {:?} is not supported", names)),
+    }
+    Ok(form)
+}
+
+/// Metaspace's prepend_scheme (older files: add_prefix_space).
+fn prepend_scheme(part: &Json) -> Result<Prepend, String> {
+    match (text_of(part, "prepend_scheme"), part.get("add_prefix_space")) {
+        (Some("always"), _) | (None, Some(Json::Bool(true))) | (None, None) => Ok(Prepend::Always),
+        (Some("first"), _) => Ok(Prepend::First),
+        (Some("never"), _) | (None, Some(Json::Bool(false))) => Ok(Prepend::Never),
+        (Some(other), _) => Err(format!("tokenizer.json: Metaspace prepend_scheme {:?} is not supported", other)),
+        (None, Some(_)) => Err("tokenizer.json: a Metaspace add_prefix_space that is not a boolean".to_string()),
+    }
+}
+
+/// Append the steps of pre-tokenizer `part` (a Sequence's in order). ByteLevel (which maps
+/// bytes to chars) must come last, and only in a byte-level tokenizer; Metaspace only in a
+/// SentencePiece-style one.
+fn pre_tokenizer_steps(part: &Json, byte_level: bool, steps: &mut Vec<Step>, ended: &mut bool) -> Result<(), String> {
+    require(!*ended, &format!("a pre-tokenizer {} after ByteLevel", type_of(part)))?;
+    match type_of(part) {
+        "Sequence" => {
+            for step in items(part, "pretokenizers")? {
+                pre_tokenizer_steps(step, byte_level, steps, ended)?;
+            }
+        }
+        "Split" => {
+            require(text_of(part, "behavior") == Some("Isolated"), "a Split behavior other than Isolated")?;
+            require(!flag(part, "invert"), "an inverted Split")?;
+            let pattern = part.get("pattern");
+            let regex = match (pattern.and_then(|p| p.get("Regex")), pattern.and_then(|p| p.get("String"))) {
+                (Some(Json::String(regex)), _) => regex.clone(),
+                (_, Some(Json::String(literal))) => escape(literal),
+                _ => return Err("tokenizer.json: a Split pre-tokenizer without a Regex or String pattern".to_string()),
+            };
+            steps.push(Step::Split(SplitPattern::parse(&regex)?));
+        }
+        "Digits" => steps.push(Step::Digits { individual: flag(part, "individual_digits") }),
+        "ByteLevel" => {
+            require(byte_level, "a ByteLevel pre-tokenizer without the ByteLevel decoder")?;
+            if flag(part, "add_prefix_space") {
+                steps.push(Step::PrefixSpace);
+            }
+            if !matches!(part.get("use_regex"), Some(Json::Bool(false))) {
+                steps.push(Step::Split(SplitPattern::Gpt2));
+            }
+            *ended = true;
+        }
+        "Metaspace" => {
+            require(!byte_level, "a Metaspace pre-tokenizer in a byte-level tokenizer")?;
+            require(text_of(part, "replacement").map_or(true, |r| r == "\u{2581}"), "a Metaspace replacement other than ▁")?;
+            let split = !matches!(part.get("split"), Some(Json::Bool(false)));
+            steps.push(Step::Metaspace { prepend: prepend_scheme(part)?, split });
+        }
+        other => return Err(format!("tokenizer.json: pre-tokenizer {} is not supported", other)),
+    }
+    Ok(())
+}
+
+/// `literal` as a regex that matches exactly it.
+fn escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len() * 2);
+    for c in literal.chars() {
+        if c.is_ascii_punctuation() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The decoder of a SentencePiece-style tokenizer.
+fn sentencepiece_decoder(part: Option<&Json>) -> Result<Decoder, String> {
+    let part = part.filter(|p| **p != Json::Null).ok_or("tokenizer.json: a SentencePiece-style BPE needs a decoder")?;
+    if type_of(part) == "Metaspace" {
+        require(text_of(part, "replacement").map_or(true, |r| r == "\u{2581}"), "a Metaspace decoder replacement other than ▁")?;
+        return Ok(Decoder::Metaspace { drop_first: prepend_scheme(part)? != Prepend::Never });
+    }
+    let list = match type_of(part) {
+        "Sequence" => items(part, "decoders")?,
+        other => return Err(format!("tokenizer.json: decoder {} is not supported", other)),
     };
-    require(replace_ok(Some(&items[0]), "\u{2581}", " "), "a decoder Replace other than ▁ -> ' '")?;
-    let strip = &items[3];
+    let names: Vec<&str> = list.iter().map(type_of).collect();
     require(
-        strip.get("content").and_then(Json::as_str) == Some(" ")
-            && strip.get("start").and_then(Json::as_u32) == Some(1)
-            && strip.get("stop").and_then(Json::as_u32) == Some(0),
-        "a decoder Strip other than one leading space",
+        names == ["Replace", "ByteFallback", "Fuse"] || names == ["Replace", "ByteFallback", "Fuse", "Strip"],
+        &format!("decoder Sequence {:?}", names),
     )?;
-    Ok(true)
+    require(replace_of(&list[0]) == (Some("\u{2581}"), Some(" ")), "a decoder Replace other than ▁ -> ' '")?;
+    if let Some(strip) = list.get(3) {
+        require(
+            text_of(strip, "content") == Some(" ")
+                && strip.get("start").and_then(Json::as_u32) == Some(1)
+                && strip.get("stop").and_then(Json::as_u32) == Some(0),
+            "a decoder Strip other than one leading space",
+        )?;
+    }
+    Ok(Decoder::Fuse { strip_first_space: list.len() == 4 })
 }
 
 pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
     let model = doc.get("model").ok_or("tokenizer.json has no \"model\"")?;
     require(type_of(model) == "BPE", &format!("model type {}", type_of(model)))?;
-    let metaspace = is_sentencepiece(doc)?;
+    let byte_level = doc.get("decoder").map(type_of) == Some("ByteLevel");
+    let char_level = !byte_level;
     for key in ["dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"] {
         let unset = match model.get(key) {
             None | Some(Json::Null) => true,
             // with byte fallback every char has tokens, so the unknown token is never produced
-            Some(Json::String(s)) => s.is_empty() || (key == "unk_token" && metaspace),
+            Some(Json::String(s)) => s.is_empty() || (key == "unk_token" && char_level),
             _ => false,
         };
         require(unset, &format!("the BPE model's {}", key))?;
     }
-    require(flag(model, "byte_fallback") == metaspace, "byte_fallback without the SentencePiece normalizer, or the reverse")?;
-    if metaspace {
-        let vocab = vocab_and_merges(model, |token| Ok(token.as_bytes().to_vec()))?;
-        return Tokenizer::from_hf(SplitPattern::default(), vocab.0, &vocab.1, added_tokens(doc)?, flag(model, "ignore_merges"), false, true, text.to_string());
+    require(flag(model, "byte_fallback") == char_level, "byte_fallback without a SentencePiece-style decoder, or the reverse")?;
+    let mut steps = Vec::new();
+    let normalizer = normalizer_steps(doc.get("normalizer"), &mut steps)?;
+    require(!byte_level || steps.is_empty(), "a SentencePiece normalizer in a byte-level tokenizer")?;
+    let mut ended = false;
+    match doc.get("pre_tokenizer") {
+        None | Some(Json::Null) => require(!byte_level, "a byte-level BPE without a ByteLevel pre-tokenizer")?,
+        Some(p) => pre_tokenizer_steps(p, byte_level, &mut steps, &mut ended)?,
     }
-    match doc.get("normalizer") {
-        None | Some(Json::Null) => {}
-        Some(n) => return Err(format!("tokenizer.json: normalizer {} is not supported", type_of(n))),
-    }
-    match doc.get("decoder") {
-        Some(d) if type_of(d) == "ByteLevel" => {}
-        Some(d) => return Err(format!("tokenizer.json: decoder {} is not supported", type_of(d))),
-        None => return Err("tokenizer.json: a byte-level BPE needs a ByteLevel decoder".to_string()),
-    }
-    let (pattern, add_prefix_space) = pre_tokenizer(doc.get("pre_tokenizer"))?;
-    let mut map: Vec<Option<u8>> = vec![None; 324];
-    for (c, b) in byte_of_char() {
-        map[c as usize] = Some(b);
-    }
-    let (vocab, merges) = vocab_and_merges(model, |token| token_bytes(token, &map))?;
-    Tokenizer::from_hf(pattern, vocab, &merges, added_tokens(doc)?, flag(model, "ignore_merges"), add_prefix_space, false, text.to_string())
+    require(!byte_level || ended, "a byte-level BPE without a ByteLevel pre-tokenizer")?;
+    let decoder = if byte_level { Decoder::ByteLevel } else { sentencepiece_decoder(doc.get("decoder"))? };
+    let (vocab, merges) = if char_level {
+        vocab_and_merges(model, |token| Ok(token.as_bytes().to_vec()))?
+    } else {
+        let mut map: Vec<Option<u8>> = vec![None; 324];
+        for (c, b) in byte_of_char() {
+            map[c as usize] = Some(b);
+        }
+        vocab_and_merges(model, |token| token_bytes(token, &map))?
+    };
+    let options = HfOptions { normalizer, steps, char_level, ignore_merges: flag(model, "ignore_merges"), decoder, source: text.to_string() };
+    Tokenizer::from_hf(vocab, &merges, added_tokens(doc)?, options)
 }
 
 type VocabAndMerges = (Vec<(Vec<u8>, Rank)>, Vec<(Vec<u8>, Vec<u8>)>);

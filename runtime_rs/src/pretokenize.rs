@@ -1,4 +1,8 @@
-//! The split pattern nanochat (and GPT-4) use, hand-written instead of a regex engine:
+//! Split patterns: the ones nanochat, GPT-4, Llama-3, Qwen2 and GPT-2 use are recognised by their
+//! text and run hand-written (fast paths); any other pattern runs on the regex engine
+//! (`crate::regex`), which the tests also use to check the fast paths piece for piece.
+//!
+//! The GPT-4/nanochat family:
 //!
 //! ```text
 //! '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,K}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+
@@ -8,6 +12,9 @@
 //! and the first that matches wins (leftmost-first, as in the `regex`/`fancy-regex` crates that
 //! tiktoken uses). `\s`, `\p{L}` and `\p{N}` come from the generated `unicode_tables`.
 
+use std::sync::Arc;
+
+use crate::regex::Regex;
 use crate::unicode_tables::{CharClass, CLASS_RANGES};
 
 pub const NANOCHAT_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
@@ -54,17 +61,18 @@ const HF_SPELLINGS: [(&str, usize); 2] = [
     (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+", 1),
 ];
 
-/// The pattern families this crate implements: the GPT-4/nanochat family, identified by its
-/// longest digit group, and GPT-2's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SplitPattern {
-    max_digits: usize,
-    gpt2: bool,
+/// A split pattern: one of the hand-written families (the GPT-4/nanochat family, identified by
+/// its longest digit group, or GPT-2's), or any other pattern compiled by the regex engine.
+#[derive(Clone, Debug)]
+pub enum SplitPattern {
+    Gpt4 { max_digits: usize },
+    Gpt2,
+    Engine(Arc<Regex>),
 }
 
 impl Default for SplitPattern {
     fn default() -> Self {
-        SplitPattern { max_digits: 2, gpt2: false }
+        SplitPattern::Gpt4 { max_digits: 2 }
     }
 }
 
@@ -94,49 +102,59 @@ fn folds_to(c: char, lower: char) -> bool {
 }
 
 impl SplitPattern {
-    /// Recognise a pattern string; only this family is implemented, anything else is refused.
+    /// A recognised pattern string runs hand-written; any other is compiled by the regex
+    /// engine, which refuses what it does not implement by name.
     pub fn parse(pattern: &str) -> Result<SplitPattern, String> {
+        match SplitPattern::recognise(pattern) {
+            Some(fast) => Ok(fast),
+            None => SplitPattern::engine(pattern),
+        }
+    }
+
+    /// `pattern` compiled by the regex engine, even when a fast path recognises it.
+    pub fn engine(pattern: &str) -> Result<SplitPattern, String> {
+        Ok(SplitPattern::Engine(Arc::new(Regex::new(pattern)?)))
+    }
+
+    fn recognise(pattern: &str) -> Option<SplitPattern> {
         if pattern == GPT2_PATTERN {
-            return Ok(SplitPattern::gpt2());
+            return Some(SplitPattern::Gpt2);
         }
         if let Some((_, max_digits)) = HF_SPELLINGS.iter().find(|(spelling, _)| *spelling == pattern) {
-            return Ok(SplitPattern { max_digits: *max_digits, gpt2: false });
+            return Some(SplitPattern::Gpt4 { max_digits: *max_digits });
         }
         if let Some(rest) = pattern.strip_prefix(PATTERN_HEAD) {
             if let Some(digits) = rest.strip_suffix(PATTERN_TAIL) {
                 if let Ok(max_digits) = digits.parse::<usize>() {
                     if (1..=9).contains(&max_digits) {
-                        return Ok(SplitPattern { max_digits, gpt2: false });
+                        return Some(SplitPattern::Gpt4 { max_digits });
                     }
                 }
             }
         }
-        Err(format!(
-            "unsupported split pattern {:?}: only the GPT-4/nanochat, Llama-3, Qwen2 and GPT-2 patterns are implemented",
-            pattern
-        ))
-    }
-
-    pub fn gpt2() -> SplitPattern {
-        SplitPattern { max_digits: 0, gpt2: true }
+        None
     }
 
     pub fn pattern_string(&self) -> String {
-        if self.gpt2 {
-            return GPT2_PATTERN.to_string();
+        match self {
+            SplitPattern::Gpt2 => GPT2_PATTERN.to_string(),
+            SplitPattern::Gpt4 { max_digits } => format!("{}{}{}", PATTERN_HEAD, max_digits, PATTERN_TAIL),
+            SplitPattern::Engine(regex) => regex.as_str().to_string(),
         }
-        format!("{}{}{}", PATTERN_HEAD, self.max_digits, PATTERN_TAIL)
     }
 
-    /// Byte offset where the piece starting at `start` (< text.len()) ends.
-    pub fn piece_end(&self, text: &str, start: usize) -> usize {
+    /// Byte offset where the piece starting at `start` (< text.len()) ends, for a hand-written
+    /// pattern (each matches at every position).
+    fn piece_end(&self, text: &str, start: usize) -> usize {
         let (c0, len0) = match char_at(text, start) {
             Some(x) => x,
             None => return start,
         };
-        if self.gpt2 {
-            return gpt2_piece_end(text, start, c0, len0);
-        }
+        let max_digits = match self {
+            SplitPattern::Gpt4 { max_digits } => *max_digits,
+            SplitPattern::Gpt2 => return gpt2_piece_end(text, start, c0, len0),
+            SplitPattern::Engine(_) => unreachable!("the engine's pieces are searched"),
+        };
         let after0 = start + len0;
         let next = char_at(text, after0);
 
@@ -180,7 +198,7 @@ impl SplitPattern {
             let mut end = after0;
             let mut taken = 1;
             for c in text[after0..].chars() {
-                if taken == self.max_digits || class_of(c) != CharClass::Number {
+                if taken == max_digits || class_of(c) != CharClass::Number {
                     break;
                 }
                 end += c.len_utf8();
@@ -215,14 +233,59 @@ impl SplitPattern {
 
     /// The pieces of `text`, in order; they concatenate back to `text`.
     pub fn pieces<'p, 't>(&'p self, text: &'t str) -> Pieces<'p, 't> {
-        Pieces { pattern: self, text, at: 0 }
+        Pieces { pattern: self, text, at: 0, search_from: 0, found: None }
+    }
+
+    /// Byte offsets at which `text` can be cut into independently pre-tokenized segments (none
+    /// for an engine pattern, about which nothing is known).
+    pub fn safe_cuts(&self, text: &str, target_segment: usize) -> Vec<usize> {
+        match self {
+            SplitPattern::Engine(_) => Vec::new(),
+            _ => safe_cuts(text, target_segment),
+        }
     }
 }
 
+/// The pieces as the `tokenizers` library's Split (behavior Isolated) makes them: the matches
+/// and the non-empty stretches between them; an empty match only separates two stretches.
 pub struct Pieces<'p, 't> {
     pattern: &'p SplitPattern,
     text: &'t str,
     at: usize,
+    /// Where the next search starts (past an empty match at `at`).
+    search_from: usize,
+    /// A match found after a stretch that is returned first.
+    found: Option<(usize, usize)>,
+}
+
+impl<'p, 't> Pieces<'p, 't> {
+    fn next_searched(&mut self, regex: &Regex) -> usize {
+        if let Some((_, end)) = self.found.take() {
+            return end;
+        }
+        let text = self.text;
+        let mut from = self.search_from.max(self.at);
+        loop {
+            match regex.find_at(text, from) {
+                None => return text.len(),
+                Some((start, end)) if start == end => {
+                    from = start + char_at(text, start).map_or(1, |(_, len)| len);
+                    if start > self.at {
+                        self.search_from = from;
+                        return start;
+                    }
+                    if from > text.len() {
+                        return text.len();
+                    }
+                }
+                Some((start, end)) if start > self.at => {
+                    self.found = Some((start, end));
+                    return start;
+                }
+                Some((_, end)) => return end,
+            }
+        }
+    }
 }
 
 impl<'p, 't> Iterator for Pieces<'p, 't> {
@@ -232,7 +295,10 @@ impl<'p, 't> Iterator for Pieces<'p, 't> {
         if self.at >= self.text.len() {
             return None;
         }
-        let end = self.pattern.piece_end(self.text, self.at);
+        let end = match self.pattern {
+            SplitPattern::Engine(regex) => self.next_searched(regex),
+            fast => fast.piece_end(self.text, self.at),
+        };
         let piece = &self.text[self.at..end];
         self.at = end;
         Some(piece)
@@ -288,10 +354,113 @@ fn gpt2_piece_end(text: &str, start: usize, c0: char, len0: usize) -> usize {
     whitespace_piece_end(text, start, false)
 }
 
+/// When Metaspace puts `▁` before a piece (after its spaces became `▁`): `Normalizer` is the
+/// SentencePiece normalizer's Prepend (before any non-empty text), the others are Metaspace's
+/// prepend_scheme (not before a piece that starts with `▁`; `First`: only at the input's start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prepend {
+    Normalizer,
+    Always,
+    First,
+    Never,
+}
+
+pub(crate) const METASPACE: char = '\u{2581}';
+
+/// One step of a Hugging Face pre-tokenizer (or of a normalizer that acts like one): each step
+/// splits or rewrites every piece the steps before it made, as `tokenizers` applies a Sequence.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Split(Regex, Isolated); also the regex of ByteLevel(use_regex=true).
+    Split(SplitPattern),
+    /// Digits: every numeric (\p{N}) char a piece of its own, or each run of them one piece.
+    Digits { individual: bool },
+    /// ByteLevel's add_prefix_space: a space before a piece that does not start with one.
+    PrefixSpace,
+    /// Spaces become `▁`, `▁` is prepended as `prepend` says; `split`: each `▁` starts a piece.
+    Metaspace { prepend: Prepend, split: bool },
+}
+
+/// Push the parts of `piece` cut at `cuts` (increasing byte offsets) to `out`.
+fn push_cuts(piece: &str, at_start: bool, cuts: &mut dyn Iterator<Item = usize>, out: &mut Vec<(String, bool)>) {
+    let mut from = 0;
+    for cut in cuts.chain(std::iter::once(piece.len())) {
+        if cut > from {
+            out.push((piece[from..cut].to_string(), at_start && from == 0));
+            from = cut;
+        }
+    }
+}
+
+impl Step {
+    /// Push the pieces `piece` becomes to `out`, each with whether it starts the input.
+    fn apply(&self, piece: String, at_start: bool, out: &mut Vec<(String, bool)>) {
+        match self {
+            Step::Split(pattern) => {
+                let mut at = 0;
+                let mut cuts = pattern.pieces(&piece).map(|p| {
+                    at += p.len();
+                    at
+                });
+                push_cuts(&piece, at_start, &mut cuts, out);
+            }
+            Step::Digits { individual } => {
+                let mut prev: Option<bool> = None;
+                let mut cuts = piece.char_indices().filter_map(|(i, c)| {
+                    let numeric = class_of(c) == CharClass::Number;
+                    let cut = prev.map_or(false, |was| was != numeric || (numeric && *individual));
+                    prev = Some(numeric);
+                    if cut {
+                        Some(i)
+                    } else {
+                        None
+                    }
+                });
+                push_cuts(&piece, at_start, &mut cuts, out);
+            }
+            Step::PrefixSpace => {
+                out.push((if piece.starts_with(' ') { piece } else { format!(" {}", piece) }, at_start));
+            }
+            Step::Metaspace { prepend, split } => {
+                let replaced = piece.replace(' ', "\u{2581}");
+                let starts = replaced.starts_with(METASPACE);
+                let add = match prepend {
+                    Prepend::Normalizer => true,
+                    Prepend::Always => !starts,
+                    Prepend::First => !starts && at_start,
+                    Prepend::Never => false,
+                };
+                let text = if add { format!("\u{2581}{}", replaced) } else { replaced };
+                if *split {
+                    let mut cuts = text.match_indices(METASPACE).map(|(i, _)| i);
+                    push_cuts(&text, at_start, &mut cuts, out);
+                } else {
+                    out.push((text, at_start));
+                }
+            }
+        }
+    }
+}
+
+/// The pieces of `text` after `steps`; `at_start`: whether `text` starts the input.
+pub fn apply_steps(steps: &[Step], text: &str, at_start: bool) -> Vec<String> {
+    let mut pieces = vec![(text.to_string(), at_start)];
+    for step in steps {
+        let mut next = Vec::with_capacity(pieces.len());
+        for (piece, first) in pieces {
+            if !piece.is_empty() {
+                step.apply(piece, first, &mut next);
+            }
+        }
+        pieces = next;
+    }
+    pieces.into_iter().map(|(piece, _)| piece).filter(|p| !p.is_empty()).collect()
+}
+
 /// Byte offsets at which `text` can be cut into independently pre-tokenized segments: right
 /// after a '\n' that is followed by a non-whitespace char no piece spans the cut (the pieces
 /// that contain a line break end at it, and none that starts after it can take the '\n').
-pub fn safe_cuts(text: &str, target_segment: usize) -> Vec<usize> {
+fn safe_cuts(text: &str, target_segment: usize) -> Vec<usize> {
     let bytes = text.as_bytes();
     let mut cuts = Vec::new();
     let mut at = target_segment;
@@ -349,16 +518,75 @@ mod tests {
 
     #[test]
     fn gpt2_pattern_splits_like_the_regex() {
-        let split = |text| SplitPattern::gpt2().pieces(text).collect::<Vec<&str>>();
+        let split = |text| SplitPattern::Gpt2.pieces(text).collect::<Vec<&str>>();
         assert_eq!(split("I'm 12345 it's"), vec!["I", "'m", " 12345", " it", "'s"]);
         assert_eq!(split("WE'LL a  \n  b"), vec!["WE", "'", "LL", " a", "  \n ", " b"]);
         assert_eq!(split(" !!\n\nx  "), vec![" !!", "\n", "\n", "x", "  "]);
+    }
+
+    /// Strings mixing what the patterns treat differently: letters of every case and script,
+    /// marks, digits of several kinds, contractions (with folded letters), emoji with joiners,
+    /// whitespace runs with and without line breaks, controls, random code points.
+    fn hard_strings(n: usize) -> Vec<String> {
+        const PARTS: &[&str] = &[
+            "hello", "World", "HTMLParser", "naïve", "Straße", "ǅemal", "ΑΘΗΝΑ", "мир", "שָׁלוֹם", "नमस्ते", "漢字", "ｆｕｌｌ",
+            "ʰʲ", "0", "42", "98765", "٣٤٥", "²³", "½", "Ⅻ", "'s", "'S", "'ſ", "'ll", "'lL", "'VE", "'re", "'d", "'M", "'", "’s",
+            "😀", "👨‍👩‍👧‍👦", "🇫🇷", "#️⃣", "e\u{301}", "\u{301}", "क्षि", ".", "...", "!?", "(", "<|bos|>", "@#$", "—", "_",
+            " ", "  ", "\t", "\n", "\r\n", "\n\n", " \n ", "\u{a0}", "\u{3000}", "\u{2028}", "\u{85}", "\u{1c}", "\u{200b}",
+            "\u{0}", "\u{7f}",
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        (0..n)
+            .map(|_| {
+                let mut s = String::new();
+                for _ in 0..1 + rand(20) {
+                    if rand(6) == 0 {
+                        let limit = [0x80, 0x800, 0x10000, 0x110000][rand(4) as usize];
+                        s.extend(char::from_u32(rand(limit) as u32));
+                    } else {
+                        s.push_str(PARTS[rand(PARTS.len() as u64) as usize]);
+                    }
+                }
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_regex_engine_splits_like_every_fast_path() {
+        let patterns = [NANOCHAT_PATTERN.to_string(), SplitPattern::Gpt4 { max_digits: 3 }.pattern_string(), GPT2_PATTERN.to_string()];
+        let spellings = patterns.iter().map(String::as_str).chain(HF_SPELLINGS.iter().map(|(p, _)| *p));
+        let texts = hard_strings(4000);
+        for pattern in spellings {
+            let fast = SplitPattern::parse(pattern).unwrap();
+            assert!(!matches!(fast, SplitPattern::Engine(_)), "{} is not recognised", pattern);
+            let engine = SplitPattern::engine(pattern).unwrap();
+            for text in &texts {
+                let want: Vec<&str> = fast.pieces(text).collect();
+                let got: Vec<&str> = engine.pieces(text).collect();
+                assert_eq!(got, want, "pattern {:?} on {:?}", pattern, text);
+            }
+        }
+    }
+
+    #[test]
+    fn engine_pieces_keep_the_text_between_matches() {
+        let split = |pattern, text| SplitPattern::parse(pattern).unwrap().pieces(text).map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(split(r"\p{N}+", "ab12cd3"), vec!["ab", "12", "cd", "3"]);
+        // an empty match separates the text around it, and is no piece itself
+        assert_eq!(split(r"x*", "abxxc"), vec!["a", "b", "xx", "c"]);
+        assert_eq!(split(r"z", "abc"), vec!["abc"]);
+        assert_eq!(split(r"(?=b)", "abab"), vec!["a", "ba", "b"]);
     }
 
     #[test]
     fn pattern_round_trips() {
         let p = SplitPattern::parse(NANOCHAT_PATTERN).unwrap();
         assert_eq!(p.pattern_string(), NANOCHAT_PATTERN);
-        assert!(SplitPattern::parse("\\w+").is_err());
+        assert!(SplitPattern::parse("\\w+").unwrap_err().contains("\\w"));
     }
 }

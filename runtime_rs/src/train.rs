@@ -8,7 +8,7 @@ use std::collections::BinaryHeap;
 use crate::bpe::{Rank, Tokenizer};
 use crate::fxhash::FxHashMap;
 use crate::parallel::{parallel_map, worker_count};
-use crate::pretokenize::{safe_cuts, SplitPattern};
+use crate::pretokenize::SplitPattern;
 
 /// Texts longer than this are cut (at safe points) so threads share the work.
 const SEGMENT_BYTES: usize = 1 << 20;
@@ -78,18 +78,18 @@ impl Trainer {
         let mut segments: Vec<&str> = Vec::new();
         for text in texts {
             let mut from = 0;
-            for cut in safe_cuts(text, SEGMENT_BYTES) {
+            for cut in self.pattern.safe_cuts(text, SEGMENT_BYTES) {
                 segments.push(&text[from..cut]);
                 from = cut;
             }
             segments.push(&text[from..]);
         }
         let workers = worker_count().max(1);
-        let pattern = self.pattern;
+        let pattern = &self.pattern;
         let partials: Vec<FxHashMap<&str, u64>> = if workers == 1 || segments.len() == 1 {
-            vec![count_pieces(&pattern, &segments)]
+            vec![count_pieces(pattern, &segments)]
         } else {
-            parallel_map(balance(segments, workers), |group| count_pieces(&pattern, &group))
+            parallel_map(balance(segments, workers), |group| count_pieces(pattern, &group))
         };
         for partial in partials {
             for (piece, n) in partial {
@@ -123,7 +123,7 @@ impl Trainer {
             .enumerate()
             .map(|(i, name)| (name.clone(), first_special + i as Rank))
             .collect();
-        Tokenizer::new(self.pattern, ranks, specials)
+        Tokenizer::new(self.pattern.clone(), ranks, specials)
     }
 }
 

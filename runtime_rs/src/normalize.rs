@@ -1,0 +1,141 @@
+//! Unicode NFC and NFKC (the normalizers Qwen2/3 and others declare in tokenizer.json): full
+//! canonical (NFKC: compatibility) decomposition, canonical ordering of combining marks, then
+//! canonical composition, from the generated `normalize_tables` (Hangul syllables computed).
+
+use std::borrow::Cow;
+
+use crate::normalize_tables::{CANONICAL, COMBINING_CLASSES, COMPATIBILITY, COMPATIBILITY_CHARS, COMPOSITIONS};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    Nfc,
+    Nfkc,
+}
+
+const S_BASE: u32 = 0xAC00;
+const L_BASE: u32 = 0x1100;
+const V_BASE: u32 = 0x1161;
+const T_BASE: u32 = 0x11A7;
+const L_COUNT: u32 = 19;
+const V_COUNT: u32 = 21;
+const T_COUNT: u32 = 28;
+const N_COUNT: u32 = V_COUNT * T_COUNT;
+const S_COUNT: u32 = L_COUNT * N_COUNT;
+
+fn combining_class(c: u32) -> u8 {
+    if c < 0x300 {
+        return 0;
+    }
+    let key = c << 8 | 0xFF;
+    let i = COMBINING_CLASSES.partition_point(|&entry| entry <= key);
+    match i.checked_sub(1).map(|i| COMBINING_CLASSES[i]) {
+        Some(entry) if entry >> 8 == c => (entry & 0xFF) as u8,
+        _ => 0,
+    }
+}
+
+fn push_decomposed(c: u32, compat: bool, out: &mut Vec<u32>) {
+    if (S_BASE..S_BASE + S_COUNT).contains(&c) {
+        let s = c - S_BASE;
+        out.push(L_BASE + s / N_COUNT);
+        out.push(V_BASE + (s % N_COUNT) / T_COUNT);
+        if s % T_COUNT != 0 {
+            out.push(T_BASE + s % T_COUNT);
+        }
+        return;
+    }
+    if let Ok(i) = CANONICAL.binary_search_by_key(&c, |&(from, _, _)| from) {
+        let (_, first, second) = CANONICAL[i];
+        push_decomposed(first, compat, out);
+        if second != 0 {
+            push_decomposed(second, compat, out);
+        }
+        return;
+    }
+    if compat {
+        if let Ok(i) = COMPATIBILITY.binary_search_by_key(&c, |&(from, _)| from) {
+            let at = (COMPATIBILITY[i].1 >> 5) as usize;
+            for &part in &COMPATIBILITY_CHARS[at..at + (COMPATIBILITY[i].1 & 31) as usize] {
+                push_decomposed(part, compat, out);
+            }
+            return;
+        }
+    }
+    out.push(c);
+}
+
+fn compose_pair(first: u32, second: u32) -> Option<u32> {
+    if (L_BASE..L_BASE + L_COUNT).contains(&first) && (V_BASE..V_BASE + V_COUNT).contains(&second) {
+        return Some(S_BASE + ((first - L_BASE) * V_COUNT + (second - V_BASE)) * T_COUNT);
+    }
+    if (S_BASE..S_BASE + S_COUNT).contains(&first) && (first - S_BASE) % T_COUNT == 0 && (T_BASE + 1..T_BASE + T_COUNT).contains(&second) {
+        return Some(first + (second - T_BASE));
+    }
+    COMPOSITIONS.binary_search_by_key(&(first, second), |&(a, b, _)| (a, b)).ok().map(|i| COMPOSITIONS[i].2)
+}
+
+/// `text` in normalization form `form`; borrowed when it is already (by a quick check).
+pub fn normalize(text: &str, form: Form) -> Cow<'_, str> {
+    // below U+0300 nothing decomposes canonically or combines; ASCII has no compatibility mapping
+    let stable_below = if form == Form::Nfc { 0x300 } else { 0x80 };
+    if text.chars().all(|c| (c as u32) < stable_below) {
+        return Cow::Borrowed(text);
+    }
+    let mut chars = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        push_decomposed(c as u32, form == Form::Nfkc, &mut chars);
+    }
+    // canonical ordering: each run of marks stably sorted by class
+    let mut i = 0;
+    while i < chars.len() {
+        if combining_class(chars[i]) == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && combining_class(chars[i]) != 0 {
+            i += 1;
+        }
+        chars[start..i].sort_by_key(|&c| combining_class(c));
+    }
+    // canonical composition: a char joins the last starter unless a char between them blocks it
+    let mut out: Vec<u32> = Vec::with_capacity(chars.len());
+    let mut starter: Option<usize> = None;
+    let mut last_class: Option<u8> = None; // of the last char kept after the starter
+    for c in chars {
+        let class = combining_class(c);
+        if let Some(s) = starter {
+            if last_class.map_or(true, |last| last < class) {
+                if let Some(composite) = compose_pair(out[s], c) {
+                    out[s] = composite;
+                    continue;
+                }
+            }
+        }
+        if class == 0 {
+            starter = Some(out.len());
+            last_class = None;
+        } else {
+            last_class = Some(class);
+        }
+        out.push(c);
+    }
+    Cow::Owned(out.into_iter().filter_map(char::from_u32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composes_decomposes_and_reorders() {
+        assert_eq!(normalize("e\u{301}", Form::Nfc), "\u{e9}");
+        assert_eq!(normalize("\u{1100}\u{1161}\u{11A8}", Form::Nfc), "\u{AC01}");
+        assert_eq!(normalize("\u{212B}", Form::Nfc), "\u{C5}"); // a singleton: Angstrom sign
+        assert_eq!(normalize("a\u{323}\u{302}", Form::Nfc), normalize("a\u{302}\u{323}", Form::Nfc));
+        assert_eq!(normalize("\u{FB01}x\u{2460}", Form::Nfkc), "fix1");
+        assert_eq!(normalize("\u{FB01}", Form::Nfc), "\u{FB01}");
+        assert_eq!(normalize("\u{0958}", Form::Nfc), "\u{915}\u{93C}"); // a composition exclusion
+        assert!(matches!(normalize("plain text", Form::Nfc), Cow::Borrowed(_)));
+    }
+}
