@@ -183,3 +183,15 @@ def test_failed_verify_keeps_output_and_exits_1(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "vs_fp32" in r.stderr
     assert (tmp_path / "d" / "model" / "manifest.json").exists()
     assert (tmp_path / "d" / "parity.md").read_text().startswith("# Parity report (FAIL)")
+
+
+def test_what_the_trainer_says_the_model_can_do_reaches_the_manifest(tmp_path):
+    about = {"summary": "Adds numbers.", "examples": ["What is 2 + 2?"]}
+    ck = write_checkpoint(tmp_path / "about.pt", tiny_model(), meta={"about": about})
+    assert _compile(ck, "-o", tmp_path / "d").exit_code == 0
+    manifest = json.loads((tmp_path / "d" / "model" / "manifest.json").read_text())
+    assert manifest["model"]["source"]["about"] == about
+    bad = write_checkpoint(tmp_path / "bad.pt", tiny_model(), meta={"about": {"summary": "Adds.", "examples": "2+2"}})
+    r = _compile(bad, "-o", tmp_path / "e")
+    assert r.exit_code == 2 and "bad.pt: meta 'about' must be" in r.stderr and "Traceback" not in r.output + r.stderr
+    assert not (tmp_path / "e").exists()

@@ -3,13 +3,14 @@
 import random
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from training.data import reasoning
 from training.data.reasoning import (
-    FAMILIES, REASONING_FAMILIES, addition_thought, heldout_conversations, is_heldout, multiplication_thought,
-    sample_conversation, subtraction_thought, training_conversations,
+    FAMILIES, REASONING_FAMILIES, addition_thought, counting_thought, heldout_conversations, is_heldout,
+    multiplication_thought, sample_conversation, subtraction_thought, training_conversations,
 )
 
 
@@ -62,6 +63,84 @@ def test_column_addition_and_subtraction_are_right(a, b):
 @given(st.integers(0, 99999), st.integers(2, 9))
 def test_multiplication_by_a_digit_is_right(a, m):
     assert _final(multiplication_thought(a, m)) == a * m
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 99999), st.integers(2, 9))
+def test_every_multiplication_column_is_a_table_fact_then_the_carry(a, m):
+    """Re-derive each column from the digits the trace restates: the table fact, the carry added to
+    it, the result growing by the new digit on the left, and the carry passed to the next column."""
+    thought = multiplication_thought(a, m)
+    columns = re.findall(r"(\d+)\*(\d): (\d)\*(\d)=(\d+), (\d+)\+(\d)=(\d+), (\d+) carry (\d)\.", thought)
+    assert " ".join(f"{c[0]}*{c[1]}:" for c in columns) == " ".join(re.findall(r"\d+\*\d:", thought))
+    rest, carry, result = str(a), 0, ""
+    for restated, mm, x, mm2, p, p2, c, s, grown, next_carry in columns:
+        assert (restated, int(mm), int(mm2)) == (rest or "0", m, m)
+        assert int(x) == int(restated[-1]) and int(p) == int(x) * m and p2 == p and int(c) == carry
+        assert int(s) == int(p) + carry and grown == str(int(s) % 10) + result and int(next_carry) == int(s) // 10
+        rest, carry, result = rest[:-1], int(next_carry), grown
+    assert not rest and carry == 0 and int(result) == a * m == _final(thought)
+
+
+def test_multiplication_trace_format():
+    assert multiplication_thought(47, 6) == (
+        "47*6: 7*6=42, 42+0=42, 2 carry 4. 4*6: 4*6=24, 24+4=28, 82 carry 2. 0*6: 0*6=0, 0+2=2, 282 carry 0. Answer 282."
+    )
+
+
+@pytest.mark.parametrize("word", reasoning.WORDS)
+def test_counting_spells_every_word_and_keeps_a_running_tally(word):
+    for letter in sorted(set(word)) + ["q"]:
+        thought = counting_thought(word, letter)
+        head, steps, total = re.fullmatch(r"(Spell \w+ and count \w): (.*)\. So (\d+)\.", thought).groups()
+        assert head == f"Spell {word} and count {letter}"
+        tally = 0
+        spelled = ""
+        for step in steps.split(", "):
+            ch, verdict, running = step.split(" ")
+            assert verdict == ("yes" if ch == letter else "no")
+            tally += verdict == "yes"
+            assert int(running) == tally
+            spelled += ch
+        assert spelled == word and int(total) == word.count(letter)
+
+
+def test_counting_trace_format():
+    assert counting_thought("berry", "r") == "Spell berry and count r: b no 0, e no 0, r yes 1, r yes 2, y no 2. So 2."
+
+
+def test_word_problems_write_the_equation_of_their_story_then_its_family_trace():
+    rng = random.Random(0)
+    traces = {"+": addition_thought, "-": subtraction_thought, "*": multiplication_thought}
+    ops = set()
+    for _ in range(300):
+        c = sample_conversation(rng, "word")
+        x, op, y, trace = re.fullmatch(r"Equation: (\d+) ([-+*]) (\d+)\. (.*)", c.thought).groups()
+        numbers = [int(n) for n in re.findall(r"\d+", c.user)]
+        assert sorted(numbers) == sorted([int(x), int(y)])
+        assert op == {"gets": "+", "gives": "-", "boxes": "*"}[next(w for w in ("gets", "gives", "boxes") if w in c.user)]
+        assert trace == traces[op](int(x), int(y))
+        assert c.answer.startswith(f"{_final(trace)} ")
+        ops.add(op)
+    assert ops == set("+-*")
+
+
+def test_every_family_fits_the_demo_context():
+    """The longest problems, rendered with a tokenizer trained on the corpus, fit the demo model's
+    sequence length whole: training sees them uncut and the eval never truncates a right reply."""
+    from training.presets import get_preset
+    from training.train import train_tokenizer
+
+    sample = list(training_conversations(1500, seed=0))
+    tokenizer = train_tokenizer([f"{c.user}\n{c.thought}\n{c.answer}" for c in sample], 1024)
+    longest = {
+        "add": reasoning.Conversation("add", "", "What do you get when you add 999 and 999?", addition_thought(999, 999), "999 + 999 = 1998."),
+        "mul": reasoning.Conversation("mul", "", "What is 999 * 9?", multiplication_thought(999, 9), "999 * 9 = 8991."),
+        "count": reasoning.Conversation("count", "", "How many times does the letter s appear in mississippi?",
+                                        counting_thought("mississippi", "s"), "The letter s appears 4 times in mississippi."),
+    }
+    for c in [*longest.values(), *sample]:
+        assert len(tokenizer.render_conversation(c.messages())[0]) <= get_preset("demo").model.sequence_len, c.thought
 
 
 def test_every_step_carries_explicitly():

@@ -59,6 +59,8 @@ def test_checkpoint_is_the_compiler_contract(trained):
     assert all(t.dtype == torch.float32 for t in checkpoint["model"].values())
     assert "lm_head.weight" in checkpoint["model"] and "cos" not in checkpoint["model"]
     assert {"step", "preset", "val_loss"} <= set(checkpoint["meta"])
+    about = checkpoint["meta"]["about"]  # trained on the built-in corpus: it says what the model can do
+    assert "count" in about["summary"] and about["examples"]
     tokenizer = Tokenizer.from_json(checkpoint["tokenizer"])
     assert tokenizer.vocab_size <= checkpoint["model_config"]["vocab_size"]
     assert not [p for p in os.listdir(out) if "tmp" in p]

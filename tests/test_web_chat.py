@@ -119,6 +119,23 @@ def check_reply_streams_with_thought_panel(page):
     save_screenshot(page, "reply-375px.png")
 
 
+def test_the_intro_says_what_the_model_was_trained_to_do_and_its_examples_ask_themselves(browser, tmp_path):
+    about = {"summary": "Trained to add <b>numbers</b>.", "examples": ["What is 2+2?", "How many r's in strawberry?"]}
+    with open_chat(browser, tmp_path / "about", model={"source": {"about": about}}) as page:
+        assert page.is_visible("#intro")
+        assert page.inner_text("#about") == about["summary"]  # the manifest's words are text, not markup
+        assert page.locator("#about b").count() == 0
+        examples = page.locator("#examples button.example")
+        assert examples.all_inner_texts() == about["examples"]
+        examples.nth(1).click()
+        wait_done(page)
+        assert page.locator(".message.user").inner_text() == about["examples"][1]
+        assert last_reply(page).locator(".thought-text").text_content().startswith("The user asked: How many r's")
+        assert page.is_hidden("#intro")
+    with open_chat(browser, tmp_path / "plain") as page:  # a model that says nothing about itself
+        assert page.is_visible("#intro") and page.is_hidden("#about") and page.is_hidden("#examples")
+
+
 def test_keyboard_stop_limit_and_new_chat(chat):
     page = chat
     page.fill("#prompt", "first line")

@@ -204,6 +204,7 @@ def train(
     console = Console(quiet=quiet or not ddp.is_main, stderr=True)
     if (tokenizer is None) != (data_dir is None):
         raise ValueError("give both tokenizer and data_dir (from `monologue data prepare`), or neither")
+    builtin_data = data_dir is None
     if ddp.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if data_dir is None:
@@ -224,6 +225,10 @@ def train(
     val_conversations = heldout_conversations(max(cfg.eval_per_family, 4), seed=1)
 
     meta = {"step": step, "preset": preset, "seed": seed, "val_loss": math.nan, "train_loss": math.nan}
+    if builtin_data:
+        from .data.reasoning import ABOUT
+
+        meta["about"] = ABOUT
 
     def checkpoint():
         if ddp.is_main:

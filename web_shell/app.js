@@ -13,6 +13,8 @@ const ui = {
   statusNotes: $("status-notes"),
   progress: $("progress"),
   intro: $("intro"),
+  about: $("about"),
+  examples: $("examples"),
   chat: $("chat"),
   messages: $("messages"),
   announce: $("announce"),
@@ -356,6 +358,29 @@ function speedText(tokensPerSecond, backend) {
   return tokensPerSecond > 0 ? `${tokensPerSecond.toFixed(1)} tokens/s on ${BACKEND_LABELS[backend] ?? backend}` : "";
 }
 
+// --- what the model can do ------------------------------------------------------------------
+
+// The trainer's summary and example questions (manifest model.source.about): text only, since the
+// manifest comes with the model; an example asks itself when clicked.
+function showAbout({ summary, examples }) {
+  ui.about.textContent = summary;
+  ui.about.hidden = !summary;
+  ui.examples.replaceChildren(...examples.map((text) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "example";
+    button.textContent = text;
+    button.addEventListener("click", () => {
+      ui.prompt.value = text;
+      send();
+    });
+    const item = document.createElement("li");
+    item.append(button);
+    return item;
+  }));
+  ui.examples.hidden = !examples.length;
+}
+
 // --- sending ---------------------------------------------------------------------------------
 
 function send() {
@@ -423,9 +448,10 @@ const onMessage = {
   progress(message) {
     if (document.body.dataset.state === "loading" || message.background) showProgress(message);
   },
-  verified({ stats, canSwitchThinking }) {
+  verified({ stats, canSwitchThinking, about }) {
     fileStats = stats;
     $("thinking-setting").hidden = !canSwitchThinking;
+    if (about) showAbout(about);
   },
   backends({ backends }) {
     showBackends(backends);

@@ -53,7 +53,11 @@ const handlers = {
   async load({ prefer }) {
     model = await loadModel(SITE, (p) => post("progress", p));
     // the page offers the thinking switch only where the model's chat template has one
-    post("verified", { stats: model.stats, canSwitchThinking: typeof model.manifest.chat?.template?.generation_no_thinking === "string" });
+    post("verified", {
+      stats: model.stats,
+      canSwitchThinking: typeof model.manifest.chat?.template?.generation_no_thinking === "string",
+      about: model.manifest.model?.source?.about ?? null,
+    });
     backends = await probeBackends(model.manifest, model.files);
     post("backends", { backends });
     const usable = backends.filter((b) => b.ok);

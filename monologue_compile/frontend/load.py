@@ -130,7 +130,7 @@ def _load(path: Path, tokenizer, config) -> LoadedModel:
         cfg = _gpt_config(obj["model_config"], path)
         sd = _clean_state_dict(obj["model"], path)
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
-        source.update(kind="monologue", trained=bool(meta.get("trained") or meta.get("step")))
+        source.update(kind="monologue", trained=bool(meta.get("trained") or meta.get("step")), **_about(meta, path))
         return _checked(LoadedModel("gpt", cfg, sd, _check_tokenizer_json(tok, path), source))
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if config is None:
@@ -144,6 +144,19 @@ def _load(path: Path, tokenizer, config) -> LoadedModel:
         return _checked(LoadedModel(arch, cfg, sd, _read_tokenizer(Path(tokenizer)), {**source, "kind": "state_dict"},
                                     assumed))
     raise MonologueError(f"{path}: not a Monologue checkpoint (no 'model_config' and 'model') nor a state dict")
+
+
+def _about(meta: dict, where: Path) -> dict:
+    """{"about": ...} from a checkpoint's meta, or {}: the trainer's words on what the model can do
+    (a summary and example questions), which the chat page shows as plain text."""
+    about = meta.get("about")
+    if about is None:
+        return {}
+    ok = (isinstance(about, dict) and set(about) == {"summary", "examples"} and isinstance(about["summary"], str)
+          and isinstance(about["examples"], list) and all(isinstance(e, str) for e in about["examples"]))
+    if not ok:
+        raise MonologueError(f"{where}: meta 'about' must be {{\"summary\": text, \"examples\": [text, ...]}}")
+    return {"about": {"summary": about["summary"], "examples": list(about["examples"])}}
 
 
 def _meta_name(model_path: Path) -> str:

@@ -12,7 +12,7 @@ deterministic final answer. The thoughts are shaped for a tiny model:
 Held-out problems are chosen by a stable hash of the problem itself (`problem_key`), so the same
 problem is held out whatever seed or wording produced it, and training never sees it.
 
-API: `FAMILIES` (name -> generator), `REASONING_FAMILIES`, `sample_conversation(rng, family)`,
+API: `FAMILIES` (name -> generator), `REASONING_FAMILIES`, `ABOUT` (the corpus in words), `sample_conversation(rng, family)`,
 `training_conversations(n, seed)`, `heldout_conversations(n_per_family, seed)`, `is_heldout(key)`.
 """
 
@@ -85,14 +85,17 @@ def subtraction_thought(a: int, b: int) -> str:
 
 
 def multiplication_thought(a: int, m: int) -> str:
-    """Multiply by one digit right to left: x*m+carry per column, then the last carry."""
+    """Multiply by one digit right to left. A column is two small steps, a times-table fact and then
+    adding the carry ("7*6=42, 42+4=46"), since one step that does both is a 720-entry lookup a
+    small model learns slowly; the last carry gets a column of its own ("0*6")."""
     rest, carry, result, steps = str(a), 0, "", []
     while rest or carry:
         x = int(rest[-1]) if rest else 0
-        p = x * m + carry
-        result = str(p % 10) + result
-        steps.append(f"{rest or 0}*{m}: {x}*{m}+{carry}={p}, {result} carry {p // 10}.")
-        rest, carry = rest[:-1], p // 10
+        p = x * m
+        s = p + carry
+        result = str(s % 10) + result
+        steps.append(f"{rest or 0}*{m}: {x}*{m}={p}, {p}+{carry}={s}, {result} carry {s // 10}.")
+        rest, carry = rest[:-1], s // 10
     return " ".join(steps) + f" Answer {int(result)}."
 
 
@@ -149,22 +152,30 @@ WORDS = (
 WORDS = tuple(dict.fromkeys(WORDS))  # drop repeats, keep order
 
 
+def counting_thought(word: str, letter: str) -> str:
+    """Spell the word one letter per token, and at each letter say whether it is the one counted
+    before the running tally: the tally then only adds that yes to the tally one step back."""
+    tally, steps = 0, []
+    for ch in word:
+        tally += ch == letter
+        steps.append(f"{ch} {'yes' if ch == letter else 'no'} {tally}")
+    return f"Spell {word} and count {letter}: " + ", ".join(steps) + f". So {tally}."
+
+
 def _count(rng: random.Random) -> Conversation:
     word = rng.choice(WORDS)
     letter = rng.choice(word) if rng.random() < 0.75 else rng.choice("abcdefghijklmnopqrstuvwxyz")
     user = rng.choice([
         "How many times does the letter {l} appear in {w}?",
         "How many {l}'s are in the word {w}?",
+        "How many {l}'s in {w}?",
         "Count the letter {l} in {w}.",
         "How many {l}s does {w} have?",
     ])
-    tally, steps = 0, []
-    for ch in word:
-        tally += ch == letter
-        steps.append(f"{ch} {tally}")
-    thought = f"Spell {word} and count {letter}: " + ", ".join(steps) + f". So {tally}."
+    tally = word.count(letter)
     plural = "time" if tally == 1 else "times"
-    return Conversation("count", f"count:{word}:{letter}", user.format(l=letter, w=word), thought, f"The letter {letter} appears {tally} {plural} in {word}.")
+    return Conversation("count", f"count:{word}:{letter}", user.format(l=letter, w=word), counting_thought(word, letter),
+                        f"The letter {letter} appears {tally} {plural} in {word}.")
 
 
 NAMES = ("Tom", "Anna", "Sam", "Maria", "Leo", "Emma", "Noah", "Lily", "Omar", "Zoe", "Ivan", "Mia")
@@ -172,25 +183,23 @@ ITEMS = ("apples", "books", "marbles", "coins", "stickers", "pencils", "cookies"
 
 
 def _word(rng: random.Random) -> Conversation:
-    """A short story around one operation, solved with the same column method as the bare sums."""
+    """A short story around one operation: the thought first writes it as the bare equation, then
+    solves it with exactly the trace of that operation's own family."""
     name, item, op = rng.choice(NAMES), rng.choice(ITEMS), rng.choice("+-*")
     if op == "+":
         a, b = rng.randint(2, 99), rng.randint(2, 99)
         user = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
-        thought = f"{name} starts with {a} and gets {b} more, so add. " + addition_thought(a, b)
-        result = a + b
+        x, y, trace, result = a, b, addition_thought(a, b), a + b
     elif op == "-":
         a = rng.randint(4, 99)
         b = rng.randint(1, a - 2)
         user = f"{name} has {a} {item} and gives away {b}. How many {item} are left?"
-        thought = f"{name} starts with {a} and gives away {b}, so subtract. " + subtraction_thought(a, b)
-        result = a - b
+        x, y, trace, result = a, b, subtraction_thought(a, b), a - b
     else:
         a, b = rng.randint(2, 9), rng.randint(2, 99)
         user = f"{name} has {a} boxes with {b} {item} in each box. How many {item} is that in total?"
-        thought = f"{a} boxes of {b} each, so multiply. " + multiplication_thought(b, a)
-        result = a * b
-    return Conversation("word", f"word:{op}:{a}:{b}", user, thought, f"{result} {item}.")
+        x, y, trace, result = b, a, multiplication_thought(b, a), a * b
+    return Conversation("word", f"word:{op}:{a}:{b}", user, f"Equation: {x} {op} {y}. {trace}", f"{result} {item}.")
 
 
 # Plain chat: a short thought and a short reply, from a small built-in set (never held out).
@@ -225,9 +234,21 @@ def _chat(rng: random.Random) -> Conversation:
     return Conversation("chat", f"chat:{user}", user, thought, answer)
 
 
+# What a model trained on this corpus can do, in words for its users: training records it in the
+# checkpoint's meta, and the chat page shows it with the examples as questions to try.
+ABOUT = {
+    "summary": ("A small demo model trained only on Monologue's built-in exercises: it adds and subtracts whole "
+                "numbers up to 999, multiplies a number up to 999 by one digit, says which of two numbers up to "
+                "9999 is larger, counts a letter in one of about a hundred common words, and solves one-step word "
+                "problems, writing out its working first. Beyond that it knows a few greetings."),
+    "examples": ["How many r's in strawberry?", "What is 347 * 6?", "What is 905 - 478?", "Which is larger, 4096 or 4069?",
+                 "Tom has 4 boxes with 12 marbles in each box. How many marbles is that in total?"],
+}
+
 FAMILIES = {"add": _add, "sub": _sub, "mul": _mul, "compare": _compare, "count": _count, "word": _word, "chat": _chat}
 REASONING_FAMILIES = tuple(name for name in FAMILIES if name != "chat")
-DEFAULT_MIX = {"add": 0.2, "sub": 0.2, "mul": 0.15, "compare": 0.1, "count": 0.15, "word": 0.12, "chat": 0.08}
+# add and sub are learnt first; the families with longer traces (mul, count, word) get the larger shares.
+DEFAULT_MIX = {"add": 0.13, "sub": 0.13, "mul": 0.2, "compare": 0.1, "count": 0.22, "word": 0.16, "chat": 0.06}
 
 
 def sample_conversation(rng: random.Random, family: str) -> Conversation:
