@@ -121,7 +121,8 @@ OPS: dict[str, OpInfo] = {
     "reshape": OpInfo("token", False, "same data, new shape (the sequence dim kept whole)", ("shape",)),
     "permute": OpInfo("token", False, "axis permutation attrs.perm", ("perm",)),
     "slice": OpInfo("token", False, "x[start:end] along attrs.axis (never the sequence axis)", ("axis", "start", "end")),
-    "concat": OpInfo("token", True, "concatenate inputs along attrs.axis (never the sequence axis)", ("axis",)),
+    "concat": OpInfo("token", True, "concatenate inputs along attrs.axis (never the sequence axis); attrs.reads[i], "
+                     "when set, reads input i as a copy does ({shape, strides, offset})", ("axis", "[reads]")),
     "expand": OpInfo("token", False, "broadcast to attrs.shape", ("shape",)),
     "cast": OpInfo("token", False, "to attrs.dtype (f32 | i32); the runtimes hold activations as f32, so only a cast "
                    "that keeps the dtype is a view there", ("dtype",)),
@@ -241,6 +242,19 @@ def permute_refusal(g: "Graph", n: Node) -> str:
     why = g.meta.get("unsunk_permutes", {}).get(n.name)
     return (f"permute {n.attrs['perm']} of {g.type_of(n.inputs[0]).shape} moves data"
             + (f" ({why})" if why else "") + f" at {n.source or 'no source'}")
+
+
+def concat_pieces(g: "Graph", n: Node) -> list[tuple[tuple, list[int], int]]:
+    """Each input of concat n as (per-token dims, strides, offset) into that input's per-token block:
+    dense, or through the strides of attrs.reads."""
+    out = []
+    for name, r in zip(n.inputs, n.attrs.get("reads") or [None] * len(n.inputs)):
+        if r is None:
+            dims = row_dims(g.type_of(name).shape)
+            out.append((dims, dense_strides(dims), 0))
+        else:
+            out.append((row_dims(tuple(r["shape"])), list(r["strides"]), r["offset"]))
+    return out
 
 
 def view_refusal(g: "Graph", n: Node) -> str:
