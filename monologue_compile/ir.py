@@ -195,8 +195,7 @@ def view_block(src: TensorType, n: Node) -> tuple[int, int] | None:
     moves data (passes/views.py makes it a `copy`), moves T off axis 1, or changes the dtype."""
     per_src = math.prod(row_dims(src.shape))
     per = math.prod(row_dims(n.type.shape))
-    seq_ok = n.type.seq_axis in (None, 1) and src.seq_axis in (None, 1) and not (src.seq_axis and n.type.seq_axis is None)
-    if not seq_ok:
+    if n.type.seq_axis not in (None, 1) or src.seq_axis not in (None, 1) or (src.seq_axis and n.type.seq_axis is None):
         return None
     if n.op in ("reshape", "expand"):  # an expand that keeps the count only adds size-1 dims (or T to a fixed tensor)
         return (0, per) if per == per_src else None
@@ -264,7 +263,8 @@ def view_refusal(g: "Graph", n: Node) -> str:
     if n.op == "permute":
         return permute_refusal(g, n)
     if n.op == "cast":
-        return f"cast {src.dtype} -> {n.attrs['dtype']} {where}: the runtimes hold activations as f32 (a cast that keeps the dtype is a view)"
+        return (f"cast {src.dtype} -> {n.attrs['dtype']} {where}: the runtimes hold activations as f32 (a cast "
+                "that keeps the dtype is a view)")
     return f"{n.op} {n.attrs} of {src.shape} is not one block per token and was not made a copy {where}"
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import (OPS, SEQ, Graph, Node, dense_strides, layer_norm_step, merge_dims, row_broadcast, row_dims,
-                  view_block, view_refusal, concat_pieces)
+from ..ir import (OPS, SEQ, Graph, Node, concat_pieces, dense_strides, layer_norm_step, merge_dims, row_broadcast,
+                  row_dims, view_block, view_refusal)
 from ..resources import runtime_rs_dir
 
 GENERATED = "model_gen.rs"

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import (SEQ, Graph, Node, dense_strides, layer_norm_step, merge_dims, row_broadcast, row_dims,
-                  view_block, view_refusal, concat_pieces)
+from ..ir import (SEQ, Graph, Node, concat_pieces, dense_strides, layer_norm_step, merge_dims, row_broadcast,
+                  row_dims, view_block, view_refusal)
 from ..wgsl import kernels as kern
 
 PLAN_FORMAT = "monologue-plan"
