@@ -225,7 +225,10 @@ def _slice(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
 
 
 def _concat(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
-    return np.concatenate([_val(a) for a in args], axis=at["axis"])
+    reads = at.get("reads") or [None] * len(args)
+    parts = [_val(a) if r is None else strided_read(s, name, _val(a), tuple(r["shape"]), r["strides"], r["offset"])
+             for name, a, r in zip(n.inputs, args, reads)]
+    return np.concatenate(parts, axis=at["axis"])
 
 
 def _expand(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
@@ -243,14 +246,18 @@ def copy_index(out_shape: tuple, strides: list[int], offset: int) -> np.ndarray:
     return idx.reshape(-1)
 
 
-def _copy(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
-    x = _val(args[0])
+def strided_read(s: Session, name: str, x: np.ndarray, shape: tuple, strides: list[int], offset: int) -> np.ndarray:
+    """The `copy` semantics: a value of `shape` read from value `name` (= x) through per-token strides."""
     # one row per token; a fixed input is the same row for every token
-    rows = x.reshape(s.T, -1) if SEQ in s.g.type_of(n.inputs[0]).shape else x.reshape(1, -1)
-    out = rows[:, copy_index(n.type.shape, at["strides"], at["offset"])]
-    if SEQ not in n.type.shape:
-        return out.reshape(n.type.shape)
-    return np.broadcast_to(out, (s.T, out.shape[1])).reshape(_shape(n.type.shape, s)).copy()
+    rows = x.reshape(s.T, -1) if SEQ in s.g.type_of(name).shape else x.reshape(1, -1)
+    out = rows[:, copy_index(shape, strides, offset)]
+    if SEQ not in shape:
+        return out.reshape(shape)
+    return np.broadcast_to(out, (s.T, out.shape[1])).reshape(_shape(shape, s)).copy()
+
+
+def _copy(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return strided_read(s, n.inputs[0], _val(args[0]), n.type.shape, at["strides"], at["offset"])
 
 
 def _rope(s: Session, n: Node, at: dict, args: list) -> np.ndarray:

@@ -121,7 +121,8 @@ OPS: dict[str, OpInfo] = {
     "reshape": OpInfo("token", False, "same data, new shape (the sequence dim kept whole)", ("shape",)),
     "permute": OpInfo("token", False, "axis permutation attrs.perm", ("perm",)),
     "slice": OpInfo("token", False, "x[start:end] along attrs.axis (never the sequence axis)", ("axis", "start", "end")),
-    "concat": OpInfo("token", True, "concatenate inputs along attrs.axis (never the sequence axis)", ("axis",)),
+    "concat": OpInfo("token", True, "concatenate inputs along attrs.axis (never the sequence axis); attrs.reads[i], "
+                     "when set, reads input i as a copy does ({shape, strides, offset})", ("axis", "[reads]")),
     "expand": OpInfo("token", False, "broadcast to attrs.shape", ("shape",)),
     "cast": OpInfo("token", False, "to attrs.dtype (f32 | i32); the runtimes hold activations as f32, so only a cast "
                    "that keeps the dtype is a view there", ("dtype",)),
@@ -194,8 +195,7 @@ def view_block(src: TensorType, n: Node) -> tuple[int, int] | None:
     moves data (passes/views.py makes it a `copy`), moves T off axis 1, or changes the dtype."""
     per_src = math.prod(row_dims(src.shape))
     per = math.prod(row_dims(n.type.shape))
-    seq_ok = n.type.seq_axis in (None, 1) and src.seq_axis in (None, 1) and not (src.seq_axis and n.type.seq_axis is None)
-    if not seq_ok:
+    if n.type.seq_axis not in (None, 1) or src.seq_axis not in (None, 1) or (src.seq_axis and n.type.seq_axis is None):
         return None
     if n.op in ("reshape", "expand"):  # an expand that keeps the count only adds size-1 dims (or T to a fixed tensor)
         return (0, per) if per == per_src else None
@@ -243,6 +243,19 @@ def permute_refusal(g: "Graph", n: Node) -> str:
             + (f" ({why})" if why else "") + f" at {n.source or 'no source'}")
 
 
+def concat_pieces(g: "Graph", n: Node) -> list[tuple[tuple, list[int], int]]:
+    """Each input of concat n as (per-token dims, strides, offset) into that input's per-token block:
+    dense, or through the strides of attrs.reads."""
+    out = []
+    for name, r in zip(n.inputs, n.attrs.get("reads") or [None] * len(n.inputs)):
+        if r is None:
+            dims = row_dims(g.type_of(name).shape)
+            out.append((dims, dense_strides(dims), 0))
+        else:
+            out.append((row_dims(tuple(r["shape"])), list(r["strides"]), r["offset"]))
+    return out
+
+
 def view_refusal(g: "Graph", n: Node) -> str:
     """Why a backend cannot place view n as an offset (view_block said None) after the passes."""
     src = g.type_of(n.inputs[0])
@@ -250,7 +263,8 @@ def view_refusal(g: "Graph", n: Node) -> str:
     if n.op == "permute":
         return permute_refusal(g, n)
     if n.op == "cast":
-        return f"cast {src.dtype} -> {n.attrs['dtype']} {where}: the runtimes hold activations as f32 (a cast that keeps the dtype is a view)"
+        return (f"cast {src.dtype} -> {n.attrs['dtype']} {where}: the runtimes hold activations as f32 (a cast "
+                "that keeps the dtype is a view)")
     return f"{n.op} {n.attrs} of {src.shape} is not one block per token and was not made a copy {where}"
 
 

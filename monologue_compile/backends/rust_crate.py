@@ -31,8 +31,8 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import (OPS, SEQ, Graph, Node, dense_strides, layer_norm_step, merge_dims, row_broadcast, row_dims,
-                  view_block, view_refusal)
+from ..ir import (OPS, SEQ, Graph, Node, concat_pieces, dense_strides, layer_norm_step, merge_dims, row_broadcast,
+                  row_dims, view_block, view_refusal)
 from ..resources import runtime_rs_dir
 
 GENERATED = "model_gen.rs"
@@ -328,10 +328,8 @@ class Emitter:
         lines, start = [], 0
         axis = at["axis"] - (len(n.type.shape) - len(row_dims(n.type.shape)))
         out_strides = dense_strides(row_dims(n.type.shape))
-        for name in n.inputs:
-            x = self.loc(name, n)
-            dims = row_dims(self.g.type_of(name).shape)
-            lines.append(self.strided_copy(n, x, 0, dims, dense_strides(dims), out_strides, out, start * out_strides[axis]))
+        for name, (dims, src, offset) in zip(n.inputs, concat_pieces(self.g, n)):
+            lines.append(self.strided_copy(n, self.loc(name, n), offset, dims, src, out_strides, out, start * out_strides[axis]))
             start += dims[axis]
         return lines
 

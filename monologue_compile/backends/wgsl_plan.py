@@ -30,8 +30,8 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..ir import (SEQ, Graph, Node, dense_strides, layer_norm_step, merge_dims, row_broadcast, row_dims,
-                  view_block, view_refusal)
+from ..ir import (SEQ, Graph, Node, concat_pieces, dense_strides, layer_norm_step, merge_dims, row_broadcast,
+                  row_dims, view_block, view_refusal)
 from ..wgsl import kernels as kern
 
 PLAN_FORMAT = "monologue-plan"
@@ -395,10 +395,8 @@ class _Builder:
         axis = n.attrs["axis"] - (len(n.type.shape) - len(row_dims(n.type.shape)))
         out_strides = dense_strides(row_dims(n.type.shape))
         start = 0
-        for name in n.inputs:
-            x = self._source(n, name)
-            dims = row_dims(self.g.type_of(name).shape)
-            self._strided_copy(n, T, out, x, 0, dims, dense_strides(dims), out_strides, self.loc[n.name],
+        for name, (dims, src, offset) in zip(n.inputs, concat_pieces(self.g, n)):
+            self._strided_copy(n, T, out, self._source(n, name), offset, dims, src, out_strides, self.loc[n.name],
                                start * out_strides[axis])
             start += dims[axis]
 

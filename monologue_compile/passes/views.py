@@ -135,4 +135,23 @@ def materialize_views(g: Graph) -> Graph:
             continue
         n.op, n.inputs = "copy", [s.root]
         n.attrs = {"strides": s.row_strides(), "offset": s.offset}
-    return dead_code(g)
+    return dead_code(concat_reads(g))
+
+
+def concat_reads(g: Graph) -> Graph:
+    """A concat copies each input into its output anyway: it reads a copy's source through the
+    copy's strides itself (attrs.reads), so a partial-rotary `cat(rope(x[..., :r]), x[..., r:])`
+    moves x[..., r:] once, not twice."""
+    by_name = {n.name: n for n in g.nodes}
+    for n in g.nodes:
+        if n.op != "concat":
+            continue
+        reads = n.attrs.get("reads") or [None] * len(n.inputs)
+        for i, name in enumerate(n.inputs):
+            p = by_name.get(name)
+            if p is not None and p.op == "copy" and reads[i] is None:
+                n.inputs[i] = p.inputs[0]
+                reads[i] = {"shape": list(p.type.shape), "strides": list(p.attrs["strides"]), "offset": p.attrs["offset"]}
+        if any(reads):
+            n.attrs["reads"] = reads
+    return g
