@@ -69,7 +69,7 @@ def metrics(a: np.ndarray, ref: np.ndarray) -> dict:
 
 def rq_state_dict(g: Graph) -> dict[str, torch.Tensor]:
     """State dict of R_q: every quantized weight replaced by its dequantized value (merged ones split,
-    scalars folded into ops restored)."""
+    scalars folded into ops restored, norm weights folded into matmuls set to ones)."""
     merged = g.meta.get("merged_weights", {})
     sd: dict[str, torch.Tensor] = {}
     for name, w in g.weights.items():
@@ -85,6 +85,8 @@ def rq_state_dict(g: Graph) -> dict[str, torch.Tensor]:
             sd[name] = torch.from_numpy(dense.copy())
     for name, w in g.meta.get("scalar_weights", {}).items():  # one-element weights the passes made scalars
         sd.setdefault(name, torch.full(tuple(w["shape"]), w["value"], dtype=torch.float32))
+    for name, shape in g.meta.get("folded_norm_weights", {}).items():  # now in the matmuls' columns
+        sd[name] = torch.ones(tuple(shape), dtype=torch.float32)
     return sd
 
 

@@ -1,1 +1,1 @@
-"""Training side of Monologue: the nanochat-style GPT, its data and its train loop."""
+"""Training side of Monologue: data, the train loop and eval for the GPT in monologue_compile/models/gpt.py."""

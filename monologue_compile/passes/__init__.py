@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..ir import OPS, Graph, verify
 from .canonicalize import canonicalize
+from .fold_norm import fold_norm_weights
 from .fuse import fuse
 from .layout import layout
 from .plan import memory_plan, schedule
@@ -44,6 +45,8 @@ def _detail(name: str, g: Graph) -> str:
                 f"{sum(1 for n in g.nodes if n.op == 'elementwise')} elementwise")
     if name == "views":
         return f"{sum(1 for n in g.nodes if n.op == 'copy')} copies"
+    if name == "fold_norm":
+        return f"{len(g.meta.get('folded_norm_weights', {}))} norm weights folded into matmuls"
     if name == "quantize":
         q = [w for w in g.weights.values() if w.dtype == "q8"]
         return f"{len(q)} int8 tensors, {len(g.weights) - len(q)} f32"
@@ -53,6 +56,7 @@ def _detail(name: str, g: Graph) -> str:
 def run_pipeline(g: Graph, quant: str = "int8") -> tuple[Graph, list[PassRecord]]:
     passes = [
         ("canonicalize", canonicalize),
+        ("fold_norm", lambda x: fold_norm_weights(x, quant)),
         ("layout", layout),
         ("fuse", fuse),
         ("views", materialize_views),
