@@ -5,10 +5,10 @@ use std::sync::{Mutex, TryLockError};
 
 use crate::fxhash::FxHashMap;
 use crate::normalize::{normalize, Form};
-use crate::regex::category;
-use crate::unicode_tables::CATEGORY_NAMES;
 use crate::parallel::{parallel_map, worker_count};
 use crate::pretokenize::{apply_steps, SplitPattern, Step, METASPACE};
+use crate::regex::category;
+use crate::unicode_tables::CATEGORY_NAMES;
 
 pub type Rank = u32;
 
@@ -82,14 +82,14 @@ pub struct AddedFlags {
     pub lstrip: bool,
     /// The match takes the whitespace after it.
     pub rstrip: bool,
-    /// Only found where no letter or number touches it on either side.
+    /// Only found where no word char (`is_word_char`) touches it on either side.
     pub single_word: bool,
     /// Found in the normalized text (its own text normalized alike), after the tokens that are not.
     pub normalized: bool,
 }
 
 /// An added token being looked for: its text (normalized if it is found in normalized text), id, flags.
-type Added<'a> = (std::borrow::Cow<'a, str>, Rank, AddedFlags);
+type Added<'a> = (Cow<'a, str>, Rank, AddedFlags);
 
 /// A char of the `regex` crate's Unicode `\w` (what `tokenizers` checks single_word with):
 /// Alphabetic, a decimal digit, a mark, a connector punctuation or a joiner.
