@@ -4,8 +4,9 @@ composites (a char with a two-char canonical decomposition that NFC composes bac
 composition exclusion).
 
 The data is Unicode 16.0 (the `unicodedata2` backport, as for gen_unicode_tables.py), minus what
-the `tokenizers` library's normalizers do not know: they use older tables (Unicode 11 or so; 170
-chars assigned since have an NFKC mapping tokenizers 0.23 does not apply, 21 an NFD one, e.g.
+the `tokenizers` library's normalizers do not know: they use older tables (Unicode 11.0 or
+older: U+1F16C, new in 12.0, is not mapped; in tokenizers 0.23, 21 canonical and 191
+compatibility mappings and 120 combining classes of chars assigned since are missing, e.g.
 U+32FF, U+1FBF0, U+11938), so with `tokenizers` importable the generator drops every mapping
 and combining class that `tokenizers` does not apply, and the generated file lists how many.
 Regenerate with the `tokenizers` version the tests compare against:
