@@ -184,7 +184,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load a tokenizer.json (this project's or a Hugging Face byte-level BPE one), or import
+        """Load a tokenizer.json (this project's, or a Hugging Face BPE one: byte-level or
+        SentencePiece-style, docs/formats.md lists what is read), or import
         a nanochat tokenizer.pkl (a pickled tiktoken Encoding) without executing it."""
         path = Path(path)
         if not path.is_file():

@@ -117,12 +117,13 @@ console.log(JSON.stringify(result));
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-def test_wasm_reads_a_hugging_face_tokenizer_json_like_the_tokenizers_library(wasm_path, tmp_path):
+@pytest.mark.parametrize("style", ["llama3", "o200k", "qwen2", "digits", "metaspace_always_split"])
+def test_wasm_reads_a_hugging_face_tokenizer_json_like_the_tokenizers_library(wasm_path, tmp_path, style):
     pytest.importorskip("tokenizers")
     from test_tokenizer_hf import hard_strings, train_hf
 
     texts = hard_strings(300, seed=3)
-    hf = train_hf("llama3", texts)
+    hf = train_hf(style, texts)
     tokenizer_path = tmp_path / "tokenizer.json"
     hf.save(str(tokenizer_path))
     (tmp_path / "texts.json").write_text(json.dumps(texts))

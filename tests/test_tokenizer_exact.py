@@ -100,3 +100,15 @@ def test_decode_inverts_encode(tok, text):
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=100))
 def test_arbitrary_unicode_matches_tiktoken(tok, oracle, text):
     assert tok.encode_ordinary(text) == oracle.encode_ordinary(text)
+
+
+def test_a_pattern_no_fast_path_knows_trains_and_encodes_like_tiktoken(corpus):
+    """GPT-4o's pattern runs on the Rust regex engine, in training and encoding; tiktoken's
+    regex engine (fancy-regex) splits the same."""
+    from test_tokenizer_hf import O200K_PATTERN
+
+    tok = Tokenizer.train(corpus[:2000], vocab_size=800, pattern=O200K_PATTERN)
+    oracle = tiktoken.Encoding("o200k-style", pat_str=O200K_PATTERN, mergeable_ranks=tok.ranks(), special_tokens={})
+    assert tok.pattern == O200K_PATTERN
+    mismatches = [s for s in corpus[:4000] if tok.encode_ordinary(s) != oracle.encode_ordinary(s)]
+    assert not mismatches, f"{len(mismatches)} differ, e.g. {mismatches[:3]!r}"

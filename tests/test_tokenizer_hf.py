@@ -5,7 +5,9 @@ ignore_merges; also spelled so that the Rust regex engine runs it instead of the
 GPT-4o's o200k pattern (the regex engine), Digits (StarCoder's individual digits; digit runs
 after a Split). SentencePiece-style BPE with byte fallback: Llama-2's Prepend + Replace
 normalizer, Gemma's Replace alone, newer Llama/Mistral's Metaspace pre-tokenizer (prepend_scheme
-first/always/never, split or not) with the Fuse or the Metaspace decoder. The files are trained
+first/always/never, split or not) with the Fuse or the Metaspace decoder; NFC (Qwen2) and NFKC
+normalizers, also on every code point; added tokens' lstrip/rstrip/single_word/normalized flags.
+The files are trained
 here with `tokenizers`; nothing is downloaded. What the reader does not implement is refused by
 name."""
 
@@ -190,7 +192,6 @@ def test_saved_text_is_the_file(pair, tmp_path):
         (lambda d: d["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "Punctuation"}), "pre-tokenizer Punctuation"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\w+"), r"the escape \\w"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"(?<=a)b"), "lookbehind"),
-        (lambda d: d["added_tokens"][1].update(lstrip=True), "lstrip"),
         (lambda d: d["added_tokens"][1].update(id=4294967295), "4294967295"),
         (lambda d: d["model"]["merges"].append(["zz", "qq"]), "merge"),
     ],
@@ -258,3 +259,31 @@ def test_normalizers_equal_the_tokenizers_library(form, tmp_path):
     active = [c for c in range(0x110000) if unicodedata.decomposition(chr(c)) or unicodedata.combining(chr(c))]
     code_points = sorted({*active, *range(0x1100, 0x1200), *range(0, 0x110000, 64)})
     assert not normalizer_mismatches(hf, tok, code_points)
+
+
+# Added tokens with each flag, and text that puts them where the flags matter: after and before
+# whitespace, inside words, decomposed (the normalized ones are found after NFC).
+FLAGGED = [
+    ("<L>", {"lstrip": True, "special": True, "normalized": False}),
+    ("<R>", {"rstrip": True, "special": True, "normalized": False}),
+    ("<LR>", {"lstrip": True, "rstrip": True, "special": True, "normalized": False}),
+    ("word", {"single_word": True, "normalized": True}),
+    ("hello world", {"normalized": True}),
+    ("naïve", {"normalized": True, "single_word": True, "rstrip": True}),
+    ("<raw>", {"normalized": False}),
+]
+FLAGGED_TEXT = ["<L>", "<R>", "<LR>", "word", "words", "sword", "hello world", "hello  world", "naïve", "nai\u0308ve",
+                "naïve_", "<raw>", " ", "  ", "\n", "\u3000", "x", "1", "²", "Ⅻ", "_", "\u0301", "é", "\u200d", "-"]
+
+
+@pytest.mark.parametrize("style", ["llama3", "qwen2", "gpt2_prefix_space", "sentencepiece", "metaspace_first"])
+def test_added_token_flags_equal_the_tokenizers_library(style, corpus, tmp_path):
+    hf = train_hf(style, corpus[:500])
+    hf.add_tokens([tokenizers.AddedToken(content, **flags) for content, flags in FLAGGED])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.load(tmp_path / "tokenizer.json")
+    rng = random.Random(3)
+    texts = ["".join(rng.choices(FLAGGED_TEXT, k=rng.randint(1, 8))) for _ in range(1500)]
+    texts += [s[: len(s) // 2] + "".join(rng.choices(FLAGGED_TEXT, k=3)) + s[len(s) // 2 :] for s in corpus[:500]]
+    mismatches = [t for t in texts if tok.encode(t) != hf.encode(t, add_special_tokens=False).ids]
+    assert not mismatches, f"{len(mismatches)} of {len(texts)} differ, first: {mismatches[0]!r}"

@@ -4,8 +4,9 @@ composites (a char with a two-char canonical decomposition that NFC composes bac
 composition exclusion).
 
 The data is Unicode 16.0 (the `unicodedata2` backport, as for gen_unicode_tables.py), minus what
-the `tokenizers` library's normalizers do not know: they use older tables (Unicode 11 or so; 170
-chars assigned since have an NFKC mapping tokenizers 0.23 does not apply, 21 an NFD one, e.g.
+the `tokenizers` library's normalizers do not know: they use older tables (Unicode 11.0 or
+older: U+1F16C, new in 12.0, is not mapped; in tokenizers 0.23, 21 canonical and 191
+compatibility mappings and 120 combining classes of chars assigned since are missing, e.g.
 U+32FF, U+1FBF0, U+11938), so with `tokenizers` importable the generator drops every mapping
 and combining class that `tokenizers` does not apply, and the generated file lists how many.
 Regenerate with the `tokenizers` version the tests compare against:
@@ -59,6 +60,16 @@ def unknown_to_tokenizers() -> tuple[set[int], set[int], set[int]]:
     return canonical, compat, classes
 
 
+def ranges(code_points: set[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for cp in sorted(code_points):
+        if out and out[-1][1] == cp - 1:
+            out[-1] = (out[-1][0], cp)
+        else:
+            out.append((cp, cp))
+    return out
+
+
 def rows(items: list[str], per_line: int) -> str:
     return "".join("    " + ", ".join(items[i : i + per_line]) + ",\n" for i in range(0, len(items), per_line))
 
@@ -97,6 +108,13 @@ def main() -> None:
     out.write("/// Compatibility decompositions (char, offset << 5 | length in COMPATIBILITY_CHARS), sorted.\n")
     out.write("pub static COMPATIBILITY: &[(u32, u32)] = &[\n" + rows([f"(0x{a:X}, 0x{b:X})" for a, b in compat], 6) + "];\n\n")
     out.write("pub static COMPATIBILITY_CHARS: &[u32] = &[\n" + rows([f"0x{c:X}" for c in pool], 10) + "];\n\n")
+    # chars normalization may change or join to the char before: marks, chars that decompose,
+    # second chars of composites (Hangul vowels and trailing consonants too)
+    seconds = {b for _, b, _ in compose} | set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))
+    active = {cp for cp, _ in ccc} | {cp for cp, _, _ in canonical} | seconds
+    for name, chars in (("NFC", active), ("NFKC", active | {cp for cp, _ in compat})):
+        out.write(f"/// Ranges (first, last) of the chars {name} may change or join to the char before, sorted.\n")
+        out.write(f"pub static {name}_ACTIVE: &[(u32, u32)] = &[\n" + rows([f"(0x{a:X}, 0x{b:X})" for a, b in ranges(chars)], 6) + "];\n\n")
     out.write("/// Primary composites (first, second, composite), sorted by (first, second).\n")
     out.write("pub static COMPOSITIONS: &[(u32, u32, u32)] = &[\n" + rows([f"(0x{a:X}, 0x{b:X}, 0x{c:X})" for a, b, c in compose], 4) + "];\n")
 

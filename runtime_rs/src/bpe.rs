@@ -1,11 +1,14 @@
 //! Byte-level BPE encoding and decoding with tiktoken's exact merge rule, plus special tokens.
 
+use std::borrow::Cow;
 use std::sync::{Mutex, TryLockError};
 
 use crate::fxhash::FxHashMap;
 use crate::normalize::{normalize, Form};
 use crate::parallel::{parallel_map, worker_count};
 use crate::pretokenize::{apply_steps, SplitPattern, Step, METASPACE};
+use crate::regex::category;
+use crate::unicode_tables::CATEGORY_NAMES;
 
 pub type Rank = u32;
 
@@ -58,6 +61,10 @@ pub struct HfOptions {
     pub normalizer: Option<Form>,
     /// The normalizer's and pre-tokenizer's steps, in order.
     pub steps: Vec<Step>,
+    /// How many of `steps` are the normalizer's (they never split).
+    pub normalizer_steps: usize,
+    /// The flags of each added token, in the order of the added tokens.
+    pub added: Vec<AddedFlags>,
     /// SentencePiece style (Llama-2, Mistral, Gemma): pieces start as chars, a char without a
     /// token as its `<0xNN>` byte tokens; else byte-level (pieces start as bytes).
     pub char_level: bool,
@@ -66,6 +73,84 @@ pub struct HfOptions {
     pub decoder: Decoder,
     /// The tokenizer.json text, written back unchanged.
     pub source: String,
+}
+
+/// An added token's flags, as `tokenizers` applies them when it finds the token in text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddedFlags {
+    /// The match takes the whitespace before it.
+    pub lstrip: bool,
+    /// The match takes the whitespace after it.
+    pub rstrip: bool,
+    /// Only found where no word char (`is_word_char`) touches it on either side.
+    pub single_word: bool,
+    /// Found in the normalized text (its own text normalized alike), after the tokens that are not.
+    pub normalized: bool,
+}
+
+/// An added token being looked for: its text (normalized if it is found in normalized text), id, flags.
+type Added<'a> = (Cow<'a, str>, Rank, AddedFlags);
+
+/// A char of the `regex` crate's Unicode `\w` (what `tokenizers` checks single_word with):
+/// Alphabetic, a decimal digit, a mark, a connector punctuation or a joiner.
+fn is_word_char(c: char) -> bool {
+    c.is_alphabetic() || matches!(CATEGORY_NAMES[category(c)], "Nd" | "Mn" | "Mc" | "Me" | "Pc") || c == '\u{200C}' || c == '\u{200D}'
+}
+
+/// Cut `text` at the added tokens found in it, as `tokenizers` does: leftmost match, the longest
+/// at equal starts, then the flags. Gives (start, end, the token's id or None for text between).
+fn split_added(text: &str, tokens: &[Added]) -> Vec<(usize, usize, Option<Rank>)> {
+    let is_word = |c: Option<char>| c.map_or(false, is_word_char);
+    let mut parts = Vec::new();
+    let mut next: Vec<Option<usize>> = tokens.iter().map(|(name, _, _)| text.find(name.as_ref())).collect();
+    let (mut done, mut search) = (0, 0);
+    loop {
+        // earliest occurrence at or after `search`; at equal starts the longest name wins
+        let mut best: Option<(usize, usize)> = None;
+        for (i, slot) in next.iter_mut().enumerate() {
+            if let Some(p) = *slot {
+                let p = if p < search {
+                    let found = text[search..].find(tokens[i].0.as_ref()).map(|q| q + search);
+                    *slot = found;
+                    match found {
+                        Some(q) => q,
+                        None => continue,
+                    }
+                } else {
+                    p
+                };
+                if best.map_or(true, |(bp, bi)| p < bp || (p == bp && tokens[i].0.len() > tokens[bi].0.len())) {
+                    best = Some((p, i));
+                }
+            }
+        }
+        let (pos, which) = match best {
+            Some(b) => b,
+            None => break,
+        };
+        let (name, id, flags) = &tokens[which];
+        let (mut start, mut stop) = (pos, pos + name.len());
+        search = stop;
+        if pos < done || (flags.single_word && (is_word(text[..start].chars().next_back()) || is_word(text[stop..].chars().next()))) {
+            continue;
+        }
+        if flags.lstrip {
+            let spaces: usize = text[..start].chars().rev().take_while(|c| c.is_whitespace()).map(char::len_utf8).sum();
+            start = (start - spaces).max(done);
+        }
+        if flags.rstrip {
+            stop += text[stop..].chars().take_while(|c| c.is_whitespace()).map(char::len_utf8).sum::<usize>();
+        }
+        if done < start {
+            parts.push((done, start, None));
+        }
+        parts.push((start, stop, Some(*id)));
+        done = stop;
+    }
+    if done < text.len() {
+        parts.push((done, text.len(), None));
+    }
+    parts
 }
 
 /// The decoders this runtime implements.
@@ -235,7 +320,7 @@ impl Tokenizer {
             }
         }
         // the fast path: the split pattern alone, maybe after ByteLevel's prefix space
-        let fast = match options.steps.as_slice() {
+        let fast = match &options.steps[options.normalizer_steps..] {
             [Step::Split(p)] if !options.char_level => Some((p.clone(), false)),
             [Step::PrefixSpace, Step::Split(p)] if !options.char_level => Some((p.clone(), true)),
             _ => None,
@@ -325,24 +410,35 @@ impl Tokenizer {
     }
 
     /// Encode `text`, a stretch without special tokens; `at_start`: whether it starts the input.
-    fn encode_ordinary_into(
-        &self,
-        text: &str,
-        at_start: bool,
-        out: &mut Vec<Rank>,
-        cache: &mut PieceCache,
-    ) {
+    fn encode_ordinary_into(&self, text: &str, at_start: bool, out: &mut Vec<Rank>, cache: &mut PieceCache) {
         if text.is_empty() {
             return;
         }
-        let normalized = match self.hf.as_ref().and_then(|hf| hf.options.normalizer) {
-            Some(form) => normalize(text, form),
-            None => std::borrow::Cow::Borrowed(text),
+        let normalized = self.normalized(text);
+        self.pre_tokenized_into(&normalized, at_start, out, cache);
+    }
+
+    /// What the normalizer makes of `text`: NFC/NFKC, then its ▁ steps.
+    fn normalized<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let hf = match &self.hf {
+            Some(hf) => hf,
+            None => return Cow::Borrowed(text),
         };
-        let text = normalized.as_ref();
+        let text = match hf.options.normalizer {
+            Some(form) => normalize(text, form),
+            None => Cow::Borrowed(text),
+        };
+        match &hf.options.steps[..hf.options.normalizer_steps] {
+            [] => text,
+            steps => Cow::Owned(apply_steps(steps, &text, true).concat()),
+        }
+    }
+
+    /// Pre-tokenize normalized `text` and encode its pieces.
+    fn pre_tokenized_into(&self, text: &str, at_start: bool, out: &mut Vec<Rank>, cache: &mut PieceCache) {
         let hf = match &self.hf {
             Some(hf) if !hf.fast => {
-                for piece in apply_steps(&hf.options.steps, text, at_start) {
+                for piece in apply_steps(&hf.options.steps[hf.options.normalizer_steps..], text, at_start) {
                     self.encode_piece(piece.as_bytes(), out, cache);
                 }
                 return;
@@ -417,55 +513,43 @@ impl Tokenizer {
     /// Encode, recognising the allowed special tokens (tiktoken's `encode(allowed_special=...)`);
     /// other special-token text is encoded as ordinary text.
     pub fn encode(&self, text: &str, allowed: AllowedSpecial) -> Vec<Rank> {
-        let active: Vec<(&str, Rank)> = match allowed {
-            AllowedSpecial::None => Vec::new(),
-            AllowedSpecial::All => self.specials.iter().map(|(n, id)| (n.as_str(), *id)).collect(),
-            AllowedSpecial::Some(names) => self
-                .specials
-                .iter()
-                .filter(|(n, _)| names.iter().any(|a| a == n))
-                .map(|(n, id)| (n.as_str(), *id))
-                .collect(),
-        };
-        let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        self.with_cache(|cache| self.encode_with_specials(text, &active, &mut out, cache));
-        out
-    }
-
-    fn encode_with_specials(&self, text: &str, active: &[(&str, Rank)], out: &mut Vec<Rank>, cache: &mut PieceCache) {
-        // next occurrence of each active special at or after `at`
-        let mut next: Vec<Option<usize>> = active.iter().map(|(n, _)| text.find(n)).collect();
-        let mut at = 0;
-        loop {
-            // earliest occurrence; at equal starts the longest name wins
-            let mut best: Option<(usize, usize)> = None;
-            for (i, pos) in next.iter().enumerate() {
-                if let Some(p) = *pos {
-                    let better = match best {
-                        None => true,
-                        Some((bp, bi)) => p < bp || (p == bp && active[i].0.len() > active[bi].0.len()),
-                    };
-                    if better {
-                        best = Some((p, i));
-                    }
-                }
-            }
-            let (pos, which) = match best {
-                Some(b) => b,
-                None => break,
+        let no_flags = Vec::new();
+        let flags = self.hf.as_ref().map_or(&no_flags, |hf| &hf.options.added);
+        let mut raw: Vec<Added> = Vec::new();
+        let mut normalized: Vec<Added> = Vec::new();
+        for (i, (name, id)) in self.specials.iter().enumerate() {
+            let wanted = match allowed {
+                AllowedSpecial::None => false,
+                AllowedSpecial::All => true,
+                AllowedSpecial::Some(names) => names.iter().any(|a| a == name),
             };
-            self.encode_ordinary_into(&text[at..pos], at == 0, out, cache);
-            out.push(active[which].1);
-            at = pos + active[which].0.len();
-            for (i, slot) in next.iter_mut().enumerate() {
-                if let Some(p) = *slot {
-                    if p < at {
-                        *slot = text[at..].find(active[i].0).map(|q| q + at);
-                    }
-                }
+            let f = flags.get(i).copied().unwrap_or_default();
+            if wanted && f.normalized {
+                normalized.push((self.normalized(name), *id, f));
+            } else if wanted {
+                raw.push((Cow::Borrowed(name.as_str()), *id, f));
             }
         }
-        self.encode_ordinary_into(&text[at..], at == 0, out, cache);
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        self.with_cache(|cache| {
+            for (start, end, id) in split_added(text, &raw) {
+                match id {
+                    Some(id) => out.push(id),
+                    None if normalized.is_empty() => self.encode_ordinary_into(&text[start..end], start == 0, &mut out, cache),
+                    None => {
+                        // normalized added tokens are found in the normalized text
+                        let segment = self.normalized(&text[start..end]);
+                        for (s, e, id) in split_added(&segment, &normalized) {
+                            match id {
+                                Some(id) => out.push(id),
+                                None => self.pre_tokenized_into(&segment[s..e], start == 0 && s == 0, &mut out, cache),
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        out
     }
 
     /// The text of `ids` (special tokens give their text), as the tokenizer's decoder makes it.

@@ -10,7 +10,7 @@
 //! normalizer, pre-tokenizer, decoder or flag) is refused by name rather than tokenized
 //! differently.
 
-use crate::bpe::{Decoder, HfOptions, Rank, Tokenizer};
+use crate::bpe::{AddedFlags, Decoder, HfOptions, Rank, Tokenizer};
 use crate::json::Json;
 use crate::normalize::Form;
 use crate::pretokenize::{Prepend, SplitPattern, Step};
@@ -223,6 +223,7 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
     require(flag(model, "byte_fallback") == char_level, "byte_fallback without a SentencePiece-style decoder, or the reverse")?;
     let mut steps = Vec::new();
     let normalizer = normalizer_steps(doc.get("normalizer"), &mut steps)?;
+    let normalizer_steps = steps.len();
     require(!byte_level || steps.is_empty(), "a SentencePiece normalizer in a byte-level tokenizer")?;
     let mut ended = false;
     match doc.get("pre_tokenizer") {
@@ -240,8 +241,9 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
         }
         vocab_and_merges(model, |token| token_bytes(token, &map))?
     };
-    let options = HfOptions { normalizer, steps, char_level, ignore_merges: flag(model, "ignore_merges"), decoder, source: text.to_string() };
-    Tokenizer::from_hf(vocab, &merges, added_tokens(doc)?, options)
+    let (added, added_flags) = added_tokens(doc)?;
+    let options = HfOptions { normalizer, steps, normalizer_steps, added: added_flags, char_level, ignore_merges: flag(model, "ignore_merges"), decoder, source: text.to_string() };
+    Tokenizer::from_hf(vocab, &merges, added, options)
 }
 
 type VocabAndMerges = (Vec<(Vec<u8>, Rank)>, Vec<(Vec<u8>, Vec<u8>)>);
@@ -282,20 +284,25 @@ fn vocab_and_merges<F: Fn(&str) -> Result<Vec<u8>, String>>(model: &Json, bytes:
     Ok((vocab, merges))
 }
 
-fn added_tokens(doc: &Json) -> Result<Vec<(String, Rank)>, String> {
+/// The added tokens (text, id) and their flags.
+fn added_tokens(doc: &Json) -> Result<(Vec<(String, Rank)>, Vec<AddedFlags>), String> {
     match doc.get("added_tokens") {
-        None | Some(Json::Null) => Ok(Vec::new()),
+        None | Some(Json::Null) => Ok((Vec::new(), Vec::new())),
         Some(Json::Array(items)) => items
             .iter()
             .map(|item| {
                 let content = item.get("content").and_then(Json::as_str).ok_or("tokenizer.json: an added token without content")?;
                 let id = item.get("id").and_then(Json::as_u32).ok_or_else(|| format!("added token {} has no integer id", content))?;
-                for key in ["lstrip", "rstrip", "single_word"] {
-                    require(!flag(item, key), &format!("added token {}'s {}", content, key))?;
-                }
-                Ok((content.to_string(), id as Rank))
+                let flags = AddedFlags {
+                    lstrip: flag(item, "lstrip"),
+                    rstrip: flag(item, "rstrip"),
+                    single_word: flag(item, "single_word"),
+                    normalized: flag(item, "normalized"),
+                };
+                Ok(((content.to_string(), id as Rank), flags))
             })
-            .collect(),
+            .collect::<Result<Vec<_>, String>>()
+            .map(|pairs| pairs.into_iter().unzip()),
         _ => Err("tokenizer.json: \"added_tokens\" is not a list".to_string()),
     }
 }

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use crate::normalize_tables::{CANONICAL, COMBINING_CLASSES, COMPATIBILITY, COMPATIBILITY_CHARS, COMPOSITIONS};
+use crate::normalize_tables::{CANONICAL, COMBINING_CLASSES, COMPATIBILITY, COMPATIBILITY_CHARS, COMPOSITIONS, NFC_ACTIVE, NFKC_ACTIVE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form {
@@ -74,13 +74,47 @@ fn compose_pair(first: u32, second: u32) -> Option<u32> {
     COMPOSITIONS.binary_search_by_key(&(first, second), |&(a, b, _)| (a, b)).ok().map(|i| COMPOSITIONS[i].2)
 }
 
-/// `text` in normalization form `form`; borrowed when it is already (by a quick check).
-pub fn normalize(text: &str, form: Form) -> Cow<'_, str> {
+/// Whether normalization leaves `c` as it is whatever surrounds it: it does not decompose, is
+/// no mark and never joins a char before it.
+#[inline]
+fn inert(c: char, form: Form) -> bool {
+    let c = c as u32;
     // below U+0300 nothing decomposes canonically or combines; ASCII has no compatibility mapping
-    let stable_below = if form == Form::Nfc { 0x300 } else { 0x80 };
-    if text.chars().all(|c| (c as u32) < stable_below) {
-        return Cow::Borrowed(text);
+    if c < 0x80 || (c < 0x300 && form == Form::Nfc) {
+        return true;
     }
+    let active = if form == Form::Nfc { NFC_ACTIVE } else { NFKC_ACTIVE };
+    let i = active.partition_point(|&(first, _)| first <= c);
+    i == 0 || active[i - 1].1 < c
+}
+
+/// `text` in normalization form `form`; borrowed when every char is inert. Only the runs of
+/// chars that are not, each with the char before it (which they may join), are normalized.
+pub fn normalize(text: &str, form: Form) -> Cow<'_, str> {
+    let next_active = |from: usize| text[from..].char_indices().find(|&(_, c)| !inert(c, form)).map(|(i, _)| from + i);
+    let mut at = match next_active(0) {
+        Some(at) => at,
+        None => return Cow::Borrowed(text),
+    };
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut copied = 0;
+    loop {
+        let start = text[copied..at].char_indices().next_back().map_or(at, |(i, _)| copied + i);
+        out.push_str(&text[copied..start]);
+        let end = text[at..].char_indices().find(|&(_, c)| inert(c, form)).map_or(text.len(), |(i, _)| at + i);
+        normalize_run(&text[start..end], form, &mut out);
+        copied = end;
+        match next_active(end) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// Append `text` in normalization form `form` to `out`.
+fn normalize_run(text: &str, form: Form, out: &mut String) {
     let mut chars = Vec::with_capacity(text.len());
     for c in text.chars() {
         push_decomposed(c as u32, form == Form::Nfkc, &mut chars);
@@ -99,28 +133,28 @@ pub fn normalize(text: &str, form: Form) -> Cow<'_, str> {
         chars[start..i].sort_by_key(|&c| combining_class(c));
     }
     // canonical composition: a char joins the last starter unless a char between them blocks it
-    let mut out: Vec<u32> = Vec::with_capacity(chars.len());
+    let mut composed: Vec<u32> = Vec::with_capacity(chars.len());
     let mut starter: Option<usize> = None;
     let mut last_class: Option<u8> = None; // of the last char kept after the starter
     for c in chars {
         let class = combining_class(c);
         if let Some(s) = starter {
             if last_class.map_or(true, |last| last < class) {
-                if let Some(composite) = compose_pair(out[s], c) {
-                    out[s] = composite;
+                if let Some(composite) = compose_pair(composed[s], c) {
+                    composed[s] = composite;
                     continue;
                 }
             }
         }
         if class == 0 {
-            starter = Some(out.len());
+            starter = Some(composed.len());
             last_class = None;
         } else {
             last_class = Some(class);
         }
-        out.push(c);
+        composed.push(c);
     }
-    Cow::Owned(out.into_iter().filter_map(char::from_u32).collect())
+    out.extend(composed.into_iter().filter_map(char::from_u32));
 }
 
 #[cfg(test)]
@@ -137,5 +171,8 @@ mod tests {
         assert_eq!(normalize("\u{FB01}", Form::Nfc), "\u{FB01}");
         assert_eq!(normalize("\u{0958}", Form::Nfc), "\u{915}\u{93C}"); // a composition exclusion
         assert!(matches!(normalize("plain text", Form::Nfc), Cow::Borrowed(_)));
+        assert!(matches!(normalize("Привет 漢字 안녕", Form::Nfc), Cow::Borrowed(_)));
+        assert_eq!(normalize("\u{AC00}\u{11A8}", Form::Nfc), "\u{AC01}");
+        assert_eq!(normalize("\u{DD9}\u{DCF}", Form::Nfc), "\u{DDC}"); // a second char of class 0
     }
 }

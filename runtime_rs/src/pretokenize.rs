@@ -274,9 +274,6 @@ impl<'p, 't> Pieces<'p, 't> {
                         self.search_from = from;
                         return start;
                     }
-                    if from > text.len() {
-                        return text.len();
-                    }
                 }
                 Some((start, end)) if start > self.at => {
                     self.found = Some((start, end));

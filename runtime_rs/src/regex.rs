@@ -181,27 +181,13 @@ impl<'p> Parser<'p> {
     fn quantified(&mut self, mut node: Node) -> Parsed<Node> {
         loop {
             let (min, max) = match self.peek() {
-                Some('?') => (0, Some(1)),
-                Some('*') => (0, None),
-                Some('+') => (1, None),
-                Some('{') => {
-                    let from = self.at;
+                Some('{') => self.counted()?,
+                Some(c @ ('?' | '*' | '+')) => {
                     self.at += 1;
-                    let min = self.number().ok_or_else(|| self.error("a '{' that does not start {m}, {m,} or {m,n}"))?;
-                    let max = if self.eat(',') { self.number() } else { Some(min) };
-                    if !self.eat('}') || max.map_or(false, |max| max < min) {
-                        self.at = from;
-                        return Err(self.error("a malformed counted repeat"));
-                    }
-                    if self.peek() == Some('+') {
-                        return Err(self.error("a counted repeat followed by '+' (Oniguruma's Ruby syntax reads it as a nested repeat)"));
-                    }
-                    self.at -= 1;
-                    (min, max)
+                    (if c == '+' { 1 } else { 0 }, if c == '?' { Some(1) } else { None })
                 }
                 _ => return Ok(node),
             };
-            self.at += 1;
             if node.nullable() && max.map_or(true, |m| m > 1) {
                 return Err(self.error("a repeat of something that can match the empty string"));
             }
@@ -212,6 +198,22 @@ impl<'p> Parser<'p> {
                 node = Node::Atomic(Box::new(node));
             }
         }
+    }
+
+    /// `{m}`, `{m,}` or `{m,n}`, consumed.
+    fn counted(&mut self) -> Parsed<(u32, Option<u32>)> {
+        let from = self.at;
+        self.at += 1;
+        let min = self.number().ok_or_else(|| self.error("a '{' that does not start {m}, {m,} or {m,n}"))?;
+        let max = if self.eat(',') { self.number() } else { Some(min) };
+        if !self.eat('}') || max.map_or(false, |max| max < min) {
+            self.at = from;
+            return Err(self.error("a malformed counted repeat"));
+        }
+        if self.peek() == Some('+') {
+            return Err(self.error("a counted repeat followed by '+' (Oniguruma's Ruby syntax reads it as a nested repeat)"));
+        }
+        Ok((min, max))
     }
 
     /// One atom, and the char when it is a single literal char.
@@ -653,6 +655,7 @@ mod tests {
         assert_eq!(find_all(r"x(?=y)", "xxy"), vec!["x"]);
         assert_eq!(find_all(r"[a\-z]+", "a-z"), vec!["a-z"]);
         assert_eq!(find_all(r"\x41\u0042\x{43}", "ABC"), vec!["ABC"]);
+        assert_eq!(find_all(r"\}?a{2}?b{1,}", "}aab}aabb"), vec!["}aab", "}aabb"]);
     }
 
     #[test]
@@ -668,6 +671,7 @@ mod tests {
             (r"(a", "unclosed"),
             (r"a)", "unmatched"),
             (r"a{2,3}+", "counted repeat"),
+            (r"*a", "nothing to repeat"),
         ] {
             let err = Regex::new(pattern).err().unwrap_or_else(|| panic!("{} accepted", pattern));
             assert!(err.contains(says), "{}: {}", pattern, err);
