@@ -199,7 +199,9 @@ def _word(rng: random.Random) -> Conversation:
         a, b = rng.randint(2, 9), rng.randint(2, 99)
         user = f"{name} has {a} boxes with {b} {item} in each box. How many {item} is that in total?"
         x, y, trace, result = b, a, multiplication_thought(b, a), a * b
-    return Conversation("word", f"word:{op}:{a}:{b}", user, f"Equation: {x} {op} {y}. {trace}", f"{result} {item}.")
+    # The answer is the equation with its result, as in the bare families: an answer that named the
+    # item ("170 stickers.") had the demo model fetch the item from the question, and it guessed one.
+    return Conversation("word", f"word:{op}:{a}:{b}", user, f"Equation: {x} {op} {y}. {trace}", f"{x} {op} {y} = {result}.")
 
 
 # Plain chat: a short thought and a short reply, from a small built-in set (never held out).
