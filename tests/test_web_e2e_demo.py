@@ -17,7 +17,7 @@ import pytest
 from monologue_compile.driver import compile_to
 from test_web_wasm import have_wasm_toolchain
 from test_web_wasm import greedy_reference
-from web_helpers import browser, outside, save_screenshot, serving  # noqa: F401
+from web_helpers import ask_and_wait, browser, outside, save_screenshot, serving, settings  # noqa: F401
 
 DEMO = Path(__file__).resolve().parent.parent / "runs" / "demo" / "checkpoint.pt"
 QUESTION = "What is 37 + 48?"
@@ -54,10 +54,7 @@ def demo_site(tmp_path_factory):
 
 def ask(page):
     page.evaluate(WATCH)
-    page.fill("#prompt", QUESTION)
-    page.press("#prompt", "Enter")
-    page.wait_for_selector("body[data-state='ready']", timeout=180_000)
-    return page.locator(".message.assistant").last, page.evaluate("window.panelStates")
+    return ask_and_wait(page, QUESTION), page.evaluate("window.panelStates")
 
 
 def test_demo_reply_in_the_browser(browser, demo_site):
@@ -78,10 +75,7 @@ def test_demo_reply_in_the_browser(browser, demo_site):
             title = page.locator("#backend option[value=webgpu]").get_attribute("title")
             assert "no WebGPU" in title, title  # only a Chromium without an adapter may skip it
             backends = ["wasm"]
-        page.click("#open-settings")
-        page.fill("input[name=temperature]", "0")
-        page.fill("input[name=maxNewTokens]", str(MAX_NEW_TOKENS))
-        page.click("#settings button[type=submit]")
+        settings(page, temperature=0, maxNewTokens=MAX_NEW_TOKENS)
 
         for backend in backends:
             if page.input_value("#backend") != backend:

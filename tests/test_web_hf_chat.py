@@ -34,7 +34,7 @@ from test_runtime_native_parity import shared_crate_dir  # noqa: E402
 from test_web_wasm import have_wasm_toolchain  # noqa: E402
 
 from monologue_compile.tokenizer import Tokenizer  # noqa: E402
-from web_helpers import browser, serving  # noqa: E402, F401
+from web_helpers import ask_and_wait, browser, serving, settings  # noqa: E402, F401
 
 pytestmark = pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolchain for wasm32")
 
@@ -139,15 +139,10 @@ def test_three_turns_prompt_ids_are_apply_chat_template_and_replies_are_r_q(brow
         page.wait_for_selector("body[data-state='ready']", timeout=60_000)
         assert page.input_value("#backend") == backend
 
-        page.click("#open-settings")
-        page.fill("input[name=temperature]", "0")
-        page.fill("input[name=maxNewTokens]", str(MAX_NEW_TOKENS))
-        page.click("#settings button[type=submit]")
+        settings(page, temperature=0, maxNewTokens=MAX_NEW_TOKENS)
         compared = 0
         for n, question in enumerate(QUESTIONS, 1):
-            page.fill("#prompt", question)
-            page.press("#prompt", "Enter")
-            page.wait_for_selector("body[data-state='ready']", timeout=120_000)
+            reply = ask_and_wait(page, question)
             turns = page.evaluate("window.turns")
             assert len(turns) == n
             turn = turns[-1]
@@ -158,7 +153,6 @@ def test_three_turns_prompt_ids_are_apply_chat_template_and_replies_are_r_q(brow
             assert turn["tokens"] == want, (n, messages)
             compared += len(want)
 
-            reply = page.locator(".message.assistant").last
             # as the page decodes (WHATWG's replacement of bad UTF-8, as Python's): transformers' ByteFallback
             # turns a whole run of byte tokens into U+FFFDs when any of them is bad
             text = tok.decode_bytes(want).decode("utf-8", errors="replace")

@@ -19,7 +19,7 @@ from test_nanochat import LATER, SIZES, _random_later, write_nanochat_dir  # noq
 from test_runtime_native_parity import shared_crate_dir  # noqa: E402
 from test_web_hf_chat import RECORD, hooked_generate, rq_greedy  # noqa: E402
 from test_web_wasm import have_wasm_toolchain  # noqa: E402
-from web_helpers import browser, serving  # noqa: E402, F401
+from web_helpers import ask_and_wait, browser, serving, settings  # noqa: E402, F401
 
 pytestmark = pytest.mark.skipif(not have_wasm_toolchain(), reason="no Rust toolchain for wasm32")
 
@@ -70,13 +70,8 @@ def test_newest_nanochat_replies_as_r_q_on_webgpu_in_chromium(browser, newest_si
             if "no WebGPU" in title:
                 pytest.skip(f"this Chromium has no WebGPU adapter: {title}")
             raise AssertionError(f"WebGPU was not chosen: {title}; status: {page.inner_text('#status')}")
-        page.click("#open-settings")
-        page.fill("input[name=temperature]", "0")
-        page.fill("input[name=maxNewTokens]", str(MAX_NEW_TOKENS))
-        page.click("#settings button[type=submit]")
-        page.fill("#prompt", QUESTION)
-        page.press("#prompt", "Enter")
-        page.wait_for_selector("body[data-state='ready']", timeout=180_000)
+        settings(page, temperature=0, maxNewTokens=MAX_NEW_TOKENS)
+        ask_and_wait(page, QUESTION)
         assert page.input_value("#backend") == "webgpu"
         turn = page.evaluate("window.turns")[-1]
         assert len(turn["prompt"]) > chunk, (len(turn["prompt"]), chunk)

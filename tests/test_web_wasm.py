@@ -19,7 +19,7 @@ from monologue_compile.errors import MonologueError
 from monologue_compile.site import copy_web_shell
 from monologue_compile.tokenizer import Tokenizer
 from test_runtime_native_parity import compile_model, rq_model
-from web_helpers import browser, serving  # noqa: F401
+from web_helpers import ask_and_wait, browser, serving, settings  # noqa: F401
 
 QUESTION = "What is 2+2?"
 MAX_NEW_TOKENS = 40
@@ -87,15 +87,8 @@ def test_greedy_reply_on_wasm_is_r_q(browser, site):
         page.wait_for_selector("body[data-state='ready']", timeout=60_000)
         assert page.input_value("#backend") == "wasm"
 
-        page.click("#open-settings")
-        page.fill("input[name=temperature]", "0")
-        page.fill("input[name=maxNewTokens]", str(MAX_NEW_TOKENS))
-        page.click("#settings button[type=submit]")
-        page.fill("#prompt", QUESTION)
-        page.press("#prompt", "Enter")
-        page.wait_for_selector("body[data-state='ready']", timeout=120_000)
-
-        reply = page.locator(".message.assistant").last
+        settings(page, temperature=0, maxNewTokens=MAX_NEW_TOKENS)
+        reply = ask_and_wait(page, QUESTION)
         assert reply.locator(".answer").text_content() == answer
         assert reply.locator(".thought-text").text_content() == thought
         assert f"{len(tokens)} tokens" in reply.locator(".reply-meta").inner_text()

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from test_web_wasm import MAX_NEW_TOKENS, QUESTION, greedy_reference, have_wasm_toolchain, site  # noqa: F401
-from web_helpers import browser, outside, save_screenshot, serving  # noqa: F401
+import web_helpers
+from web_helpers import browser, outside, save_screenshot, serving, settings  # noqa: F401
 
 # Longer than the plan's 64-token prefill chunk once in the chat template (1 token per byte here).
 LONG_QUESTION = "Please tell me, in as few words as you can manage, what two plus two makes?"
@@ -54,13 +55,6 @@ def open_page(browser, url, requests, worker_prefix=""):
     return context, page, errors
 
 
-def settings(page, **values):
-    page.click("#open-settings")
-    for name, value in values.items():
-        page.fill(f"input[name={name}]", str(value))
-    page.click("#settings button[type=submit]")
-
-
 def switch(page, backend):
     page.select_option("#backend", backend)
     page.wait_for_selector("body[data-state='ready']", timeout=60_000)
@@ -69,10 +63,7 @@ def switch(page, backend):
 
 
 def ask_and_wait(page, question=QUESTION):
-    page.fill("#prompt", question)
-    page.press("#prompt", "Enter")
-    page.wait_for_selector("body[data-state='ready']", timeout=180_000)
-    return page.locator(".message.assistant").last
+    return web_helpers.ask_and_wait(page, question)
 
 
 def reply_of(reply):

@@ -104,6 +104,22 @@ def recorded_page(browser, url: str, **context_options):
     return context, page, requests
 
 
+def settings(page, **values):
+    """Sets the page's generation settings (`temperature=0`, `maxNewTokens=8`, ...) through its dialog."""
+    page.click("#open-settings")
+    for name, value in values.items():
+        page.fill(f"input[name={name}]", str(value))
+    page.click("#settings button[type=submit]")
+
+
+def ask_and_wait(page, question: str):
+    """Sends `question` as the user would and waits for the reply; returns the reply's element."""
+    page.fill("#prompt", question)
+    page.press("#prompt", "Enter")
+    page.wait_for_selector("body[data-state='ready']", timeout=180_000)
+    return page.locator(".message.assistant").last
+
+
 def outside(requests: list[str], prefix: str) -> list[str]:
     """The request URLs not under `prefix`. The page's worker starts from a blob: URL the page made
     itself (app.js); one of the page's own origin is local, not a request to anywhere."""
