@@ -57,7 +57,7 @@ def _torch_rates(g, prompt: list[int], steps: int) -> dict:
 
     if g.meta.get("arch") != "gpt":
         return {"error": f"torch timing supports arch gpt (this is {g.meta.get('arch')})"}
-    from ..models.gpt import KVCache
+    from .models.gpt import KVCache
 
     model = build_module("gpt", g.meta["config"], rq_state_dict(g)).eval()
     with torch.no_grad():

@@ -294,7 +294,7 @@ class TorchRq(Engine):
     def measure(self):
         import torch
 
-        from ..models.gpt import KVCache
+        from .models.gpt import KVCache
 
         old = torch.get_num_threads()
         torch.set_num_threads(self.threads)
