@@ -76,6 +76,20 @@ def hooked_generate(route):
     route.fulfill(body=body, content_type="text/javascript")
 
 
+def recording_page(browser, url: str):
+    """(context, page, page errors): the page at `url`, loaded, with the worker's prompt ids and tokens
+    recorded in `window.turns`."""
+    context = browser.new_context()
+    context.add_init_script(RECORD)
+    context.route("**/generate.js", hooked_generate)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(error))
+    page.goto(url)
+    page.wait_for_selector("body:not([data-state='loading']):not([data-upgrading])", timeout=180_000)
+    return context, page, errors
+
+
 @pytest.fixture(scope="module", params=sorted(STYLES))
 def hf_site(request, tmp_path_factory):
     """(style, dist, AutoTokenizer, the compiled Tokenizer, R_q module, stop ids) for a compiled HF folder with runtime.wasm."""
@@ -120,14 +134,7 @@ def rq_greedy(rq, prompt: list[int], stops: set[int], n: int) -> list[int]:
 def test_three_turns_prompt_ids_are_apply_chat_template_and_replies_are_r_q(browser, hf_site, backend):
     style, dist, auto, tok, rq, stops = hf_site
     with serving(dist) as url:
-        context = browser.new_context()
-        context.add_init_script(RECORD)
-        context.route("**/generate.js", hooked_generate)
-        page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda error: errors.append(error))
-        page.goto(url)
-        page.wait_for_selector("body:not([data-state='loading']):not([data-upgrading])", timeout=120_000)
+        context, page, errors = recording_page(browser, url)
         option = page.locator(f"#backend option[value={backend}]")
         if option.is_disabled():
             title = option.get_attribute("title") or ""

@@ -17,7 +17,7 @@ pytest.importorskip("tiktoken")
 
 from test_nanochat import LATER, SIZES, _random_later, write_nanochat_dir  # noqa: E402
 from test_runtime_native_parity import shared_crate_dir  # noqa: E402
-from test_web_hf_chat import RECORD, hooked_generate, rq_greedy  # noqa: E402
+from test_web_hf_chat import recording_page, rq_greedy  # noqa: E402
 from test_web_wasm import have_wasm_toolchain  # noqa: E402
 from web_helpers import ask_and_wait, browser, serving, settings  # noqa: E402, F401
 
@@ -57,14 +57,7 @@ def newest_site(tmp_path_factory):
 def test_newest_nanochat_replies_as_r_q_on_webgpu_in_chromium(browser, newest_site):
     dist, rq, stops, chunk = newest_site
     with serving(dist) as url:
-        context = browser.new_context()
-        context.add_init_script(RECORD)
-        context.route("**/generate.js", hooked_generate)
-        page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda error: errors.append(error))
-        page.goto(url)
-        page.wait_for_selector("body:not([data-state='loading']):not([data-upgrading])", timeout=180_000)
+        context, page, errors = recording_page(browser, url)
         if page.input_value("#backend") != "webgpu":
             title = page.locator("#backend option[value=webgpu]").get_attribute("title") or ""
             if "no WebGPU" in title:
