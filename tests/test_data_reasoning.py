@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from training.data import reasoning
 from training.data.reasoning import (
-    FAMILIES, REASONING_FAMILIES, addition_thought, counting_thought, heldout_conversations, is_heldout,
+    FAMILIES, REASONING_FAMILIES, addition_thought, comparison_thought, counting_thought, heldout_conversations, is_heldout,
     multiplication_thought, sample_conversation, subtraction_thought, training_conversations,
 )
 
@@ -137,7 +137,8 @@ def test_every_family_fits_the_demo_context():
         "add": reasoning.Conversation("add", "", "What do you get when you add 999 and 999?", addition_thought(999, 999), "999 + 999 = 1998."),
         "mul": reasoning.Conversation("mul", "", "What is 999 * 9?", multiplication_thought(999, 9), "999 * 9 = 8991."),
         "count": reasoning.Conversation("count", "", "How many times does the letter s appear in mississippi?",
-                                        counting_thought("mississippi", "s"), "The letter s appears 4 times in mississippi."),
+                                        counting_thought("mississippi", "s"), "The letter s appears 4 times."),
+        "compare": reasoning.Conversation("compare", "", "What is the larger of 9998 and 9999?", comparison_thought(9998, 9999), "9999 is larger."),
     }
     for c in [*longest.values(), *sample]:
         assert len(tokenizer.render_conversation(c.messages())[0]) <= get_preset("demo").model.sequence_len, c.thought
@@ -160,9 +161,35 @@ def test_answers_match_the_problem():
             numbers = [int(n) for n in re.findall(r"\d+", c.user)]
             assert c.answer == f"{max(numbers)} is larger."
         elif c.family == "count":
-            letter, word = re.fullmatch(r"The letter (\w) appears \d+ times? in (\w+)\.", c.answer).groups()
+            word = re.search(r"Spell (\w+) and", c.thought).group(1)
+            assert word in c.user
+            letter = re.fullmatch(r"The letter (\w) appears \d+ times?\.", c.answer).group(1)
             assert f"appears {word.count(letter)} time" in c.answer
         assert c.thought and c.answer and c.user
+
+
+@pytest.mark.parametrize("a, b", [(4096, 4069), (4712, 87), (59, 664), (1000, 999), (7, 7000), (1234, 1235), (5, 3), (90, 19)])
+def test_comparison_reads_lengths_then_digits_from_the_left(a, b):
+    """Re-read the trace: the length pass drops one digit of each per step, the digit pass one digit
+    from the left per step, and the verdict follows from them."""
+    thought = comparison_thought(a, b)
+    lengths = re.match(r"Lengths: (.*?): ", thought).group(1).split(", ")
+    x, y = str(a), str(b)
+    for step in lengths:
+        assert step == f"{x or 'none'} vs {y or 'none'}"
+        if not (x and y):
+            break
+        x, y = x[:-1], y[:-1]
+    assert len(lengths) == min(len(str(a)), len(str(b))) + 1
+    if len(str(a)) != len(str(b)):
+        assert f": {max(a, b)} is longer." in thought and "From the left" not in thought
+    else:
+        digits = re.findall(r"(\d+) vs (\d+): (\d)([=<>])(\d)\.", thought.split("From the left:")[1])
+        for i, (rest_a, rest_b, da, rel, db) in enumerate(digits):
+            assert (rest_a, rest_b) == (str(a)[i:], str(b)[i:]) and (da, db) == (rest_a[0], rest_b[0])
+            assert rel == ("=" if da == db else ">" if da > db else "<")
+        assert [d[3] for d in digits[:-1]] == ["="] * (len(digits) - 1) and digits[-1][3] != "="
+    assert thought.endswith(f"So {max(a, b)} is larger.")
 
 
 def test_words_are_unique_and_lowercase():
