@@ -82,7 +82,9 @@ def test_both_backends_place_every_kernel_output_where_the_plan_says(which, requ
         if kv:  # written by its own kernel: the attention copies only the other part
             att = kv["attention"]
             assert want_wgsl not in wgsl.get(att + ":cache", set())
-            assert re.search(rf"k::attention\([^;]*{'None, Some' if kv['part'] == 'k' else 'Some[^;]*None'}", rust[att][1])
+            some = r"Some\(\([^()]*v\([^()]*\)\)\)"
+            k_arg, v_arg = re.search(rf"k::attention\([^;]*?\), (None|{some}), (None|{some}), t, pos", rust[att][1]).groups()
+            assert (k_arg if kv["part"] == "k" else v_arg) == "None"
         if n.name in mp["in_place"] and n.op == "matmul":
             assert "Step::Own(Binary::Add" in rust[n.name][1]
         elif n.name in mp["in_place"]:
@@ -132,3 +134,15 @@ def test_a_kv_cache_value_read_elsewhere_is_refused(gpt):
     g.node(user.name).inputs.append(k)
     with pytest.raises(PlanError, match=rf"%{user.name} reads %{k}, which is written only into the KV cache of %\S+"):
         check_memory_plan(g)
+
+
+def test_rope_k_and_a_value_embedding_mix_go_straight_into_the_caches(nanochat):
+    """Only the layers without value embeddings (whose v is a slice of the q|k|v projection) copy v."""
+    mp = nanochat.meta["memory_plan"]
+    assert {(nanochat.node(x).op, w["part"]) for x, w in mp["kv_write"].items()} == {("rope", "k"), ("elementwise", "v")}
+    plan = build_plan(nanochat).plan
+    copies = [d for d in plan["dispatch"]["decode"] if plan["pipelines"][d["pipeline"]]["name"] == "kv_write"]
+    written_v = {w["attention"] for w in mp["kv_write"].values() if w["part"] == "v"}
+    assert sorted(d["node"] for d in copies) == sorted(n.name for n in nanochat.nodes
+                                                       if n.op == "attention" and n.name not in written_v)
+    assert "None, None, t, pos" in generate(nanochat)

@@ -282,8 +282,8 @@ class _Builder:
     def _steps(self, n: Node, T: int, out: list, steps: list, operands: list[str], x: Loc | None, inplace=False):
         """One `elementwise` dispatch: `steps` over the rows of x (or of n's output, in place)."""
         y = self.loc[n.name]
-        if y.at_pos:
-            _fail(n, "elementwise steps on rows written into a KV cache")
+        if y.at_pos and inplace:
+            _fail(n, "elementwise steps over rows written into a KV cache")
         if x is not None and self.in_place.get(n.name) == n.inputs[0]:
             inplace = True  # the memory plan gave the output input 0's place: run the steps over it
         bufs = {} if inplace else {"x": x.buffer}
@@ -296,7 +296,7 @@ class _Builder:
             if b == y.buffer:
                 _fail(n, "an operand shares the output buffer")
         bufs.update(y=y.buffer, step=STEP_BUFFER)
-        kw = dict(width=n.type.shape[-1], inplace=inplace, y_offset=y.offset, y_row_stride=y.row_stride)
+        kw = dict(width=n.type.shape[-1], inplace=inplace, y_offset=y.offset, y_row_stride=y.row_stride, y_at_pos=y.at_pos)
         if not inplace:
             kw.update(x_offset=x.offset, x_row_stride=x.row_stride)
         out.append(_Pending("elementwise", (T, y.row_floats, steps, ops), kw, bufs, n.name))

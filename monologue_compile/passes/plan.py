@@ -16,9 +16,9 @@ its buffer was overwritten.
   input before it stores the element of the output in its place (for the matmul epilogue: each
   output element's operand is read once, by the thread that computes the element, just before the
   store).
-- Straight into the KV cache (`kv_write`: value -> {attention, part}): a k (or v) whose only reader
+- Straight into the KV cache (`kv_write`: value -> {attention, part}): a k or v whose only reader
   is one attention node and whose producer's kernels write rows at the cache position on every
-  backend (rope) has no buffer; its kernel writes the cache rows [pos, pos + T) the attention then
+  backend (rope's k; an elementwise v, such as a projection mixed with value embeddings) has no buffer; its kernel writes the cache rows [pos, pos + T) the attention then
   reads, instead of a temporary the attention would copy.
 Attention nodes own a KV cache of sequence_len positions (`kv_cache`).
 """
@@ -34,8 +34,9 @@ from ..ir import OPS, SEQ, Graph, Node
 PREFILL_CHUNK = 64
 
 # ops whose kernels, on every backend, can write their output rows straight into KV-cache rows at
-# the cache position (wgsl: rope_qknorm's out_at_pos; rust: any kernel, through a View at pos)
-CACHE_WRITERS = ("rope",)
+# the cache position (wgsl: rope_qknorm's out_at_pos, elementwise's y_at_pos; rust: any kernel,
+# through a View at pos): rope's k, and a v mixed from its projection (value embeddings)
+CACHE_WRITERS = ("rope", "elementwise")
 # ops whose kernel is a chain of steps over the rows of input 0, one row at a time: each can run
 # over its own input in place (wgsl: `elementwise` with inplace; rust: k::elementwise_in_place)
 ROW_OPS = ("elementwise", "rms_norm", "layer_norm", "softmax")
@@ -169,7 +170,7 @@ def memory_plan(g: Graph) -> Graph:
         "f32_buffers": buffers,
         "assign": {k: assign[root[k]] if root.get(k) in assign else None for k in root},
         "in_place": in_place,
-        "kv_write": {x: kv_write[root[x]] for x in root if root[x] in kv_write},
+        "kv_write": kv_write,
         "kv_cache": kv,
         "naive_per_token": sum(_per_token(n.type.shape)[0] for n in g.nodes if OPS[n.op].kernel),
     }
