@@ -35,19 +35,24 @@ def nanochat(tmp_path_factory):
     return build(d).graph
 
 
-def _wgsl_outputs(g) -> dict[str, set[str]]:
-    """Node -> the buffers its dispatches bind as their output (y / out / cache)."""
-    plan = build_plan(g).plan
+def _wgsl_outputs(g) -> tuple[dict[str, set[str]], dict, dict[str, list[tuple[str, list[str]]]]]:
+    """(node -> the buffers its dispatches bind as their output (y / out / cache), the plan,
+    node -> each dispatch's kernel header line and binding names)."""
+    built = build_plan(g)
+    plan = built.plan
     out: dict[str, set[str]] = {}
+    forms: dict[str, list] = {}
     for d in plan["dispatch"]["prefill"] + plan["dispatch"]["decode"]:
         pipe = plan["pipelines"][d["pipeline"]]
-        entries = dict(zip((b["name"] for b in pipe["bindings"]), plan["bind_groups"][d["bind_group"]]["entries"]))
+        names = [b["name"] for b in pipe["bindings"]]
+        forms.setdefault(d["node"], []).append((built.kernels[pipe["kernel"].split("/")[1]].splitlines()[0], names))
+        entries = dict(zip(names, plan["bind_groups"][d["bind_group"]]["entries"]))
         for name in ("y", "out"):
             if name in entries:
                 out.setdefault(d["node"], set()).add(entries[name])
         if pipe["name"] == "kv_write":
             out.setdefault(d["node"] + ":cache", set()).add(entries["cache"])
-    return out, plan
+    return out, plan, forms
 
 
 def _rust_blocks(g) -> dict[str, tuple[str, str]]:
@@ -62,12 +67,15 @@ def test_both_backends_place_every_kernel_output_where_the_plan_says(which, requ
     g = request.getfixturevalue(which)
     mp = g.meta["memory_plan"]
     kv_index = {n.name: i for i, n in enumerate(n for n in g.nodes if n.op == "attention")}
-    wgsl, plan = _wgsl_outputs(g)
+    wgsl, plan, forms = _wgsl_outputs(g)
     rust = _rust_blocks(g)
     assert mp["in_place"] and mp["kv_write"]
     checked = 0
     for n in g.nodes:
-        if not OPS[n.op].kernel or n.op == "positions":  # WGSL binds the position tables whole
+        if not OPS[n.op].kernel:
+            continue
+        if n.op == "positions":  # WGSL binds the position tables whole; Rust gathers rows into a buffer
+            assert rust[n.name][0] == f"s.bufs[{mp['assign'][n.name]}]"
             continue
         kv = mp["kv_write"].get(n.name)
         if kv:
@@ -85,9 +93,11 @@ def test_both_backends_place_every_kernel_output_where_the_plan_says(which, requ
             some = r"Some\(\([^()]*v\([^()]*\)\)\)"
             k_arg, v_arg = re.search(rf"k::attention\([^;]*?\), (None|{some}), (None|{some}), t, pos", rust[att][1]).groups()
             assert (k_arg if kv["part"] == "k" else v_arg) == "None"
-        if n.name in mp["in_place"] and n.op == "matmul":
+        if n.name in mp["in_place"] and n.op == "matmul":  # the kernels' residual epilogue, Step::Own
+            assert all("y = residual + " in head for head, _ in forms[n.name]), forms[n.name]
             assert "Step::Own(Binary::Add" in rust[n.name][1]
-        elif n.name in mp["in_place"]:
+        elif n.name in mp["in_place"]:  # an elementwise dispatch over y's own rows (no x binding)
+            assert [names for _, names in forms[n.name] if "x" in names] == []
             assert "k::elementwise_in_place(" in rust[n.name][1]
     assert checked == sum(OPS[n.op].kernel and n.op != "positions" for n in g.nodes)
     assert plan["io"]["logits"]["buffer"] == f"act{mp['assign'][g.outputs[0]]}"
