@@ -106,14 +106,16 @@ def _whole(g: Graph, name: str, root: dict[str, str]) -> bool:
 
 
 def _cache_writes(g: Graph) -> dict[str, dict]:
+    """k/v values to write straight into their attention's cache (see the module docstring)."""
     users = g.users()
+    nodes = {n.name for n in g.nodes}
     out = {}
     for a in g.nodes:
         if a.op != "attention" or a.attrs.get("layout") != "BTHD":
             continue
         for idx, part in ((1, "k"), (2, "v")):
             x = a.inputs[idx]
-            if x in g.outputs or x not in {n.name for n in g.nodes}:
+            if x in g.outputs or x not in nodes:
                 continue
             if g.node(x).op in CACHE_WRITERS and [u.name for u in users.get(x, [])] == [a.name] \
                     and a.inputs.count(x) == 1:
