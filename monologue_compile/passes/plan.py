@@ -18,8 +18,9 @@ its buffer was overwritten.
   store).
 - Straight into the KV cache (`kv_write`: value -> {attention, part}): a k or v whose only reader
   is one attention node and whose producer's kernels write rows at the cache position on every
-  backend (rope's k; an elementwise v, such as a projection mixed with value embeddings) has no buffer; its kernel writes the cache rows [pos, pos + T) the attention then
-  reads, instead of a temporary the attention would copy.
+  backend (rope's k; an elementwise v, such as a projection mixed with value embeddings) has no
+  buffer; its kernel writes the cache rows [pos, pos + T) the attention then reads, instead of a
+  temporary the attention would copy.
 Attention nodes own a KV cache of sequence_len positions (`kv_cache`).
 """
 
