@@ -109,8 +109,9 @@ def explain(c: Compiled) -> str:
     if mp:
         per_tok = sum(b["per_token"] for b in mp["f32_buffers"]) * 4
         lines.append(f"memory plan: {len(mp['f32_buffers'])} activation buffers, {per_tok} bytes/token "
-                     f"(without reuse {mp['naive_per_token'] * 4} bytes/token); "
-                     f"KV cache {len(mp['kv_cache'])} layers")
+                     f"(without reuse {mp['naive_per_token'] * 4} bytes/token); {len(mp['in_place'])} in place, "
+                     f"{len(mp['kv_write'])} values written into "
+                     f"the KV cache of {len(mp['kv_cache'])} layers")
     lines.append("times: " + ", ".join(f"{k} {v:.2f}s" for k, v in c.timings.items()))
     return "\n".join(lines)
 

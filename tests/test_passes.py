@@ -69,8 +69,13 @@ def test_memory_plan_reuses_buffers_without_overlap(tiny_export):
         last[root[o]] = len(g.nodes)
     for a in kernels:
         for b in kernels:
-            if a is not b and mp["assign"][a.name] == mp["assign"][b.name]:
-                assert last.get(a.name, pos[a.name]) < pos[b.name] or last.get(b.name, pos[b.name]) < pos[a.name]
+            if a is not b and mp["assign"][a.name] is not None and mp["assign"][a.name] == mp["assign"][b.name]:
+                in_place = any(root.get(mp["in_place"].get(y.name)) == x.name and last[x.name] == pos[y.name]
+                               for x, y in ((a, b), (b, a)))
+                assert in_place or last.get(a.name, pos[a.name]) < pos[b.name] or last.get(b.name, pos[b.name]) < pos[a.name]
+    # the residual adds run in place, rope's k goes straight into each layer's KV cache
+    assert len(mp["in_place"]) >= 2 * tiny_export[0].config.n_layer
+    assert sorted(v["part"] for v in mp["kv_write"].values()) == ["k"] * tiny_export[0].config.n_layer
     assert len(mp["kv_cache"]) == tiny_export[0].config.n_layer
     assert g.meta["schedule"]["kernels"] == [n.name for n in kernels]
 

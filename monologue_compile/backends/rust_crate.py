@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
+from ..passes.plan import check_memory_plan
 from ..ir import (OPS, SEQ, Graph, Node, concat_pieces, dense_strides, layer_norm_step, merge_dims, row_broadcast,
                   row_dims, view_block, view_refusal)
 from ..resources import runtime_rs_dir
@@ -57,7 +58,8 @@ class CodegenError(MonologueError):
 @dataclass(frozen=True)
 class Loc:
     """Where a value lives: token t's elements are `bufs[index][t * stride + off..][..len]`
-    (kind "buf"), a weight (kind "weight": index into the spec table), or the token ids."""
+    (kind "buf"), KV-cache rows at the position (kind "kv": `kv[index].k` or `.v`, token t's row at
+    pos + t), a weight (kind "weight": index into the spec table), or the token ids."""
 
     kind: str
     index: int
@@ -66,8 +68,15 @@ class Loc:
     len: int
     shape: tuple
     shifted: bool = False  # read by the output tail: its rows start at token t0 (see Emitter.tail)
+    part: str = ""  # kind "kv": "k" or "v"
+
+    def slot(self) -> str:
+        """The State field that holds it (kinds "buf" and "kv")."""
+        return f"s.kv[{self.index}].{self.part}" if self.kind == "kv" else f"s.bufs[{self.index}]"
 
     def view(self) -> str:
+        if self.kind == "kv":
+            return f"v({self.off} + pos * {self.stride}, {self.stride}, {self.len})"
         if self.shifted and self.stride:
             return f"v({self.off} + t0 * {self.stride}, {self.stride}, {self.len})"
         return f"v({self.off}, {self.stride}, {self.len})"
@@ -96,7 +105,8 @@ class Emitter:
         if not sched or not plan:
             raise CodegenError("the IR has no memory plan / schedule: run the whole pass pipeline first")
         self.chunk = int(sched["prefill"]["chunk"])
-        self.plan = plan
+        self.plan = check_memory_plan(g).meta["memory_plan"]
+        self.kv_index = {n.name: i for i, n in enumerate(n for n in g.nodes if n.op == "attention")}
         used = {i for n in g.nodes for i in n.inputs}
         self.weight_names = sorted(k for k in g.weights if k in used)
         self.widx = {k: i for i, k in enumerate(self.weight_names)}
@@ -143,6 +153,11 @@ class Emitter:
 
     def define(self, n: Node) -> None:
         shape = tuple(n.type.shape)
+        kv = self.plan["kv_write"].get(n.name)
+        if OPS[n.op].kernel and kv is not None:
+            per, _ = _block(shape, n.name)
+            self.locs[n.name] = Loc("kv", self.kv_index[kv["attention"]], 0, per, per, shape, part=kv["part"])
+            return
         if OPS[n.op].kernel:
             buf = self.plan["assign"].get(n.name)
             if buf is None:
@@ -161,7 +176,7 @@ class Emitter:
             raise CodegenError(f"%{n.name}: {view_refusal(self.g, n)}")
         start, per = block
         _block(shape, n.name)
-        self.locs[n.name] = Loc(src.kind, src.index, src.off + start, src.stride, per, shape, src.shifted)
+        self.locs[n.name] = replace(src, off=src.off + start, len=per, shape=shape)
 
     # --- code pieces -----------------------------------------------------------------------------
     def data(self, loc: Loc) -> str:
@@ -209,8 +224,12 @@ class Emitter:
                 else:
                     ol = self.loc(operands[st["operand"]], n)
                     repeat = self.check_broadcast(n, ol, out)
-                    if ol.kind == "buf" and ol.index == out.index:
-                        raise CodegenError(f"%{n.name}: an epilogue operand shares the output buffer")
+                    if ol.kind == "buf" and ol.index == out.index and out.kind == "buf":
+                        if self.plan["in_place"].get(n.name) != operands[st["operand"]] or repeat != 1:
+                            raise CodegenError(f"%{n.name}: an epilogue operand shares the output buffer")
+                        # the residual this output replaces (the memory plan's in-place add)
+                        parts.append(f"Step::Own(Binary::{_BINARY[fn]}, {ol.view()}, {rev})")
+                        continue
                     view = ol.view() if ol.kind == "buf" else f"v({ol.off}, 0, {ol.len})"
                     parts.append(f"Step::Tensor(Binary::{_BINARY[fn]}, Operand {{ data: {self.data(ol)}, view: {view}, repeat: {repeat} }}, {rev})")
             else:
@@ -274,16 +293,24 @@ class Emitter:
     def _k_attention(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
         if at["layout"] != "BTHD":
             raise CodegenError(f"%{n.name}: attention layout {at['layout']} (the runtime reads (1, T, H, D))")
-        q, k_, v_ = (self.act(i, n) for i in n.inputs)
+        q = self.act(n.inputs[0], n)
+        k_, v_ = (self.loc(i, n) for i in n.inputs[1:])
         h, hkv, d = at["n_head"], at["n_kv_head"], at["head_dim"]
         if q.len != h * d or k_.len != hkv * d or v_.len != hkv * d or out.len != h * d:
             raise CodegenError(f"%{n.name}: attention shapes do not match n_head/n_kv_head/head_dim")
         i = len(self.kv_nodes)
         self.kv_nodes.append(n)
+        kv = []
+        for x, part in ((k_, "k"), (v_, "v")):
+            if x.kind == "kv":  # its producer wrote it into this cache (the memory plan's KV-cache write)
+                if (x.index, x.part, x.off) != (i, part, 0):
+                    raise CodegenError(f"%{n.name}: its {part} was written into another cache")
+                kv.append("None")
+            else:
+                kv.append(f"Some(({self.data(self.act(n.inputs[1 + (part == 'v')], n))}, {x.view()}))")
         shape = (f"AttnShape {{ n_head: {h}, n_kv_head: {hkv}, head_dim: {d}, scale: {_f32(at['scale'])}, "
                  f"window: {int(at.get('window') or 0)} }}")
-        return [f"k::attention({self.data(q)}, {q.view()}, {self.data(k_)}, {k_.view()}, {self.data(v_)}, {v_.view()}, "
-                f"t, pos, &mut s.kv[{i}], {shape}, {o});"]
+        return [f"k::attention({self.data(q)}, {q.view()}, {kv[0]}, {kv[1]}, t, pos, &mut s.kv[{i}], {shape}, {o});"]
 
     def _k_elementwise(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
         x = self.act(n.inputs[0], n)
@@ -300,6 +327,8 @@ class Emitter:
         if x.len != out.len:
             raise CodegenError(f"%{n.name}: {n.op} that changes the shape is not supported")
         st = self.steps(n, steps, n.inputs[1:], out)
+        if self.plan["in_place"].get(n.name) == n.inputs[0]:  # the memory plan gave the output x's place
+            return [f"k::elementwise_in_place({x.view()}, t, {o}, {st});"]
         return [f"k::elementwise({self.data(x)}, {x.view()}, t, {o}, {st});"]
 
     def _k_mean(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
@@ -356,15 +385,16 @@ class Emitter:
             out = self.locs[n.name]
             for i in n.inputs:
                 src = self.locs.get(i)
-                if src is not None and src.kind == "buf" and src.index == out.index:
+                if src is not None and src.kind == out.kind == "buf" and src.index == out.index \
+                        and self.plan["in_place"].get(n.name) != i:
                     raise CodegenError(f"%{n.name}: the memory plan puts an input and the output in buffer {out.index}")
             body.append(f"    // %{n.name}: {n.type} = {n.op}({', '.join('%' + i for i in n.inputs)})")
             if n.source:
                 body.append(f"    //   {n.source.splitlines()[0][:150]}")
             body.append("    {")
-            body.append(f"        let mut o = take(&mut s.bufs[{out.index}]);")
+            body.append(f"        let mut o = take(&mut {out.slot()});")
             body += ["        " + line for line in self.kernel(n)]
-            body.append(f"        s.bufs[{out.index}] = o;")
+            body.append(f"        {out.slot()} = o;")
             body.append("    }")
         logits = self.locs[self.g.outputs[0]]
         if logits.kind != "buf" or SEQ not in logits.shape:

@@ -13,10 +13,12 @@ Kernels are shape-specialized; the same rendered source serves every layer with 
 kernel file is rendered once per distinct parameter set and its header's `covers:` names every IR
 node (with its fx node and model source line) it runs for.
 
-Buffers: activations are reused by liveness (sized for a prefill chunk; decode uses the first row);
-a residual add writes in place into the residual stream's buffer (the kernels' `residual` epilogue);
-q is roped into its own buffer, k straight into the KV cache row at step.pos, v copied there by
-kv_write. Weight arrays larger than `max_binding` (128 MiB, WebGPU's default
+Buffers: where each activation lives is the IR's memory plan (passes/plan.py, the annotation the
+Rust crate reads too): buffer i is `act<i>`, sized for a prefill chunk (decode uses the first row);
+where the plan runs a node in place, a matmul's residual add is the kernels' `residual` epilogue and
+a row op an `elementwise` dispatch over its own rows; a value the plan writes into a KV cache (rope's
+k) is roped straight into the cache row at step.pos, any other k/v is copied there by kv_write.
+Weight arrays larger than `max_binding` (128 MiB, WebGPU's default
 maxStorageBufferBindingSize) are split by rows into several buffers: a matmul then runs one
 dispatch per part (`out_offset`), an embedding one gather per part (`row_start`/`n_rows`).
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
+from ..passes.plan import check_memory_plan
 from ..ir import (SEQ, Graph, Node, concat_pieces, dense_strides, layer_norm_step, merge_dims, row_broadcast,
                   row_dims, view_block, view_refusal)
 from ..wgsl import kernels as kern
@@ -121,6 +124,7 @@ class _Builder:
         self.weight_parts: dict[str, list[tuple[int, int]]] = {}
         self.kv: dict[str, tuple[str, str]] = {}
         self.producer: dict[str, Node] = {}
+        self.in_place: dict[str, str] = {}  # the memory plan's: node -> the input its output overwrites
 
     # --- buffers -----------------------------------------------------------------------------
     def _buffer(self, name, nbytes, usage=("STORAGE", "COPY_DST", "COPY_SRC"), init=None, role="activation"):
@@ -172,27 +176,20 @@ class _Builder:
         init["chunks"] = pieces
         return init
 
-    # --- allocation: every value's location, decided once for decode and prefill --------------
+    # --- locations: every value's place, from the IR's memory plan (passes/plan.py) ---------------
     def allocate(self):
+        """Each value's Loc for decode and prefill alike. Buffers, in-place updates and KV-cache
+        writes are the memory plan's decisions (the same the Rust crate reads): buffer id b is
+        `act<b>`, sized for a prefill chunk; a value written into a KV cache lives at its rows."""
         g = self.g
-        users = g.users()
-        root = {}
-        for n in g.nodes:
-            root[n.name] = root.get(n.inputs[0], n.inputs[0]) if n.op in VIEWS else n.name
-        last = {}
-        for i, n in enumerate(g.nodes):
-            for x in n.inputs:
-                last[root.get(x, x)] = i
-        for o in g.outputs:
-            last[root[o]] = len(g.nodes)
-        free: list[str] = []
-        owner: dict[str, str] = {}  # buffer -> root value living there
-        count = 0
+        mp = check_memory_plan(g).meta["memory_plan"]
+        self.in_place = mp["in_place"]
+        sizes = {b["id"]: b for b in mp["f32_buffers"]}
         for n in g.nodes:
             self.producer[n.name] = n
             if n.op == "attention":
                 self._kv_cache(n)
-        for i, n in enumerate(g.nodes):
+        for n in g.nodes:
             rows = _per_token(n.type.shape)
             if n.op in VIEWS:
                 src = self.loc.get(n.inputs[0])
@@ -205,45 +202,17 @@ class _Builder:
                 block = view_block(g.type_of(n.inputs[0]), n)
                 if block is None:
                     _fail(n, view_refusal(g, n))
-                src = Loc(src.buffer, src.offset + block[0], src.row_stride, block[1], src.at_pos)
-                self.loc[n.name] = src
+                self.loc[n.name] = Loc(src.buffer, src.offset + block[0], src.row_stride, block[1], src.at_pos)
                 continue
             if n.op in BOUND:
                 continue  # the table is bound whole, see _emit_rope
-            buf = None
-            if n.name in g.outputs:
-                buf = self._buffer("logits", 4 * self.chunk * rows)
-            elif n.op == "rope" and any(u.op == "attention" and u.inputs[1] == n.name for u in users[n.name]):
-                att = next(u for u in users[n.name] if u.op == "attention")
-                self.loc[n.name] = Loc(self.kv[att.name][0], 0, rows, rows, at_pos=True)
-            elif n.op == "matmul" and self._residual(n) is not None:
-                r = self._residual(n)
-                rloc = self.loc[r]
-                if last[root.get(r, r)] != i or rloc.offset or rloc.row_stride != rows:
-                    _fail(n, "the residual operand is used later or not a whole buffer (needs an in-place add)")
-                buf = rloc.buffer
-            else:
-                need = 4 * self.chunk * rows
-                pick = next((b for b in free if self.buffers[b]["bytes"] >= need), None) or (free[0] if free else None)
-                if pick is None:
-                    pick = f"act{count}"
-                    count += 1
-                else:
-                    free.remove(pick)
-                buf = self._buffer(pick, need)
-            if buf is not None:
-                self.loc[n.name] = Loc(buf, 0, rows, rows)
-                owner[buf] = n.name
-            # free buffers whose value died here (after this node's output was placed)
-            for x in dict.fromkeys(n.inputs):
-                r = root.get(x, x)
-                lr = self.loc.get(r)
-                if lr is None or last.get(r) != i or not lr.buffer.startswith("act"):
-                    continue
-                if owner.get(lr.buffer) == r and lr.buffer not in free:
-                    free.append(lr.buffer)
-            if buf and buf.startswith("act") and last.get(n.name, -1) < i and buf not in free:
-                free.append(buf)
+            kv = mp["kv_write"].get(n.name)
+            if kv is not None:
+                self.loc[n.name] = Loc(self.kv[kv["attention"]][kv["part"] == "v"], 0, rows, rows, at_pos=True)
+                continue
+            b = sizes[mp["assign"][n.name]]
+            self.loc[n.name] = Loc(self._buffer(f"act{b['id']}", 4 * (b["per_token"] * self.chunk + b["fixed"])), 0, rows, rows)
+        self.logits = self.loc[g.outputs[0]].buffer
 
     def _kv_cache(self, n: Node):
         at = n.attrs
@@ -256,12 +225,8 @@ class _Builder:
         self.kv[n.name] = (k, v)
 
     def _residual(self, n: Node) -> str | None:
-        ep = n.attrs.get("epilogue") or []
-        if ep and ep[-1].get("fn") == "add" and "operand" in ep[-1] and not ep[-1].get("reverse"):
-            x = n.inputs[2 + ep[-1]["operand"]]
-            if x not in self.g.weights:
-                return x
-        return None
+        """The residual a matmul adds in place (its trailing epilogue add; the memory plan decided)."""
+        return self.in_place.get(n.name) if n.op == "matmul" else None
 
     # --- dispatches -----------------------------------------------------------------------
     def emit(self, T: int) -> list[_Pending]:
@@ -317,8 +282,10 @@ class _Builder:
     def _steps(self, n: Node, T: int, out: list, steps: list, operands: list[str], x: Loc | None, inplace=False):
         """One `elementwise` dispatch: `steps` over the rows of x (or of n's output, in place)."""
         y = self.loc[n.name]
-        if y.at_pos:
-            _fail(n, "elementwise steps on rows written into a KV cache")
+        if y.at_pos and inplace:
+            _fail(n, "elementwise steps over rows written into a KV cache")
+        if x is not None and self.in_place.get(n.name) == n.inputs[0]:
+            inplace = True  # the memory plan gave the output input 0's place: run the steps over it
         bufs = {} if inplace else {"x": x.buffer}
         ops = []
         for k, name in enumerate(operands):
@@ -326,10 +293,10 @@ class _Builder:
             bufs[f"op{k}"] = loc.buffer
             ops.append(desc)
         for b in bufs.values():
-            if b == y.buffer and not inplace:
+            if b == y.buffer:
                 _fail(n, "an operand shares the output buffer")
         bufs.update(y=y.buffer, step=STEP_BUFFER)
-        kw = dict(width=n.type.shape[-1], inplace=inplace, y_offset=y.offset, y_row_stride=y.row_stride)
+        kw = dict(width=n.type.shape[-1], inplace=inplace, y_offset=y.offset, y_row_stride=y.row_stride, y_at_pos=y.at_pos)
         if not inplace:
             kw.update(x_offset=x.offset, x_row_stride=x.row_stride)
         out.append(_Pending("elementwise", (T, y.row_floats, steps, ops), kw, bufs, n.name))
@@ -562,11 +529,11 @@ class _Builder:
         stages = kern.argmax(V, **kw)
         self._buffer("argmax_pairs", 4 * stages[0].info["pairs"], role="scratch")
         self._buffer("argmax_out", 8, role="output")
-        am.append(_Pending("argmax", (V,), kw, {"x": "logits", "pairs": "argmax_pairs"}, "argmax", 0))
+        am.append(_Pending("argmax", (V,), kw, {"x": self.logits, "pairs": "argmax_pairs"}, "argmax", 0))
         am.append(_Pending("argmax", (V,), kw, {"pairs": "argmax_pairs", "out": "argmax_out"}, "argmax", 1))
         k = min(TOPK, V)
         stages = kern.topk(V, k)
-        prev = ("logits", None)
+        prev = (self.logits, None)
         for i, s in enumerate(stages):
             vb, ib = f"topk_vals{i % 2}", f"topk_ids{i % 2}"
             self._buffer(vb, 4 * s.info["out"], role="scratch")
@@ -677,7 +644,7 @@ def build_plan(g: Graph, *, chunk: int | None = None, max_binding: int = DEFAULT
         "format": PLAN_FORMAT, "version": PLAN_VERSION,
         "chunk": chunk, "max_seq": b.S, "vocab_size": V,
         "uniforms": {"step": {"buffer": STEP_BUFFER, "bytes": kern.STEP_BYTES, "fields": {"pos": 0, "n_tokens": 4}}},
-        "io": {"ids": "ids", "logits": {"buffer": "logits", "row_floats": V},
+        "io": {"ids": "ids", "logits": {"buffer": b.logits, "row_floats": V},
                "argmax": {"buffer": "argmax_out"},
                "topk": {"k": b.topk_k, "values": b.topk_out[0], "ids": b.topk_out[1]}},
         "buffers": sorted(b.buffers.values(), key=lambda x: x["name"]),

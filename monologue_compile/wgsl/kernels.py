@@ -256,7 +256,8 @@ def norm(T: int, C: int, *, kind: str = "rms", weight: bool = False, bias: bool 
 
 def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *, width: int | None = None,
                 inplace: bool = False, x_offset: int = 0, x_row_stride: int | None = None, y_offset: int = 0,
-                y_row_stride: int | None = None, wg: int | None = None, covers=(), name: str = "elementwise") -> Kernel:
+                y_row_stride: int | None = None, y_at_pos: bool = False, wg: int | None = None, covers=(),
+                name: str = "elementwise") -> Kernel:
     """y[t] = steps(x[t]) over rows of L floats, for t < step.n_tokens: any chain of the IR's elementwise
     steps (elementwise.py renders each function), tensor operands broadcast, RMSNorm, LayerNorm and
     softmax over runs of `width`.
@@ -264,11 +265,13 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
     Each operand is {len, repeat, offset, row_stride, at_pos}: element j of row t reads
     op[offset + (t [+ step.pos]) * row_stride + (j / repeat) % len] (row_stride 0: a weight, the same
     for every token; at_pos: a position table). Bindings: [x], op0.., y, step; `inplace` has no x and
-    runs the steps on y's rows (after a kernel that wrote them). One workgroup per row.
+    runs the steps on y's rows (after a kernel that wrote them); `y_at_pos` writes row t at
+    step.pos + t (a KV cache). One workgroup per row.
     """
     covers = _common(covers)
     width = width or L
     _check(L % width == 0, f"norm width {width} does not divide the row of {L}")
+    _check(not (inplace and y_at_pos), "an in-place elementwise kernel reads y's own rows, not KV-cache rows")
     wg = wg or _row_wg(-(-L // 4))
     _check(_pow2(wg), f"wg={wg} must be a power of two")
     n_storage = len(operands) + 1 + (not inplace)
@@ -317,6 +320,7 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
     src = "y[yrow + j]" if inplace else f"x[{x_offset}u + tr * {L if x_row_stride is None else x_row_stride}u + j]"
     desc = " -> ".join(elementwise_fns.describe(st) for st in steps) or "x"
     params = dict(T=T, L=L, wg=wg, segments=segments, bindings=bindings, src=src, y_offset=y_offset, y_stride=y_stride,
+                  y_at_pos=y_at_pos,
                   reduce=any(s["kind"] != "map" for s in segments), softmax=any(s["kind"] == "softmax" for s in segments),
                   desc=desc, covers=covers,
                   functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps if st["fn"] in elementwise_fns.FUNCTIONS]),

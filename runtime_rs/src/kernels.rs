@@ -51,6 +51,9 @@ pub enum Step<'a> {
     Scalar(Binary, f32, bool),
     /// v op operand, or operand op v when reversed
     Tensor(Binary, Operand<'a>, bool),
+    /// v op the element this kernel is about to overwrite (a same-shape operand at this view of
+    /// the output buffer itself: the memory plan's in-place residual add), or reversed
+    Own(Binary, View, bool),
     /// RMSNorm over each run of `width` elements (the last axis), times an optional weight
     RmsNorm { eps: f32, width: usize, weight: Option<&'a [f32]> },
     /// LayerNorm over each run of `width` elements, times an optional weight, plus an optional bias
@@ -87,8 +90,18 @@ pub fn layer_norm_in_place(x: &mut [f32], eps: f32, weight: Option<&[f32]>, bias
 
 /// Apply the epilogue steps to token t's output row.
 pub fn apply_steps(row: &mut [f32], t: usize, steps: &[Step]) {
+    apply_steps_over(row, t, steps, &[])
+}
+
+/// apply_steps for a kernel that builds row t apart and stores it after: `own` is its output
+/// buffer before that store, what `Step::Own` reads (`&[]` for kernels that take no such step).
+pub fn apply_steps_over(row: &mut [f32], t: usize, steps: &[Step], own: &[f32]) {
     for step in steps {
         match *step {
+            Step::Own(f, view, rev) => {
+                let o = view.row(own, t);
+                binary_row(f, rev, row, |j| o[j]);
+            }
             Step::Unary(f) => unary_row(f, row),
             Step::Scalar(f, s, rev) => binary_row(f, rev, row, |_| s),
             Step::Tensor(f, op, rev) => {
@@ -1165,12 +1178,17 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     } else {
         rows(0, &mut ys);
     }
+    // Row i is built apart and stored last, so a Step::Own (the residual this output replaces in
+    // place) reads each of its elements once, before the store of row i overwrites it. Rows are
+    // stored in order and the residual's row i never lies before the output's (the same place, or
+    // t0 rows later in the output tail), so no earlier store touches a row still to be read.
+    let mut row = vec![0f32; ov.len];
     for i in 0..t {
-        let row = ov.row_mut(out, i);
         for (r, v) in row.iter_mut().enumerate() {
             *v = ys[r * t + i];
         }
-        apply_steps(row, i, steps);
+        apply_steps_over(&mut row, i, steps, out);
+        ov.row_mut(out, i).copy_from_slice(&row);
     }
 }
 
@@ -1345,6 +1363,18 @@ pub fn elementwise(x: &[f32], xv: View, t: usize, out: &mut [f32], ov: View, ste
     }
 }
 
+/// `elementwise` over its own input, which lies in `out` at xv (the memory plan's in-place row op):
+/// row t is moved to its place (nothing moves when xv is ov) and the steps run there. Rows go in
+/// order and an input row never lies before its output row (t0 rows later in the output tail), so
+/// no input row is overwritten before it is read.
+pub fn elementwise_in_place(xv: View, t: usize, out: &mut [f32], ov: View, steps: &[Step]) {
+    for i in 0..t {
+        let src = i * xv.stride + xv.off;
+        out.copy_within(src..src + xv.len, i * ov.stride + ov.off);
+        apply_steps(ov.row_mut(out, i), i, steps);
+    }
+}
+
 /// The one data-moving copy (a permute, broadcast or inner slice that is not one block per token,
 /// and each input of a concat): for every index i of `shape`, token t's
 /// out[ov.off + t * ov.stride + i . dst] = x[xv.off + t * xv.stride + i . src].
@@ -1424,14 +1454,20 @@ pub struct AttnShape {
     pub window: usize,
 }
 
-/// Causal attention of T new tokens at positions pos.. over the cache (written here first).
-/// The caller guarantees pos + T <= the cache's positions.
+/// Causal attention of T new tokens at positions pos.. over the cache. The new keys and values
+/// are copied into cache rows [pos, pos + T) first; `None`: the kernel that produced them wrote them
+/// there already (the memory plan's KV-cache write). The caller guarantees pos + T <= the cache's
+/// positions.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(q: &[f32], qv: View, k: &[f32], kv: View, v: &[f32], vv: View, t: usize, pos: usize, cache: &mut KvCache, a: AttnShape, out: &mut [f32], ov: View) {
+pub fn attention(q: &[f32], qv: View, k: Option<(&[f32], View)>, v: Option<(&[f32], View)>, t: usize, pos: usize, cache: &mut KvCache, a: AttnShape, out: &mut [f32], ov: View) {
     let row = cache.row;
     for i in 0..t {
-        cache.k[(pos + i) * row..(pos + i + 1) * row].copy_from_slice(kv.row(k, i));
-        cache.v[(pos + i) * row..(pos + i + 1) * row].copy_from_slice(vv.row(v, i));
+        if let Some((k, kv)) = k {
+            cache.k[(pos + i) * row..(pos + i + 1) * row].copy_from_slice(kv.row(k, i));
+        }
+        if let Some((v, vv)) = v {
+            cache.v[(pos + i) * row..(pos + i + 1) * row].copy_from_slice(vv.row(v, i));
+        }
     }
     let d = a.head_dim;
     let groups = a.n_head / a.n_kv_head;
@@ -1704,7 +1740,58 @@ mod tests {
         let v = [1.0, 2.0, 3.0, 4.0];
         let mut out = [0f32; 8];
         let (v8, v4) = (View { off: 0, stride: 8, len: 8 }, View { off: 0, stride: 4, len: 4 });
-        attention(&q, v8, &k, v4, &v, v4, 1, 0, &mut cache, a, &mut out, v8);
+        attention(&q, v8, Some((&k, v4)), Some((&v, v4)), 1, 0, &mut cache, a, &mut out, v8);
         assert_eq!(out, [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0]);
+        // k already written into the cache row (by rope, say): the same result without the copy
+        let mut again = KvCache::new(8, 1, 4);
+        again.k[..4].copy_from_slice(&k);
+        let mut out2 = [0f32; 8];
+        attention(&q, v8, None, Some((&v, v4)), 1, 0, &mut again, a, &mut out2, v8);
+        assert_eq!(out2, out);
+    }
+
+    #[test]
+    fn in_place_residual_add_equals_a_separate_one() {
+        // y = r + relu(x @ W.T) with y written over r itself (Step::Own), for T = 1 and 5 tokens, equals
+        // the same epilogue reading r from another buffer; and the output tail's shifted read (the
+        // residual's rows t0 later than the output's, in the same buffer) gives those rows
+        let mut s = 11u64;
+        let (n, k) = (24usize, 64usize);
+        let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
+        let scale: Vec<f32> = (0..n).map(|_| lcg(&mut s).abs() * 0.01).collect();
+        let mat = Mat::Q8 { n, k_pad: k, group: k, bits: 8, blocked: false, q: &q, scale: &scale };
+        let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
+        for t in [1usize, 5] {
+            let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+            let r: Vec<f32> = (0..t * n).map(|_| lcg(&mut s)).collect();
+            let op = Operand { data: &r, view: ov, repeat: 1 };
+            let mut want = vec![0f32; t * n];
+            matmul(&x, xv, t, None, mat, &mut want, ov, &[Step::Unary(Unary::Relu), Step::Tensor(Binary::Add, op, false)]);
+            let mut own = r.clone();
+            matmul(&x, xv, t, None, mat, &mut own, ov, &[Step::Unary(Unary::Relu), Step::Own(Binary::Add, ov, false)]);
+            assert_eq!(own, want);
+            let t0 = t - 1;
+            let mut tail = r.clone();
+            let shifted = View { off: t0 * n, stride: n, len: n };
+            matmul(&x[t0 * k..], xv, 1, None, mat, &mut tail, ov, &[Step::Unary(Unary::Relu), Step::Own(Binary::Add, shifted, false)]);
+            assert_eq!(&tail[..n], &want[t0 * n..]);
+        }
+    }
+
+    #[test]
+    fn in_place_elementwise_equals_a_copy() {
+        let mut s = 5u64;
+        let (t, w) = (4usize, 6usize);
+        let x: Vec<f32> = (0..t * w).map(|_| lcg(&mut s)).collect();
+        let v = View { off: 0, stride: w, len: w };
+        let steps = [Step::Scalar(Binary::Mul, 3.0, false), Step::RmsNorm { eps: 1e-5, width: 3, weight: None }];
+        let mut want = vec![0f32; t * w];
+        elementwise(&x, v, t, &mut want, v, &steps);
+        let mut own = x.clone();
+        elementwise_in_place(v, t, &mut own, v, &steps);
+        assert_eq!(own, want);
+        let mut tail = x.clone();  // the output tail: rows from t0 = 2 into rows from 0
+        elementwise_in_place(View { off: 2 * w, ..v }, 2, &mut tail, v, &steps);
+        assert_eq!(&tail[..2 * w], &want[2 * w..]);
     }
 }
