@@ -14,16 +14,18 @@ For each model, bench_peers.py's Hugging Face folder with random weights (cached
                    not cross-origin isolated); prefill and decode tok/s are llama.cpp's own timings
                    (llama-server's `timings`) of one completion of the prompt's token ids;
   transformers.js: @huggingface/transformers on peers.onnx_folder's export (the layout it loads:
-                   config.json, onnx/model_quantized.onnx, dynamic int8 = its "q8") on its wasm
-                   backend (ONNX Runtime Web, one thread), and the fp32 graph on its WebGPU backend;
+                   config.json, onnx/model_quantized.onnx = its "q8", dynamic int8, and
+                   onnx/model_q4.onnx = its "q4", 4-bit blocks of 32 with f32 activations) on its
+                   wasm backend (ONNX Runtime Web, one thread), and "q4" on its WebGPU backend;
                    timed with a streamer around model.generate: prefill is the first token's wait;
   llama.cpp:       native llama-bench on the same Q8_0 / Q4_0 GGUFs, one thread, for the ratio the
                    issue asks for (our page's wasm against llama.cpp's native one-thread decode).
 Prompt 128 random token ids, 64 greedy tokens, batch 1; every engine once per round (interleaved:
 a quiet moment on a shared machine then favours no engine), best/median of the rounds. Each engine
-has its own browser context (a renderer of its own), loads its model once, and is first projected
-from a 2-token prompt and 1 step: one whose run would take over BUDGET_S is one line saying so, as
-is every engine that cannot run here (npm packages not installed, no Chromium, no GGUF, ...).
+has its own browser context (a renderer of its own), loads its model once, and is first probed
+with a 2-token prompt and 2 steps: one whose run would take over BUDGET_S even so (a 2-token
+prefill + 64 steps) is one line saying so, as is every engine that cannot run here (npm packages
+not installed, no Chromium, no GGUF, ...).
 The roofline column is decode tok/s x the bytes a token reads in that engine's format / the memcpy
 bandwidth Python measures natively in the same run: a browser's wasm reaches less than that.
 
@@ -58,7 +60,7 @@ from monologue_compile.serve import SiteHandler  # noqa: E402
 
 NPM_PACKAGES = {"@wllama/wllama": "3.13.0", "@huggingface/transformers": "4.3.2"}
 NPM = peers.CACHE / "npm"
-BUDGET_S = 300  # an engine whose run, projected from 3 tokens, would take longer is reported, not timed
+BUDGET_S = 300  # an engine whose run would take longer (at the least, from a probe) is reported, not timed
 OURS_WASM = "ours wasm int8 (Chromium)"
 
 PAGE_HTML = """<!doctype html>
@@ -246,17 +248,18 @@ class Browser(peers.Engine):
             if "webgpu" in name.lower():
                 emulated = any(k in info.lower() for k in ("swiftshader", "llvmpipe", "lavapipe"))
                 self.name = f"{name} ({info}{', CPU-emulated' if emulated else ''})"
-            # the first use may compile (WebGPU pipelines): project from a second probe, unless
-            # the first is already hopeless
-            for hopeless in (10 * BUDGET_S, BUDGET_S):
+            # A lower bound of a run: a 128-token prefill costs at least a 2-token one (WebGPU's
+            # costs as much up to its 64-token chunk), plus the decode steps. The first probe may
+            # compile (WebGPU pipelines), so the second one counts, unless the first already says no.
+            for _ in range(2):
                 t0 = time.perf_counter()
-                self._run(self.prompt[:2], 1)
-                projected = (time.perf_counter() - t0) * (PROMPT + STEPS) / 3
-                if projected > hopeless:
+                r = self._run(self.prompt[:2], 2)
+                if time.perf_counter() - t0 > BUDGET_S:
                     break
-            if projected > BUDGET_S:
-                raise CannotRun(f"a run would take ~{projected:.0f} s here, projected from a 2-token prompt and 1 step "
-                                f"(budget {BUDGET_S} s)")
+            least = (r["prefill_ms"] + STEPS * r["decode_ms"] / r["n_decode"]) / 1000
+            if least > BUDGET_S:
+                raise CannotRun(f"a run would take at least ~{least:.0f} s here: a 2-token prefill {r['prefill_ms'] / 1000:.1f} s, "
+                                f"a decode step {r['decode_ms'] / r['n_decode'] / 1000:.1f} s (budget {BUDGET_S} s)")
         except BaseException:
             self.close()
             raise
@@ -316,8 +319,6 @@ def engines(name: str, browser, url: str, folder: Path, dist: Path | None, ggufs
         npm_package("@huggingface/transformers")
         if onnx is None:
             raise CannotRun(why_not.get("onnx", "no ONNX export"))
-        if dtype == "fp32" and any(p.suffix != ".onnx" for p in (onnx / "onnx").iterdir()):
-            raise CannotRun("the fp32 graph is over 2 GB, in external data files transformers.js does not load")
         return Browser(browser, url, f"transformers.js {dtype} ({device})", "transformers.js", "transformersJs",
                        {"npm": "/npm/", "models": "/onnx/", "id": onnx.name, "device": device, "dtype": dtype},
                        peers.onnx_bytes_per_token(onnx / "onnx" / graph), vocab, texts)
@@ -334,7 +335,8 @@ def engines(name: str, browser, url: str, folder: Path, dist: Path | None, ggufs
     for q in ("Q8_0", "Q4_0"):
         add(f"wllama {q} (wasm)", lambda q=q: wllama(q))
     add("transformers.js q8 (wasm)", lambda: transformers_js("wasm", "q8", "model_quantized.onnx"))
-    add("transformers.js fp32 (webgpu)", lambda: transformers_js("webgpu", "fp32", "model.onnx"))
+    add("transformers.js q4 (wasm)", lambda: transformers_js("wasm", "q4", "model_q4.onnx"))
+    add("transformers.js q4 (webgpu)", lambda: transformers_js("webgpu", "q4", "model_q4.onnx"))
     for q in ("Q8_0", "Q4_0"):
         add(f"llama.cpp {q} (native, 1 thread)", lambda q=q: llama_cpp(q))
     return made, failed

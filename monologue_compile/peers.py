@@ -426,22 +426,40 @@ def onnx_folder(folder: Path) -> Path:
     """FOLDER's model exported to ONNX in the layout transformers.js loads (cached under CACHE/onnx):
     config.json and generation_config.json beside onnx/model.onnx (fp32; one graph: input_ids,
     position_ids and past_key_values.N.key/value in, the last position's logits and
-    present.N.key/value out) and onnx/model_quantized.onnx (dynamic int8, transformers.js's "q8").
-    ONNX Runtime times the int8 graph natively; transformers.js runs the same file in the browser."""
+    present.N.key/value out), onnx/model_quantized.onnx (dynamic int8, transformers.js's "q8") and
+    onnx/model_q4.onnx (4-bit MatMulNBits, symmetric, blocks of 32, f32 activations: its "q4", made
+    as its own scripts/quantize.py does). ONNX Runtime times the int8 graph natively; transformers.js
+    runs these same files in the browser."""
     try:
         import onnxruntime  # noqa: F401
         from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError as e:
         raise CannotRun(f"onnxruntime is not installed ({e.name}); pip install onnxruntime onnx") from None
     out = CACHE / "onnx" / _folder_key(folder)
-    q = out / "onnx" / "model_quantized.onnx"
-    if q.exists():
-        return out
+    fp32, q8, q4 = (out / "onnx" / f"model{s}.onnx" for s in ("", "_quantized", "_q4"))
+    if not fp32.exists():
+        _export_onnx(folder, out, fp32)
+    # one file each (they stay under protobuf's 2 GB for the models here): transformers.js reads it whole
+    if not q8.exists():
+        quantize_dynamic(str(fp32), str(q8) + ".part", weight_type=QuantType.QInt8)
+        os.replace(str(q8) + ".part", q8)
+    if not q4.exists():
+        import onnx
+
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=4, block_size=32, is_symmetric=True)
+        quantizer.process()
+        onnx.save(quantizer.model.model, str(q4) + ".part")
+        os.replace(str(q4) + ".part", q4)
+    return out
+
+
+def _export_onnx(folder: Path, out: Path, fp32: Path) -> None:
     import torch
     import transformers
     from transformers import DynamicCache
 
-    (out / "onnx").mkdir(parents=True, exist_ok=True)
+    fp32.parent.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "generation_config.json"):
         if (folder / name).exists():
             shutil.copy(folder / name, out / name)
@@ -471,15 +489,11 @@ def onnx_folder(folder: Path) -> Path:
     outs = [n.replace("past_key_values", "present") for n in names]
     axes = {"input_ids": {1: "t"}, "position_ids": {1: "t"}, **{n: {2: "past"} for n in names},
             **{n: {2: "total"} for n in outs}}
-    fp32 = out / "onnx" / "model.onnx"
     with torch.no_grad():
-        torch.onnx.export(Step(), (torch.tensor([[1, 2]]), torch.tensor([[2, 3]]), *past), str(fp32),
+        torch.onnx.export(Step(), (torch.tensor([[1, 2]]), torch.tensor([[2, 3]]), *past), str(fp32) + ".part",
                           input_names=["input_ids", "position_ids"] + names, output_names=["logits"] + outs,
                           dynamic_axes=axes, dynamo=False, opset_version=17)
-    # one file (int8 stays under protobuf's 2 GB for the models here): transformers.js reads it whole
-    quantize_dynamic(str(fp32), str(q) + ".part", weight_type=QuantType.QInt8)
-    os.replace(str(q) + ".part", q)
-    return out
+    os.replace(str(fp32) + ".part", fp32)
 
 
 def onnx_bytes_per_token(path: Path) -> int:
@@ -502,7 +516,8 @@ def onnx_bytes_per_token(path: Path) -> int:
             t = init[name]
             if node.op_type == "Gather" and i == 0:
                 total += nbytes(t) // max(1, t.dims[0])
-            elif node.op_type in ("MatMul", "MatMulInteger", "Gemm", "DynamicQuantizeMatMul", "DequantizeLinear"):
+            elif node.op_type in ("MatMul", "MatMulInteger", "MatMulNBits", "Gemm", "DynamicQuantizeMatMul",
+                                  "DequantizeLinear"):
                 total += nbytes(t)
     return total
 
