@@ -42,7 +42,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -57,6 +56,7 @@ import bench_peers  # noqa: E402
 from monologue_compile import peers  # noqa: E402
 from monologue_compile.peers import PROMPT, STEPS, CannotRun  # noqa: E402
 from monologue_compile.serve import SiteHandler  # noqa: E402
+from web_helpers import CHROMIUM, CHROMIUM_ARGS, running  # noqa: E402
 
 NPM_PACKAGES = {"@wllama/wllama": "3.13.0", "@huggingface/transformers": "4.3.2"}
 NPM = peers.CACHE / "npm"
@@ -201,7 +201,6 @@ def ascii_ids(folder: Path) -> list[int]:
     return ids
 
 
-@contextlib.contextmanager
 def serving(roots: dict[str, Path]):
     """`monologue serve`'s handler over several folders, /NAME/... from roots[NAME]; yields the URL.
     No COOP/COEP headers: the page is not cross-origin isolated, so every engine has one thread."""
@@ -220,14 +219,7 @@ def serving(roots: dict[str, Path]):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    return running(server)
 
 
 class Browser(peers.Engine):
@@ -389,8 +381,6 @@ def main():
     if a.install_npm:
         install_npm()
         return
-    from web_helpers import CHROMIUM, CHROMIUM_ARGS
-
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
