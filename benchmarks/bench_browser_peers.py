@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -238,6 +239,7 @@ class Browser(peers.Engine):
             self.page = page
             info = self._call("([m, o]) => window.setup(m, o)", [maker, options])
             if "webgpu" in name.lower():
+                self.threads = len(os.sched_getaffinity(0))  # SwiftShader runs its own threads
                 emulated = any(k in info.lower() for k in ("swiftshader", "llvmpipe", "lavapipe"))
                 self.name = f"{name} ({info}{', CPU-emulated' if emulated else ''})"
             # A lower bound of a run: a 128-token prefill costs at least a 2-token one (WebGPU's
@@ -278,8 +280,8 @@ class Browser(peers.Engine):
         self.context.close()
 
 
-def engines(name: str, browser, url: str, folder: Path, dist: Path | None, ggufs: dict, onnx: Path | None,
-            why_not: dict[str, str]) -> tuple[list[peers.Engine], list[str]]:
+def engines(browser, url: str, folder: Path, dist: Path | None, ggufs: dict, onnx: Path | None,
+            why_not: dict[str, str], skip: list[str]) -> tuple[list[peers.Engine], list[str]]:
     """Every engine of the table on one model; those that cannot run as lines."""
     from monologue_compile.artifact import load_model
 
@@ -288,6 +290,10 @@ def engines(name: str, browser, url: str, folder: Path, dist: Path | None, ggufs
     made, failed = [], []
 
     def add(label: str, make) -> None:
+        skipped = [w for w in skip if w.lower() in label.lower()]
+        if skipped:
+            failed.append(f"{label}: skipped (--skip {skipped[0]})")
+            return
         try:
             made.append(make())
         except Exception as e:  # a peer that is not installed or cannot load the model
@@ -334,7 +340,7 @@ def engines(name: str, browser, url: str, folder: Path, dist: Path | None, ggufs
     return made, failed
 
 
-def bench_model(name: str, rounds: int, browser, log) -> tuple[str, dict]:
+def bench_model(name: str, rounds: int, browser, log, skip: list[str]) -> tuple[str, dict]:
     folder, n_params = bench_peers.hf_folder(name)
     why_not: dict[str, str] = {}
     dist = folder.parent / "dist-web"
@@ -363,7 +369,7 @@ def bench_model(name: str, rounds: int, browser, log) -> tuple[str, dict]:
     with serving(roots) as url, contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, page, ignore_errors=True)
         log("loading every engine in its own page")
-        made, failed = engines(name, browser, url, folder, dist, ggufs, onnx, why_not)
+        made, failed = engines(browser, url, folder, dist, ggufs, onnx, why_not, skip)
         title = (f"{name}: {n_params / 1e6:.1f}M parameters (random weights), {folder}; headless Chromium "
                  f"{browser.version}, WebGPU there is SwiftShader (a CPU emulating a GPU)")
         ratios = (("pre/wasm", OURS_WASM, "prefill_best"), ("dec/wasm", OURS_WASM, "decode_best"),
@@ -376,6 +382,8 @@ def main():
     ap.add_argument("--models", default="llama-30m", help=f"comma-separated, of {', '.join(bench_peers.MODELS)}")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (best and median)")
     ap.add_argument("--install-npm", action="store_true", help="install the pinned npm packages, then exit")
+    ap.add_argument("--skip", default="", help="comma-separated: leave out the engines whose names contain these "
+                                                "(e.g. webgpu: minutes a probe on a CPU-emulated adapter)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     a = ap.parse_args()
     if a.install_npm:
@@ -394,7 +402,7 @@ def main():
             for name in a.models.split(","):
                 log = lambda m, name=name: print(f"  [{name} {time.strftime('%H:%M:%S')}] {m}",  # noqa: E731
                                                  file=sys.stderr, flush=True)
-                text, results[name] = bench_model(name, a.rounds, browser, log)
+                text, results[name] = bench_model(name, a.rounds, browser, log, [w for w in a.skip.split(",") if w])
                 print(text + "\n", flush=True)
         finally:
             browser.close()
