@@ -227,7 +227,7 @@ class Browser(peers.Engine):
     """One engine in a page of its own browser context: loaded once, timed by window.run."""
 
     def __init__(self, browser, url: str, name: str, family: str, maker: str, options: dict, bytes_per_token: int,
-                 vocab: int, texts: dict[int, str]):
+                 vocab: int, texts: dict[int, str] | None = None):
         self.name, self.family, self.bytes_per_token = name, family, bytes_per_token
         self.prompt = peers.prompt_ids(vocab)
         self.texts = texts
@@ -267,7 +267,7 @@ class Browser(peers.Engine):
             raise CannotRun(peers._one_line(Exception(str(e).removeprefix("Error: ")))) from None
 
     def _run(self, ids: list[int], steps: int) -> dict:
-        return self._call("([i, s, t]) => window.run(i, s, t)", [ids, steps, self.texts[len(ids)]])
+        return self._call("([i, s, t]) => window.run(i, s, t)", [ids, steps, (self.texts or {}).get(len(ids), "")])
 
     def measure(self):
         r = self._run(self.prompt, STEPS)
@@ -286,7 +286,6 @@ def engines(browser, url: str, folder: Path, dist: Path | None, ggufs: dict, onn
     from monologue_compile.artifact import load_model
 
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
-    texts = {n: text_prompt(folder, n) for n in (2, PROMPT)}
     made, failed = [], []
 
     def add(label: str, make) -> None:
@@ -303,15 +302,15 @@ def engines(browser, url: str, folder: Path, dist: Path | None, ggufs: dict, onn
         if dist is None:
             raise CannotRun(why_not.get("dist", "no dist"))
         return Browser(browser, url, label, "ours", "ours", {"kind": kind, "site": "/ours/"},
-                       peers.graph_bytes_per_token(load_model(dist)[0]), vocab, texts)
+                       peers.graph_bytes_per_token(load_model(dist)[0]), vocab)
 
     def wllama(q: str):
         npm_package("@wllama/wllama")
         if q not in ggufs:
             raise CannotRun(why_not.get("gguf", f"no {q} GGUF"))
         return Browser(browser, url, f"wllama {q} (wasm)", "wllama", "wllama",
-                       {"npm": "/npm/", "gguf": f"/gguf/{ggufs[q].name}", "ascii": ascii_ids(folder)}, peers.gguf_bytes_per_token(ggufs[q]),
-                       vocab, texts)
+                       {"npm": "/npm/", "gguf": f"/gguf/{ggufs[q].name}", "ascii": ascii_ids(folder)},
+                       peers.gguf_bytes_per_token(ggufs[q]), vocab, {n: text_prompt(folder, n) for n in (2, PROMPT)})
 
     def transformers_js(device: str, dtype: str, graph: str):
         npm_package("@huggingface/transformers")
@@ -319,7 +318,7 @@ def engines(browser, url: str, folder: Path, dist: Path | None, ggufs: dict, onn
             raise CannotRun(why_not.get("onnx", "no ONNX export"))
         return Browser(browser, url, f"transformers.js {dtype} ({device})", "transformers.js", "transformersJs",
                        {"npm": "/npm/", "models": "/onnx/", "id": onnx.name, "device": device, "dtype": dtype},
-                       peers.onnx_bytes_per_token(onnx / "onnx" / graph), vocab, texts)
+                       peers.onnx_bytes_per_token(onnx / "onnx" / graph), vocab)
 
     def llama_cpp(q: str):
         if q not in ggufs:
