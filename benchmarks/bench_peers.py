@@ -138,15 +138,16 @@ def gpt_twin(name: str) -> tuple[Path, dict]:
     return path, cfg.to_dict()
 
 
-def compile_dist(source: Path, dist: Path) -> str | None:
+def compile_dist(source: Path, dist: Path, wasm: bool = False) -> str | None:
     """`monologue-compile SOURCE -o DIST` in a child (cached while the compiler's sources are the
-    same: a dist from an older compiler would time, or refuse, what that compiler made); None, or
+    same: a dist from an older compiler would time, or refuse, what that compiler made), with
+    runtime.wasm if WASM (the page needs it; Node's row builds its own beside the dist); None, or
     the reason it failed."""
     stamp = dist.parent / f"{dist.name}.compiler"
     if (dist / "model" / "manifest.json").exists() and stamp.exists() and stamp.read_text() == _compiler_sources():
         return None
-    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(source), "-o", str(dist), "--no-wasm"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(source), "-o", str(dist),
+                        *([] if wasm else ["--no-wasm"])], capture_output=True, text=True)
     if r.returncode:
         return ([line for line in r.stderr.splitlines() if line.startswith("error")] or r.stderr.splitlines() or ["?"])[-1]
     stamp.write_text(_compiler_sources())

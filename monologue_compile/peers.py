@@ -422,23 +422,47 @@ class LlamaCpp(Engine):
 
 # --- ONNX Runtime ----------------------------------------------------------------------------------
 
-def onnx_int8(folder: Path) -> Path:
-    """FOLDER's model as one ONNX graph (ids, positions, past K/V per layer -> last logits, present
-    K/V), dynamically quantized to int8 (cached under CACHE/onnx)."""
+def onnx_folder(folder: Path) -> Path:
+    """FOLDER's model exported to ONNX in the layout transformers.js loads (cached under CACHE/onnx):
+    config.json and generation_config.json beside onnx/model.onnx (fp32; one graph: input_ids,
+    position_ids and past_key_values.N.key/value in, the last position's logits and
+    present.N.key/value out), onnx/model_quantized.onnx (dynamic int8, transformers.js's "q8") and
+    onnx/model_q4.onnx (4-bit MatMulNBits, symmetric, blocks of 32, f32 activations: its "q4", made
+    as its own scripts/quantize.py does). ONNX Runtime times the int8 graph natively; transformers.js
+    runs these same files in the browser."""
     try:
         import onnxruntime  # noqa: F401
         from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError as e:
         raise CannotRun(f"onnxruntime is not installed ({e.name}); pip install onnxruntime onnx") from None
     out = CACHE / "onnx" / _folder_key(folder)
-    q = out / "model.int8.onnx"
-    if q.exists():
-        return q
+    fp32, q8, q4 = (out / "onnx" / f"model{s}.onnx" for s in ("", "_quantized", "_q4"))
+    if not fp32.exists():
+        _export_onnx(folder, out, fp32)
+    # one file each (they stay under protobuf's 2 GB for the models here): transformers.js reads it whole
+    if not q8.exists():
+        quantize_dynamic(str(fp32), str(q8) + ".part", weight_type=QuantType.QInt8)
+        os.replace(str(q8) + ".part", q8)
+    if not q4.exists():
+        import onnx
+
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=4, block_size=32, is_symmetric=True)
+        quantizer.process()
+        onnx.save(quantizer.model.model, str(q4) + ".part")
+        os.replace(str(q4) + ".part", q4)
+    return out
+
+
+def _export_onnx(folder: Path, out: Path, fp32: Path) -> None:
     import torch
     import transformers
     from transformers import DynamicCache
 
-    out.mkdir(parents=True, exist_ok=True)
+    fp32.parent.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "generation_config.json"):
+        if (folder / name).exists():
+            shutil.copy(folder / name, out / name)
     m = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
                                                           attn_implementation="eager").eval()
     cfg = m.config
@@ -454,21 +478,22 @@ def onnx_int8(folder: Path) -> Path:
             cache = DynamicCache()
             for i in range(n_layer):
                 cache.update(past[2 * i], past[2 * i + 1], i)
-            o = self.m(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True)
-            return (o.logits[:, -1],) + tuple(t for layer in o.past_key_values.layers for t in (layer.keys, layer.values))
+            # batch 1 without padding: the causal mask follows from the positions, so no attention_mask
+            # input (transformers.js feeds the graph's inputs only); the last row's logits only, as
+            # every other engine's prefill
+            o = self.m(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            return (o.logits,) + tuple(t for layer in o.past_key_values.layers for t in (layer.keys, layer.values))
 
     past = [torch.zeros(1, cfg.num_key_value_heads, 2, head_dim) for _ in range(2 * n_layer)]
-    names = [f"past{i}" for i in range(2 * n_layer)]
-    outs = [f"present{i}" for i in range(2 * n_layer)]
-    axes = {"ids": {1: "t"}, "pos": {1: "t"}, **{n: {2: "past"} for n in names}, **{n: {2: "total"} for n in outs}}
-    fp32 = out / "model.onnx"
+    names = [f"past_key_values.{i // 2}.{'value' if i % 2 else 'key'}" for i in range(2 * n_layer)]
+    outs = [n.replace("past_key_values", "present") for n in names]
+    axes = {"input_ids": {1: "t"}, "position_ids": {1: "t"}, **{n: {2: "past"} for n in names},
+            **{n: {2: "total"} for n in outs}}
     with torch.no_grad():
-        torch.onnx.export(Step(), (torch.tensor([[1, 2]]), torch.tensor([[2, 3]]), *past), str(fp32),
-                          input_names=["ids", "pos"] + names, output_names=["logits"] + outs, dynamic_axes=axes,
-                          dynamo=False, opset_version=17)
-    quantize_dynamic(str(fp32), str(q) + ".part", weight_type=QuantType.QInt8, use_external_data_format=True)
-    os.replace(str(q) + ".part", q)
-    return q
+        torch.onnx.export(Step(), (torch.tensor([[1, 2]]), torch.tensor([[2, 3]]), *past), str(fp32) + ".part",
+                          input_names=["input_ids", "position_ids"] + names, output_names=["logits"] + outs,
+                          dynamic_axes=axes, dynamo=False, opset_version=17)
+    os.replace(str(fp32) + ".part", fp32)
 
 
 def onnx_bytes_per_token(path: Path) -> int:
@@ -491,7 +516,8 @@ def onnx_bytes_per_token(path: Path) -> int:
             t = init[name]
             if node.op_type == "Gather" and i == 0:
                 total += nbytes(t) // max(1, t.dims[0])
-            elif node.op_type in ("MatMul", "MatMulInteger", "Gemm", "DynamicQuantizeMatMul", "DequantizeLinear"):
+            elif node.op_type in ("MatMul", "MatMulInteger", "MatMulNBits", "Gemm", "DynamicQuantizeMatMul",
+                                  "DequantizeLinear"):
                 total += nbytes(t)
     return total
 
@@ -511,13 +537,14 @@ class Onnx(Engine):
         self.prompt = np.array([prompt_ids(vocab)], np.int64)
 
     def measure(self):
-        feed = {"ids": self.prompt, "pos": np.arange(PROMPT, dtype=np.int64)[None],
+        feed = {"input_ids": self.prompt, "position_ids": np.arange(PROMPT, dtype=np.int64)[None],
                 **{i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in self.past}}
         t0 = time.perf_counter()
         o = self.s.run(None, feed)
         t1 = time.perf_counter()
         for step in range(STEPS):
-            feed = {"ids": np.argmax(o[0], -1)[:, None].astype(np.int64), "pos": np.array([[PROMPT + step]], np.int64),
+            feed = {"input_ids": np.argmax(o[0][:, -1], -1)[:, None].astype(np.int64),
+                    "position_ids": np.array([[PROMPT + step]], np.int64),
                     **{i.name: o[1 + k] for k, i in enumerate(self.past)}}
             o = self.s.run(None, feed)
         t2 = time.perf_counter()
@@ -542,7 +569,8 @@ def peer_engines(hf_folder: Path | None, dist: Path | None) -> tuple[list[Engine
         return engines, failed
     add("llama.cpp", lambda: [LlamaCpp(p, q, t) for q, p in gguf_files(hf_folder).items() for t in (1, 2)])
     vocab = lambda: json.loads((hf_folder / "config.json").read_text())["vocab_size"]  # noqa: E731
-    add("ONNX Runtime int8", lambda: [Onnx(onnx_int8(hf_folder), t, vocab()) for t in (1, 2)])
+    add("ONNX Runtime int8", lambda: [Onnx(onnx_folder(hf_folder) / "onnx" / "model_quantized.onnx", t, vocab())
+                                      for t in (1, 2)])
     add("PyTorch eager fp32", lambda: [TorchHF(hf_folder, t) for t in (1, 2)])
     return engines, failed
 
@@ -577,21 +605,28 @@ def run_rounds(engines: list[Engine], rounds: int, log=None) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], bandwidth: float, failed: list[str], title: str = "") -> str:
-    """One line per engine: best/median tok/s, ratios to llama.cpp Q8_0 and Q4_0 at the same thread
-    count (wasm and WGSL against one thread), decode's share of the bandwidth roofline."""
-    ref = {(r["engine"], r["threads"]): r for r in rows if r["family"] == "llama.cpp" and "decode_best" in r}
+# (column, reference engine, measure): the native table's ratio columns
+LLAMA_CPP_RATIOS = (("pre/Q8", "llama.cpp Q8_0", "prefill_best"), ("dec/Q8", "llama.cpp Q8_0", "decode_best"),
+                    ("dec/Q4", "llama.cpp Q4_0", "decode_best"))
 
-    def ratio(r, quant, key):
-        q = ref.get((f"llama.cpp {quant}", r["threads"]))
+
+def table(rows: list[dict], bandwidth: float, failed: list[str], title: str = "",
+          ratios: tuple = LLAMA_CPP_RATIOS) -> str:
+    """One line per engine: best/median tok/s, ratios to the RATIOS reference engines (its row at
+    the same thread count, else its one-thread row), decode's share of the bandwidth roofline."""
+    ref = {(r["engine"], r["threads"]): r for r in rows if "decode_best" in r}
+
+    def ratio(r, name, key):
+        q = ref.get((name, r["threads"])) or ref.get((name, 1))
         return f"{r[key] / q[key]:.2f}" if q else "-"
 
     lines = [title] if title else []
     lines.append(f"prompt {PROMPT}, generate {STEPS}, greedy, batch 1; best/median of interleaved rounds; "
                  f"memcpy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), load average {os.getloadavg()[0]:.1f}")
     w = max([len(r["engine"]) for r in rows] + [6])
+    cw = max([len(c) for c, _, _ in ratios] + [6])
     lines.append(f"{'engine':<{w}} {'thr':>3} {'MB/tok':>7} {'prefill tok/s':>15} {'decode tok/s':>15} "
-                 f"{'pre/Q8':>6} {'dec/Q8':>6} {'dec/Q4':>6} {'roofline':>8}")
+                 + " ".join(f"{c:>{cw}}" for c, _, _ in ratios) + f" {'roofline':>8}")
     for r in rows:
         mb = f"{r['bytes_per_token'] / 1e6:7.1f}" if r["bytes_per_token"] else f"{'-':>7}"
         if "decode_best" not in r:
@@ -600,13 +635,13 @@ def table(rows: list[dict], bandwidth: float, failed: list[str], title: str = ""
         roof = f"{100 * r['decode_best'] * r['bytes_per_token'] / bandwidth:7.0f}%" if r["bytes_per_token"] else f"{'-':>8}"
         lines.append(f"{r['engine']:<{w}} {r['threads']:>3} {mb} "
                      f"{r['prefill_best']:>7.0f}/{r['prefill_median']:<7.0f} {r['decode_best']:>7.1f}/{r['decode_median']:<7.1f} "
-                     f"{ratio(r, 'Q8_0', 'prefill_best'):>6} {ratio(r, 'Q8_0', 'decode_best'):>6} "
-                     f"{ratio(r, 'Q4_0', 'decode_best'):>6} {roof}")
+                     + " ".join(f"{ratio(r, name, key):>{cw}}" for _, name, key in ratios) + f" {roof}")
     lines += failed
     return "\n".join(lines)
 
 
-def compare(engines: list[Engine], failed: list[str], rounds: int, title: str = "", log=None) -> tuple[str, dict]:
+def compare(engines: list[Engine], failed: list[str], rounds: int, title: str = "", log=None,
+            ratios: tuple = LLAMA_CPP_RATIOS) -> tuple[str, dict]:
     """Interleaved rounds of ENGINES; (table, numbers)."""
     bandwidth = memcpy_bandwidth()
     try:
@@ -614,8 +649,9 @@ def compare(engines: list[Engine], failed: list[str], rounds: int, title: str = 
     finally:
         for e in engines:
             e.close()
-    return table(rows, bandwidth, failed, title), {"bandwidth_bytes_s": bandwidth, "rows": rows, "failed": failed,
-                                                   "prompt": PROMPT, "steps": STEPS, "rounds": rounds}
+    return table(rows, bandwidth, failed, title, ratios), {"bandwidth_bytes_s": bandwidth, "rows": rows,
+                                                           "failed": failed, "prompt": PROMPT, "steps": STEPS,
+                                                           "rounds": rounds}
 
 
 def bench_peers(dist: Path, hf_folder: Path | None, rounds: int = 5, rust: bool = True, wasm: bool = True,

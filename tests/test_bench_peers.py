@@ -69,3 +69,43 @@ def test_bytes_per_token_int8_is_a_quarter_of_fp32(dist):
 def test_peers_refuses_a_folder_that_is_not_a_hf_model(dist, tmp_path):
     r = CliRunner().invoke(main, ["bench", str(dist), "--peers", "--no-rust", "--hf-folder", str(tmp_path)])
     assert r.exit_code == 2 and "not a Hugging Face model folder" in r.output and "Traceback" not in r.output
+
+
+def test_onnx_export_in_transformers_js_layout_matches_pytorch_over_prefill_and_decode(tmp_path, monkeypatch):
+    """The graph ONNX Runtime times and transformers.js loads: its names, and the last row's logits
+    of a prefill and of two decode steps through its own present -> past cache, against the model."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (a peers extra)")
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed (a peers extra)")
+    import numpy as np
+    import torch
+    import transformers
+
+    from monologue_compile import peers
+
+    monkeypatch.setattr(peers, "CACHE", tmp_path / "cache")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    model.save_pretrained(tmp_path / "hf")
+    out = peers.onnx_folder(tmp_path / "hf")
+    assert (out / "config.json").exists()
+    assert all((out / "onnx" / f"model{s}.onnx").exists() for s in ("_quantized", "_q4"))
+    ids = [5, 90, 17, 3, 42, 11, 12]
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    for graph in ("model", "model_quantized", "model_q4"):  # fp32, transformers.js's "q8" and "q4"
+        s = ort.InferenceSession(str(out / "onnx" / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
+        past = [i.name for i in s.get_inputs()][2:]
+        assert [i.name for i in s.get_inputs()][:2] == ["input_ids", "position_ids"]
+        assert past == [f"past_key_values.{i // 2}.{'value' if i % 2 else 'key'}" for i in range(4)]
+        assert [o.name for o in s.get_outputs()] == ["logits"] + [p.replace("past_key_values", "present") for p in past]
+        cache = {p: np.zeros((1, 2, 0, 8), np.float32) for p in past}
+        for start, end in ((0, 5), (5, 6), (6, 7)):  # the prompt, then one token at a time
+            o = s.run(None, {"input_ids": np.array([ids[start:end]]), "position_ids": np.arange(start, end)[None], **cache})
+            assert o[0].shape == (1, 1, 96)
+            if graph == "model":
+                np.testing.assert_allclose(o[0][0, -1], ref[end - 1], atol=1e-4)
+            else:  # quantized weights: the same logits up to their rounding
+                assert np.corrcoef(o[0][0, -1], ref[end - 1])[0, 1] > 0.95, graph
+            cache = dict(zip(past, o[1:]))

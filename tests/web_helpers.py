@@ -79,10 +79,14 @@ def pseudo_random_bytes(n: int, seed: int) -> bytes:
     return bytes(out[:n])
 
 
-@contextlib.contextmanager
 def serving(root: Path, host: str = "127.0.0.1"):
     """Serves `root` (with `monologue serve`'s server) on a free port; yields the base URL."""
-    server = make_server(root, host, 0)
+    return running(make_server(root, host, 0))
+
+
+@contextlib.contextmanager
+def running(server):
+    """Runs `server` in a thread until the block ends; yields its base URL."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
