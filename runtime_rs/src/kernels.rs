@@ -523,6 +523,27 @@ mod fixed {
             [[(sum(a00), sum(b00)), (sum(a01), sum(b01))], [(sum(a10), sum(b10)), (sum(a11), sum(b11))]]
         }
 
+        /// One 16-value step of the four-row kernels: values i..i + 16 of the int8 or int4 block's
+        /// rows r into the named accumulators (a: hi, b: lo), with no arrays, which keeps every
+        /// v128 in a register through V8's compiler.
+        macro_rules! step4 {
+            ($hp:expr, $lp:expr, $qp:expr, $i:expr, $int4:expr, $(($a:ident, $b:ident, $r:expr)),*) => {{
+                let (h0, l0) = (v128_load($hp.add($i) as *const v128), v128_load($lp.add($i) as *const v128));
+                let (h1, l1) = (v128_load($hp.add($i + 8) as *const v128), v128_load($lp.add($i + 8) as *const v128));
+                $(
+                    // row r's values 0-7 and 8-15 as i16 (int4: nibbles sign-extended by shifts)
+                    let (w0, w1) = if $int4 {
+                        let w = i16x8_load_extend_i8x8($qp.add(2 * $i + 8 * $r));
+                        (i16x8_shr(i16x8_shl(w, 12), 12), i16x8_shr(w, 4))
+                    } else {
+                        (i16x8_load_extend_i8x8($qp.add(4 * $i + 8 * $r)), i16x8_load_extend_i8x8($qp.add(4 * $i + 32 + 8 * $r)))
+                    };
+                    $a = i32x4_add($a, i32x4_add(i32x4_dot_i16x8(w0, h0), i32x4_dot_i16x8(w1, h1)));
+                    $b = i32x4_add($b, i32x4_add(i32x4_dot_i16x8(w0, l0), i32x4_dot_i16x8(w1, l1)));
+                )*
+            }};
+        }
+
         /// [sum of v0's lanes, .., sum of v3's] by two shuffle-and-add rounds.
         #[inline(always)]
         fn sums4(v0: v128, v1: v128, v2: v128, v3: v128) -> v128 {
@@ -551,25 +572,7 @@ mod fixed {
                     let z = i32x4_splat(0);
                     let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
                     for _ in 0..steps {
-                        let (h0, l0) = (v128_load(hp.add(i) as *const v128), v128_load(lp.add(i) as *const v128));
-                        let (h1, l1) = (v128_load(hp.add(i + 8) as *const v128), v128_load(lp.add(i + 8) as *const v128));
-                        macro_rules! row {
-                            ($a:ident, $b:ident, $r:expr) => {
-                                // row r's values 0-7 and 8-15 as i16
-                                let (w0, w1) = if int4 {
-                                    let w = i16x8_load_extend_i8x8(qp.add(2 * i + 8 * $r));
-                                    (i16x8_shr(i16x8_shl(w, 12), 12), i16x8_shr(w, 4))
-                                } else {
-                                    (i16x8_load_extend_i8x8(qp.add(4 * i + 8 * $r)), i16x8_load_extend_i8x8(qp.add(4 * i + 32 + 8 * $r)))
-                                };
-                                $a = i32x4_add($a, i32x4_add(i32x4_dot_i16x8(w0, h0), i32x4_dot_i16x8(w1, h1)));
-                                $b = i32x4_add($b, i32x4_add(i32x4_dot_i16x8(w0, l0), i32x4_dot_i16x8(w1, l1)));
-                            };
-                        }
-                        row!(a0, b0, 0);
-                        row!(a1, b1, 1);
-                        row!(a2, b2, 2);
-                        row!(a3, b3, 3);
+                        step4!(hp, lp, qp, i, int4, (a0, b0, 0), (a1, b1, 1), (a2, b2, 2), (a3, b3, 3));
                         i += 16;
                     }
                     let (a, b) = (f32x4_convert_i32x4(sums4(a0, a1, a2, a3)), f32x4_convert_i32x4(sums4(b0, b1, b2, b3)));
@@ -593,22 +596,7 @@ mod fixed {
             // SAFETY: every load reads inside hi[..n], lo[..n] and block[..2n] (i + 16 <= n).
             unsafe {
                 while i + 16 <= n {
-                    let p = qp.add(2 * i);
-                    let (h0, l0) = (v128_load(hp.add(i) as *const v128), v128_load(lp.add(i) as *const v128));
-                    let (h1, l1) = (v128_load(hp.add(i + 8) as *const v128), v128_load(lp.add(i + 8) as *const v128));
-                    macro_rules! row {
-                        ($a:ident, $b:ident, $off:expr) => {
-                            let w = i16x8_load_extend_i8x8(p.add($off));
-                            let w0 = i16x8_shr(i16x8_shl(w, 12), 12);
-                            let w1 = i16x8_shr(w, 4);
-                            $a = i32x4_add($a, i32x4_add(i32x4_dot_i16x8(w0, h0), i32x4_dot_i16x8(w1, h1)));
-                            $b = i32x4_add($b, i32x4_add(i32x4_dot_i16x8(w0, l0), i32x4_dot_i16x8(w1, l1)));
-                        };
-                    }
-                    row!(a0, b0, 0);
-                    row!(a1, b1, 8);
-                    row!(a2, b2, 16);
-                    row!(a3, b3, 24);
+                    step4!(hp, lp, qp, i, true, (a0, b0, 0), (a1, b1, 1), (a2, b2, 2), (a3, b3, 3));
                     i += 16;
                 }
             }
