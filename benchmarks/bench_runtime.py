@@ -38,14 +38,16 @@ from training.presets import get_preset  # noqa: E402
 
 
 def tokenizer_json(vocab: int) -> str:
-    """A valid tokenizer for a random-weight model: the 256 bytes, distinct byte pairs, the specials."""
+    """A valid tokenizer for a random-weight model: the 256 bytes, distinct byte pairs (then
+    triples, past 65,792 tokens: Qwen's 151,936), the specials."""
     import base64
 
     from monologue_compile.tokenizer import SPECIAL_TOKENS
     from conftest import PATTERN
 
     n = vocab - len(SPECIAL_TOKENS)
-    ranks = [bytes([i]) for i in range(256)] + [bytes([(i - 256) // 256, (i - 256) % 256]) for i in range(256, n)]
+    ranks = [bytes([i]) for i in range(256)] + [(j - 65536).to_bytes(3, "big") if j >= 65536 else j.to_bytes(2, "big")
+                                                for j in range(n - 256)]
     return json.dumps({"format": "monologue-tokenizer", "version": 1, "pattern": PATTERN,
                        "ranks": [base64.b64encode(r).decode() for r in ranks],
                        "special_tokens": {s: n + i for i, s in enumerate(SPECIAL_TOKENS)}})

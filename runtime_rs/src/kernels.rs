@@ -265,13 +265,20 @@ mod fixed {
         fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4];
         /// dot4 over the int4 form of a block (`block_rows_q4`): half the bytes, the same sums.
         fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4];
-        /// dot4 (int4: dot4_q4) of each `group`-wide run of the activations against the block:
-        /// `out[g]` = the four rows' sums over run g (hi.len() = out.len() * group).
-        fn dot4_groups(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, out: &mut [[(i32, i32); 4]]) {
+        /// One token against one block over whole groups of `group` values (`unit.len()` of them,
+        /// hi.len() = unit.len() * group), int8 or int4: for each group g in order, row j's sums
+        /// (a, b) over it go to f32 and `ys[j] += (a * 4096 + b) * unit[g] * scale[j][g]`, left to
+        /// right (`rows` with small groups; the SIMD kernels make the same f32 operations, four
+        /// rows at a time).
+        #[allow(clippy::too_many_arguments)]
+        fn groups4(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
             let per = if int4 { 2 * group } else { 4 * group };
-            for (g, o) in out.iter_mut().enumerate() {
+            for (g, u) in unit.iter().enumerate() {
                 let (h, l, w) = (&hi[g * group..(g + 1) * group], &lo[g * group..(g + 1) * group], &block[g * per..(g + 1) * per]);
-                *o = if int4 { self.dot4_q4(h, l, w) } else { self.dot4(h, l, w) };
+                let d = if int4 { self.dot4_q4(h, l, w) } else { self.dot4(h, l, w) };
+                for (j, (a, b)) in d.iter().enumerate() {
+                    ys[j] += (*a as f32 * 4096.0 + *b as f32) * u * scale[j][g];
+                }
             }
         }
         /// dot4 (int4: dot4_q4) of two tokens' activations `x[0]`, `x[1]` (each hi, lo) against
@@ -285,7 +292,7 @@ mod fixed {
         }
     }
 
-    /// Groups this small (and dividing TILE) go through `dot4_groups`: the per-piece work around a
+    /// Groups this small (and dividing TILE) go through `groups4`: the per-piece work around a
     /// dot4 call cost more than its 32 or 64 values (int4-g32 decode ran at half int8's speed).
     pub const SMALL_GROUP: usize = 128;
 
@@ -378,7 +385,6 @@ mod fixed {
         // whatever the chunking.
         let chunk = (CHUNK_BYTES / (4 * TILE.min(width).max(1))).max(2);
         let small = group <= SMALL_GROUP && TILE % group == 0;
-        let mut per_group = vec![[(0i32, 0i32); 4]; if small { TILE.min(width) / group } else { 0 }];
         let add = |ys: &mut [f32], sums: &mut [(f32, f32)], r: usize, i: usize, g: usize, end: bool, d: &[(i32, i32); 4]| {
             for (j, (da, db)) in d.iter().enumerate() {
                 let at = (r - first + j) * t + i;
@@ -399,17 +405,16 @@ mod fixed {
                     let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
                     if small {
                         // whole groups, each (row, token)'s sums start and end in this call: the
-                        // f32 arithmetic below is `add`'s from zero sums (0 + x is x)
-                        let gs = &mut per_group[..(c1 - c0) / group];
+                        // f32 arithmetic of groups4 is `add`'s from zero sums (0 + x is x)
+                        let (g0, g1) = (c0 / group, c1 / group);
+                        let sc = |j: usize| &scale[(r + j) * groups + g0..(r + j) * groups + g1];
                         for i in t0..t1 {
                             let (a, b) = (i * width + c0, i * width + c1);
-                            k.dot4_groups(&x.hi[a..b], &x.lo[a..b], tile, group, int4, gs);
-                            for (gi, d) in gs.iter().enumerate() {
-                                let g = c0 / group + gi;
-                                for (j, (da, db)) in d.iter().enumerate() {
-                                    let at = (r - first + j) * t + i;
-                                    ys[at] += (*da as f32 * 4096.0 + *db as f32) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
-                                }
+                            let at = |j: usize| (r - first + j) * t + i;
+                            let mut y = [ys[at(0)], ys[at(1)], ys[at(2)], ys[at(3)]];
+                            k.groups4(&x.hi[a..b], &x.lo[a..b], tile, group, int4, &x.unit[i * groups + g0..i * groups + g1], [sc(0), sc(1), sc(2), sc(3)], &mut y);
+                            for (j, v) in y.iter().enumerate() {
+                                ys[at(j)] = *v;
                             }
                         }
                         continue;
@@ -474,6 +479,10 @@ mod fixed {
                 dot4_q4_i32(hi, lo, block)
             }
             #[inline(always)]
+            fn groups4(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
+                groups4_simd128(hi, lo, block, group, int4, unit, scale, ys)
+            }
+            #[inline(always)]
             fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
                 // rows 0-1, then rows 2-3: two tokens of four rows would need more than the 16
                 // registers V8 has on x64
@@ -527,6 +536,67 @@ mod fixed {
             [[(sum(a00), sum(b00)), (sum(a01), sum(b01))], [(sum(a10), sum(b10)), (sum(a11), sum(b11))]]
         }
 
+        /// One 16-value step of the four-row kernels: values i..i + 16 of the int8 or int4 block's
+        /// rows r into the named accumulators (a: hi, b: lo), with no arrays, which keeps every
+        /// v128 in a register through V8's compiler.
+        macro_rules! step4 {
+            ($hp:expr, $lp:expr, $qp:expr, $i:expr, $int4:expr, $(($a:ident, $b:ident, $r:expr)),*) => {{
+                let (h0, l0) = (v128_load($hp.add($i) as *const v128), v128_load($lp.add($i) as *const v128));
+                let (h1, l1) = (v128_load($hp.add($i + 8) as *const v128), v128_load($lp.add($i + 8) as *const v128));
+                $(
+                    // row r's values 0-7 and 8-15 as i16 (int4: nibbles sign-extended by shifts)
+                    let (w0, w1) = if $int4 {
+                        let w = i16x8_load_extend_i8x8($qp.add(2 * $i + 8 * $r));
+                        (i16x8_shr(i16x8_shl(w, 12), 12), i16x8_shr(w, 4))
+                    } else {
+                        (i16x8_load_extend_i8x8($qp.add(4 * $i + 8 * $r)), i16x8_load_extend_i8x8($qp.add(4 * $i + 32 + 8 * $r)))
+                    };
+                    $a = i32x4_add($a, i32x4_add(i32x4_dot_i16x8(w0, h0), i32x4_dot_i16x8(w1, h1)));
+                    $b = i32x4_add($b, i32x4_add(i32x4_dot_i16x8(w0, l0), i32x4_dot_i16x8(w1, l1)));
+                )*
+            }};
+        }
+
+        /// [sum of v0's lanes, .., sum of v3's] by two shuffle-and-add rounds.
+        #[inline(always)]
+        fn sums4(v0: v128, v1: v128, v2: v128, v3: v128) -> v128 {
+            let t0 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v0, v1), i32x4_shuffle::<2, 6, 3, 7>(v0, v1));
+            let t1 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v2, v3), i32x4_shuffle::<2, 6, 3, 7>(v2, v3));
+            i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(t0, t1), i32x4_shuffle::<2, 3, 6, 7>(t0, t1))
+        }
+
+        /// groups4 in one pass over the block: each group's sums reduced in registers, the f32
+        /// steps for the four rows as one vector (the scalar path took 8 lane extractions, 24
+        /// scalar adds and 4 times the f32 work per group).
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        fn groups4_simd128(hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
+            let (steps, ng) = (group / 16, unit.len());
+            let n = ng * steps * 16;
+            assert!(hi.len() >= n && lo.len() >= n && block.len() >= if int4 { 2 * n } else { 4 * n } && group % 16 == 0);
+            assert!(scale.iter().all(|s| s.len() >= ng));
+            let (hp, lp, qp) = (hi.as_ptr(), lo.as_ptr(), block.as_ptr());
+            let mut i = 0;
+            // SAFETY: every load reads inside hi[..n], lo[..n] and block[..4n] (int4: [..2n]),
+            // ys is 4 f32, and g < ng <= every scale row's length.
+            unsafe {
+                let mut acc = v128_load(ys.as_ptr() as *const v128);
+                for g in 0..ng {
+                    let z = i32x4_splat(0);
+                    let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
+                    for _ in 0..steps {
+                        step4!(hp, lp, qp, i, int4, (a0, b0, 0), (a1, b1, 1), (a2, b2, 2), (a3, b3, 3));
+                        i += 16;
+                    }
+                    let (a, b) = (f32x4_convert_i32x4(sums4(a0, a1, a2, a3)), f32x4_convert_i32x4(sums4(b0, b1, b2, b3)));
+                    let v = f32x4_mul(f32x4_add(f32x4_mul(a, f32x4_splat(4096.0)), b), f32x4_splat(*unit.get_unchecked(g)));
+                    let s = f32x4(*scale[0].get_unchecked(g), *scale[1].get_unchecked(g), *scale[2].get_unchecked(g), *scale[3].get_unchecked(g));
+                    acc = f32x4_add(acc, f32x4_mul(v, s));
+                }
+                v128_store(ys.as_mut_ptr() as *mut v128, acc);
+            }
+        }
+
         /// dot4 over int4 packets: 32 bytes per 16 values, row r's 8 bytes at 8r hold values 0-7
         /// in their low nibbles and 8-15 in their high ones, sign-extended by shifts.
         #[inline(always)]
@@ -539,22 +609,7 @@ mod fixed {
             // SAFETY: every load reads inside hi[..n], lo[..n] and block[..2n] (i + 16 <= n).
             unsafe {
                 while i + 16 <= n {
-                    let p = qp.add(2 * i);
-                    let (h0, l0) = (v128_load(hp.add(i) as *const v128), v128_load(lp.add(i) as *const v128));
-                    let (h1, l1) = (v128_load(hp.add(i + 8) as *const v128), v128_load(lp.add(i + 8) as *const v128));
-                    macro_rules! row {
-                        ($a:ident, $b:ident, $off:expr) => {
-                            let w = i16x8_load_extend_i8x8(p.add($off));
-                            let w0 = i16x8_shr(i16x8_shl(w, 12), 12);
-                            let w1 = i16x8_shr(w, 4);
-                            $a = i32x4_add($a, i32x4_add(i32x4_dot_i16x8(w0, h0), i32x4_dot_i16x8(w1, h1)));
-                            $b = i32x4_add($b, i32x4_add(i32x4_dot_i16x8(w0, l0), i32x4_dot_i16x8(w1, l1)));
-                        };
-                    }
-                    row!(a0, b0, 0);
-                    row!(a1, b1, 8);
-                    row!(a2, b2, 16);
-                    row!(a3, b3, 24);
+                    step4!(hp, lp, qp, i, true, (a0, b0, 0), (a1, b1, 1), (a2, b2, 2), (a3, b3, 3));
                     i += 16;
                 }
             }
@@ -702,22 +757,35 @@ mod fixed {
                 unsafe { dot4x2_i32(x, block, int4) }
             }
             #[inline(always)]
-            fn dot4_groups(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, out: &mut [[(i32, i32); 4]]) {
-                unsafe { dot4_groups_i32(hi, lo, block, group, int4, out) }
+            fn groups4(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
+                // the usual groups with their step count known: the group loop unrolled
+                unsafe {
+                    match (group, int4) {
+                        (32, true) => groups4_avx2::<2, true>(hi, lo, block, group, unit, scale, ys),
+                        (64, true) => groups4_avx2::<4, true>(hi, lo, block, group, unit, scale, ys),
+                        (128, true) => groups4_avx2::<8, true>(hi, lo, block, group, unit, scale, ys),
+                        (_, true) => groups4_avx2::<0, true>(hi, lo, block, group, unit, scale, ys),
+                        (_, false) => groups4_avx2::<0, false>(hi, lo, block, group, unit, scale, ys),
+                    }
+                }
             }
         }
 
-        /// dot4 / dot4_q4 group by group in one pass over the block, each group's eight sums
-        /// reduced by three horizontal adds.
+        /// groups4 in one pass over the block: each group's eight i32 sums stay in registers
+        /// (three horizontal adds, one permute to [a0 a1 a2 a3 | b0 b1 b2 b3]) and go through the
+        /// f32 steps as one vector of the four rows.
         #[target_feature(enable = "avx2")]
         #[inline]
-        unsafe fn dot4_groups_i32(hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, out: &mut [[(i32, i32); 4]]) {
-            let steps = group / 16;
-            let n = out.len() * steps * 16;
+        unsafe fn groups4_avx2<const STEPS: usize, const INT4: bool>(hi: &[i16], lo: &[i16], block: &[i8], group: usize, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
+            let (steps, ng, int4) = (if STEPS > 0 { STEPS } else { group / 16 }, unit.len(), INT4);
+            let n = ng * steps * 16;
             assert!(hi.len() >= n && lo.len() >= n && block.len() >= if int4 { 2 * n } else { 4 * n } && group % 16 == 0);
+            assert!(scale.iter().all(|s| s.len() >= ng));
             let (hp, lp) = (hi.as_ptr(), lo.as_ptr());
+            let order = _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7);
+            let mut acc = _mm_loadu_ps(ys.as_ptr());
             let mut i = 0;
-            for o in out.iter_mut() {
+            for g in 0..ng {
                 let z = _mm256_setzero_si256();
                 let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
                 for _ in 0..steps {
@@ -740,12 +808,24 @@ mod fixed {
                     b23 = _mm256_add_epi32(b23, _mm256_add_epi32(_mm256_madd_epi16(w23, l0), _mm256_madd_epi16(x23, l1)));
                     i += 16;
                 }
-                // lanes: row 0 (a, b), row 2 (a, b) | row 1 (a, b), row 3 (a, b)
-                let t = _mm256_hadd_epi32(_mm256_hadd_epi32(a01, b01), _mm256_hadd_epi32(a23, b23));
-                let mut l = [0i32; 8];
-                _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, t);
-                *o = [(l[0], l[1]), (l[4], l[5]), (l[2], l[3]), (l[6], l[7])];
+                let v = if INT4 && group <= 32 {
+                    // a * 4096 + b in i32: |a * 4096 + b| <= 32 * 7 * 2^23 < 2^31 (weights.rs refuses
+                    // the nibble -8), and its f32 rounding is (a as f32) * 4096 + b as f32 (both
+                    // exact, one rounding); lanes s0 s2 . . | s1 s3 . . after two adds
+                    let t = _mm256_hadd_epi32(_mm256_add_epi32(_mm256_slli_epi32(a01, 12), b01), _mm256_add_epi32(_mm256_slli_epi32(a23, 12), b23));
+                    let t = _mm256_hadd_epi32(t, t);
+                    _mm_cvtepi32_ps(_mm_unpacklo_epi32(low(t), high(t)))
+                } else {
+                    // lanes: row 0 (a, b), row 2 (a, b) | row 1 (a, b), row 3 (a, b), then by row
+                    let t = _mm256_hadd_epi32(_mm256_hadd_epi32(a01, b01), _mm256_hadd_epi32(a23, b23));
+                    let f = _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(t, order));
+                    _mm_add_ps(_mm_mul_ps(_mm256_castps256_ps128(f), _mm_set1_ps(4096.0)), _mm256_extractf128_ps(f, 1))
+                };
+                let v = _mm_mul_ps(v, _mm_set1_ps(*unit.get_unchecked(g)));
+                let s = _mm_setr_ps(*scale[0].get_unchecked(g), *scale[1].get_unchecked(g), *scale[2].get_unchecked(g), *scale[3].get_unchecked(g));
+                acc = _mm_add_ps(acc, _mm_mul_ps(v, s));
             }
+            _mm_storeu_ps(ys.as_mut_ptr(), acc);
         }
 
         /// Two tokens against one block, int8 or int4: each 16 weights of two rows are loaded (and
@@ -936,6 +1016,13 @@ pub fn block_rows_q4(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
     let mut out: Vec<i8> = q[..nb * k_pad].chunks_exact(64).flat_map(|run| (0..32).map(move |i| (run[i] & 0x0f) | (run[i + 32] << 4))).collect();
     out.extend_from_slice(&q[nb * k_pad..]);
     out
+}
+
+/// Whether packed int4 rows hold the value -8 (a nibble 0b1000). The quantizer writes -7..7 only,
+/// and the int4 kernels rely on it: for groups of 32 they sum a * 4096 + b in i32, which 32
+/// products of -8 and -2^23 would overflow.
+pub fn q4_holds_minus8(packed: &[i8]) -> bool {
+    packed.iter().any(|&b| b & 0x0f == 0x08 || (b as u8) >> 4 == 0x08)
 }
 
 /// Row r's value j of a loaded int8 or int4 matrix (`Tensor::Q8`, blocked or row-major).
@@ -1511,13 +1598,13 @@ mod tests {
     use super::*;
     use fixed::Kernels;
 
-    fn blocked(q: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
+    pub(super) fn blocked(q: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
         let mut b = q.to_vec();
         block_rows(&mut b, n, k_pad);
         b
     }
 
-    fn lcg(seed: &mut u64) -> f32 {
+    pub(super) fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
     }
@@ -1707,6 +1794,47 @@ mod tests {
     }
 
     #[test]
+    fn small_groups_match_the_scalar_path() {
+        // decode's small-group kernels (groups4) against the scalar one, bit for bit: int8 and
+        // int4, groups of 16 to 128, one or more tiles, rows left over; random values, and the
+        // extremes (every activation at +-2^23 of its group, every weight at +-7 or +-127 with
+        // matching signs: the largest sums, a * 4096 + b up to 32 * 7 * 2^23 for int4-g32)
+        let mut s = 29u64;
+        for (n, k, group) in [(6usize, 16usize, 16usize), (9, 96, 32), (8, 2144, 32), (13, 320, 64), (4, 4352, 128), (8, 128, 128)] {
+            for extreme in [false, true] {
+                let x: Vec<f32> = (0..k).map(|j| if extreme { if (j / 3) % 2 == 0 { 1.5 } else { -1.5 } } else { lcg(&mut s) }).collect();
+                let sign = |r: usize, j: usize| if ((j / 3) % 2 == 0) == (r % 2 == 0) { 1.0 } else { -1.0 };
+                let scale: Vec<f32> = (0..n * k / group).map(|_| lcg(&mut s).abs() * 0.01 + 1e-3).collect();
+                let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
+                for bits in [8u32, 4] {
+                    let top = if bits == 4 { 7.0 } else { 127.0 };
+                    let q: Vec<i8> = (0..n * k).map(|i| if extreme { sign(i / k, i % k) * top } else { lcg(&mut s) * (top + 0.99) } as i8).collect();
+                    let w = if bits == 4 {
+                        let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
+                        block_rows_q4(&packed, n, k)
+                    } else {
+                        blocked(&q, n, k)
+                    };
+                    let mut fast = vec![0f32; n];
+                    matmul(&x, xv, 1, None, Mat::Q8 { n, k_pad: k, group, bits, blocked: true, q: &w, scale: &scale }, &mut fast, ov, &[]);
+                    let input = Q8Input::new(&x, k, group);
+                    let mut scalar = vec![0f32; n];
+                    fixed::rows(&fixed::Scalar, &input.x, 1, k, group, true, bits, &w, n, 0, &scale, &mut scalar);
+                    assert_eq!(fast, scalar, "n={} k={} group={} bits={} extreme={}", n, k, group, bits, extreme);
+                    if extreme {
+                        // and the largest sums are right: every row is +-(group * top * 1.5 * sum of its scales)
+                        for (r, y) in fast.iter().enumerate() {
+                            let want: f64 = scale[r * k / group..(r + 1) * k / group].iter().map(|v| *v as f64 * (group as f64 * top as f64 * 1.5)).sum();
+                            assert!((*y as f64 * sign(r, 0) as f64 - want).abs() < 1e-5 * want, "r={} {} {}", r, y, want);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(!q4_holds_minus8(&[0x77, 0x19, -0x70]) && q4_holds_minus8(&[0x18]) && q4_holds_minus8(&[-0x80]));
+    }
+
+    #[test]
     fn prefill_gives_the_per_token_bits() {
         // T tokens at once (token chunks, two tokens per block pass, an odd one left) equal T
         // one-token matmuls (decode's path) bit for bit, int8 and int4, one and several tiles
@@ -1793,5 +1921,63 @@ mod tests {
         let mut tail = x.clone();  // the output tail: rows from t0 = 2 into rows from 0
         elementwise_in_place(View { off: 2 * w, ..v }, 2, &mut tail, v, &steps);
         assert_eq!(&tail[..2 * w], &want[2 * w..]);
+    }
+}
+
+/// Decode's matrix-vector kernels alone, one thread, by CPU time (the machine may be shared):
+/// `cargo test --release --lib decode_bench -- --ignored --nocapture`.
+#[cfg(all(test, target_os = "linux"))]
+mod decode_bench {
+    use super::*;
+
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+
+    /// This thread's CPU seconds (CLOCK_THREAD_CPUTIME_ID).
+    fn cpu_seconds() -> f64 {
+        let mut t = Timespec { sec: 0, nsec: 0 };
+        unsafe { clock_gettime(3, &mut t) };
+        t.sec as f64 + t.nsec as f64 * 1e-9
+    }
+
+    #[test]
+    #[ignore]
+    fn decode_matvec_speed() {
+        let mut s = 5u64;
+        // a matrix that fits L2, one streamed from memory, and Qwen2.5-0.5B's tied output table
+        for (n, k) in [(256usize, 896usize), (16384, 4096), (151936, 896)] {
+            let x: Vec<f32> = (0..k).map(|_| tests::lcg(&mut s)).collect();
+            let q: Vec<i8> = (0..n * k).map(|_| (tests::lcg(&mut s) * 7.99) as i8).collect();
+            let q8 = tests::blocked(&q, n, k);
+            let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
+            let q4 = block_rows_q4(&packed, n, k);
+            let mut int8 = 0.0;
+            for (bits, group) in [(8u32, k), (8, 32), (4, 32), (4, 64), (4, 128)] {
+                let scale: Vec<f32> = (0..n * k / group).map(|_| tests::lcg(&mut s).abs() * 0.01).collect();
+                let w = if bits == 4 { &q4 } else { &q8 };
+                let mut ys = vec![0f32; n];
+                let reps = (200_000_000 / (n * k)).max(3);
+                let mut best = f64::MAX;
+                for _ in 0..5 {
+                    let t0 = cpu_seconds();
+                    for _ in 0..reps {
+                        Q8Input::new(&x, k, group).rows(1, true, bits, w, n, 0, &scale, &mut ys);
+                    }
+                    best = best.min((cpu_seconds() - t0) / reps as f64);
+                }
+                if group == k {
+                    int8 = best;
+                }
+                let bytes = (n * k * bits as usize / 8 + n * k / group * 4) as f64;
+                println!("{:5} x {:4} int{} group {:4}: {:8.1} us  {:5.2} G weights/s  {:5.2} GB/s  {:4.2}x int8 per row",
+                    n, k, bits, group, best * 1e6, (n * k) as f64 / best / 1e9, bytes / best / 1e9, int8 / best);
+            }
+        }
     }
 }

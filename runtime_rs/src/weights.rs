@@ -303,6 +303,9 @@ impl Loader {
                     if !crate::kernels::blocked_layout(*k_pad, *group) {
                         return Err(format!("an int4 weight has groups of {} (not a multiple of 16)", group));
                     }
+                    if crate::kernels::q4_holds_minus8(q) {
+                        return Err("an int4 weight holds the value -8 (int4 weights are -7..7, docs/formats.md)".to_string());
+                    }
                     *q = crate::kernels::block_rows_q4(q, *n, *k_pad);
                     *blocked = true;
                 } else if !*blocked && crate::kernels::blocked_layout(*k_pad, *group) {
