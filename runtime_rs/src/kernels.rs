@@ -520,57 +520,102 @@ mod fixed {
                 dot4_q4_i32(hi, lo, block)
             }
             #[inline(always)]
-            fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
-                // rows 0-1, then rows 2-3: two tokens of four rows would need more than the 16
-                // registers V8 has on x64
-                let (a, b) = (dot2x2_i32(x, block, 0, int4), dot2x2_i32(x, block, 1, int4));
-                [[a[0][0], a[0][1], b[0][0], b[0][1]], [a[1][0], a[1][1], b[1][0], b[1][1]]]
+            fn tile_x2(&self, x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
+                tile_x2(x, tile, int4, c0, group, unit, scale, l)
             }
         }
 
-        /// Rows 2 * pair and 2 * pair + 1 of a block (int8 or int4) times two tokens.
+        /// `Kernels::tile_x2`: rows 0-1, then rows 2-3 (two tokens of four rows would need more
+        /// than the 16 registers V8 has on x64); each piece's 16 sums of a row pair reduced to
+        /// four lanes by shuffles, and the f32 arithmetic on those four (row, token) lanes at once.
         #[inline(always)]
-        fn dot2x2_i32(x: [(&[i16], &[i16]); 2], block: &[i8], pair: usize, int4: bool) -> [[(i32, i32); 2]; 2] {
-            let n = x[0].0.len().min(x[0].1.len()).min(x[1].0.len()).min(x[1].1.len());
-            let n = n.min(if int4 { block.len() * 2 / 4 } else { block.len() / 4 }) / 16 * 16;
+        #[allow(clippy::too_many_arguments)]
+        fn tile_x2(x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
+            let w = x[0].0.len();
+            assert!(x.iter().all(|(h, lo)| h.len() == w && lo.len() == w) && w % 16 == 0 && group % 16 == 0);
+            assert!(tile.len() >= if int4 { 2 * w } else { 4 * w } && unit.iter().all(|u| u.len() >= (c0 + w) / group) && scale.iter().all(|s| s.len() >= (c0 + w) / group));
+            // SAFETY: the lanes are [f32; 8], read and written four at 4 * pair (pair < 2)
+            let get = |v: &[f32; 8], pair: usize| unsafe { v128_load(v.as_ptr().add(4 * pair) as *const v128) };
+            let put = |v: v128, to: &mut [f32; 8], pair: usize| unsafe { v128_store(to.as_mut_ptr().add(4 * pair) as *mut v128, v) };
+            let mut s = c0;
+            while s < c0 + w {
+                let e = (c0 + w).min((s / group + 1) * group);
+                for pair in 0..2 {
+                    // SAFETY: the asserts above: [s - c0, e - c0) is inside the activations and tile
+                    let (a, b) = unsafe { dot2x2(x, tile, pair, int4, s - c0, e - c0) };
+                    let (mut fa, mut fb) = (f32x4_convert_i32x4(a), f32x4_convert_i32x4(b));
+                    if s % group != 0 {
+                        // a group the last tile began (0 + x is x: a piece that begins its group skips this)
+                        fa = f32x4_add(get(&l.a, pair), fa);
+                        fb = f32x4_add(get(&l.b, pair), fb);
+                    }
+                    if e % group == 0 {
+                        let g = s / group;
+                        let u = f32x4(unit[0][g], unit[1][g], unit[0][g], unit[1][g]);
+                        let (s0, s1) = (scale[2 * pair][g], scale[2 * pair + 1][g]);
+                        // ((a * 4096 + b) * unit) * scale, as `rows`
+                        let v = f32x4_mul(f32x4_mul(f32x4_add(f32x4_mul(fa, f32x4_splat(4096.0)), fb), u), f32x4(s0, s0, s1, s1));
+                        put(f32x4_add(get(&l.y, pair), v), &mut l.y, pair);
+                        fa = f32x4_splat(0.0);
+                        fb = f32x4_splat(0.0);
+                    }
+                    if s % group != 0 || e % group != 0 {
+                        put(fa, &mut l.a, pair);
+                        put(fb, &mut l.b, pair);
+                    }
+                }
+                s = e;
+            }
+        }
+
+        /// [sum a, sum b, sum c, sum d]
+        #[inline(always)]
+        fn sums4(a: v128, b: v128, c: v128, d: v128) -> v128 {
+            let ab = i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(a, b), i32x4_shuffle::<2, 3, 6, 7>(a, b));
+            let cd = i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(c, d), i32x4_shuffle::<2, 3, 6, 7>(c, d));
+            i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(ab, cd), i32x4_shuffle::<1, 3, 5, 7>(ab, cd))
+        }
+
+        /// Rows 2 * pair and 2 * pair + 1 of a block (int8 or int4) times two tokens over values
+        /// [i0, i1): the (hi, lo) sums as lanes (row 2 * pair, token 0), (.., token 1), (row
+        /// 2 * pair + 1, token 0), (.., token 1). The caller keeps [i0, i1) inside both.
+        #[inline(always)]
+        unsafe fn dot2x2(x: [(&[i16], &[i16]); 2], block: &[i8], pair: usize, int4: bool, i0: usize, i1: usize) -> (v128, v128) {
             let (h0, l0, h1, l1) = (x[0].0.as_ptr(), x[0].1.as_ptr(), x[1].0.as_ptr(), x[1].1.as_ptr());
             let qp = block.as_ptr();
             let z = i32x4_splat(0);
             let (mut a00, mut b00, mut a01, mut b01, mut a10, mut b10, mut a11, mut b11) = (z, z, z, z, z, z, z, z);
-            let mut i = 0;
-            // SAFETY: every load reads inside the activations [..n] and block[..4n] (int4: [..2n]).
-            unsafe {
-                while i + 16 <= n {
-                    for half in 0..2 {
-                        // the two rows' 8 values of this half, as i16
-                        let (w0, w1) = if int4 {
-                            let p = qp.add(2 * i + 16 * pair);
-                            let (r0, r1) = (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)));
-                            if half == 0 {
-                                (i16x8_shr(i16x8_shl(r0, 12), 12), i16x8_shr(i16x8_shl(r1, 12), 12))
-                            } else {
-                                (i16x8_shr(r0, 4), i16x8_shr(r1, 4))
-                            }
+            let mut i = i0;
+            while i < i1 {
+                for half in 0..2 {
+                    // the two rows' 8 values of this half, as i16
+                    let (w0, w1) = if int4 {
+                        let p = qp.add(2 * i + 16 * pair);
+                        let (r0, r1) = (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)));
+                        if half == 0 {
+                            (i16x8_shr(i16x8_shl(r0, 12), 12), i16x8_shr(i16x8_shl(r1, 12), 12))
                         } else {
-                            let p = qp.add(4 * i + 32 * half + 16 * pair);
-                            (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)))
-                        };
-                        let j = i + 8 * half;
-                        let (h, l) = (v128_load(h0.add(j) as *const v128), v128_load(l0.add(j) as *const v128));
-                        a00 = i32x4_add(a00, i32x4_dot_i16x8(w0, h));
-                        b00 = i32x4_add(b00, i32x4_dot_i16x8(w0, l));
-                        a01 = i32x4_add(a01, i32x4_dot_i16x8(w1, h));
-                        b01 = i32x4_add(b01, i32x4_dot_i16x8(w1, l));
-                        let (h, l) = (v128_load(h1.add(j) as *const v128), v128_load(l1.add(j) as *const v128));
-                        a10 = i32x4_add(a10, i32x4_dot_i16x8(w0, h));
-                        b10 = i32x4_add(b10, i32x4_dot_i16x8(w0, l));
-                        a11 = i32x4_add(a11, i32x4_dot_i16x8(w1, h));
-                        b11 = i32x4_add(b11, i32x4_dot_i16x8(w1, l));
-                    }
-                    i += 16;
+                            (i16x8_shr(r0, 4), i16x8_shr(r1, 4))
+                        }
+                    } else {
+                        let p = qp.add(4 * i + 32 * half + 16 * pair);
+                        (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)))
+                    };
+                    let j = i + 8 * half;
+                    let (h, l) = (v128_load(h0.add(j) as *const v128), v128_load(l0.add(j) as *const v128));
+                    a00 = i32x4_add(a00, i32x4_dot_i16x8(w0, h));
+                    b00 = i32x4_add(b00, i32x4_dot_i16x8(w0, l));
+                    a01 = i32x4_add(a01, i32x4_dot_i16x8(w1, h));
+                    b01 = i32x4_add(b01, i32x4_dot_i16x8(w1, l));
+                    let (h, l) = (v128_load(h1.add(j) as *const v128), v128_load(l1.add(j) as *const v128));
+                    a10 = i32x4_add(a10, i32x4_dot_i16x8(w0, h));
+                    b10 = i32x4_add(b10, i32x4_dot_i16x8(w0, l));
+                    a11 = i32x4_add(a11, i32x4_dot_i16x8(w1, h));
+                    b11 = i32x4_add(b11, i32x4_dot_i16x8(w1, l));
                 }
+                i += 16;
             }
-            [[(sum(a00), sum(b00)), (sum(a01), sum(b01))], [(sum(a10), sum(b10)), (sum(a11), sum(b11))]]
+            (sums4(a00, a10, a01, a11), sums4(b00, b10, b01, b11))
         }
 
         /// dot4 over int4 packets: 32 bytes per 16 values, row r's 8 bytes at 8r hold values 0-7
