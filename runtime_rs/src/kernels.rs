@@ -379,69 +379,68 @@ mod fixed {
         let end = first + ys.len() / t;
         let nb = if blocked { n / 4 * 4 } else { 0 };
         let blocks_end = end.min(nb).max(first);
-        // Column tile by column tile, as `block_rows` stores them: the tile's activations (TILE * 4
-        // bytes per token) stay in L1 while the weights stream past in one sequential run, where a
-        // whole wide row's would not (1280x5120 ran at half speed on wasm). Each (row, token)
-        // keeps its group's running (a, b) sums from one tile to the next.
-        if t > 1 {
-            prefill(k, x, t, width, group, int4, &q[..bytes(nb * width)], nb, first..blocks_end, scale, ys);
-        } else {
-            let mut sums = vec![(0f32, 0f32); blocks_end.saturating_sub(first) * t];
-            for y in &mut ys[..sums.len()] {
-                *y = 0.0;
-            }
-            let small = group <= SMALL_GROUP && TILE % group == 0;
-            let mut per_group = vec![[(0i32, 0i32); 4]; if small { TILE.min(width) / group } else { 0 }];
-            let add = |ys: &mut [f32], sums: &mut [(f32, f32)], r: usize, i: usize, g: usize, end: bool, d: &[(i32, i32); 4]| {
-                for (j, (da, db)) in d.iter().enumerate() {
-                    let at = (r - first + j) * t + i;
-                    let st = &mut sums[at];
-                    st.0 += *da as f32;
-                    st.1 += *db as f32;
-                    if end {
-                        ys[at] += (st.0 * 4096.0 + st.1) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
-                        *st = (0.0, 0.0);
-                    }
-                }
-            };
-            for c0 in (0..width).step_by(TILE) {
-                let c1 = (c0 + TILE).min(width);
-                for r in (first..blocks_end).step_by(4) {
-                    let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
-                    if small {
-                        // whole groups, each (row, token)'s sums start and end in this call: the
-                        // f32 arithmetic below is `add`'s from zero sums (0 + x is x)
-                        let gs = &mut per_group[..(c1 - c0) / group];
-                        for i in 0..t {
-                            let (a, b) = (i * width + c0, i * width + c1);
-                            k.dot4_groups(&x.hi[a..b], &x.lo[a..b], tile, group, int4, gs);
-                            for (gi, d) in gs.iter().enumerate() {
-                                let g = c0 / group + gi;
-                                for (j, (da, db)) in d.iter().enumerate() {
-                                    let at = (r - first + j) * t + i;
-                                    ys[at] += (*da as f32 * 4096.0 + *db as f32) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    // each part of the tile in one group g, for each token
-                    for (s, e) in pieces(c0, c1, group) {
-                        let (g, w) = (s / group, &tile[bytes(4 * (s - c0))..bytes(4 * (e - c0))]);
-                        let end = e == (g + 1) * group;
-                        for i in 0..t {
-                            let (h, l) = (&x.hi[i * width + s..i * width + e], &x.lo[i * width + s..i * width + e]);
-                            add(ys, &mut sums, r, i, g, end, &if int4 { k.dot4_q4(h, l, w) } else { k.dot4(h, l, w) });
-                        }
-                    }
-                }
-            }
-        }
         // rows left over from the blocks (or all, unblocked) are int8, row-major, after the blocks
         for r in blocks_end..end {
             let at = bytes(nb * width) + (r - nb) * width;
             for i in 0..t {
                 ys[(r - first) * t + i] = dot_row(k, x, width, group, i, &q[at..at + width], &scale[r * groups..(r + 1) * groups]);
+            }
+        }
+        if t > 1 {
+            return prefill(k, x, t, width, group, int4, &q[..bytes(nb * width)], nb, first..blocks_end, scale, ys);
+        }
+        // Column tile by column tile, as `block_rows` stores them: the tile's activations (TILE * 4
+        // bytes per token) stay in L1 while the weights stream past in one sequential run, where a
+        // whole wide row's would not (1280x5120 ran at half speed on wasm). Each (row, token)
+        // keeps its group's running (a, b) sums from one tile to the next.
+        let mut sums = vec![(0f32, 0f32); blocks_end.saturating_sub(first) * t];
+        for y in &mut ys[..sums.len()] {
+            *y = 0.0;
+        }
+        let small = group <= SMALL_GROUP && TILE % group == 0;
+        let mut per_group = vec![[(0i32, 0i32); 4]; if small { TILE.min(width) / group } else { 0 }];
+        let add = |ys: &mut [f32], sums: &mut [(f32, f32)], r: usize, i: usize, g: usize, end: bool, d: &[(i32, i32); 4]| {
+            for (j, (da, db)) in d.iter().enumerate() {
+                let at = (r - first + j) * t + i;
+                let st = &mut sums[at];
+                st.0 += *da as f32;
+                st.1 += *db as f32;
+                if end {
+                    ys[at] += (st.0 * 4096.0 + st.1) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
+                    *st = (0.0, 0.0);
+                }
+            }
+        };
+        for c0 in (0..width).step_by(TILE) {
+            let c1 = (c0 + TILE).min(width);
+            for r in (first..blocks_end).step_by(4) {
+                let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
+                if small {
+                    // whole groups, each (row, token)'s sums start and end in this call: the
+                    // f32 arithmetic below is `add`'s from zero sums (0 + x is x)
+                    let gs = &mut per_group[..(c1 - c0) / group];
+                    for i in 0..t {
+                        let (a, b) = (i * width + c0, i * width + c1);
+                        k.dot4_groups(&x.hi[a..b], &x.lo[a..b], tile, group, int4, gs);
+                        for (gi, d) in gs.iter().enumerate() {
+                            let g = c0 / group + gi;
+                            for (j, (da, db)) in d.iter().enumerate() {
+                                let at = (r - first + j) * t + i;
+                                ys[at] += (*da as f32 * 4096.0 + *db as f32) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
+                            }
+                        }
+                    }
+                    continue;
+                }
+                // each part of the tile in one group g, for each token
+                for (s, e) in pieces(c0, c1, group) {
+                    let (g, w) = (s / group, &tile[bytes(4 * (s - c0))..bytes(4 * (e - c0))]);
+                    let end = e == (g + 1) * group;
+                    for i in 0..t {
+                        let (h, l) = (&x.hi[i * width + s..i * width + e], &x.lo[i * width + s..i * width + e]);
+                        add(ys, &mut sums, r, i, g, end, &if int4 { k.dot4_q4(h, l, w) } else { k.dot4(h, l, w) });
+                    }
+                }
             }
         }
     }
