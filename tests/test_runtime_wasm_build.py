@@ -1,6 +1,7 @@
 """runtime_rs builds for wasm32-unknown-unknown with Debian's Rust 1.63 toolchain, offline; the
 module needs no imports and, driven through its C ABI (as the browser glue does), tokenizes and
-renders chats exactly like the Python extension. The Rust unit tests pass on that toolchain."""
+renders chats exactly like the Python extension. The Rust unit tests pass on that toolchain, and the
+kernel tests also as wasm32 with SIMD128 under Node (the SIMD128 kernels against the scalar ones)."""
 
 import json
 import shutil
@@ -15,6 +16,7 @@ from monologue_compile.tokenizer import Tokenizer
 DEBIAN_CARGO = Path("/usr/bin/cargo")
 DEBIAN_RUSTC = Path("/usr/bin/rustc")
 WASM_STD = Path("/usr/lib/rustlib/wasm32-unknown-unknown")
+WASI_STD = Path("/usr/lib/rustlib/wasm32-wasi")
 
 pytestmark = pytest.mark.skipif(
     not (DEBIAN_CARGO.exists() and DEBIAN_RUSTC.exists() and WASM_STD.exists()),
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def debian_cargo(workdir: Path, *args):
+def debian_cargo(workdir: Path, *args, rustflags: str = ""):
     """Run Debian's cargo (offline) on a copy of the crate in `workdir`; returns (crate, process)."""
     crate = workdir / "runtime_rs"
     if not crate.exists():
@@ -32,6 +34,7 @@ def debian_cargo(workdir: Path, *args):
         "RUSTC": str(DEBIAN_RUSTC),
         "CARGO_HOME": str(workdir / "cargo_home"),
         "HOME": str(workdir),
+        "RUSTFLAGS": rustflags,
     }
     result = subprocess.run(
         [str(DEBIAN_CARGO), *args, "--offline", "--locked"], cwd=crate, env=env, capture_output=True, text=True
@@ -140,3 +143,29 @@ def test_unit_tests_pass_with_rust_1_63(tmp_path):
     _, result = debian_cargo(tmp_path, "test", "--lib")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "test result: ok" in result.stdout
+
+
+# Runs a wasm32-wasi test binary: Node's WASI with the test harness's arguments.
+WASI_RUNNER = r"""
+import fs from 'fs';
+import { WASI } from 'node:wasi';
+const [file, ...args] = process.argv.slice(2);
+const wasi = new WASI({ version: 'preview1', args: [file, ...args], env: {}, returnOnExit: true });
+const instance = await WebAssembly.instantiate(await WebAssembly.compile(fs.readFileSync(file)), wasi.getImportObject());
+process.exitCode = wasi.start(instance);
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not WASI_STD.exists(), reason="no Node, or no wasm32-wasi std")
+def test_kernel_unit_tests_pass_as_wasm_simd128(tmp_path):
+    # the page's kernels are the SIMD128 ones: the same bits as the scalar kernels (prefill, decode,
+    # int4, tiles), checked where they run, not only on this machine's AVX2
+    crate, result = debian_cargo(tmp_path, "test", "--lib", "--no-run", "--target", "wasm32-wasi",
+                                 rustflags="-C target-feature=+simd128")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wasm,) = (crate / "target/wasm32-wasi/debug/deps").glob("runtime_rs-*.wasm")
+    (tmp_path / "run.mjs").write_text(WASI_RUNNER)
+    r = subprocess.run(["node", "--no-warnings", str(tmp_path / "run.mjs"), str(wasm), "kernels::tests", "--test-threads=1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "prefill_gives_the_per_token_bits ... ok" in r.stdout and "test result: ok" in r.stdout

@@ -281,15 +281,42 @@ mod fixed {
                 }
             }
         }
-        /// dot4 (int4: dot4_q4) of two tokens' activations `x[0]`, `x[1]` (each hi, lo) against
-        /// one block: the same sums, with each weight loaded once for both (prefill).
-        fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
-            if int4 {
-                [self.dot4_q4(x[0].0, x[0].1, block), self.dot4_q4(x[1].0, x[1].1, block)]
-            } else {
-                [self.dot4(x[0].0, x[0].1, block), self.dot4(x[1].0, x[1].1, block)]
+        /// Prefill's inner step: two tokens' activations `x[0]`, `x[1]` (each hi, lo over the
+        /// columns c0.. of one tile) against one block's tile (int4: `block_rows_q4` form), each
+        /// weight loaded and unpacked once for both tokens. Piece by piece (the tile cut at
+        /// multiples of `group`), each (row, token) lane adds its i32 sums to its running f32 sums
+        /// `l.a`, `l.b`, and at the end of a group adds (a * 4096 + b) * unit * scale to `l.y`:
+        /// `rows`' arithmetic, in the same order. `unit[token]` and `scale[row]` are per group.
+        #[allow(clippy::too_many_arguments)]
+        fn tile_x2(&self, x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut Lanes) {
+            let bytes = |v: usize| if int4 { v / 2 } else { v };
+            for (s, e) in pieces(c0, c0 + x[0].0.len(), group) {
+                let (g, w) = (s / group, &tile[bytes(4 * (s - c0))..bytes(4 * (e - c0))]);
+                for (token, (h, lo)) in x.iter().enumerate() {
+                    let (h, lo) = (&h[s - c0..e - c0], &lo[s - c0..e - c0]);
+                    let d = if int4 { self.dot4_q4(h, lo, w) } else { self.dot4(h, lo, w) };
+                    for (row, (da, db)) in d.iter().enumerate() {
+                        let at = 2 * row + token;
+                        l.a[at] += *da as f32;
+                        l.b[at] += *db as f32;
+                        if e % group == 0 {
+                            l.y[at] += (l.a[at] * 4096.0 + l.b[at]) * unit[token][g] * scale[row][g];
+                            l.a[at] = 0.0;
+                            l.b[at] = 0.0;
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// The f32 state of a block's four rows for two tokens in prefill (lane 2 * row + token): the
+    /// output so far, and the running sums of the group the last tile ended inside.
+    #[derive(Default)]
+    pub struct Lanes {
+        pub y: [f32; 8],
+        pub a: [f32; 8],
+        pub b: [f32; 8],
     }
 
     /// Groups this small (and dividing TILE) go through `groups4`: the per-piece work around a
@@ -372,6 +399,16 @@ mod fixed {
         let end = first + ys.len() / t;
         let nb = if blocked { n / 4 * 4 } else { 0 };
         let blocks_end = end.min(nb).max(first);
+        // rows left over from the blocks (or all, unblocked) are int8, row-major, after the blocks
+        for r in blocks_end..end {
+            let at = bytes(nb * width) + (r - nb) * width;
+            for i in 0..t {
+                ys[(r - first) * t + i] = dot_row(k, x, width, group, i, &q[at..at + width], &scale[r * groups..(r + 1) * groups]);
+            }
+        }
+        if t > 1 {
+            return prefill(k, x, t, width, group, int4, &q[..bytes(nb * width)], nb, first..blocks_end, scale, ys);
+        }
         // Column tile by column tile, as `block_rows` stores them: the tile's activations (TILE * 4
         // bytes per token) stay in L1 while the weights stream past in one sequential run, where a
         // whole wide row's would not (1280x5120 ran at half speed on wasm). Each (row, token)
@@ -380,10 +417,6 @@ mod fixed {
         for y in &mut ys[..sums.len()] {
             *y = 0.0;
         }
-        // Tokens in chunks whose tile activations fit CHUNK_BYTES, two at a time against each
-        // block (dot4x2). Every (row, token) still adds its pieces in column order: the same bits
-        // whatever the chunking.
-        let chunk = (CHUNK_BYTES / (4 * TILE.min(width).max(1))).max(2);
         let small = group <= SMALL_GROUP && TILE % group == 0;
         let add = |ys: &mut [f32], sums: &mut [(f32, f32)], r: usize, i: usize, g: usize, end: bool, d: &[(i32, i32); 4]| {
             for (j, (da, db)) in d.iter().enumerate() {
@@ -397,53 +430,78 @@ mod fixed {
                 }
             }
         };
-        for t0 in (0..t).step_by(chunk) {
-            let t1 = (t0 + chunk).min(t);
-            for c0 in (0..width).step_by(TILE) {
-                let c1 = (c0 + TILE).min(width);
-                for r in (first..blocks_end).step_by(4) {
-                    let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
-                    if small {
-                        // whole groups, each (row, token)'s sums start and end in this call: the
-                        // f32 arithmetic of groups4 is `add`'s from zero sums (0 + x is x)
-                        let (g0, g1) = (c0 / group, c1 / group);
-                        let sc = |j: usize| &scale[(r + j) * groups + g0..(r + j) * groups + g1];
-                        for i in t0..t1 {
-                            let (a, b) = (i * width + c0, i * width + c1);
-                            let at = |j: usize| (r - first + j) * t + i;
-                            let mut y = [ys[at(0)], ys[at(1)], ys[at(2)], ys[at(3)]];
-                            k.groups4(&x.hi[a..b], &x.lo[a..b], tile, group, int4, &x.unit[i * groups + g0..i * groups + g1], [sc(0), sc(1), sc(2), sc(3)], &mut y);
-                            for (j, v) in y.iter().enumerate() {
-                                ys[at(j)] = *v;
-                            }
+        for c0 in (0..width).step_by(TILE) {
+            let c1 = (c0 + TILE).min(width);
+            for r in (first..blocks_end).step_by(4) {
+                let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
+                if small {
+                    // whole groups, each (row, token)'s sums start and end in this call: the
+                    // f32 arithmetic of groups4 is `add`'s from zero sums (0 + x is x)
+                    let (g0, g1) = (c0 / group, c1 / group);
+                    let sc = |j: usize| &scale[(r + j) * groups + g0..(r + j) * groups + g1];
+                    for i in 0..t {
+                        let (a, b) = (i * width + c0, i * width + c1);
+                        let at = |j: usize| (r - first + j) * t + i;
+                        let mut y = [ys[at(0)], ys[at(1)], ys[at(2)], ys[at(3)]];
+                        k.groups4(&x.hi[a..b], &x.lo[a..b], tile, group, int4, &x.unit[i * groups + g0..i * groups + g1], [sc(0), sc(1), sc(2), sc(3)], &mut y);
+                        for (j, v) in y.iter().enumerate() {
+                            ys[at(j)] = *v;
                         }
-                        continue;
                     }
-                    // each part of the tile in one group g, for each token
-                    for (s, e) in pieces(c0, c1, group) {
-                        let (g, w) = (s / group, &tile[bytes(4 * (s - c0))..bytes(4 * (e - c0))]);
-                        let end = e == (g + 1) * group;
-                        let xs = |i: usize| (&x.hi[i * width + s..i * width + e], &x.lo[i * width + s..i * width + e]);
-                        let mut i = t0;
-                        while i + 2 <= t1 {
-                            let [d0, d1] = k.dot4x2([xs(i), xs(i + 1)], w, int4);
-                            add(ys, &mut sums, r, i, g, end, &d0);
-                            add(ys, &mut sums, r, i + 1, g, end, &d1);
-                            i += 2;
-                        }
-                        if i < t1 {
-                            let (h, l) = xs(i);
-                            add(ys, &mut sums, r, i, g, end, &if int4 { k.dot4_q4(h, l, w) } else { k.dot4(h, l, w) });
-                        }
+                    continue;
+                }
+                // each part of the tile in one group g, for each token
+                for (s, e) in pieces(c0, c1, group) {
+                    let (g, w) = (s / group, &tile[bytes(4 * (s - c0))..bytes(4 * (e - c0))]);
+                    let end = e == (g + 1) * group;
+                    for i in 0..t {
+                        let (h, l) = (&x.hi[i * width + s..i * width + e], &x.lo[i * width + s..i * width + e]);
+                        add(ys, &mut sums, r, i, g, end, &if int4 { k.dot4_q4(h, l, w) } else { k.dot4(h, l, w) });
                     }
                 }
             }
         }
-        // rows left over from the blocks (or all, unblocked) are int8, row-major, after the blocks
-        for r in blocks_end..end {
-            let at = bytes(nb * width) + (r - nb) * width;
-            for i in 0..t {
-                ys[(r - first) * t + i] = dot_row(k, x, width, group, i, &q[at..at + width], &scale[r * groups..(r + 1) * groups]);
+    }
+
+    /// `rows` of T > 1 tokens for the blocks of `rows` (`q`: the blocked part, `ys` as in `rows`):
+    /// a matrix-matrix product. Tokens go in chunks whose tile activations fit CHUNK_BYTES; for
+    /// each column tile, each block's tile (in L1 after its first use) meets the chunk's tokens
+    /// two at a time (`tile_x2`), so a weight is read from memory once per chunk and loaded and
+    /// unpacked once per two tokens. Every (row, token) adds its pieces in column order with
+    /// decode's arithmetic: the same bits whatever the chunking and pairing.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn prefill(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, int4: bool, q: &[i8], nb: usize, rows: core::ops::Range<usize>, scale: &[f32], ys: &mut [f32]) {
+        let groups = width / group;
+        let bytes = |v: usize| if int4 { v / 2 } else { v };
+        let chunk = (CHUNK_BYTES / (4 * TILE.min(width).max(1))).max(2);
+        let blocks = (rows.end - rows.start) / 4;
+        // each (block, token pair)'s state across the tiles of a chunk
+        let mut lanes: Vec<Lanes> = (0..blocks * ((chunk.min(t) + 1) / 2)).map(|_| Lanes::default()).collect();
+        for t0 in (0..t).step_by(chunk) {
+            let t1 = (t0 + chunk).min(t);
+            let pairs = (t1 - t0 + 1) / 2;
+            // an odd last token goes as both tokens of its pair
+            let pair = |p: usize| [t0 + 2 * p, (t0 + 2 * p + 1).min(t1 - 1)];
+            lanes.iter_mut().for_each(|l| *l = Lanes::default());
+            for c0 in (0..width).step_by(TILE) {
+                let c1 = (c0 + TILE).min(width);
+                for (b, r) in rows.clone().step_by(4).enumerate() {
+                    let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
+                    let scales = [0, 1, 2, 3].map(|j| &scale[(r + j) * groups..(r + j + 1) * groups]);
+                    for (p, l) in lanes[b * pairs..(b + 1) * pairs].iter_mut().enumerate() {
+                        let tokens = pair(p);
+                        let xs = tokens.map(|i| (&x.hi[i * width + c0..i * width + c1], &x.lo[i * width + c0..i * width + c1]));
+                        let unit = tokens.map(|i| &x.unit[i * groups..(i + 1) * groups]);
+                        k.tile_x2(xs, tile, int4, c0, group, unit, scales, l);
+                    }
+                }
+            }
+            for (bp, l) in lanes[..blocks * pairs].iter().enumerate() {
+                let (r, tokens) = (rows.start + bp / pairs * 4, pair(bp % pairs));
+                for (lane, y) in l.y.iter().enumerate() {
+                    ys[(r - rows.start + lane / 2) * t + tokens[lane % 2]] = *y;
+                }
             }
         }
     }
@@ -483,57 +541,102 @@ mod fixed {
                 groups4_simd128(hi, lo, block, group, int4, unit, scale, ys)
             }
             #[inline(always)]
-            fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
-                // rows 0-1, then rows 2-3: two tokens of four rows would need more than the 16
-                // registers V8 has on x64
-                let (a, b) = (dot2x2_i32(x, block, 0, int4), dot2x2_i32(x, block, 1, int4));
-                [[a[0][0], a[0][1], b[0][0], b[0][1]], [a[1][0], a[1][1], b[1][0], b[1][1]]]
+            fn tile_x2(&self, x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
+                tile_x2(x, tile, int4, c0, group, unit, scale, l)
             }
         }
 
-        /// Rows 2 * pair and 2 * pair + 1 of a block (int8 or int4) times two tokens.
+        /// `Kernels::tile_x2`: rows 0-1, then rows 2-3 (two tokens of four rows would need more
+        /// than the 16 registers V8 has on x64); each piece's 16 sums of a row pair reduced to
+        /// four lanes by shuffles, and the f32 arithmetic on those four (row, token) lanes at once.
         #[inline(always)]
-        fn dot2x2_i32(x: [(&[i16], &[i16]); 2], block: &[i8], pair: usize, int4: bool) -> [[(i32, i32); 2]; 2] {
-            let n = x[0].0.len().min(x[0].1.len()).min(x[1].0.len()).min(x[1].1.len());
-            let n = n.min(if int4 { block.len() * 2 / 4 } else { block.len() / 4 }) / 16 * 16;
+        #[allow(clippy::too_many_arguments)]
+        fn tile_x2(x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
+            let w = x[0].0.len();
+            assert!(x.iter().all(|(h, lo)| h.len() == w && lo.len() == w) && w % 16 == 0 && group % 16 == 0);
+            assert!(tile.len() >= if int4 { 2 * w } else { 4 * w } && unit.iter().all(|u| u.len() >= (c0 + w) / group) && scale.iter().all(|s| s.len() >= (c0 + w) / group));
+            // SAFETY: the lanes are [f32; 8], read and written four at 4 * pair (pair < 2)
+            let get = |v: &[f32; 8], pair: usize| unsafe { v128_load(v.as_ptr().add(4 * pair) as *const v128) };
+            let put = |v: v128, to: &mut [f32; 8], pair: usize| unsafe { v128_store(to.as_mut_ptr().add(4 * pair) as *mut v128, v) };
+            let mut s = c0;
+            while s < c0 + w {
+                let e = (c0 + w).min((s / group + 1) * group);
+                for pair in 0..2 {
+                    // SAFETY: the asserts above: [s - c0, e - c0) is inside the activations and tile
+                    let (a, b) = unsafe { dot2x2(x, tile, pair, int4, s - c0, e - c0) };
+                    let (mut fa, mut fb) = (f32x4_convert_i32x4(a), f32x4_convert_i32x4(b));
+                    if s % group != 0 {
+                        // a group the last tile began (0 + x is x: a piece that begins its group skips this)
+                        fa = f32x4_add(get(&l.a, pair), fa);
+                        fb = f32x4_add(get(&l.b, pair), fb);
+                    }
+                    if e % group == 0 {
+                        let g = s / group;
+                        let u = f32x4(unit[0][g], unit[1][g], unit[0][g], unit[1][g]);
+                        let (s0, s1) = (scale[2 * pair][g], scale[2 * pair + 1][g]);
+                        // ((a * 4096 + b) * unit) * scale, as `rows`
+                        let v = f32x4_mul(f32x4_mul(f32x4_add(f32x4_mul(fa, f32x4_splat(4096.0)), fb), u), f32x4(s0, s0, s1, s1));
+                        put(f32x4_add(get(&l.y, pair), v), &mut l.y, pair);
+                        fa = f32x4_splat(0.0);
+                        fb = f32x4_splat(0.0);
+                    }
+                    if s % group != 0 || e % group != 0 {
+                        put(fa, &mut l.a, pair);
+                        put(fb, &mut l.b, pair);
+                    }
+                }
+                s = e;
+            }
+        }
+
+        /// [sum a, sum b, sum c, sum d]
+        #[inline(always)]
+        fn sums4(a: v128, b: v128, c: v128, d: v128) -> v128 {
+            let ab = i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(a, b), i32x4_shuffle::<2, 3, 6, 7>(a, b));
+            let cd = i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(c, d), i32x4_shuffle::<2, 3, 6, 7>(c, d));
+            i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(ab, cd), i32x4_shuffle::<1, 3, 5, 7>(ab, cd))
+        }
+
+        /// Rows 2 * pair and 2 * pair + 1 of a block (int8 or int4) times two tokens over values
+        /// [i0, i1): the (hi, lo) sums as lanes (row 2 * pair, token 0), (.., token 1), (row
+        /// 2 * pair + 1, token 0), (.., token 1). The caller keeps [i0, i1) inside both.
+        #[inline(always)]
+        unsafe fn dot2x2(x: [(&[i16], &[i16]); 2], block: &[i8], pair: usize, int4: bool, i0: usize, i1: usize) -> (v128, v128) {
             let (h0, l0, h1, l1) = (x[0].0.as_ptr(), x[0].1.as_ptr(), x[1].0.as_ptr(), x[1].1.as_ptr());
             let qp = block.as_ptr();
             let z = i32x4_splat(0);
             let (mut a00, mut b00, mut a01, mut b01, mut a10, mut b10, mut a11, mut b11) = (z, z, z, z, z, z, z, z);
-            let mut i = 0;
-            // SAFETY: every load reads inside the activations [..n] and block[..4n] (int4: [..2n]).
-            unsafe {
-                while i + 16 <= n {
-                    for half in 0..2 {
-                        // the two rows' 8 values of this half, as i16
-                        let (w0, w1) = if int4 {
-                            let p = qp.add(2 * i + 16 * pair);
-                            let (r0, r1) = (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)));
-                            if half == 0 {
-                                (i16x8_shr(i16x8_shl(r0, 12), 12), i16x8_shr(i16x8_shl(r1, 12), 12))
-                            } else {
-                                (i16x8_shr(r0, 4), i16x8_shr(r1, 4))
-                            }
+            let mut i = i0;
+            while i < i1 {
+                for half in 0..2 {
+                    // the two rows' 8 values of this half, as i16
+                    let (w0, w1) = if int4 {
+                        let p = qp.add(2 * i + 16 * pair);
+                        let (r0, r1) = (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)));
+                        if half == 0 {
+                            (i16x8_shr(i16x8_shl(r0, 12), 12), i16x8_shr(i16x8_shl(r1, 12), 12))
                         } else {
-                            let p = qp.add(4 * i + 32 * half + 16 * pair);
-                            (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)))
-                        };
-                        let j = i + 8 * half;
-                        let (h, l) = (v128_load(h0.add(j) as *const v128), v128_load(l0.add(j) as *const v128));
-                        a00 = i32x4_add(a00, i32x4_dot_i16x8(w0, h));
-                        b00 = i32x4_add(b00, i32x4_dot_i16x8(w0, l));
-                        a01 = i32x4_add(a01, i32x4_dot_i16x8(w1, h));
-                        b01 = i32x4_add(b01, i32x4_dot_i16x8(w1, l));
-                        let (h, l) = (v128_load(h1.add(j) as *const v128), v128_load(l1.add(j) as *const v128));
-                        a10 = i32x4_add(a10, i32x4_dot_i16x8(w0, h));
-                        b10 = i32x4_add(b10, i32x4_dot_i16x8(w0, l));
-                        a11 = i32x4_add(a11, i32x4_dot_i16x8(w1, h));
-                        b11 = i32x4_add(b11, i32x4_dot_i16x8(w1, l));
-                    }
-                    i += 16;
+                            (i16x8_shr(r0, 4), i16x8_shr(r1, 4))
+                        }
+                    } else {
+                        let p = qp.add(4 * i + 32 * half + 16 * pair);
+                        (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)))
+                    };
+                    let j = i + 8 * half;
+                    let (h, l) = (v128_load(h0.add(j) as *const v128), v128_load(l0.add(j) as *const v128));
+                    a00 = i32x4_add(a00, i32x4_dot_i16x8(w0, h));
+                    b00 = i32x4_add(b00, i32x4_dot_i16x8(w0, l));
+                    a01 = i32x4_add(a01, i32x4_dot_i16x8(w1, h));
+                    b01 = i32x4_add(b01, i32x4_dot_i16x8(w1, l));
+                    let (h, l) = (v128_load(h1.add(j) as *const v128), v128_load(l1.add(j) as *const v128));
+                    a10 = i32x4_add(a10, i32x4_dot_i16x8(w0, h));
+                    b10 = i32x4_add(b10, i32x4_dot_i16x8(w0, l));
+                    a11 = i32x4_add(a11, i32x4_dot_i16x8(w1, h));
+                    b11 = i32x4_add(b11, i32x4_dot_i16x8(w1, l));
                 }
+                i += 16;
             }
-            [[(sum(a00), sum(b00)), (sum(a01), sum(b01))], [(sum(a10), sum(b10)), (sum(a11), sum(b11))]]
+            (sums4(a00, a10, a01, a11), sums4(b00, b10, b01, b11))
         }
 
         /// One 16-value step of the four-row kernels: values i..i + 16 of the int8 or int4 block's
@@ -752,9 +855,9 @@ mod fixed {
             fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
                 unsafe { dot4_q4_i32(hi, lo, block) }
             }
-            #[inline(always)]
-            fn dot4x2(&self, x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
-                unsafe { dot4x2_i32(x, block, int4) }
+            #[inline(never)] // a call per tile: the loop gets every register
+            fn tile_x2(&self, x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
+                unsafe { tile_x2(x, tile, int4, c0, group, unit, scale, l) }
             }
             #[inline(always)]
             fn groups4(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
@@ -828,51 +931,87 @@ mod fixed {
             _mm_storeu_ps(ys.as_mut_ptr(), acc);
         }
 
-        /// Two tokens against one block, int8 or int4: each 16 weights of two rows are loaded (and
-        /// unpacked) once and multiplied by both tokens' activations.
+        /// `Kernels::tile_x2`: each 16 weights of two rows are loaded (and unpacked) once and
+        /// multiplied by both tokens' activations; a piece's 32 sums are reduced by six horizontal
+        /// adds, and the f32 arithmetic runs on all eight (row, token) lanes at once, in the lane
+        /// order the adds leave: rows 0, 2 of tokens 0, 0, 1, 1 | rows 1, 3 of the same.
         #[target_feature(enable = "avx2")]
         #[inline]
-        unsafe fn dot4x2_i32(x: [(&[i16], &[i16]); 2], block: &[i8], int4: bool) -> [[(i32, i32); 4]; 2] {
-            let n = x[0].0.len().min(x[0].1.len()).min(x[1].0.len()).min(x[1].1.len());
-            let n = n.min(if int4 { block.len() * 2 / 4 } else { block.len() / 4 }) / 16 * 16;
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn tile_x2(x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
+            let w = x[0].0.len();
+            assert!(x.iter().all(|(h, lo)| h.len() == w && lo.len() == w) && w % 16 == 0 && group % 16 == 0);
+            assert!(tile.len() >= if int4 { 2 * w } else { 4 * w } && unit.iter().all(|u| u.len() >= (c0 + w) / group) && scale.iter().all(|s| s.len() >= (c0 + w) / group));
             let (h0, l0, h1, l1) = (x[0].0.as_ptr(), x[0].1.as_ptr(), x[1].0.as_ptr(), x[1].1.as_ptr());
+            // lane i of the registers holds lane ORDER[i] of `Lanes`
+            let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            let back = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            let get = |v: &[f32; 8]| _mm256_permutevar8x32_ps(_mm256_loadu_ps(v.as_ptr()), order);
+            let put = |v: __m256, to: &mut [f32; 8]| _mm256_storeu_ps(to.as_mut_ptr(), _mm256_permutevar8x32_ps(v, back));
+            let mut y = get(&l.y);
             let z = _mm256_setzero_si256();
-            let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
-            let (mut c01, mut d01, mut c23, mut d23) = (z, z, z, z);
-            let mut i = 0;
-            while i + 16 <= n {
-                for half in 0..2 {
-                    // rows 0-1 and 2-3 of this half's 8 values
-                    let (w01, w23) = if int4 {
-                        let p = block.as_ptr().add(2 * i);
-                        let (u, v) = (load_q(p), load_q(p.add(16)));
-                        if half == 0 {
-                            (_mm256_srai_epi16(_mm256_slli_epi16(u, 12), 12), _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12))
+            let mut s = c0;
+            while s < c0 + w {
+                let e = (c0 + w).min((s / group + 1) * group);
+                let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
+                let (mut c01, mut d01, mut c23, mut d23) = (z, z, z, z);
+                let mut i = s - c0;
+                while i < e - c0 {
+                    for half in 0..2 {
+                        // rows 0-1 and 2-3 of this half's 8 values
+                        let (w01, w23) = if int4 {
+                            let p = tile.as_ptr().add(2 * i);
+                            let (u, v) = (load_q(p), load_q(p.add(16)));
+                            if half == 0 {
+                                (_mm256_srai_epi16(_mm256_slli_epi16(u, 12), 12), _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12))
+                            } else {
+                                (_mm256_srai_epi16(u, 4), _mm256_srai_epi16(v, 4))
+                            }
                         } else {
-                            (_mm256_srai_epi16(u, 4), _mm256_srai_epi16(v, 4))
-                        }
-                    } else {
-                        let p = block.as_ptr().add(4 * i + 32 * half);
-                        (load_q(p), load_q(p.add(16)))
-                    };
-                    let j = i + 8 * half;
-                    let (h, l) = (load8_twice(h0.add(j)), load8_twice(l0.add(j)));
-                    a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(w01, h));
-                    b01 = _mm256_add_epi32(b01, _mm256_madd_epi16(w01, l));
-                    a23 = _mm256_add_epi32(a23, _mm256_madd_epi16(w23, h));
-                    b23 = _mm256_add_epi32(b23, _mm256_madd_epi16(w23, l));
-                    let (h, l) = (load8_twice(h1.add(j)), load8_twice(l1.add(j)));
-                    c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(w01, h));
-                    d01 = _mm256_add_epi32(d01, _mm256_madd_epi16(w01, l));
-                    c23 = _mm256_add_epi32(c23, _mm256_madd_epi16(w23, h));
-                    d23 = _mm256_add_epi32(d23, _mm256_madd_epi16(w23, l));
+                            let p = tile.as_ptr().add(4 * i + 32 * half);
+                            (load_q(p), load_q(p.add(16)))
+                        };
+                        let j = i + 8 * half;
+                        let (h, lo) = (load8_twice(h0.add(j)), load8_twice(l0.add(j)));
+                        a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(w01, h));
+                        b01 = _mm256_add_epi32(b01, _mm256_madd_epi16(w01, lo));
+                        a23 = _mm256_add_epi32(a23, _mm256_madd_epi16(w23, h));
+                        b23 = _mm256_add_epi32(b23, _mm256_madd_epi16(w23, lo));
+                        let (h, lo) = (load8_twice(h1.add(j)), load8_twice(l1.add(j)));
+                        c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(w01, h));
+                        d01 = _mm256_add_epi32(d01, _mm256_madd_epi16(w01, lo));
+                        c23 = _mm256_add_epi32(c23, _mm256_madd_epi16(w23, h));
+                        d23 = _mm256_add_epi32(d23, _mm256_madd_epi16(w23, lo));
+                    }
+                    i += 16;
                 }
-                i += 16;
+                let a = _mm256_hadd_epi32(_mm256_hadd_epi32(a01, a23), _mm256_hadd_epi32(c01, c23));
+                let b = _mm256_hadd_epi32(_mm256_hadd_epi32(b01, b23), _mm256_hadd_epi32(d01, d23));
+                let (mut fa, mut fb) = (_mm256_cvtepi32_ps(a), _mm256_cvtepi32_ps(b));
+                if s % group != 0 {
+                    // a group the last tile began (0 + x is x: a piece that begins its group skips this)
+                    fa = _mm256_add_ps(get(&l.a), fa);
+                    fb = _mm256_add_ps(get(&l.b), fb);
+                }
+                if e % group == 0 {
+                    let g = s / group;
+                    let (u0, u1) = (unit[0][g], unit[1][g]);
+                    let u = _mm256_setr_ps(u0, u0, u1, u1, u0, u0, u1, u1);
+                    let (s0, s1, s2, s3) = (scale[0][g], scale[1][g], scale[2][g], scale[3][g]);
+                    let sc = _mm256_setr_ps(s0, s2, s0, s2, s1, s3, s1, s3);
+                    // ((a * 4096 + b) * unit) * scale: separate multiplies and adds, as `rows`
+                    let v = _mm256_add_ps(_mm256_mul_ps(fa, _mm256_set1_ps(4096.0)), fb);
+                    y = _mm256_add_ps(y, _mm256_mul_ps(_mm256_mul_ps(v, u), sc));
+                    fa = _mm256_setzero_ps();
+                    fb = _mm256_setzero_ps();
+                }
+                if s % group != 0 || e % group != 0 {
+                    put(fa, &mut l.a);
+                    put(fb, &mut l.b);
+                }
+                s = e;
             }
-            let four = |a: __m256i, b: __m256i, c: __m256i, d: __m256i| {
-                [(sum4(low(a)), sum4(low(b))), (sum4(high(a)), sum4(high(b))), (sum4(low(c)), sum4(low(d))), (sum4(high(c)), sum4(high(d)))]
-            };
-            [four(a01, b01, a23, b23), four(c01, d01, c23, d23)]
+            put(y, &mut l.y);
         }
 
         /// dot4 over int4 packets (`block_rows_q4`): 16 bytes are 8 values of rows r, r + 1 in
@@ -1836,24 +1975,40 @@ mod tests {
 
     #[test]
     fn prefill_gives_the_per_token_bits() {
-        // T tokens at once (token chunks, two tokens per block pass, an odd one left) equal T
-        // one-token matmuls (decode's path) bit for bit, int8 and int4, one and several tiles
+        // T tokens at once (token chunks, two tokens per block pass, an odd one left) equal each
+        // token alone through the scalar kernels, bit for bit: int8 and int4; groups of 16 to
+        // wider than a tile and straddling tiles; leftover rows; T = 2..9 and past a chunk
         let mut s = 23u64;
-        for (n, k, group, t) in [(12usize, 4160usize, 64usize, 37usize), (8, 256, 256, 5), (20, 96, 32, 130)] {
+        let cases = [(14usize, 208usize, 16usize, 9usize), (9, 208, 208, 9), (20, 96, 32, 9), (12, 4160, 64, 37), (7, 4800, 2400, 5), (6, 4608, 4608, 3), (5, 48, 48, 400)];
+        for (n, k, group, most) in cases {
             let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 7.99) as i8).collect();
             let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
             let scale: Vec<f32> = (0..n * k / group).map(|_| lcg(&mut s).abs() * 0.01).collect();
             let (q8, q4) = (blocked(&q, n, k), block_rows_q4(&packed, n, k));
-            let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+            let x: Vec<f32> = (0..most * k).map(|i| lcg(&mut s) * if i % 13 == 0 { 40.0 } else { 1.0 }).collect();
             let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
             for (bits, w) in [(8u32, &q8), (4, &q4)] {
+                // each token alone: decode's path, scalar kernels; ys as [row][token]
+                let one: Vec<Vec<f32>> = (0..most).map(|i| {
+                    let mut y = vec![0f32; n];
+                    let input = Q8Input::new(&x[i * k..(i + 1) * k], k, group);
+                    fixed::rows(&fixed::Scalar, &input.x, 1, k, group, true, bits, w, n, 0, &scale, &mut y);
+                    y
+                }).collect();
                 let mat = Mat::Q8 { n, k_pad: k, group, bits, blocked: true, q: w, scale: &scale };
-                let mut all = vec![0f32; t * n];
-                matmul(&x, xv, t, None, mat, &mut all, ov, &[]);
-                for i in 0..t {
-                    let mut one = vec![0f32; n];
-                    matmul(&x[i * k..(i + 1) * k], xv, 1, None, mat, &mut one, ov, &[]);
-                    assert_eq!(&all[i * n..(i + 1) * n], &one[..], "bits={} n={} k={} token {}", bits, n, k, i);
+                for t in (2..=9.min(most)).chain([most]) {
+                    let mut all = vec![0f32; t * n];
+                    matmul(&x[..t * k], xv, t, None, mat, &mut all, ov, &[]);
+                    let input = Q8Input::new(&x[..t * k], k, group);
+                    let mut scalar = vec![0f32; t * n];
+                    fixed::rows(&fixed::Scalar, &input.x, t, k, group, true, bits, w, n, 0, &scale, &mut scalar);
+                    for i in 0..t {
+                        for r in 0..n {
+                            let want = one[i][r].to_bits();
+                            assert_eq!(all[i * n + r].to_bits(), want, "bits={} n={} k={} group={} t={} token {} row {}", bits, n, k, group, t, i, r);
+                            assert_eq!(scalar[r * t + i].to_bits(), want, "scalar bits={} n={} k={} group={} t={} token {} row {}", bits, n, k, group, t, i, r);
+                        }
+                    }
                 }
             }
         }
