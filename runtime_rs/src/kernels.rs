@@ -660,14 +660,6 @@ mod fixed {
             }};
         }
 
-        /// [sum of v0's lanes, .., sum of v3's] by two shuffle-and-add rounds.
-        #[inline(always)]
-        fn sums4(v0: v128, v1: v128, v2: v128, v3: v128) -> v128 {
-            let t0 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v0, v1), i32x4_shuffle::<2, 6, 3, 7>(v0, v1));
-            let t1 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v2, v3), i32x4_shuffle::<2, 6, 3, 7>(v2, v3));
-            i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(t0, t1), i32x4_shuffle::<2, 3, 6, 7>(t0, t1))
-        }
-
         /// groups4 in one pass over the block: each group's sums reduced in registers, the f32
         /// steps for the four rows as one vector (the scalar path took 8 lane extractions, 24
         /// scalar adds and 4 times the f32 work per group).
