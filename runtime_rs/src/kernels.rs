@@ -409,54 +409,44 @@ mod fixed {
         if t > 1 {
             return prefill(k, x, t, width, group, int4, &q[..bytes(nb * width)], nb, first..blocks_end, scale, ys);
         }
-        // Column tile by column tile, as `block_rows` stores them: the tile's activations (TILE * 4
-        // bytes per token) stay in L1 while the weights stream past in one sequential run, where a
-        // whole wide row's would not (1280x5120 ran at half speed on wasm). Each (row, token)
+        // Decode: one token. Column tile by column tile, as `block_rows` stores them: the tile's
+        // activations (TILE * 4 bytes) stay in L1 while the weights stream past in one sequential
+        // run, where a whole wide row's would not (1280x5120 ran at half speed on wasm). Each row
         // keeps its group's running (a, b) sums from one tile to the next.
-        let mut sums = vec![(0f32, 0f32); blocks_end.saturating_sub(first) * t];
+        let mut sums = vec![(0f32, 0f32); blocks_end.saturating_sub(first)];
         for y in &mut ys[..sums.len()] {
             *y = 0.0;
         }
         let small = group <= SMALL_GROUP && TILE % group == 0;
-        let add = |ys: &mut [f32], sums: &mut [(f32, f32)], r: usize, i: usize, g: usize, end: bool, d: &[(i32, i32); 4]| {
-            for (j, (da, db)) in d.iter().enumerate() {
-                let at = (r - first + j) * t + i;
-                let st = &mut sums[at];
-                st.0 += *da as f32;
-                st.1 += *db as f32;
-                if end {
-                    ys[at] += (st.0 * 4096.0 + st.1) * x.unit[i * groups + g] * scale[(r + j) * groups + g];
-                    *st = (0.0, 0.0);
-                }
-            }
-        };
         for c0 in (0..width).step_by(TILE) {
             let c1 = (c0 + TILE).min(width);
+            let (hi, lo) = (&x.hi[c0..c1], &x.lo[c0..c1]);
             for r in (first..blocks_end).step_by(4) {
                 let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
+                let y = &mut ys[r - first..r - first + 4];
                 if small {
-                    // whole groups, each (row, token)'s sums start and end in this call: the
-                    // f32 arithmetic of groups4 is `add`'s from zero sums (0 + x is x)
+                    // whole groups, each row's sums start and end in this call: the f32 arithmetic
+                    // of groups4 is the one below from zero sums (0 + x is x)
                     let (g0, g1) = (c0 / group, c1 / group);
                     let sc = |j: usize| &scale[(r + j) * groups + g0..(r + j) * groups + g1];
-                    for i in 0..t {
-                        let (a, b) = (i * width + c0, i * width + c1);
-                        let at = |j: usize| (r - first + j) * t + i;
-                        let mut y = [ys[at(0)], ys[at(1)], ys[at(2)], ys[at(3)]];
-                        k.groups4(&x.hi[a..b], &x.lo[a..b], tile, group, int4, &x.unit[i * groups + g0..i * groups + g1], [sc(0), sc(1), sc(2), sc(3)], &mut y);
-                        for (j, v) in y.iter().enumerate() {
-                            ys[at(j)] = *v;
-                        }
-                    }
+                    let mut y4 = [y[0], y[1], y[2], y[3]];
+                    k.groups4(hi, lo, tile, group, int4, &x.unit[g0..g1], [sc(0), sc(1), sc(2), sc(3)], &mut y4);
+                    y.copy_from_slice(&y4);
                     continue;
                 }
-                // each part of the tile in one group g, for each token
+                // each part of the tile in one group g
                 for (s, e) in pieces(c0, c1, group) {
                     let (g, w) = (s / group, &tile[bytes(4 * (s - c0))..bytes(4 * (e - c0))]);
-                    let end = e == (g + 1) * group;
-                    for i in 0..t {
-                        let (h, l) = (&x.hi[i * width + s..i * width + e], &x.lo[i * width + s..i * width + e]);
-                        add(ys, &mut sums, r, i, g, end, &if int4 { k.dot4_q4(h, l, w) } else { k.dot4(h, l, w) });
+                    let (h, l) = (&hi[s - c0..e - c0], &lo[s - c0..e - c0]);
+                    let d = if int4 { k.dot4_q4(h, l, w) } else { k.dot4(h, l, w) };
+                    for (j, (da, db)) in d.iter().enumerate() {
+                        let st = &mut sums[r - first + j];
+                        st.0 += *da as f32;
+                        st.1 += *db as f32;
+                        if e == (g + 1) * group {
+                            y[j] += (st.0 * 4096.0 + st.1) * x.unit[g] * scale[(r + j) * groups + g];
+                            *st = (0.0, 0.0);
+                        }
                     }
                 }
             }
