@@ -97,7 +97,8 @@ def test_counting_spells_every_word_and_keeps_a_running_tally(word):
         tally = 0
         spelled = ""
         for step in steps.split(", "):
-            ch, verdict, running = step.split(" ")
+            ch, vs, target, verdict, running = step.split(" ")
+            assert (vs, target) == ("vs", letter)
             assert verdict == ("yes" if ch == letter else "no")
             tally += verdict == "yes"
             assert int(running) == tally
@@ -106,7 +107,8 @@ def test_counting_spells_every_word_and_keeps_a_running_tally(word):
 
 
 def test_counting_trace_format():
-    assert counting_thought("berry", "r") == "Spell berry and count r: b no 0, e no 0, r yes 1, r yes 2, y no 2. So 2."
+    assert counting_thought("berry", "r") == (
+        "Spell berry and count r: b vs r no 0, e vs r no 0, r vs r yes 1, r vs r yes 2, y vs r no 2. So 2.")
 
 
 def test_word_problems_write_the_equation_of_their_story_then_its_family_trace():

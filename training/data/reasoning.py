@@ -165,12 +165,14 @@ WORDS = tuple(dict.fromkeys(WORDS))  # drop repeats, keep order
 
 
 def counting_thought(word: str, letter: str) -> str:
-    """Spell the word one letter per token, and at each letter say whether it is the one counted
-    before the running tally: the tally then only adds that yes to the tally one step back."""
+    """Spell the word one letter per token and set each letter beside the one counted ("e vs r no 0")
+    before the running tally: the verdict then compares two neighbouring tokens instead of fetching the
+    letter from the question far back (where the demo model said yes at the wrong letter), and the
+    tally only adds that yes to the tally one step back."""
     tally, steps = 0, []
     for ch in word:
         tally += ch == letter
-        steps.append(f"{ch} {'yes' if ch == letter else 'no'} {tally}")
+        steps.append(f"{ch} vs {letter} {'yes' if ch == letter else 'no'} {tally}")
     return f"Spell {word} and count {letter}: " + ", ".join(steps) + f". So {tally}."
 
 
