@@ -4,7 +4,9 @@ one competing busy process (a Python loop pinned to nothing, as another job on t
     python benchmarks/bench_train_threads.py [--steps 12] [--json out.json]
 
 Each configuration runs in a fresh subprocess, since OpenMP reads its wait policy when torch loads:
-threads (1 or every core) x OMP_WAIT_POLICY (ACTIVE: idle threads spin; PASSIVE: they sleep). A step
+threads (1 or every core) x OMP_WAIT_POLICY (ACTIVE: idle threads spin; PASSIVE: they sleep), and
+"auto": what `monologue train` does (PASSIVE, threads = cores less the cores other work keeps busy,
+measured from /proc/stat and re-chosen every few steps by training.train.ThreadPolicy). A step
 is the demo preset's forward, backward and optimizer step on a batch of random tokens; tokens/s is
 over the timed steps after two warm-up steps. The ratios compare each policy with and without the
 competitor, measured in the same run. Other load on the machine counts too: the load average is printed.
@@ -27,9 +29,11 @@ STEPS = """
 import sys, time, torch
 from training.presets import PRESETS
 from monologue_compile.models.gpt import GPT
-from training.train import make_optimizer
+from training.train import ThreadPolicy, cpu_threads, make_optimizer
 cfg = PRESETS["demo"]
-torch.set_num_threads(int(sys.argv[1]))
+auto = sys.argv[1] == "auto"
+torch.set_num_threads(cpu_threads() if auto else int(sys.argv[1]))
+policy = ThreadPolicy(every=4) if auto else None
 torch.manual_seed(0)
 model = GPT(cfg.model).init_weights()
 optimizer = make_optimizer(model, cfg)
@@ -42,17 +46,22 @@ def step():
 for _ in range(2):
     step()
 start = time.perf_counter()
-for _ in range(int(sys.argv[2])):
+for i in range(int(sys.argv[2])):
     step()
-print(int(sys.argv[2]) * x.numel() / (time.perf_counter() - start))
+    if policy:
+        policy.after_step(i + 1)
+print(torch.get_num_threads(), int(sys.argv[2]) * x.numel() / (time.perf_counter() - start))
 """
 
 
-def tokens_per_second(threads: int, policy: str, steps: int) -> float:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy, "PYTHONPATH": str(ROOT)}
+def tokens_per_second(threads: int | str, policy: str, steps: int) -> tuple[float, int]:
+    """tokens/s over the timed steps, and the thread count at the end."""
+    env = {k: v for k, v in os.environ.items() if k != "MONOLOGUE_THREADS"}
+    env.update(OMP_WAIT_POLICY=policy, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", STEPS, str(threads), str(steps)], env=env, cwd=ROOT,
                          capture_output=True, text=True, check=True)
-    return float(out.stdout.split()[-1])
+    threads_at_end, rate = out.stdout.split()[-2:]
+    return float(rate), int(threads_at_end)
 
 
 @click.command()
@@ -60,24 +69,24 @@ def tokens_per_second(threads: int, policy: str, steps: int) -> float:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
 def main(steps, json_out):
     cores = os.cpu_count() or 1
-    configs = [(t, p) for t in sorted({1, cores}) for p in ("ACTIVE", "PASSIVE")]
+    configs = [(t, p) for t in sorted({1, cores}) for p in ("ACTIVE", "PASSIVE")] + [("auto", "PASSIVE")]
     results = {}
     for busy in (False, True):
         competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
         try:
             for threads, policy in configs:
                 load = os.getloadavg()[0]
-                rate = tokens_per_second(threads, policy, steps)
+                rate, used = tokens_per_second(threads, policy, steps)
                 results[threads, policy, busy] = rate
-                print(f"threads {threads} {policy:7s} {'beside a busy process' if busy else 'alone':22s} "
-                      f"{rate:8,.0f} tok/s  (load average {load:.1f})", flush=True)
+                print(f"threads {threads!s:4s} {policy:7s} {'beside a busy process' if busy else 'alone':22s} "
+                      f"{rate:8,.0f} tok/s  ({used} at the end; load average {load:.1f})", flush=True)
         finally:
             if competitor:
                 competitor.kill()
                 competitor.wait()
     print("\nslow-down from one competing busy process:")
     for threads, policy in configs:
-        print(f"threads {threads} {policy:7s} {results[threads, policy, False] / results[threads, policy, True]:5.2f}x")
+        print(f"threads {threads!s:4s} {policy:7s} {results[threads, policy, False] / results[threads, policy, True]:5.2f}x")
     if json_out:
         Path(json_out).write_text(json.dumps([{"threads": t, "policy": p, "busy": b, "tokens_per_second": r}
                                               for (t, p, b), r in results.items()], indent=1))

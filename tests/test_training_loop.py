@@ -1,5 +1,6 @@
 """A seconds-long training run: loss falls, checkpoints are atomic, loadable and exactly resumable."""
 
+import io
 import os
 
 import pytest
@@ -168,11 +169,43 @@ def test_muon_state_round_trips():
 def test_cpu_threads_leave_the_cores_other_work_keeps_busy(monkeypatch):
     monkeypatch.delenv("MONOLOGUE_THREADS", raising=False)
     monkeypatch.setattr(train_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(train_module.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
-    assert train_module.cpu_threads() == 4
-    monkeypatch.setattr(train_module.os, "getloadavg", lambda: (1.1, 0.0, 0.0))  # one busy process
-    assert train_module.cpu_threads() == 3
-    monkeypatch.setattr(train_module.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
-    assert train_module.cpu_threads() == 1
+    assert train_module.cpu_threads(0.2) == 4
+    assert train_module.cpu_threads(1.1) == 3  # one busy process
+    assert train_module.cpu_threads(9.0) == 1
     monkeypatch.setenv("MONOLOGUE_THREADS", "2")
-    assert train_module.cpu_threads() == 2
+    assert train_module.cpu_threads(9.0) == 2
+
+
+def test_other_work_is_the_machine_busy_time_less_this_process(monkeypatch):
+    """Two reads of /proc/stat 2 s apart: the machine was busy 3.2 core-seconds, this process used
+    1.2 of them, so other work kept 1.0 core busy. Idle and iowait are not busy."""
+    clock = {"t": 100.0, "own": 5.0}
+    ticks = [[1000, 0, 200, 9000, 50, 0, 0, 0, 0, 0]]
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(train_module.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(train_module.os, "sysconf", lambda name: 100)
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO("cpu  " + " ".join(map(str, ticks[-1])) + "\n"))
+    watch = train_module.OtherWork()
+    clock.update(t=102.0, own=6.2)
+    ticks.append([1250, 0, 270, 9100, 90, 0, 0, 0, 0, 0])  # +320 busy ticks, +140 idle/iowait ticks
+    assert watch.busy_cores() == pytest.approx(1.0)
+    clock.update(t=103.0, own=7.2)
+    ticks.append([1350, 0, 270, 9200, 90, 0, 0, 0, 0, 0])  # busy only with this process
+    assert watch.busy_cores() == pytest.approx(0.0)
+
+
+def test_thread_policy_gives_a_core_back_to_other_work_and_takes_it_again(monkeypatch):
+    monkeypatch.delenv("MONOLOGUE_THREADS", raising=False)
+    monkeypatch.setattr(train_module.os, "sched_getaffinity", lambda pid: {0, 1})
+    policy = train_module.ThreadPolicy(every=10)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(policy.watch, "busy_cores", lambda: 1.0)
+        assert policy.after_step(5) is None  # only every 10 steps
+        assert "2 -> 1" in policy.after_step(10) and torch.get_num_threads() == 1
+        assert policy.after_step(20) is None
+        monkeypatch.setattr(policy.watch, "busy_cores", lambda: 0.1)
+        assert "1 -> 2" in policy.after_step(30) and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -68,22 +68,75 @@ def setup_distributed(device: str | None = None) -> Distributed:
     return Distributed(device=torch.device(device or ("cuda" if cuda else "cpu")))
 
 
-def cpu_threads() -> int:
+class OtherWork:
+    """How many cores other processes keep busy, measured rather than guessed: the machine's busy CPU
+    time between two reads of /proc/stat, less this process's own CPU time, over the wall time between.
+    The load average is the fallback where /proc/stat is missing; it lags by minutes and counts work
+    that has already ended (a build that just finished made the demo train on one core of an idle
+    two-core machine, at 1.9k instead of 3.2k tok/s)."""
+
+    def __init__(self):
+        self._last = self._read()
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields[:8]) - fields[3] - fields[4]  # user..steal less idle and iowait
+        return busy / os.sysconf("SC_CLK_TCK"), time.process_time(), time.monotonic()
+
+    def busy_cores(self) -> float:
+        """Cores other work kept busy since the last call (or since this object was made)."""
+        now = self._read()
+        if now is None or self._last is None:
+            return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        (busy0, own0, t0), (busy1, own1, t1) = self._last, now
+        self._last = now
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(t1 - t0, 1e-3)
+
+
+def cpu_threads(other_busy_cores: float | None = None) -> int:
     """MONOLOGUE_THREADS, or the cores this process may use (up to 16) less those other work keeps
-    busy (the 1-minute load average, rounded), at least 1. On an idle 2-core machine 2 threads train
-    the demo at ~8.4k tok/s against ~4.9k for 1; on a loaded one a thread waiting for a taken core
-    stalls the others at every parallel region, and fewer threads go faster
-    (benchmarks/bench_train_threads.py). The CLI also sets OMP_WAIT_POLICY=PASSIVE before torch
-    loads, so idle threads sleep instead of spinning on a core another process needs."""
+    busy (measured over 0.3 s unless given), at least 1. On an idle 2-core machine 2 threads train
+    the demo ~1.7x faster than 1; beside a busy process a thread waiting for the taken core stalls
+    the others at every parallel region, and one thread goes faster (benchmarks/bench_train_threads.py).
+    The CLI also sets OMP_WAIT_POLICY=PASSIVE before torch loads, so idle threads sleep instead of
+    spinning on a core another process needs."""
     if os.environ.get("MONOLOGUE_THREADS"):
         return max(1, int(os.environ["MONOLOGUE_THREADS"]))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(cores, 16) - busy)
+    if other_busy_cores is None:
+        watch = OtherWork()
+        time.sleep(0.3)
+        other_busy_cores = watch.busy_cores()
+    return max(1, min(cores, 16) - int(other_busy_cores + 0.5))
 
 
 def set_cpu_threads():
     torch.set_num_threads(cpu_threads())
+
+
+class ThreadPolicy:
+    """Re-chooses the CPU thread count every `every` steps from the work the rest of the machine did
+    meanwhile, so a job that starts (or ends) beside a long training run changes its thread count
+    within a minute. Does nothing when MONOLOGUE_THREADS fixes the count."""
+
+    def __init__(self, every: int = 20):
+        self.every, self.watch = every, OtherWork()
+        self.fixed = bool(os.environ.get("MONOLOGUE_THREADS"))
+
+    def after_step(self, step: int) -> str | None:
+        if self.fixed or step % self.every:
+            return None
+        others = self.watch.busy_cores()
+        threads, before = cpu_threads(others), torch.get_num_threads()
+        if threads == before:
+            return None
+        torch.set_num_threads(threads)
+        return f"threads {before} -> {threads}: other work keeps {others:.1f} cores busy"
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -199,6 +252,7 @@ def train(
 
     out_dir = Path(out_dir)
     ddp = setup_distributed(device)
+    thread_policy = ThreadPolicy() if ddp.device.type == "cpu" and ddp.world_size == 1 else None
     if ddp.device.type == "cpu":
         set_cpu_threads()
     console = Console(quiet=quiet or not ddp.is_main, stderr=True)
@@ -276,6 +330,8 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                if thread_policy and (change := thread_policy.after_step(step)):
+                    console.print(f"step {step}: {change}")
                 loss_value = loss.item()
                 smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
                 meta.update(step=step, train_loss=smoothed, train_seconds=meta.get("train_seconds", 0.0) + time.time() - t0)
