@@ -194,6 +194,15 @@ def _count(rng: random.Random) -> Conversation:
                         f"The letter {letter} appears {tally} {plural}.")
 
 
+def _spell(rng: random.Random) -> Conversation:
+    """Spelling: the first step of counting ("Spell strawberry"), on its own. Copying the asked word
+    out of the question was where the demo model's counting failed (it spelled a word it had seen
+    with that letter before); this family gives that copy as many examples again."""
+    word = rng.choice(WORDS)
+    user = rng.choice(["How do you spell {w}?", "Spell {w}.", "Spell the word {w}.", "How is {w} spelled?"])
+    return Conversation("spell", f"spell:{word}", user.format(w=word), f"Spell {word}: {' '.join(word)}.", " ".join(word))
+
+
 NAMES = ("Tom", "Anna", "Sam", "Maria", "Leo", "Emma", "Noah", "Lily", "Omar", "Zoe", "Ivan", "Mia")
 ITEMS = ("apples", "books", "marbles", "coins", "stickers", "pencils", "cookies", "cards", "shells", "stamps")
 
@@ -263,10 +272,10 @@ ABOUT = {
                  "Tom has 4 boxes with 12 marbles in each box. How many marbles is that in total?"],
 }
 
-FAMILIES = {"add": _add, "sub": _sub, "mul": _mul, "compare": _compare, "count": _count, "word": _word, "chat": _chat}
+FAMILIES = {"add": _add, "sub": _sub, "mul": _mul, "compare": _compare, "count": _count, "spell": _spell, "word": _word, "chat": _chat}
 REASONING_FAMILIES = tuple(name for name in FAMILIES if name != "chat")
 # add and sub are learnt first; the families with longer traces (mul, count, word) get the larger shares.
-DEFAULT_MIX = {"add": 0.13, "sub": 0.13, "mul": 0.2, "compare": 0.12, "count": 0.22, "word": 0.16, "chat": 0.04}
+DEFAULT_MIX = {"add": 0.11, "sub": 0.11, "mul": 0.19, "compare": 0.11, "count": 0.22, "spell": 0.06, "word": 0.16, "chat": 0.04}
 
 
 def sample_conversation(rng: random.Random, family: str) -> Conversation:
