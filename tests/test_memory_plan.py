@@ -47,6 +47,11 @@ def _wgsl_outputs(g) -> tuple[dict[str, set[str]], dict, dict[str, list[tuple[st
         names = [b["name"] for b in pipe["bindings"]]
         forms.setdefault(d["node"], []).append((built.kernels[pipe["kernel"].split("/")[1]].splitlines()[0], names))
         entries = dict(zip(names, plan["bind_groups"][d["bind_group"]]["entries"]))
+        if "nodes" in d:  # a fused dispatch (wgsl_fuse.py): output binding y<i> is nodes[i]'s (a cache for a copy)
+            for i, node in enumerate(d["nodes"]):
+                key = node + ":cache" if g.node(node).op == "attention" else node
+                out.setdefault(key, set()).add(entries[f"y{i}"])
+            continue
         for name in ("y", "out"):
             if name in entries:
                 out.setdefault(d["node"], set()).add(entries[name])
@@ -150,9 +155,11 @@ def test_rope_k_and_a_value_embedding_mix_go_straight_into_the_caches(nanochat):
     """Only the layers without value embeddings (whose v is a slice of the q|k|v projection) copy v."""
     mp = nanochat.meta["memory_plan"]
     assert {(nanochat.node(x).op, w["part"]) for x, w in mp["kv_write"].items()} == {("rope", "k"), ("elementwise", "v")}
-    plan = build_plan(nanochat).plan
-    copies = [d for d in plan["dispatch"]["decode"] if plan["pipelines"][d["pipeline"]]["name"] == "kv_write"]
     written_v = {w["attention"] for w in mp["kv_write"].values() if w["part"] == "v"}
-    assert sorted(d["node"] for d in copies) == sorted(n.name for n in nanochat.nodes
-                                                       if n.op == "attention" and n.name not in written_v)
+    for fuse in (False, True):  # a kv_write dispatch, or the copy part of a fused rope dispatch
+        plan = build_plan(nanochat, fuse=fuse).plan
+        copies = [node for d in plan["dispatch"]["decode"] for node in d.get("nodes", [d["node"]])
+                  if plan["pipelines"][d["pipeline"]]["name"] in ("kv_write", "rope_parts")
+                  and nanochat.node(node).op == "attention"]
+        assert sorted(copies) == sorted(n.name for n in nanochat.nodes if n.op == "attention" and n.name not in written_v)
     assert "None, None, t, pos" in generate(nanochat)
