@@ -35,10 +35,10 @@ def nanochat(tmp_path_factory):
     return build(d).graph
 
 
-def _wgsl_outputs(g) -> tuple[dict[str, set[str]], dict, dict[str, list[tuple[str, list[str]]]]]:
+def _wgsl_outputs(g, fuse: bool = True) -> tuple[dict[str, set[str]], dict, dict[str, list[tuple[str, list[str]]]]]:
     """(node -> the buffers its dispatches bind as their output (y / out / cache), the plan,
     node -> each dispatch's kernel header line and binding names)."""
-    built = build_plan(g)
+    built = build_plan(g, fuse=fuse)
     plan = built.plan
     out: dict[str, set[str]] = {}
     forms: dict[str, list] = {}
@@ -73,6 +73,7 @@ def test_both_backends_place_every_kernel_output_where_the_plan_says(which, requ
     mp = g.meta["memory_plan"]
     kv_index = {n.name: i for i, n in enumerate(n for n in g.nodes if n.op == "attention")}
     wgsl, plan, forms = _wgsl_outputs(g)
+    unfused, _, unfused_forms = _wgsl_outputs(g, fuse=False)
     rust = _rust_blocks(g)
     assert mp["in_place"] and mp["kv_write"]
     checked = 0
@@ -88,7 +89,9 @@ def test_both_backends_place_every_kernel_output_where_the_plan_says(which, requ
             want_wgsl, want_rust = f"{kv['part']}cache{i}", f"s.kv[{i}].{kv['part']}"
         else:
             want_wgsl, want_rust = f"act{mp['assign'][n.name]}", f"s.bufs[{mp['assign'][n.name]}]"
-        assert want_wgsl in wgsl[n.name], (n.name, wgsl[n.name])
+        # a node fused into a later kernel (docs/plan.md, Fusions) has no dispatch: the unfused plan's places it
+        assert want_wgsl in wgsl.get(n.name, unfused[n.name]), (n.name, wgsl.get(n.name))
+        assert n.name in wgsl or n.op in ("elementwise", "rms_norm"), n.name
         assert plan["values"][n.name]["buffer"] == want_wgsl
         assert rust[n.name][0] == want_rust, (n.name, rust[n.name][0])
         checked += 1
@@ -102,7 +105,7 @@ def test_both_backends_place_every_kernel_output_where_the_plan_says(which, requ
             assert all("y = residual + " in head for head, _ in forms[n.name]), forms[n.name]
             assert "Step::Own(Binary::Add" in rust[n.name][1]
         elif n.name in mp["in_place"]:  # an elementwise dispatch over y's own rows (no x binding)
-            assert [names for _, names in forms[n.name] if "x" in names] == []
+            assert [names for _, names in (forms if n.name in wgsl else unfused_forms)[n.name] if "x" in names] == []
             assert "k::elementwise_in_place(" in rust[n.name][1]
     assert checked == sum(OPS[n.op].kernel and n.op != "positions" for n in g.nodes)
     assert plan["io"]["logits"]["buffer"] == f"act{mp['assign'][g.outputs[0]]}"

@@ -2,7 +2,8 @@
 dispatches per token, the same values as the unfused plan, which stays complete and valid.
 
 On a Llama-style Hugging Face model (tests/test_hf_models.py's tiny llama-untied: weighted RMSNorms,
-merged q|k|v and gate|up, GQA) and the demo-shaped GPT's architecture (QK-norm, relu2, merged q|k|v):
+merged q|k|v and gate|up, GQA), this project's GPT (QK-norm, relu2, merged q|k|v) and the newest
+nanochat architecture (value embeddings, smear, backout, per-layer lambdas):
 the decode dispatch counts, the fused plan against the unfused one through wgpu-py (both profiles:
 prefill logits, decode logits, 16 greedy tokens, every value a dispatch writes), and the fusion pass
 declining what it cannot merge.
@@ -40,6 +41,17 @@ def gpt(tmp_path_factory):
     return build(write_checkpoint(d / "gpt.pt", tiny_model(seed=3, n_kv_head=2))).graph
 
 
+@pytest.fixture(scope="module")
+def nanochat(tmp_path_factory):
+    """The newest nanochat architecture (value embeddings, smear, backout, per-layer lambdas)."""
+    from test_nanochat import LATER, SIZES, _random_later, write_nanochat_dir
+
+    features, pattern = LATER["mar2026b-smear-backout"]
+    d = tmp_path_factory.mktemp("nanochat")
+    write_nanochat_dir(d, _random_later(features, pattern).state_dict(), {**SIZES, "window_pattern": pattern}, prefix="")
+    return build(d).graph
+
+
 def _counts(g, fuse: bool) -> tuple[int, int, int]:
     plan = build_plan(g, fuse=fuse).plan
     cpu = plan["profiles"]["cpu"]["dispatch"]
@@ -64,7 +76,15 @@ def test_decode_dispatches_per_token_gpt(gpt):
     assert _counts(gpt, fuse=False) == (2 + 9 * layers, 2 + 8 * layers, 2 + 8 * layers)
 
 
-@pytest.mark.parametrize("which", ["llama", "gpt"])
+def test_decode_dispatches_per_token_nanochat(nanochat):
+    """Besides the rope parts: the strided smear-gate and value-embedding-gate inputs read in place
+    (no packing copies), the backout subtraction as lm_head's map prologue, and each `lambda_r * x`
+    computed inside the `+ lambda_0 * x0` kernel after it."""
+    assert _counts(nanochat, fuse=True) == (39, 36, 40)
+    assert _counts(nanochat, fuse=False) == (50, 47, 47)
+
+
+@pytest.mark.parametrize("which", ["llama", "gpt", "nanochat"])
 @pytest.mark.parametrize("profile", [None, "cpu"])
 def test_fused_plan_matches_the_unfused_plan_on_wgpu(which, profile, request):
     from monologue_compile.backends.wgpu_executor import WgpuSession

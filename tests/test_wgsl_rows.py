@@ -138,6 +138,25 @@ def test_rope_after_a_head_norm(weight, gpu):
     np.testing.assert_allclose(got, want, **MATRIX)
 
 
+def test_elementwise_with_an_inner_chain_operand(gpu):
+    """y = x0 * l0 + (lr * xr): the operand `lr * xr` is another node's chain computed in the same loop
+    (no buffer, no dispatch of its own), its source a strided row and its operand a weight."""
+    T, n, L = 3, 2, 40
+    rng = np.random.default_rng(6)
+    x0, l0, lr = (rng.standard_normal(s).astype(np.float32) for s in ((T, L), (L,), (L,)))
+    xr = rng.standard_normal((T, 2 * L)).astype(np.float32)
+    inner = {"src": {"len": L, "offset": L, "row_stride": 2 * L}, "steps": [{"fn": "mul", "operand": 0}],
+             "operands": [{"len": L}]}
+    k = kernels.elementwise(T, L, [{"fn": "mul", "operand": 0}, {"fn": "add", "operand": 1}], [{"len": L}, {"inner": inner}],
+                            covers=["test"])
+    assert [b.name for b in k.bindings] == ["x", "op0", "op1_s", "op1_0", "y", "step"]
+    got = gpu.run(k, {"x": x0, "op0": l0, "op1_s": xr, "op1_0": lr, "y": np.zeros((T, L), np.float32)},
+                  {"y": ((T, L), np.float32)}, n_tokens=n)["y"]
+    want = np.zeros((T, L))
+    want[:n] = x0[:n] * l0 + lr * xr[:n, L:]
+    np.testing.assert_allclose(got, want, **MATRIX)
+
+
 @pytest.mark.parametrize("merged", [False, True])
 def test_kv_write(merged, gpu):
     """Rows pos..pos+n-1 of the cache from a packed [T, W] source or from the v part of merged q|k|v rows."""

@@ -299,6 +299,13 @@ class _Builder:
         bufs = {} if inplace else {"x": x.buffer}
         ops = []
         for k, name in enumerate(operands):
+            a = self.producer.get(name)
+            if a is not None and self._inner_of(a, T):  # a's chain, computed in this kernel's loop
+                (sloc, sdesc), *inner = [self._operand(a, i) for i in a.inputs]
+                bufs[f"op{k}_s"] = sloc.buffer
+                bufs.update({f"op{k}_{i}": loc.buffer for i, (loc, _) in enumerate(inner)})
+                ops.append({"inner": {"src": sdesc, "steps": a.attrs["steps"], "operands": [d for _, d in inner]}})
+                continue
             loc, desc = self._operand(n, name)
             bufs[f"op{k}"] = loc.buffer
             ops.append(desc)
@@ -367,9 +374,37 @@ class _Builder:
                 return False
         return True
 
+    def _inner_of(self, n: Node, T: int) -> bool:
+        """Whether elementwise n runs inside the one elementwise kernel that reads it as an operand
+        (its chain computed per element there, nanochat's `lambda_r * x` before `+ lambda_0 * x0`)
+        instead of a dispatch of its own: both chains map elements only, the same shape, n's inputs
+        left intact by the memory plan until then and none in the reader's output buffer."""
+        if not self.fuse or n.op != "elementwise" or n.name in self.g.outputs:
+            return False
+        users = self.users.get(n.name, [])
+        if len(users) != 1:
+            return False
+        b = users[0]
+        if (b.op != "elementwise" or b.inputs[0] == n.name or b.inputs.count(n.name) != 1 or b.type.shape != n.type.shape
+                or len(b.inputs) + len(n.inputs) > kern.MAX_STORAGE_BUFFERS or self._folded_map(b, T)):
+            return False
+        if any(st["fn"] not in elementwise.FUNCTIONS for st in n.attrs["steps"] + b.attrs["steps"]):
+            return False
+        for name in n.inputs:
+            if name in self.g.weights:
+                if self.g.weights[name].dtype != "f32":
+                    return False
+                continue
+            loc = self.loc.get(name)
+            if loc is None or loc.buffer == self.loc[b.name].buffer:
+                return False
+            if self.buffers[loc.buffer]["role"] != "weight" and not intact_until(self.g, name, b.name, skip=(n.name,)):
+                return False  # an activation the plan overwrites before b runs
+        return True
+
     def _emit_elementwise(self, n, T, out):
-        if self._folded_map(n, T):
-            return  # its user's prologue (_emit_matmul)
+        if self._folded_map(n, T) or self._inner_of(n, T):
+            return  # its user's prologue (_emit_matmul), or computed inside its user's kernel (_steps)
         x = self.loc.get(n.inputs[0])
         if x is None or x.row_floats != _per_token(n.type.shape):
             _fail(n, "input 0 is not an activation of the output's shape")

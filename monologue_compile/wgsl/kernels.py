@@ -306,6 +306,11 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
     for every token; at_pos: a position table). Bindings: [x], op0.., y, step; `inplace` has no x and
     runs the steps on y's rows (after a kernel that wrote them); `y_at_pos` writes row t at
     step.pos + t (a KV cache). One workgroup per row.
+
+    An operand {"inner": {"src", "steps", "operands"}} has no binding of its own: it is the value of
+    another chain of map steps, computed per element in the same loop from `src` and its own
+    `operands` (descriptors as above, bindings op<k>_s, op<k>_0..): an elementwise node folded into
+    the one that reads it (nanochat's `lambda_r * x` before `+ lambda_0 * x0`).
     """
     covers = _common(covers)
     width = width or L
@@ -313,17 +318,48 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
     _check(not (inplace and y_at_pos), "an in-place elementwise kernel reads y's own rows, not KV-cache rows")
     wg = wg or _row_wg(-(-L // 4))
     _check(_pow2(wg), f"wg={wg} must be a power of two")
-    n_storage = len(operands) + 1 + (not inplace)
+    reads = {}  # binding name -> operand descriptor
+    for k, o in enumerate(operands):
+        if "inner" in o:
+            reads[f"op{k}_s"] = o["inner"]["src"]
+            reads |= {f"op{k}_{i}": io for i, io in enumerate(o["inner"]["operands"])}
+        else:
+            reads[f"op{k}"] = o
+    n_storage = len(reads) + 1 + (not inplace)
     _check(n_storage <= MAX_STORAGE_BUFFERS, f"{len(operands)} tensor operands need {n_storage} storage buffers "
                                              f"> the device limit {MAX_STORAGE_BUFFERS}")
 
-    def read(k: int) -> str:
-        o = operands[k]
+    def read_at(name: str, o: dict) -> str:
         row = "(tr + step.pos)" if o.get("at_pos") else "tr"
         idx = f"{o.get('offset', 0)}u + {row} * {o.get('row_stride', 0)}u"
         rep, ln = o.get("repeat", 1), o["len"]
         lane = "j" if rep == 1 else f"j / {rep}u"
-        return f"op{k}[{idx} + ({lane}) % {ln}u]" if ln != L or rep != 1 else f"op{k}[{idx} + j]"
+        return f"{name}[{idx} + ({lane}) % {ln}u]" if ln != L or rep != 1 else f"{name}[{idx} + j]"
+
+    def chain(steps: list[dict], v: str, read) -> list[str]:
+        """The map steps as expressions assigned to v in turn."""
+        out = []
+        for st in steps:
+            if "operand" in st:
+                a, b = v, read(st["operand"])
+                out.append(f"ew_{st['fn']}({b}, {a})" if st.get("reverse") else f"ew_{st['fn']}({a}, {b})")
+            else:
+                try:
+                    out.append(elementwise_fns.wgsl_step(st, v))
+                except (ValueError, KeyError) as err:
+                    raise ValueError(f"elementwise: {err}") from None
+        return out
+
+    inner = []  # per-element statements computing the inner operands, u<k>
+    for k, o in enumerate(operands):
+        if "inner" in o:
+            io = o["inner"]
+            _check(all(st["fn"] in elementwise_fns.FUNCTIONS for st in io["steps"]), "an inner chain maps elements only")
+            inner.append(f"var u{k} = {read_at(f'op{k}_s', io['src'])};")
+            inner += [f"u{k} = {e};" for e in chain(io["steps"], f"u{k}", lambda i, k=k: read_at(f"op{k}_{i}", io["operands"][i]))]
+
+    def read(k: int) -> str:
+        return f"u{k}" if "inner" in operands[k] else read_at(f"op{k}", operands[k])
 
     segments: list[dict] = []
     for st in steps:
@@ -337,14 +373,7 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
             segments.append(dict(kind="rms" if fn == "rms_norm" else "layer", width=width, eps=float(st["eps"]),
                                  weight=weight, bias=bias))
             continue
-        if "operand" in st:
-            a, b = "v", read(st["operand"])
-            e = f"ew_{fn}({b}, {a})" if st.get("reverse") else f"ew_{fn}({a}, {b})"
-        else:
-            try:
-                e = elementwise_fns.wgsl_step(st)
-            except (ValueError, KeyError) as err:
-                raise ValueError(f"elementwise: {err}") from None
+        (e,) = chain([st], "v", read)
         if not segments or segments[-1]["kind"] != "map":
             segments.append(dict(kind="map", exprs=[]))
         segments[-1]["exprs"].append(e)
@@ -352,8 +381,11 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
         segments.append(dict(kind="map", exprs=[]))  # a copy
     for i, seg in enumerate(segments):
         seg["first"] = i == 0
+    _check(not inner or all(seg["kind"] == "map" for seg in segments), "inner operands only in a chain of maps")
+    if inner:
+        segments[0]["pre"] = inner
     bindings = [] if inplace else [dict(name="x", space="storage, read", type="array<f32>")]
-    bindings += [dict(name=f"op{k}", space="storage, read", type="array<f32>") for k in range(len(operands))]
+    bindings += [dict(name=name, space="storage, read", type="array<f32>") for name in reads]
     bindings += [dict(name="y", space="storage, read_write", type="array<f32>"), dict(name="step", space="uniform", type="Step")]
     y_stride = L if y_row_stride is None else y_row_stride
     src = "y[yrow + j]" if inplace else f"x[{x_offset}u + tr * {L if x_row_stride is None else x_row_stride}u + j]"
@@ -362,9 +394,12 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
                   y_at_pos=y_at_pos,
                   reduce=any(s["kind"] != "map" for s in segments), softmax=any(s["kind"] == "softmax" for s in segments),
                   desc=desc, covers=covers,
-                  functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps if st["fn"] in elementwise_fns.FUNCTIONS]),
-                  operands=[dict(desc=f"{o['len']} floats, repeat {o.get('repeat', 1)}, row stride {o.get('row_stride', 0)}"
-                                      + (" at step.pos" if o.get("at_pos") else "")) for o in operands])
+                  functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps if st["fn"] in elementwise_fns.FUNCTIONS]
+                                                           + [st["fn"] for o in operands if "inner" in o for st in o["inner"]["steps"]]),
+                  operands=[dict(desc=("the value of " + " -> ".join(elementwise_fns.describe(st) for st in o["inner"]["steps"])
+                                       + " (inner chain)") if "inner" in o else
+                                 f"{o['len']} floats, repeat {o.get('repeat', 1)}, row stride {o.get('row_stride', 0)}"
+                                 + (" at step.pos" if o.get("at_pos") else "")) for o in operands])
     b = [Binding(bb["name"], "uniform" if bb["name"] == "step" else ("read_write" if bb["name"] == "y" else "read"))
          for bb in bindings]
     return _finish(name, "elementwise", "elementwise.wgsl.j2", params, b, wg, grid(T),
