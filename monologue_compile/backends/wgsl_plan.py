@@ -23,8 +23,8 @@ maxStorageBufferBindingSize) are split by rows into several buffers: a matmul th
 dispatch per part (`out_offset`), an embedding one gather per part (`row_start`/`n_rows`).
 
 Fusions (`fuse=True`, docs/plan.md), never conditions: a norm whose users are all matmuls runs as
-their prologue, a q/k norm inside its rope, an elementwise map inside the one decode matvec that
-reads it (each only where `passes.plan.intact_until` says the inputs it reads late are still in
+their prologue, a q/k norm inside its rope, an elementwise map inside the one decode matvec or
+elementwise kernel that reads it (each only where `passes.plan.intact_until` says the inputs it reads late are still in
 their buffers), a strided decode input is read at its offset, and wgsl_fuse.py merges the rope and
 cache-write dispatches of one q|k|v row. `fuse=False` emits every kernel node's own dispatches.
 """
