@@ -125,7 +125,7 @@ class _Builder:
     def __init__(self, g: Graph, chunk: int, max_binding: int, manifest: dict | None):
         self.g, self.chunk, self.max_binding, self.manifest = g, chunk, max_binding, manifest
         self.cpu = False  # emitting the `cpu` profile's lists (see CPU_KERNELS)
-        self.fuse = True  # emitting the fusions that change what a node's dispatches are (norm prologues)
+        self.fuse = True  # fold nodes into the kernels that read them (build_plan's `fuse`)
         cfg = g.meta.get("config", {})
         self.S = int(cfg.get("sequence_len") or 0)
         self.buffers: dict[str, dict] = {}
