@@ -5,7 +5,7 @@ On a Llama-style Hugging Face model (tests/test_hf_models.py's tiny llama-untied
 merged q|k|v and gate|up, GQA), this project's GPT (QK-norm, relu2, merged q|k|v) and the newest
 nanochat architecture (value embeddings, smear, backout, per-layer lambdas):
 the decode dispatch counts, the fused plan against the unfused one through wgpu-py (both profiles:
-prefill logits, decode logits, 16 greedy tokens, every value a dispatch writes), and the fusion pass
+prefill logits, decode logits, 8 greedy tokens, every value a dispatch writes), and the fusion pass
 declining what it cannot merge.
 """
 
@@ -100,7 +100,7 @@ def test_fused_plan_matches_the_unfused_plan_on_wgpu(which, profile, request):
     assert metrics(a, b)["rel"] <= TOLERANCES["decode_vs_prefill_rel"]
     got, want = [], []
     ta = tb = int(np.argmax(a[-1]))
-    for _ in range(16):
+    for _ in range(8):
         ta, tb = fused.decode_greedy(ta), plain.decode_greedy(tb)
         got.append(ta)
         want.append(tb)
