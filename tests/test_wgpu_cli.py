@@ -64,7 +64,8 @@ def test_verify_names_a_broken_kernel(dist, tmp_path):
     broken = 0
     for f in manifest["files"]:
         src = (model / f["path"]).read_text() if f["path"].startswith("kernels/") else ""
-        if "rope_qknorm" in f["path"] and "%rms_norm_2 " in _covers(src):  # the q rope of layer 0
+        # the q rope of layer 0 (fused with k's and v's cache writes: wgsl_fuse.py)
+        if ("rope_qknorm" in f["path"] or "rope_parts" in f["path"]) and "%rms_norm_2 " in _covers(src):
             src = src.replace("let c = cos_t[", "let c = -cos_t[")
             (model / f["path"]).write_text(src)
             f["bytes"], f["sha256"] = len(src.encode()), hashlib.sha256(src.encode()).hexdigest()

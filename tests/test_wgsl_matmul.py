@@ -40,6 +40,23 @@ def test_matmul(T, n_tokens, N, K, opts, gpu):
     np.testing.assert_allclose(got, want, **tol)
 
 
+@pytest.mark.parametrize("K,group", [(52, 0), (320, 64)])
+def test_matmul_weighted_norm_prologue(K, group, gpu):
+    """X' = rmsnorm(X) * nw rows (a norm folded into the prefill matmul), a partial token tile."""
+    T, n, N = 40, 37, 70
+    rng = np.random.default_rng(K)
+    q, scale = ref.quantize(rng.standard_normal((N, K)), group)
+    x = (rng.standard_normal((T, K)) * 2).astype(np.float32)
+    nw = rng.uniform(0.25, 2.5, K).astype(np.float32)
+    init = np.zeros((T, N), np.float32)
+    k = kernels.matmul_int8(T, N, K, group=group, norm=True, norm_weight=True, covers=["test"])
+    got = gpu.run(k, {"w": ref.pack_int8(q, group), "scale": scale, "x": x, "nw": nw, "y": init},
+                  {"y": ((T, N), np.float32)}, n_tokens=n)["y"]
+    want = init.astype(np.float64)
+    want[:n] = ref.linear(x[:n], q, scale, group, True, nw=nw)
+    np.testing.assert_allclose(got, want, **MATRIX)
+
+
 def test_matmul_into_cache_rows(gpu):
     """A prefill chunk at pos > 0 written into rows pos..pos+n-1 of a [S, N] cache."""
     T, n, N, K, S, pos = 16, 9, 24, 64, 40, 13

@@ -58,6 +58,40 @@ def test_matvec(N, K, opts, variant, gpu):
     np.testing.assert_allclose(got, want, **tol)
 
 
+@pytest.mark.parametrize("N,K,group", [(37, 52, 0), (33, 320, 128)])
+@pytest.mark.parametrize("variant", ["cooperative", "per_invocation"])
+def test_matvec_weighted_norm_prologue_on_a_slice_of_x(N, K, group, variant, gpu):
+    """x' = rmsnorm(x) * nw read from element 12 of a wider row (a norm folded into the matvec by the
+    plan's fusion, x a slice of a merged row): the same as normalizing and packing first."""
+    q, scale, x = _data(N, K, group, 11)
+    nw = np.random.default_rng(2).uniform(0.25, 2.5, K).astype(np.float32)
+    row = np.concatenate([np.full(12, 9.0, np.float32), x, np.full(8, -9.0, np.float32)])
+    k = kernels.matvec_int8(N, K, group=group, norm=True, norm_weight=True, x_offset=12, act="relu2", covers=["test"],
+                            **VARIANTS[variant])
+    assert [b.name for b in k.bindings] == ["w", "scale", "x", "nw", "y"]
+    got = gpu.run(k, {"w": ref.pack_int8(q, group), "scale": scale, "x": row, "nw": nw}, {"y": ((N,), np.float32)})["y"]
+    np.testing.assert_allclose(got, ref.linear(x, q, scale, group, True, act="relu2", nw=nw), **ELEMENTWISE)
+
+
+@pytest.mark.parametrize("K", [52, 128])
+@pytest.mark.parametrize("variant", ["cooperative", "per_invocation"])
+def test_matvec_gated_prologue_from_merged_rows(K, variant, gpu):
+    """x'[k] = silu(gate[k]) * up[k] with gate and up two halves of one merged row (a SwiGLU folded
+    into the down projection by the plan's fusion), then a residual add."""
+    N = 24
+    q, scale, _ = _data(N, K, 0, 5)
+    rng = np.random.default_rng(4)
+    row = (rng.standard_normal(2 * K) * 2).astype(np.float32)
+    res = rng.standard_normal(N).astype(np.float32)
+    k = kernels.matvec_int8(N, K, residual=True, prologue=[{"fn": "silu"}, {"fn": "mul", "operand": 0}],
+                            prologue_operands=[K], covers=["test"], **VARIANTS[variant])
+    assert [b.name for b in k.bindings] == ["w", "scale", "x", "p0", "y"]
+    got = gpu.run(k, {"w": ref.pack_int8(q), "scale": scale, "x": row, "p0": row, "y": res}, {"y": ((N,), np.float32)})["y"]
+    gate, up = row[:K].astype(np.float64), row[K:].astype(np.float64)
+    x = gate / (1 + np.exp(-gate)) * up
+    np.testing.assert_allclose(got, ref.linear(x, q, scale, residual=res), **ELEMENTWISE)
+
+
 @pytest.mark.parametrize("cooperative", [True, False])
 def test_matvec_output_at_position(cooperative, gpu):
     """Writing into row `pos` of a [rows, N] buffer (a KV-cache row), leaving other rows alone."""

@@ -82,6 +82,81 @@ def test_rope_into_cache(gpu):
     np.testing.assert_allclose(got, want, **MATRIX)
 
 
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_rope_parts_q_k_and_v_of_merged_rows_in_one_dispatch(qk_norm, gpu):
+    """The q, k and v parts of merged q|k|v rows (H 4, Hkv 2) in one dispatch: q roped (and normed,
+    scaled) into its buffer, k roped into cache rows pos.., v copied into its cache, the same values
+    as rope_qknorm twice and kv_write."""
+    T, n, H, Hkv, D, S, pos = 4, 3, 4, 2, 16, 20, 11
+    rng = np.random.default_rng(3)
+    cos, sin = ref.rope_tables(S, D)
+    row = (H + 2 * Hkv) * D
+    qkv = rng.standard_normal((T, row)).astype(np.float32)
+    q_buf = np.zeros((T, H, D), np.float32)
+    kc, vc = (np.full((S, Hkv, D), f, np.float32) for f in (5.0, 6.0))
+    norm = dict(qk_norm=qk_norm, post_scale=1.2 if qk_norm else 0.0)
+    parts = [dict(heads=H, out="yq", **norm),
+             dict(heads=Hkv, in_offset=H * D, out="yk", out_at_pos=True, **norm),
+             dict(heads=Hkv, rope=False, in_offset=(H + Hkv) * D, out="yv", out_at_pos=True)]
+    k = kernels.rope_parts(T, D, parts, in_row_stride=row, covers=["test"])
+    assert [b.name for b in k.bindings] == ["x", "cos", "sin", "yq", "yk", "yv", "step"] and k.workgroups[:2] == (8, T)
+    got = gpu.run(k, {"x": qkv, "cos": cos, "sin": sin, "yq": q_buf, "yk": kc, "yv": vc},
+                  {"yq": ((T, H, D), np.float32), "yk": ((S, Hkv, D), np.float32), "yv": ((S, Hkv, D), np.float32)},
+                  pos=pos, n_tokens=n)
+
+    def roped(x):
+        y = ref.rope(x, cos, sin, pos)
+        return ref.rmsnorm(y) * 1.2 if qk_norm else y
+
+    x = qkv[:n].reshape(n, H + 2 * Hkv, D)
+    want_q = q_buf.astype(np.float64)
+    want_q[:n] = roped(x[:, :H])
+    want_k, want_v = kc.astype(np.float64), vc.copy()
+    want_k[pos:pos + n] = roped(x[:, H:H + Hkv])
+    want_v[pos:pos + n] = x[:, H + Hkv:]
+    np.testing.assert_allclose(got["yq"], want_q, **MATRIX)
+    np.testing.assert_allclose(got["yk"], want_k, **MATRIX)
+    np.testing.assert_array_equal(got["yv"], want_v)
+
+
+@pytest.mark.parametrize("weight", [False, True])
+def test_rope_after_a_head_norm(weight, gpu):
+    """rope(rmsnorm(x[t, h]) * w): the q/k norm before the rotation (Qwen3) inside the rope kernel."""
+    T, n, H, D, pos = 3, 2, 3, 16, 7
+    rng = np.random.default_rng(9)
+    cos, sin = ref.rope_tables(pos + T, D)
+    x = (rng.standard_normal((T, H, D)) * 3).astype(np.float32)
+    w = rng.uniform(0.25, 2.5, D).astype(np.float32)
+    k = kernels.rope_qknorm(T, H, D, qk_norm=False, inplace=False, pre_norm=True, pre_weight=weight, pre_eps=1e-6,
+                            covers=["test"])
+    inputs = {"x": x, "cos": cos, "sin": sin, "y": np.zeros_like(x)} | ({"pw": w} if weight else {})
+    got = gpu.run(k, inputs, {"y": ((T, H, D), np.float32)}, pos=pos, n_tokens=n)["y"]
+    xn = x[:n].astype(np.float64)
+    xn = xn / np.sqrt((xn ** 2).mean(-1, keepdims=True) + 1e-6) * (w if weight else 1)
+    want = np.zeros((T, H, D))
+    want[:n] = ref.rope(xn, cos, sin, pos)
+    np.testing.assert_allclose(got, want, **MATRIX)
+
+
+def test_elementwise_with_an_inner_chain_operand(gpu):
+    """y = x0 * l0 + (lr * xr): the operand `lr * xr` is another node's chain computed in the same loop
+    (no buffer, no dispatch of its own), its source a strided row and its operand a weight."""
+    T, n, L = 3, 2, 40
+    rng = np.random.default_rng(6)
+    x0, l0, lr = (rng.standard_normal(s).astype(np.float32) for s in ((T, L), (L,), (L,)))
+    xr = rng.standard_normal((T, 2 * L)).astype(np.float32)
+    inner = {"src": {"len": L, "offset": L, "row_stride": 2 * L}, "steps": [{"fn": "mul", "operand": 0}],
+             "operands": [{"len": L}]}
+    k = kernels.elementwise(T, L, [{"fn": "mul", "operand": 0}, {"fn": "add", "operand": 1}], [{"len": L}, {"inner": inner}],
+                            covers=["test"])
+    assert [b.name for b in k.bindings] == ["x", "op0", "op1_s", "op1_0", "y", "step"]
+    got = gpu.run(k, {"x": x0, "op0": l0, "op1_s": xr, "op1_0": lr, "y": np.zeros((T, L), np.float32)},
+                  {"y": ((T, L), np.float32)}, n_tokens=n)["y"]
+    want = np.zeros((T, L))
+    want[:n] = x0[:n] * l0 + lr * xr[:n, L:]
+    np.testing.assert_allclose(got, want, **MATRIX)
+
+
 @pytest.mark.parametrize("merged", [False, True])
 def test_kv_write(merged, gpu):
     """Rows pos..pos+n-1 of the cache from a packed [T, W] source or from the v part of merged q|k|v rows."""

@@ -207,6 +207,7 @@ class WgpuSession:
         q.write_buffer(self.bufs[self.plan["io"]["ids"]], 0, np.asarray(ids, np.uint32).tobytes())
         q.write_buffer(self.step_buf, 0, wdev.step_bytes(pos0, n))
         plan_list = self.lists[lst]
+        last = {node: i for i, d in enumerate(plan_list) for node in d.get("nodes", [d["node"]])}
         out = {}
         for i, (d, (pipe, bg, wg)) in enumerate(zip(plan_list, self.dispatches[lst])):
             enc = self.dev.create_command_encoder()
@@ -216,14 +217,14 @@ class WgpuSession:
             p.dispatch_workgroups(*wg)
             p.end()
             q.submit([enc.finish()])
-            last = i + 1 == len(plan_list) or plan_list[i + 1]["node"] != d["node"]
-            loc = self.plan["values"].get(d["node"])
-            if last and loc is not None:
-                row0 = pos0 if loc["at_pos"] else 0
-                nfl = loc["offset"] + (row0 + n) * loc["row_stride"]
-                raw = self._read(loc["buffer"], 4 * nfl, np.float32)
-                rows = [raw[loc["offset"] + (row0 + t) * loc["row_stride"]:][:loc["row_floats"]] for t in range(n)]
-                out[d["node"]] = np.stack(rows)
+            for node in d.get("nodes", [d["node"]]):
+                loc = self.plan["values"].get(node)
+                if last[node] == i and loc is not None:
+                    row0 = pos0 if loc["at_pos"] else 0
+                    nfl = loc["offset"] + (row0 + n) * loc["row_stride"]
+                    raw = self._read(loc["buffer"], 4 * nfl, np.float32)
+                    out[node] = np.stack([raw[loc["offset"] + (row0 + t) * loc["row_stride"]:][:loc["row_floats"]]
+                                          for t in range(n)])
         self.pos += n
         return out
 

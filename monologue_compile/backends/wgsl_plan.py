@@ -21,6 +21,12 @@ k) is roped straight into the cache row at step.pos, any other k/v is copied the
 Weight arrays larger than `max_binding` (128 MiB, WebGPU's default
 maxStorageBufferBindingSize) are split by rows into several buffers: a matmul then runs one
 dispatch per part (`out_offset`), an embedding one gather per part (`row_start`/`n_rows`).
+
+Fusions (`fuse=True`, docs/plan.md), never conditions: a norm whose users are all matmuls runs as
+their prologue, a q/k norm inside its rope, an elementwise map inside the one decode matvec or
+elementwise kernel that reads it (each only where `passes.plan.intact_until` says the inputs it reads late are still in
+their buffers), a strided decode input is read at its offset, and wgsl_fuse.py merges the rope and
+cache-write dispatches of one q|k|v row. `fuse=False` emits every kernel node's own dispatches.
 """
 
 from __future__ import annotations
@@ -32,10 +38,11 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
-from ..passes.plan import check_memory_plan
+from ..passes.plan import check_memory_plan, intact_until
 from ..ir import (SEQ, Graph, Node, concat_pieces, dense_strides, layer_norm_step, merge_dims, row_broadcast,
                   row_dims, view_block, view_refusal)
 from ..wgsl import kernels as kern
+from .wgsl_fuse import fuse_dispatches
 
 PLAN_FORMAT = "monologue-plan"
 PLAN_VERSION = 1
@@ -91,6 +98,7 @@ class _Pending:
     buffers: dict  # binding name -> buffer name
     node: str
     index: int = 0  # which of a family's kernels (attn_decode: 0 partials, 1 combine)
+    nodes: list | None = None  # a fused dispatch (wgsl_fuse.py): every node it computes, by output binding
 
 
 @dataclass
@@ -117,6 +125,7 @@ class _Builder:
     def __init__(self, g: Graph, chunk: int, max_binding: int, manifest: dict | None):
         self.g, self.chunk, self.max_binding, self.manifest = g, chunk, max_binding, manifest
         self.cpu = False  # emitting the `cpu` profile's lists (see CPU_KERNELS)
+        self.fuse = True  # fold nodes into the kernels that read them (build_plan's `fuse`)
         cfg = g.meta.get("config", {})
         self.S = int(cfg.get("sequence_len") or 0)
         self.buffers: dict[str, dict] = {}
@@ -125,6 +134,7 @@ class _Builder:
         self.kv: dict[str, tuple[str, str]] = {}
         self.producer: dict[str, Node] = {}
         self.in_place: dict[str, str] = {}  # the memory plan's: node -> the input its output overwrites
+        self.users = g.users()
 
     # --- buffers -----------------------------------------------------------------------------
     def _buffer(self, name, nbytes, usage=("STORAGE", "COPY_DST", "COPY_SRC"), init=None, role="activation"):
@@ -289,6 +299,13 @@ class _Builder:
         bufs = {} if inplace else {"x": x.buffer}
         ops = []
         for k, name in enumerate(operands):
+            a = self.producer.get(name)
+            if a is not None and self._inner_of(a, T):  # a's chain, computed in this kernel's loop
+                (sloc, sdesc), *inner = [self._operand(a, i) for i in a.inputs]
+                bufs[f"op{k}_s"] = sloc.buffer
+                bufs.update({f"op{k}_{i}": loc.buffer for i, (loc, _) in enumerate(inner)})
+                ops.append({"inner": {"src": sdesc, "steps": a.attrs["steps"], "operands": [d for _, d in inner]}})
+                continue
             loc, desc = self._operand(n, name)
             bufs[f"op{k}"] = loc.buffer
             ops.append(desc)
@@ -337,7 +354,57 @@ class _Builder:
         loc = self._source(n, name)
         return loc, dict(len=length, repeat=repeat, offset=loc.offset, row_stride=loc.row_stride, at_pos=loc.at_pos)
 
+    def _folded_map(self, n: Node, T: int) -> bool:
+        """Whether elementwise n runs as the map prologue of the one decode matvec that reads it
+        (silu(gate) * up before a down projection) instead of a dispatch of its own: steps that map
+        each element (no norm or softmax), every operand a whole row like x, each at an offset the
+        matvec reads as vec4, all left intact by the memory plan until the matvec runs."""
+        if not self.fuse or T != 1 or n.op != "elementwise" or n.name in self.g.outputs:
+            return False
+        users = self.users.get(n.name, [])
+        if len(users) != 1 or users[0].op != "matmul" or users[0].inputs[0] != n.name or n.name in users[0].inputs[1:]:
+            return False
+        L = _per_token(n.type.shape)
+        if any(st["fn"] not in elementwise.FUNCTIONS for st in n.attrs["steps"]):
+            return False
+        for name in n.inputs:
+            loc = self.loc.get(name)
+            if (loc is None or loc.at_pos or loc.row_floats != L or loc.offset % 4 or self.g.type_of(name).shape != n.type.shape
+                    or not intact_until(self.g, name, users[0].name, skip=(n.name,))):
+                return False
+        return True
+
+    def _inner_of(self, n: Node, T: int) -> bool:
+        """Whether elementwise n runs inside the one elementwise kernel that reads it as an operand
+        (its chain computed per element there, nanochat's `lambda_r * x` before `+ lambda_0 * x0`)
+        instead of a dispatch of its own: both chains map elements only, the same shape, n's inputs
+        left intact by the memory plan until then and none in the reader's output buffer."""
+        if not self.fuse or n.op != "elementwise" or n.name in self.g.outputs:
+            return False
+        users = self.users.get(n.name, [])
+        if len(users) != 1:
+            return False
+        b = users[0]
+        if (b.op != "elementwise" or b.inputs[0] == n.name or b.inputs.count(n.name) != 1 or b.type.shape != n.type.shape
+                or len(b.inputs) + len(n.inputs) > kern.MAX_STORAGE_BUFFERS or self._folded_map(b, T)):
+            return False
+        if any(st["fn"] not in elementwise.FUNCTIONS for st in n.attrs["steps"] + b.attrs["steps"]):
+            return False
+        for name in n.inputs:
+            if name in self.g.weights:
+                if self.g.weights[name].dtype != "f32":
+                    return False
+                continue
+            loc = self.loc.get(name)
+            if loc is None or loc.buffer == self.loc[b.name].buffer:
+                return False
+            if self.buffers[loc.buffer]["role"] != "weight" and not intact_until(self.g, name, b.name, skip=(n.name,)):
+                return False  # an activation the plan overwrites before b runs
+        return True
+
     def _emit_elementwise(self, n, T, out):
+        if self._folded_map(n, T) or self._inner_of(n, T):
+            return  # its user's prologue (_emit_matmul), or computed inside its user's kernel (_steps)
         x = self.loc.get(n.inputs[0])
         if x is None or x.row_floats != _per_token(n.type.shape):
             _fail(n, "input 0 is not an activation of the output's shape")
@@ -399,7 +466,32 @@ class _Builder:
         for i in range(2):
             out.append(_Pending("token_shift", (T, L), kw, bufs, n.name, index=i))
 
+    def _folded_norm(self, n: Node, T: int) -> bool:
+        """Whether RMSNorm n runs as the prologue of every matmul that reads it (its weight scaling x
+        there) instead of a dispatch of its own: each user a matmul taking n as its input without a
+        prologue, n's input a whole row of K that the memory plan leaves intact until the last user
+        (a strided row only where the kernel reads at an offset: the matvec)."""
+        if not self.fuse or n.op != "rms_norm" or n.name in self.g.outputs:
+            return False
+        x = self.loc.get(n.inputs[0])
+        K = n.type.shape[-1]
+        if x is None or x.at_pos or x.row_floats != K or K % 4:
+            return False
+        if (x.offset or x.row_stride != K) and (T > 1 or x.offset % 4):
+            return False
+        if len(n.inputs) > 1:
+            w = self.g.weights.get(n.inputs[1])
+            if w is None or w.dtype != "f32" or math.prod(w.shape) != K:
+                return False
+        users = self.users.get(n.name, [])
+        if not users or any(u.op != "matmul" or u.inputs[0] != n.name or n.name in u.inputs[1:] or u.attrs.get("prologue")
+                            for u in users):
+            return False
+        return intact_until(self.g, n.inputs[0], users[-1].name, skip=(n.name,))
+
     def _emit_rms_norm(self, n, T, out):
+        if self._folded_norm(n, T) or self._pre_rope_norm(n):
+            return  # its users' prologue (_emit_matmul), or inside the rope kernel (_emit_rope)
         x = self.loc.get(n.inputs[0])
         if x is None or x.row_floats != _per_token(n.type.shape):
             _fail(n, "input 0 is not an activation of the output's shape")
@@ -430,38 +522,79 @@ class _Builder:
         return kw
 
     def _emit_matmul(self, n, T, out):
-        x, wname = self.loc[n.inputs[0]], n.inputs[1]
+        wname = n.inputs[1]
         w = self._q8(n, wname)
         N, K = w.shape
+        pro = n.attrs.get("prologue")
+        folded = self.producer.get(n.inputs[0])
+        folded = folded if folded is not None and self._folded_norm(folded, T) else None
+        if folded is not None:  # the norm before this matmul, as its prologue
+            pro = {"rms_norm": True, "eps": folded.attrs["eps"]}
+        mapped = self.producer.get(n.inputs[0])
+        mapped = mapped if mapped is not None and self._folded_map(mapped, T) else None
+        x = self.loc[(folded or mapped).inputs[0] if folded or mapped else n.inputs[0]]
         if x.row_floats != K or x.at_pos:
             _fail(n, "input rows are not K contiguous floats")
-        if x.offset or x.row_stride != K:  # a strided view: the matmul kernels read packed rows
-            x = self._pack(n, T, out, x)
+        x_offset = {}
+        if x.offset or x.row_stride != K:
+            if T == 1 and self.fuse and x.offset % 4 == 0:  # one row: the matvec reads it at its offset
+                x_offset = {"x_offset": x.offset}
+            else:  # a strided view: the matmul kernels read packed rows
+                x = self._pack(n, T, out, x)
         ep = self._epilogue(n)
         bias = ep.pop("bias", None)
         rest = ep.pop("rest", None)
-        pro = n.attrs.get("prologue")
         kw = dict(group=self._group(n, w, K), bits=w.quant.get("bits", 8), norm=bool(pro), **ep)
         if pro:
             kw["eps"] = pro["eps"]
+        norm_weight = folded.inputs[1] if folded is not None and len(folded.inputs) > 1 else None
+        if norm_weight:
+            kw["norm_weight"] = True
+        map_ops = [self.loc[o] for o in mapped.inputs[1:]] if mapped is not None else []
+        if mapped is not None:  # the elementwise before this matvec, as its map prologue
+            kw.update(prologue=mapped.attrs["steps"], prologue_operands=[o.offset for o in map_ops])
         y = self.loc[n.name]
         for qb, sb, r0, r1 in self._weight(wname):
             bufs = {"w": qb, "scale": sb, "x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}
+            if norm_weight:
+                bufs["nw"] = self._table(norm_weight)
+            bufs.update({f"p{i}": o.buffer for i, o in enumerate(map_ops)})
             if bias:
                 if len(self.weight_parts[wname]) > 1:
                     _fail(n, "a bias on a weight split across bindings")
                 bufs["bias"] = self._table(bias)
             if T == 1:
                 out.append(_Pending("matvec_int8", (r1 - r0, K),
-                                    self._kw("matvec_int8", dict(kw, bias=bool(bias), out_offset=r0, out_len=N)), bufs, n.name))
+                                    self._kw("matvec_int8", dict(kw, bias=bool(bias), out_offset=r0, out_len=N, **x_offset)),
+                                    bufs, n.name))
             else:
                 out.append(_Pending("matmul_int8", (T, r1 - r0, K), dict(kw, bias=bool(bias), out_offset=r0,
                                                                           out_row_stride=N), bufs, n.name))
         if rest:
             self._steps(n, T, out, rest, n.inputs[2:], None, inplace=True)
 
+    def _pre_rope_norm(self, n: Node) -> bool:
+        """Whether RMSNorm n (over head_dim, optionally weighted) runs inside the one rope kernel that
+        reads it, normalizing each head before the rotation (Qwen3's q/k norms), instead of a
+        dispatch of its own."""
+        if not self.fuse or n.op != "rms_norm" or n.name in self.g.outputs:
+            return False
+        users = self.users.get(n.name, [])
+        x = self.loc.get(n.inputs[0])
+        if (len(users) != 1 or users[0].op != "rope" or users[0].inputs[0] != n.name or x is None or x.at_pos
+                or x.row_floats != _per_token(n.type.shape)):
+            return False
+        D = n.type.shape[-1]
+        if len(n.inputs) > 1:
+            w = self.g.weights.get(n.inputs[1])
+            if w is None or w.dtype != "f32" or math.prod(w.shape) != D:
+                return False
+        return intact_until(self.g, n.inputs[0], users[0].name, skip=(n.name,))
+
     def _emit_rope(self, n, T, out):
-        x = self.loc[n.inputs[0]]
+        pre = self.producer.get(n.inputs[0])
+        pre = pre if pre is not None and self._pre_rope_norm(pre) else None
+        x = self.loc[pre.inputs[0] if pre is not None else n.inputs[0]]
         _, _, H, D = n.type.shape
         if x.row_floats != H * D:
             _fail(n, "rope input rows are not heads * head_dim")
@@ -485,9 +618,14 @@ class _Builder:
         if steps:
             _fail(n, f"rope epilogue {steps} (only rms_norm, then a scalar multiply)")
         y = self.loc[n.name]
+        bufs = {"x": x.buffer, "cos": tables[0], "sin": tables[1], "y": y.buffer, "step": STEP_BUFFER}
+        if pre is not None:  # the RMSNorm before the rotation
+            kw.update(pre_norm=True, pre_eps=pre.attrs["eps"], pre_weight=len(pre.inputs) > 1)
+            if len(pre.inputs) > 1:
+                bufs["pw"] = self._table(pre.inputs[1])
         out.append(_Pending("rope_qknorm", (T, H, D), dict(kw, inplace=False, in_offset=x.offset, in_row_stride=x.row_stride,
                                                             out_offset=0, out_at_pos=y.at_pos, out_row_stride=y.row_stride),
-                            {"x": x.buffer, "cos": tables[0], "sin": tables[1], "y": y.buffer, "step": STEP_BUFFER}, n.name))
+                            bufs, n.name))
 
     def _emit_attention(self, n, T, out):
         at = n.attrs
@@ -581,11 +719,14 @@ def _covers(g: Graph, names: list[str]) -> list[str]:
 
 
 def build_plan(g: Graph, *, chunk: int | None = None, max_binding: int = DEFAULT_LIMITS["maxStorageBufferBindingSize"],
-               manifest: dict | None = None) -> Plan:
+               manifest: dict | None = None, fuse: bool = True) -> Plan:
     """The plan and kernel sources for a final IR graph. `manifest` (the artifact's) resolves each
-    weight buffer's initial contents to shard byte ranges; without it they name tensor rows only."""
+    weight buffer's initial contents to shard byte ranges; without it they name tensor rows only.
+    `fuse`: run the dispatch fusions (wgsl_fuse.py, and the norm prologues of `_Builder`); without
+    them every kernel node keeps its own dispatches (the reference the fused plan is tested against)."""
     chunk = int(chunk or g.meta.get("schedule", {}).get("prefill", {}).get("chunk", 64))
     b = _Builder(g, chunk, max_binding, manifest)
+    b.fuse = fuse
     if b.S <= 0:
         raise MonologueError("wgsl plan: the graph's config has no sequence_len")
     b._buffer(STEP_BUFFER, kern.STEP_BYTES, usage=("UNIFORM", "COPY_DST"), role="uniform")
@@ -600,13 +741,17 @@ def build_plan(g: Graph, *, chunk: int | None = None, max_binding: int = DEFAULT
     def key(pend):
         return json.dumps([pend.family, pend.args, pend.kwargs, pend.index], sort_keys=True)
 
+    if fuse:
+        lists = {name: fuse_dispatches(lst) for name, lst in lists.items()}
+        cpu_lists = {name: fuse_dispatches(lst) for name, lst in cpu_lists.items()}
+
     cpu_lists = {name: lst for name, lst in cpu_lists.items() if [key(p) for p in lst] != [key(p) for p in lists[name]]}
     every = [*lists.values(), *cpu_lists.values()]
 
     # render each distinct kernel once; its header names every node it serves
     groups: dict[str, list] = {}
     for pend in (p for lst in every for p in lst):
-        groups.setdefault(key(pend), []).append(pend.node)
+        groups.setdefault(key(pend), []).extend(pend.nodes or [pend.node])
     rendered: dict[str, kern.Kernel] = {}
     for k_, nodes in groups.items():
         family, args, kwargs, index = json.loads(k_)
@@ -634,7 +779,8 @@ def build_plan(g: Graph, *, chunk: int | None = None, max_binding: int = DEFAULT
             if bkey not in bg_index:
                 bg_index[bkey] = len(bind_groups)
                 bind_groups.append({"pipeline": pi, "entries": entries})
-            out.append({"pipeline": pi, "bind_group": bg_index[bkey], "workgroups": list(k.workgroups), "node": pend.node})
+            out.append({"pipeline": pi, "bind_group": bg_index[bkey], "workgroups": list(k.workgroups), "node": pend.node,
+                        **({"nodes": pend.nodes} if pend.nodes else {})})
         return out
 
     dispatch = {name: dispatches(lst) for name, lst in lists.items()}

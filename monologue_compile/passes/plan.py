@@ -22,6 +22,10 @@ its buffer was overwritten.
   buffer; its kernel writes the cache rows [pos, pos + T) the attention then reads, instead of a
   temporary the attention would copy.
 Attention nodes own a KV cache of sequence_len positions (`kv_cache`).
+
+A backend whose fused kernel reads a value later than the graph does (the WGSL plan folding a norm
+into the matmuls after it reads the norm's input there) asks `intact_until` whether the plan leaves
+that value in its buffer until then; the annotation itself stays what every backend reads.
 """
 
 from __future__ import annotations
@@ -231,6 +235,22 @@ def check_memory_plan(g: Graph) -> Graph:
             raise PlanError(f"memory plan: %{n.name} is marked in place over %{in_place[n.name]}, which is not in its buffer")
         holds[b] = n.name
     return g
+
+
+def intact_until(g: Graph, value: str, reader: str, skip: tuple = ()) -> bool:
+    """Whether `value` still holds its contents in its buffer when node `reader` runs, if the kernel
+    nodes in `skip` do not run: no other kernel between the value's producer and `reader` writes
+    that buffer. The claim a backend makes when a fused kernel reads a value later than the graph
+    does (wgsl_plan: a matmul reading a norm's input, the norm folded into its prologue)."""
+    mp = g.meta["memory_plan"]
+    root = _roots(g)
+    r = root.get(value)
+    b = mp["assign"].get(value)
+    if r is None or b is None or r in mp["kv_write"]:
+        return False
+    order = {n.name: i for i, n in enumerate(g.nodes)}
+    return not any(OPS[n.op].kernel and n.name not in skip and n.name not in mp["kv_write"] and mp["assign"].get(n.name) == b
+                   for n in g.nodes[order[r] + 1:order[reader]])
 
 
 def schedule(g: Graph) -> Graph:

@@ -136,19 +136,47 @@ def _epilogue_params(act, bias, softcap, residual, steps):
         exprs = [elementwise_fns.wgsl_step(st) for st in steps]
     except (ValueError, KeyError) as e:
         raise ValueError(f"epilogue: {e}") from None
-    return dict(bias=bool(bias), residual=bool(residual), ep_steps=exprs,
+    return dict(bias=bool(bias), residual=bool(residual), ep_steps=exprs, ep_steps_src=steps,
                 ep_functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps]),
                 ep_desc=" -> ".join(elementwise_fns.describe(st) for st in steps))
+
+
+def _prologue_params(steps, operands, ep: dict) -> dict:
+    """Render parameters of the matvec's map prologue: x[k] -> steps(x[k], op0[k], ...), any chain of
+    the IR's elementwise steps (elementwise.py) whose tensor operands are rows of K at `operands`
+    (float offsets, multiples of 4); `ep_functions` then defines what the epilogue and prologue call."""
+    steps = list(steps or [])
+    _check(all(o % 4 == 0 for o in operands), f"prologue operand offsets {operands} must be multiples of 4")
+    exprs = []
+    for st in steps:
+        if "operand" in st:
+            _check(st["operand"] < len(operands), f"prologue step {st} reads a missing operand")
+            a, b = "v", f"o{st['operand']}"
+            exprs.append(f"ew_{st['fn']}({b}, {a})" if st.get("reverse") else f"ew_{st['fn']}({a}, {b})")
+        else:
+            try:
+                exprs.append(elementwise_fns.wgsl_step(st))
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"prologue: {e}") from None
+    names = [st["fn"] for st in ep.get("ep_steps_src", [])] + [st["fn"] for st in steps]
+    return dict(pro_steps=exprs, pro_ops=[o // 4 for o in operands],
+                pro_desc=" -> ".join(elementwise_fns.describe(st) for st in steps),
+                ep_functions=elementwise_fns.wgsl_functions(names))
 
 
 def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: bool = False, act: str = "none",
                 softcap: float = 0.0, steps: list | None = None, residual: bool = False, out_offset: int = 0, out_at_pos: bool = False,
                 out_pos_stride: int | None = None, out_len: int | None = None, rows: int = 4, wg: int | None = None,
                 cooperative: bool = True, subgroups: str = "off", unpack: str = "shift", eps: float = RMS_EPS, covers=(),
-                bits: int = 8, name: str = "matvec_int8") -> Kernel:
-    """y[n] (+)= epilogue(sum_k W[n,k] x'[k]) for one token; x' = rmsnorm(x) when `norm`.
+                bits: int = 8, norm_weight: bool = False, x_offset: int = 0, prologue: list | None = None,
+                prologue_operands: list[int] = (), name: str = "matvec_int8") -> Kernel:
+    """y[n] (+)= epilogue(sum_k W[n,k] x'[k]) for one token; x' = rmsnorm(x) when `norm`, times the
+    norm's weight (binding nw, [K]) with `norm_weight`. x is read from element `x_offset` on (a
+    slice of a wider row; a multiple of 4). `prologue` (elementwise steps) maps each x[k] first,
+    its tensor operands (bindings p0.., [K] each from the offsets `prologue_operands`) read at k: a
+    gated activation silu(gate) * up folded into the projection after it.
 
-    Bindings: w, scale, x, [bias], y, [step (when out_at_pos)]. Output element n goes to
+    Bindings: w, scale, x, [nw], [bias], y, [step (when out_at_pos)]. Output element n goes to
     y[out_offset + (step.pos * out_pos_stride if out_at_pos) + n]; `residual` adds into y there.
     cooperative (GPUs): one workgroup per `rows` output rows, its wg threads (default: what K needs,
     up to 64) splitting K and summing through workgroup memory. cooperative=False (CPU adapters): each
@@ -157,14 +185,21 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
     """
     covers = _common(covers, subgroups, unpack)
     _check(K % 4 == 0, f"K={K} must be a multiple of 4 (x is read as vec4<f32>)")
+    _check(x_offset % 4 == 0, f"x_offset={x_offset} must be a multiple of 4 (x is read as vec4<f32>)")
+    _check(norm or not norm_weight, "a norm weight without the norm")
     wparams = _weight_params(group, bits, unpack)
     pos_stride = N if out_pos_stride is None else out_pos_stride
     out_len = out_len or out_offset + N
+    ep = _epilogue_params(act, bias, softcap, residual, steps)
+    ep.update(_prologue_params(prologue, prologue_operands, ep))
     common = dict(N=N, K=K, KV4=-(-K // 16), KS=k_pad(K, group) // 16, K4=K // 4, rows=rows,
                   group=group, n_groups=k_pad(K, group) // group if group else 0, norm=bool(norm), eps=eps,
+                  norm_weight=bool(norm_weight), XO4=x_offset // 4,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos), out_pos_stride=pos_stride,
-                  out_len=out_len, unpack=unpack, covers=covers, **wparams, **_epilogue_params(act, bias, softcap, residual, steps))
+                  out_len=out_len, unpack=unpack, covers=covers, **wparams, **ep)
     b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
+    b += [Binding("nw", "read")] if norm_weight else []
+    b += [Binding(f"p{i}", "read") for i in range(len(prologue_operands))]
     b += [Binding("bias", "read")] if bias else []
     b += [Binding("y", "read_write")]
     b += [Binding("step", "uniform")] if out_at_pos else []
@@ -187,16 +222,18 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
                 act: str = "none", softcap: float = 0.0, steps: list | None = None, residual: bool = False,
                 out_offset: int = 0, out_at_pos: bool = False, out_row_stride: int | None = None, tile_t: int = 32, tile_n: int = 64,
                 mt: int = 4, mn: int = 4, unpack: str = "shift", eps: float = RMS_EPS, covers=(),
-                bits: int = 8, name: str = "matmul_int8") -> Kernel:
-    """Y[t, n] (+)= epilogue(sum_k X'[t, k] W[n, k]) for t < step.n_tokens <= T; X' = rmsnorm(X) rows.
+                bits: int = 8, norm_weight: bool = False, name: str = "matmul_int8") -> Kernel:
+    """Y[t, n] (+)= epilogue(sum_k X'[t, k] W[n, k]) for t < step.n_tokens <= T; X' = rmsnorm(X) rows
+    (times the norm's weight, binding nw [K], with `norm_weight`).
 
-    Bindings: w, scale, x, [bias], y, step. Row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride]
+    Bindings: w, scale, x, [nw], [bias], y, step. Row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride]
     (out_row_stride defaults to N), so `out_at_pos` writes a chunk straight into KV-cache rows.
     Workgroups: (ceil(N / tile_n), ceil(T / tile_t)); threads (tile_t / mt) * (tile_n / mn), each
     computing an mt x mn micro-tile (4 x 4: 128 threads, 2x faster than 2 x 4 on lavapipe).
     """
     covers = _common(covers, "off", unpack)
     _check(K % 4 == 0, f"K={K} must be a multiple of 4 (X rows are read as vec4<f32>)")
+    _check(norm or not norm_weight, "a norm weight without the norm")
     wparams = _weight_params(group, bits, unpack)
     _check(tile_t % mt == 0 and tile_n % mn == 0, "tile_t / tile_n must be multiples of mt / mn")
     wg = (tile_t // mt) * (tile_n // mn)
@@ -204,10 +241,12 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
     wg_bytes = 64 * (tile_t + tile_n) + (16 * tile_t if norm else 0)
     params = dict(T=T, N=N, K=K, KV4=-(-K // 16), KS=k_pad(K, group) // 16, K4=K // 4, TT=tile_t, TN=tile_n,
                   MT=mt, MN=mn, wg=wg, group=group, n_groups=k_pad(K, group) // group if group else 0, norm=bool(norm), eps=eps,
+                  norm_weight=bool(norm_weight),
                   out_offset=out_offset, out_at_pos=bool(out_at_pos),
                   out_row_stride=N if out_row_stride is None else out_row_stride, unpack=unpack, covers=covers,
                   **wparams, **_epilogue_params(act, bias, softcap, residual, steps))
     b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
+    b += [Binding("nw", "read")] if norm_weight else []
     b += [Binding("bias", "read")] if bias else []
     b += [Binding("y", "read_write"), Binding("step", "uniform")]
     return _finish(name, "matmul_int8", "matmul_int8.wgsl.j2", params, b, wg,
@@ -267,6 +306,11 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
     for every token; at_pos: a position table). Bindings: [x], op0.., y, step; `inplace` has no x and
     runs the steps on y's rows (after a kernel that wrote them); `y_at_pos` writes row t at
     step.pos + t (a KV cache). One workgroup per row.
+
+    An operand {"inner": {"src", "steps", "operands"}} has no binding of its own: it is the value of
+    another chain of map steps, computed per element in the same loop from `src` and its own
+    `operands` (descriptors as above, bindings op<k>_s, op<k>_0..): an elementwise node folded into
+    the one that reads it (nanochat's `lambda_r * x` before `+ lambda_0 * x0`).
     """
     covers = _common(covers)
     width = width or L
@@ -274,17 +318,48 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
     _check(not (inplace and y_at_pos), "an in-place elementwise kernel reads y's own rows, not KV-cache rows")
     wg = wg or _row_wg(-(-L // 4))
     _check(_pow2(wg), f"wg={wg} must be a power of two")
-    n_storage = len(operands) + 1 + (not inplace)
+    reads = {}  # binding name -> operand descriptor
+    for k, o in enumerate(operands):
+        if "inner" in o:
+            reads[f"op{k}_s"] = o["inner"]["src"]
+            reads |= {f"op{k}_{i}": io for i, io in enumerate(o["inner"]["operands"])}
+        else:
+            reads[f"op{k}"] = o
+    n_storage = len(reads) + 1 + (not inplace)
     _check(n_storage <= MAX_STORAGE_BUFFERS, f"{len(operands)} tensor operands need {n_storage} storage buffers "
                                              f"> the device limit {MAX_STORAGE_BUFFERS}")
 
-    def read(k: int) -> str:
-        o = operands[k]
+    def read_at(name: str, o: dict) -> str:
         row = "(tr + step.pos)" if o.get("at_pos") else "tr"
         idx = f"{o.get('offset', 0)}u + {row} * {o.get('row_stride', 0)}u"
         rep, ln = o.get("repeat", 1), o["len"]
         lane = "j" if rep == 1 else f"j / {rep}u"
-        return f"op{k}[{idx} + ({lane}) % {ln}u]" if ln != L or rep != 1 else f"op{k}[{idx} + j]"
+        return f"{name}[{idx} + ({lane}) % {ln}u]" if ln != L or rep != 1 else f"{name}[{idx} + j]"
+
+    def chain(steps: list[dict], v: str, read) -> list[str]:
+        """The map steps as expressions assigned to v in turn."""
+        out = []
+        for st in steps:
+            if "operand" in st:
+                a, b = v, read(st["operand"])
+                out.append(f"ew_{st['fn']}({b}, {a})" if st.get("reverse") else f"ew_{st['fn']}({a}, {b})")
+            else:
+                try:
+                    out.append(elementwise_fns.wgsl_step(st, v))
+                except (ValueError, KeyError) as err:
+                    raise ValueError(f"elementwise: {err}") from None
+        return out
+
+    inner = []  # per-element statements computing the inner operands, u<k>
+    for k, o in enumerate(operands):
+        if "inner" in o:
+            io = o["inner"]
+            _check(all(st["fn"] in elementwise_fns.FUNCTIONS for st in io["steps"]), "an inner chain maps elements only")
+            inner.append(f"var u{k} = {read_at(f'op{k}_s', io['src'])};")
+            inner += [f"u{k} = {e};" for e in chain(io["steps"], f"u{k}", lambda i, k=k: read_at(f"op{k}_{i}", io["operands"][i]))]
+
+    def read(k: int) -> str:
+        return f"u{k}" if "inner" in operands[k] else read_at(f"op{k}", operands[k])
 
     segments: list[dict] = []
     for st in steps:
@@ -298,14 +373,7 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
             segments.append(dict(kind="rms" if fn == "rms_norm" else "layer", width=width, eps=float(st["eps"]),
                                  weight=weight, bias=bias))
             continue
-        if "operand" in st:
-            a, b = "v", read(st["operand"])
-            e = f"ew_{fn}({b}, {a})" if st.get("reverse") else f"ew_{fn}({a}, {b})"
-        else:
-            try:
-                e = elementwise_fns.wgsl_step(st)
-            except (ValueError, KeyError) as err:
-                raise ValueError(f"elementwise: {err}") from None
+        (e,) = chain([st], "v", read)
         if not segments or segments[-1]["kind"] != "map":
             segments.append(dict(kind="map", exprs=[]))
         segments[-1]["exprs"].append(e)
@@ -313,8 +381,11 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
         segments.append(dict(kind="map", exprs=[]))  # a copy
     for i, seg in enumerate(segments):
         seg["first"] = i == 0
+    _check(not inner or all(seg["kind"] == "map" for seg in segments), "inner operands only in a chain of maps")
+    if inner:
+        segments[0]["pre"] = inner
     bindings = [] if inplace else [dict(name="x", space="storage, read", type="array<f32>")]
-    bindings += [dict(name=f"op{k}", space="storage, read", type="array<f32>") for k in range(len(operands))]
+    bindings += [dict(name=name, space="storage, read", type="array<f32>") for name in reads]
     bindings += [dict(name="y", space="storage, read_write", type="array<f32>"), dict(name="step", space="uniform", type="Step")]
     y_stride = L if y_row_stride is None else y_row_stride
     src = "y[yrow + j]" if inplace else f"x[{x_offset}u + tr * {L if x_row_stride is None else x_row_stride}u + j]"
@@ -323,9 +394,12 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
                   y_at_pos=y_at_pos,
                   reduce=any(s["kind"] != "map" for s in segments), softmax=any(s["kind"] == "softmax" for s in segments),
                   desc=desc, covers=covers,
-                  functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps if st["fn"] in elementwise_fns.FUNCTIONS]),
-                  operands=[dict(desc=f"{o['len']} floats, repeat {o.get('repeat', 1)}, row stride {o.get('row_stride', 0)}"
-                                      + (" at step.pos" if o.get("at_pos") else "")) for o in operands])
+                  functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps if st["fn"] in elementwise_fns.FUNCTIONS]
+                                                           + [st["fn"] for o in operands if "inner" in o for st in o["inner"]["steps"]]),
+                  operands=[dict(desc=("the value of " + " -> ".join(elementwise_fns.describe(st) for st in o["inner"]["steps"])
+                                       + " (inner chain)") if "inner" in o else
+                                 f"{o['len']} floats, repeat {o.get('repeat', 1)}, row stride {o.get('row_stride', 0)}"
+                                 + (" at step.pos" if o.get("at_pos") else "")) for o in operands])
     b = [Binding(bb["name"], "uniform" if bb["name"] == "step" else ("read_write" if bb["name"] == "y" else "read"))
          for bb in bindings]
     return _finish(name, "elementwise", "elementwise.wgsl.j2", params, b, wg, grid(T),
@@ -380,25 +454,64 @@ def token_shift(T: int, L: int, *, x_offset: int = 0, x_row_stride: int | None =
 
 def rope_qknorm(T: int, H: int, D: int, *, qk_norm: bool = True, post_scale: float = 0.0, inplace: bool = True,
                 in_offset: int = 0, in_row_stride: int | None = None, out_offset: int = 0, out_at_pos: bool = False, out_row_stride: int | None = None,
-                eps: float = RMS_EPS, covers=(), name: str = "rope_qknorm") -> Kernel:
-    """RoPE (host cos/sin tables, position step.pos + t), then optional per-head RMSNorm and scale.
+                eps: float = RMS_EPS, pre_norm: bool = False, pre_weight: bool = False, pre_eps: float = RMS_EPS,
+                covers=(), name: str = "rope_qknorm") -> Kernel:
+    """RoPE (host cos/sin tables, position step.pos + t), then optional per-head RMSNorm and scale;
+    `pre_norm`: each head RMS-normed before the rotation (times the weight pw [D] with `pre_weight`).
 
-    Bindings: x, cos, sin ([max_seq, D/2]), [y], step. Row t of x is read at in_offset + t * in_row_stride
+    Bindings: x, cos, sin ([max_seq, D/2]), [pw], [y], step. Row t of x is read at in_offset + t * in_row_stride
     (default a packed [T, H, D]; a merged q|k|v row works too). `inplace` writes back there (q);
     otherwise row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride] (k into the cache).
     Workgroups: (H, T).
     """
+    part = dict(heads=H, rope=True, qk_norm=qk_norm, post_scale=post_scale, eps=eps, in_offset=in_offset,
+                pre_norm=pre_norm, pre_weight="pw" if pre_weight else None, pre_eps=pre_eps,
+                out=None if inplace else "y", out_offset=out_offset, out_at_pos=out_at_pos,
+                out_row_stride=H * D if out_row_stride is None else out_row_stride)
+    return rope_parts(T, D, [part], in_row_stride=H * D if in_row_stride is None else in_row_stride, covers=covers,
+                      name=name)
+
+
+def rope_parts(T: int, D: int, parts: list[dict], *, in_row_stride: int, covers=(), name: str = "rope_parts") -> Kernel:
+    """Several head ranges of the same rows of x in one dispatch, each a rope_qknorm (`rope`: True) or a
+    copy (`rope`: False, the kv_write of v inside merged q|k|v rows), each with its own output: q roped
+    in place or into a buffer, k roped into its KV cache, v copied into its cache.
+
+    A part is {heads, rope, qk_norm, post_scale, eps, pre_norm, pre_weight (the binding name of the
+    pre-rope norm's weight, or None), pre_eps, in_offset, out (None: in place over x, else the output
+    binding's name), out_offset, out_at_pos, out_row_stride}. Bindings: x, cos, sin, the parts'
+    pre-norm weights, the parts' outputs in order, step. Workgroups: (sum of heads, T); workgroup h runs the part whose
+    head range holds h.
+    """
     covers = _common(covers)
     _check(D % 2 == 0 and D // 2 <= MAX_INVOCATIONS, f"head_dim={D} must be even and <= 512")
+    _check(any(q.get("rope", True) for q in parts), "a rope kernel needs at least one rotated part")
     wg = _next_pow2(D // 2)
-    params = dict(T=T, H=H, D=D, qk_norm=bool(qk_norm), post_scale=float(post_scale or 0.0), inplace=bool(inplace),
-                  in_offset=in_offset, in_row_stride=H * D if in_row_stride is None else in_row_stride,
-                  out_offset=out_offset, out_at_pos=bool(out_at_pos),
-                  out_row_stride=H * D if out_row_stride is None else out_row_stride, eps=eps, wg=wg, covers=covers)
+    rendered, h0, outputs, weights = [], 0, [], []
+    for q in parts:
+        out = q.get("out") or "x"
+        _check(out == "x" or out not in outputs, f"output {out} of two parts")
+        if out != "x":
+            outputs.append(out)
+        rope = q.get("rope", True)
+        pre_w = q.get("pre_weight") if rope and q.get("pre_norm") else None
+        _check(pre_w is None or pre_w not in weights + outputs + ["x"], f"weight binding {pre_w} of two parts")
+        if pre_w:
+            weights.append(pre_w)
+        rendered.append(dict(h0=h0, heads=q["heads"], rope=rope, qk_norm=rope and bool(q.get("qk_norm")),
+                             pre_norm=rope and bool(q.get("pre_norm")), pre_weight=pre_w, pre_eps=q.get("pre_eps", RMS_EPS),
+                             post_scale=float(q.get("post_scale") or 0.0) if rope else 0.0, eps=q.get("eps", RMS_EPS),
+                             in_offset=q.get("in_offset", 0), out=out, out_offset=q.get("out_offset", 0),
+                             out_at_pos=bool(q.get("out_at_pos")), out_row_stride=q.get("out_row_stride") or q["heads"] * D))
+        h0 += q["heads"]
+    inplace = any(q["out"] == "x" for q in rendered)
+    params = dict(T=T, D=D, parts=rendered, outputs=outputs, weights=weights, inplace=inplace, in_row_stride=in_row_stride,
+                  wg=wg, covers=covers)
     b = [Binding("x", "read_write" if inplace else "read"), Binding("cos", "read"), Binding("sin", "read")]
-    b += [] if inplace else [Binding("y", "read_write")]
-    b += [Binding("step", "uniform")]
-    return _finish(name, "rope_qknorm", "rope_qknorm.wgsl.j2", params, b, wg, grid(H, T), 4 * wg if qk_norm else 0)
+    b += [Binding(o, "read") for o in weights]
+    b += [Binding(o, "read_write") for o in outputs] + [Binding("step", "uniform")]
+    qk = any(q["qk_norm"] or q["pre_norm"] for q in rendered)
+    return _finish(name, "rope_qknorm", "rope_qknorm.wgsl.j2", params, b, wg, grid(h0, T), 4 * wg if qk else 0)
 
 
 def kv_write(T: int, W: int, *, src_offset: int = 0, src_row_stride: int | None = None, wg: int = 256, covers=(),
@@ -574,6 +687,7 @@ FAMILIES = {
     "strided_copy": strided_copy,
     "row_mean": row_mean,
     "rope_qknorm": rope_qknorm,
+    "rope_parts": rope_parts,
     "kv_write": kv_write,
     "attn_decode": attn_decode,
     "attn_prefill": attn_prefill,

@@ -85,9 +85,10 @@ def softcap(v, cap):
     return _steps(v, softcap_steps(cap)) if cap else v
 
 
-def linear(x, q, scale, group=0, norm=False, bias=None, act="none", cap=0.0, residual=None):
-    """The int8 linear with its fusions: residual + softcap(act(dequant(W) @ norm(x) + bias))."""
+def linear(x, q, scale, group=0, norm=False, bias=None, act="none", cap=0.0, residual=None, nw=None):
+    """The int8 linear with its fusions: residual + softcap(act(dequant(W) @ (norm(x) * nw) + bias))."""
     x = rmsnorm(x) if norm else x.astype(np.float64)
+    x = x * nw if nw is not None else x
     y = x @ dequantize(q, scale, group).T
     if bias is not None:
         y = y + bias
