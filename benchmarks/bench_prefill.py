@@ -11,7 +11,8 @@ compiles it and builds its own release library; every measurement runs in its ow
 to 1 or 2 cores (`taskset`: the runtime sizes its thread pool from the affinity mask), and the
 rounds interleave trees, quantizations and thread counts, so a busy neighbour slows all alike.
 Reported: the best of the rounds; prefill = one forward of the prompt (the last row's logits),
-decode = `steps` greedy next_token calls after it. `--source` compiles that checkpoint or Hugging
+decode = `steps` greedy next_token calls after it (wasm: timed inside Node, with Node's own CPU
+seconds beside the wall time). `--source` compiles that checkpoint or Hugging
 Face folder instead (e.g. bench_peers.py's llama-30m); `--llama-cpp` also times llama.cpp's
 llama-bench on a GGUF of the same weights, one thread, in every round, and prints each engine's
 decode as a ratio of it.
@@ -99,7 +100,8 @@ def measure(lib: str, dist: Path, prompt_len: int, steps: int, reps: int, wasm: 
         out = {}
         for what, n in (("prefill", prompt_len), ("decode", steps)):
             out[f"{what}_tok_s"] = n / min(w for w, _ in clocks[what][1:])
-            if not wasm:  # Node's CPU time is not this process's
+            # (this process's CPU time; for wasm, the decode's is Node's own, from inside it)
+            if not wasm or what == "decode":
                 out[f"{what}_tok_cpu_s"] = n / min(c for _, c in clocks[what][1:])
         return out
     finally:
