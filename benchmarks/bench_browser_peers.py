@@ -3,6 +3,7 @@ the same weights (issue 18, item 1, the browser half of benchmarks/bench_peers.p
 
     python benchmarks/bench_browser_peers.py --install-npm     # once: the pinned npm packages below
     python benchmarks/bench_browser_peers.py [--models llama-30m,qwen2.5-0.5b] [--rounds 3] [--json out.json]
+        [--skip webgpu,...] [--ours-dist LABEL=DIST ...]
 
 For each model, bench_peers.py's Hugging Face folder with random weights (cached under
 ~/.cache/monologue-peers) and, from that same folder:
@@ -281,8 +282,9 @@ class Browser(peers.Engine):
 
 
 def engines(browser, url: str, folder: Path, dist: Path | None, ggufs: dict, onnx: Path | None,
-            why_not: dict[str, str], skip: list[str]) -> tuple[list[peers.Engine], list[str]]:
-    """Every engine of the table on one model; those that cannot run as lines."""
+            why_not: dict[str, str], skip: list[str], more: dict[str, Path]) -> tuple[list[peers.Engine], list[str]]:
+    """Every engine of the table on one model; those that cannot run as lines. MORE: label -> a
+    prebuilt dist of the same folder whose page's wasm is timed too (served at /ours-LABEL/)."""
     from monologue_compile.artifact import load_model
 
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
@@ -298,11 +300,11 @@ def engines(browser, url: str, folder: Path, dist: Path | None, ggufs: dict, onn
         except Exception as e:  # a peer that is not installed or cannot load the model
             failed.append(f"{label}: could not run: {peers._one_line(e)}")
 
-    def ours(kind: str, label: str):
-        if dist is None:
+    def ours(kind: str, label: str, site: str = "ours", at: Path | None = dist):
+        if at is None:
             raise CannotRun(why_not.get("dist", "no dist"))
-        return Browser(browser, url, label, "ours", "ours", {"kind": kind, "site": "/ours/"},
-                       peers.graph_bytes_per_token(load_model(dist)[0]), vocab)
+        return Browser(browser, url, label, "ours", "ours", {"kind": kind, "site": f"/{site}/"},
+                       peers.graph_bytes_per_token(load_model(at)[0]), vocab)
 
     def wllama(q: str):
         npm_package("@wllama/wllama")
@@ -327,8 +329,11 @@ def engines(browser, url: str, folder: Path, dist: Path | None, ggufs: dict, onn
         e.name = f"llama.cpp {q} (native)"
         return e
 
-    add(OURS_WASM, lambda: ours("wasm", OURS_WASM))
-    add("ours WebGPU int8", lambda: ours("webgpu", "ours WebGPU int8"))
+    for name, at in more.items():
+        add(f"{OURS_WASM[:-1]}, {name})", lambda name=name, at=at: ours("wasm", f"{OURS_WASM[:-1]}, {name})", f"ours-{name}", at))
+    if not more:
+        add(OURS_WASM, lambda: ours("wasm", OURS_WASM))
+        add("ours WebGPU int8", lambda: ours("webgpu", "ours WebGPU int8"))
     for q in ("Q8_0", "Q4_0"):
         add(f"wllama {q} (wasm)", lambda q=q: wllama(q))
     add("transformers.js q8 (wasm)", lambda: transformers_js("wasm", "q8", "model_quantized.onnx"))
@@ -339,14 +344,15 @@ def engines(browser, url: str, folder: Path, dist: Path | None, ggufs: dict, onn
     return made, failed
 
 
-def bench_model(name: str, rounds: int, browser, log, skip: list[str]) -> tuple[str, dict]:
+def bench_model(name: str, rounds: int, browser, log, skip: list[str], more: dict[str, Path]) -> tuple[str, dict]:
     folder, n_params = bench_peers.hf_folder(name)
     why_not: dict[str, str] = {}
-    dist = folder.parent / "dist-web"
-    log("compiling ours (with runtime.wasm)")
-    why = bench_peers.compile_dist(folder, dist, wasm=True)
-    if why:
-        why_not["dist"], dist = f"could not build: {why[:300]}", None
+    dist = None if more else folder.parent / "dist-web"
+    if dist:
+        log("compiling ours (with runtime.wasm)")
+        why = bench_peers.compile_dist(folder, dist, wasm=True)
+        if why:
+            why_not["dist"], dist = f"could not build: {why[:300]}", None
     log("preparing the peers' forms of the folder (GGUF, ONNX)")
     ggufs, onnx = {}, None
     try:
@@ -363,15 +369,17 @@ def bench_model(name: str, rounds: int, browser, log, skip: list[str]) -> tuple[
     roots = {"bench": page, "npm": NPM / "node_modules", "onnx": peers.CACHE / "onnx"}
     if dist:
         roots["ours"] = dist
+    roots.update({f"ours-{label}": at for label, at in more.items()})
     if ggufs:
         roots["gguf"] = ggufs["Q8_0"].parent
     with serving(roots) as url, contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, page, ignore_errors=True)
         log("loading every engine in its own page")
-        made, failed = engines(browser, url, folder, dist, ggufs, onnx, why_not, skip)
+        made, failed = engines(browser, url, folder, dist, ggufs, onnx, why_not, skip, more)
         title = (f"{name}: {n_params / 1e6:.1f}M parameters (random weights), {folder}; headless Chromium "
                  f"{browser.version}, WebGPU there is SwiftShader (a CPU emulating a GPU)")
-        ratios = (("pre/wasm", OURS_WASM, "prefill_best"), ("dec/wasm", OURS_WASM, "decode_best"),
+        ours = f"{OURS_WASM[:-1]}, {next(iter(more))})" if more else OURS_WASM
+        ratios = (("pre/wasm", ours, "prefill_best"), ("dec/wasm", ours, "decode_best"),
                   ("dec/Q8", "llama.cpp Q8_0 (native)", "decode_best"))
         return peers.compare(made, failed, rounds, title, log, ratios)
 
@@ -383,8 +391,15 @@ def main():
     ap.add_argument("--install-npm", action="store_true", help="install the pinned npm packages, then exit")
     ap.add_argument("--skip", default="", help="comma-separated: leave out the engines whose names contain these "
                                                 "(e.g. webgpu: minutes a probe on a CPU-emulated adapter)")
+    ap.add_argument("--ours-dist", action="append", default=[], metavar="LABEL=DIST",
+                    help="time our page's wasm from DIST, compiled from the model's folder by some revision, instead of "
+                         "compiling dist-web (and no WebGPU row); repeatable, the first is the /wasm columns' reference; "
+                         "one model only")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     a = ap.parse_args()
+    more = dict((label, Path(at)) for label, _, at in (d.partition("=") for d in a.ours_dist))
+    if more and "," in a.models:
+        sys.exit("bench_browser_peers.py: --ours-dist goes with one model (its dists are compiled from that folder)")
     if a.install_npm:
         install_npm()
         return
@@ -401,7 +416,7 @@ def main():
             for name in a.models.split(","):
                 log = lambda m, name=name: print(f"  [{name} {time.strftime('%H:%M:%S')}] {m}",  # noqa: E731
                                                  file=sys.stderr, flush=True)
-                text, results[name] = bench_model(name, a.rounds, browser, log, [w for w in a.skip.split(",") if w])
+                text, results[name] = bench_model(name, a.rounds, browser, log, [w for w in a.skip.split(",") if w], more)
                 print(text + "\n", flush=True)
         finally:
             browser.close()

@@ -155,12 +155,16 @@ def compile_dist(source: Path, dist: Path, wasm: bool = False) -> str | None:
 
 
 def _compiler_sources() -> str:
-    """A hash of the compiler's Python sources and templates."""
+    """A hash of the compiler's Python sources and templates, and of the runtime crate and page it
+    copies into a dist (a change to the Rust runtime alone must rebuild runtime.wasm)."""
     import monologue_compile
+    from monologue_compile.resources import runtime_rs_dir, templates_dir, web_shell_dir
 
     h = hashlib.sha256()
     root = Path(monologue_compile.__file__).parent
-    for p in sorted([*root.rglob("*.py"), *(root.parent / "templates").rglob("*.j2")]):
+    files = [*root.rglob("*.py"), *templates_dir().rglob("*.j2"), *(runtime_rs_dir() / "src").rglob("*.rs"),
+             *web_shell_dir().rglob("*")]
+    for p in sorted(f for f in files if f.is_file()):
         h.update(p.read_bytes())
     return h.hexdigest()
 

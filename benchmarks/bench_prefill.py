@@ -3,6 +3,7 @@ a base revision, int8 and int4, at 1 and 2 threads, measured in the same run.
 
     python benchmarks/bench_prefill.py [--base main] [--quants int8,int4-g32] [--rounds 5]
         [--prompt 128] [--steps 64] [--wasm] [--config n_layer=8,n_embd=512,...]
+        [--source HF_FOLDER] [--llama-cpp GGUF]
 
 The model is a nanochat GPT with random weights (default: 8 layers of 512, vocab 32768: 25M
 parameters in the blocks, 59M with the embeddings). Each tree (this one, and `git archive BASE`)
@@ -10,7 +11,11 @@ compiles it and builds its own release library; every measurement runs in its ow
 to 1 or 2 cores (`taskset`: the runtime sizes its thread pool from the affinity mask), and the
 rounds interleave trees, quantizations and thread counts, so a busy neighbour slows all alike.
 Reported: the best of the rounds; prefill = one forward of the prompt (the last row's logits),
-decode = `steps` greedy next_token calls after it.
+decode = `steps` greedy next_token calls after it (wasm: timed inside Node, with Node's own CPU
+seconds beside the wall time). `--source` compiles that checkpoint or Hugging
+Face folder instead (e.g. bench_peers.py's llama-30m); `--llama-cpp` also times llama.cpp's
+llama-bench on a GGUF of the same weights, one thread, in every round, and prints each engine's
+decode as a ratio of it.
 """
 
 from __future__ import annotations
@@ -85,6 +90,9 @@ def measure(lib: str, dist: Path, prompt_len: int, steps: int, reps: int, wasm: 
             w, c = time.perf_counter(), time.process_time()
             m.forward(prompt, all_rows=False)
             clocks["prefill"].append((time.perf_counter() - w, time.process_time() - c))
+            if wasm:  # timed inside Node, as a page runs it, without a pipe round trip per token
+                clocks["decode"].append(m.bench_decode(prompt, steps))
+                continue
             w, c = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 m.next_token()
@@ -92,7 +100,8 @@ def measure(lib: str, dist: Path, prompt_len: int, steps: int, reps: int, wasm: 
         out = {}
         for what, n in (("prefill", prompt_len), ("decode", steps)):
             out[f"{what}_tok_s"] = n / min(w for w, _ in clocks[what][1:])
-            if not wasm:  # Node's CPU time is not this process's
+            # (this process's CPU time; for wasm, the decode's is Node's own, from inside it)
+            if not wasm or what == "decode":
                 out[f"{what}_tok_cpu_s"] = n / min(c for _, c in clocks[what][1:])
         return out
     finally:
@@ -131,6 +140,8 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--wasm", action="store_true", help="also runtime.wasm under Node (one thread)")
     ap.add_argument("--config", default=DEFAULT_CONFIG)
+    ap.add_argument("--source", type=Path, help="compile this checkpoint or Hugging Face folder instead of --config's GPT")
+    ap.add_argument("--llama-cpp", type=Path, metavar="GGUF", help="also time llama.cpp (one thread) on this GGUF")
     ap.add_argument("--work", type=Path, default=ROOT / "bench_out" / "prefill")
     ap.add_argument("--json", type=Path)
     # internal: the per-tree steps
@@ -146,11 +157,16 @@ def main():
         print(json.dumps(measure(lib, dist, a.prompt, a.steps, a.reps, bool(a.measure_wasm))))
         return
 
+    a.work = a.work.resolve()  # the base tree runs its steps in its own folder
     a.work.mkdir(parents=True, exist_ok=True)
-    ckpt = a.work / "checkpoint.pt"
-    config = _config(a.config)
+    ckpt = a.source.resolve() if a.source else a.work / "checkpoint.pt"
     if not ckpt.exists():
-        make_checkpoint(ckpt, config)
+        make_checkpoint(ckpt, _config(a.config))
+    llama = None
+    if a.llama_cpp:
+        from monologue_compile.peers import LlamaCpp
+
+        llama = LlamaCpp(a.llama_cpp, a.llama_cpp.stem, 1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-prefill-"))
     trees = {"this": ROOT}
     if a.base:
@@ -160,7 +176,10 @@ def main():
     builds = {}
     for tree_name, tree in trees.items():
         for quant in a.quants.split(","):
-            dist = (a.work if tree_name == "this" else tmp) / f"{tree_name}-{quant}" / "dist"
+            # (the base's dist is compiled afresh, and kept in --work for other benchmarks to time)
+            dist = a.work / f"{tree_name}-{quant}" / "dist"
+            if tree_name == "base":
+                shutil.rmtree(dist.parent, ignore_errors=True)
             try:
                 r = _run(tree, ["--prepare", str(ckpt), str(dist), quant] + (["--wasm"] if a.wasm else []))
             except SystemExit as e:
@@ -181,9 +200,18 @@ def main():
                 for k, v in r.items():
                     key = (tree_name, quant, "wasm", k)
                     best[key] = max(best.get(key, 0.0), v)
+        if llama:
+            every = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {min(every)})  # llama-bench inherits it, as our runs get taskset's
+            try:
+                pre, dec = llama.measure()  # llama-bench's own prompt 128 and 64 steps after it
+            finally:
+                os.sched_setaffinity(0, every)
+            for k, v in (("prefill_tok_s", pre), ("decode_tok_s", dec)):
+                best[("llama.cpp", "", "1t", k)] = max(best.get(("llama.cpp", "", "1t", k), 0.0), v)
     shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nmodel {a.config}; prompt {a.prompt}, decode {a.steps}; best of {a.rounds} interleaved rounds "
+    print(f"\nmodel {a.source or a.config}; prompt {a.prompt}, decode {a.steps}; best of {a.rounds} interleaved rounds "
           f"x {a.reps}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     engines = [f"native-{t}t" for t in threads] + (["wasm"] if a.wasm else [])
     metrics = ("prefill_tok_s", "decode_tok_s", "prefill_tok_cpu_s", "decode_tok_cpu_s")
@@ -196,6 +224,13 @@ def main():
                     continue
                 ratio = f"{t / b:11.2f}" if b else f"{'-':>11}"
                 print(f"{quant:10}{eng:11}{metric:18}{b or float('nan'):9.1f}{t:9.1f}{ratio}")
+    ref = best.get(("llama.cpp", "", "1t", "decode_tok_s"))
+    if ref:
+        print(f"llama.cpp {a.llama_cpp.name}, 1 thread: prefill {best[('llama.cpp', '', '1t', 'prefill_tok_s')]:.1f}, "
+              f"decode {ref:.1f} tok/s; decode (wall) as a ratio of it:")
+        for (tree_name, quant, eng, metric), v in sorted(best.items()):
+            if metric == "decode_tok_s" and tree_name != "llama.cpp":
+                print(f"  {tree_name:5} {quant:10}{eng:11}{v:8.1f} tok/s {v / ref:6.2f}x")
     quants = a.quants.split(",")
     for q4 in [q for q in quants if q.startswith("int4")]:
         for eng in engines:

@@ -702,16 +702,19 @@ def build_native(crate: Path, fast: bool = False, target_dir: Path | None = None
 
 
 def build_wasm(crate: Path, out: Path, target_dir: Path | None = None, fast: bool = False) -> Path:
-    """Build runtime.wasm (release, SIMD128; cached by the crate's sources) and copy it to `out`.
+    """Build runtime.wasm (release, SIMD128; cached by the crate's sources and flags) and copy it to `out`.
     `fast`: as build_native."""
     fast = fast or _fast_env()
     crate = Path(crate)
-    cached = cache_dir() / "wasm" / crate_hash(crate, f"fast={fast}") / "runtime_rs.wasm"
+    # SIMD128 is in every browser that has WebAssembly SIMD (all current ones); the glue checks.
+    # Bulk memory came to each of them before SIMD did: memory.copy instead of compiler_builtins'
+    # byte loops for the slice copies the crate makes (a 128 KB logits row per decode token).
+    flags = "-C target-feature=+simd128,+bulk-memory"
+    cached = cache_dir() / "wasm" / crate_hash(crate, f"fast={fast} {flags}") / "runtime_rs.wasm"
     if not cached.exists():
         tc = find_toolchain(wasm=True)
         target = Path(target_dir) if target_dir else _target_for(crate, "wasm-fast" if fast else "wasm")
-        # SIMD128 is in every browser that has WebAssembly SIMD (all current ones); the glue checks.
-        env = {"RUSTFLAGS": "-C target-feature=+simd128"}
+        env = {"RUSTFLAGS": flags}
         if fast:
             env.update(CARGO_PROFILE_RELEASE_LTO="false", CARGO_PROFILE_RELEASE_CODEGEN_UNITS="16",
                        CARGO_PROFILE_RELEASE_INCREMENTAL="true")

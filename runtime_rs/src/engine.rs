@@ -184,11 +184,6 @@ impl Engine {
         self.turn_done = None;
     }
 
-    /// The logits after the last token run, if any.
-    pub fn last_logits(&self) -> Option<&[f32]> {
-        if self.last_logits.is_empty() { None } else { Some(&self.last_logits) }
-    }
-
     pub fn pos(&self) -> usize {
         self.history.len()
     }
@@ -202,6 +197,25 @@ impl Engine {
     /// Run `ids` through the model; returns the logits of every position (T x vocab) when `all`,
     /// else of the last. Refused, with the cache untouched, when it would pass sequence_len.
     pub fn forward(&mut self, ids: &[u32], all: bool) -> Result<Vec<f32>, String> {
+        let mut out = Vec::with_capacity(if all { ids.len() * self.info.vocab } else { self.info.vocab });
+        self.run_ids(ids, all, |row| out.extend_from_slice(row))?;
+        Ok(out)
+    }
+
+    /// Sample the next token from the last logits, run it, and return it (a decode step).
+    pub fn next_token(&mut self) -> Result<u32, String> {
+        if self.last_logits.is_empty() {
+            return Err("run a forward first".to_string());
+        }
+        let t = self.sampler.sample(&self.last_logits, &self.history) as u32;
+        self.run_ids(&[t], false, |_| {})?;
+        Ok(t)
+    }
+
+    /// `forward` handing each logits row to `row` (every new position's when `all`, else the
+    /// last's) instead of collecting them: a decode step copies its logits once, into
+    /// `last_logits`, not three times.
+    fn run_ids(&mut self, ids: &[u32], all: bool, mut row: impl FnMut(&[f32])) -> Result<(), String> {
         let info = self.info;
         let state = self.state.as_mut().ok_or_else(|| "the model is not loaded".to_string())?;
         if ids.is_empty() {
@@ -215,7 +229,6 @@ impl Engine {
             return Err(format!("context full: {} + {} tokens exceed sequence_len {}", pos, ids.len(), info.seq_len));
         }
         let (lb, lv) = info.logits;
-        let mut out = Vec::with_capacity(if all { ids.len() * info.vocab } else { info.vocab });
         let mut at = pos;
         let chunks = (ids.len() + info.chunk - 1) / info.chunk;
         for (i, chunk) in ids.chunks(info.chunk).enumerate() {
@@ -224,13 +237,16 @@ impl Engine {
             let logits = &state.bufs[lb];
             let first = if info.tail { 0 } else { chunk.len() - rows };
             for t in first..first + rows {
-                out.extend_from_slice(lv.row(logits, t));
+                row(lv.row(logits, t));
+            }
+            if i + 1 == chunks {
+                self.last_logits.clear();
+                self.last_logits.extend_from_slice(lv.row(logits, first + rows - 1));
             }
             at += chunk.len();
         }
         self.history.extend_from_slice(ids);
-        self.last_logits = out[out.len() - info.vocab..].to_vec();
-        Ok(out)
+        Ok(())
     }
 
     // --- chat ------------------------------------------------------------------------------------
@@ -249,7 +265,7 @@ impl Engine {
             self.reset();
         }
         let fresh = prompt[self.history.len()..].to_vec();
-        self.forward(&fresh, false)?;
+        self.run_ids(&fresh, false, |_| {})?;
         // a generation prompt may open the thought itself: the reply then starts inside it
         let tail = &prompt[prompt.len().saturating_sub(16)..];
         let tail = self.tokenizer.as_ref().and_then(|t| t.decode_bytes(tail).ok()).unwrap_or_default();
@@ -297,7 +313,7 @@ impl Engine {
         if self.history.len() >= self.info.seq_len {
             return Ok(end(self, Done::Context, Some(t), pieces));
         }
-        self.forward(&[t], false)?;
+        self.run_ids(&[t], false, |_| {})?;
         Ok(StepOut { token: Some(t), pieces, done: None })
     }
 }

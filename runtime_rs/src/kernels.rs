@@ -268,7 +268,7 @@ mod fixed {
         /// One token against one block over whole groups of `group` values (`unit.len()` of them,
         /// hi.len() = unit.len() * group), int8 or int4: for each group g in order, row j's sums
         /// (a, b) over it go to f32 and `ys[j] += (a * 4096 + b) * unit[g] * scale[j][g]`, left to
-        /// right (`rows` with small groups; the SIMD kernels make the same f32 operations, four
+        /// right (`rows` with groups inside a tile; the SIMD kernels make the same f32 operations, four
         /// rows at a time).
         #[allow(clippy::too_many_arguments)]
         fn groups4(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
@@ -318,10 +318,6 @@ mod fixed {
         pub a: [f32; 8],
         pub b: [f32; 8],
     }
-
-    /// Groups this small (and dividing TILE) go through `groups4`: the per-piece work around a
-    /// dot4 call cost more than its 32 or 64 values (int4-g32 decode ran at half int8's speed).
-    pub const SMALL_GROUP: usize = 128;
 
     /// Activation bytes (hi and lo, per token) of one column tile that a chunk of prefill tokens
     /// may hold: the chunk's activations stay in L2 while every weight block of the tile passes
@@ -413,21 +409,27 @@ mod fixed {
         // activations (TILE * 4 bytes) stay in L1 while the weights stream past in one sequential
         // run, where a whole wide row's would not (1280x5120 ran at half speed on wasm). Each row
         // keeps its group's running (a, b) sums from one tile to the next.
-        let mut sums = vec![(0f32, 0f32); blocks_end.saturating_sub(first)];
-        for y in &mut ys[..sums.len()] {
+        let blocked_rows = blocks_end.saturating_sub(first);
+        for y in &mut ys[..blocked_rows] {
             *y = 0.0;
         }
-        let small = group <= SMALL_GROUP && TILE % group == 0;
+        // Groups that never straddle a tile (those dividing TILE, or any group of a row no wider
+        // than a tile, one scale per row included) go through `groups4`: the per-piece work
+        // around a dot4 call (an iterator, eight lane extractions, scalar f32 updates per row)
+        // cost more than a small group's 32 or 64 values (int4-g32 decode ran at half int8's
+        // speed), and 5% of a wasm decode token even with one scale per 512-value row.
+        let whole = TILE % group == 0 || width <= TILE;
+        let mut sums = if whole { Vec::new() } else { vec![(0f32, 0f32); blocked_rows] };
         for c0 in (0..width).step_by(TILE) {
             let c1 = (c0 + TILE).min(width);
             let (hi, lo) = (&x.hi[c0..c1], &x.lo[c0..c1]);
+            let (g0, g1) = (c0 / group, c1 / group); // (the groups of a whole tile)
             for r in (first..blocks_end).step_by(4) {
                 let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
                 let y = &mut ys[r - first..r - first + 4];
-                if small {
+                if whole {
                     // whole groups, each row's sums start and end in this call: the f32 arithmetic
                     // of groups4 is the one below from zero sums (0 + x is x)
-                    let (g0, g1) = (c0 / group, c1 / group);
                     let sc = |j: usize| &scale[(r + j) * groups + g0..(r + j) * groups + g1];
                     let mut y4 = [y[0], y[1], y[2], y[3]];
                     k.groups4(hi, lo, tile, group, int4, &x.unit[g0..g1], [sc(0), sc(1), sc(2), sc(3)], &mut y4);
@@ -1390,6 +1392,13 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     // place) reads each of its elements once, before the store of row i overwrites it. Rows are
     // stored in order and the residual's row i never lies before the output's (the same place, or
     // t0 rows later in the output tail), so no earlier store touches a row still to be read.
+    if t == 1 {
+        // one token: ys is its row already (a 32000-entry lm_head row was copied twice more)
+        let row = &mut ys[..ov.len];
+        apply_steps_over(row, 0, steps, out);
+        ov.row_mut(out, 0).copy_from_slice(row);
+        return;
+    }
     let mut row = vec![0f32; ov.len];
     for i in 0..t {
         for (r, v) in row.iter_mut().enumerate() {
@@ -1688,10 +1697,17 @@ pub fn attention(q: &[f32], qv: View, k: Option<(&[f32], View)>, v: Option<(&[f3
         for h in 0..a.n_head {
             let kh = h / groups;
             let qh = &qr[h * d..(h + 1) * d];
+            #[allow(unused_mut)] // advanced by the SIMD loop only
+            let mut j = lo;
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            {
+                j = simd128_attention::scores(qh, &cache.k, row, kh * d, lo, p, a.scale, &mut scores);
+            }
+            for j in j..=p {
+                scores[j] = dot_f32(qh, &cache.k[j * row + kh * d..j * row + (kh + 1) * d]) * a.scale;
+            }
             let mut max = f32::NEG_INFINITY;
-            for j in lo..=p {
-                let s = dot_f32(qh, &cache.k[j * row + kh * d..j * row + (kh + 1) * d]) * a.scale;
-                scores[j] = s;
+            for &s in &scores[lo..=p] {
                 if s > max {
                     max = s; // not f32::max: a libm call on wasm
                 }
@@ -1701,16 +1717,98 @@ pub fn attention(q: &[f32], qv: View, k: Option<(&[f32], View)>, v: Option<(&[f3
                 *s = (*s - max).exp();
                 sum += *s;
             }
+            for s in &mut scores[lo..=p] {
+                *s /= sum;
+            }
             let yh = &mut yr[h * d..(h + 1) * d];
             yh.iter_mut().for_each(|y| *y = 0.0);
+            #[allow(unused_mut)]
+            let mut c0 = 0;
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            {
+                c0 = simd128_attention::weighted_sum(&scores[lo..=p], &cache.v[lo * row + kh * d..], row, yh);
+            }
             for j in lo..=p {
-                let pj = scores[j] / sum;
-                let vr = &cache.v[j * row + kh * d..j * row + (kh + 1) * d];
-                for (y, vv) in yh.iter_mut().zip(vr) {
-                    *y += pj * vv;
+                let vr = &cache.v[j * row + kh * d + c0..j * row + (kh + 1) * d];
+                for (y, vv) in yh[c0..].iter_mut().zip(vr) {
+                    *y += scores[j] * vv;
                 }
             }
         }
+    }
+}
+
+/// Attention's two loops in SIMD128, with the scalar code's f32 operations in the same order, so
+/// the bits do not change: they were 9% of a wasm decode token at 190 positions (llama-30m),
+/// one key at a time through `dot_f32` with its horizontal sum, and a scalar weighted sum.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128_attention {
+    use core::arch::wasm32::*;
+
+    /// scores[j] = dot_f32(q, key j) * scale for the keys lo..=p (key j at keys[j * row + off..]),
+    /// four keys at a time, each with dot_f32_simd128's arithmetic (lanes i % 8 < 4 and the rest
+    /// summed apart, then (s0 + s1) + (s2 + s3)); returns the first key left to the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scores(q: &[f32], keys: &[f32], row: usize, off: usize, lo: usize, p: usize, scale: f32, scores: &mut [f32]) -> usize {
+        let d = q.len();
+        let mut j = lo;
+        if d % 8 != 0 {
+            return j;
+        }
+        while j + 4 <= p + 1 {
+            let k = [0, 1, 2, 3].map(|i| &keys[(j + i) * row + off..(j + i) * row + off + d]);
+            let z = f32x4_splat(0.0);
+            let mut acc = [[z; 2]; 4];
+            let mut i = 0;
+            // SAFETY: every load reads inside q[..d] and the four keys' rows of d (i + 8 <= d).
+            unsafe {
+                while i + 8 <= d {
+                    let (q0, q1) = (v128_load(q.as_ptr().add(i) as *const v128), v128_load(q.as_ptr().add(i + 4) as *const v128));
+                    for (a, kr) in acc.iter_mut().zip(&k) {
+                        a[0] = f32x4_add(a[0], f32x4_mul(q0, v128_load(kr.as_ptr().add(i) as *const v128)));
+                        a[1] = f32x4_add(a[1], f32x4_mul(q1, v128_load(kr.as_ptr().add(i + 4) as *const v128)));
+                    }
+                    i += 8;
+                }
+            }
+            let s = acc.map(|a| f32x4_add(a[0], a[1]));
+            // [s0 + s1, s2 + s3] of two keys, then the two halves' sums of all four
+            let pairs = |a: v128, b: v128| f32x4_add(i32x4_shuffle::<0, 2, 4, 6>(a, b), i32x4_shuffle::<1, 3, 5, 7>(a, b));
+            let (ab, cd) = (pairs(s[0], s[1]), pairs(s[2], s[3]));
+            let dots = f32x4_mul(pairs(ab, cd), f32x4_splat(scale));
+            let out = &mut scores[j..j + 4];
+            // SAFETY: out holds four f32
+            unsafe { v128_store(out.as_mut_ptr() as *mut v128, dots) };
+            j += 4;
+        }
+        j
+    }
+
+    /// y[c] += p[j] * value j[c] for every key j in order (value j at values[j * row..]), 32
+    /// columns of y in registers at a time; returns the first column left to the caller.
+    pub fn weighted_sum(p: &[f32], values: &[f32], row: usize, y: &mut [f32]) -> usize {
+        let d = y.len();
+        let mut c0 = 0;
+        assert!(!p.is_empty() && values.len() >= (p.len() - 1) * row + d);
+        while c0 + 32 <= d {
+            let yp = y[c0..].as_mut_ptr();
+            // SAFETY: loads and stores stay inside y[c0..c0 + 32] and each value row's
+            // [c0, c0 + 32), inside values by the assert
+            unsafe {
+                let mut acc = [0, 1, 2, 3, 4, 5, 6, 7].map(|l| v128_load(yp.add(4 * l) as *const v128));
+                for (j, pj) in p.iter().enumerate() {
+                    let (w, vp) = (f32x4_splat(*pj), values.as_ptr().add(j * row + c0));
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a = f32x4_add(*a, f32x4_mul(w, v128_load(vp.add(4 * l) as *const v128)));
+                    }
+                }
+                for (l, a) in acc.iter().enumerate() {
+                    v128_store(yp.add(4 * l) as *mut v128, *a);
+                }
+            }
+            c0 += 32;
+        }
+        c0
     }
 }
 
@@ -1866,6 +1964,9 @@ mod tests {
     fn blocked_layout_gives_the_same_bits() {
         // 42 rows: ten blocks of four and two rows left row-major; groups of 32 in rows of 96
         check_blocked_layout(&mut 11, 42, 96, 32, &[0, 15, 16, 95], &[1, 3]);
+        // one scale per row, and groups of a row no wider than a tile that do not divide TILE
+        check_blocked_layout(&mut 12, 9, 1376, 1376, &[0, 15, 16, 1375], &[1, 3]);
+        check_blocked_layout(&mut 12, 6, 1376, 688, &[0, 687, 688, 1375], &[1, 2]);
     }
 
     #[test]
@@ -1915,13 +2016,14 @@ mod tests {
     }
 
     #[test]
-    fn small_groups_match_the_scalar_path() {
-        // decode's small-group kernels (groups4) against the scalar one, bit for bit: int8 and
-        // int4, groups of 16 to 128, one or more tiles, rows left over; random values, and the
+    fn whole_groups_match_the_scalar_path() {
+        // decode's kernels for groups inside a tile (groups4) against the scalar one, bit for
+        // bit: int8 and int4, groups of 16 to 128 in one or more tiles, one group per row of up to
+        // a tile (one scale per row) or two, rows left over; random values, and the
         // extremes (every activation at +-2^23 of its group, every weight at +-7 or +-127 with
         // matching signs: the largest sums, a * 4096 + b up to 32 * 7 * 2^23 for int4-g32)
         let mut s = 29u64;
-        for (n, k, group) in [(6usize, 16usize, 16usize), (9, 96, 32), (8, 2144, 32), (13, 320, 64), (4, 4352, 128), (8, 128, 128)] {
+        for (n, k, group) in [(6usize, 16usize, 16usize), (9, 96, 32), (8, 2144, 32), (13, 320, 64), (4, 4352, 128), (8, 128, 128), (9, 512, 512), (6, 1376, 1376), (5, 1376, 688)] {
             for extreme in [false, true] {
                 let x: Vec<f32> = (0..k).map(|j| if extreme { if (j / 3) % 2 == 0 { 1.5 } else { -1.5 } } else { lcg(&mut s) }).collect();
                 let sign = |r: usize, j: usize| if ((j / 3) % 2 == 0) == (r % 2 == 0) { 1.0 } else { -1.0 };
@@ -1993,6 +2095,44 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn attention_gives_the_per_key_bits() {
+        // attention's loops (SIMD128: four keys at a time, 32 columns in registers) against one
+        // key at a time through dot_f32 and a plain weighted sum, bit for bit: head sizes with and
+        // without a SIMD remainder, GQA, a window, key counts that are not multiples of four
+        let mut s = 31u64;
+        for (d, n_head, n_kv_head, window, pos) in [(64usize, 8usize, 4usize, 0usize, 37usize), (40, 4, 4, 0, 9), (96, 6, 2, 5, 20), (36, 2, 2, 0, 6), (8, 2, 1, 0, 0)] {
+            let (t, row) = (3, n_kv_head * d);
+            let a = AttnShape { n_head, n_kv_head, head_dim: d, scale: 1.0 / (d as f32).sqrt(), window };
+            let mut cache = KvCache::new(pos + t, n_kv_head, d);
+            cache.k.iter_mut().chain(cache.v.iter_mut()).for_each(|v| *v = lcg(&mut s) * 3.0);
+            let q: Vec<f32> = (0..t * n_head * d).map(|_| lcg(&mut s) * 3.0).collect();
+            let qv = View { off: 0, stride: n_head * d, len: n_head * d };
+            let mut out = vec![0f32; t * n_head * d];
+            attention(&q, qv, None, None, t, pos, &mut cache, a, &mut out, qv);
+            let mut want = vec![0f32; t * n_head * d];
+            for i in 0..t {
+                let p = pos + i;
+                let lo = if window > 0 && p + 1 > window { p + 1 - window } else { 0 };
+                for h in 0..n_head {
+                    let (qh, kh) = (&q[i * n_head * d + h * d..][..d], h / (n_head / n_kv_head));
+                    let sc: Vec<f32> = (lo..=p).map(|j| dot_f32(qh, &cache.k[j * row + kh * d..][..d]) * a.scale).collect();
+                    let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+                    let e: Vec<f32> = sc.iter().map(|v| (v - max).exp()).collect();
+                    let sum = e.iter().fold(0f32, |acc, v| acc + v);
+                    let y = &mut want[i * n_head * d + h * d..][..d];
+                    for (j, ej) in (lo..=p).zip(&e) {
+                        let pj = ej / sum;
+                        for (c, yc) in y.iter_mut().enumerate() {
+                            *yc += pj * cache.v[j * row + kh * d + c];
+                        }
+                    }
+                }
+            }
+            assert_eq!(out, want, "d={} heads={}/{} window={} pos={}", d, n_head, n_kv_head, window, pos);
         }
     }
 

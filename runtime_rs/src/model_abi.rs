@@ -219,12 +219,7 @@ pub unsafe extern "C" fn mono_model_set_sampler(h: *mut MonoModel, temperature: 
 #[no_mangle]
 pub unsafe extern "C" fn mono_model_next_token(h: *mut MonoModel, out_id: *mut u32) -> i32 {
     guarded(|| {
-        let m = model(h)?;
-        let logits = m.engine.last_logits().ok_or("run a forward first")?.to_vec();
-        let history = m.engine.history.clone();
-        let t = m.engine.sampler.sample(&logits, &history) as u32;
-        m.engine.forward(&[t], false)?;
-        *out_id = t;
+        *out_id = model(h)?.engine.next_token()?;
         Ok(())
     })
 }
