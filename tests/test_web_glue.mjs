@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { RuntimeError, WasmModel } from "../web_shell/wasm_runtime.js";
+import { RuntimeError, WasmModel, missingWasmFeature } from "../web_shell/wasm_runtime.js";
 
 // A model whose runtime records every call into wasm: a refused input must never get that far.
 function model() {
@@ -59,4 +59,22 @@ test("valid ids and sampler values do reach wasm", () => {
   const ids = model();
   ids.m.forward([0, 5, 2 ** 32 - 1]);
   assert.ok(ids.calls.includes("put") && ids.calls.includes("callBytes"));
+});
+
+// An engine that cannot validate an instruction family: the probes must name what runtime.wasm needs.
+function withoutOpcode(prefix, run) {
+  const validate = WebAssembly.validate;
+  const has = (bytes) => bytes.some((_b, i) => prefix.every((p, k) => bytes[i + k] === p));
+  WebAssembly.validate = (bytes) => !has(bytes) && validate(bytes);
+  try {
+    return run();
+  } finally {
+    WebAssembly.validate = validate;
+  }
+}
+
+test("the wasm feature probes name SIMD and bulk memory when the engine lacks them", () => {
+  assert.equal(missingWasmFeature(), null);  // Node runs runtime.wasm, so it has both
+  assert.equal(withoutOpcode([253, 15], missingWasmFeature), "SIMD");  // i8x16.splat
+  assert.equal(withoutOpcode([252, 10], missingWasmFeature), "bulk memory");  // memory.copy
 });

@@ -44,7 +44,8 @@ function wasmBackend(runtime) {
   return {
     probe(_manifest, files) {
       if (!files.has(RUNTIME_WASM)) return { ok: false, reason: "this site has no runtime.wasm listed in its manifest" };
-      if (!runtime.hasWasmSimd()) return { ok: false, reason: "this browser's WebAssembly lacks SIMD" };
+      const missing = runtime.missingWasmFeature();
+      if (missing) return { ok: false, reason: `this browser's WebAssembly lacks ${missing}` };
       return { ok: true, reason: "runtime.wasm verified" };
     },
     create: ({ manifest, files, onProgress }) =>

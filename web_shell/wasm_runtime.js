@@ -25,12 +25,20 @@ export const CONTEXT_FULL = 3;
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder();
 
-// Whether this engine runs WebAssembly SIMD (runtime.wasm is built with +simd128): a tiny module
-// using one v128 instruction must validate.
-export function hasWasmSimd() {
-  const probe = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0,
-    65, 0, 253, 15, 253, 98, 11]);
-  return WebAssembly.validate(probe);
+// The WebAssembly features runtime.wasm is built with (+simd128, +bulk-memory), each as a tiny module
+// using one of its instructions that must validate: a v128 add, a memory.copy.
+const WASM_FEATURE_PROBES = {
+  SIMD: [0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11],
+  "bulk memory": [0, 97, 115, 109, 1, 0, 0, 0, 1, 4, 1, 96, 0, 0, 3, 2, 1, 0, 5, 3, 1, 0, 1, 10, 14, 1, 12, 0, 65, 0, 65,
+    0, 65, 0, 252, 10, 0, 0, 11],
+};
+
+// The first feature runtime.wasm needs that this engine lacks, or null.
+export function missingWasmFeature() {
+  for (const [name, bytes] of Object.entries(WASM_FEATURE_PROBES)) {
+    if (!WebAssembly.validate(new Uint8Array(bytes))) return name;
+  }
+  return null;
 }
 
 export async function instantiate(source) {
