@@ -197,3 +197,12 @@ def test_comparison_reads_lengths_then_digits_from_the_left(a, b):
 def test_words_are_unique_and_lowercase():
     assert len(set(reasoning.WORDS)) == len(reasoning.WORDS)
     assert all(w.isalpha() and w.islower() for w in reasoning.WORDS)
+
+
+def test_spelling_copies_the_asked_word_then_its_letters():
+    rng = random.Random(3)
+    for _ in range(50):
+        c = FAMILIES["spell"](rng)
+        word = c.key.split(":")[1]
+        assert word in c.user.split(" ")[-1] or f" {word} " in c.user
+        assert c.thought == f"Spell {word}: {' '.join(word)}." and c.answer.replace(" ", "") == word

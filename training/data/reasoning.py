@@ -266,7 +266,7 @@ def _chat(rng: random.Random) -> Conversation:
 ABOUT = {
     "summary": ("A small demo model trained only on Monologue's built-in exercises: it adds and subtracts whole "
                 "numbers up to 999, multiplies a number up to 999 by one digit, says which of two numbers up to "
-                "9999 is larger, counts a letter in one of about a hundred common words, and solves one-step word "
+                "9999 is larger, spells and counts a letter in one of about a hundred common words, and solves one-step word "
                 "problems, writing out its working first. Beyond that it knows a few greetings."),
     "examples": ["How many r's in strawberry?", "What is 347 * 6?", "What is 905 - 478?", "Which is larger, 4096 or 4069?",
                  "Tom has 4 boxes with 12 marbles in each box. How many marbles is that in total?"],
