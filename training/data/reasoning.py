@@ -266,14 +266,17 @@ def _chat(rng: random.Random) -> Conversation:
 ABOUT = {
     "summary": ("A small demo model trained only on Monologue's built-in exercises: it adds and subtracts whole "
                 "numbers up to 999, multiplies a number up to 999 by one digit, says which of two numbers up to "
-                "9999 is larger, spells and counts a letter in one of about a hundred common words, and solves one-step word "
+                "9999 is larger, counts a letter in one of about a hundred common words, and solves one-step word "
                 "problems, writing out its working first. Beyond that it knows a few greetings."),
     "examples": ["How many r's in strawberry?", "What is 347 * 6?", "What is 905 - 478?", "Which is larger, 4096 or 4069?",
                  "Tom has 4 boxes with 12 marbles in each box. How many marbles is that in total?"],
 }
 
 FAMILIES = {"add": _add, "sub": _sub, "mul": _mul, "compare": _compare, "count": _count, "spell": _spell, "word": _word, "chat": _chat}
-REASONING_FAMILIES = tuple(name for name in FAMILIES if name != "chat")
+# Families trained but not evaluated: greetings, and spelling, which is there to teach counting its
+# first step (a word left out of its spelling problems was spelled wrong: 0 of 8 held-out words; the
+# counting trace spells every word correctly).
+REASONING_FAMILIES = tuple(name for name in FAMILIES if name not in ("chat", "spell"))
 # add and sub are learnt first; the families with longer traces (mul, count, word) get the larger shares.
 DEFAULT_MIX = {"add": 0.11, "sub": 0.11, "mul": 0.19, "compare": 0.11, "count": 0.22, "spell": 0.06, "word": 0.16, "chat": 0.04}
 
