@@ -98,7 +98,7 @@ build_demo() {
     if [ -f "$DEMO_RUN/checkpoint.pt" ]; then
         say "demo model: reusing $DEMO_RUN/checkpoint.pt (delete it to train again)"
     else
-        say "demo model: training into $DEMO_RUN (about 10 minutes on 2 CPU cores)"
+        say "demo model: training into $DEMO_RUN (10-30 minutes on 2 CPU cores, by their speed)"
         "$PYTHON" -m monologue_compile train --preset demo --out "$DEMO_RUN"
     fi
     say "compile: $DEMO_RUN/checkpoint.pt -> $DIST/ (int8, WGSL plan, runtime.wasm, web page) with parity checks"
