@@ -122,14 +122,13 @@ def set_cpu_threads():
 class ThreadPolicy:
     """Re-chooses the CPU thread count every `every` steps from the work the rest of the machine did
     meanwhile, so a job that starts (or ends) beside a long training run changes its thread count
-    within a minute. Does nothing when MONOLOGUE_THREADS fixes the count."""
+    within a minute (cpu_threads keeps a count MONOLOGUE_THREADS fixes)."""
 
     def __init__(self, every: int = 20):
         self.every, self.watch = every, OtherWork()
-        self.fixed = bool(os.environ.get("MONOLOGUE_THREADS"))
 
     def after_step(self, step: int) -> str | None:
-        if self.fixed or step % self.every:
+        if step % self.every:
             return None
         others = self.watch.busy_cores()
         threads, before = cpu_threads(others), torch.get_num_threads()

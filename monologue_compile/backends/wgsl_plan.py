@@ -526,12 +526,11 @@ class _Builder:
         w = self._q8(n, wname)
         N, K = w.shape
         pro = n.attrs.get("prologue")
-        folded = self.producer.get(n.inputs[0])
-        folded = folded if folded is not None and self._folded_norm(folded, T) else None
+        before = self.producer.get(n.inputs[0])
+        folded = before if before is not None and self._folded_norm(before, T) else None
         if folded is not None:  # the norm before this matmul, as its prologue
             pro = {"rms_norm": True, "eps": folded.attrs["eps"]}
-        mapped = self.producer.get(n.inputs[0])
-        mapped = mapped if mapped is not None and self._folded_map(mapped, T) else None
+        mapped = before if before is not None and self._folded_map(before, T) else None
         x = self.loc[(folded or mapped).inputs[0] if folded or mapped else n.inputs[0]]
         if x.row_floats != K or x.at_pos:
             _fail(n, "input rows are not K contiguous floats")

@@ -141,23 +141,30 @@ def _epilogue_params(act, bias, softcap, residual, steps):
                 ep_desc=" -> ".join(elementwise_fns.describe(st) for st in steps))
 
 
+def _map_exprs(steps: list[dict], v: str, read, what: str) -> list[str]:
+    """Map steps (elementwise.py) as WGSL expressions assigned to `v` in turn; `read(i)` is the
+    expression of tensor operand i at the current element."""
+    out = []
+    for st in steps:
+        if "operand" in st:
+            a, b = v, read(st["operand"])
+            out.append(f"ew_{st['fn']}({b}, {a})" if st.get("reverse") else f"ew_{st['fn']}({a}, {b})")
+        else:
+            try:
+                out.append(elementwise_fns.wgsl_step(st, v))
+            except (ValueError, KeyError) as err:
+                raise ValueError(f"{what}: {err}") from None
+    return out
+
+
 def _prologue_params(steps, operands, ep: dict) -> dict:
     """Render parameters of the matvec's map prologue: x[k] -> steps(x[k], op0[k], ...), any chain of
     the IR's elementwise steps (elementwise.py) whose tensor operands are rows of K at `operands`
     (float offsets, multiples of 4); `ep_functions` then defines what the epilogue and prologue call."""
     steps = list(steps or [])
     _check(all(o % 4 == 0 for o in operands), f"prologue operand offsets {operands} must be multiples of 4")
-    exprs = []
-    for st in steps:
-        if "operand" in st:
-            _check(st["operand"] < len(operands), f"prologue step {st} reads a missing operand")
-            a, b = "v", f"o{st['operand']}"
-            exprs.append(f"ew_{st['fn']}({b}, {a})" if st.get("reverse") else f"ew_{st['fn']}({a}, {b})")
-        else:
-            try:
-                exprs.append(elementwise_fns.wgsl_step(st))
-            except (ValueError, KeyError) as e:
-                raise ValueError(f"prologue: {e}") from None
+    _check(all(st["operand"] < len(operands) for st in steps if "operand" in st), f"a prologue step of {steps} reads a missing operand")
+    exprs = _map_exprs(steps, "v", lambda i: f"o{i}", "prologue")
     names = [st["fn"] for st in ep.get("ep_steps_src", [])] + [st["fn"] for st in steps]
     return dict(pro_steps=exprs, pro_ops=[o // 4 for o in operands],
                 pro_desc=" -> ".join(elementwise_fns.describe(st) for st in steps),
@@ -336,27 +343,14 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
         lane = "j" if rep == 1 else f"j / {rep}u"
         return f"{name}[{idx} + ({lane}) % {ln}u]" if ln != L or rep != 1 else f"{name}[{idx} + j]"
 
-    def chain(steps: list[dict], v: str, read) -> list[str]:
-        """The map steps as expressions assigned to v in turn."""
-        out = []
-        for st in steps:
-            if "operand" in st:
-                a, b = v, read(st["operand"])
-                out.append(f"ew_{st['fn']}({b}, {a})" if st.get("reverse") else f"ew_{st['fn']}({a}, {b})")
-            else:
-                try:
-                    out.append(elementwise_fns.wgsl_step(st, v))
-                except (ValueError, KeyError) as err:
-                    raise ValueError(f"elementwise: {err}") from None
-        return out
-
     inner = []  # per-element statements computing the inner operands, u<k>
     for k, o in enumerate(operands):
         if "inner" in o:
             io = o["inner"]
             _check(all(st["fn"] in elementwise_fns.FUNCTIONS for st in io["steps"]), "an inner chain maps elements only")
             inner.append(f"var u{k} = {read_at(f'op{k}_s', io['src'])};")
-            inner += [f"u{k} = {e};" for e in chain(io["steps"], f"u{k}", lambda i, k=k: read_at(f"op{k}_{i}", io["operands"][i]))]
+            inner += [f"u{k} = {e};" for e in _map_exprs(io["steps"], f"u{k}", lambda i, k=k: read_at(f"op{k}_{i}", io["operands"][i]),
+                                                              "elementwise")]
 
     def read(k: int) -> str:
         return f"u{k}" if "inner" in operands[k] else read_at(f"op{k}", operands[k])
@@ -373,7 +367,7 @@ def elementwise(T: int, L: int, steps: list[dict], operands: list[dict] = (), *,
             segments.append(dict(kind="rms" if fn == "rms_norm" else "layer", width=width, eps=float(st["eps"]),
                                  weight=weight, bias=bias))
             continue
-        (e,) = chain([st], "v", read)
+        (e,) = _map_exprs([st], "v", read, "elementwise")
         if not segments or segments[-1]["kind"] != "map":
             segments.append(dict(kind="map", exprs=[]))
         segments[-1]["exprs"].append(e)
