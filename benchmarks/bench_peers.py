@@ -1,13 +1,16 @@
 """Our backends beside llama.cpp, ONNX Runtime and PyTorch on the same weights (issue 18, item 1).
 
     python benchmarks/bench_peers.py --build-llama-cpp          # once: fetch and build llama.cpp (~30 min on 1 core)
-    python benchmarks/bench_peers.py [--models llama-30m,qwen2.5-0.5b] [--rounds 5] [--json out.json]
+    python benchmarks/bench_peers.py [--models llama-30m,qwen2.5-0.5b] [--quants int8,int4-g32] [--rounds 5]
+        [--json out.json]
 
 For each model, a Hugging Face folder with random weights (transformers + save_pretrained, f32
 safetensors, and a synthetic byte-level BPE tokenizer.json: llama.cpp's converter writes a
 vocabulary) is cached under ~/.cache/monologue-peers/models (MONOLOGUE_PEERS_CACHE moves it), then
 one interleaved run (monologue_compile/peers.py) times, prompt 128 / generate 64 / greedy / batch 1:
   ours on the folder (`monologue-compile FOLDER -o DIST`): native 1 and 2 threads, wasm, WGSL;
+      each further --quants scheme (`--quant int4-g32`) natively at 1 and 2 threads (set beside
+      llama.cpp Q4_0: the dec/Q4 column);
   ours on a nanochat-style GPT twin with the same matmul shapes and bytes (same width, heads, KV
       heads, layers, vocabulary and tying; MLP width 1.5x the SwiGLU intermediate size, so its two
       matrices hold as many weights as SwiGLU's three): the project's own architecture builds on
@@ -138,19 +141,20 @@ def gpt_twin(name: str) -> tuple[Path, dict]:
     return path, cfg.to_dict()
 
 
-def compile_dist(source: Path, dist: Path, wasm: bool = False) -> str | None:
-    """`monologue-compile SOURCE -o DIST` in a child (cached while the compiler's sources are the
+def compile_dist(source: Path, dist: Path, wasm: bool = False, quant: str = "int8") -> str | None:
+    """`monologue-compile SOURCE -o DIST --quant QUANT` in a child (cached while the compiler's sources are the
     same: a dist from an older compiler would time, or refuse, what that compiler made), with
     runtime.wasm if WASM (the page needs it; Node's row builds its own beside the dist); None, or
     the reason it failed."""
     stamp = dist.parent / f"{dist.name}.compiler"
-    if (dist / "model" / "manifest.json").exists() and stamp.exists() and stamp.read_text() == _compiler_sources():
+    want = f"{quant}\n{_compiler_sources()}"
+    if (dist / "model" / "manifest.json").exists() and stamp.exists() and stamp.read_text() == want:
         return None
     r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(source), "-o", str(dist),
-                        *([] if wasm else ["--no-wasm"])], capture_output=True, text=True)
+                        "--quant", quant, *([] if wasm else ["--no-wasm"])], capture_output=True, text=True)
     if r.returncode:
         return ([line for line in r.stderr.splitlines() if line.startswith("error")] or r.stderr.splitlines() or ["?"])[-1]
-    stamp.write_text(_compiler_sources())
+    stamp.write_text(want)
     return None
 
 
@@ -169,20 +173,23 @@ def _compiler_sources() -> str:
     return h.hexdigest()
 
 
-def bench_model(name: str, rounds: int) -> tuple[str, dict]:
+def bench_model(name: str, rounds: int, quants: list[str]) -> tuple[str, dict]:
     log = lambda m: print(f"  [{name} {time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)  # noqa: E731
     folder, n_params = hf_folder(name)
     twin, twin_cfg = gpt_twin(name)
     engines, failed = [], []
-    for label, source, dist in (("ours", folder, folder.parent / "dist"),
-                                ("ours GPT twin", twin, folder.parent / "dist-gpt-twin")):
-        log(f"compiling {label}")
-        why = compile_dist(source, dist)
+    # (label, source, dist, quant, every backend or native only)
+    builds = [("ours", folder, folder.parent / "dist", quants[0], True),
+              ("ours GPT twin", twin, folder.parent / "dist-gpt-twin", quants[0], True)]
+    builds += [("ours", folder, folder.parent / f"dist-{q}", q, False) for q in quants[1:]]
+    for label, source, dist, quant, every in builds:
+        log(f"compiling {label} {quant}")
+        why = compile_dist(source, dist, quant=quant)
         if why:
-            failed.append(f"{label}: could not build: {why[:300]}")
+            failed.append(f"{label} {quant}: could not build: {why[:300]}")
             continue
-        log(f"building the native and wasm runtimes: {label}")
-        e, f = peers.our_engines(dist, label)
+        log(f"building the runtimes: {label} {quant}")
+        e, f = peers.our_engines(dist, label, wasm=every, wgsl=every)
         engines += e
         failed += f
     log("preparing the peers (GGUF, ONNX export)")
@@ -198,6 +205,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per model (best and median)")
+    ap.add_argument("--quants", default="int8,int4-g32",
+                    help="our schemes: the first on every backend (and the GPT twin), the rest natively")
     ap.add_argument("--build-llama-cpp", action="store_true", help="fetch and build llama.cpp, then exit")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     a = ap.parse_args()
@@ -206,7 +215,7 @@ def main():
         return
     results = {}
     for name in a.models.split(","):
-        text, results[name] = bench_model(name, a.rounds)
+        text, results[name] = bench_model(name, a.rounds, a.quants.split(","))
         print(text + "\n", flush=True)
     if a.json:
         a.json.write_text(json.dumps(results, indent=1) + "\n")

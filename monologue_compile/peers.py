@@ -122,13 +122,13 @@ def _native_worker(lib: str, dist: str, cores: str, prompt_len: int, steps: int)
 
 
 class Native(Engine):
-    def __init__(self, dist: Path, g, threads: int, label: str):
+    def __init__(self, dist: Path, g, threads: int, name: str):
         from .backends.rust_crate import build_native, trusted_crate
 
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < threads:
             raise CannotRun(f"{threads} threads asked, this process may use {len(cores)} cores")
-        self.name, self.threads, self.bytes_per_token = f"{label} native int8", threads, graph_bytes_per_token(g)
+        self.name, self.threads, self.bytes_per_token = name, threads, graph_bytes_per_token(g)
         lib = build_native(trusted_crate(g))
         code = "import sys; from monologue_compile.peers import _native_worker as w; w(*sys.argv[1:4], *map(int, sys.argv[4:]))"
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(lib), str(dist),
@@ -155,14 +155,14 @@ class Native(Engine):
 
 
 class Wasm(Engine):
-    def __init__(self, dist: Path, g, label: str):
+    def __init__(self, dist: Path, g, name: str):
         from .artifact import checked_manifest
         from .backends.native import WasmModel
         from .backends.rust_crate import build_wasm, find_toolchain, trusted_crate
 
         if not shutil.which("node"):
             raise CannotRun("no node on PATH")
-        self.name, self.bytes_per_token = f"{label} wasm int8 (Node)", graph_bytes_per_token(g)
+        self.name, self.bytes_per_token = name, graph_bytes_per_token(g)
         wasm = dist / "runtime.wasm"
         if not wasm.exists():  # built beside, never into, the user's DIST
             find_toolchain(wasm=True)
@@ -187,7 +187,7 @@ class Wasm(Engine):
 
 
 class Wgsl(Engine):
-    def __init__(self, dist: Path, g, label: str):
+    def __init__(self, dist: Path, g, name: str):
         from .backends.wgpu_executor import WgpuSession
         from .bench import _session_rates
         from .wgsl import device as wdev
@@ -195,7 +195,7 @@ class Wgsl(Engine):
         self.s = WgpuSession.from_dist(dist)
         device = wdev.adapter().info.get("device", "?").split(" (")[0]
         emulated = any(k in device.lower() for k in ("llvmpipe", "lavapipe", "swiftshader"))
-        self.name = f"{label} WGSL int8 ({device}{', CPU-emulated' if emulated else ''})"
+        self.name = name + f" ({device}{', CPU-emulated' if emulated else ''})"
         self.threads = len(os.sched_getaffinity(0))  # lavapipe runs its own threads
         self.max_runs = 1  # minutes a run on a CPU-emulated adapter, whose timings rank nothing anyway
         self.bytes_per_token = graph_bytes_per_token(g)
@@ -215,18 +215,21 @@ class Wgsl(Engine):
         return r["prefill_tok_s"], r["decode_tok_s"]
 
 
-def our_engines(dist: Path, label: str = "ours", rust: bool = True, wasm: bool = True) -> tuple[list[Engine], list[str]]:
-    """Native (1, 2 threads), wasm and WGSL on DIST; the ones that could not start as lines."""
+def our_engines(dist: Path, label: str = "ours", rust: bool = True, wasm: bool = True,
+                wgsl: bool = True) -> tuple[list[Engine], list[str]]:
+    """Native (1, 2 threads), wasm and WGSL on DIST, named by its quantization scheme ("ours native
+    int4-g32"); the ones that could not start as lines."""
     from .artifact import load_model
 
-    g, _, _ = load_model(dist)
+    g, manifest, _ = load_model(dist)
+    native, web, gpu = (f"{label} {kind} {manifest['model'].get('quant', 'int8')}" for kind in ("native", "wasm", "WGSL"))
     engines, failed = [], []
-    for what, make, on in ((f"{label} native int8, 1 thread", lambda: Native(dist, g, 1, label), rust),
-                           (f"{label} native int8, 2 threads", lambda: Native(dist, g, 2, label), rust),
-                           (f"{label} wasm int8 (Node)", lambda: Wasm(dist, g, label), rust and wasm),
-                           (f"{label} WGSL int8", lambda: Wgsl(dist, g, label), True)):
+    for what, make, on in ((f"{native}, 1 thread", lambda: Native(dist, g, 1, native), rust),
+                           (f"{native}, 2 threads", lambda: Native(dist, g, 2, native), rust),
+                           (f"{web} (Node)", lambda: Wasm(dist, g, f"{web} (Node)"), rust and wasm),
+                           (gpu, lambda: Wgsl(dist, g, gpu), wgsl)):
         if not on:
-            failed.append(f"{what}: skipped (--no-rust / --no-wasm)")
+            failed.append(f"{what}: skipped (not asked for)")
             continue
         try:
             engines.append(make())
