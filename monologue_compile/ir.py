@@ -55,8 +55,12 @@ class Weight:
     role: str = "param"  # param | table (position-indexed buffer) | derived (made by a pass)
 
     def nbytes(self) -> int:
+        """Bytes as the artifact stores them (int4 values two to a byte; in memory they are unpacked)."""
         if self.dtype == "q8":
-            return int(self.data["q"].nbytes + self.data["scale"].nbytes)
+            q = self.data["q"].nbytes
+            if (self.quant or {}).get("bits", 8) == 4:
+                q = (q + 1) // 2
+            return int(q + self.data["scale"].nbytes)
         return int(np.asarray(self.data).nbytes)
 
 

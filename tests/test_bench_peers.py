@@ -66,6 +66,23 @@ def test_bytes_per_token_int8_is_a_quarter_of_fp32(dist):
     assert 0.25 * fp32 < int8 < 0.35 * fp32, (int8, fp32)
 
 
+def test_a_weights_bytes_are_the_bytes_the_artifact_stores_int4_packed(tmp_path):
+    """The MB/tok and roofline columns: an int4 weight streams half a byte per value, as stored."""
+    import json
+
+    from monologue_compile.artifact import load_model
+
+    dist = tmp_path / "dist"
+    compile_to(write_checkpoint(tmp_path / "c.pt", tiny_model(seed=4, sequence_len=256)), dist, quant="int4-g32")
+    g, _, _ = load_model(dist)
+    tensors = json.loads((dist / "model" / "manifest.json").read_text())["weights"]["tensors"]
+    int4 = [name for name, w in g.weights.items() if (w.quant or {}).get("bits") == 4]
+    assert int4
+    for name, w in g.weights.items():
+        stored = sum(c["nbytes"] for a in tensors[name]["arrays"].values() for c in a["chunks"])
+        assert w.nbytes() == stored, name
+
+
 def test_peers_refuses_a_folder_that_is_not_a_hf_model(dist, tmp_path):
     r = CliRunner().invoke(main, ["bench", str(dist), "--peers", "--no-rust", "--hf-folder", str(tmp_path)])
     assert r.exit_code == 2 and "not a Hugging Face model folder" in r.output and "Traceback" not in r.output
