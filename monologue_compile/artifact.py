@@ -54,7 +54,7 @@ def _arrays(g: Graph) -> list[tuple[str, str, np.ndarray]]:
         w = g.weights[name]
         if w.dtype == "q8":
             q = np.ascontiguousarray(w.data["q"], dtype=np.int8)
-            if w.quant.get("bits", 8) == 4:
+            if w.bits == 4:
                 q = pack_int4(q)
             # 4 int8 (or 8 int4) per u32 along K: exactly the row bytes, little-endian.
             out.append((name, "q", q.view("<u4")))

@@ -54,13 +54,15 @@ class Weight:
     quant: dict | None = None  # {"scheme": "int8"|"int8-g64"|..., "group": K or 64/128, "k_pad": int}
     role: str = "param"  # param | table (position-indexed buffer) | derived (made by a pass)
 
+    @property
+    def bits(self) -> int:
+        """Bits per stored value of a q8 weight: 8, or 4 (two to a byte; unpacked in memory)."""
+        return int((self.quant or {}).get("bits", 8))
+
     def nbytes(self) -> int:
-        """Bytes as the artifact stores them (int4 values two to a byte; in memory they are unpacked)."""
+        """Bytes as the artifact stores them."""
         if self.dtype == "q8":
-            q = self.data["q"].nbytes
-            if (self.quant or {}).get("bits", 8) == 4:
-                q = (q + 1) // 2
-            return int(q + self.data["scale"].nbytes)
+            return int(self.data["q"].size * self.bits // 8 + self.data["scale"].nbytes)
         return int(np.asarray(self.data).nbytes)
 
 

@@ -404,7 +404,7 @@ class Emitter:
         for name in self.weight_names:
             w = self.g.weights[name]
             if w.dtype == "q8":
-                kp, grp, bits = int(w.quant["k_pad"]), int(w.quant["group"]), int(w.quant.get("bits", 8))
+                kp, grp, bits = int(w.quant["k_pad"]), int(w.quant["group"]), w.bits
                 if len(w.shape) != 2 or kp % grp or kp % 4 or bits not in (4, 8) or (bits == 4 and grp % 16):
                     raise CodegenError(f"weight {name}: quantized packing {w.quant} is not supported")
                 q8 = f"Some(({kp}, {grp}, {bits}))"

@@ -151,7 +151,7 @@ class _Builder:
         w = self.g.weights[name]
         if name not in self.weight_parts:
             q, scale = w.data["q"], w.data["scale"]
-            n, row_bytes = q.shape[0], q.shape[1] * w.quant.get("bits", 8) // 8
+            n, row_bytes = q.shape[0], q.shape[1] * w.bits // 8
             self.weight_parts[name] = _row_parts(n, row_bytes, self.max_binding)
             for i, (r0, r1) in enumerate(self.weight_parts[name]):
                 sfx = f"#{i}" if len(self.weight_parts[name]) > 1 else ""
@@ -275,7 +275,7 @@ class _Builder:
             _fail(n, "the gathered ids are not the model's input ids")
         w = self._q8(n, table)
         V, C = w.shape
-        if w.data["scale"].shape[1] != 1 or w.quant["k_pad"] != kern.k_pad(C) or w.quant.get("bits", 8) != 8:
+        if w.data["scale"].shape[1] != 1 or w.quant["k_pad"] != kern.k_pad(C) or w.bits != 8:
             _fail(n, "embed_int8 reads per-row scales and rows of k_pad(C); this table is group-quantized "
                      f"({w.quant['scheme']}, k_pad {w.quant['k_pad']})")
         ep = n.attrs.get("epilogue") or []
@@ -543,7 +543,7 @@ class _Builder:
         ep = self._epilogue(n)
         bias = ep.pop("bias", None)
         rest = ep.pop("rest", None)
-        kw = dict(group=self._group(n, w, K), bits=w.quant.get("bits", 8), norm=bool(pro), **ep)
+        kw = dict(group=self._group(n, w, K), bits=w.bits, norm=bool(pro), **ep)
         if pro:
             kw["eps"] = pro["eps"]
         norm_weight = folded.inputs[1] if folded is not None and len(folded.inputs) > 1 else None
