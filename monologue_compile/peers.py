@@ -580,8 +580,9 @@ def peer_engines(hf_folder: Path | None, dist: Path | None) -> tuple[list[Engine
 
 # --- the interleaved run and its table ---------------------------------------------------------------
 
-def run_rounds(engines: list[Engine], rounds: int, log=None) -> list[dict]:
-    """Every engine once per round; an engine that fails is reported and dropped."""
+def run_rounds(engines: list[Engine], rounds: int, log=None, on_round=None) -> list[dict]:
+    """Every engine once per round; an engine that fails is reported and dropped. ON_ROUND gets the
+    rows so far after each round, so a run cut short still leaves its numbers."""
     runs: dict[int, list] = {id(e): [] for e in engines}
     errors: dict[int, str] = {}
     for r in range(rounds):
@@ -594,6 +595,12 @@ def run_rounds(engines: list[Engine], rounds: int, log=None) -> list[dict]:
                 errors[id(e)] = _one_line(ex)
         if log:
             log(f"round {r + 1}/{rounds} done")
+        if on_round and r + 1 < rounds:
+            on_round(r + 1, _rows(engines, runs, errors))
+    return _rows(engines, runs, errors)
+
+
+def _rows(engines: list[Engine], runs: dict, errors: dict) -> list[dict]:
     rows = []
     for e in engines:
         row = {"engine": e.name, "family": e.family, "threads": e.threads, "bytes_per_token": e.bytes_per_token}
@@ -648,7 +655,9 @@ def compare(engines: list[Engine], failed: list[str], rounds: int, title: str = 
     """Interleaved rounds of ENGINES; (table, numbers)."""
     bandwidth = memcpy_bandwidth()
     try:
-        rows = run_rounds(engines, rounds, log)
+        partial = (lambda done, rows: log(f"table after {done} of {rounds} rounds:\n"
+                                          + table(rows, bandwidth, failed, title, ratios))) if log else None
+        rows = run_rounds(engines, rounds, log, partial)
     finally:
         for e in engines:
             e.close()

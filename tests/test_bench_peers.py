@@ -53,6 +53,34 @@ def test_peers_with_a_folder_but_no_llama_cpp_names_what_is_missing(dist, tmp_pa
     assert any(line.startswith("llama.cpp: could not run: no llama-bench in") for line in failed), failed
 
 
+def test_each_round_but_the_last_logs_the_table_so_far_and_a_crashing_engine_is_a_row():
+    """A long run cut short (the 0.5B model takes many minutes a round) still leaves its numbers."""
+    from monologue_compile import peers
+
+    class Fake(peers.Engine):
+        def __init__(self, name, speeds):
+            self.name, self.speeds = name, iter(speeds)
+
+        def measure(self):
+            return next(self.speeds)
+
+    class Crash(peers.Engine):
+        name = "crashes"
+
+        def measure(self):
+            raise RuntimeError("segfault in round one")
+
+    logged = []
+    text, numbers = peers.compare([Fake("steady", [(100.0, 10.0), (300.0, 30.0), (200.0, 20.0)]), Crash()], [],
+                                  3, "fakes", logged.append)
+    partial = [m for m in logged if m.startswith("table after")]
+    assert [m.splitlines()[0] for m in partial] == ["table after 1 of 3 rounds:", "table after 2 of 3 rounds:"]
+    assert "steady" in partial[0] and "100" in partial[0] and "300" not in partial[0]
+    steady, crashed = numbers["rows"]
+    assert (steady["decode_best"], steady["decode_median"], steady["runs"]) == (30.0, 20.0, 3)
+    assert "segfault in round one" in crashed["error"] and "segfault in round one" in text
+
+
 def test_bytes_per_token_int8_is_a_quarter_of_fp32(dist):
     from monologue_compile import peers
     from monologue_compile.artifact import load_model
