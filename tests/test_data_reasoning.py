@@ -42,6 +42,14 @@ def test_heldout_set_is_deterministic_distinct_and_covers_every_family():
     assert {c.family for c in a} == set(REASONING_FAMILIES)
 
 
+def test_asking_for_more_heldout_problems_than_a_family_has_returns_all_it_has():
+    # count has about 140 (a hundred-odd words times the letters asked); asking 1,000 once drew
+    # 20 million problems before giving up
+    count = heldout_conversations(1000, seed=0, families=("count",))
+    assert 120 < len(count) < 1000 and len({c.key for c in count}) == len(count)
+    assert all(c.family == "count" and is_heldout(c.key) for c in count)
+
+
 def test_mix_draws_every_family():
     families = {c.family for c in training_conversations(2000, seed=1)}
     assert families == set(FAMILIES)

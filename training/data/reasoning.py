@@ -311,11 +311,12 @@ def heldout_conversations(n_per_family: int, seed: int = 0, families=REASONING_F
     out = []
     for family in families:
         seen: dict[str, Conversation] = {}
-        for _ in range(20000 * n_per_family):
-            if len(seen) == n_per_family:
-                break
+        draws_since_new = 0  # a family with fewer held-out problems than asked runs dry: stop there
+        while len(seen) < n_per_family and draws_since_new < 100_000:
             conversation = sample_conversation(rng, family)
+            draws_since_new += 1
             if is_heldout(conversation.key) and conversation.key not in seen:
                 seen[conversation.key] = conversation
+                draws_since_new = 0
         out.extend(seen.values())
     return out
