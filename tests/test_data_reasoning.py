@@ -90,6 +90,32 @@ def test_every_multiplication_column_is_a_table_fact_then_the_carry(a, m):
     assert not rest and carry == 0 and int(result) == a * m == _final(thought)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 99999), st.integers(0, 99999))
+def test_every_subtraction_column_is_two_facts_of_two_operands(a, b):
+    """Re-derive each column: the borrow added to the lower digit, that taken from the upper digit
+    (ten borrowed when it is larger), the result growing on the left, the borrow passed on."""
+    a, b = max(a, b), min(a, b)
+    thought = subtraction_thought(a, b)
+    columns = re.findall(r"(\d+)-(\d+): (\d)\+(\d)=(\d+), (\d)-(\d+)(?: is negative, 1(\d)-(\d+))?=(\d+), (\d+) borrow (\d)\.", thought)
+    assert len(columns) == len(re.findall(r"\d+-\d+:", thought))
+    rest_a, rest_b, borrow, result = str(a), str(b), 0, ""
+    for ra, rb, y, bin_, lower, x, lower2, x2, lower3, d, grown, bout in columns:
+        assert (ra, rb) == (rest_a, rest_b or "0") and int(y) == int((rest_b or "0")[-1]) and int(x) == int(ra[-1])
+        assert int(bin_) == borrow and int(lower) == int(y) + borrow and lower2 == lower
+        negative = int(x) < int(lower)
+        assert bool(x2) == negative and int(bout) == negative and (not negative or (x2, lower3) == (x, lower))
+        assert int(d) == int(x) + 10 * negative - int(lower) and grown == d + result
+        rest_a, rest_b, borrow, result = rest_a[:-1], rest_b[:-1], int(bout), grown
+    assert not rest_a and borrow == 0 and int(result) == a - b == _final(thought)
+
+
+def test_subtraction_trace_format():
+    assert subtraction_thought(905, 478) == (
+        "905-478: 8+0=8, 5-8 is negative, 15-8=7, 7 borrow 1. 90-47: 7+1=8, 0-8 is negative, 10-8=2, 27 borrow 1. "
+        "9-4: 4+1=5, 9-5=4, 427 borrow 0. Answer 427.")
+
+
 def test_multiplication_trace_format():
     assert multiplication_thought(47, 6) == (
         "47*6: 7*6=42, 42+0=42, 2 carry 4. 4*6: 4*6=24, 24+4=28, 82 carry 2. 0*6: 0*6=0, 0+2=2, 282 carry 0. Answer 282."

@@ -68,18 +68,23 @@ def addition_thought(a: int, b: int) -> str:
 
 
 def subtraction_thought(a: int, b: int) -> str:
-    """Right-to-left columns with explicit borrows (a >= b); a negative column borrows ten."""
+    """Right-to-left columns with explicit borrows (a >= b). A column is two steps of two operands
+    each, as multiplication's are: the borrow is added to the lower digit first ("9+1=10"), then that
+    is taken from the upper digit, borrowing ten when it is larger ("2-10 is negative, 12-10=2"). The
+    one-step form ("2-9-1 is negative, 12-9-1=2") is a three-operand fact, and its borrow columns were
+    where the demo model went wrong ("12-9-1=3", "9-8-1 is negative")."""
     rest_a, rest_b, borrow, result, steps = str(a), str(b), 0, "", []
     while rest_a:
         x, y = int(rest_a[-1]), int(rest_b[-1]) if rest_b else 0
-        d = x - y - borrow
-        head = f"{rest_a}-{rest_b or 0}: "
+        lower = y + borrow
+        d = x - lower
+        head = f"{rest_a}-{rest_b or 0}: {y}+{borrow}={lower}, "
         if d < 0:
             result = str(d + 10) + result
-            steps.append(f"{head}{x}-{y}-{borrow} is negative, 1{x}-{y}-{borrow}={d + 10}, {result} borrow 1.")
+            steps.append(f"{head}{x}-{lower} is negative, 1{x}-{lower}={d + 10}, {result} borrow 1.")
         else:
             result = str(d) + result
-            steps.append(f"{head}{x}-{y}-{borrow}={d}, {result} borrow 0.")
+            steps.append(f"{head}{x}-{lower}={d}, {result} borrow 0.")
         rest_a, rest_b, borrow = rest_a[:-1], rest_b[:-1], int(d < 0)
     return " ".join(steps) + f" Answer {int(result)}."
 
@@ -282,7 +287,7 @@ FAMILIES = {"add": _add, "sub": _sub, "mul": _mul, "compare": _compare, "count":
 REASONING_FAMILIES = tuple(name for name in FAMILIES if name not in ("chat", "spell"))
 # add and sub are learnt first; the families with longer traces (mul, count, word) get the larger shares,
 # count the largest: its copy of the asked word and its yes verdicts formed in only some runs with less
-# (four runs of mixes near this one: count 60-100%, the other families 74-100%; README).
+# (four AdamW runs of mixes near this one: count 60-100%, the other families 74-100%; README).
 DEFAULT_MIX = {"add": 0.09, "sub": 0.11, "mul": 0.19, "compare": 0.10, "count": 0.30, "spell": 0.04, "word": 0.13, "chat": 0.04}
 
 
