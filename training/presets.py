@@ -48,9 +48,12 @@ PRESETS = {
         steps=30, batch_size=8, lr=3e-3, embedding_lr=1e-2, warmup_steps=5,
         train_conversations=600, tokenizer_vocab=384, eval_every=1000, eval_per_family=2, checkpoint_every=1000,
     ),
+    # Muon for the block matrices: at step 500 its validation loss was 0.036 against AdamW's 0.093
+    # on the same corpus, and its run scored 98-100% on every family against AdamW's 92-100%, for
+    # 13% fewer tokens/s (the Newton-Schulz steps)
     "demo": TrainConfig(
         model=GPTConfig(sequence_len=256, vocab_size=1024, n_layer=4, n_head=4, n_kv_head=4, n_embd=192),
-        steps=1500, batch_size=12, lr=3e-3, embedding_lr=1e-2, warmup_steps=50,
+        steps=1500, batch_size=12, lr=3e-3, embedding_lr=1e-2, warmup_steps=50, optimizer="muon",
         train_conversations=60_000, tokenizer_vocab=1024, eval_every=500, eval_per_family=4, checkpoint_every=250,
     ),
     # between demo and d20: a 1-GPU-hour model for real data

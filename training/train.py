@@ -1,4 +1,4 @@
-"""The train loop: data preparation, AdamW with warmup + cosine decay, checkpoints, evaluation.
+"""The train loop: data preparation, AdamW (or Muon for the block matrices) with warmup + cosine decay, checkpoints, evaluation.
 
     train(get_preset("demo"), "runs/demo")
 
