@@ -61,7 +61,10 @@ install_python_package() {
     local want have
     want=$(python_inputs_hash)
     have=$(cat "$STAMP_DIR/python-install" 2>/dev/null || true)
-    if [ "$want" = "$have" ] && "$PYTHON" -c 'import monologue_compile._runtime, training' 2>/dev/null; then
+    # imported from / (not this folder, which python -c puts on sys.path) and found in this checkout:
+    # an editable install made from another copy of the repository does not count
+    if [ "$want" = "$have" ] && (cd / && "$PYTHON" -c 'import pathlib, sys, monologue_compile._runtime, training
+sys.exit(not pathlib.Path(monologue_compile.__file__).resolve().is_relative_to(sys.argv[1]))' "$(pwd -P)") 2>/dev/null; then
         return 0
     fi
     say "installing the Python package (pip install -e '.[dev]'; builds the Rust extension)"
