@@ -63,8 +63,10 @@ install_python_package() {
     have=$(cat "$STAMP_DIR/python-install" 2>/dev/null || true)
     # imported from / (not this folder, which python -c puts on sys.path) and found in this checkout:
     # an editable install made from another copy of the repository does not count
+    local here
+    here=$(pwd -P)
     if [ "$want" = "$have" ] && (cd / && "$PYTHON" -c 'import pathlib, sys, monologue_compile._runtime, training
-sys.exit(not pathlib.Path(monologue_compile.__file__).resolve().is_relative_to(sys.argv[1]))' "$(pwd -P)") 2>/dev/null; then
+sys.exit(not pathlib.Path(monologue_compile.__file__).resolve().is_relative_to(sys.argv[1]))' "$here") 2>/dev/null; then
         return 0
     fi
     say "installing the Python package (pip install -e '.[dev]'; builds the Rust extension)"
