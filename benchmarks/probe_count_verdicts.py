@@ -2,7 +2,7 @@
 
     python benchmarks/probe_count_verdicts.py CHECKPOINT [THREADS]
 
-`monologue eval` scores whole replies (50 problems); this feeds each held-out problem's correct trace
+`monologue eval` scores whole replies (50 problems); this feeds each held-out problem's whole correct conversation
 and asks, at every "x vs y" step, whether the model's next token is the right verdict, split by
 yes/no, by step (0, 1, 2, 3+) and by letter (only letters with a miss are listed). Run 5 of the demo
 model read yes 81%, no 99%: the measurement behind the count family's letter choice.
@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.data.reasoning import counting_thought, heldout_conversations  # noqa: E402
+from training.data.reasoning import heldout_conversations  # noqa: E402
 from training.evaluate import load_checkpoint  # noqa: E402
 
 
@@ -29,8 +29,8 @@ def main(path: str, threads: int = 2) -> None:
     yes, no = yes[0], no[0]
     stats = collections.defaultdict(lambda: [0, 0])
     for c in heldout_conversations(300, 1, ("count",)):  # all there are (about 150)
-        word, letter = c.key.split(":")[1:]
-        ids = tok.render_for_completion(c.messages()[:1]) + [tok.token_id("<think>")] + tok.encode(counting_thought(word, letter))
+        letter = c.key.split(":")[2]
+        ids, _ = tok.render_conversation(c.messages())  # as training renders it: question, thought, answer
         with torch.no_grad():
             pred = model(torch.tensor([ids]))[0].argmax(-1).tolist()
         step = 0
