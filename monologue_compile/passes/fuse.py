@@ -7,7 +7,8 @@ Rules, applied in this order (each is a small function, each keeps the graph ver
 2. `linear` -> `matmul` (a prologue, the product, an epilogue of elementwise steps).
 3. A weightless RMSNorm whose every user is a matmul becomes those matmuls' prologue.
 4. Matmuls that read the same input with the same prologue (q/k/v, gate/up) merge into one
-   matmul over concatenated weight rows; the parts are slices of its output (views).
+   matmul over concatenated weight rows; the parts are slices of its output (views). Biases
+   added to every part concatenate too, into the merged matmul's epilogue.
 5. Elementwise ops (activations, the residual add, the softcap) join their producer's epilogue
    when they are its only user; a row norm joins the epilogue of producers that write whole rows
    (embedding, rope, elementwise): the QK-norm after RoPE, the norm after the embedding.
@@ -207,17 +208,16 @@ def _merge_projections(g: Graph) -> Graph:
         if n.op == "matmul" and not n.attrs["epilogue"] and g.weights[n.inputs[1]].dtype == "f32":
             key = (n.inputs[0], str(n.attrs["prologue"]))
             groups.setdefault(key, []).append(n)
-    merged = g.meta.setdefault("merged_weights", {})
+    g.meta.setdefault("merged_weights", {})
+    users = g.users()
     for key, ms in groups.items():
         if len(ms) < 2:
             continue
         names = [m.inputs[1] for m in ms]
         prefix = _common_prefix(names)
-        wname = prefix + "+".join(nm[len(prefix):].split(".")[0] for nm in names) + ".weight"
+        parts = "+".join(nm[len(prefix):].split(".")[0] for nm in names)
         rows = [g.weights[nm].shape[0] for nm in names]
-        g.weights[wname] = Weight((sum(rows), g.weights[names[0]].shape[1]), "f32",
-                                  np.concatenate([g.weights[nm].data for nm in names]), None, "param")
-        merged[wname] = [[nm, r] for nm, r in zip(names, rows)]
+        wname = _concat_weights(g, prefix + parts + ".weight", names)
         first = ms[0]
         shape = list(first.type.shape)
         shape[-1] = sum(rows)
@@ -225,6 +225,18 @@ def _merge_projections(g: Graph) -> Graph:
         mm = Node(out, "matmul", [first.inputs[0], wname], dict(first.attrs),
                   TensorType(tuple(shape), "f32"), " + ".join(m.source for m in ms))
         g.nodes.insert(g.nodes.index(first), mm)
+        # a bias added to every part (Qwen2's q/k/v) becomes the merged matmul's epilogue: one
+        # concatenated bias, and each part a slice of the biased product (no add per part)
+        adds = [_bias_add(g, m, users) for m in ms]
+        if all(adds):
+            bname = _concat_weights(g, prefix + parts + ".bias", [a.inputs[1 - a.inputs.index(m.name)]
+                                                                   for a, m in zip(adds, ms)])
+            mm.inputs.append(bname)
+            mm.attrs["epilogue"] = [{"fn": "add", "operand": 0}]
+            for m, a in zip(ms, adds):
+                g.nodes.remove(m)
+                a.source = f"{m.source}; {a.source}"
+            ms = adds
         start = 0
         for m, r in zip(ms, rows):
             m.op, m.inputs = "slice", [out]
@@ -236,6 +248,31 @@ def _merge_projections(g: Graph) -> Graph:
         at = g.nodes.index(mm) + 1
         g.nodes[at:at] = ms
     return dead_code(g)
+
+
+def _concat_weights(g: Graph, name: str, parts: list[str]) -> str:
+    """One weight of PARTS' rows in order, listed in meta.merged_weights (R_q splits it back)."""
+    ws = [g.weights[p] for p in parts]
+    rows = [w.shape[0] for w in ws]
+    g.weights[name] = Weight((sum(rows), *ws[0].shape[1:]), "f32", np.concatenate([w.data for w in ws]),
+                             None, "param")
+    g.meta["merged_weights"][name] = [[p, r] for p, r in zip(parts, rows)]
+    return name
+
+
+def _bias_add(g: Graph, m: Node, users: dict) -> Node | None:
+    """M's only user when it adds a vector weight of M's width to it (a linear's bias), else None."""
+    us = users.get(m.name, [])
+    if len(us) != 1 or m.name in g.outputs:
+        return None
+    u = us[0]
+    if u.op != "binary" or u.attrs.get("fn") != "add" or "scalar" in u.attrs or len(u.inputs) != 2:
+        return None
+    other = u.inputs[1 - u.inputs.index(m.name)] if m.name in u.inputs else None
+    w = g.weights.get(other)
+    if w is None or w.dtype != "f32" or w.shape != (m.type.shape[-1],) or u.type.shape != m.type.shape:
+        return None
+    return u
 
 
 def _common_prefix(names: list[str]) -> str:
