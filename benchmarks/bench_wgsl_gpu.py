@@ -106,52 +106,47 @@ class PlanOnGpu:
         r = _session_rates(self.s, self.prompt, STEPS, greedy=self.s.decode_greedy)
         return {"prefill": r["prefill_tok_s"], "decode": r["decode_tok_s"], "gpu_us": self.gpu_us_per_token()}
 
-    def gpu_us_per_token(self) -> float:
-        """One submit of BATCHED decode lists at the timed decode's middle position (the host's share
-        left out)."""
-        s = self.s
-        s.pos = PROMPT + STEPS // 2
-        s._step([1], ["decode"])  # writes the token and the step uniform the batch reuses
-        q = s.dev.queue
-        t0 = time.perf_counter()
-        enc = s.dev.create_command_encoder()
-        p = enc.begin_compute_pass()
-        for _ in range(BATCHED):
-            s._encode(p, ["decode", "argmax"])
-        p.end()
-        q.submit([enc.finish()])
-        s._read(s.plan["io"]["argmax"]["buffer"], 4, np.uint32)
-        return (time.perf_counter() - t0) / BATCHED * 1e6
-
-    def profile(self, reps: int = 64) -> list[dict]:
-        """µs per call of each decode dispatch, alone: encoded REPS times in one submit (a barrier
-        between each, as in the token), less an empty submit's cost; best of 3."""
+    def _mid_decode(self) -> list:
+        """Sets up a decode step at the timed decode's middle position (token, step uniform) and
+        returns its dispatches (decode and argmax lists), to be encoded again and again."""
         s = self.s
         s.pos = PROMPT + STEPS // 2
         s._step([1], ["decode"])
+        return s.dispatches["decode"] + s.dispatches["argmax"]
 
-        def timed(items) -> float:
-            best = float("inf")
-            for _ in range(3):
-                t0 = time.perf_counter()
-                enc = s.dev.create_command_encoder()
-                p = enc.begin_compute_pass()
-                for _ in range(reps):
-                    for pipe, bg, wg in items:
-                        p.set_pipeline(pipe)
-                        p.set_bind_group(0, bg)
-                        p.dispatch_workgroups(*wg)
-                p.end()
-                s.dev.queue.submit([enc.finish()])
-                s._read(s.plan["io"]["argmax"]["buffer"], 4, np.uint32)
-                best = min(best, time.perf_counter() - t0)
-            return best
+    def _seconds(self, calls: list, reps: int) -> float:
+        """One submit of CALLS encoded REPS times (a barrier between dispatches, as in a token),
+        waited for by a 4-byte read back."""
+        s = self.s
+        t0 = time.perf_counter()
+        enc = s.dev.create_command_encoder()
+        p = enc.begin_compute_pass()
+        for _ in range(reps):
+            for pipe, bg, wg in calls:
+                p.set_pipeline(pipe)
+                p.set_bind_group(0, bg)
+                p.dispatch_workgroups(*wg)
+        p.end()
+        s.dev.queue.submit([enc.finish()])
+        s._read(s.plan["io"]["argmax"]["buffer"], 4, np.uint32)
+        return time.perf_counter() - t0
 
-        base = timed([])
-        names = [_kernel_label(s.plan["pipelines"][d["pipeline"]]["kernel"], self.b["kernels"])
-                 for d in s.lists["decode"] + s.lists["argmax"]]
-        calls = s.dispatches["decode"] + s.dispatches["argmax"]
-        return [{"kernel": name, "workgroups": list(c[2]), "us": max(0.0, timed([c]) - base) / reps * 1e6}
+    def gpu_us_per_token(self) -> float:
+        """BATCHED tokens' dispatch lists in one submit: the host's per-token share left out."""
+        return self._seconds(self._mid_decode(), BATCHED) / BATCHED * 1e6
+
+    def profile(self, reps: int = 64) -> list[dict]:
+        """µs per call of each decode dispatch alone (REPS in one submit, less an empty submit's
+        cost; best of 3)."""
+        calls = self._mid_decode()
+
+        def us(items) -> float:
+            return min(self._seconds(items, reps) for _ in range(3)) / reps * 1e6
+
+        base = us([])
+        names = [_kernel_label(self.s.plan["pipelines"][d["pipeline"]]["kernel"], self.b["kernels"])
+                 for d in self.s.lists["decode"] + self.s.lists["argmax"]]
+        return [{"kernel": name, "workgroups": list(c[2]), "us": max(0.0, us([c]) - base)}
                 for name, c in zip(names, calls)]
 
     def close(self):
