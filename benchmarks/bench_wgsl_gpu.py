@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from monologue_compile.peers import PROMPT, STEPS, graph_bytes_per_token, prompt_ids  # noqa: E402
+from monologue_compile.peers import PROMPT, STEPS, _one_line, graph_bytes_per_token, prompt_ids  # noqa: E402
 
 FILL = 0x3C
 BATCHED = 32  # decode lists per submit for the GPU-only time
@@ -172,7 +172,7 @@ class TorchCuda:
         self.m = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls)(**kw),
                                                                dtype=getattr(torch, dtype)).cuda().eval()
         self.prompt = prompt_ids(kw["vocab_size"])
-        self.measure()
+        self.measure()  # warm-up: CUDA context, kernels chosen on first use
 
     def measure(self) -> dict:
         torch = self.torch
@@ -227,7 +227,7 @@ def time_bundles(bundles: list[dict], rounds: int) -> tuple[str, dict]:
         try:
             engines.append((name, b, PlanOnGpu(b)))
         except Exception as e:  # a plan the adapter cannot run is a line, not the end of the run
-            failed.append(f"{name}: could not run: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            failed.append(f"{name}: could not run: {_one_line(e)}")
         print(f"  ready in {time.perf_counter() - t0:.1f} s (buffers, pipelines, first tokens): {name}",
               file=sys.stderr, flush=True)
     if bandwidth:
@@ -237,7 +237,7 @@ def time_bundles(bundles: list[dict], rounds: int) -> tuple[str, dict]:
             try:
                 engines.append((name, b | {"quant": "fp32"}, TorchCuda(b)))
             except Exception as e:
-                failed.append(f"{name}: could not run: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                failed.append(f"{name}: could not run: {_one_line(e)}")
     runs = {name: [] for name, _, _ in engines}
     for r in range(rounds):
         for name, _, e in engines:

@@ -18,6 +18,7 @@ def test_time_reports_dispatches_tok_s_and_a_profile_of_every_decode_dispatch(tm
     from bench_wgsl_gpu import bundle, time_bundles
     from conftest import tiny_model, write_checkpoint
 
+    from monologue_compile.backends.wgpu_executor import adapter_profile, profile_lists
     from monologue_compile.driver import build
     from monologue_compile.peers import PROMPT, STEPS
 
@@ -27,9 +28,8 @@ def test_time_reports_dispatches_tok_s_and_a_profile_of_every_decode_dispatch(tm
     text, numbers = time_bundles(bundles, rounds=1)
     rows = {r["fused"]: r for r in numbers["rows"]}
     for b in bundles:
-        lists = b["plan"]["profiles"]["cpu"]["dispatch"] if numbers["adapter"].get("adapter_type") == "CPU" \
-            else b["plan"]["dispatch"]
-        want = len(lists.get("decode", b["plan"]["dispatch"]["decode"])) + len(lists.get("argmax", b["plan"]["dispatch"]["argmax"]))
+        lists = profile_lists(b["plan"], adapter_profile())
+        want = len(lists["decode"]) + len(lists["argmax"])
         r = rows[b["fused"]]
         assert r["dispatches_per_token"] == want
         assert r["decode_best"] > 0 and r["prefill_best"] > 0 and r["gpu_us_per_token"] > 0

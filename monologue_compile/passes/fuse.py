@@ -227,16 +227,15 @@ def _merge_projections(g: Graph) -> Graph:
         g.nodes.insert(g.nodes.index(first), mm)
         # a bias added to every part (Qwen2's q/k/v) becomes the merged matmul's epilogue: one
         # concatenated bias, and each part a slice of the biased product (no add per part)
-        adds = [_bias_add(g, m, users) for m in ms]
-        if all(adds):
-            bname = _concat_weights(g, prefix + parts + ".bias", [a.inputs[1 - a.inputs.index(m.name)]
-                                                                   for a, m in zip(adds, ms)])
-            mm.inputs.append(bname)
+        biased = [_bias_add(g, m, users) for m in ms]
+        if all(biased):
+            adds, biases = zip(*biased)
+            mm.inputs.append(_concat_weights(g, prefix + parts + ".bias", list(biases)))
             mm.attrs["epilogue"] = [{"fn": "add", "operand": 0}]
             for m, a in zip(ms, adds):
                 g.nodes.remove(m)
                 a.source = f"{m.source}; {a.source}"
-            ms = adds
+            ms = list(adds)
         start = 0
         for m, r in zip(ms, rows):
             m.op, m.inputs = "slice", [out]
@@ -260,19 +259,20 @@ def _concat_weights(g: Graph, name: str, parts: list[str]) -> str:
     return name
 
 
-def _bias_add(g: Graph, m: Node, users: dict) -> Node | None:
-    """M's only user when it adds a vector weight of M's width to it (a linear's bias), else None."""
+def _bias_add(g: Graph, m: Node, users: dict) -> tuple[Node, str] | None:
+    """(M's only user, the bias) when that user adds a vector weight of M's width (a linear's
+    bias), else None."""
     us = users.get(m.name, [])
     if len(us) != 1 or m.name in g.outputs:
         return None
     u = us[0]
     if u.op != "binary" or u.attrs.get("fn") != "add" or "scalar" in u.attrs or len(u.inputs) != 2:
         return None
-    other = u.inputs[1 - u.inputs.index(m.name)] if m.name in u.inputs else None
-    w = g.weights.get(other)
+    bias = u.inputs[1 - u.inputs.index(m.name)]
+    w = g.weights.get(bias)
     if w is None or w.dtype != "f32" or w.shape != (m.type.shape[-1],) or u.type.shape != m.type.shape:
         return None
-    return u
+    return u, bias
 
 
 def _common_prefix(names: list[str]) -> str:

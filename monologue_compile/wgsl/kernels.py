@@ -533,9 +533,10 @@ def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 16, window_lef
 
     A query at p sees keys j with j <= p and, with a window, j >= p - window_left (flash-attn's
     left window). cooperative (GPUs): [partials, combine]. A split's keys are one workgroup's serial
-    work, so `chunk` sets how many workgroups share a short context: at 256 an H200 ran Qwen2.5-0.5B's
-    attention (2 kv heads, p = 160) on two workgroups at 130 us a layer, 58% of the token; decode
-    tok/s at 256 / 64 / 32 / 16 keys: 135 / 206 / 209 / 232 (benchmarks/bench_wgsl_gpu.py). Partials bindings: q ([H, D]), k, v
+    work, so `chunk` sets how many workgroups share a short context: at 256 an H200 ran
+    Qwen2.5-0.5B's attention (2 kv heads, p = 160) on two workgroups at 130 us a layer, 58% of the
+    token; decode tok/s at 256 / 64 / 32 / 16 keys: 135 / 206 / 209 / 232
+    (benchmarks/bench_wgsl_gpu.py). Partials bindings: q ([H, D]), k, v
     (caches), ml, o (scratch), step; workgroups (splits of `chunk` keys, H / heads_per_wg): the query
     heads of one kv head share each K/V load (heads_per_wg defaults to the largest divisor of
     H / Hkv, up to 8, that fits workgroup memory); wg threads (default 64). Combine bindings: ml, o,
