@@ -121,8 +121,17 @@ def _native_worker(lib: str, dist: str, cores: str, prompt_len: int, steps: int)
         print(json.dumps({"prefill": prompt_len / (t1 - t0), "decode": steps / (t2 - t1)}), flush=True)
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has a VNNI the native kernels pick over AVX2 (Linux's /proc/cpuinfo flags)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx_vnni" in flags or ("avx512_vnni" in flags and "avx512vl" in flags)
+
+
 class Native(Engine):
-    def __init__(self, dist: Path, g, threads: int, name: str):
+    def __init__(self, dist: Path, g, threads: int, name: str, plain_avx2: bool = False):
         from .backends.rust_crate import build_native, trusted_crate
 
         cores = sorted(os.sched_getaffinity(0))
@@ -133,6 +142,7 @@ class Native(Engine):
         code = "import sys; from monologue_compile.peers import _native_worker as w; w(*sys.argv[1:4], *map(int, sys.argv[4:]))"
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(lib), str(dist),
                                       ",".join(map(str, cores[:threads])), str(PROMPT), str(STEPS)],
+                                     env=dict(os.environ, **({"MONOLOGUE_X86_KERNELS": "avx2"} if plain_avx2 else {})),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._answer()
 
@@ -218,16 +228,20 @@ class Wgsl(Engine):
 def our_engines(dist: Path, label: str = "ours", rust: bool = True, wasm: bool = True,
                 wgsl: bool = True) -> tuple[list[Engine], list[str]]:
     """Native (1, 2 threads), wasm and WGSL on DIST, named by its quantization scheme ("ours native
-    int4-g32"); the ones that could not start as lines."""
+    int4-g32"); the ones that could not start as lines. Where the CPU has VNNI (the kernels' pick),
+    also native on one thread with the AVX2 kernels, to show what VNNI gives."""
     from .artifact import load_model
 
     g, manifest, _ = load_model(dist)
     native, web, gpu = (f"{label} {kind} {manifest['model'].get('quant', 'int8')}" for kind in ("native", "wasm", "WGSL"))
     engines, failed = [], []
-    for what, make, on in ((f"{native}, 1 thread", lambda: Native(dist, g, 1, native), rust),
-                           (f"{native}, 2 threads", lambda: Native(dist, g, 2, native), rust),
-                           (f"{web} (Node)", lambda: Wasm(dist, g, f"{web} (Node)"), rust and wasm),
-                           (gpu, lambda: Wgsl(dist, g, gpu), wgsl)):
+    runs = [(f"{native}, 1 thread", lambda: Native(dist, g, 1, native), rust),
+            (f"{native}, 2 threads", lambda: Native(dist, g, 2, native), rust),
+            (f"{web} (Node)", lambda: Wasm(dist, g, f"{web} (Node)"), rust and wasm),
+            (gpu, lambda: Wgsl(dist, g, gpu), wgsl)]
+    if rust and cpu_has_vnni():
+        runs.insert(2, (f"{native} AVX2 kernels, 1 thread", lambda: Native(dist, g, 1, f"{native} AVX2 kernels", True), True))
+    for what, make, on in runs:
         if not on:
             failed.append(f"{what}: skipped (not asked for)")
             continue

@@ -16,7 +16,8 @@ import pytest
 from conftest import ROOT, tiny_model, write_checkpoint
 from monologue_compile import parity
 
-RESOURCES = ("templates/wgsl/norm.wgsl.j2", "web_shell/index.html", "runtime_rs/Cargo.toml", "runtime_rs/src/lib.rs")
+RESOURCES = ("templates/wgsl/norm.wgsl.j2", "web_shell/index.html", "runtime_rs/Cargo.toml", "runtime_rs/build.rs",
+             "runtime_rs/src/lib.rs")
 
 
 @pytest.fixture(scope="module")

@@ -528,7 +528,8 @@ def emit_crate(g: Graph, crate_dir: Path, code: str | None = None) -> Path:
     if crate_dir.exists():  # whole: a build.rs or .cargo/ left in an old crate must not survive
         shutil.rmtree(crate_dir)
     crate_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("Cargo.toml", "Cargo.lock"):
+    # build.rs is the package's own (it asks rustc its version, for the VNNI kernels), never a dist's
+    for name in ("Cargo.toml", "Cargo.lock", "build.rs"):
         if (src / name).exists():
             shutil.copy2(src / name, crate_dir / name)
     shutil.copytree(src / "src", crate_dir / "src")
@@ -651,7 +652,10 @@ def cache_dir() -> Path:
 def crate_hash(crate: Path, extra: str = "") -> str:
     """SHA-256 of the crate's sources: the same crate text reuses its build."""
     h = hashlib.sha256(extra.encode())
-    for p in sorted([crate / "Cargo.toml", *(crate / "src").rglob("*.rs")]):
+    files = [crate / "Cargo.toml", *(crate / "src").rglob("*.rs")]
+    if (crate / "build.rs").exists():
+        files.append(crate / "build.rs")
+    for p in sorted(files):
         h.update(str(p.relative_to(crate)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:20]
 

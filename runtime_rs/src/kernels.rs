@@ -764,95 +764,203 @@ mod fixed {
         use super::dot_i32_scalar;
         use std::arch::x86_64::*;
 
-        #[target_feature(enable = "avx2")]
-        #[inline]
+        #[inline(always)]
         unsafe fn sum(v: __m256i) -> i32 {
             sum4(_mm_add_epi32(low(v), high(v)))
         }
 
-        #[target_feature(enable = "avx2")]
-        #[inline]
+        #[inline(always)]
         unsafe fn sum4(s: __m128i) -> i32 {
             let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
             _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
         }
 
-        #[target_feature(enable = "avx2")]
-        #[inline]
+        #[inline(always)]
         unsafe fn low(v: __m256i) -> __m128i {
             _mm256_castsi256_si128(v)
         }
 
-        #[target_feature(enable = "avx2")]
-        #[inline]
+        #[inline(always)]
         unsafe fn high(v: __m256i) -> __m128i {
             _mm256_extracti128_si256(v, 1)
         }
 
         /// 8 i16 in both halves (vbroadcasti128).
-        #[target_feature(enable = "avx2")]
-        #[inline]
+        #[inline(always)]
         unsafe fn load8_twice(p: *const i16) -> __m256i {
             _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i))
         }
 
-        #[target_feature(enable = "avx2")]
-        #[inline]
+        #[inline(always)]
         unsafe fn load16(p: *const i16) -> __m256i {
             _mm256_loadu_si256(p as *const __m256i)
         }
 
         /// 16 int8 sign-extended to i16 (vpmovsxbw ymm, m128).
-        #[target_feature(enable = "avx2")]
-        #[inline]
+        #[inline(always)]
         unsafe fn load_q(p: *const i8) -> __m256i {
             _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i))
         }
 
-        /// Only made where the CPU has AVX2 (see `Q8Input`).
-        pub struct Avx2(());
+        // The kernel sets, by the instruction that multiplies i16 pairs and adds them into i32
+        // sums (the same sums modulo 2^32 either way, so the same bits): AVX2's vpmaddwd then
+        // vpaddd, or VNNI's vpdpwssd, one instruction (EVEX-encoded with AVX-512 VNNI + VL,
+        // VEX-encoded with AVX-VNNI). VNNI needs Rust 1.89's intrinsics: build.rs sets
+        // `monologue_vnni` where the compiler has them (Debian's 1.63 builds wasm only).
+        const AVX2: u8 = 0;
+        const AVX512_VNNI: u8 = 1;
+        const AVX_VNNI: u8 = 2;
+
+        /// acc + a[0] * b[0] + a[1] * b[1] per i32 lane, in the kernel set L's instructions.
+        #[inline(always)]
+        unsafe fn dp<const L: u8>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+            #[cfg(monologue_vnni)]
+            {
+                if L == AVX512_VNNI {
+                    return _mm256_dpwssd_epi32(acc, a, b);
+                }
+                if L == AVX_VNNI {
+                    return _mm256_dpwssd_avx_epi32(acc, a, b);
+                }
+            }
+            _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+        }
+
+        /// The kernels of set L; every use is inside one of L's entry points (`entry!`), which
+        /// enable its target features, so the always-inlined kernels compile with them.
+        struct X86<const L: u8>;
+
+        // Per kernel set: `rows` compiled as a whole with its features (the kernels inline into its
+        // loops), and prefill's tile step as its own call (the loop gets every register).
+        macro_rules! entry {
+            ($rows:ident, $tile:ident, $level:expr, $features:literal) => {
+                #[target_feature(enable = $features)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn $rows(x: &super::Fixed, t: usize, width: usize, group: usize, blocked: bool, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
+                    super::rows(&X86::<{ $level }>, x, t, width, group, blocked, bits, q, n, first, scale, ys)
+                }
+                #[target_feature(enable = $features)]
+                #[inline(never)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn $tile(x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
+                    tile_x2::<{ $level }>(x, tile, int4, c0, group, unit, scale, l)
+                }
+            };
+        }
+        entry!(rows_avx2, tile_x2_avx2, AVX2, "avx2");
+        #[cfg(monologue_vnni)]
+        entry!(rows_avx512_vnni, tile_x2_avx512_vnni, AVX512_VNNI, "avx2,avx512f,avx512vl,avx512vnni");
+        #[cfg(monologue_vnni)]
+        entry!(rows_avx_vnni, tile_x2_avx_vnni, AVX_VNNI, "avx2,avxvnni");
+
+        /// A kernel set this CPU runs (see `Q8Input`): only made where it has the set's features.
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub struct Avx2 {
+            level: u8,
+        }
+
+        /// The set `detect` picks: 0xff until the first call.
+        static DETECTED: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0xff);
 
         impl Avx2 {
-            pub fn detect() -> Option<Avx2> {
-                if is_x86_feature_detected!("avx2") { Some(Avx2(())) } else { None }
+            /// Every kernel set this CPU and build run, plainest first (the tests check each).
+            pub fn levels() -> Vec<Avx2> {
+                let mut all = Vec::new();
+                if is_x86_feature_detected!("avx2") {
+                    all.push(Avx2 { level: AVX2 });
+                    #[cfg(monologue_vnni)]
+                    {
+                        if is_x86_feature_detected!("avxvnni") {
+                            all.push(Avx2 { level: AVX_VNNI });
+                        }
+                        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni") {
+                            all.push(Avx2 { level: AVX512_VNNI });
+                        }
+                    }
+                }
+                all
             }
 
-            /// super::rows compiled for AVX2 as a whole, so the kernels inline into its loops.
-            #[target_feature(enable = "avx2")]
+            /// The last of `levels`, or the plain AVX2 set where the environment has
+            /// MONOLOGUE_X86_KERNELS=avx2 (for benchmarks: both sets on one machine); decided once.
+            pub fn detect() -> Option<Avx2> {
+                use core::sync::atomic::Ordering;
+                let mut level = DETECTED.load(Ordering::Relaxed);
+                if level == 0xff {
+                    let all = Avx2::levels();
+                    let plain = std::env::var("MONOLOGUE_X86_KERNELS").map_or(false, |v| v == "avx2");
+                    let pick = if plain { all.first() } else { all.last() };
+                    level = pick.map_or(0xfe, |k| k.level);
+                    DETECTED.store(level, Ordering::Relaxed);
+                }
+                if level == 0xfe { None } else { Some(Avx2 { level }) }
+            }
+
+            /// The set's name, as `monologue` reports it.
+            pub fn name(&self) -> &'static str {
+                match self.level {
+                    AVX512_VNNI => "avx512-vnni",
+                    AVX_VNNI => "avx-vnni",
+                    _ => "avx2",
+                }
+            }
+
+            /// `super::rows` in this kernel set.
             #[allow(clippy::too_many_arguments)]
             pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, blocked: bool, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
-                super::rows(self, x, t, width, group, blocked, bits, q, n, first, scale, ys)
+                match self.level {
+                    #[cfg(monologue_vnni)]
+                    AVX512_VNNI => rows_avx512_vnni(x, t, width, group, blocked, bits, q, n, first, scale, ys),
+                    #[cfg(monologue_vnni)]
+                    AVX_VNNI => rows_avx_vnni(x, t, width, group, blocked, bits, q, n, first, scale, ys),
+                    _ => rows_avx2(x, t, width, group, blocked, bits, q, n, first, scale, ys),
+                }
+            }
+
+            /// The plain AVX2 kernels, for the tests' direct calls (every set has them).
+            #[cfg(test)]
+            pub fn plain(&self) -> impl super::Kernels {
+                X86::<AVX2>
             }
         }
 
-        impl super::Kernels for Avx2 {
+        impl<const L: u8> super::Kernels for X86<L> {
             #[inline(always)]
             fn dot(&self, hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
-                // SAFETY: an Avx2 exists only where the CPU has AVX2
-                unsafe { dot_i32(hi, lo, q) }
+                // SAFETY: an X86<L> is used only inside L's entry points (or `plain`'s callers,
+                // which hold an Avx2: the CPU has AVX2)
+                unsafe { dot_i32::<L>(hi, lo, q) }
             }
             #[inline(always)]
             fn dot4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
-                unsafe { dot4_i32(hi, lo, block) }
+                unsafe { dot4_i32::<L>(hi, lo, block) }
             }
             #[inline(always)]
             fn dot4_q4(&self, hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
-                unsafe { dot4_q4_i32(hi, lo, block) }
+                unsafe { dot4_q4_i32::<L>(hi, lo, block) }
             }
-            #[inline(never)] // a call per tile: the loop gets every register
+            #[inline(always)]
             fn tile_x2(&self, x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
-                unsafe { tile_x2(x, tile, int4, c0, group, unit, scale, l) }
+                unsafe {
+                    match L {
+                        #[cfg(monologue_vnni)]
+                        AVX512_VNNI => tile_x2_avx512_vnni(x, tile, int4, c0, group, unit, scale, l),
+                        #[cfg(monologue_vnni)]
+                        AVX_VNNI => tile_x2_avx_vnni(x, tile, int4, c0, group, unit, scale, l),
+                        _ => tile_x2_avx2(x, tile, int4, c0, group, unit, scale, l),
+                    }
+                }
             }
             #[inline(always)]
             fn groups4(&self, hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
                 // the usual groups with their step count known: the group loop unrolled
                 unsafe {
                     match (group, int4) {
-                        (32, true) => groups4_avx2::<2, true>(hi, lo, block, group, unit, scale, ys),
-                        (64, true) => groups4_avx2::<4, true>(hi, lo, block, group, unit, scale, ys),
-                        (128, true) => groups4_avx2::<8, true>(hi, lo, block, group, unit, scale, ys),
-                        (_, true) => groups4_avx2::<0, true>(hi, lo, block, group, unit, scale, ys),
-                        (_, false) => groups4_avx2::<0, false>(hi, lo, block, group, unit, scale, ys),
+                        (32, true) => groups4_avx2::<L, 2, true>(hi, lo, block, group, unit, scale, ys),
+                        (64, true) => groups4_avx2::<L, 4, true>(hi, lo, block, group, unit, scale, ys),
+                        (128, true) => groups4_avx2::<L, 8, true>(hi, lo, block, group, unit, scale, ys),
+                        (_, true) => groups4_avx2::<L, 0, true>(hi, lo, block, group, unit, scale, ys),
+                        (_, false) => groups4_avx2::<L, 0, false>(hi, lo, block, group, unit, scale, ys),
                     }
                 }
             }
@@ -861,9 +969,8 @@ mod fixed {
         /// groups4 in one pass over the block: each group's eight i32 sums stay in registers
         /// (three horizontal adds, one permute to [a0 a1 a2 a3 | b0 b1 b2 b3]) and go through the
         /// f32 steps as one vector of the four rows.
-        #[target_feature(enable = "avx2")]
-        #[inline]
-        unsafe fn groups4_avx2<const STEPS: usize, const INT4: bool>(hi: &[i16], lo: &[i16], block: &[i8], group: usize, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
+        #[inline(always)]
+        unsafe fn groups4_avx2<const L: u8, const STEPS: usize, const INT4: bool>(hi: &[i16], lo: &[i16], block: &[i8], group: usize, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
             let (steps, ng, int4) = (if STEPS > 0 { STEPS } else { group / 16 }, unit.len(), INT4);
             let n = ng * steps * 16;
             assert!(hi.len() >= n && lo.len() >= n && block.len() >= if int4 { 2 * n } else { 4 * n } && group % 16 == 0);
@@ -874,7 +981,11 @@ mod fixed {
             let mut i = 0;
             for g in 0..ng {
                 let z = _mm256_setzero_si256();
+                // VNNI: values 0-7 of each step into a.., 8-15 into c..: two chains per sum, as
+                // vpdpwssd waits for its accumulator (one chain: int4-g128 20% slower). AVX2 adds
+                // the two products first (eight more registers spilled: int4-g64 at half speed).
                 let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
+                let (mut c01, mut d01, mut c23, mut d23) = (z, z, z, z);
                 for _ in 0..steps {
                     let (h0, l0) = (load8_twice(hp.add(i)), load8_twice(lp.add(i)));
                     let (h1, l1) = (load8_twice(hp.add(i + 8)), load8_twice(lp.add(i + 8)));
@@ -889,11 +1000,21 @@ mod fixed {
                         _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
                         (load_q(p), load_q(p.add(32)), load_q(p.add(16)), load_q(p.add(48)))
                     };
-                    a01 = _mm256_add_epi32(a01, _mm256_add_epi32(_mm256_madd_epi16(w01, h0), _mm256_madd_epi16(x01, h1)));
-                    b01 = _mm256_add_epi32(b01, _mm256_add_epi32(_mm256_madd_epi16(w01, l0), _mm256_madd_epi16(x01, l1)));
-                    a23 = _mm256_add_epi32(a23, _mm256_add_epi32(_mm256_madd_epi16(w23, h0), _mm256_madd_epi16(x23, h1)));
-                    b23 = _mm256_add_epi32(b23, _mm256_add_epi32(_mm256_madd_epi16(w23, l0), _mm256_madd_epi16(x23, l1)));
+                    if L == AVX2 {
+                        a01 = _mm256_add_epi32(a01, _mm256_add_epi32(_mm256_madd_epi16(w01, h0), _mm256_madd_epi16(x01, h1)));
+                        b01 = _mm256_add_epi32(b01, _mm256_add_epi32(_mm256_madd_epi16(w01, l0), _mm256_madd_epi16(x01, l1)));
+                        a23 = _mm256_add_epi32(a23, _mm256_add_epi32(_mm256_madd_epi16(w23, h0), _mm256_madd_epi16(x23, h1)));
+                        b23 = _mm256_add_epi32(b23, _mm256_add_epi32(_mm256_madd_epi16(w23, l0), _mm256_madd_epi16(x23, l1)));
+                    } else {
+                        (a01, c01) = (dp::<L>(a01, w01, h0), dp::<L>(c01, x01, h1));
+                        (b01, d01) = (dp::<L>(b01, w01, l0), dp::<L>(d01, x01, l1));
+                        (a23, c23) = (dp::<L>(a23, w23, h0), dp::<L>(c23, x23, h1));
+                        (b23, d23) = (dp::<L>(b23, w23, l0), dp::<L>(d23, x23, l1));
+                    }
                     i += 16;
+                }
+                if L != AVX2 {
+                    (a01, b01, a23, b23) = (_mm256_add_epi32(a01, c01), _mm256_add_epi32(b01, d01), _mm256_add_epi32(a23, c23), _mm256_add_epi32(b23, d23));
                 }
                 let v = if INT4 && group <= 32 {
                     // a * 4096 + b in i32: |a * 4096 + b| <= 32 * 7 * 2^23 < 2^31 (weights.rs refuses
@@ -919,10 +1040,9 @@ mod fixed {
         /// multiplied by both tokens' activations; a piece's 32 sums are reduced by six horizontal
         /// adds, and the f32 arithmetic runs on all eight (row, token) lanes at once, in the lane
         /// order the adds leave: rows 0, 2 of tokens 0, 0, 1, 1 | rows 1, 3 of the same.
-        #[target_feature(enable = "avx2")]
-        #[inline]
+        #[inline(always)]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn tile_x2(x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
+        unsafe fn tile_x2<const L: u8>(x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
             let w = x[0].0.len();
             assert!(x.iter().all(|(h, lo)| h.len() == w && lo.len() == w) && w % 16 == 0 && group % 16 == 0);
             assert!(tile.len() >= if int4 { 2 * w } else { 4 * w } && unit.iter().all(|u| u.len() >= (c0 + w) / group) && scale.iter().all(|s| s.len() >= (c0 + w) / group));
@@ -933,12 +1053,10 @@ mod fixed {
             let get = |v: &[f32; 8]| _mm256_permutevar8x32_ps(_mm256_loadu_ps(v.as_ptr()), order);
             let put = |v: __m256, to: &mut [f32; 8]| _mm256_storeu_ps(to.as_mut_ptr(), _mm256_permutevar8x32_ps(v, back));
             let mut y = get(&l.y);
-            let z = _mm256_setzero_si256();
             let mut s = c0;
             while s < c0 + w {
                 let e = (c0 + w).min((s / group + 1) * group);
-                let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
-                let (mut c01, mut d01, mut c23, mut d23) = (z, z, z, z);
+                let (mut t0, mut t1) = (Sums4::new(), Sums4::new());
                 let mut i = s - c0;
                 while i < e - c0 {
                     for half in 0..2 {
@@ -956,19 +1074,13 @@ mod fixed {
                             (load_q(p), load_q(p.add(16)))
                         };
                         let j = i + 8 * half;
-                        let (h, lo) = (load8_twice(h0.add(j)), load8_twice(l0.add(j)));
-                        a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(w01, h));
-                        b01 = _mm256_add_epi32(b01, _mm256_madd_epi16(w01, lo));
-                        a23 = _mm256_add_epi32(a23, _mm256_madd_epi16(w23, h));
-                        b23 = _mm256_add_epi32(b23, _mm256_madd_epi16(w23, lo));
-                        let (h, lo) = (load8_twice(h1.add(j)), load8_twice(l1.add(j)));
-                        c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(w01, h));
-                        d01 = _mm256_add_epi32(d01, _mm256_madd_epi16(w01, lo));
-                        c23 = _mm256_add_epi32(c23, _mm256_madd_epi16(w23, h));
-                        d23 = _mm256_add_epi32(d23, _mm256_madd_epi16(w23, lo));
+                        // one set a token: two (16 sums) ran VNNI prefill 10% slower
+                        t0.add::<L>(0, w01, w23, load8_twice(h0.add(j)), load8_twice(l0.add(j)));
+                        t1.add::<L>(0, w01, w23, load8_twice(h1.add(j)), load8_twice(l1.add(j)));
                     }
                     i += 16;
                 }
+                let ([a01, b01, a23, b23], [c01, d01, c23, d23]) = (t0.total(), t1.total());
                 let a = _mm256_hadd_epi32(_mm256_hadd_epi32(a01, a23), _mm256_hadd_epi32(c01, c23));
                 let b = _mm256_hadd_epi32(_mm256_hadd_epi32(b01, b23), _mm256_hadd_epi32(d01, d23));
                 let (mut fa, mut fb) = (_mm256_cvtepi32_ps(a), _mm256_cvtepi32_ps(b));
@@ -1001,47 +1113,35 @@ mod fixed {
         /// dot4 over int4 packets (`block_rows_q4`): 16 bytes are 8 values of rows r, r + 1 in
         /// their low nibbles and the next 8 in their high ones, so one load and three shifts give
         /// what dot4 loads twice.
-        #[target_feature(enable = "avx2")]
-        #[inline]
-        unsafe fn dot4_q4_i32(hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+        #[inline(always)]
+        unsafe fn dot4_q4_i32<const L: u8>(hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
             let n = hi.len().min(lo.len()).min(block.len() * 2 / 4) / 16 * 16;
-            let z = _mm256_setzero_si256();
-            let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
+            let mut s = Sums4::new();
             let mut i = 0;
             while i + 16 <= n {
                 let p = block.as_ptr().add(2 * i);
                 _mm_prefetch(p.wrapping_add(PREFETCH / 2) as *const i8, _MM_HINT_NTA);
                 let (h0, l0) = (load8_twice(hi.as_ptr().add(i)), load8_twice(lo.as_ptr().add(i)));
                 let (h1, l1) = (load8_twice(hi.as_ptr().add(i + 8)), load8_twice(lo.as_ptr().add(i + 8)));
-                let w = load_q(p);
-                let (w0, w1) = (_mm256_srai_epi16(_mm256_slli_epi16(w, 12), 12), _mm256_srai_epi16(w, 4));
-                a01 = _mm256_add_epi32(a01, _mm256_add_epi32(_mm256_madd_epi16(w0, h0), _mm256_madd_epi16(w1, h1)));
-                b01 = _mm256_add_epi32(b01, _mm256_add_epi32(_mm256_madd_epi16(w0, l0), _mm256_madd_epi16(w1, l1)));
-                let w = load_q(p.add(16));
-                let (w0, w1) = (_mm256_srai_epi16(_mm256_slli_epi16(w, 12), 12), _mm256_srai_epi16(w, 4));
-                a23 = _mm256_add_epi32(a23, _mm256_add_epi32(_mm256_madd_epi16(w0, h0), _mm256_madd_epi16(w1, h1)));
-                b23 = _mm256_add_epi32(b23, _mm256_add_epi32(_mm256_madd_epi16(w0, l0), _mm256_madd_epi16(w1, l1)));
+                let (u, v) = (load_q(p), load_q(p.add(16)));
+                let low_nibbles = |w| _mm256_srai_epi16(_mm256_slli_epi16(w, 12), 12);
+                s.add::<L>(0, low_nibbles(u), low_nibbles(v), h0, l0);
+                s.add::<L>(1, _mm256_srai_epi16(u, 4), _mm256_srai_epi16(v, 4), h1, l1);
                 i += 16;
             }
-            [
-                (sum4(low(a01)), sum4(low(b01))),
-                (sum4(high(a01)), sum4(high(b01))),
-                (sum4(low(a23)), sum4(low(b23))),
-                (sum4(high(a23)), sum4(high(b23))),
-            ]
+            s.rows()
         }
 
-        #[target_feature(enable = "avx2")]
-        #[inline]
-        unsafe fn dot_i32(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
+        #[inline(always)]
+        unsafe fn dot_i32<const L: u8>(hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
 
             let n = q.len().min(hi.len()).min(lo.len());
             let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
             let mut i = 0;
             while i + 16 <= n {
                 let w = load_q(q.as_ptr().add(i));
-                a = _mm256_add_epi32(a, _mm256_madd_epi16(w, load16(hi.as_ptr().add(i))));
-                b = _mm256_add_epi32(b, _mm256_madd_epi16(w, load16(lo.as_ptr().add(i))));
+                a = dp::<L>(a, w, load16(hi.as_ptr().add(i)));
+                b = dp::<L>(b, w, load16(lo.as_ptr().add(i)));
                 i += 16;
             }
             let (ta, tb) = dot_i32_scalar(&hi[i..n], &lo[i..n], &q[i..n]);
@@ -1056,33 +1156,64 @@ mod fixed {
         /// Four rows of a block: one sequential stream of weights. 16 bytes of it are 8 values of
         /// two rows, so rows 0 and 1 sum in the low and high halves of a01/b01, rows 2 and 3 in
         /// a23/b23, against the activations loaded into both halves.
-        #[target_feature(enable = "avx2")]
-        #[inline]
-        unsafe fn dot4_i32(hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
+        #[inline(always)]
+        unsafe fn dot4_i32<const L: u8>(hi: &[i16], lo: &[i16], block: &[i8]) -> [(i32, i32); 4] {
             let n = hi.len().min(lo.len()).min(block.len() / 4) / 16 * 16;
-            let z = _mm256_setzero_si256();
-            let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
+            let mut s = Sums4::new();
             let mut i = 0;
             while i + 16 <= n {
                 let p = block.as_ptr().add(4 * i);
                 _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
                 for half in 0..2 {
                     let (h, l) = (load8_twice(hi.as_ptr().add(i + 8 * half)), load8_twice(lo.as_ptr().add(i + 8 * half)));
-                    let w = load_q(p.add(32 * half));
-                    a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(w, h));
-                    b01 = _mm256_add_epi32(b01, _mm256_madd_epi16(w, l));
-                    let w = load_q(p.add(32 * half + 16));
-                    a23 = _mm256_add_epi32(a23, _mm256_madd_epi16(w, h));
-                    b23 = _mm256_add_epi32(b23, _mm256_madd_epi16(w, l));
+                    s.add::<L>(half, load_q(p.add(32 * half)), load_q(p.add(32 * half + 16)), h, l);
                 }
                 i += 16;
             }
-            [
-                (sum4(low(a01)), sum4(low(b01))),
-                (sum4(high(a01)), sum4(high(b01))),
-                (sum4(low(a23)), sum4(low(b23))),
-                (sum4(high(a23)), sum4(high(b23))),
-            ]
+            s.rows()
+        }
+
+        /// The running (hi, lo) sums of a block's four rows, rows 0-1 in the halves of one vector
+        /// and rows 2-3 in another, in two sets: a step's values 0-7 go to set 0, 8-15 to set 1, so
+        /// each vpdpwssd waits on its accumulator half as long (one set: VNNI int8 rows from
+        /// memory 25% slower than AVX2).
+        struct Sums4 {
+            a01: [__m256i; 2],
+            b01: [__m256i; 2],
+            a23: [__m256i; 2],
+            b23: [__m256i; 2],
+        }
+
+        impl Sums4 {
+            #[inline(always)]
+            unsafe fn new() -> Sums4 {
+                let z = _mm256_setzero_si256();
+                Sums4 { a01: [z, z], b01: [z, z], a23: [z, z], b23: [z, z] }
+            }
+            /// Rows 0-1's 8 values `w01` and rows 2-3's `w23` times the activations (h, l) in set `at`.
+            #[inline(always)]
+            unsafe fn add<const L: u8>(&mut self, at: usize, w01: __m256i, w23: __m256i, h: __m256i, l: __m256i) {
+                self.a01[at] = dp::<L>(self.a01[at], w01, h);
+                self.b01[at] = dp::<L>(self.b01[at], w01, l);
+                self.a23[at] = dp::<L>(self.a23[at], w23, h);
+                self.b23[at] = dp::<L>(self.b23[at], w23, l);
+            }
+            /// [a01, b01, a23, b23], the two sets added.
+            #[inline(always)]
+            unsafe fn total(&self) -> [__m256i; 4] {
+                let both = |v: &[__m256i; 2]| _mm256_add_epi32(v[0], v[1]);
+                [both(&self.a01), both(&self.b01), both(&self.a23), both(&self.b23)]
+            }
+            #[inline(always)]
+            unsafe fn rows(&self) -> [(i32, i32); 4] {
+                let [a01, b01, a23, b23] = self.total();
+                [
+                    (sum4(low(a01)), sum4(low(b01))),
+                    (sum4(high(a01)), sum4(high(b01))),
+                    (sum4(low(a23)), sum4(low(b23))),
+                    (sum4(high(a23)), sum4(high(b23))),
+                ]
+            }
         }
     }
 }
@@ -1844,7 +1975,7 @@ mod tests {
             let block = blocked(&q, 4, n); // (blocked only when n is a multiple of 16)
             let four = [want(0), want(1), want(2), want(3)];
             #[cfg(target_arch = "x86_64")]
-            let k = fixed::avx2::Avx2::detect();
+            let k = fixed::avx2::Avx2::detect().map(|k| k.plain());
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             let k = Some(fixed::simd128::Simd128);
             #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
@@ -1979,6 +2110,24 @@ mod tests {
         }
     }
 
+    /// `fixed::rows` (ys as [row][token]) through every x86 kernel set this CPU runs, by name:
+    /// `matmul` runs the best one only. (Other targets: none; their tests run their own set.)
+    #[allow(clippy::too_many_arguments)]
+    fn every_x86_set(input: &Q8Input, t: usize, k: usize, group: usize, bits: u32, w: &[i8], n: usize, scale: &[f32]) -> Vec<(&'static str, Vec<f32>)> {
+        #[cfg(target_arch = "x86_64")]
+        return fixed::avx2::Avx2::levels().into_iter().map(|set| {
+            let mut ys = vec![0f32; t * n];
+            // SAFETY: levels() holds only the sets this CPU runs
+            unsafe { set.rows(&input.x, t, k, group, true, bits, w, n, 0, scale, &mut ys) };
+            (set.name(), ys)
+        }).collect();
+        #[allow(unreachable_code)]
+        {
+            let _ = (input, t, k, group, bits, w, n, scale);
+            Vec::new()
+        }
+    }
+
     #[test]
     fn int4_blocks_give_the_int8_bits() {
         // int4 values in the int4 blocked layout: every value where q_value says, and the same
@@ -2009,6 +2158,9 @@ mod tests {
                 let input = Q8Input::new(&x, k, group);
                 let mut scalar = vec![0f32; t * n];
                 fixed::rows(&fixed::Scalar, &input.x, t, k, group, true, 4, &q4, n, 0, &scale, &mut scalar);
+                for (name, ys) in every_x86_set(&input, t, k, group, 4, &q4, n, &scale) {
+                    assert_eq!(scalar, ys, "{} n={} k={} t={}", name, n, k, t);
+                }
                 let by_row: Vec<f32> = (0..t * n).map(|at| scalar[(at % n) * t + at / n]).collect();
                 assert_eq!(want, by_row, "scalar n={} k={} t={}", n, k, t);
             }
@@ -2044,6 +2196,9 @@ mod tests {
                     let mut scalar = vec![0f32; n];
                     fixed::rows(&fixed::Scalar, &input.x, 1, k, group, true, bits, &w, n, 0, &scale, &mut scalar);
                     assert_eq!(fast, scalar, "n={} k={} group={} bits={} extreme={}", n, k, group, bits, extreme);
+                    for (name, ys) in every_x86_set(&input, 1, k, group, bits, &w, n, &scale) {
+                        assert_eq!(ys, scalar, "{} n={} k={} group={} bits={} extreme={}", name, n, k, group, bits, extreme);
+                    }
                     if extreme {
                         // and the largest sums are right: every row is +-(group * top * 1.5 * sum of its scales)
                         for (r, y) in fast.iter().enumerate() {
@@ -2086,6 +2241,9 @@ mod tests {
                     let input = Q8Input::new(&x[..t * k], k, group);
                     let mut scalar = vec![0f32; t * n];
                     fixed::rows(&fixed::Scalar, &input.x, t, k, group, true, bits, w, n, 0, &scale, &mut scalar);
+                    for (name, ys) in every_x86_set(&input, t, k, group, bits, w, n, &scale) {
+                        assert!(ys.iter().zip(&scalar).all(|(a, b)| a.to_bits() == b.to_bits()), "{} bits={} n={} k={} group={} t={}", name, bits, n, k, group, t);
+                    }
                     for i in 0..t {
                         for r in 0..n {
                             let want = one[i][r].to_bits();
@@ -2203,7 +2361,7 @@ mod tests {
 
 /// Decode's matrix-vector kernels alone, one thread, by CPU time (the machine may be shared):
 /// `cargo test --release --lib decode_bench -- --ignored --nocapture`.
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod decode_bench {
     use super::*;
 
@@ -2223,37 +2381,73 @@ mod decode_bench {
         t.sec as f64 + t.nsec as f64 * 1e-9
     }
 
+    /// Seconds a call of `rows` takes through kernel set `set` (best of 5 by CPU time, each
+    /// timing `reps` calls), with the input split once per call as the runtime does.
+    #[allow(clippy::too_many_arguments)]
+    fn time_rows(set: fixed::avx2::Avx2, x: &[f32], t: usize, k: usize, group: usize, bits: u32, w: &[i8], n: usize, scale: &[f32], reps: usize) -> f64 {
+        let mut ys = vec![0f32; t * n];
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t0 = cpu_seconds();
+            for _ in 0..reps {
+                let input = Q8Input::new(x, k, group);
+                unsafe { set.rows(&input.x, t, k, group, true, bits, w, n, 0, scale, &mut ys) };
+            }
+            best = best.min((cpu_seconds() - t0) / reps as f64);
+        }
+        best
+    }
+
+    /// (int8 blocked, int4 blocked) forms of random n x k values in [-7, 7].
+    fn both_forms(s: &mut u64, n: usize, k: usize) -> (Vec<i8>, Vec<i8>) {
+        let q: Vec<i8> = (0..n * k).map(|_| (tests::lcg(s) * 7.99) as i8).collect();
+        let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
+        (tests::blocked(&q, n, k), block_rows_q4(&packed, n, k))
+    }
+
     #[test]
     #[ignore]
     fn decode_matvec_speed() {
         let mut s = 5u64;
-        // a matrix that fits L2, one streamed from memory, and Qwen2.5-0.5B's tied output table
+        // a matrix that fits L2, one streamed from memory, and Qwen2.5-0.5B's tied output table;
+        // each case through every kernel set this CPU runs, interleaved
         for (n, k) in [(256usize, 896usize), (16384, 4096), (151936, 896)] {
             let x: Vec<f32> = (0..k).map(|_| tests::lcg(&mut s)).collect();
-            let q: Vec<i8> = (0..n * k).map(|_| (tests::lcg(&mut s) * 7.99) as i8).collect();
-            let q8 = tests::blocked(&q, n, k);
-            let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
-            let q4 = block_rows_q4(&packed, n, k);
+            let (q8, q4) = both_forms(&mut s, n, k);
             let mut int8 = 0.0;
             for (bits, group) in [(8u32, k), (8, 32), (4, 32), (4, 64), (4, 128)] {
                 let scale: Vec<f32> = (0..n * k / group).map(|_| tests::lcg(&mut s).abs() * 0.01).collect();
                 let w = if bits == 4 { &q4 } else { &q8 };
-                let mut ys = vec![0f32; n];
-                let reps = (200_000_000 / (n * k)).max(3);
-                let mut best = f64::MAX;
-                for _ in 0..5 {
-                    let t0 = cpu_seconds();
-                    for _ in 0..reps {
-                        Q8Input::new(&x, k, group).rows(1, true, bits, w, n, 0, &scale, &mut ys);
+                for set in fixed::avx2::Avx2::levels() {
+                    let best = time_rows(set, &x, 1, k, group, bits, w, n, &scale, (200_000_000 / (n * k)).max(3));
+                    if group == k {
+                        int8 = best;
                     }
-                    best = best.min((cpu_seconds() - t0) / reps as f64);
+                    let bytes = (n * k * bits as usize / 8 + n * k / group * 4) as f64;
+                    println!("{:5} x {:4} int{} group {:4} {:11}: {:8.1} us  {:5.2} G weights/s  {:5.2} GB/s  {:4.2}x int8 per row",
+                        n, k, bits, group, set.name(), best * 1e6, (n * k) as f64 / best / 1e9, bytes / best / 1e9, int8 / best);
                 }
-                if group == k {
-                    int8 = best;
+            }
+        }
+    }
+
+    /// Prefill's matrix-matrix path (64 tokens) on Qwen2.5-0.5B's MLP shapes, every kernel set:
+    /// `cargo test --release --lib prefill_matmul_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn prefill_matmul_speed() {
+        let mut s = 5u64;
+        let t = 64;
+        for (n, k) in [(4864usize, 896usize), (896, 4864)] {
+            let x: Vec<f32> = (0..t * k).map(|_| tests::lcg(&mut s)).collect();
+            let (q8, q4) = both_forms(&mut s, n, k);
+            for (bits, group) in [(8u32, k), (4, 32), (4, 128)] {
+                let scale: Vec<f32> = (0..n * k / group).map(|_| tests::lcg(&mut s).abs() * 0.01).collect();
+                let w = if bits == 4 { &q4 } else { &q8 };
+                for set in fixed::avx2::Avx2::levels() {
+                    let best = time_rows(set, &x, t, k, group, bits, w, n, &scale, 3);
+                    println!("T={} {:5} x {:4} int{} group {:4} {:11}: {:8.1} us  {:5.2} G MAC/s", t, n, k, bits, group, set.name(), best * 1e6, (n * k * t) as f64 / best / 1e9);
                 }
-                let bytes = (n * k * bits as usize / 8 + n * k / group * 4) as f64;
-                println!("{:5} x {:4} int{} group {:4}: {:8.1} us  {:5.2} G weights/s  {:5.2} GB/s  {:4.2}x int8 per row",
-                    n, k, bits, group, best * 1e6, (n * k) as f64 / best / 1e9, bytes / best / 1e9, int8 / best);
             }
         }
     }
