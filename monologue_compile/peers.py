@@ -109,7 +109,7 @@ def _native_worker(lib: str, dist: str, cores: str, prompt_len: int, steps: int)
     m = NativeModel.from_dist(dist, lib_path=lib)
     m.set_sampler(temperature=0.0)
     prompt = prompt_ids(m.vocab, prompt_len)
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "kernels": m.info()["kernels"]}), flush=True)
     for _ in sys.stdin:
         m.reset()
         t0 = time.perf_counter()
@@ -119,15 +119,6 @@ def _native_worker(lib: str, dist: str, cores: str, prompt_len: int, steps: int)
             m.next_token()
         t2 = time.perf_counter()
         print(json.dumps({"prefill": prompt_len / (t1 - t0), "decode": steps / (t2 - t1)}), flush=True)
-
-
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has a VNNI the native kernels pick over AVX2 (Linux's /proc/cpuinfo flags)."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx_vnni" in flags or ("avx512_vnni" in flags and "avx512vl" in flags)
 
 
 class Native(Engine):
@@ -144,7 +135,7 @@ class Native(Engine):
                                       ",".join(map(str, cores[:threads])), str(PROMPT), str(STEPS)],
                                      env=dict(os.environ, **({"MONOLOGUE_X86_KERNELS": "avx2"} if plain_avx2 else {})),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self._answer()
+        self.kernels = self._answer()["kernels"]  # the int8 kernel set the runtime picked
 
     def _answer(self) -> dict:
         line = self.proc.stdout.readline()
@@ -228,20 +219,25 @@ class Wgsl(Engine):
 def our_engines(dist: Path, label: str = "ours", rust: bool = True, wasm: bool = True,
                 wgsl: bool = True) -> tuple[list[Engine], list[str]]:
     """Native (1, 2 threads), wasm and WGSL on DIST, named by its quantization scheme ("ours native
-    int4-g32"); the ones that could not start as lines. Where the CPU has VNNI (the kernels' pick),
-    also native on one thread with the AVX2 kernels, to show what VNNI gives."""
+    int4-g32"); the ones that could not start as lines. Where the runtime picks VNNI kernels, also
+    native on one thread capped at the AVX2 kernels, to show what VNNI gives."""
     from .artifact import load_model
 
     g, manifest, _ = load_model(dist)
     native, web, gpu = (f"{label} {kind} {manifest['model'].get('quant', 'int8')}" for kind in ("native", "wasm", "WGSL"))
     engines, failed = [], []
-    runs = [(f"{native}, 1 thread", lambda: Native(dist, g, 1, native), rust),
-            (f"{native}, 2 threads", lambda: Native(dist, g, 2, native), rust),
-            (f"{web} (Node)", lambda: Wasm(dist, g, f"{web} (Node)"), rust and wasm),
-            (gpu, lambda: Wgsl(dist, g, gpu), wgsl)]
-    if rust and cpu_has_vnni():
-        runs.insert(2, (f"{native} AVX2 kernels, 1 thread", lambda: Native(dist, g, 1, f"{native} AVX2 kernels", True), True))
-    for what, make, on in runs:
+
+    def plain_avx2():
+        picked = next((e.kernels for e in engines if isinstance(e, Native)), None)
+        if picked is None or "vnni" not in picked:
+            raise CannotRun(f"the runtime picks the {picked or 'unknown'} kernels here, not VNNI")
+        return Native(dist, g, 1, f"{native} AVX2 kernels", True)
+
+    for what, make, on in ((f"{native}, 1 thread", lambda: Native(dist, g, 1, native), rust),
+                           (f"{native}, 2 threads", lambda: Native(dist, g, 2, native), rust),
+                           (f"{native} AVX2 kernels, 1 thread", plain_avx2, rust),
+                           (f"{web} (Node)", lambda: Wasm(dist, g, f"{web} (Node)"), rust and wasm),
+                           (gpu, lambda: Wgsl(dist, g, gpu), wgsl)):
         if not on:
             failed.append(f"{what}: skipped (not asked for)")
             continue

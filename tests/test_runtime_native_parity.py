@@ -164,3 +164,30 @@ def test_emitted_crate_builds_with_plain_cargo(tmp_path, crate_dir):
     r = subprocess.run([tc.cargo, "check", "--offline", "--release", "--target-dir", str(tmp_path / "target")],
                        cwd=crate, capture_output=True, text=True, env=tc.env())
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+@needs_cargo
+def test_the_kernel_sets_give_the_same_tokens(tmp_path, crate_dir):
+    """The runtime names the int8 kernel set it picked (on x86: VNNI where the CPU and compiler have
+    it, else AVX2), MONOLOGUE_X86_KERNELS=avx2 caps it, and the sets give the same greedy tokens."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    dist = compile_model(tmp_path, tiny_model(seed=3))
+    m = native_for(dist, crate_dir)
+    lib = build_native(crate_dir, fast=True)
+    prompt = [5, 9, 2, 7, 11, 3]
+    picked, tokens = m.info()["kernels"], greedy(m, prompt, 12)
+    assert picked in ("avx512-vnni", "avx-vnni", "avx2", "scalar")
+    code = ("import json, sys; from monologue_compile.backends.native import NativeModel; "
+            "from test_runtime_native_parity import greedy; "
+            "m = NativeModel.from_dist(sys.argv[1], lib_path=sys.argv[2]); "
+            "print(json.dumps([m.info()['kernels'], greedy(m, json.loads(sys.argv[3]), 12)]))")
+    r = subprocess.run([sys.executable, "-c", code, str(dist), str(lib), json.dumps(prompt)], capture_output=True,
+                       text=True, cwd=Path(__file__).parent, env=dict(os.environ, MONOLOGUE_X86_KERNELS="avx2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    capped, capped_tokens = json.loads(r.stdout.splitlines()[-1])
+    assert capped == ("scalar" if picked == "scalar" else "avx2")
+    assert capped_tokens == tokens

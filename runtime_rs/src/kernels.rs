@@ -896,7 +896,7 @@ mod fixed {
                 if level == 0xfe { None } else { Some(Avx2 { level }) }
             }
 
-            /// The set's name, as `monologue` reports it.
+            /// The set's name (`kernel_set`).
             pub fn name(&self) -> &'static str {
                 match self.level {
                     AVX512_VNNI => "avx512-vnni",
@@ -1309,6 +1309,19 @@ pub fn q8_index(r: usize, j: usize, n: usize, k_pad: usize, blocked: bool) -> us
     } else {
         r * k_pad + j
     }
+}
+
+/// The name of the int8 kernel set matmuls run here: "avx512-vnni", "avx-vnni" or "avx2" (x86,
+/// picked at run time), "simd128" (wasm) or "scalar".
+pub fn kernel_set() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = fixed::avx2::Avx2::detect() {
+        return k.name();
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return "simd128";
+    #[allow(unreachable_code)]
+    "scalar"
 }
 
 /// The T input rows of an int8 matmul (T rows of the packed width, zero-padded), as fixed point,

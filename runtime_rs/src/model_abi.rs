@@ -142,7 +142,8 @@ pub unsafe extern "C" fn mono_model_finish(h: *mut MonoModel) -> i32 {
     guarded(|| model(h)?.engine.finish())
 }
 
-/// {"vocab", "seq_len", "chunk", "pos", "ready"} as JSON.
+/// {"vocab", "seq_len", "chunk", "pos", "ready", "weights", "kernels"} as JSON ("kernels": the
+/// int8 kernel set, `kernels::kernel_set`).
 ///
 /// # Safety
 /// `h` valid; out-pointers writable.
@@ -152,13 +153,14 @@ pub unsafe extern "C" fn mono_model_info(h: *mut MonoModel, out: *mut *const u8,
         let m = model(h)?;
         let i = m.engine.info;
         let text = format!(
-            "{{\"vocab\":{},\"seq_len\":{},\"chunk\":{},\"pos\":{},\"ready\":{},\"weights\":{}}}",
+            "{{\"vocab\":{},\"seq_len\":{},\"chunk\":{},\"pos\":{},\"ready\":{},\"weights\":{},\"kernels\":\"{}\"}}",
             i.vocab,
             i.seq_len,
             i.chunk,
             m.engine.pos(),
             m.engine.ready(),
-            i.specs.len()
+            i.specs.len(),
+            crate::kernels::kernel_set()
         );
         m.out_bytes = text.into_bytes();
         *out = m.out_bytes.as_ptr();
