@@ -806,7 +806,7 @@ mod fixed {
         // sums (the same sums modulo 2^32 either way, so the same bits): AVX2's vpmaddwd then
         // vpaddd, or VNNI's vpdpwssd, one instruction (EVEX-encoded with AVX-512 VNNI + VL,
         // VEX-encoded with AVX-VNNI). VNNI needs Rust 1.89's intrinsics: build.rs sets
-        // `monologue_vnni` where the compiler has them (Debian's 1.63 builds wasm only).
+        // `monologue_vnni` where the compiler has them (Debian's 1.63 builds the AVX2 set alone).
         const AVX2: u8 = 0;
         const AVX512_VNNI: u8 = 1;
         const AVX_VNNI: u8 = 2;
