@@ -133,9 +133,10 @@ def bench(dist, prompt_len: int = 64, steps: int = 32, rust: bool = True, wasm: 
             from .backends.native import decode_speeds
 
             r = decode_speeds(dist, steps, wasm=wasm)
-            rows["native"] = {"decode_tok_s": r["native_tok_s"], "note": "decode only, after a 16-token prompt"}
+            note = "decode only, after a 16-token prompt; {} kernels"
+            rows["native"] = {"decode_tok_s": r["native_tok_s"], "note": note.format(r["native_kernels"])}
             if "wasm_tok_s" in r:
-                rows["wasm (node)"] = {"decode_tok_s": r["wasm_tok_s"], "note": "decode only, after a 16-token prompt"}
+                rows["wasm (node)"] = {"decode_tok_s": r["wasm_tok_s"], "note": note.format(r["wasm_kernels"])}
         except Exception as e:  # no Rust toolchain, or the backend is not importable
             rows["native"] = {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
     return res

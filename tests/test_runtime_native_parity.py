@@ -191,3 +191,18 @@ def test_the_kernel_sets_give_the_same_tokens(tmp_path, crate_dir):
     capped, capped_tokens = json.loads(r.stdout.splitlines()[-1])
     assert capped == ("scalar" if picked == "scalar" else "avx2")
     assert capped_tokens == tokens
+
+
+@needs_cargo
+def test_bench_names_the_kernel_set_it_timed(tmp_path, monkeypatch):
+    """`monologue bench DIST`'s native row says which int8 kernels ran (numbers differ by set)."""
+    from click.testing import CliRunner
+
+    from monologue_compile.cli import main
+
+    monkeypatch.setenv("MONOLOGUE_RUST_FAST", "1")
+    dist = compile_model(tmp_path, tiny_model(seed=5))
+    r = CliRunner().invoke(main, ["bench", str(dist), "--no-wasm", "--steps", "4"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    native = [line for line in r.stdout.splitlines() if line.startswith("native ")]
+    assert len(native) == 1 and any(f"{k} kernels" in native[0] for k in ("avx512-vnni", "avx-vnni", "avx2", "scalar")), native

@@ -452,6 +452,7 @@ def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
     crate = trusted_crate(g)
     m = NativeModel.from_dist(dist, lib_path=build_native(crate))
     out["native_tok_s"] = steps / time_decode(m, prompt, steps)[0]
+    out["native_kernels"] = m.info()["kernels"]
     del m
     if wasm and shutil.which("node"):
         if not (dist / "runtime.wasm").exists():
@@ -459,6 +460,7 @@ def decode_speeds(dist, steps: int = 32, wasm: bool = True) -> dict:
         w = WasmModel.from_dist(dist)
         try:
             out["wasm_tok_s"] = steps / time_decode(w, prompt, steps)[0]
+            out["wasm_kernels"] = w.info()["kernels"]
         finally:
             w.close()
         out["wasm_bytes"] = (dist / "runtime.wasm").stat().st_size
