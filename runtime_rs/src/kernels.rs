@@ -760,7 +760,7 @@ mod fixed {
     }
 
     #[cfg(target_arch = "x86_64")]
-    pub mod avx2 {
+    pub mod x86 {
         use super::dot_i32_scalar;
         use std::arch::x86_64::*;
 
@@ -855,26 +855,26 @@ mod fixed {
 
         /// A kernel set this CPU runs (see `Q8Input`): only made where it has the set's features.
         #[derive(Clone, Copy, Debug, PartialEq)]
-        pub struct Avx2 {
+        pub struct KernelSet {
             level: u8,
         }
 
         /// The set `detect` picks: 0xff until the first call.
         static DETECTED: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0xff);
 
-        impl Avx2 {
+        impl KernelSet {
             /// Every kernel set this CPU and build run, plainest first (the tests check each).
-            pub fn levels() -> Vec<Avx2> {
+            pub fn levels() -> Vec<KernelSet> {
                 let mut all = Vec::new();
                 if is_x86_feature_detected!("avx2") {
-                    all.push(Avx2 { level: AVX2 });
+                    all.push(KernelSet { level: AVX2 });
                     #[cfg(monologue_vnni)]
                     {
                         if is_x86_feature_detected!("avxvnni") {
-                            all.push(Avx2 { level: AVX_VNNI });
+                            all.push(KernelSet { level: AVX_VNNI });
                         }
                         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni") {
-                            all.push(Avx2 { level: AVX512_VNNI });
+                            all.push(KernelSet { level: AVX512_VNNI });
                         }
                     }
                 }
@@ -883,17 +883,17 @@ mod fixed {
 
             /// The last of `levels`, or the plain AVX2 set where the environment has
             /// MONOLOGUE_X86_KERNELS=avx2 (for benchmarks: both sets on one machine); decided once.
-            pub fn detect() -> Option<Avx2> {
+            pub fn detect() -> Option<KernelSet> {
                 use core::sync::atomic::Ordering;
                 let mut level = DETECTED.load(Ordering::Relaxed);
                 if level == 0xff {
-                    let all = Avx2::levels();
+                    let all = KernelSet::levels();
                     let plain = std::env::var("MONOLOGUE_X86_KERNELS").map_or(false, |v| v == "avx2");
                     let pick = if plain { all.first() } else { all.last() };
                     level = pick.map_or(0xfe, |k| k.level);
                     DETECTED.store(level, Ordering::Relaxed);
                 }
-                if level == 0xfe { None } else { Some(Avx2 { level }) }
+                if level == 0xfe { None } else { Some(KernelSet { level }) }
             }
 
             /// The set's name (`kernel_set`).
@@ -928,7 +928,7 @@ mod fixed {
             #[inline(always)]
             fn dot(&self, hi: &[i16], lo: &[i16], q: &[i8]) -> (i32, i32) {
                 // SAFETY: an X86<L> is used only inside L's entry points (or `plain`'s callers,
-                // which hold an Avx2: the CPU has AVX2)
+                // which hold a KernelSet: the CPU has AVX2)
                 unsafe { dot_i32::<L>(hi, lo, q) }
             }
             #[inline(always)]
@@ -956,11 +956,11 @@ mod fixed {
                 // the usual groups with their step count known: the group loop unrolled
                 unsafe {
                     match (group, int4) {
-                        (32, true) => groups4_avx2::<L, 2, true>(hi, lo, block, group, unit, scale, ys),
-                        (64, true) => groups4_avx2::<L, 4, true>(hi, lo, block, group, unit, scale, ys),
-                        (128, true) => groups4_avx2::<L, 8, true>(hi, lo, block, group, unit, scale, ys),
-                        (_, true) => groups4_avx2::<L, 0, true>(hi, lo, block, group, unit, scale, ys),
-                        (_, false) => groups4_avx2::<L, 0, false>(hi, lo, block, group, unit, scale, ys),
+                        (32, true) => groups4_x86::<L, 2, true>(hi, lo, block, group, unit, scale, ys),
+                        (64, true) => groups4_x86::<L, 4, true>(hi, lo, block, group, unit, scale, ys),
+                        (128, true) => groups4_x86::<L, 8, true>(hi, lo, block, group, unit, scale, ys),
+                        (_, true) => groups4_x86::<L, 0, true>(hi, lo, block, group, unit, scale, ys),
+                        (_, false) => groups4_x86::<L, 0, false>(hi, lo, block, group, unit, scale, ys),
                     }
                 }
             }
@@ -970,7 +970,7 @@ mod fixed {
         /// (three horizontal adds, one permute to [a0 a1 a2 a3 | b0 b1 b2 b3]) and go through the
         /// f32 steps as one vector of the four rows.
         #[inline(always)]
-        unsafe fn groups4_avx2<const L: u8, const STEPS: usize, const INT4: bool>(hi: &[i16], lo: &[i16], block: &[i8], group: usize, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
+        unsafe fn groups4_x86<const L: u8, const STEPS: usize, const INT4: bool>(hi: &[i16], lo: &[i16], block: &[i8], group: usize, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
             let (steps, ng, int4) = (if STEPS > 0 { STEPS } else { group / 16 }, unit.len(), INT4);
             let n = ng * steps * 16;
             assert!(hi.len() >= n && lo.len() >= n && block.len() >= if int4 { 2 * n } else { 4 * n } && group % 16 == 0);
@@ -980,12 +980,10 @@ mod fixed {
             let mut acc = _mm_loadu_ps(ys.as_ptr());
             let mut i = 0;
             for g in 0..ng {
-                let z = _mm256_setzero_si256();
-                // VNNI: values 0-7 of each step into a.., 8-15 into c..: two chains per sum, as
-                // vpdpwssd waits for its accumulator (one chain: int4-g128 20% slower). AVX2 adds
-                // the two products first (eight more registers spilled: int4-g64 at half speed).
-                let (mut a01, mut b01, mut a23, mut b23) = (z, z, z, z);
-                let (mut c01, mut d01, mut c23, mut d23) = (z, z, z, z);
+                // VNNI: values 0-7 of each step in set 0, 8-15 in set 1 (one set: int4-g128 20%
+                // slower); AVX2 one set (with two, spilled registers ran int4-g64 at half speed)
+                let mut s = Sums4::new();
+                let second = if L == AVX2 { 0 } else { 1 };
                 for _ in 0..steps {
                     let (h0, l0) = (load8_twice(hp.add(i)), load8_twice(lp.add(i)));
                     let (h1, l1) = (load8_twice(hp.add(i + 8)), load8_twice(lp.add(i + 8)));
@@ -1000,22 +998,11 @@ mod fixed {
                         _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
                         (load_q(p), load_q(p.add(32)), load_q(p.add(16)), load_q(p.add(48)))
                     };
-                    if L == AVX2 {
-                        a01 = _mm256_add_epi32(a01, _mm256_add_epi32(_mm256_madd_epi16(w01, h0), _mm256_madd_epi16(x01, h1)));
-                        b01 = _mm256_add_epi32(b01, _mm256_add_epi32(_mm256_madd_epi16(w01, l0), _mm256_madd_epi16(x01, l1)));
-                        a23 = _mm256_add_epi32(a23, _mm256_add_epi32(_mm256_madd_epi16(w23, h0), _mm256_madd_epi16(x23, h1)));
-                        b23 = _mm256_add_epi32(b23, _mm256_add_epi32(_mm256_madd_epi16(w23, l0), _mm256_madd_epi16(x23, l1)));
-                    } else {
-                        (a01, c01) = (dp::<L>(a01, w01, h0), dp::<L>(c01, x01, h1));
-                        (b01, d01) = (dp::<L>(b01, w01, l0), dp::<L>(d01, x01, l1));
-                        (a23, c23) = (dp::<L>(a23, w23, h0), dp::<L>(c23, x23, h1));
-                        (b23, d23) = (dp::<L>(b23, w23, l0), dp::<L>(d23, x23, l1));
-                    }
+                    s.add::<L>(0, w01, w23, h0, l0);
+                    s.add::<L>(second, x01, x23, h1, l1);
                     i += 16;
                 }
-                if L != AVX2 {
-                    (a01, b01, a23, b23) = (_mm256_add_epi32(a01, c01), _mm256_add_epi32(b01, d01), _mm256_add_epi32(a23, c23), _mm256_add_epi32(b23, d23));
-                }
+                let [a01, b01, a23, b23] = s.total();
                 let v = if INT4 && group <= 32 {
                     // a * 4096 + b in i32: |a * 4096 + b| <= 32 * 7 * 2^23 < 2^31 (weights.rs refuses
                     // the nibble -8), and its f32 rounding is (a as f32) * 4096 + b as f32 (both
@@ -1315,7 +1302,7 @@ pub fn q8_index(r: usize, j: usize, n: usize, k_pad: usize, blocked: bool) -> us
 /// picked at run time), "simd128" (wasm) or "scalar".
 pub fn kernel_set() -> &'static str {
     #[cfg(target_arch = "x86_64")]
-    if let Some(k) = fixed::avx2::Avx2::detect() {
+    if let Some(k) = fixed::x86::KernelSet::detect() {
         return k.name();
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -1331,7 +1318,7 @@ pub struct Q8Input {
     group: usize,
     x: fixed::Fixed,
     #[cfg(target_arch = "x86_64")]
-    avx2: Option<fixed::avx2::Avx2>,
+    x86: Option<fixed::x86::KernelSet>,
 }
 
 impl Q8Input {
@@ -1341,7 +1328,7 @@ impl Q8Input {
             group,
             x: fixed::split(xs, group),
             #[cfg(target_arch = "x86_64")]
-            avx2: fixed::avx2::Avx2::detect(),
+            x86: fixed::x86::KernelSet::detect(),
         }
     }
 
@@ -1350,7 +1337,7 @@ impl Q8Input {
     #[allow(clippy::too_many_arguments)]
     pub fn rows(&self, t: usize, blocked: bool, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if let Some(k) = &self.avx2 {
+        if let Some(k) = &self.x86 {
             return unsafe { k.rows(&self.x, t, self.width, self.group, blocked, bits, q, n, first, scale, ys) };
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -1998,7 +1985,7 @@ mod tests {
             let block = blocked(&q, 4, n); // (blocked only when n is a multiple of 16)
             let four = [want(0), want(1), want(2), want(3)];
             #[cfg(target_arch = "x86_64")]
-            let k = fixed::avx2::Avx2::detect().map(|k| k.plain());
+            let k = fixed::x86::KernelSet::detect().map(|k| k.plain());
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             let k = Some(fixed::simd128::Simd128);
             #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
@@ -2138,7 +2125,7 @@ mod tests {
     #[allow(clippy::too_many_arguments)]
     fn every_x86_set(input: &Q8Input, t: usize, k: usize, group: usize, bits: u32, w: &[i8], n: usize, scale: &[f32]) -> Vec<(&'static str, Vec<f32>)> {
         #[cfg(target_arch = "x86_64")]
-        return fixed::avx2::Avx2::levels().into_iter().map(|set| {
+        return fixed::x86::KernelSet::levels().into_iter().map(|set| {
             let mut ys = vec![0f32; t * n];
             // SAFETY: levels() holds only the sets this CPU runs
             unsafe { set.rows(&input.x, t, k, group, true, bits, w, n, 0, scale, &mut ys) };
@@ -2414,7 +2401,7 @@ mod decode_bench {
     /// Seconds a call of `rows` takes through kernel set `set` (best of 5 by CPU time, each
     /// timing `reps` calls), with the input split once per call as the runtime does.
     #[allow(clippy::too_many_arguments)]
-    fn time_rows(set: fixed::avx2::Avx2, x: &[f32], t: usize, k: usize, group: usize, bits: u32, w: &[i8], n: usize, scale: &[f32], reps: usize) -> f64 {
+    fn time_rows(set: fixed::x86::KernelSet, x: &[f32], t: usize, k: usize, group: usize, bits: u32, w: &[i8], n: usize, scale: &[f32], reps: usize) -> f64 {
         let mut ys = vec![0f32; t * n];
         let mut best = f64::MAX;
         for _ in 0..5 {
@@ -2448,7 +2435,7 @@ mod decode_bench {
             for (bits, group) in [(8u32, k), (8, 32), (4, 32), (4, 64), (4, 128)] {
                 let scale: Vec<f32> = (0..n * k / group).map(|_| tests::lcg(&mut s).abs() * 0.01).collect();
                 let w = if bits == 4 { &q4 } else { &q8 };
-                for set in fixed::avx2::Avx2::levels() {
+                for set in fixed::x86::KernelSet::levels() {
                     let best = time_rows(set, &x, 1, k, group, bits, w, n, &scale, (200_000_000 / (n * k)).max(3));
                     if group == k {
                         int8 = best;
@@ -2476,7 +2463,7 @@ mod decode_bench {
             let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
             let mut out = vec![0f32; t * n];
             let mat = Mat::Q8 { n, k_pad: k, group: k, bits: 8, blocked: true, q: &q8, scale: &scale };
-            let set = fixed::avx2::Avx2::detect().unwrap();
+            let set = fixed::x86::KernelSet::detect().unwrap();
             let one = time_rows(set, &x, t, k, k, 8, &q8, n, &scale, 3);
             let mut best = f64::MAX;
             for _ in 0..5 {
@@ -2503,7 +2490,7 @@ mod decode_bench {
             for (bits, group) in [(8u32, k), (4, 32), (4, 128)] {
                 let scale: Vec<f32> = (0..n * k / group).map(|_| tests::lcg(&mut s).abs() * 0.01).collect();
                 let w = if bits == 4 { &q4 } else { &q8 };
-                for set in fixed::avx2::Avx2::levels() {
+                for set in fixed::x86::KernelSet::levels() {
                     let best = time_rows(set, &x, t, k, group, bits, w, n, &scale, 3);
                     println!("T={} {:5} x {:4} int{} group {:4} {:11}: {:8.1} us  {:5.2} G MAC/s", t, n, k, bits, group, set.name(), best * 1e6, (n * k * t) as f64 / best / 1e9);
                 }
