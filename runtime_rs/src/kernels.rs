@@ -147,6 +147,8 @@ pub fn apply_steps_over(row: &mut [f32], t: usize, steps: &[Step], own: &[f32]) 
 /// core against f32 products: V8 1.8 -> 16 G multiply-adds/s (it widens int8 to f32 slowly),
 /// AVX2 20 -> 28-35 in cache.
 mod fixed {
+    use super::Layout;
+
     /// Each run of `group` values as v = hi * 4096 + lo (|v| <= 2^23), in units of
     /// `unit[run]` = max |x| of the run / 2^23.
     pub struct Fixed {
@@ -308,6 +310,36 @@ mod fixed {
                 }
             }
         }
+        /// `Layout::Lanes8`: NT tokens (one or two) against one eight-row block's tile over whole
+        /// groups (`unit.len()` of them): for each group g in order, row r's sums (a, b) over it go
+        /// to f32 and `ys[token][r] += (a * 4096 + b) * unit[g] * scale[8 * g + r]` (`rows`'
+        /// arithmetic, in the same order). This one is the definition, value by value.
+        fn lanes8<const NT: usize>(&self, x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [[f32; 8]]) {
+            for (x, y) in x.iter().zip(&mut ys[..NT]) {
+                for (g, u) in x.unit.iter().enumerate() {
+                    for (r, y) in y.iter_mut().enumerate() {
+                        let (mut a, mut b) = (0i32, 0i32);
+                        for j in g * group..(g + 1) * group {
+                            let (at, high) = crate::kernels::lanes8_place(r, j);
+                            let byte = tile[at] as u8;
+                            let q = (if high { byte >> 4 } else { byte & 0x0f }) as i32 - 8;
+                            a += x.hi[j] as i32 * q;
+                            b += x.lo[j] as i32 * q;
+                        }
+                        *y += (a as f32 * 4096.0 + b as f32) * u * scale[8 * g + r];
+                    }
+                }
+            }
+        }
+    }
+
+    /// One token's activations over the columns of a tile (`Layout::Lanes8`'s kernels): hi and lo,
+    /// and per group of the tile its unit and 8 * (the sums of hi and of lo over it).
+    pub struct TokenTile<'a> {
+        pub hi: &'a [i16],
+        pub lo: &'a [i16],
+        pub unit: &'a [f32],
+        pub offset: &'a [[i32; 2]],
     }
 
     /// The f32 state of a block's four rows for two tokens in prefill (lane 2 * row + token): the
@@ -382,25 +414,29 @@ mod fixed {
     }
 
     /// ys[(r - first) * t + i] = token i's row of `x` times weight row r, for the rows
-    /// first..first + ys.len() / t of the n rows in `q` (rows of `width` int8, scales per group;
-    /// whole blocks of four in the blocked layout when `blocked`, as `block_rows` leaves them, the
-    /// rest row by row). `first` is a multiple of four.
+    /// first..first + ys.len() / t of the n rows in `q` (rows of `width` int8 or int4, scales per
+    /// group, in `layout`: whole blocks, then the rows left over row by row). `first` is a
+    /// multiple of eight.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub fn rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, blocked: bool, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
+    pub fn rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, layout: Layout, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
         let groups = width / group;
         // bytes of the blocked part holding `v` values (int4: two per byte)
         let int4 = bits == 4;
         let bytes = |v: usize| if int4 { v / 2 } else { v };
         let end = first + ys.len() / t;
-        let nb = if blocked { n / 4 * 4 } else { 0 };
+        let nb = layout.blocked_rows(n);
         let blocks_end = end.min(nb).max(first);
         // rows left over from the blocks (or all, unblocked) are int8, row-major, after the blocks
+        // (their scales row-major in every layout)
         for r in blocks_end..end {
             let at = bytes(nb * width) + (r - nb) * width;
             for i in 0..t {
                 ys[(r - first) * t + i] = dot_row(k, x, width, group, i, &q[at..at + width], &scale[r * groups..(r + 1) * groups]);
             }
+        }
+        if layout == Layout::Lanes8 {
+            return lanes8_rows(k, x, t, width, group, &q[..nb * width / 2], nb, first..blocks_end, scale, &mut ys[..(blocks_end - first) * t]);
         }
         if t > 1 {
             return prefill(k, x, t, width, group, int4, &q[..bytes(nb * width)], nb, first..blocks_end, scale, ys);
@@ -493,6 +529,69 @@ mod fixed {
                 let (r, tokens) = (rows.start + bp / pairs * 4, pair(bp % pairs));
                 for (lane, y) in l.y.iter().enumerate() {
                     ys[(r - rows.start + lane / 2) * t + tokens[lane % 2]] = *y;
+                }
+            }
+        }
+    }
+
+    /// `rows` for the blocks of a `Layout::Lanes8` matrix (`q`: the blocked part, nb rows; `ys` as
+    /// in `rows`, for `rows`): decode and prefill alike. Tokens go in chunks as in `prefill`; for
+    /// each column tile, each block's tile (in L1 after its first use) meets the chunk's tokens two
+    /// at a time (`Kernels::lanes8`), each block and token keeping its eight rows' sums across tiles.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn lanes8_rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, q: &[i8], nb: usize, rows: core::ops::Range<usize>, scale: &[f32], ys: &mut [f32]) {
+        let groups = width / group;
+        // per token and group, 8 * (the sums of hi and of lo): the kernels' weights are stored + 8
+        let offset: Vec<[i32; 2]> = (0..t * groups)
+            .map(|tg| {
+                let c = tg * group;
+                let sum = |v: &[i16]| 8 * v[c..c + group].iter().map(|&h| h as i32).sum::<i32>();
+                [sum(&x.hi), sum(&x.lo)]
+            })
+            .collect();
+        let chunk = if t == 1 { 1 } else { (CHUNK_BYTES / (4 * TILE.min(width))).max(2) };
+        let blocks = rows.len() / 8;
+        let mut sums = vec![[0f32; 8]; blocks * chunk.min(t)];
+        for t0 in (0..t).step_by(chunk) {
+            let t1 = (t0 + chunk).min(t);
+            let m = t1 - t0;
+            sums.iter_mut().for_each(|y| *y = [0.0; 8]);
+            for c0 in (0..width).step_by(TILE) {
+                let c1 = (c0 + TILE).min(width);
+                let (g0, g1) = (c0 / group, c1 / group);
+                let token = |i: usize| TokenTile {
+                    hi: &x.hi[i * width + c0..i * width + c1],
+                    lo: &x.lo[i * width + c0..i * width + c1],
+                    unit: &x.unit[i * groups + g0..i * groups + g1],
+                    offset: &offset[i * groups + g0..i * groups + g1],
+                };
+                // block b's tile and scales
+                let tile = |b: usize| {
+                    let r = rows.start + 8 * b;
+                    &q[(c0 * nb + r * (c1 - c0)) / 2..(c0 * nb + (r + 8) * (c1 - c0)) / 2]
+                };
+                let sc = |b: usize| {
+                    let r = rows.start + 8 * b;
+                    &scale[(r / 8 * groups + g0) * 8..(r / 8 * groups + g1) * 8]
+                };
+                // tokens two at a time share each weight's load and unpacking (two blocks sharing
+                // each of one token's activation loads instead ran decode from memory 0.8x)
+                for b in 0..blocks {
+                    let mut i = 0;
+                    while i + 2 <= m {
+                        k.lanes8([token(t0 + i), token(t0 + i + 1)], tile(b), group, sc(b), &mut sums[b * m + i..b * m + i + 2]);
+                        i += 2;
+                    }
+                    if i < m {
+                        k.lanes8([token(t1 - 1)], tile(b), group, sc(b), &mut sums[b * m + i..b * m + i + 1]);
+                    }
+                }
+            }
+            for (bi, y8) in sums[..blocks * m].iter().enumerate() {
+                let (b, i) = (bi / m, t0 + bi % m);
+                for (r, y) in y8.iter().enumerate() {
+                    ys[(8 * b + r) * t + i] = *y;
                 }
             }
         }
@@ -761,7 +860,7 @@ mod fixed {
 
     #[cfg(target_arch = "x86_64")]
     pub mod x86 {
-        use super::dot_i32_scalar;
+        use super::{dot_i32_scalar, Layout, TokenTile};
         use std::arch::x86_64::*;
 
         #[inline(always)]
@@ -836,8 +935,8 @@ mod fixed {
             ($rows:ident, $tile:ident, $level:expr, $features:literal) => {
                 #[target_feature(enable = $features)]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn $rows(x: &super::Fixed, t: usize, width: usize, group: usize, blocked: bool, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
-                    super::rows(&X86::<{ $level }>, x, t, width, group, blocked, bits, q, n, first, scale, ys)
+                unsafe fn $rows(x: &super::Fixed, t: usize, width: usize, group: usize, layout: Layout, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
+                    super::rows(&X86::<{ $level }>, x, t, width, group, layout, bits, q, n, first, scale, ys)
                 }
                 #[target_feature(enable = $features)]
                 #[inline(never)]
@@ -907,13 +1006,13 @@ mod fixed {
 
             /// `super::rows` in this kernel set.
             #[allow(clippy::too_many_arguments)]
-            pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, blocked: bool, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
+            pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, layout: Layout, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
                 match self.level {
                     #[cfg(monologue_vnni)]
-                    AVX512_VNNI => rows_avx512_vnni(x, t, width, group, blocked, bits, q, n, first, scale, ys),
+                    AVX512_VNNI => rows_avx512_vnni(x, t, width, group, layout, bits, q, n, first, scale, ys),
                     #[cfg(monologue_vnni)]
-                    AVX_VNNI => rows_avx_vnni(x, t, width, group, blocked, bits, q, n, first, scale, ys),
-                    _ => rows_avx2(x, t, width, group, blocked, bits, q, n, first, scale, ys),
+                    AVX_VNNI => rows_avx_vnni(x, t, width, group, layout, bits, q, n, first, scale, ys),
+                    _ => rows_avx2(x, t, width, group, layout, bits, q, n, first, scale, ys),
                 }
             }
 
@@ -963,6 +1062,81 @@ mod fixed {
                         (_, false) => groups4_x86::<L, 0, false>(hi, lo, block, group, unit, scale, ys),
                     }
                 }
+            }
+            #[inline(always)]
+            fn lanes8<const NT: usize>(&self, x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [[f32; 8]]) {
+                unsafe {
+                    if group == 32 {
+                        lanes8_x86::<L, NT, true>(x, tile, group, scale, ys)
+                    } else {
+                        lanes8_x86::<L, NT, false>(x, tile, group, scale, ys)
+                    }
+                }
+            }
+        }
+
+        /// `Kernels::lanes8`: row r's sums run in i32 lane r of the accumulators, with no
+        /// horizontal adds. Each 16 bytes of the tile, zero-extended to i16, give two vectors (an
+        /// AND, a shift) of the eight rows' column pairs, each multiplied by a broadcast pair of
+        /// each token's activations; the sums of the stored values (+8) less 8 * the activations'
+        /// sums are the sums of the values. The eight accumulators run in 4 / NT chains per token
+        /// and half, so each vpdpwssd waits on its accumulator a quarter as often.
+        #[inline(always)]
+        unsafe fn lanes8_x86<const L: u8, const NT: usize, const G32: bool>(x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [[f32; 8]]) {
+            let ng = x[0].unit.len();
+            let n = ng * group;
+            assert!(ys.len() >= NT && group % 32 == 0 && tile.len() >= 4 * n && scale.len() >= 8 * ng);
+            assert!(x.iter().all(|x| x.hi.len() >= n && x.lo.len() >= n && x.unit.len() == ng && x.offset.len() >= ng));
+            let chains = 4 / NT;
+            let nibble = _mm256_set1_epi16(0x0f);
+            let z = _mm256_setzero_si256();
+            let pairs = |v: &[i16]| v.as_ptr() as *const i32;
+            let (hp, lp): ([*const i32; NT], [*const i32; NT]) = (core::array::from_fn(|k| pairs(x[k].hi)), core::array::from_fn(|k| pairs(x[k].lo)));
+            let mut acc: [__m256; NT] = core::array::from_fn(|k| _mm256_loadu_ps(ys[k].as_ptr()));
+            let mut wp = tile.as_ptr();
+            for g in 0..ng {
+                let (mut a, mut b) = ([[z; 4]; NT], [[z; 4]; NT]);
+                for unit in 0..group / 32 {
+                    for c in 0..8 {
+                        if c % 4 == 0 {
+                            _mm_prefetch(wp.wrapping_add(PREFETCH / 2) as *const i8, _MM_HINT_NTA);
+                        }
+                        let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(wp as *const __m128i));
+                        wp = wp.add(16);
+                        let w = [_mm256_and_si256(v, nibble), _mm256_srli_epi16(v, 4)];
+                        // the column pair of the low nibbles; the high ones' is the next
+                        let p = (g * group + 32 * unit + 4 * c) / 2;
+                        for (half, w) in w.iter().enumerate() {
+                            let at = (2 * (c % 2) + half) % chains;
+                            for k in 0..NT {
+                                let h = _mm256_set1_epi32(core::ptr::read_unaligned(hp[k].add(p + half)));
+                                let l = _mm256_set1_epi32(core::ptr::read_unaligned(lp[k].add(p + half)));
+                                a[k][at] = dp::<L>(a[k][at], *w, h);
+                                b[k][at] = dp::<L>(b[k][at], *w, l);
+                            }
+                        }
+                    }
+                }
+                let u = _mm256_loadu_ps(scale.as_ptr().add(8 * g));
+                for k in 0..NT {
+                    let total = |s: &[__m256i; 4]| (1..chains).fold(s[0], |t, i| _mm256_add_epi32(t, s[i]));
+                    let (sa, sb) = (total(&a[k]), total(&b[k]));
+                    let [oa, ob] = *x[k].offset.get_unchecked(g);
+                    let f = if G32 {
+                        // a * 4096 + b in i32, exact (the a * 4096 + b of groups4 for int4-g32)
+                        let v = _mm256_add_epi32(_mm256_slli_epi32(sa, 12), sb);
+                        _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(oa.wrapping_shl(12).wrapping_add(ob))))
+                    } else {
+                        let fa = _mm256_cvtepi32_ps(_mm256_sub_epi32(sa, _mm256_set1_epi32(oa)));
+                        let fb = _mm256_cvtepi32_ps(_mm256_sub_epi32(sb, _mm256_set1_epi32(ob)));
+                        _mm256_add_ps(_mm256_mul_ps(fa, _mm256_set1_ps(4096.0)), fb)
+                    };
+                    let f = _mm256_mul_ps(f, _mm256_set1_ps(*x[k].unit.get_unchecked(g)));
+                    acc[k] = _mm256_add_ps(acc[k], _mm256_mul_ps(f, u));
+                }
+            }
+            for (y, acc) in ys.iter_mut().zip(acc) {
+                _mm256_storeu_ps(y.as_mut_ptr(), acc);
             }
         }
 
@@ -1205,10 +1379,56 @@ mod fixed {
     }
 }
 
-/// Whether a (N, k_pad) int8 matrix with quantization groups of `group` is kept in the blocked
+/// Whether a (N, k_pad) int8 matrix with quantization groups of `group` is kept in a blocked
 /// layout: the four-row kernels step 16 values at a time, so rows and groups hold whole steps.
 pub fn blocked_layout(k_pad: usize, group: usize) -> bool {
     k_pad % 16 == 0 && group % 16 == 0
+}
+
+/// How a loaded int8 or int4 matrix holds its values (`weights::Tensor::Q8`), chosen once at load
+/// (`layout_for`); `q_value` and `scale_index` find any value and scale in each.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Layout {
+    /// Row-major, as in the weights file (int4: two values per byte).
+    Rows,
+    /// Blocks of four rows interleaved in 8-value units, in column tiles (`block_rows`; int4:
+    /// `block_rows_q4`), the rows left over after them row-major int8; scales row-major.
+    Blocks4,
+    /// int4 on x86: blocks of eight rows, row r in i32 lane r (`block_rows_lanes8`), the rows left
+    /// over row-major int8; the blocks' scales by block (`scales_by_block`).
+    Lanes8,
+}
+
+impl Layout {
+    /// Rows in whole blocks (the first ones of the n); the rest are row-major int8 rows.
+    pub fn blocked_rows(self, n: usize) -> usize {
+        match self {
+            Layout::Rows => 0,
+            Layout::Blocks4 => n / 4 * 4,
+            Layout::Lanes8 => n / 8 * 8,
+        }
+    }
+}
+
+/// The layout a (n, k_pad) matrix of `bits`-bit values in groups of `group` is loaded in: int4 in
+/// eight-row blocks where this machine runs the x86 kernels and its groups fit whole 32-value
+/// units inside a column tile, otherwise four-row blocks where `blocked_layout` allows.
+pub fn layout_for(bits: u32, n: usize, k_pad: usize, group: usize) -> Layout {
+    if !blocked_layout(k_pad, group) {
+        return Layout::Rows;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if bits == 4 && lanes8_fits(n, k_pad, group) && fixed::x86::KernelSet::detect().is_some() {
+        return Layout::Lanes8;
+    }
+    let _ = (bits, n);
+    Layout::Blocks4
+}
+
+/// Whether `Layout::Lanes8` can hold a matrix: a block of eight rows at least, groups of whole
+/// 32-value units that never straddle a column tile.
+pub fn lanes8_fits(n: usize, k_pad: usize, group: usize) -> bool {
+    n >= 8 && group % 32 == 0 && fixed::TILE % group == 0 && k_pad % group == 0
 }
 
 /// Puts row-major int8 rows (n rows of k_pad) in the blocked layout, in place. Each whole block of
@@ -1246,16 +1466,76 @@ pub fn block_rows(q: &mut [i8], n: usize, k_pad: usize) {
     }
 }
 
+/// The values of packed int4 rows (two per byte, low nibble first: docs/formats.md), one per byte.
+fn unpack_q4(packed: &[i8]) -> Vec<i8> {
+    packed.iter().flat_map(|&b| [(b << 4) >> 4, b >> 4]).collect()
+}
+
 /// Puts row-major int4 rows (n rows of k_pad values, two per byte: docs/formats.md) in the int4
 /// blocked layout the kernels read: the int8 blocked layout (`block_rows`) with each 64-byte run
 /// of it (16 values of a block's four rows) folded to 32 bytes, byte i holding run byte i in its
 /// low nibble and run byte i + 32 in its high one. Leftover rows (n % 4) follow as int8 rows.
 pub fn block_rows_q4(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
-    let mut q: Vec<i8> = packed.iter().flat_map(|&b| [(b << 4) >> 4, b >> 4]).collect();
+    let mut q = unpack_q4(packed);
     block_rows(&mut q, n, k_pad);
     let nb = n / 4 * 4;
     let mut out: Vec<i8> = q[..nb * k_pad].chunks_exact(64).flat_map(|run| (0..32).map(move |i| (run[i] & 0x0f) | (run[i + 32] << 4))).collect();
     out.extend_from_slice(&q[nb * k_pad..]);
+    out
+}
+
+/// Where row r's value j of a `Layout::Lanes8` block tile is: (byte, high nibble). A tile holds
+/// units of 32 columns, 128 bytes each: 16 bytes for each 4 columns 4c..4c + 4, byte 2r + i
+/// holding row r's column 4c + i in its low nibble and column 4c + 2 + i in its high one. Loaded
+/// as 16 i16 (the bytes, zero-extended), i32 lane r holds row r's column pair, so a broadcast pair
+/// of activations times it is one multiply-add per eight rows.
+#[inline(always)]
+pub fn lanes8_place(r: usize, j: usize) -> (usize, bool) {
+    (j / 32 * 128 + j % 32 / 4 * 16 + 2 * r + j % 2, j % 4 >= 2)
+}
+
+/// Puts row-major int4 rows in `Layout::Lanes8`: blocks of eight rows, column tiles as
+/// `block_rows` (tile c0 of every block, then the next tile), each block's tile in the units of
+/// `lanes8_place` with every value stored plus 8 (nibbles 1..15: an AND or a shift unpacks them,
+/// and the kernels subtract 8 times the activations' sum). Leftover rows (n % 8) follow as int8.
+pub fn block_rows_lanes8(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
+    let q = unpack_q4(packed);
+    let nb = n / 8 * 8;
+    let mut out = vec![0i8; nb * k_pad / 2];
+    for c0 in (0..k_pad).step_by(fixed::TILE) {
+        let w = fixed::TILE.min(k_pad - c0);
+        for r in 0..nb {
+            let tile = &mut out[(c0 * nb + r / 8 * 8 * w) / 2..(c0 * nb + (r / 8 + 1) * 8 * w) / 2];
+            for j in 0..w {
+                let (at, high) = lanes8_place(r % 8, j);
+                let v = (q[r * k_pad + c0 + j] + 8) as u8;
+                tile[at] |= (if high { v << 4 } else { v }) as i8;
+            }
+        }
+    }
+    out.extend_from_slice(&q[nb * k_pad..]);
+    out
+}
+
+/// Where row r's scale of group g is, `groups` a row, in a matrix of n rows in `layout`: by block
+/// for `Layout::Lanes8` (block b's eight scales of group g together), row-major otherwise.
+#[inline]
+pub fn scale_index(r: usize, g: usize, n: usize, groups: usize, layout: Layout) -> usize {
+    if layout == Layout::Lanes8 && r < layout.blocked_rows(n) {
+        (r / 8 * groups + g) * 8 + r % 8
+    } else {
+        r * groups + g
+    }
+}
+
+/// Row-major scales (n rows of `groups`) put where `scale_index` says for `layout`.
+pub fn scales_by_block(scale: &[f32], n: usize, groups: usize, layout: Layout) -> Vec<f32> {
+    let mut out = vec![0f32; scale.len()];
+    for r in 0..n {
+        for g in 0..groups {
+            out[scale_index(r, g, n, groups, layout)] = scale[r * groups + g];
+        }
+    }
     out
 }
 
@@ -1266,18 +1546,25 @@ pub fn q4_holds_minus8(packed: &[i8]) -> bool {
     packed.iter().any(|&b| b & 0x0f == 0x08 || (b as u8) >> 4 == 0x08)
 }
 
-/// Row r's value j of a loaded int8 or int4 matrix (`Tensor::Q8`, blocked or row-major).
-pub fn q_value(q: &[i8], r: usize, j: usize, n: usize, k_pad: usize, bits: u32, blocked: bool) -> i8 {
-    let nb = n / 4 * 4;
+/// Row r's value j of a loaded int8 or int4 matrix (`Tensor::Q8`, in `layout`).
+pub fn q_value(q: &[i8], r: usize, j: usize, n: usize, k_pad: usize, bits: u32, layout: Layout) -> i8 {
+    let nb = layout.blocked_rows(n);
     if bits != 4 {
-        return q[q8_index(r, j, n, k_pad, blocked)];
+        return q[q8_index(r, j, n, k_pad, layout != Layout::Rows)];
     }
-    if !blocked {
+    if layout == Layout::Rows {
         let b = q[(r * k_pad + j) / 2];
         return if j % 2 == 0 { (b << 4) >> 4 } else { b >> 4 };
     }
     if r >= nb {
         return q[nb * k_pad / 2 + (r - nb) * k_pad + j];
+    }
+    if layout == Layout::Lanes8 {
+        let c0 = j / fixed::TILE * fixed::TILE;
+        let w = fixed::TILE.min(k_pad - c0);
+        let (at, high) = lanes8_place(r % 8, j - c0);
+        let b = q[(c0 * nb + r / 8 * 8 * w) / 2 + at] as u8;
+        return (if high { b >> 4 } else { b & 0x0f }) as i8 - 8;
     }
     // the int8 blocked position, then its place in the folded 32-byte run
     let at = q8_index(r, j, n, k_pad, true);
@@ -1285,7 +1572,7 @@ pub fn q_value(q: &[i8], r: usize, j: usize, n: usize, k_pad: usize, bits: u32, 
     if at % 64 < 32 { (b << 4) >> 4 } else { b >> 4 }
 }
 
-/// Where row r's value j is in `q` (blocked as `block_rows` leaves it, or row-major).
+/// Where row r's value j is in `q` (int8, blocked as `block_rows` leaves it, or row-major).
 #[inline]
 pub fn q8_index(r: usize, j: usize, n: usize, k_pad: usize, blocked: bool) -> usize {
     let nb = n / 4 * 4;
@@ -1335,15 +1622,15 @@ impl Q8Input {
     /// ys[(r - first) * t + i] = token i's row times weight row r, for the rows first.. of the n
     /// rows in `q` that ys holds (see `fixed::rows`).
     #[allow(clippy::too_many_arguments)]
-    pub fn rows(&self, t: usize, blocked: bool, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
+    pub fn rows(&self, t: usize, layout: Layout, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if let Some(k) = &self.x86 {
-            return unsafe { k.rows(&self.x, t, self.width, self.group, blocked, bits, q, n, first, scale, ys) };
+            return unsafe { k.rows(&self.x, t, self.width, self.group, layout, bits, q, n, first, scale, ys) };
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return fixed::rows(&fixed::simd128::Simd128, &self.x, t, self.width, self.group, blocked, bits, q, n, first, scale, ys);
+        return fixed::rows(&fixed::simd128::Simd128, &self.x, t, self.width, self.group, layout, bits, q, n, first, scale, ys);
         #[allow(unreachable_code)]
-        fixed::rows(&fixed::Scalar, &self.x, t, self.width, self.group, blocked, bits, q, n, first, scale, ys)
+        fixed::rows(&fixed::Scalar, &self.x, t, self.width, self.group, layout, bits, q, n, first, scale, ys)
     }
 }
 
@@ -1433,16 +1720,16 @@ fn dot_f32_simd128(x: &[f32], w: &[f32]) -> f32 {
 /// Weights of a matmul: int8 rows with scales, or f32 rows.
 #[derive(Clone, Copy)]
 pub enum Mat<'a> {
-    /// `bits` 8 or 4: how `q` holds the values (`Tensor::Q8`)
-    Q8 { n: usize, k_pad: usize, group: usize, bits: u32, blocked: bool, q: &'a [i8], scale: &'a [f32] },
+    /// `bits` 8 or 4 and `layout`: how `q` and `scale` hold the values (`Tensor::Q8`)
+    Q8 { n: usize, k_pad: usize, group: usize, bits: u32, layout: Layout, q: &'a [i8], scale: &'a [f32] },
     F32 { n: usize, k: usize, w: &'a [f32] },
 }
 
 impl<'a> Mat<'a> {
     pub fn of(t: &'a crate::weights::Tensor, rows: usize, cols: usize) -> Mat<'a> {
         match t {
-            crate::weights::Tensor::Q8 { n, k_pad, group, bits, blocked, q, scale, .. } => {
-                Mat::Q8 { n: *n, k_pad: *k_pad, group: *group, bits: *bits, blocked: *blocked, q, scale }
+            crate::weights::Tensor::Q8 { n, k_pad, group, bits, layout, q, scale, .. } => {
+                Mat::Q8 { n: *n, k_pad: *k_pad, group: *group, bits: *bits, layout: *layout, q, scale }
             }
             crate::weights::Tensor::F32 { data } => Mat::F32 { n: rows, k: cols, w: data },
         }
@@ -1501,8 +1788,8 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     let mut ys = vec![0f32; n * t];
     let workers = workers();
     let rows = |first: usize, part: &mut [f32]| match (w, &q8) {
-        // threads split at multiples of four rows, so every part starts on a block
-        (Mat::Q8 { n, bits, blocked, q, scale, .. }, Some(input)) => input.rows(t, blocked, bits, q, n, first, scale, part),
+        // threads split at multiples of eight rows, so every part starts on a block
+        (Mat::Q8 { n, bits, layout, q, scale, .. }, Some(input)) => input.rows(t, layout, bits, q, n, first, scale, part),
         (Mat::F32 { k, w: wt, .. }, _) => {
             for (j, o) in part.chunks_mut(t).enumerate() {
                 let wr = &wt[(first + j) * k..(first + j + 1) * k];
@@ -1514,7 +1801,7 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
         (Mat::Q8 { .. }, None) => unreachable!("int8 weights always get a Q8Input"),
     };
     if workers > 1 && n * width * t >= PARALLEL_MIN_WORK && n >= 2 * workers {
-        let per = ((n + workers - 1) / workers + 3) / 4 * 4;
+        let per = ((n + workers - 1) / workers + 7) / 8 * 8;
         run_split(&mut ys, per * t, |block, part| rows(block * per, part));
     } else {
         rows(0, &mut ys);
@@ -1665,10 +1952,10 @@ pub fn embedding(table: &crate::weights::Tensor, ids: &[u32], out: &mut [f32], o
         let id = id as usize;
         let row = ov.row_mut(out, t);
         match table {
-            crate::weights::Tensor::Q8 { n, k_pad, group, bits, blocked, q, scale, .. } => {
+            crate::weights::Tensor::Q8 { n, k_pad, group, bits, layout, q, scale, .. } => {
                 let groups = k_pad / group;
                 for (j, v) in row.iter_mut().enumerate() {
-                    *v = q_value(q, id, j, *n, *k_pad, *bits, *blocked) as f32 * scale[id * groups + j / group];
+                    *v = q_value(q, id, j, *n, *k_pad, *bits, *layout) as f32 * scale[scale_index(id, j / group, *n, groups, *layout)];
                 }
             }
             crate::weights::Tensor::F32 { data } => row.copy_from_slice(&data[id * row.len()..(id + 1) * row.len()]),
@@ -2040,7 +2327,7 @@ mod tests {
         let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
         let mut out = vec![0f32; t * n];
         let v = View { off: 0, stride: k, len: k };
-        matmul(&x, v, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, blocked: false, q: &q, scale: &scale }, &mut out, View { off: 0, stride: n, len: n }, &[]);
+        matmul(&x, v, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, layout: Layout::Rows, q: &q, scale: &scale }, &mut out, View { off: 0, stride: n, len: n }, &[]);
         for i in 0..t {
             for r in 0..n {
                 let want: f64 = (0..k).map(|c| x[i * k + c] as f64 * q[r * k + c] as f64 * scale[r * 2 + c / group] as f64).sum();
@@ -2063,7 +2350,7 @@ mod tests {
             let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
             let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
             let mut out = vec![0f32; t * n];
-            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group: k, bits: 8, blocked: false, q: &q, scale: &scale }, &mut out, ov, &[]);
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group: k, bits: 8, layout: Layout::Rows, q: &q, scale: &scale }, &mut out, ov, &[]);
             for i in 0..t {
                 let input = fixed::split(&x[i * k..(i + 1) * k], k);
                 for r in 0..n {
@@ -2072,7 +2359,7 @@ mod tests {
                 }
             }
             let mut fast = vec![0f32; t * n];
-            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group: k, bits: 8, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group: k, bits: 8, layout: Layout::Blocks4, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
             assert_eq!(out, fast);
         }
     }
@@ -2094,9 +2381,9 @@ mod tests {
             let x: Vec<f32> = (0..t * k).map(|_| lcg(s)).collect();
             let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
             let mut plain = vec![0f32; t * n];
-            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, blocked: false, q: &q, scale: &scale }, &mut plain, ov, &[]);
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, layout: Layout::Rows, q: &q, scale: &scale }, &mut plain, ov, &[]);
             let mut fast = vec![0f32; t * n];
-            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, blocked: true, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
+            matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, layout: Layout::Blocks4, q: &blocked, scale: &scale }, &mut fast, ov, &[]);
             assert_eq!(plain, fast, "n={} k={} t={}", n, k, t);
         }
     }
@@ -2124,16 +2411,21 @@ mod tests {
     /// `matmul` runs the best one only. (Other targets: none; their tests run their own set.)
     #[allow(clippy::too_many_arguments)]
     fn every_x86_set(input: &Q8Input, t: usize, k: usize, group: usize, bits: u32, w: &[i8], n: usize, scale: &[f32]) -> Vec<(&'static str, Vec<f32>)> {
+        every_x86_set_in(Layout::Blocks4, input, t, k, group, bits, w, n, scale)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn every_x86_set_in(layout: Layout, input: &Q8Input, t: usize, k: usize, group: usize, bits: u32, w: &[i8], n: usize, scale: &[f32]) -> Vec<(&'static str, Vec<f32>)> {
         #[cfg(target_arch = "x86_64")]
         return fixed::x86::KernelSet::levels().into_iter().map(|set| {
             let mut ys = vec![0f32; t * n];
             // SAFETY: levels() holds only the sets this CPU runs
-            unsafe { set.rows(&input.x, t, k, group, true, bits, w, n, 0, scale, &mut ys) };
+            unsafe { set.rows(&input.x, t, k, group, layout, bits, w, n, 0, scale, &mut ys) };
             (set.name(), ys)
         }).collect();
         #[allow(unreachable_code)]
         {
-            let _ = (input, t, k, group, bits, w, n, scale);
+            let _ = (layout, input, t, k, group, bits, w, n, scale);
             Vec::new()
         }
     }
@@ -2152,8 +2444,8 @@ mod tests {
             assert_eq!(q4.len(), n / 4 * 4 * k / 2 + n % 4 * k);
             for r in [0, 1, 3, n / 2, n - 1] {
                 for j in [0, 7, 8, 15, 16, 31, k / 2, k - 1] {
-                    assert_eq!(q_value(&q4, r, j, n, k, 4, true), q[r * k + j], "r={} j={}", r, j);
-                    assert_eq!(q_value(&packed, r, j, n, k, 4, false), q[r * k + j]);
+                    assert_eq!(q_value(&q4, r, j, n, k, 4, Layout::Blocks4), q[r * k + j], "r={} j={}", r, j);
+                    assert_eq!(q_value(&packed, r, j, n, k, 4, Layout::Rows), q[r * k + j]);
                 }
             }
             let q8 = blocked(&q, n, k);
@@ -2161,18 +2453,74 @@ mod tests {
                 let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
                 let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
                 let mut want = vec![0f32; t * n];
-                matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, blocked: true, q: &q8, scale: &scale }, &mut want, ov, &[]);
+                matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 8, layout: Layout::Blocks4, q: &q8, scale: &scale }, &mut want, ov, &[]);
                 let mut got = vec![0f32; t * n];
-                matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, blocked: true, q: &q4, scale: &scale }, &mut got, ov, &[]);
+                matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, layout: Layout::Blocks4, q: &q4, scale: &scale }, &mut got, ov, &[]);
                 assert_eq!(want, got, "n={} k={} t={}", n, k, t);
                 let input = Q8Input::new(&x, k, group);
                 let mut scalar = vec![0f32; t * n];
-                fixed::rows(&fixed::Scalar, &input.x, t, k, group, true, 4, &q4, n, 0, &scale, &mut scalar);
+                fixed::rows(&fixed::Scalar, &input.x, t, k, group, Layout::Blocks4, 4, &q4, n, 0, &scale, &mut scalar);
                 for (name, ys) in every_x86_set(&input, t, k, group, 4, &q4, n, &scale) {
                     assert_eq!(scalar, ys, "{} n={} k={} t={}", name, n, k, t);
                 }
                 let by_row: Vec<f32> = (0..t * n).map(|at| scalar[(at % n) * t + at / n]).collect();
                 assert_eq!(want, by_row, "scalar n={} k={} t={}", n, k, t);
+            }
+        }
+    }
+
+    #[test]
+    fn lanes8_layout_gives_the_blocks4_bits() {
+        // int4 in eight-row blocks (Layout::Lanes8) against the four-row blocks, bit for bit, in
+        // decode and prefill: through the scalar definition (Kernels::lanes8), every x86 kernel
+        // set, and `matmul` (threads split on eight-row blocks); groups of 32 to a whole tile, a tile
+        // boundary, rows left over, T past a chunk; random values and the extremes (the largest
+        // sums: every activation at +-2^23 of its group, every weight +-7 with matching signs)
+        let mut s = 41u64;
+        let cases = [(21usize, 96usize, 32usize, 3usize), (1030, 256, 32, 3), (16, 4160, 64, 37), (13, 2048, 2048, 2), (8, 4096, 128, 5), (9, 64, 64, 1)];
+        for (n, k, group, most) in cases {
+            assert!(lanes8_fits(n, k, group));
+            for extreme in [false, true] {
+                let sign = |r: usize, j: usize| if ((j / 3) % 2 == 0) == (r % 2 == 0) { 1.0f32 } else { -1.0 };
+                let q: Vec<i8> = (0..n * k).map(|i| if extreme { sign(i / k, i % k) * 7.0 } else { lcg(&mut s) * 7.99 } as i8).collect();
+                let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
+                let groups = k / group;
+                let scale: Vec<f32> = (0..n * groups).map(|_| lcg(&mut s).abs() * 0.01 + 1e-3).collect();
+                let (q4, q8) = (block_rows_q4(&packed, n, k), block_rows_lanes8(&packed, n, k));
+                let by_block = scales_by_block(&scale, n, groups, Layout::Lanes8);
+                assert_eq!(q8.len(), n / 8 * 8 * k / 2 + n % 8 * k);
+                for r in [0, 1, 7, 8, n / 2, n - 1].into_iter().filter(|r| *r < n) {
+                    for j in [0, 1, 2, 3, 4, 5, 31, 32, 33, k / 2, k - 1] {
+                        assert_eq!(q_value(&q8, r, j, n, k, 4, Layout::Lanes8), q[r * k + j], "n={} k={} r={} j={}", n, k, r, j);
+                    }
+                    for g in [0, groups - 1] {
+                        assert_eq!(by_block[scale_index(r, g, n, groups, Layout::Lanes8)], scale[r * groups + g]);
+                    }
+                }
+                let x: Vec<f32> = (0..most * k).map(|j| if extreme { sign(0, j % k) * 1.5 } else { lcg(&mut s) * if j % 13 == 0 { 40.0 } else { 1.0 } }).collect();
+                let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
+                for t in [1, 2, most].into_iter().filter(|t| *t <= most) {
+                    let what = format!("n={} k={} group={} t={} extreme={}", n, k, group, t, extreme);
+                    let mut want = vec![0f32; t * n];
+                    matmul(&x[..t * k], xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, layout: Layout::Blocks4, q: &q4, scale: &scale }, &mut want, ov, &[]);
+                    let mut got = vec![0f32; t * n];
+                    matmul(&x[..t * k], xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, layout: Layout::Lanes8, q: &q8, scale: &by_block }, &mut got, ov, &[]);
+                    assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "matmul {}", what);
+                    let input = Q8Input::new(&x[..t * k], k, group);
+                    let mut scalar = vec![0f32; t * n];
+                    fixed::rows(&fixed::Scalar, &input.x, t, k, group, Layout::Lanes8, 4, &q8, n, 0, &by_block, &mut scalar);
+                    let by_row: Vec<f32> = (0..t * n).map(|at| scalar[(at % n) * t + at / n]).collect();
+                    assert!(want.iter().zip(&by_row).all(|(a, b)| a.to_bits() == b.to_bits()), "scalar {}", what);
+                    for (name, ys) in every_x86_set_in(Layout::Lanes8, &input, t, k, group, 4, &q8, n, &by_block) {
+                        assert!(ys.iter().zip(&scalar).all(|(a, b)| a.to_bits() == b.to_bits()), "{} {}", name, what);
+                    }
+                    if extreme && t == 1 {
+                        for (r, y) in got.iter().enumerate() {
+                            let want: f64 = scale[r * groups..(r + 1) * groups].iter().map(|v| *v as f64 * (group as f64 * 7.0 * 1.5)).sum();
+                            assert!((*y as f64 * sign(r, 0) as f64 - want).abs() < 1e-5 * want, "r={} {} {} {}", r, y, want, what);
+                        }
+                    }
+                }
             }
         }
     }
@@ -2201,10 +2549,10 @@ mod tests {
                         blocked(&q, n, k)
                     };
                     let mut fast = vec![0f32; n];
-                    matmul(&x, xv, 1, None, Mat::Q8 { n, k_pad: k, group, bits, blocked: true, q: &w, scale: &scale }, &mut fast, ov, &[]);
+                    matmul(&x, xv, 1, None, Mat::Q8 { n, k_pad: k, group, bits, layout: Layout::Blocks4, q: &w, scale: &scale }, &mut fast, ov, &[]);
                     let input = Q8Input::new(&x, k, group);
                     let mut scalar = vec![0f32; n];
-                    fixed::rows(&fixed::Scalar, &input.x, 1, k, group, true, bits, &w, n, 0, &scale, &mut scalar);
+                    fixed::rows(&fixed::Scalar, &input.x, 1, k, group, Layout::Blocks4, bits, &w, n, 0, &scale, &mut scalar);
                     assert_eq!(fast, scalar, "n={} k={} group={} bits={} extreme={}", n, k, group, bits, extreme);
                     for (name, ys) in every_x86_set(&input, 1, k, group, bits, &w, n, &scale) {
                         assert_eq!(ys, scalar, "{} n={} k={} group={} bits={} extreme={}", name, n, k, group, bits, extreme);
@@ -2241,16 +2589,16 @@ mod tests {
                 let one: Vec<Vec<f32>> = (0..most).map(|i| {
                     let mut y = vec![0f32; n];
                     let input = Q8Input::new(&x[i * k..(i + 1) * k], k, group);
-                    fixed::rows(&fixed::Scalar, &input.x, 1, k, group, true, bits, w, n, 0, &scale, &mut y);
+                    fixed::rows(&fixed::Scalar, &input.x, 1, k, group, Layout::Blocks4, bits, w, n, 0, &scale, &mut y);
                     y
                 }).collect();
-                let mat = Mat::Q8 { n, k_pad: k, group, bits, blocked: true, q: w, scale: &scale };
+                let mat = Mat::Q8 { n, k_pad: k, group, bits, layout: Layout::Blocks4, q: w, scale: &scale };
                 for t in (2..=9.min(most)).chain([most]) {
                     let mut all = vec![0f32; t * n];
                     matmul(&x[..t * k], xv, t, None, mat, &mut all, ov, &[]);
                     let input = Q8Input::new(&x[..t * k], k, group);
                     let mut scalar = vec![0f32; t * n];
-                    fixed::rows(&fixed::Scalar, &input.x, t, k, group, true, bits, w, n, 0, &scale, &mut scalar);
+                    fixed::rows(&fixed::Scalar, &input.x, t, k, group, Layout::Blocks4, bits, w, n, 0, &scale, &mut scalar);
                     for (name, ys) in every_x86_set(&input, t, k, group, bits, w, n, &scale) {
                         assert!(ys.iter().zip(&scalar).all(|(a, b)| a.to_bits() == b.to_bits()), "{} bits={} n={} k={} group={} t={}", name, bits, n, k, group, t);
                     }
@@ -2333,7 +2681,7 @@ mod tests {
         let (n, k) = (24usize, 64usize);
         let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
         let scale: Vec<f32> = (0..n).map(|_| lcg(&mut s).abs() * 0.01).collect();
-        let mat = Mat::Q8 { n, k_pad: k, group: k, bits: 8, blocked: false, q: &q, scale: &scale };
+        let mat = Mat::Q8 { n, k_pad: k, group: k, bits: 8, layout: Layout::Rows, q: &q, scale: &scale };
         let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
         for t in [1usize, 5, 37] {
             let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
@@ -2401,25 +2749,32 @@ mod decode_bench {
     /// Seconds a call of `rows` takes through kernel set `set` (best of 5 by CPU time, each
     /// timing `reps` calls), with the input split once per call as the runtime does.
     #[allow(clippy::too_many_arguments)]
-    fn time_rows(set: fixed::x86::KernelSet, x: &[f32], t: usize, k: usize, group: usize, bits: u32, w: &[i8], n: usize, scale: &[f32], reps: usize) -> f64 {
+    fn time_rows(set: fixed::x86::KernelSet, x: &[f32], t: usize, k: usize, group: usize, (layout, bits, w): (Layout, u32, &[i8]), n: usize, scale: &[f32], reps: usize) -> f64 {
         let mut ys = vec![0f32; t * n];
         let mut best = f64::MAX;
         for _ in 0..5 {
             let t0 = cpu_seconds();
             for _ in 0..reps {
                 let input = Q8Input::new(x, k, group);
-                unsafe { set.rows(&input.x, t, k, group, true, bits, w, n, 0, scale, &mut ys) };
+                unsafe { set.rows(&input.x, t, k, group, layout, bits, w, n, 0, scale, &mut ys) };
             }
             best = best.min((cpu_seconds() - t0) / reps as f64);
         }
         best
     }
 
-    /// (int8 blocked, int4 blocked) forms of random n x k values in [-7, 7].
-    fn both_forms(s: &mut u64, n: usize, k: usize) -> (Vec<i8>, Vec<i8>) {
+    /// Random n x k values in [-7, 7] in each loaded form: int8 in four-row blocks, int4 in
+    /// four-row blocks, int4 in eight-row blocks (the scales' order does not change a timing).
+    fn every_form(s: &mut u64, n: usize, k: usize) -> [(Layout, u32, Vec<i8>); 3] {
         let q: Vec<i8> = (0..n * k).map(|_| (tests::lcg(s) * 7.99) as i8).collect();
         let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
-        (tests::blocked(&q, n, k), block_rows_q4(&packed, n, k))
+        [(Layout::Blocks4, 8, tests::blocked(&q, n, k)), (Layout::Blocks4, 4, block_rows_q4(&packed, n, k)), (Layout::Lanes8, 4, block_rows_lanes8(&packed, n, k))]
+    }
+
+    /// The form of `every_form` for (layout, bits).
+    fn form(forms: &[(Layout, u32, Vec<i8>); 3], layout: Layout, bits: u32) -> (Layout, u32, &[i8]) {
+        let (l, b, w) = forms.iter().find(|(l, b, _)| *l == layout && *b == bits).unwrap();
+        (*l, *b, w)
     }
 
     #[test]
@@ -2430,19 +2785,19 @@ mod decode_bench {
         // each case through every kernel set this CPU runs, interleaved
         for (n, k) in [(256usize, 896usize), (16384, 4096), (151936, 896)] {
             let x: Vec<f32> = (0..k).map(|_| tests::lcg(&mut s)).collect();
-            let (q8, q4) = both_forms(&mut s, n, k);
+            let forms = every_form(&mut s, n, k);
             let mut int8 = 0.0;
-            for (bits, group) in [(8u32, k), (8, 32), (4, 32), (4, 64), (4, 128)] {
+            let cases = [(Layout::Blocks4, 8u32, k), (Layout::Blocks4, 8, 32), (Layout::Blocks4, 4, 32), (Layout::Lanes8, 4, 32), (Layout::Blocks4, 4, 64), (Layout::Lanes8, 4, 64), (Layout::Blocks4, 4, 128), (Layout::Lanes8, 4, 128)];
+            for (layout, bits, group) in cases {
                 let scale: Vec<f32> = (0..n * k / group).map(|_| tests::lcg(&mut s).abs() * 0.01).collect();
-                let w = if bits == 4 { &q4 } else { &q8 };
                 for set in fixed::x86::KernelSet::levels() {
-                    let best = time_rows(set, &x, 1, k, group, bits, w, n, &scale, (200_000_000 / (n * k)).max(3));
+                    let best = time_rows(set, &x, 1, k, group, form(&forms, layout, bits), n, &scale, (200_000_000 / (n * k)).max(3));
                     if group == k {
                         int8 = best;
                     }
                     let bytes = (n * k * bits as usize / 8 + n * k / group * 4) as f64;
-                    println!("{:5} x {:4} int{} group {:4} {:11}: {:8.1} us  {:5.2} G weights/s  {:5.2} GB/s  {:4.2}x int8 per row",
-                        n, k, bits, group, set.name(), best * 1e6, (n * k) as f64 / best / 1e9, bytes / best / 1e9, int8 / best);
+                    println!("{:5} x {:4} int{} group {:4} {:7} {:11}: {:8.1} us  {:5.2} G weights/s  {:5.2} GB/s  {:4.2}x int8 per row",
+                        n, k, bits, group, format!("{:?}", layout), set.name(), best * 1e6, (n * k) as f64 / best / 1e9, bytes / best / 1e9, int8 / best);
                 }
             }
         }
@@ -2458,13 +2813,14 @@ mod decode_bench {
         let t = 128;
         for (n, k) in [(4864usize, 896usize), (896, 4864), (1152, 896)] {
             let x: Vec<f32> = (0..t * k).map(|_| tests::lcg(&mut s)).collect();
-            let (q8, _) = both_forms(&mut s, n, k);
+            let forms = every_form(&mut s, n, k);
             let scale: Vec<f32> = (0..n).map(|_| tests::lcg(&mut s).abs() * 0.01).collect();
             let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
             let mut out = vec![0f32; t * n];
-            let mat = Mat::Q8 { n, k_pad: k, group: k, bits: 8, blocked: true, q: &q8, scale: &scale };
+            let int8 = form(&forms, Layout::Blocks4, 8);
+            let mat = Mat::Q8 { n, k_pad: k, group: k, bits: 8, layout: Layout::Blocks4, q: int8.2, scale: &scale };
             let set = fixed::x86::KernelSet::detect().unwrap();
-            let one = time_rows(set, &x, t, k, k, 8, &q8, n, &scale, 3);
+            let one = time_rows(set, &x, t, k, k, int8, n, &scale, 3);
             let mut best = f64::MAX;
             for _ in 0..5 {
                 let t0 = std::time::Instant::now();
@@ -2486,13 +2842,12 @@ mod decode_bench {
         let t = 64;
         for (n, k) in [(4864usize, 896usize), (896, 4864)] {
             let x: Vec<f32> = (0..t * k).map(|_| tests::lcg(&mut s)).collect();
-            let (q8, q4) = both_forms(&mut s, n, k);
-            for (bits, group) in [(8u32, k), (4, 32), (4, 128)] {
+            let forms = every_form(&mut s, n, k);
+            for (layout, bits, group) in [(Layout::Blocks4, 8u32, k), (Layout::Blocks4, 4, 32), (Layout::Lanes8, 4, 32), (Layout::Blocks4, 4, 128), (Layout::Lanes8, 4, 128)] {
                 let scale: Vec<f32> = (0..n * k / group).map(|_| tests::lcg(&mut s).abs() * 0.01).collect();
-                let w = if bits == 4 { &q4 } else { &q8 };
                 for set in fixed::x86::KernelSet::levels() {
-                    let best = time_rows(set, &x, t, k, group, bits, w, n, &scale, 3);
-                    println!("T={} {:5} x {:4} int{} group {:4} {:11}: {:8.1} us  {:5.2} G MAC/s", t, n, k, bits, group, set.name(), best * 1e6, (n * k * t) as f64 / best / 1e9);
+                    let best = time_rows(set, &x, t, k, group, form(&forms, layout, bits), n, &scale, 3);
+                    println!("T={} {:5} x {:4} int{} group {:4} {:7} {:11}: {:8.1} us  {:5.2} G MAC/s", t, n, k, bits, group, format!("{:?}", layout), set.name(), best * 1e6, (n * k * t) as f64 / best / 1e9);
                 }
             }
         }

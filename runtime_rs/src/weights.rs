@@ -34,10 +34,10 @@ pub struct TensorSpec {
 #[derive(Debug, Clone)]
 pub enum Tensor {
     /// int8 or int4 (`bits`) (N, k_pad), scales (N, groups): value = q * scale[row][col / group].
-    /// Row-major as loaded (int4: two values per byte, docs/formats.md); `blocked` once `finish`
-    /// has put the rows in the kernels' blocked layout (kernels::block_rows, kernels::block_rows_q4;
-    /// kernels::q_value finds a value).
-    Q8 { n: usize, k: usize, k_pad: usize, group: usize, bits: u32, blocked: bool, q: Vec<i8>, scale: Vec<f32> },
+    /// Row-major as loaded (int4: two values per byte, docs/formats.md), `layout` Rows; `finish`
+    /// puts them in the layout the kernels read (kernels::layout_for; kernels::q_value and
+    /// kernels::scale_index find a value and its scale).
+    Q8 { n: usize, k: usize, k_pad: usize, group: usize, bits: u32, layout: crate::kernels::Layout, q: Vec<i8>, scale: Vec<f32> },
     F32 { data: Vec<f32> },
 }
 
@@ -192,7 +192,7 @@ impl Loader {
                     // u32 words of 4 int8 (8 int4) each: 4 bytes per word, q_words words per row
                     check_array(arrays, "q", "u32", &[n, q_words], ti, Part::Q, shards.len(), &shards, &mut chunks, &what)?;
                     check_array(arrays, "scale", "f32", &[n, groups], ti, Part::Scale, shards.len(), &shards, &mut chunks, &what)?;
-                    Tensor::Q8 { n, k, k_pad, group, bits, blocked: false, q: vec![0; n * q_words * 4], scale: vec![0.0; n * groups] }
+                    Tensor::Q8 { n, k, k_pad, group, bits, layout: crate::kernels::Layout::Rows, q: vec![0; n * q_words * 4], scale: vec![0.0; n * groups] }
                 }
                 None => {
                     if dtype != "f32" {
@@ -297,20 +297,29 @@ impl Loader {
         }
         let mut tensors = self.tensors;
         for t in &mut tensors {
-            if let Tensor::Q8 { n, k_pad, group, bits, blocked, q, .. } = t {
-                if !*blocked && *bits == 4 {
+            if let Tensor::Q8 { n, k_pad, group, bits, layout, q, scale, .. } = t {
+                use crate::kernels::{self, Layout};
+                if *layout != Layout::Rows {
+                    continue;
+                }
+                if *bits == 4 {
                     // the compiler packs int4 only in groups of 16 values or more
-                    if !crate::kernels::blocked_layout(*k_pad, *group) {
+                    if !kernels::blocked_layout(*k_pad, *group) {
                         return Err(format!("an int4 weight has groups of {} (not a multiple of 16)", group));
                     }
-                    if crate::kernels::q4_holds_minus8(q) {
+                    if kernels::q4_holds_minus8(q) {
                         return Err("an int4 weight holds the value -8 (int4 weights are -7..7, docs/formats.md)".to_string());
                     }
-                    *q = crate::kernels::block_rows_q4(q, *n, *k_pad);
-                    *blocked = true;
-                } else if !*blocked && crate::kernels::blocked_layout(*k_pad, *group) {
-                    crate::kernels::block_rows(q, *n, *k_pad);
-                    *blocked = true;
+                }
+                *layout = kernels::layout_for(*bits, *n, *k_pad, *group);
+                match (*layout, *bits) {
+                    (Layout::Rows, _) => {}
+                    (Layout::Lanes8, _) => {
+                        *q = kernels::block_rows_lanes8(q, *n, *k_pad);
+                        *scale = kernels::scales_by_block(scale, *n, *k_pad / *group, Layout::Lanes8);
+                    }
+                    (Layout::Blocks4, 4) => *q = kernels::block_rows_q4(q, *n, *k_pad),
+                    (Layout::Blocks4, _) => kernels::block_rows(q, *n, *k_pad),
                 }
             }
         }
