@@ -1092,25 +1092,35 @@ mod fixed {
             let z = _mm256_setzero_si256();
             let pairs = |v: &[i16]| v.as_ptr() as *const i32;
             let (hp, lp): ([*const i32; NT], [*const i32; NT]) = (core::array::from_fn(|k| pairs(x[k].hi)), core::array::from_fn(|k| pairs(x[k].lo)));
-            let mut acc: [__m256; NT] = core::array::from_fn(|k| _mm256_loadu_ps(ys[k].as_ptr()));
+            // (intrinsics only in loops here: in a closure a generic function calls, such as
+            // fold's or from_fn's, they lose the target features and are not inlined)
+            let mut acc = [_mm256_setzero_ps(); NT];
+            for k in 0..NT {
+                acc[k] = _mm256_loadu_ps(ys[k].as_ptr());
+            }
             let mut wp = tile.as_ptr();
             for g in 0..ng {
                 let (mut a, mut b) = ([[z; 4]; NT], [[z; 4]; NT]);
                 for unit in 0..group / 32 {
-                    for c in 0..8 {
-                        if c % 4 == 0 {
-                            _mm_prefetch(wp.wrapping_add(PREFETCH / 2) as *const i8, _MM_HINT_NTA);
+                    for c in 0..4 {
+                        if c % 2 == 0 {
+                            _mm_prefetch(wp.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
                         }
-                        let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(wp as *const __m128i));
-                        wp = wp.add(16);
-                        let w = [_mm256_and_si256(v, nibble), _mm256_srli_epi16(v, 4)];
-                        // the column pair of the low nibbles; the high ones' is the next
-                        let p = (g * group + 32 * unit + 4 * c) / 2;
-                        for (half, w) in w.iter().enumerate() {
-                            let at = (2 * (c % 2) + half) % chains;
+                        let v = _mm256_loadu_si256(wp as *const __m256i);
+                        wp = wp.add(32);
+                        let w = [
+                            _mm256_and_si256(v, nibble),
+                            _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble),
+                            _mm256_and_si256(_mm256_srli_epi16(v, 8), nibble),
+                            _mm256_srli_epi16(v, 12),
+                        ];
+                        // nibble m's column pair
+                        let p = (g * group + 32 * unit + 8 * c) / 2;
+                        for (m, w) in w.iter().enumerate() {
+                            let at = m % chains;
                             for k in 0..NT {
-                                let h = _mm256_set1_epi32(core::ptr::read_unaligned(hp[k].add(p + half)));
-                                let l = _mm256_set1_epi32(core::ptr::read_unaligned(lp[k].add(p + half)));
+                                let h = _mm256_set1_epi32(core::ptr::read_unaligned(hp[k].add(p + m)));
+                                let l = _mm256_set1_epi32(core::ptr::read_unaligned(lp[k].add(p + m)));
                                 a[k][at] = dp::<L>(a[k][at], *w, h);
                                 b[k][at] = dp::<L>(b[k][at], *w, l);
                             }
@@ -1119,8 +1129,11 @@ mod fixed {
                 }
                 let u = _mm256_loadu_ps(scale.as_ptr().add(8 * g));
                 for k in 0..NT {
-                    let total = |s: &[__m256i; 4]| (1..chains).fold(s[0], |t, i| _mm256_add_epi32(t, s[i]));
-                    let (sa, sb) = (total(&a[k]), total(&b[k]));
+                    let (mut sa, mut sb) = (a[k][0], b[k][0]);
+                    for i in 1..chains {
+                        sa = _mm256_add_epi32(sa, a[k][i]);
+                        sb = _mm256_add_epi32(sb, b[k][i]);
+                    }
                     let [oa, ob] = *x[k].offset.get_unchecked(g);
                     let f = if G32 {
                         // a * 4096 + b in i32, exact (the a * 4096 + b of groups4 for int4-g32)
@@ -1485,13 +1498,15 @@ pub fn block_rows_q4(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
 }
 
 /// Where row r's value j of a `Layout::Lanes8` block tile is: (byte, high nibble). A tile holds
-/// units of 32 columns, 128 bytes each: 16 bytes for each 4 columns 4c..4c + 4, byte 2r + i
-/// holding row r's column 4c + i in its low nibble and column 4c + 2 + i in its high one. Loaded
-/// as 16 i16 (the bytes, zero-extended), i32 lane r holds row r's column pair, so a broadcast pair
-/// of activations times it is one multiply-add per eight rows.
+/// units of 32 columns, 128 bytes each: 32 bytes for each 8 columns 8c..8c + 8, read as 16 u16
+/// words, word 2r + i holding row r's columns 8c + i, + 2, + 4, + 6 in its four nibbles (low to
+/// high). A shift and an AND take nibble m of every word: i32 lane r then holds row r's column
+/// pair 8c + 2m, 8c + 2m + 1, so a broadcast pair of activations times it is one multiply-add
+/// per eight rows.
 #[inline(always)]
 pub fn lanes8_place(r: usize, j: usize) -> (usize, bool) {
-    (j / 32 * 128 + j % 32 / 4 * 16 + 2 * r + j % 2, j % 4 >= 2)
+    let m = j % 8 / 2;
+    (j / 32 * 128 + j % 32 / 8 * 32 + 2 * (2 * r + j % 2) + m / 2, m % 2 == 1)
 }
 
 /// Puts row-major int4 rows in `Layout::Lanes8`: blocks of eight rows, column tiles as
