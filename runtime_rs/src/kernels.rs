@@ -1510,25 +1510,30 @@ pub fn lanes8_place(r: usize, j: usize) -> (usize, bool) {
 }
 
 /// Puts row-major int4 rows in `Layout::Lanes8`: blocks of eight rows, column tiles as
-/// `block_rows` (tile c0 of every block, then the next tile), each block's tile in the units of
-/// `lanes8_place` with every value stored plus 8 (nibbles 1..15: an AND or a shift unpacks them,
+/// `block_rows` (tile c0 of every block, then the next tile), each block's tile in the words of
+/// `lanes8_place` with every value stored plus 8 (nibbles 1..15: a shift and an AND unpack them,
 /// and the kernels subtract 8 times the activations' sum). Leftover rows (n % 8) follow as int8.
 pub fn block_rows_lanes8(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
-    let q = unpack_q4(packed);
-    let nb = n / 8 * 8;
-    let mut out = vec![0i8; nb * k_pad / 2];
+    let (nb, row) = (n / 8 * 8, k_pad / 2);
+    let mut out = Vec::with_capacity(nb * row + (n - nb) * k_pad);
     for c0 in (0..k_pad).step_by(fixed::TILE) {
-        let w = fixed::TILE.min(k_pad - c0);
-        for r in 0..nb {
-            let tile = &mut out[(c0 * nb + r / 8 * 8 * w) / 2..(c0 * nb + (r / 8 + 1) * 8 * w) / 2];
-            for j in 0..w {
-                let (at, high) = lanes8_place(r % 8, j);
-                let v = (q[r * k_pad + c0 + j] + 8) as u8;
-                tile[at] |= (if high { v << 4 } else { v }) as i8;
+        let c1 = (c0 + fixed::TILE).min(k_pad);
+        for b in (0..nb).step_by(8) {
+            for c in (c0..c1).step_by(8) {
+                for r in b..b + 8 {
+                    // row r's columns c..c + 8, nibble j column c + j, each + 8 (a signed
+                    // nibble's XOR with 8)
+                    let at = r * row + c / 2;
+                    let x = u32::from_le_bytes([0, 1, 2, 3].map(|i| packed[at + i] as u8)) ^ 0x8888_8888;
+                    for i in 0..2 {
+                        let word = (0..4).fold(0u16, |w, m| w | (((x >> (4 * (2 * m + i))) & 0xf) as u16) << (4 * m));
+                        out.extend(word.to_le_bytes().map(|v| v as i8));
+                    }
+                }
             }
         }
     }
-    out.extend_from_slice(&q[nb * k_pad..]);
+    out.extend(unpack_q4(&packed[nb * row..]));
     out
 }
 
