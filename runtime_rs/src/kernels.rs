@@ -310,35 +310,30 @@ mod fixed {
                 }
             }
         }
-        /// Lanes layouts: NT tokens (one or two) against one block's tile (`lanes` rows, 8 or 16)
-        /// over whole groups (`unit.len()` of them).
-        fn lanes<const NT: usize>(&self, lanes: usize, x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [f32]) {
-            lanes_scalar(lanes, &x, tile, group, scale, ys)
-        }
-    }
-
-    /// `Kernels::lanes`, defined value by value: for each token and group g in order, row r's
-    /// sums (a, b) over the group go to f32 and `ys[lanes * token + r] += (a * 4096 + b) *
-    /// unit[g] * scale[lanes * g + r]` (`rows`' arithmetic, in the same order).
-    pub fn lanes_scalar(lanes: usize, x: &[TokenTile], tile: &[i8], group: usize, scale: &[f32], ys: &mut [f32]) {
-        for (x, y) in x.iter().zip(ys.chunks_exact_mut(lanes)) {
-            for (g, u) in x.unit.iter().enumerate() {
-                for (r, y) in y.iter_mut().enumerate() {
-                    let (mut a, mut b) = (0i32, 0i32);
-                    for j in g * group..(g + 1) * group {
-                        let (at, high) = crate::kernels::lanes_place(lanes, r, j);
-                        let byte = tile[at] as u8;
-                        let q = (if high { byte >> 4 } else { byte & 0x0f }) as i32 - 8;
-                        a += x.hi[j] as i32 * q;
-                        b += x.lo[j] as i32 * q;
+        /// `Layout::Lanes8`: NT tokens (one or two) against one eight-row block's tile over whole
+        /// groups (`unit.len()` of them): for each group g in order, row r's sums (a, b) over it go
+        /// to f32 and `ys[token][r] += (a * 4096 + b) * unit[g] * scale[8 * g + r]` (`rows`'
+        /// arithmetic, in the same order). This one is the definition, value by value.
+        fn lanes8<const NT: usize>(&self, x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [[f32; 8]]) {
+            for (x, y) in x.iter().zip(&mut ys[..NT]) {
+                for (g, u) in x.unit.iter().enumerate() {
+                    for (r, y) in y.iter_mut().enumerate() {
+                        let (mut a, mut b) = (0i32, 0i32);
+                        for j in g * group..(g + 1) * group {
+                            let (at, high) = crate::kernels::lanes8_place(r, j);
+                            let byte = tile[at] as u8;
+                            let q = (if high { byte >> 4 } else { byte & 0x0f }) as i32 - 8;
+                            a += x.hi[j] as i32 * q;
+                            b += x.lo[j] as i32 * q;
+                        }
+                        *y += (a as f32 * 4096.0 + b as f32) * u * scale[8 * g + r];
                     }
-                    *y += (a as f32 * 4096.0 + b as f32) * u * scale[lanes * g + r];
                 }
             }
         }
     }
 
-    /// One token's activations over the columns of a tile (the lanes layouts' kernels): hi and lo,
+    /// One token's activations over the columns of a tile (`Layout::Lanes8`'s kernels): hi and lo,
     /// and per group of the tile its unit and 8 * (the sums of hi and of lo over it).
     pub struct TokenTile<'a> {
         pub hi: &'a [i16],
@@ -421,7 +416,7 @@ mod fixed {
     /// ys[(r - first) * t + i] = token i's row of `x` times weight row r, for the rows
     /// first..first + ys.len() / t of the n rows in `q` (rows of `width` int8 or int4, scales per
     /// group, in `layout`: whole blocks, then the rows left over row by row). `first` is a
-    /// multiple of the layout's block rows.
+    /// multiple of eight.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub fn rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, layout: Layout, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
@@ -440,8 +435,8 @@ mod fixed {
                 ys[(r - first) * t + i] = dot_row(k, x, width, group, i, &q[at..at + width], &scale[r * groups..(r + 1) * groups]);
             }
         }
-        if layout.lanes() > 0 {
-            return lanes_rows(k, layout.lanes(), x, t, width, group, &q[..nb * width / 2], nb, first..blocks_end, scale, &mut ys[..(blocks_end - first) * t]);
+        if layout == Layout::Lanes8 {
+            return lanes8_rows(k, x, t, width, group, &q[..nb * width / 2], nb, first..blocks_end, scale, &mut ys[..(blocks_end - first) * t]);
         }
         if t > 1 {
             return prefill(k, x, t, width, group, int4, &q[..bytes(nb * width)], nb, first..blocks_end, scale, ys);
@@ -539,14 +534,13 @@ mod fixed {
         }
     }
 
-    /// `rows` for the blocks of a lanes-layout matrix (`lanes` rows a block; `q`: the blocked
-    /// part, nb rows; `ys` as in `rows`, for `rows`): decode and prefill alike. Tokens go in chunks
-    /// as in `prefill`; for each column tile, each block's tile (in L1 after its first use) meets
-    /// the chunk's tokens two at a time (`Kernels::lanes`), each block and token keeping its rows'
-    /// sums across tiles.
+    /// `rows` for the blocks of a `Layout::Lanes8` matrix (`q`: the blocked part, nb rows; `ys` as
+    /// in `rows`, for `rows`): decode and prefill alike. Tokens go in chunks as in `prefill`; for
+    /// each column tile, each block's tile (in L1 after its first use) meets the chunk's tokens two
+    /// at a time (`Kernels::lanes8`), each block and token keeping its eight rows' sums across tiles.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn lanes_rows(k: &impl Kernels, lanes: usize, x: &Fixed, t: usize, width: usize, group: usize, q: &[i8], nb: usize, rows: core::ops::Range<usize>, scale: &[f32], ys: &mut [f32]) {
+    fn lanes8_rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, q: &[i8], nb: usize, rows: core::ops::Range<usize>, scale: &[f32], ys: &mut [f32]) {
         let groups = width / group;
         // per token and group, 8 * (the sums of hi and of lo): the kernels' weights are stored + 8
         let offset: Vec<[i32; 2]> = (0..t * groups)
@@ -557,13 +551,12 @@ mod fixed {
             })
             .collect();
         let chunk = if t == 1 { 1 } else { (CHUNK_BYTES / (4 * TILE.min(width))).max(2) };
-        let blocks = rows.len() / lanes;
-        // sums[((block * m) + token) * lanes + row], m tokens in this chunk
-        let mut sums = vec![0f32; blocks * chunk.min(t) * lanes];
+        let blocks = rows.len() / 8;
+        let mut sums = vec![[0f32; 8]; blocks * chunk.min(t)];
         for t0 in (0..t).step_by(chunk) {
             let t1 = (t0 + chunk).min(t);
             let m = t1 - t0;
-            sums.iter_mut().for_each(|y| *y = 0.0);
+            sums.iter_mut().for_each(|y| *y = [0.0; 8]);
             for c0 in (0..width).step_by(TILE) {
                 let c1 = (c0 + TILE).min(width);
                 let (g0, g1) = (c0 / group, c1 / group);
@@ -573,27 +566,32 @@ mod fixed {
                     unit: &x.unit[i * groups + g0..i * groups + g1],
                     offset: &offset[i * groups + g0..i * groups + g1],
                 };
+                // block b's tile and scales
+                let tile = |b: usize| {
+                    let r = rows.start + 8 * b;
+                    &q[(c0 * nb + r * (c1 - c0)) / 2..(c0 * nb + (r + 8) * (c1 - c0)) / 2]
+                };
+                let sc = |b: usize| {
+                    let r = rows.start + 8 * b;
+                    &scale[(r / 8 * groups + g0) * 8..(r / 8 * groups + g1) * 8]
+                };
+                // tokens two at a time share each weight's load and unpacking (two blocks sharing
+                // each of one token's activation loads instead ran decode from memory 0.8x)
                 for b in 0..blocks {
-                    let r = rows.start + lanes * b;
-                    let tile = &q[(c0 * nb + r * (c1 - c0)) / 2..(c0 * nb + (r + lanes) * (c1 - c0)) / 2];
-                    let sc = &scale[(r / lanes * groups + g0) * lanes..(r / lanes * groups + g1) * lanes];
-                    let at = |i: usize, n: usize| (b * m + i) * lanes..(b * m + i + n) * lanes;
-                    // tokens two at a time share each weight's load and unpacking (two blocks
-                    // sharing each of one token's activation loads instead ran decode from memory 0.8x)
                     let mut i = 0;
                     while i + 2 <= m {
-                        k.lanes(lanes, [token(t0 + i), token(t0 + i + 1)], tile, group, sc, &mut sums[at(i, 2)]);
+                        k.lanes8([token(t0 + i), token(t0 + i + 1)], tile(b), group, sc(b), &mut sums[b * m + i..b * m + i + 2]);
                         i += 2;
                     }
                     if i < m {
-                        k.lanes(lanes, [token(t1 - 1)], tile, group, sc, &mut sums[at(i, 1)]);
+                        k.lanes8([token(t1 - 1)], tile(b), group, sc(b), &mut sums[b * m + i..b * m + i + 1]);
                     }
                 }
             }
-            for (bi, y) in sums[..blocks * m * lanes].chunks_exact(lanes).enumerate() {
+            for (bi, y8) in sums[..blocks * m].iter().enumerate() {
                 let (b, i) = (bi / m, t0 + bi % m);
-                for (r, y) in y.iter().enumerate() {
-                    ys[(lanes * b + r) * t + i] = *y;
+                for (r, y) in y8.iter().enumerate() {
+                    ys[(8 * b + r) * t + i] = *y;
                 }
             }
         }
@@ -950,7 +948,7 @@ mod fixed {
         }
         entry!(rows_avx2, tile_x2_avx2, AVX2, "avx2");
         #[cfg(monologue_vnni)]
-        entry!(rows_avx512_vnni, tile_x2_avx512_vnni, AVX512_VNNI, "avx2,avx512f,avx512vl,avx512bw,avx512vnni");
+        entry!(rows_avx512_vnni, tile_x2_avx512_vnni, AVX512_VNNI, "avx2,avx512f,avx512vl,avx512vnni");
         #[cfg(monologue_vnni)]
         entry!(rows_avx_vnni, tile_x2_avx_vnni, AVX_VNNI, "avx2,avxvnni");
 
@@ -974,8 +972,7 @@ mod fixed {
                         if is_x86_feature_detected!("avxvnni") {
                             all.push(KernelSet { level: AVX_VNNI });
                         }
-                        let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512bw");
-                        if avx512 && is_x86_feature_detected!("avx512vnni") {
+                        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni") {
                             all.push(KernelSet { level: AVX512_VNNI });
                         }
                     }
@@ -996,12 +993,6 @@ mod fixed {
                     DETECTED.store(level, Ordering::Relaxed);
                 }
                 if level == 0xfe { None } else { Some(KernelSet { level }) }
-            }
-
-            /// The int4 layout this set reads fastest: sixteen-row blocks for AVX-512's 512-bit
-            /// registers, eight-row blocks otherwise.
-            pub fn lanes_layout(&self) -> Layout {
-                if self.level == AVX512_VNNI { Layout::Lanes16 } else { Layout::Lanes8 }
             }
 
             /// The set's name (`kernel_set`).
@@ -1073,18 +1064,12 @@ mod fixed {
                 }
             }
             #[inline(always)]
-            fn lanes<const NT: usize>(&self, lanes: usize, x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [f32]) {
+            fn lanes8<const NT: usize>(&self, x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [[f32; 8]]) {
                 unsafe {
-                    match (lanes, group == 32) {
-                        (8, true) => lanes8_x86::<L, NT, true>(x, tile, group, scale, ys),
-                        (8, false) => lanes8_x86::<L, NT, false>(x, tile, group, scale, ys),
-                        // sixteen rows: the AVX-512 set's layout (`lanes_layout`); the tests also
-                        // give it to the others, which run the definition
-                        #[cfg(monologue_vnni)]
-                        (16, true) if L == AVX512_VNNI => lanes16_avx512::<NT, true>(x, tile, group, scale, ys),
-                        #[cfg(monologue_vnni)]
-                        (16, false) if L == AVX512_VNNI => lanes16_avx512::<NT, false>(x, tile, group, scale, ys),
-                        _ => super::lanes_scalar(lanes, &x, tile, group, scale, ys),
+                    if group == 32 {
+                        lanes8_x86::<L, NT, true>(x, tile, group, scale, ys)
+                    } else {
+                        lanes8_x86::<L, NT, false>(x, tile, group, scale, ys)
                     }
                 }
             }
@@ -1097,10 +1082,10 @@ mod fixed {
         /// sums are the sums of the values. The eight accumulators run in 4 / NT chains per token
         /// and half, so each vpdpwssd waits on its accumulator a quarter as often.
         #[inline(always)]
-        unsafe fn lanes8_x86<const L: u8, const NT: usize, const G32: bool>(x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [f32]) {
+        unsafe fn lanes8_x86<const L: u8, const NT: usize, const G32: bool>(x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [[f32; 8]]) {
             let ng = x[0].unit.len();
             let n = ng * group;
-            assert!(ys.len() >= 8 * NT && group % 32 == 0 && tile.len() >= 4 * n && scale.len() >= 8 * ng);
+            assert!(ys.len() >= NT && group % 32 == 0 && tile.len() >= 4 * n && scale.len() >= 8 * ng);
             assert!(x.iter().all(|x| x.hi.len() >= n && x.lo.len() >= n && x.unit.len() == ng && x.offset.len() >= ng));
             let chains = 4 / NT;
             let nibble = _mm256_set1_epi16(0x0f);
@@ -1111,7 +1096,7 @@ mod fixed {
             // fold's or from_fn's, they lose the target features and are not inlined)
             let mut acc = [_mm256_setzero_ps(); NT];
             for k in 0..NT {
-                acc[k] = _mm256_loadu_ps(ys.as_ptr().add(8 * k));
+                acc[k] = _mm256_loadu_ps(ys[k].as_ptr());
             }
             let mut wp = tile.as_ptr();
             for g in 0..ng {
@@ -1163,79 +1148,8 @@ mod fixed {
                     acc[k] = _mm256_add_ps(acc[k], _mm256_mul_ps(f, u));
                 }
             }
-            for (k, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(ys.as_mut_ptr().add(8 * k), *acc);
-            }
-        }
-
-        /// `lanes8_x86` for `Layout::Lanes16` in 512-bit registers: row r of sixteen in i32 lane
-        /// r, each 64 bytes of the tile four vectors of the rows' column pairs. On a Zen 4, which
-        /// runs a 512-bit `vpdpwssd` as two halves, the gain is the halved loads, broadcasts and
-        /// unpacking around the multiplies (decode_bench: 1.1-1.2x Lanes8).
-        #[cfg(monologue_vnni)]
-        #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,avx512vnni")]
-        unsafe fn lanes16_avx512<const NT: usize, const G32: bool>(x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [f32]) {
-            let ng = x[0].unit.len();
-            let n = ng * group;
-            assert!(ys.len() >= 16 * NT && group % 32 == 0 && tile.len() >= 8 * n && scale.len() >= 16 * ng);
-            assert!(x.iter().all(|x| x.hi.len() >= n && x.lo.len() >= n && x.unit.len() == ng && x.offset.len() >= ng));
-            let chains = 4 / NT;
-            let nibble = _mm512_set1_epi16(0x0f);
-            let z = _mm512_setzero_si512();
-            let pairs = |v: &[i16]| v.as_ptr() as *const i32;
-            let (hp, lp): ([*const i32; NT], [*const i32; NT]) = (core::array::from_fn(|k| pairs(x[k].hi)), core::array::from_fn(|k| pairs(x[k].lo)));
-            let mut acc = [_mm512_setzero_ps(); NT];
-            for k in 0..NT {
-                acc[k] = _mm512_loadu_ps(ys.as_ptr().add(16 * k));
-            }
-            let mut wp = tile.as_ptr();
-            for g in 0..ng {
-                let (mut a, mut b) = ([[z; 4]; NT], [[z; 4]; NT]);
-                for unit in 0..group / 32 {
-                    for c in 0..4 {
-                        _mm_prefetch(wp.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
-                        let v = _mm512_loadu_si512(wp as *const _);
-                        wp = wp.add(64);
-                        let w = [
-                            _mm512_and_si512(v, nibble),
-                            _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble),
-                            _mm512_and_si512(_mm512_srli_epi16(v, 8), nibble),
-                            _mm512_srli_epi16(v, 12),
-                        ];
-                        let p = (g * group + 32 * unit + 8 * c) / 2;
-                        for (m, w) in w.iter().enumerate() {
-                            let at = m % chains;
-                            for k in 0..NT {
-                                let h = _mm512_set1_epi32(core::ptr::read_unaligned(hp[k].add(p + m)));
-                                let l = _mm512_set1_epi32(core::ptr::read_unaligned(lp[k].add(p + m)));
-                                a[k][at] = _mm512_dpwssd_epi32(a[k][at], *w, h);
-                                b[k][at] = _mm512_dpwssd_epi32(b[k][at], *w, l);
-                            }
-                        }
-                    }
-                }
-                let u = _mm512_loadu_ps(scale.as_ptr().add(16 * g));
-                for k in 0..NT {
-                    let (mut sa, mut sb) = (a[k][0], b[k][0]);
-                    for i in 1..chains {
-                        sa = _mm512_add_epi32(sa, a[k][i]);
-                        sb = _mm512_add_epi32(sb, b[k][i]);
-                    }
-                    let [oa, ob] = *x[k].offset.get_unchecked(g);
-                    let f = if G32 {
-                        let v = _mm512_add_epi32(_mm512_slli_epi32(sa, 12), sb);
-                        _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(oa.wrapping_shl(12).wrapping_add(ob))))
-                    } else {
-                        let fa = _mm512_cvtepi32_ps(_mm512_sub_epi32(sa, _mm512_set1_epi32(oa)));
-                        let fb = _mm512_cvtepi32_ps(_mm512_sub_epi32(sb, _mm512_set1_epi32(ob)));
-                        _mm512_add_ps(_mm512_mul_ps(fa, _mm512_set1_ps(4096.0)), fb)
-                    };
-                    let f = _mm512_mul_ps(f, _mm512_set1_ps(*x[k].unit.get_unchecked(g)));
-                    acc[k] = _mm512_add_ps(acc[k], _mm512_mul_ps(f, u));
-                }
-            }
-            for (k, acc) in acc.iter().enumerate() {
-                _mm512_storeu_ps(ys.as_mut_ptr().add(16 * k), *acc);
+            for (y, acc) in ys.iter_mut().zip(acc) {
+                _mm256_storeu_ps(y.as_mut_ptr(), acc);
             }
         }
 
@@ -1493,11 +1407,9 @@ pub enum Layout {
     /// Blocks of four rows interleaved in 8-value units, in column tiles (`block_rows`; int4:
     /// `block_rows_q4`), the rows left over after them row-major int8; scales row-major.
     Blocks4,
-    /// int4 on x86: blocks of eight rows, row r in i32 lane r (`block_rows_lanes`), the rows left
+    /// int4 on x86: blocks of eight rows, row r in i32 lane r (`block_rows_lanes8`), the rows left
     /// over row-major int8; the blocks' scales by block (`scales_by_block`).
     Lanes8,
-    /// `Lanes8` with blocks of sixteen rows, for the 512-bit registers of AVX-512.
-    Lanes16,
 }
 
 impl Layout {
@@ -1506,43 +1418,30 @@ impl Layout {
         match self {
             Layout::Rows => 0,
             Layout::Blocks4 => n / 4 * 4,
-            Layout::Lanes8 | Layout::Lanes16 => n / self.lanes() * self.lanes(),
-        }
-    }
-
-    /// Rows in a block of a lanes layout (one per i32 lane), or 0.
-    pub fn lanes(self) -> usize {
-        match self {
-            Layout::Lanes8 => 8,
-            Layout::Lanes16 => 16,
-            _ => 0,
+            Layout::Lanes8 => n / 8 * 8,
         }
     }
 }
 
 /// The layout a (n, k_pad) matrix of `bits`-bit values in groups of `group` is loaded in: int4 in
-/// blocks of eight rows (sixteen with AVX-512) where this machine runs the x86 kernels and its
-/// groups fit whole 32-value units inside a column tile, otherwise four-row blocks where
-/// `blocked_layout` allows.
+/// eight-row blocks where this machine runs the x86 kernels and its groups fit whole 32-value
+/// units inside a column tile, otherwise four-row blocks where `blocked_layout` allows.
 pub fn layout_for(bits: u32, n: usize, k_pad: usize, group: usize) -> Layout {
     if !blocked_layout(k_pad, group) {
         return Layout::Rows;
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(set) = fixed::x86::KernelSet::detect() {
-        let lanes = set.lanes_layout();
-        if bits == 4 && lanes_fit(n, k_pad, group, lanes) {
-            return lanes;
-        }
+    if bits == 4 && lanes8_fits(n, k_pad, group) && fixed::x86::KernelSet::detect().is_some() {
+        return Layout::Lanes8;
     }
     let _ = (bits, n);
     Layout::Blocks4
 }
 
-/// Whether a lanes layout can hold a matrix: one whole block of rows at least, groups of whole
+/// Whether `Layout::Lanes8` can hold a matrix: a block of eight rows at least, groups of whole
 /// 32-value units that never straddle a column tile.
-pub fn lanes_fit(n: usize, k_pad: usize, group: usize, layout: Layout) -> bool {
-    layout.lanes() > 0 && n >= layout.lanes() && group % 32 == 0 && fixed::TILE % group == 0 && k_pad % group == 0
+pub fn lanes8_fits(n: usize, k_pad: usize, group: usize) -> bool {
+    n >= 8 && group % 32 == 0 && fixed::TILE % group == 0 && k_pad % group == 0
 }
 
 /// Puts row-major int8 rows (n rows of k_pad) in the blocked layout, in place. Each whole block of
@@ -1598,30 +1497,30 @@ pub fn block_rows_q4(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
     out
 }
 
-/// Where row r's value j of a lanes layout's block tile is (`lanes` rows a block, 8 or 16):
-/// (byte, high nibble). A tile holds units of 32 columns, 16 * lanes bytes each: 4 * lanes bytes
-/// for each 8 columns 8c..8c + 8, read as u16 words, word 2r + i holding row r's columns 8c + i,
-/// + 2, + 4, + 6 in its four nibbles (low to high). A shift and an AND take nibble m of every
-/// word: i32 lane r then holds row r's column pair 8c + 2m, 8c + 2m + 1, so a broadcast pair of
-/// activations times it is one multiply-add per block of rows.
+/// Where row r's value j of a `Layout::Lanes8` block tile is: (byte, high nibble). A tile holds
+/// units of 32 columns, 128 bytes each: 32 bytes for each 8 columns 8c..8c + 8, read as 16 u16
+/// words, word 2r + i holding row r's columns 8c + i, + 2, + 4, + 6 in its four nibbles (low to
+/// high). A shift and an AND take nibble m of every word: i32 lane r then holds row r's column
+/// pair 8c + 2m, 8c + 2m + 1, so a broadcast pair of activations times it is one multiply-add
+/// per eight rows.
 #[inline(always)]
-pub fn lanes_place(lanes: usize, r: usize, j: usize) -> (usize, bool) {
+pub fn lanes8_place(r: usize, j: usize) -> (usize, bool) {
     let m = j % 8 / 2;
-    (j / 32 * 16 * lanes + j % 32 / 8 * 4 * lanes + 2 * (2 * r + j % 2) + m / 2, m % 2 == 1)
+    (j / 32 * 128 + j % 32 / 8 * 32 + 2 * (2 * r + j % 2) + m / 2, m % 2 == 1)
 }
 
-/// Puts row-major int4 rows in a lanes layout (`lanes` rows a block): column tiles as
+/// Puts row-major int4 rows in `Layout::Lanes8`: blocks of eight rows, column tiles as
 /// `block_rows` (tile c0 of every block, then the next tile), each block's tile in the words of
-/// `lanes_place` with every value stored plus 8 (nibbles 1..15: a shift and an AND unpack them,
-/// and the kernels subtract 8 times the activations' sum). Leftover rows follow as int8.
-pub fn block_rows_lanes(packed: &[i8], n: usize, k_pad: usize, lanes: usize) -> Vec<i8> {
-    let (nb, row) = (n / lanes * lanes, k_pad / 2);
+/// `lanes8_place` with every value stored plus 8 (nibbles 1..15: a shift and an AND unpack them,
+/// and the kernels subtract 8 times the activations' sum). Leftover rows (n % 8) follow as int8.
+pub fn block_rows_lanes8(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
+    let (nb, row) = (n / 8 * 8, k_pad / 2);
     let mut out = Vec::with_capacity(nb * row + (n - nb) * k_pad);
     for c0 in (0..k_pad).step_by(fixed::TILE) {
         let c1 = (c0 + fixed::TILE).min(k_pad);
-        for b in (0..nb).step_by(lanes) {
+        for b in (0..nb).step_by(8) {
             for c in (c0..c1).step_by(8) {
-                for r in b..b + lanes {
+                for r in b..b + 8 {
                     // row r's columns c..c + 8, nibble j column c + j, each + 8 (a signed
                     // nibble's XOR with 8)
                     let at = r * row + c / 2;
@@ -1639,12 +1538,11 @@ pub fn block_rows_lanes(packed: &[i8], n: usize, k_pad: usize, lanes: usize) -> 
 }
 
 /// Where row r's scale of group g is, `groups` a row, in a matrix of n rows in `layout`: by block
-/// for a lanes layout (block b's scales of group g side by side), row-major otherwise.
+/// for `Layout::Lanes8` (block b's eight scales of group g together), row-major otherwise.
 #[inline]
 pub fn scale_index(r: usize, g: usize, n: usize, groups: usize, layout: Layout) -> usize {
-    let lanes = layout.lanes();
-    if lanes > 0 && r < layout.blocked_rows(n) {
-        (r / lanes * groups + g) * lanes + r % lanes
+    if layout == Layout::Lanes8 && r < layout.blocked_rows(n) {
+        (r / 8 * groups + g) * 8 + r % 8
     } else {
         r * groups + g
     }
@@ -1681,12 +1579,11 @@ pub fn q_value(q: &[i8], r: usize, j: usize, n: usize, k_pad: usize, bits: u32, 
     if r >= nb {
         return q[nb * k_pad / 2 + (r - nb) * k_pad + j];
     }
-    let lanes = layout.lanes();
-    if lanes > 0 {
+    if layout == Layout::Lanes8 {
         let c0 = j / fixed::TILE * fixed::TILE;
         let w = fixed::TILE.min(k_pad - c0);
-        let (at, high) = lanes_place(lanes, r % lanes, j - c0);
-        let b = q[(c0 * nb + r / lanes * lanes * w) / 2 + at] as u8;
+        let (at, high) = lanes8_place(r % 8, j - c0);
+        let b = q[(c0 * nb + r / 8 * 8 * w) / 2 + at] as u8;
         return (if high { b >> 4 } else { b & 0x0f }) as i8 - 8;
     }
     // the int8 blocked position, then its place in the folded 32-byte run
@@ -1885,9 +1782,6 @@ fn workers() -> usize {
     }
 }
 
-/// Threads split a matmul's rows at multiples of this: a whole block in every layout.
-const SPLIT_ROWS: usize = 16;
-
 /// Work (multiply-adds) below which a matmul stays on one thread: spawning costs ~20 us.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
@@ -1914,7 +1808,7 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     let mut ys = vec![0f32; n * t];
     let workers = workers();
     let rows = |first: usize, part: &mut [f32]| match (w, &q8) {
-        // threads split at multiples of SPLIT_ROWS, so every part starts on a block
+        // threads split at multiples of eight rows, so every part starts on a block
         (Mat::Q8 { n, bits, layout, q, scale, .. }, Some(input)) => input.rows(t, layout, bits, q, n, first, scale, part),
         (Mat::F32 { k, w: wt, .. }, _) => {
             for (j, o) in part.chunks_mut(t).enumerate() {
@@ -1927,7 +1821,7 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
         (Mat::Q8 { .. }, None) => unreachable!("int8 weights always get a Q8Input"),
     };
     if workers > 1 && n * width * t >= PARALLEL_MIN_WORK && n >= 2 * workers {
-        let per = ((n + workers - 1) / workers + SPLIT_ROWS - 1) / SPLIT_ROWS * SPLIT_ROWS;
+        let per = ((n + workers - 1) / workers + 7) / 8 * 8;
         run_split(&mut ys, per * t, |block, part| rows(block * per, part));
     } else {
         rows(0, &mut ys);
@@ -2596,53 +2490,48 @@ mod tests {
     }
 
     #[test]
-    fn lanes_layouts_give_the_blocks4_bits() {
-        // int4 in eight- and sixteen-row blocks (Layout::Lanes8, Lanes16) against the four-row
-        // blocks, bit for bit, in decode and prefill: through the scalar definition
-        // (Kernels::lanes), every x86 kernel set, and `matmul` (1030 x 256 x 3 tokens: two
-        // threads, split at row 528, on a block of either); groups of 32 to a whole tile, a tile boundary, rows left over, T past a chunk; random
-        // values and the extremes (the largest sums: every activation at +-2^23 of its group,
-        // every weight +-7 with matching signs)
+    fn lanes8_layout_gives_the_blocks4_bits() {
+        // int4 in eight-row blocks (Layout::Lanes8) against the four-row blocks, bit for bit, in
+        // decode and prefill: through the scalar definition (Kernels::lanes8), every x86 kernel
+        // set, and `matmul` (threads split on eight-row blocks); groups of 32 to a whole tile, a tile
+        // boundary, rows left over, T past a chunk; random values and the extremes (the largest
+        // sums: every activation at +-2^23 of its group, every weight +-7 with matching signs)
         let mut s = 41u64;
-        let cases = [(21usize, 96usize, 32usize, 3usize), (1030, 256, 32, 3), (16, 4160, 64, 37), (13, 2048, 2048, 2), (8, 4096, 128, 5), (9, 64, 64, 1), (35, 512, 32, 4)];
+        let cases = [(21usize, 96usize, 32usize, 3usize), (1030, 256, 32, 3), (16, 4160, 64, 37), (13, 2048, 2048, 2), (8, 4096, 128, 5), (9, 64, 64, 1)];
         for (n, k, group, most) in cases {
-          for layout in [Layout::Lanes8, Layout::Lanes16] {
-            if !lanes_fit(n, k, group, layout) {
-                continue;
-            }
+            assert!(lanes8_fits(n, k, group));
             for extreme in [false, true] {
                 let sign = |r: usize, j: usize| if ((j / 3) % 2 == 0) == (r % 2 == 0) { 1.0f32 } else { -1.0 };
                 let q: Vec<i8> = (0..n * k).map(|i| if extreme { sign(i / k, i % k) * 7.0 } else { lcg(&mut s) * 7.99 } as i8).collect();
                 let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
                 let groups = k / group;
                 let scale: Vec<f32> = (0..n * groups).map(|_| lcg(&mut s).abs() * 0.01 + 1e-3).collect();
-                let (q4, q8) = (block_rows_q4(&packed, n, k), block_rows_lanes(&packed, n, k, layout.lanes()));
-                let by_block = scales_by_block(&scale, n, groups, layout);
-                let nb = layout.blocked_rows(n);
-                assert_eq!(q8.len(), nb * k / 2 + (n - nb) * k);
+                let (q4, q8) = (block_rows_q4(&packed, n, k), block_rows_lanes8(&packed, n, k));
+                let by_block = scales_by_block(&scale, n, groups, Layout::Lanes8);
+                assert_eq!(q8.len(), n / 8 * 8 * k / 2 + n % 8 * k);
                 for r in [0, 1, 7, 8, n / 2, n - 1].into_iter().filter(|r| *r < n) {
                     for j in [0, 1, 2, 3, 4, 5, 31, 32, 33, k / 2, k - 1] {
-                        assert_eq!(q_value(&q8, r, j, n, k, 4, layout), q[r * k + j], "{:?} n={} k={} r={} j={}", layout, n, k, r, j);
+                        assert_eq!(q_value(&q8, r, j, n, k, 4, Layout::Lanes8), q[r * k + j], "n={} k={} r={} j={}", n, k, r, j);
                     }
                     for g in [0, groups - 1] {
-                        assert_eq!(by_block[scale_index(r, g, n, groups, layout)], scale[r * groups + g]);
+                        assert_eq!(by_block[scale_index(r, g, n, groups, Layout::Lanes8)], scale[r * groups + g]);
                     }
                 }
                 let x: Vec<f32> = (0..most * k).map(|j| if extreme { sign(0, j % k) * 1.5 } else { lcg(&mut s) * if j % 13 == 0 { 40.0 } else { 1.0 } }).collect();
                 let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
                 for t in [1, 2, most].into_iter().filter(|t| *t <= most) {
-                    let what = format!("{:?} n={} k={} group={} t={} extreme={}", layout, n, k, group, t, extreme);
+                    let what = format!("n={} k={} group={} t={} extreme={}", n, k, group, t, extreme);
                     let mut want = vec![0f32; t * n];
                     matmul(&x[..t * k], xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, layout: Layout::Blocks4, q: &q4, scale: &scale }, &mut want, ov, &[]);
                     let mut got = vec![0f32; t * n];
-                    matmul(&x[..t * k], xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, layout, q: &q8, scale: &by_block }, &mut got, ov, &[]);
+                    matmul(&x[..t * k], xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, layout: Layout::Lanes8, q: &q8, scale: &by_block }, &mut got, ov, &[]);
                     assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "matmul {}", what);
                     let input = Q8Input::new(&x[..t * k], k, group);
                     let mut scalar = vec![0f32; t * n];
-                    fixed::rows(&fixed::Scalar, &input.x, t, k, group, layout, 4, &q8, n, 0, &by_block, &mut scalar);
+                    fixed::rows(&fixed::Scalar, &input.x, t, k, group, Layout::Lanes8, 4, &q8, n, 0, &by_block, &mut scalar);
                     let by_row: Vec<f32> = (0..t * n).map(|at| scalar[(at % n) * t + at / n]).collect();
                     assert!(want.iter().zip(&by_row).all(|(a, b)| a.to_bits() == b.to_bits()), "scalar {}", what);
-                    for (name, ys) in every_x86_set_in(layout, &input, t, k, group, 4, &q8, n, &by_block) {
+                    for (name, ys) in every_x86_set_in(Layout::Lanes8, &input, t, k, group, 4, &q8, n, &by_block) {
                         assert!(ys.iter().zip(&scalar).all(|(a, b)| a.to_bits() == b.to_bits()), "{} {}", name, what);
                     }
                     if extreme && t == 1 {
@@ -2653,7 +2542,6 @@ mod tests {
                     }
                 }
             }
-          }
         }
     }
 
@@ -2896,21 +2784,15 @@ mod decode_bench {
     }
 
     /// Random n x k values in [-7, 7] in each loaded form: int8 in four-row blocks, int4 in
-    /// four-row blocks, int4 in eight- and sixteen-row blocks (the scales' order does not change a
-    /// timing).
-    fn every_form(s: &mut u64, n: usize, k: usize) -> [(Layout, u32, Vec<i8>); 4] {
+    /// four-row blocks, int4 in eight-row blocks (the scales' order does not change a timing).
+    fn every_form(s: &mut u64, n: usize, k: usize) -> [(Layout, u32, Vec<i8>); 3] {
         let q: Vec<i8> = (0..n * k).map(|_| (tests::lcg(s) * 7.99) as i8).collect();
         let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
-        [
-            (Layout::Blocks4, 8, tests::blocked(&q, n, k)),
-            (Layout::Blocks4, 4, block_rows_q4(&packed, n, k)),
-            (Layout::Lanes8, 4, block_rows_lanes(&packed, n, k, 8)),
-            (Layout::Lanes16, 4, block_rows_lanes(&packed, n, k, 16)),
-        ]
+        [(Layout::Blocks4, 8, tests::blocked(&q, n, k)), (Layout::Blocks4, 4, block_rows_q4(&packed, n, k)), (Layout::Lanes8, 4, block_rows_lanes8(&packed, n, k))]
     }
 
     /// The form of `every_form` for (layout, bits).
-    fn form(forms: &[(Layout, u32, Vec<i8>); 4], layout: Layout, bits: u32) -> (Layout, u32, &[i8]) {
+    fn form(forms: &[(Layout, u32, Vec<i8>); 3], layout: Layout, bits: u32) -> (Layout, u32, &[i8]) {
         let (l, b, w) = forms.iter().find(|(l, b, _)| *l == layout && *b == bits).unwrap();
         (*l, *b, w)
     }
@@ -2925,8 +2807,7 @@ mod decode_bench {
             let x: Vec<f32> = (0..k).map(|_| tests::lcg(&mut s)).collect();
             let forms = every_form(&mut s, n, k);
             let mut int8 = 0.0;
-            let int4 = [Layout::Blocks4, Layout::Lanes8, Layout::Lanes16];
-            let cases = [(Layout::Blocks4, 8u32, k), (Layout::Blocks4, 8, 32)].into_iter().chain([32, 64, 128].into_iter().flat_map(|g| int4.map(|l| (l, 4, g))));
+            let cases = [(Layout::Blocks4, 8u32, k), (Layout::Blocks4, 8, 32), (Layout::Blocks4, 4, 32), (Layout::Lanes8, 4, 32), (Layout::Blocks4, 4, 64), (Layout::Lanes8, 4, 64), (Layout::Blocks4, 4, 128), (Layout::Lanes8, 4, 128)];
             for (layout, bits, group) in cases {
                 let scale: Vec<f32> = (0..n * k / group).map(|_| tests::lcg(&mut s).abs() * 0.01).collect();
                 for set in fixed::x86::KernelSet::levels() {
@@ -2982,8 +2863,7 @@ mod decode_bench {
         for (n, k) in [(4864usize, 896usize), (896, 4864)] {
             let x: Vec<f32> = (0..t * k).map(|_| tests::lcg(&mut s)).collect();
             let forms = every_form(&mut s, n, k);
-            let int4 = [Layout::Blocks4, Layout::Lanes8, Layout::Lanes16];
-            for (layout, bits, group) in [(Layout::Blocks4, 8u32, k)].into_iter().chain([32, 128].into_iter().flat_map(|g| int4.map(|l| (l, 4, g)))) {
+            for (layout, bits, group) in [(Layout::Blocks4, 8u32, k), (Layout::Blocks4, 4, 32), (Layout::Lanes8, 4, 32), (Layout::Blocks4, 4, 128), (Layout::Lanes8, 4, 128)] {
                 let scale: Vec<f32> = (0..n * k / group).map(|_| tests::lcg(&mut s).abs() * 0.01).collect();
                 for set in fixed::x86::KernelSet::levels() {
                     let best = time_rows(set, &x, t, k, group, form(&forms, layout, bits), n, &scale, 3);

@@ -314,9 +314,9 @@ impl Loader {
                 *layout = kernels::layout_for(*bits, *n, *k_pad, *group);
                 match (*layout, *bits) {
                     (Layout::Rows, _) => {}
-                    (Layout::Lanes8 | Layout::Lanes16, _) => {
-                        *q = kernels::block_rows_lanes(q, *n, *k_pad, layout.lanes());
-                        *scale = kernels::scales_by_block(scale, *n, *k_pad / *group, *layout);
+                    (Layout::Lanes8, _) => {
+                        *q = kernels::block_rows_lanes8(q, *n, *k_pad);
+                        *scale = kernels::scales_by_block(scale, *n, *k_pad / *group, Layout::Lanes8);
                     }
                     (Layout::Blocks4, 4) => *q = kernels::block_rows_q4(q, *n, *k_pad),
                     (Layout::Blocks4, _) => kernels::block_rows(q, *n, *k_pad),
