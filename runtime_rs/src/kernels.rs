@@ -1076,11 +1076,11 @@ mod fixed {
         }
 
         /// `Kernels::lanes8`: row r's sums run in i32 lane r of the accumulators, with no
-        /// horizontal adds. Each 16 bytes of the tile, zero-extended to i16, give two vectors (an
-        /// AND, a shift) of the eight rows' column pairs, each multiplied by a broadcast pair of
-        /// each token's activations; the sums of the stored values (+8) less 8 * the activations'
-        /// sums are the sums of the values. The eight accumulators run in 4 / NT chains per token
-        /// and half, so each vpdpwssd waits on its accumulator a quarter as often.
+        /// horizontal adds. Each 32 bytes of the tile, as 16 u16 words, give four vectors (shifts
+        /// and ANDs, one per nibble) of the eight rows' column pairs, each multiplied by a
+        /// broadcast pair of each token's activations; the sums of the stored values (+8) less
+        /// 8 * the activations' sums are the sums of the values. The eight accumulators run in
+        /// 4 / NT chains per token, so each vpdpwssd waits on its accumulator a quarter as often.
         #[inline(always)]
         unsafe fn lanes8_x86<const L: u8, const NT: usize, const G32: bool>(x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [[f32; 8]]) {
             let ng = x[0].unit.len();
