@@ -320,9 +320,7 @@ mod fixed {
                     for (r, y) in y.iter_mut().enumerate() {
                         let (mut a, mut b) = (0i32, 0i32);
                         for j in g * group..(g + 1) * group {
-                            let (at, high) = crate::kernels::lanes8_place(r, j);
-                            let byte = tile[at] as u8;
-                            let q = (if high { byte >> 4 } else { byte & 0x0f }) as i32 - 8;
+                            let q = crate::kernels::lanes8_value(tile, r, j) as i32;
                             a += x.hi[j] as i32 * q;
                             b += x.lo[j] as i32 * q;
                         }
@@ -355,6 +353,11 @@ mod fixed {
     /// may hold: the chunk's activations stay in L2 while every weight block of the tile passes
     /// (all 128 tokens of a 2048-wide tile are 1 MiB, past L2, and each block re-read them).
     const CHUNK_BYTES: usize = 128 << 10;
+
+    /// Prefill's tokens per chunk for rows of `width` (CHUNK_BYTES of a tile's activations).
+    fn chunk_tokens(width: usize) -> usize {
+        (CHUNK_BYTES / (4 * TILE.min(width).max(1))).max(2)
+    }
 
     /// Value j (of a run of 16) of row r in a 32-byte int4 packet: low nibbles hold values 0-7,
     /// high nibbles 8-15, rows 8 bytes apart.
@@ -436,7 +439,7 @@ mod fixed {
             }
         }
         if layout == Layout::Lanes8 {
-            return lanes8_rows(k, x, t, width, group, &q[..nb * width / 2], nb, first..blocks_end, scale, &mut ys[..(blocks_end - first) * t]);
+            return lanes8_rows(k, x, t, width, group, &q[..bytes(nb * width)], nb, first..blocks_end, scale, &mut ys[..(blocks_end - first) * t]);
         }
         if t > 1 {
             return prefill(k, x, t, width, group, int4, &q[..bytes(nb * width)], nb, first..blocks_end, scale, ys);
@@ -502,7 +505,7 @@ mod fixed {
     fn prefill(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, int4: bool, q: &[i8], nb: usize, rows: core::ops::Range<usize>, scale: &[f32], ys: &mut [f32]) {
         let groups = width / group;
         let bytes = |v: usize| if int4 { v / 2 } else { v };
-        let chunk = (CHUNK_BYTES / (4 * TILE.min(width).max(1))).max(2);
+        let chunk = chunk_tokens(width);
         let blocks = (rows.end - rows.start) / 4;
         // each (block, token pair)'s state across the tiles of a chunk
         let mut lanes: Vec<Lanes> = (0..blocks * ((chunk.min(t) + 1) / 2)).map(|_| Lanes::default()).collect();
@@ -550,7 +553,7 @@ mod fixed {
                 [sum(&x.hi), sum(&x.lo)]
             })
             .collect();
-        let chunk = if t == 1 { 1 } else { (CHUNK_BYTES / (4 * TILE.min(width))).max(2) };
+        let chunk = if t == 1 { 1 } else { chunk_tokens(width) };
         let blocks = rows.len() / 8;
         let mut sums = vec![[0f32; 8]; blocks * chunk.min(t)];
         for t0 in (0..t).step_by(chunk) {
@@ -1509,6 +1512,14 @@ pub fn lanes8_place(r: usize, j: usize) -> (usize, bool) {
     (j / 32 * 128 + j % 32 / 8 * 32 + 2 * (2 * r + j % 2) + m / 2, m % 2 == 1)
 }
 
+/// Row r's value j of a `Layout::Lanes8` block tile (`lanes8_place`; stored plus 8).
+#[inline(always)]
+pub fn lanes8_value(tile: &[i8], r: usize, j: usize) -> i8 {
+    let (at, high) = lanes8_place(r, j);
+    let b = tile[at] as u8;
+    (if high { b >> 4 } else { b & 0x0f }) as i8 - 8
+}
+
 /// Puts row-major int4 rows in `Layout::Lanes8`: blocks of eight rows, column tiles as
 /// `block_rows` (tile c0 of every block, then the next tile), each block's tile in the words of
 /// `lanes8_place` with every value stored plus 8 (nibbles 1..15: a shift and an AND unpack them,
@@ -1582,9 +1593,7 @@ pub fn q_value(q: &[i8], r: usize, j: usize, n: usize, k_pad: usize, bits: u32, 
     if layout == Layout::Lanes8 {
         let c0 = j / fixed::TILE * fixed::TILE;
         let w = fixed::TILE.min(k_pad - c0);
-        let (at, high) = lanes8_place(r % 8, j - c0);
-        let b = q[(c0 * nb + r / 8 * 8 * w) / 2 + at] as u8;
-        return (if high { b >> 4 } else { b & 0x0f }) as i8 - 8;
+        return lanes8_value(&q[(c0 * nb + r / 8 * 8 * w) / 2..], r % 8, j - c0);
     }
     // the int8 blocked position, then its place in the folded 32-byte run
     let at = q8_index(r, j, n, k_pad, true);
