@@ -155,6 +155,8 @@ mod fixed {
         pub hi: Vec<i16>,
         pub lo: Vec<i16>,
         pub unit: Vec<f32>,
+        /// The byte planes of `Layout::Lanes8`'s x86 kernels, where the matrix is in that layout.
+        pub planes: Option<Planes>,
     }
 
     pub fn split(xs: &[f32], group: usize) -> Fixed {
@@ -173,7 +175,75 @@ mod fixed {
                 to_fixed(run, 8388608.0 / m, &mut hi[a..b], &mut lo[a..b]);
             }
         }
-        Fixed { hi, lo, unit }
+        Fixed { hi, lo, unit, planes: None }
+    }
+
+    /// `Layout::Lanes8`'s x86 kernels multiply bytes (vpdpbusd: four u8 x i8 products into each
+    /// i32 lane): each fixed-point value of a group as three digits, v = d2 * 65536 + d1 * 256 + d0
+    /// with d0, d1 in 0..=255 and d2 in -128..=127, against the stored weights (q + 8, 1..=15). That
+    /// is 24 byte products per 8 x 32 weights where hi and lo take 32 products of i16 pairs.
+    /// The digits reach -2^23..2^23 - 1, not the group's +2^23 (its largest positive value), so a
+    /// group holding +2^23 is negated: its sums are then -S, and its unit is negated with them
+    /// (-f32(S) * -u = f32(S) * u, the same bits). A group holding both +-2^23 keeps 2^23 - 1 in
+    /// place of +2^23, and the kernel adds those columns' q back (`Terms::wide`).
+    pub struct Planes {
+        /// token i's digits at [3 * i * width..], by column octet: d0 of columns 8j..8j + 8, then
+        /// their d1, then their d2 (each one 64-bit broadcast in the kernels)
+        pub digits: Vec<u8>,
+        /// per token and group
+        pub terms: Vec<Terms>,
+    }
+
+    /// One token's group in `Planes`: its unit (negated with the group), 8 * the sum of each
+    /// digit plane (the weights are stored plus 8) and those sums' total (o2 * 65536 + o1 * 256
+    /// + o0, wrapping), and whether it holds both +-2^23.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct Terms {
+        pub unit: f32,
+        pub offset: [i32; 3],
+        pub total: i32,
+        pub wide: bool,
+    }
+
+    /// `Planes` of t tokens of `width` columns in groups of `group` (multiples of 8).
+    pub fn planes(x: &Fixed, t: usize, width: usize, group: usize) -> Planes {
+        const TOP: i32 = 1 << 23;
+        let groups = width / group;
+        let mut digits = vec![0u8; 3 * t * width];
+        let mut terms = Vec::with_capacity(t * groups);
+        let mut w = vec![0i32; group];
+        // (plain loops over whole slices: LLVM vectorizes each)
+        for i in 0..t {
+            for g in 0..groups {
+                let at = i * width + g * group;
+                for (w, (h, l)) in w.iter_mut().zip(x.hi[at..at + group].iter().zip(&x.lo[at..at + group])) {
+                    *w = *h as i32 * 4096 + *l as i32;
+                }
+                let max = w.iter().fold(0, |m, &v| m.max(v));
+                let min = w.iter().fold(0, |m, &v| m.min(v));
+                let sign = if max == TOP && min > -TOP { -1 } else { 1 };
+                for w in w.iter_mut() {
+                    *w = (sign * *w).min(TOP - 1);
+                }
+                let mut offset = [0i32; 3];
+                for w in w.iter() {
+                    offset[0] += w & 0xff;
+                    offset[1] += (w >> 8) & 0xff;
+                    offset[2] += w >> 16;
+                }
+                for (d, w) in digits[3 * at..3 * (at + group)].chunks_exact_mut(24).zip(w.chunks_exact(8)) {
+                    let plane = |shift: u32| u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7].map(|i| (w[i] >> shift) as u8)).to_le_bytes();
+                    d[..8].copy_from_slice(&plane(0));
+                    d[8..16].copy_from_slice(&plane(8));
+                    d[16..].copy_from_slice(&plane(16));
+                }
+                let offset = offset.map(|o| 8 * o);
+                let total = offset[2].wrapping_shl(16).wrapping_add(offset[1] << 8).wrapping_add(offset[0]);
+                let unit = x.unit[i * groups + g];
+                terms.push(Terms { unit: if sign < 0 { -unit } else { unit }, offset, total, wide: max == TOP && min == -TOP });
+            }
+        }
+        Planes { digits, terms }
     }
 
     /// max |x|; NaN when x holds a NaN.
@@ -331,13 +401,15 @@ mod fixed {
         }
     }
 
-    /// One token's activations over the columns of a tile (`Layout::Lanes8`'s kernels): hi and lo,
-    /// and per group of the tile its unit and 8 * (the sums of hi and of lo over it).
+    /// One token's activations over the columns of a tile (`Layout::Lanes8`'s kernels): hi, lo
+    /// and the unit per group of the tile (the definition's), and the same as `Planes` (the x86
+    /// kernels').
     pub struct TokenTile<'a> {
         pub hi: &'a [i16],
         pub lo: &'a [i16],
         pub unit: &'a [f32],
-        pub offset: &'a [[i32; 2]],
+        pub digits: &'a [u8],
+        pub terms: &'a [Terms],
     }
 
     /// The f32 state of a block's four rows for two tokens in prefill (lane 2 * row + token): the
@@ -545,14 +617,14 @@ mod fixed {
     #[allow(clippy::too_many_arguments)]
     fn lanes8_rows(k: &impl Kernels, x: &Fixed, t: usize, width: usize, group: usize, q: &[i8], nb: usize, rows: core::ops::Range<usize>, scale: &[f32], ys: &mut [f32]) {
         let groups = width / group;
-        // per token and group, 8 * (the sums of hi and of lo): the kernels' weights are stored + 8
-        let offset: Vec<[i32; 2]> = (0..t * groups)
-            .map(|tg| {
-                let c = tg * group;
-                let sum = |v: &[i16]| 8 * v[c..c + group].iter().map(|&h| h as i32).sum::<i32>();
-                [sum(&x.hi), sum(&x.lo)]
-            })
-            .collect();
+        let own;
+        let planes = match &x.planes {
+            Some(p) => p,
+            None => {
+                own = planes(x, t, width, group);
+                &own
+            }
+        };
         let chunk = if t == 1 { 1 } else { chunk_tokens(width) };
         let blocks = rows.len() / 8;
         let mut sums = vec![[0f32; 8]; blocks * chunk.min(t)];
@@ -567,7 +639,8 @@ mod fixed {
                     hi: &x.hi[i * width + c0..i * width + c1],
                     lo: &x.lo[i * width + c0..i * width + c1],
                     unit: &x.unit[i * groups + g0..i * groups + g1],
-                    offset: &offset[i * groups + g0..i * groups + g1],
+                    digits: &planes.digits[3 * (i * width + c0)..3 * (i * width + c1)],
+                    terms: &planes.terms[i * groups + g0..i * groups + g1],
                 };
                 // block b's tile and scales
                 let tile = |b: usize| {
@@ -913,6 +986,23 @@ mod fixed {
         const AVX512_VNNI: u8 = 1;
         const AVX_VNNI: u8 = 2;
 
+        /// acc + the four u8 x i8 products of a's and b's bytes in each i32 lane: vpdpbusd, or on
+        /// AVX2 vpmaddubsw (its i16 pair sums cannot saturate in `lanes8_x86`, one byte of each
+        /// product a stored weight 1..=15: 2 * 255 * 15 < 2^15) then vpmaddwd by ones.
+        #[inline(always)]
+        unsafe fn dpb<const L: u8>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+            #[cfg(monologue_vnni)]
+            {
+                if L == AVX512_VNNI {
+                    return _mm256_dpbusd_epi32(acc, a, b);
+                }
+                if L == AVX_VNNI {
+                    return _mm256_dpbusd_avx_epi32(acc, a, b);
+                }
+            }
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)))
+        }
+
         /// acc + a[0] * b[0] + a[1] * b[1] per i32 lane, in the kernel set L's instructions.
         #[inline(always)]
         unsafe fn dp<const L: u8>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
@@ -1078,23 +1168,23 @@ mod fixed {
             }
         }
 
-        /// `Kernels::lanes8`: row r's sums run in i32 lane r of the accumulators, with no
-        /// horizontal adds. Each 32 bytes of the tile, as 16 u16 words, give four vectors (shifts
-        /// and ANDs, one per nibble) of the eight rows' column pairs, each multiplied by a
-        /// broadcast pair of each token's activations; the sums of the stored values (+8) less
-        /// 8 * the activations' sums are the sums of the values. The eight accumulators run in
-        /// 4 / NT chains per token, so each vpdpwssd waits on its accumulator a quarter as often.
+        /// `Kernels::lanes8` in byte products (`super::Planes`): row r's sums run in i32 lane r of
+        /// the accumulators, with no horizontal adds. Each 32 bytes of the tile give two vectors
+        /// (an AND; a shift and an AND) of the eight rows' four stored values (q + 8), each
+        /// multiplied by each token's three broadcast digit quads of those columns, the low and
+        /// the high nibbles in two chains. Per group the planes' sums less their offsets are
+        /// S = S2 * 65536 + S1 * 256 + S0, exactly: in i32 for groups of 32 (|S| < 32 * 7 * 2^23
+        /// < 2^31, the sums wrapping on the way), otherwise as A * 4096 + B with A and B exact in
+        /// f32, so the f32 of S is rounded once, as the definition's a * 4096 + b is.
         #[inline(always)]
         unsafe fn lanes8_x86<const L: u8, const NT: usize, const G32: bool>(x: [TokenTile; NT], tile: &[i8], group: usize, scale: &[f32], ys: &mut [[f32; 8]]) {
-            let ng = x[0].unit.len();
+            let ng = x[0].terms.len();
             let n = ng * group;
-            assert!(ys.len() >= NT && group % 32 == 0 && tile.len() >= 4 * n && scale.len() >= 8 * ng);
-            assert!(x.iter().all(|x| x.hi.len() >= n && x.lo.len() >= n && x.unit.len() == ng && x.offset.len() >= ng));
-            let chains = 4 / NT;
-            let nibble = _mm256_set1_epi16(0x0f);
+            assert!(ys.len() >= NT && group % 32 == 0 && group <= 1024 && tile.len() >= 4 * n && scale.len() >= 8 * ng);
+            assert!(x.iter().all(|x| x.digits.len() >= 3 * n && x.terms.len() == ng && x.hi.len() >= n && x.lo.len() >= n));
+            let nibble = _mm256_set1_epi8(0x0f);
             let z = _mm256_setzero_si256();
-            let pairs = |v: &[i16]| v.as_ptr() as *const i32;
-            let (hp, lp): ([*const i32; NT], [*const i32; NT]) = (core::array::from_fn(|k| pairs(x[k].hi)), core::array::from_fn(|k| pairs(x[k].lo)));
+            let dq: [*const i64; NT] = core::array::from_fn(|k| x[k].digits.as_ptr() as *const i64);
             // (intrinsics only in loops here: in a closure a generic function calls, such as
             // fold's or from_fn's, they lose the target features and are not inlined)
             let mut acc = [_mm256_setzero_ps(); NT];
@@ -1103,7 +1193,10 @@ mod fixed {
             }
             let mut wp = tile.as_ptr();
             for g in 0..ng {
-                let (mut a, mut b) = ([[z; 4]; NT], [[z; 4]; NT]);
+                // per token, digit plane p's sums in two chains (low and high nibbles)
+                let mut s = [[[z; 2]; 3]; NT];
+                // (32 columns a step, four loads unrolled: a loop of one load kept the sums in
+                // memory for two tokens)
                 for unit in 0..group / 32 {
                     for c in 0..4 {
                         if c % 2 == 0 {
@@ -1111,49 +1204,79 @@ mod fixed {
                         }
                         let v = _mm256_loadu_si256(wp as *const __m256i);
                         wp = wp.add(32);
-                        let w = [
-                            _mm256_and_si256(v, nibble),
-                            _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble),
-                            _mm256_and_si256(_mm256_srli_epi16(v, 8), nibble),
-                            _mm256_srli_epi16(v, 12),
-                        ];
-                        // nibble m's column pair
-                        let p = (g * group + 32 * unit + 8 * c) / 2;
-                        for (m, w) in w.iter().enumerate() {
-                            let at = m % chains;
-                            for k in 0..NT {
-                                let h = _mm256_set1_epi32(core::ptr::read_unaligned(hp[k].add(p + m)));
-                                let l = _mm256_set1_epi32(core::ptr::read_unaligned(lp[k].add(p + m)));
-                                a[k][at] = dp::<L>(a[k][at], *w, h);
-                                b[k][at] = dp::<L>(b[k][at], *w, l);
+                        let w = [_mm256_and_si256(v, nibble), _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble)];
+                        // the octet of columns g * group + 32 unit + 8c, for both halves
+                        let octet = (g * group + 32 * unit + 8 * c) / 8;
+                        for k in 0..NT {
+                            let at = dq[k].add(3 * octet);
+                            let d0 = _mm256_set1_epi64x(core::ptr::read_unaligned(at));
+                            let d1 = _mm256_set1_epi64x(core::ptr::read_unaligned(at.add(1)));
+                            let d2 = _mm256_set1_epi64x(core::ptr::read_unaligned(at.add(2)));
+                            for (h, w) in w.iter().enumerate() {
+                                s[k][0][h] = dpb::<L>(s[k][0][h], d0, *w);
+                                s[k][1][h] = dpb::<L>(s[k][1][h], d1, *w);
+                                s[k][2][h] = dpb::<L>(s[k][2][h], *w, d2);
                             }
                         }
                     }
                 }
                 let u = _mm256_loadu_ps(scale.as_ptr().add(8 * g));
                 for k in 0..NT {
-                    let (mut sa, mut sb) = (a[k][0], b[k][0]);
-                    for i in 1..chains {
-                        sa = _mm256_add_epi32(sa, a[k][i]);
-                        sb = _mm256_add_epi32(sb, b[k][i]);
-                    }
-                    let [oa, ob] = *x[k].offset.get_unchecked(g);
+                    let terms = x[k].terms.get_unchecked(g);
+                    // (a wide group's q goes into the combined sums, after the planes: placed
+                    // before, it had LLVM sink two planes' products past the branch, via the stack)
                     let f = if G32 {
-                        // a * 4096 + b in i32, exact (the a * 4096 + b of groups4 for int4-g32)
-                        let v = _mm256_add_epi32(_mm256_slli_epi32(sa, 12), sb);
-                        _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(oa.wrapping_shl(12).wrapping_add(ob))))
+                        // S per lane in i32 (wrapping, exact once whole), then the halves' lane
+                        // pairs to rows 0..8 (`lanes8_place`)
+                        let mut half = [z; 2];
+                        for h in 0..2 {
+                            let (s0, s1, s2) = (s[k][0][h], s[k][1][h], s[k][2][h]);
+                            half[h] = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(s2, 16), _mm256_slli_epi32(s1, 8)), s0);
+                        }
+                        let mut v = _mm256_sub_epi32(_mm256_hadd_epi32(half[0], half[1]), _mm256_set1_epi32(terms.total));
+                        if terms.wide {
+                            v = _mm256_add_epi32(v, wide_q(&x[k], tile, g, group));
+                        }
+                        _mm256_cvtepi32_ps(v)
                     } else {
-                        let fa = _mm256_cvtepi32_ps(_mm256_sub_epi32(sa, _mm256_set1_epi32(oa)));
-                        let fb = _mm256_cvtepi32_ps(_mm256_sub_epi32(sb, _mm256_set1_epi32(ob)));
-                        _mm256_add_ps(_mm256_mul_ps(fa, _mm256_set1_ps(4096.0)), fb)
+                        // the halves' lane pairs to rows 0..8 (`lanes8_place`)
+                        let s0 = _mm256_hadd_epi32(s[k][0][0], s[k][0][1]);
+                        let s1 = _mm256_hadd_epi32(s[k][1][0], s[k][1][1]);
+                        let s2 = _mm256_hadd_epi32(s[k][2][0], s[k][2][1]);
+                        let [o0, o1, o2] = terms.offset;
+                        let s0 = _mm256_sub_epi32(s0, _mm256_set1_epi32(o0));
+                        let s1 = _mm256_sub_epi32(s1, _mm256_set1_epi32(o1));
+                        let s2 = _mm256_sub_epi32(s2, _mm256_set1_epi32(o2));
+                        // |A| <= 16 * 1024 * 7 * 128 + 1024 * 7 * 256 / 16 < 2^24, |B| < 2^21
+                        let a = _mm256_add_epi32(_mm256_slli_epi32(s2, 4), _mm256_srai_epi32(s1, 4));
+                        let mut b = _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(s1, _mm256_set1_epi32(15)), 8), s0);
+                        if terms.wide {
+                            b = _mm256_add_epi32(b, wide_q(&x[k], tile, g, group));
+                        }
+                        _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(4096.0)), _mm256_cvtepi32_ps(b))
                     };
-                    let f = _mm256_mul_ps(f, _mm256_set1_ps(*x[k].unit.get_unchecked(g)));
+                    let f = _mm256_mul_ps(f, _mm256_set1_ps(terms.unit));
                     acc[k] = _mm256_add_ps(acc[k], _mm256_mul_ps(f, u));
                 }
             }
             for (y, acc) in ys.iter_mut().zip(acc) {
                 _mm256_storeu_ps(y.as_mut_ptr(), acc);
             }
+        }
+
+        /// Per row of the block, the sum of q over group g's columns at +2^23 in a wide group
+        /// (`super::Terms`), where the digits hold 2^23 - 1: what the byte products miss.
+        #[inline(always)]
+        unsafe fn wide_q(x: &TokenTile, tile: &[i8], g: usize, group: usize) -> __m256i {
+            let mut q = [0i32; 8];
+            for j in g * group..(g + 1) * group {
+                if x.hi[j] as i32 * 4096 + x.lo[j] as i32 == 1 << 23 {
+                    for (r, q) in q.iter_mut().enumerate() {
+                        *q += crate::kernels::lanes8_value(tile, r, j) as i32;
+                    }
+                }
+            }
+            _mm256_loadu_si256(q.as_ptr() as *const __m256i)
         }
 
         /// groups4 in one pass over the block: each group's eight i32 sums stay in registers
@@ -1442,9 +1565,10 @@ pub fn layout_for(bits: u32, n: usize, k_pad: usize, group: usize) -> Layout {
 }
 
 /// Whether `Layout::Lanes8` can hold a matrix: a block of eight rows at least, groups of whole
-/// 32-value units that never straddle a column tile.
+/// 32-value units that never straddle a column tile, and of at most 1024 values (where the x86
+/// kernels' sums split exactly into two f32, `lanes8_x86`).
 pub fn lanes8_fits(n: usize, k_pad: usize, group: usize) -> bool {
-    n >= 8 && group % 32 == 0 && fixed::TILE % group == 0 && k_pad % group == 0
+    n >= 8 && group % 32 == 0 && group <= 1024 && fixed::TILE % group == 0 && k_pad % group == 0
 }
 
 /// Puts row-major int8 rows (n rows of k_pad) in the blocked layout, in place. Each whole block of
@@ -1500,16 +1624,16 @@ pub fn block_rows_q4(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
     out
 }
 
-/// Where row r's value j of a `Layout::Lanes8` block tile is: (byte, high nibble). A tile holds
-/// units of 32 columns, 128 bytes each: 32 bytes for each 8 columns 8c..8c + 8, read as 16 u16
-/// words, word 2r + i holding row r's columns 8c + i, + 2, + 4, + 6 in its four nibbles (low to
-/// high). A shift and an AND take nibble m of every word: i32 lane r then holds row r's column
-/// pair 8c + 2m, 8c + 2m + 1, so a broadcast pair of activations times it is one multiply-add
-/// per eight rows.
+/// Where row r's value j of a `Layout::Lanes8` block tile is: (byte, high nibble). Each 8 columns
+/// 8c..8c + 8 take 32 bytes: the low nibbles hold rows 0, 1, 4, 5 and the high nibbles rows 2, 3,
+/// 6, 7, each row in two i32 lanes 2p, 2p + 1 (its columns 8c..8c + 4, then 8c + 4..8c + 8), one
+/// value a byte. An AND, or a shift and an AND, then leave four rows' values in byte-product form
+/// (vpdpbusd) against one 64-bit broadcast of the octet's activation digits, and a horizontal
+/// add of the two halves' sums puts rows 0..8 in lanes 0..8.
 #[inline(always)]
 pub fn lanes8_place(r: usize, j: usize) -> (usize, bool) {
-    let m = j % 8 / 2;
-    (j / 32 * 128 + j % 32 / 8 * 32 + 2 * (2 * r + j % 2) + m / 2, m % 2 == 1)
+    let pair = (r & 1) + 2 * (r >> 2);
+    (j / 8 * 32 + 4 * (2 * pair + j % 8 / 4) + j % 4, (r >> 1) & 1 == 1)
 }
 
 /// Row r's value j of a `Layout::Lanes8` block tile (`lanes8_place`; stored plus 8).
@@ -1521,9 +1645,9 @@ pub fn lanes8_value(tile: &[i8], r: usize, j: usize) -> i8 {
 }
 
 /// Puts row-major int4 rows in `Layout::Lanes8`: blocks of eight rows, column tiles as
-/// `block_rows` (tile c0 of every block, then the next tile), each block's tile in the words of
-/// `lanes8_place` with every value stored plus 8 (nibbles 1..15: a shift and an AND unpack them,
-/// and the kernels subtract 8 times the activations' sum). Leftover rows (n % 8) follow as int8.
+/// `block_rows` (tile c0 of every block, then the next tile), each block's tile in the bytes of
+/// `lanes8_place` with every value stored plus 8 (nibbles 1..15: unsigned bytes once unpacked;
+/// the kernels subtract 8 times the activations' sums). Leftover rows (n % 8) follow as int8.
 pub fn block_rows_lanes8(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
     let (nb, row) = (n / 8 * 8, k_pad / 2);
     let mut out = Vec::with_capacity(nb * row + (n - nb) * k_pad);
@@ -1531,16 +1655,22 @@ pub fn block_rows_lanes8(packed: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
         let c1 = (c0 + fixed::TILE).min(k_pad);
         for b in (0..nb).step_by(8) {
             for c in (c0..c1).step_by(8) {
-                for r in b..b + 8 {
-                    // row r's columns c..c + 8, nibble j column c + j, each + 8 (a signed
-                    // nibble's XOR with 8)
-                    let at = r * row + c / 2;
-                    let x = u32::from_le_bytes([0, 1, 2, 3].map(|i| packed[at + i] as u8)) ^ 0x8888_8888;
-                    for i in 0..2 {
-                        let word = (0..4).fold(0u16, |w, m| w | (((x >> (4 * (2 * m + i))) & 0xf) as u16) << (4 * m));
-                        out.extend(word.to_le_bytes().map(|v| v as i8));
+                // row r's columns c..c + 8, nibble m column c + m, each + 8 (a signed nibble's
+                // XOR with 8)
+                let row_of = |r: usize| {
+                    let at = (b + r) * row + c / 2;
+                    u32::from_le_bytes([0, 1, 2, 3].map(|i| packed[at + i] as u8)) ^ 0x8888_8888
+                };
+                let x: [u32; 8] = core::array::from_fn(row_of);
+                let nibble = |r: usize, m: usize| ((x[r] >> (4 * m)) & 0xf) as u8;
+                let mut bytes = [0u8; 32];
+                for r in 0..8 {
+                    for m in 0..8 {
+                        let (at, high) = lanes8_place(r, m);
+                        bytes[at] |= if high { nibble(r, m) << 4 } else { nibble(r, m) };
                     }
                 }
+                out.extend(bytes.map(|v| v as i8));
             }
         }
     }
@@ -1638,11 +1768,16 @@ pub struct Q8Input {
 }
 
 impl Q8Input {
-    pub fn new(xs: &[f32], width: usize, group: usize) -> Q8Input {
+    /// `layout`: the matrix's, for the input form its kernels take.
+    pub fn new(xs: &[f32], width: usize, group: usize, layout: Layout) -> Q8Input {
+        let mut x = fixed::split(xs, group);
+        if layout == Layout::Lanes8 {
+            x.planes = Some(fixed::planes(&x, xs.len() / width.max(1), width, group));
+        }
         Q8Input {
             width,
             group,
-            x: fixed::split(xs, group),
+            x,
             #[cfg(target_arch = "x86_64")]
             x86: fixed::x86::KernelSet::detect(),
         }
@@ -1810,7 +1945,7 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     }
     // int8 weights read the rows in their dot products' form; f32 weights read xs
     let q8 = match w {
-        Mat::Q8 { group, .. } => Some(Q8Input::new(&xs, width, group)),
+        Mat::Q8 { group, layout, .. } => Some(Q8Input::new(&xs, width, group, layout)),
         Mat::F32 { .. } => None,
     };
     // results as [row][token], rows split over threads when it pays
@@ -2486,7 +2621,7 @@ mod tests {
                 let mut got = vec![0f32; t * n];
                 matmul(&x, xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, layout: Layout::Blocks4, q: &q4, scale: &scale }, &mut got, ov, &[]);
                 assert_eq!(want, got, "n={} k={} t={}", n, k, t);
-                let input = Q8Input::new(&x, k, group);
+                let input = Q8Input::new(&x, k, group, Layout::Blocks4);
                 let mut scalar = vec![0f32; t * n];
                 fixed::rows(&fixed::Scalar, &input.x, t, k, group, Layout::Blocks4, 4, &q4, n, 0, &scale, &mut scalar);
                 for (name, ys) in every_x86_set(&input, t, k, group, 4, &q4, n, &scale) {
@@ -2503,14 +2638,19 @@ mod tests {
         // int4 in eight-row blocks (Layout::Lanes8) against the four-row blocks, bit for bit, in
         // decode and prefill: through the scalar definition (Kernels::lanes8), every x86 kernel
         // set, and `matmul` (threads split on eight-row blocks); groups of 32 to a whole tile, a tile
-        // boundary, rows left over, T past a chunk; random values and the extremes (the largest
-        // sums: every activation at +-2^23 of its group, every weight +-7 with matching signs)
+        // boundary, rows left over, T past a chunk; random values (groups whose largest value is
+        // positive are negated for the x86 kernels' digits, `fixed::Planes`) and two extremes, the
+        // largest sums, every weight +-7 with signs matching the activations': every activation at
+        // +-2^23 of its group (`mixed`: both signs in every group, the kernels' `Terms::wide`) or
+        // all at +2^23
         let mut s = 41u64;
-        let cases = [(21usize, 96usize, 32usize, 3usize), (1030, 256, 32, 3), (16, 4160, 64, 37), (13, 2048, 2048, 2), (8, 4096, 128, 5), (9, 64, 64, 1)];
+        let cases = [(21usize, 96usize, 32usize, 3usize), (1030, 256, 32, 3), (16, 4160, 64, 37), (13, 2048, 1024, 2), (8, 4096, 128, 5), (9, 64, 64, 1)];
+        assert!(!lanes8_fits(16, 2048, 2048));
         for (n, k, group, most) in cases {
             assert!(lanes8_fits(n, k, group));
-            for extreme in [false, true] {
-                let sign = |r: usize, j: usize| if ((j / 3) % 2 == 0) == (r % 2 == 0) { 1.0f32 } else { -1.0 };
+            for (extreme, mixed) in [(false, false), (true, true), (true, false)] {
+                let sign_x = |j: usize| if !mixed || (j / 3) % 2 == 0 { 1.0f32 } else { -1.0 };
+                let sign = |r: usize, j: usize| if r % 2 == 0 { sign_x(j) } else { -sign_x(j) };
                 let q: Vec<i8> = (0..n * k).map(|i| if extreme { sign(i / k, i % k) * 7.0 } else { lcg(&mut s) * 7.99 } as i8).collect();
                 let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();
                 let groups = k / group;
@@ -2526,16 +2666,16 @@ mod tests {
                         assert_eq!(by_block[scale_index(r, g, n, groups, Layout::Lanes8)], scale[r * groups + g]);
                     }
                 }
-                let x: Vec<f32> = (0..most * k).map(|j| if extreme { sign(0, j % k) * 1.5 } else { lcg(&mut s) * if j % 13 == 0 { 40.0 } else { 1.0 } }).collect();
+                let x: Vec<f32> = (0..most * k).map(|j| if extreme { sign_x(j % k) * 1.5 } else { lcg(&mut s) * if j % 13 == 0 { 40.0 } else { 1.0 } }).collect();
                 let (xv, ov) = (View { off: 0, stride: k, len: k }, View { off: 0, stride: n, len: n });
                 for t in [1, 2, most].into_iter().filter(|t| *t <= most) {
-                    let what = format!("n={} k={} group={} t={} extreme={}", n, k, group, t, extreme);
+                    let what = format!("n={} k={} group={} t={} extreme={} mixed={}", n, k, group, t, extreme, mixed);
                     let mut want = vec![0f32; t * n];
                     matmul(&x[..t * k], xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, layout: Layout::Blocks4, q: &q4, scale: &scale }, &mut want, ov, &[]);
                     let mut got = vec![0f32; t * n];
                     matmul(&x[..t * k], xv, t, None, Mat::Q8 { n, k_pad: k, group, bits: 4, layout: Layout::Lanes8, q: &q8, scale: &by_block }, &mut got, ov, &[]);
                     assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "matmul {}", what);
-                    let input = Q8Input::new(&x[..t * k], k, group);
+                    let input = Q8Input::new(&x[..t * k], k, group, Layout::Lanes8);
                     let mut scalar = vec![0f32; t * n];
                     fixed::rows(&fixed::Scalar, &input.x, t, k, group, Layout::Lanes8, 4, &q8, n, 0, &by_block, &mut scalar);
                     let by_row: Vec<f32> = (0..t * n).map(|at| scalar[(at % n) * t + at / n]).collect();
@@ -2579,7 +2719,7 @@ mod tests {
                     };
                     let mut fast = vec![0f32; n];
                     matmul(&x, xv, 1, None, Mat::Q8 { n, k_pad: k, group, bits, layout: Layout::Blocks4, q: &w, scale: &scale }, &mut fast, ov, &[]);
-                    let input = Q8Input::new(&x, k, group);
+                    let input = Q8Input::new(&x, k, group, Layout::Blocks4);
                     let mut scalar = vec![0f32; n];
                     fixed::rows(&fixed::Scalar, &input.x, 1, k, group, Layout::Blocks4, bits, &w, n, 0, &scale, &mut scalar);
                     assert_eq!(fast, scalar, "n={} k={} group={} bits={} extreme={}", n, k, group, bits, extreme);
@@ -2617,7 +2757,7 @@ mod tests {
                 // each token alone: decode's path, scalar kernels; ys as [row][token]
                 let one: Vec<Vec<f32>> = (0..most).map(|i| {
                     let mut y = vec![0f32; n];
-                    let input = Q8Input::new(&x[i * k..(i + 1) * k], k, group);
+                    let input = Q8Input::new(&x[i * k..(i + 1) * k], k, group, Layout::Blocks4);
                     fixed::rows(&fixed::Scalar, &input.x, 1, k, group, Layout::Blocks4, bits, w, n, 0, &scale, &mut y);
                     y
                 }).collect();
@@ -2625,7 +2765,7 @@ mod tests {
                 for t in (2..=9.min(most)).chain([most]) {
                     let mut all = vec![0f32; t * n];
                     matmul(&x[..t * k], xv, t, None, mat, &mut all, ov, &[]);
-                    let input = Q8Input::new(&x[..t * k], k, group);
+                    let input = Q8Input::new(&x[..t * k], k, group, Layout::Blocks4);
                     let mut scalar = vec![0f32; t * n];
                     fixed::rows(&fixed::Scalar, &input.x, t, k, group, Layout::Blocks4, bits, w, n, 0, &scale, &mut scalar);
                     for (name, ys) in every_x86_set(&input, t, k, group, bits, w, n, &scale) {
@@ -2784,7 +2924,7 @@ mod decode_bench {
         for _ in 0..5 {
             let t0 = cpu_seconds();
             for _ in 0..reps {
-                let input = Q8Input::new(x, k, group);
+                let input = Q8Input::new(x, k, group, layout);
                 unsafe { set.rows(&input.x, t, k, group, layout, bits, w, n, 0, scale, &mut ys) };
             }
             best = best.min((cpu_seconds() - t0) / reps as f64);
