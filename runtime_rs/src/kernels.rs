@@ -206,6 +206,7 @@ mod fixed {
     }
 
     /// `Planes` of t tokens of `width` columns in groups of `group` (multiples of 8).
+    #[inline(always)]
     pub fn planes(x: &Fixed, t: usize, width: usize, group: usize) -> Planes {
         const TOP: i32 = 1 << 23;
         let groups = width / group;
@@ -1109,6 +1110,17 @@ mod fixed {
                 }
             }
 
+            /// `super::planes`, compiled for AVX2 (every set has it): 2.5x faster than for the
+            /// baseline SSE2.
+            pub fn planes(&self, x: &super::Fixed, t: usize, width: usize, group: usize) -> super::Planes {
+                #[target_feature(enable = "avx2")]
+                unsafe fn planes_avx2(x: &super::Fixed, t: usize, width: usize, group: usize) -> super::Planes {
+                    super::planes(x, t, width, group)
+                }
+                // SAFETY: a KernelSet is only made where the CPU has AVX2
+                unsafe { planes_avx2(x, t, width, group) }
+            }
+
             /// The plain AVX2 kernels, for the tests' direct calls (every set has them).
             #[cfg(test)]
             pub fn plain(&self) -> impl super::Kernels {
@@ -1198,6 +1210,9 @@ mod fixed {
                 // (32 columns a step, four loads unrolled: a loop of one load kept the sums in
                 // memory for two tokens)
                 for unit in 0..group / 32 {
+                    // AVX2 sums the unit's i16 pair sums (vpmaddubsw) before one vpmaddwd: at most
+                    // 4 * 2 * 255 * 15 < 2^15
+                    let mut pairs = [[[z; 2]; 3]; NT];
                     for c in 0..4 {
                         if c % 2 == 0 {
                             _mm_prefetch(wp.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
@@ -1213,9 +1228,25 @@ mod fixed {
                             let d1 = _mm256_set1_epi64x(core::ptr::read_unaligned(at.add(1)));
                             let d2 = _mm256_set1_epi64x(core::ptr::read_unaligned(at.add(2)));
                             for (h, w) in w.iter().enumerate() {
-                                s[k][0][h] = dpb::<L>(s[k][0][h], d0, *w);
-                                s[k][1][h] = dpb::<L>(s[k][1][h], d1, *w);
-                                s[k][2][h] = dpb::<L>(s[k][2][h], *w, d2);
+                                if L == AVX2 {
+                                    let p = &mut pairs[k];
+                                    p[0][h] = _mm256_add_epi16(p[0][h], _mm256_maddubs_epi16(d0, *w));
+                                    p[1][h] = _mm256_add_epi16(p[1][h], _mm256_maddubs_epi16(d1, *w));
+                                    p[2][h] = _mm256_add_epi16(p[2][h], _mm256_maddubs_epi16(*w, d2));
+                                } else {
+                                    s[k][0][h] = dpb::<L>(s[k][0][h], d0, *w);
+                                    s[k][1][h] = dpb::<L>(s[k][1][h], d1, *w);
+                                    s[k][2][h] = dpb::<L>(s[k][2][h], *w, d2);
+                                }
+                            }
+                        }
+                    }
+                    if L == AVX2 {
+                        for k in 0..NT {
+                            for p in 0..3 {
+                                for h in 0..2 {
+                                    s[k][p][h] = _mm256_add_epi32(s[k][p][h], _mm256_madd_epi16(pairs[k][p][h], _mm256_set1_epi16(1)));
+                                }
                             }
                         }
                     }
@@ -1771,15 +1802,24 @@ impl Q8Input {
     /// `layout`: the matrix's, for the input form its kernels take.
     pub fn new(xs: &[f32], width: usize, group: usize, layout: Layout) -> Q8Input {
         let mut x = fixed::split(xs, group);
+        #[cfg(target_arch = "x86_64")]
+        let x86 = fixed::x86::KernelSet::detect();
         if layout == Layout::Lanes8 {
-            x.planes = Some(fixed::planes(&x, xs.len() / width.max(1), width, group));
+            let t = xs.len() / width.max(1);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(k) = &x86 {
+                x.planes = Some(k.planes(&x, t, width, group));
+            }
+            if x.planes.is_none() {
+                x.planes = Some(fixed::planes(&x, t, width, group));
+            }
         }
         Q8Input {
             width,
             group,
             x,
             #[cfg(target_arch = "x86_64")]
-            x86: fixed::x86::KernelSet::detect(),
+            x86,
         }
     }
 
