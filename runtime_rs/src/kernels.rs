@@ -180,8 +180,8 @@ mod fixed {
 
     /// `Layout::Lanes8`'s x86 kernels multiply bytes (vpdpbusd: four u8 x i8 products into each
     /// i32 lane): each fixed-point value of a group as three digits, v = d2 * 65536 + d1 * 256 + d0
-    /// with d0, d1 in 0..=255 and d2 in -128..=127, against the stored weights (q + 8, 1..=15). That
-    /// is 24 byte products per 8 x 32 weights where hi and lo take 32 products of i16 pairs.
+    /// with d0, d1 in 0..=255 and d2 in -128..=127, against the stored weights (q + 8, 1..=15): 24
+    /// vpdpbusd per 8 x 32 weights where hi and lo take 32 vpdpwssd.
     /// The digits reach -2^23..2^23 - 1, not the group's +2^23 (its largest positive value), so a
     /// group holding +2^23 is negated: its sums are then -S, and its unit is negated with them
     /// (-f32(S) * -u = f32(S) * u, the same bits). A group holding both +-2^23 keeps 2^23 - 1 in
@@ -987,9 +987,9 @@ mod fixed {
         const AVX512_VNNI: u8 = 1;
         const AVX_VNNI: u8 = 2;
 
-        /// acc + the four u8 x i8 products of a's and b's bytes in each i32 lane: vpdpbusd, or on
-        /// AVX2 vpmaddubsw (its i16 pair sums cannot saturate in `lanes8_x86`, one byte of each
-        /// product a stored weight 1..=15: 2 * 255 * 15 < 2^15) then vpmaddwd by ones.
+        /// acc + the four u8 x i8 products of a's and b's bytes in each i32 lane: vpdpbusd. (AVX2
+        /// has none; `lanes8_x86` sums its vpmaddubsw pairs itself. The fallback here gives the
+        /// same sums wherever a pair's sum fits i16, as every pair there does.)
         #[inline(always)]
         unsafe fn dpb<const L: u8>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
             #[cfg(monologue_vnni)]
@@ -1180,11 +1180,11 @@ mod fixed {
             }
         }
 
-        /// `Kernels::lanes8` in byte products (`super::Planes`): row r's sums run in i32 lane r of
-        /// the accumulators, with no horizontal adds. Each 32 bytes of the tile give two vectors
-        /// (an AND; a shift and an AND) of the eight rows' four stored values (q + 8), each
-        /// multiplied by each token's three broadcast digit quads of those columns, the low and
-        /// the high nibbles in two chains. Per group the planes' sums less their offsets are
+        /// `Kernels::lanes8` in byte products (`super::Planes`). Each 32 bytes of the tile give two
+        /// vectors (an AND; a shift and an AND) of four rows' stored values (q + 8) each, every
+        /// row in a lane pair (`lanes8_place`), multiplied by each token's three broadcast digit
+        /// octets of those columns, the two vectors in two chains; one horizontal add a group puts
+        /// the rows' sums in lanes 0..8. Per group the planes' sums less their offsets are
         /// S = S2 * 65536 + S1 * 256 + S0, exactly: in i32 for groups of 32 (|S| < 32 * 7 * 2^23
         /// < 2^31, the sums wrapping on the way), otherwise as A * 4096 + B with A and B exact in
         /// f32, so the f32 of S is rounded once, as the definition's a * 4096 + b is.
@@ -1564,8 +1564,8 @@ pub enum Layout {
     /// Blocks of four rows interleaved in 8-value units, in column tiles (`block_rows`; int4:
     /// `block_rows_q4`), the rows left over after them row-major int8; scales row-major.
     Blocks4,
-    /// int4 on x86: blocks of eight rows, row r in i32 lane r (`block_rows_lanes8`), the rows left
-    /// over row-major int8; the blocks' scales by block (`scales_by_block`).
+    /// int4 on x86: blocks of eight rows for byte products (`block_rows_lanes8`, `lanes8_place`),
+    /// the rows left over row-major int8; the blocks' scales by block (`scales_by_block`).
     Lanes8,
 }
 
