@@ -147,7 +147,7 @@ def compile_dist(source: Path, dist: Path, wasm: bool = False, quant: str = "int
     runtime.wasm if WASM (the page needs it; Node's row builds its own beside the dist); None, or
     the reason it failed."""
     stamp = dist.parent / f"{dist.name}.compiler"
-    want = f"{quant}\n{_compiler_sources()}"
+    want = f"{quant}\n{compiler_sources()}"
     if (dist / "model" / "manifest.json").exists() and stamp.exists() and stamp.read_text() == want:
         return None
     r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(source), "-o", str(dist),
@@ -158,7 +158,7 @@ def compile_dist(source: Path, dist: Path, wasm: bool = False, quant: str = "int
     return None
 
 
-def _compiler_sources() -> str:
+def compiler_sources() -> str:
     """A hash of the compiler's Python sources and templates, and of the runtime crate and page it
     copies into a dist (a change to the Rust runtime alone must rebuild runtime.wasm)."""
     import monologue_compile

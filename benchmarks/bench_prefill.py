@@ -173,18 +173,24 @@ def main():
         trees["base"] = base_tree(a.base, tmp / "base")
     threads = [int(t) for t in a.threads.split(",")]
     cpus = {t: ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:t]) for t in threads}
+    from bench_peers import compiler_sources
+
     builds = {}
     for tree_name, tree in trees.items():
         for quant in a.quants.split(","):
-            # (the base's dist is compiled afresh, and kept in --work for other benchmarks to time)
+            # (the base's dist is compiled afresh, and kept in --work for other benchmarks to time;
+            # this tree's is kept for the same source, scheme and compiler only: a dist of another
+            # --source once stood in for this one's)
             dist = a.work / f"{tree_name}-{quant}" / "dist"
-            if tree_name == "base":
+            stamp, want = dist.parent / "made-from", f"{ckpt}\n{quant}\n{compiler_sources()}"
+            if tree_name == "base" or not stamp.exists() or stamp.read_text() != want:
                 shutil.rmtree(dist.parent, ignore_errors=True)
             try:
                 r = _run(tree, ["--prepare", str(ckpt), str(dist), quant] + (["--wasm"] if a.wasm else []))
             except SystemExit as e:
                 print(f"{tree_name} {quant}: not measured ({str(e).strip().splitlines()[-1][:160]})")
                 continue
+            stamp.write_text(want)
             builds[(tree_name, quant)] = (tree, r["lib"], dist)
     best: dict = {}
     common = ["--prompt", str(a.prompt), "--steps", str(a.steps), "--reps", str(a.reps)]
