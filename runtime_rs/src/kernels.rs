@@ -250,7 +250,33 @@ mod fixed {
     /// max |x|; NaN when x holds a NaN.
     fn max_abs(x: &[f32]) -> f32 {
         let mut m = 0f32;
-        for &v in x {
+        #[allow(unused_mut)] // advanced by the SIMD loop only
+        let mut i = 0;
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::*; // SSE2, in every x86_64
+            // four lanes of max |x| and of "a NaN was seen" (maxps drops a NaN operand); a max
+            // is exact in any order. (With the scalar loop alone, one value a time, the input's
+            // split took 2.6% of a one-thread int4 decode token on the 0.5B model; now 0.7%.)
+            // SAFETY: loads stay inside x (i + 4 <= n).
+            unsafe {
+                let (mut mv, mut nan) = (_mm_setzero_ps(), _mm_setzero_ps());
+                let abs = _mm_castsi128_ps(_mm_set1_epi32(i32::MAX));
+                while i + 4 <= x.len() {
+                    let v = _mm_and_ps(_mm_loadu_ps(x.as_ptr().add(i)), abs);
+                    mv = _mm_max_ps(mv, v);
+                    nan = _mm_or_ps(nan, _mm_cmpunord_ps(v, v));
+                    i += 4;
+                }
+                if _mm_movemask_ps(nan) != 0 {
+                    return f32::NAN;
+                }
+                let mut lanes = [0f32; 4];
+                _mm_storeu_ps(lanes.as_mut_ptr(), mv);
+                m = lanes.iter().fold(m, |m, &v| if v > m { v } else { m });
+            }
+        }
+        for &v in &x[i..] {
             // not f32::max: a libm call on wasm, and it would skip a NaN
             let a = v.abs();
             if a > m {
@@ -405,6 +431,7 @@ mod fixed {
     /// One token's activations over the columns of a tile (`Layout::Lanes8`'s kernels): hi, lo
     /// and the unit per group of the tile (the definition's), and the same as `Planes` (the x86
     /// kernels').
+    #[derive(Clone, Copy)]
     pub struct TokenTile<'a> {
         pub hi: &'a [i16],
         pub lo: &'a [i16],
@@ -636,32 +663,31 @@ mod fixed {
             for c0 in (0..width).step_by(TILE) {
                 let c1 = (c0 + TILE).min(width);
                 let (g0, g1) = (c0 / group, c1 / group);
-                let token = |i: usize| TokenTile {
-                    hi: &x.hi[i * width + c0..i * width + c1],
-                    lo: &x.lo[i * width + c0..i * width + c1],
-                    unit: &x.unit[i * groups + g0..i * groups + g1],
-                    digits: &planes.digits[3 * (i * width + c0)..3 * (i * width + c1)],
-                    terms: &planes.terms[i * groups + g0..i * groups + g1],
-                };
-                // block b's tile and scales
-                let tile = |b: usize| {
-                    let r = rows.start + 8 * b;
-                    &q[(c0 * nb + r * (c1 - c0)) / 2..(c0 * nb + (r + 8) * (c1 - c0)) / 2]
-                };
-                let sc = |b: usize| {
-                    let r = rows.start + 8 * b;
-                    &scale[(r / 8 * groups + g0) * 8..(r / 8 * groups + g1) * 8]
-                };
+                // the chunk's tokens over this tile, and each block's tile and scales, found once
+                // here: built per block call (closures LLVM did not inline) they took 2% of a
+                // one-thread decode token on the 0.5B model
+                let tokens: Vec<TokenTile> = (t0..t1)
+                    .map(|i| TokenTile {
+                        hi: &x.hi[i * width + c0..i * width + c1],
+                        lo: &x.lo[i * width + c0..i * width + c1],
+                        unit: &x.unit[i * groups + g0..i * groups + g1],
+                        digits: &planes.digits[3 * (i * width + c0)..3 * (i * width + c1)],
+                        terms: &planes.terms[i * groups + g0..i * groups + g1],
+                    })
+                    .collect();
+                let (tile_bytes, tile_scales) = (4 * (c1 - c0), 8 * (g1 - g0));
+                let tiles = q[c0 * nb / 2..][rows.start * (c1 - c0) / 2..].chunks_exact(tile_bytes);
+                let scales = scale[8 * (rows.start / 8 * groups)..].chunks_exact(8 * groups).map(|s| &s[8 * g0..8 * g0 + tile_scales]);
                 // tokens two at a time share each weight's load and unpacking (two blocks sharing
                 // each of one token's activation loads instead ran decode from memory 0.8x)
-                for b in 0..blocks {
+                for ((tile, sc), y) in tiles.zip(scales).zip(sums.chunks_exact_mut(m)).take(blocks) {
                     let mut i = 0;
                     while i + 2 <= m {
-                        k.lanes8([token(t0 + i), token(t0 + i + 1)], tile(b), group, sc(b), &mut sums[b * m + i..b * m + i + 2]);
+                        k.lanes8([tokens[i], tokens[i + 1]], tile, group, sc, &mut y[i..i + 2]);
                         i += 2;
                     }
                     if i < m {
-                        k.lanes8([token(t1 - 1)], tile(b), group, sc(b), &mut sums[b * m + i..b * m + i + 1]);
+                        k.lanes8([tokens[i]], tile, group, sc, &mut y[i..i + 1]);
                     }
                 }
             }
@@ -2021,23 +2047,35 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
         ov.row_mut(out, 0).copy_from_slice(row);
         return;
     }
-    // ys to token rows, 16 tokens at a time: each of a row's reads is then one cache line of its 16
-    // tokens, where one token at a time read a line per element (T = 128 on a 4864-row matmul: a
-    // serial 2 ms, which held two threads to 1.56x one)
-    const TOKENS: usize = 16;
+    // ys to token rows and the epilogue, over the cores where the product was: serial, this part
+    // was 6% of a one-thread prefill on llama-30m. Each part builds its rows apart, reading `out`
+    // (the residual of Step::Own) as it was, and they are stored once every part is done: a
+    // residual row may lie in another part's output rows.
     let len = ov.len;
-    let mut rows = vec![0f32; TOKENS.min(t) * len];
-    for i0 in (0..t).step_by(TOKENS) {
-        let i1 = (i0 + TOKENS).min(t);
-        for r in 0..len {
-            for (j, v) in ys[r * t + i0..r * t + i1].iter().enumerate() {
-                rows[j * len + r] = *v;
+    let parts = if workers > 1 && t * len >= PARALLEL_MIN_WORK / 16 { workers.min(t) } else { 1 };
+    let per = (t + parts - 1) / parts;
+    let mut rows = vec![0f32; t * len];
+    let own: &[f32] = out;
+    run_split(&mut rows, per * len, |part, rows| {
+        // 16 tokens at a time: each of a row's reads is then one cache line of its 16 tokens,
+        // where one token at a time read a line per element
+        const TOKENS: usize = 16;
+        let first = part * per;
+        let count = rows.len() / len;
+        for i0 in (0..count).step_by(TOKENS) {
+            let i1 = (i0 + TOKENS).min(count);
+            for r in 0..len {
+                for (j, v) in ys[r * t + first + i0..r * t + first + i1].iter().enumerate() {
+                    rows[(i0 + j) * len + r] = *v;
+                }
+            }
+            for (j, row) in rows[i0 * len..i1 * len].chunks_exact_mut(len).enumerate() {
+                apply_steps_over(row, first + i0 + j, steps, own);
             }
         }
-        for (j, row) in rows.chunks_exact_mut(len).take(i1 - i0).enumerate() {
-            apply_steps_over(row, i0 + j, steps, out);
-            ov.row_mut(out, i0 + j).copy_from_slice(row);
-        }
+    });
+    for (i, row) in rows.chunks_exact(len).enumerate() {
+        ov.row_mut(out, i).copy_from_slice(row);
     }
 }
 
@@ -2318,56 +2356,115 @@ pub fn attention(q: &[f32], qv: View, k: Option<(&[f32], View)>, v: Option<(&[f3
             cache.v[(pos + i) * row..(pos + i + 1) * row].copy_from_slice(vv.row(v, i));
         }
     }
+    let (keys, values) = (&cache.k[..], &cache.v[..]);
     let d = a.head_dim;
-    let groups = a.n_head / a.n_kv_head;
-    let mut scores = vec![0f32; pos + t];
-    for i in 0..t {
-        let p = pos + i;
-        let lo = if a.window > 0 && p + 1 > a.window { p + 1 - a.window } else { 0 };
-        let qr = qv.row(q, i);
-        let yr = ov.row_mut(out, i);
-        for h in 0..a.n_head {
-            let kh = h / groups;
-            let qh = &qr[h * d..(h + 1) * d];
-            #[allow(unused_mut)] // advanced by the SIMD loop only
-            let mut j = lo;
-            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            {
-                j = simd128_attention::scores(qh, &cache.k, row, kh * d, lo, p, a.scale, &mut scores);
-            }
-            for j in j..=p {
-                scores[j] = dot_f32(qh, &cache.k[j * row + kh * d..j * row + (kh + 1) * d]) * a.scale;
-            }
-            let mut max = f32::NEG_INFINITY;
-            for &s in &scores[lo..=p] {
-                if s > max {
-                    max = s; // not f32::max: a libm call on wasm
-                }
-            }
-            let mut sum = 0f32;
-            for s in &mut scores[lo..=p] {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            for s in &mut scores[lo..=p] {
-                *s /= sum;
-            }
-            let yh = &mut yr[h * d..(h + 1) * d];
-            yh.iter_mut().for_each(|y| *y = 0.0);
-            #[allow(unused_mut)]
-            let mut c0 = 0;
-            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            {
-                c0 = simd128_attention::weighted_sum(&scores[lo..=p], &cache.v[lo * row + kh * d..], row, yh);
-            }
-            for j in lo..=p {
-                let vr = &cache.v[j * row + kh * d + c0..j * row + (kh + 1) * d];
-                for (y, vv) in yh[c0..].iter_mut().zip(vr) {
-                    *y += scores[j] * vv;
-                }
+    // (token, head) pairs over the cores, dealt round-robin (a token's work grows with its
+    // position): serial, a prompt's quadratic part was 12% of a one-thread prefill on llama-30m
+    // and held two threads to 1.55x one, and decode's heads at long contexts wait on one core.
+    // Each part's heads are built apart and stored after: the same arithmetic per head, the same bits.
+    let units = t * a.n_head;
+    let workers = if t * (pos + t) * a.n_head * d >= PARALLEL_MIN_WORK { workers().min(units) } else { 1 };
+    let per = (units + workers - 1) / workers;
+    let mut ys = vec![0f32; workers * per * d];
+    run_split(&mut ys, per * d, |part, heads| {
+        let mut scores = vec![0f32; pos + t];
+        for (s, y) in heads.chunks_exact_mut(d).enumerate() {
+            let u = s * workers + part;
+            if u < units {
+                let (i, h) = (u / a.n_head, u % a.n_head);
+                attend(&qv.row(q, i)[h * d..(h + 1) * d], pos + i, h, keys, values, row, a, &mut scores, y);
             }
         }
+    });
+    for u in 0..units {
+        let (i, h, at) = (u / a.n_head, u % a.n_head, ((u % workers) * per + u / workers) * d);
+        ov.row_mut(out, i)[h * d..(h + 1) * d].copy_from_slice(&ys[at..at + d]);
     }
+}
+
+/// Head h of one query token at position p (`qh`) over the cached keys and values (rows of
+/// `row`), into `yh`; `scores` holds at least p + 1.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend(qh: &[f32], p: usize, h: usize, keys: &[f32], values: &[f32], row: usize, a: AttnShape, scores: &mut [f32], yh: &mut [f32]) {
+    let d = a.head_dim;
+    let kh = h / (a.n_head / a.n_kv_head);
+    let lo = if a.window > 0 && p + 1 > a.window { p + 1 - a.window } else { 0 };
+    // the keys the SIMD loop leaves
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let j = simd128_attention::scores(qh, keys, row, kh * d, lo, p, a.scale, scores);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    let j = lo;
+    for j in j..=p {
+        scores[j] = dot_f32(qh, &keys[j * row + kh * d..j * row + (kh + 1) * d]) * a.scale;
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &s in &scores[lo..=p] {
+        if s > max {
+            max = s; // not f32::max: a libm call on wasm
+        }
+    }
+    let mut sum = 0f32;
+    for s in &mut scores[lo..=p] {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    for s in &mut scores[lo..=p] {
+        *s /= sum;
+    }
+    yh.iter_mut().for_each(|y| *y = 0.0);
+    // the columns the SIMD loop leaves
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let c0 = simd128_attention::weighted_sum(&scores[lo..=p], &values[lo * row + kh * d..], row, yh);
+    #[cfg(target_arch = "x86_64")]
+    let c0 = if is_x86_feature_detected!("avx") {
+        // SAFETY: AVX is present
+        unsafe { weighted_sum_avx(&scores[lo..=p], &values[lo * row + kh * d..], row, yh) }
+    } else {
+        0
+    };
+    #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
+    let c0 = 0;
+    for j in lo..=p {
+        let vr = &values[j * row + kh * d + c0..j * row + (kh + 1) * d];
+        for (y, vv) in yh[c0..].iter_mut().zip(vr) {
+            *y += scores[j] * vv;
+        }
+    }
+}
+
+/// y[c] += p[j] * value j[c] for every key j in order (value j at values[j * row..]), 32 columns
+/// of y in registers at a time, a product then a sum as the scalar loop (the same bits); returns
+/// the first column left to the caller. (The scalar loop, in SSE2 with y loaded and stored for
+/// every key, was 3% of a one-thread decode token on the 0.5B model at 190 positions.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn weighted_sum_avx(p: &[f32], values: &[f32], row: usize, y: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let d = y.len();
+    let mut c0 = 0;
+    assert!(!p.is_empty() && values.len() >= (p.len() - 1) * row + d);
+    while c0 + 32 <= d {
+        let yp = y[c0..].as_mut_ptr();
+        // loads and stores stay inside y[c0..c0 + 32] and each value row's [c0, c0 + 32), inside
+        // values by the assert
+        // (a plain loop: in array::map's closure the intrinsics would lose the target feature)
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_loadu_ps(yp.add(8 * l));
+        }
+        for (j, pj) in p.iter().enumerate() {
+            let (w, vp) = (_mm256_set1_ps(*pj), values.as_ptr().add(j * row + c0));
+            for (l, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(w, _mm256_loadu_ps(vp.add(8 * l))));
+            }
+        }
+        for (l, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(yp.add(8 * l), *a);
+        }
+        c0 += 32;
+    }
+    c0
 }
 
 /// Attention's two loops in SIMD128, with the scalar code's f32 operations in the same order, so
@@ -2827,10 +2924,11 @@ mod tests {
     fn attention_gives_the_per_key_bits() {
         // attention's loops (SIMD128: four keys at a time, 32 columns in registers) against one
         // key at a time through dot_f32 and a plain weighted sum, bit for bit: head sizes with and
-        // without a SIMD remainder, GQA, a window, key counts that are not multiples of four
+        // without a SIMD remainder, GQA, a window, key counts that are not multiples of four, and
+        // prompts and a context long enough to go over the cores (natively)
         let mut s = 31u64;
-        for (d, n_head, n_kv_head, window, pos) in [(64usize, 8usize, 4usize, 0usize, 37usize), (40, 4, 4, 0, 9), (96, 6, 2, 5, 20), (36, 2, 2, 0, 6), (8, 2, 1, 0, 0)] {
-            let (t, row) = (3, n_kv_head * d);
+        for (d, n_head, n_kv_head, window, pos, t) in [(64usize, 8usize, 4usize, 0usize, 37usize, 3usize), (40, 4, 4, 0, 9, 3), (96, 6, 2, 5, 20, 3), (36, 2, 2, 0, 6, 3), (8, 2, 1, 0, 0, 3), (64, 8, 4, 0, 5, 71), (32, 4, 2, 16, 0, 90), (64, 8, 2, 0, 600, 1)] {
+            let row = n_kv_head * d;
             let a = AttnShape { n_head, n_kv_head, head_dim: d, scale: 1.0 / (d as f32).sqrt(), window };
             let mut cache = KvCache::new(pos + t, n_kv_head, d);
             cache.k.iter_mut().chain(cache.v.iter_mut()).for_each(|v| *v = lcg(&mut s) * 3.0);
@@ -2857,7 +2955,7 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(out, want, "d={} heads={}/{} window={} pos={}", d, n_head, n_kv_head, window, pos);
+            assert_eq!(out, want, "d={} heads={}/{} window={} pos={} t={}", d, n_head, n_kv_head, window, pos, t);
         }
     }
 
