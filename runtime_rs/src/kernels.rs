@@ -2377,6 +2377,7 @@ pub fn attention(q: &[f32], qv: View, k: Option<(&[f32], View)>, v: Option<(&[f3
         }
     });
     for u in 0..units {
+        // unit u is slot u / workers of part u % workers (the inverse of u = s * workers + part)
         let (i, h, at) = (u / a.n_head, u % a.n_head, ((u % workers) * per + u / workers) * d);
         ov.row_mut(out, i)[h * d..(h + 1) * d].copy_from_slice(&ys[at..at + d]);
     }
@@ -2418,7 +2419,7 @@ fn attend(qh: &[f32], p: usize, h: usize, keys: &[f32], values: &[f32], row: usi
     let c0 = simd128_attention::weighted_sum(&scores[lo..=p], &values[lo * row + kh * d..], row, yh);
     #[cfg(target_arch = "x86_64")]
     let c0 = if is_x86_feature_detected!("avx") {
-        // SAFETY: AVX is present
+        // SAFETY: the CPU has AVX, the function's one requirement
         unsafe { weighted_sum_avx(&scores[lo..=p], &values[lo * row + kh * d..], row, yh) }
     } else {
         0
@@ -2446,9 +2447,9 @@ unsafe fn weighted_sum_avx(p: &[f32], values: &[f32], row: usize, y: &mut [f32])
     assert!(!p.is_empty() && values.len() >= (p.len() - 1) * row + d);
     while c0 + 32 <= d {
         let yp = y[c0..].as_mut_ptr();
-        // loads and stores stay inside y[c0..c0 + 32] and each value row's [c0, c0 + 32), inside
-        // values by the assert
-        // (a plain loop: in array::map's closure the intrinsics would lose the target feature)
+        // (loads and stores stay inside y[c0..c0 + 32] and each value row's [c0, c0 + 32), inside
+        // values by the assert; plain loops, as in array::map's closure the intrinsics would lose
+        // the target feature)
         let mut acc = [_mm256_setzero_ps(); 4];
         for (l, a) in acc.iter_mut().enumerate() {
             *a = _mm256_loadu_ps(yp.add(8 * l));
