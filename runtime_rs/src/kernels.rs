@@ -2360,10 +2360,12 @@ pub fn attention(q: &[f32], qv: View, k: Option<(&[f32], View)>, v: Option<(&[f3
     let d = a.head_dim;
     // (token, head) pairs over the cores, dealt round-robin (a token's work grows with its
     // position): serial, a prompt's quadratic part was 12% of a one-thread prefill on llama-30m
-    // and held two threads to 1.55x one, and decode's heads at long contexts wait on one core.
+    // and held two threads to 1.55x one. Decode splits too, from a few dozen positions on (the
+    // pool's hand-off costs microseconds): its heads at 130-190 positions on llama-30m kept the
+    // second core idle for 7% of a token (two threads: 890 -> 985 tok/s, median, int4-g32).
     // Each part's heads are built apart and stored after: the same arithmetic per head, the same bits.
     let units = t * a.n_head;
-    let workers = if t * (pos + t) * a.n_head * d >= PARALLEL_MIN_WORK { workers().min(units) } else { 1 };
+    let workers = if t * (pos + t) * a.n_head * d >= PARALLEL_MIN_WORK / 16 { workers().min(units) } else { 1 };
     let per = (units + workers - 1) / workers;
     let mut ys = vec![0f32; workers * per * d];
     run_split(&mut ys, per * d, |part, heads| {
@@ -2394,7 +2396,14 @@ fn attend(qh: &[f32], p: usize, h: usize, keys: &[f32], values: &[f32], row: usi
     // the keys the SIMD loop leaves
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     let j = simd128_attention::scores(qh, keys, row, kh * d, lo, p, a.scale, scores);
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    #[cfg(target_arch = "x86_64")]
+    let j = if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, the function's requirements
+        unsafe { scores_avx2(qh, keys, row, kh * d, lo, p, a.scale, scores) }
+    } else {
+        lo
+    };
+    #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
     let j = lo;
     for j in j..=p {
         scores[j] = dot_f32(qh, &keys[j * row + kh * d..j * row + (kh + 1) * d]) * a.scale;
@@ -2432,6 +2441,50 @@ fn attend(qh: &[f32], p: usize, h: usize, keys: &[f32], values: &[f32], row: usi
             *y += scores[j] * vv;
         }
     }
+}
+
+/// scores[j] = dot_f32(q, key j) * scale for the keys lo..=p (key j at keys[j * row + off..]),
+/// four keys at a time, each with dot_f32_avx2's arithmetic (two FMA chains over 16 values a step,
+/// their sum, then ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)) of its lanes); returns the
+/// first key left to the caller. (One key a call, with its horizontal sum through memory, scores
+/// were 6-9% of a one-thread decode token on llama-30m at 190 positions.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scores_avx2(q: &[f32], keys: &[f32], row: usize, off: usize, lo: usize, p: usize, scale: f32, scores: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let d = q.len();
+    let mut j = lo;
+    if d % 16 != 0 {
+        return j; // (dot_f32_avx2 adds a remainder one product at a time; the caller does those)
+    }
+    assert!(scores.len() > p && keys.len() >= p * row + off + d);
+    // [a0 + a1, a2 + a3, b0 + b1, b2 + b3]: the pairs of two vectors' lanes
+    let pairs = |a: __m128, b: __m128| _mm_add_ps(_mm_shuffle_ps::<0b10_00_10_00>(a, b), _mm_shuffle_ps::<0b11_01_11_01>(a, b));
+    while j + 4 <= p + 1 {
+        // (loads stay inside q[..d] and keys j..j + 4's [off, off + d), inside keys by the assert)
+        let kp: [*const f32; 4] = [0, 1, 2, 3].map(|i| keys.as_ptr().add((j + i) * row + off));
+        let z = _mm256_setzero_ps();
+        let mut acc = [[z; 2]; 4];
+        let mut i = 0;
+        while i + 16 <= d {
+            let (q0, q1) = (_mm256_loadu_ps(q.as_ptr().add(i)), _mm256_loadu_ps(q.as_ptr().add(i + 8)));
+            for (a, k) in acc.iter_mut().zip(kp) {
+                a[0] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k.add(i)), a[0]);
+                a[1] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k.add(i + 8)), a[1]);
+            }
+            i += 16;
+        }
+        let mut h = [_mm_setzero_ps(); 4];
+        for (h, a) in h.iter_mut().zip(acc) {
+            let v = _mm256_add_ps(a[0], a[1]);
+            *h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v)); // l0 + l4, ..
+        }
+        let dots = _mm_mul_ps(pairs(pairs(h[0], h[1]), pairs(h[2], h[3])), _mm_set1_ps(scale));
+        _mm_storeu_ps(scores.as_mut_ptr().add(j), dots);
+        j += 4;
+    }
+    j
 }
 
 /// y[c] += p[j] * value j[c] for every key j in order (value j at values[j * row..]), 32 columns
