@@ -608,13 +608,14 @@ mod fixed {
         let chunk = chunk_tokens(width);
         let blocks = (rows.end - rows.start) / 4;
         // each (block, token pair)'s state across the tiles of a chunk
-        let mut lanes: Vec<Lanes> = (0..blocks * ((chunk.min(t) + 1) / 2)).map(|_| Lanes::default()).collect();
+        let mut lanes: Vec<Lanes> = Vec::with_capacity(blocks * ((chunk.min(t) + 1) / 2));
         for t0 in (0..t).step_by(chunk) {
             let t1 = (t0 + chunk).min(t);
             let pairs = (t1 - t0 + 1) / 2;
             // an odd last token goes as both tokens of its pair
             let pair = |p: usize| [t0 + 2 * p, (t0 + 2 * p + 1).min(t1 - 1)];
-            lanes.iter_mut().for_each(|l| *l = Lanes::default());
+            lanes.clear();
+            lanes.resize_with(blocks * pairs, Lanes::default);
             for c0 in (0..width).step_by(TILE) {
                 let c1 = (c0 + TILE).min(width);
                 for (b, r) in rows.clone().step_by(4).enumerate() {
@@ -655,11 +656,12 @@ mod fixed {
         };
         let chunk = if t == 1 { 1 } else { chunk_tokens(width) };
         let blocks = rows.len() / 8;
-        let mut sums = vec![[0f32; 8]; blocks * chunk.min(t)];
+        let mut sums = Vec::with_capacity(blocks * chunk.min(t));
         for t0 in (0..t).step_by(chunk) {
             let t1 = (t0 + chunk).min(t);
             let m = t1 - t0;
-            sums.iter_mut().for_each(|y| *y = [0.0; 8]);
+            sums.clear();
+            sums.resize(blocks * m, [0f32; 8]);
             for c0 in (0..width).step_by(TILE) {
                 let c1 = (c0 + TILE).min(width);
                 let (g0, g1) = (c0 / group, c1 / group);
@@ -1998,24 +2000,59 @@ const PARALLEL_MIN_WORK: usize = 1 << 18;
 /// y = epilogue(prologue(x) @ W.T) for T tokens. `prologue`: the eps of a weightless RMSNorm.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out: &mut [f32], ov: View, steps: &[Step]) {
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let [xs, ys, rows] = &mut *scratch;
+        matmul_in(x, xv, t, prologue, w, out, ov, steps, [xs, ys, rows]);
+        for v in scratch.iter_mut().filter(|v| v.capacity() > SCRATCH_KEEP) {
+            *v = Vec::new();
+        }
+    })
+}
+
+thread_local! {
+    /// matmul's working vectors (its input rows, its [row][token] results, its token rows), kept
+    /// from call to call: new zeroed ones for every call of a prefill were 3.5% of a two-thread
+    /// llama-30m prefill, all of it memset on the calling core while the other waited. Every use
+    /// writes an element before it reads it.
+    static SCRATCH: core::cell::RefCell<[Vec<f32>; 3]> = const { core::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// The most a `SCRATCH` vector keeps between calls (f32s: 32 MiB); larger ones, such as a whole
+/// prompt's lm_head rows, are freed after their call.
+const SCRATCH_KEEP: usize = 8 << 20;
+
+/// `v`'s first n elements, grown with zeros where it is shorter; what they hold is left over.
+fn scratch(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_in(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out: &mut [f32], ov: View, steps: &[Step], [xs, ys, token_rows]: [&mut Vec<f32>; 3]) {
     let width = w.width();
     let n = w.rows();
     // the T input rows, normalized and zero-padded to the packed width
-    let mut xs = vec![0f32; t * width];
-    for i in 0..t {
-        let dst = &mut xs[i * width..i * width + xv.len.min(width)];
+    let xs = scratch(xs, t * width);
+    for_each_row(xs, View { off: 0, stride: width, len: width }, t, |i, row| {
+        let (dst, pad) = row.split_at_mut(xv.len.min(width));
         dst.copy_from_slice(&xv.row(x, i)[..dst.len()]);
+        pad.fill(0.0);
         if let Some(eps) = prologue {
-            rms_norm_in_place(&mut xs[i * width..i * width + xv.len], eps, None);
+            rms_norm_in_place(&mut row[..xv.len], eps, None);
         }
-    }
+    });
+    let xs = &*xs;
     // int8 weights read the rows in their dot products' form; f32 weights read xs
     let q8 = match w {
-        Mat::Q8 { group, layout, .. } => Some(Q8Input::new(&xs, width, group, layout)),
+        Mat::Q8 { group, layout, .. } => Some(Q8Input::new(xs, width, group, layout)),
         Mat::F32 { .. } => None,
     };
-    // results as [row][token], rows split over threads when it pays
-    let mut ys = vec![0f32; n * t];
+    // results as [row][token], rows split over threads when it pays (every kernel writes each of
+    // its elements: `fixed::rows`)
+    let ys = scratch(ys, n * t);
     let workers = workers();
     let rows = |first: usize, part: &mut [f32]| match (w, &q8) {
         // threads split at multiples of eight rows, so every part starts on a block
@@ -2032,9 +2069,9 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     };
     if workers > 1 && n * width * t >= PARALLEL_MIN_WORK && n >= 2 * workers {
         let per = ((n + workers - 1) / workers + 7) / 8 * 8;
-        run_split(&mut ys, per * t, |block, part| rows(block * per, part));
+        run_split(ys, per * t, |block, part| rows(block * per, part));
     } else {
-        rows(0, &mut ys);
+        rows(0, ys);
     }
     // Row i is built apart and stored last, so a Step::Own (the residual this output replaces in
     // place) reads each of its elements once, before the store of row i overwrites it. Rows are
@@ -2054,9 +2091,9 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
     let len = ov.len;
     let parts = if workers > 1 && t * len >= PARALLEL_MIN_WORK / 16 { workers.min(t) } else { 1 };
     let per = (t + parts - 1) / parts;
-    let mut rows = vec![0f32; t * len];
+    let rows = scratch(token_rows, t * len);
     let own: &[f32] = out;
-    run_split(&mut rows, per * len, |part, rows| {
+    run_split(rows, per * len, |part, rows| {
         // 16 tokens at a time: each of a row's reads is then one cache line of its 16 tokens,
         // where one token at a time read a line per element
         const TOKENS: usize = 16;
@@ -2074,9 +2111,8 @@ pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out:
             }
         }
     });
-    for (i, row) in rows.chunks_exact(len).enumerate() {
-        ov.row_mut(out, i).copy_from_slice(row);
-    }
+    let rows = &*rows;
+    for_each_row(out, ov, t, |i, row| row.copy_from_slice(&rows[i * len..(i + 1) * len]));
 }
 
 /// f(index, part) for each `size`-element part of `data`, natively spread over a pool of
@@ -2217,9 +2253,8 @@ pub fn positions(table: &[f32], row: usize, pos: usize, t: usize, out: &mut [f32
 #[allow(clippy::too_many_arguments)]
 pub fn rope(x: &[f32], xv: View, t: usize, head_dim: usize, cos: &[f32], cv: View, sin: &[f32], sv: View, out: &mut [f32], ov: View, steps: &[Step]) {
     let d = head_dim / 2;
-    for i in 0..t {
+    for_each_row(out, ov, t, |i, yr| {
         let (xr, c, s) = (xv.row(x, i), cv.row(cos, i), sv.row(sin, i));
-        let yr = ov.row_mut(out, i);
         for (xh, yh) in xr.chunks(head_dim).zip(yr.chunks_mut(head_dim)) {
             for j in 0..d {
                 let (x1, x2) = (xh[j], xh[j + d]);
@@ -2228,7 +2263,30 @@ pub fn rope(x: &[f32], xv: View, t: usize, head_dim: usize, cos: &[f32], cv: Vie
             }
         }
         apply_steps(yr, i, steps);
+    });
+}
+
+/// f(i, token i's row of `out` at `ov`) for the T tokens, over the cores when they are a prompt's
+/// worth of elements. Each row is one token's own, so the order does not matter. A prompt's
+/// norms, gates and ropes, and matmul's input rows and stores, ran on one core while the other
+/// waited: in a two-thread llama-30m prefill, unary_row and its expf were 5.6% of the calling
+/// thread's time, and the second thread was idle for 19% of its own.
+fn for_each_row<F: Fn(usize, &mut [f32]) + Sync>(out: &mut [f32], ov: View, t: usize, f: F) {
+    let (stride, parts) = (ov.stride, workers().min(t));
+    // a part is a run of whole strides from row 0's start, so rows must not overlap
+    if parts < 2 || t * ov.len < PARALLEL_MIN_WORK / 16 || ov.len > stride {
+        for i in 0..t {
+            f(i, ov.row_mut(out, i));
+        }
+        return;
     }
+    let per = (t + parts - 1) / parts;
+    run_split(&mut out[ov.off..ov.off + (t - 1) * stride + ov.len], per * stride, |part, chunk| {
+        let first = part * per;
+        for i in first..t.min(first + per) {
+            f(i, &mut chunk[(i - first) * stride..][..ov.len]);
+        }
+    });
 }
 
 /// Apply steps to a copy of x (the `elementwise` kernel; also a standalone norm).
@@ -2243,11 +2301,10 @@ pub fn row_mean(x: &[f32], xv: View, t: usize, width: usize, out: &mut [f32], ov
 }
 
 pub fn elementwise(x: &[f32], xv: View, t: usize, out: &mut [f32], ov: View, steps: &[Step]) {
-    for i in 0..t {
-        let row = ov.row_mut(out, i);
+    for_each_row(out, ov, t, |i, row| {
         row.copy_from_slice(xv.row(x, i));
         apply_steps(row, i, steps);
-    }
+    });
 }
 
 /// `elementwise` over its own input, which lies in `out` at xv (the memory plan's in-place row op):
@@ -3064,6 +3121,66 @@ mod tests {
             let shifted = View { off: t0 * n, stride: n, len: n };
             matmul(&x[t0 * k..], xv, 1, None, mat, &mut tail, ov, &[Step::Unary(Unary::Relu), Step::Own(Binary::Add, shifted, false)]);
             assert_eq!(&tail[..n], &want[t0 * n..]);
+        }
+    }
+
+    #[test]
+    fn matmul_scratch_holds_no_stale_values() {
+        // a large matmul leaves its reused vectors full of values; a smaller one after it, with
+        // padded input rows (50 values of 64, weights in the padding too) and blocked weights,
+        // gives the bits a fresh thread gives, by one token and by a prompt
+        let mut s = 13u64;
+        let (n, k) = (602usize, 512usize);
+        let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
+        let scale: Vec<f32> = (0..n).map(|_| lcg(&mut s).abs() * 0.01).collect();
+        let x: Vec<f32> = (0..8 * k).map(|_| lcg(&mut s)).collect();
+        let (n2, k2, len) = (40usize, 64usize, 50usize);
+        let q2 = blocked(&(0..n2 * k2).map(|_| (lcg(&mut s) * 127.0) as i8).collect::<Vec<i8>>(), n2, k2);
+        let scale2: Vec<f32> = (0..n2).map(|_| lcg(&mut s).abs() * 0.01).collect();
+        let x2: Vec<f32> = (0..5 * len).map(|_| lcg(&mut s)).collect();
+        let small = |t: usize| {
+            let mut out = vec![0f32; t * n2];
+            let mat = Mat::Q8 { n: n2, k_pad: k2, group: k2, bits: 8, layout: Layout::Blocks4, q: &q2, scale: &scale2 };
+            matmul(&x2[..t * len], View { off: 0, stride: len, len }, t, None, mat, &mut out, View { off: 0, stride: n2, len: n2 }, &[]);
+            out
+        };
+        let fresh = std::thread::scope(|sc| sc.spawn(|| [small(1), small(5)]).join().unwrap());
+        let mut out = vec![0f32; 8 * n];
+        matmul(&x, View { off: 0, stride: k, len: k }, 8, None, Mat::Q8 { n, k_pad: k, group: k, bits: 8, layout: Layout::Rows, q: &q, scale: &scale }, &mut out, View { off: 0, stride: n, len: n }, &[]);
+        assert_eq!([small(1), small(5)], fresh);
+    }
+
+    #[test]
+    fn row_kernels_over_the_cores_match_one_row_at_a_time() {
+        // a prompt's worth of rows (over the cores where there are two) against each row alone:
+        // elementwise with a norm, a gate and an operand, and rope into rows at an offset (a
+        // KV cache's rows from position 3)
+        let mut s = 17u64;
+        let (t, w, hd) = (64usize, 512usize, 64usize);
+        let x: Vec<f32> = (0..t * w).map(|_| lcg(&mut s)).collect();
+        let g: Vec<f32> = (0..t * w).map(|_| lcg(&mut s)).collect();
+        let wt: Vec<f32> = (0..w).map(|_| lcg(&mut s)).collect();
+        let v = View { off: 0, stride: w, len: w };
+        let op = Operand { data: &g, view: v, repeat: 1 };
+        let steps = [Step::RmsNorm { eps: 1e-5, width: w, weight: Some(&wt) }, Step::Unary(Unary::Silu), Step::Tensor(Binary::Mul, op, false)];
+        let mut all = vec![0f32; t * w];
+        elementwise(&x, v, t, &mut all, v, &steps);
+        for i in 0..t {
+            let mut one = vec![0f32; w];
+            elementwise(&x[i * w..(i + 1) * w], v, 1, &mut one, v, &[steps[0], steps[1], Step::Tensor(Binary::Mul, Operand { data: &g[i * w..], view: v, repeat: 1 }, false)]);
+            assert_eq!(one, &all[i * w..(i + 1) * w], "elementwise token {}", i);
+        }
+        let cos: Vec<f32> = (0..t * hd / 2).map(|_| lcg(&mut s)).collect();
+        let sin: Vec<f32> = (0..t * hd / 2).map(|_| lcg(&mut s)).collect();
+        let cv = View { off: 0, stride: hd / 2, len: hd / 2 };
+        let mut cache = vec![0f32; (t + 3) * w];
+        rope(&x, v, t, hd, &cos, cv, &sin, cv, &mut cache, View { off: 3 * w, stride: w, len: w }, &[]);
+        assert!(cache[..3 * w].iter().all(|c| *c == 0.0));
+        for i in 0..t {
+            let mut one = vec![0f32; w];
+            let c = View { off: i * hd / 2, stride: 0, len: hd / 2 };
+            rope(&x[i * w..(i + 1) * w], v, 1, hd, &cos, c, &sin, c, &mut one, v, &[]);
+            assert_eq!(one, &cache[(i + 3) * w..(i + 4) * w], "rope token {}", i);
         }
     }
 
