@@ -159,23 +159,29 @@ mod fixed {
         pub planes: Option<Planes>,
     }
 
+    /// Each run of `group` values of xs in fixed point (`Q8Input::new` splits a prompt's tokens
+    /// over the cores with `split_into`).
+    #[cfg(test)]
     pub fn split(xs: &[f32], group: usize) -> Fixed {
-        let mut hi = vec![0i16; xs.len()];
-        let mut lo = vec![0i16; xs.len()];
-        let mut unit = Vec::with_capacity(xs.len() / group.max(1) + 1);
-        for (g, run) in xs.chunks(group.max(1)).enumerate() {
+        let mut x = Fixed { hi: vec![0i16; xs.len()], lo: vec![0i16; xs.len()], unit: vec![0f32; (xs.len() + group.max(1) - 1) / group.max(1)], planes: None };
+        split_into(xs, group, &mut x.hi, &mut x.lo, &mut x.unit);
+        x
+    }
+
+    /// `split` into hi, lo (zeroed, xs.len() each) and unit (one per run).
+    pub fn split_into(xs: &[f32], group: usize, hi: &mut [i16], lo: &mut [i16], unit: &mut [f32]) {
+        for (g, (run, u)) in xs.chunks(group.max(1)).zip(unit).enumerate() {
             let m = max_abs(run);
             if !m.is_finite() {
-                unit.push(f32::NAN); // inf or NaN in, NaN out, as f32 products would give
+                *u = f32::NAN; // inf or NaN in, NaN out, as f32 products would give
             } else if m < 1e-30 {
-                unit.push(0.0); // (2^23 / m would overflow; such a run adds nothing to a dot)
+                *u = 0.0; // (2^23 / m would overflow; such a run adds nothing to a dot)
             } else {
-                unit.push(m / 8388608.0);
+                *u = m / 8388608.0;
                 let (a, b) = (g * group, g * group + run.len());
                 to_fixed(run, 8388608.0 / m, &mut hi[a..b], &mut lo[a..b]);
             }
         }
-        Fixed { hi, lo, unit, planes: None }
     }
 
     /// `Layout::Lanes8`'s x86 kernels multiply bytes (vpdpbusd: four u8 x i8 products into each
@@ -208,16 +214,23 @@ mod fixed {
     /// `Planes` of t tokens of `width` columns in groups of `group` (multiples of 8).
     #[inline(always)]
     pub fn planes(x: &Fixed, t: usize, width: usize, group: usize) -> Planes {
+        let mut p = Planes { digits: vec![0u8; 3 * t * width], terms: vec![Terms::default(); t * (width / group)] };
+        planes_into(&x.hi[..t * width], &x.lo[..t * width], &x.unit[..t * (width / group)], width, group, &mut p.digits, &mut p.terms);
+        p
+    }
+
+    /// `planes` of the tokens whose hi, lo and unit these are, into digits and terms (theirs).
+    #[inline(always)]
+    pub fn planes_into(hi: &[i16], lo: &[i16], unit: &[f32], width: usize, group: usize, digits: &mut [u8], terms: &mut [Terms]) {
         const TOP: i32 = 1 << 23;
         let groups = width / group;
-        let mut digits = vec![0u8; 3 * t * width];
-        let mut terms = Vec::with_capacity(t * groups);
+        let t = hi.len() / width;
         let mut w = vec![0i32; group];
         // (plain loops over whole slices: LLVM vectorizes each)
         for i in 0..t {
             for g in 0..groups {
                 let at = i * width + g * group;
-                for (w, (h, l)) in w.iter_mut().zip(x.hi[at..at + group].iter().zip(&x.lo[at..at + group])) {
+                for (w, (h, l)) in w.iter_mut().zip(hi[at..at + group].iter().zip(&lo[at..at + group])) {
                     *w = *h as i32 * 4096 + *l as i32;
                 }
                 let max = w.iter().fold(0, |m, &v| m.max(v));
@@ -240,11 +253,10 @@ mod fixed {
                 }
                 let offset = offset.map(|o| 8 * o);
                 let total = offset[2].wrapping_shl(16).wrapping_add(offset[1] << 8).wrapping_add(offset[0]);
-                let unit = x.unit[i * groups + g];
-                terms.push(Terms { unit: if sign < 0 { -unit } else { unit }, offset, total, wide: max == TOP && min == -TOP });
+                let unit = unit[i * groups + g];
+                terms[i * groups + g] = Terms { unit: if sign < 0 { -unit } else { unit }, offset, total, wide: max == TOP && min == -TOP };
             }
         }
-        Planes { digits, terms }
     }
 
     /// max |x|; NaN when x holds a NaN.
@@ -1138,15 +1150,16 @@ mod fixed {
                 }
             }
 
-            /// `super::planes`, compiled for AVX2 (every set has it): 2.5x faster than for the
-            /// baseline SSE2.
-            pub fn planes(&self, x: &super::Fixed, t: usize, width: usize, group: usize) -> super::Planes {
+            /// `super::planes_into`, compiled for AVX2 (every set has it): 2.5x faster than for
+            /// the baseline SSE2.
+            #[allow(clippy::too_many_arguments)]
+            pub fn planes_into(&self, hi: &[i16], lo: &[i16], unit: &[f32], width: usize, group: usize, digits: &mut [u8], terms: &mut [super::Terms]) {
                 #[target_feature(enable = "avx2")]
-                unsafe fn planes_avx2(x: &super::Fixed, t: usize, width: usize, group: usize) -> super::Planes {
-                    super::planes(x, t, width, group)
+                unsafe fn planes_avx2(hi: &[i16], lo: &[i16], unit: &[f32], width: usize, group: usize, digits: &mut [u8], terms: &mut [super::Terms]) {
+                    super::planes_into(hi, lo, unit, width, group, digits, terms)
                 }
                 // SAFETY: a KernelSet is only made where the CPU has AVX2
-                unsafe { planes_avx2(x, t, width, group) }
+                unsafe { planes_avx2(hi, lo, unit, width, group, digits, terms) }
             }
 
             /// The plain AVX2 kernels, for the tests' direct calls (every set has them).
@@ -1829,18 +1842,48 @@ pub struct Q8Input {
 impl Q8Input {
     /// `layout`: the matrix's, for the input form its kernels take.
     pub fn new(xs: &[f32], width: usize, group: usize, layout: Layout) -> Q8Input {
-        let mut x = fixed::split(xs, group);
         #[cfg(target_arch = "x86_64")]
         let x86 = fixed::x86::KernelSet::detect();
-        if layout == Layout::Lanes8 {
-            let t = xs.len() / width.max(1);
-            #[cfg(target_arch = "x86_64")]
-            if let Some(k) = &x86 {
-                x.planes = Some(k.planes(&x, t, width, group));
+        let (n, g) = (xs.len(), group.max(1));
+        let runs = (n + g - 1) / g;
+        let mut x = fixed::Fixed { hi: vec![0i16; n], lo: vec![0i16; n], unit: vec![0f32; runs], planes: None };
+        let lanes8 = layout == Layout::Lanes8;
+        let mut planes = fixed::Planes { digits: vec![0u8; if lanes8 { 3 * n } else { 0 }], terms: vec![fixed::Terms::default(); if lanes8 { runs } else { 0 }] };
+        // A prompt's tokens over the cores, each part whole tokens of whole runs: serial, the
+        // split and the planes were 3% of a two-thread int4-g32 prefill's samples on the 0.5B
+        // model, with the other thread waiting.
+        let t = n / width.max(1);
+        let parts = if t * width == n && width % g == 0 && n >= PARALLEL_MIN_WORK / 16 { workers().min(t) } else { 1 };
+        let per = if parts > 1 { (t + parts - 1) / parts * width } else { n.max(1) };
+        struct Part<'a> {
+            first: usize,
+            hi: &'a mut [i16],
+            lo: &'a mut [i16],
+            unit: &'a mut [f32],
+            digits: &'a mut [u8],
+            terms: &'a mut [fixed::Terms],
+        }
+        let mut work = Vec::with_capacity(parts);
+        let (mut hi, mut lo, mut unit) = (&mut x.hi[..], &mut x.lo[..], &mut x.unit[..]);
+        let (mut digits, mut terms) = (&mut planes.digits[..], &mut planes.terms[..]);
+        for first in (0..n).step_by(per) {
+            let len = per.min(n - first);
+            let r = (len + g - 1) / g;
+            work.push(Part { first, hi: take_front(&mut hi, len), lo: take_front(&mut lo, len), unit: take_front(&mut unit, r), digits: take_front(&mut digits, 3 * len), terms: take_front(&mut terms, r) });
+        }
+        run_split(&mut work, 1, |_, p| {
+            let p = &mut p[0];
+            fixed::split_into(&xs[p.first..p.first + p.hi.len()], group, p.hi, p.lo, p.unit);
+            if lanes8 {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(k) = &x86 {
+                    return k.planes_into(p.hi, p.lo, p.unit, width, group, p.digits, p.terms);
+                }
+                fixed::planes_into(p.hi, p.lo, p.unit, width, group, p.digits, p.terms);
             }
-            if x.planes.is_none() {
-                x.planes = Some(fixed::planes(&x, t, width, group));
-            }
+        });
+        if lanes8 {
+            x.planes = Some(planes);
         }
         Q8Input {
             width,
@@ -1977,6 +2020,14 @@ impl<'a> Mat<'a> {
             Mat::F32 { k, .. } => *k,
         }
     }
+}
+
+/// The first n elements of `s` (all of them where it is shorter), leaving it the rest.
+fn take_front<'a, T>(s: &mut &'a mut [T], n: usize) -> &'a mut [T] {
+    let n = n.min(s.len());
+    let (front, rest) = core::mem::take(s).split_at_mut(n);
+    *s = rest;
+    front
 }
 
 /// Threads a large matmul is split over, looked up once: `available_parallelism` reads cgroup
@@ -2119,7 +2170,7 @@ fn matmul_in(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out: 
 /// threads that lives as long as the calling thread (spawning threads for every matmul cost
 /// ~20-50 us each, 80 times per token on a 20-layer model).
 #[cfg(not(target_arch = "wasm32"))]
-fn run_split<F: Fn(usize, &mut [f32]) + Sync>(data: &mut [f32], size: usize, f: F) {
+fn run_split<T: Send, F: Fn(usize, &mut [T]) + Sync>(data: &mut [T], size: usize, f: F) {
     pool::run_split(data, size, &f)
 }
 
@@ -2181,10 +2232,10 @@ mod pool {
         }
     }
 
-    pub fn run_split(data: &mut [f32], size: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    pub fn run_split<T: Send>(data: &mut [T], size: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
         POOL.with(|cell| {
             let mut slot = cell.borrow_mut();
-            let parts: Vec<(usize, &mut [f32])> = data.chunks_mut(size).enumerate().collect();
+            let parts: Vec<(usize, &mut [T])> = data.chunks_mut(size).enumerate().collect();
             let extra = parts.len().saturating_sub(1);
             if slot.as_ref().map_or(true, |p| p.jobs.len() < extra) {
                 *slot = Some(start(extra));
@@ -2216,7 +2267,7 @@ mod pool {
 }
 
 #[cfg(target_arch = "wasm32")]
-fn run_split<F: Fn(usize, &mut [f32])>(data: &mut [f32], size: usize, f: F) {
+fn run_split<T, F: Fn(usize, &mut [T])>(data: &mut [T], size: usize, f: F) {
     for (i, part) in data.chunks_mut(size).enumerate() {
         f(i, part);
     }
