@@ -1853,8 +1853,10 @@ impl Q8Input {
         // split and the planes were 3% of a two-thread int4-g32 prefill's samples on the 0.5B
         // model, with the other thread waiting.
         let t = n / width.max(1);
-        let parts = if t * width == n && width % g == 0 && n >= PARALLEL_MIN_WORK / 16 { workers().min(t) } else { 1 };
-        let per = if parts > 1 { (t + parts - 1) / parts * width } else { n.max(1) };
+        let per = match tokens_per_part(t, width) {
+            tokens if tokens < t && t * width == n && width % g == 0 => tokens * width,
+            _ => n.max(1),
+        };
         struct Part<'a> {
             first: usize,
             hi: &'a mut [i16],
@@ -1863,7 +1865,7 @@ impl Q8Input {
             digits: &'a mut [u8],
             terms: &'a mut [fixed::Terms],
         }
-        let mut work = Vec::with_capacity(parts);
+        let mut work = Vec::new();
         let (mut hi, mut lo, mut unit) = (&mut x.hi[..], &mut x.lo[..], &mut x.unit[..]);
         let (mut digits, mut terms) = (&mut planes.digits[..], &mut planes.terms[..]);
         for first in (0..n).step_by(per) {
@@ -2048,6 +2050,13 @@ fn workers() -> usize {
 /// Work (multiply-adds) below which a matmul stays on one thread: spawning costs ~20 us.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
+/// Tokens per part where T tokens of `len` elements each go over the cores (a prompt's worth of
+/// elements: the pool's hand-off costs microseconds), T itself where they stay on one core.
+fn tokens_per_part(t: usize, len: usize) -> usize {
+    let parts = if t * len >= PARALLEL_MIN_WORK / 16 { workers().min(t) } else { 1 };
+    (t + parts.max(1) - 1) / parts.max(1)
+}
+
 /// y = epilogue(prologue(x) @ W.T) for T tokens. `prologue`: the eps of a weightless RMSNorm.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out: &mut [f32], ov: View, steps: &[Step]) {
@@ -2140,8 +2149,7 @@ fn matmul_in(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out: 
     // (the residual of Step::Own) as it was, and they are stored once every part is done: a
     // residual row may lie in another part's output rows.
     let len = ov.len;
-    let parts = if workers > 1 && t * len >= PARALLEL_MIN_WORK / 16 { workers.min(t) } else { 1 };
-    let per = (t + parts - 1) / parts;
+    let per = tokens_per_part(t, len);
     let rows = scratch(token_rows, t * len);
     let own: &[f32] = out;
     run_split(rows, per * len, |part, rows| {
@@ -2323,15 +2331,14 @@ pub fn rope(x: &[f32], xv: View, t: usize, head_dim: usize, cos: &[f32], cv: Vie
 /// waited: in a two-thread llama-30m prefill, unary_row and its expf were 5.6% of the calling
 /// thread's time, and the second thread was idle for 19% of its own.
 fn for_each_row<F: Fn(usize, &mut [f32]) + Sync>(out: &mut [f32], ov: View, t: usize, f: F) {
-    let (stride, parts) = (ov.stride, workers().min(t));
+    let (stride, per) = (ov.stride, tokens_per_part(t, ov.len));
     // a part is a run of whole strides from row 0's start, so rows must not overlap
-    if parts < 2 || t * ov.len < PARALLEL_MIN_WORK / 16 || ov.len > stride {
+    if per >= t || ov.len > stride {
         for i in 0..t {
             f(i, ov.row_mut(out, i));
         }
         return;
     }
-    let per = (t + parts - 1) / parts;
     run_split(&mut out[ov.off..ov.off + (t - 1) * stride + ov.len], per * stride, |part, chunk| {
         let first = part * per;
         for i in first..t.min(first + per) {
