@@ -847,23 +847,42 @@ mod fixed {
             (sums4(a00, a10, a01, a11), sums4(b00, b10, b01, b11))
         }
 
-        /// One 16-value step of the four-row kernels: values i..i + 16 of the int8 or int4 block's
-        /// rows r into the named accumulators (a: hi, b: lo), with no arrays, which keeps every
-        /// v128 in a register through V8's compiler.
-        macro_rules! step4 {
-            ($hp:expr, $lp:expr, $qp:expr, $i:expr, $int4:expr, $(($a:ident, $b:ident, $r:expr)),*) => {{
-                let (h0, l0) = (v128_load($hp.add($i) as *const v128), v128_load($lp.add($i) as *const v128));
-                let (h1, l1) = (v128_load($hp.add($i + 8) as *const v128), v128_load($lp.add($i + 8) as *const v128));
+        /// One 16-value step of the four-row int4 kernels: values i..i + 16 of the block's rows r
+        /// (8 bytes each: values 0-7 in the low nibbles, 8-15 in the high ones, sign-extended by
+        /// shifts) into the named accumulators (a: hi, b: lo), with no arrays, which keeps every
+        /// v128 in a register through V8's compiler. The low nibbles of all four rows, then their
+        /// bytes loaded again for the high ones: with both halves' activations and weights live at
+        /// once beside the eight sums, V8 spilled sums to the stack on every pass.
+        macro_rules! step4_q4 {
+            ($hp:expr, $lp:expr, $qp:expr, $i:expr, $(($a:ident, $b:ident, $r:expr)),*) => {{
+                let (h, l) = (v128_load($hp.add($i) as *const v128), v128_load($lp.add($i) as *const v128));
                 $(
-                    // row r's values 0-7 and 8-15 as i16 (int4: nibbles sign-extended by shifts)
-                    let (w0, w1) = if $int4 {
-                        let w = i16x8_load_extend_i8x8($qp.add(2 * $i + 8 * $r));
-                        (i16x8_shr(i16x8_shl(w, 12), 12), i16x8_shr(w, 4))
-                    } else {
-                        (i16x8_load_extend_i8x8($qp.add(4 * $i + 8 * $r)), i16x8_load_extend_i8x8($qp.add(4 * $i + 32 + 8 * $r)))
-                    };
-                    $a = i32x4_add($a, i32x4_add(i32x4_dot_i16x8(w0, h0), i32x4_dot_i16x8(w1, h1)));
-                    $b = i32x4_add($b, i32x4_add(i32x4_dot_i16x8(w0, l0), i32x4_dot_i16x8(w1, l1)));
+                    let w = i16x8_shr(i16x8_shl(i16x8_load_extend_i8x8($qp.add(2 * $i + 8 * $r)), 12), 12);
+                    $a = i32x4_add($a, i32x4_dot_i16x8(w, h));
+                    $b = i32x4_add($b, i32x4_dot_i16x8(w, l));
+                )*
+                let (h, l) = (v128_load($hp.add($i + 8) as *const v128), v128_load($lp.add($i + 8) as *const v128));
+                $(
+                    let w = i16x8_shr(i16x8_load_extend_i8x8($qp.add(2 * $i + 8 * $r)), 4);
+                    $a = i32x4_add($a, i32x4_dot_i16x8(w, h));
+                    $b = i32x4_add($b, i32x4_dot_i16x8(w, l));
+                )*
+            }};
+        }
+
+        /// One 8-value step of the four-row int8 kernels: values i..i + 8 of the block's rows r
+        /// (8 bytes each, 32 per step: one sequential stream, as `block_rows` stores them) into
+        /// the named accumulators. Eight values, not sixteen: two activation vectors and one
+        /// weight vector live at a time beside the eight sums, which fits V8's fifteen registers
+        /// (a sixteen-value step spilled sums to the stack on every pass).
+        macro_rules! step4_q8 {
+            ($hp:expr, $lp:expr, $qp:expr, $i:expr, $(($a:ident, $b:ident, $r:expr)),*) => {{
+                let (h, l) = (v128_load($hp.add($i) as *const v128), v128_load($lp.add($i) as *const v128));
+                $(
+                    // v128.load8x8_s: 8 int8 sign-extended to i16 by the load itself
+                    let w = i16x8_load_extend_i8x8($qp.add(4 * $i + 8 * $r));
+                    $a = i32x4_add($a, i32x4_dot_i16x8(w, h));
+                    $b = i32x4_add($b, i32x4_dot_i16x8(w, l));
                 )*
             }};
         }
@@ -874,9 +893,20 @@ mod fixed {
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
         fn groups4_simd128(hi: &[i16], lo: &[i16], block: &[i8], group: usize, int4: bool, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
-            let (steps, ng) = (group / 16, unit.len());
-            let n = ng * steps * 16;
-            assert!(hi.len() >= n && lo.len() >= n && block.len() >= if int4 { 2 * n } else { 4 * n } && group % 16 == 0);
+            // one loop per weight width: with `int4` tested inside, V8 kept both loads' branches
+            // in the loop and spilled the int8 sums (wasm decode ran at 0.75x the loop alone)
+            if int4 {
+                groups4_of::<true>(hi, lo, block, group, unit, scale, ys)
+            } else {
+                groups4_of::<false>(hi, lo, block, group, unit, scale, ys)
+            }
+        }
+
+        #[inline(always)]
+        fn groups4_of<const INT4: bool>(hi: &[i16], lo: &[i16], block: &[i8], group: usize, unit: &[f32], scale: [&[f32]; 4], ys: &mut [f32; 4]) {
+            let ng = unit.len();
+            let n = ng * group;
+            assert!(hi.len() >= n && lo.len() >= n && block.len() >= if INT4 { 2 * n } else { 4 * n } && group % 16 == 0);
             assert!(scale.iter().all(|s| s.len() >= ng));
             let (hp, lp, qp) = (hi.as_ptr(), lo.as_ptr(), block.as_ptr());
             let mut i = 0;
@@ -887,9 +917,15 @@ mod fixed {
                 for g in 0..ng {
                     let z = i32x4_splat(0);
                     let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) = (z, z, z, z, z, z, z, z);
-                    for _ in 0..steps {
-                        step4!(hp, lp, qp, i, int4, (a0, b0, 0), (a1, b1, 1), (a2, b2, 2), (a3, b3, 3));
-                        i += 16;
+                    let end = i + group;
+                    while i < end {
+                        if INT4 {
+                            step4_q4!(hp, lp, qp, i, (a0, b0, 0), (a1, b1, 1), (a2, b2, 2), (a3, b3, 3));
+                            i += 16;
+                        } else {
+                            step4_q8!(hp, lp, qp, i, (a0, b0, 0), (a1, b1, 1), (a2, b2, 2), (a3, b3, 3));
+                            i += 8;
+                        }
                     }
                     let (a, b) = (f32x4_convert_i32x4(sums4(a0, a1, a2, a3)), f32x4_convert_i32x4(sums4(b0, b1, b2, b3)));
                     let v = f32x4_mul(f32x4_add(f32x4_mul(a, f32x4_splat(4096.0)), b), f32x4_splat(*unit.get_unchecked(g)));
@@ -912,7 +948,7 @@ mod fixed {
             // SAFETY: every load reads inside hi[..n], lo[..n] and block[..2n] (i + 16 <= n).
             unsafe {
                 while i + 16 <= n {
-                    step4!(hp, lp, qp, i, true, (a0, b0, 0), (a1, b1, 1), (a2, b2, 2), (a3, b3, 3));
+                    step4_q4!(hp, lp, qp, i, (a0, b0, 0), (a1, b1, 1), (a2, b2, 2), (a3, b3, 3));
                     i += 16;
                 }
             }
@@ -952,22 +988,7 @@ mod fixed {
             // SAFETY: every load reads inside hi[..n], lo[..n] and block[..4n] (i + 8 <= n).
             unsafe {
                 while i + 8 <= n {
-                    // values i..i+8 of the four rows, 8 bytes each
-                    let p = qp.add(4 * i);
-                    let (h, l) = (v128_load(hp.add(i) as *const v128), v128_load(lp.add(i) as *const v128));
-                    // v128.load8x8_s: 8 int8 sign-extended to i16 by the load itself
-                    let w = i16x8_load_extend_i8x8(p);
-                    a0 = i32x4_add(a0, i32x4_dot_i16x8(w, h));
-                    b0 = i32x4_add(b0, i32x4_dot_i16x8(w, l));
-                    let w = i16x8_load_extend_i8x8(p.add(8));
-                    a1 = i32x4_add(a1, i32x4_dot_i16x8(w, h));
-                    b1 = i32x4_add(b1, i32x4_dot_i16x8(w, l));
-                    let w = i16x8_load_extend_i8x8(p.add(16));
-                    a2 = i32x4_add(a2, i32x4_dot_i16x8(w, h));
-                    b2 = i32x4_add(b2, i32x4_dot_i16x8(w, l));
-                    let w = i16x8_load_extend_i8x8(p.add(24));
-                    a3 = i32x4_add(a3, i32x4_dot_i16x8(w, h));
-                    b3 = i32x4_add(b3, i32x4_dot_i16x8(w, l));
+                    step4_q8!(hp, lp, qp, i, (a0, b0, 0), (a1, b1, 1), (a2, b2, 2), (a3, b3, 3));
                     i += 8;
                 }
             }
