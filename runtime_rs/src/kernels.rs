@@ -807,42 +807,54 @@ mod fixed {
 
         /// Rows 2 * pair and 2 * pair + 1 of a block (int8 or int4) times two tokens over values
         /// [i0, i1): the (hi, lo) sums as lanes (row 2 * pair, token 0), (.., token 1), (row
-        /// 2 * pair + 1, token 0), (.., token 1). The caller keeps [i0, i1) inside both.
+        /// 2 * pair + 1, token 0), (.., token 1). The caller keeps [i0, i1) inside both, at
+        /// multiples of 16.
         #[inline(always)]
         unsafe fn dot2x2(x: [(&[i16], &[i16]); 2], block: &[i8], pair: usize, int4: bool, i0: usize, i1: usize) -> (v128, v128) {
+            // one loop per weight width, as groups4_simd128
+            if int4 {
+                dot2x2_of::<true>(x, block, pair, i0, i1)
+            } else {
+                dot2x2_of::<false>(x, block, pair, i0, i1)
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn dot2x2_of<const INT4: bool>(x: [(&[i16], &[i16]); 2], block: &[i8], pair: usize, i0: usize, i1: usize) -> (v128, v128) {
             let (h0, l0, h1, l1) = (x[0].0.as_ptr(), x[0].1.as_ptr(), x[1].0.as_ptr(), x[1].1.as_ptr());
             let qp = block.as_ptr();
             let z = i32x4_splat(0);
             let (mut a00, mut b00, mut a01, mut b01, mut a10, mut b10, mut a11, mut b11) = (z, z, z, z, z, z, z, z);
+            // Eight values a step, each token's activations loaded where they are used: with a
+            // whole 16-value run's activations live at once beside the eight sums, V8 spilled
+            // sums to the stack on every pass.
             let mut i = i0;
             while i < i1 {
-                for half in 0..2 {
-                    // the two rows' 8 values of this half, as i16
-                    let (w0, w1) = if int4 {
-                        let p = qp.add(2 * i + 16 * pair);
-                        let (r0, r1) = (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)));
-                        if half == 0 {
-                            (i16x8_shr(i16x8_shl(r0, 12), 12), i16x8_shr(i16x8_shl(r1, 12), 12))
-                        } else {
-                            (i16x8_shr(r0, 4), i16x8_shr(r1, 4))
-                        }
+                // the two rows' values i..i + 8, as i16
+                let (w0, w1) = if INT4 {
+                    // (a row's 16-value run is 8 bytes: values 0-7 in the low nibbles, 8-15 in the high)
+                    let p = qp.add(2 * (i / 16 * 16) + 16 * pair);
+                    let (r0, r1) = (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)));
+                    if i % 16 == 0 {
+                        (i16x8_shr(i16x8_shl(r0, 12), 12), i16x8_shr(i16x8_shl(r1, 12), 12))
                     } else {
-                        let p = qp.add(4 * i + 32 * half + 16 * pair);
-                        (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)))
-                    };
-                    let j = i + 8 * half;
-                    let (h, l) = (v128_load(h0.add(j) as *const v128), v128_load(l0.add(j) as *const v128));
-                    a00 = i32x4_add(a00, i32x4_dot_i16x8(w0, h));
-                    b00 = i32x4_add(b00, i32x4_dot_i16x8(w0, l));
-                    a01 = i32x4_add(a01, i32x4_dot_i16x8(w1, h));
-                    b01 = i32x4_add(b01, i32x4_dot_i16x8(w1, l));
-                    let (h, l) = (v128_load(h1.add(j) as *const v128), v128_load(l1.add(j) as *const v128));
-                    a10 = i32x4_add(a10, i32x4_dot_i16x8(w0, h));
-                    b10 = i32x4_add(b10, i32x4_dot_i16x8(w0, l));
-                    a11 = i32x4_add(a11, i32x4_dot_i16x8(w1, h));
-                    b11 = i32x4_add(b11, i32x4_dot_i16x8(w1, l));
-                }
-                i += 16;
+                        (i16x8_shr(r0, 4), i16x8_shr(r1, 4))
+                    }
+                } else {
+                    let p = qp.add(4 * i + 16 * pair);
+                    (i16x8_load_extend_i8x8(p), i16x8_load_extend_i8x8(p.add(8)))
+                };
+                let (h, l) = (v128_load(h0.add(i) as *const v128), v128_load(l0.add(i) as *const v128));
+                a00 = i32x4_add(a00, i32x4_dot_i16x8(w0, h));
+                b00 = i32x4_add(b00, i32x4_dot_i16x8(w0, l));
+                a01 = i32x4_add(a01, i32x4_dot_i16x8(w1, h));
+                b01 = i32x4_add(b01, i32x4_dot_i16x8(w1, l));
+                let (h, l) = (v128_load(h1.add(i) as *const v128), v128_load(l1.add(i) as *const v128));
+                a10 = i32x4_add(a10, i32x4_dot_i16x8(w0, h));
+                b10 = i32x4_add(b10, i32x4_dot_i16x8(w0, l));
+                a11 = i32x4_add(a11, i32x4_dot_i16x8(w1, h));
+                b11 = i32x4_add(b11, i32x4_dot_i16x8(w1, l));
+                i += 8;
             }
             (sums4(a00, a10, a01, a11), sums4(b00, b10, b01, b11))
         }
