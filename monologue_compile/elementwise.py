@@ -291,6 +291,9 @@ def _rust_prim(name: str, args: list[str]) -> str:
         return f"pmin(pmax({args[0]}, {args[1]}), {args[2]})"
     if name == "pow":
         return f"{args[0]}.powf({args[1]})"
+    # the runtime's own exp and tanh: the same bits on every target, whatever libm it links
+    if name in ("exp", "tanh"):
+        return f"crate::math::{name}f({args[0]})"
     return f"{args[0]}.{name}({', '.join(args[1:])})"
 
 

@@ -42,7 +42,7 @@ fn pmin(a: f32, b: f32) -> f32 {
 pub fn erf(x: f32) -> f32 {
     let t0 = x.abs();
     let t1 = (1.0_f32 / (1.0_f32 + (0.32759109139442444_f32 * t0)));
-    let t2 = (1.0_f32 - ((((((((((1.0614054203033447_f32 * t1) - 1.453152060508728_f32) * t1) + 1.421413779258728_f32) * t1) - 0.2844967246055603_f32) * t1) + 0.2548295855522156_f32) * t1) * (-(t0 * t0)).exp()));
+    let t2 = (1.0_f32 - ((((((((((1.0614054203033447_f32 * t1) - 1.453152060508728_f32) * t1) + 1.421413779258728_f32) * t1) - 0.2844967246055603_f32) * t1) + 0.2548295855522156_f32) * t1) * crate::math::expf((-(t0 * t0)))));
     t2.copysign(x)
 }
 
@@ -63,17 +63,17 @@ pub fn square(x: f32) -> f32 {
 
 #[inline(always)]
 pub fn tanh(x: f32) -> f32 {
-    pmin(pmax(x, -15.0_f32), 15.0_f32).tanh()
+    crate::math::tanhf(pmin(pmax(x, -15.0_f32), 15.0_f32))
 }
 
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
-    (1.0_f32 / (1.0_f32 + (-x).exp()))
+    (1.0_f32 / (1.0_f32 + crate::math::expf((-x))))
 }
 
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
-    (x / (1.0_f32 + (-x).exp()))
+    (x / (1.0_f32 + crate::math::expf((-x))))
 }
 
 #[inline(always)]
@@ -88,7 +88,7 @@ pub fn gelu_tanh(x: f32) -> f32 {
 
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    x.exp()
+    crate::math::expf(x)
 }
 
 #[inline(always)]

@@ -127,7 +127,7 @@ pub fn apply_steps_over(row: &mut [f32], t: usize, steps: &[Step], own: &[f32]) 
             Step::Softmax { width } => {
                 for part in row.chunks_mut(width) {
                     let m = part.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-                    part.iter_mut().for_each(|v| *v = (*v - m).exp());
+                    part.iter_mut().for_each(|v| *v = crate::math::expf(*v - m));
                     let s = part.iter().sum::<f32>();
                     part.iter_mut().for_each(|v| *v /= s);
                 }
@@ -2564,7 +2564,7 @@ fn attend(qh: &[f32], p: usize, h: usize, keys: &[f32], values: &[f32], row: usi
     }
     let mut sum = 0f32;
     for s in &mut scores[lo..=p] {
-        *s = (*s - max).exp();
+        *s = crate::math::expf(*s - max);
         sum += *s;
     }
     for s in &mut scores[lo..=p] {
@@ -3146,7 +3146,7 @@ mod tests {
                     let (qh, kh) = (&q[i * n_head * d + h * d..][..d], h / (n_head / n_kv_head));
                     let sc: Vec<f32> = (lo..=p).map(|j| dot_f32(qh, &cache.k[j * row + kh * d..][..d]) * a.scale).collect();
                     let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-                    let e: Vec<f32> = sc.iter().map(|v| (v - max).exp()).collect();
+                    let e: Vec<f32> = sc.iter().map(|v| crate::math::expf(v - max)).collect();
                     let sum = e.iter().fold(0f32, |acc, v| acc + v);
                     let y = &mut want[i * n_head * d + h * d..][..d];
                     for (j, ej) in (lo..=p).zip(&e) {

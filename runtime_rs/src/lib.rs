@@ -1,5 +1,5 @@
-//! Monologue's runtime library. For now: the byte-level BPE tokenizer (training, encoding,
-//! tokenizer.json) and the chat template, behind a C ABI shared by Python (cffi) and wasm.
+//! Monologue's runtime library: the compiled model's engine, kernels and weights, the tokenizers
+//! and the chat template, behind a C ABI shared by Python (cffi) and wasm.
 //! Zero crate dependencies; builds with Rust 1.63 (Debian's wasm32 toolchain).
 
 pub mod base64;
@@ -14,6 +14,7 @@ pub mod json;
 pub mod normalize;
 pub mod normalize_tables;
 pub mod kernels;
+pub mod math;
 pub mod parallel;
 pub mod pretokenize;
 pub mod regex;
