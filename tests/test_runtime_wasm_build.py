@@ -159,13 +159,16 @@ process.exitCode = wasi.start(instance);
 @pytest.mark.skipif(shutil.which("node") is None or not WASI_STD.exists(), reason="no Node, or no wasm32-wasi std")
 def test_kernel_unit_tests_pass_as_wasm_simd128(tmp_path):
     # the page's kernels are the SIMD128 ones: the same bits as the scalar kernels (prefill, decode,
-    # int4, tiles), checked where they run, not only on this machine's AVX2
+    # int4, tiles), checked where they run, not only on this machine's AVX2; and exp and tanh
+    # (math.rs) as accurate there, against wasm's own f64 libm
     crate, result = debian_cargo(tmp_path, "test", "--lib", "--no-run", "--target", "wasm32-wasi",
                                  rustflags="-C target-feature=+simd128")
     assert result.returncode == 0, result.stderr[-3000:]
     (wasm,) = (crate / "target/wasm32-wasi/debug/deps").glob("runtime_rs-*.wasm")
     (tmp_path / "run.mjs").write_text(WASI_RUNNER)
-    r = subprocess.run(["node", "--no-warnings", str(tmp_path / "run.mjs"), str(wasm), "kernels::tests", "--test-threads=1"],
+    r = subprocess.run(["node", "--no-warnings", str(tmp_path / "run.mjs"), str(wasm), "kernels::tests", "math::tests",
+                        "--test-threads=1"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "prefill_gives_the_per_token_bits ... ok" in r.stdout and "test result: ok" in r.stdout
+    assert "tanhf_is_within_half_an_ulp_and_a_little ... ok" in r.stdout

@@ -45,14 +45,17 @@ fn exp_f64(x: f64) -> f64 {
 /// e^x of an f32.
 #[inline(always)]
 pub fn expf(x: f32) -> f32 {
-    if x.is_nan() {
-        return x + x;
-    }
-    if x > 88.72283 {
-        return f32::INFINITY; // past f32::MAX
-    }
-    if x < -103.97208 {
-        return 0.0; // below half the smallest subnormal (and -inf, which exp_f64 cannot take)
+    // one integer test on the common path: |x| >= 88, inf or NaN (the exponent and top mantissa bits)
+    if (x.to_bits() >> 20) & 0x7ff >= 0x42b {
+        if x.is_nan() {
+            return x + x;
+        }
+        if x > 88.72283 {
+            return f32::INFINITY; // past f32::MAX
+        }
+        if x < -103.97208 {
+            return 0.0; // below half the smallest subnormal (and -inf, which exp_f64 cannot take)
+        }
     }
     exp_f64(x as f64) as f32
 }
