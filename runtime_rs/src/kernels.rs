@@ -345,11 +345,8 @@ mod fixed {
             }
         }
         for j in i..x.len() {
-            // half to even, as the SIMD loops round (f32x4.nearest, cvtps2dq): in f64, adding
-            // 1.5 * 2^52 leaves any |p| < 2^51 an integer, ties to even (this tail, and every value
-            // on targets without those loops, rounded halves away from zero)
-            let p = (x[j] * s) as f64;
-            let v = ((p + 6755399441055744.0) - 6755399441055744.0) as i32;
+            // half to even, as the SIMD loops round (f32x4.nearest, cvtps2dq)
+            let v = crate::math::round_half_even((x[j] * s) as f64) as i32;
             let h = (v + 2048) >> 12;
             hi[j] = h as i16;
             lo[j] = (v - (h << 12)) as i16;

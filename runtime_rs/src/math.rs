@@ -30,6 +30,13 @@ const C1: f64 = 0.02166084939249829;
 const C2: f64 = 0.00023459791806279678;
 const C3: f64 = 1.6938584231590093e-06;
 
+/// x rounded to an integer, halves to even (`f64::round_ties_even` is not in Rust 1.63), for
+/// |x| < 2^51: adding SHIFT leaves the integer in the low mantissa bits.
+#[inline(always)]
+pub fn round_half_even(x: f64) -> f64 {
+    (x + SHIFT) - SHIFT
+}
+
 /// exp(x) for |x| up to ~150 (the caller keeps it there), before rounding.
 #[inline(always)]
 fn exp_f64(x: f64) -> f64 {
