@@ -44,6 +44,15 @@ def unpack_int4(b: np.ndarray) -> np.ndarray:
     return q
 
 
+def stored_array(w, part: str) -> np.ndarray:
+    """A weight's array as the artifact stores it: `q` as row bytes (int4 packed two to a byte),
+    `scale` and `data` as little-endian f32."""
+    if part == "q":
+        q = np.ascontiguousarray(w.data["q"], dtype=np.int8)
+        return pack_int4(q) if w.bits == 4 else q
+    return np.ascontiguousarray(w.data["scale"] if part == "scale" else w.data, dtype="<f4")
+
+
 def _arrays(g: Graph) -> list[tuple[str, str, np.ndarray]]:
     """(tensor, part, array) for every stored array, in a fixed order."""
     used = {i for n in g.nodes for i in n.inputs}
@@ -53,14 +62,11 @@ def _arrays(g: Graph) -> list[tuple[str, str, np.ndarray]]:
             continue
         w = g.weights[name]
         if w.dtype == "q8":
-            q = np.ascontiguousarray(w.data["q"], dtype=np.int8)
-            if w.bits == 4:
-                q = pack_int4(q)
             # 4 int8 (or 8 int4) per u32 along K: exactly the row bytes, little-endian.
-            out.append((name, "q", q.view("<u4")))
-            out.append((name, "scale", np.ascontiguousarray(w.data["scale"], dtype="<f4")))
+            out.append((name, "q", stored_array(w, "q").view("<u4")))
+            out.append((name, "scale", stored_array(w, "scale")))
         else:
-            out.append((name, "data", np.ascontiguousarray(w.data, dtype="<f4")))
+            out.append((name, "data", stored_array(w, "data")))
     return out
 
 

@@ -87,6 +87,21 @@ def test_wgsl_matches_rq(compiled, i, profile):
     assert s.submits == 2 + TOLERANCES["greedy_steps"] - 1  # one submit per step
 
 
+@pytest.mark.parametrize("i", [0, len(MATRIX) - 1], ids=[IDS[0], IDS[-1]])
+def test_chat_session_from_a_loaded_graph_equals_the_dists(compiled, i):
+    """`monologue chat --backend wgpu` builds its plan in memory from the loaded graph
+    (graph_session); its buffers must hold the bytes the dist's shards do: int4 packed two to a
+    byte (an int4 model read its unpacked values as packed bytes before)."""
+    device_or_skip()
+    from monologue_compile.artifact import load_model
+    from monologue_compile.backends.wgpu_executor import WgpuSession, graph_session
+
+    dist, model = compiled(i)
+    prompt = np.random.default_rng(i).integers(0, model.config.vocab_size, 12).tolist()
+    want = WgpuSession.from_dist(dist).forward(prompt)
+    np.testing.assert_array_equal(graph_session(load_model(dist)[0]).forward(prompt), want)
+
+
 def test_top_k_readback_is_the_logits_top_k(compiled):
     device_or_skip()
     from monologue_compile.backends.wgpu_executor import WgpuSession

@@ -11,10 +11,12 @@ Same interface as the numpy interpreter's Session: `forward(ids) -> logits (T, V
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
 
+from ..artifact import stored_array
 from ..errors import MonologueError
 from ..ir import Graph
 from ..wgsl import device as wdev
@@ -26,13 +28,14 @@ _LIMIT_NAMES = {"maxStorageBufferBindingSize": "max-storage-buffer-binding-size"
 def _graph_source(g: Graph):
     """Initial contents of a plan buffer from the graph's weights (a plan built in memory)."""
 
+    # the last array kept: a table split over several buffers is converted (int4 packed) once
+    @functools.lru_cache(maxsize=1)
+    def stored(tensor: str, part: str) -> np.ndarray:
+        return stored_array(g.weights[tensor], part)
+
     def read(init: dict) -> bytes:
-        w = g.weights[init["tensor"]]
-        arr = w.data[init["part"]] if init["part"] in ("q", "scale") else w.data
-        if init["part"] == "q":
-            arr = np.ascontiguousarray(arr, np.int8)
         r0, r1 = init["rows"]
-        return np.ascontiguousarray(np.asarray(arr)[r0:r1], dtype=np.int8 if init["part"] == "q" else "<f4").tobytes()
+        return np.ascontiguousarray(stored(init["tensor"], init["part"])[r0:r1]).tobytes()
 
     return read
 
