@@ -261,7 +261,7 @@ def _copy(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
 
 
 def _rope(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
-    x, cos, sin = args
+    x, cos, sin = args[:3]  # then the epilogue's operands
     d = x.shape[-1] // 2
     x1, x2 = x[..., :d], x[..., d:]
     y = np.concatenate([x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos], axis=-1).astype(_F)

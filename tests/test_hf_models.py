@@ -34,8 +34,8 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 
 
 def hf_configs() -> dict:
-    from transformers import (Gemma3TextConfig, GPT2Config, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config,
-                              SmolLM3Config)
+    from transformers import (Gemma3TextConfig, GPT2Config, HunYuanDenseV1Config, LlamaConfig, Phi3Config, Qwen2Config,
+                              Qwen3Config, SmolLM3Config)
 
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
@@ -49,6 +49,7 @@ def hf_configs() -> dict:
                                    layer_types=["sliding_attention", "full_attention"]),
         "phi3": Phi3Config(**SMALL, partial_rotary_factor=0.5),
         "smollm3": SmolLM3Config(**SMALL, no_rope_layers=[1, 0]),
+        "hunyuan": HunYuanDenseV1Config(**SMALL, head_dim=8),  # weighted q/k RMSNorm after the rotation
     }
 
 
@@ -158,7 +159,7 @@ class CharBlock(nn.Module):
 # --- the matrix ----------------------------------------------------------------------------------
 
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma3", "phi3",
-                             "smollm3"] for impl in ("eager", "sdpa")] + [("nanogpt", "-"), ("chargpt", "-")]
+                             "smollm3", "hunyuan"] for impl in ("eager", "sdpa")] + [("nanogpt", "-"), ("chargpt", "-")]
 
 
 def build_model(family: str, impl: str) -> CausalLMLogits:

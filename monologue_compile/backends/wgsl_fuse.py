@@ -17,7 +17,7 @@ WebGPU requires). Buffer placement is untouched: each part writes exactly where 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..wgsl.kernels import MAX_STORAGE_BUFFERS
 
@@ -32,7 +32,11 @@ class _Part:
     heads_dim: tuple  # (heads, head_dim) of a rope; (width,) of a copy
     spec: dict  # rope_parts part, less `heads` of a copy (known once head_dim is)
     out: str  # the buffer it writes
-    weight: str | None = None  # the buffer of its pre-rope norm's weight
+    weights: dict = field(default_factory=dict)  # its norms' weight buffers by spec key (pre_weight, post_weight)
+
+
+# a rope_qknorm dispatch's binding of each norm weight
+_WEIGHT_BINDINGS = {"pre_weight": "pw", "post_weight": "qw"}
 
 
 def _part(p) -> _Part | None:
@@ -47,8 +51,9 @@ def _part(p) -> _Part | None:
         for k in ("eps", "pre_norm", "pre_eps"):
             if k in kw:
                 spec[k] = kw[k]
+        weights = {k: p.buffers[b] for k, b in _WEIGHT_BINDINGS.items() if b in p.buffers}
         return _Part(p.node, T, p.buffers["x"], kw.get("in_row_stride") or H * D, (p.buffers["cos"], p.buffers["sin"]),
-                     (H, D), spec, p.buffers["y"], p.buffers.get("pw"))
+                     (H, D), spec, p.buffers["y"], weights)
     if p.family == "kv_write":
         T, W = p.args
         kw = p.kwargs
@@ -67,10 +72,10 @@ def _rope_run(parts: list[_Part]) -> int | None:
     if len({(q.T, q.src, q.row_stride) for q in parts}) > 1 or (D and any(q.heads_dim[0] % D for q in parts if not q.tables)):
         return None
     outs = [q.out for q in parts]
-    reads = {parts[0].src, *(t for q in ropes for t in q.tables), *(q.weight for q in parts if q.weight)}
+    reads = {parts[0].src, *(t for q in ropes for t in q.tables), *(w for q in parts for w in q.weights.values())}
     if len(set(outs)) != len(outs) or reads & set(outs):
         return None
-    if 3 + len(parts) + sum(bool(q.weight) for q in parts) > MAX_STORAGE_BUFFERS:
+    if 3 + len(parts) + sum(len(q.weights) for q in parts) > MAX_STORAGE_BUFFERS:
         return None
     return D
 
@@ -81,9 +86,9 @@ def _merge_ropes(run, parts: list[_Part], D: int):
         spec = dict(q.spec, out=f"y{i}")
         if not q.tables:
             spec["heads"] = q.heads_dim[0] // D
-        if q.weight:
-            spec["pre_weight"] = f"pw{i}"
-            bufs[f"pw{i}"] = q.weight
+        for k, buf in q.weights.items():
+            spec[k] = f"{_WEIGHT_BINDINGS[k]}{i}"
+            bufs[spec[k]] = buf
         specs.append(spec)
         bufs[f"y{i}"] = q.out
     rope = next(q for q in parts if q.tables)

@@ -607,17 +607,22 @@ class _Builder:
                 _fail(n, f"table {p.inputs[0]} {tab.shape} does not fit head_dim {D}")
             tables.append(self._table(p.inputs[0]))
         steps = list(n.attrs.get("epilogue") or [])
-        kw = {}
-        if steps and steps[0].get("fn") == "rms_norm" and "operand" not in steps[0]:
-            kw.update(qk_norm=True, eps=steps.pop(0)["eps"])
-        else:
-            kw["qk_norm"] = False
+        kw, bufs = {"qk_norm": False}, {}
+        if steps and steps[0].get("fn") == "rms_norm":
+            st = steps.pop(0)
+            kw.update(qk_norm=True, eps=st["eps"])
+            if "operand" in st:  # a norm weight after the rotation (HunYuan)
+                w = n.inputs[3 + st["operand"]]
+                if w not in self.g.weights:
+                    _fail(n, f"rope epilogue norm weight %{w} is not a weight")
+                kw["post_weight"] = True
+                bufs["qw"] = self._table(w)
         if steps and steps[0].get("fn") == "mul" and "scalar" in steps[0]:
             kw["post_scale"] = float(steps.pop(0)["scalar"])
         if steps:
             _fail(n, f"rope epilogue {steps} (only rms_norm, then a scalar multiply)")
         y = self.loc[n.name]
-        bufs = {"x": x.buffer, "cos": tables[0], "sin": tables[1], "y": y.buffer, "step": STEP_BUFFER}
+        bufs.update({"x": x.buffer, "cos": tables[0], "sin": tables[1], "y": y.buffer, "step": STEP_BUFFER})
         if pre is not None:  # the RMSNorm before the rotation
             kw.update(pre_norm=True, pre_eps=pre.attrs["eps"], pre_weight=len(pre.inputs) > 1)
             if len(pre.inputs) > 1:

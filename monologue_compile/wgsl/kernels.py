@@ -448,18 +448,19 @@ def token_shift(T: int, L: int, *, x_offset: int = 0, x_row_stride: int | None =
 
 def rope_qknorm(T: int, H: int, D: int, *, qk_norm: bool = True, post_scale: float = 0.0, inplace: bool = True,
                 in_offset: int = 0, in_row_stride: int | None = None, out_offset: int = 0, out_at_pos: bool = False, out_row_stride: int | None = None,
-                eps: float = RMS_EPS, pre_norm: bool = False, pre_weight: bool = False, pre_eps: float = RMS_EPS,
-                covers=(), name: str = "rope_qknorm") -> Kernel:
-    """RoPE (host cos/sin tables, position step.pos + t), then optional per-head RMSNorm and scale;
-    `pre_norm`: each head RMS-normed before the rotation (times the weight pw [D] with `pre_weight`).
+                eps: float = RMS_EPS, post_weight: bool = False, pre_norm: bool = False, pre_weight: bool = False,
+                pre_eps: float = RMS_EPS, covers=(), name: str = "rope_qknorm") -> Kernel:
+    """RoPE (host cos/sin tables, position step.pos + t), then optional per-head RMSNorm (times the
+    weight qw [D] with `post_weight`) and scale; `pre_norm`: each head RMS-normed before the rotation
+    (times the weight pw [D] with `pre_weight`).
 
-    Bindings: x, cos, sin ([max_seq, D/2]), [pw], [y], step. Row t of x is read at in_offset + t * in_row_stride
+    Bindings: x, cos, sin ([max_seq, D/2]), [pw], [qw], [y], step. Row t of x is read at in_offset + t * in_row_stride
     (default a packed [T, H, D]; a merged q|k|v row works too). `inplace` writes back there (q);
     otherwise row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride] (k into the cache).
     Workgroups: (H, T).
     """
     part = dict(heads=H, rope=True, qk_norm=qk_norm, post_scale=post_scale, eps=eps, in_offset=in_offset,
-                pre_norm=pre_norm, pre_weight="pw" if pre_weight else None, pre_eps=pre_eps,
+                post_weight="qw" if post_weight else None, pre_norm=pre_norm, pre_weight="pw" if pre_weight else None, pre_eps=pre_eps,
                 out=None if inplace else "y", out_offset=out_offset, out_at_pos=out_at_pos,
                 out_row_stride=H * D if out_row_stride is None else out_row_stride)
     return rope_parts(T, D, [part], in_row_stride=H * D if in_row_stride is None else in_row_stride, covers=covers,
@@ -471,8 +472,9 @@ def rope_parts(T: int, D: int, parts: list[dict], *, in_row_stride: int, covers=
     copy (`rope`: False, the kv_write of v inside merged q|k|v rows), each with its own output: q roped
     in place or into a buffer, k roped into its KV cache, v copied into its cache.
 
-    A part is {heads, rope, qk_norm, post_scale, eps, pre_norm, pre_weight (the binding name of the
-    pre-rope norm's weight, or None), pre_eps, in_offset, out (None: in place over x, else the output
+    A part is {heads, rope, qk_norm, post_scale, eps, post_weight (the binding name of the norm's weight
+    after the rotation, or None), pre_norm, pre_weight (the binding name of the pre-rope norm's weight,
+    or None), pre_eps, in_offset, out (None: in place over x, else the output
     binding's name), out_offset, out_at_pos, out_row_stride}. Bindings: x, cos, sin, the parts'
     pre-norm weights, the parts' outputs in order, step. Workgroups: (sum of heads, T); workgroup h runs the part whose
     head range holds h.
@@ -489,12 +491,15 @@ def rope_parts(T: int, D: int, parts: list[dict], *, in_row_stride: int, covers=
             outputs.append(out)
         rope = q.get("rope", True)
         pre_w = q.get("pre_weight") if rope and q.get("pre_norm") else None
-        _check(pre_w is None or pre_w not in weights + outputs + ["x"], f"weight binding {pre_w} of two parts")
-        if pre_w:
-            weights.append(pre_w)
+        post_w = q.get("post_weight") if rope and q.get("qk_norm") else None
+        for w in (pre_w, post_w):
+            _check(w is None or w not in weights + outputs + ["x"], f"weight binding {w} of two parts")
+            if w:
+                weights.append(w)
         rendered.append(dict(h0=h0, heads=q["heads"], rope=rope, qk_norm=rope and bool(q.get("qk_norm")),
                              pre_norm=rope and bool(q.get("pre_norm")), pre_weight=pre_w, pre_eps=q.get("pre_eps", RMS_EPS),
-                             post_scale=float(q.get("post_scale") or 0.0) if rope else 0.0, eps=q.get("eps", RMS_EPS),
+                             post_scale=float(q.get("post_scale") or 0.0) if rope else 0.0, post_weight=post_w,
+                             eps=q.get("eps", RMS_EPS),
                              in_offset=q.get("in_offset", 0), out=out, out_offset=q.get("out_offset", 0),
                              out_at_pos=bool(q.get("out_at_pos")), out_row_stride=q.get("out_row_stride") or q["heads"] * D))
         h0 += q["heads"]
