@@ -358,7 +358,8 @@ class _Builder:
         """Whether elementwise n runs as the map prologue of the one decode matvec that reads it
         (silu(gate) * up before a down projection) instead of a dispatch of its own: steps that map
         each element (no norm or softmax), every operand a whole row like x, each at an offset the
-        matvec reads as vec4, all left intact by the memory plan until the matvec runs."""
+        matvec reads as vec4, all left intact by the memory plan until the matvec runs and none in
+        its output's buffer (a binding both read and written in one dispatch is invalid)."""
         if not self.fuse or T != 1 or n.op != "elementwise" or n.name in self.g.outputs:
             return False
         users = self.users.get(n.name, [])
@@ -367,10 +368,11 @@ class _Builder:
         L = _per_token(n.type.shape)
         if any(st["fn"] not in elementwise.FUNCTIONS for st in n.attrs["steps"]):
             return False
+        y = self.loc[users[0].name].buffer
         for name in n.inputs:
             loc = self.loc.get(name)
             if (loc is None or loc.at_pos or loc.row_floats != L or loc.offset % 4 or self.g.type_of(name).shape != n.type.shape
-                    or not intact_until(self.g, name, users[0].name, skip=(n.name,))):
+                    or loc.buffer == y or not intact_until(self.g, name, users[0].name, skip=(n.name,))):
                 return False
         return True
 
@@ -779,6 +781,13 @@ def build_plan(g: Graph, *, chunk: int | None = None, max_binding: int = DEFAULT
                                                for i, bb in enumerate(k.bindings)]})
             pi = pipe_index[key(pend)]
             entries = [pend.buffers[bb.name] for bb in k.bindings]
+            written = {pend.buffers[bb.name] for bb in k.bindings if bb.kind == "read_write"}
+            if len(written & {e for e, bb in zip(entries, k.bindings) if bb.kind != "read_write"}) or \
+                    len(written) != sum(bb.kind == "read_write" for bb in k.bindings):
+                # WebGPU refuses a buffer bound for writing and once more in one dispatch: a fusion
+                # that missed an alias (a bug here, not the model's)
+                raise MonologueError(f"wgsl plan: the {k.name} dispatch of %{pend.node} binds a buffer it writes a second "
+                                     f"time ({dict(zip([bb.name for bb in k.bindings], entries))})")
             bkey = json.dumps([pi, entries])
             if bkey not in bg_index:
                 bg_index[bkey] = len(bind_groups)
