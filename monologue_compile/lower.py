@@ -240,6 +240,12 @@ def _permute(c, x, perm):
     return c.emit("permute", [c.t(x)], {"perm": [_axis(p, rank) for p in perm]})
 
 
+def _reverse_axes(c, x):
+    """x.T (numpy_T) and x.t(): every axis reversed."""
+    rank = len(c.type(c.t(x)).shape)
+    return c.emit("permute", [c.t(x)], {"perm": list(range(rank))[::-1]})
+
+
 def _transpose(c, x, d0, d1):
     rank = len(c.type(c.t(x)).shape)
     perm = list(range(rank))
@@ -258,7 +264,7 @@ def _slice(c, x, dim=0, start=None, end=None, step=1):
     dim = _axis(dim, len(t.shape))
     start = 0 if start is None else start
     if step != 1:
-        c.fail("strided slices are not supported")
+        return _strided_slice(c, name, dim, start, end, step)
     if t.shape[dim] == SEQ and start == 0 and end == -1:
         return _Pending("prefix", name)  # x[:, :-1]: all but the last position
     out = c.out_type()
@@ -274,6 +280,46 @@ def _slice(c, x, dim=0, start=None, end=None, step=1):
     size = t.shape[dim]
     end = size if end is None else min(int(c.dim(end)), size)
     return c.emit("slice", [name], {"axis": dim, "start": int(start), "end": int(end)})
+
+
+def _strided_slice(c, name: str, dim: int, start: int, end, step: int) -> str:
+    """x[..., start:end:step] as views: the axis split into (n / step, step), one column of the
+    step taken, the rest of the outer axis sliced, merged back (GPT-J's rotate_every_two)."""
+    t = c.type(name)
+    size = t.shape[dim]
+    if size == SEQ or c.is_table(name):
+        c.fail("a strided slice along the sequence axis (sequence-mixing the compiler does not understand)")
+    if step < 1 or size % step:
+        c.fail(f"a slice with step {step} of an axis of {size} (only steps that divide the axis are understood)")
+    start = max(0, start + size if start < 0 else start)
+    end = size if end is None else int(c.dim(end))
+    end = max(0, min(size, end + size if end < 0 else end))
+    m = len(range(start, end, step))
+    shape = list(t.shape)
+    split = shape[:dim] + [size // step, step] + shape[dim + 1:]
+    y = c.emit("reshape", [name], {"shape": list(split)}, TensorType(tuple(split), t.dtype), "split")
+    split[dim + 1] = 1
+    y = c.emit("slice", [y], {"axis": dim + 1, "start": start % step, "end": start % step + 1},
+               TensorType(tuple(split), t.dtype), "column")
+    if m != size // step:
+        split[dim] = m
+        y = c.emit("slice", [y], {"axis": dim, "start": start // step, "end": start // step + m},
+                   TensorType(tuple(split), t.dtype), "rows")
+    return c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
+
+
+def _stack(c, tensors, dim=0):
+    """torch.stack: each tensor given a new axis at dim, then concatenated along it."""
+    out = c.out_type()
+    dim = _axis(dim, len(out.shape))
+    parts = []
+    for i, a in enumerate(tensors):
+        t = c.type(c.t(a))
+        shape = t.shape[:dim] + (1,) + t.shape[dim:]
+        parts.append(c.emit("reshape", [c.t(a)], {"shape": list(shape)}, TensorType(shape, t.dtype), f"item{i}"))
+    if out.shape[dim] == SEQ:
+        c.fail("a stack along the sequence axis (sequence-mixing the compiler does not understand)")
+    return c.emit("concat", parts, {"axis": dim})
 
 
 def _cat(c, tensors, dim=0):
@@ -446,10 +492,10 @@ def _scores_op(c, fn, a, b):
     attrs = dict(p.attrs)
     if fn in ("mul", "div") and isinstance(other, (int, float)) and (fn == "mul" or _scores(c, a)):
         attrs["scale"] = attrs["scale"] * other if fn == "mul" else attrs["scale"] / other
-    elif fn == "add" and attrs["window"] is None:
-        attrs["window"] = c.mask_window(other, additive=True)
+    elif fn == "add":
+        attrs["window"] = _both(attrs["window"], c.mask_window(other, additive=True))
     else:
-        c.fail(f"attention scores {fn} {other!r} (only a scale and one causal mask are understood; logit softcapping "
+        c.fail(f"attention scores {fn} {other!r} (only a scale and causal masks are understood; logit softcapping "
                "is not supported)")
     return _Pending("scores", p.name, **attrs)
 
@@ -458,9 +504,45 @@ def _masked_fill(c, x, mask, value):
     if not _scores(c, x):
         c.fail("masked_fill of activations (only a causal mask of attention scores is understood)")
     p = c.env[x]
-    if p.attrs["window"] is not None or float(value) != float("-inf"):
-        c.fail("masked_fill of attention scores other than one causal mask with -inf")
-    return _Pending("scores", p.name, **{**p.attrs, "window": c.mask_window(mask, additive=False, invert=True)})
+    if float(value) != float("-inf"):
+        c.fail("masked_fill of attention scores other than a causal mask with -inf")
+    window = _both(p.attrs["window"], c.mask_window(mask, additive=False, invert=True))
+    return _Pending("scores", p.name, **{**p.attrs, "window": window})
+
+
+def _where(c, cond, x, other):
+    """torch.where(causal mask, scores, fill): GPT-Neo's eager attention (fill: float32's lowest)."""
+    if not _scores(c, x):
+        c.fail("where on activations (only where(causal mask, attention scores, -inf) is understood)")
+    p, fill = c.env[x], _constant_scalar(c, other)
+    # a fill at or below -1e30 is -inf to the softmax (exp underflows to 0): the additive masks'
+    # convention (position_fold._allowed)
+    if fill is None or fill > -1e30:
+        c.fail("where on attention scores other than a causal mask and a fill of -inf")
+    return _Pending("scores", p.name, **{**p.attrs, "window": _both(p.attrs["window"], c.mask_window(cond, additive=False))})
+
+
+def _both(a: int | None, b: int) -> int:
+    """The window of two causal masks applied one after the other (None: no mask yet; 0: all keys)."""
+    if a is None:
+        return b
+    return min(w for w in (a, b) if w) if a or b else 0
+
+
+def _constant_scalar(c, a) -> float | None:
+    """The value of a one-element constant argument (a number, a 0-d buffer or constant), else None."""
+    if isinstance(a, (int, float)):
+        return float(a)
+    if not isinstance(a, torch.fx.Node):
+        return None
+    v = c.env.get(a)
+    if isinstance(v, _Const):
+        value = c.evaluator.value(a, c.tmax)
+    elif isinstance(v, str) and v in c.g.weights:
+        value = torch.from_numpy(np.asarray(c.g.weights[v].data))
+    else:
+        return None
+    return float(value.reshape(-1)[0]) if isinstance(value, torch.Tensor) and value.numel() == 1 else None
 
 
 def _matmul(c, a, b, part=""):
@@ -495,6 +577,9 @@ def _matmul(c, a, b, part=""):
         return _Pending("scores", an, q=an, k=kn.inputs[0], scale=1.0, window=None)
     if bn in c.g.weights and len(bt.shape) == 2:
         return c.emit("linear", [an, _transposed(c, bn)], part=part)
+    kn = c.g.node(bn)
+    if kn.op == "permute" and kn.attrs["perm"] == [1, 0] and kn.inputs[0] in c.g.weights:
+        return c.emit("linear", [an, kn.inputs[0]], part=part)  # x @ W.T (Falcon): W is linear's (N, K)
     c.fail("a matrix product of two activations (only attention's q @ k.T and probs @ v are understood)")
 
 
@@ -618,6 +703,10 @@ for _op, _conv in {
     aten.mm.default: _matmul,
     aten.addmm.default: _addmm,
     aten.masked_fill.Scalar: _masked_fill,
+    aten.where.self: _where,
+    aten.stack.default: _stack,
+    aten.numpy_T.default: _reverse_axes,  # Falcon's `input @ self.weight.T`
+    aten.t.default: _reverse_axes,
     aten.split.Tensor: _split,
     aten.split_with_sizes.default: _split,
     aten.chunk.default: _chunk,
@@ -658,7 +747,11 @@ def lower(ep: torch.export.ExportedProgram) -> Graph:
             continue
         role = "param" if spec.kind.name == "PARAMETER" else "table"
         if not tensor.is_floating_point():
-            raise MonologueError(f"buffer {spec.target} is not floating point ({tensor.dtype})")
+            # a bool or integer buffer (GPT-Neo's and GPT-BigCode's causal masks) is a constant: it
+            # is evaluated where it is used, as a mask or a table, and never stored as a weight
+            # (`materialize` refuses one that an op on activations reads)
+            c.env[n] = _Const(n)
+            continue
         c.g.weights[spec.target] = Weight(tuple(tensor.shape), "f32",
                                           tensor.detach().to(torch.float32).numpy(), None, role)
         seen_storage[key] = spec.target

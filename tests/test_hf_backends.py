@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from test_hf_models import build_model, ids  # noqa: E402
+from test_hf_models import IMPLS, build_model, ids  # noqa: E402
 from test_runtime_native_parity import HAVE_CARGO, greedy, shared_crate_dir  # noqa: E402
 
 from monologue_compile.backends.native import NativeModel, wasm_session_for_graph  # noqa: E402
@@ -24,12 +24,12 @@ from monologue_compile.frontend.module import from_module  # noqa: E402
 from monologue_compile.parity import TOLERANCES, metrics, rq_state_dict  # noqa: E402
 
 FAMILIES = ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma3", "phi3", "smollm3", "hunyuan",
-            "nanogpt", "chargpt"]
+            "gptj", "glm", "gpt_neo", "gpt_bigcode", "nanogpt", "chargpt"]
 @pytest.fixture(scope="module", params=FAMILIES)
 def int8(request):
     """(graph at int8, R_q module) of a family, compiled once for every backend."""
     family = request.param
-    loaded = from_module(build_model(family, "sdpa").model, None, 80)
+    loaded = from_module(build_model(family, IMPLS.get(family, ("sdpa",))[-1]).model, None, 80)
     c = build(loaded, "int8")
     return c.graph, loaded.build_module(rq_state_dict(c.graph)).eval()
 

@@ -34,8 +34,8 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 
 
 def hf_configs() -> dict:
-    from transformers import (Gemma3TextConfig, GPT2Config, HunYuanDenseV1Config, LlamaConfig, Phi3Config, Qwen2Config,
-                              Qwen3Config, SmolLM3Config)
+    from transformers import (Gemma3TextConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig, GPTNeoConfig,
+                              HunYuanDenseV1Config, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config, SmolLM3Config)
 
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
@@ -50,7 +50,21 @@ def hf_configs() -> dict:
         "phi3": Phi3Config(**SMALL, partial_rotary_factor=0.5),
         "smollm3": SmolLM3Config(**SMALL, no_rope_layers=[1, 0]),
         "hunyuan": HunYuanDenseV1Config(**SMALL, head_dim=8),  # weighted q/k RMSNorm after the rotation
+        # rotate_every_two (x[..., ::2]) on part of each head, attention and MLP side by side
+        "gptj": GPTJConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=S, rotary_dim=4, bos_token_id=1,
+                           eos_token_id=2),
+        "glm": GlmConfig(**SMALL, head_dim=8),  # interleaved partial rotary in (B, H, T, D)
+        # bool tril buffers (with a window on the local layers) in torch.where, fill float32's lowest
+        "gpt_neo": GPTNeoConfig(vocab_size=V, hidden_size=32, num_layers=2, num_heads=4, window_size=5,
+                                attention_types=[[["global", "local"], 1]], max_position_embeddings=S, bos_token_id=1,
+                                eos_token_id=2),
+        "gpt_bigcode": GPTBigCodeConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=S, bos_token_id=1,
+                                        eos_token_id=2),  # multi-query, a bool causal buffer
     }
+
+
+# the attention implementations a family's transformers class offers, when not both
+IMPLS = {"gpt_neo": ("eager",)}
 
 
 def randomized(model: nn.Module, seed: int) -> nn.Module:
@@ -159,7 +173,8 @@ class CharBlock(nn.Module):
 # --- the matrix ----------------------------------------------------------------------------------
 
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma3", "phi3",
-                             "smollm3", "hunyuan"] for impl in ("eager", "sdpa")] + [("nanogpt", "-"), ("chargpt", "-")]
+                             "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode"]
+         for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-")]
 
 
 def build_model(family: str, impl: str) -> CausalLMLogits:
@@ -213,8 +228,8 @@ def test_chunked_prefill_and_decode_equal_one_shot_past_the_window(cell):
 
 
 def test_64_greedy_tokens_identical_to_the_model(cell):
-    (_, impl), model, g = cell
-    if impl == "eager":
+    (family, impl), model, g = cell
+    if impl == "eager" and "sdpa" in IMPLS.get(family, ("sdpa",)):
         pytest.skip("eager and sdpa differ in attention only, which the logits and chunked checks cover; the "
                     "64-step reference decode (full recompute) is the slowest check, so it runs once per family")
     prompt = [int(t) for t in ids(8, 2)]
@@ -310,6 +325,29 @@ def test_missing_and_corrupt_shards_are_named(qwen3_folder, tmp_path):
 
 
 # --- refusals ------------------------------------------------------------------------------------
+
+def test_products_with_a_transposed_weight_are_linears():
+    """`x @ W.t()` and `x @ W.T` (a hand-written projection, a tied head, Falcon's Linear) are
+    `linear` on W itself, not a product of two activations."""
+
+    class Transposed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(V, 16)
+            self.proj = nn.Parameter(torch.randn(24, 16) / 4)
+
+        def forward(self, idx):
+            return F.gelu(self.wte(idx) @ self.proj.t())[..., :16] @ self.wte.weight.T
+
+    torch.manual_seed(5)
+    model = CausalLMLogits(Transposed().eval(), S)
+    g = compiled(model)
+    assert sorted(n.inputs[1] for n in g.nodes if n.op == "matmul") == ["model.proj", "model.wte.weight"]
+    x = ids(12)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    assert np.abs(Session(g).forward(x) - ref).max() <= 1e-5 * np.abs(ref).max()
+
 
 def test_moe_routing_is_refused_by_name():
     from transformers import AutoModelForCausalLM, Qwen2MoeConfig

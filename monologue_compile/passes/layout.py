@@ -127,9 +127,25 @@ def _attention_rule(g: Graph, n: Node, perm: list[int]) -> dict | None:
     return {**n.attrs, "layout": "BTHD"}
 
 
-# op -> how it works on the unpermuted value (its new attrs), or None when it does not commute with perm;
-# every tensor input must then be the same permute (or a table/weight the pass permutes back)
+def _reshape_rule(g: Graph, n: Node, perm: list[int]) -> tuple[dict, list[int]] | None:
+    """A reshape of only the axes the permute leaves in place (x[..., ::2]'s split of the last axis
+    into (D / 2, 2)): the same reshape of the unpermuted value, the permute extended over the new
+    axes after it."""
+    src, out = g.type_of(n.inputs[0]).shape, n.type.shape
+    k = len(perm)
+    while k > 0 and perm[k - 1] == k - 1:
+        k -= 1
+    if tuple(out[:k]) != tuple(src[:k]):
+        return None
+    after = list(perm[:k]) + list(range(k, len(out)))
+    return {"shape": list(_permuted(out, _inverse(after)))}, after
+
+
+# op -> how it works on the unpermuted value (its new attrs, and the permute that then follows it where
+# that is not perm), or None when it does not commute with perm; every tensor input must then be the same
+# permute (or a table/weight the pass permutes back)
 SINK = {
+    "reshape": _reshape_rule,
     "unary": _axis_rule(),
     "binary": _axis_rule(),
     "cast": _axis_rule(),
@@ -195,6 +211,7 @@ class _Sinker:
         attrs = rule(g, u, perm) if rule else None
         if attrs is None:
             return False
+        attrs, after_perm = attrs if isinstance(attrs, tuple) else (attrs, perm)
         rank = len(p.type.shape)
         by_name = {n.name: n for n in g.nodes}
         tensors = u.inputs[:_VECTOR_INPUTS.get(u.op, len(u.inputs))]
@@ -212,8 +229,8 @@ class _Sinker:
             new_inputs[i] = twin
         old_type = u.type
         u.inputs, u.attrs = new_inputs, attrs
-        u.type = TensorType(_permuted(old_type.shape, inv), old_type.dtype)
-        after = Node(g.fresh(u.name + "_perm"), "permute", [u.name], {"perm": list(perm)}, old_type, p.source)
+        u.type = TensorType(_permuted(old_type.shape, _inverse(after_perm)), old_type.dtype)
+        after = Node(g.fresh(u.name + "_perm"), "permute", [u.name], {"perm": list(after_perm)}, old_type, p.source)
         rename_uses(g, u.name, after.name)
         after.inputs = [u.name]
         g.nodes.insert(g.nodes.index(u) + 1, after)
