@@ -235,6 +235,10 @@ def _reshape(c, x, shape):
     return c.emit("reshape", [c.t(x)], {"shape": list(out.shape)})
 
 
+def _flatten(c, x, start_dim=0, end_dim=-1):
+    return _reshape(c, x, None)  # the shape is the fx node's own
+
+
 def _permute(c, x, perm):
     rank = len(c.type(c.t(x)).shape)
     return c.emit("permute", [c.t(x)], {"perm": [_axis(p, rank) for p in perm]})
@@ -278,8 +282,14 @@ def _slice(c, x, dim=0, start=None, end=None, step=1):
             return name  # the whole sequence: an alias
         c.fail("a slice along the sequence axis (sequence-mixing the compiler does not understand)")
     size = t.shape[dim]
-    end = size if end is None else min(int(c.dim(end)), size)
-    return c.emit("slice", [name], {"axis": dim, "start": int(start), "end": int(end)})
+    start, end = _slice_bounds(c, start, end, size)
+    return c.emit("slice", [name], {"axis": dim, "start": start, "end": end})
+
+
+def _slice_bounds(c, start, end, size: int) -> tuple[int, int]:
+    """Python's [start:end] bounds on an axis of `size`, negative ones counted from the end."""
+    start, end = int(start), size if end is None else int(c.dim(end))
+    return tuple(min(size, max(0, i + size if i < 0 else i)) for i in (start, end))
 
 
 def _strided_slice(c, name: str, dim: int, start: int, end, step: int) -> str:
@@ -291,9 +301,7 @@ def _strided_slice(c, name: str, dim: int, start: int, end, step: int) -> str:
         c.fail("a strided slice along the sequence axis (sequence-mixing the compiler does not understand)")
     if step < 1 or size % step:
         c.fail(f"a slice with step {step} of an axis of {size} (only steps that divide the axis are understood)")
-    start = max(0, start + size if start < 0 else start)
-    end = size if end is None else int(c.dim(end))
-    end = max(0, min(size, end + size if end < 0 else end))
+    start, end = _slice_bounds(c, start, end, size)
     m = len(range(start, end, step))
     shape = list(t.shape)
     split = shape[:dim] + [size // step, step] + shape[dim + 1:]
@@ -306,6 +314,35 @@ def _strided_slice(c, name: str, dim: int, start: int, end, step: int) -> str:
         y = c.emit("slice", [y], {"axis": dim, "start": start // step, "end": start // step + m},
                    TensorType(tuple(split), t.dtype), "rows")
     return c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
+
+
+def _index(c, x, indices):
+    """x[..., [i, j, ..], ..] with constant indices on one axis other than the sequence's (Falcon's
+    `fused_qkv[..., [-2], :]`): a slice for each run of consecutive indices, concatenated."""
+    name = c.t(x)
+    t = c.type(name)
+    axes = [a for a, i in enumerate(indices) if i is not None]
+    if len(axes) != 1 or not isinstance(c.env.get(indices[axes[0]]), _Const):
+        c.fail("indexing other than by constant indices on one axis")
+    axis, size = axes[0], t.shape[axes[0]]
+    value = c.evaluator.value(indices[axis], c.tmax)
+    if size == SEQ or value.dim() != 1 or value.is_floating_point() or value.dtype == torch.bool:
+        c.fail("indexing other than by a list of integers on one axis other than the sequence's")
+    picks = [int(i) + size if int(i) < 0 else int(i) for i in value]
+    if not all(0 <= i < size for i in picks):
+        c.fail(f"index out of range for an axis of {size}")
+    runs = []  # [start, end) of consecutive picks
+    for i in picks:
+        if runs and runs[-1][1] == i:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, i + 1])
+    parts = []
+    for k, (a, b) in enumerate(runs):
+        shape = tuple(b - a if d == axis else n for d, n in enumerate(t.shape))
+        parts.append(c.emit("slice", [name], {"axis": axis, "start": a, "end": b}, TensorType(shape, t.dtype),
+                            f"run{k}" if len(runs) > 1 else ""))
+    return parts[0] if len(parts) == 1 else c.emit("concat", parts, {"axis": axis})
 
 
 def _stack(c, tensors, dim=0):
@@ -361,6 +398,25 @@ def _binary(fn):
         return c.emit("binary", [c.t(b)], {"fn": fn, "scalar": float(a), "reverse": True})
 
     return conv
+
+
+def _in_place(fn):
+    """x += y (and -=, *=, /=) as x + y. The tracer gives the sum to every later reader of the tensor
+    x, but a view taken of x before (or a node reading x after) would see the sum in eager PyTorch
+    and x here: refused by name."""
+    conv = _binary(fn)
+
+    def lower_in_place(c, a, b, **kw):
+        if isinstance(a, torch.fx.Node):
+            order = {n: i for i, n in enumerate(c.ep.graph.nodes)}
+            for u in a.users:
+                aliases = isinstance(u.target, torch._ops.OpOverload) and any(
+                    r.alias_info is not None for r in u.target._schema.returns)
+                if u is not c.fx and (aliases or order[u] > order[c.fx]):
+                    c.fail(f"in-place {fn} of a value read again afterwards (%{u.name}, a view or a later read)")
+        return conv(c, a, b, **kw)
+
+    return lower_in_place
 
 
 def _rsub(c, a, b, *, alpha=1):
@@ -519,7 +575,8 @@ def _where(c, cond, x, other):
     # convention (position_fold._allowed)
     if fill is None or fill > -1e30:
         c.fail("where on attention scores other than a causal mask and a fill of -inf")
-    return _Pending("scores", p.name, **{**p.attrs, "window": _both(p.attrs["window"], c.mask_window(cond, additive=False))})
+    window = _both(p.attrs["window"], c.mask_window(cond, additive=False))
+    return _Pending("scores", p.name, **{**p.attrs, "window": window})
 
 
 def _both(a: int | None, b: int) -> int:
@@ -647,7 +704,7 @@ CONVERTERS: dict[object, Callable] = {
     aten._unsafe_view.default: _reshape,
     aten.unsqueeze.default: _unsqueeze,
     aten.squeeze.dim: _unsqueeze,
-    aten.flatten.using_ints: _reshape,
+    aten.flatten.using_ints: _flatten,
     aten.transpose.int: _transpose,
     aten.permute.default: _permute,
     aten.slice.Tensor: _slice,
@@ -705,6 +762,11 @@ for _op, _conv in {
     aten.masked_fill.Scalar: _masked_fill,
     aten.where.self: _where,
     aten.stack.default: _stack,
+    aten.index.Tensor: _index,
+    aten.broadcast_to.default: _expand,
+    # Falcon's `mlp_output += attention_output`, `attention_scores /= math.sqrt(self.head_dim)`
+    **{getattr(aten, f"{fn}_").Tensor: _in_place(fn) for fn in ("add", "sub", "mul", "div")},
+    **{getattr(aten, f"{fn}_").Scalar: _in_place(fn) for fn in ("add", "sub", "mul", "div")},
     aten.numpy_T.default: _reverse_axes,  # Falcon's `input @ self.weight.T`
     aten.t.default: _reverse_axes,
     aten.split.Tensor: _split,

@@ -34,8 +34,9 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 
 
 def hf_configs() -> dict:
-    from transformers import (Gemma3TextConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig, GPTNeoConfig,
-                              HunYuanDenseV1Config, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config, SmolLM3Config)
+    from transformers import (FalconConfig, Gemma3TextConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig,
+                              GPTNeoConfig, HunYuanDenseV1Config, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config,
+                              SmolLM3Config)
 
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
@@ -60,6 +61,12 @@ def hf_configs() -> dict:
                                 eos_token_id=2),
         "gpt_bigcode": GPTBigCodeConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=S, bos_token_id=1,
                                         eos_token_id=2),  # multi-query, a bool causal buffer
+        # Falcon-7B's multi-query heads picked by index (`[..., [-2], :]`) and `mlp_output += attn`;
+        # Falcon-40B's grouped layout (broadcast_to, flatten of two axes)
+        "falcon": FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, bos_token_id=1,
+                               eos_token_id=2),
+        "falcon-40b": FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   num_kv_heads=2, new_decoder_architecture=True, bos_token_id=1, eos_token_id=2),
     }
 
 
@@ -173,7 +180,7 @@ class CharBlock(nn.Module):
 # --- the matrix ----------------------------------------------------------------------------------
 
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma3", "phi3",
-                             "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode"]
+                             "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b"]
          for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-")]
 
 
@@ -347,6 +354,27 @@ def test_products_with_a_transposed_weight_are_linears():
     with torch.no_grad():
         ref = model(torch.from_numpy(x)[None])[0].numpy()
     assert np.abs(Session(g).forward(x) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_in_place_arithmetic_on_a_value_read_again_is_refused():
+    """`y += 1` is `y + 1` only when nothing reads y afterwards: a view of y taken before it sees the
+    sum in PyTorch, so it is refused by name (Falcon's `mlp_output += attention_output` compiles)."""
+
+    class Aliased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(V, 16)
+            self.head = nn.Linear(16, V)
+
+        def forward(self, idx):
+            y = self.wte(idx) * 2
+            v = y[..., :16]
+            y += 1
+            return self.head(v + y)
+
+    with pytest.raises(MonologueError, match=r"in-place add of a value read again afterwards \(%alias, a view.* "
+                                             r"at fx node %add_"):
+        compiled(CausalLMLogits(Aliased().eval(), S))
 
 
 def test_moe_routing_is_refused_by_name():
