@@ -145,8 +145,10 @@ def parameters_on_meta():
         nn.Module.register_parameter = register
 
 
-def build(config: dict, state_dict: dict[str, torch.Tensor]) -> CausalLMLogits:
-    """The transformers model of `config` ({"hf": config.json's dict, "sequence_len"}) with these weights."""
+def build(config: dict, state_dict: dict[str, torch.Tensor], fallback: dict[str, torch.Tensor] | None = None) -> CausalLMLogits:
+    """The transformers model of `config` ({"hf": config.json's dict, "sequence_len"}) with these weights.
+    `fallback` (the checkpoint's, for R_q): parameters `state_dict` lacks, because lowering evaluated
+    them into f32 position tables (GPT-2's learned positions), as they were."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     hf = dict(config["hf"])
@@ -166,6 +168,9 @@ def build(config: dict, state_dict: dict[str, torch.Tensor]) -> CausalLMLogits:
         out, inp = model.get_output_embeddings(), model.get_input_embeddings()
         if out is not None and inp is not None and out.weight.device.type == "meta":
             out.weight = inp.weight
+    if fallback is not None:
+        left = {k: fallback[k] for k, p in model.named_parameters() if p.device.type == "meta" and k in fallback}
+        model.load_state_dict(left, strict=False, assign=True)
     missing = [k for k, p in model.named_parameters() if p.device.type == "meta"]
     if missing:
         raise MonologueError(f"the weights have no {missing[0]} (the {cfg.model_type} model of config.json needs it)")

@@ -61,6 +61,10 @@ class LoadedModel:
         """The PyTorch model of this architecture with `state_dict` (default: the checkpoint's) loaded."""
         if self.factory is not None:
             return self.factory(self.state_dict if state_dict is None else state_dict)
+        if self.arch == "hf" and state_dict is not None:
+            from .hf import build
+
+            return build(self.config, state_dict, fallback=self.state_dict)  # R_q: what lowering folded, as loaded
         return build_module(self.arch, self.config, self.state_dict if state_dict is None else state_dict)
 
 
