@@ -95,8 +95,8 @@ def test_sequence_first_values_get_the_batch_axis():
 
 
 class PairsAfterTranspose(nn.Module):
-    """An interleaved-pairs view of the heads after the transpose: a reshape the layout pass cannot
-    move a permute through."""
+    """An interleaved-pairs view of the heads after the transpose (rotate_every_two's split of head_dim
+    into (D / 2, 2)): a reshape of the axes the permute leaves in place, which it sinks through."""
 
     def __init__(self):
         super().__init__()
@@ -111,8 +111,33 @@ class PairsAfterTranspose(nn.Module):
         return self.out(pairs.reshape(1, H, T, D).transpose(1, 2).reshape(1, T, C))
 
 
-def test_a_permute_that_cannot_sink_is_refused_by_name():
+class HeadGroupsAfterTranspose(nn.Module):
+    """The heads split into two groups after the transpose: a reshape of an axis the permute moves,
+    which no permute passes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.emb, self.out = nn.Embedding(V, C), nn.Linear(C, V)
+        self.group = nn.Parameter(torch.tensor([0.5, -2.0]).view(1, 2, 1, 1, 1))
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        q = self.emb(idx).view(1, T, H, D).transpose(1, 2)
+        groups = q.reshape(1, 2, H // 2, T, D) * self.group
+        return self.out(groups.reshape(1, H, T, D).transpose(1, 2).reshape(1, T, C))
+
+
+def test_a_permute_sinks_through_a_reshape_of_the_axes_it_keeps():
     model = PairsAfterTranspose()
+    g = compiled(model, "int8")
+    assert not [n for n in g.nodes if n.op == "permute"]  # met its inverse on the way down
+    logits_match(model, compiled(model))
+    generate(g)  # the Rust backend takes it (it refused the permute before)
+
+
+def test_a_permute_that_cannot_sink_is_refused_by_name():
+    model = HeadGroupsAfterTranspose()
     logits_match(model, compiled(model))  # the interpreter runs any layout
     g = compiled(model, "int8")
     with pytest.raises(CodegenError, match=r"%\w+: permute \[0, 2, 1, 3\] .* moves data \(T leaves axis 1; the "
