@@ -460,7 +460,8 @@ def rope_qknorm(T: int, H: int, D: int, *, qk_norm: bool = True, post_scale: flo
     Workgroups: (H, T).
     """
     part = dict(heads=H, rope=True, qk_norm=qk_norm, post_scale=post_scale, eps=eps, in_offset=in_offset,
-                post_weight="qw" if post_weight else None, pre_norm=pre_norm, pre_weight="pw" if pre_weight else None, pre_eps=pre_eps,
+                post_weight="qw" if post_weight else None, pre_norm=pre_norm,
+                pre_weight="pw" if pre_weight else None, pre_eps=pre_eps,
                 out=None if inplace else "y", out_offset=out_offset, out_at_pos=out_at_pos,
                 out_row_stride=H * D if out_row_stride is None else out_row_stride)
     return rope_parts(T, D, [part], in_row_stride=H * D if in_row_stride is None else in_row_stride, covers=covers,
@@ -476,7 +477,7 @@ def rope_parts(T: int, D: int, parts: list[dict], *, in_row_stride: int, covers=
     after the rotation, or None), pre_norm, pre_weight (the binding name of the pre-rope norm's weight,
     or None), pre_eps, in_offset, out (None: in place over x, else the output
     binding's name), out_offset, out_at_pos, out_row_stride}. Bindings: x, cos, sin, the parts'
-    pre-norm weights, the parts' outputs in order, step. Workgroups: (sum of heads, T); workgroup h runs the part whose
+    norm weights, the parts' outputs in order, step. Workgroups: (sum of heads, T); workgroup h runs the part whose
     head range holds h.
     """
     covers = _common(covers)
