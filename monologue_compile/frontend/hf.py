@@ -145,7 +145,8 @@ def parameters_on_meta():
         nn.Module.register_parameter = register
 
 
-def build(config: dict, state_dict: dict[str, torch.Tensor], fallback: dict[str, torch.Tensor] | None = None) -> CausalLMLogits:
+def build(config: dict, state_dict: dict[str, torch.Tensor],
+          fallback: dict[str, torch.Tensor] | None = None) -> CausalLMLogits:
     """The transformers model of `config` ({"hf": config.json's dict, "sequence_len"}) with these weights.
     `fallback` (the checkpoint's, for R_q): parameters `state_dict` lacks, because lowering evaluated
     them into f32 position tables (GPT-2's learned positions), as they were."""
