@@ -1,0 +1,187 @@
+"""Which transformers families compile: a tiny random config of each causal LM class below (more than
+the test matrix holds), traced and compiled as a user's folder would be, then checked the way
+tests/test_hf_models.py checks its cells (the interpreter against the model's own forward, chunked
+decode against one shot) and, with --backends, as tests/test_hf_backends.py does (native, wasm and
+WGSL against R_q, at int8 and int4-g32).
+
+    python benchmarks/probe_hf_families.py [--families gptj,falcon] [--impl sdpa|eager] [--backends]
+
+One line per family (with the other attention implementation where transformers offers only that
+one): `ok` with the errors, `refused` with the compiler's one-line error (a
+construct it does not cover, named), `no model` where transformers itself cannot build the config,
+or `CRASH` with the exception (a bug: a refusal must be a MonologueError). Exits 1 on a crash or a
+failed check. What this found is in issue 18's stop-33 note; the families that needed a fix are in
+the test matrix now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_hf_models import SMALL, S, V, compiled, ids, randomized  # noqa: E402
+
+from monologue_compile.errors import MonologueError  # noqa: E402
+from monologue_compile.frontend.hf import CausalLMLogits  # noqa: E402
+from monologue_compile.interpreter import Session  # noqa: E402
+
+GPT2_LIKE = dict(vocab_size=V, bos_token_id=1, eos_token_id=2)
+# family -> (config class in transformers, its keyword arguments)
+FAMILIES = {
+    "mistral": ("MistralConfig", dict(SMALL, sliding_window=None)),
+    "mistral-window": ("MistralConfig", dict(SMALL, sliding_window=5)),
+    "gemma": ("GemmaConfig", dict(SMALL, head_dim=8)),
+    "gemma2": ("Gemma2Config", dict(SMALL, head_dim=8, sliding_window=5)),
+    "olmo": ("OlmoConfig", SMALL),
+    "olmo2": ("Olmo2Config", SMALL),
+    "olmo3": ("Olmo3Config", SMALL),
+    "granite": ("GraniteConfig", SMALL),
+    "stablelm": ("StableLmConfig", SMALL),
+    "starcoder2": ("Starcoder2Config", SMALL),
+    "phi": ("PhiConfig", SMALL),
+    "cohere": ("CohereConfig", SMALL),
+    "helium": ("HeliumConfig", dict(SMALL, head_dim=8)),
+    "glm": ("GlmConfig", dict(SMALL, head_dim=8)),
+    "ernie4_5": ("Ernie4_5Config", dict(SMALL, head_dim=8)),
+    "exaone4": ("Exaone4Config", SMALL),
+    "seed_oss": ("SeedOssConfig", SMALL),
+    "arcee": ("ArceeConfig", SMALL),
+    "apertus": ("ApertusConfig", SMALL),
+    "hunyuan": ("HunYuanDenseV1Config", dict(SMALL, head_dim=8)),
+    "persimmon": ("PersimmonConfig", SMALL),
+    "nemotron": ("NemotronConfig", dict(SMALL, head_dim=8)),
+    "jais2": ("Jais2Config", SMALL),
+    "lfm2": ("Lfm2Config", SMALL),
+    "gpt_neox": ("GPTNeoXConfig", dict(GPT2_LIKE, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                       num_attention_heads=4, max_position_embeddings=S)),
+    "gptj": ("GPTJConfig", dict(GPT2_LIKE, n_embd=32, n_layer=2, n_head=4, n_positions=S, rotary_dim=4)),
+    "codegen": ("CodeGenConfig", dict(GPT2_LIKE, n_embd=32, n_layer=2, n_head=4, n_positions=S, rotary_dim=4)),
+    "gpt_neo": ("GPTNeoConfig", dict(GPT2_LIKE, hidden_size=32, num_layers=2, num_heads=4, window_size=5,
+                                     attention_types=[[["global", "local"], 1]], max_position_embeddings=S)),
+    "gpt_bigcode": ("GPTBigCodeConfig", dict(GPT2_LIKE, n_embd=32, n_layer=2, n_head=4, n_positions=S)),
+    "falcon": ("FalconConfig", dict(GPT2_LIKE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)),
+    "falcon-40b": ("FalconConfig", dict(GPT2_LIKE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        num_kv_heads=2, new_decoder_architecture=True)),
+    "bloom": ("BloomConfig", dict(GPT2_LIKE, hidden_size=32, n_layer=2, n_head=4)),
+    "opt": ("OPTConfig", dict(GPT2_LIKE, hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4,
+                              max_position_embeddings=S, word_embed_proj_dim=32, pad_token_id=0)),
+    "mpt": ("MptConfig", dict(vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_seq_len=S)),
+}
+
+
+def build(family: str, impl: str):
+    """(the family's model wrapped as the compiler sees a folder's, the attention implementation it
+    got: `impl`, else the other where transformers has only that one), or (None, transformers' reason)."""
+    import transformers
+
+    cls, kwargs = FAMILIES[family]
+    why = ""
+    for attn in (impl, {"sdpa": "eager", "eager": "sdpa"}[impl]):
+        try:
+            config = getattr(transformers, cls)(**kwargs)
+            torch.manual_seed(1)
+            model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
+        except Exception as e:  # noqa: BLE001 - transformers' own refusal (an attention implementation it lacks)
+            why = why or f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"
+            continue
+        return CausalLMLogits(randomized(model, 4), S), attn
+    return None, why
+
+
+def interpreter_errors(model, g) -> tuple[float, float]:
+    """(logits vs the model's forward, chunked decode vs one shot), relative to the largest logit."""
+    x = ids(24)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    whole = Session(g).forward(x)
+    s = Session(g)
+    parts = np.concatenate([s.forward(x[:7])] + [s.forward(x[i:i + 1]) for i in range(7, 24)])
+    scale = np.abs(ref).max()
+    return float(np.abs(whole - ref).max() / scale), float(np.abs(parts - whole).max() / scale)
+
+
+def backend_failures(model) -> list[str]:
+    """test_hf_backends' check of each backend at int8 and int4-g32; the failures, one line each."""
+    from test_hf_backends import check
+    from test_runtime_native_parity import shared_crate_dir
+
+    from monologue_compile.artifact import write_model
+    from monologue_compile.backends.native import NativeModel, model_files, wasm_session_for_graph
+    from monologue_compile.backends.rust_crate import build_native, emit_crate
+    from monologue_compile.backends.wgpu_executor import WgpuSession
+    from monologue_compile.driver import build as build_graph
+    from monologue_compile.frontend.module import from_module
+    from monologue_compile.parity import rq_state_dict
+
+    loaded = from_module(model.model, None, S)
+    out = []
+    for quant in ("int8", "int4-g32"):
+        g = build_graph(loaded, quant).graph
+        rq = loaded.build_module(rq_state_dict(g)).eval()
+        for backend in ("native", "wasm", "wgsl"):
+            try:
+                if backend == "native":
+                    import tempfile
+
+                    tmp = Path(tempfile.mkdtemp())
+                    write_model(g, tmp / "model", "{}", {"model": {"config": g.meta["config"]}})
+                    manifest, shards, _ = model_files(tmp)
+                    session = NativeModel(build_native(emit_crate(g, shared_crate_dir()), fast=True), manifest, shards, None)
+                elif backend == "wasm":
+                    session = wasm_session_for_graph(g)
+                else:
+                    session = WgpuSession.from_graph(g)
+
+                def forward(new, x, s=session):
+                    s.reset()
+                    return s.forward if new else s.forward(x)
+
+                check(forward, g, rq, g.meta["config"]["sequence_len"])
+            except Exception as e:  # noqa: BLE001 - every failure is reported, the probe goes on
+                out.append(f"{quant} {backend}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--families", default=",".join(FAMILIES), help="comma-separated, of: " + ", ".join(FAMILIES))
+    ap.add_argument("--impl", default="sdpa", choices=["sdpa", "eager"], help="transformers' attention implementation")
+    ap.add_argument("--backends", action="store_true", help="also native, wasm and WGSL against R_q (minutes)")
+    a = ap.parse_args()
+    bad = 0
+    for family in a.families.split(","):
+        if family not in FAMILIES:
+            raise SystemExit(f"error: --families: no family {family!r} (known: {', '.join(FAMILIES)})")
+        model, attn = build(family, a.impl)
+        if model is None:
+            print(f"{family:<22} no model   {attn}", flush=True)
+            continue
+        family += f" ({attn})" if attn != a.impl else ""
+        try:
+            g = compiled(model)
+        except MonologueError as e:
+            print(f"{family:<22} refused    {e}", flush=True)
+            continue
+        except Exception as e:  # noqa: BLE001 - a crash is the finding
+            print(f"{family:<22} CRASH      {type(e).__name__}: {e}", flush=True)
+            bad += 1
+            continue
+        err, chunked = interpreter_errors(model, g)
+        failed = err > 1e-4 or chunked > 1e-5
+        failures = backend_failures(model) if a.backends and not failed else []
+        bad += failed or bool(failures)
+        backends = f"; native, wasm, WGSL x int8, int4-g32: {6 - len(failures)} of 6" if a.backends and not failed else ""
+        print(f"{family:<22} {'FAILED' if failed or failures else 'ok':<10} logits {err:.1e}, chunked {chunked:.1e}"
+              + backends + "".join(f"\n{'':<33}{f}" for f in failures), flush=True)
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
