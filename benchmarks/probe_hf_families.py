@@ -109,13 +109,10 @@ def interpreter_errors(model, g) -> tuple[float, float]:
 
 def backend_failures(model) -> list[str]:
     """test_hf_backends' check of each backend at int8 and int4-g32; the failures, one line each."""
-    from test_hf_backends import check
-    from test_runtime_native_parity import shared_crate_dir
+    import tempfile
 
-    from monologue_compile.artifact import write_model
-    from monologue_compile.backends.native import NativeModel, model_files, wasm_session_for_graph
-    from monologue_compile.backends.rust_crate import build_native, emit_crate
-    from monologue_compile.backends.wgpu_executor import WgpuSession
+    from test_hf_backends import check, session
+
     from monologue_compile.driver import build as build_graph
     from monologue_compile.frontend.module import from_module
     from monologue_compile.parity import rq_state_dict
@@ -127,23 +124,7 @@ def backend_failures(model) -> list[str]:
         rq = loaded.build_module(rq_state_dict(g)).eval()
         for backend in ("native", "wasm", "wgsl"):
             try:
-                if backend == "native":
-                    import tempfile
-
-                    tmp = Path(tempfile.mkdtemp())
-                    write_model(g, tmp / "model", "{}", {"model": {"config": g.meta["config"]}})
-                    manifest, shards, _ = model_files(tmp)
-                    session = NativeModel(build_native(emit_crate(g, shared_crate_dir()), fast=True), manifest, shards, None)
-                elif backend == "wasm":
-                    session = wasm_session_for_graph(g)
-                else:
-                    session = WgpuSession.from_graph(g)
-
-                def forward(new, x, s=session):
-                    s.reset()
-                    return s.forward if new else s.forward(x)
-
-                check(forward, g, rq, g.meta["config"]["sequence_len"])
+                check(session(g, backend, Path(tempfile.mkdtemp())), g, rq, g.meta["config"]["sequence_len"])
             except Exception as e:  # noqa: BLE001 - every failure is reported, the probe goes on
                 out.append(f"{quant} {backend}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
     return out

@@ -69,6 +69,7 @@ class _Ctx:
         self.evaluator: Evaluator | None = None
         self.materialized: dict[torch.fx.Node, str] = {}
         self.storage: dict[int, str] = {}  # data_ptr of a parameter/buffer -> its weight name
+        self.order = {n: i for i, n in enumerate(ep.graph.nodes)}  # fx node -> its place in the graph
 
     # --- helpers for converters ------------------------------------------------------------
     def where(self) -> str:
@@ -351,9 +352,10 @@ def _stack(c, tensors, dim=0):
     dim = _axis(dim, len(out.shape))
     parts = []
     for i, a in enumerate(tensors):
-        t = c.type(c.t(a))
+        name = c.t(a)
+        t = c.type(name)
         shape = t.shape[:dim] + (1,) + t.shape[dim:]
-        parts.append(c.emit("reshape", [c.t(a)], {"shape": list(shape)}, TensorType(shape, t.dtype), f"item{i}"))
+        parts.append(c.emit("reshape", [name], {"shape": list(shape)}, TensorType(shape, t.dtype), f"item{i}"))
     if out.shape[dim] == SEQ:
         c.fail("a stack along the sequence axis (sequence-mixing the compiler does not understand)")
     return c.emit("concat", parts, {"axis": dim})
@@ -408,11 +410,10 @@ def _in_place(fn):
 
     def lower_in_place(c, a, b, **kw):
         if isinstance(a, torch.fx.Node):
-            order = {n: i for i, n in enumerate(c.ep.graph.nodes)}
             for u in a.users:
                 aliases = isinstance(u.target, torch._ops.OpOverload) and any(
                     r.alias_info is not None for r in u.target._schema.returns)
-                if u is not c.fx and (aliases or order[u] > order[c.fx]):
+                if u is not c.fx and (aliases or c.order[u] > c.order[c.fx]):
                     c.fail(f"in-place {fn} of a value read again afterwards (%{u.name}, a view or a later read)")
         return conv(c, a, b, **kw)
 

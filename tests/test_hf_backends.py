@@ -54,40 +54,37 @@ def check(session_forward, g, rq, max_len: int) -> None:
     assert got == want
 
 
-@pytest.mark.skipif(not HAVE_CARGO, reason="no Rust toolchain (cargo)")
-@pytest.mark.parametrize("backend", ["native", "wasm"])
-def test_rust_runtime_matches_rq(int8, backend, tmp_path):
-    g, rq = int8
+def session(g, backend: str, tmp_path):
+    """A session of `g` on "native", "wasm" or "wgsl", in check()'s form: forward(new, x) gives the
+    logits of x from a reset session, or (new) the reset session's own forward."""
     if backend == "native":
         from monologue_compile.artifact import write_model
         from monologue_compile.backends.native import model_files
 
         write_model(g, tmp_path / "model", "{}", {"model": {"config": g.meta["config"]}})
-        manifest, shards, _ = model_files(tmp_path)  # no tokenizer: the test drives token ids
-        lib = build_native(emit_crate(g, shared_crate_dir()), fast=True)
-        make = lambda: NativeModel(lib, manifest, shards, None)  # noqa: E731
+        manifest, shards, _ = model_files(tmp_path)  # no tokenizer: the check drives token ids
+        s = NativeModel(build_native(emit_crate(g, shared_crate_dir()), fast=True), manifest, shards, None)
+    elif backend == "wasm":
+        s = wasm_session_for_graph(g)
     else:
-        make = lambda: wasm_session_for_graph(g)  # noqa: E731
-    model = make()
+        from monologue_compile.backends.wgpu_executor import WgpuSession
 
-    def fwd(new, x):
-        if new:
-            model.reset()
-            return model.forward
-        model.reset()
-        return model.forward(x)
+        s = WgpuSession.from_graph(g)
 
-    check(fwd, g, rq, g.meta["config"]["sequence_len"])
-
-
-def test_wgsl_on_wgpu_matches_rq(int8):
-    from monologue_compile.backends.wgpu_executor import WgpuSession
-
-    g, rq = int8
-    s = WgpuSession.from_graph(g)
-
-    def fwd(new, x):
+    def forward(new, x):
         s.reset()
         return s.forward if new else s.forward(x)
 
-    check(fwd, g, rq, g.meta["config"]["sequence_len"])
+    return forward
+
+
+@pytest.mark.skipif(not HAVE_CARGO, reason="no Rust toolchain (cargo)")
+@pytest.mark.parametrize("backend", ["native", "wasm"])
+def test_rust_runtime_matches_rq(int8, backend, tmp_path):
+    g, rq = int8
+    check(session(g, backend, tmp_path), g, rq, g.meta["config"]["sequence_len"])
+
+
+def test_wgsl_on_wgpu_matches_rq(int8, tmp_path):
+    g, rq = int8
+    check(session(g, "wgsl", tmp_path), g, rq, g.meta["config"]["sequence_len"])

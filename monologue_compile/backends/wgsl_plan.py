@@ -781,9 +781,8 @@ def build_plan(g: Graph, *, chunk: int | None = None, max_binding: int = DEFAULT
                                                for i, bb in enumerate(k.bindings)]})
             pi = pipe_index[key(pend)]
             entries = [pend.buffers[bb.name] for bb in k.bindings]
-            written = {pend.buffers[bb.name] for bb in k.bindings if bb.kind == "read_write"}
-            if len(written & {e for e, bb in zip(entries, k.bindings) if bb.kind != "read_write"}) or \
-                    len(written) != sum(bb.kind == "read_write" for bb in k.bindings):
+            written = {e for e, bb in zip(entries, k.bindings) if bb.kind == "read_write"}
+            if any(entries.count(e) > 1 for e in written):
                 # WebGPU refuses a buffer bound for writing and once more in one dispatch: a fusion
                 # that missed an alias (a bug here, not the model's)
                 raise MonologueError(f"wgsl plan: the {k.name} dispatch of %{pend.node} binds a buffer it writes a second "

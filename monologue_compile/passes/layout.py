@@ -113,18 +113,18 @@ def _moves_seq(g: Graph, n: Node) -> bool:
 
 
 def _axis_rule(check_last: bool = False):
-    def rule(g: Graph, n: Node, perm: list[int]) -> dict | None:
+    def rule(g: Graph, n: Node, perm: list[int]) -> tuple[dict, list[int]] | None:
         last = len(n.type.shape) - 1
         if check_last and perm[last] != last:
             return None  # a norm over the last axis needs the last axis to stay last
-        return {**n.attrs, "axis": perm[n.attrs["axis"]]} if "axis" in n.attrs else dict(n.attrs)
+        return ({**n.attrs, "axis": perm[n.attrs["axis"]]} if "axis" in n.attrs else dict(n.attrs)), perm
     return rule
 
 
-def _attention_rule(g: Graph, n: Node, perm: list[int]) -> dict | None:
+def _attention_rule(g: Graph, n: Node, perm: list[int]) -> tuple[dict, list[int]] | None:
     if perm != _SWAP_HT or n.attrs["layout"] != "BHTD":
         return None
-    return {**n.attrs, "layout": "BTHD"}
+    return {**n.attrs, "layout": "BTHD"}, perm
 
 
 def _reshape_rule(g: Graph, n: Node, perm: list[int]) -> tuple[dict, list[int]] | None:
@@ -141,9 +141,9 @@ def _reshape_rule(g: Graph, n: Node, perm: list[int]) -> tuple[dict, list[int]] 
     return {"shape": list(_permuted(out, _inverse(after)))}, after
 
 
-# op -> how it works on the unpermuted value (its new attrs, and the permute that then follows it where
-# that is not perm), or None when it does not commute with perm; every tensor input must then be the same
-# permute (or a table/weight the pass permutes back)
+# op -> how it works on the unpermuted value (its new attrs, and the permute that then follows it: perm,
+# or perm extended over axes a reshape adds), or None when it does not commute with perm; every tensor
+# input must then be the same permute (or a table/weight the pass permutes back)
 SINK = {
     "reshape": _reshape_rule,
     "unary": _axis_rule(),
@@ -208,10 +208,10 @@ class _Sinker:
         perm = p.attrs["perm"]
         inv = _inverse(perm)
         rule = SINK.get(u.op)
-        attrs = rule(g, u, perm) if rule else None
-        if attrs is None:
+        rewritten = rule(g, u, perm) if rule else None
+        if rewritten is None:
             return False
-        attrs, after_perm = attrs if isinstance(attrs, tuple) else (attrs, perm)
+        attrs, after_perm = rewritten
         rank = len(p.type.shape)
         by_name = {n.name: n for n in g.nodes}
         tensors = u.inputs[:_VECTOR_INPUTS.get(u.op, len(u.inputs))]
