@@ -123,6 +123,7 @@ def _manifest_extra(c: Compiled) -> dict:
         "compiler": {"name": "monologue-compile", "version": compiler_version()},
         "model": {"arch": c.loaded.arch, "config": c.loaded.config, "quant": c.graph.meta["quant"],
                   "source": c.loaded.source, "attention_windows": attention_windows(c.graph),
+                  **({"attention_softcaps": caps} if any(caps := attention_softcaps(c.graph)) else {}),
                   "assumed": c.loaded.assumed},
         "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens if c.loaded.has_tokenizer else {},
         "chat": c.chat,
@@ -149,6 +150,11 @@ def attention_windows(g: Graph) -> list[int]:
     return [int(n.attrs.get("window") or 0) for n in g.nodes if n.op == "attention"]
 
 
+def attention_softcaps(g: Graph) -> list[float]:
+    """Each attention layer's score softcap c (scores c * tanh(s / c), Gemma 2), in layer order (0: none)."""
+    return [float(n.attrs.get("softcap") or 0.0) for n in g.nodes if n.op == "attention"]
+
+
 def model_summary(model: dict) -> list[str]:
     """What the compiled model computes that a checkpoint may not say (the manifest's "model"):
     attention windows, softcap, rotary tables, and what was assumed or overridden."""
@@ -158,7 +164,10 @@ def model_summary(model: dict) -> list[str]:
     what = model["arch"] + (f" ({cfg['version']})" if cfg.get("version") else "")
     win = (f"windows: {sum(1 for w in windows if w)} of {len(windows)} layers see {'/'.join(map(str, short))} keys, "
            f"the rest all" if short else f"attention: all {len(windows)} layers see every earlier key")
-    lines = [f"model: {what}; {win}; softcap {cfg.get('softcap')}; rotary tables "
+    caps = sorted({c for c in model.get("attention_softcaps", []) if c})
+    cap = (f"softcap {cfg.get('softcap')}" if "softcap" in cfg else "") + \
+        (f"{'; ' if 'softcap' in cfg else ''}attention scores softcapped at {'/'.join(map(str, caps))}" if caps else "")
+    lines = [f"model: {what}; {win}; {cap + '; ' if cap else ''}rotary tables "
              f"{'bf16-rounded' if cfg.get('rope_bf16') else 'fp32'}"]
     lines += [f"assumed {k} = {v}" for k, v in model.get("assumed", {}).items()]
     if model["source"].get("overrides"):

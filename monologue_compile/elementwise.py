@@ -255,6 +255,11 @@ def wgsl_functions(names) -> str:
     return "".join(wgsl_function(nm) for nm in order)
 
 
+def softcap_steps(cap: float) -> list[dict]:
+    """A softcap, cap * tanh(x / cap), as steps: nanochat's logits, Gemma 2's attention scores."""
+    return [{"fn": "div", "scalar": cap}, {"fn": "tanh"}, {"fn": "mul", "scalar": cap}]
+
+
 def wgsl_step(step: dict, v: str = "v") -> str:
     """One scalar or unary epilogue step applied to the WGSL f32 variable `v`, as an expression."""
     fn = step["fn"]

@@ -336,8 +336,12 @@ def _attention(s: Session, n: Node, args) -> np.ndarray:
     kh = np.repeat(ck, groups, axis=1)  # (P, Hq, D): query head h reads KV head h // groups
     vh = np.repeat(cv, groups, axis=1)
     scores = np.einsum("thd,phd->htp", q, kh).astype(_F) * _F(at["scale"])
+    for step in elementwise.softcap_steps(at["softcap"]) if at.get("softcap") else ():
+        scores = apply_step(scores, step, [])
     qpos = np.arange(P - T, P)[:, None]
     kpos = np.arange(P)[None, :]
+    if at.get("alibi"):  # ALiBi: + m_h * (j - i)
+        scores = scores + np.asarray(at["alibi"], _F)[:, None, None] * (kpos - qpos).astype(_F)[None]
     mask = kpos <= qpos
     if at.get("window"):
         mask &= kpos > qpos - at["window"]

@@ -18,7 +18,7 @@ import torch.fx
 from .errors import MonologueError
 from .models import ops  # noqa: F401  (registers monologue::causal_attention before the table below)
 from .ir import SEQ, Graph, Node, TensorType, Weight, verify
-from .position_fold import Evaluator, causal_window, constant_nodes, is_prefix_table
+from .position_fold import Evaluator, bias_kind, causal_window, constant_nodes, is_prefix_table, linear_bias
 
 aten = torch.ops.aten
 F32_EPS = float(np.finfo(np.float32).eps)
@@ -181,6 +181,18 @@ class _Ctx:
                       "understood)")
         return causal_window(self.evaluator, a, self.tmax, additive=additive, invert=invert)
 
+    def score_bias(self, a, heads: int) -> tuple[list[float], int | None] | None:
+        """(ALiBi slopes, the window of the keys it blocks or None: blocks none) of a term added to
+        attention scores (position_fold.linear_bias, causal_window), or None when the term holds no
+        bias (then it must be a mask)."""
+        if not (isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Const)):
+            return None
+        kind = bias_kind(self.evaluator, a, self.tmax)
+        if kind is None:
+            return None
+        window = causal_window(self.evaluator, a, self.tmax, additive=True, bias=True) if kind == "masked bias" else None
+        return linear_bias(self.evaluator, a, self.tmax, heads), window
+
     def type(self, name: str) -> TensorType:
         return self.g.type_of(name)
 
@@ -227,6 +239,11 @@ def _layer_norm(c, x, normalized_shape, weight=None, bias=None, eps=1e-5, *rest)
 
 
 def _reshape(c, x, shape):
+    if _scores(c, x) or _probs(c, x):
+        # Bloom's (B * H, T, S) scores viewed as (B, H, T, S) and back: with B = 1, the same heads
+        if [d for d in x.meta["val"].shape if d != 1] != [d for d in c.fx.meta["val"].shape if d != 1]:
+            c.fail("a reshape of attention scores other than adding or dropping a batch axis of 1")
+        return c.env[x]
     src = c.type(c.t(x))
     out = c.out_type()
     if src.seq_axis is not None:
@@ -485,11 +502,17 @@ def _softmax(c, x, dim, *rest, **kw):
 
 
 def _sdpa(c, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, *, enable_gqa=False):
-    window = 0
+    window, terms = 0, {}
     if attn_mask is not None:
         if is_causal:
             c.fail("attention with both a mask and is_causal")
-        window = c.mask_window(attn_mask, additive=attn_mask.meta["val"].is_floating_point())
+        bias = c.score_bias(attn_mask, c.type(c.t(q)).shape[1])
+        if bias is not None:  # Falcon's ALiBi in its mask
+            if bias[1] is None:
+                c.fail("attention with a bias and no causal mask mixes future positions")
+            terms["alibi"], window = bias
+        else:
+            window = c.mask_window(attn_mask, additive=attn_mask.meta["val"].is_floating_point())
     elif not is_causal:
         c.fail("non-causal attention mixes future positions (sequence-mixing the compiler does not understand)")
     if dropout_p:
@@ -502,7 +525,7 @@ def _sdpa(c, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None
         c.fail(f"attention with {hq} query heads and {hkv} KV heads")
     return c.emit("attention", [c.t(q), c.t(k), c.t(v)], {
         "layout": "BHTD", "n_head": hq, "n_kv_head": hkv, "head_dim": d,
-        "scale": float(scale) if scale is not None else float(1.0 / np.sqrt(d)), "window": window,
+        "scale": float(scale) if scale is not None else float(1.0 / np.sqrt(d)), "window": window, **terms,
     })
 
 
@@ -548,20 +571,62 @@ def _scores_op(c, fn, a, b):
     p, other = (c.env[a], b) if _scores(c, a) else (c.env[b], a)
     attrs = dict(p.attrs)
     if fn in ("mul", "div") and isinstance(other, (int, float)) and (fn == "mul" or _scores(c, a)):
-        attrs["scale"] = attrs["scale"] * other if fn == "mul" else attrs["scale"] / other
+        if attrs["softcap"] is not None and other <= 0:
+            c.fail(f"attention scores {fn} {other!r} after a tanh (a logit softcap is a positive constant)")
+        factor = other if fn == "mul" else 1.0 / other
+        # score = softcap * tanh(q.k * scale / softcap) + alibi_h * (j - i): a factor scales every term
+        attrs["scale"] = attrs["scale"] * factor
+        if attrs["softcap"] is not None:
+            attrs["softcap"] = attrs["softcap"] * factor
+        if attrs["alibi"] is not None:
+            attrs["alibi"] = [m * factor for m in attrs["alibi"]]
+    elif fn == "add" and (bias := c.score_bias(other, _heads(c, p))) is not None:
+        slopes, window = bias
+        attrs["alibi"] = slopes if attrs["alibi"] is None else [a + b for a, b in zip(attrs["alibi"], slopes)]
+        if window is not None:
+            attrs["window"] = _both(attrs["window"], window)
     elif fn == "add":
         attrs["window"] = _both(attrs["window"], c.mask_window(other, additive=True))
     else:
-        c.fail(f"attention scores {fn} {other!r} (only a scale and causal masks are understood; logit softcapping "
-               "is not supported)")
+        c.fail(f"attention scores {fn} {other!r} (only a scale, a tanh logit softcap and causal masks are understood)")
     return _Pending("scores", p.name, **attrs)
+
+
+def _tanh(c, x):
+    """tanh of attention scores is a logit softcap (Gemma 2: cap * tanh(scores / cap)) when no mask
+    came before it: tanh(-inf) = -1 would let masked keys back in."""
+    if not _scores(c, x):
+        return c.emit("unary", [c.t(x)], {"fn": "tanh"})
+    p = c.env[x]
+    if p.attrs["window"] is not None or p.attrs["softcap"] is not None or p.attrs["alibi"] is not None:
+        c.fail("tanh of attention scores after a mask, a bias or a tanh (only cap * tanh(scores / cap) before the "
+               "causal mask is understood)")
+    return _Pending("scores", p.name, **{**p.attrs, "softcap": 1.0})
+
+
+def _heads(c, p) -> int:
+    """The heads of pending scores: the dims in front of q's sequence axis, (1, H, T, D) or (H, T, D)."""
+    qt = c.type(p.attrs["q"])
+    return int(np.prod(qt.shape[:qt.seq_axis]))
+
+
+def _baddbmm(c, bias, b1, b2, *, beta=1, alpha=1):
+    """beta * bias + alpha * (b1 @ b2): Bloom's ALiBi scores, alibi.baddbmm(q, k.T, alpha=1/sqrt(d))."""
+    scores = _matmul(c, b1, b2)
+    if not isinstance(scores, _Pending):
+        c.fail("baddbmm other than attention's bias + q @ k.transpose(-2, -1)")
+    p = _Pending("scores", scores.name, **{**scores.attrs, "scale": scores.attrs["scale"] * alpha})
+    terms = c.score_bias(bias, _heads(c, p))
+    if terms is None or terms[1] is not None:
+        c.fail("baddbmm of attention scores with a term that is not an ALiBi bias")
+    return _Pending("scores", p.name, **{**p.attrs, "alibi": [m * beta for m in terms[0]]})
 
 
 def _masked_fill(c, x, mask, value):
     if not _scores(c, x):
         c.fail("masked_fill of activations (only a causal mask of attention scores is understood)")
     p = c.env[x]
-    if float(value) != float("-inf"):
+    if float(value) > -1e30:  # -inf, or float32's lowest (MPT): exp underflows to 0 either way
         c.fail("masked_fill of attention scores other than a causal mask with -inf")
     window = _both(p.attrs["window"], c.mask_window(mask, additive=False, invert=True))
     return _Pending("scores", p.name, **{**p.attrs, "window": window})
@@ -607,10 +672,10 @@ def _matmul(c, a, b, part=""):
     if isinstance(a, _Pending) or _probs(c, a):
         p = a if isinstance(a, _Pending) else c.env[a]
         q, k, v = p.attrs["q"], p.attrs["k"], b if isinstance(b, str) else c.t(b)
-        if len(c.type(q).shape) == 3:  # one head written as (B, T, hs): a (B, 1, T, hs) attention
-            q, k, v = (c.emit("reshape", [n], {"shape": [1, 1, SEQ, c.type(n).shape[2]]},
-                              TensorType((1, 1, SEQ, c.type(n).shape[2]), "f32"), part) for n, part in
-                       ((q, "q"), (k, "k"), (v, "v")))
+        if len(c.type(q).shape) == 3:  # (N, T, hs): one head (N = B = 1) or Bloom's B * H heads, as (1, N, T, hs)
+            q, k, v = (c.emit("reshape", [n], {"shape": [1, c.type(n).shape[0], SEQ, c.type(n).shape[2]]},
+                              TensorType((1, c.type(n).shape[0], SEQ, c.type(n).shape[2]), "f32"), part)
+                       for n, part in ((q, "q"), (k, "k"), (v, "v")))
             y = _matmul(c, _Pending("probs", p.name, **{**p.attrs, "q": q, "k": k}), v, "heads")
             return c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
         qt, kt, vt = (c.type(n) for n in (q, k, v))
@@ -619,9 +684,12 @@ def _matmul(c, a, b, part=""):
         hq, hkv = qt.shape[1], kt.shape[1]
         if hq % hkv or vt.shape[1] != hkv:
             c.fail(f"attention with {hq} query heads and {hkv} KV heads")
-        return c.emit("attention", [q, k, v], {"layout": "BHTD", "n_head": hq, "n_kv_head": hkv, "head_dim": qt.shape[3],
-                                               "scale": float(p.attrs["scale"]), "window": p.attrs["window"] or 0},
-                      TensorType(qt.shape[:3] + vt.shape[3:], "f32"), part)
+        terms = {"softcap": float(p.attrs["softcap"])} if p.attrs["softcap"] is not None else {}
+        if p.attrs["alibi"] is not None:
+            terms["alibi"] = [float(m) for m in p.attrs["alibi"]]
+        attrs = {"layout": "BHTD", "n_head": hq, "n_kv_head": hkv, "head_dim": qt.shape[3],
+                 "scale": float(p.attrs["scale"]), "window": p.attrs["window"] or 0, **terms}
+        return c.emit("attention", [q, k, v], attrs, TensorType(qt.shape[:3] + vt.shape[3:], "f32"), part)
     an = c.t(a)
     bn = b if isinstance(b, str) else c.t(b)
     at, bt = c.type(an), c.type(bn)
@@ -632,7 +700,7 @@ def _matmul(c, a, b, part=""):
         swap = list(range(r - 2)) + [r - 1, r - 2]
         if kn is None or kn.op != "permute" or kn.attrs["perm"] != swap or at.seq_axis != r - 2 or r not in (3, 4):
             c.fail("a product over the sequence axis other than attention's q @ k.transpose(-2, -1)")
-        return _Pending("scores", an, q=an, k=kn.inputs[0], scale=1.0, window=None)
+        return _Pending("scores", an, q=an, k=kn.inputs[0], scale=1.0, window=None, softcap=None, alibi=None)
     if bn in c.g.weights and len(bt.shape) == 2:
         return c.emit("linear", [an, _transposed(c, bn)], part=part)
     kn = c.g.node(bn)
@@ -724,7 +792,7 @@ CONVERTERS: dict[object, Callable] = {
     aten.neg.default: _unary("neg"),
     aten.relu.default: _unary("relu"),
     aten.square.default: _unary("square"),
-    aten.tanh.default: _unary("tanh"),
+    aten.tanh.default: _tanh,
     aten.sigmoid.default: _unary("sigmoid"),
     aten.silu.default: _unary("silu"),
     aten.exp.default: _unary("exp"),
@@ -760,6 +828,8 @@ for _op, _conv in {
     aten.matmul.default: _matmul,
     aten.mm.default: _matmul,
     aten.addmm.default: _addmm,
+    aten.bmm.default: _matmul,
+    aten.baddbmm.default: _baddbmm,
     aten.masked_fill.Scalar: _masked_fill,
     aten.where.self: _where,
     aten.stack.default: _stack,

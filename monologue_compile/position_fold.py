@@ -12,6 +12,9 @@ are only constants and sizes (`constant_nodes`) and, where an id-dependent op us
   at a shorter length is the prefix of the value at the longest (row t never depends on T);
 - two sequence axes, used as an attention mask: proven causal (+ a sliding window) by evaluating it
   at several lengths (`causal_window`); any other mask is an error naming the node.
+- a finite term added to the attention scores: proven to be ALiBi, slope_h * (key position) plus
+  anything constant along each query's row (which the softmax cancels), by evaluating it at several
+  lengths (`linear_bias`).
 """
 
 from __future__ import annotations
@@ -102,30 +105,34 @@ def is_prefix_table(ev: Evaluator, n: torch.fx.Node, axis: int, tmax: int) -> bo
     return True
 
 
-def _allowed(mask: torch.Tensor, additive: bool) -> torch.Tensor | None:
-    """The keys each query may see, or None when the values are neither blocked nor allowed."""
+def _allowed(mask: torch.Tensor, additive: bool, bias: bool = False) -> torch.Tensor | None:
+    """The keys each query may see, or None when the values are neither blocked nor allowed (with
+    `bias`, every value above the blocked ones is allowed: linear_bias checks them)."""
     if mask.dtype == torch.bool and not additive:
         return mask
     m = mask.float()
-    zero, blocked = m == 0, m <= -1e30
-    if not bool((zero | blocked).all()):
+    blocked = m <= -1e30
+    allowed = (m > -1e30) & torch.isfinite(m) if bias else m == 0
+    if not bool((allowed | blocked).all()):
         return None
-    return zero
+    return allowed
 
 
-def causal_window(ev: Evaluator, n: torch.fx.Node, tmax: int, *, additive: bool, invert: bool = False) -> int:
+def causal_window(ev: Evaluator, n: torch.fx.Node, tmax: int, *, additive: bool, invert: bool = False,
+                  bias: bool = False) -> int:
     """The window (keys visible including the query's own; 0 = all) of the causal mask node `n`,
     proven by evaluating it at several lengths; a mask of any other form is an error.
 
     `additive`: the mask is added to the scores (0 / very negative); otherwise it is boolean, True
-    where a key is visible, or blocked where `invert` (masked_fill's convention)."""
+    where a key is visible, or blocked where `invert` (masked_fill's convention). `bias`: the
+    visible keys' values are a bias (linear_bias), not 0 (Falcon's ALiBi inside its mask)."""
     where = f"fx node %{n.name}"
 
     def allowed_at(t: int) -> torch.Tensor:
         m = ev.value(n, t)
         if not isinstance(m, torch.Tensor) or m.dim() < 2 or tuple(m.shape[-2:]) != (t, t):
             raise MonologueError(f"the attention mask at {where} is not a (T, T) mask of the sequence")
-        a = _allowed(m, additive)
+        a = _allowed(m, additive, bias)
         if a is None:
             raise MonologueError(f"the attention mask at {where} has values other than 0 and -inf (a bias, not a "
                                  "causal mask)")
@@ -152,3 +159,61 @@ def causal_window(ev: Evaluator, n: torch.fx.Node, tmax: int, *, additive: bool,
                 f" with a window of {window}" if window else "") + f" (checked at length {t}); only causal and "
                 "sliding-window masks are understood")
     return window
+
+
+def bias_kind(ev: Evaluator, n: torch.fx.Node, tmax: int) -> str | None:
+    """What a term added to the scores holds beside blocked keys (-inf, or at or below -1e30 as
+    `_allowed` reads them), at the longest length: "bias" (finite values, some not 0), "masked bias"
+    (those and blocked keys: Falcon's ALiBi in its mask), None (a mask of 0 and blocked, or no number)."""
+    m = ev.value(n, tmax)
+    if not (isinstance(m, torch.Tensor) and m.is_floating_point()):
+        return None
+    blocked = m <= -1e30
+    finite = torch.isfinite(m) & ~blocked
+    if not bool((finite | blocked).all()) or not bool(m[finite].any()):
+        return None
+    return "masked bias" if bool(blocked.any()) else "bias"
+
+
+def linear_bias(ev: Evaluator, n: torch.fx.Node, tmax: int, heads: int) -> list[float]:
+    """The per-head slopes m_h of an additive score term b that is, on every key a query can see,
+    m_h * (key position) plus a constant of the query's row (ALiBi as Bloom and MPT write it: the
+    softmax cancels the row constant, so attention adds m_h * (j - i)); proven by evaluating b at
+    several lengths. Any other bias is an error naming the node."""
+    where = f"fx node %{n.name}"
+
+    def slopes_at(t: int) -> torch.Tensor:
+        b = ev.value(n, t)
+        try:
+            b = b.double().expand(torch.broadcast_shapes(b.shape, (heads, t, t))).reshape(-1, t, t)
+        except RuntimeError:
+            b = None
+        if b is None or b.shape[0] != heads:
+            raise MonologueError(f"the attention bias at {where} is not a (heads, T, T) term of the scores")
+        j = torch.arange(t, dtype=torch.float64)
+        if t == 1:
+            return torch.zeros(heads, dtype=torch.float64)
+        # least squares along the last query row (it sees the most keys), then every row is checked
+        # against it on the keys it sees; a row's first seen key anchors its constant
+        seen = (b > -1e30) & (j[None, None, :] <= j[None, :, None])
+        if not bool(seen[:, -1].sum(-1).ge(2).all()):
+            return torch.zeros(heads, dtype=torch.float64)  # a window of one key: no slope to see
+        last, jl = b[:, -1, :], seen[:, -1, :].double()
+        mean_j = (j * jl).sum(-1, keepdim=True) / jl.sum(-1, keepdim=True)
+        mean_b = (last * jl).sum(-1, keepdim=True) / jl.sum(-1, keepdim=True)
+        m = ((j - mean_j) * (last - mean_b) * jl).sum(-1) / (((j - mean_j) ** 2) * jl).sum(-1)
+        first = seen.double().argmax(-1, keepdim=True)
+        rel = b - b.gather(-1, first) - m[:, None, None] * (j - first.double())
+        err = rel.abs()[seen]
+        scale = b.masked_fill(~seen, 0).abs().max()
+        if bool((err > 1e-6 * (1 + scale)).any()):
+            raise MonologueError(f"the attention bias at {where} is not linear in the key position per head "
+                                 f"(checked at length {t}); only ALiBi biases are understood")
+        return m
+
+    slopes = slopes_at(tmax)
+    for t in sorted({2, 3, min(5, tmax), tmax - 1}):
+        if 2 <= t < tmax and not torch.allclose(slopes_at(t), slopes, rtol=1e-5, atol=1e-9):
+            raise MonologueError(f"the attention bias at {where} changes its slopes with the sequence length "
+                                 f"(checked at length {t}); only ALiBi biases are understood")
+    return [float(torch.tensor(float(m), dtype=torch.float32)) for m in slopes]

@@ -34,9 +34,9 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 
 
 def hf_configs() -> dict:
-    from transformers import (FalconConfig, Gemma3TextConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig,
-                              GPTNeoConfig, HunYuanDenseV1Config, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config,
-                              SmolLM3Config)
+    from transformers import (BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig,
+                              GPTNeoConfig, HunYuanDenseV1Config, LlamaConfig, MptConfig, Phi3Config, Qwen2Config,
+                              Qwen3Config, SmolLM3Config)
 
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
@@ -48,6 +48,10 @@ def hf_configs() -> dict:
         "qwen3": Qwen3Config(**SMALL, head_dim=8),
         "gemma3": Gemma3TextConfig(**SMALL, head_dim=8, sliding_window=5,
                                    layer_types=["sliding_attention", "full_attention"]),
+        # tanh softcaps of the attention scores and of the logits, with weights large enough that both bite
+        # (the logits differ by a third without the attention cap), and a sliding window on layer 0
+        "gemma2": Gemma2Config(**SMALL, head_dim=8, sliding_window=5, attn_logit_softcapping=2.0,
+                               final_logit_softcapping=3.0, initializer_range=0.3, query_pre_attn_scalar=8),
         "phi3": Phi3Config(**SMALL, partial_rotary_factor=0.5),
         "smollm3": SmolLM3Config(**SMALL, no_rope_layers=[1, 0]),
         "hunyuan": HunYuanDenseV1Config(**SMALL, head_dim=8),  # weighted q/k RMSNorm after the rotation
@@ -67,11 +71,19 @@ def hf_configs() -> dict:
                                eos_token_id=2),
         "falcon-40b": FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                    num_kv_heads=2, new_decoder_architecture=True, bos_token_id=1, eos_token_id=2),
+        # ALiBi: Bloom's (heads folded into the batch, alibi.baddbmm(q, k.T), a float32-lowest mask) and
+        # MPT's (a bias built for max_seq_len and sliced, masked_fill; 6 heads: slopes of 8 interleaved)
+        "bloom": BloomConfig(vocab_size=V, hidden_size=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2),
+        "mpt": MptConfig(vocab_size=V, d_model=48, n_layers=2, n_heads=6, max_seq_len=S, expansion_ratio=2),
+        # Falcon-RW's ALiBi: in the mask (finite where visible; sdpa's attn_mask), and in eager twice
+        "falcon-rw": FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=True,
+                                  multi_query=False, parallel_attn=False, bias=True, bos_token_id=1, eos_token_id=2),
     }
 
 
 # the attention implementations a family's transformers class offers, when not both
-IMPLS = {"gpt_neo": ("eager",)}
+# (transformers offers no sdpa for these: GPT-Neo, Bloom and MPT, and Gemma 2, whose softcap sdpa cannot do)
+IMPLS = {"gpt_neo": ("eager",), "gemma2": ("eager",), "bloom": ("eager",), "mpt": ("eager",)}
 
 
 def randomized(model: nn.Module, seed: int) -> nn.Module:
@@ -179,8 +191,9 @@ class CharBlock(nn.Module):
 
 # --- the matrix ----------------------------------------------------------------------------------
 
-CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma3", "phi3",
-                             "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b"]
+CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
+                             "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom",
+                             "mpt", "falcon-rw"]
          for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-")]
 
 
@@ -224,9 +237,17 @@ def test_logits_match_the_models_own_forward(cell):
 
 
 def test_chunked_prefill_and_decode_equal_one_shot_past_the_window(cell):
-    (family, _), _, g = cell
-    if family == "gemma3":
+    (family, impl), _, g = cell
+    if family in ("gemma2", "gemma3"):
         assert sorted(n.attrs["window"] for n in g.nodes if n.op == "attention") == [0, 5]
+    if family == "gemma2":
+        assert [n.attrs.get("softcap") for n in g.nodes if n.op == "attention"] == [2.0, 2.0]
+    if family in ("bloom", "mpt", "falcon-rw"):  # ALiBi's slopes, as the paper's geometric sequence per head count
+        want = [2.0 ** -k for k in (2, 4, 6, 8, 1, 3)] if family == "mpt" else \
+            [2.0 ** -(2 * h + 2) for h in range(4)]  # MPT's 6 of 8: the odd ones, then the even ones
+        if family == "falcon-rw":  # 1/sqrt(head_dim) in the mask; eager adds alibi * 1/sqrt(8) once more
+            want = [m / math.sqrt(8) * (2 if impl == "eager" else 1) for m in want]
+        assert all(np.allclose(n.attrs["alibi"], want, rtol=1e-6) for n in g.nodes if n.op == "attention")
     x = ids(24, 1)
     whole = Session(g).forward(x)
     s = Session(g)
@@ -402,6 +423,45 @@ class NotCausal(nn.Module):
 def test_a_mask_that_is_not_causal_is_refused_with_its_node():
     with pytest.raises(MonologueError, match=r"attention mask at fx node %\w+ is not causal"):
         lower(trace(NotCausal(), S))
+
+
+class CappedAfterTheMask(nn.Module):
+    """Gemma 2's softcap written after the mask: tanh(-inf) = -1 lets every future key back in."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, 8)
+
+    def forward(self, idx):
+        x = self.emb(idx)[:, None]
+        T = idx.shape[1]
+        s = (x @ x.transpose(-2, -1)).masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+        return (torch.tanh(s / 2.0) * 2.0).softmax(-1) @ x
+
+
+class LearnedBias(nn.Module):
+    """A learned (T, T) bias on the scores (T5-style relative positions would be one): not ALiBi."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, 8)
+        self.register_buffer("bias", torch.randn(S, S))
+
+    def forward(self, idx):
+        x = self.emb(idx)[:, None]
+        T = idx.shape[1]
+        s = x @ x.transpose(-2, -1) + self.bias[:T, :T]
+        return s.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1) @ x
+
+
+def test_a_bias_that_is_not_alibi_is_refused_with_its_node():
+    with pytest.raises(MonologueError, match=r"attention bias at fx node %\w+ is not linear in the key position"):
+        lower(trace(LearnedBias(), S))
+
+
+def test_a_softcap_after_the_mask_is_refused_with_its_node():
+    with pytest.raises(MonologueError, match=r"tanh of attention scores after a mask.* at fx node %tanh"):
+        lower(trace(CappedAfterTheMask(), S))
 
 
 # --- the Python API ------------------------------------------------------------------------------

@@ -123,15 +123,11 @@ ACTIVATION_STEPS = {"none": [], "relu2": [{"fn": "relu"}, {"fn": "square"}], "ge
 ACTIVATIONS = tuple(ACTIVATION_STEPS)
 
 
-def softcap_steps(cap: float) -> list[dict]:
-    return [{"fn": "div", "scalar": cap}, {"fn": "tanh"}, {"fn": "mul", "scalar": cap}]
-
-
 def _epilogue_params(act, bias, softcap, residual, steps):
     """Render parameters of `_epilogue.wgsl.j2`: v = bias add, then each step (unary or scalar)."""
     _check(act in ACTIVATIONS, f"act={act!r} not in {ACTIVATIONS}")
     _check(softcap is None or softcap >= 0, "softcap must be >= 0")
-    steps = ACTIVATION_STEPS[act] + softcap_steps(float(softcap)) * bool(softcap) + list(steps or [])
+    steps = ACTIVATION_STEPS[act] + elementwise_fns.softcap_steps(float(softcap)) * bool(softcap) + list(steps or [])
     try:
         exprs = [elementwise_fns.wgsl_step(st) for st in steps]
     except (ValueError, KeyError) as e:
@@ -532,8 +528,21 @@ def _attn_common(H, Hkv, D, scale):
     return 1.0 / math.sqrt(D) if scale is None else float(scale)
 
 
+def _score_terms(H: int, softcap: float | None, alibi) -> dict:
+    """Render parameters of `_score_terms.wgsl.j2`, the IR's attention terms past q . k * scale (ir.py):
+    score_cap(s) = softcap * tanh(s / softcap) in elementwise.py's steps (Gemma 2), then ALiBi's
+    + alibi[h] * (j - p) (Bloom, MPT)."""
+    _check(softcap is None or softcap > 0, f"softcap={softcap} must be > 0")
+    _check(not alibi or len(alibi) == H, f"alibi has {len(alibi or [])} slopes for {H} heads")
+    steps = elementwise_fns.softcap_steps(float(softcap)) if softcap else []
+    return dict(softcap=softcap, cap_steps=_map_exprs(steps, "s", None, "softcap"),
+                cap_functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps]) if steps else "",
+                alibi=[float(m) for m in alibi] if alibi else None)
+
+
 def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 16, window_left: int | None = None,
-                scale: float | None = None, heads_per_wg: int | None = None, wg: int | None = None,
+                scale: float | None = None, softcap: float | None = None, alibi=None, heads_per_wg: int | None = None,
+                wg: int | None = None,
                 cooperative: bool = True, covers=(), name: str = "attn_decode") -> list[Kernel]:
     """Attention for one query token at step.pos over a [S, Hkv, D] cache.
 
@@ -555,7 +564,8 @@ def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 16, window_lef
     _check(D % 4 == 0, f"head_dim={D} must be a multiple of 4")
     if not cooperative:
         wg = wg or 4
-        params = dict(H=H, Hkv=Hkv, D=D, S=S, window_left=window_left, scale=scale, wg=wg, covers=covers)
+        params = dict(H=H, Hkv=Hkv, D=D, S=S, window_left=window_left, scale=scale, wg=wg, covers=covers,
+                      **_score_terms(H, softcap, alibi))
         b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("out", "read_write"),
              Binding("step", "uniform")]
         return [_finish(name, "attn_decode", "attn_decode_head.wgsl.j2", params, b, wg, grid(-(-H // wg)), 0)]
@@ -573,7 +583,7 @@ def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 16, window_lef
     span = S if window_left is None else min(S, window_left + 1)
     ns = -(-span // chunk)
     params = dict(H=H, Hkv=Hkv, D=D, S=S, chunk=chunk, NS=ns, HB=heads_per_wg, window_left=window_left, scale=scale,
-                  wg=wg, covers=covers)
+                  wg=wg, covers=covers, **_score_terms(H, softcap, alibi))
     info = {"ml": H * ns * 2, "o": H * ns * D}
     b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("ml", "read_write"),
          Binding("o", "read_write"), Binding("step", "uniform")]
@@ -587,7 +597,8 @@ def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 16, window_lef
 
 
 def attn_prefill(T: int, H: int, Hkv: int, D: int, S: int, *, window_left: int | None = None,
-                 scale: float | None = None, block: int | None = None, wg: int = 64, covers=(),
+                 scale: float | None = None, softcap: float | None = None, alibi=None, block: int | None = None,
+                 wg: int = 64, covers=(),
                  name: str = "attn_prefill") -> Kernel:
     """Causal attention for a chunk of T queries (t < step.n_tokens, positions step.pos + t) over the cache.
 
@@ -607,7 +618,7 @@ def attn_prefill(T: int, H: int, Hkv: int, D: int, S: int, *, window_left: int |
     _check(wg % block == 0, f"wg={wg} must be a multiple of block={block}")
     tpq = wg // block
     params = dict(T=T, H=H, Hkv=Hkv, D=D, S=S, BQ=block, BK=block, TPQ=tpq, ND4=-(-D // 4 // tpq),
-                  window_left=window_left, scale=scale, wg=wg, covers=covers)
+                  window_left=window_left, scale=scale, wg=wg, covers=covers, **_score_terms(H, softcap, alibi))
     b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("out", "read_write"),
          Binding("step", "uniform")]
     return _finish(name, "attn_prefill", "attn_prefill.wgsl.j2", params, b, wg, grid(-(-T // block), H), mem(block))

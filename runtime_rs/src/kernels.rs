@@ -2490,6 +2490,17 @@ pub struct AttnShape {
     pub scale: f32,
     /// 0: full causal; w > 0: a query at p sees keys (p - w, p]
     pub window: usize,
+    /// 0: none; c > 0: each score s becomes c * tanh(s / c) (Gemma 2), before the mask
+    pub softcap: f32,
+    /// empty: none; else ALiBi's slope m_h of each query head: the score of key j for the query at p
+    /// gains m_h * (j - p) after the softcap (Bloom, MPT)
+    pub alibi: &'static [f32],
+}
+
+/// A score's softcap, c * tanh(s / c): elementwise.softcap_steps' steps, in the runtime's functions.
+#[inline]
+fn softcap(s: f32, c: f32) -> f32 {
+    crate::elementwise::mul(crate::elementwise::tanh(crate::elementwise::div(s, c)), c)
 }
 
 /// Causal attention of T new tokens at positions pos.. over the cache. The new keys and values
@@ -2558,6 +2569,14 @@ fn attend(qh: &[f32], p: usize, h: usize, keys: &[f32], values: &[f32], row: usi
     let j = lo;
     for j in j..=p {
         scores[j] = dot_f32(qh, &keys[j * row + kh * d..j * row + (kh + 1) * d]) * a.scale;
+    }
+    if a.softcap > 0.0 {
+        scores[lo..=p].iter_mut().for_each(|s| *s = softcap(*s, a.softcap));
+    }
+    if let Some(&m) = a.alibi.get(h) {
+        for (j, s) in (lo..=p).zip(&mut scores[lo..=p]) {
+            *s += m * (j as f32 - p as f32);
+        }
     }
     let mut max = f32::NEG_INFINITY;
     for &s in &scores[lo..=p] {
@@ -3145,9 +3164,11 @@ mod tests {
         // without a SIMD remainder, GQA, a window, key counts that are not multiples of four, and
         // prompts and a context long enough to go over the cores (natively)
         let mut s = 31u64;
-        for (d, n_head, n_kv_head, window, pos, t) in [(64usize, 8usize, 4usize, 0usize, 37usize, 3usize), (40, 4, 4, 0, 9, 3), (96, 6, 2, 5, 20, 3), (36, 2, 2, 0, 6, 3), (8, 2, 1, 0, 0, 3), (64, 8, 4, 0, 5, 71), (32, 4, 2, 16, 0, 90), (64, 8, 2, 0, 600, 1)] {
+        const SLOPES: [f32; 4] = [0.5, 0.25, 0.125, 0.0625];
+        for (d, n_head, n_kv_head, window, pos, t, softcap, alibi) in [(64usize, 8usize, 4usize, 0usize, 37usize, 3usize, 0f32, false), (40, 4, 4, 0, 9, 3, 0.0, false), (96, 6, 2, 5, 20, 3, 0.0, false), (36, 2, 2, 0, 6, 3, 0.0, false), (8, 2, 1, 0, 0, 3, 0.0, false), (64, 8, 4, 0, 5, 71, 0.0, false), (32, 4, 2, 16, 0, 90, 0.0, false), (64, 8, 2, 0, 600, 1, 0.0, false), (64, 4, 2, 7, 30, 3, 2.5, true)] {
             let row = n_kv_head * d;
-            let a = AttnShape { n_head, n_kv_head, head_dim: d, scale: 1.0 / (d as f32).sqrt(), window };
+            let slopes: &'static [f32] = if alibi { &SLOPES[..n_head] } else { &[] };
+            let a = AttnShape { n_head, n_kv_head, head_dim: d, scale: 1.0 / (d as f32).sqrt(), window, softcap, alibi: slopes };
             let mut cache = KvCache::new(pos + t, n_kv_head, d);
             cache.k.iter_mut().chain(cache.v.iter_mut()).for_each(|v| *v = lcg(&mut s) * 3.0);
             let q: Vec<f32> = (0..t * n_head * d).map(|_| lcg(&mut s) * 3.0).collect();
@@ -3161,6 +3182,8 @@ mod tests {
                 for h in 0..n_head {
                     let (qh, kh) = (&q[i * n_head * d + h * d..][..d], h / (n_head / n_kv_head));
                     let sc: Vec<f32> = (lo..=p).map(|j| dot_f32(qh, &cache.k[j * row + kh * d..][..d]) * a.scale).collect();
+                    let sc: Vec<f32> = if softcap > 0.0 { sc.iter().map(|&v| super::softcap(v, softcap)).collect() } else { sc };
+                    let sc: Vec<f32> = (lo..=p).zip(sc).map(|(j, v)| if alibi { v + slopes[h] * (j as f32 - p as f32) } else { v }).collect();
                     let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
                     let e: Vec<f32> = sc.iter().map(|v| crate::math::expf(v - max)).collect();
                     let sum = e.iter().fold(0f32, |acc, v| acc + v);
@@ -3173,13 +3196,13 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(out, want, "d={} heads={}/{} window={} pos={} t={}", d, n_head, n_kv_head, window, pos, t);
+            assert_eq!(out, want, "d={} heads={}/{} window={} pos={} t={} softcap={} alibi={}", d, n_head, n_kv_head, window, pos, t, softcap, alibi);
         }
     }
 
     #[test]
     fn attention_single_key_returns_value() {
-        let a = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 4, scale: 0.5, window: 0 };
+        let a = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 4, scale: 0.5, window: 0, softcap: 0.0, alibi: &[] };
         let mut cache = KvCache::new(8, 1, 4);
         let q = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
         let k = [0.3, 0.1, 0.2, 0.0];

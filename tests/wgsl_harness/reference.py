@@ -10,8 +10,9 @@ import math
 
 import numpy as np
 
+from monologue_compile.elementwise import softcap_steps
 from monologue_compile.interpreter import apply_step
-from monologue_compile.wgsl.kernels import ACTIVATION_STEPS, softcap_steps
+from monologue_compile.wgsl.kernels import ACTIVATION_STEPS
 
 EPS = 1.1920929e-07
 
@@ -111,10 +112,11 @@ def rope_tables(max_seq, D, base=10000.0):
     return np.cos(f).astype(np.float32), np.sin(f).astype(np.float32)
 
 
-def attention(q, kc, vc, pos, n_kv_head, window_left=None, scale=None):
+def attention(q, kc, vc, pos, n_kv_head, window_left=None, scale=None, softcap=None, alibi=None):
     """q [T, H, D] at positions pos..pos+T-1 over caches [S, Hkv, D] holding positions 0..pos+T-1.
 
-    Query at position p sees keys j with j <= p and (window) j >= p - window_left.
+    Query at position p sees keys j with j <= p and (window) j >= p - window_left; a softcap c makes
+    each score s c * tanh(s / c), then ALiBi adds alibi[h] * (j - p).
     """
     T, H, D = q.shape
     scale = 1 / math.sqrt(D) if scale is None else scale
@@ -127,6 +129,8 @@ def attention(q, kc, vc, pos, n_kv_head, window_left=None, scale=None):
             k = kc[lo : p + 1, h // g].astype(np.float64)
             v = vc[lo : p + 1, h // g].astype(np.float64)
             s = k @ q[t, h].astype(np.float64) * scale
+            s = softcap * np.tanh(s / softcap) if softcap else s
+            s = s + alibi[h] * (np.arange(lo, p + 1) - p) if alibi else s
             e = np.exp(s - s.max())
             out[t, h] = e @ v / e.sum()
     return out
