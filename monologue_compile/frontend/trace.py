@@ -12,7 +12,11 @@ the ATen table either.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import re
+import sys
 
 import torch
 
@@ -29,9 +33,14 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
     # export logs what it could not trace, traceback and all, besides raising it: the one-line
     # error below says it, and the user's terminal gets nothing else
     torch_log.setLevel(logging.CRITICAL)
+    # and prints the partial graph of a failed trace to stderr (torch/export/_trace.py), a hundred
+    # lines of it: held back, and passed on only when the trace succeeds (the model's own warnings)
+    held = io.StringIO()
     try:
-        with torch.no_grad():
-            return _export(module, example, hi)
+        with torch.no_grad(), contextlib.redirect_stderr(held):
+            ep = _export(module, example, hi)
+        sys.stderr.write(held.getvalue())
+        return ep
     except Exception as e:  # export's own message names the construct it could not trace
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         if lines and lines[0].startswith("Constraints violated"):
@@ -39,9 +48,18 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
             raise MonologueError("the model treats some sequence lengths specially, so no single graph serves every "
                                  f"length (sequence-mixing the compiler does not understand): {guard[:300]}") from None
         first = lines[0] if lines else type(e).__name__
-        raise MonologueError(f"torch.export could not trace the model: {first[:300]}") from None
+        raise MonologueError(f"torch.export could not trace the model: {first[:300]}{_where(lines)}") from None
     finally:
         torch_log.setLevel(level)
+
+
+def _where(lines: list[str]) -> str:
+    """" (at file.py:101: the line)" of the model's code export names as the cause, else ""."""
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("The following call raised this error")), None)
+    if at is None or at + 2 >= len(lines) or not lines[at + 1].startswith("File "):
+        return ""
+    m = re.match(r'File "(?:.*/)?([^/"]+)", line (\d+)', lines[at + 1])
+    return f" (at {m.group(1)}:{m.group(2)}: {lines[at + 2][:120]})" if m else ""
 
 
 def _export(module, example, hi: int):
