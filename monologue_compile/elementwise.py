@@ -72,6 +72,19 @@ class _Numpy:
     max = staticmethod(np.maximum)
     pow = staticmethod(np.power)
     copysign = staticmethod(np.copysign)
+    log = staticmethod(np.log)
+
+    @staticmethod
+    def select(c, a, b):
+        return np.where(np.asarray(c) != 0, a, b).astype(_F, copy=False)
+
+    # comparisons are 1.0 or 0.0 (an f32 mask), so that select and arithmetic take them
+    gt = staticmethod(lambda a, b: (np.asarray(a) > b).astype(_F))
+    ge = staticmethod(lambda a, b: (np.asarray(a) >= b).astype(_F))
+    lt = staticmethod(lambda a, b: (np.asarray(a) < b).astype(_F))
+    le = staticmethod(lambda a, b: (np.asarray(a) <= b).astype(_F))
+    eq = staticmethod(lambda a, b: (np.asarray(a) == b).astype(_F))
+    ne = staticmethod(lambda a, b: (np.asarray(a) != b).astype(_F))
 
     @staticmethod
     def clamp(x, lo, hi):
@@ -134,6 +147,13 @@ UNARY: dict[str, Callable] = {
     "rsqrt": lambda x, m: 1.0 / m.sqrt(x),
     "sqrt": lambda x, m: m.sqrt(x),
     "abs": lambda x, m: m.abs(x),
+    "log": lambda x, m: m.log(x),
+    # exp(x) - 1 (no expm1 in WGSL): 6e-8 from the true value near 0, as absolute error
+    "expm1": lambda x, m: m.exp(x) - 1.0,
+    # torch's (beta 1, threshold 20): x past 20; the clamp keeps the branch not taken finite
+    "softplus": lambda x, m: m.select(m.gt(x, 20.0), x, m.log(1.0 + m.exp(m.clamp(x, -1.0e30, 20.0)))),
+    "mish": lambda x, m: x * m.call("tanh", m.call("softplus", x)),
+    "hardswish": lambda x, m: x * m.clamp(x + 3.0, 0.0, 6.0) / 6.0,
 }
 
 BINARY: dict[str, Callable] = {
@@ -142,13 +162,27 @@ BINARY: dict[str, Callable] = {
     "mul": lambda a, b, m: a * b,
     "div": lambda a, b, m: a / b,
     "pow": lambda a, b, m: m.pow(a, b),
+    "maximum": lambda a, b, m: m.max(a, b),
+    "minimum": lambda a, b, m: m.select(m.gt(a, b), b, a),
+    "gt": lambda a, b, m: m.gt(a, b),
+    "ge": lambda a, b, m: m.ge(a, b),
+    "lt": lambda a, b, m: m.lt(a, b),
+    "le": lambda a, b, m: m.le(a, b),
+    "eq": lambda a, b, m: m.eq(a, b),
+    "ne": lambda a, b, m: m.ne(a, b),
+    # torch.where(c, a, b) is pick(a, c) + pick_not(b, c): the branch not taken is 0 exactly, even
+    # where it is inf or NaN
+    "pick": lambda a, c, m: m.select(c, a, 0.0),
+    "pick_not": lambda a, c, m: m.select(c, 0.0, a),
+    "leaky_relu": lambda x, slope, m: m.select(m.gt(x, 0.0), x, x * slope),
+    "elu": lambda x, alpha, m: m.select(m.gt(x, 0.0), x, alpha * (m.exp(m.clamp(x, -1.0e30, 0.0)) - 1.0)),
 }
 
 FUNCTIONS: dict[str, Callable] = {**HELPERS, **UNARY, **BINARY}
 
 # Functions defined (real, finite) for positive arguments only (pow: base; div: divisor nonzero):
 # tests draw their inputs accordingly.
-POSITIVE_DOMAIN = ("rsqrt", "sqrt", "pow", "div")
+POSITIVE_DOMAIN = ("rsqrt", "sqrt", "pow", "div", "log")
 
 
 def arity(name: str) -> int:
@@ -224,13 +258,21 @@ def _wgsl_float(v: float) -> str:
     return wgsl_float(v)
 
 
+_COMPARE = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
+
+
 def _wgsl_prim(name: str, args: list[str]) -> str:
     if name == "copysign":
         return f"select(-abs({args[0]}), abs({args[0]}), {args[1]} >= 0.0)"
+    if name == "select":
+        return f"select({args[2]}, {args[1]}, {args[0]} != 0.0)"
+    if name in _COMPARE:
+        return f"select(0.0, 1.0, {args[0]} {_COMPARE[name]} {args[1]})"
     return f"{WGSL_PRIMS[name]}({', '.join(args)})"
 
 
-WGSL_PRIMS = {"exp": "exp", "tanh": "tanh", "sqrt": "sqrt", "abs": "abs", "max": "max", "pow": "pow", "clamp": "clamp"}
+WGSL_PRIMS = {"exp": "exp", "tanh": "tanh", "sqrt": "sqrt", "abs": "abs", "max": "max", "pow": "pow", "clamp": "clamp",
+              "log": "log"}
 
 
 def wgsl_expr(e: Expr) -> str:
@@ -296,6 +338,12 @@ def _rust_prim(name: str, args: list[str]) -> str:
         return f"pmin(pmax({args[0]}, {args[1]}), {args[2]})"
     if name == "pow":
         return f"{args[0]}.powf({args[1]})"
+    if name == "log":
+        return f"{args[0]}.ln()"
+    if name == "select":
+        return f"(if {args[0]} != 0.0_f32 {{ {args[1]} }} else {{ {args[2]} }})"
+    if name in _COMPARE:
+        return f"(if {args[0]} {_COMPARE[name]} {args[1]} {{ 1.0_f32 }} else {{ 0.0_f32 }})"
     # the runtime's own exp and tanh: the same bits on every target, whatever libm it links
     if name in ("exp", "tanh"):
         return f"crate::math::{name}f({args[0]})"

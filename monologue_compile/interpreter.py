@@ -171,7 +171,7 @@ def _layer_norm(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
 
 
 def _unary(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
-    return UNARY_FNS[at["fn"]](args[0]).astype(_F, copy=False)
+    return UNARY_FNS[at["fn"]](_val(args[0])).astype(_F, copy=False)
 
 
 def _binary(s: Session, n: Node, at: dict, args: list) -> np.ndarray:

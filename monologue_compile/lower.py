@@ -407,6 +407,8 @@ def _binary(fn):
             c.fail(f"{fn} with alpha={alpha} is not supported")
         if _scores(c, a) or _scores(c, b):
             return _scores_op(c, fn, a, b)
+        # a one-element constant (a 0-d buffer: xIELU's beta and eps) is a scalar operand
+        a, b = (_const_scalar(c, v) if isinstance(v, torch.fx.Node) else v for v in (a, b))
         if isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node):
             return c.emit("binary", [c.t(a), c.t(b)], {"fn": fn})
         if isinstance(a, torch.fx.Node):
@@ -447,6 +449,79 @@ def _unary(fn):
     return lambda c, x: c.emit("unary", [c.t(x)], {"fn": fn})
 
 
+def _const_scalar(c, a):
+    """A _Const fx node of one element as its number (a buffer: never a parameter, whose value R_q
+    takes from the IR's weights), else the node itself."""
+    if isinstance(c.env.get(a), _Const):
+        v = _constant_scalar(c, a)
+        if v is not None:
+            return v
+    return a
+
+
+def _compare(fn):
+    """x > y and the other comparisons: 1.0 or 0.0 in f32 (a mask that where and arithmetic take)."""
+    def conv(c, a, b):
+        y = _binary(fn)(c, a, b)
+        c.g.node(y).type = TensorType(c.type(y).shape, "f32")
+        return y
+
+    return conv
+
+
+def _where_values(c, cond, x, other):
+    """torch.where(cond, x, other) on activations: pick(x, cond) + pick_not(other, cond), each exactly
+    0 where not chosen (elementwise.py)."""
+    cn = c.t(cond)
+    if c.type(cn).dtype != "f32":
+        c.fail("where with a condition that is not a comparison of activations")
+    terms = [(v, fn) for v, fn in ((x, "pick"), (other, "pick_not"))
+             if isinstance(v, torch.fx.Node) or float(v) != 0.0]  # a 0.0 branch is what pick leaves anyway
+    parts = []
+    for v, fn in terms:
+        part = fn if len(terms) == 2 else ""  # the last node carries the fx node's own name
+        v = _const_scalar(c, v) if isinstance(v, torch.fx.Node) else v
+        if isinstance(v, torch.fx.Node):
+            parts.append(c.emit("binary", [c.t(v), cn], {"fn": fn}, c.out_type(), part))
+        else:  # scalar OP cond, the scalar first
+            parts.append(c.emit("binary", [cn], {"fn": fn, "scalar": float(v), "reverse": True}, c.out_type(), part))
+    if not parts:
+        return c.emit("binary", [cn], {"fn": "mul", "scalar": 0.0}, c.out_type())
+    return parts[0] if len(parts) == 1 else c.emit("binary", parts, {"fn": "add"})
+
+
+def _clamp(c, x, lo=None, hi=None):
+    """clamp(x, lo, hi) as maximum then minimum (torch's order: hi wins where lo > hi)."""
+    bounds = [(b, fn) for b, fn in ((lo, "maximum"), (hi, "minimum")) if b is not None]
+    if not bounds:
+        c.fail("clamp without a bound")
+    y = c.t(x)
+    for i, (bound, fn) in enumerate(bounds):
+        part = fn if i < len(bounds) - 1 else ""  # the last node carries the fx node's own name
+        bound = _const_scalar(c, bound) if isinstance(bound, torch.fx.Node) else bound
+        if isinstance(bound, torch.fx.Node):
+            y = c.emit("binary", [y, c.t(bound)], {"fn": fn}, part=part)
+        else:
+            y = c.emit("binary", [y], {"fn": fn, "scalar": float(bound)}, part=part)
+    return y
+
+
+def _softplus(c, x, beta=1, threshold=20):
+    if beta != 1 or threshold != 20:
+        c.fail(f"softplus with beta={beta}, threshold={threshold} (only torch's defaults, 1 and 20, are defined)")
+    return c.emit("unary", [c.t(x)], {"fn": "softplus"})
+
+
+def _elu(c, x, alpha=1, scale=1, input_scale=1):
+    if scale != 1 or input_scale != 1:
+        c.fail("elu with a scale or an input_scale other than 1 (selu's form)")
+    return c.emit("binary", [c.t(x)], {"fn": "elu", "scalar": float(alpha)})
+
+
+def _leaky_relu(c, x, negative_slope=0.01):
+    return c.emit("binary", [c.t(x)], {"fn": "leaky_relu", "scalar": float(negative_slope)})
+
+
 def _gelu(c, x, *, approximate="none"):
     return c.emit("unary", [c.t(x)], {"fn": "gelu" if approximate == "none" else "gelu_tanh"})
 
@@ -466,7 +541,29 @@ def _to(c, x, *args, **kw):
     out = c.out_type()
     if out.dtype == c.type(name).dtype:
         return name
+    if _is_mask(c, x) and c.fx.meta["val"].dtype in (torch.bool, torch.float32):
+        return name  # a comparison's 1.0 / 0.0 is its bool, and its float
     return c.emit("cast", [name], {"dtype": out.dtype})
+
+
+def _is_mask(c, x) -> bool:
+    """A bool value of the model that the IR holds as 1.0 / 0.0 in f32 (a comparison, a logical op)."""
+    return isinstance(x, torch.fx.Node) and x.meta["val"].dtype == torch.bool and c.type(c.t(x)).dtype == "f32"
+
+
+def _logical(fn):
+    """logical_and / or / not of comparisons, on their 1.0 / 0.0: mul, maximum, 1 - c."""
+    def conv(c, a, b=None):
+        if not all(_is_mask(c, v) for v in (a, b) if v is not None):
+            c.fail(f"logical_{fn} of values that are not comparisons of activations")
+        if fn == "not":
+            y = c.emit("binary", [c.t(a)], {"fn": "sub", "scalar": 1.0, "reverse": True})
+        else:
+            y = c.emit("binary", [c.t(a), c.t(b)], {"fn": {"and": "mul", "or": "maximum"}[fn]})
+        c.g.node(y).type = TensorType(c.type(y).shape, "f32")
+        return y
+
+    return conv
 
 
 def _alias(c, x, *args, **kw):
@@ -633,9 +730,10 @@ def _masked_fill(c, x, mask, value):
 
 
 def _where(c, cond, x, other):
-    """torch.where(causal mask, scores, fill): GPT-Neo's eager attention (fill: float32's lowest)."""
+    """torch.where(causal mask, scores, fill): GPT-Neo's eager attention (fill: float32's lowest); on
+    activations, _where_values."""
     if not _scores(c, x):
-        c.fail("where on activations (only where(causal mask, attention scores, -inf) is understood)")
+        return _where_values(c, cond, x, other)
     p, fill = c.env[x], _constant_scalar(c, other)
     # a fill at or below -1e30 is -inf to the softmax (exp underflows to 0): the additive masks'
     # convention (position_fold._allowed)
@@ -829,6 +927,36 @@ for _op, _conv in {
     aten.mm.default: _matmul,
     aten.addmm.default: _addmm,
     aten.bmm.default: _matmul,
+    aten.where.ScalarOther: _where,
+    aten.where.ScalarSelf: _where,
+    aten.where.Scalar: _where,
+    **{getattr(aten, fn).Tensor: _compare(fn) for fn in ("gt", "ge", "lt", "le", "eq", "ne")},
+    **{getattr(aten, fn).Scalar: _compare(fn) for fn in ("gt", "ge", "lt", "le", "eq", "ne")},
+    aten.logical_not.default: _logical("not"),
+    aten.logical_and.default: _logical("and"),
+    aten.logical_or.default: _logical("or"),
+    aten.bitwise_not.default: _logical("not"),  # ~mask, mask & mask, mask | mask on bools
+    aten.bitwise_and.Tensor: _logical("and"),
+    aten.bitwise_or.Tensor: _logical("or"),
+    aten.__and__.Tensor: _logical("and"),
+    aten.__or__.Tensor: _logical("or"),
+    aten.maximum.default: _binary("maximum"),
+    aten.minimum.default: _binary("minimum"),
+    aten.max.other: _binary("maximum"),
+    aten.min.other: _binary("minimum"),
+    aten.clamp.default: _clamp,
+    aten.clamp.Tensor: _clamp,
+    aten.clamp_min.default: lambda c, x, lo: _clamp(c, x, lo, None),
+    aten.clamp_max.default: lambda c, x, hi: _clamp(c, x, None, hi),
+    aten.hardtanh.default: lambda c, x, lo=-1.0, hi=1.0: _clamp(c, x, lo, hi),
+    aten.relu6.default: lambda c, x: _clamp(c, x, 0.0, 6.0),
+    aten.softplus.default: _softplus,
+    aten.expm1.default: _unary("expm1"),
+    aten.log.default: _unary("log"),
+    aten.mish.default: _unary("mish"),
+    aten.hardswish.default: _unary("hardswish"),
+    aten.leaky_relu.default: _leaky_relu,
+    aten.elu.default: _elu,
     aten.baddbmm.default: _baddbmm,
     aten.masked_fill.Scalar: _masked_fill,
     aten.where.self: _where,

@@ -19,19 +19,29 @@ TORCH = {
     "neg": torch.neg, "relu": torch.relu, "square": torch.square, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
     "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,
     "gelu_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"), "exp": torch.exp, "rsqrt": torch.rsqrt,
-    "sqrt": torch.sqrt, "abs": torch.abs,
+    "sqrt": torch.sqrt, "abs": torch.abs, "log": torch.log, "expm1": torch.expm1,
+    "softplus": torch.nn.functional.softplus, "mish": torch.nn.functional.mish,
+    "hardswish": torch.nn.functional.hardswish,
+}
+TORCH_BINARY = {
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "pow": torch.pow,
+    "maximum": torch.maximum, "minimum": torch.minimum, "gt": torch.gt, "ge": torch.ge, "lt": torch.lt, "le": torch.le,
+    "eq": torch.eq, "ne": torch.ne, "pick": lambda a, c: torch.where(c != 0, a, 0.0),
+    "pick_not": lambda a, c: torch.where(c != 0, 0.0, a),
+    "leaky_relu": lambda x, s: torch.nn.functional.leaky_relu(x, float(s[0])),
+    "elu": lambda x, alpha: torch.nn.functional.elu(x, float(alpha[0])),
 }
 
 
 def test_every_ir_function_has_a_definition():
     assert set(UNARY) == set(elementwise.UNARY) == set(TORCH)
-    assert set(BINARY) == set(elementwise.BINARY)
+    assert set(BINARY) == set(elementwise.BINARY) == set(TORCH_BINARY)
 
 
 @pytest.mark.parametrize("name", list(elementwise.UNARY))
 def test_unary_definition_matches_torch(name):
     x = np.random.default_rng(0).normal(0, 4, 4001).astype(np.float32)
-    if name in ("rsqrt", "sqrt"):
+    if name in ("rsqrt", "sqrt", "log"):
         x = np.abs(x) + 1e-3
     if name == "exp":
         x = np.clip(x, -60, 60)
@@ -39,6 +49,23 @@ def test_unary_definition_matches_torch(name):
     assert got.dtype == np.float32
     want = TORCH[name](torch.from_numpy(x.astype(np.float64))).numpy()
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)  # atol: the A&S erf (1.5e-7) times |x| / 2
+
+
+@pytest.mark.parametrize("name", list(elementwise.BINARY))
+def test_binary_definition_matches_torch(name):
+    """Against torch on values that tie and values that do not (comparisons, minimum, where's picks),
+    with a scalar second operand where torch's function takes one (the slope of leaky_relu, elu's alpha)."""
+    rng = np.random.default_rng(1)
+    a = np.round(rng.normal(0, 3, 4001), 1).astype(np.float32)
+    b = np.round(rng.normal(0, 3, 4001), 1).astype(np.float32)
+    if name in ("leaky_relu", "elu"):
+        b = np.full_like(b, 0.3)
+    if name in elementwise.POSITIVE_DOMAIN:
+        a, b = np.abs(a) + 0.5, np.abs(b) / 4 + 0.5
+    got = elementwise.binary(name, a, b)
+    assert got.dtype == np.float32
+    want = TORCH_BINARY[name](torch.from_numpy(a.astype(np.float64)), torch.from_numpy(b.astype(np.float64)))
+    np.testing.assert_allclose(got, want.double().numpy(), rtol=2e-6, atol=2e-6)
 
 
 def test_tanh_saturates_without_nan_in_every_rendering():

@@ -102,11 +102,11 @@ class NanoGPT(nn.Module):
     """nanoGPT's model.py in miniature: fused c_attn split in three, a registered tril buffer with
     masked_fill, learned positions, LayerNorm with biases, GELU, tied embeddings."""
 
-    def __init__(self, n_embd=32, n_head=4, n_layer=2, block_size=S):
+    def __init__(self, n_embd=32, n_head=4, n_layer=2, block_size=S, block=None):
         super().__init__()
         self.n_head, self.block_size = n_head, block_size
         self.wte, self.wpe = nn.Embedding(V, n_embd), nn.Embedding(block_size, n_embd)
-        self.blocks = nn.ModuleList(NanoBlock(n_embd, n_head, block_size) for _ in range(n_layer))
+        self.blocks = nn.ModuleList((block or NanoBlock)(n_embd, n_head, block_size) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, V, bias=False)
         self.lm_head.weight = self.wte.weight
@@ -144,6 +144,25 @@ class NanoBlock(nn.Module):
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+def assorted_activations(h):
+    """Activations people write by hand, on the four quarters of the MLP's hidden row: comparisons and
+    torch.where (tensors and scalars), clamp, relu6, minimum, elu, leaky_relu, softplus, mish,
+    hardswish, expm1, log, comparisons used as floats and combined with logical and bitwise ops."""
+    a, b, c, d = h.chunk(4, dim=-1)
+    a = torch.where(a > 0, a * a, F.elu(a, 0.5)) + torch.logical_and(a > -1, a < 1).to(a.dtype) * 0.1
+    b = F.mish(b).clamp(-0.2, 1.5) + F.hardswish(b) * (b <= 1.0).float()
+    c = torch.minimum(F.leaky_relu(c, 0.1), F.softplus(c)) - F.relu6(c * 4)
+    d = torch.where((d < 0.25) | ~(d < 2.0), torch.expm1(d.clamp(max=1.0)), torch.log(d.abs() + 1.0)) + \
+        torch.where(d != 0, 0.0, d)
+    return torch.cat([a, b, c, d], dim=-1)
+
+
+class ActBlock(NanoBlock):
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp_proj(assorted_activations(self.c_fc(self.ln_2(x))))
 
 
 class CharGPT(nn.Module):
@@ -194,7 +213,7 @@ class CharBlock(nn.Module):
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
                              "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom",
                              "mpt", "falcon-rw"]
-         for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-")]
+         for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-"), ("actgpt", "-")]
 
 
 def build_model(family: str, impl: str) -> CausalLMLogits:
@@ -203,6 +222,8 @@ def build_model(family: str, impl: str) -> CausalLMLogits:
         return CausalLMLogits(randomized(NanoGPT(), 2), S)
     if family == "chargpt":
         return CausalLMLogits(randomized(CharGPT(), 3), S)
+    if family == "actgpt":
+        return CausalLMLogits(randomized(NanoGPT(block=ActBlock), 5), S)
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_config(hf_configs()[family], attn_implementation=impl, dtype=torch.float32)
@@ -452,6 +473,29 @@ class LearnedBias(nn.Module):
         T = idx.shape[1]
         s = x @ x.transpose(-2, -1) + self.bias[:T, :T]
         return s.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1) @ x
+
+
+class Branchy(nn.Module):
+    """A branch on a value computed from the tokens: what no single traced graph can hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, 8)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+def test_an_untraceable_branch_is_one_line_naming_its_source_line(capfd):
+    """torch.export prints the partial graph of a failed trace to stderr itself (a hundred lines on a
+    real model): it is held back, and the error names the line of the model's code."""
+    with pytest.raises(MonologueError, match=r"torch.export could not trace the model: .*\(at test_hf_models.py:\d+: "
+                                             r"if x.sum\(\) > 0:\)"):
+        trace(Branchy(), S)
+    assert "def forward" not in capfd.readouterr().err
 
 
 def test_a_bias_that_is_not_alibi_is_refused_with_its_node():

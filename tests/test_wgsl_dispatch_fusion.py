@@ -44,6 +44,18 @@ def qwen2():
 
 
 @pytest.fixture(scope="module")
+def actgpt():
+    """Hand-written activations: elementwise chains whose operands are chains of their own (minimum of
+    leaky_relu(x) and softplus(x), then relu6(4x) subtracted from it), which the plan computes inside
+    the kernel that reads them one level deep only."""
+    from test_hf_models import build_model
+
+    from monologue_compile.frontend.module import from_module
+
+    return build(from_module(build_model("actgpt", "-").model, None, 80), "int8").graph
+
+
+@pytest.fixture(scope="module")
 def gpt(tmp_path_factory):
     from conftest import tiny_model, write_checkpoint
 
@@ -114,7 +126,7 @@ def test_decode_dispatches_per_token_nanochat(nanochat):
     assert _counts(nanochat, fuse=False) == (50, 47, 47)
 
 
-@pytest.mark.parametrize("which", ["llama", "gpt", "nanochat"])
+@pytest.mark.parametrize("which", ["llama", "gpt", "nanochat", "actgpt"])
 @pytest.mark.parametrize("profile", [None, "cpu"])
 def test_fused_plan_matches_the_unfused_plan_on_wgpu(which, profile, request):
     from monologue_compile.backends.wgpu_executor import WgpuSession

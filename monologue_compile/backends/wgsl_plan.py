@@ -380,7 +380,8 @@ class _Builder:
         """Whether elementwise n runs inside the one elementwise kernel that reads it as an operand
         (its chain computed per element there, nanochat's `lambda_r * x` before `+ lambda_0 * x0`)
         instead of a dispatch of its own: both chains map elements only, the same shape, n's inputs
-        left intact by the memory plan until then and none in the reader's output buffer."""
+        left intact by the memory plan until then, none in the reader's output buffer, and none
+        itself computed inside n (one level: the reader's kernel reads n's inputs from their buffers)."""
         if not self.fuse or n.op != "elementwise" or n.name in self.g.outputs:
             return False
         users = self.users.get(n.name, [])
@@ -398,7 +399,7 @@ class _Builder:
                     return False
                 continue
             loc = self.loc.get(name)
-            if loc is None or loc.buffer == self.loc[b.name].buffer:
+            if loc is None or loc.buffer == self.loc[b.name].buffer or self._inner_of(self.g.node(name), T):
                 return False
             if self.buffers[loc.buffer]["role"] != "weight" and not intact_until(self.g, name, b.name, skip=(n.name,)):
                 return False  # an activation the plan overwrites before b runs

@@ -17,6 +17,11 @@ pub enum Unary {
     Rsqrt,
     Sqrt,
     Abs,
+    Log,
+    Expm1,
+    Softplus,
+    Mish,
+    Hardswish,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,6 +31,18 @@ pub enum Binary {
     Mul,
     Div,
     Pow,
+    Maximum,
+    Minimum,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+    Pick,
+    PickNot,
+    LeakyRelu,
+    Elu,
 }
 
 #[inline(always)]
@@ -107,6 +124,31 @@ pub fn abs(x: f32) -> f32 {
 }
 
 #[inline(always)]
+pub fn log(x: f32) -> f32 {
+    x.ln()
+}
+
+#[inline(always)]
+pub fn expm1(x: f32) -> f32 {
+    (crate::math::expf(x) - 1.0_f32)
+}
+
+#[inline(always)]
+pub fn softplus(x: f32) -> f32 {
+    (if (if x > 20.0_f32 { 1.0_f32 } else { 0.0_f32 }) != 0.0_f32 { x } else { (1.0_f32 + crate::math::expf(pmin(pmax(x, -1.0000000150474662e+30_f32), 20.0_f32))).ln() })
+}
+
+#[inline(always)]
+pub fn mish(x: f32) -> f32 {
+    (x * tanh(softplus(x)))
+}
+
+#[inline(always)]
+pub fn hardswish(x: f32) -> f32 {
+    ((x * pmin(pmax((x + 3.0_f32), 0.0_f32), 6.0_f32)) / 6.0_f32)
+}
+
+#[inline(always)]
 pub fn add(a: f32, b: f32) -> f32 {
     (a + b)
 }
@@ -131,6 +173,66 @@ pub fn pow(a: f32, b: f32) -> f32 {
     a.powf(b)
 }
 
+#[inline(always)]
+pub fn maximum(a: f32, b: f32) -> f32 {
+    pmax(a, b)
+}
+
+#[inline(always)]
+pub fn minimum(a: f32, b: f32) -> f32 {
+    (if (if a > b { 1.0_f32 } else { 0.0_f32 }) != 0.0_f32 { b } else { a })
+}
+
+#[inline(always)]
+pub fn gt(a: f32, b: f32) -> f32 {
+    (if a > b { 1.0_f32 } else { 0.0_f32 })
+}
+
+#[inline(always)]
+pub fn ge(a: f32, b: f32) -> f32 {
+    (if a >= b { 1.0_f32 } else { 0.0_f32 })
+}
+
+#[inline(always)]
+pub fn lt(a: f32, b: f32) -> f32 {
+    (if a < b { 1.0_f32 } else { 0.0_f32 })
+}
+
+#[inline(always)]
+pub fn le(a: f32, b: f32) -> f32 {
+    (if a <= b { 1.0_f32 } else { 0.0_f32 })
+}
+
+#[inline(always)]
+pub fn eq(a: f32, b: f32) -> f32 {
+    (if a == b { 1.0_f32 } else { 0.0_f32 })
+}
+
+#[inline(always)]
+pub fn ne(a: f32, b: f32) -> f32 {
+    (if a != b { 1.0_f32 } else { 0.0_f32 })
+}
+
+#[inline(always)]
+pub fn pick(a: f32, b: f32) -> f32 {
+    (if b != 0.0_f32 { a } else { 0.0_f32 })
+}
+
+#[inline(always)]
+pub fn pick_not(a: f32, b: f32) -> f32 {
+    (if b != 0.0_f32 { 0.0_f32 } else { a })
+}
+
+#[inline(always)]
+pub fn leaky_relu(a: f32, b: f32) -> f32 {
+    (if (if a > 0.0_f32 { 1.0_f32 } else { 0.0_f32 }) != 0.0_f32 { a } else { (a * b) })
+}
+
+#[inline(always)]
+pub fn elu(a: f32, b: f32) -> f32 {
+    (if (if a > 0.0_f32 { 1.0_f32 } else { 0.0_f32 }) != 0.0_f32 { a } else { (b * (crate::math::expf(pmin(pmax(a, -1.0000000150474662e+30_f32), 0.0_f32)) - 1.0_f32)) })
+}
+
 #[inline]
 pub fn unary(f: Unary, x: f32) -> f32 {
     match f {
@@ -146,6 +248,11 @@ pub fn unary(f: Unary, x: f32) -> f32 {
         Unary::Rsqrt => rsqrt(x),
         Unary::Sqrt => sqrt(x),
         Unary::Abs => abs(x),
+        Unary::Log => log(x),
+        Unary::Expm1 => expm1(x),
+        Unary::Softplus => softplus(x),
+        Unary::Mish => mish(x),
+        Unary::Hardswish => hardswish(x),
     }
 }
 
@@ -157,6 +264,18 @@ pub fn binary(f: Binary, a: f32, b: f32) -> f32 {
         Binary::Mul => mul(a, b),
         Binary::Div => div(a, b),
         Binary::Pow => pow(a, b),
+        Binary::Maximum => maximum(a, b),
+        Binary::Minimum => minimum(a, b),
+        Binary::Gt => gt(a, b),
+        Binary::Ge => ge(a, b),
+        Binary::Lt => lt(a, b),
+        Binary::Le => le(a, b),
+        Binary::Eq => eq(a, b),
+        Binary::Ne => ne(a, b),
+        Binary::Pick => pick(a, b),
+        Binary::PickNot => pick_not(a, b),
+        Binary::LeakyRelu => leaky_relu(a, b),
+        Binary::Elu => elu(a, b),
     }
 }
 
@@ -175,6 +294,11 @@ pub fn unary_row(f: Unary, row: &mut [f32]) {
         Unary::Rsqrt => row.iter_mut().for_each(|v| *v = rsqrt(*v)),
         Unary::Sqrt => row.iter_mut().for_each(|v| *v = sqrt(*v)),
         Unary::Abs => row.iter_mut().for_each(|v| *v = abs(*v)),
+        Unary::Log => row.iter_mut().for_each(|v| *v = log(*v)),
+        Unary::Expm1 => row.iter_mut().for_each(|v| *v = expm1(*v)),
+        Unary::Softplus => row.iter_mut().for_each(|v| *v = softplus(*v)),
+        Unary::Mish => row.iter_mut().for_each(|v| *v = mish(*v)),
+        Unary::Hardswish => row.iter_mut().for_each(|v| *v = hardswish(*v)),
     }
 }
 
@@ -192,5 +316,29 @@ pub fn binary_row(f: Binary, rev: bool, row: &mut [f32], b: impl Fn(usize) -> f3
         (Binary::Div, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = div(b(j), *v)),
         (Binary::Pow, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = pow(*v, b(j))),
         (Binary::Pow, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = pow(b(j), *v)),
+        (Binary::Maximum, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = maximum(*v, b(j))),
+        (Binary::Maximum, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = maximum(b(j), *v)),
+        (Binary::Minimum, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = minimum(*v, b(j))),
+        (Binary::Minimum, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = minimum(b(j), *v)),
+        (Binary::Gt, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = gt(*v, b(j))),
+        (Binary::Gt, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = gt(b(j), *v)),
+        (Binary::Ge, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = ge(*v, b(j))),
+        (Binary::Ge, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = ge(b(j), *v)),
+        (Binary::Lt, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = lt(*v, b(j))),
+        (Binary::Lt, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = lt(b(j), *v)),
+        (Binary::Le, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = le(*v, b(j))),
+        (Binary::Le, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = le(b(j), *v)),
+        (Binary::Eq, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = eq(*v, b(j))),
+        (Binary::Eq, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = eq(b(j), *v)),
+        (Binary::Ne, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = ne(*v, b(j))),
+        (Binary::Ne, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = ne(b(j), *v)),
+        (Binary::Pick, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = pick(*v, b(j))),
+        (Binary::Pick, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = pick(b(j), *v)),
+        (Binary::PickNot, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = pick_not(*v, b(j))),
+        (Binary::PickNot, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = pick_not(b(j), *v)),
+        (Binary::LeakyRelu, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = leaky_relu(*v, b(j))),
+        (Binary::LeakyRelu, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = leaky_relu(b(j), *v)),
+        (Binary::Elu, false) => row.iter_mut().enumerate().for_each(|(j, v)| *v = elu(*v, b(j))),
+        (Binary::Elu, true) => row.iter_mut().enumerate().for_each(|(j, v)| *v = elu(b(j), *v)),
     }
 }
