@@ -34,7 +34,7 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 
 
 def hf_configs() -> dict:
-    from transformers import (BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig,
+    from transformers import (ApertusConfig, BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig,
                               GPTNeoConfig, HunYuanDenseV1Config, LlamaConfig, MptConfig, Phi3Config, Qwen2Config,
                               Qwen3Config, SmolLM3Config)
 
@@ -75,6 +75,8 @@ def hf_configs() -> dict:
         # MPT's (a bias built for max_seq_len and sliced, masked_fill; 6 heads: slopes of 8 interleaved)
         "bloom": BloomConfig(vocab_size=V, hidden_size=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2),
         "mpt": MptConfig(vocab_size=V, d_model=48, n_layers=2, n_heads=6, max_seq_len=S, expansion_ratio=2),
+        # xIELU: softplus of parameters, 0-d buffers, torch.where(x > 0, ...), expm1, torch.min
+        "apertus": ApertusConfig(**SMALL),
         # Falcon-RW's ALiBi: in the mask (finite where visible; sdpa's attn_mask), and in eager twice
         "falcon-rw": FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=True,
                                   multi_query=False, parallel_attn=False, bias=True, bos_token_id=1, eos_token_id=2),
@@ -212,7 +214,7 @@ class CharBlock(nn.Module):
 
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
                              "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom",
-                             "mpt", "falcon-rw"]
+                             "mpt", "falcon-rw", "apertus"]
          for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-"), ("actgpt", "-")]
 
 
