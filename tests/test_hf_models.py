@@ -431,11 +431,15 @@ def test_moe_routing_is_refused_by_name():
         lower(trace(model, S))
 
 
-class NotCausal(nn.Module):
+class OneLayer(nn.Module):
+    """An embedding for a refusal's one construct to act on."""
+
     def __init__(self):
         super().__init__()
         self.emb = nn.Embedding(V, 8)
 
+
+class NotCausal(OneLayer):
     def forward(self, idx):
         x = self.emb(idx)[:, None]
         T = idx.shape[1]
@@ -448,12 +452,8 @@ def test_a_mask_that_is_not_causal_is_refused_with_its_node():
         lower(trace(NotCausal(), S))
 
 
-class CappedAfterTheMask(nn.Module):
+class CappedAfterTheMask(OneLayer):
     """Gemma 2's softcap written after the mask: tanh(-inf) = -1 lets every future key back in."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(V, 8)
 
     def forward(self, idx):
         x = self.emb(idx)[:, None]
@@ -462,12 +462,11 @@ class CappedAfterTheMask(nn.Module):
         return (torch.tanh(s / 2.0) * 2.0).softmax(-1) @ x
 
 
-class LearnedBias(nn.Module):
+class LearnedBias(OneLayer):
     """A learned (T, T) bias on the scores (T5-style relative positions would be one): not ALiBi."""
 
     def __init__(self):
         super().__init__()
-        self.emb = nn.Embedding(V, 8)
         self.register_buffer("bias", torch.randn(S, S))
 
     def forward(self, idx):
@@ -477,12 +476,8 @@ class LearnedBias(nn.Module):
         return s.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1) @ x
 
 
-class Branchy(nn.Module):
+class Branchy(OneLayer):
     """A branch on a value computed from the tokens: what no single traced graph can hold."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(V, 8)
 
     def forward(self, idx):
         x = self.emb(idx)
