@@ -472,9 +472,9 @@ def _compare(fn):
 def _where_values(c, cond, x, other):
     """torch.where(cond, x, other) on activations: pick(x, cond) + pick_not(other, cond), each exactly
     0 where not chosen (elementwise.py)."""
-    cn = c.t(cond)
-    if c.type(cn).dtype != "f32":
+    if not _is_mask(c, cond):
         c.fail("where with a condition that is not a comparison of activations")
+    cn = c.t(cond)
     terms = [(v, fn) for v, fn in ((x, "pick"), (other, "pick_not"))
              if isinstance(v, torch.fx.Node) or float(v) != 0.0]  # a 0.0 branch is what pick leaves anyway
     parts = []
@@ -685,7 +685,8 @@ def _scores_op(c, fn, a, b):
     elif fn == "add":
         attrs["window"] = _both(attrs["window"], c.mask_window(other, additive=True))
     else:
-        c.fail(f"attention scores {fn} {other!r} (only a scale, a tanh logit softcap and causal masks are understood)")
+        c.fail(f"attention scores {fn} {other!r} (only a scale, a tanh logit softcap, ALiBi and causal masks are "
+               "understood)")
     return _Pending("scores", p.name, **attrs)
 
 
