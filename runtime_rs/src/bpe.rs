@@ -53,6 +53,9 @@ pub struct HfModel {
     /// `add_prefix_space`), which `Tokenizer::pattern` runs without copying pieces.
     fast: bool,
     add_prefix_space: bool,
+    /// ByteLevel's char of each byte, and the byte of each such char (for `byte_steps`).
+    byte_chars: Vec<char>,
+    char_bytes: Vec<u8>,
 }
 
 /// How a Hugging Face tokenizer.json prepares text and reads tokens back.
@@ -61,6 +64,8 @@ pub struct HfOptions {
     pub normalizer: Option<Form>,
     /// The normalizer's and pre-tokenizer's steps, in order.
     pub steps: Vec<Step>,
+    /// The pre-tokenizer's steps after ByteLevel, on each piece's bytes as ByteLevel's chars.
+    pub byte_steps: Vec<Step>,
     /// How many of `steps` are the normalizer's (they never split).
     pub normalizer_steps: usize,
     /// The flags of each added token, in the order of the added tokens.
@@ -321,11 +326,17 @@ impl Tokenizer {
         }
         // the fast path: the split pattern alone, maybe after ByteLevel's prefix space
         let fast = match &options.steps[options.normalizer_steps..] {
+            _ if !options.byte_steps.is_empty() => None,
             [Step::Split(p)] if !options.char_level => Some((p.clone(), false)),
             [Step::PrefixSpace, Step::Split(p)] if !options.char_level => Some((p.clone(), true)),
             _ => None,
         };
         let (pattern, add_prefix_space) = fast.clone().unwrap_or((SplitPattern::default(), false));
+        let (mut byte_chars, mut char_bytes) = (vec!['\0'; 256], vec![0u8; 324]);
+        for (c, b) in crate::hf_tokenizer::byte_of_char() {
+            byte_chars[b as usize] = c;
+            char_bytes[c as usize] = b;
+        }
         let num_ranks = decoder.len();
         Ok(Tokenizer {
             pattern,
@@ -334,7 +345,7 @@ impl Tokenizer {
             num_ranks,
             specials: added,
             cache: Mutex::new(FxHashMap::default()),
-            hf: Some(HfModel { merges: pairs, byte_ids, options, fast: fast.is_some(), add_prefix_space }),
+            hf: Some(HfModel { merges: pairs, byte_ids, options, fast: fast.is_some(), add_prefix_space, byte_chars, char_bytes }),
         })
     }
 
@@ -439,7 +450,17 @@ impl Tokenizer {
         let hf = match &self.hf {
             Some(hf) if !hf.fast => {
                 for piece in apply_steps(&hf.options.steps[hf.options.normalizer_steps..], text, at_start) {
-                    self.encode_piece(piece.as_bytes(), out, cache);
+                    if hf.options.byte_steps.is_empty() {
+                        self.encode_piece(piece.as_bytes(), out, cache);
+                        continue;
+                    }
+                    // ByteLevel's chars, one per byte, so a step may cut inside a UTF-8 sequence
+                    // (Falcon's Digits cuts at a continuation byte 0xB2, '²')
+                    let chars: String = piece.bytes().map(|b| hf.byte_chars[b as usize]).collect();
+                    for part in apply_steps(&hf.options.byte_steps, &chars, false) {
+                        let bytes: Vec<u8> = part.chars().map(|c| hf.char_bytes[c as usize]).collect();
+                        self.encode_piece(&bytes, out, cache);
+                    }
                 }
                 return;
             }

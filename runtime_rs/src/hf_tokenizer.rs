@@ -1,7 +1,8 @@
 //! Hugging Face `tokenizer.json` (the `tokenizers` library's format): BPE with merges in file
 //! order and added tokens at any id, in two styles. Byte-level (decoder ByteLevel): a
-//! pre-tokenizer of Split regexes and Digits ending in ByteLevel, as in GPT-2, GPT-NeoX, SmolLM,
-//! Llama-3, Qwen2, GPT-4o-style and StarCoder files. SentencePiece (byte fallback to `<0xNN>`):
+//! pre-tokenizer of Split regexes, Digits and Punctuation with ByteLevel, as in GPT-2, GPT-NeoX,
+//! SmolLM, Llama-3, Qwen2, GPT-4o-style, StarCoder, Bloom and Falcon files (Falcon's Digits and
+//! Split come after ByteLevel and so see each byte as its char). SentencePiece (byte fallback to `<0xNN>`):
 //! the normalizer Prepend `▁` + Replace ` `→`▁` (Llama-2, Mistral v0.1, TinyLlama) or the Replace
 //! alone (Gemma), or a Metaspace pre-tokenizer (newer Llama/Mistral files), maybe with Split and
 //! Digits; decoder Replace/ByteFallback/Fuse[/Strip] or Metaspace. Either may normalize with NFC
@@ -16,7 +17,7 @@ use crate::normalize::Form;
 use crate::pretokenize::{Prepend, SplitPattern, Step};
 
 /// GPT-2's map from bytes to the printable chars byte-level vocabularies are written in.
-fn byte_of_char() -> Vec<(char, u8)> {
+pub fn byte_of_char() -> Vec<(char, u8)> {
     let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut shifted = 0;
     (0..=255u32)
@@ -122,16 +123,29 @@ fn prepend_scheme(part: &Json) -> Result<Prepend, String> {
     }
 }
 
-/// Append the steps of pre-tokenizer `part` (a Sequence's in order). ByteLevel (which maps
-/// bytes to chars) must come last, and only in a byte-level tokenizer; Metaspace only in a
+/// Append the steps of pre-tokenizer `part` (a Sequence's in order) to `steps`, and those after
+/// ByteLevel (which maps bytes to chars: Falcon's Digits and Split) to `byte_steps`, which then
+/// see each byte as its char. ByteLevel only in a byte-level tokenizer; Metaspace only in a
 /// SentencePiece-style one.
-fn pre_tokenizer_steps(part: &Json, byte_level: bool, steps: &mut Vec<Step>, ended: &mut bool) -> Result<(), String> {
-    require(!*ended, &format!("a pre-tokenizer {} after ByteLevel", type_of(part)))?;
-    match type_of(part) {
+fn pre_tokenizer_steps(part: &Json, byte_level: bool, steps: &mut Vec<Step>, byte_steps: &mut Vec<Step>, ended: &mut bool) -> Result<(), String> {
+    let kind = type_of(part);
+    require(!*ended || matches!(kind, "Sequence" | "Split" | "Digits" | "Punctuation"), &format!("a pre-tokenizer {} after ByteLevel", kind))?;
+    if *ended && kind != "Sequence" {
+        return pre_tokenizer_steps(part, byte_level, byte_steps, &mut Vec::new(), &mut false);
+    }
+    match kind {
         "Sequence" => {
             for step in items(part, "pretokenizers")? {
-                pre_tokenizer_steps(step, byte_level, steps, ended)?;
+                pre_tokenizer_steps(step, byte_level, steps, byte_steps, ended)?;
             }
+        }
+        "Punctuation" => {
+            let individual = match text_of(part, "behavior").unwrap_or("Isolated") {
+                "Isolated" => true,
+                "Contiguous" => false,
+                other => return Err(format!("tokenizer.json: a Punctuation behavior {} (Isolated and Contiguous are supported)", other)),
+            };
+            steps.push(Step::Punctuation { individual });
         }
         "Split" => {
             require(text_of(part, "behavior") == Some("Isolated"), "a Split behavior other than Isolated")?;
@@ -225,10 +239,10 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
     let normalizer = normalizer_steps(doc.get("normalizer"), &mut steps)?;
     let normalizer_steps = steps.len();
     require(!byte_level || steps.is_empty(), "a SentencePiece normalizer in a byte-level tokenizer")?;
-    let mut ended = false;
+    let (mut ended, mut byte_steps) = (false, Vec::new());
     match doc.get("pre_tokenizer") {
         None | Some(Json::Null) => require(!byte_level, "a byte-level BPE without a ByteLevel pre-tokenizer")?,
-        Some(p) => pre_tokenizer_steps(p, byte_level, &mut steps, &mut ended)?,
+        Some(p) => pre_tokenizer_steps(p, byte_level, &mut steps, &mut byte_steps, &mut ended)?,
     }
     require(!byte_level || ended, "a byte-level BPE without a ByteLevel pre-tokenizer")?;
     let decoder = if byte_level { Decoder::ByteLevel } else { sentencepiece_decoder(doc.get("decoder"))? };
@@ -242,7 +256,7 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
         vocab_and_merges(model, |token| token_bytes(token, &map))?
     };
     let (added, added_flags) = added_tokens(doc)?;
-    let options = HfOptions { normalizer, steps, normalizer_steps, added: added_flags, char_level, ignore_merges: flag(model, "ignore_merges"), decoder, source: text.to_string() };
+    let options = HfOptions { normalizer, steps, byte_steps, normalizer_steps, added: added_flags, char_level, ignore_merges: flag(model, "ignore_merges"), decoder, source: text.to_string() };
     Tokenizer::from_hf(vocab, &merges, added, options)
 }
 

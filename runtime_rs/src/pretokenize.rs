@@ -372,10 +372,36 @@ pub enum Step {
     Split(SplitPattern),
     /// Digits: every numeric (\p{N}) char a piece of its own, or each run of them one piece.
     Digits { individual: bool },
+    /// Punctuation (ASCII punctuation or \p{P}): each such char a piece of its own (Isolated), or
+    /// each run of them one piece (Contiguous, Falcon's).
+    Punctuation { individual: bool },
     /// ByteLevel's add_prefix_space: a space before a piece that does not start with one.
     PrefixSpace,
     /// Spaces become `▁`, `▁` is prepended as `prepend` says; `split`: each `▁` starts a piece.
     Metaspace { prepend: Prepend, split: bool },
+}
+
+/// Push the parts of `piece` cut around the runs of chars where `inside` holds, each such char a
+/// part of its own when `individual`.
+fn split_runs(piece: &str, at_start: bool, individual: bool, inside: impl Fn(char) -> bool, out: &mut Vec<(String, bool)>) {
+    let mut prev: Option<bool> = None;
+    let mut cuts = piece.char_indices().filter_map(|(i, c)| {
+        let is = inside(c);
+        let cut = prev.map_or(false, |was| was != is || (is && individual));
+        prev = Some(is);
+        if cut {
+            Some(i)
+        } else {
+            None
+        }
+    });
+    push_cuts(piece, at_start, &mut cuts, out);
+}
+
+/// `tokenizers`' punctuation: ASCII punctuation (symbols such as `$+<=>^|~` too) or a char of a
+/// Unicode punctuation category.
+fn is_punctuation(c: char) -> bool {
+    c.is_ascii_punctuation() || crate::unicode_tables::CATEGORY_NAMES[crate::regex::category(c)].starts_with('P')
 }
 
 /// Push the parts of `piece` cut at `cuts` (increasing byte offsets) to `out`.
@@ -401,20 +427,8 @@ impl Step {
                 });
                 push_cuts(&piece, at_start, &mut cuts, out);
             }
-            Step::Digits { individual } => {
-                let mut prev: Option<bool> = None;
-                let mut cuts = piece.char_indices().filter_map(|(i, c)| {
-                    let numeric = class_of(c) == CharClass::Number;
-                    let cut = prev.map_or(false, |was| was != numeric || (numeric && *individual));
-                    prev = Some(numeric);
-                    if cut {
-                        Some(i)
-                    } else {
-                        None
-                    }
-                });
-                push_cuts(&piece, at_start, &mut cuts, out);
-            }
+            Step::Digits { individual } => split_runs(&piece, at_start, *individual, |c| class_of(c) == CharClass::Number, out),
+            Step::Punctuation { individual } => split_runs(&piece, at_start, *individual, is_punctuation, out),
             Step::PrefixSpace => {
                 out.push((if piece.starts_with(' ') { piece } else { format!(" {}", piece) }, at_start));
             }

@@ -7,10 +7,11 @@
 //! `\p{..}` / `\P{..}` / `\p{^..}` over general categories (`L Lu Ll Lt Lm Lo M Mn Mc Me N Nd Nl
 //! No P.. S.. Z.. C..`), groups `(..)` `(?:..)` `(?i:..)` `(?>..)`, lookahead `(?=..)` `(?!..)`,
 //! quantifiers `? * + {m} {m,} {m,n}`, lazy (`??` ...) and possessive (`?+ *+ ++`). `\s` is the
-//! White_Space property, `\d` is Nd, as in Oniguruma. Case-insensitive matching uses simple case
-//! folding (one char to one char). Anything else (anchors, lookbehind, back-references, `\w`,
-//! nested classes, a case-insensitive string Oniguruma would match by a multi-char fold such as
-//! "ss" against "ß", ...) is refused, naming the construct.
+//! White_Space property, `\d` is Nd, as in Oniguruma; a class nested in a class is a union with it.
+//! Case-insensitive matching uses simple case folding (one char to one char). Anything else
+//! (anchors, lookbehind, back-references, `\w`, negated nested classes, a case-insensitive string
+//! Oniguruma would match by a multi-char fold such as "ss" against "ß", ...) is refused, naming
+//! the construct.
 
 use crate::pretokenize::class_of;
 use crate::unicode_tables::{CharClass, CASE_FOLDS, CATEGORY_NAMES, CATEGORY_STARTS, MULTI_FOLDS};
@@ -269,7 +270,16 @@ impl<'p> Parser<'p> {
             }
             first = false;
             let lo = match c {
-                '[' => return Err(self.error("a nested class or POSIX bracket")),
+                '[' if self.peek() == Some(':') => return Err(self.error("a POSIX bracket")),
+                '[' => {
+                    // a nested class is a union with the enclosing one (Bloom's [^(\s|[.,!?])])
+                    let inner = self.class(fold)?;
+                    if inner.negated {
+                        return Err(self.error("a negated nested class"));
+                    }
+                    items.extend(inner.items);
+                    continue;
+                }
                 '&' if self.peek() == Some('&') => return Err(self.error("class intersection &&")),
                 '\\' => match self.escape(fold, true)? {
                     Escape::Item(item) => {
@@ -287,7 +297,7 @@ impl<'p> Parser<'p> {
                         Escape::Char(c) => c,
                         Escape::Item(_) => return Err(self.error("a class range ending in a class")),
                     },
-                    '[' => return Err(self.error("a nested class or POSIX bracket")),
+                    '[' => return Err(self.error("a class range ending in a nested class")),
                     c => c,
                 };
                 if hi < lo {
@@ -656,6 +666,8 @@ mod tests {
         assert_eq!(find_all(r"[a\-z]+", "a-z"), vec!["a-z"]);
         assert_eq!(find_all(r"\x41\u0042\x{43}", "ABC"), vec!["ABC"]);
         assert_eq!(find_all(r"\}?a{2}?b{1,}", "}aab}aabb"), vec!["}aab", "}aabb"]);
+        // a nested class is a union (Bloom's split pattern)
+        assert_eq!(find_all(r" ?[^(\s|[.,!?…])]+", "Hi, you (there)! ok…"), vec!["Hi", " you", "there", " ok"]);
     }
 
     #[test]
@@ -665,7 +677,8 @@ mod tests {
             (r"(?<=a)b", "lookbehind"),
             (r"\w+", r"\w"),
             (r"\p{Han}", "Han"),
-            (r"[a[b]]", "nested class"),
+            (r"[a[^b]]", "negated nested class"),
+            (r"[[:alpha:]]", "POSIX bracket"),
             (r"(a*)*", "empty string"),
             (r"(?i:ss)", "\"ss\""),
             (r"(a", "unclosed"),
