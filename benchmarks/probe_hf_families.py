@@ -76,6 +76,23 @@ FAMILIES = {
     "opt": ("OPTConfig", dict(GPT2_LIKE, hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4,
                               max_position_embeddings=S, word_embed_proj_dim=32, pad_token_id=0)),
     "mpt": ("MptConfig", dict(vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_seq_len=S)),
+    "glm4": ("Glm4Config", dict(SMALL, head_dim=8)),
+    "cohere2": ("Cohere2Config", dict(SMALL, sliding_window=5, layer_types=["sliding_attention", "full_attention"])),
+    "xglm": ("XGLMConfig", dict(GPT2_LIKE, d_model=32, ffn_dim=48, num_layers=2, attention_heads=4,
+                                max_position_embeddings=S)),
+    "biogpt": ("BioGptConfig", dict(GPT2_LIKE, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                    num_attention_heads=4, max_position_embeddings=S)),
+    "ctrl": ("CTRLConfig", dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, dff=48, n_positions=S)),
+    "openai-gpt": ("OpenAIGPTConfig", dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=S)),
+    "bitnet": ("BitNetConfig", SMALL),
+    "vaultgemma": ("VaultGemmaConfig", dict(SMALL, head_dim=8, sliding_window=5)),
+    "ministral3": ("Ministral3Config", dict(SMALL, head_dim=8)),
+    "nanochat": ("NanoChatConfig", SMALL),
+    "cwm": ("CwmConfig", dict(SMALL, head_dim=8, sliding_window=5)),
+    "doge": ("DogeConfig", SMALL),
+    "qwen3_moe": ("Qwen3MoeConfig", dict(SMALL, head_dim=8, num_experts=4, num_experts_per_tok=2,
+                                         moe_intermediate_size=16)),
+    "gpt_oss": ("GptOssConfig", dict(SMALL, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=5)),
 }
 
 

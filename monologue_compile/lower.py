@@ -684,6 +684,8 @@ def _scores_op(c, fn, a, b):
             attrs["window"] = _both(attrs["window"], window)
     elif fn == "add":
         attrs["window"] = _both(attrs["window"], c.mask_window(other, additive=True))
+    elif fn == "maximum" and (floor := _constant_scalar(c, other)) is not None and floor <= -1e30:
+        pass  # XGLM's max(scores, float32's lowest): only a masked score is that low, and stays masked
     else:
         c.fail(f"attention scores {fn} {other!r} (only a scale, a tanh logit softcap, ALiBi and causal masks are "
                "understood)")

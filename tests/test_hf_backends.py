@@ -25,7 +25,7 @@ from monologue_compile.parity import TOLERANCES, metrics, rq_state_dict  # noqa:
 
 FAMILIES = ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "hunyuan",
             "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom", "mpt", "falcon-rw",
-            "apertus", "nanogpt", "chargpt", "actgpt"]
+            "apertus", "xglm", "nanochat", "nanogpt", "chargpt", "actgpt"]
 @pytest.fixture(scope="module", params=FAMILIES)
 def int8(request):
     """(graph at int8, R_q module) of a family, compiled once for every backend."""

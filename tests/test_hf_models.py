@@ -35,8 +35,8 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 
 def hf_configs() -> dict:
     from transformers import (ApertusConfig, BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig,
-                              GPTNeoConfig, HunYuanDenseV1Config, LlamaConfig, MptConfig, Phi3Config, Qwen2Config,
-                              Qwen3Config, SmolLM3Config)
+                              GPTNeoConfig, HunYuanDenseV1Config, LlamaConfig, MptConfig, NanoChatConfig, Phi3Config,
+                              Qwen2Config, Qwen3Config, SmolLM3Config, XGLMConfig)
 
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
@@ -75,6 +75,11 @@ def hf_configs() -> dict:
         # MPT's (a bias built for max_seq_len and sliced, masked_fill; 6 heads: slopes of 8 interleaved)
         "bloom": BloomConfig(vocab_size=V, hidden_size=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2),
         "mpt": MptConfig(vocab_size=V, d_model=48, n_layers=2, n_heads=6, max_seq_len=S, expansion_ratio=2),
+        # max(scores, float32's lowest) after the mask, sinusoidal positions, a scaled embedding
+        "xglm": XGLMConfig(vocab_size=V, d_model=32, ffn_dim=48, num_layers=2, attention_heads=4,
+                           max_position_embeddings=S, bos_token_id=1, eos_token_id=2),
+        # nanochat as transformers writes it (NanoChatForCausalLM): QK-norm, relu2, a logit softcap
+        "nanochat": NanoChatConfig(**SMALL),
         # xIELU: softplus of parameters, 0-d buffers, torch.where(x > 0, ...), expm1, torch.min
         "apertus": ApertusConfig(**SMALL),
         # Falcon-RW's ALiBi: in the mask (finite where visible; sdpa's attn_mask), and in eager twice
@@ -84,8 +89,8 @@ def hf_configs() -> dict:
 
 
 # the attention implementations a family's transformers class offers, when not both
-# (transformers offers no sdpa for these: GPT-Neo, Bloom and MPT, and Gemma 2, whose softcap sdpa cannot do)
-IMPLS = {"gpt_neo": ("eager",), "gemma2": ("eager",), "bloom": ("eager",), "mpt": ("eager",)}
+# (transformers offers no sdpa for these: GPT-Neo, Bloom, MPT, XGLM, and Gemma 2, whose softcap sdpa cannot do)
+IMPLS = {"gpt_neo": ("eager",), "gemma2": ("eager",), "bloom": ("eager",), "mpt": ("eager",), "xglm": ("eager",)}
 
 
 def randomized(model: nn.Module, seed: int) -> nn.Module:
@@ -214,7 +219,7 @@ class CharBlock(nn.Module):
 
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
                              "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom",
-                             "mpt", "falcon-rw", "apertus"]
+                             "mpt", "falcon-rw", "apertus", "xglm", "nanochat"]
          for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-"), ("actgpt", "-")]
 
 
