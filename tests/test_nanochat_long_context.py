@@ -90,8 +90,8 @@ def test_verify_fails_on_a_window_planted_wrong_in_one_backend(dists, tmp_path_f
 
     def planted(g):
         src = honest(g)
-        assert src.count("window: 257 }") == 2  # the two S layers see 257 keys (a left window of 256)
-        return src.replace("window: 257 }", "window: 513 }")
+        assert src.count("window: 257,") == 2  # the two S layers see 257 keys (a left window of 256)
+        return src.replace("window: 257,", "window: 513,")
 
     monkeypatch.setattr(rust_crate, "generate", planted)
     r = CliRunner().invoke(main, ["verify", str(dist)], env={"MONOLOGUE_RUST_FAST": "1"})

@@ -65,13 +65,15 @@ def catalog(target: str) -> dict[str, K.Kernel]:
         "kv_write": K.kv_write(8, 128, covers=cv),
         "softcap": K.softcap(1000, 15.0, covers=cv),
     }
-    for tag, window in (("", None), ("_window", 64)):
-        part, comb = K.attn_decode(8, 2, 64, 512, window_left=window, covers=cv)
+    # the score terms: Gemma 2's softcap, ALiBi's slopes (Bloom's for 8 heads)
+    terms = dict(softcap=50.0, alibi=[2.0 ** -(h + 1) for h in range(8)])
+    for tag, window, kw in (("", None, {}), ("_window", 64, {}), ("_softcap_alibi", 64, terms)):
+        part, comb = K.attn_decode(8, 2, 64, 512, window_left=window, covers=cv, **kw)
         ks["attn_decode" + tag] = part
         ks["attn_decode_combine" + tag] = comb
-        ks["attn_prefill" + tag] = K.attn_prefill(32, 8, 2, 64, 512, window_left=window, covers=cv)
+        ks["attn_prefill" + tag] = K.attn_prefill(32, 8, 2, 64, 512, window_left=window, covers=cv, **kw)
         ks["attn_decode_per_head" + tag] = K.attn_decode(8, 2, 64, 512, window_left=window, cooperative=False,
-                                                         covers=cv)[0]
+                                                         covers=cv, **kw)[0]
     for i, st in enumerate(K.argmax(70000, covers=cv), 1):
         ks[f"argmax_{i}"] = st
     for i, st in enumerate(K.argmax(70000, cooperative=False, covers=cv), 1):
