@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 from test_hf_models import IMPLS, build_model, ids  # noqa: E402
 from test_runtime_native_parity import HAVE_CARGO, greedy, shared_crate_dir  # noqa: E402
 
-from monologue_compile.backends.native import NativeModel, wasm_session_for_graph  # noqa: E402
+from monologue_compile.backends.native import NativeModel  # noqa: E402
 from monologue_compile.backends.rust_crate import build_native, emit_crate  # noqa: E402
 from monologue_compile.driver import build  # noqa: E402
 from monologue_compile.frontend.module import from_module  # noqa: E402
@@ -66,7 +66,9 @@ def session(g, backend: str, tmp_path):
         manifest, shards, _ = model_files(tmp_path)  # no tokenizer: the check drives token ids
         s = NativeModel(build_native(emit_crate(g, shared_crate_dir()), fast=True), manifest, shards, None)
     elif backend == "wasm":
-        s = wasm_session_for_graph(g)
+        from test_conformance import wasm_model
+
+        s = wasm_model(g, tmp_path)  # the session's one wasm crate dir: cargo recompiles the model code only
     else:
         from monologue_compile.backends.wgpu_executor import WgpuSession
 
