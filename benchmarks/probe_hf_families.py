@@ -86,7 +86,10 @@ FAMILIES = {
     "openai-gpt": ("OpenAIGPTConfig", dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=S)),
     "bitnet": ("BitNetConfig", SMALL),
     "vaultgemma": ("VaultGemmaConfig", dict(SMALL, head_dim=8, sliding_window=5)),
-    "ministral3": ("Ministral3Config", dict(SMALL, head_dim=8)),
+    # a query scale per position past 8 (Llama 4's attention temperature), which bites from position 8
+    "ministral3": ("Ministral3Config", dict(SMALL, head_dim=8, rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 10.0, "original_max_position_embeddings": 8,
+        "llama_4_scaling_beta": 0.5})),
     "nanochat": ("NanoChatConfig", SMALL),
     "cwm": ("CwmConfig", dict(SMALL, head_dim=8, sliding_window=5)),
     "doge": ("DogeConfig", SMALL),

@@ -34,9 +34,10 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 
 
 def hf_configs() -> dict:
-    from transformers import (ApertusConfig, BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig,
-                              GPTNeoConfig, HunYuanDenseV1Config, LlamaConfig, MptConfig, NanoChatConfig, Phi3Config,
-                              Qwen2Config, Qwen3Config, SmolLM3Config, XGLMConfig)
+    from transformers import (ApertusConfig, BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig, GlmConfig,
+                              GPT2Config, GPTBigCodeConfig, GPTJConfig, GPTNeoConfig, HunYuanDenseV1Config,
+                              LlamaConfig, Ministral3Config, MptConfig, NanoChatConfig, Phi3Config, Qwen2Config,
+                              Qwen3Config, SmolLM3Config, XGLMConfig)
 
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
@@ -78,6 +79,10 @@ def hf_configs() -> dict:
         # max(scores, float32's lowest) after the mask, sinusoidal positions, a scaled embedding
         "xglm": XGLMConfig(vocab_size=V, d_model=32, ffn_dim=48, num_layers=2, attention_heads=4,
                            max_position_embeddings=S, bos_token_id=1, eos_token_id=2),
+        # Llama 4's attention temperature: q times a per-position scale after the rotation, biting past 8
+        "ministral3": Ministral3Config(**SMALL, head_dim=8, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 10.0, "original_max_position_embeddings": 8,
+            "llama_4_scaling_beta": 0.5}),
         # nanochat as transformers writes it (NanoChatForCausalLM): QK-norm, relu2, a logit softcap
         "nanochat": NanoChatConfig(**SMALL),
         # xIELU: softplus of parameters, 0-d buffers, torch.where(x > 0, ...), expm1, torch.min
@@ -219,7 +224,7 @@ class CharBlock(nn.Module):
 
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
                              "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom",
-                             "mpt", "falcon-rw", "apertus", "xglm", "nanochat"]
+                             "mpt", "falcon-rw", "apertus", "xglm", "nanochat", "ministral3"]
          for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-"), ("actgpt", "-")]
 
 

@@ -622,8 +622,6 @@ class _Builder:
                 bufs["qw"] = self._table(w)
         if steps and steps[0].get("fn") == "mul" and "scalar" in steps[0]:
             kw["post_scale"] = float(steps.pop(0)["scalar"])
-        if steps:
-            _fail(n, f"rope epilogue {steps} (only rms_norm, then a scalar multiply)")
         y = self.loc[n.name]
         bufs.update({"x": x.buffer, "cos": tables[0], "sin": tables[1], "y": y.buffer, "step": STEP_BUFFER})
         if pre is not None:  # the RMSNorm before the rotation
@@ -633,6 +631,8 @@ class _Builder:
         out.append(_Pending("rope_qknorm", (T, H, D), dict(kw, inplace=False, in_offset=x.offset, in_row_stride=x.row_stride,
                                                             out_offset=0, out_at_pos=y.at_pos, out_row_stride=y.row_stride),
                             bufs, n.name))
+        if steps:  # the rest of the epilogue (Ministral 3's per-position query scale): over y, in place
+            self._steps(n, T, out, steps, n.inputs[3:], None, inplace=True)
 
     def _emit_attention(self, n, T, out):
         at = n.attrs
