@@ -198,6 +198,7 @@ def linear_bias(ev: Evaluator, n: torch.fx.Node, tmax: int, heads: int) -> list[
         seen = (b > -1e30) & (j[None, None, :] <= j[None, :, None])
         if not bool(seen[:, -1].sum(-1).ge(2).all()):
             return torch.zeros(heads, dtype=torch.float64)  # a window of one key: no slope to see
+        b = b.masked_fill(~seen, 0.0)  # a blocked -inf would make NaN of the sums below
         last, jl = b[:, -1, :], seen[:, -1, :].double()
         mean_j = (j * jl).sum(-1, keepdim=True) / jl.sum(-1, keepdim=True)
         mean_b = (last * jl).sum(-1, keepdim=True) / jl.sum(-1, keepdim=True)
@@ -205,7 +206,7 @@ def linear_bias(ev: Evaluator, n: torch.fx.Node, tmax: int, heads: int) -> list[
         first = seen.double().argmax(-1, keepdim=True)
         rel = b - b.gather(-1, first) - m[:, None, None] * (j - first.double())
         err = rel.abs()[seen]
-        scale = b.masked_fill(~seen, 0).abs().max()
+        scale = b.abs().max()
         if bool((err > 1e-6 * (1 + scale)).any()):
             raise MonologueError(f"the attention bias at {where} is not linear in the key position per head "
                                  f"(checked at length {t}); only ALiBi biases are understood")

@@ -505,6 +505,33 @@ def test_an_untraceable_branch_is_one_line_naming_its_source_line(capfd):
     assert "def forward" not in capfd.readouterr().err
 
 
+class WindowedAlibi(OneLayer):
+    """ALiBi and a sliding window in one -inf mask given to SDPA (the window's -inf in the last row too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        q, k, v = (t.view(1, T, 2, 4).transpose(1, 2) for t in self.qkv(self.emb(idx)).split(8, dim=-1))
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        bias = torch.tensor([0.5, 0.25])[:, None, None] * j.float()
+        bias = bias.masked_fill(~((j <= i) & (j > i - 5)), float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None]).transpose(1, 2).reshape(1, T, 8)
+
+
+def test_alibi_and_a_window_in_one_mask_are_both_proven():
+    torch.manual_seed(6)
+    model = CausalLMLogits(WindowedAlibi().eval(), S)
+    g = compiled(model)
+    assert [(n.attrs["alibi"], n.attrs["window"]) for n in g.nodes if n.op == "attention"] == [([0.5, 0.25], 5)]
+    x = ids(20)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    assert np.abs(Session(g).forward(x) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
 def test_a_bias_that_is_not_alibi_is_refused_with_its_node():
     with pytest.raises(MonologueError, match=r"attention bias at fx node %\w+ is not linear in the key position"):
         lower(trace(LearnedBias(), S))
