@@ -164,11 +164,12 @@ def model_summary(model: dict) -> list[str]:
     what = model["arch"] + (f" ({cfg['version']})" if cfg.get("version") else "")
     win = (f"windows: {sum(1 for w in windows if w)} of {len(windows)} layers see {'/'.join(map(str, short))} keys, "
            f"the rest all" if short else f"attention: all {len(windows)} layers see every earlier key")
+    parts = [what, win] + ([f"softcap {cfg['softcap']}"] if "softcap" in cfg else [])
     caps = sorted({c for c in model.get("attention_softcaps", []) if c})
-    cap = (f"softcap {cfg.get('softcap')}" if "softcap" in cfg else "") + \
-        (f"{'; ' if 'softcap' in cfg else ''}attention scores softcapped at {'/'.join(map(str, caps))}" if caps else "")
-    lines = [f"model: {what}; {win}; {cap + '; ' if cap else ''}rotary tables "
-             f"{'bf16-rounded' if cfg.get('rope_bf16') else 'fp32'}"]
+    if caps:
+        parts.append(f"attention scores softcapped at {'/'.join(map(str, caps))}")
+    parts.append(f"rotary tables {'bf16-rounded' if cfg.get('rope_bf16') else 'fp32'}")
+    lines = ["model: " + "; ".join(parts)]
     lines += [f"assumed {k} = {v}" for k, v in model.get("assumed", {}).items()]
     if model["source"].get("overrides"):
         lines.append("overridden: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in model["source"]["overrides"].items()))

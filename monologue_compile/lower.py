@@ -461,12 +461,13 @@ def _const_scalar(c, a):
 
 def _compare(fn):
     """x > y and the other comparisons: 1.0 or 0.0 in f32 (a mask that where and arithmetic take)."""
-    def conv(c, a, b):
-        y = _binary(fn)(c, a, b)
-        c.g.node(y).type = TensorType(c.type(y).shape, "f32")
-        return y
+    return lambda c, a, b: _as_mask(c, _binary(fn)(c, a, b))
 
-    return conv
+
+def _as_mask(c, y: str) -> str:
+    """Node y typed f32: the IR's form of the model's bool (torch's dtype of the fx node)."""
+    c.g.node(y).type = TensorType(c.type(y).shape, "f32")
+    return y
 
 
 def _where_values(c, cond, x, other):
@@ -557,11 +558,8 @@ def _logical(fn):
         if not all(_is_mask(c, v) for v in (a, b) if v is not None):
             c.fail(f"logical_{fn} of values that are not comparisons of activations")
         if fn == "not":
-            y = c.emit("binary", [c.t(a)], {"fn": "sub", "scalar": 1.0, "reverse": True})
-        else:
-            y = c.emit("binary", [c.t(a), c.t(b)], {"fn": {"and": "mul", "or": "maximum"}[fn]})
-        c.g.node(y).type = TensorType(c.type(y).shape, "f32")
-        return y
+            return _as_mask(c, c.emit("binary", [c.t(a)], {"fn": "sub", "scalar": 1.0, "reverse": True}))
+        return _as_mask(c, c.emit("binary", [c.t(a), c.t(b)], {"fn": {"and": "mul", "or": "maximum"}[fn]}))
 
     return conv
 

@@ -48,12 +48,12 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
             raise MonologueError("the model treats some sequence lengths specially, so no single graph serves every "
                                  f"length (sequence-mixing the compiler does not understand): {guard[:300]}") from None
         first = lines[0] if lines else type(e).__name__
-        raise MonologueError(f"torch.export could not trace the model: {first[:300]}{_where(lines)}") from None
+        raise MonologueError(f"torch.export could not trace the model: {first[:300]}{_cause(lines)}") from None
     finally:
         torch_log.setLevel(level)
 
 
-def _where(lines: list[str]) -> str:
+def _cause(lines: list[str]) -> str:
     """" (at file.py:101: the line)" of the model's code export names as the cause, else ""."""
     at = next((i for i, ln in enumerate(lines) if ln.startswith("The following call raised this error")), None)
     if at is None or at + 2 >= len(lines) or not lines[at + 1].startswith("File "):

@@ -628,10 +628,12 @@ def softcap(N: int, cap: float, *, wg: int = 256, covers=(), name: str = "softca
     """x = cap * tanh(x / cap) in place over N values (tanh as elementwise.py defines it). Bindings: x."""
     covers = _common(covers)
     _check(cap > 0, "softcap must be > 0")
-    params = dict(N=N, cap=float(cap), wg=wg, covers=covers, functions=elementwise_fns.wgsl_functions(["div", "tanh", "mul"]),
-                  expr=elementwise_fns.wgsl_step({"fn": "mul", "scalar": cap},
-                                             elementwise_fns.wgsl_step({"fn": "tanh"},
-                                                                   elementwise_fns.wgsl_step({"fn": "div", "scalar": cap}, "x[i]"))))
+    steps = elementwise_fns.softcap_steps(cap)
+    expr = "x[i]"
+    for st in steps:
+        expr = elementwise_fns.wgsl_step(st, expr)
+    params = dict(N=N, cap=float(cap), wg=wg, covers=covers, expr=expr,
+                  functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps]))
     return _finish(name, "softcap", "softcap.wgsl.j2", params, [Binding("x", "read_write")], wg,
                    grid(-(-N // wg)), 0)
 

@@ -131,6 +131,7 @@ fn pre_tokenizer_steps(part: &Json, byte_level: bool, steps: &mut Vec<Step>, byt
     let kind = type_of(part);
     require(!*ended || matches!(kind, "Sequence" | "Split" | "Digits" | "Punctuation"), &format!("a pre-tokenizer {} after ByteLevel", kind))?;
     if *ended && kind != "Sequence" {
+        // the same step, appended to byte_steps (nothing after it is ByteLevel's: checked above)
         return pre_tokenizer_steps(part, byte_level, byte_steps, &mut Vec::new(), &mut false);
     }
     match kind {
