@@ -189,6 +189,12 @@ def _mean(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
     return np.mean(args[0], axis=at["axis"], keepdims=True, dtype=_F)
 
 
+def _topk(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    x = _val(args[0])
+    order = np.argsort(-x, axis=-1, kind="stable")[..., :at["k"]]  # ties: the lower index first
+    return order.astype(_F) if at["indices"] else np.take_along_axis(x, order, -1)
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
     return (e / np.sum(e, axis=axis, keepdims=True, dtype=_F)).astype(_F)
@@ -290,6 +296,7 @@ KERNELS = {
     "elementwise": _elementwise,
     "mean": _mean,
     "softmax": _softmax,
+    "topk": _topk,
     "cast": _cast,
     "positions": _positions,
     "reshape": _reshape,

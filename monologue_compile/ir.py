@@ -118,6 +118,8 @@ OPS: dict[str, OpInfo] = {
                      ("fn", "[scalar]", "[reverse]"), "elementwise"),
     "mean": OpInfo("token", True, "mean over attrs.axis (never the sequence axis), keepdim", ("axis",)),
     "softmax": OpInfo("token", True, "softmax over attrs.axis (never the sequence axis)", ("axis",)),
+    "topk": OpInfo("token", True, "the attrs.k largest of the last axis, descending, ties lower index first; "
+                   "attrs.indices: their positions (as f32) instead", ("k", "indices")),
     "positions": OpInfo("position", True, "rows [pos, pos+T) of a table along attrs.axis", ("axis",)),
     "attention": OpInfo("mixing", True, "causal SDPA over a KV cache; attrs: layout, gqa groups, scale, window, "
                         "softcap, alibi (score of query i, key j in head h = softcap * tanh(q.k * scale / softcap) "

@@ -17,7 +17,7 @@ import torch.fx
 
 from .errors import MonologueError
 from .models import ops  # noqa: F401  (registers monologue::causal_attention before the table below)
-from .ir import SEQ, Graph, Node, TensorType, Weight, verify
+from .ir import SEQ, Graph, Node, TensorType, Weight, dense_strides, verify
 from .position_fold import Evaluator, bias_kind, causal_window, constant_nodes, is_prefix_table, linear_bias
 
 aten = torch.ops.aten
@@ -174,6 +174,45 @@ class _Ctx:
         self.materialized[a] = name
         return name
 
+    def weight(self, name: str, transpose: bool = False) -> str | None:
+        """`name` as the weight a matmul reads: a weight itself, or a view of one (an expert's W[e] of
+        a stacked (E, N, K) parameter), [transposed,] evaluated into a weight of its own. Where its
+        elements lie in the parameter goes to meta "weight_views" (parity.rq_state_dict writes them
+        back). None for a value computed otherwise."""
+        if name in self.g.weights and not transpose:
+            return name
+        chain = []
+        while name not in self.g.weights:
+            n = next((m for m in self.g.nodes if m.name == name), None)
+            if n is None or n.op not in ("reshape", "slice", "permute"):
+                return None
+            chain.append(n)
+            name = n.inputs[0]
+        w = self.g.weights[name]
+        if w.role == "table" or name in self.g.meta.get("weight_views", {}):
+            return None
+        from .interpreter import KERNELS, Session
+
+        s = Session(Graph({}, {}, [], [], {}), max_len=1)
+        value, index = np.asarray(w.data, np.float32), np.arange(int(np.prod(w.shape)), dtype=np.int64).reshape(w.shape)
+        for n in reversed(chain):
+            value, index = (KERNELS[n.op](s, n, n.attrs, [v]) for v in (value, index))
+        if transpose:
+            value, index = value.T, index.T
+        offset = int(index.flat[0]) if index.size else 0
+        strides = [int(index[tuple(int(i == d) for i in range(index.ndim))]) - offset if index.shape[d] > 1 else 0
+                   for d in range(index.ndim)]
+        if not np.array_equal(index, offset + sum(np.arange(n).reshape([-1 if i == d else 1 for i in range(index.ndim)])
+                                                  * st for d, (n, st) in enumerate(zip(index.shape, strides)))):
+            return None
+        block = all(s == d for s, d, n in zip(strides, dense_strides(value.shape), value.shape) if n > 1) and \
+            offset % max(value.size, 1) == 0
+        view = self.g.fresh(f"{name}[{offset // max(value.size, 1)}]" if block else f"{name}.{chain[0].name if chain else 'T'}")
+        self.g.weights[view] = Weight(tuple(value.shape), "f32", np.ascontiguousarray(value), None, w.role)
+        self.g.meta.setdefault("weight_views", {})[view] = {"of": name, "shape": list(w.shape), "offset": offset,
+                                                           "strides": strides}
+        return view
+
     def mask_window(self, a, *, additive: bool, invert: bool = False) -> int:
         """The proven window of an attention mask argument (see position_fold.causal_window)."""
         if not (isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Const)):
@@ -208,15 +247,15 @@ def _axis(d: int, rank: int) -> int:
 # --- converters: (ctx, *fx args, **fx kwargs) -> IR name | symbolic value | None ---------------
 
 def _embedding(c, weight, indices, *rest, **kw):
-    w = c.t(weight)
-    if w not in c.g.weights:
+    w = c.weight(c.t(weight))
+    if w is None:
         c.fail("embedding of a computed table is not supported")
     return c.emit("embedding", [w, c.t(indices)])
 
 
 def _linear(c, x, weight, bias=None):
-    w = c.t(weight)
-    if w not in c.g.weights:
+    w = c.weight(c.t(weight))
+    if w is None:
         c.fail("linear with a computed (not a parameter) weight is not supported")
     y = c.emit("linear", [c.t(x), w], part="" if bias is None else "mm")
     if bias is not None:
@@ -580,6 +619,33 @@ def _mean(c, x, dims, keepdim=False, *, dtype=None):
     return c.emit("mean", [c.t(x)], {"axis": dims[0]})
 
 
+def _sum(c, x, dims, keepdim=False, *, dtype=None):
+    """sum over one axis: its mean times its length (MoE routers renormalize their top-k weights)."""
+    t = c.type(c.t(x))
+    dims = [_axis(d, len(t.shape)) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    if len(dims) != 1:
+        c.fail("a sum over several axes is not supported")
+    if dims[0] == t.seq_axis:
+        c.fail("a sum along the sequence axis (sequence-mixing the compiler does not understand)")
+    kept = TensorType(t.shape[:dims[0]] + (1,) + t.shape[dims[0] + 1:], "f32")
+    m = c.emit("mean", [c.t(x)], {"axis": dims[0]}, kept, part="mean")
+    y = c.emit("binary", [m], {"fn": "mul", "scalar": float(t.shape[dims[0]])}, kept, part="" if keepdim else "sum")
+    return y if keepdim else c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
+
+
+def _topk(c, x, k, dim=-1, largest=True, sorted=True):
+    """torch.topk along the last axis: (values, indices), the indices as f32 (the runtimes' activations)."""
+    name = c.t(x)
+    t = c.type(name)
+    if _axis(dim, len(t.shape)) != len(t.shape) - 1 or t.seq_axis == len(t.shape) - 1:
+        c.fail("topk along an axis other than the last (per-token) one")
+    if not largest:
+        c.fail("topk of the smallest values (largest=False)")
+    out = TensorType(t.shape[:-1] + (int(k),), "f32")
+    return [c.emit("topk", [name], {"k": int(k), "indices": i}, out, part)
+            for i, part in ((False, "values"), (True, "indices"))]
+
+
 def _softmax(c, x, dim, *rest, **kw):
     if _scores(c, x):
         p = c.env[x]
@@ -802,6 +868,8 @@ def _matmul(c, a, b, part=""):
         return _Pending("scores", an, q=an, k=kn.inputs[0], scale=1.0, window=None, softcap=None, alibi=None)
     if bn in c.g.weights and len(bt.shape) == 2:
         return c.emit("linear", [an, _transposed(c, bn)], part=part)
+    if len(bt.shape) == 2 and (w := c.weight(bn, transpose=True)) is not None:
+        return c.emit("linear", [an, w], part=part)  # x @ W[e] (GPT-OSS's experts)
     kn = c.g.node(bn)
     if kn.op == "permute" and kn.attrs["perm"] == [1, 0] and kn.inputs[0] in c.g.weights:
         return c.emit("linear", [an, kn.inputs[0]], part=part)  # x @ W.T (Falcon): W is linear's (N, K)
@@ -900,6 +968,8 @@ CONVERTERS: dict[object, Callable] = {
     aten.abs.default: _unary("abs"),
     aten.gelu.default: _gelu,
     aten.mean.dim: _mean,
+    aten.sum.dim_IntList: _sum,
+    aten.topk.default: _topk,
     aten.softmax.int: _softmax,
     aten._softmax.default: _softmax,
     aten.scaled_dot_product_attention.default: _sdpa,
@@ -918,7 +988,7 @@ CONVERTERS: dict[object, Callable] = {
     aten._assert_tensor_metadata.default: _skip,
     aten._assert_scalar.default: _skip,
     aten.sym_constrain_range_for_size.default: _skip,
-    operator.getitem: _getitem,  # parts of split / chunk
+    operator.getitem: _getitem,  # parts of split / chunk / topk
 }
 
 # Ops that transformers' and hand-written GPTs' code meets (HF.md). `setdefault`: where another

@@ -83,11 +83,31 @@ def rq_state_dict(g: Graph) -> dict[str, torch.Tensor]:
                 start += rows
         else:
             sd[name] = torch.from_numpy(dense.copy())
+    _write_views(g, sd)
     for name, w in g.meta.get("scalar_weights", {}).items():  # one-element weights the passes made scalars
         sd.setdefault(name, torch.full(tuple(w["shape"]), w["value"], dtype=torch.float32))
     for name, shape in g.meta.get("folded_norm_weights", {}).items():  # now in the matmuls' columns
         sd[name] = torch.ones(tuple(shape), dtype=torch.float32)
     return sd
+
+
+def _write_views(g: Graph, sd: dict[str, torch.Tensor]) -> None:
+    """Weights that lowering cut out of a parameter (meta "weight_views": an expert's W[e]) put back
+    in their places; a parameter is made whole only where its views cover every element (else the
+    model keeps the checkpoint's)."""
+    parts: dict[str, list[tuple[str, dict]]] = {}
+    for name, v in g.meta.get("weight_views", {}).items():
+        if name in sd:
+            parts.setdefault(v["of"], []).append((name, v))
+    for param, views in parts.items():
+        shape = tuple(views[0][1]["shape"])
+        whole, seen = torch.zeros(shape), torch.zeros(shape, dtype=torch.bool)
+        for name, v in views:
+            value = sd.pop(name)
+            whole.as_strided(value.shape, v["strides"], v["offset"]).copy_(value)
+            seen.as_strided(value.shape, v["strides"], v["offset"]).fill_(True)
+        if bool(seen.all()):
+            sd[param] = whole
 
 
 def _torch_logits(model, ids: list[int]) -> np.ndarray:

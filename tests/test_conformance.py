@@ -77,6 +77,13 @@ def conformance_graph() -> tuple[Graph, dict[str, tuple[int, int]]]:
     add("softmax_per_head", "softmax", ["heads"], {"axis": 3}, _act(H, C // H))
     add("mean", "mean", ["x"], {"axis": 2}, _act(1))
     add("mean_per_head", "mean", ["heads"], {"axis": 3}, _act(H, 1))
+    # topk (an MoE router's choice): values and indices, per head, and the order of equal values
+    # (relu's zeros: lower index first)
+    add("topk", "topk", ["x"], {"k": 3, "indices": False}, _act(3))
+    add("topk_indices", "topk", ["x"], {"k": 3, "indices": True}, _act(3))
+    add("topk_per_head", "topk", ["heads"], {"k": 2, "indices": True}, _act(H, 2))
+    add("x_relu", "elementwise", ["x"], {"steps": [{"fn": "relu"}]}, _act(C), cell=False)
+    add("topk_ties", "topk", ["x_relu"], {"k": 16, "indices": True}, _act(16))
     add("chain_with_norm", "elementwise", ["x", "b", "vec"],
         {"steps": [{"fn": "silu"}, {"fn": "mul", "operand": 0}, {"fn": "rms_norm", "eps": 1e-5, "operand": 1},
                    {"fn": "sub", "scalar": 0.5, "reverse": True}]}, _act(C))

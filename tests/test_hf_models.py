@@ -26,6 +26,7 @@ from monologue_compile.frontend.hf import CausalLMLogits  # noqa: E402
 from monologue_compile.frontend.trace import trace  # noqa: E402
 from monologue_compile.interpreter import Session  # noqa: E402
 from monologue_compile.lower import lower  # noqa: E402
+from monologue_compile.parity import rq_state_dict  # noqa: E402
 from monologue_compile.passes import run_pipeline  # noqa: E402
 
 V, S = 97, 80  # vocabulary, positions: 8 prompt tokens + 64 greedy ones fit
@@ -35,9 +36,10 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 
 def hf_configs() -> dict:
     from transformers import (ApertusConfig, BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig, GlmConfig,
-                              GPT2Config, GPTBigCodeConfig, GPTJConfig, GPTNeoConfig, HunYuanDenseV1Config,
-                              LlamaConfig, Ministral3Config, MptConfig, NanoChatConfig, Phi3Config, Qwen2Config,
-                              Qwen3Config, SmolLM3Config, XGLMConfig)
+                              GPT2Config, GPTBigCodeConfig, GPTJConfig, GPTNeoConfig, GraniteMoeConfig,
+                              HunYuanDenseV1Config, LlamaConfig, Ministral3Config, MptConfig, NanoChatConfig,
+                              Phi3Config, Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig, SmolLM3Config,
+                              XGLMConfig)
 
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
@@ -90,6 +92,13 @@ def hf_configs() -> dict:
         # Falcon-RW's ALiBi: in the mask (finite where visible; sdpa's attn_mask), and in eager twice
         "falcon-rw": FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=True,
                                   multi_query=False, parallel_attn=False, bias=True, bos_token_id=1, eos_token_id=2),
+        # mixtures of experts, evaluated densely (frontend/experts.py), three routers: softmax, top 2 of 4,
+        # renormalized (Qwen3-MoE, Mixtral); the same unnormalized beside a shared expert behind a sigmoid
+        # gate (Qwen2-MoE); top 2 of the logits, then a softmax of those two (GraniteMoE)
+        "qwen3_moe": Qwen3MoeConfig(**SMALL, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16),
+        "qwen2_moe": Qwen2MoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                    shared_expert_intermediate_size=24),
+        "granitemoe": GraniteMoeConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2),
     }
 
 
@@ -224,7 +233,8 @@ class CharBlock(nn.Module):
 
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
                              "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom",
-                             "mpt", "falcon-rw", "apertus", "xglm", "nanochat", "ministral3"]
+                             "mpt", "falcon-rw", "apertus", "xglm", "nanochat", "ministral3", "qwen3_moe",
+                             "qwen2_moe", "granitemoe"]
          for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-"), ("actgpt", "-")]
 
 
@@ -431,16 +441,6 @@ def test_in_place_arithmetic_on_a_value_read_again_is_refused():
         compiled(CausalLMLogits(Aliased().eval(), S))
 
 
-def test_moe_routing_is_refused_by_name():
-    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
-
-    cfg = Qwen2MoeConfig(**{**SMALL, "intermediate_size": 32}, moe_intermediate_size=16, num_experts=4,
-                         num_experts_per_tok=2, shared_expert_intermediate_size=16)
-    model = CausalLMLogits(AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval(), S)
-    with pytest.raises(MonologueError, match=r"fx node %\w+ \(.*\.py:\d+"):
-        lower(trace(model, S))
-
-
 class OneLayer(nn.Module):
     """An embedding for a refusal's one construct to act on."""
 
@@ -455,6 +455,56 @@ class NotCausal(OneLayer):
         T = idx.shape[1]
         band = torch.ones(T, T).tril(1).bool()  # sees one future token
         return F.scaled_dot_product_attention(x, x, x, attn_mask=band)[:, 0]
+
+
+class SparseMoE(OneLayer):
+    """A hand-written mixture of experts that runs each expert on the rows routed to it: the rows are
+    found with torch.where, a data-dependent shape no length-generic graph holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.router, self.head = nn.Linear(8, 4), nn.Linear(8, V)
+        self.experts = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, idx):
+        x = self.emb(idx)[0]
+        top = self.router(x).topk(2).indices
+        out = x * 0
+        for e, expert in enumerate(self.experts):
+            rows, _ = torch.where(top == e)
+            out = out.index_add(0, rows, expert(x[rows]))
+        return self.head(out)[None]
+
+
+class SmallestK(OneLayer):
+    def forward(self, idx):
+        return self.emb(idx).topk(2, largest=False).values @ self.emb.weight[:, :2].T
+
+
+def test_moe_without_a_dense_form_and_bottom_k_are_refused_by_name():
+    with pytest.raises(MonologueError, match=r"unsupported op aten.where.default at fx node %where "
+                                             r"\(test_hf_models.py:\d+ rows, _ = torch.where\(top == e\)\)"):
+        compiled(CausalLMLogits(SparseMoE().eval(), S))
+    with pytest.raises(MonologueError, match=r"topk of the smallest values .* at fx node %topk \(test_hf_models.py"):
+        compiled(CausalLMLogits(SmallestK().eval(), S))
+
+
+def test_expert_weights_cut_from_stacked_parameters_are_put_back_for_r_q():
+    """Each expert's W[e] is a weight of its own in the IR (quantized on its own); R_q's stacked
+    (E, N, K) parameters are those quantized slices put back, so parity measures the IR's weights."""
+    model = build_model("qwen3_moe", "sdpa")
+    g = compiled(model, "int8")
+    views = g.meta["weight_views"]
+    stacked = {v["of"] for v in views.values()}
+    assert len(views) == 2 * 2 * 4 and len(stacked) == 2 * 2  # gate_up and down of 4 experts, 2 layers
+    sd = rq_state_dict(g)
+    params = dict(model.named_parameters())
+    for name in stacked:
+        original = params[name].detach()
+        assert sd[name].shape == original.shape
+        err = (sd[name] - original).abs().max() / original.abs().max()
+        assert 0 < err < 0.02, f"{name}: R_q's experts are not the int8 ones ({err})"
+    assert not set(views) & set(sd)
 
 
 def test_a_mask_that_is_not_causal_is_refused_with_its_node():

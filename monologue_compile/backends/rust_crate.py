@@ -339,6 +339,11 @@ class Emitter:
         width = self.g.type_of(n.inputs[0]).shape[-1]
         return [f"k::row_mean({self.data(x)}, {x.view()}, t, {width}, {o});"]
 
+    def _k_topk(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        x = self.act(n.inputs[0], n)
+        width = self.g.type_of(n.inputs[0]).shape[-1]
+        return [f"k::row_topk({self.data(x)}, {x.view()}, t, {width}, {at['k']}, {str(at['indices']).lower()}, {o});"]
+
     def strided_copy(self, n: Node, x: Loc, offset: int, shape, src, dst, out: Loc, out_off: int) -> str:
         """One k::strided_copy call: element i of `shape` from x's block at offset + i.src into out's at out_off + i.dst."""
         dims, (src, dst) = merge_dims(shape, src, dst)
@@ -481,6 +486,7 @@ KERNELS = {
     "layer_norm": Emitter._k_elementwise,
     "softmax": Emitter._k_elementwise,
     "mean": Emitter._k_mean,
+    "topk": Emitter._k_topk,
     "token_shift": Emitter._k_token_shift,
     "concat": Emitter._k_concat,
     "copy": Emitter._k_copy,

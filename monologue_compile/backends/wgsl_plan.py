@@ -458,6 +458,15 @@ class _Builder:
                             dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset, y_row_stride=y.row_stride),
                             {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
 
+    def _emit_topk(self, n, T, out):
+        x, y = self.loc.get(n.inputs[0]), self.loc[n.name]
+        width = self.g.type_of(n.inputs[0]).shape[-1]
+        if x is None or x.at_pos:
+            _fail(n, "topk of something that is not an activation")
+        out.append(_Pending("row_topk", (T, x.row_floats, width, n.attrs["k"], n.attrs["indices"]),
+                            dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset, y_row_stride=y.row_stride),
+                            {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
+
     def _emit_token_shift(self, n, T, out):
         x, y = self.loc.get(n.inputs[0]), self.loc[n.name]
         L = _per_token(n.type.shape)
@@ -709,6 +718,7 @@ EMITTERS = {
     "copy": _Builder._emit_copy,
     "softmax": _Builder._emit_softmax,
     "mean": _Builder._emit_mean,
+    "topk": _Builder._emit_topk,
 }
 BOUND = ("positions",)
 

@@ -21,6 +21,7 @@ import sys
 import torch
 
 from ..errors import MonologueError
+from .experts import dense_experts
 
 
 def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedProgram:
@@ -37,7 +38,7 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
     # lines of it: held back, and passed on only when the trace succeeds (the model's own warnings)
     held = io.StringIO()
     try:
-        with torch.no_grad(), contextlib.redirect_stderr(held):
+        with torch.no_grad(), contextlib.redirect_stderr(held), dense_experts(module):
             ep = _export(module, example, hi)
         sys.stderr.write(held.getvalue())
         return ep

@@ -215,7 +215,7 @@ def _merge_projections(g: Graph) -> Graph:
             continue
         names = [m.inputs[1] for m in ms]
         prefix = _common_prefix(names)
-        parts = "+".join(nm[len(prefix):].split(".")[0] for nm in names)
+        parts = "+".join(dict.fromkeys(nm[len(prefix):].split(".")[0] for nm in names))  # experts[0..E): once
         rows = [g.weights[nm].shape[0] for nm in names]
         wname = _concat_weights(g, prefix + parts + ".weight", names)
         first = ms[0]

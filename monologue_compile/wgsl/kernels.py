@@ -408,6 +408,21 @@ def row_mean(T: int, L: int, width: int, *, x_offset: int = 0, x_row_stride: int
     return _finish(name, "row_mean", "row_mean.wgsl.j2", params, b, wg, grid(T), 0)
 
 
+def row_topk(T: int, L: int, width: int, k: int, indices: bool, *, x_offset: int = 0, x_row_stride: int | None = None,
+             y_offset: int = 0, y_row_stride: int | None = None, wg: int = 64, covers=(), name: str = "row_topk") -> Kernel:
+    """y[t, j * k + r] = the r-th largest of x[t, j * width .. (j + 1) * width] (descending, equal values
+    lower index first), or its index as f32 when `indices`: the IR's `topk` (an MoE router's choice).
+    Bindings: x, y, step. One workgroup per row, a thread per group of `width`."""
+    covers = _common(covers)
+    _check(L % width == 0 and 1 <= k <= width, f"width {width} does not divide the row of {L}, or k={k} > width")
+    G = L // width
+    params = dict(T=T, L=L, W=width, G=G, k=k, indices=indices, x_offset=x_offset,
+                  x_stride=L if x_row_stride is None else x_row_stride, y_offset=y_offset,
+                  y_stride=G * k if y_row_stride is None else y_row_stride, wg=wg, covers=covers)
+    b = [Binding("x", "read"), Binding("y", "read_write"), Binding("step", "uniform")]
+    return _finish(name, "row_topk", "row_topk.wgsl.j2", params, b, wg, grid(T), 0)
+
+
 def strided_copy(T: int, shape: list[int], src: list[int], dst: list[int], *, x_offset: int = 0, x_row_stride: int = 0,
                  x_at_pos: bool = False, y_offset: int = 0, y_row_stride: int = 0, wg: int = 64, covers=(),
                  name: str = "strided_copy") -> Kernel:
@@ -703,6 +718,7 @@ FAMILIES = {
     "token_shift": token_shift,
     "strided_copy": strided_copy,
     "row_mean": row_mean,
+    "row_topk": row_topk,
     "rope_qknorm": rope_qknorm,
     "rope_parts": rope_parts,
     "kv_write": kv_write,

@@ -2394,6 +2394,32 @@ pub fn row_mean(x: &[f32], xv: View, t: usize, width: usize, out: &mut [f32], ov
     }
 }
 
+/// The IR's `topk`: out[t, g * k + r] = the r-th largest of x[t, g * width ..][..width] (descending,
+/// equal values lower index first), or its index as f32 when `indices`. k passes over the group, each
+/// taking the first in (value desc, index asc) order after the last one taken: k and width are a
+/// router's (8 of 64 experts), so there is nothing to sort.
+#[allow(clippy::too_many_arguments)]
+pub fn row_topk(x: &[f32], xv: View, t: usize, width: usize, k: usize, indices: bool, out: &mut [f32], ov: View) {
+    for i in 0..t {
+        let (src, dst) = (xv.row(x, i), ov.row_mut(out, i));
+        for (run, res) in src.chunks_exact(width).zip(dst.chunks_exact_mut(k)) {
+            let mut prev: Option<(f32, usize)> = None;
+            for r in res.iter_mut() {
+                let mut best: Option<(f32, usize)> = None;
+                for (j, &v) in run.iter().enumerate() {
+                    let after = prev.map_or(true, |(pv, pj)| v < pv || (v == pv && j > pj));
+                    if after && best.map_or(true, |(bv, _)| v > bv) {
+                        best = Some((v, j));
+                    }
+                }
+                let (v, j) = best.expect("k <= width");
+                *r = if indices { j as f32 } else { v };
+                prev = best;
+            }
+        }
+    }
+}
+
 pub fn elementwise(x: &[f32], xv: View, t: usize, out: &mut [f32], ov: View, steps: &[Step]) {
     for_each_row(out, ov, t, |i, row| {
         row.copy_from_slice(xv.row(x, i));
