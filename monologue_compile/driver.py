@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,7 @@ def _manifest_extra(c: Compiled) -> dict:
         "model": {"arch": c.loaded.arch, "config": c.loaded.config, "quant": c.graph.meta["quant"],
                   "source": c.loaded.source, "attention_windows": attention_windows(c.graph),
                   **({"attention_softcaps": caps} if any(caps := attention_softcaps(c.graph)) else {}),
+                  **({"stacked_weights": st} if (st := stacked_weights(c.graph)) else {}),
                   "assumed": c.loaded.assumed},
         "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens if c.loaded.has_tokenizer else {},
         "chat": c.chat,
@@ -155,6 +157,13 @@ def attention_softcaps(g: Graph) -> list[float]:
     return [float(n.attrs.get("softcap") or 0.0) for n in g.nodes if n.op == "attention"]
 
 
+def stacked_weights(g: Graph) -> dict[str, int]:
+    """Parameters lowering cut into a weight per expert (an MoE layer's stacked (E, N, K) tensors,
+    frontend/experts.py): how many weights each gave."""
+    n = Counter(v["of"] for v in g.meta.get("weight_views", {}).values())
+    return {k: c for k, c in n.items() if c > 1}
+
+
 def model_summary(model: dict) -> list[str]:
     """What the compiled model computes that a checkpoint may not say (the manifest's "model"):
     attention windows, softcap, rotary tables, and what was assumed or overridden."""
@@ -168,6 +177,10 @@ def model_summary(model: dict) -> list[str]:
     caps = sorted({c for c in model.get("attention_softcaps", []) if c})
     if caps:
         parts.append(f"attention scores softcapped at {'/'.join(map(str, caps))}")
+    stacked = model.get("stacked_weights", {})
+    if stacked:
+        parts.append(f"experts: {'/'.join(map(str, sorted(set(stacked.values()))))} in each of {len(stacked)} stacked "
+                     "tensors, every one run on every token (dense)")
     parts.append(f"rotary tables {'bf16-rounded' if cfg.get('rope_bf16') else 'fp32'}")
     lines = ["model: " + "; ".join(parts)]
     lines += [f"assumed {k} = {v}" for k, v in model.get("assumed", {}).items()]

@@ -195,6 +195,17 @@ def _topk(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
     return order.astype(_F) if at["indices"] else np.take_along_axis(x, order, -1)
 
 
+def _gather(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    return np.take_along_axis(_val(args[0]), _val(args[1]).astype(np.int64), -1)
+
+
+def _scatter(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
+    index = _val(args[0]).astype(np.int64)
+    out = np.zeros(index.shape[:-1] + (at["width"],), _F)
+    np.put_along_axis(out, index, _val(args[1]) if len(args) > 1 else _F(at["value"]), -1)
+    return out
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
     return (e / np.sum(e, axis=axis, keepdims=True, dtype=_F)).astype(_F)
@@ -297,6 +308,8 @@ KERNELS = {
     "mean": _mean,
     "softmax": _softmax,
     "topk": _topk,
+    "gather": _gather,
+    "scatter": _scatter,
     "cast": _cast,
     "positions": _positions,
     "reshape": _reshape,

@@ -120,6 +120,10 @@ OPS: dict[str, OpInfo] = {
     "softmax": OpInfo("token", True, "softmax over attrs.axis (never the sequence axis)", ("axis",)),
     "topk": OpInfo("token", True, "the attrs.k largest of the last axis, descending, ties lower index first; "
                    "attrs.indices: their positions (as f32) instead", ("k", "indices")),
+    "gather": OpInfo("token", True, "y[..., j] = x[..., index[..., j]] along the last axis (inputs x, index: f32 "
+                     "positions, as topk's)"),
+    "scatter": OpInfo("token", True, "each index row's attrs.width zeros, then y[..., index[..., j]] = src[..., j] "
+                      "(inputs index[, src]) or attrs.value, along the last axis", ("width", "[value]")),
     "positions": OpInfo("position", True, "rows [pos, pos+T) of a table along attrs.axis", ("axis",)),
     "attention": OpInfo("mixing", True, "causal SDPA over a KV cache; attrs: layout, gqa groups, scale, window, "
                         "softcap, alibi (score of query i, key j in head h = softcap * tanh(q.k * scale / softcap) "

@@ -8,6 +8,7 @@ rules of DESIGN.md: an op that works along the sequence axis is either one the c
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Callable
 
@@ -108,6 +109,12 @@ class _Ctx:
         if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and \
                 self.env[a].kind in ("scores", "probs"):
             self.fail(f"{self.fx.target} uses attention scores other than in softmax(q @ k.T * scale + causal mask) @ v")
+        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and self.env[a].kind == "zeros":
+            self.fail(f"{self.fx.target} uses zeros (zeros_like, new_zeros) other than as a token shift's first "
+                      "row or a scatter's base")
+        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and self.env[a].kind == "conv":
+            self.fail(f"{self.fx.target} uses a conv1d's output other than its first T positions (a causal "
+                      "convolution)")
         if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending):
             self.fail(f"{self.fx.target} uses a shifted part of the sequence other than in a one-step token shift "
                       "(sequence-mixing the compiler does not understand)")
@@ -207,6 +214,8 @@ class _Ctx:
             return None
         block = all(s == d for s, d, n in zip(strides, dense_strides(value.shape), value.shape) if n > 1) and \
             offset % max(value.size, 1) == 0
+        if block and value.shape == tuple(w.shape):
+            return name  # W.t().t(), a squeeze and unsqueeze: the parameter itself
         view = self.g.fresh(f"{name}[{offset // max(value.size, 1)}]" if block else f"{name}.{chain[0].name if chain else 'T'}")
         self.g.weights[view] = Weight(tuple(value.shape), "f32", np.ascontiguousarray(value), None, w.role)
         self.g.meta.setdefault("weight_views", {})[view] = {"of": name, "shape": list(w.shape), "offset": offset,
@@ -320,6 +329,8 @@ def _unsqueeze(c, x, dim):
 
 
 def _slice(c, x, dim=0, start=None, end=None, step=1):
+    if isinstance(c.env.get(x), _Pending) and c.env[x].kind == "conv":
+        return _causal_conv(c, c.env[x], dim, start, end, step)
     name = c.t(x)
     t = c.type(name)
     dim = _axis(dim, len(t.shape))
@@ -341,6 +352,51 @@ def _slice(c, x, dim=0, start=None, end=None, step=1):
     size = t.shape[dim]
     start, end = _slice_bounds(c, start, end, size)
     return c.emit("slice", [name], {"axis": dim, "start": start, "end": end})
+
+
+def _conv1d(c, x, weight, bias=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+    """conv1d along the sequence: only as the first half of a causal depthwise convolution (see
+    _causal_conv); its T + K - 1 outputs are no shape the IR holds."""
+    name = c.t(x)
+    t = c.type(name)
+    w = c.weight(c.t(weight))
+    if w is None:
+        c.fail("conv1d with a computed (not a parameter) weight")
+    shape = c.g.weights[w].shape
+    k = shape[-1]
+    one = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
+    if len(t.shape) != 3 or t.seq_axis != 2 or groups != t.shape[1] or tuple(shape) != (t.shape[1], 1, k) \
+            or one(stride) != [1] or one(dilation) != [1] or one(padding) != [k - 1]:
+        c.fail("a conv1d other than a causal depthwise one over (B, C, T) (groups C, stride 1, padding K - 1)")
+    b = c.weight(c.t(bias)) if bias is not None else None
+    if bias is not None and b is None:
+        c.fail("conv1d with a computed (not a parameter) bias")
+    return _Pending("conv", name, weight=w, bias=b, k=k)
+
+
+def _causal_conv(c, p: _Pending, dim, start, end, step) -> str:
+    """conv1d(x, padding=K-1)[..., :T]: y[t] = sum_i w[K-1-i] x[t-i] (+ b), each channel on its own
+    (LFM2's short convolution, Mamba's): i one-step token shifts of x, each times its tap. It runs
+    channels-last, (B, T, C), between two transposes the layout pass cancels with the model's own."""
+    t = c.type(p.name)
+    k = p.attrs["k"]
+    if _axis(dim, 3) != 2 or step != 1 or (start or 0) != 0 or end is None or \
+            (c.dim(end) != SEQ and int(c.dim(end)) != -(k - 1)):
+        c.fail("a slice of conv1d's output other than its first T positions (a causal convolution)")
+    rows = TensorType((1, SEQ, t.shape[1]), "f32")
+    x = c.emit("permute", [p.name], {"perm": [0, 2, 1]}, rows, "channels_last")
+    taps = np.asarray(c.g.weights[p.attrs["weight"]].data, np.float32)[:, 0, :]
+    y = None
+    for i in range(k):
+        if i:
+            x = c.emit("token_shift", [x], {"axis": 1}, rows, f"shift{i}")
+        tap = c.g.fresh(f"{p.attrs['weight']}.tap{k - 1 - i}")
+        c.g.weights[tap] = Weight((t.shape[1],), "f32", np.ascontiguousarray(taps[:, k - 1 - i]), None, "derived")
+        term = c.emit("binary", [x, tap], {"fn": "mul"}, rows, f"tap{i}")
+        y = term if y is None else c.emit("binary", [y, term], {"fn": "add"}, rows, f"sum{i}")
+    if p.attrs["bias"] is not None:
+        y = c.emit("binary", [y, p.attrs["bias"]], {"fn": "add"}, rows, "bias")
+    return c.emit("permute", [y], {"perm": [0, 2, 1]}, TensorType(t.shape, "f32"))
 
 
 def _slice_bounds(c, start, end, size: int) -> tuple[int, int]:
@@ -440,6 +496,9 @@ def _expand(c, x, size, *rest, **kw):
     return c.emit("expand", [c.t(x)], {"shape": list(c.out_type().shape)})
 
 
+COMMUTATIVE = ("add", "mul", "maximum", "minimum", "eq", "ne")
+
+
 def _binary(fn):
     def conv(c, a, b, *, alpha=1):
         if alpha != 1:
@@ -449,7 +508,14 @@ def _binary(fn):
         # a one-element constant (a 0-d buffer: xIELU's beta and eps) is a scalar operand
         a, b = (_const_scalar(c, v) if isinstance(v, torch.fx.Node) else v for v in (a, b))
         if isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node):
-            return c.emit("binary", [c.t(a), c.t(b)], {"fn": fn})
+            an, bn, out = c.t(a), c.t(b), c.out_type()
+            if c.type(an).shape != out.shape:  # the backends take the output's shape from input 0
+                if fn in COMMUTATIVE and c.type(bn).shape == out.shape:
+                    an, bn = bn, an
+                else:  # (T, 1) - (T, E): the first operand broadcast first (a copy)
+                    an = c.emit("expand", [an], {"shape": list(out.shape)}, TensorType(out.shape, c.type(an).dtype),
+                                "broadcast")
+            return c.emit("binary", [an, bn], {"fn": fn})
         if isinstance(a, torch.fx.Node):
             return c.emit("binary", [c.t(a)], {"fn": fn, "scalar": float(b)})
         # scalar OP tensor: rewrite the commutative ones, reverse the rest
@@ -509,6 +575,16 @@ def _as_mask(c, y: str) -> str:
     return y
 
 
+def _finite(c, v) -> float:
+    """A fill as the backends hold it: -inf and inf as float32's lowest and largest (WGSL may assume
+    no infinities, and the emitted kernels write finite literals). Each still sorts where the infinity
+    would and is -inf to a softmax (exp underflows to 0); times 0 it is 0, not NaN."""
+    v = float(v)
+    if math.isnan(v):
+        c.fail("a NaN fill")
+    return float(np.clip(v, np.finfo(np.float32).min, np.finfo(np.float32).max))
+
+
 def _where_values(c, cond, x, other):
     """torch.where(cond, x, other) on activations: pick(x, cond) + pick_not(other, cond), each exactly
     0 where not chosen (elementwise.py)."""
@@ -524,7 +600,8 @@ def _where_values(c, cond, x, other):
         if isinstance(v, torch.fx.Node):
             parts.append(c.emit("binary", [c.t(v), cn], {"fn": fn}, c.out_type(), part))
         else:  # scalar OP cond, the scalar first
-            parts.append(c.emit("binary", [cn], {"fn": fn, "scalar": float(v), "reverse": True}, c.out_type(), part))
+            parts.append(c.emit("binary", [cn], {"fn": fn, "scalar": _finite(c, v), "reverse": True}, c.out_type(),
+                                part))
     if not parts:
         return c.emit("binary", [cn], {"fn": "mul", "scalar": 0.0}, c.out_type())
     return parts[0] if len(parts) == 1 else c.emit("binary", parts, {"fn": "add"})
@@ -583,6 +660,8 @@ def _to(c, x, *args, **kw):
         return name
     if _is_mask(c, x) and c.fx.meta["val"].dtype in (torch.bool, torch.float32):
         return name  # a comparison's 1.0 / 0.0 is its bool, and its float
+    if c.fx.meta["val"].dtype == torch.bool and c.type(name).dtype == "f32":
+        return _as_mask(c, c.emit("binary", [name], {"fn": "ne", "scalar": 0.0}))  # .bool() of a float: x != 0
     return c.emit("cast", [name], {"dtype": out.dtype})
 
 
@@ -646,6 +725,16 @@ def _topk(c, x, k, dim=-1, largest=True, sorted=True):
             for i, part in ((False, "values"), (True, "indices"))]
 
 
+def _max_dim(c, x, dim, keepdim=False):
+    """torch.max(x, dim) along the last axis: topk of 1, (values, indices)."""
+    parts = _topk(c, x, 1, dim)
+    if keepdim:
+        return parts
+    shape = list(c.type(parts[0]).shape[:-1])
+    return [c.emit("reshape", [p], {"shape": shape}, TensorType(tuple(shape), "f32"), f"{part}_squeezed")
+            for p, part in zip(parts, ("values", "indices"))]
+
+
 def _softmax(c, x, dim, *rest, **kw):
     if _scores(c, x):
         p = c.env[x]
@@ -692,6 +781,53 @@ def _sdpa(c, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None
 
 def _new_zeros(c, x, size, *rest, **kw):
     return _Pending("zeros", shape=[int(c.dim(d)) for d in size])
+
+
+def _zeros_like(c, x, *rest, **kw):
+    return _Pending("zeros", shape=list(c.type(c.t(x)).shape))
+
+
+def _last_axis_rows(c, what: str, dim, *names: str) -> None:
+    """gather/scatter along the last axis, every operand with the same leading (per-token) dims."""
+    types = [c.type(n) for n in names]
+    if _axis(dim, len(types[0].shape)) != len(types[0].shape) - 1 or types[0].seq_axis == len(types[0].shape) - 1:
+        c.fail(f"{what} along an axis other than the last (per-token) one")
+    if any(t.shape[:-1] != types[0].shape[:-1] for t in types):
+        c.fail(f"{what} with an index whose leading dims differ from its input's")
+
+
+def _gather(c, x, dim, index, *, sparse_grad=False):
+    """torch.gather along the last axis by a topk's indices (a router's weights of its chosen experts)."""
+    name, idx = c.t(x), c.t(index)
+    _last_axis_rows(c, "gather", dim, name, idx)
+    return c.emit("gather", [name, idx], {}, TensorType(c.type(idx).shape, "f32"))
+
+
+def _scatter(c, x, dim, index, src=None, *, value=None, reduce=None):
+    """x.scatter(-1, index, src or value) along the last axis: into zeros, a router's choice as a dense
+    row (GLM-4-MoE's group mask); into a tensor, pick_not(x, where) + the same into zeros (PhiMoE's
+    sparsemixer masking its first choice)."""
+    if reduce is not None:
+        c.fail("scatter with a reduction")
+    base = c.env.get(x)
+    zeros = isinstance(base, _Pending) and base.kind == "zeros"
+    shape = tuple(base.shape) if zeros else c.type(c.t(x)).shape
+    idx = c.t(index)
+    inputs = [idx]
+    attrs = {"width": int(shape[-1])}
+    if isinstance(src, torch.fx.Node):
+        inputs.append(c.t(src))
+    else:
+        attrs["value"] = _finite(c, src if value is None else value)
+    _last_axis_rows(c, "scatter", dim, *inputs)
+    out = TensorType(shape, "f32")
+    if len(shape) != len(c.type(idx).shape) or shape[:-1] != c.type(idx).shape[:-1]:
+        c.fail("scatter with an index whose leading dims differ from its input's")
+    if zeros:
+        return c.emit("scatter", inputs, attrs, out)
+    where = c.emit("scatter", [idx], {"width": attrs["width"], "value": 1.0}, out, "where")
+    kept = c.emit("binary", [c.t(x), where], {"fn": "pick_not"}, out, "kept")
+    return c.emit("binary", [kept, c.emit("scatter", inputs, attrs, out, "put")], {"fn": "add"})
 
 
 def _select(c, x, dim, index):
@@ -788,7 +924,9 @@ def _baddbmm(c, bias, b1, b2, *, beta=1, alpha=1):
 
 def _masked_fill(c, x, mask, value):
     if not _scores(c, x):
-        c.fail("masked_fill of activations (only a causal mask of attention scores is understood)")
+        if _is_mask(c, mask):  # on activations: where(mask, value, x) (GLM-4-MoE's router, -inf out of group)
+            return _where_values(c, mask, value, x)
+        c.fail("masked_fill of activations with a mask that is not a comparison of activations")
     p = c.env[x]
     if float(value) > -1e30:  # -inf, or float32's lowest (MPT): exp underflows to 0 either way
         c.fail("masked_fill of attention scores other than a causal mask with -inf")
@@ -970,6 +1108,7 @@ CONVERTERS: dict[object, Callable] = {
     aten.mean.dim: _mean,
     aten.sum.dim_IntList: _sum,
     aten.topk.default: _topk,
+    aten.max.dim: _max_dim,
     aten.softmax.int: _softmax,
     aten._softmax.default: _softmax,
     aten.scaled_dot_product_attention.default: _sdpa,
@@ -1029,9 +1168,18 @@ for _op, _conv in {
     aten.leaky_relu.default: _leaky_relu,
     aten.elu.default: _elu,
     aten.baddbmm.default: _baddbmm,
+    aten.conv1d.default: _conv1d,
+    aten.zeros_like.default: _zeros_like,
+    aten.gather.default: _gather,
+    aten.scatter.value: lambda c, x, dim, index, value: _scatter(c, x, dim, index, value),
+    aten.scatter.src: _scatter,
+    aten.scatter_.value: lambda c, x, dim, index, value: _scatter(c, x, dim, index, value),
+    aten.scatter_.src: _scatter,
+    aten.squeeze.default: _flatten,  # every axis of 1 dropped: the fx node's own shape
     aten.masked_fill.Scalar: _masked_fill,
     aten.where.self: _where,
     aten.stack.default: _stack,
+    aten.concat.default: _cat,
     aten.index.Tensor: _index,
     aten.broadcast_to.default: _expand,
     # Falcon's `mlp_output += attention_output`, `attention_scores /= math.sqrt(self.head_dim)`

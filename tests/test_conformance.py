@@ -84,6 +84,11 @@ def conformance_graph() -> tuple[Graph, dict[str, tuple[int, int]]]:
     add("topk_per_head", "topk", ["heads"], {"k": 2, "indices": True}, _act(H, 2))
     add("x_relu", "elementwise", ["x"], {"steps": [{"fn": "relu"}]}, _act(C), cell=False)
     add("topk_ties", "topk", ["x_relu"], {"k": 16, "indices": True}, _act(16))
+    # a router's weights of its chosen experts, its choice as a dense row (of a value, of the weights)
+    add("gather", "gather", ["b", "topk_indices"], {}, _act(3))
+    add("gather_per_head", "gather", ["heads", "topk_per_head"], {}, _act(H, 2))
+    add("scatter_value", "scatter", ["topk_indices"], {"width": C, "value": 1.0}, _act(C))
+    add("scatter_src", "scatter", ["topk_per_head", "gather_per_head"], {"width": C // H}, _act(H, C // H))
     add("chain_with_norm", "elementwise", ["x", "b", "vec"],
         {"steps": [{"fn": "silu"}, {"fn": "mul", "operand": 0}, {"fn": "rms_norm", "eps": 1e-5, "operand": 1},
                    {"fn": "sub", "scalar": 0.5, "reverse": True}]}, _act(C))

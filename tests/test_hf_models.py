@@ -35,11 +35,11 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 
 
 def hf_configs() -> dict:
-    from transformers import (ApertusConfig, BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig, GlmConfig,
-                              GPT2Config, GPTBigCodeConfig, GPTJConfig, GPTNeoConfig, GraniteMoeConfig,
-                              HunYuanDenseV1Config, LlamaConfig, Ministral3Config, MptConfig, NanoChatConfig,
-                              Phi3Config, Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig, SmolLM3Config,
-                              XGLMConfig)
+    from transformers import (ApertusConfig, BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig,
+                              Glm4MoeConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig, GPTNeoConfig,
+                              GraniteMoeConfig, HunYuanDenseV1Config, Lfm2Config, Lfm2MoeConfig, LlamaConfig,
+                              Ministral3Config, MptConfig, NanoChatConfig, Phi3Config, PhimoeConfig, Qwen2Config,
+                              Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig, SmolLM3Config, XGLMConfig)
 
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
@@ -99,6 +99,16 @@ def hf_configs() -> dict:
         "qwen2_moe": Qwen2MoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                                     shared_expert_intermediate_size=24),
         "granitemoe": GraniteMoeConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2),
+        # DeepSeek-V3's group-limited routing: sigmoid scores plus a bias, top 2 of each of 2 groups summed,
+        # the best group kept (topk, scatter into zeros, masked_fill with -inf), then the weights gathered
+        "glm4_moe": Glm4MoeConfig(**SMALL, head_dim=8, n_routed_experts=4, num_experts_per_tok=2, n_group=2,
+                                  topk_group=1, moe_intermediate_size=16, first_k_dense_replace=1),
+        # PhiMoE's sparsemixer: max(dim), -inf into the first choice (scatter into scores), (T, 1) - (T, E)
+        "phimoe": PhimoeConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2),
+        # LFM2's short convolution (a causal depthwise conv1d over (B, C, T)) beside attention, and its MoE
+        "lfm2": Lfm2Config(**SMALL, layer_types=["conv", "full_attention"]),
+        "lfm2_moe": Lfm2MoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                  num_dense_layers=1, layer_types=["conv", "full_attention"]),
     }
 
 
@@ -234,7 +244,7 @@ class CharBlock(nn.Module):
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
                              "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom",
                              "mpt", "falcon-rw", "apertus", "xglm", "nanochat", "ministral3", "qwen3_moe",
-                             "qwen2_moe", "granitemoe"]
+                             "qwen2_moe", "granitemoe", "glm4_moe", "phimoe", "lfm2", "lfm2_moe"]
          for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-"), ("actgpt", "-")]
 
 
@@ -343,6 +353,31 @@ def test_cli_compiles_a_sharded_save_pretrained_folder(qwen3_folder, tmp_path):
     assert r.returncode == 0, r.stderr
     manifest = json.loads((out / "model" / "manifest.json").read_text())
     assert manifest["model"]["source"]["kind"] == "huggingface"
+    from monologue_compile.artifact import load_model
+
+    g, _, _ = load_model(out)
+    x = ids(12)
+    with torch.no_grad():
+        ref = m(input_ids=torch.from_numpy(x)[None]).logits[0].numpy()
+    assert np.abs(Session(g).forward(x) - ref).max() / np.abs(ref).max() <= 1e-4
+
+
+def test_cli_compiles_a_moe_checkpoint_stored_one_tensor_per_expert(tmp_path):
+    """The Hub's MoE checkpoints hold `experts.3.gate_proj.weight` per expert; transformers' own
+    conversion stacks them into the model class's `experts.gate_up_proj` (as from_pretrained does)."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    d, out = tmp_path / "qwen3_moe", tmp_path / "dist"
+    torch.manual_seed(5)
+    m = randomized(AutoModelForCausalLM.from_config(hf_configs()["qwen3_moe"], dtype=torch.float32), 6)
+    m.save_pretrained(d)
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        assert "model.layers.0.mlp.experts.3.gate_proj.weight" in f.keys()
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(d), "-o", str(out), "--quant",
+                        "none", "--no-wasm"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "experts: 4 in each of 4 stacked tensors" in r.stdout + r.stderr
     from monologue_compile.artifact import load_model
 
     g, _, _ = load_model(out)
@@ -487,6 +522,31 @@ def test_moe_without_a_dense_form_and_bottom_k_are_refused_by_name():
         compiled(CausalLMLogits(SparseMoE().eval(), S))
     with pytest.raises(MonologueError, match=r"topk of the smallest values .* at fx node %topk \(test_hf_models.py"):
         compiled(CausalLMLogits(SmallestK().eval(), S))
+
+
+class Conv(OneLayer):
+    """A depthwise conv1d over the sequence: `padding` and which T outputs are kept decide whether it
+    looks ahead."""
+
+    def __init__(self, padding: int, keep: slice):
+        super().__init__()
+        self.conv, self.keep = nn.Conv1d(8, 8, 3, padding=padding, groups=8), keep
+
+    def forward(self, idx):
+        return self.conv(self.emb(idx).transpose(1, 2))[..., self.keep].transpose(1, 2) @ self.emb.weight.T
+
+
+def test_a_convolution_that_sees_later_tokens_is_refused_by_name():
+    """Only conv1d(padding K - 1)[..., :T] is causal; a centered conv or the last T outputs read ahead."""
+    model = CausalLMLogits(Conv(2, slice(None, -2)).eval(), S)  # causal: compiles, and matches
+    x = ids(12)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    assert np.abs(Session(compiled(model)).forward(x) - ref).max() < 1e-5
+    with pytest.raises(MonologueError, match=r"a conv1d other than a causal depthwise one .* at fx node %conv1d "):
+        compiled(CausalLMLogits(Conv(1, slice(None)).eval(), S))
+    with pytest.raises(MonologueError, match=r"a slice of conv1d's output other than its first T positions"):
+        compiled(CausalLMLogits(Conv(2, slice(2, None)).eval(), S))
 
 
 def test_expert_weights_cut_from_stacked_parameters_are_put_back_for_r_q():

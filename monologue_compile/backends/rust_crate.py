@@ -344,6 +344,19 @@ class Emitter:
         width = self.g.type_of(n.inputs[0]).shape[-1]
         return [f"k::row_topk({self.data(x)}, {x.view()}, t, {width}, {at['k']}, {str(at['indices']).lower()}, {o});"]
 
+    def _k_gather(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        x, index = self.act(n.inputs[0], n), self.act(n.inputs[1], n)
+        width, k = self.g.type_of(n.inputs[0]).shape[-1], n.type.shape[-1]
+        return [f"k::row_gather({self.data(x)}, {x.view()}, {self.data(index)}, {index.view()}, t, {width}, {k}, {o});"]
+
+    def _k_scatter(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
+        index = self.act(n.inputs[0], n)
+        src = self.act(n.inputs[1], n) if len(n.inputs) > 1 else None
+        k = self.g.type_of(n.inputs[0]).shape[-1]
+        arg = f"Some(({self.data(src)}, {src.view()}))" if src else "None"
+        return [f"k::row_scatter({self.data(index)}, {index.view()}, {arg}, {_f32(at.get('value', 0.0))}, t, "
+                f"{at['width']}, {k}, {o});"]
+
     def strided_copy(self, n: Node, x: Loc, offset: int, shape, src, dst, out: Loc, out_off: int) -> str:
         """One k::strided_copy call: element i of `shape` from x's block at offset + i.src into out's at out_off + i.dst."""
         dims, (src, dst) = merge_dims(shape, src, dst)
@@ -487,6 +500,8 @@ KERNELS = {
     "softmax": Emitter._k_elementwise,
     "mean": Emitter._k_mean,
     "topk": Emitter._k_topk,
+    "gather": Emitter._k_gather,
+    "scatter": Emitter._k_scatter,
     "token_shift": Emitter._k_token_shift,
     "concat": Emitter._k_concat,
     "copy": Emitter._k_copy,

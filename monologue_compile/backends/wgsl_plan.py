@@ -467,6 +467,30 @@ class _Builder:
                             dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset, y_row_stride=y.row_stride),
                             {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
 
+    def _emit_gather(self, n, T, out):
+        x, index, y = self.loc.get(n.inputs[0]), self.loc.get(n.inputs[1]), self.loc[n.name]
+        if x is None or x.at_pos or index is None or index.at_pos:
+            _fail(n, "gather of something that is not an activation, or by one")
+        out.append(_Pending("row_gather", (T, x.row_floats, self.g.type_of(n.inputs[0]).shape[-1], n.type.shape[-1]),
+                            dict(x_offset=x.offset, x_row_stride=x.row_stride, i_offset=index.offset,
+                                 i_row_stride=index.row_stride, y_offset=y.offset, y_row_stride=y.row_stride),
+                            {"x": x.buffer, "index": index.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
+
+    def _emit_scatter(self, n, T, out):
+        index, y = self.loc.get(n.inputs[0]), self.loc[n.name]
+        src = self.loc.get(n.inputs[1]) if len(n.inputs) > 1 else None
+        if index is None or index.at_pos or (len(n.inputs) > 1 and (src is None or src.at_pos)):
+            _fail(n, "scatter of something that is not an activation, or by one")
+        k = self.g.type_of(n.inputs[0]).shape[-1]
+        kw = dict(i_offset=index.offset, i_row_stride=index.row_stride, y_offset=y.offset, y_row_stride=y.row_stride)
+        bufs = {"index": index.buffer, "y": y.buffer, "step": STEP_BUFFER}
+        if src is not None:
+            kw.update(s_offset=src.offset, s_row_stride=src.row_stride)
+            bufs["src"] = src.buffer
+        out.append(_Pending("row_scatter", (T, index.row_floats // k, n.attrs["width"], k,
+                                            None if src is not None else float(n.attrs.get("value", 0.0))),
+                            kw, bufs, n.name))
+
     def _emit_token_shift(self, n, T, out):
         x, y = self.loc.get(n.inputs[0]), self.loc[n.name]
         L = _per_token(n.type.shape)
@@ -719,6 +743,8 @@ EMITTERS = {
     "softmax": _Builder._emit_softmax,
     "mean": _Builder._emit_mean,
     "topk": _Builder._emit_topk,
+    "gather": _Builder._emit_gather,
+    "scatter": _Builder._emit_scatter,
 }
 BOUND = ("positions",)
 

@@ -160,11 +160,7 @@ def build(config: dict, state_dict: dict[str, torch.Tensor],
     except ValueError as e:  # transformers names the model type it has no causal LM class for
         raise MonologueError(f"config.json: {str(e).splitlines()[0][:200]}") from None
     state_dict = _checkpoint_names(state_dict, {k for k, _ in model.named_parameters(remove_duplicate=False)})
-    try:
-        missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
-    except RuntimeError as e:
-        line = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise MonologueError(f"weights do not fit the {cfg.model_type} model of config.json: {line[:200]}") from None
+    unexpected = _load_checkpoint(model, state_dict, cfg.model_type)
     if getattr(cfg, "tie_word_embeddings", False):
         out, inp = model.get_output_embeddings(), model.get_input_embeddings()
         if out is not None and inp is not None and out.weight.device.type == "meta":
@@ -178,6 +174,29 @@ def build(config: dict, state_dict: dict[str, torch.Tensor],
     if unexpected:
         raise MonologueError(f"the weights have {unexpected[0]}, which the {cfg.model_type} model of config.json lacks")
     return CausalLMLogits(model.eval(), config["sequence_len"])
+
+
+def _load_checkpoint(model: nn.Module, sd: dict[str, torch.Tensor], model_type: str) -> list[str]:
+    """The weights into the model through transformers' own checkpoint conversion, as from_pretrained
+    does: a MoE checkpoint's per-expert `experts.3.gate_proj.weight` stacked into the `experts.gate_up_proj`
+    the model class holds, legacy names renamed. The keys it had no place for."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import convert_and_load_state_dict_in_model
+    from transformers.modeling_utils import LoadStateDictConfig
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the compile's own progress is what the user sees
+    try:
+        info, _ = convert_and_load_state_dict_in_model(
+            model, dict(sd), LoadStateDictConfig(weight_mapping=get_model_conversion_mapping(model), dtype=torch.float32))
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    problems = [*info.mismatched_keys, *info.error_msgs, *info.conversion_errors]
+    if problems:
+        raise MonologueError(f"weights do not fit the {model_type} model of config.json: {str(problems[0])[:200]}")
+    return sorted(info.unexpected_keys)
 
 
 def _checkpoint_names(sd: dict[str, torch.Tensor], params: set[str]) -> dict[str, torch.Tensor]:

@@ -423,6 +423,37 @@ def row_topk(T: int, L: int, width: int, k: int, indices: bool, *, x_offset: int
     return _finish(name, "row_topk", "row_topk.wgsl.j2", params, b, wg, grid(T), 0)
 
 
+def row_gather(T: int, L: int, width: int, k: int, *, x_offset: int = 0, x_row_stride: int | None = None,
+               i_offset: int = 0, i_row_stride: int | None = None, y_offset: int = 0, y_row_stride: int | None = None,
+               wg: int = 64, covers=(), name: str = "row_gather") -> Kernel:
+    """y[t, j * k + r] = x[t, j * width + index[t, j * k + r]] (the IR's `gather` along the last axis).
+    Bindings: x, index, y, step. One workgroup per row, a thread per output."""
+    covers = _common(covers)
+    _check(L % width == 0, f"width {width} does not divide the row of {L}")
+    G = L // width
+    params = dict(T=T, L=L, W=width, G=G, k=k, x_offset=x_offset, x_stride=L if x_row_stride is None else x_row_stride,
+                  i_offset=i_offset, i_stride=G * k if i_row_stride is None else i_row_stride, y_offset=y_offset,
+                  y_stride=G * k if y_row_stride is None else y_row_stride, wg=wg, covers=covers)
+    b = [Binding("x", "read"), Binding("index", "read"), Binding("y", "read_write"), Binding("step", "uniform")]
+    return _finish(name, "row_gather", "row_gather.wgsl.j2", params, b, wg, grid(T), 0)
+
+
+def row_scatter(T: int, G: int, width: int, k: int, value: float | None, *, i_offset: int = 0,
+                i_row_stride: int | None = None, s_offset: int = 0, s_row_stride: int | None = None, y_offset: int = 0,
+                y_row_stride: int | None = None, wg: int = 64, covers=(), name: str = "row_scatter") -> Kernel:
+    """G groups of `width` zeros per row, then y[t, j * width + index[t, j * k + r]] = src[t, j * k + r]
+    (or `value`: no src binding): the IR's `scatter` along the last axis. Bindings: index, [src,] y,
+    step. One workgroup per row, a thread per group."""
+    covers = _common(covers)
+    params = dict(T=T, G=G, W=width, k=k, value=value, i_offset=i_offset,
+                  i_stride=G * k if i_row_stride is None else i_row_stride, s_offset=s_offset,
+                  s_stride=G * k if s_row_stride is None else s_row_stride, y_offset=y_offset,
+                  y_stride=G * width if y_row_stride is None else y_row_stride, wg=wg, covers=covers)
+    b = [Binding("index", "read")] + ([Binding("src", "read")] if value is None else [])
+    b += [Binding("y", "read_write"), Binding("step", "uniform")]
+    return _finish(name, "row_scatter", "row_scatter.wgsl.j2", params, b, wg, grid(T), 0)
+
+
 def strided_copy(T: int, shape: list[int], src: list[int], dst: list[int], *, x_offset: int = 0, x_row_stride: int = 0,
                  x_at_pos: bool = False, y_offset: int = 0, y_row_stride: int = 0, wg: int = 64, covers=(),
                  name: str = "strided_copy") -> Kernel:
@@ -719,6 +750,8 @@ FAMILIES = {
     "strided_copy": strided_copy,
     "row_mean": row_mean,
     "row_topk": row_topk,
+    "row_gather": row_gather,
+    "row_scatter": row_scatter,
     "rope_qknorm": rope_qknorm,
     "rope_parts": rope_parts,
     "kv_write": kv_write,

@@ -2420,6 +2420,36 @@ pub fn row_topk(x: &[f32], xv: View, t: usize, width: usize, k: usize, indices: 
     }
 }
 
+/// The IR's `gather`: out[t, g * k + r] = x[t, g * width + index[t, g * k + r]]. The indices are a
+/// topk's, in range; a bad one reads the group's last element rather than another group's.
+#[allow(clippy::too_many_arguments)]
+pub fn row_gather(x: &[f32], xv: View, index: &[f32], iv: View, t: usize, width: usize, k: usize, out: &mut [f32], ov: View) {
+    for i in 0..t {
+        let (src, ix, dst) = (xv.row(x, i), iv.row(index, i), ov.row_mut(out, i));
+        for ((run, ir), res) in src.chunks_exact(width).zip(ix.chunks_exact(k)).zip(dst.chunks_exact_mut(k)) {
+            for (r, &j) in res.iter_mut().zip(ir) {
+                *r = run[(j as usize).min(width - 1)];
+            }
+        }
+    }
+}
+
+/// The IR's `scatter`: each group of `width` zeros, then out[t, g * width + index[t, g * k + r]] =
+/// src[t, g * k + r] (or `value` without src).
+#[allow(clippy::too_many_arguments)]
+pub fn row_scatter(index: &[f32], iv: View, src: Option<(&[f32], View)>, value: f32, t: usize, width: usize, k: usize,
+                   out: &mut [f32], ov: View) {
+    for i in 0..t {
+        let (ix, dst) = (iv.row(index, i), ov.row_mut(out, i));
+        for (g, (ir, res)) in ix.chunks_exact(k).zip(dst.chunks_exact_mut(width)).enumerate() {
+            res.fill(0.0);
+            for (r, &j) in ir.iter().enumerate() {
+                res[(j as usize).min(width - 1)] = src.map_or(value, |(s, sv)| sv.row(s, i)[g * k + r]);
+            }
+        }
+    }
+}
+
 pub fn elementwise(x: &[f32], xv: View, t: usize, out: &mut [f32], ov: View, steps: &[Step]) {
     for_each_row(out, ov, t, |i, row| {
         row.copy_from_slice(xv.row(x, i));
