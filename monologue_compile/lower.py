@@ -109,6 +109,15 @@ class _Ctx:
         if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and \
                 self.env[a].kind in ("scores", "probs"):
             self.fail(f"{self.fx.target} uses attention scores other than in softmax(q @ k.T * scale + causal mask) @ v")
+        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and self.env[a].kind == "empty":
+            self.env[a] = _assembled(self, a, self.env[a])
+            return self.env[a]
+        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and self.env[a].kind == "piece":
+            p = self.env[a]  # a slice of a new_empty tensor read, not copied into: of the assembled tensor
+            (start, end), whole = p.attrs["span"], self.t(p.attrs["base"])
+            shape = tuple(end - start if d == p.attrs["axis"] else n for d, n in enumerate(p.shape))
+            return self.emit("slice", [whole], {"axis": p.attrs["axis"], "start": start, "end": end},
+                             TensorType(shape, "f32"))
         if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and self.env[a].kind == "zeros":
             self.fail(f"{self.fx.target} uses zeros (zeros_like, new_zeros) other than as a token shift's first "
                       "row or a scatter's base")
@@ -331,6 +340,12 @@ def _unsqueeze(c, x, dim):
 def _slice(c, x, dim=0, start=None, end=None, step=1):
     if isinstance(c.env.get(x), _Pending) and c.env[x].kind == "conv":
         return _causal_conv(c, c.env[x], dim, start, end, step)
+    if isinstance(c.env.get(x), _Pending) and c.env[x].kind == "empty" and step == 1:
+        shape = c.env[x].shape
+        dim = _axis(dim, len(shape))
+        if shape[dim] == SEQ:
+            c.fail("a slice along the sequence axis of a tensor assembled by copies into it")
+        return _Pending("piece", shape=shape, base=x, axis=dim, span=_slice_bounds(c, start or 0, end, shape[dim]))
     name = c.t(x)
     t = c.type(name)
     dim = _axis(dim, len(t.shape))
@@ -773,14 +788,82 @@ def _sdpa(c, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None
     hq, hkv, d = qt.shape[1], kt.shape[1], qt.shape[3]
     if hq % hkv:
         c.fail(f"attention with {hq} query heads and {hkv} KV heads")
-    return c.emit("attention", [c.t(q), c.t(k), c.t(v)], {
-        "layout": "BHTD", "n_head": hq, "n_kv_head": hkv, "head_dim": d,
+    return _attention(c, c.t(q), c.t(k), c.t(v), {
+        "layout": "BHTD", "n_head": hq, "n_kv_head": hkv,
         "scale": float(scale) if scale is not None else float(1.0 / np.sqrt(d)), "window": window, **terms,
     })
 
 
+def _attention(c, q: str, k: str, v: str, attrs: dict, part: str = "") -> str:
+    """The attention op, whose q/k and v heads have one size (head_dim) on every backend: the smaller
+    side padded with zeros (DeepSeek's MLA: q and k 192 wide, v 128), which changes no score and
+    only adds output columns of zeros, sliced off."""
+    d, dv = c.type(q).shape[-1], c.type(v).shape[-1]
+    D = max(d, dv)
+    if d < D:
+        q, k = _zero_pad(c, q, D, "q_pad"), _zero_pad(c, k, D, "k_pad")
+    if dv < D:
+        v = _zero_pad(c, v, D, "v_pad")
+    shape = tuple(c.type(q).shape[:-1])
+    y = c.emit("attention", [q, k, v], {**attrs, "head_dim": D}, TensorType(shape + (D,), "f32"),
+               "padded" if dv < D else part)
+    if dv < D:
+        y = c.emit("slice", [y], {"axis": len(shape), "start": 0, "end": dv}, TensorType(shape + (dv,), "f32"), part)
+    return y
+
+
+def _zero_pad(c, x: str, width: int, part: str) -> str:
+    """x with zeros appended along its last axis up to `width`: a weight of zeros broadcast, concatenated."""
+    t = c.type(x)
+    pad = width - t.shape[-1]
+    zeros = c.g.fresh(f"{part}.zeros")
+    c.g.weights[zeros] = Weight((pad,), "f32", np.zeros(pad, np.float32), None, "derived")
+    one = (1,) * (len(t.shape) - 1) + (pad,)
+    z = c.emit("reshape", [zeros], {"shape": list(one)}, TensorType(one, "f32"), part + "_row")
+    shape = tuple(t.shape[:-1]) + (pad,)
+    z = c.emit("expand", [z], {"shape": list(shape)}, TensorType(shape, "f32"), part + "_zeros")
+    return c.emit("concat", [x, z], {"axis": len(shape) - 1}, TensorType(tuple(t.shape[:-1]) + (width,), "f32"), part)
+
+
 def _new_zeros(c, x, size, *rest, **kw):
     return _Pending("zeros", shape=[int(c.dim(d)) for d in size])
+
+
+def _new_empty(c, x, size, *rest, **kw):
+    """A tensor the model fills by copying into slices of it (DeepSeek's k = [k_nope, k_rot]):
+    pending until it is read, then the pieces concatenated (_assembled)."""
+    return _Pending("empty", shape=[c.dim(d) for d in size], pieces=[])
+
+
+def _copy_into(c, dst, src, non_blocking=False):
+    """buffer[..., a:b].copy_(src) into a new_empty buffer: the piece is recorded."""
+    p = c.env.get(dst)
+    if not (isinstance(p, _Pending) and p.kind == "piece") or not isinstance(c.env.get(p.attrs["base"]), _Pending):
+        c.fail("copy_ into anything but a slice of a new_empty tensor not read yet")
+    c.env[p.attrs["base"]].attrs["pieces"].append((p.attrs["axis"], p.attrs["span"], c.t(src), c.fx))
+    return None
+
+
+def _assembled(c, base: torch.fx.Node, p: _Pending) -> str:
+    """A new_empty tensor, read for the first time: its pieces, disjoint along one axis and covering
+    it, concatenated in order."""
+    pieces = sorted(p.attrs["pieces"], key=lambda q: q[1])
+    axes = {q[0] for q in pieces}
+    ends = [0] + [q[1][1] for q in pieces]
+    if len(axes) != 1 or [q[1][0] for q in pieces] != ends[:-1] or ends[-1] != p.shape[pieces[0][0]]:
+        c.fail(f"%{base.name} (new_empty) is read before copies into it cover it once, along one axis")
+    here, c.fx = c.fx, base
+    try:
+        names = []
+        for i, (axis, (a, b), src, fx) in enumerate(pieces):
+            shape = tuple(b - a if d == axis else n for d, n in enumerate(p.shape))
+            if tuple(c.type(src).shape) != shape:  # the copy broadcasts its source (k_rot over heads)
+                src = c.emit("expand", [src], {"shape": list(shape)}, TensorType(shape, "f32"), f"piece{i}")
+            names.append(src)
+        return names[0] if len(names) == 1 else c.emit("concat", names, {"axis": pieces[0][0]},
+                                                       TensorType(tuple(p.shape), "f32"))
+    finally:
+        c.fx = here
 
 
 def _zeros_like(c, x, *rest, **kw):
@@ -846,8 +929,8 @@ def _window_attention(c, q, k, v, window):
     qt, kt = c.type(c.t(q)), c.type(c.t(k))
     if qt.seq_axis != 1 or kt.seq_axis != 1 or len(qt.shape) != 4:
         c.fail("monologue::causal_attention expects (B, T, H, D) operands")
-    return c.emit("attention", [c.t(q), c.t(k), c.t(v)], {
-        "layout": "BTHD", "n_head": qt.shape[2], "n_kv_head": kt.shape[2], "head_dim": qt.shape[3],
+    return _attention(c, c.t(q), c.t(k), c.t(v), {
+        "layout": "BTHD", "n_head": qt.shape[2], "n_kv_head": kt.shape[2],
         "scale": float(1.0 / np.sqrt(qt.shape[3])), "window": int(window),
     })
 
@@ -990,9 +1073,9 @@ def _matmul(c, a, b, part=""):
         terms = {"softcap": float(p.attrs["softcap"])} if p.attrs["softcap"] is not None else {}
         if p.attrs["alibi"] is not None:
             terms["alibi"] = [float(m) for m in p.attrs["alibi"]]
-        attrs = {"layout": "BHTD", "n_head": hq, "n_kv_head": hkv, "head_dim": qt.shape[3],
+        attrs = {"layout": "BHTD", "n_head": hq, "n_kv_head": hkv,
                  "scale": float(p.attrs["scale"]), "window": p.attrs["window"] or 0, **terms}
-        return c.emit("attention", [q, k, v], attrs, TensorType(qt.shape[:3] + vt.shape[3:], "f32"), part)
+        return _attention(c, q, k, v, attrs, part)
     an = c.t(a)
     bn = b if isinstance(b, str) else c.t(b)
     at, bt = c.type(an), c.type(bn)
@@ -1170,6 +1253,8 @@ for _op, _conv in {
     aten.baddbmm.default: _baddbmm,
     aten.conv1d.default: _conv1d,
     aten.zeros_like.default: _zeros_like,
+    aten.new_empty.default: _new_empty,
+    aten.copy_.default: _copy_into,
     aten.gather.default: _gather,
     aten.scatter.value: lambda c, x, dim, index, value: _scatter(c, x, dim, index, value),
     aten.scatter.src: _scatter,

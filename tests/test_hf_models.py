@@ -35,11 +35,11 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 
 
 def hf_configs() -> dict:
-    from transformers import (ApertusConfig, BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig,
-                              Glm4MoeConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig, GPTNeoConfig,
-                              GraniteMoeConfig, HunYuanDenseV1Config, Lfm2Config, Lfm2MoeConfig, LlamaConfig,
-                              Ministral3Config, MptConfig, NanoChatConfig, Phi3Config, PhimoeConfig, Qwen2Config,
-                              Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig, SmolLM3Config, XGLMConfig)
+    from transformers import (ApertusConfig, BloomConfig, DeepseekV3Config, FalconConfig, Gemma2Config,
+                              Gemma3TextConfig, Glm4MoeConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig,
+                              GPTNeoConfig, GraniteMoeConfig, HunYuanDenseV1Config, Lfm2Config, Lfm2MoeConfig,
+                              LlamaConfig, Ministral3Config, MptConfig, NanoChatConfig, Phi3Config, PhimoeConfig,
+                              Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig, SmolLM3Config, XGLMConfig)
 
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
@@ -103,6 +103,12 @@ def hf_configs() -> dict:
         # the best group kept (topk, scatter into zeros, masked_fill with -inf), then the weights gathered
         "glm4_moe": Glm4MoeConfig(**SMALL, head_dim=8, n_routed_experts=4, num_experts_per_tok=2, n_group=2,
                                   topk_group=1, moe_intermediate_size=16, first_k_dense_replace=1),
+        # DeepSeek-V3: multi-head latent attention (k assembled by copies into new_empty, q/k heads 16 wide
+        # and v 8: padded), group-limited routing (2 groups, the best one kept), a shared expert, a dense layer 0
+        "deepseek_v3": DeepseekV3Config(**{**SMALL, "num_key_value_heads": 4}, n_routed_experts=4, num_experts_per_tok=2,
+                                        n_group=2, topk_group=1, moe_intermediate_size=16, first_k_dense_replace=1,
+                                        q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                                        v_head_dim=8, n_shared_experts=1),
         # PhiMoE's sparsemixer: max(dim), -inf into the first choice (scatter into scores), (T, 1) - (T, E)
         "phimoe": PhimoeConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2),
         # LFM2's short convolution (a causal depthwise conv1d over (B, C, T)) beside attention, and its MoE
@@ -244,7 +250,8 @@ class CharBlock(nn.Module):
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
                              "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom",
                              "mpt", "falcon-rw", "apertus", "xglm", "nanochat", "ministral3", "qwen3_moe",
-                             "qwen2_moe", "granitemoe", "glm4_moe", "phimoe", "lfm2", "lfm2_moe"]
+                             "qwen2_moe", "granitemoe", "glm4_moe", "phimoe", "deepseek_v3", "lfm2",
+                             "lfm2_moe"]
          for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-"), ("actgpt", "-")]
 
 
@@ -547,6 +554,21 @@ def test_a_convolution_that_sees_later_tokens_is_refused_by_name():
         compiled(CausalLMLogits(Conv(1, slice(None)).eval(), S))
     with pytest.raises(MonologueError, match=r"a slice of conv1d's output other than its first T positions"):
         compiled(CausalLMLogits(Conv(2, slice(2, None)).eval(), S))
+
+
+class HalfWritten(OneLayer):
+    """A buffer from new_empty read with only part of it written (the rest is whatever memory held)."""
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        buf = x.new_empty(*x.shape[:-1], 16)
+        buf[..., :8].copy_(x)
+        return buf[..., :8] @ self.emb.weight.T
+
+
+def test_a_new_empty_tensor_read_before_it_is_written_whole_is_refused_by_name():
+    with pytest.raises(MonologueError, match=r"%new_empty \(new_empty\) is read before copies into it cover it once"):
+        compiled(CausalLMLogits(HalfWritten().eval(), S))
 
 
 def test_expert_weights_cut_from_stacked_parameters_are_put_back_for_r_q():

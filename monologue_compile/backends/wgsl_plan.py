@@ -672,6 +672,8 @@ class _Builder:
         H, Hkv, D = at["n_head"], at["n_kv_head"], at["head_dim"]
         kc, vc = self.kv[n.name]
         q, k, v = (self.loc[i] for i in n.inputs)
+        if any(self.g.type_of(i).shape[-1] != D for i in n.inputs):
+            _fail(n, f"q, k and v heads of other sizes than head_dim {D}")
         if q.at_pos:
             _fail(n, "q is written into a KV cache")
         if q.offset or q.row_stride != H * D:  # a strided view (q inside merged q|k|v rows): pack it

@@ -141,11 +141,17 @@ def _reshape_rule(g: Graph, n: Node, perm: list[int]) -> tuple[dict, list[int]] 
     return {"shape": list(_permuted(out, _inverse(after)))}, after
 
 
+def _expand_rule(g: Graph, n: Node, perm: list[int]) -> tuple[dict, list[int]] | None:
+    """A broadcast (DeepSeek's k_rot over the heads): the same broadcast of the unpermuted value."""
+    return {"shape": list(_permuted(n.attrs["shape"], _inverse(perm)))}, perm
+
+
 # op -> how it works on the unpermuted value (its new attrs, and the permute that then follows it: perm,
 # or perm extended over axes a reshape adds), or None when it does not commute with perm; every tensor
 # input must then be the same permute (or a table/weight the pass permutes back)
 SINK = {
     "reshape": _reshape_rule,
+    "expand": _expand_rule,
     "unary": _axis_rule(),
     "binary": _axis_rule(),
     "cast": _axis_rule(),
@@ -155,10 +161,12 @@ SINK = {
     "softmax": _axis_rule(),
     "rms_norm": _axis_rule(check_last=True),
     "layer_norm": _axis_rule(check_last=True),
+    "linear": _axis_rule(check_last=True),  # DeepSeek's kv_b_proj of a (1, 1, T, r) latent
     "attention": _attention_rule,
 }
-# inputs that are per-channel vectors of the last axis, not tensors in the permuted layout
-_VECTOR_INPUTS = {"rms_norm": 1, "layer_norm": 1}
+# the index from which inputs are weights of the last axis (a norm's vectors, a linear's matrix), not tensors
+# in the permuted layout
+_VECTOR_INPUTS = {"rms_norm": 1, "layer_norm": 1, "linear": 1}
 
 
 class _Sinker:
@@ -220,6 +228,14 @@ class _Sinker:
             src = by_name.get(name)
             if src is not None and src.op == "permute" and src.attrs["perm"] == perm:
                 new_inputs[i] = src.inputs[0]
+                continue
+            if src is not None and src.op == "expand" and g.type_of(src.inputs[0]).seq_axis is None:
+                # a weight broadcast over T (attention's zero padding): the same broadcast, unpermuted
+                shape = _permuted(src.type.shape, inv)
+                twin = Node(g.fresh(name + "_t"), "expand", [src.inputs[0]], {"shape": list(shape)},
+                            TensorType(shape, src.type.dtype), src.source)
+                g.nodes.insert(g.nodes.index(src) + 1, twin)
+                new_inputs[i] = twin.name
                 continue
             if src is not None and src.type.seq_axis is not None and src.op != "positions":
                 return False  # another activation in another layout
