@@ -215,17 +215,16 @@ class _Ctx:
             value, index = (KERNELS[n.op](s, n, n.attrs, [v]) for v in (value, index))
         if transpose:
             value, index = value.T, index.T
-        offset = int(index.flat[0]) if index.size else 0
-        strides = [int(index[tuple(int(i == d) for i in range(index.ndim))]) - offset if index.shape[d] > 1 else 0
-                   for d in range(index.ndim)]
-        if not np.array_equal(index, offset + sum(np.arange(n).reshape([-1 if i == d else 1 for i in range(index.ndim)])
-                                                  * st for d, (n, st) in enumerate(zip(index.shape, strides)))):
+        layout = _affine(index)
+        if layout is None:
             return None
-        block = all(s == d for s, d, n in zip(strides, dense_strides(value.shape), value.shape) if n > 1) and \
-            offset % max(value.size, 1) == 0
-        if block and value.shape == tuple(w.shape):
+        offset, strides = layout
+        if offset == 0 and index.shape == tuple(w.shape) and _dense(index.shape, strides):
             return name  # W.t().t(), a squeeze and unsqueeze: the parameter itself
-        view = self.g.fresh(f"{name}[{offset // max(value.size, 1)}]" if block else f"{name}.{chain[0].name if chain else 'T'}")
+        # named param[e] for a block of it (an expert), with .T where the matmul reads it transposed
+        block = _dense(index.shape[::-1] if transpose else index.shape, strides[::-1] if transpose else strides)
+        label = f"{name}[{offset // index.size}]" if block and offset % index.size == 0 else f"{name}.{chain[0].name}"
+        view = self.g.fresh(label + (".T" if transpose else ""))
         self.g.weights[view] = Weight(tuple(value.shape), "f32", np.ascontiguousarray(value), None, w.role)
         self.g.meta.setdefault("weight_views", {})[view] = {"of": name, "shape": list(w.shape), "offset": offset,
                                                            "strides": strides}
@@ -256,6 +255,22 @@ class _Ctx:
     def is_table(self, name: str) -> bool:
         w = self.g.weights.get(name)
         return w is not None and w.role == "table"
+
+
+def _affine(index: np.ndarray) -> tuple[int, list[int]] | None:
+    """(offset, strides) with index[i] = offset + sum(i_d * strides_d), or None (not a strided view)."""
+    if not index.size:
+        return None
+    offset = int(index.flat[0])
+    strides = [int(index[tuple(int(i == d) for i in range(index.ndim))]) - offset if index.shape[d] > 1 else 0
+               for d in range(index.ndim)]
+    grid = np.indices(index.shape).reshape(index.ndim, -1).T @ np.asarray(strides, np.int64) + offset
+    return (offset, strides) if np.array_equal(grid, index.reshape(-1)) else None
+
+
+def _dense(shape, strides) -> bool:
+    """Whether strides walk `shape` in row-major order with no gaps (axes of one ignored)."""
+    return all(s == d for s, d, n in zip(strides, dense_strides(shape), shape) if n > 1)
 
 
 def _axis(d: int, rank: int) -> int:
@@ -840,7 +855,7 @@ def _copy_into(c, dst, src, non_blocking=False):
     p = c.env.get(dst)
     if not (isinstance(p, _Pending) and p.kind == "piece") or not isinstance(c.env.get(p.attrs["base"]), _Pending):
         c.fail("copy_ into anything but a slice of a new_empty tensor not read yet")
-    c.env[p.attrs["base"]].attrs["pieces"].append((p.attrs["axis"], p.attrs["span"], c.t(src), c.fx))
+    c.env[p.attrs["base"]].attrs["pieces"].append((p.attrs["axis"], p.attrs["span"], c.t(src)))
     return None
 
 
@@ -855,7 +870,7 @@ def _assembled(c, base: torch.fx.Node, p: _Pending) -> str:
     here, c.fx = c.fx, base
     try:
         names = []
-        for i, (axis, (a, b), src, fx) in enumerate(pieces):
+        for i, (axis, (a, b), src) in enumerate(pieces):
             shape = tuple(b - a if d == axis else n for d, n in enumerate(p.shape))
             if tuple(c.type(src).shape) != shape:  # the copy broadcasts its source (k_rot over heads)
                 src = c.emit("expand", [src], {"shape": list(shape)}, TensorType(shape, "f32"), f"piece{i}")
@@ -911,6 +926,12 @@ def _scatter(c, x, dim, index, src=None, *, value=None, reduce=None):
     where = c.emit("scatter", [idx], {"width": attrs["width"], "value": 1.0}, out, "where")
     kept = c.emit("binary", [c.t(x), where], {"fn": "pick_not"}, out, "kept")
     return c.emit("binary", [kept, c.emit("scatter", inputs, attrs, out, "put")], {"fn": "add"})
+
+
+def _scattered_in_place(c, x, dim, index, src):
+    """x.scatter_(...): the result, which is x from here on for every later reader of it."""
+    c.env[x] = _scatter(c, x, dim, index, src)
+    return c.env[x]
 
 
 def _select(c, x, dim, index):
@@ -1258,8 +1279,8 @@ for _op, _conv in {
     aten.gather.default: _gather,
     aten.scatter.value: lambda c, x, dim, index, value: _scatter(c, x, dim, index, value),
     aten.scatter.src: _scatter,
-    aten.scatter_.value: lambda c, x, dim, index, value: _scatter(c, x, dim, index, value),
-    aten.scatter_.src: _scatter,
+    aten.scatter_.value: lambda c, x, dim, index, value: _scattered_in_place(c, x, dim, index, value),
+    aten.scatter_.src: lambda c, x, dim, index, src: _scattered_in_place(c, x, dim, index, src),
     aten.squeeze.default: _flatten,  # every axis of 1 dropped: the fx node's own shape
     aten.masked_fill.Scalar: _masked_fill,
     aten.where.self: _where,

@@ -589,6 +589,34 @@ def test_expert_weights_cut_from_stacked_parameters_are_put_back_for_r_q():
     assert not set(views) & set(sd)
 
 
+class StackedTransposed(OneLayer):
+    """Experts stored (E, K, N) and applied as x @ W[e] (GPT-OSS's layout), the scatter_ of a router."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 8, 8) / 3)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        pick = torch.zeros_like(x).scatter_(-1, x.topk(2).indices, 1.0)  # the mask, read after scatter_
+        return (x @ self.w[0] + (x * pick) @ self.w[1] + x @ self.w[2]) @ self.emb.weight.T
+
+
+def test_a_product_with_one_slice_of_a_stacked_parameter_is_a_linear_and_r_q_gets_it_back():
+    model = CausalLMLogits(StackedTransposed().eval(), S)
+    g = compiled(model, "int8")
+    assert {k: (v["of"], v["offset"], v["strides"]) for k, v in g.meta["weight_views"].items()} == {
+        f"model.w[{e}].T": ("model.w", 64 * e, [1, 8]) for e in range(3)}  # each slice, read transposed
+    sd = rq_state_dict(g)
+    err = (sd["model.w"] - model.model.w.detach()).abs().max() / model.model.w.abs().max()
+    assert 0 < err < 0.02  # the int8 slices, put back transposed
+    x = ids(12)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    g32 = compiled(model)
+    assert np.abs(Session(g32).forward(x) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
 def test_a_mask_that_is_not_causal_is_refused_with_its_node():
     with pytest.raises(MonologueError, match=r"attention mask at fx node %\w+ is not causal"):
         lower(trace(NotCausal(), S))

@@ -32,6 +32,9 @@ def _linear(x, weight, bias, transposed: bool):
 def dense_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                           top_k_weights: torch.Tensor) -> torch.Tensor:
     """transformers' `batched_mm_experts_forward`, summed over all experts instead of gathered."""
+    if top_k_weights.shape != top_k_index.shape:  # the interface's contract; a family that breaks it fails by name
+        raise ValueError(f"{type(self).__name__} got routing weights {tuple(top_k_weights.shape)} for indices "
+                         f"{tuple(top_k_index.shape)}: no dense form")
     out = None
     up = self.gate_up_proj if self.has_gate else self.up_proj
     up_bias = (self.gate_up_proj_bias if self.has_gate else self.up_proj_bias) if self.has_bias else None
