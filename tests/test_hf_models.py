@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -392,6 +393,23 @@ def test_cli_compiles_a_moe_checkpoint_stored_one_tensor_per_expert(tmp_path):
     with torch.no_grad():
         ref = m(input_ids=torch.from_numpy(x)[None]).logits[0].numpy()
     assert np.abs(Session(g).forward(x) - ref).max() / np.abs(ref).max() <= 1e-4
+
+    # one expert of another width, or an embedding: one line naming the tensor, nothing written
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(d / "model.safetensors"))
+    for key, cut, says in [("model.layers.1.mlp.experts.2.down_proj.weight", 5,
+                            r"model.layers.1.mlp.experts.down_proj: RuntimeError: stack expects each tensor"),
+                           ("model.embed_tokens.weight", 5, rf"model.embed_tokens.weight is \({V}, 5\) in the "
+                                                            rf"checkpoint, \({V}, 32\) in the model")]:
+        bad = dict(sd, **{key: sd[key][:, :cut].contiguous()})
+        save_file(bad, str(d / "model.safetensors"), metadata={"format": "pt"})
+        r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(d), "-o", str(tmp_path / "bad")],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode != 0 and not (tmp_path / "bad").exists()
+        assert re.search(r"^error: weights do not fit the qwen3_moe model of config.json: " + says, r.stderr, re.M), \
+            r.stderr
+        assert "Traceback" not in r.stderr
 
 
 def test_folder_builds_with_bf16_weights_in_f32(qwen3_folder, tmp_path):

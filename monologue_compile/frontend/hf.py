@@ -193,7 +193,14 @@ def _load_checkpoint(model: nn.Module, sd: dict[str, torch.Tensor], model_type: 
     finally:
         if bar:
             hf_logging.enable_progress_bar()
-    problems = [*info.mismatched_keys, *info.error_msgs, *info.conversion_errors]
+    for key, trace in sorted(info.conversion_errors.items()):  # a traceback: its exception's line says why
+        lines = [ln.strip() for ln in str(trace).splitlines() if ln.strip()]
+        cause = next((ln for ln in lines if ln.startswith(("RuntimeError:", "ValueError:", "IndexError:"))), lines[-1])
+        raise MonologueError(f"weights do not fit the {model_type} model of config.json: {key}: {cause[:200]}")
+    for key, got, want in sorted(info.mismatched_keys):
+        raise MonologueError(f"weights do not fit the {model_type} model of config.json: {key} is "
+                             f"{tuple(got)} in the checkpoint, {tuple(want)} in the model")
+    problems = list(info.error_msgs)
     if problems:
         raise MonologueError(f"weights do not fit the {model_type} model of config.json: {str(problems[0])[:200]}")
     return sorted(info.unexpected_keys)
