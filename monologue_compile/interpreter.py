@@ -366,8 +366,9 @@ def _attention(s: Session, n: Node, args) -> np.ndarray:
     if at.get("window"):
         mask &= kpos > qpos - at["window"]
     scores = np.where(mask[None], scores, _F(-np.inf))
-    scores = scores - scores.max(axis=-1, keepdims=True)
-    p = np.exp(scores)
-    p = (p / p.sum(axis=-1, keepdims=True)).astype(_F)
+    sinks = np.asarray(at.get("sinks") or [-np.inf] * at["n_head"], _F)[:, None, None]  # one more logit per head
+    top = np.maximum(scores.max(axis=-1, keepdims=True), sinks)
+    p = np.exp(scores - top)
+    p = (p / (p.sum(axis=-1, keepdims=True) + np.exp(sinks - top))).astype(_F)
     y = np.einsum("htp,phd->thd", p, vh).astype(_F)
     return y[None] if at["layout"] == "BTHD" else y.transpose(1, 0, 2)[None]

@@ -127,8 +127,10 @@ OPS: dict[str, OpInfo] = {
     "positions": OpInfo("position", True, "rows [pos, pos+T) of a table along attrs.axis", ("axis",)),
     "attention": OpInfo("mixing", True, "causal SDPA over a KV cache; attrs: layout, gqa groups, scale, window, "
                         "softcap, alibi (score of query i, key j in head h = softcap * tanh(q.k * scale / softcap) "
-                        "+ alibi[h] * (j - i))",
-                        ("layout", "n_head", "n_kv_head", "head_dim", "scale", "[window]", "[softcap]", "[alibi]")),
+                        "+ alibi[h] * (j - i)); sinks[h]: one more logit in head h's softmax, of no value "
+                        "(GPT-OSS)",
+                        ("layout", "n_head", "n_kv_head", "head_dim", "scale", "[window]", "[softcap]", "[alibi]",
+                         "[sinks]")),
     "token_shift": OpInfo("mixing", True, "y[t] = x[t-1], y[0] = 0: carried state of one position", ("[axis]",)),
     # views: no kernel, only a layout. One that moves data (view_block says None) becomes a `copy`
     # (passes/views.py); one that moves T off axis 1 is left for the backend to name.

@@ -230,6 +230,16 @@ class _Ctx:
                                                            "strides": strides}
         return view
 
+    def weight_values(self, name: str) -> np.ndarray | None:
+        """The values of a weight seen through reshapes and broadcasts (a per-head parameter however the
+        model shaped it), flat; None for anything else."""
+        while name not in self.g.weights:
+            n = next((m for m in self.g.nodes if m.name == name), None)
+            if n is None or n.op not in ("reshape", "expand", "cast"):
+                return None
+            name = n.inputs[0]
+        return np.asarray(self.g.weights[name].data, np.float32).reshape(-1)
+
     def mask_window(self, a, *, additive: bool, invert: bool = False) -> int:
         """The proven window of an attention mask argument (see position_fold.causal_window)."""
         if not (isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Const)):
@@ -355,6 +365,10 @@ def _unsqueeze(c, x, dim):
 def _slice(c, x, dim=0, start=None, end=None, step=1):
     if isinstance(c.env.get(x), _Pending) and c.env[x].kind == "conv":
         return _causal_conv(c, c.env[x], dim, start, end, step)
+    if _probs(c, x) and c.env[x].attrs.get("sink_column"):
+        if _axis(dim, 4) != 3 or (start or 0) != 0 or end is None or int(c.dim(end)) != -1 or step != 1:
+            c.fail("attention probabilities with a sink column used other than as probs[..., :-1]")
+        return _Pending("probs", c.env[x].name, **{**c.env[x].attrs, "sink_column": False})
     if isinstance(c.env.get(x), _Pending) and c.env[x].kind == "empty" and step == 1:
         shape = c.env[x].shape
         dim = _axis(dim, len(shape))
@@ -505,6 +519,8 @@ def _stack(c, tensors, dim=0):
 
 def _cat(c, tensors, dim=0):
     vals = [c.env.get(a) for a in tensors]
+    if len(tensors) == 2 and _scores(c, tensors[0]) and not _scores(c, tensors[1]):
+        return _sink_column(c, c.env[tensors[0]], tensors[1], dim)
     if len(vals) == 2 and isinstance(vals[0], _Pending) and isinstance(vals[1], _Pending):
         zeros, prefix = vals
         if zeros.kind == "zeros" and prefix.kind == "prefix":
@@ -756,7 +772,10 @@ def _topk(c, x, k, dim=-1, largest=True, sorted=True):
 
 
 def _max_dim(c, x, dim, keepdim=False):
-    """torch.max(x, dim) along the last axis: topk of 1, (values, indices)."""
+    """torch.max(x, dim) along the last axis: topk of 1, (values, indices); of attention scores, their
+    row max, which only a subtraction from them may use (GPT-OSS)."""
+    if _scores(c, x) and keepdim and _axis(dim, 4) == 3:
+        return [_Pending("row_max", c.env[x].name), None]
     parts = _topk(c, x, 1, dim)
     if keepdim:
         return parts
@@ -968,10 +987,22 @@ def _probs(c, a) -> bool:
     return isinstance(a, torch.fx.Node) and isinstance(c.env.get(a), _Pending) and c.env[a].kind == "probs"
 
 
+def _sink_column(c, p: _Pending, column, dim) -> _Pending:
+    """cat([scores, sinks], -1): GPT-OSS's sinks, a learned logit per head as one more column of the
+    softmax, dropped after it (probs[..., :-1]). The column must be a parameter's, one value a head."""
+    values = c.weight_values(c.t(column))
+    if _axis(dim, 4) != 3 or values is None or values.size != _heads(c, p) or p.attrs["sinks"] is not None:
+        c.fail("a concatenation to attention scores other than a sink column (one parameter value a head)")
+    return _Pending("scores", p.name, **{**p.attrs, "sinks": [float(x) for x in values.reshape(-1)],
+                                         "sink_column": True})
+
+
 def _scores_op(c, fn, a, b):
     p, other = (c.env[a], b) if _scores(c, a) else (c.env[b], a)
     attrs = dict(p.attrs)
     if fn in ("mul", "div") and isinstance(other, (int, float)) and (fn == "mul" or _scores(c, a)):
+        if attrs["sinks"] is not None:
+            c.fail(f"attention scores {fn} {other!r} after the sink column")
         if attrs["softcap"] is not None and other <= 0:
             c.fail(f"attention scores {fn} {other!r} after a tanh (a logit softcap is a positive constant)")
         factor = other if fn == "mul" else 1.0 / other
@@ -990,6 +1021,9 @@ def _scores_op(c, fn, a, b):
         attrs["window"] = _both(attrs["window"], c.mask_window(other, additive=True))
     elif fn == "maximum" and (floor := _constant_scalar(c, other)) is not None and floor <= -1e30:
         pass  # XGLM's max(scores, float32's lowest): only a masked score is that low, and stays masked
+    elif fn == "sub" and _scores(c, a) and isinstance(c.env.get(other), _Pending) and c.env[other].kind == "row_max" \
+            and c.env[other].name == p.name:
+        pass  # scores - their row max (GPT-OSS): the softmax takes it away anyway
     else:
         c.fail(f"attention scores {fn} {other!r} (only a scale, a tanh logit softcap, ALiBi and causal masks are "
                "understood)")
@@ -1094,6 +1128,10 @@ def _matmul(c, a, b, part=""):
         terms = {"softcap": float(p.attrs["softcap"])} if p.attrs["softcap"] is not None else {}
         if p.attrs["alibi"] is not None:
             terms["alibi"] = [float(m) for m in p.attrs["alibi"]]
+        if p.attrs.get("sink_column"):
+            c.fail("attention probabilities @ v with the sink column still in them (probs[..., :-1] drops it)")
+        if p.attrs.get("sinks") is not None:
+            terms["sinks"] = p.attrs["sinks"]
         attrs = {"layout": "BHTD", "n_head": hq, "n_kv_head": hkv,
                  "scale": float(p.attrs["scale"]), "window": p.attrs["window"] or 0, **terms}
         return _attention(c, q, k, v, attrs, part)
@@ -1107,7 +1145,8 @@ def _matmul(c, a, b, part=""):
         swap = list(range(r - 2)) + [r - 1, r - 2]
         if kn is None or kn.op != "permute" or kn.attrs["perm"] != swap or at.seq_axis != r - 2 or r not in (3, 4):
             c.fail("a product over the sequence axis other than attention's q @ k.transpose(-2, -1)")
-        return _Pending("scores", an, q=an, k=kn.inputs[0], scale=1.0, window=None, softcap=None, alibi=None)
+        return _Pending("scores", an, q=an, k=kn.inputs[0], scale=1.0, window=None, softcap=None, alibi=None,
+                        sinks=None, sink_column=False)
     if bn in c.g.weights and len(bt.shape) == 2:
         return c.emit("linear", [an, _transposed(c, bn)], part=part)
     if len(bt.shape) == 2 and (w := c.weight(bn, transpose=True)) is not None:

@@ -16,10 +16,11 @@ from wgsl_harness.tolerances import ATTENTION
 
 def _terms(cap, H):
     """A row's `cap` as attention kwargs: a softcap, "alibi" (slopes 2^-h, as Bloom's for 8 heads, that bite
-    over these caches' positions), or both."""
+    over these caches' positions), "sinks" (a logit per head around the scores' size), or several."""
     caps = cap if isinstance(cap, tuple) else (cap,)
     kw = {"softcap": next((c for c in caps if isinstance(c, float)), None)}
     kw["alibi"] = [2.0 ** -(h + 1) for h in range(H)] if "alibi" in caps else None
+    kw["sinks"] = [1.5 * h - 2.0 for h in range(H)] if "sinks" in caps else None
     return kw
 
 
@@ -39,6 +40,8 @@ def _cache(S, Hkv, D, seed):
     (4, 2, 16, 64, 16, 37, 20, None, 1.5),      # softcap (scores of std ~2 capped at 1.5), window
     (4, 2, 16, 64, 16, 37, None, None, "alibi"),  # ALiBi, 3 splits
     (4, 2, 16, 64, 16, 37, 20, 1, (1.5, "alibi")),  # both, one head per workgroup
+    (4, 2, 16, 64, 16, 37, 20, None, "sinks"),  # sinks (in the combine), window
+    (4, 2, 16, 64, 16, 0, None, None, "sinks"),  # sinks beside one key
 ])
 def test_attn_decode(H, Hkv, D, S, chunk, pos, window, hb, cap, gpu):
     kc, vc = _cache(S, Hkv, D, H + D + pos)
@@ -61,6 +64,7 @@ def test_attn_decode(H, Hkv, D, S, chunk, pos, window, hb, cap, gpu):
     (4, 2, 80, 300, 250, None, 2, None),  # long context, head_dim 80
     (4, 2, 16, 64, 37, 20, 4, 1.5),       # softcap, window
     (4, 2, 16, 64, 37, None, 4, (1.5, "alibi")),  # softcap and ALiBi
+    (4, 2, 16, 64, 37, 20, 4, "sinks"),   # sinks, window
 ])
 def test_attn_decode_per_head(H, Hkv, D, S, pos, window, wg, cap, gpu):
     """The `cpu` profile's attention: one invocation per head, one dispatch, no scratch."""
@@ -81,6 +85,7 @@ def test_attn_decode_per_head(H, Hkv, D, S, pos, window, wg, cap, gpu):
     (7, 6, 2, 1, 20, 20, 3, 2, 8, None),           # head_dim 20: 5 vec4 over 8 threads per query; window
     (12, 11, 4, 2, 16, 40, 9, 6, None, 1.5),       # softcap, window
     (12, 11, 4, 2, 16, 40, 9, None, None, (1.5, "alibi")),  # softcap and ALiBi
+    (12, 11, 4, 2, 16, 40, 9, 5, None, "sinks"),  # sinks over several tiles, window
 ])
 def test_attn_prefill(T, n, H, Hkv, D, S, pos, window, block, cap, gpu):
     kc, vc = _cache(S, Hkv, D, T + H + pos)

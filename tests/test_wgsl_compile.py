@@ -24,7 +24,8 @@ def test_catalog_uses_every_template():
     from monologue_compile.backends.wgsl_plan import build_plan
 
     used = {k.template for k in catalog("naga").values()}
-    used |= {"_step.wgsl.j2", "_int8.wgsl.j2", "_epilogue.wgsl.j2", "_score_terms.wgsl.j2"}  # included by the kernels above
+    used |= {"_step.wgsl.j2", "_int8.wgsl.j2", "_epilogue.wgsl.j2", "_score_terms.wgsl.j2",
+             "_sinks.wgsl.j2"}  # included by the kernels above
     # a plan's kernel files are named NNN_<template stem>[_<variant>].wgsl
     used |= {re.sub(r"^\d+_(.*?)(_\d+)?\.wgsl$", r"\1.wgsl.j2", name) for name in build_plan(conformance_graph()[0]).kernels}
     assert {p.name for p in template_dir().glob("*.wgsl.j2")} <= used

@@ -310,7 +310,8 @@ class Emitter:
                 kv.append(f"Some(({self.data(self.act(n.inputs[1 + (part == 'v')], n))}, {x.view()}))")
         shape = (f"AttnShape {{ n_head: {h}, n_kv_head: {hkv}, head_dim: {d}, scale: {_f32(at['scale'])}, "
                  f"window: {int(at.get('window') or 0)}, softcap: {_f32(at.get('softcap') or 0.0)}, "
-                 f"alibi: &[{', '.join(_f32(m) for m in at.get('alibi') or [])}] }}")
+                 f"alibi: &[{', '.join(_f32(m) for m in at.get('alibi') or [])}], "
+                 f"sinks: &[{', '.join(_f32(m) for m in at.get('sinks') or [])}] }}")
         return [f"k::attention({self.data(q)}, {q.view()}, {kv[0]}, {kv[1]}, t, pos, &mut s.kv[{i}], {shape}, {o});"]
 
     def _k_elementwise(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:

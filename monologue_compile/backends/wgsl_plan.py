@@ -686,7 +686,7 @@ class _Builder:
             out.append(_Pending("kv_write", (T, Hkv * D), dict(src_offset=src.offset, src_row_stride=src.row_stride),
                                 {"src": src.buffer, "cache": cache, "step": STEP_BUFFER}, n.name))
         kw = dict(window_left=at["window"] - 1 if at.get("window") else None, scale=at["scale"],
-                  **{k: at[k] for k in ("softcap", "alibi") if at.get(k)})
+                  **{k: at[k] for k in ("softcap", "alibi", "sinks") if at.get(k)})
         y = self.loc[n.name]
         if T == 1:
             kw = self._kw("attn_decode", kw)

@@ -574,20 +574,22 @@ def _attn_common(H, Hkv, D, scale):
     return 1.0 / math.sqrt(D) if scale is None else float(scale)
 
 
-def _score_terms(H: int, softcap: float | None, alibi) -> dict:
+def _score_terms(H: int, softcap: float | None, alibi, sinks=None) -> dict:
     """Render parameters of `_score_terms.wgsl.j2`, the IR's attention terms past q . k * scale (ir.py):
     score_cap(s) = softcap * tanh(s / softcap) in elementwise.py's steps (Gemma 2), then ALiBi's
-    + alibi[h] * (j - p) (Bloom, MPT)."""
+    + alibi[h] * (j - p) (Bloom, MPT); and the sinks, a logit per head in the softmax (GPT-OSS)."""
+    _check(not sinks or len(sinks) == H, f"sinks has {len(sinks or [])} logits for {H} heads")
     _check(softcap is None or softcap > 0, f"softcap={softcap} must be > 0")
     _check(not alibi or len(alibi) == H, f"alibi has {len(alibi or [])} slopes for {H} heads")
     steps = elementwise_fns.softcap_steps(float(softcap)) if softcap else []
     return dict(softcap=softcap, cap_steps=_map_exprs(steps, "s", None, "softcap"),
                 cap_functions=elementwise_fns.wgsl_functions([st["fn"] for st in steps]) if steps else "",
-                alibi=[float(m) for m in alibi] if alibi else None)
+                alibi=[float(m) for m in alibi] if alibi else None, sinks=[float(x) for x in sinks] if sinks else None)
 
 
 def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 16, window_left: int | None = None,
-                scale: float | None = None, softcap: float | None = None, alibi=None, heads_per_wg: int | None = None,
+                scale: float | None = None, softcap: float | None = None, alibi=None, sinks=None,
+                heads_per_wg: int | None = None,
                 wg: int | None = None,
                 cooperative: bool = True, covers=(), name: str = "attn_decode") -> list[Kernel]:
     """Attention for one query token at step.pos over a [S, Hkv, D] cache.
@@ -611,7 +613,7 @@ def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 16, window_lef
     if not cooperative:
         wg = wg or 4
         params = dict(H=H, Hkv=Hkv, D=D, S=S, window_left=window_left, scale=scale, wg=wg, covers=covers,
-                      **_score_terms(H, softcap, alibi))
+                      **_score_terms(H, softcap, alibi, sinks))
         b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("out", "read_write"),
              Binding("step", "uniform")]
         return [_finish(name, "attn_decode", "attn_decode_head.wgsl.j2", params, b, wg, grid(-(-H // wg)), 0)]
@@ -629,7 +631,7 @@ def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 16, window_lef
     span = S if window_left is None else min(S, window_left + 1)
     ns = -(-span // chunk)
     params = dict(H=H, Hkv=Hkv, D=D, S=S, chunk=chunk, NS=ns, HB=heads_per_wg, window_left=window_left, scale=scale,
-                  wg=wg, covers=covers, **_score_terms(H, softcap, alibi))
+                  wg=wg, covers=covers, **_score_terms(H, softcap, alibi, sinks))
     info = {"ml": H * ns * 2, "o": H * ns * D}
     b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("ml", "read_write"),
          Binding("o", "read_write"), Binding("step", "uniform")]
@@ -643,7 +645,8 @@ def attn_decode(H: int, Hkv: int, D: int, S: int, *, chunk: int = 16, window_lef
 
 
 def attn_prefill(T: int, H: int, Hkv: int, D: int, S: int, *, window_left: int | None = None,
-                 scale: float | None = None, softcap: float | None = None, alibi=None, block: int | None = None,
+                 scale: float | None = None, softcap: float | None = None, alibi=None, sinks=None,
+                 block: int | None = None,
                  wg: int = 64, covers=(),
                  name: str = "attn_prefill") -> Kernel:
     """Causal attention for a chunk of T queries (t < step.n_tokens, positions step.pos + t) over the cache.
@@ -664,7 +667,7 @@ def attn_prefill(T: int, H: int, Hkv: int, D: int, S: int, *, window_left: int |
     _check(wg % block == 0, f"wg={wg} must be a multiple of block={block}")
     tpq = wg // block
     params = dict(T=T, H=H, Hkv=Hkv, D=D, S=S, BQ=block, BK=block, TPQ=tpq, ND4=-(-D // 4 // tpq),
-                  window_left=window_left, scale=scale, wg=wg, covers=covers, **_score_terms(H, softcap, alibi))
+                  window_left=window_left, scale=scale, wg=wg, covers=covers, **_score_terms(H, softcap, alibi, sinks))
     b = [Binding("q", "read"), Binding("k", "read"), Binding("v", "read"), Binding("out", "read_write"),
          Binding("step", "uniform")]
     return _finish(name, "attn_prefill", "attn_prefill.wgsl.j2", params, b, wg, grid(-(-T // block), H), mem(block))

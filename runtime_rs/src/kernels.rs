@@ -2551,6 +2551,8 @@ pub struct AttnShape {
     /// empty: none; else ALiBi's slope m_h of each query head: the score of key j for the query at p
     /// gains m_h * (j - p) after the softcap (Bloom, MPT)
     pub alibi: &'static [f32],
+    /// empty: none; else each query head's sink: one more logit in its softmax, of no value (GPT-OSS)
+    pub sinks: &'static [f32],
 }
 
 /// A score's softcap, c * tanh(s / c): elementwise.softcap_steps' steps, in the runtime's functions.
@@ -2634,13 +2636,14 @@ fn attend(qh: &[f32], p: usize, h: usize, keys: &[f32], values: &[f32], row: usi
             *s += m * (j as f32 - p as f32);
         }
     }
-    let mut max = f32::NEG_INFINITY;
+    let sink = a.sinks.get(h).copied();
+    let mut max = sink.unwrap_or(f32::NEG_INFINITY);
     for &s in &scores[lo..=p] {
         if s > max {
             max = s; // not f32::max: a libm call on wasm
         }
     }
-    let mut sum = 0f32;
+    let mut sum = sink.map_or(0.0, |s| crate::math::expf(s - max));
     for s in &mut scores[lo..=p] {
         *s = crate::math::expf(*s - max);
         sum += *s;
@@ -3224,7 +3227,7 @@ mod tests {
         for (d, n_head, n_kv_head, window, pos, t, softcap, alibi) in [(64usize, 8usize, 4usize, 0usize, 37usize, 3usize, 0f32, false), (40, 4, 4, 0, 9, 3, 0.0, false), (96, 6, 2, 5, 20, 3, 0.0, false), (36, 2, 2, 0, 6, 3, 0.0, false), (8, 2, 1, 0, 0, 3, 0.0, false), (64, 8, 4, 0, 5, 71, 0.0, false), (32, 4, 2, 16, 0, 90, 0.0, false), (64, 8, 2, 0, 600, 1, 0.0, false), (64, 4, 2, 7, 30, 3, 2.5, true)] {
             let row = n_kv_head * d;
             let slopes: &'static [f32] = if alibi { &SLOPES[..n_head] } else { &[] };
-            let a = AttnShape { n_head, n_kv_head, head_dim: d, scale: 1.0 / (d as f32).sqrt(), window, softcap, alibi: slopes };
+            let a = AttnShape { n_head, n_kv_head, head_dim: d, scale: 1.0 / (d as f32).sqrt(), window, softcap, alibi: slopes, sinks: &[] };
             let mut cache = KvCache::new(pos + t, n_kv_head, d);
             cache.k.iter_mut().chain(cache.v.iter_mut()).for_each(|v| *v = lcg(&mut s) * 3.0);
             let q: Vec<f32> = (0..t * n_head * d).map(|_| lcg(&mut s) * 3.0).collect();
@@ -3258,7 +3261,7 @@ mod tests {
 
     #[test]
     fn attention_single_key_returns_value() {
-        let a = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 4, scale: 0.5, window: 0, softcap: 0.0, alibi: &[] };
+        let a = AttnShape { n_head: 2, n_kv_head: 1, head_dim: 4, scale: 0.5, window: 0, softcap: 0.0, alibi: &[], sinks: &[] };
         let mut cache = KvCache::new(8, 1, 4);
         let q = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
         let k = [0.3, 0.1, 0.2, 0.0];

@@ -65,8 +65,8 @@ def catalog(target: str) -> dict[str, K.Kernel]:
         "kv_write": K.kv_write(8, 128, covers=cv),
         "softcap": K.softcap(1000, 15.0, covers=cv),
     }
-    # the score terms: Gemma 2's softcap, ALiBi's slopes (Bloom's for 8 heads)
-    terms = dict(softcap=50.0, alibi=[2.0 ** -(h + 1) for h in range(8)])
+    # the score terms: Gemma 2's softcap, ALiBi's slopes (Bloom's for 8 heads); GPT-OSS's sinks
+    terms = dict(softcap=50.0, alibi=[2.0 ** -(h + 1) for h in range(8)], sinks=[0.25 * h - 1 for h in range(8)])
     for tag, window, kw in (("", None, {}), ("_window", 64, {}), ("_softcap_alibi", 64, terms)):
         part, comb = K.attn_decode(8, 2, 64, 512, window_left=window, covers=cv, **kw)
         ks["attn_decode" + tag] = part

@@ -112,11 +112,12 @@ def rope_tables(max_seq, D, base=10000.0):
     return np.cos(f).astype(np.float32), np.sin(f).astype(np.float32)
 
 
-def attention(q, kc, vc, pos, n_kv_head, window_left=None, scale=None, softcap=None, alibi=None):
+def attention(q, kc, vc, pos, n_kv_head, window_left=None, scale=None, softcap=None, alibi=None, sinks=None):
     """q [T, H, D] at positions pos..pos+T-1 over caches [S, Hkv, D] holding positions 0..pos+T-1.
 
     Query at position p sees keys j with j <= p and (window) j >= p - window_left; a softcap c makes
-    each score s c * tanh(s / c), then ALiBi adds alibi[h] * (j - p).
+    each score s c * tanh(s / c), then ALiBi adds alibi[h] * (j - p); sinks[h] is one more logit in
+    head h's softmax, of no value.
     """
     T, H, D = q.shape
     scale = 1 / math.sqrt(D) if scale is None else scale
@@ -131,6 +132,8 @@ def attention(q, kc, vc, pos, n_kv_head, window_left=None, scale=None, softcap=N
             s = k @ q[t, h].astype(np.float64) * scale
             s = softcap * np.tanh(s / softcap) if softcap else s
             s = s + alibi[h] * (np.arange(lo, p + 1) - p) if alibi else s
-            e = np.exp(s - s.max())
-            out[t, h] = e @ v / e.sum()
+            sink = sinks[h] if sinks else -np.inf
+            m = max(s.max(), sink)
+            e = np.exp(s - m)
+            out[t, h] = e @ v / (e.sum() + np.exp(sink - m))
     return out
