@@ -119,6 +119,7 @@ FAMILIES = {
     "flex_olmo": ("FlexOlmoConfig", dict(SMALL, num_experts=4, num_experts_per_tok=2)),
     "minimax": ("MiniMaxConfig", dict(SMALL, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
                                       layer_types=["full_attention", "full_attention"])),
+    "granite_swa": ("GraniteSWAConfig", dict(SMALL, sliding_window=5)),
     "gpt_oss": ("GptOssConfig", dict(SMALL, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=5)),
 }
 

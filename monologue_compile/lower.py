@@ -359,6 +359,8 @@ def _transpose(c, x, d0, d1):
 
 
 def _unsqueeze(c, x, dim):
+    if _pending(c, x, "sink_scale"):
+        return c.env[x]  # its (B, H, T, 1) shape for the product with the output
     return c.emit("reshape", [c.t(x)], {"shape": list(c.out_type().shape)})
 
 
@@ -549,6 +551,10 @@ def _binary(fn):
     def conv(c, a, b, *, alpha=1):
         if alpha != 1:
             c.fail(f"{fn} with alpha={alpha} is not supported")
+        if fn == "sub" and _pending(c, a, "lse"):
+            return _sink_gate(c, a, b)
+        if fn == "mul" and (_pending(c, a, "sink_scale") or _pending(c, b, "sink_scale")):
+            return _sink_scaled(c, *((b, a) if _pending(c, a, "sink_scale") else (a, b)))
         if _scores(c, a) or _scores(c, b):
             return _scores_op(c, fn, a, b)
         # a one-element constant (a 0-d buffer: xIELU's beta and eps) is a scalar operand
@@ -597,7 +603,47 @@ def _rsub(c, a, b, *, alpha=1):
 
 
 def _unary(fn):
-    return lambda c, x: c.emit("unary", [c.t(x)], {"fn": fn})
+    def conv(c, x):
+        if fn == "sigmoid" and _pending(c, x, "sink_gate"):  # sigmoid(lse - sink): the sink's scale
+            return _Pending("sink_scale", c.env[x].name, **c.env[x].attrs)
+        return c.emit("unary", [c.t(x)], {"fn": fn})
+    return conv
+
+
+def _pending(c, x, kind: str) -> bool:
+    return isinstance(x, torch.fx.Node) and isinstance(c.env.get(x), _Pending) and c.env[x].kind == kind
+
+
+# --- attention sinks as Granite-SWA writes them: out = softmax(s) @ v * sigmoid(logsumexp(s) - sink),
+# which is softmax with the sink as one more logit, of no value ---------------------------------------
+
+def _logsumexp(c, x, dims, keepdim=False):
+    if not _scores(c, x) or keepdim or [_axis(d, 4) for d in dims] != [3]:
+        c.fail("logsumexp other than of attention scores over the keys (an attention sink's scale)")
+    return _Pending("lse", c.env[x].name, **c.env[x].attrs)
+
+
+def _sink_gate(c, lse, sink) -> _Pending:
+    """logsumexp(scores) - sinks[h]."""
+    p = c.env[lse]
+    values = c.weight_values(c.t(sink)) if isinstance(sink, torch.fx.Node) else None
+    if values is None or values.size != _heads(c, p) or p.attrs["sinks"] is not None:
+        c.fail("logsumexp of attention scores minus something other than a sink (one parameter value a head)")
+    return _Pending("sink_gate", p.name, **{**p.attrs, "sinks": [float(v) for v in values]})
+
+
+def _sink_scaled(c, y, scale) -> str:
+    """attention output * sigmoid(logsumexp(scores) - sinks): the attention op of those scores, with sinks."""
+    p = c.env[scale]
+    node = next((n for n in c.g.nodes if n.name == c.env.get(y)), None) if isinstance(y, torch.fx.Node) else None
+    same = node is not None and node.op == "attention" and node.inputs[0] == p.attrs["q"] and \
+        node.inputs[1] == p.attrs["k"] and all(node.attrs.get(k) == p.attrs[k] or (k == "window" and
+                                                                                  node.attrs[k] == (p.attrs[k] or 0))
+                                               for k in ("scale", "softcap", "window"))
+    if not same or len(y.users) != 1 or node.attrs.get("sinks"):
+        c.fail("an attention sink's scale applied to anything but the output of attention over the same scores")
+    node.attrs["sinks"] = p.attrs["sinks"]
+    return node.name
 
 
 def _const_scalar(c, a):
@@ -698,7 +744,7 @@ def _pow(c, x, exponent):
 
 
 def _to(c, x, *args, **kw):
-    if _scores(c, x) or _probs(c, x):
+    if _scores(c, x) or _probs(c, x) or any(_pending(c, x, k) for k in ("lse", "sink_gate", "sink_scale")):
         return c.env[x]
     name = c.t(x)
     out = c.out_type()
@@ -1251,6 +1297,7 @@ CONVERTERS: dict[object, Callable] = {
     aten.mean.dim: _mean,
     aten.sum.dim_IntList: _sum,
     aten.topk.default: _topk,
+    aten.logsumexp.default: _logsumexp,
     aten.max.dim: _max_dim,
     aten.softmax.int: _softmax,
     aten._softmax.default: _softmax,

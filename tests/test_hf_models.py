@@ -38,10 +38,10 @@ SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_laye
 def hf_configs() -> dict:
     from transformers import (ApertusConfig, BloomConfig, DeepseekV3Config, FalconConfig, Gemma2Config,
                               Gemma3TextConfig, Glm4MoeConfig, GlmConfig, GPT2Config, GPTBigCodeConfig, GPTJConfig,
-                              GPTNeoConfig, GptOssConfig, GraniteMoeConfig, HunYuanDenseV1Config, Lfm2Config,
-                              Lfm2MoeConfig, LlamaConfig, Ministral3Config, MptConfig, NanoChatConfig, Phi3Config,
-                              PhimoeConfig, Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig, SmolLM3Config,
-                              XGLMConfig)
+                              GPTNeoConfig, GptOssConfig, GraniteMoeConfig, GraniteSWAConfig, HunYuanDenseV1Config,
+                              Lfm2Config, Lfm2MoeConfig, LlamaConfig, Ministral3Config, MptConfig, NanoChatConfig,
+                              Phi3Config, PhimoeConfig, Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig,
+                              SmolLM3Config, XGLMConfig)
 
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
@@ -114,6 +114,8 @@ def hf_configs() -> dict:
         # GPT-OSS: attention sinks (a learned logit per head as one more column of the softmax), a window on
         # every other layer, experts stored (E, K, N) and read as x @ W[e] with biases and interleaved gate|up
         "gpt_oss": GptOssConfig(**SMALL, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=5),
+        # Granite-SWA's sinks, written as the output times sigmoid(logsumexp(scores) - sink)
+        "granite_swa": GraniteSWAConfig(**SMALL, sliding_window=5),
         # PhiMoE's sparsemixer: max(dim), -inf into the first choice (scatter into scores), (T, 1) - (T, E)
         "phimoe": PhimoeConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2),
         # LFM2's short convolution (a causal depthwise conv1d over (B, C, T)) beside attention, and its MoE
@@ -124,10 +126,10 @@ def hf_configs() -> dict:
 
 
 # the attention implementations a family's transformers class offers, when not both
-# (transformers offers no sdpa for these: GPT-Neo, Bloom, MPT, XGLM, and Gemma 2 and GPT-OSS, whose softcap and
-# sinks sdpa cannot do)
+# (transformers offers no sdpa for these: GPT-Neo, Bloom, MPT, XGLM, and Gemma 2, GPT-OSS and Granite-SWA, whose
+# softcap and sinks sdpa cannot do)
 IMPLS = {"gpt_neo": ("eager",), "gemma2": ("eager",), "bloom": ("eager",), "mpt": ("eager",), "xglm": ("eager",),
-         "gpt_oss": ("eager",)}
+         "gpt_oss": ("eager",), "granite_swa": ("eager",)}
 
 
 def randomized(model: nn.Module, seed: int) -> nn.Module:
@@ -257,7 +259,7 @@ class CharBlock(nn.Module):
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
                              "smollm3", "hunyuan", "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom",
                              "mpt", "falcon-rw", "apertus", "xglm", "nanochat", "ministral3", "qwen3_moe",
-                             "qwen2_moe", "granitemoe", "glm4_moe", "phimoe", "deepseek_v3", "gpt_oss", "lfm2",
+                             "qwen2_moe", "granitemoe", "glm4_moe", "phimoe", "deepseek_v3", "gpt_oss", "granite_swa", "lfm2",
                              "lfm2_moe"]
          for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-"), ("actgpt", "-")]
 
