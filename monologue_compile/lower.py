@@ -636,10 +636,9 @@ def _sink_scaled(c, y, scale) -> str:
     """attention output * sigmoid(logsumexp(scores) - sinks): the attention op of those scores, with sinks."""
     p = c.env[scale]
     node = next((n for n in c.g.nodes if n.name == c.env.get(y)), None) if isinstance(y, torch.fx.Node) else None
-    same = node is not None and node.op == "attention" and node.inputs[0] == p.attrs["q"] and \
-        node.inputs[1] == p.attrs["k"] and all(node.attrs.get(k) == p.attrs[k] or (k == "window" and
-                                                                                  node.attrs[k] == (p.attrs[k] or 0))
-                                               for k in ("scale", "softcap", "window"))
+    same = (node is not None and node.op == "attention" and node.inputs[:2] == [p.attrs["q"], p.attrs["k"]]
+            and node.attrs["scale"] == p.attrs["scale"] and node.attrs["window"] == (p.attrs["window"] or 0)
+            and all(node.attrs.get(k) == p.attrs[k] for k in ("softcap", "alibi")))
     if not same or len(y.users) != 1 or node.attrs.get("sinks"):
         c.fail("an attention sink's scale applied to anything but the output of attention over the same scores")
     node.attrs["sinks"] = p.attrs["sinks"]
