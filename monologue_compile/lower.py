@@ -51,6 +51,16 @@ class _Pending:
         self.attrs = attrs
 
 
+# what a pattern's pending value may only be used as, for the error when it is used otherwise
+_PENDING_USES = {
+    "scores": "attention scores other than in softmax(q @ k.T * scale + causal mask) @ v",
+    "prefix": "a shifted part of the sequence other than in a one-step token shift (sequence-mixing the "
+              "compiler does not understand)",
+    "zeros": "zeros (zeros_like, new_zeros) other than as a token shift's first row or a scatter's base",
+    "conv": "a conv1d's output other than its first T positions (a causal convolution)",
+}
+
+
 class _Const:
     """An fx node computed from positions and constants only (position_fold.py): turned into a
     weight, a position table or a proven attention mask where an id-dependent op uses it."""
@@ -106,27 +116,17 @@ class _Ctx:
         """The IR name of a tensor argument."""
         if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Const):
             return self.materialize(a)
-        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and \
-                self.env[a].kind in ("scores", "probs"):
-            self.fail(f"{self.fx.target} uses attention scores other than in softmax(q @ k.T * scale + causal mask) @ v")
-        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and self.env[a].kind == "empty":
-            self.env[a] = _assembled(self, a, self.env[a])
+        p = self.env.get(a) if isinstance(a, torch.fx.Node) else None
+        if isinstance(p, _Pending) and p.kind == "empty":
+            self.env[a] = _assembled(self, a, p)
             return self.env[a]
-        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and self.env[a].kind == "piece":
-            p = self.env[a]  # a slice of a new_empty tensor read, not copied into: of the assembled tensor
+        if isinstance(p, _Pending) and p.kind == "piece":  # a slice of a new_empty tensor read, not copied into
             (start, end), whole = p.attrs["span"], self.t(p.attrs["base"])
             shape = tuple(end - start if d == p.attrs["axis"] else n for d, n in enumerate(p.shape))
             return self.emit("slice", [whole], {"axis": p.attrs["axis"], "start": start, "end": end},
                              TensorType(shape, "f32"))
-        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and self.env[a].kind == "zeros":
-            self.fail(f"{self.fx.target} uses zeros (zeros_like, new_zeros) other than as a token shift's first "
-                      "row or a scatter's base")
-        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending) and self.env[a].kind == "conv":
-            self.fail(f"{self.fx.target} uses a conv1d's output other than its first T positions (a causal "
-                      "convolution)")
-        if isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Pending):
-            self.fail(f"{self.fx.target} uses a shifted part of the sequence other than in a one-step token shift "
-                      "(sequence-mixing the compiler does not understand)")
+        if isinstance(p, _Pending):
+            self.fail(f"{self.fx.target} uses {_PENDING_USES.get(p.kind, _PENDING_USES['scores'])}")
         if not isinstance(a, torch.fx.Node) or not isinstance(self.env.get(a), str) or self.env[a] == SEQ:
             self.fail(f"{self.fx.target}: expected a tensor argument, got {a!r}")
         return self.env[a]
@@ -197,13 +197,10 @@ class _Ctx:
         back). None for a value computed otherwise."""
         if name in self.g.weights and not transpose:
             return name
-        chain = []
-        while name not in self.g.weights:
-            n = next((m for m in self.g.nodes if m.name == name), None)
-            if n is None or n.op not in ("reshape", "slice", "permute"):
-                return None
-            chain.append(n)
-            name = n.inputs[0]
+        found = self.view_chain(name, ("reshape", "slice", "permute"))
+        if found is None:
+            return None
+        name, chain = found
         w = self.g.weights[name]
         if w.role == "table" or name in self.g.meta.get("weight_views", {}):
             return None
@@ -233,12 +230,19 @@ class _Ctx:
     def weight_values(self, name: str) -> np.ndarray | None:
         """The values of a weight seen through reshapes and broadcasts (a per-head parameter however the
         model shaped it), flat; None for anything else."""
+        found = self.view_chain(name, ("reshape", "expand", "cast"))
+        return None if found is None else np.asarray(self.g.weights[found[0]].data, np.float32).reshape(-1)
+
+    def view_chain(self, name: str, ops: tuple) -> tuple[str, list[Node]] | None:
+        """(the weight, the nodes from `name` back to it) when `name` is that weight through `ops` only."""
+        chain = []
         while name not in self.g.weights:
             n = next((m for m in self.g.nodes if m.name == name), None)
-            if n is None or n.op not in ("reshape", "expand", "cast"):
+            if n is None or n.op not in ops:
                 return None
+            chain.append(n)
             name = n.inputs[0]
-        return np.asarray(self.g.weights[name].data, np.float32).reshape(-1)
+        return name, chain
 
     def mask_window(self, a, *, additive: bool, invert: bool = False) -> int:
         """The proven window of an attention mask argument (see position_fold.causal_window)."""
@@ -365,13 +369,13 @@ def _unsqueeze(c, x, dim):
 
 
 def _slice(c, x, dim=0, start=None, end=None, step=1):
-    if isinstance(c.env.get(x), _Pending) and c.env[x].kind == "conv":
+    if _pending(c, x, "conv"):
         return _causal_conv(c, c.env[x], dim, start, end, step)
     if _probs(c, x) and c.env[x].attrs.get("sink_column"):
         if _axis(dim, 4) != 3 or (start or 0) != 0 or end is None or int(c.dim(end)) != -1 or step != 1:
             c.fail("attention probabilities with a sink column used other than as probs[..., :-1]")
         return _Pending("probs", c.env[x].name, **{**c.env[x].attrs, "sink_column": False})
-    if isinstance(c.env.get(x), _Pending) and c.env[x].kind == "empty" and step == 1:
+    if _pending(c, x, "empty") and step == 1:
         shape = c.env[x].shape
         dim = _axis(dim, len(shape))
         if shape[dim] == SEQ:
@@ -916,9 +920,9 @@ def _new_empty(c, x, size, *rest, **kw):
 
 def _copy_into(c, dst, src, non_blocking=False):
     """buffer[..., a:b].copy_(src) into a new_empty buffer: the piece is recorded."""
-    p = c.env.get(dst)
-    if not (isinstance(p, _Pending) and p.kind == "piece") or not isinstance(c.env.get(p.attrs["base"]), _Pending):
+    if not _pending(c, dst, "piece") or not _pending(c, c.env[dst].attrs["base"], "empty"):
         c.fail("copy_ into anything but a slice of a new_empty tensor not read yet")
+    p = c.env[dst]
     c.env[p.attrs["base"]].attrs["pieces"].append((p.attrs["axis"], p.attrs["span"], c.t(src)))
     return None
 
@@ -971,9 +975,8 @@ def _scatter(c, x, dim, index, src=None, *, value=None, reduce=None):
     sparsemixer masking its first choice)."""
     if reduce is not None:
         c.fail("scatter with a reduction")
-    base = c.env.get(x)
-    zeros = isinstance(base, _Pending) and base.kind == "zeros"
-    shape = tuple(base.shape) if zeros else c.type(c.t(x)).shape
+    zeros = _pending(c, x, "zeros")
+    shape = tuple(c.env[x].shape) if zeros else c.type(c.t(x)).shape
     idx = c.t(index)
     inputs = [idx]
     attrs = {"width": int(shape[-1])}
@@ -1025,11 +1028,11 @@ def _window_attention(c, q, k, v, window):
 # scale, the mask and the softmax, and the product with v becomes one `attention` op.
 
 def _scores(c, a) -> bool:
-    return isinstance(a, torch.fx.Node) and isinstance(c.env.get(a), _Pending) and c.env[a].kind == "scores"
+    return _pending(c, a, "scores")
 
 
 def _probs(c, a) -> bool:
-    return isinstance(a, torch.fx.Node) and isinstance(c.env.get(a), _Pending) and c.env[a].kind == "probs"
+    return _pending(c, a, "probs")
 
 
 def _sink_column(c, p: _Pending, column, dim) -> _Pending:
@@ -1038,7 +1041,7 @@ def _sink_column(c, p: _Pending, column, dim) -> _Pending:
     values = c.weight_values(c.t(column))
     if _axis(dim, 4) != 3 or values is None or values.size != _heads(c, p) or p.attrs["sinks"] is not None:
         c.fail("a concatenation to attention scores other than a sink column (one parameter value a head)")
-    return _Pending("scores", p.name, **{**p.attrs, "sinks": [float(x) for x in values.reshape(-1)],
+    return _Pending("scores", p.name, **{**p.attrs, "sinks": [float(x) for x in values],
                                          "sink_column": True})
 
 

@@ -449,13 +449,18 @@ class _Builder:
             _fail(n, "softmax of something that is not an activation, or not along the last axis")
         self._steps(n, T, out, [{"fn": "softmax"}], [], x)
 
+    @staticmethod
+    def _rows(**locs) -> dict:
+        """The offset and row stride kwargs of a row kernel's bindings (x=..., i=... for x_offset, i_offset)."""
+        return {f"{k}_{f}": getattr(loc, a) for k, loc in locs.items()
+                for f, a in (("offset", "offset"), ("row_stride", "row_stride"))}
+
     def _emit_mean(self, n, T, out):
         x, y = self.loc.get(n.inputs[0]), self.loc[n.name]
         width = self.g.type_of(n.inputs[0]).shape[-1]
         if x is None or x.at_pos or n.attrs["axis"] != len(n.type.shape) - 1:
             _fail(n, "mean of something that is not an activation, or not along the last axis")
-        out.append(_Pending("row_mean", (T, x.row_floats, width),
-                            dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset, y_row_stride=y.row_stride),
+        out.append(_Pending("row_mean", (T, x.row_floats, width), self._rows(x=x, y=y),
                             {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
 
     def _emit_topk(self, n, T, out):
@@ -463,8 +468,7 @@ class _Builder:
         width = self.g.type_of(n.inputs[0]).shape[-1]
         if x is None or x.at_pos:
             _fail(n, "topk of something that is not an activation")
-        out.append(_Pending("row_topk", (T, x.row_floats, width, n.attrs["k"], n.attrs["indices"]),
-                            dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset, y_row_stride=y.row_stride),
+        out.append(_Pending("row_topk", (T, x.row_floats, width, n.attrs["k"], n.attrs["indices"]), self._rows(x=x, y=y),
                             {"x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
 
     def _emit_gather(self, n, T, out):
@@ -472,9 +476,7 @@ class _Builder:
         if x is None or x.at_pos or index is None or index.at_pos:
             _fail(n, "gather of something that is not an activation, or by one")
         out.append(_Pending("row_gather", (T, x.row_floats, self.g.type_of(n.inputs[0]).shape[-1], n.type.shape[-1]),
-                            dict(x_offset=x.offset, x_row_stride=x.row_stride, i_offset=index.offset,
-                                 i_row_stride=index.row_stride, y_offset=y.offset, y_row_stride=y.row_stride),
-                            {"x": x.buffer, "index": index.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
+                            self._rows(x=x, i=index, y=y), {"x": x.buffer, "index": index.buffer, "y": y.buffer, "step": STEP_BUFFER}, n.name))
 
     def _emit_scatter(self, n, T, out):
         index, y = self.loc.get(n.inputs[0]), self.loc[n.name]
@@ -482,10 +484,9 @@ class _Builder:
         if index is None or index.at_pos or (len(n.inputs) > 1 and (src is None or src.at_pos)):
             _fail(n, "scatter of something that is not an activation, or by one")
         k = self.g.type_of(n.inputs[0]).shape[-1]
-        kw = dict(i_offset=index.offset, i_row_stride=index.row_stride, y_offset=y.offset, y_row_stride=y.row_stride)
+        kw = self._rows(i=index, y=y, **({"s": src} if src is not None else {}))
         bufs = {"index": index.buffer, "y": y.buffer, "step": STEP_BUFFER}
         if src is not None:
-            kw.update(s_offset=src.offset, s_row_stride=src.row_stride)
             bufs["src"] = src.buffer
         out.append(_Pending("row_scatter", (T, index.row_floats // k, n.attrs["width"], k,
                                             None if src is not None else float(n.attrs.get("value", 0.0))),
@@ -497,7 +498,7 @@ class _Builder:
         if x is None or x.at_pos or x.row_floats != L or n.attrs.get("axis", 1) != 1:
             _fail(n, "token_shift of something that is not an activation row, or not along T")
         carried = self._buffer(f"shift:{n.name}", 4 * L, role="state")
-        kw = dict(x_offset=x.offset, x_row_stride=x.row_stride, y_offset=y.offset, y_row_stride=y.row_stride)
+        kw = self._rows(x=x, y=y)
         bufs = {"x": x.buffer, "carried": carried, "y": y.buffer, "step": STEP_BUFFER}
         for i in range(2):
             out.append(_Pending("token_shift", (T, L), kw, bufs, n.name, index=i))

@@ -200,9 +200,8 @@ def _load_checkpoint(model: nn.Module, sd: dict[str, torch.Tensor], model_type: 
     for key, got, want in sorted(info.mismatched_keys):
         raise MonologueError(f"weights do not fit the {model_type} model of config.json: {key} is "
                              f"{tuple(got)} in the checkpoint, {tuple(want)} in the model")
-    problems = list(info.error_msgs)
-    if problems:
-        raise MonologueError(f"weights do not fit the {model_type} model of config.json: {str(problems[0])[:200]}")
+    if info.error_msgs:
+        raise MonologueError(f"weights do not fit the {model_type} model of config.json: {str(info.error_msgs[0])[:200]}")
     return sorted(info.unexpected_keys)
 
 

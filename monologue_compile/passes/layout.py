@@ -166,7 +166,7 @@ SINK = {
 }
 # the index from which inputs are weights of the last axis (a norm's vectors, a linear's matrix), not tensors
 # in the permuted layout
-_VECTOR_INPUTS = {"rms_norm": 1, "layer_norm": 1, "linear": 1}
+_WEIGHT_INPUTS = {"rms_norm": 1, "layer_norm": 1, "linear": 1}
 
 
 class _Sinker:
@@ -222,7 +222,7 @@ class _Sinker:
         attrs, after_perm = rewritten
         rank = len(p.type.shape)
         by_name = {n.name: n for n in g.nodes}
-        tensors = u.inputs[:_VECTOR_INPUTS.get(u.op, len(u.inputs))]
+        tensors = u.inputs[:_WEIGHT_INPUTS.get(u.op, len(u.inputs))]
         new_inputs = list(u.inputs)
         for i, name in enumerate(tensors):
             src = by_name.get(name)
