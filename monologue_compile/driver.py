@@ -180,7 +180,7 @@ def model_summary(model: dict) -> list[str]:
     stacked = model.get("stacked_weights", {})
     if stacked:
         parts.append(f"experts: {'/'.join(map(str, sorted(set(stacked.values()))))} in each of {len(stacked)} stacked "
-                     "tensors, every one run on every token (dense)")
+                     "tensors, each skipping the tokens its router did not pick")
     parts.append(f"rotary tables {'bf16-rounded' if cfg.get('rope_bf16') else 'fp32'}")
     lines = ["model: " + "; ".join(parts)]
     lines += [f"assumed {k} = {v}" for k, v in model.get("assumed", {}).items()]

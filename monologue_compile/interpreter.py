@@ -153,13 +153,21 @@ def _linear(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
     return matvec(args[0], args[1], s.qf)
 
 
+def gate_rows(gate: np.ndarray, ndim: int) -> np.ndarray:
+    """A matmul's gate, one value per token of a (1, T, ...) tensor, shaped to broadcast over its rows."""
+    return gate.reshape(gate.shape[:2] + (1,) * (ndim - 2))
+
+
 def _matmul(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
     x = args[0]
     pro = at.get("prologue")
     if pro:
         x = rms_norm(x, pro["eps"])
     y = matvec(x, args[1], s.qf)
-    return _epilogue(y, at.get("epilogue", []), [_val(a) for a in args[2:]])
+    operands = [_val(a) for a in args[2:]]
+    if at.get("gate") is not None:
+        y = np.where(gate_rows(operands[at["gate"]], y.ndim) != 0, y, _F(0))
+    return _epilogue(y, at.get("epilogue", []), operands)
 
 
 def _rms_norm(s: Session, n: Node, at: dict, args: list) -> np.ndarray:

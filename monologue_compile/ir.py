@@ -148,8 +148,10 @@ OPS: dict[str, OpInfo] = {
     "matmul": OpInfo(
         "token",
         True,
-        "y = epilogue(prologue(x) @ W.T); attrs.prologue: null | {rms_norm: eps}; attrs.epilogue: steps",
-        ("prologue", "epilogue"),
+        "y = epilogue(prologue(x) @ W.T); attrs.prologue: null | {rms_norm: eps}; attrs.epilogue: steps; "
+        "attrs.gate: operand i (inputs[2 + i]) of one value per token: where it is 0 the product is 0, not "
+        "computed (an expert its router did not pick), and the epilogue still applies",
+        ("prologue", "epilogue", "[gate]"),
     ),
     "rope": OpInfo("token", True, "half-split rotary: y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; then epilogue",
                    ("epilogue",)),

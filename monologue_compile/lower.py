@@ -977,6 +977,7 @@ def _scatter(c, x, dim, index, src=None, *, value=None, reduce=None):
         c.fail("scatter with a reduction")
     zeros = _pending(c, x, "zeros")
     shape = tuple(c.env[x].shape) if zeros else c.type(c.t(x)).shape
+    zeros = zeros or _all_zeros(c, c.t(x))
     idx = c.t(index)
     inputs = [idx]
     attrs = {"width": int(shape[-1])}
@@ -993,6 +994,17 @@ def _scatter(c, x, dim, index, src=None, *, value=None, reduce=None):
     where = c.emit("scatter", [idx], {"width": attrs["width"], "value": 1.0}, out, "where")
     kept = c.emit("binary", [c.t(x), where], {"fn": "pick_not"}, out, "kept")
     return c.emit("binary", [kept, c.emit("scatter", inputs, attrs, out, "put")], {"fn": "add"})
+
+
+def _all_zeros(c, name: str) -> bool:
+    """Whether `name` is a constant that evaluated to zeros (`torch.zeros(T, E)`: a positions lookup of
+    a table of zeros, or a weight of them)."""
+    if name in c.g.inputs:
+        return False
+    if name not in c.g.weights and c.g.node(name).op == "positions":
+        name = c.g.node(name).inputs[0]
+    w = c.g.weights.get(name)
+    return w is not None and w.dtype == "f32" and not np.any(np.asarray(w.data))
 
 
 def _scattered_in_place(c, x, dim, index, src):

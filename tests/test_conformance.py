@@ -108,6 +108,17 @@ def conformance_graph() -> tuple[Graph, dict[str, tuple[int, int]]]:
     add("gated", "elementwise", ["proj_out"], {"steps": [{"fn": "abs"}]}, _act(N), cell=False)
     add("matmul_tensor_epilogue", "matmul", ["x", "proj", "gated"],
         {"prologue": None, "epilogue": [{"fn": "sigmoid"}, {"fn": "mul", "operand": 0}]}, _act(N))
+    # an expert of a mixture: where its token's routing weight (here a strided column, 0 in about half
+    # the rows, prefill and decode) is 0, the product is 0 and not computed, and the epilogue applies
+    add("route_weight", "slice", ["x_relu"], {"axis": 2, "start": 3, "end": 4}, _act(1), cell=False)
+    add("matmul_gated_bias", "matmul", ["x", "proj", "route_weight", "bias"],
+        {"prologue": None, "epilogue": [{"fn": "add", "operand": 1}, {"fn": "silu"}], "gate": 0}, _act(N))
+    add("matmul_gated_norm", "matmul", ["b", "proj", "route_weight"],
+        {"prologue": {"rms_norm": True, "eps": 1e-5}, "epilogue": [], "gate": 0}, _act(N))
+    # and its activation, read only where the weight is not 0: a chain ending in a pick by it (a
+    # backend may skip the row), and a per-token scalar operand
+    add("pick_per_token", "elementwise", ["x", "route_weight"], {"steps": [{"fn": "silu"}, {"fn": "pick", "operand": 0}]}, _act(C))
+    add("mul_per_token", "elementwise", ["x", "route_weight"], {"steps": [{"fn": "mul", "operand": 0}, {"fn": "add", "scalar": 0.5}]}, _act(C))
     add("concat", "concat", ["x", "b"], {"axis": 2}, _act(2 * C))
     # views: those that move data become `copy` kernels (passes/views.py), the others stay free
     D = C // H

@@ -597,6 +597,62 @@ def test_a_new_empty_tensor_read_before_it_is_written_whole_is_refused_by_name()
         compiled(CausalLMLogits(HalfWritten().eval(), S))
 
 
+def _gates(g) -> dict[str, str | None]:
+    """Each matmul's weight -> the value its gate reads (None: every row computed)."""
+    return {n.inputs[1]: None if n.attrs.get("gate") is None else n.inputs[2 + n.attrs["gate"]]
+            for n in g.nodes if n.op == "matmul"}
+
+
+def test_each_expert_skips_the_tokens_its_router_did_not_pick():
+    """An expert's matmuls take its routing weight as their gate (a row whose weight is 0 is not
+    computed); the router and attention run on every row, and experts no longer merge."""
+    model = build_model("qwen3_moe", "sdpa")
+    g = compiled(model)
+    gates = _gates(g)
+    experts = {w: gate for w, gate in gates.items() if ".experts." in w}
+    assert len(experts) == 2 * 2 * 4  # gate_up and down of 4 experts in 2 layers, none merged
+    for layer in range(2):
+        for e in range(4):
+            up, down = (f"model.model.layers.{layer}.mlp.experts.{p}[{e}]" for p in ("gate_up_proj", "down_proj"))
+            assert experts[up] is not None and experts[up] == experts[down]
+    assert len(set(experts.values())) == 2 * 4  # one routing weight per expert and layer
+    assert all(gate is None for w, gate in gates.items() if ".experts." not in w)
+    x = ids(24)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    s = Session(g)
+    assert np.abs(s.forward(x) - ref).max() / np.abs(ref).max() <= 1e-5
+
+
+class GatedByHand(OneLayer):
+    """Three outputs times one value per token: an MLP (gated), one divided by its own rows, one
+    through attention (neither gated: 0 in a row would divide by 0; a row is not its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down, self.div, self.mix = (nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        w = torch.relu(x[..., :1])  # 0 on about half the tokens
+        mlp = self.down(F.silu(self.up(x))) * w
+        divided = x / (self.div(x).abs() + 1) * w
+        h = self.mix(x)[:, None]
+        mixed = F.scaled_dot_product_attention(h, h, h, is_causal=True)[:, 0] * w
+        return (x + mlp + divided + mixed) @ self.emb.weight.T
+
+
+def test_only_per_token_finite_work_on_the_way_to_a_gate_is_skipped():
+    model = CausalLMLogits(GatedByHand().eval(), S)
+    g = compiled(model)
+    gated = {w.split(".")[1] for w, gate in _gates(g).items() if gate is not None}
+    assert gated == {"up", "down"}
+    x = ids(12)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    assert np.abs(Session(g).forward(x) - ref).max() / np.abs(ref).max() <= 1e-5
+
+
 def test_expert_weights_cut_from_stacked_parameters_are_put_back_for_r_q():
     """Each expert's W[e] is a weight of its own in the IR (quantized on its own); R_q's stacked
     (E, N, K) parameters are those quantized slices put back, so parity measures the IR's weights."""

@@ -263,7 +263,13 @@ class Emitter:
         pro = at.get("prologue")
         pro_s = f"Some({_f32(pro['eps'])})" if pro else "None"
         st = self.steps(n, at.get("epilogue", []), n.inputs[2:], out)
-        return [f"k::matmul({self.data(x)}, {x.view()}, t, {pro_s}, Mat::of(&w[{self.widx[wname]}], {rows}, {cols}), {o}, {st});"]
+        mat = f"Mat::of(&w[{self.widx[wname]}], {rows}, {cols})"
+        if at.get("gate") is None:
+            return [f"k::matmul({self.data(x)}, {x.view()}, t, {pro_s}, {mat}, {o}, {st});"]
+        g = self.act(n.inputs[2 + at["gate"]], n)
+        if g.len != 1:
+            raise CodegenError(f"%{n.name}: a matmul gate of {g.len} values per token (one is needed)")
+        return [f"k::matmul_gated({self.data(x)}, {x.view()}, t, {pro_s}, Some(({self.data(g)}, {g.view()})), {mat}, {o}, {st});"]
 
     def _k_embedding(self, n: Node, at: dict, out: Loc, o: str) -> list[str]:
         table = self.g.weights[n.inputs[0]]

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from .. import elementwise
 from ..errors import MonologueError
+from ..passes.gate import gate_of
 from ..passes.plan import check_memory_plan, intact_until
 from ..ir import (SEQ, Graph, Node, concat_pieces, dense_strides, layer_norm_step, merge_dims, row_broadcast,
                   row_dims, view_block, view_refusal)
@@ -369,12 +370,23 @@ class _Builder:
         if any(st["fn"] not in elementwise.FUNCTIONS for st in n.attrs["steps"]):
             return False
         y = self.loc[users[0].name].buffer
-        for name in n.inputs:
+        for name in n.inputs[:1] + self._map_chain(n, users[0])[1]:
             loc = self.loc.get(name)
             if (loc is None or loc.at_pos or loc.row_floats != L or loc.offset % 4 or self.g.type_of(name).shape != n.type.shape
                     or loc.buffer == y or not intact_until(self.g, name, users[0].name, skip=(n.name,))):
                 return False
         return True
+
+    @staticmethod
+    def _map_chain(n: Node, mm: Node) -> tuple[list, list[str]]:
+        """Elementwise n's steps and operands as the map prologue of matmul mm: a final pick by mm's
+        gate, there only to zero the rows mm does not read (passes/gate.py), is left out."""
+        steps, ops = list(n.attrs["steps"]), list(n.inputs[1:])
+        last = steps[-1] if steps else {}
+        if (last.get("fn") == "pick" and last.get("operand") == len(ops) - 1 and ops[-1] == gate_of(mm)
+                and all(st.get("operand") != len(ops) - 1 for st in steps[:-1])):
+            return steps[:-1], ops[:-1]
+        return steps, ops
 
     def _inner_of(self, n: Node, T: int) -> bool:
         """Whether elementwise n runs inside the one elementwise kernel that reads it as an operand
@@ -586,15 +598,23 @@ class _Builder:
         norm_weight = folded.inputs[1] if folded is not None and len(folded.inputs) > 1 else None
         if norm_weight:
             kw["norm_weight"] = True
-        map_ops = [self.loc[o] for o in mapped.inputs[1:]] if mapped is not None else []
+        if n.attrs.get("gate") is not None:  # one value per token: a row whose gate is 0 has a product of 0
+            gate = self.loc[n.inputs[2 + n.attrs["gate"]]]
+            if gate.row_floats != 1 or gate.at_pos:
+                _fail(n, "its gate is not one value per token")
+            kw.update(gate=True, gate_offset=gate.offset, **({"gate_row_stride": gate.row_stride} if T > 1 else {}))
+        map_steps, map_names = self._map_chain(mapped, n) if mapped is not None else ([], [])
+        map_ops = [self.loc[o] for o in map_names]
         if mapped is not None:  # the elementwise before this matvec, as its map prologue
-            kw.update(prologue=mapped.attrs["steps"], prologue_operands=[o.offset for o in map_ops])
+            kw.update(prologue=map_steps, prologue_operands=[o.offset for o in map_ops])
         y = self.loc[n.name]
         for qb, sb, r0, r1 in self._weight(wname):
             bufs = {"w": qb, "scale": sb, "x": x.buffer, "y": y.buffer, "step": STEP_BUFFER}
             if norm_weight:
                 bufs["nw"] = self._table(norm_weight)
             bufs.update({f"p{i}": o.buffer for i, o in enumerate(map_ops)})
+            if kw.get("gate"):
+                bufs["gate"] = gate.buffer
             if bias:
                 if len(self.weight_parts[wname]) > 1:
                     _fail(n, "a bias on a weight split across bindings")

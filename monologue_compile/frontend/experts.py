@@ -9,8 +9,11 @@ unless the router picked it:
 
     out = sum_e  (sum_j w[:, j] * (idx[:, j] == e)) * expert_e(x)
 
+(the routing weights of all experts are one scatter of w at idx: topk's indices are distinct).
+
 The router itself (softmax, `topk`, renormalization) is the model's own code, traced as written.
-Dense evaluation costs num_experts / k times the sparse matmul work; the numbers are the same.
+Evaluated as written, that is num_experts / k times the expert work a token needs; passes/gate.py
+makes each expert's matmuls skip the rows whose routing weight is 0, which leaves the numbers as they are.
 The implementation is chosen through transformers' own experts interface, for the trace only.
 """
 
@@ -35,11 +38,15 @@ def dense_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.
     if top_k_weights.shape != top_k_index.shape:  # the interface's contract; a family that breaks it fails by name
         raise ValueError(f"{type(self).__name__} got routing weights {tuple(top_k_weights.shape)} for indices "
                          f"{tuple(top_k_index.shape)}: no dense form")
+    # each token's routing weight of every expert, 0 where not picked: topk's indices are distinct, so
+    # scattering the weights is the sum over j; expert e's column is then a view, not a computation
+    weights = torch.zeros(*top_k_index.shape[:-1], self.down_proj.shape[0], dtype=top_k_weights.dtype,
+                          device=top_k_weights.device).scatter(-1, top_k_index, top_k_weights)
     out = None
     up = self.gate_up_proj if self.has_gate else self.up_proj
     up_bias = (self.gate_up_proj_bias if self.has_gate else self.up_proj_bias) if self.has_bias else None
     for e in range(self.down_proj.shape[0]):
-        weight = (top_k_weights * (top_k_index == e)).sum(dim=-1, keepdim=True)  # (tokens, 1)
+        weight = weights[..., e:e + 1]  # (tokens, 1)
         y = _linear(hidden_states, up[e], None if up_bias is None else up_bias[e], self.is_transposed)
         y = self._apply_gate(y) if self.has_gate else self.act_fn(y)
         y = _linear(y, self.down_proj[e], self.down_proj_bias[e] if self.has_bias else None, self.is_transposed)

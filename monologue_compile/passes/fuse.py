@@ -6,13 +6,16 @@ Rules, applied in this order (each is a small function, each keeps the graph ver
    two sums, a concat) becomes one op.
 2. `linear` -> `matmul` (a prologue, the product, an epilogue of elementwise steps).
 3. A weightless RMSNorm whose every user is a matmul becomes those matmuls' prologue.
-4. Matmuls that read the same input with the same prologue (q/k/v, gate/up) merge into one
+4. A matmul whose product reaches the output only through a multiply by one value per token (an
+   expert's routing weight) takes that value as its gate (gate.py), then matmuls that read the
+   same input with the same prologue and gate (q/k/v, gate/up) merge into one
    matmul over concatenated weight rows; the parts are slices of its output (views). Biases
    added to every part concatenate too, into the merged matmul's epilogue.
 5. Elementwise ops (activations, the residual add, the softcap) join their producer's epilogue
    when they are its only user; a row norm joins the epilogue of producers that write whole rows
    (embedding, rope, elementwise): the QK-norm after RoPE, the norm after the embedding.
-6. What is left of elementwise chains becomes `elementwise` kernels.
+6. What is left of elementwise chains becomes `elementwise` kernels; one read only by matmuls of one
+   gate ends in a `pick` by it (gate.py), so its rows no matmul reads are 0 and need not be computed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from ..ir import UNARY, Graph, Node, TensorType, Weight
 from .canonicalize import cse, dead_code, same_tables
+from .gate import gate_of, gate_products, pick_read_rows
 
 _ELEMENTWISE = ("unary", "binary")
 _ROW_PRODUCERS = ("embedding", "rope", "elementwise")
@@ -206,7 +210,7 @@ def _merge_projections(g: Graph) -> Graph:
     groups: dict[tuple, list[Node]] = {}
     for n in g.nodes:
         if n.op == "matmul" and not n.attrs["epilogue"] and g.weights[n.inputs[1]].dtype == "f32":
-            key = (n.inputs[0], str(n.attrs["prologue"]))
+            key = (n.inputs[0], str(n.attrs["prologue"]), gate_of(n))
             groups.setdefault(key, []).append(n)
     g.meta.setdefault("merged_weights", {})
     users = g.users()
@@ -224,6 +228,9 @@ def _merge_projections(g: Graph) -> Graph:
         out = g.fresh(first.name + "_merged")
         mm = Node(out, "matmul", [first.inputs[0], wname], dict(first.attrs),
                   TensorType(tuple(shape), "f32"), " + ".join(m.source for m in ms))
+        if key[2] is not None:
+            mm.attrs["gate"] = 0
+            mm.inputs.append(key[2])
         g.nodes.insert(g.nodes.index(first), mm)
         # a bias added to every part (Qwen2's q/k/v) becomes the merged matmul's epilogue: one
         # concatenated bias, and each part a slice of the biased product (no add per part)
@@ -231,7 +238,7 @@ def _merge_projections(g: Graph) -> Graph:
         if all(biased):
             adds, biases = zip(*biased)
             mm.inputs.append(_concat_weights(g, prefix + parts + ".bias", list(biases)))
-            mm.attrs["epilogue"] = [{"fn": "add", "operand": 0}]
+            mm.attrs["epilogue"] = [{"fn": "add", "operand": len(mm.inputs) - 3}]
             for m, a in zip(ms, adds):
                 g.nodes.remove(m)
                 a.source = f"{m.source}; {a.source}"
@@ -304,10 +311,11 @@ def _as_step(n: Node, producer: str, operands: list[str]) -> dict | None:
     other, reverse = (b, False) if a == producer else (a, True)
     if a == b:
         return None
-    step = {"fn": fn, "operand": len(operands)}
+    step = {"fn": fn, "operand": operands.index(other) if other in operands else len(operands)}
     if reverse and fn not in ("add", "mul"):
         step["reverse"] = True
-    operands.append(other)
+    if other not in operands:
+        operands.append(other)
     return step
 
 
@@ -406,6 +414,6 @@ def fuse(g: Graph) -> Graph:
     g = _rope(g)
     g = _matmuls(g)
     g = _norm_prologue(g)
-    g = _merge_projections(g)
+    g = _merge_projections(gate_products(g))
     g = _epilogues(_full_shape_first(g))
-    return _elementwise_kernels(g)
+    return pick_read_rows(_elementwise_kernels(g))

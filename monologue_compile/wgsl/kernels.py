@@ -172,14 +172,16 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
                 out_pos_stride: int | None = None, out_len: int | None = None, rows: int = 4, wg: int | None = None,
                 cooperative: bool = True, subgroups: str = "off", unpack: str = "shift", eps: float = RMS_EPS, covers=(),
                 bits: int = 8, norm_weight: bool = False, x_offset: int = 0, prologue: list | None = None,
-                prologue_operands: list[int] = (), name: str = "matvec_int8") -> Kernel:
+                prologue_operands: list[int] = (), gate: bool = False, gate_offset: int = 0,
+                name: str = "matvec_int8") -> Kernel:
     """y[n] (+)= epilogue(sum_k W[n,k] x'[k]) for one token; x' = rmsnorm(x) when `norm`, times the
     norm's weight (binding nw, [K]) with `norm_weight`. x is read from element `x_offset` on (a
     slice of a wider row; a multiple of 4). `prologue` (elementwise steps) maps each x[k] first,
     its tensor operands (bindings p0.., [K] each from the offsets `prologue_operands`) read at k: a
-    gated activation silu(gate) * up folded into the projection after it.
+    gated activation silu(gate) * up folded into the projection after it. With `gate` (binding
+    gate, the token's value at `gate_offset`), a gate of 0 makes the product 0 without reading W.
 
-    Bindings: w, scale, x, [nw], [bias], y, [step (when out_at_pos)]. Output element n goes to
+    Bindings: w, scale, x, [nw], [bias], [gate], y, [step (when out_at_pos)]. Output element n goes to
     y[out_offset + (step.pos * out_pos_stride if out_at_pos) + n]; `residual` adds into y there.
     cooperative (GPUs): one workgroup per `rows` output rows, its wg threads (default: what K needs,
     up to 64) splitting K and summing through workgroup memory. cooperative=False (CPU adapters): each
@@ -199,11 +201,13 @@ def matvec_int8(N: int, K: int, *, group: int = 0, norm: bool = False, bias: boo
                   group=group, n_groups=k_pad(K, group) // group if group else 0, norm=bool(norm), eps=eps,
                   norm_weight=bool(norm_weight), XO4=x_offset // 4,
                   out_offset=out_offset, out_at_pos=bool(out_at_pos), out_pos_stride=pos_stride,
-                  out_len=out_len, unpack=unpack, covers=covers, **wparams, **ep)
+                  out_len=out_len, unpack=unpack, covers=covers, gate=bool(gate), gate_offset=gate_offset,
+                  **wparams, **ep)
     b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
     b += [Binding("nw", "read")] if norm_weight else []
     b += [Binding(f"p{i}", "read") for i in range(len(prologue_operands))]
     b += [Binding("bias", "read")] if bias else []
+    b += [Binding("gate", "read")] if gate else []
     b += [Binding("y", "read_write")]
     b += [Binding("step", "uniform")] if out_at_pos else []
     if not cooperative:
@@ -225,11 +229,13 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
                 act: str = "none", softcap: float = 0.0, steps: list | None = None, residual: bool = False,
                 out_offset: int = 0, out_at_pos: bool = False, out_row_stride: int | None = None, tile_t: int = 32, tile_n: int = 64,
                 mt: int = 4, mn: int = 4, unpack: str = "shift", eps: float = RMS_EPS, covers=(),
-                bits: int = 8, norm_weight: bool = False, name: str = "matmul_int8") -> Kernel:
+                bits: int = 8, norm_weight: bool = False, gate: bool = False, gate_offset: int = 0,
+                gate_row_stride: int = 1, name: str = "matmul_int8") -> Kernel:
     """Y[t, n] (+)= epilogue(sum_k X'[t, k] W[n, k]) for t < step.n_tokens <= T; X' = rmsnorm(X) rows
-    (times the norm's weight, binding nw [K], with `norm_weight`).
+    (times the norm's weight, binding nw [K], with `norm_weight`). With `gate` (binding gate, token
+    t's value at gate_offset + t * gate_row_stride), row t's product is 0 where its gate is.
 
-    Bindings: w, scale, x, [nw], [bias], y, step. Row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride]
+    Bindings: w, scale, x, [nw], [bias], [gate], y, step. Row t goes to y[out_offset + (t [+ step.pos]) * out_row_stride]
     (out_row_stride defaults to N), so `out_at_pos` writes a chunk straight into KV-cache rows.
     Workgroups: (ceil(N / tile_n), ceil(T / tile_t)); threads (tile_t / mt) * (tile_n / mn), each
     computing an mt x mn micro-tile (4 x 4: 128 threads, 2x faster than 2 x 4 on lavapipe).
@@ -247,10 +253,12 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
                   norm_weight=bool(norm_weight),
                   out_offset=out_offset, out_at_pos=bool(out_at_pos),
                   out_row_stride=N if out_row_stride is None else out_row_stride, unpack=unpack, covers=covers,
+                  gate=bool(gate), gate_offset=gate_offset, gate_row_stride=gate_row_stride,
                   **wparams, **_epilogue_params(act, bias, softcap, residual, steps))
     b = [Binding("w", "read"), Binding("scale", "read"), Binding("x", "read")]
     b += [Binding("nw", "read")] if norm_weight else []
     b += [Binding("bias", "read")] if bias else []
+    b += [Binding("gate", "read")] if gate else []
     b += [Binding("y", "read_write"), Binding("step", "uniform")]
     return _finish(name, "matmul_int8", "matmul_int8.wgsl.j2", params, b, wg,
                    grid(-(-N // tile_n), -(-T // tile_t)), wg_bytes)

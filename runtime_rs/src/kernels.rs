@@ -96,6 +96,14 @@ pub fn apply_steps(row: &mut [f32], t: usize, steps: &[Step]) {
 /// apply_steps for a kernel that builds row t apart and stores it after: `own` is its output
 /// buffer before that store, what `Step::Own` reads (`&[]` for kernels that take no such step).
 pub fn apply_steps_over(row: &mut [f32], t: usize, steps: &[Step], own: &[f32]) {
+    // a chain ending in a pick by one value per token is 0 where that value is, whatever came before
+    // (an expert's activation on a token its router did not pick: passes/gate.py)
+    if let Some(Step::Tensor(Binary::Pick, op, false)) = steps.last() {
+        if op.view.len == 1 && op.view.row(op.data, t)[0] == 0.0 {
+            row.fill(0.0);
+            return;
+        }
+    }
     for step in steps {
         match *step {
             Step::Own(f, view, rev) => {
@@ -110,6 +118,10 @@ pub fn apply_steps_over(row: &mut [f32], t: usize, steps: &[Step], own: &[f32]) 
                 if rep == 1 && o.len() == row.len() {
                     // a same-shape operand (residual adds, gates): no index arithmetic per element
                     binary_row(f, rev, row, |j| o[j]);
+                } else if o.len() == 1 {
+                    // one value for the row (an expert's routing weight): no division per element
+                    let v = o[0];
+                    binary_row(f, rev, row, |_| v);
                 } else {
                     binary_row(f, rev, row, |j| o[(j / rep) % o.len()]);
                 }
@@ -2096,10 +2108,18 @@ fn tokens_per_part(t: usize, len: usize) -> usize {
 /// y = epilogue(prologue(x) @ W.T) for T tokens. `prologue`: the eps of a weightless RMSNorm.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out: &mut [f32], ov: View, steps: &[Step]) {
+    matmul_gated(x, xv, t, prologue, None, w, out, ov, steps)
+}
+
+/// `matmul` whose product is 0, and not computed, for the tokens whose `gate` (one value per
+/// token: data and view) is 0: the experts a mixture's router did not pick (ir.OPS["matmul"]).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gated(x: &[f32], xv: View, t: usize, prologue: Option<f32>, gate: Option<(&[f32], View)>, w: Mat, out: &mut [f32], ov: View, steps: &[Step]) {
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
         let [xs, ys, rows] = &mut *scratch;
-        matmul_in(x, xv, t, prologue, w, out, ov, steps, [xs, ys, rows]);
+        let kept: Option<Vec<usize>> = gate.map(|(g, gv)| (0..t).filter(|&i| gv.row(g, i)[0] != 0.0).collect());
+        matmul_in(x, xv, t, prologue, kept.as_deref(), w, out, ov, steps, [xs, ys, rows]);
         for v in scratch.iter_mut().filter(|v| v.capacity() > SCRATCH_KEEP) {
             *v = Vec::new();
         }
@@ -2126,13 +2146,16 @@ fn scratch(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
+/// `kept`: the tokens whose product is computed (all where None); the others' are 0.
 #[allow(clippy::too_many_arguments)]
-fn matmul_in(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out: &mut [f32], ov: View, steps: &[Step], [xs, ys, token_rows]: [&mut Vec<f32>; 3]) {
+fn matmul_in(x: &[f32], xv: View, t: usize, prologue: Option<f32>, kept: Option<&[usize]>, w: Mat, out: &mut [f32], ov: View, steps: &[Step], [xs, ys, token_rows]: [&mut Vec<f32>; 3]) {
     let width = w.width();
     let n = w.rows();
-    // the T input rows, normalized and zero-padded to the packed width
-    let xs = scratch(xs, t * width);
-    for_each_row(xs, View { off: 0, stride: width, len: width }, t, |i, row| {
+    let tk = kept.map_or(t, |k| k.len());
+    // the kept input rows, normalized and zero-padded to the packed width
+    let xs = scratch(xs, tk * width);
+    for_each_row(xs, View { off: 0, stride: width, len: width }, tk, |j, row| {
+        let i = kept.map_or(j, |k| k[j]);
         let (dst, pad) = row.split_at_mut(xv.len.min(width));
         dst.copy_from_slice(&xv.row(x, i)[..dst.len()]);
         pad.fill(0.0);
@@ -2143,32 +2166,54 @@ fn matmul_in(x: &[f32], xv: View, t: usize, prologue: Option<f32>, w: Mat, out: 
     let xs = &*xs;
     // int8 weights read the rows in their dot products' form; f32 weights read xs
     let q8 = match w {
-        Mat::Q8 { group, layout, .. } => Some(Q8Input::new(xs, width, group, layout)),
-        Mat::F32 { .. } => None,
+        Mat::Q8 { group, layout, .. } if tk > 0 => Some(Q8Input::new(xs, width, group, layout)),
+        _ => None,
     };
     // results as [row][token], rows split over threads when it pays (every kernel writes each of
     // its elements: `fixed::rows`)
-    let ys = scratch(ys, n * t);
     let workers = workers();
     let rows = |first: usize, part: &mut [f32]| match (w, &q8) {
         // threads split at multiples of eight rows, so every part starts on a block
-        (Mat::Q8 { n, bits, layout, q, scale, .. }, Some(input)) => input.rows(t, layout, bits, q, n, first, scale, part),
+        (Mat::Q8 { n, bits, layout, q, scale, .. }, Some(input)) => input.rows(tk, layout, bits, q, n, first, scale, part),
         (Mat::F32 { k, w: wt, .. }, _) => {
-            for (j, o) in part.chunks_mut(t).enumerate() {
+            for (j, o) in part.chunks_mut(tk).enumerate() {
                 let wr = &wt[(first + j) * k..(first + j + 1) * k];
                 for (i, y) in o.iter_mut().enumerate() {
                     *y = dot_f32(&xs[i * width..(i + 1) * width], wr);
                 }
             }
         }
-        (Mat::Q8 { .. }, None) => unreachable!("int8 weights always get a Q8Input"),
+        (Mat::Q8 { .. }, None) => unreachable!("int8 weights get a Q8Input where a row is computed"),
     };
-    if workers > 1 && n * width * t >= PARALLEL_MIN_WORK && n >= 2 * workers {
-        let per = ((n + workers - 1) / workers + 7) / 8 * 8;
-        run_split(ys, per * t, |block, part| rows(block * per, part));
-    } else {
-        rows(0, ys);
-    }
+    let product = |ys: &mut [f32]| {
+        if tk == 0 {
+        } else if workers > 1 && n * width * tk >= PARALLEL_MIN_WORK && n >= 2 * workers {
+            let per = ((n + workers - 1) / workers + 7) / 8 * 8;
+            run_split(ys, per * tk, |block, part| rows(block * per, part));
+        } else {
+            rows(0, ys);
+        }
+    };
+    let ys = match kept {
+        Some(kept) if tk < t => {
+            // [row][kept token] first, then spread over [row][token] with the others' zeros
+            let compact = scratch(token_rows, n * tk);
+            product(compact);
+            let ys = scratch(ys, n * t);
+            ys.fill(0.0);
+            for r in 0..n {
+                for (j, &i) in kept.iter().enumerate() {
+                    ys[r * t + i] = compact[r * tk + j];
+                }
+            }
+            ys
+        }
+        _ => {
+            let ys = scratch(ys, n * t);
+            product(ys);
+            ys
+        }
+    };
     // Row i is built apart and stored last, so a Step::Own (the residual this output replaces in
     // place) reads each of its elements once, before the store of row i overwrites it. Rows are
     // stored in order and the residual's row i never lies before the output's (the same place, or
