@@ -33,6 +33,8 @@ from monologue_compile.frontend.hf import CausalLMLogits  # noqa: E402
 from monologue_compile.interpreter import Session  # noqa: E402
 
 GPT2_LIKE = dict(vocab_size=V, bos_token_id=1, eos_token_id=2)
+# multi-head latent attention (DeepSeek-V2 and its followers): as many kv heads as heads
+MLA = dict(num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8)
 # family -> (config class in transformers, its keyword arguments)
 FAMILIES = {
     "mistral": ("MistralConfig", dict(SMALL, sliding_window=None)),
@@ -121,6 +123,71 @@ FAMILIES = {
                                       layer_types=["full_attention", "full_attention"])),
     "granite_swa": ("GraniteSWAConfig", dict(SMALL, sliding_window=5)),
     "gpt_oss": ("GptOssConfig", dict(SMALL, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=5)),
+    # families of transformers 5.x (stop 36)
+    "llama": ("LlamaConfig", SMALL),
+    "gemma3_text": ("Gemma3TextConfig", dict(SMALL, head_dim=8, sliding_window=5)),
+    "ministral": ("MinistralConfig", dict(SMALL, head_dim=8, sliding_window=5,
+                                          layer_types=["sliding_attention", "full_attention"])),
+    "hunyuan_v1_dense": ("HunYuanDenseV1Config", dict(SMALL, head_dim=8)),
+    "apertus1p5_text": ("Apertus1p5TextConfig", SMALL),
+    "exaone": ("ExaoneConfig", SMALL),
+    "flint": ("FlintConfig", SMALL),
+    "hyperclovax": ("HyperCLOVAXConfig", SMALL),
+    "internlm3": ("InternLM3Config", SMALL),
+    "iquestcoder": ("IQuestCoderConfig", SMALL),
+    "lfm3": ("Lfm3Config", SMALL),
+    "beam": ("BeamConfig", SMALL),
+    "diffllama": ("DiffLlamaConfig", SMALL),
+    # nGPT-style scales (sqk, s_gate) are parameters times 1 / initializer_range: the default 0.0177
+    # turns random weights into scores so peaked that torch's own f32 and f64 differ by 2%
+    "dory": ("DoryConfig", dict(SMALL, initializer_range=1.0)),
+    "granitemoe_swa": ("GraniteMoeSWAConfig", dict(SMALL, num_local_experts=4, num_experts_per_tok=2, sliding_window=5)),
+    "cohere2_moe": ("Cohere2MoeConfig", dict(SMALL, head_dim=8, num_experts=4, num_experts_per_tok=2)),
+    "afmoe": ("AfmoeConfig", dict(SMALL, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                  num_shared_experts=1)),
+    "exaone_moe": ("ExaoneMoeConfig", dict(SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)),
+    "hy_v3": ("HYV3Config", dict(SMALL, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)),
+    "laguna": ("LagunaConfig", dict(SMALL, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                    shared_expert_intermediate_size=16)),
+    "mellum": ("MellumConfig", dict(SMALL, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+                                    moe_intermediate_size=16)),
+    "minimax_m2": ("MiniMaxM2Config", dict(SMALL, head_dim=8, num_local_experts=4, num_experts_per_tok=2)),
+    "sarvam_moe": ("SarvamMoEConfig", dict(SMALL, head_dim=8, n_routed_experts=4, num_experts_per_tok=2,
+                                           moe_intermediate_size=16)),
+    "solar_open": ("SolarOpenConfig", dict(SMALL, head_dim=8, n_routed_experts=4, num_experts_per_tok=2,
+                                           moe_intermediate_size=16)),
+    "minicpm3": ("MiniCPM3Config", dict(SMALL, **MLA)),
+    "youtu": ("YoutuConfig", dict(SMALL, **MLA)),
+    "deepseek_v2": ("DeepseekV2Config", dict(SMALL, **MLA, n_routed_experts=4, num_experts_per_tok=2,
+                                             moe_intermediate_size=16)),
+    "glm4_moe_lite": ("Glm4MoeLiteConfig", dict(SMALL, **MLA, n_routed_experts=4, num_experts_per_tok=2,
+                                                moe_intermediate_size=16)),
+    "sarvam_mla": ("SarvamMLAConfig", dict(SMALL, **MLA, n_routed_experts=4, num_experts_per_tok=2,
+                                           moe_intermediate_size=16)),
+    "axk1": ("AXK1Config", dict(SMALL, **MLA, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                n_group=1, topk_group=1)),
+    "kolibri1": ("Kolibri1Config", dict(SMALL, head_dim=8, sliding_window=5, num_local_experts=4, num_experts_per_tok=2,
+                                        moe_intermediate_size=16, shared_expert_intermediate_size=16)),
+    "mimo_v2_flash": ("MiMoV2FlashConfig", dict(SMALL, head_dim=8, v_head_dim=8, sliding_window=5, n_routed_experts=4,
+                                                num_experts_per_tok=2, moe_intermediate_size=16)),
+    "gemma4_text": ("Gemma4TextConfig", dict(SMALL, head_dim=8, sliding_window=5, hidden_size_per_layer_input=8,
+                                             vocab_size_per_layer_input=V)),
+    # refused by name: linear attention or state-space layers (a scan over the sequence), an MoE with
+    # index arithmetic of its own (JetMoE), Llama 4's experts over tokens tiled along the sequence
+    "qwen3_5_text": ("Qwen3_5TextConfig", SMALL),
+    "olmo_hybrid": ("OlmoHybridConfig", SMALL),
+    "falcon_h1": ("FalconH1Config", SMALL),
+    "jamba": ("JambaConfig", SMALL),
+    "jetmoe": ("JetMoeConfig", SMALL),
+    "llama4_text": ("Llama4TextConfig", SMALL),
+    "qwen3_5_moe_text": ("Qwen3_5MoeTextConfig", dict(SMALL, head_dim=8, num_experts=4, num_experts_per_tok=2)),
+    "lara_mini": ("LaraMiniConfig", SMALL),
+    "bailing_hybrid": ("BailingHybridConfig", SMALL),
+    "nemotron_h": ("NemotronHConfig", SMALL),
+    "zaya": ("ZayaConfig", dict(SMALL, head_dim=8, num_experts=4, moe_intermediate_size=16)),  # F.pad of a convolution
+    "deepseek_v4": ("DeepseekV4Config", SMALL),  # attention over compressed chunks of the sequence
+    "hy_v4": ("HYV4Config", dict(SMALL, **MLA, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)),
+    "axk2": ("AXK2Config", dict(SMALL, **MLA, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)),
 }
 
 

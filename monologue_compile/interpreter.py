@@ -171,7 +171,7 @@ def _matmul(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
 
 
 def _rms_norm(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
-    return rms_norm(args[0], at["eps"], _val(args[1]) if len(args) > 1 else None)
+    return rms_norm(_val(args[0]), at["eps"], _val(args[1]) if len(args) > 1 else None)
 
 
 def _layer_norm(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
@@ -194,7 +194,7 @@ def _elementwise(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
 
 
 def _mean(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
-    return np.mean(args[0], axis=at["axis"], keepdims=True, dtype=_F)
+    return np.mean(_val(args[0]), axis=at["axis"], keepdims=True, dtype=_F)
 
 
 def _topk(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
@@ -220,11 +220,11 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def _softmax(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
-    return softmax(args[0], at["axis"])
+    return softmax(_val(args[0]), at["axis"])
 
 
 def _cast(s: Session, n: Node, at: dict, args: list) -> np.ndarray:
-    return args[0].astype(_F if at["dtype"] == "f32" else np.int64)
+    return _val(args[0]).astype(_F if at["dtype"] == "f32" else np.int64)
 
 
 def _positions(s: Session, n: Node, at: dict, args: list) -> np.ndarray:

@@ -58,6 +58,7 @@ _PENDING_USES = {
               "compiler does not understand)",
     "zeros": "zeros (zeros_like, new_zeros) other than as a token shift's first row or a scatter's base",
     "conv": "a conv1d's output other than its first T positions (a causal convolution)",
+    "complex": "a complex value other than in view_as_real(view_as_complex(x) * table) (a rotary embedding)",
 }
 
 
@@ -143,17 +144,18 @@ class _Ctx:
         self.g.nodes.append(Node(name, op, inputs, attrs or {}, type or self.out_type(), src))
         return name
 
-    def materialize(self, a: torch.fx.Node) -> str:
-        """A constant fx node as a weight (no sequence axis) or a position table read by `positions`."""
-        if a in self.materialized:
-            return self.materialized[a]
-        src = a.args[0] if a.target == aten.neg.default else None
+    def materialize(self, a: torch.fx.Node, part: str = "") -> str:
+        """A constant fx node as a weight (no sequence axis) or a position table read by `positions`;
+        `part` "real" or "imag": that part of a complex one (a rotary embedding's `torch.polar`)."""
+        if (a, part) in self.materialized:
+            return self.materialized[a, part]
+        src = a.args[0] if a.target == aten.neg.default and not part else None
         if isinstance(src, torch.fx.Node) and isinstance(self.env.get(src), _Const):
             # -table stays a neg of the table: the rotary matcher knows sin and -sin as one table
             x = self.materialize(src)
             name = self.g.fresh(a.name)
             self.g.nodes.append(Node(name, "unary", [x], {"fn": "neg"}, self.type(x), f"fx:{a.name}"))
-            self.materialized[a] = name
+            self.materialized[a, part] = name
             return name
         val = a.meta.get("val")
         if not isinstance(val, torch.Tensor):
@@ -162,6 +164,8 @@ class _Ctx:
         seq_axes = [i for i, d in enumerate(shape) if d == SEQ]
         ev = self.evaluator
         value = ev.value(a, self.tmax)
+        if part and value.is_complex():
+            value = getattr(value, part)
         if not value.is_floating_point():
             self.fail(f"the {value.dtype} value of %{a.name}, computed from positions only, is used by an op on "
                       "activations (only float tables and attention masks are understood)")
@@ -169,10 +173,10 @@ class _Ctx:
             self.fail(f"%{a.name} depends on two positions (a (T, T) value) and is used other than as a causal "
                       "attention mask")
         key = value.untyped_storage().data_ptr()
-        if not seq_axes and key in self.storage and tuple(value.shape) == tuple(self.g.weights[self.storage[key]].shape):
+        if not seq_axes and not part and key in self.storage and tuple(value.shape) == tuple(self.g.weights[self.storage[key]].shape):
             name = self.storage[key]  # a no-op view or cast of a parameter: the parameter itself
         else:
-            name = self.g.fresh(a.name)
+            name = self.g.fresh(a.name + (f"_{part}" if part else ""))
             role = "derived"
             if seq_axes:
                 if not is_prefix_table(ev, a, seq_axes[0], self.tmax):
@@ -183,12 +187,21 @@ class _Ctx:
             self.g.weights[name] = Weight(tuple(data.shape), "f32", data, None, role)
             if seq_axes:
                 table = name
-                name = self.g.fresh(a.name + "_pos")
+                name = self.g.fresh(a.name + (f"_{part}" if part else "") + "_pos")
                 self.g.nodes.append(Node(name, "positions", [table], {"axis": seq_axes[0]},
                                          TensorType(tuple(shape), "f32"), f"fx:{a.name}"
                                          + (f" @ {_source(a)}" if _source(a) else "")))
-        self.materialized[a] = name
+        self.materialized[a, part] = name
         return name
+
+    def complex_parts(self, a) -> tuple[str, str]:
+        """The real and imaginary parts of a complex fx value, as two real IR values."""
+        p = self.env.get(a) if isinstance(a, torch.fx.Node) else None
+        if isinstance(p, _Pending) and p.kind == "complex":
+            return p.attrs["re"], p.attrs["im"]
+        if isinstance(p, _Const):
+            return self.materialize(a, "real"), self.materialize(a, "imag")
+        self.fail(f"{self.fx.target}: a complex operand that is not view_as_complex(x) or a table of positions")
 
     def weight(self, name: str, transpose: bool = False) -> str | None:
         """`name` as the weight a matmul reads: a weight itself, or a view of one (an expert's W[e] of
@@ -544,6 +557,76 @@ def _cat(c, tensors, dim=0):
     return c.emit("concat", names, {"axis": dim})
 
 
+def _repeat(c, x, sizes):
+    """x.repeat(sizes): x tiled sizes[i] times along axis i (new leading axes first), one concat of
+    copies per repeated axis; never along the sequence axis."""
+    name = c.t(x)
+    t = c.type(name)
+    shape = (1,) * (len(sizes) - len(t.shape)) + tuple(t.shape)
+    if shape != t.shape:
+        name = c.emit("reshape", [name], {"shape": list(shape)}, TensorType(shape, t.dtype), "padded")
+    axes = [a for a, r in enumerate(sizes) if r != 1]
+    if any(shape[a] == SEQ for a in axes):
+        c.fail("a repeat along the sequence axis (sequence-mixing the compiler does not understand)")
+    for axis in axes:
+        shape = shape[:axis] + (shape[axis] * sizes[axis],) + shape[axis + 1:]
+        last = axis == axes[-1]  # the fx node's own name on its value
+        name = c.emit("concat", [name] * sizes[axis], {"axis": axis}, TensorType(shape, t.dtype), "" if last else f"tiled{axis}")
+    return name if axes else c.emit("reshape", [name], {"shape": list(shape)})
+
+
+def _view_as(c, x, other):
+    return _reshape(c, x, None)  # the shape is the fx node's own: other's
+
+
+# --- complex numbers: Meta's rotary embedding, view_as_real(view_as_complex(x) * freqs_cis) -----------
+# A complex value is pending as its real and imaginary parts, each a real IR value; the product by a
+# complex table of positions is four real products, and view_as_real interleaves the parts again.
+
+def _is_complex(a) -> bool:
+    val = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
+    return isinstance(val, torch.Tensor) and val.dtype.is_complex
+
+
+def _view_as_complex(c, x):
+    """x (..., n, 2) as n complex numbers: its [..., 0] and [..., 1] parts."""
+    name = c.t(x)
+    t = c.type(name)
+    if t.shape[-1] != 2 or t.seq_axis == len(t.shape) - 1:
+        c.fail("view_as_complex of a tensor whose last axis is not 2 pairs")
+    one, out = t.shape[:-1] + (1,), TensorType(t.shape[:-1], "f32")
+    parts = {}
+    for i, p in enumerate(("re", "im")):
+        part = c.emit("slice", [name], {"axis": len(t.shape) - 1, "start": i, "end": i + 1}, TensorType(one, "f32"), p)
+        parts[p] = c.emit("reshape", [part], {"shape": list(out.shape)}, out, f"{p}_row")
+    return _Pending("complex", shape=out.shape, **parts)
+
+
+def _complex_mul(c, a, b):
+    """(ar + i ai)(br + i bi) = (ar br - ai bi) + i (ar bi + ai br), each part a real value."""
+    (ar, ai), (br, bi) = c.complex_parts(a), c.complex_parts(b)
+    shape = tuple(c.dim(d) for d in c.fx.meta["val"].shape)
+    out = TensorType(shape, "f32")
+
+    def mul(x, y, part):
+        if c.type(x).shape != shape:  # the backends take the output's shape from input 0
+            x, y = y, x
+        return c.emit("binary", [x, y], {"fn": "mul"}, out, part)
+
+    re = c.emit("binary", [mul(ar, br, "rr"), mul(ai, bi, "ii")], {"fn": "sub"}, out, "re")
+    im = c.emit("binary", [mul(ar, bi, "ri"), mul(ai, br, "ir")], {"fn": "add"}, out, "im")
+    return _Pending("complex", shape=shape, re=re, im=im)
+
+
+def _view_as_real(c, z):
+    """The parts of z side by side along a new last axis of 2: (..., n, 2)."""
+    re, im = c.complex_parts(z)
+    t = c.type(re)
+    one = TensorType(t.shape + (1,), "f32")
+    parts = [c.emit("reshape", [p], {"shape": list(one.shape)}, one, f"{p}_col") for p in (re, im)]
+    return c.emit("concat", parts, {"axis": len(t.shape)})
+
+
 def _expand(c, x, size, *rest, **kw):
     return c.emit("expand", [c.t(x)], {"shape": list(c.out_type().shape)})
 
@@ -557,6 +640,8 @@ def _binary(fn):
             c.fail(f"{fn} with alpha={alpha} is not supported")
         if fn == "sub" and _pending(c, a, "lse"):
             return _sink_gate(c, a, b)
+        if fn == "mul" and (_is_complex(a) or _is_complex(b)):
+            return _complex_mul(c, a, b)
         if fn == "mul" and (_pending(c, a, "sink_scale") or _pending(c, b, "sink_scale")):
             return _sink_scaled(c, *((b, a) if _pending(c, a, "sink_scale") else (a, b)))
         if _scores(c, a) or _scores(c, b):
@@ -784,13 +869,18 @@ def _alias(c, x, *args, **kw):
 
 
 def _mean(c, x, dims, keepdim=False, *, dtype=None):
-    t = c.type(c.t(x))
-    dims = [_axis(d, len(t.shape)) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
-    if len(dims) != 1 or not keepdim:
-        c.fail("mean over several axes or without keepdim is not supported")
-    if dims[0] == t.seq_axis:
+    """mean over the given axes: one `mean` per axis (keepdim), then the fx node's shape."""
+    name = c.t(x)
+    t = c.type(name)
+    dims = sorted({_axis(d, len(t.shape)) for d in (dims if isinstance(dims, (list, tuple)) else [dims])})
+    if t.seq_axis in dims:
         c.fail("a mean along the sequence axis (sequence-mixing the compiler does not understand)")
-    return c.emit("mean", [c.t(x)], {"axis": dims[0]})
+    shape = t.shape
+    for i, d in enumerate(dims):
+        shape = shape[:d] + (1,) + shape[d + 1:]
+        last = i == len(dims) - 1 and keepdim  # the fx node's own name on its value
+        name = c.emit("mean", [name], {"axis": d}, TensorType(shape, "f32"), "" if last else f"mean{d}")
+    return name if keepdim else c.emit("reshape", [name], {"shape": list(c.out_type().shape)})
 
 
 def _sum(c, x, dims, keepdim=False, *, dtype=None):
@@ -1255,6 +1345,22 @@ def _chunk(c, x, chunks, dim=0):
     return _split(c, x, -(-t.shape[_axis(dim, len(t.shape))] // chunks), dim)
 
 
+def _unbind(c, x, dim=0):
+    """x.unbind(dim): each index along dim, that axis dropped (DeepSeek-V4's `scale.unbind(0)`)."""
+    name = c.t(x)
+    t = c.type(name)
+    dim = _axis(dim, len(t.shape))
+    if t.shape[dim] == SEQ:
+        c.fail("an unbind along the sequence axis (sequence-mixing the compiler does not understand)")
+    one = tuple(1 if i == dim else d for i, d in enumerate(t.shape))
+    out = one[:dim] + one[dim + 1:]
+    parts = []
+    for i in range(t.shape[dim]):
+        part = c.emit("slice", [name], {"axis": dim, "start": i, "end": i + 1}, TensorType(one, t.dtype), f"slice{i}")
+        parts.append(c.emit("reshape", [part], {"shape": list(out)}, TensorType(out, t.dtype), f"item{i}"))
+    return parts
+
+
 def _getitem(c, parts, i):
     vals = c.env.get(parts)
     if not isinstance(vals, list):
@@ -1388,6 +1494,11 @@ for _op, _conv in {
     aten.concat.default: _cat,
     aten.index.Tensor: _index,
     aten.broadcast_to.default: _expand,
+    aten.repeat.default: _repeat,  # DiffLlama's v.repeat(1, 2, 1, 1)
+    aten.unbind.int: _unbind,
+    aten.view_as_complex.default: _view_as_complex,
+    aten.view_as_real.default: _view_as_real,
+    aten.view_as.default: _view_as,
     # Falcon's `mlp_output += attention_output`, `attention_scores /= math.sqrt(self.head_dim)`
     **{getattr(aten, f"{fn}_").Tensor: _in_place(fn) for fn in ("add", "sub", "mul", "div")},
     **{getattr(aten, f"{fn}_").Scalar: _in_place(fn) for fn in ("add", "sub", "mul", "div")},

@@ -597,6 +597,46 @@ def test_a_new_empty_tensor_read_before_it_is_written_whole_is_refused_by_name()
         compiled(CausalLMLogits(HalfWritten().eval(), S))
 
 
+class Tiled(OneLayer):
+    """DiffLlama's `v.repeat(1, 2, 1, 1)` and its `exp(sum(lambda_q * lambda_k))` of parameters alone
+    (folded at compile time), Beam's `view_as`, DeepSeek-V4's `unbind`, Zaya's mean over an inner axis
+    without keepdim and a mean over two axes."""
+
+    def __init__(self):
+        super().__init__()
+        self.lam = nn.Parameter(torch.randn(2, 8) / 4)
+        self.scales = nn.Parameter(torch.rand(3, 8) + 0.5)
+
+    def forward(self, idx):
+        x = self.emb(idx)  # (B, T, 8)
+        heads = x.view(*x.shape[:2], 2, 4)
+        tiled = heads.repeat(1, 1, 2, 1)  # (B, T, 4, 4)
+        lam = torch.exp(torch.sum(self.lam[0] * self.lam[1], dim=-1))
+        pre, post, comb = self.scales.unbind(0)
+        mixed = tiled.mean(dim=-2) * lam + heads.mean(dim=(-2, -1), keepdim=True).view(*x.shape[:2], 1)
+        y = torch.cat([mixed, mixed], dim=-1).view_as(x) * pre + x * post
+        return (y * comb) @ self.emb.weight.T
+
+
+def test_repeat_unbind_view_as_and_means_over_axes_lower_and_match():
+    model = CausalLMLogits(Tiled().eval(), S)
+    g = compiled(model)
+    x = ids(12)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    assert np.abs(Session(g).forward(x) - ref).max() / np.abs(ref).max() <= 1e-5
+
+
+class TiledAlongT(OneLayer):
+    def forward(self, idx):
+        return self.emb(idx).repeat(1, 2, 1)[:, ::2] @ self.emb.weight.T
+
+
+def test_a_repeat_along_the_sequence_is_refused_by_name():
+    with pytest.raises(MonologueError, match=r"a repeat along the sequence axis .* at fx node %repeat \(test_hf_models"):
+        compiled(CausalLMLogits(TiledAlongT().eval(), S))
+
+
 def _gates(g) -> dict[str, str | None]:
     """Each matmul's weight -> the value its gate reads (None: every row computed)."""
     return {n.inputs[1]: None if n.attrs.get("gate") is None else n.inputs[2 + n.attrs["gate"]]
