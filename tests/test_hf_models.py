@@ -621,6 +621,8 @@ class Tiled(OneLayer):
 def test_repeat_unbind_view_as_and_means_over_axes_lower_and_match():
     model = CausalLMLogits(Tiled().eval(), S)
     g = compiled(model)
+    # exp of a sum (a view) of parameters is folded at compile time: the runtimes run no op on weights alone
+    assert not any("exp" in str(n.attrs) for n in g.nodes)
     x = ids(12)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)[None])[0].numpy()

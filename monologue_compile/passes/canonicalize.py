@@ -91,14 +91,17 @@ def fold_constants(g: Graph) -> Graph:
     from ..interpreter import KERNELS, Session
 
     s = Session(Graph({}, {}, [], [], {}), max_len=1)
+    views: dict[str, Weight] = {}  # the values of views of weights, for the kernels that read them
     for n in list(g.nodes):
-        ins = [g.weights.get(i) for i in n.inputs]
-        # views stay views (they cost nothing); position tables are read per step
-        if (not n.inputs or not OPS[n.op].kernel or OPS[n.op].seq != "token" or SEQ in n.type.shape
+        ins = [views.get(i) or g.weights.get(i) for i in n.inputs]
+        # position tables are read per step
+        if (not n.inputs or OPS[n.op].seq != "token" or SEQ in n.type.shape
                 or any(w is None or w.dtype != "f32" for w in ins)):
             continue
-        value = KERNELS[n.op](s, n, n.attrs, ins)
-        value = np.ascontiguousarray(value, dtype=np.float32)
+        value = np.ascontiguousarray(KERNELS[n.op](s, n, n.attrs, ins), dtype=np.float32)
+        if not OPS[n.op].kernel:  # views stay views (they cost nothing; a parameter keeps its name)
+            views[n.name] = Weight(tuple(value.shape), "f32", value)
+            continue
         g.weights[n.name] = Weight(tuple(value.shape), "f32", value, None, "derived")
         g.nodes.remove(n)
     return dead_code(g)
