@@ -257,12 +257,12 @@ class _Ctx:
             name = n.inputs[0]
         return name, chain
 
-    def mask_window(self, a, *, additive: bool, invert: bool = False) -> int:
+    def mask_window(self, a, *, additive: bool, invert: bool = False, **how) -> int:
         """The proven window of an attention mask argument (see position_fold.causal_window)."""
         if not (isinstance(a, torch.fx.Node) and isinstance(self.env.get(a), _Const)):
             self.fail("attention with a mask computed from the tokens (only causal and sliding-window masks are "
                       "understood)")
-        return causal_window(self.evaluator, a, self.tmax, additive=additive, invert=invert)
+        return causal_window(self.evaluator, a, self.tmax, additive=additive, invert=invert, **how)
 
     def score_bias(self, a, heads: int) -> tuple[list[float], int | None] | None:
         """(ALiBi slopes, the window of the keys it blocks or None: blocks none) of a term added to
@@ -928,6 +928,9 @@ def _softmax(c, x, dim, *rest, **kw):
         p = c.env[x]
         if _axis(dim, 4) != 3:
             c.fail("a softmax of attention scores over the query axis")
+        if p.attrs.get("zeroed") is not None:
+            c.fail("a softmax of attention scores multiplied by a mask with no fill added (a zeroed score still "
+                   "counts)")
         if p.attrs["window"] is None:
             c.fail("attention without a causal mask mixes future positions (sequence-mixing the compiler does not "
                    "understand)")
@@ -1162,6 +1165,17 @@ def _scores_op(c, fn, a, b):
             attrs["softcap"] = attrs["softcap"] * factor
         if attrs["alibi"] is not None:
             attrs["alibi"] = [m * factor for m in attrs["alibi"]]
+    elif fn == "mul" and attrs["window"] is None and attrs.get("zeroed") is None and isinstance(other, torch.fx.Node) \
+            and isinstance(c.env.get(other), _Const):
+        # GPT-1's (and the GPT-2 ports') w * b + -1e4 * (1 - b): b zeroes the scores of the keys the
+        # fill added next must block
+        attrs["zeroed"] = c.mask_window(other, additive=False, product=True)
+    elif fn == "add" and attrs.get("zeroed") is not None:
+        # the fill: 0 where b keeps a score, at most -1e4 where it zeroed one (exp(-1e4 - max) is 0 in
+        # f32 for any score above -9896): the same causal mask
+        if c.mask_window(other, additive=True, fill=-1e4) != attrs["zeroed"]:
+            c.fail("attention scores times a mask plus a fill that blocks other keys than the mask zeroed")
+        attrs["window"], attrs["zeroed"] = attrs["zeroed"], None
     elif fn == "add" and (bias := c.score_bias(other, _heads(c, p))) is not None:
         slopes, window = bias
         attrs["alibi"] = slopes if attrs["alibi"] is None else [a + b for a, b in zip(attrs["alibi"], slopes)]
@@ -1293,9 +1307,14 @@ def _matmul(c, a, b, part=""):
         kn = c.g.node(bn) if bn not in c.g.weights else None
         r = len(at.shape)
         swap = list(range(r - 2)) + [r - 1, r - 2]
-        if kn is None or kn.op != "permute" or kn.attrs["perm"] != swap or at.seq_axis != r - 2 or r not in (3, 4):
+        if kn is None or kn.op != "permute" or at.seq_axis != r - 2 or r not in (3, 4):
             c.fail("a product over the sequence axis other than attention's q @ k.transpose(-2, -1)")
-        return _Pending("scores", an, q=an, k=kn.inputs[0], scale=1.0, window=None, softcap=None, alibi=None,
+        k = kn.inputs[0]
+        if kn.attrs["perm"] != swap:  # k.T made by one permute of (B, T, H, D) (GPT-1's permute(0, 2, 3, 1))
+            perm = kn.attrs["perm"][:-2] + kn.attrs["perm"][:-3:-1]
+            kt = c.type(k)
+            k = c.emit("permute", [k], {"perm": perm}, TensorType(tuple(kt.shape[p] for p in perm), kt.dtype), "k")
+        return _Pending("scores", an, q=an, k=k, scale=1.0, window=None, softcap=None, alibi=None,
                         sinks=None, sink_column=False)
     if bn in c.g.weights and len(bt.shape) == 2:
         return c.emit("linear", [an, _transposed(c, bn)], part=part)

@@ -106,13 +106,17 @@ def is_prefix_table(ev: Evaluator, n: torch.fx.Node, axis: int, tmax: int) -> bo
     return True
 
 
-def _allowed(mask: torch.Tensor, additive: bool, bias: bool = False) -> torch.Tensor | None:
+def _allowed(mask: torch.Tensor, additive: bool, bias: bool = False, fill: float = -1e30,
+             product: bool = False) -> torch.Tensor | None:
     """The keys each query may see, or None when the values are neither blocked nor allowed (with
-    `bias`, every value above the blocked ones is allowed: linear_bias checks them)."""
+    `bias`, every value above the blocked ones is allowed: linear_bias checks them). A value at or
+    below `fill` blocks; `product`: the scores are multiplied by the mask, 1 keeps and 0 zeroes."""
     if mask.dtype == torch.bool and not additive:
         return mask
     m = mask.float()
-    blocked = m <= -1e30
+    if product:
+        return m == 1 if bool(((m == 0) | (m == 1)).all()) else None
+    blocked = m <= fill
     allowed = (m > -1e30) & torch.isfinite(m) if bias else m == 0
     if not bool((allowed | blocked).all()):
         return None
@@ -120,7 +124,7 @@ def _allowed(mask: torch.Tensor, additive: bool, bias: bool = False) -> torch.Te
 
 
 def causal_window(ev: Evaluator, n: torch.fx.Node, tmax: int, *, additive: bool, invert: bool = False,
-                  bias: bool = False) -> int:
+                  bias: bool = False, fill: float = -1e30, product: bool = False) -> int:
     """The window (keys visible including the query's own; 0 = all) of the causal mask node `n`,
     proven by evaluating it at several lengths; a mask of any other form is an error.
 
@@ -133,7 +137,7 @@ def causal_window(ev: Evaluator, n: torch.fx.Node, tmax: int, *, additive: bool,
         m = ev.value(n, t)
         if not isinstance(m, torch.Tensor) or m.dim() < 2 or tuple(m.shape[-2:]) != (t, t):
             raise MonologueError(f"the attention mask at {where} is not a (T, T) mask of the sequence")
-        a = _allowed(m, additive, bias)
+        a = _allowed(m, additive, bias, fill, product)
         if a is None:
             raise MonologueError(f"the attention mask at {where} has values other than 0 and -inf (a bias, not a "
                                  "causal mask)")

@@ -639,6 +639,43 @@ def test_a_repeat_along_the_sequence_is_refused_by_name():
         compiled(CausalLMLogits(TiledAlongT().eval(), S))
 
 
+class TimesMask(OneLayer):
+    """Attention masked the way GPT-1 and ports of OpenAI's GPT-2 code do: scores times a tril buffer,
+    plus a large negative fill where it is 0; k.T made by one permute of (B, T, H, D)."""
+
+    def __init__(self, fill: float | None):
+        super().__init__()
+        self.fill = fill
+        self.register_buffer("bias", torch.tril(torch.ones(S, S)).view(1, 1, S, S))
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        B, T, C = x.shape
+        q, k = x.view(B, T, 2, 4).permute(0, 2, 1, 3), x.view(B, T, 2, 4).permute(0, 2, 3, 1)
+        b = self.bias[:, :, :T, :T]
+        w = (q @ k) / 2.0 * b
+        if self.fill is not None:
+            w = w + self.fill * (1 - b)
+        y = F.softmax(w, dim=-1) @ q
+        return y.transpose(1, 2).reshape(B, T, C) @ self.emb.weight.T
+
+
+@pytest.mark.parametrize("fill", [-1e4, -1e10])
+def test_scores_times_a_causal_mask_plus_a_fill_are_causal_attention(fill):
+    model = CausalLMLogits(TimesMask(fill).eval(), S)
+    g = compiled(model)
+    assert [n.attrs["window"] for n in g.nodes if n.op == "attention"] == [0]
+    x = ids(12)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    assert np.abs(Session(g).forward(x) - ref).max() / np.abs(ref).max() <= 1e-5
+
+
+def test_scores_times_a_mask_with_no_fill_are_refused_by_name():
+    with pytest.raises(MonologueError, match="multiplied by a mask with no fill added"):
+        compiled(CausalLMLogits(TimesMask(None).eval(), S))
+
+
 def _gates(g) -> dict[str, str | None]:
     """Each matmul's weight -> the value its gate reads (None: every row computed)."""
     return {n.inputs[1]: None if n.attrs.get("gate") is None else n.inputs[2 + n.attrs["gate"]]
