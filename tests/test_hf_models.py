@@ -704,12 +704,13 @@ def test_each_expert_skips_the_tokens_its_router_did_not_pick():
 
 
 class GatedByHand(OneLayer):
-    """Three outputs times one value per token: an MLP (gated), one divided by its own rows, one
-    through attention (neither gated: 0 in a row would divide by 0; a row is not its own)."""
+    """Outputs times one value per token: an MLP (gated), one divided by its own rows, one through
+    attention (neither gated: 0 in a row would divide by 0; a row is not its own), and one times a
+    value of the position alone (Llama 4's query temperature: a table, no expert's weight)."""
 
     def __init__(self):
         super().__init__()
-        self.up, self.down, self.div, self.mix = (nn.Linear(8, 8) for _ in range(4))
+        self.up, self.down, self.div, self.mix, self.temp = (nn.Linear(8, 8) for _ in range(5))
 
     def forward(self, idx):
         x = self.emb(idx)
@@ -718,7 +719,9 @@ class GatedByHand(OneLayer):
         divided = x / (self.div(x).abs() + 1) * w
         h = self.mix(x)[:, None]
         mixed = F.scaled_dot_product_attention(h, h, h, is_causal=True)[:, 0] * w
-        return (x + mlp + divided + mixed) @ self.emb.weight.T
+        scale = torch.log1p(torch.arange(idx.shape[1], device=idx.device) + 1.0)[None, :, None]
+        tempered = self.temp(x) * scale + self.temp(x.relu()) * scale  # the second after the table's lookup
+        return (x + mlp + divided + mixed + tempered) @ self.emb.weight.T
 
 
 def test_only_per_token_finite_work_on_the_way_to_a_gate_is_skipped():

@@ -45,9 +45,20 @@ def _finite_per_token(n: Node) -> bool:
     return False
 
 
-def _per_token_value(nodes: dict, name: str) -> bool:
-    """One f32 value per token: a (1, T, 1, ...) activation."""
-    if name not in nodes:
+def _from_tokens(g: Graph) -> set[str]:
+    """The values computed from the token ids (not from positions and weights alone)."""
+    out = set(g.inputs)
+    for n in g.nodes:
+        if any(i in out for i in n.inputs):
+            out.add(n.name)
+    return out
+
+
+def _per_token_value(nodes: dict, name: str, from_tokens: set[str]) -> bool:
+    """One f32 value per token computed from the tokens: a (1, T, 1, ...) activation. A value of the
+    position alone (Llama 4's query temperature) is a table the backends read at the position, and
+    is no expert's weight."""
+    if name not in nodes or name not in from_tokens:
         return False
     t = nodes[name].type
     return t.dtype == "f32" and t.seq_axis == 1 and t.shape[0] == 1 and math.prod(t.shape[2:]) == 1
@@ -75,11 +86,13 @@ def gate_products(g: Graph) -> Graph:
     nodes = {n.name: n for n in g.nodes}
     order = {n.name: i for i, n in enumerate(g.nodes)}
     users = g.users()
+    from_tokens = _from_tokens(g)
     for p in g.nodes:
         if p.op != "binary" or p.attrs.get("fn") != "mul" or len(p.inputs) != 2:
             continue
         for v, gate in (p.inputs, p.inputs[::-1]):
-            if (v not in nodes or v in g.outputs or not _per_token_value(nodes, gate) or g.type_of(v).shape != p.type.shape
+            if (v not in nodes or v in g.outputs or not _per_token_value(nodes, gate, from_tokens)
+                    or g.type_of(v).shape != p.type.shape
                     or p.type.seq_axis != 1 or [u.name for u in users[v]] != [p.name]):
                 continue
             cone = _exclusive_cone(g, v, p.name, gate, users, nodes)
