@@ -10,8 +10,8 @@ One line per family (with the other attention implementation where transformers 
 one): `ok` with the errors, `refused` with the compiler's one-line error (a
 construct it does not cover, named), `no model` where transformers itself cannot build the config,
 or `CRASH` with the exception (a bug: a refusal must be a MonologueError). Exits 1 on a crash or a
-failed check. What this found is in issue 18's stop-33 note; the families that needed a fix are in
-the test matrix now.
+failed check. What this found is in issue 18's stop-33, 35 and 36 notes; the constructs that needed
+a fix have tests of their own.
 """
 
 from __future__ import annotations
