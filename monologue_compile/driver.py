@@ -126,6 +126,7 @@ def _manifest_extra(c: Compiled) -> dict:
                   "source": c.loaded.source, "attention_windows": attention_windows(c.graph),
                   **({"attention_softcaps": caps} if any(caps := attention_softcaps(c.graph)) else {}),
                   **({"stacked_weights": st} if (st := stacked_weights(c.graph)) else {}),
+                  **({"gated_matmuls": gated} if (gated := gated_matmuls(c.graph)) else {}),
                   "assumed": c.loaded.assumed},
         "special_tokens": Tokenizer.from_json(c.loaded.tokenizer_json).special_tokens if c.loaded.has_tokenizer else {},
         "chat": c.chat,
@@ -164,6 +165,11 @@ def stacked_weights(g: Graph) -> dict[str, int]:
     return {k: c for k, c in n.items() if c > 1}
 
 
+def gated_matmuls(g: Graph) -> int:
+    """Matmuls that skip the tokens whose gate is 0 (passes/gate.py: an expert its router did not pick)."""
+    return sum(1 for n in g.nodes if n.op == "matmul" and n.attrs.get("gate") is not None)
+
+
 def model_summary(model: dict) -> list[str]:
     """What the compiled model computes that a checkpoint may not say (the manifest's "model"):
     attention windows, softcap, rotary tables, and what was assumed or overridden."""
@@ -179,8 +185,10 @@ def model_summary(model: dict) -> list[str]:
         parts.append(f"attention scores softcapped at {'/'.join(map(str, caps))}")
     stacked = model.get("stacked_weights", {})
     if stacked:
+        gated = model.get("gated_matmuls", 0)
         parts.append(f"experts: {'/'.join(map(str, sorted(set(stacked.values()))))} in each of {len(stacked)} stacked "
-                     "tensors, each skipping the tokens its router did not pick")
+                     "tensors, " + (f"{gated} matmuls skipping the tokens the router did not pick" if gated
+                                    else "every one run on every token (dense)"))
     parts.append(f"rotary tables {'bf16-rounded' if cfg.get('rope_bf16') else 'fp32'}")
     lines = ["model: " + "; ".join(parts)]
     lines += [f"assumed {k} = {v}" for k, v in model.get("assumed", {}).items()]

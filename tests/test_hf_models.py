@@ -393,7 +393,8 @@ def test_cli_compiles_a_moe_checkpoint_stored_one_tensor_per_expert(tmp_path):
     r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(d), "-o", str(out), "--quant",
                         "none", "--no-wasm"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert "experts: 4 in each of 4 stacked tensors" in r.stdout + r.stderr
+    # 2 layers of 4 experts, each a gate|up and a down matmul
+    assert "experts: 4 in each of 4 stacked tensors, 16 matmuls skipping the tokens" in r.stdout + r.stderr
     from monologue_compile.artifact import load_model
 
     g, _, _ = load_model(out)
