@@ -525,14 +525,18 @@ def _stack(c, tensors, dim=0):
     """torch.stack: each tensor given a new axis at dim, then concatenated along it."""
     out = c.out_type()
     dim = _axis(dim, len(out.shape))
+    if out.shape[dim] == SEQ:
+        c.fail("a stack along the sequence axis (sequence-mixing the compiler does not understand)")
+    return _stacked(c, [c.t(a) for a in tensors], dim)
+
+
+def _stacked(c, names: list[str], dim: int) -> str:
+    """The values each given a new axis at dim, concatenated along it."""
     parts = []
-    for i, a in enumerate(tensors):
-        name = c.t(a)
+    for i, name in enumerate(names):
         t = c.type(name)
         shape = t.shape[:dim] + (1,) + t.shape[dim:]
         parts.append(c.emit("reshape", [name], {"shape": list(shape)}, TensorType(shape, t.dtype), f"item{i}"))
-    if out.shape[dim] == SEQ:
-        c.fail("a stack along the sequence axis (sequence-mixing the compiler does not understand)")
     return c.emit("concat", parts, {"axis": dim})
 
 
@@ -594,12 +598,8 @@ def _view_as_complex(c, x):
     t = c.type(name)
     if t.shape[-1] != 2 or t.seq_axis == len(t.shape) - 1:
         c.fail("view_as_complex of a tensor whose last axis is not 2 pairs")
-    one, out = t.shape[:-1] + (1,), TensorType(t.shape[:-1], "f32")
-    parts = {}
-    for i, p in enumerate(("re", "im")):
-        part = c.emit("slice", [name], {"axis": len(t.shape) - 1, "start": i, "end": i + 1}, TensorType(one, "f32"), p)
-        parts[p] = c.emit("reshape", [part], {"shape": list(out.shape)}, out, f"{p}_row")
-    return _Pending("complex", shape=out.shape, **parts)
+    parts = {p: _one_of(c, name, len(t.shape) - 1, i, p) for i, p in enumerate(("re", "im"))}
+    return _Pending("complex", shape=t.shape[:-1], **parts)
 
 
 def _complex_mul(c, a, b):
@@ -621,10 +621,7 @@ def _complex_mul(c, a, b):
 def _view_as_real(c, z):
     """The parts of z side by side along a new last axis of 2: (..., n, 2)."""
     re, im = c.complex_parts(z)
-    t = c.type(re)
-    one = TensorType(t.shape + (1,), "f32")
-    parts = [c.emit("reshape", [p], {"shape": list(one.shape)}, one, f"{p}_col") for p in (re, im)]
-    return c.emit("concat", parts, {"axis": len(t.shape)})
+    return _stacked(c, [re, im], len(c.type(re).shape))
 
 
 def _expand(c, x, size, *rest, **kw):
@@ -1112,10 +1109,16 @@ def _select(c, x, dim, index):
     dim = _axis(dim, len(t.shape))
     if t.shape[dim] == SEQ:
         c.fail("selecting one position of the sequence (sequence-mixing the compiler does not understand)")
-    index = index + t.shape[dim] if index < 0 else index
-    part = c.emit("slice", [name], {"axis": dim, "start": int(index), "end": int(index) + 1},
-                  TensorType(tuple(1 if i == dim else d for i, d in enumerate(t.shape)), t.dtype))
-    return c.emit("reshape", [part], {"shape": list(c.out_type().shape)})
+    return _one_of(c, name, dim, int(index + t.shape[dim] if index < 0 else index))
+
+
+def _one_of(c, name: str, axis: int, i: int, part: str = "") -> str:
+    """name's index i along axis, that axis dropped: a slice, then a reshape."""
+    t = c.type(name)
+    one = tuple(1 if a == axis else d for a, d in enumerate(t.shape))
+    out = TensorType(one[:axis] + one[axis + 1:], t.dtype)
+    sliced = c.emit("slice", [name], {"axis": axis, "start": i, "end": i + 1}, TensorType(one, t.dtype), f"{part}slice")
+    return c.emit("reshape", [sliced], {"shape": list(out.shape)}, out, part)
 
 
 def _window_attention(c, q, k, v, window):
@@ -1371,13 +1374,7 @@ def _unbind(c, x, dim=0):
     dim = _axis(dim, len(t.shape))
     if t.shape[dim] == SEQ:
         c.fail("an unbind along the sequence axis (sequence-mixing the compiler does not understand)")
-    one = tuple(1 if i == dim else d for i, d in enumerate(t.shape))
-    out = one[:dim] + one[dim + 1:]
-    parts = []
-    for i in range(t.shape[dim]):
-        part = c.emit("slice", [name], {"axis": dim, "start": i, "end": i + 1}, TensorType(one, t.dtype), f"slice{i}")
-        parts.append(c.emit("reshape", [part], {"shape": list(out)}, TensorType(out, t.dtype), f"item{i}"))
-    return parts
+    return [_one_of(c, name, dim, i, f"item{i}") for i in range(t.shape[dim])]
 
 
 def _getitem(c, parts, i):

@@ -124,31 +124,43 @@ def _torch_greedy(model, prompt, n):
     return ids[len(prompt):]
 
 
-def test_interpreter_matches_rq(compiled):
+BACKENDS = ["interpreter", "wgpu", "wgpu-cpu", "native", "wasm"]
+
+
+def session(g, backend: str, tmp_path):
+    """g on one of BACKENDS (wgpu-py in the default or the cpu plan profile): forward and reset."""
+    if backend == "interpreter":
+        return Session(g)
+    if backend.startswith("wgpu"):
+        from wgsl_harness import device_or_skip
+
+        from monologue_compile.backends.wgpu_executor import WgpuSession
+
+        device_or_skip()
+        return WgpuSession.from_graph(g, profile="cpu" if backend == "wgpu-cpu" else None)
+    return (native_model if backend == "native" else wasm_model)(g, tmp_path)
+
+
+def test_interpreter_matches_rq(compiled, tmp_path):
     g, rq = compiled
-    s = Session(g)
+    s = session(g, "interpreter", tmp_path)
     check(s.forward, s.reset, rq)
 
 
 @pytest.mark.parametrize("profile", [None, "cpu"], ids=["default", "cpu_profile"])
-def test_wgpu_matches_rq(compiled, profile):
-    from wgsl_harness import device_or_skip
-
-    from monologue_compile.backends.wgpu_executor import WgpuSession
-
-    device_or_skip()
+def test_wgpu_matches_rq(compiled, profile, tmp_path):
     g, rq = compiled
-    s = WgpuSession.from_graph(g, profile=profile)
+    s = session(g, "wgpu-cpu" if profile else "wgpu", tmp_path)
     check(s.forward, s.reset, rq)
 
 
 def test_rust_native_matches_rq(compiled, tmp_path):
     g, rq = compiled
-    m = native_model(g, tmp_path)
+    m = session(g, "native", tmp_path)
     check(m.forward, m.reset, rq)
 
 
 def test_wasm_matches_rq(compiled, tmp_path):
     g, rq = compiled
-    m = wasm_model(g, tmp_path)
+    m = session(g, "wasm", tmp_path)
     check(m.forward, m.reset, rq)

@@ -19,8 +19,7 @@ from monologue_compile.interpreter import Session
 from monologue_compile.lower import lower
 from monologue_compile.parity import rq_state_dict
 from monologue_compile.passes import run_pipeline
-from test_conformance import native_model, wasm_model
-from test_custom_gpt import PROMPT, check
+from test_custom_gpt import BACKENDS, PROMPT, check, session
 
 V, DIM, N_HEADS, N_KV_HEADS, S = 96, 48, 4, 2, 160
 HEAD_DIM = DIM // N_HEADS
@@ -150,31 +149,8 @@ def test_complex_rotary_compiles_to_real_ops_and_matches_the_model():
     assert np.abs(parts - ref).max() / np.abs(ref).max() <= 1e-5  # positions carried across calls
 
 
-def test_interpreter_matches_rq(compiled):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_matches_rq(compiled, backend, tmp_path):
     g, rq = compiled
-    s = Session(g)
+    s = session(g, backend, tmp_path)
     check(s.forward, s.reset, rq, V)
-
-
-@pytest.mark.parametrize("profile", [None, "cpu"], ids=["default", "cpu_profile"])
-def test_wgpu_matches_rq(compiled, profile):
-    from wgsl_harness import device_or_skip
-
-    from monologue_compile.backends.wgpu_executor import WgpuSession
-
-    device_or_skip()
-    g, rq = compiled
-    s = WgpuSession.from_graph(g, profile=profile)
-    check(s.forward, s.reset, rq, V)
-
-
-def test_rust_native_matches_rq(compiled, tmp_path):
-    g, rq = compiled
-    m = native_model(g, tmp_path)
-    check(m.forward, m.reset, rq, V)
-
-
-def test_wasm_matches_rq(compiled, tmp_path):
-    g, rq = compiled
-    m = wasm_model(g, tmp_path)
-    check(m.forward, m.reset, rq, V)
