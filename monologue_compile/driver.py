@@ -192,6 +192,9 @@ def model_summary(model: dict) -> list[str]:
     parts.append(f"rotary tables {'bf16-rounded' if cfg.get('rope_bf16') else 'fp32'}")
     lines = ["model: " + "; ".join(parts)]
     lines += [f"assumed {k} = {v}" for k, v in model.get("assumed", {}).items()]
+    if model["source"].get("last_position_only"):
+        lines.append("the model returns logits for its last position only; compiled for every position, without "
+                     f"the selection at {model['source']['last_position_only']}")
     if model["source"].get("overrides"):
         lines.append("overridden: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in model["source"]["overrides"].items()))
     return lines
@@ -211,7 +214,7 @@ def compile_to(checkpoint, out, quant="int8", tokenizer=None, config=None, verif
     if model_code:
         from .frontend.module import from_model_code
 
-        checkpoint = from_model_code(model_code, checkpoint, config, tokenizer)
+        checkpoint = from_model_code(model_code, checkpoint, config, tokenizer, (overrides or {}).get("sequence_len"))
     c = build(checkpoint, quant, tokenizer, config, overrides, chat_template)
     if dump_ir:
         click.echo(c.graph.dump(), nl=False)
@@ -354,8 +357,9 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a loaded or detected model config value (JSON value), e.g. --set short_window=512")
 @click.option("--force", is_flag=True, help="replace OUTPUT even if it holds files the compiler did not write")
-@click.option("--model-code", help="path.py:Name: build the model with your own code, Name(**config) "
-              "(config: --config JSON or the checkpoint's model_args); verify uses it as the reference")
+@click.option("--model-code", help="path.py:Name: build the model with your own code, Name(**config), or "
+              "Name(Config(**config)) where Name takes one config object (config: --config JSON or the checkpoint's "
+              "model_args); verify uses it as the reference")
 @click.option("--chat-template", type=click.Path(path_type=Path),
               help="a Jinja chat template to use instead of the model's own (tokenizer_config.json / chat_template.jinja)")
 def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, verify, eval_per_family, no_wasm,
@@ -370,6 +374,13 @@ def compile_cmd(checkpoint, output, quant, tokenizer, config, dump_ir, explain, 
                           model_code=model_code, chat_template=chat_template)
     for line in model_summary(manifest["model"]) + chat_summary(manifest.get("chat")):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if verify:
+        backends = json.loads((Path(output) / "parity.json").read_text())["backends"]
+        ran = [k for k, v in backends.items() if v["status"] == "pass"]
+        console.print(f"parity: PASS on {', '.join(ran)}"
+                      + "".join(f"; {k} {v['status']}" + (f": {v['reason']}" if v.get("reason") else "")
+                                for k, v in backends.items() if k not in ran)
+                      + f" ({Path(output) / 'parity.md'})", markup=False, highlight=False, soft_wrap=True)
     total = sum(f["bytes"] for f in manifest["files"])
     console.print(f"wrote {output} (model {total / 2**20:.1f} MiB, quant {quant}); `monologue serve {output}` serves it")
 

@@ -17,6 +17,7 @@ import torch
 import torch.fx
 
 from .errors import MonologueError
+from .frontend.trace import source_line
 from .models import ops  # noqa: F401  (registers monologue::causal_attention before the table below)
 from .ir import SEQ, Graph, Node, TensorType, Weight, dense_strides, verify
 from .position_fold import Evaluator, bias_kind, causal_window, constant_nodes, is_prefix_table, linear_bias
@@ -24,22 +25,6 @@ from .position_fold import Evaluator, bias_kind, causal_window, constant_nodes, 
 aten = torch.ops.aten
 F32_EPS = float(np.finfo(np.float32).eps)
 IDS = "ids"
-
-
-def _source(n: torch.fx.Node) -> str:
-    """'file.py:123 code' for the innermost frame of the user's model (not torch's own)."""
-    st = n.meta.get("stack_trace") or ""
-    lines = st.strip().splitlines()
-    best = ""
-    for i, ln in enumerate(lines):
-        ln = ln.strip()
-        if ln.startswith("File ") and "/torch/" not in ln:
-            parts = ln.split('"')
-            fname = parts[1].rsplit("/", 1)[-1] if len(parts) > 1 else "?"
-            lineno = ln.split("line ")[-1].split(",")[0]
-            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
-            best = f"{fname}:{lineno} {code}"
-    return best
 
 
 class _Pending:
@@ -85,7 +70,7 @@ class _Ctx:
 
     # --- helpers for converters ------------------------------------------------------------
     def where(self) -> str:
-        src = _source(self.fx) if self.fx is not None else ""
+        src = source_line(self.fx) if self.fx is not None else ""
         return f"fx node %{self.fx.name}" + (f" ({src})" if src else "")
 
     def fail(self, msg: str):
@@ -137,7 +122,7 @@ class _Ctx:
         """A node named after the fx node; `part` names a step of a several-op lowering, so that the fx
         node's own name stays on its value (parity compares values by name)."""
         name = self.g.fresh(self.fx.name + (f"__{part}" if part else ""))
-        src = f"fx:{self.fx.name}" + (f" @ {_source(self.fx)}" if _source(self.fx) else "")
+        src = f"fx:{self.fx.name}" + (f" @ {source_line(self.fx)}" if source_line(self.fx) else "")
         stack = self.fx.meta.get("nn_module_stack") or {}
         if stack:  # the innermost module, e.g. "transformer.h.3.attn": which layer a kernel belongs to
             src += f" in {list(stack.values())[-1][0]}"
@@ -190,7 +175,7 @@ class _Ctx:
                 name = self.g.fresh(a.name + (f"_{part}" if part else "") + "_pos")
                 self.g.nodes.append(Node(name, "positions", [table], {"axis": seq_axes[0]},
                                          TensorType(tuple(shape), "f32"), f"fx:{a.name}"
-                                         + (f" @ {_source(a)}" if _source(a) else "")))
+                                         + (f" @ {source_line(a)}" if source_line(a) else "")))
         self.materialized[a, part] = name
         return name
 

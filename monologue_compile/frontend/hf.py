@@ -45,8 +45,11 @@ class CausalLMLogits(nn.Module):
         self.model = model
         self.sequence_len = sequence_len
         self.config = types.SimpleNamespace(sequence_len=sequence_len)  # what parity's per-layer trace reads
+        self.every = None  # the model's graph made to return every position (last_position.py), if it needs one
 
     def forward(self, idx):
+        if self.every is not None:
+            return self.every(idx)
         out = self.model(input_ids=idx, use_cache=False) if _takes_input_ids(self.model) else self.model(idx)
         if isinstance(out, (tuple, list)):
             out = out[0]

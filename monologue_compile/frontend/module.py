@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import copy
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,16 +13,24 @@ import torch.nn as nn
 
 from ..errors import MonologueError
 from .hf import CausalLMLogits, _checkpoint_names
+from .last_position import every_position
+
+
+# Where a model keeps its config, and what its longest sequence is called there: transformers'
+# config, nanoGPT's GPTConfig (block_size), llama2.c's ModelArgs (max_seq_len), litgpt's Config, ...
+_CONFIG_HOLDERS = ("config", "params", "args", "cfg", "hparams")
+_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "block_size", "sequence_len", "max_seq_len",
+                "max_seq_length", "context_length", "n_ctx", "seq_len")
 
 
 def _sequence_len(model: nn.Module) -> int | None:
     from .hf import MAX_SEQUENCE_LEN
 
-    cfg = getattr(model, "config", None)
-    for holder in (cfg, model):
-        for key in ("max_position_embeddings", "n_positions", "block_size", "sequence_len"):
+    holders = [getattr(model, h, None) for h in _CONFIG_HOLDERS] + [model]
+    for holder in holders:
+        for key in _LENGTH_KEYS:
             v = getattr(holder, key, None) if holder is not None else None
-            if isinstance(v, int) and v > 0:
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
                 return min(v, MAX_SEQUENCE_LEN)
     return None
 
@@ -44,11 +54,12 @@ def from_module(model: nn.Module, tokenizer=None, sequence_len: int | None = Non
         raise MonologueError(f"compile() takes an nn.Module, got {type(model).__name__}")
     seq = sequence_len or _sequence_len(model)
     if not seq:
-        raise MonologueError(f"{type(model).__name__}: give sequence_len= (no max_position_embeddings, n_positions, "
-                             "block_size or sequence_len on the model)")
+        raise MonologueError(f"{type(model).__name__}: its longest sequence is not on the model or its config "
+                             f"({', '.join(_LENGTH_KEYS[:5])}, ...): give sequence_len= (--set sequence_len=N)")
     wrapper = CausalLMLogits(model.eval(), int(seq))
     with torch.no_grad():
         vocab = int(wrapper(torch.zeros(1, 1, dtype=torch.long)).shape[-1])
+    dropped = every_position(wrapper, vocab)
     sd = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
     params = {k for k, _ in model.named_parameters(remove_duplicate=False)}
 
@@ -56,11 +67,13 @@ def from_module(model: nn.Module, tokenizer=None, sequence_len: int | None = Non
         """The model itself, or a copy with other weights (R_q from the IR's names)."""
         if state_dict is sd:
             return wrapper
-        other = copy.deepcopy(wrapper)
+        with warnings.catch_warnings():  # deepcopy of an exported graph's tree spec warns of torch's own API
+            warnings.simplefilter("ignore", FutureWarning)
+            other = copy.deepcopy(wrapper)
         other.model.load_state_dict(_checkpoint_names(state_dict, params), strict=False)
         return other
 
-    source = {"name": type(model).__name__, "kind": "module"}
+    source = {"name": type(model).__name__, "kind": "module", **({"last_position_only": dropped} if dropped else {})}
     return LoadedModel("module", {"sequence_len": int(seq), "vocab_size": vocab}, sd, _tokenizer_json(tokenizer), source,
                        factory=factory)
 
@@ -79,10 +92,17 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
         raise MonologueError(f"--model-code {spec}: expected path/to/file.py:Name of an existing file")
     mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     mod = importlib.util.module_from_spec(mod_spec)
+    # as `python path.py` would: its folder importable (a model file beside its own modules), and
+    # the module in sys.modules (dataclasses look their module up there)
+    folder = str(Path(path).resolve().parent)
+    sys.path.insert(0, folder)
+    sys.modules[mod.__name__] = mod
     try:
         mod_spec.loader.exec_module(mod)
     except Exception as e:  # the user's own code: say where it broke, in one line
         raise MonologueError(f"--model-code {path}: importing it failed: {type(e).__name__}: {e}") from None
+    finally:
+        sys.path.remove(folder)
     make = getattr(mod, name, None)
     if not callable(make):
         raise MonologueError(f"--model-code {spec}: {path} defines no {name}")
@@ -103,14 +123,63 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
             args = json.loads(Path(config).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise MonologueError(f"{config}: not a readable JSON config: {e}") from None
+    config_class = _config_class(make, args, mod, spec)
+    call = f"{name}({config_class.__name__}(**{sorted(args)}))" if config_class else f"{name}(**{sorted(args)})"
     try:
-        model = make(**args)
+        model = make(config_class(**args)) if config_class else make(**args)
     except Exception as e:
-        raise MonologueError(f"--model-code {spec}: {name}(**{sorted(args)}) failed: {type(e).__name__}: {e}") from None
+        raise MonologueError(f"--model-code {spec}: {call} failed: {type(e).__name__}: {e}") from None
     try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        raise MonologueError(f"{ckpt}: does not fit {name}: {str(e).splitlines()[0][:200]}") from None
+        fit = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # a size mismatch: torch's lines after the first name the tensors
+        detail = "; ".join(ln.strip() for ln in str(e).splitlines()[1:3])
+        raise MonologueError(f"{ckpt}: does not fit {name}: {detail[:300]}") from None
+    # a buffer the checkpoint lacks is the one the model's constructor made (a mask, a rotary table)
+    buffers = {k for k, _ in model.named_buffers()}
+    missing = [k for k in fit.missing_keys if k not in buffers]
+    if missing or fit.unexpected_keys:
+        parts = [f"{what} {len(keys)} (first: {keys[0]})" for what, keys in
+                 (("missing", missing), ("unexpected", fit.unexpected_keys)) if keys]
+        raise MonologueError(f"{ckpt}: does not fit {name}: " + "; ".join(parts))
     loaded = from_module(model, tokenizer, sequence_len)
-    loaded.source = {"name": ckpt.name, "kind": "model-code", "code": Path(path).name + ":" + name}
+    loaded.source = {**loaded.source, "name": ckpt.name, "kind": "model-code", "code": Path(path).name + ":" + name}
     return loaded
+
+
+def _config_class(make, args: dict, mod, spec: str) -> type | None:
+    """The class to build the config object from where `make` takes one (nanoGPT's `GPT(config)`, built
+    as `GPT(GPTConfig(**model_args))`): the parameter's annotation, else the one class in the user's
+    file whose constructor takes every key of `args`. None where `make(**args)` fits as it is."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(make).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if (not args or not positional or any(p.kind is p.VAR_KEYWORD for p in params)
+            or set(args) <= {p.name for p in params}
+            or any(p.default is p.empty for p in params[params.index(positional[0]) + 1:])):
+        return None
+    if isinstance(positional[0].annotation, type) and _takes(positional[0].annotation, args):
+        return positional[0].annotation
+    fits = {c for c in vars(mod).values() if isinstance(c, type) and not issubclass(c, nn.Module) and _takes(c, args)}
+    if len(fits) > 1:
+        fits = {c for c in fits if c.__name__.endswith("Config")} or fits
+    if len(fits) == 1:
+        return fits.pop()
+    found = f"{len(fits)} ({', '.join(sorted(c.__name__ for c in fits))})" if fits else "none"
+    raise MonologueError(f"--model-code {spec}: {make.__name__}({positional[0].name}) takes a config object, and of the "
+                         f"classes in {Path(mod.__file__).name} taking {sorted(args)}, {found} was found; give a function "
+                         f"that builds the model from them")
+
+
+def _takes(cls: type, args: dict) -> bool:
+    """Whether `cls(**args)` names only parameters `cls` has (a dataclass's fields, say)."""
+    import inspect
+
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return set(args) <= set(params) and not any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -1,0 +1,418 @@
+"""Hand-written GPTs from other projects, their model file and ckpt.pt compiled unmodified with
+`--model-code model.py:Name`.
+
+MODEL_PY follows nanoGPT's model.py where the compiler meets it: `GPT(config)` takes a GPTConfig
+dataclass (train.py builds `GPT(GPTConfig(**model_args))`), forward(idx, targets=None) returns
+(logits, loss) with `lm_head(x[:, [-1], :])` (the last position only) when there are no targets,
+and attention is SDPA or, without it, a `tril` buffer of block_size rows sliced to `[:T, :T]`.
+ckpt.pt is train.py's: {"model" (torch.compile's `_orig_mod.` prefix), "model_args", "optimizer",
+"iter_num", "best_val_loss", "config"}.
+
+LLAMA2C_PY follows llama2.c's model.py likewise: `Transformer(params: ModelArgs)`, the length as
+`max_seq_len`, RoPE on (real, imaginary) pairs split by reshape + unbind and put back by stack +
+flatten, grouped KV heads by expand + reshape, and a forward that returns the last position's
+logits alone (no tuple); its rotary tables are buffers the checkpoint does not hold.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+MODEL_PY = '''
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, input):
+        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.flash = hasattr(torch.nn.functional, "scaled_dot_product_attention") and not config.slow
+        if not self.flash:
+            self.register_buffer("bias", torch.tril(torch.ones(config.block_size, config.block_size))
+                                 .view(1, 1, config.block_size, config.block_size))
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.flash:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
+                                               dropout_p=self.dropout if self.training else 0, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+            att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+            att = self.attn_dropout(F.softmax(att, dim=-1))
+            y = att @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    slow: bool = False
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight
+
+    def forward(self, idx, targets=None):
+        b, t = idx.size()
+        assert t <= self.config.block_size, f"Cannot forward sequence of length {t}"
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        else:
+            logits = self.lm_head(x[:, [-1], :])  # the last position only
+            loss = None
+        return logits, loss
+'''
+
+
+def _nanogpt(tmp_path, slow: bool, seed: int = 0):
+    """model.py and a trained-looking ckpt.pt (random weights, scaled so the logits are not flat)."""
+    (tmp_path / "model.py").write_text(MODEL_PY)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+
+        model_py = importlib.import_module("model")
+        importlib.reload(model_py)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("model", None)
+    args = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, bias=True, vocab_size=65, dropout=0.0)
+    if slow:
+        args["slow"] = True
+    torch.manual_seed(seed)
+    model = model_py.GPT(model_py.GPTConfig(**args))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.5 if "wte" in name or "wpe" in name else 0.2)
+    ckpt = {"model": {"_orig_mod." + k: v for k, v in model.state_dict().items()}, "model_args": args,
+            "optimizer": torch.optim.AdamW(model.parameters()).state_dict(), "iter_num": 5000,
+            "best_val_loss": torch.tensor(1.47), "config": {"dataset": "shakespeare_char", "batch_size": 64}}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    return model
+
+
+def _compile(tmp_path, *extra):
+    return subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tmp_path / "ckpt.pt"),
+                           "-o", str(tmp_path / "dist"), "--model-code", f"{tmp_path / 'model.py'}:GPT", *extra],
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "tril_buffer"])
+def test_nanogpt_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp_path, attention):
+    """GPT(GPTConfig(**model_args)) is built from the file's dataclass, the last-position selection is
+    dropped (the summary names it), and every backend the dist ships matches the model's own logits."""
+    _nanogpt(tmp_path, slow=attention == "tril_buffer")
+    r = _compile(tmp_path, "--verify")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "last position only" in r.stderr and "model.py:" in r.stderr and "x[:, [-1], :]" in r.stderr
+    report = json.loads((tmp_path / "dist" / "parity.json").read_text())
+    assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
+    assert {b for b, v in report["backends"].items() if v["status"] == "pass"} >= {"numpy", "native", "wgpu-cpu"}
+    assert report["checks"]["greedy_vs_rq"]["steps"] > 40 and report["checks"]["vs_fp32"]["top1_agreement"] >= 0.9
+    manifest = json.loads((tmp_path / "dist" / "model" / "manifest.json").read_text())
+    assert "x[:, [-1], :]" in manifest["model"]["source"]["last_position_only"]
+
+
+def test_the_compiled_graph_gives_every_position_the_model_gives_the_last(tmp_path):
+    """The Python API on the module itself: the graph's logits at each position equal the model's
+    output for the prefix ending there."""
+    import numpy as np
+
+    from monologue_compile.frontend.module import from_module
+    from monologue_compile.interpreter import Session
+    from monologue_compile.lower import lower
+    from monologue_compile.frontend.trace import trace
+
+    model = _nanogpt(tmp_path, slow=False).eval()
+    loaded = from_module(model)
+    wrapper = loaded.build_module()
+    g = lower(trace(wrapper, 64))
+    ids = torch.randint(0, 65, (12,), generator=torch.Generator().manual_seed(3))
+    got = Session(g).forward(ids.numpy())
+    with torch.no_grad():
+        want = np.stack([model(ids[None, : i + 1])[0][0, -1].numpy() for i in range(12)])
+    assert got.shape == (12, 65)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+MIXING = MODEL_PY.replace("logits = self.lm_head(x[:, [-1], :])  # the last position only",
+                          "logits = self.lm_head(x[:, [-1], :].cumsum(1))")
+
+
+def test_a_last_position_selection_followed_by_mixing_positions_is_refused(tmp_path):
+    """Dropping the selection must leave the model's output at the last position: here what follows
+    sums along the sequence, so it would not, and the compile stops naming the node and line."""
+    _nanogpt(tmp_path, slow=False)
+    (tmp_path / "model.py").write_text(MIXING)
+    r = _compile(tmp_path, "--no-wasm")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert "last position only" in r.stderr and "mixes positions" in r.stderr and "model.py:" in r.stderr
+    assert not (tmp_path / "dist").exists()
+
+
+def test_a_config_object_no_class_in_the_file_takes_is_refused_by_name(tmp_path):
+    _nanogpt(tmp_path, slow=False)
+    (tmp_path / "model.py").write_text(MODEL_PY.replace("    slow: bool = False\n", "").replace(
+        "and not config.slow", "and not getattr(config, 'slow', False)"))
+    args = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    args["model_args"]["rope_theta"] = 10000.0
+    torch.save(args, tmp_path / "ckpt.pt")
+    r = _compile(tmp_path, "--no-wasm")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "GPT(config) takes a config object" in r.stderr and "rope_theta" in r.stderr and "none was found" in r.stderr
+
+
+def test_model_code_imports_modules_beside_it(tmp_path):
+    """`from model import GPT` in a file beside model.py works as `python file.py` would have it."""
+    _nanogpt(tmp_path, slow=False)
+    (tmp_path / "build.py").write_text("from model import GPT, GPTConfig\n\n\n"
+                                       "def make(**args):\n    return GPT(GPTConfig(**args))\n")
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tmp_path / "ckpt.pt"),
+                        "-o", str(tmp_path / "dist"), "--model-code", f"{tmp_path / 'build.py'}:make", "--no-wasm"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+LLAMA2C_PY = '''
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: Optional[int] = None
+    vocab_size: int = 32000
+    multiple_of: int = 256
+    norm_eps: float = 1e-5
+    max_seq_len: int = 2048
+    dropout: float = 0.0
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def apply_rotary_emb(xq, xk, freqs_cos, freqs_sin):
+    xq_r, xq_i = xq.float().reshape(xq.shape[:-1] + (-1, 2)).unbind(-1)
+    xk_r, xk_i = xk.float().reshape(xk.shape[:-1] + (-1, 2)).unbind(-1)
+    shape = [d if i == 1 or i == xq_r.ndim - 1 else 1 for i, d in enumerate(xq_r.shape)]
+    freqs_cos, freqs_sin = freqs_cos.view(shape), freqs_sin.view(shape)
+    xq_out = torch.stack([xq_r * freqs_cos - xq_i * freqs_sin, xq_r * freqs_sin + xq_i * freqs_cos], dim=-1).flatten(3)
+    xk_out = torch.stack([xk_r * freqs_cos - xk_i * freqs_sin, xk_r * freqs_sin + xk_i * freqs_cos], dim=-1).flatten(3)
+    return xq_out.type_as(xq), xk_out.type_as(xk)
+
+
+def repeat_kv(x, n_rep):
+    bs, slen, n_kv_heads, head_dim = x.shape
+    if n_rep == 1:
+        return x
+    return x[:, :, :, None, :].expand(bs, slen, n_kv_heads, n_rep, head_dim).reshape(bs, slen, n_kv_heads * n_rep, head_dim)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_kv_heads = args.n_heads if args.n_kv_heads is None else args.n_kv_heads
+        self.n_heads, self.n_rep, self.head_dim = args.n_heads, args.n_heads // self.n_kv_heads, args.dim // args.n_heads
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+
+    def forward(self, x, freqs_cos, freqs_sin):
+        bsz, seqlen, _ = x.shape
+        xq = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
+        xk = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        xv = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        xq, xk = apply_rotary_emb(xq, xk, freqs_cos, freqs_sin)
+        xk, xv = repeat_kv(xk, self.n_rep), repeat_kv(xv, self.n_rep)
+        out = F.scaled_dot_product_attention(xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2), is_causal=True)
+        return self.wo(out.transpose(1, 2).contiguous().view(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim, multiple_of):
+        super().__init__()
+        hidden_dim = multiple_of * ((int(2 * 4 * dim / 3) + multiple_of - 1) // multiple_of)
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, layer_id, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args.dim, args.multiple_of)
+        self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+
+    def forward(self, x, freqs_cos, freqs_sin):
+        h = x + self.attention(self.attention_norm(x), freqs_cos, freqs_sin)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, params: ModelArgs):
+        super().__init__()
+        self.params = params
+        self.tok_embeddings = nn.Embedding(params.vocab_size, params.dim)
+        self.layers = nn.ModuleList([TransformerBlock(i, params) for i in range(params.n_layers)])
+        self.norm = RMSNorm(params.dim, eps=params.norm_eps)
+        self.output = nn.Linear(params.dim, params.vocab_size, bias=False)
+        self.tok_embeddings.weight = self.output.weight
+        head = params.dim // params.n_heads
+        freqs = 1.0 / (10000.0 ** (torch.arange(0, head, 2)[: head // 2].float() / head))
+        freqs = torch.outer(torch.arange(params.max_seq_len), freqs).float()
+        self.register_buffer("freqs_cos", torch.cos(freqs), persistent=False)
+        self.register_buffer("freqs_sin", torch.sin(freqs), persistent=False)
+
+    def forward(self, tokens, targets=None):
+        _bsz, seqlen = tokens.shape
+        h = self.tok_embeddings(tokens)
+        freqs_cos, freqs_sin = self.freqs_cos[:seqlen], self.freqs_sin[:seqlen]
+        for layer in self.layers:
+            h = layer(h, freqs_cos, freqs_sin)
+        h = self.norm(h)
+        if targets is not None:
+            return self.output(h)
+        return self.output(h[:, [-1], :])
+'''
+
+
+def test_llama2c_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp_path):
+    """Transformer(ModelArgs(**model_args)) through the parameter's annotation, max_seq_len read from
+    model.params, and every backend the dist ships matches, at int4 as at int8."""
+    import importlib
+
+    (tmp_path / "model.py").write_text(LLAMA2C_PY)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        model_py = importlib.reload(importlib.import_module("model"))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("model", None)
+    args = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, multiple_of=32, max_seq_len=64, dropout=0.0)
+    torch.manual_seed(1)
+    model = model_py.Transformer(model_py.ModelArgs(**args))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.5 if "emb" in name else 0.15)
+    torch.save({"model": model.state_dict(), "model_args": args, "iter_num": 1, "best_val_loss": 2.0, "config": {}},
+               tmp_path / "ckpt.pt")
+    for quant in ("int8", "int4-g32"):
+        r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tmp_path / "ckpt.pt"), "-o",
+                            str(tmp_path / quant), "--model-code", f"{tmp_path / 'model.py'}:Transformer",
+                            "--quant", quant, "--verify"], capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "self.output(h[:, [-1], :])" in r.stderr
+        report = json.loads((tmp_path / quant / "parity.json").read_text())
+        assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
+        manifest = json.loads((tmp_path / quant / "model" / "manifest.json").read_text())
+        assert manifest["model"]["config"]["sequence_len"] == 64
+
+
+def test_a_checkpoint_that_does_not_fit_the_class_names_the_keys(tmp_path):
+    _nanogpt(tmp_path, slow=False)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    ckpt["model"]["extra.weight"] = ckpt["model"].pop("_orig_mod.transformer.ln_f.weight")
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    r = _compile(tmp_path, "--no-wasm")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "does not fit GPT: missing 1 (first: transformer.ln_f.weight); unexpected 1 (first: extra.weight)" in r.stderr
