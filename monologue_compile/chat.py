@@ -293,6 +293,10 @@ def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts
 
     session = BACKENDS[backend](graph, dist)
     console = Console(highlight=False)
+    label = "answer"
+    if chat.get("continues_text"):  # a base model: no chat template, the conversation is one text
+        label = "continued"
+        console.print("This model has no chat template: it continues your text.", style="dim", markup=False)
     rng = np.random.default_rng(seed)
     messages: list[dict] = []
     fed: list[int] = []
@@ -328,7 +332,7 @@ def chat_cmd(dist, backend, temperature, top_k, top_p, seed, max_tokens, prompts
             for part, piece in splitter.feed(lead + text):
                 if part != state["part"]:
                     console.print("\n[dim italic]thinking:[/dim italic] " if part == "thought" else
-                                  "\n[bold]answer:[/bold] ", end="")
+                                  f"\n[bold]{label}:[/bold] ", end="")
                     state["part"] = part
                 console.print(piece, style="dim italic" if part == "thought" else None, end="", markup=False)
 

@@ -445,19 +445,53 @@ def prove(reduced: dict, template: str, where: str, context: dict, tok) -> int:
 
 # --- the manifest's chat section ---------------------------------------------------------------------
 
+# the special tokens of this project's (and nanochat's) own layout, used where a model has no template
+NANOCHAT_LAYOUT = ("<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>")
+
+
+def text_section(tok, eos: list[int]) -> dict:
+    """The chat of a model with no chat template and no tokens of this project's layout (a base model:
+    GPT-2, a nanoGPT or llama2.c run): the conversation is one running text that the model continues.
+    Every template string is empty but the opening, which is what the tokenizer puts before a text of
+    its own (Llama's `<s>`); a system message opens the text. A reply ends at an eos id, else at the
+    token limit."""
+    plain = {"prefix": "", "suffix": "", "strip": "none"}
+    template = {"opening": text_opening(tok.to_json()),
+                "system": {"placement": "merged", "before": "", "between": "\n\n"},
+                "user": plain, "assistant": plain, "generation": "", "generation_no_thinking": None,
+                "thought": {"history": None}}
+    return {"template": template, "source": "none: the model continues the text", "stop": sorted(set(eos)),
+            "thought": None, "end_of_turn": None, "proved": 0, "continues_text": True}
+
+
+def text_opening(tokenizer_json: str) -> str:
+    """The special tokens a tokenizer.json's post-processor puts before a text on its own (a
+    TemplateProcessing's leading tokens: Llama's `<s>`, Llama 3's `<|begin_of_text|>`), as text."""
+    try:
+        doc = json.loads(tokenizer_json)
+    except ValueError:
+        return ""
+    post = doc.get("post_processor") if isinstance(doc, dict) else None
+    steps = post.get("processors", []) if isinstance(post, dict) and post.get("type") == "Sequence" else [post]
+    opening = ""
+    for step in steps:
+        if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
+            for item in step.get("single") or []:
+                token = item.get("SpecialToken") if isinstance(item, dict) else None
+                if not isinstance(token, dict) or not isinstance(token.get("id"), str):
+                    break
+                opening += token["id"]
+    return opening
+
+
 def chat_section(tok, template: tuple[str, str, str] | None, specials: dict[str, str], eos: list[int]) -> dict:
     """The manifest's "chat": the reduced template (null: this project's own layout), where it came
     from, the tokens that end the assistant's turn, and the thought markers of a model that thinks."""
     names = tok.special_tokens
     thinks = THINK_OPEN in names and THINK_CLOSE in names
     if template is None:
-        missing = [n for n in ("<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>")
-                   if n not in names]
-        if missing:
-            import click
-
-            click.echo(f"warning: no chat template and the tokenizer has no {missing[0]} for this project's own "
-                       "layout: the chat will refuse to start; give one with --chat-template FILE", err=True)
+        if any(n not in names for n in NANOCHAT_LAYOUT):
+            return text_section(tok, eos)
         stop = [names[n] for n in ("<|assistant_end|>", "<|bos|>") if n in names]
         return {"template": None, "source": "built-in", "stop": stop,
                 "thought": {"open": THINK_OPEN, "close": THINK_CLOSE} if thinks else None,

@@ -389,6 +389,9 @@ def chat_summary(chat: dict | None) -> list[str]:
     """The manifest's chat in a line: where the template came from, what proved it, how a reply ends."""
     if chat is None:
         return []
+    if chat.get("continues_text"):
+        ends = f"an eos id ({chat['stop']})" if chat["stop"] else "the token limit (no eos id is known)"
+        return [f"chat: no chat template, so the model continues the text; a reply ends at {ends}"]
     t = chat["template"]
     proved = f", proved token for token on {chat['proved']} conversations" if chat["proved"] else ""
     switch = "; thinking can be switched off" if t and t.get("generation_no_thinking") is not None else ""

@@ -505,3 +505,36 @@ def test_cli_refuses_a_hostile_template_in_one_line_and_writes_nothing(tmp_path,
     assert r.exit_code == 2 and "unsafe template refused" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+# --- a model without a chat template -------------------------------------------------------------
+
+def with_bos_post_processor(tokenizer_json: Path) -> None:
+    """Add Llama-2's post-processor (`<s>` before a text) to a tokenizer.json, as its real files have."""
+    from tokenizers import processors
+
+    hf = tokenizers.Tokenizer.from_file(str(tokenizer_json))
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", hf.token_to_id("<s>"))])
+    hf.save(str(tokenizer_json))
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_a_model_without_a_template_continues_one_text_as_its_tokenizer_encodes_it(style, tmp_path):
+    """No chat template and none of this project's layout tokens (a base model): the conversation is
+    one running text, opened as the tokenizer opens a text on its own (Llama-2's `<s>`), so the prompt
+    ids are the tokenizer's ids of all the messages' contents joined; a reply ends at the eos ids."""
+    train_tokenizer(style).save(str(tmp_path / "tokenizer.json"))
+    if style == "llama2":
+        with_bos_post_processor(tmp_path / "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.load(tmp_path / "tokenizer.json")
+    chat = chat_section(tok, None, {}, [2])
+    assert chat["continues_text"] and chat["stop"] == [2] and chat["thought"] is None
+    assert chat["template"]["opening"] == ("<s>" if style == "llama2" else "")
+    messages = [{"role": "user", "content": "Once upon a time"}, {"role": "assistant", "content": " there was 2+2"},
+                {"role": "user", "content": " and then, 🙂"}]
+    for n in (1, 3):
+        text = "".join(m["content"] for m in messages[:n])
+        assert tok.render_for_completion(messages[:n], template=chat["template"]) == hf.encode(text).ids
+    system = [{"role": "system", "content": "A story."}] + messages[:1]
+    assert tok.render_for_completion(system, template=chat["template"]) == hf.encode("A story.\n\nOnce upon a time").ids

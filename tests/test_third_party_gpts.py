@@ -378,8 +378,18 @@ class Transformer(nn.Module):
 
 def test_llama2c_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp_path):
     """Transformer(ModelArgs(**model_args)) through the parameter's annotation, max_seq_len read from
-    model.params, and every backend the dist ships matches, at int4 as at int8."""
+    model.params, and every backend the dist ships matches, at int4 as at int8. With Llama-2's
+    tokenizer and no chat template, `monologue chat` continues the text: PyTorch's greedy tokens."""
     import importlib
+
+    pytest.importorskip("tokenizers")
+    from test_chat_template_hf import train_tokenizer, with_bos_post_processor
+
+    from monologue_compile.tokenizer import Tokenizer
+
+    train_tokenizer("llama2").save(str(tmp_path / "tokenizer.json"))
+    with_bos_post_processor(tmp_path / "tokenizer.json")
+    tok = Tokenizer.load(tmp_path / "tokenizer.json")
 
     (tmp_path / "model.py").write_text(LLAMA2C_PY)
     sys.path.insert(0, str(tmp_path))
@@ -388,7 +398,8 @@ def test_llama2c_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("model", None)
-    args = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, multiple_of=32, max_seq_len=64, dropout=0.0)
+    args = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, multiple_of=32, max_seq_len=64,
+                dropout=0.0)
     torch.manual_seed(1)
     model = model_py.Transformer(model_py.ModelArgs(**args))
     with torch.no_grad():
@@ -399,13 +410,28 @@ def test_llama2c_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp
     for quant in ("int8", "int4-g32"):
         r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tmp_path / "ckpt.pt"), "-o",
                             str(tmp_path / quant), "--model-code", f"{tmp_path / 'model.py'}:Transformer",
-                            "--quant", quant, "--verify"], capture_output=True, text=True, timeout=900)
+                            "--quant", quant, "--verify", "--tokenizer", str(tmp_path / "tokenizer.json")],
+                           capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "self.output(h[:, [-1], :])" in r.stderr
         report = json.loads((tmp_path / quant / "parity.json").read_text())
         assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
         manifest = json.loads((tmp_path / quant / "model" / "manifest.json").read_text())
         assert manifest["model"]["config"]["sequence_len"] == 64
+        assert manifest["chat"]["continues_text"] and "the model continues the text" in r.stderr
+
+    prompt = tok.render_for_completion([{"role": "user", "content": "Once upon a time"}],
+                                       template=manifest["chat"]["template"])
+    assert prompt == [tok.special_tokens["<s>"]] + tok.encode("Once upon a time")
+    want: list[int] = []
+    with torch.no_grad():
+        for _ in range(6):
+            want.append(int(model(torch.tensor([prompt + want]))[0, -1].argmax()))
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "chat", str(tmp_path / "int8"), "--backend", "native",
+                        "--prompt", "Once upon a time", "--max-tokens", "6"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "it continues your text" in r.stdout
+    assert "continued: " + tok.decode(want).strip() in " ".join(r.stdout.split())
 
 
 def test_a_checkpoint_that_does_not_fit_the_class_names_the_keys(tmp_path):

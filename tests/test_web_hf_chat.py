@@ -1,7 +1,8 @@
 """A Hugging Face folder chatting in the page: a tiny random Qwen3 (byte-level BPE trained here,
 Qwen3's chat template) and a tiny random Llama (SentencePiece-style BPE with byte fallback,
 Llama-2's template), saved with save_pretrained, compiled at int8 with runtime.wasm, served, and a
-three-turn chat in headless Chromium on WebGPU and on wasm.
+three-turn chat in headless Chromium on WebGPU and on wasm. The same Llama without a chat template (a
+base model) continues one running text: its prompt ids are the tokenizer's ids of the messages joined.
 
 What is proven, turn by turn: the prompt ids the page's worker prefills (rendered by runtime.wasm
 from the manifest's reduced template) equal transformers' `apply_chat_template(..., tokenize=True,
@@ -29,7 +30,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from test_chat_template_hf import QWEN3_TEMPLATE, STYLES, hf_prompt, model_folder  # noqa: E402
+from test_chat_template_hf import QWEN3_TEMPLATE, STYLES, hf_prompt, model_folder, with_bos_post_processor  # noqa: E402
 from test_runtime_native_parity import shared_crate_dir  # noqa: E402
 from test_web_wasm import have_wasm_toolchain  # noqa: E402
 
@@ -90,7 +91,7 @@ def recording_page(browser, url: str):
     return context, page, errors
 
 
-@pytest.fixture(scope="module", params=sorted(STYLES))
+@pytest.fixture(scope="module", params=sorted(STYLES) + ["llama2-base"])
 def hf_site(request, tmp_path_factory):
     """(style, dist, AutoTokenizer, the compiled Tokenizer, R_q module, stop ids) for a compiled HF folder with runtime.wasm."""
     from transformers import AutoTokenizer
@@ -102,7 +103,13 @@ def hf_site(request, tmp_path_factory):
 
     style = request.param
     d = tmp_path_factory.mktemp(f"{style}-web-model")
-    model_folder(style, d)
+    model_folder(style.removesuffix("-base"), d)
+    if style == "llama2-base":  # a base model: no chat template, and Llama-2's `<s>` before a text
+        config = json.loads((d / "tokenizer_config.json").read_text())
+        config.pop("chat_template", None)
+        (d / "tokenizer_config.json").write_text(json.dumps(config))
+        (d / "chat_template.jinja").unlink(missing_ok=True)
+        with_bos_post_processor(d / "tokenizer.json")
     if style == "qwen3":
         config = json.loads((d / "tokenizer_config.json").read_text())
         config["chat_template"] = QWEN3_THINKING_TEMPLATE
@@ -146,6 +153,8 @@ def test_three_turns_prompt_ids_are_apply_chat_template_and_replies_are_r_q(brow
         page.wait_for_selector("body[data-state='ready']", timeout=60_000)
         assert page.input_value("#backend") == backend
 
+        if style == "llama2-base":
+            assert "continues" in page.inner_text("#intro-text")
         settings(page, temperature=0, maxNewTokens=MAX_NEW_TOKENS)
         compared = 0
         for n, question in enumerate(QUESTIONS, 1):
@@ -155,7 +164,10 @@ def test_three_turns_prompt_ids_are_apply_chat_template_and_replies_are_r_q(brow
             turn = turns[-1]
             messages = turn["messages"]
             assert [m["content"] for m in messages if m["role"] == "user"] == QUESTIONS[:n]  # nothing dropped
-            assert turn["prompt"] == hf_prompt(auto, messages), (n, messages)
+            if style == "llama2-base":  # one running text, as the tokenizer encodes it on its own
+                assert turn["prompt"] == auto("".join(m["content"] for m in messages))["input_ids"], (n, messages)
+            else:
+                assert turn["prompt"] == hf_prompt(auto, messages), (n, messages)
             want = rq_greedy(rq, turn["prompt"], stops, MAX_NEW_TOKENS)
             assert turn["tokens"] == want, (n, messages)
             compared += len(want)

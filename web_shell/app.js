@@ -444,12 +444,19 @@ function finishNote(reason, limit, maxNewTokens) {
   return "";
 }
 
+// The intro for a model that does not think before it answers (index.html has the one that does).
+const INTROS = {
+  chat: "Ask a question.",
+  text: "This model has no chat template: write the start of a text and it continues it.",
+};
+
 const onMessage = {
   progress(message) {
     if (document.body.dataset.state === "loading" || message.background) showProgress(message);
   },
-  verified({ stats, canSwitchThinking, about }) {
+  verified({ stats, canSwitchThinking, about, kind }) {
     fileStats = stats;
+    if (kind in INTROS) $("intro-text").textContent = INTROS[kind];
     $("thinking-setting").hidden = !canSwitchThinking;
     if (about) showAbout(about);
   },

@@ -57,6 +57,8 @@ const handlers = {
       stats: model.stats,
       canSwitchThinking: typeof model.manifest.chat?.template?.generation_no_thinking === "string",
       about: model.manifest.model?.source?.about ?? null,
+      // what the intro tells the visitor: a base model continues text; a chat model may think first
+      kind: model.manifest.chat?.continues_text ? "text" : model.manifest.chat?.thought === null ? "chat" : "thinks",
     });
     backends = await probeBackends(model.manifest, model.files);
     post("backends", { backends });
