@@ -192,7 +192,7 @@ class Tokenizer:
             raise MonologueError(f"tokenizer file not found: {path}")
         data = path.read_bytes()
         if data[:1] == b"\x80":  # pickle protocol 2 and later
-            text = _tiktoken_pickle_to_json(data, path)
+            text = _pickle_to_json(data, path)
         else:
             try:
                 text = data.decode("utf-8")
@@ -403,16 +403,19 @@ class _EncodingUnpickler(pickle.Unpickler):
         raise MonologueError(f"{self._path}: refused a persistent reference in the pickle")
 
 
-def _tiktoken_pickle_to_json(data: bytes, path: Path) -> str:
-    """tokenizer.json text for a pickled tiktoken Encoding (nanochat's tokenizer.pkl)."""
+def _pickle_to_json(data: bytes, path: Path) -> str:
+    """tokenizer.json text for a pickled tiktoken Encoding (nanochat's tokenizer.pkl) or a pickled
+    char vocabulary (nanoGPT's meta.pkl)."""
     try:
         obj = _EncodingUnpickler(data, path).load()
     except MonologueError:
         raise
     except Exception as e:  # any malformed pickle
         raise MonologueError(f"{path}: not a readable tokenizer.pkl ({type(e).__name__}: {e})") from None
+    if isinstance(obj, dict) and "stoi" in obj:
+        return _char_vocab_to_json(obj["stoi"], path)
     if not isinstance(obj, _PickledEncoding):
-        raise MonologueError(f"{path}: the pickle does not hold a tiktoken Encoding")
+        raise MonologueError(f"{path}: the pickle holds neither a tiktoken Encoding nor a char vocabulary (stoi)")
     state = obj.state
     if isinstance(state, str):
         raise MonologueError(
@@ -445,6 +448,25 @@ def _tiktoken_pickle_to_json(data: bytes, path: Path) -> str:
             "special_tokens": dict(sorted(specials.items(), key=lambda kv: kv[1])),
         }
     )
+
+
+def _char_vocab_to_json(stoi, path: Path) -> str:
+    """A Hugging Face tokenizer.json for nanoGPT's char-level meta.pkl ({"stoi": {char: id}, ...}):
+    a BPE of those chars without merges or byte tokens, read back by joining them. A char the
+    vocabulary lacks is left out of the ids, as `tokenizers` leaves it out for such a file."""
+    if not isinstance(stoi, dict) or not all(isinstance(k, str) and type(v) is int for k, v in stoi.items()):
+        raise MonologueError(f"{path}: stoi must map str to int")
+    if sorted(stoi.values()) != list(range(len(stoi))):
+        raise MonologueError(f"{path}: stoi's ids must be 0..{len(stoi) - 1}, each once")
+    if bad := next((k for k in stoi if len(k) != 1), None):
+        raise MonologueError(f"{path}: stoi holds {bad!r}, not one character (a char-level vocabulary is read)")
+    return json.dumps({
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+        "pre_tokenizer": None, "post_processor": None, "decoder": {"type": "Fuse"},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": dict(sorted(stoi.items(), key=lambda kv: kv[1])), "merges": []},
+    }, ensure_ascii=False)
 
 
 # --- demo: `python -m monologue_compile.tokenizer demo` ---

@@ -6,7 +6,7 @@ dataclass (train.py builds `GPT(GPTConfig(**model_args))`), forward(idx, targets
 (logits, loss) with `lm_head(x[:, [-1], :])` (the last position only) when there are no targets,
 and attention is SDPA or, without it, a `tril` buffer of block_size rows sliced to `[:T, :T]`.
 ckpt.pt is train.py's: {"model" (torch.compile's `_orig_mod.` prefix), "model_args", "optimizer",
-"iter_num", "best_val_loss", "config"}.
+"iter_num", "best_val_loss", "config"}; its tokenizer, shakespeare_char's meta.pkl (a char vocabulary).
 
 LLAMA2C_PY follows llama2.c's model.py likewise: `Transformer(params: ModelArgs)`, the length as
 `max_seq_len`, RoPE on (real, imaginary) pairs split by reshape + unbind and put back by stack +
@@ -17,6 +17,7 @@ logits alone (no tuple); its rotary tables are buffers the checkpoint does not h
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 
@@ -142,6 +143,11 @@ class GPT(nn.Module):
 '''
 
 
+# the 65 chars of nanoGPT's shakespeare_char, whose meta.pkl is {"vocab_size", "itos", "stoi"}
+SHAKESPEARE_CHARS = "\n !$&',-.3:;?" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "abcdefghijklmnopqrstuvwxyz"
+assert len(SHAKESPEARE_CHARS) == 65
+
+
 def _nanogpt(tmp_path, slow: bool, seed: int = 0):
     """model.py and a trained-looking ckpt.pt (random weights, scaled so the logits are not flat)."""
     (tmp_path / "model.py").write_text(MODEL_PY)
@@ -179,8 +185,11 @@ def _compile(tmp_path, *extra):
 def test_nanogpt_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp_path, attention):
     """GPT(GPTConfig(**model_args)) is built from the file's dataclass, the last-position selection is
     dropped (the summary names it), and every backend the dist ships matches the model's own logits."""
-    _nanogpt(tmp_path, slow=attention == "tril_buffer")
-    r = _compile(tmp_path, "--verify")
+    model = _nanogpt(tmp_path, slow=attention == "tril_buffer").eval()
+    itos = dict(enumerate(SHAKESPEARE_CHARS))
+    (tmp_path / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 65, "itos": itos,
+                                                      "stoi": {c: i for i, c in itos.items()}}))
+    r = _compile(tmp_path, "--verify", "--tokenizer", str(tmp_path / "meta.pkl"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "last position only" in r.stderr and "model.py:" in r.stderr and "x[:, [-1], :]" in r.stderr
     report = json.loads((tmp_path / "dist" / "parity.json").read_text())
@@ -189,6 +198,19 @@ def test_nanogpt_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp
     assert report["checks"]["greedy_vs_rq"]["steps"] > 40 and report["checks"]["vs_fp32"]["top1_agreement"] >= 0.9
     manifest = json.loads((tmp_path / "dist" / "model" / "manifest.json").read_text())
     assert "x[:, [-1], :]" in manifest["model"]["source"]["last_position_only"]
+    assert manifest["chat"]["continues_text"] and manifest["chat"]["stop"] == []
+
+    # the chat continues the text char by char, as the model's own greedy sampling does
+    prompt = [SHAKESPEARE_CHARS.index(c) for c in "ROMEO:"]
+    want: list[int] = []
+    with torch.no_grad():
+        for _ in range(12):
+            want.append(int(model(torch.tensor([prompt + want]))[0][0, -1].argmax()))
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "chat", str(tmp_path / "dist"), "--backend",
+                        "native", "--prompt", "ROMEO:", "--max-tokens", "12"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shown = r.stdout.split("continued: ", 1)[1].split("(reached --max-tokens")[0]
+    assert shown.strip() == "".join(SHAKESPEARE_CHARS[i] for i in want).strip()
 
 
 def test_the_compiled_graph_gives_every_position_the_model_gives_the_last(tmp_path):

@@ -113,6 +113,36 @@ def test_imports_a_nanochat_tokenizer_pkl(tok, tmp_path, protocol):
         )
 
 
+def _nanogpt_meta(text: str) -> dict:
+    """What nanoGPT's data/shakespeare_char/prepare.py pickles into meta.pkl."""
+    chars = sorted(set(text))
+    return {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": {c: i for i, c in enumerate(chars)}}
+
+
+def test_imports_a_nanogpt_char_level_meta_pkl(tmp_path):
+    """Each char its id (stoi), decode joins the chars (itos); a char outside the vocabulary is
+    left out, as `tokenizers` leaves it out of the tokenizer.json the compiler writes for it."""
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+    meta = _nanogpt_meta(text)
+    path = tmp_path / "meta.pkl"
+    path.write_bytes(pickle.dumps(meta))
+    tok = Tokenizer.load(path)
+    assert tok.encode(text) == [meta["stoi"][c] for c in text]
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.encode("speak, 9 Zed") == [meta["stoi"][c] for c in "speak,  ed"]
+    assert tok.vocab_size == meta["vocab_size"] and not tok.special_tokens
+
+
+@pytest.mark.parametrize("stoi, says", [({"ab": 0, "c": 1}, "'ab', not one character"),
+                                        ({"a": 0, "b": 2}, r"ids must be 0\.\.1"),
+                                        ({"a": "0"}, "stoi must map str to int")])
+def test_a_meta_pkl_that_is_not_a_char_vocabulary_is_refused(tmp_path, stoi, says):
+    path = tmp_path / "meta.pkl"
+    path.write_bytes(pickle.dumps({"vocab_size": len(stoi), "stoi": stoi}))
+    with pytest.raises(MonologueError, match=f"meta.pkl: .*{says}"):
+        Tokenizer.load(path)
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned > evil_was_here",))
@@ -130,7 +160,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
 def test_pickle_of_something_else_is_refused(tmp_path):
     path = tmp_path / "tokenizer.pkl"
     path.write_bytes(pickle.dumps({"just": "a dict"}))
-    with pytest.raises(MonologueError, match="does not hold a tiktoken Encoding"):
+    with pytest.raises(MonologueError, match="neither a tiktoken Encoding nor a char vocabulary"):
         Tokenizer.load(path)
     path.write_bytes(pickle.dumps([1, 2, 3])[:-3])
     with pytest.raises(MonologueError, match="not a readable tokenizer.pkl"):

@@ -307,3 +307,32 @@ def test_added_token_flags_equal_the_tokenizers_library(style, corpus, tmp_path)
     texts += [s[: len(s) // 2] + "".join(rng.choices(FLAGGED_TEXT, k=3)) + s[len(s) // 2 :] for s in corpus[:500]]
     mismatches = [t for t in texts if tok.encode(t) != hf.encode(t, add_special_tokens=False).ids]
     assert not mismatches, f"{len(mismatches)} of {len(texts)} differ, first: {mismatches[0]!r}"
+
+
+# --- a vocabulary of chars without byte tokens (nanoGPT's meta.pkl as the compiler writes it) ------
+
+@pytest.mark.parametrize("unknown", ["dropped", "unk", "fused_unk"])
+def test_a_char_vocabulary_without_byte_tokens_equals_the_tokenizers_library(corpus, tmp_path, unknown):
+    """BPE over chars with the decoder Fuse alone and no byte fallback: a char outside the (limited)
+    alphabet is left out, or is the unk token (one per run with fuse_unk), and merges then join its
+    neighbours as `tokenizers` joins them."""
+    from tokenizers import decoders, models, trainers
+
+    unk = None if unknown == "dropped" else "<unk>"
+    hf = tokenizers.Tokenizer(models.BPE(unk_token=unk, fuse_unk=unknown == "fused_unk"))
+    hf.decoder = decoders.Fuse()
+    hf.train_from_iterator(corpus[: N_STRINGS // 2], trainer=trainers.BpeTrainer(
+        vocab_size=400, limit_alphabet=60, special_tokens=[unk] if unk else [], show_progress=False))
+    path = tmp_path / "tokenizer.json"
+    hf.save(str(path))
+    tok = Tokenizer.load(path)
+    strings = corpus + ["a\u00e9\u00e9b", "\u00e9\u00e9\u00e9", "x\U0001f642\U0001f642y"]
+    mismatches = [s for s in strings if tok.encode(s) != hf.encode(s).ids]
+    assert not mismatches, f"{len(mismatches)} of {len(strings)} differ, first: {mismatches[0]!r}"
+    vocab = hf.get_vocab()
+    assert sum(c not in vocab for s in strings for c in s) > 1000  # the unknown chars were exercised
+    for s in corpus[:300]:
+        ids = hf.encode(s).ids
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False)
+    if unknown != "dropped":
+        assert tok.encode("\U0001f642\U0001f642") == hf.encode("\U0001f642\U0001f642").ids != []

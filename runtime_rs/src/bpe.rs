@@ -71,8 +71,12 @@ pub struct HfOptions {
     /// The flags of each added token, in the order of the added tokens.
     pub added: Vec<AddedFlags>,
     /// SentencePiece style (Llama-2, Mistral, Gemma): pieces start as chars, a char without a
-    /// token as its `<0xNN>` byte tokens; else byte-level (pieces start as bytes).
+    /// token as its `<0xNN>` byte tokens; else byte-level (pieces start as bytes). A vocabulary of
+    /// chars without byte tokens (decoder `Plain`) is char-level too.
     pub char_level: bool,
+    /// For a vocabulary without byte tokens: the id a char without a token becomes, and whether a
+    /// run of them is one (`fuse_unk`); `None`: such a char is dropped, as `tokenizers` drops it.
+    pub unk: Option<(Rank, bool)>,
     /// A piece that is a whole token is that token, without merging (Llama-3's `ignore_merges`).
     pub ignore_merges: bool,
     pub decoder: Decoder,
@@ -167,6 +171,8 @@ pub enum Decoder {
     /// Metaspace: `▁` becomes a space, except in the first token, where (unless the
     /// prepend_scheme is "never", `drop_first`) it is dropped; byte tokens stay as their text.
     Metaspace { drop_first: bool },
+    /// Fuse alone: the tokens' text joined (a vocabulary of chars, nanoGPT's meta.pkl).
+    Plain,
 }
 
 type PieceCache = FxHashMap<Vec<u8>, Vec<Rank>>;
@@ -276,12 +282,15 @@ impl Tokenizer {
                 return Err(format!("vocabulary token of id {} is listed twice", id));
             }
         }
+        // every byte's token (byte-level, or SentencePiece's byte fallback); a vocabulary of chars has none
         let mut byte_ids = Vec::with_capacity(256);
-        for byte in 0..=255u8 {
-            let token = if options.char_level { format!("<0x{:02X}>", byte).into_bytes() } else { vec![byte] };
-            match encoder.get(&token) {
-                Some(&id) => byte_ids.push(id),
-                None => return Err(format!("byte {} has no token {} (every byte needs one)", byte, String::from_utf8_lossy(&token))),
+        if options.decoder != Decoder::Plain {
+            for byte in 0..=255u8 {
+                let token = if options.char_level { format!("<0x{:02X}>", byte).into_bytes() } else { vec![byte] };
+                match encoder.get(&token) {
+                    Some(&id) => byte_ids.push(id),
+                    None => return Err(format!("byte {} has no token {} (every byte needs one)", byte, String::from_utf8_lossy(&token))),
+                }
             }
         }
         let mut pairs: FxHashMap<(Rank, Rank), (Rank, Rank)> = FxHashMap::default();
@@ -518,6 +527,9 @@ impl Tokenizer {
     /// SentencePiece-style BPE of a normalized text: parts start as chars, or as the byte tokens
     /// of a char that has no token.
     fn merge_chars(&self, hf: &HfModel, text: &[u8], out: &mut Vec<Rank>) {
+        if hf.byte_ids.is_empty() {
+            return self.merge_known_chars(hf, text, out);
+        }
         let mut parts = Vec::with_capacity(text.len());
         let mut at = 0;
         while at < text.len() {
@@ -529,6 +541,32 @@ impl Tokenizer {
             at += len;
         }
         merge_parts(text, parts.into_iter(), |_, left, right| hf.merges.get(&(left, right)).copied(), out);
+    }
+
+    /// BPE over a vocabulary without byte tokens, as `tokenizers` runs it: a char without a token
+    /// is the unknown token (one for a run, with fuse_unk), or is left out where there is none,
+    /// and its neighbours then merge as if it had never been there.
+    fn merge_known_chars(&self, hf: &HfModel, text: &[u8], out: &mut Vec<Rank>) {
+        let (mut kept, mut parts) = (Vec::with_capacity(text.len()), Vec::with_capacity(text.len()));
+        let (mut at, mut unknown_run) = (0, false);
+        while at < text.len() {
+            let c = &text[at..at + utf8_len(text[at])];
+            at += c.len();
+            let known = self.encoder.get(c).copied();
+            let id = match (known, hf.options.unk) {
+                (Some(id), _) => id,
+                (None, Some((_, true))) if unknown_run => {
+                    kept.extend_from_slice(c); // the run's one unknown token covers this char too
+                    continue;
+                }
+                (None, Some((unk, _))) => unk,
+                (None, None) => continue,
+            };
+            unknown_run = known.is_none();
+            parts.push((kept.len(), id));
+            kept.extend_from_slice(c);
+        }
+        merge_parts(&kept, parts.into_iter(), |_, left, right| hf.merges.get(&(left, right)).copied(), out);
     }
 
     /// Encode, recognising the allowed special tokens (tiktoken's `encode(allowed_special=...)`);

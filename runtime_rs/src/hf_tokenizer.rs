@@ -5,7 +5,9 @@
 //! Split come after ByteLevel and so see each byte as its char). SentencePiece (byte fallback to `<0xNN>`):
 //! the normalizer Prepend `▁` + Replace ` `→`▁` (Llama-2, Mistral v0.1, TinyLlama) or the Replace
 //! alone (Gemma), or a Metaspace pre-tokenizer (newer Llama/Mistral files), maybe with Split and
-//! Digits; decoder Replace/ByteFallback/Fuse[/Strip] or Metaspace. Either may normalize with NFC
+//! Digits; decoder Replace/ByteFallback/Fuse[/Strip] or Metaspace. A vocabulary of chars without
+//! byte tokens (decoder Fuse alone; nanoGPT's char-level meta.pkl as the compiler writes it), where a
+//! char it lacks is the unk_token or dropped, as `tokenizers` does. Either may normalize with NFC
 //! (Qwen2/3) or NFKC first. The normalizer and
 //! pre-tokenizer become `Step`s applied in order. Anything else in the file (another model,
 //! normalizer, pre-tokenizer, decoder or flag) is refused by name rather than tokenized
@@ -196,6 +198,9 @@ fn escape(literal: &str) -> String {
 /// The decoder of a SentencePiece-style tokenizer.
 fn sentencepiece_decoder(part: Option<&Json>) -> Result<Decoder, String> {
     let part = part.filter(|p| **p != Json::Null).ok_or("tokenizer.json: a SentencePiece-style BPE needs a decoder")?;
+    if type_of(part) == "Fuse" {
+        return Ok(Decoder::Plain);
+    }
     if type_of(part) == "Metaspace" {
         require(text_of(part, "replacement").map_or(true, |r| r == "\u{2581}"), "a Metaspace decoder replacement other than ▁")?;
         return Ok(Decoder::Metaspace { drop_first: prepend_scheme(part)? != Prepend::Never });
@@ -225,17 +230,23 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
     let model = doc.get("model").ok_or("tokenizer.json has no \"model\"")?;
     require(type_of(model) == "BPE", &format!("model type {}", type_of(model)))?;
     let byte_level = doc.get("decoder").map(type_of) == Some("ByteLevel");
+    // a vocabulary of chars read back as they are, without byte tokens (nanoGPT's char-level meta.pkl)
+    let plain = doc.get("decoder").map(type_of) == Some("Fuse");
     let char_level = !byte_level;
     for key in ["dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"] {
         let unset = match model.get(key) {
             None | Some(Json::Null) => true,
-            // with byte fallback every char has tokens, so the unknown token is never produced
+            // with byte fallback every char has tokens, so the unknown token is never produced;
+            // without it (plain) a char the vocabulary lacks becomes it
             Some(Json::String(s)) => s.is_empty() || (key == "unk_token" && char_level),
             _ => false,
         };
         require(unset, &format!("the BPE model's {}", key))?;
     }
-    require(flag(model, "byte_fallback") == char_level, "byte_fallback without a SentencePiece-style decoder, or the reverse")?;
+    require(
+        flag(model, "byte_fallback") == (char_level && !plain),
+        "byte_fallback without a SentencePiece-style decoder, or the reverse",
+    )?;
     let mut steps = Vec::new();
     let normalizer = normalizer_steps(doc.get("normalizer"), &mut steps)?;
     let normalizer_steps = steps.len();
@@ -257,7 +268,25 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
         vocab_and_merges(model, |token| token_bytes(token, &map))?
     };
     let (added, added_flags) = added_tokens(doc)?;
-    let options = HfOptions { normalizer, steps, byte_steps, normalizer_steps, added: added_flags, char_level, ignore_merges: flag(model, "ignore_merges"), decoder, source: text.to_string() };
+    let unk = match text_of(model, "unk_token").filter(|u| plain && !u.is_empty()) {
+        None => None,
+        Some(u) => match vocab.iter().find(|(bytes, _)| bytes == u.as_bytes()) {
+            Some(&(_, id)) => Some((id, flag(model, "fuse_unk"))),
+            None => return Err(format!("tokenizer.json: the unk_token {:?} is not in the vocabulary", u)),
+        },
+    };
+    let options = HfOptions {
+        normalizer,
+        steps,
+        byte_steps,
+        normalizer_steps,
+        added: added_flags,
+        char_level,
+        unk,
+        ignore_merges: flag(model, "ignore_merges"),
+        decoder,
+        source: text.to_string(),
+    };
     Tokenizer::from_hf(vocab, &merges, added, options)
 }
 
