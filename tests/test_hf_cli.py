@@ -36,3 +36,51 @@ def test_compile_cli_builds_a_save_pretrained_folder_for_every_backend(family, t
     assert gen.count("k::attention(") == 2  # one per layer, in the (1, T, H, D) layout the runtime reads
     ir = json.loads((out / "model" / "ir.json").read_text())
     assert all(n["type"]["shape"][:2] == [1, "T"] for n in ir["nodes"] if "T" in n["type"]["shape"])
+
+
+def test_an_older_folder_with_pytorch_model_bin_and_gpt2_tokenizer_files_compiles(tmp_path):
+    """A folder as TinyStories-33M's (GPT-Neo) is published: pytorch_model.bin, no safetensors, and
+    GPT-2's slow tokenizer files (vocab.json + merges.txt), no tokenizer.json. The weights are read
+    with weights_only=True; the tokenizer is the one transformers builds from those files (its ids
+    on a few strings), and the model, with no chat template, continues the text."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from monologue_compile.tokenizer import Tokenizer
+
+    folder = tmp_path / "tinystories"
+    folder.mkdir()
+    bpe = tokenizers.Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["Once upon a time, there was a little girl named Lily. She was 3. 🙂"] * 40,
+                            trainer=trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    bpe.model.save(str(folder))  # vocab.json, merges.txt
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+         "unk_token": "<|endoftext|>", "model_max_length": 2048}))
+    cfg = hf_configs()["gpt_neo"]
+    cfg.vocab_size, cfg.eos_token_id, cfg.bos_token_id = bpe.get_vocab_size(), 0, 0
+    torch.manual_seed(5)
+    model = randomized(AutoModelForCausalLM.from_config(cfg, dtype=torch.float32), 6)
+    model.save_pretrained(folder)  # transformers 5 writes safetensors only: the .bin as older versions wrote it
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    assert (folder / "pytorch_model.bin").exists() and not (folder / "model.safetensors").exists()
+    assert not (folder / "tokenizer.json").exists()
+
+    out = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(folder), "-o", str(out), "--no-wasm",
+                        "--verify"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "warning" not in r.stderr and json.loads((out / "parity.json").read_text())["ok"]
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["model"]["source"]["files"] == ["pytorch_model.bin"]
+    assert manifest["chat"]["continues_text"] and manifest["chat"]["stop"] == [0]
+    tok = Tokenizer.from_json((out / "model" / "tokenizer.json").read_text())
+    auto = AutoTokenizer.from_pretrained(str(folder))
+    for text in ["Once upon a time, Lily was 33.", "  two  spaces 🙂<|endoftext|>next", "ünïcödé"]:
+        assert tok.encode(text) == auto(text)["input_ids"], text

@@ -1,8 +1,10 @@
-"""A Hugging Face model folder: the module from transformers' own modeling code, weights from safetensors.
+"""A Hugging Face model folder: the module from transformers' own modeling code, weights from safetensors
+(or weights_only pickles).
 
     config.json                      -> transformers config (no remote code: `trust_remote_code` stays off)
-    model.safetensors                -> weights, read tensor by tensor (never a pickle), bf16/f16 -> f32
+    model.safetensors                -> weights, read tensor by tensor, bf16/f16 -> f32
     model.safetensors.index.json     -> or the shards it lists
+    pytorch_model.bin(.index.json)   -> or, without safetensors, PyTorch's pickles read with weights_only=True
     tokenizer.json                   -> the tokenizer (Hugging Face's format, read by the Rust runtime), or
                                         --tokenizer; a folder without one compiles to a model run from ids
     tokenizer_config.json            -> the Jinja chat_template (or chat_template.jinja) and the special-token
@@ -90,18 +92,22 @@ def read_config(folder: Path):
 
 
 def weight_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as e:
-            raise MonologueError(f"{index}: not a safetensors index ({e})") from None
-        files = [folder / s for s in shards]
-    elif (folder / "model.safetensors").exists():
-        files = [folder / "model.safetensors"]
+    """The folder's weight files: safetensors where it has them, else PyTorch's pytorch_model.bin
+    (older folders: GPT-Neo, OPT, TinyStories), one file or the shards of an index."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        index = folder / f"{name}.index.json"
+        if index.exists():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError, UnicodeDecodeError) as e:
+                raise MonologueError(f"{index}: not a weight index ({e})") from None
+            files = [folder / s for s in shards]
+            break
+        if (folder / name).exists():
+            files = [folder / name]
+            break
     else:
-        raise MonologueError(f"{folder}: no model.safetensors or model.safetensors.index.json (only safetensors "
-                             "weights are read: a pickle can run code)")
+        raise MonologueError(f"{folder}: no model.safetensors, pytorch_model.bin or an index of either")
     for f in files:
         if not f.exists():
             raise MonologueError(f"{f}: weight shard listed in the index is missing")
@@ -109,11 +115,20 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
-    """Every tensor as f32 (floating) or as stored (integer), one at a time."""
+    """Every tensor as f32 (floating) or as stored (integer), one at a time. A pytorch_model.bin is
+    a pickle: it is read with weights_only=True, which builds tensors and runs nothing else."""
     from safetensors import SafetensorError, safe_open
+
+    from .load import _torch_load
 
     sd: dict[str, torch.Tensor] = {}
     for f in files:
+        if f.suffix != ".safetensors":
+            state = _torch_load(f)
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise MonologueError(f"{f}: not a state dict of tensors")
+            sd.update({k: t.to(torch.float32) if t.is_floating_point() else t for k, t in state.items()})
+            continue
         try:
             with safe_open(str(f), framework="pt") as st:
                 for k in st.keys():
