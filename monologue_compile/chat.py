@@ -247,10 +247,18 @@ class TextStream:
         self.tok = tok
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text = ""
+        self.previous: int | None = None
 
     def add(self, token: int) -> bool:
-        """Take one token; True when the text grew."""
-        piece = self.decoder.decode(self.tok.decode_bytes([token]))
+        """Take one token; True when the text grew. Decoded alone, a token would lose what the decoder
+        does to a text's first token (Llama-2's Strip of a leading space, Metaspace's dropped `▁`), so
+        after another it is the pair's bytes less the other's (as the page's worker.js does)."""
+        if self.previous is None:
+            raw = self.tok.decode_bytes([token])
+        else:
+            raw = self.tok.decode_bytes([self.previous, token])[len(self.tok.decode_bytes([self.previous])):]
+        self.previous = token
+        piece = self.decoder.decode(raw)
         self.text += piece
         return bool(piece)
 

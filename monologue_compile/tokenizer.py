@@ -193,6 +193,8 @@ class Tokenizer:
         data = path.read_bytes()
         if data[:1] == b"\x80":  # pickle protocol 2 and later
             text = _pickle_to_json(data, path)
+        elif path.suffix == ".model":  # SentencePiece's protobuf (llama2.c, Llama-2's tokenizer.model)
+            text = _sentencepiece_to_json(path)
         else:
             try:
                 text = data.decode("utf-8")
@@ -448,6 +450,51 @@ def _pickle_to_json(data: bytes, path: Path) -> str:
             "special_tokens": dict(sorted(specials.items(), key=lambda kv: kv[1])),
         }
     )
+
+
+def _sentencepiece_to_json(path: Path) -> str:
+    """The tokenizer.json transformers converts a SentencePiece BPE model to (its LlamaConverter: the
+    `▁` Metaspace, byte fallback, `<s>` before a text), for a model trained as Llama's and
+    llama2.c's are: BPE, byte fallback, identity normalization. Anything else is refused by name."""
+    import shutil
+    import tempfile
+
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise MonologueError(f"{path}: reading a SentencePiece model needs {e.name} (pip install sentencepiece "
+                             "protobuf)") from None
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 -- protobuf's DecodeError and friends
+        raise MonologueError(f"{path}: not a SentencePiece model ({type(e).__name__})") from None
+    trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
+    for ok, what in ((trainer.model_type == trainer.BPE, f"model type {trainer.ModelType.Name(trainer.model_type)}"),
+                     (trainer.byte_fallback, "no byte_fallback"),
+                     (normalizer.name in ("identity", ""), f"normalization {normalizer.name!r}"),
+                     (len(proto.pieces) > 0, "no pieces")):
+        if not ok:
+            raise MonologueError(f"{path}: a SentencePiece model with {what} is not read (BPE with byte fallback "
+                                 "and identity normalization is, as Llama's and llama2.c's)")
+    if normalizer.remove_extra_whitespaces:
+        import click
+
+        click.echo(f"note: {path}: its SentencePiece normalizer collapses runs of spaces; transformers' conversion, "
+                   "used here, keeps them", err=True)
+    folder = Path(tempfile.mkdtemp(prefix="monologue-sp-"))
+    try:
+        shutil.copyfile(path, folder / "tokenizer.model")
+        names = {k: proto.pieces[i].piece for k, i in (("unk_token", trainer.unk_id), ("bos_token", trainer.bos_id),
+                                                        ("eos_token", trainer.eos_id)) if 0 <= i < len(proto.pieces)}
+        config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": "bos_token" in names, **names}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        return AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer.to_str()
+    except Exception as e:  # noqa: BLE001 -- whatever the conversion raises for this file
+        raise MonologueError(f"{path}: transformers could not convert it: {str(e).splitlines()[0][:200]}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _char_vocab_to_json(stoi, path: Path) -> str:

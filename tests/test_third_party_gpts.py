@@ -400,18 +400,19 @@ class Transformer(nn.Module):
 
 def test_llama2c_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp_path):
     """Transformer(ModelArgs(**model_args)) through the parameter's annotation, max_seq_len read from
-    model.params, and every backend the dist ships matches, at int4 as at int8. With Llama-2's
-    tokenizer and no chat template, `monologue chat` continues the text: PyTorch's greedy tokens."""
+    model.params, and every backend the dist ships matches, at int4 as at int8. With a SentencePiece
+    tok.model trained as llama2.c trains one and no chat template, `monologue chat` continues the
+    text (after `<s>`): PyTorch's greedy tokens."""
     import importlib
 
-    pytest.importorskip("tokenizers")
-    from test_chat_template_hf import train_tokenizer, with_bos_post_processor
+    from test_tokenizer_hf import train_sentencepiece
 
     from monologue_compile.tokenizer import Tokenizer
 
-    train_tokenizer("llama2").save(str(tmp_path / "tokenizer.json"))
-    with_bos_post_processor(tmp_path / "tokenizer.json")
-    tok = Tokenizer.load(tmp_path / "tokenizer.json")
+    stories = ["Once upon a time, there was a little girl named Lily. She liked to play in the sun with her dog 3 times.",
+               "One day, a big bird came to the park. It said hello! Lily was happy and they played all day."] * 20
+    sp_model = train_sentencepiece(tmp_path, stories, vocab_size=320)
+    tok = Tokenizer.load(sp_model)
 
     (tmp_path / "model.py").write_text(LLAMA2C_PY)
     sys.path.insert(0, str(tmp_path))
@@ -432,7 +433,7 @@ def test_llama2c_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp
     for quant in ("int8", "int4-g32"):
         r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tmp_path / "ckpt.pt"), "-o",
                             str(tmp_path / quant), "--model-code", f"{tmp_path / 'model.py'}:Transformer",
-                            "--quant", quant, "--verify", "--tokenizer", str(tmp_path / "tokenizer.json")],
+                            "--quant", quant, "--verify", "--tokenizer", str(sp_model)],
                            capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "self.output(h[:, [-1], :])" in r.stderr

@@ -336,3 +336,60 @@ def test_a_char_vocabulary_without_byte_tokens_equals_the_tokenizers_library(cor
         assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False)
     if unknown != "dropped":
         assert tok.encode("\U0001f642\U0001f642") == hf.encode("\U0001f642\U0001f642").ids != []
+
+
+# --- a SentencePiece model (llama2.c's tok*.model, Llama-2's tokenizer.model) ---------------------
+
+def train_sentencepiece(folder, corpus: list[str], **overrides) -> "Path":
+    """A SentencePiece BPE trained as llama2.c's train_vocab trains one (byte fallback, digits split,
+    identity normalization)."""
+    sentencepiece = pytest.importorskip("sentencepiece")
+    (folder / "corpus.txt").write_text("\n".join(s.replace("\n", " ") for s in corpus), encoding="utf-8")
+    options = dict(input=str(folder / "corpus.txt"), model_prefix=str(folder / "tok"), model_type="bpe",
+                   vocab_size=1000, self_test_sample_size=0, input_format="text", character_coverage=0.98, hard_vocab_limit=False,
+                   num_threads=2, split_digits=True, allow_whitespace_only_pieces=True, byte_fallback=True,
+                   unk_surface=r" \342\201\207 ", normalization_rule_name="identity", minloglevel=2)
+    sentencepiece.SentencePieceTrainer.train(**{**options, **overrides})
+    return folder / "tok.model"
+
+
+def test_a_sentencepiece_model_reads_as_transformers_converts_it(corpus, tmp_path):
+    """`--tokenizer tok.model`: the ids transformers' LlamaTokenizer gives for the same file (its
+    conversion to a tokenizer.json, byte fallback and `▁` included) on the hard strings."""
+    from transformers import AutoTokenizer
+
+    model = train_sentencepiece(tmp_path, corpus[:500])
+    tok = Tokenizer.load(model)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "tokenizer.model").write_bytes(model.read_bytes())
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    auto = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    strings = [s for s in corpus[:800] if not any(x in s for x in SPECIALS)]
+    mismatches = [s for s in strings if tok.encode(s) != auto(s, add_special_tokens=False)["input_ids"]]
+    assert not mismatches, f"{len(mismatches)} of {len(strings)} differ, first: {mismatches[0]!r}"
+    assert {"<unk>": 0, "<s>": 1, "</s>": 2}.items() <= tok.special_tokens.items()
+
+
+@pytest.mark.parametrize("overrides, says", [(dict(model_type="unigram"), "model type UNIGRAM"),
+                                             (dict(normalization_rule_name="nmt_nfkc"), "normalization 'nmt_nfkc'"),
+                                             (dict(byte_fallback=False), "no byte_fallback")])
+def test_a_sentencepiece_model_not_trained_as_llamas_is_refused_by_name(corpus, tmp_path, overrides, says):
+    model = train_sentencepiece(tmp_path, corpus[:300], **overrides)
+    with pytest.raises(MonologueError, match=f"tok.model: a SentencePiece model with {says}"):
+        Tokenizer.load(model)
+
+
+def test_text_streamed_token_by_token_equals_the_whole_decode(pair, corpus):
+    """`monologue chat` shows a reply token by token: each token read after the one before it, so
+    a decoder that treats a text's first token apart (Llama-2's Strip, Metaspace's dropped `▁`)
+    does so once, and the text shown is the whole reply's decode."""
+    from monologue_compile.chat import TextStream
+
+    hf, tok = pair
+    for s in corpus[:200]:
+        ids = tok.encode_ordinary(s)
+        stream = TextStream(tok)
+        for i in ids:
+            stream.add(i)
+        stream.finish()
+        assert stream.text == tok.decode(ids), s

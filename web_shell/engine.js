@@ -13,7 +13,8 @@
 //                                     assistant's reply begins; thinking false switches it off
 //     canSwitchThinking: boolean      whether the template can (Qwen3's enable_thinking)
 //     opensThought(thinking) -> boolean  the generation prompt ends inside a thought
-//     tokenBytes(id) -> Uint8Array    the token's bytes (a token may end inside a UTF-8 character;
+//     tokenBytes(id, prev) -> Uint8Array  the bytes the token adds after token prev (null: the
+//                                     reply's first; a token may end inside a UTF-8 character;
 //                                     the <think> and </think> special tokens give their text)
 //     isStop(id) -> boolean           the token ends the reply (manifest.chat.stop)
 //   }

@@ -309,11 +309,19 @@ export class WasmTokenizer {
     }
   }
 
-  tokenBytes(id) {
-    const b = this.rt.put(idBytes([id]));
+  // What `id` adds to the text after `prev` (null: the reply's first token). Decoded alone, a token
+  // can lose what the decoder does to a text's first token (Llama-2's Strip of one leading space,
+  // Metaspace's dropped `▁`): after another it is decoded as the pair, less the other's bytes.
+  tokenBytes(id, prev = null) {
+    if (prev === null) return this.decode([id]);
+    return this.decode([prev, id]).slice(this.decode([prev]).length);
+  }
+
+  decode(ids) {
+    const b = this.rt.put(idBytes(ids));
     const s = this.rt.scratch(2);
     try {
-      this.rt.check(this.rt.x.mono_tokenizer_decode(this.h, b[0], 1, s.at, s.at + 4), "mono_last_error");
+      this.rt.check(this.rt.x.mono_tokenizer_decode(this.h, b[0], ids.length, s.at, s.at + 4), "mono_last_error");
       const ptr = this.rt.word(s.at, 0);
       const n = this.rt.word(s.at, 1);
       const out = this.rt.u8(ptr, n).slice();

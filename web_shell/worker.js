@@ -171,6 +171,7 @@ async function writeReply(messages, settings, signal) {
   const thinking = settings.thinking !== false || !engine.tokenizer.canSwitchThinking;
   const parser = new ThinkParser({ inThought: engine.tokenizer.opensThought(thinking) });
   const decoder = new TextDecoder();
+  let previous = null; // the last token shown: how the next one reads depends on it (engine.js)
   let count = 0;
   let firstAt = 0;
   // Decode speed: tokens after the first over the time since the first, so prefill is not counted.
@@ -200,7 +201,8 @@ async function writeReply(messages, settings, signal) {
     onToken(id) {
       count += 1;
       if (count === 1) firstAt = performance.now();
-      show(parser.push(decoder.decode(engine.tokenizer.tokenBytes(id), { stream: true })));
+      show(parser.push(decoder.decode(engine.tokenizer.tokenBytes(id, previous), { stream: true })));
+      previous = id;
     },
   });
   engine = result.engine;

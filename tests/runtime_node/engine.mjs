@@ -1,5 +1,6 @@
 // Drives web_shell/wasm_runtime.js's createEngine (the web shell's Engine interface) on a compiled
-// model dir: node engine.mjs DIST MESSAGES_JSON STEPS -> JSON {prompt, ids, bytes, stops} on stdout.
+// model dir: node engine.mjs DIST MESSAGES_JSON STEPS -> JSON {prompt, ids, bytes, stops, streamed, whole}
+// on stdout.
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { resolve } from "node:path";
@@ -19,5 +20,13 @@ const ids = [];
 for (let i = 0; i < Number(steps); i++) ids.push((await engine.step()).id);
 const bytes = ids.map((id) => Array.from(engine.tokenizer.tokenBytes(id)));
 const stops = ids.map((id) => engine.tokenizer.isStop(id));
+// the prompt's text as the worker streams a reply (each token after the one before it), and whole
+const streamed = [];
+let previous = null;
+for (const id of prompt) {
+  streamed.push(...engine.tokenizer.tokenBytes(id, previous));
+  previous = id;
+}
+const whole = Array.from(engine.tokenizer.decode(prompt));
 engine.dispose();
-console.log(JSON.stringify({ backend: engine.backend, prompt, ids, bytes, stops }));
+console.log(JSON.stringify({ backend: engine.backend, prompt, ids, bytes, stops, streamed, whole }));
