@@ -421,7 +421,9 @@ def parse_sets(sets) -> dict:
 @click.option("--config", type=click.Path(path_type=Path))
 @click.option("--eval-per-family", type=click.IntRange(min=0), default=20, show_default=True,
               help="held-out problems per task family for the accuracy check of a trained model (0: skip)")
-def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
+@click.option("--model-code", help="path.py:Name: the model code DIST was compiled with (--model-code), to rebuild "
+              "its reference with --checkpoint")
+def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family, model_code):
     """Re-run the parity harness on a compiled DIST, on every backend whose files it holds; exit 1
     when a bound is broken."""
     from .artifact import load_model
@@ -430,8 +432,21 @@ def verify_cmd(dist, checkpoint, tokenizer, config, eval_per_family):
     g, manifest, tok = load_model(dist)
     fp32 = rq = None
     trained = False
+    source = manifest["model"]["source"]
+    if g.meta.get("arch") == "module" and (model_code is None or checkpoint is None):
+        how = (f"--checkpoint {source['name']} --model-code {source['code']}" if source.get("kind") == "model-code"
+               else "monologue_compile.compile(model, ..., verify=True) from Python")
+        raise MonologueError(f"{dist}: compiled from a model given as code, whose reference the dist cannot rebuild: "
+                             f"verify it with {how}")
+    if model_code is not None and checkpoint is None:
+        raise MonologueError("--model-code: give the checkpoint too (--checkpoint)")
     if checkpoint is not None:
-        loaded = load(checkpoint, tokenizer=tokenizer, config=config)
+        if model_code is not None:
+            from .frontend.module import from_model_code
+
+            loaded = from_model_code(model_code, checkpoint, config, tokenizer, g.meta["config"]["sequence_len"])
+        else:
+            loaded = load(checkpoint, tokenizer=tokenizer, config=config)
         # the config the dist was compiled with: detected constants and the user's overrides
         loaded = dataclasses.replace(loaded, config=g.meta["config"])
         fp32 = loaded.build_module()

@@ -212,6 +212,14 @@ def test_nanogpt_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp
     shown = r.stdout.split("continued: ", 1)[1].split("(reached --max-tokens")[0]
     assert shown.strip() == "".join(SHAKESPEARE_CHARS[i] for i in want).strip()
 
+    # `monologue verify` rebuilds the reference only with the model's code, and says how
+    verify = [sys.executable, "-m", "monologue_compile", "verify", str(tmp_path / "dist")]
+    r = subprocess.run(verify, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 2 and "--checkpoint ckpt.pt --model-code model.py:GPT" in r.stderr
+    r = subprocess.run(verify + ["--checkpoint", str(tmp_path / "ckpt.pt"), "--model-code",
+                                 f"{tmp_path / 'model.py'}:GPT"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "| native | native_greedy_vs_rq |" in r.stdout, r.stderr[-2000:]
+
 
 def test_the_compiled_graph_gives_every_position_the_model_gives_the_last(tmp_path):
     """The Python API on the module itself: the graph's logits at each position equal the model's
