@@ -337,8 +337,9 @@ def _reshape(c, x, shape):
     return c.emit("reshape", [c.t(x)], {"shape": list(out.shape)})
 
 
-def _flatten(c, x, start_dim=0, end_dim=-1):
-    return _reshape(c, x, None)  # the shape is the fx node's own
+def _flatten(c, x, *_):
+    """flatten / unflatten: a reshape to the fx node's own shape."""
+    return _reshape(c, x, None)
 
 
 def _permute(c, x, perm):
@@ -1389,6 +1390,7 @@ CONVERTERS: dict[object, Callable] = {
     aten.unsqueeze.default: _unsqueeze,
     aten.squeeze.dim: _unsqueeze,
     aten.flatten.using_ints: _flatten,
+    aten.unflatten.int: _flatten,  # nn.MultiheadAttention's packed q, k, v
     aten.transpose.int: _transpose,
     aten.permute.default: _permute,
     aten.slice.Tensor: _slice,

@@ -473,3 +473,77 @@ def test_a_checkpoint_that_does_not_fit_the_class_names_the_keys(tmp_path):
     r = _compile(tmp_path, "--no-wasm")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "does not fit GPT: missing 1 (first: transformer.ln_f.weight); unexpected 1 (first: extra.weight)" in r.stderr
+
+
+class InputIdsDictGPT(torch.nn.Module):
+    """Hand-written code shaped like transformers': forward(input_ids) with no use_cache, a dict out,
+    and its config a plain dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {"vocab_size": 40, "max_seq_len": 24}
+        self.wte, self.wpe = torch.nn.Embedding(40, 16), torch.nn.Embedding(24, 16)
+        self.attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = torch.nn.Linear(16, 40)
+
+    def forward(self, input_ids, attention_mask=None):
+        t = input_ids.shape[1]
+        x = self.wte(input_ids) + self.wpe(torch.arange(t))
+        mask = torch.triu(torch.full((t, t), float("-inf")), diagonal=1)
+        x = x + self.attn(x, x, x, attn_mask=mask, need_weights=False)[0]
+        return {"logits": self.head(torch.tanh(x))}
+
+
+def test_forward_of_input_ids_returning_a_dict_with_a_dict_config():
+    import numpy as np
+
+    from monologue_compile.frontend.module import from_module
+    from monologue_compile.interpreter import Session
+    from monologue_compile.lower import lower
+    from monologue_compile.frontend.trace import trace
+
+    torch.manual_seed(2)
+    model = InputIdsDictGPT().eval()
+    loaded = from_module(model)
+    assert loaded.config == {"sequence_len": 24, "vocab_size": 40}
+    g = lower(trace(loaded.build_module(), 24))
+    ids = torch.randint(0, 40, (1, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(ids)["logits"][0].numpy()
+    got = Session(g).forward(ids[0].numpy())
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+class TorchBlocksGPT(torch.nn.Module):
+    """The GPT of many tutorials: torch's own nn.TransformerEncoder layers (nn.MultiheadAttention
+    with its packed in_proj, batch_first transposes and a square subsequent mask)."""
+
+    def __init__(self, norm_first: bool, vocab=64, d=32, heads=4, layers=2, block_size=32):
+        super().__init__()
+        self.block_size = block_size
+        self.tok, self.pos = torch.nn.Embedding(vocab, d), torch.nn.Embedding(block_size, d)
+        layer = torch.nn.TransformerEncoderLayer(d, heads, dim_feedforward=4 * d, dropout=0.1, activation="gelu",
+                                                 batch_first=True, norm_first=norm_first)
+        self.blocks = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.ln, self.head = torch.nn.LayerNorm(d), torch.nn.Linear(d, vocab)
+
+    def forward(self, idx):
+        t = idx.shape[1]
+        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(t, device=idx.device)
+        return self.head(self.ln(self.blocks(x, mask=mask, is_causal=True)))
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_a_gpt_of_torch_transformer_encoder_layers_matches_on_every_backend(tmp_path, norm_first):
+    import monologue_compile
+
+    torch.manual_seed(0)
+    model = TorchBlocksGPT(norm_first)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    monologue_compile.compile(model, None, tmp_path / "dist", verify=True)
+    report = json.loads((tmp_path / "dist" / "parity.json").read_text())
+    assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
+    assert {b for b, v in report["backends"].items() if v["status"] == "pass"} >= {"numpy", "native", "wgpu-cpu"}

@@ -52,9 +52,15 @@ class CausalLMLogits(nn.Module):
     def forward(self, idx):
         if self.every is not None:
             return self.every(idx)
-        out = self.model(input_ids=idx, use_cache=False) if _takes_input_ids(self.model) else self.model(idx)
+        params = _forward_parameters(self.model)
+        if "input_ids" in params:  # transformers' models (and code written like them): no cache
+            out = self.model(input_ids=idx, **({"use_cache": False} if "use_cache" in params else {}))
+        else:
+            out = self.model(idx)
         if isinstance(out, (tuple, list)):
             out = out[0]
+        if isinstance(out, dict) and "logits" in out:
+            out = out["logits"]
         return getattr(out, "logits", out)
 
     @torch.no_grad()
@@ -68,13 +74,15 @@ class CausalLMLogits(nn.Module):
         return out
 
 
-def _takes_input_ids(model: nn.Module) -> bool:
+def _forward_parameters(model: nn.Module) -> set[str]:
+    """The names model.forward takes (a **kwargs forward takes any: use_cache among them)."""
     import inspect
 
     try:
-        return "input_ids" in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
-        return False
+        return set()
+    return set(params) | ({"use_cache"} if any(p.kind is p.VAR_KEYWORD for p in params.values()) else set())
 
 
 def read_config(folder: Path):

@@ -29,7 +29,7 @@ def _sequence_len(model: nn.Module) -> int | None:
     holders = [getattr(model, h, None) for h in _CONFIG_HOLDERS] + [model]
     for holder in holders:
         for key in _LENGTH_KEYS:
-            v = getattr(holder, key, None) if holder is not None else None
+            v = holder.get(key) if isinstance(holder, dict) else getattr(holder, key, None)
             if isinstance(v, int) and not isinstance(v, bool) and v > 0:
                 return min(v, MAX_SEQUENCE_LEN)
     return None

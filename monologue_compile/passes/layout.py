@@ -41,13 +41,25 @@ def _inverse(perm) -> list[int]:
 def batch_one(g: Graph) -> Graph:
     """(T, ...) -> (1, T, ...) for every value; axis attributes move with the new leading axis."""
     grown: set[str] = set()
-    for n in g.nodes:
+    for n in list(g.nodes):
         t = n.type.shape
         from_grown = bool(n.inputs) and n.inputs[0] in grown
+        if n.op == "permute" and not from_grown and t and t[0] == SEQ and permute_is_view(g.type_of(n.inputs[0]).shape,
+                                                                                      n.attrs["perm"]):
+            # (1, T, D) -> (T, 1, D) moves only the batch of 1 (nn.MultiheadAttention's batch_first
+            # transpose): the same elements, so a reshape, grown below to (1, T, 1, D)
+            n.op, n.attrs = "reshape", {"shape": list(t)}
         if n.op == "permute" and (from_grown or (t and t[0] == SEQ)):
             if not from_grown:
                 continue  # (1, T, ...) -> (T, ...) by a permute: left for the backend to name
             n.attrs["perm"] = [0] + [p + 1 for p in n.attrs["perm"]]
+            if t[0] != SEQ:
+                # (T, 1, D) -> (1, T, D) (nn.MultiheadAttention's batch_first transpose back): the
+                # grown permute, then the new leading axis of 1 dropped, so users see the shape they had
+                back = Node(g.fresh(n.name + "_b"), "reshape", [n.name], {"shape": list(t)}, n.type, n.source)
+                rename_uses(g, n.name, back.name)
+                back.inputs = [n.name]
+                g.nodes.insert(g.nodes.index(n) + 1, back)
         elif not (t and t[0] == SEQ):
             continue
         grown.add(n.name)
@@ -105,16 +117,19 @@ def fold_repeat_kv(g: Graph) -> Graph:
 # --- 3. permutes sink to attention -----------------------------------------------------------------
 
 def _moves_seq(g: Graph, n: Node) -> bool:
-    """A permute that takes a (1, T, ...) value to a layout with T elsewhere."""
+    """A permute that takes a (1, T, ...) value to a layout with T elsewhere, or with an axis other
+    than the batch of 1 before it (nn.MultiheadAttention's (3, T, ...) of packed q, k, v)."""
     if n.op != "permute":
         return False
     src = g.type_of(n.inputs[0]).shape
-    return n.op == "permute" and len(src) > 1 and src[:2] == (1, SEQ) and n.type.shape[1] != SEQ
+    return len(src) > 1 and src[:2] == (1, SEQ) and tuple(n.type.shape[:2]) != (1, SEQ)
 
 
 def _axis_rule(check_last: bool = False):
     def rule(g: Graph, n: Node, perm: list[int]) -> tuple[dict, list[int]] | None:
         last = len(n.type.shape) - 1
+        if last != len(perm) - 1:
+            return None  # an operand of higher rank broadcasts the permuted one (nn.MultiheadAttention's mask)
         if check_last and perm[last] != last:
             return None  # a norm over the last axis needs the last axis to stay last
         return ({**n.attrs, "axis": perm[n.attrs["axis"]]} if "axis" in n.attrs else dict(n.attrs)), perm
@@ -136,9 +151,27 @@ def _reshape_rule(g: Graph, n: Node, perm: list[int]) -> tuple[dict, list[int]] 
     while k > 0 and perm[k - 1] == k - 1:
         k -= 1
     if tuple(out[:k]) != tuple(src[:k]):
-        return None
+        return _unit_reshape_rule(src, out, perm)
     after = list(perm[:k]) + list(range(k, len(out)))
     return {"shape": list(_permuted(out, _inverse(after)))}, after
+
+
+def _unit_reshape_rule(src: tuple, out: tuple, perm: list[int]) -> tuple[dict, list[int]] | None:
+    """A reshape that only drops or adds axes of 1 (nn.MultiheadAttention's squeeze of its packed
+    (3, T, 1, 1, D) q, k, v): the unpermuted value reshaped to (1, T, its other dims of more than 1,
+    1, ...), and a permute putting each dim where the reshape had it."""
+    if [d for d in out if d != 1] != [d for d in src if d != 1]:
+        return None
+    unpermuted = _permuted(src, _inverse(perm))
+    big = [a for a in range(2, len(unpermuted)) if unpermuted[a] != 1]
+    shape = [1, SEQ] + [unpermuted[a] for a in big]
+    if len(shape) > len(out):
+        return None
+    shape += [1] * (len(out) - len(shape))
+    where = {1: 1, **{a: 2 + i for i, a in enumerate(big)}}  # unpermuted axis -> its axis in `shape`
+    order = iter(where[perm[i]] for i in range(len(src)) if src[i] != 1)  # out's dims of more than 1
+    units = iter([0] + list(range(2 + len(big), len(shape))))
+    return {"shape": shape}, [next(order) if d != 1 else next(units) for d in out]
 
 
 def _expand_rule(g: Graph, n: Node, perm: list[int]) -> tuple[dict, list[int]] | None:

@@ -96,7 +96,8 @@ def _reshape_strides(dims: tuple, strides: list[int], new: tuple) -> list[int] |
 
 
 def _rows_kept(t: TensorType) -> bool:
-    return t.seq_axis in (None, 1)
+    """A value laid out as (1, T, per-token block) (or with no T): what strides of a block describe."""
+    return t.seq_axis is None or (t.seq_axis == 1 and t.shape[0] == 1)
 
 
 def materialize_views(g: Graph) -> Graph:
