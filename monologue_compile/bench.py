@@ -102,6 +102,18 @@ def plan_traffic(plan: dict, mean_pos: float) -> dict:
             "decode_weight_bytes_per_token": weight, "decode_kv_bytes_per_token": kv}
 
 
+def model_shape(g) -> dict:
+    """Layers, width and heads read off the graph (a Hugging Face or --model-code config names them
+    its own way)."""
+    attention = [n for n in g.nodes if n.op == "attention"]
+    embedding = next((n for n in g.nodes if n.op == "embedding"), None)
+    return {"n_layer": len(attention),
+            "n_embd": g.weights[embedding.inputs[0]].shape[-1] if embedding is not None else None,
+            "n_head": attention[0].attrs["n_head"] if attention else None,
+            "n_kv_head": attention[0].attrs["n_kv_head"] if attention else None,
+            "vocab_size": g.meta["config"]["vocab_size"]}
+
+
 def bench(dist, prompt_len: int = 64, steps: int = 32, rust: bool = True, wasm: bool = True) -> dict:
     from .artifact import load_model
     from .interpreter import Session
@@ -111,7 +123,8 @@ def bench(dist, prompt_len: int = 64, steps: int = 32, rust: bool = True, wasm: 
     cfg = g.meta["config"]
     prompt_len = min(prompt_len, cfg["sequence_len"] - steps - 1)
     prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], prompt_len).tolist()
-    res: dict = {"model": {k: cfg.get(k) for k in ("n_layer", "n_embd", "n_head", "n_kv_head", "vocab_size")},
+    res: dict = {"model": {**model_shape(g), **{k: cfg[k] for k in ("n_layer", "n_embd", "n_head", "n_kv_head",
+                                                                    "vocab_size") if cfg.get(k) is not None}},
                  "quant": g.meta.get("quant"), "prompt": prompt_len, "steps": steps, "backends": {}}
     rows = res["backends"]
     rows["torch (fp32 eager, CPU)"] = _torch_rates(g, prompt, steps)
