@@ -547,3 +547,28 @@ def test_a_gpt_of_torch_transformer_encoder_layers_matches_on_every_backend(tmp_
     report = json.loads((tmp_path / "dist" / "parity.json").read_text())
     assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
     assert {b for b, v in report["backends"].items() if v["status"] == "pass"} >= {"numpy", "native", "wgpu-cpu"}
+
+
+class NeedsStartPos(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block_size, self.e = 16, torch.nn.Embedding(20, 8)
+
+    def forward(self, tokens, start_pos):  # Meta's reference Llama's signature
+        return self.e(tokens)
+
+
+class ReturnsIds(NeedsStartPos):
+    def forward(self, tokens):
+        return tokens
+
+
+@pytest.mark.parametrize("model, says", [(NeedsStartPos, "NeedsStartPos: its forward, called with token ids of shape "
+                                                          r"\(1, 1\), raised TypeError: .*start_pos"),
+                                         (ReturnsIds, r"ReturnsIds: its forward returned Tensor\(1, 1\), not logits")])
+def test_a_forward_that_does_not_take_ids_and_return_logits_is_refused_in_one_line(model, says):
+    from monologue_compile.errors import MonologueError
+    from monologue_compile.frontend.module import from_module
+
+    with pytest.raises(MonologueError, match=says):
+        from_module(model())

@@ -63,6 +63,22 @@ class CausalLMLogits(nn.Module):
             out = out["logits"]
         return getattr(out, "logits", out)
 
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """The model's logits for `ids`, or a one-line error where its forward does not take token ids
+        and return them (a forward that also needs a start position, say)."""
+        name = type(self.model).__name__
+        try:
+            with torch.no_grad():
+                out = self(ids)
+        except Exception as e:  # noqa: BLE001 -- the user's code: say what it raised, in one line
+            raise MonologueError(f"{name}: its forward, called with token ids of shape {tuple(ids.shape)}, raised "
+                                 f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.dim() < 2:
+            raise MonologueError(f"{name}: its forward returned {type(out).__name__}"
+                                 f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}, not logits (or "
+                                 ".logits, ['logits'], or a tuple starting with them)")
+        return out
+
     @torch.no_grad()
     def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, **_) -> list[int]:
         """Greedy decoding by full recompute (no cache code of the model is involved)."""

@@ -57,8 +57,7 @@ def from_module(model: nn.Module, tokenizer=None, sequence_len: int | None = Non
         raise MonologueError(f"{type(model).__name__}: its longest sequence is not on the model or its config "
                              f"({', '.join(_LENGTH_KEYS[:5])}, ...): give sequence_len= (--set sequence_len=N)")
     wrapper = CausalLMLogits(model.eval(), int(seq))
-    with torch.no_grad():
-        vocab = int(wrapper(torch.zeros(1, 1, dtype=torch.long)).shape[-1])
+    vocab = int(wrapper.logits(torch.zeros(1, 1, dtype=torch.long)).shape[-1])
     dropped = every_position(wrapper, vocab)
     sd = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
     params = {k for k, _ in model.named_parameters(remove_duplicate=False)}
