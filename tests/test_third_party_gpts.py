@@ -571,3 +571,46 @@ def test_a_forward_that_does_not_take_ids_and_return_logits_is_refused_in_one_li
 
     with pytest.raises(MonologueError, match=says):
         from_module(model())
+
+
+def test_a_checkpoint_holding_the_files_own_config_dataclass_loads(tmp_path):
+    """build-nanogpt's train_gpt2.py saves {"model", "config": GPTConfig(...), "step", "val_loss"} from a
+    script, so the pickle names `__main__.GPTConfig`. weights_only=True refuses any class; with
+    --model-code, the dataclasses of the user's own file (and only those) are allowed under the names
+    the pickle gives them, and the saved config builds the model. Its forward returns every position."""
+    import __main__
+    import importlib
+
+    (tmp_path / "model.py").write_text(MODEL_PY.replace("logits = self.lm_head(x[:, [-1], :])  # the last position only",
+                                                        "logits = self.lm_head(x)"))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        model_py = importlib.reload(importlib.import_module("model"))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("model", None)
+    config = model_py.GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=40)
+    model = model_py.GPT(config)
+    import dataclasses
+
+    # the class as the training script's __main__ had it
+    saved_as = dataclasses.make_dataclass("GPTConfig", [(f.name, f.type, f.default) for f in dataclasses.fields(config)])
+    saved_as.__module__ = "__main__"
+    __main__.GPTConfig = saved_as
+    try:
+        torch.save({"model": model.state_dict(), "config": saved_as(**dataclasses.asdict(config)), "step": 10,
+                    "val_loss": 3.2}, tmp_path / "ckpt.pt")
+    finally:
+        del __main__.GPTConfig
+    r = _compile(tmp_path, "--no-wasm", "--verify")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "last position" not in r.stderr and json.loads((tmp_path / "dist" / "parity.json").read_text())["ok"]
+
+    # a class the user's file does not define stays refused
+    __main__.Other = type("Other", (), {"__module__": "__main__"})
+    try:
+        torch.save({"model": model.state_dict(), "config": __main__.Other()}, tmp_path / "ckpt.pt")
+    finally:
+        del __main__.Other
+    r = _compile(tmp_path, "--no-wasm", "--force")
+    assert r.returncode == 2 and "__main__.Other" in r.stderr and "weights_only" in r.stderr

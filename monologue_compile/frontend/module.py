@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -84,7 +85,7 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
     import importlib.util
     import json
 
-    from .load import _clean_state_dict, _torch_load
+    from .load import _clean_state_dict
 
     path, _, name = spec.rpartition(":")
     if not path or not name or not Path(path).is_file():
@@ -111,8 +112,10 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
 
         obj, args = read_weights([ckpt]), {}
     else:
-        obj = _torch_load(ckpt)
+        obj = _load_with_own_configs(ckpt, mod)
         args = obj.get("model_args", {}) if isinstance(obj, dict) else {}
+        if not args and config is None and isinstance(obj, dict) and dataclasses.is_dataclass(saved := obj.get("config")):
+            args = dataclasses.asdict(saved)  # build-nanogpt's {"model", "config": GPTConfig(...)}
         obj = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
     if not isinstance(obj, dict):
         raise MonologueError(f"{ckpt}: expected a state dict (or a dict with one under 'model')")
@@ -143,6 +146,28 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
     loaded = from_module(model, tokenizer, sequence_len)
     loaded.source = {**loaded.source, "name": ckpt.name, "kind": "model-code", "code": Path(path).name + ":" + name}
     return loaded
+
+
+def _load_with_own_configs(ckpt: Path, mod):
+    """torch.load with weights_only=True, where the pickle may also hold instances of the dataclasses
+    the user's model file defines (build-nanogpt saves its GPTConfig beside the weights, as
+    `__main__.GPTConfig`): those classes, under the names the pickle gives them, and nothing else."""
+    import re
+
+    from .load import _torch_load
+
+    own = {c.__name__: c for c in vars(mod).values() if dataclasses.is_dataclass(c) and isinstance(c, type)}
+    allowed: list = []
+    while True:
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return _torch_load(ckpt)
+        except MonologueError as e:
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            cls = own.get(found.group(1).rpartition(".")[2]) if found else None
+            if cls is None or any(name == found.group(1) for _, name in allowed):
+                raise
+            allowed.append((cls, found.group(1)))
 
 
 def _config_class(make, args: dict, mod, spec: str) -> type | None:
