@@ -148,18 +148,22 @@ SHAKESPEARE_CHARS = "\n !$&',-.3:;?" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "abcdefghi
 assert len(SHAKESPEARE_CHARS) == 65
 
 
-def _nanogpt(tmp_path, slow: bool, seed: int = 0):
-    """model.py and a trained-looking ckpt.pt (random weights, scaled so the logits are not flat)."""
-    (tmp_path / "model.py").write_text(MODEL_PY)
+def _model_file(tmp_path, source: str):
+    """`source` written to tmp_path/model.py, and imported from there (a fresh import each time)."""
+    import importlib
+
+    (tmp_path / "model.py").write_text(source)
     sys.path.insert(0, str(tmp_path))
     try:
-        import importlib
-
-        model_py = importlib.import_module("model")
-        importlib.reload(model_py)
+        return importlib.reload(importlib.import_module("model"))
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("model", None)
+
+
+def _nanogpt(tmp_path, slow: bool, seed: int = 0):
+    """model.py and a trained-looking ckpt.pt (random weights, scaled so the logits are not flat)."""
+    model_py = _model_file(tmp_path, MODEL_PY)
     args = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, bias=True, vocab_size=65, dropout=0.0)
     if slow:
         args["slow"] = True
@@ -411,8 +415,6 @@ def test_llama2c_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp
     model.params, and every backend the dist ships matches. With a SentencePiece
     tok.model trained as llama2.c trains one and no chat template, `monologue chat` continues the
     text (after `<s>`): PyTorch's greedy tokens."""
-    import importlib
-
     from test_tokenizer_hf import train_sentencepiece
 
     from monologue_compile.tokenizer import Tokenizer
@@ -422,13 +424,7 @@ def test_llama2c_checkpoint_compiles_unmodified_and_matches_on_every_backend(tmp
     sp_model = train_sentencepiece(tmp_path, stories, vocab_size=320)
     tok = Tokenizer.load(sp_model)
 
-    (tmp_path / "model.py").write_text(LLAMA2C_PY)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        model_py = importlib.reload(importlib.import_module("model"))
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("model", None)
+    model_py = _model_file(tmp_path, LLAMA2C_PY)
     args = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, multiple_of=32, max_seq_len=64,
                 dropout=0.0)
     torch.manual_seed(1)
@@ -579,16 +575,9 @@ def test_a_checkpoint_holding_the_files_own_config_dataclass_loads(tmp_path):
     --model-code, the dataclasses of the user's own file (and only those) are allowed under the names
     the pickle gives them, and the saved config builds the model. Its forward returns every position."""
     import __main__
-    import importlib
 
-    (tmp_path / "model.py").write_text(MODEL_PY.replace("logits = self.lm_head(x[:, [-1], :])  # the last position only",
-                                                        "logits = self.lm_head(x)"))
-    sys.path.insert(0, str(tmp_path))
-    try:
-        model_py = importlib.reload(importlib.import_module("model"))
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("model", None)
+    model_py = _model_file(tmp_path, MODEL_PY.replace("logits = self.lm_head(x[:, [-1], :])  # the last position only",
+                                                      "logits = self.lm_head(x)"))
     config = model_py.GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=40)
     model = model_py.GPT(config)
     import dataclasses
