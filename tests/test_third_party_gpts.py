@@ -603,3 +603,50 @@ def test_a_checkpoint_holding_the_files_own_config_dataclass_loads(tmp_path):
         del __main__.Other
     r = _compile(tmp_path, "--no-wasm", "--force")
     assert r.returncode == 2 and "__main__.Other" in r.stderr and "weights_only" in r.stderr
+
+
+class LastBy(torch.nn.Module):
+    """A last-position selection written three ways (dropping the axis, or keeping it), after a
+    per-token op; `mixer` puts an op the compiler does not cover before it."""
+
+    def __init__(self, how: str, mixer=None):
+        super().__init__()
+        self.how, self.mixer, self.block_size = how, mixer, 16
+        self.e, self.p, self.h = torch.nn.Embedding(30, 8), torch.nn.Embedding(16, 8), torch.nn.Linear(8, 30)
+
+    def forward(self, idx):
+        x = torch.sigmoid(self.e(idx) + self.p(torch.arange(idx.shape[1])))
+        if self.mixer is not None:
+            x = self.mixer(x)
+        if self.how == "select":
+            x = x[:, -1, :]
+        elif self.how == "slice":
+            x = x[:, -1:, :]
+        else:
+            x = x.narrow(1, x.shape[1] - 1, 1)
+        return self.h(x)
+
+
+@pytest.mark.parametrize("how", ["select", "slice", "narrow"])
+def test_each_way_of_selecting_the_last_position_is_dropped_and_errors_still_name_the_users_line(how):
+    import numpy as np
+
+    from monologue_compile.errors import MonologueError
+    from monologue_compile.frontend.module import from_module
+    from monologue_compile.frontend.trace import trace
+    from monologue_compile.interpreter import Session
+    from monologue_compile.lower import lower
+
+    torch.manual_seed(0)
+    model = LastBy(how).eval()
+    loaded = from_module(model)
+    assert "test_third_party_gpts.py:" in loaded.source["last_position_only"]
+    g = lower(trace(loaded.build_module(), 16))
+    ids = torch.randint(0, 30, (1, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = np.stack([model(ids[:, : i + 1]).reshape(-1, 30)[-1].numpy() for i in range(9)])
+    assert np.abs(Session(g).forward(ids[0].numpy()) - want).max() <= 1e-5
+
+    # the graph is traced again through its edited copy: an error names the user's line, not the copy's
+    with pytest.raises(MonologueError, match=r"aten.cumsum.default at fx node %cumsum \(test_third_party_gpts.py:\d+"):
+        lower(trace(from_module(LastBy(how, mixer=lambda x: torch.cumsum(x, 1))).build_module(), 16))

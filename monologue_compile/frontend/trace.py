@@ -41,6 +41,8 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
         with torch.no_grad(), contextlib.redirect_stderr(held), dense_experts(module):
             ep = _export(module, example, hi)
         sys.stderr.write(held.getvalue())
+        if isinstance(getattr(module, "every", None), torch.fx.GraphModule):
+            _restore_sources(ep, module.every)
         return ep
     except Exception as e:  # export's own message names the construct it could not trace
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -52,6 +54,22 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
         raise MonologueError(f"torch.export could not trace the model: {first[:300]}{_cause(lines)}") from None
     finally:
         torch_log.setLevel(level)
+
+
+def _restore_sources(ep: torch.export.ExportedProgram, edited: torch.fx.GraphModule) -> None:
+    """A model traced through its edited graph (last_position.py) gets, at each node, the frames of
+    that graph's generated code: each node is given back the stack trace of the edited graph's node
+    at that line, the user's own, so errors still name their file and line."""
+    nodes = {n.name: n for n in edited.graph.nodes}
+    by_line = {}
+    for i, line in enumerate(edited.code.splitlines(), 1):
+        node = nodes.get(line.strip().partition(" = ")[0])
+        if node is not None and node.meta.get("stack_trace"):
+            by_line[i] = node.meta["stack_trace"]
+    for n in ep.graph.nodes:
+        at = re.findall(r'File "<eval_with_key>\.\d+", line (\d+)', n.meta.get("stack_trace") or "")
+        if at and int(at[-1]) in by_line:
+            n.meta["stack_trace"] = by_line[int(at[-1])]
 
 
 def _cause(lines: list[str]) -> str:
