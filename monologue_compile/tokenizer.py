@@ -461,7 +461,6 @@ def _sentencepiece_to_json(path: Path) -> str:
 
     try:
         from sentencepiece import sentencepiece_model_pb2
-        from transformers import AutoTokenizer
     except ImportError as e:
         raise MonologueError(f"{path}: reading a SentencePiece model needs {e.name} (pip install sentencepiece "
                              "protobuf)") from None
@@ -490,11 +489,30 @@ def _sentencepiece_to_json(path: Path) -> str:
                                                         ("eos_token", trainer.eos_id)) if 0 <= i < len(proto.pieces)}
         config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": "bos_token" in names, **names}
         (folder / "tokenizer_config.json").write_text(json.dumps(config))
-        return AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer.to_str()
-    except Exception as e:  # noqa: BLE001 -- whatever the conversion raises for this file
-        raise MonologueError(f"{path}: transformers could not convert it: {str(e).splitlines()[0][:200]}") from None
+        return built_by_transformers(folder, path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def built_by_transformers(folder: Path, what: Path) -> str:
+    """The tokenizer.json transformers builds from the tokenizer files in `folder` (its own converters,
+    no remote code); `what` names them in the error where it cannot."""
+    try:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            backend = getattr(AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False), "backend_tokenizer", None)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except Exception as e:  # noqa: BLE001 -- whatever transformers raises for files it cannot convert
+        raise MonologueError(f"{what}: transformers could not build a tokenizer.json from it: "
+                             f"{str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
+    if backend is None:
+        raise MonologueError(f"{what}: transformers builds no tokenizer.json from it")
+    return backend.to_str()
 
 
 def _char_vocab_to_json(stoi, path: Path) -> str:

@@ -211,37 +211,22 @@ def _hf_tokenizer(folder: Path, tokenizer) -> str:
     own = folder / "tokenizer.json"
     if own.exists():
         return _read_tokenizer(own)
-    built, why = _tokenizer_json_from_slow_files(folder)
-    if built is not None:
-        return _check_tokenizer_json(built, folder / "tokenizer files")
+    why = ""
+    # older folders (GPT-Neo, OPT, TinyStories) have only GPT-2's vocab.json + merges.txt, or a tokenizer.model
+    if any((folder / name).exists() for name in ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt")):
+        from ..tokenizer import built_by_transformers
+
+        try:
+            built = built_by_transformers(folder, folder)
+        except MonologueError as e:
+            why = f" ({e})"
+        else:
+            return _check_tokenizer_json(built, folder / "tokenizer files")
     import click
 
     click.echo(f"warning: {folder}: no tokenizer.json and no --tokenizer{why}; compiling with no tokenizer: "
                "the model runs from token ids only", err=True)
     return NO_TOKENIZER
-
-
-def _tokenizer_json_from_slow_files(folder: Path) -> tuple[str | None, str]:
-    """The tokenizer.json transformers builds from a folder's other tokenizer files (GPT-2's
-    vocab.json + merges.txt in older folders: GPT-Neo, OPT, TinyStories), with its own converter
-    and no remote code; else (None, why not)."""
-    if not any((folder / name).exists() for name in ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt")):
-        return None, ""
-    try:
-        from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            backend = getattr(AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False), "backend_tokenizer", None)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-    except Exception as e:  # noqa: BLE001 -- whatever transformers raises for files it cannot convert
-        return None, f" (transformers could not build one from its tokenizer files: {str(e).splitlines()[0][:160]})"
-    if backend is None:
-        return None, " (transformers builds no tokenizer.json from its tokenizer files)"
-    return backend.to_str(), ""
 
 
 def _arch_and_config(cfg: dict, sd: dict, where: Path) -> tuple[str, dict, dict]:

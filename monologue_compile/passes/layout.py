@@ -40,26 +40,17 @@ def _inverse(perm) -> list[int]:
 
 def batch_one(g: Graph) -> Graph:
     """(T, ...) -> (1, T, ...) for every value; axis attributes move with the new leading axis."""
+    # a permute that moves only axes of 1 is a reshape first (nn.MultiheadAttention's batch_first
+    # transposes (1, T, D) <-> (T, 1, D)), so growing it is growing a reshape
+    g = unit_permutes_as_reshapes(g)
     grown: set[str] = set()
-    for n in list(g.nodes):
+    for n in g.nodes:
         t = n.type.shape
         from_grown = bool(n.inputs) and n.inputs[0] in grown
-        if n.op == "permute" and not from_grown and t and t[0] == SEQ and permute_is_view(g.type_of(n.inputs[0]).shape,
-                                                                                      n.attrs["perm"]):
-            # (1, T, D) -> (T, 1, D) moves only the batch of 1 (nn.MultiheadAttention's batch_first
-            # transpose): the same elements, so a reshape, grown below to (1, T, 1, D)
-            n.op, n.attrs = "reshape", {"shape": list(t)}
         if n.op == "permute" and (from_grown or (t and t[0] == SEQ)):
             if not from_grown:
                 continue  # (1, T, ...) -> (T, ...) by a permute: left for the backend to name
             n.attrs["perm"] = [0] + [p + 1 for p in n.attrs["perm"]]
-            if t[0] != SEQ:
-                # (T, 1, D) -> (1, T, D) (nn.MultiheadAttention's batch_first transpose back): the
-                # grown permute, then the new leading axis of 1 dropped, so users see the shape they had
-                back = Node(g.fresh(n.name + "_b"), "reshape", [n.name], {"shape": list(t)}, n.type, n.source)
-                rename_uses(g, n.name, back.name)
-                back.inputs = [n.name]
-                g.nodes.insert(g.nodes.index(n) + 1, back)
         elif not (t and t[0] == SEQ):
             continue
         grown.add(n.name)
