@@ -565,6 +565,22 @@ def _repeat(c, x, sizes):
     return name if axes else c.emit("reshape", [name], {"shape": list(shape)})
 
 
+def _repeat_interleave(c, x, repeats, dim=None, *, output_size=None):
+    """x.repeat_interleave(n, dim): each slice along dim n times in a row (grouped KV heads shared
+    by n query heads), as llama's repeat_kv writes it: an axis of n after dim, merged into it."""
+    name = c.t(x)
+    t = c.type(name)
+    if dim is None or not isinstance(repeats, int):
+        c.fail("repeat_interleave other than an int count along one axis")
+    d = _axis(dim, len(t.shape))
+    if t.shape[d] == SEQ:
+        c.fail("a repeat_interleave along the sequence axis (sequence-mixing the compiler does not understand)")
+    one, wide = (tuple(t.shape[:d + 1]) + (n,) + tuple(t.shape[d + 1:]) for n in (1, repeats))
+    name = c.emit("reshape", [name], {"shape": list(one)}, TensorType(one, t.dtype), "unit")
+    name = c.emit("expand", [name], {"shape": list(wide)}, TensorType(wide, t.dtype), "repeated")
+    return c.emit("reshape", [name], {"shape": list(c.out_type().shape)})
+
+
 def _view_as(c, x, other):
     return _reshape(c, x, None)  # the shape is the fx node's own: other's
 
@@ -880,6 +896,23 @@ def _sum(c, x, dims, keepdim=False, *, dtype=None):
     return y if keepdim else c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
 
 
+def _vector_norm(c, x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    """The 2-norm over one axis (F.normalize: l2 qk-norm, x-transformers' RMSNorm as
+    normalize(x) * sqrt(d) * g): sqrt(mean(x^2) * n)."""
+    t = c.type(c.t(x))
+    dims = [_axis(d, len(t.shape)) for d in (dim if isinstance(dim, (list, tuple)) else [dim])] if dim is not None else []
+    if ord != 2 or len(dims) != 1:
+        c.fail(f"a vector norm other than the 2-norm over one axis (ord={ord}, dim={dim})")
+    if dims[0] == t.seq_axis:
+        c.fail("a norm along the sequence axis (sequence-mixing the compiler does not understand)")
+    kept = TensorType(t.shape[:dims[0]] + (1,) + t.shape[dims[0] + 1:], "f32")
+    y = c.emit("unary", [c.t(x)], {"fn": "square"}, t, part="square")
+    y = c.emit("mean", [y], {"axis": dims[0]}, kept, part="mean")
+    y = c.emit("binary", [y], {"fn": "mul", "scalar": float(t.shape[dims[0]])}, kept, part="sum")
+    y = c.emit("unary", [y], {"fn": "sqrt"}, kept, part="" if keepdim else "norm")
+    return y if keepdim else c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
+
+
 def _topk(c, x, k, dim=-1, largest=True, sorted=True):
     """torch.topk along the last axis: (values, indices), the indices as f32 (the runtimes' activations)."""
     name = c.t(x)
@@ -927,6 +960,8 @@ def _softmax(c, x, dim, *rest, **kw):
 
 def _sdpa(c, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, *, enable_gqa=False):
     window, terms = 0, {}
+    if any(c.type(c.t(t)).seq_axis is None for t in (q, k, v)):
+        c.fail("attention whose queries, keys or values are not the sequence's (cross-attention to a fixed memory)")
     if attn_mask is not None:
         if is_causal:
             c.fail("attention with both a mask and is_causal")
@@ -969,6 +1004,43 @@ def _attention(c, q: str, k: str, v: str, attrs: dict, part: str = "") -> str:
     if dv < D:
         y = c.emit("slice", [y], {"axis": len(shape), "start": 0, "end": dv}, TensorType(shape + (dv,), "f32"), part)
     return y
+
+
+def _pad(c, x, pad, mode="constant", value=None):
+    """F.pad with a constant: along the sequence, (k, -k) is a token shift by k positions (each row
+    k rows later, zeros first); along any other axis, a slice where negative and a block of the
+    value concatenated where positive."""
+    if mode != "constant":
+        c.fail(f"a pad of mode {mode!r} (only constant padding is understood)")
+    name = c.t(x)
+    shape = tuple(c.type(name).shape)
+    fill = float(value or 0.0)
+    for i in range(len(pad) // 2):
+        axis, (before, after) = len(shape) - 1 - i, (int(c.dim(p)) for p in pad[2 * i:2 * i + 2])
+        if shape[axis] == SEQ:
+            if before + after or before < 0 or fill:
+                c.fail(f"a pad of ({before}, {after}) along the sequence axis (only a shift of zeros, (k, -k), keeps "
+                       "each position's row its own past)")
+            for k in range(before):
+                name = c.emit("token_shift", [name], {"axis": axis}, TensorType(shape, "f32"), f"shift{k}")
+            continue
+        for side, n in (("before", before), ("after", after)):
+            if n < 0:
+                keep = (-n, shape[axis]) if side == "before" else (0, shape[axis] + n)
+                shape = shape[:axis] + (keep[1] - keep[0],) + shape[axis + 1:]
+                name = c.emit("slice", [name], {"axis": axis, "start": keep[0], "end": keep[1]},
+                              TensorType(shape, "f32"), f"{side}{axis}")
+            elif n > 0:
+                block = shape[:axis] + (n,) + shape[axis + 1:]
+                const = c.g.fresh(f"{c.fx.name}.pad")
+                c.g.weights[const] = Weight((n,), "f32", np.full(n, fill, np.float32), None, "derived")
+                one = (1,) * axis + (n,) + (1,) * (len(shape) - axis - 1)
+                z = c.emit("reshape", [const], {"shape": list(one)}, TensorType(one, "f32"), f"{side}{axis}_row")
+                z = c.emit("expand", [z], {"shape": list(block)}, TensorType(block, "f32"), f"{side}{axis}_fill")
+                shape = shape[:axis] + (shape[axis] + n,) + shape[axis + 1:]
+                name = c.emit("concat", [z, name] if side == "before" else [name, z], {"axis": axis},
+                              TensorType(shape, "f32"), f"{side}{axis}")
+    return c.emit("reshape", [name], {"shape": list(c.out_type().shape)})
 
 
 def _zero_pad(c, x: str, width: int, part: str) -> str:
@@ -1162,7 +1234,7 @@ def _scores_op(c, fn, a, b):
     elif fn == "add" and attrs.get("zeroed") is not None:
         # the fill: 0 where b keeps a score, at most -1e4 where it zeroed one (exp(-1e4 - max) is 0 in
         # f32 for any score above -9896): the same causal mask
-        if c.mask_window(other, additive=True, fill=-1e4) != attrs["zeroed"]:
+        if c.mask_window(other, additive=True, fill=BLOCKING_FILL) != attrs["zeroed"]:
             c.fail("attention scores times a mask plus a fill that blocks other keys than the mask zeroed")
         attrs["window"], attrs["zeroed"] = attrs["zeroed"], None
     elif fn == "add" and (bias := c.score_bias(other, _heads(c, p))) is not None:
@@ -1213,14 +1285,20 @@ def _baddbmm(c, bias, b1, b2, *, beta=1, alpha=1):
     return _Pending("scores", p.name, **{**p.attrs, "alibi": [m * beta for m in terms[0]]})
 
 
+# A score replaced by a fill at or below this is a blocked key, as -inf is: exp(fill - max) is 0 in
+# f32 for any row whose largest score is above -9896 (-inf, float32's lowest as MPT writes it, and the
+# -1e9 and -1e4 of tutorials and GPT-1 alike)
+BLOCKING_FILL = -1e4
+
+
 def _masked_fill(c, x, mask, value):
     if not _scores(c, x):
         if _is_mask(c, mask):  # on activations: where(mask, value, x) (GLM-4-MoE's router, -inf out of group)
             return _where_values(c, mask, value, x)
         c.fail("masked_fill of activations with a mask that is not a comparison of activations")
     p = c.env[x]
-    if float(value) > -1e30:  # -inf, or float32's lowest (MPT): exp underflows to 0 either way
-        c.fail("masked_fill of attention scores other than a causal mask with -inf")
+    if float(value) > BLOCKING_FILL:
+        c.fail(f"masked_fill of attention scores other than a causal mask with a fill of at most {BLOCKING_FILL:g}")
     window = _both(p.attrs["window"], c.mask_window(mask, additive=False, invert=True))
     return _Pending("scores", p.name, **{**p.attrs, "window": window})
 
@@ -1231,10 +1309,8 @@ def _where(c, cond, x, other):
     if not _scores(c, x):
         return _where_values(c, cond, x, other)
     p, fill = c.env[x], _constant_scalar(c, other)
-    # a fill at or below -1e30 is -inf to the softmax (exp underflows to 0): the additive masks'
-    # convention (position_fold._allowed)
-    if fill is None or fill > -1e30:
-        c.fail("where on attention scores other than a causal mask and a fill of -inf")
+    if fill is None or fill > BLOCKING_FILL:
+        c.fail(f"where on attention scores other than a causal mask and a fill of at most {BLOCKING_FILL:g}")
     window = _both(p.attrs["window"], c.mask_window(cond, additive=False))
     return _Pending("scores", p.name, **{**p.attrs, "window": window})
 
@@ -1396,6 +1472,7 @@ CONVERTERS: dict[object, Callable] = {
     aten.slice.Tensor: _slice,
     aten.cat.default: _cat,
     aten.expand.default: _expand,
+    aten.expand_as.default: _expand,  # the shape is the fx node's own: other's
     aten.add.Tensor: _binary("add"),
     aten.add.Scalar: _binary("add"),
     aten.sub.Tensor: _binary("sub"),
@@ -1419,6 +1496,7 @@ CONVERTERS: dict[object, Callable] = {
     aten.gelu.default: _gelu,
     aten.mean.dim: _mean,
     aten.sum.dim_IntList: _sum,
+    aten.linalg_vector_norm.default: _vector_norm,
     aten.topk.default: _topk,
     aten.logsumexp.default: _logsumexp,
     aten.max.dim: _max_dim,
@@ -1498,6 +1576,9 @@ for _op, _conv in {
     aten.index.Tensor: _index,
     aten.broadcast_to.default: _expand,
     aten.repeat.default: _repeat,  # DiffLlama's v.repeat(1, 2, 1, 1)
+    aten.repeat_interleave.self_int: _repeat_interleave,
+    aten.pad.default: _pad,
+    aten.constant_pad_nd.default: lambda c, x, pad, value=0: _pad(c, x, pad, "constant", value),
     aten.unbind.int: _unbind,
     aten.view_as_complex.default: _view_as_complex,
     aten.view_as_real.default: _view_as_real,
@@ -1565,7 +1646,7 @@ def lower(ep: torch.export.ExportedProgram) -> Graph:
     for n in ep.graph.nodes:
         if n.op != "call_function":
             continue
-        c.fx = n
+        c.fx = c.evaluator.reader = n
         if n in consts:
             val = n.meta.get("val")
             if isinstance(val, int) and not isinstance(val, bool) or \
@@ -1583,7 +1664,7 @@ def lower(ep: torch.export.ExportedProgram) -> Graph:
     outs = out_node.args[0]
     if len(outs) != 1:
         raise MonologueError(f"the model returns {len(outs)} values; expected only logits")
-    c.fx = None
+    c.fx = c.evaluator.reader = None
     name = c.env[outs[0]]
     t = c.g.type_of(name)
     if len(t.shape) != 3 or t.shape[:2] != (1, SEQ):

@@ -60,22 +60,56 @@ def _spec(ep, n):
 
 
 class Evaluator:
-    """Runs constant fx nodes with torch for a concrete sequence length T (memoized per T)."""
+    """Runs constant fx nodes with torch for a concrete sequence length T (memoized per T).
+
+    A tensor the model fills in place (`pe = zeros(T, D); pe[:, 0::2] = sin(...)`: a copy_ into a
+    view of it) is read as eager PyTorch would at `reader`, the node being lowered: the value, its
+    ancestors and the in-place writes into any of them that come before the reader run in graph
+    order, on fresh tensors, so each write goes through the views that share storage with it."""
 
     def __init__(self, ep: torch.export.ExportedProgram, seq_symbol):
         self.data = {**ep.state_dict, **ep.constants}
         self.specs = {s.arg.name: s for s in ep.graph_signature.input_specs}
         self.seq = seq_symbol
         self.cache: dict[tuple, object] = {}
+        self.order = {m: i for i, m in enumerate(ep.graph.nodes)}
+        self.writes = in_place_writes(ep.graph)
+        self.reader: torch.fx.Node | None = None  # None: after the whole graph
 
     def value(self, n: torch.fx.Node, T: int):
-        key = (n, T)
+        writes = self._writes_seen(n)
+        key = (n, T, writes)
         if key not in self.cache:
-            self.cache[key] = self._compute(n, T)
+            self.cache[key] = self._in_order(n, writes, T) if writes else self._compute(n, T)
         return self.cache[key]
 
-    def _compute(self, n: torch.fx.Node, T: int):
+    def _writes_seen(self, n: torch.fx.Node) -> tuple[torch.fx.Node, ...]:
+        """The in-place writes before the reader into n's ancestors (or into theirs), in graph order."""
+        if not self.writes:
+            return ()
+        until = self.order[self.reader] if self.reader is not None else len(self.order)
+        need, seen = _ancestors([n]), []
+        while more := [w for w, base in self.writes if base in need and w not in seen and self.order[w] < until]:
+            seen += more
+            need |= _ancestors(more)
+        return tuple(sorted(seen, key=self.order.get))
+
+    def _in_order(self, n: torch.fx.Node, writes: tuple, T: int):
+        env: dict = {}
+        written = {base for _, base in self.writes}
+        for m in sorted(_ancestors([n, *writes]), key=self.order.get):
+            if m.op == "placeholder":
+                v = self._compute(m, T)
+                env[m] = v.clone() if m in written else v  # a buffer written in forward: not the model's own
+            else:
+                env[m] = self._compute(m, T, env.__getitem__)
+        return env[n]
+
+    def _compute(self, n: torch.fx.Node, T: int, get=None):
         if n.op == "placeholder":
+            if self.specs[n.name].target is None:
+                raise MonologueError(f"fx node %{n.name}: a value taken for a constant of the positions depends on "
+                                     "the token ids (written into it in place)")
             return self.data[self.specs[n.name].target]
         val = n.meta.get("val")
         if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
@@ -86,10 +120,57 @@ class Evaluator:
                                      "the sequence length")
             v = expr.subs(self.seq, T)
             return {torch.SymInt: int, torch.SymFloat: float, torch.SymBool: bool}[type(val)](v)
-        args = tree_map(lambda a: self.value(a, T) if isinstance(a, torch.fx.Node) else a, n.args)
-        kwargs = tree_map(lambda a: self.value(a, T) if isinstance(a, torch.fx.Node) else a, n.kwargs)
+        get = get or (lambda a: self.value(a, T))
+        args = tree_map(lambda a: get(a) if isinstance(a, torch.fx.Node) else a, n.args)
+        kwargs = tree_map(lambda a: get(a) if isinstance(a, torch.fx.Node) else a, n.kwargs)
         with torch.no_grad():
             return n.target(*args, **kwargs)
+
+
+def _ancestors(nodes) -> set[torch.fx.Node]:
+    """The nodes `nodes` are computed from; a size (sym_size of the ids) is computed from T alone."""
+    seen, stack = set(nodes), list(nodes)
+    while stack:
+        n = stack.pop()
+        if isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            continue
+        for a in n.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                stack.append(a)
+    return seen
+
+
+def _written(n: torch.fx.Node) -> torch.fx.Node | None:
+    """The argument an in-place aten op writes (copy_'s `self`), None for any other node."""
+    schema = getattr(n.target, "_schema", None)
+    if n.op != "call_function" or schema is None:
+        return None
+    for i, a in enumerate(schema.arguments):
+        if a.alias_info is not None and a.alias_info.is_write:
+            arg = n.args[i] if i < len(n.args) else n.kwargs.get(a.name)
+            return arg if isinstance(arg, torch.fx.Node) else None
+    return None
+
+
+def _viewed(n: torch.fx.Node) -> torch.fx.Node | None:
+    """The tensor a view op (slice, select, view, transpose, ...) shares storage with."""
+    schema = getattr(n.target, "_schema", None)
+    if (n.op == "call_function" and schema is not None and len(schema.returns) == 1 and schema.returns[0].alias_info
+            is not None and not schema.returns[0].alias_info.is_write and n.args and isinstance(n.args[0], torch.fx.Node)):
+        return n.args[0]
+    return None
+
+
+def in_place_writes(graph: torch.fx.Graph) -> list[tuple[torch.fx.Node, torch.fx.Node]]:
+    """(in-place node, the tensor it writes, through however many views of it), in graph order."""
+    out = []
+    for n in graph.nodes:
+        if (base := _written(n)) is not None:
+            while (up := _viewed(base)) is not None:
+                base = up
+            out.append((n, base))
+    return out
 
 
 def is_prefix_table(ev: Evaluator, n: torch.fx.Node, axis: int, tmax: int) -> bool:

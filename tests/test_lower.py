@@ -63,3 +63,87 @@ def test_sequence_mixing_the_compiler_does_not_know_fails_by_name(how, words):
         _lower(how)
     msg = str(e.value)
     assert words in msg and "\n" not in msg
+
+
+def _matches(model: nn.Module, T: int = 9):
+    """The model lowered and run by the interpreter gives its own logits."""
+    import numpy as np
+
+    from monologue_compile.frontend.module import from_module
+    from monologue_compile.interpreter import Session
+
+    g = lower(trace(from_module(model.eval()).build_module(), 16))
+    ids = torch.randint(0, 10, (1, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(ids)[0].numpy()
+    assert np.abs(Session(g).forward(ids[0].numpy()) - want).max() <= 1e-5 * np.abs(want).max()
+    return g
+
+
+class Filled(nn.Module):
+    """Sinusoidal positions written into the slices of a zeros tensor in forward, as tutorials do."""
+
+    def __init__(self, read_first: bool = False):
+        super().__init__()
+        self.read_first, self.block_size = read_first, 16
+        self.emb, self.head = nn.Embedding(10, 8), nn.Linear(8, 10)
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.emb(idx)
+        pos = torch.arange(T, dtype=torch.float32)[:, None]
+        div = torch.exp(torch.arange(0, 8, 2).float() * -0.5)
+        pe = torch.zeros(T, 8)
+        if self.read_first:  # all zeros here, the sines before the cosines' write
+            x = x * (1 + pe.sum()) + pe[:, 1::2].sum(-1, keepdim=True)
+        pe[:, 0::2] = torch.sin(pos * div)
+        if self.read_first:
+            x = x + pe.mean(-1, keepdim=True)
+        pe[:, 1::2] = torch.cos(pos * div)
+        return self.head(x + pe)
+
+
+def test_a_position_table_filled_in_place_is_evaluated_with_its_writes():
+    g = _matches(Filled())
+    assert [n.op for n in g.nodes].count("positions") == 1
+
+
+def test_a_value_read_between_in_place_writes_sees_the_writes_before_it_only():
+    _matches(Filled(read_first=True))
+
+
+class Padded(nn.Module):
+    def __init__(self, pad: tuple = (0, 0, 1, -1)):
+        super().__init__()
+        self.pad, self.block_size = pad, 16
+        self.emb, self.head = nn.Embedding(10, 8), nn.Linear(17, 10)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        # the token before (a shift of zeros along T), beside x padded on its last axis
+        return self.head(torch.cat([torch.nn.functional.pad(x, self.pad), torch.nn.functional.pad(x, (2, -1), value=0.5)], -1))
+
+
+def test_a_pad_shifts_along_the_sequence_and_pads_or_cuts_other_axes():
+    g = _matches(Padded())
+    assert [n.op for n in g.nodes].count("token_shift") == 1
+
+
+def test_a_pad_that_reads_later_positions_is_refused_by_name():
+    with pytest.raises(MonologueError, match=r"a pad of \(-1, 1\) along the sequence axis .* at fx node %pad "):
+        _matches(Padded((0, 0, -1, 1)))
+
+
+class Norms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head, self.block_size = nn.Embedding(10, 8), nn.Linear(8, 10), 16
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        return self.head(x / torch.linalg.vector_norm(x, ord=1, dim=-1, keepdim=True))
+
+
+def test_a_norm_other_than_the_2_norm_is_refused_by_name():
+    with pytest.raises(MonologueError, match=r"a vector norm other than the 2-norm over one axis \(ord=1"):
+        _matches(Norms())
