@@ -21,6 +21,7 @@ import sys
 import torch
 
 from ..errors import MonologueError
+from .rewrites import decompose_einsum, inline_autocast
 from .experts import dense_experts
 
 
@@ -43,17 +44,21 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
         sys.stderr.write(held.getvalue())
         if isinstance(getattr(module, "every", None), torch.fx.GraphModule):
             _restore_sources(ep, module.every)
-        return ep
     except Exception as e:  # export's own message names the construct it could not trace
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         if lines and lines[0].startswith("Constraints violated"):
             guard = next((ln for ln in lines if "guard" in ln), lines[0])
+            if any("specialized it to be a constant" in ln for ln in lines):
+                guard = "its code turns the length into a Python number (int(T), a shape computed in Python)"
             raise MonologueError("the model treats some sequence lengths specially, so no single graph serves every "
                                  f"length (sequence-mixing the compiler does not understand): {guard[:300]}") from None
         first = lines[0] if lines else type(e).__name__
         raise MonologueError(f"torch.export could not trace the model: {first[:300]}{_cause(lines)}") from None
     finally:
         torch_log.setLevel(level)
+    inline_autocast(ep)
+    decompose_einsum(ep)
+    return ep
 
 
 def _restore_sources(ep: torch.export.ExportedProgram, edited: torch.fx.GraphModule) -> None:

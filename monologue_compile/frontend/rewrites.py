@@ -1,0 +1,196 @@
+"""Rewrites of the exported graph before lowering, each into the ATen ops the lowering already
+understands, so the patterns it recognises (attention, a weight's matmul, a position table) are
+recognised however the model spelled them.
+
+- `inline_autocast`: a `torch.autocast(..., enabled=False)` region (rotary embeddings kept in
+  f32 under mixed precision, as x-transformers and rotary-embedding-torch write them) is exported
+  as a call of a submodule (`wrap_with_autocast`); its nodes go inline, as in the model's own code.
+- `decompose_einsum`: torch.einsum as the permutes, sums and matmuls it stands for. Attention
+  written as `einsum("bhqd,bhkd->bhqk", q, k)` then meets the same `q @ k.transpose` recognition
+  as the matmul form, and no backend needs an einsum op. Operands are contracted left to right,
+  as torch does without opt_einsum. Each pair is one matmul over their shared contracted indices:
+  the first operand's own indices as rows, the second's as columns, the shared kept ones as batch
+  axes; the matmul broadcasts over extra row axes, and columns merge only where their sizes are
+  known at compile time. An equation this cannot write (a diagonal `ii`) is an error naming the node.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+import torch.fx
+from torch._guards import detect_fake_mode
+from torch.utils._pytree import tree_map
+
+from ..errors import MonologueError
+
+aten = torch.ops.aten
+
+
+def inline_autocast(ep: torch.export.ExportedProgram) -> None:
+    """Every autocast region of `ep` whose autocast does nothing here (disabled, or for another
+    device than the CPU the reference runs on) put inline; one that casts on the CPU is an error
+    naming it (the compiled model computes in f32)."""
+    gm = ep.graph_module
+    regions = [n for n in ep.graph.nodes if n.op == "call_function" and n.target is _AUTOCAST]
+    for n in regions:
+        device, dtype, enabled, _cache, body, *operands = n.args
+        sub = getattr(gm, body.target)
+        if enabled and device == "cpu":
+            from .trace import source_line
+
+            at = next((line for m in sub.graph.nodes if (line := source_line(m))), "no source")
+            raise MonologueError(f"a torch.autocast({device!r}, {dtype}) region computes in {dtype}, and the compiled "
+                                 f"model in f32, at fx node %{n.name} ({at})")
+        inputs = [p for p in sub.graph.nodes if p.op == "placeholder"]
+        if any(m.op in ("get_attr", "call_module") for m in sub.graph.nodes):
+            raise MonologueError(f"an autocast region holding another region, at fx node %{n.name}")
+        with ep.graph.inserting_before(n):
+            outputs = ep.graph.graph_copy(sub.graph, dict(zip(inputs, operands)))
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        for user in list(n.users):  # getitem(region, i): the region's i-th output, under the getitem's name
+            user.target, user.args, user.kwargs = aten.alias.default, (outputs[user.args[1]],), {}
+        ep.graph.erase_node(n)
+        ep.graph.erase_node(body)
+        delattr(gm, body.target)
+    if regions:
+        gm.recompile()
+
+
+_AUTOCAST = getattr(torch.ops.higher_order, "wrap_with_autocast", None)
+
+
+def decompose_einsum(ep: torch.export.ExportedProgram) -> None:
+    """Every aten.einsum node of `ep` replaced, in place, by the ops it computes."""
+    nodes = [n for n in ep.graph.nodes if n.target is aten.einsum.default]
+    for n in nodes:
+        _Rewrite(ep.graph, n).run()
+    if nodes:
+        ep.graph_module.recompile()
+
+
+class _Rewrite:
+    def __init__(self, graph: torch.fx.Graph, node: torch.fx.Node):
+        self.graph, self.node = graph, node
+        self.fake = detect_fake_mode([a.meta["val"] for a in node.args[1]])
+
+    def fail(self, why: str):
+        from .trace import source_line  # trace imports this module
+
+        at = source_line(self.node)
+        raise MonologueError(f"einsum {self.node.args[0]!r}: {why} at fx node %{self.node.name}"
+                             + (f" ({at})" if at else ""))
+
+    def emit(self, target, *args) -> torch.fx.Node:
+        """A new node computing target(*args) just before the einsum, its value (and the einsum's
+        source, for errors) in its meta."""
+        vals = tree_map(lambda a: a.meta["val"] if isinstance(a, torch.fx.Node) else a, args)
+        with self.fake:
+            val = target(*vals)
+        with self.graph.inserting_before(self.node):
+            out = self.graph.call_function(target, args)
+        out.meta.update({k: v for k, v in self.node.meta.items() if k in ("stack_trace", "nn_module_stack")}, val=val)
+        return out
+
+    def run(self) -> None:
+        equation, operands = self.node.args
+        inputs, output = self.subscripts(equation, [o.meta["val"].dim() for o in operands])
+        x, xs = operands[0], inputs[0]
+        for i, (y, ys) in enumerate(zip(operands[1:], inputs[1:]), 1):
+            later = set(output).union(*inputs[i + 1:])
+            x, xs = self.pair(x, xs, y, ys, later)
+        x, xs = self.reduce(x, xs, set(output))
+        x = self.permute(x, xs, output)
+        # the einsum node computes the last step (its name may be an output in the program's signature)
+        last = x if x not in operands else self.emit(aten.alias.default, x)
+        self.node.target, self.node.args, self.node.kwargs = last.target, last.args, last.kwargs
+        self.node.meta["val"] = last.meta["val"]
+        self.graph.erase_node(last)
+
+    def subscripts(self, equation: str, ranks: list[int]) -> tuple[list[str], str]:
+        """Each operand's indices and the output's, "..." spelled out as letters the equation leaves free."""
+        lhs, arrow, rhs = equation.replace(" ", "").partition("->")
+        inputs = lhs.split(",")
+        if len(inputs) != len(ranks):
+            self.fail(f"{len(inputs)} subscripts for {len(ranks)} operands")
+        free = [c for c in string.ascii_letters if c not in equation]
+        widest = max((r - len(s) + 3 for s, r in zip(inputs, ranks) if "..." in s), default=0)
+        ellipsis = "".join(free[:widest])
+        inputs = [s.replace("...", ellipsis[len(ellipsis) - (r - len(s) + 3):]) if "..." in s else s
+                  for s, r in zip(inputs, ranks)]
+        if arrow:
+            output = rhs.replace("...", ellipsis)
+        else:  # implicit output: the ellipsis, then the indices seen once, in alphabetical order
+            seen = "".join(inputs)
+            output = ellipsis + "".join(sorted(c for c in set(seen) if seen.count(c) == 1 and c not in ellipsis))
+        for s, r in zip(inputs, ranks):
+            if len(s) != r or len(set(s)) != len(s):
+                self.fail(f"subscripts {s!r} for an operand of {r} axes" if len(s) != r else
+                          f"an index repeated within one operand ({s!r}: a diagonal)")
+        return inputs, output
+
+    def pair(self, x, xs: str, y, ys: str, later: set[str]):
+        """x and y contracted over the indices they share that nothing later needs: one matmul."""
+        x, xs = self.reduce(x, xs, later | set(ys))
+        y, ys = self.reduce(y, ys, later | set(xs))
+        batch = [i for i in xs if i in ys and i in later]
+        summed = [i for i in xs if i in ys and i not in later]
+        rows, cols = [i for i in xs if i not in ys], [i for i in ys if i not in xs]
+        if len(cols) > 1 and (len(rows) <= 1 or not self.fixed(y, ys, cols)):
+            # the matmul broadcasts over several rows, and columns merge only where their sizes are
+            # known: (x y)^T = y^T x^T
+            x, xs, y, ys, rows, cols = y, ys, x, xs, cols, rows
+        if len(cols) > 1 and not self.fixed(y, ys, cols):
+            self.fail("both operands have several indices of their own, of sizes known only at run time")
+        # axes of 1 where an operand lacks one the other has (digits: never an einsum index), so one
+        # permute makes each operand: k.transpose as attention's recognition wants it, for MQA's
+        # "bhid,bjd->bhij" too
+        ones = [str(i) for i in range(len(rows))]
+        if not summed:  # an outer product over the batch indices: a broadcast multiply
+            a = self.arrange(x, xs, batch + rows + [str(9 - i) for i in range(len(cols))])
+            b = self.arrange(y, ys, batch + ones + cols)
+            return self.emit(aten.mul.Tensor, a, b), "".join(batch + rows + cols)
+        a = self.arrange(x, xs, batch + (rows or ["0"]) + summed)
+        # a matrix b broadcasts over a's rows as it is (x @ W); with batch axes, over rows beyond one
+        b = self.arrange(y, ys, batch + (ones[1:] if batch else []) + summed + (cols or ["9"]))
+        if len(summed) > 1:
+            a = self.emit(aten.flatten.using_ints, a, -len(summed), -1)
+            b = self.emit(aten.flatten.using_ints, b, -len(summed) - max(len(cols), 1), -max(len(cols), 1) - 1)
+        if len(cols) > 1:
+            b = self.emit(aten.flatten.using_ints, b, -len(cols), -1)
+        out = self.emit(aten.matmul.default, a, b)
+        if len(cols) > 1:
+            out = self.emit(aten.unflatten.int, out, -1, self.fixed(y, ys, cols))
+        for axis in ([-1] if not cols else []) + ([len(batch)] if not rows else []):
+            out = self.emit(aten.squeeze.dim, out, axis)
+        return out, "".join(batch + rows + cols)
+
+    def arrange(self, x, xs: str, order: list[str]) -> torch.fx.Node:
+        """x permuted to `order`, with an axis of 1 for each index of `order` it lacks."""
+        ones = [i for i in order if i not in xs]
+        return self.permute(self.unsqueeze(x, len(xs), len(ones)), xs + "".join(ones), order)
+
+    @staticmethod
+    def fixed(x, xs: str, indices: list[str]) -> list[int] | None:
+        """The sizes of x's `indices`, where each is known at compile time."""
+        sizes = [x.meta["val"].shape[xs.index(i)] for i in indices]
+        return sizes if all(isinstance(n, int) for n in sizes) else None
+
+    def reduce(self, x, xs: str, keep: set[str]):
+        """x summed over the indices nothing else needs."""
+        gone = [d for d, i in enumerate(xs) if i not in keep]
+        if not gone:
+            return x, xs
+        return self.emit(aten.sum.dim_IntList, x, gone), "".join(i for i in xs if i in keep)
+
+    def permute(self, x, xs: str, order) -> torch.fx.Node:
+        order = "".join(order)
+        if order == xs:
+            return x
+        return self.emit(aten.permute.default, x, [xs.index(i) for i in order])
+
+    def unsqueeze(self, x, axis: int, count: int) -> torch.fx.Node:
+        for _ in range(count):
+            x = self.emit(aten.unsqueeze.default, x, axis)
+        return x

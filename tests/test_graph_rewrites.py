@@ -1,0 +1,128 @@
+"""frontend/rewrites.py: einsum written as the permutes, sums and matmuls it stands for, and disabled
+autocast regions put inline; each rewritten program computes what the model computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monologue_compile.errors import MonologueError
+from monologue_compile.frontend.rewrites import decompose_einsum, inline_autocast
+from monologue_compile.frontend.trace import trace
+from monologue_compile.lower import lower
+
+aten = torch.ops.aten
+
+# (equation, operand shapes): attention both ways round, MQA's k without a head axis, projections by
+# (heads, head_dim) weights, several indices summed, outer products, ellipses, implicit outputs, sums
+EQUATIONS = [
+    ("bhqd,bhkd->bhqk", [(1, 2, 5, 4), (1, 2, 5, 4)]),
+    ("bhqk,bhkd->bhqd", [(1, 2, 5, 5), (1, 2, 5, 4)]),
+    ("bqhd,bkhd->bhqk", [(1, 5, 2, 4), (1, 5, 2, 4)]),
+    ("bhid,bjd->bhij", [(1, 3, 5, 4), (1, 5, 4)]),
+    ("btd,dhe->bthe", [(1, 5, 6), (6, 2, 3)]),
+    ("bthe,hed->btd", [(1, 5, 2, 3), (2, 3, 6)]),
+    ("btd,vd->btv", [(1, 5, 6), (7, 6)]),
+    ("i,j->ij", [(5,), (3,)]),
+    ("bi,bj->bij", [(2, 5), (2, 3)]),
+    ("...qd,...kd->...qk", [(1, 2, 5, 4), (1, 2, 5, 4)]),
+    ("...d,vd", [(1, 5, 6), (7, 6)]),
+    ("ij,jk", [(3, 4), (4, 5)]),
+    ("bij->bji", [(2, 3, 4)]),
+    ("bij->bi", [(2, 3, 4)]),
+    ("bd,bd->b", [(3, 4), (3, 4)]),
+    ("ab,bc,cd->ad", [(2, 3), (3, 4), (4, 5)]),
+    ("btd,d->bt", [(1, 5, 6), (6,)]),
+]
+
+
+class Einsum(torch.nn.Module):
+    def __init__(self, equation):
+        super().__init__()
+        self.equation = equation
+
+    def forward(self, *xs):
+        return torch.einsum(self.equation, *xs)
+
+
+@pytest.mark.parametrize("equation,shapes", EQUATIONS, ids=[e for e, _ in EQUATIONS])
+def test_an_einsum_rewritten_computes_what_torch_einsum_does(equation, shapes):
+    xs = tuple(torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes))
+    ep = torch.export.export(Einsum(equation), xs, strict=False)
+    decompose_einsum(ep)
+    assert not [n for n in ep.graph.nodes if n.target is aten.einsum.default]
+    got = ep.module()(*xs)
+    assert torch.allclose(got, torch.einsum(equation, *xs), atol=1e-5), equation
+
+
+def test_a_diagonal_einsum_is_refused_naming_the_equation_and_node():
+    x = torch.randn(3, 3)
+    ep = torch.export.export(Einsum("ii->i"), (x,), strict=False)
+    with pytest.raises(MonologueError, match=r"einsum 'ii->i': an index repeated within one operand .* at fx node %einsum"):
+        decompose_einsum(ep)
+
+
+class EinsumAttention(torch.nn.Module):
+    """Attention in einsum only, under a causal mask built in forward."""
+
+    def __init__(self, V=20, D=16, H=2):
+        super().__init__()
+        self.H, self.block_size = H, 16
+        self.emb = torch.nn.Embedding(V, D)
+        self.qkv = torch.nn.Parameter(torch.randn(3, D, H, D // H) * 0.3)
+        self.head = torch.nn.Linear(D, V)
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.emb(idx)
+        q, k, v = (torch.einsum("btd,dhe->bhte", x, self.qkv[i]) for i in range(3))
+        s = torch.einsum("bhqe,bhke->bhqk", q, k).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -1e9)
+        y = torch.einsum("bhqk,bhke->bqhe", s.softmax(-1), v).flatten(2)
+        return self.head(x + y)
+
+
+def test_einsum_attention_lowers_to_the_attention_op_and_matches():
+    import numpy as np
+
+    from monologue_compile.frontend.module import from_module
+    from monologue_compile.interpreter import Session
+
+    torch.manual_seed(0)
+    model = EinsumAttention().eval()
+    g = lower(trace(from_module(model).build_module(), 16))
+    assert [n.op for n in g.nodes].count("attention") == 1
+    ids = torch.randint(0, 20, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(ids)[0].numpy()
+    assert np.abs(Session(g).forward(ids[0].numpy()) - want).max() <= 1e-5 * np.abs(want).max()
+
+
+class Autocast(torch.nn.Module):
+    def __init__(self, enabled: bool):
+        super().__init__()
+        self.enabled, self.block_size = enabled, 16
+        self.emb, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 20)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.enabled):
+            y = torch.tanh(x) * 2
+        return self.head(x + y.float())
+
+
+def test_a_disabled_autocast_region_is_put_inline():
+    from monologue_compile.frontend.module import from_module
+
+    ep = trace(from_module(Autocast(False)).build_module(), 16)
+    assert not any("wrap_with_autocast" in str(n.target) for n in ep.graph.nodes)
+    assert not any(n.op == "get_attr" for n in ep.graph.nodes)
+    assert [n.op for n in lower(ep).nodes].count("linear") == 1
+
+
+def test_an_autocast_region_that_casts_on_the_cpu_is_refused_by_name():
+    from monologue_compile.frontend.module import from_module
+
+    with pytest.raises(MonologueError, match=r"torch.autocast\('cpu', torch.bfloat16\) region computes in "
+                                             r"torch.bfloat16.* at fx node %\w+ \(test_graph_rewrites.py:\d+"):
+        trace(from_module(Autocast(True)).build_module(), 16)
+    assert inline_autocast  # the rewrite under test
