@@ -25,7 +25,8 @@ from monologue_compile.parity import TOLERANCES, metrics, rq_state_dict  # noqa:
 
 FAMILIES = ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "hunyuan",
             "gptj", "glm", "gpt_neo", "gpt_bigcode", "falcon", "falcon-40b", "bloom", "mpt", "apertus",
-            "ministral3", "qwen3_moe", "glm4_moe", "phimoe", "deepseek_v3", "gpt_oss", "lfm2", "nanogpt", "chargpt", "actgpt"]
+            "ministral3", "qwen3_moe", "glm4_moe", "phimoe", "deepseek_v3", "gpt_oss", "lfm2", "nanogpt", "chargpt", "actgpt",
+            "scratchgpt"]
 # (test_hf_models' falcon-rw, xglm, nanochat, qwen2_moe, granitemoe and lfm2_moe lower to what the
 # families here already give the backends: ALiBi, a plain mask, QK-norm with relu2, routed experts, a
 # short convolution; benchmarks/probe_hf_families.py --backends runs them)

@@ -254,6 +254,55 @@ class CharBlock(nn.Module):
         return x + self.ffwd(self.ln2(x))
 
 
+class ScratchGPT(nn.Module):
+    """What from-scratch GPTs write that the others do not (x-transformers, tutorials): sinusoidal
+    positions filled in by slice assignment in forward; rotary from an einsum outer product in a
+    disabled autocast region; q, k, v and the output projection as einsums with (heads, head_dim)
+    parameters; grouped KV heads by repeat_interleave; qk-norm and RMSNorm by F.normalize; scores
+    and values by einsum under a triu mask; a token shift by F.pad; a tied head by einsum."""
+
+    def __init__(self, D=32, H=4, kv=2, n_layer=2):
+        super().__init__()
+        self.H, self.kv, self.hd, self.block_size = H, kv, D // H, S
+        self.wte = nn.Embedding(V, D)
+        self.qkv = nn.ParameterList(nn.Parameter(torch.randn(D, H + 2 * kv, self.hd) / D ** 0.5) for _ in range(n_layer))
+        self.out = nn.ParameterList(nn.Parameter(torch.randn(H, self.hd, D) / D ** 0.5) for _ in range(n_layer))
+        self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D)) for _ in range(n_layer))
+        self.g = nn.Parameter(1 + 0.2 * torch.randn(2 * n_layer + 1, D))
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, self.hd, 2).float() / self.hd))
+
+    def norm(self, x, i):
+        return F.normalize(x, dim=-1) * x.shape[-1] ** 0.5 * self.g[i]
+
+    def rotate(self, x, cos, sin):
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+    def forward(self, idx):
+        T, D = idx.shape[1], self.wte.embedding_dim
+        pos = torch.arange(T, dtype=torch.float32)[:, None]
+        pe = torch.zeros(T, D)
+        pe[:, 0::2] = torch.sin(pos * self.inv_freq.repeat(D // self.hd))
+        pe[:, 1::2] = torch.cos(pos * self.inv_freq.repeat(D // self.hd))
+        with torch.autocast("cpu", enabled=False):
+            freqs = torch.einsum("i,j->ij", torch.arange(T, dtype=torch.float32), self.inv_freq)
+            cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()
+        x = self.wte(idx) + 0.1 * pe
+        causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+        for i in range(len(self.out)):
+            qkv = torch.einsum("btd,dhe->bthe", self.norm(x, 2 * i), self.qkv[i]).transpose(1, 2)
+            q, k, v = qkv.split([self.H, self.kv, self.kv], dim=1)
+            q, k = self.rotate(F.normalize(q, dim=-1), cos, sin) * 3, self.rotate(F.normalize(k, dim=-1), cos, sin)
+            k, v = k.repeat_interleave(self.H // self.kv, dim=1), v.repeat_interleave(self.H // self.kv, dim=1)
+            att = torch.einsum("bhqd,bhkd->bhqk", q, k).masked_fill(causal, float("-inf")).softmax(-1)
+            x = x + torch.einsum("bhte,hed->btd", torch.einsum("bhqk,bhkd->bhqd", att, v), self.out[i])
+            h = self.norm(x, 2 * i + 1)
+            half = D // 2
+            h = torch.cat([F.pad(h[..., :half], (0, 0, 1, -1)), h[..., half:]], dim=-1)  # the previous token's half
+            x = x + self.ffn[i](h)
+        return torch.einsum("btd,vd->btv", self.norm(x, -1), self.wte.weight)
+
+
 # --- the matrix ----------------------------------------------------------------------------------
 
 CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
@@ -261,7 +310,8 @@ CELLS = [(f, impl) for f in ["gpt2", "llama-llama3-tied", "llama-untied", "qwen2
                              "mpt", "falcon-rw", "apertus", "xglm", "nanochat", "ministral3", "qwen3_moe",
                              "qwen2_moe", "granitemoe", "glm4_moe", "phimoe", "deepseek_v3", "gpt_oss", "granite_swa", "lfm2",
                              "lfm2_moe"]
-         for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-"), ("actgpt", "-")]
+         for impl in IMPLS.get(f, ("eager", "sdpa"))] + [("nanogpt", "-"), ("chargpt", "-"), ("actgpt", "-"),
+                                                         ("scratchgpt", "-")]
 
 
 def build_model(family: str, impl: str) -> CausalLMLogits:
@@ -272,6 +322,8 @@ def build_model(family: str, impl: str) -> CausalLMLogits:
         return CausalLMLogits(randomized(CharGPT(), 3), S)
     if family == "actgpt":
         return CausalLMLogits(randomized(NanoGPT(block=ActBlock), 5), S)
+    if family == "scratchgpt":
+        return CausalLMLogits(randomized(ScratchGPT(), 6), S)
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_config(hf_configs()[family], attn_implementation=impl, dtype=torch.float32)

@@ -220,14 +220,16 @@ class _Sinker:
                 np.asarray(w.data).reshape(full), inv)), None, w.role if w.role == "table" else "derived")
         elif src is not None and src.op == "positions" and src.inputs[0] in g.weights:
             w = g.weights[src.inputs[0]]
-            if len(w.shape) != rank:
+            if len(w.shape) > rank:
                 return None
+            lead = rank - len(w.shape)  # a (T, D) table broadcast against (1, H, T, D)
+            data = np.asarray(w.data).reshape((1,) * lead + tuple(w.shape))
             table = g.fresh(src.inputs[0] + ".t")
-            g.weights[table] = Weight(_permuted(w.shape, inv), "f32",
-                                      np.ascontiguousarray(np.transpose(np.asarray(w.data), inv)), None, "table")
+            g.weights[table] = Weight(_permuted(data.shape, inv), "f32",
+                                      np.ascontiguousarray(np.transpose(data, inv)), None, "table")
             out = g.fresh(name + "_t")
-            lookup = Node(out, "positions", [table], {"axis": inv.index(src.attrs["axis"])}, TensorType(new_shape, "f32"),
-                          src.source)
+            lookup = Node(out, "positions", [table], {"axis": inv.index(src.attrs["axis"] + lead)},
+                          TensorType(new_shape, "f32"), src.source)
             g.nodes.insert(g.nodes.index(src) + 1, lookup)
         else:
             return None
