@@ -650,3 +650,120 @@ def test_each_way_of_selecting_the_last_position_is_dropped_and_errors_still_nam
     # the graph is traced again through its edited copy: an error names the user's line, not the copy's
     with pytest.raises(MonologueError, match=r"aten.cumsum.default at fx node %cumsum \(test_third_party_gpts.py:\d+"):
         lower(trace(from_module(LastBy(how, mixer=lambda x: torch.cumsum(x, 1))).build_module(), 16))
+
+
+# the "Let's build GPT" lecture's gpt.py: hyperparameters as module globals, a model built with no
+# arguments, heads as separate modules concatenated, forward(idx, targets=None) -> (logits, loss);
+# its weights saved as torch.save(model.state_dict(), ...)
+LECTURE_PY = '''
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+vocab_size = 65
+block_size = 32
+n_embd = 32
+n_head = 4
+n_layer = 2
+dropout = 0.2
+
+
+class Head(nn.Module):
+    def __init__(self, head_size):
+        super().__init__()
+        self.key = nn.Linear(n_embd, head_size, bias=False)
+        self.query = nn.Linear(n_embd, head_size, bias=False)
+        self.value = nn.Linear(n_embd, head_size, bias=False)
+        self.register_buffer('tril', torch.tril(torch.ones(block_size, block_size)))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        k = self.key(x)
+        q = self.query(x)
+        wei = q @ k.transpose(-2, -1) * k.shape[-1]**-0.5
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float('-inf'))
+        wei = F.softmax(wei, dim=-1)
+        wei = self.dropout(wei)
+        return wei @ self.value(x)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, num_heads, head_size):
+        super().__init__()
+        self.heads = nn.ModuleList([Head(head_size) for _ in range(num_heads)])
+        self.proj = nn.Linear(head_size * num_heads, n_embd)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        out = torch.cat([h(x) for h in self.heads], dim=-1)
+        return self.dropout(self.proj(out))
+
+
+class FeedFoward(nn.Module):
+    def __init__(self, n_embd):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.ReLU(), nn.Linear(4 * n_embd, n_embd),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd, n_head):
+        super().__init__()
+        self.sa = MultiHeadAttention(n_head, n_embd // n_head)
+        self.ffwd = FeedFoward(n_embd)
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.ln2 = nn.LayerNorm(n_embd)
+
+    def forward(self, x):
+        x = x + self.sa(self.ln1(x))
+        return x + self.ffwd(self.ln2(x))
+
+
+class GPTLanguageModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.token_embedding_table = nn.Embedding(vocab_size, n_embd)
+        self.position_embedding_table = nn.Embedding(block_size, n_embd)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head=n_head) for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        tok_emb = self.token_embedding_table(idx)
+        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))
+        x = tok_emb + pos_emb
+        x = self.blocks(x)
+        x = self.ln_f(x)
+        logits = self.lm_head(x)
+        if targets is None:
+            loss = None
+        else:
+            B, T, C = logits.shape
+            loss = F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
+        return logits, loss
+'''
+
+
+def test_the_lecture_gpt_compiles_from_its_state_dict_with_the_files_block_size(tmp_path):
+    """GPTLanguageModel() takes no arguments and has no config: its length is the file's block_size."""
+    lecture = _model_file(tmp_path, LECTURE_PY)
+    torch.manual_seed(3)
+    model = lecture.GPTLanguageModel()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tmp_path / "model.pth"), "-o",
+                        str(tmp_path / "dist"), "--model-code", f"{tmp_path / 'model.py'}:GPTLanguageModel",
+                        "--quant", "none", "--no-wasm", "--verify"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((tmp_path / "dist" / "model" / "manifest.json").read_text())
+    # block_size, less the last length where `tril[:T, :T]` of a block_size buffer makes export specialize it
+    assert manifest["model"]["config"]["sequence_len"] in (31, 32)
+    report = json.loads((tmp_path / "dist" / "parity.json").read_text())
+    assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
