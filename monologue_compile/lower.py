@@ -666,20 +666,19 @@ def _binary(fn):
     return conv
 
 
-def _in_place(fn):
-    """x += y (and -=, *=, /=) as x + y. The tracer gives the sum to every later reader of the tensor
-    x, but a view taken of x before (or a node reading x after) would see the sum in eager PyTorch
-    and x here: refused by name."""
-    conv = _binary(fn)
+def _in_place(conv, fn: str):
+    """x += y (and -=, *=, /=, scores.masked_fill_) as x + y. The tracer gives the result to every
+    later reader of the tensor x, but a view taken of x before (or a node reading x after) would see
+    it in eager PyTorch and x here: refused by name."""
 
-    def lower_in_place(c, a, b, **kw):
+    def lower_in_place(c, a, *args, **kw):
         if isinstance(a, torch.fx.Node):
             for u in a.users:
                 aliases = isinstance(u.target, torch._ops.OpOverload) and any(
                     r.alias_info is not None for r in u.target._schema.returns)
                 if u is not c.fx and (aliases or c.order[u] > c.order[c.fx]):
                     c.fail(f"in-place {fn} of a value read again afterwards (%{u.name}, a view or a later read)")
-        return conv(c, a, b, **kw)
+        return conv(c, a, *args, **kw)
 
     return lower_in_place
 
@@ -1026,10 +1025,9 @@ def _pad(c, x, pad, mode="constant", value=None):
             continue
         for side, n in (("before", before), ("after", after)):
             if n < 0:
-                keep = (-n, shape[axis]) if side == "before" else (0, shape[axis] + n)
-                shape = shape[:axis] + (keep[1] - keep[0],) + shape[axis + 1:]
-                name = c.emit("slice", [name], {"axis": axis, "start": keep[0], "end": keep[1]},
-                              TensorType(shape, "f32"), f"{side}{axis}")
+                name = _span(c, name, axis, *((-n, shape[axis]) if side == "before" else (0, shape[axis] + n)),
+                             f"{side}{axis}")
+                shape = tuple(c.type(name).shape)
             elif n > 0:
                 block = shape[:axis] + (n,) + shape[axis + 1:]
                 const = c.g.fresh(f"{c.fx.name}.pad")
@@ -1170,13 +1168,31 @@ def _select(c, x, dim, index):
     return _one_of(c, name, dim, int(index + t.shape[dim] if index < 0 else index))
 
 
+def _span(c, name: str, axis: int, start: int, end: int, part: str = "") -> str:
+    """name[..., start:end, ...] along axis."""
+    t = c.type(name)
+    shape = tuple(end - start if a == axis else d for a, d in enumerate(t.shape))
+    return c.emit("slice", [name], {"axis": axis, "start": start, "end": end}, TensorType(shape, t.dtype), part)
+
+
 def _one_of(c, name: str, axis: int, i: int, part: str = "") -> str:
     """name's index i along axis, that axis dropped: a slice, then a reshape."""
     t = c.type(name)
     one = tuple(1 if a == axis else d for a, d in enumerate(t.shape))
     out = TensorType(one[:axis] + one[axis + 1:], t.dtype)
-    sliced = c.emit("slice", [name], {"axis": axis, "start": i, "end": i + 1}, TensorType(one, t.dtype), f"{part}slice")
-    return c.emit("reshape", [sliced], {"shape": list(out.shape)}, out, part)
+    return c.emit("reshape", [_span(c, name, axis, i, i + 1, f"{part}slice")], {"shape": list(out.shape)}, out, part)
+
+
+def _glu(c, x, dim=-1):
+    """F.glu: the first half along dim times the sigmoid of the second."""
+    name = c.t(x)
+    t = c.type(name)
+    d = _axis(dim, len(t.shape))
+    if t.shape[d] == SEQ:
+        c.fail("a glu along the sequence axis (sequence-mixing the compiler does not understand)")
+    half = t.shape[d] // 2
+    gate = c.emit("unary", [_span(c, name, d, half, 2 * half, "b")], {"fn": "sigmoid"}, c.out_type(), "gate")
+    return c.emit("binary", [_span(c, name, d, 0, half, "a"), gate], {"fn": "mul"})
 
 
 def _window_attention(c, q, k, v, window):
@@ -1578,14 +1594,16 @@ for _op, _conv in {
     aten.repeat.default: _repeat,  # DiffLlama's v.repeat(1, 2, 1, 1)
     aten.repeat_interleave.self_int: _repeat_interleave,
     aten.pad.default: _pad,
+    aten.glu.default: _glu,
     aten.constant_pad_nd.default: lambda c, x, pad, value=0: _pad(c, x, pad, "constant", value),
     aten.unbind.int: _unbind,
     aten.view_as_complex.default: _view_as_complex,
     aten.view_as_real.default: _view_as_real,
     aten.view_as.default: _view_as,
     # Falcon's `mlp_output += attention_output`, `attention_scores /= math.sqrt(self.head_dim)`
-    **{getattr(aten, f"{fn}_").Tensor: _in_place(fn) for fn in ("add", "sub", "mul", "div")},
-    **{getattr(aten, f"{fn}_").Scalar: _in_place(fn) for fn in ("add", "sub", "mul", "div")},
+    **{getattr(aten, f"{fn}_").Tensor: _in_place(_binary(fn), fn) for fn in ("add", "sub", "mul", "div")},
+    **{getattr(aten, f"{fn}_").Scalar: _in_place(_binary(fn), fn) for fn in ("add", "sub", "mul", "div")},
+    aten.masked_fill_.Scalar: _in_place(_masked_fill, "masked_fill"),
     aten.numpy_T.default: _reverse_axes,  # Falcon's `input @ self.weight.T`
     aten.t.default: _reverse_axes,
     aten.split.Tensor: _split,

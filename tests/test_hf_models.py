@@ -259,7 +259,8 @@ class ScratchGPT(nn.Module):
     positions filled in by slice assignment in forward; rotary from an einsum outer product in a
     disabled autocast region; q, k, v and the output projection as einsums with (heads, head_dim)
     parameters; grouped KV heads by repeat_interleave; qk-norm and RMSNorm by F.normalize; scores
-    and values by einsum under a triu mask; a token shift by F.pad; a tied head by einsum."""
+    and values by einsum under a triu mask filled in place with -1e9; a token shift by F.pad; a GLU
+    MLP; a tied head by einsum."""
 
     def __init__(self, D=32, H=4, kv=2, n_layer=2):
         super().__init__()
@@ -267,7 +268,7 @@ class ScratchGPT(nn.Module):
         self.wte = nn.Embedding(V, D)
         self.qkv = nn.ParameterList(nn.Parameter(torch.randn(D, H + 2 * kv, self.hd) / D ** 0.5) for _ in range(n_layer))
         self.out = nn.ParameterList(nn.Parameter(torch.randn(H, self.hd, D) / D ** 0.5) for _ in range(n_layer))
-        self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D)) for _ in range(n_layer))
+        self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(D, 4 * D), nn.GLU(), nn.Linear(2 * D, D)) for _ in range(n_layer))
         self.g = nn.Parameter(1 + 0.2 * torch.randn(2 * n_layer + 1, D))
         self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, self.hd, 2).float() / self.hd))
 
@@ -294,7 +295,9 @@ class ScratchGPT(nn.Module):
             q, k, v = qkv.split([self.H, self.kv, self.kv], dim=1)
             q, k = self.rotate(F.normalize(q, dim=-1), cos, sin) * 3, self.rotate(F.normalize(k, dim=-1), cos, sin)
             k, v = k.repeat_interleave(self.H // self.kv, dim=1), v.repeat_interleave(self.H // self.kv, dim=1)
-            att = torch.einsum("bhqd,bhkd->bhqk", q, k).masked_fill(causal, float("-inf")).softmax(-1)
+            att = torch.einsum("bhqd,bhkd->bhqk", q, k)
+            att.masked_fill_(causal, -1e9)  # in place, with the tutorials' fill
+            att = att.softmax(-1)
             x = x + torch.einsum("bhte,hed->btd", torch.einsum("bhqk,bhkd->bhqd", att, v), self.out[i])
             h = self.norm(x, 2 * i + 1)
             half = D // 2
