@@ -41,6 +41,11 @@ class Shift(nn.Module):
             return x + torch.cat([x.new_zeros(B, 2, C), x[:, :-2]], dim=1)
         if self.how == "cumsum":
             return x.cumsum(1)
+        if self.how == "python_loop":  # litgpt's sliding-window mask, row by row
+            mask = torch.full((T, T), float("-inf"))
+            for i in range(T):
+                mask[i, max(0, i - 3):i + 1] = 0.0
+            return x + mask.sum(-1, keepdim=True)
         return x.flip(1)
 
 
@@ -56,6 +61,8 @@ def test_one_step_token_shift_becomes_carried_state():
 @pytest.mark.parametrize("how,words", [
     ("two_step", "sequence-mixing the compiler does not understand"),  # x[:, :-2]: caught while tracing
     ("cumsum", "unsupported op aten.cumsum.default at fx node %cumsum"),
+    ("python_loop", "turns the length into a Python number (int(T), range(T), a shape computed in Python) at "
+                    "test_lower.py:46 (for i in range(T):)"),
     ("flip", "unsupported op aten.flip.default at fx node %flip"),
 ])
 def test_sequence_mixing_the_compiler_does_not_know_fails_by_name(how, words):

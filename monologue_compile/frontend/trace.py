@@ -38,8 +38,9 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
     # and prints the partial graph of a failed trace to stderr (torch/export/_trace.py), a hundred
     # lines of it: held back, and passed on only when the trace succeeds (the model's own warnings)
     held = io.StringIO()
+    guards: list[str] = []
     try:
-        with torch.no_grad(), contextlib.redirect_stderr(held), dense_experts(module):
+        with torch.no_grad(), contextlib.redirect_stderr(held), dense_experts(module), _guards_added(guards):
             ep = _export(module, example, hi)
         sys.stderr.write(held.getvalue())
         if isinstance(getattr(module, "every", None), torch.fx.GraphModule):
@@ -49,7 +50,8 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
         if lines and lines[0].startswith("Constraints violated"):
             guard = next((ln for ln in lines if "guard" in ln), lines[0])
             if any("specialized it to be a constant" in ln for ln in lines):
-                guard = "its code turns the length into a Python number (int(T), a shape computed in Python)"
+                guard = "its code turns the length into a Python number (int(T), range(T), a shape computed in " \
+                        "Python)" + _guard_source(guards)
             raise MonologueError("the model treats some sequence lengths specially, so no single graph serves every "
                                  f"length (sequence-mixing the compiler does not understand): {guard[:300]}") from None
         first = lines[0] if lines else type(e).__name__
@@ -59,6 +61,44 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
     inline_autocast(ep)
     decompose_einsum(ep)
     return ep
+
+
+@contextlib.contextmanager
+def _guards_added(into: list[str]):
+    """The shape guards export adds while it traces (each with the user's file:line), collected from
+    torch's symbolic-shapes log and kept off the terminal."""
+    log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            if "[guard added]" in msg:
+                into.append(msg)
+
+    handlers, level, propagate = log.handlers, log.level, log.propagate
+    log.handlers, log.propagate = [Collect()], False
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.handlers, log.propagate = handlers, propagate
+        log.setLevel(level)
+
+
+def _guard_source(guards: list[str]) -> str:
+    """" at file.py:559 (the line)" of the first guard fixing the length to a number, else ""."""
+    import linecache
+
+    for g in guards:
+        m = re.search(r"eval Eq\(\w+, \d+\) \[guard added\].*?\(([^()]*?):(\d+) in \w+\)", g)
+        if not m:
+            continue
+        tail, line = m.group(1), int(m.group(2))
+        path = next((f for f in (getattr(mod, "__file__", None) for mod in list(sys.modules.values()))
+                     if f and f.endswith(tail)), None)
+        code = linecache.getline(path, line).strip() if path else ""
+        return f" at {tail.rsplit('/', 1)[-1]}:{line}" + (f" ({code[:100]})" if code else "")
+    return ""
 
 
 def _restore_sources(ep: torch.export.ExportedProgram, edited: torch.fx.GraphModule) -> None:
