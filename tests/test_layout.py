@@ -69,6 +69,39 @@ def test_head_transposes_sink_into_attention_and_repeat_kv_becomes_gqa():
     logits_match(model, g)
 
 
+class TiledKV(HeadsFirst):
+    """KV heads repeated as a block, not head by head: query head h reads KV head h % HKV."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.emb(idx)
+        q = self.q(x).view(1, T, H, D).transpose(1, 2)
+        k = self.k(x).view(1, T, HKV, D).transpose(1, 2)
+        v = self.v(x).view(1, T, HKV, D).transpose(1, 2)
+        if self.how == "repeat":
+            k, v = k.repeat(1, H // HKV, 1, 1), v.repeat(1, H // HKV, 1, 1)
+        else:  # einops' repeat(k, 'b h n d -> b (r h) n d')
+            k = k[:, None].expand(1, H // HKV, HKV, T, D).reshape(1, H, T, D)
+            v = v[:, None].expand(1, H // HKV, HKV, T, D).reshape(1, H, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(1, T, C))
+
+
+@pytest.mark.parametrize("how", ["repeat", "expand"])
+def test_kv_heads_repeated_as_a_block_are_gqa_with_the_query_heads_regrouped(how):
+    model = TiledKV(how)
+    g = compiled(model)
+    att = [n for n in g.nodes if n.op == "attention"]
+    assert [(n.attrs["layout"], n.attrs["n_kv_head"]) for n in att] == [("BTHD", HKV)]
+    assert not [n for n in g.nodes if n.op in ("permute", "expand")]
+    logits_match(model, g)
+    generate(g)  # the Rust runtime places every node
+
+
 class FlatRows(nn.Module):
     """GPT-2's Conv1D: view(-1, C), addmm, view back; learned positions looked up as (T, C)."""
 

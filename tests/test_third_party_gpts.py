@@ -767,3 +767,53 @@ def test_the_lecture_gpt_compiles_from_its_state_dict_with_the_files_block_size(
     assert manifest["model"]["config"]["sequence_len"] in (31, 32)
     report = json.loads((tmp_path / "dist" / "parity.json").read_text())
     assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
+
+
+# x-transformers' decoder as its README builds them: a library's GPT, not written here, unmodified
+X_TRANSFORMERS = {
+    "default": {},
+    "llama-like": dict(rotary_pos_emb=True, use_rmsnorm=True, ff_swish=True, ff_glu=True, attn_kv_heads=2),
+    "mqa-qk-norm": dict(attn_kv_heads=1, attn_qk_norm=True, rotary_pos_emb=True),
+    "shift-tokens-relu2-scalenorm": dict(shift_tokens=1, ff_relu_squared=True, use_scalenorm=True),
+    "macaron-sandwich": dict(macaron=True, sandwich_norm=True),
+}
+
+
+@pytest.mark.parametrize("name", X_TRANSFORMERS)
+def test_x_transformers_decoders_lower_and_match_their_own_forward(name):
+    import numpy as np
+
+    x_transformers = pytest.importorskip("x_transformers")
+    from monologue_compile.frontend.module import from_module
+    from monologue_compile.frontend.trace import trace
+    from monologue_compile.interpreter import Session
+    from monologue_compile.lower import lower
+
+    torch.manual_seed(0)
+    model = x_transformers.TransformerWrapper(num_tokens=64, max_seq_len=32, attn_layers=x_transformers.Decoder(
+        dim=32, depth=2, heads=4, **X_TRANSFORMERS[name])).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    g = lower(trace(from_module(model).build_module(), 32))
+    assert [n.op for n in g.nodes].count("attention") == 2
+    ids = torch.randint(0, 64, (1, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(ids)[0].numpy()
+    assert np.abs(Session(g).forward(ids[0].numpy()) - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_an_x_transformers_llama_matches_on_every_backend(tmp_path):
+    x_transformers = pytest.importorskip("x_transformers")
+    import monologue_compile
+
+    torch.manual_seed(0)
+    model = x_transformers.TransformerWrapper(num_tokens=64, max_seq_len=32, attn_layers=x_transformers.Decoder(
+        dim=32, depth=2, heads=4, **X_TRANSFORMERS["llama-like"])).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    monologue_compile.compile(model, None, tmp_path / "dist", verify=True)
+    report = json.loads((tmp_path / "dist" / "parity.json").read_text())
+    assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
+    assert {b for b, v in report["backends"].items() if v["status"] == "pass"} >= {"numpy", "native", "wgpu-cpu"}

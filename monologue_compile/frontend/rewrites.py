@@ -49,8 +49,14 @@ def inline_autocast(ep: torch.export.ExportedProgram) -> None:
         with ep.graph.inserting_before(n):
             outputs = ep.graph.graph_copy(sub.graph, dict(zip(inputs, operands)))
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        for user in list(n.users):  # getitem(region, i): the region's i-th output, under the getitem's name
-            user.target, user.args, user.kwargs = aten.alias.default, (outputs[user.args[1]],), {}
+        for user in list(n.users):  # getitem(region, i): the region's i-th output
+            out = outputs[user.args[1]]
+            if isinstance(out, torch.fx.Node) and isinstance(out.meta.get("val"), torch.Tensor):
+                # under the getitem's name, which the program's signature may give an output
+                user.target, user.args, user.kwargs = aten.alias.default, (out,), {}
+            else:  # a size (-T), a number
+                user.replace_all_uses_with(out)
+                ep.graph.erase_node(user)
         ep.graph.erase_node(n)
         ep.graph.erase_node(body)
         delattr(gm, body.target)

@@ -7,7 +7,9 @@ Every activation becomes `(1, T, ...)`:
    `(1, T, C)` then change nothing and fold away, and broadcasts line up.
 2. `fold_repeat_kv`: GQA written as `repeat_kv` (insert an axis after the heads, expand it, merge it
    back) before attention becomes the attention op's own `n_kv_head`: query head h reads KV head
-   h // groups, which is that repeat.
+   h // groups, which is that repeat. KV heads repeated as a block (`k.repeat(1, groups, 1, 1)`,
+   einops' `(r h)`: h reads h % n_kv) become the same, with the query heads regrouped before the
+   attention and its output's heads put back after it.
 3. `sink_permutes`: a permute that moves T off axis 1 (HF's `view(1, T, H, D).transpose(1, 2)`) is
    pushed down through every op that commutes with it (one rule table, `SINK`), the op rewritten to
    work on the unpermuted value, until it reaches attention (which takes the permute into its
@@ -70,10 +72,15 @@ def batch_one(g: Graph) -> Graph:
 
 # --- 2. repeat_kv into the attention op ---------------------------------------------------------------
 
-def _repeat_source(g: Graph, by_name: dict, name: str, head: int) -> tuple[str, int] | None:
-    """(x, groups) when `name` is reshape(expand(reshape(x))) repeating each of x's heads (axis `head`)
-    `groups` times in a row; None otherwise."""
+def _repeat_source(g: Graph, by_name: dict, name: str, head: int) -> tuple[str, int, bool] | None:
+    """(x, groups, tiled) when `name` repeats each of x's heads (axis `head`) `groups` times in a row
+    (llama's repeat_kv: reshape(expand(reshape(x))) with the new axis after the heads), or all of
+    them `groups` times over (tiled: the new axis before the heads, einops' 'b h n d -> b (r h) n d',
+    or `x.repeat(1, groups, 1, 1)`, a concat of copies); None otherwise."""
     merge = by_name.get(name)
+    if merge is not None and merge.op == "concat" and merge.attrs["axis"] == head and len(set(merge.inputs)) == 1 \
+            and len(merge.inputs) > 1:
+        return merge.inputs[0], len(merge.inputs), True
     if merge is None or merge.op != "reshape":
         return None
     rep = by_name.get(merge.inputs[0])
@@ -83,26 +90,61 @@ def _repeat_source(g: Graph, by_name: dict, name: str, head: int) -> tuple[str, 
     if split is None or split.op != "reshape":
         return None
     x = list(g.type_of(split.inputs[0]).shape)
-    groups = rep.type.shape[head + 1] if len(rep.type.shape) == len(x) + 1 else None
-    if (not isinstance(groups, int) or list(split.type.shape) != x[:head + 1] + [1] + x[head + 1:]
-            or list(rep.type.shape) != x[:head + 1] + [groups] + x[head + 1:]
-            or list(merge.type.shape) != x[:head] + [x[head] * groups] + x[head + 1:]):
-        return None
-    return split.inputs[0], groups
+    merged = x[:head] + [x[head] * rep.type.shape[head + 1]] + x[head + 1:] if len(rep.type.shape) == len(x) + 1 else None
+    for at, tiled in ((head + 1, False), (head, True)):
+        groups = rep.type.shape[at] if len(rep.type.shape) == len(x) + 1 else None
+        if (isinstance(groups, int) and list(split.type.shape) == x[:at] + [1] + x[at:]
+                and list(rep.type.shape) == x[:at] + [groups] + x[at:] and list(merge.type.shape) == merged):
+            return split.inputs[0], groups, tiled
+    return None
 
 
 def fold_repeat_kv(g: Graph) -> Graph:
+    """Query head h reads KV head h // groups (the attention op's grouping). KV heads repeated as a
+    block (tiled: h reads h % n_kv) are the same grouping with the query heads reordered, n_kv
+    groups of every n_kv-th head, and the output's heads put back: per-token copies of the heads."""
     by_name = {n.name: n for n in g.nodes}
-    for n in g.nodes:
+    for n in list(g.nodes):
         if n.op != "attention":
             continue
         head = 1 if n.attrs["layout"] == "BHTD" else 2
         found = [_repeat_source(g, by_name, i, head) for i in n.inputs[1:]]
-        if None in found or found[0][1] != found[1][1]:
+        if None in found or found[0][1:] != found[1][1:]:
             continue
-        n.inputs[1:] = [x for x, _ in found]
-        n.attrs["n_kv_head"] = n.attrs["n_kv_head"] // found[0][1]
+        (k, groups, tiled), (v, _, _) = found
+        n_kv = n.attrs["n_kv_head"] // groups
+        q = n.inputs[0]
+        if tiled and n_kv > 1:
+            # new head j is old head (j % groups) * n_kv + j // groups: reads KV head j // groups
+            order = [(j % groups) * n_kv + j // groups for j in range(n_kv * groups)]
+            q = _heads_in_order(g, q, head, order, n, g.fresh(f"{n.name}_q_grouped"), after=False)
+            # the attention's value under a name of its own, and its name on the heads put back in order
+            name, n.name = n.name, g.fresh(f"{n.name}_grouped")
+            _heads_in_order(g, n.name, head, [order.index(i) for i in range(len(order))], n, name, after=True)
+        n.inputs = [q, k, v]
+        n.attrs["n_kv_head"] = n_kv
     return dead_code(g)
+
+
+def _heads_in_order(g: Graph, x: str, axis: int, order: list[int], at: Node, name: str, after: bool) -> str:
+    """`name`: x's heads (along `axis`) in `order`, slices of runs of consecutive heads concatenated,
+    placed before or after node `at`."""
+    t = g.type_of(x)
+    runs: list[list[int]] = []
+    for h in order:
+        if runs and runs[-1][1] == h:
+            runs[-1][1] += 1
+        else:
+            runs.append([h, h + 1])
+    nodes = []
+    for a, b in runs:
+        shape = tuple(b - a if i == axis else d for i, d in enumerate(t.shape))
+        nodes.append(Node(g.fresh(f"{name}{a}"), "slice", [x], {"axis": axis, "start": a, "end": b},
+                          TensorType(shape, t.dtype), at.source))
+    nodes.append(Node(name, "concat", [m.name for m in nodes], {"axis": axis}, t, at.source))
+    i = g.nodes.index(at) + after
+    g.nodes[i:i] = nodes
+    return name
 
 
 # --- 3. permutes sink to attention -----------------------------------------------------------------
