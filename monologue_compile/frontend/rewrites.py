@@ -38,14 +38,12 @@ def inline_autocast(ep: torch.export.ExportedProgram) -> None:
         device, dtype, enabled, _cache, body, *operands = n.args
         sub = getattr(gm, body.target)
         if enabled and device == "cpu":
-            from .trace import source_line
-
-            at = next((line for m in sub.graph.nodes if (line := source_line(m))), "no source")
             raise MonologueError(f"a torch.autocast({device!r}, {dtype}) region computes in {dtype}, and the compiled "
-                                 f"model in f32, at fx node %{n.name} ({at})")
+                                 f"model in f32, at fx node %{n.name} ({_first_source(sub.graph)})")
         inputs = [p for p in sub.graph.nodes if p.op == "placeholder"]
         if any(m.op in ("get_attr", "call_module") for m in sub.graph.nodes):
-            raise MonologueError(f"an autocast region holding another region, at fx node %{n.name}")
+            raise MonologueError(f"an autocast region holding another region, at fx node %{n.name} "
+                                 f"({_first_source(sub.graph)})")
         with ep.graph.inserting_before(n):
             outputs = ep.graph.graph_copy(sub.graph, dict(zip(inputs, operands)))
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
@@ -65,6 +63,13 @@ def inline_autocast(ep: torch.export.ExportedProgram) -> None:
 
 
 _AUTOCAST = getattr(torch.ops.higher_order, "wrap_with_autocast", None)
+
+
+def _first_source(graph: torch.fx.Graph) -> str:
+    """The user's line of a region's first node that has one (the region's own call has none)."""
+    from .trace import source_line  # trace imports this module
+
+    return next((line for m in graph.nodes if (line := source_line(m))), "no source")
 
 
 def decompose_einsum(ep: torch.export.ExportedProgram) -> None:
