@@ -274,6 +274,17 @@ def concat_pieces(g: "Graph", n: Node) -> list[tuple[tuple, list[int], int]]:
     return out
 
 
+def consecutive_runs(indices) -> list[tuple[int, int]]:
+    """[start, end) of each run of consecutive indices, in order: [0, 1, 4, 2] -> [(0, 2), (4, 5), (2, 3)]."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, i + 1])
+    return [(a, b) for a, b in runs]
+
+
 def view_refusal(g: "Graph", n: Node) -> str:
     """Why a backend cannot place view n as an offset (view_block said None) after the passes."""
     src = g.type_of(n.inputs[0])

@@ -19,7 +19,7 @@ import torch.fx
 from .errors import MonologueError
 from .frontend.trace import source_line
 from .models import ops  # noqa: F401  (registers monologue::causal_attention before the table below)
-from .ir import SEQ, Graph, Node, TensorType, Weight, dense_strides, verify
+from .ir import SEQ, Graph, Node, TensorType, Weight, consecutive_runs, dense_strides, verify
 from .position_fold import Evaluator, bias_kind, causal_window, constant_nodes, is_prefix_table, linear_bias
 
 aten = torch.ops.aten
@@ -493,12 +493,7 @@ def _index(c, x, indices):
     picks = [int(i) + size if int(i) < 0 else int(i) for i in value]
     if not all(0 <= i < size for i in picks):
         c.fail(f"index out of range for an axis of {size}")
-    runs = []  # [start, end) of consecutive picks
-    for i in picks:
-        if runs and runs[-1][1] == i:
-            runs[-1][1] += 1
-        else:
-            runs.append([i, i + 1])
+    runs = consecutive_runs(picks)
     parts = []
     for k, (a, b) in enumerate(runs):
         shape = tuple(b - a if d == axis else n for d, n in enumerate(t.shape))

@@ -90,3 +90,22 @@ def lowered(model, ep):
     g = lower(ep)
     g.meta.update(arch="gpt", config=model.config.to_dict())
     return g
+
+
+def lowered_matches(model, sequence_len: int, vocab: int, T: int = 9, rtol: float = 1e-5):
+    """`model` (an nn.Module taking ids) traced and lowered; the interpreter's logits for T random ids
+    within rtol of the model's own. The graph, for further checks."""
+    import numpy as np
+
+    from monologue_compile.frontend.module import from_module
+    from monologue_compile.frontend.trace import trace
+    from monologue_compile.interpreter import Session
+    from monologue_compile.lower import lower
+
+    g = lower(trace(from_module(model.eval()).build_module(), sequence_len))
+    ids = torch.randint(0, vocab, (1, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(ids)
+    want = (out[0] if isinstance(out, tuple) else out)[0].numpy()
+    assert np.abs(Session(g).forward(ids[0].numpy()) - want).max() <= rtol * np.abs(want).max()
+    return g

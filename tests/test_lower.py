@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import lowered
+from conftest import lowered, lowered_matches
 from monologue_compile.errors import MonologueError
 from monologue_compile.frontend.trace import trace
 from monologue_compile.lower import CONVERTERS, lower
@@ -76,19 +76,8 @@ def test_sequence_mixing_the_compiler_does_not_know_fails_by_name(how, words):
     assert words in msg and "\n" not in msg
 
 
-def _matches(model: nn.Module, T: int = 9):
-    """The model lowered and run by the interpreter gives its own logits."""
-    import numpy as np
-
-    from monologue_compile.frontend.module import from_module
-    from monologue_compile.interpreter import Session
-
-    g = lower(trace(from_module(model.eval()).build_module(), 16))
-    ids = torch.randint(0, 10, (1, T), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        want = model(ids)[0].numpy()
-    assert np.abs(Session(g).forward(ids[0].numpy()) - want).max() <= 1e-5 * np.abs(want).max()
-    return g
+def _matches(model: nn.Module):
+    return lowered_matches(model, 16, 10)
 
 
 class Filled(nn.Module):

@@ -781,13 +781,8 @@ X_TRANSFORMERS = {
 
 @pytest.mark.parametrize("name", X_TRANSFORMERS)
 def test_x_transformers_decoders_lower_and_match_their_own_forward(name):
-    import numpy as np
-
     x_transformers = pytest.importorskip("x_transformers")
-    from monologue_compile.frontend.module import from_module
-    from monologue_compile.frontend.trace import trace
-    from monologue_compile.interpreter import Session
-    from monologue_compile.lower import lower
+    from conftest import lowered_matches
 
     torch.manual_seed(0)
     model = x_transformers.TransformerWrapper(num_tokens=64, max_seq_len=32, attn_layers=x_transformers.Decoder(
@@ -795,12 +790,8 @@ def test_x_transformers_decoders_lower_and_match_their_own_forward(name):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-    g = lower(trace(from_module(model).build_module(), 32))
+    g = lowered_matches(model, 32, 64, T=11)
     assert [n.op for n in g.nodes].count("attention") == 2
-    ids = torch.randint(0, 64, (1, 11), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        want = model(ids)[0].numpy()
-    assert np.abs(Session(g).forward(ids[0].numpy()) - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_an_x_transformers_llama_matches_on_every_backend(tmp_path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import SEQ, Graph, Node, TensorType, Weight, permute_is_view
+from ..ir import SEQ, Graph, Node, TensorType, Weight, consecutive_runs, permute_is_view
 from .canonicalize import cse, dead_code, fold_views, rename_uses, same_tables
 
 _SWAP_HT = [0, 2, 1, 3]
@@ -130,14 +130,8 @@ def _heads_in_order(g: Graph, x: str, axis: int, order: list[int], at: Node, nam
     """`name`: x's heads (along `axis`) in `order`, slices of runs of consecutive heads concatenated,
     placed before or after node `at`."""
     t = g.type_of(x)
-    runs: list[list[int]] = []
-    for h in order:
-        if runs and runs[-1][1] == h:
-            runs[-1][1] += 1
-        else:
-            runs.append([h, h + 1])
     nodes = []
-    for a, b in runs:
+    for a, b in consecutive_runs(order):
         shape = tuple(b - a if i == axis else d for i, d in enumerate(t.shape))
         nodes.append(Node(g.fresh(f"{name}{a}"), "slice", [x], {"axis": axis, "start": a, "end": b},
                           TensorType(shape, t.dtype), at.source))
