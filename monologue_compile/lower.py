@@ -43,6 +43,8 @@ _PENDING_USES = {
               "compiler does not understand)",
     "zeros": "zeros (zeros_like, new_zeros) other than as a token shift's first row or a scatter's base",
     "conv": "a conv1d's output other than its first T positions (a causal convolution)",
+    "left_padded": "a sequence padded in front other than as the input of a conv1d that takes the length back "
+                   "to T (a causal convolution)",
     "complex": "a complex value other than in view_as_real(view_as_complex(x) * table) (a rotary embedding)",
 }
 
@@ -406,7 +408,8 @@ def _slice(c, x, dim=0, start=None, end=None, step=1):
 def _conv1d(c, x, weight, bias=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
     """conv1d along the sequence: only as the first half of a causal depthwise convolution (see
     _causal_conv); its T + K - 1 outputs are no shape the IR holds."""
-    name = c.t(x)
+    padded = _pending(c, x, "left_padded")  # F.pad(x, (K - 1, 0)) first, then no padding of its own
+    name = c.env[x].name if padded else c.t(x)
     t = c.type(name)
     w = c.weight(c.t(weight))
     if w is None:
@@ -414,24 +417,32 @@ def _conv1d(c, x, weight, bias=None, stride=(1,), padding=(0,), dilation=(1,), g
     shape = c.g.weights[w].shape
     k = shape[-1]
     one = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
+    pad = c.env[x].attrs["count"] if padded else one(padding)[0]
     if len(t.shape) != 3 or t.seq_axis != 2 or groups != t.shape[1] or tuple(shape) != (t.shape[1], 1, k) \
-            or one(stride) != [1] or one(dilation) != [1] or one(padding) != [k - 1]:
-        c.fail("a conv1d other than a causal depthwise one over (B, C, T) (groups C, stride 1, padding K - 1)")
+            or one(stride) != [1] or one(dilation) != [1] or pad != k - 1 or (padded and one(padding) != [0]):
+        c.fail("a conv1d other than a causal depthwise one over (B, C, T) (groups C, stride 1, K - 1 zeros in front "
+               "of the sequence: padding K - 1 then the first T outputs, or F.pad (K - 1, 0) and no padding)")
     b = c.weight(c.t(bias)) if bias is not None else None
     if bias is not None and b is None:
         c.fail("conv1d with a computed (not a parameter) bias")
-    return _Pending("conv", name, weight=w, bias=b, k=k)
+    conv = _Pending("conv", name, weight=w, bias=b, k=k)
+    return _conv_taps(c, conv) if padded else conv
 
 
 def _causal_conv(c, p: _Pending, dim, start, end, step) -> str:
-    """conv1d(x, padding=K-1)[..., :T]: y[t] = sum_i w[K-1-i] x[t-i] (+ b), each channel on its own
-    (LFM2's short convolution, Mamba's): i one-step token shifts of x, each times its tap. It runs
-    channels-last, (B, T, C), between two transposes the layout pass cancels with the model's own."""
+    """conv1d(x, padding=K-1)[..., :T] (LFM2's short convolution, Mamba's)."""
+    if _axis(dim, 3) != 2 or step != 1 or (start or 0) != 0 or end is None or \
+            (c.dim(end) != SEQ and int(c.dim(end)) != -(p.attrs["k"] - 1)):
+        c.fail("a slice of conv1d's output other than its first T positions (a causal convolution)")
+    return _conv_taps(c, p)
+
+
+def _conv_taps(c, p: _Pending) -> str:
+    """A causal depthwise conv1d: y[t] = sum_i w[K-1-i] x[t-i] (+ b), each channel on its own: i
+    one-step token shifts of x, each times its tap. It runs channels-last, (B, T, C), between two
+    transposes the layout pass cancels with the model's own."""
     t = c.type(p.name)
     k = p.attrs["k"]
-    if _axis(dim, 3) != 2 or step != 1 or (start or 0) != 0 or end is None or \
-            (c.dim(end) != SEQ and int(c.dim(end)) != -(k - 1)):
-        c.fail("a slice of conv1d's output other than its first T positions (a causal convolution)")
     rows = TensorType((1, SEQ, t.shape[1]), "f32")
     x = c.emit("permute", [p.name], {"perm": [0, 2, 1]}, rows, "channels_last")
     taps = np.asarray(c.g.weights[p.attrs["weight"]].data, np.float32)[:, 0, :]
@@ -1012,9 +1023,11 @@ def _pad(c, x, pad, mode="constant", value=None):
     for i in range(len(pad) // 2):
         axis, (before, after) = len(shape) - 1 - i, (int(c.dim(p)) for p in pad[2 * i:2 * i + 2])
         if shape[axis] == SEQ:
+            if before > 0 and after == 0 and not fill and not any(pad[:2 * i]) and not any(pad[2 * i + 2:]):
+                return _Pending("left_padded", name, axis=axis, count=before)  # a causal conv1d's input
             if before + after or before < 0 or fill:
-                c.fail(f"a pad of ({before}, {after}) along the sequence axis (only a shift of zeros, (k, -k), keeps "
-                       "each position's row its own past)")
+                c.fail(f"a pad of ({before}, {after}) along the sequence axis (only a shift of zeros, (k, -k), or "
+                       "K - 1 zeros in front of a causal conv1d keeps each position's row its own past)")
             for k in range(before):
                 name = c.emit("token_shift", [name], {"axis": axis}, TensorType(shape, "f32"), f"shift{k}")
             continue

@@ -259,8 +259,8 @@ class ScratchGPT(nn.Module):
     positions filled in by slice assignment in forward; rotary from an einsum outer product in a
     disabled autocast region; q, k, v and the output projection as einsums with (heads, head_dim)
     parameters; grouped KV heads by repeat_interleave; qk-norm and RMSNorm by F.normalize; scores
-    and values by einsum under a triu mask filled in place with -1e9; a token shift by F.pad; a GLU
-    MLP; a tied head by einsum."""
+    and values by einsum under a triu mask filled in place with -1e9; a token shift by F.pad and a
+    causal convolution after F.pad's zeros in front; a GLU MLP; a tied head by einsum."""
 
     def __init__(self, D=32, H=4, kv=2, n_layer=2):
         super().__init__()
@@ -270,6 +270,7 @@ class ScratchGPT(nn.Module):
         self.out = nn.ParameterList(nn.Parameter(torch.randn(H, self.hd, D) / D ** 0.5) for _ in range(n_layer))
         self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(D, 4 * D), nn.GLU(), nn.Linear(2 * D, D)) for _ in range(n_layer))
         self.g = nn.Parameter(1 + 0.2 * torch.randn(2 * n_layer + 1, D))
+        self.conv = nn.ModuleList(nn.Conv1d(D, D, 3, groups=D) for _ in range(n_layer))
         self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, self.hd, 2).float() / self.hd))
 
     def norm(self, x, i):
@@ -302,6 +303,7 @@ class ScratchGPT(nn.Module):
             h = self.norm(x, 2 * i + 1)
             half = D // 2
             h = torch.cat([F.pad(h[..., :half], (0, 0, 1, -1)), h[..., half:]], dim=-1)  # the previous token's half
+            h = h + self.conv[i](F.pad(h.transpose(1, 2), (2, 0))).transpose(1, 2)  # a causal depthwise conv
             x = x + self.ffn[i](h)
         return torch.einsum("btd,vd->btv", self.norm(x, -1), self.wte.weight)
 

@@ -147,3 +147,28 @@ class Norms(nn.Module):
 def test_a_norm_other_than_the_2_norm_is_refused_by_name():
     with pytest.raises(MonologueError, match=r"a vector norm other than the 2-norm over one axis \(ord=1"):
         _matches(Norms())
+
+
+class CausalConv(nn.Module):
+    """A causal depthwise convolution written the other way: K - 1 zeros padded in front, no padding."""
+
+    def __init__(self, pad: int = 2):
+        super().__init__()
+        self.pad, self.block_size = pad, 16
+        self.emb, self.head = nn.Embedding(10, 8), nn.Linear(8, 10)
+        self.conv = nn.Conv1d(8, 8, 3, groups=8)
+
+    def forward(self, idx):
+        x = self.emb(idx).transpose(1, 2)
+        y = self.conv(torch.nn.functional.pad(x, (self.pad, 0)))
+        return self.head(y[..., -idx.shape[1]:].transpose(1, 2) if self.pad > 2 else y.transpose(1, 2))
+
+
+def test_a_conv1d_after_k_minus_1_zeros_padded_in_front_is_a_causal_convolution():
+    g = _matches(CausalConv())
+    assert [n.op for n in g.nodes].count("token_shift") == 2
+
+
+def test_more_zeros_in_front_than_the_kernel_needs_is_refused_by_name():
+    with pytest.raises(MonologueError, match=r"a conv1d other than a causal depthwise one .* at fx node %conv1d "):
+        _matches(CausalConv(pad=3))
