@@ -117,3 +117,32 @@ def test_an_autocast_region_that_casts_on_the_cpu_is_refused_by_name():
                                              r"torch.bfloat16.* at fx node %\w+ \(test_graph_rewrites.py:\d+"):
         trace(from_module(Autocast(True)).build_module(), 16)
     assert inline_autocast  # the rewrite under test
+
+
+class Lerp(torch.nn.Module):
+    """nGPT's and x-transformers' value residual: torch.lerp by a learned tensor and by a number."""
+
+    def __init__(self):
+        super().__init__()
+        self.block_size = 16
+        self.emb, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 20)
+        self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+        self.mix = torch.nn.Parameter(torch.rand(8))
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        h = torch.lerp(self.a(x), self.b(x), self.mix)
+        return self.head(h.lerp(x, 0.25))
+
+
+def test_lerp_is_written_as_the_ops_it_is_made_of_and_matches():
+    from monologue_compile.frontend.module import from_module
+
+    torch.manual_seed(0)
+    model = Lerp().eval()
+    ep = trace(from_module(model).build_module(), 16)
+    assert not [n for n in ep.graph.nodes if "lerp" in str(n.target)]
+    ids = torch.randint(0, 20, (1, 7))
+    with torch.no_grad():
+        assert torch.allclose(ep.module()(ids), model(ids), atol=1e-6)
+    lowered_matches(model, 16, 20)

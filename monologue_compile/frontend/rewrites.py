@@ -12,6 +12,7 @@ recognised however the model spelled them.
   the first operand's own indices as rows, the second's as columns, the shared kept ones as batch
   axes; the matmul broadcasts over extra row axes, and columns merge only where their sizes are
   known at compile time. An equation this cannot write (a diagonal `ii`) is an error naming the node.
+- `decompose_composites`: ops made of others (`lerp`: a + (b - a) * w), from the COMPOSITES table.
 """
 
 from __future__ import annotations
@@ -76,26 +77,21 @@ def decompose_einsum(ep: torch.export.ExportedProgram) -> None:
     """Every aten.einsum node of `ep` replaced, in place, by the ops it computes."""
     nodes = [n for n in ep.graph.nodes if n.target is aten.einsum.default]
     for n in nodes:
-        _Rewrite(ep.graph, n).run()
+        _Einsum(ep.graph, n).run()
     if nodes:
         ep.graph_module.recompile()
 
 
-class _Rewrite:
+class _Emitter:
+    """New nodes computing what `node` computes, placed before it, each with its value (fake tensors,
+    symbolic in T) and `node`'s source (for errors) in its meta; `become` makes `node` itself the
+    last of them, so its name, which the program's signature may give an output, stays."""
+
     def __init__(self, graph: torch.fx.Graph, node: torch.fx.Node):
         self.graph, self.node = graph, node
-        self.fake = detect_fake_mode([a.meta["val"] for a in node.args[1]])
-
-    def fail(self, why: str):
-        from .trace import source_line  # trace imports this module
-
-        at = source_line(self.node)
-        raise MonologueError(f"einsum {self.node.args[0]!r}: {why} at fx node %{self.node.name}"
-                             + (f" ({at})" if at else ""))
+        self.fake = detect_fake_mode([a.meta["val"] for a in node.all_input_nodes])
 
     def emit(self, target, *args) -> torch.fx.Node:
-        """A new node computing target(*args) just before the einsum, its value (and the einsum's
-        source, for errors) in its meta."""
         vals = tree_map(lambda a: a.meta["val"] if isinstance(a, torch.fx.Node) else a, args)
         with self.fake:
             val = target(*vals)
@@ -103,6 +99,39 @@ class _Rewrite:
             out = self.graph.call_function(target, args)
         out.meta.update({k: v for k, v in self.node.meta.items() if k in ("stack_trace", "nn_module_stack")}, val=val)
         return out
+
+    def become(self, last: torch.fx.Node) -> None:
+        if last in self.node.all_input_nodes:  # the op changed nothing ("ij->ij")
+            last = self.emit(aten.alias.default, last)
+        self.node.target, self.node.args, self.node.kwargs = last.target, last.args, last.kwargs
+        self.node.meta["val"] = last.meta["val"]
+        self.graph.erase_node(last)
+
+
+# composite ops as the ops they are made of: defined here once, so no backend needs them
+COMPOSITES = {
+    aten.lerp.Scalar: lambda e, a, b, w: e(aten.add.Tensor, a, e(aten.mul.Tensor, e(aten.sub.Tensor, b, a), w)),
+    aten.lerp.Tensor: lambda e, a, b, w: e(aten.add.Tensor, a, e(aten.mul.Tensor, e(aten.sub.Tensor, b, a), w)),
+}
+
+
+def decompose_composites(ep: torch.export.ExportedProgram) -> None:
+    """Every node of a COMPOSITES op replaced, in place, by the ops it is made of."""
+    nodes = [n for n in ep.graph.nodes if n.op == "call_function" and n.target in COMPOSITES]
+    for n in nodes:
+        e = _Emitter(ep.graph, n)
+        e.become(COMPOSITES[n.target](e.emit, *n.args, **n.kwargs))
+    if nodes:
+        ep.graph_module.recompile()
+
+
+class _Einsum(_Emitter):
+    def fail(self, why: str):
+        from .trace import source_line  # trace imports this module
+
+        at = source_line(self.node)
+        raise MonologueError(f"einsum {self.node.args[0]!r}: {why} at fx node %{self.node.name}"
+                             + (f" ({at})" if at else ""))
 
     def run(self) -> None:
         equation, operands = self.node.args
@@ -112,12 +141,7 @@ class _Rewrite:
             later = set(output).union(*inputs[i + 1:])
             x, xs = self.pair(x, xs, y, ys, later)
         x, xs = self.reduce(x, xs, set(output))
-        x = self.permute(x, xs, output)
-        # the einsum node computes the last step (its name may be an output in the program's signature)
-        last = x if x not in operands else self.emit(aten.alias.default, x)
-        self.node.target, self.node.args, self.node.kwargs = last.target, last.args, last.kwargs
-        self.node.meta["val"] = last.meta["val"]
-        self.graph.erase_node(last)
+        self.become(self.permute(x, xs, output))
 
     def subscripts(self, equation: str, ranks: list[int]) -> tuple[list[str], str]:
         """Each operand's indices and the output's, "..." spelled out as letters the equation leaves free."""
