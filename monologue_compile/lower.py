@@ -20,7 +20,8 @@ from .errors import MonologueError
 from .frontend.trace import source_line
 from .models import ops  # noqa: F401  (registers monologue::causal_attention before the table below)
 from .ir import SEQ, Graph, Node, TensorType, Weight, consecutive_runs, dense_strides, verify
-from .position_fold import Evaluator, bias_kind, causal_window, constant_nodes, is_prefix_table, linear_bias
+from .position_fold import (Evaluator, bias_kind, causal_window, constant_nodes, is_prefix_table, linear_bias,
+                            viewed_tensor)
 
 aten = torch.ops.aten
 F32_EPS = float(np.finfo(np.float32).eps)
@@ -673,9 +674,10 @@ def _binary(fn):
 
 
 def _in_place(conv, fn: str):
-    """x += y (and -=, *=, /=, scores.masked_fill_) as x + y. The tracer gives the result to every
-    later reader of the tensor x, but a view taken of x before (or a node reading x after) would see
-    it in eager PyTorch and x here: refused by name."""
+    """x += y (x.relu_(), scores.masked_fill_, any op's in-place twin) as x + y. The tracer gives the
+    result to every later reader of the tensor x, but a view taken of x before (or a node reading x
+    after) would see it in eager PyTorch and x here: refused by name. So is a write into a view of
+    another tensor (`v = x[..., 4:]; v += 1`) that is read afterwards: x would change too."""
 
     def lower_in_place(c, a, *args, **kw):
         if isinstance(a, torch.fx.Node):
@@ -684,9 +686,24 @@ def _in_place(conv, fn: str):
                     r.alias_info is not None for r in u.target._schema.returns)
                 if u is not c.fx and (aliases or c.order[u] > c.order[c.fx]):
                     c.fail(f"in-place {fn} of a value read again afterwards (%{u.name}, a view or a later read)")
+            base = a
+            while (up := viewed_tensor(base)) is not None:
+                base = up
+            if base is not a and (late := [u for u in _readers(base) if c.order.get(u, -1) > c.order[c.fx]]):
+                c.fail(f"in-place {fn} of a view of %{base.name}, which %{late[0].name} reads afterwards (it would "
+                       "see the write)")
         return conv(c, a, *args, **kw)
 
     return lower_in_place
+
+
+def _readers(base: torch.fx.Node) -> list[torch.fx.Node]:
+    """The nodes that read `base` or any view of it, other than to take another view."""
+    out, stack = [], [base]
+    while stack:
+        for u in stack.pop().users:
+            (stack if viewed_tensor(u) is not None else out).append(u)
+    return out
 
 
 def _rsub(c, a, b, *, alpha=1):
@@ -1621,6 +1638,14 @@ for _op, _conv in {
     aten.to.device: _to,
 }.items():
     CONVERTERS.setdefault(_op, _conv)
+
+# every covered op's in-place twin (x.relu_(), nn.ReLU(inplace=True), x.clamp_(...), x.unsqueeze_(0)) is
+# that op under the in-place rule
+for _op, _conv in list(CONVERTERS.items()):
+    _twin = getattr(getattr(aten, _op.overloadpacket.__name__ + "_", None), _op._overloadname, None) \
+        if isinstance(_op, torch._ops.OpOverload) and _conv is not None else None
+    if _twin is not None and _twin not in CONVERTERS:
+        CONVERTERS[_twin] = _in_place(_conv, _op.overloadpacket.__name__)
 
 
 def supported_ops() -> list[str]:

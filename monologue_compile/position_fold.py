@@ -153,7 +153,7 @@ def _written(n: torch.fx.Node) -> torch.fx.Node | None:
     return None
 
 
-def _viewed(n: torch.fx.Node) -> torch.fx.Node | None:
+def viewed_tensor(n: torch.fx.Node) -> torch.fx.Node | None:
     """The tensor a view op (slice, select, view, transpose, ...) shares storage with."""
     schema = getattr(n.target, "_schema", None)
     if (n.op == "call_function" and schema is not None and len(schema.returns) == 1 and schema.returns[0].alias_info
@@ -167,7 +167,7 @@ def in_place_writes(graph: torch.fx.Graph) -> list[tuple[torch.fx.Node, torch.fx
     out = []
     for n in graph.nodes:
         if (base := _written(n)) is not None:
-            while (up := _viewed(base)) is not None:
+            while (up := viewed_tensor(base)) is not None:
                 base = up
             out.append((n, base))
     return out

@@ -172,3 +172,30 @@ def test_a_conv1d_after_k_minus_1_zeros_padded_in_front_is_a_causal_convolution(
 def test_more_zeros_in_front_than_the_kernel_needs_is_refused_by_name():
     with pytest.raises(MonologueError, match=r"a conv1d other than a causal depthwise one .* at fx node %conv1d "):
         _matches(CausalConv(pad=3))
+
+
+class InPlace(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.block_size = how, 16
+        self.emb, self.head = nn.Embedding(10, 8), nn.Linear(8, 10)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, idx):
+        x = self.emb(idx) * 1.0
+        if self.how == "write_through_a_view":
+            v = x[..., 4:]
+            v += 1.0  # x changes too: PyTorch's head reads the sum
+        else:
+            x = self.act(x - 0.5).clamp_(max=1.0)
+        return self.head(x)
+
+
+def test_in_place_twins_of_covered_ops_lower_as_those_ops():
+    _matches(InPlace("relu_clamp_"))
+
+
+def test_a_write_through_a_view_that_the_base_is_read_after_is_refused_by_name():
+    with pytest.raises(MonologueError, match=r"in-place add of a view of %mul, which %linear reads afterwards .* "
+                                             r"at fx node %add_ \(test_lower.py:\d+ v \+= 1.0"):
+        _matches(InPlace("write_through_a_view"))
