@@ -70,30 +70,31 @@ def test_head_transposes_sink_into_attention_and_repeat_kv_becomes_gqa():
 
 
 class TiledKV(HeadsFirst):
-    """KV heads repeated as a block, not head by head: query head h reads KV head h % HKV."""
+    """KV heads repeated as a block, not head by head: query head h reads KV head h % hkv."""
 
-    def __init__(self, how: str):
+    def __init__(self, how: str, heads: int = H):
         super().__init__()
-        self.how = how
+        self.how, self.heads = how, heads
+        self.k, self.v = nn.Linear(C, HKV * C // heads), nn.Linear(C, HKV * C // heads)
 
     def forward(self, idx):
-        T = idx.shape[1]
+        T, h, d = idx.shape[1], self.heads, C // self.heads
         x = self.emb(idx)
-        q = self.q(x).view(1, T, H, D).transpose(1, 2)
-        k = self.k(x).view(1, T, HKV, D).transpose(1, 2)
-        v = self.v(x).view(1, T, HKV, D).transpose(1, 2)
+        q = self.q(x).view(1, T, h, d).transpose(1, 2)
+        k = self.k(x).view(1, T, HKV, d).transpose(1, 2)
+        v = self.v(x).view(1, T, HKV, d).transpose(1, 2)
         if self.how == "repeat":
-            k, v = k.repeat(1, H // HKV, 1, 1), v.repeat(1, H // HKV, 1, 1)
+            k, v = k.repeat(1, h // HKV, 1, 1), v.repeat(1, h // HKV, 1, 1)
         else:  # einops' repeat(k, 'b h n d -> b (r h) n d')
-            k = k[:, None].expand(1, H // HKV, HKV, T, D).reshape(1, H, T, D)
-            v = v[:, None].expand(1, H // HKV, HKV, T, D).reshape(1, H, T, D)
+            k = k[:, None].expand(1, h // HKV, HKV, T, d).reshape(1, h, T, d)
+            v = v[:, None].expand(1, h // HKV, HKV, T, d).reshape(1, h, T, d)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(y.transpose(1, 2).reshape(1, T, C))
 
 
-@pytest.mark.parametrize("how", ["repeat", "expand"])
-def test_kv_heads_repeated_as_a_block_are_gqa_with_the_query_heads_regrouped(how):
-    model = TiledKV(how)
+@pytest.mark.parametrize("how,heads", [("repeat", H), ("expand", H), ("expand", 8)])
+def test_kv_heads_repeated_as_a_block_are_gqa_with_the_query_heads_regrouped(how, heads):
+    model = TiledKV(how, heads)
     g = compiled(model)
     att = [n for n in g.nodes if n.op == "attention"]
     assert [(n.attrs["layout"], n.attrs["n_kv_head"]) for n in att] == [("BTHD", HKV)]

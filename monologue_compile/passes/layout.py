@@ -90,11 +90,13 @@ def _repeat_source(g: Graph, by_name: dict, name: str, head: int) -> tuple[str, 
     if split is None or split.op != "reshape":
         return None
     x = list(g.type_of(split.inputs[0]).shape)
-    merged = x[:head] + [x[head] * rep.type.shape[head + 1]] + x[head + 1:] if len(rep.type.shape) == len(x) + 1 else None
+    if len(rep.type.shape) != len(x) + 1:
+        return None
     for at, tiled in ((head + 1, False), (head, True)):
-        groups = rep.type.shape[at] if len(rep.type.shape) == len(x) + 1 else None
+        groups = rep.type.shape[at]
         if (isinstance(groups, int) and list(split.type.shape) == x[:at] + [1] + x[at:]
-                and list(rep.type.shape) == x[:at] + [groups] + x[at:] and list(merge.type.shape) == merged):
+                and list(rep.type.shape) == x[:at] + [groups] + x[at:]
+                and list(merge.type.shape) == x[:head] + [x[head] * groups] + x[head + 1:]):
             return split.inputs[0], groups, tiled
     return None
 
