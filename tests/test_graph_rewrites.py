@@ -8,7 +8,7 @@ import torch
 
 from conftest import lowered_matches
 from monologue_compile.errors import MonologueError
-from monologue_compile.frontend.rewrites import decompose_einsum, inline_autocast
+from monologue_compile.frontend.rewrites import decompose, inline_autocast
 from monologue_compile.frontend.trace import trace
 from monologue_compile.lower import lower
 
@@ -50,7 +50,7 @@ class Einsum(torch.nn.Module):
 def test_an_einsum_rewritten_computes_what_torch_einsum_does(equation, shapes):
     xs = tuple(torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes))
     ep = torch.export.export(Einsum(equation), xs, strict=False)
-    decompose_einsum(ep)
+    decompose(ep)
     assert not [n for n in ep.graph.nodes if n.target is aten.einsum.default]
     got = ep.module()(*xs)
     assert torch.allclose(got, torch.einsum(equation, *xs), atol=1e-5), equation
@@ -60,7 +60,7 @@ def test_a_diagonal_einsum_is_refused_naming_the_equation_and_node():
     x = torch.randn(3, 3)
     ep = torch.export.export(Einsum("ii->i"), (x,), strict=False)
     with pytest.raises(MonologueError, match=r"einsum 'ii->i': an index repeated within one operand .* at fx node %einsum"):
-        decompose_einsum(ep)
+        decompose(ep)
 
 
 class EinsumAttention(torch.nn.Module):

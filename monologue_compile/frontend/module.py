@@ -144,7 +144,7 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
                  (("missing", missing), ("unexpected", fit.unexpected_keys)) if keys]
         raise MonologueError(f"{ckpt}: does not fit {name}: " + "; ".join(parts))
     # a length the file sets at module level (the "Let's build GPT" lecture's `block_size = 256`)
-    loaded = from_module(model, tokenizer, sequence_len or (None if _sequence_len(model) else _sequence_len(mod)))
+    loaded = from_module(model, tokenizer, sequence_len or _sequence_len(model) or _sequence_len(mod))
     loaded.source = {**loaded.source, "name": ckpt.name, "kind": "model-code", "code": Path(path).name + ":" + name}
     return loaded
 

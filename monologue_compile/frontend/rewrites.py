@@ -5,14 +5,14 @@ recognised however the model spelled them.
 - `inline_autocast`: a `torch.autocast(..., enabled=False)` region (rotary embeddings kept in
   f32 under mixed precision, as x-transformers and rotary-embedding-torch write them) is exported
   as a call of a submodule (`wrap_with_autocast`); its nodes go inline, as in the model's own code.
-- `decompose_einsum`: torch.einsum as the permutes, sums and matmuls it stands for. Attention
+- `decompose`, einsum: torch.einsum as the permutes, sums and matmuls it stands for. Attention
   written as `einsum("bhqd,bhkd->bhqk", q, k)` then meets the same `q @ k.transpose` recognition
   as the matmul form, and no backend needs an einsum op. Operands are contracted left to right,
   as torch does without opt_einsum. Each pair is one matmul over their shared contracted indices:
   the first operand's own indices as rows, the second's as columns, the shared kept ones as batch
   axes; the matmul broadcasts over extra row axes, and columns merge only where their sizes are
   known at compile time. An equation this cannot write (a diagonal `ii`) is an error naming the node.
-- `decompose_composites`: ops made of others (`lerp`: a + (b - a) * w), from the COMPOSITES table.
+- `decompose`, COMPOSITES: ops made of others (`lerp`: a + (b - a) * w), each a formula in the table.
 """
 
 from __future__ import annotations
@@ -73,15 +73,6 @@ def _first_source(graph: torch.fx.Graph) -> str:
     return next((line for m in graph.nodes if (line := source_line(m))), "no source")
 
 
-def decompose_einsum(ep: torch.export.ExportedProgram) -> None:
-    """Every aten.einsum node of `ep` replaced, in place, by the ops it computes."""
-    nodes = [n for n in ep.graph.nodes if n.target is aten.einsum.default]
-    for n in nodes:
-        _Einsum(ep.graph, n).run()
-    if nodes:
-        ep.graph_module.recompile()
-
-
 class _Emitter:
     """New nodes computing what `node` computes, placed before it, each with its value (fake tensors,
     symbolic in T) and `node`'s source (for errors) in its meta; `become` makes `node` itself the
@@ -108,19 +99,25 @@ class _Emitter:
         self.graph.erase_node(last)
 
 
+def _lerp(e, a, b, w):
+    return e(aten.add.Tensor, a, e(aten.mul.Tensor, e(aten.sub.Tensor, b, a), w))
+
+
 # composite ops as the ops they are made of: defined here once, so no backend needs them
-COMPOSITES = {
-    aten.lerp.Scalar: lambda e, a, b, w: e(aten.add.Tensor, a, e(aten.mul.Tensor, e(aten.sub.Tensor, b, a), w)),
-    aten.lerp.Tensor: lambda e, a, b, w: e(aten.add.Tensor, a, e(aten.mul.Tensor, e(aten.sub.Tensor, b, a), w)),
-}
+COMPOSITES = {aten.lerp.Scalar: _lerp, aten.lerp.Tensor: _lerp}
 
 
-def decompose_composites(ep: torch.export.ExportedProgram) -> None:
-    """Every node of a COMPOSITES op replaced, in place, by the ops it is made of."""
-    nodes = [n for n in ep.graph.nodes if n.op == "call_function" and n.target in COMPOSITES]
+def decompose(ep: torch.export.ExportedProgram) -> None:
+    """Every einsum and COMPOSITES node of `ep` replaced, in place, by the ops it is made of."""
+    nodes = [n for n in ep.graph.nodes
+             if n.op == "call_function" and (n.target in COMPOSITES or n.target is aten.einsum.default)]
     for n in nodes:
-        e = _Emitter(ep.graph, n)
-        e.become(COMPOSITES[n.target](e.emit, *n.args, **n.kwargs))
+        if n.target is aten.einsum.default:
+            e = _Einsum(ep.graph, n)
+            e.become(e.contract(*n.args))
+        else:
+            e = _Emitter(ep.graph, n)
+            e.become(COMPOSITES[n.target](e.emit, *n.args, **n.kwargs))
     if nodes:
         ep.graph_module.recompile()
 
@@ -133,15 +130,15 @@ class _Einsum(_Emitter):
         raise MonologueError(f"einsum {self.node.args[0]!r}: {why} at fx node %{self.node.name}"
                              + (f" ({at})" if at else ""))
 
-    def run(self) -> None:
-        equation, operands = self.node.args
+    def contract(self, equation: str, operands: list) -> torch.fx.Node:
+        """The last of the nodes computing einsum(equation, *operands)."""
         inputs, output = self.subscripts(equation, [o.meta["val"].dim() for o in operands])
         x, xs = operands[0], inputs[0]
         for i, (y, ys) in enumerate(zip(operands[1:], inputs[1:]), 1):
             later = set(output).union(*inputs[i + 1:])
             x, xs = self.pair(x, xs, y, ys, later)
         x, xs = self.reduce(x, xs, set(output))
-        self.become(self.permute(x, xs, output))
+        return self.permute(x, xs, output)
 
     def subscripts(self, equation: str, ranks: list[int]) -> tuple[list[str], str]:
         """Each operand's indices and the output's, "..." spelled out as letters the equation leaves free."""

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from ..errors import MonologueError
-from .rewrites import decompose_composites, decompose_einsum, inline_autocast
+from .rewrites import decompose, inline_autocast
 from .experts import dense_experts
 
 
@@ -59,8 +59,7 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
     finally:
         torch_log.setLevel(level)
     inline_autocast(ep)
-    decompose_einsum(ep)
-    decompose_composites(ep)
+    decompose(ep)
     return ep
 
 
