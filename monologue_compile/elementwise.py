@@ -6,8 +6,8 @@ semantics; called with `Expr` placeholders and `SYMBOLIC` it builds an expressio
 `wgsl_function` and `rust_function` write out as a WGSL or Rust function of f32. So the tanh clamp
 of softcap and gelu_tanh, the erf of gelu, and every constant are stated here and nowhere else.
 
-`UNARY` and `BINARY` are the functions the IR's `unary`/`binary` ops and epilogue steps name;
-`HELPERS` are functions the definitions call (rendered once as functions of their own).
+`UNARY` and `BINARY` are the functions the IR's `unary`/`binary` ops and epilogue steps name; a
+definition may call another (`m.call("erf", ...)` in gelu), which is rendered once as a function of its own.
 """
 
 from __future__ import annotations
@@ -131,8 +131,6 @@ def _erf(x, m):
     return m.copysign(y, x)
 
 
-HELPERS: dict[str, Callable] = {"erf": _erf}
-
 UNARY: dict[str, Callable] = {
     "neg": lambda x, m: -x,
     "relu": lambda x, m: m.max(x, 0.0),
@@ -154,6 +152,12 @@ UNARY: dict[str, Callable] = {
     "softplus": lambda x, m: m.select(m.gt(x, 20.0), x, m.log(1.0 + m.exp(m.clamp(x, -1.0e30, 20.0)))),
     "mish": lambda x, m: x * m.call("tanh", m.call("softplus", x)),
     "hardswish": lambda x, m: x * m.clamp(x + 3.0, 0.0, 6.0) / 6.0,
+    "hardsigmoid": lambda x, m: m.clamp(x + 3.0, 0.0, 6.0) / 6.0,
+    # torch's min(x, 0) - log1p(exp(-|x|)) is -softplus(-x): softplus's threshold gives x exactly below -20
+    "log_sigmoid": lambda x, m: -m.call("softplus", -x),
+    "erf": _erf,
+    "reciprocal": lambda x, m: 1.0 / x,
+    "sign": lambda x, m: m.gt(x, 0.0) - m.lt(x, 0.0),
 }
 
 BINARY: dict[str, Callable] = {
@@ -178,11 +182,11 @@ BINARY: dict[str, Callable] = {
     "elu": lambda x, alpha, m: m.select(m.gt(x, 0.0), x, alpha * (m.exp(m.clamp(x, -1.0e30, 0.0)) - 1.0)),
 }
 
-FUNCTIONS: dict[str, Callable] = {**HELPERS, **UNARY, **BINARY}
+FUNCTIONS: dict[str, Callable] = {**UNARY, **BINARY}
 
 # Functions defined (real, finite) for positive arguments only (pow: base; div: divisor nonzero):
 # tests draw their inputs accordingly.
-POSITIVE_DOMAIN = ("rsqrt", "sqrt", "pow", "div", "log")
+POSITIVE_DOMAIN = ("rsqrt", "sqrt", "pow", "div", "log", "reciprocal")
 
 
 def arity(name: str) -> int:

@@ -22,6 +22,11 @@ pub enum Unary {
     Softplus,
     Mish,
     Hardswish,
+    Hardsigmoid,
+    LogSigmoid,
+    Erf,
+    Reciprocal,
+    Sign,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,14 +58,6 @@ fn pmax(a: f32, b: f32) -> f32 {
 #[inline(always)]
 fn pmin(a: f32, b: f32) -> f32 {
     if a < b { a } else { b }
-}
-
-#[inline(always)]
-pub fn erf(x: f32) -> f32 {
-    let t0 = x.abs();
-    let t1 = (1.0_f32 / (1.0_f32 + (0.32759109139442444_f32 * t0)));
-    let t2 = (1.0_f32 - ((((((((((1.0614054203033447_f32 * t1) - 1.453152060508728_f32) * t1) + 1.421413779258728_f32) * t1) - 0.2844967246055603_f32) * t1) + 0.2548295855522156_f32) * t1) * crate::math::expf((-(t0 * t0)))));
-    t2.copysign(x)
 }
 
 #[inline(always)]
@@ -146,6 +143,34 @@ pub fn mish(x: f32) -> f32 {
 #[inline(always)]
 pub fn hardswish(x: f32) -> f32 {
     ((x * pmin(pmax((x + 3.0_f32), 0.0_f32), 6.0_f32)) / 6.0_f32)
+}
+
+#[inline(always)]
+pub fn hardsigmoid(x: f32) -> f32 {
+    (pmin(pmax((x + 3.0_f32), 0.0_f32), 6.0_f32) / 6.0_f32)
+}
+
+#[inline(always)]
+pub fn log_sigmoid(x: f32) -> f32 {
+    (-softplus((-x)))
+}
+
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let t0 = x.abs();
+    let t1 = (1.0_f32 / (1.0_f32 + (0.32759109139442444_f32 * t0)));
+    let t2 = (1.0_f32 - ((((((((((1.0614054203033447_f32 * t1) - 1.453152060508728_f32) * t1) + 1.421413779258728_f32) * t1) - 0.2844967246055603_f32) * t1) + 0.2548295855522156_f32) * t1) * crate::math::expf((-(t0 * t0)))));
+    t2.copysign(x)
+}
+
+#[inline(always)]
+pub fn reciprocal(x: f32) -> f32 {
+    (1.0_f32 / x)
+}
+
+#[inline(always)]
+pub fn sign(x: f32) -> f32 {
+    ((if x > 0.0_f32 { 1.0_f32 } else { 0.0_f32 }) - (if x < 0.0_f32 { 1.0_f32 } else { 0.0_f32 }))
 }
 
 #[inline(always)]
@@ -253,6 +278,11 @@ pub fn unary(f: Unary, x: f32) -> f32 {
         Unary::Softplus => softplus(x),
         Unary::Mish => mish(x),
         Unary::Hardswish => hardswish(x),
+        Unary::Hardsigmoid => hardsigmoid(x),
+        Unary::LogSigmoid => log_sigmoid(x),
+        Unary::Erf => erf(x),
+        Unary::Reciprocal => reciprocal(x),
+        Unary::Sign => sign(x),
     }
 }
 
@@ -299,6 +329,11 @@ pub fn unary_row(f: Unary, row: &mut [f32]) {
         Unary::Softplus => row.iter_mut().for_each(|v| *v = softplus(*v)),
         Unary::Mish => row.iter_mut().for_each(|v| *v = mish(*v)),
         Unary::Hardswish => row.iter_mut().for_each(|v| *v = hardswish(*v)),
+        Unary::Hardsigmoid => row.iter_mut().for_each(|v| *v = hardsigmoid(*v)),
+        Unary::LogSigmoid => row.iter_mut().for_each(|v| *v = log_sigmoid(*v)),
+        Unary::Erf => row.iter_mut().for_each(|v| *v = erf(*v)),
+        Unary::Reciprocal => row.iter_mut().for_each(|v| *v = reciprocal(*v)),
+        Unary::Sign => row.iter_mut().for_each(|v| *v = sign(*v)),
     }
 }
 
