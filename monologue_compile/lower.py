@@ -493,9 +493,12 @@ def _strided_slice(c, name: str, dim: int, start: int, end, step: int) -> str:
 def _index(c, x, indices):
     """x[..., [i, j, ..], ..] with constant indices on one axis other than the sequence's (Falcon's
     `fused_qkv[..., [-2], :]`): a slice for each run of consecutive indices, concatenated."""
+    axes = [a for a, i in enumerate(indices) if i is not None]
+    if axes == [0] and not isinstance(c.env.get(indices[0]), _Const) and not isinstance(c.env.get(x), _Const) \
+            and c.weight(c.t(x)) is not None:
+        return _embedding(c, x, indices[0])  # wte.weight[idx]: rows of a parameter picked by the tokens
     name = c.t(x)
     t = c.type(name)
-    axes = [a for a, i in enumerate(indices) if i is not None]
     if len(axes) != 1 or not isinstance(c.env.get(indices[axes[0]]), _Const):
         c.fail("indexing other than by constant indices on one axis")
     axis, size = axes[0], t.shape[axes[0]]
@@ -512,6 +515,11 @@ def _index(c, x, indices):
         parts.append(c.emit("slice", [name], {"axis": axis, "start": a, "end": b}, TensorType(shape, t.dtype),
                             f"run{k}" if len(runs) > 1 else ""))
     return parts[0] if len(parts) == 1 else c.emit("concat", parts, {"axis": axis})
+
+
+def _index_select(c, x, dim, index):
+    """x.index_select(dim, index): indexing on one axis (a parameter's rows by the tokens: an embedding)."""
+    return _index(c, x, [None] * _axis(dim, len(x.meta["val"].shape)) + [index])
 
 
 def _stack(c, tensors, dim=0):
@@ -728,9 +736,25 @@ def _pending(c, x, kind: str) -> bool:
 # which is softmax with the sink as one more logit, of no value ---------------------------------------
 
 def _logsumexp(c, x, dims, keepdim=False):
-    if not _scores(c, x) or keepdim or [_axis(d, 4) for d in dims] != [3]:
-        c.fail("logsumexp other than of attention scores over the keys (an attention sink's scale)")
-    return _Pending("lse", c.env[x].name, **c.env[x].attrs)
+    """Of attention scores, an attention sink's scale (below); of anything else, along the last axis,
+    max + log(sum(exp(x - max))) (log_softmax is x - logsumexp(x))."""
+    if _scores(c, x):
+        if keepdim or [_axis(d, 4) for d in dims] != [3]:
+            c.fail("logsumexp of attention scores other than as an attention sink's scale (over the keys, not kept)")
+        return _Pending("lse", c.env[x].name, **c.env[x].attrs)
+    name = c.t(x)
+    t = c.type(name)
+    if [_axis(d, len(t.shape)) for d in dims] != [len(t.shape) - 1] or t.seq_axis == len(t.shape) - 1:
+        c.fail("logsumexp other than along the last (per-token) axis")
+    kept = TensorType(t.shape[:-1] + (1,), "f32")
+    top = c.emit("topk", [name], {"k": 1, "indices": False}, kept, "max")
+    y = c.emit("binary", [name, top], {"fn": "sub"}, t, "shifted")
+    y = c.emit("unary", [y], {"fn": "exp"}, t, "exp")
+    y = c.emit("mean", [y], {"axis": len(t.shape) - 1}, kept, "mean")
+    y = c.emit("unary", [y], {"fn": "log"}, kept, "log")
+    y = c.emit("binary", [y, top], {"fn": "add"}, kept, "log_sum")
+    y = c.emit("binary", [y], {"fn": "add", "scalar": math.log(t.shape[-1])}, kept, "" if keepdim else "kept")
+    return y if keepdim else c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
 
 
 def _sink_gate(c, lse, sink) -> _Pending:
@@ -831,9 +855,16 @@ def _softplus(c, x, beta=1, threshold=20):
 
 
 def _elu(c, x, alpha=1, scale=1, input_scale=1):
-    if scale != 1 or input_scale != 1:
-        c.fail("elu with a scale or an input_scale other than 1 (selu's form)")
-    return c.emit("binary", [c.t(x)], {"fn": "elu", "scalar": float(alpha)})
+    """torch's elu: scale * x where x > 0, else scale * alpha * (exp(input_scale * x) - 1). That is
+    (scale / s) * elu(s * x, alpha * s) for s = input_scale > 0, so selu (a scale) and celu
+    (s = 1 / alpha) are the IR's elu between two multiplies."""
+    if input_scale <= 0:
+        c.fail(f"elu with input_scale={input_scale} (a positive one is defined)")
+    name, outer = c.t(x), scale / input_scale
+    if input_scale != 1:
+        name = c.emit("binary", [name], {"fn": "mul", "scalar": float(input_scale)}, part="scaled")
+    y = c.emit("binary", [name], {"fn": "elu", "scalar": float(alpha * input_scale)}, part="elu" if outer != 1 else "")
+    return c.emit("binary", [y], {"fn": "mul", "scalar": float(outer)}) if outer != 1 else y
 
 
 def _leaky_relu(c, x, negative_slope=0.01):
@@ -946,6 +977,14 @@ def _topk(c, x, k, dim=-1, largest=True, sorted=True):
     out = TensorType(t.shape[:-1] + (int(k),), "f32")
     return [c.emit("topk", [name], {"k": int(k), "indices": i}, out, part)
             for i, part in ((False, "values"), (True, "indices"))]
+
+
+def _amax(c, x, dims=(), keepdim=False):
+    """x.amax(dim): the values of torch.max(x, dim) (a hand-written softmax's row max)."""
+    dims = dims if isinstance(dims, (list, tuple)) else [dims]
+    if len(dims) != 1:
+        c.fail(f"amax over {len(dims) or 'all'} axes (one per-token axis is supported)")
+    return _max_dim(c, x, dims[0], keepdim)[0]
 
 
 def _max_dim(c, x, dim, keepdim=False):
@@ -1272,10 +1311,10 @@ def _scores_op(c, fn, a, b):
         # GPT-1's (and the GPT-2 ports') w * b + -1e4 * (1 - b): b zeroes the scores of the keys the
         # fill added next must block
         attrs["zeroed"] = c.mask_window(other, additive=False, product=True)
-    elif fn == "add" and attrs.get("zeroed") is not None:
+    elif fn in ("add", "sub") and _scores(c, a) and attrs.get("zeroed") is not None:
         # the fill: 0 where b keeps a score, at most -1e4 where it zeroed one (exp(-1e4 - max) is 0 in
-        # f32 for any score above -9896): the same causal mask
-        if c.mask_window(other, additive=True, fill=BLOCKING_FILL) != attrs["zeroed"]:
+        # f32 for any score above -9896): the same causal mask (subtracted: w * b - 1e10 * (1 - b))
+        if c.mask_window(other, additive=True, fill=BLOCKING_FILL, negate=fn == "sub") != attrs["zeroed"]:
             c.fail("attention scores times a mask plus a fill that blocks other keys than the mask zeroed")
         attrs["window"], attrs["zeroed"] = attrs["zeroed"], None
     elif fn == "add" and (bias := c.score_bias(other, _heads(c, p))) is not None:
@@ -1283,8 +1322,8 @@ def _scores_op(c, fn, a, b):
         attrs["alibi"] = slopes if attrs["alibi"] is None else [a + b for a, b in zip(attrs["alibi"], slopes)]
         if window is not None:
             attrs["window"] = _both(attrs["window"], window)
-    elif fn == "add":
-        attrs["window"] = _both(attrs["window"], c.mask_window(other, additive=True))
+    elif fn == "add" or fn == "sub" and _scores(c, a) and isinstance(c.env.get(other), _Const):
+        attrs["window"] = _both(attrs["window"], c.mask_window(other, additive=True, negate=fn == "sub"))
     elif fn == "maximum" and (floor := _constant_scalar(c, other)) is not None and floor <= -1e30:
         pass  # XGLM's max(scores, float32's lowest): only a masked score is that low, and stays masked
     elif fn == "sub" and _scores(c, a) and isinstance(c.env.get(other), _Pending) and c.env[other].kind == "row_max" \
@@ -1597,6 +1636,15 @@ for _op, _conv in {
     aten.log.default: _unary("log"),
     aten.mish.default: _unary("mish"),
     aten.hardswish.default: _unary("hardswish"),
+    aten.hardsigmoid.default: _unary("hardsigmoid"),
+    aten.log_sigmoid.default: _unary("log_sigmoid"),
+    aten.erf.default: _unary("erf"),  # GELU written out: 0.5 * x * (1 + erf(x / sqrt(2)))
+    aten.reciprocal.default: _unary("reciprocal"),  # 1 / x
+    aten.sign.default: _unary("sign"),
+    aten.selu.default: lambda c, x: _elu(c, x, 1.6732632423543772848170429916717, 1.0507009873554804934193349852946),
+    aten.celu.default: lambda c, x, alpha=1.0: _elu(c, x, alpha, 1, 1 / alpha),
+    aten.amax.default: _amax,
+    aten.index_select.default: _index_select,
     aten.leaky_relu.default: _leaky_relu,
     aten.elu.default: _elu,
     aten.baddbmm.default: _baddbmm,

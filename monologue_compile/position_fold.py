@@ -187,7 +187,12 @@ def is_prefix_table(ev: Evaluator, n: torch.fx.Node, axis: int, tmax: int) -> bo
     return True
 
 
-def _allowed(mask: torch.Tensor, additive: bool, bias: bool = False, fill: float = -1e30,
+# A value this low added to a score blocks its key (-inf, float32's lowest, a tutorial's -1e9): exp of
+# it is 0 in f32 for the scores of any real model, and no ALiBi term (slope * distance) comes near it.
+ADDED_BLOCK = -1e9
+
+
+def _allowed(mask: torch.Tensor, additive: bool, bias: bool = False, fill: float = ADDED_BLOCK,
              product: bool = False) -> torch.Tensor | None:
     """The keys each query may see, or None when the values are neither blocked nor allowed (with
     `bias`, every value above the blocked ones is allowed: linear_bias checks them). A value at or
@@ -198,26 +203,29 @@ def _allowed(mask: torch.Tensor, additive: bool, bias: bool = False, fill: float
     if product:
         return m == 1 if bool(((m == 0) | (m == 1)).all()) else None
     blocked = m <= fill
-    allowed = (m > -1e30) & torch.isfinite(m) if bias else m == 0
+    allowed = (m > fill) & torch.isfinite(m) if bias else m == 0
     if not bool((allowed | blocked).all()):
         return None
     return allowed
 
 
 def causal_window(ev: Evaluator, n: torch.fx.Node, tmax: int, *, additive: bool, invert: bool = False,
-                  bias: bool = False, fill: float = -1e30, product: bool = False) -> int:
+                  bias: bool = False, fill: float = ADDED_BLOCK, product: bool = False, negate: bool = False) -> int:
     """The window (keys visible including the query's own; 0 = all) of the causal mask node `n`,
     proven by evaluating it at several lengths; a mask of any other form is an error.
 
     `additive`: the mask is added to the scores (0 / very negative); otherwise it is boolean, True
     where a key is visible, or blocked where `invert` (masked_fill's convention). `bias`: the
-    visible keys' values are a bias (linear_bias), not 0 (Falcon's ALiBi inside its mask)."""
+    visible keys' values are a bias (linear_bias), not 0 (Falcon's ALiBi inside its mask). `negate`:
+    the mask is subtracted from the scores."""
     where = f"fx node %{n.name}"
 
     def allowed_at(t: int) -> torch.Tensor:
         m = ev.value(n, t)
         if not isinstance(m, torch.Tensor) or m.dim() < 2 or tuple(m.shape[-2:]) != (t, t):
             raise MonologueError(f"the attention mask at {where} is not a (T, T) mask of the sequence")
+        if negate:
+            m = -m
         a = _allowed(m, additive, bias, fill, product)
         if a is None:
             raise MonologueError(f"the attention mask at {where} has values other than 0 and -inf (a bias, not a "
@@ -248,13 +256,13 @@ def causal_window(ev: Evaluator, n: torch.fx.Node, tmax: int, *, additive: bool,
 
 
 def bias_kind(ev: Evaluator, n: torch.fx.Node, tmax: int) -> str | None:
-    """What a term added to the scores holds beside blocked keys (-inf, or at or below -1e30 as
+    """What a term added to the scores holds beside blocked keys (at or below ADDED_BLOCK, as
     `_allowed` reads them), at the longest length: "bias" (finite values, some not 0), "masked bias"
     (those and blocked keys: Falcon's ALiBi in its mask), None (a mask of 0 and blocked, or no number)."""
     m = ev.value(n, tmax)
     if not (isinstance(m, torch.Tensor) and m.is_floating_point()):
         return None
-    blocked = m <= -1e30
+    blocked = m <= ADDED_BLOCK
     finite = torch.isfinite(m) & ~blocked
     if not bool((finite | blocked).all()) or not bool(m[finite].any()):
         return None
@@ -281,7 +289,7 @@ def linear_bias(ev: Evaluator, n: torch.fx.Node, tmax: int, heads: int) -> list[
             return torch.zeros(heads, dtype=torch.float64)
         # least squares along the last query row (it sees the most keys), then every row is checked
         # against it on the keys it sees; a row's first seen key anchors its constant
-        seen = (b > -1e30) & (j[None, None, :] <= j[None, :, None])
+        seen = (b > ADDED_BLOCK) & (j[None, None, :] <= j[None, :, None])
         if not bool(seen[:, -1].sum(-1).ge(2).all()):
             return torch.zeros(heads, dtype=torch.float64)  # a window of one key: no slope to see
         b = b.masked_fill(~seen, 0.0)  # a blocked -inf would make NaN of the sums below

@@ -8,7 +8,7 @@ import torch
 
 from conftest import lowered_matches
 from monologue_compile.errors import MonologueError
-from monologue_compile.frontend.rewrites import decompose, inline_autocast
+from monologue_compile.frontend.rewrites import decompose, inline_autocast, written_softmax
 from monologue_compile.frontend.trace import trace
 from monologue_compile.lower import lower
 
@@ -146,3 +146,106 @@ def test_lerp_is_written_as_the_ops_it_is_made_of_and_matches():
     with torch.no_grad():
         assert torch.allclose(ep.module()(ids), model(ids), atol=1e-6)
     lowered_matches(model, 16, 20)
+
+
+class Composite(torch.nn.Module):
+    """One composite op (torch's own spelling of it) on x."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.w = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.5, 0.1]))
+
+    def forward(self, x):
+        return self.fn(self, x)
+
+
+COMPOSITE_CASES = {
+    "var": lambda m, x: x.var(-1, keepdim=True),
+    "var_biased_over_two_axes": lambda m, x: x.var((1, 2), unbiased=False),
+    "var_correction": lambda m, x: torch.var(x, -1, correction=2),
+    "std": lambda m, x: x.std(-1),
+    "std_correction": lambda m, x: torch.std(x, 2, correction=0, keepdim=True),
+    "var_mean": lambda m, x: torch.stack(torch.var_mean(x, -1, correction=0)),
+    "var_mean_kept": lambda m, x: torch.cat(torch.var_mean(x, -1, keepdim=True), -1),
+    "log_softmax": lambda m, x: torch.log_softmax(x, -1),
+    "prelu_one": lambda m, x: torch.nn.functional.prelu(x, m.w[:1]),
+    "prelu_channels": lambda m, x: torch.nn.functional.prelu(x.transpose(1, 2), m.w).transpose(1, 2),
+}
+
+
+@pytest.mark.parametrize("name", COMPOSITE_CASES)
+def test_a_composite_rewritten_computes_what_torch_does(name):
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0)) * 3
+    model = Composite(COMPOSITE_CASES[name])
+    ep = torch.export.export(model, (x,), strict=False)
+    decompose(ep)
+    assert not [n for n in ep.graph.nodes if any(k in str(n.target) for k in ("var", "std", "log_softmax", "prelu"))]
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch: var() of one value, while tracing at length 1
+def test_a_variance_over_the_sequence_is_refused_naming_the_line():
+    class SeqVar(torch.nn.Module):
+        block_size = 8
+
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+
+        def forward(self, idx):
+            return self.emb(idx) / self.emb(idx).var(1, keepdim=True)  # LINE: var over T
+
+    from monologue_compile.frontend.module import from_module
+
+    with pytest.raises(MonologueError, match=r"a variance over the sequence axis .* at fx node %var .*LINE: var over T"):
+        trace(from_module(SeqVar()).build_module(), 8)
+
+
+SOFTMAXES = {
+    "amax": lambda s: (e := (s - s.amax(-1, keepdim=True)).exp()) / e.sum(-1, keepdim=True),
+    "max_values_detached": lambda s: (e := torch.exp(s - s.max(dim=-1, keepdim=True)[0].detach())) / e.sum(
+        dim=-1, keepdim=True),
+    "no_shift": lambda s: s.exp() / s.exp().sum(-1, keepdim=True),
+}
+
+
+class WrittenSoftmaxAttention(torch.nn.Module):
+    """Attention whose softmax is written out, as "from scratch" tutorials write it."""
+
+    def __init__(self, softmax):
+        super().__init__()
+        self.block_size, self.softmax = 16, softmax
+        self.emb, self.qkv, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 24), torch.nn.Linear(8, 20)
+        self.register_buffer("tril", torch.tril(torch.ones(16, 16)))
+
+    def forward(self, idx):
+        t = idx.shape[1]
+        q, k, v = self.qkv(self.emb(idx)).view(1, t, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-2, -1) / 2.0).masked_fill(self.tril[:t, :t] == 0, float("-inf"))
+        return self.head((self.softmax(att) @ v).transpose(1, 2).reshape(1, t, 8))
+
+
+@pytest.mark.parametrize("name", SOFTMAXES)
+def test_a_written_out_softmax_of_attention_scores_becomes_the_attention_op(name):
+    torch.manual_seed(0)
+    g = lowered_matches(WrittenSoftmaxAttention(SOFTMAXES[name]).eval(), 16, 20)
+    assert [n.op for n in g.nodes].count("attention") == 1
+    assert not [n for n in g.nodes if n.op == "unary" and n.attrs["fn"] == "exp"]
+
+
+def test_a_written_out_softmax_elsewhere_is_softmax_and_other_quotients_of_exp_are_left_alone():
+    class Quotients(torch.nn.Module):
+        def forward(self, x):
+            e = x.exp()
+            soft = e / e.sum(-2, keepdim=True)  # along another axis: still a softmax
+            other = e / (e.sum(-1, keepdim=True) + 1.0)  # not a softmax
+            return soft + other
+
+    x = torch.randn(1, 3, 5)
+    ep = torch.export.export(Quotients(), (x,), strict=False)
+    written_softmax(ep)
+    assert [n.args[1] for n in ep.graph.nodes if n.target is aten._softmax.default] == [1]
+    assert len([n for n in ep.graph.nodes if n.target is aten.exp.default]) == 1  # the other quotient's
+    torch.testing.assert_close(ep.module()(x), Quotients()(x))

@@ -17,12 +17,15 @@ logits alone (no tuple); its rotary tables are buffers the checkpoint does not h
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 MODEL_PY = '''
 import math
@@ -804,6 +807,105 @@ def test_an_x_transformers_llama_matches_on_every_backend(tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
+    monologue_compile.compile(model, None, tmp_path / "dist", verify=True)
+    report = json.loads((tmp_path / "dist" / "parity.json").read_text())
+    assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
+    assert {b for b, v in report["backends"].items() if v["status"] == "pass"} >= {"numpy", "native", "wgpu-cpu"}
+
+
+# GPTs written from scratch as tutorials write them: each spelling below is one way a model states an
+# op the compiler has under another name (a LayerNorm through var or std, GELU through erf, softmax
+# written out, a mask added or subtracted as a large number, the embedding as indexing, log-probs out)
+def _layer_norm_var(m, x):
+    return m.g * (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-5) + m.b
+
+
+def _layer_norm_std(m, x):
+    return m.g * (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5) + m.b
+
+
+def _layer_norm_var_mean(m, x):
+    var, mean = torch.var_mean(x, -1, keepdim=True, correction=0)
+    return m.g * (x - mean) * torch.rsqrt(var + 1e-5) + m.b
+
+
+def _rms_norm_reciprocal(m, x):
+    return m.g * x * (1.0 / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+SCRATCH_SPELLINGS = {
+    "layer_norm_var": dict(norm=_layer_norm_var),
+    "layer_norm_std": dict(norm=_layer_norm_std),
+    "layer_norm_var_mean": dict(norm=_layer_norm_var_mean),
+    "rms_norm_reciprocal": dict(norm=_rms_norm_reciprocal),
+    "gelu_erf": dict(act=lambda x: 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))),
+    "silu_reciprocal": dict(act=lambda x: x * (1 / (1 + torch.exp(-x)))),
+    "selu": dict(act=torch.nn.functional.selu),
+    "celu": dict(act=lambda x: torch.nn.functional.celu(x, 0.7)),
+    "hardsigmoid_gate": dict(act=lambda x: x * torch.nn.functional.hardsigmoid(x)),
+    "log_sigmoid": dict(act=lambda x: torch.nn.functional.logsigmoid(x) + x),
+    "sign_sqrt": dict(act=lambda x: torch.sign(x) * (x.abs() + 1e-3).sqrt()),
+    "prelu": dict(act=torch.nn.PReLU(init=0.1)),
+    "softmax_written": dict(softmax=lambda s: (e := (s - s.amax(-1, keepdim=True)).exp()) / e.sum(-1, keepdim=True)),
+    "mask_added_1e9": dict(mask=lambda s, tril: s + (tril - 1) * 1e9),
+    "mask_subtracted_1e10": dict(mask=lambda s, tril: s * tril - 1e10 * (1 - tril)),
+    "embedding_indexed": dict(embed=lambda w, idx: w[idx]),
+    "embedding_index_select": dict(embed=lambda w, idx: w.index_select(0, idx.view(-1)).view(*idx.shape, -1)),
+    "log_softmax_out": dict(out=lambda logits: torch.log_softmax(logits, -1)),
+}
+
+
+class ScratchNorm(nn.Module):
+    def __init__(self, d, norm):
+        super().__init__()
+        self.g, self.b, self.norm = nn.Parameter(torch.rand(d) + 0.5), nn.Parameter(torch.randn(d) * 0.1), norm
+
+    def forward(self, x):
+        return self.norm(self, x)
+
+
+class ScratchGPTSpelled(nn.Module):
+    def __init__(self, vocab=48, d=32, heads=4, layers=2, block_size=16, *, norm=_layer_norm_var, act=F.gelu,
+                 softmax=lambda s: F.softmax(s, -1), mask=lambda s, tril: s.masked_fill(tril == 0, float("-inf")),
+                 embed=lambda w, idx: F.embedding(idx, w), out=lambda logits: logits):
+        super().__init__()
+        self.block_size, self.heads, self.act, self.softmax, self.mask, self.embed, self.out = (
+            block_size, heads, act, softmax, mask, embed, out)
+        self.tok, self.pos = nn.Parameter(torch.randn(vocab, d)), nn.Embedding(block_size, d)
+        self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)))
+        self.layers = nn.ModuleList(nn.ModuleDict(dict(
+            n1=ScratchNorm(d, norm), qkv=nn.Linear(d, 3 * d), proj=nn.Linear(d, d), n2=ScratchNorm(d, norm),
+            up=nn.Linear(d, 4 * d), down=nn.Linear(4 * d, d))) for _ in range(layers))
+        self.norm, self.head = ScratchNorm(d, norm), nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx):
+        B, T = idx.shape
+        x = self.embed(self.tok, idx) + self.pos(torch.arange(T, device=idx.device))
+        for layer in self.layers:
+            q, k, v = layer["qkv"](layer["n1"](x)).split(x.shape[-1], -1)
+            q, k, v = (t.view(B, T, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+            att = self.mask(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), self.tril[:T, :T])
+            x = x + layer["proj"]((self.softmax(att) @ v).transpose(1, 2).reshape(B, T, -1))
+            x = x + layer["down"](self.act(layer["up"](layer["n2"](x))))
+        return self.out(self.head(self.norm(x)))
+
+
+@pytest.mark.parametrize("spelling", SCRATCH_SPELLINGS)
+def test_a_gpt_written_from_scratch_lowers_and_matches_however_it_spells_an_op(spelling):
+    from conftest import lowered_matches
+
+    torch.manual_seed(0)
+    g = lowered_matches(ScratchGPTSpelled(**SCRATCH_SPELLINGS[spelling]).eval(), 16, 48, rtol=1e-5)
+    assert [n.op for n in g.nodes].count("attention") == 2
+
+
+def test_a_gpt_of_tutorial_spellings_matches_on_every_backend(tmp_path):
+    import monologue_compile
+
+    torch.manual_seed(0)
+    model = ScratchGPTSpelled(**{k: v for s in ("layer_norm_var", "gelu_erf", "softmax_written", "mask_added_1e9",
+                                                "embedding_indexed", "log_softmax_out")
+                                 for k, v in SCRATCH_SPELLINGS[s].items()}).eval()
     monologue_compile.compile(model, None, tmp_path / "dist", verify=True)
     report = json.loads((tmp_path / "dist" / "parity.json").read_text())
     assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}

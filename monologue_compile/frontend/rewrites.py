@@ -12,11 +12,16 @@ recognised however the model spelled them.
   the first operand's own indices as rows, the second's as columns, the shared kept ones as batch
   axes; the matmul broadcasts over extra row axes, and columns merge only where their sizes are
   known at compile time. An equation this cannot write (a diagonal `ii`) is an error naming the node.
-- `decompose`, COMPOSITES: ops made of others (`lerp`: a + (b - a) * w), each a formula in the table.
+- `decompose`, COMPOSITES: ops made of others (`lerp`: a + (b - a) * w; var, std, var_mean: a
+  LayerNorm written out; log_softmax; prelu), each a formula in the table.
+- `written_softmax`: `e = exp(x - x.amax(d)); e / e.sum(d)` (with or without the row max) is
+  softmax(x, d), wherever it appears: of attention scores it is then the attention op.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 import string
 
 import torch
@@ -91,20 +96,76 @@ class _Emitter:
         out.meta.update({k: v for k, v in self.node.meta.items() if k in ("stack_trace", "nn_module_stack")}, val=val)
         return out
 
-    def become(self, last: torch.fx.Node) -> None:
+    def become(self, last) -> None:
+        """`node` replaced by `last`, or by a tuple of nodes where it has several outputs (its users
+        are getitems: each then becomes an alias of its part, under its own name)."""
+        if isinstance(last, tuple):
+            for user in list(self.node.users):
+                user.target, user.args, user.kwargs = aten.alias.default, (last[user.args[1]],), {}
+            self.graph.erase_node(self.node)
+            return
         if last in self.node.all_input_nodes:  # the op changed nothing ("ij->ij")
             last = self.emit(aten.alias.default, last)
         self.node.target, self.node.args, self.node.kwargs = last.target, last.args, last.kwargs
         self.node.meta["val"] = last.meta["val"]
         self.graph.erase_node(last)
 
+    def fail(self, why: str):
+        from .trace import source_line  # trace imports this module
+
+        at = source_line(self.node)
+        raise MonologueError(f"{why} at fx node %{self.node.name}" + (f" ({at})" if at else ""))
+
 
 def _lerp(e, a, b, w):
-    return e(aten.add.Tensor, a, e(aten.mul.Tensor, e(aten.sub.Tensor, b, a), w))
+    return e.emit(aten.add.Tensor, a, e.emit(aten.mul.Tensor, e.emit(aten.sub.Tensor, b, a), w))
+
+
+def _variance(e, x, dim, correction, keepdim):
+    """(var, mean) of x over `dim`: mean((x - mean)^2) * n / (n - correction), the mean kept."""
+    shape = x.meta["val"].shape
+    dims = list(range(len(shape))) if dim is None else [dim] if isinstance(dim, int) else list(dim)
+    mean = e.emit(aten.mean.dim, x, dims, True)
+    centred = e.emit(aten.sub.Tensor, x, mean)
+    var = e.emit(aten.mean.dim, e.emit(aten.mul.Tensor, centred, centred), dims, keepdim)
+    if correction:
+        n = math.prod(shape[d] for d in dims)
+        if not isinstance(n, int):
+            e.fail("a variance over the sequence axis (sequence-mixing the compiler does not understand)")
+        var = e.emit(aten.mul.Tensor, var, n / (n - correction))
+    return var, mean if keepdim else e.emit(aten.mean.dim, x, dims, False)
+
+
+def _var(e, x, dim=None, unbiased=True, keepdim=False, *, correction=None):
+    """var.dim's (unbiased) and var.correction's (correction=) spellings alike."""
+    return _variance(e, x, dim, int(unbiased) if correction is None else correction, keepdim)
+
+
+def _log_softmax(e, x, dim, *rest, **kw):
+    return e.emit(aten.sub.Tensor, x, e.emit(aten.logsumexp.default, x, [dim], True))
+
+
+def _prelu(e, x, weight):
+    """max(0, x) + w * min(0, x), w broadcast along axis 1 (torch's channel axis) when it has several values."""
+    if weight.meta["val"].numel() > 1:
+        weight = e.emit(aten.view.default, weight, [-1] + [1] * (x.meta["val"].dim() - 2))
+    return e.emit(aten.where.self, e.emit(aten.gt.Scalar, x, 0.0), x, e.emit(aten.mul.Tensor, x, weight))
 
 
 # composite ops as the ops they are made of: defined here once, so no backend needs them
-COMPOSITES = {aten.lerp.Scalar: _lerp, aten.lerp.Tensor: _lerp}
+COMPOSITES = {
+    aten.lerp.Scalar: _lerp,
+    aten.lerp.Tensor: _lerp,
+    aten.var.dim: lambda e, *a, **kw: _var(e, *a, **kw)[0],
+    aten.var.correction: lambda e, *a, **kw: _var(e, *a, **kw)[0],
+    aten.var_mean.correction: _var,
+    aten.var_mean.dim: _var,
+    aten.std.dim: lambda e, *a, **kw: e.emit(aten.sqrt.default, _var(e, *a, **kw)[0]),
+    aten.std.correction: lambda e, *a, **kw: e.emit(aten.sqrt.default, _var(e, *a, **kw)[0]),
+    aten.log_softmax.int: _log_softmax,
+    aten._log_softmax.default: _log_softmax,
+    aten.prelu.default: _prelu,
+}
 
 
 def decompose(ep: torch.export.ExportedProgram) -> None:
@@ -117,18 +178,69 @@ def decompose(ep: torch.export.ExportedProgram) -> None:
             e.become(e.contract(*n.args))
         else:
             e = _Emitter(ep.graph, n)
-            e.become(COMPOSITES[n.target](e.emit, *n.args, **n.kwargs))
+            e.become(COMPOSITES[n.target](e, *n.args, **n.kwargs))
     if nodes:
         ep.graph_module.recompile()
 
 
+def written_softmax(ep: torch.export.ExportedProgram) -> None:
+    """Each `e / e.sum(d, keepdim=True)` (or `x.exp() / x.exp().sum(...)`) with e = exp(x) or
+    exp(x - x's row max along d) replaced by softmax(x, d): the same values (softmax is the same with
+    any shift), and where exp(x) alone overflows the softmax stays finite."""
+    found = []
+    for n in ep.graph.nodes:
+        if n.op != "call_function" or n.target is not aten.div.Tensor or not all(
+                isinstance(a, torch.fx.Node) for a in n.args):
+            continue
+        e, total = n.args
+        if e.target is not aten.exp.default or total.target is not aten.sum.dim_IntList or not (
+                total.args[0] is e or total.args[0].target is aten.exp.default and total.args[0].args == e.args):
+            continue
+        rank = e.meta["val"].dim()
+        dims, keepdim = total.args[1], (total.args[2:] or [total.kwargs.get("keepdim", False)])[0]
+        if not keepdim or len(dims) != 1:
+            continue
+        d = dims[0] % rank
+        x = _row_max_taken(e.args[0], d, rank) or e.args[0]
+        n.target, n.args, n.kwargs = aten._softmax.default, (x, d, False), {}
+        found += [e, total]
+    _erase_unused(ep.graph, found)
+    if found:
+        ep.graph_module.recompile()
+
+
+def _row_max_taken(y: torch.fx.Node, d: int, rank: int) -> torch.fx.Node | None:
+    """x where y is x - x.amax(d, keepdim=True) (or torch.max's values, maybe detached)."""
+    if y.target is not aten.sub.Tensor or not isinstance(y.args[1], torch.fx.Node):
+        return None
+    x, m = y.args
+    while m.target in (aten.detach.default, aten.alias.default):
+        m = m.args[0]
+    if m.target is operator.getitem and m.args[1] == 0 and m.args[0].target is aten.max.dim:
+        m, dims, keepdim = m.args[0], [m.args[0].args[1]], (m.args[0].args[2:] or [False])[0]
+    elif m.target is aten.amax.default:
+        dims, keepdim = m.args[1], (m.args[2:] or [m.kwargs.get("keepdim", False)])[0]
+    else:
+        return None
+    return x if m.args[0] is x and keepdim and [i % rank for i in dims] == [d] else None
+
+
+def _erase_unused(graph: torch.fx.Graph, stack: list[torch.fx.Node]) -> None:
+    """`stack`'s nodes and then their inputs, each once nothing reads it any more (not a placeholder,
+    not an in-place write)."""
+    while stack:
+        u = stack.pop()
+        if u.users or u.op != "call_function" or getattr(getattr(u.target, "_schema", None), "is_mutable", False) \
+                or u not in graph.nodes:  # an input of two erased nodes
+            continue
+        inputs = u.all_input_nodes
+        graph.erase_node(u)
+        stack.extend(inputs)
+
+
 class _Einsum(_Emitter):
     def fail(self, why: str):
-        from .trace import source_line  # trace imports this module
-
-        at = source_line(self.node)
-        raise MonologueError(f"einsum {self.node.args[0]!r}: {why} at fx node %{self.node.name}"
-                             + (f" ({at})" if at else ""))
+        super().fail(f"einsum {self.node.args[0]!r}: {why}")
 
     def contract(self, equation: str, operands: list) -> torch.fx.Node:
         """The last of the nodes computing einsum(equation, *operands)."""

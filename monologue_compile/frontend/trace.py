@@ -21,7 +21,7 @@ import sys
 import torch
 
 from ..errors import MonologueError
-from .rewrites import decompose, inline_autocast
+from .rewrites import decompose, inline_autocast, written_softmax
 from .experts import dense_experts
 
 
@@ -60,6 +60,7 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
         torch_log.setLevel(level)
     inline_autocast(ep)
     decompose(ep)
+    written_softmax(ep)
     return ep
 
 
