@@ -1317,13 +1317,8 @@ def _scores_op(c, fn, a, b):
         if c.mask_window(other, additive=True, fill=BLOCKING_FILL, negate=fn == "sub") != attrs["zeroed"]:
             c.fail("attention scores times a mask plus a fill that blocks other keys than the mask zeroed")
         attrs["window"], attrs["zeroed"] = attrs["zeroed"], None
-    elif fn == "add" and (bias := c.score_bias(other, _heads(c, p))) is not None:
-        slopes, window = bias
-        attrs["alibi"] = slopes if attrs["alibi"] is None else [a + b for a, b in zip(attrs["alibi"], slopes)]
-        if window is not None:
-            attrs["window"] = _both(attrs["window"], window)
     elif fn == "add" or fn == "sub" and _scores(c, a) and isinstance(c.env.get(other), _Const):
-        attrs["window"] = _both(attrs["window"], c.mask_window(other, additive=True, negate=fn == "sub"))
+        attrs = _score_term(c, attrs, other, _heads(c, p), -1.0 if fn == "sub" else 1.0)
     elif fn == "maximum" and (floor := _constant_scalar(c, other)) is not None and floor <= -1e30:
         pass  # XGLM's max(scores, float32's lowest): only a masked score is that low, and stays masked
     elif fn == "sub" and _scores(c, a) and isinstance(c.env.get(other), _Pending) and c.env[other].kind == "row_max" \
@@ -1354,15 +1349,30 @@ def _heads(c, p) -> int:
 
 
 def _baddbmm(c, bias, b1, b2, *, beta=1, alpha=1):
-    """beta * bias + alpha * (b1 @ b2): Bloom's ALiBi scores, alibi.baddbmm(q, k.T, alpha=1/sqrt(d))."""
+    """beta * bias + alpha * (b1 @ b2): Bloom's ALiBi scores, alibi.baddbmm(q, k.T, alpha=1/sqrt(d)),
+    and nn.MultiheadAttention's mask.baddbmm(q, k.T) where it returns the weights too."""
     scores = _matmul(c, b1, b2)
     if not isinstance(scores, _Pending):
         c.fail("baddbmm other than attention's bias + q @ k.transpose(-2, -1)")
     p = _Pending("scores", scores.name, **{**scores.attrs, "scale": scores.attrs["scale"] * alpha})
-    terms = c.score_bias(bias, _heads(c, p))
-    if terms is None or terms[1] is not None:
-        c.fail("baddbmm of attention scores with a term that is not an ALiBi bias")
-    return _Pending("scores", p.name, **{**p.attrs, "alibi": [m * beta for m in terms[0]]})
+    if beta == 0:
+        return p
+    return _Pending("scores", p.name, **_score_term(c, dict(p.attrs), bias, _heads(c, p), beta))
+
+
+def _score_term(c, attrs: dict, term, heads: int, factor: float) -> dict:
+    """The attrs of scores + factor * term, where term is ALiBi (slopes per head, maybe with blocked
+    keys: Falcon's mask) or a causal mask (subtracted where factor < 0)."""
+    bias = c.score_bias(term, heads) if factor > 0 else None
+    if bias is None:
+        attrs["window"] = _both(attrs["window"], c.mask_window(term, additive=True, negate=factor < 0))
+        return attrs
+    slopes, window = bias
+    slopes = [m * factor for m in slopes]
+    attrs["alibi"] = slopes if attrs["alibi"] is None else [a + b for a, b in zip(attrs["alibi"], slopes)]
+    if window is not None:
+        attrs["window"] = _both(attrs["window"], window)
+    return attrs
 
 
 # A score replaced by a fill at or below this is a blocked key, as -inf is: exp(fill - max) is 0 in

@@ -249,3 +249,30 @@ def test_a_written_out_softmax_elsewhere_is_softmax_and_other_quotients_of_exp_a
     assert [n.args[1] for n in ep.graph.nodes if n.target is aten._softmax.default] == [1]
     assert len([n for n in ep.graph.nodes if n.target is aten.exp.default]) == 1  # the other quotient's
     torch.testing.assert_close(ep.module()(x), Quotients()(x))
+
+
+class MultiheadWithWeights(torch.nn.Module):
+    """nn.MultiheadAttention called as most code calls it: need_weights left True, the averaged
+    weights (a mean over the heads of the probabilities) returned and never read."""
+
+    def __init__(self):
+        super().__init__()
+        self.block_size = 16
+        self.emb, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 20)
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, idx):
+        x, t = self.emb(idx), idx.shape[1]
+        mask = torch.triu(torch.ones(t, t, dtype=torch.bool, device=idx.device), 1)
+        return self.head(x + self.attn(x, x, x, attn_mask=mask)[0])
+
+
+def test_what_no_output_reads_is_not_lowered():
+    from monologue_compile.frontend.module import from_module
+
+    torch.manual_seed(0)
+    model = MultiheadWithWeights().eval()
+    ep = trace(from_module(model).build_module(), 16)
+    assert not [n for n in ep.graph.nodes if n.target is aten.mean.dim]  # the weights' average
+    g = lowered_matches(model, 16, 20)
+    assert [n.op for n in g.nodes].count("attention") == 1

@@ -16,6 +16,8 @@ recognised however the model spelled them.
   LayerNorm written out; log_softmax; prelu), each a formula in the table.
 - `written_softmax`: `e = exp(x - x.amax(d)); e / e.sum(d)` (with or without the row max) is
   softmax(x, d), wherever it appears: of attention scores it is then the attention op.
+- `drop_dead_code`: what no output reads and writes nothing in place (nn.MultiheadAttention's
+  averaged weights where only its output is used; what a rewrite above left unread) is not lowered.
 """
 
 from __future__ import annotations
@@ -203,9 +205,14 @@ def written_softmax(ep: torch.export.ExportedProgram) -> None:
         d = dims[0] % rank
         x = _row_max_taken(e.args[0], d, rank) or e.args[0]
         n.target, n.args, n.kwargs = aten._softmax.default, (x, d, False), {}
-        found += [e, total]
-    _erase_unused(ep.graph, found)
+        found.append(n)
     if found:
+        ep.graph_module.recompile()  # the exp, sum and row max left unread go with the dead code
+
+
+def drop_dead_code(ep: torch.export.ExportedProgram) -> None:
+    """Nodes whose values reach no output, in-place writes (torch's is_impure) excepted."""
+    if ep.graph.eliminate_dead_code():
         ep.graph_module.recompile()
 
 
@@ -223,19 +230,6 @@ def _row_max_taken(y: torch.fx.Node, d: int, rank: int) -> torch.fx.Node | None:
     else:
         return None
     return x if m.args[0] is x and keepdim and [i % rank for i in dims] == [d] else None
-
-
-def _erase_unused(graph: torch.fx.Graph, stack: list[torch.fx.Node]) -> None:
-    """`stack`'s nodes and then their inputs, each once nothing reads it any more (not a placeholder,
-    not an in-place write)."""
-    while stack:
-        u = stack.pop()
-        if u.users or u.op != "call_function" or getattr(getattr(u.target, "_schema", None), "is_mutable", False) \
-                or u not in graph.nodes:  # an input of two erased nodes
-            continue
-        inputs = u.all_input_nodes
-        graph.erase_node(u)
-        stack.extend(inputs)
 
 
 class _Einsum(_Emitter):

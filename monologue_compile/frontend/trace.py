@@ -21,7 +21,7 @@ import sys
 import torch
 
 from ..errors import MonologueError
-from .rewrites import decompose, inline_autocast, written_softmax
+from .rewrites import decompose, drop_dead_code, inline_autocast, written_softmax
 from .experts import dense_experts
 
 
@@ -61,6 +61,7 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
     inline_autocast(ep)
     decompose(ep)
     written_softmax(ep)
+    drop_dead_code(ep)
     return ep
 
 
