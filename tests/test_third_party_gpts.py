@@ -910,3 +910,123 @@ def test_a_gpt_of_tutorial_spellings_matches_on_every_backend(tmp_path):
     report = json.loads((tmp_path / "dist" / "parity.json").read_text())
     assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
     assert {b for b, v in report["backends"].items() if v["status"] == "pass"} >= {"numpy", "native", "wgpu-cpu"}
+
+
+# minGPT's layouts: model.py inside its package `mingpt/` importing `mingpt.utils` (or `.utils`), and
+# the config object built by the class's own `GPT.get_default_config()` then set from the user's JSON;
+# its first version instead had `GPTConfig(vocab_size, block_size, **kwargs)` with a GPT1Config subclass
+MINGPT_UTILS_PY = '''
+class CfgNode:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+'''
+
+MINGPT_PY = '''
+import math
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+{config_import}
+
+
+class GPTConfig:
+    embd_pdrop = 0.1
+
+    def __init__(self, vocab_size, block_size, **kwargs):
+        self.vocab_size, self.block_size = vocab_size, block_size
+        for k, v in kwargs.items():
+            setattr(self, k, v)
+
+
+class GPT1Config(GPTConfig):
+    n_layer, n_head, n_embd = 12, 12, 768
+
+
+class NewGELU(nn.Module):
+    def forward(self, x):
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(config.n_embd), nn.LayerNorm(config.n_embd)
+        self.c_attn, self.c_proj = nn.Linear(config.n_embd, 3 * config.n_embd), nn.Linear(config.n_embd, config.n_embd)
+        self.register_buffer("bias", torch.tril(torch.ones(config.block_size, config.block_size))
+                             .view(1, 1, config.block_size, config.block_size))
+        self.n_head = config.n_head
+        self.mlp = nn.Sequential(nn.Linear(config.n_embd, 4 * config.n_embd), NewGELU(),
+                                 nn.Linear(4 * config.n_embd, config.n_embd))
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = F.softmax(att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf")), dim=-1)
+        x = x + self.c_proj((att @ v).transpose(1, 2).contiguous().view(B, T, C))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    @staticmethod
+    def get_default_config():
+        return CN(model_type="gpt", n_layer=None, n_head=None, n_embd=None, vocab_size=None, block_size=None)
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.model_type is None  # the sizes come from the user's config here
+        self.block_size = config.block_size
+        self.wte, self.wpe = nn.Embedding(config.vocab_size, config.n_embd), nn.Embedding(config.block_size, config.n_embd)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f, self.lm_head = nn.LayerNorm(config.n_embd), nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+    def forward(self, idx, targets=None):
+        pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device).unsqueeze(0)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+'''
+
+
+@pytest.mark.parametrize("layout", ["package", "relative_import", "namespace_package", "kwargs_config"])
+def test_a_mingpt_layout_compiles_from_its_package_with_its_config_convention(tmp_path, layout):
+    package = tmp_path / "repo" / "mingpt"
+    package.mkdir(parents=True)
+    if layout != "namespace_package":
+        (package / "__init__.py").write_text("")
+    (package / "utils.py").write_text(MINGPT_UTILS_PY)
+    config_import = {"relative_import": "from .utils import CfgNode as CN"}.get(
+        layout, "from mingpt.utils import CfgNode as CN")
+    source = MINGPT_PY.format(config_import=config_import)
+    config = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=40, block_size=16)
+    if layout == "kwargs_config":  # GPT(GPTConfig(vocab_size, block_size, n_layer=..., ...)): no defaults
+        source = source.replace("        assert config.model_type is None  # the sizes come from the user's config here\n", "")
+        source = source.replace("    @staticmethod\n    def get_default_config():", "    def unused_defaults():")
+    else:
+        config["model_type"] = None
+    (package / "model.py").write_text(source)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    sys.path.insert(0, str(tmp_path / "repo"))
+    try:
+        from importlib import import_module
+
+        torch.manual_seed(0)
+        model_module = import_module("mingpt.model")
+        cfg = model_module.GPTConfig(**config) if layout == "kwargs_config" else model_module.CN(**config)
+        torch.save(model_module.GPT(cfg).state_dict(), tmp_path / "model.pt")
+    finally:
+        sys.path.remove(str(tmp_path / "repo"))
+        for name in [m for m in sys.modules if m == "mingpt" or m.startswith("mingpt.")]:
+            del sys.modules[name]
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tmp_path / "model.pt"), "-o",
+                        str(tmp_path / "dist"), "--model-code", f"{package / 'model.py'}:GPT", "--config",
+                        str(tmp_path / "config.json"), "--quant", "none", "--no-wasm", "--verify"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "dist" / "parity.json").read_text())
+    assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}

@@ -82,7 +82,6 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
     """`--model-code path.py:Name`: the user's own model code (their file, run because they named it)
     called as Name(**config) — config from --config JSON, else a checkpoint's `model_args` (nanoGPT's
     ckpt.pt) — with the checkpoint's weights (a .pt state dict read weights_only, or .safetensors)."""
-    import importlib.util
     import json
 
     from .load import _clean_state_dict
@@ -90,19 +89,10 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
     path, _, name = spec.rpartition(":")
     if not path or not name or not Path(path).is_file():
         raise MonologueError(f"--model-code {spec}: expected path/to/file.py:Name of an existing file")
-    mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    # as `python path.py` would: its folder importable (a model file beside its own modules), and
-    # the module in sys.modules (dataclasses look their module up there)
-    folder = str(Path(path).resolve().parent)
-    sys.path.insert(0, folder)
-    sys.modules[mod.__name__] = mod
     try:
-        mod_spec.loader.exec_module(mod)
+        mod = _import_user_file(Path(path))
     except Exception as e:  # the user's own code: say where it broke, in one line
         raise MonologueError(f"--model-code {path}: importing it failed: {type(e).__name__}: {e}") from None
-    finally:
-        sys.path.remove(folder)
     make = getattr(mod, name, None)
     if not callable(make):
         raise MonologueError(f"--model-code {spec}: {path} defines no {name}")
@@ -149,6 +139,40 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
     return loaded
 
 
+def _import_user_file(file: Path):
+    """The user's model file imported as Python imports it in its project: its folder importable
+    (modules beside it), and a file inside a package (folders holding __init__.py) under its dotted
+    name from the package's root, so `from .utils import` and `from mingpt.utils import` work. A
+    folder without __init__.py that the file imports by name (a namespace package) is found too."""
+    import importlib.util
+
+    file = file.resolve()
+    parts, root = [file.stem], file.parent
+    while (root / "__init__.py").is_file():
+        parts.insert(0, root.name)
+        root = root.parent
+    homes = {folder.name: folder.parent for folder in file.parents}
+    added = list(dict.fromkeys([str(file.parent), str(root)]))
+    sys.path[:0] = added
+    try:
+        while True:
+            mod_spec = importlib.util.spec_from_file_location(".".join(parts), file)
+            mod = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod.__name__] = mod  # dataclasses look their module up there
+            try:
+                mod_spec.loader.exec_module(mod)
+                return mod
+            except ModuleNotFoundError as e:
+                home = homes.pop((e.name or "").partition(".")[0], None)
+                if home is None:
+                    raise
+                sys.path.insert(0, str(home))
+                added.append(str(home))
+    finally:
+        for folder in added:
+            sys.path.remove(folder)
+
+
 def _load_with_own_configs(ckpt: Path, mod):
     """torch.load with weights_only=True, where the pickle may also hold instances of the dataclasses
     the user's model file defines (build-nanogpt saves its GPTConfig beside the weights, as
@@ -188,9 +212,15 @@ def _config_class(make, args: dict, mod, spec: str) -> type | None:
         return None
     if isinstance(positional[0].annotation, type) and _takes(positional[0].annotation, args):
         return positional[0].annotation
-    fits = {c for c in vars(mod).values() if isinstance(c, type) and not issubclass(c, nn.Module) and _takes(c, args)}
+    if callable(defaults := getattr(make, "get_default_config", None)):
+        return _updated_defaults(make, defaults)
+    classes = [c for c in vars(mod).values() if isinstance(c, type) and not issubclass(c, nn.Module)]
+    # classes naming every key, else (minGPT's GPTConfig(vocab_size, block_size, **kwargs)) those
+    # that take the rest as **kwargs; of a class and its subclasses, the class
+    fits = {c for c in classes if _takes(c, args)} or {c for c in classes if _takes(c, args, rest=True)}
     if len(fits) > 1:
         fits = {c for c in fits if c.__name__.endswith("Config")} or fits
+        fits = {c for c in fits if not any(b in fits for b in c.__mro__[1:])}
     if len(fits) == 1:
         return fits.pop()
     found = f"{len(fits)} ({', '.join(sorted(c.__name__ for c in fits))})" if fits else "none"
@@ -199,12 +229,29 @@ def _config_class(make, args: dict, mod, spec: str) -> type | None:
                          f"that builds the model from them")
 
 
-def _takes(cls: type, args: dict) -> bool:
-    """Whether `cls(**args)` names only parameters `cls` has (a dataclass's fields, say)."""
+def _takes(cls: type, args: dict, rest: bool = False) -> bool:
+    """Whether `cls(**args)` names only parameters `cls` has (a dataclass's fields, say); with `rest`,
+    whether it takes every parameter it requires from args, and the others as **kwargs."""
     import inspect
 
     try:
-        params = inspect.signature(cls).parameters
+        params = inspect.signature(cls).parameters.values()
     except (TypeError, ValueError):
         return False
-    return set(args) <= set(params) and not any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not rest:
+        return set(args) <= named and not any(p.kind is p.VAR_KEYWORD for p in params)
+    required = {p.name for p in params if p.name in named and p.default is p.empty}
+    return any(p.kind is p.VAR_KEYWORD for p in params) and bool(required) and required <= set(args)
+
+
+def _updated_defaults(make, defaults):
+    """minGPT's convention: `Name.get_default_config()` is the config object, args set on it."""
+    def build(**args):
+        config = defaults()
+        for key, value in args.items():
+            setattr(config, key, value)
+        return config
+
+    build.__name__ = f"{make.__name__}.get_default_config().update"
+    return build
