@@ -1030,3 +1030,88 @@ def test_a_mingpt_layout_compiles_from_its_package_with_its_config_convention(tm
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "dist" / "parity.json").read_text())
     assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
+
+
+# How training scripts save a model, beside nanoGPT's ckpt.pt: a bare state dict holding the model's
+# own bool mask buffer, PyTorch's tutorial's {"epoch", "model_state_dict", "optimizer_state_dict"},
+# Lightning's {"state_dict" with the LightningModule's "model." prefix, "hyper_parameters"}, DDP's
+# "module." prefix; and torch.save(model), which only running code could load
+SAVED_PY = '''
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class Config:
+    vocab_size: int = 40
+    block_size: int = 16
+    n_embd: int = 32
+    n_head: int = 2
+
+
+class GPT(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.tok, self.pos = nn.Embedding(config.vocab_size, config.n_embd), nn.Embedding(config.block_size, config.n_embd)
+        self.qkv, self.proj = nn.Linear(config.n_embd, 3 * config.n_embd), nn.Linear(config.n_embd, config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size)
+        self.register_buffer("mask", torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool)))
+
+    def forward(self, idx):
+        B, T = idx.shape
+        x = self.tok(idx) + self.pos(torch.arange(T, device=idx.device))
+        q, k, v = (t.view(B, T, self.config.n_head, -1).transpose(1, 2) for t in self.qkv(x).split(x.shape[-1], 2))
+        att = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~self.mask[:T, :T], float("-inf"))
+        return self.head(x + self.proj((att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1)))
+'''
+
+SAVED_AS = {
+    "state_dict_with_a_bool_buffer": lambda m: m.state_dict(),
+    "tutorial_checkpoint": lambda m: {"epoch": 3, "model_state_dict": m.state_dict(), "loss": 1.5,
+                                      "optimizer_state_dict": torch.optim.AdamW(m.parameters()).state_dict()},
+    "lightning_checkpoint": lambda m: {"epoch": 2, "global_step": 10, "hyper_parameters": {"lr": 1e-3},
+                                       "state_dict": {"model." + k: v for k, v in m.state_dict().items()}},
+    "ddp_state_dict": lambda m: {"module." + k: v for k, v in m.state_dict().items()},
+}
+
+
+def _saved_gpt(tmp_path, save):
+    """SAVED_PY's GPT, saved by `save(model, path)` while its module is importable (a pickled object
+    names its class by module), to tmp_path / "model.pt"."""
+    (tmp_path / "model.py").write_text(SAVED_PY)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import model as saved
+
+        torch.manual_seed(0)
+        model = saved.GPT(saved.Config()).eval()
+        save(model, tmp_path / "model.pt")
+        return model
+    finally:
+        sys.path.remove(str(tmp_path))
+        del sys.modules["model"]
+
+
+@pytest.mark.parametrize("saved_as", SAVED_AS)
+def test_each_way_training_scripts_save_a_model_loads_with_model_code(tmp_path, saved_as):
+    from monologue_compile.frontend.module import from_model_code
+
+    model = _saved_gpt(tmp_path, lambda m, path: torch.save(SAVED_AS[saved_as](m), path))
+    loaded = from_model_code(f"{tmp_path / 'model.py'}:GPT", tmp_path / "model.pt")  # no config: Config()
+    ids = torch.randint(0, 40, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.build_module()(ids), model(ids))
+
+
+def test_a_pickled_model_object_is_refused_with_what_to_save_instead(tmp_path):
+    _saved_gpt(tmp_path, torch.save)
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(tmp_path / "model.pt"), "-o",
+                        str(tmp_path / "dist"), "--model-code", f"{tmp_path / 'model.py'}:GPT"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "model.pt: refused: it pickles the object model.GPT" in r.stderr and "state_dict()" in r.stderr
+    assert not (tmp_path / "dist").exists()

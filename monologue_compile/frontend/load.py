@@ -136,6 +136,7 @@ def _load(path: Path, tokenizer, config) -> LoadedModel:
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
         source.update(kind="monologue", trained=bool(meta.get("trained") or meta.get("step")), **_about(meta, path))
         return _checked(LoadedModel("gpt", cfg, sd, _check_tokenizer_json(tok, path), source))
+    obj = state_dict_in(obj, path)
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if config is None:
             raise MonologueError(f"{path}: a bare state dict needs --config (a model config JSON)")
@@ -296,6 +297,10 @@ def _torch_load(path: Path):
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
         reason = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        if found := re.search(r"GLOBAL ([\w.]+)", reason):  # torch.save(model): the object, not its weights
+            raise MonologueError(f"{path}: refused: it pickles the object {found.group(1)}, which only running code "
+                                 "could rebuild (checkpoints are read with weights_only=True); save the model's "
+                                 "state_dict() instead") from None
         raise MonologueError(
             f"{path}: refused: loading it needs more than weights_only=True allows (it could run code): "
             f"{reason.strip()[:200]}"
@@ -306,7 +311,30 @@ def _torch_load(path: Path):
         raise MonologueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {msg[:200]}") from None
 
 
-def _clean_state_dict(sd: dict, where: Path) -> dict[str, torch.Tensor]:
+# Where training scripts put the weights in a checkpoint dict, in order of preference: nanoGPT's and
+# litgpt's "model", Lightning's "state_dict", PyTorch's tutorial's "model_state_dict"
+_WEIGHT_KEYS = ("model", "state_dict", "model_state_dict")
+
+
+def state_dict_in(obj, where: Path):
+    """The state dict a checkpoint holds: the object itself, or the one entry of a checkpoint dict that
+    is a dict of tensors (beside an optimizer's state, an epoch, a config), else the first of
+    _WEIGHT_KEYS that is. An object holding none is returned as it is, for the caller to refuse."""
+    if not isinstance(obj, dict) or all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    found = [k for k, v in obj.items()
+             if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())]
+    if len(found) > 1:
+        found = [k for k in _WEIGHT_KEYS if k in found][:1] or found
+    if len(found) > 1:
+        raise MonologueError(f"{where}: holds several state dicts ({', '.join(map(repr, found))}); save the one to "
+                             "compile on its own")
+    return obj[found[0]] if found else obj
+
+
+def _clean_state_dict(sd: dict, where: Path, buffers: bool = False) -> dict[str, torch.Tensor]:
+    """`buffers`: integer and bool tensors (a model's own masks, saved with its weights) are kept as
+    they are, for a model class to load; otherwise only floating-point weights are."""
     out: dict[str, torch.Tensor] = {}
     original: dict[str, str] = {}
     for key, v in sd.items():
@@ -314,7 +342,7 @@ def _clean_state_dict(sd: dict, where: Path) -> dict[str, torch.Tensor]:
             raise MonologueError(f"{where}: state dict key {key!r:.60} is not a string")
         if not isinstance(v, torch.Tensor):
             raise MonologueError(f"{where}: state dict entry {key!r:.80} is not a tensor")
-        if not v.is_floating_point():
+        if not v.is_floating_point() and not buffers:
             raise MonologueError(f"{where}: weight {key:.80} has dtype {str(v.dtype).replace('torch.', '')}; "
                                  "only floating-point weights can be compiled")
         k = key
@@ -324,7 +352,7 @@ def _clean_state_dict(sd: dict, where: Path) -> dict[str, torch.Tensor]:
         if k in out:  # e.g. both "lm_head.weight" and "_orig_mod.lm_head.weight": which one is meant?
             raise MonologueError(f"{where}: state dict keys {original[k]!r:.80} and {key!r:.80} are the same "
                                  "weight once the torch.compile / DDP prefix is stripped")
-        out[k], original[k] = v.detach().to(torch.float32), key
+        out[k], original[k] = v.detach().to(torch.float32) if v.is_floating_point() else v.detach(), key
     return out
 
 

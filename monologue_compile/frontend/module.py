@@ -84,7 +84,7 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
     ckpt.pt) — with the checkpoint's weights (a .pt state dict read weights_only, or .safetensors)."""
     import json
 
-    from .load import _clean_state_dict
+    from .load import _clean_state_dict, state_dict_in
 
     path, _, name = spec.rpartition(":")
     if not path or not name or not Path(path).is_file():
@@ -106,10 +106,10 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
         args = obj.get("model_args", {}) if isinstance(obj, dict) else {}
         if not args and config is None and isinstance(obj, dict) and dataclasses.is_dataclass(saved := obj.get("config")):
             args = dataclasses.asdict(saved)  # build-nanogpt's {"model", "config": GPTConfig(...)}
-        obj = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+        obj = state_dict_in(obj, ckpt)
     if not isinstance(obj, dict):
-        raise MonologueError(f"{ckpt}: expected a state dict (or a dict with one under 'model')")
-    sd = _clean_state_dict(obj, ckpt)
+        raise MonologueError(f"{ckpt}: expected a state dict (or a checkpoint dict holding one)")
+    sd = _clean_state_dict(obj, ckpt, buffers=True)
     if config is not None:
         try:
             args = json.loads(Path(config).read_text())
@@ -121,6 +121,7 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
         model = make(config_class(**args)) if config_class else make(**args)
     except Exception as e:
         raise MonologueError(f"--model-code {spec}: {call} failed: {type(e).__name__}: {e}") from None
+    sd = _prefix_fitted(sd, model.state_dict().keys())
     try:
         fit = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # a size mismatch: torch's lines after the first name the tensors
@@ -137,6 +138,18 @@ def from_model_code(spec: str, checkpoint, config=None, tokenizer=None, sequence
     loaded = from_module(model, tokenizer, sequence_len or _sequence_len(model) or _sequence_len(mod))
     loaded.source = {**loaded.source, "name": ckpt.name, "kind": "model-code", "code": Path(path).name + ":" + name}
     return loaded
+
+
+def _prefix_fitted(sd: dict, expected) -> dict:
+    """`sd` with a first name its keys all share and `expected` lacks taken off, as many times as that
+    makes it fit (Lightning's "model." of the module that held the model); else as it is."""
+    expected = set(expected)
+    while not set(sd) <= expected:
+        head = {k.partition(".")[0] for k in sd}
+        if len(head) != 1 or not all("." in k for k in sd) or head <= {k.partition(".")[0] for k in expected}:
+            return sd
+        sd = {k.partition(".")[2]: v for k, v in sd.items()}
+    return sd
 
 
 def _import_user_file(file: Path):
@@ -188,7 +201,7 @@ def _load_with_own_configs(ckpt: Path, mod):
             with torch.serialization.safe_globals(allowed):
                 return _torch_load(ckpt)
         except MonologueError as e:
-            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            found = re.search(r"pickles the object ([\w.]+)", str(e))
             cls = own.get(found.group(1).rpartition(".")[2]) if found else None
             if cls is None or any(name == found.group(1) for _, name in allowed):
                 raise
@@ -206,8 +219,8 @@ def _config_class(make, args: dict, mod, spec: str) -> type | None:
     except (TypeError, ValueError):
         return None
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if (not args or not positional or any(p.kind is p.VAR_KEYWORD for p in params)
-            or set(args) <= {p.name for p in params}
+    if (not positional or any(p.kind is p.VAR_KEYWORD for p in params)
+            or (set(args) <= {p.name for p in params} if args else positional[0].default is not positional[0].empty)
             or any(p.default is p.empty for p in params[params.index(positional[0]) + 1:])):
         return None
     if isinstance(positional[0].annotation, type) and _takes(positional[0].annotation, args):
