@@ -1115,3 +1115,37 @@ def test_a_pickled_model_object_is_refused_with_what_to_save_instead(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "model.pt: refused: it pickles the object model.GPT" in r.stderr and "state_dict()" in r.stderr
     assert not (tmp_path / "dist").exists()
+
+
+class Unstated(nn.Module):
+    """A GPT that states its longest sequence nowhere: only its position table's rows (or a mask
+    buffer's, or nothing at all) limit it."""
+
+    def __init__(self, limit: str):
+        super().__init__()
+        self.limit = limit
+        self.tok, self.pos, self.head = nn.Embedding(30, 16), nn.Embedding(24, 16), nn.Linear(16, 30)
+        self.register_buffer("tril", torch.tril(torch.ones(20, 20)))
+
+    def forward(self, idx):
+        t = idx.shape[1]
+        x = self.tok(idx)
+        if self.limit == "position_table":
+            x = x + self.pos(torch.arange(t, device=idx.device))
+        q = x.view(1, t, 2, 8).transpose(1, 2)
+        if self.limit == "mask_buffer":
+            att = (q @ q.transpose(-2, -1)).masked_fill(self.tril[:t, :t] == 0, float("-inf")).softmax(-1) @ q
+        else:
+            att = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        return self.head(x + att.transpose(1, 2).reshape(1, t, 16))
+
+
+@pytest.mark.parametrize("limit, length", [("position_table", 24), ("mask_buffer", 20), ("none", 1024)])
+def test_a_model_stating_no_length_is_compiled_for_the_longest_its_forward_runs_on(limit, length, capsys):
+    from monologue_compile.frontend.module import from_module
+
+    loaded = from_module(Unstated(limit))
+    assert loaded.config["sequence_len"] == length
+    said = capsys.readouterr().err
+    assert f"Unstated states no longest sequence; compiling for {length}" in said and "--set sequence_len=N" in said
+    assert ("runs at every length up to 1024" in said) == (limit == "none")

@@ -36,6 +36,41 @@ def _sequence_len(model: nn.Module) -> int | None:
     return None
 
 
+# How long a sequence to try a model at, where nothing states its length: past this an attention
+# matrix of a larger model's heads costs gigabytes
+_LONGEST_TRIED = 1024
+
+
+def _longest_accepted(model: nn.Module) -> int | None:
+    """The longest sequence, up to _LONGEST_TRIED, that the model's forward runs on, found by running
+    it (lengths doubled, then the gap halved): what its position table's rows, a mask buffer's size or
+    an assert allow. None where it fails at length 1. Said on the terminal: it was not stated."""
+    import click
+
+    def runs(t: int) -> bool:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model(torch.zeros(1, t, dtype=torch.long))
+            return True
+        except Exception:  # noqa: BLE001 -- the user's forward at a length it does not take: any error
+            return False
+
+    if not runs(1):
+        return None
+    ok, bad = 1, None
+    while bad is None and ok < _LONGEST_TRIED:
+        t = min(2 * ok, _LONGEST_TRIED)
+        ok, bad = (t, None) if runs(t) else (ok, t)
+    while bad is not None and bad - ok > 1:
+        mid = (ok + bad) // 2
+        ok, bad = (mid, bad) if runs(mid) else (ok, mid)
+    how = "the longest its forward runs on" if bad else f"its forward runs at every length up to {_LONGEST_TRIED}"
+    click.echo(f"note: {type(model).__name__} states no longest sequence; compiling for {ok} ({how}); "
+               "--set sequence_len=N to choose", err=True)
+    return ok
+
+
 def _tokenizer_json(tokenizer) -> str:
     from .load import NO_TOKENIZER, _check_tokenizer_json, _read_tokenizer
 
@@ -53,10 +88,11 @@ def from_module(model: nn.Module, tokenizer=None, sequence_len: int | None = Non
 
     if not isinstance(model, nn.Module):
         raise MonologueError(f"compile() takes an nn.Module, got {type(model).__name__}")
-    seq = sequence_len or _sequence_len(model)
+    seq = sequence_len or _sequence_len(model) or _longest_accepted(model.eval())
     if not seq:
         raise MonologueError(f"{type(model).__name__}: its longest sequence is not on the model or its config "
-                             f"({', '.join(_LENGTH_KEYS[:5])}, ...): give sequence_len= (--set sequence_len=N)")
+                             f"({', '.join(_LENGTH_KEYS[:5])}, ...) and its forward fails at length 1: give "
+                             "sequence_len= (--set sequence_len=N)")
     wrapper = CausalLMLogits(model.eval(), int(seq))
     vocab = int(wrapper.logits(torch.zeros(1, 1, dtype=torch.long)).shape[-1])
     dropped = every_position(wrapper, vocab)
