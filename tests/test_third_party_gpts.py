@@ -1149,3 +1149,15 @@ def test_a_model_stating_no_length_is_compiled_for_the_longest_its_forward_runs_
     said = capsys.readouterr().err
     assert f"Unstated states no longest sequence; compiling for {length}" in said and "--set sequence_len=N" in said
     assert ("runs at every length up to 1024" in said) == (limit == "none")
+
+
+def test_a_bf16_model_is_compiled_and_checked_as_an_f32_copy_leaving_it_as_it_was(tmp_path, capsys):
+    import monologue_compile
+
+    torch.manual_seed(0)
+    model = ScratchGPTSpelled().to(torch.bfloat16).eval()
+    monologue_compile.compile(model, None, tmp_path / "dist", verify=True)
+    report = json.loads((tmp_path / "dist" / "parity.json").read_text())
+    assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
+    assert "holds bfloat16 weights; compiling a copy in float32" in capsys.readouterr().err
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

@@ -36,6 +36,20 @@ def _sequence_len(model: nn.Module) -> int | None:
     return None
 
 
+def _in_f32(model: nn.Module) -> nn.Module:
+    """The model, or where its weights are bf16 or f16, a copy in f32 (the user's model untouched):
+    the compiled model computes in f32, so the reference it is checked against must too."""
+    import click
+
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    low = sorted({str(t.dtype).replace("torch.", "") for t in tensors if t.dtype != torch.float32})
+    if not low:
+        return model
+    click.echo(f"note: {type(model).__name__} holds {', '.join(low)} weights; compiling a copy in float32 (the "
+               "compiled model computes in f32)", err=True)
+    return copy.deepcopy(model).float()
+
+
 # How long a sequence to try a model at, where nothing states its length: past this an attention
 # matrix of a larger model's heads costs gigabytes
 _LONGEST_TRIED = 1024
@@ -88,6 +102,7 @@ def from_module(model: nn.Module, tokenizer=None, sequence_len: int | None = Non
 
     if not isinstance(model, nn.Module):
         raise MonologueError(f"compile() takes an nn.Module, got {type(model).__name__}")
+    model = _in_f32(model)
     seq = sequence_len or _sequence_len(model) or _longest_accepted(model.eval())
     if not seq:
         raise MonologueError(f"{type(model).__name__}: its longest sequence is not on the model or its config "
