@@ -97,15 +97,15 @@ def lowered_matches(model, sequence_len: int, vocab: int, T: int = 9, rtol: floa
     within rtol of the model's own. The graph, for further checks."""
     import numpy as np
 
+    from monologue_compile.frontend.hf import CausalLMLogits
     from monologue_compile.frontend.module import from_module
     from monologue_compile.frontend.trace import trace
     from monologue_compile.interpreter import Session
     from monologue_compile.lower import lower
 
-    g = lower(trace(from_module(model.eval()).build_module(), sequence_len))
+    g = lower(trace(from_module(model.eval(), None, sequence_len).build_module(), sequence_len))
     ids = torch.randint(0, vocab, (1, T), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        out = model(ids)
-    want = (out[0] if isinstance(out, tuple) else out)[0].numpy()
+    with torch.no_grad():  # the logits as the compiler reads them from whatever the forward returns
+        want = CausalLMLogits(model, sequence_len)(ids)[0].float().numpy()
     assert np.abs(Session(g).forward(ids[0].numpy()) - want).max() <= rtol * np.abs(want).max()
     return g

@@ -276,3 +276,25 @@ def test_what_no_output_reads_is_not_lowered():
     assert not [n for n in ep.graph.nodes if n.target is aten.mean.dim]  # the weights' average
     g = lowered_matches(model, 16, 20)
     assert [n.op for n in g.nodes].count("attention") == 1
+
+
+class CountedPositions(torch.nn.Module):
+    """Positions counted from the ids' shape (`ones_like(ids).cumsum(1) - 1`): a constant of the
+    length, which only reads the ids to learn their shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.block_size = 16
+        self.emb, self.pos, self.head = torch.nn.Embedding(20, 8), torch.nn.Embedding(16, 8), torch.nn.Linear(8, 20)
+
+    def forward(self, idx):
+        return self.head(self.emb(idx) + self.pos(torch.ones_like(idx).cumsum(1) - 1))
+
+
+def test_a_tensor_made_from_the_ids_shape_is_made_from_their_sizes():
+    from monologue_compile.frontend.module import from_module
+
+    ep = trace(from_module(CountedPositions()).build_module(), 16)
+    assert not [n for n in ep.graph.nodes if n.target is aten.ones_like.default]
+    assert [n.target for n in ep.graph.nodes if n.target is aten.full.default]
+    lowered_matches(CountedPositions().eval(), 16, 20)

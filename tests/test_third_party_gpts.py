@@ -815,7 +815,8 @@ def test_an_x_transformers_llama_matches_on_every_backend(tmp_path):
 
 # GPTs written from scratch as tutorials write them: each spelling below is one way a model states an
 # op the compiler has under another name (a LayerNorm through var or std, GELU through erf, softmax
-# written out, a mask added or subtracted as a large number, the embedding as indexing, log-probs out)
+# written out, a mask added or subtracted as a large number, the embedding as indexing, positions
+# counted from ones_like(ids), log-probs out, logits without their batch axis)
 def _layer_norm_var(m, x):
     return m.g * (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-5) + m.b
 
@@ -852,6 +853,10 @@ SCRATCH_SPELLINGS = {
     "embedding_indexed": dict(embed=lambda w, idx: w[idx]),
     "embedding_index_select": dict(embed=lambda w, idx: w.index_select(0, idx.view(-1)).view(*idx.shape, -1)),
     "log_softmax_out": dict(out=lambda logits: torch.log_softmax(logits, -1)),
+    "logits_flattened": dict(out=lambda logits: logits.view(-1, logits.size(-1))),
+    "logits_squeezed": dict(out=lambda logits: logits.squeeze(0)),
+    "positions_by_cumsum": dict(positions=lambda idx: torch.ones_like(idx).cumsum(1) - 1),
+    "positions_by_new_ones": dict(positions=lambda idx: idx.new_ones(idx.shape).cumsum(-1) - 1),
 }
 
 
@@ -867,10 +872,11 @@ class ScratchNorm(nn.Module):
 class ScratchGPTSpelled(nn.Module):
     def __init__(self, vocab=48, d=32, heads=4, layers=2, block_size=16, *, norm=_layer_norm_var, act=F.gelu,
                  softmax=lambda s: F.softmax(s, -1), mask=lambda s, tril: s.masked_fill(tril == 0, float("-inf")),
-                 embed=lambda w, idx: F.embedding(idx, w), out=lambda logits: logits):
+                 embed=lambda w, idx: F.embedding(idx, w), out=lambda logits: logits,
+                 positions=lambda idx: torch.arange(idx.shape[1], device=idx.device)):
         super().__init__()
-        self.block_size, self.heads, self.act, self.softmax, self.mask, self.embed, self.out = (
-            block_size, heads, act, softmax, mask, embed, out)
+        self.block_size, self.heads, self.act, self.softmax, self.mask, self.embed, self.out, self.positions = (
+            block_size, heads, act, softmax, mask, embed, out, positions)
         self.tok, self.pos = nn.Parameter(torch.randn(vocab, d)), nn.Embedding(block_size, d)
         self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)))
         self.layers = nn.ModuleList(nn.ModuleDict(dict(
@@ -880,7 +886,7 @@ class ScratchGPTSpelled(nn.Module):
 
     def forward(self, idx):
         B, T = idx.shape
-        x = self.embed(self.tok, idx) + self.pos(torch.arange(T, device=idx.device))
+        x = self.embed(self.tok, idx) + self.pos(self.positions(idx))
         for layer in self.layers:
             q, k, v = layer["qkv"](layer["n1"](x)).split(x.shape[-1], -1)
             q, k, v = (t.view(B, T, self.heads, -1).transpose(1, 2) for t in (q, k, v))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..errors import MonologueError
 from ..files import sha256_file
@@ -61,7 +62,11 @@ class CausalLMLogits(nn.Module):
             out = out[0]
         if isinstance(out, dict) and "logits" in out:
             out = out["logits"]
-        return getattr(out, "logits", out)
+        out = getattr(out, "logits", out)
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dim() == 2 and idx.shape[0] == 1 and \
+                statically_known_true(out.shape[0] == idx.shape[1]):
+            out = out.unsqueeze(0)  # (T, V): the batch axis squeezed or merged (`logits.view(-1, V)`)
+        return out
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """The model's logits for `ids`, or a one-line error where its forward does not take token ids

@@ -14,6 +14,8 @@ recognised however the model spelled them.
   known at compile time. An equation this cannot write (a diagonal `ii`) is an error naming the node.
 - `decompose`, COMPOSITES: ops made of others (`lerp`: a + (b - a) * w; var, std, var_mean: a
   LayerNorm written out; log_softmax; prelu), each a formula in the table.
+- `ids_shape_only`: `torch.ones_like(ids)` and the like as `full` of the ids' sizes, a constant of
+  the length (positions as `ones_like(ids).cumsum(1) - 1`).
 - `written_softmax`: `e = exp(x - x.amax(d)); e / e.sum(d)` (with or without the row max) is
   softmax(x, d), wherever it appears: of attention scores it is then the attention op.
 - `drop_dead_code`: what no output reads and writes nothing in place (nn.MultiheadAttention's
@@ -89,12 +91,12 @@ class _Emitter:
         self.graph, self.node = graph, node
         self.fake = detect_fake_mode([a.meta["val"] for a in node.all_input_nodes])
 
-    def emit(self, target, *args) -> torch.fx.Node:
+    def emit(self, target, *args, **kwargs) -> torch.fx.Node:
         vals = tree_map(lambda a: a.meta["val"] if isinstance(a, torch.fx.Node) else a, args)
         with self.fake:
-            val = target(*vals)
+            val = target(*vals, **kwargs)
         with self.graph.inserting_before(self.node):
-            out = self.graph.call_function(target, args)
+            out = self.graph.call_function(target, args, kwargs)
         out.meta.update({k: v for k, v in self.node.meta.items() if k in ("stack_trace", "nn_module_stack")}, val=val)
         return out
 
@@ -182,6 +184,32 @@ def decompose(ep: torch.export.ExportedProgram) -> None:
             e = _Emitter(ep.graph, n)
             e.become(COMPOSITES[n.target](e, *n.args, **n.kwargs))
     if nodes:
+        ep.graph_module.recompile()
+
+
+# Ops that read only their input's shape (and dtype), as (fill value, where the size is): a tensor
+# made from the token ids' shape is a constant of the length, as arange(T) is
+_SHAPE_ONLY = {aten.ones_like.default: (1, None), aten.zeros_like.default: (0, None),
+               aten.empty_like.default: (0, None), aten.full_like.default: ("fill", None),
+               aten.new_ones.default: (1, 1), aten.new_zeros.default: (0, 1), aten.new_empty.default: (0, 1),
+               aten.new_full.default: ("fill", 1)}
+
+
+def ids_shape_only(ep: torch.export.ExportedProgram) -> None:
+    """`torch.ones_like(ids)`, `ids.new_ones(ids.shape)` and the like rewritten as `full` of the ids'
+    sizes, so they no longer read the ids: `(ones_like(ids).cumsum(1) - 1)` is then a position
+    table, as arange(T) is."""
+    ids = {n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs}
+    found = [n for n in ep.graph.nodes if n.op == "call_function" and n.target in _SHAPE_ONLY and n.args[0] in ids]
+    for n in found:
+        fill, size_at = _SHAPE_ONLY[n.target]
+        fill = n.args[2 if size_at else 1] if fill == "fill" else fill
+        e = _Emitter(ep.graph, n)
+        val = n.meta["val"]
+        size = n.args[size_at] if size_at else [
+            d if isinstance(d, int) else e.emit(aten.sym_size.int, n.args[0], i) for i, d in enumerate(val.shape)]
+        e.become(e.emit(aten.full.default, size, fill, dtype=val.dtype))
+    if found:
         ep.graph_module.recompile()
 
 

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from ..errors import MonologueError
-from .rewrites import decompose, drop_dead_code, inline_autocast, written_softmax
+from .rewrites import decompose, drop_dead_code, ids_shape_only, inline_autocast, written_softmax
 from .experts import dense_experts
 
 
@@ -60,6 +60,7 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
         torch_log.setLevel(level)
     inline_autocast(ep)
     decompose(ep)
+    ids_shape_only(ep)
     written_softmax(ep)
     drop_dead_code(ep)
     return ep
