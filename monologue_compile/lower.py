@@ -47,6 +47,7 @@ _PENDING_USES = {
     "left_padded": "a sequence padded in front other than as the input of a conv1d that takes the length back "
                    "to T (a causal convolution)",
     "complex": "a complex value other than in view_as_real(view_as_complex(x) * table) (a rotary embedding)",
+    "one_hot": "the tokens' one-hot vectors other than times a weight (an embedding: one_hot(ids) @ W)",
 }
 
 
@@ -302,6 +303,9 @@ def _embedding(c, weight, indices, *rest, **kw):
 
 
 def _linear(c, x, weight, bias=None):
+    if _pending(c, x, "one_hot"):
+        y = _one_hot_product(c, x, weight, transpose=True)
+        return c.emit("binary", [y, c.t(bias)], {"fn": "add"}) if bias is not None else y
     w = c.weight(c.t(weight))
     if w is None:
         c.fail("linear with a computed (not a parameter) weight is not supported")
@@ -884,7 +888,7 @@ def _pow(c, x, exponent):
 
 
 def _to(c, x, *args, **kw):
-    if _scores(c, x) or _probs(c, x) or any(_pending(c, x, k) for k in ("lse", "sink_gate", "sink_scale")):
+    if _scores(c, x) or _probs(c, x) or any(_pending(c, x, k) for k in ("lse", "sink_gate", "sink_scale", "one_hot")):
         return c.env[x]
     name = c.t(x)
     out = c.out_type()
@@ -1428,7 +1432,26 @@ def _constant_scalar(c, a) -> float | None:
     return float(value.reshape(-1)[0]) if isinstance(value, torch.Tensor) and value.numel() == 1 else None
 
 
+def _one_hot(c, ids, num_classes=-1):
+    """F.one_hot(ids, V): pending, for the product with a weight that makes it an embedding."""
+    if c.env.get(ids) != IDS or num_classes < 1:
+        c.fail("one_hot other than of the token ids, with a given number of classes")
+    return _Pending("one_hot", IDS, rows=int(num_classes))
+
+
+def _one_hot_product(c, one_hot, weight, transpose=False) -> str:
+    """one_hot(ids, V) @ W (V, D) (or F.linear by a (D, V) weight: transposed) is W's rows at the
+    ids: the embedding of W."""
+    name = c.weight(c.t(weight), transpose)
+    rows = c.type(name).shape[0] if name is not None else None
+    if rows != c.env[one_hot].attrs["rows"]:
+        c.fail("the tokens' one-hot vectors times something other than a weight of one row per class")
+    return c.emit("embedding", [name, IDS])
+
+
 def _matmul(c, a, b, part=""):
+    if _pending(c, a, "one_hot"):
+        return _one_hot_product(c, a, b)
     if isinstance(a, _Pending) or _probs(c, a):
         p = a if isinstance(a, _Pending) else c.env[a]
         q, k, v = p.attrs["q"], p.attrs["k"], b if isinstance(b, str) else c.t(b)
@@ -1654,6 +1677,7 @@ for _op, _conv in {
     aten.selu.default: lambda c, x: _elu(c, x, 1.6732632423543772848170429916717, 1.0507009873554804934193349852946),
     aten.celu.default: lambda c, x, alpha=1.0: _elu(c, x, alpha, 1, 1 / alpha),
     aten.amax.default: _amax,
+    aten.one_hot.default: _one_hot,
     aten.index_select.default: _index_select,
     aten.leaky_relu.default: _leaky_relu,
     aten.elu.default: _elu,
