@@ -564,12 +564,16 @@ class ReturnsIds(NeedsStartPos):
 @pytest.mark.parametrize("model, says", [(NeedsStartPos, "NeedsStartPos: its forward, called with token ids of shape "
                                                           r"\(1, 1\), raised TypeError: .*start_pos"),
                                          (ReturnsIds, r"ReturnsIds: its forward returned Tensor\(1, 1\), not logits")])
-def test_a_forward_that_does_not_take_ids_and_return_logits_is_refused_in_one_line(model, says):
+@pytest.mark.parametrize("states_its_length", [True, False])
+def test_a_forward_that_does_not_take_ids_and_return_logits_is_refused_in_one_line(model, says, states_its_length):
     from monologue_compile.errors import MonologueError
     from monologue_compile.frontend.module import from_module
 
+    m = model()
+    if not states_its_length:  # then its length is looked for by running it, which must not hide why it fails
+        del m.block_size
     with pytest.raises(MonologueError, match=says):
-        from_module(model())
+        from_module(m)
 
 
 def test_a_checkpoint_holding_the_files_own_config_dataclass_loads(tmp_path):

@@ -104,10 +104,10 @@ def from_module(model: nn.Module, tokenizer=None, sequence_len: int | None = Non
         raise MonologueError(f"compile() takes an nn.Module, got {type(model).__name__}")
     model = _in_f32(model)
     seq = sequence_len or _sequence_len(model) or _longest_accepted(model.eval())
-    if not seq:
+    if not seq:  # its forward fails at length 1: say with what (a start position it needs, say)
+        CausalLMLogits(model, 1).logits(torch.zeros(1, 1, dtype=torch.long))
         raise MonologueError(f"{type(model).__name__}: its longest sequence is not on the model or its config "
-                             f"({', '.join(_LENGTH_KEYS[:5])}, ...) and its forward fails at length 1: give "
-                             "sequence_len= (--set sequence_len=N)")
+                             f"({', '.join(_LENGTH_KEYS[:5])}, ...): give sequence_len= (--set sequence_len=N)")
     wrapper = CausalLMLogits(model.eval(), int(seq))
     vocab = int(wrapper.logits(torch.zeros(1, 1, dtype=torch.long)).shape[-1])
     dropped = every_position(wrapper, vocab)
