@@ -122,6 +122,18 @@ def byte_level_pre_tokenizer(style: str):
 def train_hf(style: str, corpus: list[str]):
     from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+    if style.startswith("sentencepiece_unk"):
+        # the `tokenizers` library's SentencePieceBPETokenizer: no byte fallback, a char the vocabulary
+        # lacks is <unk> (a run of them one, fused); an alphabet cut short, so that happens often
+        fused = style.endswith("fused")
+        hf = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=fused))
+        hf.normalizer = normalizers.NFKC()
+        hf.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
+        hf.decoder = decoders.Metaspace(prepend_scheme="always", split=True)
+        trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=SPECIALS + ["<unk>"], show_progress=False,
+                                      **({"limit_alphabet": 120} if fused else {}))
+        hf.train_from_iterator(corpus, trainer=trainer)
+        return hf
     if style in SENTENCEPIECE_STYLES:
         hf = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
         normalizer, pre_tokenizer, hf.decoder = sentencepiece_parts(style)
@@ -145,7 +157,8 @@ def train_hf(style: str, corpus: list[str]):
     return hf
 
 
-SENTENCEPIECE_STYLES = ["sentencepiece", "gemma", "metaspace_first", "metaspace_always_split", "metaspace_never_split"]
+SENTENCEPIECE_STYLES = ["sentencepiece", "gemma", "metaspace_first", "metaspace_always_split", "metaspace_never_split",
+                        "sentencepiece_unk", "sentencepiece_unk_fused"]
 BYTE_LEVEL_STYLES = ["gpt2", "gpt2_prefix_space", "llama3", "o200k", "llama3_engine", "digits", "digit_runs", "qwen2",
                      "nfkc", "bloom", "falcon"]
 
@@ -203,7 +216,7 @@ def test_saved_text_is_the_file(pair, tmp_path):
     [
         (lambda d: d.update(normalizer={"type": "NFD"}), "normalizer NFD"),
         (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
-        (lambda d: d.update(decoder={"type": "Metaspace"}), "byte_fallback without a SentencePiece-style decoder"),
+        (lambda d: d.update(decoder={"type": "Metaspace"}), "a ByteLevel pre-tokenizer without the ByteLevel decoder"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"].append({"type": "Metaspace"}), "pre-tokenizer Metaspace after ByteLevel"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "Punctuation", "behavior": "Removed"}),
          "Punctuation behavior Removed"),

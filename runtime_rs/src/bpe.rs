@@ -74,6 +74,8 @@ pub struct HfOptions {
     /// token as its `<0xNN>` byte tokens; else byte-level (pieces start as bytes). A vocabulary of
     /// chars without byte tokens (decoder `Plain`) is char-level too.
     pub char_level: bool,
+    /// Every byte has a token: byte-level, or SentencePiece's byte fallback (`<0xNN>`).
+    pub byte_fallback: bool,
     /// For a vocabulary without byte tokens: the id a char without a token becomes, and whether a
     /// run of them is one (`fuse_unk`); `None`: such a char is dropped, as `tokenizers` drops it.
     pub unk: Option<(Rank, bool)>,
@@ -284,7 +286,7 @@ impl Tokenizer {
         }
         // every byte's token (byte-level, or SentencePiece's byte fallback); a vocabulary of chars has none
         let mut byte_ids = Vec::with_capacity(256);
-        if options.decoder != Decoder::Plain {
+        if options.byte_fallback {
             for byte in 0..=255u8 {
                 let token = if options.char_level { format!("<0x{:02X}>", byte).into_bytes() } else { vec![byte] };
                 match encoder.get(&token) {

@@ -2,12 +2,13 @@
 //! order and added tokens at any id, in two styles. Byte-level (decoder ByteLevel): a
 //! pre-tokenizer of Split regexes, Digits and Punctuation with ByteLevel, as in GPT-2, GPT-NeoX,
 //! SmolLM, Llama-3, Qwen2, GPT-4o-style, StarCoder, Bloom and Falcon files (Falcon's Digits and
-//! Split come after ByteLevel and so see each byte as its char). SentencePiece (byte fallback to `<0xNN>`):
+//! Split come after ByteLevel and so see each byte as its char). SentencePiece style:
 //! the normalizer Prepend `▁` + Replace ` `→`▁` (Llama-2, Mistral v0.1, TinyLlama) or the Replace
 //! alone (Gemma), or a Metaspace pre-tokenizer (newer Llama/Mistral files), maybe with Split and
-//! Digits; decoder Replace/ByteFallback/Fuse[/Strip] or Metaspace. A vocabulary of chars without
-//! byte tokens (decoder Fuse alone; nanoGPT's char-level meta.pkl as the compiler writes it), where a
-//! char it lacks is the unk_token or dropped, as `tokenizers` does. Either may normalize with NFC
+//! Digits; decoder Replace/ByteFallback/Fuse[/Strip] or Metaspace; with byte fallback, or without
+//! it (the `tokenizers` library's SentencePieceBPETokenizer). A vocabulary of chars without
+//! byte tokens (decoder Fuse alone; nanoGPT's char-level meta.pkl as the compiler writes it). Without
+//! byte tokens a char the vocabulary lacks is the unk_token or dropped, as `tokenizers` does. Either may normalize with NFC
 //! (Qwen2/3) or NFKC first. The normalizer and
 //! pre-tokenizer become `Step`s applied in order. Anything else in the file (another model,
 //! normalizer, pre-tokenizer, decoder or flag) is refused by name rather than tokenized
@@ -243,10 +244,10 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
         };
         require(unset, &format!("the BPE model's {}", key))?;
     }
-    require(
-        flag(model, "byte_fallback") == (char_level && !plain),
-        "byte_fallback without a SentencePiece-style decoder, or the reverse",
-    )?;
+    // without byte fallback (SentencePieceBPETokenizer's files, a vocabulary of chars) a char that
+    // has no token is the unk_token, or dropped where there is none
+    let byte_fallback = flag(model, "byte_fallback");
+    require(!byte_fallback || (char_level && !plain), "byte_fallback without a SentencePiece-style decoder")?;
     let mut steps = Vec::new();
     let normalizer = normalizer_steps(doc.get("normalizer"), &mut steps)?;
     let normalizer_steps = steps.len();
@@ -268,7 +269,7 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
         vocab_and_merges(model, |token| token_bytes(token, &map))?
     };
     let (added, added_flags) = added_tokens(doc)?;
-    let unk = match text_of(model, "unk_token").filter(|u| plain && !u.is_empty()) {
+    let unk = match text_of(model, "unk_token").filter(|u| char_level && !byte_fallback && !u.is_empty()) {
         None => None,
         Some(u) => match vocab.iter().find(|(bytes, _)| bytes == u.as_bytes()) {
             Some(&(_, id)) => Some((id, flag(model, "fuse_unk"))),
@@ -282,6 +283,7 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
         normalizer_steps,
         added: added_flags,
         char_level,
+        byte_fallback: byte_level || byte_fallback,
         unk,
         ignore_merges: flag(model, "ignore_merges"),
         decoder,
