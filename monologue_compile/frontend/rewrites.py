@@ -145,6 +145,14 @@ def _var(e, x, dim=None, unbiased=True, keepdim=False, *, correction=None):
     return _variance(e, x, dim, int(unbiased) if correction is None else correction, keepdim)
 
 
+def _var_only(e, *args, **kw):
+    return _var(e, *args, **kw)[0]
+
+
+def _std(e, *args, **kw):
+    return e.emit(aten.sqrt.default, _var_only(e, *args, **kw))
+
+
 def _log_softmax(e, x, dim, *rest, **kw):
     return e.emit(aten.sub.Tensor, x, e.emit(aten.logsumexp.default, x, [dim], True))
 
@@ -160,12 +168,12 @@ def _prelu(e, x, weight):
 COMPOSITES = {
     aten.lerp.Scalar: _lerp,
     aten.lerp.Tensor: _lerp,
-    aten.var.dim: lambda e, *a, **kw: _var(e, *a, **kw)[0],
-    aten.var.correction: lambda e, *a, **kw: _var(e, *a, **kw)[0],
+    aten.var.dim: _var_only,
+    aten.var.correction: _var_only,
     aten.var_mean.correction: _var,
     aten.var_mean.dim: _var,
-    aten.std.dim: lambda e, *a, **kw: e.emit(aten.sqrt.default, _var(e, *a, **kw)[0]),
-    aten.std.correction: lambda e, *a, **kw: e.emit(aten.sqrt.default, _var(e, *a, **kw)[0]),
+    aten.std.dim: _std,
+    aten.std.correction: _std,
     aten.log_softmax.int: _log_softmax,
     aten._log_softmax.default: _log_softmax,
     aten.prelu.default: _prelu,
@@ -227,7 +235,7 @@ def written_softmax(ep: torch.export.ExportedProgram) -> None:
                 total.args[0] is e or total.args[0].target is aten.exp.default and total.args[0].args == e.args):
             continue
         rank = e.meta["val"].dim()
-        dims, keepdim = total.args[1], (total.args[2:] or [total.kwargs.get("keepdim", False)])[0]
+        dims, keepdim = total.args[1], _arg(total, 2, "keepdim", False)
         if not keepdim or len(dims) != 1:
             continue
         d = dims[0] % rank
@@ -236,6 +244,11 @@ def written_softmax(ep: torch.export.ExportedProgram) -> None:
         found.append(n)
     if found:
         ep.graph_module.recompile()  # the exp, sum and row max left unread go with the dead code
+
+
+def _arg(n: torch.fx.Node, i: int, name: str, default):
+    """Argument `name` of node n, given at position i or by keyword."""
+    return n.args[i] if len(n.args) > i else n.kwargs.get(name, default)
 
 
 def drop_dead_code(ep: torch.export.ExportedProgram) -> None:
@@ -252,9 +265,10 @@ def _row_max_taken(y: torch.fx.Node, d: int, rank: int) -> torch.fx.Node | None:
     while m.target in (aten.detach.default, aten.alias.default):
         m = m.args[0]
     if m.target is operator.getitem and m.args[1] == 0 and m.args[0].target is aten.max.dim:
-        m, dims, keepdim = m.args[0], [m.args[0].args[1]], (m.args[0].args[2:] or [False])[0]
+        m = m.args[0]
+        dims, keepdim = [m.args[1]], _arg(m, 2, "keepdim", False)
     elif m.target is aten.amax.default:
-        dims, keepdim = m.args[1], (m.args[2:] or [m.kwargs.get("keepdim", False)])[0]
+        dims, keepdim = m.args[1], _arg(m, 2, "keepdim", False)
     else:
         return None
     return x if m.args[0] is x and keepdim and [i % rank for i in dims] == [d] else None
