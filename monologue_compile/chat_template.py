@@ -466,7 +466,8 @@ def text_section(tok, eos: list[int]) -> dict:
 
 def text_opening(tokenizer_json: str) -> str:
     """The special tokens a tokenizer.json's post-processor puts before a text on its own (a
-    TemplateProcessing's leading tokens: Llama's `<s>`, Llama 3's `<|begin_of_text|>`), as text."""
+    TemplateProcessing's leading tokens: Llama's `<s>`, Llama 3's `<|begin_of_text|>`, BERT's
+    `[CLS]`; BertProcessing's and RobertaProcessing's cls token), as text."""
     try:
         doc = json.loads(tokenizer_json)
     except ValueError:
@@ -475,6 +476,9 @@ def text_opening(tokenizer_json: str) -> str:
     steps = post.get("processors", []) if isinstance(post, dict) and post.get("type") == "Sequence" else [post]
     opening = ""
     for step in steps:
+        if isinstance(step, dict) and step.get("type") in ("BertProcessing", "RobertaProcessing"):
+            cls = step.get("cls")  # [token, id]: BERT's [CLS], RoBERTa's <s>
+            opening += cls[0] if isinstance(cls, list) and cls and isinstance(cls[0], str) else ""
         if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
             for item in step.get("single") or []:
                 token = item.get("SpecialToken") if isinstance(item, dict) else None

@@ -84,3 +84,41 @@ def test_an_older_folder_with_pytorch_model_bin_and_gpt2_tokenizer_files_compile
     auto = AutoTokenizer.from_pretrained(str(folder))
     for text in ["Once upon a time, Lily was 33.", "  two  spaces 🙂<|endoftext|>next", "ünïcödé"]:
         assert tok.encode(text) == auto(text)["input_ids"], text
+
+
+def test_a_gpt2_folder_with_a_bert_vocab_txt_compiles(tmp_path):
+    """A GPT-2 published with BERT's tokenizer (as uer/gpt2-chinese-cluecorpussmall is): vocab.txt
+    and a BertTokenizer tokenizer_config, no tokenizer.json. transformers builds the WordPiece
+    tokenizer.json from them (BertNormalizer, BertPreTokenizer, WordPiece, [CLS] $A [SEP]); the
+    compiled tokenizer gives its ids, decodes as it does, and a text starts with [CLS]."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from monologue_compile.tokenizer import Tokenizer
+
+    folder = tmp_path / "gpt2-chinese"
+    folder.mkdir()
+    wordpiece = tokenizers.BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(["我们是好朋友。The Quick brown fox, naïvely!", "今天天气很好 3.14 don't"] * 40,
+                                  vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+                                  show_progress=False)
+    wordpiece.save_model(str(folder))  # vocab.txt
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
+    cfg = hf_configs()["gpt2"]
+    cfg.vocab_size = wordpiece.get_vocab_size()
+    torch.manual_seed(3)
+    randomized(AutoModelForCausalLM.from_config(cfg, dtype=torch.float32), 4).save_pretrained(folder)
+
+    out = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(folder), "-o", str(out), "--no-wasm"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["chat"]["continues_text"] and manifest["chat"]["template"]["opening"] == "[CLS]"
+    tok = Tokenizer.from_json((out / "model" / "tokenizer.json").read_text())
+    auto = AutoTokenizer.from_pretrained(str(folder))
+    for text in ["我们今天是好朋友!", "The QUICK fox: naïve, isn't it?", "emoji 🙂 and 天气 [SEP] x"]:
+        ids = auto(text, add_special_tokens=False)["input_ids"]
+        assert tok.encode(text) == ids, text
+        # the tokenizer.json's decoder (transformers' decode may clean up spaces across tokens too)
+        assert tok.decode(ids) == auto.backend_tokenizer.decode(ids, skip_special_tokens=False), text

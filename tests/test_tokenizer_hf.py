@@ -122,6 +122,8 @@ def byte_level_pre_tokenizer(style: str):
 def train_hf(style: str, corpus: list[str]):
     from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+    if style in WORD_STYLES:
+        return train_word_style(style, corpus)
     if style.startswith("sentencepiece_unk"):
         # the `tokenizers` library's SentencePieceBPETokenizer: no byte fallback, a char the vocabulary
         # lacks is <unk> (a run of them one, fused); an alphabet cut short, so that happens often
@@ -157,6 +159,42 @@ def train_hf(style: str, corpus: list[str]):
     return hf
 
 
+def train_word_style(style: str, corpus: list[str]):
+    """The other models and steps `tokenizers` trains and BERT-style folders ship:
+    - bert: BertWordPieceTokenizer's (BertNormalizer lowercasing and stripping accents,
+      BertPreTokenizer, WordPiece and its decoder), as a BertTokenizerFast folder's;
+    - bert_cased: the same, neither lowercasing nor stripping accents (bert-base-cased's);
+    - wordpiece_course: the Hugging Face course's WordPiece (NFD, Lowercase, StripAccents,
+      Whitespace);
+    - quicktour: the `tokenizers` quicktour's BPE (an unk_token, Whitespace, no decoder);
+    - wordlevel: a WordLevel over WhitespaceSplit's words, no decoder."""
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    unk = "[UNK]"
+    if style.startswith("bert") or style == "wordpiece_course":
+        hf = tokenizers.Tokenizer(models.WordPiece(unk_token=unk, max_input_chars_per_word=12))
+        hf.decoder = decoders.WordPiece()
+        if style == "wordpiece_course":
+            hf.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+            hf.pre_tokenizer = pre_tokenizers.Whitespace()
+        else:
+            cased = style == "bert_cased"
+            hf.normalizer = normalizers.BertNormalizer(lowercase=not cased, strip_accents=False if cased else None)
+            hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=1500, special_tokens=SPECIALS + [unk], show_progress=False)
+    elif style == "quicktour":
+        hf = tokenizers.Tokenizer(models.BPE(unk_token=unk))
+        hf.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=SPECIALS + [unk], show_progress=False)
+    else:
+        hf = tokenizers.Tokenizer(models.WordLevel(unk_token=unk))
+        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        trainer = trainers.WordLevelTrainer(vocab_size=1500, special_tokens=SPECIALS + [unk], show_progress=False)
+    hf.train_from_iterator(corpus, trainer=trainer)
+    return hf
+
+
+WORD_STYLES = ["bert", "bert_cased", "wordpiece_course", "quicktour", "wordlevel"]
 SENTENCEPIECE_STYLES = ["sentencepiece", "gemma", "metaspace_first", "metaspace_always_split", "metaspace_never_split",
                         "sentencepiece_unk", "sentencepiece_unk_fused"]
 BYTE_LEVEL_STYLES = ["gpt2", "gpt2_prefix_space", "llama3", "o200k", "llama3_engine", "digits", "digit_runs", "qwen2",
@@ -168,7 +206,7 @@ def corpus():
     return hard_strings(N_STRINGS, seed=7)
 
 
-@pytest.fixture(scope="module", params=BYTE_LEVEL_STYLES + SENTENCEPIECE_STYLES)
+@pytest.fixture(scope="module", params=BYTE_LEVEL_STYLES + SENTENCEPIECE_STYLES + WORD_STYLES)
 def pair(request, corpus, tmp_path_factory):
     hf = train_hf(request.param, corpus[: N_STRINGS // 2])
     path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
@@ -192,7 +230,8 @@ def test_decode_equals_the_tokenizers_library(pair, corpus):
 def test_added_tokens_sit_at_their_ids_and_encode_ordinary_ignores_them(pair):
     hf, tok = pair
     assert {name: tok.special_tokens[name] for name in SPECIALS} == {name: hf.token_to_id(name) for name in SPECIALS}
-    assert tok.special_tokens["<|endoftext|>"] == 0  # the trainer puts them first, as GPT-2 does
+    if json.loads(hf.to_str())["model"]["type"] != "WordLevel":  # its trainer puts them last
+        assert tok.special_tokens["<|endoftext|>"] == 0  # the trainer puts them first, as GPT-2 does
     assert tok.special_tokens["<think>"] in tok.encode("x <think> y")
     # the special tokens' text as text: the library's encode_special_tokens mode (with Bloom's split
     # pattern, BPE may merge "<think>" into that very token, as the library does)
@@ -214,14 +253,18 @@ def test_saved_text_is_the_file(pair, tmp_path):
 @pytest.mark.parametrize(
     "change, says",
     [
-        (lambda d: d.update(normalizer={"type": "NFD"}), "normalizer NFD"),
+        (lambda d: d.update(normalizer={"type": "NFKD"}), "normalizer NFKD"),
         (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
         (lambda d: d.update(decoder={"type": "Metaspace"}), "a ByteLevel pre-tokenizer without the ByteLevel decoder"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"].append({"type": "Metaspace"}), "pre-tokenizer Metaspace after ByteLevel"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "Punctuation", "behavior": "Removed"}),
          "Punctuation behavior Removed"),
-        (lambda d: d["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "WhitespaceSplit"}),
-         "pre-tokenizer WhitespaceSplit"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "UnicodeScripts"}),
+         "pre-tokenizer UnicodeScripts"),
+        (lambda d: d.update(model={**d["model"], "type": "Unigram"}), "model type Unigram"),
+        (lambda d: d.update(model={"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"a": 0}}, decoder=None,
+                            pre_tokenizer=None),
+         'the unk_token "\\[UNK\\]" is not in the vocabulary'),
         (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"[a[^b]]"), "negated nested class"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\w+"), r"the escape \\w"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"(?<=a)b"), "lookbehind"),
@@ -252,14 +295,14 @@ def test_qwen2_pattern_is_recognised(corpus, tmp_path):
 
 
 
-def normalizer_pair(form: str, folder):
-    """(`tokenizers`, ours) for a byte-level tokenizer without merges, normalizer `form`,
-    pieces the lines: ids show the normalized text."""
+def normalizer_pair(form, folder):
+    """(`tokenizers`, ours) for a byte-level tokenizer without merges, normalizer `form` (a name,
+    or the normalizer), pieces the lines: ids show the normalized text."""
     from tokenizers import decoders, models, normalizers, pre_tokenizers
 
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    hf.normalizer = getattr(normalizers, form)()
+    hf.normalizer = getattr(normalizers, form)() if isinstance(form, str) else form
     hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"),
                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     hf.decoder = decoders.ByteLevel()
@@ -292,6 +335,53 @@ def test_normalizers_equal_the_tokenizers_library(form, tmp_path):
     active = [c for c in range(0x110000) if unicodedata.decomposition(chr(c)) or unicodedata.combining(chr(c))]
     code_points = sorted({*active, *range(0x1100, 0x1200), *range(0, 0x110000, 64)})
     assert not normalizer_mismatches(hf, tok, code_points)
+
+
+# the planes where chars are assigned (0-3 and 14), whole, and every 64th code point of the others
+ASSIGNED_PLANES = sorted({*range(0x40000), *range(0xE0000, 0xF0000), *range(0, 0x110000, 64)})
+BERT_NORMALIZERS = {
+    "bert_uncased": dict(),  # clean_text, handle_chinese_chars, strip_accents (as lowercase), lowercase
+    "bert_cased": dict(lowercase=False),
+    "bert_strip_only": dict(lowercase=False, strip_accents=True, clean_text=False, handle_chinese_chars=False),
+}
+
+
+@pytest.mark.parametrize("name", [*BERT_NORMALIZERS, "NFD", "Lowercase", "NFD+StripAccents"])
+def test_bert_style_normalizers_equal_the_tokenizers_library_on_every_code_point(name, tmp_path):
+    """BertNormalizer's parts, NFD, Lowercase and StripAccents on every code point of planes 0-3
+    and 14 and every 64th of the rest (unassigned and private-use), alone and among marks: the
+    runtime's tables (measured from `tokenizers`, whose own are of older Unicode versions) and its
+    NFD agree with the library."""
+    from tokenizers import normalizers
+
+    if name in BERT_NORMALIZERS:
+        normalizer = normalizers.BertNormalizer(**BERT_NORMALIZERS[name])
+    elif name == "NFD+StripAccents":
+        normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents()])
+    else:
+        normalizer = getattr(normalizers, name)()
+    hf, tok = normalizer_pair(normalizer, tmp_path)
+    assert not normalizer_mismatches(hf, tok, ASSIGNED_PLANES)
+
+
+@pytest.mark.parametrize("pre_tokenizer", ["Whitespace", "BertPreTokenizer", "WhitespaceSplit"])
+def test_word_pre_tokenizers_split_every_code_point_as_the_tokenizers_library(pre_tokenizer, tmp_path):
+    r""""a" c "a" for each code point c (as above), through a WordLevel that knows only "a": one unknown
+    word where c is a word char (Whitespace's `\w`), two a's where c is whitespace, and a, c, a
+    where the pre-tokenizer splits c off (punctuation, or Whitespace's other chars)."""
+    from tokenizers import models, pre_tokenizers
+
+    hf = tokenizers.Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    hf.pre_tokenizer = getattr(pre_tokenizers, pre_tokenizer)()
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.load(tmp_path / "tokenizer.json")
+    chars = [chr(c) for c in ASSIGNED_PLANES if not 0xD800 <= c <= 0xDFFF]
+    wrong = []
+    for at in range(0, len(chars), 8192):
+        probes = [f"a{c}a" for c in chars[at : at + 8192]]
+        if tok.encode_ordinary(" ".join(probes)) != hf.encode(" ".join(probes)).ids:
+            wrong += [hex(ord(p[1])) for p in probes if tok.encode_ordinary(p) != hf.encode(p).ids]
+    assert not wrong, f"{len(wrong)} code points split differently, first: {wrong[:10]}"
 
 
 # Added tokens with each flag, and text that puts them where the flags matter: after and before

@@ -1,4 +1,6 @@
-//! Byte-level BPE encoding and decoding with tiktoken's exact merge rule, plus special tokens.
+//! Byte-level BPE encoding and decoding with tiktoken's exact merge rule, plus special tokens; and
+//! the other models a Hugging Face tokenizer.json may hold (WordPiece, WordLevel), which share the
+//! vocabulary, the added tokens and the pre-tokenizer steps.
 
 use std::borrow::Cow;
 use std::sync::{Mutex, TryLockError};
@@ -6,9 +8,7 @@ use std::sync::{Mutex, TryLockError};
 use crate::fxhash::FxHashMap;
 use crate::normalize::{normalize, Form};
 use crate::parallel::{parallel_map, worker_count};
-use crate::pretokenize::{apply_steps, SplitPattern, Step, METASPACE};
-use crate::regex::category;
-use crate::unicode_tables::CATEGORY_NAMES;
+use crate::pretokenize::{apply_steps, is_word_char, SplitPattern, Step, METASPACE};
 
 pub type Rank = u32;
 
@@ -81,6 +81,7 @@ pub struct HfOptions {
     pub unk: Option<(Rank, bool)>,
     /// A piece that is a whole token is that token, without merging (Llama-3's `ignore_merges`).
     pub ignore_merges: bool,
+    pub model: PieceModel,
     pub decoder: Decoder,
     /// The tokenizer.json text, written back unchanged.
     pub source: String,
@@ -101,12 +102,6 @@ pub struct AddedFlags {
 
 /// An added token being looked for: its text (normalized if it is found in normalized text), id, flags.
 type Added<'a> = (Cow<'a, str>, Rank, AddedFlags);
-
-/// A char of the `regex` crate's Unicode `\w` (what `tokenizers` checks single_word with):
-/// Alphabetic, a decimal digit, a mark, a connector punctuation or a joiner.
-fn is_word_char(c: char) -> bool {
-    c.is_alphabetic() || matches!(CATEGORY_NAMES[category(c)], "Nd" | "Mn" | "Mc" | "Me" | "Pc") || c == '\u{200C}' || c == '\u{200D}'
-}
 
 /// Cut `text` at the added tokens found in it, as `tokenizers` does: leftmost match, the longest
 /// at equal starts, then the flags. Gives (start, end, the token's id or None for text between).
@@ -164,8 +159,21 @@ fn split_added(text: &str, tokens: &[Added]) -> Vec<(usize, usize, Option<Rank>)
     parts
 }
 
+/// How a piece (of the pre-tokenizer's) becomes ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PieceModel {
+    /// BPE merges.
+    Bpe,
+    /// WordPiece (BERT's): the longest token the piece starts with, then the longest token, with
+    /// `prefix` before it, the rest starts with, and so on; a piece with a rest no token starts,
+    /// or of more than `max_chars` chars, is the `unk` token.
+    WordPiece { prefix: String, max_chars: usize, unk: Rank },
+    /// WordLevel: the piece's own token, else the `unk` token.
+    WordLevel { unk: Rank },
+}
+
 /// The decoders this runtime implements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decoder {
     ByteLevel,
     /// Sequence[Replace("▁", " "), ByteFallback, Fuse], then Strip(" ", 1, 0) if `strip_first_space`.
@@ -175,6 +183,23 @@ pub enum Decoder {
     Metaspace { drop_first: bool },
     /// Fuse alone: the tokens' text joined (a vocabulary of chars, nanoGPT's meta.pkl).
     Plain,
+    /// No decoder: the tokens' text joined by spaces, as `tokenizers` decodes without one.
+    Spaced,
+    /// WordPiece: a space before each token but the first, except a token that starts with
+    /// `prefix`, which loses it instead; `cleanup`: then no space before `.,!?` and English
+    /// contractions (the decoder's cleanup, applied to each token).
+    WordPiece { prefix: String, cleanup: bool },
+}
+
+/// The WordPiece decoder's cleanup of one token (with the space put before it).
+fn wordpiece_cleanup(token: &str) -> String {
+    let mut out = token.to_string();
+    for (from, to) in [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+        (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]
+    {
+        out = out.replace(from, to);
+    }
+    out
 }
 
 type PieceCache = FxHashMap<Vec<u8>, Vec<Rank>>;
@@ -516,6 +541,12 @@ impl Tokenizer {
     fn merge(&self, piece: &[u8], out: &mut Vec<Rank>) {
         match &self.hf {
             None => byte_pair_encode(piece, &self.encoder, out),
+            Some(HfModel { options: HfOptions { model: PieceModel::WordLevel { unk }, .. }, .. }) => {
+                out.push(self.encoder.get(piece).copied().unwrap_or(*unk))
+            }
+            Some(HfModel { options: HfOptions { model: PieceModel::WordPiece { prefix, max_chars, unk }, .. }, .. }) => {
+                self.word_pieces(piece, prefix, *max_chars, *unk, out)
+            }
             Some(hf) if hf.options.char_level => self.merge_chars(hf, piece, out),
             Some(hf) => merge_parts(
                 piece,
@@ -523,6 +554,39 @@ impl Tokenizer {
                 |_, left, right| hf.merges.get(&(left, right)).copied(),
                 out,
             ),
+        }
+    }
+
+    /// WordPiece of one piece (see `PieceModel::WordPiece`), greedy from the left as
+    /// `tokenizers` runs it.
+    fn word_pieces(&self, piece: &[u8], prefix: &str, max_chars: usize, unk: Rank, out: &mut Vec<Rank>) {
+        let text = String::from_utf8_lossy(piece);
+        if text.chars().count() > max_chars {
+            out.push(unk);
+            return;
+        }
+        let from = out.len();
+        let (mut start, mut key) = (0, Vec::with_capacity(piece.len() + prefix.len()));
+        while start < text.len() {
+            let found = text[start..].char_indices().map(|(i, c)| start + i + c.len_utf8()).rev().find_map(|end| {
+                key.clear();
+                if start > 0 {
+                    key.extend_from_slice(prefix.as_bytes());
+                }
+                key.extend_from_slice(text[start..end].as_bytes());
+                self.encoder.get(&key).map(|&id| (id, end))
+            });
+            match found {
+                Some((id, end)) => {
+                    out.push(id);
+                    start = end;
+                }
+                None => {
+                    out.truncate(from);
+                    out.push(unk);
+                    return;
+                }
+            }
         }
     }
 
@@ -613,10 +677,26 @@ impl Tokenizer {
         out
     }
 
+    /// The bytes token `id` adds to a text after token `previous` (`None`: it starts the text).
+    /// Decoded alone, a token would lose what the decoder does to a text's first token (Llama-2's
+    /// Strip of a leading space, Metaspace's dropped `▁`, the space WordPiece and a tokenizer
+    /// without a decoder put between tokens), so after another it is the pair's bytes less the
+    /// other's (as `monologue chat` and the page's worker.js stream a reply).
+    pub fn token_bytes_after(&self, previous: Option<Rank>, id: Rank) -> Result<Vec<u8>, String> {
+        let previous = match previous {
+            None => return self.decode_bytes(&[id]),
+            Some(p) => p,
+        };
+        let pair = self.decode_bytes(&[previous, id])?;
+        let before = self.decode_bytes(&[previous])?.len().min(pair.len());
+        Ok(pair[before..].to_vec())
+    }
+
     /// The text of `ids` (special tokens give their text), as the tokenizer's decoder makes it.
     pub fn decode_bytes(&self, ids: &[Rank]) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(ids.len() * 4);
-        let decoder = self.hf.as_ref().map_or(Decoder::ByteLevel, |hf| hf.options.decoder);
+        let byte_level = Decoder::ByteLevel;
+        let decoder = self.hf.as_ref().map_or(&byte_level, |hf| &hf.options.decoder);
         for (i, &id) in ids.iter().enumerate() {
             let bytes = match self.decoder.get(id as usize) {
                 Some(Some(bytes)) => bytes,
@@ -624,13 +704,28 @@ impl Tokenizer {
             };
             match decoder {
                 Decoder::Metaspace { drop_first } => {
-                    let space = if i == 0 && drop_first { "" } else { " " };
+                    let space = if i == 0 && *drop_first { "" } else { " " };
                     out.extend_from_slice(String::from_utf8_lossy(bytes).replace(METASPACE, space).as_bytes());
+                }
+                Decoder::Spaced => {
+                    if i > 0 {
+                        out.push(b' ');
+                    }
+                    out.extend_from_slice(bytes);
+                }
+                Decoder::WordPiece { prefix, cleanup } => {
+                    let text = String::from_utf8_lossy(bytes);
+                    let token = match text.strip_prefix(prefix.as_str()) {
+                        _ if i == 0 => text.to_string(),
+                        Some(rest) => rest.to_string(),
+                        None => format!(" {}", text),
+                    };
+                    out.extend_from_slice(if *cleanup { wordpiece_cleanup(&token) } else { token }.as_bytes());
                 }
                 _ => out.extend_from_slice(bytes),
             }
         }
-        if decoder == (Decoder::Fuse { strip_first_space: true }) && out.first() == Some(&b' ') {
+        if *decoder == (Decoder::Fuse { strip_first_space: true }) && out.first() == Some(&b' ') {
             out.remove(0);
         }
         Ok(out)
@@ -797,6 +892,34 @@ mod tests {
             byte_pair_encode(&piece, &ranks, &mut got);
             let want: Vec<Rank> = rescan_merge(&piece, &ranks).iter().map(|part| ranks[part]).collect();
             assert_eq!(got, want, "piece {:?}", String::from_utf8_lossy(&piece));
+        }
+    }
+
+    #[test]
+    fn a_reply_streamed_token_by_token_is_its_whole_decode() {
+        // decoders that treat a text's first token apart: Metaspace drops its ▁, WordPiece and a
+        // tokenizer without a decoder put no space before it
+        let files = [
+            r###"{"model": {"type": "BPE", "vocab": {"▁": 0, "a": 1, "▁a": 2, "b": 3}, "merges": [["▁", "a"]]},
+                "pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "always"}, "decoder": {"type": "Metaspace"}}"###,
+            r###"{"model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0, "a": 1, "##b": 2, "b": 3, ".": 4}},
+                "pre_tokenizer": {"type": "BertPreTokenizer"}, "decoder": {"type": "WordPiece"}}"###,
+            r###"{"model": {"type": "WordLevel", "unk_token": "[UNK]", "vocab": {"[UNK]": 0, "a": 1, "ab": 2}},
+                "pre_tokenizer": {"type": "WhitespaceSplit"}, "decoder": null}"###,
+        ];
+        for file in files {
+            let tok = crate::hf_tokenizer::from_doc(&crate::json::parse(file).unwrap(), file).unwrap();
+            let ids = tok.encode_ordinary("a ab a. b");
+            let mut streamed = Vec::new();
+            let mut previous = None;
+            for &id in &ids {
+                streamed.extend(tok.token_bytes_after(previous, id).unwrap());
+                previous = Some(id);
+            }
+            let whole = tok.decode_bytes(&ids).unwrap();
+            assert_eq!(String::from_utf8(streamed).unwrap(), String::from_utf8(whole.clone()).unwrap(), "{}", file);
+            let alone: Vec<u8> = ids.iter().flat_map(|&id| tok.decode_bytes(&[id]).unwrap()).collect();
+            assert_ne!(alone, whole, "each token decoded alone loses the spaces");
         }
     }
 

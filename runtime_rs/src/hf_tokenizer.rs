@@ -9,15 +9,18 @@
 //! it (the `tokenizers` library's SentencePieceBPETokenizer). A vocabulary of chars without
 //! byte tokens (decoder Fuse alone; nanoGPT's char-level meta.pkl as the compiler writes it). Without
 //! byte tokens a char the vocabulary lacks is the unk_token or dropped, as `tokenizers` does. Either may normalize with NFC
-//! (Qwen2/3) or NFKC first. The normalizer and
-//! pre-tokenizer become `Step`s applied in order. Anything else in the file (another model,
-//! normalizer, pre-tokenizer, decoder or flag) is refused by name rather than tokenized
-//! differently.
+//! (Qwen2/3) or NFKC first. Word-based files (BERT's, the `tokenizers` quicktour's): a WordPiece,
+//! WordLevel or char BPE model after BertNormalizer, NFD, Lowercase or StripAccents and the
+//! BertPreTokenizer, Whitespace or WhitespaceSplit pre-tokenizers, decoded by the WordPiece
+//! decoder or, without one, with spaces between tokens. The normalizer and pre-tokenizer become
+//! `Step`s applied in order. Anything else in the file (another model, normalizer,
+//! pre-tokenizer, decoder or flag) is refused by name rather than tokenized differently.
 
-use crate::bpe::{AddedFlags, Decoder, HfOptions, Rank, Tokenizer};
+use crate::bpe::{AddedFlags, Decoder, HfOptions, PieceModel, Rank, Tokenizer};
 use crate::json::Json;
 use crate::normalize::Form;
 use crate::pretokenize::{Prepend, SplitPattern, Step};
+use crate::tokenizers_tables::{MARKS, NONSPACING};
 
 /// GPT-2's map from bytes to the printable chars byte-level vocabularies are written in.
 pub fn byte_of_char() -> Vec<(char, u8)> {
@@ -77,8 +80,9 @@ fn replace_of(part: &Json) -> (Option<&str>, Option<&str>) {
     (part.get("pattern").and_then(|p| p.get("String")).and_then(Json::as_str), text_of(part, "content"))
 }
 
-/// The normalizer: NFC or NFKC (Qwen2/3), then SentencePiece's Prepend("▁") + Replace(" ",
-/// "▁") or the Replace alone (Gemma), which become a step.
+/// The normalizer: NFC or NFKC first (Qwen2/3) is returned, to run before the steps (it has a
+/// fast path); the rest become steps: SentencePiece's Prepend("▁") + Replace(" ", "▁") or the
+/// Replace alone (Gemma), NFD/NFC/NFKC, Lowercase, StripAccents, and BertNormalizer's parts.
 fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<Option<Form>, String> {
     let part = match part {
         None | Some(Json::Null) => return Ok(None),
@@ -96,23 +100,55 @@ fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<Option
     if form.is_some() {
         list.remove(0);
     }
-    let names: Vec<&str> = list.iter().map(|p| type_of(p)).collect();
     let space_to_meta = |p: &Json| replace_of(p) == (Some(" "), Some("\u{2581}"));
-    match names.as_slice() {
-        ["Prepend", "Replace"] => {
-            require(text_of(list[0], "prepend") == Some("\u{2581}"), "a Prepend other than ▁")?;
-            require(space_to_meta(list[1]), "a Replace other than ' ' -> ▁")?;
-            steps.push(Step::Metaspace { prepend: Prepend::Normalizer, split: false });
+    let mut at = 0;
+    while at < list.len() {
+        match type_of(list[at]) {
+            "Prepend" => {
+                require(text_of(list[at], "prepend") == Some("\u{2581}"), "a Prepend other than ▁")?;
+                require(list.get(at + 1).map_or(false, |p| space_to_meta(p)), "a Prepend without a Replace ' ' -> ▁ after it")?;
+                steps.push(Step::Metaspace { prepend: Prepend::Normalizer, split: false });
+                at += 1;
+            }
+            "Replace" => {
+                require(space_to_meta(list[at]), "a Replace other than ' ' -> ▁")?;
+                steps.push(Step::Metaspace { prepend: Prepend::Never, split: false });
+            }
+            "NFD" => steps.push(Step::Normalize(Form::Nfd)),
+            "NFC" => steps.push(Step::Normalize(Form::Nfc)),
+            "NFKC" => steps.push(Step::Normalize(Form::Nfkc)),
+            "Lowercase" => steps.push(Step::Lowercase),
+            "StripAccents" => steps.push(Step::RemoveChars(MARKS)),
+            "BertNormalizer" => bert_normalizer(list[at], steps)?,
+            other => return Err(format!("tokenizer.json: normalizer {} is not supported", other)),
         }
-        ["Replace"] => {
-            require(space_to_meta(list[0]), "a Replace other than ' ' -> ▁")?;
-            steps.push(Step::Metaspace { prepend: Prepend::Never, split: false });
-        }
-        [] => {}
-        [one] => return Err(format!("tokenizer.json: normalizer {} is not supported", one)),
-        _ => return Err(format!("tokenizer.json: normalizer Sequence {:?} is not supported", names)),
+        at += 1;
     }
     Ok(form)
+}
+
+/// BertNormalizer as its steps, in its order: clean_text, handle_chinese_chars, strip_accents
+/// (NFD, then the nonspacing marks removed; unset: as lowercase), lowercase.
+fn bert_normalizer(part: &Json, steps: &mut Vec<Step>) -> Result<(), String> {
+    let setting = |key: &str| match part.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(format!("tokenizer.json: a BertNormalizer {} that is not a boolean", key)),
+    };
+    let lowercase = setting("lowercase")?.unwrap_or(true);
+    if setting("clean_text")?.unwrap_or(true) {
+        steps.push(Step::CleanText);
+    }
+    if setting("handle_chinese_chars")?.unwrap_or(true) {
+        steps.push(Step::PadChinese);
+    }
+    if setting("strip_accents")?.unwrap_or(lowercase) {
+        steps.extend([Step::Normalize(Form::Nfd), Step::RemoveChars(NONSPACING)]);
+    }
+    if lowercase {
+        steps.push(Step::Lowercase);
+    }
+    Ok(())
 }
 
 /// Metaspace's prepend_scheme (older files: add_prefix_space).
@@ -163,6 +199,9 @@ fn pre_tokenizer_steps(part: &Json, byte_level: bool, steps: &mut Vec<Step>, byt
             steps.push(Step::Split(SplitPattern::parse(&regex)?));
         }
         "Digits" => steps.push(Step::Digits { individual: flag(part, "individual_digits") }),
+        "Whitespace" => steps.push(Step::Whitespace),
+        "WhitespaceSplit" => steps.push(Step::WhitespaceSplit),
+        "BertPreTokenizer" => steps.extend([Step::WhitespaceSplit, Step::Punctuation { individual: true }]),
         "ByteLevel" => {
             require(byte_level, "a ByteLevel pre-tokenizer without the ByteLevel decoder")?;
             if flag(part, "add_prefix_space") {
@@ -196,9 +235,17 @@ fn escape(literal: &str) -> String {
     out
 }
 
-/// The decoder of a SentencePiece-style tokenizer.
-fn sentencepiece_decoder(part: Option<&Json>) -> Result<Decoder, String> {
-    let part = part.filter(|p| **p != Json::Null).ok_or("tokenizer.json: a SentencePiece-style BPE needs a decoder")?;
+/// The decoder of a tokenizer that is not byte-level: none (the tokens joined by spaces), WordPiece,
+/// or a SentencePiece-style one.
+fn decoder_of(part: Option<&Json>) -> Result<Decoder, String> {
+    let part = match part {
+        None | Some(Json::Null) => return Ok(Decoder::Spaced),
+        Some(p) => p,
+    };
+    if type_of(part) == "WordPiece" {
+        let prefix = text_of(part, "prefix").unwrap_or("##").to_string();
+        return Ok(Decoder::WordPiece { prefix, cleanup: !matches!(part.get("cleanup"), Some(Json::Bool(false))) });
+    }
     if type_of(part) == "Fuse" {
         return Ok(Decoder::Plain);
     }
@@ -229,52 +276,74 @@ fn sentencepiece_decoder(part: Option<&Json>) -> Result<Decoder, String> {
 
 pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
     let model = doc.get("model").ok_or("tokenizer.json has no \"model\"")?;
-    require(type_of(model) == "BPE", &format!("model type {}", type_of(model)))?;
+    let kind = type_of(model);
+    require(matches!(kind, "BPE" | "WordPiece" | "WordLevel"), &format!("model type {}", kind))?;
     let byte_level = doc.get("decoder").map(type_of) == Some("ByteLevel");
     // a vocabulary of chars read back as they are, without byte tokens (nanoGPT's char-level meta.pkl)
     let plain = doc.get("decoder").map(type_of) == Some("Fuse");
     let char_level = !byte_level;
-    for key in ["dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"] {
-        let unset = match model.get(key) {
-            None | Some(Json::Null) => true,
-            // with byte fallback every char has tokens, so the unknown token is never produced;
-            // without it (plain) a char the vocabulary lacks becomes it
-            Some(Json::String(s)) => s.is_empty() || (key == "unk_token" && char_level),
-            _ => false,
-        };
-        require(unset, &format!("the BPE model's {}", key))?;
+    require(kind == "BPE" || char_level, &format!("a {} model with the ByteLevel decoder", kind))?;
+    if kind == "BPE" {
+        for key in ["dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"] {
+            let unset = match model.get(key) {
+                None | Some(Json::Null) => true,
+                // with byte fallback every char has tokens, so the unknown token is never produced;
+                // without it (plain) a char the vocabulary lacks becomes it
+                Some(Json::String(s)) => s.is_empty() || (key == "unk_token" && char_level),
+                _ => false,
+            };
+            require(unset, &format!("the BPE model's {}", key))?;
+        }
     }
     // without byte fallback (SentencePieceBPETokenizer's files, a vocabulary of chars) a char that
     // has no token is the unk_token, or dropped where there is none
-    let byte_fallback = flag(model, "byte_fallback");
+    let byte_fallback = kind == "BPE" && flag(model, "byte_fallback");
     require(!byte_fallback || (char_level && !plain), "byte_fallback without a SentencePiece-style decoder")?;
     let mut steps = Vec::new();
     let normalizer = normalizer_steps(doc.get("normalizer"), &mut steps)?;
     let normalizer_steps = steps.len();
-    require(!byte_level || steps.is_empty(), "a SentencePiece normalizer in a byte-level tokenizer")?;
+    require(
+        !byte_level || !steps.iter().any(|s| matches!(s, Step::Metaspace { .. })),
+        "a SentencePiece normalizer in a byte-level tokenizer",
+    )?;
     let (mut ended, mut byte_steps) = (false, Vec::new());
     match doc.get("pre_tokenizer") {
         None | Some(Json::Null) => require(!byte_level, "a byte-level BPE without a ByteLevel pre-tokenizer")?,
         Some(p) => pre_tokenizer_steps(p, byte_level, &mut steps, &mut byte_steps, &mut ended)?,
     }
     require(!byte_level || ended, "a byte-level BPE without a ByteLevel pre-tokenizer")?;
-    let decoder = if byte_level { Decoder::ByteLevel } else { sentencepiece_decoder(doc.get("decoder"))? };
+    let decoder = if byte_level { Decoder::ByteLevel } else { decoder_of(doc.get("decoder"))? };
     let (vocab, merges) = if char_level {
-        vocab_and_merges(model, |token| Ok(token.as_bytes().to_vec()))?
+        vocab_and_merges(model, kind == "BPE", |token| Ok(token.as_bytes().to_vec()))?
     } else {
         let mut map: Vec<Option<u8>> = vec![None; 324];
         for (c, b) in byte_of_char() {
             map[c as usize] = Some(b);
         }
-        vocab_and_merges(model, |token| token_bytes(token, &map))?
+        vocab_and_merges(model, true, |token| token_bytes(token, &map))?
     };
     let (added, added_flags) = added_tokens(doc)?;
-    let unk = match text_of(model, "unk_token").filter(|u| char_level && !byte_fallback && !u.is_empty()) {
+    let unk_id = |u: &str| match vocab.iter().find(|(bytes, _)| bytes == u.as_bytes()) {
+        Some(&(_, id)) => Ok(id),
+        None => Err(format!("tokenizer.json: the unk_token {:?} is not in the vocabulary", u)),
+    };
+    let unk = match text_of(model, "unk_token").filter(|u| kind == "BPE" && char_level && !byte_fallback && !u.is_empty()) {
         None => None,
-        Some(u) => match vocab.iter().find(|(bytes, _)| bytes == u.as_bytes()) {
-            Some(&(_, id)) => Some((id, flag(model, "fuse_unk"))),
-            None => return Err(format!("tokenizer.json: the unk_token {:?} is not in the vocabulary", u)),
+        Some(u) => Some((unk_id(u)?, flag(model, "fuse_unk"))),
+    };
+    // WordPiece and WordLevel make every piece the tokenizer meets their unk_token, without one
+    let model_unk = || unk_id(text_of(model, "unk_token").unwrap_or(""));
+    let piece_model = match kind {
+        "WordPiece" => PieceModel::WordPiece {
+            prefix: text_of(model, "continuing_subword_prefix").unwrap_or("##").to_string(),
+            max_chars: match model.get("max_input_chars_per_word") {
+                None | Some(Json::Null) => 100,
+                Some(n) => n.as_u32().ok_or("tokenizer.json: a WordPiece max_input_chars_per_word that is not a count")? as usize,
+            },
+            unk: model_unk()?,
         },
+        "WordLevel" => PieceModel::WordLevel { unk: model_unk()? },
+        _ => PieceModel::Bpe,
     };
     let options = HfOptions {
         normalizer,
@@ -286,6 +355,7 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
         byte_fallback: byte_level || byte_fallback,
         unk,
         ignore_merges: flag(model, "ignore_merges"),
+        model: piece_model,
         decoder,
         source: text.to_string(),
     };
@@ -294,8 +364,8 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
 
 type VocabAndMerges = (Vec<(Vec<u8>, Rank)>, Vec<(Vec<u8>, Vec<u8>)>);
 
-/// The model's vocabulary and merges, each token turned into bytes by `bytes`.
-fn vocab_and_merges<F: Fn(&str) -> Result<Vec<u8>, String>>(model: &Json, bytes: F) -> Result<VocabAndMerges, String> {
+/// The model's vocabulary and (for a BPE, `merges`) its merges, each token turned into bytes by `bytes`.
+fn vocab_and_merges<F: Fn(&str) -> Result<Vec<u8>, String>>(model: &Json, merges: bool, bytes: F) -> Result<VocabAndMerges, String> {
     let vocab = match model.get("vocab") {
         Some(Json::Object(members)) => members
             .iter()
@@ -304,8 +374,11 @@ fn vocab_and_merges<F: Fn(&str) -> Result<Vec<u8>, String>>(model: &Json, bytes:
                 Ok((bytes(token)?, id as Rank))
             })
             .collect::<Result<Vec<(Vec<u8>, Rank)>, String>>()?,
-        _ => return Err("tokenizer.json: the BPE model has no \"vocab\" object".to_string()),
+        _ => return Err(format!("tokenizer.json: the {} model has no \"vocab\" object", type_of(model))),
     };
+    if !merges {
+        return Ok((vocab, Vec::new()));
+    }
     let merges = match model.get("merges") {
         Some(Json::Array(items)) => items
             .iter()

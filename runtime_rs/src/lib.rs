@@ -22,6 +22,7 @@ pub mod sampler;
 pub mod sha256;
 pub mod think;
 pub mod tokenizer_file;
+pub mod tokenizers_tables;
 pub mod train;
 pub mod weights;
 pub mod unicode_tables;

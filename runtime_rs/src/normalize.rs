@@ -1,6 +1,7 @@
-//! Unicode NFC and NFKC (the normalizers Qwen2/3 and others declare in tokenizer.json): full
-//! canonical (NFKC: compatibility) decomposition, canonical ordering of combining marks, then
-//! canonical composition, from the generated `normalize_tables` (Hangul syllables computed).
+//! Unicode NFC, NFKC and NFD (the normalizers Qwen2/3 and others declare in tokenizer.json, and
+//! the NFD under BERT's accent stripping): full canonical (NFKC: compatibility) decomposition,
+//! canonical ordering of combining marks, then (but for NFD) canonical composition, from the
+//! generated `normalize_tables` (Hangul syllables computed).
 
 use std::borrow::Cow;
 
@@ -10,6 +11,7 @@ use crate::normalize_tables::{CANONICAL, COMBINING_CLASSES, COMPATIBILITY, COMPA
 pub enum Form {
     Nfc,
     Nfkc,
+    Nfd,
 }
 
 const S_BASE: u32 = 0xAC00;
@@ -83,6 +85,10 @@ fn inert(c: char, form: Form) -> bool {
     if c < 0x80 || (c < 0x300 && form == Form::Nfc) {
         return true;
     }
+    if form == Form::Nfd {
+        let decomposes = (S_BASE..S_BASE + S_COUNT).contains(&c) || CANONICAL.binary_search_by_key(&c, |&(from, _, _)| from).is_ok();
+        return !decomposes && combining_class(c) == 0;
+    }
     let active = if form == Form::Nfc { NFC_ACTIVE } else { NFKC_ACTIVE };
     let i = active.partition_point(|&(first, _)| first <= c);
     i == 0 || active[i - 1].1 < c
@@ -132,6 +138,10 @@ fn normalize_run(text: &str, form: Form, out: &mut String) {
         }
         chars[start..i].sort_by_key(|&c| combining_class(c));
     }
+    if form == Form::Nfd {
+        out.extend(chars.into_iter().filter_map(char::from_u32));
+        return;
+    }
     // canonical composition: a char joins the last starter unless a char between them blocks it
     let mut composed: Vec<u32> = Vec::with_capacity(chars.len());
     let mut starter: Option<usize> = None;
@@ -174,5 +184,7 @@ mod tests {
         assert!(matches!(normalize("Привет 漢字 안녕", Form::Nfc), Cow::Borrowed(_)));
         assert_eq!(normalize("\u{AC00}\u{11A8}", Form::Nfc), "\u{AC01}");
         assert_eq!(normalize("\u{DD9}\u{DCF}", Form::Nfc), "\u{DDC}"); // a second char of class 0
+        assert_eq!(normalize("\u{E9}\u{AC01}", Form::Nfd), "e\u{301}\u{1100}\u{1161}\u{11A8}");
+        assert_eq!(normalize("a\u{302}\u{323}\u{FB01}", Form::Nfd), "a\u{323}\u{302}\u{FB01}");
     }
 }

@@ -14,7 +14,9 @@
 
 use std::sync::Arc;
 
+use crate::normalize::{normalize, Form};
 use crate::regex::Regex;
+use crate::tokenizers_tables::{CHINESE, CONTROL, LOWERCASE, LOWERCASE_MULTI, PUNCTUATION, WORD};
 use crate::unicode_tables::{CharClass, CLASS_RANGES};
 
 pub const NANOCHAT_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
@@ -364,10 +366,26 @@ pub enum Prepend {
 
 pub(crate) const METASPACE: char = '\u{2581}';
 
-/// One step of a Hugging Face pre-tokenizer (or of a normalizer that acts like one): each step
+/// One step of a Hugging Face pre-tokenizer (or of a normalizer: those only rewrite): each step
 /// splits or rewrites every piece the steps before it made, as `tokenizers` applies a Sequence.
 #[derive(Clone, Debug)]
 pub enum Step {
+    /// A Unicode normalization form (NFD, or NFC/NFKC after another normalizer).
+    Normalize(Form),
+    /// BertNormalizer's clean_text: controls removed, whitespace made a space.
+    CleanText,
+    /// BertNormalizer's handle_chinese_chars: a space on each side of every CJK ideograph.
+    PadChinese,
+    /// The chars of a table removed: StripAccents' combining marks (`tokenizers_tables::MARKS`),
+    /// BertNormalizer's strip_accents' nonspacing marks after its NFD (`NONSPACING`).
+    RemoveChars(&'static [(u32, u32)]),
+    /// Lowercase (BertNormalizer's lowercase).
+    Lowercase,
+    /// Whitespace: `\w+|[^\w\s]+`, each run of word chars or of other chars that are not
+    /// whitespace a piece, the whitespace dropped.
+    Whitespace,
+    /// WhitespaceSplit (and the first half of BertPreTokenizer): cut at whitespace, dropping it.
+    WhitespaceSplit,
     /// Split(Regex, Isolated); also the regex of ByteLevel(use_regex=true).
     Split(SplitPattern),
     /// Digits: every numeric (\p{N}) char a piece of its own, or each run of them one piece.
@@ -398,10 +416,65 @@ fn split_runs(piece: &str, at_start: bool, individual: bool, inside: impl Fn(cha
     push_cuts(piece, at_start, &mut cuts, out);
 }
 
+/// Whether `c` is in `table`, sorted ranges of code points.
+pub(crate) fn in_table(c: char, table: &[(u32, u32)]) -> bool {
+    let cp = c as u32;
+    let i = table.partition_point(|&(first, _)| first <= cp);
+    i > 0 && table[i - 1].1 >= cp
+}
+
 /// `tokenizers`' punctuation: ASCII punctuation (symbols such as `$+<=>^|~` too) or a char of a
-/// Unicode punctuation category.
+/// Unicode punctuation category (in the library's own, older tables).
 fn is_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation() || crate::unicode_tables::CATEGORY_NAMES[crate::regex::category(c)].starts_with('P')
+    in_table(c, PUNCTUATION)
+}
+
+/// A char of the `regex` crate's Unicode `\w`, which `tokenizers` splits Whitespace and checks an
+/// added token's single_word with: Alphabetic, a mark, Nd, Pc or a joiner (its tables).
+pub(crate) fn is_word_char(c: char) -> bool {
+    in_table(c, WORD)
+}
+
+fn lowercase_into(c: char, out: &mut String) {
+    let cp = c as u32;
+    if cp < 0x80 {
+        out.push(c.to_ascii_lowercase());
+    } else if let Ok(i) = LOWERCASE.binary_search_by_key(&cp, |&(from, _)| from) {
+        out.extend(char::from_u32(LOWERCASE[i].1));
+    } else if let Ok(i) = LOWERCASE_MULTI.binary_search_by_key(&cp, |&(from, _)| from) {
+        out.push_str(LOWERCASE_MULTI[i].1);
+    } else {
+        out.push(c);
+    }
+}
+
+/// `piece` with each char replaced by what `rewrite` pushes for it.
+fn rewrite_chars(piece: &str, rewrite: impl Fn(char, &mut String)) -> String {
+    let mut out = String::with_capacity(piece.len());
+    for c in piece.chars() {
+        rewrite(c, &mut out);
+    }
+    out
+}
+
+/// Push each run of chars of one kind (by `kind`) in `piece` to `out`, but the runs of kind 0.
+fn push_runs(piece: &str, at_start: bool, kind: impl Fn(char) -> u8, out: &mut Vec<(String, bool)>) {
+    let mut run: Option<(usize, u8)> = None;
+    let end_run = |run: Option<(usize, u8)>, end: usize, out: &mut Vec<(String, bool)>| {
+        if let Some((start, k)) = run {
+            if k != 0 {
+                out.push((piece[start..end].to_string(), at_start && start == 0));
+            }
+        }
+    };
+    for (i, c) in piece.char_indices() {
+        let k = kind(c);
+        if run.map_or(true, |(_, current)| current != k) {
+            end_run(run, i, out);
+            run = Some((i, k));
+        }
+    }
+    end_run(run, piece.len(), out);
 }
 
 /// Push the parts of `piece` cut at `cuts` (increasing byte offsets) to `out`.
@@ -427,6 +500,35 @@ impl Step {
                 });
                 push_cuts(&piece, at_start, &mut cuts, out);
             }
+            Step::Normalize(form) => out.push((normalize(&piece, *form).into_owned(), at_start)),
+            Step::CleanText => out.push((
+                rewrite_chars(&piece, |c, out| {
+                    if c.is_whitespace() && !in_table(c, CONTROL) {
+                        out.push(' ');
+                    } else if !in_table(c, CONTROL) {
+                        out.push(c);
+                    }
+                }),
+                at_start,
+            )),
+            Step::PadChinese => out.push((
+                rewrite_chars(&piece, |c, out| {
+                    if in_table(c, CHINESE) {
+                        out.extend([' ', c, ' ']);
+                    } else {
+                        out.push(c);
+                    }
+                }),
+                at_start,
+            )),
+            Step::RemoveChars(table) => out.push((piece.chars().filter(|&c| !in_table(c, table)).collect(), at_start)),
+            Step::Lowercase => out.push((rewrite_chars(&piece, lowercase_into), at_start)),
+            Step::Whitespace => {
+                // a word char, whitespace, or neither: each run of one kind a piece, whitespace dropped
+                let kind = |c: char| if is_word_char(c) { 1 } else if c.is_whitespace() { 0 } else { 2 };
+                push_runs(&piece, at_start, kind, out);
+            }
+            Step::WhitespaceSplit => push_runs(&piece, at_start, |c| if c.is_whitespace() { 0 } else { 1 }, out),
             Step::Digits { individual } => split_runs(&piece, at_start, *individual, |c| class_of(c) == CharClass::Number, out),
             Step::Punctuation { individual } => split_runs(&piece, at_start, *individual, is_punctuation, out),
             Step::PrefixSpace => {
