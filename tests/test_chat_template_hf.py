@@ -360,7 +360,8 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 def test_native_runtime_applies_the_folders_chat_template(compiled_folder):
     """The compiled runtime (mono_chat_start_messages: the manifest's template, rendered in Rust)
     starts from transformers' prompt for a conversation with a system message and a thought in its
-    history, and writes the interpreter's greedy reply; thinking on and off where the template can."""
+    history, and writes the interpreter's greedy reply, streamed as its decoded text; thinking on
+    and off where the template can."""
     from transformers import AutoTokenizer
 
     from monologue_compile.artifact import load_model
@@ -384,13 +385,16 @@ def test_native_runtime_applies_the_folders_chat_template(compiled_folder):
                         stops=set(chat["stop"]))
         native.chat_start({"messages": MESSAGES, "enable_thinking": thinking is not False}, 10)
         assert native.pos == len(prompt)
-        got, done = [], None
+        got, done, shown = [], None, ""
         while done is None:
             step = native.chat_step()
             done = step["done"]
+            shown += "".join(text for _, text in step["pieces"])
             if step["token"] is not None and done != "stop":
                 got.append(step["token"])
         assert got == want
+        # the text streamed token by token is the reply's decoded text
+        assert shown == tok.decode(got).replace("<think>", "").replace("</think>", "")
         compared += len(want)
         native.reset()
     assert compared, "every reply stopped at once: the check compared nothing"

@@ -87,6 +87,8 @@ pub struct Engine {
     last_logits: Vec<f32>,
     pub sampler: Sampler,
     think: ThinkParser,
+    /// The turn's last generated token, which the next one's text is decoded after.
+    previous: Option<u32>,
     turn_tokens: usize,
     max_tokens: usize,
     turn_done: Option<Done>,
@@ -108,6 +110,7 @@ impl Engine {
             last_logits: Vec::new(),
             sampler: Sampler::new(SamplerConfig::default()),
             think: ThinkParser::new(),
+            previous: None,
             turn_tokens: 0,
             max_tokens: 0,
             turn_done: None,
@@ -274,6 +277,7 @@ impl Engine {
         } else {
             ThinkParser::new()
         };
+        self.previous = None;
         self.turn_tokens = 0;
         self.max_tokens = max_tokens;
         self.turn_done = None;
@@ -306,9 +310,10 @@ impl Engine {
             self.think.tag(false)
         } else {
             let tok = self.tokenizer.as_ref().ok_or_else(|| "load the tokenizer first".to_string())?;
-            let bytes = tok.decode_bytes(&[t]).unwrap_or_default();
+            let bytes = tok.token_bytes_after(self.previous, t).unwrap_or_default();
             self.think.bytes(&bytes)
         };
+        self.previous = Some(t);
         self.turn_tokens += 1;
         if self.history.len() >= self.info.seq_len {
             return Ok(end(self, Done::Context, Some(t), pieces));
