@@ -124,6 +124,8 @@ def train_hf(style: str, corpus: list[str]):
 
     if style in WORD_STYLES:
         return train_word_style(style, corpus)
+    if style in UNIGRAM_STYLES:
+        return train_unigram(style, corpus)
     if style.startswith("sentencepiece_unk"):
         # the `tokenizers` library's SentencePieceBPETokenizer: no byte fallback, a char the vocabulary
         # lacks is <unk> (a run of them one, fused); an alphabet cut short, so that happens often
@@ -194,6 +196,27 @@ def train_word_style(style: str, corpus: list[str]):
     return hf
 
 
+def train_unigram(style: str, corpus: list[str]):
+    """Unigram models (SentencePiece's default), as `tokenizers` trains them:
+    - unigram: NFKC, the Metaspace pre-tokenizer and decoder;
+    - unigram_byte_fallback: the same with byte fallback (a char without a token is its bytes'
+      `<0xNN>` tokens, not `<unk>`)."""
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    hf = tokenizers.Tokenizer(models.Unigram())
+    hf.normalizer = normalizers.NFKC()
+    hf.pre_tokenizer, hf.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)] if style == "unigram_byte_fallback" else []
+    hf.train_from_iterator(corpus, trainer=trainers.UnigramTrainer(
+        vocab_size=4000, unk_token="<unk>", special_tokens=SPECIALS + ["<unk>"] + byte_tokens, show_progress=False))
+    if byte_tokens:  # the trainer has no byte_fallback switch: set it in the file
+        doc = json.loads(hf.to_str())
+        doc["model"]["byte_fallback"] = True
+        hf = tokenizers.Tokenizer.from_str(json.dumps(doc))
+    return hf
+
+
+UNIGRAM_STYLES = ["unigram", "unigram_byte_fallback"]
 WORD_STYLES = ["bert", "bert_cased", "wordpiece_course", "quicktour", "wordlevel"]
 SENTENCEPIECE_STYLES = ["sentencepiece", "gemma", "metaspace_first", "metaspace_always_split", "metaspace_never_split",
                         "sentencepiece_unk", "sentencepiece_unk_fused"]
@@ -206,7 +229,7 @@ def corpus():
     return hard_strings(N_STRINGS, seed=7)
 
 
-@pytest.fixture(scope="module", params=BYTE_LEVEL_STYLES + SENTENCEPIECE_STYLES + WORD_STYLES)
+@pytest.fixture(scope="module", params=BYTE_LEVEL_STYLES + SENTENCEPIECE_STYLES + WORD_STYLES + UNIGRAM_STYLES)
 def pair(request, corpus, tmp_path_factory):
     hf = train_hf(request.param, corpus[: N_STRINGS // 2])
     path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
@@ -220,6 +243,17 @@ def test_ids_equal_the_tokenizers_library_on_hard_strings(pair, corpus):
     assert not mismatches, f"{len(mismatches)} of {len(corpus)} differ, first: {mismatches[0]!r}"
 
 
+def test_unknown_chars_were_met(pair, corpus):
+    """The styles that have an unknown token met it in the hard strings, so that its rules (one
+    per run, bytes instead, the whole word) were checked."""
+    hf, tok = pair
+    model = json.loads(hf.to_str())["model"]
+    unk = model.get("unk_token") or (model["vocab"][model["unk_id"]][0] if model.get("unk_id") is not None else None)
+    if unk is None or model.get("byte_fallback"):
+        return
+    assert sum(hf.token_to_id(unk) in tok.encode(s) for s in corpus) > 50
+
+
 def test_decode_equals_the_tokenizers_library(pair, corpus):
     hf, tok = pair
     for s in corpus[:300]:
@@ -230,8 +264,10 @@ def test_decode_equals_the_tokenizers_library(pair, corpus):
 def test_added_tokens_sit_at_their_ids_and_encode_ordinary_ignores_them(pair):
     hf, tok = pair
     assert {name: tok.special_tokens[name] for name in SPECIALS} == {name: hf.token_to_id(name) for name in SPECIALS}
-    if json.loads(hf.to_str())["model"]["type"] != "WordLevel":  # its trainer puts them last
-        assert tok.special_tokens["<|endoftext|>"] == 0  # the trainer puts them first, as GPT-2 does
+    # the BPE and WordPiece trainers put them first, as GPT-2 does (WordLevel's puts them last,
+    # Unigram's may learn their text again as a token, whose later id the library then gives)
+    if json.loads(hf.to_str())["model"]["type"] in ("BPE", "WordPiece"):
+        assert tok.special_tokens["<|endoftext|>"] == 0
     assert tok.special_tokens["<think>"] in tok.encode("x <think> y")
     # the special tokens' text as text: the library's encode_special_tokens mode (with Bloom's split
     # pattern, BPE may merge "<think>" into that very token, as the library does)
@@ -261,7 +297,9 @@ def test_saved_text_is_the_file(pair, tmp_path):
          "Punctuation behavior Removed"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "UnicodeScripts"}),
          "pre-tokenizer UnicodeScripts"),
-        (lambda d: d.update(model={**d["model"], "type": "Unigram"}), "model type Unigram"),
+        (lambda d: d.update(model={**d["model"], "type": "Unknown"}), "model type Unknown"),
+        (lambda d: d.update(model={"type": "Unigram", "vocab": [["a", -1.0]]}, decoder=None, pre_tokenizer=None),
+         "a Unigram model without an unk_id"),
         (lambda d: d.update(model={"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"a": 0}}, decoder=None,
                             pre_tokenizer=None),
          'the unk_token "\\[UNK\\]" is not in the vocabulary'),

@@ -160,7 +160,7 @@ fn split_added(text: &str, tokens: &[Added]) -> Vec<(usize, usize, Option<Rank>)
 }
 
 /// How a piece (of the pre-tokenizer's) becomes ids.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PieceModel {
     /// BPE merges.
     Bpe,
@@ -170,6 +170,20 @@ pub enum PieceModel {
     WordPiece { prefix: String, max_chars: usize, unk: Rank },
     /// WordLevel: the piece's own token, else the `unk` token.
     WordLevel { unk: Rank },
+    /// Unigram (SentencePiece's default): the split of the piece into tokens whose scores (log
+    /// probabilities, by id) sum highest, a char that no token starts with being the `unk` token
+    /// (scored `unk_score`); a run of them one unk (`fuse_unk`), or its bytes' tokens with byte
+    /// fallback. `longest`: the most bytes a token has.
+    Unigram { scores: Vec<f64>, unk: Rank, unk_score: f64, fuse_unk: bool, longest: usize },
+}
+
+impl PieceModel {
+    /// A Unigram of these scores (by id): an unknown char scores 10 below the lowest, as
+    /// `tokenizers` scores it (its K_UNK_PENALTY).
+    pub fn unigram(scores: Vec<f64>, unk: Rank, fuse_unk: bool, longest: usize) -> PieceModel {
+        let unk_score = scores.iter().copied().fold(f64::INFINITY, f64::min) - 10.0;
+        PieceModel::Unigram { scores, unk, unk_score, fuse_unk, longest }
+    }
 }
 
 /// The decoders this runtime implements.
@@ -305,9 +319,9 @@ impl Tokenizer {
                 return Err(format!("vocabulary id {} is used twice", id));
             }
             decoder[id as usize] = Some(bytes.clone());
-            if encoder.insert(bytes, id).is_some() {
-                return Err(format!("vocabulary token of id {} is listed twice", id));
-            }
+            // a token listed twice (a Unigram trainer may relearn an added token's text) is found
+            // by its last id, as `tokenizers` finds it
+            encoder.insert(bytes, id);
         }
         // every byte's token (byte-level, or SentencePiece's byte fallback); a vocabulary of chars has none
         let mut byte_ids = Vec::with_capacity(256);
@@ -547,6 +561,7 @@ impl Tokenizer {
             Some(HfModel { options: HfOptions { model: PieceModel::WordPiece { prefix, max_chars, unk }, .. }, .. }) => {
                 self.word_pieces(piece, prefix, *max_chars, *unk, out)
             }
+            Some(hf @ HfModel { options: HfOptions { model: PieceModel::Unigram { .. }, .. }, .. }) => self.unigram(hf, piece, out),
             Some(hf) if hf.options.char_level => self.merge_chars(hf, piece, out),
             Some(hf) => merge_parts(
                 piece,
@@ -586,6 +601,63 @@ impl Tokenizer {
                     out.push(unk);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Unigram of one piece (see `PieceModel::Unigram`): Viterbi over its char boundaries as
+    /// `tokenizers` runs it (f64 sums; at each end the first best path found, starts and then
+    /// token lengths in increasing order, is kept on a tie).
+    fn unigram(&self, hf: &HfModel, piece: &[u8], out: &mut Vec<Rank>) {
+        let (scores, unk, unk_score, fuse_unk, longest) = match &hf.options.model {
+            PieceModel::Unigram { scores, unk, unk_score, fuse_unk, longest } => (scores, *unk, *unk_score, *fuse_unk, *longest),
+            _ => unreachable!("unigram() of another model"),
+        };
+        // best[end]: (score of the best path to end, where its last token starts, that token's id)
+        let mut best: Vec<Option<(f64, usize, Rank)>> = vec![None; piece.len() + 1];
+        best[0] = Some((0.0, 0, 0));
+        let mut start = 0;
+        while start < piece.len() {
+            let here = best[start].map_or(0.0, |b| b.0);
+            let char_len = utf8_len(piece[start]);
+            let mut single = false;
+            let consider = |end: usize, id: Rank, score: f64, best: &mut Vec<Option<(f64, usize, Rank)>>| {
+                let total = score + here;
+                if best[end].map_or(true, |(b, _, _)| total > b) {
+                    best[end] = Some((total, start, id));
+                }
+            };
+            let mut end = start + char_len;
+            while end <= piece.len() && end - start <= longest {
+                if let Some(&id) = self.encoder.get(&piece[start..end]) {
+                    consider(end, id, scores.get(id as usize).copied().unwrap_or(0.0), &mut best);
+                    single |= end == start + char_len;
+                }
+                end += piece.get(end).map_or(1, |&b| utf8_len(b));
+            }
+            if !single {
+                consider(start + char_len, unk, unk_score, &mut best);
+            }
+            start += char_len;
+        }
+        // the tokens back from the end; a run of unknown chars is one string with fuse_unk
+        let mut spans: Vec<(usize, usize, Rank)> = Vec::new();
+        let mut end = piece.len();
+        while end > 0 {
+            let (_, start, id) = best[end].expect("every char boundary is reached");
+            match spans.last_mut() {
+                Some(last) if fuse_unk && id == unk && last.2 == unk && last.0 == end => last.0 = start,
+                _ => spans.push((start, end, id)),
+            }
+            end = start;
+        }
+        for &(start, end, id) in spans.iter().rev() {
+            // a string the path made of unknown chars is looked up as `tokenizers` looks it up
+            match self.encoder.get(&piece[start..end]) {
+                _ if id != unk => out.push(id),
+                Some(&found) => out.push(found),
+                None if !hf.byte_ids.is_empty() => out.extend(piece[start..end].iter().map(|&b| hf.byte_ids[b as usize])),
+                None => out.push(unk),
             }
         }
     }

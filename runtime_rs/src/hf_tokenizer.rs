@@ -277,7 +277,7 @@ fn decoder_of(part: Option<&Json>) -> Result<Decoder, String> {
 pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
     let model = doc.get("model").ok_or("tokenizer.json has no \"model\"")?;
     let kind = type_of(model);
-    require(matches!(kind, "BPE" | "WordPiece" | "WordLevel"), &format!("model type {}", kind))?;
+    require(matches!(kind, "BPE" | "WordPiece" | "WordLevel" | "Unigram"), &format!("model type {}", kind))?;
     let byte_level = doc.get("decoder").map(type_of) == Some("ByteLevel");
     // a vocabulary of chars read back as they are, without byte tokens (nanoGPT's char-level meta.pkl)
     let plain = doc.get("decoder").map(type_of) == Some("Fuse");
@@ -297,7 +297,7 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
     }
     // without byte fallback (SentencePieceBPETokenizer's files, a vocabulary of chars) a char that
     // has no token is the unk_token, or dropped where there is none
-    let byte_fallback = kind == "BPE" && flag(model, "byte_fallback");
+    let byte_fallback = matches!(kind, "BPE" | "Unigram") && flag(model, "byte_fallback");
     require(!byte_fallback || (char_level && !plain), "byte_fallback without a SentencePiece-style decoder")?;
     let mut steps = Vec::new();
     let normalizer = normalizer_steps(doc.get("normalizer"), &mut steps)?;
@@ -313,7 +313,10 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
     }
     require(!byte_level || ended, "a byte-level BPE without a ByteLevel pre-tokenizer")?;
     let decoder = if byte_level { Decoder::ByteLevel } else { decoder_of(doc.get("decoder"))? };
-    let (vocab, merges) = if char_level {
+    let mut scores = Vec::new();
+    let (vocab, merges) = if kind == "Unigram" {
+        (unigram_vocab(model, &mut scores)?, Vec::new())
+    } else if char_level {
         vocab_and_merges(model, kind == "BPE", |token| Ok(token.as_bytes().to_vec()))?
     } else {
         let mut map: Vec<Option<u8>> = vec![None; 324];
@@ -343,6 +346,14 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
             unk: model_unk()?,
         },
         "WordLevel" => PieceModel::WordLevel { unk: model_unk()? },
+        "Unigram" => {
+            let unk = match model.get("unk_id").and_then(Json::as_u32) {
+                Some(id) if (id as usize) < scores.len() => id,
+                _ => return Err("tokenizer.json: a Unigram model without an unk_id in its vocabulary".to_string()),
+            };
+            let longest = vocab.iter().map(|(bytes, _)| bytes.len()).max().unwrap_or(0);
+            PieceModel::unigram(scores, unk, true, longest)
+        }
         _ => PieceModel::Bpe,
     };
     let options = HfOptions {
@@ -360,6 +371,28 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
         source: text.to_string(),
     };
     Tokenizer::from_hf(vocab, &merges, added, options)
+}
+
+/// A Unigram model's vocabulary, [token, score] pairs with ids in order; their scores to `scores`.
+fn unigram_vocab(model: &Json, scores: &mut Vec<f64>) -> Result<Vec<(Vec<u8>, Rank)>, String> {
+    let items = match model.get("vocab") {
+        Some(Json::Array(items)) => items,
+        _ => return Err("tokenizer.json: the Unigram model has no \"vocab\" list".to_string()),
+    };
+    let mut vocab = Vec::with_capacity(items.len());
+    for (id, item) in items.iter().enumerate() {
+        match item {
+            Json::Array(pair) if pair.len() == 2 => match (&pair[0], &pair[1]) {
+                (Json::String(token), Json::Number(score)) => {
+                    vocab.push((token.as_bytes().to_vec(), id as Rank));
+                    scores.push(*score);
+                }
+                _ => return Err(format!("tokenizer.json: Unigram vocabulary entry {} is not [token, score]", id)),
+            },
+            _ => return Err(format!("tokenizer.json: Unigram vocabulary entry {} is not [token, score]", id)),
+        }
+    }
+    Ok(vocab)
 }
 
 type VocabAndMerges = (Vec<(Vec<u8>, Rank)>, Vec<(Vec<u8>, Vec<u8>)>);
