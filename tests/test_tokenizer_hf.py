@@ -200,11 +200,20 @@ def train_unigram(style: str, corpus: list[str]):
     """Unigram models (SentencePiece's default), as `tokenizers` trains them:
     - unigram: NFKC, the Metaspace pre-tokenizer and decoder;
     - unigram_byte_fallback: the same with byte fallback (a char without a token is its bytes'
-      `<0xNN>` tokens, not `<unk>`)."""
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+      `<0xNN>` tokens, not `<unk>`);
+    - unigram_sentencepiece: the library's SentencePieceUnigramTokenizer (Nmt, NFKC, runs of
+      spaces made one by a Replace regex);
+    - unigram_spm: as transformers converts a SentencePiece model without a charsmap (Strip on
+      the right, runs of spaces made one `▁`)."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
     hf = tokenizers.Tokenizer(models.Unigram())
-    hf.normalizer = normalizers.NFKC()
+    hf.normalizer = {
+        "unigram_sentencepiece": normalizers.Sequence([normalizers.Nmt(), normalizers.NFKC(),
+                                                       normalizers.Replace(Regex(" {2,}"), " ")]),
+        "unigram_spm": normalizers.Sequence([normalizers.Strip(left=False, right=True),
+                                             normalizers.Replace(Regex(" {2,}"), "\u2581")]),
+    }.get(style, normalizers.NFKC())
     hf.pre_tokenizer, hf.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)] if style == "unigram_byte_fallback" else []
     hf.train_from_iterator(corpus, trainer=trainers.UnigramTrainer(
@@ -216,7 +225,7 @@ def train_unigram(style: str, corpus: list[str]):
     return hf
 
 
-UNIGRAM_STYLES = ["unigram", "unigram_byte_fallback"]
+UNIGRAM_STYLES = ["unigram", "unigram_byte_fallback", "unigram_sentencepiece", "unigram_spm"]
 WORD_STYLES = ["bert", "bert_cased", "wordpiece_course", "quicktour", "wordlevel"]
 SENTENCEPIECE_STYLES = ["sentencepiece", "gemma", "metaspace_first", "metaspace_always_split", "metaspace_never_split",
                         "sentencepiece_unk", "sentencepiece_unk_fused"]
@@ -384,7 +393,7 @@ BERT_NORMALIZERS = {
 }
 
 
-@pytest.mark.parametrize("name", [*BERT_NORMALIZERS, "NFD", "Lowercase", "NFD+StripAccents"])
+@pytest.mark.parametrize("name", [*BERT_NORMALIZERS, "NFD", "Lowercase", "NFD+StripAccents", "Nmt"])
 def test_bert_style_normalizers_equal_the_tokenizers_library_on_every_code_point(name, tmp_path):
     """BertNormalizer's parts, NFD, Lowercase and StripAccents on every code point of planes 0-3
     and 14 and every 64th of the rest (unassigned and private-use), alone and among marks: the
@@ -400,6 +409,22 @@ def test_bert_style_normalizers_equal_the_tokenizers_library_on_every_code_point
         normalizer = getattr(normalizers, name)()
     hf, tok = normalizer_pair(normalizer, tmp_path)
     assert not normalizer_mismatches(hf, tok, ASSIGNED_PLANES)
+
+
+@pytest.mark.parametrize("pattern, content", [(" {2,}", "\u2581"), ("(?:x|\u2581)+", "-"), ("c+(?=b)|é", "<>"), ("ab", "")])
+def test_replace_normalizer_equals_the_tokenizers_library(pattern, content, tmp_path):
+    """Replace by a regex (on the Rust regex engine) and by a string. A regex that can match the
+    empty string is refused (on some of its empty matches the library itself panics)."""
+    from tokenizers import Regex, normalizers
+
+    rng = random.Random(5)
+    texts = ["".join(rng.choices("abcx  \u2581é", k=rng.randint(0, 12))) for _ in range(400)]
+    for spelled in (Regex(pattern), pattern) if pattern.isalpha() else (Regex(pattern),):
+        hf, tok = normalizer_pair(normalizers.Replace(spelled, content), tmp_path)
+        wrong = [t for t in texts if tok.encode_ordinary(t) != hf.encode(t).ids]
+        assert not wrong, wrong[:5]
+    with pytest.raises(MonologueError, match="can match the empty string"):
+        normalizer_pair(normalizers.Replace(Regex(pattern + "|x*"), content), tmp_path)
 
 
 @pytest.mark.parametrize("pre_tokenizer", ["Whitespace", "BertPreTokenizer", "WhitespaceSplit"])

@@ -20,6 +20,7 @@ use crate::bpe::{AddedFlags, Decoder, HfOptions, PieceModel, Rank, Tokenizer};
 use crate::json::Json;
 use crate::normalize::Form;
 use crate::pretokenize::{Prepend, SplitPattern, Step};
+use crate::regex::Regex;
 use crate::tokenizers_tables::{MARKS, NONSPACING};
 
 /// GPT-2's map from bytes to the printable chars byte-level vocabularies are written in.
@@ -110,10 +111,10 @@ fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<Option
                 steps.push(Step::Metaspace { prepend: Prepend::Normalizer, split: false });
                 at += 1;
             }
-            "Replace" => {
-                require(space_to_meta(list[at]), "a Replace other than ' ' -> ▁")?;
-                steps.push(Step::Metaspace { prepend: Prepend::Never, split: false });
-            }
+            "Replace" if space_to_meta(list[at]) => steps.push(Step::Metaspace { prepend: Prepend::Never, split: false }),
+            "Replace" => steps.push(replace_step(list[at])?),
+            "Strip" => steps.push(Step::Strip { left: flag(list[at], "strip_left"), right: flag(list[at], "strip_right") }),
+            "Nmt" => steps.push(Step::Nmt),
             "NFD" => steps.push(Step::Normalize(Form::Nfd)),
             "NFC" => steps.push(Step::Normalize(Form::Nfc)),
             "NFKC" => steps.push(Step::Normalize(Form::Nfkc)),
@@ -125,6 +126,21 @@ fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<Option
         at += 1;
     }
     Ok(form)
+}
+
+/// A Replace normalizer of a string or a regex (the engine's Oniguruma semantics).
+fn replace_step(part: &Json) -> Result<Step, String> {
+    let pattern = part.get("pattern");
+    let regex = match (pattern.and_then(|p| p.get("Regex")), pattern.and_then(|p| p.get("String"))) {
+        (Some(Json::String(regex)), _) => regex.clone(),
+        (_, Some(Json::String(literal))) if !literal.is_empty() => escape(literal),
+        _ => return Err("tokenizer.json: a Replace normalizer without a Regex or a non-empty String pattern".to_string()),
+    };
+    let content = text_of(part, "content").ok_or("tokenizer.json: a Replace normalizer without its content")?;
+    let pattern = Regex::new(&regex).map_err(|e| format!("tokenizer.json: Replace normalizer: {}", e))?;
+    // `tokenizers` itself panics on some empty matches of a Replace
+    require(!pattern.can_match_empty(), &format!("a Replace normalizer whose pattern {:?} can match the empty string", regex))?;
+    Ok(Step::Replace { pattern: std::sync::Arc::new(pattern), content: content.to_string() })
 }
 
 /// BertNormalizer as its steps, in its order: clean_text, handle_chinese_chars, strip_accents

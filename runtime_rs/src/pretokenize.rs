@@ -381,6 +381,13 @@ pub enum Step {
     RemoveChars(&'static [(u32, u32)]),
     /// Lowercase (BertNormalizer's lowercase).
     Lowercase,
+    /// Nmt (SentencePiece's NMT cleanup): some controls removed, some line breaks and format
+    /// chars made spaces.
+    Nmt,
+    /// Strip: whitespace removed from the start and/or the end of the text.
+    Strip { left: bool, right: bool },
+    /// Replace: each match of the pattern (a string, or a regex run by the engine) by `content`.
+    Replace { pattern: Arc<Regex>, content: String },
     /// Whitespace: `\w+|[^\w\s]+`, each run of word chars or of other chars that are not
     /// whitespace a piece, the whitespace dropped.
     Whitespace,
@@ -457,6 +464,20 @@ fn rewrite_chars(piece: &str, rewrite: impl Fn(char, &mut String)) -> String {
     out
 }
 
+/// `text` with each match of `pattern` (leftmost first, never empty: such patterns are refused)
+/// replaced by `content`.
+fn replace_matches(pattern: &Regex, text: &str, content: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    while let Some((start, end)) = pattern.find_at(text, copied).filter(|&(start, end)| end > start) {
+        out.push_str(&text[copied..start]);
+        out.push_str(content);
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
 /// Push each run of chars of one kind (by `kind`) in `piece` to `out`, but the runs of kind 0.
 fn push_runs(piece: &str, at_start: bool, kind: impl Fn(char) -> u8, out: &mut Vec<(String, bool)>) {
     let mut run: Option<(usize, u8)> = None;
@@ -523,6 +544,20 @@ impl Step {
             )),
             Step::RemoveChars(table) => out.push((piece.chars().filter(|&c| !in_table(c, table)).collect(), at_start)),
             Step::Lowercase => out.push((rewrite_chars(&piece, lowercase_into), at_start)),
+            Step::Nmt => out.push((
+                rewrite_chars(&piece, |c, out| match c as u32 {
+                    0x1..=0x8 | 0xB | 0xE..=0x1F | 0x7F | 0x8F | 0x9F => {}
+                    0x9 | 0xA | 0xC | 0xD | 0x1680 | 0x200B..=0x200F | 0x2028 | 0x2029 | 0x2581 | 0xFEFF | 0xFFFD => out.push(' '),
+                    _ => out.push(c),
+                }),
+                at_start,
+            )),
+            Step::Strip { left, right } => {
+                let text = if *left { piece.trim_start() } else { &piece[..] };
+                let text = if *right { text.trim_end() } else { text };
+                out.push((text.to_string(), at_start));
+            }
+            Step::Replace { pattern, content } => out.push((replace_matches(pattern, &piece, content), at_start)),
             Step::Whitespace => {
                 // a word char, whitespace, or neither: each run of one kind a piece, whitespace dropped
                 let kind = |c: char| if is_word_char(c) { 1 } else if c.is_whitespace() { 0 } else { 2 };

@@ -439,6 +439,8 @@ enum Inst {
 #[derive(Debug)]
 pub struct Regex {
     source: String,
+    /// Whether the pattern can match without consuming a char (lookarounds counted as matching).
+    nullable: bool,
     sets: Vec<CharSet>,
     /// Program 0 is the pattern; the others are lookahead and atomic bodies.
     progs: Vec<Vec<Inst>>,
@@ -545,7 +547,12 @@ impl Regex {
         }
         let mut compiler = Compiler { sets: Vec::new(), progs: Vec::new() };
         compiler.program(&node).map_err(|e| format!("unsupported split pattern {:?}: {}", pattern, e))?;
-        Ok(Regex { source: pattern.to_string(), sets: compiler.sets, progs: compiler.progs })
+        Ok(Regex { source: pattern.to_string(), nullable: node.nullable(), sets: compiler.sets, progs: compiler.progs })
+    }
+
+    /// Whether some text may give an empty match (lookarounds assumed to hold).
+    pub fn can_match_empty(&self) -> bool {
+        self.nullable
     }
 
     pub fn as_str(&self) -> &str {
