@@ -204,7 +204,9 @@ def train_unigram(style: str, corpus: list[str]):
     - unigram_sentencepiece: the library's SentencePieceUnigramTokenizer (Nmt, NFKC, runs of
       spaces made one by a Replace regex);
     - unigram_spm: as transformers converts a SentencePiece model without a charsmap (Strip on
-      the right, runs of spaces made one `▁`)."""
+      the right, runs of spaces made one `▁`);
+    - unigram_xglm: as transformers converts a default-trained SentencePiece model for XGLM
+      (its nmt_nfkc charsmap as a Precompiled normalizer, runs of spaces made one)."""
     from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
     hf = tokenizers.Tokenizer(models.Unigram())
@@ -214,6 +216,13 @@ def train_unigram(style: str, corpus: list[str]):
         "unigram_spm": normalizers.Sequence([normalizers.Strip(left=False, right=True),
                                              normalizers.Replace(Regex(" {2,}"), "\u2581")]),
     }.get(style, normalizers.NFKC())
+    if style == "unigram_xglm":
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as folder:
+            nmt_nfkc = charsmap(Path(folder), corpus[:300], "nmt_nfkc")
+        hf.normalizer = normalizers.Sequence([normalizers.Precompiled(nmt_nfkc), normalizers.Replace(Regex(" {2,}"), " ")])
     hf.pre_tokenizer, hf.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)] if style == "unigram_byte_fallback" else []
     hf.train_from_iterator(corpus, trainer=trainers.UnigramTrainer(
@@ -225,7 +234,7 @@ def train_unigram(style: str, corpus: list[str]):
     return hf
 
 
-UNIGRAM_STYLES = ["unigram", "unigram_byte_fallback", "unigram_sentencepiece", "unigram_spm"]
+UNIGRAM_STYLES = ["unigram", "unigram_byte_fallback", "unigram_sentencepiece", "unigram_spm", "unigram_xglm"]
 WORD_STYLES = ["bert", "bert_cased", "wordpiece_course", "quicktour", "wordlevel"]
 SENTENCEPIECE_STYLES = ["sentencepiece", "gemma", "metaspace_first", "metaspace_always_split", "metaspace_never_split",
                         "sentencepiece_unk", "sentencepiece_unk_fused"]
@@ -409,6 +418,44 @@ def test_bert_style_normalizers_equal_the_tokenizers_library_on_every_code_point
         normalizer = getattr(normalizers, name)()
     hf, tok = normalizer_pair(normalizer, tmp_path)
     assert not normalizer_mismatches(hf, tok, ASSIGNED_PLANES)
+
+
+def charsmap(folder, corpus: list[str], rules: str) -> bytes:
+    """The precompiled_charsmap of a SentencePiece model trained with normalization `rules`: a
+    rule name (nmt_nfkc: a default-trained model's), or "every char", which maps every code point
+    but NUL and "Y" to "Y" (built from a rule file by sentencepiece's own trainer)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    if rules == "every char":
+        (folder / "rules.tsv").write_text("".join(f"{cp:X}\t59\n" for cp in range(1, 0x110000)
+                                                  if not 0xD800 <= cp <= 0xDFFF and cp != 0x59))
+        overrides = dict(normalization_rule_tsv=str(folder / "rules.tsv"), normalization_rule_name="")
+    else:
+        overrides = dict(normalization_rule_name=rules)
+    model = train_sentencepiece(folder, corpus, model_type="unigram", byte_fallback=False, **overrides)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model.read_bytes())
+    return proto.normalizer_spec.precompiled_charsmap
+
+
+@pytest.mark.parametrize("rules", ["nmt_nfkc", "nmt_nfkc_cf", "every char"])
+def test_precompiled_normalizer_equals_the_tokenizers_library(rules, corpus, tmp_path):
+    """SentencePiece's charsmap as `tokenizers` applies it, on each code point (of ASSIGNED_PLANES)
+    alone and beside "a", before a mark, and on the hard strings: a grapheme cluster shorter than
+    6 bytes is replaced whole by the shortest key it starts with ("\r\n" becomes one space, "Ａ"
+    and a mark become "A"), anything else char by char. With every char a key, each pair that is
+    one cluster shows, so the cluster rules are checked on every code point."""
+    from tokenizers import normalizers
+
+    hf, tok = normalizer_pair(normalizers.Precompiled(charsmap(tmp_path, corpus[:300], rules)), tmp_path)
+    assert not normalizer_mismatches(hf, tok, ASSIGNED_PLANES)
+    chars = [chr(c) for c in ASSIGNED_PLANES if not 0xD800 <= c <= 0xDFFF]
+    for probe in (lambda c: "a" + c, lambda c: c + "a", lambda c: c + "\r\n"):
+        for at in range(0, len(chars), 4096):
+            text = "\n".join(probe(c) for c in chars[at : at + 4096])
+            assert tok.encode_ordinary(text) == hf.encode(text).ids, (rules, at)
+    wrong = [s for s in corpus if tok.encode_ordinary(s) != hf.encode(s).ids]
+    assert not wrong, f"{len(wrong)} of {len(corpus)} differ, first: {wrong[0]!r}"
 
 
 @pytest.mark.parametrize("pattern, content", [(" {2,}", "\u2581"), ("(?:x|\u2581)+", "-"), ("c+(?=b)|é", "<>"), ("ab", "")])

@@ -1,6 +1,7 @@
 """Generate runtime_rs/src/tokenizers_tables.rs: the char sets and the lowercase mapping of the
 `tokenizers` library's BertNormalizer, Lowercase, StripAccents, Whitespace and Punctuation
 (BertNormalizer's strip_accents and the StripAccents normalizer remove different sets of marks),
+and the grapheme clusters its Precompiled normalizer (SentencePiece's charsmap) maps whole,
 measured from the library itself, one code point at a time.
 
 They are measured rather than built from Unicode data because the library's own tables are of
@@ -36,6 +37,42 @@ def ranges(code_points: list[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
+def every_char_keyed_charsmap() -> bytes:
+    """A SentencePiece precompiled charsmap that maps every code point but NUL and "Y" to "Y",
+    built by sentencepiece's own trainer from a rule file."""
+    import tempfile
+    from pathlib import Path
+
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "rules.tsv").write_text("".join(f"{cp:X}\t59\n" for cp in CODE_POINTS if cp not in (0, 0x59)))
+        (folder / "corpus.txt").write_text("hello world\n" * 50)
+        spm.SentencePieceTrainer.train(input=str(folder / "corpus.txt"), model_prefix=str(folder / "m"), vocab_size=20,
+                                       normalization_rule_tsv=str(folder / "rules.tsv"), minloglevel=2, hard_vocab_limit=False)
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString((folder / "m.model").read_bytes())
+        return proto.normalizer_spec.precompiled_charsmap
+
+
+def grapheme_sets() -> dict[str, list[int]]:
+    """The Precompiled normalizer maps a grapheme cluster shorter than 6 bytes by the shortest key
+    it starts with, else char by char; so which chars join a cluster (in the `unicode-segmentation`
+    tables of the wheel) shows through a charsmap that maps every char to "Y": a pair of chars is
+    one cluster exactly where it becomes one "Y"."""
+    precompiled = normalizers.Precompiled(every_char_keyed_charsmap())
+    one = lambda text: precompiled.normalize_str(text) == "Y"  # noqa: E731
+    chars = [cp for cp in CODE_POINTS if cp not in (0, 0x59)]
+    return {
+        "grapheme_extend": [cp for cp in chars if one("a" + chr(cp))],
+        "grapheme_prepend": [cp for cp in chars if one(chr(cp) + "a")],
+        # a char that nothing joins (a control, CR, LF); a 4-byte one starts no short cluster anyway
+        "grapheme_control": [cp for cp in chars if cp < 0x10000 and not one(chr(cp) + "\u0301")],
+    }
+
+
 def measure() -> dict:
     clean, chinese, strip, lower = bert(clean_text=True), bert(handle_chinese_chars=True), bert(strip_accents=True), bert(lowercase=True)
     marks = normalizers.StripAccents()
@@ -65,7 +102,7 @@ def measure() -> dict:
             sets["word"].append(cp)
         if len(punctuation.pre_tokenize_str(f"a{c}a")) == 3:
             sets["punctuation"].append(cp)
-    return {"sets": sets, "lowercase": lowercase}
+    return {"sets": {**sets, **grapheme_sets()}, "lowercase": lowercase}
 
 
 DOCS = {
@@ -75,6 +112,9 @@ DOCS = {
     "marks": "Combining marks (M), which the StripAccents normalizer removes.",
     "word": "The chars of the Whitespace pre-tokenizer's `\\w` (the `regex` crate's: Alphabetic, marks, Nd, Pc, joiners).",
     "punctuation": "The chars the Punctuation and BertPreTokenizer pre-tokenizers split off (ASCII punctuation and P*).",
+    "grapheme_extend": "Chars that join the grapheme cluster before them (Extend, ZWJ, SpacingMark), as the Precompiled normalizer segments.",
+    "grapheme_prepend": "Chars that the next char joins (Prepend), as the Precompiled normalizer segments.",
+    "grapheme_control": "Chars below U+10000 that no char joins (controls, CR, LF), as the Precompiled normalizer segments.",
 }
 
 

@@ -9,7 +9,9 @@
 //! it (the `tokenizers` library's SentencePieceBPETokenizer). A vocabulary of chars without
 //! byte tokens (decoder Fuse alone; nanoGPT's char-level meta.pkl as the compiler writes it). Without
 //! byte tokens a char the vocabulary lacks is the unk_token or dropped, as `tokenizers` does. Either may normalize with NFC
-//! (Qwen2/3) or NFKC first. Word-based files (BERT's, the `tokenizers` quicktour's): a WordPiece,
+//! (Qwen2/3) or NFKC first. Unigram files (T5's, XGLM's, SentencePieceUnigramTokenizer's), with
+//! the Precompiled (SentencePiece's charsmap), Nmt, Strip and Replace normalizers. Word-based
+//! files (BERT's, the `tokenizers` quicktour's): a WordPiece,
 //! WordLevel or char BPE model after BertNormalizer, NFD, Lowercase or StripAccents and the
 //! BertPreTokenizer, Whitespace or WhitespaceSplit pre-tokenizers, decoded by the WordPiece
 //! decoder or, without one, with spaces between tokens. The normalizer and pre-tokenizer become
@@ -19,6 +21,7 @@
 use crate::bpe::{AddedFlags, Decoder, HfOptions, PieceModel, Rank, Tokenizer};
 use crate::json::Json;
 use crate::normalize::Form;
+use crate::precompiled::Precompiled;
 use crate::pretokenize::{Prepend, SplitPattern, Step};
 use crate::regex::Regex;
 use crate::tokenizers_tables::{MARKS, NONSPACING};
@@ -115,6 +118,12 @@ fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<Option
             "Replace" => steps.push(replace_step(list[at])?),
             "Strip" => steps.push(Step::Strip { left: flag(list[at], "strip_left"), right: flag(list[at], "strip_right") }),
             "Nmt" => steps.push(Step::Nmt),
+            "Precompiled" => {
+                let blob = text_of(list[at], "precompiled_charsmap").ok_or("tokenizer.json: a Precompiled normalizer without its precompiled_charsmap")?;
+                let blob = crate::base64::decode(blob).map_err(|e| format!("tokenizer.json: a Precompiled normalizer's charsmap: {}", e))?;
+                let charsmap = Precompiled::from_bytes(&blob).map_err(|e| format!("tokenizer.json: {}", e))?;
+                steps.push(Step::Precompiled(std::sync::Arc::new(charsmap)));
+            }
             "NFD" => steps.push(Step::Normalize(Form::Nfd)),
             "NFC" => steps.push(Step::Normalize(Form::Nfc)),
             "NFKC" => steps.push(Step::Normalize(Form::Nfkc)),

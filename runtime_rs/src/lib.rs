@@ -16,6 +16,7 @@ pub mod normalize_tables;
 pub mod kernels;
 pub mod math;
 pub mod parallel;
+pub mod precompiled;
 pub mod pretokenize;
 pub mod regex;
 pub mod sampler;
