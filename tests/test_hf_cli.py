@@ -86,15 +86,40 @@ def test_an_older_folder_with_pytorch_model_bin_and_gpt2_tokenizer_files_compile
         assert tok.encode(text) == auto(text)["input_ids"], text
 
 
+TEXTS = ["我们今天是好朋友!", "The QUICK fox: naïve, isn't it?", "emoji 🙂 and 天气 [SEP] x"]
+
+
+def compiled_folder_tokenizer(folder, tmp_path):
+    """Compile `folder` (its own tokenizer files, no tokenizer.json) through the CLI; the manifest,
+    the compiled tokenizer and transformers' tokenizer of the folder."""
+    from transformers import AutoTokenizer
+
+    from monologue_compile.tokenizer import Tokenizer
+
+    assert not (folder / "tokenizer.json").exists()
+    out = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(folder), "-o", str(out), "--no-wasm"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    return manifest, Tokenizer.from_json((out / "model" / "tokenizer.json").read_text()), AutoTokenizer.from_pretrained(str(folder))
+
+
+def assert_same_tokens(tok, auto):
+    for text in TEXTS:
+        ids = auto(text, add_special_tokens=False)["input_ids"]
+        assert tok.encode(text) == ids, text
+        # the tokenizer.json's decoder (transformers' decode may clean up spaces across tokens too)
+        assert tok.decode(ids) == auto.backend_tokenizer.decode(ids, skip_special_tokens=False), text
+
+
 def test_a_gpt2_folder_with_a_bert_vocab_txt_compiles(tmp_path):
     """A GPT-2 published with BERT's tokenizer (as uer/gpt2-chinese-cluecorpussmall is): vocab.txt
     and a BertTokenizer tokenizer_config, no tokenizer.json. transformers builds the WordPiece
     tokenizer.json from them (BertNormalizer, BertPreTokenizer, WordPiece, [CLS] $A [SEP]); the
     compiled tokenizer gives its ids, decodes as it does, and a text starts with [CLS]."""
     tokenizers = pytest.importorskip("tokenizers")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from monologue_compile.tokenizer import Tokenizer
+    from transformers import AutoModelForCausalLM
 
     folder = tmp_path / "gpt2-chinese"
     folder.mkdir()
@@ -109,16 +134,34 @@ def test_a_gpt2_folder_with_a_bert_vocab_txt_compiles(tmp_path):
     torch.manual_seed(3)
     randomized(AutoModelForCausalLM.from_config(cfg, dtype=torch.float32), 4).save_pretrained(folder)
 
-    out = tmp_path / "dist"
-    r = subprocess.run([sys.executable, "-m", "monologue_compile", "compile", str(folder), "-o", str(out), "--no-wasm"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    manifest, tok, auto = compiled_folder_tokenizer(folder, tmp_path)
     assert manifest["chat"]["continues_text"] and manifest["chat"]["template"]["opening"] == "[CLS]"
-    tok = Tokenizer.from_json((out / "model" / "tokenizer.json").read_text())
-    auto = AutoTokenizer.from_pretrained(str(folder))
-    for text in ["我们今天是好朋友!", "The QUICK fox: naïve, isn't it?", "emoji 🙂 and 天气 [SEP] x"]:
-        ids = auto(text, add_special_tokens=False)["input_ids"]
-        assert tok.encode(text) == ids, text
-        # the tokenizer.json's decoder (transformers' decode may clean up spaces across tokens too)
-        assert tok.decode(ids) == auto.backend_tokenizer.decode(ids, skip_special_tokens=False), text
+    assert_same_tokens(tok, auto)
+
+
+def test_an_openai_gpt_folder_with_its_vocab_json_and_merges_txt_compiles(tmp_path):
+    """GPT-1 (openai-gpt) as published: vocab.json + merges.txt of a BPE whose words end in
+    `</w>`, no tokenizer.json. transformers converts them (BertNormalizer, BertPreTokenizer, BPE
+    with end_of_word_suffix, BPEDecoder); the compiled tokenizer gives its ids and decodes as it
+    does."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, OpenAIGPTConfig
+
+    folder = tmp_path / "openai-gpt"
+    folder.mkdir()
+    bpe = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
+    bpe.normalizer = normalizers.BertNormalizer(lowercase=True)
+    bpe.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    bpe.decoder = decoders.BPEDecoder()
+    bpe.train_from_iterator(["The quick brown fox, naïvely jumping!", "isn't it 3.14 我们"] * 40, trainer=trainers.BpeTrainer(
+        vocab_size=200, special_tokens=["<unk>"], end_of_word_suffix="</w>", show_progress=False))
+    bpe.model.save(str(folder))  # vocab.json, merges.txt
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "OpenAIGPTTokenizer", "unk_token": "<unk>"}))
+    cfg = OpenAIGPTConfig(vocab_size=bpe.get_vocab_size(), n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    torch.manual_seed(4)
+    randomized(AutoModelForCausalLM.from_config(cfg, dtype=torch.float32), 4).save_pretrained(folder)
+
+    manifest, tok, auto = compiled_folder_tokenizer(folder, tmp_path)
+    assert manifest["chat"]["continues_text"]
+    assert_same_tokens(tok, auto)

@@ -169,10 +169,27 @@ def train_word_style(style: str, corpus: list[str]):
     - wordpiece_course: the Hugging Face course's WordPiece (NFD, Lowercase, StripAccents,
       Whitespace);
     - quicktour: the `tokenizers` quicktour's BPE (an unk_token, Whitespace, no decoder);
-    - wordlevel: a WordLevel over WhitespaceSplit's words, no decoder."""
+    - wordlevel: a WordLevel over WhitespaceSplit's words, no decoder;
+    - charbpe: the library's CharBPETokenizer (BPE over chars, a word's last char spelled with
+      `</w>`, BertNormalizer, BertPreTokenizer, BPEDecoder);
+    - gpt1: as transformers converts openai-gpt's files (the same, lowercased, unk not fused)."""
     from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
     unk = "[UNK]"
+    if style == "charbpe":
+        char_bpe = tokenizers.CharBPETokenizer(unk_token=unk)
+        char_bpe.train_from_iterator(corpus, vocab_size=1500, special_tokens=SPECIALS + [unk], limit_alphabet=300,
+                                     show_progress=False)
+        return char_bpe._tokenizer
+    if style == "gpt1":
+        hf = tokenizers.Tokenizer(models.BPE(unk_token=unk, end_of_word_suffix="</w>", fuse_unk=False))
+        hf.normalizer = normalizers.BertNormalizer(lowercase=True)
+        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        hf.decoder = decoders.BPEDecoder(suffix="</w>")
+        hf.train_from_iterator(corpus, trainer=trainers.BpeTrainer(
+            vocab_size=1500, special_tokens=SPECIALS + [unk], end_of_word_suffix="</w>", limit_alphabet=300,
+            show_progress=False))
+        return hf
     if style.startswith("bert") or style == "wordpiece_course":
         hf = tokenizers.Tokenizer(models.WordPiece(unk_token=unk, max_input_chars_per_word=12))
         hf.decoder = decoders.WordPiece()
@@ -235,7 +252,7 @@ def train_unigram(style: str, corpus: list[str]):
 
 
 UNIGRAM_STYLES = ["unigram", "unigram_byte_fallback", "unigram_sentencepiece", "unigram_spm", "unigram_xglm"]
-WORD_STYLES = ["bert", "bert_cased", "wordpiece_course", "quicktour", "wordlevel"]
+WORD_STYLES = ["bert", "bert_cased", "wordpiece_course", "quicktour", "wordlevel", "charbpe", "gpt1"]
 SENTENCEPIECE_STYLES = ["sentencepiece", "gemma", "metaspace_first", "metaspace_always_split", "metaspace_never_split",
                         "sentencepiece_unk", "sentencepiece_unk_fused"]
 BYTE_LEVEL_STYLES = ["gpt2", "gpt2_prefix_space", "llama3", "o200k", "llama3_engine", "digits", "digit_runs", "qwen2",

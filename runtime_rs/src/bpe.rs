@@ -162,8 +162,9 @@ fn split_added(text: &str, tokens: &[Added]) -> Vec<(usize, usize, Option<Rank>)
 /// How a piece (of the pre-tokenizer's) becomes ids.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PieceModel {
-    /// BPE merges.
-    Bpe,
+    /// BPE merges. Over a vocabulary of chars, a word's chars after its first may be spelled with
+    /// a `prefix` and its last with a `suffix` (CharBPETokenizer's and GPT-1's `</w>`).
+    Bpe { prefix: String, suffix: String },
     /// WordPiece (BERT's): the longest token the piece starts with, then the longest token, with
     /// `prefix` before it, the rest starts with, and so on; a piece with a rest no token starts,
     /// or of more than `max_chars` chars, is the `unk` token.
@@ -197,6 +198,8 @@ pub enum Decoder {
     Metaspace { drop_first: bool },
     /// Fuse alone: the tokens' text joined (a vocabulary of chars, nanoGPT's meta.pkl).
     Plain,
+    /// BPEDecoder: `suffix` (`</w>`) is a space, or nothing in the last token.
+    Suffix(String),
     /// No decoder: the tokens' text joined by spaces, as `tokenizers` decodes without one.
     Spaced,
     /// WordPiece: a space before each token but the first, except a token that starts with
@@ -685,12 +688,22 @@ impl Tokenizer {
     /// is the unknown token (one for a run, with fuse_unk), or is left out where there is none,
     /// and its neighbours then merge as if it had never been there.
     fn merge_known_chars(&self, hf: &HfModel, text: &[u8], out: &mut Vec<Rank>) {
+        let (prefix, suffix) = match &hf.options.model {
+            PieceModel::Bpe { prefix, suffix } => (prefix.as_bytes(), suffix.as_bytes()),
+            _ => (&[][..], &[][..]),
+        };
         let (mut kept, mut parts) = (Vec::with_capacity(text.len()), Vec::with_capacity(text.len()));
         let (mut at, mut unknown_run) = (0, false);
+        let mut key = Vec::new();
         while at < text.len() {
             let c = &text[at..at + utf8_len(text[at])];
+            let first = at == 0;
             at += c.len();
-            let known = self.encoder.get(c).copied();
+            key.clear();
+            key.extend_from_slice(if first { &[] } else { prefix });
+            key.extend_from_slice(c);
+            key.extend_from_slice(if at == text.len() { suffix } else { &[] });
+            let known = self.encoder.get(&key).copied();
             let id = match (known, hf.options.unk) {
                 (Some(id), _) => id,
                 (None, Some((_, true))) if unknown_run => {
@@ -778,6 +791,10 @@ impl Tokenizer {
                 Decoder::Metaspace { drop_first } => {
                     let space = if i == 0 && *drop_first { "" } else { " " };
                     out.extend_from_slice(String::from_utf8_lossy(bytes).replace(METASPACE, space).as_bytes());
+                }
+                Decoder::Suffix(suffix) => {
+                    let space = if i + 1 == ids.len() { "" } else { " " };
+                    out.extend_from_slice(String::from_utf8_lossy(bytes).replace(suffix.as_str(), space).as_bytes());
                 }
                 Decoder::Spaced => {
                     if i > 0 {

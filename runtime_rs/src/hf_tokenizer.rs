@@ -267,6 +267,9 @@ fn decoder_of(part: Option<&Json>) -> Result<Decoder, String> {
         None | Some(Json::Null) => return Ok(Decoder::Spaced),
         Some(p) => p,
     };
+    if type_of(part) == "BPEDecoder" {
+        return Ok(Decoder::Suffix(text_of(part, "suffix").unwrap_or("</w>").to_string()));
+    }
     if type_of(part) == "WordPiece" {
         let prefix = text_of(part, "prefix").unwrap_or("##").to_string();
         return Ok(Decoder::WordPiece { prefix, cleanup: !matches!(part.get("cleanup"), Some(Json::Bool(false))) });
@@ -308,21 +311,22 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
     let plain = doc.get("decoder").map(type_of) == Some("Fuse");
     let char_level = !byte_level;
     require(kind == "BPE" || char_level, &format!("a {} model with the ByteLevel decoder", kind))?;
+    // without byte fallback (SentencePieceBPETokenizer's files, a vocabulary of chars) a char that
+    // has no token is the unk_token, or dropped where there is none
+    let byte_fallback = matches!(kind, "BPE" | "Unigram") && flag(model, "byte_fallback");
     if kind == "BPE" {
         for key in ["dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"] {
             let unset = match model.get(key) {
                 None | Some(Json::Null) => true,
                 // with byte fallback every char has tokens, so the unknown token is never produced;
-                // without it (plain) a char the vocabulary lacks becomes it
-                Some(Json::String(s)) => s.is_empty() || (key == "unk_token" && char_level),
+                // without it (plain) a char the vocabulary lacks becomes it; a word's chars are
+                // spelled with the affixes over a vocabulary of chars (CharBPETokenizer's, GPT-1's)
+                Some(Json::String(s)) => s.is_empty() || (key != "dropout" && char_level && (key == "unk_token" || !byte_fallback)),
                 _ => false,
             };
             require(unset, &format!("the BPE model's {}", key))?;
         }
     }
-    // without byte fallback (SentencePieceBPETokenizer's files, a vocabulary of chars) a char that
-    // has no token is the unk_token, or dropped where there is none
-    let byte_fallback = matches!(kind, "BPE" | "Unigram") && flag(model, "byte_fallback");
     require(!byte_fallback || (char_level && !plain), "byte_fallback without a SentencePiece-style decoder")?;
     let mut steps = Vec::new();
     let normalizer = normalizer_steps(doc.get("normalizer"), &mut steps)?;
@@ -379,7 +383,10 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
             let longest = vocab.iter().map(|(bytes, _)| bytes.len()).max().unwrap_or(0);
             PieceModel::unigram(scores, unk, true, longest)
         }
-        _ => PieceModel::Bpe,
+        _ => PieceModel::Bpe {
+            prefix: text_of(model, "continuing_subword_prefix").unwrap_or("").to_string(),
+            suffix: text_of(model, "end_of_word_suffix").unwrap_or("").to_string(),
+        },
     };
     let options = HfOptions {
         normalizer,
