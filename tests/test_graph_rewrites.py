@@ -208,6 +208,8 @@ SOFTMAXES = {
     "max_values_detached": lambda s: (e := torch.exp(s - s.max(dim=-1, keepdim=True)[0].detach())) / e.sum(
         dim=-1, keepdim=True),
     "no_shift": lambda s: s.exp() / s.exp().sum(-1, keepdim=True),
+    "exp_of_log_softmax": lambda s: torch.log_softmax(s, dim=-1).exp(),
+    "exp_of_functional_log_softmax": lambda s: torch.exp(torch.nn.functional.log_softmax(s, 3)),
 }
 
 

@@ -224,9 +224,15 @@ def ids_shape_only(ep: torch.export.ExportedProgram) -> None:
 def written_softmax(ep: torch.export.ExportedProgram) -> None:
     """Each `e / e.sum(d, keepdim=True)` (or `x.exp() / x.exp().sum(...)`) with e = exp(x) or
     exp(x - x's row max along d) replaced by softmax(x, d): the same values (softmax is the same with
-    any shift), and where exp(x) alone overflows the softmax stays finite."""
+    any shift), and where exp(x) alone overflows the softmax stays finite. So is `exp(log_softmax(x,
+    d))`, which `decompose` has written as exp(x - logsumexp(x, d))."""
     found = []
     for n in ep.graph.nodes:
+        x = _log_softmax_of(n.args[0]) if n.op == "call_function" and n.target is aten.exp.default else None
+        if x is not None:
+            n.target, n.args, n.kwargs = aten._softmax.default, x, {}
+            found.append(n)
+            continue
         if n.op != "call_function" or n.target is not aten.div.Tensor or not all(
                 isinstance(a, torch.fx.Node) for a in n.args):
             continue
@@ -244,6 +250,19 @@ def written_softmax(ep: torch.export.ExportedProgram) -> None:
         found.append(n)
     if found:
         ep.graph_module.recompile()  # the exp, sum and row max left unread go with the dead code
+
+
+def _log_softmax_of(y) -> tuple | None:
+    """(x, d, False) where y is x - logsumexp(x, [d], keepdim=True), the log_softmax composite."""
+    if not isinstance(y, torch.fx.Node) or y.target is not aten.sub.Tensor or not isinstance(y.args[1], torch.fx.Node):
+        return None
+    x, lse = y.args
+    if lse.target is not aten.logsumexp.default or lse.args[0] is not x or not _arg(lse, 2, "keepdim", False):
+        return None
+    dims = lse.args[1]
+    if len(dims) != 1:
+        return None
+    return x, dims[0] % x.meta["val"].dim(), False
 
 
 def _arg(n: torch.fx.Node, i: int, name: str, default):
