@@ -470,6 +470,8 @@ def _sentencepiece_to_json(path: Path) -> str:
     except Exception as e:  # noqa: BLE001 -- protobuf's DecodeError and friends
         raise MonologueError(f"{path}: not a SentencePiece model ({type(e).__name__})") from None
     trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
+    if trainer.model_type == trainer.UNIGRAM:
+        return _sentencepiece_unigram_json(proto, path)
     for ok, what in ((trainer.model_type == trainer.BPE, f"model type {trainer.ModelType.Name(trainer.model_type)}"),
                      (trainer.byte_fallback, "no byte_fallback"),
                      (normalizer.name in ("identity", ""), f"normalization {normalizer.name!r}"),
@@ -492,6 +494,51 @@ def _sentencepiece_to_json(path: Path) -> str:
         return built_by_transformers(folder, path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sentencepiece_unigram_json(proto, path: Path) -> str:
+    """A tokenizer.json that tokenizes as the SentencePiece library does with a Unigram model (its
+    default; any normalization rules): the pieces and scores as a Unigram model, summed in f32 as
+    the library sums them, its control, unknown, unused and byte pieces never found in text, and
+    its own normalizer (the charsmap's longest keys, the whitespace rules). transformers' converters
+    disagree with the library (tokenizers applies a charsmap by the shortest key of each grapheme
+    cluster), so the normalizer and the two model fields are this project's, documented in
+    docs/formats.md. Decoding is Llama's: ▁ a space, byte pieces their bytes, the first space
+    dropped; a text starts with the bos piece where there is one, as the BPE models' conversion has it."""
+    import base64
+
+    trainer, normalizer, pieces = proto.trainer_spec, proto.normalizer_spec, proto.pieces
+    kinds = proto.SentencePiece.Type
+    user_defined = [p.piece for p in pieces if p.type == kinds.USER_DEFINED]
+    for ok, what in ((not user_defined, f"user-defined pieces ({', '.join(user_defined[:3])})"),
+                     (not trainer.treat_whitespace_as_suffix, "treat_whitespace_as_suffix"),
+                     (not proto.denormalizer_spec.precompiled_charsmap, "a denormalizer"),
+                     (0 <= trainer.unk_id < len(pieces), "no unknown piece")):
+        if not ok:
+            raise MonologueError(f"{path}: a SentencePiece Unigram model with {what} is not read")
+    special = {kinds.CONTROL, kinds.UNKNOWN}
+    added = [{"id": i, "content": p.piece, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for i, p in enumerate(pieces) if p.type in special]
+    bos = pieces[trainer.bos_id].piece if 0 <= trainer.bos_id < len(pieces) else None
+    fuse = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]
+    strip = [{"type": "Strip", "content": " ", "start": 1, "stop": 0}] if normalizer.add_dummy_prefix else []
+    doc = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "SentencePiece",
+                       "precompiled_charsmap": base64.b64encode(normalizer.precompiled_charsmap).decode(),
+                       "add_dummy_prefix": normalizer.add_dummy_prefix,
+                       "remove_extra_whitespaces": normalizer.remove_extra_whitespaces,
+                       "escape_whitespaces": normalizer.escape_whitespaces},
+        "pre_tokenizer": None,
+        "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                                                                      {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [], "special_tokens": {}} if bos else None,
+        "decoder": {"type": "Sequence", "decoders": fuse + strip},
+        "model": {"type": "Unigram", "unk_id": trainer.unk_id, "byte_fallback": trainer.byte_fallback,
+                  "vocab": [[p.piece, p.score] for p in pieces], "sentencepiece": True,
+                  "unmatched": [i for i, p in enumerate(pieces) if p.type in special | {kinds.UNUSED, kinds.BYTE}]},
+    }
+    return json.dumps(doc, ensure_ascii=False)
 
 
 def built_by_transformers(folder: Path, what: Path) -> str:

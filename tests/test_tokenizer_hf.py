@@ -600,13 +600,45 @@ def test_a_sentencepiece_model_reads_as_transformers_converts_it(corpus, tmp_pat
     assert {"<unk>": 0, "<s>": 1, "</s>": 2}.items() <= tok.special_tokens.items()
 
 
-@pytest.mark.parametrize("overrides, says", [(dict(model_type="unigram"), "model type UNIGRAM"),
+@pytest.mark.parametrize("overrides, says", [(dict(model_type="char"), "model type CHAR"),
                                              (dict(normalization_rule_name="nmt_nfkc"), "normalization 'nmt_nfkc'"),
                                              (dict(byte_fallback=False), "no byte_fallback")])
 def test_a_sentencepiece_model_not_trained_as_llamas_is_refused_by_name(corpus, tmp_path, overrides, says):
     model = train_sentencepiece(tmp_path, corpus[:300], **overrides)
     with pytest.raises(MonologueError, match=f"tok.model: a SentencePiece model with {says}"):
         Tokenizer.load(model)
+
+
+SENTENCEPIECE_UNIGRAMS = {
+    "default": {},  # nmt_nfkc, extra whitespace removed, a dummy prefix
+    "byte_fallback": dict(byte_fallback=True),
+    "identity_spaces_kept": dict(normalization_rule_name="identity", remove_extra_whitespaces=False),
+    "nfkc_cf_no_prefix": dict(normalization_rule_name="nmt_nfkc_cf", add_dummy_prefix=False),
+}
+
+
+@pytest.mark.parametrize("name", SENTENCEPIECE_UNIGRAMS)
+def test_a_sentencepiece_unigram_model_tokenizes_as_the_sentencepiece_library(name, corpus, tmp_path):
+    """`--tokenizer tok.model` of a Unigram model (SentencePiece's default type): the ids the
+    sentencepiece library itself gives on the hard strings, whatever its normalization rules, and
+    its decode (but of <unk>, which reads as its piece, not " ⁇ "). transformers' converters do not
+    reproduce the library here: tokenizers applies a charsmap by the shortest key of a grapheme
+    cluster, the library by the longest key at each position, and sums scores in f64, not f32."""
+    sentencepiece = pytest.importorskip("sentencepiece")
+    options = dict(model_type="unigram", byte_fallback=False, normalization_rule_name="nmt_nfkc", vocab_size=1500)
+    model = train_sentencepiece(tmp_path, corpus[:800], **{**options, **SENTENCEPIECE_UNIGRAMS[name]})
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+    tok = Tokenizer.load(model)
+    strings = corpus + ["  two  spaces \t\n ", "\r\nＡ\u0301ﬁ", "", " ", "<s> </s> <unk>"]
+    mismatches = [s for s in strings if tok.encode_ordinary(s) != sp.encode(s)]
+    assert not mismatches, f"{len(mismatches)} of {len(strings)} differ, first: {mismatches[0]!r}"
+    if name != "byte_fallback":
+        assert sum(sp.unk_id() in sp.encode(s) for s in corpus) > 50  # unknown chars were met
+    for s in corpus[:400]:
+        ids = sp.encode(s)
+        if sp.unk_id() not in ids:
+            assert tok.decode(ids) == sp.decode(ids), s
+    assert tok.special_tokens["<s>"] == sp.bos_id()
 
 
 def test_text_streamed_token_by_token_equals_the_whole_decode(pair, corpus):

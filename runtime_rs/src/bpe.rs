@@ -62,6 +62,8 @@ pub struct HfModel {
 pub struct HfOptions {
     /// NFC or NFKC, applied to each stretch of text between added tokens before the steps.
     pub normalizer: Option<Form>,
+    /// Ids the model never finds in text (a SentencePiece model's control and unused pieces).
+    pub unmatched: Vec<Rank>,
     /// The normalizer's and pre-tokenizer's steps, in order.
     pub steps: Vec<Step>,
     /// The pre-tokenizer's steps after ByteLevel, on each piece's bytes as ByteLevel's chars.
@@ -174,16 +176,18 @@ pub enum PieceModel {
     /// Unigram (SentencePiece's default): the split of the piece into tokens whose scores (log
     /// probabilities, by id) sum highest, a char that no token starts with being the `unk` token
     /// (scored `unk_score`); a run of them one unk (`fuse_unk`), or its bytes' tokens with byte
-    /// fallback. `longest`: the most bytes a token has.
-    Unigram { scores: Vec<f64>, unk: Rank, unk_score: f64, fuse_unk: bool, longest: usize },
+    /// fallback. `longest`: the most bytes a token has. `f32`: path scores summed in f32, as
+    /// SentencePiece's own library sums them (`tokenizers` sums in f64).
+    Unigram { scores: Vec<f64>, unk: Rank, unk_score: f64, fuse_unk: bool, longest: usize, f32: bool },
 }
 
 impl PieceModel {
     /// A Unigram of these scores (by id): an unknown char scores 10 below the lowest, as
     /// `tokenizers` scores it (its K_UNK_PENALTY).
-    pub fn unigram(scores: Vec<f64>, unk: Rank, fuse_unk: bool, longest: usize) -> PieceModel {
-        let unk_score = scores.iter().copied().fold(f64::INFINITY, f64::min) - 10.0;
-        PieceModel::Unigram { scores, unk, unk_score, fuse_unk, longest }
+    pub fn unigram(scores: Vec<f64>, unk: Rank, fuse_unk: bool, longest: usize, f32: bool) -> PieceModel {
+        let lowest = scores.iter().copied().fold(f64::INFINITY, f64::min);
+        let unk_score = if f32 { (lowest as f32 - 10.0) as f64 } else { lowest - 10.0 };
+        PieceModel::Unigram { scores, unk, unk_score, fuse_unk, longest, f32 }
     }
 }
 
@@ -334,6 +338,14 @@ impl Tokenizer {
                 match encoder.get(&token) {
                     Some(&id) => byte_ids.push(id),
                     None => return Err(format!("byte {} has no token {} (every byte needs one)", byte, String::from_utf8_lossy(&token))),
+                }
+            }
+        }
+        // found by id (a byte's token above), never in text
+        for &id in &options.unmatched {
+            if let Some(Some(bytes)) = decoder.get(id as usize) {
+                if encoder.get(bytes) == Some(&id) {
+                    encoder.remove(bytes);
                 }
             }
         }
@@ -612,8 +624,8 @@ impl Tokenizer {
     /// `tokenizers` runs it (f64 sums; at each end the first best path found, starts and then
     /// token lengths in increasing order, is kept on a tie).
     fn unigram(&self, hf: &HfModel, piece: &[u8], out: &mut Vec<Rank>) {
-        let (scores, unk, unk_score, fuse_unk, longest) = match &hf.options.model {
-            PieceModel::Unigram { scores, unk, unk_score, fuse_unk, longest } => (scores, *unk, *unk_score, *fuse_unk, *longest),
+        let (scores, unk, unk_score, fuse_unk, longest, f32) = match &hf.options.model {
+            PieceModel::Unigram { scores, unk, unk_score, fuse_unk, longest, f32 } => (scores, *unk, *unk_score, *fuse_unk, *longest, *f32),
             _ => unreachable!("unigram() of another model"),
         };
         // best[end]: (score of the best path to end, where its last token starts, that token's id)
@@ -625,7 +637,7 @@ impl Tokenizer {
             let char_len = utf8_len(piece[start]);
             let mut single = false;
             let consider = |end: usize, id: Rank, score: f64, best: &mut Vec<Option<(f64, usize, Rank)>>| {
-                let total = score + here;
+                let total = if f32 { (score as f32 + here as f32) as f64 } else { score + here };
                 if best[end].map_or(true, |(b, _, _)| total > b) {
                     best[end] = Some((total, start, id));
                 }

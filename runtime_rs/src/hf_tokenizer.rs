@@ -21,7 +21,7 @@
 use crate::bpe::{AddedFlags, Decoder, HfOptions, PieceModel, Rank, Tokenizer};
 use crate::json::Json;
 use crate::normalize::Form;
-use crate::precompiled::Precompiled;
+use crate::precompiled::{Precompiled, SentencePieceNormalizer};
 use crate::pretokenize::{Prepend, SplitPattern, Step};
 use crate::regex::Regex;
 use crate::tokenizers_tables::{MARKS, NONSPACING};
@@ -118,12 +118,17 @@ fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<Option
             "Replace" => steps.push(replace_step(list[at])?),
             "Strip" => steps.push(Step::Strip { left: flag(list[at], "strip_left"), right: flag(list[at], "strip_right") }),
             "Nmt" => steps.push(Step::Nmt),
-            "Precompiled" => {
-                let blob = text_of(list[at], "precompiled_charsmap").ok_or("tokenizer.json: a Precompiled normalizer without its precompiled_charsmap")?;
-                let blob = crate::base64::decode(blob).map_err(|e| format!("tokenizer.json: a Precompiled normalizer's charsmap: {}", e))?;
-                let charsmap = Precompiled::from_bytes(&blob).map_err(|e| format!("tokenizer.json: {}", e))?;
-                steps.push(Step::Precompiled(std::sync::Arc::new(charsmap)));
-            }
+            "Precompiled" => match charsmap_of(list[at])? {
+                Some(charsmap) => steps.push(Step::Precompiled(std::sync::Arc::new(charsmap))),
+                None => return Err("tokenizer.json: a Precompiled normalizer without its precompiled_charsmap".to_string()),
+            },
+            // this project's, for a SentencePiece .model (monologue_compile/tokenizer.py writes it)
+            "SentencePiece" => steps.push(Step::SentencePiece(std::sync::Arc::new(SentencePieceNormalizer {
+                charsmap: charsmap_of(list[at])?,
+                add_dummy_prefix: flag(list[at], "add_dummy_prefix"),
+                remove_extra_whitespaces: flag(list[at], "remove_extra_whitespaces"),
+                escape_whitespaces: flag(list[at], "escape_whitespaces"),
+            }))),
             "NFD" => steps.push(Step::Normalize(Form::Nfd)),
             "NFC" => steps.push(Step::Normalize(Form::Nfc)),
             "NFKC" => steps.push(Step::Normalize(Form::Nfkc)),
@@ -135,6 +140,16 @@ fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<Option
         at += 1;
     }
     Ok(form)
+}
+
+/// A normalizer's precompiled_charsmap (base64), if it has one.
+fn charsmap_of(part: &Json) -> Result<Option<Precompiled>, String> {
+    let blob = match text_of(part, "precompiled_charsmap") {
+        Some(blob) if !blob.is_empty() => blob,
+        _ => return Ok(None),
+    };
+    let blob = crate::base64::decode(blob).map_err(|e| format!("tokenizer.json: a {} normalizer's charsmap: {}", type_of(part), e))?;
+    Precompiled::from_bytes(&blob).map(Some).map_err(|e| format!("tokenizer.json: {}", e))
 }
 
 /// A Replace normalizer of a string or a regex (the engine's Oniguruma semantics).
@@ -381,15 +396,24 @@ pub fn from_doc(doc: &Json, text: &str) -> Result<Tokenizer, String> {
                 _ => return Err("tokenizer.json: a Unigram model without an unk_id in its vocabulary".to_string()),
             };
             let longest = vocab.iter().map(|(bytes, _)| bytes.len()).max().unwrap_or(0);
-            PieceModel::unigram(scores, unk, true, longest)
+            // this project's, for a SentencePiece .model: its library's f32 sums
+            PieceModel::unigram(scores, unk, true, longest, flag(model, "sentencepiece"))
         }
         _ => PieceModel::Bpe {
             prefix: text_of(model, "continuing_subword_prefix").unwrap_or("").to_string(),
             suffix: text_of(model, "end_of_word_suffix").unwrap_or("").to_string(),
         },
     };
+    // this project's, for a SentencePiece .model: its control, unknown and unused pieces, which
+    // its library never finds in text
+    let unmatched = match model.get("unmatched") {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Array(ids)) => ids.iter().map(|id| id.as_u32().ok_or("tokenizer.json: an unmatched id that is not an id")).collect::<Result<_, _>>()?,
+        Some(_) => return Err("tokenizer.json: the model's \"unmatched\" is not a list of ids".to_string()),
+    };
     let options = HfOptions {
         normalizer,
+        unmatched,
         steps,
         byte_steps,
         normalizer_steps,

@@ -34,30 +34,58 @@ impl Precompiled {
         Ok(Precompiled { trie, normalized })
     }
 
-    /// The replacement of the shortest key `key` starts with (darts-clone's common prefix
-    /// search, first result).
-    fn shortest_match(&self, key: &[u8]) -> Option<&str> {
+    /// Call `found(length, replacement)` for each key that `key` starts with, shortest first
+    /// (darts-clone's common prefix search), until it returns false.
+    fn prefixes<'s>(&'s self, key: &[u8], mut found: impl FnMut(usize, Option<&'s str>) -> bool) {
         let unit = |pos: usize| self.trie.get(pos).copied();
         let offset = |u: u32| ((u >> 10) << ((u & (1 << 9)) >> 6)) as usize;
-        let mut pos = offset(unit(0)?);
-        for &byte in key {
+        let mut pos = match unit(0) {
+            Some(u) => offset(u),
+            None => return,
+        };
+        for (i, &byte) in key.iter().enumerate() {
             if byte == 0 {
-                return None;
+                return;
             }
             pos ^= byte as usize;
-            let u = unit(pos)?;
-            if u & ((1 << 31) | 0xFF) != byte as u32 {
-                return None;
-            }
+            let u = match unit(pos) {
+                Some(u) if u & ((1 << 31) | 0xFF) == byte as u32 => u,
+                _ => return,
+            };
             pos ^= offset(u);
             if (u >> 8) & 1 == 1 {
-                let start = (unit(pos)? & ((1 << 31) - 1)) as usize;
-                let rest = self.normalized.get(start..)?;
-                let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-                return std::str::from_utf8(&rest[..end]).ok();
+                let replacement = unit(pos).and_then(|v| {
+                    let rest = self.normalized.get((v & ((1 << 31) - 1)) as usize..)?;
+                    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+                    std::str::from_utf8(&rest[..end]).ok()
+                });
+                if !found(i + 1, replacement) {
+                    return;
+                }
             }
         }
-        None
+    }
+
+    /// The replacement of the shortest key `key` starts with.
+    fn shortest_match(&self, key: &[u8]) -> Option<&str> {
+        let mut shortest = None;
+        self.prefixes(key, |_, replacement| {
+            shortest = replacement;
+            false
+        });
+        shortest
+    }
+
+    /// The length and replacement of the longest key `key` starts with (SentencePiece's own rule).
+    pub fn longest_match(&self, key: &[u8]) -> Option<(usize, &str)> {
+        let mut longest = None;
+        self.prefixes(key, |len, replacement| {
+            if let Some(r) = replacement {
+                longest = Some((len, r));
+            }
+            true
+        });
+        longest
     }
 
     /// `text` normalized.
@@ -108,4 +136,69 @@ fn cluster_end(text: &str, at: usize) -> usize {
         end += c.len_utf8();
     }
     end
+}
+
+/// SentencePiece's own normalizer (a `.model`'s normalizer_spec, as its C++ library applies it,
+/// which `tokenizers`' Precompiled does not reproduce): at each position the longest key of the
+/// charsmap (or the char itself), spaces collapsed and trimmed with `remove_extra_whitespaces`,
+/// a space before the text with `add_dummy_prefix`, spaces written `▁` with `escape_whitespaces`.
+#[derive(Debug)]
+pub struct SentencePieceNormalizer {
+    pub charsmap: Option<Precompiled>,
+    pub add_dummy_prefix: bool,
+    pub remove_extra_whitespaces: bool,
+    pub escape_whitespaces: bool,
+}
+
+impl SentencePieceNormalizer {
+    /// The replacement of the longest key at the start of `text` and how many bytes it takes.
+    fn prefix<'s>(&'s self, text: &'s str) -> (&'s str, usize) {
+        if let Some((len, replacement)) = self.charsmap.as_ref().and_then(|c| c.longest_match(text.as_bytes())) {
+            return (replacement, len);
+        }
+        let len = text.chars().next().map_or(0, char::len_utf8);
+        (&text[..len], len)
+    }
+
+    pub fn normalize(&self, text: &str) -> String {
+        let mut input = text;
+        if self.remove_extra_whitespaces {
+            while !input.is_empty() {
+                let (replacement, len) = self.prefix(input);
+                if replacement != " " {
+                    break;
+                }
+                input = &input[len..];
+            }
+        }
+        if input.is_empty() {
+            return String::new();
+        }
+        let space = if self.escape_whitespaces { "\u{2581}" } else { " " };
+        let mut out = String::with_capacity(input.len() + 3);
+        if self.add_dummy_prefix {
+            out.push_str(space);
+        }
+        let mut after_space = self.remove_extra_whitespaces;
+        while !input.is_empty() {
+            let (mut replacement, len) = self.prefix(input);
+            while after_space && replacement.starts_with(' ') {
+                replacement = &replacement[1..];
+            }
+            if !replacement.is_empty() {
+                out.push_str(&replacement.replace(' ', space));
+                after_space = replacement.ends_with(' ');
+            }
+            input = &input[len..];
+            if !self.remove_extra_whitespaces {
+                after_space = false;
+            }
+        }
+        if self.remove_extra_whitespaces {
+            while out.ends_with(space) {
+                out.truncate(out.len() - space.len());
+            }
+        }
+        out
+    }
 }

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use crate::normalize::{normalize, Form};
-use crate::precompiled::Precompiled;
+use crate::precompiled::{Precompiled, SentencePieceNormalizer};
 use crate::regex::Regex;
 use crate::tokenizers_tables::{CHINESE, CONTROL, LOWERCASE, LOWERCASE_MULTI, PUNCTUATION, WORD};
 use crate::unicode_tables::{CharClass, CLASS_RANGES};
@@ -389,8 +389,10 @@ pub enum Step {
     Strip { left: bool, right: bool },
     /// Replace: each match of the pattern (a string, or a regex run by the engine) by `content`.
     Replace { pattern: Arc<Regex>, content: String },
-    /// Precompiled: SentencePiece's charsmap.
+    /// Precompiled: SentencePiece's charsmap, as `tokenizers` applies it.
     Precompiled(Arc<Precompiled>),
+    /// A SentencePiece `.model`'s own normalizer, as its library applies it.
+    SentencePiece(Arc<SentencePieceNormalizer>),
     /// Whitespace: `\w+|[^\w\s]+`, each run of word chars or of other chars that are not
     /// whitespace a piece, the whitespace dropped.
     Whitespace,
@@ -562,6 +564,7 @@ impl Step {
             }
             Step::Replace { pattern, content } => out.push((replace_matches(pattern, &piece, content), at_start)),
             Step::Precompiled(charsmap) => out.push((charsmap.normalize(&piece), at_start)),
+            Step::SentencePiece(normalizer) => out.push((normalizer.normalize(&piece), at_start)),
             Step::Whitespace => {
                 // a word char, whitespace, or neither: each run of one kind a piece, whitespace dropped
                 let kind = |c: char| if is_word_char(c) { 1 } else if c.is_whitespace() { 0 } else { 2 };
