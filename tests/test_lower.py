@@ -80,6 +80,38 @@ def _matches(model: nn.Module):
     return lowered_matches(model, 16, 10)
 
 
+class Guarded(nn.Module):
+    """Shapes computed from the length in ways export's symbolic reasoning cannot prove constant
+    over the traced range (as Llama 4's `T * min(32, 32 * T)` and `min(2048, T)` in other models),
+    or that truly depend on it (chunks of 4, padded)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.block_size = how, 16
+        self.emb, self.head = nn.Embedding(10, 8), nn.Linear(8, 10)
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.emb(idx)
+        if self.how == "min_view":
+            x = x.reshape(1, min(2048, T), 8)
+        elif self.how == "min_product":
+            x = x.reshape(1, T * min(4, 4 * T) // 4, 8)
+        else:  # chunks
+            x = nn.functional.pad(x, (0, 0, 0, (4 - T % 4) % 4)).view(1, -1, 4, 8).sum(2)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("how", ["min_view", "min_product"])
+def test_guards_export_cannot_prove_are_proven_by_evaluating_them_at_every_length(how):
+    _matches(Guarded(how))
+
+
+def test_a_guard_false_at_some_length_is_refused_naming_it_and_the_length():
+    with pytest.raises(MonologueError, match=r"no single graph serves every length .*the guard .* fails at T = \d+$"):
+        lower(trace(Guarded("chunks"), 16))
+
+
 class Filled(nn.Module):
     """Sinusoidal positions written into the slices of a zeros tensor in forward, as tutorials do."""
 

@@ -45,6 +45,8 @@ def trace(module: torch.nn.Module, sequence_len: int) -> torch.export.ExportedPr
         sys.stderr.write(held.getvalue())
         if isinstance(getattr(module, "every", None), torch.fx.GraphModule):
             _restore_sources(ep, module.every)
+    except MonologueError:
+        raise
     except Exception as e:  # export's own message names the construct it could not trace
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         if lines and lines[0].startswith("Constraints violated"):
@@ -136,10 +138,58 @@ def _export(module, example, hi: int):
     except Exception as e:
         # `buffer[:T]` of a buffer with exactly `hi` rows: export specializes T == hi (a slice that
         # ends at the size is another case), so the graph serves every length but the last
-        if f"!= {hi}" not in str(e) and f"<= {hi - 1}" not in str(e):
+        if f"!= {hi}" in str(e) or f"<= {hi - 1}" in str(e):
+            hi -= 1
+        elif not _guards_only(e):
             raise
-    T = torch.export.Dim("T", min=3, max=hi - 1)
-    return torch.export.export(module, (example,), dynamic_shapes=({1: T},), strict=False)
+    T = torch.export.Dim("T", min=3, max=hi)
+    try:
+        return torch.export.export(module, (example,), dynamic_shapes=({1: T},), strict=False)
+    except Exception as e:
+        if not _guards_only(e):
+            raise
+    return _export_proving_guards(module, example, hi)
+
+
+def _guards_only(e: Exception) -> bool:
+    """Whether export refused only for guards on the length it could not prove (no length made a
+    Python number), which evaluating them may prove."""
+    text = str(e)
+    return text.startswith("Constraints violated") and "specialized it to be a constant" not in text
+
+
+def _export_proving_guards(module, example, hi: int) -> torch.export.ExportedProgram:
+    """The graph for lengths 3..hi, where export's symbolic reasoning could not prove the guards
+    its trace added (Llama 4's `T * min(32, 32 * T) == 32 * T`, `min(2048, T) <= T`): traced
+    with the length left dynamic, then each guard evaluated at every length 1..hi (decode runs
+    the graph at 1). A guard false at some length is refused, naming it and the length."""
+    T = torch.export.Dim.DYNAMIC(min=3, max=hi)
+    ep = torch.export.export(module, (example,), dynamic_shapes=({1: T},), strict=False)
+    length = [n for n in ep.graph.nodes if n.op == "placeholder"][-1].meta["val"].shape[1]
+    ranges = [(int(r.lower), int(r.upper)) for r in ep.range_constraints.values()]
+    if not isinstance(length, torch.SymInt) or ranges != [(3, hi)]:
+        raise MonologueError("the model treats some sequence lengths specially, so no single graph serves every "
+                             f"length (sequence-mixing the compiler does not understand): export narrowed the "
+                             f"length to {ranges or 'a constant'}")
+    for guard in getattr(ep, "_guards_code", None) or []:
+        expression = re.sub(r"L\['\w+'\]\.size\(\)\[1\]", "T", guard)
+        # only the length, numbers, arithmetic, comparisons, min and max are evaluated
+        arithmetic = re.fullmatch(r"[\sT0-9()+\-*/%<>=!,]*", expression.replace("min(", "(").replace("max(", "("))
+        holds = eval(f"lambda T: {expression}", {"__builtins__": {}, "min": min, "max": max}) if arithmetic else None  # noqa: S307
+        failing = next((t for t in range(1, hi + 1) if not _holds(holds, t)), None)
+        if failing is not None:
+            raise MonologueError("the model treats some sequence lengths specially, so no single graph serves every "
+                                 f"length (sequence-mixing the compiler does not understand): the guard "
+                                 f"{guard[:200]} fails at T = {failing}")
+    return ep
+
+
+def _holds(guard, t: int) -> bool:
+    """Whether `guard` (None: one that is not arithmetic on the length) is true at length t."""
+    try:
+        return guard is not None and bool(guard(t))
+    except ArithmeticError:  # a division by zero at this length
+        return False
 
 
 def source_line(n: torch.fx.Node) -> str:
