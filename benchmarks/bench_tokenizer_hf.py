@@ -5,7 +5,8 @@ generated hard strings per style, and single-threaded encode throughput of both 
 
 Each style's tokenizer.json is trained here with `tokenizers` (the test's configurations); the
 throughput text is bench_tokenizer.py's generated corpus. Goal: 0 mismatches, ratio >= 1.
-Then NFC and NFKC against `tokenizers` on every code point. "llama3_engine" is Llama-3's pattern spelled so that it runs on the regex engine instead of the
+Then NFC and NFKC against `tokenizers` on every code point (the BERT-style normalizers', Nmt's and
+Precompiled's every-code-point checks are in tests/test_tokenizer_hf.py). "llama3_engine" is Llama-3's pattern spelled so that it runs on the regex engine instead of the
 hand-written fast path, and "o200k" (GPT-4o's pattern) always does: their throughput is the engine's.
 """
 
@@ -26,6 +27,8 @@ from bench_tokenizer import make_corpus  # noqa: E402
 from test_tokenizer_hf import (  # noqa: E402
     BYTE_LEVEL_STYLES,
     SENTENCEPIECE_STYLES,
+    UNIGRAM_STYLES,
+    WORD_STYLES,
     hard_strings,
     normalizer_mismatches,
     normalizer_pair,
@@ -44,7 +47,7 @@ def main() -> None:
     docs = make_corpus(int(args.mb * 1e6))
     size = sum(len(d.encode("utf-8")) for d in docs)
     print(f"{'style':<18} {'strings':>8} {'mismatches':>10} {'ours MB/s':>10} {'tokenizers MB/s':>16} {'ratio':>6}")
-    for style in BYTE_LEVEL_STYLES + SENTENCEPIECE_STYLES:
+    for style in BYTE_LEVEL_STYLES + SENTENCEPIECE_STYLES + UNIGRAM_STYLES + WORD_STYLES:
         hf = train_hf(style, strings[:2000] + docs[:200])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "tokenizer.json"
