@@ -515,8 +515,48 @@ fn push_cuts(piece: &str, at_start: bool, cuts: &mut dyn Iterator<Item = usize>,
 }
 
 impl Step {
+    /// What a normalizer's step makes of `piece` (`None`: a step that splits).
+    fn rewritten(&self, piece: &str) -> Option<String> {
+        Some(match self {
+            Step::Normalize(form) => normalize(piece, *form).into_owned(),
+            Step::CleanText => rewrite_chars(piece, |c, out| {
+                if c.is_whitespace() && !in_table(c, CONTROL) {
+                    out.push(' ');
+                } else if !in_table(c, CONTROL) {
+                    out.push(c);
+                }
+            }),
+            Step::PadChinese => rewrite_chars(piece, |c, out| {
+                if in_table(c, CHINESE) {
+                    out.extend([' ', c, ' ']);
+                } else {
+                    out.push(c);
+                }
+            }),
+            Step::RemoveChars(table) => piece.chars().filter(|&c| !in_table(c, table)).collect(),
+            Step::Lowercase => rewrite_chars(piece, lowercase_into),
+            Step::Nmt => rewrite_chars(piece, |c, out| match c as u32 {
+                0x1..=0x8 | 0xB | 0xE..=0x1F | 0x7F | 0x8F | 0x9F => {}
+                0x9 | 0xA | 0xC | 0xD | 0x1680 | 0x200B..=0x200F | 0x2028 | 0x2029 | 0x2581 | 0xFEFF | 0xFFFD => out.push(' '),
+                _ => out.push(c),
+            }),
+            Step::Strip { left, right } => {
+                let text = if *left { piece.trim_start() } else { piece };
+                (if *right { text.trim_end() } else { text }).to_string()
+            }
+            Step::Replace { pattern, content } => replace_matches(pattern, piece, content),
+            Step::Precompiled(charsmap) => charsmap.normalize(piece),
+            Step::SentencePiece(normalizer) => normalizer.normalize(piece),
+            _ => return None,
+        })
+    }
+
     /// Push the pieces `piece` becomes to `out`, each with whether it starts the input.
     fn apply(&self, piece: String, at_start: bool, out: &mut Vec<(String, bool)>) {
+        if let Some(text) = self.rewritten(&piece) {
+            out.push((text, at_start));
+            return;
+        }
         match self {
             Step::Split(pattern) => {
                 let mut at = 0;
@@ -526,45 +566,6 @@ impl Step {
                 });
                 push_cuts(&piece, at_start, &mut cuts, out);
             }
-            Step::Normalize(form) => out.push((normalize(&piece, *form).into_owned(), at_start)),
-            Step::CleanText => out.push((
-                rewrite_chars(&piece, |c, out| {
-                    if c.is_whitespace() && !in_table(c, CONTROL) {
-                        out.push(' ');
-                    } else if !in_table(c, CONTROL) {
-                        out.push(c);
-                    }
-                }),
-                at_start,
-            )),
-            Step::PadChinese => out.push((
-                rewrite_chars(&piece, |c, out| {
-                    if in_table(c, CHINESE) {
-                        out.extend([' ', c, ' ']);
-                    } else {
-                        out.push(c);
-                    }
-                }),
-                at_start,
-            )),
-            Step::RemoveChars(table) => out.push((piece.chars().filter(|&c| !in_table(c, table)).collect(), at_start)),
-            Step::Lowercase => out.push((rewrite_chars(&piece, lowercase_into), at_start)),
-            Step::Nmt => out.push((
-                rewrite_chars(&piece, |c, out| match c as u32 {
-                    0x1..=0x8 | 0xB | 0xE..=0x1F | 0x7F | 0x8F | 0x9F => {}
-                    0x9 | 0xA | 0xC | 0xD | 0x1680 | 0x200B..=0x200F | 0x2028 | 0x2029 | 0x2581 | 0xFEFF | 0xFFFD => out.push(' '),
-                    _ => out.push(c),
-                }),
-                at_start,
-            )),
-            Step::Strip { left, right } => {
-                let text = if *left { piece.trim_start() } else { &piece[..] };
-                let text = if *right { text.trim_end() } else { text };
-                out.push((text.to_string(), at_start));
-            }
-            Step::Replace { pattern, content } => out.push((replace_matches(pattern, &piece, content), at_start)),
-            Step::Precompiled(charsmap) => out.push((charsmap.normalize(&piece), at_start)),
-            Step::SentencePiece(normalizer) => out.push((normalizer.normalize(&piece), at_start)),
             Step::Whitespace => {
                 // a word char, whitespace, or neither: each run of one kind a piece, whitespace dropped
                 let kind = |c: char| if is_word_char(c) { 1 } else if c.is_whitespace() { 0 } else { 2 };
@@ -593,6 +594,7 @@ impl Step {
                     out.push((text, at_start));
                 }
             }
+            _ => unreachable!("a normalizer's step is rewritten above"),
         }
     }
 }
