@@ -242,8 +242,10 @@ def train_unigram(style: str, corpus: list[str]):
         hf.normalizer = normalizers.Sequence([normalizers.Precompiled(nmt_nfkc), normalizers.Replace(Regex(" {2,}"), " ")])
     hf.pre_tokenizer, hf.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)] if style == "unigram_byte_fallback" else []
+    # the trainer keeps every char: room for them all, and as many pieces again
+    alphabet = len(set("".join(corpus)))
     hf.train_from_iterator(corpus, trainer=trainers.UnigramTrainer(
-        vocab_size=4000, unk_token="<unk>", special_tokens=SPECIALS + ["<unk>"] + byte_tokens, show_progress=False))
+        vocab_size=max(4000, 2 * alphabet), unk_token="<unk>", special_tokens=SPECIALS + ["<unk>"] + byte_tokens, show_progress=False))
     if byte_tokens:  # the trainer has no byte_fallback switch: set it in the file
         doc = json.loads(hf.to_str())
         doc["model"]["byte_fallback"] = True
