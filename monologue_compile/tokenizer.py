@@ -502,7 +502,8 @@ def _sentencepiece_unigram_json(proto, path: Path) -> str:
     the library sums them, its control, unknown, unused and byte pieces never found in text, and
     its own normalizer (the charsmap's longest keys, the whitespace rules). transformers' converters
     disagree with the library (tokenizers applies a charsmap by the shortest key of each grapheme
-    cluster), so the normalizer and the two model fields are this project's, documented in
+    cluster; the f32 sums follow the library's code, f64 gave the same ids on every string measured),
+    so the normalizer and the two model fields are this project's, documented in
     docs/formats.md. Decoding is Llama's: ▁ a space, byte pieces their bytes, the first space
     dropped; a text starts with the bos piece where there is one, as the BPE models' conversion has it."""
     import base64

@@ -625,7 +625,7 @@ def test_a_sentencepiece_unigram_model_tokenizes_as_the_sentencepiece_library(na
     sentencepiece library itself gives on the hard strings, whatever its normalization rules, and
     its decode (but of <unk>, which reads as its piece, not " ⁇ "). transformers' converters do not
     reproduce the library here: tokenizers applies a charsmap by the shortest key of a grapheme
-    cluster, the library by the longest key at each position, and sums scores in f64, not f32."""
+    cluster, the library by the longest key at each position."""
     sentencepiece = pytest.importorskip("sentencepiece")
     options = dict(model_type="unigram", byte_fallback=False, normalization_rule_name="nmt_nfkc", vocab_size=1500)
     model = train_sentencepiece(tmp_path, corpus[:800], **{**options, **SENTENCEPIECE_UNIGRAMS[name]})
