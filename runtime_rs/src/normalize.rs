@@ -79,8 +79,8 @@ fn compose_pair(first: u32, second: u32) -> Option<u32> {
 /// Whether normalization leaves `c` as it is whatever surrounds it: it does not decompose, is
 /// no mark and never joins a char before it.
 #[inline]
-fn inert(c: char, form: Form) -> bool {
-    let c = c as u32;
+fn inert(ch: char, form: Form) -> bool {
+    let c = ch as u32;
     // below U+0300 nothing decomposes canonically or combines; ASCII has no compatibility mapping
     if c < 0x80 || (c < 0x300 && form == Form::Nfc) {
         return true;
@@ -89,9 +89,14 @@ fn inert(c: char, form: Form) -> bool {
         let decomposes = (S_BASE..S_BASE + S_COUNT).contains(&c) || CANONICAL.binary_search_by_key(&c, |&(from, _, _)| from).is_ok();
         return !decomposes && combining_class(c) == 0;
     }
-    let active = if form == Form::Nfc { NFC_ACTIVE } else { NFKC_ACTIVE };
-    let i = active.partition_point(|&(first, _)| first <= c);
-    i == 0 || active[i - 1].1 < c
+    !in_table(ch, if form == Form::Nfc { NFC_ACTIVE } else { NFKC_ACTIVE })
+}
+
+/// Whether `c` is in `table`, sorted ranges of code points (the generated tables' layout).
+pub(crate) fn in_table(c: char, table: &[(u32, u32)]) -> bool {
+    let cp = c as u32;
+    let i = table.partition_point(|&(first, _)| first <= cp);
+    i > 0 && table[i - 1].1 >= cp
 }
 
 /// `text` in normalization form `form`; borrowed when every char is inert. Only the runs of

@@ -6,7 +6,7 @@
 //! char by char. The charsmap comes with a stranger's file: every index is checked, and a key
 //! whose replacement is out of bounds or not UTF-8 counts as no key.
 
-use crate::pretokenize::in_table;
+use crate::normalize::in_table;
 use crate::tokenizers_tables::{GRAPHEME_CONTROL, GRAPHEME_EXTEND, GRAPHEME_PREPEND};
 
 #[derive(Debug)]

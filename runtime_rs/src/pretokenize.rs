@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use crate::normalize::{normalize, Form};
+use crate::normalize::{in_table, normalize, Form};
 use crate::precompiled::{Precompiled, SentencePieceNormalizer};
 use crate::regex::Regex;
 use crate::tokenizers_tables::{CHINESE, CONTROL, LOWERCASE, LOWERCASE_MULTI, PUNCTUATION, WORD};
@@ -426,13 +426,6 @@ fn split_runs(piece: &str, at_start: bool, individual: bool, inside: impl Fn(cha
         }
     });
     push_cuts(piece, at_start, &mut cuts, out);
-}
-
-/// Whether `c` is in `table`, sorted ranges of code points.
-pub(crate) fn in_table(c: char, table: &[(u32, u32)]) -> bool {
-    let cp = c as u32;
-    let i = table.partition_point(|&(first, _)| first <= cp);
-    i > 0 && table[i - 1].1 >= cp
 }
 
 /// `tokenizers`' punctuation: ASCII punctuation (symbols such as `$+<=>^|~` too) or a char of a
