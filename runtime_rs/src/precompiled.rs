@@ -76,11 +76,12 @@ impl Precompiled {
         shortest
     }
 
-    /// The length and replacement of the longest key `key` starts with (SentencePiece's own rule).
-    pub fn longest_match(&self, key: &[u8]) -> Option<(usize, &str)> {
+    /// The length and replacement of the longest key `text` starts with (SentencePiece's own
+    /// rule); a key that ends inside a char of `text` (a stranger's trie may hold one) is none.
+    pub fn longest_match(&self, text: &str) -> Option<(usize, &str)> {
         let mut longest = None;
-        self.prefixes(key, |len, replacement| {
-            if let Some(r) = replacement {
+        self.prefixes(text.as_bytes(), |len, replacement| {
+            if let (Some(r), true) = (replacement, text.is_char_boundary(len)) {
                 longest = Some((len, r));
             }
             true
@@ -153,7 +154,7 @@ pub struct SentencePieceNormalizer {
 impl SentencePieceNormalizer {
     /// The replacement of the longest key at the start of `text` and how many bytes it takes.
     fn prefix<'s>(&'s self, text: &'s str) -> (&'s str, usize) {
-        if let Some((len, replacement)) = self.charsmap.as_ref().and_then(|c| c.longest_match(text.as_bytes())) {
+        if let Some((len, replacement)) = self.charsmap.as_ref().and_then(|c| c.longest_match(text)) {
             return (replacement, len);
         }
         let len = text.chars().next().map_or(0, char::len_utf8);
@@ -200,5 +201,74 @@ impl SentencePieceNormalizer {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A charsmap as its bytes: the trie's units, then the replacement strings.
+    fn blob(units: &[u32], normalized: &[u8]) -> Vec<u8> {
+        let mut b = ((units.len() * 4) as u32).to_le_bytes().to_vec();
+        units.iter().for_each(|u| b.extend(u.to_le_bytes()));
+        b.extend(normalized);
+        b
+    }
+
+    /// One key, the byte 0xC3 (the first byte of "é"), whose replacement is "x": a stranger's
+    /// trie need not end its keys on char boundaries.
+    fn half_char_key() -> Precompiled {
+        let mut units = vec![0u32; 256];
+        units[0xC3] = 0xC3 | (1 << 8) | (1 << 10); // a leaf, its value at 0xC3 ^ 1
+        units[0xC2] = 0; // the value: offset 0 in the strings
+        Precompiled::from_bytes(&blob(&units, b"x\0")).unwrap()
+    }
+
+    #[test]
+    fn a_key_that_ends_inside_a_char_is_no_key() {
+        let sp = SentencePieceNormalizer {
+            charsmap: Some(half_char_key()),
+            add_dummy_prefix: false,
+            remove_extra_whitespaces: false,
+            escape_whitespaces: false,
+        };
+        assert_eq!(sp.normalize("aé b"), "aé b");
+        // tokenizers replaces the cluster a key starts, wherever the key ends
+        assert_eq!(half_char_key().normalize("aé b"), "ax b");
+    }
+
+    #[test]
+    fn random_charsmaps_never_panic() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let texts = ["", "a", "é", "\r\n", " \u{a0}x  y ", "ｶﾞ\u{301}\u{200d}", "日本語 text\u{0}"];
+        for _ in 0..2000 {
+            let n = 1 + (next() % 300) as usize;
+            // mostly units labelled with their own index's low byte, so keys do match
+            let units: Vec<u32> = (0..n)
+                .map(|i| match next() % 3 {
+                    0 => next() as u32,
+                    _ => (i as u32 & 0xFF) | (next() as u32 & (1 << 8)) | ((next() % 4) as u32) << 10,
+                })
+                .collect();
+            let strings: Vec<u8> = (0..(next() % 600)).flat_map(|_| ["a", "b", " ", "é", "\0"][(next() % 5) as usize].bytes()).collect();
+            let charsmap = match Precompiled::from_bytes(&blob(&units, &strings)) {
+                Ok(charsmap) => charsmap,
+                Err(_) => continue,
+            };
+            for text in texts {
+                charsmap.normalize(text);
+            }
+            let sp = SentencePieceNormalizer { charsmap: Some(charsmap), add_dummy_prefix: true, remove_extra_whitespaces: true, escape_whitespaces: true };
+            for text in texts {
+                sp.normalize(text);
+            }
+        }
     }
 }
