@@ -177,7 +177,7 @@ class Tokenizer:
     def from_json(cls, text: str) -> Tokenizer:
         """A tokenizer from the text of a tokenizer.json."""
         ffi, lib = _runtime()
-        data = _utf8(text)
+        data = _utf8(_added_ids_as_tokenizers_gives(text))
         out = ffi.new("struct MonoTokenizer **")
         _check(lib.mono_tokenizer_from_json(data, len(data), out))
         return cls(out[0])
@@ -357,6 +357,35 @@ def _messages_json(messages: Sequence[Mapping], template: Mapping | None = None,
         return _utf8(json.dumps(doc, ensure_ascii=False))
     except (TypeError, ValueError) as e:
         raise MonologueError(f"conversation: messages must be dicts of strings ({e})") from None
+
+
+def _added_ids_as_tokenizers_gives(text: str) -> str:
+    """A Hugging Face tokenizer.json with each added token at the id the `tokenizers` library gives
+    it, whatever id the file states (transformers only warns where they differ): a token the model's
+    vocabulary holds takes the vocabulary's id, any other the next id after the vocabulary and the
+    added tokens before it. Files the library wrote already agree, and are returned as they are."""
+    if '"added_tokens"' not in text:
+        return text
+    try:
+        doc = json.loads(text)
+        model, added = doc["model"], doc["added_tokens"]
+        vocab, size = model["vocab"], len(model["vocab"])
+        if isinstance(vocab, list):  # Unigram: [piece, score] pairs, ids in order
+            vocab = {pair[0]: i for i, pair in enumerate(vocab)}
+        given: dict[str, int] = {}
+        moved = False
+        for token in added:
+            content = token["content"]
+            if content not in given:
+                top = max(given.values(), default=None)
+                given[content] = vocab.get(content, size if top is None or top < size else top + 1)
+            moved = moved or token["id"] != given[content]
+            token["id"] = given[content]
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return text  # not this shape: the Rust reader names what is wrong with it
+    if not moved:
+        return text
+    return json.dumps(doc, ensure_ascii=False)
 
 
 def _read_text(path: Path, what: str) -> str:

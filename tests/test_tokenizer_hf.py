@@ -317,6 +317,24 @@ def test_added_tokens_sit_at_their_ids_and_encode_ordinary_ignores_them(pair):
     assert tok.decode(ordinary) == hf.decode(ordinary, skip_special_tokens=False)
 
 
+@pytest.mark.parametrize("style", ["gpt2", "unigram"])
+def test_added_tokens_take_the_ids_the_library_gives_whatever_the_file_states(style, corpus):
+    """A hand-edited file's added-token ids that disagree with the library's (transformers loads it
+    with a warning): a token of the vocabulary takes its vocabulary id, a new one the next free id
+    after the vocabulary, in the file's order."""
+    doc = json.loads(train_hf(style, corpus[:500]).to_str())
+    size = len(doc["model"]["vocab"])
+    doc["added_tokens"][2]["id"] = size + 40  # <|im_end|>, in the vocabulary at 2
+    doc["added_tokens"] += [dict(doc["added_tokens"][0], id=size + 7, content="<X>"),
+                            dict(doc["added_tokens"][0], id=size + 3, content="<Y>")]
+    text = json.dumps(doc)
+    hf, tok = tokenizers.Tokenizer.from_str(text), Tokenizer.from_json(text)
+    line = "a<X> b<Y><|im_end|>"
+    assert tok.encode(line) == hf.encode(line, add_special_tokens=False).ids
+    assert [tok.special_tokens[t] for t in ("<X>", "<Y>", "<|im_end|>")] == [size, size + 1, hf.token_to_id("<|im_end|>")]
+    assert json.loads(tok.to_json())["added_tokens"][-1]["id"] == size + 1
+
+
 def test_saved_text_is_the_file(pair, tmp_path):
     hf, tok = pair
     tok.save(tmp_path / "again.json")
