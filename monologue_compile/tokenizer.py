@@ -537,15 +537,22 @@ def _sentencepiece_unigram_json(proto, path: Path) -> str:
     dropped; a text starts with the bos piece where there is one, as the BPE models' conversion has it."""
     import base64
 
+    import numpy as np
+
     trainer, normalizer, pieces = proto.trainer_spec, proto.normalizer_spec, proto.pieces
     kinds = proto.SentencePiece.Type
-    user_defined = [p.piece for p in pieces if p.type == kinds.USER_DEFINED]
-    for ok, what in ((not user_defined, f"user-defined pieces ({', '.join(user_defined[:3])})"),
-                     (not trainer.treat_whitespace_as_suffix, "treat_whitespace_as_suffix"),
+    for ok, what in ((not trainer.treat_whitespace_as_suffix, "treat_whitespace_as_suffix"),
                      (not proto.denormalizer_spec.precompiled_charsmap, "a denormalizer"),
                      (0 <= trainer.unk_id < len(pieces), "no unknown piece")):
         if not ok:
             raise MonologueError(f"{path}: a SentencePiece Unigram model with {what} is not read")
+    # A user-defined piece is found whole wherever it appears: the normalizer passes it through
+    # unchanged, and the lattice scores it above any split of it, as the library (0.2.3) does:
+    # 0.1 a byte less 0.1, measured by where it stops preferring the piece (its source's comment
+    # says "length * max_score_ - 0.1", but the best normal score does not move that point).
+    user_defined = [p.piece for p in pieces if p.type == kinds.USER_DEFINED]
+    scores = [float(np.float32(len(p.piece.encode()) * np.float32(0.1))) - 0.1 if p.type == kinds.USER_DEFINED
+              else p.score for p in pieces]
     special = {kinds.CONTROL, kinds.UNKNOWN}
     added = [{"id": i, "content": p.piece, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": True} for i, p in enumerate(pieces) if p.type in special]
@@ -558,14 +565,14 @@ def _sentencepiece_unigram_json(proto, path: Path) -> str:
                        "precompiled_charsmap": base64.b64encode(normalizer.precompiled_charsmap).decode(),
                        "add_dummy_prefix": normalizer.add_dummy_prefix,
                        "remove_extra_whitespaces": normalizer.remove_extra_whitespaces,
-                       "escape_whitespaces": normalizer.escape_whitespaces},
+                       "escape_whitespaces": normalizer.escape_whitespaces, "user_defined": user_defined},
         "pre_tokenizer": None,
         "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
                                                                       {"Sequence": {"id": "A", "type_id": 0}}],
                            "pair": [], "special_tokens": {}} if bos else None,
         "decoder": {"type": "Sequence", "decoders": fuse + strip},
         "model": {"type": "Unigram", "unk_id": trainer.unk_id, "byte_fallback": trainer.byte_fallback,
-                  "vocab": [[p.piece, p.score] for p in pieces], "sentencepiece": True,
+                  "vocab": [[p.piece, score] for p, score in zip(pieces, scores)], "sentencepiece": True,
                   "unmatched": [i for i, p in enumerate(pieces) if p.type in special | {kinds.UNUSED, kinds.BYTE}]},
     }
     return json.dumps(doc, ensure_ascii=False)

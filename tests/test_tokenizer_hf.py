@@ -361,7 +361,7 @@ def test_saved_text_is_the_file(pair, tmp_path):
         (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"[a[^b]]"), "negated nested class"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\w+"), r"the escape \\w"),
         (lambda d: d["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"(?<=a)b"), "lookbehind"),
-        (lambda d: d["added_tokens"][1].update(id=4294967295), "4294967295"),
+        (lambda d: d["model"]["vocab"].update(zzqq=4294967295), "4294967295"),
         (lambda d: d["model"]["merges"].append(["zz", "qq"]), "merge"),
     ],
 )
@@ -634,6 +634,9 @@ SENTENCEPIECE_UNIGRAMS = {
     "byte_fallback": dict(byte_fallback=True),
     "identity_spaces_kept": dict(normalization_rule_name="identity", remove_extra_whitespaces=False),
     "nfkc_cf_no_prefix": dict(normalization_rule_name="nmt_nfkc_cf", add_dummy_prefix=False),
+    # pieces always found whole and never normalized (a chat's markers, a fullwidth letter NFKC
+    # would change, a prefix of a common word, and one that ends in a space)
+    "user_defined": dict(user_defined_symbols=["<think>", "</think>", "<|im_start|>", "Ｘ", "th", "a▁"]),
 }
 
 
@@ -649,7 +652,8 @@ def test_a_sentencepiece_unigram_model_tokenizes_as_the_sentencepiece_library(na
     model = train_sentencepiece(tmp_path, corpus[:800], **{**options, **SENTENCEPIECE_UNIGRAMS[name]})
     sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
     tok = Tokenizer.load(model)
-    strings = corpus + ["  two  spaces \t\n ", "\r\nＡ\u0301ﬁ", "", " ", "<s> </s> <unk>"]
+    strings = corpus + ["  two  spaces \t\n ", "\r\nＡ\u0301ﬁ", "", " ", "<s> </s> <unk>", " <think>x</think> ",
+                        "<|im_start|>user\nthe Ｘ X <thin <think><think>", "a a  a\u2581 ▁a▁ <|im_start|"]
     mismatches = [s for s in strings if tok.encode_ordinary(s) != sp.encode(s)]
     assert not mismatches, f"{len(mismatches)} of {len(strings)} differ, first: {mismatches[0]!r}"
     if name != "byte_fallback":

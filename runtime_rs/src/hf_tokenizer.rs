@@ -75,6 +75,21 @@ fn items<'j>(part: &'j Json, key: &str) -> Result<&'j [Json], String> {
     }
 }
 
+/// A list of strings under `key` (none if absent), each non-empty.
+fn strings_of(part: &Json, key: &str) -> Result<Vec<String>, String> {
+    match part.get(key) {
+        None | Some(Json::Null) => Ok(Vec::new()),
+        Some(Json::Array(items)) => items
+            .iter()
+            .map(|item| match item.as_str() {
+                Some(s) if !s.is_empty() => Ok(s.to_string()),
+                _ => Err(format!("tokenizer.json: a {} {} entry that is not a non-empty string", type_of(part), key)),
+            })
+            .collect(),
+        Some(_) => Err(format!("tokenizer.json: a {} {} that is not a list", type_of(part), key)),
+    }
+}
+
 fn text_of<'j>(part: &'j Json, key: &str) -> Option<&'j str> {
     part.get(key).and_then(Json::as_str)
 }
@@ -125,6 +140,7 @@ fn normalizer_steps(part: Option<&Json>, steps: &mut Vec<Step>) -> Result<Option
             // this project's, for a SentencePiece .model (monologue_compile/tokenizer.py writes it)
             "SentencePiece" => steps.push(Step::SentencePiece(std::sync::Arc::new(SentencePieceNormalizer {
                 charsmap: charsmap_of(list[at])?,
+                user_defined: strings_of(list[at], "user_defined")?,
                 add_dummy_prefix: flag(list[at], "add_dummy_prefix"),
                 remove_extra_whitespaces: flag(list[at], "remove_extra_whitespaces"),
                 escape_whitespaces: flag(list[at], "escape_whitespaces"),

@@ -146,14 +146,20 @@ fn cluster_end(text: &str, at: usize) -> usize {
 #[derive(Debug)]
 pub struct SentencePieceNormalizer {
     pub charsmap: Option<Precompiled>,
+    /// The model's user-defined pieces, each passed through whole and unchanged where it starts.
+    pub user_defined: Vec<String>,
     pub add_dummy_prefix: bool,
     pub remove_extra_whitespaces: bool,
     pub escape_whitespaces: bool,
 }
 
 impl SentencePieceNormalizer {
-    /// The replacement of the longest key at the start of `text` and how many bytes it takes.
+    /// The replacement of the longest user-defined piece or key at the start of `text` and how many
+    /// bytes it takes.
     fn prefix<'s>(&'s self, text: &'s str) -> (&'s str, usize) {
+        if let Some(piece) = self.user_defined.iter().filter(|p| text.starts_with(p.as_str())).max_by_key(|p| p.len()) {
+            return (&text[..piece.len()], piece.len());
+        }
         if let Some((len, replacement)) = self.charsmap.as_ref().and_then(|c| c.longest_match(text)) {
             return (replacement, len);
         }
@@ -229,6 +235,7 @@ mod tests {
     fn a_key_that_ends_inside_a_char_is_no_key() {
         let sp = SentencePieceNormalizer {
             charsmap: Some(half_char_key()),
+            user_defined: Vec::new(),
             add_dummy_prefix: false,
             remove_extra_whitespaces: false,
             escape_whitespaces: false,
@@ -265,7 +272,7 @@ mod tests {
             for text in texts {
                 charsmap.normalize(text);
             }
-            let sp = SentencePieceNormalizer { charsmap: Some(charsmap), add_dummy_prefix: true, remove_extra_whitespaces: true, escape_whitespaces: true };
+            let sp = SentencePieceNormalizer { charsmap: Some(charsmap), user_defined: vec!["é".to_string(), "a ".to_string()], add_dummy_prefix: true, remove_extra_whitespaces: true, escape_whitespaces: true };
             for text in texts {
                 sp.normalize(text);
             }
