@@ -541,12 +541,14 @@ FLAGGED = [
     ("hello world", {"normalized": True}),
     ("naïve", {"normalized": True, "single_word": True, "rstrip": True}),
     ("<raw>", {"normalized": False}),
+    ("<Up>", {"normalized": True, "special": True}),  # kept, and decoded, as the normalizer makes it
 ]
 FLAGGED_TEXT = ["<L>", "<R>", "<LR>", "word", "words", "sword", "hello world", "hello  world", "naïve", "nai\u0308ve",
-                "naïve_", "<raw>", " ", "  ", "\n", "\u3000", "x", "1", "²", "Ⅻ", "_", "\u0301", "é", "\u200d", "-"]
+                "naïve_", "<raw>", "<Up>", "<up>", " ", "  ", "\n", "\u3000", "x", "1", "²", "Ⅻ", "_", "\u0301", "é", "\u200d", "-"]
 
 
-@pytest.mark.parametrize("style", ["llama3", "qwen2", "gpt2_prefix_space", "sentencepiece", "metaspace_first"])
+@pytest.mark.parametrize("style", ["llama3", "qwen2", "gpt2_prefix_space", "sentencepiece", "metaspace_first", "bert",
+                                   "unigram_xglm"])
 def test_added_token_flags_equal_the_tokenizers_library(style, corpus, tmp_path):
     hf = train_hf(style, corpus[:500])
     hf.add_tokens([tokenizers.AddedToken(content, **flags) for content, flags in FLAGGED])
@@ -557,6 +559,8 @@ def test_added_token_flags_equal_the_tokenizers_library(style, corpus, tmp_path)
     texts += [s[: len(s) // 2] + "".join(rng.choices(FLAGGED_TEXT, k=3)) + s[len(s) // 2 :] for s in corpus[:500]]
     mismatches = [t for t in texts if tok.encode(t) != hf.encode(t, add_special_tokens=False).ids]
     assert not mismatches, f"{len(mismatches)} of {len(texts)} differ, first: {mismatches[0]!r}"
+    decoded = [t for t in texts[:500] if tok.decode(tok.encode(t)) != hf.decode(tok.encode(t), skip_special_tokens=False)]
+    assert not decoded, f"{len(decoded)} decodes differ, first: {decoded[0]!r}"
 
 
 # --- a vocabulary of chars without byte tokens (nanoGPT's meta.pkl as the compiler writes it) ------

@@ -379,14 +379,11 @@ impl Tokenizer {
             }
         }
         if let Decoder::Fuse { .. } = options.decoder {
-            // every token (added ones too) with ▁ as a space, byte tokens as their byte
+            // every token (added ones too) with ▁ as a space (byte tokens become their byte below)
             for entry in decoder.iter_mut().flatten() {
                 if entry.windows(3).any(|w| w == "\u{2581}".as_bytes()) {
                     *entry = String::from_utf8_lossy(entry).replace(METASPACE, " ").into_bytes();
                 }
-            }
-            for (byte, &id) in byte_ids.iter().enumerate() {
-                decoder[id as usize] = Some(vec![byte as u8]);
             }
         }
         // the fast path: the split pattern alone, maybe after ByteLevel's prefix space
@@ -403,7 +400,7 @@ impl Tokenizer {
             char_bytes[c as usize] = b;
         }
         let num_ranks = decoder.len();
-        Ok(Tokenizer {
+        let mut tokenizer = Tokenizer {
             pattern,
             encoder,
             decoder,
@@ -411,7 +408,43 @@ impl Tokenizer {
             specials: added,
             cache: Mutex::new(FxHashMap::default()),
             hf: Some(HfModel { merges: pairs, byte_ids, options, fast: fast.is_some(), add_prefix_space, byte_chars, char_bytes }),
-        })
+        };
+        // An added token decodes as `tokenizers` decodes it: a normalized one as its normalized
+        // text (a lowercasing normalizer's "[unk]", a prepending one's "▁<|im_end|>"), and through
+        // the decoder like any token (ByteLevel reads "naïve" as bytes, where every char is one).
+        let hf = tokenizer.hf.as_ref().expect("built above");
+        let decoder = hf.options.decoder.clone();
+        let flags = hf.options.added.clone();
+        for (i, (name, id)) in tokenizer.specials.clone().into_iter().enumerate() {
+            let normalized = flags.get(i).map_or(false, |f| f.normalized);
+            if !normalized && decoder != Decoder::ByteLevel {
+                continue; // its text as it is (Fuse's ▁ replaced above)
+            }
+            let surface = if normalized { tokenizer.normalized(&name).into_owned() } else { name };
+            let bytes = match decoder {
+                Decoder::Fuse { .. } => surface.replace(METASPACE, " ").into_bytes(),
+                Decoder::ByteLevel => {
+                    let hf = tokenizer.hf.as_ref().expect("built above");
+                    let mapped: Option<Vec<u8>> = surface
+                        .chars()
+                        .map(|c| match hf.char_bytes.get(c as usize) {
+                            Some(&b) if hf.byte_chars[b as usize] == c => Some(b),
+                            _ => None,
+                        })
+                        .collect();
+                    mapped.unwrap_or_else(|| surface.into_bytes())
+                }
+                _ => surface.into_bytes(),
+            };
+            tokenizer.decoder[id as usize] = Some(bytes);
+        }
+        if let Decoder::Fuse { .. } = decoder {
+            let hf = tokenizer.hf.as_ref().expect("built above");
+            for (byte, &id) in hf.byte_ids.iter().enumerate() {
+                tokenizer.decoder[id as usize] = Some(vec![byte as u8]);
+            }
+        }
+        Ok(tokenizer)
     }
 
     /// The tokenizer.json text a Hugging Face tokenizer was read from.
