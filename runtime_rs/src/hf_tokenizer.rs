@@ -52,7 +52,7 @@ fn token_bytes(token: &str, map: &[Option<u8>]) -> Result<Vec<u8>, String> {
 }
 
 fn type_of(part: &Json) -> &str {
-    part.get("type").and_then(Json::as_str).unwrap_or("?")
+    part.get("type").and_then(Json::as_str).unwrap_or("with no \"type\"")
 }
 
 fn flag(part: &Json, key: &str) -> bool {
