@@ -1456,9 +1456,10 @@ def _matmul(c, a, b, part=""):
         p = a if isinstance(a, _Pending) else c.env[a]
         q, k, v = p.attrs["q"], p.attrs["k"], b if isinstance(b, str) else c.t(b)
         if len(c.type(q).shape) == 3:  # (N, T, hs): one head (N = B = 1) or Bloom's B * H heads, as (1, N, T, hs)
+            # (v may be (B, H, T, hs) already: scores by bmm over folded heads, viewed back as (B, H, T, T))
             q, k, v = (c.emit("reshape", [n], {"shape": [1, c.type(n).shape[0], SEQ, c.type(n).shape[2]]},
                               TensorType((1, c.type(n).shape[0], SEQ, c.type(n).shape[2]), "f32"), part)
-                       for n, part in ((q, "q"), (k, "k"), (v, "v")))
+                       if len(c.type(n).shape) == 3 else n for n, part in ((q, "q"), (k, "k"), (v, "v")))
             y = _matmul(c, _Pending("probs", p.name, **{**p.attrs, "q": q, "k": k}), v, "heads")
             return c.emit("reshape", [y], {"shape": list(c.out_type().shape)})
         qt, kt, vt = (c.type(n) for n in (q, k, v))
@@ -1692,6 +1693,10 @@ for _op, _conv in {
     aten.scatter_.value: lambda c, x, dim, index, value: _scattered_in_place(c, x, dim, index, value),
     aten.scatter_.src: lambda c, x, dim, index, src: _scattered_in_place(c, x, dim, index, src),
     aten.squeeze.default: _flatten,  # every axis of 1 dropped: the fx node's own shape
+    aten.squeeze.dims: _flatten,
+    aten.reshape_as.default: _view_as,
+    aten.unsafe_split.Tensor: _split,
+    aten.unsafe_chunk.default: _chunk,
     aten.masked_fill.Scalar: _masked_fill,
     aten.where.self: _where,
     aten.stack.default: _stack,

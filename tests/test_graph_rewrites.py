@@ -10,7 +10,7 @@ from conftest import lowered_matches
 from monologue_compile.errors import MonologueError
 from monologue_compile.frontend.rewrites import decompose, inline_autocast, written_softmax
 from monologue_compile.frontend.trace import trace
-from monologue_compile.lower import lower
+from monologue_compile.lower import CONVERTERS, lower
 
 aten = torch.ops.aten
 
@@ -171,6 +171,19 @@ COMPOSITE_CASES = {
     "log_softmax": lambda m, x: torch.log_softmax(x, -1),
     "prelu_one": lambda m, x: torch.nn.functional.prelu(x, m.w[:1]),
     "prelu_channels": lambda m, x: torch.nn.functional.prelu(x.transpose(1, 2), m.w).transpose(1, 2),
+    "addcmul": lambda m, x: torch.addcmul(x, x, m.w, value=0.5),
+    "addcdiv": lambda m, x: x.addcdiv(x, m.w.abs() + 1),
+    "movedim": lambda m, x: x.movedim(0, -1),
+    "movedim_lists": lambda m, x: torch.movedim(x, (0, 2), (1, 0)),
+    "moveaxis": lambda m, x: x.moveaxis(-1, 0),
+    "swapaxes": lambda m, x: x.swapaxes(0, 2),
+    "swapdims": lambda m, x: torch.swapdims(x, 1, 2),
+    "mT": lambda m, x: x.mT,
+    "mH": lambda m, x: x.mH,
+    "adjoint": lambda m, x: x.adjoint(),
+    "narrow": lambda m, x: x.narrow(-1, 1, 2),
+    "tile": lambda m, x: x.tile((2,)),
+    "tile_leading": lambda m, x: torch.tile(x, (2, 1, 1, 1)),
 }
 
 
@@ -180,7 +193,8 @@ def test_a_composite_rewritten_computes_what_torch_does(name):
     model = Composite(COMPOSITE_CASES[name])
     ep = torch.export.export(model, (x,), strict=False)
     decompose(ep)
-    assert not [n for n in ep.graph.nodes if any(k in str(n.target) for k in ("var", "std", "log_softmax", "prelu"))]
+    # nothing left that the lowering has no converter for
+    assert not [n.target for n in ep.graph.nodes if n.op == "call_function" and n.target not in CONVERTERS]
     with torch.no_grad():
         torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
@@ -235,6 +249,35 @@ def test_a_written_out_softmax_of_attention_scores_becomes_the_attention_op(name
     g = lowered_matches(WrittenSoftmaxAttention(SOFTMAXES[name]).eval(), 16, 20)
     assert [n.op for n in g.nodes].count("attention") == 1
     assert not [n for n in g.nodes if n.op == "unary" and n.attrs["fn"] == "exp"]
+
+
+class MovedAxesAttention(torch.nn.Module):
+    """Attention whose heads are moved with movedim / swapaxes and whose keys are transposed with
+    .mT, or whose scores are a bmm over heads folded into the batch, viewed back as (B, H, T, T)."""
+
+    def __init__(self, spelling):
+        super().__init__()
+        self.block_size, self.spelling = 16, spelling
+        self.emb, self.qkv, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 24), torch.nn.Linear(8, 20)
+
+    def forward(self, idx):
+        t = idx.shape[1]
+        q, k, v = self.qkv(self.emb(idx)).unflatten(-1, (3, 2, 4)).unbind(2)  # (1, t, heads, 4) each
+        if self.spelling == "bmm":
+            q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+            att = torch.bmm(q.reshape(2, t, 4), k.reshape(2, t, 4).transpose(1, 2)).view(1, 2, t, t) / 2.0
+        else:
+            q, k, v = (x.movedim(2, 1) if self.spelling == "movedim" else x.swapaxes(1, 2) for x in (q, k, v))
+            att = q @ k.mT / 2.0
+        att = att.masked_fill(torch.ones(t, t, dtype=torch.bool).tril().logical_not(), float("-inf"))
+        return self.head((att.softmax(-1) @ v).movedim(1, 2).reshape(1, t, 8))
+
+
+@pytest.mark.parametrize("spelling", ["movedim", "swapaxes", "bmm"])
+def test_attention_with_moved_axes_or_folded_heads_becomes_the_attention_op(spelling):
+    torch.manual_seed(0)
+    g = lowered_matches(MovedAxesAttention(spelling).eval(), 16, 20)
+    assert [n.op for n in g.nodes].count("attention") == 1
 
 
 def test_a_written_out_softmax_elsewhere_is_softmax_and_other_quotients_of_exp_are_left_alone():

@@ -13,7 +13,8 @@ recognised however the model spelled them.
   axes; the matmul broadcasts over extra row axes, and columns merge only where their sizes are
   known at compile time. An equation this cannot write (a diagonal `ii`) is an error naming the node.
 - `decompose`, COMPOSITES: ops made of others (`lerp`: a + (b - a) * w; var, std, var_mean: a
-  LayerNorm written out; log_softmax; prelu), each a formula in the table.
+  LayerNorm written out; log_softmax; prelu; addcmul, addcdiv; the axis moves movedim, swapaxes
+  and mT as permutes; narrow as a slice; tile as repeat), each a formula in the table.
 - `ids_shape_only`: `torch.ones_like(ids)` and the like as `full` of the ids' sizes, a constant of
   the length (positions as `ones_like(ids).cumsum(1) - 1`).
 - `written_softmax`: `e = exp(x - x.amax(d)); e / e.sum(d)` (with or without the row max) is
@@ -164,8 +165,59 @@ def _prelu(e, x, weight):
     return e.emit(aten.where.self, e.emit(aten.gt.Scalar, x, 0.0), x, e.emit(aten.mul.Tensor, x, weight))
 
 
+def _movedim(e, x, source, destination):
+    """movedim / moveaxis: the permute that puts each source axis at its destination, the others
+    in their order."""
+    rank = x.meta["val"].dim()
+    src = [s % rank for s in ([source] if isinstance(source, int) else source)]
+    dst = [d % rank for d in ([destination] if isinstance(destination, int) else destination)]
+    perm = [None] * rank
+    for s, d in zip(src, dst):
+        perm[d] = s
+    rest = iter(i for i in range(rank) if i not in src)
+    return e.emit(aten.permute.default, x, [next(rest) if p is None else p for p in perm])
+
+
+def _swap_last(e, x):
+    """x.mT, x.mH and x.adjoint() of a real tensor: its last two axes swapped."""
+    return e.emit(aten.transpose.int, x, -2, -1)
+
+
+def _narrow(e, x, dim, start, length):
+    if not isinstance(start, int) or not isinstance(length, int):
+        e.fail("narrow with a start or length computed at run time")
+    return e.emit(aten.slice.Tensor, x, dim, start, start + length)
+
+
+def _tile(e, x, dims):
+    """tile: repeat, with ones in front for the axes `dims` leaves out."""
+    rank = x.meta["val"].dim()
+    return e.emit(aten.repeat.default, x, [1] * (rank - len(dims)) + list(dims))
+
+
+def _addcmul(e, a, b, c, *, value=1):
+    return e.emit(aten.add.Tensor, a, e.emit(aten.mul.Tensor, e.emit(aten.mul.Tensor, b, c), value))
+
+
+def _addcdiv(e, a, b, c, *, value=1):
+    return e.emit(aten.add.Tensor, a, e.emit(aten.mul.Tensor, e.emit(aten.div.Tensor, b, c), value))
+
+
 # composite ops as the ops they are made of: defined here once, so no backend needs them
 COMPOSITES = {
+    aten.movedim.int: _movedim,
+    aten.movedim.intlist: _movedim,
+    aten.moveaxis.int: _movedim,
+    aten.moveaxis.intlist: _movedim,
+    aten.swapaxes.default: lambda e, x, a, b: e.emit(aten.transpose.int, x, a, b),
+    aten.swapdims.default: lambda e, x, a, b: e.emit(aten.transpose.int, x, a, b),
+    aten.mT.default: _swap_last,
+    aten.mH.default: _swap_last,
+    aten.adjoint.default: _swap_last,
+    aten.narrow.default: _narrow,
+    aten.tile.default: _tile,
+    aten.addcmul.default: _addcmul,
+    aten.addcdiv.default: _addcdiv,
     aten.lerp.Scalar: _lerp,
     aten.lerp.Tensor: _lerp,
     aten.var.dim: _var_only,
