@@ -148,6 +148,11 @@ UNARY: dict[str, Callable] = {
     "log": lambda x, m: m.log(x),
     # exp(x) - 1 (no expm1 in WGSL): 6e-8 from the true value near 0, as absolute error
     "expm1": lambda x, m: m.exp(x) - 1.0,
+    # log(1 + x) likewise (no log1p in WGSL): 6e-8 from the true value near 0, as absolute error
+    "log1p": lambda x, m: m.log(1.0 + x),
+    "log2": lambda x, m: m.log(x) * (1.0 / math.log(2.0)),
+    "log10": lambda x, m: m.log(x) * (1.0 / math.log(10.0)),
+    "exp2": lambda x, m: m.exp(x * math.log(2.0)),
     # torch's (beta 1, threshold 20): x past 20; the clamp keeps the branch not taken finite
     "softplus": lambda x, m: m.select(m.gt(x, 20.0), x, m.log(1.0 + m.exp(m.clamp(x, -1.0e30, 20.0)))),
     "mish": lambda x, m: x * m.call("tanh", m.call("softplus", x)),
@@ -186,7 +191,7 @@ FUNCTIONS: dict[str, Callable] = {**UNARY, **BINARY}
 
 # Functions defined (real, finite) for positive arguments only (pow: base; div: divisor nonzero):
 # tests draw their inputs accordingly.
-POSITIVE_DOMAIN = ("rsqrt", "sqrt", "pow", "div", "log", "reciprocal")
+POSITIVE_DOMAIN = ("rsqrt", "sqrt", "pow", "div", "log", "reciprocal", "log1p", "log2", "log10")
 
 
 def arity(name: str) -> int:

@@ -20,6 +20,7 @@ TORCH = {
     "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,
     "gelu_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"), "exp": torch.exp, "rsqrt": torch.rsqrt,
     "sqrt": torch.sqrt, "abs": torch.abs, "log": torch.log, "expm1": torch.expm1,
+    "log1p": torch.log1p, "log2": torch.log2, "log10": torch.log10, "exp2": torch.exp2,
     "softplus": torch.nn.functional.softplus, "mish": torch.nn.functional.mish,
     "hardswish": torch.nn.functional.hardswish, "hardsigmoid": torch.nn.functional.hardsigmoid,
     "log_sigmoid": torch.nn.functional.logsigmoid, "erf": torch.erf, "reciprocal": torch.reciprocal, "sign": torch.sign,

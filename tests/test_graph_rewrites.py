@@ -171,6 +171,7 @@ COMPOSITE_CASES = {
     "log_softmax": lambda m, x: torch.log_softmax(x, -1),
     "prelu_one": lambda m, x: torch.nn.functional.prelu(x, m.w[:1]),
     "prelu_channels": lambda m, x: torch.nn.functional.prelu(x.transpose(1, 2), m.w).transpose(1, 2),
+    "amin": lambda m, x: x.amin(-1, keepdim=True) + x.amin(1, keepdim=True),
     "addcmul": lambda m, x: torch.addcmul(x, x, m.w, value=0.5),
     "addcdiv": lambda m, x: x.addcdiv(x, m.w.abs() + 1),
     "movedim": lambda m, x: x.movedim(0, -1),

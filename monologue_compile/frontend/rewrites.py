@@ -13,7 +13,7 @@ recognised however the model spelled them.
   axes; the matmul broadcasts over extra row axes, and columns merge only where their sizes are
   known at compile time. An equation this cannot write (a diagonal `ii`) is an error naming the node.
 - `decompose`, COMPOSITES: ops made of others (`lerp`: a + (b - a) * w; var, std, var_mean: a
-  LayerNorm written out; log_softmax; prelu; addcmul, addcdiv; the axis moves movedim, swapaxes
+  LayerNorm written out; log_softmax; prelu; amin; addcmul, addcdiv; the axis moves movedim, swapaxes
   and mT as permutes; narrow as a slice; tile as repeat), each a formula in the table.
 - `ids_shape_only`: `torch.ones_like(ids)` and the like as `full` of the ids' sizes, a constant of
   the length (positions as `ones_like(ids).cumsum(1) - 1`).
@@ -195,6 +195,11 @@ def _tile(e, x, dims):
     return e.emit(aten.repeat.default, x, [1] * (rank - len(dims)) + list(dims))
 
 
+def _amin(e, x, dim=(), keepdim=False):
+    """x.amin(dim): -(-x).amax(dim), the same values."""
+    return e.emit(aten.neg.default, e.emit(aten.amax.default, e.emit(aten.neg.default, x), dim, keepdim))
+
+
 def _addcmul(e, a, b, c, *, value=1):
     return e.emit(aten.add.Tensor, a, e.emit(aten.mul.Tensor, e.emit(aten.mul.Tensor, b, c), value))
 
@@ -216,6 +221,7 @@ COMPOSITES = {
     aten.adjoint.default: _swap_last,
     aten.narrow.default: _narrow,
     aten.tile.default: _tile,
+    aten.amin.default: _amin,
     aten.addcmul.default: _addcmul,
     aten.addcdiv.default: _addcdiv,
     aten.lerp.Scalar: _lerp,

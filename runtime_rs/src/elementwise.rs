@@ -19,6 +19,10 @@ pub enum Unary {
     Abs,
     Log,
     Expm1,
+    Log1p,
+    Log2,
+    Log10,
+    Exp2,
     Softplus,
     Mish,
     Hardswish,
@@ -128,6 +132,26 @@ pub fn log(x: f32) -> f32 {
 #[inline(always)]
 pub fn expm1(x: f32) -> f32 {
     (crate::math::expf(x) - 1.0_f32)
+}
+
+#[inline(always)]
+pub fn log1p(x: f32) -> f32 {
+    (1.0_f32 + x).ln()
+}
+
+#[inline(always)]
+pub fn log2(x: f32) -> f32 {
+    (x.ln() * 1.4426950216293335_f32)
+}
+
+#[inline(always)]
+pub fn log10(x: f32) -> f32 {
+    (x.ln() * 0.4342944920063019_f32)
+}
+
+#[inline(always)]
+pub fn exp2(x: f32) -> f32 {
+    crate::math::expf((x * 0.6931471824645996_f32))
 }
 
 #[inline(always)]
@@ -275,6 +299,10 @@ pub fn unary(f: Unary, x: f32) -> f32 {
         Unary::Abs => abs(x),
         Unary::Log => log(x),
         Unary::Expm1 => expm1(x),
+        Unary::Log1p => log1p(x),
+        Unary::Log2 => log2(x),
+        Unary::Log10 => log10(x),
+        Unary::Exp2 => exp2(x),
         Unary::Softplus => softplus(x),
         Unary::Mish => mish(x),
         Unary::Hardswish => hardswish(x),
@@ -326,6 +354,10 @@ pub fn unary_row(f: Unary, row: &mut [f32]) {
         Unary::Abs => row.iter_mut().for_each(|v| *v = abs(*v)),
         Unary::Log => row.iter_mut().for_each(|v| *v = log(*v)),
         Unary::Expm1 => row.iter_mut().for_each(|v| *v = expm1(*v)),
+        Unary::Log1p => row.iter_mut().for_each(|v| *v = log1p(*v)),
+        Unary::Log2 => row.iter_mut().for_each(|v| *v = log2(*v)),
+        Unary::Log10 => row.iter_mut().for_each(|v| *v = log10(*v)),
+        Unary::Exp2 => row.iter_mut().for_each(|v| *v = exp2(*v)),
         Unary::Softplus => row.iter_mut().for_each(|v| *v = softplus(*v)),
         Unary::Mish => row.iter_mut().for_each(|v| *v = mish(*v)),
         Unary::Hardswish => row.iter_mut().for_each(|v| *v = hardswish(*v)),
