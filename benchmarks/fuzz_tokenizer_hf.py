@@ -10,9 +10,9 @@ of a set of hard strings must be the same.
 Prints one JSON line: counts of `same` (both accept, same results), `DIFFERENT` (both accept, results
 differ: a bug here unless the library's behaviour is documented as not followed), `refused` (ours
 refuses with a one-line error; `refused_library_reads` of those the library reads: a feature we do
-not implement, named; the commonest such messages are listed), `library_refuses` (only ours reads it), and `CRASH` (a panic or any other
-exception: a bug), then the first failures. The library runs in a forked child: some files make it
-abort the process.
+not implement, named; the commonest such messages are listed), `library_refuses` (only ours reads
+it), and `CRASH` (a panic or any other exception: a bug), then the first failures. The library
+runs in a forked child: some files make it abort the process.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def mutated(doc: dict, rng: random.Random) -> dict:
         elif r < 0.65 and isinstance(parent, dict):
             del parent[key]
         elif r < 0.8 and isinstance(old, str):
-            parent[key] = old[: rng.randrange(len(old) + 1)] + rng.choice(["", "\\", "(", "[", "é", "\u0000", "##", "</w>"])
+            tail = rng.choice(["", "\\", "(", "[", "é", "\u0000", "##", "</w>"])
+            parent[key] = old[: rng.randrange(len(old) + 1)] + tail
         elif isinstance(old, (int, float)) and not isinstance(old, bool):
             parent[key] = rng.choice([old * 1000, -old, old + 1, 0])
         else:
