@@ -1,7 +1,8 @@
 """Fuzz the frontend and the lowering with the ways people spell a GPT block: random per-token
 programs in a nanoGPT block's MLP (activations, norms, reductions, top-k, axis moves and views), and
-random spellings of causal self-attention (fused or separate projections, head splits, where the
-scale goes, score products, masks, softmaxes, head merges, repeated KV heads). Each model is traced,
+random spellings of causal self-attention (fused or separate projections, head splits, QK norms,
+rotary embeddings, where the scale goes, score products, masks, softmaxes, head merges, repeated KV
+heads). Each model is traced,
 lowered and run by the interpreter (no quantization) against PyTorch's forward, whole and chunked.
 
     python benchmarks/fuzz_spellings.py [--kind mlp,attention] [--count 200] [--seed 0]
@@ -122,7 +123,23 @@ CHOICES = {
     "softmax": ["F", "torch", "method", "manual", "float_cast", "log_exp"],
     "merge": ["transpose_contig_view", "permute_reshape", "einsum_out", "transpose_flatten", "movedim_reshape"],
     "gqa": ["none", "repeat_interleave", "expand_reshape", "repeat_kv_cat"],
+    "rope": ["none", "rotate_half", "interleaved", "complex"],
+    "qk_norm": ["none", "rms", "layer"],
 }
+
+
+def rope(x, kind):
+    """Rotary embedding of (B, H, T, D) x from its positions, in one of the ways people write it."""
+    T, D = x.shape[2], x.shape[3]
+    freqs = torch.outer(torch.arange(T, dtype=torch.float32), 1.0 / 10000 ** (torch.arange(0, D, 2).float() / D))
+    if kind == "rotate_half":
+        cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+        return x * cos + torch.cat([-x[..., D // 2:], x[..., : D // 2]], -1) * sin
+    if kind == "interleaved":
+        a, b = x[..., ::2], x[..., 1::2]
+        return torch.stack([a * freqs.cos() - b * freqs.sin(), a * freqs.sin() + b * freqs.cos()], -1).flatten(-2)
+    z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2)) * torch.polar(torch.ones_like(freqs), freqs)
+    return torch.view_as_real(z).flatten(-2)
 
 
 class AttentionBlock(M.NanoBlock):
@@ -167,6 +184,11 @@ class AttentionBlock(M.NanoBlock):
             return t.view(B, T, h, D).transpose(1, 2).contiguous()
 
         q, k, v = heads(q), heads(k), heads(v)
+        if p["qk_norm"] != "none":
+            norm = F.rms_norm if p["qk_norm"] == "rms" else F.layer_norm
+            q, k = norm(q, (D,)), norm(k, (D,))
+        if p["rope"] != "none":
+            q, k = rope(q, p["rope"]), rope(k, p["rope"])
         if gqa:
             rep = H // self.kv_heads
             if p["gqa"] == "repeat_interleave":
