@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from .errors import MonologueError
@@ -135,7 +136,17 @@ def render(template: str, where: str, context: dict, calls: list[dict]) -> list[
         raise MonologueError(f"{where}: the template could not be rendered ({why})") from None
     if "fatal" in answer:
         raise MonologueError(f"{where}: {answer['fatal']}")
+    if answer.get("dated") and where not in _NOTED:
+        import click
+
+        _NOTED.add(where)
+        today = ", ".join(datetime.now().strftime(f) for f in answer["dated"])
+        click.echo(f"note: {where}: the template writes today's date (strftime_now); the compiled chat keeps this "
+                   f"compile's, {today}", err=True)
     return answer["results"]
+
+
+_NOTED: set[str] = set()  # templates whose date note was given
 
 
 def _limits() -> None:
@@ -146,8 +157,6 @@ def _limits() -> None:
 
 
 def _environment():
-    from datetime import datetime
-
     from jinja2.exceptions import SecurityError, TemplateError
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -174,8 +183,15 @@ def _environment():
     env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    def strftime_now(fmt):
+        DATED.append(fmt)
+        return datetime.now().strftime(fmt)
+
+    env.globals["strftime_now"] = strftime_now
     return env
+
+
+DATED: list[str] = []  # the child's strftime_now formats, as the template asked for them
 
 
 def _child() -> None:
@@ -185,7 +201,7 @@ def _child() -> None:
     _limits()
     request = json.loads(sys.stdin.read())
     try:
-        answer = {"results": [_render_one(request, call) for call in request["calls"]]}
+        answer = {"results": [_render_one(request, call) for call in request["calls"]], "dated": sorted(set(DATED))}
     except TemplateSyntaxError as e:
         answer = {"fatal": f"not a Jinja template: {e.message} (line {e.lineno})"}
     except SecurityError as e:

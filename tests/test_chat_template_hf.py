@@ -236,6 +236,21 @@ def test_other_families_reduce():
     assert tok.decode(tok.render_for_completion([{"role": "user", "content": "y"}], template=t)) == "<s>[INST] y [/INST]"
 
 
+def test_a_template_that_writes_todays_date_keeps_the_compiles_and_says_so(capfd):
+    """Llama 3.2's template writes strftime_now("%d %b %Y") into its system block: the reduced form
+    holds the date it was compiled on, and the compile says so on stderr."""
+    from datetime import datetime
+
+    template = ("{{ bos_token }}{{ '<|sys|>Today Date: ' + strftime_now('%d %b %Y') + '<|end|>' }}"
+                "{% for m in messages %}{{ '<|' + m.role + '|>' + m.content + '<|end|>' }}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+    t = reduce_template(template, "dated.jinja", {"bos_token": "<s>"})
+    today = datetime.now().strftime("%d %b %Y")
+    assert t["opening"] == f"<s><|sys|>Today Date: {today}<|end|>"
+    assert f"note: dated.jinja: the template writes today's date (strftime_now); the compiled chat keeps this " \
+        f"compile's, {today}" in capfd.readouterr().err
+
+
 def test_kept_thoughts_are_read_off_the_template():
     template = ("{% for m in messages %}<|{{ m.role }}|>{% if m.reasoning_content %}<think>{{ m.reasoning_content }}"
                 "</think>{% endif %}{{ m.content }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
