@@ -521,6 +521,33 @@ def test_missing_and_corrupt_shards_are_named(qwen3_folder, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_quantized_checkpoint_is_refused_not_read_as_floats(qwen3_folder, tmp_path):
+    """GPTQ, AWQ, bitsandbytes, FP8 or MXFP4 folders hold packed integers and scales: read as f32
+    they would be garbage, so the compile refuses them, naming the method or the tensor."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from monologue_compile.frontend.load import load
+
+    d, _ = qwen3_folder
+    quantized = tmp_path / "gptq"
+    shutil.copytree(d, quantized)
+    config = json.loads((quantized / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+    (quantized / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MonologueError, match=r"config.json: the weights are quantized \(gptq, its quantization_config"):
+        load(quantized).build_module()
+    integer = tmp_path / "int8"
+    shutil.copytree(d, integer)
+    shard = sorted(integer.glob("model-*.safetensors"))[0]
+    tensors = load_file(shard)
+    name = next(k for k in sorted(tensors) if k.endswith("proj.weight"))
+    save_file({**tensors, name: (tensors[name] * 100).to(torch.int8)}, shard)
+    with pytest.raises(MonologueError, match=f"the weights have {name} as int8, not floating point"):
+        load(integer).build_module()
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 def test_products_with_a_transposed_weight_are_linears():

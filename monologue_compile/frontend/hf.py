@@ -200,6 +200,16 @@ def build(config: dict, state_dict: dict[str, torch.Tensor],
     from transformers import AutoConfig, AutoModelForCausalLM
 
     hf = dict(config["hf"])
+    quantized = hf.get("quantization_config")
+    if quantized:
+        method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
+        raise MonologueError(f"config.json: the weights are quantized ({method}, its quantization_config), which "
+                             "is not read: compile the unquantized weights (f32, bf16 or f16); monologue quantizes "
+                             "them itself (--quant)")
+    integer = next((k for k, v in state_dict.items() if k.endswith(".weight") and not v.is_floating_point()), None)
+    if integer is not None:
+        raise MonologueError(f"the weights have {integer} as {str(state_dict[integer].dtype).replace('torch.', '')}, "
+                             "not floating point (a quantized checkpoint?): compile the unquantized weights")
     cfg = AutoConfig.for_model(hf.pop("model_type"), **hf)
     try:
         with parameters_on_meta():
