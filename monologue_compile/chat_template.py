@@ -177,16 +177,16 @@ def _environment():
     def raise_exception(message):
         raise TemplateError(message)
 
+    def strftime_now(fmt):
+        DATED.append(fmt)
+        return datetime.now().strftime(fmt)
+
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
-    def strftime_now(fmt):
-        DATED.append(fmt)
-        return datetime.now().strftime(fmt)
-
     env.globals["strftime_now"] = strftime_now
     return env
 
