@@ -145,6 +145,40 @@ class PairsAfterTranspose(nn.Module):
         return self.out(pairs.reshape(1, H, T, D).transpose(1, 2).reshape(1, T, C))
 
 
+class PairsThenRepeatedHeads(nn.Module):
+    """An interleaved rotary in (B, H, T, D) (pairs split, rotated, merged back) then GQA by
+    repeat_interleave: the pairs' merge and the repeat's unsqueeze fold into one reshape, which is
+    taken apart again so that the repeat is the attention's KV grouping and the transpose sinks."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.emb, self.out = nn.Embedding(V, C), nn.Linear(C, V)
+        self.q, self.k, self.v = nn.Linear(C, C), nn.Linear(C, HKV * D), nn.Linear(C, HKV * D)
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.emb(idx)
+        q = self.q(x).view(1, T, H, D).transpose(1, 2)
+        k = self.k(x).view(1, T, HKV, D).transpose(1, 2)
+        v = self.v(x).view(1, T, HKV, D).transpose(1, 2)
+        angle = torch.arange(T, dtype=torch.float32)[:, None] / 10 ** torch.arange(D // 2, dtype=torch.float32)
+        a, b = k[..., ::2], k[..., 1::2]
+        k = torch.stack([a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()], -1).flatten(-2)
+        k, v = k.repeat_interleave(H // HKV, dim=1), v.repeat_interleave(H // HKV, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(1, T, C))
+
+
+def test_a_reshape_that_merges_kept_axes_and_adds_an_axis_of_one_is_taken_apart():
+    model = PairsThenRepeatedHeads()
+    logits_match(model, compiled(model))
+    g = compiled(model, "int8")
+    assert [n.attrs["n_kv_head"] for n in g.nodes if n.op == "attention"] == [HKV]
+    assert not [n for n in g.nodes if n.op == "permute"]
+    generate(g)  # refused before: "cannot move it past %repeat_interleave__unit (reshape)"
+
+
 class HeadGroupsAfterTranspose(nn.Module):
     """The heads split into two groups after the transpose: a reshape of an axis the permute moves,
     which no permute passes."""

@@ -184,8 +184,10 @@ def _swap_last(e, x):
 
 
 def _narrow(e, x, dim, start, length):
+    """narrow by numbers: a slice. By the length (`x.narrow(1, T - 1, 1)`, the last position) it is
+    left for last_position.py, which knows that one."""
     if not isinstance(start, int) or not isinstance(length, int):
-        e.fail("narrow with a start or length computed at run time")
+        return None
     return e.emit(aten.slice.Tensor, x, dim, start, start + length)
 
 
@@ -248,7 +250,9 @@ def decompose(ep: torch.export.ExportedProgram) -> None:
             e.become(e.contract(*n.args))
         else:
             e = _Emitter(ep.graph, n)
-            e.become(COMPOSITES[n.target](e, *n.args, **n.kwargs))
+            made = COMPOSITES[n.target](e, *n.args, **n.kwargs)
+            if made is not None:  # None: the composite leaves this one as it is
+                e.become(made)
     if nodes:
         ep.graph_module.recompile()
 

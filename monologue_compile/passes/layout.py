@@ -10,6 +10,9 @@ Every activation becomes `(1, T, ...)`:
    h // groups, which is that repeat. KV heads repeated as a block (`k.repeat(1, groups, 1, 1)`,
    einops' `(r h)`: h reads h % n_kv) become the same, with the query heads regrouped before the
    attention and its output's heads put back after it.
+   (A reshape that both merges dims and moves axes of 1, as a merge of rotary pairs folded with
+   repeat_interleave's unsqueeze, is taken apart first by `split_mixed_reshapes`, so the repeat is
+   found whole.)
 3. `sink_permutes`: a permute that moves T off axis 1 (HF's `view(1, T, H, D).transpose(1, 2)`) is
    pushed down through every op that commutes with it (one rule table, `SINK`), the op rewritten to
    work on the unpermuted value, until it reaches attention (which takes the permute into its
@@ -231,6 +234,27 @@ SINK = {
 _WEIGHT_INPUTS = {"rms_norm": 1, "layer_norm": 1, "linear": 1}
 
 
+def split_mixed_reshapes(g: Graph) -> Graph:
+    """A reshape that changes both the dims of more than 1 and where the axes of 1 sit (pairs merged
+    back, then repeat_interleave's unsqueeze, folded into one) as two: to the leading 1s then its dims
+    of more than 1, then the axes of 1 alone. A repeat_kv is then found whole, and a permute sinks
+    through each part."""
+    for n in list(g.nodes):
+        if n.op != "reshape" or not n.inputs:
+            continue
+        src, out = g.type_of(n.inputs[0]).shape, n.type.shape
+        big = [d for d in out if d != 1]
+        lead = next((i for i, d in enumerate(src) if d != 1), len(src))
+        shape = (1,) * lead + tuple(big)
+        if [d for d in src if d != 1] == big or shape == tuple(out):
+            continue
+        dims = Node(g.fresh(n.name + "_dims"), "reshape", list(n.inputs), {"shape": list(shape)},
+                    TensorType(shape, n.type.dtype), n.source)
+        g.nodes.insert(g.nodes.index(n), dims)
+        n.inputs = [dims.name]
+    return g
+
+
 class _Sinker:
     def __init__(self, g: Graph):
         self.g = g
@@ -368,4 +392,5 @@ def sink_permutes(g: Graph) -> Graph:
 
 
 def layout(g: Graph) -> Graph:
-    return unit_permutes_as_reshapes(sink_permutes(fold_repeat_kv(split_unit_reshapes(batch_one(g)))))
+    g = fold_repeat_kv(split_mixed_reshapes(split_unit_reshapes(batch_one(g))))
+    return unit_permutes_as_reshapes(sink_permutes(g))
