@@ -179,6 +179,36 @@ def test_a_reshape_that_merges_kept_axes_and_adds_an_axis_of_one_is_taken_apart(
     generate(g)  # refused before: "cannot move it past %repeat_interleave__unit (reshape)"
 
 
+class RepeatedThenScaled(nn.Module):
+    """repeat_kv first, then per-element ops on the repeated keys (a scale, a position table added):
+    they commute with the repeat, so the repeat is still the attention's KV grouping."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.emb, self.out = nn.Embedding(V, C), nn.Linear(C, V)
+        self.q, self.k, self.v = nn.Linear(C, C), nn.Linear(C, HKV * D), nn.Linear(C, HKV * D)
+        self.pos = nn.Parameter(torch.randn(S, D))
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.emb(idx)
+        q = self.q(x).view(1, T, H, D).transpose(1, 2)
+        k = self.k(x).view(1, T, HKV, D).transpose(1, 2).repeat_interleave(H // HKV, dim=1)
+        v = self.v(x).view(1, T, HKV, D).transpose(1, 2).repeat_interleave(H // HKV, dim=1)
+        k = torch.tanh(k * 0.7 + self.pos[:T])
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(1, T, C))
+
+
+def test_per_element_ops_after_a_kv_repeat_are_applied_before_it():
+    model = RepeatedThenScaled()
+    logits_match(model, compiled(model))
+    g = compiled(model, "int8")
+    assert [n.attrs["n_kv_head"] for n in g.nodes if n.op == "attention"] == [HKV]
+    generate(g)  # refused before: "cannot move it past %repeat_interleave (reshape)"
+
+
 class HeadGroupsAfterTranspose(nn.Module):
     """The heads split into two groups after the transpose: a reshape of an axis the permute moves,
     which no permute passes."""

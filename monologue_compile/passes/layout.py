@@ -12,7 +12,8 @@ Every activation becomes `(1, T, ...)`:
    attention and its output's heads put back after it.
    (A reshape that both merges dims and moves axes of 1, as a merge of rotary pairs folded with
    repeat_interleave's unsqueeze, is taken apart first by `split_mixed_reshapes`, so the repeat is
-   found whole.)
+   found whole; per-element ops between the repeat and the attention, k * scale or a rotary after
+   repeat_kv, are applied to the unrepeated heads instead.)
 3. `sink_permutes`: a permute that moves T off axis 1 (HF's `view(1, T, H, D).transpose(1, 2)`) is
    pushed down through every op that commutes with it (one rule table, `SINK`), the op rewritten to
    work on the unpermuted value, until it reaches attention (which takes the permute into its
@@ -104,6 +105,35 @@ def _repeat_source(g: Graph, by_name: dict, name: str, head: int) -> tuple[str, 
     return None
 
 
+_PER_ELEMENT = ("unary", "binary", "elementwise")
+
+
+def _through_per_element(g: Graph, by_name: dict, name: str, head: int, at: Node) -> tuple[str, int, bool] | None:
+    """_repeat_source of `name`, looking through per-element ops after the repeat whose other
+    operands do not vary along the heads (k * scale, a norm or rotary applied after repeat_kv): each
+    such op is applied to the unrepeated heads instead (a new node before `at`), as it commutes with
+    the repeat."""
+    found = _repeat_source(g, by_name, name, head)
+    n = by_name.get(name)
+    if found is not None or n is None or n.op not in _PER_ELEMENT or not n.inputs:
+        return found
+    rank = len(n.type.shape)
+    for o in n.inputs[1:]:  # broadcast from the right: its head axis, if it reaches that far, is 1
+        shape = g.type_of(o).shape
+        if len(shape) > rank - head and shape[head - (rank - len(shape))] != 1:
+            return None
+    found = _through_per_element(g, by_name, n.inputs[0], head, at)
+    if found is None:
+        return None
+    x, groups, tiled = found
+    shape = tuple(n.type.shape[:head]) + (g.type_of(x).shape[head],) + tuple(n.type.shape[head + 1:])
+    twin = Node(g.fresh(n.name + "_kv"), n.op, [x] + list(n.inputs[1:]), dict(n.attrs),
+                TensorType(shape, n.type.dtype), n.source)
+    g.nodes.insert(g.nodes.index(at), twin)
+    by_name[twin.name] = twin
+    return twin.name, groups, tiled
+
+
 def fold_repeat_kv(g: Graph) -> Graph:
     """Query head h reads KV head h // groups (the attention op's grouping). KV heads repeated as a
     block (tiled: h reads h % n_kv) are the same grouping with the query heads reordered, n_kv
@@ -113,7 +143,7 @@ def fold_repeat_kv(g: Graph) -> Graph:
         if n.op != "attention":
             continue
         head = 1 if n.attrs["layout"] == "BHTD" else 2
-        found = [_repeat_source(g, by_name, i, head) for i in n.inputs[1:]]
+        found = [_through_per_element(g, by_name, i, head, n) for i in n.inputs[1:]]
         if None in found or found[0][1:] != found[1][1:]:
             continue
         (k, groups, tiled), (v, _, _) = found
