@@ -145,47 +145,13 @@ class PairsAfterTranspose(nn.Module):
         return self.out(pairs.reshape(1, H, T, D).transpose(1, 2).reshape(1, T, C))
 
 
-class PairsThenRepeatedHeads(nn.Module):
-    """An interleaved rotary in (B, H, T, D) (pairs split, rotated, merged back) then GQA by
-    repeat_interleave: the pairs' merge and the repeat's unsqueeze fold into one reshape, which is
-    taken apart again so that the repeat is the attention's KV grouping and the transpose sinks."""
+class GroupedQueryAttention(nn.Module):
+    """GQA whose KV heads reach the attention through `keys` (then repeat_interleave, where `keys` does
+    not repeat them itself)."""
 
-    def __init__(self):
+    def __init__(self, seed):
         super().__init__()
-        torch.manual_seed(3)
-        self.emb, self.out = nn.Embedding(V, C), nn.Linear(C, V)
-        self.q, self.k, self.v = nn.Linear(C, C), nn.Linear(C, HKV * D), nn.Linear(C, HKV * D)
-
-    def forward(self, idx):
-        T = idx.shape[1]
-        x = self.emb(idx)
-        q = self.q(x).view(1, T, H, D).transpose(1, 2)
-        k = self.k(x).view(1, T, HKV, D).transpose(1, 2)
-        v = self.v(x).view(1, T, HKV, D).transpose(1, 2)
-        angle = torch.arange(T, dtype=torch.float32)[:, None] / 10 ** torch.arange(D // 2, dtype=torch.float32)
-        a, b = k[..., ::2], k[..., 1::2]
-        k = torch.stack([a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()], -1).flatten(-2)
-        k, v = k.repeat_interleave(H // HKV, dim=1), v.repeat_interleave(H // HKV, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(1, T, C))
-
-
-def test_a_reshape_that_merges_kept_axes_and_adds_an_axis_of_one_is_taken_apart():
-    model = PairsThenRepeatedHeads()
-    logits_match(model, compiled(model))
-    g = compiled(model, "int8")
-    assert [n.attrs["n_kv_head"] for n in g.nodes if n.op == "attention"] == [HKV]
-    assert not [n for n in g.nodes if n.op == "permute"]
-    generate(g)  # refused before: "cannot move it past %repeat_interleave__unit (reshape)"
-
-
-class RepeatedThenScaled(nn.Module):
-    """repeat_kv first, then per-element ops on the repeated keys (a scale, a position table added):
-    they commute with the repeat, so the repeat is still the attention's KV grouping."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(4)
+        torch.manual_seed(seed)
         self.emb, self.out = nn.Embedding(V, C), nn.Linear(C, V)
         self.q, self.k, self.v = nn.Linear(C, C), nn.Linear(C, HKV * D), nn.Linear(C, HKV * D)
         self.pos = nn.Parameter(torch.randn(S, D))
@@ -193,20 +159,39 @@ class RepeatedThenScaled(nn.Module):
     def forward(self, idx):
         T = idx.shape[1]
         x = self.emb(idx)
-        q = self.q(x).view(1, T, H, D).transpose(1, 2)
-        k = self.k(x).view(1, T, HKV, D).transpose(1, 2).repeat_interleave(H // HKV, dim=1)
-        v = self.v(x).view(1, T, HKV, D).transpose(1, 2).repeat_interleave(H // HKV, dim=1)
-        k = torch.tanh(k * 0.7 + self.pos[:T])
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        q, k, v = (p(x).view(1, T, -1, D).transpose(1, 2) for p in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, self.keys(k, T), v.repeat_interleave(H // HKV, dim=1), is_causal=True)
         return self.out(y.transpose(1, 2).reshape(1, T, C))
 
 
-def test_per_element_ops_after_a_kv_repeat_are_applied_before_it():
-    model = RepeatedThenScaled()
+class PairsThenRepeatedHeads(GroupedQueryAttention):
+    """An interleaved rotary in (B, H, T, D) (pairs split, rotated, merged back) then GQA by
+    repeat_interleave: the pairs' merge and the repeat's unsqueeze fold into one reshape, which is
+    taken apart again so that the repeat is the attention's KV grouping and the transpose sinks."""
+
+    def keys(self, k, T):
+        angle = torch.arange(T, dtype=torch.float32)[:, None] / 10 ** torch.arange(D // 2, dtype=torch.float32)
+        a, b = k[..., ::2], k[..., 1::2]
+        k = torch.stack([a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()], -1).flatten(-2)
+        return k.repeat_interleave(H // HKV, dim=1)
+
+
+class RepeatedThenScaled(GroupedQueryAttention):
+    """repeat_kv first, then per-element ops on the repeated keys (a scale, a position table added):
+    they commute with the repeat, so the repeat is still the attention's KV grouping."""
+
+    def keys(self, k, T):
+        return torch.tanh(k.repeat_interleave(H // HKV, dim=1) * 0.7 + self.pos[:T])
+
+
+@pytest.mark.parametrize("model", [PairsThenRepeatedHeads(3), RepeatedThenScaled(4)], ids=lambda m: type(m).__name__)
+def test_a_kv_repeat_behind_a_rotary_or_per_element_ops_is_still_gqa(model):
+    """Both were refused by native, wasm and WGSL: "cannot move it past %repeat_interleave (reshape)"."""
     logits_match(model, compiled(model))
     g = compiled(model, "int8")
     assert [n.attrs["n_kv_head"] for n in g.nodes if n.op == "attention"] == [HKV]
-    generate(g)  # refused before: "cannot move it past %repeat_interleave (reshape)"
+    assert not [n for n in g.nodes if n.op == "permute"]
+    generate(g)
 
 
 class HeadGroupsAfterTranspose(nn.Module):
