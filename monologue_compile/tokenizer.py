@@ -373,12 +373,12 @@ def _added_ids_as_tokenizers_gives(text: str) -> str:
         if isinstance(vocab, list):  # Unigram: [piece, score] pairs, ids in order
             vocab = {pair[0]: i for i, pair in enumerate(vocab)}
         given: dict[str, int] = {}
-        moved = False
+        moved, top = False, -1  # the largest id given so far (a running max: files hold thousands)
         for token in added:
             content = token["content"]
             if content not in given:
-                top = max(given.values(), default=None)
-                given[content] = vocab.get(content, size if top is None or top < size else top + 1)
+                given[content] = vocab.get(content, size if top < size else top + 1)
+                top = max(top, given[content])
             moved = moved or token["id"] != given[content]
             token["id"] = given[content]
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
