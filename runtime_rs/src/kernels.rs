@@ -158,7 +158,7 @@ pub fn apply_steps_over(row: &mut [f32], t: usize, steps: &[Step], own: &[f32]) 
 /// largest value). DESIGN.md asks for f32 accumulation; this is as precise and faster. Measured per
 /// core against f32 products: V8 1.8 -> 16 G multiply-adds/s (it widens int8 to f32 slowly),
 /// AVX2 20 -> 28-35 in cache.
-mod fixed {
+pub(crate) mod fixed {
     use super::Layout;
 
     /// Each run of `group` values as v = hi * 4096 + lo (|v| <= 2^23), in units of
@@ -372,7 +372,7 @@ mod fixed {
     pub const TILE: usize = 2048;
 
     /// The pieces of columns [a, b) cut at multiples of `step`.
-    fn pieces(a: usize, b: usize, step: usize) -> impl Iterator<Item = (usize, usize)> {
+    pub(crate) fn pieces(a: usize, b: usize, step: usize) -> impl Iterator<Item = (usize, usize)> {
         let mut s = a;
         core::iter::from_fn(move || {
             let e = b.min((s / step + 1) * step);
@@ -1074,6 +1074,9 @@ mod fixed {
         const AVX2: u8 = 0;
         const AVX512_VNNI: u8 = 1;
         const AVX_VNNI: u8 = 2;
+        /// AVX-512 VNNI's kernels, and prefill's int8 products on AMX's tiles where
+        /// `crate::amx::takes` them.
+        const AVX512_VNNI_AMX: u8 = 3;
 
         /// acc + the four u8 x i8 products of a's and b's bytes in each i32 lane: vpdpbusd. (AVX2
         /// has none; `lanes8_x86` sums its vpmaddubsw pairs itself. The fallback here gives the
@@ -1156,21 +1159,25 @@ mod fixed {
                         }
                         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni") {
                             all.push(KernelSet { level: AVX512_VNNI });
+                            if crate::amx::available() {
+                                all.push(KernelSet { level: AVX512_VNNI_AMX });
+                            }
                         }
                     }
                 }
                 all
             }
 
-            /// The last of `levels`, or the plain AVX2 set where the environment has
-            /// MONOLOGUE_X86_KERNELS=avx2 (for benchmarks: both sets on one machine); decided once.
+            /// The last of `levels`, or the set the environment names in MONOLOGUE_X86_KERNELS
+            /// (`name`'s: "avx2", "avx512-vnni", ..; for benchmarks, several sets on one machine;
+            /// a name this CPU lacks picks the last); decided once.
             pub fn detect() -> Option<KernelSet> {
                 use core::sync::atomic::Ordering;
                 let mut level = DETECTED.load(Ordering::Relaxed);
                 if level == 0xff {
                     let all = KernelSet::levels();
-                    let plain = std::env::var("MONOLOGUE_X86_KERNELS").map_or(false, |v| v == "avx2");
-                    let pick = if plain { all.first() } else { all.last() };
+                    let named = std::env::var("MONOLOGUE_X86_KERNELS").ok().and_then(|v| all.iter().find(|k| k.name() == v));
+                    let pick = named.or(all.last());
                     level = pick.map_or(0xfe, |k| k.level);
                     DETECTED.store(level, Ordering::Relaxed);
                 }
@@ -1181,6 +1188,7 @@ mod fixed {
             pub fn name(&self) -> &'static str {
                 match self.level {
                     AVX512_VNNI => "avx512-vnni",
+                    AVX512_VNNI_AMX => "avx512-vnni+amx",
                     AVX_VNNI => "avx-vnni",
                     _ => "avx2",
                 }
@@ -1191,7 +1199,21 @@ mod fixed {
             pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, layout: Layout, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
                 match self.level {
                     #[cfg(monologue_vnni)]
-                    AVX512_VNNI => rows_avx512_vnni(x, t, width, group, layout, bits, q, n, first, scale, ys),
+                    AVX512_VNNI_AMX if crate::amx::takes(t, width, group, layout == Layout::Blocks4, bits) => {
+                        // whole 16-row groups of the blocks on the tiles, the rows after them as
+                        // AVX-512 VNNI's
+                        let end = first + ys.len() / t;
+                        let tiled = first + (end.min(layout.blocked_rows(n)).max(first) - first) / 16 * 16;
+                        let (head, tail) = ys.split_at_mut((tiled - first) * t);
+                        if tiled > first {
+                            crate::amx::prefill(x, t, width, group, &q[..layout.blocked_rows(n) * width], layout.blocked_rows(n), first..tiled, scale, head);
+                        }
+                        if tiled < end {
+                            rows_avx512_vnni(x, t, width, group, layout, bits, q, n, tiled, scale, tail);
+                        }
+                    }
+                    #[cfg(monologue_vnni)]
+                    AVX512_VNNI | AVX512_VNNI_AMX => rows_avx512_vnni(x, t, width, group, layout, bits, q, n, first, scale, ys),
                     #[cfg(monologue_vnni)]
                     AVX_VNNI => rows_avx_vnni(x, t, width, group, layout, bits, q, n, first, scale, ys),
                     _ => rows_avx2(x, t, width, group, layout, bits, q, n, first, scale, ys),
@@ -3221,9 +3243,10 @@ mod tests {
     fn prefill_gives_the_per_token_bits() {
         // T tokens at once (token chunks, two tokens per block pass, an odd one left) equal each
         // token alone through the scalar kernels, bit for bit: int8 and int4; groups of 16 to
-        // wider than a tile and straddling tiles; leftover rows; T = 2..9 and past a chunk
+        // wider than a tile and straddling tiles; leftover rows; T = 2..9 and past a chunk; and
+        // the shapes AMX takes (16-row groups, 64-column steps; chunks of 32 tokens at 2048)
         let mut s = 23u64;
-        let cases = [(14usize, 208usize, 16usize, 9usize), (9, 208, 208, 9), (20, 96, 32, 9), (12, 4160, 64, 37), (7, 4800, 2400, 5), (6, 4608, 4608, 3), (5, 48, 48, 400)];
+        let cases = [(14usize, 208usize, 16usize, 9usize), (9, 208, 208, 9), (20, 96, 32, 9), (12, 4160, 64, 37), (7, 4800, 2400, 5), (6, 4608, 4608, 3), (5, 48, 48, 400), (36, 4160, 64, 37), (20, 896, 896, 40), (24, 4608, 4608, 20), (16, 2048, 1024, 40)];
         for (n, k, group, most) in cases {
             let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut s) * 7.99) as i8).collect();
             let packed: Vec<i8> = q.chunks_exact(2).map(|p| (p[0] & 0x0f) | (p[1] << 4)).collect();

@@ -2,6 +2,8 @@
 //! and the chat template, behind a C ABI shared by Python (cffi) and wasm.
 //! Zero crate dependencies; builds with Rust 1.63 (Debian's wasm32 toolchain).
 
+#[cfg(all(target_arch = "x86_64", monologue_vnni))]
+pub mod amx;
 pub mod base64;
 pub mod bpe;
 pub mod chat;
