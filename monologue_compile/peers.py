@@ -122,7 +122,7 @@ def _native_worker(lib: str, dist: str, cores: str, prompt_len: int, steps: int)
 
 
 class Native(Engine):
-    def __init__(self, dist: Path, g, threads: int, name: str, plain_avx2: bool = False):
+    def __init__(self, dist: Path, g, threads: int, name: str, kernels: str | None = None):
         from .backends.rust_crate import build_native, trusted_crate
 
         cores = sorted(os.sched_getaffinity(0))
@@ -133,7 +133,7 @@ class Native(Engine):
         code = "import sys; from monologue_compile.peers import _native_worker as w; w(*sys.argv[1:4], *map(int, sys.argv[4:]))"
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(lib), str(dist),
                                       ",".join(map(str, cores[:threads])), str(PROMPT), str(STEPS)],
-                                     env=dict(os.environ, **({"MONOLOGUE_X86_KERNELS": "avx2"} if plain_avx2 else {})),
+                                     env=dict(os.environ, **({"MONOLOGUE_X86_KERNELS": kernels} if kernels else {})),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.kernels = self._answer()["kernels"]  # the int8 kernel set the runtime picked
 
@@ -220,22 +220,26 @@ def our_engines(dist: Path, label: str = "ours", rust: bool = True, wasm: bool =
                 wgsl: bool = True) -> tuple[list[Engine], list[str]]:
     """Native (1, 2 threads), wasm and WGSL on DIST, named by its quantization scheme ("ours native
     int4-g32"); the ones that could not start as lines. Where the runtime picks VNNI kernels, also
-    native on one thread capped at the AVX2 kernels, to show what VNNI gives."""
+    native on one thread capped at the AVX2 kernels, to show what VNNI gives; where it picks AMX's
+    prefill, one capped at AVX-512 VNNI, to show what AMX gives."""
     from .artifact import load_model
 
     g, manifest, _ = load_model(dist)
     native, web, gpu = (f"{label} {kind} {manifest['model'].get('quant', 'int8')}" for kind in ("native", "wasm", "WGSL"))
     engines, failed = [], []
 
-    def plain_avx2():
-        picked = next((e.kernels for e in engines if isinstance(e, Native)), None)
-        if picked is None or "vnni" not in picked:
-            raise CannotRun(f"the runtime picks the {picked or 'unknown'} kernels here, not VNNI")
-        return Native(dist, g, 1, f"{native} AVX2 kernels", True)
+    def capped(kernels: str, title: str, beyond: str):
+        def make():
+            picked = next((e.kernels for e in engines if isinstance(e, Native)), None)
+            if picked is None or beyond not in picked:
+                raise CannotRun(f"the runtime picks the {picked or 'unknown'} kernels here, not {beyond.upper()}")
+            return Native(dist, g, 1, f"{native} {title} kernels", kernels)
+        return make
 
     for what, make, on in ((f"{native}, 1 thread", lambda: Native(dist, g, 1, native), rust),
                            (f"{native}, 2 threads", lambda: Native(dist, g, 2, native), rust),
-                           (f"{native} AVX2 kernels, 1 thread", plain_avx2, rust),
+                           (f"{native} AVX2 kernels, 1 thread", capped("avx2", "AVX2", "vnni"), rust),
+                           (f"{native} AVX-512 VNNI kernels, 1 thread", capped("avx512-vnni", "AVX-512 VNNI", "amx"), rust),
                            (f"{web} (Node)", lambda: Wasm(dist, g, f"{web} (Node)"), rust and wasm),
                            (gpu, lambda: Wgsl(dist, g, gpu), wgsl)):
         if not on:
@@ -391,7 +395,8 @@ def gguf_files(folder: Path) -> dict[str, Path]:
 def _run(cmd: list[str], what: str) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
-        raise CannotRun(f"{what} failed: " + ((r.stderr or r.stdout).strip().splitlines() or ["?"])[-1][:240])
+        said = ((r.stderr or r.stdout).strip().splitlines() or [f"exit status {r.returncode}"])[-1][:240]
+        raise CannotRun(f"{what} failed: " + (f"killed by signal {-r.returncode}" if r.returncode < 0 else said))
     return r.stdout
 
 
@@ -422,10 +427,23 @@ class LlamaCpp(Engine):
         self.name = f"llama.cpp {quant}"
         self.bin = llama_cpp_dirs()[1] / "llama-bench"
         self.bytes_per_token = gguf_bytes_per_token(gguf)
+        self.repack: list[str] = []
 
     def _ts(self, *args: str) -> float:
-        out = _run([str(self.bin), "-m", str(self.gguf), "-t", str(self.threads), "-r", "1", "-o", "json", *args],
-                   "llama-bench")
+        def run() -> str:
+            return _run([str(self.bin), "-m", str(self.gguf), "-t", str(self.threads), "-r", "1", "-o", "json",
+                         *self.repack, *args], "llama-bench")
+        try:
+            out = run()
+        except CannotRun:
+            # llama.cpp 0c1e570 built natively on an AMX CPU (Sapphire Rapids) segfaults in its
+            # default weight repacking (its AMX buffers), every Q8_0 / Q4_0 run: time it without,
+            # from here on, and say so in its name
+            if self.repack:
+                raise
+            self.repack = ["--repack", "0"]
+            self.name += " (--repack 0: its default crashed)"
+            out = run()
         return float(json.loads(out)[0]["avg_ts"])
 
     def measure(self):
@@ -634,7 +652,8 @@ def table(rows: list[dict], bandwidth: float, failed: list[str], title: str = ""
           ratios: tuple = LLAMA_CPP_RATIOS) -> str:
     """One line per engine: best/median tok/s, ratios to the RATIOS reference engines (its row at
     the same thread count, else its one-thread row), decode's share of the bandwidth roofline."""
-    ref = {(r["engine"], r["threads"]): r for r in rows if "decode_best" in r}
+    # (a reference's name may carry a note in parentheses: "llama.cpp Q8_0 (--repack 0: ..)")
+    ref = {(r["engine"].split(" (")[0], r["threads"]): r for r in rows if "decode_best" in r}
 
     def ratio(r, name, key):
         q = ref.get((name, r["threads"])) or ref.get((name, 1))
