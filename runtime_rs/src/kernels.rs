@@ -1199,14 +1199,14 @@ pub(crate) mod fixed {
             pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, layout: Layout, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
                 match self.level {
                     #[cfg(monologue_vnni)]
-                    AVX512_VNNI_AMX if crate::amx::takes(t, width, group, layout == Layout::Blocks4, bits) => {
+                    AVX512_VNNI_AMX if crate::amx::takes(t, width, group, layout, bits) => {
                         // whole 16-row groups of the blocks on the tiles, the rows after them as
                         // AVX-512 VNNI's
                         let end = first + ys.len() / t;
                         let tiled = first + (end.min(layout.blocked_rows(n)).max(first) - first) / 16 * 16;
                         let (head, tail) = ys.split_at_mut((tiled - first) * t);
                         if tiled > first {
-                            crate::amx::prefill(x, t, width, group, &q[..layout.blocked_rows(n) * width], layout.blocked_rows(n), first..tiled, scale, head);
+                            crate::amx::prefill(x, t, width, group, layout, q, layout.blocked_rows(n), first..tiled, scale, head);
                         }
                         if tiled < end {
                             rows_avx512_vnni(x, t, width, group, layout, bits, q, n, tiled, scale, tail);
@@ -3131,7 +3131,9 @@ mod tests {
         // +-2^23 of its group (`mixed`: both signs in every group, the kernels' `Terms::wide`) or
         // all at +2^23
         let mut s = 41u64;
-        let cases = [(21usize, 96usize, 32usize, 3usize), (1030, 256, 32, 3), (16, 4160, 64, 37), (13, 2048, 1024, 2), (8, 4096, 128, 5), (9, 64, 64, 1)];
+        // (and the shapes AMX takes: 16-row groups, at least 8 tokens, 32-column steps for 32-wide
+        // groups and 96-wide rows)
+        let cases = [(21usize, 96usize, 32usize, 3usize), (1030, 256, 32, 3), (16, 4160, 64, 37), (13, 2048, 1024, 2), (8, 4096, 128, 5), (9, 64, 64, 1), (40, 96, 32, 20), (32, 4096, 128, 17)];
         assert!(!lanes8_fits(16, 2048, 2048));
         for (n, k, group, most) in cases {
             assert!(lanes8_fits(n, k, group));
