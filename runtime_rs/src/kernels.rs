@@ -1077,6 +1077,28 @@ pub(crate) mod fixed {
         /// AVX-512 VNNI's kernels, and prefill's int8 products on AMX's tiles where
         /// `crate::amx::takes` them.
         const AVX512_VNNI_AMX: u8 = 3;
+        /// A flag on any set: the weight stream's software prefetches go to L2 (`prefetcht1`), not
+        /// non-temporally to L1 (`prefetchnta`). On AMD (Zen 1) NTA kept the stream from evicting
+        /// the activations from L1 (d20 decode 30 -> 41 tok/s against no prefetch); on an Intel
+        /// Xeon with AMX it ran int8 decode from memory at half of T1's speed (8.4 against 12-28 G
+        /// weights/s, the int4 g32 table 12.5 against 21-26) and in L2 at 0.8x. `levels` sets
+        /// it on Intel CPUs.
+        const L2_PREFETCH: u8 = 0x10;
+
+        /// The instruction set of a level, without the prefetch flag.
+        const fn isa(level: u8) -> u8 {
+            level & !L2_PREFETCH
+        }
+
+        /// Prefetches the line at p for the weight stream of set L (see `L2_PREFETCH`).
+        #[inline(always)]
+        unsafe fn prefetch<const L: u8>(p: *const i8) {
+            if L & L2_PREFETCH != 0 {
+                _mm_prefetch(p, _MM_HINT_T1);
+            } else {
+                _mm_prefetch(p, _MM_HINT_NTA);
+            }
+        }
 
         /// acc + the four u8 x i8 products of a's and b's bytes in each i32 lane: vpdpbusd. (AVX2
         /// has none; `lanes8_x86` sums its vpmaddubsw pairs itself. The fallback here gives the
@@ -1085,10 +1107,10 @@ pub(crate) mod fixed {
         unsafe fn dpb<const L: u8>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
             #[cfg(monologue_vnni)]
             {
-                if L == AVX512_VNNI {
+                if isa(L) == AVX512_VNNI {
                     return _mm256_dpbusd_epi32(acc, a, b);
                 }
-                if L == AVX_VNNI {
+                if isa(L) == AVX_VNNI {
                     return _mm256_dpbusd_avx_epi32(acc, a, b);
                 }
             }
@@ -1100,10 +1122,10 @@ pub(crate) mod fixed {
         unsafe fn dp<const L: u8>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
             #[cfg(monologue_vnni)]
             {
-                if L == AVX512_VNNI {
+                if isa(L) == AVX512_VNNI {
                     return _mm256_dpwssd_epi32(acc, a, b);
                 }
-                if L == AVX_VNNI {
+                if isa(L) == AVX_VNNI {
                     return _mm256_dpwssd_avx_epi32(acc, a, b);
                 }
             }
@@ -1132,15 +1154,28 @@ pub(crate) mod fixed {
             };
         }
         entry!(rows_avx2, tile_x2_avx2, AVX2, "avx2");
+        entry!(rows_avx2_l2, tile_x2_avx2_l2, AVX2 | L2_PREFETCH, "avx2");
         #[cfg(monologue_vnni)]
         entry!(rows_avx512_vnni, tile_x2_avx512_vnni, AVX512_VNNI, "avx2,avx512f,avx512vl,avx512vnni");
         #[cfg(monologue_vnni)]
+        entry!(rows_avx512_vnni_l2, tile_x2_avx512_vnni_l2, AVX512_VNNI | L2_PREFETCH, "avx2,avx512f,avx512vl,avx512vnni");
+        #[cfg(monologue_vnni)]
         entry!(rows_avx_vnni, tile_x2_avx_vnni, AVX_VNNI, "avx2,avxvnni");
+        #[cfg(monologue_vnni)]
+        entry!(rows_avx_vnni_l2, tile_x2_avx_vnni_l2, AVX_VNNI | L2_PREFETCH, "avx2,avxvnni");
 
         /// A kernel set this CPU runs (see `Q8Input`): only made where it has the set's features.
         #[derive(Clone, Copy, Debug, PartialEq)]
         pub struct KernelSet {
             level: u8,
+        }
+
+        /// Whether the CPU is Intel's (CPUID leaf 0's vendor string), for `L2_PREFETCH`.
+        fn intel() -> bool {
+            // (an unsafe fn before Rust 1.94)
+            #[allow(unused_unsafe)]
+            let v = unsafe { __cpuid(0) };
+            (v.ebx, v.edx, v.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e) // "Genu" "ineI" "ntel"
         }
 
         /// The set `detect` picks: 0xff until the first call.
@@ -1151,16 +1186,18 @@ pub(crate) mod fixed {
             pub fn levels() -> Vec<KernelSet> {
                 let mut all = Vec::new();
                 if is_x86_feature_detected!("avx2") {
-                    all.push(KernelSet { level: AVX2 });
+                    // (the flag does not change a result, so the tests need not run both)
+                    let flag = if intel() { L2_PREFETCH } else { 0 };
+                    all.push(KernelSet { level: AVX2 | flag });
                     #[cfg(monologue_vnni)]
                     {
                         if is_x86_feature_detected!("avxvnni") {
-                            all.push(KernelSet { level: AVX_VNNI });
+                            all.push(KernelSet { level: AVX_VNNI | flag });
                         }
                         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni") {
-                            all.push(KernelSet { level: AVX512_VNNI });
+                            all.push(KernelSet { level: AVX512_VNNI | flag });
                             if crate::amx::available() {
-                                all.push(KernelSet { level: AVX512_VNNI_AMX });
+                                all.push(KernelSet { level: AVX512_VNNI_AMX | flag });
                             }
                         }
                     }
@@ -1186,7 +1223,7 @@ pub(crate) mod fixed {
 
             /// The set's name (`kernel_set`).
             pub fn name(&self) -> &'static str {
-                match self.level {
+                match isa(self.level) {
                     AVX512_VNNI => "avx512-vnni",
                     AVX512_VNNI_AMX => "avx512-vnni+amx",
                     AVX_VNNI => "avx-vnni",
@@ -1197,7 +1234,11 @@ pub(crate) mod fixed {
             /// `super::rows` in this kernel set.
             #[allow(clippy::too_many_arguments)]
             pub unsafe fn rows(&self, x: &super::Fixed, t: usize, width: usize, group: usize, layout: Layout, bits: u32, q: &[i8], n: usize, first: usize, scale: &[f32], ys: &mut [f32]) {
-                match self.level {
+                let l2 = self.level & L2_PREFETCH != 0;
+                // the AVX-512 VNNI entry point, with this set's prefetch
+                #[cfg(monologue_vnni)]
+                let avx512_vnni = if l2 { rows_avx512_vnni_l2 } else { rows_avx512_vnni };
+                match isa(self.level) {
                     #[cfg(monologue_vnni)]
                     AVX512_VNNI_AMX if crate::amx::takes(t, width, group, layout, bits) => {
                         // whole 16-row groups of the blocks on the tiles, the rows after them as
@@ -1209,13 +1250,16 @@ pub(crate) mod fixed {
                             crate::amx::prefill(x, t, width, group, layout, q, layout.blocked_rows(n), first..tiled, scale, head);
                         }
                         if tiled < end {
-                            rows_avx512_vnni(x, t, width, group, layout, bits, q, n, tiled, scale, tail);
+                            avx512_vnni(x, t, width, group, layout, bits, q, n, tiled, scale, tail);
                         }
                     }
                     #[cfg(monologue_vnni)]
-                    AVX512_VNNI | AVX512_VNNI_AMX => rows_avx512_vnni(x, t, width, group, layout, bits, q, n, first, scale, ys),
+                    AVX512_VNNI | AVX512_VNNI_AMX => avx512_vnni(x, t, width, group, layout, bits, q, n, first, scale, ys),
+                    #[cfg(monologue_vnni)]
+                    AVX_VNNI if l2 => rows_avx_vnni_l2(x, t, width, group, layout, bits, q, n, first, scale, ys),
                     #[cfg(monologue_vnni)]
                     AVX_VNNI => rows_avx_vnni(x, t, width, group, layout, bits, q, n, first, scale, ys),
+                    _ if l2 => rows_avx2_l2(x, t, width, group, layout, bits, q, n, first, scale, ys),
                     _ => rows_avx2(x, t, width, group, layout, bits, q, n, first, scale, ys),
                 }
             }
@@ -1257,11 +1301,21 @@ pub(crate) mod fixed {
             #[inline(always)]
             fn tile_x2(&self, x: [(&[i16], &[i16]); 2], tile: &[i8], int4: bool, c0: usize, group: usize, unit: [&[f32]; 2], scale: [&[f32]; 4], l: &mut super::Lanes) {
                 unsafe {
+                    #[cfg(monologue_vnni)]
+                    const AVX512_VNNI_L2: u8 = AVX512_VNNI | L2_PREFETCH;
+                    #[cfg(monologue_vnni)]
+                    const AVX_VNNI_L2: u8 = AVX_VNNI | L2_PREFETCH;
+                    const AVX2_L2: u8 = AVX2 | L2_PREFETCH;
                     match L {
                         #[cfg(monologue_vnni)]
                         AVX512_VNNI => tile_x2_avx512_vnni(x, tile, int4, c0, group, unit, scale, l),
                         #[cfg(monologue_vnni)]
+                        AVX512_VNNI_L2 => tile_x2_avx512_vnni_l2(x, tile, int4, c0, group, unit, scale, l),
+                        #[cfg(monologue_vnni)]
                         AVX_VNNI => tile_x2_avx_vnni(x, tile, int4, c0, group, unit, scale, l),
+                        #[cfg(monologue_vnni)]
+                        AVX_VNNI_L2 => tile_x2_avx_vnni_l2(x, tile, int4, c0, group, unit, scale, l),
+                        AVX2_L2 => tile_x2_avx2_l2(x, tile, int4, c0, group, unit, scale, l),
                         _ => tile_x2_avx2(x, tile, int4, c0, group, unit, scale, l),
                     }
                 }
@@ -1326,7 +1380,7 @@ pub(crate) mod fixed {
                     let mut pairs = [[[z; 2]; 3]; NT];
                     for c in 0..4 {
                         if c % 2 == 0 {
-                            _mm_prefetch(wp.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
+                            prefetch::<L>(wp.wrapping_add(PREFETCH) as *const i8);
                         }
                         let v = _mm256_loadu_si256(wp as *const __m256i);
                         wp = wp.add(32);
@@ -1339,7 +1393,7 @@ pub(crate) mod fixed {
                             let d1 = _mm256_set1_epi64x(core::ptr::read_unaligned(at.add(1)));
                             let d2 = _mm256_set1_epi64x(core::ptr::read_unaligned(at.add(2)));
                             for (h, w) in w.iter().enumerate() {
-                                if L == AVX2 {
+                                if isa(L) == AVX2 {
                                     let p = &mut pairs[k];
                                     p[0][h] = _mm256_add_epi16(p[0][h], _mm256_maddubs_epi16(d0, *w));
                                     p[1][h] = _mm256_add_epi16(p[1][h], _mm256_maddubs_epi16(d1, *w));
@@ -1352,7 +1406,7 @@ pub(crate) mod fixed {
                             }
                         }
                     }
-                    if L == AVX2 {
+                    if isa(L) == AVX2 {
                         for k in 0..NT {
                             for p in 0..3 {
                                 for h in 0..2 {
@@ -1438,19 +1492,19 @@ pub(crate) mod fixed {
                 // VNNI: values 0-7 of each step in set 0, 8-15 in set 1 (one set: int4-g128 20%
                 // slower); AVX2 one set (with two, spilled registers ran int4-g64 at half speed)
                 let mut s = Sums4::new();
-                let second = if L == AVX2 { 0 } else { 1 };
+                let second = if isa(L) == AVX2 { 0 } else { 1 };
                 for _ in 0..steps {
                     let (h0, l0) = (load8_twice(hp.add(i)), load8_twice(lp.add(i)));
                     let (h1, l1) = (load8_twice(hp.add(i + 8)), load8_twice(lp.add(i + 8)));
                     let (w01, x01, w23, x23) = if int4 {
                         let p = block.as_ptr().add(2 * i);
-                        _mm_prefetch(p.wrapping_add(PREFETCH / 2) as *const i8, _MM_HINT_NTA);
+                        prefetch::<L>(p.wrapping_add(PREFETCH / 2) as *const i8);
                         let (u, v) = (load_q(p), load_q(p.add(16)));
                         (_mm256_srai_epi16(_mm256_slli_epi16(u, 12), 12), _mm256_srai_epi16(u, 4),
                          _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12), _mm256_srai_epi16(v, 4))
                     } else {
                         let p = block.as_ptr().add(4 * i);
-                        _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
+                        prefetch::<L>(p.wrapping_add(PREFETCH) as *const i8);
                         (load_q(p), load_q(p.add(32)), load_q(p.add(16)), load_q(p.add(48)))
                     };
                     s.add::<L>(0, w01, w23, h0, l0);
@@ -1562,7 +1616,7 @@ pub(crate) mod fixed {
             let mut i = 0;
             while i + 16 <= n {
                 let p = block.as_ptr().add(2 * i);
-                _mm_prefetch(p.wrapping_add(PREFETCH / 2) as *const i8, _MM_HINT_NTA);
+                prefetch::<L>(p.wrapping_add(PREFETCH / 2) as *const i8);
                 let (h0, l0) = (load8_twice(hi.as_ptr().add(i)), load8_twice(lo.as_ptr().add(i)));
                 let (h1, l1) = (load8_twice(hi.as_ptr().add(i + 8)), load8_twice(lo.as_ptr().add(i + 8)));
                 let (u, v) = (load_q(p), load_q(p.add(16)));
@@ -1605,7 +1659,7 @@ pub(crate) mod fixed {
             let mut i = 0;
             while i + 16 <= n {
                 let p = block.as_ptr().add(4 * i);
-                _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_NTA);
+                prefetch::<L>(p.wrapping_add(PREFETCH) as *const i8);
                 for half in 0..2 {
                     let (h, l) = (load8_twice(hi.as_ptr().add(i + 8 * half)), load8_twice(lo.as_ptr().add(i + 8 * half)));
                     s.add::<L>(half, load_q(p.add(32 * half)), load_q(p.add(32 * half + 16)), h, l);
