@@ -168,8 +168,10 @@ def test_emitted_crate_builds_with_plain_cargo(tmp_path, crate_dir):
 
 @needs_cargo
 def test_the_kernel_sets_give_the_same_tokens(tmp_path, crate_dir):
-    """The runtime names the int8 kernel set it picked (on x86: VNNI where the CPU and compiler have
-    it, else AVX2), MONOLOGUE_X86_KERNELS=avx2 caps it, and the sets give the same greedy tokens."""
+    """The runtime names the int8 kernel set it picked (on x86: AMX's prefill or VNNI where the CPU
+    and compiler have them, else AVX2), MONOLOGUE_X86_KERNELS caps it (at avx2; at avx512-vnni
+    where AMX was picked), and the sets give the same greedy tokens (a 20-token prompt: prefill
+    takes AMX from 8)."""
     import json
     import os
     import subprocess
@@ -178,19 +180,20 @@ def test_the_kernel_sets_give_the_same_tokens(tmp_path, crate_dir):
     dist = compile_model(tmp_path, tiny_model(seed=3))
     m = native_for(dist, crate_dir)
     lib = build_native(crate_dir, fast=True)
-    prompt = [5, 9, 2, 7, 11, 3]
+    prompt = [5, 9, 2, 7, 11, 3, 8, 1, 4, 6, 10, 12, 5, 2, 9, 7, 3, 11, 1, 8]
     picked, tokens = m.info()["kernels"], greedy(m, prompt, 12)
-    assert picked in ("avx512-vnni", "avx-vnni", "avx2", "scalar")
+    assert picked in ("avx512-vnni+amx", "avx512-vnni", "avx-vnni", "avx2", "scalar")
     code = ("import json, sys; from monologue_compile.backends.native import NativeModel; "
             "from test_runtime_native_parity import greedy; "
             "m = NativeModel.from_dist(sys.argv[1], lib_path=sys.argv[2]); "
             "print(json.dumps([m.info()['kernels'], greedy(m, json.loads(sys.argv[3]), 12)]))")
-    r = subprocess.run([sys.executable, "-c", code, str(dist), str(lib), json.dumps(prompt)], capture_output=True,
-                       text=True, cwd=Path(__file__).parent, env=dict(os.environ, MONOLOGUE_X86_KERNELS="avx2"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    capped, capped_tokens = json.loads(r.stdout.splitlines()[-1])
-    assert capped == ("scalar" if picked == "scalar" else "avx2")
-    assert capped_tokens == tokens
+    for cap in ["avx2"] + (["avx512-vnni"] if "amx" in picked else []):
+        r = subprocess.run([sys.executable, "-c", code, str(dist), str(lib), json.dumps(prompt)], capture_output=True,
+                           text=True, cwd=Path(__file__).parent, env=dict(os.environ, MONOLOGUE_X86_KERNELS=cap))
+        assert r.returncode == 0, r.stderr[-2000:]
+        capped, capped_tokens = json.loads(r.stdout.splitlines()[-1])
+        assert capped == ("scalar" if picked == "scalar" else cap)
+        assert capped_tokens == tokens, cap
 
 
 @needs_cargo
@@ -205,4 +208,4 @@ def test_bench_names_the_kernel_set_it_timed(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["bench", str(dist), "--no-wasm", "--steps", "4"])
     assert r.exit_code == 0, (r.output, r.exception)
     native = [line for line in r.stdout.splitlines() if line.startswith("native ")]
-    assert len(native) == 1 and any(f"{k} kernels" in native[0] for k in ("avx512-vnni", "avx-vnni", "avx2", "scalar")), native
+    assert len(native) == 1 and any(f"{k} kernels" in native[0] for k in ("avx512-vnni+amx", "avx512-vnni", "avx-vnni", "avx2", "scalar")), native
