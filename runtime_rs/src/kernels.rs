@@ -1245,11 +1245,11 @@ pub(crate) mod fixed {
                     AVX512_VNNI_AMX if crate::amx::takes(t, width, group, layout, bits) => {
                         // whole 16-row groups of the blocks on the tiles, the rows after them as
                         // AVX-512 VNNI's
-                        let end = first + ys.len() / t;
-                        let tiled = first + (end.min(layout.blocked_rows(n)).max(first) - first) / 16 * 16;
+                        let (end, nb) = (first + ys.len() / t, layout.blocked_rows(n));
+                        let tiled = first + (end.min(nb).max(first) - first) / 16 * 16;
                         let (head, tail) = ys.split_at_mut((tiled - first) * t);
                         if tiled > first {
-                            crate::amx::prefill(x, t, width, group, layout, q, layout.blocked_rows(n), first..tiled, scale, head);
+                            crate::amx::prefill(x, t, width, group, layout, q, nb, first..tiled, scale, head);
                         }
                         if tiled < end {
                             avx512_vnni(x, t, width, group, layout, bits, q, n, tiled, scale, tail);
