@@ -590,6 +590,8 @@ pub(crate) mod fixed {
             let (g0, g1) = (c0 / group, c1 / group); // (the groups of a whole tile)
             for r in (first..blocks_end).step_by(4) {
                 let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
+                #[cfg(target_arch = "wasm32")]
+                touch_ahead(q, bytes(c0 * nb + r * (c1 - c0)) + TOUCH_AHEAD, tile.len());
                 let y = &mut ys[r - first..r - first + 4];
                 if whole {
                     // whole groups, each row's sums start and end in this call: the f32 arithmetic
@@ -616,6 +618,28 @@ pub(crate) mod fixed {
                     }
                 }
             }
+        }
+    }
+
+    /// How far ahead of the block being multiplied wasm decode reads the weight stream.
+    #[cfg(target_arch = "wasm32")]
+    const TOUCH_AHEAD: usize = 2048;
+
+    /// wasm has no prefetch instruction, so decode reads one byte of each cache line of the
+    /// stream a block ahead (q[from..from + len], cut at q's end: a read past linear memory would
+    /// trap): by the time the block's kernel comes to them the lines are on their way. The reads
+    /// are volatile so neither LLVM nor V8 drops them. On an Intel Xeon (0.5B model, int8) wasm
+    /// decode went from 10.2 to 12.7 tok/s, int4-g32 from 7.1 to 12.3; 1 to 8 KB ahead measured
+    /// alike, touching every other line and touching inside the kernel's loop were slower.
+    #[cfg(target_arch = "wasm32")]
+    #[inline(always)]
+    fn touch_ahead(q: &[i8], from: usize, len: usize) {
+        let end = (from + len).min(q.len());
+        let mut i = from;
+        while i < end {
+            // SAFETY: i < end <= q.len()
+            unsafe { core::ptr::read_volatile(q.as_ptr().add(i)) };
+            i += 64;
         }
     }
 
