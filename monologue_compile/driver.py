@@ -344,7 +344,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 @click.command("compile")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="output directory")
-@click.option("--quant", default="int8", show_default=True, help="int8 | int8-g64 | int8-g128 | int4-g32 | int4-g64 | int4-g128 | none")
+@click.option("--quant", default="int8", show_default=True, help="int8 | int8-g64 | int8-g128 | int4-g32 | int4-g64 | int4-g128 | none; int4 keeps the output projection and tables int8, int4-gNN-all puts them at 4 bits too")
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="tokenizer.json (Monologue or Hugging Face) or tokenizer.pkl")
 @click.option("--config", type=click.Path(path_type=Path), help="model config JSON (for a bare state dict)")
 @click.option("--dump-ir", is_flag=True, help="print the final IR")

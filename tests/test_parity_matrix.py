@@ -18,6 +18,8 @@ MATRIX = [
     (dict(activation="gelu", n_kv_head=2), "none"),
     (dict(), "int4-g32"),  # 4-bit matmuls, int8 lm_head and tables
     (dict(tie_embeddings=True, n_kv_head=1, mlp_ratio=2.5), "int4-g64"),  # tied table stays int8; K=160
+    (dict(tie_embeddings=True, n_kv_head=1), "int4-g32-all"),  # the tied table at 4 bits, both uses
+    (dict(), "int4-g64-all"),  # lm_head and the untied table at 4 bits
 ]
 
 

@@ -120,3 +120,18 @@ def test_int4_keeps_the_output_projection_and_tables_int8():
     g = quantize(_graph(w, table), "int4-g64")
     assert g.weights["W"].quant["scheme"] == "int8" and g.weights["W"].quant["bits"] == 8  # y is an output
     assert g.weights["E"].quant == {"scheme": "int8", "bits": 8, "group": 48, "k_pad": 48, "groups": 1}
+
+
+def test_int4_all_puts_the_output_projection_and_tables_at_4_bits():
+    """`int4-gNN-all`: no int8 exceptions; the output projection and the table take the scheme's
+    bits and group (a table as rows of k_pad, padded to the group), and each entry names it."""
+    rng = np.random.default_rng(4)
+    w, table = rng.standard_normal((24, 200)).astype(np.float32), rng.standard_normal((50, 40)).astype(np.float32)
+    g = quantize(_graph(w, table), "int4-g64-all")
+    assert g.meta["quant"] == "int4-g64-all"
+    assert g.weights["W"].quant == {"scheme": "int4-g64-all", "bits": 4, "group": 64, "k_pad": 256, "groups": 4}
+    assert g.weights["E"].quant == {"scheme": "int4-g64-all", "bits": 4, "group": 64, "k_pad": 64, "groups": 1}
+    assert np.abs(g.weights["E"].data["q"]).max() <= 7
+    ids = np.array([[0, 7, 49, 7]])
+    assert np.array_equal(embedding_rows(g.weights["E"], ids), dense_weight(g.weights["E"])[ids])
+    assert np.abs(dense_weight(g.weights["E"]) - table).max() <= np.abs(table).max() / 14 + 1e-6

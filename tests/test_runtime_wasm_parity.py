@@ -32,10 +32,12 @@ pytestmark = pytest.mark.skipif(not HAVE_WASM, reason="no wasm32 Rust toolchain 
 
 # the first case is the native matrix's first model (same seed): its native build is reused
 # the third: an MLP 2560 wide, whose projection's rows span two column tiles of the blocked layout;
-# the fourth: the same in int4 (SIMD128's int4 kernel), with a tied table kept int8
+# the fourth: the same in int4 (SIMD128's int4 kernel), with a tied table kept int8; the fifth: the
+# tied table at 4 bits too
 CASES = [(dict(), "int8"), (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=3, activation="gelu"), "int8-g64"),
          (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=2, mlp_ratio=40.0), "int8"),
-         (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=2, mlp_ratio=40.0, tie_embeddings=True), "int4-g64")]
+         (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=2, mlp_ratio=40.0, tie_embeddings=True), "int4-g64"),
+         (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=2, tie_embeddings=True), "int4-g32-all")]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def build(dist: Path, crate_dir: Path) -> Path:
     return build_wasm(crate_dir, dist / "runtime.wasm", fast=True)
 
 
-@pytest.mark.parametrize("overrides,quant", CASES, ids=["default-int8", "gelu-g64", "wide-mlp-int8", "wide-mlp-int4-g64"])
+@pytest.mark.parametrize("overrides,quant", CASES, ids=["default-int8", "gelu-g64", "wide-mlp-int8", "wide-mlp-int4-g64", "tied-int4-g32-all"])
 def test_wasm_matches_rq(tmp_path, crate_dir, default_dist, overrides, quant):
     if overrides:
         dist = compile_model(tmp_path, tiny_model(seed=3, **overrides), quant)

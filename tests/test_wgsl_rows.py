@@ -9,16 +9,30 @@ from wgsl_harness import reference as ref
 from wgsl_harness.tolerances import MATRIX
 
 
-@pytest.mark.parametrize("T,n,V,C,norm", [(4, 4, 50, 64, False), (9, 7, 33, 52, True), (3, 1, 10, 16, True)])
-def test_embed(T, n, V, C, norm, gpu):
+@pytest.mark.parametrize("T,n,V,C,norm,group,bits", [
+    (4, 4, 50, 64, False, 0, 8), (9, 7, 33, 52, True, 0, 8), (3, 1, 10, 16, True, 0, 8),
+    # a table tied to a group-quantized output projection, stored as that matmul weight: rows padded
+    # to the group (C = 72 in groups of 64 is 128 wide), int8 or two int4 values a byte
+    (5, 5, 40, 72, False, 64, 8), (6, 4, 37, 72, False, 32, 4), (2, 2, 9, 200, False, 128, 4)])
+def test_embed(T, n, V, C, norm, group, bits, gpu):
+    from monologue_compile.artifact import pack_int4
+
     rng = np.random.default_rng(V + C)
-    q, scale = ref.quantize(rng.standard_normal((V, C)))
     ids = rng.integers(0, V, T).astype(np.uint32)
-    k = kernels.embed_int8(T, V, C, norm=norm, covers=["test"])
-    got = gpu.run(k, {"ids": ids, "table": ref.pack_int8(q), "scale": scale}, {"y": ((T, C), np.float32)},
-              n_tokens=n)["y"]
+    if bits == 8:
+        q, scale = ref.quantize(rng.standard_normal((V, C)), group)
+        table = ref.pack_int8(q, group)
+    else:
+        kp = kernels.k_pad(C, group)
+        q = np.zeros((V, kp), np.int8)
+        q[:, :C] = rng.integers(-7, 8, (V, C))
+        scale = (rng.random((V, kp // group)) + 0.1).astype(np.float32)
+        table = pack_int4(q).view("<u4")
+        q = q[:, :C]
+    k = kernels.embed_int8(T, V, C, norm=norm, group=group, bits=bits, covers=["test"])
+    got = gpu.run(k, {"ids": ids, "table": table, "scale": scale}, {"y": ((T, C), np.float32)}, n_tokens=n)["y"]
     want = np.zeros((T, C))
-    want[:n] = ref.dequantize(q, scale)[ids[:n]]
+    want[:n] = ref.dequantize(q, scale, group)[ids[:n]]
     if norm:
         want[:n] = ref.rmsnorm(want[:n])
     np.testing.assert_allclose(got, want, **MATRIX)

@@ -276,12 +276,11 @@ class _Builder:
             _fail(n, "the gathered ids are not the model's input ids")
         w = self._q8(n, table)
         V, C = w.shape
-        if w.data["scale"].shape[1] != 1 or w.quant["k_pad"] != kern.k_pad(C) or w.bits != 8:
-            _fail(n, "embed_int8 reads per-row scales and rows of k_pad(C); this table is group-quantized "
-                     f"({w.quant['scheme']}, k_pad {w.quant['k_pad']})")
+        grp = self._group(n, w, C)
         ep = n.attrs.get("epilogue") or []
-        norm = bool(ep) and ep[0]["fn"] == "rms_norm" and "operand" not in ep[0]
-        kw = dict(norm=norm, eps=ep[0]["eps"]) if norm else {}
+        # (a group-quantized table's norm runs as an elementwise step after the gather)
+        norm = bool(ep) and ep[0]["fn"] == "rms_norm" and "operand" not in ep[0] and not grp
+        kw = dict(norm=norm, group=grp, bits=w.bits, **({"eps": ep[0]["eps"]} if norm else {}))
         y = self.loc[n.name]
         ids_buf = self._buffer("ids", 4 * self.chunk, role="input")
         for qb, sb, r0, r1 in self._weight(table):

@@ -11,8 +11,10 @@ An int4 weight keeps its values as int8 in [-7, 7] in the IR (`quant["bits"] == 
 interpreter and R_q read it like any int8 weight; only the stored bytes (two per byte) and the
 kernels differ. Under an int4 scheme the output projection (the matmul the logits come from) and
 any table stay int8: on the demo model, 4 bits there took top-1 agreement with fp32 from 97.1% to
-94.6% (docs/formats.md, benchmarks/bench_int4_quality.py); each tensor's manifest entry names the
-scheme it got.
+94.6% (docs/formats.md, benchmarks/bench_int4_quality.py). The `-all` variants (`int4-g32-all`, ...)
+put those at 4 bits too, for a user who trades that quality for size and speed: on a model with a
+large vocabulary the output table is a third of what a decode step reads. Each tensor's manifest
+entry names the scheme it got.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..ir import Graph, Weight
 # scheme -> (bits, group); group 0 = one group per row
 SCHEMES = {"none": None, "int8": (8, 0), "int8-g64": (8, 64), "int8-g128": (8, 128),
            "int4-g32": (4, 32), "int4-g64": (4, 64), "int4-g128": (4, 128)}
+SCHEMES.update({f"{name}-all": v for name, v in list(SCHEMES.items()) if v and v[0] == 4})
 K_ALIGN = 16
 
 
@@ -72,12 +75,13 @@ def quantize(g: Graph, scheme: str = "int8") -> Graph:
     bits, group = SCHEMES[scheme]
     as_matmul = {n.inputs[1] for n in g.nodes if n.op in ("matmul", "linear")}
     as_table = {n.inputs[0] for n in g.nodes if n.op == "embedding"}
-    keep8 = output_projections(g) | as_table if bits == 4 else set()
+    every = scheme.endswith("-all")
+    keep8 = output_projections(g) | as_table if bits == 4 and not every else set()
     for name in sorted(as_matmul | as_table):
         w = g.weights[name]
         if w.dtype != "f32" or len(w.shape) != 2:
             continue
-        if name in as_matmul and name not in keep8:
+        if (name in as_matmul or every) and name not in keep8:
             label, b, grp = scheme, bits, group
         else:
             label, b, grp = "int8", 8, 0

@@ -265,21 +265,29 @@ def matmul_int8(T: int, N: int, K: int, *, group: int = 0, norm: bool = False, b
 
 
 def embed_int8(T: int, V: int, C: int, *, norm: bool = False, row_start: int = 0, n_rows: int | None = None,
-               wg: int | None = None, eps: float = RMS_EPS, covers=(), name: str = "embed_int8") -> Kernel:
-    """y[t] = (rmsnorm of) the dequantized row ids[t] of an int8 table, for t < step.n_tokens.
+               group: int = 0, bits: int = 8, wg: int | None = None, eps: float = RMS_EPS, covers=(),
+               name: str = "embed_int8") -> Kernel:
+    """y[t] = (rmsnorm of) the dequantized row ids[t] of an int8 or int4 table, for t < step.n_tokens.
 
-    Bindings: ids (u32 [T]), table, scale, y ([T, C]), step. One workgroup per token. A table over the
-    binding limit is split by rows: one kernel per part (`row_start`, `n_rows`, its own table and
-    scale bindings), each writing only the tokens whose ids it holds.
+    Bindings: ids (u32 [T]), table, scale, y ([T, C]), step. One workgroup per token. The table is
+    stored as a matmul weight of that format (`group`, `bits`; rows of k_pad(C, group)), so a table
+    tied to the output projection is read as it is stored. The norm is fused only for one scale per
+    row, where it factors out of the sum of squares. A table over the binding limit is split by
+    rows: one kernel per part (`row_start`, `n_rows`, its own table and scale bindings), each
+    writing only the tokens whose ids it holds.
     """
     covers = _common(covers)
     _check(C % 4 == 0, f"C={C} must be a multiple of 4")
-    wg = wg or _row_wg(-(-C // 16))
+    _check(not (norm and group), "the norm is fused only into a table with one scale per row")
+    wparams = _weight_params(group, bits, "shift")
+    KS = k_pad(C, group) // 16
+    wg = wg or _row_wg(KS)
     _check(_pow2(wg), f"wg={wg} must be a power of two")
     n_rows = V - row_start if n_rows is None else n_rows
     _check(0 <= row_start and n_rows >= 1 and row_start + n_rows <= V, "rows must lie within the vocabulary")
-    params = dict(T=T, V=V, C=C, KV4=-(-C // 16), norm=bool(norm), row_start=row_start, n_rows=n_rows, wg=wg,
-                  eps=eps, unpack="shift", bits=8, covers=covers)
+    params = dict(T=T, V=V, C=C, KS=KS, norm=bool(norm), row_start=row_start, n_rows=n_rows, wg=wg,
+                  group=group, n_groups=k_pad(C, group) // group if group else 0, eps=eps, unpack="shift",
+                  covers=covers, **wparams)
     b = [Binding("ids", "read"), Binding("table", "read"), Binding("scale", "read"), Binding("y", "read_write"),
          Binding("step", "uniform")]
     return _finish(name, "embed_int8", "embed_int8.wgsl.j2", params, b, wg, grid(T), 4 * wg if norm else 0)
