@@ -1406,7 +1406,11 @@ pub(crate) mod fixed {
                     let mut pairs = [[[z; 2]; 3]; NT];
                     for c in 0..4 {
                         if c % 2 == 0 {
-                            prefetch::<L>(wp as *const i8, PREFETCH);
+                            // int4 streams its bytes twice as fast as int8: into L2 twice as far
+                            // ahead (16 KB; the 0.5B model's int4-g128-all decode 1.07x on the
+                            // Xeon, one and two threads)
+                            let ahead = if L & L2_PREFETCH != 0 { 2 * PREFETCH } else { PREFETCH };
+                            prefetch::<L>(wp as *const i8, ahead);
                         }
                         let v = _mm256_loadu_si256(wp as *const __m256i);
                         wp = wp.add(32);
