@@ -1115,12 +1115,13 @@ pub(crate) mod fixed {
         }
 
         /// Prefetches the weight stream of set L `ahead` bytes past p (see `L2_PREFETCH`); into
-        /// L2 four times as far ahead (2048 -> 8192 bytes: int8 decode from memory 10.8 -> 12.0 G
-        /// weights/s, the 0.5B model's tied table 18-20 -> 26-28 on the Xeon; the same in L2).
+        /// L2 eight times as far ahead (2048 -> 16384 bytes). On the Xeon, against 8 KB: the 0.5B
+        /// model's whole decode (the weights from memory) 1.11x at int8 and 1.07x at
+        /// int4-g128-all, one thread; against 2 KB, int8 from memory 10.8 -> 12.0 G weights/s.
         #[inline(always)]
         unsafe fn prefetch<const L: u8>(p: *const i8, ahead: usize) {
             if L & L2_PREFETCH != 0 {
-                _mm_prefetch(p.wrapping_add(4 * ahead), _MM_HINT_T1);
+                _mm_prefetch(p.wrapping_add(8 * ahead), _MM_HINT_T1);
             } else {
                 _mm_prefetch(p.wrapping_add(ahead), _MM_HINT_NTA);
             }
@@ -1406,11 +1407,7 @@ pub(crate) mod fixed {
                     let mut pairs = [[[z; 2]; 3]; NT];
                     for c in 0..4 {
                         if c % 2 == 0 {
-                            // int4 streams its bytes twice as fast as int8: into L2 twice as far
-                            // ahead (16 KB; the 0.5B model's int4-g128-all decode 1.07x on the
-                            // Xeon, one and two threads)
-                            let ahead = if L & L2_PREFETCH != 0 { 2 * PREFETCH } else { PREFETCH };
-                            prefetch::<L>(wp as *const i8, ahead);
+                            prefetch::<L>(wp as *const i8, PREFETCH);
                         }
                         let v = _mm256_loadu_si256(wp as *const __m256i);
                         wp = wp.add(32);
@@ -1675,7 +1672,7 @@ pub(crate) mod fixed {
         }
 
         /// How far ahead of the four-row kernel weights are prefetched, non-temporally (into L2:
-        /// four times as far, `prefetch`): a decode
+        /// eight times as far, `prefetch`): a decode
         /// step streams every weight once, and without this the stream evicted the activations
         /// (20 KB at K = 5120) from L1 (d20, one thread: 30 -> 41 tok/s; two: +7%).
         const PREFETCH: usize = 2048;
