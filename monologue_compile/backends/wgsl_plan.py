@@ -276,7 +276,10 @@ class _Builder:
             _fail(n, "the gathered ids are not the model's input ids")
         w = self._q8(n, table)
         V, C = w.shape
-        grp = self._group(n, w, C)
+        # An int8 row with one scale and no padding past 16 is the per-row kernel's, where the norm
+        # fuses, whatever group width the manifest names for it (a row 128 wide reads group 128).
+        per_row = w.bits == 8 and w.data["scale"].shape[1] == 1 and w.quant["k_pad"] == kern.k_pad(C)
+        grp = 0 if per_row else self._group(n, w, C)
         ep = n.attrs.get("epilogue") or []
         # (a group-quantized table's norm runs as an elementwise step after the gather)
         norm = bool(ep) and ep[0]["fn"] == "rms_norm" and "operand" not in ep[0] and not grp
