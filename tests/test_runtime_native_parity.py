@@ -43,6 +43,7 @@ MATRIX = [
     (dict(n_embd=64, n_head=2, n_kv_head=1, n_layer=2, mlp_ratio=40.0, tie_embeddings=True), "int4-g64"),
     # the tied table at 4 bits: the logits from int4 rows, the embedding gathered from them
     (dict(tie_embeddings=True, n_kv_head=1), "int4-g32-all"),
+    (dict(n_kv_head=1), "int4-g64-all"),  # an untied table at 4 bits, gathered only
 ]
 
 
