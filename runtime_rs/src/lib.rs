@@ -17,6 +17,7 @@ pub mod normalize;
 pub mod normalize_tables;
 pub mod kernels;
 pub mod math;
+pub mod pages;
 pub mod parallel;
 pub mod precompiled;
 pub mod pretokenize;

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use crate::json::{self, Json};
+use crate::pages::{Movable, Stored};
 use crate::sha256;
 
 pub const MAGIC: &[u8; 8] = b"MONOLOGW";
@@ -37,8 +38,8 @@ pub enum Tensor {
     /// Row-major as loaded (int4: two values per byte, docs/formats.md), `layout` Rows; `finish`
     /// puts them in the layout the kernels read (kernels::layout_for; kernels::q_value and
     /// kernels::scale_index find a value and its scale).
-    Q8 { n: usize, k: usize, k_pad: usize, group: usize, bits: u32, layout: crate::kernels::Layout, q: Vec<i8>, scale: Vec<f32> },
-    F32 { data: Vec<f32> },
+    Q8 { n: usize, k: usize, k_pad: usize, group: usize, bits: u32, layout: crate::kernels::Layout, q: Stored<i8>, scale: Stored<f32> },
+    F32 { data: Stored<f32> },
 }
 
 impl Tensor {
@@ -192,14 +193,14 @@ impl Loader {
                     // u32 words of 4 int8 (8 int4) each: 4 bytes per word, q_words words per row
                     check_array(arrays, "q", "u32", &[n, q_words], ti, Part::Q, shards.len(), &shards, &mut chunks, &what)?;
                     check_array(arrays, "scale", "f32", &[n, groups], ti, Part::Scale, shards.len(), &shards, &mut chunks, &what)?;
-                    Tensor::Q8 { n, k, k_pad, group, bits, layout: crate::kernels::Layout::Rows, q: vec![0; n * q_words * 4], scale: vec![0.0; n * groups] }
+                    Tensor::Q8 { n, k, k_pad, group, bits, layout: crate::kernels::Layout::Rows, q: Stored::zeroed(n * q_words * 4), scale: Stored::zeroed(n * groups) }
                 }
                 None => {
                     if dtype != "f32" {
                         return Err(format!("manifest: {} should be f32", what));
                     }
                     check_array(arrays, "data", "f32", spec.shape, ti, Part::Data, shards.len(), &shards, &mut chunks, &what)?;
-                    Tensor::F32 { data: vec![0.0; spec.shape.iter().product()] }
+                    Tensor::F32 { data: Stored::zeroed(spec.shape.iter().product()) }
                 }
             };
             tensors.push(tensor);
@@ -264,12 +265,14 @@ impl Loader {
             let src = bytes.get(c.offset..c.offset + c.nbytes).ok_or("chunk outside its shard")?;
             match (&mut self.tensors[c.tensor], c.part) {
                 (Tensor::Q8 { q, .. }, Part::Q) => {
+                    let q = q.get_mut().ok_or("weights added after loading finished")?;
                     let dst = q.get_mut(c.dst..c.dst + c.nbytes).ok_or("chunk outside its tensor")?;
                     for (d, s) in dst.iter_mut().zip(src) {
                         *d = *s as i8;
                     }
                 }
                 (Tensor::Q8 { scale: out, .. }, Part::Scale) | (Tensor::F32 { data: out }, Part::Data) => {
+                    let out = out.get_mut().ok_or("weights added after loading finished")?;
                     let dst = out.get_mut(c.dst..c.dst + c.nbytes / 4).ok_or("chunk outside its tensor")?;
                     for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
                         *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
@@ -315,14 +318,25 @@ impl Loader {
                 match (*layout, *bits) {
                     (Layout::Rows, _) => {}
                     (Layout::Lanes8, _) => {
-                        *q = kernels::block_rows_lanes8(q, *n, *k_pad);
-                        *scale = kernels::scales_by_block(scale, *n, *k_pad / *group, Layout::Lanes8);
+                        *q = Stored::Own(kernels::block_rows_lanes8(q, *n, *k_pad));
+                        *scale = Stored::Own(kernels::scales_by_block(scale, *n, *k_pad / *group, Layout::Lanes8));
                     }
-                    (Layout::Blocks4, 4) => *q = kernels::block_rows_q4(q, *n, *k_pad),
-                    (Layout::Blocks4, _) => kernels::block_rows(q, *n, *k_pad),
+                    (Layout::Blocks4, 4) => *q = Stored::Own(kernels::block_rows_q4(q, *n, *k_pad)),
+                    (Layout::Blocks4, _) => kernels::block_rows(q.get_mut().ok_or("weights laid out twice")?, *n, *k_pad),
                 }
             }
         }
+        let mut parts: Vec<&mut dyn Movable> = Vec::new();
+        for t in &mut tensors {
+            match t {
+                Tensor::Q8 { q, scale, .. } => {
+                    parts.push(q);
+                    parts.push(scale);
+                }
+                Tensor::F32 { data } => parts.push(data),
+            }
+        }
+        crate::pages::gather(&mut parts);
         Ok((tensors, self.config, self.special_tokens))
     }
 }
