@@ -23,7 +23,18 @@ impl Plain for f32 {}
 pub enum Stored<T: Plain> {
     Own(Vec<T>),
     #[cfg(not(target_arch = "wasm32"))]
-    Shared { block: Arc<Block>, at: usize, len: usize },
+    Shared(Part<T>),
+}
+
+/// len values of T at byte `at` of a block: made only by `gather`, which copied them there (its
+/// fields private, so no range can point elsewhere).
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Clone)]
+pub struct Part<T> {
+    block: Arc<Block>,
+    at: usize,
+    len: usize,
+    values: std::marker::PhantomData<T>,
 }
 
 /// Memory `gather` allocated: freed when the last tensor in it goes.
@@ -57,7 +68,7 @@ impl<T: Plain> Stored<T> {
         match self {
             Stored::Own(v) => Some(v),
             #[cfg(not(target_arch = "wasm32"))]
-            Stored::Shared { .. } => None,
+            Stored::Shared(_) => None,
         }
     }
 }
@@ -69,7 +80,7 @@ impl<T: Plain> std::ops::Deref for Stored<T> {
             Stored::Own(v) => v,
             #[cfg(not(target_arch = "wasm32"))]
             // SAFETY: `gather` copied len values of T to at (aligned for T) inside the block
-            Stored::Shared { block, at, len } => unsafe { std::slice::from_raw_parts(block.ptr.add(*at) as *const T, *len) },
+            Stored::Shared(p) => unsafe { std::slice::from_raw_parts(p.block.ptr.add(p.at) as *const T, p.len) },
         }
     }
 }
@@ -98,7 +109,7 @@ impl<T: Plain> Movable for Stored<T> {
         // SAFETY: `gather` sized the block for every part at 64-byte starts; nothing reads the block
         // until gather returns
         unsafe { std::ptr::copy_nonoverlapping(self.as_ptr() as *const u8, block.ptr.add(at), self.bytes()) };
-        *self = Stored::Shared { block: block.clone(), at, len };
+        *self = Stored::Shared(Part { block: block.clone(), at, len, values: std::marker::PhantomData });
     }
 }
 
