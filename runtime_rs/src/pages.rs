@@ -2,14 +2,13 @@
 //!
 //! Decode reads every weight once a token, straight from memory, so the pages they sit in matter:
 //! in 4 KB pages each 4 KB of the stream costs a TLB miss and a page walk, and the hardware
-//! prefetchers stop at every page's end. Natively on Linux `gather` moves all of a model's weights
-//! (packed values, their scales, f32 tensors) into one allocation aligned to 2 MB and asks the
+//! prefetchers stop at every page's end. Natively `gather` moves all of a model's weights (packed
+//! values, their scales, f32 tensors) into one allocation aligned to 2 MB, and on Linux asks the
 //! kernel for transparent huge pages there (`madvise`, which THP's "madvise" mode, the usual
 //! default, honours). Where the kernel says no, the same bytes sit in ordinary pages. wasm keeps
 //! each tensor's own buffer: the browser decides its pages, and a copy would double the tab's
 //! memory while loading.
 
-#[cfg(not(target_arch = "wasm32"))]
 use std::sync::Arc;
 
 /// Element types a tensor may hold: plain data, every bit pattern a value.
@@ -22,13 +21,11 @@ impl Plain for f32 {}
 #[derive(Clone)]
 pub enum Stored<T: Plain> {
     Own(Vec<T>),
-    #[cfg(not(target_arch = "wasm32"))]
     Shared(Part<T>),
 }
 
 /// len values of T at byte `at` of a block: made only by `gather`, which copied them there (its
 /// fields private, so no range can point elsewhere).
-#[cfg(not(target_arch = "wasm32"))]
 #[derive(Clone)]
 pub struct Part<T> {
     block: Arc<Block>,
@@ -38,19 +35,15 @@ pub struct Part<T> {
 }
 
 /// Memory `gather` allocated: freed when the last tensor in it goes.
-#[cfg(not(target_arch = "wasm32"))]
 pub struct Block {
     ptr: *mut u8,
     layout: std::alloc::Layout,
 }
 
 // SAFETY: plain memory owned by the block alone, written only before it is shared (`gather`)
-#[cfg(not(target_arch = "wasm32"))]
 unsafe impl Send for Block {}
-#[cfg(not(target_arch = "wasm32"))]
 unsafe impl Sync for Block {}
 
-#[cfg(not(target_arch = "wasm32"))]
 impl Drop for Block {
     fn drop(&mut self) {
         // SAFETY: allocated by `gather` with this layout
@@ -67,7 +60,6 @@ impl<T: Plain> Stored<T> {
     pub fn get_mut(&mut self) -> Option<&mut [T]> {
         match self {
             Stored::Own(v) => Some(v),
-            #[cfg(not(target_arch = "wasm32"))]
             Stored::Shared(_) => None,
         }
     }
@@ -78,8 +70,8 @@ impl<T: Plain> std::ops::Deref for Stored<T> {
     fn deref(&self) -> &[T] {
         match self {
             Stored::Own(v) => v,
-            #[cfg(not(target_arch = "wasm32"))]
-            // SAFETY: `gather` copied len values of T to at (aligned for T) inside the block
+            // SAFETY: `gather` copied len values of T to at (aligned for T) inside the block; only
+            // those are read
             Stored::Shared(p) => unsafe { std::slice::from_raw_parts(p.block.ptr.add(p.at) as *const T, p.len) },
         }
     }
@@ -95,7 +87,6 @@ impl<T: Plain> std::fmt::Debug for Stored<T> {
 pub trait Movable {
     fn bytes(&self) -> usize;
     /// Copies the values to `at` in `block` and refers to them there from now on.
-    #[cfg(not(target_arch = "wasm32"))]
     fn move_to(&mut self, block: &Arc<Block>, at: usize);
 }
 
@@ -103,7 +94,6 @@ impl<T: Plain> Movable for Stored<T> {
     fn bytes(&self) -> usize {
         std::mem::size_of_val(&self[..])
     }
-    #[cfg(not(target_arch = "wasm32"))]
     fn move_to(&mut self, block: &Arc<Block>, at: usize) {
         let len = self.len();
         // SAFETY: `gather` sized the block for every part at 64-byte starts; nothing reads the block
@@ -114,19 +104,17 @@ impl<T: Plain> Movable for Stored<T> {
 }
 
 /// The huge page size `gather` aligns to (x86-64's and most arm64 kernels').
-#[cfg(not(target_arch = "wasm32"))]
 const HUGE: usize = 2 << 20;
 
 /// Moves `parts` into one block aligned to `HUGE`, each part starting on a 64-byte line, advised
 /// for huge pages on Linux. Each part's own buffer is freed as soon as it is copied, so loading
-/// peaks at the block plus one tensor. Without the memory for the block the parts stay where they
-/// are. (Every model goes in a block, however small, so every native test runs the weights from
-/// one; a tiny model's costs at most one huge page.)
-#[cfg(not(target_arch = "wasm32"))]
+/// peaks at the block plus one tensor. Without the memory for the block, or on wasm, the parts
+/// stay where they are. (Every native model goes in a block, however small, so every native test
+/// runs the weights from one; a tiny model's costs at most one huge page.)
 pub fn gather(parts: &mut [&mut dyn Movable]) {
     let line = |n: usize| (n + 63) / 64 * 64;
     let total: usize = parts.iter().map(|p| line(p.bytes())).sum();
-    if total == 0 {
+    if cfg!(target_arch = "wasm32") || total == 0 {
         return;
     }
     let layout = match std::alloc::Layout::from_size_align((total + HUGE - 1) / HUGE * HUGE, HUGE) {
@@ -138,10 +126,9 @@ pub fn gather(parts: &mut [&mut dyn Movable]) {
     if ptr.is_null() {
         return;
     }
-    // advised before the first write touches a page (alloc_zeroed would have touched them all)
+    // advised before the copies below first touch its pages (alloc_zeroed would have touched them
+    // all); nothing reads the gaps between parts, so they stay as they are
     advise_huge(ptr, layout.size());
-    // SAFETY: ptr holds layout.size() bytes; zeroed so the gaps between parts are initialised
-    unsafe { std::ptr::write_bytes(ptr, 0, layout.size()) };
     let block = Arc::new(Block { ptr, layout });
     let mut at = 0;
     for p in parts.iter_mut() {
@@ -151,10 +138,7 @@ pub fn gather(parts: &mut [&mut dyn Movable]) {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
-pub fn gather(_parts: &mut [&mut dyn Movable]) {}
-
-#[cfg(all(target_os = "linux", not(target_arch = "wasm32")))]
+#[cfg(target_os = "linux")]
 fn advise_huge(ptr: *mut u8, len: usize) {
     extern "C" {
         fn madvise(addr: *mut std::os::raw::c_void, len: usize, advice: std::os::raw::c_int) -> std::os::raw::c_int;
@@ -164,7 +148,7 @@ fn advise_huge(ptr: *mut u8, len: usize) {
     unsafe { madvise(ptr as *mut _, len, MADV_HUGEPAGE) };
 }
 
-#[cfg(all(not(target_os = "linux"), not(target_arch = "wasm32")))]
+#[cfg(not(target_os = "linux"))]
 fn advise_huge(_ptr: *mut u8, _len: usize) {}
 
 #[cfg(test)]
@@ -185,10 +169,8 @@ mod tests {
             assert_eq!(&p[..], &want[..]);
         }
         assert_eq!(&f[..], &floats[..]);
-        if cfg!(not(target_arch = "wasm32")) {
-            assert_eq!(q[0].as_ptr() as usize % (2 << 20), 0, "the block starts on a huge page");
-            assert!(q[1..].iter().all(|p| p.as_ptr() as usize % 64 == 0), "each tensor starts on a cache line");
-            assert!(q[0].get_mut().is_none(), "shared values are read-only");
-        }
+        assert_eq!(q[0].as_ptr() as usize % (2 << 20), 0, "the block starts on a huge page");
+        assert!(q[1..].iter().all(|p| p.as_ptr() as usize % 64 == 0), "each tensor starts on a cache line");
+        assert!(q[0].get_mut().is_none(), "shared values are read-only");
     }
 }
