@@ -1434,10 +1434,21 @@ pub(crate) mod fixed {
                         }
                     }
                     if isa(L) == AVX2 {
+                        let one = _mm256_set1_epi16(1);
                         for k in 0..NT {
-                            for p in 0..3 {
-                                for h in 0..2 {
-                                    s[k][p][h] = _mm256_add_epi32(s[k][p][h], _mm256_madd_epi16(pairs[k][p][h], _mm256_set1_epi16(1)));
+                            let p = &pairs[k];
+                            for h in 0..2 {
+                                if G32 {
+                                    for (s, p) in s[k].iter_mut().zip(p) {
+                                        s[h] = _mm256_add_epi32(s[h], _mm256_madd_epi16(p[h], one));
+                                    }
+                                } else {
+                                    // planes 0 and 1 in one sum, S0 + 256 * S1 (< 1024 * 65535 * 15
+                                    // < 2^31): the units' sums in four registers, not six, so
+                                    // AVX2's sixteen hold the loop without spilling
+                                    let s01 = _mm256_add_epi32(_mm256_madd_epi16(p[0][h], one), _mm256_madd_epi16(p[1][h], _mm256_set1_epi16(256)));
+                                    s[k][0][h] = _mm256_add_epi32(s[k][0][h], s01);
+                                    s[k][2][h] = _mm256_add_epi32(s[k][2][h], _mm256_madd_epi16(p[2][h], one));
                                 }
                             }
                         }
@@ -1464,15 +1475,21 @@ pub(crate) mod fixed {
                     } else {
                         // the halves' lane pairs to rows 0..8 (`lanes8_place`)
                         let s0 = _mm256_hadd_epi32(s[k][0][0], s[k][0][1]);
-                        let s1 = _mm256_hadd_epi32(s[k][1][0], s[k][1][1]);
                         let s2 = _mm256_hadd_epi32(s[k][2][0], s[k][2][1]);
                         let [o0, o1, o2] = terms.offset;
-                        let s0 = _mm256_sub_epi32(s0, _mm256_set1_epi32(o0));
-                        let s1 = _mm256_sub_epi32(s1, _mm256_set1_epi32(o1));
                         let s2 = _mm256_sub_epi32(s2, _mm256_set1_epi32(o2));
-                        // |A| <= 16 * 1024 * 7 * 128 + 1024 * 7 * 256 / 16 < 2^24, |B| < 2^21
-                        let a = _mm256_add_epi32(_mm256_slli_epi32(s2, 4), _mm256_srai_epi32(s1, 4));
-                        let mut b = _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(s1, _mm256_set1_epi32(15)), 8), s0);
+                        let (a, mut b) = if isa(L) == AVX2 {
+                            // s0 holds S0 + 256 * S1 (above): A = 16 * S2 + its top bits, B its
+                            // low 12, |A| <= 16 * 1024 * 7 * 128 + 1024 * 7 * 65535 / 4096 < 2^24
+                            let s01 = _mm256_sub_epi32(s0, _mm256_set1_epi32(o0.wrapping_add(o1 << 8)));
+                            (_mm256_add_epi32(_mm256_slli_epi32(s2, 4), _mm256_srai_epi32(s01, 12)), _mm256_and_si256(s01, _mm256_set1_epi32(4095)))
+                        } else {
+                            let s1 = _mm256_hadd_epi32(s[k][1][0], s[k][1][1]);
+                            let s0 = _mm256_sub_epi32(s0, _mm256_set1_epi32(o0));
+                            let s1 = _mm256_sub_epi32(s1, _mm256_set1_epi32(o1));
+                            // |A| <= 16 * 1024 * 7 * 128 + 1024 * 7 * 256 / 16 < 2^24, |B| < 2^21
+                            (_mm256_add_epi32(_mm256_slli_epi32(s2, 4), _mm256_srai_epi32(s1, 4)), _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(s1, _mm256_set1_epi32(15)), 8), s0))
+                        };
                         if terms.wide {
                             b = _mm256_add_epi32(b, wide_q(&x[k], tile, g, group));
                         }
