@@ -13,8 +13,8 @@ it) tokens/s of
   PyTorch:     eager fp32 with its KV cache (the folder's model, or DIST's R_q without a folder).
 Runs are interleaved (every engine once per round, best and median of the rounds): on a shared
 machine a quiet moment then favours no engine. Each engine's decode is also given as a share of the
-bandwidth roofline: memcpy bandwidth measured in the same run / the bytes a decode token reads
-(every matmul weight in the engine's own format, one embedding row). A peer that cannot run is one
+bandwidth roofline: memcpy bandwidth measured in the same run (best of one copy before each round) /
+the bytes a decode token reads (every matmul weight in the engine's own format, one embedding row). A peer that cannot run is one
 line saying why; none of them is a dependency of the compiler (pip install monologue[peers]).
 """
 
@@ -608,12 +608,15 @@ def peer_engines(hf_folder: Path | None, dist: Path | None) -> tuple[list[Engine
 
 # --- the interleaved run and its table ---------------------------------------------------------------
 
-def run_rounds(engines: list[Engine], rounds: int, log=None, on_round=None) -> list[dict]:
+def run_rounds(engines: list[Engine], rounds: int, log=None, on_round=None, before_round=None) -> list[dict]:
     """Every engine once per round; an engine that fails is reported and dropped. ON_ROUND gets the
-    rows so far after each round, so a run cut short still leaves its numbers."""
+    rows so far after each round, so a run cut short still leaves its numbers; BEFORE_ROUND runs
+    while every engine is idle."""
     runs: dict[int, list] = {id(e): [] for e in engines}
     errors: dict[int, str] = {}
     for r in range(rounds):
+        if before_round:
+            before_round()
         for e in engines:
             if id(e) in errors or len(runs[id(e)]) >= e.max_runs:
                 continue
@@ -681,15 +684,18 @@ def table(rows: list[dict], bandwidth: float, failed: list[str], title: str = ""
 
 def compare(engines: list[Engine], failed: list[str], rounds: int, title: str = "", log=None,
             ratios: tuple = LLAMA_CPP_RATIOS) -> tuple[str, dict]:
-    """Interleaved rounds of ENGINES; (table, numbers)."""
-    bandwidth = memcpy_bandwidth()
+    """Interleaved rounds of ENGINES; (table, numbers). The roofline's bandwidth is the best of one
+    copy before each round, like the engines' figures: one taken once, as the engines had just
+    started (Node, ONNX Runtime still warming up), read 8.6 GB/s on a VM that copies at 34."""
+    copies: list[float] = []
     try:
         partial = (lambda done, rows: log(f"table after {done} of {rounds} rounds:\n"
-                                          + table(rows, bandwidth, failed, title, ratios))) if log else None
-        rows = run_rounds(engines, rounds, log, partial)
+                                          + table(rows, max(copies), failed, title, ratios))) if log else None
+        rows = run_rounds(engines, rounds, log, partial, before_round=lambda: copies.append(memcpy_bandwidth()))
     finally:
         for e in engines:
             e.close()
+    bandwidth = max(copies, default=float("nan"))
     return table(rows, bandwidth, failed, title, ratios), {"bandwidth_bytes_s": bandwidth, "rows": rows,
                                                            "failed": failed, "prompt": PROMPT, "steps": STEPS,
                                                            "rounds": rounds}

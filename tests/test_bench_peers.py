@@ -81,6 +81,23 @@ def test_each_round_but_the_last_logs_the_table_so_far_and_a_crashing_engine_is_
     assert "segfault in round one" in crashed["error"] and "segfault in round one" in text
 
 
+def test_the_roofline_bandwidth_is_the_best_copy_before_a_round(monkeypatch):
+    """A copy timed while another engine still starts up reads low; the best round's stands."""
+    from monologue_compile import peers
+
+    class Fake(peers.Engine):
+        name, bytes_per_token = "steady", 10**9
+
+        def measure(self):
+            return 100.0, 10.0
+
+    copies = iter([5e9, 20e9, 10e9])
+    monkeypatch.setattr(peers, "memcpy_bandwidth", lambda: next(copies))
+    text, numbers = peers.compare([Fake()], [], 3)
+    assert numbers["bandwidth_bytes_s"] == 20e9
+    assert "memcpy bandwidth 20.0 GB/s" in text and "50%" in text  # 10 tok/s x 1 GB of 20 GB/s
+
+
 def test_bytes_per_token_int8_is_a_quarter_of_fp32(dist):
     from monologue_compile import peers
     from monologue_compile.artifact import load_model
