@@ -14,8 +14,9 @@ it) tokens/s of
 Runs are interleaved (every engine once per round, best and median of the rounds): on a shared
 machine a quiet moment then favours no engine. Each engine's decode is also given as a share of the
 bandwidth roofline: memcpy bandwidth measured in the same run (best of one copy before each round) /
-the bytes a decode token reads (every matmul weight in the engine's own format, one embedding row). A peer that cannot run is one
-line saying why; none of them is a dependency of the compiler (pip install monologue[peers]).
+the bytes a decode token reads (every matmul weight in the engine's own format, one embedding row).
+A peer that cannot run is one line saying why; none of them is a dependency of the compiler
+(pip install monologue[peers]).
 """
 
 from __future__ import annotations

@@ -1445,7 +1445,7 @@ pub(crate) mod fixed {
                                 } else {
                                     // planes 0 and 1 in one sum, S0 + 256 * S1 (< 1024 * 65535 * 15
                                     // < 2^31): the units' sums in four registers, not six, so
-                                    // AVX2's sixteen hold the loop without spilling
+                                    // AVX2's sixteen spill 3 stack moves a unit, not 15
                                     let s01 = _mm256_add_epi32(_mm256_madd_epi16(p[0][h], one), _mm256_madd_epi16(p[1][h], _mm256_set1_epi16(256)));
                                     s[k][0][h] = _mm256_add_epi32(s[k][0][h], s01);
                                     s[k][2][h] = _mm256_add_epi32(s[k][2][h], _mm256_madd_epi16(p[2][h], one));
