@@ -107,6 +107,20 @@ def test_engine_adapter_under_node(default_dist, tmp_path):
     assert out["stops"] == [i in stops for i in out["ids"]]
 
 
+def test_decode_gives_the_same_tokens_touching_ahead_or_not(default_dist):
+    """wasm decode reads the weight stream ahead or leaves it to the hardware prefetcher, whichever
+    the glue's TouchTuner timed faster on this machine: R_q's greedy tokens either way."""
+    g, rq = rq_model(default_dist)
+    prompt, steps = [3, 1, 4, 1, 5, 9, 2, 6], 24
+    r = subprocess.run(["node", str(Path(__file__).parent / "runtime_node" / "touching.mjs"), str(default_dist),
+                        json.dumps(prompt), str(steps)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    expected = rq.generate(prompt, steps, temperature=0.0)
+    assert out["on"] == out["off"] == out["auto"] == expected
+    assert out["timed"] == [2, 2] and isinstance(out["choice"], bool)
+
+
 def test_trap_is_reported_and_fatal(default_dist):
     r = subprocess.run(["node", str(Path(__file__).parent / "runtime_node" / "trap.mjs"), str(default_dist)],
                        capture_output=True, text=True, timeout=120)

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { RuntimeError, WasmModel, missingWasmFeature } from "../web_shell/wasm_runtime.js";
+import { RuntimeError, TouchTuner, WasmModel, missingWasmFeature } from "../web_shell/wasm_runtime.js";
 
 // A model whose runtime records every call into wasm: a refused input must never get that far.
 function model() {
@@ -77,4 +77,45 @@ test("the wasm feature probes name SIMD and bulk memory when the engine lacks th
   assert.equal(missingWasmFeature(), null);  // Node runs runtime.wasm, so it has both
   assert.equal(withoutOpcode([253, 15], missingWasmFeature), "SIMD");  // i8x16.splat
   assert.equal(withoutOpcode([252, 10], missingWasmFeature), "bulk memory");  // memory.copy
+});
+
+// A TouchTuner on a fake clock where a decode step takes `cost(on)` ms; returns the switch's calls.
+function tune(cost, options = {}) {
+  let clock = 0;
+  let touching = true;
+  const sets = [];
+  const tuner = new TouchTuner((on) => {
+    sets.push(on);
+    touching = on;
+  }, { now: () => clock, ...options });
+  const step = () => tuner.step(() => {
+    clock += cost(touching, clock);
+    return "id";
+  });
+  return { tuner, sets, step };
+}
+
+test("the touch tuner waits out the warm-up, alternates, and keeps the faster way", () => {
+  for (const [onMs, offMs, want] of [[5, 3, false], [3, 5, true], [4, 4, true]]) {
+    const { tuner, sets, step } = tune((on) => (on ? onMs : offMs), { steps: 3, warmupMs: 20 });
+    while (tuner.choice === null) assert.equal(step(), "id");
+    // 20 ms of warm-up at 4-5 ms a step (the switch untouched), then on, off, on, off, on, off
+    assert.deepEqual(sets, [true, false, true, false, true, false, want], `${onMs} vs ${offMs}`);
+    assert.equal(tuner.choice, want);
+    for (let i = 0; i < 5; i++) step();
+    assert.equal(sets.length, 7, "no switching once chosen");
+  }
+});
+
+test("the touch tuner takes medians: one slow step (a GC, a recompile) does not decide", () => {
+  let n = 0;
+  const { tuner, step } = tune((on) => (n++ === 1 ? 50 : on ? 5 : 3), { steps: 3, warmupMs: 0 });
+  while (tuner.choice === null) step();
+  assert.equal(tuner.choice, false); // off's first step took 50 ms, its median 3 ms
+});
+
+test("a runtime.wasm without the switch keeps touching and is never timed", () => {
+  const tuner = new TouchTuner(null, { now: () => assert.fail("timed") });
+  assert.equal(tuner.choice, true);
+  assert.equal(tuner.step(() => 7), 7);
 });

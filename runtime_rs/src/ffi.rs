@@ -113,6 +113,15 @@ pub extern "C" fn mono_alloc(len: usize) -> *mut u8 {
     Box::into_raw(boxed) as *mut u8
 }
 
+/// Whether decode reads the weight stream a block ahead (1) or leaves it to the hardware
+/// prefetcher (0), for every model of this runtime (`kernels::fixed::set_touching`; wasm only,
+/// where there is no prefetch instruction). The same tokens either way.
+#[cfg(target_arch = "wasm32")]
+#[no_mangle]
+pub extern "C" fn mono_set_touching(on: i32) {
+    crate::kernels::fixed::set_touching(on != 0)
+}
+
 /// # Safety
 /// `ptr`/`len` must come from `mono_alloc` or a returned byte buffer, and be freed once.
 #[no_mangle]

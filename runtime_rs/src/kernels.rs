@@ -591,7 +591,9 @@ pub(crate) mod fixed {
             for r in (first..blocks_end).step_by(4) {
                 let tile = &q[bytes(c0 * nb + r * (c1 - c0))..bytes(c0 * nb + (r + 4) * (c1 - c0))];
                 #[cfg(target_arch = "wasm32")]
-                touch_ahead(q, bytes(c0 * nb + r * (c1 - c0)) + TOUCH_AHEAD, tile.len());
+                if TOUCHING.load(core::sync::atomic::Ordering::Relaxed) {
+                    touch_ahead(q, bytes(c0 * nb + r * (c1 - c0)) + TOUCH_AHEAD, tile.len());
+                }
                 let y = &mut ys[r - first..r - first + 4];
                 if whole {
                     // whole groups, each row's sums start and end in this call: the f32 arithmetic
@@ -625,12 +627,28 @@ pub(crate) mod fixed {
     #[cfg(target_arch = "wasm32")]
     const TOUCH_AHEAD: usize = 2048;
 
+    /// Whether wasm decode touches the weight stream ahead (`touch_ahead`); `set_touching`.
+    #[cfg(target_arch = "wasm32")]
+    static TOUCHING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+
+    /// Switches wasm decode's touching ahead on or off. wasm cannot see the CPU it runs on, so the
+    /// JS glue (web_shell/wasm_runtime.js) times a model's first decode steps both ways and keeps
+    /// the faster. The results are the same bits either way.
+    #[cfg(target_arch = "wasm32")]
+    pub fn set_touching(on: bool) {
+        TOUCHING.store(on, core::sync::atomic::Ordering::Relaxed);
+    }
+
     /// wasm has no prefetch instruction, so decode reads one byte of each cache line of the
     /// stream a block ahead (q[from..from + len], cut at q's end: a read past linear memory would
     /// trap): by the time the block's kernel comes to them the lines are on their way. The reads
     /// are volatile so neither LLVM nor V8 drops them. On an Intel Xeon (0.5B model, int8) wasm
     /// decode went from 10.2 to 12.7 tok/s, int4-g32 from 7.1 to 12.3; 1 to 8 KB ahead measured
-    /// alike, touching every other line and touching inside the kernel's loop were slower.
+    /// alike, touching every other line and touching inside the kernel's loop were slower. On an
+    /// AMD EPYC Zen 3, whose hardware prefetcher keeps up with the stream, the same reads cost:
+    /// a read that misses holds up retirement until its line comes, where a prefetch would not,
+    /// and int8 decode ran at 12.2 tok/s touching and 18.6 without (8 KB and 32 KB ahead, eight
+    /// reads a loop step, or one a 4 KB page measured alike or worse). Hence `set_touching`.
     #[cfg(target_arch = "wasm32")]
     #[inline(always)]
     fn touch_ahead(q: &[i8], from: usize, len: usize) {
