@@ -1,19 +1,10 @@
 // Decode with the weight stream touched ahead and without (mono_set_touching), and with the glue's
 // TouchTuner choosing (no warm-up, so it times the first steps): greedy ids from a prompt each way.
 // node touching.mjs DIST PROMPT_JSON STEPS -> JSON {on, off, auto, choice, timed} on stdout.
-import { readFileSync } from "node:fs";
-import { pathToFileURL } from "node:url";
-import { resolve } from "node:path";
+import { loadModel } from "./load_model.mjs";
 
 const [dist, promptJson, steps] = process.argv.slice(2);
-const glue = pathToFileURL(resolve(new URL(".", import.meta.url).pathname, "../../web_shell/wasm_runtime.js"));
-const { instantiate, TouchTuner } = await import(glue.href);
-const rt = await instantiate(readFileSync(`${dist}/runtime.wasm`));
-const m = JSON.parse(readFileSync(`${dist}/model/manifest.json`));
-const model = rt.createModel({
-  manifest: readFileSync(`${dist}/model/manifest.json`),
-  shards: m.weights.shards.map((s) => readFileSync(`${dist}/model/${s}`)),
-});
+const { glue: { TouchTuner }, rt, model } = await loadModel(dist);
 model.setSampler({ temperature: 0 });
 
 function greedy() {

@@ -1,20 +1,10 @@
 // A trap inside runtime.wasm (here: a wild handle, the one thing the C ABI cannot check) becomes a
 // RuntimeError with code 2, and every later call is refused instead of running on broken state.
 // node trap.mjs DIST -> JSON {first, later, ok} on stdout.
-import { readFileSync } from "node:fs";
-import { pathToFileURL } from "node:url";
-import { resolve } from "node:path";
+import { loadModel } from "./load_model.mjs";
 
 const [dist] = process.argv.slice(2);
-const glue = pathToFileURL(resolve(new URL(".", import.meta.url).pathname, "../../web_shell/wasm_runtime.js"));
-const { instantiate, RuntimeError } = await import(glue.href);
-const rt = await instantiate(readFileSync(`${dist}/runtime.wasm`));
-const m = JSON.parse(readFileSync(`${dist}/model/manifest.json`));
-const model = rt.createModel({
-  manifest: readFileSync(`${dist}/model/manifest.json`),
-  shards: m.weights.shards.map((s) => readFileSync(`${dist}/model/${s}`)),
-  tokenizer: readFileSync(`${dist}/model/${m.tokenizer}`),
-});
+const { glue: { RuntimeError }, rt, model } = await loadModel(dist, { tokenizer: true });
 const ok = model.forward([1, 2, 3]).length;
 const out = { ok };
 try {
