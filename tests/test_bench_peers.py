@@ -171,3 +171,22 @@ def test_onnx_export_in_transformers_js_layout_matches_pytorch_over_prefill_and_
             else:  # quantized weights: the same logits up to their rounding
                 assert np.corrcoef(o[0][0, -1], ref[end - 1])[0, 1] > 0.95, graph
             cache = dict(zip(past, o[1:]))
+
+
+@pytest.mark.parametrize("picked,capped", [("avx2", []), ("avx-vnni", ["AVX2"]), ("avx512-vnni", ["AVX2"]),
+                                           ("avx512-vnni+amx", ["AVX2", "AVX-512 VNNI"])])
+def test_a_capped_kernel_row_runs_only_below_the_runtimes_own_pick(dist, monkeypatch, picked, capped):
+    """The rows that show what VNNI and AMX give, capped by MONOLOGUE_X86_KERNELS: on a CPU whose best
+    set is the cap itself there is no row and no line (it would be the row above again)."""
+    from monologue_compile import peers
+
+    class FakeNative(peers.Engine):
+        def __init__(self, dist, g, threads, name, kernels=None):
+            self.name, self.threads, self.kernels = name, threads, kernels or picked
+
+    monkeypatch.setattr(peers, "Native", FakeNative)
+    engines, failed = peers.our_engines(dist, wasm=False, wgsl=False)
+    assert [e.name for e in engines][:2] == ["ours native int8"] * 2
+    assert [e.name.split("int8 ")[1] for e in engines[2:]] == [f"{c} kernels" for c in capped]
+    assert [e.kernels for e in engines[2:]] == [{"AVX2": "avx2", "AVX-512 VNNI": "avx512-vnni"}[c] for c in capped]
+    assert not [line for line in failed if "kernels" in line], failed
