@@ -660,8 +660,12 @@ def table(rows: list[dict], bandwidth: float, failed: list[str], title: str = ""
           ratios: tuple = LLAMA_CPP_RATIOS) -> str:
     """One line per engine: best/median tok/s, ratios to the RATIOS reference engines (its row at
     the same thread count, else its one-thread row), decode's share of the bandwidth roofline."""
-    # (a reference's name may carry a note in parentheses: "llama.cpp Q8_0 (--repack 0: ..)")
-    ref = {(r["engine"].split(" (")[0], r["threads"]): r for r in rows if "decode_best" in r}
+    # a reference by its whole name ("ours wasm int8 (Chromium, main)"), else by the name before a
+    # note in parentheses ("llama.cpp Q8_0" for "llama.cpp Q8_0 (--repack 0: ..)")
+    ref = {}
+    for r in (r for r in rows if "decode_best" in r):
+        ref[(r["engine"], r["threads"])] = r
+        ref.setdefault((r["engine"].split(" (")[0], r["threads"]), r)
 
     def ratio(r, name, key):
         q = ref.get((name, r["threads"])) or ref.get((name, 1))

@@ -190,3 +190,28 @@ def test_a_capped_kernel_row_runs_only_below_the_runtimes_own_pick(dist, monkeyp
     assert [e.name.split("int8 ")[1] for e in engines[2:]] == [f"{c} kernels" for c in capped]
     assert [e.kernels for e in engines[2:]] == [{"AVX2": "avx2", "AVX-512 VNNI": "avx512-vnni"}[c] for c in capped]
     assert not [line for line in failed if "kernels" in line], failed
+
+
+def test_the_ratio_columns_find_their_reference_by_whole_name_or_before_a_note():
+    """bench_browser_peers names its references whole, parentheses included ("llama.cpp Q8_0 (native)",
+    one of several "ours wasm int8 (Chromium, LABEL)"); bench_peers by the name before a note that a
+    row may carry ("llama.cpp Q8_0 (--repack 0: ..)")."""
+    from monologue_compile import peers
+
+    def row(engine, decode, threads=1):
+        return {"engine": engine, "threads": threads, "prefill_best": 2 * decode, "prefill_median": 2 * decode,
+                "decode_best": decode, "decode_median": decode, "bytes_per_token": 1e6}
+
+    def column(out, engine):
+        return next(line for line in out.splitlines() if line.startswith(engine + " ")).split()
+
+    rows = [row("ours wasm int8 (Chromium, main)", 100.0), row("ours wasm int8 (Chromium, this)", 150.0),
+            row("llama.cpp Q8_0 (native)", 200.0)]
+    ratios = (("dec/wasm", "ours wasm int8 (Chromium, main)", "decode_best"),
+              ("dec/Q8", "llama.cpp Q8_0 (native)", "decode_best"))
+    out = peers.table(rows, 1e10, [], ratios=ratios)
+    assert column(out, "ours wasm int8 (Chromium, this)")[-3:-1] == ["1.50", "0.75"], out
+    assert column(out, "ours wasm int8 (Chromium, main)")[-3:-1] == ["1.00", "0.50"], out
+    out = peers.table([row("ours native int8", 300.0), row("llama.cpp Q8_0 (--repack 0: segfaults)", 200.0),
+                       row("llama.cpp Q4_0", 250.0)], 1e10, [])
+    assert column(out, "ours native int8")[-4:-1] == ["1.50", "1.50", "1.20"], out
