@@ -663,7 +663,9 @@ def table(rows: list[dict], bandwidth: float, failed: list[str], title: str = ""
     # a reference by its whole name ("ours wasm int8 (Chromium, main)"), else by the name before a
     # note in parentheses ("llama.cpp Q8_0" for "llama.cpp Q8_0 (--repack 0: ..)")
     ref = {}
-    for r in (r for r in rows if "decode_best" in r):
+    for r in rows:
+        if "decode_best" not in r:
+            continue
         ref[(r["engine"], r["threads"])] = r
         ref.setdefault((r["engine"].split(" (")[0], r["threads"]), r)
 

@@ -7,9 +7,10 @@ import { resolve } from "node:path";
 export async function loadModel(dist, { tokenizer = false } = {}) {
   const glue = await import(pathToFileURL(resolve(new URL(".", import.meta.url).pathname, "../../web_shell/wasm_runtime.js")).href);
   const rt = await glue.instantiate(readFileSync(`${dist}/runtime.wasm`));
-  const m = JSON.parse(readFileSync(`${dist}/model/manifest.json`));
+  const manifest = readFileSync(`${dist}/model/manifest.json`);
+  const m = JSON.parse(manifest);
   const model = rt.createModel({
-    manifest: readFileSync(`${dist}/model/manifest.json`),
+    manifest,
     shards: m.weights.shards.map((s) => readFileSync(`${dist}/model/${s}`)),
     tokenizer: tokenizer ? readFileSync(`${dist}/model/${m.tokenizer}`) : null,
   });
